@@ -1,0 +1,182 @@
+"""Append to and verify the hash-chained audit log.
+
+Each event's hash is HMAC-SHA256 over its canonical JSON (sequence number and previous hash
+included) keyed with a secret kept outside the database, so someone who can edit rows cannot
+simply recompute the chain. Events are written in the same transaction as the change they
+describe: either both land or neither does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from .models import AuditEvent, AuditHead
+
+GENESIS = "0" * 64
+AUDIT_KEY = "audit_key"  # the session.info entry holding the HMAC key
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, as the audit log records it."""
+
+    id: uuid.UUID | None
+    label: str
+    ip: str | None = None
+
+    @classmethod
+    def system(cls, label: str = "system") -> Actor:
+        return cls(id=None, label=label)
+
+
+def derive_audit_key(secret: bytes) -> bytes:
+    return hmac.new(secret, b"strongroom audit chain v1", hashlib.sha256).digest()
+
+
+def _canonical(event: AuditEvent) -> bytes:
+    body = {
+        "seq": event.seq,
+        "at": event.at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
+        "action": event.action,
+        "outcome": event.outcome,
+        "actor_id": str(event.actor_id) if event.actor_id else None,
+        "actor": event.actor,
+        "subject_user_id": str(event.subject_user_id) if event.subject_user_id else None,
+        "project_id": str(event.project_id) if event.project_id else None,
+        "target": event.target,
+        "ip": event.ip,
+        "details": event.details or {},
+        "prev_hash": event.prev_hash,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def compute_hash(key: bytes, event: AuditEvent) -> str:
+    return hmac.new(key, _canonical(event), hashlib.sha256).hexdigest()
+
+
+def _key(session: Session) -> bytes:
+    try:
+        return session.info[AUDIT_KEY]
+    except KeyError:
+        raise RuntimeError("session has no audit key; use the hub's session factory") from None
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: str,
+    *,
+    outcome: str = "ok",
+    project_id: uuid.UUID | None = None,
+    subject_user_id: uuid.UUID | None = None,
+    target: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain inside the caller's transaction."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(id=1, seq=0, hash=GENESIS)
+        session.add(head)
+    event = AuditEvent(
+        seq=head.seq + 1,
+        at=utcnow(),
+        action=action,
+        outcome=outcome,
+        actor_id=actor.id,
+        actor=actor.label,
+        subject_user_id=subject_user_id,
+        project_id=project_id,
+        target=target,
+        ip=actor.ip,
+        details=details or {},
+        prev_hash=head.hash,
+    )
+    event.hash = compute_hash(_key(session), event)
+    session.add(event)
+    head.seq, head.hash = event.seq, event.hash
+    session.flush()
+    return event
+
+
+@dataclass
+class Problem:
+    seq: int
+    kind: str  # edited | missing | reordered | truncated
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(session: Session, *, batch: int = 5000) -> Iterator[tuple[int, VerifyReport]]:
+    """Walk the chain in sequence order, yielding progress; the final report lists every break."""
+    key = _key(session)
+    report = VerifyReport()
+    expected_seq, prev_hash = 1, GENESIS
+    last_seq = 0
+    stmt = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch)
+    for event in session.scalars(stmt):
+        if event.seq != expected_seq:
+            report.problems.append(Problem(event.seq, "missing",
+                                           f"events {expected_seq}..{event.seq - 1} are gone"))
+        elif event.prev_hash != prev_hash:
+            report.problems.append(Problem(event.seq, "broken-link",
+                                           "does not follow the event before it (reordered or replaced)"))
+        if not hmac.compare_digest(compute_hash(key, event), event.hash):
+            report.problems.append(Problem(event.seq, "edited",
+                                           f"event {event.action!r} differs from what was signed"))
+        expected_seq, prev_hash, last_seq = event.seq + 1, event.hash, event.seq
+        report.checked += 1
+        if report.checked % batch == 0:
+            yield report.checked, report
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != last_seq or head.hash != prev_hash):
+        report.problems.append(Problem(last_seq + 1, "truncated",
+                                       f"the chain head says {head.seq} events, found up to {last_seq}"))
+    yield report.checked, report
+
+
+def count(session: Session) -> int:
+    head = session.get(AuditHead, 1)
+    return head.seq if head else 0
+
+
+def query(
+    session: Session,
+    *,
+    project_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
+    action_prefix: str | None = None,
+    before_seq: int | None = None,
+    limit: int = 50,
+) -> list[AuditEvent]:
+    """Newest first; page with ``before_seq`` (keyset pagination, fast at any depth)."""
+    stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(min(max(limit, 1), 500))
+    if project_id is not None:
+        stmt = stmt.where(AuditEvent.project_id == project_id)
+    if user_id is not None:
+        stmt = stmt.where(or_(AuditEvent.actor_id == user_id, AuditEvent.subject_user_id == user_id))
+    if action_prefix:
+        stmt = stmt.where(AuditEvent.action.startswith(action_prefix))
+    if before_seq is not None:
+        stmt = stmt.where(AuditEvent.seq < before_seq)
+    return list(session.scalars(stmt))

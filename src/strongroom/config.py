@@ -1,0 +1,133 @@
+"""One typed settings object for the whole hub.
+
+Sources, strongest first: explicit keyword arguments, ``STRONGROOM_*`` environment variables
+(nested with ``__``, e.g. ``STRONGROOM_OIDC__ISSUER``), an optional TOML file named by
+``STRONGROOM_CONFIG`` (default ``./strongroom.toml`` when present), then the embedded defaults,
+which keep everything under ``./var/``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class OidcSettings(BaseModel):
+    """An external OpenID Provider (e.g. Life Science AAI). Disabled while ``issuer`` is empty."""
+
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    display_name: str = "Life Science Login"
+    scopes: str = "openid profile email"
+    # REFEDS MFA profile: an id_token whose ``acr`` is not in this list is a single-factor login.
+    mfa_acr_values: list[str] = ["https://refeds.org/profile/mfa"]
+    # Plain-http issuers are refused unless they are loopback (the test provider runs on 127.0.0.1).
+    allow_insecure_loopback: bool = True
+
+
+class SecuritySettings(BaseModel):
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
+    fresh_mfa_minutes: int = 10
+    login_attempts_per_window: int = 5
+    login_window_seconds: int = 300
+    token_max_days: int = 90
+    # None = decided from base_url: secure cookies everywhere except plain-http loopback development.
+    cookie_secure: bool | None = None
+    max_body_bytes: int = 1_048_576
+
+
+class JobSettings(BaseModel):
+    embedded: bool = True  # run jobs inside `strongroom serve`; turn off when running `strongroom worker`s
+    lease_seconds: int = 30
+    poll_seconds: float = 0.5
+    extra_modules: list[str] = []  # modules that register more job kinds when imported
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    var_dir: Path = Path("var")
+    database_url: str = ""  # empty → sqlite:///<var_dir>/strongroom.db
+    base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    site_name: str = "Strongroom"
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Signs nothing user-visible; used to key audit hashes and session ids. Generated into var/ if unset.
+    secret_key: SecretStr = SecretStr("")
+    oidc: OidcSettings = Field(default_factory=OidcSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("STRONGROOM_CONFIG", "strongroom.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'strongroom.db'}"
+
+    @property
+    def cookie_secure(self) -> bool:
+        if self.security.cookie_secure is not None:
+            return self.security.cookie_secure
+        return not self.base_url.startswith(("http://127.0.0.1", "http://localhost"))
+
+    def effective_secret_key(self) -> bytes:
+        """The hub secret: configured, or generated once into ``var/secret.key`` (mode 0600)."""
+        if self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        path = self.var_dir / "secret.key"
+        if not path.exists():
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(os.urandom(32).hex())
+        return path.read_text().strip().encode()
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as plain data, secrets shown as ``**********`` (or empty)."""
+        data = self.model_dump(mode="json")
+        data["database_url"] = _mask_url_password(self.effective_database_url)
+        return data
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - never echo an unparseable URL that may hold a password
+        return "**********"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,67 @@
+"""The embedded demo: an administrator who is PI of a demo project, and a researcher.
+
+Passwords are generated once into var/demo-credentials.json (mode 0600) and printed on every
+`make run`, so the quick start always says how to log in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+
+from sqlalchemy import select
+
+from .audit.service import Actor
+from .db import transaction
+from .hub import Hub
+from .identity import service as identity
+from .identity.models import LocalCredential
+from .projects import service as projects
+from .projects.models import Project
+
+DEMO_USERS = [
+    ("admin", "Ada Admin", "admin@demo.strongroom.invalid", True),
+    ("researcher", "Rita Researcher", "researcher@demo.strongroom.invalid", False),
+]
+
+
+def _credentials(hub: Hub) -> dict[str, str]:
+    path = hub.settings.var_dir / "demo-credentials.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    creds = {username: secrets.token_urlsafe(12) for username, *_ in DEMO_USERS}
+    hub.settings.var_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(creds, fh)
+    return creds
+
+
+def seed_demo(hub: Hub) -> list[str]:
+    creds = _credentials(hub)
+    actor = Actor.system("demo-seed")
+    with transaction(hub.sessions) as session:
+        for username, name, email, is_admin in DEMO_USERS:
+            if session.scalar(select(LocalCredential).where(LocalCredential.username == username)) is None:
+                identity.create_local_user(session, actor, username=username, password=creds[username],
+                                           display_name=name, email=email, affiliation="Demo University",
+                                           is_admin=is_admin)
+        if session.scalar(select(Project).where(Project.slug == "demo")) is None:
+            projects.create_project(
+                session, actor, slug="demo", name="Demo: lung CT nodules", pi="admin",
+                ethics_ref="DEMO-2026-001", project_class="project",
+                end_date=dt.date.today() + dt.timedelta(days=3 * 365),
+                description="A demonstration project on the embedded defaults.",
+            )
+    url = hub.settings.base_url
+    return [
+        "",
+        f"[bold green]Strongroom is ready at {url}[/]",
+        f"  admin (platform admin, PI of project 'demo'): [bold]admin[/] / [bold]{creds['admin']}[/]",
+        f"  researcher:                                   [bold]researcher[/] / [bold]{creds['researcher']}[/]",
+        "  At first login you enrol an authenticator app (TOTP); every data role needs MFA.",
+        f"  Credentials are kept in {hub.settings.var_dir / 'demo-credentials.json'}",
+        "",
+    ]

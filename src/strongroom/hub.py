@@ -1,0 +1,29 @@
+"""The hub: settings plus the shared resources built from them, passed to every entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from .audit.service import AUDIT_KEY, derive_audit_key
+from .config import Settings, get_settings
+from .db import engine_for
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    secret: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Hub:
+        settings = settings or get_settings()
+        secret = settings.effective_secret_key()
+        sessions = sessionmaker(
+            bind=engine_for(settings.effective_database_url),
+            expire_on_commit=False,
+            info={AUDIT_KEY: derive_audit_key(secret)},
+        )
+        return cls(settings=settings, sessions=sessions, secret=secret)

@@ -1,0 +1,93 @@
+"""Identity API: who am I, my tokens, and user administration for platform admins."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from fastapi import APIRouter, status
+from pydantic import EmailStr, Field
+from sqlalchemy import select
+
+from ..deps import Db, HubDep, scoped
+from ..errors import NotFound
+from ..schemas import Body, Out
+from . import service
+from .models import User
+
+router = APIRouter(prefix="/api/v1", tags=["identity"])
+AnyScope = scoped("projects:read")
+Admin = scoped("admin")
+
+
+class UserOut(Out):
+    id: uuid.UUID
+    issuer: str
+    subject: str
+    display_name: str
+    email: str | None
+    affiliation: str | None
+    is_admin: bool
+
+
+class MeOut(UserOut):
+    scopes: list[str]
+    mfa: bool
+    via: str
+
+
+class TokenOut(Out):
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+
+
+class NewLocalUser(Body):
+    username: str = Field(min_length=2, max_length=63)
+    password: str = Field(min_length=12, max_length=1024)
+    display_name: str = Field(min_length=1, max_length=200)
+    email: EmailStr | None = None
+    affiliation: str | None = Field(default=None, max_length=200)
+    is_admin: bool = False
+
+
+@router.get("/me", response_model=MeOut, summary="The caller: profile, token scopes, MFA")
+def me(principal: AnyScope) -> MeOut:
+    return MeOut(**UserOut.model_validate(principal.user).model_dump(), scopes=sorted(principal.scopes),
+                 mfa=principal.has_mfa, via=principal.via)
+
+
+@router.get("/tokens", response_model=list[TokenOut], summary="My API tokens (never their secrets)")
+def list_tokens(db: Db, principal: AnyScope) -> list[TokenOut]:
+    return [TokenOut.model_validate(t) for t in service.list_tokens(db, principal.user)]
+
+
+@router.delete("/tokens/{prefix}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke one of my tokens")
+def revoke_token(db: Db, principal: AnyScope, prefix: str) -> None:
+    service.revoke_token(db, principal, prefix)
+
+
+@router.get("/admin/users", response_model=list[UserOut], summary="All users (platform admins)")
+def admin_users(db: Db, principal: Admin) -> list[UserOut]:
+    return [UserOut.model_validate(u) for u in db.scalars(select(User).order_by(User.display_name))]
+
+
+@router.post("/admin/users", response_model=UserOut, status_code=201, summary="Create a local account")
+def admin_create_user(db: Db, hub: HubDep, principal: Admin, body: NewLocalUser) -> UserOut:
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    user = service.create_local_user(db, principal.actor, **body.model_dump())
+    return UserOut.model_validate(user)
+
+
+@router.post("/admin/users/{user_id}/mfa-reset", status_code=204,
+             summary="Reset a local user's MFA: they enrol again at next login")
+def admin_reset_mfa(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    service.reset_mfa(db, principal.actor, user)

@@ -1,0 +1,108 @@
+"""`strongroom admin`: operator commands run on the hub host, audited as the system actor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from ..audit.service import Actor
+from ..config import get_settings
+from ..db import transaction
+from ..errors import DomainError
+from ..hub import Hub
+from . import service
+from .models import User
+
+app = typer.Typer(no_args_is_help=True, help="Administer users and projects on this hub (run on the hub host).")
+console = Console()
+
+
+def _operator() -> Actor:
+    return Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
+
+
+def _fail(exc: DomainError) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {exc.detail}")
+    raise typer.Exit(2)
+
+
+@app.command("create-user")
+def create_user(
+    username: str,
+    display_name: Annotated[str, typer.Option("--name", help="Full name.")],
+    email: Annotated[str | None, typer.Option(help="E-mail address.")] = None,
+    affiliation: Annotated[str | None, typer.Option(help="Home organisation.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Make a platform administrator.")] = False,
+    password: Annotated[str | None, typer.Option(
+        envvar="STRONGROOM_NEW_PASSWORD", help="Password (prompted if omitted; ≥ 12 characters).")] = None,
+) -> None:
+    """Create a local account. The user enrols TOTP at first login."""
+    hub = Hub.from_settings(get_settings())
+    password = password or typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        with transaction(hub.sessions) as session:
+            user = service.create_local_user(session, _operator(), username=username, password=password,
+                                             display_name=display_name, email=email, affiliation=affiliation,
+                                             is_admin=admin)
+            console.print(f"created [bold]{username}[/] ({user.id})")
+    except DomainError as exc:
+        _fail(exc)
+
+
+@app.command("reset-mfa")
+def reset_mfa(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
+    """Remove a user's TOTP and recovery codes and end their sessions; they enrol again."""
+    hub = Hub.from_settings(get_settings())
+    try:
+        with transaction(hub.sessions) as session:
+            found = service.find_user(session, user)
+            if found is None:
+                raise typer.BadParameter(f"no user {user!r}")
+            service.reset_mfa(session, _operator(), found)
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"MFA reset for {user}")
+
+
+@app.command("users")
+def users() -> None:
+    """List all users."""
+    hub = Hub.from_settings(get_settings())
+    table = Table("id", "name", "subject", "issuer", "e-mail", "admin", "last login")
+    with hub.sessions() as session:
+        for u in session.scalars(select(User).order_by(User.display_name)):
+            table.add_row(str(u.id), u.display_name, u.subject, u.issuer, u.email or "",
+                          "yes" if u.is_admin else "", u.last_login_at.strftime("%Y-%m-%d %H:%M")
+                          if u.last_login_at else "")
+    console.print(table)
+
+
+@app.command("create-project")
+def create_project(
+    slug: Annotated[str, typer.Argument(help="Short lower-case id used in URLs.")],
+    name: Annotated[str, typer.Option(help="Project name.")],
+    pi: Annotated[str, typer.Option(help="PI: username, e-mail or user id.")],
+    ethics_ref: Annotated[str, typer.Option("--ethics", help="Ethics approval reference.")],
+    project_class: Annotated[str, typer.Option("--class", help="project | fellowship | network-partner")] = "project",
+    quota_tb: Annotated[float, typer.Option("--quota-tb", min=0, help="Storage quota in TB.")] = 2.0,
+    years: Annotated[int, typer.Option(min=1, max=20, help="Years until the project ends.")] = 3,
+) -> None:
+    """Create a project with its PI as first member."""
+    from ..projects import service as projects
+
+    hub = Hub.from_settings(get_settings())
+    try:
+        with transaction(hub.sessions) as session:
+            projects.create_project(session, _operator(), slug=slug, name=name, pi=pi, ethics_ref=ethics_ref,
+                                    project_class=project_class, quota_bytes=int(quota_tb * 1000**4),
+                                    end_date=dt.date.today() + dt.timedelta(days=365 * years))
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"created project [bold]{slug}[/]")

@@ -1,0 +1,44 @@
+"""The authenticated caller of a request, whatever the way in (browser session or API token)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ..audit.service import Actor
+from ..db import utcnow
+from .models import User
+
+# Scopes a token may carry. A browser session holds all of them.
+SCOPES: dict[str, str] = {
+    "projects:read": "read projects, members, settings",
+    "projects:write": "change members, rights and settings",
+    "audit:read": "read audit events you are entitled to",
+    "data:read": "read and download data",
+    "data:write": "upload and import data",
+    "admin": "platform administration (admins only)",
+}
+
+
+@dataclass
+class Principal:
+    user: User
+    via: str  # session | token
+    mfa_at: dt.datetime | None
+    scopes: frozenset[str]
+    credential_id: str  # session hash prefix or token prefix, for the audit trail
+    ip: str | None = None
+
+    @property
+    def has_mfa(self) -> bool:
+        return self.mfa_at is not None
+
+    def mfa_is_fresh(self, minutes: int) -> bool:
+        return self.mfa_at is not None and utcnow() - self.mfa_at <= dt.timedelta(minutes=minutes)
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(id=self.user.id, label=self.user.label, ip=self.ip)

@@ -1,0 +1,466 @@
+"""Identity: local accounts with TOTP, browser sessions, API tokens, login throttling.
+
+Every function takes an open SQLAlchemy session and writes audit events in the caller's
+transaction; the caller commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import pyotp
+import segno
+from sqlalchemy import delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..db import utcnow
+from ..errors import Conflict, Invalid, MfaRequired, NotFound, TooManyRequests, Unauthenticated
+from .models import (
+    LOCAL_ISSUER,
+    ApiToken,
+    LocalCredential,
+    LoginAttempt,
+    RecoveryCode,
+    User,
+    WebSession,
+)
+from .principal import SCOPES, Principal
+from .secrets import (
+    DUMMY_HASH,
+    MIN_PASSWORD_LENGTH,
+    FieldCipher,
+    hash_password,
+    keyed_digest,
+    needs_rehash,
+    new_secret,
+    sha256_hex,
+    verify_password,
+)
+
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+TOTP_ISSUER = "Strongroom"
+RECOVERY_CODES = 10
+
+
+# -- users -------------------------------------------------------------------------------------
+def get_user(session: Session, user_id: uuid.UUID) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    return user
+
+
+def find_user(session: Session, ref: str) -> User | None:
+    """A user by local username, e-mail or id: how people name each other in forms and the CLI."""
+    ref = ref.strip()
+    try:
+        by_id = session.get(User, uuid.UUID(ref))
+        if by_id is not None:
+            return by_id
+    except ValueError:
+        pass
+    user = session.scalar(select(User).join(LocalCredential).where(LocalCredential.username == ref.lower()))
+    if user is not None:
+        return user
+    matches = list(session.scalars(select(User).where(func.lower(User.email) == ref.lower()).limit(2)))
+    return matches[0] if len(matches) == 1 else None
+
+
+def check_password_policy(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > 1024:
+        raise Invalid("password is too long")
+
+
+def create_local_user(
+    session: Session,
+    actor: Actor,
+    *,
+    username: str,
+    password: str,
+    display_name: str,
+    email: str | None = None,
+    affiliation: str | None = None,
+    is_admin: bool = False,
+) -> User:
+    username = username.strip().lower()
+    if not USERNAME_RE.match(username):
+        raise Invalid("username must be 2-63 characters: lower-case letters, digits, '.', '_' or '-'")
+    check_password_policy(password)
+    if session.scalar(select(exists().where(LocalCredential.username == username))):
+        raise Conflict(f"username {username!r} is taken")
+    user = User(issuer=LOCAL_ISSUER, subject=username, display_name=display_name.strip() or username,
+                email=email, affiliation=affiliation, is_admin=is_admin)
+    session.add(user)
+    session.flush()
+    session.add(LocalCredential(user_id=user.id, username=username, password_hash=hash_password(password)))
+    audit.record(session, actor, "user.created", subject_user_id=user.id, target=username,
+                 details={"admin": is_admin, "issuer": LOCAL_ISSUER})
+    session.flush()
+    return user
+
+
+def upsert_federated_user(
+    session: Session, *, issuer: str, subject: str, display_name: str, email: str | None,
+    affiliation: str | None,
+) -> tuple[User, bool]:
+    """The user for an OIDC identity, created on first login; profile claims refreshed each time."""
+    user = session.scalar(select(User).where(User.issuer == issuer, User.subject == subject))
+    created = user is None
+    if user is None:
+        user = User(issuer=issuer, subject=subject, display_name=display_name or subject)
+        session.add(user)
+    user.display_name = display_name or user.display_name
+    user.email = email or user.email
+    user.affiliation = affiliation or user.affiliation
+    session.flush()
+    return user, created
+
+
+def holds_data_role(session: Session, user: User) -> bool:
+    """Whether MFA is mandatory for this user: admins and anyone in a project can see data."""
+    if user.is_admin:
+        return True
+    from ..projects.models import Membership  # identity sits below projects; the policy looks up
+
+    return bool(session.scalar(select(exists().where(Membership.user_id == user.id))))
+
+
+def require_fresh_mfa(principal: Principal, minutes: int) -> None:
+    """Sensitive actions need a second factor within the last ``minutes`` (a token: its minting)."""
+    if not principal.mfa_is_fresh(minutes):
+        raise MfaRequired(f"this action needs a multi-factor login within the last {minutes} minutes",
+                          reauthenticate=True)
+
+
+# -- login throttling --------------------------------------------------------------------------
+def _throttle_keys(username: str, ip: str | None) -> list[str]:
+    return [f"user:{username.lower()}"] + ([f"ip:{ip}"] if ip else [])
+
+
+def check_throttle(session: Session, username: str, ip: str | None, *, limit: int, window_s: int) -> None:
+    since = utcnow() - dt.timedelta(seconds=window_s)
+    for key in _throttle_keys(username, ip):
+        n = session.scalar(select(func.count()).where(LoginAttempt.key == key, LoginAttempt.created_at >= since))
+        # per-address limit is looser: many people may share a hospital's NAT
+        allowed = limit if key.startswith("user:") else limit * 4
+        if (n or 0) >= allowed:
+            raise TooManyRequests("too many failed logins; wait a few minutes and try again",
+                                  retry_after=window_s)
+
+
+def note_failed_login(session: Session, username: str, ip: str | None) -> None:
+    for key in _throttle_keys(username, ip):
+        session.add(LoginAttempt(key=key))
+
+
+def clear_failed_logins(session: Session, username: str) -> None:
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key == f"user:{username.lower()}"))
+
+
+@dataclass
+class PasswordCheck:
+    user: User
+    needs_enrolment: bool
+
+
+def authenticate_password(
+    session: Session, username: str, password: str, *, ip: str | None, limit: int, window_s: int
+) -> PasswordCheck:
+    """First factor. Raises Unauthenticated with one message for every failure reason."""
+    username = username.strip().lower()
+    check_throttle(session, username, ip, limit=limit, window_s=window_s)
+    cred = session.scalar(select(LocalCredential).where(LocalCredential.username == username))
+    ok = verify_password(cred.password_hash if cred else DUMMY_HASH, password)
+    if cred is None or not ok or not cred.user.is_active:
+        note_failed_login(session, username, ip)
+        audit.record(session, Actor(id=cred.user_id if cred else None, label=username, ip=ip),
+                     "login.password", outcome="denied", subject_user_id=cred.user_id if cred else None)
+        raise Unauthenticated("wrong username or password")
+    if needs_rehash(cred.password_hash):
+        cred.password_hash = hash_password(password)
+    audit.record(session, Actor(cred.user.id, cred.user.label, ip), "login.password",
+                 subject_user_id=cred.user_id)
+    return PasswordCheck(user=cred.user, needs_enrolment=not cred.mfa_enrolled)
+
+
+def change_password(session: Session, principal: Principal, current: str, new: str) -> None:
+    cred = _credential(session, principal.user)
+    if not verify_password(cred.password_hash, current):
+        raise Invalid("current password is wrong")
+    check_password_policy(new)
+    cred.password_hash = hash_password(new)
+    audit.record(session, principal.actor, "user.password_changed", subject_user_id=principal.user.id)
+
+
+# -- TOTP --------------------------------------------------------------------------------------
+def _credential(session: Session, user: User) -> LocalCredential:
+    cred = session.get(LocalCredential, user.id)
+    if cred is None:
+        raise Invalid("this account signs in through its home organisation; MFA is managed there")
+    return cred
+
+
+@dataclass
+class Enrolment:
+    secret: str
+    uri: str
+    qr_svg_data_uri: str
+
+
+def begin_totp_enrolment(session: Session, user: User, hub_secret: bytes) -> Enrolment:
+    """A new (unconfirmed) TOTP seed; replaces any earlier unconfirmed one."""
+    cred = _credential(session, user)
+    if cred.mfa_enrolled:
+        raise Conflict("MFA is already enrolled; an administrator can reset it")
+    seed = pyotp.random_base32()
+    cred.totp_secret = FieldCipher(hub_secret, "totp").encrypt(seed)
+    return _enrolment(seed, cred.username)
+
+
+def current_enrolment(session: Session, user: User, hub_secret: bytes) -> Enrolment | None:
+    cred = _credential(session, user)
+    if cred.mfa_enrolled or cred.totp_secret is None:
+        return None
+    return _enrolment(FieldCipher(hub_secret, "totp").decrypt(cred.totp_secret), cred.username)
+
+
+def _enrolment(seed: str, username: str) -> Enrolment:
+    uri = pyotp.TOTP(seed).provisioning_uri(name=username, issuer_name=TOTP_ISSUER)
+    qr = segno.make(uri, error="m").svg_data_uri(scale=5, title="TOTP enrolment QR code")
+    return Enrolment(secret=seed, uri=uri, qr_svg_data_uri=qr)
+
+
+def _accept_totp(cred: LocalCredential, seed: str, code: str) -> bool:
+    """Valid in the current ±1 step window, and not a step already used (no replay)."""
+    code = re.sub(r"\s", "", code)
+    if not code.isdigit() or len(code) != 6:
+        return False
+    totp = pyotp.TOTP(seed)
+    now = utcnow().timestamp()
+    for offset in (0, -1, 1):
+        at = now + offset * totp.interval
+        step = totp.timecode(dt.datetime.fromtimestamp(at, dt.UTC))
+        if step > cred.totp_last_step and secrets.compare_digest(totp.at(at), code):
+            cred.totp_last_step = step
+            return True
+    return False
+
+
+def confirm_totp_enrolment(session: Session, user: User, code: str, hub_secret: bytes, ip: str | None
+                           ) -> list[str]:
+    """Confirm the seed with a first code; returns fresh recovery codes (shown once)."""
+    cred = _credential(session, user)
+    if cred.totp_secret is None or cred.mfa_enrolled:
+        raise Conflict("no enrolment in progress")
+    seed = FieldCipher(hub_secret, "totp").decrypt(cred.totp_secret)
+    if not _accept_totp(cred, seed, code):
+        audit.record(session, Actor(user.id, user.label, ip), "mfa.enrol", outcome="denied",
+                     subject_user_id=user.id)
+        raise Invalid("that code is not valid; check the device clock and try the next code")
+    cred.totp_confirmed_at = utcnow()
+    codes = regenerate_recovery_codes(session, user, hub_secret)
+    audit.record(session, Actor(user.id, user.label, ip), "mfa.enrol", subject_user_id=user.id)
+    return codes
+
+
+def verify_second_factor(session: Session, user: User, code: str, hub_secret: bytes, ip: str | None,
+                         *, limit: int, window_s: int) -> str:
+    """Check a TOTP or recovery code. Returns which one was used; raises Unauthenticated."""
+    cred = _credential(session, user)
+    check_throttle(session, cred.username, ip, limit=limit, window_s=window_s)
+    actor = Actor(user.id, user.label, ip)
+    if cred.mfa_enrolled and cred.totp_secret is not None:
+        seed = FieldCipher(hub_secret, "totp").decrypt(cred.totp_secret)
+        if _accept_totp(cred, seed, code):
+            audit.record(session, actor, "login.mfa", subject_user_id=user.id, details={"factor": "totp"})
+            clear_failed_logins(session, cred.username)
+            return "totp"
+        normalized = re.sub(r"[\s-]", "", code).lower()
+        digest = keyed_digest(hub_secret, "recovery", normalized)
+        rc = session.scalar(select(RecoveryCode).where(RecoveryCode.user_id == user.id,
+                                                       RecoveryCode.code_hash == digest,
+                                                       RecoveryCode.used_at.is_(None)))
+        if rc is not None:
+            rc.used_at = utcnow()
+            audit.record(session, actor, "login.mfa", subject_user_id=user.id,
+                         details={"factor": "recovery-code"})
+            clear_failed_logins(session, cred.username)
+            return "recovery-code"
+    note_failed_login(session, cred.username, ip)
+    audit.record(session, actor, "login.mfa", outcome="denied", subject_user_id=user.id)
+    raise Unauthenticated("that code is not valid")
+
+
+def regenerate_recovery_codes(session: Session, user: User, hub_secret: bytes) -> list[str]:
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    codes = []
+    for _ in range(RECOVERY_CODES):
+        raw = secrets.token_hex(5)  # 40 bits each, single use, throttled like passwords
+        codes.append(f"{raw[:5]}-{raw[5:]}")
+        session.add(RecoveryCode(user_id=user.id, code_hash=keyed_digest(hub_secret, "recovery", raw)))
+    return codes
+
+
+def remaining_recovery_codes(session: Session, user: User) -> int:
+    return session.scalar(select(func.count()).where(RecoveryCode.user_id == user.id,
+                                                     RecoveryCode.used_at.is_(None))) or 0
+
+
+def reset_mfa(session: Session, actor: Actor, user: User) -> None:
+    """Administrator action: the user must enrol again at next login. All sessions end."""
+    cred = _credential(session, user)
+    cred.totp_secret = None
+    cred.totp_confirmed_at = None
+    session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+    audit.record(session, actor, "mfa.reset", subject_user_id=user.id)
+
+
+# -- browser sessions --------------------------------------------------------------------------
+def start_session(session: Session, user: User, *, stage: str, method: str, mfa: bool, ip: str | None,
+                  max_hours: int) -> str:
+    """Create a session; returns the cookie value (only its hash is stored)."""
+    secret = new_secret()
+    now = utcnow()
+    session.add(WebSession(id_hash=sha256_hex(secret), user_id=user.id, stage=stage, auth_method=method,
+                           mfa_at=now if mfa else None, last_seen_at=now,
+                           expires_at=now + dt.timedelta(hours=max_hours), ip=ip, data={}))
+    if stage == "active":
+        user.last_login_at = now
+    return secret
+
+
+def load_session(session: Session, cookie: str | None, *, idle_minutes: int) -> WebSession | None:
+    if not cookie or len(cookie) > 200:
+        return None
+    ws = session.get(WebSession, sha256_hex(cookie))
+    if ws is None:
+        return None
+    now = utcnow()
+    if ws.expires_at <= now or now - ws.last_seen_at > dt.timedelta(minutes=idle_minutes):
+        session.delete(ws)
+        return None
+    if now - ws.last_seen_at > dt.timedelta(seconds=30):  # avoid a write per request
+        ws.last_seen_at = now
+    return ws
+
+
+def rotate_session(session: Session, ws: WebSession, *, stage: str, mfa: bool) -> str:
+    """Issue a new cookie on privilege change (after MFA), so a pre-login cookie is worthless."""
+    secret = new_secret()
+    now = utcnow()
+    fresh = WebSession(id_hash=sha256_hex(secret), user_id=ws.user_id, stage=stage,
+                       auth_method=ws.auth_method, mfa_at=now if mfa else ws.mfa_at, last_seen_at=now,
+                       expires_at=ws.expires_at, ip=ws.ip, data={})
+    session.delete(ws)
+    session.add(fresh)
+    if stage == "active":
+        user = session.get(User, ws.user_id)
+        if user is not None:
+            user.last_login_at = now
+    return secret
+
+
+def end_session(session: Session, ws: WebSession, actor: Actor) -> None:
+    session.delete(ws)
+    audit.record(session, actor, "logout", subject_user_id=ws.user_id)
+
+
+def session_principal(ws: WebSession, user: User, ip: str | None) -> Principal:
+    return Principal(user=user, via="session", mfa_at=ws.mfa_at, scopes=frozenset(_scopes_for(user)),
+                     credential_id=f"session:{ws.id_hash[:8]}", ip=ip)
+
+
+def _scopes_for(user: User) -> set[str]:
+    return {s for s in SCOPES if s != "admin" or user.is_admin}
+
+
+# -- API tokens --------------------------------------------------------------------------------
+TOKEN_RE = re.compile(r"^sr_([A-Za-z0-9]{12})_([A-Za-z0-9_-]{20,100})$")
+
+
+def create_token(session: Session, principal: Principal, *, name: str, scopes: list[str], days: int,
+                 max_days: int) -> tuple[ApiToken, str]:
+    """Mint a token; returns it and the plaintext, which is never stored and shown only once."""
+    name = name.strip()
+    if not 1 <= len(name) <= 100:
+        raise Invalid("token name must be 1-100 characters")
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise Invalid(f"unknown or missing scopes: {sorted(unknown)}; choose from {sorted(SCOPES)}")
+    if not set(scopes) <= principal.scopes:
+        raise Invalid("a token cannot have scopes its creator lacks")
+    if not 1 <= days <= max_days:
+        raise Invalid(f"token lifetime must be 1-{max_days} days")
+    prefix = secrets.token_hex(6)
+    secret = new_secret(24)
+    token = ApiToken(user_id=principal.user.id, name=name, prefix=prefix, secret_hash=sha256_hex(secret),
+                     scopes=sorted(set(scopes)), expires_at=utcnow() + dt.timedelta(days=days))
+    session.add(token)
+    session.flush()
+    audit.record(session, principal.actor, "token.created", subject_user_id=principal.user.id,
+                 target=f"token:{prefix}", details={"name": name, "scopes": token.scopes, "days": days})
+    return token, f"sr_{prefix}_{secret}"
+
+
+def authenticate_token(session: Session, plaintext: str, ip: str | None) -> Principal:
+    """Resolve a bearer token. Expired, revoked, unknown and malformed tokens are all refused."""
+    match = TOKEN_RE.match(plaintext.strip())
+    token = session.scalar(select(ApiToken).where(ApiToken.prefix == match.group(1))) if match else None
+    now = utcnow()
+    if (token is None or match is None
+            or not secrets.compare_digest(token.secret_hash, sha256_hex(match.group(2)))):
+        raise Unauthenticated("invalid token")
+    user = session.get(User, token.user_id)
+    reason = ("revoked" if token.revoked_at else "expired" if token.expires_at <= now
+              else "account disabled" if user is None or not user.is_active else None)
+    actor = Actor(token.user_id, user.label if user else str(token.user_id), ip)
+    if reason:
+        audit.record(session, actor, "token.used", outcome="denied", subject_user_id=token.user_id,
+                     target=f"token:{token.prefix}", details={"reason": reason})
+        raise Unauthenticated(f"token {reason}")
+    assert user is not None
+    token.last_used_at = now
+    audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
+    # A token was minted under fresh MFA: that moment is its MFA time.
+    scopes = frozenset(token.scopes) & frozenset(_scopes_for(user))
+    return Principal(user=user, via="token", mfa_at=token.created_at, scopes=scopes,
+                     credential_id=f"token:{token.prefix}", ip=ip)
+
+
+def list_tokens(session: Session, user: User) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
+                                .order_by(ApiToken.created_at.desc())))
+
+
+def revoke_token(session: Session, principal: Principal, prefix: str) -> ApiToken:
+    token = session.scalar(select(ApiToken).where(ApiToken.prefix == prefix,
+                                                  ApiToken.user_id == principal.user.id))
+    if token is None:
+        raise NotFound("no such token")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        audit.record(session, principal.actor, "token.revoked", subject_user_id=principal.user.id,
+                     target=f"token:{prefix}")
+    return token
+
+
+# -- housekeeping ------------------------------------------------------------------------------
+def purge_expired(session: Session, *, window_s: int) -> dict[str, int]:
+    now = utcnow()
+    s = session.execute(delete(WebSession).where(WebSession.expires_at <= now)).rowcount
+    a = session.execute(delete(LoginAttempt).where(
+        LoginAttempt.created_at < now - dt.timedelta(seconds=window_s))).rowcount
+    from .models import OidcLoginState
+
+    o = session.execute(delete(OidcLoginState).where(
+        OidcLoginState.created_at < now - dt.timedelta(minutes=15))).rowcount
+    return {"sessions": s or 0, "login_attempts": a or 0, "oidc_states": o or 0}

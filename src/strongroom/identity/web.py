@@ -1,0 +1,302 @@
+"""Login, MFA enrolment, re-authentication and the account page (thin: services do the work)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..db import utcnow
+from ..deps import SESSION_COOKIE, CsrfChecked, Db, HubDep, WebPrincipal, client_ip, current_web_session
+from ..errors import DomainError, Forbidden, Invalid, Unauthenticated
+from ..hub import Hub
+from ..web.templating import templates
+from . import service
+from .models import LocalCredential, OidcLoginState
+from .oidc import OidcClient
+from .principal import SCOPES
+from .secrets import sha256_hex
+
+router = APIRouter()
+
+
+def _safe_next(value: str | None) -> str:
+    """Only same-site relative paths: never an open redirect."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/projects"
+    return value
+
+
+def _with_session_cookie(response: Response, hub: Hub, value: str) -> Response:
+    response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="lax", secure=hub.settings.cookie_secure,
+                        path="/")
+    return response
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- password + TOTP ---------------------------------------------------------------------------
+@router.get("/login")
+def login_page(request: Request, db: Db, next: str | None = None) -> Response:
+    found = current_web_session(request, db)
+    if found is not None:
+        ws, _user = found
+        if ws.stage == "active":
+            return _redirect(_safe_next(next))
+        if ws.stage == "password-ok":
+            return _redirect(f"/login/mfa?next={quote(_safe_next(next))}")
+        if ws.stage == "enrol":
+            return _redirect("/mfa/enrol")
+    return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login", dependencies=[CsrfChecked])
+def login_submit(request: Request, db: Db, hub: HubDep, username: Annotated[str, Form(max_length=200)],
+                 password: Annotated[str, Form(max_length=1024)], next: Annotated[str, Form()] = "/projects",
+                 ) -> Response:
+    sec = hub.settings.security
+    try:
+        check = service.authenticate_password(db, username, password, ip=client_ip(request),
+                                              limit=sec.login_attempts_per_window,
+                                              window_s=sec.login_window_seconds)
+    except DomainError as exc:
+        db.commit()  # keep the refusal's audit event and throttle count
+        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next),
+                                                                  "error": exc.detail},
+                                          status_code=exc.status)
+    stage = "enrol" if check.needs_enrolment else "password-ok"
+    cookie = service.start_session(db, check.user, stage=stage, method="local", mfa=False,
+                                   ip=client_ip(request), max_hours=sec.session_max_hours)
+    target = "/mfa/enrol" if stage == "enrol" else f"/login/mfa?next={quote(_safe_next(next))}"
+    return _with_session_cookie(_redirect(target), hub, cookie)
+
+
+@router.get("/login/mfa")
+def mfa_page(request: Request, db: Db, next: str | None = None) -> Response:
+    found = current_web_session(request, db)
+    if found is None or found[0].stage != "password-ok":
+        return _redirect("/login")
+    return templates.TemplateResponse(request, "login_mfa.html", {"next": _safe_next(next), "error": None,
+                                                                  "action": "/login/mfa"})
+
+
+@router.post("/login/mfa", dependencies=[CsrfChecked])
+def mfa_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(max_length=20)],
+               next: Annotated[str, Form()] = "/projects") -> Response:
+    found = current_web_session(request, db)
+    if found is None or found[0].stage != "password-ok":
+        return _redirect("/login")
+    ws, user = found
+    sec = hub.settings.security
+    try:
+        service.verify_second_factor(db, user, code, hub.secret, client_ip(request),
+                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
+    except DomainError as exc:
+        db.commit()
+        return templates.TemplateResponse(request, "login_mfa.html",
+                                          {"next": _safe_next(next), "error": exc.detail,
+                                           "action": "/login/mfa"}, status_code=exc.status)
+    cookie = service.rotate_session(db, ws, stage="active", mfa=True)
+    return _with_session_cookie(_redirect(_safe_next(next)), hub, cookie)
+
+
+@router.get("/mfa/enrol")
+def enrol_page(request: Request, db: Db, hub: HubDep) -> Response:
+    found = current_web_session(request, db)
+    if found is None or found[0].stage not in ("enrol", "active"):
+        return _redirect("/login")
+    ws, user = found
+    cred = db.get(LocalCredential, user.id)
+    if cred is None or cred.mfa_enrolled:
+        return _redirect("/account")
+    enrolment = service.current_enrolment(db, user, hub.secret) or service.begin_totp_enrolment(
+        db, user, hub.secret)
+    return templates.TemplateResponse(request, "mfa_enrol.html", {"enrolment": enrolment, "error": None})
+
+
+@router.post("/mfa/enrol", dependencies=[CsrfChecked])
+def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(max_length=20)]) -> Response:
+    found = current_web_session(request, db)
+    if found is None or found[0].stage not in ("enrol", "active"):
+        return _redirect("/login")
+    ws, user = found
+    try:
+        codes = service.confirm_totp_enrolment(db, user, code, hub.secret, client_ip(request))
+    except DomainError as exc:
+        db.commit()
+        enrolment = service.current_enrolment(db, user, hub.secret)
+        return templates.TemplateResponse(request, "mfa_enrol.html", {"enrolment": enrolment,
+                                                                      "error": exc.detail},
+                                          status_code=exc.status)
+    cookie = service.rotate_session(db, ws, stage="active", mfa=True)
+    request.state.user = user
+    response = templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": True})
+    return _with_session_cookie(response, hub, cookie)
+
+
+@router.get("/login/reauth")
+def reauth_page(request: Request, principal: WebPrincipal, next: str | None = None) -> Response:
+    if not principal.user.is_local:
+        return _redirect(f"/auth/oidc/login?next={quote(_safe_next(next))}&reauth=1")
+    return templates.TemplateResponse(request, "login_mfa.html",
+                                      {"next": _safe_next(next), "error": None, "action": "/login/reauth",
+                                       "reauth": True})
+
+
+@router.post("/login/reauth", dependencies=[CsrfChecked])
+def reauth_submit(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
+                  code: Annotated[str, Form(max_length=20)], next: Annotated[str, Form()] = "/projects"
+                  ) -> Response:
+    found = current_web_session(request, db)
+    assert found is not None
+    ws, user = found
+    sec = hub.settings.security
+    try:
+        service.verify_second_factor(db, user, code, hub.secret, client_ip(request),
+                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
+    except DomainError as exc:
+        db.commit()
+        return templates.TemplateResponse(request, "login_mfa.html",
+                                          {"next": _safe_next(next), "error": exc.detail,
+                                           "action": "/login/reauth", "reauth": True}, status_code=exc.status)
+    ws.mfa_at = utcnow()
+    return _redirect(_safe_next(next))
+
+
+@router.post("/logout", dependencies=[CsrfChecked])
+def logout(request: Request, db: Db) -> Response:
+    found = current_web_session(request, db)
+    if found is not None:
+        ws, user = found
+        service.end_session(db, ws, Actor(user.id, user.label, client_ip(request)))
+    response = _redirect("/login")
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# -- OIDC --------------------------------------------------------------------------------------
+def _oidc(request: Request, hub: Hub) -> OidcClient:
+    if not hub.settings.oidc.issuer:
+        raise Invalid("no OpenID Provider is configured on this hub")
+    client = getattr(request.app.state, "oidc", None)
+    if client is None:
+        client = OidcClient(hub.settings.oidc, hub.settings.base_url.rstrip("/") + "/auth/oidc/callback")
+        request.app.state.oidc = client
+    return client
+
+
+@router.get("/auth/oidc/login")
+def oidc_login(request: Request, db: Db, hub: HubDep, next: str | None = None) -> Response:
+    client = _oidc(request, hub)
+    state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
+    db.add(OidcLoginState(state_hash=sha256_hex(state), nonce=nonce, code_verifier=verifier,
+                          next_url=_safe_next(next)))
+    return _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier))
+
+
+@router.get("/auth/oidc/callback")
+def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: str = "",
+                  error: str | None = None) -> Response:
+    pending = db.get(OidcLoginState, sha256_hex(state)) if state else None
+    if pending is None or (utcnow() - pending.created_at).total_seconds() > 600:
+        raise Unauthenticated("this login link expired or was already used; start again")
+    db.delete(pending)  # single use
+    if error or not code:
+        db.commit()
+        raise Unauthenticated(f"the identity provider did not log you in ({error or 'no code'})")
+    identity = _oidc(request, hub).complete(code=code, code_verifier=pending.code_verifier, nonce=pending.nonce)
+    user, created = service.upsert_federated_user(db, issuer=identity.issuer, subject=identity.subject,
+                                                  display_name=identity.name, email=identity.email,
+                                                  affiliation=identity.affiliation)
+    actor = Actor(user.id, user.label, client_ip(request))
+    if created:
+        audit.record(db, actor, "user.created", subject_user_id=user.id, target=identity.subject,
+                     details={"issuer": identity.issuer})
+    details = {"method": "oidc", "acr": identity.acr, "mfa": identity.mfa}
+    if not user.is_active:
+        audit.record(db, actor, "login.oidc", outcome="denied", subject_user_id=user.id,
+                     details={**details, "reason": "account disabled"})
+        db.commit()
+        raise Forbidden("this account is disabled")
+    if not identity.mfa and service.holds_data_role(db, user):
+        audit.record(db, actor, "login.oidc", outcome="denied", subject_user_id=user.id,
+                     details={**details, "reason": "mfa required for data role"})
+        db.commit()
+        raise Forbidden("your role can see data, so your home organisation must log you in with "
+                        "multi-factor authentication; enable MFA there and try again", mfa_required=True)
+    audit.record(db, actor, "login.oidc", subject_user_id=user.id, details=details)
+    found = current_web_session(request, db)
+    if found is not None:  # an OIDC re-authentication refreshes MFA on the current session
+        ws, _ = found
+        if ws.user_id == user.id and identity.mfa:
+            ws.mfa_at = utcnow()
+            return _redirect(pending.next_url)
+        db.delete(ws)
+    cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa,
+                                   ip=client_ip(request), max_hours=hub.settings.security.session_max_hours)
+    return _with_session_cookie(_redirect(pending.next_url), hub, cookie)
+
+
+# -- account -----------------------------------------------------------------------------------
+def _account_context(db: Db, principal: WebPrincipal) -> dict[str, object]:
+    cred = db.get(LocalCredential, principal.user.id)
+    return {
+        "user": principal.user,
+        "principal": principal,
+        "credential": cred,
+        "recovery_left": service.remaining_recovery_codes(db, principal.user) if cred else None,
+        "tokens": service.list_tokens(db, principal.user),
+        "scopes": {k: v for k, v in SCOPES.items() if k in principal.scopes},
+        "events": audit.query(db, user_id=principal.user.id, limit=20),
+        "now": utcnow(),
+        "new_token": None,
+        "error": None,
+    }
+
+
+@router.get("/account")
+def account_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    return templates.TemplateResponse(request, "account.html", _account_context(db, principal))
+
+
+@router.post("/account/tokens", dependencies=[CsrfChecked])
+async def create_token(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    form = await request.form()
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    try:
+        days = int(str(form.get("days", "30")))
+    except ValueError:
+        days = 0
+    try:
+        token, plaintext = service.create_token(db, principal, name=str(form.get("name", "")),
+                                                scopes=[str(s) for s in form.getlist("scopes")], days=days,
+                                                max_days=hub.settings.security.token_max_days)
+    except Invalid as exc:
+        ctx = _account_context(db, principal) | {"error": exc.detail}
+        return templates.TemplateResponse(request, "account.html", ctx, status_code=422)
+    ctx = _account_context(db, principal) | {"new_token": plaintext, "new_token_name": token.name}
+    return templates.TemplateResponse(request, "account.html", ctx)
+
+
+@router.post("/account/tokens/{prefix}/revoke", dependencies=[CsrfChecked])
+def revoke_token(db: Db, principal: WebPrincipal, prefix: str) -> Response:
+    service.revoke_token(db, principal, prefix)
+    return _redirect("/account#tokens")
+
+
+@router.post("/account/recovery-codes", dependencies=[CsrfChecked])
+def new_recovery_codes(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    if not principal.user.is_local:
+        raise Invalid("your home organisation manages your MFA")
+    codes = service.regenerate_recovery_codes(db, principal.user, hub.secret)
+    audit.record(db, principal.actor, "mfa.recovery_codes_regenerated", subject_user_id=principal.user.id)
+    return templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": False})
+

@@ -1,0 +1,123 @@
+"""Runs jobs: the same loop serves the in-process runner of `strongroom serve` and `strongroom worker`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+
+import structlog
+from prometheus_client import Counter
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db import transaction, utcnow
+from . import registry, service
+from .context import JobContext
+
+log = structlog.get_logger("strongroom.jobs")
+JOBS_RUN = Counter("strongroom_jobs_total", "Jobs finished by this process", ["kind", "outcome"])
+
+
+class Runner:
+    def __init__(self, sessions: sessionmaker[Session], *, lease_seconds: int = 30, poll_seconds: float = 0.5,
+                 extra_modules: list[str] | None = None, name: str | None = None) -> None:
+        self.sessions = sessions
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.kinds = registry.load(extra_modules)
+        self.worker_id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop_event = threading.Event()
+
+    # -- one step ------------------------------------------------------------------------------
+    def schedule_periodic(self) -> None:
+        """Enqueue the current period's run of each periodic job; the dedup key makes this
+        safe for any number of runners doing it at once."""
+        now = int(time.time())
+        with transaction(self.sessions) as session:
+            for kind in self.kinds.values():
+                if kind.every_seconds:
+                    bucket = now // kind.every_seconds
+                    service.enqueue(session, kind.name, {}, dedup_key=f"{kind.name}@{bucket}",
+                                    max_attempts=kind.max_attempts)
+
+    def run_one(self) -> bool:
+        """Claim and run one job. Returns False when there was nothing to do."""
+        with transaction(self.sessions) as session:
+            job = service.claim(session, self.worker_id, self.lease_seconds, list(self.kinds))
+            if job is None:
+                return False
+            job_id, kind_name, payload, attempt = job.id, job.kind, dict(job.payload), job.attempts
+        kind = self.kinds[kind_name]
+        log.info("job.start", job_id=job_id, kind=kind_name, attempt=attempt)
+        heartbeat_stop = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, heartbeat_stop), daemon=True)
+        heartbeat.start()
+        started = time.monotonic()
+        try:
+            ctx = JobContext(job_id=job_id, attempt=attempt, worker_id=self.worker_id, sessions=self.sessions)
+            result = kind.func(ctx, payload)
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried
+            heartbeat_stop.set()
+            heartbeat.join()
+            log.warning("job.failed", job_id=job_id, kind=kind_name, error=repr(exc))
+            with transaction(self.sessions) as session:
+                service.fail(session, job_id, self.worker_id,
+                             "".join(traceback.format_exception_only(exc)).strip())
+            JOBS_RUN.labels(kind_name, "failed").inc()
+            return True
+        heartbeat_stop.set()
+        heartbeat.join()
+        with transaction(self.sessions) as session:
+            finished = service.finish(session, job_id, self.worker_id, result)
+        log.info("job.done", job_id=job_id, kind=kind_name, seconds=round(time.monotonic() - started, 3),
+                 lost_lease=not finished)
+        JOBS_RUN.labels(kind_name, "done" if finished else "lost").inc()
+        return True
+
+    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+        interval = max(self.lease_seconds / 3, 0.2)
+        while not stop.wait(interval):
+            try:
+                with transaction(self.sessions) as session:
+                    if not service.renew(session, job_id, self.worker_id, self.lease_seconds):
+                        log.warning("job.lease_lost", job_id=job_id)
+                        return
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next interval
+                log.warning("job.heartbeat_failed", job_id=job_id, error=repr(exc))
+
+    # -- loops ---------------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("worker.start", worker=self.worker_id, kinds=sorted(self.kinds))
+        last_schedule = 0.0
+        while not self.stop_event.is_set():
+            try:
+                if time.monotonic() - last_schedule > 5:
+                    self.schedule_periodic()
+                    last_schedule = time.monotonic()
+                if not self.run_one():
+                    self.stop_event.wait(self.poll_seconds)
+            except Exception as exc:  # noqa: BLE001 - the database may be briefly away; keep going
+                log.error("worker.loop_error", error=repr(exc))
+                self.stop_event.wait(min(self.poll_seconds * 4, 5))
+        log.info("worker.stop", worker=self.worker_id)
+
+    def run_until_idle(self, max_jobs: int = 10_000) -> int:
+        """Run queued jobs until none is runnable (tests and `strongroom jobs run`)."""
+        done = 0
+        while done < max_jobs and self.run_one():
+            done += 1
+        return done
+
+    def start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run_forever, name="strongroom-jobs", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+__all__ = ["Runner", "utcnow"]

@@ -1,0 +1,114 @@
+"""Enqueue, claim, renew and finish jobs.
+
+Claiming is a lease: a runner owns a job until ``lease_expires_at`` and renews the lease while it
+works. A runner that dies stops renewing, the lease lapses and another runner claims the job
+again. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so many workers on many hosts never
+block one another; on SQLite writers are serialised by ``BEGIN IMMEDIATE``.
+
+Why not procrastinate: it only runs on PostgreSQL, and the embedded default must work with
+nothing but a SQLite file. One lease-based table serves both, with the same semantics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from .models import Job
+
+
+def enqueue(
+    session: Session,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    dedup_key: str | None = None,
+    run_after: dt.datetime | None = None,
+    max_attempts: int = 5,
+) -> Job:
+    """Add a job in the caller's transaction; with ``dedup_key`` an existing job is returned instead."""
+    if dedup_key is not None:
+        existing = session.scalar(select(Job).where(Job.dedup_key == dedup_key))
+        if existing is not None:
+            return existing
+    job = Job(kind=kind, payload=payload or {}, dedup_key=dedup_key, max_attempts=max_attempts,
+              run_after=run_after or utcnow())
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # a concurrent producer won the race for the same key
+        return session.scalars(select(Job).where(Job.dedup_key == dedup_key)).one()
+    return job
+
+
+def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]) -> Job | None:
+    """Take the oldest runnable job (queued, or running with a lapsed lease)."""
+    now = utcnow()
+    stmt = (
+        select(Job)
+        .where(Job.kind.in_(kinds))
+        .where(
+            or_(
+                (Job.status == "queued") & (Job.run_after <= now),
+                (Job.status == "running") & (Job.lease_expires_at < now),
+            )
+        )
+        .order_by(Job.run_after, Job.id)
+        .limit(1)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    job = session.scalars(stmt).first()
+    if job is None:
+        return None
+    job.status = "running"
+    job.attempts += 1
+    job.locked_by = worker_id
+    job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
+    session.flush()
+    return job
+
+
+def renew(session: Session, job_id: int, worker_id: str, lease_seconds: int) -> bool:
+    """Extend our lease; False means another runner took the job over (we lost it)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+    )
+    return result.rowcount == 1
+
+
+def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None) -> bool:
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
+        .values(status="done", result=result, finished_at=utcnow(), lease_expires_at=None, last_error=None)
+    )
+    return outcome.rowcount == 1
+
+
+def fail(session: Session, job_id: int, worker_id: str, error: str) -> None:
+    """Record a failure; retry with exponential backoff until ``max_attempts`` is reached."""
+    job = session.get(Job, job_id)
+    if job is None or job.locked_by != worker_id or job.status != "running":
+        return
+    job.last_error = error[:4000]
+    job.lease_expires_at = None
+    if job.attempts >= job.max_attempts:
+        job.status, job.finished_at = "failed", utcnow()
+    else:
+        job.status = "queued"
+        job.run_after = utcnow() + dt.timedelta(seconds=min(2 ** job.attempts, 300))
+
+
+def stats(session: Session) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {status: n for status, n in rows}

@@ -1,0 +1,10 @@
+"""Imports every capability's tables so metadata (and Alembic) sees the whole schema."""
+
+from __future__ import annotations
+
+
+def load_all() -> None:
+    from .audit import models as _audit  # noqa: F401
+    from .identity import models as _identity  # noqa: F401
+    from .jobs import models as _jobs  # noqa: F401
+    from .projects import models as _projects  # noqa: F401

@@ -1,0 +1,23 @@
+"""Rights a project member can hold, the built-in roles, and which rights a PI may delegate."""
+
+from __future__ import annotations
+
+RIGHTS: dict[str, str] = {
+    "read-data": "see and download the project's data",
+    "write-data": "upload data into the project",
+    "import": "import data from outside (DICOM, bulk import) into the project",
+    "export": "export data out of the project to an approved destination",
+    "manage-members": "add and remove members and change their roles",
+    "manage-settings": "open or close the project's security settings",
+    "view-audit": "read the project's audit log",
+}
+
+# Rights the PI may hand to individual members on top of their role.
+DELEGABLE = ("import", "export", "manage-members", "manage-settings", "view-audit")
+
+BUILTIN_ROLES: dict[str, tuple[str, list[str]]] = {
+    "pi": ("Principal investigator: answers for the project, holds every right", sorted(RIGHTS)),
+    "steward": ("Data steward: curates and imports the project's data",
+                ["read-data", "write-data", "import", "view-audit"]),
+    "member": ("Researcher working on the project's data", ["read-data", "write-data"]),
+}

@@ -1,0 +1,329 @@
+"""Projects: the security boundary. Everything outside the caller's projects is NotFound.
+
+Each public function takes the acting ``Principal`` and checks rights itself, so no entry
+point (API, web, CLI) can forget to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..audit.models import AuditEvent
+from ..audit.service import Actor
+from ..db import utcnow
+from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
+from ..identity import service as identity
+from ..identity.models import User
+from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
+from .models import Membership, Project, ProjectSetting, Role
+from .rights import DELEGABLE, RIGHTS
+from .settings import SETTINGS
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
+PROJECT_CLASSES = ("project", "fellowship", "network-partner")
+DEFAULT_QUOTA_BYTES = 2 * 1000**4  # basic service: 2 TB private project storage
+
+
+@dataclass
+class ProjectAccess:
+    """A project as seen by one member: the row, their membership and effective rights."""
+
+    project: Project
+    membership: Membership
+    rights: frozenset[str]
+
+    def require(self, right: str) -> None:
+        if right not in self.rights:
+            raise Forbidden(f"you need the {right!r} right in project {self.project.slug!r}")
+
+
+def _require_mfa(principal: Principal) -> None:
+    if not principal.has_mfa:
+        raise MfaRequired("project data needs a login with multi-factor authentication")
+
+
+def effective_rights(session: Session, membership: Membership) -> frozenset[str]:
+    role = session.get(Role, membership.role)
+    return frozenset((role.rights if role else []) + list(membership.delegated_rights or []))
+
+
+def list_my_projects(session: Session, principal: Principal) -> list[tuple[Project, Membership]]:
+    rows = session.execute(
+        select(Project, Membership).join(Membership, Membership.project_id == Project.id)
+        .where(Membership.user_id == principal.user.id).order_by(Project.name)
+    )
+    return [(p, m) for p, m in rows]
+
+
+def open_project(session: Session, principal: Principal, slug: str) -> ProjectAccess:
+    """The project if the caller is a member; NotFound otherwise (existence is not revealed)."""
+    row = session.execute(
+        select(Project, Membership).join(Membership, Membership.project_id == Project.id)
+        .where(Project.slug == slug, Membership.user_id == principal.user.id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no project {slug!r}")
+    _require_mfa(principal)
+    project, membership = row
+    return ProjectAccess(project, membership, effective_rights(session, membership))
+
+
+# -- administration (platform admins) ----------------------------------------------------------
+def _require_admin(principal: Principal) -> None:
+    if not (principal.user.is_admin and principal.can("admin")):
+        raise NotFound("not found")
+    _require_mfa(principal)
+
+
+def create_project(
+    session: Session,
+    principal: Principal | Actor,
+    *,
+    slug: str,
+    name: str,
+    pi: str,
+    ethics_ref: str,
+    project_class: str = "project",
+    quota_bytes: int = DEFAULT_QUOTA_BYTES,
+    end_date: dt.date,
+    description: str = "",
+) -> Project:
+    """Create a project (admins, or the CLI as a system actor) with its PI as first member."""
+    actor = principal.actor if isinstance(principal, Principal) else principal
+    if isinstance(principal, Principal):
+        _require_admin(principal)
+    slug = slug.strip().lower()
+    if not SLUG_RE.match(slug):
+        raise Invalid("project id must be 3-40 characters: lower-case letters, digits and '-'")
+    if project_class not in PROJECT_CLASSES:
+        raise Invalid(f"project class must be one of {', '.join(PROJECT_CLASSES)}")
+    if not name.strip():
+        raise Invalid("project name is required")
+    if not ethics_ref.strip():
+        raise Invalid("an ethics approval reference is required")
+    if quota_bytes < 0:
+        raise Invalid("quota cannot be negative")
+    if end_date <= dt.date.today():
+        raise Invalid("end date must be in the future")
+    pi_user = identity.find_user(session, pi)
+    if pi_user is None:
+        raise Invalid(f"no user {pi!r} to be PI")
+    if session.scalar(select(Project).where(Project.slug == slug)):
+        raise Conflict(f"project {slug!r} exists")
+    project = Project(slug=slug, name=name.strip(), description=description.strip(),
+                      project_class=project_class, ethics_ref=ethics_ref.strip(), pi_id=pi_user.id,
+                      quota_bytes=quota_bytes, end_date=end_date)
+    session.add(project)
+    session.flush()
+    session.add(Membership(project_id=project.id, user_id=pi_user.id, role="pi", delegated_rights=[]))
+    audit.record(session, actor, "project.created", project_id=project.id, subject_user_id=pi_user.id,
+                 target=f"project:{slug}",
+                 details={"class": project_class, "quota_bytes": quota_bytes, "end_date": str(end_date),
+                          "ethics_ref": project.ethics_ref})
+    session.flush()
+    return project
+
+
+def admin_list_projects(session: Session, principal: Principal) -> list[Project]:
+    _require_admin(principal)
+    return list(session.scalars(select(Project).order_by(Project.slug)))
+
+
+def admin_update_project(session: Session, principal: Principal, slug: str, *, fresh_minutes: int,
+                         **changes: Any) -> Project:
+    _require_admin(principal)
+    require_fresh_mfa(principal, fresh_minutes)
+    project = session.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        raise NotFound(f"no project {slug!r}")
+    before: dict[str, Any] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key == "quota_bytes" and value < 0:
+            raise Invalid("quota cannot be negative")
+        if key == "status" and value not in ("active", "closed"):
+            raise Invalid("status must be active or closed")
+        before[key] = str(getattr(project, key))
+        setattr(project, key, value)
+    audit.record(session, principal.actor, "project.updated", project_id=project.id,
+                 target=f"project:{slug}", details={"before": before,
+                                                    "after": {k: str(v) for k, v in changes.items()
+                                                              if v is not None}})
+    return project
+
+
+# -- members -----------------------------------------------------------------------------------
+def list_members(session: Session, access: ProjectAccess) -> list[tuple[Membership, frozenset[str]]]:
+    rows = session.scalars(select(Membership).where(Membership.project_id == access.project.id)
+                           .order_by(Membership.added_at))
+    return [(m, effective_rights(session, m)) for m in rows]
+
+
+def _membership(session: Session, access: ProjectAccess, user_id: uuid.UUID) -> Membership:
+    m = session.scalar(select(Membership).where(Membership.project_id == access.project.id,
+                                                Membership.user_id == user_id))
+    if m is None:
+        raise NotFound("no such member")
+    return m
+
+
+def _check_role(session: Session, role: str) -> None:
+    if role == "pi":
+        raise Invalid("a project has one PI; a platform administrator changes it")
+    if session.get(Role, role) is None:
+        raise Invalid(f"unknown role {role!r}")
+
+
+def add_member(session: Session, principal: Principal, access: ProjectAccess, user_ref: str,
+               role: str = "member") -> Membership:
+    access.require("manage-members")
+    _check_role(session, role)
+    user = identity.find_user(session, user_ref)
+    if user is None:
+        raise Invalid(f"no user {user_ref!r}; they must have logged in once or have a local account")
+    if session.scalar(select(Membership).where(Membership.project_id == access.project.id,
+                                               Membership.user_id == user.id)):
+        raise Conflict(f"{user.display_name} is already a member")
+    m = Membership(project_id=access.project.id, user_id=user.id, role=role, delegated_rights=[])
+    session.add(m)
+    audit.record(session, principal.actor, "project.member.added", project_id=access.project.id,
+                 subject_user_id=user.id, target=f"project:{access.project.slug}", details={"role": role})
+    session.flush()
+    return m
+
+
+def change_role(session: Session, principal: Principal, access: ProjectAccess, user_id: uuid.UUID,
+                role: str) -> Membership:
+    access.require("manage-members")
+    _check_role(session, role)
+    m = _membership(session, access, user_id)
+    if m.role == "pi":
+        raise Invalid("the PI's role cannot be changed here")
+    before, m.role = m.role, role
+    audit.record(session, principal.actor, "project.member.role_changed", project_id=access.project.id,
+                 subject_user_id=user_id, target=f"project:{access.project.slug}",
+                 details={"before": before, "after": role})
+    return m
+
+
+def remove_member(session: Session, principal: Principal, access: ProjectAccess, user_id: uuid.UUID) -> None:
+    access.require("manage-members")
+    m = _membership(session, access, user_id)
+    if m.role == "pi":
+        raise Invalid("the PI cannot be removed from their project")
+    session.delete(m)
+    audit.record(session, principal.actor, "project.member.removed", project_id=access.project.id,
+                 subject_user_id=user_id, target=f"project:{access.project.slug}")
+
+
+def delegate_rights(session: Session, principal: Principal, access: ProjectAccess, user_id: uuid.UUID,
+                    rights: list[str], *, fresh_minutes: int) -> Membership:
+    """The PI hands named rights to a member (replacing what was delegated before)."""
+    if access.membership.role != "pi":
+        raise Forbidden("only the project's PI can delegate rights")
+    require_fresh_mfa(principal, fresh_minutes)
+    wanted = sorted(set(rights))
+    bad = [r for r in wanted if r not in DELEGABLE]
+    if bad:
+        raise Invalid(f"cannot delegate {bad}; delegable rights: {', '.join(DELEGABLE)}")
+    m = _membership(session, access, user_id)
+    if m.role == "pi":
+        raise Invalid("the PI already holds every right")
+    before, m.delegated_rights = list(m.delegated_rights or []), wanted
+    audit.record(session, principal.actor, "project.rights.delegated", project_id=access.project.id,
+                 subject_user_id=user_id, target=f"project:{access.project.slug}",
+                 details={"before": before, "after": wanted})
+    return m
+
+
+# -- security settings -------------------------------------------------------------------------
+@dataclass
+class SettingView:
+    key: str
+    title: str
+    description: str
+    value: Any
+    locked: bool
+    changed_at: dt.datetime | None
+
+
+def list_settings(session: Session, access: ProjectAccess) -> list[SettingView]:
+    stored = {s.key: s for s in session.scalars(
+        select(ProjectSetting).where(ProjectSetting.project_id == access.project.id))}
+    views = []
+    for spec in SETTINGS.values():
+        row = stored.get(spec.key)
+        value = row.value if row else spec.locked
+        views.append(SettingView(spec.key, spec.title, spec.description, value, value == spec.locked,
+                                 row.changed_at if row else None))
+    return views
+
+
+def get_setting(session: Session, project_id: uuid.UUID, key: str) -> Any:
+    """The effective value other capabilities consult (e.g. the DICOM destination's senders)."""
+    spec = SETTINGS[key]
+    row = session.get(ProjectSetting, (project_id, key))
+    return row.value if row else spec.locked
+
+
+def change_setting(session: Session, principal: Principal, access: ProjectAccess, key: str, value: Any,
+                   *, fresh_minutes: int) -> SettingView:
+    """Open (or close) one setting. Validated, needs fresh MFA, audited with before and after."""
+    spec = SETTINGS.get(key)
+    if spec is None:
+        raise NotFound(f"no setting {key!r}")
+    access.require("manage-settings")
+    require_fresh_mfa(principal, fresh_minutes)
+    try:
+        value = spec.adapter.dump_python(spec.adapter.validate_python(value), mode="json")
+    except ValidationError as exc:
+        raise Invalid(f"invalid value for {key}", errors=exc.errors(include_url=False,
+                                                                   include_context=False)) from exc
+    before = get_setting(session, access.project.id, key)
+    row = session.get(ProjectSetting, (access.project.id, key))
+    if value == spec.locked:
+        if row is not None:
+            session.delete(row)
+    elif row is None:
+        session.add(ProjectSetting(project_id=access.project.id, key=key, value=value,
+                                   changed_by=principal.user.id))
+    else:
+        row.value, row.changed_by, row.changed_at = value, principal.user.id, utcnow()
+    audit.record(session, principal.actor,
+                 "project.setting.locked" if value == spec.locked else "project.setting.opened",
+                 project_id=access.project.id, target=f"setting:{key}",
+                 details={"before": before, "after": value})
+    session.flush()
+    return next(v for v in list_settings(session, access) if v.key == key)
+
+
+# -- audit views -------------------------------------------------------------------------------
+def project_audit(session: Session, access: ProjectAccess, *, before_seq: int | None = None,
+                  limit: int = 50) -> list[AuditEvent]:
+    access.require("view-audit")
+    return audit.query(session, project_id=access.project.id, before_seq=before_seq, limit=limit)
+
+
+def project_usage(session: Session, project: Project) -> dict[str, int]:
+    members = session.scalar(select(func.count()).where(Membership.project_id == project.id)) or 0
+    return {"members": members, "quota_bytes": project.quota_bytes}
+
+
+def users_of(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, User]:
+    if not ids:
+        return {}
+    return {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))}
+
+
+__all__ = ["RIGHTS", "ProjectAccess"]

@@ -1,0 +1,140 @@
+"""Project pages: list, create (admins), members, delegated rights, settings, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..errors import Invalid
+from ..identity.principal import Principal
+from ..web.templating import templates
+from . import service
+from .rights import DELEGABLE, RIGHTS
+from .settings import SETTINGS
+
+router = APIRouter()
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/projects")
+def projects_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    mine = service.list_my_projects(db, principal) if principal.has_mfa else []
+    everything = service.admin_list_projects(db, principal) if principal.user.is_admin else []
+    return templates.TemplateResponse(request, "projects.html", {
+        "mine": mine, "everything": everything, "classes": service.PROJECT_CLASSES, "error": None,
+        "today": dt.date.today(), "default_end": dt.date.today() + dt.timedelta(days=3 * 365),
+        "mfa": principal.has_mfa,
+    })
+
+
+@router.post("/projects", dependencies=[CsrfChecked])
+def create_project(request: Request, db: Db, principal: WebPrincipal,
+                   slug: Annotated[str, Form(max_length=40)], name: Annotated[str, Form(max_length=200)],
+                   pi: Annotated[str, Form(max_length=255)], ethics_ref: Annotated[str, Form(max_length=120)],
+                   end_date: Annotated[dt.date, Form()],
+                   project_class: Annotated[str, Form(max_length=24)] = "project",
+                   quota_tb: Annotated[float, Form(ge=0, le=100_000)] = 2.0,
+                   description: Annotated[str, Form(max_length=5000)] = "") -> Response:
+    project = service.create_project(db, principal, slug=slug, name=name, pi=pi, ethics_ref=ethics_ref,
+                                     project_class=project_class, quota_bytes=int(quota_tb * 1000**4),
+                                     end_date=end_date, description=description)
+    # The admin who created it sees it only if they are its PI: segmentation applies to admins too.
+    is_member = project.pi_id == principal.user.id
+    return _redirect(f"/projects/{project.slug}" if is_member else "/projects")
+
+
+def _project_context(db: Db, principal: Principal, slug: str) -> dict[str, Any]:
+    access = service.open_project(db, principal, slug)
+    members = service.list_members(db, access)
+    settings = service.list_settings(db, access)
+    events = service.project_audit(db, access, limit=30) if "view-audit" in access.rights else []
+    return {"access": access, "project": access.project, "members": members, "settings": settings,
+            "specs": SETTINGS, "events": events, "rights_help": RIGHTS, "delegable": DELEGABLE,
+            "roles": ["member", "steward"], "is_pi": access.membership.role == "pi", "error": None}
+
+
+@router.get("/projects/{slug}")
+def project_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -> Response:
+    return templates.TemplateResponse(request, "project.html", _project_context(db, principal, slug))
+
+
+@router.post("/projects/{slug}/members", dependencies=[CsrfChecked])
+def add_member(request: Request, db: Db, principal: WebPrincipal, slug: str,
+               user: Annotated[str, Form(max_length=255)], role: Annotated[str, Form(max_length=40)] = "member",
+               ) -> Response:
+    access = service.open_project(db, principal, slug)
+    try:
+        service.add_member(db, principal, access, user, role)
+    except Invalid as exc:
+        ctx = _project_context(db, principal, slug) | {"error": exc.detail}
+        return templates.TemplateResponse(request, "project.html", ctx, status_code=422)
+    return _redirect(f"/projects/{slug}#members")
+
+
+@router.post("/projects/{slug}/members/{user_id}/role", dependencies=[CsrfChecked])
+def change_role(db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID,
+                role: Annotated[str, Form(max_length=40)]) -> Response:
+    access = service.open_project(db, principal, slug)
+    service.change_role(db, principal, access, user_id, role)
+    return _redirect(f"/projects/{slug}#members")
+
+
+@router.post("/projects/{slug}/members/{user_id}/rights", dependencies=[CsrfChecked])
+async def delegate(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                   user_id: uuid.UUID) -> Response:
+    form = await request.form()
+    access = service.open_project(db, principal, slug)
+    service.delegate_rights(db, principal, access, user_id, [str(r) for r in form.getlist("rights")],
+                            fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    return _redirect(f"/projects/{slug}#members")
+
+
+@router.post("/projects/{slug}/members/{user_id}/remove", dependencies=[CsrfChecked])
+def remove_member(db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID) -> Response:
+    access = service.open_project(db, principal, slug)
+    service.remove_member(db, principal, access, user_id)
+    return _redirect(f"/projects/{slug}#members")
+
+
+@router.post("/projects/{slug}/settings/{key}", dependencies=[CsrfChecked])
+async def change_setting(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                         key: str) -> Response:
+    """Booleans post ``value`` = on/off; list settings post ``add`` with the entry's fields, or
+    ``remove`` with an index."""
+    form = await request.form()
+    access = service.open_project(db, principal, slug)
+    spec = SETTINGS.get(key)
+    if spec is None:
+        raise Invalid(f"no setting {key!r}")
+    current = service.get_setting(db, access.project.id, key)
+    if spec.item_model is None:
+        value: Any = str(form.get("value")) == "on"
+    elif "remove" in form:
+        index = int(str(form.get("remove")))
+        value = [v for i, v in enumerate(current) if i != index]
+    else:
+        entry = {name: str(form.get(name, "")) for name in spec.item_model.model_fields}
+        value = [*current, entry]
+    try:
+        service.change_setting(db, principal, access, key, value,
+                               fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except Invalid as exc:
+        ctx = _project_context(db, principal, slug) | {"error": f"{exc.detail}: {_first_error(exc)}"}
+        return templates.TemplateResponse(request, "project.html", ctx, status_code=422)
+    return _redirect(f"/projects/{slug}#settings")
+
+
+def _first_error(exc: Invalid) -> str:
+    errors = exc.extra.get("errors") or []
+    if isinstance(errors, list) and errors:
+        e = errors[0]
+        return f"{'.'.join(str(x) for x in e.get('loc', ()))} {e.get('msg', '')}".strip()
+    return ""

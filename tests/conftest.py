@@ -1,0 +1,188 @@
+"""Shared fixtures. Every test runs against SQLite, and against PostgreSQL when it is reachable
+(it always is in CI: 127.0.0.1:5432, database `test`). Each test starts from empty tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyotp
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from strongroom.app import create_app
+from strongroom.config import Settings
+from strongroom.db import Base, transaction
+from strongroom.deps import SESSION_COOKIE
+from strongroom.hub import Hub
+from strongroom.identity import service as identity
+from strongroom.identity.models import User
+from strongroom.migrate import upgrade
+from strongroom.models import load_all
+
+PG_URL = os.environ.get("STRONGROOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+KEEP_TABLES = {"roles", "alembic_version"}
+PASSWORD = "correct horse battery staple"
+
+
+def _pg_available() -> bool:
+    try:
+        engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"),
+                               connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+PG_OK = _pg_available()
+if os.environ.get("CI") and not PG_OK:
+    raise RuntimeError(f"CI must reach PostgreSQL at {PG_URL}")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("template") / "strongroom.db"
+    upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pg_schema_ready() -> str:
+    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(PG_URL)
+    return PG_URL
+
+
+def _truncate_pg(url: str) -> None:
+    load_all()
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    names = [t.name for t in Base.metadata.sorted_tables if t.name not in KEEP_TABLES]
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # noqa: ANN001
+    if request.param == "sqlite":
+        import shutil
+
+        target = tmp_path / "strongroom.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    if not PG_OK:
+        pytest.skip("PostgreSQL not reachable")
+    url = request.getfixturevalue("pg_schema_ready")
+    _truncate_pg(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path) -> Settings:  # noqa: ANN001
+    return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
+                    log_json=True, jobs={"embedded": False},
+                    security={"cookie_secure": False, "login_attempts_per_window": 5})
+
+
+@pytest.fixture
+def app(settings: Settings):  # noqa: ANN201
+    return create_app(settings, run_jobs=False)
+
+
+@pytest.fixture
+def hub(app) -> Hub:  # noqa: ANN001
+    return app.state.hub
+
+
+@dataclass
+class Person:
+    """A test user with everything needed to act as them."""
+
+    user: User
+    username: str
+    seed: str | None
+    used_steps: set[int] = field(default_factory=set)
+
+    def code(self) -> str:
+        """A TOTP code for a step not used yet (the hub refuses replays)."""
+        totp = pyotp.TOTP(self.seed)
+        while True:
+            now = time.time()
+            for offset in (0, 1):
+                step = int(now // 30) + offset
+                if step not in self.used_steps and all(step > s for s in self.used_steps):
+                    self.used_steps.add(step)
+                    return totp.at(step * 30)
+            time.sleep(1)
+
+
+@pytest.fixture
+def people(hub: Hub):  # noqa: ANN201
+    """Factory: ``people("alice", admin=False, mfa=True)`` creates a local user (MFA enrolled)."""
+
+    def make(username: str, *, admin: bool = False, mfa: bool = True, email: str | None = None) -> Person:
+        from strongroom.audit.service import Actor
+
+        with transaction(hub.sessions) as session:
+            user = identity.create_local_user(session, Actor.system("test"), username=username, password=PASSWORD,
+                                              display_name=username.title(),
+                                              email=email or f"{username}@example.org", is_admin=admin)
+            seed = None
+            if mfa:
+                enrolment = identity.begin_totp_enrolment(session, user, hub.secret)
+                seed = enrolment.secret
+        person = Person(user=user, username=username, seed=seed)
+        if mfa:
+            with transaction(hub.sessions) as session:
+                identity.confirm_totp_enrolment(session, session.get(User, user.id), person.code(), hub.secret,
+                                                None)
+        return person
+
+    return make
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:  # noqa: ANN001
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+def browser_session(hub: Hub, person: Person, *, mfa: bool = True) -> str:
+    """A logged-in session cookie without driving the login pages (those have their own tests)."""
+    with transaction(hub.sessions) as session:
+        user = session.get(User, person.user.id)
+        return identity.start_session(session, user, stage="active", method="local", mfa=mfa, ip="127.0.0.1",
+                                      max_hours=12)
+
+
+def web_client(app, hub: Hub, person: Person) -> TestClient:  # noqa: ANN001
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    c.cookies.set(SESSION_COOKIE, browser_session(hub, person))
+    return c
+
+
+def token_for(hub: Hub, person: Person, scopes: list[str] | None = None, days: int = 30) -> str:
+    from strongroom.identity.principal import SCOPES
+
+    with transaction(hub.sessions) as session:
+        user = session.get(User, person.user.id)
+        principal = identity.session_principal(
+            type("S", (), {"mfa_at": dt.datetime.now(dt.UTC), "id_hash": "test0000"})(), user, "127.0.0.1")
+        _, plaintext = identity.create_token(session, principal, name="test", days=days, max_days=90,
+                                             scopes=scopes or [s for s in SCOPES if s != "admin" or user.is_admin])
+    return plaintext
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
