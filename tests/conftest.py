@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -49,19 +50,32 @@ if os.environ.get("CI") and not PG_OK:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("template") / "strongroom.db"
-    upgrade(f"sqlite:///{path}")
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    from strongroom.db import engine_for
+
+    engine_for(url).dispose()  # closing the last connection folds the WAL into the file we copy
+    assert not Path(f"{path}-wal").exists()
     return str(path)
 
 
 @pytest.fixture(scope="session")
-def pg_schema_ready() -> str:
-    engine = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    upgrade(PG_URL)
-    return PG_URL
+def pg_schema_ready() -> Iterator[str]:
+    """A schema of this test process's own, so parallel runs never see each other's rows."""
+    schema = f"sr_test_{os.getpid()}"
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    upgrade(url)
+    yield url
+    from strongroom.db import engine_for
+
+    engine_for(url).dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    admin.dispose()
 
 
 def _truncate_pg(url: str) -> None:

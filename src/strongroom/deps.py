@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from .errors import DomainError, Forbidden, Unauthenticated
+from .errors import DomainError, Forbidden, NotFound, Unauthenticated
 from .hub import Hub
 from .identity import service as identity
 from .identity.models import User, WebSession
@@ -71,6 +72,8 @@ ApiPrincipal = Annotated[Principal, Depends(_api_principal)]
 
 def scoped(scope: str):  # noqa: ANN201 - returns a dependency
     def check(principal: ApiPrincipal) -> Principal:
+        if scope == "admin" and not principal.user.is_admin:
+            raise NotFound("not found")  # administration is invisible to everyone else
         if not principal.can(scope):
             raise Forbidden(f"this token lacks the {scope!r} scope")
         return principal
@@ -104,8 +107,21 @@ def _web_principal(request: Request, db: Db) -> Principal:
         raise LoginRequired(request.url.path)
     ws, user = found
     principal = identity.session_principal(ws, user, client_ip(request))
-    request.state.user = user
+    show_viewer(request, user)
     return principal
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """What the page layout shows of the logged-in user. A plain copy, not an ORM row, so error
+    pages can render it after the request's transaction was rolled back."""
+
+    display_name: str
+    is_admin: bool
+
+
+def show_viewer(request: Request, user: User) -> None:
+    request.state.user = Viewer(user.display_name, user.is_admin)
 
 
 WebPrincipal = Annotated[Principal, Depends(_web_principal)]

@@ -12,8 +12,17 @@ from fastapi.responses import RedirectResponse, Response
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import utcnow
-from ..deps import SESSION_COOKIE, CsrfChecked, Db, HubDep, WebPrincipal, client_ip, current_web_session
-from ..errors import DomainError, Forbidden, Invalid, Unauthenticated
+from ..deps import (
+    SESSION_COOKIE,
+    CsrfChecked,
+    Db,
+    HubDep,
+    WebPrincipal,
+    client_ip,
+    current_web_session,
+    show_viewer,
+)
+from ..errors import DomainError, Forbidden, Invalid, TooManyRequests, Unauthenticated
 from ..hub import Hub
 from ..web.templating import templates
 from . import service
@@ -42,6 +51,13 @@ def _redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
+def _refused(request: Request, template: str, context: dict[str, object], exc: DomainError) -> Response:
+    """Re-render a login form with the refusal; throttling adds Retry-After."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+    return templates.TemplateResponse(request, template, {**context, "error": exc.detail},
+                                      status_code=exc.status, headers=headers)
+
+
 # -- password + TOTP ---------------------------------------------------------------------------
 @router.get("/login")
 def login_page(request: Request, db: Db, next: str | None = None) -> Response:
@@ -68,9 +84,7 @@ def login_submit(request: Request, db: Db, hub: HubDep, username: Annotated[str,
                                               window_s=sec.login_window_seconds)
     except DomainError as exc:
         db.commit()  # keep the refusal's audit event and throttle count
-        return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next),
-                                                                  "error": exc.detail},
-                                          status_code=exc.status)
+        return _refused(request, "login.html", {"next": _safe_next(next)}, exc)
     stage = "enrol" if check.needs_enrolment else "password-ok"
     cookie = service.start_session(db, check.user, stage=stage, method="local", mfa=False,
                                    ip=client_ip(request), max_hours=sec.session_max_hours)
@@ -100,9 +114,7 @@ def mfa_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(
                                      limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
     except DomainError as exc:
         db.commit()
-        return templates.TemplateResponse(request, "login_mfa.html",
-                                          {"next": _safe_next(next), "error": exc.detail,
-                                           "action": "/login/mfa"}, status_code=exc.status)
+        return _refused(request, "login_mfa.html", {"next": _safe_next(next), "action": "/login/mfa"}, exc)
     cookie = service.rotate_session(db, ws, stage="active", mfa=True)
     return _with_session_cookie(_redirect(_safe_next(next)), hub, cookie)
 
@@ -132,11 +144,9 @@ def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, For
     except DomainError as exc:
         db.commit()
         enrolment = service.current_enrolment(db, user, hub.secret)
-        return templates.TemplateResponse(request, "mfa_enrol.html", {"enrolment": enrolment,
-                                                                      "error": exc.detail},
-                                          status_code=exc.status)
+        return _refused(request, "mfa_enrol.html", {"enrolment": enrolment}, exc)
     cookie = service.rotate_session(db, ws, stage="active", mfa=True)
-    request.state.user = user
+    show_viewer(request, user)
     response = templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": True})
     return _with_session_cookie(response, hub, cookie)
 
@@ -163,9 +173,8 @@ def reauth_submit(request: Request, db: Db, hub: HubDep, principal: WebPrincipal
                                      limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
     except DomainError as exc:
         db.commit()
-        return templates.TemplateResponse(request, "login_mfa.html",
-                                          {"next": _safe_next(next), "error": exc.detail,
-                                           "action": "/login/reauth", "reauth": True}, status_code=exc.status)
+        return _refused(request, "login_mfa.html",
+                        {"next": _safe_next(next), "action": "/login/reauth", "reauth": True}, exc)
     ws.mfa_at = utcnow()
     return _redirect(_safe_next(next))
 

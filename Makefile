@@ -1,0 +1,36 @@
+# Strongroom: two commands matter.
+#   make run   - a working hub on the embedded defaults at http://127.0.0.1:8000
+#   make test  - install everything the tests need (system packages included) and run them all
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test test-deps lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.run-installed
+	$(BIN)/strongroom init --demo
+	$(BIN)/strongroom serve
+
+test-deps: $(VENV)/.test-installed
+	bash scripts/install-test-deps.sh
+
+test: test-deps
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what the test suite drives for real: Debian's chromium (Playwright's browser) and the
+# Node.js OpenID Provider used by the OIDC tests. Idempotent; fast when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if ((${#need_apt[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "installing system packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -d tests/support/oidc/node_modules ]; then
+  (cd tests/support/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi

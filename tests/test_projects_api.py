@@ -1,0 +1,258 @@
+"""Projects over the API: tenant isolation, delegation, locked settings, tokens, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from conftest import bearer, token_for, web_client
+from helpers import form_post
+from strongroom.audit.service import Actor
+from strongroom.db import transaction
+from strongroom.identity.models import ApiToken, User
+from strongroom.projects import service as projects
+
+END = dt.date.today() + dt.timedelta(days=365)
+
+
+@pytest.fixture
+def world(hub, people):  # noqa: ANN001, ANN201
+    """Two customers: project A (PI alice, member carol) and project B (PI bob)."""
+    admin, alice, bob, carol = people("root", admin=True), people("alice"), people("bob"), people("carol")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="proj-a", name="A", pi="alice", ethics_ref="E-A",
+                                end_date=END)
+        projects.create_project(s, Actor.system("t"), slug="proj-b", name="B", pi="bob", ethics_ref="E-B",
+                                end_date=END)
+    tokens = {p.username: token_for(hub, p) for p in (admin, alice, bob, carol)}
+    c = TestClient(hub_app(hub), base_url="http://127.0.0.1:8000")
+    c.post("/api/v1/projects/proj-a/members", json={"user": "carol"}, headers=bearer(tokens["alice"]))
+    return {"admin": admin, "alice": alice, "bob": bob, "carol": carol, "tokens": tokens, "client": c}
+
+
+def hub_app(hub):  # noqa: ANN001, ANN201
+    return hub.app
+
+
+@pytest.fixture(autouse=True)
+def _link_app(app, hub):  # noqa: ANN001
+    hub.app = app
+
+
+def _bob_id(world) -> str:  # noqa: ANN001
+    return str(world["bob"].user.id)
+
+
+FOREIGN = [
+    ("GET", "/api/v1/projects/proj-b", None),
+    ("GET", "/api/v1/projects/proj-b/members", None),
+    ("GET", "/api/v1/projects/proj-b/settings", None),
+    ("GET", "/api/v1/projects/proj-b/audit", None),
+    ("POST", "/api/v1/projects/proj-b/members", {"user": "alice"}),
+    ("PATCH", "/api/v1/projects/proj-b/members/{bob}", {"role": "member"}),
+    ("PUT", "/api/v1/projects/proj-b/members/{bob}/rights", {"rights": ["import"]}),
+    ("DELETE", "/api/v1/projects/proj-b/members/{bob}", None),
+    ("PUT", "/api/v1/projects/proj-b/settings/internet_access", {"value": True}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), FOREIGN)
+def test_member_of_a_gets_404_for_every_project_b_resource(world, method, path, body):  # noqa: ANN001
+    c, token = world["client"], world["tokens"]["alice"]
+    url = path.format(bob=_bob_id(world))
+    r = c.request(method, url, json=body, headers=bearer(token))
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    # Identical to a project that does not exist: existence is not revealed.
+    missing = c.request(method, url.replace("proj-b", "proj-zz"), json=body, headers=bearer(token))
+    assert missing.status_code == 404
+    assert missing.json()["detail"].replace("proj-zz", "proj-b") == r.json()["detail"]
+
+
+def test_platform_admin_is_segmented_too(world):  # noqa: ANN001
+    c, token = world["client"], world["tokens"]["root"]
+    assert c.get("/api/v1/projects/proj-a", headers=bearer(token)).status_code == 404
+    slugs = [p["slug"] for p in c.get("/api/v1/admin/projects", headers=bearer(token)).json()]
+    assert slugs == ["proj-a", "proj-b"]
+    # A non-admin cannot even see that admin routes exist.
+    assert c.get("/api/v1/admin/projects", headers=bearer(world["tokens"]["alice"])).status_code in (403, 404)
+
+
+def test_web_pages_of_other_projects_are_404(app, hub, world):  # noqa: ANN001
+    wc = web_client(app, hub, world["alice"])
+    assert wc.get("/projects/proj-a").status_code == 200
+    page = wc.get("/projects/proj-b")
+    assert page.status_code == 404 and "proj-b" not in wc.get("/projects").text
+    r = form_post(wc, "/projects/proj-b/members", {"user": "alice", "role": "member"})
+    assert r.status_code == 404
+    r = form_post(wc, "/projects/proj-b/settings/internet_access", {"value": "on"})
+    assert r.status_code == 404
+
+
+def test_my_projects_lists_only_mine(world):  # noqa: ANN001
+    c = world["client"]
+    mine = c.get("/api/v1/projects", headers=bearer(world["tokens"]["carol"])).json()
+    assert [(p["slug"], p["role"]) for p in mine] == [("proj-a", "member")]
+    assert set(mine[0]["rights"]) == {"read-data", "write-data"}
+
+
+def test_pi_delegates_named_rights(world):  # noqa: ANN001
+    c, t = world["client"], world["tokens"]
+    carol_id = str(world["carol"].user.id)
+    # carol cannot manage members until the PI delegates the right
+    r = c.post("/api/v1/projects/proj-a/members", json={"user": "bob"}, headers=bearer(t["carol"]))
+    assert r.status_code == 403 and "manage-members" in r.json()["detail"]
+    r = c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["manage-members", "import"]},
+              headers=bearer(t["alice"]))
+    assert r.status_code == 200 and r.json()["delegated_rights"] == ["import", "manage-members"]
+    r = c.post("/api/v1/projects/proj-a/members", json={"user": "bob", "role": "steward"}, headers=bearer(t["carol"]))
+    assert r.status_code == 201 and r.json()["role"] == "steward"
+    # only the PI delegates; non-delegable rights are refused
+    r = c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["export"]},
+              headers=bearer(t["carol"]))
+    assert r.status_code == 403
+    r = c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["read-data"]},
+              headers=bearer(t["alice"]))
+    assert r.status_code == 422
+    # the PI cannot be removed or demoted
+    alice_id = str(world["alice"].user.id)
+    assert c.delete(f"/api/v1/projects/proj-a/members/{alice_id}", headers=bearer(t["carol"])).status_code == 422
+    events = c.get("/api/v1/projects/proj-a/audit", headers=bearer(t["alice"])).json()
+    actions = [e["action"] for e in events]
+    assert "project.rights.delegated" in actions and "project.member.added" in actions
+
+
+def test_settings_are_locked_by_default_and_opening_is_audited(world):  # noqa: ANN001
+    c, t = world["client"], world["tokens"]
+    settings = c.get("/api/v1/projects/proj-a/settings", headers=bearer(t["carol"])).json()
+    assert settings and all(s["locked"] for s in settings)
+    dest = [{"name": "Uni SFTP", "url": "sftp://sftp.uni.example/incoming"}]
+    r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": dest},
+              headers=bearer(t["carol"]))
+    assert r.status_code == 403
+    r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": dest},
+              headers=bearer(t["alice"]))
+    assert r.status_code == 200 and r.json()["locked"] is False and r.json()["value"] == dest
+    bad = c.put("/api/v1/projects/proj-a/settings/egress_destinations",
+                json={"value": [{"name": "x", "url": "ftp://insecure"}]}, headers=bearer(t["alice"]))
+    assert bad.status_code == 422 and bad.json()["errors"]
+    senders = c.put("/api/v1/projects/proj-a/settings/dicom_senders",
+                    json={"value": [{"ae_title": "CT01", "address": "not-an-ip"}]}, headers=bearer(t["alice"]))
+    assert senders.status_code == 422
+    assert c.put("/api/v1/projects/proj-a/settings/nope", json={"value": 1},
+                 headers=bearer(t["alice"])).status_code == 404
+    # project B is untouched by A's change
+    b = c.get("/api/v1/projects/proj-b/settings", headers=bearer(t["bob"])).json()
+    assert all(s["locked"] for s in b)
+    # closing again restores the locked default
+    r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": []}, headers=bearer(t["alice"]))
+    assert r.json()["locked"] is True
+    events = c.get("/api/v1/projects/proj-a/audit", headers=bearer(t["alice"])).json()
+    opened = next(e for e in events if e["action"] == "project.setting.opened")
+    assert opened["details"] == {"before": [], "after": dest}
+    assert any(e["action"] == "project.setting.locked" for e in events)
+    # a member without view-audit cannot read the project's log
+    assert c.get("/api/v1/projects/proj-a/audit", headers=bearer(t["carol"])).status_code == 403
+
+
+def test_sensitive_change_needs_fresh_mfa(hub, world):  # noqa: ANN001
+    c, t = world["client"], world["tokens"]
+    with transaction(hub.sessions) as s:  # the token was minted (under MFA) an hour ago
+        s.execute(update(ApiToken).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
+    r = c.put("/api/v1/projects/proj-a/settings/internet_access", json={"value": True}, headers=bearer(t["alice"]))
+    assert r.status_code == 403 and r.json()["code"] == "mfa-required"
+    # reading still works
+    assert c.get("/api/v1/projects/proj-a", headers=bearer(t["alice"])).status_code == 200
+
+
+def test_expired_revoked_unknown_and_unscoped_tokens(hub, world):  # noqa: ANN001
+    c, alice = world["client"], world["alice"]
+    read_only = token_for(hub, alice, scopes=["projects:read"])
+    assert c.get("/api/v1/projects", headers=bearer(read_only)).status_code == 200
+    r = c.post("/api/v1/projects/proj-a/members", json={"user": "bob"}, headers=bearer(read_only))
+    assert r.status_code == 403 and "projects:write" in r.json()["detail"]
+
+    expired = token_for(hub, alice)
+    prefix = expired.split("_")[1]
+    with transaction(hub.sessions) as s:
+        s.execute(update(ApiToken).where(ApiToken.prefix == prefix)
+                  .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
+    r = c.get("/api/v1/projects", headers=bearer(expired))
+    assert r.status_code == 401 and r.json()["detail"] == "token expired"
+
+    revoked = token_for(hub, alice)
+    rp = revoked.split("_")[1]
+    assert c.delete(f"/api/v1/tokens/{rp}", headers=bearer(revoked)).status_code == 204
+    r = c.get("/api/v1/projects", headers=bearer(revoked))
+    assert r.status_code == 401 and r.json()["detail"] == "token revoked"
+
+    for junk in ("sr_nothing", "Bearer", "sr_aaaaaaaaaaaa_" + "x" * 30, revoked[:-1] + "Z"):
+        assert c.get("/api/v1/projects", headers=bearer(junk)).status_code == 401
+    assert c.get("/api/v1/projects").status_code == 401
+
+    with transaction(hub.sessions) as s:
+        s.execute(update(User).where(User.id == alice.user.id).values(is_active=False))
+    live = world["tokens"]["alice"]
+    assert c.get("/api/v1/projects", headers=bearer(live)).status_code == 401
+
+    with hub.sessions() as s:
+        from strongroom.audit import service as audit
+
+        denied = [e for e in audit.query(s, action_prefix="token.used", limit=50) if e.outcome == "denied"]
+    assert {e.details["reason"] for e in denied} >= {"expired", "revoked", "account disabled"}
+
+
+def test_token_list_never_shows_secrets(world):  # noqa: ANN001
+    c, t = world["client"], world["tokens"]["alice"]
+    listing = c.get("/api/v1/tokens", headers=bearer(t)).json()
+    assert listing and all("secret" not in k for row in listing for k in row)
+    assert t.split("_")[2] not in c.get("/api/v1/tokens", headers=bearer(t)).text
+
+
+BAD_INPUT = [
+    ("POST", "/api/v1/projects/proj-a/members", b"{not json", 400),
+    ("POST", "/api/v1/projects/proj-a/members", b'{"user": "bob", "rolee": "member"}', 422),
+    ("POST", "/api/v1/projects/proj-a/members", b'{"user": 12}', 422),
+    ("POST", "/api/v1/projects/proj-a/members", b"[]", 422),
+    ("POST", "/api/v1/projects/proj-a/members", b'{"user": "nobody-here"}', 422),
+    ("PUT", "/api/v1/projects/proj-a/members/not-a-uuid/rights", b'{"rights": []}', 422),
+    ("PUT", "/api/v1/projects/proj-a/settings/internet_access", b'{"value": "maybe"}', 422),
+    ("PUT", "/api/v1/projects/proj-a/settings/internet_access", b'{"value": true, "x": 1}', 422),
+    ("GET", "/api/v1/projects/proj-a/audit?limit=100000", None, 422),
+    ("GET", "/api/v1/projects/proj-a/audit?before=-3", None, 422),
+    ("POST", "/api/v1/admin/projects", b'{"slug": "x"}', 404),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), BAD_INPUT)
+def test_bad_input_gets_a_clear_4xx(world, method, path, body, status):  # noqa: ANN001
+    c = world["client"]
+    r = c.request(method, path, content=body, headers={**bearer(world["tokens"]["alice"]),
+                                                       "content-type": "application/json"})
+    assert r.status_code == status, r.text
+    problem = r.json()
+    assert problem["status"] == status and problem["detail"]
+
+
+def test_admin_create_project_validates(world):  # noqa: ANN001
+    c, t = world["client"], world["tokens"]["root"]
+    base = {"slug": "new-one", "name": "New", "pi": "carol", "ethics_ref": "E-1", "end_date": str(END)}
+    assert c.post("/api/v1/admin/projects", json=base, headers=bearer(t)).status_code == 201
+    assert c.post("/api/v1/admin/projects", json=base, headers=bearer(t)).status_code == 409
+    for change in ({"slug": "Bad Slug!"}, {"pi": "ghost"}, {"end_date": "2001-01-01"},
+                   {"project_class": "startup"}, {"quota_bytes": -1}, {"ethics_ref": ""}):
+        r = c.post("/api/v1/admin/projects", json={**base, "slug": "other-" + uuid.uuid4().hex[:6], **change},
+                   headers=bearer(t))
+        assert r.status_code == 422, (change, r.text)
+
+
+def test_oversized_body_is_refused(world):  # noqa: ANN001
+    c = world["client"]
+    big = b'{"user": "' + b"a" * 2_000_000 + b'"}'
+    r = c.post("/api/v1/projects/proj-a/members", content=big,
+               headers={**bearer(world["tokens"]["alice"]), "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "body-too-large"
