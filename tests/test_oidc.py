@@ -298,6 +298,13 @@ def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, pr
     assert page.status_code == 200
     assert "Project data needs a login with multi-factor authentication" in page.text
 
+    # Logging in again single-factor in the same browser does not turn the session into an MFA one.
+    _, again = oidc_login(app, provider, "carol", mfa=False, browser=browser)
+    assert again.status_code == 303
+    (ws,) = sessions_of(hub, carol.id)
+    assert ws.mfa_at is None
+    assert "Project data needs a login with multi-factor" in browser.get("/projects").text
+
     # Later a PI adds them to a project: this single-factor session still sees none of it.
     add_project(hub, "secret-genomes", carol.id)
     page = browser.get("/projects", follow_redirects=False)

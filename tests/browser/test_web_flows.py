@@ -135,7 +135,7 @@ def test_admin_enrols_mfa_creates_project_and_adds_member(page: Page, hub: Hub, 
     expect(rows).to_have_count(2)
     researcher = rows.filter(has_text="Researcher")
     expect(researcher).to_have_count(1)
-    expect(researcher.get_by_label("Role of Researcher")).to_have_value("member")
+    expect(researcher.get_by_label("Role of Researcher", exact=True)).to_have_value("member")
     expect(rows.filter(has_text="Admin").locator("td").nth(1)).to_have_text("pi")
     expect(page.locator("#audit")).to_contain_text("project.member.added")
     page.screenshot(path=str(shots / "project.png"), full_page=True)

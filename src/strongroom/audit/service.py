@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
@@ -73,6 +74,20 @@ def _key(session: Session) -> bytes:
         raise RuntimeError("session has no audit key; use the hub's session factory") from None
 
 
+def _locked_head(session: Session) -> AuditHead:
+    """The chain head, row-locked until the caller's transaction ends (created on first use)."""
+    stmt = select(AuditHead).where(AuditHead.id == 1).with_for_update()
+    head = session.execute(stmt).scalar_one_or_none()
+    if head is None:
+        try:
+            with session.begin_nested():
+                session.add(AuditHead(id=1, seq=0, hash=GENESIS))
+        except IntegrityError:  # another writer created it first; now lock theirs
+            pass
+        head = session.execute(stmt).scalar_one()
+    return head
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -85,10 +100,7 @@ def record(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+    head = _locked_head(session)
     event = AuditEvent(
         seq=head.seq + 1,
         at=utcnow(),
@@ -113,7 +125,7 @@ def record(
 @dataclass
 class Problem:
     seq: int
-    kind: str  # edited | missing | reordered | truncated
+    kind: str  # edited | missing | broken-link | truncated
     detail: str
 
 
@@ -133,7 +145,7 @@ def verify(session: Session, *, batch: int = 5000) -> Iterator[tuple[int, Verify
     report = VerifyReport()
     expected_seq, prev_hash = 1, GENESIS
     last_seq = 0
-    stmt = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch)
+    stmt = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch, populate_existing=True)
     for event in session.scalars(stmt):
         if event.seq != expected_seq:
             report.problems.append(Problem(event.seq, "missing",
