@@ -467,6 +467,8 @@ def test_each_claim_check_refuses(provider, monkeypatch: pytest.MonkeyPatch) -> 
         "wrong azp": _claims(provider, nonce, aud=[CLIENT_ID, "another-client"], azp="another-client"),
         "wrong nonce": _claims(provider, "n-" + "3" * 30),
         "no nonce": _claims(provider, nonce, nonce=None),
+        "nonce in a list": _claims(provider, nonce, nonce=[nonce, "n-" + "3" * 30]),
+        "nonce not a string": _claims(provider, nonce, nonce={"value": nonce}),
         "wrong issuer": _claims(provider, nonce, iss="http://127.0.0.1:1"),
         "no subject": _claims(provider, nonce, sub=None),
         "expired": _claims(provider, nonce, iat=now - 3600, exp=now - 600),

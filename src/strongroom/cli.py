@@ -111,7 +111,12 @@ def config_show(as_json: Annotated[bool, typer.Option("--json", help="Machine-re
         return
     import tomli_w
 
-    console.print(tomli_w.dumps({k: v for k, v in data.items() if v is not None}), markup=False)
+    def without_unset(value: object) -> object:  # TOML has no null: leave unset values out
+        if isinstance(value, dict):
+            return {k: without_unset(v) for k, v in value.items() if v is not None}
+        return value
+
+    console.print(tomli_w.dumps(without_unset(data)), markup=False)
 
 
 @app.command()

@@ -8,6 +8,7 @@ with joserfc against the provider's published keys.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,11 @@ class OidcClient:
             registry.validate(decoded.claims)
         except (JoseError, ValueError) as exc:
             raise Unauthenticated(f"the id_token failed validation: {exc}") from exc
+        # joserfc's "value" option also accepts a list that merely contains the value (it is made
+        # for aud): the nonce must be exactly the single string we sent.
+        sent = decoded.claims.get("nonce")
+        if not isinstance(sent, str) or not secrets.compare_digest(sent.encode(), nonce.encode()):
+            raise Unauthenticated("the id_token failed validation: nonce does not match")
         azp = decoded.claims.get("azp")
         if azp is not None and azp != self.settings.client_id:
             raise Unauthenticated("the id_token was issued to another client")

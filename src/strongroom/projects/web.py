@@ -118,8 +118,10 @@ async def change_setting(request: Request, db: Db, hub: HubDep, principal: WebPr
     if spec.item_model is None:
         value: Any = str(form.get("value")) == "on"
     elif "remove" in form:
-        index = int(str(form.get("remove")))
-        value = [v for i, v in enumerate(current) if i != index]
+        index = str(form.get("remove"))
+        if not index.isdigit() or int(index) >= len(current):
+            raise Invalid("no such entry")
+        value = [v for i, v in enumerate(current) if i != int(index)]
     else:
         entry = {name: str(form.get(name, "")) for name in spec.item_model.model_fields}
         value = [*current, entry]
@@ -127,7 +129,7 @@ async def change_setting(request: Request, db: Db, hub: HubDep, principal: WebPr
         service.change_setting(db, principal, access, key, value,
                                fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     except Invalid as exc:
-        ctx = _project_context(db, principal, slug) | {"error": f"{exc.detail}: {_first_error(exc)}"}
+        ctx = _project_context(db, principal, slug) | {"error": f"{spec.title}: {_first_error(exc)}"}
         return templates.TemplateResponse(request, "project.html", ctx, status_code=422)
     return _redirect(f"/projects/{slug}#settings")
 
@@ -136,5 +138,7 @@ def _first_error(exc: Invalid) -> str:
     errors = exc.extra.get("errors") or []
     if isinstance(errors, list) and errors:
         e = errors[0]
-        return f"{'.'.join(str(x) for x in e.get('loc', ()))} {e.get('msg', '')}".strip()
-    return ""
+        field = " ".join(str(x).replace("_", " ") for x in e.get("loc", ()) if not isinstance(x, int))
+        message = str(e.get("msg", "")).removeprefix("Value error, ")
+        return f"{field} {message}".strip()
+    return exc.detail

@@ -1,0 +1,163 @@
+"""The `strongroom` command and the operations endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import bearer, token_for
+
+
+def run_cli(settings, *args: str, input: str | None = None, extra_env: dict | None = None):  # noqa: ANN001, ANN201
+    env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
+           "STRONGROOM_VAR_DIR": str(settings.var_dir), "COLUMNS": "200", **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "strongroom.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120, input=input)
+
+
+def test_config_show_masks_secrets(settings):  # noqa: ANN001
+    result = run_cli(settings, "config", "show", "--json",
+                     extra_env={"STRONGROOM_OIDC__CLIENT_SECRET": "very-secret-value",
+                                "STRONGROOM_OIDC__ISSUER": "https://login.example.org/oidc/"})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["oidc"]["issuer"] == "https://login.example.org/oidc/"
+    assert "very-secret-value" not in result.stdout and "test-secret" not in result.stdout
+    assert data["oidc"]["client_secret"] == "**********" and data["secret_key"] == "**********"
+    toml = run_cli(settings, "config", "show")
+    assert toml.returncode == 0 and "[security]" in toml.stdout
+
+
+def test_config_reads_a_toml_file(settings, tmp_path):  # noqa: ANN001
+    path = tmp_path / "strongroom.toml"
+    path.write_text('site_name = "Hub North"\n[security]\nfresh_mfa_minutes = 5\n')
+    result = run_cli(settings, "config", "show", "--json", extra_env={"STRONGROOM_CONFIG": str(path)})
+    data = json.loads(result.stdout)
+    assert data["site_name"] == "Hub North" and data["security"]["fresh_mfa_minutes"] == 5
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[security]\nfresh_mfa_minutes = 'soon'\n")
+    result = run_cli(settings, "config", "show", extra_env={"STRONGROOM_CONFIG": str(bad)})
+    assert result.returncode != 0 and "fresh_mfa_minutes" in result.stderr
+
+
+def test_admin_commands_create_users_and_projects(settings, hub):  # noqa: ANN001
+    r = run_cli(settings, "admin", "create-user", "pia", "--name", "Pia PI", "--email", "pia@uni.example",
+                extra_env={"STRONGROOM_NEW_PASSWORD": "a long enough password"})
+    assert r.returncode == 0, r.stderr
+    short = run_cli(settings, "admin", "create-user", "shorty", "--name", "S",
+                    extra_env={"STRONGROOM_NEW_PASSWORD": "short"})
+    assert short.returncode == 2 and "at least 12" in short.stderr
+    r = run_cli(settings, "admin", "create-project", "lung-ct", "--name", "Lung CT", "--pi", "pia",
+                "--ethics", "Dnr 2026-0001", "--class", "fellowship")
+    assert r.returncode == 0, r.stderr
+    dup = run_cli(settings, "admin", "create-project", "lung-ct", "--name", "Again", "--pi", "pia", "--ethics", "x")
+    assert dup.returncode == 2 and "exists" in dup.stderr
+    users = run_cli(settings, "admin", "users")
+    assert "Pia PI" in users.stdout
+    r = run_cli(settings, "admin", "reset-mfa", "pia")
+    assert r.returncode == 0
+    events = run_cli(settings, "audit", "list", "--project", "lung-ct")
+    assert "project.created" in events.stdout
+    assert run_cli(settings, "audit", "verify").returncode == 0
+
+
+def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):  # noqa: ANN001
+    """`strongroom login/whoami/projects` against a live server with a real token."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from strongroom.app import create_app
+
+    alice = people("alice")
+    token = token_for(hub, alice)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, run_jobs=False), host="127.0.0.1", port=port,
+                                           log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        env = {"STRONGROOM_CLI_CONFIG": str(tmp_path / "cli.json")}
+        r = run_cli(settings, "login", "--url", f"http://127.0.0.1:{port}", "--token", token, extra_env=env)
+        assert r.returncode == 0 and "Alice" in r.stdout, r.stderr
+        assert oct((tmp_path / "cli.json").stat().st_mode & 0o777) == "0o600"
+        assert "Alice" in run_cli(settings, "whoami", extra_env=env).stdout
+        assert run_cli(settings, "projects", "list", extra_env=env).returncode == 0
+        missing = run_cli(settings, "projects", "show", "nope", extra_env=env)
+        assert missing.returncode == 1 and "404" in missing.stderr
+        bad = run_cli(settings, "whoami", extra_env={"STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"),
+                                                     "STRONGROOM_URL": f"http://127.0.0.1:{port}",
+                                                     "STRONGROOM_TOKEN": "sr_bogus"})
+        assert bad.returncode == 1 and "401" in bad.stderr
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_help_is_helpful(settings):  # noqa: ANN001
+    out = run_cli(settings, "--help").stdout
+    for command in ("serve", "worker", "db", "admin", "audit", "config", "login", "projects"):
+        assert command in out
+
+
+def test_health_ready_metrics(client):  # noqa: ANN001
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").json() == {"status": "ok", "database": "ok"}
+    client.get("/api/v1/projects")
+    body = client.get("/metrics").text
+    names = {f.name for f in text_string_to_metric_families(body)}
+    assert "strongroom_http_requests" in names
+    assert 'route="/api/v1/projects"' in body and 'status="401"' in body
+
+
+def test_readyz_reports_a_dead_database(tmp_path):  # noqa: ANN001
+    from fastapi.testclient import TestClient
+
+    from strongroom.app import create_app
+    from strongroom.config import Settings
+
+    dead = Settings(var_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none", secret_key="k" * 40)
+    with TestClient(create_app(dead, run_jobs=False)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "unavailable"
+
+
+def test_every_api_route_is_documented(client):  # noqa: ANN001
+    spec = client.get("/openapi.json").json()
+    assert spec["info"]["title"] == "Strongroom"
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            assert op.get("summary"), f"{method.upper()} {path} has no summary"
+    assert not any(p.startswith(("/login", "/projects/", "/account")) for p in spec["paths"])
+
+
+def test_logs_never_contain_secrets(app, hub, people, capfd):  # noqa: ANN001
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from helpers import form_post
+    from strongroom.logs import configure
+
+    configure("INFO", json=True)
+    logging.getLogger("strongroom").setLevel(logging.INFO)
+    alice = people("alice")
+    token = token_for(hub, alice)
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    c.get("/api/v1/me", headers=bearer(token))
+    form_post(c, "/login", {"username": "alice", "password": "correct horse battery staple"})
+    out, err = capfd.readouterr()
+    logged = out + err
+    assert "http.request" in logged
+    assert token.split("_")[2] not in logged and "correct horse" not in logged
