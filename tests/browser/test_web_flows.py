@@ -253,7 +253,7 @@ def test_pi_opens_dicom_senders_setting(page: Page, hub: Hub, people, shots: Pat
 
     # An invalid address: an error, and the setting stays locked.
     add("CT_SCANNER_1", "not-an-address")
-    expect(page.get_by_role("alert")).to_contain_text("invalid value for dicom_senders")
+    expect(page.get_by_role("alert")).to_contain_text("Allowed DICOM senders: address")
     expect(page.get_by_role("alert")).to_contain_text("address")
     page.screenshot(path=str(shots / "setting_error.png"), full_page=True)
     expect(tag).to_have_text("locked")
@@ -273,7 +273,7 @@ def test_pi_opens_dicom_senders_setting(page: Page, hub: Hub, people, shots: Pat
 
     # Another invalid entry changes nothing: still open, still one sender.
     add("MR_1", "300.1.2.3")
-    expect(page.get_by_role("alert")).to_contain_text("invalid value for dicom_senders")
+    expect(page.get_by_role("alert")).to_contain_text("Allowed DICOM senders: address")
     page.goto("/projects/mri-study")
     expect(tag).to_have_text("open")
     expect(entries).to_have_count(1)
