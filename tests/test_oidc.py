@@ -312,7 +312,8 @@ def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, pr
     assert "secret-genomes" not in page.text and "Project secret-genomes" not in page.text
     r = browser.get("/projects/secret-genomes", follow_redirects=False)
     assert r.status_code == 403 and "Project secret-genomes" not in r.text
-    r = browser.get("/projects/secret-genomes", headers={"Accept": "application/json"}, follow_redirects=False)
+    r = browser.get("/projects/secret-genomes", headers={"Accept": "application/json"},
+                    follow_redirects=False)
     assert r.status_code == 403 and r.json()["code"] == "mfa-required"
 
     # Nor can it mint an API token to reach the data another way.
@@ -363,7 +364,8 @@ def test_callback_with_a_real_code_but_another_browsers_state_is_refused(app, hu
     attacker = new_browser(app)
     attacker_back = provider_redirect(start_login(attacker, provider), "mallory", mfa=True)
     code = parse_qs(urlsplit(attacker_back).query)["code"][0]
-    r = victim.get("/auth/oidc/callback", params={"state": victim_state, "code": code}, follow_redirects=False)
+    r = victim.get("/auth/oidc/callback", params={"state": victim_state, "code": code},
+                   follow_redirects=False)
     assert r.status_code == 401
     assert_no_session(r, victim)
     assert users_for(hub, provider.issuer, "mallory") == []
@@ -552,7 +554,8 @@ def test_code_exchange_needs_the_right_verifier_and_nonce(provider) -> None:  # 
 ])
 def test_plain_http_issuer_is_refused(issuer: str) -> None:
     with pytest.raises(Invalid):
-        OidcClient(OidcSettings(issuer=issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET), REDIRECT_URI)
+        OidcClient(OidcSettings(issuer=issuer, client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
+                   REDIRECT_URI)
 
 
 def test_loopback_http_issuer_needs_the_development_switch(provider) -> None:  # noqa: ANN001
@@ -566,8 +569,8 @@ def test_loopback_http_issuer_needs_the_development_switch(provider) -> None:  #
 def test_app_with_a_plain_http_issuer_refuses_to_start_a_login(settings: Settings) -> None:
     from strongroom.app import create_app
 
-    bad = settings.model_copy(update={"oidc": OidcSettings(issuer="http://idp.example.org", client_id=CLIENT_ID,
-                                                           client_secret=CLIENT_SECRET)})
+    oidc = OidcSettings(issuer="http://idp.example.org", client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    bad = settings.model_copy(update={"oidc": oidc})
     with TestClient(create_app(bad, run_jobs=False), base_url=BASE_URL) as c:
         r = c.get("/auth/oidc/login", follow_redirects=False)
         assert r.status_code == 422 and "https" in r.text
