@@ -103,7 +103,7 @@ def test_dedup_key_enqueues_once(hub):  # noqa: ANN001
 
 def test_failing_job_retries_with_backoff_then_fails(hub, settings):  # noqa: ANN001
     sys.path.insert(0, str(TESTS))
-    runner = Runner(hub.sessions, lease_seconds=5, extra_modules=["support.jobs_for_tests"], name="inline")
+    runner = Runner(hub, lease_seconds=5, extra_modules=["support.jobs_for_tests"], name="inline")
     with transaction(hub.sessions) as s:
         job_id = service.enqueue(s, "test.explode", {}, max_attempts=2).id
     assert runner.run_one()
@@ -117,7 +117,7 @@ def test_failing_job_retries_with_backoff_then_fails(hub, settings):  # noqa: AN
 
 
 def test_builtin_periodic_jobs_run(hub):  # noqa: ANN001
-    runner = Runner(hub.sessions, lease_seconds=5, name="inline")
+    runner = Runner(hub, lease_seconds=5, name="inline")
     runner.schedule_periodic()
     runner.schedule_periodic()  # the same period: nothing new
     with hub.sessions() as s:

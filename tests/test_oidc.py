@@ -382,6 +382,15 @@ def test_replayed_callback_is_refused(app, hub, provider) -> None:  # noqa: ANN0
     assert [e.outcome for e in events(hub, "login.oidc")] == ["ok"]
 
 
+def test_callback_only_completes_in_the_browser_that_started_the_login(app, hub, provider) -> None:  # noqa: ANN001
+    attacker = new_browser(app)
+    back = provider_redirect(start_login(attacker, provider), "mallory", mfa=True)
+    victim = new_browser(app)  # e.g. lured to the attacker's callback link
+    r = victim.get(back, follow_redirects=False)
+    assert r.status_code == 401
+    assert_no_session(r, victim)
+
+
 def test_state_is_used_up_even_when_the_code_is_bad(app, hub, provider) -> None:  # noqa: ANN001
     browser = new_browser(app)
     back = provider_redirect(start_login(browser, provider), "frank", mfa=True)

@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         if run_jobs:
             from .jobs.runner import Runner
 
-            runner = Runner(hub.sessions, lease_seconds=settings.jobs.lease_seconds,
+            runner = Runner(hub, lease_seconds=settings.jobs.lease_seconds,
                             poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules)
             runner.start_thread()
         app.state.runner = runner

@@ -76,7 +76,7 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
 
     settings = get_settings()
     hub = Hub.from_settings(settings)
-    runner = Runner(hub.sessions, lease_seconds=settings.jobs.lease_seconds,
+    runner = Runner(hub, lease_seconds=settings.jobs.lease_seconds,
                     poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules, name=name)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -55,6 +55,27 @@ class JobSettings(BaseModel):
     extra_modules: list[str] = []  # modules that register more job kinds when imported
 
 
+class StorageSettings(BaseModel):
+    """Where archived bodies and inbox uploads live: a local directory or any S3 service."""
+
+    kind: Literal["local", "s3"] = "local"
+    root: Path | None = None  # local: default <var_dir>/objects
+    endpoint_url: str = ""
+    bucket: str = "strongroom"
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    region: str = "us-east-1"
+
+
+class ArchiveSettings(BaseModel):
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    # Protects the archive private key files; empty → derived from the hub secret.
+    key_passphrase: SecretStr = SecretStr("")
+    keys_dir: Path | None = None  # default <var_dir>/keys
+    part_size: int = 128 * (65536 + 28)  # upload part: 128 whole crypt4gh segments (8 MiB; S3 wants ≥ 5 MiB)
+    ingest_workers: int = 2
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -73,6 +94,7 @@ class Settings(BaseSettings):
     oidc: OidcSettings = Field(default_factory=OidcSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -48,3 +48,9 @@ class TooManyRequests(DomainError):
     def __init__(self, detail: str, retry_after: int) -> None:
         super().__init__(detail, retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class Unavailable(DomainError):
+    """A service we depend on (identity provider, object storage) cannot be reached right now."""
+
+    status, code = 503, "unavailable"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def load_all() -> None:
+    from .archive import models as _archive  # noqa: F401
     from .audit import models as _audit  # noqa: F401
     from .identity import models as _identity  # noqa: F401
     from .jobs import models as _jobs  # noqa: F401

@@ -21,7 +21,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from ..config import OidcSettings
-from ..errors import Invalid, Unauthenticated
+from ..errors import Invalid, Unauthenticated, Unavailable
 
 _DISCOVERY_TTL = 300.0
 
@@ -53,9 +53,7 @@ class OidcClient:
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None or time.monotonic() - self._metadata_at > _DISCOVERY_TTL:
             url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            response = httpx.get(url, timeout=10)
-            response.raise_for_status()
-            metadata = response.json()
+            metadata = _fetch_json(url)
             if metadata.get("issuer") != self.settings.issuer:
                 raise Invalid("OpenID Provider metadata names a different issuer")
             self._metadata, self._metadata_at, self._keys = metadata, time.monotonic(), None
@@ -100,15 +98,14 @@ class OidcClient:
         return OidcIdentity(
             issuer=claims["iss"], subject=str(claims["sub"]),
             name=str(claims.get("name") or claims.get("preferred_username") or claims["sub"]),
-            email=claims.get("email") if claims.get("email_verified", True) else None,
+            # Only a verified address: people are added to projects by e-mail.
+            email=claims.get("email") if claims.get("email_verified") is True else None,
             affiliation=affiliation, acr=acr, mfa=acr in self.settings.mfa_acr_values,
         )
 
     def _key_set(self, refresh: bool = False) -> KeySet:
         if self._keys is None or refresh:
-            response = httpx.get(self.metadata()["jwks_uri"], timeout=10)
-            response.raise_for_status()
-            self._keys = KeySet.import_key_set(response.json())
+            self._keys = KeySet.import_key_set(_fetch_json(self.metadata()["jwks_uri"]))
         return self._keys
 
     def _validated_claims(self, raw: str, nonce: str) -> dict[str, Any]:
@@ -140,6 +137,15 @@ class OidcClient:
         if azp is not None and azp != self.settings.client_id:
             raise Unauthenticated("the id_token was issued to another client")
         return decoded.claims
+
+
+def _fetch_json(url: str) -> dict[str, Any]:
+    try:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+        return response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise Unavailable("the identity provider cannot be reached; try again in a minute") from exc
 
 
 def _check_issuer_url(settings: OidcSettings) -> None:

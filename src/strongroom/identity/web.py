@@ -201,13 +201,20 @@ def _oidc(request: Request, hub: Hub) -> OidcClient:
     return client
 
 
+OIDC_STATE_COOKIE = "sr_oidc_state"
+
+
 @router.get("/auth/oidc/login")
 def oidc_login(request: Request, db: Db, hub: HubDep, next: str | None = None) -> Response:
     client = _oidc(request, hub)
     state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
     db.add(OidcLoginState(state_hash=sha256_hex(state), nonce=nonce, code_verifier=verifier,
                           next_url=_safe_next(next)))
-    return _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier))
+    response = _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier))
+    # Binds the flow to this browser: a callback URL opened elsewhere (login CSRF) is refused.
+    response.set_cookie(OIDC_STATE_COOKIE, state, max_age=600, httponly=True, samesite="lax",
+                        secure=hub.settings.cookie_secure, path="/auth/oidc/")
+    return response
 
 
 @router.get("/auth/oidc/callback")
@@ -216,6 +223,8 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
     pending = db.get(OidcLoginState, sha256_hex(state)) if state else None
     if pending is None or (utcnow() - pending.created_at).total_seconds() > 600:
         raise Unauthenticated("this login link expired or was already used; start again")
+    if not secrets.compare_digest(request.cookies.get(OIDC_STATE_COOKIE, ""), state):
+        raise Unauthenticated("this login was started in another browser; start again here")
     db.delete(pending)  # single use
     if error or not code:
         db.commit()
@@ -245,12 +254,17 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
     if found is not None:  # an OIDC re-authentication refreshes MFA on the current session
         ws, _ = found
         if ws.user_id == user.id and identity.mfa:
-            ws.mfa_at = utcnow()
-            return _redirect(pending.next_url)
+            cookie = service.rotate_session(db, ws, stage="active", mfa=True)
+            return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
         db.delete(ws)
     cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa,
                                    ip=client_ip(request), max_hours=hub.settings.security.session_max_hours)
-    return _with_session_cookie(_redirect(pending.next_url), hub, cookie)
+    return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
+
+
+def _oidc_done(response: Response) -> Response:
+    response.delete_cookie(OIDC_STATE_COOKIE, path="/auth/oidc/")
+    return response
 
 
 # -- account -----------------------------------------------------------------------------------

@@ -31,6 +31,6 @@ def drain() -> None:
     from .runner import Runner
 
     settings = get_settings()
-    runner = Runner(Hub.from_settings(settings).sessions, lease_seconds=settings.jobs.lease_seconds,
+    runner = Runner(Hub.from_settings(settings), lease_seconds=settings.jobs.lease_seconds,
                     extra_modules=settings.jobs.extra_modules)
     console.print(f"ran {runner.run_until_idle()} job(s)")

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from ..db import transaction
+
+if TYPE_CHECKING:
+    from ..hub import Hub
 
 
 @dataclass
@@ -16,7 +20,11 @@ class JobContext:
     job_id: int
     attempt: int
     worker_id: str
-    sessions: sessionmaker[Session]
+    hub: Hub
+
+    @property
+    def sessions(self):  # noqa: ANN201 - sessionmaker[Session]
+        return self.hub.sessions
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -11,9 +11,9 @@ import uuid
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import transaction, utcnow
+from ..db import transaction
+from ..hub import Hub
 from . import registry, service
 from .context import JobContext
 
@@ -22,9 +22,10 @@ JOBS_RUN = Counter("strongroom_jobs_total", "Jobs finished by this process", ["k
 
 
 class Runner:
-    def __init__(self, sessions: sessionmaker[Session], *, lease_seconds: int = 30, poll_seconds: float = 0.5,
+    def __init__(self, hub: Hub, *, lease_seconds: int = 30, poll_seconds: float = 0.5,
                  extra_modules: list[str] | None = None, name: str | None = None) -> None:
-        self.sessions = sessions
+        self.hub = hub
+        self.sessions = hub.sessions
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
         self.kinds = registry.load(extra_modules)
@@ -57,7 +58,7 @@ class Runner:
         heartbeat.start()
         started = time.monotonic()
         try:
-            ctx = JobContext(job_id=job_id, attempt=attempt, worker_id=self.worker_id, sessions=self.sessions)
+            ctx = JobContext(job_id=job_id, attempt=attempt, worker_id=self.worker_id, hub=self.hub)
             result = kind.func(ctx, payload)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried
             heartbeat_stop.set()
@@ -119,5 +120,3 @@ class Runner:
     def stop(self) -> None:
         self.stop_event.set()
 
-
-__all__ = ["Runner", "utcnow"]

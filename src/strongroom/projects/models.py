@@ -34,6 +34,10 @@ class Project(IdMixin, CreatedMixin, Base):
     ethics_ref: Mapped[str] = mapped_column(String(120))
     pi_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     quota_bytes: Mapped[int] = mapped_column(BigInteger)
+    # Archived bytes owned by the project, and bytes held for uploads in flight. Shared datasets
+    # count for their owner only. Changed only by conditional UPDATEs (see archive.quota).
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     end_date: Mapped[dt.date]
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | closed
 
