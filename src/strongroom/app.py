@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,15 +54,18 @@ class BodyTooLarge(Exception):
 class BodyLimitMiddleware:
     """Refuse request bodies over the limit, whether declared by Content-Length or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, large: tuple[re.Pattern[str], int] | None = None) -> None:
+        self.app, self.max_bytes, self.large = app, max_bytes, large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.max_bytes
+        if self.large and self.large[0].match(scope["path"]):
+            limit = self.large[1]  # upload parts: the route streams and checks the size itself
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._refuse(scope, receive, send, limit)
         seen = 0
         started = False
 
@@ -70,7 +74,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise BodyTooLarge
             return message
 
@@ -83,15 +87,17 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, "Request body too large", f"the limit is {self.max_bytes} bytes",
-                           "body-too-large")
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        response = problem(413, "Request body too large", f"the limit is {limit} bytes", "body-too-large")
         await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
+    from .archive.api import router as archive_api
+    from .archive.drs import router as drs_api
+    from .archive.web import router as archive_web
     from .audit.api import router as audit_api
     from .identity.api import router as identity_api
     from .identity.web import router as identity_web
@@ -124,9 +130,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.state.hub = hub
     app.state.runner = None
 
-    for router in (ops_router, identity_api, projects_api, audit_api, jobs_api):
+    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, audit_api, jobs_api):
         app.include_router(router)
-    for router in (pages, identity_web, projects_web):
+    for router in (pages, identity_web, projects_web, archive_web):
         app.include_router(router, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -157,7 +163,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
                                 secure=settings.cookie_secure, path="/")
         return response
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes,
+                       large=(re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$|^/projects/[^/]+/data/upload$"),
+                              settings.archive.part_size + 65536))
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 
 from . import __version__
+from .archive.cli import app as archive_client_app
+from .archive.cli import archive_app
 from .audit.cli import app as audit_app
 from .client import app as client_app
 from .config import get_settings
@@ -28,8 +30,11 @@ app.add_typer(config_app, name="config")
 app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(archive_app, name="archive")
 app.registered_commands.extend(client_app.registered_commands)
 app.registered_groups.extend(client_app.registered_groups)
+app.registered_commands.extend(archive_client_app.registered_commands)
+app.registered_groups.extend(archive_client_app.registered_groups)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,423 @@
+"""Archive API: resumable uploads, files, datasets and versions, user keys, downloads."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import Field
+
+from ..deps import Db, HubDep, scoped
+from ..errors import Invalid
+from ..projects import service as projects
+from ..schemas import Body, Out
+from . import c4gh, service
+from .backend import storage_for
+from .keys import hub_keys
+from .models import ArchiveFile, Dataset, DatasetVersion
+
+router = APIRouter(prefix="/api/v1", tags=["archive"])
+DataRead = scoped("data:read")
+DataWrite = scoped("data:write")
+STREAM_CHUNK = 1024 * 1024
+
+
+class FileOut(Out):
+    id: str
+    path: str
+    state: str
+    failure: str | None
+    upload_size: int
+    plaintext_size: int | None
+    plaintext_sha256: str | None
+    plaintext_md5: str | None
+    body_size: int | None
+    body_sha256: str | None
+    created_at: dt.datetime
+    ingested_at: dt.datetime | None
+
+
+class NewUpload(Body):
+    path: str = Field(min_length=1, max_length=1024, description="relative path, shown to people")
+    size: int = Field(gt=0, description="exact size of the crypt4gh stream that will be sent")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="SHA-256 of the plaintext, checked after ingest")
+
+
+class UploadOut(Out):
+    id: str
+    state: str
+    upload_size: int
+    part_size: int
+    parts: list[dict[str, int | str]]
+
+
+class VersionOut(Out):
+    number: int
+    state: str
+    file_count: int
+    total_bytes: int
+    created_at: dt.datetime
+    released_at: dt.datetime | None
+
+
+class DatasetOut(Out):
+    id: str
+    title: str
+    description: str
+    owner_project: str
+    shared_into_mine: bool
+    versions: list[VersionOut]
+
+
+class NewDataset(Body):
+    title: str = Field(min_length=1, max_length=300)
+    description: str = Field(default="", max_length=20_000)
+    files: list[str] = Field(default_factory=list, max_length=100_000)
+
+
+class DraftChange(Body):
+    add: list[str] = Field(default_factory=list, max_length=100_000)
+    remove: list[str] = Field(default_factory=list, max_length=100_000)
+
+
+class Share(Body):
+    project: str = Field(min_length=3, max_length=40)
+
+
+class NewUserKey(Body):
+    name: str = Field(min_length=1, max_length=100)
+    public_key: str = Field(description="crypt4gh public key file content, or the 32-byte key in base64")
+
+
+class UserKeyOut(Out):
+    name: str
+    fingerprint: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class FilePage(Out):
+    version: int
+    state: str
+    files: list[FileOut]
+    next_after: str | None
+
+
+def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:  # noqa: ANN001
+    return UploadOut(id=f.id, state=f.state, upload_size=f.upload_size, part_size=part_size,
+                     parts=[{"number": p.number, "size": p.size, "sha256": p.sha256} for p in parts])
+
+
+def _dataset_out(db: Db, ds: Dataset, owner: bool) -> DatasetOut:
+    from ..projects.models import Project
+
+    versions = [VersionOut.model_validate(v) for v in ds.versions if owner or v.state != "draft"]
+    project = db.get(Project, ds.project_id)
+    return DatasetOut(id=ds.id, title=ds.title, description=ds.description,
+                      owner_project=project.slug if project else "?", shared_into_mine=not owner, versions=versions)
+
+
+# -- hub key -----------------------------------------------------------------------------------
+@router.get("/archive/public-key", summary="The hub's crypt4gh public key: encrypt uploads to it",
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def archive_public_key(db: Db, hub: HubDep) -> Response:
+    fingerprint, keypair = hub_keys(hub, db).current
+    return Response(c4gh.public_key_file(keypair.public), media_type="text/plain",
+                    headers={"X-Key-Fingerprint": fingerprint})
+
+
+# -- uploads -----------------------------------------------------------------------------------
+@router.post("/projects/{slug}/uploads", response_model=UploadOut, status_code=201,
+             summary="Start a resumable upload into the project's inbox (holds quota for `size`)")
+def start_upload(db: Db, hub: HubDep, principal: DataWrite, slug: str, body: NewUpload) -> UploadOut:
+    access = projects.open_project(db, principal, slug)
+    f = service.begin_upload(db, principal, access, storage_for(hub), path=body.path, size=body.size,
+                             sha256=body.sha256)
+    return _upload_out(f, [], hub.settings.archive.part_size)
+
+
+@router.get("/uploads/{file_id}", response_model=UploadOut, summary="An upload's received parts (to resume)")
+def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> UploadOut:
+    f, parts = service.upload_parts(db, principal, file_id)
+    return _upload_out(f, parts, hub.settings.archive.part_size)
+
+
+@router.put("/uploads/{file_id}/parts/{number}", summary="Send one part (raw bytes; retry freely)",
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+async def upload_part(request: Request, db: Db, hub: HubDep, principal: DataWrite, file_id: str,
+                      number: int) -> dict[str, int | str]:
+    limit = hub.settings.archive.part_size + 65536
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Invalid(f"a part may be at most {limit} bytes")
+        chunks.append(chunk)
+    from starlette.concurrency import run_in_threadpool
+
+    part = await run_in_threadpool(service.put_part, db, principal, storage_for(hub), file_id, number,
+                                   b"".join(chunks))
+    return {"number": part.number, "size": part.size, "sha256": part.sha256}
+
+
+class CompleteUpload(Body):
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="SHA-256 of the plaintext; ingest refuses the file if it differs")
+
+
+@router.post("/uploads/{file_id}/complete", response_model=FileOut,
+             summary="Finish an upload: parts are joined and the ingest job is queued")
+def complete_upload(db: Db, hub: HubDep, principal: DataWrite, file_id: str,
+                    body: CompleteUpload | None = None) -> FileOut:
+    return FileOut.model_validate(service.complete_upload(db, principal, storage_for(hub), file_id,
+                                                          sha256=body.sha256 if body else None))
+
+
+@router.delete("/uploads/{file_id}", status_code=204, summary="Cancel an upload and free its quota")
+def cancel_upload(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> None:
+    service.abort_upload(db, principal, storage_for(hub), file_id)
+
+
+# -- files -------------------------------------------------------------------------------------
+@router.get("/projects/{slug}/files", response_model=list[FileOut],
+            summary="The project's files (inbox and archive), in id order; page with `after`")
+def list_files(db: Db, principal: DataRead, slug: str,
+               state: Literal["receiving", "uploaded", "ingested", "verified", "ready", "failed"] | None = None,
+               after: str | None = Query(None, max_length=32), limit: int = Query(100, ge=1, le=1000)
+               ) -> list[FileOut]:
+    access = projects.open_project(db, principal, slug)
+    return [FileOut.model_validate(f) for f in service.list_files(db, access, state=state, after=after,
+                                                                   limit=limit)]
+
+
+@router.get("/files/{file_id}", response_model=FileOut, summary="One file: state, sizes, checksums")
+def get_file(db: Db, principal: DataRead, file_id: str) -> FileOut:
+    return FileOut.model_validate(service.get_file(db, principal, file_id))
+
+
+# -- datasets ----------------------------------------------------------------------------------
+@router.post("/projects/{slug}/datasets", response_model=DatasetOut, status_code=201,
+             summary="Create a dataset (version 1 is a draft) from archived files")
+def create_dataset(db: Db, principal: DataWrite, slug: str, body: NewDataset) -> DatasetOut:
+    access = projects.open_project(db, principal, slug)
+    ds = service.create_dataset(db, principal, access, title=body.title, description=body.description,
+                                files=body.files)
+    db.flush()
+    db.refresh(ds)
+    return _dataset_out(db, ds, True)
+
+
+@router.get("/projects/{slug}/datasets", response_model=list[DatasetOut],
+            summary="Datasets the project owns or that are shared into it")
+def list_datasets(db: Db, principal: DataRead, slug: str) -> list[DatasetOut]:
+    access = projects.open_project(db, principal, slug)
+    return [_dataset_out(db, ds, ds.project_id == access.project.id)
+            for ds in service.list_datasets(db, principal, access)]
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetOut, summary="A dataset and its versions")
+def get_dataset(db: Db, principal: DataRead, dataset_id: str) -> DatasetOut:
+    ds, owner = service.visible_dataset(db, principal, dataset_id)
+    return _dataset_out(db, ds, owner)
+
+
+@router.post("/datasets/{dataset_id}/draft", response_model=VersionOut,
+             summary="Add/remove files in the draft (a new draft starts from the latest release)")
+def edit_draft(db: Db, principal: DataWrite, dataset_id: str, body: DraftChange) -> VersionOut:
+    return VersionOut.model_validate(service.edit_draft(db, principal, dataset_id, add=body.add,
+                                                        remove=body.remove))
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/release", response_model=VersionOut,
+             summary="Release a draft version: from now on it never changes")
+def release(db: Db, principal: DataWrite, dataset_id: str, number: int) -> VersionOut:
+    return VersionOut.model_validate(service.release_version(db, principal, dataset_id, number))
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/deprecate", response_model=VersionOut,
+             summary="Deprecate a released version")
+def deprecate(db: Db, principal: DataWrite, dataset_id: str, number: int) -> VersionOut:
+    return VersionOut.model_validate(service.deprecate_version(db, principal, dataset_id, number))
+
+
+@router.get("/datasets/{dataset_id}/versions/{number}/files", response_model=FilePage,
+            summary="A page of a version's files in id order (`after` = last id of the previous page)")
+def version_files(db: Db, principal: DataRead, dataset_id: str, number: int,
+                  after: str | None = Query(None, max_length=32),
+                  limit: int = Query(1000, ge=1, le=5000)) -> FilePage:
+    version, files = service.version_files(db, principal, dataset_id, number, after=after, limit=limit)
+    return FilePage(version=version.number, state=version.state, files=[FileOut.model_validate(f) for f in files],
+                    next_after=files[-1].id if len(files) == limit else None)
+
+
+@router.post("/datasets/{dataset_id}/shares", status_code=204,
+             summary="Share the dataset read-only into another project (export right, fresh MFA)")
+def share(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str, body: Share) -> None:
+    service.share_dataset(db, principal, dataset_id, body.project,
+                          fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+
+
+@router.delete("/datasets/{dataset_id}/shares/{project}", status_code=204, summary="Stop sharing")
+def unshare(db: Db, principal: DataWrite, dataset_id: str, project: str) -> None:
+    service.unshare_dataset(db, principal, dataset_id, project)
+
+
+# -- my keys -----------------------------------------------------------------------------------
+def _parse_public_key(text: str) -> bytes:
+    try:
+        return c4gh.parse_public_key(text)
+    except Exception:  # noqa: BLE001 - fall back to raw base64
+        try:
+            raw = base64.b64decode(text.strip(), validate=True)
+        except ValueError as exc:
+            raise Invalid("not a crypt4gh public key") from exc
+        if len(raw) != 32:
+            raise Invalid("not a crypt4gh public key") from None
+        return raw
+
+
+@router.get("/me/keys", response_model=list[UserKeyOut], summary="My crypt4gh public keys")
+def my_keys(db: Db, principal: DataRead) -> list[UserKeyOut]:
+    return [UserKeyOut.model_validate(k) for k in service.list_user_keys(db, principal)]
+
+
+@router.post("/me/keys", response_model=UserKeyOut, status_code=201,
+             summary="Register a crypt4gh public key: downloads are re-encrypted to it")
+def add_key(db: Db, principal: DataRead, body: NewUserKey) -> UserKeyOut:
+    return UserKeyOut.model_validate(service.add_user_key(db, principal, body.name,
+                                                          _parse_public_key(body.public_key)))
+
+
+@router.delete("/me/keys/{fingerprint}", status_code=204, summary="Revoke one of my keys")
+def revoke_key(db: Db, principal: DataRead, fingerprint: str) -> None:
+    service.revoke_user_key(db, principal, fingerprint)
+
+
+# -- downloads ---------------------------------------------------------------------------------
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def _byte_range(header: str | None, total: int) -> tuple[int, int] | None:
+    """One `bytes=a-b` range as [start, end); None = the whole thing. Multi-ranges are not served."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise RangeNotSatisfiable(total)
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)) + 1, total) if m.group(2) else total
+    else:
+        start, end = max(total - int(m.group(2)), 0), total
+    if start >= total or start >= end:
+        raise RangeNotSatisfiable(total)
+    return start, end
+
+
+class RangeNotSatisfiable(Invalid):
+    status, code = 416, "range-not-satisfiable"
+
+    def __init__(self, total: int) -> None:
+        super().__init__(f"the requested range is outside 0-{total - 1}", total=total)
+
+
+def _parse_plain_range(value: str, size: int) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)-(\d*)", value)
+    if not m:
+        raise Invalid("plaintext_range must look like START-END (inclusive) or START-")
+    start = int(m.group(1))
+    end = min(int(m.group(2)) + 1, size) if m.group(2) else size
+    if start >= size or start >= end:
+        raise RangeNotSatisfiable(size)
+    return start, end
+
+
+def _stream(prefix: bytes, storage, key: str, start: int, end: int) -> Iterator[bytes]:  # noqa: ANN001
+    """`prefix` (a header, possibly sliced) then body bytes [start, end) from storage."""
+    if prefix:
+        yield prefix
+    if end > start:
+        with storage.open_reader(key, start, end) as reader:
+            while chunk := reader.read(STREAM_CHUNK):
+                yield chunk
+
+
+@router.get("/files/{file_id}/content", summary="Download crypt4gh re-encrypted to your key (Range, If-Range)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"},
+                       416: {"description": "range not satisfiable"}})
+def download(request: Request, db: Db, hub: HubDep, principal: DataRead, file_id: str,
+             key: str | None = Query(None, max_length=64, description="fingerprint of one of your keys"),
+             plaintext_range: str | None = Query(None, max_length=40,
+                                                 description="only the segments holding plaintext START-END"),
+             range_header: Annotated[str | None, Header(alias="Range")] = None,
+             if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
+    f, grant = service.authorize_download(db, principal, file_id)
+    recipient = service.user_key(db, principal, key)
+    assert f.body_key is not None and f.body_size is not None and f.plaintext_size is not None
+    body_start, body_end, edit_list = 0, f.body_size, None
+    if plaintext_range:
+        start, end = _parse_plain_range(plaintext_range, f.plaintext_size)
+        span = c4gh.segment_span(start, end)
+        body_start = span.first_segment * c4gh.CIPHER_SEGMENT
+        body_end = min((span.last_segment + 1) * c4gh.CIPHER_SEGMENT, f.body_size)
+        edit_list = span.edit_list
+    header = service.download_header(hub, db, f, recipient.public_key, edit_list)
+    total = len(header) + (body_end - body_start)
+    etag = '"' + hashlib.sha256(header + (f.body_sha256 or "").encode()
+                                + f"{body_start}-{body_end}".encode()).hexdigest()[:32] + '"'
+    wanted = _byte_range(range_header, total) if (if_range is None or if_range == etag) else None
+    start, end = wanted or (0, total)
+    prefix = header[start:end] if start < len(header) else b""
+    b_start = body_start + max(start - len(header), 0)
+    b_end = body_start + max(end - len(header), 0)
+    service.record_download(db, principal, f, grant, key=recipient.fingerprint,
+                            bytes=f"{start}-{end - 1}" if wanted else None, plaintext_range=plaintext_range)
+    db.commit()  # the audit event is durable before the first byte leaves
+    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
+               "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}.c4gh"',
+               "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
+    if wanted:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+    return StreamingResponse(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end),
+                             status_code=206 if wanted else 200, headers=headers,
+                             media_type="application/octet-stream")
+
+
+@router.get("/files/{file_id}/plaintext", summary="Stream plaintext for in-platform use (project members; Range)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"}})
+def plaintext(db: Db, hub: HubDep, principal: DataRead, file_id: str,
+              range_header: Annotated[str | None, Header(alias="Range")] = None) -> Response:
+    f = service.get_file(db, principal, file_id)
+    grant = service.authorize_read(db, principal, f)
+    if grant.basis not in ("owner", "share"):
+        raise service.NotFound("no such file")
+    if f.state != service.READY:
+        raise service.Conflict(f"the file is {f.state}, not ready")
+    assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
+    wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
+    start, end = wanted or (0, f.plaintext_size)
+    opened = c4gh.open_header(f.header, hub_keys(hub, db).secrets)
+    service.record_download(db, principal, f, grant, mode="plaintext",
+                            bytes=f"{start}-{end - 1}" if wanted else None)
+    db.commit()
+    storage = storage_for(hub)
+    chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(f.body_key, a, b), opened.session_keys,
+                                start, end, f.body_size)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start), "Cache-Control": "no-store",
+               "ETag": f'"{f.plaintext_sha256}"'}
+    if wanted:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.plaintext_size}"
+    return StreamingResponse(chunks, status_code=206 if wanted else 200, headers=headers,
+                             media_type="application/octet-stream")
+
+
+__all__ = ["DatasetVersion", "router"]

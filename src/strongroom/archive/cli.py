@@ -1,0 +1,261 @@
+"""`strongroom upload | download | keys | datasets` (over the API) and `strongroom archive` (hub host)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ..client import _config_path, _load
+from . import c4gh
+from .transfer import (
+    HubClient,
+    TransferError,
+    decrypt_and_verify,
+    download_file,
+    iter_dataset_files,
+    plan_uploads,
+    upload_file,
+)
+
+app = typer.Typer()
+keys_app = typer.Typer(no_args_is_help=True, help="Your crypt4gh key pair: downloads are re-encrypted to it.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Datasets and versions (over the API).")
+archive_app = typer.Typer(no_args_is_help=True, help="Archive operations on the hub host (keys, ingest).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+err = Console(stderr=True)
+
+
+def _client() -> HubClient:
+    cfg = _load()
+    return HubClient(cfg["url"], cfg["token"])
+
+
+def _default_key_dir() -> Path:
+    return _config_path().parent
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}", justify="left"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def upload(
+    paths: Annotated[list[Path], typer.Argument(help="Files and/or directories (recursed).")],
+    project: Annotated[str, typer.Option("--project", "-p", help="Project id to upload into.")],
+    parallel: Annotated[int, typer.Option(min=1, max=32, help="Parts in flight per file.")] = 4,
+) -> None:
+    """Encrypt (crypt4gh, to the hub's key) while streaming and upload; re-run to resume."""
+    client = _client()
+    try:
+        response = client.request("GET", "/api/v1/archive/public-key")
+        hub_public = c4gh.parse_public_key(response.text)
+        plans = plan_uploads(paths)
+    except (TransferError, ValueError) as exc:
+        _fail(exc)
+    state_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "strongroom" / "uploads"
+    failures = 0
+    with _progress() as progress:
+        overall = progress.add_task(f"[bold]{len(plans)} file(s)", total=sum(
+            len(c4gh.make_header([b"\0" * 32], hub_public, None)) + c4gh.body_size_for(p.size) for p in plans))
+        for plan in plans:
+            task = progress.add_task(plan.name[-40:], total=None)
+
+            def advance(n: int, task: int = task) -> None:
+                progress.advance(task, n)
+                progress.advance(overall, n)
+
+            try:
+                record = upload_file(client, project, plan, hub_public, state_dir=state_dir, workers=parallel,
+                                     on_bytes=advance)
+                progress.update(task, total=progress.tasks[task].completed,
+                                description=f"[green]✓[/] {plan.name[-38:]} → {record['id']}")
+            except TransferError as exc:
+                failures += 1
+                progress.update(task, description=f"[red]✗[/] {plan.name[-38:]}: {exc}")
+    if failures:
+        err.print(f"[red]{failures} upload(s) failed[/]; run the same command again to resume")
+        raise typer.Exit(1)
+    console.print(f"uploaded {len(plans)} file(s) into [bold]{project}[/]; ingest runs on the hub "
+                  f"(`strongroom datasets` / the project's Data page show progress)")
+
+
+@app.command()
+def download(
+    ids: Annotated[list[str], typer.Argument(help="File (SRF-…) or dataset (SRD-…) accessions.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write into.")] = Path("."),
+    key: Annotated[str | None, typer.Option(help="Fingerprint of your registered key (default: newest).")] = None,
+    decrypt: Annotated[bool, typer.Option(help="Decrypt locally and verify the SHA-256.")] = False,
+    secret_key: Annotated[Path | None, typer.Option(help="Your private key file (for --decrypt).")] = None,
+    version: Annotated[int | None, typer.Option(help="Dataset version (default: latest released).")] = None,
+    parallel: Annotated[int, typer.Option(min=1, max=16, help="Files in flight.")] = 4,
+) -> None:
+    """Download re-encrypted to your key; interrupted downloads resume; --decrypt verifies checksums."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    client = _client()
+    secret = None
+    if decrypt:
+        path = secret_key or _default_key_dir() / "strongroom.sec"
+        passphrase = os.environ.get("STRONGROOM_KEY_PASSPHRASE") or typer.prompt(
+            f"passphrase for {path}", hide_input=True, default="", show_default=False)
+        try:
+            secret = c4gh.load_private_key(path, passphrase or None).secret
+        except (OSError, c4gh.C4ghError, ValueError) as exc:
+            _fail(exc)
+    try:
+        files: list[dict] = []
+        for ident in ids:
+            if ident.startswith("SRD-"):
+                files.extend(iter_dataset_files(client, ident, version))
+            else:
+                files.append({"id": ident})
+    except TransferError as exc:
+        _fail(exc)
+    failures = 0
+    with _progress() as progress, ThreadPoolExecutor(parallel) as pool:
+        def one(file_id: str) -> str:
+            task = progress.add_task(file_id, total=None)
+            target, meta = download_file(client, file_id, out, key=key,
+                                         on_bytes=lambda n: progress.advance(task, n),
+                                         on_total=lambda n: progress.update(task, total=n))
+            if secret is not None:
+                decrypt_and_verify(target, secret, meta["plaintext_sha256"])
+            progress.update(task, description=f"[green]✓[/] {meta['path'][-40:]}")
+            return file_id
+
+        futures = {pool.submit(one, f["id"]): f["id"] for f in files}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except (TransferError, c4gh.C4ghError, OSError) as exc:
+                failures += 1
+                err.print(f"[red]✗ {futures[future]}:[/] {exc}")
+    if failures:
+        err.print(f"[red]{failures} download(s) failed[/]; run the same command again to resume")
+        raise typer.Exit(1)
+    console.print(f"{len(files)} file(s) in {out}" + (" (decrypted and verified)" if decrypt else ""))
+
+
+# -- keys --------------------------------------------------------------------------------------
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path | None, typer.Option(help="Base path (default ~/.config/strongroom/strongroom).")] = None,
+    passphrase: Annotated[str | None, typer.Option(envvar="STRONGROOM_KEY_PASSPHRASE", hide_input=True,
+                                                   help="Protects the private key (prompted).")] = None,
+) -> None:
+    """Create a crypt4gh key pair (compatible with crypt4gh-keygen)."""
+    base = out or _default_key_dir() / "strongroom"
+    passphrase = passphrase if passphrase is not None else typer.prompt(
+        "passphrase for the private key", hide_input=True, confirmation_prompt=True)
+    base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keypair = c4gh.generate_keypair()
+    c4gh.write_private_key(base.with_suffix(".sec"), keypair, passphrase or None)
+    c4gh.write_public_key(base.with_suffix(".pub"), keypair.public)
+    console.print(f"wrote {base.with_suffix('.sec')} and {base.with_suffix('.pub')} "
+                  f"(fingerprint {c4gh.fingerprint(keypair.public)})")
+
+
+@keys_app.command("register")
+def keys_register(public_key: Annotated[Path, typer.Argument(help="A crypt4gh public key file.")],
+                  name: Annotated[str, typer.Option(help="A name you recognise.")] = "laptop") -> None:
+    """Register a public key with the hub."""
+    try:
+        key = _client().json("POST", "/api/v1/me/keys", json={"name": name, "public_key": public_key.read_text()})
+    except (TransferError, OSError) as exc:
+        _fail(exc)
+    console.print(f"registered {key['fingerprint']} ({key['name']})")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Your registered public keys."""
+    table = Table("fingerprint", "name", "registered", "state")
+    for k in _client().json("GET", "/api/v1/me/keys"):
+        table.add_row(k["fingerprint"], k["name"], k["created_at"][:16], "revoked" if k["revoked_at"] else "active")
+    console.print(table)
+
+
+# -- datasets ----------------------------------------------------------------------------------
+@datasets_app.command("list")
+def datasets_list(project: Annotated[str, typer.Option("--project", "-p")]) -> None:
+    """Datasets a project owns or has been shared."""
+    table = Table("accession", "title", "versions", "owner")
+    for ds in _client().json("GET", f"/api/v1/projects/{project}/datasets"):
+        table.add_row(ds["id"], ds["title"], " ".join(f"v{v['number']}:{v['state']}" for v in ds["versions"]),
+                      ds["owner_project"])
+    console.print(table)
+
+
+@datasets_app.command("create")
+def datasets_create(project: Annotated[str, typer.Option("--project", "-p")],
+                    title: Annotated[str, typer.Option()],
+                    files: Annotated[list[str], typer.Argument(help="File accessions (SRF-…).")],
+                    description: Annotated[str, typer.Option()] = "") -> None:
+    """Create a dataset whose draft version 1 holds FILES."""
+    try:
+        ds = _client().json("POST", f"/api/v1/projects/{project}/datasets",
+                            json={"title": title, "description": description, "files": files})
+    except TransferError as exc:
+        _fail(exc)
+    console.print(f"created {ds['id']} (v1 draft, {ds['versions'][0]['file_count']} files)")
+
+
+@datasets_app.command("release")
+def datasets_release(dataset: str, version: Annotated[int, typer.Option()] = 1) -> None:
+    """Release a draft version (immutable from then on)."""
+    try:
+        v = _client().json("POST", f"/api/v1/datasets/{dataset}/versions/{version}/release")
+    except TransferError as exc:
+        _fail(exc)
+    console.print(f"{dataset} v{v['number']} {v['state']} ({v['file_count']} files)")
+
+
+@datasets_app.command("files")
+def datasets_files(dataset: str, version: Annotated[int | None, typer.Option()] = None) -> None:
+    """List a version's files with checksums."""
+    table = Table("accession", "path", "size", "sha256")
+    for f in iter_dataset_files(_client(), dataset, version):
+        table.add_row(f["id"], f["path"], str(f["plaintext_size"]), f["plaintext_sha256"] or "")
+    console.print(table)
+
+
+# -- hub host ----------------------------------------------------------------------------------
+@archive_app.command("rotate-key")
+def rotate_key() -> None:
+    """Create a new archive key and re-encrypt every stored header to it (bodies are not read)."""
+    import getpass
+
+    from ..audit.service import Actor
+    from ..config import get_settings
+    from ..hub import Hub
+    from .keys import rotate
+
+    hub = Hub.from_settings(get_settings())
+    actor = Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
+    with Progress(TextColumn("re-encrypting headers"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=console) as progress:
+        task = progress.add_task("rotate", total=None)
+        for done, total in rotate(hub, actor):
+            progress.update(task, completed=done, total=total)
+    console.print("[green]rotated[/]: new uploads use the new key; old keys are retired")

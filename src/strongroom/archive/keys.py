@@ -1,0 +1,125 @@
+"""The hub's archive key pairs: created on first use, rotated by re-encrypting headers only.
+
+Private keys are crypt4gh key files (passphrase-protected) under ``archive.keys_dir``; the
+database holds only public keys and fingerprints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..db import transaction
+from ..hub import Hub
+from . import c4gh
+from .models import ArchiveFile, ArchiveKey
+
+
+def keys_dir(hub: Hub) -> Path:
+    return hub.settings.archive.keys_dir or hub.settings.var_dir / "keys"
+
+
+def _passphrase(hub: Hub) -> str:
+    configured = hub.settings.archive.key_passphrase.get_secret_value()
+    if configured:
+        return configured
+    return hmac.new(hub.secret, b"strongroom archive key passphrase", hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class HubKeys:
+    """Every active key, newest first; uploads go to ``current``."""
+
+    pairs: tuple[tuple[str, c4gh.KeyPair], ...]
+
+    @property
+    def current(self) -> tuple[str, c4gh.KeyPair]:
+        return self.pairs[0]
+
+    @property
+    def secrets(self) -> list[bytes]:
+        return [kp.secret for _, kp in self.pairs]
+
+    def fingerprint_at(self, index: int) -> str:
+        return self.pairs[index][0]
+
+
+_cache: dict[tuple[str, tuple[str, ...]], HubKeys] = {}
+
+
+def create_key(hub: Hub, session: Session, actor: Actor) -> ArchiveKey:
+    keypair = c4gh.generate_keypair()
+    fingerprint = c4gh.fingerprint(keypair.public)
+    directory = keys_dir(hub)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"archive-{fingerprint}.sec"
+    c4gh.write_private_key(path, keypair, _passphrase(hub))
+    c4gh.write_public_key(directory / f"archive-{fingerprint}.pub", keypair.public)
+    row = ArchiveKey(fingerprint=fingerprint, public_key=keypair.public, private_key_file=str(path),
+                     status="active")
+    session.add(row)
+    audit.record(session, actor, "archive.key.created", target=f"key:{fingerprint}")
+    session.flush()
+    return row
+
+
+def hub_keys(hub: Hub, session: Session) -> HubKeys:
+    """The active keys, loading private key files once per process."""
+    rows = list(session.scalars(select(ArchiveKey).where(ArchiveKey.status == "active")
+                                .order_by(ArchiveKey.created_at.desc())))
+    if not rows:
+        with transaction(hub.sessions) as s:  # first use: make the hub's first key
+            if not s.scalar(select(ArchiveKey).where(ArchiveKey.status == "active")):
+                create_key(hub, s, Actor.system("archive"))
+        rows = list(session.scalars(select(ArchiveKey).where(ArchiveKey.status == "active")
+                                    .order_by(ArchiveKey.created_at.desc())))
+    cache_key = (str(keys_dir(hub)), tuple(r.fingerprint for r in rows))
+    if cache_key not in _cache:
+        pairs = tuple((r.fingerprint, c4gh.load_private_key(Path(r.private_key_file), _passphrase(hub)))
+                      for r in rows)
+        _cache[cache_key] = HubKeys(pairs)
+    return _cache[cache_key]
+
+
+def rotate(hub: Hub, actor: Actor, *, batch: int = 500) -> Iterator[tuple[int, int]]:
+    """Create a new key, re-encrypt every stored header to it, retire the old keys.
+
+    Bodies are not read: only the headers in the database change. Yields (done, total) progress.
+    Safe to interrupt and run again: headers already under the new key are skipped.
+    """
+    with transaction(hub.sessions) as session:
+        old = [r.fingerprint for r in session.scalars(select(ArchiveKey).where(ArchiveKey.status == "active"))]
+        new = create_key(hub, session, actor)
+        new_fp, new_public = new.fingerprint, new.public_key
+    with hub.sessions() as session:
+        keys = hub_keys(hub, session)
+        total = session.scalar(select(func.count()).select_from(ArchiveFile)
+                               .where(ArchiveFile.header.is_not(None), ArchiveFile.header_key != new_fp)) or 0
+    done = 0
+    while True:
+        with transaction(hub.sessions) as session:
+            rows = list(session.scalars(select(ArchiveFile).where(ArchiveFile.header.is_not(None),
+                                                                  ArchiveFile.header_key != new_fp)
+                                        .limit(batch)))
+            if not rows:
+                break
+            sender = keys.current[1]
+            for f in rows:
+                assert f.header is not None
+                f.header = c4gh.reencrypt_header(f.header, keys.secrets, new_public, sender)
+                f.header_key = new_fp
+            done += len(rows)
+        yield done, total
+    with transaction(hub.sessions) as session:
+        session.execute(update(ArchiveKey).where(ArchiveKey.fingerprint.in_(old)).values(status="retired"))
+        audit.record(session, actor, "archive.key.rotated", target=f"key:{new_fp}",
+                     details={"retired": old, "headers": done})
+    _cache.clear()

@@ -1,0 +1,298 @@
+"""Client side of uploads and downloads: what `strongroom upload` / `download` run on a laptop.
+
+Uploads are encrypted here, while streaming, to the hub's public key: plaintext never leaves the
+machine and is never written to a temporary file. To resume an interrupted upload byte-exactly
+without keeping ciphertext, the header and every segment's nonce are derived from a per-upload
+seed kept (with the session key, mode 0600) in the resume file; it is deleted when the upload
+completes. The resume file is only reused if the source file's size and mtime are unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import c4gh
+
+RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+
+
+class TransferError(Exception):
+    pass
+
+
+@dataclass
+class HubClient:
+    url: str
+    token: str
+    attempts: int = 6
+    timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def http(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:  # one connection pool per thread
+            client = httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout,
+                                  headers={"Authorization": f"Bearer {self.token}"})
+            self._local.client = client
+        return client
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Retries connection failures and 5xx with exponential backoff; 4xx fail at once."""
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.attempts:
+                    raise TransferError(f"cannot reach the hub: {exc}") from exc
+            else:
+                if response.status_code not in RETRY_STATUSES or attempt == self.attempts:
+                    if response.status_code >= 400:
+                        raise TransferError(_problem(response))
+                    return response
+            time.sleep(delay)
+            delay = min(delay * 2, 20)
+        raise TransferError("unreachable")
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+
+def _problem(response: httpx.Response) -> str:
+    try:
+        return f"{response.status_code}: {response.json().get('detail', response.text)}"
+    except ValueError:
+        return f"{response.status_code}: {response.text[:200]}"
+
+
+# -- upload ------------------------------------------------------------------------------------
+@dataclass
+class UploadPlan:
+    source: Path
+    name: str  # path as the hub will show it
+    size: int
+
+
+def plan_uploads(paths: list[Path]) -> list[UploadPlan]:
+    """Files and directory trees, with names relative to each argument's parent."""
+    plans = []
+    for root in paths:
+        if root.is_dir():
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and not p.is_symlink():
+                    plans.append(UploadPlan(p, str(p.relative_to(root.parent)), p.stat().st_size))
+        elif root.is_file():
+            plans.append(UploadPlan(root, root.name, root.stat().st_size))
+        else:
+            raise TransferError(f"{root}: no such file or directory")
+    return plans
+
+
+def _state_path(state_dir: Path, client: HubClient, project: str, plan: UploadPlan) -> Path:
+    st = plan.source.stat()
+    ident = f"{client.url}|{project}|{plan.source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{plan.name}"
+    return state_dir / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".json")
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+class SealedSource:
+    """The crypt4gh stream of one local file, computable at any byte range on demand."""
+
+    def __init__(self, source: Path, header: bytes, session_key: bytes, nonce_seed: bytes) -> None:
+        self.source, self.header = source, header
+        self.session_key, self.nonce_seed = session_key, nonce_seed
+        self.plaintext_size = source.stat().st_size
+        self.size = len(header) + c4gh.body_size_for(self.plaintext_size)
+
+    def read(self, start: int, end: int) -> bytes:
+        out = bytearray()
+        if start < len(self.header):
+            out += self.header[start:min(end, len(self.header))]
+        b_start, b_end = max(start - len(self.header), 0), max(end - len(self.header), 0)
+        if b_end > b_start:
+            first = b_start // c4gh.CIPHER_SEGMENT_SIZE
+            last = (b_end - 1) // c4gh.CIPHER_SEGMENT_SIZE
+            with open(self.source, "rb") as fh:
+                fh.seek(first * c4gh.SEGMENT_SIZE)
+                plain = fh.read((last - first + 1) * c4gh.SEGMENT_SIZE)
+            sealed = c4gh.seal_segments(self.session_key, first, plain, self.nonce_seed)
+            offset = first * c4gh.CIPHER_SEGMENT_SIZE
+            out += sealed[b_start - offset:b_end - offset]
+        return bytes(out)
+
+
+def plaintext_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_file(client: HubClient, project: str, plan: UploadPlan, hub_public: bytes, *, state_dir: Path,
+                workers: int = 4, on_bytes: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Upload one file (resuming a previous attempt if there is one); returns the hub's file record."""
+    state_path = _state_path(state_dir, client, project, plan)
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    received: set[int] = set()
+    part_size = 0
+    if state:
+        try:
+            status = client.json("GET", f"/api/v1/uploads/{state['upload_id']}")
+        except TransferError:
+            status = None
+        if status and status["state"] == "receiving":
+            received = {p["number"] for p in status["parts"]}
+            part_size = status["part_size"]
+        elif status and status["state"] != "failed":
+            state_path.unlink(missing_ok=True)
+            return client.json("GET", f"/api/v1/files/{state['upload_id']}")
+        else:
+            state = None
+    if state is None:
+        session_key, nonce_seed = os.urandom(32), os.urandom(32)
+        header = c4gh.make_header([session_key], hub_public, None, seed=nonce_seed)
+        source = SealedSource(plan.source, header, session_key, nonce_seed)
+        created = client.json("POST", f"/api/v1/projects/{project}/uploads",
+                              json={"path": plan.name, "size": source.size})
+        part_size = created["part_size"]
+        state = {"upload_id": created["id"], "session_key": session_key.hex(), "nonce_seed": nonce_seed.hex(),
+                 "header": base64.b64encode(header).decode()}
+        _write_private_json(state_path, state)
+    source = SealedSource(plan.source, base64.b64decode(state["header"]), bytes.fromhex(state["session_key"]),
+                          bytes.fromhex(state["nonce_seed"]))
+    upload_id = state["upload_id"]
+    parts = range(1, -(-source.size // part_size) + 1)
+    done_bytes = sum(min(part_size, source.size - (n - 1) * part_size) for n in received)
+    on_bytes(done_bytes)
+
+    def send(number: int) -> int:
+        start = (number - 1) * part_size
+        data = source.read(start, min(start + part_size, source.size))
+        client.request("PUT", f"/api/v1/uploads/{upload_id}/parts/{number}", content=data,
+                       headers={"Content-Type": "application/octet-stream"})
+        on_bytes(len(data))
+        return number
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        checksum = pool.submit(plaintext_sha256, plan.source)
+        futures = [pool.submit(send, n) for n in parts if n not in received]
+        for future in as_completed(futures):
+            future.result()
+        digest = checksum.result()
+    record = client.json("POST", f"/api/v1/uploads/{upload_id}/complete", json={"sha256": digest})
+    state_path.unlink(missing_ok=True)
+    return record
+
+
+# -- download ----------------------------------------------------------------------------------
+def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | None,
+                  on_bytes: Callable[[int], None] = lambda n: None,
+                  on_total: Callable[[int], None] = lambda n: None) -> tuple[Path, dict[str, Any]]:
+    """Fetch one file re-encrypted to the caller's key into ``out_dir`` (resuming a ``.part``)."""
+    meta = client.json("GET", f"/api/v1/files/{file_id}")
+    name = meta["path"].rsplit("/", 1)[-1] + ".c4gh"
+    target = out_dir / meta["path"].replace("..", "_").lstrip("/")
+    target = target.with_name(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(name + ".part")
+    etag_file = target.with_name(name + ".etag")
+    params = {"key": key} if key else {}
+    headers: dict[str, str] = {}
+    have = partial.stat().st_size if partial.exists() and etag_file.exists() else 0
+    if have:
+        headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text()}
+    delay = 0.5
+    for attempt in range(1, client.attempts + 1):
+        try:
+            with client.http.stream("GET", f"/api/v1/files/{file_id}/content", params=params,
+                                    headers=headers) as response:
+                if response.status_code == 416 and have:  # already complete
+                    break
+                if response.status_code >= 400:
+                    response.read()
+                    if response.status_code in RETRY_STATUSES and attempt < client.attempts:
+                        raise httpx.TransportError(_problem(response))
+                    raise TransferError(_problem(response))
+                etag_file.write_text(response.headers.get("etag", ""))
+                mode = "ab" if response.status_code == 206 else "wb"
+                if mode == "wb":
+                    have = 0
+                length = int(response.headers.get("content-length", 0))
+                on_total(have + length)
+                on_bytes(have)
+                with open(partial, mode) as fh:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        fh.write(chunk)
+                        have += len(chunk)
+                        on_bytes(len(chunk))
+                break
+        except httpx.TransportError as exc:
+            if attempt == client.attempts:
+                raise TransferError(f"download of {file_id} failed: {exc}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 20)
+            if partial.exists() and etag_file.exists():
+                have = partial.stat().st_size
+                headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text()}
+    os.replace(partial, target)
+    etag_file.unlink(missing_ok=True)
+    return target, meta
+
+
+def decrypt_and_verify(encrypted: Path, secret_key: bytes, expected_sha256: str) -> Path:
+    """Decrypt next to the download (``name`` without ``.c4gh``) and check the hub's checksum."""
+    out = encrypted.with_suffix("")
+    digest = hashlib.sha256()
+    tmp = out.with_name(out.name + ".decrypting")
+    with open(encrypted, "rb") as src, open(tmp, "wb") as dst:
+        opened = c4gh.open_header(c4gh.read_header(src), [secret_key])
+        for chunk in c4gh.decrypt_segments(src, opened.session_keys):
+            digest.update(chunk)
+            dst.write(chunk)
+    if digest.hexdigest() != expected_sha256:
+        tmp.unlink()
+        raise TransferError(f"{encrypted.name}: checksum mismatch after decryption")
+    os.replace(tmp, out)
+    return out
+
+
+def iter_dataset_files(client: HubClient, dataset_id: str, version: int | None) -> Iterator[dict[str, Any]]:
+    ds = client.json("GET", f"/api/v1/datasets/{dataset_id}")
+    usable = [v for v in ds["versions"] if v["state"] in ("released", "deprecated")] or ds["versions"]
+    if not usable:
+        raise TransferError(f"{dataset_id} has no versions")
+    number = version or usable[-1]["number"]
+    after = None
+    while True:
+        params: dict[str, Any] = {"limit": 1000}
+        if after:
+            params["after"] = after
+        page = client.json("GET", f"/api/v1/datasets/{dataset_id}/versions/{number}/files", params=params)
+        yield from page["files"]
+        after = page["next_after"]
+        if not after:
+            return

@@ -1,0 +1,91 @@
+"""Archive pages: a project's files (inbox, ingest status, errors), datasets and versions, small uploads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi.responses import RedirectResponse, Response
+
+from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..errors import Invalid
+from ..projects import service as projects
+from ..web.templating import templates
+from . import service
+from .backend import storage_for
+
+router = APIRouter()
+BROWSER_UPLOAD_MAX = 1024 * 1024  # kept in memory: larger files go through `strongroom upload`
+
+
+@router.get("/projects/{slug}/data")
+def data_page(request: Request, db: Db, principal: WebPrincipal, slug: str, after: str | None = None) -> Response:
+    access = projects.open_project(db, principal, slug)
+    files = service.list_files(db, access, after=after, limit=200)
+    datasets = service.list_datasets(db, principal, access)
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[f.state] = counts.get(f.state, 0) + 1
+    return templates.TemplateResponse(request, "archive_data.html", {
+        "access": access, "project": access.project, "files": files, "datasets": datasets,
+        "counts": counts, "max_upload": BROWSER_UPLOAD_MAX, "error": None,
+        "next_after": files[-1].id if len(files) == 200 else None,
+    })
+
+
+@router.post("/projects/{slug}/data/upload", dependencies=[CsrfChecked])
+async def browser_upload(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                         file: UploadFile) -> Response:
+    data = await file.read(BROWSER_UPLOAD_MAX + 1)
+    if len(data) > BROWSER_UPLOAD_MAX:
+        raise Invalid("the browser takes files up to 1 MiB; use `strongroom upload` for larger ones")
+    if not data:
+        raise Invalid("the file is empty")
+    from starlette.concurrency import run_in_threadpool
+
+    access = projects.open_project(db, principal, slug)
+    await run_in_threadpool(service.receive_small_plaintext, hub, db, principal, access, storage_for(hub),
+                            path=(file.filename or "upload").rsplit("/", 1)[-1], data=data)
+    return RedirectResponse(f"/projects/{slug}/data#files", status_code=303)
+
+
+@router.post("/projects/{slug}/data/datasets", dependencies=[CsrfChecked])
+async def create_dataset(request: Request, db: Db, principal: WebPrincipal, slug: str) -> Response:
+    form = await request.form()
+    access = projects.open_project(db, principal, slug)
+    ds = service.create_dataset(db, principal, access, title=str(form.get("title", "")),
+                                description=str(form.get("description", "")),
+                                files=[str(x) for x in form.getlist("files")])
+    return RedirectResponse(f"/datasets/{ds.id}", status_code=303)
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, version: int | None = None,
+                 after: str | None = None) -> Response:
+    ds, owner = service.visible_dataset(db, principal, dataset_id)
+    versions = [v for v in ds.versions if owner or v.state != "draft"]
+    shown = next((v for v in versions if v.number == version), versions[-1] if versions else None)
+    files = service.version_files(db, principal, ds.id, shown.number, after=after, limit=500)[1] if shown else []
+    from ..projects.models import Project
+
+    return templates.TemplateResponse(request, "archive_dataset.html", {
+        "ds": ds, "owner": owner, "versions": versions, "shown": shown, "files": files,
+        "owner_project": db.get(Project, ds.project_id), "next_after": files[-1].id if len(files) == 500 else None,
+    })
+
+
+@router.post("/datasets/{dataset_id}/versions/{number}/release", dependencies=[CsrfChecked])
+def release(db: Db, principal: WebPrincipal, dataset_id: str, number: int) -> Response:
+    service.release_version(db, principal, dataset_id, number)
+    return RedirectResponse(f"/datasets/{dataset_id}?version={number}", status_code=303)
+
+
+@router.post("/datasets/{dataset_id}/draft", dependencies=[CsrfChecked])
+async def edit_draft(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = await request.form()
+    version = service.edit_draft(db, principal, dataset_id, add=[str(x) for x in form.getlist("add")],
+                                 remove=[str(x) for x in form.getlist("remove")])
+    return RedirectResponse(f"/datasets/{dataset_id}?version={version.number}", status_code=303)
+
+
+__all__ = ["Annotated", "Form", "router"]
