@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
+from .archive.storage import StorageUnavailable
 from .config import Settings, get_settings
 from .deps import CSRF_COOKIE, LoginRequired
 from .errors import DomainError, TooManyRequests
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from .archive.keys import ensure_key
+
+        ensure_key(hub)
         runner = None
         if run_jobs:
             from .jobs.runner import Runner
@@ -180,6 +184,12 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         return templates.TemplateResponse(request, "error.html",
                                           {"status": exc.status, "detail": exc.detail},
                                           status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StorageUnavailable)
+    async def storage_down(request: Request, exc: StorageUnavailable) -> Response:
+        log.warning("storage.unavailable", error=str(exc))
+        return problem(503, "Storage unavailable", "object storage cannot be reached right now; retry shortly",
+                       "storage-unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -135,6 +135,9 @@ def init(demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create the
     settings = get_settings()
     upgrade(settings.effective_database_url)
     hub = Hub.from_settings(settings)
+    from .archive.keys import ensure_key
+
+    ensure_key(hub)
     if demo:
         for line in seed_demo(hub):
             console.print(line)

@@ -329,6 +329,7 @@ class RangeNotSatisfiable(Invalid):
 
 
 def _parse_plain_range(value: str, size: int) -> tuple[int, int]:
+    """``START-END`` (inclusive, like HTTP) or ``START-`` → [start, end)."""
     m = re.fullmatch(r"(\d+)-(\d*)", value)
     if not m:
         raise Invalid("plaintext_range must look like START-END (inclusive) or START-")
@@ -365,10 +366,8 @@ def download(request: Request, db: Db, hub: HubDep, principal: DataRead, file_id
     body_start, body_end, edit_list = 0, f.body_size, None
     if plaintext_range:
         start, end = _parse_plain_range(plaintext_range, f.plaintext_size)
-        span = c4gh.segment_span(start, end)
-        body_start = span.first_segment * c4gh.CIPHER_SEGMENT
-        body_end = min((span.last_segment + 1) * c4gh.CIPHER_SEGMENT, f.body_size)
-        edit_list = span.edit_list
+        plan = c4gh.plan_range(start, end, f.plaintext_size)
+        body_start, body_end, edit_list = plan.body_start, plan.body_end, list(plan.edit_list)
     header = service.download_header(hub, db, f, recipient.public_key, edit_list)
     total = len(header) + (body_end - body_start)
     etag = '"' + hashlib.sha256(header + (f.body_sha256 or "").encode()

@@ -71,16 +71,19 @@ def create_key(hub: Hub, session: Session, actor: Actor) -> ArchiveKey:
     return row
 
 
+def ensure_key(hub: Hub) -> None:
+    """Give a new hub its first archive key (at start-up: never inside another transaction)."""
+    with transaction(hub.sessions) as session:
+        if not session.scalar(select(ArchiveKey).where(ArchiveKey.status == "active")):
+            create_key(hub, session, Actor.system("archive"))
+
+
 def hub_keys(hub: Hub, session: Session) -> HubKeys:
     """The active keys, loading private key files once per process."""
     rows = list(session.scalars(select(ArchiveKey).where(ArchiveKey.status == "active")
                                 .order_by(ArchiveKey.created_at.desc())))
     if not rows:
-        with transaction(hub.sessions) as s:  # first use: make the hub's first key
-            if not s.scalar(select(ArchiveKey).where(ArchiveKey.status == "active")):
-                create_key(hub, s, Actor.system("archive"))
-        rows = list(session.scalars(select(ArchiveKey).where(ArchiveKey.status == "active")
-                                    .order_by(ArchiveKey.created_at.desc())))
+        raise RuntimeError("the hub has no archive key yet: run `strongroom init` or start `strongroom serve`")
     cache_key = (str(keys_dir(hub)), tuple(r.fingerprint for r in rows))
     if cache_key not in _cache:
         pairs = tuple((r.fingerprint, c4gh.load_private_key(Path(r.private_key_file), _passphrase(hub)))

@@ -1,0 +1,353 @@
+"""The encrypted archive end to end, on local disk and on a real S3 server (SeaweedFS):
+client-side encrypted resumable upload → one-pass ingest → dataset release → download re-encrypted
+to the researcher's key → decrypted with the reference crypt4gh library → identical bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import crypt4gh.lib
+import httpx
+import pytest
+from sqlalchemy import select
+
+from conftest import bearer, token_for
+from strongroom.archive import c4gh
+from strongroom.archive.models import ArchiveFile
+from strongroom.archive.transfer import HubClient, SealedSource, UploadPlan, download_file, upload_file
+from strongroom.audit.service import Actor
+from strongroom.db import transaction
+from strongroom.jobs.runner import Runner
+from strongroom.projects import service as projects
+from strongroom.projects.models import Project
+from support.live import free_port, serving
+from support.seaweed import seaweedfs  # noqa: F401 - session fixture
+
+END = dt.date.today() + dt.timedelta(days=365)
+SEG = c4gh.CIPHER_SEGMENT_SIZE
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def settings(settings, backend, request, tmp_path):  # noqa: ANN001, ANN201
+    """The root settings plus a live port and the storage backend under test."""
+    port = free_port()
+    update: dict = {"base_url": f"http://127.0.0.1:{port}"}
+    if backend == "s3":
+        s3 = request.getfixturevalue("seaweedfs")
+        storage = {"kind": "s3", "endpoint_url": s3.endpoint_url, "bucket": f"t{os.getpid()}{tmp_path.name[-6:]}"
+                   .lower().replace("_", ""), "access_key": s3.access_key, "secret_key": s3.secret_key,
+                   "region": s3.region}
+        part_size = 80 * SEG  # S3 wants ≥ 5 MiB parts
+    else:
+        storage = {"kind": "local", "root": str(tmp_path / "objects")}
+        part_size = 3 * SEG  # small parts: many of them, to exercise resume
+    archive = settings.archive.model_copy(update={"part_size": part_size,
+                                                  "storage": settings.archive.storage.model_validate(storage)})
+    s = settings.model_copy(update={**update, "archive": archive})
+    s._port = port  # noqa: SLF001 - test plumbing
+    return s
+
+
+@pytest.fixture
+def world(app, hub, people, settings):  # noqa: ANN001, ANN201
+    alice, bob = people("alice"), people("bob")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
+                                end_date=END)
+        projects.create_project(s, Actor.system("t"), slug="other", name="Other", pi="bob", ethics_ref="E2",
+                                end_date=END)
+    tokens = {"alice": token_for(hub, alice), "bob": token_for(hub, bob)}
+    with serving(app, settings._port) as url:  # noqa: SLF001
+        c = httpx.Client(base_url=url, headers=bearer(tokens["alice"]), timeout=60)
+        r = c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True})
+        assert r.status_code == 200, r.text
+        user_key = c4gh.generate_keypair()
+        assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
+            user_key.public).decode()}).status_code == 201
+        yield {"url": url, "http": c, "tokens": tokens, "user_key": user_key, "hub": hub, "alice": alice,
+               "bob": bob, "hub_public": c4gh.parse_public_key(c.get("/api/v1/archive/public-key").text)}
+
+
+def _drain(hub) -> None:  # noqa: ANN001
+    Runner(hub, lease_seconds=10, name="test").run_until_idle()
+
+
+def _file(hub, file_id: str) -> ArchiveFile:  # noqa: ANN001
+    with hub.sessions() as s:
+        return s.get(ArchiveFile, file_id)
+
+
+def _upload(world, path: Path, tmp_path: Path, **kw):  # noqa: ANN001, ANN201
+    client = HubClient(world["url"], world["tokens"]["alice"])
+    plan = UploadPlan(path, kw.pop("name", path.name), path.stat().st_size)
+    return upload_file(client, "lung", plan, world["hub_public"], state_dir=tmp_path / "state", **kw)
+
+
+def _reference_decrypt(data: bytes, secret: bytes) -> bytes:
+    out = io.BytesIO()
+    crypt4gh.lib.decrypt([(0, secret, None)], io.BytesIO(data), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65536, 3 * 65536 + 7, 5 * 1024 * 1024 + 3])
+def test_upload_ingest_release_download_roundtrip(world, tmp_path, size):  # noqa: ANN001
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(size)
+    src = tmp_path / f"scan-{size}.dcm"
+    src.write_bytes(data)
+    record = _upload(world, src, tmp_path)
+    assert record["state"] == "uploaded"
+    _drain(hub)
+    f = _file(hub, record["id"])
+    assert f.state == "ready", f.failure
+    assert f.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert f.plaintext_md5 == hashlib.md5(data).hexdigest()
+    assert f.plaintext_size == size and f.body_size == c4gh.body_size_for(size)
+    with hub.sessions() as s:
+        assert s.get(Project, f.project_id).used_bytes == f.body_size  # reservation settled
+
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "Scans", "files": [f.id]}).json()
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").json()["state"] == "released"
+
+    client = HubClient(world["url"], world["tokens"]["alice"])
+    target, meta = download_file(client, f.id, tmp_path / "out", key=None)
+    plain = _reference_decrypt(target.read_bytes(), world["user_key"].secret)
+    assert hashlib.sha256(plain).hexdigest() == meta["plaintext_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_reference_library_upload_is_accepted_and_plaintext_ranges_work(world, tmp_path):  # noqa: ANN001
+    """A file encrypted by the reference tool to the hub key ingests; ranges and resume work."""
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(300_000)
+    encrypted = io.BytesIO()
+    sender = c4gh.generate_keypair()
+    crypt4gh.lib.encrypt([(0, sender.secret, world["hub_public"])], io.BytesIO(data), encrypted)
+    blob = encrypted.getvalue()
+    file_id = _raw_upload(c, blob, "ref.bin", hashlib.sha256(data).hexdigest())
+    up = {"id": file_id}
+    _drain(hub)
+    assert _file(hub, up["id"]).state == "ready"
+
+    full = c.get(f"/api/v1/files/{up['id']}/content")
+    assert full.status_code == 200 and full.headers["accept-ranges"] == "bytes"
+    etag = full.headers["etag"]
+    assert c.get(f"/api/v1/files/{up['id']}/content").headers["etag"] == etag  # stable → resumable
+    assert full.content == c.get(f"/api/v1/files/{up['id']}/content").content
+    # resume from byte 1000 with If-Range
+    part = c.get(f"/api/v1/files/{up['id']}/content", headers={"Range": "bytes=1000-", "If-Range": etag})
+    assert part.status_code == 206 and full.content[:1000] + part.content == full.content
+    # a stale validator gets the whole file again, never a mismatched tail
+    stale = c.get(f"/api/v1/files/{up['id']}/content", headers={"Range": "bytes=1000-", "If-Range": '"x"'})
+    assert stale.status_code == 200 and len(stale.content) == len(full.content)
+    assert c.get(f"/api/v1/files/{up['id']}/content", headers={"Range": "bytes=99999999-"}).status_code == 416
+    # plaintext range: a header with an edit list + only the needed segments
+    ranged = c.get(f"/api/v1/files/{up['id']}/content", params={"plaintext_range": "70000-200009"})
+    assert ranged.status_code == 200 and len(ranged.content) < len(full.content)
+    assert _reference_decrypt(ranged.content, world["user_key"].secret) == data[70000:200010]
+    # in-platform plaintext with Range
+    plain = c.get(f"/api/v1/files/{up['id']}/plaintext", headers={"Range": "bytes=65530-65545"})
+    assert plain.status_code == 206 and plain.content == data[65530:65546]
+
+
+def _raw_upload(c, blob: bytes, name: str, sha: str | None = None) -> str:  # noqa: ANN001
+    body = {"path": name, "size": len(blob)} | ({"sha256": sha} if sha else {})
+    up = c.post("/api/v1/projects/lung/uploads", json=body).json()
+    size = up["part_size"]
+    for number, start in enumerate(range(0, len(blob), size), start=1):
+        r = c.put(f"/api/v1/uploads/{up['id']}/parts/{number}", content=blob[start:start + size])
+        assert r.status_code == 200, r.text
+    assert c.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+    return up["id"]
+
+
+def test_damaged_and_foreign_uploads_are_refused_with_a_reason(world, tmp_path):  # noqa: ANN001
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(200_000)
+    good = b"".join(c4gh.encrypt_stream([data], world["hub_public"]))
+    header_len = len(c4gh.read_header(io.BytesIO(good)))
+    tampered = bytearray(good)
+    tampered[header_len + SEG + 100] ^= 0x01  # second segment
+    truncated = good[:-10]
+    foreign = b"".join(c4gh.encrypt_stream([data], c4gh.generate_keypair().public))
+    ids = {"tampered": _raw_upload(c, bytes(tampered), "t.bin"), "truncated": _raw_upload(c, truncated, "c.bin"),
+           "foreign": _raw_upload(c, foreign, "f.bin"), "garbage": _raw_upload(c, b"not crypt4gh at all", "g"),
+           "mismatch": _raw_upload(c, good, "m.bin", sha="0" * 64)}
+    _drain(hub)
+    reasons = {k: _file(hub, v) for k, v in ids.items()}
+    assert all(f.state == "failed" for f in reasons.values())
+    assert "damaged" in reasons["tampered"].failure and "segment 1" in reasons["tampered"].failure
+    assert "damaged" in reasons["truncated"].failure
+    assert "archive key" in reasons["foreign"].failure
+    assert "crypt4gh" in reasons["garbage"].failure
+    assert "SHA-256" in reasons["mismatch"].failure
+    with hub.sessions() as s:
+        project = s.scalar(select(Project).where(Project.slug == "lung"))
+        assert project.reserved_bytes == 0 and project.used_bytes == 0  # nothing held, nothing counted
+    listing = c.get("/api/v1/projects/lung/files", params={"state": "failed"}).json()
+    assert {f["id"] for f in listing} == set(ids.values()) and all(f["failure"] for f in listing)
+
+
+def test_interrupted_upload_resumes_without_resending_parts(world, tmp_path, backend):  # noqa: ANN001
+    hub = world["hub"]
+    part_size = hub.settings.archive.part_size
+    data = os.urandom(int(part_size * 3.5))
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    sent: list[int] = []
+
+    def crash_after_two(n: int) -> None:
+        sent.append(n)
+        if len(sent) == 2:
+            raise KeyboardInterrupt  # the user hits ^C
+
+    with pytest.raises(KeyboardInterrupt):
+        _upload(world, src, tmp_path, workers=1, on_bytes=crash_after_two)
+    status_files = list((tmp_path / "state").glob("*.json"))
+    assert len(status_files) == 1  # resume state kept (0600)
+    assert oct(status_files[0].stat().st_mode & 0o777) == "0o600"
+    resumed: list[int] = []
+    record = _upload(world, src, tmp_path, workers=2, on_bytes=resumed.append)
+    assert resumed[0] > 0  # bytes already on the hub were counted, not re-sent
+    assert sum(resumed[1:]) < SealedSource(src, b"x" * 124, b"k" * 32, b"s" * 32).size
+    _drain(hub)
+    f = _file(hub, record["id"])
+    assert f.state == "ready" and f.plaintext_sha256 == hashlib.sha256(data).hexdigest()
+    assert not list((tmp_path / "state").glob("*.json"))
+
+
+def test_concurrent_uploads_never_exceed_the_quota(world, hub):  # noqa: ANN001
+    with transaction(hub.sessions) as s:
+        project = s.scalar(select(Project).where(Project.slug == "lung"))
+        project.quota_bytes = 10_000
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def attempt() -> None:
+        with httpx.Client(base_url=world["url"], headers=bearer(world["tokens"]["alice"]), timeout=60) as c:
+            r = c.post("/api/v1/projects/lung/uploads", json={"path": "q.bin", "size": 3_000})
+        with lock:
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201] * 3 + [409] * 9
+    with hub.sessions() as s:
+        project = s.scalar(select(Project).where(Project.slug == "lung"))
+        assert project.reserved_bytes == 9_000 <= project.quota_bytes
+    r = world["http"].post("/api/v1/projects/lung/uploads", json={"path": "q.bin", "size": 1_001})
+    assert r.status_code == 409 and r.json()["code"] == "quota-exceeded" and r.json()["free_bytes"] == 1_000
+
+
+def test_access_is_segmented_locked_and_audited(world, tmp_path):  # noqa: ANN001
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(1000)
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "a.bin")
+    _drain(hub)
+    bob = httpx.Client(base_url=world["url"], headers=bearer(world["tokens"]["bob"]), timeout=30)
+    for path in (f"/api/v1/files/{file_id}", f"/api/v1/files/{file_id}/content",
+                 f"/api/v1/files/{file_id}/plaintext", f"/ga4gh/drs/v1/objects/{file_id}",
+                 "/api/v1/projects/lung/files"):
+        assert bob.get(path).status_code == 404, path
+    # the download setting is per project and locked by default
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
+    locked = c.get(f"/api/v1/files/{file_id}/content")
+    assert locked.status_code == 403 and "locked" in locked.json()["detail"]
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
+    assert c.get(f"/api/v1/files/{file_id}/content").status_code == 200
+    events = c.get("/api/v1/projects/lung/audit", params={"limit": 200}).json()
+    downloads = [e for e in events if e["action"] == "archive.file.downloaded"]
+    assert downloads and downloads[0]["target"] == f"file:{file_id}" and downloads[0]["details"]["basis"] == "owner"
+    # shares: released dataset into bob's project, only once the owner opens external sharing
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "D", "files": [file_id]}).json()
+    c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release")
+    refused = c.post(f"/api/v1/datasets/{ds['id']}/shares", json={"project": "other"})
+    assert refused.status_code == 403
+    c.put("/api/v1/projects/lung/settings/external_sharing", json={"value": True})
+    assert c.post(f"/api/v1/datasets/{ds['id']}/shares", json={"project": "other"}).status_code == 204
+    assert bob.get(f"/api/v1/datasets/{ds['id']}").json()["shared_into_mine"] is True
+    assert bob.get(f"/api/v1/files/{file_id}").status_code == 200
+    assert bob.get(f"/api/v1/files/{file_id}/content").status_code == 403  # bob's project keeps downloads locked
+    assert bob.get(f"/api/v1/files/{file_id}/plaintext").content == data  # in-platform use is allowed
+    # revocation takes effect on the next request
+    assert c.delete(f"/api/v1/datasets/{ds['id']}/shares/other").status_code == 204
+    assert bob.get(f"/api/v1/files/{file_id}/plaintext").status_code == 404
+    with hub.sessions() as s:
+        other = s.scalar(select(Project).where(Project.slug == "other"))
+        assert other.used_bytes == 0  # sharing never counts against the receiving project
+
+
+def test_versions_are_immutable_once_released(world):  # noqa: ANN001
+    hub, c = world["hub"], world["http"]
+    ids = [_raw_upload(c, b"".join(c4gh.encrypt_stream([os.urandom(10 + i)], world["hub_public"])), f"{i}.bin")
+           for i in range(4)]
+    _drain(hub)
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "V", "files": ids[:2]}).json()
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 409
+    v2 = c.post(f"/api/v1/datasets/{ds['id']}/draft", json={"add": ids[2:], "remove": ids[:1]}).json()
+    assert v2["number"] == 2 and v2["state"] == "draft" and v2["file_count"] == 3
+    v1_files = c.get(f"/api/v1/datasets/{ds['id']}/versions/1/files").json()["files"]
+    assert sorted(f["id"] for f in v1_files) == sorted(ids[:2])  # v1 untouched
+    page1 = c.get(f"/api/v1/datasets/{ds['id']}/versions/2/files", params={"limit": 2}).json()
+    page2 = c.get(f"/api/v1/datasets/{ds['id']}/versions/2/files",
+                  params={"limit": 2, "after": page1["next_after"]}).json()
+    assert [f["id"] for f in page1["files"] + page2["files"]] == sorted(ids[1:])
+    assert c.post(f"/api/v1/datasets/{ds['id']}/draft", json={"add": ["SRF-NOPE"]}).status_code == 422
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/2/release").json()["state"] == "released"
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/deprecate").json()["state"] == "deprecated"
+
+
+def test_drs_objects_bundles_and_bulk(world):  # noqa: ANN001
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(5000)
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "x/y.dcm")
+    _drain(hub)
+    info = c.get("/ga4gh/drs/v1/service-info").json()
+    assert info["type"] == {"group": "org.ga4gh", "artifact": "drs", "version": "1.5.0"}
+    obj = c.get(f"/ga4gh/drs/v1/objects/{file_id}").json()
+    assert obj["id"] == file_id and obj["size"] == 5000 and obj["self_uri"].startswith("drs://")
+    assert {"type": "sha-256", "checksum": hashlib.sha256(data).hexdigest()} in obj["checksums"]
+    access = c.get(f"/ga4gh/drs/v1/objects/{file_id}/access/crypt4gh").json()
+    assert access["url"].endswith(f"/api/v1/files/{file_id}/content")
+    assert c.get(access["url"]).status_code == 200
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "B", "files": [file_id]}).json()
+    c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release")
+    bundle = c.get(f"/ga4gh/drs/v1/objects/{ds['id']}").json()
+    assert [x["id"] for x in bundle["contents"]] == [file_id]
+    bulk = c.post("/ga4gh/drs/v1/objects", json={"bulk_object_ids": [file_id, "SRF-MISSING"]}).json()
+    assert bulk["summary"] == {"requested": 2, "resolved": 1, "unresolved": 1}
+    assert c.get("/ga4gh/drs/v1/objects/SRF-MISSING").status_code == 404
+
+
+def test_key_rotation_rewrites_headers_only(world, tmp_path):  # noqa: ANN001
+    from strongroom.archive.backend import storage_for
+    from strongroom.archive.keys import rotate
+
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(150_000)
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "r.bin")
+    _drain(hub)
+    before = _file(hub, file_id)
+    storage = storage_for(hub)
+    body_before = storage.open_reader(before.body_key).read()
+    list(rotate(hub, Actor.system("test")))
+    after = _file(hub, file_id)
+    assert after.header != before.header and after.header_key != before.header_key
+    assert storage.open_reader(after.body_key).read() == body_before  # body never touched
+    new_public = c4gh.parse_public_key(c.get("/api/v1/archive/public-key").text)
+    assert new_public != world["hub_public"]
+    got = c.get(f"/api/v1/files/{file_id}/content")
+    assert _reference_decrypt(got.content, world["user_key"].secret) == data
