@@ -16,3 +16,10 @@ def ingest(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     state = service.ingest(ctx.hub, storage_for(ctx.hub), payload["file_id"],
                            workers=ctx.hub.settings.archive.ingest_workers)
     return {"state": state}
+
+
+@job("archive.cleanup_storage", every_seconds=6 * 3600, max_attempts=2)
+def cleanup_storage(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Sweep temp objects of crashed writers and multipart uploads abandoned for a week."""
+    removed = storage_for(ctx.hub).cleanup_incomplete(older_than=float(payload.get("older_than", 7 * 86400)))
+    return {"removed": removed}
