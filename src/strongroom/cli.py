@@ -90,7 +90,7 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "heads") -> None:
     """Apply schema migrations up to REVISION."""
     from .migrate import current, upgrade
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def load_all() -> None:
+    from .access import models as _access  # noqa: F401
     from .archive import models as _archive  # noqa: F401
     from .audit import models as _audit  # noqa: F401
     from .identity import models as _identity  # noqa: F401

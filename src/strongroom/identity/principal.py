@@ -16,6 +16,7 @@ SCOPES: dict[str, str] = {
     "audit:read": "read audit events you are entitled to",
     "data:read": "read and download data",
     "data:write": "upload and import data",
+    "access": "apply for data access, and handle applications you are a handler of",
     "admin": "platform administration (admins only)",
 }
 

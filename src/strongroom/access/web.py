@@ -1,0 +1,175 @@
+"""Pages for applicants (apply, fill in, accept terms, submit) and handlers (queue, decide)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+from ..archive.models import Dataset
+from ..deps import CsrfChecked, Db, WebPrincipal
+from ..errors import DomainError, Invalid, NotFound
+from ..web.templating import templates
+from . import service
+from .models import Application, Attachment, FormVersion
+
+router = APIRouter()
+
+
+def _go(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/apply/{dataset_id}")
+def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    ds = db.get(Dataset, dataset_id)
+    if ds is None:
+        raise NotFound("no such dataset")
+    existing = [a for a in service.my_applications(db, principal) if a.dataset_id == dataset_id]
+    open_app = next((a for a in existing if a.state in service.OPEN_STATES), None)
+    if open_app:
+        return _go(f"/applications/{open_app.id}")
+    return templates.TemplateResponse(request, "access_apply.html", {"ds": ds, "previous": existing})
+
+
+@router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
+async def start(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = await request.form()
+    app = service.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
+    return _go(f"/applications/{app.id}")
+
+
+@router.get("/applications")
+def applications_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    mine = service.my_applications(db, principal)
+    queue = service.queue(db, principal)
+    datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({a.dataset_id for a in mine + queue}))}
+    users = service.users_by_id(db, {a.applicant_id for a in queue})
+    return templates.TemplateResponse(request, "access_list.html",
+                                      {"mine": mine, "queue": queue, "datasets": datasets, "users": users})
+
+
+def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | None = None,
+             field_errors: dict[str, str] | None = None) -> dict[str, Any]:
+    v = service.load(db, principal, application_id)
+    form = db.get(FormVersion, v.state.form_version_id)
+    terms = service.current_terms(db, service.policy_for(db, v.app.dataset_id).terms_name)
+    attachments = list(db.query(Attachment).filter(Attachment.application_id == application_id))
+    users = service.users_by_id(db, {e.actor_id for e in v.events if e.actor_id} | {v.app.applicant_id})
+    staff = bool(v.roles - {"applicant"})
+    return {"v": v, "s": v.state, "form": form, "terms": terms, "ds": db.get(Dataset, v.app.dataset_id),
+            "attachments": attachments, "users": users, "staff": staff, "error": error,
+            "field_errors": field_errors or {}, "editable": "applicant" in v.roles and v.state.state in
+            ("draft", "returned"), "terms_ok": v.state.accepted_terms.get(str(principal.user.id)) == terms.id,
+            "default_end": dt.date.today() + dt.timedelta(days=365),
+            "events": [e for e in v.events if staff or not (e.type == "remarked" and not e.payload.get("public"))
+                       and e.type not in ("voted", "assigned", "review_requested", "decision_requested")]}
+
+
+@router.get("/applications/{application_id}")
+def application_page(request: Request, db: Db, principal: WebPrincipal, application_id: str) -> Response:
+    return templates.TemplateResponse(request, "access_application.html", _context(db, principal, application_id))
+
+
+def _answers_from_form(form: FormData, fields: list[dict[str, Any]], attachment_ids: dict[str, str]
+                       ) -> dict[str, Any]:
+    answers: dict[str, Any] = {}
+    for f in fields:
+        fid, kind = f["id"], f["type"]
+        if kind == "multiselect":
+            answers[fid] = [str(x) for x in form.getlist(fid)]
+        elif kind == "ethics":
+            number = str(form.get(f"{fid}.number", "")).strip()
+            answers[fid] = {"number": number, "attachment": attachment_ids.get(fid)} if number else None
+        elif kind == "attachment":
+            if fid in attachment_ids:
+                answers[fid] = attachment_ids[fid]
+        elif kind == "table":
+            rows = []
+            for line in str(form.get(fid, "")).splitlines():
+                if line.strip():
+                    cells = [c.strip() for c in line.split(";")]
+                    rows.append(dict(zip(f.get("columns", []), cells + [""] * 10, strict=False)))
+            answers[fid] = rows
+        else:
+            answers[fid] = str(form.get(fid, "")).strip()
+    return answers
+
+
+@router.post("/applications/{application_id}/save", dependencies=[CsrfChecked])
+async def save(request: Request, db: Db, principal: WebPrincipal, application_id: str) -> Response:
+    form_data = await request.form()
+    v = service.load(db, principal, application_id)
+    fields = db.get(FormVersion, v.state.form_version_id).fields
+    attachment_ids: dict[str, str] = {}
+    for f in fields:
+        upload = form_data.get(f"{f['id']}.file") if f["type"] == "ethics" else form_data.get(f["id"]) \
+            if f["type"] == "attachment" else None
+        if isinstance(upload, UploadFile) and upload.filename:
+            data = await upload.read(service.MAX_ATTACHMENT + 1)
+            attachment_ids[f["id"]] = service.attach(db, principal, application_id, upload.filename,
+                                                     upload.content_type or "", data).id
+        elif f["type"] == "ethics" and isinstance(v.state.answers.get(f["id"]), dict):
+            kept = v.state.answers[f["id"]].get("attachment")
+            if kept:
+                attachment_ids[f["id"]] = kept
+    try:
+        service.save(db, principal, application_id, _answers_from_form(form_data, fields, attachment_ids))
+    except Invalid as exc:
+        ctx = _context(db, principal, application_id, exc.detail, exc.extra.get("fields"))  # type: ignore[arg-type]
+        return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
+    if form_data.get("then") == "submit":
+        return await _command(request, db, principal, application_id, "submit", form_data)
+    return _go(f"/applications/{application_id}#form")
+
+
+COMMANDS = {"accept-terms", "submit", "assign", "return", "remark", "approve", "reject", "close", "revoke", "vote"}
+
+
+async def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
+                   form: FormData) -> Response:
+    text = str(form.get("text", "") or form.get("reason", "") or form.get("comment", ""))
+    try:
+        match command:
+            case "accept-terms":
+                service.accept_terms(db, principal, application_id)
+            case "submit":
+                service.submit(db, principal, application_id)
+            case "assign":
+                service.assign(db, principal, application_id)
+            case "return":
+                service.return_(db, principal, application_id, text)
+            case "remark":
+                service.remark(db, principal, application_id, text, form.get("public") == "on")
+            case "approve":
+                service.approve(db, principal, application_id, dt.date.fromisoformat(str(form.get("ends"))), text)
+            case "reject":
+                service.reject(db, principal, application_id, text)
+            case "close":
+                service.close(db, principal, application_id, text)
+            case "revoke":
+                service.revoke(db, principal, application_id, text)
+            case "vote":
+                service.vote(db, principal, application_id, form.get("approve") == "yes", text)
+            case _:
+                raise NotFound("no such action")
+    except (Invalid, ValueError) as exc:
+        detail = exc.detail if isinstance(exc, DomainError) else "invalid date"
+        fields = exc.extra.get("fields") if isinstance(exc, DomainError) else None
+        db.rollback()
+        ctx = _context(db, principal, application_id, detail, fields)  # type: ignore[arg-type]
+        return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
+    return _go(f"/applications/{application_id}")
+
+
+@router.post("/applications/{application_id}/{command}", dependencies=[CsrfChecked])
+async def command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str) -> Response:
+    if command not in COMMANDS:
+        raise NotFound("no such action")
+    return await _command(request, db, principal, application_id, command, await request.form())
+
+
+__all__ = ["Application", "router"]
