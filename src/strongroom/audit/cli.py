@@ -24,13 +24,10 @@ def verify() -> None:
     hub = Hub.from_settings(get_settings())
     with hub.sessions() as session:
         total = service.count(session)
-        report = None
         with Progress(TextColumn("verifying audit chain"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("verify", total=total)
-            for checked, report in service.verify(session):
-                progress.update(task, completed=checked)
-    assert report is not None
+            report = service.verify(session, progress=lambda n: progress.update(task, completed=n))
     if report.ok:
         console.print(f"[green]OK[/]: {report.checked} events, chain intact")
         return
