@@ -96,13 +96,21 @@ class BodyLimitMiddleware:
 
 
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
+    from .access import grants as _grants  # noqa: F401 - entitlements open the archive
+    from .access.api import router as access_api
+    from .access.visas_api import PassportMiddleware
+    from .access.visas_api import router as visas_api
+    from .access.web import router as access_web
     from .archive.api import router as archive_api
     from .archive.drs import router as drs_api
     from .archive.web import router as archive_web
     from .audit.api import router as audit_api
+    from .catalog.api import router as catalog_api
+    from .catalog.web import router as catalog_web
     from .identity.api import router as identity_api
     from .identity.web import router as identity_web
     from .jobs.api import router as jobs_api
+    from .notify.api import router as notify_api
     from .ops.api import router as ops_router
     from .projects.api import router as projects_api
     from .projects.web import router as projects_web
@@ -116,7 +124,10 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from .archive.keys import ensure_key
 
-        ensure_key(hub)
+        try:
+            ensure_key(hub)
+        except Exception as exc:  # noqa: BLE001 - start anyway: /readyz reports the database, uploads wait
+            log.error("startup.archive_key_unavailable", error=type(exc).__name__)
         runner = None
         if run_jobs:
             from .jobs.runner import Runner
@@ -134,10 +145,14 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.state.hub = hub
     app.state.runner = None
 
-    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, audit_api, jobs_api):
+    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, access_api, audit_api, jobs_api):
         app.include_router(router)
-    for router in (pages, identity_web, projects_web, archive_web):
+    for router in (pages, identity_web, projects_web, archive_web, access_web):
         app.include_router(router, include_in_schema=False)
+    for router in (visas_api, notify_api):
+        app.include_router(router)
+    app.include_router(catalog_api)
+    app.include_router(catalog_web, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.middleware("http")
@@ -167,6 +182,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
                                 secure=settings.cookie_secure, path="/")
         return response
 
+    app.add_middleware(PassportMiddleware)  # verifies X-GA4GH-Passport visas for the read check
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes,
                        large=(re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$|^/projects/[^/]+/data/upload$"),
                               settings.archive.part_size + 65536))

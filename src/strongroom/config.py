@@ -76,6 +76,50 @@ class ArchiveSettings(BaseModel):
     ingest_workers: int = 2
 
 
+class TrustedVisaIssuer(BaseModel):
+    """A GA4GH visa issuer whose ``ControlledAccessGrants`` visas may open downloads.
+
+    A visa is considered only when its ``iss`` equals ``issuer`` and its header ``jku`` is one of
+    this issuer's entries: keys are never fetched from any other URL.
+    """
+
+    issuer: str
+    jku: str
+    # Accessions (SRD-…) this issuer may grant; empty = any dataset of this hub.
+    datasets: list[str] = []
+
+
+class AccessSettings(BaseModel):
+    """Entitlements and GA4GH visas (issued by the hub, and accepted from trusted issuers)."""
+
+    trusted_visa_issuers: list[TrustedVisaIssuer] = []
+    # True: a visa counts only when its ``sub`` equals the caller's subject (their login's ``sub``).
+    # False: "broker-bound" — whoever presents the passport is trusted to be its subject.
+    visa_subject_must_match: bool = True
+    visa_key_file: Path | None = None  # the hub's visa signing key; default <var_dir>/keys/visa-signing.jwk
+    jwks_cache_seconds: int = 300
+    jwks_timeout_seconds: float = 5.0
+    max_visas: int = 200  # per request
+    max_visa_bytes: int = 16_384
+    max_jwks_fetches: int = 10  # per request
+    visa_leeway_seconds: int = 60  # clock skew allowed on exp / iat / asserted
+    # Plain-http jku URLs are refused unless they are loopback (test issuers run on 127.0.0.1).
+    allow_insecure_loopback_jku: bool = True
+    entitlement_reminder_days: int = 14  # reminder e-mail this many days before an entitlement ends
+
+
+class NotifySettings(BaseModel):
+    """Outgoing e-mail. With ``host`` empty (the embedded default) e-mails are written to the log."""
+
+    host: str = ""
+    port: int = 587
+    from_address: str = "strongroom@localhost"
+    starttls: bool = True
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    timeout_seconds: float = 10.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -95,6 +139,8 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -55,6 +55,9 @@ def seed_demo(hub: Hub) -> list[str]:
                 end_date=dt.date.today() + dt.timedelta(days=3 * 365),
                 description="A demonstration project on the embedded defaults.",
             )
+    from .catalog.demo import seed_catalog_demo
+
+    landing = seed_catalog_demo(hub)  # synthetic CT dataset: archived, released, published in the catalogue
     url = hub.settings.base_url
     return [
         "",
@@ -63,5 +66,7 @@ def seed_demo(hub: Hub) -> list[str]:
         f"  researcher:                                   [bold]researcher[/] / [bold]{creds['researcher']}[/]",
         "  At first login you enrol an authenticator app (TOTP); every data role needs MFA.",
         f"  Credentials are kept in {hub.settings.var_dir / 'demo-credentials.json'}",
+        f"  Demo dataset landing page (public, no login): [bold]{landing}[/]",
+        f"  Dataset catalogue: {url.rstrip('/')}/catalog   sitemap: {url.rstrip('/')}/sitemap.xml",
         "",
     ]

@@ -16,7 +16,7 @@ from ..errors import NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
 from .models import Application, Entitlement
-from .service import handled_datasets, replay, _events
+from .service import _events, handled_datasets, replay
 
 
 def _country(user: User | None) -> str:

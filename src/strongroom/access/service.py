@@ -513,7 +513,9 @@ def revoke(session: Session, principal: Principal, application_id: str, reason: 
     if not reason.strip():
         raise Invalid("a revocation needs a reason")
     _end_entitlements(session, v.app.id)
-    return _append(session, principal, v.app, "revoked", {"reason": reason.strip()[:5000]})
+    state = _append(session, principal, v.app, "revoked", {"reason": reason.strip()[:5000]})
+    _notify_applicant(session, v.app, "application_revoked", reason=reason)
+    return state
 
 
 def _end_entitlements(session: Session, application_id: str) -> None:

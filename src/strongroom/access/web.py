@@ -173,3 +173,13 @@ async def command(request: Request, db: Db, principal: WebPrincipal, application
 
 
 __all__ = ["Application", "router"]
+
+
+@router.get("/access")
+def my_access(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    from ..db import utcnow
+
+    ents = service.entitlements_of(db, principal.user.id)
+    datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({e.dataset_id for e in ents}))}
+    return templates.TemplateResponse(request, "access_mine.html",
+                                      {"ents": ents, "datasets": datasets, "now": utcnow()})

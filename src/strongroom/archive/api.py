@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
-import re
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -17,15 +14,14 @@ from ..deps import Db, HubDep, scoped
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import Body, Out
-from . import c4gh, service
+from . import c4gh, downloads, service
 from .backend import storage_for
 from .keys import hub_keys
-from .models import ArchiveFile, Dataset, DatasetVersion
+from .models import ArchiveFile, Dataset
 
 router = APIRouter(prefix="/api/v1", tags=["archive"])
 DataRead = scoped("data:read")
 DataWrite = scoped("data:write")
-STREAM_CHUNK = 1024 * 1024
 
 
 class FileOut(Out):
@@ -300,94 +296,19 @@ def revoke_key(db: Db, principal: DataRead, fingerprint: str) -> None:
     service.revoke_user_key(db, principal, fingerprint)
 
 
-# -- downloads ---------------------------------------------------------------------------------
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def _byte_range(header: str | None, total: int) -> tuple[int, int] | None:
-    """One `bytes=a-b` range as [start, end); None = the whole thing. Multi-ranges are not served."""
-    if not header:
-        return None
-    m = _RANGE.match(header.strip())
-    if not m or (not m.group(1) and not m.group(2)):
-        raise RangeNotSatisfiable(total)
-    if m.group(1):
-        start = int(m.group(1))
-        end = min(int(m.group(2)) + 1, total) if m.group(2) else total
-    else:
-        start, end = max(total - int(m.group(2)), 0), total
-    if start >= total or start >= end:
-        raise RangeNotSatisfiable(total)
-    return start, end
-
-
-class RangeNotSatisfiable(Invalid):
-    status, code = 416, "range-not-satisfiable"
-
-    def __init__(self, total: int) -> None:
-        super().__init__(f"the requested range is outside 0-{total - 1}", total=total)
-
-
-def _parse_plain_range(value: str, size: int) -> tuple[int, int]:
-    """``START-END`` (inclusive, like HTTP) or ``START-`` → [start, end)."""
-    m = re.fullmatch(r"(\d+)-(\d*)", value)
-    if not m:
-        raise Invalid("plaintext_range must look like START-END (inclusive) or START-")
-    start = int(m.group(1))
-    end = min(int(m.group(2)) + 1, size) if m.group(2) else size
-    if start >= size or start >= end:
-        raise RangeNotSatisfiable(size)
-    return start, end
-
-
-def _stream(prefix: bytes, storage, key: str, start: int, end: int) -> Iterator[bytes]:  # noqa: ANN001
-    """`prefix` (a header, possibly sliced) then body bytes [start, end) from storage."""
-    if prefix:
-        yield prefix
-    if end > start:
-        with storage.open_reader(key, start, end) as reader:
-            while chunk := reader.read(STREAM_CHUNK):
-                yield chunk
-
-
+# -- downloads ----------------------------------------------------------------------------------
 @router.get("/files/{file_id}/content", summary="Download crypt4gh re-encrypted to your key (Range, If-Range)",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"},
                        416: {"description": "range not satisfiable"}})
-def download(request: Request, db: Db, hub: HubDep, principal: DataRead, file_id: str,
+def download(db: Db, hub: HubDep, principal: DataRead, file_id: str,
              key: str | None = Query(None, max_length=64, description="fingerprint of one of your keys"),
              plaintext_range: str | None = Query(None, max_length=40,
                                                  description="only the segments holding plaintext START-END"),
              range_header: Annotated[str | None, Header(alias="Range")] = None,
              if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
-    f, grant = service.authorize_download(db, principal, file_id)
-    recipient = service.user_key(db, principal, key)
-    assert f.body_key is not None and f.body_size is not None and f.plaintext_size is not None
-    body_start, body_end, edit_list = 0, f.body_size, None
-    if plaintext_range:
-        start, end = _parse_plain_range(plaintext_range, f.plaintext_size)
-        plan = c4gh.plan_range(start, end, f.plaintext_size)
-        body_start, body_end, edit_list = plan.body_start, plan.body_end, list(plan.edit_list)
-    header = service.download_header(hub, db, f, recipient.public_key, edit_list)
-    total = len(header) + (body_end - body_start)
-    etag = '"' + hashlib.sha256(header + (f.body_sha256 or "").encode()
-                                + f"{body_start}-{body_end}".encode()).hexdigest()[:32] + '"'
-    wanted = _byte_range(range_header, total) if (if_range is None or if_range == etag) else None
-    start, end = wanted or (0, total)
-    prefix = header[start:end] if start < len(header) else b""
-    b_start = body_start + max(start - len(header), 0)
-    b_end = body_start + max(end - len(header), 0)
-    service.record_download(db, principal, f, grant, key=recipient.fingerprint,
-                            bytes=f"{start}-{end - 1}" if wanted else None, plaintext_range=plaintext_range)
-    db.commit()  # the audit event is durable before the first byte leaves
-    headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}.c4gh"',
-               "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
-    if wanted:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-    return StreamingResponse(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end),
-                             status_code=206 if wanted else 200, headers=headers,
-                             media_type="application/octet-stream")
+    return downloads.encrypted(db, hub, principal, file_id, key=key, plaintext_range=plaintext_range,
+                               range_header=range_header, if_range=if_range)
 
 
 @router.get("/files/{file_id}/plaintext", summary="Stream plaintext for in-platform use (project members; Range)",
@@ -395,28 +316,4 @@ def download(request: Request, db: Db, hub: HubDep, principal: DataRead, file_id
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"}})
 def plaintext(db: Db, hub: HubDep, principal: DataRead, file_id: str,
               range_header: Annotated[str | None, Header(alias="Range")] = None) -> Response:
-    f = service.get_file(db, principal, file_id)
-    grant = service.authorize_read(db, principal, f)
-    if grant.basis not in ("owner", "share"):
-        raise service.NotFound("no such file")
-    if f.state != service.READY:
-        raise service.Conflict(f"the file is {f.state}, not ready")
-    assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
-    wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
-    start, end = wanted or (0, f.plaintext_size)
-    opened = c4gh.open_header(f.header, hub_keys(hub, db).secrets)
-    service.record_download(db, principal, f, grant, mode="plaintext",
-                            bytes=f"{start}-{end - 1}" if wanted else None)
-    db.commit()
-    storage = storage_for(hub)
-    chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(f.body_key, a, b), opened.session_keys,
-                                start, end, f.body_size)
-    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start), "Cache-Control": "no-store",
-               "ETag": f'"{f.plaintext_sha256}"'}
-    if wanted:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.plaintext_size}"
-    return StreamingResponse(chunks, status_code=206 if wanted else 200, headers=headers,
-                             media_type="application/octet-stream")
-
-
-__all__ = ["DatasetVersion", "router"]
+    return downloads.plaintext(db, hub, principal, file_id, range_header=range_header)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Header, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
@@ -88,4 +88,43 @@ async def edit_draft(request: Request, db: Db, principal: WebPrincipal, dataset_
     return RedirectResponse(f"/datasets/{dataset_id}?version={version.number}", status_code=303)
 
 
-__all__ = ["Annotated", "Form", "router"]
+
+
+
+@router.get("/account/keys")
+def keys_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    return templates.TemplateResponse(request, "archive_keys.html",
+                                      {"keys": service.list_user_keys(db, principal), "error": None})
+
+
+@router.post("/account/keys", dependencies=[CsrfChecked])
+def add_key(request: Request, db: Db, principal: WebPrincipal, name: Annotated[str, Form(max_length=100)],
+            public_key: Annotated[str, Form(max_length=2000)]) -> Response:
+    from . import c4gh
+
+    try:
+        raw = c4gh.parse_public_key(public_key)
+    except (c4gh.C4ghError, ValueError):
+        return templates.TemplateResponse(request, "archive_keys.html", {
+            "keys": service.list_user_keys(db, principal),
+            "error": "that is not a crypt4gh public key (paste the .pub file made by `strongroom keys generate`)"},
+            status_code=422)
+    service.add_user_key(db, principal, name, raw)
+    return RedirectResponse("/account/keys", status_code=303)
+
+
+@router.post("/account/keys/{fingerprint}/revoke", dependencies=[CsrfChecked])
+def revoke_key(db: Db, principal: WebPrincipal, fingerprint: str) -> Response:
+    service.revoke_user_key(db, principal, fingerprint)
+    return RedirectResponse("/account/keys", status_code=303)
+
+
+@router.get("/files/{file_id}/download")
+def download(db: Db, hub: HubDep, principal: WebPrincipal, file_id: str, key: str | None = None,
+             range_header: Annotated[str | None, Header(alias="Range")] = None,
+             if_range: Annotated[str | None, Header(alias="If-Range")] = None) -> Response:
+    """The browser's download: re-encrypted to the user's newest registered key, resumable."""
+    from . import downloads
+
+    return downloads.encrypted(db, hub, principal, file_id, key=key, plaintext_range=None,
+                               range_header=range_header, if_range=if_range)

@@ -13,7 +13,8 @@ from ..db import Base, utcnow
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_claimable", "status", "run_after"),)
+    __table_args__ = (Index("ix_jobs_claimable", "status", "run_after"),
+                      Index("ix_jobs_leases", "status", "lease_expires_at"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
                                     autoincrement=True)

@@ -23,7 +23,8 @@ class JobKind:
 REGISTRY: dict[str, JobKind] = {}
 
 # Capabilities whose modules register job kinds. Imported by every runner.
-BUILTIN_MODULES = ["strongroom.jobs.builtin", "strongroom.archive.jobs"]
+BUILTIN_MODULES = ["strongroom.jobs.builtin", "strongroom.archive.jobs", "strongroom.notify.jobs",
+                   "strongroom.access.lifecycle"]
 
 
 def job(name: str, *, max_attempts: int = 5, every_seconds: int | None = None) -> Callable[[JobFunc], JobFunc]:

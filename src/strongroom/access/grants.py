@@ -1,0 +1,73 @@
+"""Read grants the access capability adds to the archive's check (`archive.service.GRANT_PROVIDERS`),
+registered on import (app.py imports this module):
+
+- **entitlement** (here): the caller holds an active entitlement (`Entitlement.active(now)`) to a
+  released or deprecated version that contains the file (``version`` None = any such version).
+- **visa** (`visas.visa_grant`): the request carried a GA4GH visa from a trusted issuer, verified
+  by `visas_api.PassportMiddleware` before the request's transaction began, naming a dataset
+  (or the version) published with the file.
+
+The entitled (and visa holders) may also see the dataset itself and list its files
+(`archive.service.DATASET_READERS`). In-platform plaintext stays for project members.
+
+All are read fresh on every request, so expiry and revocation take effect on the next one, and
+both need a multi-factor login, like every other way to read data.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ..archive import service as archive
+from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.service import ReadGrant
+from ..db import utcnow
+from ..identity.principal import Principal
+from .models import Entitlement
+
+PUBLISHED = ("released", "deprecated")
+
+
+def entitlement_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant | None:
+    if not principal.has_mfa:
+        return None
+    now = utcnow()
+    rows = session.scalars(
+        select(Entitlement)
+        .join(DatasetVersion, DatasetVersion.dataset_id == Entitlement.dataset_id)
+        .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+        .where(Entitlement.user_id == principal.user.id, DatasetFile.file_id == f.id,
+               DatasetVersion.state.in_(PUBLISHED), Entitlement.revoked_at.is_(None),
+               Entitlement.starts_at <= now, Entitlement.ends_at > now,
+               or_(Entitlement.version.is_(None), Entitlement.version == DatasetVersion.number))
+        .limit(5))
+    for ent in rows:
+        if ent.active(now):
+            return ReadGrant("entitlement", None, detail=str(ent.id))
+    return None
+
+
+def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
+    """`archive.service.DATASET_READERS` entry: the entitled may see the dataset and list its files."""
+    if not principal.has_mfa:
+        return False
+    now = utcnow()
+    rows = session.scalars(select(Entitlement).where(
+        Entitlement.user_id == principal.user.id, Entitlement.dataset_id == ds.id,
+        Entitlement.revoked_at.is_(None), Entitlement.starts_at <= now, Entitlement.ends_at > now).limit(5))
+    return any(e.active(now) for e in rows)
+
+
+def register() -> None:
+    """Idempotent: a second import must not check twice."""
+    if entitlement_grant not in archive.GRANT_PROVIDERS:
+        archive.GRANT_PROVIDERS.append(entitlement_grant)
+    readers = getattr(archive, "DATASET_READERS", None)
+    if readers is not None and entitlement_reader not in readers:
+        readers.append(entitlement_reader)
+
+
+register()
+
+from . import visas as _visas  # noqa: E402, F401 - registers the visa provider after this one

@@ -1,0 +1,511 @@
+"""GA4GH Passport visas: the hub issues signed ``ControlledAccessGrants`` visas for a user's
+active entitlements, and accepts visas from configured trusted issuers as a basis for download.
+
+Issuing (Passport 1.2 "Visa Issuer"): one visa per active entitlement, ES256, signed with a key
+generated once into ``<var_dir>/keys/visa-signing.jwk`` (0600); ``kid`` is the RFC 7638 thumbprint
+and the header ``jku`` points at ``/.well-known/jwks.json``.
+
+Accepting ("Passport Clearinghouse"): a request may carry visas in the ``X-GA4GH-Passport`` header.
+`PassportVerifier` checks each one in this order, and stops at the first failure:
+size → structure → (iss, jku) on the allowlist (nothing is fetched before this) → JWKS from that
+jku (cached, timeouts) → signature → iat/exp → visa object (type, asserted, value, source, by,
+shape of ``conditions``). `granting_datasets` then keeps ``ControlledAccessGrants`` visas whose
+``conditions`` (DNF: outer list OR, inner list AND) are each met by another verified visa of the
+same passport that has no conditions of its own.
+
+Only the verification needs the network, so it runs in the async middleware before the request's
+database transaction opens (`visas_api.PassportMiddleware`); the result travels to the read check
+in `CURRENT_PASSPORT`, a context variable, because grant providers receive (session, principal,
+file) and no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import structlog
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..archive import service as archive
+from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.service import ReadGrant
+from ..config import AccessSettings, Settings
+from ..db import utcnow
+from ..identity.models import User
+from ..identity.principal import Principal
+from .models import Entitlement
+
+log = structlog.get_logger("strongroom.visas")
+
+VISA_TYPE = "ControlledAccessGrants"
+VISA_JWT_TYP = "vnd.ga4gh.visa+jwt"
+ALGORITHMS = ["ES256", "RS256"]  # what GA4GH AAI 1.2 names
+CONDITION_FIELDS = {"type", "value", "source", "by"}  # string fields a clause may test (no timestamps)
+PASSPORT_HEADER = "x-ga4gh-passport"
+
+
+# -- the hub's signing key ---------------------------------------------------------------------
+def key_path(settings: Settings) -> Path:
+    return settings.access.visa_key_file or settings.var_dir / "keys" / "visa-signing.jwk"
+
+
+_KEYS: dict[Path, ECKey] = {}
+
+
+def signing_key(settings: Settings) -> ECKey:
+    """The visa signing key (P-256), generated on first use. Concurrent first uses are safe: the
+    file appears atomically (hard link of a complete temp file), the loser reads the winner's."""
+    path = key_path(settings)
+    cached = _KEYS.get(path)
+    if cached is not None:
+        return cached
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = ECKey.generate_key("P-256", private=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(key.as_dict(private=True), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = ECKey.import_key(json.loads(path.read_text()))
+    _KEYS[path] = key
+    return key
+
+
+def key_id(key: ECKey) -> str:
+    return key.thumbprint()  # RFC 7638
+
+
+def jwks(settings: Settings) -> dict[str, Any]:
+    key = signing_key(settings)
+    public = key.as_dict(private=False)
+    return {"keys": [{**public, "kid": key_id(key), "use": "sig", "alg": "ES256"}]}
+
+
+# -- issuing -----------------------------------------------------------------------------------
+def dataset_url(base_url: str, dataset_id: str, version: int | None = None) -> str:
+    """The stable identifier a visa's ``value`` carries: the dataset (all versions) or one version."""
+    url = f"{base_url.rstrip('/')}/datasets/{dataset_id}"
+    return url if version is None else f"{url}/versions/{version}"
+
+
+def active_entitlements(session: Session, user_id: uuid.UUID, now: dt.datetime | None = None
+                        ) -> list[Entitlement]:
+    now = now or utcnow()
+    rows = session.scalars(select(Entitlement).where(
+        Entitlement.user_id == user_id, Entitlement.revoked_at.is_(None), Entitlement.starts_at <= now,
+        Entitlement.ends_at > now).order_by(Entitlement.starts_at))
+    return [e for e in rows if e.active(now)]
+
+
+def issue_visa(settings: Settings, user: User, ent: Entitlement, now: dt.datetime | None = None) -> str:
+    now = now or utcnow()
+    base = settings.base_url.rstrip("/")
+    key = signing_key(settings)
+    header = {"alg": "ES256", "typ": VISA_JWT_TYP, "kid": key_id(key), "jku": f"{base}/.well-known/jwks.json"}
+    claims = {
+        "iss": base,
+        "sub": user.subject,
+        "iat": int(now.timestamp()),
+        "exp": int(ent.ends_at.timestamp()),
+        "jti": uuid.uuid4().hex,
+        "ga4gh_visa_v1": {
+            "type": VISA_TYPE,
+            "asserted": int(ent.starts_at.timestamp()),
+            "value": dataset_url(base, ent.dataset_id, ent.version),
+            "source": base,
+            "by": "dac",
+        },
+    }
+    return jwt.encode(header, claims, key, algorithms=["ES256"])
+
+
+def passport_of(session: Session, settings: Settings, user: User) -> dict[str, list[str]]:
+    """REMS-style permissions: one visa per active entitlement, in ``ga4gh_passport_v1`` form."""
+    now = utcnow()
+    return {"ga4gh_passport_v1": [issue_visa(settings, user, e, now)
+                                  for e in active_entitlements(session, user.id, now)]}
+
+
+# -- accepting ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Visa:
+    """A visa whose signature, issuer and times have been verified."""
+
+    iss: str
+    sub: str
+    exp: int
+    jti: str | None
+    type: str
+    value: str
+    source: str
+    by: str | None
+    asserted: int
+    conditions: tuple[tuple[dict[str, str], ...], ...] = ()
+
+    def field(self, name: str) -> str | None:
+        return {"type": self.type, "value": self.value, "source": self.source, "by": self.by}.get(name)
+
+
+@dataclass
+class Passport:
+    """What the request's ``X-GA4GH-Passport`` header held: verified visas and why others were
+    refused, plus the policy they are judged by (this hub's base URL, per-issuer dataset limits)."""
+
+    visas: list[Visa] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    base_url: str = ""
+    subject_must_match: bool = True
+    issuer_datasets: dict[str, set[str]] = field(default_factory=dict)  # iss → accessions; empty = any
+
+
+# The verified passport of the request being served (set by `visas_api.PassportMiddleware`).
+CURRENT_PASSPORT: ContextVar[Passport | None] = ContextVar("strongroom_passport", default=None)
+
+
+class VisaRejected(Exception):
+    pass
+
+
+def split_header(raw: str, settings: AccessSettings) -> list[str]:
+    """Comma-separated JWTs; any that is a passport (has ``ga4gh_passport_v1``) is opened into its
+    visas. The passport wrapper itself needs no trust: every visa inside is verified on its own."""
+    out: list[str] = []
+    for token in (t.strip() for t in raw.split(",")):
+        if not token:
+            continue
+        try:
+            payload = json.loads(jws.extract_compact(token.encode()).payload)
+        except (JoseError, ValueError, TypeError):
+            out.append(token)  # fails verification later, with a reason
+            continue
+        inner = payload.get("ga4gh_passport_v1") if isinstance(payload, dict) else None
+        if isinstance(inner, list) and "ga4gh_visa_v1" not in payload:
+            out.extend(str(v) for v in inner)
+        else:
+            out.append(token)
+        if len(out) > settings.max_visas:
+            break
+    return out[: settings.max_visas]
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _check_jku_url(jku: str, settings: AccessSettings) -> None:
+    parts = urlsplit(jku)
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and settings.allow_insecure_loopback_jku and _is_loopback(parts.hostname):
+        return
+    raise VisaRejected("jku must be an https URL")
+
+
+def _string(obj: dict[str, Any], name: str, *, required: bool = True, limit: int = 255) -> str | None:
+    value = obj.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise VisaRejected(f"ga4gh_visa_v1.{name} must be a string of 1-{limit} characters")
+    return value
+
+
+def _parse_conditions(raw: Any) -> tuple[tuple[dict[str, str], ...], ...]:
+    if raw is None or raw == []:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(group, list) and group for group in raw):
+        raise VisaRejected("conditions must be a non-empty list of non-empty lists")
+    out = []
+    for group in raw:
+        clauses = []
+        for clause in group:
+            if not isinstance(clause, dict) or not isinstance(clause.get("type"), str):
+                raise VisaRejected("every condition clause needs a type")
+            if not set(clause) <= CONDITION_FIELDS or len(clause) < 2:
+                raise VisaRejected("condition clauses may test only type, value, source and by")
+            if not all(isinstance(v, str) for v in clause.values()):
+                raise VisaRejected("condition clause fields must be strings")
+            clauses.append(dict(clause))
+        out.append(tuple(clauses))
+    return tuple(out)
+
+
+@dataclass
+class _CachedKeys:
+    keys: KeySet
+    fetched: float
+
+
+class PassportVerifier:
+    """Verifies visas against the trusted-issuer allowlist, caching each jku's JWKS."""
+
+    def __init__(self, hub_settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.hub_settings = hub_settings
+        self.settings: AccessSettings = hub_settings.access
+        self.transport = transport
+        self._cache: dict[str, _CachedKeys] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def trusted(self, iss: str, jku: str) -> bool:
+        return any(t.issuer == iss and t.jku == jku for t in self.settings.trusted_visa_issuers)
+
+    async def _fetch(self, jku: str) -> KeySet:
+        async with httpx.AsyncClient(timeout=self.settings.jwks_timeout_seconds, transport=self.transport,
+                                     follow_redirects=False) as client:
+            response = await client.get(jku, headers={"Accept": "application/json"})
+        if response.status_code != 200:
+            raise VisaRejected(f"the issuer's JWKS answered {response.status_code}")
+        if len(response.content) > 1_000_000:
+            raise VisaRejected("the issuer's JWKS is too large")
+        try:
+            return KeySet.import_key_set(response.json())
+        except (JoseError, ValueError, TypeError, KeyError) as exc:
+            raise VisaRejected("the issuer's JWKS is not a valid key set") from exc
+
+    async def keys_for(self, jku: str, kid: str | None, budget: list[int]) -> KeySet:
+        lock = self._locks.setdefault(jku, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(jku)
+            age = time.monotonic() - cached.fetched if cached else None
+            fresh = cached is not None and age is not None and age < self.settings.jwks_cache_seconds
+            known = cached is not None and (kid is None or any(k.kid == kid for k in cached.keys.keys))
+            # refetch when stale, or when an unknown kid suggests rotation (at most every 30 s)
+            if cached is not None and fresh and (known or (age is not None and age < 30)):
+                return cached.keys
+            if budget[0] <= 0:
+                raise VisaRejected("too many key sets to fetch for one request")
+            budget[0] -= 1
+            try:
+                keys = await self._fetch(jku)
+            except httpx.HTTPError as exc:
+                log.warning("visa.jwks_unreachable", jku=jku, error=type(exc).__name__)
+                raise VisaRejected("the issuer's JWKS cannot be fetched") from exc
+            self._cache[jku] = _CachedKeys(keys, time.monotonic())
+            return keys
+
+    async def verify_one(self, token: str, now: int, budget: list[int]) -> Visa:
+        s = self.settings
+        if len(token) > s.max_visa_bytes:
+            raise VisaRejected("visa too large")
+        try:
+            unverified = jws.extract_compact(token.encode())
+            payload = json.loads(unverified.payload)
+        except (JoseError, ValueError, TypeError) as exc:
+            raise VisaRejected("not a compact JWS") from exc
+        header = unverified.protected
+        if not isinstance(payload, dict):
+            raise VisaRejected("the payload is not a JSON object")
+        iss, jku, alg = payload.get("iss"), header.get("jku"), header.get("alg")
+        if not isinstance(iss, str) or not iss:
+            raise VisaRejected("no iss")
+        if not isinstance(jku, str) or not jku:
+            raise VisaRejected("no jku in the header (only jku-signed visas are accepted)")
+        # the allowlist is checked before anything is fetched
+        if not any(t.issuer == iss for t in s.trusted_visa_issuers):
+            raise VisaRejected(f"untrusted issuer {iss[:100]!r}")
+        if not self.trusted(iss, jku):
+            raise VisaRejected(f"jku {jku[:200]!r} is not allowed for issuer {iss[:100]!r}")
+        _check_jku_url(jku, s)
+        if alg not in ALGORITHMS:
+            raise VisaRejected(f"algorithm {alg!r} not accepted")
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        keys = await self.keys_for(jku, kid, budget)
+        try:
+            verified = jwt.decode(token, keys, algorithms=[alg])
+        except JoseError as exc:
+            raise VisaRejected(f"bad signature ({exc.error})") from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise VisaRejected("bad signature") from exc
+        claims = verified.claims
+        leeway = s.visa_leeway_seconds
+        for name in ("iat", "exp"):
+            if not isinstance(claims.get(name), int | float) or isinstance(claims.get(name), bool):
+                raise VisaRejected(f"{name} must be a number")
+        if claims["exp"] <= now - leeway:
+            raise VisaRejected("expired")
+        if claims["iat"] > now + leeway:
+            raise VisaRejected("issued in the future")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise VisaRejected("no sub")
+        obj = claims.get("ga4gh_visa_v1")
+        if not isinstance(obj, dict):
+            raise VisaRejected("no ga4gh_visa_v1 object")
+        type_ = _string(obj, "type")
+        value = _string(obj, "value")
+        source = _string(obj, "source")
+        by = _string(obj, "by", required=False)
+        asserted = obj.get("asserted")
+        if not isinstance(asserted, int | float) or isinstance(asserted, bool) or asserted > now + leeway:
+            raise VisaRejected("asserted must be a time in the past")
+        if type_ == VISA_TYPE and not by:
+            raise VisaRejected("a ControlledAccessGrants visa must say who granted it (by)")
+        conditions = _parse_conditions(obj.get("conditions"))
+        assert type_ is not None and value is not None and source is not None
+        return Visa(iss=iss, sub=sub, exp=int(claims["exp"]), jti=claims.get("jti"), type=type_, value=value,
+                    source=source, by=by, asserted=int(asserted), conditions=conditions)
+
+    def empty_passport(self) -> Passport:
+        limits: dict[str, set[str]] = {}
+        for t in self.settings.trusted_visa_issuers:
+            if not t.datasets:
+                limits[t.issuer] = set()  # any entry without a limit lifts it for that issuer
+            elif limits.get(t.issuer) != set():
+                limits.setdefault(t.issuer, set()).update(t.datasets)
+        return Passport(base_url=self.hub_settings.base_url.rstrip("/"),
+                        subject_must_match=self.settings.visa_subject_must_match, issuer_datasets=limits)
+
+    async def verify(self, raw: str) -> Passport:
+        passport = self.empty_passport()
+        now = int(time.time())
+        budget = [self.settings.max_jwks_fetches]
+        for token in split_header(raw, self.settings):
+            try:
+                passport.visas.append(await self.verify_one(token, now, budget))
+            except VisaRejected as exc:
+                passport.rejected.append(str(exc))
+        if passport.rejected:
+            log.info("visa.rejected", count=len(passport.rejected),
+                     reasons=sorted(set(passport.rejected))[:5])
+        return passport
+
+
+# -- conditions and grants ---------------------------------------------------------------------
+def _matches(spec: str, actual: str | None) -> bool:
+    if actual is None:
+        return False
+    prefix, sep, rest = spec.partition(":")
+    if not sep:
+        return False
+    if prefix == "const":
+        return actual == rest
+    if prefix == "pattern":
+        return _pattern(rest, actual)
+    if prefix == "split_pattern":
+        return any(_pattern(rest, part) for part in actual.split(";"))
+    return False  # unknown prefix: the clause fails
+
+
+def _pattern(pattern: str, text: str) -> bool:
+    """GA4GH pattern: ``?`` one character, ``*`` any run; everything else literal, case-sensitive."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, text, re.S) is not None
+
+
+def clause_met(clause: dict[str, str], visas: Iterable[Visa]) -> bool:
+    for visa in visas:
+        if visa.conditions:  # visas carrying conditions never satisfy another's (no nesting)
+            continue
+        if visa.type != clause["type"]:
+            continue
+        if all(_matches(spec, visa.field(name)) for name, spec in clause.items() if name != "type"):
+            return True
+    return False
+
+
+def conditions_met(visa: Visa, passport_visas: list[Visa]) -> bool:
+    if not visa.conditions:
+        return True
+    others = [v for v in passport_visas if v is not visa]
+    return any(all(clause_met(c, others) for c in group) for group in visa.conditions)
+
+
+def granting_visas(passport: Passport, subject: str | None) -> list[Visa]:
+    """The ControlledAccessGrants visas that hold: for ``subject`` (when binding is on) and with
+    their conditions met by the passport's other verified visas."""
+    visas = [v for v in passport.visas if subject is None or v.sub == subject]
+    return [v for v in visas if v.type == VISA_TYPE and v.by and conditions_met(v, visas)]
+
+
+# -- the read grant ----------------------------------------------------------------------------
+PUBLISHED = ("released", "deprecated")
+
+
+def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant | None:
+    """`archive.service.GRANT_PROVIDERS` entry: the request's verified passport holds a visa that
+    names a dataset (or the version) published with this file."""
+    passport = CURRENT_PASSPORT.get()
+    if passport is None or not passport.visas or not principal.has_mfa:
+        return None
+    granting = granting_visas(passport, principal.user.subject if passport.subject_must_match else None)
+    if not granting:
+        return None
+    names: dict[str, str] = {}  # every way a visa may name a published dataset holding the file
+    for dataset_id, number in session.execute(
+            select(DatasetVersion.dataset_id, DatasetVersion.number)
+            .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+            .where(DatasetFile.file_id == f.id, DatasetVersion.state.in_(PUBLISHED))):
+        names[dataset_id] = dataset_id
+        if passport.base_url:
+            names[dataset_url(passport.base_url, dataset_id)] = dataset_id
+            names[dataset_url(passport.base_url, dataset_id, number)] = dataset_id
+    for visa in granting:
+        dataset_id = names.get(visa.value)
+        if dataset_id is None:
+            continue
+        allowed = passport.issuer_datasets.get(visa.iss)
+        if allowed and dataset_id not in allowed:
+            continue
+        return ReadGrant("visa", None, detail=f"{visa.iss} {visa.value}"[:500])
+    return None
+
+
+def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
+    """`archive.service.DATASET_READERS` entry: a granting visa names this dataset (or a version)."""
+    passport = CURRENT_PASSPORT.get()
+    if passport is None or not passport.visas or not principal.has_mfa:
+        return False
+    allowed = {ds.id}
+    if passport.base_url:
+        allowed.add(dataset_url(passport.base_url, ds.id))
+    prefix = dataset_url(passport.base_url, ds.id) + "/versions/" if passport.base_url else None
+    for visa in granting_visas(passport, principal.user.subject if passport.subject_must_match else None):
+        limit = passport.issuer_datasets.get(visa.iss)
+        if limit and ds.id not in limit:
+            continue
+        if visa.value in allowed or (prefix and visa.value.startswith(prefix)
+                                     and visa.value[len(prefix):].isdigit()):
+            return True
+    return False
+
+
+def register_provider() -> None:
+    if visa_grant not in archive.GRANT_PROVIDERS:
+        archive.GRANT_PROVIDERS.append(visa_grant)
+    readers = getattr(archive, "DATASET_READERS", None)
+    if readers is not None and visa_reader not in readers:
+        readers.append(visa_reader)
+
+
+register_provider()

@@ -1,0 +1,1 @@
+"""Public dataset catalogue: landing pages, search, JSON-LD, sitemaps."""

@@ -1,0 +1,163 @@
+"""Catalogue API: public search, and the stewards' create/edit/publish of a dataset's entry."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import Field
+
+from ..deps import Db, HubDep, scoped
+from ..errors import Invalid, NotFound
+from ..schemas import Body, Out
+from . import service
+from .models import CatalogEntry
+
+router = APIRouter(prefix="/api/v1", tags=["catalog"])
+DataRead = scoped("data:read")
+DataWrite = scoped("data:write")
+
+
+class EntryBody(Body):
+    slug: str = Field(min_length=3, max_length=80, description="the public address: /catalog/{slug}")
+    title: str = Field(min_length=1, max_length=300)
+    description: str = Field(default="", max_length=100_000, description="50-5000 characters to publish")
+    why_apply: str = Field(default="", max_length=100_000)
+    data_owner: str = Field(default="", max_length=200, description="the organisation that owns the data")
+    data_owner_url: str | None = Field(default=None, max_length=500, description="e.g. its ROR id")
+    modalities: list[str] = Field(default_factory=list, max_length=10, description="DICOM codes: CT, MR, …")
+    organs: list[str] = Field(default_factory=list, max_length=20)
+    keywords: list[str] = Field(default_factory=list, max_length=30)
+    variables: list[str] = Field(default_factory=list, max_length=30, description="schema.org variableMeasured")
+    subjects: int | None = Field(default=None, ge=0)
+    studies: int | None = Field(default=None, ge=0)
+    series: int | None = Field(default=None, ge=0)
+    annotations: int | None = Field(default=None, ge=0)
+    size_bytes: int | None = Field(default=None, ge=0, description="default: the released version's size")
+    time_start: dt.date | None = None
+    time_end: dt.date | None = None
+    terms_title: str = Field(default="Terms of use", max_length=200)
+    terms_text: str = Field(default="", max_length=100_000)
+    access_conditions: str = Field(default="", max_length=100_000)
+    duo_codes: list[str] = Field(default_factory=list, max_length=20, description="e.g. DUO:0000006")
+    how_to_cite: str = Field(default="", max_length=100_000)
+    doi: str | None = Field(default=None, max_length=200)
+    contact_email: str | None = Field(default=None, max_length=254, description="a role address, never a person's")
+    apply_mode: str = Field(default="hub", pattern="^(hub|external)$")
+    external_url: str | None = Field(default=None, max_length=1000)
+
+
+class ImageOut(Out):
+    position: int
+    width: int
+    height: int
+    alt: str
+    sha256: str
+
+
+class EntryOut(EntryBody):
+    model_config = {"extra": "ignore", "from_attributes": True}
+    dataset_id: str
+    published: bool
+    published_at: dt.datetime | None
+    updated_at: dt.datetime
+    url: str
+    images: list[ImageOut]
+
+
+class EntrySummary(Out):
+    slug: str
+    title: str
+    url: str
+    data_owner: str
+    modalities: list[str]
+    organs: list[str]
+    apply_mode: str
+    no_methods_development: bool
+
+
+class FacetOut(Out):
+    value: str
+    label: str
+    count: int
+    selected: bool
+
+
+class SearchOut(Out):
+    total: int
+    page: int
+    pages: int
+    entries: list[EntrySummary]
+    facets: dict[str, list[FacetOut]]
+
+
+def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:  # noqa: ANN001
+    data = {name: getattr(entry, name) for name in EntryBody.model_fields}
+    return EntryOut(**data, dataset_id=entry.dataset_id, published=entry.published,
+                    published_at=entry.published_at, updated_at=entry.updated_at,
+                    url=f"{hub.settings.base_url.rstrip('/')}/catalog/{entry.slug}",
+                    images=[ImageOut.model_validate(i) for i in service.images_of(db, entry)])
+
+
+@router.get("/catalog", response_model=SearchOut,
+            summary="Search the public catalogue (no login): text and facets modality, organ, access, use")
+def search(request: Request, db: Db, hub: HubDep, q: str = Query("", max_length=200),
+           page: int = Query(1, ge=1)) -> SearchOut:
+    selected = {f: request.query_params.getlist(f) for f in service.FACETS}
+    r = service.search(db, q, selected, page=page)
+    base = hub.settings.base_url.rstrip("/")
+    return SearchOut(
+        total=r.total, page=r.page, pages=r.pages,
+        entries=[EntrySummary(slug=e.slug, title=e.title, url=f"{base}/catalog/{e.slug}", data_owner=e.data_owner,
+                              modalities=e.modalities, organs=e.organs, apply_mode=e.apply_mode,
+                              no_methods_development=e.no_methods) for e in r.entries],
+        facets={f: [FacetOut.model_validate(v, from_attributes=True) for v in vs] for f, vs in r.facets.items()})
+
+
+@router.get("/datasets/{dataset_id}/catalog", response_model=EntryOut,
+            summary="A dataset's catalogue entry, published or not (stewards: write-data in its project)")
+def get_entry(db: Db, hub: HubDep, principal: DataRead, dataset_id: str) -> EntryOut:
+    _, entry = service.steward_entry(db, principal, dataset_id)
+    if entry is None:
+        raise NotFound("this dataset has no catalogue entry yet")
+    return _out(db, hub, entry)
+
+
+@router.put("/datasets/{dataset_id}/catalog", response_model=EntryOut,
+            summary="Create or replace a dataset's catalogue entry (stays unpublished until published)")
+def put_entry(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str, body: EntryBody) -> EntryOut:
+    entry = service.save_entry(db, principal, dataset_id, service.EntryFields(**body.model_dump()))
+    return _out(db, hub, entry)
+
+
+@router.post("/datasets/{dataset_id}/catalog/publish", response_model=EntryOut,
+             summary="Publish the entry: its landing page becomes public and enters the sitemap")
+def publish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str) -> EntryOut:
+    return _out(db, hub, service.publish(db, principal, dataset_id))
+
+
+@router.post("/datasets/{dataset_id}/catalog/unpublish", response_model=EntryOut,
+             summary="Withdraw the entry from the public catalogue (its pages answer 404)")
+def unpublish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str) -> EntryOut:
+    return _out(db, hub, service.unpublish(db, principal, dataset_id))
+
+
+@router.post("/datasets/{dataset_id}/catalog/images", response_model=ImageOut, status_code=201,
+             summary="Add a de-identified sample thumbnail (raw PNG body; text/EXIF chunks are dropped)",
+             openapi_extra={"requestBody": {"content": {"image/png": {}}, "required": True}})
+async def add_image(request: Request, db: Db, principal: DataWrite, dataset_id: str,
+                    alt: str = Query(..., min_length=1, max_length=300, description="alternative text")
+                    ) -> ImageOut:
+    data = b""
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > service.MAX_IMAGE_BYTES:
+            raise Invalid(f"a sample image may be at most {service.MAX_IMAGE_BYTES // 1024} kB")
+    return ImageOut.model_validate(service.add_image(db, principal, dataset_id, data, alt))
+
+
+@router.delete("/datasets/{dataset_id}/catalog/images/{position}", status_code=204,
+               summary="Remove a sample image", response_class=Response)
+def delete_image(db: Db, principal: DataWrite, dataset_id: str, position: int) -> Response:
+    service.remove_image(db, principal, dataset_id, position)
+    return Response(status_code=204)

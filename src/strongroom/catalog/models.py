@@ -1,0 +1,91 @@
+"""Catalogue tables: one public entry per dataset, its sample images and its facet values.
+
+An entry is metadata only: it never holds or links data. It is invisible to the public until a
+steward of the owning project publishes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base, CreatedMixin, utcnow
+
+Big = BigInteger().with_variant(Integer, "sqlite")
+
+
+class CatalogEntry(CreatedMixin, Base):
+    __tablename__ = "catalog_entries"
+
+    id: Mapped[int] = mapped_column(Big, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), unique=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    published: Mapped[bool] = mapped_column(default=False)
+    published_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+
+    # what the data is
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    why_apply: Mapped[str] = mapped_column(Text, default="")
+    data_owner: Mapped[str] = mapped_column(String(200), default="")  # an organisation, never a person
+    data_owner_url: Mapped[str | None] = mapped_column(String(500))  # e.g. its ROR id
+    modalities: Mapped[list[str]] = mapped_column(JSON, default=list)  # DICOM modality codes
+    organs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
+    variables: Mapped[list[str]] = mapped_column(JSON, default=list)  # schema.org variableMeasured
+    subjects: Mapped[int | None] = mapped_column(Big)
+    studies: Mapped[int | None] = mapped_column(Big)
+    series: Mapped[int | None] = mapped_column(Big)
+    annotations: Mapped[int | None] = mapped_column(Big)
+    size_bytes: Mapped[int | None] = mapped_column(Big)  # None → the released version's size
+    time_start: Mapped[dt.date | None]
+    time_end: Mapped[dt.date | None]  # None with a start → open interval
+
+    # how to get it
+    terms_title: Mapped[str] = mapped_column(String(200), default="Terms of use")
+    terms_text: Mapped[str] = mapped_column(Text, default="")
+    access_conditions: Mapped[str] = mapped_column(Text, default="")
+    duo_codes: Mapped[list[str]] = mapped_column(JSON, default=list)  # e.g. ["DUO:0000006"]
+    how_to_cite: Mapped[str] = mapped_column(Text, default="")
+    doi: Mapped[str | None] = mapped_column(String(200))
+    contact_email: Mapped[str | None] = mapped_column(String(254))  # a role address
+    apply_mode: Mapped[str] = mapped_column(String(10), default="hub")  # hub | external
+    external_url: Mapped[str | None] = mapped_column(String(1000))
+
+    search_text: Mapped[str] = mapped_column(Text, default="")  # lower-cased, for the catalogue search
+
+
+class CatalogImage(Base):
+    """A de-identified sample thumbnail (PNG, ancillary chunks stripped), served publicly."""
+
+    __tablename__ = "catalog_images"
+
+    entry_id: Mapped[int] = mapped_column(ForeignKey("catalog_entries.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)  # 1, 2, …: the n in /images/{n}.png
+    png: Mapped[bytes] = mapped_column(LargeBinary)
+    width: Mapped[int]
+    height: Mapped[int]
+    alt: Mapped[str] = mapped_column(String(300))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CatalogFacet(Base):
+    """One facet value of an entry (modality, organ, access, use), for filtering and counting in SQL."""
+
+    __tablename__ = "catalog_facets"
+    __table_args__ = (Index("ix_catalog_facets_facet_value", "facet", "value"),)
+
+    entry_id: Mapped[int] = mapped_column(ForeignKey("catalog_entries.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    facet: Mapped[str] = mapped_column(String(20), primary_key=True)
+    value: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+__all__ = ["CatalogEntry", "CatalogFacet", "CatalogImage"]

@@ -1,0 +1,32 @@
+"""Your e-mail notification preference: one e-mail per event, or a daily digest of handler e-mails."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from ..deps import ApiPrincipal, Db
+from . import service
+
+router = APIRouter(prefix="/api/v1", tags=["notifications"])
+
+
+class NotifyPreferenceIn(BaseModel):
+    mode: Literal["immediate", "daily"]
+
+
+class NotifyPreferenceOut(BaseModel):
+    mode: Literal["immediate", "daily"]
+
+
+@router.get("/me/notifications", response_model=NotifyPreferenceOut, summary="Your notification mode")
+def get_mode(db: Db, principal: ApiPrincipal) -> NotifyPreferenceOut:
+    return NotifyPreferenceOut(mode=service.preference(db, principal.user.id))  # type: ignore[arg-type]
+
+
+@router.put("/me/notifications", response_model=NotifyPreferenceOut,
+            summary="Set your notification mode: handler e-mails one by one, or one daily digest")
+def set_mode(db: Db, principal: ApiPrincipal, body: NotifyPreferenceIn) -> NotifyPreferenceOut:
+    return NotifyPreferenceOut(mode=service.set_preference(db, principal, body.mode))  # type: ignore[arg-type]

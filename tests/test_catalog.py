@@ -1,0 +1,591 @@
+"""The public dataset catalogue: landing pages with schema.org JSON-LD (read back with extruct, as a
+crawler would), link-preview tags, canonical URLs, sitemaps and robots.txt, search with facets,
+stewardship rights, validation, the AI-forbidden flag, and that no person's e-mail ever appears on
+a public page."""
+
+from __future__ import annotations
+
+import datetime as dt
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+from urllib.parse import urlsplit
+
+import extruct
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from conftest import bearer, token_for, web_client
+from helpers import form_post
+from strongroom.archive import service as archive
+from strongroom.archive.backend import storage_for
+from strongroom.archive.keys import ensure_key
+from strongroom.audit import service as audit
+from strongroom.audit.service import Actor
+from strongroom.catalog import png
+from strongroom.catalog import service as catalog
+from strongroom.catalog.models import CatalogEntry
+from strongroom.db import transaction, utcnow
+from strongroom.identity.models import User
+from strongroom.identity.principal import SCOPES, Principal
+from strongroom.projects import service as projects
+
+END = dt.date.today() + dt.timedelta(days=365)
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+BASE = "http://127.0.0.1:8000"
+DATA_PATHS = ("/api/", "/files/", "/ga4gh/", "/drs/", "/content", "/download", "/objects")
+
+
+# -- fixtures and helpers ----------------------------------------------------------------------
+def _principal(session, person) -> Principal:  # noqa: ANN001
+    return Principal(user=session.get(User, person.user.id), via="session", mfa_at=utcnow(),
+                     scopes=frozenset(SCOPES), credential_id="test")
+
+
+def make_dataset(hub, person, project: str, title: str = "Chest CT", *, release: bool = True) -> str:  # noqa: ANN001
+    """A dataset archived through the real pipeline: browser-style upload → ingest → release."""
+    storage = storage_for(hub)
+    with transaction(hub.sessions) as s:
+        principal = _principal(s, person)
+        access = projects.open_project(s, principal, project)
+        f = archive.receive_small_plaintext(hub, s, principal, access, storage, path=f"{title}/slice-1.png",
+                                            data=png.synthetic_ct_slice(len(title), size=48))
+        file_id = f.id
+    assert archive.ingest(hub, storage, file_id) == "ready"
+    with transaction(hub.sessions) as s:
+        principal = _principal(s, person)
+        access = projects.open_project(s, principal, project)
+        ds = archive.create_dataset(s, principal, access, title=title, files=[file_id])
+        if release:
+            archive.release_version(s, principal, ds.id, 1)
+        return ds.id
+
+
+def entry_body(slug: str = "chest-ct", **over) -> dict:  # noqa: ANN003
+    body = {
+        "slug": slug,
+        "title": f"Chest CT cohort {slug}",
+        "description": "Low-dose chest CT examinations from a screening programme, with radiologist "
+                       "annotations of every lung nodule larger than 4 mm. " * 2,
+        "why_apply": "One of the few screening cohorts with full nodule follow-up.",
+        "data_owner": "Example University Hospital",
+        "data_owner_url": "https://ror.org/000000000",
+        "modalities": ["CT"],
+        "organs": ["Lung"],
+        "keywords": ["screening"],
+        "subjects": 120, "studies": 130, "series": 260, "annotations": 410,
+        "time_start": "2015-01-01", "time_end": "2019-12-31",
+        "terms_text": "Use the data only for the approved study. Do not attempt re-identification.",
+        "access_conditions": "Researchers at academic institutions with an ethics approval may apply.",
+        "duo_codes": ["DUO:0000006", "DUO:0000021"],
+        "how_to_cite": "Example University Hospital (2026). Chest CT cohort. Strongroom.",
+        "doi": "10.23698/example.1",
+        "contact_email": "data-access@hospital.example.net",
+        "apply_mode": "hub",
+    }
+    body.update(over)
+    return body
+
+
+@pytest.fixture
+def world(app, hub, people):  # noqa: ANN001, ANN201
+    """Project `lung` (PI alice, member carol) owns a released dataset; bob is in another project."""
+    ensure_key(hub)
+    alice, bob, carol = people("alice"), people("bob"), people("carol", email="Carol.Private@Example.org")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
+                                end_date=END)
+        projects.create_project(s, Actor.system("t"), slug="other", name="Other", pi="bob", ethics_ref="E2",
+                                end_date=END)
+    c = TestClient(app, base_url=BASE)
+    tokens = {p.username: token_for(hub, p) for p in (alice, bob, carol)}
+    c.post("/api/v1/projects/lung/members", json={"user": "carol"}, headers=bearer(tokens["alice"]))
+    ds = make_dataset(hub, alice, "lung")
+    return {"client": c, "tokens": tokens, "ds": ds, "alice": alice, "bob": bob, "carol": carol, "app": app}
+
+
+def publish_entry(world, ds: str, slug: str, *, image: bool = True, **over) -> dict:  # noqa: ANN001, ANN003
+    c, h = world["client"], bearer(world["tokens"]["alice"])
+    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body(slug, **over), headers=h)
+    assert r.status_code == 200, r.text
+    if image:
+        r = c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "Axial CT slice, synthetic"},
+                   content=png.synthetic_ct_slice(7, size=64), headers={**h, "Content-Type": "image/png"})
+        assert r.status_code == 201, r.text
+    r = c.post(f"/api/v1/datasets/{ds}/catalog/publish", headers=h)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def anon(world) -> TestClient:  # noqa: ANN001
+    return TestClient(world["app"], base_url=BASE)
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == BASE, f"{url} is not an absolute URL on this hub"
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def jsonld_of(html: str, url: str) -> dict:
+    data = extruct.extract(html, base_url=url, syntaxes=["json-ld"], uniform=True)["json-ld"]
+    datasets = [d for d in data if d.get("@type") == "Dataset"]
+    assert len(datasets) == 1, data
+    return datasets[0]
+
+
+def _strings(value) -> list[str]:  # noqa: ANN001
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def check_landing_page(client: TestClient, url: str, dataset_id: str) -> dict:
+    """Everything Google Dataset Search and link previews need, read back as a crawler would."""
+    r = client.get(path_of(url))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    d = jsonld_of(html, url)
+    assert d["name"]
+    assert 50 <= len(d["description"]) <= 5000
+    ids = d["identifier"] if isinstance(d["identifier"], list) else [d["identifier"]]
+    assert ids and all(ids)
+    assert any(isinstance(i, dict) and i.get("value") == dataset_id for i in ids)
+    assert d["license"] == url + "/terms"
+    assert client.get(path_of(d["license"])).status_code == 200
+    assert d["creator"]["@type"] == "Organization" and d["creator"]["name"]
+    assert d["conditionsOfAccess"] and "apply" in d["conditionsOfAccess"].lower()
+    assert d["isAccessibleForFree"] is False
+    assert d["includedInDataCatalog"]["@type"] == "DataCatalog"
+    assert d["includedInDataCatalog"]["url"] == f"{BASE}/catalog"
+    assert d["variableMeasured"]
+    assert d["keywords"] and d["version"] and d["url"] == url
+    images = d["image"] if isinstance(d["image"], list) else [d["image"]]
+    for image in images:
+        got = client.get(path_of(image))
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert got.content.startswith(png.SIGNATURE)
+    for dist in d.get("distribution", []):
+        assert "contentUrl" not in dist
+        for s in _strings(dist):
+            assert not any(p in s for p in DATA_PATHS), f"data URL in distribution: {s}"
+    # link previews and the canonical URL
+    og = extruct.extract(html, base_url=url, syntaxes=["opengraph"], uniform=True)["opengraph"][0]
+    assert og["og:title"] == d["name"] and og["og:url"] == url and og["og:description"]
+    preview = client.get(path_of(og["og:image"]))
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/png"
+    assert '<meta name="twitter:card" content="summary' in html
+    assert f'<meta name="twitter:image" content="{og["og:image"]}">' in html
+    assert f'<link rel="canonical" href="{url}">' in html
+    assert "noindex" not in html
+    return d
+
+
+# -- landing page ------------------------------------------------------------------------------
+def test_landing_page_jsonld_og_canonical_and_apply_button(world):  # noqa: ANN001
+    out = publish_entry(world, world["ds"], "chest-ct")
+    url = f"{BASE}/catalog/chest-ct"
+    assert out["url"] == url and out["published"]
+    c = anon(world)
+    d = check_landing_page(c, url, world["ds"])
+    assert d["identifier"][0] == "https://doi.org/10.23698/example.1"
+    assert d["temporalCoverage"] == "2015-01-01/2019-12-31"
+    assert d["image"] == [f"{url}/images/1.png"]
+    assert d["creator"]["sameAs"] == "https://ror.org/000000000"
+    html = c.get("/catalog/chest-ct").text
+    # everything the landing page promises, visible to people
+    for text in ("Why you should apply", "Example University Hospital", "Computed tomography (CT)", "Lung",
+                 "120", "130", "260", "410", "2015-01-01", "Version", "How to cite", "data-access@hospital.example.net",
+                 "Health or medical or biomedical research", "DUO:0000021", "Sample images", "10.23698/example.1"):
+        assert text in html, text
+    assert f'href="/apply/{world["ds"]}"' in html and ">Apply for access</a>" in html
+    assert "Not for AI" not in html
+    terms = c.get("/catalog/chest-ct/terms")
+    assert terms.status_code == 200 and "Do not attempt re-identification." in terms.text
+    assert f'<link rel="canonical" href="{url}/terms">' in terms.text
+
+
+def test_external_apply_mode_links_to_the_owner_and_defaults_come_from_the_archive(world):  # noqa: ANN001
+    publish_entry(world, world["ds"], "scapis-ct", image=False, apply_mode="external",
+                  external_url="https://apply.scapis.example.org/form?ds=1", doi=None, time_start=None,
+                  time_end=None)
+    c = anon(world)
+    url = f"{BASE}/catalog/scapis-ct"
+    d = check_landing_page(c, url, world["ds"])
+    assert d["identifier"][0] == url  # no DOI: the accession URL
+    assert d["image"] == [f"{url}/card.png"]  # a working preview picture even without samples
+    assert d["temporalCoverage"].endswith(TODAY)  # archive dates by default
+    assert d["distribution"][0]["contentSize"].endswith("kB")  # the released version's size
+    html = c.get("/catalog/scapis-ct").text
+    assert 'href="https://apply.scapis.example.org/form?ds=1"' in html
+    assert "/apply/" not in html
+
+
+# -- publishing and rights ---------------------------------------------------------------------
+def test_unpublished_entries_are_404_everywhere_public(world):  # noqa: ANN001
+    c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
+    assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("hidden-ct"), headers=h).status_code == 200
+    assert c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "slice"}, headers={
+        **h, "Content-Type": "image/png"}, content=png.synthetic_ct_slice(1, size=32)).status_code == 201
+    public = anon(world)
+
+    def hidden() -> None:
+        for path in ("/catalog/hidden-ct", "/catalog/hidden-ct/terms", "/catalog/hidden-ct/images/1.png",
+                     "/catalog/hidden-ct/card.png"):
+            assert public.get(path).status_code == 404, path
+        assert "hidden-ct" not in public.get("/catalog").text
+        assert "hidden-ct" not in public.get("/sitemap.xml").text
+        assert public.get("/api/v1/catalog").json()["total"] == 0
+
+    hidden()  # unpublished by default
+    assert c.get(f"/api/v1/datasets/{ds}/catalog", headers=h).json()["published"] is False
+    assert c.post(f"/api/v1/datasets/{ds}/catalog/publish", headers=h).status_code == 200
+    assert public.get("/catalog/hidden-ct").status_code == 200
+    assert c.post(f"/api/v1/datasets/{ds}/catalog/unpublish", headers=h).status_code == 200
+    hidden()
+    # the stewards can still preview it
+    steward = web_client(world["app"], world["app"].state.hub, world["alice"])
+    preview = steward.get(f"/datasets/{ds}/catalog/preview")
+    assert preview.status_code == 200 and "not published" in preview.text and "noindex" in preview.text
+
+
+def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):  # noqa: ANN001
+    c, ds = world["client"], world["ds"]
+    publish_entry(world, ds, "chest-ct")
+    bob = bearer(world["tokens"]["bob"])
+    for method, path, kwargs in [
+        ("GET", f"/api/v1/datasets/{ds}/catalog", {}),
+        ("PUT", f"/api/v1/datasets/{ds}/catalog", {"json": entry_body("chest-ct", title="Hijacked")}),
+        ("POST", f"/api/v1/datasets/{ds}/catalog/publish", {}),
+        ("POST", f"/api/v1/datasets/{ds}/catalog/unpublish", {}),
+        ("POST", f"/api/v1/datasets/{ds}/catalog/images", {"params": {"alt": "x"}, "content": png.synthetic_ct_slice(
+            2, size=16), "headers": {**bob, "Content-Type": "image/png"}}),
+        ("DELETE", f"/api/v1/datasets/{ds}/catalog/images/1", {}),
+        ("GET", "/api/v1/datasets/SRD-DOESNOTEXIST/catalog", {}),
+    ]:
+        kwargs.setdefault("headers", bob)
+        r = c.request(method, path, **kwargs)
+        assert r.status_code == 404, (method, path, r.text)
+    assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("x-ct")).status_code == 401  # no token
+    bob_web = web_client(world["app"], world["app"].state.hub, world["bob"])
+    assert bob_web.get(f"/datasets/{ds}/catalog").status_code == 404
+    assert bob_web.get(f"/datasets/{ds}/catalog/preview").status_code == 404
+    assert form_post(bob_web, f"/datasets/{ds}/catalog/unpublish").status_code == 404
+    assert anon(world).get("/catalog/chest-ct").status_code == 200  # still published, unchanged
+    assert "Hijacked" not in anon(world).get("/catalog/chest-ct").text
+    # a read-only token of a member cannot write
+    ro = token_for(world["app"].state.hub, world["carol"], scopes=["data:read"])
+    assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct"), headers=bearer(ro)).status_code == 403
+    # carol (member, write-data) may edit
+    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct", title="Chest CT, v2 text"),
+              headers=bearer(world["tokens"]["carol"]))
+    assert r.status_code == 200, r.text
+    anonymous_editor = anon(world).get(f"/datasets/{ds}/catalog", follow_redirects=False)
+    assert anonymous_editor.status_code == 303 and anonymous_editor.headers["location"].startswith("/login")
+
+
+def test_steward_web_editor_saves_uploads_and_publishes(world):  # noqa: ANN001
+    hub, ds = world["app"].state.hub, world["ds"]
+    web = web_client(world["app"], hub, world["alice"])
+    page = web.get(f"/datasets/{ds}/catalog")
+    assert page.status_code == 200 and 'value="chest-ct"' in page.text  # slug suggested from the title
+    form = {k: v for k, v in entry_body("chest-ct-web").items() if not isinstance(v, list | int) or isinstance(
+        v, bool)}
+    form.update({"organs": "Lung, Chest", "keywords": "screening", "subjects": "1,200", "series": "",
+                 "modalities": ["CT", "PT"], "duo_codes": ["DUO:0000042", "DUO:0000015"]})
+    r = form_post(web, f"/datasets/{ds}/catalog", form)
+    assert r.status_code == 303, r.text
+    bad = form_post(web, f"/datasets/{ds}/catalog", {**form, "description": "too short"})
+    assert bad.status_code == 303  # a short description is fine while unpublished…
+    r = form_post(web, f"/datasets/{ds}/catalog/publish")
+    assert r.status_code == 422 and "description of 50-5000 characters" in r.text  # …but not to publish
+    assert form_post(web, f"/datasets/{ds}/catalog", form).status_code == 303
+    web.cookies.set("sr_csrf", "test-csrf-token-0123456789")
+    r = web.post(f"/datasets/{ds}/catalog/images", data={"alt": "Fused PET/CT slice",
+                                                          "csrf_token": "test-csrf-token-0123456789"},
+                 files={"image": ("s.png", png.synthetic_ct_slice(3, size=40), "image/png")}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert form_post(web, f"/datasets/{ds}/catalog/publish").status_code == 303
+    editor = web.get(f"/datasets/{ds}/catalog")
+    assert "published" in editor.text and f"{BASE}/catalog/chest-ct-web" in editor.text
+    with hub.sessions() as s:
+        entry = s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == ds))
+        assert entry.subjects == 1200 and entry.series is None and entry.organs == ["Lung", "Chest"]
+        assert entry.modalities == ["CT", "PT"] and entry.published
+    d = check_landing_page(anon(world), f"{BASE}/catalog/chest-ct-web", ds)
+    assert "Positron emission tomography" in d["measurementTechnique"]
+    # an invalid form is shown again with the message and the typed values
+    r = form_post(web, f"/datasets/{ds}/catalog", {**form, "contact_email": "carol.private@example.org"})
+    assert r.status_code == 422 and "role address" in r.text and "Low-dose chest CT" in r.text
+    with hub.sessions() as s:
+        events = [e.action for e in audit.query(s, action_prefix="catalog.", limit=50)]
+    for action in ("catalog.entry.created", "catalog.entry.updated", "catalog.image.added",
+                   "catalog.entry.published"):
+        assert action in events
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"description": "x" * 5001}, "at most 5000"),
+    ({"contact_email": "CAROL.private@example.org"}, "role address"),
+    ({"contact_email": "not an address"}, "contact address"),
+    ({"description": "Questions? Write to carol.private@example.org. " + "x" * 60}, "person's e-mail"),
+    ({"how_to_cite": "Cite Carol <Carol.Private@Example.org>"}, "person's e-mail"),
+    ({"duo_codes": ["DUO:9999999"]}, "unknown DUO code"),
+    ({"duo_codes": ["DUO:0000042", "DUO:0000006"]}, "one DUO permission"),
+    ({"modalities": ["XRAY"]}, "unknown modality"),
+    ({"apply_mode": "external", "external_url": None}, "external applications need"),
+    ({"apply_mode": "external", "external_url": "javascript:alert(1)"}, "http(s) address"),
+    ({"doi": "10.5072/old-test"}, "retired test prefix"),
+    ({"doi": "not-a-doi"}, "a DOI looks like"),
+    ({"slug": "Bad Slug!"}, "public address"),
+    ({"time_start": "2020-01-01", "time_end": "2019-01-01"}, "ends before it starts"),
+    ({"data_owner": "someone@hospital.example.net"}, "organisation"),
+])
+def test_entry_validation(world, override, message):  # noqa: ANN001
+    body = entry_body(**{"slug": "chest-ct", **override})
+    r = world["client"].put(f"/api/v1/datasets/{world['ds']}/catalog", json=body,
+                            headers=bearer(world["tokens"]["alice"]))
+    assert r.status_code == 422, r.text
+    assert message in r.json()["detail"], r.json()
+
+
+def test_publishing_rules_slugs_and_images(world, hub):  # noqa: ANN001
+    c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
+    # an unreleased dataset cannot be published
+    draft = make_dataset(hub, world["alice"], "lung", "Draft only", release=False)
+    assert c.put(f"/api/v1/datasets/{draft}/catalog", json=entry_body("draft-ct"), headers=h).status_code == 200
+    r = c.post(f"/api/v1/datasets/{draft}/catalog/publish", headers=h)
+    assert r.status_code == 422 and "released version" in r.json()["detail"]
+    # incomplete entries cannot be published, and a published one must stay complete
+    assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct", contact_email=None, duo_codes=[]),
+                 headers=h).status_code == 200
+    detail = c.post(f"/api/v1/datasets/{ds}/catalog/publish", headers=h).json()["detail"]
+    assert "role contact address" in detail and "DUO permission" in detail
+    publish_entry(world, ds, "chest-ct", image=False)
+    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct", terms_text=""), headers=h)
+    assert r.status_code == 422 and "stay complete" in r.json()["detail"]
+    # slugs are unique and fixed once published
+    assert c.put(f"/api/v1/datasets/{draft}/catalog", json=entry_body("chest-ct"), headers=h).status_code == 409
+    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("renamed-ct"), headers=h)
+    assert r.status_code == 409 and "cannot change" in r.json()["detail"]
+    # images: PNG only; text chunks (names, dates) are stripped before anything is served
+    img = {**h, "Content-Type": "image/png"}
+    assert c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "x"}, headers=img,
+                  content=b"GIF89a....").status_code == 422
+    raw = png.synthetic_ct_slice(5, size=32)
+    text = b"Comment\x00Patient: Doe^John 1970-01-01"
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", zlib.crc32(b"tEXt" + text))
+    tagged = raw[:33] + chunk + raw[33:]  # after the 8-byte signature and the 25-byte IHDR chunk
+    r = c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "Axial slice"}, headers=img, content=tagged)
+    assert r.status_code == 201, r.text
+    served = anon(world).get(f"/catalog/chest-ct/images/{r.json()['position']}.png")
+    assert served.status_code == 200 and b"Doe^John" not in served.content and b"tEXt" not in served.content
+    broken = raw[:-5] + b"XXXXX"
+    assert c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "x"}, headers=img,
+                  content=broken).status_code == 422
+    assert c.delete(f"/api/v1/datasets/{ds}/catalog/images/1", headers=h).status_code == 204
+    assert anon(world).get("/catalog/chest-ct/images/1.png").status_code == 404
+
+
+# -- the AI flag -------------------------------------------------------------------------------
+def test_no_methods_development_is_flagged_on_page_in_jsonld_and_as_a_facet(world, hub):  # noqa: ANN001
+    publish_entry(world, world["ds"], "no-ai-ct", duo_codes=["DUO:0000006", "DUO:0000015"])
+    other = make_dataset(hub, world["alice"], "lung", "AI friendly")
+    publish_entry(world, other, "ai-ok-ct", duo_codes=["DUO:0000042"])
+    c = anon(world)
+    html = c.get("/catalog/no-ai-ct").text
+    assert 'class="cat-flag"' in html and "Not for AI or methods development" in html
+    assert "No general methods research" in html
+    d = jsonld_of(html, f"{BASE}/catalog/no-ai-ct")
+    assert "DUO:0000015" in d["conditionsOfAccess"] and "AI" in d["conditionsOfAccess"]
+    assert "Not for AI" not in c.get("/catalog/ai-ok-ct").text
+    listing = c.get("/catalog", params={"use": "no-methods"}).text
+    assert "/catalog/no-ai-ct" in listing and "/catalog/ai-ok-ct" not in listing
+    assert "No methods / AI development" in listing
+    api = c.get("/api/v1/catalog", params={"use": "methods-allowed"}).json()
+    assert [e["slug"] for e in api["entries"]] == ["ai-ok-ct"]
+
+
+# -- catalogue search --------------------------------------------------------------------------
+def test_catalogue_text_search_and_facets(world, hub):  # noqa: ANN001
+    publish_entry(world, world["ds"], "lung-ct", title="Lung screening CT", organs=["Lung"])
+    brain = make_dataset(hub, world["alice"], "lung", "Brain MR")
+    publish_entry(world, brain, "brain-mr", title="Glioma MR", modalities=["MR"], organs=["Brain"], keywords=[],
+                  why_apply="Rare paediatric cases.",
+                  description="Pre-operative brain MR of glioma patients with expert tumour segmentations, "
+                              "T1, T2 and FLAIR sequences.")
+    breast = make_dataset(hub, world["alice"], "lung", "Mammo")
+    publish_entry(world, breast, "mammo", title="Screening mammography", modalities=["MG"], organs=["Breast"],
+                  keywords=["BI-RADS"],
+                  apply_mode="external", external_url="https://owner.example.org/apply",
+                  description="Screening mammograms with biopsy-confirmed outcomes and radiologist BI-RADS "
+                              "assessments for every examination.")
+    c = anon(world)
+
+    def slugs(**params) -> list[str]:  # noqa: ANN003
+        return [e["slug"] for e in c.get("/api/v1/catalog", params=params).json()["entries"]]
+
+    assert sorted(slugs()) == ["brain-mr", "lung-ct", "mammo"]
+    assert slugs(q="glioma") == ["brain-mr"]
+    assert slugs(q="GLIOMA flair") == ["brain-mr"]  # every word, any case
+    assert slugs(q="screening") == ["lung-ct", "mammo"]  # title hits first, then by title
+    assert slugs(q="magnetic") == ["brain-mr"]  # modality names are searchable
+    assert slugs(q="100%_") == []  # LIKE wildcards are literal
+    assert sorted(slugs(modality=["CT", "MR"])) == ["brain-mr", "lung-ct"]  # OR within a facet
+    assert slugs(modality="CT", organ="brain") == []  # AND across facets
+    assert slugs(organ="Breast") == ["mammo"]
+    assert slugs(access="external") == ["mammo"]
+    facets = c.get("/api/v1/catalog", params={"modality": "MR"}).json()["facets"]
+    modality = {f["value"]: (f["count"], f["selected"]) for f in facets["modality"]}
+    assert modality == {"CT": (1, False), "MR": (1, True), "MG": (1, False)}  # own filter not applied
+    assert {f["value"]: f["count"] for f in facets["organ"]} == {"brain": 1}
+    # the HTML page: a plain GET form (works without JavaScript) with counted facet checkboxes
+    r = c.get("/catalog", params={"q": "screening", "access": "hub"})
+    assert r.status_code == 200
+    html = r.text
+    assert '<form method="get" action="/catalog"' in html
+    assert 'name="access" value="hub" checked' in html
+    assert "1 dataset matching “screening”" in html
+    assert "/catalog/lung-ct" in html and "/catalog/mammo\"" not in html
+    assert 'name="modality" value="CT"' in html and "Computed tomography (CT)" in html
+    assert "noindex" in html  # filtered result pages stay out of the index; the catalogue itself is in
+    assert "noindex" not in c.get("/catalog").text
+    assert c.get("/catalog", params={"q": "nothing-matches-this"}).text.count("No dataset matches") == 1
+
+
+def test_catalogue_pages(world, hub, monkeypatch):  # noqa: ANN001
+    monkeypatch.setattr(catalog, "PAGE_SIZE", 2)
+    publish_entry(world, world["ds"], "a-ct", image=False, title="A chest CT")
+    for name in ("B chest CT", "C chest CT"):
+        publish_entry(world, make_dataset(hub, world["alice"], "lung", name), name[0].lower() + "-ct",
+                      image=False, title=name)
+    c = anon(world)
+    html = c.get("/catalog", params={"q": "chest"}).text
+    assert "Page 1 of 2" in html and 'href="/catalog?q=chest&amp;page=2"' in html
+    page2 = c.get("/catalog", params={"q": "chest", "page": 2}).text
+    assert "/catalog/c-ct" in page2 and "/catalog/a-ct" not in page2
+
+
+# -- sitemaps and robots -----------------------------------------------------------------------
+NS = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9", "i": "http://www.google.com/schemas/sitemap-image/1.1"}
+
+
+def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):  # noqa: ANN001
+    c = anon(world)
+    publish_entry(world, world["ds"], "first-ct")
+    root = ET.fromstring(c.get("/sitemap.xml").content)
+    assert root.tag == f"{{{NS['s']}}}urlset"
+    locs = [u.findtext("s:loc", namespaces=NS) for u in root.findall("s:url", NS)]
+    assert locs == [f"{BASE}/catalog", f"{BASE}/catalog/first-ct"]
+    url = root.findall("s:url", NS)[1]
+    assert url.findtext("s:lastmod", namespaces=NS) == TODAY
+    assert url.findtext("i:image/i:loc", namespaces=NS) == f"{BASE}/catalog/first-ct/images/1.png"
+
+    monkeypatch.setattr(catalog, "SITEMAP_MAX_URLS", 2)
+    for n in range(2, 5):
+        publish_entry(world, make_dataset(hub, world["alice"], "lung", f"Set {n}"), f"set-{n}-ct", image=False)
+    r = c.get("/sitemap.xml")
+    assert r.headers["content-type"].startswith("application/xml")
+    index = ET.fromstring(r.content)
+    assert index.tag == f"{{{NS['s']}}}sitemapindex"
+    children = [s.findtext("s:loc", namespaces=NS) for s in index.findall("s:sitemap", NS)]
+    assert children == [f"{BASE}/sitemaps/site.xml", f"{BASE}/sitemaps/catalog-1.xml",
+                        f"{BASE}/sitemaps/catalog-2.xml"]
+    seen = []
+    for child in children:
+        got = c.get(path_of(child))
+        assert got.status_code == 200
+        urls = [u.findtext("s:loc", namespaces=NS) for u in ET.fromstring(got.content).findall("s:url", NS)]
+        assert 0 < len(urls) <= 2
+        seen += urls
+    assert sorted(seen) == sorted([f"{BASE}/catalog"] + [f"{BASE}/catalog/{s}" for s in
+                                                         ("first-ct", "set-2-ct", "set-3-ct", "set-4-ct")])
+    assert c.get("/sitemaps/catalog-3.xml").status_code == 404
+    assert c.get("/sitemaps/other.xml").status_code == 404
+    # every URL in the sitemaps is a working landing page with valid markup
+    with hub.sessions() as s:
+        ids = {e.slug: e.dataset_id for e in s.scalars(select(CatalogEntry))}
+    for u in seen:
+        if u != f"{BASE}/catalog":
+            check_landing_page(c, u, ids[u.rsplit("/", 1)[1]])
+
+
+def test_robots_txt_names_the_sitemap_and_keeps_private_areas_out(world):  # noqa: ANN001
+    r = anon(world).get("/robots.txt")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    lines = r.text.splitlines()
+    assert f"Sitemap: {BASE}/sitemap.xml" in lines
+    for path in ("/api/", "/projects", "/account"):
+        assert f"Disallow: {path}" in lines
+    assert "Disallow: /" not in lines and "Disallow: /catalog" not in lines  # the catalogue stays crawlable
+
+
+# -- privacy -----------------------------------------------------------------------------------
+def test_no_private_email_on_any_public_page(world, hub, people):  # noqa: ANN001
+    people("dave", email="dave.d@uni.example.edu")
+    publish_entry(world, world["ds"], "chest-ct", description=(
+        "Chest CT with nodule annotations. Technical questions go to helpdesk@imaging.example.net, "
+        "which answers within two working days."), contact_email="data-access@hospital.example.net")
+    other = make_dataset(hub, world["alice"], "lung", "Second")
+    publish_entry(world, other, "second-ct", contact_email="datasets@hospital.example.net")
+    c = anon(world)
+    assert "helpdesk@imaging.example.net" in c.get("/catalog/chest-ct").text  # not a person: allowed
+    # later, people take those addresses as their own: the public pages must stop showing them
+    with transaction(hub.sessions) as s:
+        s.execute(update(User).where(User.id == world["bob"].user.id).values(email="Helpdesk@Imaging.example.net"))
+        s.execute(update(User).where(User.id == world["carol"].user.id).values(
+            email="datasets@hospital.example.net"))
+    with hub.sessions() as s:
+        emails = [e.lower() for e in s.scalars(select(User.email)) if e]
+    assert len(emails) >= 4
+    pages = ["/catalog", "/catalog?q=chest", "/catalog?modality=CT&organ=lung", "/robots.txt", "/sitemap.xml",
+             "/api/v1/catalog", "/api/v1/catalog?q=ct"]
+    for slug in ("chest-ct", "second-ct"):
+        pages += [f"/catalog/{slug}", f"/catalog/{slug}/terms"]
+    for path in pages:
+        r = c.get(path)
+        assert r.status_code == 200, path
+        body = r.text.lower()
+        for email in emails:
+            assert email not in body, f"{email} appears on {path}"
+    landing = c.get("/catalog/chest-ct").text
+    assert catalog.WITHHELD in landing and "data-access@hospital.example.net" in landing  # role address stays
+    second = c.get("/catalog/second-ct").text
+    assert "through the application" in second  # the contact became a person's: hidden
+
+
+# -- the demo ----------------------------------------------------------------------------------
+def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):  # noqa: ANN001
+    from strongroom.archive.models import ArchiveFile, Dataset
+    from strongroom.demo import seed_demo
+
+    ensure_key(hub)
+    lines = seed_demo(hub)
+    url = f"{hub.settings.base_url}/catalog/synthetic-chest-ct-demo"
+    assert any(url in line for line in lines)
+    assert (hub.settings.var_dir / "demo-credentials.json").exists()
+    with hub.sessions() as s:
+        entry = s.scalar(select(CatalogEntry))
+        assert entry.published and entry.apply_mode == "hub" and "DUO:0000006" in entry.duo_codes
+        assert len(catalog.images_of(s, entry)) == 3
+        files = list(s.scalars(select(ArchiveFile)))
+        assert len(files) == 6 and {f.state for f in files} == {"ready"}
+        dataset_id = entry.dataset_id
+        assert catalog.latest_released(s, dataset_id).file_count == 6
+    c = TestClient(app, base_url=BASE)
+    d = check_landing_page(c, url, dataset_id)
+    assert len(d["image"]) == 3
+    html = c.get("/catalog/synthetic-chest-ct-demo").text
+    assert f'href="/apply/{dataset_id}"' in html
+    assert "/catalog/synthetic-chest-ct-demo" in c.get("/sitemap.xml").text
+    assert "Synthetic chest CT" in c.get("/catalog", params={"q": "synthetic"}).text
+    seed_demo(hub)  # again: nothing new
+    with hub.sessions() as s:
+        assert len(list(s.scalars(select(ArchiveFile)))) == 6
+        assert len(list(s.scalars(select(Dataset)))) == 1
+        assert len(list(s.scalars(select(CatalogEntry)))) == 1

@@ -1,0 +1,367 @@
+"""GA4GH visas and entitlements as bases for download.
+
+The hub issues ControlledAccessGrants visas that verify against the JWKS it serves over HTTP; an
+entitlement opens a file for a user outside the owning project until it ends or is revoked; a visa
+from a configured trusted issuer (a second live server with its own key) opens it too, and the
+allowlist, signature, expiry, subject and ``conditions`` are enforced — with no key fetched from a
+jku that is not on the issuer's allowlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import os
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import crypt4gh.lib
+import httpx
+import pytest
+from fastapi import FastAPI
+from joserfc import jwt
+from joserfc.jwk import ECKey, KeySet
+from sqlalchemy import select
+
+from conftest import bearer, token_for
+from strongroom.access import visas
+from strongroom.access.models import Entitlement
+from strongroom.archive import c4gh
+from strongroom.audit.models import AuditEvent
+from strongroom.audit.service import Actor
+from strongroom.config import AccessSettings
+from strongroom.db import transaction
+from strongroom.jobs.runner import Runner
+from strongroom.projects import service as projects
+from support.live import free_port, serving
+
+END = dt.date.today() + dt.timedelta(days=365)
+NOW = dt.datetime.now(dt.UTC)
+
+
+# -- a second, foreign visa issuer -------------------------------------------------------------
+@dataclass
+class Issuer:
+    url: str
+    key: ECKey
+    hits: Counter
+
+    @property
+    def jku(self) -> str:
+        return f"{self.url}/jwks.json"
+
+    def visa(self, sub: str, value: str, *, type_: str = "ControlledAccessGrants", by: str | None = "dac",
+             exp: int | None = None, iat: int | None = None, iss: str | None = None, jku: str | None = None,
+             key: ECKey | None = None, conditions: list | None = None, source: str = "https://dac.example.org"
+             ) -> str:
+        now = int(time.time())
+        obj = {"type": type_, "asserted": now - 3600, "value": value, "source": source}
+        if by is not None:
+            obj["by"] = by
+        if conditions is not None:
+            obj["conditions"] = conditions
+        signer = key or self.key
+        header = {"alg": "ES256", "typ": "vnd.ga4gh.visa+jwt", "kid": signer.thumbprint(),
+                  "jku": jku or self.jku}
+        claims = {"iss": iss or self.url, "sub": sub, "iat": iat or now - 60, "exp": exp or now + 3600,
+                  "jti": uuid.uuid4().hex, "ga4gh_visa_v1": obj}
+        return jwt.encode(header, claims, signer, algorithms=["ES256"])
+
+
+@pytest.fixture
+def issuer():  # noqa: ANN201
+    """A visa issuer on its own loopback port. /other-jwks.json and /rogue-jwks.json serve keys too,
+    so a fetch from them would succeed — the tests assert they are never asked."""
+    key, rogue = ECKey.generate_key("P-256", private=True), ECKey.generate_key("P-256", private=True)
+    hits: Counter = Counter()
+    app = FastAPI()
+
+    def keyset(k: ECKey) -> dict:
+        return {"keys": [{**k.as_dict(private=False), "kid": k.thumbprint(), "use": "sig", "alg": "ES256"}]}
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/jwks.json")
+    def jwks_() -> dict:
+        hits["jwks"] += 1
+        return keyset(key)
+
+    @app.get("/other-jwks.json")
+    def other() -> dict:
+        hits["other"] += 1
+        return keyset(key)
+
+    @app.get("/rogue-jwks.json")
+    def rogue_() -> dict:
+        hits["rogue"] += 1
+        return keyset(rogue)
+
+    with serving(app, free_port()) as url:
+        hits.clear()
+        issuer = Issuer(url, key, hits)
+        issuer.rogue_key = rogue  # type: ignore[attr-defined]
+        yield issuer
+
+
+@pytest.fixture
+def settings(settings, issuer):  # noqa: ANN001, ANN201
+    port = free_port()
+    access = AccessSettings(trusted_visa_issuers=[{"issuer": issuer.url, "jku": issuer.jku}])
+    s = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}", "access": access})
+    s._port = port  # noqa: SLF001 - test plumbing
+    return s
+
+
+@pytest.fixture
+def world(app, hub, people, settings):  # noqa: ANN001, ANN201
+    """alice's project 'lung' holds a released dataset with one file; carol is in no project."""
+    alice, carol, root = people("alice"), people("carol"), people("root", admin=True)
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
+                                end_date=END)
+    tokens = {p.username: token_for(hub, p) for p in (alice, carol, root)}
+    with serving(app, settings._port) as url:  # noqa: SLF001
+        a = httpx.Client(base_url=url, headers=bearer(tokens["alice"]), timeout=60)
+        c = httpx.Client(base_url=url, headers=bearer(tokens["carol"]), timeout=60)
+        admin = httpx.Client(base_url=url, headers=bearer(tokens["root"]), timeout=60)
+        hub_public = c4gh.parse_public_key(a.get("/api/v1/archive/public-key").text)
+        data = os.urandom(70_000)
+        blob = b"".join(c4gh.encrypt_stream([data], hub_public))
+        up = a.post("/api/v1/projects/lung/uploads", json={"path": "scan.dcm", "size": len(blob)}).json()
+        for n, start in enumerate(range(0, len(blob), up["part_size"]), start=1):
+            assert a.put(f"/api/v1/uploads/{up['id']}/parts/{n}",
+                         content=blob[start:start + up["part_size"]]).status_code == 200
+        assert a.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+        Runner(hub, lease_seconds=10, name="test").run_until_idle()
+        ds = a.post("/api/v1/projects/lung/datasets", json={"title": "Chest CT", "files": [up["id"]]}).json()
+        assert a.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
+        carol_key = c4gh.generate_keypair()
+        assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
+            carol_key.public).decode()}).status_code == 201
+        yield {"url": url, "alice": a, "carol": c, "admin": admin, "people": (alice, carol, root), "hub": hub,
+               "file": up["id"], "dataset": ds["id"], "data": data, "carol_key": carol_key}
+
+
+def _entitle(hub, person, dataset: str, *, starts: dt.timedelta = dt.timedelta(days=-1),  # noqa: ANN001
+             ends: dt.timedelta = dt.timedelta(days=30), version: int | None = None) -> uuid.UUID:
+    with transaction(hub.sessions) as s:
+        e = Entitlement(user_id=person.user.id, dataset_id=dataset, version=version, starts_at=NOW + starts,
+                        ends_at=NOW + ends)
+        s.add(e)
+        s.flush()
+        return e.id
+
+
+def _update(hub, ent_id: uuid.UUID, **values) -> None:  # noqa: ANN001
+    with transaction(hub.sessions) as s:
+        e = s.get(Entitlement, ent_id)
+        for k, v in values.items():
+            setattr(e, k, v)
+
+
+def _decrypt(data: bytes, secret: bytes) -> bytes:
+    out = io.BytesIO()
+    crypt4gh.lib.decrypt([(0, secret, None)], io.BytesIO(data), out)
+    return out.getvalue()
+
+
+def _download(world, **headers) -> httpx.Response:  # noqa: ANN001
+    return world["carol"].get(f"/api/v1/files/{world['file']}/content", headers=headers)
+
+
+# -- issuing -----------------------------------------------------------------------------------
+def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world, settings):  # noqa: ANN001
+    hub, (alice, carol, _) = world["hub"], world["people"]
+    ent = _entitle(hub, carol, world["dataset"])
+    _entitle(hub, carol, world["dataset"], starts=dt.timedelta(days=-60), ends=dt.timedelta(days=-1))  # ended
+    mine = world["carol"].get("/api/v1/me/passport")
+    assert mine.status_code == 200
+    [token] = mine.json()["ga4gh_passport_v1"]  # the ended entitlement yields no visa
+
+    served = httpx.get(f"{world['url']}/.well-known/jwks.json")  # over HTTP, from the live hub
+    assert served.status_code == 200 and "public" in served.headers["cache-control"]
+    assert all("d" not in k for k in served.json()["keys"])  # no private material
+    verified = jwt.decode(token, KeySet.import_key_set(served.json()), algorithms=["ES256"])
+    header, claims = verified.header, verified.claims
+    key_file = settings.var_dir / "keys" / "visa-signing.jwk"
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert header["kid"] == ECKey.import_key(served.json()["keys"][0]).thumbprint()
+    assert header["jku"] == f"{settings.base_url}/.well-known/jwks.json"
+    assert header["typ"] == "vnd.ga4gh.visa+jwt"
+    with hub.sessions() as s:
+        e = s.get(Entitlement, ent)
+    visa = claims["ga4gh_visa_v1"]
+    assert claims["iss"] == settings.base_url and claims["sub"] == "carol"
+    assert claims["exp"] == int(e.ends_at.timestamp()) and visa["asserted"] == int(e.starts_at.timestamp())
+    assert visa == {"type": "ControlledAccessGrants", "by": "dac", "asserted": visa["asserted"],
+                    "value": f"{settings.base_url}/datasets/{world['dataset']}", "source": settings.base_url}
+
+    # the REMS-style permissions API: yourself or a platform admin; anyone else sees nothing
+    own = world["carol"].get(f"/api/v1/permissions/{carol.user.id}")
+    assert own.status_code == 200 and len(own.json()["ga4gh_passport_v1"]) == 1
+    assert world["admin"].get(f"/api/v1/permissions/{carol.user.id}").json()["ga4gh_passport_v1"]
+    assert world["alice"].get(f"/api/v1/permissions/{carol.user.id}").status_code == 404
+    assert world["carol"].get(f"/api/v1/permissions/{alice.user.id}").status_code == 404
+    assert world["carol"].get("/api/v1/permissions/not-a-uuid").status_code == 404
+    assert world["admin"].get(f"/api/v1/permissions/{uuid.uuid4()}").status_code == 404
+    assert httpx.get(f"{world['url']}/api/v1/permissions/{carol.user.id}").status_code == 401
+    assert world["alice"].get("/api/v1/me/passport").json() == {"ga4gh_passport_v1": []}
+
+    # the hub's own visa is accepted wherever the hub is trusted: verify as a clearinghouse would
+    hub_as_issuer = settings.model_copy(update={"access": AccessSettings(
+        trusted_visa_issuers=[{"issuer": settings.base_url, "jku": header["jku"]}])})
+    passport = asyncio.run(visas.PassportVerifier(hub_as_issuer).verify(token))
+    assert not passport.rejected and passport.visas[0].value.endswith(world["dataset"])
+
+
+# -- entitlements ------------------------------------------------------------------------------
+def test_entitlement_opens_download_until_it_ends_or_is_revoked(world):  # noqa: ANN001
+    hub, (_, carol, _) = world["hub"], world["people"]
+    assert _download(world).status_code == 404  # not a member, no grant
+    ent = _entitle(hub, carol, world["dataset"])
+    got = _download(world)
+    assert got.status_code == 200, got.text
+    assert _decrypt(got.content, world["carol_key"].secret) == world["data"]
+    assert world["carol"].get(f"/api/v1/files/{world['file']}").status_code == 200  # metadata too
+    assert world["carol"].get(f"/api/v1/datasets/{world['dataset']}/versions/1/files").status_code == 200
+    with hub.sessions() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.file.downloaded")
+                          .order_by(AuditEvent.seq.desc())).first()
+    assert event.details["basis"] == "entitlement" and event.details["grant"] == str(ent)
+
+    _update(hub, ent, revoked_at=dt.datetime.now(dt.UTC))  # revocation: the very next request
+    assert _download(world).status_code == 404
+    _update(hub, ent, revoked_at=None, ends_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))  # expired
+    assert _download(world).status_code == 404
+    _update(hub, ent, ends_at=NOW + dt.timedelta(days=3), starts_at=NOW + dt.timedelta(days=1))  # not yet
+    assert _download(world).status_code == 404
+    _update(hub, ent, starts_at=NOW - dt.timedelta(days=1), version=2)  # another version only
+    assert _download(world).status_code == 404
+    _update(hub, ent, version=1)
+    assert _download(world).status_code == 200
+    # a deprecated version stays readable to the entitled; a file only in a draft does not
+    assert world["alice"].post(f"/api/v1/datasets/{world['dataset']}/versions/1/deprecate").status_code == 200
+    assert _download(world).status_code == 200
+
+
+# -- visas from a trusted issuer ---------------------------------------------------------------
+def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, settings):  # noqa: ANN001
+    value = f"{settings.base_url}/datasets/{world['dataset']}"
+    visa = issuer.visa("carol", value)
+    got = _download(world, **{"X-GA4GH-Passport": visa})
+    assert got.status_code == 200, got.text
+    assert _decrypt(got.content, world["carol_key"].secret) == world["data"]
+    # a passport JWT wrapping the visas (token-exchange form), a version-specific value, the bare accession
+    passport = jwt.encode({"alg": "ES256", "typ": "vnd.ga4gh.passport+jwt"},
+                          {"iss": "https://broker.example", "sub": "carol", "iat": int(time.time()),
+                           "exp": int(time.time()) + 600, "ga4gh_passport_v1": [visa]}, issuer.key)
+    assert _download(world, **{"X-GA4GH-Passport": passport}).status_code == 200
+    for named in (f"{value}/versions/1", world["dataset"]):
+        assert _download(world, **{"X-GA4GH-Passport": issuer.visa("carol", named)}).status_code == 200, named
+    v2 = issuer.visa("carol", f"{value}/versions/2")  # a version that does not hold the file
+    assert _download(world, **{"X-GA4GH-Passport": v2}).status_code == 404
+    assert issuer.hits["jwks"] == 1  # fetched once, then cached
+    with world["hub"].sessions() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.file.downloaded")
+                          .order_by(AuditEvent.seq.desc())).first()
+    assert event.details["basis"] == "visa" and event.details["grant"].startswith(issuer.url)
+    # without the header the same user has nothing
+    assert _download(world).status_code == 404
+
+
+def test_untrusted_unlisted_expired_forged_and_foreign_visas_are_refused(world, issuer, settings):  # noqa: ANN001
+    value = f"{settings.base_url}/datasets/{world['dataset']}"
+    now = int(time.time())
+    refused = {
+        # an issuer nobody configured (its keys would verify: they are served at /rogue-jwks.json)
+        "untrusted issuer": issuer.visa("carol", value, iss="https://rogue.example.org",
+                                        jku=f"{issuer.url}/rogue-jwks.json", key=issuer.rogue_key),
+        # the trusted issuer's name with a jku that is not on its allowlist
+        "jku not allowed": issuer.visa("carol", value, jku=f"{issuer.url}/other-jwks.json"),
+        "expired": issuer.visa("carol", value, iat=now - 7200, exp=now - 3600),
+        "forged": issuer.visa("carol", value, key=issuer.rogue_key),
+        "someone else's": issuer.visa("mallory", value),
+        "another dataset": issuer.visa("carol", f"{settings.base_url}/datasets/SRD-0000000000"),
+        "another hub": issuer.visa("carol", f"https://elsewhere.example/datasets/{world['dataset']}"),
+        "no by": issuer.visa("carol", value, by=None),
+        "not a grant": issuer.visa("carol", value, type_="ResearcherStatus"),
+        "garbage": "not.a.jwt",
+    }
+    for reason, visa in refused.items():
+        assert _download(world, **{"X-GA4GH-Passport": visa}).status_code == 404, reason
+    assert issuer.hits["rogue"] == 0 and issuer.hits["other"] == 0  # never asked: allowlist first
+    # and each for the right reason
+    verifier = visas.PassportVerifier(settings)
+    why = {k: asyncio.run(verifier.verify(v)).rejected for k, v in refused.items()}
+    assert "untrusted issuer" in why["untrusted issuer"][0]
+    assert "not allowed for issuer" in why["jku not allowed"][0]
+    assert why["expired"] == ["expired"] and "bad signature" in why["forged"][0]
+    assert "must say who granted it" in why["no by"][0] and "compact JWS" in why["garbage"][0]
+    for verified_but_not_granting in ("someone else's", "another dataset", "another hub", "not a grant"):
+        assert why[verified_but_not_granting] == []
+    assert issuer.hits["rogue"] == 0 and issuer.hits["other"] == 0
+    assert _download(world, **{"X-GA4GH-Passport": issuer.visa("carol", value)}).status_code == 200
+
+
+def test_visa_conditions_are_honoured(world, issuer, settings):  # noqa: ANN001
+    value = f"{settings.base_url}/datasets/{world['dataset']}"
+    bona_fide = "https://doi.org/10.1038/s41431-018-0219-y"
+    conditions = [
+        [{"type": "ResearcherStatus", "value": f"const:{bona_fide}", "by": "const:so"},
+         {"type": "AffiliationAndRole", "value": "pattern:faculty@*.se"}],  # AND
+        [{"type": "AcceptedTermsAndPolicies", "value": "const:https://strongroom.example/terms/v2",
+          "by": "pattern:s?lf"}],  # OR
+    ]
+    grant = issuer.visa("carol", value, conditions=conditions)
+    status = issuer.visa("carol", bona_fide, type_="ResearcherStatus", by="so")
+    faculty = issuer.visa("carol", "faculty@ki.se", type_="AffiliationAndRole", by="system")
+    student = issuer.visa("carol", "student@ki.se", type_="AffiliationAndRole", by="system")
+    terms_url = "https://strongroom.example/terms/v2"
+    terms = issuer.visa("carol", terms_url, type_="AcceptedTermsAndPolicies", by="self")
+    status_by_peer = issuer.visa("carol", bona_fide, type_="ResearcherStatus", by="peer")
+
+    def download(*tokens: str) -> int:
+        return _download(world, **{"X-GA4GH-Passport": ",".join(tokens)}).status_code
+
+    assert download(grant) == 404  # conditions unmet
+    assert download(grant, status) == 404  # half of the AND
+    assert download(grant, status, student) == 404  # pattern does not match
+    assert download(grant, status_by_peer, faculty) == 404  # by must be so
+    assert download(grant, status, faculty) == 200
+    assert download(grant, terms) == 200  # the other OR branch
+    # a visa satisfying a condition must itself be valid: the same claims from an untrusted signer fail
+    forged_terms = issuer.visa("carol", terms_url, type_="AcceptedTermsAndPolicies", by="self",
+                               key=issuer.rogue_key)
+    assert download(grant, forged_terms) == 404
+    # a clause with an unknown prefix never matches
+    odd = issuer.visa("carol", value,
+                      conditions=[[{"type": "AcceptedTermsAndPolicies", "value": "regex:.*"}]])
+    assert download(odd, terms) == 404
+
+
+# -- the matching rules themselves -------------------------------------------------------------
+@pytest.mark.parametrize(("spec", "actual", "expected"), [
+    ("const:abc", "abc", True), ("const:abc", "abcd", False), ("const:a*", "abc", False),
+    ("pattern:a*", "abc", True), ("pattern:a*", "", False), ("pattern:*", "", True),
+    ("pattern:a?c", "abc", True),
+    ("pattern:a?c", "ac", False), ("pattern:A*", "abc", False), ("pattern:a.c", "abc", False),
+    ("split_pattern:123,https:%2F%2Fexample?.org", "001,x;123,https:%2F%2Fexample2.org;456,y", True),
+    ("split_pattern:9*", "001,x;123,y", False), ("regex:.*", "abc", False), ("abc", "abc", False),
+])
+def test_condition_field_matching(spec: str, actual: str, expected: bool) -> None:
+    assert visas._matches(spec, actual) is expected  # noqa: SLF001
+
+
+def test_visa_with_conditions_never_satisfies_another() -> None:
+    v = dict(iss="i", sub="s", exp=0, jti=None, source="src", by="so", asserted=0)
+    cond = ((({"type": "ResearcherStatus", "value": "const:x"},),))
+    grant = visas.Visa(type="ControlledAccessGrants", value="d", conditions=cond, **v)
+    nested = visas.Visa(type="ResearcherStatus", value="x", conditions=cond, **v)
+    plain = visas.Visa(type="ResearcherStatus", value="x", **v)
+    assert not visas.conditions_met(grant, [grant, nested])
+    assert visas.conditions_met(grant, [grant, plain])
