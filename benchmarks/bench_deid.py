@@ -1,0 +1,371 @@
+"""De-identification throughput: strongroom's engine (full Basic Profile) against a bare pydicom read + write,
+dicognito, and Orthanc's C++ anonymizer (``POST /instances/{id}/anonymize``), on the same generated corpus
+of 512x512 16-bit CT instances (several patients, studies and series); plus scaling with 2 processes.
+The default corpus puts a real GE CT header (pydicom's CT_small, with its 180 private elements) on
+512x512 pixels with varied identities, as in the reference figures; ``--corpus minimal`` uses
+strongroom's synthetic header (~90 elements), where file I/O dominates every tool.
+
+    python benchmarks/bench_deid.py [--files 2000] [--rounds 5] [--corpus ge|minimal] [--no-orthanc]
+
+Targets (issue 5): ours/pydicom >= 3, ours/dicognito >= 10, ours/Orthanc >= 1 (files/s per core).
+Every figure is file to file (read the input, write the output) except Orthanc, which reads from its own
+storage and returns the anonymized file over loopback HTTP. dicognito is not a project dependency:
+``pip install dicognito`` into the venv to include it. Orthanc comes from Debian (``apt-get install
+orthanc``) and is skipped when absent. The tools run interleaved, round after round, each on a slice of
+the corpus, and ratios are medians of per-round ratios: this machine is shared and noisy. Not a test;
+the corpus lives in a fresh /tmp directory, removed at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+
+from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
+from strongroom.imaging.synthetic import SyntheticPatient, make_ct, study_date
+from strongroom.imaging.verify import leak_scan
+
+PROFILE = DeidProfile()  # the full Basic Profile, no options
+SECRET = b"benchmark project secret, 32 B!"
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+_TEMPLATE: list[pydicom.Dataset] = []
+
+
+def make_ge_ct(p: int, st: int, se: int, i: int) -> bytes:
+    """A real GE CT header (pydicom's CT_small: 100+ public and 180 private elements) with 512x512 pixels
+    and the identity of patient ``p`` (the reference's corpus B)."""
+    if not _TEMPLATE:
+        _TEMPLATE.append(pydicom.dcmread(get_testdata_file("CT_small.dcm")))
+    ds = _TEMPLATE[0]
+    patient = SyntheticPatient(p)
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = patient.name, patient.patient_id, patient.birth_date
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.1234.1.{p}.{st}"
+    ds.SeriesInstanceUID = f"{ds.StudyInstanceUID}.{se}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SeriesInstanceUID}.{i}"
+    ds.FrameOfReferenceUID = f"{ds.StudyInstanceUID}.0"
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study_date(p, st)
+    ds.AccessionNumber, ds.StudyID, ds.InstanceNumber = f"ACC{p}{st}", f"S{p}{st}", i
+    ds.Rows = ds.Columns = 512
+    ds.PixelData = random.Random(p * 1_000_003 + st * 10_007 + se * 101 + i).randbytes(512 * 512 * 2)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+MAKERS = {"ge": make_ge_ct, "minimal": make_ct}
+
+
+def _write_one(args: tuple[Path, str, int, int, int, int]) -> Path:
+    directory, kind, p, st, se, i = args
+    path = directory / f"p{p:03d}_st{st}_se{se}_{i:04d}.dcm"
+    path.write_bytes(MAKERS[kind](p, st, se, i))
+    return path
+
+
+def make_corpus(directory: Path, files: int, patients: int, kind: str) -> list[Path]:
+    studies, series = 2, 2
+    per_series = max(1, files // (patients * studies * series))
+    directory.mkdir(parents=True, exist_ok=True)
+    jobs = [(directory, kind, p, st, se, i) for p in range(patients) for st in range(studies)
+            for se in range(1, series + 1) for i in range(1, per_series + 1)][:files]
+    with mp.Pool(os.cpu_count() or 2) as pool:
+        paths = pool.map(_write_one, jobs, chunksize=32)
+    for path in paths:  # warm the page cache: every tool reads from memory
+        path.read_bytes()
+    return paths
+
+
+# ----------------------------------------------------------------------------------------- the tools
+
+
+def run_pydicom(paths: list[Path], out: Path) -> None:
+    for path in paths:
+        pydicom.dcmread(path).save_as(out / path.name)
+
+
+def run_ours(paths: list[Path], out: Path) -> None:
+    pseudo = Pseudonymizer(SECRET)
+    for path in paths:
+        deidentify_file(path, out / path.name, PROFILE, pseudo)
+
+
+def run_dicognito(paths: list[Path], out: Path) -> None:
+    from dicognito.anonymizer import Anonymizer  # type: ignore[import-not-found,unused-ignore]
+
+    anonymizer = Anonymizer(seed="benchmark")
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        anonymizer.anonymize(ds)
+        ds.save_as(out / path.name)
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker() -> None:
+    _WORKER["pseudo"] = Pseudonymizer(SECRET)
+
+
+def _ours_one(args: tuple[Path, Path]) -> int:
+    src, dst = args
+    deidentify_file(src, dst, PROFILE, _WORKER["pseudo"])  # type: ignore[arg-type]
+    return 1
+
+
+def _copy_one(args: tuple[Path, Path]) -> int:
+    src, dst = args
+    dst.write_bytes(src.read_bytes())
+    return 1
+
+
+def run_copy(paths: list[Path], out: Path) -> None:
+    for path in paths:
+        _copy_one((path, out / path.name))
+
+
+def run_parallel(paths: list[Path], out: Path, processes: int, fn: Callable[[tuple[Path, Path]], int] = _ours_one
+                 ) -> float:
+    with mp.get_context("fork").Pool(processes, initializer=_init_worker) as pool:
+        pool.map(fn, [(paths[0], out / "warm.dcm")] * processes)  # workers started and warm
+        start = time.perf_counter()
+        done = sum(pool.imap_unordered(fn, [(p, out / p.name) for p in paths], chunksize=16))
+        elapsed = time.perf_counter() - start
+    assert done == len(paths)
+    return elapsed
+
+
+def timed(fn: Callable[[list[Path], Path], None], paths: list[Path], out: Path, repeat: int) -> float:
+    """Median seconds over ``repeat`` runs (a fresh output directory each time)."""
+    times = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        fn(paths, out)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# -------------------------------------------------------------------------------------------- Orthanc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Orthanc:
+    """A throwaway Orthanc (Debian package) on loopback, holding the uploaded corpus."""
+
+    def __init__(self, work: Path) -> None:
+        self.binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else "")
+        self.work = work
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ids: dict[Path, str] = {}
+        self.version = _orthanc_version(self.binary) if self.binary else ""
+        self.body = json.dumps({"Force": True}).encode()
+
+    def start(self) -> str | None:
+        """None when running, else the reason it cannot run."""
+        if not self.binary:
+            return "Orthanc not installed (apt-get install orthanc)"
+        port = _free_port()
+        db = self.work / "orthanc-db"
+        db.mkdir(parents=True, exist_ok=True)
+        config = self.work / "orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "bench", "StorageDirectory": str(db), "IndexDirectory": str(db), "HttpPort": port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomServerEnabled": False,
+            "Plugins": [], "StorageCompression": False, "HttpCompressionEnabled": False,
+            "SyncStorageArea": False, "KeepAlive": True,
+        }))
+        self.proc = subprocess.Popen([self.binary, str(config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.conn.request("GET", "/system")
+                self.conn.getresponse().read()
+                return None
+            except OSError:
+                self.conn.close()
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    return "Orthanc did not start"
+                time.sleep(0.2)
+
+    def _post(self, url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):  # Orthanc closes idle keep-alive connections between rounds
+            try:
+                self.conn.request("POST", url, body=body, headers={"Content-Type": content_type})
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def upload(self, paths: list[Path]) -> None:
+        for path in paths:
+            _, data = self._post("/instances", path.read_bytes(), "application/dicom")
+            self.ids[path] = json.loads(data)["ID"]
+
+    def anonymize(self, paths: list[Path], out: Path) -> None:
+        """Orthanc's C++ anonymizer, one instance per request, sequentially (one core's worth)."""
+        del out  # the anonymized file comes back over HTTP; Orthanc does not store it
+        for path in paths:
+            status, data = self._post(f"/instances/{self.ids[path]}/anonymize", self.body, "application/json")
+            if status != 200 or data[128:132] != b"DICM":
+                raise RuntimeError(f"Orthanc anonymize failed: HTTP {status}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _orthanc_version(binary: str) -> str:
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return "?"
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds: every tool runs on a slice of the corpus in every round")
+    parser.add_argument("--dicognito-share", type=float, default=0.25,
+                        help="fraction of each round's slice given to dicognito (it is slow)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--corpus", choices=sorted(MAKERS), default="ge",
+                        help="ge: pydicom's CT_small GE header with 180 private elements (default; the header of the "
+                             "reference figures); minimal: strongroom's synthetic header (~90 elements)")
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-deid-"))
+    orthanc = Orthanc(work / "orthanc")
+    try:
+        t0 = time.perf_counter()
+        paths = make_corpus(work / "in", args.files, args.patients, args.corpus)
+        size = sum(p.stat().st_size for p in paths) / len(paths)
+        header = {"ge": "real GE header (CT_small)", "minimal": "minimal synthetic header"}[args.corpus]
+        print(f"corpus: {len(paths)} CT instances, 512x512 16-bit, {header}, "
+              f"{args.patients} patients x 2 studies x 2 series, {size / 1e6:.2f} MB each "
+              f"(generated in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} CPUs, "
+              f"Python {sys.version.split()[0]}, pydicom {pydicom.__version__}")
+
+        tools: dict[str, Callable[[list[Path], Path], None]] = {
+            "pydicom read+write": run_pydicom, "strongroom (Basic Profile)": run_ours,
+            "raw file copy": run_copy}
+        notes = []
+        try:
+            import dicognito  # type: ignore[import-not-found,unused-ignore]
+
+            tools["dicognito"] = run_dicognito
+            notes.append(f"dicognito {dicognito.__version__}")
+        except ImportError:
+            notes.append("dicognito not installed (pip install dicognito): skipped")
+        if not args.no_orthanc:
+            reason = orthanc.start()
+            if reason is None:
+                orthanc.upload(paths)
+                tools["Orthanc anonymize (C++, REST)"] = orthanc.anonymize
+                notes.append(f"Orthanc {orthanc.version}: sequential POST /instances/{{id}}/anonymize, "
+                             "anonymized file returned over loopback HTTP")
+            else:
+                notes.append(f"Orthanc skipped: {reason}")
+        parallel_tools = {f"strongroom, {args.processes} processes": _ours_one,
+                          f"raw file copy, {args.processes} processes": _copy_one}
+
+        per_round: dict[str, list[float]] = {name: [] for name in [*tools, *parallel_tools]}
+        slice_len = len(paths) // args.rounds
+        out = work / "out"
+        for r in range(args.rounds):
+            chunk = paths[r * slice_len:(r + 1) * slice_len]
+            for name, fn in tools.items():
+                files = chunk[: max(10, int(len(chunk) * args.dicognito_share))] if name == "dicognito" else chunk
+                per_round[name].append(len(files) / timed(fn, files, out, 1))
+            for name, one in parallel_tools.items():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                per_round[name].append(len(chunk) / run_parallel(chunk, out, args.processes, one))
+            print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{name.split(' (')[0].split(',')[0]} {v[-1]:.0f}" for name, v in per_round.items()), flush=True)
+
+        sample = paths[:: max(1, len(paths) // 5)]
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        run_ours(sample, out)
+        for p in sample:  # the measured output is the real thing
+            assert leak_scan(p.read_bytes(), (out / p.name).read_bytes(), PROFILE) == [], p.name
+
+        ours_name = "strongroom (Basic Profile)"
+        print()
+        width = max(map(len, per_round))
+        for name, values in per_round.items():
+            rate = statistics.median(values)
+            print(f"  {name:<{width}}  {rate:8.1f} files/s  {rate * size / 1e6:7.1f} MB/s   "
+                  f"(rounds: {min(values):.0f}..{max(values):.0f})")
+        print("\n  ratios (median of per-round ratios, so that machine noise hits both sides):")
+
+        def ratio(a: str, b: str) -> float:
+            return statistics.median(x / y for x, y in zip(per_round[a], per_round[b], strict=True))
+
+        print(f"    ours / pydicom read+write : {ratio(ours_name, 'pydicom read+write'):5.2f}   (target >= 3)")
+        if "dicognito" in per_round:
+            print(f"    ours / dicognito          : {ratio(ours_name, 'dicognito'):5.2f}   (target >= 10)")
+        if "Orthanc anonymize (C++, REST)" in per_round:
+            print(f"    ours / Orthanc            : {ratio(ours_name, 'Orthanc anonymize (C++, REST)'):5.2f}"
+                  "   (target >= 1)")
+        par = f"strongroom, {args.processes} processes"
+        copy_par = f"raw file copy, {args.processes} processes"
+        print(f"    ours / raw file copy      : {ratio(ours_name, 'raw file copy'):5.2f}   (the I/O ceiling)")
+        print(f"    {args.processes} processes / 1        : {ratio(par, ours_name):5.2f}   (ideal {args.processes}; "
+              f"a raw file copy scales {ratio(copy_par, 'raw file copy'):.2f} here)")
+        for note in notes:
+            print(f"  note: {note}")
+        return 0
+    finally:
+        orthanc.stop()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

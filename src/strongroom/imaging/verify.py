@@ -1,0 +1,442 @@
+"""Independent verification of de-identified DICOM output, and the risk check that sends objects to review.
+
+``leak_scan`` does not reuse the engine's action logic: it reads both objects with pydicom, collects what
+is identifying in the original (person names, IDs, UIDs, dates, institution/device strings, free text of
+attributes the profile does not retain, every private value, unknown-VR bytes) and looks for any of it in
+the output: in every element (sequences and private blocks included) and byte-wise in the whole file
+except the pixel data. It also checks the date option (dates removed, or all moved by one non-zero
+whole-day offset), the markers, overlays/curves and private blocks. It uses the standard's tables as data
+(``deid_table``), not the engine's resolution code.
+
+``risk_check`` lists reasons to quarantine an instance for human review instead of releasing it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
+
+__all__ = ["Leak", "leak_scan", "risk_check"]
+
+_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN", "CS", "AS", "DS", "IS"}
+_FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
+_BYTES_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV", "OB or OW", "OW or OB"}
+_PLACEHOLDERS = {"ANONYMIZED", "ANONYMOUS", "ANON", "UNKNOWN", "NONE", "REMOVED", "DEIDENTIFIED", "NULL", "N/A",
+                 "NOT AVAILABLE", "YES", "NO"}
+_FLAGS = ("retain_longitudinal_full", "retain_longitudinal_modified_dates", "retain_patient_characteristics",
+          "retain_device_identity", "retain_institution_identity", "retain_uids", "retain_safe_private",
+          "clean_descriptors", "clean_structured_content", "clean_graphics")
+_COLUMN = {"retain_longitudinal_full": "rtn_long_full_dates",
+           "retain_longitudinal_modified_dates": "rtn_long_modif_dates",
+           "retain_patient_characteristics": "rtn_pat_chars", "retain_device_identity": "rtn_dev_id",
+           "retain_institution_identity": "rtn_inst_id", "retain_uids": "rtn_uids",
+           "retain_safe_private": "rtn_safe_priv", "clean_descriptors": "clean_desc",
+           "clean_structured_content": "clean_struct_cont", "clean_graphics": "clean_graph"}
+# UI attributes that name classes, syntaxes or code systems, not instances
+_CLASS_UID_KEYWORDS = ("Class", "TransferSyntax", "CodingScheme", "ContextUID", "ContextGroupExtensionCreatorUID",
+                       "MappingResourceUID")
+_SAFE = {(sp.creator, sp.group, sp.element) for sp in SAFE_PRIVATE}
+_PIXEL_GROUP = 0x7FE0
+
+US_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.6.3",
+                  "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3"}
+SC_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # .7, .7.1 .. .7.4
+ENCAPSULATED_DOC_PREFIX = "1.2.840.10008.5.1.4.1.1.104."
+# modalities whose pixels routinely carry burned-in text (screens, scanned film, photos, video, etc.)
+RISKY_MODALITIES = {"US", "IVUS", "OT", "SC", "XC", "ES", "GM", "SM", "DOC", "XA", "RF", "CR", "DX", "MG", "IO",
+                    "PX", "OP", "OPT", "ECG", "HD", "VIDEO", "TG"}
+
+
+class Leak(NamedTuple):
+    kind: str  # value | uid | date | attribute | private | marker | graphics
+    where: str  # where in the output (element path, or "file bytes")
+    source: str  # where in the original the identifying value came from
+    detail: str  # never the value itself
+
+
+def _load(obj: Any) -> tuple[Dataset, bytes]:
+    if isinstance(obj, Dataset):
+        buf = io.BytesIO()
+        obj.save_as(buf, enforce_file_format=False)
+        return obj, buf.getvalue()
+    if isinstance(obj, bytes | bytearray | memoryview):
+        raw = bytes(obj)
+    elif isinstance(obj, str | os.PathLike):
+        raw = Path(obj).read_bytes()
+    else:
+        raise TypeError(f"cannot scan a {type(obj).__name__}")
+    return pydicom.dcmread(io.BytesIO(raw), force=True), raw
+
+
+def _walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, Any]]:
+    for elem in ds:
+        here = f"{path}({elem.tag.group:04X},{elem.tag.element:04X})"
+        yield here, elem
+        if elem.VR == "SQ" and isinstance(elem.value, Sequence):
+            for i, item in enumerate(elem.value):
+                yield from _walk(item, f"{here}[{i}].")
+
+
+def _strings(elem: Any) -> list[str]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, bytes | bytearray):
+        return []
+    values = value if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue" else [value]
+    return [str(v).strip() for v in values if v is not None and str(v).strip()]
+
+
+def _private_creator(ds_stack: Dataset, tag: Any) -> str | None:
+    creator_tag = (tag.group << 16) | (tag.element >> 8)
+    if creator_tag in ds_stack:
+        return str(ds_stack[creator_tag].value).strip()
+    return None
+
+
+def _profile_flags(profile: Any) -> dict[str, bool]:
+    return {flag: bool(getattr(profile, flag, False)) for flag in _FLAGS}
+
+
+def _row_policy(flags: dict[str, bool]) -> dict[int, str]:
+    """tag -> 'keep' (an enabled option retains it), 'clean' (an option cleans it) or 'change'."""
+    policy: dict[int, str] = {}
+    for row in ROWS:
+        if row.tag is None:
+            continue
+        cells = [getattr(row, _COLUMN[f]) for f, on in flags.items() if on and getattr(row, _COLUMN[f])]
+        if "C" in cells:
+            policy[row.tag] = "clean"
+        elif "K" in cells or row.basic == "K":
+            policy[row.tag] = "keep"
+        else:
+            policy[row.tag] = "change"
+    return policy
+
+
+def _date8(value: str) -> str | None:
+    value = value.strip()
+    if len(value) >= 8 and value[:8].isdigit():
+        return value[:8]
+    return None
+
+
+def _days(a: str, b: str) -> int | None:
+    try:
+        da = _dt.date(int(a[:4]), int(a[4:6]), int(a[6:8]))
+        db = _dt.date(int(b[:4]), int(b[4:6]), int(b[6:8]))
+    except ValueError:
+        return None
+    return (db - da).days
+
+
+def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
+    """The file without its pixel data values (random pixels would produce accidental matches)."""
+    cuts = []
+    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
+        if tag in ds:
+            raw_el = ds.get_item(tag)
+            tell = getattr(raw_el, "value_tell", None)
+            length = getattr(raw_el, "length", None)
+            if tell is not None and length not in (None, 0xFFFFFFFF):
+                cuts.append((tell, tell + length))
+            elif tell is not None:
+                cuts.append((tell, len(raw)))
+    if not cuts:
+        return raw
+    out, pos = [], 0
+    for start, end in sorted(cuts):
+        out.append(raw[pos:start])
+        pos = max(pos, end)
+    out.append(raw[pos:])
+    return b"\x00".join(out)
+
+
+def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
+    """Leaks of identifying information from ``original`` into ``deidentified`` under ``profile``.
+
+    Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
+    flags = _profile_flags(profile)
+    policy = _row_policy(flags)
+    safe_private = _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())}
+    date_mode = "full" if flags["retain_longitudinal_full"] else (
+        "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
+    orig, _ = _load(original)
+    out, out_raw = _load(deidentified)
+    out_raw_ds = pydicom.dcmread(io.BytesIO(out_raw), force=True, defer_size=256)
+    header = _header_bytes(out_raw_ds, out_raw)
+    leaks: list[Leak] = []
+
+    # ---- collect identifying material from the original
+    needles: dict[str, tuple[str, str]] = {}  # text -> (kind, source path)
+    uids: dict[str, str] = {}
+    dates: dict[str, str] = {}
+    orig_values: dict[str, list[str]] = {}
+    private_bytes: list[tuple[bytes, str]] = []
+
+    def add(text: str, kind: str, source: str) -> None:
+        text = text.strip().strip("^").strip()
+        if len(text) >= 4 and text.upper() not in _PLACEHOLDERS and not re.fullmatch(r"[\d.\-+ ]{1,5}", text):
+            needles.setdefault(text, (kind, source))
+
+    def collect(ds: Dataset, path: str) -> None:
+        for elem in ds:
+            tag = elem.tag
+            here = f"{path}({tag.group:04X},{tag.element:04X})"
+            vr = elem.VR
+            if vr == "SQ":
+                for i, item in enumerate(elem.value or []):
+                    collect(item, f"{here}[{i}].")
+                continue
+            if tag.group == _PIXEL_GROUP or tag.group == 0x0002:
+                continue
+            texts = _strings(elem)
+            if texts:
+                orig_values[here] = texts
+            if tag.is_private:
+                if tag.element < 0x1000:
+                    continue  # creators and reserved elements
+                creator = _private_creator(ds, tag)
+                safe = flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in safe_private
+                if safe:
+                    if vr == "UI" and not flags["retain_uids"]:
+                        for t in texts:
+                            if not t.startswith("1.2.840.10008."):
+                                uids.setdefault(t, here)
+                    continue
+                for t in texts:
+                    add(t, "private", here)
+                if isinstance(elem.value, bytes | bytearray) and len(elem.value) >= 8:
+                    private_bytes.append((bytes(elem.value), here))
+                continue
+            row_policy = policy.get(int(tag))
+            if vr == "UI":
+                if not flags["retain_uids"]:
+                    for t in texts:
+                        if not t.startswith("1.2.840.10008.") and not any(
+                                k in (elem.keyword or "") for k in _CLASS_UID_KEYWORDS):
+                            uids.setdefault(t, here)
+                continue
+            if vr in ("DA", "DT"):
+                if date_mode != "full":
+                    for t in texts:
+                        for part in re.split(r"[-\\]", t):
+                            d = _date8(part)
+                            if d:
+                                dates.setdefault(d, here)
+                continue
+            if vr == "PN":
+                for t in texts:
+                    add(t, "name", here)
+                    for part in re.split(r"[\^=]", t):
+                        if len(part.strip()) >= 3:
+                            add(part, "name", here)
+                continue
+            if row_policy == "change" and vr in _FREE_TEXT_VRS:
+                for t in texts:
+                    add(t, "value", here)
+            elif isinstance(elem.value, bytes) and len(elem.value) >= 8 and (
+                    (row_policy == "change" and vr in _BYTES_VRS) or (row_policy is None and vr == "UN")):
+                private_bytes.append((bytes(elem.value), here))  # unknown-VR / binary identifying values
+
+    collect(orig, "")
+
+    # values that the original also carries in attributes allowed to stay are not identifying
+    allowed: list[str] = []
+    for path, texts in orig_values.items():
+        last = path.rsplit("(", 1)[-1].rstrip(")")
+        tag = int(last.replace(",", ""), 16)
+        if (tag >> 16) & 1 or policy.get(tag) not in (None, "keep"):
+            continue
+        try:
+            vr, keyword = dictionary_VR(tag), keyword_for_tag(tag)
+        except KeyError:
+            continue
+        if vr == "PN" or (vr in ("DA", "DT") and date_mode != "full"):
+            continue
+        if vr == "UI" and not (flags["retain_uids"] or any(k in keyword for k in _CLASS_UID_KEYWORDS)):
+            continue
+        allowed.extend(texts)
+    allowed_text = "\n".join(allowed)
+    for text in list(needles):
+        if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
+            del needles[text]
+    allowed_set = set(allowed)
+    for uid in list(uids):
+        if uid in allowed_set:
+            del uids[uid]
+
+    # ---- output side: values by path
+    out_values: dict[str, list[str]] = {}
+    out_elems: dict[str, Any] = {}
+    for path, elem in _walk(out):
+        out_elems[path] = elem
+        if elem.VR != "SQ" and elem.tag.group != _PIXEL_GROUP:
+            out_values[path] = _strings(elem)
+
+    def locate(rx: re.Pattern[str]) -> str:
+        for path, texts in out_values.items():
+            if any(rx.search(t) for t in texts):
+                return path
+        return "file bytes"
+
+    # ---- A: identifying strings anywhere
+    for text, (kind, source) in needles.items():
+        pattern = rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])"
+        for enc in ("utf-8", "latin-1"):
+            try:
+                needle = text.encode(enc)
+            except UnicodeEncodeError:
+                continue
+            if re.search(rb"(?<![0-9A-Za-z])" + re.escape(needle) + rb"(?![0-9A-Za-z])", header, re.I):
+                leaks.append(Leak(kind, locate(re.compile(pattern, re.I)), source,
+                                  f"identifying {kind} value of {source} found in the output"))
+                break
+
+    # ---- B: UIDs
+    for uid, source in uids.items():
+        if re.search(rb"(?<![0-9.])" + re.escape(uid.encode()) + rb"(?![0-9.])", header):
+            leaks.append(Leak("uid", locate(re.compile(rf"(?<![0-9.]){re.escape(uid)}(?![0-9.])")), source,
+                              f"original UID of {source} found in the output"))
+
+    # ---- C: unknown/private bytes
+    for blob, source in private_bytes:
+        probe = blob.strip(b"\0 ")
+        if len(probe) >= 8 and probe in header:
+            leaks.append(Leak("private", "file bytes", source, f"bytes of {source} found in the output"))
+
+    # ---- D: dates
+    if date_mode != "full":
+        expected_shifted: set[str] = set()
+        if date_mode == "modified":
+            pairs: list[tuple[int, str]] = []
+            for path, texts in orig_values.items():
+                elem = out_elems.get(path)
+                if elem is None or elem.VR not in ("DA", "DT"):
+                    continue
+                for old, new in zip(texts, _strings(elem), strict=False):
+                    a, b = _date8(old), _date8(new)
+                    delta = _days(a, b) if a and b else None
+                    if delta is not None:
+                        pairs.append((delta, b))  # type: ignore[arg-type]
+            offsets = collections.Counter(delta for delta, _ in pairs)
+            if offsets.get(0):
+                leaks.append(Leak("date", "dates", "dates", f"{offsets[0]} date(s) not shifted (Modified Dates)"))
+            if len([o for o in offsets if o]) > 1:
+                leaks.append(Leak("date", "dates", "dates", f"dates shifted inconsistently ({len(offsets)} offsets)"))
+            common = [o for o, _ in offsets.most_common() if o]
+            if common:
+                expected_shifted = {b for delta, b in pairs if delta == common[0]}
+        for d, source in dates.items():
+            if d in expected_shifted or d == "19000101":
+                continue
+            if re.search(rb"(?<![0-9])" + d.encode(), header):
+                leaks.append(Leak("date", locate(re.compile(rf"(?<![0-9]){d}")), source,
+                                  f"original date of {source} found in the output ({date_mode} dates)"))
+
+    # ---- E: attributes the profile must change, still holding their value at the same place
+    for path, texts in orig_values.items():
+        last = path.rsplit("(", 1)[-1].rstrip(")")
+        try:
+            tag = int(last.replace(",", ""), 16)
+        except ValueError:
+            continue
+        if policy.get(tag) != "change" or (tag >> 16) == 0x0002:
+            continue
+        found = out_values.get(path)
+        if found and [t.upper() for t in found] == [t.upper() for t in texts] and any(texts):
+            if all(t.upper() in _PLACEHOLDERS for t in texts):
+                continue
+            leaks.append(Leak("attribute", path, path, "attribute that the profile replaces kept its value"))
+
+    # ---- F: private elements, overlays, curves in the output
+    for path, elem in out_elems.items():
+        tag = elem.tag
+        if tag.is_private and tag.element >= 0x1000:
+            parent = _parent(out, path)
+            creator = _private_creator(parent, tag) if parent is not None else None
+            if not (flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in safe_private):
+                leaks.append(Leak("private", path, path, "private element not retained by the safe private table"))
+        elif 0x5000 <= tag.group <= 0x501E and tag.group % 2 == 0:
+            leaks.append(Leak("graphics", path, path, "curve data present"))
+        elif 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0 and tag.element == 0x3000 \
+                and not flags["clean_graphics"]:
+            leaks.append(Leak("graphics", path, path, "overlay data present"))
+
+    # ---- G: markers
+    if str(out.get("PatientIdentityRemoved", "")).upper() != "YES":
+        leaks.append(Leak("marker", "(0012,0062)", "", "Patient Identity Removed is not YES"))
+    codes = {str(item.get("CodeValue", "")) for item in out.get("DeidentificationMethodCodeSequence", [])}
+    if "113100" not in codes:
+        leaks.append(Leak("marker", "(0012,0064)", "", "De-identification Method Code Sequence lacks 113100"))
+    expected = {"remove": "REMOVED", "full": "UNMODIFIED", "modified": "MODIFIED"}[date_mode]
+    if str(out.get("LongitudinalTemporalInformationModified", "")).upper() != expected:
+        leaks.append(Leak("marker", "(0028,0303)", "", f"Longitudinal Temporal Information Modified is not {expected}"))
+    if out.get("PatientID") and orig.get("PatientID") and str(out.PatientID) == str(orig.PatientID):
+        leaks.append(Leak("attribute", "(0010,0020)", "(0010,0020)", "Patient ID unchanged"))
+    return leaks
+
+
+def _parent(ds: Dataset, path: str) -> Dataset | None:
+    """The dataset that holds the element at ``path``."""
+    if "." not in path:
+        return ds
+    current: Any = ds
+    for part in path.split(".")[:-1]:
+        m = re.fullmatch(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)\[(\d+)\]", part)
+        if not m:
+            return None
+        tag = (int(m.group(1), 16) << 16) | int(m.group(2), 16)
+        if tag not in current:
+            return None
+        seq = current[tag].value
+        idx = int(m.group(3))
+        if not isinstance(seq, Sequence) or idx >= len(seq):
+            return None
+        current = seq[idx]
+    return current if isinstance(current, Dataset) else None
+
+
+def risk_check(dataset: Any, result: Any = None) -> list[str]:
+    """Reasons to quarantine this instance for human review (empty: may be released automatically).
+
+    ``dataset`` is the received (original) instance: bytes, a path or a ``Dataset``; ``result`` the
+    engine's ``DeidResult`` for it, whose rule misses are reasons too."""
+    ds = dataset if isinstance(dataset, Dataset) else pydicom.dcmread(
+        io.BytesIO(bytes(dataset)) if isinstance(dataset, bytes | bytearray | memoryview) else dataset,
+        force=True, stop_before_pixels=True)
+    reasons: list[str] = []
+    modality = str(ds.get("Modality", "") or "").upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
+    pixel_cleaned = bool(getattr(result, "pixel_cleaned", False))
+    if modality in ("US", "IVUS") or sop_class in US_SOP_CLASSES:
+        reasons.append("ultrasound: text is routinely burned into the pixels")
+    if sop_class.startswith(SC_SOP_PREFIX):
+        reasons.append("secondary capture: screenshots and scanned documents may show identifying text")
+    if sop_class.startswith(ENCAPSULATED_DOC_PREFIX):
+        reasons.append("encapsulated document: the embedded document is not de-identified")
+    if not pixel_cleaned:
+        if burned == "YES":
+            reasons.append("Burned In Annotation is YES and no pixel rule cleaned the image")
+        elif not burned and (modality in RISKY_MODALITIES or sop_class.startswith(SC_SOP_PREFIX)):
+            reasons.append(f"Burned In Annotation missing on a {modality or 'secondary capture'} object, "
+                           "a modality that often burns in text")
+    if str(ds.get("RecognizableVisualFeatures", "") or "").upper() == "YES":
+        reasons.append("Recognizable Visual Features is YES")
+    for miss in getattr(result, "misses", None) or []:
+        reasons.append(f"rule miss: {miss}")
+    return reasons
