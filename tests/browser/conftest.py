@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from strongroom.config import Settings
+from support.live import serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,34 +54,13 @@ def settings(database_url: str, tmp_path: Path, listen_socket: socket.socket) ->
 @dataclass
 class LiveServer:
     url: str
-    server: uvicorn.Server
-    thread: threading.Thread
 
 
 @pytest.fixture
 def live_server(app, settings: Settings, listen_socket: socket.socket) -> Iterator[LiveServer]:  # noqa: ANN001
     """``create_app(settings, run_jobs=False)`` (the root ``app`` fixture) served for real."""
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listen_socket]}, daemon=True,
-                              name="uvicorn-live")
-    thread.start()
-    url = settings.base_url
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            raise RuntimeError(f"the live server at {url} did not answer /healthz")
-        time.sleep(0.05)
-    yield LiveServer(url, server, thread)
-    server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "uvicorn did not shut down"
+    with serving(app, sock=listen_socket) as url:
+        yield LiveServer(url)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app, port: int) -> Iterator[str]:  # noqa: ANN001
+def serving(app, port: int | None = None, *, sock: socket.socket | None = None) -> Iterator[str]:  # noqa: ANN001
+    """Serve on ``port``, or on an already bound ``sock`` (so nothing can take the port meanwhile)."""
+    port = sock.getsockname()[1] if sock is not None else port
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
                                            lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True, name="uvicorn-test")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]} if sock else {}, daemon=True,
+                              name="uvicorn-test")
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
@@ -40,3 +43,4 @@ def serving(app, port: int) -> Iterator[str]:  # noqa: ANN001
     finally:
         server.should_exit = True
         thread.join(15)
+        assert not thread.is_alive(), "uvicorn did not shut down"

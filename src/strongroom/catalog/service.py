@@ -28,6 +28,7 @@ from ..identity.models import User
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Project
+from ..text import human_bytes
 from . import png
 from .models import CatalogEntry, CatalogFacet, CatalogImage
 from .vocab import ACCESS_LABELS, DUO, DUO_PERMISSIONS, MODALITIES, NO_METHODS, USE_LABELS, duo_url
@@ -679,15 +680,6 @@ def conditions_text(view: LandingView) -> str:
     return " ".join(p.strip() for p in parts if p.strip())
 
 
-def _bytes_text(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if size < 1000 or unit == "PB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
-
-
 def temporal_coverage(start: dt.date | None, end: dt.date | None) -> str | None:
     if start is None:
         return None
@@ -753,7 +745,7 @@ def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
                        "applicants; apply for access from the landing page.",
     }
     if view.size_bytes:
-        distribution["contentSize"] = _bytes_text(view.size_bytes)
+        distribution["contentSize"] = human_bytes(view.size_bytes)
     data["distribution"] = [distribution]
     return {k: v for k, v in data.items() if v not in (None, [], "")}
 

@@ -9,6 +9,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
 from ..deps import csrf_token
+from ..text import human_bytes
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -22,14 +23,7 @@ def _when(value: dt.datetime | dt.date | None) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    if n is None:
-        return "—"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if size < 1000 or unit == "PB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    return "—" if n is None else human_bytes(n)
 
 
 def _context(request: Request) -> dict[str, object]:
