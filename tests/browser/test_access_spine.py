@@ -122,6 +122,13 @@ def test_apply_approve_download_report(browser: Browser, live_server, hub: Hub, 
     crypt4gh.lib.decrypt([(0, keypair.secret, None)], io.BytesIO(encrypted), plain)
     assert hashlib.sha256(plain.getvalue()).digest() == hashlib.sha256(data).digest()
     page.screenshot(path=str(shots / "application.png"), full_page=True)
+    # the data owner's page shows the approval and the download
+    handler.goto(f"/datasets/{dataset_id}/access")
+    expect(handler.locator("#owner-report")).to_contain_text("1 by 1 user")
+    expect(handler.locator("#owner-report")).to_contain_text("approved: 1")
+    handler.screenshot(path=str(shots / "owner.png"), full_page=True)
+    page.goto(f"/datasets/{dataset_id}/access")  # the researcher is no handler
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
 
     with hub.sessions() as s:
         owner_principal = identity.session_principal(

@@ -24,8 +24,8 @@ def _country(user: User | None) -> str:
     for value in (user.affiliation if user else None, user.email if user else None):
         if value and "@" in value:
             tld = value.rsplit(".", 1)[-1].strip().lower()
-            if 2 <= len(tld) <= 3 and tld.isalpha():
-                return tld.upper() if len(tld) == 2 else tld
+            if len(tld) == 2 and tld.isalpha():  # country-code domains only; .org/.edu say nothing
+                return tld.upper()
     return "unknown"
 
 

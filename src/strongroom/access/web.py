@@ -183,3 +183,24 @@ def my_access(request: Request, db: Db, principal: WebPrincipal) -> Response:
     datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({e.dataset_id for e in ents}))}
     return templates.TemplateResponse(request, "access_mine.html",
                                       {"ents": ents, "datasets": datasets, "now": utcnow()})
+
+
+@router.get("/datasets/{dataset_id}/access")
+def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    """The data owner's view of one dataset: numbers, the queue, and who decides."""
+    from sqlalchemy import select
+
+    from . import reports
+    from .models import DatasetRole
+
+    report = reports.dataset_report(db, principal, dataset_id)  # NotFound unless the caller handles it
+    apps = [a for a in service.queue(db, principal) if a.dataset_id == dataset_id]
+    roles = list(db.execute(select(DatasetRole.role, DatasetRole.user_id).where(DatasetRole.dataset_id == dataset_id)))
+    users = service.users_by_id(db, {a.applicant_id for a in apps} | {uid for _, uid in roles})
+    assignees = {a.id: service.replay(service._events(db, a.id)).assignee for a in apps}
+    users |= service.users_by_id(db, {u for u in assignees.values() if u})
+    countries = sorted(report["sharing_by_country"].items(), key=lambda kv: -kv[1])
+    return templates.TemplateResponse(request, "access_owner.html", {
+        "report": report, "apps": apps, "users": users, "assignees": assignees,
+        "policy": service.policy_for(db, dataset_id), "roles": roles, "countries": countries,
+        "max_country": max((n for _, n in countries), default=1)})
