@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
-# authlib announces a future move to httpx2 on import; it changes nothing for us and would greet every
-# command with a warning.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-
 import json
 import signal
 import sys

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import authlib.deprecate  # noqa: F401 - installs authlib's own "always" filter; ours must come after it
 import httpx
-from authlib.integrations.httpx_client import OAuth2Client
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from ..config import OidcSettings
 from ..errors import Invalid, Unauthenticated, Unavailable
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import OAuth2Client
+
+# authlib announces a future move to httpx2 when its httpx client is imported: nothing for us to act on,
+# and it would greet every command and server start.
+warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 _DISCOVERY_TTL = 300.0
 
@@ -60,6 +68,8 @@ class OidcClient:
         return self._metadata
 
     def _client(self, code_verifier: str | None = None) -> OAuth2Client:
+        from authlib.integrations.httpx_client import OAuth2Client  # after the warnings filter above
+
         return OAuth2Client(
             client_id=self.settings.client_id,
             client_secret=self.settings.client_secret.get_secret_value(),
