@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import Dataset
+from ..archive.service import new_accession
 from ..audit import service as audit
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
@@ -290,8 +291,8 @@ def create(session: Session, principal: Principal, dataset_id: str, *, renewal_o
     elif _active_entitlement(session, principal.user.id, dataset_id) is not None:
         raise Conflict("you already have access to this dataset; apply for a renewal when it nears its end")
     form = current_form(session, policy.form_name)
-    app = Application(id="SRA-" + "".join(secrets.choice("0123456789ABCDEFGHJKMNPQRSTVWXYZ") for _ in range(10)),
-                      applicant_id=principal.user.id, dataset_id=dataset_id, state="draft", renewal_of=renewal_of)
+    app = Application(id=new_accession("SRA"), applicant_id=principal.user.id, dataset_id=dataset_id,
+                      state="draft", renewal_of=renewal_of)
     session.add(app)
     session.flush()
     payload: dict[str, Any] = {"dataset_id": dataset_id, "form_version_id": form.id}
@@ -554,9 +555,7 @@ def external_decision(session: Session, principal: Principal, dataset_id: str, *
             raise Invalid("an approval needs an end date")
         if app is None or app.state == "approved":
             form = current_form(session, policy_for(session, dataset_id).form_name)
-            app = Application(id="SRA-" + "".join(secrets.choice("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
-                                                  for _ in range(10)),
-                              applicant_id=user.id, dataset_id=dataset_id, state="draft")
+            app = Application(id=new_accession("SRA"), applicant_id=user.id, dataset_id=dataset_id, state="draft")
             session.add(app)
             session.flush()
             session.add(ApplicationEvent(application_id=app.id, seq=1, type="created", actor_id=user.id,
