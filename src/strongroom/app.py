@@ -13,7 +13,7 @@ from urllib.parse import quote
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,7 +91,16 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, receive, send, limit)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        response = problem(413, "Request body too large", f"the limit is {limit} bytes", "body-too-large")
+        response: Response
+        if scope["path"].startswith(API_PREFIXES):
+            response = problem(413, "Request body too large", f"the limit is {limit} bytes", "body-too-large")
+        else:  # a form in a browser: say it in words, and where big files go instead
+            response = HTMLResponse(
+                '<!doctype html><html lang="en"><title>Too large</title><link rel="stylesheet" '
+                'href="/static/style.css"><main id="main"><h1>Too large</h1><p role="alert">The form is '
+                f"larger than the {limit // 1024} KiB a page accepts. Upload large files with "
+                "<code>strongroom upload</code>, which encrypts them on your machine.</p>"
+                '<p><a href="/">Back to the start</a></p></main></html>', status_code=413)
         await response(scope, receive, send)
 
 
@@ -184,7 +193,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
     app.add_middleware(PassportMiddleware)  # verifies X-GA4GH-Passport visas for the read check
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes,
-                       large=(re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$|^/projects/[^/]+/data/upload$"),
+                       large=(re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$"),
                               settings.archive.part_size + 65536))
 
     @app.exception_handler(DomainError)

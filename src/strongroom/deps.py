@@ -27,7 +27,8 @@ def get_hub(request: Request) -> Hub:
 def _db(request: Request) -> Iterator[Session]:
     """One transaction per request, committed before the response is sent.
 
-    A refused login still commits: its audit event and throttling count must survive the error.
+    A refused login or token still commits: its audit event and throttling count must survive the
+    error. Every other error rolls back, so a failed action never leaves half its changes behind.
     """
     hub: Hub = request.app.state.hub
     session = hub.sessions()
@@ -35,7 +36,7 @@ def _db(request: Request) -> Iterator[Session]:
         yield session
         session.commit()
     except DomainError as exc:
-        if isinstance(exc, Unauthenticated | Forbidden):
+        if isinstance(exc, Unauthenticated):
             session.commit()
         else:
             session.rollback()

@@ -15,7 +15,10 @@ from . import service
 from .backend import storage_for
 
 router = APIRouter()
-BROWSER_UPLOAD_MAX = 1024 * 1024  # kept in memory: larger files go through `strongroom upload`
+# Kept in memory end to end: the whole form stays under the 1 MiB body limit, which is also below the
+# size at which the form parser would spool a file to disk — so plaintext never touches a temp file.
+# Larger files go through `strongroom upload`, which encrypts on the researcher's machine.
+BROWSER_UPLOAD_MAX = 960 * 1024
 
 
 @router.get("/projects/{slug}/data")
@@ -38,7 +41,7 @@ async def browser_upload(request: Request, db: Db, hub: HubDep, principal: WebPr
                          file: UploadFile) -> Response:
     data = await file.read(BROWSER_UPLOAD_MAX + 1)
     if len(data) > BROWSER_UPLOAD_MAX:
-        raise Invalid("the browser takes files up to 1 MiB; use `strongroom upload` for larger ones")
+        raise Invalid("the browser takes files up to 960 KiB; use `strongroom upload` for larger ones")
     if not data:
         raise Invalid("the file is empty")
     from starlette.concurrency import run_in_threadpool
