@@ -111,28 +111,25 @@ def replay(events: list[ApplicationEvent]) -> ApplicationState:
 
 
 # -- setup: forms, terms, policies, roles ------------------------------------------------------
-def current_form(session: Session, name: str = "imaging-request") -> FormVersion:
-    form = session.scalar(select(FormVersion).where(FormVersion.name == name)
-                          .order_by(FormVersion.version.desc()).limit(1))
-    if form is None:
-        if name != "imaging-request":
-            raise NotFound(f"no form {name!r}")
-        form = FormVersion(name=name, version=1, fields=DEFAULT_FORM)
-        session.add(form)
+def _latest(session: Session, model: type[FormVersion] | type[TermsVersion], name: str, builtin: str,
+            **first_version: Any) -> Any:
+    """The newest version of a named form or terms; the built-in one is created on first use."""
+    row = session.scalar(select(model).where(model.name == name).order_by(model.version.desc()).limit(1))
+    if row is None:
+        if name != builtin:
+            raise NotFound(f"no {model.__tablename__.removeprefix('access_')} named {name!r}")
+        row = model(name=name, version=1, **first_version)
+        session.add(row)
         session.flush()
-    return form
+    return row
+
+
+def current_form(session: Session, name: str = "imaging-request") -> FormVersion:
+    return _latest(session, FormVersion, name, "imaging-request", fields=DEFAULT_FORM)
 
 
 def current_terms(session: Session, name: str = "standard-dua") -> TermsVersion:
-    terms = session.scalar(select(TermsVersion).where(TermsVersion.name == name)
-                           .order_by(TermsVersion.version.desc()).limit(1))
-    if terms is None:
-        if name != "standard-dua":
-            raise NotFound(f"no terms {name!r}")
-        terms = TermsVersion(name=name, version=1, text=DEFAULT_TERMS)
-        session.add(terms)
-        session.flush()
-    return terms
+    return _latest(session, TermsVersion, name, "standard-dua", text=DEFAULT_TERMS)
 
 
 def publish_terms(session: Session, principal: Principal, name: str, text: str) -> TermsVersion:
