@@ -17,6 +17,7 @@ from .audit.cli import app as audit_app
 from .client import app as client_app
 from .config import get_settings
 from .identity.cli import app as admin_app
+from .imaging.cli import dicom_app, import_app
 from .jobs.cli import app as jobs_app
 
 console = Console()
@@ -31,6 +32,8 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(archive_app, name="archive")
+app.add_typer(dicom_app, name="dicom")
+app.add_typer(import_app, name="import")
 app.registered_commands.extend(client_app.registered_commands)
 app.registered_groups.extend(client_app.registered_groups)
 app.registered_commands.extend(archive_client_app.registered_commands)

@@ -120,6 +120,21 @@ class NotifySettings(BaseModel):
     timeout_seconds: float = 10.0
 
 
+class ImagingSettings(BaseModel):
+    """The DICOM destination and imports (``strongroom dicom serve``, ``strongroom import dicom``)."""
+
+    dicom_host: str = "127.0.0.1"  # address the project destinations listen on (0.0.0.0 on a real hub)
+    spool_dir: Path | None = None  # default <var_dir>/dicom-spool: received objects until archived
+    # The key that seals the pseudonym key store (original identifiers). Keep it apart from the
+    # database and its backups; default <var_dir>/keys/pseudonym-keystore.key (mode 0600).
+    keystore_key_file: Path | None = None
+    workers: int = 0  # de-identification processes; 0 = one per CPU
+    fsync: bool = True  # make each received object durable before acknowledging it
+    max_pdu: int = 131072  # maximum PDU we receive: fewer, larger reads (storescu's default is 16 KiB)
+    publish_idle_seconds: float = 10.0  # publish a new dataset version once imports are quiet this long
+    refresh_seconds: float = 2.0  # how often `dicom serve` re-reads destinations and allowed senders
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -141,6 +156,7 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ def load_all() -> None:
     from .audit import models as _audit  # noqa: F401
     from .catalog import models as _catalog  # noqa: F401
     from .identity import models as _identity  # noqa: F401
+    from .imaging import models as _imaging  # noqa: F401
     from .jobs import models as _jobs  # noqa: F401
     from .notify import models as _notify  # noqa: F401
     from .projects import models as _projects  # noqa: F401

@@ -639,3 +639,109 @@ def retry_ingest(session: Session, principal: Principal, file_id: str) -> Archiv
         raise Conflict(f"the file is {f.state}; only interrupted ingests can be retried")
     jobs.enqueue(session, "archive.ingest", {"file_id": file_id}, dedup_key=f"ingest:{file_id}:{utcnow().timestamp()}")
     return f
+
+
+# -- files produced on the hub (imports) -------------------------------------------------------
+@dataclass(frozen=True)
+class SealedBody:
+    """A plaintext file encrypted to the archive key and stored; the row is written by the caller."""
+
+    file_id: str
+    header: bytes
+    header_key: str
+    body_key: str
+    body_size: int
+    body_sha256: str
+    plaintext_size: int
+    plaintext_sha256: str
+    plaintext_md5: str
+
+
+def seal_into_storage(keys: object, storage: Storage, project_id: uuid.UUID, file_id: str,
+                      source_path: str) -> SealedBody:
+    """Encrypt a file produced on the hub (e.g. a de-identified DICOM instance) straight into the
+    archive: never stored in plaintext. Deterministic key per file id, so a retry overwrites."""
+    fingerprint, keypair = keys.current  # type: ignore[attr-defined]
+    enc = c4gh.Encryptor(keypair.public)
+    plain_sha, plain_md5, body_sha = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    body_key = f"archive/{project_id}/{file_id}"
+    size = 0
+    writer = storage.open_writer(body_key)
+    try:
+        with open(source_path, "rb") as src:
+            while chunk := src.read(c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE):
+                size += len(chunk)
+                plain_sha.update(chunk)
+                plain_md5.update(chunk)
+                out = enc.update(chunk)
+                if out:
+                    body_sha.update(out)
+                    writer.write(out)
+        out = enc.finalize()
+        if out:
+            body_sha.update(out)
+            writer.write(out)
+        stored = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return SealedBody(file_id, enc.header, fingerprint, body_key, stored.size, body_sha.hexdigest(), size,
+                      plain_sha.hexdigest(), plain_md5.hexdigest())
+
+
+def add_sealed_file(session: Session, project_id: uuid.UUID, uploader_id: uuid.UUID, path: str,
+                    sealed: SealedBody) -> ArchiveFile:
+    """The archive row for a sealed body, READY at once; counts against the project's quota."""
+    quota.reserve(session, project_id, sealed.body_size)
+    quota.settle(session, project_id, sealed.body_size, sealed.body_size)
+    now = utcnow()
+    f = ArchiveFile(id=sealed.file_id, project_id=project_id, uploader_id=uploader_id, path=path[:1024],
+                    state=READY, upload_size=len(sealed.header) + sealed.body_size, header=sealed.header,
+                    header_key=sealed.header_key, body_key=sealed.body_key, body_size=sealed.body_size,
+                    body_sha256=sealed.body_sha256, plaintext_size=sealed.plaintext_size,
+                    plaintext_sha256=sealed.plaintext_sha256, plaintext_md5=sealed.plaintext_md5,
+                    ingested_at=now)
+    session.add(f)
+    return f
+
+
+def delete_unpublished_file(session: Session, storage: Storage, file_id: str) -> None:
+    """Remove a file no dataset version holds (e.g. a discarded quarantined import)."""
+    f = session.get(ArchiveFile, file_id)
+    if f is None:
+        return
+    if session.scalar(select(DatasetFile.file_id).where(DatasetFile.file_id == file_id).limit(1)):
+        raise Conflict("the file is part of a dataset version and stays")
+    if f.body_key:
+        storage.delete(f.body_key)
+    if f.state == READY and f.body_size:
+        quota.free(session, f.project_id, f.body_size)
+    session.delete(f)
+
+
+def publish_version(session: Session, actor: Actor, dataset: Dataset, file_ids: list[str], *,
+                    note: str) -> DatasetVersion:
+    """A new released version: the latest version's files plus ``file_ids`` (used by imports, which
+    publish what passed verification without a person in the loop)."""
+    latest = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+                            .order_by(DatasetVersion.number.desc()).limit(1))
+    if latest is not None and latest.state == "draft" and latest.file_count == 0:
+        version = latest  # the empty first version a new dataset starts with
+    else:
+        version = DatasetVersion(dataset_id=dataset.id, number=(latest.number + 1) if latest else 1,
+                                 state="draft", file_count=latest.file_count if latest else 0,
+                                 total_bytes=latest.total_bytes if latest else 0)
+        session.add(version)
+        session.flush()
+        if latest is not None:
+            session.execute(insert(DatasetFile).from_select(
+                ["version_id", "file_id"],
+                select(func.cast(version.id, DatasetFile.version_id.type), DatasetFile.file_id)
+                .where(DatasetFile.version_id == latest.id)))
+    for start in range(0, len(file_ids), 2000):  # bounded IN lists
+        _add_files(session, version, _ready_files(session, dataset.project_id, file_ids[start:start + 2000]))
+    version.state, version.released_at, version.note = "released", utcnow(), note
+    audit.record(session, actor, "archive.dataset.released", project_id=dataset.project_id,
+                 target=f"dataset:{dataset.id}",
+                 details={"version": version.number, "files": version.file_count, "added": len(file_ids)})
+    return version

@@ -41,6 +41,8 @@ class CatalogEntry(CreatedMixin, Base):
     subjects: Mapped[int | None] = mapped_column(Big)
     studies: Mapped[int | None] = mapped_column(Big)
     series: Mapped[int | None] = mapped_column(Big)
+    instances: Mapped[int | None] = mapped_column(Big)  # DICOM instances (measured by the import)
+    manufacturers: Mapped[list[str]] = mapped_column(JSON, default=list)  # scanner makers (from the import)
     annotations: Mapped[int | None] = mapped_column(Big)
     size_bytes: Mapped[int | None] = mapped_column(Big)  # None → the released version's size
     time_start: Mapped[dt.date | None]

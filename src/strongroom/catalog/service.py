@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -298,11 +298,38 @@ def save_entry(session: Session, principal: Principal, dataset_id: str, data: En
             raise Invalid("a published entry must stay complete; missing: " + "; ".join(missing))
     entry.updated_at = utcnow()
     session.flush()
+    if created:
+        for provider in INDEX_PROVIDERS:  # e.g. imaging: counts of what was imported so far
+            provider(session, entry)
     _reindex(session, entry)
     audit.record(session, principal.actor, "catalog.entry.created" if created else "catalog.entry.updated",
                  project_id=access.project.id, target=f"dataset:{ds.id}",
                  details={"slug": entry.slug, "fields": changed})
     return entry
+
+
+# Capabilities that know facts about a dataset's content fill them into a new entry (see ``apply_index``).
+INDEX_PROVIDERS: list[Callable[[Session, CatalogEntry], None]] = []
+
+
+def apply_index(session: Session, entry: CatalogEntry, *, modalities: Iterable[str] = (),
+                organs: Iterable[str] = (), manufacturers: Iterable[str] = (), subjects: int | None = None,
+                studies: int | None = None, series: int | None = None, instances: int | None = None,
+                size_bytes: int | None = None) -> None:
+    """Facts measured from the data (e.g. by the DICOM import) into an entry: counts are replaced,
+    lists are merged with what the steward wrote. Known modality codes only."""
+    entry.modalities = entry.modalities + [m for m in dict.fromkeys(modalities)
+                                           if m in MODALITIES and m not in entry.modalities]
+    have = {o.lower() for o in entry.organs}
+    entry.organs = entry.organs + [o.lower() for o in dict.fromkeys(organs) if o and o.lower() not in have][:50]
+    entry.manufacturers = sorted(set(entry.manufacturers or []) | {m for m in manufacturers if m})[:50]
+    for name, value in (("subjects", subjects), ("studies", studies), ("series", series),
+                        ("instances", instances), ("size_bytes", size_bytes)):
+        if value is not None:
+            setattr(entry, name, value)
+    entry.updated_at = utcnow()
+    session.flush()
+    _reindex(session, entry)
 
 
 def _require_entry(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset, CatalogEntry,

@@ -10,13 +10,19 @@ RIGHTS: dict[str, str] = {
     "manage-members": "add and remove members and change their roles",
     "manage-settings": "open or close the project's security settings",
     "view-audit": "read the project's audit log",
+    "reidentify": "look up the original identifier behind a pseudonym (fresh MFA, a reason, audited)",
 }
 
+# Re-identification is held by no role, the PI's included: the PI hands it to a named member
+# (a key custodian), so the people analysing the data are not the ones who can re-identify it.
+EXPLICIT_ONLY = ("reidentify",)
+
 # Rights the PI may hand to individual members on top of their role.
-DELEGABLE = ("import", "export", "manage-members", "manage-settings", "view-audit")
+DELEGABLE = ("import", "export", "manage-members", "manage-settings", "view-audit", "reidentify")
 
 BUILTIN_ROLES: dict[str, tuple[str, list[str]]] = {
-    "pi": ("Principal investigator: answers for the project, holds every right", sorted(RIGHTS)),
+    "pi": ("Principal investigator: answers for the project, holds every right but re-identification",
+           sorted(set(RIGHTS) - set(EXPLICIT_ONLY))),
     "steward": ("Data steward: curates and imports the project's data",
                 ["read-data", "write-data", "import", "view-audit"]),
     "member": ("Researcher working on the project's data", ["read-data", "write-data"]),

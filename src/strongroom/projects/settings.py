@@ -36,12 +36,19 @@ class SettingSpec:
     locked: Any  # the default, closed value
     adapter: TypeAdapter[Any]
     item_model: type[BaseModel] | None = None  # for list settings: the shape of one entry
+    edit_page: str | None = None  # structured settings are edited on their capability's page ("{slug}")
 
 
-def _spec(key: str, title: str, description: str, locked: Any, type_: Any) -> SettingSpec:
+def _spec(key: str, title: str, description: str, locked: Any, type_: Any, edit_page: str | None = None
+          ) -> SettingSpec:
     item = getattr(type_, "__args__", (None,))[0]
-    item_model = item if isinstance(item, type) and issubclass(item, BaseModel) else None
-    return SettingSpec(key, title, description, locked, TypeAdapter(type_), item_model)
+    item_model = item if isinstance(item, type) and issubclass(item, BaseModel) and edit_page is None else None
+    return SettingSpec(key, title, description, locked, TypeAdapter(type_), item_model, edit_page)
+
+
+def register(key: str, title: str, description: str, locked: Any, type_: Any, *, edit_page: str) -> None:
+    """Other capabilities add their own locked-by-default settings (edited on their own pages)."""
+    SETTINGS[key] = _spec(key, title, description, locked, type_, edit_page)
 
 
 SETTINGS: dict[str, SettingSpec] = {

@@ -12,7 +12,6 @@ from alembic import op
 
 import strongroom.db
 
-
 revision = "0002a"
 down_revision = "0002"
 branch_labels = None

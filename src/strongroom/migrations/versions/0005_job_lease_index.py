@@ -7,11 +7,7 @@ Create Date: 2026-11-23
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic import op
-
-import strongroom.db
-
 
 revision = "0005"
 down_revision = "0004"

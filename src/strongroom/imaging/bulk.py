@@ -1,0 +1,172 @@
+"""Bulk import: a folder or ZIP of DICOM files through the same pipeline as the DICOM destination
+(de-identify → verify → encrypt into the archive → publish), in parallel worker processes.
+
+Interrupted runs are resumed by running again: instances already imported are recognised by their
+pseudonymized SOP Instance UID and counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from ..archive.backend import storage_for
+from ..errors import Invalid, NotFound
+from ..hub import Hub
+from ..projects.models import Project
+from . import pipeline, service
+
+MAX_MEMBER_BYTES = 8 * 1024**3  # a ZIP member larger than this is refused (zip bombs)
+_SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+
+
+@dataclass
+class ImportReport:
+    batch_id: str
+    received: int = 0
+    archived: int = 0
+    quarantined: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    published_version: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "received": self.received, "archived": self.archived,
+                "quarantined": self.quarantined, "rejected": self.rejected, "duplicates": self.duplicates,
+                "reasons": dict(self.reasons.most_common()), "published_version": self.published_version}
+
+
+@dataclass
+class _Source:
+    name: str  # for people (relative path, or zip:member)
+    path: Path  # a file the worker can read
+    temporary: bool = False
+
+
+def count_sources(path: Path) -> int:
+    if zipfile.is_zipfile(path) and path.is_file():
+        with zipfile.ZipFile(path) as zf:
+            return sum(1 for i in zf.infolist() if not i.is_dir() and Path(i.filename).name not in _SKIP_NAMES)
+    if path.is_file():
+        return 1
+    return sum(1 for p in path.rglob("*") if p.is_file() and p.name not in _SKIP_NAMES)
+
+
+def _sources(path: Path, scratch: Path) -> Iterator[_Source]:
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.is_dir() or Path(info.filename).name in _SKIP_NAMES:
+                    continue
+                name = f"{path.name}:{info.filename}"
+                if info.file_size > MAX_MEMBER_BYTES:
+                    yield _Source(name, Path("/nonexistent/too-large"))
+                    continue
+                target = scratch / f"{uuid.uuid4().hex}.raw"
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                yield _Source(name, target, temporary=True)
+    elif path.is_file():
+        yield _Source(path.name, path)
+    else:
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and p.name not in _SKIP_NAMES:
+                yield _Source(str(p.relative_to(path)), p)
+
+
+@contextmanager
+def _scratch(hub: Hub) -> Iterator[Path]:
+    base = hub.settings.imaging.spool_dir or hub.settings.var_dir / "dicom-spool"
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = Path(tempfile.mkdtemp(prefix="bulk-", dir=base))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def project_by_slug(hub: Hub, slug: str) -> uuid.UUID:
+    with hub.sessions() as session:
+        project_id = session.scalar(select(Project.id).where(Project.slug == slug))
+    if project_id is None:
+        raise NotFound(f"no project {slug!r}")
+    return project_id
+
+
+def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0, publish: bool = True,
+               progress: Callable[[int, str], None] | None = None) -> ImportReport:
+    """Import every file under ``path`` (a folder, a ZIP or one file). ``progress(n, outcome)`` is
+    called as files finish."""
+    if not path.exists():
+        raise Invalid(f"{path} does not exist")
+    ctx = service.load_context(hub, project_id)
+    storage = storage_for(hub)
+    report = ImportReport(service.open_batch(hub, project_id, source="bulk", origin=str(path)))
+    n = workers or hub.settings.imaging.workers or os.cpu_count() or 1
+    pending: list[service.Processed] = []
+
+    def flush() -> None:
+        outcomes = service.archive_processed(hub, storage, ctx, pending)
+        for item, outcome in zip(pending, outcomes, strict=True):
+            Path(item.out_path).unlink(missing_ok=True)
+            counter = "duplicates" if outcome == "duplicate" else outcome
+            setattr(report, counter, getattr(report, counter) + 1)
+            if outcome == "quarantined":
+                report.reasons.update(item.summary["reasons"])
+            if progress:
+                progress(1, outcome)
+        pending.clear()
+
+    with _scratch(hub) as scratch, ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        in_flight: dict[Future[dict[str, Any]], tuple[_Source, Path]] = {}
+
+        def collect(block: bool) -> None:
+            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED, timeout=None if block else 0)
+            for fut in done:
+                source, out = in_flight.pop(fut)
+                if source.temporary:
+                    source.path.unlink(missing_ok=True)
+                report.received += 1
+                try:
+                    result = fut.result()
+                except Exception as exc:  # a worker crashed on this file
+                    result = {"error": f"processing failed: {type(exc).__name__}"}
+                if "error" in result:
+                    out.unlink(missing_ok=True)
+                    report.rejected += 1
+                    report.reasons[result["error"][:120]] += 1
+                    service.record_rejected(hub, report.batch_id, f"{source.name}: {result['error']}"[:200])
+                    if progress:
+                        progress(1, "rejected")
+                    continue
+                pending.append(service.Processed(report.batch_id, str(out), result, source.name))
+                if len(pending) >= 64:
+                    flush()
+
+        for source in _sources(path, scratch):
+            out = scratch / f"{uuid.uuid4().hex}.dcm"
+            in_flight[pool.submit(pipeline.process_file, str(source.path), str(out), ctx.profile, ctx.secret)] = (
+                source, out)
+            while len(in_flight) >= 2 * n:
+                collect(block=True)
+        while in_flight:
+            collect(block=True)
+        flush()
+    service.close_batch(hub, report.batch_id)
+    if publish:
+        report.published_version = service.publish_pending(hub, project_id)
+    return report

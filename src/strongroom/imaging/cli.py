@@ -1,0 +1,113 @@
+"""``strongroom dicom serve`` (the project DICOM destinations) and ``strongroom import dicom`` (bulk)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+dicom_app = typer.Typer(help="The DICOM destination: receive images from the scanners each project allows.",
+                        no_args_is_help=True)
+import_app = typer.Typer(help="Import data in bulk on the hub host.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+@dicom_app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default: imaging.dicom_host).")] = None,
+    workers: Annotated[int, typer.Option(help="De-identification processes (0: one per CPU).")] = 0,
+) -> None:
+    """Run every project's DICOM destination (AE title + port from the project's settings).
+
+    Only senders listed in the project's allowed DICOM senders (calling AE title and address) may
+    store; received images are de-identified with the project's profile, verified, encrypted into the
+    archive and published as a new version of the project's import dataset once the senders go quiet.
+    Destinations follow settings changes within a few seconds. Stop with Ctrl-C or SIGTERM: what was
+    acknowledged is finished on the next start if it could not be finished now.
+    """
+    from ..config import get_settings
+    from ..hub import Hub
+    from ..migrate import upgrade
+    from .scp import DicomService
+
+    settings = get_settings()
+    upgrade(settings.effective_database_url)
+    hub = Hub.from_settings(settings)
+    from ..archive.keys import ensure_key
+
+    ensure_key(hub)
+    service = DicomService(hub, workers=workers or None, host=host)
+    signal.signal(signal.SIGTERM, lambda *_: service.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: service.stopping.set())
+    err.print(f"[bold]DICOM destinations[/] on {service.host}: following project settings "
+              f"(every {settings.imaging.refresh_seconds:g} s)")
+    service.serve_forever()
+
+
+@import_app.command("dicom")
+def import_dicom(
+    path: Annotated[Path, typer.Argument(help="A folder (searched recursively), a ZIP file or one DICOM file.",
+                                         exists=True)],
+    project: Annotated[str, typer.Option("--project", "-p", help="The project's slug.")],
+    workers: Annotated[int, typer.Option(help="Worker processes (0: one per CPU).")] = 0,
+    publish: Annotated[bool, typer.Option("--publish/--no-publish",
+                                          help="Publish what passed as a new dataset version.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """De-identify, verify, encrypt and archive DICOM files into a project, with the project's profile.
+
+    Objects the risk check or the leak scan cannot clear go to the project's quarantine for review;
+    files that are not processable DICOM are rejected with a reason. Run again to resume an interrupted
+    import: what is already in the project is recognised and skipped.
+    """
+    from ..config import get_settings
+    from ..errors import DomainError
+    from ..hub import Hub
+    from .bulk import count_sources, project_by_slug, run_import
+
+    hub = Hub.from_settings(get_settings())
+    try:
+        project_id = project_by_slug(hub, project)
+    except DomainError as exc:
+        err.print(f"[red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from None
+    total = count_sources(path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[summary]}"), TimeRemainingColumn(), console=err,
+                  disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task(f"importing {path.name}", total=total, summary="")
+        tally: dict[str, int] = {}
+
+        def progress(n: int, outcome: str) -> None:
+            tally[outcome] = tally.get(outcome, 0) + n
+            bar.update(task, advance=n, summary=" ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+
+        try:
+            report = run_import(hub, project_id, path, workers=workers, publish=publish, progress=progress)
+        except DomainError as exc:
+            err.print(f"[red]error:[/] {exc.detail}")
+            raise typer.Exit(2) from None
+    data = report.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        table = Table(title=f"import {report.batch_id} into {project}", show_header=False)
+        for key in ("received", "archived", "quarantined", "rejected", "duplicates"):
+            table.add_row(key, f"{data[key]:,}")
+        table.add_row("published version", str(data["published_version"] or "—"))
+        console.print(table)
+        if data["reasons"]:
+            reasons = Table("reason", "files", title="quarantined or rejected, by reason")
+            for reason, count in data["reasons"].items():
+                reasons.add_row(reason, f"{count:,}")
+            console.print(reasons)
+    if report.rejected:
+        raise typer.Exit(1)

@@ -1,0 +1,99 @@
+"""Imaging tables: a project's pseudonymization key and import dataset, the pseudonym key store,
+import batches and the instances they brought (archived, quarantined, published).
+
+The key store rows hold original identifiers sealed with a key that lives outside the database
+(see ``keystore.py``); nothing else here holds an original value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..archive.models import Big
+from ..db import Base, CreatedMixin, utcnow
+from . import settings as _settings  # noqa: F401 - registers the imaging project settings
+
+# Instance states. Archived instances wait for the next published version; quarantined ones for review.
+ARCHIVED, QUARANTINED, PUBLISHED, DISCARDED = "archived", "quarantined", "published", "discarded"
+
+
+class ImagingProject(CreatedMixin, Base):
+    """Per project: the sealed pseudonymization secret and the dataset imports are published into."""
+
+    __tablename__ = "imaging_projects"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"),
+                                                  primary_key=True)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)  # AES-GCM under the key-store key
+    key_fingerprint: Mapped[str] = mapped_column(String(32))  # identifies the secret, reveals nothing
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
+
+
+class PseudonymEntry(CreatedMixin, Base):
+    """One pseudonym → its original, sealed. Looked up only by re-identification (audited)."""
+
+    __tablename__ = "imaging_pseudonyms"
+    __table_args__ = (UniqueConstraint("project_id", "kind", "pseudonym", name="uq_imaging_pseudonyms"),)
+
+    id: Mapped[int] = mapped_column(Big, primary_key=True, autoincrement=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))  # PatientID | StudyInstanceUID | SOPInstanceUID
+    pseudonym: Mapped[str] = mapped_column(String(128))
+    sealed_original: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ImportBatch(CreatedMixin, Base):
+    """One association from a sender, or one bulk import run."""
+
+    __tablename__ = "imaging_batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # SRI-…
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    source: Mapped[str] = mapped_column(String(12))  # dicom | bulk
+    origin: Mapped[str] = mapped_column(String(300))  # "CT_SCANNER_1 from 10.0.0.5", or the import path
+    state: Mapped[str] = mapped_column(String(12), default="open")  # open | closed
+    received: Mapped[int] = mapped_column(Big, default=0)
+    archived: Mapped[int] = mapped_column(Big, default=0)
+    quarantined: Mapped[int] = mapped_column(Big, default=0)
+    rejected: Mapped[int] = mapped_column(Big, default=0)
+    duplicates: Mapped[int] = mapped_column(Big, default=0)
+    bytes_received: Mapped[int] = mapped_column(Big, default=0)
+    reasons: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)  # reason → how many
+    closed_at: Mapped[dt.datetime | None]
+
+
+class ImportedInstance(Base):
+    """A de-identified instance in the archive. Every identifier here is a pseudonym."""
+
+    __tablename__ = "imaging_instances"
+    __table_args__ = (
+        UniqueConstraint("project_id", "sop_instance_uid", name="uq_imaging_instances_sop"),
+        Index("ix_imaging_instances_state", "project_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Big, primary_key=True, autoincrement=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("imaging_batches.id"), index=True)
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("archive_files.id"))
+    state: Mapped[str] = mapped_column(String(12))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    patient_pseudonym: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")  # as written in the output (shifted)
+    size: Mapped[int] = mapped_column(Big, default=0)  # de-identified bytes
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)  # why it was quarantined
+    action_count: Mapped[int] = mapped_column(default=0)
+    published_version: Mapped[int | None]
+    reviewed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    reviewed_at: Mapped[dt.datetime | None]
+    review_note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,104 @@
+"""What a worker process does to one received instance: de-identify it, then verify the output against
+the original (leak scan, risk check) and read the few header values the catalogue indexes.
+
+Pure: files in, a file and a plain dict out; no web or database imports, so it runs in a process pool
+(the DICOM destination, the bulk importer) or on its own. The returned ``pseudonym_map`` holds original
+identifiers and is meant only for the sealed key store.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
+from .verify import leak_scan, risk_check
+
+_pseudonymizers: dict[bytes, Pseudonymizer] = {}  # per process: keeps each key's UID cache warm
+
+
+def _pseudonymizer(secret: bytes) -> Pseudonymizer:
+    p = _pseudonymizers.get(secret)
+    if p is None:
+        if len(_pseudonymizers) > 64:
+            _pseudonymizers.clear()
+        p = _pseudonymizers[secret] = Pseudonymizer(secret)
+    return p
+
+
+def _durable(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes, *, fsync: bool = False
+                     ) -> dict[str, Any]:
+    """De-identify ``raw`` into ``out``. Raises ``DeidError`` for what cannot be processed safely."""
+    result = deidentify_file(raw, out, profile, _pseudonymizer(secret))
+    if fsync:
+        _durable(Path(out))
+    return {
+        "sop_instance_uid": result.sop_instance_uid,
+        "study_uid": result.study_instance_uid,
+        "sop_class_uid": result.sop_class_uid,
+        "patient_pseudonym": result.patient_pseudonym,
+        "modality": result.modality,
+        "pixel_cleaned": result.pixel_cleaned,
+        "misses": list(result.misses),
+        "action_count": len(result.action_log),
+        "pseudonym_map": [(kind, original, pseudonym)
+                          for kind, (original, pseudonym) in result.pseudonym_map.items()],
+    }
+
+
+class _Outcome:  # what ``risk_check`` reads from an engine result
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.pixel_cleaned = summary["pixel_cleaned"]
+        self.misses = summary["misses"]
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
+    value = ds.get(keyword, "")
+    return str(value if value is not None else "").strip()[:limit]
+
+
+def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> dict[str, Any]:
+    """Check the output independently of the engine; the reasons (if any) send it to quarantine."""
+    reasons = risk_check(raw, _Outcome(summary))
+    try:
+        leaks = leak_scan(raw, out, profile)
+    except Exception as exc:  # the scanner could not read it: never release unverified output
+        reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
+    else:
+        reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
+    try:
+        ds = pydicom.dcmread(out, stop_before_pixels=True)
+    except Exception as exc:
+        reasons.append(f"the output does not read back: {exc}")
+        ds = pydicom.Dataset()
+    return summary | {
+        "reasons": reasons,
+        "series_uid": _text(ds, "SeriesInstanceUID"),
+        "body_part": _text(ds, "BodyPartExamined").upper(),
+        "manufacturer": _text(ds, "Manufacturer"),
+        "study_date": _text(ds, "StudyDate", 8),
+        "size": os.path.getsize(out),
+    }
+
+
+def process_file(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:
+    """Both stages (the bulk importer). Errors come back as ``{"error": reason}``, not exceptions."""
+    try:
+        summary = deidentify_stage(raw, out, profile, secret)
+    except DeidError as exc:
+        return {"error": f"not processable DICOM: {exc}"}
+    except OSError as exc:
+        return {"error": f"unreadable: {exc.strerror or exc}"}
+    summary["received_size"] = os.path.getsize(raw)
+    return verify_stage(raw, out, profile, summary)

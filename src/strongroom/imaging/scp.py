@@ -1,0 +1,475 @@
+"""The DICOM destination: one pynetdicom Storage SCP per project that has opened ``dicom_destination``.
+
+Deny by default: an association is accepted only from a sender listed in the project's
+``dicom_senders`` setting (calling AE title *and* source address); anyone else is rejected with
+"calling AE title not recognised" (the same answer for both, so a prober learns nothing), and the
+called AE title must be the project's.
+
+A C-STORE is acknowledged only once it is safe: the object streamed to the spool (flat memory), was
+de-identified in the worker pool (a malformed object gets a failure status and the SCP carries on),
+and the de-identified file and its summary are on disk (fsync). Verification (leak scan, risk check),
+encryption into the archive and the database rows follow asynchronously in the archiver thread, in
+groups; a crash anywhere leaves spool files that the next start picks up, so nothing acknowledged is
+lost. Quiet projects get their verified instances published as a new dataset version.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from ..archive.backend import storage_for
+from ..audit import service as audit
+from ..db import transaction
+from ..hub import Hub
+from ..projects import service as projects
+from ..projects.models import Project, ProjectSetting
+from ..projects.settings import DicomSender
+from . import keystore, pipeline, service
+from .deid import DeidError
+from .models import ImportBatch
+from .settings import DicomDestination
+
+log = structlog.get_logger("strongroom.dicom")
+
+# C-STORE statuses (PS3.4 B.2.3)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+_NOBODY = "<no sender allowed from here>"  # longer than any AE title: matches no caller
+
+
+def _senders_allow(senders: list[DicomSender], ip: str) -> list[str]:
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return []
+    out = []
+    for s in senders:
+        try:
+            if addr in ipaddress.ip_network(s.address, strict=False):
+                out.append(s.ae_title.strip())
+        except ValueError:
+            continue
+    return out
+
+
+class _ProjectAE(AE):
+    """An AE whose accepted calling AE titles depend on who is connecting (the association's thread)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.senders: list[DicomSender] = []
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        assoc = threading.current_thread()
+        ip = assoc.requestor.address if isinstance(assoc, Association) else ""
+        return _senders_allow(self.senders, ip) or [_NOBODY]
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, value: list[str]) -> None:  # the base class sets [] at start
+        pass
+
+
+@dataclass
+class _Destination:
+    project_id: uuid.UUID
+    slug: str
+    config: DicomDestination
+    ae: _ProjectAE
+    server: Any
+    ctx: service.ImportContext
+    free_bytes: int = 1 << 62
+    last_activity: float = 0.0
+    dirty: bool = False  # archived instances wait for publishing
+    open_associations: int = 0
+
+
+@dataclass
+class _Item:
+    dest: _Destination
+    batch_id: str
+    stem: Path  # spool path without suffix: .raw (original), .dcm (de-identified), .json (summary)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Close:
+    dest: _Destination
+    batch_id: str
+
+
+class DicomService:
+    """Every project destination of this hub, the worker pool and the archiver."""
+
+    def __init__(self, hub: Hub, *, workers: int | None = None, host: str | None = None) -> None:
+        self.hub = hub
+        self.cfg = hub.settings.imaging
+        self.host = host or self.cfg.dicom_host
+        self.spool = self.cfg.spool_dir or hub.settings.var_dir / "dicom-spool"
+        (self.spool / "incoming").mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.spool, 0o700)
+        self.storage = storage_for(hub)
+        self.seal_key = keystore.keystore_key(hub.settings)
+        n = workers or self.cfg.workers or os.cpu_count() or 1
+        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"))
+        self.destinations: dict[uuid.UUID, _Destination] = {}
+        self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
+        self.batches: dict[int, str] = {}  # id(association) → batch id
+        self.lock = threading.Lock()
+        self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
+        self.stopping = threading.Event()
+        self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
+        # pynetdicom streams each received data set into a temporary file: keep those in the spool
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool / "incoming")
+        for name in ("pynetdicom", "pynetdicom.events", "pynetdicom.assoc", "pynetdicom.dul", "pynetdicom.acse"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._recover()
+        self.archiver.start()
+        self.refresh()
+
+    def serve_forever(self) -> None:
+        self.start()
+        try:
+            while not self.stopping.wait(self.cfg.refresh_seconds):
+                self.refresh()
+                self.publish_quiet()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for dest in list(self.destinations.values()):
+            self._stop_destination(dest)
+        self.queue.put(None)
+        if self.archiver.is_alive():
+            self.archiver.join(timeout=60)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- configuration --------------------------------------------------------------------------
+    def _wanted(self) -> dict[uuid.UUID, tuple[str, DicomDestination, list[DicomSender], int]]:
+        with self.hub.sessions() as session:
+            rows = session.execute(select(ProjectSetting.project_id, ProjectSetting.value, Project.slug,
+                                          Project.quota_bytes - Project.used_bytes - Project.reserved_bytes)
+                                   .join(Project, Project.id == ProjectSetting.project_id)
+                                   .where(ProjectSetting.key == "dicom_destination",
+                                          Project.status == "active"))
+            wanted = {}
+            for project_id, value, slug, free in rows:
+                if not value:
+                    continue
+                senders = [DicomSender.model_validate(s) for s in
+                           projects.get_setting(session, project_id, "dicom_senders")]
+                wanted[project_id] = (slug, DicomDestination.model_validate(value), senders, int(free or 0))
+        return wanted
+
+    def refresh(self) -> None:
+        """Start, stop or update destinations to match the project settings."""
+        try:
+            wanted = self._wanted()
+        except Exception:
+            log.exception("dicom.refresh_failed")
+            return
+        for project_id, dest in list(self.destinations.items()):
+            w = wanted.get(project_id)
+            if w is None or w[1] != dest.config:
+                self._stop_destination(dest)
+                del self.destinations[project_id]
+        for project_id, (slug, config, senders, free) in wanted.items():
+            dest = self.destinations.get(project_id)
+            if dest is None:
+                try:
+                    dest = self._start_destination(project_id, slug, config)
+                except OSError as exc:
+                    log.error("dicom.destination_failed", project=slug, port=config.port, error=str(exc))
+                    continue
+                self.destinations[project_id] = dest
+            dest.ae.senders = senders
+            dest.free_bytes = free
+            try:  # the profile may have changed: new batches use the new one
+                if not dest.open_associations:
+                    dest.ctx = service.load_context(self.hub, project_id)
+            except Exception:
+                log.exception("dicom.context_failed", project=slug)
+
+    def _start_destination(self, project_id: uuid.UUID, slug: str, config: DicomDestination) -> _Destination:
+        ctx = service.load_context(self.hub, project_id)
+        ae = _ProjectAE(ae_title=config.ae_title)
+        ae.maximum_pdu_size = self.cfg.max_pdu
+        ae.require_called_aet = True
+        ae.maximum_associations = 16
+        ae.network_timeout = 60
+        ae.dimse_timeout = 120
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        dest = _Destination(project_id=project_id, slug=slug, config=config, ae=ae, server=None, ctx=ctx)
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connect),
+            (evt.EVT_ACCEPTED, self._on_accepted, [dest]),
+            (evt.EVT_REJECTED, self._on_rejected, [dest]),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_STORE, self._on_store, [dest]),
+            (evt.EVT_RELEASED, self._on_end, [dest]),
+            (evt.EVT_ABORTED, self._on_end, [dest]),
+        ]
+        dest.server = ae.start_server((self.host, config.port), block=False, evt_handlers=handlers)
+        log.info("dicom.destination_started", project=slug, ae_title=config.ae_title, port=config.port)
+        return dest
+
+    def _stop_destination(self, dest: _Destination) -> None:
+        try:
+            dest.server.shutdown()
+        except Exception:
+            log.exception("dicom.stop_failed", project=dest.slug)
+        log.info("dicom.destination_stopped", project=dest.slug)
+
+    # -- association events ---------------------------------------------------------------------
+    @staticmethod
+    def _on_connect(event: evt.Event) -> None:
+        # Nagle + delayed ACK stall every small C-STORE response by ~40 ms
+        sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_accepted(self, event: evt.Event, dest: _Destination) -> None:
+        assoc = event.assoc
+        origin = f"{assoc.requestor.ae_title.strip()} from {assoc.requestor.address}"
+        batch_id = service.open_batch(self.hub, dest.project_id, source="dicom", origin=origin)
+        with self.lock:
+            self.batches[id(assoc)] = batch_id
+            dest.open_associations += 1
+            dest.last_activity = time.monotonic()
+
+    def _on_rejected(self, event: evt.Event, dest: _Destination) -> None:
+        assoc = event.assoc
+        caller = (assoc.requestor.ae_title or "").strip()[:16]
+        log.warning("dicom.association_rejected", project=dest.slug, calling_ae=caller,
+                    address=assoc.requestor.address)
+        with transaction(self.hub.sessions) as session:
+            audit.record(session, service.IMPORT_ACTOR, "imaging.association.rejected", outcome="denied",
+                         project_id=dest.project_id, target=f"dicom:{dest.config.ae_title}",
+                         details={"calling_ae": caller, "address": assoc.requestor.address,
+                                  "called_ae": (assoc.acceptor.ae_title or "").strip()[:16]})
+
+    def _on_end(self, event: evt.Event, dest: _Destination) -> None:
+        with self.lock:
+            batch_id = self.batches.pop(id(event.assoc), None)
+            if batch_id is None:
+                return
+            dest.open_associations -= 1
+            dest.last_activity = time.monotonic()
+        self.queue.put(_Close(dest, batch_id))
+
+    def _on_store(self, event: evt.Event, dest: _Destination) -> Dataset | int:
+        batch_id = self.batches.get(id(event.assoc))
+        tmp = Path(event.dataset_path)
+        if batch_id is None:  # cannot happen after EVT_ACCEPTED; refuse rather than guess
+            tmp.unlink(missing_ok=True)
+            return OUT_OF_RESOURCES
+        size = tmp.stat().st_size
+        if size * 2 > dest.free_bytes:
+            tmp.unlink(missing_ok=True)
+            service.record_rejected(self.hub, batch_id, "the project's storage quota is full", nbytes=size)
+            return _status(OUT_OF_RESOURCES, "storage quota exhausted")
+        folder = self.spool / str(dest.project_id) / batch_id
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / uuid.uuid4().hex
+        raw = stem.with_suffix(".raw")
+        os.replace(tmp, raw)
+        ctx = dest.ctx
+        try:
+            summary = self.pool.submit(pipeline.deidentify_stage, str(raw), str(stem.with_suffix(".dcm")),
+                                       ctx.profile, ctx.secret, fsync=self.cfg.fsync).result()
+        except DeidError as exc:
+            raw.unlink(missing_ok=True)
+            service.record_rejected(self.hub, batch_id, f"not processable DICOM: {exc}", nbytes=size)
+            log.info("dicom.store_refused", project=dest.slug, reason=str(exc))
+            return _status(CANNOT_UNDERSTAND, f"refused: {exc}")
+        except Exception as exc:  # a worker died, the disk is full…: the sender may retry
+            raw.unlink(missing_ok=True)
+            stem.with_suffix(".dcm").unlink(missing_ok=True)
+            log.exception("dicom.store_failed", project=dest.slug)
+            return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {type(exc).__name__}")
+        summary["received_size"] = size
+        self._write_sidecar(stem, batch_id, summary)
+        dest.free_bytes -= size
+        dest.last_activity = time.monotonic()
+        self.queue.put(_Item(dest, batch_id, stem, summary))
+        return SUCCESS
+
+    # -- spool ----------------------------------------------------------------------------------
+    def _write_sidecar(self, stem: Path, batch_id: str, summary: dict[str, Any]) -> None:
+        """The summary beside the de-identified file. Original identifiers (the pseudonym map) are
+        sealed under the key-store key; the rest holds only pseudonyms. Renamed into place last:
+        a ``.json`` means the object was acknowledged."""
+        context = f"strongroom/spool|{batch_id}|{stem.name}".encode()
+        sealed = keystore.seal(self.seal_key, json.dumps(summary.pop("pseudonym_map")).encode(), context)
+        body = json.dumps(summary | {"batch_id": batch_id,
+                                     "sealed_map": base64.b64encode(sealed).decode()}).encode()
+        tmp = stem.with_suffix(".json.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+            if self.cfg.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if self.cfg.fsync:
+            pipeline._durable(stem.with_suffix(".raw"))
+        os.replace(tmp, stem.with_suffix(".json"))
+        if self.cfg.fsync:
+            fd = os.open(stem.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _read_sidecar(self, stem: Path) -> dict[str, Any]:
+        summary = json.loads(stem.with_suffix(".json").read_bytes())
+        context = f"strongroom/spool|{summary['batch_id']}|{stem.name}".encode()
+        sealed = base64.b64decode(summary.pop("sealed_map"))
+        summary["pseudonym_map"] = json.loads(keystore.unseal(self.seal_key, sealed, context))
+        return summary
+
+    def _recover(self) -> None:
+        """After a crash: re-queue what was acknowledged (has a ``.json``), drop the rest (the sender
+        got no success for it and will resend), close batches whose association is gone."""
+        for leftover in (self.spool / "incoming").iterdir():
+            leftover.unlink(missing_ok=True)
+        with self.hub.sessions() as session:
+            open_batches = {b.id: b.project_id for b in session.scalars(
+                select(ImportBatch).where(ImportBatch.state == "open", ImportBatch.source == "dicom"))}
+        contexts: dict[uuid.UUID, _Destination] = {}
+        recovered = 0
+        for project_dir in sorted(p for p in self.spool.iterdir() if p.is_dir() and p.name != "incoming"):
+            try:
+                project_id = uuid.UUID(project_dir.name)
+            except ValueError:
+                continue
+            for batch_dir in sorted(p for p in project_dir.iterdir() if p.is_dir()):
+                for path in sorted(batch_dir.iterdir()):
+                    if path.suffix in (".raw", ".dcm", ".tmp") and not path.with_suffix(".json").exists():
+                        path.unlink(missing_ok=True)
+                for sidecar in sorted(batch_dir.glob("*.json")):
+                    stem = sidecar.with_suffix("")
+                    if project_id not in contexts:
+                        contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
+                                                            service.load_context(self.hub, project_id))
+                    self.queue.put(_Item(contexts[project_id], batch_dir.name, stem, self._read_sidecar(stem)))
+                    recovered += 1
+                open_batches.pop(batch_dir.name, None)
+                if project_id in contexts:
+                    self.queue.put(_Close(contexts[project_id], batch_dir.name))
+                else:
+                    service.close_batch(self.hub, batch_dir.name)
+                    if not any(batch_dir.iterdir()):
+                        batch_dir.rmdir()
+        for batch_id in open_batches:  # interrupted associations with nothing left to archive
+            service.close_batch(self.hub, batch_id)
+        if recovered:
+            log.warning("dicom.recovered", instances=recovered)
+        for project_id in contexts:
+            self._pending_publish.add(project_id)
+
+    # -- archiver -------------------------------------------------------------------------------
+    def _archive_loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is None:
+                return
+            group: list[_Item | _Close] = [first]
+            deadline = time.monotonic() + 0.05
+            while len(group) < 64:  # one transaction for everything that arrived within 50 ms
+                try:
+                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.queue.put(None)
+                    break
+                group.append(nxt)
+            try:
+                self._archive_group(group)
+            except Exception:
+                log.exception("dicom.archive_failed")  # files stay in the spool; retried on next start
+                time.sleep(1)
+
+    def _archive_group(self, group: list[_Item | _Close]) -> None:
+        items = [g for g in group if isinstance(g, _Item)]
+        futures: list[Future[dict[str, Any]]] = [
+            self.pool.submit(pipeline.verify_stage, str(i.stem.with_suffix(".raw")),
+                             str(i.stem.with_suffix(".dcm")), i.dest.ctx.profile, i.summary)
+            for i in items]
+        by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
+        for item, fut in zip(items, futures, strict=True):
+            try:
+                summary = fut.result()
+            except Exception as exc:  # never release what could not be verified
+                summary = item.summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
+                                          "size": item.stem.with_suffix(".dcm").stat().st_size}
+            by_project.setdefault(item.dest.project_id, []).append(
+                (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary)))
+        for project_id, pairs in by_project.items():
+            ctx = pairs[0][0].dest.ctx
+            service.archive_processed(self.hub, self.storage, ctx, [p for _, p in pairs])
+            for item, _ in pairs:
+                for suffix in (".raw", ".dcm", ".json"):
+                    item.stem.with_suffix(suffix).unlink(missing_ok=True)
+            self._pending_publish.add(project_id)
+        for close in (g for g in group if isinstance(g, _Close)):
+            service.close_batch(self.hub, close.batch_id)
+            folder = self.spool / str(close.dest.project_id) / close.batch_id
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def publish_quiet(self) -> None:
+        """Publish projects whose imports have been quiet for ``publish_idle_seconds``."""
+        now = time.monotonic()
+        for project_id in list(self._pending_publish):
+            dest = self.destinations.get(project_id)
+            busy = dest is not None and (dest.open_associations
+                                         or now - dest.last_activity < self.cfg.publish_idle_seconds)
+            if busy or not self.queue.empty():
+                continue
+            self._pending_publish.discard(project_id)
+            try:
+                version = service.publish_pending(self.hub, project_id)
+            except Exception:
+                log.exception("dicom.publish_failed", project=str(project_id))
+                self._pending_publish.add(project_id)
+                continue
+            if version:
+                log.info("dicom.published", project=str(project_id), version=version)
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]
+    return ds

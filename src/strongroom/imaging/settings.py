@@ -1,0 +1,94 @@
+"""The imaging capability's project settings: the DICOM destination and the de-identification profile.
+
+Both are locked by default (no destination; the Basic Profile with no option), registered in the
+project settings registry so every change needs fresh MFA and is audited with before/after values.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..projects.settings import register
+from .deid import DeidProfile, PixelRule
+
+AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash; 1-16 characters
+
+
+class DicomDestination(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ae_title: str = Field(pattern=AE_TITLE, description="the AE title senders call (e.g. PROJ_AE)")
+    port: int = Field(ge=1024, le=65535, description="TCP port of the project's destination")
+
+    @model_validator(mode="after")
+    def _strip(self) -> DicomDestination:
+        self.ae_title = self.ae_title.strip()
+        if not self.ae_title:
+            raise ValueError("the AE title is blank")
+        return self
+
+
+class PixelRuleSetting(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+    rectangles: list[tuple[int, int, int, int]] = Field(min_length=1, max_length=32)
+    manufacturer: str = Field("", max_length=200)
+    model: str = Field("", max_length=200)
+    modality: str = Field("", max_length=50)
+    rows: int = Field(0, ge=0, le=65535)
+    columns: int = Field(0, ge=0, le=65535)
+
+
+class DeidProfileSetting(BaseModel):
+    """PS3.15 Annex E options a project selects on top of the Basic Application Confidentiality Profile."""
+
+    model_config = ConfigDict(extra="forbid")
+    retain_longitudinal: str = Field("remove", pattern="^(remove|modified|full)$",
+                                     description="dates: remove (Basic), modified (shifted per patient), full")
+    retain_patient_characteristics: bool = False
+    retain_device_identity: bool = False
+    retain_institution_identity: bool = False
+    retain_uids: bool = False
+    retain_safe_private: bool = False
+    clean_descriptors: bool = False
+    clean_structured_content: bool = False
+    clean_graphics: bool = False
+    pixel_rules: list[PixelRuleSetting] = Field(default_factory=list, max_length=100)
+
+    @model_validator(mode="after")
+    def _rules_compile(self) -> DeidProfileSetting:
+        to_engine(self)  # raises ValueError on a bad regular expression or rectangle
+        return self
+
+
+OPTION_FLAGS = ("retain_patient_characteristics", "retain_device_identity", "retain_institution_identity",
+                "retain_uids", "retain_safe_private", "clean_descriptors", "clean_structured_content",
+                "clean_graphics")
+
+
+def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:
+    """The engine's profile for a stored setting value."""
+    import re
+
+    s = setting if isinstance(setting, DeidProfileSetting) else DeidProfileSetting.model_validate(setting)
+    rules = []
+    for r in s.pixel_rules:
+        for pattern in (r.manufacturer, r.model, r.modality):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pixel rule {r.name!r}: bad pattern {pattern!r}: {exc}") from None
+        rules.append(PixelRule(name=r.name, rectangles=tuple(r.rectangles), manufacturer=r.manufacturer,
+                               model=r.model, modality=r.modality, rows=r.rows, columns=r.columns))
+    return DeidProfile(retain_longitudinal_full=s.retain_longitudinal == "full",
+                       retain_longitudinal_modified_dates=s.retain_longitudinal == "modified",
+                       pixel_rules=tuple(rules), **{flag: getattr(s, flag) for flag in OPTION_FLAGS})
+
+
+BASIC_PROFILE = DeidProfileSetting().model_dump(mode="json")
+
+register("dicom_destination", "DICOM destination",
+         "The project's own DICOM destination (AE title and port). Only the allowed DICOM senders may store.",
+         None, DicomDestination | None, edit_page="/projects/{slug}/imaging#destination")
+register("deid_profile", "De-identification profile",
+         "The PS3.15 options applied to everything imported. Locked: the Basic Profile, dates removed.",
+         BASIC_PROFILE, DeidProfileSetting, edit_page="/projects/{slug}/imaging#profile")

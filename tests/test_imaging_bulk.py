@@ -1,0 +1,143 @@
+"""Bulk import (`strongroom import dicom`): the de-identification pipeline end to end into the archive,
+quarantine, rejection, resumption, the sealed key store and the catalogue facts."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
+from strongroom.archive.models import Dataset, DatasetVersion
+from strongroom.db import transaction
+from strongroom.imaging import bulk, keystore
+from strongroom.imaging.models import ImagingProject, ImportBatch, PseudonymEntry
+from strongroom.imaging.settings import to_engine
+from strongroom.imaging.verify import leak_scan
+
+MODIFIED = {"retain_longitudinal": "modified"}
+
+
+@pytest.fixture
+def lung(hub, people):  # noqa: ANN001, ANN201
+    people("alice")
+    make_project(hub, profile=MODIFIED)
+    return bulk.project_by_slug(hub, "lung")
+
+
+def test_bulk_import_archives_quarantines_rejects_and_publishes(hub, lung, tmp_path: Path) -> None:  # noqa: ANN001
+    originals = write_corpus(tmp_path / "in")
+    (tmp_path / "in" / "us.dcm").write_bytes(ultrasound())
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM at all")
+    (tmp_path / "in" / "cut.dcm").write_bytes(next(iter(originals.values()))[:3000])  # truncated
+
+    report = bulk.run_import(hub, lung, tmp_path / "in", workers=2)
+
+    assert (report.received, report.archived, report.quarantined, report.rejected) == (15, 12, 1, 2)
+    assert report.published_version == 1
+    assert any("ultrasound" in r for r in report.reasons)
+    with hub.sessions() as s:
+        batch = s.get(ImportBatch, report.batch_id)
+        assert (batch.state, batch.received, batch.archived, batch.quarantined, batch.rejected) == (
+            "closed", 15, 12, 1, 2)
+        ds_id = s.get(ImagingProject, lung).dataset_id
+        version = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds_id))
+        assert (version.state, version.file_count) == ("released", 12)
+        assert s.get(Dataset, ds_id).title == "Lung: imaging imports"
+
+    profile = to_engine(MODIFIED)
+    published = instances(hub, "published")
+    assert len(published) == 12
+    outputs = {}
+    for inst in published:
+        out = archived_bytes(hub, inst.file_id)  # encrypted at rest; decrypted as a download would be
+        outputs[inst.sop_instance_uid] = out
+        assert out[128:132] == b"DICM"
+    for data in originals.values():
+        assert all(pydicom.dcmread(io.BytesIO(data)).PatientID.encode() not in o for o in outputs.values())
+    for inst in published:
+        out = outputs[inst.sop_instance_uid]
+        ds = pydicom.dcmread(io.BytesIO(out))
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.PatientID == inst.patient_pseudonym
+    for data in originals.values():  # every output passes the independent leak scan against its original
+        sop = keystore_pseudonym(hub, lung, "SOPInstanceUID", pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)
+        assert leak_scan(data, outputs[sop], profile) == []
+
+    # the same patient has one pseudonym; intervals between a patient's studies survive the date shift
+    per_patient: dict[str, set[str]] = {}
+    for data in originals.values():
+        original = pydicom.dcmread(io.BytesIO(data))
+        per_patient.setdefault(original.PatientID, set()).add(
+            keystore_pseudonym(hub, lung, "PatientID", original.PatientID))
+    assert all(len(p) == 1 for p in per_patient.values())
+    assert len({next(iter(p)) for p in per_patient.values()}) == 2
+    dates = {}
+    for inst in published:
+        dates.setdefault(inst.patient_pseudonym, set()).add(inst.study_date)
+    for study_dates in dates.values():
+        a, b = sorted(study_dates)
+        from datetime import date
+        assert (date(int(b[:4]), int(b[4:6]), int(b[6:])) - date(int(a[:4]), int(a[4:6]), int(a[6:]))).days == 37
+
+    # the key store holds originals sealed, never in clear
+    with hub.sessions() as s:
+        rows = list(s.scalars(select(PseudonymEntry)))
+        assert {r.kind for r in rows} == {"PatientID", "StudyInstanceUID", "SOPInstanceUID"}
+        for data in originals.values():
+            pid = pydicom.dcmread(io.BytesIO(data)).PatientID.encode()
+            assert all(pid not in r.sealed_original for r in rows)
+        sealed_secret = s.get(ImagingProject, lung).sealed_secret
+    with transaction(hub.sessions) as t:
+        assert keystore.project_secret(t, hub.settings, lung) not in sealed_secret
+
+
+def keystore_pseudonym(hub, project_id, kind: str, original: str) -> str:  # noqa: ANN001
+    """Find the pseudonym whose sealed original is ``original`` (what re-identification reverses)."""
+    key = keystore.keystore_key(hub.settings)
+    with hub.sessions() as s:
+        for r in s.scalars(select(PseudonymEntry).where(PseudonymEntry.kind == kind)):
+            if keystore.unseal(key, r.sealed_original, keystore._context(project_id, kind, r.pseudonym)).decode() \
+                    == original:
+                return r.pseudonym
+    raise AssertionError(f"no pseudonym for {kind}")
+
+
+def test_rerun_resumes_and_zip_import(hub, lung, tmp_path: Path) -> None:  # noqa: ANN001
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=4)
+    first = bulk.run_import(hub, lung, tmp_path / "in", workers=1)
+    assert first.archived == 4
+    again = bulk.run_import(hub, lung, tmp_path / "in", workers=1)
+    assert (again.archived, again.duplicates, again.published_version) == (0, 4, None)
+    # a ZIP with more of the same patient, plus a new study: only the new ones are added
+    write_corpus(tmp_path / "more", patients=1, studies=2, instances=4)
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
+        for p in sorted((tmp_path / "more").iterdir()):
+            zf.write(p, f"scans/{p.name}")
+    third = bulk.run_import(hub, lung, tmp_path / "more.zip", workers=2)
+    assert (third.archived, third.duplicates, third.published_version) == (4, 4, 2)
+    assert len(instances(hub, "published")) == 8
+
+
+def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None:  # noqa: ANN001
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
+    (tmp_path / "in" / "junk.dcm").write_bytes(b"\0" * 200)
+    env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"),
+                        "--project", "lung", "--json", "--workers", "1"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1, r.stderr  # a rejected file makes the exit status non-zero
+    report = json.loads(r.stdout)
+    assert (report["received"], report["archived"], report["rejected"]) == (3, 2, 1)
+    assert report["published_version"] == 1
+    r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"),
+                        "--project", "nope"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no project" in r.stderr
