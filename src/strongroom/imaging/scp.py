@@ -260,13 +260,18 @@ class DicomService:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_accepted(self, event: evt.Event, dest: _Destination) -> None:
-        assoc = event.assoc
-        origin = f"{assoc.requestor.ae_title.strip()} from {assoc.requestor.address}"
-        batch_id = service.open_batch(self.hub, dest.project_id, source="dicom", origin=origin)
         with self.lock:
-            self.batches[id(assoc)] = batch_id
             dest.open_associations += 1
             dest.last_activity = time.monotonic()
+
+    def _batch_for(self, assoc: Association, dest: _Destination) -> str:
+        """The association's batch, opened with its first C-STORE (a C-ECHO alone leaves no trace)."""
+        batch_id = self.batches.get(id(assoc))
+        if batch_id is None:
+            origin = f"{assoc.requestor.ae_title.strip()} from {assoc.requestor.address}"
+            batch_id = service.open_batch(self.hub, dest.project_id, source="dicom", origin=origin)
+            self.batches[id(assoc)] = batch_id
+        return batch_id
 
     def _on_rejected(self, event: evt.Event, dest: _Destination) -> None:
         assoc = event.assoc
@@ -282,18 +287,19 @@ class DicomService:
     def _on_end(self, event: evt.Event, dest: _Destination) -> None:
         with self.lock:
             batch_id = self.batches.pop(id(event.assoc), None)
-            if batch_id is None:
-                return
-            dest.open_associations -= 1
+            dest.open_associations = max(0, dest.open_associations - 1)
             dest.last_activity = time.monotonic()
-        self.queue.put(_Close(dest, batch_id))
+        if batch_id is not None:
+            self.queue.put(_Close(dest, batch_id))
 
     def _on_store(self, event: evt.Event, dest: _Destination) -> Dataset | int:
-        batch_id = self.batches.get(id(event.assoc))
         tmp = Path(event.dataset_path)
-        if batch_id is None:  # cannot happen after EVT_ACCEPTED; refuse rather than guess
+        try:
+            batch_id = self._batch_for(event.assoc, dest)
+        except Exception:  # the database is unreachable: the sender may retry later
             tmp.unlink(missing_ok=True)
-            return OUT_OF_RESOURCES
+            log.exception("dicom.batch_failed", project=dest.slug)
+            return _status(OUT_OF_RESOURCES, "temporarily unable to store")
         size = tmp.stat().st_size
         if size * 2 > dest.free_bytes:
             tmp.unlink(missing_ok=True)
@@ -331,9 +337,9 @@ class DicomService:
         sealed under the key-store key; the rest holds only pseudonyms. Renamed into place last:
         a ``.json`` means the object was acknowledged."""
         context = f"strongroom/spool|{batch_id}|{stem.name}".encode()
-        sealed = keystore.seal(self.seal_key, json.dumps(summary.pop("pseudonym_map")).encode(), context)
-        body = json.dumps(summary | {"batch_id": batch_id,
-                                     "sealed_map": base64.b64encode(sealed).decode()}).encode()
+        sealed = keystore.seal(self.seal_key, json.dumps(summary["pseudonym_map"]).encode(), context)
+        public = {k: v for k, v in summary.items() if k != "pseudonym_map"}
+        body = json.dumps(public | {"batch_id": batch_id, "sealed_map": base64.b64encode(sealed).decode()}).encode()
         tmp = stem.with_suffix(".json.tmp")
         with open(tmp, "wb") as fh:
             fh.write(body)

@@ -1,0 +1,295 @@
+"""The DICOM destination (`strongroom dicom serve`) against real DICOM peers: dcmtk's storescu/echoscu
+and pynetdicom as a client bound to other loopback addresses."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from sqlalchemy import select
+
+from strongroom.audit.models import AuditEvent
+from strongroom.imaging import keystore
+from strongroom.imaging.models import ImportBatch, PseudonymEntry
+from strongroom.imaging.settings import to_engine
+from strongroom.imaging.verify import leak_scan
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk (storescu) not installed")
+
+MODIFIED = {"retain_longitudinal": "modified"}
+AET = "LUNG_AE"
+SENDER = "SCANNER1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
+    return {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
+            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": os.environ["PATH"],
+            "STRONGROOM_IMAGING__PUBLISH_IDLE_SECONDS": "0.3", "STRONGROOM_IMAGING__REFRESH_SECONDS": "0.3",
+            "STRONGROOM_LOG_LEVEL": "INFO", **extra}
+
+
+@contextmanager
+def dicom_serve(settings, port: int, **extra: str) -> Iterator[subprocess.Popen]:  # noqa: ANN001
+    proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "dicom", "serve", "--workers", "2"],
+                            env=_env(settings, **extra), stdout=subprocess.DEVNULL,
+                            stderr=open(settings.var_dir / "dicom-serve.log", "ab"))  # noqa: SIM115
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"dicom serve exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the destination did not start listening")
+
+
+def storescu(port: int, files: list[Path], *, aet: str = SENDER, aec: str = AET) -> subprocess.CompletedProcess:
+    return subprocess.run(["storescu", "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, files)],
+                          env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=300)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def destination(hub, people, settings):  # noqa: ANN001, ANN201
+    people("alice")
+    port = free_port()
+    make_project(hub, profile=MODIFIED, destination={"ae_title": AET, "port": port},
+                 senders=[{"ae_title": SENDER, "address": "127.0.0.1"}])
+    return port
+
+
+def batches(hub) -> list[ImportBatch]:  # noqa: ANN001
+    with hub.sessions() as s:
+        return list(s.scalars(select(ImportBatch).order_by(ImportBatch.created_at)))
+
+
+def published_count(hub) -> int:  # noqa: ANN001
+    return len(instances(hub, "published"))
+
+
+def test_storescu_sends_twice_consistent_pseudonyms_leak_free_valid_dicom(hub, settings, destination,  # noqa: ANN001
+                                                                         tmp_path: Path) -> None:
+    originals = write_corpus(tmp_path / "first", patients=2, studies=1, instances=3)
+    write_corpus(tmp_path / "second", patients=2, studies=2, instances=3)
+    second_only = sorted(p for p in (tmp_path / "second").iterdir() if "-st1-" in p.name)
+    originals |= {p.name: p.read_bytes() for p in second_only}
+    with dicom_serve(settings, destination):
+        echo = subprocess.run(["echoscu", "-aet", SENDER, "-aec", AET, "127.0.0.1", str(destination)],
+                              capture_output=True, text=True, timeout=60)
+        assert echo.returncode == 0, echo.stderr
+        first = storescu(destination, sorted((tmp_path / "first").iterdir()))
+        assert first.returncode == 0, first.stderr
+        assert first.stderr.count("Received Store Response (Success)") == 6
+        wait_for(lambda: published_count(hub) == 6, what="the first send to be published")
+        second = storescu(destination, second_only)  # a separate association: a later study
+        assert second.returncode == 0, second.stderr
+        wait_for(lambda: published_count(hub) == 12, what="the second send to be published")
+
+    published = instances(hub, "published")
+    assert {i.published_version for i in published} == {1, 2}
+    with hub.sessions() as s:
+        batches = list(s.scalars(select(ImportBatch).order_by(ImportBatch.created_at)))
+    assert [(b.source, b.state, b.received, b.archived) for b in batches] == [("dicom", "closed", 6, 6)] * 2
+    assert batches[0].origin == f"{SENDER} from 127.0.0.1"
+
+    # one pseudonym per patient across both sends; intervals between a patient's studies preserved
+    patients: dict[str, set[str]] = {}
+    for inst in published:
+        patients.setdefault(inst.patient_pseudonym, set()).add(inst.study_date)
+    assert len(patients) == 2 and all(len(dates) == 2 for dates in patients.values())
+    for dates in patients.values():
+        a, b = (time.strptime(d, "%Y%m%d") for d in sorted(dates))
+        assert round((time.mktime(b) - time.mktime(a)) / 86400) == 37
+
+    # every output passes the leak scan against its original and is valid DICOM (dciodvfy)
+    profile = to_engine(MODIFIED)
+    key = keystore.keystore_key(hub.settings)
+    with hub.sessions() as s:
+        originals_of = {keystore.unseal(key, r.sealed_original, keystore._context(r.project_id, r.kind, r.pseudonym))
+                        .decode(): r.pseudonym for r in s.scalars(select(PseudonymEntry).where(
+                            PseudonymEntry.kind == "SOPInstanceUID"))}
+    by_sop = {i.sop_instance_uid: i for i in published}
+    for name, data in originals.items():
+        inst = by_sop[originals_of[pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID]]
+        out = archived_bytes(hub, inst.file_id)
+        assert leak_scan(data, out, profile) == [], name
+    sample = tmp_path / "out.dcm"
+    sample.write_bytes(archived_bytes(hub, published[0].file_id))
+    check = subprocess.run(["dciodvfy", str(sample)], capture_output=True, text=True, timeout=60)
+    assert not re.search(r"^Error", check.stderr, re.M), check.stderr
+
+
+def _associate(port: int, *, aet: str = SENDER, aec: str = AET, bind: str = "127.0.0.1"):  # noqa: ANN202
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    return ae.associate("127.0.0.1", port, ae_title=aec, bind_address=(bind, 0))
+
+
+def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -> None:  # noqa: ANN001
+    with dicom_serve(settings, destination):
+        allowed = _associate(destination)
+        assert allowed.is_established
+        assert allowed.send_c_echo().Status == 0
+        allowed.release()
+        for kwargs, reason in (({"aet": "INTRUDER"}, 3), ({"bind": "127.0.0.2"}, 3), ({"aec": "OTHER_AE"}, 7)):
+            assoc = _associate(destination, **kwargs)
+            assert assoc.is_rejected, kwargs
+            assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (1, reason), kwargs
+        r = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", AET, "127.0.0.1", str(destination)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "Rejected" in r.stderr
+    with hub.sessions() as s:
+        denied = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "imaging.association.rejected")))
+    assert len(denied) == 4
+    assert {d.details["address"] for d in denied} == {"127.0.0.1", "127.0.0.2"}
+
+
+def test_malformed_objects_get_failure_status_and_the_scp_keeps_serving(hub, settings, destination,  # noqa: ANN001
+                                                                         tmp_path: Path) -> None:
+    good = write_corpus(tmp_path / "good", patients=1, studies=1, instances=2)
+    sample = next(iter(good.values()))
+    rng = random.Random(5)
+    body_start = sample.index(b"\x08\x00")  # first element after the file meta
+    mutated = []
+    for n in range(300):
+        data = bytearray(sample)
+        kind = n % 3
+        if kind == 0:  # truncated somewhere in the data set
+            data = data[:rng.randrange(body_start + 8, len(data) - 1)]
+        elif kind == 1:  # a corrupted length or tag in the header
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(body_start, min(len(data), body_start + 1500))] = rng.randrange(256)
+        else:  # garbage after a valid prefix
+            cut = rng.randrange(body_start + 8, body_start + 1500)
+            data = data[:cut] + bytes(rng.randrange(256) for _ in range(rng.randrange(8, 400)))
+        mutated.append(bytes(data))
+
+    fuzz = tmp_path / "fuzz"
+    fuzz.mkdir()
+    for n, data in enumerate(mutated):
+        (fuzz / f"{n}.dcm").write_bytes(data)
+    # pynetdicom sends a file's data set bytes as they are (no parsing), as a broken modality would
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        with dicom_serve(settings, destination):
+            ae = AE(ae_title=SENDER)
+            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            assoc = ae.associate("127.0.0.1", destination, ae_title=AET)
+            assert assoc.is_established
+            statuses = []
+            for n in range(len(mutated)):
+                rsp = assoc.send_c_store(fuzz / f"{n}.dcm")
+                assert rsp, "the destination stopped answering"
+                statuses.append(rsp.Status)
+            assoc.release()
+            failures = [s for s in statuses if s != 0]
+            assert len(failures) > 100 and all(0xC000 <= s <= 0xCFFF for s in failures), set(failures)
+            # still serving: a good send after the fuzzing works
+            ok = storescu(destination, sorted((tmp_path / "good").iterdir()))
+            assert ok.returncode == 0 and ok.stderr.count("(Success)") == 2, ok.stderr
+            wait_for(lambda: any(b.state == "closed" and b.origin.startswith(SENDER) and b.archived
+                                 for b in batches(hub)), what="archiving")
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    with hub.sessions() as s:
+        rejected = sum(b.rejected for b in s.scalars(select(ImportBatch)))
+    assert rejected == len(failures)
+    # whatever the destination accepted was de-identified: no original patient id anywhere in the archive
+    patient_id = pydicom.dcmread(io.BytesIO(sample)).PatientID.encode()
+    for inst in instances(hub):
+        if inst.file_id:
+            assert patient_id not in archived_bytes(hub, inst.file_id)
+
+
+def test_ultrasound_goes_to_quarantine_then_review(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+    (tmp_path / "us.dcm").write_bytes(ultrasound())
+    write_corpus(tmp_path / "ct", patients=1, studies=1, instances=1)
+    with dicom_serve(settings, destination):
+        r = storescu(destination, [tmp_path / "us.dcm", *sorted((tmp_path / "ct").iterdir())])
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: published_count(hub) == 1, what="the CT to be published")
+    held = instances(hub, "quarantined")
+    assert len(held) == 1 and held[0].modality == "US"
+    assert any("ultrasound" in reason for reason in held[0].reasons)
+
+
+def test_killing_the_destination_loses_nothing_acknowledged(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+    write_corpus(tmp_path / "in", patients=2, studies=2, series=2, instances=10)  # 80 instances
+    files = sorted((tmp_path / "in").iterdir())
+    with dicom_serve(settings, destination) as proc:
+        sender = subprocess.Popen(["storescu", "-v", "-aet", SENDER, "-aec", AET, "127.0.0.1", str(destination),
+                                   *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = ""
+        assert sender.stderr is not None
+        for line in sender.stderr:
+            log += line
+            if log.count("(Success)") >= 25:
+                break
+        proc.send_signal(signal.SIGKILL)  # the importer dies mid-batch
+        proc.wait(30)
+        _, rest = sender.communicate(timeout=120)
+        log += rest
+    acknowledged = log.count("Received Store Response (Success)")
+    assert 25 <= acknowledged < len(files)
+    # at the moment of the kill every acknowledged object is in the database or waiting in the spool
+    spooled = len(list((settings.var_dir / "dicom-spool").rglob("*.json")))
+    assert len(instances(hub)) + spooled >= acknowledged
+    # restart: whatever was acknowledged is finished from the spool and published
+    with dicom_serve(settings, destination):
+        wait_for(lambda: published_count(hub) >= acknowledged, what="recovery")
+        time.sleep(1)
+    assert published_count(hub) >= acknowledged
+    with hub.sessions() as s:
+        assert all(b.state == "closed" for b in s.scalars(select(ImportBatch)))
+    # and a resend of everything completes the set without doubles
+    with dicom_serve(settings, destination):
+        r = storescu(destination, files)
+        assert r.returncode == 0
+        wait_for(lambda: published_count(hub) == len(files), what="the resend")
