@@ -19,11 +19,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
+from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
 from strongroom.audit.models import AuditEvent
 from strongroom.imaging import keystore
 from strongroom.imaging.models import ImportBatch, PseudonymEntry

@@ -118,6 +118,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     from .catalog.web import router as catalog_web
     from .identity.api import router as identity_api
     from .identity.web import router as identity_web
+    from .imaging.api import router as imaging_api
+    from .imaging.web import router as imaging_web
     from .jobs.api import router as jobs_api
     from .notify.api import router as notify_api
     from .ops.api import router as ops_router
@@ -154,9 +156,10 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.state.hub = hub
     app.state.runner = None
 
-    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, access_api, audit_api, jobs_api):
+    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, access_api, audit_api, jobs_api,
+                   imaging_api):
         app.include_router(router)
-    for router in (pages, identity_web, projects_web, archive_web, access_web):
+    for router in (pages, identity_web, projects_web, archive_web, access_web, imaging_web):
         app.include_router(router, include_in_schema=False)
     for router in (visas_api, notify_api):
         app.include_router(router)

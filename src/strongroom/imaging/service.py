@@ -249,22 +249,27 @@ def publish_pending(hub: Hub, project_id: uuid.UUID, actor: Actor = IMPORT_ACTOR
     """Publish every archived (verified, not quarantined) instance not yet in a version as a new
     released version of the import dataset, and refresh its catalogue facts. Returns the version."""
     with transaction(hub.sessions) as session:
-        pending = list(session.execute(select(ImportedInstance.id, ImportedInstance.file_id).where(
-            ImportedInstance.project_id == project_id, ImportedInstance.state == ARCHIVED)
-            .order_by(ImportedInstance.id)))
-        if not pending:
-            return None
-        ds = import_dataset(session, project_id)
-        version = archive.publish_version(session, actor, ds, [file_id for _, file_id in pending],
-                                          note=f"{len(pending)} de-identified instance(s) imported")
-        ids = [i for i, _ in pending]
-        for start in range(0, len(ids), 2000):
-            session.execute(update(ImportedInstance).where(ImportedInstance.id.in_(ids[start:start + 2000]))
-                            .values(state=PUBLISHED, published_version=version.number))
-        entry = catalog.entry_for(session, ds.id)
-        if entry is not None:
-            index_entry(session, entry)
-        return version.number
+        return publish_in(session, project_id, actor)
+
+
+def publish_in(session: Session, project_id: uuid.UUID, actor: Actor) -> int | None:
+    """``publish_pending`` inside the caller's transaction (e.g. right after a quarantine release)."""
+    pending = list(session.execute(select(ImportedInstance.id, ImportedInstance.file_id).where(
+        ImportedInstance.project_id == project_id, ImportedInstance.state == ARCHIVED)
+        .order_by(ImportedInstance.id)))
+    if not pending:
+        return None
+    ds = import_dataset(session, project_id)
+    version = archive.publish_version(session, actor, ds, [file_id for _, file_id in pending],
+                                      note=f"{len(pending)} de-identified instance(s) imported")
+    ids = [i for i, _ in pending]
+    for start in range(0, len(ids), 2000):
+        session.execute(update(ImportedInstance).where(ImportedInstance.id.in_(ids[start:start + 2000]))
+                        .values(state=PUBLISHED, published_version=version.number))
+    entry = catalog.entry_for(session, ds.id)
+    if entry is not None:
+        index_entry(session, entry)
+    return version.number
 
 
 def dataset_facts(session: Session, project_id: uuid.UUID) -> dict[str, Any]:
@@ -305,10 +310,10 @@ def quarantined(session: Session, access: projects.ProjectAccess, *, limit: int 
         .order_by(ImportedInstance.id).limit(limit)))
 
 
-def review(hub: Hub, session: Session, storage: Storage, principal: Principal, access: projects.ProjectAccess,
-           instance_ids: list[int], *, decision: str, note: str) -> int:
-    """Release (``approve``) or ``discard`` quarantined instances. Released ones are published with the
-    next version; discarded ones are deleted from the archive. Each decision is audited."""
+def review(session: Session, storage: Storage, principal: Principal, access: projects.ProjectAccess,
+           instance_ids: list[int], *, decision: str, note: str) -> int | None:
+    """Release (``approve``) or ``discard`` quarantined instances. Released ones are published at once
+    as a new version (returned); discarded ones are deleted from the archive. Each decision is audited."""
     access.require("import")
     if decision not in ("approve", "discard"):
         raise Invalid("decision is approve or discard")
@@ -337,7 +342,8 @@ def review(hub: Hub, session: Session, storage: Storage, principal: Principal, a
         audit.record(session, principal.actor, action,
                      project_id=access.project.id, target=f"instance:{r.sop_instance_uid}",
                      details={"reasons": r.reasons, "note": note[:500], "batch": r.batch_id})
-    return len(rows)
+    session.flush()
+    return publish_in(session, access.project.id, principal.actor) if decision == "approve" else None
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -374,3 +380,10 @@ def recent_days(session: Session, access: projects.ProjectAccess, days: int = 14
     today = utcnow().date()
     dates = [today - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
     return [(d, per_day.get(d.isoformat(), 0)) for d in dates]
+
+
+def batch_instances(session: Session, access: projects.ProjectAccess, batch_id: str, *,
+                    limit: int = 500) -> list[ImportedInstance]:
+    batch(session, access, batch_id)
+    return list(session.scalars(select(ImportedInstance).where(ImportedInstance.batch_id == batch_id)
+                                .order_by(ImportedInstance.id).limit(limit)))

@@ -1,0 +1,605 @@
+"""DICOM receive throughput: Strongroom's project destination (``strongroom dicom serve``, the real command
+in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, all fed by dcmtk ``storescu``
+(``TCP_NODELAY=1``, one association per send) with the same generated CT files, round after round.
+
+    python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
+                                       [--diag-nofsync] [--keep]
+
+Targets (the issue): Strongroom's receive throughput >= Orthanc's, and >= 0.7x storescp writing to disk.
+
+Receivers, each started once (storescp once per round, with a fresh output directory):
+
+- **storescp**: ``storescp -od DIR PORT`` with plain defaults (16 KiB max PDU; decodes and re-encodes each
+  data set; no fsync). ``storescp +B`` (bit-preserving: writes the bytes as received) is a second figure.
+- **Orthanc** (Debian package; ``apt-get install orthanc``, skipped when absent): a throwaway instance on
+  loopback with its own storage directory, ``DicomCheckCalledAet: false``, ``DicomAlwaysAllowStore: true``,
+  no plugins and otherwise its defaults: ``SyncStorageArea: true`` (fsync per file), SQLite index,
+  16 KiB max PDU, 4 DICOM threads. Orthanc has no DICOM TCP_NODELAY option of its own (its ``TcpNoDelay``
+  is for HTTP); it links Debian's dcmtk, which turns Nagle off when ``TCP_NODELAY=1`` is in its
+  environment, so Orthanc and storescp both get it, as the sender does. Its received instances are deleted
+  over REST between rounds.
+- **Strongroom**: ``python -m strongroom.cli dicom serve --workers 2`` with embedded SQLite, local object
+  storage and its defaults (fsync on, 128 KiB max PDU). A project has a DICOM destination, one allowed
+  sender (``BENCH`` from 127.0.0.1) and the profile ``retain_longitudinal: modified``. Two figures:
+  *ack* = N / storescu's wall time (what the sender sees: every object de-identified and durable in the
+  spool before its C-STORE response); *end-to-end* = N / time from the start of storescu until all N
+  instances are rows of ``imaging_instances`` (verified, encrypted into the archive, committed).
+  ``--diag-nofsync`` adds a second Strongroom hub with ``STRONGROOM_IMAGING__FSYNC=false`` as a diagnostic.
+
+Every round gets its own corpus (new patients, so new SOP Instance UIDs: Strongroom recognises a resent
+instance by its pseudonymized UID and does not store it twice), generated before anything is timed; every
+receiver gets the same round's files, in a rotating order. Each receiver gets a small untimed warm-up
+send first. Figures are medians over rounds and ratios are medians of per-round ratios: the machine is
+shared and noisy. "CPU ms/file" is the receiver's CPU (all its processes) over the timed window, from
+/proc. Not a test; everything lives in a fresh /tmp directory, removed at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from strongroom.imaging.synthetic import make_ct
+
+SENDER_AET = "BENCH"
+NODELAY_ENV = {"TCP_NODELAY": "1"}  # Debian's dcmtk turns Nagle off only with this in the environment
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --------------------------------------------------------------------------------------------- corpus
+
+
+def _write_one(args: tuple[Path, int, int, int, int]) -> int:
+    directory, p, st, se, i = args
+    path = directory / f"p{p:06d}_st{st}_se{se}_{i:04d}.dcm"
+    data = make_ct(p, st, se, i)
+    path.write_bytes(data)
+    return len(data)
+
+
+def make_corpus(directory: Path, files: int, first_patient: int, patients: int) -> list[Path]:
+    """``files`` 512x512 16-bit CT instances: ``patients`` patients x 2 studies x 2 series. Patient
+    numbers start at ``first_patient``, so every corpus has its own UIDs."""
+    studies, series = 2, 2
+    per_series = max(1, -(-files // (patients * studies * series)))
+    directory.mkdir(parents=True, exist_ok=True)
+    jobs = [(directory, p, st, se, i) for p in range(first_patient, first_patient + patients)
+            for st in range(studies) for se in range(1, series + 1) for i in range(1, per_series + 1)][:files]
+    with mp.get_context("fork").Pool(os.cpu_count() or 2) as pool:
+        pool.map(_write_one, jobs, chunksize=16)
+    paths = sorted(directory.iterdir())
+    for path in paths:  # every receiver is fed from the page cache
+        path.read_bytes()
+    return paths
+
+
+# ------------------------------------------------------------------------------------------- plumbing
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start listening on {port}")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and every live descendant, including their reaped children."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / CLK_TCK
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait: float = 30) -> None:
+    """Stop a process this benchmark started, and then any of its descendants still alive."""
+    if proc is None or proc.poll() is not None:
+        return
+    family = descendants(proc.pid)
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    deadline = time.monotonic() + 10
+    for pid in family:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def storescu(port: int, aec: str, paths: list[Path]) -> float:
+    """Send ``paths`` in one association; the wall time of storescu."""
+    cmd = ["storescu", "-aet", SENDER_AET, "-aec", aec, "127.0.0.1", str(port), *map(str, paths)]
+    start = time.perf_counter()
+    r = subprocess.run(cmd, env={**os.environ, **NODELAY_ENV}, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - start
+    problems = [line for line in r.stderr.splitlines() if line.startswith(("E:", "F:"))]
+    if r.returncode != 0 or problems:
+        raise RuntimeError(f"storescu to {aec} failed ({r.returncode}): " + "\n".join(problems or [r.stderr[-2000:]]))
+    return elapsed
+
+
+class Receiver:
+    name = ""
+    label = ""  # short, for the per-round line
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def warm(self, paths: list[Path]) -> None:
+        self.receive(paths)
+
+    def receive(self, paths: list[Path]) -> dict[str, float]:
+        """Seconds of each figure this receiver reports, and ``cpu`` seconds."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------- storescp
+
+
+class StoreSCP(Receiver):
+    def __init__(self, work: Path, bit_preserving: bool) -> None:
+        self.work = work
+        self.extra = ["+B"] if bit_preserving else []
+        self.name = "dcmtk storescp" + (" +B (bit-preserving)" if bit_preserving else " (defaults)")
+        self.label = "storescp+B" if bit_preserving else "storescp"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def receive(self, paths: list[Path]) -> dict[str, float]:
+        out = self.work / "storescp-out"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        port = free_port()
+        self.proc = subprocess.Popen(["storescp", *self.extra, "-od", str(out), str(port)],
+                                     env={**os.environ, **NODELAY_ENV}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port, self.proc, "storescp")
+            cpu0 = cpu_seconds(self.proc.pid)
+            elapsed = storescu(port, "STORESCP", paths)
+            cpu = cpu_seconds(self.proc.pid) - cpu0
+        finally:
+            stop_process(self.proc)
+            self.proc = None
+        stored = sum(1 for _ in out.iterdir())
+        shutil.rmtree(out, ignore_errors=True)
+        if stored != len(paths):
+            raise RuntimeError(f"storescp stored {stored} of {len(paths)} files")
+        return {"ack": elapsed, "cpu": cpu}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+# -------------------------------------------------------------------------------------------- Orthanc
+
+
+def _orthanc_binary() -> str:
+    return shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else "")
+
+
+def _orthanc_version(binary: str) -> str:
+    try:
+        return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return "?"
+
+
+class Orthanc(Receiver):
+    """A throwaway Orthanc (Debian package) on loopback: its C-STORE response comes after the file is
+    written (fsync) and indexed, so its ack is also its end-to-end."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.binary = _orthanc_binary()
+        self.version = _orthanc_version(self.binary) if self.binary else ""
+        self.name = f"Orthanc {self.version} (defaults: fsync, SQLite index)"
+        self.label = "orthanc"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.http_port, self.dicom_port = free_port(), free_port()
+        db = self.work / "storage"
+        config = self.work / "orthanc.json"
+        config.write_text(json.dumps({
+            "Name": "bench-receive", "StorageDirectory": str(db), "IndexDirectory": str(db),
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": [],
+            # everything else (SyncStorageArea true, StorageCompression false, MaximumPduLength 16384,
+            # DicomThreadsCount 4, OverwriteInstances false) stays at Orthanc's defaults
+        }))
+        self.log = (self.work / "orthanc.log").open("wb")
+        self.proc = subprocess.Popen([self.binary, str(config)], env={**os.environ, **NODELAY_ENV},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._rest("GET", "/system")
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"Orthanc did not start (see {self.work / 'orthanc.log'})") from None
+                time.sleep(0.2)
+        wait_listening(self.dicom_port, self.proc, "Orthanc")
+
+    def _rest(self, method: str, url: str) -> Any:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=120)
+        try:
+            conn.request(method, url)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"Orthanc {method} {url}: HTTP {resp.status}")
+            return json.loads(body) if body else None
+        finally:
+            conn.close()
+
+    def _count(self) -> int:
+        return int(self._rest("GET", "/statistics")["CountInstances"])
+
+    def _clear(self) -> None:
+        for patient in self._rest("GET", "/patients"):
+            self._rest("DELETE", f"/patients/{patient}")
+        if self._count():
+            raise RuntimeError("Orthanc still holds instances after deleting every patient")
+
+    def receive(self, paths: list[Path]) -> dict[str, float]:
+        assert self.proc is not None
+        self._clear()  # every round stores new data into an empty Orthanc
+        cpu0 = cpu_seconds(self.proc.pid)
+        elapsed = storescu(self.dicom_port, "ORTHANC", paths)
+        cpu = cpu_seconds(self.proc.pid) - cpu0
+        stored = self._count()
+        if stored != len(paths):
+            raise RuntimeError(f"Orthanc stored {stored} of {len(paths)} instances")
+        self._clear()
+        return {"ack": elapsed, "cpu": cpu}
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+# ----------------------------------------------------------------------------------------- Strongroom
+
+
+class Strongroom(Receiver):
+    """``strongroom dicom serve`` in its own process, on a fresh hub (embedded SQLite, local storage)."""
+
+    AET = "BENCH_AE"
+
+    def __init__(self, work: Path, *, fsync: bool = True) -> None:
+        self.work = work
+        self.var = work / "var"
+        self.fsync = fsync
+        self.name = "Strongroom dicom serve" + ("" if fsync else " [diag: FSYNC=false]")
+        self.label = "strongroom" if fsync else "sr-nofsync"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.expected = 0  # instances the table should hold once everything sent so far is archived
+        self.db: sqlite3.Connection | None = None
+        self.publish_waits: list[float] = []
+
+    def setup(self) -> None:
+        """The hub database and a project with a DICOM destination, set up the way the tests do
+        (``tests/imaging_support.py::make_project``), before ``dicom serve`` starts."""
+        from strongroom.archive.keys import ensure_key
+        from strongroom.audit.service import Actor
+        from strongroom.config import Settings
+        from strongroom.db import engine_for, transaction
+        from strongroom.hub import Hub
+        from strongroom.identity.service import create_local_user
+        from strongroom.migrate import upgrade
+        from strongroom.projects import service as projects
+        from strongroom.projects.models import ProjectSetting
+
+        self.var.mkdir(parents=True)
+        self.secret = secrets.token_hex(32)  # 64 characters
+        self.port = free_port()
+        settings = Settings(var_dir=self.var, database_url="", secret_key=self.secret)
+        url = settings.effective_database_url
+        upgrade(url)
+        hub = Hub.from_settings(settings)
+        ensure_key(hub)
+        actor = Actor.system("bench")
+        with transaction(hub.sessions) as s:
+            create_local_user(s, actor, username="alice", password="correct horse battery staple",
+                              display_name="Alice", email="alice@example.org")
+        with transaction(hub.sessions) as s:
+            project = projects.create_project(s, actor, slug="bench", name="Bench", pi="alice", ethics_ref="E1",
+                                              quota_bytes=1 << 40, end_date=dt.date.today() + dt.timedelta(days=365))
+            for key, value in (("deid_profile", {"retain_longitudinal": "modified"}),
+                               ("dicom_destination", {"ae_title": self.AET, "port": self.port}),
+                               ("dicom_senders", [{"ae_title": SENDER_AET, "address": "127.0.0.1"}])):
+                s.add(ProjectSetting(project_id=project.id, key=key, value=value, changed_by=project.pi_id))
+        engine_for(url).dispose()
+        self.db_path = self.var / "strongroom.db"
+
+    def start(self) -> None:
+        self.setup()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STRONGROOM_")}
+        env |= {"STRONGROOM_VAR_DIR": str(self.var), "STRONGROOM_SECRET_KEY": self.secret,
+                "STRONGROOM_IMAGING__PUBLISH_IDLE_SECONDS": "0.5", "STRONGROOM_IMAGING__REFRESH_SECONDS": "0.5",
+                "STRONGROOM_LOG_LEVEL": "INFO"}
+        if not self.fsync:
+            env["STRONGROOM_IMAGING__FSYNC"] = "false"
+        self.log_path = self.work / "dicom-serve.log"
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "dicom", "serve", "--workers", "2"],
+                                     env=env, cwd=self.work, stdout=subprocess.DEVNULL, stderr=self.log)
+        wait_listening(self.port, self.proc, "strongroom dicom serve")
+        self.db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+
+    def _scalar(self, sql: str) -> int:
+        assert self.db is not None
+        return int(self.db.execute(sql).fetchone()[0])
+
+    def _wait(self, sql: str, target: int, what: str, timeout: float = 600) -> float:
+        """perf_counter() when ``sql`` first returns at least ``target``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._scalar(sql) >= target:
+                return time.perf_counter()
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"dicom serve exited ({self.proc.returncode}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what} ({self._scalar(sql)} of {target}); "
+                                   f"see {self.log_path}")
+            time.sleep(0.02)
+
+    def receive(self, paths: list[Path]) -> dict[str, float]:
+        assert self.proc is not None
+        cpu0 = cpu_seconds(self.proc.pid)
+        start = time.perf_counter()
+        elapsed = storescu(self.port, self.AET, paths)
+        self.expected += len(paths)
+        done = self._wait("SELECT count(*) FROM imaging_instances", self.expected, "the instances to be archived")
+        cpu = cpu_seconds(self.proc.pid) - cpu0
+        # untimed: let the publication (0.5 s after the sender goes quiet) finish before anyone else runs
+        published = self._wait("SELECT count(*) FROM imaging_instances WHERE state = 'published'", self.expected,
+                               "the instances to be published")
+        self.publish_waits.append(published - done)
+        return {"ack": elapsed, "end-to-end": done - start, "cpu": cpu}
+
+    def summary(self) -> dict[str, Any]:
+        assert self.db is not None
+        states = dict(self.db.execute("SELECT state, count(*) FROM imaging_instances GROUP BY state").fetchall())
+        batches = self.db.execute("SELECT count(*), sum(received), sum(archived), sum(quarantined), sum(rejected), "
+                                  "sum(duplicates), sum(state = 'closed') FROM imaging_batches").fetchone()
+        spool = self.var / "dicom-spool"
+        leftovers = [p for p in spool.rglob("*") if p.is_file()] if spool.exists() else []
+        return {"states": states, "batches": dict(zip(
+            ("batches", "received", "archived", "quarantined", "rejected", "duplicates", "closed"), batches,
+            strict=True)), "spool_leftovers": len(leftovers)}
+
+    def stop(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        stop_process(self.proc, wait=60)
+        self.proc = None
+
+    def log_problems(self) -> tuple[int, list[str]]:
+        """(lines, the warning/error/exception lines) of the serve process's JSON log."""
+        if not getattr(self, "log_path", None) or not self.log_path.exists():
+            return 0, []
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        bad = []
+        for line in lines:
+            try:
+                level = str(json.loads(line).get("level", "")).lower()
+            except (ValueError, AttributeError):
+                level = "?" if line.strip() else ""
+            if level not in ("", "info", "debug"):
+                bad.append(line[:400])
+        return len(lines), bad
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=500, help="instances per round (default 500)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--patients", type=int, default=10, help="patients per round (x 2 studies x 2 series)")
+    parser.add_argument("--warmup", type=int, default=16, help="untimed instances sent to each receiver first")
+    parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--no-bit-preserving", action="store_true", help="skip the storescp +B figure")
+    parser.add_argument("--diag-nofsync", action="store_true",
+                        help="also run a second Strongroom hub with STRONGROOM_IMAGING__FSYNC=false (diagnostic)")
+    parser.add_argument("--keep", action="store_true", help="keep the /tmp directory (logs, databases)")
+    args = parser.parse_args()
+    if not shutil.which("storescu") or not shutil.which("storescp"):
+        print("dcmtk (storescu, storescp) is not installed: apt-get install dcmtk", file=sys.stderr)
+        return 2
+
+    def _terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
+    work = Path(tempfile.mkdtemp(prefix="bench-receive-", dir="/tmp"))
+    receivers: list[Receiver] = []
+    notes: list[str] = []
+    strongrooms: list[Strongroom] = []
+    try:
+        t0 = time.perf_counter()
+        warm = make_corpus(work / "corpus" / "warm", args.warmup, 900_000, 2)
+        corpora = [make_corpus(work / "corpus" / f"round{r + 1}", args.files, (r + 1) * 1000, args.patients)
+                   for r in range(args.rounds)]
+        size = statistics.mean(p.stat().st_size for c in corpora for p in c)
+        load = os.getloadavg()
+        print(f"corpus: {args.rounds} rounds x {args.files} CT instances (512x512 16-bit, {size / 1e6:.2f} MB each, "
+              f"{args.patients} patients x 2 studies x 2 series per round, new UIDs every round), generated in "
+              f"{time.perf_counter() - t0:.0f} s")
+        print(f"machine: {os.cpu_count()} CPUs, shared with other work (load average {load[0]:.2f} "
+              f"{load[1]:.2f} {load[2]:.2f} at start); Python {sys.version.split()[0]}; "
+              f"sender: dcmtk storescu, TCP_NODELAY=1, one association per send")
+
+        receivers.append(StoreSCP(work / "storescp", bit_preserving=False))
+        if not args.no_bit_preserving:
+            receivers.append(StoreSCP(work / "storescp", bit_preserving=True))
+        if not args.no_orthanc:
+            orthanc = Orthanc(work / "orthanc")
+            if not orthanc.binary:
+                notes.append("Orthanc skipped: not installed (apt-get install orthanc)")
+            else:
+                receivers.append(orthanc)
+        strongrooms.append(Strongroom(work / "strongroom"))
+        if args.diag_nofsync:
+            strongrooms.append(Strongroom(work / "strongroom-nofsync", fsync=False))
+        receivers.extend(strongrooms)
+
+        for rc in list(receivers):
+            try:
+                rc.start()
+                rc.warm(warm)
+            except Exception as exc:  # noqa: BLE001
+                if not isinstance(rc, Orthanc):
+                    raise
+                notes.append(f"Orthanc skipped: {exc}")
+                rc.stop()
+                receivers.remove(rc)
+
+        # seconds per (receiver label, figure), one value per round
+        times: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+        for r, paths in enumerate(corpora):
+            order = receivers[r % len(receivers):] + receivers[: r % len(receivers)]
+            parts = []
+            for rc in order:
+                result = rc.receive(paths)
+                cpu.setdefault(rc.label, []).append(result.pop("cpu") / len(paths) * 1000)
+                for figure, seconds in result.items():
+                    times.setdefault((rc.label, figure), []).append(seconds)
+                    parts.append(f"{rc.label} {figure} {len(paths) / seconds:.0f}")
+            print(f"  round {r + 1}/{args.rounds} (files/s): " + ", ".join(parts), flush=True)
+
+        n = args.files
+        names = {rc.label: rc.name for rc in receivers}
+        rate = {key: [n / s for s in values] for key, values in times.items()}
+        print()
+        print(f"  {'receiver':<52} {'files/s':>8} {'MB/s':>7}  {'rounds':>11}  {'CPU ms/file':>11}")
+        for (label, figure), values in rate.items():
+            med = statistics.median(values)
+            plain = label.startswith(("storescp", "orthanc"))
+            title = names[label] + ("" if plain else f": {figure}")
+            # CPU: over storescu's run for the others; for Strongroom until its end-to-end point
+            cpu_col = f"{statistics.median(cpu[label]):11.1f}" if figure == ("ack" if plain else "end-to-end") else ""
+            print(f"  {title:<52} {med:8.1f} {med * size / 1e6:7.1f}  {min(values):5.0f}..{max(values):<5.0f}  {cpu_col}")
+
+        def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:
+            return statistics.median(x / y for x, y in zip(rate[a], rate[b], strict=True))
+
+        print("\n  ratios (median of per-round ratios):")
+        for sr in strongrooms:
+            for figure in ("ack", "end-to-end"):
+                a = (sr.label, figure)
+                tag = f"{sr.label} {figure}"
+                if ("orthanc", "ack") in rate:
+                    v = ratio(a, ("orthanc", "ack"))
+                    verdict = ("met" if v >= 1 else f"MISSED by {(1 - v) * 100:.0f}%") if sr.fsync else "diagnostic"
+                    print(f"    {tag:<24} / Orthanc         = {v:5.2f}   (target >= 1.0: {verdict})")
+                v = ratio(a, ("storescp", "ack"))
+                verdict = ("met" if v >= 0.7 else f"MISSED by {(1 - v / 0.7) * 100:.0f}%") if sr.fsync else "diagnostic"
+                print(f"    {tag:<24} / storescp        = {v:5.2f}   (target >= 0.7: {verdict})")
+                if ("storescp+B", "ack") in rate:
+                    print(f"    {tag:<24} / storescp +B     = {ratio(a, ('storescp+B', 'ack')):5.2f}   (information)")
+        if ("orthanc", "ack") in rate:
+            print(f"    {'Orthanc':<24} / storescp        = {ratio(('orthanc', 'ack'), ('storescp', 'ack')):5.2f}"
+                  "   (information)")
+
+        load = os.getloadavg()
+        print(f"\n  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        for sr in strongrooms:
+            s = sr.summary()
+            lines, bad = sr.log_problems()
+            print(f"  {sr.name}: instances by state {s['states']}; batches {s['batches']}; "
+                  f"files left in the spool {s['spool_leftovers']}; publication "
+                  f"{statistics.median(sr.publish_waits):.2f} s after the last archive (median, untimed)")
+            print(f"    its log: {lines} lines, {len(bad)} at warning level or above")
+            for line in bad[:10]:
+                print(f"      {line}")
+        for note in notes:
+            print(f"  note: {note}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        for rc in receivers:
+            try:
+                rc.stop()
+            except Exception as exc:  # noqa: BLE001
+                print(f"stopping {rc.name}: {exc}", file=sys.stderr)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Imaging pages: the project's DICOM destination and de-identification profile (locked by default,
+changes need fresh MFA and are audited), import status, quarantine review and re-identification."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from ..archive.backend import storage_for
+from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..errors import Invalid
+from ..projects import service as projects
+from ..web.templating import templates
+from . import keystore, service
+from .settings import OPTION_FLAGS, DeidProfileSetting
+
+router = APIRouter()
+
+OPTION_LABELS = {
+    "retain_patient_characteristics": ("Retain Patient Characteristics", "113108",
+                                       "sex, age, size, weight… (not names or dates of birth)"),
+    "retain_device_identity": ("Retain Device Identity", "113109", "scanner serial numbers, station names"),
+    "retain_institution_identity": ("Retain Institution Identity", "113112", "hospital and department"),
+    "retain_uids": ("Retain UIDs", "113110", "original study/series/instance UIDs (links to the PACS)"),
+    "retain_safe_private": ("Retain Safe Private", "113111",
+                            "private attributes listed as safe, by private creator"),
+    "clean_descriptors": ("Clean Descriptors", "113105", "keep descriptions, with identifiers scrubbed"),
+    "clean_structured_content": ("Clean Structured Content", "113104", "keep SR content, scrubbed"),
+    "clean_graphics": ("Clean Graphics", "113103", "keep annotations, scrubbed"),
+}
+
+
+def _page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, *,
+          status_code: int = 200, **extra: Any) -> Response:
+    access = projects.open_project(db, principal, slug)
+    access.require("import")
+    project_id = access.project.id
+    days = service.recent_days(db, access)
+    ctx = {
+        "access": access, "project": access.project,
+        "destination": projects.get_setting(db, project_id, "dicom_destination"),
+        "senders": projects.get_setting(db, project_id, "dicom_senders"),
+        "profile": service.profile_setting(db, project_id),
+        "profile_locked": projects.get_setting(db, project_id, "deid_profile") == DeidProfileSetting().model_dump(
+            mode="json"),
+        "options": OPTION_LABELS, "option_flags": OPTION_FLAGS,
+        "facts": service.overview(db, access), "batches": service.batches(db, access, limit=30),
+        "quarantined": service.quarantined(db, access), "days": days, "max_day": max([n for _, n in days] + [1]),
+        "dicom_host": hub.settings.imaging.dicom_host, "error": None, "originals": None,
+        "can_reidentify": "reidentify" in access.rights,
+    }
+    ctx["pixel_rules_json"] = json.dumps(ctx["profile"].model_dump(mode="json")["pixel_rules"])
+    ctx.update(extra)
+    return templates.TemplateResponse(request, "imaging_project.html", ctx, status_code=status_code)
+
+
+@router.get("/projects/{slug}/imaging")
+def imaging_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+    return _page(request, db, hub, principal, slug)
+
+
+def _change(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, key: str,
+            value: Any, anchor: str) -> Response:
+    access = projects.open_project(db, principal, slug)
+    try:
+        projects.change_setting(db, principal, access, key, value,
+                                fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except Invalid as exc:
+        errors = exc.extra.get("errors") or []
+        detail = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors) or exc.detail
+        db.rollback()
+        return _page(request, db, hub, principal, slug, status_code=422, error=detail)
+    return RedirectResponse(f"/projects/{slug}/imaging#{anchor}", status_code=303)
+
+
+@router.post("/projects/{slug}/imaging/destination", dependencies=[CsrfChecked])
+async def set_destination(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+    """Open the destination (AE title + port) or close it again (``close``)."""
+    form = await request.form()
+    if "close" in form:
+        value = None
+    else:
+        port = str(form.get("port", "")).strip()
+        value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": int(port) if port.isdigit() else -1}
+    return _change(request, db, hub, principal, slug, "dicom_destination", value, "destination")
+
+
+@router.post("/projects/{slug}/imaging/profile", dependencies=[CsrfChecked])
+async def set_profile(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+    """The PS3.15 options; pixel rules as JSON (a list of {name, rectangles, manufacturer, model, …})."""
+    form = await request.form()
+    if "reset" in form:
+        value: dict[str, Any] = DeidProfileSetting().model_dump(mode="json")
+    else:
+        raw_rules = str(form.get("pixel_rules", "")).strip() or "[]"
+        try:
+            rules = json.loads(raw_rules)
+        except json.JSONDecodeError as exc:
+            return _page(request, db, hub, principal, slug, status_code=422,
+                         error=f"pixel rules: not valid JSON ({exc.msg} at line {exc.lineno})")
+        value = {"retain_longitudinal": str(form.get("retain_longitudinal", "remove")),
+                 **{flag: form.get(flag) == "on" for flag in OPTION_FLAGS}, "pixel_rules": rules}
+    return _change(request, db, hub, principal, slug, "deid_profile", value, "profile")
+
+
+@router.post("/projects/{slug}/imaging/quarantine", dependencies=[CsrfChecked])
+async def review_quarantine(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+    form = await request.form()
+    ids = [int(v) for v in form.getlist("instance") if str(v).isdigit()]
+    access = projects.open_project(db, principal, slug)
+    try:
+        service.review(db, storage_for(hub), principal, access, ids, decision=str(form.get("decision", "")),
+                       note=str(form.get("note", "")))
+    except Invalid as exc:
+        db.rollback()
+        return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
+    return RedirectResponse(f"/projects/{slug}/imaging#quarantine", status_code=303)
+
+
+@router.post("/projects/{slug}/imaging/reidentify", dependencies=[CsrfChecked])
+async def reidentify(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+    form = await request.form()
+    access = projects.open_project(db, principal, slug)
+    pseudonym = str(form.get("pseudonym", ""))
+    try:
+        found = keystore.reidentify(db, hub.settings, principal, access, pseudonym,
+                                    reason=str(form.get("reason", "")),
+                                    fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except Invalid as exc:
+        db.rollback()
+        return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
+    db.commit()  # the lookup is audited even when nothing is found
+    return _page(request, db, hub, principal, slug, originals=found, looked_up=pseudonym.strip(),
+                 status_code=200 if found else 404)
+
+
+@router.get("/projects/{slug}/imaging/imports/{batch_id}")
+def import_page(request: Request, db: Db, principal: WebPrincipal, slug: str, batch_id: str) -> Response:
+    access = projects.open_project(db, principal, slug)
+    batch = service.batch(db, access, batch_id)
+    rows = service.batch_instances(db, access, batch_id)
+    return templates.TemplateResponse(request, "imaging_import.html", {
+        "access": access, "project": access.project, "batch": batch, "instances": rows})
