@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from helpers import form_post
-from imaging_support import instances, make_project, ultrasound, write_corpus
 from sqlalchemy import select
 
 from conftest import bearer, token_for, web_client
+from helpers import form_post
+from imaging_support import instances, make_project, ultrasound, write_corpus
 from strongroom.audit.models import AuditEvent
 from strongroom.imaging import bulk
 
@@ -110,7 +110,7 @@ def test_reidentification_needs_an_explicit_right_a_reason_and_is_audited(world,
                                 .order_by(AuditEvent.seq)))
     assert [e.outcome for e in events] == ["ok", "not-found"]
     assert events[0].details["reason"].startswith("incidental") and events[0].target == f"pseudonym:{pseudonym}"
-    assert all(SyntheticPatient(0).patient_id not in str(e.details) for e in events)  # the original is never in the audit log
+    assert all(SyntheticPatient(0).patient_id not in str(e.details) for e in events)  # never the original
 
 
 def test_pages_profile_and_destination_forms(world, hub) -> None:  # noqa: ANN001
