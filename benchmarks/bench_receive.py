@@ -37,6 +37,7 @@ shared and noisy. "CPU ms/file" is the receiver's CPU (all its processes) over t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -81,7 +82,8 @@ def make_corpus(directory: Path, files: int, first_patient: int, patients: int) 
     directory.mkdir(parents=True, exist_ok=True)
     jobs = [(directory, p, st, se, i) for p in range(first_patient, first_patient + patients)
             for st in range(studies) for se in range(1, series + 1) for i in range(1, per_series + 1)][:files]
-    with mp.get_context("fork").Pool(os.cpu_count() or 2) as pool:
+    with mp.get_context("fork").Pool(os.cpu_count() or 2, initializer=signal.signal,
+                                     initargs=(signal.SIGTERM, signal.SIG_DFL)) as pool:
         pool.map(_write_one, jobs, chunksize=16)
     paths = sorted(directory.iterdir())
     for path in paths:  # every receiver is fed from the page cache
@@ -161,10 +163,8 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         if Path(f"/proc/{pid}").exists():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def storescu(port: int, aec: str, paths: list[Path]) -> float:
@@ -326,17 +326,48 @@ class Orthanc(Receiver):
 # ----------------------------------------------------------------------------------------- Strongroom
 
 
+# --diag-verify-fix: a sitecustomize.py put on PYTHONPATH of that one diagnostic `dicom serve` (and so of its
+# spawned workers). It changes nothing in src/: it makes the pydicom call in verify._header_bytes keep the
+# deferred pixel data unread, as that function expects (with pydicom 3, get_item() reads a deferred value and
+# returns a DataElement without value_tell, so the pixel data is never cut out of the scanned bytes).
+VERIFY_FIX = '''"""bench_receive.py --diag-verify-fix only: not part of Strongroom."""
+import sys
+
+try:
+    import pydicom.dataset as _dataset
+except ImportError:
+    pass
+else:
+    _get_item = _dataset.Dataset.get_item
+
+    def _patched_get_item(self, key, *, keep_deferred=False):
+        if sys._getframe(1).f_code.co_name == "_header_bytes":
+            keep_deferred = True
+        return _get_item(self, key, keep_deferred=keep_deferred)
+
+    _dataset.Dataset.get_item = _patched_get_item
+'''
+
+NOFSYNC = {"STRONGROOM_IMAGING__FSYNC": "false"}
+VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffix, environment, VERIFY_FIX)
+    "strongroom": ("", {}, False),
+    "sr-nofsync": (" [diag: FSYNC=false]", NOFSYNC, False),
+    "sr-verifyfix": (" [diag: scan fix]", {}, True),
+    "sr-fix-nofsync": (" [diag: scan fix, FSYNC=false]", NOFSYNC, True),
+}
+
+
 class Strongroom(Receiver):
     """``strongroom dicom serve`` in its own process, on a fresh hub (embedded SQLite, local storage)."""
 
     AET = "BENCH_AE"
 
-    def __init__(self, work: Path, *, fsync: bool = True) -> None:
+    def __init__(self, work: Path, label: str = "strongroom") -> None:
         self.work = work
         self.var = work / "var"
-        self.fsync = fsync
-        self.name = "Strongroom dicom serve" + ("" if fsync else " [diag: FSYNC=false]")
-        self.label = "strongroom" if fsync else "sr-nofsync"
+        self.label = label
+        self.diagnostic = label != "strongroom"
+        self.name = "Strongroom dicom serve" + VARIANTS[label][0]
         self.proc: subprocess.Popen[bytes] | None = None
         self.expected = 0  # instances the table should hold once everything sent so far is archived
         self.db: sqlite3.Connection | None = None
@@ -383,8 +414,12 @@ class Strongroom(Receiver):
         env |= {"STRONGROOM_VAR_DIR": str(self.var), "STRONGROOM_SECRET_KEY": self.secret,
                 "STRONGROOM_IMAGING__PUBLISH_IDLE_SECONDS": "0.5", "STRONGROOM_IMAGING__REFRESH_SECONDS": "0.5",
                 "STRONGROOM_LOG_LEVEL": "INFO"}
-        if not self.fsync:
-            env["STRONGROOM_IMAGING__FSYNC"] = "false"
+        env |= VARIANTS[self.label][1]
+        if VARIANTS[self.label][2]:
+            patch = self.work / "diag-patch"
+            patch.mkdir()
+            (patch / "sitecustomize.py").write_text(VERIFY_FIX)
+            env["PYTHONPATH"] = str(patch)
         self.log_path = self.work / "dicom-serve.log"
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "dicom", "serve", "--workers", "2"],
@@ -415,11 +450,12 @@ class Strongroom(Receiver):
         start = time.perf_counter()
         elapsed = storescu(self.port, self.AET, paths)
         self.expected += len(paths)
-        done = self._wait("SELECT count(*) FROM imaging_instances", self.expected, "the instances to be archived")
+        done = self._wait("SELECT count(*) FROM imaging_instances", self.expected, "the instances to be archived",
+                          timeout=300 + 5 * len(paths))
         cpu = cpu_seconds(self.proc.pid) - cpu0
         # untimed: let the publication (0.5 s after the sender goes quiet) finish before anyone else runs
         published = self._wait("SELECT count(*) FROM imaging_instances WHERE state = 'published'", self.expected,
-                               "the instances to be published")
+                               "the instances to be published", timeout=300 + 5 * len(paths))
         self.publish_waits.append(published - done)
         return {"ack": elapsed, "end-to-end": done - start, "cpu": cpu}
 
@@ -441,20 +477,24 @@ class Strongroom(Receiver):
         stop_process(self.proc, wait=60)
         self.proc = None
 
-    def log_problems(self) -> tuple[int, list[str]]:
-        """(lines, the warning/error/exception lines) of the serve process's JSON log."""
+    def log_problems(self) -> tuple[int, list[str], list[str], int]:
+        """The serve process's log (JSON lines on stderr): (lines, those at warning level or above, the
+        lines that are not JSON other than the startup banner, publications)."""
         if not getattr(self, "log_path", None) or not self.log_path.exists():
-            return 0, []
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        bad = []
+            return 0, [], [], 0
+        lines = [line for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
+        bad, other, published = [], [], 0
         for line in lines:
             try:
-                level = str(json.loads(line).get("level", "")).lower()
-            except (ValueError, AttributeError):
-                level = "?" if line.strip() else ""
-            if level not in ("", "info", "debug"):
+                record = json.loads(line)
+            except ValueError:
+                if not line.startswith("DICOM destinations on "):
+                    other.append(line[:400])
+                continue
+            published += record.get("event") == "dicom.published"
+            if str(record.get("level", "")).lower() not in ("info", "debug"):
                 bad.append(line[:400])
-        return len(lines), bad
+        return len(lines), bad, other, published
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -470,6 +510,10 @@ def main() -> int:
     parser.add_argument("--no-bit-preserving", action="store_true", help="skip the storescp +B figure")
     parser.add_argument("--diag-nofsync", action="store_true",
                         help="also run a second Strongroom hub with STRONGROOM_IMAGING__FSYNC=false (diagnostic)")
+    parser.add_argument("--diag-verify-fix", action="store_true",
+                        help="also run a Strongroom hub whose leak scan skips the pixel data as intended (diagnostic: "
+                             "a sitecustomize patch of that one pydicom call, in a temp dir; src/ is untouched); "
+                             "with --diag-nofsync, also the two together")
     parser.add_argument("--keep", action="store_true", help="keep the /tmp directory (logs, databases)")
     args = parser.parse_args()
     if not shutil.which("storescu") or not shutil.which("storescp"):
@@ -486,8 +530,9 @@ def main() -> int:
     strongrooms: list[Strongroom] = []
     try:
         t0 = time.perf_counter()
-        warm = make_corpus(work / "corpus" / "warm", args.warmup, 900_000, 2)
-        corpora = [make_corpus(work / "corpus" / f"round{r + 1}", args.files, (r + 1) * 1000, args.patients)
+        warm = make_corpus(work / "corpus" / "warm", args.warmup, 0, 2)
+        corpora = [make_corpus(work / "corpus" / f"round{r + 1}", args.files, 10 + r * args.patients,
+                               args.patients)
                    for r in range(args.rounds)]
         size = statistics.mean(p.stat().st_size for c in corpora for p in c)
         load = os.getloadavg()
@@ -509,7 +554,11 @@ def main() -> int:
                 receivers.append(orthanc)
         strongrooms.append(Strongroom(work / "strongroom"))
         if args.diag_nofsync:
-            strongrooms.append(Strongroom(work / "strongroom-nofsync", fsync=False))
+            strongrooms.append(Strongroom(work / "strongroom-nofsync", "sr-nofsync"))
+        if args.diag_verify_fix:
+            strongrooms.append(Strongroom(work / "strongroom-verifyfix", "sr-verifyfix"))
+        if args.diag_verify_fix and args.diag_nofsync:
+            strongrooms.append(Strongroom(work / "strongroom-fix-nofsync", "sr-fix-nofsync"))
         receivers.extend(strongrooms)
 
         for rc in list(receivers):
@@ -541,17 +590,26 @@ def main() -> int:
         names = {rc.label: rc.name for rc in receivers}
         rate = {key: [n / s for s in values] for key, values in times.items()}
         print()
-        print(f"  {'receiver':<52} {'files/s':>8} {'MB/s':>7}  {'rounds':>11}  {'CPU ms/file':>11}")
+        titles = {key: names[key[0]] + ("" if key[0].startswith(("storescp", "orthanc")) else f": {key[1]}")
+                  for key in rate}
+        width = max(map(len, titles.values()))
+        print(f"  {'receiver':<{width}} {'files/s':>8} {'MB/s':>7}  {'rounds':>11}  {'CPU ms/file':>11}")
         for (label, figure), values in rate.items():
             med = statistics.median(values)
             plain = label.startswith(("storescp", "orthanc"))
-            title = names[label] + ("" if plain else f": {figure}")
+            title = titles[label, figure]
             # CPU: over storescu's run for the others; for Strongroom until its end-to-end point
             cpu_col = f"{statistics.median(cpu[label]):11.1f}" if figure == ("ack" if plain else "end-to-end") else ""
-            print(f"  {title:<52} {med:8.1f} {med * size / 1e6:7.1f}  {min(values):5.0f}..{max(values):<5.0f}  {cpu_col}")
+            print(f"  {title:<{width}} {med:8.1f} {med * size / 1e6:7.1f}  {min(values):5.0f}..{max(values):<5.0f}"
+                  f"  {cpu_col}")
 
         def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:
             return statistics.median(x / y for x, y in zip(rate[a], rate[b], strict=True))
+
+        def verdict(value: float, target: float, diagnostic: bool) -> str:
+            if diagnostic:
+                return "diagnostic"
+            return "met" if value >= target else f"MISSED by {(1 - value / target) * 100:.0f}%"
 
         print("\n  ratios (median of per-round ratios):")
         for sr in strongrooms:
@@ -560,27 +618,27 @@ def main() -> int:
                 tag = f"{sr.label} {figure}"
                 if ("orthanc", "ack") in rate:
                     v = ratio(a, ("orthanc", "ack"))
-                    verdict = ("met" if v >= 1 else f"MISSED by {(1 - v) * 100:.0f}%") if sr.fsync else "diagnostic"
-                    print(f"    {tag:<24} / Orthanc         = {v:5.2f}   (target >= 1.0: {verdict})")
+                    print(f"    {tag:<26} / Orthanc         = {v:5.2f}   "
+                          f"(target >= 1.0: {verdict(v, 1.0, sr.diagnostic)})")
                 v = ratio(a, ("storescp", "ack"))
-                verdict = ("met" if v >= 0.7 else f"MISSED by {(1 - v / 0.7) * 100:.0f}%") if sr.fsync else "diagnostic"
-                print(f"    {tag:<24} / storescp        = {v:5.2f}   (target >= 0.7: {verdict})")
+                print(f"    {tag:<26} / storescp        = {v:5.2f}   (target >= 0.7: {verdict(v, 0.7, sr.diagnostic)})")
                 if ("storescp+B", "ack") in rate:
-                    print(f"    {tag:<24} / storescp +B     = {ratio(a, ('storescp+B', 'ack')):5.2f}   (information)")
+                    print(f"    {tag:<26} / storescp +B     = {ratio(a, ('storescp+B', 'ack')):5.2f}   (information)")
         if ("orthanc", "ack") in rate:
-            print(f"    {'Orthanc':<24} / storescp        = {ratio(('orthanc', 'ack'), ('storescp', 'ack')):5.2f}"
+            print(f"    {'Orthanc':<26} / storescp        = {ratio(('orthanc', 'ack'), ('storescp', 'ack')):5.2f}"
                   "   (information)")
 
         load = os.getloadavg()
         print(f"\n  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         for sr in strongrooms:
             s = sr.summary()
-            lines, bad = sr.log_problems()
+            lines, bad, other, published = sr.log_problems()
             print(f"  {sr.name}: instances by state {s['states']}; batches {s['batches']}; "
                   f"files left in the spool {s['spool_leftovers']}; publication "
                   f"{statistics.median(sr.publish_waits):.2f} s after the last archive (median, untimed)")
-            print(f"    its log: {lines} lines, {len(bad)} at warning level or above")
-            for line in bad[:10]:
+            print(f"    its log: {lines} lines, {len(bad)} at warning level or above, {len(other)} other non-JSON; "
+                  f"{published} versions published for {1 + args.rounds} sends")
+            for line in (bad + other)[:10]:
                 print(f"      {line}")
         for note in notes:
             print(f"  note: {note}")
