@@ -1,5 +1,5 @@
 # Strongroom: two commands matter.
-#   make run   - a working hub on the embedded defaults at http://127.0.0.1:8000
+#   make run   - a working hub on the embedded defaults at http://127.0.0.1:8000 (+ the DICOM destination)
 #   make test  - install everything the tests need (system packages included) and run them all
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,7 +21,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.run-installed
 	$(BIN)/strongroom init --demo
-	$(BIN)/strongroom serve
+	$(BIN)/strongroom dicom serve & dicom=$$!; trap 'kill $$dicom 2>/dev/null' EXIT INT TERM; $(BIN)/strongroom serve
 
 test-deps: $(VENV)/.test-installed
 	bash scripts/install-test-deps.sh

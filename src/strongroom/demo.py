@@ -12,7 +12,9 @@ import os
 import secrets
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from .audit import service as audit
 from .audit.service import Actor
 from .db import transaction
 from .hub import Hub
@@ -55,6 +57,7 @@ def seed_demo(hub: Hub) -> list[str]:
                 end_date=dt.date.today() + dt.timedelta(days=3 * 365),
                 description="A demonstration project on the embedded defaults.",
             )
+            _open_demo_destination(session, actor)
     from .catalog.demo import seed_catalog_demo
 
     landing = seed_catalog_demo(hub)  # synthetic CT dataset: archived, released, published in the catalogue
@@ -68,5 +71,27 @@ def seed_demo(hub: Hub) -> list[str]:
         f"  Credentials are kept in {hub.settings.var_dir / 'demo-credentials.json'}",
         f"  Demo dataset landing page (public, no login): [bold]{landing}[/]",
         f"  Dataset catalogue: {url.rstrip('/')}/catalog   sitemap: {url.rstrip('/')}/sitemap.xml",
+        f"  DICOM destination of project 'demo': AE [bold]{DEMO_AE}[/] at {hub.settings.imaging.dicom_host}:"
+        f"{DEMO_DICOM_PORT}, allowed sender {DEMO_SENDER} from 127.0.0.1 (`strongroom dicom serve`)",
+        f"    TCP_NODELAY=1 storescu -aet {DEMO_SENDER} -aec {DEMO_AE} 127.0.0.1 {DEMO_DICOM_PORT} FILES…",
+        "    or: strongroom import dicom FOLDER_OR_ZIP --project demo",
         "",
     ]
+
+
+DEMO_AE, DEMO_SENDER, DEMO_DICOM_PORT = "DEMO_AE", "DEMO_SCANNER", 11112
+
+
+def _open_demo_destination(session: Session, actor: Actor) -> None:
+    """The demo project opens its DICOM destination for one local sender (a real hub starts locked)."""
+    from .imaging.settings import DeidProfileSetting
+    from .projects.models import ProjectSetting
+
+    project = session.scalar(select(Project).where(Project.slug == "demo"))
+    assert project is not None
+    for key, value in (("dicom_destination", {"ae_title": DEMO_AE, "port": DEMO_DICOM_PORT}),
+                       ("dicom_senders", [{"ae_title": DEMO_SENDER, "address": "127.0.0.1"}]),
+                       ("deid_profile", DeidProfileSetting(retain_longitudinal="modified").model_dump(mode="json"))):
+        session.add(ProjectSetting(project_id=project.id, key=key, value=value, changed_by=project.pi_id))
+        audit.record(session, actor, "project.setting.opened", project_id=project.id, target=f"setting:{key}",
+                     details={"before": None, "after": value, "why": "demo"})

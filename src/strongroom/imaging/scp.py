@@ -471,7 +471,7 @@ class DicomService:
                 self._pending_publish.add(project_id)
                 continue
             if version:
-                log.info("dicom.published", project=str(project_id), version=version)
+                log.info("dicom.published", project=dest.slug if dest else str(project_id), version=version)
 
 
 def _status(code: int, comment: str) -> Dataset:
