@@ -164,3 +164,22 @@ def test_settings_api_needs_fresh_mfa(world, hub, people) -> None:  # noqa: ANN0
     r = c.put("/api/v1/projects/lung/settings/dicom_destination", json={"value": {"ae_title": "A", "port": 4242}},
               headers=bearer(stale))
     assert r.status_code in (401, 403) and "multi-factor" in r.json()["detail"]
+
+
+def test_catalogue_entry_of_the_import_dataset_carries_measured_facts(world, hub, tmp_path: Path) -> None:  # noqa: ANN001
+    c, t = world["client"], world["tokens"]
+    dataset_id = c.get("/api/v1/projects/lung/imaging", headers=bearer(t["alice"])).json()["dataset_id"]
+    r = c.put(f"/api/v1/datasets/{dataset_id}/catalog", headers=bearer(t["alice"]),
+              json={"slug": "lung-imports", "title": "Lung CT imports"})
+    assert r.status_code == 200, r.text
+    entry = r.json()
+    # filled in from what was imported (the quarantined ultrasound is not published, so not counted)
+    assert (entry["subjects"], entry["studies"], entry["series"], entry["instances"]) == (1, 1, 1, 2)
+    assert entry["modalities"] == ["CT"] and entry["manufacturers"] == ["GE MEDICAL SYSTEMS"]
+    assert entry["organs"] == ["chest"]
+    # a later import updates the counts with the new version
+    write_corpus(tmp_path / "more", patients=3, studies=2, instances=1)
+    report = bulk.run_import(hub, bulk.project_by_slug(hub, "lung"), tmp_path / "more", workers=1)
+    assert report.published_version == 2
+    entry = c.get(f"/api/v1/datasets/{dataset_id}/catalog", headers=bearer(t["alice"])).json()
+    assert (entry["subjects"], entry["studies"], entry["instances"]) == (3, 6, 7)

@@ -141,3 +141,31 @@ def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None
     r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"),
                         "--project", "nope"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no project" in r.stderr
+
+
+def test_killed_bulk_import_resumes_without_loss_or_doubles(hub, lung, settings, tmp_path: Path) -> None:  # noqa: ANN001
+    import os
+    import signal
+    import time
+
+    write_corpus(tmp_path / "in", patients=4, studies=2, series=2, instances=12)  # 192 files
+    env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin"}
+    cmd = [sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"), "--project", "lung",
+           "--json", "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(instances(hub)) < 64 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the importer and its workers die mid-batch
+    proc.wait(30)
+    done_before = len(instances(hub))
+    assert 64 <= done_before < 192
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["archived"] + report["duplicates"] == 192
+    assert report["duplicates"] == done_before
+    published = instances(hub, "published")
+    assert len(published) == 192 and len({i.sop_instance_uid for i in published}) == 192

@@ -63,6 +63,8 @@ class EntryOut(EntryBody):
     updated_at: dt.datetime
     url: str
     images: list[ImageOut]
+    instances: int | None = Field(default=None, description="DICOM instances, measured by the import (read-only)")
+    manufacturers: list[str] = Field(default_factory=list, description="scanner makers, from the import (read-only)")
 
 
 class EntrySummary(Out):
@@ -96,6 +98,7 @@ def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:  # noqa: ANN001
     return EntryOut(**data, dataset_id=entry.dataset_id, published=entry.published,
                     published_at=entry.published_at, updated_at=entry.updated_at,
                     url=f"{hub.settings.base_url.rstrip('/')}/catalog/{entry.slug}",
+                    instances=entry.instances, manufacturers=entry.manufacturers or [],
                     images=[ImageOut.model_validate(i) for i in service.images_of(db, entry)])
 
 
