@@ -364,3 +364,17 @@ def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_pat
             assert all(any(r.startswith("leak") for r in inst.reasons) for _ in leaks)
         checked += 1
     assert checked == acked
+
+
+def test_an_aborted_association_still_closes_its_batch(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+    originals = write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
+    with dicom_serve(settings, destination):
+        ae = AE(ae_title=SENDER)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", destination, ae_title=AET)
+        assert assoc.is_established
+        for data in originals.values():
+            assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0
+        assoc.abort()  # the modality goes away without releasing
+        wait_for(lambda: published_count(hub) == 2, what="publishing after the abort")
+        assert [(b.state, b.archived) for b in batches(hub)] == [("closed", 2)]

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -114,6 +115,7 @@ class _Item:
     batch_id: str
     stem: Path  # spool path without suffix: .raw (original), .dcm (de-identified), .json (summary)
     summary: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
 
 
 @dataclass
@@ -139,6 +141,8 @@ class DicomService:
         self.destinations: dict[uuid.UUID, _Destination] = {}
         self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
         self.batches: dict[int, str] = {}  # id(association) → batch id
+        self.live: set[int] = set()  # id(association) of accepted, still connected associations
+        self.unarchived: Counter[uuid.UUID] = Counter()  # acknowledged, not yet archived, per project
         self.lock = threading.Lock()
         self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
         self.stopping = threading.Event()
@@ -237,8 +241,7 @@ class DicomService:
             (evt.EVT_REJECTED, self._on_rejected, [dest]),
             (evt.EVT_C_ECHO, lambda event: SUCCESS),
             (evt.EVT_C_STORE, self._on_store, [dest]),
-            (evt.EVT_RELEASED, self._on_end, [dest]),
-            (evt.EVT_ABORTED, self._on_end, [dest]),
+            (evt.EVT_CONN_CLOSE, self._on_end, [dest]),  # after release, abort or a dropped connection
         ]
         dest.server = ae.start_server((self.host, config.port), block=False, evt_handlers=handlers)
         log.info("dicom.destination_started", project=slug, ae_title=config.ae_title, port=config.port)
@@ -261,6 +264,7 @@ class DicomService:
 
     def _on_accepted(self, event: evt.Event, dest: _Destination) -> None:
         with self.lock:
+            self.live.add(id(event.assoc))
             dest.open_associations += 1
             dest.last_activity = time.monotonic()
 
@@ -287,7 +291,9 @@ class DicomService:
     def _on_end(self, event: evt.Event, dest: _Destination) -> None:
         with self.lock:
             batch_id = self.batches.pop(id(event.assoc), None)
-            dest.open_associations = max(0, dest.open_associations - 1)
+            if id(event.assoc) in self.live:
+                self.live.discard(id(event.assoc))
+                dest.open_associations -= 1
             dest.last_activity = time.monotonic()
         if batch_id is not None:
             self.queue.put(_Close(dest, batch_id))
@@ -328,7 +334,7 @@ class DicomService:
         self._write_sidecar(stem, batch_id, summary)
         dest.free_bytes -= size
         dest.last_activity = time.monotonic()
-        self.queue.put(_Item(dest, batch_id, stem, summary))
+        self._enqueue(_Item(dest, batch_id, stem, summary))
         return SUCCESS
 
     # -- spool ----------------------------------------------------------------------------------
@@ -387,7 +393,7 @@ class DicomService:
                     if project_id not in contexts:
                         contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
                                                             service.load_context(self.hub, project_id))
-                    self.queue.put(_Item(contexts[project_id], batch_dir.name, stem, self._read_sidecar(stem)))
+                    self._enqueue(_Item(contexts[project_id], batch_dir.name, stem, self._read_sidecar(stem)))
                     recovered += 1
                 open_batches.pop(batch_dir.name, None)
                 if project_id in contexts:
@@ -404,6 +410,11 @@ class DicomService:
             self._pending_publish.add(project_id)
 
     # -- archiver -------------------------------------------------------------------------------
+    def _enqueue(self, item: _Item) -> None:
+        with self.lock:
+            self.unarchived[item.dest.project_id] += 1
+        self.queue.put(item)
+
     def _archive_loop(self) -> None:
         while True:
             first = self.queue.get()
@@ -422,9 +433,18 @@ class DicomService:
                 group.append(nxt)
             try:
                 self._archive_group(group)
-            except Exception:
-                log.exception("dicom.archive_failed")  # files stay in the spool; retried on next start
-                time.sleep(1)
+            except Exception:  # storage or database away: archiving is idempotent, so try the group again
+                log.exception("dicom.archive_failed")
+                time.sleep(2)
+                for g in group:
+                    if isinstance(g, _Item):
+                        g.attempts += 1
+                        if g.attempts >= 5:  # left in the spool for the next start; publishing goes on
+                            log.error("dicom.archive_gave_up", spool=str(g.stem))
+                            with self.lock:
+                                self.unarchived[g.dest.project_id] -= 1
+                            continue
+                    self.queue.put(g)
 
     def _archive_group(self, group: list[_Item | _Close]) -> None:
         items = [g for g in group if isinstance(g, _Item)]
@@ -447,6 +467,8 @@ class DicomService:
             for item, _ in pairs:
                 for suffix in (".raw", ".dcm", ".json"):
                     item.stem.with_suffix(suffix).unlink(missing_ok=True)
+            with self.lock:
+                self.unarchived[project_id] -= len(pairs)
             self._pending_publish.add(project_id)
         for close in (g for g in group if isinstance(g, _Close)):
             service.close_batch(self.hub, close.batch_id)
@@ -459,9 +481,9 @@ class DicomService:
         now = time.monotonic()
         for project_id in list(self._pending_publish):
             dest = self.destinations.get(project_id)
-            busy = dest is not None and (dest.open_associations
-                                         or now - dest.last_activity < self.cfg.publish_idle_seconds)
-            if busy or not self.queue.empty():
+            busy = self.unarchived[project_id] > 0 or (dest is not None and (
+                dest.open_associations or now - dest.last_activity < self.cfg.publish_idle_seconds))
+            if busy:
                 continue
             self._pending_publish.discard(project_id)
             try:
