@@ -447,7 +447,8 @@ class DicomService:
                     self.queue.put(g)
 
     def _archive_group(self, group: list[_Item | _Close]) -> None:
-        items = [g for g in group if isinstance(g, _Item)]
+        # (an item of a retried group may have been archived already: its spool files are gone)
+        items = [g for g in group if isinstance(g, _Item) and g.stem.with_suffix(".json").exists()]
         futures: list[Future[dict[str, Any]]] = [
             self.pool.submit(pipeline.verify_stage, str(i.stem.with_suffix(".raw")),
                              str(i.stem.with_suffix(".dcm")), i.dest.ctx.profile, i.summary)
