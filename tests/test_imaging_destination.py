@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
@@ -172,7 +173,8 @@ def _associate(port: int, *, aet: str = SENDER, aec: str = AET, bind: str = "127
 
 
 def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -> None:  # noqa: ANN001
-    with dicom_serve(settings, destination):
+    metrics_port = free_port()
+    with dicom_serve(settings, destination, STRONGROOM_IMAGING__METRICS_PORT=str(metrics_port)):
         allowed = _associate(destination)
         assert allowed.is_established
         assert allowed.send_c_echo().Status == 0
@@ -184,6 +186,9 @@ def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -
         r = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", AET, "127.0.0.1", str(destination)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "Rejected" in r.stderr
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert 'strongroom_dicom_associations_total{outcome="rejected",project="lung"} 4.0' in metrics
+        assert 'strongroom_dicom_associations_total{outcome="accepted",project="lung"} 1.0' in metrics
     with hub.sessions() as s:
         denied = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "imaging.association.rejected")))
     assert len(denied) == 4

@@ -133,6 +133,8 @@ class ImagingSettings(BaseModel):
     max_pdu: int = 131072  # maximum PDU we receive: fewer, larger reads (storescu's default is 16 KiB)
     publish_idle_seconds: float = 10.0  # publish a new dataset version once imports are quiet this long
     refresh_seconds: float = 2.0  # how often `dicom serve` re-reads destinations and allowed senders
+    metrics_port: int = 0  # Prometheus metrics of `dicom serve` on this port (0: off)
+    metrics_host: str = "127.0.0.1"
 
 
 class Settings(BaseSettings):

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Histogram, start_http_server
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.association import Association
@@ -52,6 +54,11 @@ from .models import ImportBatch
 from .settings import DicomDestination
 
 log = structlog.get_logger("strongroom.dicom")
+ASSOCIATIONS = MetricCounter("strongroom_dicom_associations_total", "DICOM associations", ["project", "outcome"])
+STORES = MetricCounter("strongroom_dicom_stores_total", "C-STORE requests answered", ["project", "status"])
+STORE_SECONDS = Histogram("strongroom_dicom_store_seconds", "C-STORE: data received to response sent",
+                          ["project"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived", ["project", "outcome"])
 
 # C-STORE statuses (PS3.4 B.2.3)
 SUCCESS = 0x0000
@@ -155,6 +162,8 @@ class DicomService:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.cfg.metrics_port:  # Prometheus for this process (the web app's /metrics is another process)
+            start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host)
         self._recover()
         self.archiver.start()
         self.refresh()
@@ -263,6 +272,7 @@ class DicomService:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_accepted(self, event: evt.Event, dest: _Destination) -> None:
+        ASSOCIATIONS.labels(dest.slug, "accepted").inc()
         with self.lock:
             self.live.add(id(event.assoc))
             dest.open_associations += 1
@@ -280,6 +290,7 @@ class DicomService:
     def _on_rejected(self, event: evt.Event, dest: _Destination) -> None:
         assoc = event.assoc
         caller = (assoc.requestor.ae_title or "").strip()[:16]
+        ASSOCIATIONS.labels(dest.slug, "rejected").inc()
         log.warning("dicom.association_rejected", project=dest.slug, calling_ae=caller,
                     address=assoc.requestor.address)
         with transaction(self.hub.sessions) as session:
@@ -299,6 +310,13 @@ class DicomService:
             self.queue.put(_Close(dest, batch_id))
 
     def _on_store(self, event: evt.Event, dest: _Destination) -> Dataset | int:
+        started = time.perf_counter()
+        result = self._store(event, dest)
+        STORE_SECONDS.labels(dest.slug).observe(time.perf_counter() - started)
+        STORES.labels(dest.slug, f"{result if isinstance(result, int) else result.Status:04X}").inc()
+        return result
+
+    def _store(self, event: evt.Event, dest: _Destination) -> Dataset | int:
         tmp = Path(event.dataset_path)
         try:
             batch_id = self._batch_for(event.assoc, dest)
@@ -464,7 +482,9 @@ class DicomService:
                 (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary)))
         for project_id, pairs in by_project.items():
             ctx = pairs[0][0].dest.ctx
-            service.archive_processed(self.hub, self.storage, ctx, [p for _, p in pairs])
+            outcomes = service.archive_processed(self.hub, self.storage, ctx, [p for _, p in pairs])
+            for outcome in outcomes:
+                ARCHIVED.labels(pairs[0][0].dest.slug or str(project_id), outcome).inc()
             for item, _ in pairs:
                 for suffix in (".raw", ".dcm", ".json"):
                     item.stem.with_suffix(suffix).unlink(missing_ok=True)
