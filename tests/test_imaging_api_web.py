@@ -183,3 +183,26 @@ def test_catalogue_entry_of_the_import_dataset_carries_measured_facts(world, hub
     assert report.published_version == 2
     entry = c.get(f"/api/v1/datasets/{dataset_id}/catalog", headers=bearer(t["alice"])).json()
     assert (entry["subjects"], entry["studies"], entry["instances"]) == (3, 6, 7)
+
+
+def test_action_log_per_instance_without_values(world, hub) -> None:  # noqa: ANN001
+    c, t = world["client"], world["tokens"]
+    inst = instances(hub, "published")[0]
+    r = c.get(f"/api/v1/projects/lung/imaging/instances/{inst.id}/actions", headers=bearer(t["sam"]))
+    assert r.status_code == 200, r.text
+    actions = r.json()["actions"]
+    by_keyword = {a["keyword"]: a for a in actions}
+    assert by_keyword["PatientName"]["action"] in ("Z", "D") and by_keyword["PatientID"]["action"] == "D"
+    assert by_keyword["StudyDate"]["action"] == "C" and "E.1-1" in by_keyword["StudyDate"]["rule"]
+    from strongroom.imaging.synthetic import SyntheticPatient
+
+    assert SyntheticPatient(0).patient_id not in r.text and SyntheticPatient(0).name not in r.text
+    from strongroom.imaging.models import ActionLog
+
+    with hub.sessions() as s:  # instances of one series share one stored log
+        logs = len(list(s.scalars(select(ActionLog))))
+    assert logs < len(instances(hub))
+    assert c.get(f"/api/v1/projects/other/imaging/instances/{inst.id}/actions",
+                 headers=bearer(t["bob"])).status_code == 404
+    page = web_client(world["app"], hub, world["alice"]).get(f"/projects/lung/imaging/instances/{inst.id}")
+    assert page.status_code == 200 and "PatientID" in page.text

@@ -68,6 +68,18 @@ class OverviewOut(Out):
     key_fingerprint: str | None
 
 
+class ActionOut(Out):
+    path: str
+    keyword: str
+    rule: str
+    action: str
+
+
+class InstanceActionsOut(Out):
+    instance: InstanceOut
+    actions: list[ActionOut]
+
+
 class ReviewIn(Body):
     instance_ids: list[int] = Field(min_length=1, max_length=1000)
     decision: Literal["approve", "discard"]
@@ -115,6 +127,15 @@ def get_import(db: Db, principal: Read, slug: str, batch_id: str) -> Any:
 def list_quarantine(db: Db, principal: Read, slug: str) -> list[Any]:
     """Instances waiting for a person: why each was held (never an original value)."""
     return service.quarantined(db, projects.open_project(db, principal, slug))
+
+
+@router.get("/instances/{instance_id}/actions", response_model=InstanceActionsOut)
+def instance_actions(db: Db, principal: Read, slug: str, instance_id: int) -> dict[str, Any]:
+    """What de-identification did to one instance: attribute, rule (PS3.15 row and option), action
+    (X remove, Z empty, D dummy, U new UID, C clean/shift, K keep). Never an original value."""
+    inst, entries = service.action_log(db, projects.open_project(db, principal, slug), instance_id)
+    return {"instance": inst, "actions": [dict(zip(("path", "keyword", "rule", "action"), e, strict=True))
+                                          for e in entries]}
 
 
 @router.post("/quarantine/review", response_model=ReviewOut)

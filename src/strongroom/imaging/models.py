@@ -46,6 +46,16 @@ class PseudonymEntry(CreatedMixin, Base):
     sealed_original: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ActionLog(Base):
+    """A de-identification action log, stored once per distinct content: instances of one series or
+    scanner share the same log, so millions of instances need few rows."""
+
+    __tablename__ = "imaging_action_logs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    entries: Mapped[bytes] = mapped_column(LargeBinary)  # zlib-compressed JSON [[path, keyword, rule, action]]
+
+
 class ImportBatch(CreatedMixin, Base):
     """One association from a sender, or one bulk import run."""
 
@@ -92,6 +102,7 @@ class ImportedInstance(Base):
     size: Mapped[int] = mapped_column(Big, default=0)  # de-identified bytes
     reasons: Mapped[list[str]] = mapped_column(JSON, default=list)  # why it was quarantined
     action_count: Mapped[int] = mapped_column(default=0)
+    action_log_sha256: Mapped[str | None] = mapped_column(ForeignKey("imaging_action_logs.sha256"))
     published_version: Mapped[int | None]
     reviewed_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     reviewed_at: Mapped[dt.datetime | None]

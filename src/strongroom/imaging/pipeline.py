@@ -52,6 +52,8 @@ def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes, *,
         "pixel_cleaned": result.pixel_cleaned,
         "misses": list(result.misses),
         "action_count": len(result.action_log),
+        # which attribute, which rule, what action: never a value, so it may be kept beside the data
+        "action_log": [list(entry) for entry in result.action_log],
         "pseudonym_map": [(kind, original, pseudonym)
                           for kind, (original, pseudonym) in result.pseudonym_map.items()],
     }

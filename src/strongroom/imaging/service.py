@@ -10,12 +10,18 @@ duplicate and changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import json
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ..archive import service as archive
@@ -40,6 +46,7 @@ from .models import (
     DISCARDED,
     PUBLISHED,
     QUARANTINED,
+    ActionLog,
     ImagingProject,
     ImportBatch,
     ImportedInstance,
@@ -163,11 +170,15 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             outcomes.append("duplicate")
             continue
         seen.add(sop)
-        file_id = "SRF-" + keystore_file_token(ctx, sop)
+        file_id = "SRF-" + archive_file_token(ctx, sop)
         sealed[n] = archive.seal_into_storage(ctx.keys, storage, ctx.project_id, file_id, item.out_path)
         outcomes.append(QUARANTINED if item.summary.get("reasons") else ARCHIVED)
     with transaction(hub.sessions) as session:
         pairs: list[tuple[str, str, str]] = []
+        logs: dict[str, bytes] = {}
+        log_of = {n: _action_log_digest(item.summary.get("action_log") or [], logs)
+                  for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)) if outcome != "duplicate"}
+        _store_action_logs(session, logs)  # before the instances that point at them
         per_batch: dict[str, Counter[str]] = {}
         reasons_by_batch: dict[str, list[str]] = {}
         for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
@@ -186,7 +197,8 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
                 patient_pseudonym=s.get("patient_pseudonym", "")[:64], modality=s.get("modality", "")[:16],
                 body_part=s.get("body_part", "")[:64], manufacturer=s.get("manufacturer", "")[:64],
                 study_date=s.get("study_date", "")[:8], size=s.get("size", 0),
-                reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0)))
+                reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0),
+                action_log_sha256=log_of[n]))
             pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))  # type: ignore[misc]
             if outcome == QUARANTINED:
                 reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
@@ -204,11 +216,36 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
     return outcomes
 
 
-def keystore_file_token(ctx: ImportContext, sop_instance_uid: str) -> str:
-    """A stable archive id per (project, instance): a retried store overwrites instead of doubling."""
-    import hashlib
-    import hmac
+def _action_log_digest(entries: list[list[str]], logs: dict[str, bytes]) -> str:
+    data = json.dumps(entries, separators=(",", ":")).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in logs:
+        logs[digest] = zlib.compress(data, 6)
+    return digest
 
+
+def _store_action_logs(session: Session, logs: dict[str, bytes]) -> None:
+    if not logs:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(insert(ActionLog).on_conflict_do_nothing(index_elements=["sha256"]),
+                    [{"sha256": k, "entries": v} for k, v in logs.items()])
+
+
+def action_log(session: Session, access: projects.ProjectAccess, instance_id: int) -> tuple[ImportedInstance,
+                                                                                       list[list[str]]]:
+    """An instance and what de-identification did to it, attribute by attribute (never a value)."""
+    access.require("import")
+    inst = session.get(ImportedInstance, instance_id)
+    if inst is None or inst.project_id != access.project.id:
+        raise NotFound("no such instance")
+    row = session.get(ActionLog, inst.action_log_sha256) if inst.action_log_sha256 else None
+    return inst, json.loads(zlib.decompress(row.entries)) if row else []
+
+
+def archive_file_token(ctx: ImportContext, sop_instance_uid: str) -> str:
+    """A stable archive id per (project, instance): a retried store overwrites instead of doubling."""
     digest = hmac.new(ctx.secret, b"strongroom/archive-file|" + sop_instance_uid.encode(), hashlib.sha256).digest()
     alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     n = int.from_bytes(digest[:10], "big")

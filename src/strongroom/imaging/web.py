@@ -144,3 +144,11 @@ def import_page(request: Request, db: Db, principal: WebPrincipal, slug: str, ba
     rows = service.batch_instances(db, access, batch_id)
     return templates.TemplateResponse(request, "imaging_import.html", {
         "access": access, "project": access.project, "batch": batch, "instances": rows})
+
+
+@router.get("/projects/{slug}/imaging/instances/{instance_id}")
+def instance_page(request: Request, db: Db, principal: WebPrincipal, slug: str, instance_id: int) -> Response:
+    access = projects.open_project(db, principal, slug)
+    inst, entries = service.action_log(db, access, instance_id)
+    return templates.TemplateResponse(request, "imaging_instance.html", {
+        "access": access, "project": access.project, "instance": inst, "actions": entries})
