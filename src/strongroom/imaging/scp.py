@@ -370,8 +370,8 @@ class DicomService:
             if self.cfg.fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        if self.cfg.fsync:
-            pipeline._durable(stem.with_suffix(".raw"))
+        # The original is not made durable: after a power cut without it the output cannot be
+        # leak-scanned, so it goes to quarantine (verification fails closed), never into the dataset.
         os.replace(tmp, stem.with_suffix(".json"))
         if self.cfg.fsync:
             fd = os.open(stem.parent, os.O_RDONLY)
