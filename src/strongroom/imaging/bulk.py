@@ -131,7 +131,8 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
                 progress(1, outcome)
         pending.clear()
 
-    with _scratch(hub) as scratch, ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+    with _scratch(hub) as scratch, ProcessPoolExecutor(n, mp_context=get_context("spawn"),
+                                                     initializer=pipeline.worker_init) as pool:
         in_flight: dict[Future[dict[str, Any]], tuple[_Source, Path]] = {}
 
         def collect(block: bool) -> None:

@@ -29,6 +29,18 @@ def _pseudonymizer(secret: bytes) -> Pseudonymizer:
     return p
 
 
+def worker_init() -> None:
+    """Pool workers die with their parent (on Linux), even when it is killed with SIGKILL."""
+    import contextlib
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _durable(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

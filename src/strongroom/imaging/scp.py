@@ -144,7 +144,7 @@ class DicomService:
         self.storage = storage_for(hub)
         self.seal_key = keystore.keystore_key(hub.settings)
         n = workers or self.cfg.workers or os.cpu_count() or 1
-        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"))
+        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=pipeline.worker_init)
         self.destinations: dict[uuid.UUID, _Destination] = {}
         self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
         self.batches: dict[int, str] = {}  # id(association) → batch id
@@ -336,18 +336,27 @@ class DicomService:
         os.replace(tmp, raw)
         ctx = dest.ctx
         try:
-            summary = self.pool.submit(pipeline.deidentify_stage, str(raw), str(stem.with_suffix(".dcm")),
-                                       ctx.profile, ctx.secret, fsync=self.cfg.fsync).result()
+            # In this thread: the engine takes ~1 ms and a pool round trip would add as much; the
+            # heavier verification runs in the process pool after the acknowledgement.
+            summary = pipeline.deidentify_stage(str(raw), str(stem.with_suffix(".dcm")), ctx.profile, ctx.secret,
+                                                fsync=self.cfg.fsync)
         except DeidError as exc:
             raw.unlink(missing_ok=True)
             service.record_rejected(self.hub, batch_id, f"not processable DICOM: {exc}", nbytes=size)
             log.info("dicom.store_refused", project=dest.slug, reason=str(exc))
             return _status(CANNOT_UNDERSTAND, f"refused: {exc}")
-        except Exception as exc:  # a worker died, the disk is full…: the sender may retry
+        except OSError as exc:  # the disk is full or failing: the sender may retry later
             raw.unlink(missing_ok=True)
             stem.with_suffix(".dcm").unlink(missing_ok=True)
             log.exception("dicom.store_failed", project=dest.slug)
-            return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {type(exc).__name__}")
+            return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
+        except Exception as exc:  # an object the engine cannot handle: refuse it, never store it as is
+            raw.unlink(missing_ok=True)
+            stem.with_suffix(".dcm").unlink(missing_ok=True)
+            log.exception("dicom.store_error", project=dest.slug)
+            service.record_rejected(self.hub, batch_id, f"de-identification failed: {type(exc).__name__}",
+                                    nbytes=size)
+            return _status(CANNOT_UNDERSTAND, "refused: the object could not be de-identified")
         summary["received_size"] = size
         self._write_sidecar(stem, batch_id, summary)
         dest.free_bytes -= size

@@ -148,7 +148,7 @@ def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
     cuts = []
     for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
         if tag in ds:
-            raw_el = ds.get_item(tag)
+            raw_el = ds.get_item(tag, keep_deferred=True)  # the raw element knows where its value is
             tell = getattr(raw_el, "value_tell", None)
             length = getattr(raw_el, "length", None)
             if tell is not None and length not in (None, 0xFFFFFFFF):
