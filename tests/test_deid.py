@@ -660,3 +660,15 @@ def test_output_is_valid_per_dciodvfy(tmp_path: Path, ct_corpus: dict, testdata:
         if name.startswith("ct"):
             assert before == set(), before  # the synthetic input is itself valid
     assert checked > 150
+
+
+def test_leak_scan_ignores_pixel_values_that_happen_to_spell_a_name() -> None:
+    """Pixel data is copied byte for byte; bytes in it that spell a name are not text (burned-in text is
+    the risk check's business), so they must not make the scan cry wolf — and it must not read them."""
+    p = SyntheticPatient(3)
+    pixels = (p.name.upper().replace("^", " ").encode() * 40).ljust(64 * 64 * 2, b"\0")[:64 * 64 * 2]
+    original = make_ct(3, 0, 1, 1, rows=64, columns=64, pixel_bytes=pixels)
+    profile = DeidProfile(retain_longitudinal_modified_dates=True)
+    out = deidentify(original, profile, Pseudonymizer(b"s" * 32)).data
+    assert pixels in out  # untouched
+    assert leak_scan(original, out, profile) == []
