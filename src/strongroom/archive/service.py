@@ -44,6 +44,7 @@ from .models import (
     UploadPart,
     UserKey,
 )
+from .sealing import SealedBody, seal_file
 from .storage import Storage
 
 MAX_UPLOAD_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object
@@ -642,51 +643,11 @@ def retry_ingest(session: Session, principal: Principal, file_id: str) -> Archiv
 
 
 # -- files produced on the hub (imports) -------------------------------------------------------
-@dataclass(frozen=True)
-class SealedBody:
-    """A plaintext file encrypted to the archive key and stored; the row is written by the caller."""
-
-    file_id: str
-    header: bytes
-    header_key: str
-    body_key: str
-    body_size: int
-    body_sha256: str
-    plaintext_size: int
-    plaintext_sha256: str
-    plaintext_md5: str
-
-
 def seal_into_storage(keys: object, storage: Storage, project_id: uuid.UUID, file_id: str,
                       source_path: str) -> SealedBody:
-    """Encrypt a file produced on the hub (e.g. a de-identified DICOM instance) straight into the
-    archive: never stored in plaintext. Deterministic key per file id, so a retry overwrites."""
+    """``sealing.seal_file`` with the hub's current archive key."""
     fingerprint, keypair = keys.current  # type: ignore[attr-defined]
-    enc = c4gh.Encryptor(keypair.public)
-    plain_sha, plain_md5, body_sha = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    body_key = f"archive/{project_id}/{file_id}"
-    size = 0
-    writer = storage.open_writer(body_key)
-    try:
-        with open(source_path, "rb") as src:
-            while chunk := src.read(c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE):
-                size += len(chunk)
-                plain_sha.update(chunk)
-                plain_md5.update(chunk)
-                out = enc.update(chunk)
-                if out:
-                    body_sha.update(out)
-                    writer.write(out)
-        out = enc.finalize()
-        if out:
-            body_sha.update(out)
-            writer.write(out)
-        stored = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    return SealedBody(file_id, enc.header, fingerprint, body_key, stored.size, body_sha.hexdigest(), size,
-                      plain_sha.hexdigest(), plain_md5.hexdigest())
+    return seal_file(fingerprint, keypair.public, storage, project_id, file_id, source_path)
 
 
 def add_sealed_file(session: Session, project_id: uuid.UUID, uploader_id: uuid.UUID, path: str,

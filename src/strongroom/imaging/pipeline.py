@@ -1,19 +1,23 @@
 """What a worker process does to one received instance: de-identify it, then verify the output against
 the original (leak scan, risk check) and read the few header values the catalogue indexes.
 
-Pure: files in, a file and a plain dict out; no web or database imports, so it runs in a process pool
-(the DICOM destination, the bulk importer) or on its own. The returned ``pseudonym_map`` holds original
+Pure: files in, a file and a plain dict out; no web or database imports (sealing uses only crypt4gh
+and the object storage), so it runs in a process pool (the DICOM destination, the bulk importer) or on
+its own. The returned ``pseudonym_map`` holds original
 identifiers and is meant only for the sealed key store.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 
+from ..archive.backend import storage_from
+from ..archive.sealing import SealedBody, seal_file
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
 from .verify import leak_scan, risk_check
 
@@ -104,6 +108,29 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         "study_date": _text(ds, "StudyDate", 8),
         "size": os.path.getsize(out),
     }
+
+
+@dataclass(frozen=True)
+class SealTarget:
+    """Where a verified output goes: the archive key and storage (workers build the storage themselves)."""
+
+    storage: Any  # config.StorageSettings
+    var_dir: Path
+    key_fingerprint: str
+    public_key: bytes
+    project_id: str
+    file_id: str
+
+
+def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any], target: SealTarget
+                    ) -> tuple[dict[str, Any], SealedBody]:
+    """Verification, then encryption into the archive, both off the receiving process (the destination's
+    archiver only writes the rows). The output is sealed whatever the verdict: quarantined instances
+    are kept encrypted too, for review."""
+    verified = verify_stage(raw, out, profile, summary)
+    storage = storage_from(target.storage, target.var_dir)
+    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out)
+    return verified, sealed
 
 
 def process_file(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -476,19 +476,19 @@ class DicomService:
     def _archive_group(self, group: list[_Item | _Close]) -> None:
         # (an item of a retried group may have been archived already: its spool files are gone)
         items = [g for g in group if isinstance(g, _Item) and g.stem.with_suffix(".json").exists()]
-        futures: list[Future[dict[str, Any]]] = [
-            self.pool.submit(pipeline.verify_stage, str(i.stem.with_suffix(".raw")),
-                             str(i.stem.with_suffix(".dcm")), i.dest.ctx.profile, i.summary)
-            for i in items]
+        futures = [self.pool.submit(pipeline.verify_and_seal, str(i.stem.with_suffix(".raw")),
+                                    str(i.stem.with_suffix(".dcm")), i.dest.ctx.profile, i.summary, self._target(i))
+                   for i in items]
         by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
         for item, fut in zip(items, futures, strict=True):
+            sealed = None
             try:
-                summary = fut.result()
-            except Exception as exc:  # never release what could not be verified
+                summary, sealed = fut.result()
+            except Exception as exc:  # never release what could not be verified; seal it for review
                 summary = item.summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
                                           "size": item.stem.with_suffix(".dcm").stat().st_size}
             by_project.setdefault(item.dest.project_id, []).append(
-                (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary)))
+                (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary, sealed=sealed)))
         for project_id, pairs in by_project.items():
             ctx = pairs[0][0].dest.ctx
             outcomes = service.archive_processed(self.hub, self.storage, ctx, [p for _, p in pairs])
@@ -505,6 +505,12 @@ class DicomService:
             folder = self.spool / str(close.dest.project_id) / close.batch_id
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+    def _target(self, item: _Item) -> pipeline.SealTarget:
+        fingerprint, keypair = item.dest.ctx.keys.current
+        return pipeline.SealTarget(self.hub.settings.archive.storage, self.hub.settings.var_dir, fingerprint,
+                                   keypair.public, str(item.dest.project_id),
+                                   service.archive_file_id(item.dest.ctx, item.summary["sop_instance_uid"]))
 
     def publish_quiet(self) -> None:
         """Publish projects whose imports have been quiet for ``publish_idle_seconds``."""

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from ..archive import service as archive
 from ..archive.keys import hub_keys
 from ..archive.models import Dataset
+from ..archive.sealing import SealedBody
 from ..archive.storage import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -80,6 +81,7 @@ class Processed:
     out_path: str
     summary: dict[str, Any]
     source_name: str = ""
+    sealed: SealedBody | None = None  # already encrypted into the archive (by a worker), or not yet
 
 
 def import_user(session: Session) -> uuid.UUID:
@@ -168,10 +170,12 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         sop = item.summary["sop_instance_uid"]
         if sop in known or sop in seen:
             outcomes.append("duplicate")
+            if item.sealed is not None:  # a resend sealed by a worker: its body is not needed
+                storage.delete(item.sealed.body_key)
             continue
         seen.add(sop)
-        file_id = "SRF-" + archive_file_token(ctx, sop)
-        sealed[n] = archive.seal_into_storage(ctx.keys, storage, ctx.project_id, file_id, item.out_path)
+        sealed[n] = item.sealed or archive.seal_into_storage(ctx.keys, storage, ctx.project_id,
+                                                             archive_file_id(ctx, sop), item.out_path)
         outcomes.append(QUARANTINED if item.summary.get("reasons") else ARCHIVED)
     with transaction(hub.sessions) as session:
         pairs: list[tuple[str, str, str]] = []
@@ -244,12 +248,12 @@ def action_log(session: Session, access: projects.ProjectAccess, instance_id: in
     return inst, json.loads(zlib.decompress(row.entries)) if row else []
 
 
-def archive_file_token(ctx: ImportContext, sop_instance_uid: str) -> str:
-    """A stable archive id per (project, instance): a retried store overwrites instead of doubling."""
+def archive_file_id(ctx: ImportContext, sop_instance_uid: str) -> str:
+    """A stable archive id per (project, instance): a retry finds the row instead of doubling it."""
     digest = hmac.new(ctx.secret, b"strongroom/archive-file|" + sop_instance_uid.encode(), hashlib.sha256).digest()
     alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     n = int.from_bytes(digest[:10], "big")
-    return "".join(alphabet[(n >> (5 * i)) & 31] for i in range(16))
+    return "SRF-" + "".join(alphabet[(n >> (5 * i)) & 31] for i in range(16))
 
 
 def _archive_path(s: dict[str, Any]) -> str:

@@ -1,0 +1,63 @@
+"""Encrypt a file produced on the hub (e.g. a de-identified DICOM instance) straight into the archive.
+
+Pure (crypt4gh + object storage, no database): it runs in worker processes too. The archive row is
+written afterwards by the caller (``service.add_sealed_file``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from . import c4gh
+from .storage import Storage
+
+
+@dataclass(frozen=True)
+class SealedBody:
+    """A plaintext file encrypted to the archive key and stored; the row is written by the caller."""
+
+    file_id: str
+    header: bytes
+    header_key: str
+    body_key: str
+    body_size: int
+    body_sha256: str
+    plaintext_size: int
+    plaintext_sha256: str
+    plaintext_md5: str
+
+
+def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage, project_id: uuid.UUID | str,
+              file_id: str, source_path: str) -> SealedBody:
+    """One pass over the plaintext: hash (SHA-256, MD5), encrypt (fresh session key), hash and store the
+    body. Never stored in plaintext. Each attempt writes its own object (a random suffix), so two
+    concurrent attempts for the same file can never overwrite each other's body; the loser's body is
+    deleted by whoever finds the row already there."""
+    enc = c4gh.Encryptor(archive_public_key)
+    plain_sha, plain_md5, body_sha = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    body_key = f"archive/{project_id}/{file_id}.{secrets.token_hex(4)}"
+    size = 0
+    writer = storage.open_writer(body_key)
+    try:
+        with open(source_path, "rb") as src:
+            while chunk := src.read(c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE):
+                size += len(chunk)
+                plain_sha.update(chunk)
+                plain_md5.update(chunk)
+                out = enc.update(chunk)
+                if out:
+                    body_sha.update(out)
+                    writer.write(out)
+        out = enc.finalize()
+        if out:
+            body_sha.update(out)
+            writer.write(out)
+        stored = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return SealedBody(file_id, enc.header, key_fingerprint, body_key, stored.size, body_sha.hexdigest(), size,
+                      plain_sha.hexdigest(), plain_md5.hexdigest())
