@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .keyfiles import read_or_create
+
 
 class OidcSettings(BaseModel):
     """An external OpenID Provider (e.g. Life Science AAI). Disabled while ``issuer`` is empty."""
@@ -190,13 +192,7 @@ class Settings(BaseSettings):
         """The hub secret: configured, or generated once into ``var/secret.key`` (mode 0600)."""
         if self.secret_key.get_secret_value():
             return self.secret_key.get_secret_value().encode()
-        path = self.var_dir / "secret.key"
-        if not path.exists():
-            self.var_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(os.urandom(32).hex())
-        return path.read_text().strip().encode()
+        return read_or_create(self.var_dir / "secret.key", lambda: os.urandom(32).hex()).strip().encode()
 
     def masked(self) -> dict[str, Any]:
         """Effective settings as plain data, secrets shown as ``**********`` (or empty)."""

@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import os
 import re
 import time
 import uuid
@@ -51,6 +50,7 @@ from ..config import AccessSettings, Settings
 from ..db import utcnow
 from ..identity.models import User
 from ..identity.principal import Principal
+from ..keyfiles import read_or_create
 from .models import Entitlement
 
 log = structlog.get_logger("strongroom.visas")
@@ -71,28 +71,14 @@ _KEYS: dict[Path, ECKey] = {}
 
 
 def signing_key(settings: Settings) -> ECKey:
-    """The visa signing key (P-256), generated on first use. Concurrent first uses are safe: the
-    file appears atomically (hard link of a complete temp file), the loser reads the winner's."""
+    """The visa signing key (P-256), generated on first use (safe when several processes start at once)."""
     path = key_path(settings)
     cached = _KEYS.get(path)
     if cached is not None:
         return cached
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = ECKey.generate_key("P-256", private=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(key.as_dict(private=True), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    key = ECKey.import_key(json.loads(path.read_text()))
+    text = read_or_create(path, lambda: json.dumps(ECKey.generate_key("P-256", private=True)
+                                                   .as_dict(private=True)))
+    key = ECKey.import_key(json.loads(text))
     _KEYS[path] = key
     return key
 

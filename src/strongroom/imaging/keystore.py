@@ -24,6 +24,7 @@ from ..config import Settings
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
+from ..keyfiles import read_or_create
 from ..projects import service as projects
 from .deid import Pseudonymizer
 from .models import ImagingProject, PseudonymEntry
@@ -42,18 +43,7 @@ def keystore_key(settings: Settings) -> bytes:
     key = _keys.get(path)
     if key is not None:
         return key
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(os.urandom(32).hex())
-                fh.flush()
-                os.fsync(fh.fileno())
-    key = bytes.fromhex(path.read_text().strip())
+    key = bytes.fromhex(read_or_create(path, lambda: os.urandom(32).hex()).strip())
     if len(key) != 32:
         raise ValueError(f"{path}: the key-store key must be 32 bytes (64 hex digits)")
     _keys[path] = key

@@ -1,0 +1,33 @@
+"""Secret files the hub creates on first use (the hub secret, the visa signing key, the key-store key).
+
+Standard library only: ``config`` imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The file's text, created with ``make()`` if it does not exist yet (mode 0600, fsynced).
+
+    Concurrent first uses are safe: the file appears atomically (a hard link to a complete temporary
+    file), and whoever loses the race reads the winner's content — nobody ever reads a half-written key."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text()
