@@ -154,7 +154,7 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
                     if progress:
                         progress(1, "rejected")
                     continue
-                pending.append(service.Processed(report.batch_id, str(out), result, source.name))
+                pending.append(service.Processed(report.batch_id, str(out), result))
                 if len(pending) >= 64:
                     flush()
 

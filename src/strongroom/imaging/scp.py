@@ -112,7 +112,6 @@ class _Destination:
     ctx: service.ImportContext
     free_bytes: int = 1 << 62
     last_activity: float = 0.0
-    dirty: bool = False  # archived instances wait for publishing
     open_associations: int = 0
 
 

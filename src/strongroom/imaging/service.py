@@ -80,7 +80,6 @@ class Processed:
     batch_id: str
     out_path: str
     summary: dict[str, Any]
-    source_name: str = ""
     sealed: SealedBody | None = None  # already encrypted into the archive (by a worker), or not yet
 
 
