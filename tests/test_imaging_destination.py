@@ -85,6 +85,19 @@ def storescu(port: int, files: list[Path], *, aet: str = SENDER, aec: str = AET)
                           env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=300)
 
 
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: ANN001, ANN201
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -277,8 +290,11 @@ def test_killing_the_destination_loses_nothing_acknowledged(hub, settings, desti
             log += line
             if log.count("(Success)") >= 25:
                 break
+        workers = children_of(proc.pid)
         proc.send_signal(signal.SIGKILL)  # the importer dies mid-batch
         proc.wait(30)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10,
+                 what="the pool workers to die with their parent")
         _, rest = sender.communicate(timeout=120)
         log += rest
     acknowledged = log.count("Received Store Response (Success)")

@@ -132,7 +132,8 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
         pending.clear()
 
     with _scratch(hub) as scratch, ProcessPoolExecutor(n, mp_context=get_context("spawn"),
-                                                     initializer=pipeline.worker_init) as pool:
+                                                     initializer=pipeline.worker_init,
+                                                     initargs=(os.getpid(),)) as pool:
         in_flight: dict[Future[dict[str, Any]], tuple[_Source, Path]] = {}
 
         def collect(block: bool) -> None:

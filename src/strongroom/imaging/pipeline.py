@@ -33,8 +33,9 @@ def _pseudonymizer(secret: bytes) -> Pseudonymizer:
     return p
 
 
-def worker_init() -> None:
-    """Pool workers die with their parent (on Linux), even when it is killed with SIGKILL."""
+def worker_init(parent_pid: int) -> None:
+    """Pool workers die with their parent (on Linux), even when it is killed with SIGKILL — also when
+    it dies while this worker is still starting up, before the signal could be asked for."""
     import contextlib
     import ctypes
     import signal
@@ -43,6 +44,8 @@ def worker_init() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # orphaned already
+        os._exit(1)
 
 
 def _durable(path: Path) -> None:

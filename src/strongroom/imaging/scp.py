@@ -143,7 +143,8 @@ class DicomService:
         self.storage = storage_for(hub)
         self.seal_key = keystore.keystore_key(hub.settings)
         n = workers or self.cfg.workers or os.cpu_count() or 1
-        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=pipeline.worker_init)
+        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
+                                        initargs=(os.getpid(),))
         self.destinations: dict[uuid.UUID, _Destination] = {}
         self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
         self.batches: dict[int, str] = {}  # id(association) → batch id
