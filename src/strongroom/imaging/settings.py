@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..projects.settings import register
-from .deid import DeidProfile, PixelRule
+from .deid import OPTIONS, DeidProfile, PixelRule
 
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash; 1-16 characters
 
@@ -60,9 +60,8 @@ class DeidProfileSetting(BaseModel):
         return self
 
 
-OPTION_FLAGS = ("retain_patient_characteristics", "retain_device_identity", "retain_institution_identity",
-                "retain_uids", "retain_safe_private", "clean_descriptors", "clean_structured_content",
-                "clean_graphics")
+# the engine's options except the two date ones, which ``retain_longitudinal`` chooses between
+OPTION_FLAGS = tuple(flag for flag in OPTIONS if not flag.startswith("retain_longitudinal"))
 
 
 def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:

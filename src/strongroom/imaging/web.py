@@ -15,22 +15,24 @@ from ..errors import Invalid
 from ..projects import service as projects
 from ..web.templating import templates
 from . import keystore, service
+from .deid import OPTIONS
 from .settings import OPTION_FLAGS, DeidProfileSetting
 
 router = APIRouter()
 
-OPTION_LABELS = {
-    "retain_patient_characteristics": ("Retain Patient Characteristics", "113108",
+_OPTION_TEXT = {
+    "retain_patient_characteristics": ("Retain Patient Characteristics",
                                        "sex, age, size, weight… (not names or dates of birth)"),
-    "retain_device_identity": ("Retain Device Identity", "113109", "scanner serial numbers, station names"),
-    "retain_institution_identity": ("Retain Institution Identity", "113112", "hospital and department"),
-    "retain_uids": ("Retain UIDs", "113110", "original study/series/instance UIDs (links to the PACS)"),
-    "retain_safe_private": ("Retain Safe Private", "113111",
-                            "private attributes listed as safe, by private creator"),
-    "clean_descriptors": ("Clean Descriptors", "113105", "keep descriptions, with identifiers scrubbed"),
-    "clean_structured_content": ("Clean Structured Content", "113104", "keep SR content, scrubbed"),
-    "clean_graphics": ("Clean Graphics", "113103", "keep annotations, scrubbed"),
+    "retain_device_identity": ("Retain Device Identity", "scanner serial numbers, station names"),
+    "retain_institution_identity": ("Retain Institution Identity", "hospital and department"),
+    "retain_uids": ("Retain UIDs", "original study/series/instance UIDs (links to the PACS)"),
+    "retain_safe_private": ("Retain Safe Private", "private attributes listed as safe, by private creator"),
+    "clean_descriptors": ("Clean Descriptors", "keep descriptions, with identifiers scrubbed"),
+    "clean_structured_content": ("Clean Structured Content", "keep SR content, scrubbed"),
+    "clean_graphics": ("Clean Graphics", "keep annotations, scrubbed"),
 }
+# (label, CID 7050 code from the engine, what it keeps) per option flag
+OPTION_LABELS = {flag: (label, OPTIONS[flag][1], hint) for flag, (label, hint) in _OPTION_TEXT.items()}
 
 
 def _page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, *,
