@@ -13,6 +13,7 @@ from rich.console import Console
 from . import __version__
 from .archive.cli import app as archive_client_app
 from .archive.cli import archive_app
+from .audit.cli import admin_app as audit_admin_app
 from .audit.cli import app as audit_app
 from .client import app as client_app
 from .config import get_settings
@@ -29,6 +30,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective confi
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(admin_app, name="admin")
+admin_app.registered_commands.extend(audit_admin_app.registered_commands)
 app.add_typer(audit_app, name="audit")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(archive_app, name="archive")

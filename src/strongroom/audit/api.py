@@ -1,4 +1,4 @@
-"""Audit API: my own events, and the whole log for platform admins."""
+"""Audit API: my own events; platform events for admins; every event for auditors (audited reads)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from ..deps import Db, scoped
-from ..errors import NotFound
+from ..deps import Db, HubDep, scoped
+from ..errors import Forbidden, NotFound
+from ..identity.models import User
+from ..identity.service import require_fresh_mfa
 from ..schemas import Out
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 AuditRead = scoped("audit:read")
+Admin = scoped("admin")
 
 
 class AuditEventOut(Out):
@@ -41,13 +44,54 @@ def my_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1
 
 
 @router.get("/admin/audit", response_model=list[AuditEventOut],
-            summary="The whole audit log (platform admins), filterable")
+            summary="Platform events (admins), or every event (auditors; each read is audited)")
 def all_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1),
               limit: int = Query(50, ge=1, le=500), project_id: uuid.UUID | None = None,
               user_id: uuid.UUID | None = None, action: str | None = Query(None, max_length=80)
               ) -> list[AuditEventOut]:
+    if service.is_auditor(db, principal.user.id):
+        events = service.query(db, project_id=project_id, user_id=user_id, action_prefix=action,
+                               before_seq=before, limit=limit)
+        service.record_read(db, principal.actor, project_id=project_id, returned=len(events), via="api",
+                            user_id=user_id, action=action, before=before)
+        return [AuditEventOut.model_validate(e) for e in events]
     if not (principal.user.is_admin and principal.can("admin")):
         raise NotFound("not found")
-    events = service.query(db, project_id=project_id, user_id=user_id, action_prefix=action,
-                           before_seq=before, limit=limit)
+    if project_id is not None:  # a project's events are its members' (and auditors') business
+        raise NotFound("not found")
+    events = service.query(db, user_id=user_id, action_prefix=action, before_seq=before, limit=limit,
+                           platform_only=True)
     return [AuditEventOut.model_validate(e) for e in events]
+
+
+class AuditorOut(Out):
+    user_id: uuid.UUID
+    granted_at: dt.datetime
+    granted_by: str
+
+
+@router.get("/admin/auditors", response_model=list[AuditorOut], summary="Platform auditors (admins)")
+def list_auditors(db: Db, principal: Admin) -> list[AuditorOut]:
+    return [AuditorOut.model_validate(a) for a in service.auditors(db)]
+
+
+@router.put("/admin/auditors/{user_id}", response_model=AuditorOut,
+            summary="Make a user a platform auditor (admins, fresh MFA, not yourself; audited)")
+def grant_auditor(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> AuditorOut:
+    require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    if user_id == principal.user.id:  # an admin who could make themselves auditor would not be segmented
+        raise Forbidden("another admin (or the hub operator) must grant you the auditor role")
+    if db.get(User, user_id) is None:
+        raise NotFound("no such user")
+    service.grant_auditor(db, principal.actor, user_id)
+    found = service.auditor(db, user_id)
+    assert found is not None
+    return AuditorOut.model_validate(found)
+
+
+@router.delete("/admin/auditors/{user_id}", status_code=204,
+               summary="Take the auditor role away (admins, fresh MFA; audited)")
+def revoke_auditor(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
+    require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    if not service.revoke_auditor(db, principal.actor, user_id):
+        raise NotFound("not an auditor")

@@ -39,20 +39,30 @@ def verify() -> None:
     raise typer.Exit(1)
 
 
+def _operator():  # noqa: ANN202
+    from ..identity.cli import _operator as operator
+
+    return operator()
+
+
 @app.command("list")
 def list_events(
-    project: Annotated[str | None, typer.Option(help="Only events of this project (slug).")] = None,
+    project: Annotated[str | None, typer.Option(
+        help="Only events of this project (slug). The read is written to the audit log.")] = None,
+    all_projects: Annotated[bool, typer.Option(
+        "--all-projects", help="Project events too. The read is written to the audit log.")] = False,
     user: Annotated[str | None, typer.Option(help="Only events by or about this user (username, e-mail, id).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500)] = 50,
 ) -> None:
-    """Show recent events (operators on the hub host)."""
+    """Show recent events (operators on the hub host): platform events, or — audited — a project's."""
     from sqlalchemy import select
 
+    from ..db import transaction
     from ..identity.service import find_user
     from ..projects.models import Project
 
     hub = Hub.from_settings(get_settings())
-    with hub.sessions() as session:
+    with transaction(hub.sessions) as session:
         project_id: uuid.UUID | None = None
         user_id: uuid.UUID | None = None
         if project:
@@ -65,8 +75,51 @@ def list_events(
             if u is None:
                 raise typer.BadParameter(f"no user {user!r}")
             user_id = u.id
-        table = Table("#", "when", "actor", "action", "outcome", "target")
-        for e in service.query(session, project_id=project_id, user_id=user_id, limit=limit):
+        reads_projects = project_id is not None or all_projects
+        events = service.query(session, project_id=project_id, user_id=user_id, limit=limit,
+                               platform_only=not reads_projects)
+        if reads_projects:  # segmented like the API: a project's events leave only with a trace
+            service.record_read(session, _operator(), project_id=project_id, returned=len(events), via="cli",
+                                user_id=user_id)
+        table = Table("#", "when", "actor", "action", "outcome", "target",
+                      title=None if reads_projects else "platform events (--project / --all-projects: audited)")
+        for e in events:
             table.add_row(str(e.seq), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.outcome,
                           e.target or "")
         console.print(table)
+
+
+# `strongroom admin grant-auditor / revoke-auditor / auditors` (added to the admin group by cli.py).
+admin_app = typer.Typer()
+
+
+def _user_id(session, who: str) -> uuid.UUID:  # noqa: ANN001
+    from ..identity.service import find_user
+
+    found = find_user(session, who)
+    if found is None:
+        raise typer.BadParameter(f"no user {who!r}")
+    return found.id
+
+
+@admin_app.command("grant-auditor")
+def grant_auditor(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
+    """Make a user a platform auditor (the data protection officer): they may read every project's
+    audit events, and each of their reads is audited. The grant is audited too."""
+    from ..db import transaction
+
+    hub = Hub.from_settings(get_settings())
+    with transaction(hub.sessions) as session:
+        changed = service.grant_auditor(session, _operator(), _user_id(session, user))
+    console.print(f"{user} is {'now' if changed else 'already'} an auditor")
+
+
+@admin_app.command("revoke-auditor")
+def revoke_auditor(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
+    """Take the auditor role away (audited)."""
+    from ..db import transaction
+
+    hub = Hub.from_settings(get_settings())
+    with transaction(hub.sessions) as session:
+        changed = service.revoke_auditor(session, _operator(), _user_id(session, user))
+    console.print(f"{user} {'is no longer' if changed else 'was not'} an auditor")

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base
@@ -40,3 +40,14 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(Text)
+
+
+class Auditor(Base):
+    """A platform-level auditor (e.g. the data protection officer): may read every project's audit
+    events. Granted and revoked by an operator, and each grant, revocation and read is itself audited."""
+
+    __tablename__ = "audit_auditors"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    granted_at: Mapped[dt.datetime]
+    granted_by: Mapped[str] = mapped_column(String(255))

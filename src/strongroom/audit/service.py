@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
-from .models import AuditEvent, AuditHead
+from .models import AuditEvent, AuditHead, Auditor
 
 GENESIS = "0" * 64
 AUDIT_KEY = "audit_key"  # the session.info entry holding the HMAC key
@@ -181,11 +181,15 @@ def query(
     action_prefix: str | None = None,
     before_seq: int | None = None,
     limit: int = 50,
+    platform_only: bool = False,
 ) -> list[AuditEvent]:
-    """Newest first; page with ``before_seq`` (keyset pagination, fast at any depth)."""
+    """Newest first; page with ``before_seq`` (keyset pagination, fast at any depth).
+    ``platform_only``: only events that belong to no project."""
     stmt = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(min(max(limit, 1), 500))
     if project_id is not None:
         stmt = stmt.where(AuditEvent.project_id == project_id)
+    if platform_only:
+        stmt = stmt.where(AuditEvent.project_id.is_(None))
     if user_id is not None:
         stmt = stmt.where(or_(AuditEvent.actor_id == user_id, AuditEvent.subject_user_id == user_id))
     if action_prefix:
@@ -193,3 +197,45 @@ def query(
     if before_seq is not None:
         stmt = stmt.where(AuditEvent.seq < before_seq)
     return list(session.scalars(stmt))
+
+
+# -- auditors ------------------------------------------------------------------------------------
+# Platform admins are segmented: they see platform events only. Reading a project's events takes
+# membership with the view-audit right, or this explicit auditor role (the data protection officer),
+# whose grants, revocations and reads are all written to the chain.
+def auditor(session: Session, user_id: uuid.UUID) -> Auditor | None:
+    return session.get(Auditor, user_id)
+
+
+def is_auditor(session: Session, user_id: uuid.UUID) -> bool:
+    return auditor(session, user_id) is not None
+
+
+def auditors(session: Session) -> list[Auditor]:
+    return list(session.scalars(select(Auditor).order_by(Auditor.granted_at)))
+
+
+def grant_auditor(session: Session, actor: Actor, user_id: uuid.UUID) -> bool:
+    """Make the user an auditor; False if they already were (nothing is recorded then)."""
+    if is_auditor(session, user_id):
+        return False
+    session.add(Auditor(user_id=user_id, granted_at=utcnow(), granted_by=actor.label))
+    record(session, actor, "audit.auditor.granted", subject_user_id=user_id)
+    return True
+
+
+def revoke_auditor(session: Session, actor: Actor, user_id: uuid.UUID) -> bool:
+    found = session.get(Auditor, user_id)
+    if found is None:
+        return False
+    session.delete(found)
+    record(session, actor, "audit.auditor.revoked", subject_user_id=user_id)
+    return True
+
+
+def record_read(session: Session, actor: Actor, *, project_id: uuid.UUID | None, returned: int,
+                **filters: object) -> None:
+    """An auditor's (or operator's) read of project events, written to the chain; tagged with the
+    project when one was asked for, so that project's own view-audit members see it too."""
+    record(session, actor, "audit.events.read", project_id=project_id,
+           details={"returned": returned, **{k: str(v) for k, v in filters.items() if v is not None}})
