@@ -9,6 +9,7 @@ import sys
 import pytest
 from sqlalchemy import text
 
+from strongroom.audit import checkpoints
 from strongroom.audit import service as audit
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
@@ -20,11 +21,15 @@ def _seed(hub, n: int = 6) -> None:  # noqa: ANN001
             audit.record(s, Actor.system("seed"), f"test.event{i}", details={"i": i})
 
 
-def _verify_cli(settings) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _verify_cli(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+    return _cli(settings, "audit", "verify", *args)
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
     env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
            "STRONGROOM_VAR_DIR": str(settings.var_dir), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "strongroom.cli", "audit", "verify"], env=env,
+    return subprocess.run([sys.executable, "-m", "strongroom.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -42,20 +47,30 @@ def test_intact_chain_verifies(hub, settings):  # noqa: ANN001
     assert "6 events, chain intact" in result.stdout
 
 
+MOVE_HEAD_TO_4 = "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_events WHERE seq = 4)"
+
+
 @pytest.mark.parametrize(
     ("tamper", "expected_seq", "kind"),
     [
         ("UPDATE audit_events SET details = '{\"i\": 99}' WHERE seq = 3", "3", "edited"),
         ("UPDATE audit_events SET actor = 'someone else' WHERE seq = 2", "2", "edited"),
+        ("DELETE FROM audit_events WHERE seq = 1", "2", "missing"),
         ("DELETE FROM audit_events WHERE seq = 4", "5", "missing"),
         ("DELETE FROM audit_events WHERE seq = 6", "6", "truncated"),
         ("UPDATE audit_events SET seq = -1 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; "
          "UPDATE audit_events SET seq = 3 WHERE seq = -1", "2", "edited"),
+        # the chain that remains is perfect: only the checkpoint outside the database knows better
+        (f"DELETE FROM audit_events WHERE seq > 4; {MOVE_HEAD_TO_4}", "5", "truncated"),
+        ("DELETE FROM audit_events; UPDATE audit_head SET seq = 0, hash = '" + "0" * 64 + "'", "1", "truncated"),
+        ("DELETE FROM audit_events; DELETE FROM audit_head", "1", "truncated"),
     ],
-    ids=["edited-details", "edited-actor", "deleted-middle", "deleted-last", "reordered"],
+    ids=["edited-details", "edited-actor", "deleted-first", "deleted-middle", "deleted-last", "reordered",
+         "tail-cut-head-moved-back", "wiped-head-reset", "wiped-head-deleted"],
 )
 def test_tampering_is_detected_and_located(hub, settings, tamper, expected_seq, kind):  # noqa: ANN001
     _seed(hub)
+    assert _cli(settings, "audit", "checkpoint").returncode == 0
     _sql(hub, tamper)
     result = _verify_cli(settings)
     assert result.returncode == 1, result.stdout
@@ -110,3 +125,100 @@ def test_concurrent_writers_keep_one_chain(hub):  # noqa: ANN001
     with hub.sessions() as s:
         report = audit.verify(s)
     assert report.ok and report.checked == 40
+
+
+def test_verify_reports_how_far_the_checkpoints_prove(hub, settings):  # noqa: ANN001
+    _seed(hub, 4)
+    result = _verify_cli(settings)
+    assert result.returncode == 0 and "no checkpoint found" in result.stdout, result.stdout
+    written = _cli(settings, "audit", "checkpoint")
+    assert written.returncode == 0 and "event 4" in written.stdout, written.stdout + written.stderr
+    assert "unchanged" in _cli(settings, "audit", "checkpoint").stdout  # nothing new: nothing written
+    _seed(hub, 3)
+    result = _verify_cli(settings)
+    assert result.returncode == 0, result.stdout
+    assert "events 1–4 proven by the checkpoint of" in result.stdout
+    assert "events 5–7 after it chained but not yet anchored" in result.stdout
+    lines = (settings.var_dir / "audit-checkpoints.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and oct((settings.var_dir / "keys" / "audit-anchor.key").stat().st_mode)[-3:] == "600"
+
+
+def test_rewritten_tail_differs_from_the_checkpoint(hub, settings):  # noqa: ANN001
+    """Cut the tail, move the head back and append new events up to the old length: same count, but
+    not the events the checkpoint signed."""
+    _seed(hub)
+    checkpoints.write_checkpoint(hub)
+    _sql(hub, f"DELETE FROM audit_events WHERE seq > 4; {MOVE_HEAD_TO_4}")
+    _seed(hub, 2)
+    result = _verify_cli(settings)
+    assert result.returncode == 1
+    rows = [line for line in result.stdout.splitlines() if "anchor-mismatch" in line]
+    assert rows and rows[0].split("│")[1].strip() == "6", result.stdout
+    # and the hub refuses to anchor the shortened chain over the earlier checkpoint
+    _sql(hub, f"DELETE FROM audit_events WHERE seq > 4; {MOVE_HEAD_TO_4}")
+    refused = _cli(settings, "audit", "checkpoint")
+    assert refused.returncode == 1 and "anchored 6" in refused.stderr, refused.stdout + refused.stderr
+
+
+def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path):  # noqa: ANN001
+    import json
+
+    from strongroom.audit.anchor import AnchorKey
+
+    _seed(hub)
+    checkpoints.write_checkpoint(hub)
+    path = settings.var_dir / "audit-checkpoints.jsonl"
+    good = path.read_text()
+    forged = json.loads(good)
+    forged["seq"] = 3  # claims less than was signed: a signature over other bytes
+    path.write_text(json.dumps(forged) + "\n")
+    result = _verify_cli(settings)
+    assert result.returncode == 1 and "bad-checkpoint" in result.stdout, result.stdout
+    # signed, but by a key that is not the hub's
+    other = AnchorKey.load_or_create(tmp_path / "other.key")
+    path.write_text(other.sign(6, forged["head"], audit.utcnow()).to_json() + "\n")
+    result = _verify_cli(settings)
+    assert result.returncode == 1 and "bad-checkpoint" in result.stdout, result.stdout
+    # verifiable elsewhere with the exported public key only
+    path.write_text(good)
+    public = _cli(settings, "audit", "public-key")
+    assert public.returncode == 0 and "BEGIN PUBLIC KEY" in public.stdout
+    (tmp_path / "hub.pub").write_text(public.stdout)
+    assert _verify_cli(settings, "--public-key", str(tmp_path / "hub.pub")).returncode == 0
+    (tmp_path / "other.pub").write_text(other.public_pem())
+    assert _verify_cli(settings, "--public-key", str(tmp_path / "other.pub")).returncode == 1
+
+
+def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):  # noqa: ANN001
+    """Writers append between the verifier's pages (each page is its own read transaction): they are
+    not blocked, and the walk catches up with them instead of calling them a broken chain."""
+    _seed(hub, 5)
+    appended = []
+
+    def write_meanwhile(_n: int) -> None:
+        if len(appended) < 3:
+            with transaction(hub.sessions) as s:
+                appended.append(audit.record(s, Actor.system("writer"), "during.verify").seq)
+
+    with hub.sessions() as s:
+        report = audit.verify(s, batch=2, progress=write_meanwhile)
+        assert not s.in_transaction()
+    assert report.ok, report.problems
+    assert appended and report.checked == 5 + len(appended)
+
+
+def test_checkpoint_job_and_verify_job(hub):  # noqa: ANN001
+    from strongroom.jobs.builtin import checkpoint, verify_chain
+    from strongroom.jobs.context import JobContext
+
+    _seed(hub)
+    ctx = JobContext(job_id=1, attempt=1, worker_id="t", hub=hub)
+    assert checkpoint(ctx, {})["seq"] == 6
+    assert verify_chain(ctx, {})["ok"] is True
+    _sql(hub, f"DELETE FROM audit_events WHERE seq > 4; {MOVE_HEAD_TO_4}")
+    assert verify_chain(ctx, {})["ok"] is False
+    with pytest.raises(checkpoints.AnchorRefused):
+        checkpoint(ctx, {})
+    with hub.sessions() as s:
+        outcome = audit.query(s, action_prefix="audit.verified", limit=1)[0]
+    assert outcome.outcome == "failed" and "5:truncated" in outcome.details["problems"]

@@ -139,6 +139,21 @@ class ImagingSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+class AuditSettings(BaseModel):
+    """Checkpoints that anchor the audit chain outside the database (``strongroom audit checkpoint``)."""
+
+    # Append-only JSON lines, one signed checkpoint each; default <var_dir>/audit-checkpoints.jsonl.
+    # Put it where the database's operators cannot rewrite it (another host's mount, chattr +a).
+    checkpoint_file: Path | None = None
+    # Ed25519 key that signs checkpoints; default <var_dir>/keys/audit-anchor.key (mode 0600).
+    anchor_key_file: Path | None = None
+    # Also write each checkpoint to the archive's S3 bucket (when storage is S3), under Object Lock
+    # retention when the bucket has it enabled, else as a write-once key.
+    checkpoint_to_s3: bool = True
+    s3_prefix: str = "audit-checkpoints/"
+    s3_retention_days: int = 3650
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -161,6 +176,7 @@ class Settings(BaseSettings):
     access: AccessSettings = Field(default_factory=AccessSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import io
@@ -926,6 +927,25 @@ class S3Storage:
         self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=key, Body=body,
                    ContentMD5=_content_md5(body), ContentLength=len(body))
         return StoredObject(key, len(body))
+
+    def put_retained(self, key: str, data: bytes, retain_until: dt.datetime) -> bool:
+        """Write a small object that must not be rewritten (audit checkpoints): under COMPLIANCE
+        Object Lock retention when the bucket has Object Lock enabled (True), else a plain write-once
+        key (False). Never overwrites: an existing key raises FileExistsError."""
+        validate_key(key)
+        self.ensure_bucket()
+        if self.exists(key):
+            raise FileExistsError(key)
+        try:
+            config = self._client.get_object_lock_configuration(Bucket=self.bucket)
+            locked = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except Exception:  # noqa: BLE001 - servers without Object Lock (e.g. SeaweedFS) answer with an error
+            locked = False
+        extra: dict[str, Any] = ({"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
+                                 if locked else {})
+        self._call("write", key, self._client.put_object, Bucket=self.bucket, Key=key, Body=data,
+                   ContentMD5=_content_md5(data), ContentLength=len(data), **extra)
+        return locked
 
     def open_reader(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         lo, hi = _range(start, end, self.size(key))

@@ -1,8 +1,9 @@
-"""`strongroom audit`: verify the chain, list events."""
+"""`strongroom audit`: verify the chain against its checkpoints, write a checkpoint, list events."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,24 +13,44 @@ from rich.table import Table
 
 from ..config import get_settings
 from ..hub import Hub
-from . import service
+from . import checkpoints, service
+from .anchor import AnchorKey
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 console = Console()
 
 
 @app.command()
-def verify() -> None:
-    """Walk the whole hash chain; exit 1 and say where if any event was edited, deleted or reordered."""
-    hub = Hub.from_settings(get_settings())
+def verify(
+    public_key: Annotated[Path | None, typer.Option(
+        help="Check checkpoint signatures with this exported public key (an auditor's own copy) "
+             "instead of the hub's key file.")] = None,
+) -> None:
+    """Walk the whole hash chain and compare it with the signed checkpoints; exit 1 and say where if
+    any event was edited, deleted or reordered, the newest events were cut off, or a checkpoint is bad."""
+    settings = get_settings()
+    hub = Hub.from_settings(settings)
+    key = AnchorKey.from_public_pem(public_key.read_bytes()) if public_key else checkpoints.anchor_key(settings)
+    anchors, bad = checkpoints.gather(settings, key)
     with hub.sessions() as session:
         total = service.count(session)
+        session.rollback()
         with Progress(TextColumn("verifying audit chain"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), console=console, transient=True) as progress:
             task = progress.add_task("verify", total=total)
-            report = service.verify(session, progress=lambda n: progress.update(task, completed=n))
+            report = service.verify(session, progress=lambda n: progress.update(task, completed=n),
+                                    anchors=anchors)
+    report.problems += [service.Problem(0, "bad-checkpoint", b) for b in bad]
     if report.ok:
         console.print(f"[green]OK[/]: {report.checked} events, chain intact")
+        if report.proven is not None:
+            n = report.proven.seq
+            after = (f"; events {n + 1}–{report.checked} after it chained but not yet anchored"
+                     if report.checked > n else "")
+            console.print(f"events 1–{n} proven by the checkpoint of {report.proven.at}{after}")
+        else:
+            console.print("[yellow]no checkpoint found[/]: the chain is intact but a cut-off of its newest "
+                          "events cannot be ruled out (run `strongroom audit checkpoint`)")
         return
     table = Table("event #", "problem", "detail", title="Audit chain is broken", title_style="bold red")
     for p in report.problems:
@@ -37,6 +58,30 @@ def verify() -> None:
     console.print(table)
     console.print(f"[red]FAILED[/]: {len(report.problems)} problem(s) in {report.checked} events")
     raise typer.Exit(1)
+
+
+@app.command()
+def checkpoint() -> None:
+    """Sign the chain's current end now and write it to the checkpoint file, S3 and the log (the hub
+    also does this every 5 minutes). Exit 1 if the chain is shorter than an earlier checkpoint."""
+    hub = Hub.from_settings(get_settings())
+    try:
+        written = checkpoints.write_checkpoint(hub)
+    except checkpoints.AnchorRefused as exc:
+        Console(stderr=True).print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    cp = written.checkpoint
+    assert cp is not None
+    if written.unchanged:
+        console.print(f"unchanged: event {cp.seq} is already anchored by the checkpoint of {cp.at}")
+    else:
+        console.print(f"checkpoint: event {cp.seq} at {cp.at} → {', '.join(written.sinks)}")
+
+
+@app.command("public-key")
+def public_key_cmd() -> None:
+    """Print the checkpoint signing key's public half (PEM), for verifying checkpoints elsewhere."""
+    console.print(checkpoints.anchor_key(get_settings()).public_pem(), end="", highlight=False)
 
 
 def _operator():  # noqa: ANN202

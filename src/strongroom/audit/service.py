@@ -13,9 +13,9 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -125,46 +125,95 @@ def record(
 @dataclass
 class Problem:
     seq: int
-    kind: str  # edited | missing | broken-link | truncated
+    kind: str  # edited | missing | broken-link | truncated | anchor-mismatch | bad-checkpoint
     detail: str
+
+
+class Anchor(Protocol):
+    """A checkpoint whose signature was already checked: the chain had ``seq`` events ending in ``head``."""
+
+    seq: int
+    head: str
+    at: str
 
 
 @dataclass
 class VerifyReport:
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
+    anchors_checked: int = 0
+    proven: Anchor | None = None  # the newest checkpoint the chain matches: events 1..proven.seq are anchored
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], None] | None = None,
+           anchors: Sequence[Anchor] = ()) -> VerifyReport:
     """Walk the chain in sequence order; the report lists every break. ``progress`` hears how many
-    events were checked, every ``batch`` events."""
+    events were checked, every ``batch`` events.
+
+    Reads in pages, each in its own short read transaction (the session is rolled back between pages),
+    so a long walk never holds a lock or a snapshot for its whole run and takes no write lock. Events
+    appended meanwhile are walked too; the head is compared once the walk has caught up with it.
+    ``anchors`` (checked checkpoints) must each match the event at their sequence number, and the
+    chain must be at least as long as every one of them."""
     key = _key(session)
     report = VerifyReport()
+    by_seq: dict[int, list[Anchor]] = {}
+    for anchor in anchors:
+        by_seq.setdefault(anchor.seq, []).append(anchor)
     expected_seq, prev_hash = 1, GENESIS
     last_seq = 0
-    stmt = select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=batch, populate_existing=True)
-    for event in session.scalars(stmt):
-        if event.seq != expected_seq:
-            report.problems.append(Problem(event.seq, "missing",
-                                           f"events {expected_seq}..{event.seq - 1} are gone"))
-        elif event.prev_hash != prev_hash:
-            report.problems.append(Problem(event.seq, "broken-link",
-                                           "does not follow the event before it (reordered or replaced)"))
-        if not hmac.compare_digest(compute_hash(key, event), event.hash):
-            report.problems.append(Problem(event.seq, "edited",
-                                           f"event {event.action!r} differs from what was signed"))
-        expected_seq, prev_hash, last_seq = event.seq + 1, event.hash, event.seq
-        report.checked += 1
-        if progress and report.checked % batch == 0:
-            progress(report.checked)
-    head = session.get(AuditHead, 1)
-    if head is not None and (head.seq != last_seq or head.hash != prev_hash):
-        report.problems.append(Problem(last_seq + 1, "truncated",
-                                       f"the chain head says {head.seq} events, found up to {last_seq}"))
+    while True:
+        page = list(session.scalars(select(AuditEvent).where(AuditEvent.seq > last_seq)
+                                    .order_by(AuditEvent.seq).limit(batch)
+                                    .execution_options(populate_existing=True)))
+        for event in page:  # keep their loaded values: the rollback below would expire them
+            session.expunge(event)
+        session.rollback()  # end this page's read transaction
+        for event in page:
+            if event.seq != expected_seq:
+                report.problems.append(Problem(event.seq, "missing",
+                                               f"events {expected_seq}..{event.seq - 1} are gone"))
+            elif event.prev_hash != prev_hash:
+                report.problems.append(Problem(event.seq, "broken-link",
+                                               "does not follow the event before it (reordered or replaced)"))
+            if not hmac.compare_digest(compute_hash(key, event), event.hash):
+                report.problems.append(Problem(event.seq, "edited",
+                                               f"event {event.action!r} differs from what was signed"))
+            for anchor in by_seq.get(event.seq, ()):
+                report.anchors_checked += 1
+                if not hmac.compare_digest(anchor.head, event.hash):
+                    report.problems.append(Problem(event.seq, "anchor-mismatch",
+                                                   f"the checkpoint of {anchor.at} signed a different event "
+                                                   f"{event.seq}: the chain was rewritten from here"))
+                elif not report.problems and (report.proven is None or anchor.seq >= report.proven.seq):
+                    report.proven = anchor
+            expected_seq, prev_hash, last_seq = event.seq + 1, event.hash, event.seq
+            report.checked += 1
+            if progress and report.checked % batch == 0:
+                progress(report.checked)
+        if len(page) == batch:
+            continue
+        head = session.get(AuditHead, 1, populate_existing=True)
+        head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+        session.rollback()
+        if head_seq > last_seq and session.scalar(select(AuditEvent.seq).where(AuditEvent.seq > last_seq)
+                                                  .limit(1)) is not None:
+            session.rollback()
+            continue  # appended while we walked: catch up
+        session.rollback()
+        if head_seq != last_seq or head_hash != prev_hash:
+            report.problems.append(Problem(last_seq + 1, "truncated",
+                                           f"the chain head says {head_seq} events, found up to {last_seq}"))
+        break
+    for anchor in anchors:
+        if anchor.seq > last_seq:
+            report.problems.append(Problem(last_seq + 1, "truncated",
+                                           f"the checkpoint of {anchor.at} anchored {anchor.seq} events, "
+                                           f"the database has {last_seq}: events were deleted"))
     return report
 
 

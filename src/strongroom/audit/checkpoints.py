@@ -1,0 +1,113 @@
+"""Write and gather the audit chain's signed checkpoints (see ``anchor``): the append-only file, the
+S3 bucket (Object Lock where the bucket has it) and the structured log."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from sqlalchemy import select
+
+from ..config import Settings
+from ..db import utcnow
+from ..hub import Hub
+from . import anchor
+from .anchor import AnchorKey, Checkpoint
+from .models import AuditEvent, AuditHead
+from .service import GENESIS
+
+log = structlog.get_logger("strongroom.audit")
+S3_LATEST = 5  # how many of the newest S3 checkpoints `verify` reads (each is one GET)
+
+
+class AnchorRefused(Exception):
+    """The chain is shorter than, or differs from, what an earlier checkpoint anchored."""
+
+
+def checkpoint_file(settings: Settings) -> Path:
+    return settings.audit.checkpoint_file or settings.var_dir / "audit-checkpoints.jsonl"
+
+
+def anchor_key(settings: Settings) -> AnchorKey:
+    keys_dir = settings.archive.keys_dir or settings.var_dir / "keys"
+    path = settings.audit.anchor_key_file or keys_dir / "audit-anchor.key"
+    return AnchorKey.load_or_create(path)
+
+
+def _s3(settings: Settings):  # noqa: ANN202 - an S3Storage, or None
+    if not settings.audit.checkpoint_to_s3 or settings.archive.storage.kind != "s3":
+        return None
+    from ..archive.backend import storage_from
+
+    return storage_from(settings.archive.storage, settings.var_dir)
+
+
+@dataclass
+class Written:
+    checkpoint: Checkpoint | None
+    sinks: list[str] = field(default_factory=list)
+    unchanged: bool = False
+
+
+def write_checkpoint(hub: Hub) -> Written:
+    """Sign the chain's current end and write it to every sink. A read only: takes no write lock.
+    Nothing is written when the newest checkpoint already anchors this end; refused (and loud) when the
+    chain is now shorter than, or different from, what the newest checkpoint anchored."""
+    settings = hub.settings
+    with hub.sessions() as session:
+        head = session.get(AuditHead, 1)
+        seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+        if seq:
+            event = session.scalar(select(AuditEvent).where(AuditEvent.seq == seq))
+            if event is None or event.hash != head_hash:
+                raise AnchorRefused(f"the chain head names event {seq}, which is missing or different")
+    key = anchor_key(settings)
+    found, _ = gather(settings, key)
+    newest = max(found, key=lambda c: (c.seq, c.at), default=None)
+    if newest is not None:
+        if seq < newest.seq:
+            log.error("audit.checkpoint.refused", seq=seq, anchored_seq=newest.seq, anchored_at=newest.at)
+            raise AnchorRefused(f"the chain has {seq} events but the checkpoint of {newest.at} anchored "
+                                f"{newest.seq}: run `strongroom audit verify`")
+        if seq == newest.seq:
+            if newest.head != head_hash:
+                raise AnchorRefused(f"event {seq} differs from the checkpoint of {newest.at}")
+            return Written(newest, unchanged=True)
+    cp = key.sign(seq, head_hash, utcnow())
+    written = Written(cp)
+    anchor.append(checkpoint_file(settings), cp)
+    written.sinks.append(f"file {checkpoint_file(settings)}")
+    s3 = _s3(settings)
+    if s3 is not None:
+        try:
+            locked = s3.put_retained(anchor.s3_key(settings.audit.s3_prefix, cp), cp.to_json().encode(),
+                                     utcnow() + dt.timedelta(days=settings.audit.s3_retention_days))
+            written.sinks.append(f"s3://{s3.bucket}/{settings.audit.s3_prefix} "
+                                 f"({'object lock' if locked else 'write-once key, no object lock'})")
+        except Exception as exc:  # noqa: BLE001 - the file and log copies stand; say what is missing
+            log.error("audit.checkpoint.s3_failed", error=str(exc))
+    log.info("audit.checkpoint", seq=cp.seq, head=cp.head, at=cp.at, key_id=cp.key_id, sig=cp.sig)
+    written.sinks.append("log")
+    return written
+
+
+def gather(settings: Settings, key: AnchorKey) -> tuple[list[Checkpoint], list[str]]:
+    """Every checkpoint whose signature holds, and a description of every one that does not."""
+    found, bad = anchor.read_file(checkpoint_file(settings))
+    s3 = _s3(settings)
+    if s3 is not None:
+        keys = sorted(k for k in s3.iter_keys(settings.audit.s3_prefix) if k.endswith(".json"))
+        for k in keys[-S3_LATEST:]:
+            with s3.open_reader(k) as reader:
+                more, broken = anchor.read_lines([reader.read().decode(errors="replace")], f"s3 {k}")
+            found += more
+            bad += broken
+    valid: dict[tuple[int, str, str], Checkpoint] = {}
+    for cp in found:
+        if key.valid(cp):
+            valid[(cp.seq, cp.head, cp.at)] = cp
+        else:
+            bad.append(f"checkpoint of {cp.at} (event {cp.seq}) has a bad signature or another key")
+    return sorted(valid.values(), key=lambda c: (c.seq, c.at)), bad
