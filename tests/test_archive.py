@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import threading
+import time
 from pathlib import Path
 
 import crypt4gh.lib
@@ -18,6 +19,7 @@ from sqlalchemy import select
 
 from conftest import bearer, token_for
 from strongroom.archive import c4gh
+from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile
 from strongroom.archive.transfer import HubClient, SealedSource, UploadPlan, download_file, upload_file
 from strongroom.audit.service import Actor
@@ -268,7 +270,7 @@ def test_access_is_segmented_locked_and_audited(world, tmp_path):  # noqa: ANN00
     assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
     assert c.get(f"/api/v1/files/{file_id}/content").status_code == 200
     events = c.get("/api/v1/projects/lung/audit", params={"limit": 200}).json()
-    downloads = [e for e in events if e["action"] == "archive.file.downloaded"]
+    downloads = [e for e in events if e["action"] == "archive.download.started"]
     assert downloads and downloads[0]["target"] == f"file:{file_id}" and downloads[0]["details"]["basis"] == "owner"
     # shares: released dataset into bob's project, only once the owner opens external sharing
     ds = c.post("/api/v1/projects/lung/datasets", json={"title": "D", "files": [file_id]}).json()
@@ -351,3 +353,57 @@ def test_key_rotation_rewrites_headers_only(world, tmp_path):  # noqa: ANN001
     assert new_public != world["hub_public"]
     got = c.get(f"/api/v1/files/{file_id}/content")
     assert _reference_decrypt(got.content, world["user_key"].secret) == data
+
+
+def _download_events(hub, file_id: str) -> list:  # noqa: ANN001
+    from strongroom.audit import service as audit
+
+    with hub.sessions() as s:
+        return [e for e in reversed(audit.query(s, action_prefix="archive.download.", limit=500))
+                if e.target == f"file:{file_id}"]
+
+
+def _wait_for(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
+    """Poll until the server has written the end-of-download event (it does so after the last byte)."""
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return found
+
+
+def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backend):  # noqa: ANN001
+    """A download is "started" before its first byte and "completed", "failed" (with the reason) or
+    "aborted" once its body ends; a storage failure mid-response is no longer logged as a download."""
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(24 * 1024 * 1024)  # larger than the socket buffers: a disconnect is noticed mid-body
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "big.bin")
+    _drain(hub)
+
+    got = c.get(f"/api/v1/files/{file_id}/content")
+    assert got.status_code == 200
+    done = _wait_for(lambda: [e for e in _download_events(hub, file_id) if e.action != "archive.download.started"])
+    assert [e.action for e in done] == ["archive.download.completed"] and done[0].outcome == "ok"
+    assert done[0].details["bytes_sent"] == len(got.content) and done[0].details["started_seq"] > 0
+
+    # the client goes away after the first chunk
+    with c.stream("GET", f"/api/v1/files/{file_id}/plaintext") as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())
+    ended = _wait_for(lambda: [e for e in _download_events(hub, file_id)[2:]
+                               if e.action != "archive.download.started"])
+    assert ended[0].action == "archive.download.aborted" and ended[0].details["mode"] == "plaintext"
+    assert 0 < ended[0].details["bytes_sent"] < len(data)
+
+    # the stored body breaks: gone from storage after the response was authorised
+    storage_for(hub).delete(_file(hub, file_id).body_key)
+    with pytest.raises(httpx.HTTPError), c.stream("GET", f"/api/v1/files/{file_id}/content") as r:
+        assert r.status_code == 200  # the headers left before the storage was read
+        for _ in r.iter_bytes():
+            pass
+    failed = _wait_for(lambda: [e for e in _download_events(hub, file_id)[4:]
+                                if e.action != "archive.download.started"])
+    assert failed[0].action == "archive.download.failed" and failed[0].outcome == "failed"
+    assert failed[0].details["reason"] and failed[0].details["bytes_sent"] < failed[0].details["bytes_expected"]
+    actions = [e.action for e in _download_events(hub, file_id)]
+    assert actions.count("archive.download.started") == 3 and "archive.file.downloaded" not in actions

@@ -230,7 +230,7 @@ def test_entitlement_opens_download_until_it_ends_or_is_revoked(world):  # noqa:
     assert world["carol"].get(f"/api/v1/files/{world['file']}").status_code == 200  # metadata too
     assert world["carol"].get(f"/api/v1/datasets/{world['dataset']}/versions/1/files").status_code == 200
     with hub.sessions() as s:
-        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.file.downloaded")
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.download.started")
                           .order_by(AuditEvent.seq.desc())).first()
     assert event.details["basis"] == "entitlement" and event.details["grant"] == str(ent)
 
@@ -267,7 +267,7 @@ def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, 
     assert _download(world, **{"X-GA4GH-Passport": v2}).status_code == 404
     assert issuer.hits["jwks"] == 1  # fetched once, then cached
     with world["hub"].sessions() as s:
-        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.file.downloaded")
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.download.started")
                           .order_by(AuditEvent.seq.desc())).first()
     assert event.details["basis"] == "visa" and event.details["grant"].startswith(issuer.url)
     # without the header the same user has nothing

@@ -134,7 +134,7 @@ def test_apply_approve_download_report(browser: Browser, live_server, hub: Hub, 
             type("S", (), {"mfa_at": dt.datetime.now(dt.UTC), "id_hash": "r0000000"})(), s.get(User, owner.user.id),
             None)
         report = reports.dataset_report(s, owner_principal, dataset_id)
-        events = audit.query(s, action_prefix="archive.file.downloaded")
+        events = audit.query(s, action_prefix="archive.download.started")
     assert report["downloads"] == {"events": 1, "users": 1} and report["active_entitlements"] == 1
     assert events[0].actor_id == rita.user.id and events[0].details["basis"] == "entitlement"
 

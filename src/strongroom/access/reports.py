@@ -47,7 +47,7 @@ def dataset_report(session: Session, principal: Principal, dataset_id: str) -> d
     file_targets = select(literal("file:").concat(DatasetFile.file_id)).join(
         DatasetVersion, DatasetVersion.id == DatasetFile.version_id).where(DatasetVersion.dataset_id == dataset_id)
     downloads = list(session.execute(select(AuditEvent.actor_id, AuditEvent.at).where(
-        AuditEvent.action == "archive.file.downloaded", AuditEvent.target.in_(file_targets))))
+        AuditEvent.action == "archive.download.completed", AuditEvent.target.in_(file_targets))))
     users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(
         {e.user_id for e in active} | {d[0] for d in downloads if d[0]})))}
     return {

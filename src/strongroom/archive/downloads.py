@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import anyio
+import structlog
 from fastapi.responses import Response, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.concurrency import iterate_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..db import transaction
 from ..errors import Conflict, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
@@ -22,6 +32,66 @@ from .keys import hub_keys
 # hops and ASGI messages than 1 MiB: the server path's own CPU per GiB roughly halves
 # (benchmarks/bench_download.py, "server path alone"). Larger chunks measured no better and cost memory.
 STREAM_CHUNK = 4 * 1024 * 1024
+log = structlog.get_logger("strongroom.archive")
+
+
+class AuditedStream(StreamingResponse):
+    """A download body whose end is audited: "archive.download.completed" (every byte sent),
+    "archive.download.failed" (the storage or decryption broke; with the reason) or
+    "archive.download.aborted" (the client went away). The "started" event was committed by the
+    request's own transaction before the first byte; this one is written in a short transaction of
+    its own once the body has ended, so no transaction stays open while bytes travel."""
+
+    def __init__(self, chunks: Iterator[bytes], *, hub: Hub, actor: Actor, project_id: uuid.UUID,
+                 target: str, started: dict[str, Any], length: int, **kw: Any) -> None:
+        super().__init__(self._counted(chunks), **kw)
+        self._hub, self._actor, self._project_id, self._target = hub, actor, project_id, target
+        self._started, self._length = started, length
+        self.sent, self.exhausted = 0, False
+        self.error: Exception | None = None
+
+    async def _counted(self, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in iterate_in_threadpool(chunks):
+                self.sent += len(chunk)
+                yield chunk
+        except Exception as exc:  # the source broke (storage, decryption): not the client's doing
+            self.error = exc
+            raise
+        self.exhausted = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette reports a gone client as ClientDisconnect (or just stops, on older ASGI servers);
+        # a source error may reach here as one too (it is an OSError), so the source's own record decides.
+        action, reason = "aborted", None
+        try:
+            await super().__call__(scope, receive, send)
+        except Exception as exc:
+            if not isinstance(exc, ClientDisconnect) and self.error is None:
+                self.error = exc
+            raise
+        finally:
+            if self.error is not None:
+                action, reason = "failed", f"{type(self.error).__name__}: {self.error}"[:300]
+            elif self.exhausted and self.sent == self._length:
+                action = "completed"
+            elif self.exhausted:
+                action, reason = "failed", f"the source gave {self.sent} of {self._length} bytes"
+            with anyio.CancelScope(shield=True):  # a disconnect must not cancel the record of it
+                await anyio.to_thread.run_sync(self._record, action, reason)
+
+    def _record(self, action: str, reason: str | None) -> None:
+        details = {**self._started, "bytes_sent": self.sent, "bytes_expected": self._length,
+                   **({"reason": reason} if reason else {})}
+        try:
+            with transaction(self._hub.sessions) as session:
+                audit.record(session, self._actor, f"archive.download.{action}",
+                             outcome="ok" if action == "completed" else "failed", project_id=self._project_id,
+                             target=self._target, details=details)
+        except Exception:  # noqa: BLE001 - the response is gone either way; never lose the fact silently
+            log.exception("archive.download.audit_failed", target=self._target, action=action)
+
+
 # -- downloads ---------------------------------------------------------------------------------
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -92,17 +162,19 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
     prefix = header[start:end] if start < len(header) else b""
     b_start = body_start + max(start - len(header), 0)
     b_end = body_start + max(end - len(header), 0)
-    service.record_download(db, principal, f, grant, key=recipient.fingerprint,
-                            bytes=f"{start}-{end - 1}" if wanted else None, plaintext_range=plaintext_range)
-    db.commit()  # the audit event is durable before the first byte leaves
+    started = service.record_download(db, principal, f, grant, key=recipient.fingerprint,
+                                      bytes=f"{start}-{end - 1}" if wanted else None,
+                                      plaintext_range=plaintext_range)
+    db.commit()  # the "started" event is durable before the first byte leaves
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
                "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}.c4gh"',
                "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
-    return StreamingResponse(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end),
-                             status_code=206 if wanted else 200, headers=headers,
-                             media_type="application/octet-stream")
+    return AuditedStream(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end), hub=hub,
+                         actor=principal.actor, project_id=f.project_id, target=f"file:{f.id}",
+                         started=started, length=end - start, status_code=206 if wanted else 200,
+                         headers=headers, media_type="application/octet-stream")
 
 
 def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, range_header: str | None) -> Response:
@@ -117,8 +189,8 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
     wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
     start, end = wanted or (0, f.plaintext_size)
     opened = c4gh.open_header(f.header, hub_keys(hub, db).secrets)
-    service.record_download(db, principal, f, grant, mode="plaintext",
-                            bytes=f"{start}-{end - 1}" if wanted else None)
+    started = service.record_download(db, principal, f, grant, mode="plaintext",
+                                      bytes=f"{start}-{end - 1}" if wanted else None)
     db.commit()
     storage = storage_for(hub)
     chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(f.body_key, a, b), opened.session_keys,
@@ -127,7 +199,8 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
                "ETag": f'"{f.plaintext_sha256}"'}
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.plaintext_size}"
-    return StreamingResponse(chunks, status_code=206 if wanted else 200, headers=headers,
-                             media_type="application/octet-stream")
+    return AuditedStream(chunks, hub=hub, actor=principal.actor, project_id=f.project_id, target=f"file:{f.id}",
+                         started=started, length=end - start, status_code=206 if wanted else 200,
+                         headers=headers, media_type="application/octet-stream")
 
 

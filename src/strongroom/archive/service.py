@@ -13,6 +13,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -545,12 +546,15 @@ def authorize_download(session: Session, principal: Principal, file_id: str) -> 
 
 
 def record_download(session: Session, principal: Principal, f: ArchiveFile, grant: ReadGrant, **details: object
-                    ) -> None:
-    audit.record(session, principal.actor, "archive.file.downloaded", project_id=f.project_id,
-                 target=f"file:{f.id}",
-                 details={"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
-                          **({"grant": grant.detail} if grant.detail else {}),
-                          **{k: v for k, v in details.items() if v is not None}})
+                    ) -> dict[str, Any]:
+    """The "started" event, in the request's transaction; its details (plus the started event's number)
+    are repeated on the completed/failed/aborted event written when the body ends."""
+    recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
+                **({"grant": grant.detail} if grant.detail else {}),
+                **{k: v for k, v in details.items() if v is not None}}
+    event = audit.record(session, principal.actor, "archive.download.started", project_id=f.project_id,
+                         target=f"file:{f.id}", details=recorded)
+    return {**recorded, "started_seq": event.seq}
 
 
 # -- user keys ---------------------------------------------------------------------------------
