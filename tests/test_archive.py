@@ -407,3 +407,8 @@ def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backen
     assert failed[0].details["reason"] and failed[0].details["bytes_sent"] < failed[0].details["bytes_expected"]
     actions = [e.action for e in _download_events(hub, file_id)]
     assert actions.count("archive.download.started") == 3 and "archive.file.downloaded" not in actions
+    # the owner's access report counts completed downloads only
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "Big", "files": [file_id]}).json()
+    report = c.get(f"/api/v1/datasets/{ds['id']}/access-report")
+    assert report.status_code == 200, report.text
+    assert report.json()["downloads"] == {"events": 1, "users": 1}

@@ -13,6 +13,7 @@ from strongroom.audit import checkpoints
 from strongroom.audit import service as audit
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
+from support.seaweed import seaweedfs  # noqa: F401 - session fixture
 
 
 def _seed(hub, n: int = 6) -> None:  # noqa: ANN001
@@ -222,3 +223,32 @@ def test_checkpoint_job_and_verify_job(hub):  # noqa: ANN001
     with hub.sessions() as s:
         outcome = audit.query(s, action_prefix="audit.verified", limit=1)[0]
     assert outcome.outcome == "failed" and "5:truncated" in outcome.details["problems"]
+
+
+@pytest.mark.slow
+def test_s3_checkpoints_outlive_the_file_and_are_never_overwritten(settings, seaweedfs, tmp_path):  # noqa: ANN001, F811
+    """SeaweedFS has no Object Lock: checkpoints go in as write-once keys, and say so."""
+    from strongroom.archive.backend import storage_from
+    from strongroom.config import StorageSettings
+    from strongroom.hub import Hub
+
+    storage = StorageSettings(kind="s3", endpoint_url=seaweedfs.endpoint_url, access_key=seaweedfs.access_key,
+                              secret_key=seaweedfs.secret_key, region=seaweedfs.region,
+                              bucket=f"anchor{os.getpid()}{tmp_path.name[-6:]}".lower().replace("_", ""))
+    s3_settings = settings.model_copy(update={"archive": settings.archive.model_copy(update={"storage": storage})})
+    hub = Hub.from_settings(s3_settings)
+    _seed(hub)
+    written = checkpoints.write_checkpoint(hub)
+    assert any("write-once key, no object lock" in sink for sink in written.sinks), written.sinks
+    s3 = storage_from(storage, settings.var_dir)
+    [key] = list(s3.iter_keys("audit-checkpoints/"))
+    with pytest.raises(FileExistsError):
+        s3.put_retained(key, b"{}", audit.utcnow())
+    # the local file is lost and the database wiped: the S3 copy still convicts
+    (settings.var_dir / "audit-checkpoints.jsonl").unlink()
+    _sql(hub, "DELETE FROM audit_events; UPDATE audit_head SET seq = 0, hash = '" + "0" * 64 + "'")
+    anchors, bad = checkpoints.gather(s3_settings, checkpoints.anchor_key(s3_settings))
+    assert not bad and [a.seq for a in anchors] == [6]
+    with hub.sessions() as s:
+        report = audit.verify(s, anchors=anchors)
+    assert [p.kind for p in report.problems] == ["truncated"] and report.checked == 0
