@@ -134,6 +134,7 @@ def test_verify_reports_how_far_the_checkpoints_prove(hub, settings):  # noqa: A
     assert result.returncode == 0 and "no checkpoint found" in result.stdout, result.stdout
     written = _cli(settings, "audit", "checkpoint")
     assert written.returncode == 0 and "event 4" in written.stdout, written.stdout + written.stderr
+    assert '"event": "audit.checkpoint"' in written.stdout + written.stderr  # the structured log's copy
     assert "unchanged" in _cli(settings, "audit", "checkpoint").stdout  # nothing new: nothing written
     _seed(hub, 3)
     result = _verify_cli(settings)

@@ -45,9 +45,10 @@ def verify(
         console.print(f"[green]OK[/]: {report.checked} events, chain intact")
         if report.proven is not None:
             n = report.proven.seq
-            after = (f"; events {n + 1}–{report.checked} after it chained but not yet anchored"
+            after = (f"events {n + 1}–{report.checked} after it chained but not yet anchored"
                      if report.checked > n else "")
-            console.print(f"events 1–{n} proven by the checkpoint of {report.proven.at}{after}")
+            proven = f"events 1–{n} proven by the checkpoint of {report.proven.at}" if n else ""
+            console.print("; ".join(p for p in (proven, after) if p), soft_wrap=True)
         else:
             console.print("[yellow]no checkpoint found[/]: the chain is intact but a cut-off of its newest "
                           "events cannot be ruled out (run `strongroom audit checkpoint`)")
@@ -75,7 +76,7 @@ def checkpoint() -> None:
     if written.unchanged:
         console.print(f"unchanged: event {cp.seq} is already anchored by the checkpoint of {cp.at}")
     else:
-        console.print(f"checkpoint: event {cp.seq} at {cp.at} → {', '.join(written.sinks)}")
+        console.print(f"checkpoint: event {cp.seq} at {cp.at} → {', '.join(written.sinks)}", soft_wrap=True)
 
 
 @app.command("public-key")
