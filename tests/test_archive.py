@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from conftest import bearer, token_for
+from conftest import bearer, token_for, web_client
 from strongroom.archive import c4gh
 from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile
@@ -412,3 +412,15 @@ def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backen
     report = c.get(f"/api/v1/datasets/{ds['id']}/access-report")
     assert report.status_code == 200, report.text
     assert report.json()["downloads"] == {"events": 1, "users": 1}
+
+
+def test_browser_download_is_audited_to_its_end(app, world):  # noqa: ANN001
+    """The web route serves the same audited stream as the API."""
+    hub, c = world["hub"], world["http"]
+    data = os.urandom(5000)
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "w.bin")
+    _drain(hub)
+    page = web_client(app, hub, world["alice"]).get(f"/files/{file_id}/download")
+    assert page.status_code == 200
+    assert [e.action for e in _download_events(hub, file_id)] == ["archive.download.started",
+                                                                  "archive.download.completed"]
