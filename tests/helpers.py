@@ -6,14 +6,25 @@ import re
 
 from fastapi.testclient import TestClient
 
-CSRF = "test-csrf-token-0123456789"
+from strongroom.deps import CSRF_COOKIE, SESSION_COOKIE, csrf_token_for
+
+PRESESSION = "test-presession-cookie-0123456789"
+
+
+def csrf_for(client: TestClient) -> str:
+    """The token the hub's pages would give this client: bound to its session cookie, or before
+    login to a pre-session cookie (set here when the client has none)."""
+    session_cookie = client.cookies.get(SESSION_COOKIE)
+    if session_cookie is None and client.cookies.get(CSRF_COOKIE) is None:
+        client.cookies.set(CSRF_COOKIE, PRESESSION)
+    return csrf_token_for(client.app.state.hub.secret, session_cookie=session_cookie,
+                          presession_cookie=client.cookies.get(CSRF_COOKIE))
 
 
 def form_post(client: TestClient, url: str, data: dict | None = None, **kwargs):  # noqa: ANN201
-    """POST a form the way a browser does: CSRF cookie plus the matching hidden field."""
-    client.cookies.delete("sr_csrf")  # drop the one a page set, so exactly one is sent
-    client.cookies.set("sr_csrf", CSRF)
-    return client.post(url, data={**(data or {}), "csrf_token": CSRF}, follow_redirects=False, **kwargs)
+    """POST a form the way a browser does: with the token its page would carry."""
+    return client.post(url, data={**(data or {}), "csrf_token": csrf_for(client)}, follow_redirects=False,
+                       **kwargs)
 
 
 def extract(pattern: str, html: str) -> str:

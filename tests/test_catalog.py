@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from conftest import bearer, token_for, web_client
-from helpers import form_post
+from helpers import csrf_for, form_post
 from strongroom.archive import service as archive
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
@@ -305,9 +305,7 @@ def test_steward_web_editor_saves_uploads_and_publishes(world):  # noqa: ANN001
     r = form_post(web, f"/datasets/{ds}/catalog/publish")
     assert r.status_code == 422 and "description of 50-5000 characters" in r.text  # …but not to publish
     assert form_post(web, f"/datasets/{ds}/catalog", form).status_code == 303
-    web.cookies.set("sr_csrf", "test-csrf-token-0123456789")
-    r = web.post(f"/datasets/{ds}/catalog/images", data={"alt": "Fused PET/CT slice",
-                                                          "csrf_token": "test-csrf-token-0123456789"},
+    r = web.post(f"/datasets/{ds}/catalog/images", data={"alt": "Fused PET/CT slice", "csrf_token": csrf_for(web)},
                  files={"image": ("s.png", png.synthetic_ct_slice(3, size=40), "image/png")}, follow_redirects=False)
     assert r.status_code == 303, r.text
     assert form_post(web, f"/datasets/{ds}/catalog/publish").status_code == 303

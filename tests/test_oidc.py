@@ -23,6 +23,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet, OctKey, RSAKey
 from sqlalchemy import func, select
 
+from helpers import csrf_for
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.config import OidcSettings, Settings
@@ -317,9 +318,7 @@ def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, pr
     assert r.status_code == 403 and r.json()["code"] == "mfa-required"
 
     # Nor can it mint an API token to reach the data another way.
-    csrf = "csrf-" + "q" * 24
-    browser.cookies.set("sr_csrf", csrf)
-    r = browser.post("/account/tokens", data={"csrf_token": csrf, "name": "sneaky", "days": "7",
+    r = browser.post("/account/tokens", data={"csrf_token": csrf_for(browser), "name": "sneaky", "days": "7",
                                               "scopes": ["projects:read", "data:read"]},
                      follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/login/reauth")

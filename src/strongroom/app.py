@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from urllib.parse import quote
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .archive.storage import StorageUnavailable
 from .config import Settings, get_settings
-from .deps import CSRF_COOKIE, LoginRequired
+from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired
 from .errors import DomainError, TooManyRequests
 from .hub import Hub
 from .ops.api import HTTP_REQUESTS, HTTP_SECONDS
@@ -30,6 +31,7 @@ from .web.templating import templates
 log = structlog.get_logger("strongroom.http")
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 API_PREFIXES = ("/api/", "/ga4gh/", "/openapi.json", "/.well-known/")
+PRIVATE_PREFIXES = ("/api/", "/ga4gh/")  # never stored by a browser or proxy cache
 
 DESCRIPTION = """\
 Strongroom's HTTP API. Authenticate with an API token from your account page:
@@ -104,6 +106,50 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+API_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Strongroom API</title>
+  <link rel="icon" href="data:,">
+  <link rel="stylesheet" href="/static/swagger-ui/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/static/swagger-ui/swagger-ui-bundle.js"></script>
+  <script src="/static/api-docs.js"></script>
+</body>
+</html>
+"""
+# Swagger UI ships inside the swagger-ui-py wheel: served from this hub, it works offline and under
+# the ordinary CSP (the initialiser is our static api-docs.js, not an inline script).
+SWAGGER_UI_FILES = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "text/javascript",
+                    "LICENSE": "text/plain"}
+
+
+def _swagger_ui_dir() -> Path:
+    spec = importlib.util.find_spec("swagger_ui")  # locate without importing its framework handlers
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is missing; reinstall strongroom")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def _add_api_docs(app: FastAPI) -> None:
+    assets = _swagger_ui_dir()
+
+    @app.get("/api/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        return HTMLResponse(API_DOCS_PAGE)
+
+    @app.get("/static/swagger-ui/{name}", include_in_schema=False)
+    def swagger_asset(name: str) -> Response:
+        if name not in SWAGGER_UI_FILES:
+            raise StarletteHTTPException(404, "Not Found")
+        return FileResponse(assets / name, media_type=SWAGGER_UI_FILES[name],
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access import grants as _grants  # noqa: F401 - entitlements open the archive
     from .access.api import router as access_api
@@ -152,7 +198,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
             runner.stop()
 
     app = FastAPI(title="Strongroom", version=__version__, description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/api/docs", redoc_url=None, openapi_url="/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.hub = hub
     app.state.runner = None
 
@@ -165,7 +211,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         app.include_router(router)
     app.include_router(catalog_api)
     app.include_router(catalog_web, include_in_schema=False)
+    _add_api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    csp = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+           "frame-ancestors 'none'; form-action 'self' " + (settings.oidc.issuer or "")).strip()
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
@@ -183,14 +233,18 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "DENY")
-        if not request.url.path.startswith("/api/docs"):
-            headers.setdefault("Content-Security-Policy",
-                               "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                               "script-src 'self'; frame-ancestors 'none'; form-action 'self' "
-                               + (settings.oidc.issuer or ""))
-        token = getattr(request.state, "csrf", None)
-        if token and request.cookies.get(CSRF_COOKIE) != token:
-            response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+        # One policy for every page, the API docs included: no inline script or style anywhere.
+        headers.setdefault("Content-Security-Policy", csp)
+        path = request.url.path
+        if path.startswith(PRIVATE_PREFIXES):
+            headers["Cache-Control"] = "no-store"  # API answers carry personal data
+        elif SESSION_COOKIE in request.cookies or any(
+                k == b"set-cookie" and v.startswith(SESSION_COOKIE.encode() + b"=") for k, v in response.raw_headers):
+            # a logged-in (or logging-in) browser: pages may show tokens, codes or a TOTP seed
+            headers.setdefault("Cache-Control", "no-store")
+        new_cookie = getattr(request.state, "new_csrf_cookie", None)
+        if new_cookie:
+            response.set_cookie(CSRF_COOKIE, new_cookie, httponly=True, samesite="strict",
                                 secure=settings.cookie_secure, path="/")
         return response
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -15,6 +18,7 @@ from .hub import Hub
 from .identity import service as identity
 from .identity.models import User, WebSession
 from .identity.principal import Principal
+from .identity.secrets import sha256_hex
 
 SESSION_COOKIE = "sr_session"
 CSRF_COOKIE = "sr_csrf"
@@ -128,20 +132,87 @@ def show_viewer(request: Request, user: User) -> None:
 WebPrincipal = Annotated[Principal, Depends(_web_principal)]
 
 
+# -- CSRF: a form token bound to the browser's session --------------------------------------------
+def csrf_token_for(hub_secret: bytes, *, session_cookie: str | None = None, presession_cookie: str | None = None
+                   ) -> str:
+    """The token a form must carry: an HMAC of the session id hash, or before login of the random
+    pre-session cookie. A new session id (login, MFA, password change) therefore means a new token,
+    and a token read from one browser's page is worthless in another."""
+    if session_cookie:
+        binding = "session:" + sha256_hex(session_cookie)
+    elif presession_cookie:
+        binding = "pre:" + sha256_hex(presession_cookie)
+    else:
+        raise ValueError("a CSRF token needs a session or pre-session cookie")
+    return hmac.new(hub_secret, b"csrf:" + binding.encode(), hashlib.sha256).hexdigest()
+
+
+def _bound_cookie(request: Request) -> str | None:
+    value = getattr(request.state, "session_cookie", None) or request.cookies.get(SESSION_COOKIE)
+    return value if value and len(value) <= 200 else None
+
+
 def csrf_token(request: Request) -> str:
+    """The token for forms rendered in this response (templates call this)."""
     token = getattr(request.state, "csrf", None)
     if token is None:
-        token = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+        hub: Hub = request.app.state.hub
+        session_cookie = _bound_cookie(request)
+        presession = None
+        if session_cookie is None:
+            presession = request.cookies.get(CSRF_COOKIE)
+            if not presession or len(presession) > 200:
+                presession = secrets.token_urlsafe(24)
+                request.state.new_csrf_cookie = presession  # the app's middleware sets it
+        token = csrf_token_for(hub.secret, session_cookie=session_cookie, presession_cookie=presession)
         request.state.csrf = token
     return token
 
 
+def use_session_cookie(request: Request, value: str) -> None:
+    """A route that just issued a new session cookie renders its forms with that cookie's token."""
+    request.state.session_cookie = value
+    request.state.csrf = None
+
+
+def _own_origins(request: Request) -> tuple[str, str]:
+    hub: Hub = request.app.state.hub
+    base = urlsplit(hub.settings.base_url)
+    return f"{base.scheme}://{base.netloc}".lower(), request.headers.get("host", "").lower()
+
+
+def _same_site(request: Request) -> bool:
+    """Origin (or, without it, Referer) must name this hub when the browser sends one: the
+    configured base_url, or the Host the request came to (a proxy must pass Host through or
+    base_url must be the public address)."""
+    sent = request.headers.get("origin")
+    if sent is None:
+        referer = request.headers.get("referer")
+        if not referer:
+            return True  # some privacy tools strip both; the bound token still protects
+        parts = urlsplit(referer)
+        sent = f"{parts.scheme}://{parts.netloc}"
+    sent = sent.lower()
+    if sent == "null":
+        return False
+    base_origin, host = _own_origins(request)
+    parts = urlsplit(sent)
+    return sent == base_origin or (bool(host) and parts.scheme in ("http", "https") and parts.netloc == host)
+
+
 async def _check_csrf(request: Request) -> None:
-    """Double-submit check for every form post: the hidden field must equal the cookie."""
+    """Every form post: from this hub's own pages, with the token bound to this browser's session."""
+    if not _same_site(request):
+        raise Forbidden("this form was sent from another site; open the page on this hub and try again")
     form = await request.form()
     sent = str(form.get("csrf_token", ""))
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie or not secrets.compare_digest(sent, cookie):
+    hub: Hub = request.app.state.hub
+    session_cookie = _bound_cookie(request)
+    presession = request.cookies.get(CSRF_COOKIE)
+    if session_cookie is None and not presession:
+        raise Forbidden("the form expired or came from another site; reload the page and try again")
+    expected = csrf_token_for(hub.secret, session_cookie=session_cookie, presession_cookie=presession)
+    if not secrets.compare_digest(sent, expected):
         raise Forbidden("the form expired or came from another site; reload the page and try again")
 
 

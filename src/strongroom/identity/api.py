@@ -28,6 +28,7 @@ class UserOut(Out):
     email: str | None
     affiliation: str | None
     is_admin: bool
+    is_active: bool
 
 
 class MeOut(UserOut):
@@ -84,10 +85,20 @@ def admin_create_user(db: Db, hub: HubDep, principal: Admin, body: NewLocalUser)
 
 
 @router.post("/admin/users/{user_id}/mfa-reset", status_code=204,
-             summary="Reset a local user's MFA: they enrol again at next login")
+             summary="Reset a local user's MFA: they enrol again; their sessions and tokens end")
 def admin_reset_mfa(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
     service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
     user = db.get(User, user_id)
     if user is None:
         raise NotFound("no such user")
     service.reset_mfa(db, principal.actor, user)
+
+
+@router.post("/admin/users/{user_id}/deactivate", status_code=204,
+             summary="Deactivate a user: no more logins; their sessions and API tokens end")
+def admin_deactivate_user(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    service.deactivate_user(db, principal.actor, user)

@@ -58,7 +58,7 @@ def create_user(
 
 @app.command("reset-mfa")
 def reset_mfa(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
-    """Remove a user's TOTP and recovery codes and end their sessions; they enrol again."""
+    """Remove a user's TOTP and recovery codes, end their sessions and revoke their API tokens."""
     hub = Hub.from_settings(get_settings())
     try:
         with transaction(hub.sessions) as session:
@@ -71,16 +71,31 @@ def reset_mfa(user: Annotated[str, typer.Argument(help="Username, e-mail or id."
     console.print(f"MFA reset for {user}")
 
 
+@app.command("deactivate")
+def deactivate(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
+    """Stop an account from logging in; its browser sessions and API tokens end at once."""
+    hub = Hub.from_settings(get_settings())
+    try:
+        with transaction(hub.sessions) as session:
+            found = service.find_user(session, user)
+            if found is None:
+                raise typer.BadParameter(f"no user {user!r}")
+            service.deactivate_user(session, _operator(), found)
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"deactivated {user}; their sessions and API tokens are revoked")
+
+
 @app.command("users")
 def users() -> None:
     """List all users."""
     hub = Hub.from_settings(get_settings())
-    table = Table("id", "name", "subject", "issuer", "e-mail", "admin", "last login")
+    table = Table("id", "name", "subject", "issuer", "e-mail", "admin", "active", "last login")
     with hub.sessions() as session:
         for u in session.scalars(select(User).order_by(User.display_name)):
             table.add_row(str(u.id), u.display_name, u.subject, u.issuer, u.email or "",
-                          "yes" if u.is_admin else "", u.last_login_at.strftime("%Y-%m-%d %H:%M")
-                          if u.last_login_at else "")
+                          "yes" if u.is_admin else "", "yes" if u.is_active else "no",
+                          u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "")
     console.print(table)
 
 

@@ -72,11 +72,16 @@ def find_user(session: Session, ref: str) -> User | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def check_password_policy(password: str) -> None:
+def check_password_policy(password: str, *, username: str | None = None) -> None:
+    """Length is what matters (NIST SP 800-63B); beyond it only refuse the trivially guessable."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
     if len(password) > 1024:
         raise Invalid("password is too long")
+    if len(set(password.lower())) < 5:
+        raise Invalid("password must use at least 5 different characters")
+    if username and len(username) >= 3 and username.lower() in password.lower():
+        raise Invalid("password must not contain the username")
 
 
 def create_local_user(
@@ -93,7 +98,7 @@ def create_local_user(
     username = username.strip().lower()
     if not USERNAME_RE.match(username):
         raise Invalid("username must be 2-63 characters: lower-case letters, digits, '.', '_' or '-'")
-    check_password_policy(password)
+    check_password_policy(password, username=username)
     if session.scalar(select(exists().where(LocalCredential.username == username))):
         raise Conflict(f"username {username!r} is taken")
     user = User(issuer=LOCAL_ISSUER, subject=username, display_name=display_name.strip() or username,
@@ -191,13 +196,47 @@ def authenticate_password(
     return PasswordCheck(user=cred.user, needs_enrolment=not cred.mfa_enrolled)
 
 
-def change_password(session: Session, principal: Principal, current: str, new: str) -> None:
+def change_password(session: Session, principal: Principal, current: str, new: str, *,
+                    keep_session: WebSession | None = None) -> None:
+    """A local user's own change. Every other session and every API token of theirs ends: whoever
+    knew the old password may have used it to start one."""
     cred = _credential(session, principal.user)
     if not verify_password(cred.password_hash, current):
+        audit.record(session, principal.actor, "user.password_changed", outcome="denied",
+                     subject_user_id=principal.user.id, details={"reason": "current password wrong"})
         raise Invalid("current password is wrong")
-    check_password_policy(new)
+    if new == current:
+        raise Invalid("the new password must differ from the current one")
+    check_password_policy(new, username=cred.username)
     cred.password_hash = hash_password(new)
     audit.record(session, principal.actor, "user.password_changed", subject_user_id=principal.user.id)
+    revoke_access(session, principal.actor, principal.user, reason="password changed", keep_session=keep_session)
+
+
+def revoke_access(session: Session, actor: Actor, user: User, *, reason: str,
+                  keep_session: WebSession | None = None) -> dict[str, int]:
+    """End a user's browser sessions (all, or all but ``keep_session``) and revoke their API tokens."""
+    query = delete(WebSession).where(WebSession.user_id == user.id)
+    if keep_session is not None:
+        query = query.where(WebSession.id_hash != keep_session.id_hash)
+    sessions = session.execute(query).rowcount or 0
+    now = utcnow()
+    tokens = list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id,
+                                                         ApiToken.revoked_at.is_(None))))
+    for token in tokens:
+        token.revoked_at = now
+    audit.record(session, actor, "user.access_revoked", subject_user_id=user.id,
+                 details={"reason": reason, "sessions": sessions, "tokens": [t.prefix for t in tokens]})
+    return {"sessions": sessions, "tokens": len(tokens)}
+
+
+def deactivate_user(session: Session, actor: Actor, user: User) -> None:
+    """Administrator action: the account can no longer log in, and its sessions and tokens end now."""
+    if not user.is_active:
+        raise Conflict("this account is already deactivated")
+    user.is_active = False
+    audit.record(session, actor, "user.deactivated", subject_user_id=user.id)
+    revoke_access(session, actor, user, reason="account deactivated")
 
 
 # -- TOTP --------------------------------------------------------------------------------------
@@ -315,13 +354,14 @@ def remaining_recovery_codes(session: Session, user: User) -> int:
 
 
 def reset_mfa(session: Session, actor: Actor, user: User) -> None:
-    """Administrator action: the user must enrol again at next login. All sessions end."""
+    """Administrator action: the user must enrol again at next login. All sessions and API tokens
+    end: they were vouched for by the factor that is now distrusted."""
     cred = _credential(session, user)
     cred.totp_secret = None
     cred.totp_confirmed_at = None
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
-    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     audit.record(session, actor, "mfa.reset", subject_user_id=user.id)
+    revoke_access(session, actor, user, reason="mfa reset")
 
 
 # -- browser sessions --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..deps import (
     client_ip,
     current_web_session,
     show_viewer,
+    use_session_cookie,
 )
 from ..errors import DomainError, Forbidden, Invalid, TooManyRequests, Unauthenticated
 from ..hub import Hub
@@ -29,7 +30,7 @@ from . import service
 from .models import LocalCredential, OidcLoginState
 from .oidc import OidcClient
 from .principal import SCOPES
-from .secrets import sha256_hex
+from .secrets import MIN_PASSWORD_LENGTH, sha256_hex
 
 router = APIRouter()
 
@@ -146,6 +147,7 @@ def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, For
         enrolment = service.current_enrolment(db, user, hub.secret)
         return _refused(request, "mfa_enrol.html", {"enrolment": enrolment}, exc)
     cookie = service.rotate_session(db, ws, stage="active", mfa=True)
+    use_session_cookie(request, cookie)
     show_viewer(request, user)
     response = templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": True})
     return _with_session_cookie(response, hub, cookie)
@@ -281,6 +283,9 @@ def _account_context(db: Db, principal: WebPrincipal) -> dict[str, object]:
         "now": utcnow(),
         "new_token": None,
         "error": None,
+        "password_error": None,
+        "password_changed": False,
+        "min_password_length": MIN_PASSWORD_LENGTH,
     }
 
 
@@ -323,3 +328,33 @@ def new_recovery_codes(request: Request, db: Db, hub: HubDep, principal: WebPrin
     audit.record(db, principal.actor, "mfa.recovery_codes_regenerated", subject_user_id=principal.user.id)
     return templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": False})
 
+
+
+@router.get("/account/password")
+def password_page() -> Response:
+    """Where a re-authentication for the password form returns to."""
+    return _redirect("/account#password")
+
+
+@router.post("/account/password", dependencies=[CsrfChecked])
+def change_password(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
+                    current_password: Annotated[str, Form(max_length=1024)],
+                    new_password: Annotated[str, Form(max_length=1024)],
+                    new_password_again: Annotated[str, Form(max_length=1024)]) -> Response:
+    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    found = current_web_session(request, db)
+    assert found is not None
+    ws, _user = found
+    try:
+        if new_password != new_password_again:
+            raise Invalid("the two new passwords differ")
+        service.change_password(db, principal, current_password, new_password, keep_session=ws)
+    except Invalid as exc:
+        ctx = _account_context(db, principal) | {"password_error": exc.detail}
+        return templates.TemplateResponse(request, "account.html", ctx, status_code=422)
+    # A new session id for this browser too: a copy of the old cookie is worth nothing now.
+    cookie = service.rotate_session(db, ws, stage="active", mfa=False)
+    use_session_cookie(request, cookie)
+    ctx = _account_context(db, principal) | {"password_changed": True}
+    response = templates.TemplateResponse(request, "account.html", ctx)
+    return _with_session_cookie(response, hub, cookie)
