@@ -13,6 +13,8 @@ import asyncio
 import datetime as dt
 import io
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -371,7 +373,8 @@ def test_visa_with_conditions_never_satisfies_another() -> None:
 
 
 # -- the dataset's download policy (issue 9, point 7) ------------------------------------------
-def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings):  # noqa: ANN001
+def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings,  # noqa: ANN001
+                                                                         tmp_path):
     """The dataset's access policy, not the project's setting, says whether approved applicants may
     download to their own machines; in-platform only is the default. Fails on the old code: the
     entitled and visa holders downloaded whatever the policy said."""
@@ -387,6 +390,12 @@ def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, 
         assert "in-platform use only" in r.json()["detail"]
         # metadata and listing (in-platform work) stay open
         assert world["carol"].get(f"/api/v1/files/{world['file']}", headers=headers).status_code == 200
+    # the CLI says so too, and exits non-zero
+    env = {**os.environ, "STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"), "STRONGROOM_URL": world["url"],
+           "STRONGROOM_TOKEN": world["carol"].headers["Authorization"].removeprefix("Bearer "), "COLUMNS": "300"}
+    cli = subprocess.run([sys.executable, "-m", "strongroom.cli", "download", world["file"], "-o",
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "403" in cli.stderr and "in-platform use only" in cli.stderr, cli.stderr
     # the project's own download setting does not open it for applicants …
     assert a.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
     assert _download(world).status_code == 403
