@@ -28,7 +28,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 
-from conftest import bearer, token_for
+from conftest import bearer, token_for, web_client
 from strongroom.access import visas
 from strongroom.access.models import Entitlement
 from strongroom.archive import c4gh
@@ -374,7 +374,7 @@ def test_visa_with_conditions_never_satisfies_another() -> None:
 
 # -- the dataset's download policy (issue 9, point 7) ------------------------------------------
 def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings,  # noqa: ANN001
-                                                                         tmp_path):
+                                                                         tmp_path, app):
     """The dataset's access policy, not the project's setting, says whether approved applicants may
     download to their own machines; in-platform only is the default. Fails on the old code: the
     entitled and visa holders downloaded whatever the policy said."""
@@ -390,6 +390,10 @@ def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, 
         assert "in-platform use only" in r.json()["detail"]
         # metadata and listing (in-platform work) stay open
         assert world["carol"].get(f"/api/v1/files/{world['file']}", headers=headers).status_code == 200
+    # the dataset page offers no download link, and says why
+    page = web_client(app, hub, carol).get(f"/datasets/{ds}")
+    assert page.status_code == 200 and "In-platform use only" in page.text
+    assert f"/files/{world['file']}/download" not in page.text
     # the CLI says so too, and exits non-zero
     env = {**os.environ, "STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"), "STRONGROOM_URL": world["url"],
            "STRONGROOM_TOKEN": world["carol"].headers["Authorization"].removeprefix("Bearer "), "COLUMNS": "300"}
@@ -404,6 +408,7 @@ def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, 
     assert a.put(f"/api/v1/datasets/{ds}/access-policy", json={"applicant_download": True}).status_code == 204
     assert _download(world).status_code == 200
     assert _download(world, **{"X-GA4GH-Passport": visa}).status_code == 200
+    assert f"/files/{world['file']}/download" in web_client(app, hub, carol).get(f"/datasets/{ds}").text
     a_key = c4gh.generate_keypair()
     assert a.post("/api/v1/me/keys", json={"name": "pi", "public_key": c4gh.public_key_file(
         a_key.public).decode()}).status_code == 201

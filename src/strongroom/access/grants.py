@@ -71,6 +71,10 @@ def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> b
     return any(e.active(now) for e in rows)
 
 
+def dataset_download_policy(session: Session, ds: Dataset) -> bool:
+    return applicant_download(session, ds.id)
+
+
 def register() -> None:
     """Idempotent: a second import must not check twice."""
     if entitlement_grant not in archive.GRANT_PROVIDERS:
@@ -78,6 +82,8 @@ def register() -> None:
     readers = getattr(archive, "DATASET_READERS", None)
     if readers is not None and entitlement_reader not in readers:
         readers.append(entitlement_reader)
+    if dataset_download_policy not in archive.DATASET_DOWNLOAD_POLICIES:
+        archive.DATASET_DOWNLOAD_POLICIES.append(dataset_download_policy)
 
 
 register()

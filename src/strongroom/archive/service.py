@@ -357,6 +357,23 @@ def visible_dataset(session: Session, principal: Principal, dataset_id: str) -> 
     return ds, False
 
 
+# Whether approved applicants may download a dataset (access: its policy); none registered → no.
+DATASET_DOWNLOAD_POLICIES: list[Callable[[Session, Dataset], bool]] = []
+
+
+def dataset_downloadable(session: Session, principal: Principal, ds: Dataset, owner: bool) -> bool:
+    """For pages: whether the caller may download the dataset's files to their own machine — the
+    project setting for members (of the owning or a receiving project), the dataset's access policy
+    for everyone else. ``authorize_download`` decides per file; this only chooses what to show."""
+    if owner:
+        return bool(projects.get_setting(session, ds.project_id, "download_allowed"))
+    receiving = session.scalars(select(DatasetShare.project_id).where(
+        DatasetShare.dataset_id == ds.id, DatasetShare.project_id.in_(readable_projects(session, principal))))
+    if any(projects.get_setting(session, pid, "download_allowed") for pid in receiving):
+        return True
+    return any(policy(session, ds) for policy in DATASET_DOWNLOAD_POLICIES)
+
+
 def _owner_access(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset,
                                                                                   projects.ProjectAccess]:
     ds = session.get(Dataset, dataset_id)
