@@ -577,12 +577,12 @@ def authorize_review(session: Session, principal: Principal, f: ArchiveFile) -> 
     rule = HOLD_RULES.get(f.hold or "")
     if rule is None:
         raise NotFound("no such file")
-    if not principal.has_mfa:
-        raise MfaRequired("data access needs a login with multi-factor authentication")
     membership = session.scalar(select(Membership).where(Membership.user_id == principal.user.id,
                                                          Membership.project_id == f.project_id))
     if membership is None or rule.right not in projects.effective_rights(session, membership):
         raise NotFound("no such file")
+    if not principal.has_mfa:
+        raise MfaRequired("data access needs a login with multi-factor authentication")
     return ReadGrant("review", f.project_id, detail=f.hold or "")
 
 
