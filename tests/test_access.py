@@ -13,6 +13,7 @@ from strongroom.access import service as access
 from strongroom.access.models import ApplicationEvent, Entitlement
 from strongroom.archive.models import Dataset, DatasetVersion
 from strongroom.audit.service import Actor
+from strongroom.catalog.models import CatalogEntry
 from strongroom.db import transaction
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project
@@ -25,7 +26,8 @@ GOOD = {"study_name": "Nodule AI", "ethics": {"number": "Dnr 2026-01234-01"},
         "team": [{"name": "Rita", "affiliation": "Uni", "role": "analyst"}]}
 
 
-def _dataset(hub, slug: str, pi: str, title: str) -> str:  # noqa: ANN001
+def _dataset(hub, slug: str, pi: str, title: str, *, published: bool = True) -> str:  # noqa: ANN001
+    """A released dataset, published in the catalogue unless ``published`` is False."""
     with transaction(hub.sessions) as s:
         project = projects.create_project(s, Actor.system("t"), slug=slug, name=title, pi=pi, ethics_ref="E",
                                           end_date=END)
@@ -34,6 +36,8 @@ def _dataset(hub, slug: str, pi: str, title: str) -> str:  # noqa: ANN001
         s.add(ds)
         s.flush()
         s.add(DatasetVersion(dataset_id=ds.id, number=1, state="released"))
+        s.add(CatalogEntry(dataset_id=ds.id, slug=f"{slug}-entry", title=title, created_by=project.pi_id,
+                           published=published, published_at=dt.datetime.now(dt.UTC) if published else None))
         return ds.id
 
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from conftest import bearer, token_for, web_client
-from helpers import csrf_for, form_post
+from helpers import csrf_for, extract, form_post
 from strongroom.archive import service as archive
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
@@ -587,3 +587,35 @@ def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):  # noqa: A
         assert len(list(s.scalars(select(ArchiveFile)))) == 6
         assert len(list(s.scalars(select(Dataset)))) == 1
         assert len(list(s.scalars(select(CatalogEntry)))) == 1
+
+
+def test_landing_page_and_owner_page_say_whether_approved_users_may_download(world) -> None:  # noqa: ANN001
+    """Issue 9, point 7: the dataset's access policy (in-platform only by default) is shown on the
+    landing page, in the JSON-LD and on the data owner's page, whose form (PI only) changes it.
+    Fails on the old code: nothing said which, and there was no such policy."""
+    publish_entry(world, world["ds"], "policy-ct", image=False)
+    anon_client, url = anon(world), f"{BASE}/catalog/policy-ct"
+
+    def shown() -> tuple[str, str]:
+        html = anon_client.get("/catalog/policy-ct").text
+        use = extract(r'<p class="cat-use-kind" data-download="(\w+)">', html)
+        return use, jsonld_of(html, url)["distribution"][0]["description"]
+
+    use, described = shown()
+    assert use == "no" and "platform only" in described
+    html = anon_client.get("/catalog/policy-ct").text
+    assert "In-platform use only" in html and "may download" not in html
+    alice = web_client(world["app"], world["app"].state.hub, world["alice"])
+    owner_page = alice.get(f"/datasets/{world['ds']}/access")
+    assert owner_page.status_code == 200 and "In-platform use only" in owner_page.text
+    # a member of the project who is not its PI, and an outsider, cannot change it
+    for who in ("carol", "bob"):
+        other = web_client(world["app"], world["app"].state.hub, world[who])
+        r = form_post(other, f"/datasets/{world['ds']}/access/download", {"allowed": "yes"})
+        assert r.status_code == 404, who
+    assert shown()[0] == "no"
+    r = form_post(alice, f"/datasets/{world['ds']}/access/download", {"allowed": "yes"})
+    assert r.status_code == 303
+    use, described = shown()
+    assert use == "yes" and "may download" in described
+    assert "Approved users may download" in alice.get(f"/datasets/{world['ds']}/access").text

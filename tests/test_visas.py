@@ -13,6 +13,8 @@ import asyncio
 import datetime as dt
 import io
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -26,7 +28,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 
-from conftest import bearer, token_for
+from conftest import bearer, token_for, web_client
 from strongroom.access import visas
 from strongroom.access.models import Entitlement
 from strongroom.archive import c4gh
@@ -140,6 +142,9 @@ def world(app, hub, people, settings):  # noqa: ANN001, ANN201
         Runner(hub, lease_seconds=10, name="test").run_until_idle()
         ds = a.post("/api/v1/projects/lung/datasets", json={"title": "Chest CT", "files": [up["id"]]}).json()
         assert a.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
+        # approved applicants may download this one (the locked default, in-platform only, is tested below)
+        assert a.put(f"/api/v1/datasets/{ds['id']}/access-policy",
+                     json={"applicant_download": True}).status_code == 204
         carol_key = c4gh.generate_keypair()
         assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
             carol_key.public).decode()}).status_code == 201
@@ -365,3 +370,54 @@ def test_visa_with_conditions_never_satisfies_another() -> None:
     plain = visas.Visa(type="ResearcherStatus", value="x", **v)
     assert not visas.conditions_met(grant, [grant, nested])
     assert visas.conditions_met(grant, [grant, plain])
+
+
+# -- the dataset's download policy (issue 9, point 7) ------------------------------------------
+def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings,  # noqa: ANN001
+                                                                         tmp_path, app):
+    """The dataset's access policy, not the project's setting, says whether approved applicants may
+    download to their own machines; in-platform only is the default. Fails on the old code: the
+    entitled and visa holders downloaded whatever the policy said."""
+    hub, (_, carol, _) = world["hub"], world["people"]
+    a, ds = world["alice"], world["dataset"]
+    _entitle(hub, carol, ds)
+    visa = issuer.visa("carol", f"{settings.base_url}/datasets/{ds}")
+    # the PI puts the dataset back to the default: PUT without the field is in-platform only
+    assert a.put(f"/api/v1/datasets/{ds}/access-policy", json={}).status_code == 204
+    for headers in ({}, {"X-GA4GH-Passport": visa}):
+        r = _download(world, **headers)
+        assert r.status_code == 403, r.text
+        assert "in-platform use only" in r.json()["detail"]
+        # metadata and listing (in-platform work) stay open
+        assert world["carol"].get(f"/api/v1/files/{world['file']}", headers=headers).status_code == 200
+    # the dataset page offers no download link, and says why
+    page = web_client(app, hub, carol).get(f"/datasets/{ds}")
+    assert page.status_code == 200 and "In-platform use only" in page.text
+    assert f"/files/{world['file']}/download" not in page.text
+    # the CLI says so too, and exits non-zero
+    env = {**os.environ, "STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"), "STRONGROOM_URL": world["url"],
+           "STRONGROOM_TOKEN": world["carol"].headers["Authorization"].removeprefix("Bearer "), "COLUMNS": "300"}
+    cli = subprocess.run([sys.executable, "-m", "strongroom.cli", "download", world["file"], "-o",
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "403" in cli.stderr and "in-platform use only" in cli.stderr, cli.stderr
+    # the project's own download setting does not open it for applicants …
+    assert a.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
+    assert _download(world).status_code == 403
+    # … and the dataset's policy does not open it for the project's members
+    assert a.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
+    assert a.put(f"/api/v1/datasets/{ds}/access-policy", json={"applicant_download": True}).status_code == 204
+    assert _download(world).status_code == 200
+    assert _download(world, **{"X-GA4GH-Passport": visa}).status_code == 200
+    assert f"/files/{world['file']}/download" in web_client(app, hub, carol).get(f"/datasets/{ds}").text
+    a_key = c4gh.generate_keypair()
+    assert a.post("/api/v1/me/keys", json={"name": "pi", "public_key": c4gh.public_key_file(
+        a_key.public).decode()}).status_code == 201
+    r = a.get(f"/api/v1/files/{world['file']}/content")
+    assert r.status_code == 403 and "locked for this project" in r.json()["detail"]
+    # only the owning project's PI sets the policy; for anyone else the dataset does not exist
+    assert world["carol"].put(f"/api/v1/datasets/{ds}/access-policy",
+                              json={"applicant_download": True}).status_code == 404
+    with hub.sessions() as s:
+        changes = [e.details for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "access.policy.changed").order_by(AuditEvent.seq))]
+    assert [c["applicant_download"] for c in changes] == [True, False, True]

@@ -97,6 +97,9 @@ class Policy(Body):
     max_days: int = Field(default=365, ge=1, le=3650)
     external_owner: str | None = Field(default=None, max_length=200)
     roles: dict[str, list[str]] = Field(default_factory=dict, description="handler/decider/reviewer → users")
+    applicant_download: bool = Field(default=False, description=(
+        "whether approved applicants (and visa holders) may download to their own machines; "
+        "false (the default): in-platform use only"))
 
 
 class ExternalDecision(Body):
@@ -264,7 +267,8 @@ def revoke(db: Db, principal: Access, application_id: str, body: Reason) -> Appl
             summary="Workflow and handlers/deciders/reviewers of a dataset (the owning project's PI)")
 def set_policy(db: Db, principal: Access, dataset_id: str, body: Policy) -> None:
     service.set_policy(db, principal, dataset_id, workflow=body.workflow, quorum=body.quorum,
-                       max_days=body.max_days, external_owner=body.external_owner, roles=body.roles)
+                       max_days=body.max_days, external_owner=body.external_owner, roles=body.roles,
+                       applicant_download=body.applicant_download)
 
 
 @router.post("/external/datasets/{dataset_id}/decisions", response_model=ApplicationOut,

@@ -8,7 +8,9 @@ registered on import (app.py imports this module):
   (or the version) published with the file.
 
 The entitled (and visa holders) may also see the dataset itself and list its files
-(`archive.service.DATASET_READERS`). In-platform plaintext stays for project members.
+(`archive.service.DATASET_READERS`). In-platform plaintext stays for project members. Whether an
+approved applicant may also download to their own machine is the dataset's access policy
+(``AccessPolicy.applicant_download``, locked by default), carried on the grant as ``may_download``.
 
 All are read fresh on every request, so expiry and revocation take effect on the next one, and
 both need a multi-factor login, like every other way to read data.
@@ -24,7 +26,7 @@ from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..db import utcnow
 from ..identity.principal import Principal
-from .models import Entitlement
+from .models import AccessPolicy, Entitlement
 
 PUBLISHED = ("released", "deprecated")
 
@@ -42,10 +44,20 @@ def entitlement_grant(session: Session, principal: Principal, f: ArchiveFile) ->
                Entitlement.starts_at <= now, Entitlement.ends_at > now,
                or_(Entitlement.version.is_(None), Entitlement.version == DatasetVersion.number))
         .limit(5))
-    for ent in rows:
-        if ent.active(now):
-            return ReadGrant("entitlement", None, detail=str(ent.id))
-    return None
+    active = [ent for ent in rows if ent.active(now)]
+    if not active:
+        return None
+    # Several entitlements may reach the file: one whose dataset allows downloads wins.
+    ent = max(active, key=lambda e: applicant_download(session, e.dataset_id))
+    return ReadGrant("entitlement", None, detail=str(ent.id),
+                     may_download=applicant_download(session, ent.dataset_id))
+
+
+def applicant_download(session: Session, dataset_id: str) -> bool:
+    """The dataset's access policy: may approved applicants download to their own machines?
+    No policy row means the locked default: in-platform use only."""
+    policy = session.get(AccessPolicy, dataset_id)
+    return bool(policy and policy.applicant_download)
 
 
 def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
@@ -59,6 +71,10 @@ def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> b
     return any(e.active(now) for e in rows)
 
 
+def dataset_download_policy(session: Session, ds: Dataset) -> bool:
+    return applicant_download(session, ds.id)
+
+
 def register() -> None:
     """Idempotent: a second import must not check twice."""
     if entitlement_grant not in archive.GRANT_PROVIDERS:
@@ -66,6 +82,8 @@ def register() -> None:
     readers = getattr(archive, "DATASET_READERS", None)
     if readers is not None and entitlement_reader not in readers:
         readers.append(entitlement_reader)
+    if dataset_download_policy not in archive.DATASET_DOWNLOAD_POLICIES:
+        archive.DATASET_DOWNLOAD_POLICIES.append(dataset_download_policy)
 
 
 register()

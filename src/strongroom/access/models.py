@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, IdMixin, utcnow
@@ -49,6 +49,8 @@ class AccessPolicy(Base):
     quorum: Mapped[int] = mapped_column(default=1)
     max_days: Mapped[int] = mapped_column(default=365)  # longest entitlement a decision may grant
     external_owner: Mapped[str | None] = mapped_column(String(200))  # e.g. "SCAPIS" decides in its own process
+    # Whether approved applicants may download to their own machines; otherwise in-platform use only.
+    applicant_download: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class DatasetRole(Base):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from ..archive.models import Dataset
 from ..archive.service import new_accession
 from ..audit import service as audit
+from ..catalog.models import CatalogEntry
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..identity.models import User
@@ -147,7 +148,26 @@ def publish_terms(session: Session, principal: Principal, name: str, text: str) 
 def policy_for(session: Session, dataset_id: str) -> AccessPolicy:
     policy = session.get(AccessPolicy, dataset_id)
     return policy or AccessPolicy(dataset_id=dataset_id, form_name="imaging-request", terms_name="standard-dua",
-                                  workflow="handler", quorum=1, max_days=365)
+                                  workflow="handler", quorum=1, max_days=365, applicant_download=False)
+
+
+def is_owner_pi(session: Session, principal: Principal, dataset_id: str) -> bool:
+    ds = session.get(Dataset, dataset_id)
+    return ds is not None and _owner_pi(session, ds) == principal.user.id
+
+
+def set_applicant_download(session: Session, principal: Principal, dataset_id: str, allowed: bool) -> AccessPolicy:
+    """Only the download part of the policy (the data owner's page): the owning project's PI."""
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or _owner_pi(session, ds) != principal.user.id:
+        raise NotFound("no such dataset")
+    policy = policy_for(session, dataset_id)
+    policy.applicant_download = allowed
+    session.merge(policy)
+    audit.record(session, principal.actor, "access.policy.changed", project_id=ds.project_id,
+                 target=f"dataset:{dataset_id}", details={"applicant_download": allowed})
+    session.flush()
+    return policy
 
 
 def _owner_pi(session: Session, dataset: Dataset) -> uuid.UUID | None:
@@ -168,8 +188,10 @@ def roles_of(session: Session, user_id: uuid.UUID, dataset_id: str) -> set[str]:
 
 
 def set_policy(session: Session, principal: Principal, dataset_id: str, *, workflow: str, quorum: int,
-               max_days: int, external_owner: str | None, roles: dict[str, list[str]]) -> AccessPolicy:
-    """The owning project's PI names the workflow and who handles, decides and reviews."""
+               max_days: int, external_owner: str | None, roles: dict[str, list[str]],
+               applicant_download: bool = False) -> AccessPolicy:
+    """The owning project's PI names the workflow, who handles, decides and reviews, and whether
+    approved applicants may download to their own machines (default: in-platform use only)."""
     ds = session.get(Dataset, dataset_id)
     if ds is None or _owner_pi(session, ds) != principal.user.id:
         raise NotFound("no such dataset")
@@ -195,6 +217,7 @@ def set_policy(session: Session, principal: Principal, dataset_id: str, *, workf
     policy.terms_name = policy.terms_name or "standard-dua"
     policy.workflow, policy.quorum, policy.max_days, policy.external_owner = (workflow, quorum, max_days,
                                                                              external_owner)
+    policy.applicant_download = applicant_download
     session.merge(policy)
     for old in session.scalars(select(DatasetRole).where(DatasetRole.dataset_id == dataset_id)):
         session.delete(old)
@@ -203,6 +226,7 @@ def set_policy(session: Session, principal: Principal, dataset_id: str, *, workf
     audit.record(session, principal.actor, "access.policy.changed", project_id=ds.project_id,
                  target=f"dataset:{dataset_id}",
                  details={"workflow": workflow, "quorum": quorum, "external_owner": external_owner,
+                          "applicant_download": applicant_download,
                           "roles": {r: len(v) for r, v in roles.items()}})
     session.flush()
     return policy
@@ -268,11 +292,29 @@ def _require_state(v: Visible, *states: str) -> None:
 
 
 # -- applicant commands ------------------------------------------------------------------------
-def create(session: Session, principal: Principal, dataset_id: str, *, renewal_of: str | None = None
-           ) -> Application:
+def applicable_dataset(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    """A dataset the caller may see the apply page of and apply for: one published in the catalogue,
+    or one whose project the caller belongs to or on which they are named (handler, decider,
+    reviewer). For everyone else an unpublished, withdrawn or draft dataset does not exist: the same
+    NotFound as a made-up id, so not even its title leaks."""
     ds = session.get(Dataset, dataset_id)
     if ds is None:
         raise NotFound("no such dataset")
+    if session.scalar(select(CatalogEntry.id).where(CatalogEntry.dataset_id == ds.id,
+                                                    CatalogEntry.published.is_(True))) is not None:
+        return ds
+    if session.scalar(select(Membership.user_id).where(Membership.project_id == ds.project_id,
+                                                       Membership.user_id == principal.user.id)) is not None:
+        return ds
+    if session.scalar(select(DatasetRole.role).where(DatasetRole.dataset_id == ds.id,
+                                                     DatasetRole.user_id == principal.user.id).limit(1)):
+        return ds
+    raise NotFound("no such dataset")
+
+
+def create(session: Session, principal: Principal, dataset_id: str, *, renewal_of: str | None = None
+           ) -> Application:
+    applicable_dataset(session, principal, dataset_id)
     policy = policy_for(session, dataset_id)
     if policy.external_owner and not renewal_of:
         pass  # the hub still records the request; the external owner's system decides through the API

@@ -456,6 +456,9 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
         if passport.base_url:
             names[dataset_url(passport.base_url, dataset_id)] = dataset_id
             names[dataset_url(passport.base_url, dataset_id, number)] = dataset_id
+    from .grants import applicant_download
+
+    grants = []
     for visa in granting:
         dataset_id = names.get(visa.value)
         if dataset_id is None:
@@ -463,8 +466,10 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
         allowed = passport.issuer_datasets.get(visa.iss)
         if allowed and dataset_id not in allowed:
             continue
-        return ReadGrant("visa", None, detail=f"{visa.iss} {visa.value}"[:500])
-    return None
+        grants.append(ReadGrant("visa", None, detail=f"{visa.iss} {visa.value}"[:500],
+                                may_download=applicant_download(session, dataset_id)))
+    # a visa for a dataset whose policy allows downloads wins over one that is in-platform only
+    return max(grants, key=lambda g: g.may_download) if grants else None
 
 
 def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:

@@ -25,9 +25,7 @@ def _go(url: str) -> RedirectResponse:
 
 @router.get("/apply/{dataset_id}")
 def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    ds = db.get(Dataset, dataset_id)
-    if ds is None:
-        raise NotFound("no such dataset")
+    ds = service.applicable_dataset(db, principal, dataset_id)
     existing = [a for a in service.my_applications(db, principal) if a.dataset_id == dataset_id]
     open_app = next((a for a in existing if a.state in service.OPEN_STATES), None)
     if open_app:
@@ -203,4 +201,12 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
     return templates.TemplateResponse(request, "access_owner.html", {
         "report": report, "apps": apps, "users": users, "assignees": assignees,
         "policy": service.policy_for(db, dataset_id), "roles": roles, "countries": countries,
-        "max_country": max((n for _, n in countries), default=1)})
+        "max_country": max((n for _, n in countries), default=1),
+        "is_pi": service.is_owner_pi(db, principal, dataset_id)})
+
+
+@router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
+async def set_download(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = await request.form()
+    service.set_applicant_download(db, principal, dataset_id, form.get("allowed") == "yes")
+    return _go(f"/datasets/{dataset_id}/access#download-policy")

@@ -26,6 +26,7 @@ from ..identity.principal import Principal
 from . import c4gh, service
 from .backend import storage_for
 from .keys import hub_keys
+from .models import ArchiveFile
 
 # Body bytes per yield. At least the storage readers' buffer (LocalStorage: 4 MiB; S3: 1 MiB) so each read
 # goes straight into the chunk instead of through the buffer (one memcpy less), and 4x fewer thread-pool
@@ -43,8 +44,10 @@ class AuditedStream(StreamingResponse):
     its own once the body has ended, so no transaction stays open while bytes travel."""
 
     def __init__(self, chunks: Iterator[bytes], *, hub: Hub, actor: Actor, project_id: uuid.UUID,
-                 target: str, started: dict[str, Any], length: int, **kw: Any) -> None:
+                 target: str, started: dict[str, Any], length: int, ends_as: str = "archive.download",
+                 **kw: Any) -> None:
         super().__init__(self._counted(chunks), **kw)
+        self._ends_as = ends_as
         self._hub, self._actor, self._project_id, self._target = hub, actor, project_id, target
         self._started, self._length = started, length
         self.sent, self.exhausted = 0, False
@@ -85,7 +88,7 @@ class AuditedStream(StreamingResponse):
                    **({"reason": reason} if reason else {})}
         try:
             with transaction(self._hub.sessions) as session:
-                audit.record(session, self._actor, f"archive.download.{action}",
+                audit.record(session, self._actor, f"{self._ends_as}.{action}",
                              outcome="ok" if action == "completed" else "failed", project_id=self._project_id,
                              target=self._target, details=details)
         except Exception:  # noqa: BLE001 - the response is gone either way; never lose the fact silently
@@ -173,24 +176,35 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
     return AuditedStream(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end), hub=hub,
                          actor=principal.actor, project_id=f.project_id, target=f"file:{f.id}",
-                         started=started, length=end - start, status_code=206 if wanted else 200,
+                         started=started, length=end - start, ends_as=ends_as, status_code=206 if wanted else 200,
                          headers=headers, media_type="application/octet-stream")
 
 
 def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, range_header: str | None) -> Response:
-    """Decrypted bytes for in-platform use: members of the owning or a receiving project only."""
-    f = service.get_file(db, principal, file_id)
-    grant = service.authorize_read(db, principal, f)
-    if grant.basis not in ("owner", "share"):
+    """Decrypted bytes for in-platform use: members of the owning or a receiving project only. A held
+    (quarantined) file is readable here only by its reviewers, and each look is audited as such."""
+    f = db.get(ArchiveFile, file_id)
+    if f is None:
         raise NotFound("no such file")
+    if f.hold is not None:
+        grant = service.authorize_review(db, principal, f)
+    else:
+        grant = service.authorize_read(db, principal, f)
+        if grant.basis not in ("owner", "share"):
+            raise NotFound("no such file")
     if f.state != service.READY:
         raise Conflict(f"the file is {f.state}, not ready")
     assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
     wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
     start, end = wanted or (0, f.plaintext_size)
     opened = c4gh.open_header(f.header, hub_keys(hub, db).secrets)
-    started = service.record_download(db, principal, f, grant, mode="plaintext",
-                                      bytes=f"{start}-{end - 1}" if wanted else None)
+    byte_range = f"{start}-{end - 1}" if wanted else None
+    if grant.basis == "review":  # a reviewer reading a held file in-platform: never counted as a download
+        started = service.record_review_view(db, principal, f, bytes=byte_range)
+        ends_as = "archive.review_read"
+    else:
+        started = service.record_download(db, principal, f, grant, mode="plaintext", bytes=byte_range)
+        ends_as = "archive.download"
     db.commit()
     storage = storage_for(hub)
     chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(f.body_key, a, b), opened.session_keys,
@@ -200,7 +214,7 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{f.plaintext_size}"
     return AuditedStream(chunks, hub=hub, actor=principal.actor, project_id=f.project_id, target=f"file:{f.id}",
-                         started=started, length=end - start, status_code=206 if wanted else 200,
+                         started=started, length=end - start, ends_as=ends_as, status_code=206 if wanted else 200,
                          headers=headers, media_type="application/octet-stream")
 
 

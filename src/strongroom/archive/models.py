@@ -71,6 +71,9 @@ class ArchiveFile(CreatedMixin, Base):
     plaintext_sha256: Mapped[str | None] = mapped_column(String(64))
     plaintext_md5: Mapped[str | None] = mapped_column(String(32))
     ingested_at: Mapped[dt.datetime | None]
+    # Set by the capability that holds the file back (imaging: "quarantine"). A held file is never
+    # downloaded, shared, granted or put in a version; see ``service.authorize_read``.
+    hold: Mapped[str | None] = mapped_column(String(20))
 
 
 class UploadPart(Base):

@@ -272,8 +272,11 @@ def _fail(hub: Hub, storage: Storage, file_id: str, reason: str) -> str:
 
 def list_files(session: Session, access: projects.ProjectAccess, *, state: str | None = None,
                after: str | None = None, limit: int = 100) -> list[ArchiveFile]:
+    """The project's files; held ones only for members with the hold's review right."""
     stmt = (select(ArchiveFile).where(ArchiveFile.project_id == access.project.id)
             .order_by(ArchiveFile.id).limit(min(max(limit, 1), 1000)))
+    visible_holds = [h for h, rule in HOLD_RULES.items() if rule.right in access.rights]
+    stmt = stmt.where(ArchiveFile.hold.is_(None) | ArchiveFile.hold.in_(visible_holds))
     if state:
         stmt = stmt.where(ArchiveFile.state == state)
     if after:
@@ -298,6 +301,9 @@ def _ready_files(session: Session, project_id: uuid.UUID, ids: list[str]) -> lis
     bad = [i for i in ids if i not in found or found[i].project_id != project_id]
     if bad:
         raise Invalid(f"not files of this project: {bad[:10]}")
+    held = [i for i in ids if found[i].hold is not None]
+    if held:
+        raise Invalid(f"files held in quarantine cannot be in a dataset (release them first): {held[:10]}")
     not_ready = [i for i in ids if found[i].state != READY]
     if not_ready:
         raise Invalid(f"files not archived yet: {not_ready[:10]}")
@@ -350,6 +356,23 @@ def visible_dataset(session: Session, principal: Principal, dataset_id: str) -> 
     if shared is None and not any(reader(session, principal, ds) for reader in DATASET_READERS):
         raise NotFound("no such dataset")
     return ds, False
+
+
+# Whether approved applicants may download a dataset (access: its policy); none registered → no.
+DATASET_DOWNLOAD_POLICIES: list[Callable[[Session, Dataset], bool]] = []
+
+
+def dataset_downloadable(session: Session, principal: Principal, ds: Dataset, owner: bool) -> bool:
+    """For pages: whether the caller may download the dataset's files to their own machine — the
+    project setting for members (of the owning or a receiving project), the dataset's access policy
+    for everyone else. ``authorize_download`` decides per file; this only chooses what to show."""
+    if owner:
+        return bool(projects.get_setting(session, ds.project_id, "download_allowed"))
+    receiving = session.scalars(select(DatasetShare.project_id).where(
+        DatasetShare.dataset_id == ds.id, DatasetShare.project_id.in_(readable_projects(session, principal))))
+    if any(projects.get_setting(session, pid, "download_allowed") for pid in receiving):
+        return True
+    return any(policy(session, ds) for policy in DATASET_DOWNLOAD_POLICIES)
 
 
 def _owner_access(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset,
@@ -439,7 +462,8 @@ def version_files(session: Session, principal: Principal, dataset_id: str, numbe
     if not is_owner and v.state == "draft":
         raise NotFound(f"no version {number}")
     stmt = (select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
-            .where(DatasetFile.version_id == v.id).order_by(DatasetFile.file_id).limit(min(max(limit, 1), 5000)))
+            .where(DatasetFile.version_id == v.id, ArchiveFile.hold.is_(None))
+            .order_by(DatasetFile.file_id).limit(min(max(limit, 1), 5000)))
     if after:
         stmt = stmt.where(DatasetFile.file_id > after)
     return v, list(session.scalars(stmt))
@@ -494,17 +518,38 @@ def list_datasets(session: Session, principal: Principal, access: projects.Proje
 class ReadGrant:
     """Why the caller may read a file: through which project (or other basis)."""
 
-    basis: str  # owner | share | entitlement | visa
+    basis: str  # owner | share | entitlement | visa | review
     project_id: uuid.UUID | None
     detail: str = ""
+    # For entitlement and visa grants: whether the dataset's access policy lets approved applicants
+    # download to their own machines (owner and share grants follow the project's setting instead).
+    may_download: bool = False
 
+
+@dataclass(frozen=True)
+class HoldRule:
+    """Who may look at a held file, and how that look is audited. Registered by the capability that
+    sets the hold (imaging: ``quarantine`` → the ``import`` right, ``imaging.quarantine.viewed``)."""
+
+    right: str
+    viewed_event: str
+
+
+# A held file (``ArchiveFile.hold``) is readable only through ``authorize_review`` and only in-platform;
+# every ordinary read, download, DRS object, share, entitlement and visa treats it as absent.
+# A hold without a rule here is readable by nobody.
+HOLD_RULES: dict[str, HoldRule] = {}
 
 # Other capabilities (access: entitlements, visas) add ways to be allowed; each returns a grant or None.
 GRANT_PROVIDERS: list[Callable[[Session, Principal, ArchiveFile], ReadGrant | None]] = []
 
 
 def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
-    """Checked on every request — membership, release state, shares and grants are read fresh."""
+    """Checked on every request — membership, release state, shares, grants and holds are read fresh."""
+    if f.hold is not None:
+        # Quarantined (or otherwise held) files do not exist for ordinary reads: same answer as a
+        # made-up id, for members, the PI, applicants, share recipients and admins alike.
+        raise NotFound("no such file")
     readable = readable_projects(session, principal)
     if f.project_id in readable:
         return ReadGrant("owner", f.project_id)
@@ -527,9 +572,25 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
     raise NotFound("no such file")
 
 
+def authorize_review(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
+    """In-platform reading of a held file, for a member of its project with the hold's review right
+    (MFA as for every data read). NotFound for everyone else, exactly as for a made-up id."""
+    rule = HOLD_RULES.get(f.hold or "")
+    if rule is None:
+        raise NotFound("no such file")
+    membership = session.scalar(select(Membership).where(Membership.user_id == principal.user.id,
+                                                         Membership.project_id == f.project_id))
+    if membership is None or rule.right not in projects.effective_rights(session, membership):
+        raise NotFound("no such file")
+    if not principal.has_mfa:
+        raise MfaRequired("data access needs a login with multi-factor authentication")
+    return ReadGrant("review", f.project_id, detail=f.hold or "")
+
+
 def authorize_download(session: Session, principal: Principal, file_id: str) -> tuple[ArchiveFile, ReadGrant]:
-    """A download to the caller's own machine: a read grant, plus the project's download setting
-    when the grant comes through project membership."""
+    """A download to the caller's own machine: a read grant, plus who decides about downloads —
+    the project's setting for its members (and projects it shares into), the dataset's access
+    policy for approved applicants and visa holders."""
     f = session.get(ArchiveFile, file_id)
     if f is None:
         raise NotFound("no such file")
@@ -541,7 +602,10 @@ def authorize_download(session: Session, principal: Principal, file_id: str) -> 
     if (grant.basis in ("owner", "share") and grant.project_id is not None
             and not projects.get_setting(session, grant.project_id, "download_allowed")):
         raise Forbidden("downloads are locked for this project: its PI can open "
-                            "'Download to researchers' own machines'")
+                        "'Download to researchers' own machines'")
+    if grant.basis not in ("owner", "share") and not grant.may_download:
+        raise Forbidden("this dataset is for in-platform use only: its access policy does not let approved "
+                        "users download to their own machines")
     return f, grant
 
 
@@ -553,6 +617,16 @@ def record_download(session: Session, principal: Principal, f: ArchiveFile, gran
                 **({"grant": grant.detail} if grant.detail else {}),
                 **{k: v for k, v in details.items() if v is not None}}
     event = audit.record(session, principal.actor, "archive.download.started", project_id=f.project_id,
+                         target=f"file:{f.id}", details=recorded)
+    return {**recorded, "started_seq": event.seq}
+
+
+def record_review_view(session: Session, principal: Principal, f: ArchiveFile, **details: object
+                       ) -> dict[str, Any]:
+    """A reviewer's in-platform read of a held file: its own event, never counted as a download."""
+    rule = HOLD_RULES[f.hold or ""]
+    recorded = {"mode": "in-platform", **{k: v for k, v in details.items() if v is not None}}
+    event = audit.record(session, principal.actor, rule.viewed_event, project_id=f.project_id,
                          target=f"file:{f.id}", details=recorded)
     return {**recorded, "started_seq": event.seq}
 
@@ -655,8 +729,9 @@ def seal_into_storage(keys: object, storage: Storage, project_id: uuid.UUID, fil
 
 
 def add_sealed_file(session: Session, project_id: uuid.UUID, uploader_id: uuid.UUID, path: str,
-                    sealed: SealedBody) -> ArchiveFile:
-    """The archive row for a sealed body, READY at once; counts against the project's quota."""
+                    sealed: SealedBody, *, hold: str | None = None) -> ArchiveFile:
+    """The archive row for a sealed body, READY at once (``hold``: born held, e.g. quarantined);
+    counts against the project's quota."""
     quota.reserve(session, project_id, sealed.body_size)
     quota.settle(session, project_id, sealed.body_size, sealed.body_size)
     now = utcnow()
@@ -665,7 +740,7 @@ def add_sealed_file(session: Session, project_id: uuid.UUID, uploader_id: uuid.U
                     header_key=sealed.header_key, body_key=sealed.body_key, body_size=sealed.body_size,
                     body_sha256=sealed.body_sha256, plaintext_size=sealed.plaintext_size,
                     plaintext_sha256=sealed.plaintext_sha256, plaintext_md5=sealed.plaintext_md5,
-                    ingested_at=now)
+                    ingested_at=now, hold=hold)
     session.add(f)
     return f
 

@@ -74,6 +74,7 @@ def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: 
     return templates.TemplateResponse(request, "archive_dataset.html", {
         "ds": ds, "owner": owner, "versions": versions, "shown": shown, "files": files,
         "owner_project": db.get(Project, ds.project_id), "next_after": files[-1].id if len(files) == 500 else None,
+        "downloadable": service.dataset_downloadable(db, principal, ds, owner),
     })
 
 

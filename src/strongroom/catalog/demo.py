@@ -8,6 +8,8 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from ..access import service as access_service
+from ..access.models import AccessPolicy
 from ..archive import service as archive
 from ..archive.backend import storage_for
 from ..archive.keys import ensure_key
@@ -126,5 +128,9 @@ def seed_catalog_demo(hub: Hub, *, project_slug: str = "demo", steward: str = "a
                                   f"Synthetic axial chest CT, case {case}: lungs, spine and one nodule")
         if not entry.published:
             service.publish(session, principal, ds.id)
+        if session.get(AccessPolicy, ds.id) is None:
+            # Applicants are in-platform only unless the owner says otherwise; the demo lets approved
+            # researchers download, so the quick start's "download from Datasets you may use" works.
+            access_service.set_applicant_download(session, principal, ds.id, True)
         slug = entry.slug
     return f"{hub.settings.base_url.rstrip('/')}/catalog/{slug}"

@@ -627,7 +627,13 @@ class LandingView:
     og_image: ImageView
     doi_url: str | None
     site_name: str
+    applicant_download: bool = False  # the dataset's access policy: download, or in-platform use only
     jsonld: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def use_label(self) -> str:
+        return ("Approved users may download to their own machines" if self.applicant_download
+                else "In-platform use only: approved users work with the data on the hub")
 
     @property
     def short_description(self) -> str:
@@ -690,15 +696,22 @@ def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_n
         apply_url=(entry.external_url or "") if entry.apply_mode == "external" else f"/apply/{entry.dataset_id}",
         apply_external=entry.apply_mode == "external", og_image=og_image,
         doi_url=f"https://doi.org/{entry.doi}" if entry.doi else None, site_name=site_name,
+        applicant_download=_applicant_download(session, entry.dataset_id),
     )
     view.jsonld = dataset_jsonld(view, base)
     return view
 
 
+def _applicant_download(session: Session, dataset_id: str) -> bool:
+    from ..access.grants import applicant_download  # the access capability owns the policy
+
+    return applicant_download(session, dataset_id)
+
+
 def conditions_text(view: LandingView) -> str:
     how = ("Apply to the data owner through their own process at " + view.apply_url if view.apply_external
            else "Apply for access on this page; the data owner decides on each application")
-    parts = [view.access_conditions, how + "."]
+    parts = [view.access_conditions, how + ".", view.use_label + "."]
     if view.duo:
         parts.append("Data use conditions (GA4GH DUO): " + "; ".join(f"{d.label} ({d.code})" for d in view.duo)
                      + ".")
@@ -768,8 +781,11 @@ def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
         "@type": "DataDownload",
         "name": "Controlled-access files (by approved application only; no public download)",
         "encodingFormat": "application/crypt4gh",
-        "description": "Files are kept encrypted in the hub's archive and are released only to approved "
-                       "applicants; apply for access from the landing page.",
+        "description": "Files are kept encrypted in the hub's archive. "
+                       + ("Approved applicants may download them, re-encrypted to their own key; "
+                          if view.applicant_download else
+                          "Approved applicants use them in the platform only (no download to own machines); ")
+                       + "apply for access from the landing page.",
     }
     if view.size_bytes:
         distribution["contentSize"] = human_bytes(view.size_bytes)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from ..archive import service as archive
 from ..archive.keys import hub_keys
-from ..archive.models import Dataset
+from ..archive.models import ArchiveFile, Dataset
 from ..archive.sealing import SealedBody
 from ..archive.storage import Storage
 from ..audit import service as audit
@@ -56,6 +56,11 @@ from .settings import DeidProfileSetting, to_engine
 
 SYSTEM_ISSUER = "urn:strongroom:system"
 IMPORT_ACTOR = Actor.system("dicom-import")
+
+# A quarantined instance's archive file is held: no download, DRS, share, entitlement, visa or dataset
+# version reaches it; members with the import right may look at it in-platform (audited) to review it.
+QUARANTINE_HOLD = "quarantine"
+archive.HOLD_RULES[QUARANTINE_HOLD] = archive.HoldRule(right="import", viewed_event="imaging.quarantine.viewed")
 
 
 @dataclass(frozen=True)
@@ -191,8 +196,8 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             if outcome == "duplicate":
                 continue
             s = item.summary
-            f = archive.add_sealed_file(session, ctx.project_id, ctx.uploader_id,
-                                        _archive_path(s), sealed[n])
+            f = archive.add_sealed_file(session, ctx.project_id, ctx.uploader_id, _archive_path(s), sealed[n],
+                                        hold=QUARANTINE_HOLD if outcome == QUARANTINED else None)
             session.add(ImportedInstance(
                 project_id=ctx.project_id, batch_id=item.batch_id, file_id=f.id, state=outcome,
                 sop_instance_uid=s["sop_instance_uid"][:64], sop_class_uid=s.get("sop_class_uid", "")[:64],
@@ -373,6 +378,9 @@ def review(session: Session, storage: Storage, principal: Principal, access: pro
         r.reviewed_by, r.reviewed_at, r.review_note = principal.user.id, now, note[:2000]
         if decision == "approve":
             r.state = ARCHIVED
+            f = session.get(ArchiveFile, r.file_id) if r.file_id else None
+            if f is not None:
+                f.hold = None  # release is the only way out of quarantine
         else:
             r.state = DISCARDED
             if r.file_id:
