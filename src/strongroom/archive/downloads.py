@@ -176,7 +176,7 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
     return AuditedStream(_stream(prefix, storage_for(hub), f.body_key, b_start, b_end), hub=hub,
                          actor=principal.actor, project_id=f.project_id, target=f"file:{f.id}",
-                         started=started, length=end - start, ends_as=ends_as, status_code=206 if wanted else 200,
+                         started=started, length=end - start, status_code=206 if wanted else 200,
                          headers=headers, media_type="application/octet-stream")
 
 
