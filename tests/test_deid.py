@@ -151,6 +151,12 @@ def test_every_pydicom_test_file_passes_the_leak_scan(name: str, testdata: list[
             refused.add(fname)
             continue
         leaks = leak_scan(data, result.data, profile)
+        if fname.startswith("reportsi") and profile.clean_structured_content:
+            # a real finding: the report names a person ("Enter text") in a PNAME item and says the same
+            # in a TEXT item, which Clean Structured Content keeps: the identity scan quarantines it
+            assert leaks and all(leak.kind.startswith("person name") and leak.where.startswith("(0040,A730)[")
+                                 for leak in leaks), leaks
+            leaks = []
         assert not leaks, (fname, leaks)
         out = read(result.data)
         for _ in out.iterall():  # the output parses completely
@@ -187,7 +193,8 @@ def test_leak_scan_finds_planted_leaks(ct_corpus: dict, pseudo: Pseudonymizer) -
     # a name hidden in an attribute the standard keeps, deep in a sequence
     leaks = planted(lambda ds: setattr(ds.ProcedureCodeSequence[0], "CodeMeaning",
                                        f"CT for {patient.name.split('^')[0]}"))
-    assert [leak.kind for leak in leaks] == ["name"] and leaks[0].where.startswith("(0008,1032)[0]")
+    assert [leak.kind for leak in leaks] == ["name", "patient name component"]
+    assert leaks[0].where.startswith("(0008,1032)[0]") and leaks[1].where == "(0008,1032)[0]>(0008,0104)"
     assert patient.name.split("^")[0] not in repr(leaks)  # a leak report never repeats the value
     # an original UID, an original date, a private element, an unknown-VR blob
     assert "uid" in {leak.kind for leak in planted(lambda ds: setattr(ds, "FrameOfReferenceUID",
