@@ -41,7 +41,8 @@ RETAIN_ALL = DeidProfile(retain_longitudinal_full=True, retain_patient_character
                          retain_device_identity=True, retain_institution_identity=True, retain_uids=True,
                          retain_safe_private=True, clean_descriptors=True, clean_structured_content=True,
                          clean_graphics=True)
-PROFILES = {"basic": BASIC, "modified": MODIFIED, "retain-all": RETAIN_ALL}
+ALLOW_LIST = DeidProfile(retain_longitudinal_modified_dates=True, text_allow_list=True)
+PROFILES = {"basic": BASIC, "modified": MODIFIED, "retain-all": RETAIN_ALL, "allow-list": ALLOW_LIST}
 # pydicom test files that pydicom reads lazily but that are truncated: the engine must refuse them
 KNOWN_TRUNCATED = {"MR_truncated.dcm", "rtplan_truncated.dcm"}
 
@@ -151,9 +152,9 @@ def test_every_pydicom_test_file_passes_the_leak_scan(name: str, testdata: list[
             refused.add(fname)
             continue
         leaks = leak_scan(data, result.data, profile)
-        if fname.startswith("reportsi") and profile.clean_structured_content:
+        if fname.startswith("reportsi") and (profile.clean_structured_content or profile.text_allow_list):
             # a real finding: the report names a person ("Enter text") in a PNAME item and says the same
-            # in a TEXT item, which Clean Structured Content keeps: the identity scan quarantines it
+            # in a TEXT item and a code meaning ("Text"), which are kept: the identity scan quarantines it
             assert leaks and all(leak.kind.startswith("person name") and leak.where.startswith("(0040,A730)[")
                                  for leak in leaks), leaks
             leaks = []
@@ -679,3 +680,44 @@ def test_leak_scan_ignores_pixel_values_that_happen_to_spell_a_name() -> None:
     out = deidentify(original, profile, Pseudonymizer(b"s" * 32)).data
     assert pixels in out  # untouched
     assert leak_scan(original, out, profile) == []
+
+
+def test_allow_list_mode_cleans_every_kept_descriptor_at_any_depth(pseudo: Pseudonymizer) -> None:
+    """Under ``text_allow_list`` a name or identity number typed into ANY kept free-text attribute (not
+    only those Table E.1-1 lists for Clean Descriptors) is scrubbed, at any nesting depth, so the output
+    passes the verification instead of being held; the keep-list survives as it is."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from strongroom.imaging.deid import TEXT_KEEP_LIST, _plan
+
+    plan = _plan(ALLOW_LIST)
+    standard = _plan(DeidProfile(retain_longitudinal_modified_dates=True))
+    kept_text = {vr: [t for t, e in standard.ops.items() if e.op == 0 and e.vr == vr.encode()
+                      and t not in TEXT_KEEP_LIST and t >> 16 > 0x0004 and "Retired" not in e.keyword
+                      and e.keyword] for vr in ("LO", "SH", "UC", "LT", "ST", "UT", "UR")}
+    assert all(kept_text.values())
+    for vr, tags in kept_text.items():
+        assert all(plan.ops[t].op != 0 for t in tags), vr  # none kept as is any more
+    patient = SyntheticPatient(3)
+    family = patient.name.split("^")[0]
+    for depth in range(4):
+        ds = read(make_ct(3, 0, 0, depth, rows=16, columns=16))
+        holder = ds
+        for _ in range(depth):
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator = "T-D1100", "SRT"
+            holder.AnatomicRegionSequence = Sequence([item])
+            holder = item
+        for vr, tags in kept_text.items():
+            holder.add_new(tags[0], vr, f"{family} 19121212-1212" if vr != "UR" else f"urn:x:{family}")
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        original = buf.getvalue()
+        out = deidentify(original, ALLOW_LIST, pseudo).data
+        assert family.encode() not in out and b"19121212" not in out, depth
+        assert leak_scan(original, out, ALLOW_LIST) == [], depth
+        assert read(out).Manufacturer == read(original).Manufacturer
+        # and the standard profile keeps them, which the verification catches
+        kinds = {leak.kind for leak in leak_scan(original, deidentify(original, MODIFIED, pseudo).data, MODIFIED)}
+        assert {"patient name component", "personnummer"} <= kinds, (depth, kinds)
