@@ -721,3 +721,21 @@ def test_allow_list_mode_cleans_every_kept_descriptor_at_any_depth(pseudo: Pseud
         # and the standard profile keeps them, which the verification catches
         kinds = {leak.kind for leak in leak_scan(original, deidentify(original, MODIFIED, pseudo).data, MODIFIED)}
         assert {"patient name component", "personnummer"} <= kinds, (depth, kinds)
+
+
+def test_identity_scan_searches_retained_private_values(pseudo: Pseudonymizer) -> None:
+    """A safe private element kept by Retain Safe Private is searched like any other value."""
+    profile = DeidProfile(retain_safe_private=True)
+    ds = read(make_ct(4, 0, 0, 0, rows=16, columns=16))
+    family = SyntheticPatient(4).name.split("^")[0]
+    block = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+    block.add_new(0x27, "SH", f"{family}")  # (0043,xx27) is in the safe private table
+    block2 = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    block2.add_new(0x9E, "LO", "id 19121212-1212")
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = deidentify(buf.getvalue(), profile, pseudo).data
+    leaks = {(leak.kind, leak.where) for leak in leak_scan(buf.getvalue(), out, profile)}
+    kept = read(out).private_block(0x0043, "GEMS_PARM_01").get_tag(0x27)
+    assert ("patient name component", f"(0043,{kept & 0xFFFF:04X})") in leaks, leaks
+    assert any(kind == "personnummer" and where.startswith("(0019,") for kind, where in leaks), leaks
