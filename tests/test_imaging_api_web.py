@@ -206,3 +206,80 @@ def test_action_log_per_instance_without_values(world, hub) -> None:  # noqa: AN
                  headers=bearer(t["bob"])).status_code == 404
     page = web_client(world["app"], hub, world["alice"]).get(f"/projects/lung/imaging/instances/{inst.id}")
     assert page.status_code == 200 and "PatientID" in page.text
+
+
+def _with_name_in_descriptors(instance: int) -> bytes:
+    """A CT whose kept descriptors carry the patient's name and personal identity number."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from strongroom.imaging import synthetic
+
+    ds = pydicom.dcmread(io.BytesIO(synthetic.make_ct(0, 0, 0, instance, rows=16, columns=16)))
+    family = str(ds.PatientName).split("^")[0]
+    region = Dataset()
+    region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = "T-D3000", "SRT", f"Chest {family}"
+    ds.AnatomicRegionSequence = Sequence([region])
+    ds.WindowCenterWidthExplanation = f"lung window for {family}"
+    ds.add_new(0x00080108, "LT", "pnr 19121212-1212")  # Extended Code Meaning, a kept LT
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_allow_list_profile_is_selectable_per_project_and_cleans_kept_descriptors(world, hub,  # noqa: ANN001
+                                                                                  tmp_path: Path) -> None:
+    import io
+
+    import pydicom
+
+    from imaging_support import archived_bytes
+    from strongroom.imaging.synthetic import SyntheticPatient
+
+    c, t = world["client"], world["tokens"]
+    family = SyntheticPatient(0).name.split("^")[0]
+    lung = bulk.project_by_slug(hub, "lung")
+    # the standard profile keeps these descriptors: the verification holds the instance back
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "named.dcm").write_bytes(_with_name_in_descriptors(11))
+    report = bulk.run_import(hub, lung, tmp_path / "a", workers=1)
+    assert report.quarantined == 1, report.as_dict()
+    assert "leak: patient name component in (0008,2218)[0]>(0008,0104)" in report.reasons
+    assert "leak: personnummer in (0008,0108)" in report.reasons
+    # the project chooses the allow-list mode through the settings API (fresh MFA, audited)
+    r = c.put("/api/v1/projects/lung/settings/deid_profile", headers=bearer(t["alice"]),
+              json={"value": {"retain_longitudinal": "modified", "text_allow_list": True}})
+    assert r.status_code == 200, r.text
+    assert r.json()["value"]["text_allow_list"] is True
+    listed = {x["key"]: x for x in c.get("/api/v1/projects/lung/settings", headers=bearer(t["alice"])).json()}
+    assert listed["deid_profile"]["value"]["text_allow_list"] is True
+    assert c.put("/api/v1/projects/lung/settings/deid_profile", headers=bearer(t["bob"]),
+                 json={"value": {"text_allow_list": True}}).status_code in (403, 404)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "named.dcm").write_bytes(_with_name_in_descriptors(12))
+    report = bulk.run_import(hub, lung, tmp_path / "b", workers=1)
+    assert (report.archived, report.quarantined) == (1, 0), report.as_dict()
+    inst = max(instances(hub, "published"), key=lambda i: i.id)
+    out = archived_bytes(hub, inst.file_id)
+    assert family.encode() not in out and b"19121212" not in out
+    ds = pydicom.dcmread(io.BytesIO(out))
+    assert ds.Manufacturer == "GE MEDICAL SYSTEMS"  # on the keep-list
+    assert ds.AnatomicRegionSequence[0].CodeValue == "T-D3000"  # codes stay, their meaning is scrubbed
+    assert "ExtendedCodeMeaning" not in ds  # long free text outside the keep-list is removed
+    assert "113105" in {str(i.CodeValue) for i in ds.DeidentificationMethodCodeSequence}
+    with hub.sessions() as s:
+        changes = [e.details for e in s.scalars(select(AuditEvent).where(AuditEvent.target == "setting:deid_profile"))]
+    assert any("text_allow_list" in str(d) for d in changes)
+    # the Imaging page offers it and its form sets it
+    alice = web_client(world["app"], hub, world["alice"])
+    assert 'name="text_allow_list" checked' in alice.get("/projects/lung/imaging").text
+    r = form_post(alice, "/projects/lung/imaging/profile", {"retain_longitudinal": "remove", "pixel_rules": "[]"})
+    assert r.status_code == 303, r.text
+    assert 'name="text_allow_list" checked' not in alice.get("/projects/lung/imaging").text
+    r = form_post(alice, "/projects/lung/imaging/profile", {"retain_longitudinal": "remove", "pixel_rules": "[]",
+                                                            "text_allow_list": "on"})
+    assert r.status_code == 303, r.text
+    assert 'name="text_allow_list" checked' in alice.get("/projects/lung/imaging").text

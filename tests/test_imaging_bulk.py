@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -35,12 +36,15 @@ def lung(hub, people):  # noqa: ANN001, ANN201
 def test_bulk_import_archives_quarantines_rejects_and_publishes(hub, lung, tmp_path: Path) -> None:  # noqa: ANN001
     originals = write_corpus(tmp_path / "in")
     (tmp_path / "in" / "us.dcm").write_bytes(ultrasound())
-    (tmp_path / "in" / "notes.txt").write_text("not DICOM at all")
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM at all")  # skipped, not rejected
     (tmp_path / "in" / "cut.dcm").write_bytes(next(iter(originals.values()))[:3000])  # truncated
+    (tmp_path / "in" / "cut2.dcm").write_bytes(next(iter(originals.values()))[:200])  # truncated in the meta
 
     report = bulk.run_import(hub, lung, tmp_path / "in", workers=2)
 
-    assert (report.received, report.archived, report.quarantined, report.rejected) == (15, 12, 1, 2)
+    assert (report.received, report.archived, report.quarantined, report.rejected, report.skipped) == (
+        15, 12, 1, 2, 1)
+    assert report.reasons["not a DICOM file"] == 1
     assert report.published_version == 1
     assert any("ultrasound" in r for r in report.reasons)
     with hub.sessions() as s:
@@ -127,10 +131,11 @@ def test_rerun_resumes_and_zip_import(hub, lung, tmp_path: Path) -> None:  # noq
 
 
 def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None:  # noqa: ANN001
-    write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
-    (tmp_path / "in" / "junk.dcm").write_bytes(b"\0" * 200)
+    originals = write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
+    (tmp_path / "in" / "junk.dcm").write_bytes(next(iter(originals.values()))[:3000])  # damaged DICOM
     env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
-           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin"}
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # a worktree's sources first, as in this process
     r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"),
                         "--project", "lung", "--json", "--workers", "1"], env=env, capture_output=True, text=True,
                        timeout=300)
@@ -150,7 +155,8 @@ def test_killed_bulk_import_resumes_without_loss_or_doubles(hub, lung, settings,
 
     write_corpus(tmp_path / "in", patients=4, studies=2, series=2, instances=12)  # 192 files
     env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
-           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin"}
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # a worktree's sources first, as in this process
     cmd = [sys.executable, "-m", "strongroom.cli", "import", "dicom", str(tmp_path / "in"), "--project", "lung",
            "--json", "--workers", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -169,3 +175,67 @@ def test_killed_bulk_import_resumes_without_loss_or_doubles(hub, lung, settings,
     assert report["duplicates"] == done_before
     published = instances(hub, "published")
     assert len(published) == 192 and len({i.sop_instance_uid for i in published}) == 192
+
+
+def _not_dicom_files(folder: Path) -> list[str]:
+    """Everything a folder exported from a PACS, a CD or a Mac tends to carry besides the instances."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "metadata.json": b'{"PatientID": "x"}',
+        "README.txt": b"Exported images",
+        ".DS_Store": b"\0\0\0\1Bud1" + b"\0" * 300,
+        "._p0-st0-se0-0.dcm": b"\0\5\x16\7\0\2\0\0Mac OS X" + b"\0" * 100,  # AppleDouble fork
+        "empty.dcm": b"",
+        "zeros.dcm": b"\0" * 200,
+        "picture.jpg": b"\xff\xd8\xff\xe0\0\x10JFIF" + b"\0" * 300,
+        ".hidden/p.dcm": b"hidden folder",
+    }
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    # a DICOMDIR, named as such and under another name
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.FileSetID = "CD1"
+    ds.DirectoryRecordSequence = []
+    ds.save_as(folder / "DICOMDIR", enforce_file_format=True)
+    ds.save_as(folder / "dicomdir.bak", enforce_file_format=True)
+    return [*files, "DICOMDIR", "dicomdir.bak"]
+
+
+@pytest.mark.parametrize("packed", ["folder", "zip"])
+def test_cli_skips_files_that_are_not_dicom(hub, lung, settings, tmp_path: Path, packed: str) -> None:  # noqa: ANN001
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
+    junk = _not_dicom_files(tmp_path / "in")
+    source = tmp_path / "in"
+    if packed == "zip":
+        source = tmp_path / "export.zip"
+        with zipfile.ZipFile(source, "w") as zf:
+            for p in sorted((tmp_path / "in").rglob("*")):
+                if p.is_file():
+                    zf.write(p, f"export/{p.relative_to(tmp_path / 'in')}")
+            zf.writestr("__MACOSX/export/._x.dcm", b"\0\5\x16\7fork")
+        junk.append("__MACOSX")
+    env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # a worktree's sources first, as in this process
+    r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(source),
+                        "--project", "lung", "--json", "--workers", "1"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr  # nothing went wrong: skipped files are not errors
+    report = json.loads(r.stdout)
+    assert (report["received"], report["archived"], report["rejected"], report["skipped"]) == (
+        2, 2, 0, len(junk)), report
+    assert report["reasons"] == {"not a DICOM file": len(junk)}
+    with hub.sessions() as s:
+        batch = s.get(ImportBatch, report["batch_id"])
+        assert (batch.received, batch.rejected) == (2, 0)
+    # the human-readable report says so too
+    r = subprocess.run([sys.executable, "-m", "strongroom.cli", "import", "dicom", str(source),
+                        "--project", "lung", "--workers", "1"], env={**env, "COLUMNS": "200"}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "not a DICOM file" in r.stdout and "skipped" in r.stdout

@@ -48,7 +48,7 @@ def _env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
     return {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
             "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": os.environ["PATH"],
             "STRONGROOM_IMAGING__PUBLISH_IDLE_SECONDS": "0.3", "STRONGROOM_IMAGING__REFRESH_SECONDS": "0.3",
-            "STRONGROOM_LOG_LEVEL": "INFO", **extra}
+            "STRONGROOM_LOG_LEVEL": "INFO", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), **extra}
 
 
 @contextmanager
@@ -399,3 +399,61 @@ def test_an_aborted_association_still_closes_its_batch(hub, settings, destinatio
         assoc.abort()  # the modality goes away without releasing
         wait_for(lambda: published_count(hub) == 2, what="publishing after the abort")
         assert [(b.state, b.archived) for b in batches(hub)] == [("closed", 2)]
+
+
+COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-default) transfer syntax
+    "JPEG2000.dcm": "1.2.840.10008.1.2.4.91", "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",
+    "SC_rgb_rle.dcm": "1.2.840.10008.1.2.5", "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",
+    "SC_rgb_jpeg_dcmtk.dcm": "1.2.840.10008.1.2.4.50", "JPEG-lossy.dcm": "1.2.840.10008.1.2.4.51",
+    "SC_rgb_jpeg_gdcm.dcm": "1.2.840.10008.1.2.4.70", "MR_small_jpeg_ls_lossless.dcm": "1.2.840.10008.1.2.4.80",
+    "SC_rgb_jls_lossy_sample.dcm": "1.2.840.10008.1.2.4.81", "image_dfl.dcm": "1.2.840.10008.1.2.1.99",
+    "MR_small_bigendian.dcm": "1.2.840.10008.1.2.2",
+}
+
+
+@pytest.mark.parametrize("combine", [False, True], ids=["context-per-syntax", "combined-proposal"])
+def test_compressed_syntaxes_are_accepted_and_pixel_data_kept_byte_for_byte(hub, settings, destination,  # noqa: ANN001
+                                                                             tmp_path: Path, combine: bool) -> None:
+    """Every standard compressed syntax is accepted as sent (the destination never asks for a
+    decompressed copy, so a sender need not be able to decompress), de-identified without touching the
+    pixel data, archived in the same syntax and leak-free. ``+C`` puts the file's syntax and the
+    uncompressed ones in one presentation context: the destination must pick the file's."""
+    from pydicom.data import get_testdata_file
+
+    originals = {}
+    for i, (name, ts) in enumerate(COMPRESSED.items()):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        assert ds.file_meta.TransferSyntaxUID == ts
+        # several are the same MR slice in other syntaxes: one SOP Instance UID each (pixel data untouched)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{i}"
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        data = (tmp_path / name).read_bytes()
+        originals[ds.SOPInstanceUID] = (name, data)
+    with dicom_serve(settings, destination):
+        for name, ts in COMPRESSED.items():
+            r = subprocess.run(["storescu", "-v", PROPOSE[ts], *(["+C"] if combine else []), "-aet", SENDER,
+                                "-aec", AET, "127.0.0.1", str(destination), str(tmp_path / name)],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0 and "Received Store Response (Success)" in r.stderr, (name, r.stderr)
+            for before, after in re.findall(r"Converting transfer syntax: (.+) -> (.+)", r.stderr):
+                assert before == after, (name, r.stderr)  # sent as it is in the file
+        wait_for(lambda: len(instances(hub)) == len(COMPRESSED) and all(b.state == "closed" for b in batches(hub)),
+                 what="archiving")
+    key = keystore.keystore_key(hub.settings)
+    with hub.sessions() as s:
+        sop_of = {r.pseudonym: keystore.unseal(key, r.sealed_original, keystore._context(r.project_id, r.kind,
+                                                                                        r.pseudonym)).decode()
+                  for r in s.scalars(select(PseudonymEntry).where(PseudonymEntry.kind == "SOPInstanceUID"))}
+    profile = to_engine(MODIFIED)
+    seen = set()
+    for inst in instances(hub):
+        name, original = originals[sop_of[inst.sop_instance_uid]]
+        archived = archived_bytes(hub, inst.file_id)
+        before, after = pydicom.dcmread(io.BytesIO(original)), pydicom.dcmread(io.BytesIO(archived))
+        assert after.file_meta.TransferSyntaxUID == COMPRESSED[name], name  # received and kept as sent
+        assert after.PixelData == before.PixelData == pydicom.dcmread(get_testdata_file(name)).PixelData, name
+        assert after.PatientIdentityRemoved == "YES"
+        assert leak_scan(original, archived, profile) == [], name
+        assert not any(r.startswith("leak") for r in inst.reasons), (name, inst.reasons)
+        seen.add(name)
+    assert seen == set(COMPRESSED)

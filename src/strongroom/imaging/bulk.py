@@ -8,6 +8,7 @@ pseudonymized SOP Instance UID and counted as duplicates.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -30,7 +31,38 @@ from ..projects.models import Project
 from . import pipeline, service
 
 MAX_MEMBER_BYTES = 8 * 1024**3  # a ZIP member larger than this is refused (zip bombs)
-_SKIP_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+_SKIP_NAMES = {"DICOMDIR", "Thumbs.db", "desktop.ini"}
+NOT_DICOM = "not a DICOM file"
+_DICM_OFFSET = 128
+# explicit VR codes a bare dataset (no preamble) may start with
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF",
+        b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN",
+        b"UR", b"US", b"UT", b"UV"}
+_SNIFF_BYTES = 1024  # the preamble, and the file meta of a DICOMDIR under another name
+_DICOMDIR_CLASS = re.compile(rb"1\.2\.840\.10008\.1\.3\.10(?![0-9.])")
+
+
+def skipped_by_name(name: str) -> bool:
+    """Files that are never instances: DICOMDIR, hidden files and folders (.DS_Store, ._x, .git/...),
+    macOS resource forks in ZIPs, desktop clutter."""
+    parts = Path(name).parts
+    return bool(parts) and (parts[-1] in _SKIP_NAMES or any(p.startswith(".") or p == "__MACOSX" for p in parts))
+
+
+def looks_like_dicom(head: bytes, size: int) -> bool:
+    """A Part 10 file (``DICM`` after the preamble) or a bare dataset whose first element is plausible
+    (an even group from 0002 to 7FE0 with an explicit VR, or an implicit length that fits the file).
+    Anything else (JSON, text, images, empty files) is not an instance and is skipped, not rejected."""
+    if head[_DICM_OFFSET:_DICM_OFFSET + 4] == b"DICM":
+        return not _DICOMDIR_CLASS.search(head)  # a media directory, not an instance
+    if len(head) < 8:
+        return False
+    group = int.from_bytes(head[0:2], "little")
+    if group % 2 or not 0x0002 <= group <= 0x7FE0:
+        return False
+    if head[4:6] in _VRS:
+        return True
+    return int.from_bytes(head[4:8], "little") <= size - 8  # implicit VR: the first length fits the file
 
 
 @dataclass
@@ -41,12 +73,14 @@ class ImportReport:
     quarantined: int = 0
     rejected: int = 0
     duplicates: int = 0
+    skipped: int = 0  # files that are not DICOM instances (not counted as received)
     reasons: Counter[str] = field(default_factory=Counter)
     published_version: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "received": self.received, "archived": self.archived,
                 "quarantined": self.quarantined, "rejected": self.rejected, "duplicates": self.duplicates,
+                "skipped": self.skipped,
                 "reasons": dict(self.reasons.most_common()), "published_version": self.published_version}
 
 
@@ -55,37 +89,52 @@ class _Source:
     name: str  # for people (relative path, or zip:member)
     path: Path  # a file the worker can read
     temporary: bool = False
+    skip: str = ""  # why this file is not imported (then it is only reported)
 
 
 def count_sources(path: Path) -> int:
+    """Files that will be looked at (skipped ones included: they are reported too)."""
     if zipfile.is_zipfile(path) and path.is_file():
         with zipfile.ZipFile(path) as zf:
-            return sum(1 for i in zf.infolist() if not i.is_dir() and Path(i.filename).name not in _SKIP_NAMES)
+            return sum(1 for i in zf.infolist() if not i.is_dir())
     if path.is_file():
         return 1
-    return sum(1 for p in path.rglob("*") if p.is_file() and p.name not in _SKIP_NAMES)
+    return sum(1 for p in path.rglob("*") if p.is_file())
+
+
+def _sniff(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return looks_like_dicom(f.read(_SNIFF_BYTES), os.fstat(f.fileno()).st_size)
 
 
 def _sources(path: Path, scratch: Path) -> Iterator[_Source]:
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             for info in zf.infolist():
-                if info.is_dir() or Path(info.filename).name in _SKIP_NAMES:
+                if info.is_dir():
                     continue
                 name = f"{path.name}:{info.filename}"
+                if skipped_by_name(info.filename):
+                    yield _Source(name, path, skip=NOT_DICOM)
+                    continue
                 if info.file_size > MAX_MEMBER_BYTES:
                     yield _Source(name, Path("/nonexistent/too-large"))
                     continue
+                with zf.open(info) as member:
+                    if not looks_like_dicom(member.read(_SNIFF_BYTES), info.file_size):
+                        yield _Source(name, path, skip=NOT_DICOM)
+                        continue
                 target = scratch / f"{uuid.uuid4().hex}.raw"
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 yield _Source(name, target, temporary=True)
     elif path.is_file():
-        yield _Source(path.name, path)
+        yield _Source(path.name, path, skip="" if _sniff(path) else NOT_DICOM)
     else:
         for p in sorted(path.rglob("*")):
-            if p.is_file() and p.name not in _SKIP_NAMES:
-                yield _Source(str(p.relative_to(path)), p)
+            if p.is_file():
+                name = str(p.relative_to(path))
+                yield _Source(name, p, skip=NOT_DICOM if skipped_by_name(name) or not _sniff(p) else "")
 
 
 @contextmanager
@@ -160,6 +209,12 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
                     flush()
 
         for source in _sources(path, scratch):
+            if source.skip:
+                report.skipped += 1
+                report.reasons[source.skip] += 1
+                if progress:
+                    progress(1, "skipped")
+                continue
             out = scratch / f"{uuid.uuid4().hex}.dcm"
             in_flight[pool.submit(pipeline.process_file, str(source.path), str(out), ctx.profile, ctx.secret)] = (
                 source, out)

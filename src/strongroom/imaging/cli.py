@@ -65,8 +65,9 @@ def import_dicom(
     """De-identify, verify, encrypt and archive DICOM files into a project, with the project's profile.
 
     Objects the risk check or the leak scan cannot clear go to the project's quarantine for review;
-    files that are not processable DICOM are rejected with a reason. Run again to resume an interrupted
-    import: what is already in the project is recognised and skipped.
+    damaged DICOM files are rejected with a reason; files that are not DICOM at all (text, JSON,
+    DICOMDIR, hidden files) are skipped and reported as "not a DICOM file". Run again to resume an
+    interrupted import: what is already in the project is recognised and skipped.
     """
     from ..config import get_settings
     from ..errors import DomainError
@@ -100,12 +101,12 @@ def import_dicom(
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         table = Table(title=f"import {report.batch_id} into {project}", show_header=False)
-        for key in ("received", "archived", "quarantined", "rejected", "duplicates"):
+        for key in ("received", "archived", "quarantined", "rejected", "duplicates", "skipped"):
             table.add_row(key, f"{data[key]:,}")
         table.add_row("published version", str(data["published_version"] or "—"))
         console.print(table)
         if data["reasons"]:
-            reasons = Table("reason", "files", title="quarantined or rejected, by reason")
+            reasons = Table("reason", "files", title="quarantined, rejected or skipped, by reason")
             for reason, count in data["reasons"].items():
                 reasons.add_row(reason, f"{count:,}")
             console.print(reasons)

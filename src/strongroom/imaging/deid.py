@@ -191,6 +191,8 @@ class DeidProfile:
     clean_structured_content: bool = False
     clean_graphics: bool = False
     pixel_rules: tuple[PixelRule, ...] = ()
+    # stricter than Clean Descriptors: standard free text outside TEXT_KEEP_LIST is cleaned or removed
+    text_allow_list: bool = False
     # (private creator, group, element within the block) retained in addition to Table E.3.10-1
     extra_safe_private: tuple[tuple[str, int, int], ...] = ()
 
@@ -208,7 +210,10 @@ class DeidProfile:
 
     def option_codes(self) -> list[str]:
         """CID 7050 codes of the profile (113100 first; 113101 is per instance, see ``DeidResult``)."""
-        return ["113100"] + sorted(code for flag, (_, code) in OPTIONS.items() if getattr(self, flag))
+        codes = {code for flag, (_, code) in OPTIONS.items() if getattr(self, flag)}
+        if self.text_allow_list:  # the Clean Descriptors option, applied to every descriptor
+            codes.add(OPTIONS["clean_descriptors"][1])
+        return ["113100"] + sorted(codes)
 
 
 # ------------------------------------------------------------------------------------ pseudonymizer
@@ -335,6 +340,21 @@ _EXTRA_REMOVE = {  # beyond Table E.1-1: may carry original values or stale priv
     0x04000500: "Encrypted Attributes Sequence (original values)",
     0x00080300: "Private Data Element Characteristics Sequence",
 }
+# The allow-list mode (``DeidProfile.text_allow_list``): the standard free-text attributes that stay as they
+# are. Everything else of VR LO/SH/UC (descriptions, code meanings, window explanations...) is cleaned
+# (identifiers of the instance, dates, long digit runs, e-mail addresses masked), LT/ST/UT/UR (notes,
+# comments, URLs) and unlisted AE titles are removed. Coded strings (CS) are defined terms and stay; the
+# verification still searches them.
+TEXT_KEEP_LIST: dict[int, str] = {
+    0x00080070: "Manufacturer", 0x00081090: "ManufacturerModelName", 0x00181020: "SoftwareVersions",
+    0x00080100: "CodeValue", 0x00080102: "CodingSchemeDesignator", 0x00080103: "CodingSchemeVersion",
+    0x00080119: "LongCodeValue", 0x00080120: "URNCodeValue", 0x00080105: "MappingResource",
+    0x0008010F: "ContextIdentifier", 0x00080106: "ContextGroupVersion", 0x00180024: "SequenceName",
+    0x00189005: "PulseSequenceName", 0x00181210: "ConvolutionKernel", 0x00181250: "ReceiveCoilName",
+    0x00181251: "TransmitCoilName", 0x00181160: "FilterType",
+}
+_ALLOW_LIST_CLEAN = frozenset({b"LO", b"SH", b"UC"})
+_ALLOW_LIST_REMOVE = frozenset({b"LT", b"ST", b"UT", b"UR"})
 _MARKER_TAGS = (0x00120062, 0x00120063, 0x00120064, 0x00280301, 0x00280303)
 
 _PATIENT_ID, _PATIENT_NAME = 0x00100020, 0x00100010
@@ -460,6 +480,16 @@ class _Plan:
                     and row.basic != "K" and code not in ("K",):
                 self.identifier_tags.add(row.tag)
         self.identifier_tags.update({_PATIENT_ID, _PATIENT_NAME})
+        if profile.text_allow_list:
+            for tag, entry in list(self.ops.items()):
+                if entry.op not in (KEEP, CLEAN) or tag in TEXT_KEEP_LIST or tag >> 16 in (0x0002, 0x0004):
+                    continue
+                if entry.vr in _ALLOW_LIST_CLEAN and entry.op == KEEP:
+                    self.ops[tag] = entry._replace(op=CLEAN, rule="allow list: descriptor cleaned", log_keep=True)
+                elif entry.vr in _ALLOW_LIST_REMOVE:
+                    self.ops[tag] = entry._replace(op=REMOVE, rule="allow list: free text removed", log_keep=True)
+                elif entry.vr == b"AE" and entry.op == KEEP:
+                    self.ops[tag] = entry._replace(op=AE_TOKEN, rule="allow list: AE title replaced", log_keep=True)
         self.safe_private: dict[tuple[str, int, int], tuple[bytes, str]] = {}
         if profile.retain_safe_private:
             for sp in SAFE_PRIVATE:
@@ -1146,7 +1176,7 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
     if plan.date_mode == "modified":
         run.shift = pseudo.date_shift_days(patient_key)
     if profile.clean_descriptors or profile.clean_structured_content or profile.clean_graphics \
-            or profile.retain_patient_characteristics:
+            or profile.retain_patient_characteristics or profile.text_allow_list:
         run.identifiers = [run.text(run.mv[idx[t][3]:idx[t][4]], b"PN") for t in plan.identifier_tags
                            if t in idx and not idx[t][5]]
     new_sop = sop_instance if plan.retain_uids or not sop_instance else pseudo.uid(sop_instance)

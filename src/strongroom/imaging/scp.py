@@ -37,6 +37,7 @@ from prometheus_client import Counter as MetricCounter
 from prometheus_client import Histogram, start_http_server
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom import acse as pynetdicom_acse
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
@@ -65,6 +66,36 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 _NOBODY = "<no sender allowed from here>"  # longer than any AE title: matches no caller
+
+
+def _follow_the_senders_preference(negotiate: Any) -> Any:
+    """pynetdicom accepts, per presentation context, the first of the *acceptor's* transfer syntaxes that
+    the sender proposed: with every syntax supported, that is Implicit VR Little Endian whenever a sender
+    also offers it, which forces a sender holding JPEG 2000 (or RLE, JPEG-LS...) to decompress, and fail
+    when it cannot. Senders list the syntax they prefer (the one their file is in) first; like Orthanc,
+    accept that one. Nothing is transcoded here: de-identification copies the encapsulated pixel data."""
+    if getattr(negotiate, "follows_sender", False):
+        return negotiate
+
+    def negotiate_as_acceptor(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
+        result, reply_roles = negotiate(rq_contexts, ac_contexts, roles)
+        proposed = {cx.context_id: list(cx.transfer_syntax) for cx in rq_contexts}
+        supported = {cx.abstract_syntax: set(cx.transfer_syntax) for cx in ac_contexts}
+        for cx in result:
+            if cx.result == 0x00:
+                accepted = supported.get(cx.abstract_syntax, set())
+                for syntax in proposed.get(cx.context_id, []):
+                    if syntax in accepted:
+                        cx.transfer_syntax = [syntax]
+                        break
+        return result, reply_roles
+
+    negotiate_as_acceptor.follows_sender = True  # type: ignore[attr-defined]
+    return negotiate_as_acceptor
+
+
+# the destination is this process's only association acceptor (senders here are requestors: unaffected)
+pynetdicom_acse.negotiate_as_acceptor = _follow_the_senders_preference(pynetdicom_acse.negotiate_as_acceptor)
 
 
 def _senders_allow(senders: list[DicomSender], ip: str) -> list[str]:

@@ -52,6 +52,9 @@ class DeidProfileSetting(BaseModel):
     clean_descriptors: bool = False
     clean_structured_content: bool = False
     clean_graphics: bool = False
+    text_allow_list: bool = Field(False, description="stricter than Clean Descriptors: standard free text outside "
+                                  "a curated keep-list (manufacturer, model, software, code values...) is cleaned "
+                                  "or removed")
     pixel_rules: list[PixelRuleSetting] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
@@ -62,6 +65,8 @@ class DeidProfileSetting(BaseModel):
 
 # the engine's options except the two date ones, which ``retain_longitudinal`` chooses between
 OPTION_FLAGS = tuple(flag for flag in OPTIONS if not flag.startswith("retain_longitudinal"))
+# what the profile form offers: the options, then the allow-list mode
+PROFILE_FLAGS = (*OPTION_FLAGS, "text_allow_list")
 
 
 def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:
@@ -80,7 +85,8 @@ def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:
                                model=r.model, modality=r.modality, rows=r.rows, columns=r.columns))
     return DeidProfile(retain_longitudinal_full=s.retain_longitudinal == "full",
                        retain_longitudinal_modified_dates=s.retain_longitudinal == "modified",
-                       pixel_rules=tuple(rules), **{flag: getattr(s, flag) for flag in OPTION_FLAGS})
+                       pixel_rules=tuple(rules), text_allow_list=s.text_allow_list,
+                       **{flag: getattr(s, flag) for flag in OPTION_FLAGS})
 
 
 BASIC_PROFILE = DeidProfileSetting().model_dump(mode="json")

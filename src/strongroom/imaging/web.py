@@ -16,7 +16,7 @@ from ..projects import service as projects
 from ..web.templating import templates
 from . import keystore, service
 from .deid import OPTIONS
-from .settings import OPTION_FLAGS, DeidProfileSetting
+from .settings import PROFILE_FLAGS, DeidProfileSetting
 
 router = APIRouter()
 
@@ -30,9 +30,12 @@ _OPTION_TEXT = {
     "clean_descriptors": ("Clean Descriptors", "keep descriptions, with identifiers scrubbed"),
     "clean_structured_content": ("Clean Structured Content", "keep SR content, scrubbed"),
     "clean_graphics": ("Clean Graphics", "keep annotations, scrubbed"),
+    "text_allow_list": ("Allow-listed text only", "strict Clean Descriptors: every description, code meaning "
+                        "and comment outside a short keep-list is scrubbed or removed"),
 }
 # (label, CID 7050 code from the engine, what it keeps) per option flag
-OPTION_LABELS = {flag: (label, OPTIONS[flag][1], hint) for flag, (label, hint) in _OPTION_TEXT.items()}
+OPTION_LABELS = {flag: (label, OPTIONS.get(flag, OPTIONS["clean_descriptors"])[1], hint)
+                 for flag, (label, hint) in _OPTION_TEXT.items()}
 
 
 def _page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, *,
@@ -48,7 +51,7 @@ def _page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: 
         "profile": service.profile_setting(db, project_id),
         "profile_locked": projects.get_setting(db, project_id, "deid_profile") == DeidProfileSetting().model_dump(
             mode="json"),
-        "options": OPTION_LABELS, "option_flags": OPTION_FLAGS,
+        "options": OPTION_LABELS, "option_flags": PROFILE_FLAGS,
         "facts": service.overview(db, access), "batches": service.batches(db, access, limit=30),
         "quarantined": service.quarantined(db, access), "days": days, "max_day": max([n for _, n in days] + [1]),
         "dicom_host": hub.settings.imaging.dicom_host, "error": None, "originals": None,
@@ -104,7 +107,7 @@ async def set_profile(request: Request, db: Db, hub: HubDep, principal: WebPrinc
             return _page(request, db, hub, principal, slug, status_code=422,
                          error=f"pixel rules: not valid JSON ({exc.msg} at line {exc.lineno})")
         value = {"retain_longitudinal": str(form.get("retain_longitudinal", "remove")),
-                 **{flag: form.get(flag) == "on" for flag in OPTION_FLAGS}, "pixel_rules": rules}
+                 **{flag: form.get(flag) == "on" for flag in PROFILE_FLAGS}, "pixel_rules": rules}
     return _change(request, db, hub, principal, slug, "deid_profile", value, "profile")
 
 
