@@ -14,11 +14,12 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, openapi
 from .archive.storage import StorageUnavailable
 from .config import Settings, get_settings
 from .deps import CSRF_COOKIE, LoginRequired
@@ -104,6 +105,17 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at this path. Starlette's own 405 names only the first
+    route that matched the path, though GET and DELETE of one URL are often separate routes."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(scope["path"]):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access import grants as _grants  # noqa: F401 - entitlements open the archive
     from .access.api import router as access_api
@@ -166,6 +178,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.include_router(catalog_api)
     app.include_router(catalog_web, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    openapi.install(app)  # documents the error responses every operation can really give
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
@@ -202,6 +215,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
+        if exc.status == 401 and _wants_json(request):
+            headers["WWW-Authenticate"] = 'Bearer realm="strongroom"'  # RFC 9110: a 401 names its scheme
         if _wants_json(request):
             response = problem(exc.status, exc.code.replace("-", " ").capitalize(), exc.detail, exc.code,
                                **{k: v for k, v in exc.extra.items() if k != "retry_after"})
@@ -231,12 +246,18 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # The exception's headers are part of the answer (WWW-Authenticate, Retry-After, Allow).
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request.scope)
         if _wants_json(request):
-            return problem(exc.status_code, str(exc.detail), str(exc.detail),
-                           "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
+            response = problem(exc.status_code, str(exc.detail), str(exc.detail),
+                               "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
+            response.headers.update(headers)
+            return response
         return templates.TemplateResponse(request, "error.html",
                                           {"status": exc.status_code, "detail": exc.detail},
-                                          status_code=exc.status_code)
+                                          status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

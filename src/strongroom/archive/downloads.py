@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from ..errors import Conflict, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
+from ..text import content_disposition
 from . import c4gh, service
 from .backend import storage_for
 from .keys import hub_keys
@@ -96,7 +97,7 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
                             bytes=f"{start}-{end - 1}" if wanted else None, plaintext_range=plaintext_range)
     db.commit()  # the audit event is durable before the first byte leaves
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}.c4gh"',
+               "Content-Disposition": content_disposition(f.path.rsplit("/", 1)[-1] + ".c4gh"),
                "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"

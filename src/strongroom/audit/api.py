@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from ..deps import Db, scoped
 from ..errors import NotFound
-from ..schemas import Out
+from ..schemas import Int64, Out
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
@@ -34,16 +34,16 @@ class AuditEventOut(Out):
 
 @router.get("/me/audit", response_model=list[AuditEventOut],
             summary="Events where I acted or was acted upon, newest first")
-def my_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1),
-             limit: int = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
+def my_audit(db: Db, principal: AuditRead, before: Int64 | None = Query(None, ge=1),
+             limit: Int64 = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
     events = service.query(db, user_id=principal.user.id, before_seq=before, limit=limit)
     return [AuditEventOut.model_validate(e) for e in events]
 
 
 @router.get("/admin/audit", response_model=list[AuditEventOut],
             summary="The whole audit log (platform admins), filterable")
-def all_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1),
-              limit: int = Query(50, ge=1, le=500), project_id: uuid.UUID | None = None,
+def all_audit(db: Db, principal: AuditRead, before: Int64 | None = Query(None, ge=1),
+              limit: Int64 = Query(50, ge=1, le=500), project_id: uuid.UUID | None = None,
               user_id: uuid.UUID | None = None, action: str | None = Query(None, max_length=80)
               ) -> list[AuditEventOut]:
     if not (principal.user.is_admin and principal.can("admin")):
