@@ -7,6 +7,7 @@ Every route (API and pages) is enumerated from the app itself, so a route added 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import types
 import typing
@@ -29,7 +30,7 @@ from strongroom.audit.service import Actor
 from strongroom.db import transaction
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project
-from strongroom.schemas import INT64_MAX, INT64_MIN
+from strongroom.schemas import INT32_MAX, INT32_MIN, INT64_MAX, INT64_MIN
 from strongroom.text import content_disposition
 from support.live import free_port, serving
 
@@ -113,6 +114,43 @@ def test_integers_beyond_64_bits_in_any_path_or_query_are_422(app, hub, client, 
         if r.status_code != 422 or (in_api and r.headers["content-type"] != "application/problem+json"):
             failures.append(f"{method} {template} {where}:{name} -> {r.status_code}")
     assert not failures, failures
+
+
+@pytest.mark.parametrize("value", [INT32_MAX + 1, INT64_MAX, INT32_MIN - 1])
+def test_integers_within_64_bits_in_any_path_or_query_never_give_a_server_error(app, hub, client, world, value):  # noqa: ANN001
+    """Some columns are 32-bit (version, part and image numbers): a value the schema allows must still
+    be answered (404, 422), never reach the driver out of range."""
+    client.headers.update(bearer(world["token"]))
+    page = web_client(app, hub, world["admin"])
+    failures = []
+    for method, template, name, where, in_api in _int_params(app):
+        path = _fill(template, name, 1 if where == "query" else value)
+        params = {name: str(value)} if where == "query" else {}
+        if not in_api and method == "POST":
+            r = form_post(page, path + (f"?{name}={value}" if params else ""))
+        else:
+            r = (client if in_api else page).request(method, path, params=params, follow_redirects=False,
+                                                     json={} if in_api and method in ("POST", "PUT") else None)
+        if r.status_code >= 500:
+            failures.append(f"{method} {template} {where}:{name} -> {r.status_code}")
+    assert not failures, failures
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/api/v1/projects/lu%00ng", None),
+    ("GET", "/api/v1/datasets/SRD-%00/catalog", None),
+    ("GET", "/api/v1/admin/audit?action=a%00b", None),
+    ("GET", "/api/v1/catalog?q=%00", None),
+    ("POST", "/api/v1/projects/lung/datasets", {"title": "a\u0000b"}),
+    ("POST", "/api/v1/projects/lung/datasets", {"title": "t", "files": ["SRF-\u0000"]}),
+    ("PUT", "/api/v1/projects/lung/settings/egress_destinations", {"value": [{"name": "\u0000", "url": "https://x"}]}),
+])
+def test_a_nul_character_anywhere_is_422(client, world, method, path, body):  # noqa: ANN001
+    """PostgreSQL text cannot hold U+0000: it is refused as input, on SQLite too, before any query."""
+    r = client.request(method, path, content=None if body is None else json.dumps(body),
+                       headers={**bearer(world["token"]), "content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
 
 
 def _integer_schemas(node: Any, where: str = "") -> typing.Iterator[tuple[str, dict]]:

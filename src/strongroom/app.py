@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 import structlog
 from fastapi import FastAPI, Request
@@ -183,7 +183,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        if "\x00" in request.url.path or "\x00" in unquote_plus(request.url.query):
+            # no database text can hold U+0000: refuse it here rather than fail in the driver
+            response: Response = problem(422, "Invalid request", "the address contains a NUL character", "invalid")
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
         elapsed = time.perf_counter() - started

@@ -137,8 +137,8 @@ def _complete(operation: dict[str, Any], statuses: set[int]) -> None:
     success_content = next((r["content"] for code, r in sorted(responses.items())
                             if code.startswith("2") and r.get("content")), None)
     for code, response in responses.items():
-        if code >= "400":  # every error is a problem document, whatever FastAPI assumed (422)
+        if code >= "400" and (not response.get("content") or "HTTPValidationError" in str(response["content"])):
+            # an error is a problem document unless the route says otherwise (FastAPI assumes its own 422)
             response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_REF}}
-            response.setdefault("description", MEANINGS.get(int(code), "Error"))
         elif code.startswith("2") and code != "204" and not response.get("content") and success_content:
             response["content"] = success_content  # e.g. 206: the same bytes as 200, in part

@@ -14,7 +14,7 @@ from ..deps import Db, HubDep, scoped
 from ..errors import Invalid
 from ..openapi import errors
 from ..projects import service as projects
-from ..schemas import Body, Int64, Out
+from ..schemas import Body, Int32, Int64, Out
 from . import c4gh, downloads, service
 from .backend import storage_for
 from .keys import hub_keys
@@ -149,7 +149,7 @@ def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> Up
 @router.put("/uploads/{file_id}/parts/{number}", summary="Send one part (raw bytes; retry freely)",
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 async def upload_part(request: Request, db: Db, hub: HubDep, principal: DataWrite, file_id: str,
-                      number: Int64) -> dict[str, int | str]:
+                      number: Int32) -> dict[str, int | str]:
     limit = hub.settings.archive.part_size + 65536
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -234,19 +234,19 @@ def edit_draft(db: Db, principal: DataWrite, dataset_id: str, body: DraftChange)
 
 @router.post("/datasets/{dataset_id}/versions/{number}/release", response_model=VersionOut,
              summary="Release a draft version: from now on it never changes")
-def release(db: Db, principal: DataWrite, dataset_id: str, number: Int64) -> VersionOut:
+def release(db: Db, principal: DataWrite, dataset_id: str, number: Int32) -> VersionOut:
     return VersionOut.model_validate(service.release_version(db, principal, dataset_id, number))
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/deprecate", response_model=VersionOut,
              summary="Deprecate a released version")
-def deprecate(db: Db, principal: DataWrite, dataset_id: str, number: Int64) -> VersionOut:
+def deprecate(db: Db, principal: DataWrite, dataset_id: str, number: Int32) -> VersionOut:
     return VersionOut.model_validate(service.deprecate_version(db, principal, dataset_id, number))
 
 
 @router.get("/datasets/{dataset_id}/versions/{number}/files", response_model=FilePage,
             summary="A page of a version's files in id order (`after` = last id of the previous page)")
-def version_files(db: Db, principal: DataRead, dataset_id: str, number: Int64,
+def version_files(db: Db, principal: DataRead, dataset_id: str, number: Int32,
                   after: str | None = Query(None, max_length=32),
                   limit: Int64 = Query(1000, ge=1, le=5000)) -> FilePage:
     version, files = service.version_files(db, principal, dataset_id, number, after=after, limit=limit)

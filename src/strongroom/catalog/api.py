@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..deps import Db, HubDep, scoped
 from ..errors import Invalid, NotFound
-from ..schemas import INT64_MAX, Body, Int64, IsoDate, Out
+from ..schemas import INT64_MAX, Body, Int32, Int64, IsoDate, Out
 from . import service
 from .models import CatalogEntry
 
@@ -161,6 +161,6 @@ async def add_image(request: Request, db: Db, principal: DataWrite, dataset_id: 
 
 @router.delete("/datasets/{dataset_id}/catalog/images/{position}", status_code=204,
                summary="Remove a sample image", response_class=Response)
-def delete_image(db: Db, principal: DataWrite, dataset_id: str, position: Int64) -> Response:
+def delete_image(db: Db, principal: DataWrite, dataset_id: str, position: Int32) -> Response:
     service.remove_image(db, principal, dataset_id, position)
     return Response(status_code=204)

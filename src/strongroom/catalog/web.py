@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal, current_web_session, show_viewer
 from ..errors import Conflict, Invalid, NotFound
-from ..schemas import INT64_MAX, Int64
+from ..schemas import INT64_MAX, Int32, Int64
 from ..web.templating import templates
 from . import png, service
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
@@ -69,7 +69,7 @@ def terms(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
 
 
 @router.get("/catalog/{slug}/images/{position}.png")
-def image(db: Db, slug: str, position: Int64) -> Response:
+def image(db: Db, slug: str, position: Int32) -> Response:
     return _png(service.public_image(db, slug, position).png)
 
 
@@ -206,13 +206,13 @@ async def upload_image(request: Request, db: Db, principal: WebPrincipal, datase
 
 
 @router.post("/datasets/{dataset_id}/catalog/images/{position}/delete", dependencies=[CsrfChecked])
-def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int64) -> Response:
+def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     service.remove_image(db, principal, dataset_id, position)
     return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
 
 
 @router.get("/datasets/{dataset_id}/catalog/images/{position}.png")
-def steward_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int64) -> Response:
+def steward_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     return _png(service.steward_image(db, principal, dataset_id, position).png, cache="private, no-store")
 
 
