@@ -9,17 +9,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
+from . import __version__, openapi
 from .archive.storage import StorageUnavailable
 from .config import Settings, get_settings
 from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired
@@ -150,6 +151,17 @@ def _add_api_docs(app: FastAPI) -> None:
                             headers={"Cache-Control": "public, max-age=86400"})
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at this path. Starlette's own 405 names only the first
+    route that matched the path, though GET and DELETE of one URL are often separate routes."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(scope["path"]):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access import grants as _grants  # noqa: F401 - entitlements open the archive
     from .access.api import router as access_api
@@ -213,6 +225,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.include_router(catalog_web, include_in_schema=False)
     _add_api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    openapi.install(app)  # documents the error responses every operation can really give
 
     csp = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
            "frame-ancestors 'none'; form-action 'self' " + (settings.oidc.issuer or "")).strip()
@@ -220,7 +233,11 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
-        response = await call_next(request)
+        if "\x00" in request.url.path or "\x00" in unquote_plus(request.url.query):
+            # no database text can hold U+0000: refuse it here rather than fail in the driver
+            response: Response = problem(422, "Invalid request", "the address contains a NUL character", "invalid")
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         template = getattr(route, "path", "unmatched")
         elapsed = time.perf_counter() - started
@@ -256,6 +273,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else {}
+        if exc.status == 401 and _wants_json(request):
+            headers["WWW-Authenticate"] = 'Bearer realm="strongroom"'  # RFC 9110: a 401 names its scheme
         if _wants_json(request):
             response = problem(exc.status, exc.code.replace("-", " ").capitalize(), exc.detail, exc.code,
                                **{k: v for k, v in exc.extra.items() if k != "retry_after"})
@@ -285,12 +304,18 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # The exception's headers are part of the answer (WWW-Authenticate, Retry-After, Allow).
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request.scope)
         if _wants_json(request):
-            return problem(exc.status_code, str(exc.detail), str(exc.detail),
-                           "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
+            response = problem(exc.status_code, str(exc.detail), str(exc.detail),
+                               "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
+            response.headers.update(headers)
+            return response
         return templates.TemplateResponse(request, "error.html",
                                           {"status": exc.status_code, "detail": exc.detail},
-                                          status_code=exc.status_code)
+                                          status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

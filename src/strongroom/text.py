@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 
 def human_bytes(n: int) -> str:
     """Decimal units, as storage is sold: 1.5 TB, 730.2 MB, 12 B."""
@@ -11,3 +13,20 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{n} B"
+
+
+# RFC 5987 attr-char: what may stand unescaped in a filename*= value.
+_ATTR_CHARS = "!#$&+-.^_`|~"
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """A Content-Disposition header value (RFC 6266) for any file name.
+
+    Headers are Latin-1 and a quote, CR or LF would end the value or the header, so the name is
+    sent twice: an ASCII `filename=` fallback with anything risky replaced, and the exact name as
+    UTF-8 in `filename*=` for every current client. Control characters and path separators are
+    dropped from both: a name is never a path.
+    """
+    name = "".join("_" if ch in "/\\" else ch for ch in filename if ch.isprintable()) or "download"
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in name)
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe=_ATTR_CHARS)}"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
 from ..deps import Db, scoped
-from ..schemas import Body, Out
+from ..schemas import Body, IsoDate, Out
 from . import reports, service
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
@@ -87,7 +87,7 @@ class Vote(Body):
 
 
 class Approval(Body):
-    ends: dt.date = Field(description="the entitlement's last day (exclusive)")
+    ends: IsoDate = Field(description="the entitlement's last day (exclusive)")
     comment: str = Field(default="", max_length=5000)
 
 
@@ -105,7 +105,7 @@ class Policy(Body):
 class ExternalDecision(Body):
     applicant: str = Field(min_length=1, max_length=255, description="the researcher's e-mail, username or id")
     approve: bool
-    ends: dt.date | None = None
+    ends: IsoDate | None = None
     reason: str = Field(default="", max_length=5000)
 
 

@@ -12,8 +12,9 @@ from pydantic import Field
 
 from ..deps import Db, HubDep, scoped
 from ..errors import Invalid
+from ..openapi import errors
 from ..projects import service as projects
-from ..schemas import Body, Out
+from ..schemas import Body, Int32, Int64, Out
 from . import c4gh, downloads, service
 from .backend import storage_for
 from .keys import hub_keys
@@ -41,7 +42,7 @@ class FileOut(Out):
 
 class NewUpload(Body):
     path: str = Field(min_length=1, max_length=1024, description="relative path, shown to people")
-    size: int = Field(gt=0, description="exact size of the crypt4gh stream that will be sent")
+    size: Int64 = Field(gt=0, description="exact size of the crypt4gh stream that will be sent")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
                                description="SHA-256 of the plaintext, checked after ingest")
 
@@ -148,7 +149,7 @@ def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> Up
 @router.put("/uploads/{file_id}/parts/{number}", summary="Send one part (raw bytes; retry freely)",
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 async def upload_part(request: Request, db: Db, hub: HubDep, principal: DataWrite, file_id: str,
-                      number: int) -> dict[str, int | str]:
+                      number: Int32) -> dict[str, int | str]:
     limit = hub.settings.archive.part_size + 65536
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -186,7 +187,7 @@ def cancel_upload(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> No
             summary="The project's files (inbox and archive), in id order; page with `after`")
 def list_files(db: Db, principal: DataRead, slug: str,
                state: Literal["receiving", "uploaded", "ingested", "verified", "ready", "failed"] | None = None,
-               after: str | None = Query(None, max_length=32), limit: int = Query(100, ge=1, le=1000)
+               after: str | None = Query(None, max_length=32), limit: Int64 = Query(100, ge=1, le=1000)
                ) -> list[FileOut]:
     access = projects.open_project(db, principal, slug)
     return [FileOut.model_validate(f) for f in service.list_files(db, access, state=state, after=after,
@@ -233,21 +234,21 @@ def edit_draft(db: Db, principal: DataWrite, dataset_id: str, body: DraftChange)
 
 @router.post("/datasets/{dataset_id}/versions/{number}/release", response_model=VersionOut,
              summary="Release a draft version: from now on it never changes")
-def release(db: Db, principal: DataWrite, dataset_id: str, number: int) -> VersionOut:
+def release(db: Db, principal: DataWrite, dataset_id: str, number: Int32) -> VersionOut:
     return VersionOut.model_validate(service.release_version(db, principal, dataset_id, number))
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/deprecate", response_model=VersionOut,
              summary="Deprecate a released version")
-def deprecate(db: Db, principal: DataWrite, dataset_id: str, number: int) -> VersionOut:
+def deprecate(db: Db, principal: DataWrite, dataset_id: str, number: Int32) -> VersionOut:
     return VersionOut.model_validate(service.deprecate_version(db, principal, dataset_id, number))
 
 
 @router.get("/datasets/{dataset_id}/versions/{number}/files", response_model=FilePage,
             summary="A page of a version's files in id order (`after` = last id of the previous page)")
-def version_files(db: Db, principal: DataRead, dataset_id: str, number: int,
+def version_files(db: Db, principal: DataRead, dataset_id: str, number: Int32,
                   after: str | None = Query(None, max_length=32),
-                  limit: int = Query(1000, ge=1, le=5000)) -> FilePage:
+                  limit: Int64 = Query(1000, ge=1, le=5000)) -> FilePage:
     version, files = service.version_files(db, principal, dataset_id, number, after=after, limit=limit)
     return FilePage(version=version.number, state=version.state, files=[FileOut.model_validate(f) for f in files],
                     next_after=files[-1].id if len(files) == limit else None)
@@ -300,7 +301,7 @@ def revoke_key(db: Db, principal: DataRead, fingerprint: str) -> None:
 @router.get("/files/{file_id}/content", summary="Download crypt4gh re-encrypted to your key (Range, If-Range)",
             response_class=StreamingResponse,
             responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"},
-                       416: {"description": "range not satisfiable"}})
+                       **errors(409, 416)})
 def download(db: Db, hub: HubDep, principal: DataRead, file_id: str,
              key: str | None = Query(None, max_length=64, description="fingerprint of one of your keys"),
              plaintext_range: str | None = Query(None, max_length=40,
@@ -313,7 +314,8 @@ def download(db: Db, hub: HubDep, principal: DataRead, file_id: str,
 
 @router.get("/files/{file_id}/plaintext", summary="Stream plaintext for in-platform use (project members; Range)",
             response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"}})
+            responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "partial"},
+                       **errors(409, 416)})
 def plaintext(db: Db, hub: HubDep, principal: DataRead, file_id: str,
               range_header: Annotated[str | None, Header(alias="Range")] = None) -> Response:
     return downloads.plaintext(db, hub, principal, file_id, range_header=range_header)

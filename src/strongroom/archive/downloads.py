@@ -23,6 +23,7 @@ from ..db import transaction
 from ..errors import Conflict, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
+from ..text import content_disposition
 from . import c4gh, service
 from .backend import storage_for
 from .keys import hub_keys
@@ -170,7 +171,7 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
                                       plaintext_range=plaintext_range)
     db.commit()  # the "started" event is durable before the first byte leaves
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": f'attachment; filename="{f.path.rsplit("/", 1)[-1]}.c4gh"',
+               "Content-Disposition": content_disposition(f.path.rsplit("/", 1)[-1] + ".c4gh"),
                "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"

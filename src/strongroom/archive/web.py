@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
+from ..schemas import Int32
 from ..web.templating import templates
 from . import service
 from .backend import storage_for
@@ -63,7 +64,7 @@ async def create_dataset(request: Request, db: Db, principal: WebPrincipal, slug
 
 
 @router.get("/datasets/{dataset_id}")
-def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, version: int | None = None,
+def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, version: Int32 | None = None,
                  after: str | None = None) -> Response:
     ds, owner = service.visible_dataset(db, principal, dataset_id)
     versions = [v for v in ds.versions if owner or v.state != "draft"]
@@ -79,7 +80,7 @@ def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: 
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/release", dependencies=[CsrfChecked])
-def release(db: Db, principal: WebPrincipal, dataset_id: str, number: int) -> Response:
+def release(db: Db, principal: WebPrincipal, dataset_id: str, number: Int32) -> Response:
     service.release_version(db, principal, dataset_id, number)
     return RedirectResponse(f"/datasets/{dataset_id}?version={number}", status_code=303)
 

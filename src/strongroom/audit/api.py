@@ -12,7 +12,7 @@ from ..deps import Db, HubDep, scoped
 from ..errors import Forbidden, NotFound
 from ..identity.models import User
 from ..identity.service import require_fresh_mfa
-from ..schemas import Out
+from ..schemas import Int64, Out
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
@@ -37,16 +37,16 @@ class AuditEventOut(Out):
 
 @router.get("/me/audit", response_model=list[AuditEventOut],
             summary="Events where I acted or was acted upon, newest first")
-def my_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1),
-             limit: int = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
+def my_audit(db: Db, principal: AuditRead, before: Int64 | None = Query(None, ge=1),
+             limit: Int64 = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
     events = service.query(db, user_id=principal.user.id, before_seq=before, limit=limit)
     return [AuditEventOut.model_validate(e) for e in events]
 
 
 @router.get("/admin/audit", response_model=list[AuditEventOut],
             summary="Platform events (admins), or every event (auditors; each read is audited)")
-def all_audit(db: Db, principal: AuditRead, before: int | None = Query(None, ge=1),
-              limit: int = Query(50, ge=1, le=500), project_id: uuid.UUID | None = None,
+def all_audit(db: Db, principal: AuditRead, before: Int64 | None = Query(None, ge=1),
+              limit: Int64 = Query(50, ge=1, le=500), project_id: uuid.UUID | None = None,
               user_id: uuid.UUID | None = None, action: str | None = Query(None, max_length=80)
               ) -> list[AuditEventOut]:
     if service.is_auditor(db, principal.user.id):

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..deps import Db, HubDep, scoped
 from ..errors import Invalid, NotFound
-from ..schemas import Body, Out
+from ..schemas import INT64_MAX, Body, Int32, Int64, IsoDate, Out
 from . import service
 from .models import CatalogEntry
 
@@ -29,13 +29,13 @@ class EntryBody(Body):
     organs: list[str] = Field(default_factory=list, max_length=20)
     keywords: list[str] = Field(default_factory=list, max_length=30)
     variables: list[str] = Field(default_factory=list, max_length=30, description="schema.org variableMeasured")
-    subjects: int | None = Field(default=None, ge=0)
-    studies: int | None = Field(default=None, ge=0)
-    series: int | None = Field(default=None, ge=0)
-    annotations: int | None = Field(default=None, ge=0)
-    size_bytes: int | None = Field(default=None, ge=0, description="default: the released version's size")
-    time_start: dt.date | None = None
-    time_end: dt.date | None = None
+    subjects: Int64 | None = Field(default=None, ge=0)
+    studies: Int64 | None = Field(default=None, ge=0)
+    series: Int64 | None = Field(default=None, ge=0)
+    annotations: Int64 | None = Field(default=None, ge=0)
+    size_bytes: Int64 | None = Field(default=None, ge=0, description="default: the released version's size")
+    time_start: IsoDate | None = None
+    time_end: IsoDate | None = None
     terms_title: str = Field(default="Terms of use", max_length=200)
     terms_text: str = Field(default="", max_length=100_000)
     access_conditions: str = Field(default="", max_length=100_000)
@@ -56,7 +56,7 @@ class ImageOut(Out):
 
 
 class EntryOut(EntryBody):
-    model_config = {"extra": "ignore", "from_attributes": True}
+    model_config = {"extra": "ignore", "from_attributes": True, "strict": False}
     dataset_id: str
     published: bool
     published_at: dt.datetime | None
@@ -105,7 +105,7 @@ def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:  # noqa: ANN001
 @router.get("/catalog", response_model=SearchOut,
             summary="Search the public catalogue (no login): text and facets modality, organ, access, use")
 def search(request: Request, db: Db, hub: HubDep, q: str = Query("", max_length=200),
-           page: int = Query(1, ge=1)) -> SearchOut:
+           page: Int64 = Query(1, ge=1, le=INT64_MAX)) -> SearchOut:
     selected = {f: request.query_params.getlist(f) for f in service.FACETS}
     r = service.search(db, q, selected, page=page)
     base = hub.settings.base_url.rstrip("/")
@@ -161,6 +161,6 @@ async def add_image(request: Request, db: Db, principal: DataWrite, dataset_id: 
 
 @router.delete("/datasets/{dataset_id}/catalog/images/{position}", status_code=204,
                summary="Remove a sample image", response_class=Response)
-def delete_image(db: Db, principal: DataWrite, dataset_id: str, position: int) -> Response:
+def delete_image(db: Db, principal: DataWrite, dataset_id: str, position: Int32) -> Response:
     service.remove_image(db, principal, dataset_id, position)
     return Response(status_code=204)

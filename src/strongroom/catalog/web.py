@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal, current_web_session, show_viewer
 from ..errors import Conflict, Invalid, NotFound
+from ..schemas import INT64_MAX, Int32, Int64
 from ..web.templating import templates
 from . import png, service
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
@@ -32,7 +33,7 @@ def _png(data: bytes, *, cache: str = IMAGE_CACHE) -> Response:
 
 # -- public ------------------------------------------------------------------------------------
 @router.get("/catalog")
-def catalog(request: Request, db: Db, hub: HubDep, q: str = "", page: int = 1) -> Response:
+def catalog(request: Request, db: Db, hub: HubDep, q: str = "", page: Int64 = 1) -> Response:
     _show_viewer_if_logged_in(request, db)
     selected = {f: request.query_params.getlist(f) for f in service.FACETS}
     result = service.search(db, q, selected, page=page)
@@ -68,7 +69,7 @@ def terms(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
 
 
 @router.get("/catalog/{slug}/images/{position}.png")
-def image(db: Db, slug: str, position: int) -> Response:
+def image(db: Db, slug: str, position: Int32) -> Response:
     return _png(service.public_image(db, slug, position).png)
 
 
@@ -108,7 +109,7 @@ def _int(value: object, name: str) -> int | None:
     text = str(value or "").strip().replace(" ", "").replace(",", "")
     if not text:
         return None
-    if not text.isdigit():
+    if not text.isdecimal() or int(text) > INT64_MAX:
         raise Invalid(f"{name} must be a whole number")
     return int(text)
 
@@ -205,13 +206,13 @@ async def upload_image(request: Request, db: Db, principal: WebPrincipal, datase
 
 
 @router.post("/datasets/{dataset_id}/catalog/images/{position}/delete", dependencies=[CsrfChecked])
-def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: int) -> Response:
+def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     service.remove_image(db, principal, dataset_id, position)
     return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
 
 
 @router.get("/datasets/{dataset_id}/catalog/images/{position}.png")
-def steward_image(db: Db, principal: WebPrincipal, dataset_id: str, position: int) -> Response:
+def steward_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     return _png(service.steward_image(db, principal, dataset_id, position).png, cache="private, no-store")
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from ..archive.backend import storage_for
 from ..deps import Db, HubDep, scoped
 from ..projects import service as projects
-from ..schemas import Body, Out
+from ..schemas import Body, Int64, Out
 from . import keystore, service
 
 router = APIRouter(prefix="/api/v1/projects/{slug}/imaging", tags=["imaging"])
@@ -81,7 +81,7 @@ class InstanceActionsOut(Out):
 
 
 class ReviewIn(Body):
-    instance_ids: list[int] = Field(min_length=1, max_length=1000)
+    instance_ids: list[Int64] = Field(min_length=1, max_length=1000)
     decision: Literal["approve", "discard"]
     note: str = Field("", max_length=2000)
 
@@ -113,7 +113,7 @@ def overview(db: Db, principal: Read, slug: str) -> dict[str, Any]:
 
 
 @router.get("/imports", response_model=list[BatchOut])
-def list_imports(db: Db, principal: Read, slug: str, limit: int = Query(50, ge=1, le=500)) -> list[Any]:
+def list_imports(db: Db, principal: Read, slug: str, limit: Int64 = Query(50, ge=1, le=500)) -> list[Any]:
     """Recent imports (one per sending association or bulk run), newest first."""
     return service.batches(db, projects.open_project(db, principal, slug), limit=limit)
 
@@ -130,7 +130,7 @@ def list_quarantine(db: Db, principal: Read, slug: str) -> list[Any]:
 
 
 @router.get("/instances/{instance_id}/actions", response_model=InstanceActionsOut)
-def instance_actions(db: Db, principal: Read, slug: str, instance_id: int) -> dict[str, Any]:
+def instance_actions(db: Db, principal: Read, slug: str, instance_id: Int64) -> dict[str, Any]:
     """What de-identification did to one instance: attribute, rule (PS3.15 row and option), action
     (X remove, Z empty, D dummy, U new UID, C clean/shift, K keep). Never an original value."""
     inst, entries = service.action_log(db, projects.open_project(db, principal, slug), instance_id)

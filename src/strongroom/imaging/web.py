@@ -13,6 +13,7 @@ from ..archive.backend import storage_for
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
+from ..schemas import INT64_MAX, Int64
 from ..web.templating import templates
 from . import keystore, service
 from .deid import OPTIONS
@@ -89,7 +90,7 @@ async def set_destination(request: Request, db: Db, hub: HubDep, principal: WebP
         value = None
     else:
         port = str(form.get("port", "")).strip()
-        value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": int(port) if port.isdigit() else -1}
+        value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": int(port) if port.isdecimal() else -1}
     return _change(request, db, hub, principal, slug, "dicom_destination", value, "destination")
 
 
@@ -114,7 +115,7 @@ async def set_profile(request: Request, db: Db, hub: HubDep, principal: WebPrinc
 @router.post("/projects/{slug}/imaging/quarantine", dependencies=[CsrfChecked])
 async def review_quarantine(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
     form = await request.form()
-    ids = [int(v) for v in form.getlist("instance") if str(v).isdigit()]
+    ids = [int(v) for v in form.getlist("instance") if str(v).isdecimal() and int(v) <= INT64_MAX]
     access = projects.open_project(db, principal, slug)
     try:
         service.review(db, storage_for(hub), principal, access, ids, decision=str(form.get("decision", "")),
@@ -152,7 +153,7 @@ def import_page(request: Request, db: Db, principal: WebPrincipal, slug: str, ba
 
 
 @router.get("/projects/{slug}/imaging/instances/{instance_id}")
-def instance_page(request: Request, db: Db, principal: WebPrincipal, slug: str, instance_id: int) -> Response:
+def instance_page(request: Request, db: Db, principal: WebPrincipal, slug: str, instance_id: Int64) -> Response:
     access = projects.open_project(db, principal, slug)
     inst, entries = service.action_log(db, access, instance_id)
     return templates.TemplateResponse(request, "imaging_instance.html", {

@@ -20,7 +20,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", summary="Readiness: the database answers", responses={503: {"description": "not ready"}})
+@router.get("/readyz", summary="Readiness: the database answers",
+            responses={503: {"description": "not ready", "content": {"application/json": {}}}})
 def readyz(request: Request) -> JSONResponse:
     hub = request.app.state.hub
     try:
@@ -31,6 +32,7 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
 def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

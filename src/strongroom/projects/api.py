@@ -12,7 +12,7 @@ from pydantic import Field
 from ..audit.api import AuditEventOut
 from ..deps import Db, HubDep, scoped
 from ..identity.api import UserOut
-from ..schemas import Body, Out
+from ..schemas import Body, Int64, IsoDate, Out
 from . import service
 from .models import Membership, Project
 
@@ -67,15 +67,15 @@ class NewProject(Body):
     pi: str = Field(min_length=1, max_length=255, description="username, e-mail or user id of the PI")
     ethics_ref: str = Field(min_length=1, max_length=120, description="ethics approval reference")
     project_class: ProjectClass = "project"
-    quota_bytes: int = Field(default=service.DEFAULT_QUOTA_BYTES, ge=0)
-    end_date: dt.date
+    quota_bytes: Int64 = Field(default=service.DEFAULT_QUOTA_BYTES, ge=0)
+    end_date: IsoDate
     description: str = Field(default="", max_length=5000)
 
 
 class ProjectChange(Body):
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    quota_bytes: int | None = Field(default=None, ge=0)
-    end_date: dt.date | None = None
+    quota_bytes: Int64 | None = Field(default=None, ge=0)
+    end_date: IsoDate | None = None
     status: Literal["active", "closed"] | None = None
 
 
@@ -171,8 +171,8 @@ def change_setting(db: Db, hub: HubDep, principal: Write, slug: str, key: str, b
 
 @router.get("/projects/{slug}/audit", response_model=list[AuditEventOut],
             summary="The project's audit events, newest first (view-audit right)")
-def project_audit(db: Db, principal: AuditRead, slug: str, before: int | None = Query(None, ge=1),
-                  limit: int = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
+def project_audit(db: Db, principal: AuditRead, slug: str, before: Int64 | None = Query(None, ge=1),
+                  limit: Int64 = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
     access = service.open_project(db, principal, slug)
     return [AuditEventOut.model_validate(e)
             for e in service.project_audit(db, access, before_seq=before, limit=limit)]

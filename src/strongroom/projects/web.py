@@ -119,7 +119,7 @@ async def change_setting(request: Request, db: Db, hub: HubDep, principal: WebPr
         value: Any = str(form.get("value")) == "on"
     elif "remove" in form:
         index = str(form.get("remove"))
-        if not index.isdigit() or int(index) >= len(current):
+        if not index.isdecimal() or int(index) >= len(current):
             raise Invalid("no such entry")
         value = [v for i, v in enumerate(current) if i != int(index)]
     else:
