@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from ..deps import Db, scoped
+from ..deps import Db, RawBody, scoped
 from ..schemas import Body, Out
 from . import reports, service
 
@@ -169,9 +169,9 @@ def save(db: Db, principal: Access, application_id: str, body: Answers) -> Appli
 @router.post("/applications/{application_id}/attachments", status_code=201,
              summary="Attach a document (raw bytes; ?filename=…)",
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
-async def attach(request: Request, db: Db, principal: Access, application_id: str,
-                 filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
-    data = await request.body()
+def attach(request: Request, data: RawBody, db: Db, principal: Access, application_id: str,
+           filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
+    # The body is read (RawBody, before Db) before the first query takes the write lock.
     a = service.attach(db, principal, application_id, filename, request.headers.get("content-type", ""), data)
     return {"id": a.id, "filename": a.filename}
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from ..deps import Db, HubDep, scoped
+from ..deps import Db, HubDep, read_first, scoped
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import Body, Out
@@ -147,6 +147,7 @@ def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> Up
 
 @router.put("/uploads/{file_id}/parts/{number}", summary="Send one part (raw bytes; retry freely)",
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+@read_first
 async def upload_part(request: Request, db: Db, hub: HubDep, principal: DataWrite, file_id: str,
                       number: int) -> dict[str, int | str]:
     limit = hub.settings.archive.part_size + 65536
