@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
 from .db import WEB_BUSY_TIMEOUT_MS, open_session
-from .errors import DomainError, Forbidden, NotFound, Unauthenticated
+from .errors import DomainError, Forbidden, Invalid, NotFound, Unauthenticated
 from .hub import Hub
 from .identity import service as identity
 from .identity.models import User, WebSession
@@ -60,7 +60,7 @@ def _db(request: Request) -> Iterator[Session]:
     """Reads (GET/HEAD) take no write lock unless they write. Other methods hold it from their first
     query, so their read-check-write stays serialised (as row locks serialise it on PostgreSQL),
     unless the route is marked :func:`read_first`."""
-    endpoint = request.scope.get("endpoint")
+    endpoint = request.scope.get("endpoint") or getattr(request.scope.get("route"), "endpoint", None)
     deferred = request.method in SAFE_METHODS or getattr(endpoint, READ_FIRST, False)
     yield from _request_session(request, deferred=deferred)
 
@@ -181,8 +181,20 @@ CsrfChecked = Depends(_check_csrf)
 # the body is in memory before the route's first query (and its write lock), and the route itself
 # can be a plain ``def`` that FastAPI runs in a worker thread, never blocking the event loop on a
 # database lock.
-async def _raw_body(request: Request) -> bytes:
-    return await request.body()
+def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201 - returns a dependency
+    """The request body; with ``max_bytes``, refused (422, ``too_large``) as soon as it grows past it."""
+
+    async def read(request: Request) -> bytes:
+        if max_bytes is None:
+            return await request.body()
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_bytes:
+                raise Invalid(too_large or f"the body may be at most {max_bytes} bytes")
+        return bytes(data)
+
+    return Annotated[bytes, Depends(read)]
 
 
 @dataclass(frozen=True)
@@ -208,4 +220,5 @@ def posted_form(max_file_bytes: int | None = None):  # noqa: ANN201 - returns a 
     return Annotated[Posted, Depends(read)]
 
 
-RawBody = Annotated[bytes, Depends(_raw_body)]
+RawBody = raw_body()
+PostedForm = posted_form()

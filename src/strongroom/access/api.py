@@ -169,9 +169,10 @@ def save(db: Db, principal: Access, application_id: str, body: Answers) -> Appli
 @router.post("/applications/{application_id}/attachments", status_code=201,
              summary="Attach a document (raw bytes; ?filename=…)",
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
-def attach(request: Request, data: RawBody, db: Db, principal: Access, application_id: str,
+def attach(request: Request, principal: Access, data: RawBody, db: Db, application_id: str,
            filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
-    # The body is read (RawBody, before Db) before the first query takes the write lock.
+    # The body is read (RawBody) after the token check has committed and before the next query: no
+    # transaction is open while it arrives.
     a = service.attach(db, principal, application_id, filename, request.headers.get("content-type", ""), data)
     return {"id": a.id, "filename": a.filename}
 

@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from ..archive.models import Dataset
-from ..deps import CsrfChecked, Db, WebPrincipal, posted_form
+from ..deps import CsrfChecked, Db, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Invalid, NotFound
 from ..web.templating import templates
 from . import service
@@ -18,7 +18,6 @@ from .models import Application, Attachment, FormVersion
 
 router = APIRouter()
 PostedWithFiles = posted_form(service.MAX_ATTACHMENT)
-PostedForm = posted_form()
 
 
 def _go(url: str) -> RedirectResponse:
@@ -38,8 +37,8 @@ def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
-async def start(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
+def start(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = posted.form
     app = service.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
     return _go(f"/applications/{app.id}")
 
