@@ -1,7 +1,8 @@
 """One user's concurrent writes must not freeze the hub (issue 9, point 10).
 
-SQLite has one write lock for the whole database; these tests are about it, so they run on SQLite
-only, against a live uvicorn server (the event loop and its worker threads are part of the story).
+SQLite has one write lock for the whole database; these tests are about it, so they run on SQLite,
+against a live uvicorn server (the event loop and its worker threads are part of the story). The
+last test checks that PostgreSQL lock waits are bounded the same way.
 
 - While another connection holds the write lock, ``/healthz`` and pure reads answer, and every write
   gets 503 with ``Retry-After`` after a bounded wait (never a 500, never a 30 s hang).
@@ -245,3 +246,43 @@ def test_no_async_route_queries_the_database(app):  # noqa: ANN001
     offenders = sorted(f"{sorted(r.methods)} {r.path}" for r in all_routes
                        if inspect.iscoroutinefunction(r.endpoint) and uses_db(r.dependant))
     assert offenders == []
+
+
+def test_postgresql_lock_timeout_gives_503_with_retry_after(request, tmp_path):  # noqa: ANN001
+    """The same promise on PostgreSQL: a request waits for a lock at most the web lock timeout, then
+    gets 503 with Retry-After instead of hanging."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine, text
+
+    from conftest import PASSWORD, PG_OK, _truncate_pg
+    from strongroom.app import create_app
+    from strongroom.config import Settings
+    from strongroom.identity import service as identity
+
+    if not PG_OK:
+        pytest.skip("PostgreSQL not reachable")
+    url = request.getfixturevalue("pg_schema_ready")
+    _truncate_pg(url)
+    settings = Settings(var_dir=tmp_path / "var", database_url=url, secret_key="test-secret-" + "x" * 32,
+                        jobs={"embedded": False}, security={"cookie_secure": False})
+    app = create_app(settings, run_jobs=False)
+    hub = app.state.hub
+    with transaction(hub.sessions) as s:
+        user = identity.create_local_user(s, Actor.system("t"), username="rita", password=PASSWORD,
+                                          display_name="Rita", email="rita@example.org")
+    token = token_for(hub, SimpleNamespace(user=user))
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    blocker = engine.connect()
+    try:
+        # PostgreSQL ends the blocker after 20 s: without a lock timeout the request would then pass.
+        blocker.execute(text("SET idle_in_transaction_session_timeout = '20s'"))
+        blocker.execute(text("LOCK TABLE notify_preferences IN ACCESS EXCLUSIVE MODE"))
+        with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+            r = c.put("/api/v1/me/notifications", json={"mode": "daily"}, headers=bearer(token))
+        assert _busy(r), (r.status_code, r.text[:300])
+        assert r.json()["code"] == "database-busy"
+    finally:
+        blocker.close()
+        engine.dispose()

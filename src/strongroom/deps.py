@@ -177,10 +177,10 @@ CsrfChecked = Depends(_check_csrf)
 
 
 # -- request bodies, read before the transaction -----------------------------------------------
-# Declare these before ``Db`` in a route's parameters: FastAPI resolves dependencies in order, so
-# the body is in memory before the route's first query (and its write lock), and the route itself
-# can be a plain ``def`` that FastAPI runs in a worker thread, never blocking the event loop on a
-# database lock.
+# FastAPI resolves dependencies in parameter order. An API route declares the body after its principal
+# (the token check commits, so no transaction is open while the body arrives) and before anything
+# else that queries; a web form was already parsed by the CSRF check. The route itself is then a plain
+# ``def``, run in a worker thread: a wait for a database lock never blocks the event loop.
 def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201 - returns a dependency
     """The request body; with ``max_bytes``, refused (422, ``too_large``) as soon as it grows past it."""
 
