@@ -24,6 +24,8 @@ import httpx
 from _support import MIB, build_hub, fresh_dir, person_with_project, serving
 
 CSRF = "bench-csrf-token-0123456789"
+KIB = 1024
+PART_MIB = 4  # upload parts carry the big bodies: API and form bodies are capped at 1 MiB
 KINDS = ("attach", "web-attach", "answers", "notify", "part", "token", "read")
 
 
@@ -79,11 +81,11 @@ class Load:
         started = time.perf_counter()
         if kind == "attach":
             r = api.post(f"/api/v1/applications/{apps['api']}/attachments", params={"filename": f"a{n}.pdf"},
-                         content=bytes((1 + n % 5) * MIB))
+                         content=bytes((1 + n % 4) * 240 * KIB))  # up to the 1 MiB body limit
         elif kind == "web-attach":
             r = web.post(f"/applications/{apps['web']}/save",
                          data={"csrf_token": CSRF, "study_name": "Bench", "ethics.number": "Dnr 1"},
-                         files={"ethics.file": (f"w{n}.pdf", bytes((1 + n % 2) * MIB), "application/pdf")})
+                         files={"ethics.file": (f"w{n}.pdf", bytes((1 + n % 3) * 300 * KIB), "application/pdf")})
         elif kind == "answers":
             r = api.put(f"/api/v1/applications/{apps['answers']}/answers", json={"answers": {"study_name": f"s{n}"}})
         elif kind == "notify":
@@ -92,7 +94,7 @@ class Load:
             with self.lock:
                 self.part += 1
                 number = self.part
-            r = api.put(f"/api/v1/uploads/{self.upload_id}/parts/{number}", content=bytes(MIB))
+            r = api.put(f"/api/v1/uploads/{self.upload_id}/parts/{number}", content=bytes(PART_MIB * MIB))
         elif kind == "token":
             r = web.post("/account/tokens", data={"csrf_token": CSRF, "name": f"t{n}", "days": "7",
                                                   "scopes": "data:read"})
@@ -146,11 +148,17 @@ def main() -> None:
                 r = api.post(f"/api/v1/datasets/{ds}/applications")
                 r.raise_for_status()
                 apps[name] = r.json()["id"]
-            total_parts = 4 * (1 + args.clients * args.requests)
+            total_parts = PART_MIB * (3 + args.clients * args.requests)
             r = api.post("/api/v1/projects/ritas/uploads", json={"path": "bench.c4gh", "size": total_parts * MIB})
             r.raise_for_status()
             upload_id = r.json()["id"]
 
+            idle_health = []
+            with httpx.Client(base_url=url, timeout=300) as c:
+                for _ in range(50):  # /healthz with nothing else going on, for the ratio
+                    started = time.perf_counter()
+                    c.get("/healthz")
+                    idle_health.append(time.perf_counter() - started)
             baseline = Load(url, who, apps, upload_id)
             baseline.run(1, 3)
             loaded = Load(url, who, apps, upload_id)
@@ -184,11 +192,14 @@ def main() -> None:
         ratio = _pct(lo, 0.99) / _pct(b, 0.99) if b and lo else float("nan")
         print(f"{kind:<12}{len(lo):>5}{_pct(b, .5):>10.0f}{_pct(b, .99):>10.0f}{_pct(lo, .5):>10.0f}"
               f"{_pct(lo, .99):>10.0f}{ratio:>10.1f}x")
+    print(f"/healthz idle:       n={len(idle_health)} p50 {_pct(idle_health, .5):.1f} ms, "
+          f"p99 {_pct(idle_health, .99):.1f} ms")
     print(f"/healthz under load: n={len(health)} p50 {_pct(health, .5):.1f} ms, p99 {_pct(health, .99):.1f} ms, "
           f"max {max(health) * 1000:.1f} ms, statuses {dict(health_status)}")
     if health:
         print(f"/healthz p99 < 100 ms: {'yes' if _pct(health, .99) < 100 else 'NO'}; mean "
-              f"{statistics.mean(health) * 1000:.1f} ms")
+              f"{statistics.mean(health) * 1000:.1f} ms; p99 ratio load/idle "
+              f"{_pct(health, .99) / _pct(idle_health, .99):.1f}x")
     print(f"baseline statuses: {dict(baseline.status)}")
     print(f"loaded statuses:   {dict(loaded.status)}")
     print("loaded, per kind: " + "; ".join(f"{k} {dict(loaded.by_kind[k])}" for k in KINDS))
