@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, openapi
 from .archive.storage import StorageUnavailable
 from .config import Settings, get_settings
+from .db import is_busy
 from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired
 from .errors import DomainError, TooManyRequests
 from .hub import Hub
@@ -33,6 +35,7 @@ log = structlog.get_logger("strongroom.http")
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 API_PREFIXES = ("/api/", "/ga4gh/", "/openapi.json", "/.well-known/")
 PRIVATE_PREFIXES = ("/api/", "/ga4gh/")  # never stored by a browser or proxy cache
+BUSY_RETRY_AFTER = 2  # seconds; a busy database usually frees within one web busy timeout
 
 DESCRIPTION = """\
 Strongroom's HTTP API. Authenticate with an API token from your account page:
@@ -291,6 +294,23 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         log.warning("storage.unavailable", error=str(exc))
         return problem(503, "Storage unavailable", "object storage cannot be reached right now; retry shortly",
                        "storage-unavailable")
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> Response:
+        if not is_busy(exc):
+            return await unexpected(request, exc)
+        # Another writer held the lock longer than a request may wait: say so, and when to retry,
+        # instead of a 500 (or a request that hangs until a 30 s timeout).
+        log.warning("database.busy", route=getattr(request.scope.get("route"), "path", "?"))
+        headers = {"Retry-After": str(BUSY_RETRY_AFTER)}
+        if _wants_json(request):
+            response = problem(503, "Database busy", "the database is busy with other writes; retry shortly",
+                               "database-busy")
+            response.headers.update(headers)
+            return response
+        return templates.TemplateResponse(request, "error.html",
+                                          {"status": 503, "detail": "The hub is busy; try again in a moment."},
+                                          status_code=503, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

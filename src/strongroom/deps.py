@@ -7,13 +7,15 @@ import hmac
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData, UploadFile
 
-from .errors import DomainError, Forbidden, NotFound, Unauthenticated
+from .db import WEB_BUSY_TIMEOUT_MS, open_session
+from .errors import DomainError, Forbidden, Invalid, NotFound, Unauthenticated
 from .hub import Hub
 from .identity import service as identity
 from .identity.models import User, WebSession
@@ -28,14 +30,20 @@ def get_hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
-def _db(request: Request) -> Iterator[Session]:
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+F = TypeVar("F")
+
+
+def _request_session(request: Request, *, deferred: bool) -> Iterator[Session]:
     """One transaction per request, committed before the response is sent.
 
     A refused login or token still commits: its audit event and throttling count must survive the
     error. Every other error rolls back, so a failed action never leaves half its changes behind.
+    A request waits at most WEB_BUSY_TIMEOUT_MS for a database lock; then it fails and the app
+    answers 503 with Retry-After.
     """
     hub: Hub = request.app.state.hub
-    session = hub.sessions()
+    session = open_session(hub.sessions, deferred=deferred, busy_timeout_ms=WEB_BUSY_TIMEOUT_MS)
     try:
         yield session
         session.commit()
@@ -50,6 +58,26 @@ def _db(request: Request) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def _db(request: Request) -> Iterator[Session]:
+    """Reads (GET/HEAD) take no write lock unless they write. Other methods hold it from their first
+    query, so their read-check-write stays serialised (as row locks serialise it on PostgreSQL),
+    unless the route is marked :func:`read_first`."""
+    endpoint = request.scope.get("endpoint") or getattr(request.scope.get("route"), "endpoint", None)
+    deferred = request.method in SAFE_METHODS or getattr(endpoint, READ_FIRST, False)
+    yield from _request_session(request, deferred=deferred)
+
+
+READ_FIRST = "_strongroom_read_first"
+
+
+def read_first(endpoint: F) -> F:
+    """Mark a route that does slow work (storing a body, hashing) between its checks and its writes:
+    its transaction takes the write lock at the first write, not at the first read. Its checks are
+    then not serialised with other writers, so the writes must stay correct if a check went stale."""
+    setattr(endpoint, READ_FIRST, True)
+    return endpoint
 
 
 Db = Annotated[Session, Depends(_db, scope="function")]
@@ -217,3 +245,51 @@ async def _check_csrf(request: Request) -> None:
 
 
 CsrfChecked = Depends(_check_csrf)
+
+
+# -- request bodies, read before the transaction -----------------------------------------------
+# FastAPI resolves dependencies in parameter order. An API route declares the body after its principal
+# (the token check commits, so no transaction is open while the body arrives) and before anything
+# else that queries; a web form was already parsed by the CSRF check. The route itself is then a plain
+# ``def``, run in a worker thread: a wait for a database lock never blocks the event loop.
+def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201 - returns a dependency
+    """The request body; with ``max_bytes``, refused (422, ``too_large``) as soon as it grows past it."""
+
+    async def read(request: Request) -> bytes:
+        if max_bytes is None:
+            return await request.body()
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_bytes:
+                raise Invalid(too_large or f"the body may be at most {max_bytes} bytes")
+        return bytes(data)
+
+    return Annotated[bytes, Depends(read)]
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A submitted form, with the bytes of every uploaded file already read (up to the cap)."""
+
+    form: FormData
+    files: dict[str, tuple[str, str, bytes]]  # field → (filename, content type, bytes)
+
+
+def posted_form(max_file_bytes: int | None = None):  # noqa: ANN201 - returns a dependency
+    """The form; with ``max_file_bytes``, also the first ``max_file_bytes + 1`` bytes of each file
+    (one more than allowed, so the service can tell a file that is too large)."""
+
+    async def read(request: Request) -> Posted:
+        form = await request.form()
+        files = {}
+        for key, value in form.multi_items():
+            if max_file_bytes is not None and isinstance(value, UploadFile) and value.filename:
+                files[key] = (value.filename, value.content_type or "", await value.read(max_file_bytes + 1))
+        return Posted(form, files)
+
+    return Annotated[Posted, Depends(read)]
+
+
+RawBody = raw_body()
+PostedForm = posted_form()

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from ..deps import Db, scoped
+from ..deps import Db, RawBody, scoped
 from ..schemas import Body, IsoDate, Out
 from . import reports, service
 
@@ -172,9 +172,10 @@ def save(db: Db, principal: Access, application_id: str, body: Answers) -> Appli
 @router.post("/applications/{application_id}/attachments", status_code=201,
              summary="Attach a document (raw bytes; ?filename=…)",
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
-async def attach(request: Request, db: Db, principal: Access, application_id: str,
-                 filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
-    data = await request.body()
+def attach(request: Request, principal: Access, data: RawBody, db: Db, application_id: str,
+           filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
+    # The body is read (RawBody) after the token check has committed and before the next query: no
+    # transaction is open while it arrives.
     a = service.attach(db, principal, application_id, filename, request.headers.get("content-type", ""), data)
     return {"id": a.id, "filename": a.filename}
 

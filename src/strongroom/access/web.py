@@ -7,16 +7,17 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
 from ..archive.models import Dataset
-from ..deps import CsrfChecked, Db, WebPrincipal
+from ..deps import CsrfChecked, Db, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Invalid, NotFound
 from ..web.templating import templates
 from . import service
 from .models import Application, Attachment, FormVersion
 
 router = APIRouter()
+PostedWithFiles = posted_form(service.MAX_ATTACHMENT)
 
 
 def _go(url: str) -> RedirectResponse:
@@ -34,8 +35,8 @@ def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
-async def start(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
+def start(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = posted.form
     app = service.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
     return _go(f"/applications/{app.id}")
 
@@ -98,18 +99,20 @@ def _answers_from_form(form: FormData, fields: list[dict[str, Any]], attachment_
 
 
 @router.post("/applications/{application_id}/save", dependencies=[CsrfChecked])
-async def save(request: Request, db: Db, principal: WebPrincipal, application_id: str) -> Response:
-    form_data = await request.form()
+def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrincipal, application_id: str
+         ) -> Response:
+    # Uploaded files were read (PostedWithFiles, before Db) before the first query takes the write lock.
+    form_data = posted.form
     v = service.load(db, principal, application_id)
     fields = db.get(FormVersion, v.state.form_version_id).fields
     attachment_ids: dict[str, str] = {}
     for f in fields:
-        upload = form_data.get(f"{f['id']}.file") if f["type"] == "ethics" else form_data.get(f["id"]) \
+        upload = posted.files.get(f"{f['id']}.file") if f["type"] == "ethics" else posted.files.get(f["id"]) \
             if f["type"] == "attachment" else None
-        if isinstance(upload, UploadFile) and upload.filename:
-            data = await upload.read(service.MAX_ATTACHMENT + 1)
-            attachment_ids[f["id"]] = service.attach(db, principal, application_id, upload.filename,
-                                                     upload.content_type or "", data).id
+        if upload is not None:
+            filename, content_type, data = upload
+            attachment_ids[f["id"]] = service.attach(db, principal, application_id, filename, content_type,
+                                                     data).id
         elif f["type"] == "ethics" and isinstance(v.state.answers.get(f["id"]), dict):
             kept = v.state.answers[f["id"]].get("attachment")
             if kept:
@@ -120,15 +123,15 @@ async def save(request: Request, db: Db, principal: WebPrincipal, application_id
         ctx = _context(db, principal, application_id, exc.detail, exc.extra.get("fields"))  # type: ignore[arg-type]
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
     if form_data.get("then") == "submit":
-        return await _command(request, db, principal, application_id, "submit", form_data)
+        return _command(request, db, principal, application_id, "submit", form_data)
     return _go(f"/applications/{application_id}#form")
 
 
 COMMANDS = {"accept-terms", "submit", "assign", "return", "remark", "approve", "reject", "close", "revoke", "vote"}
 
 
-async def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
-                   form: FormData) -> Response:
+def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
+             form: FormData) -> Response:
     text = str(form.get("text", "") or form.get("reason", "") or form.get("comment", ""))
     try:
         match command:
@@ -164,10 +167,11 @@ async def _command(request: Request, db: Db, principal: WebPrincipal, applicatio
 
 
 @router.post("/applications/{application_id}/{command}", dependencies=[CsrfChecked])
-async def command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str) -> Response:
+def command(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, application_id: str,
+            command: str) -> Response:
     if command not in COMMANDS:
         raise NotFound("no such action")
-    return await _command(request, db, principal, application_id, command, await request.form())
+    return _command(request, db, principal, application_id, command, posted.form)
 
 
 __all__ = ["Application", "router"]

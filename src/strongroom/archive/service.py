@@ -134,9 +134,14 @@ def put_part(session: Session, principal: Principal, storage: Storage, file_id: 
     if others + len(data) > f.upload_size:
         raise Invalid(f"parts exceed the declared size of {f.upload_size} bytes")
     assert f.inbox_key and f.multipart_id
+    # Store and hash before the first write: the route reads first (deps.read_first), so no write lock
+    # is held during this I/O. FOR UPDATE then takes it (SQLite) and the checks are made again under it.
     info = storage.put_part(f.inbox_key, f.multipart_id, number, data)
-    part = session.get(UploadPart, (file_id, number))
     digest = hashlib.sha256(data).hexdigest()
+    part = session.get(UploadPart, (file_id, number), with_for_update=True)
+    session.refresh(f)
+    if f.state != RECEIVING:
+        raise Conflict(f"the upload is {f.state}, not receiving parts")
     if part is None:
         part = UploadPart(file_id=file_id, number=number, size=len(data), sha256=digest, etag=info.etag)
         session.add(part)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Form, Header, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, posted_form, read_first
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import Int32
@@ -20,6 +20,7 @@ router = APIRouter()
 # size at which the form parser would spool a file to disk — so plaintext never touches a temp file.
 # Larger files go through `strongroom upload`, which encrypts on the researcher's machine.
 BROWSER_UPLOAD_MAX = 960 * 1024
+PostedUpload = posted_form(BROWSER_UPLOAD_MAX)
 
 
 @router.get("/projects/{slug}/data")
@@ -38,24 +39,23 @@ def data_page(request: Request, db: Db, principal: WebPrincipal, slug: str, afte
 
 
 @router.post("/projects/{slug}/data/upload", dependencies=[CsrfChecked])
-async def browser_upload(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
-                         file: UploadFile) -> Response:
-    data = await file.read(BROWSER_UPLOAD_MAX + 1)
+@read_first  # encrypting the file needs no lock
+def browser_upload(request: Request, posted: PostedUpload, db: Db, hub: HubDep, principal: WebPrincipal,
+                   slug: str) -> Response:
+    filename, _, data = posted.files.get("file") or ("", "", b"")
     if len(data) > BROWSER_UPLOAD_MAX:
         raise Invalid("the browser takes files up to 960 KiB; use `strongroom upload` for larger ones")
     if not data:
         raise Invalid("the file is empty")
-    from starlette.concurrency import run_in_threadpool
-
     access = projects.open_project(db, principal, slug)
-    await run_in_threadpool(service.receive_small_plaintext, hub, db, principal, access, storage_for(hub),
-                            path=(file.filename or "upload").rsplit("/", 1)[-1], data=data)
+    service.receive_small_plaintext(hub, db, principal, access, storage_for(hub),
+                                    path=(filename or "upload").rsplit("/", 1)[-1], data=data)
     return RedirectResponse(f"/projects/{slug}/data#files", status_code=303)
 
 
 @router.post("/projects/{slug}/data/datasets", dependencies=[CsrfChecked])
-async def create_dataset(request: Request, db: Db, principal: WebPrincipal, slug: str) -> Response:
-    form = await request.form()
+def create_dataset(posted: PostedForm, db: Db, principal: WebPrincipal, slug: str) -> Response:
+    form = posted.form
     access = projects.open_project(db, principal, slug)
     ds = service.create_dataset(db, principal, access, title=str(form.get("title", "")),
                                 description=str(form.get("description", "")),
@@ -86,8 +86,8 @@ def release(db: Db, principal: WebPrincipal, dataset_id: str, number: Int32) -> 
 
 
 @router.post("/datasets/{dataset_id}/draft", dependencies=[CsrfChecked])
-async def edit_draft(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
+def edit_draft(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    form = posted.form
     version = service.edit_draft(db, principal, dataset_id, add=[str(x) for x in form.getlist("add")],
                                  remove=[str(x) for x in form.getlist("remove")])
     return RedirectResponse(f"/datasets/{dataset_id}?version={version.number}", status_code=303)

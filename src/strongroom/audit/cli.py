@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..config import get_settings
+from ..db import open_session
 from ..hub import Hub
 from . import checkpoints, service
 from .anchor import AnchorKey
@@ -32,7 +33,7 @@ def verify(
     hub = Hub.from_settings(settings)
     key = AnchorKey.from_public_pem(public_key.read_bytes()) if public_key else checkpoints.anchor_key(settings)
     anchors, bad = checkpoints.gather(settings, key)
-    with hub.sessions() as session:
+    with open_session(hub.sessions, deferred=True) as session:  # reads without the write lock
         total = service.count(session)
         session.rollback()
         with Progress(TextColumn("verifying audit chain"), BarColumn(), MofNCompleteColumn(),

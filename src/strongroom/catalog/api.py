@@ -7,13 +7,15 @@ import datetime as dt
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
-from ..deps import Db, HubDep, scoped
-from ..errors import Invalid, NotFound
+from ..deps import Db, HubDep, raw_body, scoped
+from ..errors import NotFound
 from ..schemas import INT64_MAX, Body, Int32, Int64, IsoDate, Out
 from . import service
 from .models import CatalogEntry
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
+ImageBody = raw_body(service.MAX_IMAGE_BYTES,
+                     f"a sample image may be at most {service.MAX_IMAGE_BYTES // 1024} kB")
 DataRead = scoped("data:read")
 DataWrite = scoped("data:write")
 
@@ -148,14 +150,9 @@ def unpublish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str) -> Ent
 @router.post("/datasets/{dataset_id}/catalog/images", response_model=ImageOut, status_code=201,
              summary="Add a de-identified sample thumbnail (raw PNG body; text/EXIF chunks are dropped)",
              openapi_extra={"requestBody": {"content": {"image/png": {}}, "required": True}})
-async def add_image(request: Request, db: Db, principal: DataWrite, dataset_id: str,
-                    alt: str = Query(..., min_length=1, max_length=300, description="alternative text")
-                    ) -> ImageOut:
-    data = b""
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > service.MAX_IMAGE_BYTES:
-            raise Invalid(f"a sample image may be at most {service.MAX_IMAGE_BYTES // 1024} kB")
+def add_image(principal: DataWrite, data: ImageBody, db: Db, dataset_id: str,
+              alt: str = Query(..., min_length=1, max_length=300, description="alternative text")
+              ) -> ImageOut:
     return ImageOut.model_validate(service.add_image(db, principal, dataset_id, data, alt))
 
 

@@ -9,7 +9,7 @@ from functools import lru_cache
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
-from ..deps import CsrfChecked, Db, HubDep, WebPrincipal, current_web_session, show_viewer
+from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, current_web_session, posted_form, show_viewer
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import INT64_MAX, Int32, Int64
 from ..web.templating import templates
@@ -17,6 +17,7 @@ from . import png, service
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 router = APIRouter()
+PostedImage = posted_form(service.MAX_IMAGE_BYTES)
 IMAGE_CACHE = "public, max-age=3600"
 
 
@@ -165,8 +166,9 @@ def edit_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, da
 
 
 @router.post("/datasets/{dataset_id}/catalog", dependencies=[CsrfChecked])
-async def save(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
+def save(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, dataset_id: str
+         ) -> Response:
+    form = posted.form
     ds, entry = service.steward_entry(db, principal, dataset_id)
     try:
         values = fields_from_form(form)
@@ -195,13 +197,11 @@ def unpublish(db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", dependencies=[CsrfChecked])
-async def upload_image(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
+def upload_image(posted: PostedImage, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    upload = posted.files.get("image")
+    if upload is None:
         raise Invalid("choose a PNG file")
-    data = await upload.read(service.MAX_IMAGE_BYTES + 1)
-    service.add_image(db, principal, dataset_id, data, str(form.get("alt", "")))
+    service.add_image(db, principal, dataset_id, upload[2], str(posted.form.get("alt", "")))
     return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
 
 

@@ -17,6 +17,7 @@ from ..deps import (
     CsrfChecked,
     Db,
     HubDep,
+    PostedForm,
     WebPrincipal,
     client_ip,
     current_web_session,
@@ -295,8 +296,8 @@ def account_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
 
 
 @router.post("/account/tokens", dependencies=[CsrfChecked])
-async def create_token(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
-    form = await request.form()
+def create_token(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    form = posted.form
     service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
     try:
         days = int(str(form.get("days", "30")))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ..archive.backend import storage_for
-from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import INT64_MAX, Int64
@@ -83,9 +83,10 @@ def _change(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug
 
 
 @router.post("/projects/{slug}/imaging/destination", dependencies=[CsrfChecked])
-async def set_destination(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+def set_destination(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                    slug: str) -> Response:
     """Open the destination (AE title + port) or close it again (``close``)."""
-    form = await request.form()
+    form = posted.form
     if "close" in form:
         value = None
     else:
@@ -95,9 +96,10 @@ async def set_destination(request: Request, db: Db, hub: HubDep, principal: WebP
 
 
 @router.post("/projects/{slug}/imaging/profile", dependencies=[CsrfChecked])
-async def set_profile(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
+def set_profile(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                slug: str) -> Response:
     """The PS3.15 options; pixel rules as JSON (a list of {name, rectangles, manufacturer, model, …})."""
-    form = await request.form()
+    form = posted.form
     if "reset" in form:
         value: dict[str, Any] = DeidProfileSetting().model_dump(mode="json")
     else:
@@ -113,8 +115,9 @@ async def set_profile(request: Request, db: Db, hub: HubDep, principal: WebPrinc
 
 
 @router.post("/projects/{slug}/imaging/quarantine", dependencies=[CsrfChecked])
-async def review_quarantine(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
-    form = await request.form()
+def review_quarantine(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                      slug: str) -> Response:
+    form = posted.form
     ids = [int(v) for v in form.getlist("instance") if str(v).isdecimal() and int(v) <= INT64_MAX]
     access = projects.open_project(db, principal, slug)
     try:
@@ -127,8 +130,9 @@ async def review_quarantine(request: Request, db: Db, hub: HubDep, principal: We
 
 
 @router.post("/projects/{slug}/imaging/reidentify", dependencies=[CsrfChecked])
-async def reidentify(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
-    form = await request.form()
+def reidentify(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+               slug: str) -> Response:
+    form = posted.form
     access = projects.open_project(db, principal, slug)
     pseudonym = str(form.get("pseudonym", ""))
     try:

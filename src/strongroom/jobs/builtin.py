@@ -6,6 +6,7 @@ from typing import Any
 
 from ..audit import service as audit
 from ..audit.service import Actor
+from ..db import open_session
 from ..identity import service as identity
 from .context import JobContext
 from .registry import job
@@ -27,7 +28,7 @@ def verify_chain(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     from ..audit import checkpoints
 
     anchors, bad = checkpoints.gather(ctx.hub.settings, checkpoints.anchor_key(ctx.hub.settings))
-    with ctx.sessions() as session:
+    with open_session(ctx.sessions, deferred=True) as session:  # pages read without the write lock
         report = audit.verify(session, anchors=anchors)
     problems = [f"{p.seq}:{p.kind}" for p in report.problems[:20]] + bad[:5]
     ok = report.ok and not bad

@@ -27,6 +27,8 @@ class JobContext:
         return self.hub.sessions
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        with transaction(self.sessions) as session:
+    def transaction(self, *, deferred: bool = False) -> Iterator[Session]:
+        """``deferred`` for read-mostly work: it holds no write lock until its first write (and its
+        reads before that are not serialised with other writers; see ``strongroom.db``)."""
+        with transaction(self.sessions, deferred=deferred) as session:
             yield session

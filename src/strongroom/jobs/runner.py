@@ -37,7 +37,7 @@ class Runner:
         """Enqueue the current period's run of each periodic job; the dedup key makes this
         safe for any number of runners doing it at once."""
         now = int(time.time())
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, deferred=True) as session:  # usually finds every job queued
             for kind in self.kinds.values():
                 if kind.every_seconds:
                     bucket = now // kind.every_seconds
@@ -46,7 +46,7 @@ class Runner:
 
     def run_one(self) -> bool:
         """Claim and run one job. Returns False when there was nothing to do."""
-        with transaction(self.sessions) as session:
+        with transaction(self.sessions, deferred=True) as session:  # an idle poll takes no write lock
             job = service.claim(session, self.worker_id, self.lease_seconds, list(self.kinds))
             if job is None:
                 return False

@@ -2,8 +2,9 @@
 
 Claiming is a lease: a runner owns a job until ``lease_expires_at`` and renews the lease while it
 works. A runner that dies stops renewing, the lease lapses and another runner claims the job
-again. On PostgreSQL the claim uses ``FOR UPDATE SKIP LOCKED`` so many workers on many hosts never
-block one another; on SQLite writers are serialised by ``BEGIN IMMEDIATE``.
+again. The claim locks its row with ``FOR UPDATE SKIP LOCKED``, so many workers on many hosts never
+block one another on PostgreSQL; on SQLite ``FOR UPDATE`` takes the database's write lock (see
+``strongroom.db``). An idle poll looks first without locking, so it takes no write lock at all.
 
 Why not procrastinate: it only runs on PostgreSQL, and the embedded default must work with
 nothing but a SQLite file. One lease-based table serves both, with the same semantics.
@@ -57,8 +58,9 @@ def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]
               .order_by(Job.run_after, Job.id).limit(1))
     lapsed = (select(Job).where(Job.status == "running", Job.lease_expires_at < now, Job.kind.in_(kinds))
               .order_by(Job.lease_expires_at).limit(1))
-    if session.get_bind().dialect.name == "postgresql":
-        queued, lapsed = queued.with_for_update(skip_locked=True), lapsed.with_for_update(skip_locked=True)
+    if session.scalars(lapsed).first() is None and session.scalars(queued).first() is None:
+        return None  # nothing to do: found without the lock an idle poll would otherwise take
+    queued, lapsed = queued.with_for_update(skip_locked=True), lapsed.with_for_update(skip_locked=True)
     job = session.scalars(lapsed).first() or session.scalars(queued).first()
     if job is None:
         return None

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy import text
 
 from .. import __version__
+from ..db import WEB_BUSY_TIMEOUT_MS, open_session
 
 router = APIRouter(tags=["operations"])
 
@@ -16,7 +17,9 @@ HTTP_SECONDS = Histogram("strongroom_http_request_seconds", "HTTP request durati
 
 
 @router.get("/healthz", summary="Liveness: the process serves requests")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
+    # On the event loop, not in the worker threads: it answers even while every thread waits on a
+    # database lock. It never touches the database.
     return {"status": "ok", "version": __version__}
 
 
@@ -25,8 +28,8 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse:
     hub = request.app.state.hub
     try:
-        with hub.sessions() as session:
-            session.execute(text("SELECT 1"))
+        with open_session(hub.sessions, deferred=True, busy_timeout_ms=WEB_BUSY_TIMEOUT_MS) as session:
+            session.execute(text("SELECT 1"))  # a read: it takes no write lock
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})

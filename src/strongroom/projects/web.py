@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
+from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..web.templating import templates
@@ -88,9 +88,9 @@ def change_role(db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID,
 
 
 @router.post("/projects/{slug}/members/{user_id}/rights", dependencies=[CsrfChecked])
-async def delegate(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
-                   user_id: uuid.UUID) -> Response:
-    form = await request.form()
+def delegate(posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+             user_id: uuid.UUID) -> Response:
+    form = posted.form
     access = service.open_project(db, principal, slug)
     service.delegate_rights(db, principal, access, user_id, [str(r) for r in form.getlist("rights")],
                             fresh_minutes=hub.settings.security.fresh_mfa_minutes)
@@ -105,11 +105,11 @@ def remove_member(db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID
 
 
 @router.post("/projects/{slug}/settings/{key}", dependencies=[CsrfChecked])
-async def change_setting(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
-                         key: str) -> Response:
+def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                   key: str) -> Response:
     """Booleans post ``value`` = on/off; list settings post ``add`` with the entry's fields, or
     ``remove`` with an index."""
-    form = await request.form()
+    form = posted.form
     access = service.open_project(db, principal, slug)
     spec = SETTINGS.get(key)
     if spec is None:
