@@ -29,12 +29,13 @@ from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 
 from conftest import bearer, browser_session, token_for
-from helpers import CSRF
 from strongroom.access.models import ApplicationEvent, Attachment
 from strongroom.archive.models import Dataset, DatasetVersion, UploadPart
 from strongroom.audit.service import Actor
+from strongroom.catalog.models import CatalogEntry
 from strongroom.db import transaction
-from strongroom.deps import SESSION_COOKIE, _db
+from strongroom.deps import SESSION_COOKIE, _db, csrf_token_for
+from strongroom.hub import Hub
 from strongroom.notify.service import preference
 from strongroom.projects import service as projects
 from support.live import serving
@@ -61,6 +62,8 @@ def _dataset(hub, slug: str) -> str:  # noqa: ANN001
         s.add(ds)
         s.flush()
         s.add(DatasetVersion(dataset_id=ds.id, number=1, state="released"))
+        s.add(CatalogEntry(dataset_id=ds.id, slug=f"{slug}-entry", title=slug.title(), created_by=project.pi_id,
+                           published=True, published_at=dt.datetime.now(dt.UTC)))  # outsiders may apply
         return ds.id
 
 
@@ -87,16 +90,16 @@ def hub_served(app, hub, people):  # noqa: ANN001, ANN201
         yield {"url": url, "token": token, "cookie": cookie, "apps": apps, "hub": hub}
 
 
-def _web(url: str, cookie: str) -> httpx.Client:
+def _web(url: str, cookie: str, hub: Hub) -> httpx.Client:
     client = httpx.Client(base_url=url, timeout=120, follow_redirects=False)
     client.cookies.set(SESSION_COOKIE, cookie)
-    client.cookies.set("sr_csrf", CSRF)
+    client.csrf = csrf_token_for(hub.secret, session_cookie=cookie)  # the token its pages carry
     return client
 
 
 def _web_save(web: httpx.Client, app_id: str, filename: str, data: bytes) -> httpx.Response:
     return web.post(f"/applications/{app_id}/save",
-                    data={"csrf_token": CSRF, "study_name": "Nodule AI", "ethics.number": "Dnr 2026-1"},
+                    data={"csrf_token": web.csrf, "study_name": "Nodule AI", "ethics.number": "Dnr 2026-1"},
                     files={"ethics.file": (filename, data, "application/pdf")})
 
 
@@ -108,7 +111,7 @@ def test_a_held_write_lock_gives_503_to_writers_and_never_stalls_reads_or_health
     w, apps = hub_served, hub_served["apps"]
     db_path = w["hub"].settings.effective_database_url.removeprefix("sqlite:///")
     api = httpx.Client(base_url=w["url"], headers=bearer(w["token"]), timeout=120)
-    web = _web(w["url"], w["cookie"])
+    web = _web(w["url"], w["cookie"], w["hub"])
     assert web.get(f"/applications/{apps['web']}").status_code == 200  # the session's last-seen is fresh now
     blocker = sqlite3.connect(db_path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # someone else's long write transaction
@@ -117,7 +120,7 @@ def test_a_held_write_lock_gives_503_to_writers_and_never_stalls_reads_or_health
             attach = pool.submit(api.post, f"/api/v1/applications/{apps['api']}/attachments",
                                  params={"filename": "ethics.pdf"}, content=b"%PDF" + b"x" * (512 * KIB))
             notify = pool.submit(api.put, "/api/v1/me/notifications", json={"mode": "daily"})
-            form = pool.submit(_web_save, _web(w["url"], w["cookie"]), apps["web"], "held.pdf", b"%PDF-held")
+            form = pool.submit(_web_save, _web(w["url"], w["cookie"], w["hub"]), apps["web"], "held.pdf", b"%PDF-held")
             # While those wait for the lock: the event loop is free, and reads need no write lock.
             assert httpx.get(f"{w['url']}/healthz", timeout=120).status_code == 200
             assert web.get(f"/applications/{apps['web']}").status_code == 200
@@ -164,7 +167,7 @@ def test_sixteen_concurrent_writers_get_no_5xx_and_every_accepted_write_lands(hu
     def client(n: int) -> None:
         kind = ("attach", "web", "answers", "notify", "parts", "read")[n % 6]
         api = httpx.Client(base_url=w["url"], headers=bearer(w["token"]), timeout=120)
-        web = _web(w["url"], w["cookie"])
+        web = _web(w["url"], w["cookie"], w["hub"])
         for i in range(REQUESTS_PER_CLIENT):
             tag = f"c{n}r{i}"
             if kind == "attach":

@@ -45,10 +45,10 @@ def test_quarantine_review_and_profile_in_the_browser(page: Page, hub: Hub, peop
     assert {i.published_version for i in instances(hub, "published")} == {1, 2}
     # the profile: Modified Dates + Clean Descriptors, saved and shown as selected
     page.get_by_label("Modified Dates — shifted per patient, intervals kept (113107)").check()
-    page.get_by_label("Clean Descriptors").check()
+    page.get_by_role("checkbox", name="Clean Descriptors (113105").check()
     page.get_by_role("button", name="Save profile").click()
     expect(page.locator("#profile")).to_contain_text("options selected")
-    expect(page.get_by_label("Clean Descriptors")).to_be_checked()
+    expect(page.get_by_role("checkbox", name="Clean Descriptors (113105")).to_be_checked()
     # the import's own page lists its instances by pseudonym only
     page.get_by_role("link", name=report.batch_id).click()
     expect(page.get_by_role("heading", name=f"Import {report.batch_id}")).to_be_visible()

@@ -210,7 +210,6 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
-async def set_download(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    form = await request.form()
-    service.set_applicant_download(db, principal, dataset_id, form.get("allowed") == "yes")
+def set_download(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    service.set_applicant_download(db, principal, dataset_id, posted.form.get("allowed") == "yes")
     return _go(f"/datasets/{dataset_id}/access#download-policy")
