@@ -27,7 +27,7 @@ test-deps: $(VENV)/.test-installed
 	bash scripts/install-test-deps.sh
 
 test: test-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --durations=15
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
