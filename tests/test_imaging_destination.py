@@ -433,7 +433,7 @@ def test_compressed_syntaxes_are_accepted_and_pixel_data_kept_byte_for_byte(hub,
         for name, ts in COMPRESSED.items():
             r = subprocess.run(["storescu", "-v", PROPOSE[ts], *(["+C"] if combine else []), "-aet", SENDER,
                                 "-aec", AET, "127.0.0.1", str(destination), str(tmp_path / name)],
-                               capture_output=True, text=True, timeout=120)
+                               env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=120)
             assert r.returncode == 0 and "Received Store Response (Success)" in r.stderr, (name, r.stderr)
             for before, after in re.findall(r"Converting transfer syntax: (.+) -> (.+)", r.stderr):
                 assert before == after, (name, r.stderr)  # sent as it is in the file

@@ -161,6 +161,22 @@ class _Close:
     batch_id: str
 
 
+def stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 5) -> None:
+    """Shut a worker pool down without hanging: a spawned worker that never picks up the shutdown
+    sentinel (seen with Python 3.11's executor when a worker is still starting) would block
+    ``shutdown(wait=True)`` forever. Whatever was acknowledged is in the spool and recovered at the next
+    start, so a straggler may simply be terminated."""
+    workers = list(getattr(pool, "_processes", {}).values())  # the executor keeps no public handle
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace_seconds
+    for worker in workers:
+        worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            log.warning("dicom.worker_terminated", pid=worker.pid)
+            worker.terminate()
+            worker.join(timeout=grace_seconds)
+
+
 class DicomService:
     """Every project destination of this hub, the worker pool and the archiver."""
 
@@ -215,7 +231,8 @@ class DicomService:
         self.queue.put(None)
         if self.archiver.is_alive():
             self.archiver.join(timeout=60)
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        stop_pool(self.pool)
+
 
     # -- configuration --------------------------------------------------------------------------
     def _wanted(self) -> dict[uuid.UUID, tuple[str, DicomDestination, list[DicomSender], int]]:
