@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ..audit.service import Actor
 from ..config import get_settings
@@ -56,33 +58,30 @@ def create_user(
         _fail(exc)
 
 
-@app.command("reset-mfa")
-def reset_mfa(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
-    """Remove a user's TOTP and recovery codes, end their sessions and revoke their API tokens."""
+def _act_on_user(user: str, action: Callable[[Session, Actor, User], object]) -> None:
+    """Run ``action(session, operator, user)`` in one transaction; a clear error for an unknown user."""
     hub = Hub.from_settings(get_settings())
     try:
         with transaction(hub.sessions) as session:
             found = service.find_user(session, user)
             if found is None:
                 raise typer.BadParameter(f"no user {user!r}")
-            service.reset_mfa(session, _operator(), found)
+            action(session, _operator(), found)
     except DomainError as exc:
         _fail(exc)
+
+
+@app.command("reset-mfa")
+def reset_mfa(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
+    """Remove a user's TOTP and recovery codes, end their sessions and revoke their API tokens."""
+    _act_on_user(user, service.reset_mfa)
     console.print(f"MFA reset for {user}")
 
 
 @app.command("deactivate")
 def deactivate(user: Annotated[str, typer.Argument(help="Username, e-mail or id.")]) -> None:
     """Stop an account from logging in; its browser sessions and API tokens end at once."""
-    hub = Hub.from_settings(get_settings())
-    try:
-        with transaction(hub.sessions) as session:
-            found = service.find_user(session, user)
-            if found is None:
-                raise typer.BadParameter(f"no user {user!r}")
-            service.deactivate_user(session, _operator(), found)
-    except DomainError as exc:
-        _fail(exc)
+    _act_on_user(user, service.deactivate_user)
     console.print(f"deactivated {user}; their sessions and API tokens are revoked")
 
 
