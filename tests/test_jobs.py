@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -123,9 +124,29 @@ def test_builtin_periodic_jobs_run(hub):  # noqa: ANN001
     with hub.sessions() as s:
         kinds = sorted(j.kind for j in s.scalars(select(Job)))
     assert kinds == ["access.entitlements", "archive.cleanup_storage", "audit.checkpoint", "audit.verify_chain",
-                     "identity.purge_expired", "notify.digest"]
-    assert runner.run_until_idle() == 6
+                     "identity.purge_expired", "jobs.prune", "notify.digest"]
+    assert runner.run_until_idle() == 7
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))
         assert verified is not None and verified.outcome == "ok"
+
+
+def test_finished_jobs_are_pruned_after_their_retention(hub):  # noqa: ANN001
+    """Done jobs go after `keep_done_days`, failed ones after `keep_failed_days`; queued and running
+    jobs, and recent ones, stay."""
+    now = dt.datetime.now(dt.UTC)
+    ages = {"old-done": ("done", 8), "new-done": ("done", 6), "old-failed": ("failed", 31),
+            "new-failed": ("failed", 29), "queued": ("queued", None), "running": ("running", None)}
+    with transaction(hub.sessions) as s:
+        for name, (status, days) in ages.items():
+            s.add(Job(kind="test.noop", payload={"name": name}, status=status,
+                      finished_at=now - dt.timedelta(days=days) if days else None))
+    runner = Runner(hub, lease_seconds=5, name="inline")
+    with transaction(hub.sessions) as s:
+        service.enqueue(s, "jobs.prune", {})
+    assert runner.run_until_idle() == 1
+    with hub.sessions() as s:
+        left = sorted(j.payload.get("name", j.kind) for j in s.scalars(select(Job)))
+    assert left == ["jobs.prune", "new-done", "new-failed", "queued", "running"]
+

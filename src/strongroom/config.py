@@ -55,6 +55,8 @@ class JobSettings(BaseModel):
     lease_seconds: int = 30
     poll_seconds: float = 0.5
     extra_modules: list[str] = []  # modules that register more job kinds when imported
+    keep_done_days: int = Field(7, ge=1)  # finished jobs are pruned after this long (hourly `jobs.prune`)
+    keep_failed_days: int = Field(30, ge=1)  # failed ones stay longer: someone may still look into them
 
 
 class StorageSettings(BaseModel):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import open_session
 from ..identity import service as identity
+from . import service as jobs
 from .context import JobContext
 from .registry import job
 
@@ -17,6 +19,15 @@ def purge_expired(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Drop expired sessions, old login-throttle rows and abandoned OIDC logins."""
     with ctx.transaction() as session:
         return identity.purge_expired(session, window_s=int(payload.get("window_s", 3600)))
+
+
+@job("jobs.prune", every_seconds=3600)
+def prune(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Drop finished jobs after `jobs.keep_done_days` (failed ones after `jobs.keep_failed_days`)."""
+    cfg = ctx.hub.settings.jobs
+    with ctx.transaction() as session:
+        return jobs.prune_finished(session, keep_done=dt.timedelta(days=cfg.keep_done_days),
+                                   keep_failed=dt.timedelta(days=cfg.keep_failed_days))
 
 
 @job("audit.verify_chain", every_seconds=3600, max_attempts=2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,3 +110,14 @@ def stats(session: Session) -> dict[str, int]:
 
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
     return {status: n for status, n in rows}
+
+
+def prune_finished(session: Session, *, keep_done: dt.timedelta, keep_failed: dt.timedelta) -> dict[str, int]:
+    """Delete jobs that ended long enough ago: the table holds work, not history (the audit log does)."""
+    now = utcnow()
+    counts = {}
+    for status, keep in (("done", keep_done), ("failed", keep_failed)):
+        result = session.execute(delete(Job).where(Job.status == status, Job.finished_at < now - keep))
+        counts[status] = result.rowcount or 0
+    return counts
+
