@@ -93,7 +93,8 @@ def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):  # noqa:
         assert r.returncode == 0 and "Alice" in r.stdout, r.stderr
         assert oct((tmp_path / "cli.json").stat().st_mode & 0o777) == "0o600"
         assert "Alice" in run_cli(settings, "whoami", extra_env=env).stdout
-        assert run_cli(settings, "projects", "list", extra_env=env).returncode == 0
+        empty = run_cli(settings, "projects", "list", extra_env=env)  # alice is in no project: say so
+        assert empty.returncode == 0 and "not a member of any project" in empty.stdout, empty.stdout
         missing = run_cli(settings, "projects", "show", "nope", extra_env=env)
         assert missing.returncode == 1 and "404" in missing.stderr
         bad = run_cli(settings, "whoami", extra_env={"STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"),

@@ -86,8 +86,13 @@ def whoami() -> None:
 @projects_app.command("list")
 def projects_list() -> None:
     """Projects you are a member of."""
+    found = api("GET", "/api/v1/projects")
+    if not found:
+        console.print("You are not a member of any project yet. A project's PI adds you; a hub administrator "
+                      "creates projects (`strongroom admin create-project`).")
+        return
     table = Table("id", "name", "class", "role", "ends")
-    for p in api("GET", "/api/v1/projects"):
+    for p in found:
         table.add_row(p["slug"], p["name"], p["project_class"], p["role"], p["end_date"])
     console.print(table)
 
