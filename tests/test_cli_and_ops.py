@@ -29,8 +29,11 @@ def test_config_show_masks_secrets(settings):  # noqa: ANN001
     assert data["oidc"]["issuer"] == "https://login.example.org/oidc/"
     assert "very-secret-value" not in result.stdout and "test-secret" not in result.stdout
     assert data["oidc"]["client_secret"] == "**********" and data["secret_key"] == "**********"
+    assert data["secret_key_source"].startswith("configured")
     toml = run_cli(settings, "config", "show")
     assert toml.returncode == 0 and "[security]" in toml.stdout
+    from_file = run_cli(settings, "config", "show", extra_env={"STRONGROOM_SECRET_KEY": ""})
+    assert f"file {settings.var_dir / 'secret.key'}" in from_file.stdout, from_file.stdout
 
 
 def test_config_reads_a_toml_file(settings, tmp_path):  # noqa: ANN001

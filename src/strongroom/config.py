@@ -216,6 +216,9 @@ class Settings(BaseSettings):
         """Effective settings as plain data, secrets shown as ``**********`` (or empty)."""
         data = self.model_dump(mode="json")
         data["database_url"] = _mask_url_password(self.effective_database_url)
+        # An empty secret_key is not "no secret": say where the hub's secret really comes from.
+        data["secret_key_source"] = ("configured (environment or TOML)" if self.secret_key.get_secret_value()
+                                     else f"file {self.var_dir / 'secret.key'} (generated once, mode 0600)")
         return data
 
 
