@@ -165,3 +165,12 @@ def test_logs_never_contain_secrets(app, hub, people, capfd):  # noqa: ANN001
     logged = out + err
     assert "http.request" in logged
     assert token.split("_", 2)[2] not in logged and "correct horse" not in logged
+
+
+def test_download_decrypt_without_a_key_says_so_before_asking_for_a_passphrase(settings, tmp_path):  # noqa: ANN001
+    missing = tmp_path / "nowhere.sec"
+    r = run_cli(settings, "download", "SRD-NOTHING", "--decrypt", "--secret-key", str(missing), input="",
+                extra_env={"STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"), "STRONGROOM_URL": "http://127.0.0.1:9",
+                           "STRONGROOM_TOKEN": "sr_unused"})
+    assert r.returncode == 1 and "no private key" in r.stderr and "keys generate" in r.stderr, r.stderr
+    assert "passphrase" not in (r.stdout + r.stderr).lower()

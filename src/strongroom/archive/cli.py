@@ -54,7 +54,7 @@ def _progress() -> Progress:
                     TransferSpeedColumn(), TimeRemainingColumn(), console=console)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception | str) -> None:
     err.print(f"[red]error:[/] {exc}")
     raise typer.Exit(1)
 
@@ -117,6 +117,9 @@ def download(
     secret = None
     if decrypt:
         path = secret_key or _default_key_dir() / "strongroom.sec"
+        if not path.is_file():  # say so before asking for a passphrase of a key that is not there
+            _fail(f"no private key at {path}: make one with `strongroom keys generate` and register it "
+                  f"(`strongroom keys register`), or pass --secret-key FILE")
         passphrase = os.environ.get("STRONGROOM_KEY_PASSPHRASE") or typer.prompt(
             f"passphrase for {path}", hide_input=True, default="", show_default=False)
         try:
