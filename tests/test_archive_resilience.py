@@ -158,6 +158,10 @@ def test_cli_killed_mid_upload_and_mid_download_resumes(app, hub, settings, lung
         env = _env(settings, tmp_path, token, url)
         c = httpx.Client(base_url=url, headers=bearer(token), timeout=60)
         assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
+        wrong = _cli("upload", str(src.parent), "--project", "nope", env=env)  # a typo, not a transfer to resume
+        out, err = wrong.communicate(timeout=120)
+        assert wrong.returncode == 1 and "cannot upload into 'nope'" in err and "resume" not in err, err
+        assert c.get("/api/v1/projects/lung/files").json() == []
 
         upload = _cli("upload", str(src.parent), "--project", "lung", "--parallel", "1", env=env)
 

@@ -73,13 +73,18 @@ def upload(
         plans = plan_uploads(paths)
     except (TransferError, ValueError) as exc:
         _fail(exc)
+    try:  # a wrong project is a mistake to correct, not a transfer to resume
+        client.request("GET", f"/api/v1/projects/{project}")
+    except TransferError as exc:
+        _fail(f"cannot upload into {project!r}: {exc} (`strongroom projects list` shows your projects)")
     state_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "strongroom" / "uploads"
     failures = 0
     with _progress() as progress:
-        overall = progress.add_task(f"[bold]{len(plans)} file(s)", total=sum(
-            len(c4gh.make_header([b"\0" * 32], hub_public, None)) + c4gh.body_size_for(p.size) for p in plans))
+        header_size = len(c4gh.make_header([b"\0" * 32], hub_public, None))
+        overall = progress.add_task(f"[bold]{len(plans)} file(s)",
+                                    total=sum(header_size + c4gh.body_size_for(p.size) for p in plans))
         for plan in plans:
-            task = progress.add_task(plan.name[-40:], total=None)
+            task = progress.add_task(plan.name[-40:], total=header_size + c4gh.body_size_for(plan.size))
 
             def advance(n: int, task: int = task) -> None:
                 progress.advance(task, n)
