@@ -62,6 +62,10 @@ def test_admin_commands_create_users_and_projects(settings, hub):  # noqa: ANN00
     assert dup.returncode == 2 and "exists" in dup.stderr
     users = run_cli(settings, "admin", "users")
     assert "Pia PI" in users.stdout
+    narrow = run_cli(settings, "admin", "users", extra_env={"COLUMNS": "60"})  # folded, never cut with '…'
+    assert narrow.returncode == 0 and "…" not in narrow.stdout, narrow.stdout
+    listed = json.loads(run_cli(settings, "admin", "users", "--json").stdout)
+    assert [u["email"] for u in listed if u["name"] == "Pia PI"] == ["pia@uni.example"]
     r = run_cli(settings, "admin", "reset-mfa", "pia")
     assert r.returncode == 0
     events = run_cli(settings, "audit", "list", "--project", "lung-ct")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -86,15 +88,24 @@ def deactivate(user: Annotated[str, typer.Argument(help="Username, e-mail or id.
 
 
 @app.command("users")
-def users() -> None:
+def users(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output, nothing cut.")] = False,
+          ) -> None:
     """List all users."""
     hub = Hub.from_settings(get_settings())
-    table = Table("id", "name", "subject", "issuer", "e-mail", "admin", "active", "last login")
     with hub.sessions() as session:
-        for u in session.scalars(select(User).order_by(User.display_name)):
-            table.add_row(str(u.id), u.display_name, u.subject, u.issuer, u.email or "",
-                          "yes" if u.is_admin else "", "yes" if u.is_active else "no",
-                          u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "")
+        rows = [{"id": str(u.id), "name": u.display_name, "subject": u.subject, "issuer": u.issuer,
+                 "email": u.email or "", "admin": u.is_admin, "active": u.is_active,
+                 "last_login": u.last_login_at.isoformat(timespec="minutes") if u.last_login_at else None}
+                for u in session.scalars(select(User).order_by(User.display_name))]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    # fold, never cut: an id or an e-mail address with an ellipsis in it is useless to copy
+    table = Table(*(Column(h, overflow="fold") for h in
+                    ("id", "name", "subject", "issuer", "e-mail", "admin", "active", "last login")))
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["subject"], r["issuer"], r["email"], "yes" if r["admin"] else "",
+                      "yes" if r["active"] else "no", (r["last_login"] or "").replace("T", " ")[:16])
     console.print(table)
 
 
