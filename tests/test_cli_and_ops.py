@@ -178,3 +178,21 @@ def test_download_decrypt_without_a_key_says_so_before_asking_for_a_passphrase(s
                            "STRONGROOM_TOKEN": "sr_unused"})
     assert r.returncode == 1 and "no private key" in r.stderr and "keys generate" in r.stderr, r.stderr
     assert "passphrase" not in (r.stdout + r.stderr).lower()
+
+
+def test_keys_generate_without_a_terminal_and_never_over_an_existing_key(settings, tmp_path):  # noqa: ANN001
+    from strongroom.archive import c4gh
+
+    env = {k: v for k, v in os.environ.items() if k != "STRONGROOM_KEY_PASSPHRASE"}
+    base, secret = tmp_path / "keys" / "me", tmp_path / "phrase.txt"
+    secret.write_text("a good long passphrase\n")
+    r = run_cli(settings, "keys", "generate", "--out", str(base), "--passphrase-file", str(secret), input="",
+                extra_env=env)
+    assert r.returncode == 0, r.stderr
+    assert c4gh.load_private_key(base.with_suffix(".sec"), "a good long passphrase").public
+    before = base.with_suffix(".sec").read_bytes()
+    again = run_cli(settings, "keys", "generate", "--out", str(base), "--passphrase-file", str(secret), input="",
+                    extra_env=env)
+    assert again.returncode == 1 and "exists" in again.stderr and base.with_suffix(".sec").read_bytes() == before
+    no_tty = run_cli(settings, "keys", "generate", "--out", str(tmp_path / "other"), input="", extra_env=env)
+    assert no_tty.returncode == 1 and "--passphrase-file" in no_tty.stderr, no_tty.stderr

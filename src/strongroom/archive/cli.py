@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -170,12 +171,28 @@ def download(
 def keys_generate(
     out: Annotated[Path | None, typer.Option(help="Base path (default ~/.config/strongroom/strongroom).")] = None,
     passphrase: Annotated[str | None, typer.Option(envvar="STRONGROOM_KEY_PASSPHRASE", hide_input=True,
-                                                   help="Protects the private key (prompted).")] = None,
+                                                   help="Protects the private key (prompted when not given).")
+                          ] = None,
+    passphrase_file: Annotated[Path | None, typer.Option(help="Read the passphrase from this file's first line "
+                                                               "(for scripts and machines without a terminal).")
+                               ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing key pair (downloads made for the old key "
+                                             "can no longer be decrypted).")] = False,
 ) -> None:
     """Create a crypt4gh key pair (compatible with crypt4gh-keygen)."""
     base = out or _default_key_dir() / "strongroom"
-    passphrase = passphrase if passphrase is not None else typer.prompt(
-        "passphrase for the private key", hide_input=True, confirmation_prompt=True)
+    if base.with_suffix(".sec").exists() and not force:
+        _fail(f"{base.with_suffix('.sec')} exists; keep it (files downloaded for it need it) or pass --force")
+    if passphrase_file is not None:
+        try:
+            lines = passphrase_file.read_text().splitlines()
+        except OSError as exc:
+            _fail(exc)
+        passphrase = lines[0] if lines else ""
+    if passphrase is None:
+        if not sys.stdin.isatty():
+            _fail("no terminal to ask for a passphrase: pass --passphrase-file FILE or set STRONGROOM_KEY_PASSPHRASE")
+        passphrase = typer.prompt("passphrase for the private key", hide_input=True, confirmation_prompt=True)
     base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     keypair = c4gh.generate_keypair()
     c4gh.write_private_key(base.with_suffix(".sec"), keypair, passphrase or None)
