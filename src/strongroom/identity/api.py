@@ -8,12 +8,15 @@ import uuid
 from fastapi import APIRouter, status
 from pydantic import EmailStr, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ..deps import Db, HubDep, scoped
 from ..errors import NotFound
+from ..hub import Hub
 from ..schemas import Body, Out
 from . import service
 from .models import User
+from .principal import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 AnyScope = scoped("projects:read")
@@ -87,18 +90,19 @@ def admin_create_user(db: Db, hub: HubDep, principal: Admin, body: NewLocalUser)
 @router.post("/admin/users/{user_id}/mfa-reset", status_code=204,
              summary="Reset a local user's MFA: they enrol again; their sessions and tokens end")
 def admin_reset_mfa(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
-    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
-    user = db.get(User, user_id)
-    if user is None:
-        raise NotFound("no such user")
-    service.reset_mfa(db, principal.actor, user)
+    service.reset_mfa(db, principal.actor, _user_for_admin_action(db, hub, principal, user_id))
 
 
 @router.post("/admin/users/{user_id}/deactivate", status_code=204,
              summary="Deactivate a user: no more logins; their sessions and API tokens end")
 def admin_deactivate_user(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID) -> None:
+    service.deactivate_user(db, principal.actor, _user_for_admin_action(db, hub, principal, user_id))
+
+
+def _user_for_admin_action(db: Session, hub: Hub, principal: Principal, user_id: uuid.UUID) -> User:
+    """The user an admin acts on, after the admin's fresh second factor is checked."""
     service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
     user = db.get(User, user_id)
     if user is None:
         raise NotFound("no such user")
-    service.deactivate_user(db, principal.actor, user)
+    return user
