@@ -39,7 +39,7 @@ Body
     yields the header then ciphertext (at most 64 segments per item).
     ``seal_segments(session_key, first_index, plaintext, nonce_seed) -> bytes``: deterministic segments
     (SIV-style nonces) so a client can recompute any part of its upload when resuming.
-    ``decrypt_segments(body, session_keys, *, first_index=0) -> Iterator[bytes]`` (one item per segment;
+    ``decrypt_segments(body, session_keys) -> Iterator[bytes]`` (one item per segment;
     ``body`` is a binary reader or an iterable of byte chunks) raises ``TamperedSegment(index)`` and
     ``TruncatedBody``. ``apply_edit_list(chunks, edit_list)`` and ``decrypt_stream(stream, secret_keys)``
     give the plaintext of a whole crypt4gh file, edit list included.

@@ -20,11 +20,10 @@ from .keys import KeyPair
 class Encryptor:
     """Push-style crypt4gh writer: send ``header`` first, then ``update()`` outputs, then ``finalize()``."""
 
-    def __init__(self, recipient_public: bytes | Sequence[bytes], sender: KeyPair | None = None,
-                 *, session_key: bytes | None = None) -> None:
-        self.session_key = session_key if session_key is not None else os.urandom(32)
-        self.header = make_header([self.session_key], recipient_public, sender)
-        self._aead = ChaCha20Poly1305(self.session_key)
+    def __init__(self, recipient_public: bytes | Sequence[bytes], sender: KeyPair | None = None) -> None:
+        session_key = os.urandom(32)
+        self.header = make_header([session_key], recipient_public, sender)
+        self._aead = ChaCha20Poly1305(session_key)
         self._pending = bytearray()
         self._finished = False
 
@@ -68,9 +67,9 @@ class Encryptor:
 
 
 def encrypt_stream(plaintext_chunks: Iterable[bytes], recipient_public: bytes | Sequence[bytes],
-                   sender: KeyPair | None = None, *, session_key: bytes | None = None) -> Iterator[bytes]:
+                   sender: KeyPair | None = None) -> Iterator[bytes]:
     """Yield a whole crypt4gh file: the header, then ciphertext, at most 64 segments per item."""
-    enc = Encryptor(recipient_public, sender, session_key=session_key)
+    enc = Encryptor(recipient_public, sender)
     yield enc.header
     step = BATCH_SEGMENTS * SEGMENT_SIZE
     for chunk in plaintext_chunks:
@@ -201,11 +200,10 @@ def _cipher_segments(body: BinaryIO | Iterable[bytes]) -> Iterator[tuple[memoryv
         yield memoryview(bytes(pending)), True
 
 
-def decrypt_segments(body: BinaryIO | Iterable[bytes], session_keys: Sequence[bytes],
-                     *, first_index: int = 0) -> Iterator[bytes]:
-    """Plaintext of each body segment, in order (``first_index`` numbers segments in errors)."""
+def decrypt_segments(body: BinaryIO | Iterable[bytes], session_keys: Sequence[bytes]) -> Iterator[bytes]:
+    """Plaintext of each body segment, in order."""
     cipher = SegmentCipher(session_keys)
-    for index, (segment, final) in enumerate(_cipher_segments(body), first_index):
+    for index, (segment, final) in enumerate(_cipher_segments(body)):
         yield cipher.open(segment, index, final)
 
 
