@@ -46,7 +46,7 @@ from .models import (
     UserKey,
 )
 from .sealing import SealedBody, seal_file
-from .storage import Storage
+from .storage.base import Storage
 
 MAX_UPLOAD_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object
 MAX_PARTS = 10_000

@@ -28,7 +28,7 @@ from ..archive import service as archive
 from ..archive.keys import hub_keys
 from ..archive.models import ArchiveFile, Dataset
 from ..archive.sealing import SealedBody
-from ..archive.storage import Storage
+from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..catalog import service as catalog
