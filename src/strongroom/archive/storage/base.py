@@ -6,7 +6,7 @@ import base64
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol
 
 from .errors import InvalidKey, StorageError
 
@@ -57,7 +57,6 @@ def part_refs(key: str, parts: Sequence[PartRef]) -> list[tuple[int, str]]:
 
 
 # ------------------------------------------------------------------------------------------ protocol
-@runtime_checkable
 class Writer(Protocol):
     """Streaming writer. Nothing is visible under ``key`` until :meth:`commit` returns.
 
@@ -73,7 +72,6 @@ class Writer(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-@runtime_checkable
 class Storage(Protocol):
     def open_writer(self, key: str) -> Writer: ...
     def put_bytes(self, key: str, data: bytes | bytearray | memoryview) -> StoredObject: ...

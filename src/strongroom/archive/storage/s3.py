@@ -59,7 +59,6 @@ class S3Storage:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 5,
-        max_pool_connections: int = 16,
         verify: bool | str = True,
     ) -> None:
         import boto3
@@ -86,7 +85,7 @@ class S3Storage:
                 retries={"mode": "standard", "total_max_attempts": attempts},  # botocore: max_attempts = retries
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
-                max_pool_connections=max_pool_connections,
+                max_pool_connections=16,
                 # no CRC "flexible checksum" headers: older Ceph RGW / S3 proxies reject them. Integrity
                 # in transit is Content-MD5 (set explicitly below); content checksums are our own.
                 request_checksum_calculation="when_required",
