@@ -42,8 +42,9 @@ class S3Storage:
 
     ``part_size`` (>= 5 MiB) is both the multipart threshold and the writer's memory bound. Requests retry
     with botocore's *standard* mode (exponential backoff with jitter on connection errors, throttling and
-    5xx) up to ``max_attempts`` times, each bounded by ``connect_timeout`` / ``read_timeout``; after that the
-    call raises :class:`StorageUnavailable`. The bucket is created on first write when missing (and
+    5xx) up to ``max_attempts`` attempts in all, each bounded by ``connect_timeout`` / ``read_timeout``; after
+    that the call raises :class:`StorageUnavailable`. ``verify`` is botocore's: TLS verification on or off, or
+    the path of a CA bundle. The bucket is created on first write when missing (and
     ``create_bucket`` is true); without the permission the write fails with a clear error."""
 
     def __init__(
