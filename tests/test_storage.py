@@ -19,22 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.archive.storage import (
-    S3_MIN_PART_SIZE,
+from strongroom.archive.storage.base import S3_MIN_PART_SIZE, PartInfo, Storage, StoredObject, validate_key
+from strongroom.archive.storage.config import StorageSettings, storage_from_settings
+from strongroom.archive.storage.errors import (
     InvalidKey,
-    LocalStorage,
     ObjectNotFound,
-    PartInfo,
-    S3Storage,
-    Storage,
-    StorageConfig,
     StorageError,
     StorageUnavailable,
-    StoredObject,
     UploadNotFound,
-    storage_from_settings,
-    validate_key,
 )
+from strongroom.archive.storage.local import LocalStorage
+from strongroom.archive.storage.s3 import S3Storage
 from support.seaweed import SeaweedS3, _free_ports, seaweedfs  # noqa: F401 - session fixture
 
 MiB = 1024 * 1024
@@ -202,7 +197,7 @@ def test_overwrite_is_atomic(store: Storage) -> None:
 
 _CHILD = r"""
 import json, os, signal, sys
-from strongroom.archive.storage import storage_from_settings
+from strongroom.archive.storage.config import storage_from_settings
 cfg, key, mode = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 s = storage_from_settings(cfg)
 payload = bytes(range(256)) * (4096 * 22)  # 22 MiB... cut to what each mode needs
@@ -382,14 +377,15 @@ def test_local_concurrent_writers_last_commit_wins(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------- settings
 def test_storage_from_settings(tmp_path: Path) -> None:
-    local = storage_from_settings(StorageConfig(kind="local", root=tmp_path / "o"))
+    local = storage_from_settings(StorageSettings(kind="local", root=tmp_path / "o"))
     assert isinstance(local, LocalStorage) and local.root == (tmp_path / "o").resolve()
-    s3 = storage_from_settings({"kind": "s3", "endpoint": "http://127.0.0.1:1", "bucket": "bkt",
+    assert storage_from_settings({}, default_root=tmp_path / "d").root == (tmp_path / "d").resolve()
+    s3 = storage_from_settings({"kind": "s3", "endpoint_url": "http://127.0.0.1:1", "bucket": "bkt",
                                 "access_key": "ak", "secret_key": "very-secret", "part_size": 8 * MiB})
     assert isinstance(s3, S3Storage) and s3.part_size == 8 * MiB and s3.bucket == "bkt"
     s3.close()
-    assert "very-secret" not in repr(StorageConfig(kind="s3", bucket="b", secret_key="very-secret"))
-    with pytest.raises(ValueError, match="unknown storage setting"):
+    assert "very-secret" not in repr(StorageSettings(kind="s3", bucket="b", secret_key="very-secret"))
+    with pytest.raises(ValueError, match="unknown storage setting.*colour"):
         storage_from_settings({"kind": "local", "root": str(tmp_path), "colour": "blue"})
     with pytest.raises(ValueError, match="root"):
         storage_from_settings({"kind": "local"})
@@ -397,6 +393,41 @@ def test_storage_from_settings(tmp_path: Path) -> None:
         storage_from_settings({"kind": "tape"})
     with pytest.raises(ValueError, match="part_size"):
         storage_from_settings({"kind": "s3", "bucket": "b", "part_size": MiB})
+    with pytest.raises(ValueError, match="read_timeout"):
+        StorageSettings(read_timeout=0)
+
+
+def test_storage_settings_reach_the_s3_client(tmp_path: Path) -> None:
+    """Timeouts, retries and TLS verification are applied to the boto3 client, not just stored."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("placeholder")
+    cfg = StorageSettings(kind="s3", endpoint_url="https://127.0.0.1:1", bucket="bkt", connect_timeout=2.5,
+                          read_timeout=7, max_attempts=4, verify_tls=str(bundle))
+    s3 = storage_from_settings(cfg)
+    try:
+        client_cfg = s3._client.meta.config
+        assert (client_cfg.connect_timeout, client_cfg.read_timeout) == (2.5, 7)
+        assert client_cfg.retries == {"mode": "standard", "total_max_attempts": 4}  # attempts, not retries
+        assert s3._client._endpoint.http_session._verify == str(bundle)
+    finally:
+        s3.close()
+    assert StorageSettings(verify_tls="false").verify_tls is False  # env vars arrive as strings
+    assert StorageSettings(verify_tls="TRUE").verify_tls is True
+    assert StorageSettings(verify_tls=str(bundle)).verify_tls == str(bundle)
+
+
+def test_hub_settings_take_storage_options_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from strongroom.config import Settings
+
+    monkeypatch.setenv("STRONGROOM_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("STRONGROOM_ARCHIVE__STORAGE__KIND", "s3")
+    monkeypatch.setenv("STRONGROOM_ARCHIVE__STORAGE__READ_TIMEOUT", "12.5")
+    monkeypatch.setenv("STRONGROOM_ARCHIVE__STORAGE__VERIFY_TLS", "false")
+    monkeypatch.setenv("STRONGROOM_ARCHIVE__STORAGE__PART_SIZE", str(32 * MiB))
+    storage = Settings(var_dir=tmp_path).archive.storage
+    assert isinstance(storage, StorageSettings)
+    assert (storage.kind, storage.read_timeout, storage.verify_tls, storage.part_size) == ("s3", 12.5, False,
+                                                                                            32 * MiB)
 
 
 # ------------------------------------------------------------------------------------- S3 specifics

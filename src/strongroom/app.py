@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, openapi
-from .archive.storage import StorageUnavailable
+from .archive.storage.errors import StorageUnavailable
 from .config import Settings, get_settings
 from .db import is_busy
 from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired

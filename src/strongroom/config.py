@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import (
@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .archive.storage.config import StorageSettings  # the one storage model ([archive.storage])
 from .keyfiles import read_or_create
 
 
@@ -57,18 +58,6 @@ class JobSettings(BaseModel):
     extra_modules: list[str] = []  # modules that register more job kinds when imported
     keep_done_days: int = Field(7, ge=1)  # finished jobs are pruned after this long (hourly `jobs.prune`)
     keep_failed_days: int = Field(30, ge=1)  # failed ones stay longer: someone may still look into them
-
-
-class StorageSettings(BaseModel):
-    """Where archived bodies and inbox uploads live: a local directory or any S3 service."""
-
-    kind: Literal["local", "s3"] = "local"
-    root: Path | None = None  # local: default <var_dir>/objects
-    endpoint_url: str = ""
-    bucket: str = "strongroom"
-    access_key: SecretStr = SecretStr("")
-    secret_key: SecretStr = SecretStr("")
-    region: str = "us-east-1"
 
 
 class ArchiveSettings(BaseModel):

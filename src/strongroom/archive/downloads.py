@@ -27,7 +27,7 @@ from ..text import content_disposition
 from . import c4gh, service
 from .backend import storage_for
 from .keys import hub_keys
-from .models import ArchiveFile
+from .models import READY, ArchiveFile
 
 # Body bytes per yield. At least the storage readers' buffer (LocalStorage: 4 MiB; S3: 1 MiB) so each read
 # goes straight into the chunk instead of through the buffer (one memcpy less), and 4x fewer thread-pool
@@ -193,7 +193,7 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
         grant = service.authorize_read(db, principal, f)
         if grant.basis not in ("owner", "share"):
             raise NotFound("no such file")
-    if f.state != service.READY:
+    if f.state != READY:
         raise Conflict(f"the file is {f.state}, not ready")
     assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
     wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None

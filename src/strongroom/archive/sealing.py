@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from . import c4gh
-from .storage import Storage
+from .storage.base import Storage
 
 
 @dataclass(frozen=True)

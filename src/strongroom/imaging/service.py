@@ -28,7 +28,7 @@ from ..archive import service as archive
 from ..archive.keys import hub_keys
 from ..archive.models import ArchiveFile, Dataset
 from ..archive.sealing import SealedBody
-from ..archive.storage import Storage
+from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..catalog import service as catalog
@@ -168,7 +168,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             ImportedInstance.project_id == ctx.project_id,
             ImportedInstance.sop_instance_uid.in_({i.summary["sop_instance_uid"] for i in items}))))
     outcomes: list[str] = []
-    sealed: dict[int, archive.SealedBody] = {}
+    sealed: dict[int, SealedBody] = {}
     seen: set[str] = set()
     for n, item in enumerate(items):
         sop = item.summary["sop_instance_uid"]

@@ -1,0 +1,160 @@
+"""Who may read archived files: project access, read grants, holds, downloads and their audit events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..errors import Conflict, Forbidden, MfaRequired, NotFound
+from ..identity.principal import Principal
+from ..projects import service as projects
+from ..projects.models import Membership, Project
+from .models import (
+    READY,
+    ArchiveFile,
+    DatasetFile,
+    DatasetShare,
+    DatasetVersion,
+)
+
+
+def project_access(session: Session, principal: Principal, project_id: uuid.UUID) -> projects.ProjectAccess:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound("not found")
+    return projects.open_project(session, principal, project.slug)
+
+
+def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
+    """Projects whose data the caller may read (member with read-data)."""
+    if not principal.has_mfa:
+        return set()
+    ids = set()
+    for m in session.scalars(select(Membership).where(Membership.user_id == principal.user.id)):
+        if "read-data" in projects.effective_rights(session, m):
+            ids.add(m.project_id)
+    return ids
+
+
+@dataclass(frozen=True)
+class ReadGrant:
+    """Why the caller may read a file: through which project (or other basis)."""
+
+    basis: str  # owner | share | entitlement | visa | review
+    project_id: uuid.UUID | None
+    detail: str = ""
+    # For entitlement and visa grants: whether the dataset's access policy lets approved applicants
+    # download to their own machines (owner and share grants follow the project's setting instead).
+    may_download: bool = False
+
+
+@dataclass(frozen=True)
+class HoldRule:
+    """Who may look at a held file, and how that look is audited. Registered by the capability that
+    sets the hold (imaging: ``quarantine`` → the ``import`` right, ``imaging.quarantine.viewed``)."""
+
+    right: str
+    viewed_event: str
+
+
+# A held file (``ArchiveFile.hold``) is readable only through ``authorize_review`` and only in-platform;
+# every ordinary read, download, DRS object, share, entitlement and visa treats it as absent.
+# A hold without a rule here is readable by nobody.
+HOLD_RULES: dict[str, HoldRule] = {}
+
+
+# Other capabilities (access: entitlements, visas) add ways to be allowed; each returns a grant or None.
+GRANT_PROVIDERS: list[Callable[[Session, Principal, ArchiveFile], ReadGrant | None]] = []
+
+
+def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
+    """Checked on every request — membership, release state, shares, grants and holds are read fresh."""
+    if f.hold is not None:
+        # Quarantined (or otherwise held) files do not exist for ordinary reads: same answer as a
+        # made-up id, for members, the PI, applicants, share recipients and admins alike.
+        raise NotFound("no such file")
+    readable = readable_projects(session, principal)
+    if f.project_id in readable:
+        return ReadGrant("owner", f.project_id)
+    if readable:
+        share = session.execute(
+            select(DatasetShare.project_id)
+            .join(DatasetVersion, DatasetVersion.dataset_id == DatasetShare.dataset_id)
+            .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+            .where(DatasetFile.file_id == f.id, DatasetShare.project_id.in_(readable),
+                   DatasetVersion.state.in_(("released", "deprecated")))
+            .limit(1)).first()
+        if share is not None:
+            return ReadGrant("share", share[0])
+    for provider in GRANT_PROVIDERS:
+        grant = provider(session, principal, f)
+        if grant is not None:
+            return grant
+    if not principal.has_mfa:
+        raise MfaRequired("data access needs a login with multi-factor authentication")
+    raise NotFound("no such file")
+
+
+def authorize_review(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
+    """In-platform reading of a held file, for a member of its project with the hold's review right
+    (MFA as for every data read). NotFound for everyone else, exactly as for a made-up id."""
+    rule = HOLD_RULES.get(f.hold or "")
+    if rule is None:
+        raise NotFound("no such file")
+    membership = session.scalar(select(Membership).where(Membership.user_id == principal.user.id,
+                                                         Membership.project_id == f.project_id))
+    if membership is None or rule.right not in projects.effective_rights(session, membership):
+        raise NotFound("no such file")
+    if not principal.has_mfa:
+        raise MfaRequired("data access needs a login with multi-factor authentication")
+    return ReadGrant("review", f.project_id, detail=f.hold or "")
+
+
+def authorize_download(session: Session, principal: Principal, file_id: str) -> tuple[ArchiveFile, ReadGrant]:
+    """A download to the caller's own machine: a read grant, plus who decides about downloads —
+    the project's setting for its members (and projects it shares into), the dataset's access
+    policy for approved applicants and visa holders."""
+    f = session.get(ArchiveFile, file_id)
+    if f is None:
+        raise NotFound("no such file")
+    if not principal.can("data:read"):
+        raise Forbidden("this token lacks the 'data:read' scope")
+    grant = authorize_read(session, principal, f)
+    if f.state != READY:
+        raise Conflict(f"the file is {f.state}, not ready")
+    if (grant.basis in ("owner", "share") and grant.project_id is not None
+            and not projects.get_setting(session, grant.project_id, "download_allowed")):
+        raise Forbidden("downloads are locked for this project: its PI can open "
+                        "'Download to researchers' own machines'")
+    if grant.basis not in ("owner", "share") and not grant.may_download:
+        raise Forbidden("this dataset is for in-platform use only: its access policy does not let approved "
+                        "users download to their own machines")
+    return f, grant
+
+
+def record_download(session: Session, principal: Principal, f: ArchiveFile, grant: ReadGrant, **details: object
+                    ) -> dict[str, Any]:
+    """The "started" event, in the request's transaction; its details (plus the started event's number)
+    are repeated on the completed/failed/aborted event written when the body ends."""
+    recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
+                **({"grant": grant.detail} if grant.detail else {}),
+                **{k: v for k, v in details.items() if v is not None}}
+    event = audit.record(session, principal.actor, "archive.download.started", project_id=f.project_id,
+                         target=f"file:{f.id}", details=recorded)
+    return {**recorded, "started_seq": event.seq}
+
+
+def record_review_view(session: Session, principal: Principal, f: ArchiveFile, **details: object
+                       ) -> dict[str, Any]:
+    """A reviewer's in-platform read of a held file: its own event, never counted as a download."""
+    rule = HOLD_RULES[f.hold or ""]
+    recorded = {"mode": "in-platform", **{k: v for k, v in details.items() if v is not None}}
+    event = audit.record(session, principal.actor, rule.viewed_event, project_id=f.project_id,
+                         target=f"file:{f.id}", details=recorded)
+    return {**recorded, "started_seq": event.seq}
