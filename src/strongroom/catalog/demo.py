@@ -8,7 +8,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from ..access import service as access_service
+from ..access import policies as access_policies
 from ..access.models import AccessPolicy
 from ..archive import service as archive
 from ..archive.backend import storage_for
@@ -132,6 +132,6 @@ def seed_catalog_demo(hub: Hub, *, project_slug: str = "demo", steward: str = "a
         if session.get(AccessPolicy, ds.id) is None:
             # Applicants are in-platform only unless the owner says otherwise; the demo lets approved
             # researchers download, so the quick start's "download from Datasets you may use" works.
-            access_service.set_applicant_download(session, principal, ds.id, True)
+            access_policies.set_applicant_download(session, principal, ds.id, True)
         slug = entry.slug
     return f"{hub.settings.base_url.rstrip('/')}/catalog/{slug}"
