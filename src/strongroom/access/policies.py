@@ -60,7 +60,7 @@ def policy_for(session: Session, dataset_id: str) -> AccessPolicy:
                                   workflow="handler", quorum=1, max_days=365, applicant_download=False)
 
 
-def isowner_pi(session: Session, principal: Principal, dataset_id: str) -> bool:
+def is_owner_pi(session: Session, principal: Principal, dataset_id: str) -> bool:
     ds = session.get(Dataset, dataset_id)
     return ds is not None and owner_pi(session, ds) == principal.user.id
 
