@@ -42,18 +42,6 @@ def current_terms(session: Session, name: str = "standard-dua") -> TermsVersion:
     return _latest(session, TermsVersion, name, "standard-dua", text=DEFAULT_TERMS)
 
 
-def publish_terms(session: Session, principal: Principal, name: str, text: str) -> TermsVersion:
-    """A new version of the terms; applicants accept the version current when they submit."""
-    if not principal.user.is_admin:
-        raise NotFound("not found")
-    latest = session.scalar(select(func.max(TermsVersion.version)).where(TermsVersion.name == name)) or 0
-    terms = TermsVersion(name=name, version=latest + 1, text=text)
-    session.add(terms)
-    audit.record(session, principal.actor, "access.terms.published", target=f"terms:{name}",
-                 details={"version": terms.version})
-    return terms
-
-
 def policy_for(session: Session, dataset_id: str) -> AccessPolicy:
     policy = session.get(AccessPolicy, dataset_id)
     return policy or AccessPolicy(dataset_id=dataset_id, form_name="imaging-request", terms_name="standard-dua",
