@@ -354,6 +354,26 @@ def test_entry_validation(world, override, message):  # noqa: ANN001
     assert message in r.json()["detail"], r.json()
 
 
+def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world):  # noqa: ANN001
+    """One model checks both: every broken field is named, by its label, never its internal name."""
+    ds = world["ds"]
+    body = entry_body(size_bytes=-1, time_start="soon", organs=["x" * 61])
+    r = world["client"].put(f"/api/v1/datasets/{ds}/catalog", json=body, headers=bearer(world["tokens"]["alice"]))
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert {tuple(e["loc"]) for e in problem["errors"]} == {("size_bytes",), ("time_start",), ("organs",)}
+    for words in ("size in bytes must be a whole number", "time span start must be a date",
+                  "body parts/organs must be a plain value"):
+        assert words in problem["detail"], problem
+    web = web_client(world["app"], world["app"].state.hub, world["alice"])
+    form = {k: v for k, v in entry_body("chest-ct-web").items() if isinstance(v, str)}
+    r = form_post(web, f"/datasets/{ds}/catalog", {**form, "size_bytes": "lots", "time_start": "soon"})
+    assert r.status_code == 422
+    assert "size in bytes must be a whole number" in r.text and "time span start must be a date" in r.text
+    assert "size_bytes" not in extract(r'class="notice error"[^>]*>(.*?)</p>', r.text)
+    assert 'value="lots"' in r.text and 'value="soon"' in r.text  # shown again as typed
+
+
 def test_publishing_rules_slugs_and_images(world, hub):  # noqa: ANN001
     c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
     # an unreleased dataset cannot be published
