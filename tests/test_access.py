@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from conftest import bearer, token_for
-from strongroom.access import service as access
+from strongroom.access.events import replay
 from strongroom.access.models import ApplicationEvent, Entitlement
 from strongroom.archive.models import Dataset, DatasetVersion
 from strongroom.audit.service import Actor
@@ -88,7 +88,7 @@ def test_handler_approves_and_an_entitlement_is_granted(world):  # noqa: ANN001
                                 .order_by(ApplicationEvent.seq)))
         assert [e.type for e in events] == ["created", "saved", "terms_accepted", "submitted", "assigned",
                                             "remarked", "approved"]
-        assert access.replay(events).state == "approved"
+        assert replay(events).state == "approved"
     # the owner's report counts it
     report = c.get(f"/api/v1/datasets/{world['x']}/access-report", headers=_as(world, "owner")).json()
     assert report["applications"]["by_state"] == {"approved": 1} and report["active_entitlements"] == 1

@@ -21,9 +21,10 @@ from conftest import bearer, token_for, web_client
 from strongroom.archive import c4gh
 from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile
-from strongroom.archive.transfer import HubClient, SealedSource, UploadPlan, download_file, upload_file
+from strongroom.archive.transfer import SealedSource, UploadPlan, download_file, upload_file
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
+from strongroom.hubclient import HubClient
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project

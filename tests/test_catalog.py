@@ -23,9 +23,11 @@ from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
 from strongroom.audit import service as audit
 from strongroom.audit.service import Actor
-from strongroom.catalog import png
-from strongroom.catalog import service as catalog
+from strongroom.catalog import entries, png, sitemaps
+from strongroom.catalog import search as catalog_search
+from strongroom.catalog.images import images_of
 from strongroom.catalog.models import CatalogEntry
+from strongroom.catalog.privacy import WITHHELD
 from strongroom.db import transaction, utcnow
 from strongroom.identity.models import User
 from strongroom.identity.principal import SCOPES, Principal
@@ -352,6 +354,26 @@ def test_entry_validation(world, override, message):  # noqa: ANN001
     assert message in r.json()["detail"], r.json()
 
 
+def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world):  # noqa: ANN001
+    """One model checks both: every broken field is named, by its label, never its internal name."""
+    ds = world["ds"]
+    body = entry_body(size_bytes=-1, time_start="soon", organs=["x" * 61])
+    r = world["client"].put(f"/api/v1/datasets/{ds}/catalog", json=body, headers=bearer(world["tokens"]["alice"]))
+    assert r.status_code == 422, r.text
+    problem = r.json()
+    assert {tuple(e["loc"]) for e in problem["errors"]} == {("size_bytes",), ("time_start",), ("organs",)}
+    for words in ("size in bytes must be a whole number", "time span start must be a date",
+                  "body parts/organs must be a plain value"):
+        assert words in problem["detail"], problem
+    web = web_client(world["app"], world["app"].state.hub, world["alice"])
+    form = {k: v for k, v in entry_body("chest-ct-web").items() if isinstance(v, str)}
+    r = form_post(web, f"/datasets/{ds}/catalog", {**form, "size_bytes": "lots", "time_start": "soon"})
+    assert r.status_code == 422
+    assert "size in bytes must be a whole number" in r.text and "time span start must be a date" in r.text
+    assert "size_bytes" not in extract(r'class="notice error"[^>]*>(.*?)</p>', r.text)
+    assert 'value="lots"' in r.text and 'value="soon"' in r.text  # shown again as typed
+
+
 def test_publishing_rules_slugs_and_images(world, hub):  # noqa: ANN001
     c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
     # an unreleased dataset cannot be published
@@ -457,7 +479,7 @@ def test_catalogue_text_search_and_facets(world, hub):  # noqa: ANN001
 
 
 def test_catalogue_pages(world, hub, monkeypatch):  # noqa: ANN001
-    monkeypatch.setattr(catalog, "PAGE_SIZE", 2)
+    monkeypatch.setattr(catalog_search, "PAGE_SIZE", 2)
     publish_entry(world, world["ds"], "a-ct", image=False, title="A chest CT")
     for name in ("B chest CT", "C chest CT"):
         publish_entry(world, make_dataset(hub, world["alice"], "lung", name), name[0].lower() + "-ct",
@@ -484,7 +506,7 @@ def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):  # no
     assert url.findtext("s:lastmod", namespaces=NS) == TODAY
     assert url.findtext("i:image/i:loc", namespaces=NS) == f"{BASE}/catalog/first-ct/images/1.png"
 
-    monkeypatch.setattr(catalog, "SITEMAP_MAX_URLS", 2)
+    monkeypatch.setattr(sitemaps, "SITEMAP_MAX_URLS", 2)
     for n in range(2, 5):
         publish_entry(world, make_dataset(hub, world["alice"], "lung", f"Set {n}"), f"set-{n}-ct", image=False)
     r = c.get("/sitemap.xml")
@@ -552,7 +574,7 @@ def test_no_private_email_on_any_public_page(world, hub, people):  # noqa: ANN00
         for email in emails:
             assert email not in body, f"{email} appears on {path}"
     landing = c.get("/catalog/chest-ct").text
-    assert catalog.WITHHELD in landing and "data-access@hospital.example.net" in landing  # role address stays
+    assert WITHHELD in landing and "data-access@hospital.example.net" in landing  # role address stays
     second = c.get("/catalog/second-ct").text
     assert "through the application" in second  # the contact became a person's: hidden
 
@@ -570,11 +592,11 @@ def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):  # noqa: A
     with hub.sessions() as s:
         entry = s.scalar(select(CatalogEntry))
         assert entry.published and entry.apply_mode == "hub" and "DUO:0000006" in entry.duo_codes
-        assert len(catalog.images_of(s, entry)) == 3
+        assert len(images_of(s, entry)) == 3
         files = list(s.scalars(select(ArchiveFile)))
         assert len(files) == 6 and {f.state for f in files} == {"ready"}
         dataset_id = entry.dataset_id
-        assert catalog.latest_released(s, dataset_id).file_count == 6
+        assert entries.latest_released(s, dataset_id).file_count == 6
     c = TestClient(app, base_url=BASE)
     d = check_landing_page(c, url, dataset_id)
     assert len(d["image"]) == 3

@@ -1,20 +1,17 @@
-"""Commands that talk to a Strongroom hub over its HTTP API with an API token.
-
-The token comes from `strongroom login` (saved with mode 0600) or STRONGROOM_TOKEN; the hub's
-address from the same file or STRONGROOM_URL.
-"""
+"""Commands that talk to a Strongroom hub over its HTTP API with an API token (`login`, `whoami`,
+`projects`); the client, its login file and its errors are ``hubclient``'s."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from .hubclient import DEFAULT_URL, HubClient, HubError, NotLoggedIn, Unreachable, save_login
 
 app = typer.Typer()
 projects_app = typer.Typer(no_args_is_help=True, help="Your projects on the hub (over the API).")
@@ -23,54 +20,32 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _config_path() -> Path:
-    base = os.environ.get("STRONGROOM_CLI_CONFIG")
-    if base:
-        return Path(base)
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "strongroom" / "cli.json"
-
-
-def _load() -> dict[str, str]:
-    path = _config_path()
-    data = json.loads(path.read_text()) if path.exists() else {}
-    url = os.environ.get("STRONGROOM_URL") or data.get("url") or "http://127.0.0.1:8000"
-    token = os.environ.get("STRONGROOM_TOKEN") or data.get("token")
-    if not token:
-        err.print("[red]not logged in:[/] run [bold]strongroom login --token …[/] with a token from your "
-                  "account page")
-        raise typer.Exit(2)
-    return {"url": url.rstrip("/"), "token": token}
+def connect(**options: Any) -> HubClient:
+    """The client for the saved login; without one, say how to log in and exit (status 2)."""
+    try:
+        return HubClient.from_config(**options)
+    except NotLoggedIn as exc:
+        err.print(f"[red]{exc.head}:[/] {escape(exc.detail)}")
+        raise typer.Exit(2) from None
 
 
 def api(method: str, path: str, **kwargs: Any) -> Any:
-    cfg = _load()
+    """One request, not retried (these commands change things); errors end the command:
+    status 3 when the hub cannot be reached, 1 when it refuses."""
     try:
-        response = httpx.request(method, cfg["url"] + path, headers={"Authorization": f"Bearer {cfg['token']}"},
-                                 timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach {cfg['url']}:[/] {exc}")
-        raise typer.Exit(3) from exc
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        err.print(f"[red]{response.status_code}:[/] {detail}")
-        raise typer.Exit(1)
-    return response.json() if response.content else None
+        return connect(attempts=1, timeout=30).json(method, path, **kwargs)
+    except HubError as exc:
+        err.print(f"[red]{escape(exc.head)}:[/] {escape(exc.detail)}")
+        raise typer.Exit(3 if isinstance(exc, Unreachable) else 1) from None
 
 
 @app.command()
 def login(
     token: Annotated[str, typer.Option(prompt=True, hide_input=True, help="An API token from your account page.")],
-    url: Annotated[str, typer.Option(help="The hub's address.")] = "http://127.0.0.1:8000",
+    url: Annotated[str, typer.Option(help="The hub's address.")] = DEFAULT_URL,
 ) -> None:
     """Save a hub address and API token for the other commands (file mode 0600)."""
-    path = _config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url.rstrip("/"), "token": token.strip()}, fh)
+    save_login(url, token)
     me = api("GET", "/api/v1/me")
     console.print(f"logged in to {url} as [bold]{me['display_name']}[/] (scopes: {', '.join(me['scopes'])})")
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from strongroom.catalog import service as catalog
+from strongroom.catalog import entries
 from strongroom.catalog.demo import seed_catalog_demo
+from strongroom.catalog.fields import EntryFields
 from strongroom.catalog.models import CatalogEntry
 from strongroom.db import transaction
 from strongroom.hub import Hub
@@ -30,7 +31,7 @@ def _second_entry(hub: Hub, steward: str) -> None:
     ds = make_dataset(hub, person, "chest", "Glioma MR")
     with transaction(hub.sessions) as s:
         principal = _principal(s, person)
-        catalog.save_entry(s, principal, ds, catalog.EntryFields(
+        entries.save_entry(s, principal, ds, EntryFields(
             slug="glioma-mr", title="Pre-operative glioma MR with tumour segmentations",
             description="Brain MR (T1, T2, FLAIR) of adult glioma patients before surgery, each with an expert "
                         "segmentation of enhancing tumour, oedema and necrosis.",
@@ -39,7 +40,7 @@ def _second_entry(hub: Hub, steward: str) -> None:
             access_conditions="Clinical researchers with an approved protocol may apply.",
             duo_codes=["DUO:0000006", "DUO:0000015"], how_to_cite="Example Neuro-Oncology Registry (2026).",
             contact_email="registry-access@neuro.example.org"))
-        catalog.publish(s, principal, ds)
+        entries.publish(s, principal, ds)
 
 
 def test_anonymous_visitor_finds_a_dataset_and_sees_the_apply_button(page: Page, hub: Hub, people,  # noqa: ANN001

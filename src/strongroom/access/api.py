@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..deps import Db, RawBody, scoped
 from ..schemas import Body, IsoDate, Out
-from . import reports, service
+from . import applications, decisions, events, policies, reports
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
 Access = scoped("access")
@@ -119,10 +119,10 @@ class EntitlementOut(Out):
     revoked_at: dt.datetime | None
 
 
-def _out(v: service.Visible) -> ApplicationOut:
+def _out(v: events.Visible) -> ApplicationOut:
     s = v.state
     staff = bool(v.roles - {"applicant"})
-    events = [EventOut.model_validate(e) for e in v.events
+    shown = [EventOut.model_validate(e) for e in v.events
               if staff or not (e.type == "remarked" and not e.payload.get("public"))
               and e.type not in ("voted", "review_requested", "decision_requested", "assigned")]
     return ApplicationOut(id=s.id, dataset_id=s.dataset_id, applicant_id=s.applicant_id, state=s.state,
@@ -130,30 +130,30 @@ def _out(v: service.Visible) -> ApplicationOut:
                           members=s.members, assignee=s.assignee if staff else None,
                           votes=s.votes if staff else {}, decision=s.decision,
                           remarks=[r for r in s.remarks if staff or r["public"]], your_roles=sorted(v.roles),
-                          events=events)
+                          events=shown)
 
 
 def _reload(db: Db, principal: Any, application_id: str) -> ApplicationOut:
-    return _out(service.load(db, principal, application_id))
+    return _out(events.load(db, principal, application_id))
 
 
 @router.post("/datasets/{dataset_id}/applications", response_model=ApplicationOut, status_code=201,
              summary="Start an application for a dataset (a draft); renewals link the earlier one")
 def create(db: Db, principal: Access, dataset_id: str, body: NewApplication | None = None) -> ApplicationOut:
-    app = service.create(db, principal, dataset_id, renewal_of=body.renewal_of if body else None)
+    app = applications.create(db, principal, dataset_id, renewal_of=body.renewal_of if body else None)
     return _reload(db, principal, app.id)
 
 
 @router.get("/applications", response_model=list[ApplicationSummary], summary="My applications")
 def mine(db: Db, principal: Access) -> list[ApplicationSummary]:
-    return [ApplicationSummary.model_validate(a) for a in service.my_applications(db, principal)]
+    return [ApplicationSummary.model_validate(a) for a in applications.my_applications(db, principal)]
 
 
 @router.get("/applications/queue", response_model=list[ApplicationSummary],
             summary="Applications for datasets I handle, decide or review")
 def handler_queue(db: Db, principal: Access, state: str | None = Query(None, max_length=16)
                   ) -> list[ApplicationSummary]:
-    return [ApplicationSummary.model_validate(a) for a in service.queue(db, principal, state=state)]
+    return [ApplicationSummary.model_validate(a) for a in applications.queue(db, principal, state=state)]
 
 
 @router.get("/applications/{application_id}", response_model=ApplicationOut,
@@ -165,7 +165,7 @@ def get(db: Db, principal: Access, application_id: str) -> ApplicationOut:
 @router.put("/applications/{application_id}/answers", response_model=ApplicationOut,
             summary="Save answers (draft or returned); each field is validated by its type")
 def save(db: Db, principal: Access, application_id: str, body: Answers) -> ApplicationOut:
-    service.save(db, principal, application_id, body.answers)
+    applications.save(db, principal, application_id, body.answers)
     return _reload(db, principal, application_id)
 
 
@@ -176,98 +176,98 @@ def attach(request: Request, principal: Access, data: RawBody, db: Db, applicati
            filename: str = Query(min_length=1, max_length=255)) -> dict[str, str]:
     # The body is read (RawBody) after the token check has committed and before the next query: no
     # transaction is open while it arrives.
-    a = service.attach(db, principal, application_id, filename, request.headers.get("content-type", ""), data)
+    a = applications.attach(db, principal, application_id, filename, request.headers.get("content-type", ""), data)
     return {"id": a.id, "filename": a.filename}
 
 
 @router.post("/applications/{application_id}/accept-terms", response_model=ApplicationOut,
              summary="Accept the current version of the dataset's terms of use")
 def accept_terms(db: Db, principal: Access, application_id: str) -> ApplicationOut:
-    service.accept_terms(db, principal, application_id)
+    applications.accept_terms(db, principal, application_id)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/invite", response_model=ApplicationOut,
              summary="Invite a co-applicant by e-mail")
 def invite(db: Db, principal: Access, application_id: str, body: Invite) -> ApplicationOut:
-    service.invite_member(db, principal, application_id, body.email)
+    applications.invite_member(db, principal, application_id, body.email)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/submit", response_model=ApplicationOut,
              summary="Submit: every required field must be valid and the terms accepted")
 def submit(db: Db, principal: Access, application_id: str) -> ApplicationOut:
-    service.submit(db, principal, application_id)
+    applications.submit(db, principal, application_id)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/assign", response_model=ApplicationOut,
              summary="Take the application (handlers see who works on what)")
 def assign(db: Db, principal: Access, application_id: str) -> ApplicationOut:
-    service.assign(db, principal, application_id)
+    decisions.assign(db, principal, application_id)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/return", response_model=ApplicationOut,
              summary="Return to the applicant for changes")
 def return_(db: Db, principal: Access, application_id: str, body: Comment) -> ApplicationOut:
-    service.return_(db, principal, application_id, body.comment)
+    decisions.return_(db, principal, application_id, body.comment)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/remark", response_model=ApplicationOut,
              summary="Remark, internal or visible to the applicant")
 def remark(db: Db, principal: Access, application_id: str, body: RemarkIn) -> ApplicationOut:
-    service.remark(db, principal, application_id, body.text, body.public)
+    decisions.remark(db, principal, application_id, body.text, body.public)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/request", response_model=ApplicationOut,
              summary="Ask users for a review or a decision (vote)")
 def request_review(db: Db, principal: Access, application_id: str, body: ReviewRequest) -> ApplicationOut:
-    service.request_review(db, principal, application_id, body.users, body.kind)
+    decisions.request_review(db, principal, application_id, body.users, body.kind)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/vote", response_model=ApplicationOut,
              summary="A decider's vote; a quorum decides")
 def vote(db: Db, principal: Access, application_id: str, body: Vote) -> ApplicationOut:
-    service.vote(db, principal, application_id, body.approve, body.comment)
+    decisions.vote(db, principal, application_id, body.approve, body.comment)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/approve", response_model=ApplicationOut,
              summary="Approve (handler): grants an entitlement ending on `ends`")
 def approve(db: Db, principal: Access, application_id: str, body: Approval) -> ApplicationOut:
-    service.approve(db, principal, application_id, body.ends, body.comment)
+    decisions.approve(db, principal, application_id, body.ends, body.comment)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/reject", response_model=ApplicationOut,
              summary="Reject (handler); the reason is mandatory")
 def reject(db: Db, principal: Access, application_id: str, body: Reason) -> ApplicationOut:
-    service.reject(db, principal, application_id, body.reason)
+    decisions.reject(db, principal, application_id, body.reason)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/close", response_model=ApplicationOut,
              summary="Close (applicant or handler); ends any entitlement")
 def close(db: Db, principal: Access, application_id: str, body: Comment | None = None) -> ApplicationOut:
-    service.close(db, principal, application_id, body.comment if body else "")
+    decisions.close(db, principal, application_id, body.comment if body else "")
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/revoke", response_model=ApplicationOut,
              summary="Revoke an approved application; access ends on the next request")
 def revoke(db: Db, principal: Access, application_id: str, body: Reason) -> ApplicationOut:
-    service.revoke(db, principal, application_id, body.reason)
+    decisions.revoke(db, principal, application_id, body.reason)
     return _reload(db, principal, application_id)
 
 
 @router.put("/datasets/{dataset_id}/access-policy", status_code=204,
             summary="Workflow and handlers/deciders/reviewers of a dataset (the owning project's PI)")
 def set_policy(db: Db, principal: Access, dataset_id: str, body: Policy) -> None:
-    service.set_policy(db, principal, dataset_id, workflow=body.workflow, quorum=body.quorum,
+    policies.set_policy(db, principal, dataset_id, workflow=body.workflow, quorum=body.quorum,
                        max_days=body.max_days, external_owner=body.external_owner, roles=body.roles,
                        applicant_download=body.applicant_download)
 
@@ -275,14 +275,14 @@ def set_policy(db: Db, principal: Access, dataset_id: str, body: Policy) -> None
 @router.post("/external/datasets/{dataset_id}/decisions", response_model=ApplicationOut,
              summary="An external data owner's system approves or revokes a researcher's access")
 def external(db: Db, principal: Access, dataset_id: str, body: ExternalDecision) -> ApplicationOut:
-    state = service.external_decision(db, principal, dataset_id, applicant=body.applicant, approve=body.approve,
+    state = decisions.external_decision(db, principal, dataset_id, applicant=body.applicant, approve=body.approve,
                                       ends=body.ends, reason=body.reason)
     return _reload(db, principal, state.id)
 
 
 @router.get("/me/entitlements", response_model=list[EntitlementOut], summary="My entitlements, newest first")
 def my_entitlements(db: Db, principal: Access) -> list[EntitlementOut]:
-    return [EntitlementOut.model_validate(e) for e in service.entitlements_of(db, principal.user.id)]
+    return [EntitlementOut.model_validate(e) for e in applications.entitlements_of(db, principal.user.id)]
 
 
 @router.get("/datasets/{dataset_id}/access-report", summary="Applications, decisions, entitlements, downloads "

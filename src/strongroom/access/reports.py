@@ -15,8 +15,9 @@ from ..db import utcnow
 from ..errors import NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
+from .applications import handled_datasets
+from .events import events_of, replay
 from .models import Application, Entitlement
-from .service import _events, handled_datasets, replay
 
 
 def _country(user: User | None) -> str:
@@ -38,7 +39,7 @@ def dataset_report(session: Session, principal: Principal, dataset_id: str) -> d
     by_state = Counter(a.state for a in apps)
     waits = []
     for a in apps:
-        s = replay(_events(session, a.id))
+        s = replay(events_of(session, a.id))
         if s.submitted_at and s.decided_at:
             waits.append((s.decided_at - s.submitted_at).total_seconds() / 86400)
     now = utcnow()

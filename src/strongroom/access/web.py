@@ -13,11 +13,11 @@ from ..archive.models import Dataset
 from ..deps import CsrfChecked, Db, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Invalid, NotFound
 from ..web.templating import templates
-from . import service
+from . import applications, decisions, events, policies
 from .models import Application, Attachment, FormVersion
 
 router = APIRouter()
-PostedWithFiles = posted_form(service.MAX_ATTACHMENT)
+PostedWithFiles = posted_form(applications.MAX_ATTACHMENT)
 
 
 def _go(url: str) -> RedirectResponse:
@@ -26,9 +26,9 @@ def _go(url: str) -> RedirectResponse:
 
 @router.get("/apply/{dataset_id}")
 def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    ds = service.applicable_dataset(db, principal, dataset_id)
-    existing = [a for a in service.my_applications(db, principal) if a.dataset_id == dataset_id]
-    open_app = next((a for a in existing if a.state in service.OPEN_STATES), None)
+    ds = applications.applicable_dataset(db, principal, dataset_id)
+    existing = [a for a in applications.my_applications(db, principal) if a.dataset_id == dataset_id]
+    open_app = next((a for a in existing if a.state in events.OPEN_STATES), None)
     if open_app:
         return _go(f"/applications/{open_app.id}")
     return templates.TemplateResponse(request, "access_apply.html", {"ds": ds, "previous": existing})
@@ -37,27 +37,27 @@ def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 @router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
 def start(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     form = posted.form
-    app = service.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
+    app = applications.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
     return _go(f"/applications/{app.id}")
 
 
 @router.get("/applications")
 def applications_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
-    mine = service.my_applications(db, principal)
-    queue = service.queue(db, principal)
+    mine = applications.my_applications(db, principal)
+    queue = applications.queue(db, principal)
     datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({a.dataset_id for a in mine + queue}))}
-    users = service.users_by_id(db, {a.applicant_id for a in queue})
+    users = applications.users_by_id(db, {a.applicant_id for a in queue})
     return templates.TemplateResponse(request, "access_list.html",
                                       {"mine": mine, "queue": queue, "datasets": datasets, "users": users})
 
 
 def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | None = None,
              field_errors: dict[str, str] | None = None) -> dict[str, Any]:
-    v = service.load(db, principal, application_id)
+    v = events.load(db, principal, application_id)
     form = db.get(FormVersion, v.state.form_version_id)
-    terms = service.current_terms(db, service.policy_for(db, v.app.dataset_id).terms_name)
+    terms = policies.current_terms(db, policies.policy_for(db, v.app.dataset_id).terms_name)
     attachments = list(db.query(Attachment).filter(Attachment.application_id == application_id))
-    users = service.users_by_id(db, {e.actor_id for e in v.events if e.actor_id} | {v.app.applicant_id})
+    users = applications.users_by_id(db, {e.actor_id for e in v.events if e.actor_id} | {v.app.applicant_id})
     staff = bool(v.roles - {"applicant"})
     return {"v": v, "s": v.state, "form": form, "terms": terms, "ds": db.get(Dataset, v.app.dataset_id),
             "attachments": attachments, "users": users, "staff": staff, "error": error,
@@ -103,7 +103,7 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
          ) -> Response:
     # Uploaded files were read (PostedWithFiles, before Db) before the first query takes the write lock.
     form_data = posted.form
-    v = service.load(db, principal, application_id)
+    v = events.load(db, principal, application_id)
     fields = db.get(FormVersion, v.state.form_version_id).fields
     attachment_ids: dict[str, str] = {}
     for f in fields:
@@ -111,14 +111,14 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
             if f["type"] == "attachment" else None
         if upload is not None:
             filename, content_type, data = upload
-            attachment_ids[f["id"]] = service.attach(db, principal, application_id, filename, content_type,
+            attachment_ids[f["id"]] = applications.attach(db, principal, application_id, filename, content_type,
                                                      data).id
         elif f["type"] == "ethics" and isinstance(v.state.answers.get(f["id"]), dict):
             kept = v.state.answers[f["id"]].get("attachment")
             if kept:
                 attachment_ids[f["id"]] = kept
     try:
-        service.save(db, principal, application_id, _answers_from_form(form_data, fields, attachment_ids))
+        applications.save(db, principal, application_id, _answers_from_form(form_data, fields, attachment_ids))
     except Invalid as exc:
         ctx = _context(db, principal, application_id, exc.detail, exc.extra.get("fields"))  # type: ignore[arg-type]
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
@@ -136,25 +136,25 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
     try:
         match command:
             case "accept-terms":
-                service.accept_terms(db, principal, application_id)
+                applications.accept_terms(db, principal, application_id)
             case "submit":
-                service.submit(db, principal, application_id)
+                applications.submit(db, principal, application_id)
             case "assign":
-                service.assign(db, principal, application_id)
+                decisions.assign(db, principal, application_id)
             case "return":
-                service.return_(db, principal, application_id, text)
+                decisions.return_(db, principal, application_id, text)
             case "remark":
-                service.remark(db, principal, application_id, text, form.get("public") == "on")
+                decisions.remark(db, principal, application_id, text, form.get("public") == "on")
             case "approve":
-                service.approve(db, principal, application_id, dt.date.fromisoformat(str(form.get("ends"))), text)
+                decisions.approve(db, principal, application_id, dt.date.fromisoformat(str(form.get("ends"))), text)
             case "reject":
-                service.reject(db, principal, application_id, text)
+                decisions.reject(db, principal, application_id, text)
             case "close":
-                service.close(db, principal, application_id, text)
+                decisions.close(db, principal, application_id, text)
             case "revoke":
-                service.revoke(db, principal, application_id, text)
+                decisions.revoke(db, principal, application_id, text)
             case "vote":
-                service.vote(db, principal, application_id, form.get("approve") == "yes", text)
+                decisions.vote(db, principal, application_id, form.get("approve") == "yes", text)
             case _:
                 raise NotFound("no such action")
     except (Invalid, ValueError) as exc:
@@ -181,7 +181,7 @@ __all__ = ["Application", "router"]
 def my_access(request: Request, db: Db, principal: WebPrincipal) -> Response:
     from ..db import utcnow
 
-    ents = service.entitlements_of(db, principal.user.id)
+    ents = applications.entitlements_of(db, principal.user.id)
     datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({e.dataset_id for e in ents}))}
     return templates.TemplateResponse(request, "access_mine.html",
                                       {"ents": ents, "datasets": datasets, "now": utcnow()})
@@ -196,20 +196,20 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
     from .models import DatasetRole
 
     report = reports.dataset_report(db, principal, dataset_id)  # NotFound unless the caller handles it
-    apps = [a for a in service.queue(db, principal) if a.dataset_id == dataset_id]
+    apps = [a for a in applications.queue(db, principal) if a.dataset_id == dataset_id]
     roles = list(db.execute(select(DatasetRole.role, DatasetRole.user_id).where(DatasetRole.dataset_id == dataset_id)))
-    users = service.users_by_id(db, {a.applicant_id for a in apps} | {uid for _, uid in roles})
-    assignees = {a.id: service.replay(service._events(db, a.id)).assignee for a in apps}
-    users |= service.users_by_id(db, {u for u in assignees.values() if u})
+    users = applications.users_by_id(db, {a.applicant_id for a in apps} | {uid for _, uid in roles})
+    assignees = {a.id: events.replay(events.events_of(db, a.id)).assignee for a in apps}
+    users |= applications.users_by_id(db, {u for u in assignees.values() if u})
     countries = sorted(report["sharing_by_country"].items(), key=lambda kv: -kv[1])
     return templates.TemplateResponse(request, "access_owner.html", {
         "report": report, "apps": apps, "users": users, "assignees": assignees,
-        "policy": service.policy_for(db, dataset_id), "roles": roles, "countries": countries,
+        "policy": policies.policy_for(db, dataset_id), "roles": roles, "countries": countries,
         "max_country": max((n for _, n in countries), default=1),
-        "is_pi": service.is_owner_pi(db, principal, dataset_id)})
+        "is_pi": policies.is_owner_pi(db, principal, dataset_id)})
 
 
 @router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
 def set_download(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    service.set_applicant_download(db, principal, dataset_id, posted.form.get("allowed") == "yes")
+    policies.set_applicant_download(db, principal, dataset_id, posted.form.get("allowed") == "yes")
     return _go(f"/datasets/{dataset_id}/access#download-policy")

@@ -19,11 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..client import _config_path, _load
+from ..client import connect
+from ..hubclient import HubError, config_path
 from . import c4gh
 from .transfer import (
-    HubClient,
-    TransferError,
     decrypt_and_verify,
     download_file,
     iter_dataset_files,
@@ -41,13 +40,8 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _client() -> HubClient:
-    cfg = _load()
-    return HubClient(cfg["url"], cfg["token"])
-
-
 def _default_key_dir() -> Path:
-    return _config_path().parent
+    return config_path().parent
 
 
 def _progress() -> Progress:
@@ -67,16 +61,16 @@ def upload(
     parallel: Annotated[int, typer.Option(min=1, max=32, help="Parts in flight per file.")] = 4,
 ) -> None:
     """Encrypt (crypt4gh, to the hub's key) while streaming and upload; re-run to resume."""
-    client = _client()
+    client = connect()
     try:
         response = client.request("GET", "/api/v1/archive/public-key")
         hub_public = c4gh.parse_public_key(response.text)
         plans = plan_uploads(paths)
-    except (TransferError, ValueError) as exc:
+    except (HubError, ValueError) as exc:
         _fail(exc)
     try:  # a wrong project is a mistake to correct, not a transfer to resume
         client.request("GET", f"/api/v1/projects/{project}")
-    except TransferError as exc:
+    except HubError as exc:
         _fail(f"cannot upload into {project!r}: {exc} (`strongroom projects list` shows your projects)")
     state_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "strongroom" / "uploads"
     failures = 0
@@ -96,7 +90,7 @@ def upload(
                                      on_bytes=advance)
                 progress.update(task, total=progress.tasks[task].completed,
                                 description=f"[green]✓[/] {plan.name[-38:]} → {record['id']}")
-            except TransferError as exc:
+            except HubError as exc:
                 failures += 1
                 progress.update(task, description=f"[red]✗[/] {plan.name[-38:]}: {exc}")
     if failures:
@@ -119,7 +113,7 @@ def download(
     """Download re-encrypted to your key; interrupted downloads resume; --decrypt verifies checksums."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    client = _client()
+    client = connect()
     secret = None
     if decrypt:
         path = secret_key or _default_key_dir() / "strongroom.sec"
@@ -139,7 +133,7 @@ def download(
                 files.extend(iter_dataset_files(client, ident, version))
             else:
                 files.append({"id": ident})
-    except TransferError as exc:
+    except HubError as exc:
         _fail(exc)
     failures = 0
     with _progress() as progress, ThreadPoolExecutor(parallel) as pool:
@@ -157,7 +151,7 @@ def download(
         for future in as_completed(futures):
             try:
                 future.result()
-            except (TransferError, c4gh.C4ghError, OSError) as exc:
+            except (HubError, c4gh.C4ghError, OSError) as exc:
                 failures += 1
                 err.print(f"[red]✗ {futures[future]}:[/] {exc}")
     if failures:
@@ -206,8 +200,8 @@ def keys_register(public_key: Annotated[Path, typer.Argument(help="A crypt4gh pu
                   name: Annotated[str, typer.Option(help="A name you recognise.")] = "laptop") -> None:
     """Register a public key with the hub."""
     try:
-        key = _client().json("POST", "/api/v1/me/keys", json={"name": name, "public_key": public_key.read_text()})
-    except (TransferError, OSError) as exc:
+        key = connect().json("POST", "/api/v1/me/keys", json={"name": name, "public_key": public_key.read_text()})
+    except (HubError, OSError) as exc:
         _fail(exc)
     console.print(f"registered {key['fingerprint']} ({key['name']})")
 
@@ -216,7 +210,7 @@ def keys_register(public_key: Annotated[Path, typer.Argument(help="A crypt4gh pu
 def keys_list() -> None:
     """Your registered public keys."""
     table = Table("fingerprint", "name", "registered", "state")
-    for k in _client().json("GET", "/api/v1/me/keys"):
+    for k in connect().json("GET", "/api/v1/me/keys"):
         table.add_row(k["fingerprint"], k["name"], k["created_at"][:16], "revoked" if k["revoked_at"] else "active")
     console.print(table)
 
@@ -226,7 +220,7 @@ def keys_list() -> None:
 def datasets_list(project: Annotated[str, typer.Option("--project", "-p")]) -> None:
     """Datasets a project owns or has been shared."""
     table = Table("accession", "title", "versions", "owner")
-    for ds in _client().json("GET", f"/api/v1/projects/{project}/datasets"):
+    for ds in connect().json("GET", f"/api/v1/projects/{project}/datasets"):
         table.add_row(ds["id"], ds["title"], " ".join(f"v{v['number']}:{v['state']}" for v in ds["versions"]),
                       ds["owner_project"])
     console.print(table)
@@ -239,9 +233,9 @@ def datasets_create(project: Annotated[str, typer.Option("--project", "-p")],
                     description: Annotated[str, typer.Option()] = "") -> None:
     """Create a dataset whose draft version 1 holds FILES."""
     try:
-        ds = _client().json("POST", f"/api/v1/projects/{project}/datasets",
+        ds = connect().json("POST", f"/api/v1/projects/{project}/datasets",
                             json={"title": title, "description": description, "files": files})
-    except TransferError as exc:
+    except HubError as exc:
         _fail(exc)
     console.print(f"created {ds['id']} (v1 draft, {ds['versions'][0]['file_count']} files)")
 
@@ -250,8 +244,8 @@ def datasets_create(project: Annotated[str, typer.Option("--project", "-p")],
 def datasets_release(dataset: str, version: Annotated[int, typer.Option()] = 1) -> None:
     """Release a draft version (immutable from then on)."""
     try:
-        v = _client().json("POST", f"/api/v1/datasets/{dataset}/versions/{version}/release")
-    except TransferError as exc:
+        v = connect().json("POST", f"/api/v1/datasets/{dataset}/versions/{version}/release")
+    except HubError as exc:
         _fail(exc)
     console.print(f"{dataset} v{v['number']} {v['state']} ({v['file_count']} files)")
 
@@ -260,7 +254,7 @@ def datasets_release(dataset: str, version: Annotated[int, typer.Option()] = 1) 
 def datasets_files(dataset: str, version: Annotated[int | None, typer.Option()] = None) -> None:
     """List a version's files with checksums."""
     table = Table("accession", "path", "size", "sha256")
-    for f in iter_dataset_files(_client(), dataset, version):
+    for f in iter_dataset_files(connect(), dataset, version):
         table.add_row(f["id"], f["path"], str(f["plaintext_size"]), f["plaintext_sha256"] or "")
     console.print(table)
 

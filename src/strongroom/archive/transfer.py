@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,61 +22,8 @@ from typing import Any
 
 import httpx
 
+from ..hubclient import RETRY_STATUSES, HubClient, HubError, problem_error
 from . import c4gh
-
-RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-
-
-class TransferError(Exception):
-    pass
-
-
-@dataclass
-class HubClient:
-    url: str
-    token: str
-    attempts: int = 6
-    timeout: float = 120.0
-
-    def __post_init__(self) -> None:
-        self._local = threading.local()
-
-    @property
-    def http(self) -> httpx.Client:
-        client = getattr(self._local, "client", None)
-        if client is None:  # one connection pool per thread
-            client = httpx.Client(base_url=self.url.rstrip("/"), timeout=self.timeout,
-                                  headers={"Authorization": f"Bearer {self.token}"})
-            self._local.client = client
-        return client
-
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Retries connection failures and 5xx with exponential backoff; 4xx fail at once."""
-        delay = 0.5
-        for attempt in range(1, self.attempts + 1):
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if attempt == self.attempts:
-                    raise TransferError(f"cannot reach the hub: {exc}") from exc
-            else:
-                if response.status_code not in RETRY_STATUSES or attempt == self.attempts:
-                    if response.status_code >= 400:
-                        raise TransferError(_problem(response))
-                    return response
-            time.sleep(delay)
-            delay = min(delay * 2, 20)
-        raise TransferError("unreachable")
-
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
-
-
-def _problem(response: httpx.Response) -> str:
-    try:
-        return f"{response.status_code}: {response.json().get('detail', response.text)}"
-    except ValueError:
-        return f"{response.status_code}: {response.text[:200]}"
 
 
 # -- upload ------------------------------------------------------------------------------------
@@ -99,7 +45,7 @@ def plan_uploads(paths: list[Path]) -> list[UploadPlan]:
         elif root.is_file():
             plans.append(UploadPlan(root, root.name, root.stat().st_size))
         else:
-            raise TransferError(f"{root}: no such file or directory")
+            raise HubError(f"{root}: no such file or directory")
     return plans
 
 
@@ -162,7 +108,7 @@ def upload_file(client: HubClient, project: str, plan: UploadPlan, hub_public: b
     if state:
         try:
             status = client.json("GET", f"/api/v1/uploads/{state['upload_id']}")
-        except TransferError:
+        except HubError:
             status = None
         if status and status["state"] == "receiving":
             received = {p["number"] for p in status["parts"]}
@@ -235,8 +181,8 @@ def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | 
                 if response.status_code >= 400:
                     response.read()
                     if response.status_code in RETRY_STATUSES and attempt < client.attempts:
-                        raise httpx.TransportError(_problem(response))
-                    raise TransferError(_problem(response))
+                        raise httpx.TransportError(str(problem_error(response)))
+                    raise problem_error(response)
                 etag_file.write_text(response.headers.get("etag", ""))
                 mode = "ab" if response.status_code == 206 else "wb"
                 if mode == "wb":
@@ -252,7 +198,7 @@ def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | 
                 break
         except httpx.TransportError as exc:
             if attempt == client.attempts:
-                raise TransferError(f"download of {file_id} failed: {exc}") from exc
+                raise HubError(f"download of {file_id} failed: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 20)
             if partial.exists() and etag_file.exists():
@@ -275,7 +221,7 @@ def decrypt_and_verify(encrypted: Path, secret_key: bytes, expected_sha256: str)
             dst.write(chunk)
     if digest.hexdigest() != expected_sha256:
         tmp.unlink()
-        raise TransferError(f"{encrypted.name}: checksum mismatch after decryption")
+        raise HubError(f"{encrypted.name}: checksum mismatch after decryption")
     os.replace(tmp, out)
     return out
 
@@ -284,7 +230,7 @@ def iter_dataset_files(client: HubClient, dataset_id: str, version: int | None) 
     ds = client.json("GET", f"/api/v1/datasets/{dataset_id}")
     usable = [v for v in ds["versions"] if v["state"] in ("released", "deprecated")] or ds["versions"]
     if not usable:
-        raise TransferError(f"{dataset_id} has no versions")
+        raise HubError(f"{dataset_id} has no versions")
     number = version or usable[-1]["number"]
     after = None
     while True:

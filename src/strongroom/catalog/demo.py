@@ -8,7 +8,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from ..access import service as access_service
+from ..access import policies as access_policies
 from ..access.models import AccessPolicy
 from ..archive import service as archive
 from ..archive.backend import storage_for
@@ -19,7 +19,8 @@ from ..hub import Hub
 from ..identity import service as identity
 from ..identity.principal import SCOPES, Principal
 from ..projects import service as projects
-from . import png, service
+from . import entries, images, png
+from .fields import EntryFields
 
 DEMO_SLUG = "synthetic-chest-ct-demo"
 DEMO_TITLE = "Synthetic chest CT with lung nodules (demo)"
@@ -42,8 +43,8 @@ def _slices() -> dict[str, bytes]:
             for case in range(1, CASES + 1) for k in range(1, SLICES + 1)}
 
 
-def _fields(dataset_id: str) -> service.EntryFields:
-    return service.EntryFields(
+def _fields(dataset_id: str) -> EntryFields:
+    return EntryFields(
         slug=DEMO_SLUG,
         title=DEMO_TITLE,
         description=(
@@ -114,23 +115,23 @@ def seed_catalog_demo(hub: Hub, *, project_slug: str = "demo", steward: str = "a
                 ArchiveFile.state == READY).order_by(ArchiveFile.path)))
             ds = archive.create_dataset(session, principal, access, title=DEMO_TITLE, files=ready,
                                         description="Synthetic chest CT phantoms for trying the hub.")
-        if service.latest_released(session, ds.id) is None:
+        if entries.latest_released(session, ds.id) is None:
             draft = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
                                    .order_by(DatasetVersion.number.desc()).limit(1))
             if draft is not None and draft.state == "draft" and draft.file_count:
                 archive.release_version(session, principal, ds.id, draft.number)
-        entry = service.entry_for(session, ds.id)
+        entry = entries.entry_for(session, ds.id)
         if entry is None:
-            entry = service.save_entry(session, principal, ds.id, _fields(ds.id))
-        if not service.images_of(session, entry):
+            entry = entries.save_entry(session, principal, ds.id, _fields(ds.id))
+        if not images.images_of(session, entry):
             for case in range(1, CASES + 1):
-                service.add_image(session, principal, ds.id, slices[f"{DEMO_DIR}/case-{case:03d}/slice-001.png"],
+                images.add_image(session, principal, ds.id, slices[f"{DEMO_DIR}/case-{case:03d}/slice-001.png"],
                                   f"Synthetic axial chest CT, case {case}: lungs, spine and one nodule")
         if not entry.published:
-            service.publish(session, principal, ds.id)
+            entries.publish(session, principal, ds.id)
         if session.get(AccessPolicy, ds.id) is None:
             # Applicants are in-platform only unless the owner says otherwise; the demo lets approved
             # researchers download, so the quick start's "download from Datasets you may use" works.
-            access_service.set_applicant_download(session, principal, ds.id, True)
+            access_policies.set_applicant_download(session, principal, ds.id, True)
         slug = entry.slug
     return f"{hub.settings.base_url.rstrip('/')}/catalog/{slug}"

@@ -31,7 +31,7 @@ from ..archive.sealing import SealedBody
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
-from ..catalog import service as catalog
+from ..catalog import entries as catalog
 from ..catalog.models import CatalogEntry
 from ..db import transaction, utcnow
 from ..errors import Conflict, Invalid, NotFound

@@ -1,0 +1,150 @@
+"""Applications are event-sourced: every command appends a typed event, and the application's
+state is the fold of its events (``replay``). The ``Application`` row caches that state for queries
+and is rewritten from the events on every command (``append``). ``load`` gives an application to
+those who may see it (the applicant; handlers, deciders and reviewers of its dataset) with their
+roles; everyone else gets NotFound."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..archive.models import Dataset
+from ..audit import service as audit
+from ..db import utcnow
+from ..errors import Conflict, Forbidden, NotFound
+from ..identity.principal import Principal
+from .models import Application, ApplicationEvent
+from .policies import roles_of
+
+OPEN_STATES = ("draft", "submitted", "returned")
+FINAL_STATES = ("rejected", "closed", "revoked")
+
+
+@dataclass
+class ApplicationState:
+    id: str
+    applicant_id: uuid.UUID
+    dataset_id: str
+    form_version_id: int
+    state: str = "draft"
+    answers: dict[str, Any] = field(default_factory=dict)
+    accepted_terms: dict[str, int] = field(default_factory=dict)  # user id → terms version id
+    members: list[str] = field(default_factory=list)  # invited e-mails
+    assignee: uuid.UUID | None = None
+    votes: dict[str, bool] = field(default_factory=dict)  # decider id → approve?
+    reviewers: list[str] = field(default_factory=list)
+    deciders: list[str] = field(default_factory=list)
+    remarks: list[dict[str, Any]] = field(default_factory=list)
+    decision: dict[str, Any] | None = None
+    submitted_at: dt.datetime | None = None
+    decided_at: dt.datetime | None = None
+    renewal_of: str | None = None
+
+
+def replay(events: list[ApplicationEvent]) -> ApplicationState:
+    """The application's state: a pure function of its events."""
+    first = events[0]
+    assert first.type == "created"
+    s = ApplicationState(id=first.application_id, applicant_id=first.actor_id,  # type: ignore[arg-type]
+                         dataset_id=first.payload["dataset_id"], form_version_id=first.payload["form_version_id"],
+                         renewal_of=first.payload.get("renewal_of"))
+    for e in events[1:]:
+        p = e.payload
+        match e.type:
+            case "saved":
+                s.answers = p["answers"]
+            case "terms_accepted":
+                s.accepted_terms[p["user_id"]] = p["terms_version_id"]
+            case "member_invited":
+                s.members.append(p["email"])
+            case "submitted":
+                s.state, s.submitted_at, s.votes = "submitted", e.at, {}
+            case "returned":
+                s.state = "returned"
+            case "assigned":
+                s.assignee = uuid.UUID(p["handler_id"]) if p.get("handler_id") else None
+            case "review_requested":
+                s.reviewers = sorted(set(s.reviewers) | set(p["reviewer_ids"]))
+            case "decision_requested":
+                s.deciders = sorted(set(s.deciders) | set(p["decider_ids"]))
+            case "voted":
+                s.votes[str(e.actor_id)] = p["approve"]
+            case "remarked":
+                s.remarks.append({"by": str(e.actor_id), "text": p["text"], "public": p["public"],
+                                  "at": e.at.isoformat()})
+            case "approved":
+                s.state, s.decided_at = "approved", e.at
+                s.decision = {"approved": True, "ends": p["ends"], "by": str(e.actor_id) if e.actor_id else None,
+                              "comment": p.get("comment", "")}
+            case "rejected":
+                s.state, s.decided_at = "rejected", e.at
+                s.decision = {"approved": False, "reason": p["reason"]}
+            case "closed":
+                s.state = "closed"
+            case "revoked":
+                s.state = "revoked"
+    return s
+
+
+@dataclass
+class Visible:
+    app: Application
+    state: ApplicationState
+    roles: set[str]  # the caller's roles: applicant and/or handler, decider, reviewer
+    events: list[ApplicationEvent]
+
+
+def events_of(session: Session, application_id: str) -> list[ApplicationEvent]:
+    return list(session.scalars(select(ApplicationEvent).where(ApplicationEvent.application_id == application_id)
+                                .order_by(ApplicationEvent.seq)))
+
+
+def load(session: Session, principal: Principal, application_id: str) -> Visible:
+    app = session.get(Application, application_id)
+    if app is None:
+        raise NotFound("no such application")
+    roles = roles_of(session, principal.user.id, app.dataset_id)
+    if app.applicant_id == principal.user.id:
+        roles.add("applicant")
+    events = events_of(session, application_id)
+    state = replay(events)
+    if str(principal.user.id) in state.reviewers:
+        roles.add("reviewer")
+    if str(principal.user.id) in state.deciders:
+        roles.add("decider")
+    if not roles:
+        raise NotFound("no such application")
+    return Visible(app, state, roles, events)
+
+
+def append(session: Session, principal: Principal | None, app: Application, type_: str,
+            payload: dict[str, Any]) -> ApplicationState:
+    seq = (session.scalar(select(func.max(ApplicationEvent.seq)).where(
+        ApplicationEvent.application_id == app.id)) or 0) + 1
+    session.add(ApplicationEvent(application_id=app.id, seq=seq, type=type_,
+                                 actor_id=principal.user.id if principal else None, payload=payload))
+    session.flush()
+    state = replay(events_of(session, app.id))
+    app.state, app.updated_at = state.state, utcnow()
+    ds = session.get(Dataset, app.dataset_id)
+    audit.record(session, principal.actor if principal else audit.Actor.system("access"),
+                 f"access.application.{type_}", project_id=ds.project_id if ds else None,
+                 subject_user_id=app.applicant_id, target=f"application:{app.id}",
+                 details={k: v for k, v in payload.items() if k in ("reason", "ends", "approve", "public")})
+    return state
+
+
+def require(v: Visible, *roles: str) -> None:
+    if not v.roles & set(roles):
+        raise Forbidden(f"this needs the {' or '.join(roles)} role on the application")
+
+
+def require_state(v: Visible, *states: str) -> None:
+    if v.state.state not in states:
+        raise Conflict(f"the application is {v.state.state}; this needs {' or '.join(states)}")
