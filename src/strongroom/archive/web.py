@@ -132,4 +132,12 @@ def download(db: Db, hub: HubDep, principal: WebPrincipal, file_id: str, key: st
     from . import downloads
 
     return downloads.encrypted(db, hub, principal, file_id, key=key, plaintext_range=None,
-                               range_header=range_header, if_range=if_range)
+                               range_header=range_header, if_range=if_range, name_with_folders=True)
+
+
+@router.get("/datasets/{dataset_id}/versions/{number}/download.zip")
+def download_all(db: Db, hub: HubDep, principal: WebPrincipal, dataset_id: str, number: Int32) -> Response:
+    """Every file of the version in one streamed ZIP, folders kept, each re-encrypted to the user's key."""
+    from .zipdownload import dataset_zip
+
+    return dataset_zip(db, hub, principal, dataset_id, number)
