@@ -107,6 +107,7 @@ def test_browser_encrypts_a_big_upload_itself_and_the_hub_decrypts_it_exactly(  
     page.route("**/api/v1/uploads/*/parts/2", flaky_part_2)
     page.goto("/projects/chest/data")
     expect(page.get_by_label("Files to upload (any size")).to_be_visible()
+    expect(page.get_by_role("button", name="Resume the upload")).to_be_hidden()
     page.get_by_label("Files to upload").set_input_files(str(sample))
     page.get_by_role("button", name="Upload and archive").click()
     expect(page.locator("#files")).to_contain_text("scan-big.bin", timeout=60_000)

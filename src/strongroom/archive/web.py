@@ -16,9 +16,10 @@ from . import service
 from .backend import storage_for
 
 router = APIRouter()
-# Kept in memory end to end: the whole form stays under the 1 MiB body limit, which is also below the
-# size at which the form parser would spool a file to disk — so plaintext never touches a temp file.
-# Larger files go through `strongroom upload`, which encrypts on the researcher's machine.
+# The form without JavaScript. With it, the page encrypts in the browser and uses the upload API
+# (static/archive-upload.js), for files of any size. This fallback is kept in memory end to end: the
+# whole form stays under the 1 MiB body limit, which is also below the size at which the form parser
+# would spool a file to disk — so plaintext never touches a temp file.
 BROWSER_UPLOAD_MAX = 960 * 1024
 PostedUpload = posted_form(BROWSER_UPLOAD_MAX)
 
