@@ -15,6 +15,7 @@ from pathlib import Path
 import crypt4gh.lib
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from conftest import bearer, token_for, web_client
@@ -425,3 +426,119 @@ def test_browser_download_is_audited_to_its_end(app, world):  # noqa: ANN001
     assert page.status_code == 200
     assert [e.action for e in _download_events(hub, file_id)] == ["archive.download.started",
                                                                   "archive.download.completed"]
+
+
+# -- the data page's API calls and the web downloads (issue 10) ------------------------------------
+def _page_client(world):  # noqa: ANN001, ANN201
+    """alice's browser: her session cookie, and the CSRF token her pages carry."""
+    from strongroom.deps import SESSION_COOKIE, csrf_token_for
+
+    web = web_client(world["app"], world["hub"], world["alice"])
+    csrf = csrf_token_for(world["hub"].secret, session_cookie=web.cookies.get(SESSION_COOKIE))
+    return web, csrf
+
+
+@pytest.fixture
+def page_world(world, app):  # noqa: ANN001, ANN201
+    return {**world, "app": app}
+
+
+def test_upload_api_takes_a_page_session_only_with_its_csrf_token(page_world, tmp_path):  # noqa: ANN001
+    world, hub = page_world, page_world["hub"]
+    web, csrf = _page_client(world)
+    data = os.urandom(4 * SEG + 11)
+    header_source = tmp_path / "scan.dcm"
+    header_source.write_bytes(data)
+    session_key, seed = os.urandom(32), os.urandom(32)
+    source = SealedSource(header_source, c4gh.make_header([session_key], world["hub_public"], None, seed=seed),
+                          session_key, seed)
+    new = {"path": "a/scan.dcm", "size": source.size}
+    # deny by default: no CSRF header, a wrong one, another site, or no session at all
+    assert web.post("/api/v1/projects/lung/uploads", json=new).status_code == 403
+    assert web.post("/api/v1/projects/lung/uploads", json=new, headers={"X-CSRF-Token": "x" * 64}).status_code == 403
+    assert web.post("/api/v1/projects/lung/uploads", json=new, headers={
+        "X-CSRF-Token": csrf, "Origin": "https://evil.example"}).status_code == 403
+    with TestClient(world["app"], base_url="http://127.0.0.1:8000") as anonymous:
+        assert anonymous.post("/api/v1/projects/lung/uploads", json=new,
+                              headers={"X-CSRF-Token": csrf}).status_code == 401
+    # only the upload routes take a session: the rest of the API still wants a token
+    assert web.get("/api/v1/projects/lung/files", headers={"X-CSRF-Token": csrf}).status_code == 401
+    with hub.sessions() as s:
+        assert s.scalar(select(ArchiveFile).where(ArchiveFile.path == "a/scan.dcm")) is None
+
+    headers = {"X-CSRF-Token": csrf}
+    r = web.post("/api/v1/projects/lung/uploads", json=new, headers=headers)
+    assert r.status_code == 201, r.text
+    upload = r.json()
+    part_size = upload["part_size"]
+    for n in range(1, -(-source.size // part_size) + 1):
+        start = (n - 1) * part_size
+        r = web.put(f"/api/v1/uploads/{upload['id']}/parts/{n}", content=source.read(start, min(start + part_size,
+                    source.size)), headers={**headers, "Content-Type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+    assert len(web.get(f"/api/v1/uploads/{upload['id']}", headers=headers).json()["parts"]) == n
+    r = web.post(f"/api/v1/uploads/{upload['id']}/complete", json={}, headers=headers)
+    assert r.status_code == 200 and r.json()["state"] == "uploaded", r.text
+    _drain(hub)
+    f = _file(hub, upload["id"])
+    assert f.state == "ready" and f.plaintext_sha256 == hashlib.sha256(data).hexdigest(), f.failure
+
+
+def _archived(world, tmp_path, paths: dict[str, bytes]) -> dict[str, str]:  # noqa: ANN001
+    ids = {}
+    for path, data in paths.items():
+        src = tmp_path / f"src-{len(ids)}"
+        src.write_bytes(data)
+        ids[path] = _upload(world, src, tmp_path, name=path)["id"]
+    _drain(world["hub"])
+    return ids
+
+
+def test_web_downloads_keep_folders_and_download_all_streams_a_zip(page_world, tmp_path):  # noqa: ANN001
+    import zipfile
+
+    from strongroom.audit import service as audit
+
+    world, hub, c = page_world, page_world["hub"], page_world["http"]
+    contents = {"a/slice-001.png": os.urandom(70_000), "b/slice-001.png": os.urandom(5),
+                "c/held.png": os.urandom(100)}
+    ids = _archived(world, tmp_path, contents)
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "Slices", "files": list(ids.values())}).json()
+    assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
+    with transaction(hub.sessions) as s:  # quarantined after release: it must vanish from every download
+        s.get(ArchiveFile, ids["c/held.png"]).hold = "quarantine"
+    web, _ = _page_client(world)
+
+    r = web.get(f"/files/{ids['a/slice-001.png']}/download")
+    assert r.status_code == 200 and "filename=\"a__slice-001.png.c4gh\"" in r.headers["content-disposition"]
+    assert web.get(f"/files/{ids['c/held.png']}/download").status_code == 404
+    page = web.get(f"/datasets/{ds['id']}")
+    assert "Download all (ZIP)" in page.text and "crypt4gh decrypt --sk" in page.text
+    assert "strongroom download " + ds["id"] + " --decrypt" in page.text
+
+    with web.stream("GET", f"/datasets/{ds['id']}/versions/1/download.zip") as r:
+        assert r.status_code == 200, r.read()
+        assert "content-length" not in r.headers  # streamed as it is made
+        assert r.headers["content-type"] == "application/zip"
+        body = b"".join(r.iter_bytes())
+    archive = zipfile.ZipFile(io.BytesIO(body))
+    assert archive.testzip() is None
+    assert sorted(archive.namelist()) == ["a/slice-001.png.c4gh", "b/slice-001.png.c4gh"]
+    for info in archive.infolist():
+        assert info.compress_type == zipfile.ZIP_STORED
+        plain = _reference_decrypt(archive.read(info), world["user_key"].secret)
+        assert plain == contents[info.filename.removesuffix(".c4gh")]
+    with hub.sessions() as s:
+        started = audit.query(s, action_prefix="archive.download.started")
+        completed = audit.query(s, action_prefix="archive.download.completed")
+    zipped = [e for e in started if e.details.get("archive") == f"{ds['id']}-v1.zip"]
+    assert sorted(e.target for e in zipped) == sorted(f"file:{ids[p]}" for p in ("a/slice-001.png",
+                                                                                   "b/slice-001.png"))
+    done = [e for e in completed if e.details.get("archive")]
+    assert sorted(e.target for e in done) == sorted(e.target for e in zipped)
+    assert all(e.details["bytes_sent"] == e.details["bytes_expected"] for e in done)
+    assert f"file:{ids['c/held.png']}" not in {e.target for e in started}
+
+    # a project whose downloads are closed gives no ZIP either
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
+    assert web.get(f"/datasets/{ds['id']}/versions/1/download.zip").status_code == 403

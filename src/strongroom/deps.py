@@ -247,6 +247,50 @@ async def _check_csrf(request: Request) -> None:
 CsrfChecked = Depends(_check_csrf)
 
 
+# -- API routes a page's own script may call -------------------------------------------------------
+CSRF_HEADER = "x-csrf-token"
+
+
+def _browser_api_principal(request: Request, db: Db) -> Principal:
+    """The logged-in browser calling an API route from the hub's own pages (the encrypted browser
+    upload): an active session cookie, plus the page's CSRF token in the ``X-CSRF-Token`` header and
+    a same-site Origin. A header other sites cannot set without a CORS preflight, which this hub
+    never grants. Anything less is 401/403, never a redirect to the login page."""
+    found = current_web_session(request, db)
+    if found is None or found[0].stage != "active":
+        raise Unauthenticated("log in again (the session ended), or send an API token as "
+                              "'Authorization: Bearer sr_…'")
+    if not _same_site(request):
+        raise Forbidden("this request came from another site")
+    session_cookie = _bound_cookie(request)
+    sent = request.headers.get(CSRF_HEADER, "")
+    assert session_cookie is not None  # a session was found, so its cookie is there
+    expected = csrf_token_for(request.app.state.hub.secret, session_cookie=session_cookie)
+    if not sent or not secrets.compare_digest(sent, expected):
+        raise Forbidden("the page expired; reload it and try again")
+    ws, user = found
+    principal = identity.session_principal(ws, user, client_ip(request))
+    db.commit()  # like a token check: no transaction stays open while a body arrives
+    return principal
+
+
+def scoped_or_page(scope: str):  # noqa: ANN201 - returns a dependency
+    """Like :func:`scoped`, for the few API routes the hub's own pages also call: an API token when the
+    request carries ``Authorization``, otherwise the browser session with its CSRF header (above).
+    Deny by default: a route accepts a session only if it asks for this dependency."""
+
+    def check(request: Request, db: Db) -> Principal:
+        if request.headers.get("authorization"):
+            principal = _api_principal(request, db)
+        else:
+            principal = _browser_api_principal(request, db)
+        if not principal.can(scope):
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+        return principal
+
+    return Annotated[Principal, Depends(check)]
+
+
 # -- request bodies, read before the transaction -----------------------------------------------
 # FastAPI resolves dependencies in parameter order. An API route declares the body after its principal
 # (the token check commits, so no transaction is open while the body arrives) and before anything

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from ..deps import Db, HubDep, RawBody, read_first, scoped
+from ..deps import Db, HubDep, RawBody, read_first, scoped, scoped_or_page
 from ..errors import Invalid
 from ..openapi import errors
 from ..projects import service as projects
@@ -23,6 +23,9 @@ from .models import ArchiveFile, Dataset
 router = APIRouter(prefix="/api/v1", tags=["archive"])
 DataRead = scoped("data:read")
 DataWrite = scoped("data:write")
+# The upload routes are also called by the project's data page, which encrypts in the browser and sends
+# the same parts as `strongroom upload`: they take a token, or the session cookie with X-CSRF-Token.
+UploadWrite = scoped_or_page("data:write")
 
 
 class FileOut(Out):
@@ -133,7 +136,7 @@ def archive_public_key(db: Db, hub: HubDep) -> Response:
 # -- uploads -----------------------------------------------------------------------------------
 @router.post("/projects/{slug}/uploads", response_model=UploadOut, status_code=201,
              summary="Start a resumable upload into the project's inbox (holds quota for `size`)")
-def start_upload(db: Db, hub: HubDep, principal: DataWrite, slug: str, body: NewUpload) -> UploadOut:
+def start_upload(db: Db, hub: HubDep, principal: UploadWrite, slug: str, body: NewUpload) -> UploadOut:
     access = projects.open_project(db, principal, slug)
     f = service.begin_upload(db, principal, access, storage_for(hub), path=body.path, size=body.size,
                              sha256=body.sha256)
@@ -141,7 +144,7 @@ def start_upload(db: Db, hub: HubDep, principal: DataWrite, slug: str, body: New
 
 
 @router.get("/uploads/{file_id}", response_model=UploadOut, summary="An upload's received parts (to resume)")
-def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> UploadOut:
+def upload_status(db: Db, hub: HubDep, principal: UploadWrite, file_id: str) -> UploadOut:
     f, parts = service.upload_parts(db, principal, file_id)
     return _upload_out(f, parts, hub.settings.archive.part_size)
 
@@ -149,7 +152,7 @@ def upload_status(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> Up
 @router.put("/uploads/{file_id}/parts/{number}", summary="Send one part (raw bytes; retry freely)",
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 @read_first
-def upload_part(principal: DataWrite, data: RawBody, db: Db, hub: HubDep, file_id: str,
+def upload_part(principal: UploadWrite, data: RawBody, db: Db, hub: HubDep, file_id: str,
                 number: Int32) -> dict[str, int | str]:
     # The body arrives after the token check has committed (no transaction open meanwhile); its size
     # is capped by the body limit (part size + 64 KiB) for this path.
@@ -164,14 +167,14 @@ class CompleteUpload(Body):
 
 @router.post("/uploads/{file_id}/complete", response_model=FileOut,
              summary="Finish an upload: parts are joined and the ingest job is queued")
-def complete_upload(db: Db, hub: HubDep, principal: DataWrite, file_id: str,
+def complete_upload(db: Db, hub: HubDep, principal: UploadWrite, file_id: str,
                     body: CompleteUpload | None = None) -> FileOut:
     return FileOut.model_validate(service.complete_upload(db, principal, storage_for(hub), file_id,
                                                           sha256=body.sha256 if body else None))
 
 
 @router.delete("/uploads/{file_id}", status_code=204, summary="Cancel an upload and free its quota")
-def cancel_upload(db: Db, hub: HubDep, principal: DataWrite, file_id: str) -> None:
+def cancel_upload(db: Db, hub: HubDep, principal: UploadWrite, file_id: str) -> None:
     service.abort_upload(db, principal, storage_for(hub), file_id)
 
 

@@ -146,9 +146,19 @@ def _stream(prefix: bytes, storage, key: str, start: int, end: int) -> Iterator[
                 yield chunk
 
 
+def download_name(path: str, with_folders: bool) -> str:
+    """The name a download suggests: the file name (+ ``.c4gh``), or its whole path with ``__`` between
+    the folders."""
+    parts = [p for p in path.split("/") if p]
+    return ("__".join(parts) if with_folders else parts[-1] if parts else "download") + ".c4gh"
+
+
 def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key: str | None,
-              plaintext_range: str | None, range_header: str | None, if_range: str | None) -> Response:
-    """The file as crypt4gh for the caller's key: a deterministic header + the stored body."""
+              plaintext_range: str | None, range_header: str | None, if_range: str | None,
+              name_with_folders: bool = False) -> Response:
+    """The file as crypt4gh for the caller's key: a deterministic header + the stored body.
+    ``name_with_folders``: the suggested name keeps the folders (``a/b.png`` → ``a__b.png.c4gh``), so
+    files of one name in different folders do not overwrite each other in a browser's downloads."""
     f, grant = service.authorize_download(db, principal, file_id)
     recipient = service.user_key(db, principal, key)
     assert f.body_key is not None and f.body_size is not None and f.plaintext_size is not None
@@ -171,7 +181,7 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
                                       plaintext_range=plaintext_range)
     db.commit()  # the "started" event is durable before the first byte leaves
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(end - start),
-               "Content-Disposition": content_disposition(f.path.rsplit("/", 1)[-1] + ".c4gh"),
+               "Content-Disposition": content_disposition(download_name(f.path, name_with_folders)),
                "Cache-Control": "no-store", "X-Plaintext-SHA256": f.plaintext_sha256 or ""}
     if wanted:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"

@@ -16,9 +16,10 @@ from . import service
 from .backend import storage_for
 
 router = APIRouter()
-# Kept in memory end to end: the whole form stays under the 1 MiB body limit, which is also below the
-# size at which the form parser would spool a file to disk — so plaintext never touches a temp file.
-# Larger files go through `strongroom upload`, which encrypts on the researcher's machine.
+# The form without JavaScript. With it, the page encrypts in the browser and uses the upload API
+# (static/archive-upload.js), for files of any size. This fallback is kept in memory end to end: the
+# whole form stays under the 1 MiB body limit, which is also below the size at which the form parser
+# would spool a file to disk — so plaintext never touches a temp file.
 BROWSER_UPLOAD_MAX = 960 * 1024
 PostedUpload = posted_form(BROWSER_UPLOAD_MAX)
 
@@ -132,4 +133,12 @@ def download(db: Db, hub: HubDep, principal: WebPrincipal, file_id: str, key: st
     from . import downloads
 
     return downloads.encrypted(db, hub, principal, file_id, key=key, plaintext_range=None,
-                               range_header=range_header, if_range=if_range)
+                               range_header=range_header, if_range=if_range, name_with_folders=True)
+
+
+@router.get("/datasets/{dataset_id}/versions/{number}/download.zip")
+def download_all(db: Db, hub: HubDep, principal: WebPrincipal, dataset_id: str, number: Int32) -> Response:
+    """Every file of the version in one streamed ZIP, folders kept, each re-encrypted to the user's key."""
+    from .zipdownload import dataset_zip
+
+    return dataset_zip(db, hub, principal, dataset_id, number)
