@@ -7,12 +7,12 @@ import datetime as dt
 from functools import lru_cache
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, current_web_session, posted_form, show_viewer
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import INT64_MAX, Int32, Int64
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import png, service
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
@@ -181,34 +181,36 @@ def save(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: W
         except Invalid:
             shown = service.EntryFields.of(entry) if entry else service.suggested_fields(ds)
         return _editor(request, db, hub, ds, entry, shown, error=exc.detail, status=exc.status)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog?saved=1", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog", "Saved.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/publish", dependencies=[CsrfChecked])
-def publish(db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def publish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     service.publish(db, principal, dataset_id)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog?published=1", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog", "Published: the catalogue entry is public now.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/unpublish", dependencies=[CsrfChecked])
-def unpublish(db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def unpublish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     service.unpublish(db, principal, dataset_id)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog",
+                         "Unpublished: the public address answers “not found” now.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", dependencies=[CsrfChecked])
-def upload_image(posted: PostedImage, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def upload_image(request: Request, posted: PostedImage, db: Db, principal: WebPrincipal, dataset_id: str
+                 ) -> Response:
     upload = posted.files.get("image")
     if upload is None:
         raise Invalid("choose a PNG file")
     service.add_image(db, principal, dataset_id, upload[2], str(posted.form.get("alt", "")))
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog#images", "Image added.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/images/{position}/delete", dependencies=[CsrfChecked])
-def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
+def delete_image(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     service.remove_image(db, principal, dataset_id, position)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog#images", "Image removed.")
 
 
 @router.get("/datasets/{dataset_id}/catalog/images/{position}.png")
