@@ -132,7 +132,9 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
     if then in ("submit", "accept-terms"):
         db.commit()  # the draft stays saved even if what follows is refused
-        return _command(request, db, principal, application_id, then, form_data)
+        return _command(request, db, principal, application_id, then, form_data,
+                        done="Draft saved and terms of use accepted. You can submit the application now."
+                        if then == "accept-terms" else None)
     return redirect_with(request, f"/applications/{application_id}#form", "Draft saved.")
 
 
@@ -143,7 +145,7 @@ def _fix_below(exc: DomainError) -> str:
 
 
 DONE = {
-    "accept-terms": "Draft saved and terms of use accepted. You can submit the application now.",
+    "accept-terms": "Terms of use accepted.",
     "submit": "Application submitted. You will get an e-mail when it has been decided.",
     "assign": "You handle this application now.",
     "return": "Application returned to the applicant.",
@@ -160,7 +162,7 @@ COMMANDS = {"accept-terms", "submit", "assign", "return", "remark", "approve", "
 
 
 def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
-             form: FormData) -> Response:
+             form: FormData, done: str | None = None) -> Response:
     text = str(form.get("text", "") or form.get("reason", "") or form.get("comment", ""))
     try:
         match command:
@@ -194,7 +196,7 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
             detail = _fix_below(exc)
         ctx = _context(db, principal, application_id, detail, fields)  # type: ignore[arg-type]
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
-    return redirect_with(request, f"/applications/{application_id}", DONE[command])
+    return redirect_with(request, f"/applications/{application_id}", done or DONE[command])
 
 
 @router.post("/applications/{application_id}/{command}", dependencies=[CsrfChecked])

@@ -132,7 +132,8 @@ def review_quarantine(request: Request, posted: PostedForm, db: Db, hub: HubDep,
         return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
     decision = str(form.get("decision", ""))
     return redirect_with(request, f"/projects/{slug}/imaging#quarantine",
-                         f"{len(ids)} quarantined instance{'' if len(ids) == 1 else 's'}: {decision}.")
+                         f"{len(ids)} quarantined instance{'' if len(ids) == 1 else 's'} "
+                         f"{'released' if decision == 'approve' else 'discarded'}.")
 
 
 @router.post("/projects/{slug}/imaging/reidentify", dependencies=[CsrfChecked])
@@ -149,8 +150,9 @@ def reidentify(request: Request, posted: PostedForm, db: Db, hub: HubDep, princi
         db.rollback()
         return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
     db.commit()  # the lookup is audited even when nothing is found
+    # Not found: the page says so where the originals would be (an alert).
     notice = {"kind": "ok", "text": "Original identifiers found; this look-up is in the audit log."} if found \
-        else {"kind": "error", "text": "No original identifiers for that pseudonym; the look-up is in the audit log."}
+        else None
     return _page(request, db, hub, principal, slug, originals=found, looked_up=pseudonym.strip(),
                  status_code=200 if found else 404, notice=notice)
 
