@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from pathlib import Path
 
 import pyotp
 import pytest
@@ -43,7 +44,7 @@ def _applicable_dataset(hub: Hub, slug: str, pi: str) -> str:
 
 
 def test_application_form_keeps_typing_across_terms_and_names_fields(browser: Browser, live_server, hub: Hub,  # noqa: ANN001
-                                                                      people) -> None:  # noqa: ANN001
+                                                                      people, shots: Path) -> None:  # noqa: ANN001
     owner, rita = people("owner"), people("rita")
     dataset_id = _applicable_dataset(hub, "scapis", "owner")
     page = browser.new_context(base_url=live_server.url).new_page()
@@ -72,6 +73,7 @@ def test_application_form_keeps_typing_across_terms_and_names_fields(browser: Br
     page.get_by_role("button", name="Save draft").click()
     expect(page.get_by_role("alert")).to_contain_text("Contact e-mail for this application:")
     expect(page.get_by_label("Study name")).to_have_value("Nodule AI v2")
+    page.screenshot(path=str(shots / "application-errors.png"), full_page=True)
     page.get_by_label(re.compile("Contact e-mail")).fill("lab@uni.example")
     page.get_by_label("Registration number").fill("Dnr 2026-01234-01")
     page.get_by_label(re.compile("pseudonymization strategy")).select_option(index=1)
@@ -114,7 +116,7 @@ def test_log_in_link_and_enrolment_carry_on_to_the_page(page: Page, people) -> N
     expect(page).to_have_url(_path(page, "/access"))
 
 
-def test_project_audit_log_is_paged_and_filtered(page: Page, hub: Hub, people) -> None:  # noqa: ANN001
+def test_project_audit_log_is_paged_and_filtered(page: Page, hub: Hub, people, shots: Path) -> None:  # noqa: ANN001
     pia = people("pia")
     project = make_project(hub, "audited", "pia")
     with transaction(hub.sessions) as s:
@@ -139,6 +141,7 @@ def test_project_audit_log_is_paged_and_filtered(page: Page, hub: Hub, people) -
     page.get_by_label("Who (part of the name)").fill("robot")
     page.get_by_role("button", name="Filter").click()
     expect(page).to_have_url(re.compile(r"action=test\.beta&actor=robot"))
+    page.screenshot(path=str(shots / "project-audit.png"), full_page=True)
     expect(rows).to_have_count(10)  # i in 3, 9, …, 57: odd multiples of 3
     for text in rows.all_inner_texts():
         assert "test.beta" in text and "Robot" in text
