@@ -364,6 +364,12 @@ def test_every_form_answers_with_a_message(world: World) -> None:
     # a flash is shown once: the next page no longer carries it
     r = world.c("pia").get("/projects")
     assert 'id="flash"' not in r.text
+    # a refusal shown on the error page leads back to the form it came from (same site only)
+    c, form_page = world.c("pia"), "http://127.0.0.1:8000/projects/chest/data"
+    for referer, shown in ((form_page, True), (None, False)):  # another site's Referer fails CSRF first
+        r = c.post("/projects/chest/data/upload", data={"csrf_token": csrf_for(c)},
+                   files={"file": ("empty.txt", b"")}, headers={"Referer": referer} if referer else {})
+        assert r.status_code == 422 and (f'href="{form_page}">Back to the form' in r.text) is shown
 
 
 def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:  # noqa: ANN001
