@@ -48,6 +48,17 @@ class FormError(ValueError):
         self.errors = errors
 
 
+def describe_errors(fields: list[dict[str, Any]], errors: dict[str, str]) -> dict[str, str]:
+    """The same errors as sentences a person reads: the field's label, not its id
+    ("Study name is required", not "study_name: required")."""
+    labels = {f["id"]: str(f.get("label") or f["id"]) for f in fields}
+    described = {}
+    for fid, message in errors.items():
+        label = labels.get(fid) or fid.replace("_", " ").capitalize()
+        described[fid] = f"{label} is required" if message == "required" else f"{label}: {message}"
+    return described
+
+
 def validate_answers(fields: list[dict[str, Any]], answers: dict[str, Any], *, attachments: set[str],
                      complete: bool) -> dict[str, Any]:
     """Check answers against the form. ``complete`` additionally requires every required field.

@@ -12,8 +12,9 @@ from starlette.datastructures import FormData
 from ..archive.models import Dataset
 from ..deps import CsrfChecked, Db, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Invalid, NotFound
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import applications, decisions, events, policies
+from .forms import describe_errors
 from .models import Application, Attachment, FormVersion
 
 router = APIRouter()
@@ -35,10 +36,11 @@ def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
-def start(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def start(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     form = posted.form
     app = applications.create(db, principal, dataset_id, renewal_of=str(form.get("renewal_of") or "") or None)
-    return _go(f"/applications/{app.id}")
+    return redirect_with(request, f"/applications/{app.id}",
+                         f"Application {app.id} started as a draft: fill in the form, accept the terms, submit.")
 
 
 @router.get("/applications")
@@ -48,11 +50,13 @@ def applications_page(request: Request, db: Db, principal: WebPrincipal) -> Resp
     datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({a.dataset_id for a in mine + queue}))}
     users = applications.users_by_id(db, {a.applicant_id for a in queue})
     return templates.TemplateResponse(request, "access_list.html",
-                                      {"mine": mine, "queue": queue, "datasets": datasets, "users": users})
+                                      {"mine": mine, "queue": queue, "datasets": datasets, "users": users,
+                                       "waiting": sum(1 for a in queue if a.state == "submitted")})
 
 
 def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | None = None,
-             field_errors: dict[str, str] | None = None) -> dict[str, Any]:
+             field_errors: dict[str, str] | None = None, answers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``answers``: what the applicant typed, shown again when it could not be saved."""
     v = events.load(db, principal, application_id)
     form = db.get(FormVersion, v.state.form_version_id)
     terms = policies.current_terms(db, policies.policy_for(db, v.app.dataset_id).terms_name)
@@ -61,7 +65,8 @@ def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | 
     staff = bool(v.roles - {"applicant"})
     return {"v": v, "s": v.state, "form": form, "terms": terms, "ds": db.get(Dataset, v.app.dataset_id),
             "attachments": attachments, "users": users, "staff": staff, "error": error,
-            "field_errors": field_errors or {}, "editable": "applicant" in v.roles and v.state.state in
+            "field_errors": describe_errors(form.fields, field_errors or {}),
+            "answers": {**v.state.answers, **(answers or {})}, "editable": "applicant" in v.roles and v.state.state in
             ("draft", "returned"), "terms_ok": v.state.accepted_terms.get(str(principal.user.id)) == terms.id,
             "default_end": dt.date.today() + dt.timedelta(days=365),
             "events": [e for e in v.events if staff or not (e.type == "remarked" and not e.payload.get("public"))
@@ -117,21 +122,47 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
             kept = v.state.answers[f["id"]].get("attachment")
             if kept:
                 attachment_ids[f["id"]] = kept
+    answers = _answers_from_form(form_data, fields, attachment_ids)
+    then = str(form_data.get("then") or "save")
     try:
-        applications.save(db, principal, application_id, _answers_from_form(form_data, fields, attachment_ids))
+        applications.save(db, principal, application_id, answers)
     except Invalid as exc:
-        ctx = _context(db, principal, application_id, exc.detail, exc.extra.get("fields"))  # type: ignore[arg-type]
+        ctx = _context(db, principal, application_id, _fix_below(exc), exc.extra.get("fields"),  # type: ignore[arg-type]
+                       answers=answers)
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
-    if form_data.get("then") == "submit":
-        return _command(request, db, principal, application_id, "submit", form_data)
-    return _go(f"/applications/{application_id}#form")
+    if then in ("submit", "accept-terms"):
+        db.commit()  # the draft stays saved even if what follows is refused
+        return _command(request, db, principal, application_id, then, form_data,
+                        done="Draft saved and terms of use accepted. You can submit the application now."
+                        if then == "accept-terms" else None)
+    return redirect_with(request, f"/applications/{application_id}#form", "Draft saved.")
+
+
+def _fix_below(exc: DomainError) -> str:
+    if exc.extra.get("fields"):
+        return f"{exc.detail[:1].upper()}{exc.detail[1:]}: please correct the fields marked below."
+    return exc.detail
+
+
+DONE = {
+    "accept-terms": "Terms of use accepted.",
+    "submit": "Application submitted. You will get an e-mail when it has been decided.",
+    "assign": "You handle this application now.",
+    "return": "Application returned to the applicant.",
+    "remark": "Remark added.",
+    "approve": "Application approved: the applicant can use the dataset.",
+    "reject": "Application rejected. The applicant sees your reason.",
+    "close": "Application closed.",
+    "revoke": "Access revoked.",
+    "vote": "Your vote is recorded.",
+}
 
 
 COMMANDS = {"accept-terms", "submit", "assign", "return", "remark", "approve", "reject", "close", "revoke", "vote"}
 
 
 def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
-             form: FormData) -> Response:
+             form: FormData, done: str | None = None) -> Response:
     text = str(form.get("text", "") or form.get("reason", "") or form.get("comment", ""))
     try:
         match command:
@@ -161,9 +192,11 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
         detail = exc.detail if isinstance(exc, DomainError) else "invalid date"
         fields = exc.extra.get("fields") if isinstance(exc, DomainError) else None
         db.rollback()
+        if isinstance(exc, DomainError):
+            detail = _fix_below(exc)
         ctx = _context(db, principal, application_id, detail, fields)  # type: ignore[arg-type]
         return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
-    return _go(f"/applications/{application_id}")
+    return redirect_with(request, f"/applications/{application_id}", done or DONE[command])
 
 
 @router.post("/applications/{application_id}/{command}", dependencies=[CsrfChecked])
@@ -210,6 +243,10 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
-def set_download(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    policies.set_applicant_download(db, principal, dataset_id, posted.form.get("allowed") == "yes")
-    return _go(f"/datasets/{dataset_id}/access#download-policy")
+def set_download(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str
+                 ) -> Response:
+    allowed = posted.form.get("allowed") == "yes"
+    policies.set_applicant_download(db, principal, dataset_id, allowed)
+    return redirect_with(request, f"/datasets/{dataset_id}/access#download-policy",
+                         "Approved applicants may now download files." if allowed
+                         else "Approved applicants may no longer download files.")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Header, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, posted_form, read_first
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import Int32
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import service
 from .backend import storage_for
 
@@ -51,17 +51,18 @@ def browser_upload(request: Request, posted: PostedUpload, db: Db, hub: HubDep, 
     access = projects.open_project(db, principal, slug)
     service.receive_small_plaintext(hub, db, principal, access, storage_for(hub),
                                     path=(filename or "upload").rsplit("/", 1)[-1], data=data)
-    return RedirectResponse(f"/projects/{slug}/data#files", status_code=303)
+    return redirect_with(request, f"/projects/{slug}/data#files",
+                         f"{(filename or 'upload').rsplit('/', 1)[-1]} uploaded and encrypted.")
 
 
 @router.post("/projects/{slug}/data/datasets", dependencies=[CsrfChecked])
-def create_dataset(posted: PostedForm, db: Db, principal: WebPrincipal, slug: str) -> Response:
+def create_dataset(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, slug: str) -> Response:
     form = posted.form
     access = projects.open_project(db, principal, slug)
     ds = service.create_dataset(db, principal, access, title=str(form.get("title", "")),
                                 description=str(form.get("description", "")),
                                 files=[str(x) for x in form.getlist("files")])
-    return RedirectResponse(f"/datasets/{ds.id}", status_code=303)
+    return redirect_with(request, f"/datasets/{ds.id}", f"Dataset {ds.id} created (version 1, draft).")
 
 
 @router.get("/datasets/{dataset_id}")
@@ -81,17 +82,19 @@ def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: 
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/release", dependencies=[CsrfChecked])
-def release(db: Db, principal: WebPrincipal, dataset_id: str, number: Int32) -> Response:
+def release(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, number: Int32) -> Response:
     service.release_version(db, principal, dataset_id, number)
-    return RedirectResponse(f"/datasets/{dataset_id}?version={number}", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}?version={number}", f"Version {number} released.")
 
 
 @router.post("/datasets/{dataset_id}/draft", dependencies=[CsrfChecked])
-def edit_draft(posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def edit_draft(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str
+               ) -> Response:
     form = posted.form
     version = service.edit_draft(db, principal, dataset_id, add=[str(x) for x in form.getlist("add")],
                                  remove=[str(x) for x in form.getlist("remove")])
-    return RedirectResponse(f"/datasets/{dataset_id}?version={version.number}", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}?version={version.number}",
+                         f"Draft version {version.number} saved.")
 
 
 
@@ -116,13 +119,13 @@ def add_key(request: Request, db: Db, principal: WebPrincipal, name: Annotated[s
             "error": "that is not a crypt4gh public key (paste the .pub file made by `strongroom keys generate`)"},
             status_code=422)
     service.add_user_key(db, principal, name, raw)
-    return RedirectResponse("/account/keys", status_code=303)
+    return redirect_with(request, "/account/keys", f"Key “{name}” added: downloads are encrypted to it now.")
 
 
 @router.post("/account/keys/{fingerprint}/revoke", dependencies=[CsrfChecked])
-def revoke_key(db: Db, principal: WebPrincipal, fingerprint: str) -> Response:
+def revoke_key(request: Request, db: Db, principal: WebPrincipal, fingerprint: str) -> Response:
     service.revoke_user_key(db, principal, fingerprint)
-    return RedirectResponse("/account/keys", status_code=303)
+    return redirect_with(request, "/account/keys", "Key revoked.")
 
 
 @router.get("/files/{file_id}/download")

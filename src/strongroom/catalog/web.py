@@ -7,12 +7,12 @@ from functools import lru_cache
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, current_web_session, posted_form, show_viewer
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import entries, png, search, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
@@ -167,34 +167,36 @@ def save(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: W
         # shown again as typed, so nothing the steward wrote is lost
         return _editor(request, db, hub, ds, entry, EntryFields.model_construct(**values), error=exc.detail,
                        status=exc.status)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog?saved=1", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog", "Saved.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/publish", dependencies=[CsrfChecked])
-def publish(db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def publish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     entries.publish(db, principal, dataset_id)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog?published=1", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog", "Published: the catalogue entry is public now.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/unpublish", dependencies=[CsrfChecked])
-def unpublish(db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def unpublish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
     entries.unpublish(db, principal, dataset_id)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog",
+                         "Unpublished: the public address answers “not found” now.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", dependencies=[CsrfChecked])
-def upload_image(posted: PostedImage, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+def upload_image(request: Request, posted: PostedImage, db: Db, principal: WebPrincipal, dataset_id: str
+                 ) -> Response:
     upload = posted.files.get("image")
     if upload is None:
         raise Invalid("choose a PNG file")
     catalog_images.add_image(db, principal, dataset_id, upload[2], str(posted.form.get("alt", "")))
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog#images", "Image added.")
 
 
 @router.post("/datasets/{dataset_id}/catalog/images/{position}/delete", dependencies=[CsrfChecked])
-def delete_image(db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
+def delete_image(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, position: Int32) -> Response:
     catalog_images.remove_image(db, principal, dataset_id, position)
-    return RedirectResponse(f"/datasets/{dataset_id}/catalog#images", status_code=303)
+    return redirect_with(request, f"/datasets/{dataset_id}/catalog#images", "Image removed.")
 
 
 @router.get("/datasets/{dataset_id}/catalog/images/{position}.png")

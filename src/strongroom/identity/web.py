@@ -26,7 +26,7 @@ from ..deps import (
 )
 from ..errors import DomainError, Forbidden, Invalid, TooManyRequests, Unauthenticated
 from ..hub import Hub
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import service
 from .models import LocalCredential, OidcLoginState
 from .oidc import OidcClient
@@ -40,7 +40,15 @@ def _safe_next(value: str | None) -> str:
     """Only same-site relative paths: never an open redirect."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return "/projects"
+    if len(value) > 2000 or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "/projects"  # browsers drop tabs and newlines from a URL: "/\t/evil" would become "//evil"
     return value
+
+
+def _enrol_url(next: str | None) -> str:
+    """MFA enrolment, carrying on to where the user was going (the default needs no parameter)."""
+    target = _safe_next(next)
+    return "/mfa/enrol" if target == "/projects" else f"/mfa/enrol?next={quote(target)}"
 
 
 def _with_session_cookie(response: Response, hub: Hub, value: str) -> Response:
@@ -71,7 +79,7 @@ def login_page(request: Request, db: Db, next: str | None = None) -> Response:
         if ws.stage == "password-ok":
             return _redirect(f"/login/mfa?next={quote(_safe_next(next))}")
         if ws.stage == "enrol":
-            return _redirect("/mfa/enrol")
+            return _redirect(_enrol_url(next))
     return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "error": None})
 
 
@@ -90,8 +98,11 @@ def login_submit(request: Request, db: Db, hub: HubDep, username: Annotated[str,
     stage = "enrol" if check.needs_enrolment else "password-ok"
     cookie = service.start_session(db, check.user, stage=stage, method="local", mfa=False,
                                    ip=client_ip(request), max_hours=sec.session_max_hours)
-    target = "/mfa/enrol" if stage == "enrol" else f"/login/mfa?next={quote(_safe_next(next))}"
-    return _with_session_cookie(_redirect(target), hub, cookie)
+    target = _enrol_url(next) if stage == "enrol" else f"/login/mfa?next={quote(_safe_next(next))}"
+    response = redirect_with(request, target,
+                             "Password accepted. Set up your second factor to continue." if stage == "enrol"
+                             else "Password accepted. Now the code from your authenticator app.")
+    return _with_session_cookie(response, hub, cookie)
 
 
 @router.get("/login/mfa")
@@ -118,11 +129,12 @@ def mfa_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(
         db.commit()
         return _refused(request, "login_mfa.html", {"next": _safe_next(next), "action": "/login/mfa"}, exc)
     cookie = service.rotate_session(db, ws, stage="active", mfa=True)
-    return _with_session_cookie(_redirect(_safe_next(next)), hub, cookie)
+    response = redirect_with(request, _safe_next(next), f"Logged in as {user.display_name}.")
+    return _with_session_cookie(response, hub, cookie)
 
 
 @router.get("/mfa/enrol")
-def enrol_page(request: Request, db: Db, hub: HubDep) -> Response:
+def enrol_page(request: Request, db: Db, hub: HubDep, next: str | None = None) -> Response:
     found = current_web_session(request, db)
     if found is None or found[0].stage not in ("enrol", "active"):
         return _redirect("/login")
@@ -132,11 +144,13 @@ def enrol_page(request: Request, db: Db, hub: HubDep) -> Response:
         return _redirect("/account")
     enrolment = service.current_enrolment(db, user, hub.secret) or service.begin_totp_enrolment(
         db, user, hub.secret)
-    return templates.TemplateResponse(request, "mfa_enrol.html", {"enrolment": enrolment, "error": None})
+    return templates.TemplateResponse(request, "mfa_enrol.html", {"enrolment": enrolment, "error": None,
+                                                                  "next": _safe_next(next)})
 
 
 @router.post("/mfa/enrol", dependencies=[CsrfChecked])
-def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(max_length=20)]) -> Response:
+def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(max_length=20)],
+                 next: Annotated[str, Form(max_length=2000)] = "/projects") -> Response:
     found = current_web_session(request, db)
     if found is None or found[0].stage not in ("enrol", "active"):
         return _redirect("/login")
@@ -146,11 +160,14 @@ def enrol_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, For
     except DomainError as exc:
         db.commit()
         enrolment = service.current_enrolment(db, user, hub.secret)
-        return _refused(request, "mfa_enrol.html", {"enrolment": enrolment}, exc)
+        return _refused(request, "mfa_enrol.html", {"enrolment": enrolment, "next": _safe_next(next)}, exc)
     cookie = service.rotate_session(db, ws, stage="active", mfa=True)
     use_session_cookie(request, cookie)
     show_viewer(request, user)
-    response = templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": True})
+    # The page the user was going to comes after the codes are saved (only same-site paths).
+    response = templates.TemplateResponse(request, "recovery_codes.html", {
+        "codes": codes, "first": True, "next": _safe_next(next),
+        "notice": {"kind": "ok", "text": "Multi-factor authentication is on."}})
     return _with_session_cookie(response, hub, cookie)
 
 
@@ -179,7 +196,7 @@ def reauth_submit(request: Request, db: Db, hub: HubDep, principal: WebPrincipal
         return _refused(request, "login_mfa.html",
                         {"next": _safe_next(next), "action": "/login/reauth", "reauth": True}, exc)
     ws.mfa_at = utcnow()
-    return _redirect(_safe_next(next))
+    return redirect_with(request, _safe_next(next), "Identity confirmed: you can go on.")
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
@@ -188,7 +205,7 @@ def logout(request: Request, db: Db) -> Response:
     if found is not None:
         ws, user = found
         service.end_session(db, ws, Actor(user.id, user.label, client_ip(request)))
-    response = _redirect("/login")
+    response = redirect_with(request, "/login", "You are logged out.")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
@@ -262,7 +279,8 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
         db.delete(ws)
     cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa,
                                    ip=client_ip(request), max_hours=hub.settings.security.session_max_hours)
-    return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
+    response = redirect_with(request, pending.next_url, f"Logged in as {user.display_name}.")
+    return _oidc_done(_with_session_cookie(response, hub, cookie))
 
 
 def _oidc_done(response: Response) -> Response:
@@ -310,14 +328,15 @@ def create_token(request: Request, posted: PostedForm, db: Db, hub: HubDep, prin
     except Invalid as exc:
         ctx = _account_context(db, principal) | {"error": exc.detail}
         return templates.TemplateResponse(request, "account.html", ctx, status_code=422)
-    ctx = _account_context(db, principal) | {"new_token": plaintext, "new_token_name": token.name}
+    ctx = _account_context(db, principal) | {"new_token": plaintext, "new_token_name": token.name,
+                                             "notice": {"kind": "ok", "text": f"Token “{token.name}” created."}}
     return templates.TemplateResponse(request, "account.html", ctx)
 
 
 @router.post("/account/tokens/{prefix}/revoke", dependencies=[CsrfChecked])
-def revoke_token(db: Db, principal: WebPrincipal, prefix: str) -> Response:
+def revoke_token(request: Request, db: Db, principal: WebPrincipal, prefix: str) -> Response:
     service.revoke_token(db, principal, prefix)
-    return _redirect("/account#tokens")
+    return redirect_with(request, "/account#tokens", "Token revoked.")
 
 
 @router.post("/account/recovery-codes", dependencies=[CsrfChecked])
@@ -327,7 +346,9 @@ def new_recovery_codes(request: Request, db: Db, hub: HubDep, principal: WebPrin
         raise Invalid("your home organisation manages your MFA")
     codes = service.regenerate_recovery_codes(db, principal.user, hub.secret)
     audit.record(db, principal.actor, "mfa.recovery_codes_regenerated", subject_user_id=principal.user.id)
-    return templates.TemplateResponse(request, "recovery_codes.html", {"codes": codes, "first": False})
+    return templates.TemplateResponse(request, "recovery_codes.html", {
+        "codes": codes, "first": False, "next": "/account",
+        "notice": {"kind": "ok", "text": "New recovery codes made; the old ones no longer work."}})
 
 
 
@@ -356,6 +377,7 @@ def change_password(request: Request, db: Db, hub: HubDep, principal: WebPrincip
     # A new session id for this browser too: a copy of the old cookie is worth nothing now.
     cookie = service.rotate_session(db, ws, stage="active", mfa=False)
     use_session_cookie(request, cookie)
-    ctx = _account_context(db, principal) | {"password_changed": True}
+    ctx = _account_context(db, principal) | {"password_changed": True,
+                                             "notice": {"kind": "ok", "text": "Password changed."}}
     response = templates.TemplateResponse(request, "account.html", ctx)
     return _with_session_cookie(response, hub, cookie)

@@ -7,14 +7,14 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 
 from ..archive.backend import storage_for
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import INT64_MAX, Int64
-from ..web.templating import templates
+from ..web.templating import redirect_with, templates
 from . import keystore, service
 from .deid import OPTIONS
 from .settings import PROFILE_FLAGS, DeidProfileSetting
@@ -69,7 +69,7 @@ def imaging_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
 
 
 def _change(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, key: str,
-            value: Any, anchor: str) -> Response:
+            value: Any, anchor: str, done: str) -> Response:
     access = projects.open_project(db, principal, slug)
     try:
         projects.change_setting(db, principal, access, key, value,
@@ -79,7 +79,7 @@ def _change(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug
         detail = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors) or exc.detail
         db.rollback()
         return _page(request, db, hub, principal, slug, status_code=422, error=detail)
-    return RedirectResponse(f"/projects/{slug}/imaging#{anchor}", status_code=303)
+    return redirect_with(request, f"/projects/{slug}/imaging#{anchor}", done)
 
 
 @router.post("/projects/{slug}/imaging/destination", dependencies=[CsrfChecked])
@@ -92,7 +92,9 @@ def set_destination(request: Request, posted: PostedForm, db: Db, hub: HubDep, p
     else:
         port = str(form.get("port", "")).strip()
         value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": int(port) if port.isdecimal() else -1}
-    return _change(request, db, hub, principal, slug, "dicom_destination", value, "destination")
+    return _change(request, db, hub, principal, slug, "dicom_destination", value, "destination",
+                   "DICOM destination closed." if value is None else
+                   f"DICOM destination open: AE title {value['ae_title']}, port {value['port']}.")
 
 
 @router.post("/projects/{slug}/imaging/profile", dependencies=[CsrfChecked])
@@ -111,7 +113,9 @@ def set_profile(request: Request, posted: PostedForm, db: Db, hub: HubDep, princ
                          error=f"pixel rules: not valid JSON ({exc.msg} at line {exc.lineno})")
         value = {"retain_longitudinal": str(form.get("retain_longitudinal", "remove")),
                  **{flag: form.get(flag) == "on" for flag in PROFILE_FLAGS}, "pixel_rules": rules}
-    return _change(request, db, hub, principal, slug, "deid_profile", value, "profile")
+    return _change(request, db, hub, principal, slug, "deid_profile", value, "profile",
+                   "De-identification profile reset to the default." if "reset" in form
+                   else "De-identification profile saved.")
 
 
 @router.post("/projects/{slug}/imaging/quarantine", dependencies=[CsrfChecked])
@@ -126,7 +130,10 @@ def review_quarantine(request: Request, posted: PostedForm, db: Db, hub: HubDep,
     except Invalid as exc:
         db.rollback()
         return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
-    return RedirectResponse(f"/projects/{slug}/imaging#quarantine", status_code=303)
+    decision = str(form.get("decision", ""))
+    return redirect_with(request, f"/projects/{slug}/imaging#quarantine",
+                         f"{len(ids)} quarantined instance{'' if len(ids) == 1 else 's'} "
+                         f"{'released' if decision == 'approve' else 'discarded'}.")
 
 
 @router.post("/projects/{slug}/imaging/reidentify", dependencies=[CsrfChecked])
@@ -143,8 +150,11 @@ def reidentify(request: Request, posted: PostedForm, db: Db, hub: HubDep, princi
         db.rollback()
         return _page(request, db, hub, principal, slug, status_code=422, error=exc.detail)
     db.commit()  # the lookup is audited even when nothing is found
+    # Not found: the page says so where the originals would be (an alert).
+    notice = {"kind": "ok", "text": "Original identifiers found; this look-up is in the audit log."} if found \
+        else None
     return _page(request, db, hub, principal, slug, originals=found, looked_up=pseudonym.strip(),
-                 status_code=200 if found else 404)
+                 status_code=200 if found else 404, notice=notice)
 
 
 @router.get("/projects/{slug}/imaging/imports/{batch_id}")

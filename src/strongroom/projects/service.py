@@ -315,6 +315,51 @@ def project_audit(session: Session, access: ProjectAccess, *, before_seq: int | 
     return audit.query(session, project_id=access.project.id, before_seq=before_seq, limit=limit)
 
 
+@dataclass
+class AuditPage:
+    events: list[AuditEvent]
+    newer: bool  # there are newer events than this page (a "previous" page)
+    older: bool  # there are older events (a "next" page)
+    actions: list[str]  # every action this project's log holds, for the filter
+
+
+def project_audit_page(session: Session, access: ProjectAccess, *, action: str = "", actor: str = "",
+                       since: dt.date | None = None, until: dt.date | None = None, before: int | None = None,
+                       after: int | None = None, limit: int = 25) -> AuditPage:
+    """One page of the project's audit log, newest first, filtered by action (prefix), actor
+    (part of the name) and day range (inclusive). Keyset pages: ``before``/``after`` a sequence number."""
+    access.require("view-audit")
+    where = [AuditEvent.project_id == access.project.id]
+    if action:
+        where.append(AuditEvent.action.startswith(action, autoescape=True))
+    if actor:
+        where.append(func.lower(AuditEvent.actor).contains(actor.lower(), autoescape=True))
+    if since:
+        where.append(AuditEvent.at >= dt.datetime.combine(since, dt.time.min, dt.UTC))
+    if until:
+        where.append(AuditEvent.at < dt.datetime.combine(until + dt.timedelta(days=1), dt.time.min, dt.UTC))
+
+    def exists(*extra: Any) -> bool:
+        return session.scalar(select(AuditEvent.seq).where(*where, *extra).limit(1)) is not None
+
+    if after is not None:
+        rows = list(session.scalars(select(AuditEvent).where(*where, AuditEvent.seq > after)
+                                    .order_by(AuditEvent.seq.asc()).limit(limit + 1)))
+        newer, rows = len(rows) > limit, rows[:limit][::-1]
+        older = exists(AuditEvent.seq < (rows[-1].seq if rows else after + 1))
+    else:
+        stmt = select(AuditEvent).where(*where).order_by(AuditEvent.seq.desc()).limit(limit + 1)
+        if before is not None:
+            stmt = stmt.where(AuditEvent.seq < before)
+        rows = list(session.scalars(stmt))
+        older, rows = len(rows) > limit, rows[:limit]
+        newer = exists(AuditEvent.seq > (rows[0].seq if rows else (before or 1) - 1)) if before is not None \
+            else False
+    actions = list(session.scalars(select(AuditEvent.action).where(AuditEvent.project_id == access.project.id)
+                                   .distinct().order_by(AuditEvent.action)))
+    return AuditPage(rows, newer, older, actions)
+
+
 def project_usage(session: Session, project: Project) -> dict[str, int]:
     members = session.scalar(select(func.count()).where(Membership.project_id == project.id)) or 0
     return {"members": members, "quota_bytes": project.quota_bytes}

@@ -1,0 +1,383 @@
+"""Every form on the web answers with a message the user sees (issue 10).
+
+A class test: it lists every POST route of the web pages (not the API) from the app itself, and
+walks each one through one world: the success case must land on a page with the flash message
+(``#flash``, role=status), the refusal on a page with an alert (role=alert); and every form route
+sent without its CSRF token answers with an alert too. A new form route without a case here fails
+``test_every_form_route_has_a_case``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pyotp
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from conftest import PASSWORD, Person, web_client
+from helpers import csrf_for
+from imaging_support import instances, make_project, ultrasound, write_corpus
+from strongroom.archive import c4gh
+from strongroom.archive.models import ArchiveFile, Dataset, UserKey
+from strongroom.catalog import service as catalog
+from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
+from strongroom.catalog.png import synthetic_ct_slice
+from strongroom.db import transaction
+from strongroom.identity.models import ApiToken
+from strongroom.imaging import bulk
+from strongroom.projects.models import Membership
+
+WEB_MODULES = {"strongroom.identity.web", "strongroom.projects.web", "strongroom.archive.web",
+               "strongroom.access.web", "strongroom.catalog.web", "strongroom.imaging.web", "strongroom.web.pages"}
+FLASH = re.compile(r'<p id="flash" class="flash flash-(ok|error)" role="(status|alert)">([^<]+)</p>')
+ALERT = re.compile(r'role="alert"[^>]*>\s*([^<]+)')
+
+
+def form_routes(app) -> set[str]:  # noqa: ANN001
+    """Every POST route of the web pages (the API's routes are in the schema; pages are not)."""
+    return {r.path_format for r in iter_route_contexts(app.routes)
+            if isinstance(r.original_route, APIRoute) and "POST" in r.methods
+            and r.original_route.endpoint.__module__ in WEB_MODULES}
+
+
+@dataclasses.dataclass
+class World:
+    app: object
+    hub: object
+    people: dict[str, Person]
+    clients: dict[str, TestClient]
+    ids: dict[str, str]
+    tmp: Path
+
+    def c(self, who: str) -> TestClient:
+        return self.clients[who]
+
+    def fresh(self) -> TestClient:
+        return TestClient(self.app, base_url="http://127.0.0.1:8000")
+
+
+def post(c: TestClient, url: str, data: dict | None = None, *, files: dict | None = None, csrf: bool = True):  # noqa: ANN201
+    """Send a form as the browser does (with its token) and follow the redirect to the page shown."""
+    body = dict(data or {})
+    if csrf:
+        body["csrf_token"] = csrf_for(c)
+    return c.post(url, data=body, files=files, follow_redirects=True)
+
+
+def flash_of(r) -> str:  # noqa: ANN001
+    m = FLASH.search(r.text)
+    assert m and m.group(1) == "ok" and m.group(2) == "status", \
+        f"{r.request.method} {r.request.url.path} → {r.status_code}: no success message\n{r.text[:3000]}"
+    return m.group(3).strip()
+
+
+def alert_of(r) -> str:  # noqa: ANN001
+    assert "text/html" in r.headers.get("content-type", ""), f"{r.request.url.path}: not a page: {r.text[:300]}"
+    m = ALERT.search(r.text)
+    assert m and m.group(1).strip(), f"{r.request.url.path} → {r.status_code}: no alert\n{r.text[:3000]}"
+    assert r.status_code >= 400 or r.request.method == "GET", r.status_code
+    return m.group(1).strip()
+
+
+@pytest.fixture
+def world(app, hub, people, tmp_path: Path) -> World:  # noqa: ANN001
+    ppl = {name: people(name, admin=name == "pia") for name in ("pia", "memo", "rita", "pat")}
+    ppl["newbie"] = people("newbie", mfa=False)
+    make_project(hub, "chest", "pia")
+    seed_catalog_demo(hub, project_slug="chest", steward="pia")
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=1)
+    (tmp_path / "in" / "us.dcm").write_bytes(ultrasound())
+    report = bulk.run_import(hub, bulk.project_by_slug(hub, "chest"), tmp_path / "in", workers=1)
+    assert report.quarantined == 1
+    with transaction(hub.sessions) as s:
+        s.add(Membership(project_id=bulk.project_by_slug(hub, "chest"), user_id=ppl["memo"].user.id,
+                         role="member", delegated_rights=["import", "reidentify"]))
+        demo = s.scalar(select(Dataset).where(Dataset.title == DEMO_TITLE))
+        ready = s.scalar(select(ArchiveFile.id).where(ArchiveFile.state == "ready").limit(1))
+        ids = {"demo": demo.id, "ready_file": ready}
+    clients = {name: web_client(app, hub, p) for name, p in ppl.items() if name != "newbie"}
+    return World(app, hub, ppl, clients, ids, tmp_path)
+
+
+# -- the cases: route → (success, refusal); each returns the page the browser ends on ------------
+def _login(w: World, ok: bool):  # noqa: ANN202
+    c = w.fresh()
+    r = post(c, "/login", {"username": "pat", "password": PASSWORD if ok else "wrong password"})
+    return r
+
+
+def _login_mfa(w: World, ok: bool):  # noqa: ANN202
+    c = w.fresh()
+    post(c, "/login", {"username": "rita", "password": PASSWORD, "next": "/access"})
+    r = post(c, "/login/mfa", {"code": w.people["rita"].code() if ok else "000000", "next": "/access"})
+    if ok:
+        assert r.url.path == "/access"
+    return r
+
+
+def _enrol(w: World, ok: bool):  # noqa: ANN202
+    c = w.fresh()
+    page = post(c, "/login", {"username": "newbie", "password": PASSWORD, "next": "/access"})
+    assert page.url.path == "/mfa/enrol" and "next=/access" in str(page.url)
+    if not ok:
+        return post(c, "/mfa/enrol", {"code": "000000", "next": "/access"})
+    seed = re.search(r'id="totp-secret">([A-Z2-7]+)<', page.text).group(1)
+    r = post(c, "/mfa/enrol", {"code": pyotp.TOTP(seed).now(), "next": "/access"})
+    assert 'href="/access">I saved them' in r.text  # then on to where they were going
+    return r
+
+
+def _reauth(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/login/reauth", {"code": w.people["pia"].code() if ok else "000000",
+                                              "next": "/account"})
+
+
+def _logout(w: World, ok: bool):  # noqa: ANN202
+    return post(web_client(w.app, w.hub, w.people["memo"]), "/logout", csrf=ok)
+
+
+def _token(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/account/tokens", {"name": "ci", "scopes": ["projects:read"],
+                                                "days": "30" if ok else "0"})
+
+
+def _token_revoke(w: World, ok: bool):  # noqa: ANN202
+    with w.hub.sessions() as s:
+        prefix = s.scalar(select(ApiToken.prefix).where(ApiToken.user_id == w.people["pia"].user.id))
+    return post(w.c("pia"), f"/account/tokens/{prefix if ok else 'nope'}/revoke")
+
+
+def _recovery(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/account/recovery-codes", csrf=ok)
+
+
+def _password(w: World, ok: bool):  # noqa: ANN202
+    new = "another long passphrase 2026"
+    return post(w.c("pat"), "/account/password", {"current_password": PASSWORD, "new_password": new,
+                                                   "new_password_again": new if ok else new + "!"})
+
+
+def _create_project(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects", {"slug": "second", "name": "Second", "pi": "pia" if ok else "nobody",
+                                          "ethics_ref": "E2",
+                                          "end_date": (dt.date.today() + dt.timedelta(days=300)).isoformat()})
+
+
+def _add_member(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects/second/members", {"user": "rita" if ok else "nobody", "role": "member"})
+
+
+def _member(w: World, what: str, data: dict, ok: bool):  # noqa: ANN202
+    user = w.people["rita"].user.id if ok else uuid.uuid4()
+    return post(w.c("pia"), f"/projects/second/members/{user}/{what}", data)
+
+
+def _settings(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), f"/projects/second/settings/{'external_sharing' if ok else 'nope'}", {"value": "on"})
+
+
+def _upload(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects/chest/data/upload", files={"file": ("notes.txt", b"hello" if ok else b"")})
+
+
+def _create_dataset(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects/chest/data/datasets",
+                {"title": "Subset" if ok else "", "files": [w.ids["ready_file"]]})
+
+
+def _subset(w: World) -> str:
+    with w.hub.sessions() as s:
+        return s.scalar(select(Dataset.id).where(Dataset.title == "Subset"))
+
+
+def _release(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), f"/datasets/{_subset(w)}/versions/{1 if ok else 99}/release")
+
+
+def _draft(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), f"/datasets/{_subset(w) if ok else 'SRD-NOPE'}/draft", {"add": [], "remove": []})
+
+
+def _add_key(w: World, ok: bool):  # noqa: ANN202
+    pub = c4gh.public_key_file(c4gh.generate_keypair().public).decode() if ok else "not a key"
+    return post(w.c("rita"), "/account/keys", {"name": "laptop", "public_key": pub})
+
+
+def _revoke_key(w: World, ok: bool):  # noqa: ANN202
+    with w.hub.sessions() as s:
+        fp = s.scalar(select(UserKey.fingerprint).where(UserKey.user_id == w.people["rita"].user.id))
+    return post(w.c("rita"), f"/account/keys/{fp if ok else 'nope'}/revoke")
+
+
+def _apply(w: World, ok: bool):  # noqa: ANN202
+    r = post(w.c("rita"), f"/apply/{w.ids['demo'] if ok else 'SRD-NOPE'}")
+    if ok:
+        w.ids["application"] = r.url.path.rsplit("/", 1)[-1]
+    return r
+
+
+GOOD = {"study_name": "Nodule AI", "ethics.number": "Dnr 2026-01234-01", "description": "Chest CT",
+        "selection": "Adults", "pseudonymization": "Keyed pseudonyms, dates kept", "sharing_plan": "Team only",
+        "contact": "lab@uni.example"}
+
+
+def _save(w: World, ok: bool):  # noqa: ANN202
+    data = {**GOOD, "then": "save"} | ({} if ok else {"contact": "not an e-mail", "study_name": "Kept typing"})
+    r = post(w.c("rita"), f"/applications/{w.ids['application']}/save", data)
+    if not ok:  # what was typed is shown again, and the error names the field's label
+        assert 'value="Kept typing"' in r.text and "Contact e-mail for this application:" in r.text
+    return r
+
+
+def _command(w: World, ok: bool):  # noqa: ANN202
+    app_url = f"/applications/{w.ids['application']}"
+    if not ok:
+        return post(w.c("rita"), f"{app_url}/submit")  # terms not accepted yet: refused, with the reason
+    messages = [flash_of(post(w.c("rita"), f"{app_url}/accept-terms")),
+                flash_of(post(w.c("rita"), f"{app_url}/submit")),
+                flash_of(post(w.c("pia"), f"{app_url}/assign")),
+                flash_of(post(w.c("pia"), f"{app_url}/remark", {"text": "looks fine"})),
+                alert_of(post(w.c("pia"), f"{app_url}/reject"))]  # no reason: refused
+    assert len(set(messages)) == len(messages), messages
+    return post(w.c("pia"), f"{app_url}/approve",
+                {"ends": (dt.date.today() + dt.timedelta(days=90)).isoformat()})
+
+
+def _download_policy(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/access/download", {"allowed": "yes"})
+
+
+def _catalog_save(w: World, ok: bool):  # noqa: ANN202
+    with w.hub.sessions() as s:
+        entry = catalog.entry_for(s, w.ids["demo"])
+        fields = dataclasses.asdict(catalog.EntryFields.of(entry))
+    form = {k: ("\n".join(v) if k in ("organs", "keywords", "variables") else v) for k, v in fields.items()
+            if v is not None}
+    form = {k: (v if isinstance(v, list) else v.isoformat() if isinstance(v, dt.date) else str(v))
+            for k, v in form.items()}
+    if not ok:
+        form["subjects"] = "many"
+    return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog", form)
+
+
+def _unpublish(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/catalog/unpublish")
+
+
+def _publish(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/catalog/publish")
+
+
+def _add_image(w: World, ok: bool):  # noqa: ANN202
+    files = {"image": ("ct.png", synthetic_ct_slice(7, z=0.5), "image/png")} if ok else None
+    return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog/images", {"alt": "Axial chest CT"}, files=files)
+
+
+def _delete_image(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog/images/{1 if ok else 999}/delete")
+
+
+def _destination(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects/chest/imaging/destination",
+                {"ae_title": "CHEST", "port": "11112" if ok else "many"})
+
+
+def _profile(w: World, ok: bool):  # noqa: ANN202
+    return post(w.c("pia"), "/projects/chest/imaging/profile", {"reset": "1"} if ok else {"pixel_rules": "{"})
+
+
+def _quarantine(w: World, ok: bool):  # noqa: ANN202
+    held = instances(w.hub, "quarantined")[0].id
+    return post(w.c("pia"), "/projects/chest/imaging/quarantine",
+                {"instance": [str(held)], "decision": "approve", "note": "checked: no burned-in text" if ok else ""})
+
+
+def _reidentify(w: World, ok: bool):  # noqa: ANN202
+    pseudonym = instances(w.hub, "published")[0].patient_pseudonym if ok else "NOPE"
+    return post(w.c("memo"), "/projects/chest/imaging/reidentify",
+                {"pseudonym": pseudonym, "reason": "incidental finding: the hospital must contact the patient"})
+
+
+Case = Callable[[World, bool], object]
+# In walking order: later cases use what earlier ones made.
+CASES: dict[str, Case] = {
+    "/login": _login,
+    "/login/mfa": _login_mfa,
+    "/mfa/enrol": _enrol,
+    "/login/reauth": _reauth,
+    "/logout": _logout,
+    "/account/tokens": _token,
+    "/account/tokens/{prefix}/revoke": _token_revoke,
+    "/account/recovery-codes": _recovery,
+    "/account/password": _password,
+    "/projects": _create_project,
+    "/projects/{slug}/members": _add_member,
+    "/projects/{slug}/members/{user_id}/role": lambda w, ok: _member(w, "role", {"role": "steward"}, ok),
+    "/projects/{slug}/members/{user_id}/rights": lambda w, ok: _member(w, "rights", {"rights": ["import"]}, ok),
+    "/projects/{slug}/settings/{key}": _settings,
+    "/projects/{slug}/members/{user_id}/remove": lambda w, ok: _member(w, "remove", {}, ok),
+    "/projects/{slug}/data/upload": _upload,
+    "/projects/{slug}/data/datasets": _create_dataset,
+    "/datasets/{dataset_id}/draft": _draft,
+    "/datasets/{dataset_id}/versions/{number}/release": _release,
+    "/account/keys": _add_key,
+    "/account/keys/{fingerprint}/revoke": _revoke_key,
+    "/apply/{dataset_id}": _apply,
+    "/applications/{application_id}/save": _save,
+    "/applications/{application_id}/{command}": _command,
+    "/datasets/{dataset_id}/access/download": _download_policy,
+    "/datasets/{dataset_id}/catalog": _catalog_save,
+    "/datasets/{dataset_id}/catalog/unpublish": _unpublish,
+    "/datasets/{dataset_id}/catalog/publish": _publish,
+    "/datasets/{dataset_id}/catalog/images": _add_image,
+    "/datasets/{dataset_id}/catalog/images/{position}/delete": _delete_image,
+    "/projects/{slug}/imaging/destination": _destination,
+    "/projects/{slug}/imaging/profile": _profile,
+    "/projects/{slug}/imaging/quarantine": _quarantine,
+    "/projects/{slug}/imaging/reidentify": _reidentify,
+}
+
+
+def test_every_form_route_has_a_case(app) -> None:  # noqa: ANN001
+    assert form_routes(app) == set(CASES), "a new web form needs its case in CASES (and a message)"
+
+
+def test_every_form_answers_with_a_message(world: World) -> None:
+    """Each form: the refusal first (the page shows an alert, nothing changes), then the success
+    (the page it lands on shows what was done)."""
+    said: dict[str, tuple[str, str]] = {}
+    for route, case in CASES.items():
+        refusal = alert_of(case(world, False))
+        success = flash_of(case(world, True))
+        said[route] = (refusal, success)
+    # the messages say something specific, not a field id
+    assert all("_" not in ok for _, ok in said.values()), said
+    assert said["/applications/{application_id}/save"][1] == "Draft saved."
+    # a flash is shown once: the next page no longer carries it
+    r = world.c("pia").get("/projects")
+    assert 'id="flash"' not in r.text
+    # a refusal shown on the error page leads back to the form it came from (same site only)
+    c, form_page = world.c("pia"), "http://127.0.0.1:8000/projects/chest/data"
+    for referer, shown in ((form_page, True), (None, False)):  # another site's Referer fails CSRF first
+        r = c.post("/projects/chest/data/upload", data={"csrf_token": csrf_for(c)},
+                   files={"file": ("empty.txt", b"")}, headers={"Referer": referer} if referer else {})
+        assert r.status_code == 422 and (f'href="{form_page}">Back to the form' in r.text) is shown
+
+
+def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:  # noqa: ANN001
+    values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
+              "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
+              "application_id": "x", "command": "submit"}
+    for route in sorted(form_routes(app)):
+        url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
+        r = post(world.c("pia"), url, {}, csrf=False)
+        assert r.status_code == 403, (url, r.status_code)
+        assert "form expired or came from another site" in alert_of(r), url
