@@ -27,8 +27,9 @@ from helpers import csrf_for
 from imaging_support import instances, make_project, ultrasound, write_corpus
 from strongroom.archive import c4gh
 from strongroom.archive.models import ArchiveFile, Dataset, UserKey
-from strongroom.catalog import service as catalog
 from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
+from strongroom.catalog.entries import entry_for
+from strongroom.catalog.fields import EntryFields
 from strongroom.catalog.png import synthetic_ct_slice
 from strongroom.db import transaction
 from strongroom.identity.models import ApiToken
@@ -257,8 +258,8 @@ def _download_policy(w: World, ok: bool):  # noqa: ANN202
 
 def _catalog_save(w: World, ok: bool):  # noqa: ANN202
     with w.hub.sessions() as s:
-        entry = catalog.entry_for(s, w.ids["demo"])
-        fields = dataclasses.asdict(catalog.EntryFields.of(entry))
+        entry = entry_for(s, w.ids["demo"])
+        fields = EntryFields.of(entry).model_dump()
     form = {k: ("\n".join(v) if k in ("organs", "keywords", "variables") else v) for k, v in fields.items()
             if v is not None}
     form = {k: (v if isinstance(v, list) else v.isoformat() if isinstance(v, dt.date) else str(v))

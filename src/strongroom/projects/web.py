@@ -25,7 +25,7 @@ router = APIRouter()
 def projects_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
     mine = service.list_my_projects(db, principal) if principal.has_mfa else []
     everything = service.admin_list_projects(db, principal) if principal.user.is_admin else []
-    from ..access import service as access  # the landing page tells a handler what waits for them
+    from ..access import applications as access  # the landing page tells a handler what waits for them
 
     to_review = len(access.queue(db, principal, state="submitted"))
     return templates.TemplateResponse(request, "projects.html", {
