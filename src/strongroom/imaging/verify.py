@@ -18,27 +18,23 @@ import datetime as _dt
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
 from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
 
-__all__ = ["Leak", "identity_scan", "leak_scan", "national_ids", "risk_check"]
+__all__ = ["LEAK_CHECKS", "Leak", "identity_scan", "leak_scan", "national_ids", "risk_check"]
 
-_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN", "CS", "AS", "DS", "IS"}
 _FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
 _BYTES_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV", "OB or OW", "OW or OB"}
 _PLACEHOLDERS = {"ANONYMIZED", "ANONYMOUS", "ANON", "UNKNOWN", "NONE", "REMOVED", "DEIDENTIFIED", "NULL", "N/A",
                  "NOT AVAILABLE", "YES", "NO"}
-_FLAGS = ("retain_longitudinal_full", "retain_longitudinal_modified_dates", "retain_patient_characteristics",
-          "retain_device_identity", "retain_institution_identity", "retain_uids", "retain_safe_private",
-          "clean_descriptors", "clean_structured_content", "clean_graphics")
 _COLUMN = {"retain_longitudinal_full": "rtn_long_full_dates",
            "retain_longitudinal_modified_dates": "rtn_long_modif_dates",
            "retain_patient_characteristics": "rtn_pat_chars", "retain_device_identity": "rtn_dev_id",
@@ -81,13 +77,15 @@ def _load(obj: Any) -> tuple[Dataset, bytes]:
     return pydicom.dcmread(io.BytesIO(raw), force=True), raw
 
 
-def _walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, Any]]:
+def _walk(ds: Dataset, sep: str = ".", path: str = "") -> Iterator[tuple[str, Any, Dataset]]:
+    """(path, element, the dataset holding it) of every element at any depth, in file order, a sequence
+    before its items' elements; an item's elements are under ``<sequence path>[i]<sep>``."""
     for elem in ds:
         here = f"{path}({elem.tag.group:04X},{elem.tag.element:04X})"
-        yield here, elem
-        if elem.VR == "SQ" and isinstance(elem.value, Sequence):
-            for i, item in enumerate(elem.value):
-                yield from _walk(item, f"{here}[{i}].")
+        yield here, elem, ds
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                yield from _walk(item, sep, f"{here}[{i}]{sep}")
 
 
 def _strings(elem: Any) -> list[str]:
@@ -108,7 +106,7 @@ def _private_creator(ds_stack: Dataset, tag: Any) -> str | None:
 
 
 def _profile_flags(profile: Any) -> dict[str, bool]:
-    return {flag: bool(getattr(profile, flag, False)) for flag in _FLAGS}
+    return {flag: bool(getattr(profile, flag, False)) for flag in _COLUMN}
 
 
 def _row_policy(flags: dict[str, bool]) -> dict[int, str]:
@@ -173,62 +171,75 @@ def _encodable(text: str, encoding: str) -> bool:
     return True
 
 
-def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
-    """Leaks of identifying information from ``original`` into ``deidentified`` under ``profile``.
+@dataclass
+class _Scan:
+    """What the leak checks share: the profile's policy, both objects, the identifying material collected
+    from the original and the output's values by element path."""
 
-    Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
-    flags = _profile_flags(profile)
-    policy = _row_policy(flags)
-    safe_private = _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())}
-    date_mode = "full" if flags["retain_longitudinal_full"] else (
-        "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
-    orig, _ = _load(original)
-    out, out_raw = _load(deidentified)
-    out_raw_ds = pydicom.dcmread(io.BytesIO(out_raw), force=True, defer_size=256)
-    header = _header_bytes(out_raw_ds, out_raw)
-    leaks: list[Leak] = []
+    flags: dict[str, bool]
+    policy: dict[int, str]  # tag -> keep | clean | change (see _row_policy)
+    safe_private: set[tuple[Any, ...]]
+    date_mode: str  # remove | modified | full
+    orig: Dataset
+    out: Dataset
+    header: bytes  # the output file without its pixel data values
+    needles: dict[str, tuple[str, str]] = field(default_factory=dict)  # text -> (kind, source path)
+    uids: dict[str, str] = field(default_factory=dict)  # original UID -> source path
+    dates: dict[str, str] = field(default_factory=dict)  # original YYYYMMDD -> source path
+    orig_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
+    private_bytes: list[tuple[bytes, str]] = field(default_factory=list)  # (value, source path)
+    out_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
+    out_elems: dict[str, tuple[Any, Dataset]] = field(default_factory=dict)  # path -> (element, its dataset)
 
-    # ---- collect identifying material from the original
-    needles: dict[str, tuple[str, str]] = {}  # text -> (kind, source path)
-    uids: dict[str, str] = {}
-    dates: dict[str, str] = {}
-    orig_values: dict[str, list[str]] = {}
-    private_bytes: list[tuple[bytes, str]] = []
+    @classmethod
+    def of(cls, original: Any, deidentified: Any, profile: Any) -> _Scan:
+        flags = _profile_flags(profile)
+        date_mode = "full" if flags["retain_longitudinal_full"] else (
+            "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
+        orig, _ = _load(original)
+        out, out_raw = _load(deidentified)
+        out_raw_ds = pydicom.dcmread(io.BytesIO(out_raw), force=True, defer_size=256)
+        scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
+                   date_mode, orig, out, _header_bytes(out_raw_ds, out_raw))
+        scan._collect()
+        scan._drop_allowed()
+        for path, elem, parent in _walk(out):
+            scan.out_elems[path] = (elem, parent)
+            if elem.VR != "SQ" and elem.tag.group != _PIXEL_GROUP:
+                scan.out_values[path] = _strings(elem)
+        return scan
 
-    def add(text: str, kind: str, source: str) -> None:
+    def _add(self, text: str, kind: str, source: str) -> None:
         text = text.strip().strip("^").strip()
         if len(text) >= 4 and text.upper() not in _PLACEHOLDERS and not re.fullmatch(r"[\d.\-+ ]{1,5}", text):
-            needles.setdefault(text, (kind, source))
+            self.needles.setdefault(text, (kind, source))
 
-    def collect(ds: Dataset, path: str) -> None:
-        for elem in ds:
+    def _collect(self) -> None:
+        """Identifying material of the original: what the profile may not keep."""
+        flags, policy = self.flags, self.policy
+        for here, elem, ds in _walk(self.orig):
             tag = elem.tag
-            here = f"{path}({tag.group:04X},{tag.element:04X})"
             vr = elem.VR
-            if vr == "SQ":
-                for i, item in enumerate(elem.value or []):
-                    collect(item, f"{here}[{i}].")
-                continue
-            if tag.group == _PIXEL_GROUP or tag.group == 0x0002:
+            if vr == "SQ" or tag.group == _PIXEL_GROUP or tag.group == 0x0002:
                 continue
             texts = _strings(elem)
             if texts:
-                orig_values[here] = texts
+                self.orig_values[here] = texts
             if tag.is_private:
                 if tag.element < 0x1000:
                     continue  # creators and reserved elements
                 creator = _private_creator(ds, tag)
-                safe = flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in safe_private
+                safe = flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in self.safe_private
                 if safe:
                     if vr == "UI" and not flags["retain_uids"]:
                         for t in texts:
                             if not t.startswith("1.2.840.10008."):
-                                uids.setdefault(t, here)
+                                self.uids.setdefault(t, here)
                     continue
                 for t in texts:
-                    add(t, "private", here)
+                    self._add(t, "private", here)
                 if isinstance(elem.value, bytes | bytearray) and len(elem.value) >= 8:
-                    private_bytes.append((bytes(elem.value), here))
+                    self.private_bytes.append((bytes(elem.value), here))
                 continue
             row_policy = policy.get(int(tag))
             if vr == "UI":
@@ -236,197 +247,209 @@ def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
                     for t in texts:
                         if not t.startswith("1.2.840.10008.") and not any(
                                 k in (elem.keyword or "") for k in _CLASS_UID_KEYWORDS):
-                            uids.setdefault(t, here)
+                            self.uids.setdefault(t, here)
                 continue
             if vr in ("DA", "DT"):
-                if date_mode != "full":
+                if self.date_mode != "full":
                     for t in texts:
                         for part in re.split(r"[-\\]", t):
                             d = _date8(part)
                             if d:
-                                dates.setdefault(d, here)
+                                self.dates.setdefault(d, here)
                 continue
             if vr == "PN":
                 for t in texts:
-                    add(t, "name", here)
+                    self._add(t, "name", here)
                     for part in re.split(r"[\^=]", t):
                         if len(part.strip()) >= 3:
-                            add(part, "name", here)
+                            self._add(part, "name", here)
                 continue
             if row_policy == "change" and vr in _FREE_TEXT_VRS:
                 for t in texts:
-                    add(t, "value", here)
+                    self._add(t, "value", here)
             elif isinstance(elem.value, bytes) and len(elem.value) >= 8 and (
                     (row_policy == "change" and vr in _BYTES_VRS) or (row_policy is None and vr == "UN")):
-                private_bytes.append((bytes(elem.value), here))  # unknown-VR / binary identifying values
+                self.private_bytes.append((bytes(elem.value), here))  # unknown-VR / binary identifying values
 
-    collect(orig, "")
+    def _drop_allowed(self) -> None:
+        """Values that the original also carries in attributes allowed to stay are not identifying."""
+        allowed: list[str] = []
+        for path, texts in self.orig_values.items():
+            last = path.rsplit("(", 1)[-1].rstrip(")")
+            tag = int(last.replace(",", ""), 16)
+            if (tag >> 16) & 1 or self.policy.get(tag) not in (None, "keep"):
+                continue
+            try:
+                vr, keyword = dictionary_VR(tag), keyword_for_tag(tag)
+            except KeyError:
+                continue
+            if vr == "PN" or (vr in ("DA", "DT") and self.date_mode != "full"):
+                continue
+            if vr == "UI" and not (self.flags["retain_uids"] or any(k in keyword for k in _CLASS_UID_KEYWORDS)):
+                continue
+            allowed.extend(texts)
+        allowed_text = "\n".join(allowed)
+        needles = self.needles
+        any_allowed = re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(n) for n in sorted(needles, key=len,
+                                 reverse=True)) + r")(?![0-9A-Za-z])", re.I) if needles else None
+        for text in (list(needles) if any_allowed is not None and any_allowed.search(allowed_text) else ()):
+            if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
+                del needles[text]
+        allowed_set = set(allowed)
+        for uid in list(self.uids):
+            if uid in allowed_set:
+                del self.uids[uid]
 
-    # values that the original also carries in attributes allowed to stay are not identifying
-    allowed: list[str] = []
-    for path, texts in orig_values.items():
-        last = path.rsplit("(", 1)[-1].rstrip(")")
-        tag = int(last.replace(",", ""), 16)
-        if (tag >> 16) & 1 or policy.get(tag) not in (None, "keep"):
-            continue
-        try:
-            vr, keyword = dictionary_VR(tag), keyword_for_tag(tag)
-        except KeyError:
-            continue
-        if vr == "PN" or (vr in ("DA", "DT") and date_mode != "full"):
-            continue
-        if vr == "UI" and not (flags["retain_uids"] or any(k in keyword for k in _CLASS_UID_KEYWORDS)):
-            continue
-        allowed.extend(texts)
-    allowed_text = "\n".join(allowed)
-    any_allowed = re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(n) for n in sorted(needles, key=len,
-                             reverse=True)) + r")(?![0-9A-Za-z])", re.I) if needles else None
-    for text in (list(needles) if any_allowed is not None and any_allowed.search(allowed_text) else ()):
-        if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
-            del needles[text]
-    allowed_set = set(allowed)
-    for uid in list(uids):
-        if uid in allowed_set:
-            del uids[uid]
-
-    # ---- output side: values by path
-    out_values: dict[str, list[str]] = {}
-    out_elems: dict[str, Any] = {}
-    for path, elem in _walk(out):
-        out_elems[path] = elem
-        if elem.VR != "SQ" and elem.tag.group != _PIXEL_GROUP:
-            out_values[path] = _strings(elem)
-
-    def locate(rx: re.Pattern[str]) -> str:
-        for path, texts in out_values.items():
+    def locate(self, rx: re.Pattern[str]) -> str:
+        """The first output element whose value matches ``rx`` ("file bytes" when only the bytes do)."""
+        for path, texts in self.out_values.items():
             if any(rx.search(t) for t in texts):
                 return path
         return "file bytes"
 
-    # ---- A: identifying strings anywhere. One search for all of them first: with no hit anywhere (the
-    # usual case) no single needle can hit either, and ~100 separate pattern compilations are saved.
-    encoded = {n.encode(enc) for n in needles for enc in ("utf-8", "latin-1") if _encodable(n, enc)}
+
+# ---- the checks, run in this order; each yields its findings
+
+
+def identifying_strings(s: _Scan) -> Iterator[Leak]:
+    """Identifying strings of the original (names, IDs, free text the profile changes, private values)
+    anywhere in the output's bytes except the pixel data, UTF-8 or Latin-1 encoded. One search for all of
+    them first: with no hit anywhere (the usual case) no single needle can hit either, and ~100 separate
+    pattern compilations are saved."""
+    encoded = {n.encode(enc) for n in s.needles for enc in ("utf-8", "latin-1") if _encodable(n, enc)}
     anywhere = re.compile(rb"(?<![0-9A-Za-z])(?:" + b"|".join(re.escape(n) for n in sorted(encoded, key=len,
                           reverse=True)) + rb")(?![0-9A-Za-z])", re.I) if encoded else None
-    for text, (kind, source) in (needles.items() if anywhere is not None and anywhere.search(header) else ()):
+    for text, (kind, source) in (s.needles.items() if anywhere is not None and anywhere.search(s.header) else ()):
         pattern = rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])"
         for enc in ("utf-8", "latin-1"):
             try:
                 needle = text.encode(enc)
             except UnicodeEncodeError:
                 continue
-            if re.search(rb"(?<![0-9A-Za-z])" + re.escape(needle) + rb"(?![0-9A-Za-z])", header, re.I):
-                leaks.append(Leak(kind, locate(re.compile(pattern, re.I)), source,
-                                  f"identifying {kind} value of {source} found in the output"))
+            if re.search(rb"(?<![0-9A-Za-z])" + re.escape(needle) + rb"(?![0-9A-Za-z])", s.header, re.I):
+                yield Leak(kind, s.locate(re.compile(pattern, re.I)), source,
+                           f"identifying {kind} value of {source} found in the output")
                 break
 
-    # ---- B: UIDs (the same single search first)
-    any_uid = re.compile(rb"(?<![0-9.])(?:" + b"|".join(re.escape(u.encode()) for u in sorted(uids, key=len,
-                         reverse=True)) + rb")(?![0-9.])") if uids else None
-    for uid, source in (uids.items() if any_uid is not None and any_uid.search(header) else ()):
-        if re.search(rb"(?<![0-9.])" + re.escape(uid.encode()) + rb"(?![0-9.])", header):
-            leaks.append(Leak("uid", locate(re.compile(rf"(?<![0-9.]){re.escape(uid)}(?![0-9.])")), source,
-                              f"original UID of {source} found in the output"))
 
-    # ---- C: unknown/private bytes
-    for blob, source in private_bytes:
+def original_uids(s: _Scan) -> Iterator[Leak]:
+    """Instance UIDs of the original (unless Retain UIDs) in the output's bytes, the same single search
+    first."""
+    any_uid = re.compile(rb"(?<![0-9.])(?:" + b"|".join(re.escape(u.encode()) for u in sorted(s.uids, key=len,
+                         reverse=True)) + rb")(?![0-9.])") if s.uids else None
+    for uid, source in (s.uids.items() if any_uid is not None and any_uid.search(s.header) else ()):
+        if re.search(rb"(?<![0-9.])" + re.escape(uid.encode()) + rb"(?![0-9.])", s.header):
+            yield Leak("uid", s.locate(re.compile(rf"(?<![0-9.]){re.escape(uid)}(?![0-9.])")), source,
+                       f"original UID of {source} found in the output")
+
+
+def identifying_bytes(s: _Scan) -> Iterator[Leak]:
+    """Binary values of private and unknown-VR elements of the original (8 bytes or more) in the output."""
+    for blob, source in s.private_bytes:
         probe = blob.strip(b"\0 ")
-        if len(probe) >= 8 and probe in header:
-            leaks.append(Leak("private", "file bytes", source, f"bytes of {source} found in the output"))
+        if len(probe) >= 8 and probe in s.header:
+            yield Leak("private", "file bytes", source, f"bytes of {source} found in the output")
 
-    # ---- D: dates
-    if date_mode != "full":
-        expected_shifted: set[str] = set()
-        if date_mode == "modified":
-            pairs: list[tuple[int, str]] = []
-            for path, texts in orig_values.items():
-                elem = out_elems.get(path)
-                if elem is None or elem.VR not in ("DA", "DT"):
-                    continue
-                for old, new in zip(texts, _strings(elem), strict=False):
-                    a, b = _date8(old), _date8(new)
-                    delta = _days(a, b) if a and b else None
-                    if delta is not None:
-                        pairs.append((delta, b))  # type: ignore[arg-type]
-            offsets = collections.Counter(delta for delta, _ in pairs)
-            if offsets.get(0):
-                leaks.append(Leak("date", "dates", "dates", f"{offsets[0]} date(s) not shifted (Modified Dates)"))
-            if len([o for o in offsets if o]) > 1:
-                leaks.append(Leak("date", "dates", "dates", f"dates shifted inconsistently ({len(offsets)} offsets)"))
-            common = [o for o, _ in offsets.most_common() if o]
-            if common:
-                expected_shifted = {b for delta, b in pairs if delta == common[0]}
-        for d, source in dates.items():
-            if d in expected_shifted or d == "19000101":
+
+def date_option(s: _Scan) -> Iterator[Leak]:
+    """The date option: original dates gone (removed), or all moved by one non-zero whole-day offset
+    (Modified Dates); nothing to check under Full Dates."""
+    if s.date_mode == "full":
+        return
+    expected_shifted: set[str] = set()
+    if s.date_mode == "modified":
+        pairs: list[tuple[int, str]] = []
+        for path, texts in s.orig_values.items():
+            elem = s.out_elems.get(path, (None,))[0]
+            if elem is None or elem.VR not in ("DA", "DT"):
                 continue
-            if re.search(rb"(?<![0-9])" + d.encode(), header):
-                leaks.append(Leak("date", locate(re.compile(rf"(?<![0-9]){d}")), source,
-                                  f"original date of {source} found in the output ({date_mode} dates)"))
+            for old, new in zip(texts, _strings(elem), strict=False):
+                a, b = _date8(old), _date8(new)
+                delta = _days(a, b) if a and b else None
+                if delta is not None:
+                    pairs.append((delta, b))  # type: ignore[arg-type]
+        offsets = collections.Counter(delta for delta, _ in pairs)
+        if offsets.get(0):
+            yield Leak("date", "dates", "dates", f"{offsets[0]} date(s) not shifted (Modified Dates)")
+        if len([o for o in offsets if o]) > 1:
+            yield Leak("date", "dates", "dates", f"dates shifted inconsistently ({len(offsets)} offsets)")
+        common = [o for o, _ in offsets.most_common() if o]
+        if common:
+            expected_shifted = {b for delta, b in pairs if delta == common[0]}
+    for d, source in s.dates.items():
+        if d in expected_shifted or d == "19000101":
+            continue
+        if re.search(rb"(?<![0-9])" + d.encode(), s.header):
+            yield Leak("date", s.locate(re.compile(rf"(?<![0-9]){d}")), source,
+                       f"original date of {source} found in the output ({s.date_mode} dates)")
 
-    # ---- E: attributes the profile must change, still holding their value at the same place
-    for path, texts in orig_values.items():
+
+def replaced_attributes(s: _Scan) -> Iterator[Leak]:
+    """Attributes the profile must change, still holding their original value at the same place."""
+    for path, texts in s.orig_values.items():
         last = path.rsplit("(", 1)[-1].rstrip(")")
         try:
             tag = int(last.replace(",", ""), 16)
         except ValueError:
             continue
-        if policy.get(tag) != "change" or (tag >> 16) == 0x0002:
+        if s.policy.get(tag) != "change" or (tag >> 16) == 0x0002:
             continue
-        found = out_values.get(path)
+        found = s.out_values.get(path)
         if found and [t.upper() for t in found] == [t.upper() for t in texts] and any(texts):
             if all(t.upper() in _PLACEHOLDERS for t in texts):
                 continue
-            leaks.append(Leak("attribute", path, path, "attribute that the profile replaces kept its value"))
+            yield Leak("attribute", path, path, "attribute that the profile replaces kept its value")
 
-    # ---- F: private elements, overlays, curves in the output
-    for path, elem in out_elems.items():
+
+def private_and_graphics(s: _Scan) -> Iterator[Leak]:
+    """Private elements outside the safe private table, curves, and overlays (unless Clean Graphics)."""
+    for path, (elem, parent) in s.out_elems.items():
         tag = elem.tag
         if tag.is_private and tag.element >= 0x1000:
-            parent = _parent(out, path)
-            creator = _private_creator(parent, tag) if parent is not None else None
-            if not (flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in safe_private):
-                leaks.append(Leak("private", path, path, "private element not retained by the safe private table"))
+            creator = _private_creator(parent, tag)
+            if not (s.flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in s.safe_private):
+                yield Leak("private", path, path, "private element not retained by the safe private table")
         elif 0x5000 <= tag.group <= 0x501E and tag.group % 2 == 0:
-            leaks.append(Leak("graphics", path, path, "curve data present"))
+            yield Leak("graphics", path, path, "curve data present")
         elif 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0 and tag.element == 0x3000 \
-                and not flags["clean_graphics"]:
-            leaks.append(Leak("graphics", path, path, "overlay data present"))
+                and not s.flags["clean_graphics"]:
+            yield Leak("graphics", path, path, "overlay data present")
 
-    # ---- G: markers
+
+def markers(s: _Scan) -> Iterator[Leak]:
+    """The de-identification markers, and a Patient ID that is not the original one."""
+    out, orig = s.out, s.orig
     if str(out.get("PatientIdentityRemoved", "")).upper() != "YES":
-        leaks.append(Leak("marker", "(0012,0062)", "", "Patient Identity Removed is not YES"))
+        yield Leak("marker", "(0012,0062)", "", "Patient Identity Removed is not YES")
     codes = {str(item.get("CodeValue", "")) for item in out.get("DeidentificationMethodCodeSequence", [])}
     if "113100" not in codes:
-        leaks.append(Leak("marker", "(0012,0064)", "", "De-identification Method Code Sequence lacks 113100"))
-    expected = {"remove": "REMOVED", "full": "UNMODIFIED", "modified": "MODIFIED"}[date_mode]
+        yield Leak("marker", "(0012,0064)", "", "De-identification Method Code Sequence lacks 113100")
+    expected = {"remove": "REMOVED", "full": "UNMODIFIED", "modified": "MODIFIED"}[s.date_mode]
     if str(out.get("LongitudinalTemporalInformationModified", "")).upper() != expected:
-        leaks.append(Leak("marker", "(0028,0303)", "", f"Longitudinal Temporal Information Modified is not {expected}"))
+        yield Leak("marker", "(0028,0303)", "", f"Longitudinal Temporal Information Modified is not {expected}")
     if out.get("PatientID") and orig.get("PatientID") and str(out.PatientID) == str(orig.PatientID):
-        leaks.append(Leak("attribute", "(0010,0020)", "(0010,0020)", "Patient ID unchanged"))
-
-    # ---- H: identifying values of the original and national identity numbers in any value
-    leaks.extend(identity_scan(orig, out, flags))
-    return leaks
+        yield Leak("attribute", "(0010,0020)", "(0010,0020)", "Patient ID unchanged")
 
 
-def _parent(ds: Dataset, path: str) -> Dataset | None:
-    """The dataset that holds the element at ``path``."""
-    if "." not in path:
-        return ds
-    current: Any = ds
-    for part in path.split(".")[:-1]:
-        m = re.fullmatch(r"\(([0-9A-F]{4}),([0-9A-F]{4})\)\[(\d+)\]", part)
-        if not m:
-            return None
-        tag = (int(m.group(1), 16) << 16) | int(m.group(2), 16)
-        if tag not in current:
-            return None
-        seq = current[tag].value
-        idx = int(m.group(3))
-        if not isinstance(seq, Sequence) or idx >= len(seq):
-            return None
-        current = seq[idx]
-    return current if isinstance(current, Dataset) else None
+def identity_values(s: _Scan) -> Iterator[Leak]:
+    """Identifying values of the original and national identity numbers in any output value
+    (``identity_scan``), with no exception for attributes the profile keeps."""
+    yield from identity_scan(s.orig, s.out, s.flags)
+
+
+LEAK_CHECKS: tuple[Callable[[_Scan], Iterable[Leak]], ...] = (
+    identifying_strings, original_uids, identifying_bytes, date_option, replaced_attributes, private_and_graphics,
+    markers, identity_values,
+)
+
+
+def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
+    """Leaks of identifying information from ``original`` into ``deidentified`` under ``profile``: the
+    findings of every check of ``LEAK_CHECKS``, in that order.
+
+    Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
+    scan = _Scan.of(original, deidentified, profile)
+    return [leak for check in LEAK_CHECKS for leak in check(scan)]
 
 
 def risk_check(dataset: Any, result: Any = None) -> list[str]:
@@ -564,14 +587,14 @@ class _IdentityNeedles:
             if value.isdigit() and len(value) >= 6:
                 self.uid_components.setdefault(value, kind)
 
-    def _collect(self, ds: Dataset, flags: dict[str, bool]) -> None:
-        for elem in ds:
+    def _collect(self, orig: Dataset, flags: dict[str, bool]) -> None:
+        for _, elem, ds in _walk(orig):
             tag = int(elem.tag)
             if elem.VR == "SQ":
-                for item in elem.value or []:
-                    if tag == _OTHER_IDS_SEQ and "PatientID" in item:
-                        self._add(str(item.PatientID), "other patient ID")
-                    self._collect(item, flags)
+                if tag == _OTHER_IDS_SEQ:  # recorded as other patient IDs before the walk enters the items
+                    for item in elem.value or []:
+                        if "PatientID" in item:
+                            self._add(str(item.PatientID), "other patient ID")
                 continue
             if elem.tag.is_private or elem.tag.group in (_PIXEL_GROUP, 0x0002):
                 continue
@@ -634,17 +657,12 @@ class _IdentityNeedles:
         return hits
 
 
-def _text_values(ds: Dataset, path: str = "") -> Iterator[tuple[str, int, str, str]]:
+def _text_values(ds: Dataset) -> Iterator[tuple[str, int, str, str]]:
     """(path with '>' between nesting levels, tag, VR, text) of every element value except pixel data."""
-    for elem in ds:
+    for here, elem, _ in _walk(ds, ">"):
         tag = elem.tag
-        here = f"{path}({tag.group:04X},{tag.element:04X})"
         vr = elem.VR
-        if vr == "SQ":
-            for i, item in enumerate(elem.value or []):
-                yield from _text_values(item, f"{here}[{i}]>")
-            continue
-        if tag.group == _PIXEL_GROUP or (0x6000 <= tag.group <= 0x601E and tag.element == 0x3000):
+        if vr == "SQ" or tag.group == _PIXEL_GROUP or (0x6000 <= tag.group <= 0x601E and tag.element == 0x3000):
             continue
         value = elem.value
         if isinstance(value, bytes | bytearray):
