@@ -85,7 +85,7 @@ class DeidProfile:
     clean_structured_content: bool = False
     clean_graphics: bool = False
     pixel_rules: tuple[PixelRule, ...] = ()
-    # stricter than Clean Descriptors: standard free text outside TEXT_KEEP_LIST is cleaned or removed
+    # stricter than Clean Descriptors: standard free text outside plan.TEXT_KEEP_LIST is cleaned or removed
     text_allow_list: bool = False
     # (private creator, group, element within the block) retained in addition to Table E.3.10-1
     extra_safe_private: tuple[tuple[str, int, int], ...] = ()
