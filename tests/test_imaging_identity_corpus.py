@@ -18,7 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from imaging_support import instances, make_project
-from strongroom.imaging import bulk, deid, synthetic
+from strongroom.imaging import bulk, synthetic
+from strongroom.imaging.deid import DeidProfile
+from strongroom.imaging.deid.plan import KEEP, compiled_plan
 from strongroom.imaging.settings import to_engine
 from strongroom.imaging.verify import national_ids
 
@@ -46,12 +48,12 @@ class Case:
     expect: str  # the kind the quarantine reason names
 
 
-def kept_tag(vr: str, profile: deid.DeidProfile) -> int | None:
+def kept_tag(vr: str, profile: DeidProfile) -> int | None:
     """A standard attribute of ``vr`` that the engine keeps unchanged under ``profile``."""
-    plan = deid._plan(profile)
+    plan = compiled_plan(profile)
     for tag in sorted(plan.ops):
         entry = plan.ops[tag]
-        if entry.op == deid.KEEP and entry.vr.decode() == vr and tag >> 16 not in (0x0000, 0x0002, 0x0004) \
+        if entry.op == KEEP and entry.vr.decode() == vr and tag >> 16 not in (0x0000, 0x0002, 0x0004) \
                 and tag != 0x00080005 and "Retired" not in entry.keyword and entry.keyword \
                 and not entry.keyword.endswith("ClassUID") and "TransferSyntax" not in entry.keyword \
                 and tag not in CODE_TAGS:

@@ -1,0 +1,223 @@
+"""The engine's entry points: bytes, paths, Datasets and files in; a Part 10 file out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import mmap
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydicom.charset import convert_encodings
+
+from . import pixels
+from .encoding import (
+    BE,
+    DEFLATED_LE,
+    EXPLICIT_BE,
+    EXPLICIT_LE,
+    IMPLICIT_LE,
+    LE,
+    VALID_VRS,
+    detect_encoding,
+    encode_element,
+    pad,
+    parse,
+    read_meta,
+)
+from .plan import NORMAL, PATIENT_ID_TAG, PATIENT_NAME_TAG, PIXEL_DATA_TAG, compiled_plan
+from .profile import DeidProfile
+from .pseudonyms import Pseudonymizer
+from .result import DeidError, DeidResult, LogEntry
+from .run import Run
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+
+IMPLEMENTATION_CLASS_UID = "2.25.227926385014318662186221414929226069224"
+IMPLEMENTATION_VERSION_NAME = "STRONGROOM_DEID1"
+
+_MMAP_MIN = 256 * 1024  # inputs at least this large are memory-mapped
+_DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+_SIMPLE_CODECS = {"iso8859": "latin_1", "latin_1": "latin_1", "UTF8": "utf-8"}
+
+
+def _meta_bytes(sop_class: str, sop_instance: str, ts: str) -> bytes:
+    def el(tag: int, vr: bytes, value: bytes) -> bytes:
+        return encode_element(tag, vr, pad(value, vr), LE, True)
+
+    body = (el(0x00020001, b"OB", b"\x00\x01") + el(0x00020002, b"UI", sop_class.encode())
+            + el(0x00020003, b"UI", sop_instance.encode()) + el(0x00020010, b"UI", ts.encode())
+            + el(0x00020012, b"UI", IMPLEMENTATION_CLASS_UID.encode())
+            + el(0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME.encode()))
+    return b"\0" * 128 + b"DICM" + encode_element(0x00020000, b"UL", struct.pack("<I", len(body)), LE, True) + body
+
+
+def _deidentify_bytes(data: bytes, profile: DeidProfile, pseudo: Pseudonymizer) -> DeidResult:
+    result, chunks = _deidentify_buffer(data, profile, pseudo)
+    result.data = b"".join(chunks)
+    return result
+
+
+def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) -> tuple[DeidResult, list[Any]]:
+    """The engine on any buffer (bytes or an mmap): the result (without data) and the output chunks,
+    which may be views into ``buf`` (the kept regions, e.g. pixel data, are never copied here)."""
+    plan = compiled_plan(profile)
+    pos, meta, ts = read_meta(buf)
+    deflated = False
+    if ts is None:
+        codec, explicit = detect_encoding(buf, pos)
+        ts = (EXPLICIT_LE if explicit else IMPLICIT_LE) if codec.little else EXPLICIT_BE
+    elif ts == IMPLICIT_LE:
+        codec, explicit = LE, False
+    elif ts == EXPLICIT_BE:
+        codec, explicit = BE, True
+    elif ts == DEFLATED_LE:
+        try:
+            buf = zlib.decompress(buf[pos:], -15)
+        except zlib.error as exc:
+            raise DeidError(f"deflated dataset does not inflate: {exc}") from None
+        pos, codec, explicit, deflated = 0, LE, True, True
+    else:
+        codec, explicit = LE, True
+    if explicit and codec.little and len(buf) >= pos + 8 and buf[pos + 4:pos + 6] not in VALID_VRS:
+        # the meta says explicit VR but the dataset is implicit (as pydicom, accept it; fix the syntax UID
+        # when the transfer syntax is a native one)
+        explicit = False
+        if ts == EXPLICIT_LE:
+            ts = IMPLICIT_LE
+    elems, _ = parse(buf, pos, len(buf), codec, explicit)
+    idx = {el[0]: el for el in elems}
+
+    def value(tag: int) -> str:
+        el = idx.get(tag)
+        return bytes(buf[el[3]:el[4]]).decode("latin_1").strip("\0 ") if el and not el[5] else ""
+
+    sop_class = value(0x00080016) or meta.get(0x00020002, b"").decode("ascii", "replace").strip("\0 ")
+    if 0x00041220 in idx or sop_class == _DICOMDIR or _DICOMDIR.encode() in meta.get(0x00020002, b""):
+        raise DeidError("a DICOMDIR (Media Storage Directory) is not an instance to de-identify")
+    if not elems or max(idx) >> 16 < 0x0008 or not any(t & 0xFFFF for t in idx if t >> 16 >= 0x0008):
+        raise DeidError("no data elements: not a DICOM dataset")
+    run = Run(plan, pseudo, buf)
+    charset = value(0x00080005)
+    if charset:
+        run.encodings = convert_encodings([c.strip() for c in charset.split("\\")])
+        run.simple_codec = _SIMPLE_CODECS.get(run.encodings[0]) if len(run.encodings) == 1 else None
+
+    def text(tag: int) -> str:
+        el = idx.get(tag)
+        return run.text(run.mv[el[3]:el[4]], b"PN" if tag == PATIENT_NAME_TAG else b"LO") if el and not el[5] else ""
+
+    sop_instance = value(0x00080018) or meta.get(0x00020003, b"").decode("ascii", "replace").strip("\0 ")
+    study_uid = value(0x0020000D)
+    patient_id, patient_name = text(PATIENT_ID_TAG), text(PATIENT_NAME_TAG)
+    patient_key = patient_id or (f"name:{patient_name}|{value(0x00100030)}" if patient_name else f"study:{study_uid}")
+    run.pseudonym = pseudo.patient_pseudonym(patient_key)
+    if plan.date_mode == "modified":
+        run.shift = pseudo.date_shift_days(patient_key)
+    if profile.clean_descriptors or profile.clean_structured_content or profile.clean_graphics \
+            or profile.retain_patient_characteristics or profile.text_allow_list:
+        run.identifiers = [run.text(run.mv[idx[t][3]:idx[t][4]], b"PN") for t in plan.identifier_tags
+                           if t in idx and not idx[t][5]]
+    new_sop = sop_instance if plan.retain_uids or not sop_instance else pseudo.uid(sop_instance)
+    new_study = study_uid if plan.retain_uids or not study_uid else pseudo.uid(study_uid)
+
+    # pixel rules
+    pixel_cleaned = False
+    extra_inserts: list[tuple[int, bytes]] = []
+    pixel_el = idx.get(PIXEL_DATA_TAG)
+    rule = pixels.matching_rule(profile.pixel_rules, run.mv, idx, codec, value(0x00080070), value(0x00081090),
+                                value(0x00080060)) if profile.pixel_rules and pixel_el is not None else None
+    if rule is not None:
+        cleaned = pixels.blank(run.mv, pixel_el, idx, codec, rule, run.misses)
+        if cleaned is not None:
+            vr = (pixel_el[1] if explicit else None) or b"OW"
+            extra_inserts.append((PIXEL_DATA_TAG, encode_element(PIXEL_DATA_TAG, vr, cleaned, codec, explicit)))
+            run.log.append(LogEntry("(7FE0,0010)", "PixelData", f"pixel rule {rule.name!r}", "C"))
+            pixel_cleaned = True
+    inserts = sorted(plan.markers(codec, explicit, pixel_cleaned) + extra_inserts)
+    out: list[Any] = []
+    run.emit(elems, codec, explicit, NORMAL, "", out, inserts)
+    meta_bytes = _meta_bytes(sop_class, new_sop, ts)
+    if deflated:
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+        out = [meta_bytes, comp.compress(b"".join(out)) + comp.flush()]
+    else:
+        out.insert(0, meta_bytes)
+    pmap = {"PatientID": (patient_key, run.pseudonym)}
+    if not plan.retain_uids:
+        pmap["StudyInstanceUID"] = (study_uid, new_study)
+        pmap["SOPInstanceUID"] = (sop_instance, new_sop)
+    result = DeidResult(
+        data=None, action_log=run.log, sop_instance_uid=new_sop, study_instance_uid=new_study,
+        patient_pseudonym=run.pseudonym, date_shift_days=run.shift, pixel_cleaned=pixel_cleaned,
+        misses=run.misses, transfer_syntax=ts, modality=value(0x00080060), sop_class_uid=sop_class,
+        pseudonym_map=pmap,
+    )
+    del run.mv, run.buf  # only the chunks keep views into the input
+    return result, out
+
+
+def _dataset_bytes(ds: Dataset) -> bytes:
+    from pydicom import dcmwrite
+
+    buf = io.BytesIO()
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        dcmwrite(buf, ds, enforce_file_format=False)
+    else:
+        dcmwrite(buf, ds, implicit_vr=False, little_endian=True)
+    return buf.getvalue()
+
+
+def deidentify(data: Any, profile: DeidProfile, pseudonymizer: Pseudonymizer) -> DeidResult:
+    """De-identify one instance: ``bytes`` (Part 10 file or bare dataset), a path, or a pydicom ``Dataset``.
+
+    Returns the same kind (bytes for bytes/paths, a ``Dataset`` for a ``Dataset``). Raises ``DeidError``
+    for objects that cannot be processed safely (malformed, truncated, DICOMDIR)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return _deidentify_bytes(bytes(data), profile, pseudonymizer)
+    if isinstance(data, str | os.PathLike):
+        return _deidentify_bytes(Path(data).read_bytes(), profile, pseudonymizer)
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+
+    if isinstance(data, Dataset):
+        result = _deidentify_bytes(_dataset_bytes(data), profile, pseudonymizer)
+        result.data = dcmread(io.BytesIO(result.data))
+        return result
+    raise TypeError(f"cannot de-identify a {type(data).__name__}")
+
+
+def deidentify_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], profile: DeidProfile,
+                    pseudonymizer: Pseudonymizer) -> DeidResult:
+    """De-identify the file ``src`` into ``dst``: written to a temporary name, then renamed.
+
+    The input is memory-mapped and kept regions (pixel data) go from the mapping straight to the output
+    file: they are never copied through Python objects. ``result.data`` is ``None`` (the output is on disk)."""
+    dst = Path(dst)
+    with open(src, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= _MMAP_MIN:
+            buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        else:
+            buf = f.read()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        result, chunks = _deidentify_buffer(buf, profile, pseudonymizer)
+        with open(tmp, "wb") as out:
+            out.writelines(chunks)
+        del chunks
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if isinstance(buf, mmap.mmap):
+            with contextlib.suppress(BufferError):  # a view still alive (a traceback): the GC closes it
+                buf.close()
+    return result

@@ -1,0 +1,67 @@
+"""Keyed, deterministic pseudonyms of one project (patient IDs, UIDs, date shifts, tokens)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+
+class Pseudonymizer:
+    """Keyed, deterministic replacements for one project: same secret + same input => same output, on
+    any host or process. HMAC-SHA256 with a label per use; never an unsalted hash."""
+
+    def __init__(self, secret: bytes, *, prefix: str = "", max_shift_days: int = 3650) -> None:
+        if not isinstance(secret, bytes | bytearray) or len(secret) < 16:
+            raise ValueError("the pseudonymization secret must be at least 16 bytes")
+        if not 1 <= max_shift_days <= 36500:
+            raise ValueError("max_shift_days must be within 1..36500")
+        if len(prefix) > 40 or any(c in prefix for c in "\\^="):
+            raise ValueError("prefix too long or contains DICOM delimiters")
+        self._secret = bytes(secret)
+        self.prefix = prefix
+        self.max_shift_days = max_shift_days
+        self._uid_cache: dict[str, str] = {}
+
+    @classmethod
+    def generate_secret(cls) -> bytes:
+        return os.urandom(32)
+
+    def __repr__(self) -> str:
+        return f"Pseudonymizer(fingerprint={self.fingerprint!r}, prefix={self.prefix!r})"
+
+    def _mac(self, label: bytes, value: str) -> bytes:
+        return hmac.new(self._secret, label + b"\x00" + value.encode("utf-8"), hashlib.sha256).digest()
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the key (for audit/versioning) without revealing it."""
+        return self._mac(b"strongroom/fingerprint", "").hex()[:16]
+
+    def patient_pseudonym(self, patient_key: str) -> str:
+        token = base64.b32encode(self._mac(b"strongroom/patient", patient_key)).decode("ascii")[:20]
+        return self.prefix + token
+
+    def uid(self, uid: str) -> str:
+        """``2.25.<int>`` of a version-8 UUID built from the HMAC (122 keyed bits)."""
+        cached = self._uid_cache.get(uid)
+        if cached is not None:
+            return cached
+        b = bytearray(self._mac(b"strongroom/uid", uid)[:16])
+        b[6] = (b[6] & 0x0F) | 0x80  # version 8
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        new = "2.25." + str(int.from_bytes(b, "big"))
+        if len(self._uid_cache) > 200_000:
+            self._uid_cache.clear()
+        self._uid_cache[uid] = new
+        return new
+
+    def date_shift_days(self, patient_key: str) -> int:
+        """Whole days to add to every date of this patient: within -max_shift_days..-1."""
+        n = int.from_bytes(self._mac(b"strongroom/dateshift", patient_key)[:8], "big")
+        return -(1 + n % self.max_shift_days)
+
+    def token(self, kind: str, value: str, length: int = 14) -> str:
+        """A keyed opaque token for other identifiers (e.g. AE titles under Retain Device Identity)."""
+        return base64.b32encode(self._mac(b"strongroom/" + kind.encode(), value)).decode("ascii")[:length]

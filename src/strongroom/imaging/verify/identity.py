@@ -1,0 +1,213 @@
+"""``identity_scan``: identifying values of the original and national identity numbers, searched in
+every element value of the output."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from pydicom.dataset import Dataset
+
+from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, date8, strings, walk
+
+# Identifying values of the original are searched in EVERY element value of the output (sequences at any
+# depth, retained private elements, code meanings, kept descriptors), with no exception for attributes the
+# profile keeps: a name typed into a kept attribute is exactly the leak this catches. National identity
+# numbers are also searched by pattern, whoever they belong to.
+
+_NAME_STOP = {"DR", "MD", "PROF", "MR", "MRS", "MS", "MISS", "JR", "SR", "PHD", "II", "III", "IV", "RN", "DDS",
+              "DOC", "SIR", "VON", "VAN", "DER", "DEN", "DEL", "LA", "LE", "DE", "DA", "DI", "DU", "AF", "AV"}
+_PATIENT_NAME_TAGS = {0x00100010: "patient name component", 0x00101001: "patient name component",
+                      0x00101005: "patient name component", 0x00101060: "patient name component"}
+# tag -> kind of identifying value (searched whole, at least 4 characters)
+_IDENTIFIER_TAGS = {
+    0x00100020: "patient ID", 0x00101000: "other patient ID", 0x00080050: "accession number",
+    0x00101090: "medical record locator", 0x00380010: "admission ID", 0x00402016: "placer order number",
+    0x00402017: "filler order number", 0x00401001: "requested procedure ID", 0x00101040: "address",
+    0x00380300: "address", 0x00100101: "other patient ID",
+}
+_PHONE_TAGS = {0x00102154: "telephone number", 0x00080094: "telephone number", 0x00081149: "telephone number"}
+_INSTITUTION_TAGS = {0x00080080: "institution name", 0x00080081: "institution address",
+                     0x00081040: "institution department", 0x00080082: "institution name"}
+_BIRTH_DATE = 0x00100030
+_CODE_TAGS = {0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120}
+_OTHER_IDS_SEQ = 0x00101002
+# VRs whose values are text; numeric and coded-time VRs get only the exact-value checks (see below)
+_FREE_VRS = {"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR", "CS", "UN", "OB"}
+_NUMERIC_VRS = {"AS", "DA", "DS", "DT", "IS", "TM"}
+# Swedish personnummer / samordningsnummer: [CC]YYMMDD[-+]NNNN, not part of a longer number or a decimal
+_PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})([-+]?)(\d{4})(?![0-9])(?!\.[0-9])")
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(digits):
+        d = int(ch) * (2 if i % 2 == 0 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def national_ids(text: str) -> list[str]:
+    """Kinds of the Swedish identity numbers in ``text`` (``personnummer``/``samordningsnummer``),
+    checked for a real month/day and the Luhn digit."""
+    found = []
+    for m in _PNR.finditer(text):
+        _cc, yy, mm, dd, _sep, tail = m.groups()
+        month, day = int(mm), int(dd)
+        kind = "personnummer"
+        if day > 60:
+            day -= 60
+            kind = "samordningsnummer"
+        if 1 <= month <= 12 and 1 <= day <= 31 and _luhn_ok(yy + mm + dd + tail):
+            found.append(kind)
+    return found
+
+
+def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
+    """(8+ character forms searched in every value, 6-digit YYMMDD searched in free text only)."""
+    d = date8(value)
+    if not d:
+        return [], []
+    y, m, dd = d[:4], d[4:6], d[6:8]
+    long_forms = [d, f"{y}-{m}-{dd}", f"{y}.{m}.{dd}", f"{y}/{m}/{dd}", f"{dd}.{m}.{y}", f"{dd}/{m}/{y}",
+                  f"{dd}-{m}-{y}", f"{m}/{dd}/{y}", f"{dd}{m}{y}", f"{y[2:]}-{m}-{dd}", f"{dd}.{m}.{y[2:]}",
+                  f"{dd}/{m}/{y[2:]}"]
+    # without leading zeros: 1.2.1990, 1990-2-1
+    short_d, short_m = str(int(dd)), str(int(m))
+    if (short_d, short_m) != (dd, m):
+        long_forms += [f"{short_d}.{short_m}.{y}", f"{short_d}/{short_m}/{y}", f"{y}-{short_m}-{short_d}",
+                       f"{short_m}/{short_d}/{y}"]
+    return long_forms, [f"{y[2:]}{m}{dd}"]
+
+
+class _IdentityNeedles:
+    """What identifies the person in the original, compiled for one pass over the output."""
+
+    def __init__(self, orig: Dataset, flags: dict[str, bool]) -> None:
+        self.kinds: dict[str, str] = {}  # casefolded needle -> kind
+        self.free_only: dict[str, str] = {}  # needles searched in free text only (YYMMDD)
+        self.uid_components: dict[str, str] = {}  # numeric IDs matched as whole UID components
+        self.phones: list[tuple[re.Pattern[str], str]] = []
+        self._collect(orig, flags)
+        self.rx = self._compile(self.kinds)
+        self.free_rx = self._compile({**self.kinds, **self.free_only})
+        # coded strings hold defined terms (TEXT, PNAME, CHEST...): other people's name components, often
+        # placeholders in reports, are not searched there; the patient's identifiers are
+        self.coded_rx = self._compile({k: v for k, v in self.kinds.items() if not v.startswith("person name")})
+        # code values and scheme designators are codes ("TEST", "DCM"): searched for IDs and dates only
+        self.code_rx = self._compile({k: v for k, v in self.kinds.items() if "name" not in v})
+
+    @staticmethod
+    def _compile(needles: dict[str, str]) -> re.Pattern[str] | None:
+        if not needles:
+            return None
+        alts = "|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
+        # letters/digits around a needle make it another word; a digit after a '.' another number
+        return re.compile(rf"(?<![0-9A-Za-z_])(?<![0-9]\.)(?:{alts})(?![0-9A-Za-z_])(?!\.[0-9])", re.I)
+
+    def _add(self, value: str, kind: str, minimum: int = 4) -> None:
+        value = value.strip()
+        if len(value) >= minimum and value.upper() not in PLACEHOLDERS:
+            self.kinds.setdefault(value.casefold(), kind)
+            if value.isdigit() and len(value) >= 6:
+                self.uid_components.setdefault(value, kind)
+
+    def _collect(self, orig: Dataset, flags: dict[str, bool]) -> None:
+        for _, elem, ds in walk(orig):
+            tag = int(elem.tag)
+            if elem.VR == "SQ":
+                if tag == _OTHER_IDS_SEQ:  # recorded as other patient IDs before the walk enters the items
+                    for item in elem.value or []:
+                        if "PatientID" in item:
+                            self._add(str(item.PatientID), "other patient ID")
+                continue
+            if elem.tag.is_private or elem.tag.group in (PIXEL_GROUP, 0x0002):
+                continue
+            texts = strings(elem)
+            if not texts:
+                continue
+            if elem.VR == "PN":
+                kind = _PATIENT_NAME_TAGS.get(tag, "person name component")
+                for t in texts:
+                    self._add(re.sub(r"[\^=]+", " ", t).strip(), kind.replace(" component", ""))
+                    for part in re.split(r"[\^=\s,]+", t):
+                        part = part.strip(" .")
+                        if len(part) >= 3 and part.upper() not in _NAME_STOP:
+                            self._add(part, kind, 3)
+            elif tag in _IDENTIFIER_TAGS:
+                for t in texts:
+                    self._add(t, _IDENTIFIER_TAGS[tag])
+                    if _IDENTIFIER_TAGS[tag] == "address":  # street lines and postcodes: the parts with digits
+                        for part in re.split(r"[,^\n\r]+", t):
+                            if re.search(r"\d", part) and re.search(r"[A-Za-z]", part):
+                                self._add(part, "address", 6)
+            elif tag in _INSTITUTION_TAGS and not flags["retain_institution_identity"]:
+                # an organisation: not identifying when it is also the equipment's maker (test sites)
+                makers = {str(ds.get(k, "") or "").strip().casefold()
+                          for k in ("Manufacturer", "ManufacturerModelName")}
+                for t in texts:
+                    if t.strip().casefold() not in makers:
+                        self._add(t, _INSTITUTION_TAGS[tag], 6)
+            elif tag in _PHONE_TAGS:
+                for t in texts:
+                    digits = re.sub(r"\D", "", t)
+                    if len(digits) >= 7:  # the subscriber part, whatever separators and prefixes are used
+                        body = r"[\s\-./()]*".join(digits[-7:])
+                        self.phones.append((re.compile(rf"(?<![0-9]){body}(?![0-9])"), _PHONE_TAGS[tag]))
+            elif tag == _BIRTH_DATE:
+                for t in texts:
+                    long_forms, short_forms = _birth_date_forms(t)
+                    for f in long_forms:
+                        self.kinds.setdefault(f.casefold(), "birth date")
+                    for f in short_forms:
+                        self.free_only.setdefault(f, "birth date")
+                    if long_forms:
+                        self.uid_components.setdefault(long_forms[0], "birth date")
+
+    def search(self, tag: int, vr: str, text: str) -> list[str]:
+        """Kinds of identifying values in one element value."""
+        if vr == "UI":  # dotted numerics: only a whole component equal to an original ID or birth date
+            return [self.uid_components[c] for c in re.split(r"[.\\]", text) if c in self.uid_components]
+        hits: list[str] = []
+        rx = self.code_rx if tag in _CODE_TAGS else self.coded_rx if vr == "CS" else \
+            self.free_rx if vr in _FREE_VRS else self.rx
+        if rx is not None:
+            for m in rx.finditer(text):
+                key = m.group(0).casefold()
+                hits.append(self.kinds.get(key) or self.free_only.get(key) or "identifying value")
+        for phone, kind in self.phones:
+            if phone.search(text):
+                hits.append(kind)
+        hits.extend(national_ids(text))
+        return hits
+
+
+def _text_values(ds: Dataset) -> Iterator[tuple[str, int, str, str]]:
+    """(path with '>' between nesting levels, tag, VR, text) of every element value except pixel data."""
+    for here, elem, _ in walk(ds, ">"):
+        tag = elem.tag
+        vr = elem.VR
+        if vr == "SQ" or tag.group == PIXEL_GROUP or (0x6000 <= tag.group <= 0x601E and tag.element == 0x3000):
+            continue
+        value = elem.value
+        if isinstance(value, bytes | bytearray):
+            if vr in ("UN", "OB") and (tag.is_private or vr == "UN"):  # retained private / unknown values
+                yield here, int(tag), vr, bytes(value).decode("latin-1")
+            continue
+        if vr in _FREE_VRS or vr in _NUMERIC_VRS or vr == "UI":
+            for t in strings(elem):
+                yield here, int(tag), vr, t
+
+
+def identity_scan(orig: Dataset, out: Dataset, flags: dict[str, bool]) -> list[Leak]:
+    """Every element value of ``out`` searched for the identifying values of ``orig`` and for national
+    identity numbers by pattern; one ``Leak`` per (attribute, kind), never naming the value."""
+    needles = _IdentityNeedles(orig, flags)
+    leaks: list[Leak] = []
+    seen: set[tuple[str, str]] = set()
+    for path, tag, vr, text in _text_values(out):
+        for kind in needles.search(tag, vr, text):
+            if (path, kind) not in seen:
+                seen.add((path, kind))
+                leaks.append(Leak(kind, path, "original", f"{kind} found in the output"))
+    return leaks

@@ -1,0 +1,382 @@
+"""``leak_scan``: the output checked against the identifying material of the original, one check a
+function (``LEAK_CHECKS``)."""
+
+from __future__ import annotations
+
+import collections
+import datetime as _dt
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+
+from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
+
+from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, date8, load, strings, walk
+from .identity import identity_scan
+
+_FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
+_BYTES_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV", "OB or OW", "OW or OB"}
+_COLUMN = {"retain_longitudinal_full": "rtn_long_full_dates",
+           "retain_longitudinal_modified_dates": "rtn_long_modif_dates",
+           "retain_patient_characteristics": "rtn_pat_chars", "retain_device_identity": "rtn_dev_id",
+           "retain_institution_identity": "rtn_inst_id", "retain_uids": "rtn_uids",
+           "retain_safe_private": "rtn_safe_priv", "clean_descriptors": "clean_desc",
+           "clean_structured_content": "clean_struct_cont", "clean_graphics": "clean_graph"}
+# UI attributes that name classes, syntaxes or code systems, not instances
+_CLASS_UID_KEYWORDS = ("Class", "TransferSyntax", "CodingScheme", "ContextUID", "ContextGroupExtensionCreatorUID",
+                       "MappingResourceUID")
+_SAFE = {(sp.creator, sp.group, sp.element) for sp in SAFE_PRIVATE}
+
+
+def _private_creator(ds: Dataset, tag: Any) -> str | None:
+    """The private creator of ``tag`` in ``ds``, the dataset that holds it."""
+    creator_tag = (tag.group << 16) | (tag.element >> 8)
+    if creator_tag in ds:
+        return str(ds[creator_tag].value).strip()
+    return None
+
+
+def _profile_flags(profile: Any) -> dict[str, bool]:
+    return {flag: bool(getattr(profile, flag, False)) for flag in _COLUMN}
+
+
+def _row_policy(flags: dict[str, bool]) -> dict[int, str]:
+    """tag -> 'keep' (an enabled option retains it), 'clean' (an option cleans it) or 'change'."""
+    policy: dict[int, str] = {}
+    for row in ROWS:
+        if row.tag is None:
+            continue
+        cells = [getattr(row, _COLUMN[f]) for f, on in flags.items() if on and getattr(row, _COLUMN[f])]
+        if "C" in cells:
+            policy[row.tag] = "clean"
+        elif "K" in cells or row.basic == "K":
+            policy[row.tag] = "keep"
+        else:
+            policy[row.tag] = "change"
+    return policy
+
+
+def _days(a: str, b: str) -> int | None:
+    try:
+        da = _dt.date(int(a[:4]), int(a[4:6]), int(a[6:8]))
+        db = _dt.date(int(b[:4]), int(b[4:6]), int(b[6:8]))
+    except ValueError:
+        return None
+    return (db - da).days
+
+
+def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
+    """The file without its pixel data values (random pixels would produce accidental matches)."""
+    cuts = []
+    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
+        if tag in ds:
+            raw_el = ds.get_item(tag, keep_deferred=True)  # the raw element knows where its value is
+            tell = getattr(raw_el, "value_tell", None)
+            length = getattr(raw_el, "length", None)
+            if tell is not None and length not in (None, 0xFFFFFFFF):
+                cuts.append((tell, tell + length))
+            elif tell is not None:
+                cuts.append((tell, len(raw)))
+    if not cuts:
+        return raw
+    out, pos = [], 0
+    for start, end in sorted(cuts):
+        out.append(raw[pos:start])
+        pos = max(pos, end)
+    out.append(raw[pos:])
+    return b"\x00".join(out)
+
+
+def _encodable(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass
+class _Scan:
+    """What the leak checks share: the profile's policy, both objects, the identifying material collected
+    from the original and the output's values by element path."""
+
+    flags: dict[str, bool]
+    policy: dict[int, str]  # tag -> keep | clean | change (see _row_policy)
+    safe_private: set[tuple[Any, ...]]
+    date_mode: str  # remove | modified | full
+    orig: Dataset
+    out: Dataset
+    header: bytes  # the output file without its pixel data values
+    needles: dict[str, tuple[str, str]] = field(default_factory=dict)  # text -> (kind, source path)
+    uids: dict[str, str] = field(default_factory=dict)  # original UID -> source path
+    dates: dict[str, str] = field(default_factory=dict)  # original YYYYMMDD -> source path
+    orig_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
+    private_bytes: list[tuple[bytes, str]] = field(default_factory=list)  # (value, source path)
+    out_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
+    out_elems: dict[str, tuple[Any, Dataset]] = field(default_factory=dict)  # path -> (element, its dataset)
+
+    @classmethod
+    def of(cls, original: Any, deidentified: Any, profile: Any) -> _Scan:
+        flags = _profile_flags(profile)
+        date_mode = "full" if flags["retain_longitudinal_full"] else (
+            "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
+        orig, _ = load(original)
+        out, out_raw = load(deidentified)
+        out_raw_ds = pydicom.dcmread(io.BytesIO(out_raw), force=True, defer_size=256)
+        scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
+                   date_mode, orig, out, _header_bytes(out_raw_ds, out_raw))
+        scan._collect()
+        scan._drop_allowed()
+        for path, elem, parent in walk(out):
+            scan.out_elems[path] = (elem, parent)
+            if elem.VR != "SQ" and elem.tag.group != PIXEL_GROUP:
+                scan.out_values[path] = strings(elem)
+        return scan
+
+    def _add(self, text: str, kind: str, source: str) -> None:
+        text = text.strip().strip("^").strip()
+        if len(text) >= 4 and text.upper() not in PLACEHOLDERS and not re.fullmatch(r"[\d.\-+ ]{1,5}", text):
+            self.needles.setdefault(text, (kind, source))
+
+    def _collect(self) -> None:
+        """Identifying material of the original: what the profile may not keep."""
+        flags, policy = self.flags, self.policy
+        for here, elem, ds in walk(self.orig):
+            tag = elem.tag
+            vr = elem.VR
+            if vr == "SQ" or tag.group == PIXEL_GROUP or tag.group == 0x0002:
+                continue
+            texts = strings(elem)
+            if texts:
+                self.orig_values[here] = texts
+            if tag.is_private:
+                if tag.element < 0x1000:
+                    continue  # creators and reserved elements
+                creator = _private_creator(ds, tag)
+                safe = flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in self.safe_private
+                if safe:
+                    if vr == "UI" and not flags["retain_uids"]:
+                        for t in texts:
+                            if not t.startswith("1.2.840.10008."):
+                                self.uids.setdefault(t, here)
+                    continue
+                for t in texts:
+                    self._add(t, "private", here)
+                if isinstance(elem.value, bytes | bytearray) and len(elem.value) >= 8:
+                    self.private_bytes.append((bytes(elem.value), here))
+                continue
+            row_policy = policy.get(int(tag))
+            if vr == "UI":
+                if not flags["retain_uids"]:
+                    for t in texts:
+                        if not t.startswith("1.2.840.10008.") and not any(
+                                k in (elem.keyword or "") for k in _CLASS_UID_KEYWORDS):
+                            self.uids.setdefault(t, here)
+                continue
+            if vr in ("DA", "DT"):
+                if self.date_mode != "full":
+                    for t in texts:
+                        for part in re.split(r"[-\\]", t):
+                            d = date8(part)
+                            if d:
+                                self.dates.setdefault(d, here)
+                continue
+            if vr == "PN":
+                for t in texts:
+                    self._add(t, "name", here)
+                    for part in re.split(r"[\^=]", t):
+                        if len(part.strip()) >= 3:
+                            self._add(part, "name", here)
+                continue
+            if row_policy == "change" and vr in _FREE_TEXT_VRS:
+                for t in texts:
+                    self._add(t, "value", here)
+            elif isinstance(elem.value, bytes) and len(elem.value) >= 8 and (
+                    (row_policy == "change" and vr in _BYTES_VRS) or (row_policy is None and vr == "UN")):
+                self.private_bytes.append((bytes(elem.value), here))  # unknown-VR / binary identifying values
+
+    def _drop_allowed(self) -> None:
+        """Values that the original also carries in attributes allowed to stay are not identifying."""
+        allowed: list[str] = []
+        for path, texts in self.orig_values.items():
+            last = path.rsplit("(", 1)[-1].rstrip(")")
+            tag = int(last.replace(",", ""), 16)
+            if (tag >> 16) & 1 or self.policy.get(tag) not in (None, "keep"):
+                continue
+            try:
+                vr, keyword = dictionary_VR(tag), keyword_for_tag(tag)
+            except KeyError:
+                continue
+            if vr == "PN" or (vr in ("DA", "DT") and self.date_mode != "full"):
+                continue
+            if vr == "UI" and not (self.flags["retain_uids"] or any(k in keyword for k in _CLASS_UID_KEYWORDS)):
+                continue
+            allowed.extend(texts)
+        allowed_text = "\n".join(allowed)
+        needles = self.needles
+        any_allowed = re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(n) for n in sorted(needles, key=len,
+                                 reverse=True)) + r")(?![0-9A-Za-z])", re.I) if needles else None
+        for text in (list(needles) if any_allowed is not None and any_allowed.search(allowed_text) else ()):
+            if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
+                del needles[text]
+        allowed_set = set(allowed)
+        for uid in list(self.uids):
+            if uid in allowed_set:
+                del self.uids[uid]
+
+    def locate(self, rx: re.Pattern[str]) -> str:
+        """The first output element whose value matches ``rx`` ("file bytes" when only the bytes do)."""
+        for path, texts in self.out_values.items():
+            if any(rx.search(t) for t in texts):
+                return path
+        return "file bytes"
+
+
+# ---- the checks, run in this order; each yields its findings
+
+
+def identifying_strings(s: _Scan) -> Iterator[Leak]:
+    """Identifying strings of the original (names, IDs, free text the profile changes, private values)
+    anywhere in the output's bytes except the pixel data, UTF-8 or Latin-1 encoded. One search for all of
+    them first: with no hit anywhere (the usual case) no single needle can hit either, and ~100 separate
+    pattern compilations are saved."""
+    encoded = {n.encode(enc) for n in s.needles for enc in ("utf-8", "latin-1") if _encodable(n, enc)}
+    anywhere = re.compile(rb"(?<![0-9A-Za-z])(?:" + b"|".join(re.escape(n) for n in sorted(encoded, key=len,
+                          reverse=True)) + rb")(?![0-9A-Za-z])", re.I) if encoded else None
+    for text, (kind, source) in (s.needles.items() if anywhere is not None and anywhere.search(s.header) else ()):
+        pattern = rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])"
+        for enc in ("utf-8", "latin-1"):
+            try:
+                needle = text.encode(enc)
+            except UnicodeEncodeError:
+                continue
+            if re.search(rb"(?<![0-9A-Za-z])" + re.escape(needle) + rb"(?![0-9A-Za-z])", s.header, re.I):
+                yield Leak(kind, s.locate(re.compile(pattern, re.I)), source,
+                           f"identifying {kind} value of {source} found in the output")
+                break
+
+
+def original_uids(s: _Scan) -> Iterator[Leak]:
+    """Instance UIDs of the original (unless Retain UIDs) in the output's bytes, the same single search
+    first."""
+    any_uid = re.compile(rb"(?<![0-9.])(?:" + b"|".join(re.escape(u.encode()) for u in sorted(s.uids, key=len,
+                         reverse=True)) + rb")(?![0-9.])") if s.uids else None
+    for uid, source in (s.uids.items() if any_uid is not None and any_uid.search(s.header) else ()):
+        if re.search(rb"(?<![0-9.])" + re.escape(uid.encode()) + rb"(?![0-9.])", s.header):
+            yield Leak("uid", s.locate(re.compile(rf"(?<![0-9.]){re.escape(uid)}(?![0-9.])")), source,
+                       f"original UID of {source} found in the output")
+
+
+def identifying_bytes(s: _Scan) -> Iterator[Leak]:
+    """Binary values of private and unknown-VR elements of the original (8 bytes or more) in the output."""
+    for blob, source in s.private_bytes:
+        probe = blob.strip(b"\0 ")
+        if len(probe) >= 8 and probe in s.header:
+            yield Leak("private", "file bytes", source, f"bytes of {source} found in the output")
+
+
+def date_option(s: _Scan) -> Iterator[Leak]:
+    """The date option: original dates gone (removed), or all moved by one non-zero whole-day offset
+    (Modified Dates); nothing to check under Full Dates."""
+    if s.date_mode == "full":
+        return
+    expected_shifted: set[str] = set()
+    if s.date_mode == "modified":
+        pairs: list[tuple[int, str]] = []
+        for path, texts in s.orig_values.items():
+            elem = s.out_elems.get(path, (None,))[0]
+            if elem is None or elem.VR not in ("DA", "DT"):
+                continue
+            for old, new in zip(texts, strings(elem), strict=False):
+                a, b = date8(old), date8(new)
+                delta = _days(a, b) if a and b else None
+                if delta is not None:
+                    pairs.append((delta, b))  # type: ignore[arg-type]
+        offsets = collections.Counter(delta for delta, _ in pairs)
+        if offsets.get(0):
+            yield Leak("date", "dates", "dates", f"{offsets[0]} date(s) not shifted (Modified Dates)")
+        if len([o for o in offsets if o]) > 1:
+            yield Leak("date", "dates", "dates", f"dates shifted inconsistently ({len(offsets)} offsets)")
+        common = [o for o, _ in offsets.most_common() if o]
+        if common:
+            expected_shifted = {b for delta, b in pairs if delta == common[0]}
+    for d, source in s.dates.items():
+        if d in expected_shifted or d == "19000101":
+            continue
+        if re.search(rb"(?<![0-9])" + d.encode(), s.header):
+            yield Leak("date", s.locate(re.compile(rf"(?<![0-9]){d}")), source,
+                       f"original date of {source} found in the output ({s.date_mode} dates)")
+
+
+def replaced_attributes(s: _Scan) -> Iterator[Leak]:
+    """Attributes the profile must change, still holding their original value at the same place."""
+    for path, texts in s.orig_values.items():
+        last = path.rsplit("(", 1)[-1].rstrip(")")
+        try:
+            tag = int(last.replace(",", ""), 16)
+        except ValueError:
+            continue
+        if s.policy.get(tag) != "change" or (tag >> 16) == 0x0002:
+            continue
+        found = s.out_values.get(path)
+        if found and [t.upper() for t in found] == [t.upper() for t in texts] and any(texts):
+            if all(t.upper() in PLACEHOLDERS for t in texts):
+                continue
+            yield Leak("attribute", path, path, "attribute that the profile replaces kept its value")
+
+
+def private_and_graphics(s: _Scan) -> Iterator[Leak]:
+    """Private elements outside the safe private table, curves, and overlays (unless Clean Graphics)."""
+    for path, (elem, parent) in s.out_elems.items():
+        tag = elem.tag
+        if tag.is_private and tag.element >= 0x1000:
+            creator = _private_creator(parent, tag)
+            if not (s.flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in s.safe_private):
+                yield Leak("private", path, path, "private element not retained by the safe private table")
+        elif 0x5000 <= tag.group <= 0x501E and tag.group % 2 == 0:
+            yield Leak("graphics", path, path, "curve data present")
+        elif 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0 and tag.element == 0x3000 \
+                and not s.flags["clean_graphics"]:
+            yield Leak("graphics", path, path, "overlay data present")
+
+
+def markers(s: _Scan) -> Iterator[Leak]:
+    """The de-identification markers, and a Patient ID that is not the original one."""
+    out, orig = s.out, s.orig
+    if str(out.get("PatientIdentityRemoved", "")).upper() != "YES":
+        yield Leak("marker", "(0012,0062)", "", "Patient Identity Removed is not YES")
+    codes = {str(item.get("CodeValue", "")) for item in out.get("DeidentificationMethodCodeSequence", [])}
+    if "113100" not in codes:
+        yield Leak("marker", "(0012,0064)", "", "De-identification Method Code Sequence lacks 113100")
+    expected = {"remove": "REMOVED", "full": "UNMODIFIED", "modified": "MODIFIED"}[s.date_mode]
+    if str(out.get("LongitudinalTemporalInformationModified", "")).upper() != expected:
+        yield Leak("marker", "(0028,0303)", "", f"Longitudinal Temporal Information Modified is not {expected}")
+    if out.get("PatientID") and orig.get("PatientID") and str(out.PatientID) == str(orig.PatientID):
+        yield Leak("attribute", "(0010,0020)", "(0010,0020)", "Patient ID unchanged")
+
+
+def identity_values(s: _Scan) -> Iterator[Leak]:
+    """Identifying values of the original and national identity numbers in any output value
+    (``identity_scan``), with no exception for attributes the profile keeps."""
+    yield from identity_scan(s.orig, s.out, s.flags)
+
+
+LEAK_CHECKS: tuple[Callable[[_Scan], Iterable[Leak]], ...] = (
+    identifying_strings, original_uids, identifying_bytes, date_option, replaced_attributes, private_and_graphics,
+    markers, identity_values,
+)
+
+
+def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
+    """Leaks of identifying information from ``original`` into ``deidentified`` under ``profile``: the
+    findings of every check of ``LEAK_CHECKS``, in that order.
+
+    Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
+    scan = _Scan.of(original, deidentified, profile)
+    return [leak for check in LEAK_CHECKS for leak in check(scan)]
