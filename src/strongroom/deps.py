@@ -103,7 +103,7 @@ def _api_principal(request: Request, db: Db) -> Principal:
 ApiPrincipal = Annotated[Principal, Depends(_api_principal)]
 
 
-def scoped(scope: str):  # noqa: ANN201 - returns a dependency
+def scoped(scope: str):  # returns a dependency
     def check(principal: ApiPrincipal) -> Principal:
         if scope == "admin" and not principal.user.is_admin:
             raise NotFound("not found")  # administration is invisible to everyone else
@@ -252,7 +252,7 @@ CsrfChecked = Depends(_check_csrf)
 # (the token check commits, so no transaction is open while the body arrives) and before anything
 # else that queries; a web form was already parsed by the CSRF check. The route itself is then a plain
 # ``def``, run in a worker thread: a wait for a database lock never blocks the event loop.
-def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201 - returns a dependency
+def raw_body(max_bytes: int | None = None, too_large: str = ""):  # returns a dependency
     """The request body; with ``max_bytes``, refused (422, ``too_large``) as soon as it grows past it."""
 
     async def read(request: Request) -> bytes:
@@ -276,7 +276,7 @@ class Posted:
     files: dict[str, tuple[str, str, bytes]]  # field → (filename, content type, bytes)
 
 
-def posted_form(max_file_bytes: int | None = None):  # noqa: ANN201 - returns a dependency
+def posted_form(max_file_bytes: int | None = None):  # returns a dependency
     """The form; with ``max_file_bytes``, also the first ``max_file_bytes + 1`` bytes of each file
     (one more than allowed, so the service can tell a file that is too large)."""
 

@@ -71,7 +71,7 @@ def derived_statuses(route: RouteContext) -> set[int]:
     flat = [route.dependant, *_calls(route.dependant)]
     has = {kind: any(getattr(d, f"{kind}_params") for d in flat) for kind in ("path", "query", "header", "body")}
     statuses: set[int] = set()
-    if deps._api_principal in calls:  # noqa: SLF001 - the identity of the bearer check is the point
+    if deps._api_principal in calls:  # the identity of the bearer check is the point
         statuses.add(401)
     if "scoped.<locals>.check" in names:
         statuses |= {403, 404}  # a missing scope; administration is invisible (404) to non-admins
@@ -82,7 +82,7 @@ def derived_statuses(route: RouteContext) -> set[int]:
     body = has["body"] or bool((route.openapi_extra or {}).get("requestBody"))
     if body or route.methods & WRITE_METHODS:
         statuses |= {400, 413, 422}
-    if deps._db in calls:  # noqa: SLF001
+    if deps._db in calls:
         statuses.add(503)
         if route.methods & WRITE_METHODS:
             statuses.add(409)

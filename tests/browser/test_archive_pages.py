@@ -16,7 +16,7 @@ from .test_web_flows import login, make_project
 pytestmark = pytest.mark.browser
 
 
-def test_browser_upload_archive_and_release_a_dataset(page: Page, hub: Hub, people, shots: Path,  # noqa: ANN001
+def test_browser_upload_archive_and_release_a_dataset(page: Page, hub: Hub, people, shots: Path,
                                                       tmp_path: Path) -> None:
     pia = people("pia")
     make_project(hub, "chest", "pia")

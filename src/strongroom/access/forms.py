@@ -75,7 +75,7 @@ def validate_answers(fields: list[dict[str, Any]], answers: dict[str, Any], *, a
     return cleaned
 
 
-def _clean(kind: str, field: dict[str, Any], value: Any, attachments: set[str]) -> Any:  # noqa: C901
+def _clean(kind: str, field: dict[str, Any], value: Any, attachments: set[str]) -> Any:
     if kind in ("text", "longtext"):
         if not isinstance(value, str):
             raise ValueError("must be text")

@@ -107,7 +107,7 @@ class FilePage(Out):
     next_after: str | None
 
 
-def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:  # noqa: ANN001
+def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:
     return UploadOut(id=f.id, state=f.state, upload_size=f.upload_size, part_size=part_size,
                      parts=[{"number": p.number, "size": p.size, "sha256": p.sha256} for p in parts])
 
@@ -263,7 +263,7 @@ def unshare(db: Db, principal: DataWrite, dataset_id: str, project: str) -> None
 def _parse_public_key(text: str) -> bytes:
     try:
         return c4gh.parse_public_key(text)
-    except Exception:  # noqa: BLE001 - fall back to raw base64
+    except Exception:  # fall back to raw base64
         try:
             raw = base64.b64decode(text.strip(), validate=True)
         except ValueError as exc:

@@ -92,7 +92,7 @@ class AuditedStream(StreamingResponse):
                 audit.record(session, self._actor, f"{self._ends_as}.{action}",
                              outcome="ok" if action == "completed" else "failed", project_id=self._project_id,
                              target=self._target, details=details)
-        except Exception:  # noqa: BLE001 - the response is gone either way; never lose the fact silently
+        except Exception:  # the response is gone either way; never lose the fact silently
             log.exception("archive.download.audit_failed", target=self._target, action=action)
 
 
@@ -136,7 +136,7 @@ def _parse_plain_range(value: str, size: int) -> tuple[int, int]:
     return start, end
 
 
-def _stream(prefix: bytes, storage, key: str, start: int, end: int) -> Iterator[bytes]:  # noqa: ANN001
+def _stream(prefix: bytes, storage, key: str, start: int, end: int) -> Iterator[bytes]:
     """`prefix` (a header, possibly sliced) then body bytes [start, end) from storage."""
     if prefix:
         yield prefix

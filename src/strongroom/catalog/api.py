@@ -95,7 +95,7 @@ class SearchOut(Out):
     facets: dict[str, list[FacetOut]]
 
 
-def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:  # noqa: ANN001
+def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:
     data = {name: getattr(entry, name) for name in EntryBody.model_fields}
     return EntryOut(**data, dataset_id=entry.dataset_id, published=entry.published,
                     published_at=entry.published_at, updated_at=entry.updated_at,

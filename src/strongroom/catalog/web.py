@@ -125,7 +125,7 @@ def _date(value: object, name: str) -> dt.date | None:
         raise Invalid(f"{name} must be a date (YYYY-MM-DD)") from None
 
 
-def fields_from_form(form) -> service.EntryFields:  # noqa: ANN001 - starlette FormData
+def fields_from_form(form) -> service.EntryFields:  # starlette FormData
     get = lambda k: str(form.get(k, "") or "")  # noqa: E731
     return service.EntryFields(
         slug=get("slug"), title=get("title"), description=get("description"), why_apply=get("why_apply"),
@@ -143,12 +143,12 @@ def fields_from_form(form) -> service.EntryFields:  # noqa: ANN001 - starlette F
     )
 
 
-def _editor(request: Request, db: Db, hub, ds, entry, values: service.EntryFields, *,  # noqa: ANN001
+def _editor(request: Request, db: Db, hub, ds, entry, values: service.EntryFields, *,
             error: str | None = None, status: int = 200) -> Response:
     from ..projects.models import Project
 
     images = service.images_of(db, entry) if entry else []
-    missing = service._missing_for_publishing(entry) if entry else []  # noqa: SLF001
+    missing = service._missing_for_publishing(entry) if entry else []
     if entry and service.latest_released(db, ds.id) is None:
         missing.append("a released version of the dataset")
     return templates.TemplateResponse(request, "catalog_edit.html", {

@@ -95,7 +95,7 @@ class OidcClient:
             with self._client() as client:
                 token = client.fetch_token(meta["token_endpoint"], grant_type="authorization_code",
                                            code=code, code_verifier=code_verifier)
-        except Exception as exc:  # noqa: BLE001 - authlib raises several types; all mean "refused"
+        except Exception as exc:  # authlib raises several types; all mean "refused"
             raise Unauthenticated(f"the identity provider refused the login ({type(exc).__name__})") from exc
         raw = token.get("id_token")
         if not raw:
