@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from ..deps import Db, HubDep, RawBody, read_first, scoped
+from ..deps import DataRead, DataWrite, Db, HubDep, RawBody, read_first
 from ..errors import Invalid
 from ..openapi import errors
 from ..projects import service as projects
@@ -21,8 +21,6 @@ from .keys import hub_keys
 from .models import ArchiveFile, Dataset
 
 router = APIRouter(prefix="/api/v1", tags=["archive"])
-DataRead = scoped("data:read")
-DataWrite = scoped("data:write")
 
 
 class FileOut(Out):

@@ -27,7 +27,7 @@ from ..text import content_disposition
 from . import c4gh, service
 from .backend import storage_for
 from .keys import hub_keys
-from .models import ArchiveFile
+from .models import READY, ArchiveFile
 
 # Body bytes per yield. At least the storage readers' buffer (LocalStorage: 4 MiB; S3: 1 MiB) so each read
 # goes straight into the chunk instead of through the buffer (one memcpy less), and 4x fewer thread-pool
@@ -193,9 +193,10 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
         grant = service.authorize_read(db, principal, f)
         if grant.basis not in ("owner", "share"):
             raise NotFound("no such file")
-    if f.state != service.READY:
+    if f.state != READY:
         raise Conflict(f"the file is {f.state}, not ready")
     assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
+    body_key = f.body_key
     wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
     start, end = wanted or (0, f.plaintext_size)
     opened = c4gh.open_header(f.header, hub_keys(hub, db).secrets)
@@ -208,7 +209,7 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
         ends_as = "archive.download"
     db.commit()
     storage = storage_for(hub)
-    chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(f.body_key, a, b), opened.session_keys,
+    chunks = c4gh.decrypt_range(lambda a, b: storage.open_reader(body_key, a, b), opened.session_keys,
                                 start, end, f.body_size)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start), "Cache-Control": "no-store",
                "ETag": f'"{f.plaintext_sha256}"'}

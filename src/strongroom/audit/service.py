@@ -69,9 +69,10 @@ def compute_hash(key: bytes, event: AuditEvent) -> str:
 
 def _key(session: Session) -> bytes:
     try:
-        return session.info[AUDIT_KEY]
+        key: bytes = session.info[AUDIT_KEY]
     except KeyError:
         raise RuntimeError("session has no audit key; use the hub's session factory") from None
+    return key
 
 
 def _locked_head(session: Session) -> AuditHead:
@@ -132,9 +133,12 @@ class Problem:
 class Anchor(Protocol):
     """A checkpoint whose signature was already checked: the chain had ``seq`` events ending in ``head``."""
 
-    seq: int
-    head: str
-    at: str
+    @property
+    def seq(self) -> int: ...
+    @property
+    def head(self) -> str: ...
+    @property
+    def at(self) -> str: ...
 
 
 @dataclass

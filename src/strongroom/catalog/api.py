@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import Field
 
-from ..deps import Db, HubDep, raw_body, scoped
+from ..deps import DataRead, DataWrite, Db, HubDep, raw_body
 from ..errors import NotFound
 from ..schemas import INT64_MAX, Body, Int32, Int64, IsoDate, Out
 from . import service
 from .models import CatalogEntry
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
-ImageBody = raw_body(service.MAX_IMAGE_BYTES,
-                     f"a sample image may be at most {service.MAX_IMAGE_BYTES // 1024} kB")
-DataRead = scoped("data:read")
-DataWrite = scoped("data:write")
+ImageBody = Annotated[bytes, Depends(raw_body(service.MAX_IMAGE_BYTES,
+                                              f"a sample image may be at most {service.MAX_IMAGE_BYTES // 1024} kB"))]
 
 
 class EntryBody(Body):

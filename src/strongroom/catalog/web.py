@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 
-from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, current_web_session, posted_form, show_viewer
+from ..deps import (
+    CsrfChecked,
+    Db,
+    HubDep,
+    Posted,
+    PostedForm,
+    WebPrincipal,
+    current_web_session,
+    posted_form,
+    show_viewer,
+)
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import INT64_MAX, Int32, Int64
 from ..web.templating import templates
@@ -17,7 +28,7 @@ from . import png, service
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 router = APIRouter()
-PostedImage = posted_form(service.MAX_IMAGE_BYTES)
+PostedImage = Annotated[Posted, Depends(posted_form(service.MAX_IMAGE_BYTES))]
 IMAGE_CACHE = "public, max-age=3600"
 
 
