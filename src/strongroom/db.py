@@ -202,10 +202,6 @@ def engine_for(url: str) -> Engine:
     return make_engine(url)
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
-
-
 @lru_cache(maxsize=32)
 def _bind(engine: Engine, deferred: bool, busy_timeout_ms: int | None) -> Engine:
     return engine.execution_options(deferred=deferred, busy_timeout_ms=busy_timeout_ms)

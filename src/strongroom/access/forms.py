@@ -7,8 +7,6 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-FIELD_TYPES = ("text", "longtext", "date", "option", "multiselect", "email", "attachment", "ethics", "table")
-
 # The request content from the seeds: what a researcher states when asking for imaging data.
 DEFAULT_FORM: list[dict[str, Any]] = [
     {"id": "study_name", "type": "text", "label": "Study name", "required": True},

@@ -49,13 +49,6 @@ RECOVERY_CODES = 10
 
 
 # -- users -------------------------------------------------------------------------------------
-def get_user(session: Session, user_id: uuid.UUID) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFound("no such user")
-    return user
-
-
 def find_user(session: Session, ref: str) -> User | None:
     """A user by local username, e-mail or id: how people name each other in forms and the CLI."""
     ref = ref.strip()

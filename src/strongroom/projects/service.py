@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -22,7 +22,6 @@ from ..audit.service import Actor
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
-from ..identity.models import User
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
 from .models import Membership, Project, ProjectSetting, Role
@@ -313,17 +312,6 @@ def project_audit(session: Session, access: ProjectAccess, *, before_seq: int | 
                   limit: int = 50) -> list[AuditEvent]:
     access.require("view-audit")
     return audit.query(session, project_id=access.project.id, before_seq=before_seq, limit=limit)
-
-
-def project_usage(session: Session, project: Project) -> dict[str, int]:
-    members = session.scalar(select(func.count()).where(Membership.project_id == project.id)) or 0
-    return {"members": members, "quota_bytes": project.quota_bytes}
-
-
-def users_of(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, User]:
-    if not ids:
-        return {}
-    return {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))}
 
 
 __all__ = ["RIGHTS", "ProjectAccess"]
