@@ -26,11 +26,14 @@ run: $(VENV)/.run-installed
 test-deps: $(VENV)/.test-installed
 	bash scripts/install-test-deps.sh
 
-test: test-deps
+test: test-deps lint
 	$(BIN)/pytest -q -n 2 --durations=15
 
+# quality gates, run first by `make test`: lint (with no stale noqa), types, dead code
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+	$(BIN)/vulture
 
 clean:
 	rm -rf $(VENV) var

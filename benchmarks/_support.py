@@ -48,7 +48,7 @@ def logs_to(path: Path, settings: Settings) -> None:
     per-request log lines are still produced (their cost is real) without flooding the terminal."""
     from strongroom.logs import configure
 
-    stream = path.open("a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    stream = path.open("a", buffering=1)  # lives as long as the process
     with contextlib.redirect_stderr(stream):
         configure(settings.log_level, settings.log_json)
 
@@ -93,7 +93,7 @@ def build_hub(directory: Path) -> BenchHub:
     return BenchHub(settings, app, hub, port, secret)
 
 
-def person_with_project(hub, username: str, slug: str) -> str:  # noqa: ANN001
+def person_with_project(hub, username: str, slug: str) -> str:
     """A local user who is PI of a new project, and an API token of theirs (minted as under fresh MFA,
     exactly as the tests' ``token_for`` does)."""
     from strongroom.audit.service import Actor
@@ -120,7 +120,7 @@ def person_with_project(hub, username: str, slug: str) -> str:  # noqa: ANN001
     return token
 
 
-def principal_for(hub, token: str):  # noqa: ANN001, ANN201
+def principal_for(hub, token: str):
     """The Principal a request with this token would get (for calling services directly)."""
     from strongroom.db import transaction
     from strongroom.identity import service as identity

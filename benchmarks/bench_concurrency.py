@@ -30,7 +30,7 @@ PART_MIB = 4  # upload parts carry the big bodies: API and form bodies are cappe
 KINDS = ("attach", "web-attach", "answers", "notify", "part", "token", "read")
 
 
-def poll_health(url: str, done, results) -> None:  # noqa: ANN001 - runs in its own process
+def poll_health(url: str, done, results) -> None:  # runs in its own process
     latencies, codes = [], []
     with httpx.Client(base_url=url, timeout=300) as c:
         while not done.is_set():
@@ -41,7 +41,7 @@ def poll_health(url: str, done, results) -> None:  # noqa: ANN001 - runs in its 
     results.put((latencies, codes))
 
 
-def _setup(bench) -> dict:  # noqa: ANN001
+def _setup(bench) -> dict:
     """Rita (PI of her own project, an API token and a browser session) and three datasets of another
     project to apply for: one application for API attachments, one for answers, one for the web form."""
     from sqlalchemy import select

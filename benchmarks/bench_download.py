@@ -196,7 +196,7 @@ def cold(fn: Callable[[], int], path: Path) -> Callable[[], int]:
     return run
 
 
-def server_path_alone(app, path: str, token: str) -> int:  # noqa: ANN001
+def server_path_alone(app, path: str, token: str) -> int:
     """diag: the app's whole download path called in this process as uvicorn would call it (same ASGI
     scope), the body discarded: everything the server does except the socket."""
 

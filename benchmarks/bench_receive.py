@@ -568,7 +568,7 @@ def main() -> int:
             try:
                 rc.start()
                 rc.warm(warm)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not isinstance(rc, Orthanc):
                     raise
                 notes.append(f"Orthanc skipped: {exc}")
@@ -654,7 +654,7 @@ def main() -> int:
         for rc in receivers:
             try:
                 rc.stop()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 print(f"stopping {rc.name}: {exc}", file=sys.stderr)
         if args.keep:
             print(f"kept {work}")

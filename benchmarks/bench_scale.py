@@ -69,7 +69,7 @@ def engine_only(files: list[tuple[str, bytes, str]], secret: bytes, workers: int
             raise SystemExit("engine: wrong plaintext SHA-256")
 
 
-def upload_all(bench: BenchHub, principal, slug: str,  # noqa: ANN001
+def upload_all(bench: BenchHub, principal, slug: str,
                files: list[tuple[str, bytes, str]]) -> list[float]:
     """What three API requests per file do (start, one part, complete), each in its own transaction.
     Returns the time at which each file was done."""

@@ -38,7 +38,7 @@ def _pg_available() -> bool:
             conn.execute(text("select 1"))
         engine.dispose()
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -89,7 +89,7 @@ def _truncate_pg(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # noqa: ANN001
+def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         import shutil
 
@@ -104,19 +104,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:  # noqa: ANN0
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path) -> Settings:  # noqa: ANN001
+def settings(database_url: str, tmp_path) -> Settings:
     return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
                     log_json=True, jobs={"embedded": False},
                     security={"cookie_secure": False, "login_attempts_per_window": 5})
 
 
 @pytest.fixture
-def app(settings: Settings):  # noqa: ANN201
+def app(settings: Settings):
     return create_app(settings, run_jobs=False)
 
 
 @pytest.fixture
-def hub(app) -> Hub:  # noqa: ANN001
+def hub(app) -> Hub:
     return app.state.hub
 
 
@@ -143,7 +143,7 @@ class Person:
 
 
 @pytest.fixture
-def people(hub: Hub):  # noqa: ANN201
+def people(hub: Hub):
     """Factory: ``people("alice", admin=False, mfa=True)`` creates a local user (MFA enrolled)."""
 
     def make(username: str, *, admin: bool = False, mfa: bool = True, email: str | None = None) -> Person:
@@ -168,7 +168,7 @@ def people(hub: Hub):  # noqa: ANN201
 
 
 @pytest.fixture
-def client(app) -> Iterator[TestClient]:  # noqa: ANN001
+def client(app) -> Iterator[TestClient]:
     with TestClient(app, base_url="http://127.0.0.1:8000") as c:
         yield c
 
@@ -181,7 +181,7 @@ def browser_session(hub: Hub, person: Person, *, mfa: bool = True) -> str:
                                       max_hours=12)
 
 
-def web_client(app, hub: Hub, person: Person) -> TestClient:  # noqa: ANN001
+def web_client(app, hub: Hub, person: Person) -> TestClient:
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     c.cookies.set(SESSION_COOKIE, browser_session(hub, person))
     return c

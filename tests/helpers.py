@@ -21,7 +21,7 @@ def csrf_for(client: TestClient) -> str:
                           presession_cookie=client.cookies.get(CSRF_COOKIE))
 
 
-def form_post(client: TestClient, url: str, data: dict | None = None, **kwargs):  # noqa: ANN201
+def form_post(client: TestClient, url: str, data: dict | None = None, **kwargs):
     """POST a form the way a browser does: with the token its page would carry."""
     return client.post(url, data={**(data or {}), "csrf_token": csrf_for(client)}, follow_redirects=False,
                        **kwargs)

@@ -26,7 +26,7 @@ GOOD = {"study_name": "Nodule AI", "ethics": {"number": "Dnr 2026-01234-01"},
         "team": [{"name": "Rita", "affiliation": "Uni", "role": "analyst"}]}
 
 
-def _dataset(hub, slug: str, pi: str, title: str, *, published: bool = True) -> str:  # noqa: ANN001
+def _dataset(hub, slug: str, pi: str, title: str, *, published: bool = True) -> str:
     """A released dataset, published in the catalogue unless ``published`` is False."""
     with transaction(hub.sessions) as s:
         project = projects.create_project(s, Actor.system("t"), slug=slug, name=title, pi=pi, ethics_ref="E",
@@ -42,7 +42,7 @@ def _dataset(hub, slug: str, pi: str, title: str, *, published: bool = True) -> 
 
 
 @pytest.fixture
-def world(app, hub, people):  # noqa: ANN001, ANN201
+def world(app, hub, people):
     owner, other_owner, rita, sam = people("owner"), people("otherowner"), people("rita"), people("sam")
     x = _dataset(hub, "scapis", "owner", "SCAPIS CT")
     y = _dataset(hub, "elsewhere", "otherowner", "Elsewhere MR")
@@ -51,11 +51,11 @@ def world(app, hub, people):  # noqa: ANN001, ANN201
     return {"c": c, "t": tokens, "x": x, "y": y, "hub": hub, "rita": rita}
 
 
-def _as(world, who: str) -> dict[str, str]:  # noqa: ANN001
+def _as(world, who: str) -> dict[str, str]:
     return bearer(world["t"][who])
 
 
-def _submitted(world, who: str = "rita", dataset: str | None = None) -> str:  # noqa: ANN001
+def _submitted(world, who: str = "rita", dataset: str | None = None) -> str:
     c, ds = world["c"], dataset or world["x"]
     app = c.post(f"/api/v1/datasets/{ds}/applications", headers=_as(world, who)).json()
     assert c.put(f"/api/v1/applications/{app['id']}/answers", json={"answers": GOOD},
@@ -66,7 +66,7 @@ def _submitted(world, who: str = "rita", dataset: str | None = None) -> str:  # 
     return app["id"]
 
 
-def test_handler_approves_and_an_entitlement_is_granted(world):  # noqa: ANN001
+def test_handler_approves_and_an_entitlement_is_granted(world):
     c, hub = world["c"], world["hub"]
     app_id = _submitted(world)
     queue = c.get("/api/v1/applications/queue", headers=_as(world, "owner")).json()
@@ -94,7 +94,7 @@ def test_handler_approves_and_an_entitlement_is_granted(world):  # noqa: ANN001
     assert report["applications"]["by_state"] == {"approved": 1} and report["active_entitlements"] == 1
 
 
-def test_revocation_and_close_end_entitlements(world):  # noqa: ANN001
+def test_revocation_and_close_end_entitlements(world):
     c, hub = world["c"], world["hub"]
     app_id = _submitted(world)
     c.post(f"/api/v1/applications/{app_id}/approve", json={"ends": str(END)}, headers=_as(world, "owner"))
@@ -108,7 +108,7 @@ def test_revocation_and_close_end_entitlements(world):  # noqa: ANN001
         assert ent.revoked_at is not None and not ent.active(dt.datetime.now(dt.UTC))
 
 
-def test_mandatory_reason_required_fields_and_roles(world):  # noqa: ANN001
+def test_mandatory_reason_required_fields_and_roles(world):
     c = world["c"]
     app = c.post(f"/api/v1/datasets/{world['x']}/applications", headers=_as(world, "rita")).json()
     # submit with missing fields and no accepted terms: a clear 422 naming the fields
@@ -141,7 +141,7 @@ def test_mandatory_reason_required_fields_and_roles(world):  # noqa: ANN001
     assert r.json()["state"] == "rejected" and r.json()["decision"]["reason"] == "no ethics for this cohort"
 
 
-def test_duplicates_refused_and_renewal_links_history(world):  # noqa: ANN001
+def test_duplicates_refused_and_renewal_links_history(world):
     c = world["c"]
     first = c.post(f"/api/v1/datasets/{world['x']}/applications", headers=_as(world, "rita")).json()
     dup = c.post(f"/api/v1/datasets/{world['x']}/applications", headers=_as(world, "rita"))
@@ -155,7 +155,7 @@ def test_duplicates_refused_and_renewal_links_history(world):  # noqa: ANN001
     assert renewal["renewal_of"] == app_id and renewal["answers"]["study_name"] == "Nodule AI"
 
 
-def test_handler_of_x_cannot_see_applications_for_y(world):  # noqa: ANN001
+def test_handler_of_x_cannot_see_applications_for_y(world):
     c = world["c"]
     app_y = _submitted(world, "sam", world["y"])
     assert c.get(f"/api/v1/applications/{app_y}", headers=_as(world, "owner")).status_code == 404
@@ -164,7 +164,7 @@ def test_handler_of_x_cannot_see_applications_for_y(world):  # noqa: ANN001
     assert c.get(f"/api/v1/applications/{app_y}", headers=_as(world, "rita")).status_code == 404
 
 
-def test_quorum_of_deciders(world, people):  # noqa: ANN001
+def test_quorum_of_deciders(world, people):
     c = world["c"]
     d1, d2, d3 = people("d1"), people("d2"), people("d3")
     for p in (d1, d2, d3):
@@ -192,7 +192,7 @@ def test_quorum_of_deciders(world, people):  # noqa: ANN001
     assert r.json()["state"] == "rejected"
 
 
-def test_external_owner_approves_through_the_api(world, people):  # noqa: ANN001
+def test_external_owner_approves_through_the_api(world, people):
     """SCAPIS decides in its own process; its system tells the hub with a scoped token."""
     c, hub = world["c"], world["hub"]
     robot = people("scapis-system")
@@ -215,6 +215,6 @@ def test_external_owner_approves_through_the_api(world, people):  # noqa: ANN001
     assert c.get("/api/v1/me/entitlements", headers=_as(world, "rita")).json()[0]["revoked_at"]
 
 
-def test_project_model_is_untouched_by_access(world):  # noqa: ANN001
+def test_project_model_is_untouched_by_access(world):
     with world["hub"].sessions() as s:
         assert s.scalar(select(Project).where(Project.slug == "scapis")).used_bytes == 0

@@ -42,7 +42,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(settings, backend, request, tmp_path):  # noqa: ANN001, ANN201
+def settings(settings, backend, request, tmp_path):
     """The root settings plus a live port and the storage backend under test."""
     port = free_port()
     update: dict = {"base_url": f"http://127.0.0.1:{port}"}
@@ -58,12 +58,12 @@ def settings(settings, backend, request, tmp_path):  # noqa: ANN001, ANN201
     archive = settings.archive.model_copy(update={"part_size": part_size,
                                                   "storage": settings.archive.storage.model_validate(storage)})
     s = settings.model_copy(update={**update, "archive": archive})
-    s._port = port  # noqa: SLF001 - test plumbing
+    s._port = port  # test plumbing
     return s
 
 
 @pytest.fixture
-def world(app, hub, people, settings):  # noqa: ANN001, ANN201
+def world(app, hub, people, settings):
     alice, bob = people("alice"), people("bob")
     with transaction(hub.sessions) as s:
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
@@ -71,7 +71,7 @@ def world(app, hub, people, settings):  # noqa: ANN001, ANN201
         projects.create_project(s, Actor.system("t"), slug="other", name="Other", pi="bob", ethics_ref="E2",
                                 end_date=END)
     tokens = {"alice": token_for(hub, alice), "bob": token_for(hub, bob)}
-    with serving(app, settings._port) as url:  # noqa: SLF001
+    with serving(app, settings._port) as url:
         c = httpx.Client(base_url=url, headers=bearer(tokens["alice"]), timeout=60)
         r = c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True})
         assert r.status_code == 200, r.text
@@ -82,16 +82,16 @@ def world(app, hub, people, settings):  # noqa: ANN001, ANN201
                "bob": bob, "hub_public": c4gh.parse_public_key(c.get("/api/v1/archive/public-key").text)}
 
 
-def _drain(hub) -> None:  # noqa: ANN001
+def _drain(hub) -> None:
     Runner(hub, lease_seconds=10, name="test").run_until_idle()
 
 
-def _file(hub, file_id: str) -> ArchiveFile:  # noqa: ANN001
+def _file(hub, file_id: str) -> ArchiveFile:
     with hub.sessions() as s:
         return s.get(ArchiveFile, file_id)
 
 
-def _upload(world, path: Path, tmp_path: Path, **kw):  # noqa: ANN001, ANN201
+def _upload(world, path: Path, tmp_path: Path, **kw):
     client = HubClient(world["url"], world["tokens"]["alice"])
     plan = UploadPlan(path, kw.pop("name", path.name), path.stat().st_size)
     return upload_file(client, "lung", plan, world["hub_public"], state_dir=tmp_path / "state", **kw)
@@ -104,7 +104,7 @@ def _reference_decrypt(data: bytes, secret: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("size", [0, 1, 65536, 3 * 65536 + 7, 5 * 1024 * 1024 + 3])
-def test_upload_ingest_release_download_roundtrip(world, tmp_path, size):  # noqa: ANN001
+def test_upload_ingest_release_download_roundtrip(world, tmp_path, size):
     hub, c = world["hub"], world["http"]
     data = os.urandom(size)
     src = tmp_path / f"scan-{size}.dcm"
@@ -129,7 +129,7 @@ def test_upload_ingest_release_download_roundtrip(world, tmp_path, size):  # noq
     assert hashlib.sha256(plain).hexdigest() == meta["plaintext_sha256"] == hashlib.sha256(data).hexdigest()
 
 
-def test_reference_library_upload_is_accepted_and_plaintext_ranges_work(world, tmp_path):  # noqa: ANN001
+def test_reference_library_upload_is_accepted_and_plaintext_ranges_work(world, tmp_path):
     """A file encrypted by the reference tool to the hub key ingests; ranges and resume work."""
     hub, c = world["hub"], world["http"]
     data = os.urandom(300_000)
@@ -163,7 +163,7 @@ def test_reference_library_upload_is_accepted_and_plaintext_ranges_work(world, t
     assert plain.status_code == 206 and plain.content == data[65530:65546]
 
 
-def _raw_upload(c, blob: bytes, name: str, sha: str | None = None) -> str:  # noqa: ANN001
+def _raw_upload(c, blob: bytes, name: str, sha: str | None = None) -> str:
     body = {"path": name, "size": len(blob)} | ({"sha256": sha} if sha else {})
     up = c.post("/api/v1/projects/lung/uploads", json=body).json()
     size = up["part_size"]
@@ -174,7 +174,7 @@ def _raw_upload(c, blob: bytes, name: str, sha: str | None = None) -> str:  # no
     return up["id"]
 
 
-def test_damaged_and_foreign_uploads_are_refused_with_a_reason(world, tmp_path):  # noqa: ANN001
+def test_damaged_and_foreign_uploads_are_refused_with_a_reason(world, tmp_path):
     hub, c = world["hub"], world["http"]
     data = os.urandom(200_000)
     good = b"".join(c4gh.encrypt_stream([data], world["hub_public"]))
@@ -201,7 +201,7 @@ def test_damaged_and_foreign_uploads_are_refused_with_a_reason(world, tmp_path):
     assert {f["id"] for f in listing} == set(ids.values()) and all(f["failure"] for f in listing)
 
 
-def test_interrupted_upload_resumes_without_resending_parts(world, tmp_path, backend):  # noqa: ANN001
+def test_interrupted_upload_resumes_without_resending_parts(world, tmp_path, backend):
     hub = world["hub"]
     part_size = hub.settings.archive.part_size
     data = os.urandom(int(part_size * 3.5))
@@ -229,7 +229,7 @@ def test_interrupted_upload_resumes_without_resending_parts(world, tmp_path, bac
     assert not list((tmp_path / "state").glob("*.json"))
 
 
-def test_concurrent_uploads_never_exceed_the_quota(world, hub):  # noqa: ANN001
+def test_concurrent_uploads_never_exceed_the_quota(world, hub):
     with transaction(hub.sessions) as s:
         project = s.scalar(select(Project).where(Project.slug == "lung"))
         project.quota_bytes = 10_000
@@ -255,7 +255,7 @@ def test_concurrent_uploads_never_exceed_the_quota(world, hub):  # noqa: ANN001
     assert r.status_code == 409 and r.json()["code"] == "quota-exceeded" and r.json()["free_bytes"] == 1_000
 
 
-def test_access_is_segmented_locked_and_audited(world, tmp_path):  # noqa: ANN001
+def test_access_is_segmented_locked_and_audited(world, tmp_path):
     hub, c = world["hub"], world["http"]
     data = os.urandom(1000)
     file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "a.bin")
@@ -293,7 +293,7 @@ def test_access_is_segmented_locked_and_audited(world, tmp_path):  # noqa: ANN00
         assert other.used_bytes == 0  # sharing never counts against the receiving project
 
 
-def test_versions_are_immutable_once_released(world):  # noqa: ANN001
+def test_versions_are_immutable_once_released(world):
     hub, c = world["hub"], world["http"]
     ids = [_raw_upload(c, b"".join(c4gh.encrypt_stream([os.urandom(10 + i)], world["hub_public"])), f"{i}.bin")
            for i in range(4)]
@@ -314,7 +314,7 @@ def test_versions_are_immutable_once_released(world):  # noqa: ANN001
     assert c.post(f"/api/v1/datasets/{ds['id']}/versions/1/deprecate").json()["state"] == "deprecated"
 
 
-def test_drs_objects_bundles_and_bulk(world):  # noqa: ANN001
+def test_drs_objects_bundles_and_bulk(world):
     hub, c = world["hub"], world["http"]
     data = os.urandom(5000)
     file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "x/y.dcm")
@@ -336,7 +336,7 @@ def test_drs_objects_bundles_and_bulk(world):  # noqa: ANN001
     assert c.get("/ga4gh/drs/v1/objects/SRF-MISSING").status_code == 404
 
 
-def test_key_rotation_rewrites_headers_only(world, tmp_path):  # noqa: ANN001
+def test_key_rotation_rewrites_headers_only(world, tmp_path):
     from strongroom.archive.backend import storage_for
     from strongroom.archive.keys import rotate
 
@@ -357,7 +357,7 @@ def test_key_rotation_rewrites_headers_only(world, tmp_path):  # noqa: ANN001
     assert _reference_decrypt(got.content, world["user_key"].secret) == data
 
 
-def _download_events(hub, file_id: str) -> list:  # noqa: ANN001
+def _download_events(hub, file_id: str) -> list:
     from strongroom.audit import service as audit
 
     with hub.sessions() as s:
@@ -365,7 +365,7 @@ def _download_events(hub, file_id: str) -> list:  # noqa: ANN001
                 if e.target == f"file:{file_id}"]
 
 
-def _wait_for(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
+def _wait_for(predicate, timeout: float = 30.0):
     """Poll until the server has written the end-of-download event (it does so after the last byte)."""
     deadline = time.monotonic() + timeout
     while not (found := predicate()):
@@ -374,7 +374,7 @@ def _wait_for(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
     return found
 
 
-def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backend):  # noqa: ANN001
+def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backend):
     """A download is "started" before its first byte and "completed", "failed" (with the reason) or
     "aborted" once its body ends; a storage failure mid-response is no longer logged as a download."""
     hub, c = world["hub"], world["http"]
@@ -416,7 +416,7 @@ def test_download_events_say_completed_failed_or_aborted(world, tmp_path, backen
     assert report.json()["downloads"] == {"events": 1, "users": 1}
 
 
-def test_browser_download_is_audited_to_its_end(app, world):  # noqa: ANN001
+def test_browser_download_is_audited_to_its_end(app, world):
     """The web route serves the same audited stream as the API."""
     hub, c = world["hub"], world["http"]
     data = os.urandom(5000)
@@ -429,7 +429,7 @@ def test_browser_download_is_audited_to_its_end(app, world):  # noqa: ANN001
 
 
 # -- the data page's API calls and the web downloads (issue 10) ------------------------------------
-def _page_client(world):  # noqa: ANN001, ANN201
+def _page_client(world):
     """alice's browser: her session cookie, and the CSRF token her pages carry."""
     from strongroom.deps import SESSION_COOKIE, csrf_token_for
 
@@ -439,11 +439,11 @@ def _page_client(world):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def page_world(world, app):  # noqa: ANN001, ANN201
+def page_world(world, app):
     return {**world, "app": app}
 
 
-def test_upload_api_takes_a_page_session_only_with_its_csrf_token(page_world, tmp_path):  # noqa: ANN001
+def test_upload_api_takes_a_page_session_only_with_its_csrf_token(page_world, tmp_path):
     world, hub = page_world, page_world["hub"]
     web, csrf = _page_client(world)
     data = os.urandom(4 * SEG + 11)
@@ -484,7 +484,7 @@ def test_upload_api_takes_a_page_session_only_with_its_csrf_token(page_world, tm
     assert f.state == "ready" and f.plaintext_sha256 == hashlib.sha256(data).hexdigest(), f.failure
 
 
-def _archived(world, tmp_path, paths: dict[str, bytes]) -> dict[str, str]:  # noqa: ANN001
+def _archived(world, tmp_path, paths: dict[str, bytes]) -> dict[str, str]:
     ids = {}
     for path, data in paths.items():
         src = tmp_path / f"src-{len(ids)}"
@@ -494,7 +494,7 @@ def _archived(world, tmp_path, paths: dict[str, bytes]) -> dict[str, str]:  # no
     return ids
 
 
-def test_web_downloads_keep_folders_and_download_all_streams_a_zip(page_world, tmp_path):  # noqa: ANN001
+def test_web_downloads_keep_folders_and_download_all_streams_a_zip(page_world, tmp_path):
     import zipfile
 
     from strongroom.audit import service as audit

@@ -35,7 +35,7 @@ END = dt.date.today() + dt.timedelta(days=365)
 SEG = c4gh.CIPHER_SEGMENT_SIZE
 
 
-def _env(settings, tmp_path: Path, token: str | None = None, url: str | None = None) -> dict[str, str]:  # noqa: ANN001
+def _env(settings, tmp_path: Path, token: str | None = None, url: str | None = None) -> dict[str, str]:
     env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
            "STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_JOBS__LEASE_SECONDS": "2",
@@ -52,7 +52,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait(predicate, timeout: float = 60.0, step: float = 0.005):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout: float = 60.0, step: float = 0.005):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -63,18 +63,18 @@ def _wait(predicate, timeout: float = 60.0, step: float = 0.005):  # noqa: ANN00
 
 
 @pytest.fixture
-def settings(settings, tmp_path):  # noqa: ANN001, ANN201
+def settings(settings, tmp_path):
     port = free_port()
     archive = settings.archive.model_copy(update={
         "part_size": 3 * SEG,
         "storage": settings.archive.storage.model_validate({"kind": "local", "root": str(tmp_path / "objects")})})
     s = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}", "archive": archive})
-    s._port = port  # noqa: SLF001
+    s._port = port
     return s
 
 
 @pytest.fixture
-def lung(hub, people):  # noqa: ANN001, ANN201
+def lung(hub, people):
     alice = people("alice")
     with transaction(hub.sessions) as s:
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
@@ -83,7 +83,7 @@ def lung(hub, people):  # noqa: ANN001, ANN201
     return alice
 
 
-def test_worker_killed_mid_ingest_loses_nothing(hub, settings, lung, tmp_path):  # noqa: ANN001
+def test_worker_killed_mid_ingest_loses_nothing(hub, settings, lung, tmp_path):
     """A 256 MiB file lands in the inbox; the worker ingesting it is SIGKILLed while it writes the body;
     another worker takes the job over and the file ends archived once, with the right checksums."""
     storage = storage_for(hub)
@@ -94,7 +94,7 @@ def test_worker_killed_mid_ingest_loses_nothing(hub, settings, lung, tmp_path): 
         project = s.scalar(select(Project).where(Project.slug == "lung"))
     chunk = os.urandom(1024 * 1024)
 
-    def chunks():  # noqa: ANN202
+    def chunks():
         for _ in range(size // len(chunk)):
             plaintext_digest.update(chunk)
             yield chunk
@@ -143,18 +143,18 @@ def test_worker_killed_mid_ingest_loses_nothing(hub, settings, lung, tmp_path): 
     assert list(storage.iter_keys(f"archive/{project.id}/")) == [f.body_key]
 
 
-def _job_status(hub, job_id: int) -> str:  # noqa: ANN001
+def _job_status(hub, job_id: int) -> str:
     with hub.sessions() as s:
         return s.get(Job, job_id).status
 
 
-def test_cli_killed_mid_upload_and_mid_download_resumes(app, hub, settings, lung, tmp_path):  # noqa: ANN001
+def test_cli_killed_mid_upload_and_mid_download_resumes(app, hub, settings, lung, tmp_path):
     token = token_for(hub, lung)
     data = os.urandom(24 * 1024 * 1024)
     src = tmp_path / "series" / "ct.bin"
     src.parent.mkdir()
     src.write_bytes(data)
-    with serving(app, settings._port) as url:  # noqa: SLF001
+    with serving(app, settings._port) as url:
         env = _env(settings, tmp_path, token, url)
         c = httpx.Client(base_url=url, headers=bearer(token), timeout=60)
         assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
@@ -205,14 +205,14 @@ def test_cli_killed_mid_upload_and_mid_download_resumes(app, hub, settings, lung
             assert downloads[0]["details"].get("bytes", "").startswith(f"{kept}-")
 
 
-def Runner_drain(hub) -> None:  # noqa: ANN001, N802
+def Runner_drain(hub) -> None:
     from strongroom.jobs.runner import Runner
 
     Runner(hub, lease_seconds=10, name="test").run_until_idle()
 
 
 @pytest.mark.slow
-def test_s3_outage_mid_upload_is_a_clear_error_and_a_retry_succeeds(app, hub, settings, lung, seaweedfs, tmp_path):  # noqa: ANN001, F811
+def test_s3_outage_mid_upload_is_a_clear_error_and_a_retry_succeeds(app, hub, settings, lung, seaweedfs, tmp_path):  # noqa: F811
     s3 = seaweedfs
     storage = {"kind": "s3", "endpoint_url": s3.endpoint_url, "bucket": f"outage{os.getpid()}",
                "access_key": s3.access_key, "secret_key": s3.secret_key, "region": s3.region}
@@ -229,7 +229,7 @@ def test_s3_outage_mid_upload_is_a_clear_error_and_a_retry_succeeds(app, hub, se
     blob = b"".join(c4gh.encrypt_stream([data], hub_public))
     part = 80 * SEG
     assert storage_for(hub).__class__.__name__ == "S3Storage"
-    with serving(app, settings._port) as url:  # noqa: SLF001
+    with serving(app, settings._port) as url:
         c = httpx.Client(base_url=url, headers=bearer(token), timeout=120)
         up = c.post("/api/v1/projects/lung/uploads", json={"path": "o.bin", "size": len(blob)}).json()
         assert c.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob[:part]).status_code == 200

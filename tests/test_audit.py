@@ -16,17 +16,17 @@ from strongroom.db import transaction
 from support.seaweed import seaweedfs  # noqa: F401 - session fixture
 
 
-def _seed(hub, n: int = 6) -> None:  # noqa: ANN001
+def _seed(hub, n: int = 6) -> None:
     with transaction(hub.sessions) as s:
         for i in range(n):
             audit.record(s, Actor.system("seed"), f"test.event{i}", details={"i": i})
 
 
-def _verify_cli(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _verify_cli(settings, *args: str) -> subprocess.CompletedProcess:
     return _cli(settings, "audit", "verify", *args)
 
 
-def _cli(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _cli(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
            "STRONGROOM_VAR_DIR": str(settings.var_dir), "COLUMNS": "200"}
@@ -34,14 +34,14 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess:  # noqa: ANN001
                           capture_output=True, text=True, timeout=60)
 
 
-def _sql(hub, statements: str) -> None:  # noqa: ANN001
+def _sql(hub, statements: str) -> None:
     with hub.sessions() as s:
         for statement in statements.split("; "):
             s.execute(text(statement))
         s.commit()
 
 
-def test_intact_chain_verifies(hub, settings):  # noqa: ANN001
+def test_intact_chain_verifies(hub, settings):
     _seed(hub)
     result = _verify_cli(settings)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -69,7 +69,7 @@ MOVE_HEAD_TO_4 = "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_
     ids=["edited-details", "edited-actor", "deleted-first", "deleted-middle", "deleted-last", "reordered",
          "tail-cut-head-moved-back", "wiped-head-reset", "wiped-head-deleted"],
 )
-def test_tampering_is_detected_and_located(hub, settings, tamper, expected_seq, kind):  # noqa: ANN001
+def test_tampering_is_detected_and_located(hub, settings, tamper, expected_seq, kind):
     _seed(hub)
     assert _cli(settings, "audit", "checkpoint").returncode == 0
     _sql(hub, tamper)
@@ -80,7 +80,7 @@ def test_tampering_is_detected_and_located(hub, settings, tamper, expected_seq, 
     assert rows and rows[0].split("│")[1].strip() == expected_seq, result.stdout
 
 
-def test_recomputing_a_plain_hash_is_not_enough(hub):  # noqa: ANN001
+def test_recomputing_a_plain_hash_is_not_enough(hub):
     """The chain is keyed: someone with database access but not the hub key cannot re-seal an edit."""
     import hashlib
 
@@ -96,7 +96,7 @@ def test_recomputing_a_plain_hash_is_not_enough(hub):  # noqa: ANN001
     assert event.seq == 1
 
 
-def test_queries_filter_by_project_and_user(hub, people):  # noqa: ANN001
+def test_queries_filter_by_project_and_user(hub, people):
     import uuid
 
     alice = people("alice")
@@ -114,7 +114,7 @@ def test_queries_filter_by_project_and_user(hub, people):  # noqa: ANN001
         assert page1[0].seq > page1[1].seq > page2[0].seq
 
 
-def test_concurrent_writers_keep_one_chain(hub):  # noqa: ANN001
+def test_concurrent_writers_keep_one_chain(hub):
     from concurrent.futures import ThreadPoolExecutor
 
     def write(i: int) -> None:
@@ -128,7 +128,7 @@ def test_concurrent_writers_keep_one_chain(hub):  # noqa: ANN001
     assert report.ok and report.checked == 40
 
 
-def test_verify_reports_how_far_the_checkpoints_prove(hub, settings):  # noqa: ANN001
+def test_verify_reports_how_far_the_checkpoints_prove(hub, settings):
     _seed(hub, 4)
     result = _verify_cli(settings)
     assert result.returncode == 0 and "no checkpoint found" in result.stdout, result.stdout
@@ -145,7 +145,7 @@ def test_verify_reports_how_far_the_checkpoints_prove(hub, settings):  # noqa: A
     assert len(lines) == 1 and oct((settings.var_dir / "keys" / "audit-anchor.key").stat().st_mode)[-3:] == "600"
 
 
-def test_rewritten_tail_differs_from_the_checkpoint(hub, settings):  # noqa: ANN001
+def test_rewritten_tail_differs_from_the_checkpoint(hub, settings):
     """Cut the tail, move the head back and append new events up to the old length: same count, but
     not the events the checkpoint signed."""
     _seed(hub)
@@ -162,7 +162,7 @@ def test_rewritten_tail_differs_from_the_checkpoint(hub, settings):  # noqa: ANN
     assert refused.returncode == 1 and "anchored 6" in refused.stderr, refused.stdout + refused.stderr
 
 
-def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path):  # noqa: ANN001
+def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path):
     import json
 
     from strongroom.audit.anchor import AnchorKey
@@ -191,7 +191,7 @@ def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path): 
     assert _verify_cli(settings, "--public-key", str(tmp_path / "other.pub")).returncode == 1
 
 
-def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):  # noqa: ANN001
+def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):
     """Writers append between the verifier's pages (each page is its own read transaction): they are
     not blocked, and the walk catches up with them instead of calling them a broken chain."""
     _seed(hub, 5)
@@ -209,7 +209,7 @@ def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):  # noqa: A
     assert appended and report.checked == 5 + len(appended)
 
 
-def test_checkpoint_job_and_verify_job(hub):  # noqa: ANN001
+def test_checkpoint_job_and_verify_job(hub):
     from strongroom.jobs.builtin import checkpoint, verify_chain
     from strongroom.jobs.context import JobContext
 
@@ -227,7 +227,7 @@ def test_checkpoint_job_and_verify_job(hub):  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_s3_checkpoints_outlive_the_file_and_are_never_overwritten(settings, seaweedfs, tmp_path):  # noqa: ANN001, F811
+def test_s3_checkpoints_outlive_the_file_and_are_never_overwritten(settings, seaweedfs, tmp_path):  # noqa: F811
     """SeaweedFS has no Object Lock: checkpoints go in as write-once keys, and say so."""
     from strongroom.archive.backend import storage_from
     from strongroom.config import StorageSettings

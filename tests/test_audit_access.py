@@ -22,7 +22,7 @@ END = dt.date.today() + dt.timedelta(days=365)
 
 
 @pytest.fixture
-def world(app, hub, people):  # noqa: ANN001, ANN201
+def world(app, hub, people):
     """proj-a (PI alice, member carol without view-audit), proj-b (PI bob), admin root (no project),
     dpo (an auditor, granted by the operator), admin2 (a second admin)."""
     root, alice, bob, carol, dpo = (people("root", admin=True), people("alice"), people("bob"), people("carol"),
@@ -54,7 +54,7 @@ ROLES = [
 
 
 @pytest.mark.parametrize(("who", "admin_route", "project_route"), ROLES, ids=[r[0] for r in ROLES])
-def test_project_events_by_role_over_the_api(world, who, admin_route, project_route):  # noqa: ANN001
+def test_project_events_by_role_over_the_api(world, who, admin_route, project_route):
     c, token = world["client"], world["tokens"][who]
     r = c.get("/api/v1/admin/audit", params={"project_id": str(world["a"])}, headers=bearer(token))
     assert r.status_code == admin_route, r.text
@@ -67,7 +67,7 @@ def test_project_events_by_role_over_the_api(world, who, admin_route, project_ro
 
 
 @pytest.mark.parametrize("who", ["root", "admin2"])
-def test_admin_listing_shows_platform_events_only(world, who):  # noqa: ANN001
+def test_admin_listing_shows_platform_events_only(world, who):
     c = world["client"]
     events = c.get("/api/v1/admin/audit", params={"limit": 500}, headers=bearer(world["tokens"][who])).json()
     actions = {e["action"] for e in events}
@@ -80,7 +80,7 @@ def test_admin_listing_shows_platform_events_only(world, who):  # noqa: ANN001
         assert all(e["project_id"] is None for e in events), params
 
 
-def test_auditor_reads_are_audited_and_visible_to_the_project(world):  # noqa: ANN001
+def test_auditor_reads_are_audited_and_visible_to_the_project(world):
     c, t = world["client"], world["tokens"]
     everything = c.get("/api/v1/admin/audit", params={"limit": 500}, headers=bearer(t["dpo"])).json()
     assert "test.secret-project-thing" in {e["action"] for e in everything}
@@ -95,7 +95,7 @@ def test_auditor_reads_are_audited_and_visible_to_the_project(world):  # noqa: A
     assert len(platform) == 1 and platform[0]["details"]["returned"] == len(everything)
 
 
-def test_web_project_page_shows_audit_only_to_view_audit_members(app, hub, world):  # noqa: ANN001
+def test_web_project_page_shows_audit_only_to_view_audit_members(app, hub, world):
     for who, status, shows in [("root", 404, False), ("carol", 200, False), ("alice", 200, True),
                                ("bob", 404, False), ("dpo", 404, False)]:
         page = web_client(app, hub, world["people"][who]).get("/projects/proj-a")
@@ -103,7 +103,7 @@ def test_web_project_page_shows_audit_only_to_view_audit_members(app, hub, world
         assert ("test.secret-project-thing" in page.text) is shows, who
 
 
-def test_granting_the_auditor_role(world):  # noqa: ANN001
+def test_granting_the_auditor_role(world):
     c, t, ppl = world["client"], world["tokens"], world["people"]
     root_id, carol_id = str(ppl["root"].user.id), str(ppl["carol"].user.id)
     # not to yourself: segmentation would mean nothing
@@ -126,7 +126,7 @@ def test_granting_the_auditor_role(world):  # noqa: ANN001
                                               "audit.auditor.granted"]
 
 
-def test_granting_needs_fresh_mfa(hub, world):  # noqa: ANN001
+def test_granting_needs_fresh_mfa(hub, world):
     c, t = world["client"], world["tokens"]
     with transaction(hub.sessions) as s:  # the tokens were minted (under MFA) an hour ago
         s.execute(update(ApiToken).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
@@ -134,7 +134,7 @@ def test_granting_needs_fresh_mfa(hub, world):  # noqa: ANN001
     assert r.status_code == 403 and r.json()["code"] == "mfa-required"
 
 
-def test_cli_list_is_segmented_and_project_reads_are_audited(hub, settings, world):  # noqa: ANN001
+def test_cli_list_is_segmented_and_project_reads_are_audited(hub, settings, world):
     plain = run_cli(settings, "audit", "list", "--limit", "500")
     assert plain.returncode == 0, plain.stderr
     assert "test.platform-thing" in plain.stdout and "test.secret-project-thing" not in plain.stdout
@@ -148,7 +148,7 @@ def test_cli_list_is_segmented_and_project_reads_are_audited(hub, settings, worl
         assert len(reads) == 1 and reads[0].project_id == world["a"] and reads[0].actor.startswith("cli:")
 
 
-def test_cli_grant_and_revoke_auditor(hub, settings, world):  # noqa: ANN001
+def test_cli_grant_and_revoke_auditor(hub, settings, world):
     c, t = world["client"], world["tokens"]
     r = run_cli(settings, "admin", "grant-auditor", "carol")
     assert r.returncode == 0 and "now an auditor" in r.stdout, r.stdout + r.stderr

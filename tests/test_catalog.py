@@ -40,12 +40,12 @@ DATA_PATHS = ("/api/", "/files/", "/ga4gh/", "/drs/", "/content", "/download", "
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
-def _principal(session, person) -> Principal:  # noqa: ANN001
+def _principal(session, person) -> Principal:
     return Principal(user=session.get(User, person.user.id), via="session", mfa_at=utcnow(),
                      scopes=frozenset(SCOPES), credential_id="test")
 
 
-def make_dataset(hub, person, project: str, title: str = "Chest CT", *, release: bool = True) -> str:  # noqa: ANN001
+def make_dataset(hub, person, project: str, title: str = "Chest CT", *, release: bool = True) -> str:
     """A dataset archived through the real pipeline: browser-style upload → ingest → release."""
     storage = storage_for(hub)
     with transaction(hub.sessions) as s:
@@ -64,7 +64,7 @@ def make_dataset(hub, person, project: str, title: str = "Chest CT", *, release:
         return ds.id
 
 
-def entry_body(slug: str = "chest-ct", **over) -> dict:  # noqa: ANN003
+def entry_body(slug: str = "chest-ct", **over) -> dict:
     body = {
         "slug": slug,
         "title": f"Chest CT cohort {slug}",
@@ -91,7 +91,7 @@ def entry_body(slug: str = "chest-ct", **over) -> dict:  # noqa: ANN003
 
 
 @pytest.fixture
-def world(app, hub, people):  # noqa: ANN001, ANN201
+def world(app, hub, people):
     """Project `lung` (PI alice, member carol) owns a released dataset; bob is in another project."""
     ensure_key(hub)
     alice, bob, carol = people("alice"), people("bob"), people("carol", email="Carol.Private@Example.org")
@@ -107,7 +107,7 @@ def world(app, hub, people):  # noqa: ANN001, ANN201
     return {"client": c, "tokens": tokens, "ds": ds, "alice": alice, "bob": bob, "carol": carol, "app": app}
 
 
-def publish_entry(world, ds: str, slug: str, *, image: bool = True, **over) -> dict:  # noqa: ANN001, ANN003
+def publish_entry(world, ds: str, slug: str, *, image: bool = True, **over) -> dict:
     c, h = world["client"], bearer(world["tokens"]["alice"])
     r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body(slug, **over), headers=h)
     assert r.status_code == 200, r.text
@@ -120,7 +120,7 @@ def publish_entry(world, ds: str, slug: str, *, image: bool = True, **over) -> d
     return r.json()
 
 
-def anon(world) -> TestClient:  # noqa: ANN001
+def anon(world) -> TestClient:
     return TestClient(world["app"], base_url=BASE)
 
 
@@ -137,7 +137,7 @@ def jsonld_of(html: str, url: str) -> dict:
     return datasets[0]
 
 
-def _strings(value) -> list[str]:  # noqa: ANN001
+def _strings(value) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
@@ -189,7 +189,7 @@ def check_landing_page(client: TestClient, url: str, dataset_id: str) -> dict:
 
 
 # -- landing page ------------------------------------------------------------------------------
-def test_landing_page_jsonld_og_canonical_and_apply_button(world):  # noqa: ANN001
+def test_landing_page_jsonld_og_canonical_and_apply_button(world):
     out = publish_entry(world, world["ds"], "chest-ct")
     url = f"{BASE}/catalog/chest-ct"
     assert out["url"] == url and out["published"]
@@ -212,7 +212,7 @@ def test_landing_page_jsonld_og_canonical_and_apply_button(world):  # noqa: ANN0
     assert f'<link rel="canonical" href="{url}/terms">' in terms.text
 
 
-def test_external_apply_mode_links_to_the_owner_and_defaults_come_from_the_archive(world):  # noqa: ANN001
+def test_external_apply_mode_links_to_the_owner_and_defaults_come_from_the_archive(world):
     publish_entry(world, world["ds"], "scapis-ct", image=False, apply_mode="external",
                   external_url="https://apply.scapis.example.org/form?ds=1", doi=None, time_start=None,
                   time_end=None)
@@ -229,7 +229,7 @@ def test_external_apply_mode_links_to_the_owner_and_defaults_come_from_the_archi
 
 
 # -- publishing and rights ---------------------------------------------------------------------
-def test_unpublished_entries_are_404_everywhere_public(world):  # noqa: ANN001
+def test_unpublished_entries_are_404_everywhere_public(world):
     c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
     assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("hidden-ct"), headers=h).status_code == 200
     assert c.post(f"/api/v1/datasets/{ds}/catalog/images", params={"alt": "slice"}, headers={
@@ -256,7 +256,7 @@ def test_unpublished_entries_are_404_everywhere_public(world):  # noqa: ANN001
     assert preview.status_code == 200 and "not published" in preview.text and "noindex" in preview.text
 
 
-def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):  # noqa: ANN001
+def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):
     c, ds = world["client"], world["ds"]
     publish_entry(world, ds, "chest-ct")
     bob = bearer(world["tokens"]["bob"])
@@ -291,7 +291,7 @@ def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):  #
     assert anonymous_editor.status_code == 303 and anonymous_editor.headers["location"].startswith("/login")
 
 
-def test_steward_web_editor_saves_uploads_and_publishes(world):  # noqa: ANN001
+def test_steward_web_editor_saves_uploads_and_publishes(world):
     hub, ds = world["app"].state.hub, world["ds"]
     web = web_client(world["app"], hub, world["alice"])
     page = web.get(f"/datasets/{ds}/catalog")
@@ -346,7 +346,7 @@ def test_steward_web_editor_saves_uploads_and_publishes(world):  # noqa: ANN001
     ({"time_start": "2020-01-01", "time_end": "2019-01-01"}, "ends before it starts"),
     ({"data_owner": "someone@hospital.example.net"}, "organisation"),
 ])
-def test_entry_validation(world, override, message):  # noqa: ANN001
+def test_entry_validation(world, override, message):
     body = entry_body(**{"slug": "chest-ct", **override})
     r = world["client"].put(f"/api/v1/datasets/{world['ds']}/catalog", json=body,
                             headers=bearer(world["tokens"]["alice"]))
@@ -354,7 +354,7 @@ def test_entry_validation(world, override, message):  # noqa: ANN001
     assert message in r.json()["detail"], r.json()
 
 
-def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world):  # noqa: ANN001
+def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world):
     """One model checks both: every broken field is named, by its label, never its internal name."""
     ds = world["ds"]
     body = entry_body(size_bytes=-1, time_start="soon", organs=["x" * 61])
@@ -374,7 +374,7 @@ def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world)
     assert 'value="lots"' in r.text and 'value="soon"' in r.text  # shown again as typed
 
 
-def test_publishing_rules_slugs_and_images(world, hub):  # noqa: ANN001
+def test_publishing_rules_slugs_and_images(world, hub):
     c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
     # an unreleased dataset cannot be published
     draft = make_dataset(hub, world["alice"], "lung", "Draft only", release=False)
@@ -413,7 +413,7 @@ def test_publishing_rules_slugs_and_images(world, hub):  # noqa: ANN001
 
 
 # -- the AI flag -------------------------------------------------------------------------------
-def test_no_methods_development_is_flagged_on_page_in_jsonld_and_as_a_facet(world, hub):  # noqa: ANN001
+def test_no_methods_development_is_flagged_on_page_in_jsonld_and_as_a_facet(world, hub):
     publish_entry(world, world["ds"], "no-ai-ct", duo_codes=["DUO:0000006", "DUO:0000015"])
     other = make_dataset(hub, world["alice"], "lung", "AI friendly")
     publish_entry(world, other, "ai-ok-ct", duo_codes=["DUO:0000042"])
@@ -432,7 +432,7 @@ def test_no_methods_development_is_flagged_on_page_in_jsonld_and_as_a_facet(worl
 
 
 # -- catalogue search --------------------------------------------------------------------------
-def test_catalogue_text_search_and_facets(world, hub):  # noqa: ANN001
+def test_catalogue_text_search_and_facets(world, hub):
     publish_entry(world, world["ds"], "lung-ct", title="Lung screening CT", organs=["Lung"])
     brain = make_dataset(hub, world["alice"], "lung", "Brain MR")
     publish_entry(world, brain, "brain-mr", title="Glioma MR", modalities=["MR"], organs=["Brain"], keywords=[],
@@ -447,7 +447,7 @@ def test_catalogue_text_search_and_facets(world, hub):  # noqa: ANN001
                               "assessments for every examination.")
     c = anon(world)
 
-    def slugs(**params) -> list[str]:  # noqa: ANN003
+    def slugs(**params) -> list[str]:
         return [e["slug"] for e in c.get("/api/v1/catalog", params=params).json()["entries"]]
 
     assert sorted(slugs()) == ["brain-mr", "lung-ct", "mammo"]
@@ -478,7 +478,7 @@ def test_catalogue_text_search_and_facets(world, hub):  # noqa: ANN001
     assert c.get("/catalog", params={"q": "nothing-matches-this"}).text.count("No dataset matches") == 1
 
 
-def test_catalogue_pages(world, hub, monkeypatch):  # noqa: ANN001
+def test_catalogue_pages(world, hub, monkeypatch):
     monkeypatch.setattr(catalog_search, "PAGE_SIZE", 2)
     publish_entry(world, world["ds"], "a-ct", image=False, title="A chest CT")
     for name in ("B chest CT", "C chest CT"):
@@ -495,7 +495,7 @@ def test_catalogue_pages(world, hub, monkeypatch):  # noqa: ANN001
 NS = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9", "i": "http://www.google.com/schemas/sitemap-image/1.1"}
 
 
-def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):  # noqa: ANN001
+def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):
     c = anon(world)
     publish_entry(world, world["ds"], "first-ct")
     root = ET.fromstring(c.get("/sitemap.xml").content)
@@ -535,7 +535,7 @@ def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):  # no
             check_landing_page(c, u, ids[u.rsplit("/", 1)[1]])
 
 
-def test_robots_txt_names_the_sitemap_and_keeps_private_areas_out(world):  # noqa: ANN001
+def test_robots_txt_names_the_sitemap_and_keeps_private_areas_out(world):
     r = anon(world).get("/robots.txt")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     lines = r.text.splitlines()
@@ -546,7 +546,7 @@ def test_robots_txt_names_the_sitemap_and_keeps_private_areas_out(world):  # noq
 
 
 # -- privacy -----------------------------------------------------------------------------------
-def test_no_private_email_on_any_public_page(world, hub, people):  # noqa: ANN001
+def test_no_private_email_on_any_public_page(world, hub, people):
     people("dave", email="dave.d@uni.example.edu")
     publish_entry(world, world["ds"], "chest-ct", description=(
         "Chest CT with nodule annotations. Technical questions go to helpdesk@imaging.example.net, "
@@ -580,7 +580,7 @@ def test_no_private_email_on_any_public_page(world, hub, people):  # noqa: ANN00
 
 
 # -- the demo ----------------------------------------------------------------------------------
-def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):  # noqa: ANN001
+def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):
     from strongroom.archive.models import ArchiveFile, Dataset
     from strongroom.demo import seed_demo
 
@@ -611,7 +611,7 @@ def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):  # noqa: A
         assert len(list(s.scalars(select(CatalogEntry)))) == 1
 
 
-def test_landing_page_and_owner_page_say_whether_approved_users_may_download(world) -> None:  # noqa: ANN001
+def test_landing_page_and_owner_page_say_whether_approved_users_may_download(world) -> None:
     """Issue 9, point 7: the dataset's access policy (in-platform only by default) is shown on the
     landing page, in the JSON-LD and on the data owner's page, whose form (PI only) changes it.
     Fails on the old code: nothing said which, and there was no such policy."""

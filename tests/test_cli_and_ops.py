@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import bearer, token_for
 
 
-def run_cli(settings, *args: str, input: str | None = None, extra_env: dict | None = None):  # noqa: ANN001, ANN201
+def run_cli(settings, *args: str, input: str | None = None, extra_env: dict | None = None):
     env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
            "STRONGROOM_VAR_DIR": str(settings.var_dir), "COLUMNS": "200", **(extra_env or {})}
@@ -20,7 +20,7 @@ def run_cli(settings, *args: str, input: str | None = None, extra_env: dict | No
                           text=True, timeout=120, input=input)
 
 
-def test_config_show_masks_secrets(settings):  # noqa: ANN001
+def test_config_show_masks_secrets(settings):
     result = run_cli(settings, "config", "show", "--json",
                      extra_env={"STRONGROOM_OIDC__CLIENT_SECRET": "very-secret-value",
                                 "STRONGROOM_OIDC__ISSUER": "https://login.example.org/oidc/"})
@@ -36,7 +36,7 @@ def test_config_show_masks_secrets(settings):  # noqa: ANN001
     assert f"file {settings.var_dir / 'secret.key'}" in from_file.stdout, from_file.stdout
 
 
-def test_config_reads_a_toml_file(settings, tmp_path):  # noqa: ANN001
+def test_config_reads_a_toml_file(settings, tmp_path):
     path = tmp_path / "strongroom.toml"
     path.write_text('site_name = "Hub North"\n[security]\nfresh_mfa_minutes = 5\n')
     result = run_cli(settings, "config", "show", "--json", extra_env={"STRONGROOM_CONFIG": str(path)})
@@ -48,7 +48,7 @@ def test_config_reads_a_toml_file(settings, tmp_path):  # noqa: ANN001
     assert result.returncode != 0 and "fresh_mfa_minutes" in result.stderr
 
 
-def test_admin_commands_create_users_and_projects(settings, hub):  # noqa: ANN001
+def test_admin_commands_create_users_and_projects(settings, hub):
     r = run_cli(settings, "admin", "create-user", "pia", "--name", "Pia PI", "--email", "pia@uni.example",
                 extra_env={"STRONGROOM_NEW_PASSWORD": "a long enough password"})
     assert r.returncode == 0, r.stderr
@@ -73,7 +73,7 @@ def test_admin_commands_create_users_and_projects(settings, hub):  # noqa: ANN00
     assert run_cli(settings, "audit", "verify").returncode == 0
 
 
-def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):  # noqa: ANN001
+def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):
     """`strongroom login/whoami/projects` against a live server with a real token."""
     import socket
     import threading
@@ -113,13 +113,13 @@ def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):  # noqa:
         thread.join(10)
 
 
-def test_help_is_helpful(settings):  # noqa: ANN001
+def test_help_is_helpful(settings):
     out = run_cli(settings, "--help").stdout
     for command in ("serve", "worker", "db", "admin", "audit", "config", "login", "projects"):
         assert command in out
 
 
-def test_health_ready_metrics(client):  # noqa: ANN001
+def test_health_ready_metrics(client):
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").json() == {"status": "ok", "database": "ok"}
     client.get("/api/v1/projects")
@@ -129,7 +129,7 @@ def test_health_ready_metrics(client):  # noqa: ANN001
     assert 'route="/api/v1/projects"' in body and 'status="401"' in body
 
 
-def test_readyz_reports_a_dead_database(tmp_path):  # noqa: ANN001
+def test_readyz_reports_a_dead_database(tmp_path):
     from fastapi.testclient import TestClient
 
     from strongroom.app import create_app
@@ -141,7 +141,7 @@ def test_readyz_reports_a_dead_database(tmp_path):  # noqa: ANN001
     assert r.status_code == 503 and r.json()["status"] == "unavailable"
 
 
-def test_every_api_route_is_documented(client):  # noqa: ANN001
+def test_every_api_route_is_documented(client):
     spec = client.get("/openapi.json").json()
     assert spec["info"]["title"] == "Strongroom"
     for path, operations in spec["paths"].items():
@@ -150,7 +150,7 @@ def test_every_api_route_is_documented(client):  # noqa: ANN001
     assert not any(p.startswith(("/login", "/projects/", "/account")) for p in spec["paths"])
 
 
-def test_logs_never_contain_secrets(app, hub, people, capfd):  # noqa: ANN001
+def test_logs_never_contain_secrets(app, hub, people, capfd):
     import logging
 
     from fastapi.testclient import TestClient
@@ -171,7 +171,7 @@ def test_logs_never_contain_secrets(app, hub, people, capfd):  # noqa: ANN001
     assert token.split("_", 2)[2] not in logged and "correct horse" not in logged
 
 
-def test_download_decrypt_without_a_key_says_so_before_asking_for_a_passphrase(settings, tmp_path):  # noqa: ANN001
+def test_download_decrypt_without_a_key_says_so_before_asking_for_a_passphrase(settings, tmp_path):
     missing = tmp_path / "nowhere.sec"
     r = run_cli(settings, "download", "SRD-NOTHING", "--decrypt", "--secret-key", str(missing), input="",
                 extra_env={"STRONGROOM_CLI_CONFIG": str(tmp_path / "none.json"), "STRONGROOM_URL": "http://127.0.0.1:9",
@@ -180,7 +180,7 @@ def test_download_decrypt_without_a_key_says_so_before_asking_for_a_passphrase(s
     assert "passphrase" not in (r.stdout + r.stderr).lower()
 
 
-def test_keys_generate_without_a_terminal_and_never_over_an_existing_key(settings, tmp_path):  # noqa: ANN001
+def test_keys_generate_without_a_terminal_and_never_over_an_existing_key(settings, tmp_path):
     from strongroom.archive import c4gh
 
     env = {k: v for k, v in os.environ.items() if k != "STRONGROOM_KEY_PASSPHRASE"}

@@ -47,13 +47,13 @@ END = dt.date.today() + dt.timedelta(days=365)
 
 
 @pytest.fixture
-def database_url(sqlite_template: str, tmp_path) -> str:  # noqa: ANN001 - SQLite only (see the docstring)
+def database_url(sqlite_template: str, tmp_path) -> str:  # SQLite only (see the docstring)
     target = tmp_path / "strongroom.db"
     shutil.copy(sqlite_template, target)
     return f"sqlite:///{target}"
 
 
-def _dataset(hub, slug: str) -> str:  # noqa: ANN001
+def _dataset(hub, slug: str) -> str:
     with transaction(hub.sessions) as s:
         project = projects.create_project(s, Actor.system("t"), slug=slug, name=slug.title(), pi="owner",
                                           ethics_ref="E", end_date=END)
@@ -68,7 +68,7 @@ def _dataset(hub, slug: str) -> str:  # noqa: ANN001
 
 
 @pytest.fixture
-def hub_served(app, hub, people):  # noqa: ANN001, ANN201
+def hub_served(app, hub, people):
     """One user, rita, with an API token, a browser session, three draft applications and a project
     of her own to upload into; the app served by uvicorn."""
     people("owner")
@@ -107,7 +107,7 @@ def _busy(r: httpx.Response) -> bool:
     return r.status_code == 503 and r.headers.get("retry-after", "").isdigit()
 
 
-def test_a_held_write_lock_gives_503_to_writers_and_never_stalls_reads_or_healthz(hub_served):  # noqa: ANN001
+def test_a_held_write_lock_gives_503_to_writers_and_never_stalls_reads_or_healthz(hub_served):
     w, apps = hub_served, hub_served["apps"]
     db_path = w["hub"].settings.effective_database_url.removeprefix("sqlite:///")
     api = httpx.Client(base_url=w["url"], headers=bearer(w["token"]), timeout=120)
@@ -141,7 +141,7 @@ def test_a_held_write_lock_gives_503_to_writers_and_never_stalls_reads_or_health
     assert _web_save(web, apps["web"], "later.pdf", b"%PDF-later").status_code == 303
 
 
-def test_sixteen_concurrent_writers_get_no_5xx_and_every_accepted_write_lands(hub_served):  # noqa: ANN001
+def test_sixteen_concurrent_writers_get_no_5xx_and_every_accepted_write_lands(hub_served):
     w, apps = hub_served, hub_served["apps"]
     hub = w["hub"]
     with httpx.Client(base_url=w["url"], headers=bearer(w["token"]), timeout=120) as api:
@@ -227,15 +227,15 @@ def test_sixteen_concurrent_writers_get_no_5xx_and_every_accepted_write_lands(hu
         assert preference(s, s.scalar(select(Attachment.uploaded_by).limit(1))) in set(accepted["notify"])
 
 
-def test_no_async_route_queries_the_database(app):  # noqa: ANN001
+def test_no_async_route_queries_the_database(app):
     """An ``async def`` route runs on the event loop: one query there that waits for a lock stalls every
     request of the process, /healthz included. Routes that need the body read it in a dependency
     (``RawBody``, ``posted_form``) and are plain ``def``, which FastAPI runs in worker threads."""
 
-    def uses_db(dependant) -> bool:  # noqa: ANN001
+    def uses_db(dependant) -> bool:
         return any(d.call is _db or uses_db(d) for d in dependant.dependencies)
 
-    def routes(container) -> list[APIRoute]:  # noqa: ANN001 - included routers nest (FastAPI ≥ 0.16x)
+    def routes(container) -> list[APIRoute]:  # included routers nest (FastAPI ≥ 0.16x)
         found = []
         for route in container.routes:
             if isinstance(route, APIRoute):
@@ -251,7 +251,7 @@ def test_no_async_route_queries_the_database(app):  # noqa: ANN001
     assert offenders == []
 
 
-def test_postgresql_lock_timeout_gives_503_with_retry_after(request, tmp_path):  # noqa: ANN001
+def test_postgresql_lock_timeout_gives_503_with_retry_after(request, tmp_path):
     """The same promise on PostgreSQL: a request waits for a lock at most the web lock timeout, then
     gets 503 with Retry-After instead of hanging."""
     from types import SimpleNamespace

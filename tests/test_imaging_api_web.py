@@ -17,7 +17,7 @@ from strongroom.imaging import bulk
 
 
 @pytest.fixture
-def world(app, hub, people, tmp_path: Path):  # noqa: ANN001, ANN201
+def world(app, hub, people, tmp_path: Path):
     alice, bob, sam = people("alice"), people("bob"), people("sam")
     make_project(hub, "lung", "alice", profile={"retain_longitudinal": "modified"})
     make_project(hub, "other", "bob")
@@ -33,7 +33,7 @@ def world(app, hub, people, tmp_path: Path):  # noqa: ANN001, ANN201
     return {"client": c, "tokens": tokens, "alice": alice, "bob": bob, "sam": sam, "app": app}
 
 
-def test_status_quarantine_review_and_isolation(world, hub) -> None:  # noqa: ANN001
+def test_status_quarantine_review_and_isolation(world, hub) -> None:
     c, t = world["client"], world["tokens"]
     r = c.get("/api/v1/projects/lung/imaging", headers=bearer(t["sam"]))
     assert r.status_code == 200, r.text
@@ -72,7 +72,7 @@ def test_status_quarantine_review_and_isolation(world, hub) -> None:  # noqa: AN
     assert event is not None and event.details["note"].startswith("checked")
 
 
-def test_discard_removes_the_file_from_the_archive(world, hub) -> None:  # noqa: ANN001
+def test_discard_removes_the_file_from_the_archive(world, hub) -> None:
     c, t = world["client"], world["tokens"]
     held = c.get("/api/v1/projects/lung/imaging/quarantine", headers=bearer(t["alice"])).json()
     file_id = held[0]["file_id"]
@@ -83,7 +83,7 @@ def test_discard_removes_the_file_from_the_archive(world, hub) -> None:  # noqa:
     assert instances(hub, "discarded")[0].file_id is None
 
 
-def test_reidentification_needs_an_explicit_right_a_reason_and_is_audited(world, hub) -> None:  # noqa: ANN001
+def test_reidentification_needs_an_explicit_right_a_reason_and_is_audited(world, hub) -> None:
     c, t = world["client"], world["tokens"]
     pseudonym = instances(hub, "published")[0].patient_pseudonym
     ask = {"pseudonym": pseudonym, "reason": "incidental finding: the hospital must contact the patient"}
@@ -113,7 +113,7 @@ def test_reidentification_needs_an_explicit_right_a_reason_and_is_audited(world,
     assert all(SyntheticPatient(0).patient_id not in str(e.details) for e in events)  # never the original
 
 
-def test_pages_profile_and_destination_forms(world, hub) -> None:  # noqa: ANN001
+def test_pages_profile_and_destination_forms(world, hub) -> None:
     alice = web_client(world["app"], hub, world["alice"])
     page = alice.get("/projects/lung/imaging")
     assert page.status_code == 200
@@ -149,7 +149,7 @@ def test_pages_profile_and_destination_forms(world, hub) -> None:  # noqa: ANN00
     assert form_post(bob, "/projects/lung/imaging/destination", {"ae_title": "X", "port": "2000"}).status_code == 404
 
 
-def test_settings_api_needs_fresh_mfa(world, hub, people) -> None:  # noqa: ANN001
+def test_settings_api_needs_fresh_mfa(world, hub, people) -> None:
     c = world["client"]
     # a token minted long ago is not a fresh second factor
     import datetime as dt
@@ -166,7 +166,7 @@ def test_settings_api_needs_fresh_mfa(world, hub, people) -> None:  # noqa: ANN0
     assert r.status_code in (401, 403) and "multi-factor" in r.json()["detail"]
 
 
-def test_catalogue_entry_of_the_import_dataset_carries_measured_facts(world, hub, tmp_path: Path) -> None:  # noqa: ANN001
+def test_catalogue_entry_of_the_import_dataset_carries_measured_facts(world, hub, tmp_path: Path) -> None:
     c, t = world["client"], world["tokens"]
     dataset_id = c.get("/api/v1/projects/lung/imaging", headers=bearer(t["alice"])).json()["dataset_id"]
     r = c.put(f"/api/v1/datasets/{dataset_id}/catalog", headers=bearer(t["alice"]),
@@ -185,7 +185,7 @@ def test_catalogue_entry_of_the_import_dataset_carries_measured_facts(world, hub
     assert (entry["subjects"], entry["studies"], entry["instances"]) == (3, 6, 7)
 
 
-def test_action_log_per_instance_without_values(world, hub) -> None:  # noqa: ANN001
+def test_action_log_per_instance_without_values(world, hub) -> None:
     c, t = world["client"], world["tokens"]
     inst = instances(hub, "published")[0]
     r = c.get(f"/api/v1/projects/lung/imaging/instances/{inst.id}/actions", headers=bearer(t["sam"]))
@@ -230,7 +230,7 @@ def _with_name_in_descriptors(instance: int) -> bytes:
     return buf.getvalue()
 
 
-def test_allow_list_profile_is_selectable_per_project_and_cleans_kept_descriptors(world, hub,  # noqa: ANN001
+def test_allow_list_profile_is_selectable_per_project_and_cleans_kept_descriptors(world, hub,
                                                                                   tmp_path: Path) -> None:
     import io
 

@@ -27,13 +27,13 @@ MODIFIED = {"retain_longitudinal": "modified"}
 
 
 @pytest.fixture
-def lung(hub, people):  # noqa: ANN001, ANN201
+def lung(hub, people):
     people("alice")
     make_project(hub, profile=MODIFIED)
     return bulk.project_by_slug(hub, "lung")
 
 
-def test_bulk_import_archives_quarantines_rejects_and_publishes(hub, lung, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bulk_import_archives_quarantines_rejects_and_publishes(hub, lung, tmp_path: Path) -> None:
     originals = write_corpus(tmp_path / "in")
     (tmp_path / "in" / "us.dcm").write_bytes(ultrasound())
     (tmp_path / "in" / "notes.txt").write_text("not DICOM at all")  # skipped, not rejected
@@ -103,7 +103,7 @@ def test_bulk_import_archives_quarantines_rejects_and_publishes(hub, lung, tmp_p
         assert keystore.project_secret(t, hub.settings, lung) not in sealed_secret
 
 
-def keystore_pseudonym(hub, project_id, kind: str, original: str) -> str:  # noqa: ANN001
+def keystore_pseudonym(hub, project_id, kind: str, original: str) -> str:
     """Find the pseudonym whose sealed original is ``original`` (what re-identification reverses)."""
     key = keystore.keystore_key(hub.settings)
     with hub.sessions() as s:
@@ -114,7 +114,7 @@ def keystore_pseudonym(hub, project_id, kind: str, original: str) -> str:  # noq
     raise AssertionError(f"no pseudonym for {kind}")
 
 
-def test_rerun_resumes_and_zip_import(hub, lung, tmp_path: Path) -> None:  # noqa: ANN001
+def test_rerun_resumes_and_zip_import(hub, lung, tmp_path: Path) -> None:
     write_corpus(tmp_path / "in", patients=1, studies=1, instances=4)
     first = bulk.run_import(hub, lung, tmp_path / "in", workers=1)
     assert first.archived == 4
@@ -130,7 +130,7 @@ def test_rerun_resumes_and_zip_import(hub, lung, tmp_path: Path) -> None:  # noq
     assert len(instances(hub, "published")) == 8
 
 
-def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None:
     originals = write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
     (tmp_path / "in" / "junk.dcm").write_bytes(next(iter(originals.values()))[:3000])  # damaged DICOM
     env = {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
@@ -148,7 +148,7 @@ def test_cli_import_prints_a_report(hub, lung, settings, tmp_path: Path) -> None
     assert r.returncode == 2 and "no project" in r.stderr
 
 
-def test_killed_bulk_import_resumes_without_loss_or_doubles(hub, lung, settings, tmp_path: Path) -> None:  # noqa: ANN001
+def test_killed_bulk_import_resumes_without_loss_or_doubles(hub, lung, settings, tmp_path: Path) -> None:
     import os
     import signal
     import time
@@ -207,7 +207,7 @@ def _not_dicom_files(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("packed", ["folder", "zip"])
-def test_cli_skips_files_that_are_not_dicom(hub, lung, settings, tmp_path: Path, packed: str) -> None:  # noqa: ANN001
+def test_cli_skips_files_that_are_not_dicom(hub, lung, settings, tmp_path: Path, packed: str) -> None:
     write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
     junk = _not_dicom_files(tmp_path / "in")
     source = tmp_path / "in"

@@ -44,7 +44,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
+def _env(settings, **extra: str) -> dict[str, str]:
     return {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
             "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "PATH": os.environ["PATH"],
             "STRONGROOM_IMAGING__PUBLISH_IDLE_SECONDS": "0.3", "STRONGROOM_IMAGING__REFRESH_SECONDS": "0.3",
@@ -52,7 +52,7 @@ def _env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
 
 
 @contextmanager
-def dicom_serve(settings, port: int, **extra: str) -> Iterator[subprocess.Popen]:  # noqa: ANN001
+def dicom_serve(settings, port: int, **extra: str) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "dicom", "serve", "--workers", "2"],
                             env=_env(settings, **extra), stdout=subprocess.DEVNULL,
                             stderr=open(settings.var_dir / "dicom-serve.log", "ab"))  # noqa: SIM115
@@ -98,7 +98,7 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -109,7 +109,7 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # noqa: 
 
 
 @pytest.fixture
-def destination(hub, people, settings):  # noqa: ANN001, ANN201
+def destination(hub, people, settings):
     people("alice")
     port = free_port()
     make_project(hub, profile=MODIFIED, destination={"ae_title": AET, "port": port},
@@ -117,16 +117,16 @@ def destination(hub, people, settings):  # noqa: ANN001, ANN201
     return port
 
 
-def batches(hub) -> list[ImportBatch]:  # noqa: ANN001
+def batches(hub) -> list[ImportBatch]:
     with hub.sessions() as s:
         return list(s.scalars(select(ImportBatch).order_by(ImportBatch.created_at)))
 
 
-def published_count(hub) -> int:  # noqa: ANN001
+def published_count(hub) -> int:
     return len(instances(hub, "published"))
 
 
-def test_storescu_sends_twice_consistent_pseudonyms_leak_free_valid_dicom(hub, settings, destination,  # noqa: ANN001
+def test_storescu_sends_twice_consistent_pseudonyms_leak_free_valid_dicom(hub, settings, destination,
                                                                          tmp_path: Path) -> None:
     originals = write_corpus(tmp_path / "first", patients=2, studies=1, instances=3)
     write_corpus(tmp_path / "second", patients=2, studies=2, instances=3)
@@ -178,14 +178,14 @@ def test_storescu_sends_twice_consistent_pseudonyms_leak_free_valid_dicom(hub, s
     assert not re.search(r"^Error", check.stderr, re.M), check.stderr
 
 
-def _associate(port: int, *, aet: str = SENDER, aec: str = AET, bind: str = "127.0.0.1"):  # noqa: ANN202
+def _associate(port: int, *, aet: str = SENDER, aec: str = AET, bind: str = "127.0.0.1"):
     ae = AE(ae_title=aet)
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage)
     return ae.associate("127.0.0.1", port, ae_title=aec, bind_address=(bind, 0))
 
 
-def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -> None:  # noqa: ANN001
+def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -> None:
     metrics_port = free_port()
     with dicom_serve(settings, destination, STRONGROOM_IMAGING__METRICS_PORT=str(metrics_port)):
         allowed = _associate(destination)
@@ -208,7 +208,7 @@ def test_unlisted_senders_are_rejected_and_audited(hub, settings, destination) -
     assert {d.details["address"] for d in denied} == {"127.0.0.1", "127.0.0.2"}
 
 
-def test_malformed_objects_get_failure_status_and_the_scp_keeps_serving(hub, settings, destination,  # noqa: ANN001
+def test_malformed_objects_get_failure_status_and_the_scp_keeps_serving(hub, settings, destination,
                                                                          tmp_path: Path) -> None:
     good = write_corpus(tmp_path / "good", patients=1, studies=1, instances=2)
     sample = next(iter(good.values()))
@@ -265,7 +265,7 @@ def test_malformed_objects_get_failure_status_and_the_scp_keeps_serving(hub, set
             assert patient_id not in archived_bytes(hub, inst.file_id)
 
 
-def test_ultrasound_goes_to_quarantine_then_review(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ultrasound_goes_to_quarantine_then_review(hub, settings, destination, tmp_path: Path) -> None:
     (tmp_path / "us.dcm").write_bytes(ultrasound())
     write_corpus(tmp_path / "ct", patients=1, studies=1, instances=1)
     with dicom_serve(settings, destination):
@@ -277,7 +277,7 @@ def test_ultrasound_goes_to_quarantine_then_review(hub, settings, destination, t
     assert any("ultrasound" in reason for reason in held[0].reasons)
 
 
-def test_killing_the_destination_loses_nothing_acknowledged(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+def test_killing_the_destination_loses_nothing_acknowledged(hub, settings, destination, tmp_path: Path) -> None:
     write_corpus(tmp_path / "in", patients=2, studies=2, series=2, instances=10)  # 80 instances
     files = sorted((tmp_path / "in").iterdir())
     with dicom_serve(settings, destination) as proc:
@@ -324,7 +324,7 @@ PROPOSE = {  # transfer syntax → the storescu option proposing it
 }
 
 
-def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_path: Path) -> None:
     """pydicom's bundled test files (many vendors, transfer syntaxes, sequences, private tags): what the
     destination accepts is leak-free against the original; what it refuses gets a failure status."""
     from pydicom.data import get_testdata_files
@@ -339,7 +339,7 @@ def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_pat
             for _ in ds.iterall():
                 pass
             sop = ds.SOPInstanceUID
-        except Exception:  # noqa: BLE001 - only files pydicom itself reads
+        except Exception:  # only files pydicom itself reads
             continue
         if data[128:132] != b"DICM" or "DirectoryRecordSequence" in ds or sop in originals:
             continue
@@ -387,7 +387,7 @@ def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_pat
     assert checked == acked
 
 
-def test_an_aborted_association_still_closes_its_batch(hub, settings, destination, tmp_path: Path) -> None:  # noqa: ANN001
+def test_an_aborted_association_still_closes_its_batch(hub, settings, destination, tmp_path: Path) -> None:
     originals = write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
     with dicom_serve(settings, destination):
         ae = AE(ae_title=SENDER)
@@ -412,7 +412,7 @@ COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-d
 
 
 @pytest.mark.parametrize("combine", [False, True], ids=["context-per-syntax", "combined-proposal"])
-def test_compressed_syntaxes_are_accepted_and_pixel_data_kept_byte_for_byte(hub, settings, destination,  # noqa: ANN001
+def test_compressed_syntaxes_are_accepted_and_pixel_data_kept_byte_for_byte(hub, settings, destination,
                                                                              tmp_path: Path, combine: bool) -> None:
     """Every standard compressed syntax is accepted as sent (the destination never asks for a
     decompressed copy, so a sender need not be able to decompress), de-identified without touching the

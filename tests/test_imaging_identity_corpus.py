@@ -112,7 +112,7 @@ def plant(case: Case, instance: int) -> bytes:
     return buf.getvalue()
 
 
-class _ignore_validation:  # noqa: N801 - a context manager
+class _ignore_validation:  # a context manager
     def __enter__(self) -> None:
         self.before = pydicom_config.settings.writing_validation_mode
         pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
@@ -138,13 +138,13 @@ def test_national_id_pattern() -> None:
 
 
 @pytest.fixture
-def keeping(hub, people):  # noqa: ANN001, ANN201
+def keeping(hub, people):
     people("alice")
     make_project(hub, profile=KEEPING)
     return bulk.project_by_slug(hub, "lung")
 
 
-def test_planted_identifiers_in_kept_attributes_are_quarantined(hub, keeping, tmp_path: Path) -> None:  # noqa: ANN001
+def test_planted_identifiers_in_kept_attributes_are_quarantined(hub, keeping, tmp_path: Path) -> None:
     base = pydicom.dcmread(io.BytesIO(synthetic.make_ct(0, 0, 0, 0, rows=16, columns=16)))
     table = cases(base)
     covered = {c.vr for c in table}
@@ -174,7 +174,7 @@ def test_planted_identifiers_in_kept_attributes_are_quarantined(hub, keeping, tm
             assert secret.lower() not in reason.lower(), reason
 
 
-def test_ae_and_pn_values_never_survive(hub, keeping, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ae_and_pn_values_never_survive(hub, keeping, tmp_path: Path) -> None:
     """No profile keeps an AE or PN attribute: a planted identifier is replaced or removed, at any depth."""
     base = pydicom.dcmread(io.BytesIO(synthetic.make_ct(0, 0, 0, 0, rows=16, columns=16)))
     family = str(base.PatientName).split("^")[0]

@@ -39,7 +39,7 @@ OUT_OF_RANGE = [INT64_MAX + 1, 2**64, 10**30, INT64_MIN - 1]
 
 
 @pytest.fixture
-def world(app, hub, people):  # noqa: ANN001, ANN201
+def world(app, hub, people):
     admin = people("root", admin=True)
     with transaction(hub.sessions) as s:
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="root", ethics_ref="E1",
@@ -56,7 +56,7 @@ def _is_int(annotation: Any) -> bool:
     return annotation is int
 
 
-def _int_params(app) -> list[tuple[str, str, str, str, bool]]:  # noqa: ANN001
+def _int_params(app) -> list[tuple[str, str, str, str, bool]]:
     """(method, path template, parameter name, where, in the API schema) for every int path/query
     parameter of every route."""
     found = []
@@ -82,7 +82,7 @@ def _fill(template: str, name: str, value: int) -> str:
     return template.format(**parts)
 
 
-def test_every_route_with_an_int_parameter_is_enumerated(app):  # noqa: ANN001
+def test_every_route_with_an_int_parameter_is_enumerated(app):
     """The sweep below is only as good as its list: it must see the parameters the issue named."""
     names = {(path, name) for _, path, name, _, _ in _int_params(app)}
     for expected in [("/api/v1/me/audit", "before"), ("/api/v1/admin/audit", "before"),
@@ -97,7 +97,7 @@ def test_every_route_with_an_int_parameter_is_enumerated(app):  # noqa: ANN001
 
 
 @pytest.mark.parametrize("value", OUT_OF_RANGE)
-def test_integers_beyond_64_bits_in_any_path_or_query_are_422(app, hub, client, world, value):  # noqa: ANN001
+def test_integers_beyond_64_bits_in_any_path_or_query_are_422(app, hub, client, world, value):
     api = client
     api.headers.update(bearer(world["token"]))
     page = web_client(app, hub, world["admin"])
@@ -117,7 +117,7 @@ def test_integers_beyond_64_bits_in_any_path_or_query_are_422(app, hub, client, 
 
 
 @pytest.mark.parametrize("value", [INT32_MAX + 1, INT64_MAX, INT32_MIN - 1])
-def test_integers_within_64_bits_in_any_path_or_query_never_give_a_server_error(app, hub, client, world, value):  # noqa: ANN001
+def test_integers_within_64_bits_in_any_path_or_query_never_give_a_server_error(app, hub, client, world, value):
     """Some columns are 32-bit (version, part and image numbers): a value the schema allows must still
     be answered (404, 422), never reach the driver out of range."""
     client.headers.update(bearer(world["token"]))
@@ -145,7 +145,7 @@ def test_integers_within_64_bits_in_any_path_or_query_never_give_a_server_error(
     ("POST", "/api/v1/projects/lung/datasets", {"title": "t", "files": ["SRF-\u0000"]}),
     ("PUT", "/api/v1/projects/lung/settings/egress_destinations", {"value": [{"name": "\u0000", "url": "https://x"}]}),
 ])
-def test_a_nul_character_anywhere_is_422(client, world, method, path, body):  # noqa: ANN001
+def test_a_nul_character_anywhere_is_422(client, world, method, path, body):
     """PostgreSQL text cannot hold U+0000: it is refused as input, on SQLite too, before any query."""
     r = client.request(method, path, content=None if body is None else json.dumps(body),
                        headers={**bearer(world["token"]), "content-type": "application/json"})
@@ -164,7 +164,7 @@ def _integer_schemas(node: Any, where: str = "") -> typing.Iterator[tuple[str, d
             yield from _integer_schemas(value, f"{where}[{i}]")
 
 
-def _body_models(app) -> set[type[BaseModel]]:  # noqa: ANN001
+def _body_models(app) -> set[type[BaseModel]]:
     models = set()
     for route in iter_route_contexts(app.routes):
         if isinstance(route.original_route, APIRoute):
@@ -175,7 +175,7 @@ def _body_models(app) -> set[type[BaseModel]]:  # noqa: ANN001
     return models
 
 
-def test_every_integer_a_request_body_carries_is_bounded_to_64_bits(app):  # noqa: ANN001
+def test_every_integer_a_request_body_carries_is_bounded_to_64_bits(app):
     models = _body_models(app)
     assert len(models) > 20
     unbounded = [f"{model.__name__}{where}" for model in models
@@ -192,7 +192,7 @@ def test_every_integer_a_request_body_carries_is_bounded_to_64_bits(app):  # noq
     ("POST", "/api/v1/projects/lung/uploads", {"path": "a.dcm", "size": 2**64}),
     ("POST", "/api/v1/projects/lung/imaging/quarantine/review", {"instance_ids": [2**64], "decision": "approve"}),
 ])
-def test_integers_beyond_64_bits_in_a_body_are_422(client, world, method, path, body):  # noqa: ANN001
+def test_integers_beyond_64_bits_in_a_body_are_422(client, world, method, path, body):
     r = client.request(method, path, json=body, headers=bearer(world["token"]))
     assert r.status_code == 422, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -203,7 +203,7 @@ def test_integers_beyond_64_bits_in_a_body_are_422(client, world, method, path, 
     {"quota_bytes": False}, {"quota_bytes": "5"}, {"quota_bytes": 5.5},
     {"name": 5}, {"status": 1},
 ])
-def test_a_body_value_of_the_wrong_json_type_is_422_and_changes_nothing(client, world, change):  # noqa: ANN001
+def test_a_body_value_of_the_wrong_json_type_is_422_and_changes_nothing(client, world, change):
     """The document says integer, boolean, YYYY-MM-DD: the hub takes values as sent, never coerced."""
     before = client.get("/api/v1/admin/projects", headers=bearer(world["token"])).json()
     r = client.patch("/api/v1/admin/projects/lung", json=change, headers=bearer(world["token"]))
@@ -216,7 +216,7 @@ def test_a_body_value_of_the_wrong_json_type_is_422_and_changes_nothing(client, 
                              "password": "correct horse battery staple", "is_admin": 0}),
     ("/api/v1/projects/lung/datasets", {"title": 5}),
 ])
-def test_a_number_is_not_a_boolean_nor_a_text(client, world, path, body):  # noqa: ANN001
+def test_a_number_is_not_a_boolean_nor_a_text(client, world, path, body):
     r = client.post(path, json=body, headers=bearer(world["token"]))
     assert r.status_code == 422, r.text
 
@@ -227,7 +227,7 @@ AWKWARD_NAMES = ["漢字.dcm", 'say "cheese".dcm', "a;b=c.dcm", "cr\rlf\nname.dc
 
 
 @pytest.mark.parametrize("name", AWKWARD_NAMES)
-def test_content_disposition_is_rfc_6266_for_any_name(name):  # noqa: ANN001
+def test_content_disposition_is_rfc_6266_for_any_name(name):
     value = content_disposition(name)
     value.encode("latin-1")  # a header must be encodable, or the server fails while sending it
     assert "\r" not in value and "\n" not in value
@@ -241,7 +241,7 @@ def test_content_disposition_is_rfc_6266_for_any_name(name):  # noqa: ANN001
 
 
 @pytest.fixture
-def live(app, hub, world, settings):  # noqa: ANN001, ANN201
+def live(app, hub, world, settings):
     """A hub on a loopback port with one archived file per awkward name, in a released dataset."""
     port = free_port()
     ensure_key(hub)
@@ -270,7 +270,7 @@ def live(app, hub, world, settings):  # noqa: ANN001, ANN201
         yield c, ids
 
 
-def test_a_download_of_a_file_with_any_name_succeeds_with_its_exact_name(live):  # noqa: ANN001
+def test_a_download_of_a_file_with_any_name_succeeds_with_its_exact_name(live):
     c, ids = live
     for name, file_id in ids.items():
         r = c.get(f"/api/v1/files/{file_id}/content")
@@ -288,14 +288,14 @@ def test_a_download_of_a_file_with_any_name_succeeds_with_its_exact_name(live): 
     ("DELETE", "/healthz", {"GET"}),
     ("POST", "/catalog", {"GET"}),
 ])
-def test_405_names_every_allowed_method(client, world, method, path, allowed):  # noqa: ANN001
+def test_405_names_every_allowed_method(client, world, method, path, allowed):
     r = client.request(method, path, headers=bearer(world["token"]))
     assert r.status_code == 405
     assert allowed <= {m.strip() for m in r.headers["allow"].split(",")}, r.headers.get("allow")
     assert method not in r.headers["allow"]
 
 
-def test_401_names_the_bearer_scheme(client):  # noqa: ANN001
+def test_401_names_the_bearer_scheme(client):
     r = client.get("/api/v1/me")
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")

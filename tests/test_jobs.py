@@ -21,7 +21,7 @@ from strongroom.jobs.runner import Runner
 TESTS = Path(__file__).parent
 
 
-def _worker_env(settings, name: str) -> dict[str, str]:  # noqa: ANN001
+def _worker_env(settings, name: str) -> dict[str, str]:
     return {**os.environ,
             "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "STRONGROOM_DATABASE_URL": settings.effective_database_url,
@@ -33,12 +33,12 @@ def _worker_env(settings, name: str) -> dict[str, str]:  # noqa: ANN001
             "STRONGROOM_JOBS__EMBEDDED": "false"}
 
 
-def _start_worker(settings, name: str) -> subprocess.Popen:  # noqa: ANN001
+def _start_worker(settings, name: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "strongroom.cli", "worker", "--name", name],
                             env=_worker_env(settings, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _wait(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -48,12 +48,12 @@ def _wait(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
     raise AssertionError("condition not met in time")
 
 
-def _job(hub, job_id: int) -> Job:  # noqa: ANN001
+def _job(hub, job_id: int) -> Job:
     with hub.sessions() as s:
         return s.get(Job, job_id)
 
 
-def test_killed_worker_job_is_taken_over_and_done_once(hub, settings):  # noqa: ANN001
+def test_killed_worker_job_is_taken_over_and_done_once(hub, settings):
     with transaction(hub.sessions) as s:
         job_id = service.enqueue(s, "test.mark", {"name": "slow", "seconds": 4}).id
     a = _start_worker(settings, "worker-a")
@@ -76,7 +76,7 @@ def test_killed_worker_job_is_taken_over_and_done_once(hub, settings):  # noqa: 
                 p.wait(10)
 
 
-def test_two_workers_share_a_queue_without_double_claims(hub, settings):  # noqa: ANN001
+def test_two_workers_share_a_queue_without_double_claims(hub, settings):
     with transaction(hub.sessions) as s:
         ids = [service.enqueue(s, "test.mark", {"name": f"n{i}", "seconds": 0.05}).id for i in range(24)]
     workers = [_start_worker(settings, f"w{i}") for i in range(2)]
@@ -94,7 +94,7 @@ def test_two_workers_share_a_queue_without_double_claims(hub, settings):  # noqa
             p.wait(10)
 
 
-def test_dedup_key_enqueues_once(hub):  # noqa: ANN001
+def test_dedup_key_enqueues_once(hub):
     with transaction(hub.sessions) as s:
         first = service.enqueue(s, "test.mark", {"name": "x"}, dedup_key="same")
         second = service.enqueue(s, "test.mark", {"name": "y"}, dedup_key="same")
@@ -102,7 +102,7 @@ def test_dedup_key_enqueues_once(hub):  # noqa: ANN001
         assert s.scalar(select(Job).where(Job.dedup_key == "same")).payload == {"name": "x"}
 
 
-def test_failing_job_retries_with_backoff_then_fails(hub, settings):  # noqa: ANN001
+def test_failing_job_retries_with_backoff_then_fails(hub, settings):
     sys.path.insert(0, str(TESTS))
     runner = Runner(hub, lease_seconds=5, extra_modules=["support.jobs_for_tests"], name="inline")
     with transaction(hub.sessions) as s:
@@ -117,7 +117,7 @@ def test_failing_job_retries_with_backoff_then_fails(hub, settings):  # noqa: AN
     assert j.status == "failed" and j.attempts == 2
 
 
-def test_builtin_periodic_jobs_run(hub):  # noqa: ANN001
+def test_builtin_periodic_jobs_run(hub):
     runner = Runner(hub, lease_seconds=5, name="inline")
     runner.schedule_periodic()
     runner.schedule_periodic()  # the same period: nothing new
@@ -132,7 +132,7 @@ def test_builtin_periodic_jobs_run(hub):  # noqa: ANN001
         assert verified is not None and verified.outcome == "ok"
 
 
-def test_finished_jobs_are_pruned_after_their_retention(hub):  # noqa: ANN001
+def test_finished_jobs_are_pruned_after_their_retention(hub):
     """Done jobs go after `keep_done_days`, failed ones after `keep_failed_days`; queued and running
     jobs, and recent ones, stay."""
     now = dt.datetime.now(dt.UTC)

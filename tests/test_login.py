@@ -12,12 +12,12 @@ from strongroom.audit import service as audit
 from strongroom.identity.models import WebSession
 
 
-def _events(hub, action: str):  # noqa: ANN001, ANN202
+def _events(hub, action: str):
     with hub.sessions() as s:
         return audit.query(s, action_prefix=action, limit=100)
 
 
-def test_first_login_forces_totp_enrolment_then_second_factor_on_next_login(app, hub, people):  # noqa: ANN001
+def test_first_login_forces_totp_enrolment_then_second_factor_on_next_login(app, hub, people):
     alice = people("alice", mfa=False)
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     r = form_post(c, "/login", {"username": "alice", "password": PASSWORD})
@@ -54,7 +54,7 @@ def test_first_login_forces_totp_enrolment_then_second_factor_on_next_login(app,
     assert any(e.outcome == "ok" for e in _events(hub, "mfa.enrol"))
 
 
-def test_recovery_code_works_once(app, hub, people):  # noqa: ANN001
+def test_recovery_code_works_once(app, hub, people):
     bob = people("bob")
     with hub.sessions() as s:
         from strongroom.identity import service
@@ -70,7 +70,7 @@ def test_recovery_code_works_once(app, hub, people):  # noqa: ANN001
     assert form_post(c2, "/login/mfa", {"code": codes[0]}).status_code == 401
 
 
-def test_wrong_password_is_throttled_and_audited(app, hub, people):  # noqa: ANN001
+def test_wrong_password_is_throttled_and_audited(app, hub, people):
     people("carol")
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     for _ in range(5):
@@ -85,7 +85,7 @@ def test_wrong_password_is_throttled_and_audited(app, hub, people):  # noqa: ANN
     assert r.status_code == 401 and "wrong username or password" in r.text
 
 
-def test_forms_without_csrf_token_are_refused(app, people):  # noqa: ANN001
+def test_forms_without_csrf_token_are_refused(app, people):
     people("dave")
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     r = c.post("/login", data={"username": "dave", "password": PASSWORD}, follow_redirects=False)
@@ -96,7 +96,7 @@ def test_forms_without_csrf_token_are_refused(app, people):  # noqa: ANN001
     assert r.status_code == 403
 
 
-def test_session_cookie_flags_and_logout(app, hub, people):  # noqa: ANN001
+def test_session_cookie_flags_and_logout(app, hub, people):
     erin = people("erin")
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     r = form_post(c, "/login", {"username": "erin", "password": PASSWORD})
@@ -115,7 +115,7 @@ def test_session_cookie_flags_and_logout(app, hub, people):  # noqa: ANN001
         assert s.scalar(select(WebSession)) is None
 
 
-def test_open_redirect_is_not_possible(app, people):  # noqa: ANN001
+def test_open_redirect_is_not_possible(app, people):
     frank = people("frank")
     c = TestClient(app, base_url="http://127.0.0.1:8000")
     form_post(c, "/login", {"username": "frank", "password": PASSWORD, "next": "https://evil.example/"})
@@ -123,7 +123,7 @@ def test_open_redirect_is_not_possible(app, people):  # noqa: ANN001
     assert r.headers["location"] == "/projects"
 
 
-def test_totp_enrolment_uri_names_the_hub(hub, people):  # noqa: ANN001
+def test_totp_enrolment_uri_names_the_hub(hub, people):
     gina = people("gina", mfa=False)
     from strongroom.identity import service
     from strongroom.identity.models import User

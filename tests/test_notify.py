@@ -44,7 +44,7 @@ class Mailbox:
     logins: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd hook
         raw = envelope.original_content or envelope.content
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         with self.lock:
@@ -56,8 +56,8 @@ class Mailbox:
         return [m for m in self.messages if m["To"] == address]
 
 
-def _authenticator(box: Mailbox):  # noqa: ANN202
-    def check(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
+def _authenticator(box: Mailbox):
+    def check(server, session, envelope, mechanism, auth_data):
         ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"hub"
               and auth_data.password == b"s3cret")
         if ok:
@@ -68,7 +68,7 @@ def _authenticator(box: Mailbox):  # noqa: ANN202
 
 
 @pytest.fixture
-def smtp():  # noqa: ANN201
+def smtp():
     box = Mailbox(port=free_port())
     controller = Controller(box, hostname="127.0.0.1", port=box.port, authenticator=_authenticator(box),
                             auth_require_tls=False, auth_required=False)
@@ -78,16 +78,16 @@ def smtp():  # noqa: ANN201
 
 
 @pytest.fixture
-def settings(settings, smtp):  # noqa: ANN001, ANN201
+def settings(settings, smtp):
     return settings.model_copy(update={"notify": NotifySettings(
         host="127.0.0.1", port=smtp.port, starttls=False, from_address="hub@strongroom.test")})
 
 
-def _drain(hub) -> int:  # noqa: ANN001
+def _drain(hub) -> int:
     return Runner(hub, lease_seconds=10, name="test").run_until_idle()
 
 
-def _run_job(hub, kind: str, payload: dict | None = None) -> dict:  # noqa: ANN001
+def _run_job(hub, kind: str, payload: dict | None = None) -> dict:
     with transaction(hub.sessions) as s:
         job_id = jobs.enqueue(s, kind, payload or {}).id
     _drain(hub)
@@ -102,7 +102,7 @@ CONTEXT = {"application_id": "SRA-TEST", "dataset": "Chest CT 2024", "name": "Ca
            "days_left": 14}
 
 
-def test_every_template_arrives_with_its_subject_and_recipient(hub, smtp):  # noqa: ANN001
+def test_every_template_arrives_with_its_subject_and_recipient(hub, smtp):
     expected = {
         "application_submitted": "New application SRA-TEST for Chest CT 2024",
         "application_approved": "Approved: your application SRA-TEST",
@@ -132,7 +132,7 @@ def test_every_template_arrives_with_its_subject_and_recipient(hub, smtp):  # no
     assert "Hello Carol," in rejected
 
 
-def test_mail_is_queued_with_the_transaction_and_retried_when_smtp_is_down(hub, smtp, settings):  # noqa: ANN001
+def test_mail_is_queued_with_the_transaction_and_retried_when_smtp_is_down(hub, smtp, settings):
     with pytest.raises(RuntimeError), transaction(hub.sessions) as s:
         notify.enqueue_email(s, to="rolled@example.org", template="remark", context=CONTEXT)
         raise RuntimeError("the action failed")
@@ -153,7 +153,7 @@ def test_mail_is_queued_with_the_transaction_and_retried_when_smtp_is_down(hub, 
     assert [m["To"] for m in smtp.messages] == ["later@example.org"]
 
 
-def test_smtp_login_and_logged_delivery_without_a_host(hub, smtp, settings):  # noqa: ANN001
+def test_smtp_login_and_logged_delivery_without_a_host(hub, smtp, settings):
     authed = NotifySettings.model_validate({**settings.notify.model_dump(), "username": "hub",
                                             "password": "s3cret"})
     msg = notify.build_message(settings, "a@example.org", "Hi", "Body\n", "k1")
@@ -169,7 +169,7 @@ def test_smtp_login_and_logged_delivery_without_a_host(hub, smtp, settings):  # 
     assert len(smtp.messages) == 1
 
 
-def test_handlers_in_daily_mode_get_one_digest(hub, smtp, people, client):  # noqa: ANN001
+def test_handlers_in_daily_mode_get_one_digest(hub, smtp, people, client):
     hana = people("hana", email="hana@example.org")
     api = bearer(token_for(hub, hana))
     assert client.get("/api/v1/me/notifications", headers=api).json() == {"mode": "immediate"}
@@ -206,7 +206,7 @@ def test_handlers_in_daily_mode_get_one_digest(hub, smtp, people, client):  # no
         assert changed is not None and changed.details == {"mode": "daily"}
 
 
-def test_entitlement_reminders_go_out_once_and_expiry_is_notified_once(hub, smtp, people):  # noqa: ANN001
+def test_entitlement_reminders_go_out_once_and_expiry_is_notified_once(hub, smtp, people):
     alice, carol = people("alice"), people("carol", email="carol@example.org")
     now = dt.datetime.now(dt.UTC)
     with transaction(hub.sessions) as s:
@@ -218,7 +218,7 @@ def test_entitlement_reminders_go_out_once_and_expiry_is_notified_once(hub, smtp
             s.add(Dataset(id=ds_id, project_id=project.id, title=title, created_by=alice.user.id))
         s.flush()
 
-        def ent(ds: str, starts: float, ends: float, **kw) -> uuid.UUID:  # noqa: ANN003
+        def ent(ds: str, starts: float, ends: float, **kw) -> uuid.UUID:
             e = Entitlement(user_id=carol.user.id, dataset_id=ds, version=None,
                             starts_at=now + dt.timedelta(days=starts), ends_at=now + dt.timedelta(days=ends),
                             **kw)

@@ -51,7 +51,7 @@ def provider() -> Iterator:
 
 
 @pytest.fixture
-def settings(settings: Settings, provider) -> Settings:  # noqa: ANN001 - overrides conftest's
+def settings(settings: Settings, provider) -> Settings:  # overrides conftest's
     """conftest's settings plus our OpenID Provider; ``app``, ``hub`` and ``client`` build on it."""
     configured = settings.model_copy(update={
         "base_url": BASE_URL,
@@ -62,7 +62,7 @@ def settings(settings: Settings, provider) -> Settings:  # noqa: ANN001 - overri
     return configured
 
 
-def test_settings_accept_oidc_as_plain_data(settings: Settings, provider) -> None:  # noqa: ANN001
+def test_settings_accept_oidc_as_plain_data(settings: Settings, provider) -> None:
     """The same configuration given the way the TOML file / environment give it (nested data)."""
     s = Settings(var_dir=settings.var_dir, database_url=settings.database_url, base_url=BASE_URL,
                  oidc={"issuer": provider.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
@@ -72,11 +72,11 @@ def test_settings_accept_oidc_as_plain_data(settings: Settings, provider) -> Non
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def new_browser(app) -> TestClient:  # noqa: ANN001
+def new_browser(app) -> TestClient:
     return TestClient(app, base_url=BASE_URL)
 
 
-def start_login(browser: TestClient, provider, next_url: str = "/projects") -> str:  # noqa: ANN001
+def start_login(browser: TestClient, provider, next_url: str = "/projects") -> str:
     """Our login route: returns the provider's authorize URL it redirected to."""
     r = browser.get("/auth/oidc/login", params={"next": next_url}, follow_redirects=False)
     assert r.status_code == 303, r.text
@@ -85,7 +85,7 @@ def start_login(browser: TestClient, provider, next_url: str = "/projects") -> s
     return location
 
 
-def provider_redirect(authorize_url: str, login: str, *, mfa: bool, **claims) -> str:  # noqa: ANN003
+def provider_redirect(authorize_url: str, login: str, *, mfa: bool, **claims) -> str:
     """Log in at the provider (a fresh provider session each time); the URL it sends the browser to."""
     with httpx.Client(timeout=15, trust_env=False) as op_browser:
         final = complete_login(op_browser, authorize_url, login=login, mfa=mfa, **claims)
@@ -96,35 +96,35 @@ def provider_redirect(authorize_url: str, login: str, *, mfa: bool, **claims) ->
     return back
 
 
-def oidc_login(app, provider, login: str, *, mfa: bool, next_url: str = "/projects",  # noqa: ANN001
-               browser: TestClient | None = None, **claims) -> tuple[TestClient, httpx.Response]:  # noqa: ANN003
+def oidc_login(app, provider, login: str, *, mfa: bool, next_url: str = "/projects",
+               browser: TestClient | None = None, **claims) -> tuple[TestClient, httpx.Response]:
     """The whole browser round trip; returns the browser and our callback's response."""
     browser = browser or new_browser(app)
     back = provider_redirect(start_login(browser, provider, next_url), login, mfa=mfa, **claims)
     return browser, browser.get(back, follow_redirects=False)
 
 
-def events(hub, action: str) -> list[AuditEvent]:  # noqa: ANN001
+def events(hub, action: str) -> list[AuditEvent]:
     with hub.sessions() as s:
         return list(s.scalars(select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.seq)))
 
 
-def users_for(hub, issuer: str, subject: str) -> list[User]:  # noqa: ANN001
+def users_for(hub, issuer: str, subject: str) -> list[User]:
     with hub.sessions() as s:
         return list(s.scalars(select(User).where(User.issuer == issuer, User.subject == subject)))
 
 
-def sessions_of(hub, user_id: uuid.UUID) -> list[WebSession]:  # noqa: ANN001
+def sessions_of(hub, user_id: uuid.UUID) -> list[WebSession]:
     with hub.sessions() as s:
         return list(s.scalars(select(WebSession).where(WebSession.user_id == user_id)))
 
 
-def pending_states(hub) -> int:  # noqa: ANN001
+def pending_states(hub) -> int:
     with hub.sessions() as s:
         return s.scalar(select(func.count()).select_from(OidcLoginState))
 
 
-def add_project(hub, slug: str, pi: uuid.UUID) -> None:  # noqa: ANN001
+def add_project(hub, slug: str, pi: uuid.UUID) -> None:
     with transaction(hub.sessions) as s:
         create_project(s, Actor.system("t"), slug=slug, name=f"Project {slug}", pi=str(pi),
                        ethics_ref="Dnr 2026-0001", end_date=dt.date.today() + dt.timedelta(days=365))
@@ -140,7 +140,7 @@ def assert_no_session(response: httpx.Response, browser: TestClient) -> None:
 
 
 # -- 1. multi-factor login ---------------------------------------------------------------------
-def test_authorization_request_uses_pkce_nonce_state_and_asks_for_mfa(app, hub, provider) -> None:  # noqa: ANN001
+def test_authorization_request_uses_pkce_nonce_state_and_asks_for_mfa(app, hub, provider) -> None:
     browser = new_browser(app)
     url = start_login(browser, provider)
     parts = urlsplit(url)
@@ -168,7 +168,7 @@ def test_authorization_request_uses_pkce_nonce_state_and_asks_for_mfa(app, hub, 
     assert again["code_challenge"] != query["code_challenge"]
 
 
-def test_mfa_login_creates_user_from_claims_and_starts_an_mfa_session(app, hub, provider) -> None:  # noqa: ANN001
+def test_mfa_login_creates_user_from_claims_and_starts_an_mfa_session(app, hub, provider) -> None:
     browser, r = oidc_login(app, provider, "ada", mfa=True, name="Ada Lovelace", email="ada@uni.example",
                             affiliation=["member@uni.example", "staff@uni.example"])
     assert r.status_code == 303, r.text
@@ -211,14 +211,14 @@ def test_mfa_login_creates_user_from_claims_and_starts_an_mfa_session(app, hub, 
     assert browser2.get("/projects", follow_redirects=False).status_code == 200
 
 
-def test_mfa_login_follows_next_and_refuses_offsite_next(app, hub, provider) -> None:  # noqa: ANN001
+def test_mfa_login_follows_next_and_refuses_offsite_next(app, hub, provider) -> None:
     _, r = oidc_login(app, provider, "grace", mfa=True, next_url="/account")
     assert r.status_code == 303 and r.headers["location"] == "/account"
     _, r = oidc_login(app, provider, "grace", mfa=True, next_url="//evil.example/x")
     assert r.status_code == 303 and r.headers["location"] == "/projects"
 
 
-def test_same_subject_at_another_issuer_is_another_user(app, hub, provider) -> None:  # noqa: ANN001
+def test_same_subject_at_another_issuer_is_another_user(app, hub, provider) -> None:
     """Users are keyed by (issuer, subject): a local or other-issuer 'ada' is not this one."""
     with transaction(hub.sessions) as s:
         s.add(User(issuer="https://other-idp.example", subject="ada", display_name="Other Ada"))
@@ -230,7 +230,7 @@ def test_same_subject_at_another_issuer_is_another_user(app, hub, provider) -> N
 
 
 # -- 2. a data role needs MFA ------------------------------------------------------------------
-def test_single_factor_login_is_refused_for_a_project_member(app, hub, provider) -> None:  # noqa: ANN001
+def test_single_factor_login_is_refused_for_a_project_member(app, hub, provider) -> None:
     _, first = oidc_login(app, provider, "bob", mfa=True)
     assert first.status_code == 303
     (bob,) = users_for(hub, provider.issuer, "bob")
@@ -261,7 +261,7 @@ def test_single_factor_login_is_refused_for_a_project_member(app, hub, provider)
     assert ok.status_code == 303 and SESSION_COOKIE in ok.cookies
 
 
-def test_single_factor_login_is_refused_for_an_admin(app, hub, provider) -> None:  # noqa: ANN001
+def test_single_factor_login_is_refused_for_an_admin(app, hub, provider) -> None:
     oidc_login(app, provider, "root", mfa=True)
     (root,) = users_for(hub, provider.issuer, "root")
     with transaction(hub.sessions) as s:
@@ -272,7 +272,7 @@ def test_single_factor_login_is_refused_for_an_admin(app, hub, provider) -> None
     assert events(hub, "login.oidc")[-1].outcome == "denied"
 
 
-def test_disabled_account_is_refused(app, hub, provider) -> None:  # noqa: ANN001
+def test_disabled_account_is_refused(app, hub, provider) -> None:
     oidc_login(app, provider, "eve", mfa=True)
     (eve,) = users_for(hub, provider.issuer, "eve")
     with transaction(hub.sessions) as s:
@@ -285,7 +285,7 @@ def test_disabled_account_is_refused(app, hub, provider) -> None:  # noqa: ANN00
 
 
 # -- 3. single factor without a data role ------------------------------------------------------
-def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, provider) -> None:  # noqa: ANN001
+def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, provider) -> None:
     browser, r = oidc_login(app, provider, "carol", mfa=False, email="carol@uni.example")
     assert r.status_code == 303 and r.headers["location"] == "/projects"
     assert SESSION_COOKIE in r.cookies
@@ -342,7 +342,7 @@ def test_single_factor_login_without_data_role_sees_no_project_data(app, hub, pr
 
 
 # -- 4. state: unknown, forged, replayed -------------------------------------------------------
-def test_callback_with_unknown_or_missing_state_is_refused(app, hub, provider) -> None:  # noqa: ANN001
+def test_callback_with_unknown_or_missing_state_is_refused(app, hub, provider) -> None:
     browser = new_browser(app)
     start_login(browser, provider)  # a real pending login exists; a forged state must not match it
     for query in ("?state=forged-state-value&code=abc", "?code=abc", "?state=&code=abc", ""):
@@ -355,7 +355,7 @@ def test_callback_with_unknown_or_missing_state_is_refused(app, hub, provider) -
     assert events(hub, "login.oidc") == []
 
 
-def test_callback_with_a_real_code_but_another_browsers_state_is_refused(app, hub, provider) -> None:  # noqa: ANN001
+def test_callback_with_a_real_code_but_another_browsers_state_is_refused(app, hub, provider) -> None:
     """A code obtained for one login cannot be redeemed under another login's state (PKCE/nonce)."""
     victim = new_browser(app)
     victim_authorize = start_login(victim, provider)
@@ -370,7 +370,7 @@ def test_callback_with_a_real_code_but_another_browsers_state_is_refused(app, hu
     assert users_for(hub, provider.issuer, "mallory") == []
 
 
-def test_replayed_callback_is_refused(app, hub, provider) -> None:  # noqa: ANN001
+def test_replayed_callback_is_refused(app, hub, provider) -> None:
     browser = new_browser(app)
     back = provider_redirect(start_login(browser, provider), "dave", mfa=True)
     assert browser.get(back, follow_redirects=False).status_code == 303
@@ -381,7 +381,7 @@ def test_replayed_callback_is_refused(app, hub, provider) -> None:  # noqa: ANN0
     assert [e.outcome for e in events(hub, "login.oidc")] == ["ok"]
 
 
-def test_callback_only_completes_in_the_browser_that_started_the_login(app, hub, provider) -> None:  # noqa: ANN001
+def test_callback_only_completes_in_the_browser_that_started_the_login(app, hub, provider) -> None:
     attacker = new_browser(app)
     back = provider_redirect(start_login(attacker, provider), "mallory", mfa=True)
     victim = new_browser(app)  # e.g. lured to the attacker's callback link
@@ -390,7 +390,7 @@ def test_callback_only_completes_in_the_browser_that_started_the_login(app, hub,
     assert_no_session(r, victim)
 
 
-def test_state_is_used_up_even_when_the_code_is_bad(app, hub, provider) -> None:  # noqa: ANN001
+def test_state_is_used_up_even_when_the_code_is_bad(app, hub, provider) -> None:
     browser = new_browser(app)
     back = provider_redirect(start_login(browser, provider), "frank", mfa=True)
     query = parse_qs(urlsplit(back).query)
@@ -406,7 +406,7 @@ def test_state_is_used_up_even_when_the_code_is_bad(app, hub, provider) -> None:
     assert users_for(hub, provider.issuer, "frank") == []
 
 
-def test_provider_error_response_is_refused_and_uses_up_the_state(app, hub, provider) -> None:  # noqa: ANN001
+def test_provider_error_response_is_refused_and_uses_up_the_state(app, hub, provider) -> None:
     browser = new_browser(app)
     state = parse_qs(urlsplit(start_login(browser, provider)).query)["state"][0]
     r = browser.get("/auth/oidc/callback", params={"state": state, "error": "access_denied"},
@@ -417,25 +417,25 @@ def test_provider_error_response_is_refused_and_uses_up_the_state(app, hub, prov
 
 
 # -- 5. id_token validation --------------------------------------------------------------------
-def _client(provider, **overrides) -> OidcClient:  # noqa: ANN001, ANN003
+def _client(provider, **overrides) -> OidcClient:
     values = {"issuer": provider.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **overrides}
     settings = OidcSettings(**values)
     return OidcClient(settings, REDIRECT_URI)
 
 
-def _claims(provider, nonce: str, /, **changes) -> dict:  # noqa: ANN001, ANN003
+def _claims(provider, nonce: str, /, **changes) -> dict:
     now = int(time.time())
     claims = {"iss": provider.issuer, "aud": CLIENT_ID, "sub": "zed", "iat": now, "exp": now + 300,
               "nonce": nonce, "acr": ACR_MFA, **changes}
     return {k: v for k, v in claims.items() if v is not None}
 
 
-def _provider_kid(provider) -> str:  # noqa: ANN001
+def _provider_kid(provider) -> str:
     meta = httpx.get(provider.discovery_url, trust_env=False).json()
     return httpx.get(meta["jwks_uri"], trust_env=False).json()["keys"][0]["kid"]
 
 
-def test_id_token_signed_with_a_foreign_key_is_refused(provider) -> None:  # noqa: ANN001
+def test_id_token_signed_with_a_foreign_key_is_refused(provider) -> None:
     client = _client(provider)
     nonce = "n-" + "1" * 30
     foreign = RSAKey.generate_key(2048)
@@ -458,7 +458,7 @@ def test_id_token_signed_with_a_foreign_key_is_refused(provider) -> None:  # noq
             client._validated_claims(raw, nonce)
 
 
-def test_each_claim_check_refuses(provider, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_each_claim_check_refuses(provider, monkeypatch: pytest.MonkeyPatch) -> None:
     """With a key the client trusts (stand-in for the provider's), every claim rule is enforced."""
     key = RSAKey.generate_key(2048, parameters={"kid": "trusted"})
     client = _client(provider)
@@ -492,7 +492,7 @@ def test_each_claim_check_refuses(provider, monkeypatch: pytest.MonkeyPatch) -> 
             pytest.fail(reason)
 
 
-def _real_id_token(provider, client: OidcClient, nonce: str) -> str:  # noqa: ANN001
+def _real_id_token(provider, client: OidcClient, nonce: str) -> str:
     """A genuine id_token from the provider, obtained by a code flow we drive by hand."""
     verifier = "v" * 50
     url = client.authorization_url(state="s" * 30, nonce=nonce, code_verifier=verifier)
@@ -505,7 +505,7 @@ def _real_id_token(provider, client: OidcClient, nonce: str) -> str:  # noqa: AN
     return token.json()["id_token"]
 
 
-def test_real_id_token_with_wrong_nonce_or_audience_is_refused(provider) -> None:  # noqa: ANN001
+def test_real_id_token_with_wrong_nonce_or_audience_is_refused(provider) -> None:
     client = _client(provider)
     nonce = "n-" + "4" * 30
     raw = _real_id_token(provider, client, nonce)
@@ -523,7 +523,7 @@ def test_real_id_token_with_wrong_nonce_or_audience_is_refused(provider) -> None
         client._validated_claims(f"{header}.{tampered}.{signature}", nonce)
 
 
-def test_mfa_is_true_only_for_a_configured_acr(provider) -> None:  # noqa: ANN001
+def test_mfa_is_true_only_for_a_configured_acr(provider) -> None:
     """``complete`` reports MFA from the verified acr; a provider's other acr values are single factor."""
     for mfa_acrs, login_mfa, expected in (([ACR_MFA], True, True), ([ACR_MFA], False, False),
                                           (["https://example.org/acr/strong"], True, False)):
@@ -537,7 +537,7 @@ def test_mfa_is_true_only_for_a_configured_acr(provider) -> None:  # noqa: ANN00
         assert identity.mfa is expected
 
 
-def test_code_exchange_needs_the_right_verifier_and_nonce(provider) -> None:  # noqa: ANN001
+def test_code_exchange_needs_the_right_verifier_and_nonce(provider) -> None:
     client = _client(provider)
     nonce = "n-" + "6" * 30
     url = client.authorization_url(state="u" * 30, nonce=nonce, code_verifier="x" * 50)
@@ -566,7 +566,7 @@ def test_plain_http_issuer_is_refused(issuer: str) -> None:
                    REDIRECT_URI)
 
 
-def test_loopback_http_issuer_needs_the_development_switch(provider) -> None:  # noqa: ANN001
+def test_loopback_http_issuer_needs_the_development_switch(provider) -> None:
     with pytest.raises(Invalid):
         _client(provider, allow_insecure_loopback=False)
     assert _client(provider).enabled

@@ -32,10 +32,10 @@ END = dt.date.today() + dt.timedelta(days=365)
 
 
 @pytest.fixture
-def settings(settings):  # noqa: ANN001, ANN201
+def settings(settings):
     port = free_port()
     s = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
-    s._port = port  # noqa: SLF001 - test plumbing
+    s._port = port  # test plumbing
     return s
 
 
@@ -68,7 +68,7 @@ def test_schemathesis_finds_no_server_error_and_nothing_undocumented(app, hub, p
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="root", ethics_ref="E1",
                                 end_date=END)
     token, spare_token = token_for(hub, admin), token_for(hub, admin)
-    with serving(app, settings._port) as url:  # noqa: SLF001
+    with serving(app, settings._port) as url:
         ids = seed(url, token)
         r = httpx.post(f"{url}/api/v1/projects/lung/members", json={"user": "spare"}, headers=bearer(token))
         assert r.status_code == 201, r.text

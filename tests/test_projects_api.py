@@ -20,7 +20,7 @@ END = dt.date.today() + dt.timedelta(days=365)
 
 
 @pytest.fixture
-def world(hub, people):  # noqa: ANN001, ANN201
+def world(hub, people):
     """Two customers: project A (PI alice, member carol) and project B (PI bob)."""
     admin, alice, bob, carol = people("root", admin=True), people("alice"), people("bob"), people("carol")
     with transaction(hub.sessions) as s:
@@ -34,16 +34,16 @@ def world(hub, people):  # noqa: ANN001, ANN201
     return {"admin": admin, "alice": alice, "bob": bob, "carol": carol, "tokens": tokens, "client": c}
 
 
-def hub_app(hub):  # noqa: ANN001, ANN201
+def hub_app(hub):
     return hub.app
 
 
 @pytest.fixture(autouse=True)
-def _link_app(app, hub):  # noqa: ANN001
+def _link_app(app, hub):
     hub.app = app
 
 
-def _bob_id(world) -> str:  # noqa: ANN001
+def _bob_id(world) -> str:
     return str(world["bob"].user.id)
 
 
@@ -61,7 +61,7 @@ FOREIGN = [
 
 
 @pytest.mark.parametrize(("method", "path", "body"), FOREIGN)
-def test_member_of_a_gets_404_for_every_project_b_resource(world, method, path, body):  # noqa: ANN001
+def test_member_of_a_gets_404_for_every_project_b_resource(world, method, path, body):
     c, token = world["client"], world["tokens"]["alice"]
     url = path.format(bob=_bob_id(world))
     r = c.request(method, url, json=body, headers=bearer(token))
@@ -73,7 +73,7 @@ def test_member_of_a_gets_404_for_every_project_b_resource(world, method, path, 
     assert missing.json()["detail"].replace("proj-zz", "proj-b") == r.json()["detail"]
 
 
-def test_platform_admin_is_segmented_too(world):  # noqa: ANN001
+def test_platform_admin_is_segmented_too(world):
     c, token = world["client"], world["tokens"]["root"]
     assert c.get("/api/v1/projects/proj-a", headers=bearer(token)).status_code == 404
     slugs = [p["slug"] for p in c.get("/api/v1/admin/projects", headers=bearer(token)).json()]
@@ -82,7 +82,7 @@ def test_platform_admin_is_segmented_too(world):  # noqa: ANN001
     assert c.get("/api/v1/admin/projects", headers=bearer(world["tokens"]["alice"])).status_code == 404
 
 
-def test_web_pages_of_other_projects_are_404(app, hub, world):  # noqa: ANN001
+def test_web_pages_of_other_projects_are_404(app, hub, world):
     wc = web_client(app, hub, world["alice"])
     assert wc.get("/projects/proj-a").status_code == 200
     page = wc.get("/projects/proj-b")
@@ -93,14 +93,14 @@ def test_web_pages_of_other_projects_are_404(app, hub, world):  # noqa: ANN001
     assert r.status_code == 404
 
 
-def test_my_projects_lists_only_mine(world):  # noqa: ANN001
+def test_my_projects_lists_only_mine(world):
     c = world["client"]
     mine = c.get("/api/v1/projects", headers=bearer(world["tokens"]["carol"])).json()
     assert [(p["slug"], p["role"]) for p in mine] == [("proj-a", "member")]
     assert set(mine[0]["rights"]) == {"read-data", "write-data"}
 
 
-def test_pi_delegates_named_rights(world):  # noqa: ANN001
+def test_pi_delegates_named_rights(world):
     c, t = world["client"], world["tokens"]
     carol_id = str(world["carol"].user.id)
     # carol cannot manage members until the PI delegates the right
@@ -126,7 +126,7 @@ def test_pi_delegates_named_rights(world):  # noqa: ANN001
     assert "project.rights.delegated" in actions and "project.member.added" in actions
 
 
-def test_settings_are_locked_by_default_and_opening_is_audited(world):  # noqa: ANN001
+def test_settings_are_locked_by_default_and_opening_is_audited(world):
     c, t = world["client"], world["tokens"]
     settings = c.get("/api/v1/projects/proj-a/settings", headers=bearer(t["carol"])).json()
     assert settings and all(s["locked"] for s in settings)
@@ -159,7 +159,7 @@ def test_settings_are_locked_by_default_and_opening_is_audited(world):  # noqa: 
     assert c.get("/api/v1/projects/proj-a/audit", headers=bearer(t["carol"])).status_code == 403
 
 
-def test_sensitive_change_needs_fresh_mfa(hub, world):  # noqa: ANN001
+def test_sensitive_change_needs_fresh_mfa(hub, world):
     c, t = world["client"], world["tokens"]
     with transaction(hub.sessions) as s:  # the token was minted (under MFA) an hour ago
         s.execute(update(ApiToken).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
@@ -169,7 +169,7 @@ def test_sensitive_change_needs_fresh_mfa(hub, world):  # noqa: ANN001
     assert c.get("/api/v1/projects/proj-a", headers=bearer(t["alice"])).status_code == 200
 
 
-def test_expired_revoked_unknown_and_unscoped_tokens(hub, world):  # noqa: ANN001
+def test_expired_revoked_unknown_and_unscoped_tokens(hub, world):
     c, alice = world["client"], world["alice"]
     read_only = token_for(hub, alice, scopes=["projects:read"])
     assert c.get("/api/v1/projects", headers=bearer(read_only)).status_code == 200
@@ -206,7 +206,7 @@ def test_expired_revoked_unknown_and_unscoped_tokens(hub, world):  # noqa: ANN00
     assert {e.details["reason"] for e in denied} >= {"expired", "revoked", "account disabled"}
 
 
-def test_token_list_never_shows_secrets(world):  # noqa: ANN001
+def test_token_list_never_shows_secrets(world):
     c, t = world["client"], world["tokens"]["alice"]
     listing = c.get("/api/v1/tokens", headers=bearer(t)).json()
     assert listing and all("secret" not in k for row in listing for k in row)
@@ -229,7 +229,7 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), BAD_INPUT)
-def test_bad_input_gets_a_clear_4xx(world, method, path, body, status):  # noqa: ANN001
+def test_bad_input_gets_a_clear_4xx(world, method, path, body, status):
     c = world["client"]
     r = c.request(method, path, content=body, headers={**bearer(world["tokens"]["alice"]),
                                                        "content-type": "application/json"})
@@ -238,7 +238,7 @@ def test_bad_input_gets_a_clear_4xx(world, method, path, body, status):  # noqa:
     assert problem["status"] == status and problem["detail"]
 
 
-def test_admin_create_project_validates(world):  # noqa: ANN001
+def test_admin_create_project_validates(world):
     c, t = world["client"], world["tokens"]["root"]
     base = {"slug": "new-one", "name": "New", "pi": "carol", "ethics_ref": "E-1", "end_date": str(END)}
     assert c.post("/api/v1/admin/projects", json=base, headers=bearer(t)).status_code == 201
@@ -250,7 +250,7 @@ def test_admin_create_project_validates(world):  # noqa: ANN001
         assert r.status_code == 422, (change, r.text)
 
 
-def test_oversized_body_is_refused(world):  # noqa: ANN001
+def test_oversized_body_is_refused(world):
     c = world["client"]
     big = b'{"user": "' + b"a" * 2_000_000 + b'"}'
     r = c.post("/api/v1/projects/proj-a/members", content=big,

@@ -32,7 +32,7 @@ MADE_UP = "SRF-0000000000000000"
 
 
 @pytest.fixture
-def world(app, hub, people, tmp_path: Path):  # noqa: ANN001, ANN201
+def world(app, hub, people, tmp_path: Path):
     persons = {name: people(name, admin=name == "root") for name in ("alice", "sam", "mia", "rita", "bob", "root")}
     make_project(hub, "lung", "alice")
     make_project(hub, "other", "bob")
@@ -95,7 +95,7 @@ def _listed(c: TestClient, token: str, dataset: str) -> set[str]:
     return ids | {x["id"] for x in bundle.get("contents", [])}
 
 
-def test_a_quarantined_file_is_absent_for_every_reader_on_every_route(world) -> None:  # noqa: ANN001
+def test_a_quarantined_file_is_absent_for_every_reader_on_every_route(world) -> None:
     c, t, f = world["c"], world["t"], world["file"]
     for who in READERS:
         held, made_up = _api_reads(c, t[who], f), _api_reads(c, t[who], MADE_UP)
@@ -124,7 +124,7 @@ def test_a_quarantined_file_is_absent_for_every_reader_on_every_route(world) -> 
     assert r.status_code == 422 and "quarantine" in r.json()["detail"]
 
 
-def test_reviewers_read_in_platform_only_and_each_look_is_audited(world) -> None:  # noqa: ANN001
+def test_reviewers_read_in_platform_only_and_each_look_is_audited(world) -> None:
     c, t, f, hub = world["c"], world["t"], world["file"], world["hub"]
     for who in ("sam", "alice"):  # steward and PI hold the import right
         r = c.get(f"/api/v1/files/{f}/plaintext", headers=bearer(t[who]))
@@ -138,7 +138,7 @@ def test_reviewers_read_in_platform_only_and_each_look_is_audited(world) -> None
     assert {e.details["mode"] for e in viewed} == {"in-platform"} and downloaded is None
 
 
-def test_release_is_the_only_way_out(world) -> None:  # noqa: ANN001
+def test_release_is_the_only_way_out(world) -> None:
     c, t, f = world["c"], world["t"], world["file"]
     r = c.post("/api/v1/projects/lung/imaging/quarantine/review", headers=bearer(t["sam"]),
                json={"instance_ids": [world["instance"]], "decision": "approve", "note": "checked every frame"})
@@ -156,7 +156,7 @@ def test_release_is_the_only_way_out(world) -> None:  # noqa: ANN001
         assert s.get(ArchiveFile, f).hold is None
 
 
-def test_a_discarded_file_is_gone_for_everyone(world) -> None:  # noqa: ANN001
+def test_a_discarded_file_is_gone_for_everyone(world) -> None:
     c, t, f, hub = world["c"], world["t"], world["file"], world["hub"]
     with hub.sessions() as s:
         body_key = s.get(ArchiveFile, f).body_key

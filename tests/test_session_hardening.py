@@ -25,7 +25,7 @@ def _page_token(client: TestClient, url: str = "/account") -> str:
     return extract(r'name="csrf_token" value="([^"]+)"', client.get(url).text)
 
 
-def _login(app, person: Person, password: str = PASSWORD) -> TestClient:  # noqa: ANN001
+def _login(app, person: Person, password: str = PASSWORD) -> TestClient:
     """Through the real login pages, with the tokens those pages carry."""
     c = TestClient(app, base_url=BASE)
     r = c.post("/login", data={"username": person.username, "password": password,
@@ -38,7 +38,7 @@ def _login(app, person: Person, password: str = PASSWORD) -> TestClient:  # noqa
 
 
 # -- CSRF --------------------------------------------------------------------------------------
-def test_a_token_from_one_session_is_refused_in_another(app, hub, people):  # noqa: ANN001
+def test_a_token_from_one_session_is_refused_in_another(app, hub, people):
     alice = people("alice")
     a, b = web_client(app, hub, alice), web_client(app, hub, alice)
     token_a = _page_token(a)
@@ -56,7 +56,7 @@ def test_a_token_from_one_session_is_refused_in_another(app, hub, people):  # no
     assert b.post("/logout", data={"csrf_token": _page_token(b)}, follow_redirects=False).status_code == 303
 
 
-def test_a_token_from_before_login_is_refused_after_login(app, people):  # noqa: ANN001
+def test_a_token_from_before_login_is_refused_after_login(app, people):
     bob = people("bob")
     c = TestClient(app, base_url=BASE)
     before = _page_token(c, "/login")
@@ -84,7 +84,7 @@ def test_a_token_from_before_login_is_refused_after_login(app, people):  # noqa:
     {"Referer": "https://evil.example/page"},
     {"Origin": "https://evil.example", "Referer": f"{BASE}/account"},  # Origin wins
 ])
-def test_a_cross_origin_post_with_a_valid_token_is_refused(app, hub, people, headers):  # noqa: ANN001
+def test_a_cross_origin_post_with_a_valid_token_is_refused(app, hub, people, headers):
     carol = people("carol")
     c = web_client(app, hub, carol)
     token = _page_token(c)
@@ -102,7 +102,7 @@ def test_a_cross_origin_post_with_a_valid_token_is_refused(app, hub, people, hea
     {"Origin": BASE}, {"Referer": f"{BASE}/account"}, {},
     {"Origin": "http://hub.example.org", "Host": "hub.example.org"},  # the Host it was sent to
 ])
-def test_a_same_origin_post_passes(app, hub, people, headers):  # noqa: ANN001
+def test_a_same_origin_post_passes(app, hub, people, headers):
     dave = people("dave")
     c = web_client(app, hub, dave)
     r = c.post("/logout", data={"csrf_token": _page_token(c)}, headers=headers, follow_redirects=False)
@@ -110,7 +110,7 @@ def test_a_same_origin_post_passes(app, hub, people, headers):  # noqa: ANN001
 
 
 # -- Cache-Control -----------------------------------------------------------------------------
-def test_secrets_and_personal_data_are_never_cached(app, hub, people):  # noqa: ANN001
+def test_secrets_and_personal_data_are_never_cached(app, hub, people):
     erin = people("erin")
     anon = TestClient(app, base_url=BASE)
     assert "no-store" not in anon.get("/catalog").headers.get("cache-control", "")  # public stays cacheable
@@ -149,7 +149,7 @@ def _access(hub: Hub, person: Person) -> tuple[int, int]:
 
 
 def _via_api(path: str) -> Callable:
-    def act(app, hub, admin: Person, target: Person, settings) -> None:  # noqa: ANN001
+    def act(app, hub, admin: Person, target: Person, settings) -> None:
         r = TestClient(app, base_url=BASE).post(f"/api/v1/admin/users/{target.user.id}/{path}",
                                                 headers=bearer(token_for(hub, admin)))
         assert r.status_code == 204, r.text
@@ -157,13 +157,13 @@ def _via_api(path: str) -> Callable:
 
 
 def _via_cli(*args: str) -> Callable:
-    def act(app, hub, admin: Person, target: Person, settings) -> None:  # noqa: ANN001
+    def act(app, hub, admin: Person, target: Person, settings) -> None:
         r = run_cli(settings, "admin", *args, target.username)
         assert r.returncode == 0, r.stderr
     return act
 
 
-def _via_password_page(app, hub, admin: Person, target: Person, settings) -> None:  # noqa: ANN001
+def _via_password_page(app, hub, admin: Person, target: Person, settings) -> None:
     c = web_client(app, hub, target)  # a third session: this one lives on, under a new id
     old_cookie = c.cookies.get(SESSION_COOKIE)
     r = form_post(c, "/account/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD,
@@ -186,7 +186,7 @@ def _via_password_page(app, hub, admin: Person, target: Person, settings) -> Non
     pytest.param(_via_cli("deactivate"), id="cli-deactivate"),
     pytest.param(_via_password_page, id="password-change"),
 ])
-def test_withdrawing_access_ends_every_session_and_token(app, hub, people, settings, withdraw):  # noqa: ANN001
+def test_withdrawing_access_ends_every_session_and_token(app, hub, people, settings, withdraw):
     admin, gina = people("root", admin=True), people("gina")
     browsers = [web_client(app, hub, gina), web_client(app, hub, gina)]
     tokens = [token_for(hub, gina), token_for(hub, gina)]
@@ -207,7 +207,7 @@ def test_withdrawing_access_ends_every_session_and_token(app, hub, people, setti
     assert revoked and revoked[0].subject_user_id == gina.user.id
 
 
-def test_a_deactivated_user_cannot_log_in_again(app, hub, people, settings):  # noqa: ANN001
+def test_a_deactivated_user_cannot_log_in_again(app, hub, people, settings):
     hana = people("hana")
     assert run_cli(settings, "admin", "deactivate", "hana").returncode == 0
     c = TestClient(app, base_url=BASE)
@@ -219,13 +219,13 @@ def test_a_deactivated_user_cannot_log_in_again(app, hub, people, settings):  # 
 
 
 # -- the password page ---------------------------------------------------------------------------
-def test_password_change_end_to_end(app, hub, people):  # noqa: ANN001
+def test_password_change_end_to_end(app, hub, people):
     ivan = people("ivan")
     c = _login(app, ivan)
     page = c.get("/account")
     assert 'action="/account/password"' in page.text and 'autocomplete="current-password"' in page.text
 
-    def change(current: str, new: str, again: str | None = None):  # noqa: ANN202
+    def change(current: str, new: str, again: str | None = None):
         return form_post(c, "/account/password", {"current_password": current, "new_password": new,
                                                   "new_password_again": new if again is None else again})
 
@@ -252,7 +252,7 @@ def test_password_change_end_to_end(app, hub, people):  # noqa: ANN001
     _login(app, ivan, NEW_PASSWORD)
 
 
-def test_password_change_needs_a_fresh_second_factor(app, hub, people):  # noqa: ANN001
+def test_password_change_needs_a_fresh_second_factor(app, hub, people):
     jane = people("jane")
     c = TestClient(app, base_url=BASE)
     c.cookies.set(SESSION_COOKIE, browser_session(hub, jane, mfa=False))

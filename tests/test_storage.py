@@ -360,7 +360,7 @@ def test_local_concurrent_writers_last_commit_wins(tmp_path: Path) -> None:
             for j in range(20):
                 s.put_bytes(f"k/{j % 3}", bytes([i]) * 1000)
                 s.delete(f"k/{(j + 1) % 3}")
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

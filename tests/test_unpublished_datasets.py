@@ -30,7 +30,7 @@ MADE_UP = "SRD-0000000000"
 TITLES = {"never": "Never published CT", "draft": "Secret draft MR", "withdrawn": "Withdrawn PET"}
 
 
-def _dataset(s, project, ds_id: str, title: str, *, released: bool = True,  # noqa: ANN001
+def _dataset(s, project, ds_id: str, title: str, *, released: bool = True,
              entry: str | None = None) -> None:
     s.add(Dataset(id=ds_id, project_id=project.id, title=title, created_by=project.pi_id))
     s.flush()
@@ -42,7 +42,7 @@ def _dataset(s, project, ds_id: str, title: str, *, released: bool = True,  # no
 
 
 @pytest.fixture
-def world(app, hub, people):  # noqa: ANN001, ANN201
+def world(app, hub, people):
     persons = {n: people(n) for n in ("owner", "otherowner", "rita")}
     with transaction(hub.sessions) as s:
         mine = projects.create_project(s, Actor.system("t"), slug="scapis", name="SCAPIS consortium", pi="owner",
@@ -59,7 +59,7 @@ def world(app, hub, people):  # noqa: ANN001, ANN201
             "web": web_client(app, hub, persons["rita"])}
 
 
-def _api(world, ds: str) -> dict[str, tuple[int, str]]:  # noqa: ANN001
+def _api(world, ds: str) -> dict[str, tuple[int, str]]:
     c, h = world["api"], bearer(world["t"]["rita"])
     calls = {
         "create application": c.post(f"/api/v1/datasets/{ds}/applications", headers=h),
@@ -75,7 +75,7 @@ def _api(world, ds: str) -> dict[str, tuple[int, str]]:  # noqa: ANN001
     return {k: (r.status_code, r.text.replace(ds, "{id}")) for k, r in calls.items()}
 
 
-def _web(world, ds: str) -> dict[str, tuple[int, str]]:  # noqa: ANN001
+def _web(world, ds: str) -> dict[str, tuple[int, str]]:
     w = world["web"]
     calls = {
         "apply page": w.get(f"/apply/{ds}"),
@@ -92,7 +92,7 @@ def _web(world, ds: str) -> dict[str, tuple[int, str]]:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("ds", ["SRD-NEVERPUBL", "SRD-DRAFTONLY", "SRD-WITHDRAWN"])
-def test_unpublished_dataset_answers_like_a_made_up_id(world, ds: str) -> None:  # noqa: ANN001
+def test_unpublished_dataset_answers_like_a_made_up_id(world, ds: str) -> None:
     api, made_up_api = _api(world, ds), _api(world, MADE_UP)
     web, made_up_web = _web(world, ds), _web(world, MADE_UP)
     for route, answer in api.items():
@@ -113,7 +113,7 @@ def test_unpublished_dataset_answers_like_a_made_up_id(world, ds: str) -> None: 
         _withdrawn_entry_is_gone_from_the_public_catalogue(world)
 
 
-def _withdrawn_entry_is_gone_from_the_public_catalogue(world) -> None:  # noqa: ANN001
+def _withdrawn_entry_is_gone_from_the_public_catalogue(world) -> None:
     """The public side, keyed by slug: landing page, terms, sample images, card, sitemap, search."""
     anon = TestClient(world["app"], base_url="http://127.0.0.1:8000")
     for suffix in ("", "/terms", "/images/1.png", "/card.png"):
@@ -127,7 +127,7 @@ def _withdrawn_entry_is_gone_from_the_public_catalogue(world) -> None:  # noqa: 
     assert "open-ct" in anon.get("/sitemap.xml").text  # the published one is there
 
 
-def test_published_dataset_and_own_project_still_work(world) -> None:  # noqa: ANN001
+def test_published_dataset_and_own_project_still_work(world) -> None:
     web, api = world["web"], world["api"]
     assert web.get("/apply/SRD-PUBLISHED").status_code == 200
     r = api.post("/api/v1/datasets/SRD-PUBLISHED/applications", headers=bearer(world["t"]["rita"]))

@@ -74,7 +74,7 @@ class Issuer:
 
 
 @pytest.fixture
-def issuer():  # noqa: ANN201
+def issuer():
     """A visa issuer on its own loopback port. /other-jwks.json and /rogue-jwks.json serve keys too,
     so a fetch from them would succeed — the tests assert they are never asked."""
     key, rogue = ECKey.generate_key("P-256", private=True), ECKey.generate_key("P-256", private=True)
@@ -111,23 +111,23 @@ def issuer():  # noqa: ANN201
 
 
 @pytest.fixture
-def settings(settings, issuer):  # noqa: ANN001, ANN201
+def settings(settings, issuer):
     port = free_port()
     access = AccessSettings(trusted_visa_issuers=[{"issuer": issuer.url, "jku": issuer.jku}])
     s = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}", "access": access})
-    s._port = port  # noqa: SLF001 - test plumbing
+    s._port = port  # test plumbing
     return s
 
 
 @pytest.fixture
-def world(app, hub, people, settings):  # noqa: ANN001, ANN201
+def world(app, hub, people, settings):
     """alice's project 'lung' holds a released dataset with one file; carol is in no project."""
     alice, carol, root = people("alice"), people("carol"), people("root", admin=True)
     with transaction(hub.sessions) as s:
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
                                 end_date=END)
     tokens = {p.username: token_for(hub, p) for p in (alice, carol, root)}
-    with serving(app, settings._port) as url:  # noqa: SLF001
+    with serving(app, settings._port) as url:
         a = httpx.Client(base_url=url, headers=bearer(tokens["alice"]), timeout=60)
         c = httpx.Client(base_url=url, headers=bearer(tokens["carol"]), timeout=60)
         admin = httpx.Client(base_url=url, headers=bearer(tokens["root"]), timeout=60)
@@ -152,7 +152,7 @@ def world(app, hub, people, settings):  # noqa: ANN001, ANN201
                "file": up["id"], "dataset": ds["id"], "data": data, "carol_key": carol_key}
 
 
-def _entitle(hub, person, dataset: str, *, starts: dt.timedelta = dt.timedelta(days=-1),  # noqa: ANN001
+def _entitle(hub, person, dataset: str, *, starts: dt.timedelta = dt.timedelta(days=-1),
              ends: dt.timedelta = dt.timedelta(days=30), version: int | None = None) -> uuid.UUID:
     with transaction(hub.sessions) as s:
         e = Entitlement(user_id=person.user.id, dataset_id=dataset, version=version, starts_at=NOW + starts,
@@ -162,7 +162,7 @@ def _entitle(hub, person, dataset: str, *, starts: dt.timedelta = dt.timedelta(d
         return e.id
 
 
-def _update(hub, ent_id: uuid.UUID, **values) -> None:  # noqa: ANN001
+def _update(hub, ent_id: uuid.UUID, **values) -> None:
     with transaction(hub.sessions) as s:
         e = s.get(Entitlement, ent_id)
         for k, v in values.items():
@@ -175,12 +175,12 @@ def _decrypt(data: bytes, secret: bytes) -> bytes:
     return out.getvalue()
 
 
-def _download(world, **headers) -> httpx.Response:  # noqa: ANN001
+def _download(world, **headers) -> httpx.Response:
     return world["carol"].get(f"/api/v1/files/{world['file']}/content", headers=headers)
 
 
 # -- issuing -----------------------------------------------------------------------------------
-def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world, settings):  # noqa: ANN001
+def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world, settings):
     hub, (alice, carol, _) = world["hub"], world["people"]
     ent = _entitle(hub, carol, world["dataset"])
     _entitle(hub, carol, world["dataset"], starts=dt.timedelta(days=-60), ends=dt.timedelta(days=-1))  # ended
@@ -225,7 +225,7 @@ def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world
 
 
 # -- entitlements ------------------------------------------------------------------------------
-def test_entitlement_opens_download_until_it_ends_or_is_revoked(world):  # noqa: ANN001
+def test_entitlement_opens_download_until_it_ends_or_is_revoked(world):
     hub, (_, carol, _) = world["hub"], world["people"]
     assert _download(world).status_code == 404  # not a member, no grant
     ent = _entitle(hub, carol, world["dataset"])
@@ -255,7 +255,7 @@ def test_entitlement_opens_download_until_it_ends_or_is_revoked(world):  # noqa:
 
 
 # -- visas from a trusted issuer ---------------------------------------------------------------
-def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, settings):  # noqa: ANN001
+def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, settings):
     value = f"{settings.base_url}/datasets/{world['dataset']}"
     visa = issuer.visa("carol", value)
     got = _download(world, **{"X-GA4GH-Passport": visa})
@@ -279,7 +279,7 @@ def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, 
     assert _download(world).status_code == 404
 
 
-def test_untrusted_unlisted_expired_forged_and_foreign_visas_are_refused(world, issuer, settings):  # noqa: ANN001
+def test_untrusted_unlisted_expired_forged_and_foreign_visas_are_refused(world, issuer, settings):
     value = f"{settings.base_url}/datasets/{world['dataset']}"
     now = int(time.time())
     refused = {
@@ -313,7 +313,7 @@ def test_untrusted_unlisted_expired_forged_and_foreign_visas_are_refused(world, 
     assert _download(world, **{"X-GA4GH-Passport": issuer.visa("carol", value)}).status_code == 200
 
 
-def test_visa_conditions_are_honoured(world, issuer, settings):  # noqa: ANN001
+def test_visa_conditions_are_honoured(world, issuer, settings):
     value = f"{settings.base_url}/datasets/{world['dataset']}"
     bona_fide = "https://doi.org/10.1038/s41431-018-0219-y"
     conditions = [
@@ -359,7 +359,7 @@ def test_visa_conditions_are_honoured(world, issuer, settings):  # noqa: ANN001
     ("split_pattern:9*", "001,x;123,y", False), ("regex:.*", "abc", False), ("abc", "abc", False),
 ])
 def test_condition_field_matching(spec: str, actual: str, expected: bool) -> None:
-    assert visas._matches(spec, actual) is expected  # noqa: SLF001
+    assert visas._matches(spec, actual) is expected
 
 
 def test_visa_with_conditions_never_satisfies_another() -> None:
@@ -373,7 +373,7 @@ def test_visa_with_conditions_never_satisfies_another() -> None:
 
 
 # -- the dataset's download policy (issue 9, point 7) ------------------------------------------
-def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings,  # noqa: ANN001
+def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, issuer, settings,
                                                                          tmp_path, app):
     """The dataset's access policy, not the project's setting, says whether approved applicants may
     download to their own machines; in-platform only is the default. Fails on the old code: the

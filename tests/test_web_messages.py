@@ -42,7 +42,7 @@ FLASH = re.compile(r'<p id="flash" class="flash flash-(ok|error)" role="(status|
 ALERT = re.compile(r'role="alert"[^>]*>\s*([^<]+)')
 
 
-def form_routes(app) -> set[str]:  # noqa: ANN001
+def form_routes(app) -> set[str]:
     """Every POST route of the web pages (the API's routes are in the schema; pages are not)."""
     return {r.path_format for r in iter_route_contexts(app.routes)
             if isinstance(r.original_route, APIRoute) and "POST" in r.methods
@@ -65,7 +65,7 @@ class World:
         return TestClient(self.app, base_url="http://127.0.0.1:8000")
 
 
-def post(c: TestClient, url: str, data: dict | None = None, *, files: dict | None = None, csrf: bool = True):  # noqa: ANN201
+def post(c: TestClient, url: str, data: dict | None = None, *, files: dict | None = None, csrf: bool = True):
     """Send a form as the browser does (with its token) and follow the redirect to the page shown."""
     body = dict(data or {})
     if csrf:
@@ -73,14 +73,14 @@ def post(c: TestClient, url: str, data: dict | None = None, *, files: dict | Non
     return c.post(url, data=body, files=files, follow_redirects=True)
 
 
-def flash_of(r) -> str:  # noqa: ANN001
+def flash_of(r) -> str:
     m = FLASH.search(r.text)
     assert m and m.group(1) == "ok" and m.group(2) == "status", \
         f"{r.request.method} {r.request.url.path} → {r.status_code}: no success message\n{r.text[:3000]}"
     return m.group(3).strip()
 
 
-def alert_of(r) -> str:  # noqa: ANN001
+def alert_of(r) -> str:
     assert "text/html" in r.headers.get("content-type", ""), f"{r.request.url.path}: not a page: {r.text[:300]}"
     m = ALERT.search(r.text)
     assert m and m.group(1).strip(), f"{r.request.url.path} → {r.status_code}: no alert\n{r.text[:3000]}"
@@ -89,7 +89,7 @@ def alert_of(r) -> str:  # noqa: ANN001
 
 
 @pytest.fixture
-def world(app, hub, people, tmp_path: Path) -> World:  # noqa: ANN001
+def world(app, hub, people, tmp_path: Path) -> World:
     ppl = {name: people(name, admin=name == "pia") for name in ("pia", "memo", "rita", "pat")}
     ppl["newbie"] = people("newbie", mfa=False)
     make_project(hub, "chest", "pia")
@@ -109,13 +109,13 @@ def world(app, hub, people, tmp_path: Path) -> World:  # noqa: ANN001
 
 
 # -- the cases: route → (success, refusal); each returns the page the browser ends on ------------
-def _login(w: World, ok: bool):  # noqa: ANN202
+def _login(w: World, ok: bool):
     c = w.fresh()
     r = post(c, "/login", {"username": "pat", "password": PASSWORD if ok else "wrong password"})
     return r
 
 
-def _login_mfa(w: World, ok: bool):  # noqa: ANN202
+def _login_mfa(w: World, ok: bool):
     c = w.fresh()
     post(c, "/login", {"username": "rita", "password": PASSWORD, "next": "/access"})
     r = post(c, "/login/mfa", {"code": w.people["rita"].code() if ok else "000000", "next": "/access"})
@@ -124,7 +124,7 @@ def _login_mfa(w: World, ok: bool):  # noqa: ANN202
     return r
 
 
-def _enrol(w: World, ok: bool):  # noqa: ANN202
+def _enrol(w: World, ok: bool):
     c = w.fresh()
     page = post(c, "/login", {"username": "newbie", "password": PASSWORD, "next": "/access"})
     assert page.url.path == "/mfa/enrol" and "next=/access" in str(page.url)
@@ -136,60 +136,60 @@ def _enrol(w: World, ok: bool):  # noqa: ANN202
     return r
 
 
-def _reauth(w: World, ok: bool):  # noqa: ANN202
+def _reauth(w: World, ok: bool):
     return post(w.c("pia"), "/login/reauth", {"code": w.people["pia"].code() if ok else "000000",
                                               "next": "/account"})
 
 
-def _logout(w: World, ok: bool):  # noqa: ANN202
+def _logout(w: World, ok: bool):
     return post(web_client(w.app, w.hub, w.people["memo"]), "/logout", csrf=ok)
 
 
-def _token(w: World, ok: bool):  # noqa: ANN202
+def _token(w: World, ok: bool):
     return post(w.c("pia"), "/account/tokens", {"name": "ci", "scopes": ["projects:read"],
                                                 "days": "30" if ok else "0"})
 
 
-def _token_revoke(w: World, ok: bool):  # noqa: ANN202
+def _token_revoke(w: World, ok: bool):
     with w.hub.sessions() as s:
         prefix = s.scalar(select(ApiToken.prefix).where(ApiToken.user_id == w.people["pia"].user.id))
     return post(w.c("pia"), f"/account/tokens/{prefix if ok else 'nope'}/revoke")
 
 
-def _recovery(w: World, ok: bool):  # noqa: ANN202
+def _recovery(w: World, ok: bool):
     return post(w.c("pia"), "/account/recovery-codes", csrf=ok)
 
 
-def _password(w: World, ok: bool):  # noqa: ANN202
+def _password(w: World, ok: bool):
     new = "another long passphrase 2026"
     return post(w.c("pat"), "/account/password", {"current_password": PASSWORD, "new_password": new,
                                                    "new_password_again": new if ok else new + "!"})
 
 
-def _create_project(w: World, ok: bool):  # noqa: ANN202
+def _create_project(w: World, ok: bool):
     return post(w.c("pia"), "/projects", {"slug": "second", "name": "Second", "pi": "pia" if ok else "nobody",
                                           "ethics_ref": "E2",
                                           "end_date": (dt.date.today() + dt.timedelta(days=300)).isoformat()})
 
 
-def _add_member(w: World, ok: bool):  # noqa: ANN202
+def _add_member(w: World, ok: bool):
     return post(w.c("pia"), "/projects/second/members", {"user": "rita" if ok else "nobody", "role": "member"})
 
 
-def _member(w: World, what: str, data: dict, ok: bool):  # noqa: ANN202
+def _member(w: World, what: str, data: dict, ok: bool):
     user = w.people["rita"].user.id if ok else uuid.uuid4()
     return post(w.c("pia"), f"/projects/second/members/{user}/{what}", data)
 
 
-def _settings(w: World, ok: bool):  # noqa: ANN202
+def _settings(w: World, ok: bool):
     return post(w.c("pia"), f"/projects/second/settings/{'external_sharing' if ok else 'nope'}", {"value": "on"})
 
 
-def _upload(w: World, ok: bool):  # noqa: ANN202
+def _upload(w: World, ok: bool):
     return post(w.c("pia"), "/projects/chest/data/upload", files={"file": ("notes.txt", b"hello" if ok else b"")})
 
 
-def _create_dataset(w: World, ok: bool):  # noqa: ANN202
+def _create_dataset(w: World, ok: bool):
     return post(w.c("pia"), "/projects/chest/data/datasets",
                 {"title": "Subset" if ok else "", "files": [w.ids["ready_file"]]})
 
@@ -199,26 +199,26 @@ def _subset(w: World) -> str:
         return s.scalar(select(Dataset.id).where(Dataset.title == "Subset"))
 
 
-def _release(w: World, ok: bool):  # noqa: ANN202
+def _release(w: World, ok: bool):
     return post(w.c("pia"), f"/datasets/{_subset(w)}/versions/{1 if ok else 99}/release")
 
 
-def _draft(w: World, ok: bool):  # noqa: ANN202
+def _draft(w: World, ok: bool):
     return post(w.c("pia"), f"/datasets/{_subset(w) if ok else 'SRD-NOPE'}/draft", {"add": [], "remove": []})
 
 
-def _add_key(w: World, ok: bool):  # noqa: ANN202
+def _add_key(w: World, ok: bool):
     pub = c4gh.public_key_file(c4gh.generate_keypair().public).decode() if ok else "not a key"
     return post(w.c("rita"), "/account/keys", {"name": "laptop", "public_key": pub})
 
 
-def _revoke_key(w: World, ok: bool):  # noqa: ANN202
+def _revoke_key(w: World, ok: bool):
     with w.hub.sessions() as s:
         fp = s.scalar(select(UserKey.fingerprint).where(UserKey.user_id == w.people["rita"].user.id))
     return post(w.c("rita"), f"/account/keys/{fp if ok else 'nope'}/revoke")
 
 
-def _apply(w: World, ok: bool):  # noqa: ANN202
+def _apply(w: World, ok: bool):
     r = post(w.c("rita"), f"/apply/{w.ids['demo'] if ok else 'SRD-NOPE'}")
     if ok:
         w.ids["application"] = r.url.path.rsplit("/", 1)[-1]
@@ -230,7 +230,7 @@ GOOD = {"study_name": "Nodule AI", "ethics.number": "Dnr 2026-01234-01", "descri
         "contact": "lab@uni.example"}
 
 
-def _save(w: World, ok: bool):  # noqa: ANN202
+def _save(w: World, ok: bool):
     data = {**GOOD, "then": "save"} | ({} if ok else {"contact": "not an e-mail", "study_name": "Kept typing"})
     r = post(w.c("rita"), f"/applications/{w.ids['application']}/save", data)
     if not ok:  # what was typed is shown again, and the error names the field's label
@@ -238,7 +238,7 @@ def _save(w: World, ok: bool):  # noqa: ANN202
     return r
 
 
-def _command(w: World, ok: bool):  # noqa: ANN202
+def _command(w: World, ok: bool):
     app_url = f"/applications/{w.ids['application']}"
     if not ok:
         return post(w.c("rita"), f"{app_url}/submit")  # terms not accepted yet: refused, with the reason
@@ -252,11 +252,11 @@ def _command(w: World, ok: bool):  # noqa: ANN202
                 {"ends": (dt.date.today() + dt.timedelta(days=90)).isoformat()})
 
 
-def _download_policy(w: World, ok: bool):  # noqa: ANN202
+def _download_policy(w: World, ok: bool):
     return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/access/download", {"allowed": "yes"})
 
 
-def _catalog_save(w: World, ok: bool):  # noqa: ANN202
+def _catalog_save(w: World, ok: bool):
     with w.hub.sessions() as s:
         entry = entry_for(s, w.ids["demo"])
         fields = EntryFields.of(entry).model_dump()
@@ -269,39 +269,39 @@ def _catalog_save(w: World, ok: bool):  # noqa: ANN202
     return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog", form)
 
 
-def _unpublish(w: World, ok: bool):  # noqa: ANN202
+def _unpublish(w: World, ok: bool):
     return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/catalog/unpublish")
 
 
-def _publish(w: World, ok: bool):  # noqa: ANN202
+def _publish(w: World, ok: bool):
     return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/catalog/publish")
 
 
-def _add_image(w: World, ok: bool):  # noqa: ANN202
+def _add_image(w: World, ok: bool):
     files = {"image": ("ct.png", synthetic_ct_slice(7, z=0.5), "image/png")} if ok else None
     return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog/images", {"alt": "Axial chest CT"}, files=files)
 
 
-def _delete_image(w: World, ok: bool):  # noqa: ANN202
+def _delete_image(w: World, ok: bool):
     return post(w.c("pia"), f"/datasets/{w.ids['demo']}/catalog/images/{1 if ok else 999}/delete")
 
 
-def _destination(w: World, ok: bool):  # noqa: ANN202
+def _destination(w: World, ok: bool):
     return post(w.c("pia"), "/projects/chest/imaging/destination",
                 {"ae_title": "CHEST", "port": "11112" if ok else "many"})
 
 
-def _profile(w: World, ok: bool):  # noqa: ANN202
+def _profile(w: World, ok: bool):
     return post(w.c("pia"), "/projects/chest/imaging/profile", {"reset": "1"} if ok else {"pixel_rules": "{"})
 
 
-def _quarantine(w: World, ok: bool):  # noqa: ANN202
+def _quarantine(w: World, ok: bool):
     held = instances(w.hub, "quarantined")[0].id
     return post(w.c("pia"), "/projects/chest/imaging/quarantine",
                 {"instance": [str(held)], "decision": "approve", "note": "checked: no burned-in text" if ok else ""})
 
 
-def _reidentify(w: World, ok: bool):  # noqa: ANN202
+def _reidentify(w: World, ok: bool):
     pseudonym = instances(w.hub, "published")[0].patient_pseudonym if ok else "NOPE"
     return post(w.c("memo"), "/projects/chest/imaging/reidentify",
                 {"pseudonym": pseudonym, "reason": "incidental finding: the hospital must contact the patient"})
@@ -347,7 +347,7 @@ CASES: dict[str, Case] = {
 }
 
 
-def test_every_form_route_has_a_case(app) -> None:  # noqa: ANN001
+def test_every_form_route_has_a_case(app) -> None:
     assert form_routes(app) == set(CASES), "a new web form needs its case in CASES (and a message)"
 
 
@@ -373,7 +373,7 @@ def test_every_form_answers_with_a_message(world: World) -> None:
         assert r.status_code == 422 and (f'href="{form_page}">Back to the form' in r.text) is shown
 
 
-def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:  # noqa: ANN001
+def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit"}

@@ -198,7 +198,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
         try:
             ensure_key(hub)
-        except Exception as exc:  # noqa: BLE001 - start anyway: /readyz reports the database, uploads wait
+        except Exception as exc:  # start anyway: /readyz reports the database, uploads wait
             log.error("startup.archive_key_unavailable", error=type(exc).__name__)
         runner = None
         if run_jobs:

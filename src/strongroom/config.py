@@ -216,7 +216,7 @@ def _mask_url_password(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - never echo an unparseable URL that may hold a password
+    except Exception:  # never echo an unparseable URL that may hold a password
         return "**********"
 
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, String, create_engine, event, exc
+from sqlalchemy import JSON, CursorResult, DateTime, Engine, MetaData, Result, String, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -44,6 +44,12 @@ NAMING = {
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched (``Session.execute`` types its result as a plain Result)."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 class UtcDateTime(TypeDecorator[dt.datetime]):
@@ -194,10 +200,6 @@ def make_engine(url: str) -> Engine:
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     return make_engine(url)
-
-
-def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
 
 
 @lru_cache(maxsize=32)

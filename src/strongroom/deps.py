@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 from urllib.parse import urlsplit
@@ -103,7 +103,9 @@ def _api_principal(request: Request, db: Db) -> Principal:
 ApiPrincipal = Annotated[Principal, Depends(_api_principal)]
 
 
-def scoped(scope: str):  # noqa: ANN201 - returns a dependency
+def require_scope(scope: str) -> Callable[[Principal], Principal]:
+    """The dependency that lets a token through only with ``scope`` (``admin``: only an administrator's)."""
+
     def check(principal: ApiPrincipal) -> Principal:
         if scope == "admin" and not principal.user.is_admin:
             raise NotFound("not found")  # administration is invisible to everyone else
@@ -111,7 +113,17 @@ def scoped(scope: str):  # noqa: ANN201 - returns a dependency
             raise Forbidden(f"this token lacks the {scope!r} scope")
         return principal
 
-    return Annotated[Principal, Depends(check)]
+    return check
+
+
+# The API's principals, one per scope: ``def route(principal: DataRead, ...)``.
+DataRead = Annotated[Principal, Depends(require_scope("data:read"))]
+DataWrite = Annotated[Principal, Depends(require_scope("data:write"))]
+ProjectsRead = Annotated[Principal, Depends(require_scope("projects:read"))]
+ProjectsWrite = Annotated[Principal, Depends(require_scope("projects:write"))]
+AuditRead = Annotated[Principal, Depends(require_scope("audit:read"))]
+AccessScope = Annotated[Principal, Depends(require_scope("access"))]
+Admin = Annotated[Principal, Depends(require_scope("admin"))]
 
 
 # -- web: session cookies ----------------------------------------------------------------------
@@ -274,9 +286,9 @@ def _browser_api_principal(request: Request, db: Db) -> Principal:
     return principal
 
 
-def scoped_or_page(scope: str):  # noqa: ANN201 - returns a dependency
-    """Like :func:`scoped`, for the few API routes the hub's own pages also call: an API token when the
-    request carries ``Authorization``, otherwise the browser session with its CSRF header (above).
+def require_scope_or_page(scope: str) -> Callable[[Request, Session], Principal]:
+    """Like :func:`require_scope`, for the few API routes the hub's own pages also call: an API token when
+    the request carries ``Authorization``, otherwise the browser session with its CSRF header (above).
     Deny by default: a route accepts a session only if it asks for this dependency."""
 
     def check(request: Request, db: Db) -> Principal:
@@ -288,7 +300,12 @@ def scoped_or_page(scope: str):  # noqa: ANN201 - returns a dependency
             raise Forbidden(f"this token lacks the {scope!r} scope")
         return principal
 
-    return Annotated[Principal, Depends(check)]
+    return check
+
+
+# The upload routes are also called by the project's data page, which encrypts in the browser and sends
+# the same parts as `strongroom upload`: they take a token, or the session cookie with X-CSRF-Token.
+UploadWrite = Annotated[Principal, Depends(require_scope_or_page("data:write"))]
 
 
 # -- request bodies, read before the transaction -----------------------------------------------
@@ -296,8 +313,9 @@ def scoped_or_page(scope: str):  # noqa: ANN201 - returns a dependency
 # (the token check commits, so no transaction is open while the body arrives) and before anything
 # else that queries; a web form was already parsed by the CSRF check. The route itself is then a plain
 # ``def``, run in a worker thread: a wait for a database lock never blocks the event loop.
-def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201 - returns a dependency
-    """The request body; with ``max_bytes``, refused (422, ``too_large``) as soon as it grows past it."""
+def raw_body(max_bytes: int | None = None, too_large: str = "") -> Callable[[Request], Awaitable[bytes]]:
+    """The dependency that reads the request body; with ``max_bytes``, refused (422, ``too_large``) as
+    soon as it grows past it. Use it as ``Annotated[bytes, Depends(raw_body(...))]``."""
 
     async def read(request: Request) -> bytes:
         if max_bytes is None:
@@ -309,7 +327,7 @@ def raw_body(max_bytes: int | None = None, too_large: str = ""):  # noqa: ANN201
                 raise Invalid(too_large or f"the body may be at most {max_bytes} bytes")
         return bytes(data)
 
-    return Annotated[bytes, Depends(read)]
+    return read
 
 
 @dataclass(frozen=True)
@@ -320,9 +338,10 @@ class Posted:
     files: dict[str, tuple[str, str, bytes]]  # field → (filename, content type, bytes)
 
 
-def posted_form(max_file_bytes: int | None = None):  # noqa: ANN201 - returns a dependency
-    """The form; with ``max_file_bytes``, also the first ``max_file_bytes + 1`` bytes of each file
-    (one more than allowed, so the service can tell a file that is too large)."""
+def posted_form(max_file_bytes: int | None = None) -> Callable[[Request], Awaitable[Posted]]:
+    """The dependency that reads the form; with ``max_file_bytes``, also the first ``max_file_bytes + 1``
+    bytes of each file (one more than allowed, so the service can tell a file that is too large). Use it as
+    ``Annotated[Posted, Depends(posted_form(...))]``."""
 
     async def read(request: Request) -> Posted:
         form = await request.form()
@@ -332,8 +351,8 @@ def posted_form(max_file_bytes: int | None = None):  # noqa: ANN201 - returns a 
                 files[key] = (value.filename, value.content_type or "", await value.read(max_file_bytes + 1))
         return Posted(form, files)
 
-    return Annotated[Posted, Depends(read)]
+    return read
 
 
-RawBody = raw_body()
-PostedForm = posted_form()
+RawBody = Annotated[bytes, Depends(raw_body())]
+PostedForm = Annotated[Posted, Depends(posted_form())]

@@ -8,13 +8,14 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|cookie|code_verifier|totp|otp|key",
                           re.IGNORECASE)
 _BEARER = re.compile(r"sr_[A-Za-z0-9]{12}_[A-Za-z0-9_-]+")
 
 
-def _scrub(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _scrub(_logger: Any, _name: str, event: EventDict) -> EventDict:
     for key in list(event):
         if key != "event" and _SECRET_KEYS.search(key):
             event[key] = "**********"

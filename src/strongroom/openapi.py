@@ -71,20 +71,23 @@ def derived_statuses(route: RouteContext) -> set[int]:
     flat = [route.dependant, *_calls(route.dependant)]
     has = {kind: any(getattr(d, f"{kind}_params") for d in flat) for kind in ("path", "query", "header", "body")}
     statuses: set[int] = set()
-    if deps._api_principal in calls:  # noqa: SLF001 - the identity of the bearer check is the point
+    methods = route.methods or set()
+    if deps._api_principal in calls:  # the identity of the bearer check is the point
         statuses.add(401)
-    if "scoped.<locals>.check" in names:
+    if "require_scope.<locals>.check" in names:
         statuses |= {403, 404}  # a missing scope; administration is invisible (404) to non-admins
+    if "require_scope_or_page.<locals>.check" in names:
+        statuses |= {401, 403}  # a token or the page's session: either may be missing or lack the scope
     if has["path"]:
         statuses.add(404)
     if any(has.values()):
         statuses.add(422)
     body = has["body"] or bool((route.openapi_extra or {}).get("requestBody"))
-    if body or route.methods & WRITE_METHODS:
+    if body or methods & WRITE_METHODS:
         statuses |= {400, 413, 422}
-    if deps._db in calls:  # noqa: SLF001
+    if deps._db in calls:
         statuses.add(503)
-        if route.methods & WRITE_METHODS:
+        if methods & WRITE_METHODS:
             statuses.add(409)
     return statuses
 
@@ -118,7 +121,7 @@ def install(app: FastAPI) -> None:
         for route in iter_route_contexts(app.routes):  # included routers' routes, with their prefixes
             if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
                 continue
-            for method in route.methods:
+            for method in route.methods or ():
                 operation = doc["paths"].get(route.path_format, {}).get(method.lower())
                 if operation is not None:
                     _complete(operation, derived_statuses(route))

@@ -57,7 +57,7 @@ class LiveServer:
 
 
 @pytest.fixture
-def live_server(app, settings: Settings, listen_socket: socket.socket) -> Iterator[LiveServer]:  # noqa: ANN001
+def live_server(app, settings: Settings, listen_socket: socket.socket) -> Iterator[LiveServer]:
     """``create_app(settings, run_jobs=False)`` (the root ``app`` fixture) served for real."""
     with serving(app, sock=listen_socket) as url:
         yield LiveServer(url)

@@ -52,7 +52,7 @@ def released_dataset(hub: Hub, pi: User, slug: str, data: bytes) -> tuple[str, s
         return ds.id, file_id
 
 
-def test_apply_approve_download_report(browser: Browser, live_server, hub: Hub, people, tmp_path: Path,  # noqa: ANN001
+def test_apply_approve_download_report(browser: Browser, live_server, hub: Hub, people, tmp_path: Path,
                                        shots: Path) -> None:
     from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
     from strongroom.catalog.png import synthetic_ct_slice
@@ -139,7 +139,7 @@ def test_apply_approve_download_report(browser: Browser, live_server, hub: Hub, 
     assert events[0].actor_id == rita.user.id and events[0].details["basis"] == "entitlement"
 
 
-def login_to(page: Page, person, next_path: str) -> None:  # noqa: ANN001
+def login_to(page: Page, person, next_path: str) -> None:
     """Log in through the real pages and land on ``next_path``."""
     if "/login" not in page.url:
         page.goto(f"/login?next={next_path}")

@@ -24,7 +24,7 @@ from .test_web_flows import login, make_project
 pytestmark = pytest.mark.browser
 
 
-def test_browser_upload_archive_and_release_a_dataset(page: Page, hub: Hub, people, shots: Path,  # noqa: ANN001
+def test_browser_upload_archive_and_release_a_dataset(page: Page, hub: Hub, people, shots: Path,
                                                       tmp_path: Path) -> None:
     pia = people("pia")
     make_project(hub, "chest", "pia")
@@ -54,7 +54,7 @@ def test_browser_upload_archive_and_release_a_dataset(page: Page, hub: Hub, peop
     page.screenshot(path=str(shots / "data.png"), full_page=True)
 
 
-def test_without_javascript_the_form_takes_small_files_and_refuses_big_ones(browser, live_server, hub: Hub,  # noqa: ANN001
+def test_without_javascript_the_form_takes_small_files_and_refuses_big_ones(browser, live_server, hub: Hub,
                                                                            people, tmp_path: Path) -> None:
     pia = people("pia")
     make_project(hub, "chest", "pia")
@@ -74,15 +74,15 @@ def test_without_javascript_the_form_takes_small_files_and_refuses_big_ones(brow
 
 
 @pytest.fixture
-def settings(settings):  # noqa: ANN001, ANN201
+def settings(settings):
     """Upload parts of 40 crypt4gh segments (2.5 MiB): a 5 MB file goes in three parts, and the
     header shifts every part boundary off the segment grid."""
     return settings.model_copy(update={"archive": settings.archive.model_copy(
         update={"part_size": 40 * c4gh.CIPHER_SEGMENT_SIZE})})
 
 
-def test_browser_encrypts_a_big_upload_itself_and_the_hub_decrypts_it_exactly(  # noqa: PLR0915
-        page: Page, hub: Hub, people, shots: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_browser_encrypts_a_big_upload_itself_and_the_hub_decrypts_it_exactly(
+        page: Page, hub: Hub, people, shots: Path, tmp_path: Path) -> None:
     pia = people("pia")
     make_project(hub, "chest", "pia")
     ensure_key(hub)
@@ -93,13 +93,13 @@ def test_browser_encrypts_a_big_upload_itself_and_the_hub_decrypts_it_exactly(  
     sent: list[bytes] = []  # what left the browser, as the hub received it
     failed_once: list[str] = []
 
-    def flaky_part_2(route):  # noqa: ANN001, ANN202 - the network drops part 2 once: the page retries it
+    def flaky_part_2(route):  # the network drops part 2 once: the page retries it
         if not failed_once:
             failed_once.append(route.request.url)
             return route.abort("connectionreset")
         return route.continue_()
 
-    def seen(request):  # noqa: ANN001, ANN202
+    def seen(request):
         if request.method == "PUT" and "/parts/" in request.url:
             sent.append(request.post_data_buffer or b"")
 

@@ -43,7 +43,7 @@ def _second_entry(hub: Hub, steward: str) -> None:
         entries.publish(s, principal, ds)
 
 
-def test_anonymous_visitor_finds_a_dataset_and_sees_the_apply_button(page: Page, hub: Hub, people,  # noqa: ANN001
+def test_anonymous_visitor_finds_a_dataset_and_sees_the_apply_button(page: Page, hub: Hub, people,
                                                                      shots: Path) -> None:
     people("pia")
     make_project(hub, "chest", "pia")

@@ -17,7 +17,7 @@ from .test_web_flows import login
 pytestmark = pytest.mark.browser
 
 
-def test_quarantine_review_and_profile_in_the_browser(page: Page, hub: Hub, people, shots: Path,  # noqa: ANN001
+def test_quarantine_review_and_profile_in_the_browser(page: Page, hub: Hub, people, shots: Path,
                                                       tmp_path: Path) -> None:
     pia = people("pia")
     make_project(hub, "chest", "pia")

@@ -67,7 +67,7 @@ def _actions(hub: Hub, prefix: str) -> list[audit.AuditEvent]:
         session.close()
 
 
-def test_admin_enrols_mfa_creates_project_and_adds_member(page: Page, hub: Hub, people, shots: Path  # noqa: ANN001
+def test_admin_enrols_mfa_creates_project_and_adds_member(page: Page, hub: Hub, people, shots: Path
                                                           ) -> None:
     admin = people("admin", admin=True, mfa=False)
     people("researcher", mfa=False)
@@ -155,8 +155,8 @@ def test_admin_enrols_mfa_creates_project_and_adds_member(page: Page, hub: Hub, 
     assert report.checked >= 5
 
 
-def test_logout_then_login_with_totp(context: BrowserContext, page: Page, hub: Hub, people,  # noqa: ANN001
-                                     live_server) -> None:  # noqa: ANN001
+def test_logout_then_login_with_totp(context: BrowserContext, page: Page, hub: Hub, people,
+                                     live_server) -> None:
     alice = people("alice")
     # Start logged in (the login pages are what this test drives next, after logging out).
     context.add_cookies([{"name": SESSION_COOKIE, "value": browser_session(hub, alice),
@@ -205,7 +205,7 @@ def test_logout_then_login_with_totp(context: BrowserContext, page: Page, hub: H
     assert outcomes == ["denied", "ok"]
 
 
-def test_member_of_a_cannot_see_project_b(page: Page, hub: Hub, people) -> None:  # noqa: ANN001
+def test_member_of_a_cannot_see_project_b(page: Page, hub: Hub, people) -> None:
     pi_a, pi_b = people("pia"), people("pib")
     bob = people("bob")
     make_project(hub, "project-a", pi_a.username, members={"bob": "member"})
@@ -234,7 +234,7 @@ def test_member_of_a_cannot_see_project_b(page: Page, hub: Hub, people) -> None:
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
 
 
-def test_pi_opens_dicom_senders_setting(page: Page, hub: Hub, people, shots: Path) -> None:  # noqa: ANN001
+def test_pi_opens_dicom_senders_setting(page: Page, hub: Hub, people, shots: Path) -> None:
     carol = people("carol")
     project = make_project(hub, "mri-study", carol.username)
 

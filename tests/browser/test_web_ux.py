@@ -43,8 +43,8 @@ def _applicable_dataset(hub: Hub, slug: str, pi: str) -> str:
         return ds.id
 
 
-def test_application_form_keeps_typing_across_terms_and_names_fields(browser: Browser, live_server, hub: Hub,  # noqa: ANN001
-                                                                      people, shots: Path) -> None:  # noqa: ANN001
+def test_application_form_keeps_typing_across_terms_and_names_fields(browser: Browser, live_server, hub: Hub,
+                                                                      people, shots: Path) -> None:
     owner, rita = people("owner"), people("rita")
     dataset_id = _applicable_dataset(hub, "scapis", "owner")
     page = browser.new_context(base_url=live_server.url).new_page()
@@ -93,7 +93,7 @@ def test_application_form_keeps_typing_across_terms_and_names_fields(browser: Br
     expect(handler.locator("#queue")).to_contain_text("Rita")
 
 
-def test_log_in_link_and_enrolment_carry_on_to_the_page(page: Page, people) -> None:  # noqa: ANN001
+def test_log_in_link_and_enrolment_carry_on_to_the_page(page: Page, people) -> None:
     people("newbie", mfa=False)
     page.goto("/catalog")
     nav = page.get_by_role("navigation", name="Main")
@@ -116,7 +116,7 @@ def test_log_in_link_and_enrolment_carry_on_to_the_page(page: Page, people) -> N
     expect(page).to_have_url(_path(page, "/access"))
 
 
-def test_project_audit_log_is_paged_and_filtered(page: Page, hub: Hub, people, shots: Path) -> None:  # noqa: ANN001
+def test_project_audit_log_is_paged_and_filtered(page: Page, hub: Hub, people, shots: Path) -> None:
     pia = people("pia")
     project = make_project(hub, "audited", "pia")
     with transaction(hub.sessions) as s:

@@ -19,7 +19,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app, port: int | None = None, *, sock: socket.socket | None = None) -> Iterator[str]:  # noqa: ANN001
+def serving(app, port: int | None = None, *, sock: socket.socket | None = None) -> Iterator[str]:
     """Serve on ``port``, or on an already bound ``sock`` (so nothing can take the port meanwhile)."""
     port = sock.getsockname()[1] if sock is not None else port
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,

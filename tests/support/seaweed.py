@@ -101,7 +101,7 @@ class SeaweedS3:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def client(self, *, readonly: bool = False, **config: object):  # noqa: ANN201 - a boto3 S3 client
+    def client(self, *, readonly: bool = False, **config: object):  # a boto3 S3 client
         import boto3
         from botocore.config import Config
 
@@ -195,7 +195,7 @@ class SeaweedS3:
                 client.put_object(Bucket="seaweed-ready", Key="probe", Body=b"ok")
                 client.delete_object(Bucket="seaweed-ready", Key="probe")
                 return
-            except Exception as e:  # noqa: BLE001 - not up yet
+            except Exception as e:  # not up yet
                 last = e
                 time.sleep(0.1)
         raise TimeoutError(f"SeaweedFS S3 not ready at {self.endpoint_url}: {last}; log tail:\n"

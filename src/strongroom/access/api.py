@@ -9,12 +9,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from ..deps import Db, RawBody, scoped
+from ..deps import AccessScope as Access
+from ..deps import Db, RawBody
 from ..schemas import Body, IsoDate, Out
 from . import applications, decisions, events, policies, reports
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
-Access = scoped("access")
 
 
 class EventOut(Out):

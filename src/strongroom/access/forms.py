@@ -7,8 +7,6 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-FIELD_TYPES = ("text", "longtext", "date", "option", "multiselect", "email", "attachment", "ethics", "table")
-
 # The request content from the seeds: what a researcher states when asking for imaging data.
 DEFAULT_FORM: list[dict[str, Any]] = [
     {"id": "study_name", "type": "text", "label": "Study name", "required": True},
@@ -86,7 +84,7 @@ def validate_answers(fields: list[dict[str, Any]], answers: dict[str, Any], *, a
     return cleaned
 
 
-def _clean(kind: str, field: dict[str, Any], value: Any, attachments: set[str]) -> Any:  # noqa: C901
+def _clean(kind: str, field: dict[str, Any], value: Any, attachments: set[str]) -> Any:
     if kind in ("text", "longtext"):
         if not isinstance(value, str):
             raise ValueError("must be text")

@@ -28,7 +28,7 @@ QUIET_AFTER = dt.timedelta(days=30)  # entitlements that ended longer ago are ma
 ACTOR = Actor.system("entitlement-lifecycle")
 
 
-def _lock(session: Session, stmt):  # noqa: ANN001, ANN202
+def _lock(session: Session, stmt):
     if session.get_bind().dialect.name == "postgresql":
         return stmt.with_for_update(skip_locked=True)
     return stmt

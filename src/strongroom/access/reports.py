@@ -59,5 +59,5 @@ def dataset_report(session: Session, principal: Principal, dataset_id: str) -> d
         "active_entitlements": len(active),
         "downloads": {"events": len(downloads), "users": len({d[0] for d in downloads})},
         "sharing_by_country": dict(Counter(_country(users.get(e.user_id)) for e in active)),
-        "downloads_by_country": dict(Counter(_country(users.get(d[0])) for d in downloads)),
+        "downloads_by_country": dict(Counter(_country(users.get(d[0]) if d[0] else None) for d in downloads)),
     }

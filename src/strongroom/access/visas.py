@@ -460,14 +460,14 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
 
     grants = []
     for visa in granting:
-        dataset_id = names.get(visa.value)
-        if dataset_id is None:
+        named = names.get(visa.value)
+        if named is None:
             continue
         allowed = passport.issuer_datasets.get(visa.iss)
-        if allowed and dataset_id not in allowed:
+        if allowed and named not in allowed:
             continue
         grants.append(ReadGrant("visa", None, detail=f"{visa.iss} {visa.value}"[:500],
-                                may_download=applicant_download(session, dataset_id)))
+                                may_download=applicant_download(session, named)))
     # a visa for a dataset whose policy allows downloads wins over one that is in-platform only
     return max(grants, key=lambda g: g.may_download) if grants else None
 

@@ -14,13 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..deps import Db, HubDep, scoped
+from ..deps import AccessScope, Db, HubDep
 from ..errors import NotFound
 from ..identity.models import User
 from . import visas
 
 router = APIRouter(tags=["ga4gh"])
-AccessScope = scoped("access")
 
 
 class PassportOut(BaseModel):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from ..archive.models import Dataset
-from ..deps import CsrfChecked, Db, PostedForm, WebPrincipal, posted_form
+from ..deps import CsrfChecked, Db, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Invalid, NotFound
 from ..web.templating import redirect_with, templates
 from . import applications, decisions, events, policies
@@ -18,7 +18,7 @@ from .forms import describe_errors
 from .models import Application, Attachment, FormVersion
 
 router = APIRouter()
-PostedWithFiles = posted_form(applications.MAX_ATTACHMENT)
+PostedWithFiles = Annotated[Posted, Depends(posted_form(applications.MAX_ATTACHMENT))]
 
 
 def _go(url: str) -> RedirectResponse:
@@ -109,7 +109,7 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
     # Uploaded files were read (PostedWithFiles, before Db) before the first query takes the write lock.
     form_data = posted.form
     v = events.load(db, principal, application_id)
-    fields = db.get(FormVersion, v.state.form_version_id).fields
+    fields = db.get_one(FormVersion, v.state.form_version_id).fields
     attachment_ids: dict[str, str] = {}
     for f in fields:
         upload = posted.files.get(f"{f['id']}.file") if f["type"] == "ethics" else posted.files.get(f["id"]) \

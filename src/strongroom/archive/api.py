@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
-from ..deps import Db, HubDep, RawBody, read_first, scoped, scoped_or_page
+from ..deps import DataRead, DataWrite, Db, HubDep, RawBody, UploadWrite, read_first
 from ..errors import Invalid
 from ..openapi import errors
 from ..projects import service as projects
@@ -21,11 +21,6 @@ from .keys import hub_keys
 from .models import ArchiveFile, Dataset
 
 router = APIRouter(prefix="/api/v1", tags=["archive"])
-DataRead = scoped("data:read")
-DataWrite = scoped("data:write")
-# The upload routes are also called by the project's data page, which encrypts in the browser and sends
-# the same parts as `strongroom upload`: they take a token, or the session cookie with X-CSRF-Token.
-UploadWrite = scoped_or_page("data:write")
 
 
 class FileOut(Out):
@@ -110,7 +105,7 @@ class FilePage(Out):
     next_after: str | None
 
 
-def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:  # noqa: ANN001
+def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:
     return UploadOut(id=f.id, state=f.state, upload_size=f.upload_size, part_size=part_size,
                      parts=[{"number": p.number, "size": p.size, "sha256": p.sha256} for p in parts])
 
@@ -266,7 +261,7 @@ def unshare(db: Db, principal: DataWrite, dataset_id: str, project: str) -> None
 def _parse_public_key(text: str) -> bytes:
     try:
         return c4gh.parse_public_key(text)
-    except Exception:  # noqa: BLE001 - fall back to raw base64
+    except Exception:  # fall back to raw base64
         try:
             raw = base64.b64decode(text.strip(), validate=True)
         except ValueError as exc:

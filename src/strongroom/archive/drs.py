@@ -15,7 +15,7 @@ from pydantic import Field
 from sqlalchemy import select
 
 from .. import __version__
-from ..deps import Db, HubDep, scoped
+from ..deps import DataRead, Db, HubDep
 from ..errors import NotFound
 from ..identity.principal import Principal
 from ..schemas import Body
@@ -23,7 +23,6 @@ from . import service
 from .models import READY, ArchiveFile, DatasetVersion
 
 router = APIRouter(prefix="/ga4gh/drs/v1", tags=["GA4GH DRS"])
-DataRead = scoped("data:read")
 
 
 def _host(hub: HubDep) -> str:

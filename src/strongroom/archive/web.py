@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Request
+from fastapi import APIRouter, Depends, Form, Header, Request
 from fastapi.responses import Response
 
-from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, posted_form, read_first
+from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form, read_first
 from ..errors import Invalid
 from ..projects import service as projects
 from ..schemas import Int32
@@ -21,7 +21,7 @@ router = APIRouter()
 # whole form stays under the 1 MiB body limit, which is also below the size at which the form parser
 # would spool a file to disk — so plaintext never touches a temp file.
 BROWSER_UPLOAD_MAX = 960 * 1024
-PostedUpload = posted_form(BROWSER_UPLOAD_MAX)
+PostedUpload = Annotated[Posted, Depends(posted_form(BROWSER_UPLOAD_MAX))]
 
 
 @router.get("/projects/{slug}/data")

@@ -174,7 +174,7 @@ class DatasetZip(StreamingResponse):
                 audit.record(session, self._actor, f"archive.download.{action}",
                              outcome="ok" if action == "completed" else "failed", project_id=flight.project_id,
                              target=flight.target, details=details)
-        except Exception:  # noqa: BLE001 - the response is gone either way; never lose the fact silently
+        except Exception:  # the response is gone either way; never lose the fact silently
             log.exception("archive.download.audit_failed", target=flight.target, action=action)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from ..deps import Db, HubDep, scoped
+from ..deps import Admin, AuditRead, Db, HubDep
 from ..errors import Forbidden, NotFound
 from ..identity.models import User
 from ..identity.service import require_fresh_mfa
@@ -16,8 +16,6 @@ from ..schemas import Int64, Out
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
-AuditRead = scoped("audit:read")
-Admin = scoped("admin")
 
 
 class AuditEventOut(Out):

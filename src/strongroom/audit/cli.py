@@ -86,7 +86,7 @@ def public_key_cmd() -> None:
     console.print(checkpoints.anchor_key(get_settings()).public_pem(), end="", highlight=False)
 
 
-def _operator():  # noqa: ANN202
+def _operator():
     from ..identity.cli import _operator as operator
 
     return operator()
@@ -140,7 +140,7 @@ def list_events(
 admin_app = typer.Typer()
 
 
-def _user_id(session, who: str) -> uuid.UUID:  # noqa: ANN001
+def _user_id(session, who: str) -> uuid.UUID:
     from ..identity.service import find_user
 
     found = find_user(session, who)

@@ -69,9 +69,10 @@ def compute_hash(key: bytes, event: AuditEvent) -> str:
 
 def _key(session: Session) -> bytes:
     try:
-        return session.info[AUDIT_KEY]
+        key: bytes = session.info[AUDIT_KEY]
     except KeyError:
         raise RuntimeError("session has no audit key; use the hub's session factory") from None
+    return key
 
 
 def _locked_head(session: Session) -> AuditHead:
@@ -132,16 +133,18 @@ class Problem:
 class Anchor(Protocol):
     """A checkpoint whose signature was already checked: the chain had ``seq`` events ending in ``head``."""
 
-    seq: int
-    head: str
-    at: str
+    @property
+    def seq(self) -> int: ...
+    @property
+    def head(self) -> str: ...
+    @property
+    def at(self) -> str: ...
 
 
 @dataclass
 class VerifyReport:
     checked: int = 0
     problems: list[Problem] = field(default_factory=list)
-    anchors_checked: int = 0
     proven: Anchor | None = None  # the newest checkpoint the chain matches: events 1..proven.seq are anchored
 
     @property
@@ -167,7 +170,6 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
     expected_seq, prev_hash = 1, GENESIS
     last_seq = 0
     for anchor in by_seq.get(0, ()):  # a checkpoint of the empty chain
-        report.anchors_checked += 1
         if anchor.head == GENESIS:
             report.proven = anchor
         else:
@@ -190,7 +192,6 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
                 report.problems.append(Problem(event.seq, "edited",
                                                f"event {event.action!r} differs from what was signed"))
             for anchor in by_seq.get(event.seq, ()):
-                report.anchors_checked += 1
                 if not hmac.compare_digest(anchor.head, event.hash):
                     report.problems.append(Problem(event.seq, "anchor-mismatch",
                                                    f"the checkpoint of {anchor.at} signed a different event "

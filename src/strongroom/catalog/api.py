@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import Field
 
-from ..deps import Db, HubDep, raw_body, scoped
+from ..deps import DataRead, DataWrite, Db, HubDep, raw_body
 from ..errors import NotFound
 from ..schemas import INT64_MAX, Int32, Int64, Out
 from . import entries
@@ -18,15 +18,13 @@ from .fields import EntryFields
 from .models import CatalogEntry
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
-ImageBody = raw_body(catalog_images.MAX_IMAGE_BYTES,
-                     f"a sample image may be at most {catalog_images.MAX_IMAGE_BYTES // 1024} kB")
+ImageBody = Annotated[bytes, Depends(raw_body(
+    catalog_images.MAX_IMAGE_BYTES, f"a sample image may be at most {catalog_images.MAX_IMAGE_BYTES // 1024} kB"))]
 # The body is checked by ``EntryFields`` in the service, so that a rule it breaks is answered in the
 # steward's words (as the web editor shows it); the document still describes it exactly.
 EntryBody = Annotated[dict[str, Any], Body()]
 ENTRY_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": EntryFields.model_json_schema(mode="validation")}}}}
-DataRead = scoped("data:read")
-DataWrite = scoped("data:write")
 
 
 class ImageOut(Out):
@@ -75,7 +73,7 @@ class SearchOut(Out):
     facets: dict[str, list[FacetOut]]
 
 
-def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:  # noqa: ANN001
+def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:
     data = {name: getattr(entry, name) for name in EntryFields.model_fields}
     return EntryOut(**data, dataset_id=entry.dataset_id, published=entry.published,
                     published_at=entry.published_at, updated_at=entry.updated_at,

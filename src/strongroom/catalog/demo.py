@@ -29,7 +29,7 @@ CASES, SLICES = 3, 2
 DATA_OWNER = "Strongroom Demo Imaging Consortium"
 
 
-def _principal(session, username: str) -> Principal:  # noqa: ANN001
+def _principal(session, username: str) -> Principal:
     user = identity.find_user(session, username)
     if user is None:
         raise RuntimeError(f"the demo needs the user {username!r}")

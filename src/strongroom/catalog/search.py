@@ -101,7 +101,7 @@ def search(session: Session, query: str = "", selected: dict[str, list[str]] | N
     tokens = query.lower().split()[:8]
     per_page = per_page or PAGE_SIZE
 
-    def matching(skip: str | None = None):  # noqa: ANN202 - a select of entry ids
+    def matching(skip: str | None = None):  # a select of entry ids
         stmt = select(CatalogEntry.id).where(CatalogEntry.published.is_(True))
         for token in tokens:
             stmt = stmt.where(CatalogEntry.search_text.like(_like(token), escape="\\"))

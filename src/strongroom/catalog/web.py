@@ -4,12 +4,22 @@ robots.txt (no login), and the steward's editor under the dataset (members with 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal, current_web_session, posted_form, show_viewer
+from ..deps import (
+    CsrfChecked,
+    Db,
+    HubDep,
+    Posted,
+    PostedForm,
+    WebPrincipal,
+    current_web_session,
+    posted_form,
+    show_viewer,
+)
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import redirect_with, templates
@@ -20,7 +30,7 @@ from .fields import EntryFields
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 router = APIRouter()
-PostedImage = posted_form(catalog_images.MAX_IMAGE_BYTES)
+PostedImage = Annotated[Posted, Depends(posted_form(catalog_images.MAX_IMAGE_BYTES))]
 IMAGE_CACHE = "public, max-age=3600"
 
 
@@ -116,9 +126,11 @@ def _number(value: str) -> int | str | None:
     return int(text) if text.isascii() and text.isdecimal() and len(text) <= 19 else text
 
 
-def form_values(form) -> dict[str, Any]:  # noqa: ANN001 - starlette FormData
+def form_values(form) -> dict[str, Any]:  # starlette FormData
     """The editor's form as ``EntryFields`` reads it (validation is the model's, in the service)."""
-    get = lambda k: str(form.get(k, "") or "")  # noqa: E731
+    def get(key: str) -> str:
+        return str(form.get(key, "") or "")
+
     return {
         "slug": get("slug"), "title": get("title"), "description": get("description"),
         "why_apply": get("why_apply"), "data_owner": get("data_owner"), "data_owner_url": get("data_owner_url") or None,
@@ -133,7 +145,7 @@ def form_values(form) -> dict[str, Any]:  # noqa: ANN001 - starlette FormData
     }
 
 
-def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,  # noqa: ANN001
+def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,
             error: str | None = None, status: int = 200) -> Response:
     from ..projects.models import Project
 

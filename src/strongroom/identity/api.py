@@ -10,7 +10,8 @@ from pydantic import EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..deps import Db, HubDep, scoped
+from ..deps import Admin, Db, HubDep
+from ..deps import ProjectsRead as AnyScope
 from ..errors import NotFound
 from ..hub import Hub
 from ..schemas import Body, Out
@@ -19,8 +20,6 @@ from .models import User
 from .principal import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
-AnyScope = scoped("projects:read")
-Admin = scoped("admin")
 
 
 class UserOut(Out):

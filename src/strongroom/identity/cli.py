@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -93,10 +93,11 @@ def users(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
     """List all users."""
     hub = Hub.from_settings(get_settings())
     with hub.sessions() as session:
-        rows = [{"id": str(u.id), "name": u.display_name, "subject": u.subject, "issuer": u.issuer,
-                 "email": u.email or "", "admin": u.is_admin, "active": u.is_active,
-                 "last_login": u.last_login_at.isoformat(timespec="minutes") if u.last_login_at else None}
-                for u in session.scalars(select(User).order_by(User.display_name))]
+        rows: list[dict[str, Any]] = [
+            {"id": str(u.id), "name": u.display_name, "subject": u.subject, "issuer": u.issuer,
+             "email": u.email or "", "admin": u.is_admin, "active": u.is_active,
+             "last_login": u.last_login_at.isoformat(timespec="minutes") if u.last_login_at else None}
+            for u in session.scalars(select(User).order_by(User.display_name))]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return

@@ -12,14 +12,14 @@ import secrets
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import authlib.deprecate  # noqa: F401 - installs authlib's own "always" filter; ours must come after it
 import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, KeySetSerialization
 
 from ..config import OidcSettings
 from ..errors import Invalid, Unauthenticated, Unavailable
@@ -95,7 +95,7 @@ class OidcClient:
             with self._client() as client:
                 token = client.fetch_token(meta["token_endpoint"], grant_type="authorization_code",
                                            code=code, code_verifier=code_verifier)
-        except Exception as exc:  # noqa: BLE001 - authlib raises several types; all mean "refused"
+        except Exception as exc:  # authlib raises several types; all mean "refused"
             raise Unauthenticated(f"the identity provider refused the login ({type(exc).__name__})") from exc
         raw = token.get("id_token")
         if not raw:
@@ -115,7 +115,7 @@ class OidcClient:
 
     def _key_set(self, refresh: bool = False) -> KeySet:
         if self._keys is None or refresh:
-            self._keys = KeySet.import_key_set(_fetch_json(self.metadata()["jwks_uri"]))
+            self._keys = KeySet.import_key_set(cast(KeySetSerialization, _fetch_json(self.metadata()["jwks_uri"])))
         return self._keys
 
     def _validated_claims(self, raw: str, nonce: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..audit import service as audit
 from ..audit.service import Actor
-from ..db import utcnow
+from ..db import rowcount, utcnow
 from ..errors import Conflict, Invalid, MfaRequired, NotFound, TooManyRequests, Unauthenticated
 from .models import (
     LOCAL_ISSUER,
@@ -49,13 +49,6 @@ RECOVERY_CODES = 10
 
 
 # -- users -------------------------------------------------------------------------------------
-def get_user(session: Session, user_id: uuid.UUID) -> User:
-    user = session.get(User, user_id)
-    if user is None:
-        raise NotFound("no such user")
-    return user
-
-
 def find_user(session: Session, ref: str) -> User | None:
     """A user by local username, e-mail or id: how people name each other in forms and the CLI."""
     ref = ref.strip()
@@ -219,7 +212,7 @@ def revoke_access(session: Session, actor: Actor, user: User, *, reason: str,
     query = delete(WebSession).where(WebSession.user_id == user.id)
     if keep_session is not None:
         query = query.where(WebSession.id_hash != keep_session.id_hash)
-    sessions = session.execute(query).rowcount or 0
+    sessions = rowcount(session.execute(query))
     now = utcnow()
     tokens = list(session.scalars(select(ApiToken).where(ApiToken.user_id == user.id,
                                                          ApiToken.revoked_at.is_(None))))
@@ -496,11 +489,11 @@ def revoke_token(session: Session, principal: Principal, prefix: str) -> ApiToke
 # -- housekeeping ------------------------------------------------------------------------------
 def purge_expired(session: Session, *, window_s: int) -> dict[str, int]:
     now = utcnow()
-    s = session.execute(delete(WebSession).where(WebSession.expires_at <= now)).rowcount
-    a = session.execute(delete(LoginAttempt).where(
-        LoginAttempt.created_at < now - dt.timedelta(seconds=window_s))).rowcount
+    s = rowcount(session.execute(delete(WebSession).where(WebSession.expires_at <= now)))
+    a = rowcount(session.execute(delete(LoginAttempt).where(
+        LoginAttempt.created_at < now - dt.timedelta(seconds=window_s))))
     from .models import OidcLoginState
 
-    o = session.execute(delete(OidcLoginState).where(
-        OidcLoginState.created_at < now - dt.timedelta(minutes=15))).rowcount
-    return {"sessions": s or 0, "login_attempts": a or 0, "oidc_states": o or 0}
+    o = rowcount(session.execute(delete(OidcLoginState).where(
+        OidcLoginState.created_at < now - dt.timedelta(minutes=15))))
+    return {"sessions": s, "login_attempts": a, "oidc_states": o}

@@ -15,14 +15,14 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from ..archive.backend import storage_for
-from ..deps import Db, HubDep, scoped
+from ..deps import DataRead as Read
+from ..deps import DataWrite as Write
+from ..deps import Db, HubDep
 from ..projects import service as projects
 from ..schemas import Body, Int64, Out
 from . import keystore, service
 
 router = APIRouter(prefix="/api/v1/projects/{slug}/imaging", tags=["imaging"])
-Read = scoped("data:read")
-Write = scoped("data:write")
 
 
 class BatchOut(Out):

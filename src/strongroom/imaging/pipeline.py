@@ -99,7 +99,7 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
     else:
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
     try:
-        ds = pydicom.dcmread(out, stop_before_pixels=True)
+        ds: pydicom.Dataset = pydicom.dcmread(out, stop_before_pixels=True)
     except Exception as exc:
         reasons.append(f"the output does not read back: {exc}")
         ds = pydicom.Dataset()

@@ -39,6 +39,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom import acse as pynetdicom_acse
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
@@ -122,7 +123,7 @@ class _ProjectAE(AE):
         super().__init__(*args, **kwargs)
         self.senders: list[DicomSender] = []
 
-    @property  # type: ignore[override]
+    @property
     def require_calling_aet(self) -> list[str]:
         assoc = threading.current_thread()
         ip = assoc.requestor.address if isinstance(assoc, Association) else ""
@@ -258,10 +259,10 @@ class DicomService:
         except Exception:
             log.exception("dicom.refresh_failed")
             return
-        for project_id, dest in list(self.destinations.items()):
+        for project_id, running in list(self.destinations.items()):
             w = wanted.get(project_id)
-            if w is None or w[1] != dest.config:
-                self._stop_destination(dest)
+            if w is None or w[1] != running.config:
+                self._stop_destination(running)
                 del self.destinations[project_id]
         for project_id, (slug, config, senders, free) in wanted.items():
             dest = self.destinations.get(project_id)
@@ -289,10 +290,11 @@ class DicomService:
         ae.network_timeout = 60
         ae.dimse_timeout = 120
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if cx.abstract_syntax is not None:  # each has one
+                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         dest = _Destination(project_id=project_id, slug=slug, config=config, ae=ae, server=None, ctx=ctx)
-        handlers = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_ACCEPTED, self._on_accepted, [dest]),
             (evt.EVT_REJECTED, self._on_rejected, [dest]),

@@ -207,7 +207,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
                 study_date=s.get("study_date", "")[:8], size=s.get("size", 0),
                 reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0),
                 action_log_sha256=log_of[n]))
-            pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))  # type: ignore[misc]
+            pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))
             if outcome == QUARANTINED:
                 reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
         keystore.record(session, hub.settings, ctx.project_id, pairs)
@@ -305,7 +305,8 @@ def publish_in(session: Session, project_id: uuid.UUID, actor: Actor) -> int | N
     if not pending:
         return None
     ds = import_dataset(session, project_id)
-    version = archive.publish_version(session, actor, ds, [file_id for _, file_id in pending],
+    file_ids = [file_id for _, file_id in pending if file_id]  # an archived instance always has its file
+    version = archive.publish_version(session, actor, ds, file_ids,
                                       note=f"{len(pending)} de-identified instance(s) imported")
     ids = [i for i, _ in pending]
     for start in range(0, len(ids), 2000):

@@ -75,8 +75,10 @@ def _change(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug
         projects.change_setting(db, principal, access, key, value,
                                 fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     except Invalid as exc:
-        errors = exc.extra.get("errors") or []
-        detail = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in errors) or exc.detail
+        errors = exc.extra.get("errors")
+        messages = [str(e.get("msg", "")).removeprefix("Value error, ")
+                    for e in (errors if isinstance(errors, list) else [])]
+        detail = "; ".join(messages) or exc.detail
         db.rollback()
         return _page(request, db, hub, principal, slug, status_code=422, error=detail)
     return redirect_with(request, f"/projects/{slug}/imaging#{anchor}", done)
@@ -122,7 +124,7 @@ def set_profile(request: Request, posted: PostedForm, db: Db, hub: HubDep, princ
 def review_quarantine(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
                       slug: str) -> Response:
     form = posted.form
-    ids = [int(v) for v in form.getlist("instance") if str(v).isdecimal() and int(v) <= INT64_MAX]
+    ids = [int(v) for v in map(str, form.getlist("instance")) if v.isdecimal() and int(v) <= INT64_MAX]
     access = projects.open_project(db, principal, slug)
     try:
         service.review(db, storage_for(hub), principal, access, ids, decision=str(form.get("decision", "")),

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..deps import Db, scoped
+from ..deps import Admin, Db
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
-Admin = scoped("admin")
 
 
 @router.get("/admin/jobs", summary="Number of jobs per state (platform admins)")

@@ -23,7 +23,7 @@ class JobContext:
     hub: Hub
 
     @property
-    def sessions(self):  # noqa: ANN201 - sessionmaker[Session]
+    def sessions(self):  # sessionmaker[Session]
         return self.hub.sessions
 
     @contextmanager

@@ -60,7 +60,7 @@ class Runner:
         try:
             ctx = JobContext(job_id=job_id, attempt=attempt, worker_id=self.worker_id, hub=self.hub)
             result = kind.func(ctx, payload)
-        except Exception as exc:  # noqa: BLE001 - any failure is recorded and retried
+        except Exception as exc:  # any failure is recorded and retried
             heartbeat_stop.set()
             heartbeat.join()
             log.warning("job.failed", job_id=job_id, kind=kind_name, error=repr(exc))
@@ -86,7 +86,7 @@ class Runner:
                     if not service.renew(session, job_id, self.worker_id, self.lease_seconds):
                         log.warning("job.lease_lost", job_id=job_id)
                         return
-            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next interval
+            except Exception as exc:  # a missed heartbeat is retried next interval
                 log.warning("job.heartbeat_failed", job_id=job_id, error=repr(exc))
 
     # -- loops ---------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ class Runner:
                     last_schedule = time.monotonic()
                 if not self.run_one():
                     self.stop_event.wait(self.poll_seconds)
-            except Exception as exc:  # noqa: BLE001 - the database may be briefly away; keep going
+            except Exception as exc:  # the database may be briefly away; keep going
                 log.error("worker.loop_error", error=repr(exc))
                 self.stop_event.wait(min(self.poll_seconds * 4, 5))
         log.info("worker.stop", worker=self.worker_id)

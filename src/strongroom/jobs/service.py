@@ -19,7 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
+from ..db import rowcount, utcnow
 from .models import Job
 
 
@@ -79,7 +79,7 @@ def renew(session: Session, job_id: int, worker_id: str, lease_seconds: int) -> 
         .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
         .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None) -> bool:
@@ -88,7 +88,7 @@ def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any]
         .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
         .values(status="done", result=result, finished_at=utcnow(), lease_expires_at=None, last_error=None)
     )
-    return outcome.rowcount == 1
+    return rowcount(outcome) == 1
 
 
 def fail(session: Session, job_id: int, worker_id: str, error: str) -> None:
@@ -118,6 +118,6 @@ def prune_finished(session: Session, *, keep_done: dt.timedelta, keep_failed: dt
     counts = {}
     for status, keep in (("done", keep_done), ("failed", keep_failed)):
         result = session.execute(delete(Job).where(Job.status == status, Job.finished_at < now - keep))
-        counts[status] = result.rowcount or 0
+        counts[status] = rowcount(result)
     return counts
 

@@ -23,10 +23,10 @@ class NotifyPreferenceOut(BaseModel):
 
 @router.get("/me/notifications", response_model=NotifyPreferenceOut, summary="Your notification mode")
 def get_mode(db: Db, principal: ApiPrincipal) -> NotifyPreferenceOut:
-    return NotifyPreferenceOut(mode=service.preference(db, principal.user.id))  # type: ignore[arg-type]
+    return NotifyPreferenceOut(mode=service.preference(db, principal.user.id))
 
 
 @router.put("/me/notifications", response_model=NotifyPreferenceOut,
             summary="Set your notification mode: handler e-mails one by one, or one daily digest")
 def set_mode(db: Db, principal: ApiPrincipal, body: NotifyPreferenceIn) -> NotifyPreferenceOut:
-    return NotifyPreferenceOut(mode=service.set_preference(db, principal, body.mode))  # type: ignore[arg-type]
+    return NotifyPreferenceOut(mode=service.set_preference(db, principal, body.mode))

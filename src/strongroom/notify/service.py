@@ -74,7 +74,8 @@ def render(settings: Settings, template: str, context: dict[str, Any]) -> tuple[
 
 def _plain(context: dict[str, Any]) -> dict[str, Any]:
     """The context as JSON data (it is stored in the job), dates and ids as strings."""
-    return json.loads(json.dumps(context, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(context, default=str))
+    return plain
 
 
 def _address(to: str) -> str | None:

@@ -10,17 +10,15 @@ from fastapi import APIRouter, Query, status
 from pydantic import Field
 
 from ..audit.api import AuditEventOut
-from ..deps import Db, HubDep, scoped
+from ..deps import Admin, AuditRead, Db, HubDep
+from ..deps import ProjectsRead as Read
+from ..deps import ProjectsWrite as Write
 from ..identity.api import UserOut
 from ..schemas import Body, Int64, IsoDate, Out
 from . import service
 from .models import Membership, Project
 
 router = APIRouter(prefix="/api/v1", tags=["projects"])
-Read = scoped("projects:read")
-Write = scoped("projects:write")
-AuditRead = scoped("audit:read")
-Admin = scoped("admin")
 
 ProjectClass = Literal["project", "fellowship", "network-partner"]
 

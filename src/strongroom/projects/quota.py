@@ -12,6 +12,7 @@ import uuid
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from ..db import rowcount
 from ..errors import Conflict
 from .models import Project
 
@@ -31,7 +32,7 @@ def reserve(session: Session, project_id: uuid.UUID, nbytes: int) -> None:
         .values(reserved_bytes=Project.reserved_bytes + nbytes)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         project = session.get(Project, project_id)
         free = 0 if project is None else project.quota_bytes - project.used_bytes - project.reserved_bytes
         raise QuotaExceeded(f"the project's storage quota does not allow {nbytes} more bytes "

@@ -360,11 +360,6 @@ def project_audit_page(session: Session, access: ProjectAccess, *, action: str =
     return AuditPage(rows, newer, older, actions)
 
 
-def project_usage(session: Session, project: Project) -> dict[str, int]:
-    members = session.scalar(select(func.count()).where(Membership.project_id == project.id)) or 0
-    return {"members": members, "quota_bytes": project.quota_bytes}
-
-
 def users_of(session: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, User]:
     if not ids:
         return {}

@@ -65,7 +65,7 @@ def _read_flash(request: Request) -> dict[str, str] | None:
 class _Templates(Jinja2Templates):
     """Rendering a page shows the pending flash message, and so clears it."""
 
-    def TemplateResponse(self, request: Request, name: str, context: dict[str, Any] | None = None,  # noqa: N802
+    def TemplateResponse(self, request: Request, name: str, context: dict[str, Any] | None = None,
                          status_code: int = 200, headers: Mapping[str, str] | None = None,
                          media_type: str | None = None, background: BackgroundTask | None = None
                          ) -> _TemplateResponse:

@@ -209,7 +209,7 @@ class S3Storage:
         try:
             config = self._client.get_object_lock_configuration(Bucket=self.bucket)
             locked = config.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-        except Exception:  # noqa: BLE001 - servers without Object Lock (e.g. SeaweedFS) answer with an error
+        except Exception:  # servers without Object Lock (e.g. SeaweedFS) answer with an error
             locked = False
         extra: dict[str, Any] = ({"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": retain_until}
                                  if locked else {})
@@ -321,7 +321,7 @@ class S3Storage:
         try:
             self._call("abort upload", key, self._quick.abort_multipart_upload,
                        Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except Exception as e:  # noqa: BLE001 - the upload stays invisible; cleanup_incomplete() sweeps it
+        except Exception as e:  # the upload stays invisible; cleanup_incomplete() sweeps it
             log.warning("could not abort multipart upload %s of %r: %s", upload_id, key, e)
 
     def iter_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
