@@ -52,6 +52,7 @@ memberships, changed_by
 your_roles, owner_project, shared_into_mine, next_after, passports, no_methods_development
 destination, actions, reviewed, ga4gh_passport_v1, exp, jti
 format  # audit/anchor.py: part of a signed checkpoint
+compress_type  # archive/zipdownload.py: zipfile reads it from the ZipInfo
 retain_device_identity, retain_institution_identity  # imaging settings, passed on as a dict
 
 # -- the generated de-identification table (imaging/deid_table.py) -----------------------------------
@@ -67,9 +68,5 @@ corpus  # imaging/synthetic.py: the synthetic DICOM corpus
 _.enabled  # identity/oidc.py
 first_segment, last_segment, skip_in_first  # archive/c4gh.py: segment_span()'s named result
 credential_id  # identity/principal.py: set for every principal, read by nothing yet (meant for the audit trail)
-
-# -- TODO(issue 10): in files being split; the lead decides (dead as far as vulture can tell) --------
-publish_terms  # access/service.py: no route or caller
-retry_ingest  # archive/service.py: no route or caller
-edition  # imaging/deid.py: a field never read
-log_keep  # imaging/deid.py: a field set, never read
+log_keep  # imaging/deid/plan.py: read by position (entry[5]) in the engine's hot loop
+edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, for callers' records

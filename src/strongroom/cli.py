@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -115,16 +115,14 @@ def db_current() -> None:
 @config_app.command("show")
 def config_show(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Print the effective settings, secrets masked."""
-    data = get_settings().masked()
+    data: dict[str, Any] = get_settings().masked()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     import tomli_w
 
-    def without_unset(value: object) -> object:  # TOML has no null: leave unset values out
-        if isinstance(value, dict):
-            return {k: without_unset(v) for k, v in value.items() if v is not None}
-        return value
+    def without_unset(value: dict[str, Any]) -> dict[str, Any]:  # TOML has no null: leave unset values out
+        return {k: without_unset(v) if isinstance(v, dict) else v for k, v in value.items() if v is not None}
 
     console.print(tomli_w.dumps(without_unset(data)), markup=False)
 

@@ -58,7 +58,7 @@ def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | 
              field_errors: dict[str, str] | None = None, answers: dict[str, Any] | None = None) -> dict[str, Any]:
     """``answers``: what the applicant typed, shown again when it could not be saved."""
     v = events.load(db, principal, application_id)
-    form = db.get(FormVersion, v.state.form_version_id)
+    form = db.get_one(FormVersion, v.state.form_version_id)
     terms = policies.current_terms(db, policies.policy_for(db, v.app.dataset_id).terms_name)
     attachments = list(db.query(Attachment).filter(Attachment.application_id == application_id))
     users = applications.users_by_id(db, {e.actor_id for e in v.events if e.actor_id} | {v.app.applicant_id})

@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -81,7 +82,7 @@ def upload(
         for plan in plans:
             task = progress.add_task(plan.name[-40:], total=header_size + c4gh.body_size_for(plan.size))
 
-            def advance(n: int, task: int = task) -> None:
+            def advance(n: int, task: TaskID = task) -> None:
                 progress.advance(task, n)
                 progress.advance(overall, n)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, literal, select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -13,6 +13,7 @@ from ..audit.service import Actor
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
 from ..projects import service as projects
 from ..projects.models import Project
 from .accession import new_accession
@@ -136,7 +137,7 @@ def edit_draft(session: Session, principal: Principal, dataset_id: str, *, add: 
         # copy the membership by reference in the database: no file is touched
         session.execute(insert(DatasetFile).from_select(
             ["version_id", "file_id"],
-            select(func.cast(draft.id, DatasetFile.version_id.type), DatasetFile.file_id)
+            select(literal(draft.id, DatasetFile.version_id.type), DatasetFile.file_id)
             .where(DatasetFile.version_id == latest.id)))
         latest = draft
     if remove:
@@ -207,7 +208,7 @@ def share_dataset(session: Session, principal: Principal, dataset_id: str, targe
     """Share a released dataset read-only into another project (by reference, no quota)."""
     ds, access = _owner_access(session, principal, dataset_id)
     access.require("export")
-    projects.require_fresh_mfa(principal, fresh_minutes)
+    require_fresh_mfa(principal, fresh_minutes)
     if not projects.get_setting(session, ds.project_id, "external_sharing"):
         raise Forbidden("the project's 'Share datasets with other projects' setting is locked")
     if not session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id,
@@ -263,7 +264,7 @@ def publish_version(session: Session, actor: Actor, dataset: Dataset, file_ids: 
         if latest is not None:
             session.execute(insert(DatasetFile).from_select(
                 ["version_id", "file_id"],
-                select(func.cast(version.id, DatasetFile.version_id.type), DatasetFile.file_id)
+                select(literal(version.id, DatasetFile.version_id.type), DatasetFile.file_id)
                 .where(DatasetFile.version_id == latest.id)))
     for start in range(0, len(file_ids), 2000):  # bounded IN lists
         _add_files(session, version, _ready_files(session, dataset.project_id, file_ids[start:start + 2000]))

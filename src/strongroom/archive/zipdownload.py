@@ -13,7 +13,7 @@ import datetime as dt
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, cast
 
 import anyio
 import structlog
@@ -78,7 +78,6 @@ class DatasetZip(StreamingResponse):
         self._dataset_id, self._number, self._key = dataset_id, number, key_fingerprint
         self._current: _InFlight | None = None
         self.error: Exception | None = None
-        self.files_sent = 0
         super().__init__(self._pump(), media_type="application/zip", headers={
             "Content-Disposition": content_disposition(f"{dataset_id}-v{number}.zip"),
             "Cache-Control": "no-store"})
@@ -115,7 +114,7 @@ class DatasetZip(StreamingResponse):
     def _chunks(self) -> Iterator[bytes]:
         storage = storage_for(self._hub)
         sink, seen = _Sink(), set[str]()
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zipfile.ZipFile(cast(IO[bytes], sink), "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for file_id in self._file_ids():
                 opened = self._open(file_id)
                 if opened is None:
@@ -138,7 +137,6 @@ class DatasetZip(StreamingResponse):
                 self._record(flight, "completed" if flight.sent == flight.expected else "failed",
                              None if flight.sent == flight.expected
                              else f"the source gave {flight.sent} of {flight.expected} bytes")
-                self.files_sent += 1
         yield sink.take()  # the central directory
 
     async def _pump(self) -> AsyncIterator[bytes]:

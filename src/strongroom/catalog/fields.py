@@ -124,8 +124,9 @@ class EntryFields(Body):
     def _text(cls, value: object, info: ValidationInfo) -> object:
         if not isinstance(value, str):
             return value
-        max_len, multiline = TEXTS[info.field_name]
-        label = LABELS[info.field_name]
+        field = str(info.field_name)
+        max_len, multiline = TEXTS[field]
+        label = LABELS[field]
         value = value.replace("\r\n", "\n").strip()
         if CONTROL.search(value) or (not multiline and "\n" in value):
             raise _fail(f"{label} contains control characters")
@@ -144,8 +145,9 @@ class EntryFields(Body):
     def _list(cls, values: object, info: ValidationInfo) -> object:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             return values
-        max_items, max_len = LISTS[info.field_name]
-        label = LABELS[info.field_name]
+        field = str(info.field_name)
+        max_items, max_len = LISTS[field]
+        label = LABELS[field]
         out: list[str] = []
         for raw in values:
             v = " ".join(raw.split())
@@ -183,7 +185,7 @@ class EntryFields(Body):
             return None
         parts = urlsplit(value)
         if parts.scheme not in ("https", "http") or not parts.netloc or len(value) > 1000 or CONTROL.search(value):
-            raise _fail(f"{LABELS[info.field_name]} must be an http(s) address")
+            raise _fail(f"{LABELS[str(info.field_name)]} must be an http(s) address")
         return value
 
     @field_validator("doi", mode="before")
@@ -225,7 +227,7 @@ class EntryFields(Body):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            errors = [{"loc": list(e["loc"]), "msg": _message(e), "type": e["type"]}
+            errors: list[dict[str, Any]] = [{"loc": list(e["loc"]), "msg": _message(e), "type": e["type"]}
                       for e in exc.errors(include_url=False, include_context=False, include_input=False)]
             raise Invalid("; ".join(dict.fromkeys(e["msg"] for e in errors)), errors=errors) from None
 

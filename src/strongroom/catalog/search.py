@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
@@ -115,7 +116,7 @@ def search(session: Session, query: str = "", selected: dict[str, list[str]] | N
     total = session.scalar(select(func.count()).select_from(ids)) or 0
     pages = max(1, math.ceil(total / per_page))
     page = min(max(page, 1), pages)
-    order = [CatalogEntry.title, CatalogEntry.id]
+    order: list[Any] = [CatalogEntry.title, CatalogEntry.id]
     if tokens:
         order.insert(0, case((func.lower(CatalogEntry.title).like(_like(tokens[0]), escape="\\"), 0), else_=1))
     entries = list(session.scalars(select(CatalogEntry).where(CatalogEntry.id.in_(select(ids.c.id)))

@@ -160,7 +160,7 @@ class LocalStorage:
         except BaseException:
             f.close()
             raise
-        return io.BufferedReader(raw, buffer_size=COPY_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(raw, buffer_size=COPY_CHUNK)
 
     def size(self, key: str) -> int:
         path = self._path(key)

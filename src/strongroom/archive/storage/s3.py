@@ -219,7 +219,7 @@ class S3Storage:
 
     def open_reader(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         lo, hi = clamp_range(start, end, self.size(key))
-        return io.BufferedReader(S3Reader(self, key, lo, hi), buffer_size=1 * MiB)  # type: ignore[return-value]
+        return io.BufferedReader(S3Reader(self, key, lo, hi), buffer_size=1 * MiB)
 
     def _head(self, key: str) -> dict[str, Any]:
         validate_key(key)

@@ -132,7 +132,7 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
     pixel_el = idx.get(PIXEL_DATA_TAG)
     rule = pixels.matching_rule(profile.pixel_rules, run.mv, idx, codec, value(0x00080070), value(0x00081090),
                                 value(0x00080060)) if profile.pixel_rules and pixel_el is not None else None
-    if rule is not None:
+    if rule is not None and pixel_el is not None:
         cleaned = pixels.blank(run.mv, pixel_el, idx, codec, rule, run.misses)
         if cleaned is not None:
             vr = (pixel_el[1] if explicit else None) or b"OW"

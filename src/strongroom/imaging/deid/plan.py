@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
+from pydicom.datadict import DicomDictionary
 
 from strongroom.imaging.deid_table import EDITION, ROWS, SAFE_PRIVATE, Row
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydicom.charset import decode_bytes, encode_string
-from pydicom.datadict import DicomDictionary  # type: ignore[attr-defined]
+from pydicom.datadict import DicomDictionary
 
 from strongroom.imaging.deid_table import EDITION
 
