@@ -25,6 +25,13 @@ from strongroom.identity.models import User
 from strongroom.migrate import upgrade
 from strongroom.models import load_all
 
+# argon2id at its production cost (t=3, 64 MiB, 4 lanes: ~0.15 s of CPU per hash, far more on a loaded
+# machine) would be paid for every user the fixtures create and every login; the suite hashes with the
+# cheapest parameters instead, through the settings (env, so CLI subprocesses get them too). The defaults
+# are asserted in test_login.py.
+for _name, _value in (("TIME_COST", "1"), ("MEMORY_KIB", "64"), ("PARALLELISM", "1")):
+    os.environ.setdefault(f"STRONGROOM_SECURITY__PASSWORD_HASH__{_name}", _value)
+
 PG_URL = os.environ.get("STRONGROOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 KEEP_TABLES = {"roles", "alembic_version"}
 PASSWORD = "correct horse battery staple"
