@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from strongroom.app import create_app
 from strongroom.config import Settings
@@ -80,19 +80,40 @@ def pg_schema_ready() -> Iterator[str]:
     from strongroom.db import engine_for
 
     engine_for(url).dispose()
+    if url in _PG_ENGINES:
+        _PG_ENGINES.pop(url).dispose()
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     admin.dispose()
 
 
+_PG_ENGINES: dict[str, Engine] = {}
+# Sequences owned by the emptied tables, back to their start (what TRUNCATE ... RESTART IDENTITY did).
+_RESTART_SEQUENCES = """
+SELECT setval(s.oid, q.seqstart, false)
+  FROM pg_class s
+  JOIN pg_sequence q ON q.seqrelid = s.oid
+  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype IN ('a', 'i')
+  JOIN pg_class t ON t.oid = d.refobjid
+ WHERE s.relkind = 'S' AND s.relnamespace = current_schema()::regnamespace AND t.relname = ANY(%(tables)s)
+"""
+
+
 def _truncate_pg(url: str) -> None:
+    """Empty every table but the kept ones, restart their sequences, re-seed the audit head.
+
+    DELETE in reverse dependency order, not TRUNCATE: on these near-empty tables TRUNCATE (new files for
+    ~40 tables and their indexes, under an exclusive lock) took ~1.2 s per test on the shared CI box,
+    DELETE takes ~0.01-0.04 s. The end state is the same: no rows, identities from the start."""
     load_all()
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = _PG_ENGINES.get(url)
+    if engine is None:
+        engine = _PG_ENGINES[url] = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     names = [t.name for t in Base.metadata.sorted_tables if t.name not in KEEP_TABLES]
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+        conn.exec_driver_sql("; ".join(f"DELETE FROM {name}" for name in reversed(names)))
+        conn.exec_driver_sql(_RESTART_SEQUENCES, {"tables": names})
         conn.execute(text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
