@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from strongroom.app import create_app
 from strongroom.config import Settings
@@ -24,6 +24,13 @@ from strongroom.identity import service as identity
 from strongroom.identity.models import User
 from strongroom.migrate import upgrade
 from strongroom.models import load_all
+
+# argon2id at its production cost (t=3, 64 MiB, 4 lanes: ~0.15 s of CPU per hash, far more on a loaded
+# machine) would be paid for every user the fixtures create and every login; the suite hashes with the
+# cheapest parameters instead, through the settings (env, so CLI subprocesses get them too). The defaults
+# are asserted in test_login.py.
+for _name, _value in (("TIME_COST", "1"), ("MEMORY_KIB", "64"), ("PARALLELISM", "1")):
+    os.environ.setdefault(f"STRONGROOM_SECURITY__PASSWORD_HASH__{_name}", _value)
 
 PG_URL = os.environ.get("STRONGROOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 KEEP_TABLES = {"roles", "alembic_version"}
@@ -67,25 +74,49 @@ def pg_schema_ready() -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
         conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    # synchronous_commit=off: a commit does not wait for its WAL flush (~13 ms each on a busy CI disk, a few
+    # dozen per test). Only a crash of the PostgreSQL server itself could lose such a commit, and no test
+    # crashes it; to every session, the app's and its killed subprocesses' included, commits are the same.
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}%20-csynchronous_commit%3Doff"
     upgrade(url)
     yield url
     from strongroom.db import engine_for
 
     engine_for(url).dispose()
+    if url in _PG_ENGINES:
+        _PG_ENGINES.pop(url).dispose()
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
     admin.dispose()
 
 
+_PG_ENGINES: dict[str, Engine] = {}
+# Sequences owned by the emptied tables, back to their start (what TRUNCATE ... RESTART IDENTITY did).
+_RESTART_SEQUENCES = """
+SELECT setval(s.oid, q.seqstart, false)
+  FROM pg_class s
+  JOIN pg_sequence q ON q.seqrelid = s.oid
+  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype IN ('a', 'i')
+  JOIN pg_class t ON t.oid = d.refobjid
+ WHERE s.relkind = 'S' AND s.relnamespace = current_schema()::regnamespace AND t.relname = ANY(%(tables)s)
+"""
+
+
 def _truncate_pg(url: str) -> None:
+    """Empty every table but the kept ones, restart their sequences, re-seed the audit head.
+
+    DELETE in reverse dependency order, not TRUNCATE: on these near-empty tables TRUNCATE (new files for
+    ~40 tables and their indexes, under an exclusive lock) took ~1.2 s per test on the shared CI box,
+    DELETE takes ~0.01-0.04 s. The end state is the same: no rows, identities from the start."""
     load_all()
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    engine = _PG_ENGINES.get(url)
+    if engine is None:
+        engine = _PG_ENGINES[url] = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     names = [t.name for t in Base.metadata.sorted_tables if t.name not in KEEP_TABLES]
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+        conn.exec_driver_sql("; ".join(f"DELETE FROM {name}" for name in reversed(names)))
+        conn.exec_driver_sql(_RESTART_SEQUENCES, {"tables": names})
         conn.execute(text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)"), {"h": "0" * 64})
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
@@ -129,12 +160,12 @@ class Person:
     seed: str | None
     used_steps: set[int] = field(default_factory=set)
 
-    def code(self) -> str:
+    def code(self, *, offsets: tuple[int, ...] = (0, 1)) -> str:
         """A TOTP code for a step not used yet (the hub refuses replays)."""
         totp = pyotp.TOTP(self.seed)
         while True:
             now = time.time()
-            for offset in (0, 1):
+            for offset in offsets:
                 step = int(now // 30) + offset
                 if step not in self.used_steps and all(step > s for s in self.used_steps):
                     self.used_steps.add(step)
@@ -159,8 +190,13 @@ def people(hub: Hub):
                 seed = enrolment.secret
         person = Person(user=user, username=username, seed=seed)
         if mfa:
+            # The hub accepts the previous step too: enrolling with it (while it stays valid for >= 10 s more)
+            # leaves the current and the next step for the test, so a test that logs in twice gets its codes
+            # at once instead of sleeping until the next 30 s step.
+            early = time.time() % 30 < 20
             with transaction(hub.sessions) as session:
-                identity.confirm_totp_enrolment(session, session.get(User, user.id), person.code(), hub.secret,
+                identity.confirm_totp_enrolment(session, session.get(User, user.id),
+                                                person.code(offsets=(-1, 0, 1) if early else (0, 1)), hub.secret,
                                                 None)
         return person
 

@@ -133,3 +133,31 @@ def test_totp_enrolment_uri_names_the_hub(hub, people):
         s.commit()
     parsed = pyotp.parse_uri(enrolment.uri)
     assert parsed.issuer == "Strongroom" and parsed.name == "gina"
+
+
+def test_a_hub_on_the_defaults_hashes_passwords_at_the_production_argon2id_cost(tmp_path, monkeypatch):  # noqa: ANN001
+    """The suite hashes cheaply (tests/conftest.py sets security.password_hash through the environment);
+    the defaults must stay argon2-cffi's, RFC 9106's low-memory profile, and a hub built on them use them."""
+    from argon2 import PasswordHasher, Type, extract_parameters
+
+    from strongroom.config import SecuritySettings, Settings
+    from strongroom.hub import Hub
+    from strongroom.identity import secrets
+
+    defaults = SecuritySettings().password_hash
+    library = PasswordHasher()
+    assert (defaults.time_cost, defaults.memory_kib, defaults.parallelism) == (3, 65536, 4) \
+        == (library.time_cost, library.memory_cost, library.parallelism)
+    for name in ("TIME_COST", "MEMORY_KIB", "PARALLELISM"):
+        monkeypatch.delenv(f"STRONGROOM_SECURITY__PASSWORD_HASH__{name}", raising=False)
+    suite = secrets.password_hash_parameters()
+    try:
+        Hub.from_settings(Settings(var_dir=tmp_path, secret_key="test-secret-" + "x" * 32))
+        for stored in (secrets.hash_password(PASSWORD), secrets.dummy_hash()):
+            params = extract_parameters(stored)
+            assert params.type is Type.ID
+            assert (params.time_cost, params.memory_cost, params.parallelism) == (3, 65536, 4)
+        assert secrets.verify_password(stored, "x" * 12) is False
+    finally:
+        secrets.configure_password_hashing(**dict(zip(("time_cost", "memory_kib", "parallelism"), suite,
+                                                      strict=True)))

@@ -39,6 +39,15 @@ class OidcSettings(BaseModel):
     allow_insecure_loopback: bool = True
 
 
+class PasswordHashSettings(BaseModel):
+    """argon2id cost of new password hashes. The defaults are argon2-cffi's, RFC 9106's low-memory
+    profile; lower them only for test suites (they make local passwords cheaper to brute-force)."""
+
+    time_cost: int = Field(3, ge=1)
+    memory_kib: int = Field(65536, ge=8)
+    parallelism: int = Field(4, ge=1)
+
+
 class SecuritySettings(BaseModel):
     session_idle_minutes: int = 30
     session_max_hours: int = 12
@@ -49,6 +58,7 @@ class SecuritySettings(BaseModel):
     # None = decided from base_url: secure cookies everywhere except plain-http loopback development.
     cookie_secure: bool | None = None
     max_body_bytes: int = 1_048_576
+    password_hash: PasswordHashSettings = Field(default_factory=PasswordHashSettings)
 
 
 class JobSettings(BaseModel):

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .audit.service import AUDIT_KEY, derive_audit_key
 from .config import Settings, get_settings
 from .db import engine_for
+from .identity.secrets import configure_password_hashing
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Hub:
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Hub:
         settings = settings or get_settings()
+        configure_password_hashing(**settings.security.password_hash.model_dump())
         secret = settings.effective_secret_key()
         sessions = sessionmaker(
             bind=engine_for(settings.effective_database_url),

@@ -11,8 +11,25 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.fernet import Fernet, InvalidToken
 
-_hasher = PasswordHasher()  # argon2id, library defaults (RFC 9106 low-memory profile)
+# argon2id, library defaults (RFC 9106 low-memory profile: t=3, m=64 MiB, p=4) until the hub applies
+# ``security.password_hash`` from its settings (same defaults; the test suite configures cheaper ones).
+_hasher = PasswordHasher()
+_dummy_hash: str | None = None
 MIN_PASSWORD_LENGTH = 12
+
+
+def configure_password_hashing(*, time_cost: int, memory_kib: int, parallelism: int) -> None:
+    """New hashes use these argon2id parameters; a stored hash with others is rehashed at its next login."""
+    global _hasher, _dummy_hash
+    if (_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism) == (time_cost, memory_kib, parallelism):
+        return
+    _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+    _dummy_hash = None
+
+
+def password_hash_parameters() -> tuple[int, int, int]:
+    """(time_cost, memory_kib, parallelism) that new hashes get."""
+    return _hasher.time_cost, _hasher.memory_cost, _hasher.parallelism
 
 
 def hash_password(password: str) -> str:
@@ -30,8 +47,13 @@ def needs_rehash(stored: str) -> bool:
     return _hasher.check_needs_rehash(stored)
 
 
-# A valid hash to verify against when the username is unknown, so timing does not reveal it.
-DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+def dummy_hash() -> str:
+    """A valid hash, made with the current parameters, to verify against when the username is unknown,
+    so timing does not reveal it. Made on first use, not at import (every CLI start would pay for it)."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+    return _dummy_hash
 
 
 def sha256_hex(value: str) -> str:

@@ -32,9 +32,9 @@ from .models import (
 )
 from .principal import SCOPES, Principal
 from .secrets import (
-    DUMMY_HASH,
     MIN_PASSWORD_LENGTH,
     FieldCipher,
+    dummy_hash,
     hash_password,
     keyed_digest,
     needs_rehash,
@@ -176,7 +176,7 @@ def authenticate_password(
     username = username.strip().lower()
     check_throttle(session, username, ip, limit=limit, window_s=window_s)
     cred = session.scalar(select(LocalCredential).where(LocalCredential.username == username))
-    ok = verify_password(cred.password_hash if cred else DUMMY_HASH, password)
+    ok = verify_password(cred.password_hash if cred else dummy_hash(), password)
     if cred is None or not ok or not cred.user.is_active:
         note_failed_login(session, username, ip)
         audit.record(session, Actor(id=cred.user_id if cred else None, label=username, ip=ip),
