@@ -65,6 +65,7 @@ snippet, thumbnail, time_from_archive, jsonld, _.jsonld, _.short_description, qr
 
 # -- the tests and benchmarks use these ----------------------------------------------------------------
 corpus  # imaging/synthetic.py: the synthetic DICOM corpus
+password_hash_parameters  # identity/secrets.py: the test that production hashes at full cost reads it
 _.enabled  # identity/oidc.py
 first_segment, last_segment, skip_in_first  # archive/c4gh.py: segment_span()'s named result
 credential_id  # identity/principal.py: set for every principal, read by nothing yet (meant for the audit trail)

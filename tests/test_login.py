@@ -135,7 +135,7 @@ def test_totp_enrolment_uri_names_the_hub(hub, people):
     assert parsed.issuer == "Strongroom" and parsed.name == "gina"
 
 
-def test_a_hub_on_the_defaults_hashes_passwords_at_the_production_argon2id_cost(tmp_path, monkeypatch):  # noqa: ANN001
+def test_a_hub_on_the_defaults_hashes_passwords_at_the_production_argon2id_cost(tmp_path, monkeypatch):
     """The suite hashes cheaply (tests/conftest.py sets security.password_hash through the environment);
     the defaults must stay argon2-cffi's, RFC 9106's low-memory profile, and a hub built on them use them."""
     from argon2 import PasswordHasher, Type, extract_parameters
