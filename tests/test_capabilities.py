@@ -140,11 +140,21 @@ def test_every_settings_section_has_one_owner() -> None:
 
 def test_importing_a_module_registers_nothing() -> None:
     """Hooks come from includeme at commit, never from an import's side effect."""
-    code = ("import strongroom.access.grants, strongroom.access.visas, strongroom.projects.service\n"
-            "from strongroom.archive import service as a\nfrom strongroom.identity import service as i\n"
-            "assert a.GRANT_PROVIDERS == [] and a.DATASET_READERS == [] and i.DATA_ROLE_CHECKS == [], 'side effect'\n"
-            "from strongroom.capabilities import registry\nregistry()\n"
-            "assert len(a.GRANT_PROVIDERS) == 2 and len(i.DATA_ROLE_CHECKS) == 1\n")
+    code = """
+import strongroom.access.grants, strongroom.access.visas, strongroom.projects.service
+import strongroom.imaging.models, strongroom.imaging.service, strongroom.imaging.settings
+from strongroom.archive import service as a
+from strongroom.catalog import service as c
+from strongroom.identity import service as i
+from strongroom.projects.settings import SETTINGS
+hooks = lambda: (a.GRANT_PROVIDERS, a.DATASET_READERS, a.DATASET_DOWNLOAD_POLICIES, a.HOLD_RULES,
+                 c.INDEX_PROVIDERS, i.DATA_ROLE_CHECKS, "dicom_destination" in SETTINGS)
+assert hooks() == ([], [], [], {}, [], [], False), hooks()
+from strongroom.capabilities import registry
+registry()
+assert [len(h) for h in hooks()[:-1]] == [2, 2, 1, 1, 1, 1] and hooks()[-1], hooks()
+assert list(SETTINGS)[-2:] == ["dicom_destination", "deid_profile"]
+"""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

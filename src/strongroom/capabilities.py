@@ -83,16 +83,19 @@ class CliEntry:
 @dataclass(frozen=True)
 class HookEntry:
     capability: str
-    point: str  # "package.module:LIST" that the provider is appended to
+    point: str  # "package.module:NAME" of a list (the provider is appended) or a dict (set under key)
     ref: Ref
+    key: str | None = None
 
 
-# Extension points other capabilities add to. Each is a list of callables in its owner's module.
+# Extension points other capabilities add to: lists (or dicts by key) in their owner's module.
 GRANT_PROVIDERS = "strongroom.archive.service:GRANT_PROVIDERS"  # who else may read a file
 DATASET_READERS = "strongroom.archive.service:DATASET_READERS"  # who else may see a dataset
 DOWNLOAD_POLICIES = "strongroom.archive.service:DATASET_DOWNLOAD_POLICIES"  # may applicants download
 DATA_ROLE_CHECKS = "strongroom.identity.service:DATA_ROLE_CHECKS"  # who must use MFA (sees data)
 INDEX_PROVIDERS = "strongroom.catalog.service:INDEX_PROVIDERS"  # extra catalogue facts
+HOLD_RULES = "strongroom.archive.service:HOLD_RULES"  # who may review a held file (dict by hold name)
+PROJECT_SETTINGS = "strongroom.projects.settings:SETTINGS"  # more locked-by-default project settings (by key)
 
 
 @dataclass
@@ -148,7 +151,12 @@ class Registry:
         for hook in self.hooks:
             target = resolve(hook.point)
             provider = resolve(hook.ref)
-            if provider not in target:
+            if isinstance(target, dict):
+                if hook.key is None:
+                    raise TypeError(f"{hook.capability}: {hook.point} needs a key")
+                if target.setdefault(hook.key, provider) is not provider:
+                    raise ValueError(f"{hook.capability}: {hook.point}[{hook.key!r}] is taken")
+            elif provider not in target:
                 target.append(provider)
         self.committed = True
 
@@ -193,9 +201,10 @@ class Config:
         if owner != self.capability:
             raise ValueError(f"settings section {section!r} already belongs to {owner}")
 
-    def add_hook(self, point: str, provider: Ref) -> None:
-        """Append ``provider`` to the extension point ``point`` (``"pkg.mod:LIST"``) at commit."""
-        self.registry.hooks.append(HookEntry(self.capability, point, provider))
+    def add_hook(self, point: str, provider: Ref, *, key: str | None = None) -> None:
+        """At commit, append ``provider`` to the extension point ``point`` (``"pkg.mod:LIST"``), or
+        set it under ``key`` when the point is a dict."""
+        self.registry.hooks.append(HookEntry(self.capability, point, provider, key))
 
     def add_grant_provider(self, provider: Ref) -> None:
         """``provider(session, principal, file) -> ReadGrant | None``: another way to be allowed to read."""
@@ -212,6 +221,18 @@ class Config:
     def add_data_role_check(self, check: Ref) -> None:
         """``check(session, user) -> bool``: the user can see data, so MFA is mandatory for them."""
         self.add_hook(DATA_ROLE_CHECKS, check)
+
+    def add_hold_rule(self, hold: str, rule: Ref) -> None:
+        """An ``archive.service.HoldRule``: who may review files held as ``hold``, in-platform."""
+        self.add_hook(HOLD_RULES, rule, key=hold)
+
+    def add_project_setting(self, key: str, spec: Ref) -> None:
+        """A ``projects.settings.SettingSpec``: a locked-by-default project setting edited on our pages."""
+        self.add_hook(PROJECT_SETTINGS, spec, key=key)
+
+    def add_index_provider(self, provider: Ref) -> None:
+        """``provider(session, entry)``: more facts for a catalogue entry when it is (re)indexed."""
+        self.add_hook(INDEX_PROVIDERS, provider)
 
 
 def build(names: list[str] | None = None) -> Registry:

@@ -19,3 +19,7 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.imaging.web:router")
     config.add_cli("strongroom.imaging.cli:dicom_app", name="dicom")
     config.add_cli("strongroom.imaging.cli:import_app", name="import")
+    config.add_project_setting("dicom_destination", "strongroom.imaging.settings:DESTINATION_SETTING")
+    config.add_project_setting("deid_profile", "strongroom.imaging.settings:PROFILE_SETTING")
+    config.add_hold_rule("quarantine", "strongroom.imaging.service:QUARANTINE_RULE")  # review in-platform
+    config.add_index_provider("strongroom.imaging.service:index_entry")  # import counts in the catalogue
