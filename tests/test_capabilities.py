@@ -13,6 +13,7 @@ import pytest
 import typer
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from jinja2 import TemplateNotFound
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
@@ -21,6 +22,7 @@ from strongroom.capabilities import CAPABILITIES, Registry, build, resolve
 from strongroom.config import Settings
 from strongroom.db import Base
 from strongroom.jobs import registry as jobs_registry
+from strongroom.web.templating import templates
 
 SRC = Path(capabilities.__file__).parent
 
@@ -32,6 +34,8 @@ def with_capdemo() -> Iterator[Registry]:
     yield registry
     # leave nothing of it behind for the other tests in this process
     jobs_registry.REGISTRY.pop("capdemo.echo", None)
+    searchpath = templates.env.loader.searchpath  # type: ignore[union-attr]
+    searchpath[:] = [p for p in searchpath if "capdemo" not in str(p)]
     table = Base.metadata.tables.get("capdemo_things")
     if table is not None:
         Base.metadata.remove(table)
@@ -68,9 +72,13 @@ def test_a_new_capability_is_one_folder_and_one_line(with_capdemo: Registry) -> 
     assert "capdemo_things" in Base.metadata.tables and "users" in Base.metadata.tables
 
     greeters = resolve("support.capdemo.parts:GREETERS")
+    with pytest.raises(TemplateNotFound):
+        templates.get_template("capdemo/page.html")
     registry.commit()
     registry.commit()  # idempotent
     assert [g() for g in greeters] == ["hi"]
+    assert "a capdemo template for you" in templates.get_template("capdemo/page.html").render(who="you")
+    assert templates.get_template("base.html")  # the shared templates still come first
 
 
 def test_the_hub_is_built_from_the_registry(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ import importlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
 # Order matters: routers of one stage are included in this order (first match wins), CLI groups are
@@ -96,6 +98,7 @@ DATA_ROLE_CHECKS = "strongroom.identity.service:DATA_ROLE_CHECKS"  # who must us
 INDEX_PROVIDERS = "strongroom.catalog.service:INDEX_PROVIDERS"  # extra catalogue facts
 HOLD_RULES = "strongroom.archive.service:HOLD_RULES"  # who may review a held file (dict by hold name)
 PROJECT_SETTINGS = "strongroom.projects.settings:SETTINGS"  # more locked-by-default project settings (by key)
+TEMPLATE_DIRS = "strongroom.web.templating:templates.env.loader.searchpath"  # page templates, in order
 
 
 @dataclass
@@ -229,6 +232,11 @@ class Config:
     def add_project_setting(self, key: str, spec: Ref) -> None:
         """A ``projects.settings.SettingSpec``: a locked-by-default project setting edited on our pages."""
         self.add_hook(PROJECT_SETTINGS, spec, key=key)
+
+    def add_templates(self, directory: str | PathLike[str]) -> None:
+        """A directory of page templates searched after the shared ``web/templates`` (name them
+        ``<capability>/…`` so they cannot shadow another's)."""
+        self.add_hook(TEMPLATE_DIRS, Path(directory))  # a Path: never taken for a "module:attr"
 
     def add_index_provider(self, provider: Ref) -> None:
         """``provider(session, entry)``: more facts for a catalogue entry when it is (re)indexed."""

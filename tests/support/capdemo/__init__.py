@@ -3,6 +3,8 @@ in the app, the command line, the job kinds and the schema."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from strongroom.capabilities import Config
 
 
@@ -14,3 +16,4 @@ def includeme(config: Config) -> None:
     config.add_cli("support.capdemo.parts:admin_cli", into="admin")
     config.add_jobs("support.capdemo.parts")
     config.add_hook("support.capdemo.parts:GREETERS", "support.capdemo.parts:greet")
+    config.add_templates(Path(__file__).parent / "templates")
