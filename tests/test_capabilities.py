@@ -88,8 +88,8 @@ def test_the_hub_is_built_from_the_registry(tmp_path: Path) -> None:
     from strongroom.identity import service as identity
 
     registry = capabilities.registry()
-    assert registry.committed and registry.capabilities == CAPABILITIES
     app = create_app(Settings(var_dir=tmp_path), run_jobs=False)
+    assert registry.committed and registry.capabilities == CAPABILITIES  # the app's hub applied the hooks
     served = {getattr(route, "path", None) for route in _all_routes(app)}
     for entry in registry.routers:  # every declared router's routes are in the app
         assert {route.path for route in resolve(entry.ref).routes} <= served, entry.ref
@@ -159,7 +159,9 @@ hooks = lambda: (a.GRANT_PROVIDERS, a.DATASET_READERS, a.DATASET_DOWNLOAD_POLICI
                  c.INDEX_PROVIDERS, i.DATA_ROLE_CHECKS, "dicom_destination" in SETTINGS)
 assert hooks() == ([], [], [], {}, [], [], False), hooks()
 from strongroom.capabilities import registry
-registry()
+import strongroom.cli  # the command line alone applies nothing either
+assert hooks() == ([], [], [], {}, [], [], False), hooks()
+registry().commit()
 assert [len(h) for h in hooks()[:-1]] == [2, 2, 1, 1, 1, 1] and hooks()[-1], hooks()
 assert list(SETTINGS)[-2:] == ["dicom_destination", "deid_profile"]
 """

@@ -9,8 +9,8 @@ and the job kinds (``jobs.registry.load``) are all built from the registry.
 
 Declarations name objects as ``"package.module:attribute"`` strings (or pass the object itself), so
 ``includeme`` imports nothing: the command line does not import FastAPI routers, the app does not
-import Typer commands. Hooks are applied once per process by ``registry()`` (``Registry.commit``),
-never by importing a module.
+import Typer commands. Hooks are applied once per process by ``registry().commit()`` (``Hub.from_settings``
+calls it), never by importing a module.
 
 Adding a capability = one package with an ``includeme`` + one line in ``CAPABILITIES``.
 """
@@ -151,6 +151,8 @@ class Registry:
 
     def commit(self) -> None:
         """Apply the hooks, in capability order. Idempotent: a provider is never added twice."""
+        if self.committed:
+            return
         for hook in self.hooks:
             target = resolve(hook.point)
             provider = resolve(hook.ref)
@@ -253,8 +255,8 @@ def build(names: list[str] | None = None) -> Registry:
 
 @lru_cache(maxsize=1)
 def registry() -> Registry:
-    """This process's registry: every capability, hooks applied."""
-    built = build()
-    built.commit()
-    return built
+    """This process's registry of every capability: declarations only, which import just the capability
+    packages. ``registry().commit()`` applies the hooks; ``Hub.from_settings`` does, so every entry point
+    that touches data has them (the command line itself does not pay for importing them)."""
+    return build()
 

@@ -21,7 +21,7 @@ class Hub:
     def from_settings(cls, settings: Settings | None = None) -> Hub:
         from .capabilities import registry
 
-        registry()  # every capability's hooks (read grants, MFA policy, …) are in place before a service runs
+        registry().commit()  # every capability's hooks (read grants, MFA policy, …) are in place before a service runs
         settings = settings or get_settings()
         secret = settings.effective_secret_key()
         sessions = sessionmaker(

@@ -13,7 +13,6 @@ from ..db import transaction
 from ..errors import DomainError
 from ..hub import Hub
 from ..identity.cli import _fail, _operator
-from . import service
 
 app = typer.Typer()  # merged into `strongroom admin` (projects' includeme)
 console = Console()
@@ -30,6 +29,8 @@ def create_project(
     years: Annotated[int, typer.Option(min=1, max=20, help="Years until the project ends.")] = 3,
 ) -> None:
     """Create a project with its PI as first member."""
+    from . import service  # not at import: every `strongroom` command (and DICOM pool worker) imports this module
+
     hub = Hub.from_settings(get_settings())
     try:
         with transaction(hub.sessions) as session:
