@@ -210,7 +210,7 @@ def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):
 
 
 def test_checkpoint_job_and_verify_job(hub):
-    from strongroom.jobs.builtin import checkpoint, verify_chain
+    from strongroom.audit.jobs import checkpoint, verify_chain
     from strongroom.jobs.context import JobContext
 
     _seed(hub)

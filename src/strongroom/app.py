@@ -1,4 +1,5 @@
-"""The FastAPI application factory: middleware, error handling and every capability's routers."""
+"""The FastAPI application factory: middleware, error handling and the routers the capabilities
+declare (`capabilities.py`)."""
 
 from __future__ import annotations
 
@@ -166,27 +167,8 @@ def _allowed_methods(app: FastAPI, scope: Scope) -> str:
 
 
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
-    from .access import grants as _grants  # noqa: F401 - entitlements open the archive
-    from .access.api import router as access_api
     from .access.visas_api import PassportMiddleware
-    from .access.visas_api import router as visas_api
-    from .access.web import router as access_web
-    from .archive.api import router as archive_api
-    from .archive.drs import router as drs_api
-    from .archive.web import router as archive_web
-    from .audit.api import router as audit_api
-    from .catalog.api import router as catalog_api
-    from .catalog.web import router as catalog_web
-    from .identity.api import router as identity_api
-    from .identity.web import router as identity_web
-    from .imaging.api import router as imaging_api
-    from .imaging.web import router as imaging_web
-    from .jobs.api import router as jobs_api
-    from .notify.api import router as notify_api
-    from .ops.api import router as ops_router
-    from .projects.api import router as projects_api
-    from .projects.web import router as projects_web
-    from .web.pages import router as pages
+    from .capabilities import registry
 
     settings = settings or get_settings()
     hub = Hub.from_settings(settings)
@@ -217,15 +199,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.state.hub = hub
     app.state.runner = None
 
-    for router in (ops_router, identity_api, projects_api, archive_api, drs_api, access_api, audit_api, jobs_api,
-                   imaging_api):
-        app.include_router(router)
-    for router in (pages, identity_web, projects_web, archive_web, access_web, imaging_web):
-        app.include_router(router, include_in_schema=False)
-    for router in (visas_api, notify_api):
-        app.include_router(router)
-    app.include_router(catalog_api)
-    app.include_router(catalog_web, include_in_schema=False)
+    registry().install_routers(app)  # every capability's routers, in capabilities.CAPABILITIES order
     _add_api_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     openapi.install(app)  # documents the error responses every operation can really give

@@ -11,15 +11,9 @@ import typer
 from rich.console import Console
 
 from . import __version__
-from .archive.cli import app as archive_client_app
-from .archive.cli import archive_app
-from .audit.cli import admin_app as audit_admin_app
-from .audit.cli import app as audit_app
+from .capabilities import registry
 from .client import app as client_app
 from .config import get_settings
-from .identity.cli import app as admin_app
-from .imaging.cli import dicom_app, import_app
-from .jobs.cli import app as jobs_app
 
 console = Console()
 err = Console(stderr=True)
@@ -27,19 +21,17 @@ app = typer.Typer(name="strongroom", no_args_is_help=True, rich_markup_mode="ric
                   help="Strongroom: a sensitive-data hub for medical imaging AI research.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
+admin_app = typer.Typer(no_args_is_help=True, help="Administer users and projects on this hub (run on the hub host).")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(admin_app, name="admin")
-admin_app.registered_commands.extend(audit_admin_app.registered_commands)
-app.add_typer(audit_app, name="audit")
-app.add_typer(jobs_app, name="jobs")
-app.add_typer(archive_app, name="archive")
-app.add_typer(dicom_app, name="dicom")
-app.add_typer(import_app, name="import")
+# Every capability's commands (`capabilities.py`): first its groups (strongroom archive …), then the
+# commands it merges into `strongroom` or `strongroom admin`, after the API client's own (login, whoami).
+_groups = {"root": app, "admin": admin_app}
+registry().install_cli_groups(_groups)
 app.registered_commands.extend(client_app.registered_commands)
 app.registered_groups.extend(client_app.registered_groups)
-app.registered_commands.extend(archive_client_app.registered_commands)
-app.registered_groups.extend(archive_client_app.registered_groups)
+registry().merge_cli(_groups)
 
 
 def _version(value: bool) -> None:

@@ -20,6 +20,9 @@ class Hub:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Hub:
+        from .capabilities import registry
+
+        registry().commit()  # every capability's hooks (read grants, MFA policy, …) are in place before a service runs
         settings = settings or get_settings()
         configure_password_hashing(**settings.security.password_hash.model_dump())
         secret = settings.effective_secret_key()

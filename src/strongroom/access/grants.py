@@ -1,5 +1,5 @@
 """Read grants the access capability adds to the archive's check (`archive.service.GRANT_PROVIDERS`),
-registered on import (app.py imports this module):
+registered by the access capability's ``includeme`` (entitlements first, then visas):
 
 - **entitlement** (here): the caller holds an active entitlement (`Entitlement.active(now)`) to a
   released or deprecated version that contains the file (``version`` None = any such version).
@@ -21,7 +21,6 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from ..archive import service as archive
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..db import utcnow
@@ -73,19 +72,3 @@ def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> b
 
 def dataset_download_policy(session: Session, ds: Dataset) -> bool:
     return applicant_download(session, ds.id)
-
-
-def register() -> None:
-    """Idempotent: a second import must not check twice."""
-    if entitlement_grant not in archive.GRANT_PROVIDERS:
-        archive.GRANT_PROVIDERS.append(entitlement_grant)
-    readers = getattr(archive, "DATASET_READERS", None)
-    if readers is not None and entitlement_reader not in readers:
-        readers.append(entitlement_reader)
-    if dataset_download_policy not in archive.DATASET_DOWNLOAD_POLICIES:
-        archive.DATASET_DOWNLOAD_POLICIES.append(dataset_download_policy)
-
-
-register()
-
-from . import visas as _visas  # noqa: E402, F401 - registers the visa provider after this one

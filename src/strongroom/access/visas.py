@@ -43,7 +43,6 @@ from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..archive import service as archive
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..config import AccessSettings, Settings
@@ -489,14 +488,3 @@ def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
                                      and visa.value[len(prefix):].isdigit()):
             return True
     return False
-
-
-def register_provider() -> None:
-    if visa_grant not in archive.GRANT_PROVIDERS:
-        archive.GRANT_PROVIDERS.append(visa_grant)
-    readers = getattr(archive, "DATASET_READERS", None)
-    if readers is not None and visa_reader not in readers:
-        readers.append(visa_reader)
-
-
-register_provider()

@@ -1,8 +1,7 @@
-"""`strongroom admin`: operator commands run on the hub host, audited as the system actor."""
+"""`strongroom admin` user commands: operator commands run on the hub host, audited as the system actor."""
 
 from __future__ import annotations
 
-import datetime as dt
 import getpass
 import json
 import os
@@ -24,7 +23,7 @@ from ..hub import Hub
 from . import service
 from .models import User
 
-app = typer.Typer(no_args_is_help=True, help="Administer users and projects on this hub (run on the hub host).")
+app = typer.Typer()  # merged into `strongroom admin` (identity's includeme)
 console = Console()
 
 
@@ -108,27 +107,3 @@ def users(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
         table.add_row(r["id"], r["name"], r["subject"], r["issuer"], r["email"], "yes" if r["admin"] else "",
                       "yes" if r["active"] else "no", (r["last_login"] or "").replace("T", " ")[:16])
     console.print(table)
-
-
-@app.command("create-project")
-def create_project(
-    slug: Annotated[str, typer.Argument(help="Short lower-case id used in URLs.")],
-    name: Annotated[str, typer.Option(help="Project name.")],
-    pi: Annotated[str, typer.Option(help="PI: username, e-mail or user id.")],
-    ethics_ref: Annotated[str, typer.Option("--ethics", help="Ethics approval reference.")],
-    project_class: Annotated[str, typer.Option("--class", help="project | fellowship | network-partner")] = "project",
-    quota_tb: Annotated[float, typer.Option("--quota-tb", min=0, help="Storage quota in TB.")] = 2.0,
-    years: Annotated[int, typer.Option(min=1, max=20, help="Years until the project ends.")] = 3,
-) -> None:
-    """Create a project with its PI as first member."""
-    from ..projects import service as projects
-
-    hub = Hub.from_settings(get_settings())
-    try:
-        with transaction(hub.sessions) as session:
-            projects.create_project(session, _operator(), slug=slug, name=name, pi=pi, ethics_ref=ethics_ref,
-                                    project_class=project_class, quota_bytes=int(quota_tb * 1000**4),
-                                    end_date=dt.date.today() + dt.timedelta(days=365 * years))
-    except DomainError as exc:
-        _fail(exc)
-    console.print(f"created project [bold]{slug}[/]")

@@ -10,6 +10,7 @@ import datetime as dt
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyotp
@@ -122,13 +123,14 @@ def upsert_federated_user(
     return user, created
 
 
-def holds_data_role(session: Session, user: User) -> bool:
-    """Whether MFA is mandatory for this user: admins and anyone in a project can see data."""
-    if user.is_admin:
-        return True
-    from ..projects.models import Membership  # identity sits below projects; the policy looks up
+# Capabilities above identity say who else can see data (projects: every member), through
+# `config.add_data_role_check` in their includeme; identity never looks into their tables.
+DATA_ROLE_CHECKS: list[Callable[[Session, User], bool]] = []
 
-    return bool(session.scalar(select(exists().where(Membership.user_id == user.id))))
+
+def holds_data_role(session: Session, user: User) -> bool:
+    """Whether MFA is mandatory for this user: admins, and whoever a registered check says can see data."""
+    return user.is_admin or any(check(session, user) for check in DATA_ROLE_CHECKS)
 
 
 def require_fresh_mfa(principal: Principal, minutes: int) -> None:

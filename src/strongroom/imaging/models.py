@@ -15,7 +15,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from ..archive.models import Big
 from ..db import Base, CreatedMixin, utcnow
-from . import settings as _settings  # noqa: F401 - registers the imaging project settings
 
 # Instance states. Archived instances wait for the next published version; quarantined ones for review.
 ARCHIVED, QUARANTINED, PUBLISHED, DISCARDED = "archived", "quarantined", "published", "discarded"

@@ -60,7 +60,7 @@ IMPORT_ACTOR = Actor.system("dicom-import")
 # A quarantined instance's archive file is held: no download, DRS, share, entitlement, visa or dataset
 # version reaches it; members with the import right may look at it in-platform (audited) to review it.
 QUARANTINE_HOLD = "quarantine"
-archive.HOLD_RULES[QUARANTINE_HOLD] = archive.HoldRule(right="import", viewed_event="imaging.quarantine.viewed")
+QUARANTINE_RULE = archive.HoldRule(right="import", viewed_event="imaging.quarantine.viewed")  # see includeme
 
 
 @dataclass(frozen=True)
@@ -343,9 +343,6 @@ def index_entry(session: Session, entry: CatalogEntry) -> None:
         return
     facts = dataset_facts(session, row.project_id)
     catalog.apply_index(session, entry, **facts)
-
-
-catalog.INDEX_PROVIDERS.append(index_entry)
 
 
 # -- quarantine review ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..projects.settings import register
+from ..projects.settings import capability_setting
 from .deid import OPTIONS, DeidProfile, PixelRule
 
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash; 1-16 characters
@@ -91,9 +91,12 @@ def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:
 
 BASIC_PROFILE = DeidProfileSetting().model_dump(mode="json")
 
-register("dicom_destination", "DICOM destination",
-         "The project's own DICOM destination (AE title and port). Only the allowed DICOM senders may store.",
-         None, DicomDestination | None, edit_page="/projects/{slug}/imaging#destination")
-register("deid_profile", "De-identification profile",
-         "The PS3.15 options applied to everything imported. Locked: the Basic Profile, dates removed.",
-         BASIC_PROFILE, DeidProfileSetting, edit_page="/projects/{slug}/imaging#profile")
+# Project settings of imaging's own; they join the projects' registry in imaging's includeme.
+DESTINATION_SETTING = capability_setting(
+    "dicom_destination", "DICOM destination",
+    "The project's own DICOM destination (AE title and port). Only the allowed DICOM senders may store.",
+    None, DicomDestination | None, edit_page="/projects/{slug}/imaging#destination")
+PROFILE_SETTING = capability_setting(
+    "deid_profile", "De-identification profile",
+    "The PS3.15 options applied to everything imported. Locked: the Basic Profile, dates removed.",
+    BASIC_PROFILE, DeidProfileSetting, edit_page="/projects/{slug}/imaging#profile")

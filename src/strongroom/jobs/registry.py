@@ -1,8 +1,8 @@
-"""Job kinds are plain functions registered by name; capabilities register theirs on import."""
+"""Job kinds are plain functions registered by name with ``@job``. Which modules hold them is declared
+by each capability's ``includeme`` (``config.add_jobs``); every runner imports those modules."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +22,6 @@ class JobKind:
 
 REGISTRY: dict[str, JobKind] = {}
 
-# Capabilities whose modules register job kinds. Imported by every runner.
-BUILTIN_MODULES = ["strongroom.jobs.builtin", "strongroom.archive.jobs", "strongroom.notify.jobs",
-                   "strongroom.access.lifecycle"]
-
 
 def job(name: str, *, max_attempts: int = 5, every_seconds: int | None = None) -> Callable[[JobFunc], JobFunc]:
     """Register ``func(ctx, payload)`` as job kind ``name``. It must be idempotent: a job whose
@@ -40,6 +36,8 @@ def job(name: str, *, max_attempts: int = 5, every_seconds: int | None = None) -
 
 
 def load(extra_modules: list[str] | None = None) -> dict[str, JobKind]:
-    for module in [*BUILTIN_MODULES, *(extra_modules or [])]:
-        importlib.import_module(module)
+    """Every job kind: the capabilities' job modules, then ``extra_modules`` (settings `jobs.extra_modules`)."""
+    from ..capabilities import registry
+
+    registry().load_job_modules(extra_modules)
     return REGISTRY

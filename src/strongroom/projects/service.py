@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -164,6 +164,12 @@ def admin_update_project(session: Session, principal: Principal, slug: str, *, f
 
 
 # -- members -----------------------------------------------------------------------------------
+def is_member_anywhere(session: Session, user: User) -> bool:
+    """Identity's MFA policy (`identity.service.DATA_ROLE_CHECKS`, registered in our includeme):
+    a member of any project can see data, so must use a second factor."""
+    return bool(session.scalar(select(exists().where(Membership.user_id == user.id))))
+
+
 def list_members(session: Session, access: ProjectAccess) -> list[tuple[Membership, frozenset[str]]]:
     rows = session.scalars(select(Membership).where(Membership.project_id == access.project.id)
                            .order_by(Membership.added_at))

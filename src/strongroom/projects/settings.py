@@ -46,9 +46,11 @@ def _spec(key: str, title: str, description: str, locked: Any, type_: Any, edit_
     return SettingSpec(key, title, description, locked, TypeAdapter(type_), item_model, edit_page)
 
 
-def register(key: str, title: str, description: str, locked: Any, type_: Any, *, edit_page: str) -> None:
-    """Other capabilities add their own locked-by-default settings (edited on their own pages)."""
-    SETTINGS[key] = _spec(key, title, description, locked, type_, edit_page)
+def capability_setting(key: str, title: str, description: str, locked: Any, type_: Any, *, edit_page: str
+                       ) -> SettingSpec:
+    """A locked-by-default setting of another capability (edited on its own page); it joins ``SETTINGS``
+    through ``config.add_project_setting`` in that capability's includeme."""
+    return _spec(key, title, description, locked, type_, edit_page)
 
 
 SETTINGS: dict[str, SettingSpec] = {
