@@ -73,7 +73,7 @@ log_keep  # imaging/deid/plan.py: read by position (entry[5]) in the engine's ho
 edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, for callers' records
 
 # -- declared by "module:attr" in a capability's includeme (capabilities.py imports them by name) ----------
-dataset_download_policy, visa_grant, visa_reader  # access: grant providers
+dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa_reader  # access: grant providers
 QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
 is_member_anywhere  # projects: identity's data-role check
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)
