@@ -20,6 +20,7 @@ from .config import get_settings
 from .identity.cli import app as admin_app
 from .imaging.cli import dicom_app, import_app
 from .jobs.cli import app as jobs_app
+from .strategies.cli import app as strategy_app
 
 console = Console()
 err = Console(stderr=True)
@@ -36,6 +37,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(archive_app, name="archive")
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(import_app, name="import")
+app.add_typer(strategy_app, name="strategy")
 app.registered_commands.extend(client_app.registered_commands)
 app.registered_groups.extend(client_app.registered_groups)
 app.registered_commands.extend(archive_client_app.registered_commands)
