@@ -178,7 +178,8 @@ class Strategy(BaseModel):
         needs_person = [c for c, r in self.columns.items() if isinstance(r, ShiftDate)]
         if needs_person and (self.person is None or self.person not in self.columns):
             raise ValueError(f"shift_date on {needs_person[0]!r} needs `person`, a column of the strategy")
-        checks: list[tuple[str, list[str]]] = [(f"group rule {i + 1}", g.columns) for i, g in enumerate(self.group_rules)]
+        checks: list[tuple[str, list[str]]] = [(f"group rule {i + 1}", g.columns)
+                                               for i, g in enumerate(self.group_rules)]
         if self.k_anonymity:
             checks.append(("k_anonymity", self.k_anonymity.quasi_identifiers))
         if self.l_diversity:
