@@ -1,20 +1,19 @@
 """The identifier scan over every text cell of a table.
 
-Polars narrows each column to the cells that could hold an identifier (cheap patterns, no look-behind);
-only those cells meet the exact Python patterns (real dates, the Luhn digit). Names from the steward's
-list match whole words, case-insensitively, by a vectorised word split and a hash lookup.
+Polars narrows each column to the distinct values that could hold an identifier (cheap patterns, no
+look-behind; names by Aho-Corasick over the lower-cased text); only those values meet the exact Python
+patterns (a real date and the Luhn digit; names as whole words).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 
 from .. import identifiers
-
-WORD = r"[\p{L}][\p{L}'’-]*"
 
 
 class NameMatcher:
@@ -32,38 +31,52 @@ class NameMatcher:
     def spans(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in self._rx.finditer(text)] if self._rx else []
 
-    def cells(self, column: pl.Expr) -> pl.Expr:
-        """True for the cells holding at least one of the names as a word."""
-        words = column.str.to_lowercase().str.extract_all(WORD)
-        return words.list.eval(pl.element().is_in(self.words)).list.any().fill_null(False)
+    def hint(self, column: pl.Expr) -> pl.Expr:
+        """True for cells that may hold a name: any listed word as a substring (Aho-Corasick)."""
+        return column.str.to_lowercase().str.contains_any(self.words)
 
 
-def _exact(kind: str, text: str) -> bool:
+Hint = Callable[[pl.Expr], pl.Expr]
+
+
+def hints(names: NameMatcher, *, personnummer: bool, email: bool, phone: bool) -> list[tuple[str, Hint]]:
+    """(kind, cheap filter) for every kind of identifier looked for."""
+    out: list[tuple[str, Hint]] = []
+    for kind, pattern, on in (("personnummer", identifiers.PNR_HINT, personnummer),
+                              ("e-mail", identifiers.EMAIL_HINT, email),
+                              ("telephone number", identifiers.PHONE_HINT, phone)):
+        if on:
+            out.append((kind, lambda col, pattern=pattern: col.str.contains(pattern)))
+    if names:
+        out.append(("name from the list", names.hint))
+    return out
+
+
+def exact(kind: str, text: str, names: NameMatcher) -> bool:
+    """Whether `text` really holds an identifier of this kind (after a cheap filter said it might)."""
     if kind == "personnummer":
         return bool(identifiers.national_ids(text))
-    pattern = identifiers.EMAIL if kind == "e-mail" else identifiers.PHONE
-    return any(kind == "e-mail" or (sum(c.isdigit() for c in m.group(0)) >= 8
-                                    and not identifiers.national_ids(m.group(0))) for m in pattern.finditer(text))
+    if kind == "name from the list":
+        return bool(names.spans(text))
+    if kind == "e-mail":
+        return bool(identifiers.EMAIL.search(text))
+    return any(sum(c.isdigit() for c in m.group(0)) >= 8 and not identifiers.national_ids(m.group(0))
+               for m in identifiers.PHONE.finditer(text))
 
 
 def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *, personnummer: bool = True, email: bool = True,
                      phone: bool = True) -> list[dict[str, Any]]:
-    """[{column, kind, cells}] for every text column with identifier-shaped values; values never leave."""
-    hints = [(kind, hint) for kind, hint, on in (("personnummer", identifiers.PNR_HINT, personnummer),
-                                                  ("e-mail", identifiers.EMAIL_HINT, email),
-                                                  ("telephone number", identifiers.PHONE_HINT, phone)) if on]
+    """[{column, kind, cells}] for every text column with identifiers; the values never leave."""
+    kinds = hints(names, personnummer=personnummer, email=email, phone=phone)
     found: list[dict[str, Any]] = []
     for column in frame.columns:
-        series = frame.get_column(column)
-        if series.dtype != pl.String:
+        if frame.schema[column] not in (pl.String, pl.Categorical):
             continue  # numbers, dates and bands cannot spell a name, an address or a Luhn-checked number
-        for kind, hint in hints:
-            candidates = series.filter(series.str.contains(hint).fill_null(False)).unique()
-            cells = sum(1 for text in candidates if _exact(kind, text))
+        # each distinct value once, with the number of cells holding it
+        counts = frame.group_by(column).len().with_columns(pl.col(column).cast(pl.String))
+        for kind, hint in kinds:
+            candidates = counts.filter(hint(pl.col(column)).fill_null(False))
+            cells = sum(n for text, n in candidates.iter_rows() if exact(kind, text, names))
             if cells:
                 found.append({"column": column, "kind": kind, "cells": cells})
-        if names:
-            cells = int(frame.select(names.cells(pl.col(column))).to_series().sum())
-            if cells:
-                found.append({"column": column, "kind": "name from the list", "cells": cells})
     return found

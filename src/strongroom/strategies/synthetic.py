@@ -37,30 +37,36 @@ def extract(rows: int, *, people: int | None = None, seed: int = 7, rare_groups:
     (diagnosis, site, year) combinations occur fewer than 11 times, as in any real extract."""
     rng = np.random.default_rng(seed)
     people = people or max(rows // 4, 1)
-    births = [dt.date(1930, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 33000, people)]
+    birth_days = rng.integers(0, 33000, people)
+    births = [dt.date(1930, 1, 1) + dt.timedelta(days=int(d)) for d in birth_days]
     pins = [personnummer(b, int(s), coordination=bool(c)) for b, s, c in
             zip(births, rng.integers(0, 1000, people), rng.random(people) < 0.03, strict=True)]
     names = [f"{FIRST[i % len(FIRST)]} {LAST[j % len(LAST)]}" for i, j in
              zip(rng.integers(0, 1000, people), rng.integers(0, 1000, people), strict=True)]
     who = rng.integers(0, people, rows)
     diagnosis = rng.integers(0, len(DIAGNOSES), rows)
-    requested = rng.integers(0, 365 * 8, rows)  # 2016-2023
+    day = np.timedelta64(1, "D")
+    texts = ["Frågeställning: tumör?", "Kontroll efter op.", "Smärta, trauma.", ""]
+
+    def pick(values: list[str], index: np.ndarray) -> pl.Series:  # strings by index, without numpy strings
+        return pl.Series(values, dtype=pl.String).gather(index)
+
     frame = pl.DataFrame({
-        "pin": np.array(pins)[who], "patient_name": np.array(names)[who],
-        "birth_date": np.array([b.isoformat() for b in births])[who],
-        "sex": rng.choice(["F", "M"], rows),
-        "diagnosis": np.array([d for d, _ in DIAGNOSES])[diagnosis],
-        "anatomical_site": np.array([s for _, s in DIAGNOSES])[diagnosis],
-        "modality": rng.choice(MODALITIES, rows),
-        "request_date": [(dt.date(2016, 1, 1) + dt.timedelta(days=int(d))).isoformat() for d in requested],
-        "postal_code": [f"{int(p):03d} {int(q):02d}" for p, q in zip(rng.integers(100, 990, rows),
-                                                                        rng.integers(0, 100, rows), strict=True)],
-        "referral_text": rng.choice(["Frågeställning: tumör?", "Kontroll efter op.", "Smärta, trauma.", ""], rows),
-    })
-    # age at the request, in whole years
-    frame = frame.with_columns(
-        ((pl.col("request_date").str.to_date() - pl.col("birth_date").str.to_date()).dt.total_days() // 365)
-        .cast(pl.Int64).cast(pl.String).alias("age"))
+        "pin": pick(pins, who), "patient_name": pick(names, who),
+        "birth_date": np.datetime64("1930-01-01") + birth_days[who] * day,
+        "sex": pick(["F", "M"], rng.integers(0, 2, rows)),
+        "diagnosis": pick([d for d, _ in DIAGNOSES], diagnosis),
+        "anatomical_site": pick([s for _, s in DIAGNOSES], diagnosis),
+        "modality": pick(MODALITIES, rng.integers(0, len(MODALITIES), rows)),
+        "request_date": np.datetime64("2016-01-01") + rng.integers(0, 365 * 8, rows) * day,  # 2016-2023
+        "postal_code": rng.integers(100, 990, rows), "postal_tail": rng.integers(0, 100, rows),
+        "referral_text": pick(texts, rng.integers(0, len(texts), rows)),
+    }).with_columns(
+        pl.format("{} {}", pl.col("postal_code"), pl.col("postal_tail").cast(pl.String).str.zfill(2))
+        .alias("postal_code"),
+        # age at the request, in whole years
+        ((pl.col("request_date") - pl.col("birth_date")).dt.total_days() // 365).cast(pl.String).alias("age"),
+    ).drop("postal_tail").with_columns(pl.col("birth_date", "request_date").cast(pl.String))
     if rare_groups:
         frame = frame.with_columns(
             pl.when(pl.int_range(pl.len()) < 4).then(pl.lit("Q21.1")).otherwise(pl.col("diagnosis")).alias("diagnosis"),
