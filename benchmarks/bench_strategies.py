@@ -19,14 +19,13 @@ import argparse
 import gc
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import polars as pl
 
 from strongroom.strategies import engine, synthetic
-from strongroom.strategies.spec import load_strategy
+from strongroom.strategies.spec import EXAMPLE, load_strategy
 
-SEED = Path(__file__).resolve().parents[1] / "examples" / "strategies" / "project-x.toml"
+SEED = EXAMPLE
 QUASI = ["age", "sex", "postal_code", "request_date", "modality"]
 SECRET = bytes(range(32))
 

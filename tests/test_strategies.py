@@ -18,11 +18,10 @@ import pytest
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify
 from strongroom.imaging.synthetic import make_ct
 from strongroom.strategies import engine, synthetic
-from strongroom.strategies.spec import Strategy, load_strategy
+from strongroom.strategies.spec import EXAMPLE, Strategy, load_strategy
 from strongroom.strategies.tables import TableError, read_table
 
-ROOT = Path(__file__).resolve().parents[1]
-SEED = ROOT / "examples" / "strategies" / "project-x.toml"
+SEED = EXAMPLE
 SECRET = bytes(range(32))
 
 

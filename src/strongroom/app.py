@@ -186,6 +186,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     from .ops.api import router as ops_router
     from .projects.api import router as projects_api
     from .projects.web import router as projects_web
+    from .strategies.api import router as strategies_api
+    from .strategies.web import router as strategies_web
     from .web.pages import router as pages
 
     settings = settings or get_settings()
@@ -218,9 +220,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.state.runner = None
 
     for router in (ops_router, identity_api, projects_api, archive_api, drs_api, access_api, audit_api, jobs_api,
-                   imaging_api):
+                   imaging_api, strategies_api):
         app.include_router(router)
-    for router in (pages, identity_web, projects_web, archive_web, access_web, imaging_web):
+    for router in (pages, identity_web, projects_web, archive_web, access_web, imaging_web, strategies_web):
         app.include_router(router, include_in_schema=False)
     for router in (visas_api, notify_api):
         app.include_router(router)

@@ -13,3 +13,4 @@ def load_all() -> None:
     from .jobs import models as _jobs  # noqa: F401
     from .notify import models as _notify  # noqa: F401
     from .projects import models as _projects  # noqa: F401
+    from .strategies import models as _strategies  # noqa: F401

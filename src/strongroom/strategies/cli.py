@@ -18,7 +18,7 @@ from rich.table import Table
 from . import report as reports
 from . import synthetic
 from .engine import StrategyError, apply
-from .spec import Strategy, load_strategy
+from .spec import EXAMPLE, Strategy, load_strategy
 from .tables import TableError, read_table, write_table
 
 app = typer.Typer(no_args_is_help=True, help=(
@@ -162,6 +162,12 @@ def _record(slug: str, s: Strategy, data: dict) -> None:
                outcome="ok" if data["passed"] else "failed", project_id=project_id,
                details={"strategy": s.name, "version": s.version, "rows_in": data["rows_in"],
                         "rows_out": data["rows_out"]})
+
+
+@app.command("example")
+def example() -> None:
+    """Print the source documents' Project X strategy (TOML), a starting point for your own."""
+    typer.echo(EXAMPLE.read_text(encoding="utf-8"), nl=False)
 
 
 @app.command("new-key")

@@ -7,10 +7,12 @@ only validation: the service, the API, the page and the CLI all load strategies 
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+EXAMPLE = Path(__file__).parent / "examples" / "project-x.toml"  # the source documents' own strategy
 Name = Annotated[str, Field(min_length=1, max_length=120)]
 
 
