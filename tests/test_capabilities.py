@@ -152,7 +152,7 @@ def test_importing_a_module_registers_nothing() -> None:
 import strongroom.access.grants, strongroom.access.visas, strongroom.projects.service
 import strongroom.imaging.models, strongroom.imaging.service, strongroom.imaging.settings
 from strongroom.archive import service as a
-from strongroom.catalog import service as c
+from strongroom.catalog import entries as c
 from strongroom.identity import service as i
 from strongroom.projects.settings import SETTINGS
 hooks = lambda: (a.GRANT_PROVIDERS, a.DATASET_READERS, a.DATASET_DOWNLOAD_POLICIES, a.HOLD_RULES,

@@ -39,6 +39,7 @@ CAPABILITIES = [
     "strongroom.jobs",
     "strongroom.imaging",
     "strongroom.notify",
+    "strongroom.strategies",
     "strongroom.catalog",
 ]
 
@@ -91,12 +92,12 @@ class HookEntry:
 
 
 # Extension points other capabilities add to: lists (or dicts by key) in their owner's module.
-GRANT_PROVIDERS = "strongroom.archive.service:GRANT_PROVIDERS"  # who else may read a file
-DATASET_READERS = "strongroom.archive.service:DATASET_READERS"  # who else may see a dataset
-DOWNLOAD_POLICIES = "strongroom.archive.service:DATASET_DOWNLOAD_POLICIES"  # may applicants download
+GRANT_PROVIDERS = "strongroom.archive.authz:GRANT_PROVIDERS"  # who else may read a file
+DATASET_READERS = "strongroom.archive.datasets:DATASET_READERS"  # who else may see a dataset
+DOWNLOAD_POLICIES = "strongroom.archive.datasets:DATASET_DOWNLOAD_POLICIES"  # may applicants download
 DATA_ROLE_CHECKS = "strongroom.identity.service:DATA_ROLE_CHECKS"  # who must use MFA (sees data)
-INDEX_PROVIDERS = "strongroom.catalog.service:INDEX_PROVIDERS"  # extra catalogue facts
-HOLD_RULES = "strongroom.archive.service:HOLD_RULES"  # who may review a held file (dict by hold name)
+INDEX_PROVIDERS = "strongroom.catalog.entries:INDEX_PROVIDERS"  # extra catalogue facts
+HOLD_RULES = "strongroom.archive.authz:HOLD_RULES"  # who may review a held file (dict by hold name)
 PROJECT_SETTINGS = "strongroom.projects.settings:SETTINGS"  # more locked-by-default project settings (by key)
 TEMPLATE_DIRS = "strongroom.web.templating:templates.env.loader.searchpath"  # page templates, in order
 

@@ -16,8 +16,9 @@ The package: ``elements`` (Leak, loading, the element walker), ``leaks`` (``leak
 
 from __future__ import annotations
 
+from ...identifiers import national_ids
 from .elements import Leak
-from .identity import identity_scan, national_ids
+from .identity import identity_scan
 from .leaks import LEAK_CHECKS, leak_scan
 from .risk import risk_check
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 
+from ...identifiers import national_ids
 from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, date8, strings, walk
 
 # Identifying values of the original are searched in EVERY element value of the output (sequences at any
@@ -35,34 +36,6 @@ _OTHER_IDS_SEQ = 0x00101002
 # VRs whose values are text; numeric and coded-time VRs get only the exact-value checks (see below)
 _FREE_VRS = {"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR", "CS", "UN", "OB"}
 _NUMERIC_VRS = {"AS", "DA", "DS", "DT", "IS", "TM"}
-# Swedish personnummer / samordningsnummer: [CC]YYMMDD[-+]NNNN, not part of a longer number or a decimal
-_PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})([-+]?)(\d{4})(?![0-9])(?!\.[0-9])")
-
-
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(digits):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
-
-
-def national_ids(text: str) -> list[str]:
-    """Kinds of the Swedish identity numbers in ``text`` (``personnummer``/``samordningsnummer``),
-    checked for a real month/day and the Luhn digit."""
-    found = []
-    for m in _PNR.finditer(text):
-        _cc, yy, mm, dd, _sep, tail = m.groups()
-        month, day = int(mm), int(dd)
-        kind = "personnummer"
-        if day > 60:
-            day -= 60
-            kind = "samordningsnummer"
-        if 1 <= month <= 12 and 1 <= day <= 31 and _luhn_ok(yy + mm + dd + tail):
-            found.append(kind)
-    return found
-
-
 def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
     """(8+ character forms searched in every value, 6-digit YYMMDD searched in free text only)."""
     d = date8(value)

@@ -1,0 +1,292 @@
+"""Apply a strategy to a table, then verify the result from scratch.
+
+`apply` transforms every column as its rule says, then enforces the group rules, k-anonymity and
+l-diversity (suppressing the rows of violating groups, or failing, as each rule chooses). `verify`
+knows nothing of how the output was made: it re-checks every rule, k, l, every group rule and scans
+every text cell for identifiers. A strategy run passes only when `verify` passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from . import spec, transforms
+from .scan import NameMatcher, scan_identifiers
+from .transforms import StrategyError
+
+MAX_GROUPS_NAMED = 50
+MAX_SUPPRESSION_PASSES = 10  # suppressing for one rule can shrink another rule's groups
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    groups: list[dict[str, Any]] = field(default_factory=list)  # the offending groups, when there are any
+
+
+@dataclass
+class Suppression:
+    reason: str
+    rows: int
+
+
+@dataclass
+class Verification:
+    passed: bool
+    rows: int
+    checks: list[Check]
+    identifiers: list[dict[str, Any]]  # {column, kind, cells}: never the values themselves
+    risk: dict[str, Any]
+    class_sizes: dict[str, int]  # histogram of equivalence-class sizes
+    smallest_classes: list[dict[str, Any]]
+
+
+@dataclass
+class Run:
+    output: pl.DataFrame
+    rows_in: int
+    suppressed: list[Suppression]
+    verification: Verification
+    limit: Check  # the suppression limit: a release that lost most of its rows is no release
+
+    @property
+    def passed(self) -> bool:
+        return self.verification.passed and self.limit.passed
+
+    def report(self, strategy: spec.Strategy) -> dict[str, Any]:
+        v = self.verification
+        return {
+            "strategy": {"name": strategy.name, "version": strategy.version},
+            "passed": self.passed, "rows_in": self.rows_in, "rows_out": v.rows,
+            "columns_out": self.output.columns,
+            "suppressed": [s.__dict__ for s in self.suppressed],
+            "checks": [c.__dict__ for c in [*v.checks, self.limit]], "identifiers": v.identifiers, "risk": v.risk,
+            "class_sizes": v.class_sizes, "smallest_classes": v.smallest_classes,
+        }
+
+
+def names_to_find(frame: pl.LazyFrame, scan: spec.IdentifierScan) -> NameMatcher:
+    """The steward's list plus every distinct value of the `names_from` columns of the input."""
+    names = list(scan.names)
+    for column in scan.names_from:
+        names += frame.select(pl.col(column).cast(pl.String)).unique().drop_nulls().collect().to_series().to_list()
+    return NameMatcher(names)
+
+
+def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, names: NameMatcher,
+               rows: int) -> pl.LazyFrame:
+    schema = frame.collect_schema()
+    missing = [c for c in strategy.columns if c not in schema]
+    if missing:
+        raise StrategyError(f"column {missing[0]!r} of the strategy is not in the table "
+                            f"(its columns: {', '.join(schema.names()[:30])})")
+    unlisted = [c for c in schema.names() if c not in strategy.columns]
+    if unlisted and strategy.unlisted == "fail":
+        raise StrategyError(f"column {unlisted[0]!r} has no rule in the strategy; add one (delete or keep) "
+                            "or set unlisted = \"delete\"")
+    exprs: list[pl.Expr] = []
+    for column, rule in strategy.columns.items():
+        dtype = schema[column]
+        match rule:
+            case spec.Delete():
+                continue
+            case spec.Keep():
+                expr = pl.col(column)
+            case spec.Pseudonymize():
+                expr = transforms.pseudonym(frame, column, rule, secret)
+            case spec.Stratify():
+                expr = transforms.per_distinct(frame, column, transforms.stratify(rule, column, dtype), rows)
+            case spec.Generalize():
+                expr = transforms.per_distinct(frame, column, transforms.generalize(rule, column, dtype),
+                                                rows)
+            case spec.ShiftDate():
+                assert strategy.person is not None
+                expr = transforms.shifted_date(frame, schema, column, rule, strategy.person, secret)
+            case spec.Suppress():
+                expr = transforms.suppress(rule, column)
+            case spec.TopCode():
+                expr = transforms.per_distinct(frame, column, transforms.top_code(rule, column, dtype), rows)
+            case spec.FreeText(mode="remove"):
+                expr = pl.lit(None, dtype=pl.String)
+            case spec.FreeText():
+                expr = transforms.scrubbed(frame, column, names, strategy.identifier_scan)
+        exprs.append(expr.alias(column))
+    # every expression reads the input columns: a person column pseudonymized here still keys the date shifts
+    return frame.select(exprs)
+
+
+def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None) -> pl.DataFrame:
+    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`)."""
+    measure = pl.col(distinct).n_unique() if distinct else pl.len()
+    return (frame.group_by(columns).agg(measure.alias("__n"))
+            .filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True))
+
+
+def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str | None, spec.OnViolation]]:
+    rules: list[tuple[str, list[str], int, str | None, spec.OnViolation]] = [
+        (f"each ({', '.join(g.columns)}) has at least {g.min_rows} rows", g.columns, g.min_rows, None, g.on_violation)
+        for g in strategy.group_rules]
+    if k := strategy.k_anonymity:
+        rules.append((f"{k.k}-anonymity over ({', '.join(k.quasi_identifiers)})", k.quasi_identifiers, k.k, None,
+                      k.on_violation))
+    if ld := strategy.l_diversity:
+        rules.append((f"{ld.l}-diversity of {ld.sensitive} over ({', '.join(ld.quasi_identifiers)})",
+                      ld.quasi_identifiers, ld.l, ld.sensitive, ld.on_violation))
+    return rules
+
+
+def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame, list[Suppression]]:
+    """Suppress the rows of every violating group of every rule that chooses suppression."""
+    removed: dict[str, int] = {}
+    for _ in range(MAX_SUPPRESSION_PASSES):
+        changed = False
+        for name, columns, minimum, distinct, on_violation in _group_rules(strategy):
+            if on_violation != "suppress":
+                continue
+            bad = _violations(frame, columns, minimum, distinct)
+            if bad.height:
+                before = frame.height
+                frame = frame.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
+                removed[name] = removed.get(name, 0) + before - frame.height
+                changed = True
+        if not changed:
+            break
+    return frame, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
+
+
+def apply(frame: pl.LazyFrame | pl.DataFrame, strategy: spec.Strategy, secret: bytes) -> Run:
+    """Transform, enforce and verify. Raises StrategyError when the strategy does not fit the table."""
+    lazy = frame.lazy()
+    rows_in = lazy.select(pl.len()).collect().item()
+    names = names_to_find(lazy, strategy.identifier_scan)
+    output = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
+    # released values repeat (bands, years, codes): grouping dictionary codes is several times faster than
+    # grouping strings, for the enforcement and the verification alike
+    output, suppressed = _enforce(output.with_columns(pl.col(pl.String).cast(pl.Categorical)), strategy)
+    lost = rows_in - output.height
+    share = lost / rows_in if rows_in else 0.0
+    limit = Check(f"at most {strategy.max_suppressed:.0%} of rows suppressed", share <= strategy.max_suppressed,
+                  f"{lost} of {rows_in} rows ({share:.1%}) suppressed")
+    verification = verify(output, strategy, names=names)
+    return Run(output=output.with_columns(pl.col(pl.Categorical).cast(pl.String)), rows_in=rows_in,
+               suppressed=suppressed, verification=verification, limit=limit)
+
+
+RULE_SHAPES: dict[str, str] = {"year": r"^\d{4}$", "quarter": r"^\d{4}-Q[1-4]$", "month": r"^\d{4}-(0[1-9]|1[0-2])$",
+                               "icd10_category": r"^[A-Z]\d{2}$"}
+PSEUDONYM_SHAPE = r"^[A-Z2-7]{20}$"
+
+
+def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule) -> str | None:
+    """Why `column` does not look as its rule promises, or None when it does."""
+    present = column in frame.columns
+    if isinstance(rule, spec.Delete):
+        return "still present" if present else None
+    if not present:
+        return "missing from the output"
+    col = frame.get_column(column)
+    # each distinct value once, with how many cells hold it: the checks below then cost nothing per row
+    counts = col.drop_nulls().value_counts(name="__cells")
+    values, cells = counts.get_column(column), counts.get_column("__cells")
+    if values.dtype == pl.Categorical:
+        values = values.cast(pl.String)
+
+    def cells_where(bad_values: pl.Series) -> int:
+        return int(cells.filter(bad_values.fill_null(True)).sum())
+
+    def off_shape(pattern: str) -> int:
+        return cells_where(~values.cast(pl.String).str.contains(pattern))
+
+    bad = 0
+    match rule:
+        case spec.Pseudonymize():
+            bad = off_shape(PSEUDONYM_SHAPE)
+        case spec.Stratify():
+            bad = cells_where(~values.is_in(transforms.band_labels(rule.upper_bounds(), rule.top)))
+        case spec.Generalize(to="prefix"):
+            assert rule.length is not None
+            bad = cells_where(values.cast(pl.String).str.len_chars() > rule.length)
+        case spec.Generalize(to="icd10_chapter"):
+            bad = cells_where(~values.is_in([name for _, _, name in transforms.ICD10_CHAPTERS]))
+        case spec.Generalize():
+            bad = off_shape(RULE_SHAPES[rule.to])
+        case spec.ShiftDate():
+            return None if col.dtype == pl.Date else f"is {col.dtype}, not dates"
+        case spec.Suppress(min_count=None) | spec.FreeText(mode="remove") if col.dtype == pl.Null:
+            return None
+        case spec.Suppress(min_count=None) | spec.FreeText(mode="remove"):
+            bad = int(cells.sum())
+        case spec.Suppress():
+            assert rule.min_count is not None
+            bad = cells_where(cells < rule.min_count)
+        case spec.TopCode():
+            numbers = values.cast(pl.Float64)
+            high = numbers > rule.top if rule.top is not None else numbers.is_nan()
+            low = numbers < rule.bottom if rule.bottom is not None else numbers.is_nan()
+            bad = cells_where(high | low)
+    return f"{bad} value(s) do not follow the rule" if bad else None
+
+
+def _named(groups: pl.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
+    return [{**{c: row[c] for c in columns}, "count": row["__n"]}
+            for row in groups.head(MAX_GROUPS_NAMED).iter_rows(named=True)]
+
+
+Groups = list[dict[str, Any]]
+
+
+def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float) -> tuple[dict[str, Any], dict[str, int], Groups]:
+    if not quasi or frame.height == 0:
+        return {"assessed": False, "why": "no quasi-identifiers named" if not quasi else "no rows"}, {}, []
+    sizes = frame.group_by(quasi).agg(pl.len().alias("__n"))
+    n, classes = frame.height, sizes.height
+    smallest = int(sizes.get_column("__n").min())  # type: ignore[arg-type]
+    at_risk = int(sizes.filter(1 / pl.col("__n") > threshold).get_column("__n").sum())
+    prosecutor = {"highest": 1 / smallest, "average": classes / n, "records_at_risk": at_risk / n}
+    risk = {"assessed": True, "quasi_identifiers": quasi, "classes": classes, "threshold": threshold,
+            "prosecutor": prosecutor,
+            # with no population table the extract is its own population: the journalist's risk is the
+            # prosecutor's, and the marketer expects to re-identify one record per class
+            "journalist": dict(prosecutor), "marketer": {"average": classes / n},
+            "population": "the extract itself"}
+    edges = [(1, 1), (2, 2), (3, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100, None)]
+    histogram = {}
+    size = sizes.get_column("__n")
+    for low, high in edges:
+        label = str(low) if low == high else (f"{low}-{high}" if high else f"{low}+")
+        histogram[label] = int(((size >= low) & (size <= (high or n))).sum())
+    return risk, histogram, _named(sizes.sort("__n", *quasi, nulls_last=True), quasi)[:10]
+
+
+def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher | None = None) -> Verification:
+    """Check the output against every promise of the strategy, knowing nothing of how it was made.
+    `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
+    frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
+    checks: list[Check] = []
+    for column, rule in strategy.columns.items():
+        problem = _rule_holds(frame, column, rule)
+        checks.append(Check(f"{column}: {rule.action}", problem is None, problem or "holds"))
+    extra = [c for c in frame.columns if c not in strategy.columns]
+    checks.append(Check("no column without a rule", not extra, f"unexpected: {', '.join(extra)}" if extra else "holds"))
+    for name, columns, minimum, distinct, _ in _group_rules(strategy):
+        bad = _violations(frame, columns, minimum, distinct)
+        checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
+                            _named(bad, columns)))
+    scan = strategy.identifier_scan
+    found = scan_identifiers(frame, names or NameMatcher(scan.names), personnummer=scan.personnummer, email=scan.email,
+                             phone=scan.phone)
+    checks.append(Check("no identifier in any cell", not found,
+                        "; ".join(f"{f['cells']} {f['kind']} cell(s) in {f['column']}" for f in found) or "holds"))
+    quasi = (strategy.k_anonymity.quasi_identifiers if strategy.k_anonymity
+             else strategy.l_diversity.quasi_identifiers if strategy.l_diversity else [])
+    risk, histogram, smallest = _risk(frame, quasi, strategy.risk_threshold)
+    return Verification(passed=all(c.passed for c in checks), rows=frame.height, checks=checks, identifiers=found,
+                        risk=risk, class_sizes=histogram, smallest_classes=smallest)
+
+
+__all__ = ["Run", "StrategyError", "Verification", "apply", "verify"]
