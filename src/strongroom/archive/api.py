@@ -131,6 +131,7 @@ def archive_public_key(db: Db, hub: HubDep) -> Response:
 # -- uploads -----------------------------------------------------------------------------------
 @router.post("/projects/{slug}/uploads", response_model=UploadOut, status_code=201,
              summary="Start a resumable upload into the project's inbox (holds quota for `size`)")
+@read_first  # the multipart upload is opened in object storage before any write lock is taken
 def start_upload(db: Db, hub: HubDep, principal: UploadWrite, slug: str, body: NewUpload) -> UploadOut:
     access = projects.open_project(db, principal, slug)
     f = service.begin_upload(db, principal, access, storage_for(hub), path=body.path, size=body.size,

@@ -50,12 +50,19 @@ def begin_upload(session: Session, principal: Principal, access: projects.Projec
         raise Invalid(f"size must be between 1 and {MAX_UPLOAD_BYTES} bytes")
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise Invalid("sha256 must be 64 lower-case hex digits")
-    quota.reserve(session, access.project.id, size)
     file_id = new_accession("SRF")
     inbox_key = f"inbox/{access.project.id}/{file_id}"
+    # Object storage first, before the first write: the route reads first (deps.read_first), so no lock
+    # is held while S3 answers. The quota is then taken by one conditional UPDATE, correct under races.
+    multipart_id = storage.begin_multipart(inbox_key)
+    try:
+        quota.reserve(session, access.project.id, size)
+    except Exception:
+        storage.abort_multipart(inbox_key, multipart_id)  # nothing of a refused upload stays behind
+        raise
     f = ArchiveFile(id=file_id, project_id=access.project.id, uploader_id=principal.user.id, path=path,
                     state=RECEIVING, upload_size=size, reserved_bytes=size, inbox_key=inbox_key,
-                    declared_sha256=sha256, multipart_id=storage.begin_multipart(inbox_key))
+                    declared_sha256=sha256, multipart_id=multipart_id)
     session.add(f)
     audit.record(session, principal.actor, "archive.upload.started", project_id=access.project.id,
                  target=f"file:{file_id}", details={"path": path, "size": size})
