@@ -300,3 +300,18 @@ def test_401_names_the_bearer_scheme(client):
     assert r.status_code == 401
     assert r.headers["www-authenticate"].startswith("Bearer")
     assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_a_browser_form_with_a_value_of_the_wrong_type_gets_a_page_naming_the_field(app, hub, people):
+    """FastAPI's own checks of a form (a date that is no date) answer a browser with a page, not JSON."""
+    admin = people("root", admin=True)
+    web = web_client(app, hub, admin)
+    r = form_post(web, "/projects", {"slug": "x-1", "name": "X", "pi": "root", "ethics_ref": "E",
+                                     "end_date": "next spring", "quota_tb": "lots"})
+    assert r.status_code == 422 and r.headers["content-type"].startswith("text/html")
+    alert = re.search(r'role="alert">([^<]+)<', r.text)
+    assert alert, r.text[:2000]
+    said = alert.group(1)
+    assert "end date" in said and "quota tb" in said and "The form was not accepted" in said
+    api = web.post("/api/v1/strategies/check", json={"text": 5}, headers={"Authorization": "Bearer x"})
+    assert api.headers["content-type"].startswith("application/problem+json")  # the API still answers JSON

@@ -155,6 +155,15 @@ def _add_api_docs(app: FastAPI) -> None:
                             headers={"Cache-Control": "public, max-age=86400"})
 
 
+def _form_errors(errors: list[dict[str, Any]]) -> str:
+    """Validation errors of a submitted form as one sentence naming the fields ("end date: …")."""
+    said = []
+    for e in errors:
+        field = " ".join(str(part) for part in e["loc"][1:]).replace("_", " ") or "the form"
+        said.append(f"{field}: {str(e['msg']).replace('Input should be', 'should be')}")
+    return "The form was not accepted. " + "; ".join(dict.fromkeys(said)) + "."
+
+
 def _allowed_methods(app: FastAPI, scope: Scope) -> str:
     """Every method some route serves at this path. Starlette's own 405 names only the first
     route that matched the path, though GET and DELETE of one URL are often separate routes."""
@@ -293,6 +302,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         if any(e["type"] == "json_invalid" for e in errors):
             return problem(400, "Malformed JSON", "the request body is not valid JSON", "malformed-json",
                            errors=errors)
+        if not _wants_json(request):  # a browser's form: say which field, in words, on a page
+            return templates.TemplateResponse(request, "error.html", {"status": 422, "detail": _form_errors(errors)},
+                                              status_code=422)
         return problem(422, "Invalid request", "the request does not match the expected shape", "invalid",
                        errors=errors)
 
