@@ -138,7 +138,9 @@ class SeaweedS3:
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer_grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.base_dir / 's3.json'}",
-            "-volume.max=32", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
+            # every bucket (one per test) is a collection with a volume of its own: room for a whole
+            # worker's share of the suite (32 ran out as S3 tests grew: "InternalError" on the 33rd)
+            "-volume.max=400", "-master.volumeSizeLimitMB=64", "-volume.preStopSeconds=0",
             "-master.electionTimeout=1s", "-master.telemetry=false",
         ]
 
