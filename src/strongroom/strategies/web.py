@@ -14,6 +14,7 @@ from ..deps import CsrfChecked, Db, HubDep, Posted, WebPrincipal, posted_form
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..projects.service import open_project
+from ..schemas import Int32
 from ..web.templating import redirect_with, templates
 from . import report as reports
 from . import runs, service
@@ -41,7 +42,7 @@ def strategy_page(request: Request, db: Db, principal: WebPrincipal, slug: str) 
 
 
 @router.get("/projects/{slug}/strategy/versions/{version}")
-def strategy_version_page(request: Request, db: Db, principal: WebPrincipal, slug: str, version: int) -> Response:
+def strategy_version_page(request: Request, db: Db, principal: WebPrincipal, slug: str, version: Int32) -> Response:
     access = open_project(db, principal, slug)
     row = service.get_version(db, access, version)
     return templates.TemplateResponse(request, "strategies/version.html", {"project": access.project, "row": row})
