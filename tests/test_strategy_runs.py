@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from conftest import bearer, token_for, web_client
 from helpers import form_post
@@ -29,9 +30,10 @@ from strongroom.imaging.keystore import project_secret
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project
-from strongroom.strategies import engine, synthetic
+from strongroom.strategies import engine, runs_cli, synthetic
 from strongroom.strategies.spec import load_strategy
 from strongroom.strategies.tables import read_table
+from support.live import free_port, serving
 
 END = dt.date.today() + dt.timedelta(days=365)
 STRATEGY = '''name = "Lab extract"
@@ -268,3 +270,26 @@ def test_the_page_starts_a_run_and_shows_its_report(world, tmp_path) -> None:
     assert "Start the run" not in carol.get("/projects/proj-a/strategy").text
     assert carol.get(report_url).status_code == 200
     assert web_client(world["app"], hub, world["bob"]).get(report_url).status_code == 404
+
+
+def test_the_cli_starts_lists_and_shows_runs_over_the_api(world) -> None:
+    file_id = upload(world, synthetic.extract(3000).write_csv().encode(), "lab.csv")
+    save(world, STRATEGY)
+    cli = CliRunner()
+    with serving(world["app"], free_port()) as url:
+        env = {"STRONGROOM_URL": url, "STRONGROOM_TOKEN": world["tokens"]["sam"], "COLUMNS": "200"}
+        started = cli.invoke(runs_cli.app, ["start", "proj-a", file_id], env=env)
+        assert started.exit_code == 0 and "queued" in started.output, started.output
+        run_id = started.output.split("run ")[1].split(" ")[0]
+        _drain(world["hub"])
+        shown = cli.invoke(runs_cli.app, ["show", "proj-a", run_id], env=env)
+        assert shown.exit_code == 0 and "passed" in shown.output and "→ dataset SRD-" in shown.output
+        assert "✓ no identifier in any cell" in shown.output
+        out = cli.invoke(runs_cli.app, ["show", "proj-a", run_id, "--json"], env=env).output
+        as_json = json.JSONDecoder().raw_decode(out, out.index('{\n  "id"'))[0]  # the live hub logs here too
+        assert as_json["state"] == "passed" and as_json["report"]["rows_in"] == 3000
+        listed = cli.invoke(runs_cli.app, ["list", "proj-a"], env=env)
+        assert listed.exit_code == 0 and run_id in listed.output
+        refused = cli.invoke(runs_cli.app, ["start", "proj-a", file_id],
+                             env=env | {"STRONGROOM_TOKEN": world["tokens"]["carol"]})
+        assert refused.exit_code == 1 and "import" in refused.output
