@@ -293,3 +293,17 @@ def test_the_cli_starts_lists_and_shows_runs_over_the_api(world) -> None:
         refused = cli.invoke(runs_cli.app, ["start", "proj-a", file_id],
                              env=env | {"STRONGROOM_TOKEN": world["tokens"]["carol"]})
         assert refused.exit_code == 1 and "import" in refused.output
+
+
+def test_a_report_naming_dates_is_kept_as_json(world) -> None:
+    """Groups over a shifted date name dates: the run's row keeps them as JSON text, like the report file."""
+    file_id = upload(world, b"pin,request_date\n19121212-1212,2020-03-01\n20080808-0008,2021-05-02\n", "d.csv")
+    version = save(world, 'name = "Dates"\nperson = "pin"\n[columns.pin]\naction = "pseudonymize"\n'
+                          '[columns.request_date]\naction = "shift_date"\n[[group_rules]]\n'
+                          'columns = ["request_date"]\nmin_rows = 2\non_violation = "fail"\n')
+    run = start(world, file_id, version=version).json()
+    _drain(world["hub"])
+    run = world["api"].get(f"/api/v1/projects/proj-a/strategy/runs/{run['id']}", headers=_h(world, "sam")).json()
+    assert run["state"] == "failed", run
+    groups = next(c for c in run["report"]["checks"] if not c["passed"])["groups"]
+    assert len(groups) == 2 and all(len(g["request_date"]) == 10 for g in groups)
