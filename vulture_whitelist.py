@@ -54,6 +54,7 @@ destination, actions, reviewed, ga4gh_passport_v1, exp, jti
 format  # audit/anchor.py: part of a signed checkpoint
 compress_type  # archive/zipdownload.py: zipfile reads it from the ZipInfo
 retain_device_identity, retain_institution_identity  # imaging settings, passed on as a dict
+input_path  # strategies/api.py: RunOut, the run's extract as people name it
 
 # -- the generated de-identification table (imaging/deid_table.py) -----------------------------------
 SAFE_PRIVATE_EDITION, OPTION_FIELDS, vm

@@ -26,6 +26,8 @@ from conftest import PASSWORD, Person, web_client
 from helpers import csrf_for
 from imaging_support import instances, make_project, ultrasound, write_corpus
 from strongroom.archive import c4gh
+from strongroom.archive import service as archive_service
+from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile, Dataset, UserKey
 from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
 from strongroom.catalog.entries import entry_for
@@ -321,6 +323,16 @@ def _strategy_check(w: World, ok: bool):  # the saved strategy applied to a samp
     return post(w.c("pia"), "/projects/chest/strategy/check", files={"sample": sample})
 
 
+def _strategy_run(w: World, ok: bool):  # a run on an extract of the archive (or on a file that is not there)
+    file_id = "SRF-NOPE"
+    if ok:
+        post(w.c("pia"), "/projects/chest/data/upload", files={"file": ("lab.csv", b"pin,age\n19121212-1212,41\n")})
+        with w.hub.sessions() as s:
+            file_id = s.scalar(select(ArchiveFile.id).where(ArchiveFile.path == "lab.csv"))
+        assert archive_service.ingest(w.hub, storage_for(w.hub), file_id) == "ready"
+    return post(w.c("pia"), "/projects/chest/strategy/runs", {"file_id": file_id})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -358,6 +370,7 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/imaging/reidentify": _reidentify,
     "/projects/{slug}/strategy": _strategy_save,
     "/projects/{slug}/strategy/check": _strategy_check,
+    "/projects/{slug}/strategy/runs": _strategy_run,
 }
 
 

@@ -2,7 +2,7 @@
 k-anonymity and l-diversity, applied and then verified by a pure columnar engine (Polars).
 
 ``spec``, ``engine``, ``transforms``, ``scan``, ``tables``, ``report`` and ``synthetic`` are pure (no web or
-database imports); ``models``, ``service``, ``api``, ``web`` and ``cli`` are the hub side.
+database imports); ``models``, ``service``, ``runs``, ``jobs``, ``api``, ``web`` and ``cli`` are the hub side.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 def includeme(config: Config) -> None:
     config.add_models("strongroom.strategies.models")
+    config.add_jobs("strongroom.strategies.jobs")
     config.add_api_router("strongroom.strategies.api:router")
     config.add_web_router("strongroom.strategies.web:router")
     config.add_templates(Path(__file__).parent / "templates")

@@ -1,4 +1,5 @@
-"""Strategies API: a project's strategy and its versions; check a strategy's text without saving it."""
+"""Strategies API: a project's strategy and its versions; check a strategy's text without saving it; runs of
+a version on extracts in the project's archive."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import Field
 
-from ..deps import Db, ProjectsRead, ProjectsWrite
+from ..deps import DataRead, DataWrite, Db, HubDep, ProjectsRead, ProjectsWrite
 from ..errors import Invalid
 from ..projects.service import open_project
 from ..schemas import Body, Int32, Out
-from . import service
+from . import runs, service
+from .models import StrategyRun
 
 router = APIRouter(prefix="/api/v1", tags=["strategies"])
+# A strategy is a few KiB of TOML. Any text of this many characters fits the hub's 1 MiB body limit even
+# when every character is sent as a JSON escape (12 bytes for one outside the BMP): a body the schema
+# allows is never refused as too large.
+MAX_TEXT = 80_000
 
 
 class StrategyVersionOut(Out):
@@ -29,12 +35,12 @@ class StrategyVersionOut(Out):
 
 
 class StrategyIn(Body):
-    text: str = Field(min_length=1, max_length=1_000_000, description="The strategy, as TOML.")
+    text: str = Field(min_length=1, max_length=MAX_TEXT, description="The strategy, as TOML.")
     comment: str = Field("", max_length=500, description="Why this version (shown in its history).")
 
 
 class StrategyText(Body):
-    text: str = Field(min_length=1, max_length=1_000_000)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
 
 
 class CheckOut(Out):
@@ -78,3 +84,55 @@ def check_strategy(principal: ProjectsRead, body: StrategyText) -> CheckOut:
     except Invalid as exc:
         return CheckOut(valid=False, problems=exc.extra.get("problems", []))
     return CheckOut(valid=True, name=strategy.name, output_columns=strategy.output_columns())
+
+
+# -- runs on the project's extracts -------------------------------------------------------------------
+class RunIn(Body):
+    file_id: str = Field(min_length=1, max_length=32, description="An archived extract of the project "
+                         "(CSV, TSV, TXT, XLSX or Parquet), ready and not held.")
+    version: Int32 | None = Field(None, description="The strategy version to apply (default: the newest).")
+
+
+class RunOut(Out):
+    id: uuid.UUID
+    state: str = Field(description="queued, running, passed, failed (the verification said no) or error")
+    version: int = Field(description="The strategy version applied.")
+    input_file_id: str
+    input_path: str
+    rows_in: int | None
+    rows_out: int | None
+    output_file_id: str | None = Field(description="The verified output (Parquet), when passed.")
+    report_file_id: str | None = Field(description="The report (JSON) as an archived file, when passed.")
+    dataset_id: str | None = Field(description="The draft dataset holding both, when passed.")
+    error: str | None
+    created_by: uuid.UUID
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    report: dict[str, Any] | None = Field(None, description="The verification report (one run only).")
+
+
+def run_out(run: StrategyRun, version: int, path: str, *, with_report: bool = False) -> RunOut:
+    return RunOut(id=run.id, state=run.state, version=version, input_file_id=run.input_file_id, input_path=path,
+                  rows_in=run.rows_in, rows_out=run.rows_out, output_file_id=run.output_file_id,
+                  report_file_id=run.report_file_id, dataset_id=run.dataset_id, error=run.error,
+                  created_by=run.created_by, created_at=run.created_at, finished_at=run.finished_at,
+                  report=run.report if with_report else None)
+
+
+@router.post("/projects/{slug}/strategy/runs", response_model=RunOut, status_code=202,
+             summary="Run a strategy version on an archived extract (a job; needs the import right)")
+def start_run(db: Db, hub: HubDep, principal: DataWrite, slug: str, body: RunIn) -> RunOut:
+    access = open_project(db, principal, slug)
+    run = runs.start(db, hub.settings, principal, access, file_id=body.file_id, version=body.version)
+    number, path = runs.get_run(db, access, run.id)[1:]
+    return run_out(run, number, path)
+
+
+@router.get("/projects/{slug}/strategy/runs", response_model=list[RunOut], summary="The project's runs, newest first")
+def list_runs(db: Db, principal: DataRead, slug: str) -> list[RunOut]:
+    return [run_out(*row) for row in runs.list_runs(db, open_project(db, principal, slug))]
+
+
+@router.get("/projects/{slug}/strategy/runs/{run_id}", response_model=RunOut, summary="One run, with its report")
+def get_run(db: Db, principal: DataRead, slug: str, run_id: uuid.UUID) -> RunOut:
+    return run_out(*runs.get_run(db, open_project(db, principal, slug), run_id), with_report=True)

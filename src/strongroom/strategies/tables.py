@@ -61,13 +61,15 @@ def read_table(path: Path, *, encoding: str | None = None) -> pl.LazyFrame:
             return pl.read_excel(path, infer_schema_length=0).lazy()  # all text, as written in the cells
         if encoding is None:
             encoding = "utf-8" if _is_utf8(path) else "cp1252"
-        source = path
-        if encoding.replace("-", "").lower() not in ("utf8", "utf8sig"):
-            source = _transcode(path, encoding, Path(tempfile.mkdtemp(prefix="strongroom-table-")))
-        with source.open("r", encoding="utf-8-sig", errors="replace") as f:
-            sample = f.read(SNIFF_BYTES)
-        frame = pl.read_csv(source, separator=_separator(sample, suffix), infer_schema=False, encoding="utf8",
-                            truncate_ragged_lines=False)
+        # a transcoded copy is plaintext too: it lives beside nothing, in a private directory, only while read
+        with tempfile.TemporaryDirectory(prefix="strongroom-table-") as tmp:
+            source = path
+            if encoding.replace("-", "").lower() not in ("utf8", "utf8sig"):
+                source = _transcode(path, encoding, Path(tmp))
+            with source.open("r", encoding="utf-8-sig", errors="replace") as f:
+                sample = f.read(SNIFF_BYTES)
+            frame = pl.read_csv(source, separator=_separator(sample, suffix), infer_schema=False, encoding="utf8",
+                                truncate_ragged_lines=False)  # eager: the copy can go once this returns
         if frame.columns and frame.columns[0].startswith("\ufeff"):
             frame = frame.rename({frame.columns[0]: frame.columns[0].lstrip("\ufeff")})
         return frame.lazy()

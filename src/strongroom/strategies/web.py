@@ -1,7 +1,9 @@
-"""The project's strategy page: edit and save versions, read the history, check a sample table."""
+"""The project's strategy page: edit and save versions, read the history, check a sample table, run a version
+on an extract in the project's archive and read each run's report."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -12,9 +14,10 @@ from ..deps import CsrfChecked, Db, HubDep, Posted, WebPrincipal, posted_form
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..projects.service import open_project
+from ..schemas import Int32
 from ..web.templating import redirect_with, templates
 from . import report as reports
-from . import service
+from . import runs, service
 
 router = APIRouter()
 SAMPLE_BYTES = 20 * 1024 * 1024
@@ -25,8 +28,10 @@ def _context(db: Db, principal: Principal, slug: str, **extra: Any) -> dict[str,
     access = open_project(db, principal, slug)
     versions = service.versions(db, access)
     newest = versions[0] if versions else None
+    may_edit = service.EDIT_RIGHT in access.rights
     return {"project": access.project, "access": access, "versions": versions, "newest": newest,
-            "may_edit": service.EDIT_RIGHT in access.rights,
+            "may_edit": may_edit, "runs": runs.list_runs(db, access, limit=50),
+            "run_files": runs.run_files(db, access) if may_edit and newest else [],
             "text": newest.text if newest else service.example_text(), "comment": "", "problems": [],
             "error": None, "report_html": None, **extra}
 
@@ -37,7 +42,7 @@ def strategy_page(request: Request, db: Db, principal: WebPrincipal, slug: str) 
 
 
 @router.get("/projects/{slug}/strategy/versions/{version}")
-def strategy_version_page(request: Request, db: Db, principal: WebPrincipal, slug: str, version: int) -> Response:
+def strategy_version_page(request: Request, db: Db, principal: WebPrincipal, slug: str, version: Int32) -> Response:
     access = open_project(db, principal, slug)
     row = service.get_version(db, access, version)
     return templates.TemplateResponse(request, "strategies/version.html", {"project": access.project, "row": row})
@@ -83,3 +88,33 @@ def check_sample(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
     return templates.TemplateResponse(request, "strategies/page.html", _context(
         db, principal, slug, notice={"kind": "ok", "text": verdict}, report_html=html, preview=result["preview"],
         checked_version=version.version))
+
+
+@router.post("/projects/{slug}/strategy/runs", dependencies=[CsrfChecked])
+def start_run(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+              file_id: Annotated[str, Form(max_length=32)] = "",
+              version: Annotated[str, Form(max_length=12)] = "") -> Response:
+    access = open_project(db, principal, slug)
+    try:
+        if not file_id:
+            raise Invalid("choose an extract of the project's archive to run the strategy on")
+        if version and not version.isdigit():
+            raise Invalid("choose a saved version")
+        run = runs.start(db, hub.settings, principal, access, file_id=file_id,
+                         version=int(version) if version else None)
+    except Invalid as exc:
+        return templates.TemplateResponse(request, "strategies/page.html",
+                                          _context(db, principal, slug, error=f"Not started: {exc.detail}"),
+                                          status_code=422)
+    number, path = runs.get_run(db, access, run.id)[1:]
+    return redirect_with(request, f"/projects/{slug}/strategy#runs",
+                         f"Run of version {number} on {path} queued: its report appears below when it is done.")
+
+
+@router.get("/projects/{slug}/strategy/runs/{run_id}/report.html")
+def run_report_page(request: Request, db: Db, principal: WebPrincipal, slug: str, run_id: uuid.UUID) -> Response:
+    access = open_project(db, principal, slug)
+    run, number, path = runs.get_run(db, access, run_id)
+    html = Markup(reports.to_html(run.report, standalone=False)) if run.report else None  # autoescaped template
+    return templates.TemplateResponse(request, "strategies/run.html", {
+        "project": access.project, "run": run, "version": number, "path": path, "report_html": html})
