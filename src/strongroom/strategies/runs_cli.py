@@ -10,14 +10,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..client import api
 
 app = typer.Typer(no_args_is_help=True, help=(
     "Runs of the project's strategy on extracts in its archive (over the API): passed → the verified output "
     "and its report as a draft dataset."))
-console = Console()
+console = Console(soft_wrap=True)  # lines keep whole ids (copied from here); tables fold their cells
 FINISHED = ("passed", "failed", "error")
 
 
@@ -56,7 +56,11 @@ def start(project: Annotated[str, typer.Argument(help="The project's slug.")],
 @app.command("list")
 def list_runs(project: Annotated[str, typer.Argument(help="The project's slug.")]) -> None:
     """The project's runs, newest first."""
-    table = Table("run", "started", "version", "extract", "state", "rows in", "rows out", "dataset")
+    # ids stay whole (they are copied from here); the other values fold instead of being cut
+    table = Table(Column("run", no_wrap=True, min_width=36),
+                  *(Column(name, overflow="fold") for name in ("started", "version", "extract", "state", "rows in",
+                                                              "rows out")),
+                  Column("dataset", no_wrap=True, min_width=14))
     for run in api("GET", f"/api/v1/projects/{project}/strategy/runs"):
         table.add_row(run["id"], run["created_at"][:19], str(run["version"]), escape(run["input_path"]), run["state"],
                       str(run["rows_in"] if run["rows_in"] is not None else "—"),
