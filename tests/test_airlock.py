@@ -327,3 +327,44 @@ def test_checks_engine(tmp_path) -> None:
     assert not found.passed and "1 e-mail" in found.checks[-1].detail
     big = checks.check_file(text, "t.txt", max_bytes=10)
     assert not big.checks[0].passed
+
+
+def test_pages_show_requests_checks_preview_and_the_outbox(world, app) -> None:
+    from conftest import web_client
+
+    w, hub = world, world["hub"]
+    key = c4gh.generate_keypair()
+    w["c"].post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(key.public).decode()},
+                headers=bearer(w["t"]["carl"]))
+    leaky = _put_file(hub, "lung", w["p"]["sam"], "lab.csv", LEAKY_CSV)
+    req = _export(w, "sam", [leaky], "Carl at the registry").json()
+    _drain(hub)
+    rita = web_client(app, hub, w["p"]["rita"])
+    listing = rita.get("/projects/lung/airlock")
+    assert listing.status_code == 200 and req["id"] in listing.text
+    page = rita.get(f"/projects/lung/airlock/{req['id']}")
+    assert page.status_code == 200 and "FAILED" in page.text and "personnummer" in page.text
+    assert 'value="approve"' in page.text  # a reviewer sees the review form
+    look = rita.get(f"/projects/lung/airlock/{req['id']}/files/{leaky}")
+    assert look.status_code == 200 and "<th>pin</th>" in look.text
+    assert web_client(app, hub, w["p"]["mia"]).get(f"/projects/lung/airlock/{req['id']}/files/{leaky}"
+                                                   ).status_code == 403
+    settings = web_client(app, hub, w["p"]["alice"]).get("/projects/lung/airlock/settings")
+    assert settings.status_code == 200 and "Carl at the registry" in settings.text
+    assert "Add destination" in settings.text
+    assert web_client(app, hub, w["p"]["bob"]).get("/projects/lung/airlock").status_code == 404
+    # approved after the PI's override: the recipient downloads it once from the outbox page
+    w["c"].post(f"/api/v1/projects/lung/airlock/{req['id']}/override", json={"reason": "synthetic person"},
+                headers=bearer(w["t"]["alice"]))
+    _review(w, req["id"], "rita")
+    _review(w, req["id"], "ron")
+    _drain(hub)
+    carl = web_client(app, hub, w["p"]["carl"])
+    box = carl.get("/airlock/outbox")
+    link = box.text.split('href="/airlock/outbox/')[1].split('"')[0]
+    got = carl.get(f"/airlock/outbox/{link}")
+    out = io.BytesIO()
+    crypt4gh.lib.decrypt([(0, key.secret, None)], io.BytesIO(got.content), out)
+    assert out.getvalue() == LEAKY_CSV
+    assert carl.get(f"/airlock/outbox/{link}").status_code == 409
+    assert "downloaded" in carl.get("/airlock/outbox").text

@@ -17,8 +17,7 @@ Big = BigInteger().with_variant(Integer, "sqlite")
 # States, in order. Terminal: done, rejected, failed, expired.
 SUBMITTED, CHECKING, IN_REVIEW, APPROVED, TRANSFERRING, DONE, REJECTED, FAILED, EXPIRED = (
     "submitted", "checking", "in_review", "approved", "transferring", "done", "rejected", "failed", "expired")
-OPEN_STATES = (SUBMITTED, CHECKING, IN_REVIEW)  # undecided: these expire
-TERMINAL = (DONE, REJECTED, FAILED, EXPIRED)
+OPEN_STATES = (SUBMITTED, CHECKING, IN_REVIEW)  # undecided: these expire (done, rejected, failed, expired: final)
 
 
 class AirlockRequest(CreatedMixin, Base):

@@ -59,7 +59,6 @@ from .settings import Destination
 
 HOLD = "airlock"
 HOLD_RULE = archive.HoldRule(right="import", viewed_event="airlock.file.viewed")  # see includeme
-RIGHT = {"export": "export", "import": "import"}
 MAX_FILES = 1000
 MAX_FILE_BYTES = 50 * 1024**3  # a file larger than this fails its size check (a reviewer cannot judge it)
 CHECK_JOB, TRANSFER_JOB = "airlock.check", "airlock.transfer"
