@@ -96,13 +96,13 @@ def _export(w, who: str, files: list[str], destination: str = "Other team", **ex
 
 
 def _get(w, request_id: str, who: str = "sam") -> dict:
-    r = w["c"].get(f"/api/v1/projects/lung/airlock/{request_id}", headers=bearer(w["t"][who]))
+    r = w["c"].get(f"/api/v1/projects/lung/airlock/requests/{request_id}", headers=bearer(w["t"][who]))
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def _review(w, request_id: str, who: str, decision: str = "approve", reason: str = ""):
-    return w["c"].post(f"/api/v1/projects/lung/airlock/{request_id}/reviews", headers=bearer(w["t"][who]),
+    return w["c"].post(f"/api/v1/projects/lung/airlock/requests/{request_id}/reviews", headers=bearer(w["t"][who]),
                        json={"decision": decision, "reason": reason})
 
 
@@ -137,10 +137,11 @@ def test_export_to_another_project_with_two_reviewers(world) -> None:
     assert req["state"] == "in_review" and req["checks_passed"] is True, req
     assert all(f["check_state"] == "passed" for f in req["files"])
     # a reviewer looks at the table in-platform (audited)
-    look = c.get(f"/api/v1/projects/lung/airlock/{req['id']}/files/{table}/preview", headers=bearer(w["t"]["rita"]))
+    look = c.get(f"/api/v1/projects/lung/airlock/requests/{req['id']}/files/{table}/preview",
+                 headers=bearer(w["t"]["rita"]))
     assert look.status_code == 200 and look.json()["columns"] == ["id", "age_band"]
     assert look.json()["rows"][0] == ["P001", "40-49"]
-    assert c.get(f"/api/v1/projects/lung/airlock/{req['id']}/files/{table}/preview",
+    assert c.get(f"/api/v1/projects/lung/airlock/requests/{req['id']}/files/{table}/preview",
                  headers=bearer(w["t"]["mia"])).status_code == 403  # not a reviewer
     # the requester is a named reviewer too, but never of their own request
     assert _review(w, req["id"], "sam").status_code == 403
@@ -215,7 +216,8 @@ def test_refusals(world) -> None:
     # outside the project: 404 for the request and its routes
     req = _export(w, "sam", [fid]).json()
     for who in ("bob", "carl"):
-        assert c.get(f"/api/v1/projects/lung/airlock/{req['id']}", headers=bearer(w["t"][who])).status_code == 404
+        url = f"/api/v1/projects/lung/airlock/requests/{req['id']}"
+        assert c.get(url, headers=bearer(w["t"][who])).status_code == 404
         assert _export(w, who, [fid]).status_code == 404
     # a file of another project cannot be named
     theirs = _put_file(hub, "other", w["p"]["bob"], "b.txt", b"x\n")
@@ -224,7 +226,8 @@ def test_refusals(world) -> None:
     with transaction(hub.sessions) as s:
         s.add(projects.Membership(project_id=s.scalar(select(Project.id).where(Project.slug == "other")),
                                   user_id=w["p"]["alice"].user.id, role="member"))
-    assert c.get(f"/api/v1/projects/other/airlock/{req['id']}", headers=bearer(w["t"]["alice"])).status_code == 404
+    url = f"/api/v1/projects/other/airlock/requests/{req['id']}"
+    assert c.get(url, headers=bearer(w["t"]["alice"])).status_code == 404
     # the allow-list is a locked setting: a member without manage-settings cannot add to it
     assert c.put("/api/v1/projects/lung/settings/egress_destinations", headers=bearer(w["t"]["sam"]),
                  json={"value": [{"kind": "project", "name": "x", "project": "elsewhere"}]}).status_code == 403
@@ -247,9 +250,9 @@ def test_a_leaking_file_blocks_approval_until_the_pi_overrides(world) -> None:
     r = _review(w, req["id"], "rita")
     assert r.status_code == 409 and "blocked" in r.json()["detail"]
     # only the PI overrides, with a reason
-    assert c.post(f"/api/v1/projects/lung/airlock/{req['id']}/override", json={"reason": "ok"},
+    assert c.post(f"/api/v1/projects/lung/airlock/requests/{req['id']}/override", json={"reason": "ok"},
                   headers=bearer(w["t"]["rita"])).status_code == 403
-    r = c.post(f"/api/v1/projects/lung/airlock/{req['id']}/override",
+    r = c.post(f"/api/v1/projects/lung/airlock/requests/{req['id']}/override",
                json={"reason": "The number is the registry's synthetic test person"}, headers=bearer(w["t"]["alice"]))
     assert r.status_code == 200 and r.json()["override_reason"]
     assert _review(w, req["id"], "rita").status_code == 200
@@ -354,7 +357,7 @@ def test_pages_show_requests_checks_preview_and_the_outbox(world, app) -> None:
     assert "Add destination" in settings.text
     assert web_client(app, hub, w["p"]["bob"]).get("/projects/lung/airlock").status_code == 404
     # approved after the PI's override: the recipient downloads it once from the outbox page
-    w["c"].post(f"/api/v1/projects/lung/airlock/{req['id']}/override", json={"reason": "synthetic person"},
+    w["c"].post(f"/api/v1/projects/lung/airlock/requests/{req['id']}/override", json={"reason": "synthetic person"},
                 headers=bearer(w["t"]["alice"]))
     _review(w, req["id"], "rita")
     _review(w, req["id"], "ron")

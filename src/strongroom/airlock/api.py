@@ -1,4 +1,4 @@
-"""Airlock API: requests under /api/v1/projects/{slug}/airlock/…, the recipients' outbox under
+"""Airlock API: requests under /api/v1/projects/{slug}/airlock/requests/…, the recipients' outbox under
 /api/v1/airlock/outbox. Every project route resolves the project through the caller's membership."""
 
 from __future__ import annotations
@@ -113,13 +113,14 @@ def _out(db: Db, r: AirlockRequest, *, detail: bool = True) -> RequestOut:
     return out
 
 
-@router.get("/projects/{slug}/airlock", response_model=list[RequestOut], summary="The project's airlock requests")
+@router.get("/projects/{slug}/airlock/requests", response_model=list[RequestOut],
+            summary="The project's airlock requests")
 def list_requests(db: Db, principal: ProjectsRead, slug: str, state: str | None = None) -> list[RequestOut]:
     access = open_project(db, principal, slug)
     return [_out(db, r, detail=False) for r in service.list_requests(db, access, state=state)]
 
 
-@router.get("/projects/{slug}/airlock/{request_id}", response_model=RequestOut,
+@router.get("/projects/{slug}/airlock/requests/{request_id}", response_model=RequestOut,
             summary="One request: files with their checks, reviews, receipt")
 def get_request(db: Db, principal: ProjectsRead, slug: str, request_id: str) -> RequestOut:
     access = open_project(db, principal, slug)
@@ -152,7 +153,7 @@ def create_import(db: Db, principal: DataWrite, slug: str, body: ImportIn) -> Re
     return _out(db, service.create_import(db, principal, access, file_ids=body.files, purpose=body.purpose))
 
 
-@router.post("/projects/{slug}/airlock/{request_id}/reviews", response_model=RequestOut,
+@router.post("/projects/{slug}/airlock/requests/{request_id}/reviews", response_model=RequestOut,
              summary="Approve or reject (named reviewers; never one's own request)")
 def review(db: Db, principal: ProjectsWrite, slug: str, request_id: str, body: ReviewIn) -> RequestOut:
     access = open_project(db, principal, slug)
@@ -160,7 +161,7 @@ def review(db: Db, principal: ProjectsWrite, slug: str, request_id: str, body: R
     return _out(db, r)
 
 
-@router.post("/projects/{slug}/airlock/{request_id}/override", response_model=RequestOut,
+@router.post("/projects/{slug}/airlock/requests/{request_id}/override", response_model=RequestOut,
              summary="Let a request whose checks failed be approved (PI, fresh MFA, a reason)")
 def override(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, request_id: str,
              body: OverrideIn) -> RequestOut:
@@ -170,7 +171,7 @@ def override(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, request_i
     return _out(db, r)
 
 
-@router.get("/projects/{slug}/airlock/{request_id}/files/{file_id}/preview",
+@router.get("/projects/{slug}/airlock/requests/{request_id}/files/{file_id}/preview",
             summary="The first rows or text of a file, in-platform (reviewers and the PI; audited)")
 def preview(db: Db, hub: HubDep, principal: DataRead, slug: str, request_id: str, file_id: str) -> dict[str, Any]:
     access = open_project(db, principal, slug)

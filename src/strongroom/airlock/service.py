@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVe
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
-from ..db import transaction, utcnow
+from ..db import open_session, transaction, utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
 from ..identity.models import User
@@ -312,26 +313,54 @@ def _set_state(session: Session, actor: Actor, r: AirlockRequest, state: str, *,
 
 
 # -- decrypting on the hub ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileRef:
+    """What decrypting an archived file needs, read in a short transaction: no database session (and on
+    SQLite no lock) is held while its bytes are read, decrypted and checked."""
+
+    id: str
+    path: str
+    header: bytes
+    body_key: str
+    sha256: str
+    secrets: tuple[bytes, ...]
+
+
+def file_ref(hub: Hub, session: Session, f: ArchiveFile) -> FileRef:
+    assert f.header is not None and f.body_key is not None
+    return FileRef(f.id, f.path, f.header, f.body_key, f.plaintext_sha256 or "",
+                   tuple(hub_keys(hub, session).secrets))
+
+
 @contextmanager
-def plaintext_copy(hub: Hub, session: Session, f: ArchiveFile, *, limit: int | None = None) -> Iterator[Path]:
+def plaintext_copy(hub: Hub, ref: FileRef, *, limit: int | None = None) -> Iterator[Path]:
     """The file decrypted into a private temp dir (removed afterwards), its name's suffix kept.
     Without ``limit`` its SHA-256 is checked against the archive's record."""
-    assert f.header is not None and f.body_key is not None
-    opened = c4gh.open_header(f.header, hub_keys(hub, session).secrets)
+    opened = c4gh.open_header(ref.header, list(ref.secrets))
     storage = storage_for(hub)
     with tempfile.TemporaryDirectory(prefix="strongroom-airlock-") as tmp:
-        path = Path(tmp) / ("file" + checks.suffix_of(f.path))
+        path = Path(tmp) / ("file" + checks.suffix_of(ref.path))
         digest, written = hashlib.sha256(), 0
-        with storage.open_reader(f.body_key) as reader, path.open("wb") as out:
+        with storage.open_reader(ref.body_key) as reader, path.open("wb") as out:
             for segment in c4gh.decrypt_segments(reader, opened.session_keys):
                 digest.update(segment)
                 out.write(segment)
                 written += len(segment)
                 if limit is not None and written >= limit:
                     break
-        if limit is None and not hmac.compare_digest(digest.hexdigest(), f.plaintext_sha256 or ""):
-            raise TransferRefused(f"{f.id}: the stored file does not match its recorded SHA-256")
+        if limit is None and not hmac.compare_digest(digest.hexdigest(), ref.sha256):
+            raise TransferRefused(f"{ref.id}: the stored file does not match its recorded SHA-256")
         yield path
+
+
+def _refs(hub: Hub, file_ids: list[str]) -> dict[str, FileRef | None]:
+    """FileRefs of ready files (None for a file no longer ready), in one short read."""
+    with open_session(hub.sessions, deferred=True) as session:
+        out: dict[str, FileRef | None] = {}
+        for file_id in file_ids:
+            f = session.get(ArchiveFile, file_id)
+            out[file_id] = file_ref(hub, session, f) if f is not None and f.state == READY else None
+        return out
 
 
 # -- checks (job) ------------------------------------------------------------------------------
@@ -359,23 +388,23 @@ def run_checks(hub: Hub, request_id: str) -> str:
             return r.state if r else "missing"
         if r.state == SUBMITTED:
             _set_state(session, actor, r, CHECKING)
-    all_passed = True
-    with hub.sessions() as session:
+    with open_session(hub.sessions, deferred=True) as session:
         r = session.get(AirlockRequest, request_id)
         assert r is not None
         strategy = _strategy_for(session, r)
-        results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
-        for af in request_files(session, r):
-            f = session.get(ArchiveFile, af.file_id)
-            if f is None or f.state != READY:
-                results[af.file_id] = ("missing", [{"name": "file", "passed": False,
-                                                     "detail": "the file is no longer ready in the archive"}], False)
-                all_passed = False
-                continue
-            with plaintext_copy(hub, session, f) as path:
-                report = checks.check_file(path, f.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
-            results[af.file_id] = (report.content_type, report.as_json(), report.passed)
-            all_passed = all_passed and report.passed
+        file_ids = [af.file_id for af in request_files(session, r)]
+    all_passed = True
+    results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
+    for file_id, ref in _refs(hub, file_ids).items():
+        if ref is None:
+            results[file_id] = ("missing", [{"name": "file", "passed": False,
+                                             "detail": "the file is no longer ready in the archive"}], False)
+            all_passed = False
+            continue
+        with plaintext_copy(hub, ref) as path:
+            report = checks.check_file(path, ref.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
+        results[file_id] = (report.content_type, report.as_json(), report.passed)
+        all_passed = all_passed and report.passed
     with transaction(hub.sessions) as session:
         r = session.get(AirlockRequest, request_id)
         assert r is not None
@@ -467,19 +496,19 @@ def _verify_body(storage: Storage, body_key: str, header: bytes, secrets: list[b
 
 def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
     storage = storage_for(hub)
-    with hub.sessions() as session:
+    with open_session(hub.sessions, deferred=True) as session:
         target = session.scalar(select(Project).where(Project.slug == dest["project"]))
         if target is None or target.status != "active":
             raise TransferRefused(f"the receiving project {dest['project']!r} does not exist or is closed")
         target_id = target.id
-        f = session.get(ArchiveFile, af.file_id)
-        assert f is not None
         keys = hub_keys(hub, session)
-        new_id = archive.new_accession("SRF")
-        with plaintext_copy(hub, session, f) as path:
-            sealed = archive.seal_into_storage(keys, storage, target_id, new_id, str(path))
+    ref = _refs(hub, [af.file_id])[af.file_id]
+    if ref is None:
+        raise TransferRefused(f"{af.file_id}: the file is no longer ready in the archive")
+    with plaintext_copy(hub, ref) as path:
+        sealed = archive.seal_into_storage(keys, storage, target_id, archive.new_accession("SRF"), str(path))
     try:
-        _verify_body(storage, sealed.body_key, sealed.header, keys.secrets, af.sha256)
+        _verify_body(storage, sealed.body_key, sealed.header, list(ref.secrets), af.sha256)
         with transaction(hub.sessions) as session:
             try:
                 archive.add_sealed_file(session, target_id, r.requester_id, af.path, sealed)
@@ -518,11 +547,12 @@ def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKe
 def _deliver_to_recipient(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
     """The header re-encrypted to the recipient's key (as downloads do), the body copied into the outbox."""
     storage = storage_for(hub)
-    with hub.sessions() as session:
+    with open_session(hub.sessions, deferred=True) as session:
         user, key = _recipient_key(session, dest)
         user_id, public, fingerprint = user.id, key.public_key, key.fingerprint
         f = session.get(ArchiveFile, af.file_id)
-        assert f is not None and f.header is not None and f.body_key is not None
+        if f is None or f.header is None or f.body_key is None:
+            raise TransferRefused(f"{af.file_id}: the file is no longer in the archive")
         keys = hub_keys(hub, session)
         source_header, source_body = f.header, f.body_key
     header = c4gh.reencrypt_header(source_header, keys.secrets, public, keys.current[1])
@@ -562,11 +592,11 @@ def _deliver_to_recipient(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: di
 
 def _land_import(hub: Hub, r: AirlockRequest, af: AirlockFile) -> dict[str, Any]:
     """An approved import: the staged file's hold is cleared after its bytes are checked once more."""
-    with hub.sessions() as session:
-        f = session.get(ArchiveFile, af.file_id)
-        assert f is not None
-        with plaintext_copy(hub, session, f):
-            pass  # decrypts and compares the SHA-256 with the record
+    ref = _refs(hub, [af.file_id])[af.file_id]
+    if ref is None:
+        raise TransferRefused(f"{af.file_id}: the staged file is no longer ready")
+    with plaintext_copy(hub, ref):
+        pass  # decrypts and compares the SHA-256 with the record
     with transaction(hub.sessions) as session:
         f = session.get(ArchiveFile, af.file_id)
         row = session.get(AirlockFile, (r.id, af.file_id))
@@ -590,8 +620,8 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
         if r.state == APPROVED:
             _set_state(session, actor, r, TRANSFERRING, destination=r.destination)
         session.expunge(r)
-    with hub.sessions() as session:
-        pending = [af for af in request_files(session, r)]
+    with open_session(hub.sessions, deferred=True) as session:
+        pending = request_files(session, r)
         for af in pending:
             session.expunge(af)
     receipt: list[dict[str, Any]] = list((r.receipt or {}).get("files", []))
@@ -669,7 +699,7 @@ def preview(hub: Hub, session: Session, principal: Principal, access: projects.P
     f = session.get(ArchiveFile, file_id)
     if f is None or f.state != READY:
         raise NotFound("no such file")
-    with plaintext_copy(hub, session, f, limit=4 * 1024 * 1024) as path:
+    with plaintext_copy(hub, file_ref(hub, session, f), limit=4 * 1024 * 1024) as path:
         shown = checks.preview(path, f.path)
     audit.record(session, principal.actor, "airlock.file.viewed", project_id=r.project_id, target=f"file:{f.id}",
                  details={"request": r.id, "mode": "in-platform preview"})
