@@ -76,5 +76,7 @@ edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, f
 # -- declared by "module:attr" in a capability's includeme (capabilities.py imports them by name) ----------
 dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa_reader  # access: grant providers
 QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
+HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
+dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)

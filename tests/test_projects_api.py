@@ -130,7 +130,7 @@ def test_settings_are_locked_by_default_and_opening_is_audited(world):
     c, t = world["client"], world["tokens"]
     settings = c.get("/api/v1/projects/proj-a/settings", headers=bearer(t["carol"])).json()
     assert settings and all(s["locked"] for s in settings)
-    dest = [{"name": "Uni SFTP", "url": "sftp://sftp.uni.example/incoming"}]
+    dest = [{"kind": "project", "name": "Partner project", "project": "proj-b"}]
     r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": dest},
               headers=bearer(t["carol"]))
     assert r.status_code == 403
@@ -138,7 +138,7 @@ def test_settings_are_locked_by_default_and_opening_is_audited(world):
               headers=bearer(t["alice"]))
     assert r.status_code == 200 and r.json()["locked"] is False and r.json()["value"] == dest
     bad = c.put("/api/v1/projects/proj-a/settings/egress_destinations",
-                json={"value": [{"name": "x", "url": "ftp://insecure"}]}, headers=bearer(t["alice"]))
+                json={"value": [{"kind": "ftp", "name": "x", "url": "ftp://insecure"}]}, headers=bearer(t["alice"]))
     assert bad.status_code == 422 and bad.json()["errors"]
     senders = c.put("/api/v1/projects/proj-a/settings/dicom_senders",
                     json={"value": [{"ae_title": "CT01", "address": "not-an-ip"}]}, headers=bearer(t["alice"]))

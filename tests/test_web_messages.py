@@ -333,6 +333,56 @@ def _strategy_run(w: World, ok: bool):  # a run on an extract of the archive (or
     return post(w.c("pia"), "/projects/chest/strategy/runs", {"file_id": file_id})
 
 
+def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the project "second"
+    return post(w.c("pia"), "/projects/chest/airlock/settings/destinations",
+                {"kind": "project", "name": "Second team", "target": "second" if ok else "nope"})
+
+
+def _airlock_reviewers(w: World, ok: bool):
+    return post(w.c("pia"), "/projects/chest/airlock/settings/reviewers",
+                {"reviewers": "memo, pia" if ok else "nobody", "approvals": "1", "expiry_days": "14"})
+
+
+def _airlock_export(w: World, ok: bool):
+    return post(w.c("pia"), "/projects/chest/airlock/exports",
+                {"files": [w.ids["ready_file"]], "purpose": "Shared analysis",
+                 "destination": "Second team" if ok else "Nowhere"})
+
+
+def _airlock_stage(w: World, ok: bool):  # a leaking table: its checks fail (the override case needs that)
+    data = b"pin,age\n19121212-1212,41\n" if ok else b""
+    return post(w.c("memo"), "/projects/chest/airlock/staging", files={"file": ("lab.csv", data)})
+
+
+def _airlock_import(w: World, ok: bool):
+    from strongroom.jobs.runner import Runner
+
+    Runner(w.hub, lease_seconds=10, name="test").run_until_idle()  # the staged upload's ingest
+    with w.hub.sessions() as s:
+        staged = s.scalar(select(ArchiveFile.id).where(ArchiveFile.hold == "airlock"))
+    return post(w.c("memo"), "/projects/chest/airlock/imports",
+                {"files": [staged] if ok else [], "purpose": "Lab values"})
+
+
+def _airlock_request(w: World) -> str:
+    from strongroom.airlock.models import AirlockRequest
+    from strongroom.jobs.runner import Runner
+
+    Runner(w.hub, lease_seconds=10, name="test").run_until_idle()  # the checks
+    with w.hub.sessions() as s:
+        return s.scalar(select(AirlockRequest.id).where(AirlockRequest.direction == "import"))
+
+
+def _airlock_override(w: World, ok: bool):
+    return post(w.c("pia"), f"/projects/chest/airlock/{_airlock_request(w)}/override",
+                {"reason": "synthetic test person" if ok else ""})
+
+
+def _airlock_review(w: World, ok: bool):  # the requester may not review their own request
+    return post(w.c("pia" if ok else "memo"), f"/projects/chest/airlock/{_airlock_request(w)}/review",
+                {"decision": "approve"})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -371,6 +421,13 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/strategy": _strategy_save,
     "/projects/{slug}/strategy/check": _strategy_check,
     "/projects/{slug}/strategy/runs": _strategy_run,
+    "/projects/{slug}/airlock/settings/destinations": _airlock_destination,
+    "/projects/{slug}/airlock/settings/reviewers": _airlock_reviewers,
+    "/projects/{slug}/airlock/exports": _airlock_export,
+    "/projects/{slug}/airlock/staging": _airlock_stage,
+    "/projects/{slug}/airlock/imports": _airlock_import,
+    "/projects/{slug}/airlock/{request_id}/override": _airlock_override,
+    "/projects/{slug}/airlock/{request_id}/review": _airlock_review,
 }
 
 
@@ -403,7 +460,7 @@ def test_every_form_answers_with_a_message(world: World) -> None:
 def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
-              "application_id": "x", "command": "submit"}
+              "application_id": "x", "command": "submit", "request_id": "x"}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

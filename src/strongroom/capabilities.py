@@ -40,6 +40,7 @@ CAPABILITIES = [
     "strongroom.imaging",
     "strongroom.notify",
     "strongroom.strategies",
+    "strongroom.airlock",
     "strongroom.catalog",
 ]
 

@@ -52,6 +52,9 @@ TEMPLATES: dict[str, str] = {
     "entitlement_expiring": "applicant",  # dataset, name, ends, days_left
     "entitlement_ended": "applicant",     # dataset, name, ends
     "digest": "handler",                  # name, items [{subject, body}]
+    "airlock_review": "handler",          # request_id, project, direction, state, checks
+    "airlock_decided": "applicant",       # request_id, project, direction, state, [reason]
+    "airlock_delivered": "applicant",     # request_id, project, files
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")
 EMAIL_JOB = "notify.email"

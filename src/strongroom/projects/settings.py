@@ -15,13 +15,6 @@ def _ip_or_network(value: str) -> str:
     return value
 
 
-class EgressDestination(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
-    url: str = Field(pattern=r"^(https|sftp|s3)://[^\s]+$", max_length=500,
-                     description="https://, sftp:// or s3:// address data may be exported to")
-
-
 class DicomSender(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ae_title: str = Field(pattern=r"^[ -~]{1,16}$", description="calling AE title of the scanner or PACS")
@@ -53,12 +46,10 @@ def capability_setting(key: str, title: str, description: str, locked: Any, type
     return _spec(key, title, description, locked, type_, edit_page)
 
 
+# (The export destinations, ``egress_destinations``, are the airlock's: see ``airlock/settings.py``.)
 SETTINGS: dict[str, SettingSpec] = {
     s.key: s
     for s in [
-        _spec("egress_destinations", "Approved export destinations",
-              "Where members with the export right may send data. Empty: nothing leaves.",
-              [], list[EgressDestination]),
         _spec("dicom_senders", "Allowed DICOM senders",
               "Scanners and PACS (calling AE title + address) allowed to store into the project.",
               [], list[DicomSender]),

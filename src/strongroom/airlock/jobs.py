@@ -1,0 +1,28 @@
+"""Airlock job kinds: the automatic checks, the transfer (with retries) and the hourly expiry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..jobs.context import JobContext
+from ..jobs.registry import job
+from . import service
+
+
+@job(service.CHECK_JOB, max_attempts=3)
+def check(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Decrypt and check every file of a submitted request, then hand it to the reviewers."""
+    return {"state": service.run_checks(ctx.hub, payload["request_id"])}
+
+
+@job(service.TRANSFER_JOB, max_attempts=service.TRANSFER_ATTEMPTS)
+def transfer(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Deliver an approved request's files and write its checksum receipt; a retry continues."""
+    return {"state": service.transfer(ctx.hub, payload["request_id"], attempt=ctx.attempt)}
+
+
+@job("airlock.expire", every_seconds=3600, max_attempts=2)
+def expire(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Undecided requests past their expiry become expired (requester and reviewers are told)."""
+    with ctx.transaction() as session:
+        return {"expired": service.expire_due(session)}

@@ -1,0 +1,730 @@
+"""The airlock's state changes: requests, checks, reviews, overrides, transfers, expiry and the outbox.
+
+Every function takes a session (or, for the long jobs, the hub) and plain arguments, checks rights itself
+and writes its audit events in the caller's transaction. States: submitted → checking → in_review →
+approved → transferring → done | rejected | failed | expired.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..archive import c4gh
+from ..archive import service as archive
+from ..archive.backend import storage_for
+from ..archive.keys import hub_keys
+from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion, UserKey
+from ..archive.storage.base import Storage
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..db import open_session, transaction, utcnow
+from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..hub import Hub
+from ..identity.models import User
+from ..identity.principal import Principal
+from ..identity.service import find_user, require_fresh_mfa
+from ..notify import service as notify
+from ..projects import service as projects
+from ..projects.models import Membership, Project
+from . import checks
+from .models import (
+    APPROVED,
+    CHECKING,
+    DONE,
+    EXPIRED,
+    FAILED,
+    IN_REVIEW,
+    OPEN_STATES,
+    REJECTED,
+    SUBMITTED,
+    TRANSFERRING,
+    AirlockFile,
+    AirlockRequest,
+    AirlockReview,
+    OutboxItem,
+)
+from .settings import Destination
+
+HOLD = "airlock"
+HOLD_RULE = archive.HoldRule(right="import", viewed_event="airlock.file.viewed")  # see includeme
+MAX_FILES = 1000
+MAX_FILE_BYTES = 50 * 1024**3  # a file larger than this fails its size check (a reviewer cannot judge it)
+CHECK_JOB, TRANSFER_JOB = "airlock.check", "airlock.transfer"
+_DESTINATIONS: TypeAdapter[list[Any]] = TypeAdapter(list[Destination])
+
+
+class TransferRefused(Exception):
+    """The destination cannot take the files (no such project, no key, quota): no retry helps."""
+
+
+# -- settings ----------------------------------------------------------------------------------
+def destinations(session: Session, project_id: uuid.UUID) -> list[dict[str, Any]]:
+    value = projects.get_setting(session, project_id, "egress_destinations") or []
+    return list(value)
+
+
+def reviewer_ids(session: Session, project_id: uuid.UUID) -> list[uuid.UUID]:
+    """The named reviewers who are still members of the project."""
+    named = [uuid.UUID(v) for v in projects.get_setting(session, project_id, "airlock_reviewers") or []]
+    if not named:
+        return []
+    members = set(session.scalars(select(Membership.user_id).where(Membership.project_id == project_id,
+                                                                   Membership.user_id.in_(named))))
+    return [u for u in named if u in members]
+
+
+def _membership(session: Session, project_id: uuid.UUID, user_id: uuid.UUID) -> Membership | None:
+    return session.scalar(select(Membership).where(Membership.project_id == project_id,
+                                                   Membership.user_id == user_id))
+
+
+def is_reviewer(session: Session, access: projects.ProjectAccess, user_id: uuid.UUID) -> bool:
+    return user_id in reviewer_ids(session, access.project.id)
+
+
+def set_reviewers(session: Session, principal: Principal, access: projects.ProjectAccess, users: list[str], *,
+                  fresh_minutes: int) -> list[uuid.UUID]:
+    """Name the reviewers (usernames, e-mails or ids of members): a locked setting, fresh MFA, audited."""
+    ids: list[str] = []
+    for ref in users:
+        user = find_user(session, ref)
+        if user is None or _membership(session, access.project.id, user.id) is None:
+            raise Invalid(f"{ref!r} is not a member of this project")
+        if str(user.id) not in ids:
+            ids.append(str(user.id))
+    projects.change_setting(session, principal, access, "airlock_reviewers", ids, fresh_minutes=fresh_minutes)
+    return [uuid.UUID(i) for i in ids]
+
+
+def add_destination(session: Session, principal: Principal, access: projects.ProjectAccess, entry: dict[str, Any],
+                    *, fresh_minutes: int) -> list[dict[str, Any]]:
+    current = destinations(session, access.project.id)
+    try:
+        parsed = _DESTINATIONS.validate_python([entry])[0]
+    except ValidationError as exc:
+        raise Invalid("invalid destination", errors=exc.errors(include_url=False, include_context=False)) from None
+    if any(d["name"] == parsed.name for d in current):
+        raise Invalid(f"there is already a destination named {parsed.name!r}")
+    if parsed.kind == "project":
+        if parsed.project == access.project.slug:
+            raise Invalid("a project cannot export into itself")
+        if session.scalar(select(Project.id).where(Project.slug == parsed.project)) is None:
+            raise Invalid(f"no project {parsed.project!r} on this hub")
+    elif find_user(session, parsed.user) is None:
+        raise Invalid(f"no user {parsed.user!r} on this hub")
+    value = [*current, parsed.model_dump(mode="json", exclude_none=True)]
+    projects.change_setting(session, principal, access, "egress_destinations", value, fresh_minutes=fresh_minutes)
+    return value
+
+
+def remove_destination(session: Session, principal: Principal, access: projects.ProjectAccess, name: str, *,
+                       fresh_minutes: int) -> list[dict[str, Any]]:
+    current = destinations(session, access.project.id)
+    value = [d for d in current if d["name"] != name]
+    if len(value) == len(current):
+        raise Invalid(f"no destination named {name!r}")
+    projects.change_setting(session, principal, access, "egress_destinations", value, fresh_minutes=fresh_minutes)
+    return value
+
+
+# -- reading -----------------------------------------------------------------------------------
+def list_requests(session: Session, access: projects.ProjectAccess, *, state: str | None = None
+                  ) -> list[AirlockRequest]:
+    stmt = (select(AirlockRequest).where(AirlockRequest.project_id == access.project.id)
+            .order_by(AirlockRequest.created_at.desc()).limit(500))
+    if state:
+        stmt = stmt.where(AirlockRequest.state == state)
+    return list(session.scalars(stmt))
+
+
+def get_request(session: Session, access: projects.ProjectAccess, request_id: str) -> AirlockRequest:
+    r = session.get(AirlockRequest, request_id)
+    if r is None or r.project_id != access.project.id:
+        raise NotFound("no such airlock request")
+    return r
+
+
+def request_files(session: Session, r: AirlockRequest) -> list[AirlockFile]:
+    return list(session.scalars(select(AirlockFile).where(AirlockFile.request_id == r.id)
+                                .order_by(AirlockFile.path, AirlockFile.file_id)))
+
+
+def request_reviews(session: Session, r: AirlockRequest) -> list[AirlockReview]:
+    return list(session.scalars(select(AirlockReview).where(AirlockReview.request_id == r.id)
+                                .order_by(AirlockReview.id)))
+
+
+def approvals(session: Session, r: AirlockRequest) -> int:
+    return sum(1 for v in request_reviews(session, r) if v.decision == "approve")
+
+
+# -- requests ----------------------------------------------------------------------------------
+def _expiry(session: Session, project_id: uuid.UUID) -> dt.datetime:
+    days = int(projects.get_setting(session, project_id, "airlock_expiry_days"))
+    return utcnow() + dt.timedelta(days=days)
+
+
+def _new_request(session: Session, principal: Principal, access: projects.ProjectAccess, direction: str,
+                 files: list[ArchiveFile], purpose: str, destination: dict[str, Any] | None,
+                 version_id: int | None = None) -> AirlockRequest:
+    purpose = purpose.strip()
+    if not purpose:
+        raise Invalid("say what the files are for (purpose)")
+    if len(purpose) > 5000:
+        raise Invalid("the purpose is at most 5000 characters")
+    if not files:
+        raise Invalid("name at least one file")
+    if len(files) > MAX_FILES:
+        raise Invalid(f"at most {MAX_FILES} files per request")
+    r = AirlockRequest(id=archive.new_accession("SRX"), project_id=access.project.id, direction=direction,
+                       requester_id=principal.user.id, purpose=purpose, destination=destination,
+                       dataset_version_id=version_id, state=SUBMITTED,
+                       approvals_needed=int(projects.get_setting(session, access.project.id, "airlock_approvals")),
+                       expires_at=_expiry(session, access.project.id))
+    session.add(r)
+    session.flush()
+    for f in files:
+        assert f.plaintext_size is not None and f.plaintext_sha256 is not None
+        session.add(AirlockFile(request_id=r.id, file_id=f.id, path=f.path, size=f.plaintext_size,
+                                sha256=f.plaintext_sha256))
+    audit.record(session, principal.actor, f"airlock.{direction}.submitted", project_id=access.project.id,
+                 target=f"airlock:{r.id}",
+                 details={"files": len(files), "destination": destination, "purpose": purpose[:500]})
+    from ..jobs import service as jobs
+
+    jobs.enqueue(session, CHECK_JOB, {"request_id": r.id}, dedup_key=f"airlock-check:{r.id}")
+    return r
+
+
+def _project_files(session: Session, access: projects.ProjectAccess, file_ids: list[str], *, hold: str | None
+                   ) -> list[ArchiveFile]:
+    out = []
+    for file_id in dict.fromkeys(file_ids):
+        f = session.get(ArchiveFile, file_id)
+        if f is None or f.project_id != access.project.id or f.hold != hold:
+            raise Invalid(f"{file_id}: no such file in this project" + (" staged for import" if hold else ""))
+        if f.state != READY:
+            raise Invalid(f"{file_id}: the file is {f.state}, not ready")
+        out.append(f)
+    return out
+
+
+def create_export(session: Session, principal: Principal, access: projects.ProjectAccess, *, file_ids: list[str],
+                  purpose: str, destination: str, dataset_id: str | None = None,
+                  version: int | None = None) -> AirlockRequest:
+    """An export request: files of the project's archive (or a released version's files) to a destination
+    on the project's allow-list. Needs the ``export`` right."""
+    access.require("export")
+    if access.project.status != "active":
+        raise Conflict("the project is closed")
+    chosen = next((d for d in destinations(session, access.project.id) if d["name"] == destination), None)
+    if chosen is None:
+        raise Invalid(f"{destination!r} is not one of this project's approved export destinations")
+    version_id = None
+    ids = list(file_ids)
+    if dataset_id is not None:
+        v = session.scalar(select(DatasetVersion).join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                           .where(Dataset.id == dataset_id, Dataset.project_id == access.project.id,
+                                  DatasetVersion.number == (version or 0)))
+        if v is None or v.state != "released":
+            raise Invalid(f"{dataset_id} has no released version {version} in this project")
+        version_id = v.id
+        ids += list(session.scalars(select(DatasetFile.file_id).where(DatasetFile.version_id == v.id)))
+    files = _project_files(session, access, ids, hold=None)
+    return _new_request(session, principal, access, "export", files, purpose, chosen, version_id)
+
+
+def stage_upload(session: Session, principal: Principal, access: projects.ProjectAccess, storage: Storage, *,
+                 path: str, size: int, sha256: str | None) -> ArchiveFile:
+    """An upload into the project held as ``airlock`` (staged for an import request): its parts and
+    completion go through the archive's ordinary upload API; it is absent for every ordinary read."""
+    access.require("import")
+    f = archive.begin_upload(session, principal, access, storage, path=path, size=size, sha256=sha256)
+    f.hold = HOLD
+    return f
+
+
+def stage_small(hub: Hub, session: Session, principal: Principal, access: projects.ProjectAccess, *, path: str,
+                data: bytes) -> ArchiveFile:
+    """A small browser upload staged for import (encrypted in memory, then the normal ingest), held."""
+    access.require("import")
+    f = archive.receive_small_plaintext(hub, session, principal, access, storage_for(hub), path=path, data=data)
+    f.hold = HOLD
+    return f
+
+
+def staged_files(session: Session, principal: Principal, access: projects.ProjectAccess) -> list[ArchiveFile]:
+    """The caller's staged uploads not yet in an import request."""
+    taken = select(AirlockFile.file_id)
+    return list(session.scalars(select(ArchiveFile).where(
+        ArchiveFile.project_id == access.project.id, ArchiveFile.hold == HOLD,
+        ArchiveFile.uploader_id == principal.user.id, ArchiveFile.id.not_in(taken)).order_by(ArchiveFile.path)))
+
+
+def create_import(session: Session, principal: Principal, access: projects.ProjectAccess, *, file_ids: list[str],
+                  purpose: str) -> AirlockRequest:
+    """An import request over staged (held) uploads of the caller's. Needs the ``import`` right."""
+    access.require("import")
+    files = _project_files(session, access, file_ids, hold=HOLD)
+    for f in files:
+        if f.uploader_id != principal.user.id:
+            raise Invalid(f"{f.id}: stage your own uploads")
+        if session.scalar(select(AirlockFile.request_id).where(AirlockFile.file_id == f.id).limit(1)):
+            raise Invalid(f"{f.id}: already in an import request")
+    return _new_request(session, principal, access, "import", files, purpose, None)
+
+
+# -- notifications -----------------------------------------------------------------------------
+def _notify(session: Session, r: AirlockRequest, template: str, user_ids: list[uuid.UUID], **extra: Any) -> None:
+    project = session.get(Project, r.project_id)
+    assert project is not None
+    for user_id in dict.fromkeys(user_ids):
+        notify.notify_user(session, user_id, template, {
+            "request_id": r.id, "project": project.slug, "direction": r.direction, "state": r.state,
+            "reason": r.reason or "", **extra})
+
+
+def _everyone(session: Session, r: AirlockRequest) -> list[uuid.UUID]:
+    return [r.requester_id, *reviewer_ids(session, r.project_id)]
+
+
+def _set_state(session: Session, actor: Actor, r: AirlockRequest, state: str, *, reason: str | None = None,
+               **details: Any) -> None:
+    before = r.state
+    r.state, r.updated_at = state, utcnow()
+    if reason is not None:
+        r.reason = reason
+    audit.record(session, actor, f"airlock.request.{state}", outcome="failed" if state == FAILED else "ok",
+                 project_id=r.project_id, target=f"airlock:{r.id}",
+                 details={"from": before, **({"reason": reason} if reason else {}), **details})
+
+
+# -- decrypting on the hub ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileRef:
+    """What decrypting an archived file needs, read in a short transaction: no database session (and on
+    SQLite no lock) is held while its bytes are read, decrypted and checked."""
+
+    id: str
+    path: str
+    header: bytes
+    body_key: str
+    sha256: str
+    secrets: tuple[bytes, ...]
+
+
+def file_ref(hub: Hub, session: Session, f: ArchiveFile) -> FileRef:
+    assert f.header is not None and f.body_key is not None
+    return FileRef(f.id, f.path, f.header, f.body_key, f.plaintext_sha256 or "",
+                   tuple(hub_keys(hub, session).secrets))
+
+
+@contextmanager
+def plaintext_copy(hub: Hub, ref: FileRef, *, limit: int | None = None) -> Iterator[Path]:
+    """The file decrypted into a private temp dir (removed afterwards), its name's suffix kept.
+    Without ``limit`` its SHA-256 is checked against the archive's record."""
+    opened = c4gh.open_header(ref.header, list(ref.secrets))
+    storage = storage_for(hub)
+    with tempfile.TemporaryDirectory(prefix="strongroom-airlock-") as tmp:
+        path = Path(tmp) / ("file" + checks.suffix_of(ref.path))
+        digest, written = hashlib.sha256(), 0
+        with storage.open_reader(ref.body_key) as reader, path.open("wb") as out:
+            for segment in c4gh.decrypt_segments(reader, opened.session_keys):
+                digest.update(segment)
+                out.write(segment)
+                written += len(segment)
+                if limit is not None and written >= limit:
+                    break
+        if limit is None and not hmac.compare_digest(digest.hexdigest(), ref.sha256):
+            raise TransferRefused(f"{ref.id}: the stored file does not match its recorded SHA-256")
+        yield path
+
+
+def _refs(hub: Hub, file_ids: list[str]) -> dict[str, FileRef | None]:
+    """FileRefs of ready files (None for a file no longer ready), in one short read."""
+    with open_session(hub.sessions, deferred=True) as session:
+        out: dict[str, FileRef | None] = {}
+        for file_id in file_ids:
+            f = session.get(ArchiveFile, file_id)
+            out[file_id] = file_ref(hub, session, f) if f is not None and f.state == READY else None
+        return out
+
+
+# -- checks (job) ------------------------------------------------------------------------------
+def _strategy_for(session: Session, r: AirlockRequest) -> Any | None:
+    """The project's current strategy, as the requester sees it (None: it has none)."""
+    from ..strategies import service as strategies
+
+    membership = _membership(session, r.project_id, r.requester_id)
+    project = session.get(Project, r.project_id)
+    if membership is None or project is None:
+        return None
+    access = projects.ProjectAccess(project, membership, projects.effective_rights(session, membership))
+    try:
+        return strategies.parse(strategies.get_version(session, access).text)
+    except (NotFound, Forbidden, Invalid):
+        return None
+
+
+def run_checks(hub: Hub, request_id: str) -> str:
+    """Check every file of a submitted request, then hand it to the reviewers. Safe to run again."""
+    actor = Actor.system("airlock")
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        if r is None or r.state not in (SUBMITTED, CHECKING):
+            return r.state if r else "missing"
+        if r.state == SUBMITTED:
+            _set_state(session, actor, r, CHECKING)
+    with open_session(hub.sessions, deferred=True) as session:
+        r = session.get(AirlockRequest, request_id)
+        assert r is not None
+        strategy = _strategy_for(session, r)
+        file_ids = [af.file_id for af in request_files(session, r)]
+    all_passed = True
+    results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
+    for file_id, ref in _refs(hub, file_ids).items():
+        if ref is None:
+            results[file_id] = ("missing", [{"name": "file", "passed": False,
+                                             "detail": "the file is no longer ready in the archive"}], False)
+            all_passed = False
+            continue
+        with plaintext_copy(hub, ref) as path:
+            report = checks.check_file(path, ref.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
+        results[file_id] = (report.content_type, report.as_json(), report.passed)
+        all_passed = all_passed and report.passed
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        assert r is not None
+        if r.state != CHECKING:
+            return r.state
+        for af in request_files(session, r):
+            kind, found, passed = results[af.file_id]
+            af.content_type, af.checks, af.check_state = kind, found, "passed" if passed else "failed"
+        r.checks_passed = all_passed
+        failed = [af.path for af in request_files(session, r) if af.check_state == "failed"]
+        _set_state(session, actor, r, IN_REVIEW, checks_passed=all_passed, failed_files=failed[:50])
+        _notify(session, r, "airlock_review", reviewer_ids(session, r.project_id),
+                checks="all passed" if all_passed else f"{len(failed)} file(s) failed a check")
+        return r.state
+
+
+# -- reviews -----------------------------------------------------------------------------------
+def review(session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str, *,
+           decision: str, reason: str = "") -> AirlockRequest:
+    """A named reviewer approves or rejects (with a reason). Never one's own request; an approval is
+    refused while a check failed and the PI has not overridden it. N approvals → the transfer job."""
+    r = get_request(session, access, request_id)
+    if decision not in ("approve", "reject"):
+        raise Invalid("decision must be 'approve' or 'reject'")
+    if not is_reviewer(session, access, principal.user.id):
+        raise Forbidden("you are not an airlock reviewer of this project")
+    if r.requester_id == principal.user.id:
+        raise Forbidden("nobody reviews their own request")
+    if r.state != IN_REVIEW:
+        raise Conflict(f"the request is {r.state.replace('_', ' ')}, not in review")
+    reason = reason.strip()
+    if decision == "reject" and not reason:
+        raise Invalid("give a reason for the rejection")
+    if decision == "approve" and r.checks_passed is False and not r.override_reason:
+        raise Conflict("a file failed its automatic checks: approval is blocked until the PI overrides it "
+                       "with a reason (or the request is rejected)")
+    if session.scalar(select(AirlockReview.id).where(AirlockReview.request_id == r.id,
+                                                     AirlockReview.reviewer_id == principal.user.id)):
+        raise Conflict("you have already reviewed this request")
+    session.add(AirlockReview(request_id=r.id, reviewer_id=principal.user.id, decision=decision, reason=reason[:5000]))
+    audit.record(session, principal.actor, f"airlock.review.{decision}d", project_id=r.project_id,
+                 target=f"airlock:{r.id}", details={"reason": reason[:500]} if reason else {})
+    session.flush()
+    if decision == "reject":
+        _set_state(session, principal.actor, r, REJECTED, reason=reason)
+        _notify(session, r, "airlock_decided", _everyone(session, r))
+    elif approvals(session, r) >= r.approvals_needed:
+        _set_state(session, principal.actor, r, APPROVED, approvals=approvals(session, r))
+        from ..jobs import service as jobs
+
+        jobs.enqueue(session, TRANSFER_JOB, {"request_id": r.id}, dedup_key=f"airlock-transfer:{r.id}",
+                     max_attempts=TRANSFER_ATTEMPTS)
+        _notify(session, r, "airlock_decided", _everyone(session, r))
+    return r
+
+
+def override(session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str, *,
+             reason: str, fresh_minutes: int) -> AirlockRequest:
+    """The PI lets a request whose checks failed be approved: a reason, fresh MFA, audited."""
+    r = get_request(session, access, request_id)
+    if access.membership.role != "pi":
+        raise Forbidden("only the project's PI can override a failed check")
+    require_fresh_mfa(principal, fresh_minutes)
+    if r.state != IN_REVIEW or r.checks_passed is not False:
+        raise Conflict("only a request in review whose checks failed can be overridden")
+    reason = reason.strip()
+    if not reason:
+        raise Invalid("give a reason for the override")
+    r.override_reason, r.override_by, r.updated_at = reason[:5000], principal.user.id, utcnow()
+    audit.record(session, principal.actor, "airlock.checks.overridden", project_id=r.project_id,
+                 target=f"airlock:{r.id}", details={"reason": reason[:500]})
+    return r
+
+
+# -- transfer (job) ----------------------------------------------------------------------------
+TRANSFER_ATTEMPTS = 5
+
+
+def _verify_body(storage: Storage, body_key: str, header: bytes, secrets: list[bytes], expected: str) -> None:
+    """Read what was delivered back, decrypt it and compare its SHA-256 with the archive's record."""
+    opened = c4gh.open_header(header, secrets)
+    digest = hashlib.sha256()
+    with storage.open_reader(body_key) as reader:
+        for segment in c4gh.decrypt_segments(reader, opened.session_keys):
+            digest.update(segment)
+    if not hmac.compare_digest(digest.hexdigest(), expected):
+        raise RuntimeError(f"{body_key}: the delivered bytes do not match the recorded SHA-256")
+
+
+def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
+    storage = storage_for(hub)
+    with open_session(hub.sessions, deferred=True) as session:
+        target = session.scalar(select(Project).where(Project.slug == dest["project"]))
+        if target is None or target.status != "active":
+            raise TransferRefused(f"the receiving project {dest['project']!r} does not exist or is closed")
+        target_id = target.id
+        keys = hub_keys(hub, session)
+    ref = _refs(hub, [af.file_id])[af.file_id]
+    if ref is None:
+        raise TransferRefused(f"{af.file_id}: the file is no longer ready in the archive")
+    with plaintext_copy(hub, ref) as path:
+        sealed = archive.seal_into_storage(keys, storage, target_id, archive.new_accession("SRF"), str(path))
+    try:
+        _verify_body(storage, sealed.body_key, sealed.header, list(ref.secrets), af.sha256)
+        with transaction(hub.sessions) as session:
+            try:
+                archive.add_sealed_file(session, target_id, r.requester_id, af.path, sealed)
+            except Conflict as exc:  # the receiving project's quota
+                raise TransferRefused(f"{dest['project']}: {exc.detail}") from None
+            row = session.get(AirlockFile, (r.id, af.file_id))
+            assert row is not None
+            row.delivered_id = sealed.file_id
+            details = {"request": r.id, "source": af.file_id, "sha256": af.sha256}
+            audit.record(session, Actor.system("airlock"), "airlock.file.delivered", project_id=r.project_id,
+                         target=f"file:{af.file_id}", details={**details, "to_project": dest["project"],
+                                                              "copy": sealed.file_id})
+            audit.record(session, Actor.system("airlock"), "airlock.file.received", project_id=target_id,
+                         target=f"file:{sealed.file_id}", details={**details, "from_request": r.id})
+    except BaseException:
+        storage.delete(sealed.body_key)
+        raise
+    return {"file_id": af.file_id, "path": af.path, "delivered_id": sealed.file_id, "sha256": af.sha256,
+            "size": sealed.plaintext_size, "verified": True}
+
+
+def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKey]:
+    user = find_user(session, dest["user"])
+    if user is None or not user.is_active:
+        raise TransferRefused(f"the recipient {dest['user']!r} is not an active user of this hub")
+    stmt = select(UserKey).where(UserKey.user_id == user.id, UserKey.revoked_at.is_(None))
+    if dest.get("key"):
+        stmt = stmt.where(UserKey.fingerprint == dest["key"])
+    key = session.scalar(stmt.order_by(UserKey.created_at.desc()).limit(1))
+    if key is None:
+        raise TransferRefused(f"the recipient {dest['user']!r} has no registered crypt4gh key"
+                              + (f" {dest['key']}" if dest.get("key") else ""))
+    return user, key
+
+
+def _deliver_to_recipient(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
+    """The header re-encrypted to the recipient's key (as downloads do), the body copied into the outbox."""
+    storage = storage_for(hub)
+    with open_session(hub.sessions, deferred=True) as session:
+        user, key = _recipient_key(session, dest)
+        user_id, public, fingerprint = user.id, key.public_key, key.fingerprint
+        f = session.get(ArchiveFile, af.file_id)
+        if f is None or f.header is None or f.body_key is None:
+            raise TransferRefused(f"{af.file_id}: the file is no longer in the archive")
+        keys = hub_keys(hub, session)
+        source_header, source_body = f.header, f.body_key
+    header = c4gh.reencrypt_header(source_header, keys.secrets, public, keys.current[1])
+    body_key = f"outbox/{r.id}/{af.file_id}.{uuid.uuid4().hex[:8]}"
+    stream = hashlib.sha256(header)
+    writer = storage.open_writer(body_key)
+    try:
+        with storage.open_reader(source_body) as reader:
+            while chunk := reader.read(4 * 1024 * 1024):
+                stream.update(chunk)
+                writer.write(chunk)
+        stored = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    try:
+        _verify_body(storage, body_key, source_header, keys.secrets, af.sha256)
+        with transaction(hub.sessions) as session:
+            item = OutboxItem(request_id=r.id, recipient_id=user_id, source_file_id=af.file_id, path=af.path,
+                              key_fingerprint=fingerprint, header=header, body_key=body_key, body_size=stored.size,
+                              plaintext_sha256=af.sha256, stream_sha256=stream.hexdigest())
+            session.add(item)
+            session.flush()
+            row = session.get(AirlockFile, (r.id, af.file_id))
+            assert row is not None
+            row.delivered_id = str(item.id)
+            audit.record(session, Actor.system("airlock"), "airlock.file.delivered", project_id=r.project_id,
+                         target=f"file:{af.file_id}", subject_user_id=user_id,
+                         details={"request": r.id, "outbox": str(item.id), "key": fingerprint, "sha256": af.sha256})
+            item_id = str(item.id)
+    except BaseException:
+        storage.delete(body_key)
+        raise
+    return {"file_id": af.file_id, "path": af.path, "delivered_id": item_id, "sha256": af.sha256,
+            "size": af.size, "stream_sha256": stream.hexdigest(), "recipient_key": fingerprint, "verified": True}
+
+
+def _land_import(hub: Hub, r: AirlockRequest, af: AirlockFile) -> dict[str, Any]:
+    """An approved import: the staged file's hold is cleared after its bytes are checked once more."""
+    ref = _refs(hub, [af.file_id])[af.file_id]
+    if ref is None:
+        raise TransferRefused(f"{af.file_id}: the staged file is no longer ready")
+    with plaintext_copy(hub, ref):
+        pass  # decrypts and compares the SHA-256 with the record
+    with transaction(hub.sessions) as session:
+        f = session.get(ArchiveFile, af.file_id)
+        row = session.get(AirlockFile, (r.id, af.file_id))
+        assert f is not None and row is not None
+        if f.hold == HOLD:
+            f.hold = None
+        row.delivered_id = f.id
+        audit.record(session, Actor.system("airlock"), "airlock.file.imported", project_id=r.project_id,
+                     target=f"file:{f.id}", details={"request": r.id, "sha256": af.sha256})
+    return {"file_id": af.file_id, "path": af.path, "delivered_id": af.file_id, "sha256": af.sha256,
+            "size": af.size, "verified": True}
+
+
+def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
+    """Deliver every approved file not delivered yet (idempotent: a retry continues), then write the receipt."""
+    actor = Actor.system("airlock")
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        if r is None or r.state not in (APPROVED, TRANSFERRING):
+            return r.state if r else "missing"
+        if r.state == APPROVED:
+            _set_state(session, actor, r, TRANSFERRING, destination=r.destination)
+        session.expunge(r)
+    with open_session(hub.sessions, deferred=True) as session:
+        pending = request_files(session, r)
+        for af in pending:
+            session.expunge(af)
+    receipt: list[dict[str, Any]] = list((r.receipt or {}).get("files", []))
+    try:
+        for af in pending:
+            if af.delivered_id is not None:
+                continue
+            if r.direction == "import":
+                entry = _land_import(hub, r, af)
+            elif r.destination and r.destination["kind"] == "project":
+                entry = _deliver_to_project(hub, r, af, r.destination)
+            elif r.destination and r.destination["kind"] == "recipient":
+                entry = _deliver_to_recipient(hub, r, af, r.destination)
+            else:
+                raise TransferRefused(f"destination kind {r.destination and r.destination.get('kind')!r} "
+                                      "is not delivered by this hub")
+            receipt.append({**entry, "delivered_at": utcnow().isoformat()})
+            with transaction(hub.sessions) as session:
+                row = session.get(AirlockRequest, request_id)
+                assert row is not None
+                row.receipt = {"files": receipt}
+    except TransferRefused as exc:
+        return _transfer_failed(hub, request_id, str(exc))
+    except Exception as exc:
+        if attempt >= TRANSFER_ATTEMPTS:
+            return _transfer_failed(hub, request_id, f"{type(exc).__name__}: {exc}"[:500])
+        raise  # the job retries with backoff; delivered files are not sent again
+    with transaction(hub.sessions) as session:
+        row = session.get(AirlockRequest, request_id)
+        assert row is not None
+        row.receipt = {"files": receipt, "destination": row.destination, "direction": row.direction,
+                       "completed_at": utcnow().isoformat(), "all_verified": all(e["verified"] for e in receipt)}
+        _set_state(session, actor, row, DONE, files=len(receipt))
+        _notify(session, row, "airlock_decided", _everyone(session, row))
+        if row.destination and row.destination.get("kind") == "recipient":
+            user = find_user(session, row.destination["user"])
+            if user is not None:
+                _notify(session, row, "airlock_delivered", [user.id], files=len(receipt))
+    return DONE
+
+
+def _transfer_failed(hub: Hub, request_id: str, reason: str) -> str:
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        assert r is not None
+        _set_state(session, Actor.system("airlock"), r, FAILED, reason=reason)
+        _notify(session, r, "airlock_decided", _everyone(session, r))
+    return FAILED
+
+
+# -- expiry (job) ------------------------------------------------------------------------------
+def expire_due(session: Session, now: dt.datetime | None = None) -> int:
+    now = now or utcnow()
+    due = list(session.scalars(select(AirlockRequest).where(AirlockRequest.state.in_(OPEN_STATES),
+                                                            AirlockRequest.expires_at < now).limit(1000)))
+    for r in due:
+        _set_state(session, Actor.system("airlock"), r, EXPIRED, reason="no decision before it expired")
+        _notify(session, r, "airlock_decided", _everyone(session, r))
+    return len(due)
+
+
+# -- in-platform look and the outbox -----------------------------------------------------------
+def may_look(session: Session, access: projects.ProjectAccess, principal: Principal) -> bool:
+    return access.membership.role == "pi" or is_reviewer(session, access, principal.user.id)
+
+
+def preview(hub: Hub, session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str,
+            file_id: str) -> dict[str, Any]:
+    """The first rows of a table or the beginning of a text, for the project's reviewers and PI; audited."""
+    r = get_request(session, access, request_id)
+    if not may_look(session, access, principal):
+        raise Forbidden("only the project's airlock reviewers and its PI look at a request's content")
+    if session.get(AirlockFile, (r.id, file_id)) is None:
+        raise NotFound("no such file in this request")
+    f = session.get(ArchiveFile, file_id)
+    if f is None or f.state != READY:
+        raise NotFound("no such file")
+    with plaintext_copy(hub, file_ref(hub, session, f), limit=4 * 1024 * 1024) as path:
+        shown = checks.preview(path, f.path)
+    audit.record(session, principal.actor, "airlock.file.viewed", project_id=r.project_id, target=f"file:{f.id}",
+                 details={"request": r.id, "mode": "in-platform preview"})
+    return shown
+
+
+def my_outbox(session: Session, principal: Principal) -> list[OutboxItem]:
+    return list(session.scalars(select(OutboxItem).where(OutboxItem.recipient_id == principal.user.id)
+                                .order_by(OutboxItem.created_at.desc())))
+
+
+def take_outbox_item(session: Session, principal: Principal, item_id: uuid.UUID) -> OutboxItem:
+    """The recipient's one download: marked taken (and audited) before the first byte is sent."""
+    if not principal.has_mfa:
+        raise Forbidden("receiving data needs a login with multi-factor authentication")
+    item = session.get(OutboxItem, item_id, with_for_update=True)
+    if item is None or item.recipient_id != principal.user.id:
+        raise NotFound("no such outbox file")
+    if item.downloaded_at is not None:
+        raise Conflict("this file was already downloaded: an outbox file is delivered once")
+    item.downloaded_at = utcnow()
+    r = session.get(AirlockRequest, item.request_id)
+    assert r is not None
+    audit.record(session, principal.actor, "airlock.outbox.download.started", project_id=r.project_id,
+                 target=f"file:{item.source_file_id}", subject_user_id=principal.user.id,
+                 details={"outbox": str(item.id), "request": r.id, "key": item.key_fingerprint})
+    return item
+
