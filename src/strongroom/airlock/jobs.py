@@ -6,19 +6,20 @@ from typing import Any
 
 from ..jobs.context import JobContext
 from ..jobs.registry import job
-from . import service
+from . import checking, service
+from . import transfer as delivery
 
 
 @job(service.CHECK_JOB, max_attempts=3)
 def check(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Decrypt and check every file of a submitted request, then hand it to the reviewers."""
-    return {"state": service.run_checks(ctx.hub, payload["request_id"])}
+    return {"state": checking.run_checks(ctx.hub, payload["request_id"])}
 
 
 @job(service.TRANSFER_JOB, max_attempts=service.TRANSFER_ATTEMPTS)
 def transfer(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Deliver an approved request's files and write its checksum receipt; a retry continues."""
-    return {"state": service.transfer(ctx.hub, payload["request_id"], attempt=ctx.attempt)}
+    return {"state": delivery.transfer(ctx.hub, payload["request_id"], attempt=ctx.attempt)}
 
 
 @job("airlock.expire", every_seconds=3600, max_attempts=2)

@@ -8,32 +8,22 @@ approved → transferring → done | rejected | failed | expired.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..archive import c4gh
 from ..archive import service as archive
 from ..archive.backend import storage_for
-from ..archive.keys import hub_keys
-from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion, UserKey
+from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
-from ..db import open_session, transaction, utcnow
+from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
-from ..identity.models import User
 from ..identity.principal import Principal
 from ..identity.service import find_user, require_fresh_mfa
 from ..notify import service as notify
@@ -42,32 +32,27 @@ from ..projects.models import Membership, Project
 from . import checks
 from .models import (
     APPROVED,
-    CHECKING,
-    DONE,
     EXPIRED,
     FAILED,
     IN_REVIEW,
     OPEN_STATES,
     REJECTED,
     SUBMITTED,
-    TRANSFERRING,
     AirlockFile,
     AirlockRequest,
     AirlockReview,
     OutboxItem,
 )
+from .plaintext import file_ref, plaintext_copy
 from .settings import Destination
 
 HOLD = "airlock"
 HOLD_RULE = archive.HoldRule(right="import", viewed_event="airlock.file.viewed")  # see includeme
 MAX_FILES = 1000
+TRANSFER_ATTEMPTS = 5  # a destination that keeps failing marks the request failed
 MAX_FILE_BYTES = 50 * 1024**3  # a file larger than this fails its size check (a reviewer cannot judge it)
 CHECK_JOB, TRANSFER_JOB = "airlock.check", "airlock.transfer"
 _DESTINATIONS: TypeAdapter[list[Any]] = TypeAdapter(list[Destination])
-
-
-class TransferRefused(Exception):
-    """The destination cannot take the files (no such project, no key, quota): no retry helps."""
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -312,115 +297,6 @@ def _set_state(session: Session, actor: Actor, r: AirlockRequest, state: str, *,
                  details={"from": before, **({"reason": reason} if reason else {}), **details})
 
 
-# -- decrypting on the hub ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class FileRef:
-    """What decrypting an archived file needs, read in a short transaction: no database session (and on
-    SQLite no lock) is held while its bytes are read, decrypted and checked."""
-
-    id: str
-    path: str
-    header: bytes
-    body_key: str
-    sha256: str
-    secrets: tuple[bytes, ...]
-
-
-def file_ref(hub: Hub, session: Session, f: ArchiveFile) -> FileRef:
-    assert f.header is not None and f.body_key is not None
-    return FileRef(f.id, f.path, f.header, f.body_key, f.plaintext_sha256 or "",
-                   tuple(hub_keys(hub, session).secrets))
-
-
-@contextmanager
-def plaintext_copy(hub: Hub, ref: FileRef, *, limit: int | None = None) -> Iterator[Path]:
-    """The file decrypted into a private temp dir (removed afterwards), its name's suffix kept.
-    Without ``limit`` its SHA-256 is checked against the archive's record."""
-    opened = c4gh.open_header(ref.header, list(ref.secrets))
-    storage = storage_for(hub)
-    with tempfile.TemporaryDirectory(prefix="strongroom-airlock-") as tmp:
-        path = Path(tmp) / ("file" + checks.suffix_of(ref.path))
-        digest, written = hashlib.sha256(), 0
-        with storage.open_reader(ref.body_key) as reader, path.open("wb") as out:
-            for segment in c4gh.decrypt_segments(reader, opened.session_keys):
-                digest.update(segment)
-                out.write(segment)
-                written += len(segment)
-                if limit is not None and written >= limit:
-                    break
-        if limit is None and not hmac.compare_digest(digest.hexdigest(), ref.sha256):
-            raise TransferRefused(f"{ref.id}: the stored file does not match its recorded SHA-256")
-        yield path
-
-
-def _refs(hub: Hub, file_ids: list[str]) -> dict[str, FileRef | None]:
-    """FileRefs of ready files (None for a file no longer ready), in one short read."""
-    with open_session(hub.sessions, deferred=True) as session:
-        out: dict[str, FileRef | None] = {}
-        for file_id in file_ids:
-            f = session.get(ArchiveFile, file_id)
-            out[file_id] = file_ref(hub, session, f) if f is not None and f.state == READY else None
-        return out
-
-
-# -- checks (job) ------------------------------------------------------------------------------
-def _strategy_for(session: Session, r: AirlockRequest) -> Any | None:
-    """The project's current strategy, as the requester sees it (None: it has none)."""
-    from ..strategies import service as strategies
-
-    membership = _membership(session, r.project_id, r.requester_id)
-    project = session.get(Project, r.project_id)
-    if membership is None or project is None:
-        return None
-    access = projects.ProjectAccess(project, membership, projects.effective_rights(session, membership))
-    try:
-        return strategies.parse(strategies.get_version(session, access).text)
-    except (NotFound, Forbidden, Invalid):
-        return None
-
-
-def run_checks(hub: Hub, request_id: str) -> str:
-    """Check every file of a submitted request, then hand it to the reviewers. Safe to run again."""
-    actor = Actor.system("airlock")
-    with transaction(hub.sessions) as session:
-        r = session.get(AirlockRequest, request_id)
-        if r is None or r.state not in (SUBMITTED, CHECKING):
-            return r.state if r else "missing"
-        if r.state == SUBMITTED:
-            _set_state(session, actor, r, CHECKING)
-    with open_session(hub.sessions, deferred=True) as session:
-        r = session.get(AirlockRequest, request_id)
-        assert r is not None
-        strategy = _strategy_for(session, r)
-        file_ids = [af.file_id for af in request_files(session, r)]
-    all_passed = True
-    results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
-    for file_id, ref in _refs(hub, file_ids).items():
-        if ref is None:
-            results[file_id] = ("missing", [{"name": "file", "passed": False,
-                                             "detail": "the file is no longer ready in the archive"}], False)
-            all_passed = False
-            continue
-        with plaintext_copy(hub, ref) as path:
-            report = checks.check_file(path, ref.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
-        results[file_id] = (report.content_type, report.as_json(), report.passed)
-        all_passed = all_passed and report.passed
-    with transaction(hub.sessions) as session:
-        r = session.get(AirlockRequest, request_id)
-        assert r is not None
-        if r.state != CHECKING:
-            return r.state
-        for af in request_files(session, r):
-            kind, found, passed = results[af.file_id]
-            af.content_type, af.checks, af.check_state = kind, found, "passed" if passed else "failed"
-        r.checks_passed = all_passed
-        failed = [af.path for af in request_files(session, r) if af.check_state == "failed"]
-        _set_state(session, actor, r, IN_REVIEW, checks_passed=all_passed, failed_files=failed[:50])
-        _notify(session, r, "airlock_review", reviewer_ids(session, r.project_id),
-                checks="all passed" if all_passed else f"{len(failed)} file(s) failed a check")
-        return r.state
-
-
 # -- reviews -----------------------------------------------------------------------------------
 def review(session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str, *,
            decision: str, reason: str = "") -> AirlockRequest:
@@ -477,199 +353,6 @@ def override(session: Session, principal: Principal, access: projects.ProjectAcc
     audit.record(session, principal.actor, "airlock.checks.overridden", project_id=r.project_id,
                  target=f"airlock:{r.id}", details={"reason": reason[:500]})
     return r
-
-
-# -- transfer (job) ----------------------------------------------------------------------------
-TRANSFER_ATTEMPTS = 5
-
-
-def _verify_body(storage: Storage, body_key: str, header: bytes, secrets: list[bytes], expected: str) -> None:
-    """Read what was delivered back, decrypt it and compare its SHA-256 with the archive's record."""
-    opened = c4gh.open_header(header, secrets)
-    digest = hashlib.sha256()
-    with storage.open_reader(body_key) as reader:
-        for segment in c4gh.decrypt_segments(reader, opened.session_keys):
-            digest.update(segment)
-    if not hmac.compare_digest(digest.hexdigest(), expected):
-        raise RuntimeError(f"{body_key}: the delivered bytes do not match the recorded SHA-256")
-
-
-def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
-    storage = storage_for(hub)
-    with open_session(hub.sessions, deferred=True) as session:
-        target = session.scalar(select(Project).where(Project.slug == dest["project"]))
-        if target is None or target.status != "active":
-            raise TransferRefused(f"the receiving project {dest['project']!r} does not exist or is closed")
-        target_id = target.id
-        keys = hub_keys(hub, session)
-    ref = _refs(hub, [af.file_id])[af.file_id]
-    if ref is None:
-        raise TransferRefused(f"{af.file_id}: the file is no longer ready in the archive")
-    with plaintext_copy(hub, ref) as path:
-        sealed = archive.seal_into_storage(keys, storage, target_id, archive.new_accession("SRF"), str(path))
-    try:
-        _verify_body(storage, sealed.body_key, sealed.header, list(ref.secrets), af.sha256)
-        with transaction(hub.sessions) as session:
-            try:
-                archive.add_sealed_file(session, target_id, r.requester_id, af.path, sealed)
-            except Conflict as exc:  # the receiving project's quota
-                raise TransferRefused(f"{dest['project']}: {exc.detail}") from None
-            row = session.get(AirlockFile, (r.id, af.file_id))
-            assert row is not None
-            row.delivered_id = sealed.file_id
-            details = {"request": r.id, "source": af.file_id, "sha256": af.sha256}
-            audit.record(session, Actor.system("airlock"), "airlock.file.delivered", project_id=r.project_id,
-                         target=f"file:{af.file_id}", details={**details, "to_project": dest["project"],
-                                                              "copy": sealed.file_id})
-            audit.record(session, Actor.system("airlock"), "airlock.file.received", project_id=target_id,
-                         target=f"file:{sealed.file_id}", details={**details, "from_request": r.id})
-    except BaseException:
-        storage.delete(sealed.body_key)
-        raise
-    return {"file_id": af.file_id, "path": af.path, "delivered_id": sealed.file_id, "sha256": af.sha256,
-            "size": sealed.plaintext_size, "verified": True}
-
-
-def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKey]:
-    user = find_user(session, dest["user"])
-    if user is None or not user.is_active:
-        raise TransferRefused(f"the recipient {dest['user']!r} is not an active user of this hub")
-    stmt = select(UserKey).where(UserKey.user_id == user.id, UserKey.revoked_at.is_(None))
-    if dest.get("key"):
-        stmt = stmt.where(UserKey.fingerprint == dest["key"])
-    key = session.scalar(stmt.order_by(UserKey.created_at.desc()).limit(1))
-    if key is None:
-        raise TransferRefused(f"the recipient {dest['user']!r} has no registered crypt4gh key"
-                              + (f" {dest['key']}" if dest.get("key") else ""))
-    return user, key
-
-
-def _deliver_to_recipient(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
-    """The header re-encrypted to the recipient's key (as downloads do), the body copied into the outbox."""
-    storage = storage_for(hub)
-    with open_session(hub.sessions, deferred=True) as session:
-        user, key = _recipient_key(session, dest)
-        user_id, public, fingerprint = user.id, key.public_key, key.fingerprint
-        f = session.get(ArchiveFile, af.file_id)
-        if f is None or f.header is None or f.body_key is None:
-            raise TransferRefused(f"{af.file_id}: the file is no longer in the archive")
-        keys = hub_keys(hub, session)
-        source_header, source_body = f.header, f.body_key
-    header = c4gh.reencrypt_header(source_header, keys.secrets, public, keys.current[1])
-    body_key = f"outbox/{r.id}/{af.file_id}.{uuid.uuid4().hex[:8]}"
-    stream = hashlib.sha256(header)
-    writer = storage.open_writer(body_key)
-    try:
-        with storage.open_reader(source_body) as reader:
-            while chunk := reader.read(4 * 1024 * 1024):
-                stream.update(chunk)
-                writer.write(chunk)
-        stored = writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    try:
-        _verify_body(storage, body_key, source_header, keys.secrets, af.sha256)
-        with transaction(hub.sessions) as session:
-            item = OutboxItem(request_id=r.id, recipient_id=user_id, source_file_id=af.file_id, path=af.path,
-                              key_fingerprint=fingerprint, header=header, body_key=body_key, body_size=stored.size,
-                              plaintext_sha256=af.sha256, stream_sha256=stream.hexdigest())
-            session.add(item)
-            session.flush()
-            row = session.get(AirlockFile, (r.id, af.file_id))
-            assert row is not None
-            row.delivered_id = str(item.id)
-            audit.record(session, Actor.system("airlock"), "airlock.file.delivered", project_id=r.project_id,
-                         target=f"file:{af.file_id}", subject_user_id=user_id,
-                         details={"request": r.id, "outbox": str(item.id), "key": fingerprint, "sha256": af.sha256})
-            item_id = str(item.id)
-    except BaseException:
-        storage.delete(body_key)
-        raise
-    return {"file_id": af.file_id, "path": af.path, "delivered_id": item_id, "sha256": af.sha256,
-            "size": af.size, "stream_sha256": stream.hexdigest(), "recipient_key": fingerprint, "verified": True}
-
-
-def _land_import(hub: Hub, r: AirlockRequest, af: AirlockFile) -> dict[str, Any]:
-    """An approved import: the staged file's hold is cleared after its bytes are checked once more."""
-    ref = _refs(hub, [af.file_id])[af.file_id]
-    if ref is None:
-        raise TransferRefused(f"{af.file_id}: the staged file is no longer ready")
-    with plaintext_copy(hub, ref):
-        pass  # decrypts and compares the SHA-256 with the record
-    with transaction(hub.sessions) as session:
-        f = session.get(ArchiveFile, af.file_id)
-        row = session.get(AirlockFile, (r.id, af.file_id))
-        assert f is not None and row is not None
-        if f.hold == HOLD:
-            f.hold = None
-        row.delivered_id = f.id
-        audit.record(session, Actor.system("airlock"), "airlock.file.imported", project_id=r.project_id,
-                     target=f"file:{f.id}", details={"request": r.id, "sha256": af.sha256})
-    return {"file_id": af.file_id, "path": af.path, "delivered_id": af.file_id, "sha256": af.sha256,
-            "size": af.size, "verified": True}
-
-
-def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
-    """Deliver every approved file not delivered yet (idempotent: a retry continues), then write the receipt."""
-    actor = Actor.system("airlock")
-    with transaction(hub.sessions) as session:
-        r = session.get(AirlockRequest, request_id)
-        if r is None or r.state not in (APPROVED, TRANSFERRING):
-            return r.state if r else "missing"
-        if r.state == APPROVED:
-            _set_state(session, actor, r, TRANSFERRING, destination=r.destination)
-        session.expunge(r)
-    with open_session(hub.sessions, deferred=True) as session:
-        pending = request_files(session, r)
-        for af in pending:
-            session.expunge(af)
-    receipt: list[dict[str, Any]] = list((r.receipt or {}).get("files", []))
-    try:
-        for af in pending:
-            if af.delivered_id is not None:
-                continue
-            if r.direction == "import":
-                entry = _land_import(hub, r, af)
-            elif r.destination and r.destination["kind"] == "project":
-                entry = _deliver_to_project(hub, r, af, r.destination)
-            elif r.destination and r.destination["kind"] == "recipient":
-                entry = _deliver_to_recipient(hub, r, af, r.destination)
-            else:
-                raise TransferRefused(f"destination kind {r.destination and r.destination.get('kind')!r} "
-                                      "is not delivered by this hub")
-            receipt.append({**entry, "delivered_at": utcnow().isoformat()})
-            with transaction(hub.sessions) as session:
-                row = session.get(AirlockRequest, request_id)
-                assert row is not None
-                row.receipt = {"files": receipt}
-    except TransferRefused as exc:
-        return _transfer_failed(hub, request_id, str(exc))
-    except Exception as exc:
-        if attempt >= TRANSFER_ATTEMPTS:
-            return _transfer_failed(hub, request_id, f"{type(exc).__name__}: {exc}"[:500])
-        raise  # the job retries with backoff; delivered files are not sent again
-    with transaction(hub.sessions) as session:
-        row = session.get(AirlockRequest, request_id)
-        assert row is not None
-        row.receipt = {"files": receipt, "destination": row.destination, "direction": row.direction,
-                       "completed_at": utcnow().isoformat(), "all_verified": all(e["verified"] for e in receipt)}
-        _set_state(session, actor, row, DONE, files=len(receipt))
-        _notify(session, row, "airlock_decided", _everyone(session, row))
-        if row.destination and row.destination.get("kind") == "recipient":
-            user = find_user(session, row.destination["user"])
-            if user is not None:
-                _notify(session, row, "airlock_delivered", [user.id], files=len(receipt))
-    return DONE
-
-
-def _transfer_failed(hub: Hub, request_id: str, reason: str) -> str:
-    with transaction(hub.sessions) as session:
-        r = session.get(AirlockRequest, request_id)
-        assert r is not None
-        _set_state(session, Actor.system("airlock"), r, FAILED, reason=reason)
-        _notify(session, r, "airlock_decided", _everyone(session, r))
-    return FAILED
 
 
 # -- expiry (job) ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ request waits.
 
 A destination is one entry of a discriminated union on ``kind``. ``project`` (another project on this hub,
 by slug) and ``recipient`` (a named user's registered crypt4gh key) are delivered today; a new kind
-(``s3``, ``sftp``) is one more model here and one more branch in ``service._deliver``.
+(``s3``, ``sftp``) is one more model here and one more branch in ``transfer.transfer`` (a ``_deliver_to_…`` function).
 """
 
 from __future__ import annotations

@@ -1,0 +1,84 @@
+"""The automatic checks of a request (a job): every file decrypted on the hub and checked before any
+reviewer sees the request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from ..audit.service import Actor
+from ..db import open_session, transaction
+from ..errors import Forbidden, Invalid, NotFound
+from ..hub import Hub
+from ..projects import service as projects
+from ..projects.models import Project
+from . import checks
+from .models import (
+    CHECKING,
+    IN_REVIEW,
+    SUBMITTED,
+    AirlockRequest,
+)
+from .plaintext import plaintext_copy, refs
+from .service import MAX_FILE_BYTES, _membership, _notify, _set_state, request_files, reviewer_ids
+
+
+# -- checks (job) ------------------------------------------------------------------------------
+def _strategy_for(session: Session, r: AirlockRequest) -> Any | None:
+    """The project's current strategy, as the requester sees it (None: it has none)."""
+    from ..strategies import service as strategies
+
+    membership = _membership(session, r.project_id, r.requester_id)
+    project = session.get(Project, r.project_id)
+    if membership is None or project is None:
+        return None
+    access = projects.ProjectAccess(project, membership, projects.effective_rights(session, membership))
+    try:
+        return strategies.parse(strategies.get_version(session, access).text)
+    except (NotFound, Forbidden, Invalid):
+        return None
+
+
+def run_checks(hub: Hub, request_id: str) -> str:
+    """Check every file of a submitted request, then hand it to the reviewers. Safe to run again."""
+    actor = Actor.system("airlock")
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        if r is None or r.state not in (SUBMITTED, CHECKING):
+            return r.state if r else "missing"
+        if r.state == SUBMITTED:
+            _set_state(session, actor, r, CHECKING)
+    with open_session(hub.sessions, deferred=True) as session:
+        r = session.get(AirlockRequest, request_id)
+        assert r is not None
+        strategy = _strategy_for(session, r)
+        file_ids = [af.file_id for af in request_files(session, r)]
+    all_passed = True
+    results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
+    for file_id, ref in refs(hub, file_ids).items():
+        if ref is None:
+            results[file_id] = ("missing", [{"name": "file", "passed": False,
+                                             "detail": "the file is no longer ready in the archive"}], False)
+            all_passed = False
+            continue
+        with plaintext_copy(hub, ref) as path:
+            report = checks.check_file(path, ref.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
+        results[file_id] = (report.content_type, report.as_json(), report.passed)
+        all_passed = all_passed and report.passed
+    with transaction(hub.sessions) as session:
+        r = session.get(AirlockRequest, request_id)
+        assert r is not None
+        if r.state != CHECKING:
+            return r.state
+        for af in request_files(session, r):
+            kind, found, passed = results[af.file_id]
+            af.content_type, af.checks, af.check_state = kind, found, "passed" if passed else "failed"
+        r.checks_passed = all_passed
+        failed = [af.path for af in request_files(session, r) if af.check_state == "failed"]
+        _set_state(session, actor, r, IN_REVIEW, checks_passed=all_passed, failed_files=failed[:50])
+        _notify(session, r, "airlock_review", reviewer_ids(session, r.project_id),
+                checks="all passed" if all_passed else f"{len(failed)} file(s) failed a check")
+        return r.state
+
+
