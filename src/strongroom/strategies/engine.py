@@ -19,6 +19,7 @@ from .transforms import StrategyError
 
 MAX_GROUPS_NAMED = 50
 MAX_SUPPRESSION_PASSES = 10  # suppressing for one rule can shrink another rule's groups
+ROW = "__strongroom_row"
 
 
 @dataclass
@@ -141,39 +142,49 @@ def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str
 
 
 def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame, list[Suppression]]:
-    """Suppress the rows of every violating group of every rule that chooses suppression."""
+    """Suppress the rows of every violating group of every rule that chooses suppression, until every rule
+    holds. Removing a rule's violating groups whole leaves its other groups as they were, so that rule holds
+    afterwards: only the other rules are checked again."""
+    rules = [r for r in _group_rules(strategy) if r[4] == "suppress"]
     removed: dict[str, int] = {}
-    for _ in range(MAX_SUPPRESSION_PASSES):
-        changed = False
-        for name, columns, minimum, distinct, on_violation in _group_rules(strategy):
-            if on_violation != "suppress":
-                continue
-            bad = _violations(frame, columns, minimum, distinct)
-            if bad.height:
-                before = frame.height
-                frame = frame.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
-                removed[name] = removed.get(name, 0) + before - frame.height
-                changed = True
-        if not changed:
+    clean: set[int] = set()  # the rules checked without a violation since the last suppression
+    for step in range(MAX_SUPPRESSION_PASSES * len(rules)):
+        index = step % len(rules)
+        if len(clean) == len(rules):
             break
+        if index in clean:
+            continue
+        name, columns, minimum, distinct, _ = rules[index]
+        bad = _violations(frame, columns, minimum, distinct)
+        if bad.height:
+            before = frame.height
+            frame = frame.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
+            removed[name] = removed.get(name, 0) + before - frame.height
+            clean = set()
+        clean.add(index)
     return frame, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
 
 
 def apply(frame: pl.LazyFrame | pl.DataFrame, strategy: spec.Strategy, secret: bytes) -> Run:
     """Transform, enforce and verify. Raises StrategyError when the strategy does not fit the table."""
     lazy = frame.lazy()
-    rows_in = lazy.select(pl.len()).collect().item()
+    rows_in = frame.height if isinstance(frame, pl.DataFrame) else lazy.select(pl.len()).collect().item()
     names = names_to_find(lazy, strategy.identifier_scan)
-    output = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
+    text = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
     # released values repeat (bands, years, codes): grouping dictionary codes is several times faster than
-    # grouping strings, for the enforcement and the verification alike
-    output, suppressed = _enforce(output.with_columns(pl.col(pl.String).cast(pl.Categorical)), strategy)
-    lost = rows_in - output.height
+    # grouping strings, for the enforcement and the verification alike. The row number says which rows of
+    # the text frame survive, so the output is never cast back from the codes (the costliest step).
+    coded, suppressed = _enforce(text.with_columns(pl.col(pl.String).cast(pl.Categorical)).with_row_index(ROW),
+                                 strategy)
+    if coded.height < text.height:
+        text = text[coded.get_column(ROW)]
+    coded = coded.drop(ROW)
+    lost = rows_in - coded.height
     share = lost / rows_in if rows_in else 0.0
     limit = Check(f"at most {strategy.max_suppressed:.0%} of rows suppressed", share <= strategy.max_suppressed,
                   f"{lost} of {rows_in} rows ({share:.1%}) suppressed")
-    verification = verify(output, strategy, names=names)
-    return Run(output=output.with_columns(pl.col(pl.Categorical).cast(pl.String)), rows_in=rows_in,
+    verification = verify(coded, strategy, names=names)
+    return Run(output=text.with_columns(pl.col(pl.Categorical).cast(pl.String)), rows_in=rows_in,
                suppressed=suppressed, verification=verification, limit=limit)
 
 
