@@ -121,11 +121,38 @@ def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, name
     return frame.select(exprs)
 
 
-def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None) -> pl.DataFrame:
-    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`)."""
-    measure = pl.col(distinct).n_unique() if distinct else pl.len()
-    return (frame.group_by(columns).agg(measure.alias("__n"))
-            .filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True))
+def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None,
+                sizes: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`).
+    `sizes`: the rows per group over `columns`, when already counted."""
+    if sizes is None or distinct:
+        measure = pl.col(distinct).n_unique() if distinct else pl.len()
+        sizes = frame.group_by(columns).agg(measure.alias("__n"))
+    return sizes.filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True)
+
+
+class _Counted:
+    """Counts the verification needs more than once, each counted once: cells per distinct value of a
+    column (the rule checks and the identifier scan) and rows per class over a set of columns (a group
+    rule or k, and the risk)."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        self._values: dict[str, pl.DataFrame] = {}
+        self._classes: dict[tuple[str, ...], pl.DataFrame] = {}
+
+    def values(self, column: str) -> pl.DataFrame:
+        """{column, __cells}: every distinct value (null included) and its number of cells."""
+        if column not in self._values:
+            self._values[column] = self.frame.group_by(column).agg(pl.len().alias("__cells"))
+        return self._values[column]
+
+    def classes(self, columns: list[str]) -> pl.DataFrame:
+        """{*columns, __n}: rows per group over `columns`."""
+        key = tuple(columns)
+        if key not in self._classes:
+            self._classes[key] = self.frame.group_by(columns).agg(pl.len().alias("__n"))
+        return self._classes[key]
 
 
 def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str | None, spec.OnViolation]]:
@@ -193,7 +220,7 @@ RULE_SHAPES: dict[str, str] = {"year": r"^\d{4}$", "quarter": r"^\d{4}-Q[1-4]$",
 PSEUDONYM_SHAPE = r"^[A-Z2-7]{20}$"
 
 
-def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule) -> str | None:
+def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Counted | None = None) -> str | None:
     """Why `column` does not look as its rule promises, or None when it does."""
     present = column in frame.columns
     if isinstance(rule, spec.Delete):
@@ -202,7 +229,7 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule) -> str | None
         return "missing from the output"
     col = frame.get_column(column)
     # each distinct value once, with how many cells hold it: the checks below then cost nothing per row
-    counts = col.drop_nulls().value_counts(name="__cells")
+    counts = (counted or _Counted(frame)).values(column).drop_nulls(column)
     values, cells = counts.get_column(column), counts.get_column("__cells")
     if values.dtype == pl.Categorical:
         values = values.cast(pl.String)
@@ -251,10 +278,11 @@ def _named(groups: pl.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
 Groups = list[dict[str, Any]]
 
 
-def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float) -> tuple[dict[str, Any], dict[str, int], Groups]:
+def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float,
+          counted: _Counted | None = None) -> tuple[dict[str, Any], dict[str, int], Groups]:
     if not quasi or frame.height == 0:
         return {"assessed": False, "why": "no quasi-identifiers named" if not quasi else "no rows"}, {}, []
-    sizes = frame.group_by(quasi).agg(pl.len().alias("__n"))
+    sizes = (counted or _Counted(frame)).classes(quasi)
     n, classes = frame.height, sizes.height
     smallest = int(sizes.get_column("__n").min())  # type: ignore[arg-type]
     at_risk = int(sizes.filter(1 / pl.col("__n") > threshold).get_column("__n").sum())
@@ -278,24 +306,25 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     """Check the output against every promise of the strategy, knowing nothing of how it was made.
     `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
     frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
+    counted = _Counted(frame)
     checks: list[Check] = []
     for column, rule in strategy.columns.items():
-        problem = _rule_holds(frame, column, rule)
+        problem = _rule_holds(frame, column, rule, counted)
         checks.append(Check(f"{column}: {rule.action}", problem is None, problem or "holds"))
     extra = [c for c in frame.columns if c not in strategy.columns]
     checks.append(Check("no column without a rule", not extra, f"unexpected: {', '.join(extra)}" if extra else "holds"))
     for name, columns, minimum, distinct, _ in _group_rules(strategy):
-        bad = _violations(frame, columns, minimum, distinct)
+        bad = _violations(frame, columns, minimum, distinct, None if distinct else counted.classes(columns))
         checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
                             _named(bad, columns)))
     scan = strategy.identifier_scan
     found = scan_identifiers(frame, names or NameMatcher(scan.names), personnummer=scan.personnummer, email=scan.email,
-                             phone=scan.phone)
+                             phone=scan.phone, counts=counted.values)
     checks.append(Check("no identifier in any cell", not found,
                         "; ".join(f"{f['cells']} {f['kind']} cell(s) in {f['column']}" for f in found) or "holds"))
     quasi = (strategy.k_anonymity.quasi_identifiers if strategy.k_anonymity
              else strategy.l_diversity.quasi_identifiers if strategy.l_diversity else [])
-    risk, histogram, smallest = _risk(frame, quasi, strategy.risk_threshold)
+    risk, histogram, smallest = _risk(frame, quasi, strategy.risk_threshold, counted)
     return Verification(passed=all(c.passed for c in checks), rows=frame.height, checks=checks, identifiers=found,
                         risk=risk, class_sizes=histogram, smallest_classes=smallest)
 
