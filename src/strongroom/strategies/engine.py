@@ -20,6 +20,7 @@ from .transforms import StrategyError
 MAX_GROUPS_NAMED = 50
 MAX_SUPPRESSION_PASSES = 10  # suppressing for one rule can shrink another rule's groups
 ROW = "__strongroom_row"
+CELLS = "__cells"
 
 
 @dataclass
@@ -168,11 +169,25 @@ def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str
     return rules
 
 
+def _rule_columns(rules: list[tuple[str, list[str], int, str | None, spec.OnViolation]]) -> list[str]:
+    """Every column a group rule, k or l reads (its groups' columns and l's sensitive column)."""
+    return list(dict.fromkeys(c for _, columns, _, distinct, _ in rules
+                              for c in [*columns, *([distinct] if distinct else [])]))
+
+
 def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame, list[Suppression]]:
     """Suppress the rows of every violating group of every rule that chooses suppression, until every rule
     holds. Removing a rule's violating groups whole leaves its other groups as they were, so that rule holds
-    afterwards: only the other rules are checked again."""
+    afterwards: only the other rules are checked again.
+
+    The rows are counted once into the finest groups over every column the rules read (thousands of groups
+    for millions of rows); each rule's groups are unions of those, so the rules are checked and suppressed
+    on that small table, and the rows of the groups it lost leave the frame in one pass at the end."""
     rules = [r for r in _group_rules(strategy) if r[4] == "suppress"]
+    if not rules:
+        return frame, []
+    keys = _rule_columns(rules)
+    fine = start = frame.group_by(keys).agg(pl.len().alias(CELLS))
     removed: dict[str, int] = {}
     clean: set[int] = set()  # the rules checked without a violation since the last suppression
     for step in range(MAX_SUPPRESSION_PASSES * len(rules)):
@@ -182,13 +197,17 @@ def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame
         if index in clean:
             continue
         name, columns, minimum, distinct, _ = rules[index]
-        bad = _violations(frame, columns, minimum, distinct)
+        measure = pl.col(distinct).n_unique() if distinct else pl.col(CELLS).sum()
+        bad = fine.group_by(columns).agg(measure.alias("__n")).filter(pl.col("__n") < minimum)
         if bad.height:
-            before = frame.height
-            frame = frame.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
-            removed[name] = removed.get(name, 0) + before - frame.height
+            lost = fine.join(bad.select(columns), on=columns, how="semi", nulls_equal=True)
+            fine = fine.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
+            removed[name] = removed.get(name, 0) + int(lost.get_column(CELLS).sum())
             clean = set()
         clean.add(index)
+    if fine.height < start.height:
+        lost = start.join(fine.select(keys), on=keys, how="anti", nulls_equal=True)
+        frame = frame.join(lost.select(keys), on=keys, how="anti", nulls_equal=True)
     return frame, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
 
 
