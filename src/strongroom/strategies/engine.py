@@ -125,8 +125,8 @@ def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, name
 def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None,
                 sizes: pl.DataFrame | None = None) -> pl.DataFrame:
     """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`).
-    `sizes`: the rows per group over `columns`, when already counted."""
-    if sizes is None or distinct:
+    `sizes`: those counts per group, when already counted."""
+    if sizes is None:
         measure = pl.col(distinct).n_unique() if distinct else pl.len()
         sizes = frame.group_by(columns).agg(measure.alias("__n"))
     return sizes.filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True)
@@ -135,24 +135,38 @@ def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct:
 class _Counted:
     """Counts the verification needs more than once, each counted once: cells per distinct value of a
     column (the rule checks and the identifier scan) and rows per class over a set of columns (a group
-    rule or k, and the risk)."""
+    rule or k, and the risk). The rows are counted once into the finest groups over `keys` (the columns
+    the group rules, k and l read); counts over those columns are sums over that small table."""
 
-    def __init__(self, frame: pl.DataFrame) -> None:
+    def __init__(self, frame: pl.DataFrame, keys: list[str] | None = None) -> None:
         self.frame = frame
+        self.keys = [k for k in keys or [] if k in frame.columns]
+        self._fine: pl.DataFrame | None = None
         self._values: dict[str, pl.DataFrame] = {}
         self._classes: dict[tuple[str, ...], pl.DataFrame] = {}
+
+    def _source(self, columns: list[str]) -> tuple[pl.DataFrame, pl.Expr]:
+        """The table to count `columns` from and how to count its rows."""
+        if not set(columns) <= set(self.keys):
+            return self.frame, pl.len()
+        if self._fine is None:
+            self._fine = self.frame.group_by(self.keys).agg(pl.len().alias(CELLS))
+        return self._fine, pl.col(CELLS).sum()
 
     def values(self, column: str) -> pl.DataFrame:
         """{column, __cells}: every distinct value (null included) and its number of cells."""
         if column not in self._values:
-            self._values[column] = self.frame.group_by(column).agg(pl.len().alias("__cells"))
+            table, rows = self._source([column])
+            self._values[column] = table.group_by(column).agg(rows.alias(CELLS))
         return self._values[column]
 
-    def classes(self, columns: list[str]) -> pl.DataFrame:
-        """{*columns, __n}: rows per group over `columns`."""
-        key = tuple(columns)
+    def classes(self, columns: list[str], distinct: str | None = None) -> pl.DataFrame:
+        """{*columns, __n}: rows per group over `columns` (or distinct values of `distinct`)."""
+        key = (*columns, "", distinct or "")
         if key not in self._classes:
-            self._classes[key] = self.frame.group_by(columns).agg(pl.len().alias("__n"))
+            table, rows = self._source([*columns, *([distinct] if distinct else [])])
+            measure = pl.col(distinct).n_unique() if distinct else rows
+            self._classes[key] = table.group_by(columns).agg(measure.alias("__n"))
         return self._classes[key]
 
 
@@ -325,7 +339,7 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     """Check the output against every promise of the strategy, knowing nothing of how it was made.
     `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
     frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
-    counted = _Counted(frame)
+    counted = _Counted(frame, _rule_columns(_group_rules(strategy)))
     checks: list[Check] = []
     for column, rule in strategy.columns.items():
         problem = _rule_holds(frame, column, rule, counted)
@@ -333,7 +347,7 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     extra = [c for c in frame.columns if c not in strategy.columns]
     checks.append(Check("no column without a rule", not extra, f"unexpected: {', '.join(extra)}" if extra else "holds"))
     for name, columns, minimum, distinct, _ in _group_rules(strategy):
-        bad = _violations(frame, columns, minimum, distinct, None if distinct else counted.classes(columns))
+        bad = _violations(frame, columns, minimum, distinct, counted.classes(columns, distinct))
         checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
                             _named(bad, columns)))
     scan = strategy.identifier_scan
