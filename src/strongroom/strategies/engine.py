@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from . import spec, transforms
@@ -189,19 +190,20 @@ def _rule_columns(rules: list[tuple[str, list[str], int, str | None, spec.OnViol
                               for c in [*columns, *([distinct] if distinct else [])]))
 
 
-def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame, list[Suppression]]:
+def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.Series | None, list[Suppression]]:
     """Suppress the rows of every violating group of every rule that chooses suppression, until every rule
     holds. Removing a rule's violating groups whole leaves its other groups as they were, so that rule holds
     afterwards: only the other rules are checked again.
 
     The rows are counted once into the finest groups over every column the rules read (thousands of groups
     for millions of rows); each rule's groups are unions of those, so the rules are checked and suppressed
-    on that small table, and the rows of the groups it lost leave the frame in one pass at the end."""
+    on that small table; each group keeps its row numbers, so the rows to suppress (returned, ascending;
+    None when there are none) need no second pass over the frame."""
     rules = [r for r in _group_rules(strategy) if r[4] == "suppress"]
     if not rules:
-        return frame, []
+        return None, []
     keys = _rule_columns(rules)
-    fine = start = frame.group_by(keys).agg(pl.len().alias(CELLS))
+    fine = start = frame.with_row_index(ROW).group_by(keys).agg(pl.len().alias(CELLS), pl.col(ROW))
     removed: dict[str, int] = {}
     clean: set[int] = set()  # the rules checked without a violation since the last suppression
     for step in range(MAX_SUPPRESSION_PASSES * len(rules)):
@@ -219,10 +221,10 @@ def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame
             removed[name] = removed.get(name, 0) + int(lost.get_column(CELLS).sum())
             clean = set()
         clean.add(index)
+    rows = None
     if fine.height < start.height:
-        lost = start.join(fine.select(keys), on=keys, how="anti", nulls_equal=True)
-        frame = frame.join(lost.select(keys), on=keys, how="anti", nulls_equal=True)
-    return frame, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
+        rows = start.join(fine.select(keys), on=keys, how="anti", nulls_equal=True).get_column(ROW).explode().sort()
+    return rows, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
 
 
 def apply(frame: pl.LazyFrame | pl.DataFrame, strategy: spec.Strategy, secret: bytes) -> Run:
@@ -232,13 +234,14 @@ def apply(frame: pl.LazyFrame | pl.DataFrame, strategy: spec.Strategy, secret: b
     names = names_to_find(lazy, strategy.identifier_scan)
     text = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
     # released values repeat (bands, years, codes): grouping dictionary codes is several times faster than
-    # grouping strings, for the enforcement and the verification alike. The row number says which rows of
-    # the text frame survive, so the output is never cast back from the codes (the costliest step).
-    coded, suppressed = _enforce(text.with_columns(pl.col(pl.String).cast(pl.Categorical)).with_row_index(ROW),
-                                 strategy)
-    if coded.height < text.height:
-        text = text[coded.get_column(ROW)]
-    coded = coded.drop(ROW)
+    # grouping strings, for the enforcement and the verification alike. The suppressed rows leave the text
+    # frame and the coded one alike, so the output is never cast back from the codes (the costliest step).
+    coded = text.with_columns(pl.col(pl.String).cast(pl.Categorical))
+    lost_rows, suppressed = _enforce(coded, strategy)
+    if lost_rows is not None and lost_rows.len():
+        keep = np.ones(coded.height, dtype=bool)
+        keep[lost_rows.to_numpy()] = False
+        text, coded = text.filter(keep), coded.filter(keep)
     lost = rows_in - coded.height
     share = lost / rows_in if rows_in else 0.0
     limit = Check(f"at most {strategy.max_suppressed:.0%} of rows suppressed", share <= strategy.max_suppressed,
