@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from . import spec, transforms
@@ -19,6 +20,8 @@ from .transforms import StrategyError
 
 MAX_GROUPS_NAMED = 50
 MAX_SUPPRESSION_PASSES = 10  # suppressing for one rule can shrink another rule's groups
+ROW = "__strongroom_row"
+CELLS = "__cells"
 
 
 @dataclass
@@ -120,11 +123,52 @@ def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, name
     return frame.select(exprs)
 
 
-def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None) -> pl.DataFrame:
-    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`)."""
-    measure = pl.col(distinct).n_unique() if distinct else pl.len()
-    return (frame.group_by(columns).agg(measure.alias("__n"))
-            .filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True))
+def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None,
+                sizes: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`).
+    `sizes`: those counts per group, when already counted."""
+    if sizes is None:
+        measure = pl.col(distinct).n_unique() if distinct else pl.len()
+        sizes = frame.group_by(columns).agg(measure.alias("__n"))
+    return sizes.filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True)
+
+
+class _Counted:
+    """Counts the verification needs more than once, each counted once: cells per distinct value of a
+    column (the rule checks and the identifier scan) and rows per class over a set of columns (a group
+    rule or k, and the risk). The rows are counted once into the finest groups over `keys` (the columns
+    the group rules, k and l read); counts over those columns are sums over that small table."""
+
+    def __init__(self, frame: pl.DataFrame, keys: list[str] | None = None) -> None:
+        self.frame = frame
+        self.keys = [k for k in keys or [] if k in frame.columns]
+        self._fine: pl.DataFrame | None = None
+        self._values: dict[str, pl.DataFrame] = {}
+        self._classes: dict[tuple[str, ...], pl.DataFrame] = {}
+
+    def _source(self, columns: list[str]) -> tuple[pl.DataFrame, pl.Expr]:
+        """The table to count `columns` from and how to count its rows."""
+        if not set(columns) <= set(self.keys):
+            return self.frame, pl.len()
+        if self._fine is None:
+            self._fine = self.frame.group_by(self.keys).agg(pl.len().alias(CELLS))
+        return self._fine, pl.col(CELLS).sum()
+
+    def values(self, column: str) -> pl.DataFrame:
+        """{column, __cells}: every distinct value (null included) and its number of cells."""
+        if column not in self._values:
+            table, rows = self._source([column])
+            self._values[column] = table.group_by(column).agg(rows.alias(CELLS))
+        return self._values[column]
+
+    def classes(self, columns: list[str], distinct: str | None = None) -> pl.DataFrame:
+        """{*columns, __n}: rows per group over `columns` (or distinct values of `distinct`)."""
+        key = (*columns, "", distinct or "")
+        if key not in self._classes:
+            table, rows = self._source([*columns, *([distinct] if distinct else [])])
+            measure = pl.col(distinct).n_unique() if distinct else rows
+            self._classes[key] = table.group_by(columns).agg(measure.alias("__n"))
+        return self._classes[key]
 
 
 def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str | None, spec.OnViolation]]:
@@ -140,40 +184,70 @@ def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str
     return rules
 
 
-def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.DataFrame, list[Suppression]]:
-    """Suppress the rows of every violating group of every rule that chooses suppression."""
+def _rule_columns(rules: list[tuple[str, list[str], int, str | None, spec.OnViolation]]) -> list[str]:
+    """Every column a group rule, k or l reads (its groups' columns and l's sensitive column)."""
+    return list(dict.fromkeys(c for _, columns, _, distinct, _ in rules
+                              for c in [*columns, *([distinct] if distinct else [])]))
+
+
+def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.Series | None, list[Suppression]]:
+    """Suppress the rows of every violating group of every rule that chooses suppression, until every rule
+    holds. Removing a rule's violating groups whole leaves its other groups as they were, so that rule holds
+    afterwards: only the other rules are checked again.
+
+    The rows are counted once into the finest groups over every column the rules read (thousands of groups
+    for millions of rows); each rule's groups are unions of those, so the rules are checked and suppressed
+    on that small table; each group keeps its row numbers, so the rows to suppress (returned, ascending;
+    None when there are none) need no second pass over the frame."""
+    rules = [r for r in _group_rules(strategy) if r[4] == "suppress"]
+    if not rules:
+        return None, []
+    keys = _rule_columns(rules)
+    fine = start = frame.with_row_index(ROW).group_by(keys).agg(pl.len().alias(CELLS), pl.col(ROW))
     removed: dict[str, int] = {}
-    for _ in range(MAX_SUPPRESSION_PASSES):
-        changed = False
-        for name, columns, minimum, distinct, on_violation in _group_rules(strategy):
-            if on_violation != "suppress":
-                continue
-            bad = _violations(frame, columns, minimum, distinct)
-            if bad.height:
-                before = frame.height
-                frame = frame.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
-                removed[name] = removed.get(name, 0) + before - frame.height
-                changed = True
-        if not changed:
+    clean: set[int] = set()  # the rules checked without a violation since the last suppression
+    for step in range(MAX_SUPPRESSION_PASSES * len(rules)):
+        index = step % len(rules)
+        if len(clean) == len(rules):
             break
-    return frame, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
+        if index in clean:
+            continue
+        name, columns, minimum, distinct, _ = rules[index]
+        measure = pl.col(distinct).n_unique() if distinct else pl.col(CELLS).sum()
+        bad = fine.group_by(columns).agg(measure.alias("__n")).filter(pl.col("__n") < minimum)
+        if bad.height:
+            lost = fine.join(bad.select(columns), on=columns, how="semi", nulls_equal=True)
+            fine = fine.join(bad.select(columns), on=columns, how="anti", nulls_equal=True)
+            removed[name] = removed.get(name, 0) + int(lost.get_column(CELLS).sum())
+            clean = set()
+        clean.add(index)
+    rows = None
+    if fine.height < start.height:
+        rows = start.join(fine.select(keys), on=keys, how="anti", nulls_equal=True).get_column(ROW).explode().sort()
+    return rows, [Suppression(f"in a group that broke: {name}", rows) for name, rows in removed.items()]
 
 
 def apply(frame: pl.LazyFrame | pl.DataFrame, strategy: spec.Strategy, secret: bytes) -> Run:
     """Transform, enforce and verify. Raises StrategyError when the strategy does not fit the table."""
     lazy = frame.lazy()
-    rows_in = lazy.select(pl.len()).collect().item()
+    rows_in = frame.height if isinstance(frame, pl.DataFrame) else lazy.select(pl.len()).collect().item()
     names = names_to_find(lazy, strategy.identifier_scan)
-    output = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
+    text = _transform(lazy, strategy, secret, names, rows_in).collect(engine="streaming")
     # released values repeat (bands, years, codes): grouping dictionary codes is several times faster than
-    # grouping strings, for the enforcement and the verification alike
-    output, suppressed = _enforce(output.with_columns(pl.col(pl.String).cast(pl.Categorical)), strategy)
-    lost = rows_in - output.height
+    # grouping strings, for the enforcement and the verification alike. The suppressed rows leave the text
+    # frame and the coded one alike, so the output is never cast back from the codes (the costliest step).
+    coded = text.with_columns(pl.col(pl.String).cast(pl.Categorical))
+    lost_rows, suppressed = _enforce(coded, strategy)
+    if lost_rows is not None and lost_rows.len():
+        keep = np.ones(coded.height, dtype=bool)
+        keep[lost_rows.to_numpy()] = False
+        text, coded = text.filter(keep), coded.filter(keep)
+    lost = rows_in - coded.height
     share = lost / rows_in if rows_in else 0.0
     limit = Check(f"at most {strategy.max_suppressed:.0%} of rows suppressed", share <= strategy.max_suppressed,
                   f"{lost} of {rows_in} rows ({share:.1%}) suppressed")
-    verification = verify(output, strategy, names=names)
-    return Run(output=output.with_columns(pl.col(pl.Categorical).cast(pl.String)), rows_in=rows_in,
+    verification = verify(coded, strategy, names=names)
+    return Run(output=text.with_columns(pl.col(pl.Categorical).cast(pl.String)), rows_in=rows_in,
                suppressed=suppressed, verification=verification, limit=limit)
 
 
@@ -182,7 +256,7 @@ RULE_SHAPES: dict[str, str] = {"year": r"^\d{4}$", "quarter": r"^\d{4}-Q[1-4]$",
 PSEUDONYM_SHAPE = r"^[A-Z2-7]{20}$"
 
 
-def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule) -> str | None:
+def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Counted | None = None) -> str | None:
     """Why `column` does not look as its rule promises, or None when it does."""
     present = column in frame.columns
     if isinstance(rule, spec.Delete):
@@ -191,7 +265,7 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule) -> str | None
         return "missing from the output"
     col = frame.get_column(column)
     # each distinct value once, with how many cells hold it: the checks below then cost nothing per row
-    counts = col.drop_nulls().value_counts(name="__cells")
+    counts = (counted or _Counted(frame)).values(column).drop_nulls(column)
     values, cells = counts.get_column(column), counts.get_column("__cells")
     if values.dtype == pl.Categorical:
         values = values.cast(pl.String)
@@ -240,10 +314,11 @@ def _named(groups: pl.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
 Groups = list[dict[str, Any]]
 
 
-def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float) -> tuple[dict[str, Any], dict[str, int], Groups]:
+def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float,
+          counted: _Counted | None = None) -> tuple[dict[str, Any], dict[str, int], Groups]:
     if not quasi or frame.height == 0:
         return {"assessed": False, "why": "no quasi-identifiers named" if not quasi else "no rows"}, {}, []
-    sizes = frame.group_by(quasi).agg(pl.len().alias("__n"))
+    sizes = (counted or _Counted(frame)).classes(quasi)
     n, classes = frame.height, sizes.height
     smallest = int(sizes.get_column("__n").min())  # type: ignore[arg-type]
     at_risk = int(sizes.filter(1 / pl.col("__n") > threshold).get_column("__n").sum())
@@ -267,24 +342,25 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     """Check the output against every promise of the strategy, knowing nothing of how it was made.
     `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
     frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
+    counted = _Counted(frame, _rule_columns(_group_rules(strategy)))
     checks: list[Check] = []
     for column, rule in strategy.columns.items():
-        problem = _rule_holds(frame, column, rule)
+        problem = _rule_holds(frame, column, rule, counted)
         checks.append(Check(f"{column}: {rule.action}", problem is None, problem or "holds"))
     extra = [c for c in frame.columns if c not in strategy.columns]
     checks.append(Check("no column without a rule", not extra, f"unexpected: {', '.join(extra)}" if extra else "holds"))
     for name, columns, minimum, distinct, _ in _group_rules(strategy):
-        bad = _violations(frame, columns, minimum, distinct)
+        bad = _violations(frame, columns, minimum, distinct, counted.classes(columns, distinct))
         checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
                             _named(bad, columns)))
     scan = strategy.identifier_scan
     found = scan_identifiers(frame, names or NameMatcher(scan.names), personnummer=scan.personnummer, email=scan.email,
-                             phone=scan.phone)
+                             phone=scan.phone, counts=counted.values)
     checks.append(Check("no identifier in any cell", not found,
                         "; ".join(f"{f['cells']} {f['kind']} cell(s) in {f['column']}" for f in found) or "holds"))
     quasi = (strategy.k_anonymity.quasi_identifiers if strategy.k_anonymity
              else strategy.l_diversity.quasi_identifiers if strategy.l_diversity else [])
-    risk, histogram, smallest = _risk(frame, quasi, strategy.risk_threshold)
+    risk, histogram, smallest = _risk(frame, quasi, strategy.risk_threshold, counted)
     return Verification(passed=all(c.passed for c in checks), rows=frame.height, checks=checks, identifiers=found,
                         risk=risk, class_sizes=histogram, smallest_classes=smallest)
 

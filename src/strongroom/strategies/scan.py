@@ -70,17 +70,19 @@ def exact(kind: str, text: str, names: NameMatcher) -> bool:
 
 
 def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *, personnummer: bool = True, email: bool = True,
-                     phone: bool = True) -> list[dict[str, Any]]:
-    """[{column, kind, cells}] for every text column with identifiers; the values never leave."""
+                     phone: bool = True, counts: Callable[[str], pl.DataFrame] | None = None) -> list[dict[str, Any]]:
+    """[{column, kind, cells}] for every text column with identifiers; the values never leave.
+    `counts(column)`: each distinct value of the column and its number of cells, when already counted."""
     kinds = hints(names, personnummer=personnummer, email=email, phone=phone)
     found: list[dict[str, Any]] = []
     for column in frame.columns:
         if frame.schema[column] not in (pl.String, pl.Categorical):
             continue  # numbers, dates and bands cannot spell a name, an address or a Luhn-checked number
         # each distinct value once, with the number of cells holding it
-        counts = frame.group_by(column).len().with_columns(pl.col(column).cast(pl.String))
+        values = counts(column) if counts else frame.group_by(column).len()
+        values = values.with_columns(pl.col(column).cast(pl.String))
         for kind, hint in kinds:
-            candidates = counts.filter(hint(pl.col(column)).fill_null(False))
+            candidates = values.filter(hint(pl.col(column)).fill_null(False))
             cells = sum(n for text, n in candidates.iter_rows() if exact(kind, text, names))
             if cells:
                 found.append({"column": column, "kind": kind, "cells": cells})

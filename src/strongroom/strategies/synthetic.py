@@ -6,8 +6,6 @@ names are common Swedish names. Nothing here is a real person.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import polars as pl
 
@@ -18,55 +16,73 @@ DIAGNOSES = [("C50.9", "breast"), ("C34.1", "lung"), ("I21.4", "heart"), ("J18.9
 MODALITIES = ["CT", "MR", "CR", "US", "PT", "MG"]
 
 
-def _luhn_digit(nine: str) -> int:
-    total = 0
-    for i, ch in enumerate(nine):
-        d = int(ch) * (2 if i % 2 == 0 else 1)
-        total += d - 9 if d > 9 else d
-    return (10 - total % 10) % 10
+def _personnummer_many(birth_days: np.ndarray, serials: np.ndarray, coordination: np.ndarray) -> pl.Series:
+    """YYYYMMDD-SSSC for each person: the birth date (day + 60 for a samordningsnummer), a serial and the Luhn
+    digit over YYMMDDSSS (numpy digits, strings built by Polars)."""
+    births = pl.Series(np.datetime64("1930-01-01") + birth_days * np.timedelta64(1, "D"))
+    year = births.dt.year().to_numpy().astype(np.int64)
+    month = births.dt.month().to_numpy().astype(np.int64)
+    day = births.dt.day().to_numpy().astype(np.int64) + np.where(coordination, 60, 0)
+    serials = serials.astype(np.int64)
+    digits = [(year % 100) // 10, year % 10, month // 10, month % 10, day // 10, day % 10,
+              serials // 100, (serials // 10) % 10, serials % 10]
+    total = np.zeros(len(serials), dtype=np.int64)
+    for i, d in enumerate(digits):
+        d = d * (2 if i % 2 == 0 else 1)
+        total += np.where(d > 9, d - 9, d)
+    luhn = (10 - total % 10) % 10
 
+    def padded(values: np.ndarray, width: int) -> pl.Expr:
+        return pl.lit(pl.Series(values)).cast(pl.String).str.zfill(width)
 
-def personnummer(birth: dt.date, serial: int, *, coordination: bool = False) -> str:
-    day = birth.day + (60 if coordination else 0)
-    nine = f"{birth:%y%m}{day:02d}{serial:03d}"
-    return f"{birth:%Y%m}{day:02d}-{serial:03d}{_luhn_digit(nine)}"
+    return pl.select(pl.concat_str([padded(year, 4), padded(month, 2), padded(day, 2), pl.lit("-"),
+                                    padded(serials, 3), padded(luhn, 1)])).to_series()
 
 
 def extract(rows: int, *, people: int | None = None, seed: int = 7, rare_groups: bool = False) -> pl.DataFrame:
     """`rows` examinations of `people` persons (default rows // 4). With `rare_groups`, a handful of
-    (diagnosis, site, year) combinations occur fewer than 11 times, as in any real extract."""
+    (diagnosis, site, year) combinations occur fewer than 11 times, as in any real extract.
+    Columnar throughout: values repeat (people, days, postal codes), so each distinct text is made once and
+    gathered."""
     rng = np.random.default_rng(seed)
     people = people or max(rows // 4, 1)
     birth_days = rng.integers(0, 33000, people)
-    births = [dt.date(1930, 1, 1) + dt.timedelta(days=int(d)) for d in birth_days]
-    pins = [personnummer(b, int(s), coordination=bool(c)) for b, s, c in
-            zip(births, rng.integers(0, 1000, people), rng.random(people) < 0.03, strict=True)]
-    names = [f"{FIRST[i % len(FIRST)]} {LAST[j % len(LAST)]}" for i, j in
-             zip(rng.integers(0, 1000, people), rng.integers(0, 1000, people), strict=True)]
+    pins = _personnummer_many(birth_days, rng.integers(0, 1000, people), rng.random(people) < 0.03)
+    names = (pl.Series(FIRST).gather(rng.integers(0, 1000, people) % len(FIRST)) + " "
+             + pl.Series(LAST).gather(rng.integers(0, 1000, people) % len(LAST)))
     who = rng.integers(0, people, rows)
     diagnosis = rng.integers(0, len(DIAGNOSES), rows)
-    day = np.timedelta64(1, "D")
     texts = ["Frågeställning: tumör?", "Kontroll efter op.", "Smärta, trauma.", ""]
 
-    def pick(values: list[str], index: np.ndarray) -> pl.Series:  # strings by index, without numpy strings
+    def pick(values: list[str] | pl.Series, index: np.ndarray) -> pl.Series:  # strings by index, no numpy strings
         return pl.Series(values, dtype=pl.String).gather(index)
 
+    def dates(first: str, days: int) -> pl.Series:  # every day's text once
+        return pl.Series(np.datetime64(first) + np.arange(days) * np.timedelta64(1, "D")).cast(pl.String)
+
+    birth_of = birth_days[who]
+    sex = rng.integers(0, 2, rows)
+    modality = rng.integers(0, len(MODALITIES), rows)
+    requested = rng.integers(0, 365 * 8, rows)  # 2016-2023
+    postal, tail = rng.integers(100, 990, rows), rng.integers(0, 100, rows)
+    referral = rng.integers(0, len(texts), rows)
+    code = pl.int_range(0, 890 * 100)  # every postal code "ddd dd" once
+    codes = pl.select(pl.format("{} {}", code // 100 + 100, (code % 100).cast(pl.String).str.zfill(2))).to_series()
+    # age at the request, in whole years: days from 1930-01-01 to 2016-01-01 plus the request's day
+    start = (np.datetime64("2016-01-01") - np.datetime64("1930-01-01")).astype(np.int64)
+    age = (start + requested - birth_of) // 365
     frame = pl.DataFrame({
         "pin": pick(pins, who), "patient_name": pick(names, who),
-        "birth_date": np.datetime64("1930-01-01") + birth_days[who] * day,
-        "sex": pick(["F", "M"], rng.integers(0, 2, rows)),
+        "birth_date": pick(dates("1930-01-01", 33000), birth_of),
+        "sex": pick(["F", "M"], sex),
         "diagnosis": pick([d for d, _ in DIAGNOSES], diagnosis),
         "anatomical_site": pick([s for _, s in DIAGNOSES], diagnosis),
-        "modality": pick(MODALITIES, rng.integers(0, len(MODALITIES), rows)),
-        "request_date": np.datetime64("2016-01-01") + rng.integers(0, 365 * 8, rows) * day,  # 2016-2023
-        "postal_code": rng.integers(100, 990, rows), "postal_tail": rng.integers(0, 100, rows),
-        "referral_text": pick(texts, rng.integers(0, len(texts), rows)),
-    }).with_columns(
-        pl.format("{} {}", pl.col("postal_code"), pl.col("postal_tail").cast(pl.String).str.zfill(2))
-        .alias("postal_code"),
-        # age at the request, in whole years
-        ((pl.col("request_date") - pl.col("birth_date")).dt.total_days() // 365).cast(pl.String).alias("age"),
-    ).drop("postal_tail").with_columns(pl.col("birth_date", "request_date").cast(pl.String))
+        "modality": pick(MODALITIES, modality),
+        "request_date": pick(dates("2016-01-01", 365 * 8), requested),
+        "postal_code": codes.gather((postal - 100) * 100 + tail),
+        "referral_text": pick(texts, referral),
+        "age": pl.Series(age).cast(pl.String),
+    })
     if rare_groups:
         frame = frame.with_columns(
             pl.when(pl.int_range(pl.len()) < 4).then(pl.lit("Q21.1")).otherwise(pl.col("diagnosis")).alias("diagnosis"),

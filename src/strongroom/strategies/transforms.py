@@ -126,7 +126,9 @@ def scrubbed(frame: pl.LazyFrame, column: str, names: NameMatcher, scan: spec.Id
     flagged = pl.lit(False)
     for _kind, hint in hints(names, personnummer=scan.personnummer, email=scan.email, phone=scan.phone):
         flagged = flagged | hint(col).fill_null(False)
-    values = frame.select(col).filter(flagged).unique().collect().to_series().to_list()
+    # the hints run over the distinct texts, not every cell (texts repeat: templates, empty fields)
+    distinct = frame.select(col).unique().collect()  # collected first: the optimiser would push the filter down
+    values = distinct.filter(flagged).to_series().to_list()
     return col.replace(values, [scrub_text(v, names.spans, scan) for v in values])
 
 
