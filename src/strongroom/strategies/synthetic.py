@@ -39,6 +39,9 @@ def _personnummer_many(birth_days: np.ndarray, serials: np.ndarray, coordination
                                     padded(serials, 3), padded(luhn, 1)])).to_series()
 
 
+BIRTH_DAYS = 31_000  # births 1930-01-01 .. 2014-11: everyone is born before the first request (2016)
+
+
 def extract(rows: int, *, people: int | None = None, seed: int = 7, rare_groups: bool = False) -> pl.DataFrame:
     """`rows` examinations of `people` persons (default rows // 4). With `rare_groups`, a handful of
     (diagnosis, site, year) combinations occur fewer than 11 times, as in any real extract.
@@ -46,7 +49,7 @@ def extract(rows: int, *, people: int | None = None, seed: int = 7, rare_groups:
     gathered."""
     rng = np.random.default_rng(seed)
     people = people or max(rows // 4, 1)
-    birth_days = rng.integers(0, 33000, people)
+    birth_days = rng.integers(0, BIRTH_DAYS, people)
     pins = _personnummer_many(birth_days, rng.integers(0, 1000, people), rng.random(people) < 0.03)
     names = (pl.Series(FIRST).gather(rng.integers(0, 1000, people) % len(FIRST)) + " "
              + pl.Series(LAST).gather(rng.integers(0, 1000, people) % len(LAST)))
@@ -73,7 +76,7 @@ def extract(rows: int, *, people: int | None = None, seed: int = 7, rare_groups:
     age = (start + requested - birth_of) // 365
     frame = pl.DataFrame({
         "pin": pick(pins, who), "patient_name": pick(names, who),
-        "birth_date": pick(dates("1930-01-01", 33000), birth_of),
+        "birth_date": pick(dates("1930-01-01", BIRTH_DAYS), birth_of),
         "sex": pick(["F", "M"], sex),
         "diagnosis": pick([d for d, _ in DIAGNOSES], diagnosis),
         "anatomical_site": pick([s for _, s in DIAGNOSES], diagnosis),
