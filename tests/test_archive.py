@@ -8,8 +8,8 @@ import datetime as dt
 import hashlib
 import io
 import os
-import threading
 import random
+import threading
 import time
 from pathlib import Path
 
