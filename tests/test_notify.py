@@ -202,8 +202,9 @@ def test_handlers_in_daily_mode_get_one_digest(hub, smtp, people, client):
     _drain(hub)
     assert len(smtp.messages) == 3
     with hub.sessions() as s:
-        changed = s.scalar(select(AuditEvent).where(AuditEvent.action == "notify.preference.changed"))
-        assert changed is not None and changed.details == {"mode": "daily"}
+        changes = s.scalars(select(AuditEvent).where(AuditEvent.action == "notify.preference.changed")
+                            .order_by(AuditEvent.seq))
+        assert [e.details for e in changes] == [{"mode": "daily"}, {"mode": "immediate"}]
 
 
 def test_entitlement_reminders_go_out_once_and_expiry_is_notified_once(hub, smtp, people):
