@@ -23,7 +23,7 @@ import crypt4gh.lib
 import pytest
 from sqlalchemy import select
 
-from conftest import bearer
+from conftest import bearer, web_client
 from strongroom.archive import c4gh
 from strongroom.audit.models import AuditEvent
 from strongroom.config import AirlockSettings, Settings
@@ -147,7 +147,8 @@ def _no_credentials_anywhere(w, secrets: list[str]) -> None:
         assert secret not in setting and secret not in trail
 
 
-def test_export_to_an_s3_bucket_arrives_encrypted_to_the_partner(world, partner_bucket, sftp_server) -> None:  # noqa: F811
+def test_export_to_an_s3_bucket_arrives_encrypted_to_the_partner(
+        world, app, partner_bucket, sftp_server) -> None:  # noqa: F811
     w, hub = world, world["hub"]
     sw, bucket = partner_bucket
     _destinations(w, sftp_server)
@@ -167,6 +168,8 @@ def test_export_to_an_s3_bucket_arrives_encrypted_to_the_partner(world, partner_
     with hub.sessions() as s:
         delivered = s.scalars(select(AuditEvent).where(AuditEvent.action == "airlock.file.delivered")).one()
         assert delivered.details["location"] == entry["location"] and delivered.details["to"] == "s3"
+    page = web_client(app, hub, w["p"]["rita"]).get(f"/projects/lung/airlock/{req['id']}")
+    assert page.status_code == 200 and entry["location"] in page.text
     _no_credentials_anywhere(w, [sw.secret_key, sw.access_key])
 
 
@@ -187,7 +190,7 @@ def test_export_to_sftp_arrives_encrypted_to_the_partner(world, sftp_server) -> 
     _no_credentials_anywhere(w, [key_text.splitlines()[1], str(sftp_server.client_key_file)])
 
 
-def test_a_wrong_host_key_or_a_missing_credential_is_refused(world, sftp_server) -> None:  # noqa: F811
+def test_a_wrong_host_key_or_a_missing_credential_is_refused(world, app, sftp_server) -> None:  # noqa: F811
     import asyncssh
 
     w, hub = world, world["hub"]
@@ -198,6 +201,8 @@ def test_a_wrong_host_key_or_a_missing_credential_is_refused(world, sftp_server)
     assert req["state"] == "failed" and "host key does not match" in req["reason"], req
     assert req["receipt"]["failed"] == req["reason"] and req["receipt"]["files"] == []
     assert list(sftp_server.root.iterdir()) == []  # nothing was sent
+    page = web_client(app, hub, w["p"]["rita"]).get(f"/projects/lung/airlock/{req['id']}")
+    assert "Transfer failed" in page.text and "host key does not match" in page.text
     other = _approved_export(w, fid, "Unconfigured bucket")
     assert other["state"] == "failed" and "no S3 credential 'nobody-configured-this'" in other["reason"]
     # a destination carries no secret of its own, and the host key is required

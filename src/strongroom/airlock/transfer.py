@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import posixpath
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -221,7 +222,8 @@ def _deliver_to_s3(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str,
                               "configuration ([airlock.s3.…])")
     out = _outgoing(hub, r, af, dest)
     storage = egress.s3_storage(cred)
-    key = f"{cred.prefix}{dest.get('prefix', '')}{out.name}"
+    base = cred.prefix if not cred.prefix or cred.prefix.endswith("/") else cred.prefix + "/"
+    key = f"{base}{dest.get('prefix', '')}{out.name}"
     location = f"s3://{cred.bucket}/{key}"
     sent = hashlib.sha256()
     size = egress.s3_put(storage, key, _stream(hub, out, sent))
@@ -241,8 +243,8 @@ def _deliver_to_sftp(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[st
     session = egress.SftpSession(dest, cred)
     try:
         folder, name = out.name.split("/", 1)
-        directory = f"{dest.get('directory', '.').rstrip('/') or '/'}/{folder}"
-        path = f"{directory}/{name}"
+        directory = posixpath.join(dest.get("directory", "."), folder)
+        path = posixpath.join(directory, name)
         location = f"sftp://{session.where}/{path.lstrip('/')}"
         session.makedirs(directory)
         sent = hashlib.sha256()
