@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -155,6 +155,42 @@ class AuditSettings(BaseModel):
     s3_retention_days: int = 3650
 
 
+class AirlockS3Credential(BaseModel):
+    """A partner bucket the airlock may export to (``[airlock.s3.<name>]``); a project's ``s3`` destination
+    names it by ``credential``, so keys never enter project settings. Objects go under ``prefix``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str = ""  # empty: AWS
+    bucket: str = Field(min_length=3)
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    region: str = "us-east-1"
+    prefix: str = ""
+    verify_tls: bool | str = True  # true, false (never in production) or a CA bundle path
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+
+
+class AirlockSftpCredential(BaseModel):
+    """The hub's SSH identity for a partner SFTP server (``[airlock.sftp.<name>]``); a project's ``sftp``
+    destination names it by ``credential`` and carries the (public) host key it must present."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    private_key_file: Path
+    passphrase: SecretStr = SecretStr("")
+    connect_timeout: float = Field(10.0, gt=0)
+
+
+class AirlockSettings(BaseModel):
+    """Credentials of the airlock's external destinations, by name (see docs/airlock.md)."""
+
+    s3: dict[str, AirlockS3Credential] = {}
+    sftp: dict[str, AirlockSftpCredential] = {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -178,6 +214,7 @@ class Settings(BaseSettings):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    airlock: AirlockSettings = Field(default_factory=AirlockSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -21,6 +21,7 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.airlock.web:router")
     config.add_templates(Path(__file__).parent / "templates")
     config.add_jobs("strongroom.airlock.jobs")
+    config.add_settings("airlock")  # [airlock.s3.<name>], [airlock.sftp.<name>]: external destinations' credentials
     config.add_project_setting("egress_destinations", "strongroom.airlock.settings:DESTINATIONS_SETTING")
     config.add_project_setting("airlock_reviewers", "strongroom.airlock.settings:REVIEWERS_SETTING")
     config.add_project_setting("airlock_approvals", "strongroom.airlock.settings:APPROVALS_SETTING")

@@ -108,7 +108,7 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
             raise Invalid("a project cannot export into itself")
         if session.scalar(select(Project.id).where(Project.slug == parsed.project)) is None:
             raise Invalid(f"no project {parsed.project!r} on this hub")
-    elif find_user(session, parsed.user) is None:
+    elif parsed.kind == "recipient" and find_user(session, parsed.user) is None:
         raise Invalid(f"no user {parsed.user!r} on this hub")
     value = [*current, parsed.model_dump(mode="json", exclude_none=True)]
     projects.change_setting(session, principal, access, "egress_destinations", value, fresh_minutes=fresh_minutes)

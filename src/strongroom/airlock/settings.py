@@ -2,18 +2,27 @@
 ``projects.service.change_setting``): where data may go, who reviews, how many approvals, how long a
 request waits.
 
-A destination is one entry of a discriminated union on ``kind``. ``project`` (another project on this hub,
-by slug) and ``recipient`` (a named user's registered crypt4gh key) are delivered today; a new kind
-(``s3``, ``sftp``) is one more model here and one more branch in ``transfer.transfer`` (a ``_deliver_to_…`` function).
+A destination is one entry of a discriminated union on ``kind``: ``project`` (another project on this hub,
+by slug), ``recipient`` (a named user's registered crypt4gh key), ``s3`` (a partner bucket) and ``sftp`` (a
+partner SFTP server). The external kinds carry the partner's crypt4gh public key (every file leaves
+re-encrypted to it) and name a ``credential`` of the hub's configuration (``[airlock.s3.<name>]``,
+``[airlock.sftp.<name>]``): secrets never enter project settings. A new kind is one more model here and one
+more branch in ``transfer.transfer`` (a ``_deliver_to_…`` function).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..archive import c4gh
 from ..projects.settings import capability_setting
+
+_CREDENTIAL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+# A known_hosts line ("host[,host…] type base64 [comment]") or just "type base64": the key is pinned.
+_HOST_KEY = (r"^([^\s@#][^\s]*\s+)?(ssh-ed25519|ssh-ed448|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
+             r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)\s+[A-Za-z0-9+/]+=*(\s[^\x00-\x1f]*)?$")
 
 
 class _Destination(BaseModel):
@@ -36,7 +45,41 @@ class RecipientDestination(_Destination):
                             description="fingerprint of the recipient's key (default: their newest)")
 
 
-Destination = Annotated[ProjectDestination | RecipientDestination, Field(discriminator="kind")]
+class _ExternalDestination(_Destination):
+    credential: str = Field(pattern=_CREDENTIAL,
+                            description="name of the hub's configured credential for this destination")
+    public_key: str = Field(min_length=32, max_length=2000,
+                            description="the partner's crypt4gh public key: every file leaves encrypted to it")
+
+    @field_validator("public_key")
+    @classmethod
+    def _crypt4gh_key(cls, value: str) -> str:
+        try:
+            c4gh.parse_public_key(value)
+        except ValueError as exc:
+            raise ValueError(f"not a crypt4gh public key: {exc}") from None
+        return value
+
+
+class S3Destination(_ExternalDestination):
+    kind: Literal["s3"]
+    prefix: str = Field(default="", max_length=200, pattern=r"^([A-Za-z0-9._-]+/)*$",
+                        description="folder under the credential's bucket and prefix, e.g. 'lung/'")
+
+
+class SftpDestination(_ExternalDestination):
+    kind: Literal["sftp"]
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    host_key: str = Field(max_length=16_000, pattern=_HOST_KEY,
+                          description="the server's host key (a known_hosts line); never trusted on first use")
+    directory: str = Field(default=".", max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$",
+                           description="remote directory the files are written into")
+
+
+Destination = Annotated[ProjectDestination | RecipientDestination | S3Destination | SftpDestination,
+                        Field(discriminator="kind")]
 
 DESTINATIONS_SETTING = capability_setting(
     "egress_destinations", "Approved export destinations",

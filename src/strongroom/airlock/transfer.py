@@ -1,11 +1,15 @@
 """The transfer of an approved request (a job): delivered to the destination, read back and checked
-against the archive's SHA-256, with a receipt; imports land in the project."""
+against the archive's SHA-256, with a receipt; imports land in the project. External destinations
+(``s3``, ``sftp``) get each file re-encrypted to the partner's crypt4gh key (``egress`` moves the bytes)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import posixpath
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -25,6 +29,7 @@ from ..hub import Hub
 from ..identity.models import User
 from ..identity.service import find_user
 from ..projects.models import Project
+from . import egress
 from .models import (
     APPROVED,
     DONE,
@@ -147,6 +152,112 @@ def _deliver_to_recipient(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: di
             "size": af.size, "stream_sha256": stream.hexdigest(), "recipient_key": fingerprint, "verified": True}
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """A file as it leaves for a partner: the header re-encrypted to their key, the archive's body as is."""
+
+    header: bytes
+    body_key: str
+    session_keys: list[bytes]
+    key_fingerprint: str
+    name: str  # <request id>/<file id>-<file name>.c4gh under the destination's folder
+
+
+def _outgoing(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> _Outgoing:
+    try:
+        public = c4gh.parse_public_key(dest["public_key"])
+    except ValueError:
+        raise TransferRefused(f"{dest['name']}: the destination's public_key is not a crypt4gh key") from None
+    with open_session(hub.sessions, deferred=True) as session:
+        f = session.get(ArchiveFile, af.file_id)
+        if f is None or f.header is None or f.body_key is None:
+            raise TransferRefused(f"{af.file_id}: the file is no longer in the archive")
+        keys = hub_keys(hub, session)
+        source_header, body_key = f.header, f.body_key
+    header = c4gh.reencrypt_header(source_header, keys.secrets, public, keys.current[1])
+    session_keys = list(c4gh.open_header(source_header, keys.secrets).session_keys)
+    return _Outgoing(header, body_key, session_keys, c4gh.fingerprint(public),
+                     f"{r.id}/{af.file_id}-{egress.safe_name(af.path)}.c4gh")
+
+
+def _stream(hub: Hub, out: _Outgoing, digest: Any) -> Iterator[bytes]:
+    """The crypt4gh stream for the partner (header, then the body read from the archive), hashed as sent."""
+    digest.update(out.header)
+    yield out.header
+    with storage_for(hub).open_reader(out.body_key) as reader:
+        while chunk := reader.read(egress.CHUNK):
+            digest.update(chunk)
+            yield chunk
+
+
+def _check_read_back(where: str, back: egress.ReadBack, sent_size: int, sent_sha256: str, af: AirlockFile) -> None:
+    if back.size != sent_size or not hmac.compare_digest(back.stream_sha256, sent_sha256):
+        raise RuntimeError(f"{where}: what was read back ({back.size} bytes) is not what was sent "
+                           f"({sent_size} bytes)")
+    if not hmac.compare_digest(back.plaintext_sha256, af.sha256):
+        raise RuntimeError(f"{where}: the delivered body does not decrypt to the recorded SHA-256")
+
+
+def _external_delivered(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any], out: _Outgoing,
+                        location: str, size: int, stream_sha256: str) -> dict[str, Any]:
+    with transaction(hub.sessions) as session:
+        row = session.get(AirlockFile, (r.id, af.file_id))
+        assert row is not None
+        row.delivered_id = stream_sha256  # an external copy is known by the bytes that were sent
+        audit.record(session, Actor.system("airlock"), "airlock.file.delivered", project_id=r.project_id,
+                     target=f"file:{af.file_id}",
+                     details={"request": r.id, "to": dest["kind"], "destination": dest["name"], "location": location,
+                              "key": out.key_fingerprint, "sha256": af.sha256, "stream_sha256": stream_sha256})
+    return {"file_id": af.file_id, "path": af.path, "delivered_id": stream_sha256, "sha256": af.sha256,
+            "size": af.size, "location": location, "stream_size": size, "stream_sha256": stream_sha256,
+            "recipient_key": out.key_fingerprint, "verified": True}
+
+
+def _deliver_to_s3(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
+    """Upload the re-encrypted stream to the partner bucket named by the destination's credential, then
+    HEAD + GET it back: size and SHA-256 of the stream, and its body decrypted, must match."""
+    cred = hub.settings.airlock.s3.get(dest["credential"])
+    if cred is None:
+        raise TransferRefused(f"{dest['name']}: no S3 credential {dest['credential']!r} in the hub's "
+                              "configuration ([airlock.s3.…])")
+    out = _outgoing(hub, r, af, dest)
+    storage = egress.s3_storage(cred)
+    base = cred.prefix if not cred.prefix or cred.prefix.endswith("/") else cred.prefix + "/"
+    key = f"{base}{dest.get('prefix', '')}{out.name}"
+    location = f"s3://{cred.bucket}/{key}"
+    sent = hashlib.sha256()
+    size = egress.s3_put(storage, key, _stream(hub, out, sent))
+    back = egress.read_back(egress.s3_chunks(storage, key), len(out.header), out.session_keys)
+    _check_read_back(location, back, size, sent.hexdigest(), af)
+    return _external_delivered(hub, r, af, dest, out, location, size, sent.hexdigest())
+
+
+def _deliver_to_sftp(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
+    """Write the re-encrypted stream to the partner's SFTP server (its host key pinned by the destination,
+    the hub's key from the credential), then stat and read it back as for S3."""
+    cred = hub.settings.airlock.sftp.get(dest["credential"])
+    if cred is None:
+        raise TransferRefused(f"{dest['name']}: no SFTP credential {dest['credential']!r} in the hub's "
+                              "configuration ([airlock.sftp.…])")
+    out = _outgoing(hub, r, af, dest)
+    session = egress.SftpSession(dest, cred)
+    try:
+        folder, name = out.name.split("/", 1)
+        directory = posixpath.join(dest.get("directory", "."), folder)
+        path = posixpath.join(directory, name)
+        location = f"sftp://{session.where}/{path.lstrip('/')}"
+        session.makedirs(directory)
+        sent = hashlib.sha256()
+        size = session.put(path, _stream(hub, out, sent))
+        if session.size(path) != size:
+            raise RuntimeError(f"{location}: the server holds {session.size(path)} bytes of {size}")
+        back = egress.read_back(session.chunks(path), len(out.header), out.session_keys)
+        _check_read_back(location, back, size, sent.hexdigest(), af)
+    finally:
+        session.close()
+    return _external_delivered(hub, r, af, dest, out, location, size, sent.hexdigest())
+
+
 def _land_import(hub: Hub, r: AirlockRequest, af: AirlockFile) -> dict[str, Any]:
     """An approved import: the staged file's hold is cleared after its bytes are checked once more."""
     ref = refs(hub, [af.file_id])[af.file_id]
@@ -192,6 +303,10 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
                 entry = _deliver_to_project(hub, r, af, r.destination)
             elif r.destination and r.destination["kind"] == "recipient":
                 entry = _deliver_to_recipient(hub, r, af, r.destination)
+            elif r.destination and r.destination["kind"] == "s3":
+                entry = _deliver_to_s3(hub, r, af, r.destination)
+            elif r.destination and r.destination["kind"] == "sftp":
+                entry = _deliver_to_sftp(hub, r, af, r.destination)
             else:
                 raise TransferRefused(f"destination kind {r.destination and r.destination.get('kind')!r} "
                                       "is not delivered by this hub")
@@ -225,6 +340,9 @@ def _transfer_failed(hub: Hub, request_id: str, reason: str) -> str:
         r = session.get(AirlockRequest, request_id)
         assert r is not None
         _set_state(session, Actor.system("airlock"), r, FAILED, reason=reason)
+        r.receipt = {"files": list((r.receipt or {}).get("files", [])), "destination": r.destination,
+                     "direction": r.direction, "failed_at": utcnow().isoformat(), "failed": reason,
+                     "all_verified": False}
         _notify(session, r, "airlock_decided", _everyone(session, r))
     return FAILED
 
