@@ -85,15 +85,21 @@ class AuditedStream(StreamingResponse):
                 await anyio.to_thread.run_sync(self._record, action, reason)
 
     def _record(self, action: str, reason: str | None) -> None:
-        details = {**self._started, "bytes_sent": self.sent, "bytes_expected": self._length,
-                   **({"reason": reason} if reason else {})}
-        try:
-            with transaction(self._hub.sessions) as session:
-                audit.record(session, self._actor, f"{self._ends_as}.{action}",
-                             outcome="ok" if action == "completed" else "failed", project_id=self._project_id,
-                             target=self._target, details=details)
-        except Exception:  # the response is gone either way; never lose the fact silently
-            log.exception("archive.download.audit_failed", target=self._target, action=action)
+        record_end(self._hub, self._actor, f"{self._ends_as}.{action}", project_id=self._project_id,
+                   target=self._target, started=self._started, sent=self.sent, expected=self._length, reason=reason)
+
+
+def record_end(hub: Hub, actor: Actor, action: str, *, project_id: uuid.UUID, target: str,
+               started: dict[str, Any], sent: int, expected: int, reason: str | None) -> None:
+    """How a download ended (completed, failed, aborted), in its own transaction after the body: the
+    response is gone either way, so a failure to record is logged, never lost silently."""
+    details = {**started, "bytes_sent": sent, "bytes_expected": expected, **({"reason": reason} if reason else {})}
+    try:
+        with transaction(hub.sessions) as session:
+            audit.record(session, actor, action, outcome="ok" if action.endswith(".completed") else "failed",
+                         project_id=project_id, target=target, details=details)
+    except Exception:
+        log.exception("archive.download.audit_failed", target=target, action=action)
 
 
 # -- downloads ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ..audit import service as audit
 from ..db import transaction
 from ..errors import DomainError
 from ..hub import Hub
@@ -30,7 +29,7 @@ from ..identity.principal import Principal
 from ..text import content_disposition
 from . import service
 from .backend import storage_for
-from .downloads import STREAM_CHUNK
+from .downloads import STREAM_CHUNK, record_end
 
 log = structlog.get_logger("strongroom.archive")
 PAGE = 1000
@@ -165,15 +164,9 @@ class DatasetZip(StreamingResponse):
                     await anyio.to_thread.run_sync(self._record, flight, action, reason)
 
     def _record(self, flight: _InFlight, action: str, reason: str | None) -> None:
-        details = {**flight.started, "bytes_sent": flight.sent, "bytes_expected": flight.expected,
-                   **({"reason": reason} if reason else {})}
-        try:
-            with transaction(self._hub.sessions) as session:
-                audit.record(session, self._actor, f"archive.download.{action}",
-                             outcome="ok" if action == "completed" else "failed", project_id=flight.project_id,
-                             target=flight.target, details=details)
-        except Exception:  # the response is gone either way; never lose the fact silently
-            log.exception("archive.download.audit_failed", target=flight.target, action=action)
+        record_end(self._hub, self._actor, f"archive.download.{action}", project_id=flight.project_id,
+                   target=flight.target, started=flight.started, sent=flight.sent, expected=flight.expected,
+                   reason=reason)
 
 
 def dataset_zip(db: Any, hub: Hub, principal: Principal, dataset_id: str, number: int) -> DatasetZip:
