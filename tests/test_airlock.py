@@ -407,3 +407,23 @@ def test_a_table_is_verified_against_the_projects_strategy(world) -> None:
     [f] = _get(w, req["id"])["files"]
     assert f["check_state"] == "failed"
     assert [c["name"] for c in f["checks"] if not c["passed"]] == ["strategy verification"]
+
+
+def test_a_reviewer_sees_a_dicom_file_as_an_image(tmp_path: Path) -> None:
+    """The in-platform look shows DICOM as a picture (a PNG data URI, no file leaves), and says why when the
+    pixels cannot be decoded."""
+    import base64
+
+    from strongroom.imaging.synthetic import make_ct
+
+    ct = tmp_path / "slice.dcm"
+    ct.write_bytes(make_ct(1, 1, 1, 1, rows=64, columns=48))
+    shown = checks.preview(ct, "scans/slice.dcm")
+    assert shown["kind"] == "dicom" and shown["attributes"]["Modality"] == "CT"
+    png = base64.b64decode(shown["image"].removeprefix("data:image/png;base64,"))
+    assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 48  # the width, from IHDR
+    broken = tmp_path / "empty.dcm"
+    broken.write_bytes(b"\x00" * 128 + b"DICM" + bytes.fromhex("0200100055490000"))
+    assert checks.preview(broken, "empty.dcm").get("image") is None
+    (tmp_path / "garbage.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
+    assert checks.preview(tmp_path / "garbage.dcm", "garbage.dcm")["why"].startswith("no image")
