@@ -100,6 +100,9 @@ DATA_ROLE_CHECKS = "strongroom.identity.service:DATA_ROLE_CHECKS"  # who must us
 INDEX_PROVIDERS = "strongroom.catalog.entries:INDEX_PROVIDERS"  # extra catalogue facts
 HOLD_RULES = "strongroom.archive.authz:HOLD_RULES"  # who may review a held file (dict by hold name)
 PROJECT_SETTINGS = "strongroom.projects.settings:SETTINGS"  # more locked-by-default project settings (by key)
+SETTING_CHECKS = "strongroom.projects.service:SETTING_CHECKS"  # refuse a setting's value (dict by key)
+PROJECT_CHANGED = "strongroom.projects.service:PROJECT_CHANGED"  # hear of members / settings changing
+NAV_CONTEXT = "strongroom.web.templating:templates.context_processors"  # values the page layout shows
 TEMPLATE_DIRS = "strongroom.web.templating:templates.env.loader.searchpath"  # page templates, in order
 
 
@@ -236,6 +239,18 @@ class Config:
     def add_project_setting(self, key: str, spec: Ref) -> None:
         """A ``projects.settings.SettingSpec``: a locked-by-default project setting edited on our pages."""
         self.add_hook(PROJECT_SETTINGS, spec, key=key)
+
+    def add_setting_check(self, key: str, check: Ref) -> None:
+        """Refuse a project setting's new value (``check(session, project_id, value)`` raises Invalid)."""
+        self.add_hook(SETTING_CHECKS, check, key=key)
+
+    def add_project_listener(self, listener: Ref) -> None:
+        """``listener(session, project_id, "members" | "setting:<key>")`` after a project changed."""
+        self.add_hook(PROJECT_CHANGED, listener)
+
+    def add_nav_context(self, provider: Ref) -> None:
+        """A context processor for every page (e.g. a count in the top navigation); keep it one cheap query."""
+        self.add_hook(NAV_CONTEXT, provider)
 
     def add_templates(self, directory: str | PathLike[str]) -> None:
         """A directory of page templates searched after the shared ``web/templates`` (name them

@@ -189,6 +189,7 @@ class AirlockSettings(BaseModel):
 
     s3: dict[str, AirlockS3Credential] = {}
     sftp: dict[str, AirlockSftpCredential] = {}
+    outbox_days: int = Field(30, ge=1, le=3650)  # an outbox file nobody downloaded is deleted after this
 
 
 class Settings(BaseSettings):

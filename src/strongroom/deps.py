@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
@@ -163,10 +164,11 @@ class Viewer:
 
     display_name: str
     is_admin: bool
+    id: uuid.UUID | None = None  # for per-user counts in the navigation (e.g. reviews waiting)
 
 
 def show_viewer(request: Request, user: User) -> None:
-    request.state.user = Viewer(user.display_name, user.is_admin)
+    request.state.user = Viewer(user.display_name, user.is_admin, user.id)
 
 
 WebPrincipal = Annotated[Principal, Depends(_web_principal)]

@@ -26,4 +26,8 @@ def includeme(config: Config) -> None:
     config.add_project_setting("airlock_reviewers", "strongroom.airlock.settings:REVIEWERS_SETTING")
     config.add_project_setting("airlock_approvals", "strongroom.airlock.settings:APPROVALS_SETTING")
     config.add_project_setting("airlock_expiry_days", "strongroom.airlock.settings:EXPIRY_SETTING")
+    config.add_setting_check("airlock_approvals", "strongroom.airlock.service:check_approvals")
+    config.add_setting_check("airlock_reviewers", "strongroom.airlock.service:check_reviewers")
+    config.add_project_listener("strongroom.airlock.service:check_coverage")  # reviewers who left: PI told
+    config.add_nav_context("strongroom.airlock.web:nav_context")  # reviews waiting for me, in the top bar
     config.add_hold_rule("airlock", "strongroom.airlock.service:HOLD_RULE")  # staged imports, reviewed in-platform

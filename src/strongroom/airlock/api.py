@@ -32,6 +32,7 @@ class FileCheckOut(Out):
     content_type: str | None
     checks: list[dict[str, Any]] | None
     delivered_id: str | None
+    removed_at: dt.datetime | None = None
 
 
 class ReviewOut(Out):
@@ -56,6 +57,8 @@ class RequestOut(Out):
     receipt: dict[str, Any] | None
     expires_at: dt.datetime
     created_at: dt.datetime
+    content_removed_at: dt.datetime | None = None  # the sweep deleted its staged or outbox bodies
+    short_of_reviewers_at: dt.datetime | None = None  # too few eligible reviewers left (the PI was told)
     files: list[FileCheckOut] = []
     reviews: list[ReviewOut] = []
 
@@ -101,6 +104,7 @@ class OutboxOut(Out):
     plaintext_sha256: str
     stream_sha256: str
     downloaded_at: dt.datetime | None
+    removed_at: dt.datetime | None = None
     created_at: dt.datetime
 
 
@@ -186,6 +190,17 @@ def set_reviewers(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, body
                                  fresh_minutes=hub.settings.security.fresh_mfa_minutes)
 
 
+class WaitingOut(RequestOut):
+    project: str
+
+
+@router.get("/airlock/reviews", response_model=list[WaitingOut],
+            summary="Requests waiting for my review, across my projects")
+def my_reviews(db: Db, principal: ProjectsRead) -> list[WaitingOut]:
+    return [WaitingOut.model_validate({**_out(db, r, detail=False).model_dump(), "project": slug})
+            for r, slug in service.my_reviews(db, principal)]
+
+
 @router.get("/airlock/outbox", response_model=list[OutboxOut], summary="Files exported to me")
 def outbox(db: Db, principal: DataRead) -> list[OutboxOut]:
     return [OutboxOut.model_validate(i) for i in service.my_outbox(db, principal)]
@@ -198,6 +213,7 @@ def outbox_content(db: Db, hub: HubDep, principal: DataRead, item_id: uuid.UUID)
     r = db.get(AirlockRequest, item.request_id)
     assert r is not None
     header, body_key, body_size, project_id = item.header, item.body_key, item.body_size, r.project_id
+    assert body_key is not None  # take_outbox_item refuses a removed file
     started = {"outbox": str(item.id), "request": r.id}
     name, digest = download_name(item.path, False), item.stream_sha256
     db.commit()  # taken (and audited) before the first byte leaves

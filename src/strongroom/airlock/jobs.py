@@ -1,4 +1,4 @@
-"""Airlock job kinds: the automatic checks, the transfer (with retries) and the hourly expiry."""
+"""Airlock job kinds: the automatic checks, the transfer (with retries), the hourly expiry and sweep."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from ..jobs.context import JobContext
 from ..jobs.registry import job
-from . import checking, service
+from . import checking, service, sweep
 from . import transfer as delivery
 
 
@@ -27,3 +27,9 @@ def expire(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Undecided requests past their expiry become expired (requester and reviewers are told)."""
     with ctx.transaction() as session:
         return {"expired": service.expire_due(session)}
+
+
+@job("airlock.sweep", every_seconds=3600, max_attempts=2)
+def sweep_content(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Delete staged bodies of ended imports and outbox bodies taken or past retention (mark, then delete)."""
+    return sweep.sweep(ctx.hub)

@@ -39,6 +39,8 @@ class AirlockRequest(CreatedMixin, Base):
     reason: Mapped[str | None] = mapped_column(Text)  # why rejected / failed / expired
     receipt: Mapped[dict[str, Any] | None]  # per file: SHA-256 of what was delivered, verified after delivery
     expires_at: Mapped[dt.datetime]
+    content_removed_at: Mapped[dt.datetime | None]  # the sweep deleted its staged or outbox bodies
+    short_of_reviewers_at: Mapped[dt.datetime | None]  # open, but too few eligible reviewers left (PI told)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -54,6 +56,7 @@ class AirlockFile(Base):
     checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)  # [{name, passed, detail}]
     content_type: Mapped[str | None] = mapped_column(String(40))  # what the bytes are (sniffed)
     delivered_id: Mapped[str | None] = mapped_column(String(64))  # the copy's file id / outbox id
+    removed_at: Mapped[dt.datetime | None]  # a staged import's body marked for deletion by the sweep
 
 
 class AirlockReview(CreatedMixin, Base):
@@ -79,8 +82,9 @@ class OutboxItem(IdMixin, CreatedMixin, Base):
     path: Mapped[str] = mapped_column(String(1024))
     key_fingerprint: Mapped[str] = mapped_column(String(64))
     header: Mapped[bytes] = mapped_column(LargeBinary)
-    body_key: Mapped[str] = mapped_column(String(300))
+    body_key: Mapped[str | None] = mapped_column(String(300))  # None: the sweep deleted the body
     body_size: Mapped[int] = mapped_column(Big)
     plaintext_sha256: Mapped[str] = mapped_column(String(64))
     stream_sha256: Mapped[str] = mapped_column(String(64))  # of header + body, exactly as it will be sent
     downloaded_at: Mapped[dt.datetime | None]
+    removed_at: Mapped[dt.datetime | None]  # marked for deletion by the sweep: no longer downloadable

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import String, and_, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from ..archive import service as archive
@@ -21,6 +21,7 @@ from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVe
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
+from ..config import AirlockSettings
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
@@ -28,7 +29,7 @@ from ..identity.principal import Principal
 from ..identity.service import find_user, require_fresh_mfa
 from ..notify import service as notify
 from ..projects import service as projects
-from ..projects.models import Membership, Project
+from ..projects.models import Membership, Project, ProjectSetting
 from . import checks
 from .models import (
     APPROVED,
@@ -94,8 +95,29 @@ def set_reviewers(session: Session, principal: Principal, access: projects.Proje
     return [uuid.UUID(i) for i in ids]
 
 
+def check_approvals(session: Session, project_id: uuid.UUID, value: Any) -> None:
+    """``airlock_approvals`` never asks for more approvals than there are named reviewers (members)."""
+    named = len(reviewer_ids(session, project_id))
+    if int(value) > named:
+        raise Invalid(f"{value} approvals need at least {value} named reviewers, and this project names {named}: "
+                      "name more reviewers first")
+
+
+def check_reviewers(session: Session, project_id: uuid.UUID, value: Any) -> None:
+    """Fewer reviewers than the approvals needed: refused, unless the list grows (from the default none)."""
+    needed = int(projects.get_setting(session, project_id, "airlock_approvals"))
+    before = len(reviewer_ids(session, project_id))
+    members = set(session.scalars(select(Membership.user_id).where(Membership.project_id == project_id)))
+    after = len({v for v in value if uuid.UUID(v) in members})
+    if after < needed and after < before:
+        raise Invalid(f"{needed} approvals are needed, so at least {needed} reviewers: lower the approvals "
+                      f"first (this list names {after})")
+
+
 def add_destination(session: Session, principal: Principal, access: projects.ProjectAccess, entry: dict[str, Any],
-                    *, fresh_minutes: int) -> list[dict[str, Any]]:
+                    *, fresh_minutes: int, configured: AirlockSettings) -> list[dict[str, Any]]:
+    """One more allow-list entry (the page's form); an ``s3``/``sftp`` entry names one of the hub's configured
+    credentials (``configured``), never holds one."""
     current = destinations(session, access.project.id)
     try:
         parsed = _DESTINATIONS.validate_python([entry])[0]
@@ -110,6 +132,9 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
             raise Invalid(f"no project {parsed.project!r} on this hub")
     elif parsed.kind == "recipient" and find_user(session, parsed.user) is None:
         raise Invalid(f"no user {parsed.user!r} on this hub")
+    elif parsed.kind in ("s3", "sftp") and parsed.credential not in getattr(configured, parsed.kind):
+        raise Invalid(f"the hub has no {parsed.kind.upper()} target {parsed.credential!r} configured "
+                      f"([airlock.{parsed.kind}.<name>])")
     value = [*current, parsed.model_dump(mode="json", exclude_none=True)]
     projects.change_setting(session, principal, access, "egress_destinations", value, fresh_minutes=fresh_minutes)
     return value
@@ -188,6 +213,8 @@ def _new_request(session: Session, principal: Principal, access: projects.Projec
     audit.record(session, principal.actor, f"airlock.{direction}.submitted", project_id=access.project.id,
                  target=f"airlock:{r.id}",
                  details={"files": len(files), "destination": destination, "purpose": purpose[:500]})
+    session.flush()
+    check_coverage(session, access.project.id)
     from ..jobs import service as jobs
 
     jobs.enqueue(session, CHECK_JOB, {"request_id": r.id}, dedup_key=f"airlock-check:{r.id}")
@@ -270,6 +297,37 @@ def create_import(session: Session, principal: Principal, access: projects.Proje
         if session.scalar(select(AirlockFile.request_id).where(AirlockFile.file_id == f.id).limit(1)):
             raise Invalid(f"{f.id}: already in an import request")
     return _new_request(session, principal, access, "import", files, purpose, None)
+
+
+# -- reviewer coverage -------------------------------------------------------------------------
+def possible_approvals(session: Session, r: AirlockRequest) -> int:
+    """Approvals given plus those the named reviewers still could give (never the requester's own)."""
+    reviewed = {v.reviewer_id for v in request_reviews(session, r)}
+    able = [u for u in reviewer_ids(session, r.project_id) if u != r.requester_id and u not in reviewed]
+    return approvals(session, r) + len(able)
+
+
+def check_coverage(session: Session, project_id: uuid.UUID, what: str = "") -> None:
+    """After members or reviewers changed (a ``PROJECT_CHANGED`` listener) or a request was made: an open
+    request that can no longer get its approvals is marked, audited and its PI told (once); one that can
+    again is unmarked."""
+    if what and what not in ("members", "setting:airlock_reviewers"):
+        return
+    pi = session.scalar(select(Membership.user_id).where(Membership.project_id == project_id,
+                                                         Membership.role == "pi"))
+    for r in session.scalars(select(AirlockRequest).where(AirlockRequest.project_id == project_id,
+                                                          AirlockRequest.state.in_(OPEN_STATES))):
+        possible = possible_approvals(session, r)
+        if possible >= r.approvals_needed:
+            r.short_of_reviewers_at = None
+            continue
+        if r.short_of_reviewers_at is not None:
+            continue
+        r.short_of_reviewers_at = utcnow()
+        audit.record(session, Actor.system("airlock"), "airlock.request.short_of_reviewers", project_id=project_id,
+                     target=f"airlock:{r.id}", details={"needed": r.approvals_needed, "possible": possible})
+        if pi is not None:
+            _notify(session, r, "airlock_short_of_reviewers", [pi], needed=r.approvals_needed, possible=possible)
 
 
 # -- notifications -----------------------------------------------------------------------------
@@ -366,6 +424,31 @@ def expire_due(session: Session, now: dt.datetime | None = None) -> int:
     return len(due)
 
 
+# -- my reviews (across projects) --------------------------------------------------------------
+def _waiting_for(user_id: uuid.UUID) -> Any:
+    """In-review requests of projects where ``user_id`` is a member and a named reviewer, not their own, not
+    yet reviewed by them: one query, driven by the memberships index and (project_id, state)."""
+    return (select(AirlockRequest)
+            .join(Membership, and_(Membership.project_id == AirlockRequest.project_id, Membership.user_id == user_id))
+            .join(ProjectSetting, and_(ProjectSetting.project_id == AirlockRequest.project_id,
+                                       ProjectSetting.key == "airlock_reviewers"))
+            .where(AirlockRequest.state == IN_REVIEW, AirlockRequest.requester_id != user_id,
+                   cast(ProjectSetting.value, String).contains(f'"{user_id}"'),  # the JSON list of ids
+                   ~exists().where(AirlockReview.request_id == AirlockRequest.id,
+                                   AirlockReview.reviewer_id == user_id)))
+
+
+def waiting_count(session: Session, user_id: uuid.UUID) -> int:
+    return int(session.scalar(select(func.count()).select_from(_waiting_for(user_id).subquery())) or 0)
+
+
+def my_reviews(session: Session, principal: Principal) -> list[tuple[AirlockRequest, str]]:
+    """The requests waiting for the caller's review, with their project's slug, oldest first."""
+    stmt = (_waiting_for(principal.user.id).join(Project, Project.id == AirlockRequest.project_id)
+            .add_columns(Project.slug).order_by(AirlockRequest.created_at).limit(500))
+    return [(r, slug) for r, slug in session.execute(stmt)]
+
+
 # -- in-platform look and the outbox -----------------------------------------------------------
 def may_look(session: Session, access: projects.ProjectAccess, principal: Principal) -> bool:
     return access.membership.role == "pi" or is_reviewer(session, access, principal.user.id)
@@ -403,6 +486,9 @@ def take_outbox_item(session: Session, principal: Principal, item_id: uuid.UUID)
         raise NotFound("no such outbox file")
     if item.downloaded_at is not None:
         raise Conflict("this file was already downloaded: an outbox file is delivered once")
+    if item.removed_at is not None or item.body_key is None:
+        raise Conflict("this file was removed from the outbox (not downloaded in time): ask the requester for "
+                       "a new export")
     item.downloaded_at = utcnow()
     r = session.get(AirlockRequest, item.request_id)
     assert r is not None

@@ -9,10 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..archive.backend import storage_for
 from ..archive.downloads import AuditedStream, _stream, download_name
 from ..archive.service import list_files
+from ..config import AirlockS3Credential
+from ..db import open_session
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import Invalid
 from ..identity.principal import Principal
@@ -20,7 +23,7 @@ from ..projects import service as projects
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
 from . import service
-from .models import AirlockRequest
+from .models import OPEN_STATES, AirlockRequest
 
 router = APIRouter()
 STAGE_BYTES = 50 * 1024 * 1024
@@ -79,7 +82,7 @@ def create_import(request: Request, posted: PostedForm, db: Db, principal: WebPr
 
 
 @router.get("/projects/{slug}/airlock/settings")
-def settings_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -> Response:
+def settings_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str) -> Response:
     ctx = _base(db, principal, slug)
     access = ctx["access"]
     ids = set(service.reviewer_ids(db, access.project.id))
@@ -88,7 +91,14 @@ def settings_page(request: Request, db: Db, principal: WebPrincipal, slug: str) 
         "reviewers": list(projects.users_of(db, ids).values()),
         "approvals": projects.get_setting(db, access.project.id, "airlock_approvals"),
         "expiry_days": projects.get_setting(db, access.project.id, "airlock_expiry_days"),
-        "may_change": "manage-settings" in access.rights})
+        "may_change": "manage-settings" in access.rights, "s3_targets": _targets(hub.settings.airlock.s3),
+        "sftp_targets": sorted(hub.settings.airlock.sftp)})
+
+
+def _targets(s3: dict[str, AirlockS3Credential]) -> list[tuple[str, str]]:
+    """The hub's S3 targets by name, with where they write (never a key)."""
+    return [(name, f"{c.bucket}/{c.prefix}" + (f" at {c.endpoint_url}" if c.endpoint_url else ""))
+            for name, c in sorted(s3.items())]
 
 
 @router.post("/projects/{slug}/airlock/settings/destinations", dependencies=[CsrfChecked])
@@ -108,9 +118,34 @@ def change_destinations(request: Request, posted: PostedForm, db: Db, hub: HubDe
             entry["project"] = str(form.get("target", "")).strip()
         else:
             entry["user"] = str(form.get("target", "")).strip()
-        service.add_destination(db, principal, access, entry, fresh_minutes=minutes)
+        service.add_destination(db, principal, access, entry, fresh_minutes=minutes, configured=hub.settings.airlock)
         said = f"Destination {entry['name']} added to the allow-list."
     return redirect_with(request, f"/projects/{slug}/airlock/settings", said)
+
+
+@router.post("/projects/{slug}/airlock/settings/destinations/external", dependencies=[CsrfChecked])
+def add_external_destination(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                             slug: str) -> Response:
+    """An S3 bucket or SFTP host: one of the hub's configured targets (chosen, never typed), the partner's
+    crypt4gh key, and for SFTP the server's address and pinned host key."""
+    form = posted.form
+    access = projects.open_project(db, principal, slug)
+    kind = str(form.get("kind", ""))
+    fields = {"s3": ("prefix",), "sftp": ("host", "port", "username", "host_key", "directory")}.get(kind)
+    if fields is None:
+        raise Invalid("choose an S3 bucket or an SFTP host")
+    entry: dict[str, Any] = {"kind": kind, "name": str(form.get("name", "")).strip(),
+                             "credential": str(form.get("credential", "")),
+                             "public_key": str(form.get("public_key", "")).strip()}
+    for field in fields:
+        value = str(form.get(field, "")).strip()
+        if value:
+            entry[field] = value
+    service.add_destination(db, principal, access, entry, fresh_minutes=hub.settings.security.fresh_mfa_minutes,
+                            configured=hub.settings.airlock)
+    return redirect_with(request, f"/projects/{slug}/airlock/settings",
+                         f"Destination {entry['name']} ({kind.upper()}: {entry['credential']}) added to the "
+                         "allow-list.")
 
 
 @router.post("/projects/{slug}/airlock/settings/reviewers", dependencies=[CsrfChecked])
@@ -121,10 +156,22 @@ def change_reviewers(request: Request, db: Db, hub: HubDep, principal: WebPrinci
     access = projects.open_project(db, principal, slug)
     minutes = hub.settings.security.fresh_mfa_minutes
     names = [n.strip() for n in reviewers.replace("\n", ",").split(",") if n.strip()]
+
+    def set_approvals() -> None:
+        if projects.get_setting(db, access.project.id, "airlock_approvals") != approvals:
+            projects.change_setting(db, principal, access, "airlock_approvals", approvals, fresh_minutes=minutes)
+
+    # fewer approvals first (when the present reviewers allow them), otherwise after the reviewers: each step
+    # keeps approvals ≤ reviewers, as the settings' own checks demand
+    lowering = (approvals < projects.get_setting(db, access.project.id, "airlock_approvals")
+                and approvals <= len(service.reviewer_ids(db, access.project.id)))
+    if lowering:
+        set_approvals()
     chosen = service.set_reviewers(db, principal, access, names, fresh_minutes=minutes)
-    for key, value in (("airlock_approvals", approvals), ("airlock_expiry_days", expiry_days)):
-        if projects.get_setting(db, access.project.id, key) != value:
-            projects.change_setting(db, principal, access, key, value, fresh_minutes=minutes)
+    if not lowering:
+        set_approvals()
+    if projects.get_setting(db, access.project.id, "airlock_expiry_days") != expiry_days:
+        projects.change_setting(db, principal, access, "airlock_expiry_days", expiry_days, fresh_minutes=minutes)
     return redirect_with(request, f"/projects/{slug}/airlock/settings",
                          f"{len(chosen)} reviewer(s); {approvals} approval(s) needed; requests expire after "
                          f"{expiry_days} days.")
@@ -139,6 +186,7 @@ def request_page(request: Request, db: Db, principal: WebPrincipal, slug: str, r
     return templates.TemplateResponse(request, "airlock/request.html", {
         **ctx, "r": r, "files": service.request_files(db, r), "reviews": reviews, "users": users,
         "approvals": service.approvals(db, r), "mine": r.requester_id == principal.user.id,
+        "possible": service.possible_approvals(db, r) if r.state in OPEN_STATES else None,
         "may_look": service.may_look(db, ctx["access"], principal),
         "reviewed": any(v.reviewer_id == principal.user.id for v in reviews)})
 
@@ -174,6 +222,25 @@ def override(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slu
                          "Failed checks overridden: reviewers may approve now.")
 
 
+def nav_context(request: Request) -> dict[str, object]:
+    """The count of requests waiting for the viewer's review, for the top navigation (one query)."""
+    viewer_id = getattr(getattr(request.state, "user", None), "id", None)
+    if viewer_id is None:
+        return {}
+    try:
+        with open_session(request.app.state.hub.sessions, deferred=True) as session:
+            return {"airlock_waiting": service.waiting_count(session, viewer_id)}
+    except SQLAlchemyError:  # a count in the navigation never breaks a page (an error page least of all)
+        return {}
+
+
+@router.get("/airlock/reviews")
+def reviews_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+    waiting = service.my_reviews(db, principal)
+    users = projects.users_of(db, {r.requester_id for r, _slug in waiting})
+    return templates.TemplateResponse(request, "airlock/reviews.html", {"waiting": waiting, "users": users})
+
+
 @router.get("/airlock/outbox")
 def outbox_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
     return templates.TemplateResponse(request, "airlock/outbox.html", {"items": service.my_outbox(db, principal)})
@@ -185,6 +252,7 @@ def outbox_download(db: Db, hub: HubDep, principal: WebPrincipal, item_id: uuid.
     r = db.get(AirlockRequest, item.request_id)
     assert r is not None
     header, body_key, body_size, project_id = item.header, item.body_key, item.body_size, r.project_id
+    assert body_key is not None  # take_outbox_item refuses a removed file
     name, started = download_name(item.path, False), {"outbox": str(item.id), "request": r.id}
     db.commit()
     length = len(header) + body_size

@@ -55,6 +55,7 @@ TEMPLATES: dict[str, str] = {
     "airlock_review": "handler",          # request_id, project, direction, state, checks
     "airlock_decided": "applicant",       # request_id, project, direction, state, [reason]
     "airlock_delivered": "applicant",     # request_id, project, files
+    "airlock_short_of_reviewers": "applicant",  # request_id, project, direction, state, needed, possible
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")
 EMAIL_JOB = "notify.email"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,17 @@ from .settings import SETTINGS
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 PROJECT_CLASSES = ("project", "fellowship", "network-partner")
 DEFAULT_QUOTA_BYTES = 2 * 1000**4  # basic service: 2 TB private project storage
+# Hook points (capabilities.SETTING_CHECKS, PROJECT_CHANGED): a capability refuses a setting's new value
+# that contradicts its other settings (by key: (session, project id, new value), raises Invalid), and hears
+# of a project's members or settings changing ((session, project id, "members" | "setting:<key>")).
+SETTING_CHECKS: dict[str, Callable[[Session, uuid.UUID, Any], None]] = {}
+PROJECT_CHANGED: list[Callable[[Session, uuid.UUID, str], None]] = []
+
+
+def _changed(session: Session, project_id: uuid.UUID, what: str) -> None:
+    session.flush()
+    for hook in PROJECT_CHANGED:
+        hook(session, project_id, what)
 
 
 @dataclass
@@ -231,6 +243,7 @@ def remove_member(session: Session, principal: Principal, access: ProjectAccess,
     session.delete(m)
     audit.record(session, principal.actor, "project.member.removed", project_id=access.project.id,
                  subject_user_id=user_id, target=f"project:{access.project.slug}")
+    _changed(session, access.project.id, "members")
 
 
 def delegate_rights(session: Session, principal: Principal, access: ProjectAccess, user_id: uuid.UUID,
@@ -296,6 +309,8 @@ def change_setting(session: Session, principal: Principal, access: ProjectAccess
     except ValidationError as exc:
         raise Invalid(f"invalid value for {key}", errors=exc.errors(include_url=False,
                                                                    include_context=False)) from exc
+    if key in SETTING_CHECKS:
+        SETTING_CHECKS[key](session, access.project.id, value)
     before = get_setting(session, access.project.id, key)
     row = session.get(ProjectSetting, (access.project.id, key))
     if value == spec.locked:
@@ -310,7 +325,7 @@ def change_setting(session: Session, principal: Principal, access: ProjectAccess
                  "project.setting.locked" if value == spec.locked else "project.setting.opened",
                  project_id=access.project.id, target=f"setting:{key}",
                  details={"before": before, "after": value})
-    session.flush()
+    _changed(session, access.project.id, f"setting:{key}")
     return next(v for v in list_settings(session, access) if v.key == key)
 
 
