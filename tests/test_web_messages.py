@@ -338,6 +338,22 @@ def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the 
                 {"kind": "project", "name": "Second team", "target": "second" if ok else "nope"})
 
 
+@pytest.fixture
+def settings(settings):
+    """A partner bucket configured on the hub (never contacted here): the page offers it by name."""
+    from strongroom.config import AirlockSettings
+
+    return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
+        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example"}}})})
+
+
+def _airlock_external(w: World, ok: bool):  # an S3 bucket configured on the hub, chosen by name
+    key = c4gh.public_key_file(c4gh.generate_keypair().public).decode()
+    return post(w.c("pia"), "/projects/chest/airlock/settings/destinations/external",
+                {"kind": "s3", "name": "Partner bucket", "credential": "partner" if ok else "typed-in",
+                 "prefix": "chest/", "public_key": key})
+
+
 def _airlock_reviewers(w: World, ok: bool):
     return post(w.c("pia"), "/projects/chest/airlock/settings/reviewers",
                 {"reviewers": "memo, pia" if ok else "nobody", "approvals": "1", "expiry_days": "14"})
@@ -422,6 +438,7 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/strategy/check": _strategy_check,
     "/projects/{slug}/strategy/runs": _strategy_run,
     "/projects/{slug}/airlock/settings/destinations": _airlock_destination,
+    "/projects/{slug}/airlock/settings/destinations/external": _airlock_external,
     "/projects/{slug}/airlock/settings/reviewers": _airlock_reviewers,
     "/projects/{slug}/airlock/exports": _airlock_export,
     "/projects/{slug}/airlock/staging": _airlock_stage,
