@@ -427,3 +427,181 @@ def test_a_reviewer_sees_a_dicom_file_as_an_image(tmp_path: Path) -> None:
     assert checks.preview(broken, "empty.dcm").get("image") is None
     (tmp_path / "garbage.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\xff" * 50)
     assert checks.preview(tmp_path / "garbage.dcm", "garbage.dcm")["why"].startswith("no image")
+
+
+def test_approvals_never_exceed_the_reviewers_and_the_pi_hears_of_a_shortfall(world, app) -> None:
+    """The PI cannot ask for more approvals than there are named reviewers (API and page); when a reviewer
+    leaves so that an open request can no longer get its approvals, the PI is told and the page says so."""
+    from conftest import web_client
+    from helpers import csrf_for
+
+    w, hub, c = world, world["hub"], world["c"]
+    alice = bearer(w["t"]["alice"])
+
+    def put(key: str, value):
+        return c.put(f"/api/v1/projects/lung/settings/{key}", json={"value": value}, headers=alice)
+
+    refused = put("airlock_approvals", 4)  # rita, ron and sam are named
+    assert refused.status_code == 422 and "this project names 3" in refused.json()["detail"]
+    assert put("airlock_approvals", 3).status_code == 200 and put("airlock_approvals", 2).status_code == 200
+    fewer = c.put("/api/v1/projects/lung/airlock/reviewers", json={"users": ["rita"]}, headers=alice)
+    assert fewer.status_code == 422 and "lower the approvals first" in fewer.json()["detail"]
+    page = web_client(app, hub, w["p"]["alice"])
+    form = page.post("/projects/lung/airlock/settings/reviewers", data={
+        "csrf_token": csrf_for(page), "reviewers": "rita, ron", "approvals": "3", "expiry_days": "14"})
+    assert form.status_code == 422 and "3 approvals need at least 3 named reviewers" in form.text
+    with hub.sessions() as s:
+        lung = s.scalar(select(Project).where(Project.slug == "lung"))
+        assert projects.get_setting(s, lung.id, "airlock_approvals") == 2  # nothing half-applied
+        assert len(airlock.reviewer_ids(s, lung.id)) == 3
+
+    fid = _put_file(hub, "lung", w["p"]["sam"], "a.txt", b"hello\n")
+    rid = _export(w, "sam", [fid]).json()["id"]
+    _drain(hub)
+    assert _get(w, rid)["short_of_reviewers_at"] is None  # rita and ron may approve (sam never his own)
+    # ron leaves the project: one eligible reviewer for two approvals
+    assert c.delete(f"/api/v1/projects/lung/members/{w['p']['ron'].user.id}", headers=alice).status_code == 204
+    assert _get(w, rid)["short_of_reviewers_at"] is not None
+    assert "airlock.request.short_of_reviewers" in _actions(hub, rid)
+    told = [m for m in _mails(hub) if m["template"] == "airlock_short_of_reviewers"]
+    assert [m["to"] for m in told] == ["alice@example.org"] and told[0]["context"]["possible"] == 1
+    shown = web_client(app, hub, w["p"]["sam"]).get(f"/projects/lung/airlock/{rid}").text
+    assert 'id="short-of-reviewers"' in shown and "at most 1 possible" in shown
+    # the PI names mia: covered again, and the request can be approved
+    assert c.put("/api/v1/projects/lung/airlock/reviewers", json={"users": ["rita", "sam", "mia"]},
+                 headers=alice).status_code == 200
+    assert _get(w, rid)["short_of_reviewers_at"] is None
+    _review(w, rid, "rita")
+    assert _review(w, rid, "mia").json()["state"] == "approved"
+    # a request whose requester is one of too few reviewers is short from the start (the PI told once)
+    assert c.put("/api/v1/projects/lung/airlock/reviewers", json={"users": ["rita", "sam"]},
+                 headers=alice).status_code == 200
+    second = _export(w, "sam", [fid]).json()["id"]
+    assert _get(w, second)["short_of_reviewers_at"] is not None
+    assert len([m for m in _mails(hub) if m["template"] == "airlock_short_of_reviewers"]) == 2
+
+
+def test_reviews_waiting_show_in_the_navigation_with_one_query(world, app) -> None:
+    from sqlalchemy import event
+
+    from conftest import web_client
+
+    w, hub, c = world, world["hub"], world["c"]
+    fid = _put_file(hub, "lung", w["p"]["sam"], "a.txt", b"hello\n")
+    rid = _export(w, "sam", [fid]).json()["id"]
+    pages = {who: web_client(app, hub, w["p"][who]) for who in ("rita", "ron", "sam", "bob")}
+    assert 'id="nav-reviews"' not in pages["rita"].get("/projects").text  # still being checked
+    _drain(hub)
+    nav = pages["rita"].get("/projects").text
+    assert 'id="nav-reviews"' in nav and 'aria-label="1 waiting for your review"' in nav
+    assert 'id="nav-reviews"' not in pages["sam"].get("/projects").text  # his own request
+    assert 'id="nav-reviews"' not in pages["bob"].get("/projects").text  # not a member
+    listed = pages["rita"].get("/airlock/reviews")
+    assert listed.status_code == 200 and f"/projects/lung/airlock/{rid}" in listed.text
+    api = c.get("/api/v1/airlock/reviews", headers=bearer(w["t"]["rita"])).json()
+    assert [(x["id"], x["project"]) for x in api] == [(rid, "lung")]
+    assert c.get("/api/v1/airlock/reviews", headers=bearer(w["t"]["sam"])).json() == []
+    _review(w, rid, "rita")
+    assert 'id="nav-reviews"' not in pages["rita"].get("/projects").text
+    assert 'id="nav-reviews"' in pages["ron"].get("/projects").text
+    # the count is one statement
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *rest) -> None:
+        statements.append(statement)
+
+    with hub.sessions() as s:
+        engine = s.get_bind()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            assert airlock.waiting_count(s, w["p"]["ron"].user.id) == 1
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 1
+
+
+def test_every_airlock_route_refuses_outsiders_and_members_without_the_right(world, app) -> None:
+    """Enumerated from the app: every airlock route (API, pages, outbox) answers 404 to a non-member (bob, PI
+    of another project) and 403 (or 404 for someone else's outbox file) to a member without the right (mia:
+    no export/import right, not a reviewer, not the PI); a user-wide list shows an outsider nothing. And the
+    requester never reviews their own request, through the API or the page."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    from conftest import web_client
+    from helpers import csrf_for
+
+    w, hub, c = world, world["hub"], world["c"]
+    key = c4gh.generate_keypair()
+    c.post("/api/v1/me/keys", json={"name": "k", "public_key": c4gh.public_key_file(key.public).decode()},
+           headers=bearer(w["t"]["carl"]))
+    fid = _put_file(hub, "lung", w["p"]["sam"], "a.txt", b"hello\n")
+    rid = _export(w, "sam", [fid], "Carl at the registry").json()["id"]
+    _drain(hub)
+    _review(w, rid, "rita")
+    _review(w, rid, "ron")
+    _drain(hub)
+    [item] = c.get("/api/v1/airlock/outbox", headers=bearer(w["t"]["carl"])).json()
+    staged = _put_file(hub, "lung", w["p"]["sam"], "s.csv", b"id\n1\n")
+    ids = {"slug": "lung", "request_id": rid, "file_id": fid, "item_id": item["id"]}
+    pem = c4gh.public_key_file(key.public).decode()
+    # (method, path) → (JSON body or form, status for mia, status for bob); None body: a GET
+    api = "/api/v1/projects/{slug}/airlock"
+    routes: dict[tuple[str, str], tuple[dict | None, int, int]] = {
+        ("GET", f"{api}/requests"): (None, 200, 404),
+        ("GET", f"{api}/requests/{{request_id}}"): (None, 200, 404),
+        ("POST", f"{api}/exports"): ({"files": [fid], "purpose": "x", "destination": "Other team"}, 403, 404),
+        ("POST", f"{api}/staging"): ({"path": "x.csv", "size": 100}, 403, 404),
+        ("POST", f"{api}/imports"): ({"files": [staged], "purpose": "x"}, 403, 404),
+        ("POST", f"{api}/requests/{{request_id}}/reviews"): ({"decision": "approve"}, 403, 404),
+        ("POST", f"{api}/requests/{{request_id}}/override"): ({"reason": "x"}, 403, 404),
+        ("GET", f"{api}/requests/{{request_id}}/files/{{file_id}}/preview"): (None, 403, 404),
+        ("PUT", f"{api}/reviewers"): ({"users": ["rita"]}, 403, 404),
+        ("GET", "/api/v1/airlock/outbox"): (None, 200, 200),  # one's own: empty for both
+        ("GET", "/api/v1/airlock/outbox/{item_id}/content"): (None, 404, 404),
+        ("GET", "/api/v1/airlock/reviews"): (None, 200, 200),  # one's own: empty for both
+        ("GET", "/projects/{slug}/airlock"): (None, 200, 404),
+        ("POST", "/projects/{slug}/airlock/exports"): ({"files": fid, "purpose": "x", "destination": "Other team"},
+                                                       403, 404),
+        ("POST", "/projects/{slug}/airlock/staging"): ({"file": ("x.csv", b"id\n1\n")}, 403, 404),
+        ("POST", "/projects/{slug}/airlock/imports"): ({"files": staged, "purpose": "x"}, 403, 404),
+        ("GET", "/projects/{slug}/airlock/settings"): (None, 200, 404),
+        ("POST", "/projects/{slug}/airlock/settings/destinations"): (
+            {"kind": "project", "name": "Elsewhere", "target": "elsewhere"}, 403, 404),
+        ("POST", "/projects/{slug}/airlock/settings/destinations/external"): (
+            {"kind": "s3", "name": "B", "credential": "b", "public_key": pem}, 403, 404),
+        ("POST", "/projects/{slug}/airlock/settings/reviewers"): (
+            {"reviewers": "mia", "approvals": "1", "expiry_days": "14"}, 403, 404),
+        ("GET", "/projects/{slug}/airlock/{request_id}"): (None, 200, 404),
+        ("GET", "/projects/{slug}/airlock/{request_id}/files/{file_id}"): (None, 403, 404),
+        ("POST", "/projects/{slug}/airlock/{request_id}/review"): ({"decision": "approve"}, 403, 404),
+        ("POST", "/projects/{slug}/airlock/{request_id}/override"): ({"reason": "x"}, 403, 404),
+        ("GET", "/airlock/reviews"): (None, 200, 200),
+        ("GET", "/airlock/outbox"): (None, 200, 200),
+        ("GET", "/airlock/outbox/{item_id}/download"): (None, 404, 404),
+    }
+    found = {(m, r.path_format) for r in iter_route_contexts(app.routes) if isinstance(r.original_route, APIRoute)
+             for m in r.methods if "airlock" in r.path_format and m != "HEAD"}
+    assert found == set(routes), "a new airlock route needs its row here"
+    tokens = {who: bearer(w["t"][who]) for who in ("mia", "bob")}
+    pages = {who: web_client(app, hub, w["p"][who]) for who in ("mia", "bob")}
+    for (method, path), (body, as_mia, as_bob) in routes.items():
+        url = path.format(**ids)
+        for who, expected in (("mia", as_mia), ("bob", as_bob)):
+            if path.startswith("/api/"):
+                r = c.request(method, url, json=body, headers=tokens[who])
+            elif method == "GET":
+                r = pages[who].get(url)
+            else:
+                files = {k: v for k, v in body.items() if isinstance(v, tuple)}
+                form = {k: v for k, v in body.items() if not isinstance(v, tuple)}
+                r = pages[who].post(url, data={**form, "csrf_token": csrf_for(pages[who])}, files=files or None)
+            assert r.status_code == expected, (who, method, path, r.status_code, r.text[:300])
+            if expected == 200 and path in ("/api/v1/airlock/outbox", "/api/v1/airlock/reviews"):
+                assert r.json() == []
+    # nobody reviews their own request, on the page either (sam is a named reviewer)
+    fresh = _export(w, "sam", [fid]).json()["id"]
+    _drain(hub)
+    sam = web_client(app, hub, w["p"]["sam"])
+    own = sam.post(f"/projects/lung/airlock/{fresh}/review", data={"decision": "approve", "csrf_token": csrf_for(sam)})
+    assert own.status_code == 403 and "own request" in own.text
+    assert _review(w, fresh, "sam").status_code == 403

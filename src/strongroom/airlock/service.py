@@ -118,6 +118,7 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
                     *, fresh_minutes: int, configured: AirlockSettings) -> list[dict[str, Any]]:
     """One more allow-list entry (the page's form); an ``s3``/``sftp`` entry names one of the hub's configured
     credentials (``configured``), never holds one."""
+    access.require("manage-settings")  # before anything is validated: no hints for those who may not change it
     current = destinations(session, access.project.id)
     try:
         parsed = _DESTINATIONS.validate_python([entry])[0]
@@ -142,6 +143,7 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
 
 def remove_destination(session: Session, principal: Principal, access: projects.ProjectAccess, name: str, *,
                        fresh_minutes: int) -> list[dict[str, Any]]:
+    access.require("manage-settings")
     current = destinations(session, access.project.id)
     value = [d for d in current if d["name"] != name]
     if len(value) == len(current):
