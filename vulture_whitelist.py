@@ -77,6 +77,8 @@ edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, f
 dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa_reader  # access: grant providers
 QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
+check_approvals, check_reviewers, nav_context  # airlock: setting checks and the navigation's count (hooks)
+content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
 dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)

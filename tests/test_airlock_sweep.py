@@ -78,7 +78,7 @@ def _used(hub) -> int:
         return s.scalar(select(Project.used_bytes).where(Project.slug == "lung"))
 
 
-def test_sweep_removes_ended_imports_and_taken_or_old_outbox_files(world) -> None:
+def test_sweep_removes_ended_imports_and_taken_or_old_outbox_files(world) -> None:  # noqa: F811
     w, hub, c = world, world["hub"], world["c"]
     storage = storage_for(hub)
     staged = {state: _stage(w, f"{state}.csv", f"id,v\n{state},1\n".encode() * 40)
@@ -147,7 +147,7 @@ def _size(hub, file_id: str) -> int:
         return s.get(ArchiveFile, file_id).body_size
 
 
-def test_a_sweep_stopped_after_marking_is_finished_by_the_next(world) -> None:
+def test_a_sweep_stopped_after_marking_is_finished_by_the_next(world) -> None:  # noqa: F811
     w, hub = world, world["hub"]
     storage = storage_for(hub)
     fid = _stage(w, "lab.csv", b"id,v\nA,1\n")

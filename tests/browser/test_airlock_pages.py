@@ -9,6 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import select
 
+from strongroom.archive import c4gh
 from strongroom.archive import service as archive
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key, hub_keys
@@ -21,6 +22,16 @@ from strongroom.projects.models import Membership
 from .test_web_flows import login, make_project
 
 pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def settings(settings):
+    """A partner bucket configured on the hub by name (never contacted here): the PI picks it on the page."""
+    from strongroom.config import AirlockSettings
+
+    return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
+        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example",
+                            "secret_key": "never-shown"}}})})
 
 
 def _as(browser: Browser, url: str, person) -> Page:
@@ -53,6 +64,15 @@ def test_export_request_reviewed_and_delivered_in_the_browser(browser: Browser, 
     pi.get_by_label("Project slug or recipient").fill("other")
     pi.get_by_role("button", name="Add destination").click()
     expect(pi.locator("#flash")).to_contain_text("Destination Other team added")
+    pi.get_by_label("S3 destination name").fill("Partner bucket")
+    expect(pi.get_by_label("Bucket (configured on the hub)")).to_contain_text("incoming/")
+    pi.get_by_label("Folder in the bucket (optional, e.g. lung/)").fill("lung/")
+    pi.get_by_label("The partner's crypt4gh public key").first.fill(
+        c4gh.public_key_file(c4gh.generate_keypair().public).decode())
+    pi.get_by_role("button", name="Add the S3 destination").click()
+    expect(pi.locator("#flash")).to_contain_text("Destination Partner bucket (S3: partner) added")
+    expect(pi.locator("#destinations")).to_contain_text("Partner bucket — s3: partner")
+    assert "never-shown" not in pi.content()
     pi.get_by_label("Reviewers (usernames or e-mails of members, comma-separated)").fill("rita, ron")
     pi.get_by_role("button", name="Save reviewers and rules").click()
     expect(pi.locator("#flash")).to_contain_text("2 reviewer(s); 2 approval(s) needed")
@@ -67,7 +87,9 @@ def test_export_request_reviewed_and_delivered_in_the_browser(browser: Browser, 
     Runner(hub, lease_seconds=10, name="test").run_until_idle()  # the automatic checks
     for reviewer in (rita, ron):
         page = _as(browser, live_server.url, reviewer)
-        page.goto(request_url)
+        page.goto("/projects")
+        page.locator("#nav-reviews").click()  # the top bar counts the requests waiting for this reviewer
+        page.get_by_role("link", name=request_url.rsplit("/", 1)[1]).click()
         expect(page.locator("#files")).to_contain_text("identifiers in cells")
         page.get_by_role("link", name="out/ages.csv").click()
         expect(page.locator("main table")).to_contain_text("40-49")
