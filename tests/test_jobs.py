@@ -123,9 +123,9 @@ def test_builtin_periodic_jobs_run(hub):
     runner.schedule_periodic()  # the same period: nothing new
     with hub.sessions() as s:
         kinds = sorted(j.kind for j in s.scalars(select(Job)))
-    assert kinds == ["access.entitlements", "airlock.expire", "archive.cleanup_storage", "audit.checkpoint",
-                     "audit.verify_chain", "identity.purge_expired", "jobs.prune", "notify.digest"]
-    assert runner.run_until_idle() == 8
+    assert kinds == ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
+                     "audit.checkpoint", "audit.verify_chain", "identity.purge_expired", "jobs.prune", "notify.digest"]
+    assert runner.run_until_idle() == 9
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))
