@@ -336,8 +336,11 @@ def test_describedby_links_follow_the_routes_the_hub_has(world):
     publish_entry(world, world["ds"], "chest-ct", image=False)
     c = anon(world)
     assert "text/turtle" not in c.get("/catalog/chest-ct").headers["link"]
-    app = world["app"]
-    app.router.add_api_route("/catalog/{slug}.ttl", lambda slug: None, methods=["GET"])
+    from fastapi import APIRouter
+
+    dcat = APIRouter()  # included like every capability's router
+    dcat.add_api_route("/catalog/{slug}.ttl", lambda slug: None, methods=["GET"])
+    world["app"].include_router(dcat)
     links = parse_header_links(c.get("/catalog/chest-ct").headers["link"])
     assert {"url": f"{BASE}/catalog/chest-ct.ttl", "rel": "describedby", "type": "text/turtle"} in links
 

@@ -3,12 +3,14 @@ robots.txt (no login), and the steward's editor under the dataset (members with 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import compile_path
 
 from ..deps import (
     CsrfChecked,
@@ -81,10 +83,16 @@ def _offers() -> list[conneg.Offer]:
     return offers
 
 
+@lru_cache(maxsize=1024)
+def _path_regex(path_format: str) -> re.Pattern[str]:
+    return compile_path(path_format)[0]
+
+
 def _served(request: Request, path: str) -> bool:
     """Whether the hub answers GET ``path`` with a route of its own (not the landing page's catch)."""
-    return any(isinstance(route, APIRoute) and route.path != LANDING_ROUTE and "GET" in (route.methods or ())
-               and route.path_regex.match(path) for route in request.app.router.routes)
+    return any(isinstance(route.original_route, APIRoute) and route.path_format != LANDING_ROUTE
+               and "GET" in (route.methods or ()) and _path_regex(route.path_format).match(path)
+               for route in iter_route_contexts(request.app.routes))
 
 
 def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> citations.Citable:
