@@ -98,3 +98,41 @@ def test_anonymous_visitor_finds_a_dataset_and_sees_the_apply_button(page: Page,
     page.goto("/catalog/glioma-mr")
     expect(page.locator(".cat-flag")).to_contain_text("Not for AI or methods development")
     page.screenshot(path=str(shots / "catalog-landing-no-ai.png"), full_page=True)
+
+
+def test_citation_downloads_on_the_landing_page_import_cleanly(page: Page, hub: Hub, people, shots: Path) -> None:
+    """Issue 11: the "How to cite" box's links download files a reference manager's parser reads."""
+    import json
+
+    import bibtexparser
+    import rispy
+
+    from strongroom.catalog.demo import DATA_OWNER, DEMO_TITLE
+
+    people("pia")
+    make_project(hub, "chest", "pia")
+    landing_url = seed_catalog_demo(hub, project_slug="chest", steward="pia")
+    page.goto(landing_url)  # no login
+    box = page.locator(".cat-cite-dl")
+    expect(box.get_by_role("link")).to_have_count(6)
+    expect(page.locator(".cat-cite-apa")).to_contain_text(f"{DATA_OWNER}. (")
+    expect(page.locator('link[rel="cite-as"]')).to_have_attribute("href", landing_url)
+    box.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "catalog-how-to-cite.png"), full_page=True)
+    got: dict[str, tuple[str, str]] = {}
+    for label in ("BibTeX", "RIS", "CSL-JSON", "APA", "Vancouver", "schema.org JSON-LD"):
+        with page.expect_download() as info:
+            box.get_by_role("link", name=label, exact=True).click()
+        download = info.value
+        got[label] = (download.suggested_filename, Path(download.path()).read_text(encoding="utf-8"))
+    stem = "synthetic-chest-ct-demo-v1"
+    assert {name for name, _ in got.values()} == {f"{stem}.bib", f"{stem}.ris", f"{stem}.csl.json",
+                                                 f"{stem}-apa.txt", f"{stem}-vancouver.txt", f"{stem}.jsonld"}
+    library = bibtexparser.parse_string(got["BibTeX"][1])
+    assert not library.failed_blocks and library.entries[0].fields_dict["title"].value == "{" + DEMO_TITLE + "}"
+    (record,) = rispy.loads(got["RIS"][1])
+    assert record["type_of_reference"] == "DATA" and record["title"] == DEMO_TITLE and record["edition"] == "1"
+    assert json.loads(got["CSL-JSON"][1])[0]["title"] == DEMO_TITLE
+    assert "(Version 1) [Dataset]" in got["APA"][1] and "Version 1." in got["Vancouver"][1]
+    assert json.loads(got["schema.org JSON-LD"][1])["name"] == DEMO_TITLE
+    assert page.url == landing_url  # downloading left the page where it was

@@ -109,14 +109,16 @@ def _archive_span(session: Session, version: DatasetVersion) -> tuple[dt.date | 
     return (first.date() if first else None), (last.date() if last else None)
 
 
-def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_name: str) -> LandingView:
+def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_name: str,
+                 version: DatasetVersion | None = None) -> LandingView:
+    """The page's facts at ``version`` (default: the latest released one)."""
     base = base_url.rstrip("/")
     canonical = f"{base}/catalog/{entry.slug}"
     texts = [entry.title, entry.description, entry.why_apply, entry.data_owner, entry.access_conditions,
              entry.how_to_cite, entry.terms_title, entry.terms_text, entry.contact_email or "",
              *entry.organs, *entry.keywords, *entry.variables]
     scrub = scrubber(session, texts)
-    version = latest_released(session, entry.dataset_id)
+    version = version or latest_released(session, entry.dataset_id)
     start, end, from_archive = entry.time_start, entry.time_end, False
     if start is None and version is not None:
         start, end = _archive_span(session, version)
@@ -149,6 +151,16 @@ def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_n
     )
     view.jsonld = dataset_jsonld(view, base)
     return view
+
+
+def public_version(session: Session, entry: CatalogEntry, number: int) -> DatasetVersion:
+    """A released (or deprecated) version of a published entry's dataset; drafts are nobody's business."""
+    version = session.scalar(select(DatasetVersion).where(
+        DatasetVersion.dataset_id == entry.dataset_id, DatasetVersion.number == number,
+        DatasetVersion.state.in_(("released", "deprecated"))))
+    if version is None:
+        raise NotFound("no such released version of this dataset")
+    return version
 
 
 def _applicant_download(session: Session, dataset_id: str) -> bool:

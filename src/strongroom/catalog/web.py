@@ -3,11 +3,14 @@ robots.txt (no login), and the steward's editor under the dataset (members with 
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import compile_path
 
 from ..deps import (
     CsrfChecked,
@@ -23,7 +26,7 @@ from ..deps import (
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import redirect_with, templates
-from . import entries, png, search, sitemaps
+from . import citations, conneg, entries, png, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -66,12 +69,84 @@ def _page_url(q: str, selected: dict[str, list[str]]) -> str:
     return "/catalog?" + urlencode(pairs) + ("&" if pairs else "")
 
 
-@router.get("/catalog/{slug}")
-def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
+# What the landing page URL can answer, in the order that breaks ties: the page first (a browser's
+# */*), then every citation format; text/x-bibliography once per style, APA (the default) first.
+LANDING_ROUTE = "/catalog/{slug}"
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _offers() -> list[conneg.Offer]:
+    offers = [conneg.Offer(t) for t in HTML_TYPES]
+    for r in citations.RENDERERS.values():
+        offers += ([conneg.Offer(r.media_type, (("style", s),)) for s in r.styles] if r.styles
+                   else [conneg.Offer(r.media_type)])
+    return offers
+
+
+@lru_cache(maxsize=1024)
+def _path_regex(path_format: str) -> re.Pattern[str]:
+    return compile_path(path_format)[0]
+
+
+def _served(request: Request, path: str) -> bool:
+    """Whether the hub answers GET ``path`` with a route of its own (not the landing page's catch)."""
+    return any(isinstance(route.original_route, APIRoute) and route.path_format != LANDING_ROUTE
+               and "GET" in (route.methods or ()) and _path_regex(route.path_format).match(path)
+               for route in iter_route_contexts(request.app.routes))
+
+
+def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> citations.Citable:
     entry = landing_pages.public_entry(db, slug)
-    _show_viewer_if_logged_in(request, db)
-    view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
+    at = landing_pages.public_version(db, entry, version) if version is not None else None
+    view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url,
+                                      site_name=hub.settings.site_name, version=at)
+    return citations.Citable(db, view, citations.csl_item(view))
+
+
+@router.get(LANDING_ROUTE)
+def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
+    """The landing page, or by content negotiation (Accept) any citation format of the entry."""
+    citable = _citable(db, hub, slug)
+    offers = _offers()
+    chosen = conneg.choose(request.headers.get("accept"), offers)
+    headers = {"Vary": "Accept"}
+    if chosen is None:
+        available = "\n".join(sorted({o.media_type + "".join(f"; {k}={v}" for k, v in o.params) for o in offers}))
+        return PlainTextResponse(f"None of the accepted media types is available. This page is available as:\n"
+                                 f"{available}\n", status_code=406, headers=headers)
+    view = citable.view
+    links = signposting.landing_links(view, hub.settings.base_url, lambda path: _served(request, path))
+    headers["Link"] = signposting.link_header(links)
+    renderer = citations.RENDERERS.get(chosen.media_type)
+    if renderer is None:
+        _show_viewer_if_logged_in(request, db)
+        page = templates.TemplateResponse(request, "catalog_entry.html", {
+            "v": view, "preview": False, "links": links, "downloads": citations.downloads(view),
+            "apa": citations.formatted(citable.item)})
+        page.headers.update(headers)
+        return page
+    style = chosen.param_map.get("style", citations.DEFAULT_STYLE)
+    headers["Content-Location"] = f"/catalog/{view.entry.slug}/cite.{renderer.extension}" + (
+        f"?style={style}" if renderer.styles else "")
+    return Response(renderer.render(citable, style), media_type=citations.media_type_header(renderer),
+                    headers=headers)
+
+
+@router.get("/catalog/{slug}/cite.{extension}")
+def cite(db: Db, hub: HubDep, slug: str, extension: str,
+         style: str = Query(citations.DEFAULT_STYLE, max_length=40, description="apa or vancouver"),
+         version: Int32 | None = Query(None, ge=1, description="a released version (default: the latest)")
+         ) -> Response:
+    """A citation download: BibTeX, RIS, CSL-JSON, a formatted reference, or the JSON-LD."""
+    renderer = citations.by_extension(extension)
+    if renderer is None:
+        raise NotFound("no such citation format")
+    if renderer.styles and style not in renderer.styles:
+        raise Invalid(f"unknown citation style {style!r}; choose one of {', '.join(renderer.styles)}")
+    citable = _citable(db, hub, slug, version)
+    name = citations.file_name(citable, renderer, style)
+    return Response(renderer.render(citable, style), media_type=citations.media_type_header(renderer),
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @router.get("/catalog/{slug}/terms")

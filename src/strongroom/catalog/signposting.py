@@ -1,0 +1,64 @@
+"""FAIR Signposting (https://signposting.org/FAIR/) for a published landing page: the typed links a
+machine follows from the page to its persistent identifier, metadata, content, licence and authors.
+The same links go out as an HTTP ``Link`` header (RFC 8288) and as ``<link>`` elements in the page."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import citations
+from .landing import LandingView
+
+SCHEMA_TYPES = ("https://schema.org/Dataset", "https://schema.org/AboutPage")
+
+# Metadata documents about the entry besides the citation formats (which come from
+# ``citations.RENDERERS``): (path under the hub, media type). Each is linked only when the hub has a
+# route for it, so a capability that adds the route (e.g. DCAT-AP Turtle) is linked without an edit here.
+DESCRIBEDBY: list[tuple[str, str]] = [
+    ("/catalog/{slug}.ttl", "text/turtle"),
+]
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    rel: str
+    type: str | None = None
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def link_header(links: list[Link]) -> str:
+    """The links as one RFC 8288 ``Link`` header value."""
+    return ", ".join(f"<{link.href}>; rel={_quoted(link.rel)}" + (f"; type={_quoted(link.type)}" if link.type else "")
+                     for link in links)
+
+
+def landing_links(view: LandingView, base_url: str, served: Callable[[str], bool]) -> list[Link]:
+    """The landing page's signposts; ``served(path)`` says whether the hub answers a GET on a path."""
+    base = base_url.rstrip("/")
+    doi = citations.doi_of(view)
+    links = [Link(f"https://doi.org/{doi}" if doi else view.canonical, "cite-as")]
+    for c in citations.creators_of(view):
+        orcid = citations.orcid_url(c)
+        if orcid:
+            links.append(Link(orcid, "author"))
+    links += [Link(t, "type") for t in SCHEMA_TYPES]
+    seen: set[str] = set()
+    for d in citations.downloads(view):
+        if d.media_type not in seen:  # one describedby per media type; a formatted citation is not metadata
+            seen.add(d.media_type)
+            if d.media_type != "text/x-bibliography":
+                links.append(Link(base + d.url, "describedby", d.media_type))
+    for template, media_type in DESCRIBEDBY:
+        path = template.format(slug=view.entry.slug)
+        if served(path):
+            links.append(Link(base + path, "describedby", media_type))
+    if view.version is not None:
+        # The content is the dataset's DRS bundle: its files are listed there for those with access.
+        links.append(Link(f"{base}/ga4gh/drs/v1/objects/{view.entry.dataset_id}", "item", "application/json"))
+    links.append(Link(view.terms_url, "license", "text/html"))
+    return links
