@@ -192,3 +192,244 @@ def test_an_entry_with_every_field_conforms_and_says_everything_it_knows(world, 
         assert isomorphic(graph_of(c, "/catalog/full-ct", ext), g), ext
     # the landing page itself is still the HTML page
     assert c.get("/catalog/full-ct").headers["content-type"].startswith("text/html")
+
+
+# -- OAI-PMH -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def oai_schema() -> etree.XMLSchema:
+    # The payload slots are <any processContents="strict"> whose schemas live on the network: lax here,
+    # the payloads are checked by check_payloads.
+    text = OAI_XSD.read_text().replace('processContents="strict"', 'processContents="lax"')
+    return etree.XMLSchema(etree.fromstring(text.encode()))
+
+
+DC_ELEMENTS = {"title", "creator", "subject", "description", "publisher", "contributor", "date", "type", "format",
+               "identifier", "source", "language", "relation", "coverage", "rights"}
+
+
+def check_payloads(root: etree._Element) -> None:
+    for dc in root.iterfind(".//oai_dc:dc", NS):
+        names = [etree.QName(child).localname for child in dc]
+        assert set(names) <= DC_ELEMENTS and {"title", "identifier", "type"} <= set(names), names
+        assert all(etree.QName(child).namespace == oai.DC_NS for child in dc)
+    for resource in root.iterfind(".//dcite:resource", NS):
+        kids = {etree.QName(child).localname for child in resource}
+        assert {"identifier", "creators", "titles", "publisher", "publicationYear", "resourceType"} <= kids
+        assert resource.find("dcite:identifier", NS).get("identifierType") == "DOI"
+        assert resource.find("dcite:resourceType", NS).get("resourceTypeGeneral") == "Dataset"
+    for record in root.iterfind(".//o:record", NS):
+        deleted = record.find("o:header", NS).get("status") == "deleted"
+        assert (record.find("o:metadata", NS) is None) is deleted
+
+
+def oai_xml(client, schema: etree.XMLSchema, method: str = "GET", **params) -> etree._Element:
+    r = client.request(method, "/oai", params=params) if method == "GET" else client.post("/oai", data=params)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/xml")
+    root = etree.fromstring(r.content)
+    schema.assertValid(root)
+    check_payloads(root)
+    return root
+
+
+def error_code(root: etree._Element) -> str | None:
+    error = root.find("o:error", NS)
+    return None if error is None else error.get("code")
+
+
+def identifier_of(ds: str) -> str:
+    return f"oai:127.0.0.1:{ds}"
+
+
+def withdraw(world, ds: str) -> None:
+    r = world["client"].post(f"/api/v1/datasets/{ds}/catalog/unpublish", headers=bearer(world["tokens"]["alice"]))
+    assert r.status_code == 200, r.text
+
+
+def set_stamp(hub, ds: str, when: dt.datetime) -> None:
+    with transaction(hub.sessions) as s:
+        s.execute(update(CatalogEntry).where(CatalogEntry.dataset_id == ds).values(updated_at=when))
+
+
+def test_oai_identify_formats_sets_and_records(world, hub, oai_schema):
+    c = world["client"]
+    with_doi = world["ds"]
+    tc.publish_entry(world, with_doi, "with-doi", image=False)
+    without = publish(world, hub, "no-doi", doi=None, modalities=["MR"], data_owner="Other Clinic")
+    root = oai_xml(c, oai_schema, verb="Identify")
+    ident = root.find("o:Identify", NS)
+    assert ident.findtext("o:baseURL", namespaces=NS) == f"{BASE}/oai"
+    assert ident.findtext("o:protocolVersion", namespaces=NS) == "2.0"
+    assert ident.findtext("o:deletedRecord", namespaces=NS) == "transient"
+    assert ident.findtext("o:granularity", namespaces=NS) == "YYYY-MM-DDThh:mm:ssZ"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ident.findtext("o:earliestDatestamp", namespaces=NS))
+    assert root.find("o:request", NS).attrib == {"verb": "Identify"}
+
+    prefixes = lambda root: [e.text for e in root.iterfind(".//o:metadataPrefix", NS)]  # noqa: E731
+    assert prefixes(oai_xml(c, oai_schema, verb="ListMetadataFormats")) == ["oai_dc", "oai_datacite", "datacite"]
+    assert prefixes(oai_xml(c, oai_schema, verb="ListMetadataFormats", identifier=identifier_of(without))) == [
+        "oai_dc"]  # DataCite records need a DOI: none is invented
+    sets = {e.findtext("o:setSpec", namespaces=NS): e.findtext("o:setName", namespaces=NS)
+            for e in oai_xml(c, oai_schema, verb="ListSets").iterfind(".//o:set", NS)}
+    assert sets == {"modality:CT": "Modality: Computed tomography", "modality:MR": "Modality: Magnetic resonance",
+                    "owner:example-university-hospital": "Data owner: Example University Hospital",
+                    "owner:other-clinic": "Data owner: Other Clinic"}
+
+    root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(with_doi), metadataPrefix="oai_dc")
+    header = root.find(".//o:header", NS)
+    assert header.findtext("o:identifier", namespaces=NS) == identifier_of(with_doi)
+    assert [e.text for e in header.iterfind("o:setSpec", NS)] == ["modality:CT", "owner:example-university-hospital"]
+    dc = root.find(".//oai_dc:dc", NS)
+    assert dc.findtext("dc:title", namespaces=NS) == "Chest CT cohort with-doi"
+    assert [e.text for e in dc.iterfind("dc:identifier", NS)] == [
+        "https://doi.org/10.23698/example.1", f"{BASE}/catalog/with-doi"]
+    assert "info:eu-repo/semantics/restrictedAccess" in [e.text for e in dc.iterfind("dc:rights", NS)]
+    for prefix in ("oai_datacite", "datacite"):
+        root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(with_doi), metadataPrefix=prefix)
+        resource = root.find(".//dcite:resource", NS)
+        assert resource.findtext("dcite:identifier", namespaces=NS) == "10.23698/example.1"
+        assert (root.find(".//od:oai_datacite/od:payload", NS) is not None) is (prefix == "oai_datacite")
+    root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(without), metadataPrefix="oai_datacite")
+    assert error_code(root) == "cannotDisseminateFormat"
+    # ListRecords in DataCite lists only what has a DOI
+    root = oai_xml(c, oai_schema, verb="ListRecords", metadataPrefix="oai_datacite")
+    assert [e.text for e in root.iterfind(".//o:header/o:identifier", NS)] == [identifier_of(with_doi)]
+    root = oai_xml(c, oai_schema, verb="ListIdentifiers", metadataPrefix="oai_dc", set="modality:MR")
+    assert [e.text for e in root.iterfind(".//o:header/o:identifier", NS)] == [identifier_of(without)]
+    # POST answers exactly as GET
+    assert [e.text for e in oai_xml(c, oai_schema, "POST", verb="ListIdentifiers", metadataPrefix="oai_dc")
+            .iterfind(".//o:identifier", NS)] == [identifier_of(with_doi), identifier_of(without)]
+
+
+def test_oai_datestamps_select_by_from_and_until_at_seconds(world, hub, oai_schema):
+    c = world["client"]
+    a, b, d = (publish(world, hub, slug) for slug in ("day-one", "day-two", "day-three"))
+    set_stamp(hub, a, dt.datetime(2026, 1, 1, 10, 0, 0, 400000, tzinfo=dt.UTC))
+    set_stamp(hub, b, dt.datetime(2026, 1, 2, 10, 0, 0, tzinfo=dt.UTC))
+    set_stamp(hub, d, dt.datetime(2026, 1, 3, 23, 59, 59, tzinfo=dt.UTC))
+
+    def ids(**params) -> list[str]:
+        root = oai_xml(c, oai_schema, verb="ListIdentifiers", metadataPrefix="oai_dc", **params)
+        if error_code(root) == "noRecordsMatch":
+            return []
+        return [e.text for e in root.iterfind(".//o:header/o:identifier", NS)]
+
+    stamps = [e.text for e in oai_xml(c, oai_schema, verb="ListIdentifiers", metadataPrefix="oai_dc")
+              .iterfind(".//o:datestamp", NS)]
+    assert stamps == ["2026-01-01T10:00:00Z", "2026-01-02T10:00:00Z", "2026-01-03T23:59:59Z"]
+    assert ids(**{"from": "2026-01-02"}) == [identifier_of(b), identifier_of(d)]
+    assert ids(until="2026-01-02") == [identifier_of(a), identifier_of(b)]  # a day includes all of it
+    assert ids(until="2026-01-01T10:00:00Z") == [identifier_of(a)]  # its datestamp says 10:00:00
+    assert ids(**{"from": "2026-01-01T10:00:01Z", "until": "2026-01-03T23:59:58Z"}) == [identifier_of(b)]
+    assert ids(**{"from": "2026-01-03", "until": "2026-01-03"}) == [identifier_of(d)]
+    assert ids(**{"from": "2027-01-01"}) == []
+    root = oai_xml(c, oai_schema, verb="Identify")
+    assert root.findtext(".//o:earliestDatestamp", namespaces=NS) == "2026-01-01T10:00:00Z"
+
+
+@pytest.mark.parametrize(("params", "code"), [
+    ({}, "badVerb"),
+    ({"verb": "ListEverything"}, "badVerb"),
+    ({"verb": ["Identify", "Identify"]}, "badVerb"),
+    ({"verb": "Identify", "metadataPrefix": "oai_dc"}, "badArgument"),
+    ({"verb": "ListRecords"}, "badArgument"),
+    ({"verb": "GetRecord", "metadataPrefix": "oai_dc"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": ["oai_dc", "oai_dc"]}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "from": "2026-13-01"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "from": "2026-01-01T00:00:00"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "from": "2026-01-01", "until": "2026-02-01T00:00:00Z"},
+     "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "from": "2026-02-01", "until": "2026-01-01"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "set": "no spaces"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "resumptionToken": "x"}, "badArgument"),
+    ({"verb": "Identify", "resumptionToken": "x"}, "badArgument"),
+    ({"verb": "ListRecords", "metadataPrefix": "marc21"}, "cannotDisseminateFormat"),
+    ({"verb": "GetRecord", "metadataPrefix": "marc21", "identifier": "oai:127.0.0.1:SRD-X"}, "cannotDisseminateFormat"),
+    ({"verb": "GetRecord", "metadataPrefix": "oai_dc", "identifier": "oai:127.0.0.1:SRD-0000000000"}, "idDoesNotExist"),
+    ({"verb": "GetRecord", "metadataPrefix": "oai_dc", "identifier": "oai:elsewhere.org:1"}, "idDoesNotExist"),
+    ({"verb": "ListMetadataFormats", "identifier": "oai:127.0.0.1:SRD-0000000000"}, "idDoesNotExist"),
+    ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "set": "modality:XA"}, "noRecordsMatch"),
+    ({"verb": "ListIdentifiers", "metadataPrefix": "oai_dc", "from": "2099-01-01"}, "noRecordsMatch"),
+    ({"verb": "ListRecords", "resumptionToken": "forged.token"}, "badResumptionToken"),
+])
+def test_oai_protocol_errors(world, hub, oai_schema, params, code):
+    tc.publish_entry(world, world["ds"], "chest-ct", image=False)
+    for method in ("GET", "POST"):
+        root = oai_xml(world["client"], oai_schema, method, **params)
+        assert error_code(root) == code, (method, etree.tostring(root))
+        request = root.find("o:request", NS)
+        if code in ("badVerb", "badArgument"):  # the protocol: no attributes echoed then
+            assert request.attrib == {}
+
+
+def test_oai_no_set_hierarchy_and_no_records_in_an_empty_catalogue(world, oai_schema):
+    c = world["client"]
+    assert error_code(oai_xml(c, oai_schema, verb="ListSets")) == "noSetHierarchy"
+    assert error_code(oai_xml(c, oai_schema, verb="ListRecords", metadataPrefix="oai_dc")) == "noRecordsMatch"
+    assert error_code(oai_xml(c, oai_schema, verb="Identify")) is None
+
+
+def test_resumption_tokens_are_tamper_evident_bound_to_their_verb_and_expire(world, hub, oai_schema, monkeypatch):
+    monkeypatch.setattr(oai, "PAGE_SIZE", 1)
+    c = world["client"]
+    for slug in ("t-one", "t-two"):
+        publish(world, hub, slug)
+    first = oai_xml(c, oai_schema, verb="ListIdentifiers", metadataPrefix="oai_dc")
+    token_el = first.find(".//o:resumptionToken", NS)
+    assert token_el.get("completeListSize") == "2" and token_el.get("cursor") == "0" and token_el.get("expirationDate")
+    token = token_el.text
+    body, mac = token.split(".")
+    edited = body[:-1] + ("A" if body[-1] != "A" else "B")
+    for bad in (f"{edited}.{mac}", f"{body}.{mac[:-1]}x", token + "x", ""):
+        root = oai_xml(c, oai_schema, verb="ListIdentifiers", resumptionToken=bad)
+        assert error_code(root) == "badResumptionToken", bad
+    assert error_code(oai_xml(c, oai_schema, verb="ListRecords", resumptionToken=token)) == "badResumptionToken"
+    expired = oai.Tokens(hub.secret).make({"verb": "ListIdentifiers", "prefix": "oai_dc", "since": None,
+                                           "before": 4102444800, "set": None, "after": 0, "cursor": 0, "exp": 1})
+    assert error_code(oai_xml(c, oai_schema, verb="ListIdentifiers", resumptionToken=expired)) == "badResumptionToken"
+    last = oai_xml(c, oai_schema, verb="ListIdentifiers", resumptionToken=token)
+    end = last.find(".//o:resumptionToken", NS)
+    assert end.text is None and end.get("cursor") == "1" and end.get("completeListSize") == "2"
+
+
+@pytest.mark.slow
+def test_sickle_harvests_everything_through_resumption_tokens_from_a_live_server(world, hub, app, oai_schema,
+                                                                                monkeypatch):
+    from sickle.iterator import OAIResponseIterator
+    from support.live import free_port
+
+    monkeypatch.setattr(oai, "PAGE_SIZE", 2)
+    tc.publish_entry(world, world["ds"], "harvest-0", image=False)
+    published = [world["ds"]] + [publish(world, hub, f"harvest-{n}", doi=None) for n in range(1, 5)]
+    gone = publish(world, hub, "harvest-gone")
+    withdraw(world, gone)
+    with serving(app, free_port()) as url:
+        for method in ("GET", "POST"):
+            harvester = Sickle(f"{url}/oai", http_method=method, max_retries=0)
+            assert harvester.Identify().repositoryName == "Strongroom dataset catalogue"
+            records = list(harvester.ListRecords(metadataPrefix="oai_dc", ignore_deleted=False))
+            assert [r.header.identifier for r in records] == [identifier_of(d) for d in [*published, gone]]
+            assert [r.deleted for r in records] == [False] * 5 + [True]
+            assert records[0].metadata["title"] == ["Chest CT cohort harvest-0"]
+            assert records[-1].header.deleted and getattr(records[-1], "metadata", None) is None
+            live = list(harvester.ListIdentifiers(metadataPrefix="oai_dc", set="modality:CT"))
+            assert len(live) == 6  # a withdrawal reaches every set's harvesters
+            assert [r.header.identifier for r in harvester.ListRecords(metadataPrefix="oai_datacite",
+                                                                       ignore_deleted=False)] == [
+                identifier_of(world["ds"]), identifier_of(gone)]
+            pages = list(Sickle(f"{url}/oai", http_method=method, iterator=OAIResponseIterator)
+                         .ListRecords(metadataPrefix="oai_dc"))
+            assert len(pages) == 3  # 6 records, 2 a page: two resumption tokens followed
+            cursors = []
+            for page in pages:
+                root = etree.fromstring(page.raw.encode())
+                oai_schema.assertValid(root)
+                check_payloads(root)
+                token = root.find(".//o:resumptionToken", NS)
+                cursors.append((token.get("cursor"), token.get("completeListSize")))
+            assert cursors == [("0", "6"), ("2", "6"), ("4", "6")]
+        with pytest.raises(IdDoesNotExist):
+            harvester.GetRecord(identifier="oai:127.0.0.1:SRD-0000000000", metadataPrefix="oai_dc")
+        with pytest.raises(NoRecordsMatch):
+            list(harvester.ListRecords(metadataPrefix="oai_dc", **{"from": "2099-01-01"}))
+        with pytest.raises(BadResumptionToken):
+            list(harvester.ListRecords(resumptionToken="forged.token"))

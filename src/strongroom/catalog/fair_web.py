@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from ..deps import Db, HubDep
 from ..errors import Invalid, NotFound
@@ -81,15 +83,26 @@ async def oai_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     pairs = parse_qsl(request.url.query, keep_blank_values=True)
     if request.method == "POST":
-        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            raise Invalid("OAI-PMH requests are posted as application/x-www-form-urlencoded")
         body = await request.body()
         if len(body) > OAI_BODY_LIMIT:
             raise Invalid("the request is too long for an OAI-PMH request")
+        urlencoded = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
+        if body and not urlencoded:
+            raise Invalid("OAI-PMH requests are posted as application/x-www-form-urlencoded")
         pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     xml = await run_in_threadpool(_answer, hub, pairs)
     return Response(xml, media_type="text/xml; charset=utf-8")
 
 
-# A plain route (not a page form, not in the OpenAPI document): protocol errors are OAI-PMH's own.
-router.add_route("/oai", oai_endpoint, methods=["GET", "POST"])
+class _ProtocolRoute(Route):
+    """A plain route (not a page form, not in the OpenAPI document: errors are OAI-PMH's own) that
+    still names itself to the request log and metrics, as FastAPI's routes do."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+router.routes.append(_ProtocolRoute("/oai", oai_endpoint, methods=["GET", "POST"]))
