@@ -33,6 +33,7 @@ from strongroom.catalog import oai, sitemaps
 from strongroom.catalog.models import CatalogEntry
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
+from strongroom.identity.models import User
 from strongroom.projects import service as projects
 from support.live import serving
 
@@ -433,3 +434,64 @@ def test_sickle_harvests_everything_through_resumption_tokens_from_a_live_server
             list(harvester.ListRecords(metadataPrefix="oai_dc", **{"from": "2099-01-01"}))
         with pytest.raises(BadResumptionToken):
             list(harvester.ListRecords(resumptionToken="forged.token"))
+
+
+# -- nothing private, in any format ------------------------------------------------------------------
+HARVESTABLE = ["/catalog.ttl", "/catalog.jsonld", "/catalog.rdf",
+               "/oai?verb=ListRecords&metadataPrefix=oai_dc", "/oai?verb=ListRecords&metadataPrefix=oai_datacite",
+               "/oai?verb=ListRecords&metadataPrefix=datacite", "/oai?verb=ListIdentifiers&metadataPrefix=oai_dc",
+               "/oai?verb=ListSets", "/sitemap.xml", "/sitemaps/site.xml", "/sitemaps/catalog-1.xml"]
+
+
+def test_unpublished_withdrawn_and_private_entries_never_appear_in_any_harvestable_format(world, hub, people,
+                                                                                        oai_schema):
+    c, h = world["client"], bearer(world["tokens"]["alice"])
+    tc.publish_entry(world, world["ds"], "open-ct", image=False, description=(
+        "Open chest CT. Technical questions go to helpdesk@imaging.example.net, which answers within two "
+        "working days, and a person's address must never be harvested from here."))
+    draft = tc.make_dataset(hub, world["alice"], "lung", "Secret draft MR")
+    r = c.put(f"/api/v1/datasets/{draft}/catalog", headers=h, json=tc.entry_body(
+        "draft-mr", title="Secret draft MR", data_owner="Hidden Owner Clinic", modalities=["MR"], doi="10.9999/secret-draft"))
+    assert r.status_code == 200, r.text
+    gone = publish(world, hub, "withdrawn-pet", title="Withdrawn PET", modalities=["PT"], data_owner="Gone Clinic")
+    withdraw(world, gone)
+    r = c.put(f"/api/v1/datasets/{gone}/catalog", headers=h, json=tc.entry_body(
+        "withdrawn-pet", title="Renamed while withdrawn", data_owner="Gone Clinic", modalities=["PT"]))
+    assert r.status_code == 200, r.text
+    no_entry = tc.make_dataset(hub, world["alice"], "lung", "No entry at all")
+    with transaction(hub.sessions) as s:  # later, a person takes the address the open entry mentions
+        s.execute(update(User).where(User.id == world["alice"].user.id).values(email="HelpDesk@imaging.example.net"))
+    secrets = ["Secret draft MR", "draft-mr", "Hidden", "10.9999/secret-draft", "Withdrawn PET", "Renamed while withdrawn",
+               "withdrawn-pet", "Gone Clinic", "modality:MR", "modality:PT", "No entry at all", draft, no_entry,
+               "helpdesk@imaging.example.net", "alice@example.org"]
+    for path in HARVESTABLE:
+        r = c.get(path)
+        assert r.status_code == 200, path
+        body = r.text.lower()
+        for secret in secrets:
+            assert secret.lower() not in body, f"{secret!r} appears in {path}"
+        if path in ("/catalog.ttl", "/catalog.jsonld", "/catalog.rdf", "/sitemaps/catalog-1.xml"):
+            assert "open-ct" in body, path  # the published entry is there
+        # the withdrawn dataset is named only as an OAI-PMH deleted record: its identifier, nothing else
+        if gone.lower() in body:
+            root = etree.fromstring(r.content)
+            headers = [e for e in root.iterfind(".//o:header", NS) if e.findtext("o:identifier", namespaces=NS)
+                       == identifier_of(gone)]
+            assert path.startswith("/oai") and len(headers) == 1 and headers[0].get("status") == "deleted", path
+            assert not [e for e in headers[0] if etree.QName(e).localname == "setSpec"]
+    for ext in ("ttl", "jsonld", "rdf"):
+        for slug in ("draft-mr", "withdrawn-pet", "no-such"):
+            assert c.get(f"/catalog/{slug}.{ext}").status_code == 404
+    for ds in (draft, no_entry, "SRD-0000000000"):
+        for prefix in ("oai_dc", "oai_datacite"):
+            root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(ds), metadataPrefix=prefix)
+            assert error_code(root) == "idDoesNotExist"
+        root = oai_xml(c, oai_schema, verb="ListMetadataFormats", identifier=identifier_of(ds))
+        assert error_code(root) == "idDoesNotExist"
+    root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(gone), metadataPrefix="oai_dc")
+    assert root.find(".//o:header", NS).get("status") == "deleted" and root.find(".//o:metadata", NS) is None
+    # republished: a live record again, with what is public now
+    assert c.post(f"/api/v1/datasets/{gone}/catalog/publish", headers=h).status_code == 200
+    root = oai_xml(c, oai_schema, verb="GetRecord", identifier=identifier_of(gone), metadataPrefix="oai_dc")
+    assert root.find(".//o:header", NS).get("status") is None
+    assert root.findtext(".//dc:title", namespaces=NS) == "Renamed while withdrawn"

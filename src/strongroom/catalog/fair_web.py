@@ -10,8 +10,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
 
 from ..deps import Db, HubDep
 from ..errors import Invalid, NotFound
@@ -80,6 +79,7 @@ def _answer(hub: Hub, pairs: list[tuple[str, str]]) -> bytes:
 
 async def oai_endpoint(request: Request) -> Response:
     """GET with a query string or POST with an urlencoded body, as the protocol allows."""
+    request.scope["route"] = OAI_ROUTE  # names the route to the request log and metrics, as FastAPI's do
     hub: Hub = request.app.state.hub
     pairs = parse_qsl(request.url.query, keep_blank_values=True)
     if request.method == "POST":
@@ -94,15 +94,6 @@ async def oai_endpoint(request: Request) -> Response:
     return Response(xml, media_type="text/xml; charset=utf-8")
 
 
-class _ProtocolRoute(Route):
-    """A plain route (not a page form, not in the OpenAPI document: errors are OAI-PMH's own) that
-    still names itself to the request log and metrics, as FastAPI's routes do."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
-
-router.routes.append(_ProtocolRoute("/oai", oai_endpoint, methods=["GET", "POST"]))
+# A plain route (not a page form, not in the OpenAPI document): errors are OAI-PMH's own.
+OAI_ROUTE = Route("/oai", oai_endpoint, methods=["GET", "POST"])
+router.routes.append(OAI_ROUTE)
