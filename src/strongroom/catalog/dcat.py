@@ -204,7 +204,7 @@ def add_dataset(g: Graph, d: DatasetFacts) -> URIRef:
 
 def _identifiers(g: Graph, node: URIRef, d: DatasetFacts) -> None:
     g.add((node, DCTERMS.identifier, Literal(f"https://doi.org/{d.doi}" if d.doi else d.landing)))
-    ids = [(d.accession, None, "accession")]
+    ids: list[tuple[str, str | None, str]] = [(d.accession, None, "accession")]
     if d.doi:
         ids.insert(0, (d.doi, "https://doi.org/" + d.doi, "DOI"))
     for notation, iri, kind in ids:
@@ -226,10 +226,11 @@ def _distribution(g: Graph, d: DatasetFacts, v: VersionFacts) -> URIRef:
     node = URIRef(f"{d.landing}#version-{v.number}")
     g.add((node, RDF.type, DCAT.Distribution))
     g.add((node, DCTERMS.title, _en(f"Version {v.number}" + (" (deprecated)" if v.deprecated else ""))))
-    kinds = ", ".join(dict.fromkeys(FORMATS[s][0] for s in v.suffixes if s in FORMATS))
+    named = ", ".join(dict.fromkeys(FORMATS[s][0] for s in v.suffixes if s in FORMATS))
+    files = f"{v.file_count} files" + (f" ({named})" if named else "")
     g.add((node, DCTERMS.description, _en(
-        f"{v.file_count} files" + (f" ({kinds})" if kinds else "") + ", kept encrypted (crypt4gh) in the hub's archive and released only to approved "
-        "applicants, re-encrypted to their own key. Apply from the landing page; there is no public download.")))
+        f"{files}, kept encrypted (crypt4gh) in the hub's archive and released only to approved applicants, "
+        "re-encrypted to their own key. Apply from the landing page; there is no public download.")))
     # The access URL is the landing page (apply there); a data URL is never published.
     g.add((node, DCAT.accessURL, URIRef(d.landing)))
     g.add((node, DCAT.byteSize, Literal(v.byte_size, datatype=XSD.nonNegativeInteger)))
@@ -246,12 +247,12 @@ def _distribution(g: Graph, d: DatasetFacts, v: VersionFacts) -> URIRef:
         g.add((node, DCTERMS.issued, _stamp(v.released_at)))
     kinds = list(dict.fromkeys(FORMATS[s] for s in v.suffixes if s in FORMATS))
     if len(kinds) == 1:  # DCAT-AP: at most one media type and one format per distribution
-        media, code = kinds[0]
+        media, file_type = kinds[0]
         media_iri = URIRef(IANA + media)
         g.add((node, DCAT.mediaType, media_iri))
         g.add((media_iri, RDF.type, DCTERMS.MediaType))
-        if code:
-            g.add((node, DCTERMS.format, _concept(g, URIRef(f"{FILE_TYPE}/{code}"), FILE_TYPE, code,
+        if file_type:
+            g.add((node, DCTERMS.format, _concept(g, URIRef(f"{FILE_TYPE}/{file_type}"), FILE_TYPE, file_type,
                                                   kind=DCTERMS.MediaTypeOrExtent)))
     return node
 

@@ -102,7 +102,7 @@ class CatalogRepository:
     def identifier(self, entry: CatalogEntry) -> str:
         return f"oai:{self.namespace}:{entry.dataset_id}"
 
-    def _visible(self) -> Select[tuple[CatalogEntry]]:
+    def _visible(self) -> Select[CatalogEntry]:
         return select(CatalogEntry).where(or_(CatalogEntry.published.is_(True), WITHDRAWN))
 
     def earliest(self) -> dt.datetime:
@@ -120,7 +120,7 @@ class CatalogRepository:
             found[owner_spec(entry.data_owner)] = f"Data owner: {entry.data_owner}"
         return sorted(found.items())
 
-    def _filtered(self, q: oai.Query) -> Select[tuple[CatalogEntry]]:
+    def _filtered(self, q: oai.Query) -> Select[CatalogEntry]:
         stmt = self._visible().where(CatalogEntry.updated_at < q.before)
         if q.since is not None:
             stmt = stmt.where(CatalogEntry.updated_at >= q.since)

@@ -26,7 +26,7 @@ def _published_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(CatalogEntry).where(CatalogEntry.published.is_(True))) or 0
 
 
-def _with_images(session: Session) -> Select[tuple[int]]:
+def _with_images(session: Session) -> Select[int]:
     """Published entries that have sample images, by id."""
     return (select(CatalogEntry.id).where(CatalogEntry.published.is_(True),
                                           CatalogEntry.id.in_(select(CatalogImage.entry_id)))
