@@ -28,7 +28,7 @@ from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
 from strongroom.archive.models import DatasetVersion
 from strongroom.audit.service import Actor
-from strongroom.catalog import dcat, oai
+from strongroom.catalog import dcat, fair, oai
 from strongroom.catalog.models import CatalogEntry
 from strongroom.db import transaction
 from strongroom.identity.models import User
@@ -299,6 +299,25 @@ def test_oai_identify_formats_sets_and_records(world, hub, oai_schema):
             .iterfind(".//o:identifier", NS)] == [identifier_of(with_doi), identifier_of(without)]
 
 
+def test_oai_identifiers_use_the_hub_domain_and_identify_describes_the_scheme(world, hub, oai_schema):
+    tc.publish_entry(world, world["ds"], "chest-ct", image=False)
+    tokens = oai.Tokens(hub.secret)
+    with hub.sessions() as s:
+        repo = fair.CatalogRepository(s, base_url="https://hub.example.org/", site_name="Example Hub")
+        root = etree.fromstring(oai.handle(repo, tokens, [("verb", "Identify")]))
+        oai_schema.assertValid(root)
+        assert root.findtext(".//o:baseURL", namespaces=NS) == "https://hub.example.org/oai"
+        assert root.findtext(".//o:adminEmail", namespaces=NS) == "catalogue@hub.example.org"
+        scheme = {"i": oai.IDENTIFIER_NS}
+        assert root.findtext(".//i:oai-identifier/i:repositoryIdentifier", namespaces=scheme) == "hub.example.org"
+        record = etree.fromstring(oai.handle(repo, tokens, [
+            ("verb", "GetRecord"), ("metadataPrefix", "oai_dc"), ("identifier", f"oai:hub.example.org:{world['ds']}")]))
+        assert record.findtext(".//dc:identifier[2]", namespaces=NS) == "https://hub.example.org/catalog/chest-ct"
+    # on a loopback address (no domain name) the scheme description is left out, as it must be
+    root = oai_xml(world["client"], oai_schema, verb="Identify")
+    assert root.find(".//o:description", NS) is None
+
+
 def test_oai_datestamps_select_by_from_and_until_at_seconds(world, hub, oai_schema):
     c = world["client"]
     a, b, d = (publish(world, hub, slug) for slug in ("day-one", "day-two", "day-three"))
@@ -349,6 +368,7 @@ ERRORS = [
     ({"verb": "ListRecords", "metadataPrefix": "oai_dc", "set": "modality:XA"}, "noRecordsMatch"),
     ({"verb": "ListIdentifiers", "metadataPrefix": "oai_dc", "from": "2099-01-01"}, "noRecordsMatch"),
     ({"verb": "ListRecords", "resumptionToken": "forged.token"}, "badResumptionToken"),
+    ({"verb": "ListSets", "resumptionToken": "forged.token"}, "badResumptionToken"),
 ]
 
 

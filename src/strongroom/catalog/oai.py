@@ -55,6 +55,7 @@ VERBS = {
 SET_SPEC = re.compile(r"[A-Za-z0-9\-_.!~*'()]+(:[A-Za-z0-9\-_.!~*'()]+)*")
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 SECOND = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+DOMAIN = re.compile(r"[a-zA-Z][a-zA-Z0-9\-]*(\.[a-zA-Z][a-zA-Z0-9\-]*)+")
 
 
 class OaiError(Exception):
@@ -207,6 +208,8 @@ def handle(repo: Repository, tokens: Tokens, pairs: Sequence[tuple[str, str]], *
         elif verb == "ListMetadataFormats":
             _list_formats(repo, body, args.get("identifier"))
         elif verb == "ListSets":
+            if "resumptionToken" in args:  # every set fits in one response: no token was ever issued
+                raise OaiError("badResumptionToken", "this repository issues no resumption tokens for ListSets")
             _list_sets(repo, body)
         elif verb == "GetRecord":
             _get_record(repo, body, args["identifier"], args["metadataPrefix"])
@@ -252,6 +255,8 @@ def _identify(repo: Repository, body: etree._Element) -> None:
     _e(body, "earliestDatestamp", stamp(repo.earliest()))
     _e(body, "deletedRecord", "transient")
     _e(body, "granularity", "YYYY-MM-DDThh:mm:ssZ")
+    if not DOMAIN.fullmatch(repo.namespace):  # the oai-identifier scheme needs a domain name
+        return
     desc = _e(body, "description")
     ident = etree.SubElement(desc, f"{{{IDENTIFIER_NS}}}oai-identifier", nsmap={None: IDENTIFIER_NS})
     ident.set(f"{{{XSI}}}schemaLocation", f"{IDENTIFIER_NS} http://www.openarchives.org/OAI/2.0/oai-identifier.xsd")
