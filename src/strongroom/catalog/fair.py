@@ -24,6 +24,7 @@ from . import oai
 from .dcat import FORMATS, CatalogFacts, DatasetFacts, VersionFacts
 from .landing import landing_view
 from .models import CatalogEntry
+from .vocab import MODALITIES
 
 WITHDRAWN = and_(CatalogEntry.published.is_(False), CatalogEntry.published_at.is_not(None))
 
@@ -112,8 +113,6 @@ class CatalogRepository:
 
     def sets(self) -> list[tuple[str, str]]:
         found: dict[str, str] = {}
-        from .vocab import MODALITIES
-
         for entry in published_entries(self.session):
             for m in entry.modalities:
                 found[f"modality:{m}"] = f"Modality: {MODALITIES.get(m, m)}"
