@@ -241,7 +241,7 @@ def test_unpublished_entries_are_404_everywhere_public(world):
                      "/catalog/hidden-ct/card.png"):
             assert public.get(path).status_code == 404, path
         assert "hidden-ct" not in public.get("/catalog").text
-        assert "hidden-ct" not in public.get("/sitemap.xml").text
+        assert not any("hidden-ct" in text for text in sitemap_texts(public))
         assert public.get("/api/v1/catalog").json()["total"] == 0
 
     hidden()  # unpublished by default
@@ -495,38 +495,59 @@ def test_catalogue_pages(world, hub, monkeypatch):
 NS = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9", "i": "http://www.google.com/schemas/sitemap-image/1.1"}
 
 
-def test_sitemap_switches_to_an_index_when_large(world, hub, monkeypatch):
+def sitemap_texts(c: TestClient) -> list[str]:
+    """The sitemap index and every child it lists, as a crawler reads them."""
+    index = c.get("/sitemap.xml")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("application/xml")
+    children = [e.text for e in ET.fromstring(index.content).iterfind("s:sitemap/s:loc", NS)]
+    texts = [index.text]
+    for child in children:
+        r = c.get(path_of(child))
+        assert r.status_code == 200, child
+        texts.append(r.text)
+    return texts
+
+
+def test_sitemap_index_lists_landing_pages_and_image_sitemaps(world, hub, monkeypatch):
     c = anon(world)
     publish_entry(world, world["ds"], "first-ct")
-    root = ET.fromstring(c.get("/sitemap.xml").content)
-    assert root.tag == f"{{{NS['s']}}}urlset"
-    locs = [u.findtext("s:loc", namespaces=NS) for u in root.findall("s:url", NS)]
-    assert locs == [f"{BASE}/catalog", f"{BASE}/catalog/first-ct"]
-    url = root.findall("s:url", NS)[1]
-    assert url.findtext("s:lastmod", namespaces=NS) == TODAY
-    assert url.findtext("i:image/i:loc", namespaces=NS) == f"{BASE}/catalog/first-ct/images/1.png"
-
-    monkeypatch.setattr(sitemaps, "SITEMAP_MAX_URLS", 2)
-    for n in range(2, 5):
-        publish_entry(world, make_dataset(hub, world["alice"], "lung", f"Set {n}"), f"set-{n}-ct", image=False)
-    r = c.get("/sitemap.xml")
-    assert r.headers["content-type"].startswith("application/xml")
-    index = ET.fromstring(r.content)
+    index = ET.fromstring(c.get("/sitemap.xml").content)
     assert index.tag == f"{{{NS['s']}}}sitemapindex"
     children = [s.findtext("s:loc", namespaces=NS) for s in index.findall("s:sitemap", NS)]
     assert children == [f"{BASE}/sitemaps/site.xml", f"{BASE}/sitemaps/catalog-1.xml",
-                        f"{BASE}/sitemaps/catalog-2.xml"]
-    seen = []
+                        f"{BASE}/sitemaps/images-1.xml"]
+    assert {s.findtext("s:lastmod", namespaces=NS) for s in index.findall("s:sitemap", NS)} == {TODAY}
+    pages = ET.fromstring(c.get("/sitemaps/catalog-1.xml").content)
+    [url] = pages.findall("s:url", NS)
+    assert url.findtext("s:loc", namespaces=NS) == f"{BASE}/catalog/first-ct"
+    assert url.findtext("s:lastmod", namespaces=NS) == TODAY
+    images = ET.fromstring(c.get("/sitemaps/images-1.xml").content)
+    [url] = images.findall("s:url", NS)
+    assert url.findtext("s:loc", namespaces=NS) == f"{BASE}/catalog/first-ct"
+    [pic] = url.findall("i:image/i:loc", NS)
+    assert pic.text == f"{BASE}/catalog/first-ct/images/1.png"
+    assert c.get(path_of(pic.text)).headers["content-type"] == "image/png"
+
+    monkeypatch.setattr(sitemaps, "SITEMAP_MAX_URLS", 2)
+    for n in range(2, 5):
+        publish_entry(world, make_dataset(hub, world["alice"], "lung", f"Set {n}"), f"set-{n}-ct", image=n == 4)
+    index = ET.fromstring(c.get("/sitemap.xml").content)
+    children = [s.findtext("s:loc", namespaces=NS) for s in index.findall("s:sitemap", NS)]
+    assert children == [f"{BASE}/sitemaps/site.xml", f"{BASE}/sitemaps/catalog-1.xml",
+                        f"{BASE}/sitemaps/catalog-2.xml", f"{BASE}/sitemaps/images-1.xml"]
+    seen, pictured = [], []
     for child in children:
         got = c.get(path_of(child))
         assert got.status_code == 200
-        urls = [u.findtext("s:loc", namespaces=NS) for u in ET.fromstring(got.content).findall("s:url", NS)]
+        urls = ET.fromstring(got.content).findall("s:url", NS)
         assert 0 < len(urls) <= 2
-        seen += urls
+        target = pictured if "/images-" in child else seen
+        target += [u.findtext("s:loc", namespaces=NS) for u in urls]
     assert sorted(seen) == sorted([f"{BASE}/catalog"] + [f"{BASE}/catalog/{s}" for s in
                                                          ("first-ct", "set-2-ct", "set-3-ct", "set-4-ct")])
-    assert c.get("/sitemaps/catalog-3.xml").status_code == 404
-    assert c.get("/sitemaps/other.xml").status_code == 404
+    assert pictured == [f"{BASE}/catalog/first-ct", f"{BASE}/catalog/set-4-ct"]
+    for missing in ("catalog-3", "images-2", "images-0", "other"):
+        assert c.get(f"/sitemaps/{missing}.xml").status_code == 404
     # every URL in the sitemaps is a working landing page with valid markup
     with hub.sessions() as s:
         ids = {e.slug: e.dataset_id for e in s.scalars(select(CatalogEntry))}
@@ -564,9 +585,12 @@ def test_no_private_email_on_any_public_page(world, hub, people):
         emails = [e.lower() for e in s.scalars(select(User.email)) if e]
     assert len(emails) >= 4
     pages = ["/catalog", "/catalog?q=chest", "/catalog?modality=CT&organ=lung", "/robots.txt", "/sitemap.xml",
-             "/api/v1/catalog", "/api/v1/catalog?q=ct"]
+             "/sitemaps/site.xml", "/sitemaps/catalog-1.xml", "/sitemaps/images-1.xml", "/api/v1/catalog",
+             "/api/v1/catalog?q=ct", "/catalog.ttl", "/catalog.jsonld", "/catalog.rdf",
+             "/oai?verb=ListRecords&metadataPrefix=oai_dc", "/oai?verb=ListRecords&metadataPrefix=oai_datacite",
+             "/oai?verb=ListSets"]
     for slug in ("chest-ct", "second-ct"):
-        pages += [f"/catalog/{slug}", f"/catalog/{slug}/terms"]
+        pages += [f"/catalog/{slug}", f"/catalog/{slug}/terms", f"/catalog/{slug}.ttl", f"/catalog/{slug}.jsonld"]
     for path in pages:
         r = c.get(path)
         assert r.status_code == 200, path
@@ -602,7 +626,7 @@ def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):
     assert len(d["image"]) == 3
     html = c.get("/catalog/synthetic-chest-ct-demo").text
     assert f'href="/apply/{dataset_id}"' in html
-    assert "/catalog/synthetic-chest-ct-demo" in c.get("/sitemap.xml").text
+    assert any("/catalog/synthetic-chest-ct-demo" in text for text in sitemap_texts(c))
     assert "Synthetic chest CT" in c.get("/catalog", params={"q": "synthetic"}).text
     seed_demo(hub)  # again: nothing new
     with hub.sessions() as s:

@@ -121,10 +121,10 @@ def _withdrawn_entry_is_gone_from_the_public_catalogue(world) -> None:
         assert (gone.status_code, gone.text.replace("withdrawn-pet", "{slug}")) == \
             (made_up.status_code, made_up.text.replace("no-such-slug", "{slug}")), suffix
         assert gone.status_code == 404, suffix
-    for url in ("/sitemap.xml", "/catalog", "/api/v1/catalog"):
+    for url in ("/sitemap.xml", "/sitemaps/catalog-1.xml", "/catalog", "/api/v1/catalog", "/catalog.ttl"):
         text = anon.get(url).text
         assert "withdrawn-pet" not in text and TITLES["withdrawn"] not in text, url
-    assert "open-ct" in anon.get("/sitemap.xml").text  # the published one is there
+    assert "open-ct" in anon.get("/sitemaps/catalog-1.xml").text  # the published one is there
 
 
 def test_published_dataset_and_own_project_still_work(world) -> None:

@@ -1,4 +1,4 @@
-"""Public dataset catalogue: landing pages, search, JSON-LD, sitemaps."""
+"""Public dataset catalogue: landing pages, search, JSON-LD, sitemaps, DCAT-AP and OAI-PMH."""
 
 from __future__ import annotations
 
@@ -14,4 +14,6 @@ def includeme(config: Config) -> None:
     config.add_models("strongroom.catalog.models")
     # Last: its public pages (/catalog/…, /sitemap.xml, /robots.txt) come after everything else.
     config.add_api_router("strongroom.catalog.api:router", stage=Stage.LAST)
+    # Before the landing pages: /catalog/{slug} would otherwise take /catalog/{slug}.ttl.
+    config.add_web_router("strongroom.catalog.fair_web:router", stage=Stage.LAST)
     config.add_web_router("strongroom.catalog.web:router", stage=Stage.LAST)
