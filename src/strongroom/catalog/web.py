@@ -71,7 +71,10 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
     entry = landing_pages.public_entry(db, slug)
     _show_viewer_if_logged_in(request, db)
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
+    response = templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
+    for listener in landing_pages.VIEW_LISTENERS:
+        listener(request, response, entry.dataset_id)
+    return response
 
 
 @router.get("/catalog/{slug}/terms")
