@@ -129,7 +129,7 @@ def test_the_page_shows_the_headline_figures_and_svg_charts(anon, scenario):
     assert tiles["external_sharing_events"] == "10" and tiles["bytes"] == "8.0 MB"
     for chart in ("datasets", "applications", "downloads", "views", "modalities", "organs", "countries"):
         assert f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="chart-{chart}"' in html
-    assert html.count('class="bar"') > 10 and 'class="suppressed"' in html and 'class="line"' in html
+    assert html.count('class="chart-bar"') > 10 and 'class="chart-suppressed"' in html and 'class="chart-line"' in html
     assert ">Germany <code>DE</code></span> <span class=\"count\" data-figure=\"country.approved\">8<" in html
     # nothing the hub's CSP would block: no inline style, no script, nothing from another host
     assert "style=" not in html and "<script" not in html.replace('<script type="application/ld+json">', "")

@@ -58,8 +58,8 @@ def _grid(top_value: float, left: int, right: int, top: int, plot_h: int) -> lis
 def _bar(x: float, y: float, w: float, h: float, value: Count, colour: str = BAR) -> str:
     if isinstance(value, str):  # suppressed: an outline up to the threshold
         return (f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="none" stroke="{colour}" '
-                f'stroke-dasharray="3 2" class="suppressed"/>')
-    return f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colour}" class="bar"/>'
+                f'stroke-dasharray="3 2" class="chart-suppressed"/>')
+    return f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{colour}" class="chart-bar"/>'
 
 
 def columns(chart_id: str, title: str, points: list[tuple[str, Count]], *, unit: str = "") -> str:
@@ -72,11 +72,11 @@ def columns(chart_id: str, title: str, points: list[tuple[str, Count]], *, unit:
             f"{max(points, key=lambda p: _value(p[1]))[0]}; {total:,} {unit} in months with five or more."
             if points else "No data yet.")
     out = _open(chart_id, title, desc, height)
-    out.append(f'<g {FONT} font-size="11" fill="{INK}">')
+    out.append(f'<g {FONT} font-size="13" fill="{INK}">')
     out.extend(_grid(top_value, left, right, top, plot_h))
     if points:
         slot = plot_w / len(points)
-        width = max(1.0, slot * 0.7)
+        width = min(48.0, max(1.0, slot * 0.7))
         every = max(1, len(points) // 8)
         for i, (label, v) in enumerate(points):
             h = plot_h * _value(v) / top_value
@@ -101,7 +101,7 @@ def line(chart_id: str, title: str, points: list[tuple[str, int]], *, unit: str 
     desc = (f"From {points[0][1]:,} {unit} in {points[0][0]} to {points[-1][1]:,} in {points[-1][0]}."
             if points else "No data yet.")
     out = _open(chart_id, title, desc, height)
-    out.append(f'<g {FONT} font-size="11" fill="{INK}">')
+    out.append(f'<g {FONT} font-size="13" fill="{INK}">')
     out.extend(_grid(top_value, left, right, top, plot_h))
     if points:
         step = plot_w / max(1, len(points) - 1)
@@ -109,12 +109,13 @@ def line(chart_id: str, title: str, points: list[tuple[str, int]], *, unit: str 
               for i, (_, v) in enumerate(points)]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         out.append(f'<polygon points="{xy[0][0]:.1f},{top + plot_h} {path} {xy[-1][0]:.1f},{top + plot_h}" '
-                   f'fill="{LIGHT}" class="area"/>')
-        out.append(f'<polyline points="{path}" fill="none" stroke="{BAR}" stroke-width="2" class="line"/>')
+                   f'fill="{LIGHT}" class="chart-area"/>')
+        out.append(f'<polyline points="{path}" fill="none" stroke="{BAR}" stroke-width="2" class="chart-line"/>')
         every = max(1, len(points) // 8)
         for i, (label, _) in enumerate(points):
             if i % every == 0 or i == len(points) - 1:
-                out.append(f'<text x="{xy[i][0]:.1f}" y="{height - bottom + 16}" text-anchor="middle">'
+                anchor = "start" if i == 0 else "end" if i == len(points) - 1 else "middle"  # inside the frame
+                out.append(f'<text x="{xy[i][0]:.1f}" y="{height - bottom + 16}" text-anchor="{anchor}">'
                            f'{escape(label)}</text>')
     else:
         out.append(f'<text x="{WIDTH / 2}" y="{top + plot_h / 2}" text-anchor="middle">No data yet</text>')
@@ -124,21 +125,22 @@ def line(chart_id: str, title: str, points: list[tuple[str, int]], *, unit: str 
 
 def bars(chart_id: str, title: str, items: list[tuple[str, Count]], *, unit: str = "") -> str:
     """Horizontal bars, one per item, in the order given (``items``: (label, value))."""
-    row, left, right, top = 22, 150, 70, 8
+    row, left, right, top = 26, 250, 70, 8
     height = top * 2 + row * max(1, len(items))
     plot_w = WIDTH - left - right
     top_value = _nice_max(max((_value(v) for _, v in items), default=0))
     desc = ("; ".join(f"{label}: {v} {unit}".strip() for label, v in items[:12])
             + ("; …" if len(items) > 12 else "")) if items else "No data yet."
     out = _open(chart_id, title, desc, height)
-    out.append(f'<g {FONT} font-size="12" fill="{INK}">')
+    out.append(f'<g {FONT} font-size="14" fill="{INK}">')
     for i, (label, v) in enumerate(items):
         y = top + i * row
         w = plot_w * _value(v) / top_value
-        out.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{escape(label[:24])}</text>')
+        short = label if len(label) <= 30 else label[:29] + "…"
+        out.append(f'<text x="{left - 8}" y="{y + 18}" text-anchor="end">{escape(short)}</text>')
         out.append(_bar(left, y + 3, w, row - 6, v))
         text = v if isinstance(v, str) else f"{v:,}"
-        out.append(f'<text x="{left + w + 6:.1f}" y="{y + 15}">{escape(text)}</text>')
+        out.append(f'<text x="{left + w + 6:.1f}" y="{y + 18}">{escape(text)}</text>')
     if not items:
         out.append(f'<text x="{WIDTH / 2}" y="{top + 14}" text-anchor="middle">No data yet</text>')
     out.append("</g></svg>")

@@ -28,9 +28,9 @@ def _charts(m: MetricsOut) -> dict[str, str]:
                                     [(x.month, x.downloads) for x in months], unit="downloads"),
         "views": charts.columns("chart-views", "Landing-page views per month",
                                 [(x.month, x.views) for x in months], unit="views"),
-        "modalities": charts.bars("chart-modalities", "Scans by modality",
-                                  [(f"{r.modality} · {r.name}", r.scans if r.scans else r.instances)
-                                   for r in m.by_modality], unit="scans"),
+        "modalities": charts.bars("chart-modalities", "Scans by modality",  # image modalities: the others have none
+                                  [(f"{r.modality} · {r.name}", r.scans) for r in m.by_modality if r.scans],
+                                  unit="scans"),
         "organs": charts.bars("chart-organs", "Scans by body part",
                               [(r.organ.title(), r.scans) for r in m.by_organ], unit="scans"),
         "countries": charts.bars("chart-countries", "Approved applications by the applicant's country",
