@@ -1,5 +1,5 @@
-"""Metrics: landing-page views by day (stats_landing_views), today's hashed visitors and salt, and the
-affiliation country of users.
+"""Metrics: landing-page views by day (stats_landing_views), today's hashed visitors and salt, the
+affiliation country of users, and an index from archive files to their DICOM instances.
 
 Revision ID: 0014_metrics
 Revises: 0011_airlock
@@ -24,6 +24,8 @@ BIG = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("country", sa.String(length=2), nullable=True))
+    with op.batch_alter_table("imaging_instances", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_imaging_instances_file_id"), ["file_id"], unique=False)
 
     op.create_table(
         "stats_landing_views",
@@ -62,5 +64,7 @@ def downgrade() -> None:
     with op.batch_alter_table("stats_landing_views", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_stats_landing_views_dataset_id"))
     op.drop_table("stats_landing_views")
+    with op.batch_alter_table("imaging_instances", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_imaging_instances_file_id"))
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_column("country")
