@@ -82,3 +82,7 @@ content_removed_at  # airlock: set by the sweep, shown on the request page (Jinj
 dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)
+
+# -- stats: figures the JSON, CSV and page read by name (getattr / model_fields), and the view hook ---------
+countries_shared_with, external_sharing_events, datasets_published, generated_at, definitions  # stats/api.py, service.py
+count_landing_view  # stats/views.py: declared as a catalogue hook in stats' includeme

@@ -156,6 +156,10 @@ def _token_revoke(w: World, ok: bool):
     return post(w.c("pia"), f"/account/tokens/{prefix if ok else 'nope'}/revoke")
 
 
+def _country(w: World, ok: bool):
+    return post(w.c("pia"), "/account/country", {"country": "SE" if ok else "Sweden"})
+
+
 def _recovery(w: World, ok: bool):
     return post(w.c("pia"), "/account/recovery-codes", csrf=ok)
 
@@ -408,6 +412,7 @@ CASES: dict[str, Case] = {
     "/account/tokens": _token,
     "/account/tokens/{prefix}/revoke": _token_revoke,
     "/account/recovery-codes": _recovery,
+    "/account/country": _country,
     "/account/password": _password,
     "/projects": _create_project,
     "/projects/{slug}/members": _add_member,

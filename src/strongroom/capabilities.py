@@ -41,6 +41,7 @@ CAPABILITIES = [
     "strongroom.notify",
     "strongroom.strategies",
     "strongroom.airlock",
+    "strongroom.stats",
     "strongroom.catalog",
 ]
 

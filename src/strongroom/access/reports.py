@@ -21,7 +21,10 @@ from .models import Application, Entitlement
 
 
 def _country(user: User | None) -> str:
-    """Best guess from the home organisation's domain (e-mail or scoped affiliation)."""
+    """The country the user gave on their profile, else a guess from the home organisation's domain
+    (e-mail or scoped affiliation)."""
+    if user is not None and user.country:
+        return user.country
     for value in (user.affiliation if user else None, user.email if user else None):
         if value and "@" in value:
             tld = value.rsplit(".", 1)[-1].strip().lower()

@@ -4,6 +4,7 @@ person's e-mail address) and the schema.org Dataset JSON-LD that search engines 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,10 @@ from .models import CatalogEntry, CatalogImage
 from .privacy import scrubber
 from .search import snippet
 from .vocab import DUO, MODALITIES, NO_METHODS, duo_url
+
+# ``listener(request, response, dataset_id)`` for every landing page served (stats counts views):
+# added by other capabilities with ``config.add_hook(VIEW_LISTENERS, …)``.
+VIEW_LISTENERS: list[Callable[[Any, Any, str], None]] = []
 
 
 def public_entry(session: Session, slug: str) -> CatalogEntry:

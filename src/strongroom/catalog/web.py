@@ -124,6 +124,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
             "v": view, "preview": False, "links": links, "downloads": citations.downloads(view),
             "apa": citations.formatted(citable.item)})
         page.headers.update(headers)
+        for listener in landing_pages.VIEW_LISTENERS:  # only the page itself counts as a view
+            listener(request, page, view.entry.dataset_id)
         return page
     style = chosen.param_map.get("style", citations.DEFAULT_STYLE)
     headers["Content-Location"] = f"/catalog/{view.entry.slug}/cite.{renderer.extension}" + (

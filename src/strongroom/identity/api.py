@@ -29,6 +29,7 @@ class UserOut(Out):
     display_name: str
     email: str | None
     affiliation: str | None
+    country: str | None = Field(description="ISO 3166-1 alpha-2 of the home organisation, as the user gave it")
     is_admin: bool
     is_active: bool
 
@@ -62,6 +63,16 @@ class NewLocalUser(Body):
 def me(principal: AnyScope) -> MeOut:
     return MeOut(**UserOut.model_validate(principal.user).model_dump(), scopes=sorted(principal.scopes),
                  mfa=principal.has_mfa, via=principal.via)
+
+
+class ProfileChange(Body):
+    country: str | None = Field(max_length=2, description="ISO 3166-1 alpha-2 of your home organisation; "
+                                "null clears it")
+
+
+@router.patch("/me", response_model=UserOut, summary="Change my profile: the country of my home organisation")
+def change_me(db: Db, principal: AnyScope, body: ProfileChange) -> UserOut:
+    return UserOut.model_validate(service.set_country(db, principal, body.country))
 
 
 @router.get("/tokens", response_model=list[TokenOut], summary="My API tokens (never their secrets)")

@@ -23,6 +23,8 @@ class User(IdMixin, CreatedMixin, Base):
     display_name: Mapped[str]
     email: Mapped[str | None] = mapped_column(index=True)
     affiliation: Mapped[str | None]
+    # ISO 3166-1 alpha-2 of the home organisation, as the user gave it: the hub's "countries shared with".
+    country: Mapped[str | None] = mapped_column(String(2))
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)
     last_login_at: Mapped[dt.datetime | None]

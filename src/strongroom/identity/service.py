@@ -106,6 +106,25 @@ def create_local_user(
     return user
 
 
+def set_country(session: Session, principal: Principal, country: str | None) -> User:
+    """The country of the user's home organisation (ISO 3166-1 alpha-2), as they give it: it is what the
+    hub's "countries shared with" counts. Empty clears it."""
+    import pycountry
+
+    code = (country or "").strip().upper() or None
+    if code is not None and (len(code) != 2 or pycountry.countries.get(alpha_2=code) is None):
+        raise Invalid("choose a country from the list (an ISO 3166-1 two-letter code)")
+    user = session.get(User, principal.user.id)
+    if user is None:
+        raise NotFound("no such user")
+    if user.country != code:
+        audit.record(session, principal.actor, "user.country_changed", subject_user_id=user.id,
+                     target=user.subject, details={"from": user.country, "to": code})
+        user.country = code
+        session.flush()
+    return user
+
+
 def upsert_federated_user(
     session: Session, *, issuer: str, subject: str, display_name: str, email: str | None,
     affiliation: str | None,

@@ -305,12 +305,31 @@ def _account_context(db: Db, principal: WebPrincipal) -> dict[str, object]:
         "password_error": None,
         "password_changed": False,
         "min_password_length": MIN_PASSWORD_LENGTH,
+        "countries": _countries(),
     }
+
+
+def _countries() -> list[tuple[str, str]]:
+    import pycountry
+
+    return sorted(((str(c.alpha_2), str(getattr(c, "common_name", None) or c.name)) for c in pycountry.countries),
+                  key=lambda pair: pair[1])
 
 
 @router.get("/account")
 def account_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
     return templates.TemplateResponse(request, "account.html", _account_context(db, principal))
+
+
+@router.post("/account/country", dependencies=[CsrfChecked])
+def set_country(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal) -> Response:
+    try:
+        user = service.set_country(db, principal, str(posted.form.get("country", "")))
+    except Invalid as exc:
+        ctx = _account_context(db, principal) | {"error": exc.detail}
+        return templates.TemplateResponse(request, "account.html", ctx, status_code=422)
+    return redirect_with(request, "/account", f"Country saved: {user.country}." if user.country
+                         else "Country cleared.")
 
 
 @router.post("/account/tokens", dependencies=[CsrfChecked])

@@ -1,0 +1,157 @@
+"""The rules behind the published figures (pure: no web or database imports): which DICOM modalities are
+pathology, radiology or annotations, which files are annotation files, a person's country and
+organisation, decision-time percentiles, and the small-count rule.
+
+Small counts: a count of people or of their actions (applications, decisions, downloads, downloaders,
+sharing events, a country's approvals) between 1 and 4 could point at one person, so every output
+shows it as ``"< 5"`` (``shown``). Zero stays 0: nobody is pointed at by it. The number of countries
+is exact: the countries are named in the list anyway, and only their counts could point at someone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import pycountry
+
+from ..catalog.vocab import MODALITIES
+
+SMALL = 5
+SUPPRESSED: Literal["< 5"] = "< 5"
+Count = int | Literal["< 5"]
+
+# Whole-slide microscopy is pathology; these modalities are not images but objects about images
+# (segmentations, structured reports, RT structure sets, annotations, key objects, presentation states,
+# registrations, documents): annotations are counted from the first four, the rest are neither.
+PATHOLOGY = frozenset({"SM"})
+ANNOTATION_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "ANN"})
+NOT_IMAGES = ANNOTATION_MODALITIES | frozenset({"KO", "PR", "REG", "DOC", "RWV", "PLAN", "RTPLAN", "RTRECORD"})
+# A non-DICOM file is an annotation file by its name: these endings, or any folder of these names.
+ANNOTATION_SUFFIXES = (".geojson", ".seg.nrrd", ".seg.nii", ".seg.nii.gz", ".annotations.json", ".xml.ann")
+ANNOTATION_FOLDERS = ("annotations", "labels", "segmentations", "masks")
+
+
+_MORE_MODALITIES = {"SR": "Structured report", "RTSTRUCT": "RT structure set", "ANN": "Annotation",
+                    "KO": "Key object selection", "PR": "Presentation state"}
+
+
+def modality_name(code: str) -> str:
+    return MODALITIES.get(code) or _MORE_MODALITIES.get(code) or code
+
+
+def shown(n: int) -> Count:
+    """A count of people or their actions as it may be published."""
+    return SUPPRESSED if 0 < n < SMALL else n
+
+
+def shown_bytes(n: int, events: int) -> int | None:
+    """Bytes of `events` downloads: withheld with the count when the count is small."""
+    return None if 0 < events < SMALL else n
+
+
+def is_image(modality: str) -> bool:
+    return bool(modality) and modality not in NOT_IMAGES
+
+
+def is_pathology(modality: str) -> bool:
+    return modality in PATHOLOGY
+
+
+def is_radiology(modality: str) -> bool:
+    return is_image(modality) and modality not in PATHOLOGY
+
+
+def country_code(value: str | None) -> str | None:
+    """An ISO 3166-1 alpha-2 code as stored (upper case), or None for anything that is not one."""
+    code = (value or "").strip().upper()
+    return code if len(code) == 2 and pycountry.countries.get(alpha_2=code) is not None else None
+
+
+def country_name(code: str) -> str:
+    found = pycountry.countries.get(alpha_2=code)
+    return str(getattr(found, "common_name", None) or found.name) if found is not None else code
+
+
+def countries() -> list[tuple[str, str]]:
+    """Every ISO 3166-1 country as (alpha-2, name), by name: the choices of a profile form."""
+    return sorted(((str(c.alpha_2), country_name(str(c.alpha_2))) for c in pycountry.countries),
+                  key=lambda pair: pair[1])
+
+
+def _domain(value: str | None) -> str | None:
+    """The domain of an e-mail address or a scoped affiliation (``member@uu.se``); the first of a list."""
+    for part in (value or "").split(","):
+        if "@" in part:
+            domain = part.rsplit("@", 1)[1].strip().lower().rstrip(".")
+            if "." in domain:
+                return domain
+    return None
+
+
+def person_country(country: str | None, affiliation: str | None, email: str | None) -> str | None:
+    """The country a person gave (their profile), else the country-code domain of their home organisation
+    (scoped affiliation, then e-mail); generic domains (.org, .edu) say nothing."""
+    if code := country_code(country):
+        return code
+    for value in (affiliation, email):
+        domain = _domain(value)
+        if domain:
+            return country_code(domain.rsplit(".", 1)[-1])
+    return None
+
+
+def organisation(affiliation: str | None, email: str | None) -> str | None:
+    """A person's organisation as a domain: of the scoped affiliation, else of the e-mail address."""
+    return _domain(affiliation) or _domain(email)
+
+
+def same_organisation(a: str | None, b: str | None) -> bool | None:
+    """Whether two organisation domains are one organisation (``med.uu.se`` is part of ``uu.se``);
+    None when either is unknown."""
+    if not a or not b:
+        return None
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
+def is_external(*, member_of_owner: bool, applicant_org: str | None, owner_org: str | None) -> bool:
+    """An approved application is an external sharing event when the applicant is not a member of the
+    owning project and is known to belong to another organisation than its PI. Unknown organisations
+    are not counted: the figure claims only what the records show."""
+    return not member_of_owner and same_organisation(applicant_org, owner_org) is False
+
+
+def percentile(values: Iterable[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by the nearest-rank method: a value that really occurred."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def decision_days(waits: list[float]) -> dict[str, float | None]:
+    """Median and 90th percentile of days from submission to decision, over at least ``SMALL`` decisions
+    (fewer could describe one person's application)."""
+    if len(waits) < SMALL:
+        return {"median": None, "p90": None}
+    median, p90 = percentile(waits, 50), percentile(waits, 90)
+    return {"median": None if median is None else round(median, 1), "p90": None if p90 is None else round(p90, 1)}
+
+
+def month_of(value: dt.date | dt.datetime) -> str:
+    return f"{value.year:04d}-{value.month:02d}"
+
+
+def months_between(first: str, last: str) -> list[str]:
+    """Every month from ``first`` to ``last`` (``YYYY-MM``), inclusive: charts show empty months too."""
+    year, month = (int(p) for p in first.split("-"))
+    end = tuple(int(p) for p in last.split("-"))
+    out = []
+    while (year, month) <= end:
+        out.append(f"{year:04d}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return out
+

@@ -1,0 +1,472 @@
+"""Metrics counted from the hub's own records: the archive (released versions, bytes), the DICOM import
+(instances with their modality, body part, study, series and subject pseudonym), the catalogue (what is
+published, and when), applications (their events), the audit log (completed downloads) and the
+landing-page views recorded here. Nothing is typed in.
+
+Each figure is one SQL aggregate over all datasets in scope (grouped by dataset or month), never a
+query per dataset, so the public page costs the same handful of queries for 20 datasets or 20,000.
+Public figures count published catalogue entries only; a data owner sees the same figures for one
+dataset of theirs, published or not. Counts of people and their actions go through ``figures.shown``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, aliased
+
+from ..access.applications import handled_datasets
+from ..access.models import Application, ApplicationEvent
+from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..audit.models import AuditEvent
+from ..catalog.models import CatalogEntry
+from ..db import rowcount, utcnow
+from ..errors import NotFound
+from ..identity.models import User
+from ..identity.principal import Principal
+from ..imaging.models import ImportedInstance
+from ..projects.models import Membership, Project
+from . import figures
+from .figures import Count, shown, shown_bytes
+from .models import DaySalt, DayVisitor, LandingViews
+
+DOUBLE_CLICK = dt.timedelta(seconds=30)  # COUNTER: repeated views of one page by one visitor within 30 s are one
+CACHE_SECONDS = 60.0  # the public figures are recomputed at most this often per process
+
+
+# -- landing-page views ------------------------------------------------------------------------------
+def _insert(session: Session, model: type[Any]) -> Any:
+    """INSERT … ON CONFLICT for the session's backend."""
+    return (pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
+
+
+def visitor_key(secret: bytes, salt: bytes, day: dt.date, ip: str, user_agent: str) -> str:
+    """Who a visitor is, for today only: HMAC of (address, browser) under a key from the hub's secret (not
+    in the database) and the day's random salt (deleted with the day)."""
+    key = hmac.new(secret, b"stats.visitor|" + day.isoformat().encode() + b"|" + salt, hashlib.sha256).digest()
+    return hmac.new(key, f"{ip}\n{user_agent}".encode(), hashlib.sha256).hexdigest()
+
+
+def prune_visitors(session: Session, today: dt.date) -> int:
+    """Forget every visitor hash and salt of past days."""
+    gone = rowcount(session.execute(delete(DayVisitor).where(DayVisitor.day < today)))
+    session.execute(delete(DaySalt).where(DaySalt.day < today))
+    return gone
+
+
+def record_view(session: Session, secret: bytes, dataset_id: str, *, ip: str | None, user_agent: str,
+                now: dt.datetime) -> bool:
+    """Count one view of a published landing page. Robots and machines (the COUNTER list) are not
+    counted, nor is a repeat by the same visitor within 30 s. Returns whether it counted."""
+    import counter_robots  # type: ignore[import-untyped]
+
+    if not user_agent.strip() or counter_robots.is_robot_or_machine(user_agent):
+        return False
+    day = now.date()
+    salt = session.get(DaySalt, day)
+    if salt is None:
+        prune_visitors(session, day)
+        session.execute(_insert(session, DaySalt).values(day=day, salt=os.urandom(32))
+                        .on_conflict_do_nothing(index_elements=["day"]))
+        salt = session.get(DaySalt, day)
+        assert salt is not None
+    visitor = visitor_key(secret, salt.salt, day, ip or "", user_agent)
+    new = session.scalar(_insert(session, DayVisitor).values(day=day, dataset_id=dataset_id, visitor=visitor,
+                                                             last_at=now)
+                         .on_conflict_do_nothing(index_elements=["day", "dataset_id", "visitor"])
+                         .returning(DayVisitor.visitor)) is not None  # RETURNING: rowcount is unreliable here
+    if new:
+        counted, visitors = True, 1
+    else:
+        row = session.get(DayVisitor, (day, dataset_id, visitor), with_for_update=True)
+        assert row is not None
+        counted, visitors = now - row.last_at >= DOUBLE_CLICK, 0
+        row.last_at = now  # a run of clicks each within 30 s of the last is one view
+    if counted:
+        session.execute(_insert(session, LandingViews).values(day=day, dataset_id=dataset_id, views=0, visitors=0)
+                        .on_conflict_do_nothing(index_elements=["day", "dataset_id"]))
+        session.execute(update(LandingViews).where(LandingViews.day == day, LandingViews.dataset_id == dataset_id)
+                        .values(views=LandingViews.views + 1, visitors=LandingViews.visitors + visitors))
+    session.flush()
+    return counted
+
+
+# -- the figures -------------------------------------------------------------------------------------
+@dataclass
+class Applications:
+    made: Count = 0
+    approved: Count = 0
+    rejected: Count = 0
+    decision_days: dict[str, float | None] = field(default_factory=lambda: {"median": None, "p90": None})
+
+
+@dataclass
+class DatasetFigures:
+    id: str
+    slug: str | None
+    title: str
+    published_at: dt.datetime | None
+    subjects: int = 0
+    studies: int = 0
+    scans: int = 0
+    instances: int = 0
+    annotations: int = 0
+    files: int = 0
+    bytes: int = 0
+    modalities: list[str] = field(default_factory=list)
+    organs: list[str] = field(default_factory=list)
+    pathology: bool = False
+    radiology: bool = False
+    annotated: bool = False
+    views: int = 0
+    visitors: int = 0
+    applications: Applications = field(default_factory=Applications)
+    downloads: Count = 0
+    download_bytes: int | None = 0
+    downloaders: Count = 0
+    countries_shared_with: int = 0
+    external_sharing_events: Count = 0
+    countries: list[dict[str, Any]] = field(default_factory=list)  # country, name, approved (ranked)
+
+
+@dataclass
+class Split:
+    datasets: int = 0
+    scans: int = 0
+
+
+@dataclass
+class Month:
+    month: str
+    datasets_published: int = 0
+    datasets_total: int = 0
+    applications: Count = 0
+    approved: Count = 0
+    downloads: Count = 0
+    download_bytes: int | None = 0
+    views: int = 0
+
+
+@dataclass
+class Metrics:
+    generated_at: dt.datetime
+    datasets: int = 0
+    subjects: int = 0
+    studies: int = 0
+    scans: int = 0
+    instances: int = 0
+    annotations: int = 0
+    files: int = 0
+    bytes: int = 0
+    modalities: int = 0
+    organs: int = 0
+    annotated: Split = field(default_factory=Split)
+    pathology: Split = field(default_factory=Split)
+    radiology: Split = field(default_factory=Split)
+    views: int = 0
+    visitors: int = 0
+    applications: Applications = field(default_factory=Applications)
+    downloads: Count = 0
+    download_bytes: int | None = 0
+    downloaders: Count = 0
+    countries_shared_with: int = 0
+    external_sharing_events: Count = 0
+    by_modality: list[dict[str, Any]] = field(default_factory=list)  # modality, name, datasets, scans, instances
+    by_organ: list[dict[str, Any]] = field(default_factory=list)  # organ, datasets, scans
+    countries: list[dict[str, Any]] = field(default_factory=list)  # country, name, approved (ranked)
+    months: list[Month] = field(default_factory=list)
+    per_dataset: list[DatasetFigures] = field(default_factory=list)
+
+
+def _month(session: Session, column: Any, *, date: bool = False) -> ColumnElement[str]:
+    """``YYYY-MM`` of a UTC timestamp (or a date) column, in SQL, whatever the session's time zone."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(column if date else func.timezone("UTC", column), "YYYY-MM")
+    return func.strftime("%Y-%m", column)
+
+
+def _published() -> Select[Any]:
+    return select(CatalogEntry.dataset_id).where(CatalogEntry.published.is_(True))
+
+
+def _annotation_file(path: Any) -> ColumnElement[bool]:
+    lowered = func.lower(path)
+    return or_(*[lowered.like(f"%{suffix}") for suffix in figures.ANNOTATION_SUFFIXES],
+               *[lowered.like(f"{folder}/%") for folder in figures.ANNOTATION_FOLDERS],
+               *[lowered.like(f"%/{folder}/%") for folder in figures.ANNOTATION_FOLDERS])
+
+
+def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = None) -> Metrics:
+    """Every figure over the datasets ``scope`` selects (a query of dataset ids)."""
+    now = now or utcnow()
+    m = Metrics(generated_at=now)
+    rows = session.execute(select(Dataset.id, Dataset.title, CatalogEntry.slug, CatalogEntry.title,
+                                  CatalogEntry.published_at, CatalogEntry.published)
+                           .outerjoin(CatalogEntry, CatalogEntry.dataset_id == Dataset.id)
+                           .where(Dataset.id.in_(scope)).order_by(Dataset.id)).all()
+    per = {r[0]: DatasetFigures(id=r[0], slug=r[2] if r[5] else None, title=r[3] or r[1],
+                                published_at=r[4] if r[5] else None) for r in rows}
+    m.datasets = len(per)
+
+    # the latest released version of each dataset: its files and bytes
+    newest = (select(DatasetVersion.dataset_id, func.max(DatasetVersion.number).label("number"))
+              .where(DatasetVersion.state == "released", DatasetVersion.dataset_id.in_(scope))
+              .group_by(DatasetVersion.dataset_id).subquery())
+    latest = (select(DatasetVersion.id, DatasetVersion.dataset_id, DatasetVersion.file_count,
+                     DatasetVersion.total_bytes)
+              .join(newest, and_(newest.c.dataset_id == DatasetVersion.dataset_id,
+                                 newest.c.number == DatasetVersion.number)).subquery())
+    for ds_id, files, size in session.execute(select(latest.c.dataset_id, latest.c.file_count,
+                                                     latest.c.total_bytes)):
+        per[ds_id].files, per[ds_id].bytes = int(files), int(size)
+
+    # DICOM facts of the instances in those versions
+    image = ImportedInstance.modality.notin_(figures.NOT_IMAGES) & (ImportedInstance.modality != "")
+    annotation = ImportedInstance.modality.in_(figures.ANNOTATION_MODALITIES)
+    instances = (select(latest.c.dataset_id, ImportedInstance.modality, ImportedInstance.body_part,
+                        ImportedInstance.series_uid, ImportedInstance.study_uid, ImportedInstance.patient_pseudonym,
+                        image.label("image"), annotation.label("annotation"))
+                 .join(DatasetFile, DatasetFile.version_id == latest.c.id)
+                 .join(ImportedInstance, ImportedInstance.file_id == DatasetFile.file_id).subquery())
+    facts = select(
+        instances.c.dataset_id, func.count(), func.count(func.distinct(instances.c.patient_pseudonym)),
+        func.count(func.distinct(instances.c.study_uid)),
+        func.count(func.distinct(case((instances.c.image, instances.c.series_uid)))),
+        func.count(case((instances.c.annotation, 1))),
+        func.count(case((instances.c.modality.in_(figures.PATHOLOGY), 1))),
+        func.count(case((instances.c.image & instances.c.modality.notin_(figures.PATHOLOGY), 1))),
+    ).group_by(instances.c.dataset_id)
+    for ds_id, n, subjects, studies, scans, n_annotations, pathology, radiology in session.execute(facts):
+        d = per[ds_id]
+        d.instances, d.subjects, d.studies, d.scans, d.annotations = n, subjects, studies, scans, n_annotations
+        d.pathology, d.radiology = pathology > 0, radiology > 0
+    # annotation files that are not DICOM objects (GeoJSON, label masks …), by name
+    annotation_files = (select(latest.c.dataset_id, func.count())
+                        .join(DatasetFile, DatasetFile.version_id == latest.c.id)
+                        .join(ArchiveFile, ArchiveFile.id == DatasetFile.file_id)
+                        .where(_annotation_file(ArchiveFile.path),
+                               ~exists().where(ImportedInstance.file_id == ArchiveFile.id))
+                        .group_by(latest.c.dataset_id))
+    for ds_id, n in session.execute(annotation_files):
+        per[ds_id].annotations += n
+    for d in per.values():
+        d.annotated = d.annotations > 0
+
+    # modalities and organs: per dataset (for its row), and scans / datasets per value
+    by_modality: dict[str, dict[str, Any]] = {}
+    for ds_id, modality, n, series in session.execute(
+            select(instances.c.dataset_id, instances.c.modality, func.count(),
+                   func.count(func.distinct(instances.c.series_uid)))
+            .where(instances.c.modality != "").group_by(instances.c.dataset_id, instances.c.modality)):
+        per[ds_id].modalities.append(modality)
+        row = by_modality.setdefault(modality, {"modality": modality, "datasets": 0, "scans": 0, "instances": 0})
+        row["datasets"] += 1
+        row["instances"] += n
+        row["scans"] += series if figures.is_image(modality) else 0
+    by_organ: dict[str, dict[str, Any]] = {}
+    organ = func.upper(func.trim(instances.c.body_part))
+    for ds_id, name, series in session.execute(
+            select(instances.c.dataset_id, organ, func.count(func.distinct(instances.c.series_uid)))
+            .where(instances.c.image, organ != "").group_by(instances.c.dataset_id, organ)):
+        per[ds_id].organs.append(name)
+        row = by_organ.setdefault(name, {"organ": name, "datasets": 0, "scans": 0})
+        row["datasets"] += 1
+        row["scans"] += series
+
+    # landing-page views
+    views_by_month: Counter[str] = Counter()
+    view_month = _month(session, LandingViews.day, date=True)
+    for ds_id, month, views, visitors in session.execute(
+            select(LandingViews.dataset_id, view_month, func.sum(LandingViews.views),
+                   func.sum(LandingViews.visitors)).where(LandingViews.dataset_id.in_(scope))
+            .group_by(LandingViews.dataset_id, view_month)):
+        per[ds_id].views += int(views)
+        per[ds_id].visitors += int(visitors)
+        views_by_month[month] += int(views)
+
+    # applications: one row per submitted application, from its events
+    submitted = func.max(case((ApplicationEvent.type == "submitted", ApplicationEvent.at)))
+    first_submitted = func.min(case((ApplicationEvent.type == "submitted", ApplicationEvent.at)))
+    decided = func.max(case((ApplicationEvent.type.in_(("approved", "rejected")), ApplicationEvent.at)))
+    approved = func.max(case((ApplicationEvent.type == "approved", 1), else_=0))
+    rejected = func.max(case((ApplicationEvent.type == "rejected", 1), else_=0))
+    folded = (select(ApplicationEvent.application_id, submitted.label("submitted"),
+                     first_submitted.label("first_submitted"), decided.label("decided"),
+                     approved.label("approved"), rejected.label("rejected"))
+              .group_by(ApplicationEvent.application_id).subquery())
+    applicant, pi = aliased(User), aliased(User)
+    member = exists().where(Membership.project_id == Dataset.project_id, Membership.user_id == Application.applicant_id)
+    app_rows = session.execute(
+        select(Application.dataset_id, folded.c.submitted, folded.c.first_submitted, folded.c.decided,
+               folded.c.approved, folded.c.rejected, applicant.country, applicant.affiliation, applicant.email,
+               pi.affiliation, pi.email, member, Application.applicant_id)
+        .join(folded, folded.c.application_id == Application.id)
+        .join(Dataset, Dataset.id == Application.dataset_id)
+        .join(Project, Project.id == Dataset.project_id)
+        .join(applicant, applicant.id == Application.applicant_id)
+        .join(pi, pi.id == Project.pi_id)
+        .where(Application.dataset_id.in_(scope), folded.c.first_submitted.is_not(None))).all()
+    made: Counter[str] = Counter()
+    n_approved: Counter[str] = Counter()
+    n_rejected: Counter[str] = Counter()
+    waits: dict[str, list[float]] = defaultdict(list)
+    external: Counter[str] = Counter()
+    countries: dict[str, Counter[str]] = defaultdict(Counter)
+    apps_by_month: Counter[str] = Counter()
+    approved_by_month: Counter[str] = Counter()
+    for (ds_id, sub_at, first_at, dec_at, was_approved, was_rejected, country, affiliation, email,
+         pi_affiliation, pi_email, is_member, _) in app_rows:
+        made[ds_id] += 1
+        apps_by_month[figures.month_of(first_at)] += 1
+        if dec_at is not None and sub_at is not None and dec_at >= sub_at:
+            waits[ds_id].append((dec_at - sub_at).total_seconds() / 86400)
+        if was_approved:
+            n_approved[ds_id] += 1
+            approved_by_month[figures.month_of(dec_at or first_at)] += 1
+            countries[ds_id][figures.person_country(country, affiliation, email) or "unknown"] += 1
+            if figures.is_external(member_of_owner=bool(is_member),
+                                   applicant_org=figures.organisation(affiliation, email),
+                                   owner_org=figures.organisation(pi_affiliation, pi_email)):
+                external[ds_id] += 1
+        elif was_rejected:
+            n_rejected[ds_id] += 1
+    all_countries: Counter[str] = Counter()
+    for ds_id, d in per.items():
+        d.applications = Applications(made=shown(made[ds_id]), approved=shown(n_approved[ds_id]),
+                                      rejected=shown(n_rejected[ds_id]),
+                                      decision_days=figures.decision_days(waits[ds_id]))
+        d.external_sharing_events = shown(external[ds_id])
+        known = {c: n for c, n in countries[ds_id].items() if c != "unknown"}
+        d.countries_shared_with = len(known)  # the countries are named in the list anyway
+        d.countries = _country_rows(known.items())
+        all_countries.update(known)
+    m.applications = Applications(made=shown(sum(made.values())), approved=shown(sum(n_approved.values())),
+                                  rejected=shown(sum(n_rejected.values())),
+                                  decision_days=figures.decision_days([w for ws in waits.values() for w in ws]))
+    m.external_sharing_events = shown(sum(external.values()))
+    m.countries_shared_with = len(all_countries)
+    m.countries = _country_rows(all_countries.items())
+
+    # completed downloads of the datasets' files (any version), from the audit log
+    files = (select(DatasetFile.file_id, DatasetVersion.dataset_id)
+             .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+             .where(DatasetVersion.dataset_id.in_(scope)).distinct().subquery())
+    sent = AuditEvent.details["bytes_sent"].as_integer()
+    dl_month = _month(session, AuditEvent.at)
+    downloads: Counter[str] = Counter()
+    download_bytes: Counter[str] = Counter()
+    dl_by_month: Counter[str] = Counter()
+    bytes_by_month: Counter[str] = Counter()
+    for ds_id, month, n, size in session.execute(
+            select(files.c.dataset_id, dl_month, func.count(), func.coalesce(func.sum(sent), 0))
+            .join(files, files.c.file_id == func.substr(AuditEvent.target, 6))
+            .where(AuditEvent.action == "archive.download.completed")
+            .group_by(files.c.dataset_id, dl_month)):
+        downloads[ds_id] += n
+        download_bytes[ds_id] += int(size)
+        dl_by_month[month] += n
+        bytes_by_month[month] += int(size)
+    downloaders: dict[str, int] = dict(session.execute(
+        select(files.c.dataset_id, func.count(func.distinct(AuditEvent.actor_id)))
+        .join(files, files.c.file_id == func.substr(AuditEvent.target, 6))
+        .where(AuditEvent.action == "archive.download.completed").group_by(files.c.dataset_id)).tuples().all())
+    all_downloaders = session.scalar(
+        select(func.count(func.distinct(AuditEvent.actor_id)))
+        .join(files, files.c.file_id == func.substr(AuditEvent.target, 6))
+        .where(AuditEvent.action == "archive.download.completed")) or 0
+    for ds_id, d in per.items():
+        d.downloads = shown(downloads[ds_id])
+        d.download_bytes = shown_bytes(download_bytes[ds_id], downloads[ds_id])
+        d.downloaders = shown(downloaders.get(ds_id, 0))
+    m.downloads = shown(sum(downloads.values()))
+    m.download_bytes = shown_bytes(sum(download_bytes.values()), sum(downloads.values()))
+    m.downloaders = shown(all_downloaders)
+
+    # totals, splits and the modality / organ tables
+    for d in per.values():
+        m.subjects += d.subjects
+        m.studies += d.studies
+        m.scans += d.scans
+        m.instances += d.instances
+        m.annotations += d.annotations
+        m.files += d.files
+        m.bytes += d.bytes
+        m.views += d.views
+        m.visitors += d.visitors
+        if d.annotated:
+            m.annotated.datasets += 1
+            m.annotated.scans += d.scans
+        d.modalities.sort()
+        d.organs.sort()
+    for split, name in ((m.pathology, "pathology"), (m.radiology, "radiology")):
+        split.datasets = sum(1 for d in per.values() if getattr(d, name))
+        split.scans = sum(row["scans"] for mod, row in by_modality.items()
+                          if (figures.is_pathology(mod) if name == "pathology" else figures.is_radiology(mod)))
+    m.modalities = len(by_modality)
+    m.organs = len(by_organ)
+    m.by_modality = sorted(by_modality.values(), key=lambda r: (-r["scans"], -r["instances"], r["modality"]))
+    m.by_organ = sorted(by_organ.values(), key=lambda r: (-r["scans"], r["organ"]))
+
+    # months: datasets published (running total), applications, approvals, downloads, views
+    published_by_month = Counter(figures.month_of(d.published_at) for d in per.values() if d.published_at)
+    seen = set(published_by_month) | set(apps_by_month) | set(dl_by_month) | set(views_by_month)
+    if seen:
+        running = 0
+        for month in figures.months_between(min(seen), max(max(seen), figures.month_of(now))):
+            running += published_by_month[month]
+            m.months.append(Month(month=month, datasets_published=published_by_month[month], datasets_total=running,
+                                  applications=shown(apps_by_month[month]), approved=shown(approved_by_month[month]),
+                                  downloads=shown(dl_by_month[month]),
+                                  download_bytes=shown_bytes(bytes_by_month[month], dl_by_month[month]),
+                                  views=views_by_month[month]))
+    m.per_dataset = sorted(per.values(), key=lambda d: (d.title.lower(), d.id))
+    return m
+
+
+def _country_rows(items: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
+    """Countries by approvals, most first; those under five after them by code, so that their order
+    does not tell their counts apart."""
+    pairs = list(items)
+    exact = sorted(((c, n) for c, n in pairs if n >= figures.SMALL), key=lambda p: (-p[1], p[0]))
+    small = sorted((c, n) for c, n in pairs if n < figures.SMALL)
+    return [{"country": c, "name": figures.country_name(c), "approved": shown(n)} for c, n in exact + small]
+
+
+_cache: dict[str, tuple[float, Metrics]] = {}
+_cache_lock = threading.Lock()
+
+
+def public_metrics(session: Session, *, cache_key: str = "") -> Metrics:
+    """Figures over every published dataset, recomputed at most every ``CACHE_SECONDS`` per process and
+    ``cache_key`` (the database)."""
+    with _cache_lock:
+        hit = _cache.get(cache_key)
+        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+    metrics = compute(session, _published())
+    with _cache_lock:
+        _cache[cache_key] = (time.monotonic(), metrics)
+    return metrics
+
+
+def dataset_metrics(session: Session, principal: Principal, dataset_id: str) -> Metrics:
+    """One dataset's figures for the people who handle its applications (the owning PI by default),
+    published or not. Everyone else: NotFound."""
+    if dataset_id not in handled_datasets(session, principal):
+        raise NotFound("no such dataset")
+    return compute(session, select(Dataset.id).where(Dataset.id == dataset_id))
+
+
+__all__ = ["Metrics", "compute", "dataset_metrics", "public_metrics", "record_view"]
