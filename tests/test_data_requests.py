@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conftest import bearer, token_for, web_client
+from conftest import token_for, web_client
 from helpers import form_post
 from strongroom.access.models import Entitlement
 from strongroom.archive import service as archive
@@ -29,12 +29,18 @@ from strongroom.errors import Conflict
 from strongroom.projects.models import Project
 from strongroom.strategies import requests_cli, synthetic
 from support.live import free_port, serving
-from test_strategy_runs import _drain, _h, upload, world  # noqa: F401  (world: the fixture, used by name)
+from test_strategy_runs import (
+    _drain,
+    _h,
+    upload,
+    world,  # noqa: F401 - the fixture: project A (PI alice, steward sam, member carol), project B
+)
 
 SEED = (Path(__file__).parents[1] / "src/strongroom/strategies/examples/project-x.toml").read_text()
 STRICT = SEED.replace('on_violation = "suppress"', 'on_violation = "fail"', 1)
 ANSWERS = {"study_name": "Breast cancer imaging cohort", "ethics": {"number": "Dnr 2026-04321-01"},
-           "description": "Age band, year of request, diagnosis and site", "selection": "Women 40-74 with C50, 2016-2023",
+           "description": "Age band, year of request, diagnosis and site",
+           "selection": "Women 40-74 with C50, 2016-2023",
            "variables": "age\nrequest_date\ndiagnosis\nanatomical_site", "period_start": "2016-01-01",
            "period_end": "2023-12-31", "pseudonymization": "Anonymized (no link back)",
            "sharing_plan": "Only the named team", "contact": "rita@uni.example"}
@@ -55,8 +61,8 @@ def applicant(world, people):  # noqa: F811
     return rita
 
 
-def _apply(world) -> str:
-    api, h = world["api"], _h(world, "rita")
+def _apply(w) -> str:
+    api, h = w["api"], _h(w, "rita")
     app = api.post("/api/v1/datasets/SRD-CLINICAL/applications", headers=h).json()
     r = api.put(f"/api/v1/applications/{app['id']}/answers", json={"answers": ANSWERS}, headers=h)
     assert r.status_code == 200, r.text
@@ -65,8 +71,8 @@ def _apply(world) -> str:
     return app["id"]
 
 
-def _save(world, text: str) -> int:
-    r = world["api"].put("/api/v1/projects/proj-a/strategy", json={"text": text}, headers=_h(world, "sam"))
+def _save(w, text: str) -> int:
+    r = w["api"].put("/api/v1/projects/proj-a/strategy", json={"text": text}, headers=_h(w, "sam"))
     assert r.status_code in (200, 201), r.text
     return r.json()["version"]
 
@@ -75,7 +81,8 @@ def _steps(request: dict) -> dict[str, str]:
     return {s["name"]: s["state"] for s in request["steps"]}
 
 
-def test_a_request_carries_the_selection_from_the_application_to_the_released_version(world, applicant) -> None:
+def test_a_request_carries_the_selection_from_the_application_to_the_released_version(
+        world, applicant) -> None:  # noqa: F811
     api, hub = world["api"], world["hub"]
     app_id = _apply(world)
     version = _save(world, SEED)
@@ -150,7 +157,7 @@ def test_a_request_carries_the_selection_from_the_application_to_the_released_ve
     assert {"data_request.created", "data_request.run_started", "data_request.released"} <= set(actions)
 
 
-def test_a_failing_run_blocks_the_release(world) -> None:
+def test_a_failing_run_blocks_the_release(world) -> None:  # noqa: F811
     api, hub = world["api"], world["hub"]
     _save(world, STRICT)
     r = api.post("/api/v1/projects/proj-a/requests",
@@ -187,7 +194,7 @@ def test_a_failing_run_blocks_the_release(world) -> None:
         assert closed.exit_code == 0 and "closed" in closed.output
 
 
-def test_a_table_no_passing_run_made_is_refused_by_every_way_to_release(world, applicant, tmp_path) -> None:
+def test_a_table_no_passing_run_made_is_refused_by_every_way_to_release(world, applicant) -> None:  # noqa: F811
     """The class: release over the API, the page and the CLI, a publish by the hub itself, and what only
     follows a release (a share, the catalogue, an entitlement's read) — a raw table never gets out."""
     api, hub = world["api"], world["hub"]

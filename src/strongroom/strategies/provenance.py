@@ -28,10 +28,6 @@ from .tables import TABLE_SUFFIXES
 SHOWN = 10  # unverified tables named in a refusal
 
 
-def is_table(path: str) -> bool:
-    return path.lower().endswith(TABLE_SUFFIXES)
-
-
 def _is_table_sql() -> Any:
     return or_(*[func.lower(ArchiveFile.path).like(f"%{suffix}") for suffix in TABLE_SUFFIXES])
 

@@ -40,7 +40,6 @@ from ..projects.service import ProjectAccess
 from . import runs, service
 from .models import CLOSED, OPEN, PASSED, RELEASED, DataRequest, StrategyRun, StrategyVersion
 
-STEPS = ("comply", "selection", "extract", "pseudonymize", "verify", "encrypt", "terms", "transfer")
 PARAMETERS = ("variables", "period_start", "period_end")  # the structured part of a selection
 MAX_SELECTION = 20_000
 
