@@ -155,6 +155,12 @@ def test_a_request_carries_the_selection_from_the_application_to_the_released_ve
     assert "verification report" in sam.get(f"/projects/proj-a/requests/{req['id']}").text
     actions = [e["action"] for e in api.get("/api/v1/projects/proj-a/audit", headers=_h(world, "sam")).json()]
     assert {"data_request.created", "data_request.run_started", "data_request.released"} <= set(actions)
+    # published in the catalogue, its public landing page says what made it (not the report: members only)
+    with transaction(hub.sessions) as s:
+        s.add(CatalogEntry(dataset_id=req["dataset_id"], slug="breast-release", title="Breast release",
+                           created_by=world["sam"].user.id, published=True, published_at=dt.datetime.now(dt.UTC)))
+    landing = world["api"].get("/catalog/breast-release").text
+    assert "made with strategy Project X pseudonymization strategy v1" in landing and "report.html" not in landing
 
 
 def test_a_failing_run_blocks_the_release(world) -> None:  # noqa: F811

@@ -66,12 +66,25 @@ def _page_url(q: str, selected: dict[str, list[str]]) -> str:
     return "/catalog?" + urlencode(pairs) + ("&" if pairs else "")
 
 
+def _made_with(db: Db, view: Any) -> list[str]:
+    """What the shown version was made with (e.g. a pseudonymization strategy): names, versions, checksums only;
+    the reports are for the project's members."""
+    from ..archive import service as archive
+    from ..archive.models import Dataset
+
+    ds = db.get(Dataset, view.entry.dataset_id)
+    if view.version is None or ds is None:
+        return []
+    return [m["text"] for m in archive.version_marks(db, ds, view.version)]
+
+
 @router.get("/catalog/{slug}")
 def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
     entry = landing_pages.public_entry(db, slug)
     _show_viewer_if_logged_in(request, db)
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
+    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False,
+                                                                      "made_with": _made_with(db, view)})
 
 
 @router.get("/catalog/{slug}/terms")
@@ -225,4 +238,5 @@ def preview(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, data
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
     for img in view.images:
         img.url = f"/datasets/{dataset_id}/catalog/images/{img.position}.png"
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": True})
+    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": True,
+                                                                      "made_with": _made_with(db, view)})
