@@ -8,7 +8,7 @@ A request belongs to the project that owns the data. It carries the researcher's
 
 1. upload the extract into the project (the archive's ordinary upload);
 2. start a run of the named version on it (`runs.start`); a passing run's draft dataset is attached to the
-   request by the run itself (`runs._finish`), a failing one blocks every later step;
+   request by the run itself (`runs.attach_run_output`), a failing one blocks every later step;
 3. release: the terms must be agreed (the application approved by its handlers, the existing flow), then the
    run's dataset version is released — through the archive's release check, so only verified tables go out
    (`provenance.release_check`) — and the applicant gets an entitlement to exactly that version, ending when
