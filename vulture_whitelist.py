@@ -55,6 +55,8 @@ format  # audit/anchor.py: part of a signed checkpoint
 compress_type  # archive/zipdownload.py: zipfile reads it from the ZipInfo
 retain_device_identity, retain_institution_identity  # imaging settings, passed on as a dict
 input_path  # strategies/api.py: RunOut, the run's extract as people name it
+made_with  # archive/api.py: VersionOut, what the version was made with (strategies' runs)
+strategy_sha256  # strategies/api.py: RequestOut, the SHA-256 of the named strategy version
 
 # -- the generated de-identification table (imaging/deid_table.py) -----------------------------------
 SAFE_PRIVATE_EDITION, OPTION_FIELDS, vm
@@ -81,6 +83,7 @@ check_approvals, check_reviewers, nav_context  # airlock: setting checks and the
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
 dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
+release_check  # strategies: the archive's RELEASE_CHECKS
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)
 
 # -- stats: figures the JSON, CSV and page read by name (getattr / model_fields), and the view hook ---------

@@ -36,7 +36,9 @@ from strongroom.catalog.png import synthetic_ct_slice
 from strongroom.db import transaction
 from strongroom.identity.models import ApiToken
 from strongroom.imaging import bulk
+from strongroom.jobs.runner import Runner
 from strongroom.projects.models import Membership
+from strongroom.strategies.models import DataRequest
 
 FLASH = re.compile(r'<p id="flash" class="flash flash-(ok|error)" role="(status|alert)">([^<]+)</p>')
 ALERT = re.compile(r'role="alert"[^>]*>\s*([^<]+)')
@@ -337,6 +339,34 @@ def _strategy_run(w: World, ok: bool):  # a run on an extract of the archive (or
     return post(w.c("pia"), "/projects/chest/strategy/runs", {"file_id": file_id})
 
 
+def _request(w: World, title: str) -> str:
+    with w.hub.sessions() as s:
+        return s.scalar(select(DataRequest.id).where(DataRequest.title == title))
+
+
+def _data_request(w: World, ok: bool):  # the project's own request (or one without its selection)
+    return post(w.c("pia"), "/projects/chest/requests", {"title": "Own", "selection": "All 2020" if ok else ""})
+
+
+def _data_request_run(w: World, ok: bool):  # the named strategy on the extract (or on no file)
+    with w.hub.sessions() as s:
+        file_id = s.scalar(select(ArchiveFile.id).where(ArchiveFile.path == "lab.csv"))
+    return post(w.c("pia"), f"/projects/chest/requests/{_request(w, 'Own')}/runs", {"file_id": file_id if ok else ""})
+
+
+def _data_request_release(w: World, ok: bool):  # once the run passed (before: nothing verified to release)
+    if ok:
+        Runner(w.hub, lease_seconds=30, name="test").run_until_idle()
+    return post(w.c("pia"), f"/projects/chest/requests/{_request(w, 'Own')}/release")
+
+
+def _data_request_close(w: World, ok: bool):  # closing needs a reason
+    if ok:
+        post(w.c("pia"), "/projects/chest/requests", {"title": "Second", "selection": "None"})
+    return post(w.c("pia"), f"/projects/chest/requests/{_request(w, 'Second' if ok else 'Own')}/close",
+                {"reason": "withdrawn" if ok else ""})
+
+
 def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the project "second"
     return post(w.c("pia"), "/projects/chest/airlock/settings/destinations",
                 {"kind": "project", "name": "Second team", "target": "second" if ok else "nope"})
@@ -442,6 +472,10 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/strategy": _strategy_save,
     "/projects/{slug}/strategy/check": _strategy_check,
     "/projects/{slug}/strategy/runs": _strategy_run,
+    "/projects/{slug}/requests": _data_request,
+    "/projects/{slug}/requests/{request_id}/runs": _data_request_run,
+    "/projects/{slug}/requests/{request_id}/release": _data_request_release,
+    "/projects/{slug}/requests/{request_id}/close": _data_request_close,
     "/projects/{slug}/airlock/settings/destinations": _airlock_destination,
     "/projects/{slug}/airlock/settings/destinations/external": _airlock_external,
     "/projects/{slug}/airlock/settings/reviewers": _airlock_reviewers,

@@ -97,6 +97,8 @@ class HookEntry:
 GRANT_PROVIDERS = "strongroom.archive.authz:GRANT_PROVIDERS"  # who else may read a file
 DATASET_READERS = "strongroom.archive.datasets:DATASET_READERS"  # who else may see a dataset
 DOWNLOAD_POLICIES = "strongroom.archive.datasets:DATASET_DOWNLOAD_POLICIES"  # may applicants download
+RELEASE_CHECKS = "strongroom.archive.datasets:RELEASE_CHECKS"  # what must hold before a version is released
+VERSION_MARKS = "strongroom.archive.datasets:VERSION_MARKS"  # what a version is marked with (pages, API)
 DATA_ROLE_CHECKS = "strongroom.identity.service:DATA_ROLE_CHECKS"  # who must use MFA (sees data)
 INDEX_PROVIDERS = "strongroom.catalog.entries:INDEX_PROVIDERS"  # extra catalogue facts
 HOLD_RULES = "strongroom.archive.authz:HOLD_RULES"  # who may review a held file (dict by hold name)

@@ -16,6 +16,10 @@ DEFAULT_FORM: list[dict[str, Any]] = [
      "required": True},
     {"id": "selection", "type": "longtext", "label": "Selection criteria (patients, period, modalities)",
      "required": True},
+    # Selection and parameters, structured (optional): carried into the owning project's data request.
+    {"id": "variables", "type": "longtext", "label": "Variables (columns) you need, one per line", "required": False},
+    {"id": "period_start", "type": "date", "label": "Data from (date)", "required": False},
+    {"id": "period_end", "type": "date", "label": "Data until (date)", "required": False},
     {"id": "pseudonymization", "type": "option", "label": "Suggested pseudonymization strategy", "required": True,
      "options": ["Keyed pseudonyms, dates shifted per patient", "Keyed pseudonyms, dates kept",
                  "Anonymized (no link back)", "Other (describe in the description)"]},

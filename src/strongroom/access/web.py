@@ -69,8 +69,16 @@ def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | 
             "answers": {**v.state.answers, **(answers or {})}, "editable": "applicant" in v.roles and v.state.state in
             ("draft", "returned"), "terms_ok": v.state.accepted_terms.get(str(principal.user.id)) == terms.id,
             "default_end": dt.date.today() + dt.timedelta(days=365),
+            "data_requests": _data_requests(db, application_id),
             "events": [e for e in v.events if staff or not (e.type == "remarked" and not e.payload.get("public"))
                        and e.type not in ("voted", "assigned", "review_requested", "decision_requested")]}
+
+
+def _data_requests(db: Db, application_id: str) -> list[Any]:
+    """The owning project's data requests for this application and their eight steps (strategies' room)."""
+    from ..strategies.requests import for_application
+
+    return for_application(db, application_id)
 
 
 @router.get("/applications/{application_id}")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ..identifiers import spans
+from ..strategies.tables import TABLE_SUFFIXES  # one definition of a table for the airlock and releases
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".parquet")
 TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".md", ".xml", ".html", ".log", ".tex", ".r", ".py", ".sql",
                  ".yaml", ".yml", ".toml", ".ini", ".cfg", ".rmd", ".ipynb")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz", ".7z")

@@ -60,6 +60,8 @@ class VersionOut(Out):
     total_bytes: int
     created_at: dt.datetime
     released_at: dt.datetime | None
+    # what the version was made with (strategies: each passing run whose output it holds)
+    made_with: list[dict[str, str]] = []
 
 
 class DatasetOut(Out):
@@ -113,7 +115,8 @@ def _upload_out(f: ArchiveFile, parts: list, part_size: int) -> UploadOut:
 def _dataset_out(db: Db, ds: Dataset, owner: bool) -> DatasetOut:
     from ..projects.models import Project
 
-    versions = [VersionOut.model_validate(v) for v in ds.versions if owner or v.state != "draft"]
+    versions = [VersionOut.model_validate(v).model_copy(update={"made_with": service.version_marks(db, ds, v)})
+                for v in ds.versions if owner or v.state != "draft"]
     project = db.get(Project, ds.project_id)
     return DatasetOut(id=ds.id, title=ds.title, description=ds.description,
                       owner_project=project.slug if project else "?", shared_into_mine=not owner, versions=versions)

@@ -154,6 +154,27 @@ def edit_draft(session: Session, principal: Principal, dataset_id: str, *, add: 
     return latest
 
 
+# What must hold before a version is released (strategies: every table is a passing run's output). Each
+# raises a DomainError to refuse. Every way to release goes through `_check_release`: `release_version`
+# (API, page, CLI) and `publish_version` (imports, data requests); shares, the catalogue, entitlements and
+# visas only ever reach released versions.
+RELEASE_CHECKS: list[Callable[[Session, Dataset, DatasetVersion], None]] = []
+
+# What a version is marked with (strategies: the runs that made its tables), for pages and the API: each
+# returns dicts with at least "text" (and optionally "href", "link").
+VERSION_MARKS: list[Callable[[Session, Dataset, DatasetVersion], list[dict[str, str]]]] = []
+
+
+def _check_release(session: Session, ds: Dataset, version: DatasetVersion) -> None:
+    session.flush()
+    for check in RELEASE_CHECKS:
+        check(session, ds, version)
+
+
+def version_marks(session: Session, ds: Dataset, version: DatasetVersion) -> list[dict[str, str]]:
+    return [mark for provider in VERSION_MARKS for mark in provider(session, ds, version)]
+
+
 def _version(session: Session, ds: Dataset, number: int) -> DatasetVersion:
     v = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id,
                                                     DatasetVersion.number == number))
@@ -170,6 +191,7 @@ def release_version(session: Session, principal: Principal, dataset_id: str, num
         raise Conflict(f"version {number} is {v.state}; released versions never change")
     if v.file_count == 0:
         raise Invalid("an empty version cannot be released")
+    _check_release(session, ds, v)
     v.state, v.released_at = "released", utcnow()
     audit.record(session, principal.actor, "archive.dataset.released", project_id=ds.project_id,
                  target=f"dataset:{ds.id}", details={"version": number, "files": v.file_count})
@@ -268,6 +290,7 @@ def publish_version(session: Session, actor: Actor, dataset: Dataset, file_ids: 
                 .where(DatasetFile.version_id == latest.id)))
     for start in range(0, len(file_ids), 2000):  # bounded IN lists
         _add_files(session, version, _ready_files(session, dataset.project_id, file_ids[start:start + 2000]))
+    _check_release(session, dataset, version)
     version.state, version.released_at, version.note = "released", utcnow(), note
     audit.record(session, actor, "archive.dataset.released", project_id=dataset.project_id,
                  target=f"dataset:{dataset.id}",

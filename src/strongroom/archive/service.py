@@ -24,6 +24,8 @@ from .authz import (
 from .datasets import (
     DATASET_DOWNLOAD_POLICIES,
     DATASET_READERS,
+    RELEASE_CHECKS,
+    VERSION_MARKS,
     create_dataset,
     dataset_downloadable,
     deprecate_version,
@@ -34,6 +36,7 @@ from .datasets import (
     share_dataset,
     unshare_dataset,
     version_files,
+    version_marks,
     visible_dataset,
 )
 from .files import (
@@ -56,11 +59,13 @@ from .uploads import (
 from .user_keys import add_user_key, list_user_keys, revoke_user_key, user_key
 
 __all__ = [
-    "DATASET_DOWNLOAD_POLICIES", "DATASET_READERS", "GRANT_PROVIDERS", "HOLD_RULES", "HoldRule", "ReadGrant",
+    "DATASET_DOWNLOAD_POLICIES", "DATASET_READERS", "GRANT_PROVIDERS", "HOLD_RULES", "HoldRule", "RELEASE_CHECKS",
+    "ReadGrant", "VERSION_MARKS",
     "abort_upload", "add_sealed_file", "add_user_key", "authorize_download", "authorize_read", "authorize_review",
     "begin_upload", "complete_upload", "create_dataset", "dataset_downloadable", "delete_unpublished_file",
     "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "list_datasets", "list_files",
     "list_user_keys", "new_accession", "publish_version", "put_part", "receive_small_plaintext", "record_download",
     "record_review_view", "release_version", "revoke_user_key", "seal_into_storage", "share_dataset",
-    "unshare_dataset", "upload_parts", "user_key", "version_files", "visible_dataset",
+    "unshare_dataset", "upload_parts", "user_key", "version_files", "version_marks",
+    "visible_dataset",
 ]

@@ -78,6 +78,7 @@ def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: 
         "ds": ds, "owner": owner, "versions": versions, "shown": shown, "files": files,
         "owner_project": db.get(Project, ds.project_id), "next_after": files[-1].id if len(files) == 500 else None,
         "downloadable": service.dataset_downloadable(db, principal, ds, owner),
+        "marks": service.version_marks(db, ds, shown) if shown else [],
     })
 
 

@@ -69,6 +69,18 @@ def _page_url(q: str, selected: dict[str, list[str]]) -> str:
     return "/catalog?" + urlencode(pairs) + ("&" if pairs else "")
 
 
+def _made_with(db: Db, view: Any) -> list[str]:
+    """What the shown version was made with (e.g. a pseudonymization strategy): names, versions, checksums only;
+    the reports are for the project's members."""
+    from ..archive import service as archive
+    from ..archive.models import Dataset
+
+    ds = db.get(Dataset, view.entry.dataset_id)
+    if view.version is None or ds is None:
+        return []
+    return [m["text"] for m in archive.version_marks(db, ds, view.version)]
+
+
 # What the landing page URL can answer, in the order that breaks ties: the page first (a browser's
 # */*), then every citation format; text/x-bibliography once per style, APA (the default) first.
 LANDING_ROUTE = "/catalog/{slug}"
@@ -122,7 +134,7 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
         _show_viewer_if_logged_in(request, db)
         page = templates.TemplateResponse(request, "catalog_entry.html", {
             "v": view, "preview": False, "links": links, "downloads": citations.downloads(view),
-            "apa": citations.formatted(citable.item)})
+            "apa": citations.formatted(citable.item), "made_with": _made_with(db, view)})
         page.headers.update(headers)
         for listener in landing_pages.VIEW_LISTENERS:  # only the page itself counts as a view
             listener(request, page, view.entry.dataset_id)
@@ -302,4 +314,5 @@ def preview(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, data
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
     for img in view.images:
         img.url = f"/datasets/{dataset_id}/catalog/images/{img.position}.png"
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": True})
+    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": True,
+                                                                      "made_with": _made_with(db, view)})

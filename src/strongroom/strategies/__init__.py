@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..capabilities import RELEASE_CHECKS, VERSION_MARKS
+
 if TYPE_CHECKING:
     from ..capabilities import Config
 
@@ -19,5 +21,9 @@ def includeme(config: Config) -> None:
     config.add_jobs("strongroom.strategies.jobs")
     config.add_api_router("strongroom.strategies.api:router")
     config.add_web_router("strongroom.strategies.web:router")
+    config.add_web_router("strongroom.strategies.requests_web:router")
     config.add_templates(Path(__file__).parent / "templates")
     config.add_cli("strongroom.strategies.cli:app", name="strategy")
+    # Nothing unverified is published: every release checks its tables' runs; versions show what made them.
+    config.add_hook(RELEASE_CHECKS, "strongroom.strategies.provenance:release_check")
+    config.add_hook(VERSION_MARKS, "strongroom.strategies.provenance:version_marks")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -12,10 +13,10 @@ from pydantic import Field
 
 from ..deps import DataRead, DataWrite, Db, HubDep, ProjectsRead, ProjectsWrite
 from ..errors import Invalid
-from ..projects.service import open_project
+from ..projects.service import ProjectAccess, open_project
 from ..schemas import Body, Int32, Out
-from . import runs, service
-from .models import StrategyRun
+from . import requests, runs, service
+from .models import DataRequest, StrategyRun, StrategyVersion
 
 router = APIRouter(prefix="/api/v1", tags=["strategies"])
 # A strategy is a few KiB of TOML. Any text of this many characters fits the hub's 1 MiB body limit even
@@ -136,3 +137,105 @@ def list_runs(db: Db, principal: DataRead, slug: str) -> list[RunOut]:
 @router.get("/projects/{slug}/strategy/runs/{run_id}", response_model=RunOut, summary="One run, with its report")
 def get_run(db: Db, principal: DataRead, slug: str, run_id: uuid.UUID) -> RunOut:
     return run_out(*runs.get_run(db, open_project(db, principal, slug), run_id), with_report=True)
+
+
+# -- data requests: the eight steps ----------------------------------------------------------------
+class RequestIn(Body):
+    application: str | None = Field(None, max_length=32, description="An access application (SRA-…) for one "
+                                    "of the project's datasets: its selection and parameters are copied.")
+    title: str = Field("", max_length=300)
+    selection: str = Field("", max_length=requests.MAX_SELECTION,
+                           description="Cohort, criteria, period (free text); from the application when empty.")
+    parameters: dict[str, Any] = Field(default_factory=dict,
+                                       description="variables (list), period_start, period_end (dates).")
+    strategy_version: Int32 | None = Field(None, description="The strategy version the release is made with "
+                                           "(default: the newest).")
+
+
+class RequestRunIn(Body):
+    file_id: str = Field(min_length=1, max_length=32, description="The extract, uploaded into the project.")
+
+
+class CloseIn(Body):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class StepOut(Out):
+    name: str
+    state: str = Field(description="done, failed, todo, or waiting (an earlier step is not done)")
+    evidence: str
+    href: str
+
+
+class RequestOut(Out):
+    id: str
+    application_id: str | None
+    title: str
+    selection: str
+    parameters: dict[str, Any]
+    strategy_version: int
+    strategy_sha256: str
+    run_id: uuid.UUID | None
+    dataset_id: str | None
+    dataset_version: int | None
+    state: str
+    created_by: uuid.UUID
+    created_at: dt.datetime
+    steps: list[StepOut]
+
+
+def request_out(db: Db, access: ProjectAccess, r: DataRequest) -> RequestOut:
+    sv = db.get(StrategyVersion, r.strategy_version_id)
+    assert sv is not None
+    return RequestOut(id=r.id, application_id=r.application_id, title=r.title, selection=r.selection,
+                      parameters=r.parameters, strategy_version=sv.version, strategy_sha256=sv.sha256,
+                      run_id=r.run_id, dataset_id=r.dataset_id, dataset_version=r.dataset_version, state=r.state,
+                      created_by=r.created_by, created_at=r.created_at,
+                      steps=[StepOut(**asdict(s)) for s in requests.steps(db, access.project, r)])
+
+
+@router.post("/projects/{slug}/requests", response_model=RequestOut, status_code=201,
+             summary="Open a data request (from an application, or the project's own; needs the import right)")
+def create_request(db: Db, principal: DataWrite, slug: str, body: RequestIn) -> RequestOut:
+    access = open_project(db, principal, slug)
+    r = requests.create(db, principal, access, application_id=body.application, title=body.title,
+                        selection=body.selection, parameters=body.parameters, strategy_version=body.strategy_version)
+    return request_out(db, access, r)
+
+
+@router.get("/projects/{slug}/requests", response_model=list[RequestOut], summary="The project's data requests")
+def list_requests(db: Db, principal: DataRead, slug: str, state: str | None = None) -> list[RequestOut]:
+    access = open_project(db, principal, slug)
+    return [request_out(db, access, r) for r in requests.list_requests(db, access, state=state)]
+
+
+@router.get("/projects/{slug}/requests/{request_id}", response_model=RequestOut,
+            summary="One data request with its eight steps and their evidence")
+def get_request(db: Db, principal: DataRead, slug: str, request_id: str) -> RequestOut:
+    access = open_project(db, principal, slug)
+    return request_out(db, access, requests.get(db, access, request_id))
+
+
+@router.post("/projects/{slug}/requests/{request_id}/runs", response_model=RunOut, status_code=202,
+             summary="Run the request's strategy version on the uploaded extract")
+def start_request_run(db: Db, hub: HubDep, principal: DataWrite, slug: str, request_id: str,
+                      body: RequestRunIn) -> RunOut:
+    access = open_project(db, principal, slug)
+    run = requests.start_run(db, hub.settings, principal, access, request_id, file_id=body.file_id)
+    number, path = runs.get_run(db, access, run.id)[1:]
+    return run_out(run, number, path)
+
+
+@router.post("/projects/{slug}/requests/{request_id}/release", response_model=RequestOut,
+             summary="Release the passing run's version and grant the approved applicant access to it")
+def release_request(db: Db, principal: DataWrite, slug: str, request_id: str) -> RequestOut:
+    access = open_project(db, principal, slug)
+    requests.release(db, principal, access, request_id)
+    return request_out(db, access, requests.get(db, access, request_id))
+
+
+@router.post("/projects/{slug}/requests/{request_id}/close", response_model=RequestOut,
+             summary="Close a data request without a release")
+def close_request(db: Db, principal: DataWrite, slug: str, request_id: str, body: CloseIn) -> RequestOut:
+    access = open_project(db, principal, slug)
+    return request_out(db, access, requests.close(db, principal, access, request_id, body.reason))

@@ -16,7 +16,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import report as reports
-from . import runs_cli, synthetic
+from . import requests_cli, runs_cli, synthetic
 from .engine import StrategyError, apply
 from .spec import EXAMPLE, Strategy, load_strategy
 from .tables import TableError, read_table, write_table
@@ -24,6 +24,7 @@ from .tables import TableError, read_table, write_table
 app = typer.Typer(no_args_is_help=True, help=(
     "Pseudonymization strategies for clinical tables: check one, apply it to an extract, verify the result."))
 app.add_typer(runs_cli.app, name="runs")
+app.add_typer(requests_cli.app, name="requests")
 console = Console()
 err = Console(stderr=True)
 

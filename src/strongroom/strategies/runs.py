@@ -50,7 +50,18 @@ from ..jobs import service as jobs
 from ..projects.service import ProjectAccess
 from . import engine, service
 from . import report as reports
-from .models import ERROR, FAILED, FINISHED, PASSED, QUEUED, RUNNING, StrategyRun, StrategyVersion
+from .models import (
+    ERROR,
+    FAILED,
+    FINISHED,
+    OPEN,
+    PASSED,
+    QUEUED,
+    RUNNING,
+    DataRequest,
+    StrategyRun,
+    StrategyVersion,
+)
 from .tables import SUFFIXES, TableError, read_table, write_table
 
 JOB = "strategy.run"
@@ -272,6 +283,7 @@ def _finish(hub: Hub, run_id: uuid.UUID, state: str, *, report: dict[str, Any] |
                 state, run.error = ERROR, f"the output could not be archived: {exc.detail}"
             else:
                 run.dataset_id, run.output_file_id, run.report_file_id = dataset, sealed[0].file_id, sealed[1].file_id
+                attach_run_output(session, run)  # a data request waiting for this run gets its dataset
                 details |= {"dataset": dataset, "output_file": sealed[0].file_id, "report_file": sealed[1].file_id}
         run.state = state
         if state == PASSED:
@@ -284,6 +296,12 @@ def _finish(hub: Hub, run_id: uuid.UUID, state: str, *, report: dict[str, Any] |
                          details={**details, "state": state, **({"error": run.error} if run.error else {}),
                                   **({"failed_checks": failed_checks} if failed_checks else {})})
         return state
+
+
+def attach_run_output(session: Session, run: StrategyRun) -> None:
+    """A passing run's draft dataset becomes the release candidate of the open data request waiting for it."""
+    for r in session.scalars(select(DataRequest).where(DataRequest.run_id == run.id, DataRequest.state == OPEN)):
+        r.dataset_id, r.dataset_version, r.updated_at = run.dataset_id, 1, utcnow()
 
 
 def _archive(session: Session, work: _Work, sealed: list[SealedBody]) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 import polars as pl
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".parquet")
+# What counts as a table wherever data leaves a project (a release, an airlock export): a `.txt` is text there.
+TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".parquet")
 SNIFF_BYTES = 1 << 16
 
 
