@@ -2,7 +2,7 @@
 affiliation country of users, and an index from archive files to their DICOM instances.
 
 Revision ID: 0014_metrics
-Revises: 0011_airlock
+Revises: 0012_request_selection
 Create Date: 2026-12-01
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import strongroom.db
 
 revision = "0014_metrics"
-down_revision = "0011_airlock"
+down_revision = "0012_request_selection"
 branch_labels = None
 depends_on = None
 
