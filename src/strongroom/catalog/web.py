@@ -23,7 +23,7 @@ from ..deps import (
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import redirect_with, templates
-from . import entries, png, search, sitemaps
+from . import dois, entries, png, search, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -68,7 +68,14 @@ def _page_url(q: str, selected: dict[str, list[str]]) -> str:
 
 @router.get("/catalog/{slug}")
 def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
-    entry = landing_pages.public_entry(db, slug)
+    try:
+        entry = landing_pages.public_entry(db, slug)
+    except NotFound:
+        gone = landing_pages.tombstone(db, slug, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
+        if gone is None:
+            raise
+        _show_viewer_if_logged_in(request, db)
+        return templates.TemplateResponse(request, "catalog_tombstone.html", {"t": gone}, status_code=410)
     _show_viewer_if_logged_in(request, db)
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
     return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
@@ -142,7 +149,25 @@ def form_values(form) -> dict[str, Any]:  # starlette FormData
         "access_conditions": get("access_conditions"), "duo_codes": [str(c) for c in form.getlist("duo_codes")],
         "how_to_cite": get("how_to_cite"), "doi": get("doi") or None, "contact_email": get("contact_email") or None,
         "apply_mode": get("apply_mode") or "hub", "external_url": get("external_url") or None,
+        "creators": _creators(form), "publications": _lines(get("publications")),
     }
+
+
+def _creators(form) -> list[dict[str, Any]]:  # starlette FormData
+    """The creator rows of the editor; empty rows are dropped, the rest are checked by ``EntryFields``."""
+    columns = [[str(v) for v in form.getlist(f"creator_{name}")]
+               for name in ("kind", "family", "given", "orcid", "affiliation", "ror")]
+    out = []
+    for kind, family, given, orcid, affiliation, ror in zip(*columns, strict=False):
+        if not any(v.strip() for v in (family, given, orcid, affiliation, ror)):
+            continue
+        person = kind != "organisation"
+        out.append({"kind": "person" if person else "organisation",
+                    **({"family_name": family.strip() or None, "given_name": given.strip() or None}
+                       if person else {"name": family.strip()}),
+                    "orcid": orcid.strip() or None, "affiliation": affiliation.strip() or None,
+                    "ror": ror.strip() or None})
+    return out
 
 
 def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,
@@ -155,6 +180,7 @@ def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,
         missing.append("a released version of the dataset")
     return templates.TemplateResponse(request, "catalog_edit.html", {
         "ds": ds, "entry": entry, "f": values, "images": images, "error": error, "missing": missing,
+        "doi_configured": hub.settings.doi.configured, "dois": dois.dois_of(db, ds.id),
         "project": db.get(Project, ds.project_id), "modalities": MODALITIES, "duo": DUO,
         "duo_permissions": DUO_PERMISSIONS, "public_url": f"{hub.settings.base_url.rstrip('/')}/catalog/",
     }, status_code=status)
@@ -189,10 +215,13 @@ def publish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) 
 
 
 @router.post("/datasets/{dataset_id}/catalog/unpublish", dependencies=[CsrfChecked])
-def unpublish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    entries.unpublish(db, principal, dataset_id)
-    return redirect_with(request, f"/datasets/{dataset_id}/catalog",
-                         "Unpublished: the public address answers “not found” now.")
+def unpublish(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    entry = entries.unpublish(db, principal, dataset_id, str(posted.form.get("reason", "") or ""))
+    if dois.effective_doi(db, dataset_id) or dois.dois_of(db, dataset_id):
+        text = "Withdrawn: the public address shows a tombstone page that the DOI keeps resolving to."
+    else:
+        text = "Unpublished: the public address answers “not found” now."
+    return redirect_with(request, f"/datasets/{entry.dataset_id}/catalog", text)
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", dependencies=[CsrfChecked])
