@@ -80,3 +80,6 @@ HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SE
 dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
 add_templates  # capabilities.py: for capabilities with their own templates (tests/support/capdemo uses it)
+on_release  # catalog/dois.py: archive's RELEASE_HOOKS (declared in catalog's includeme)
+datacite_xml  # catalog/datacite.py: the DataCite XML record, for oai_datacite (OAI-PMH) and the schema tests
+_.hide  # catalog/datacite_client.py: the documented client call (findable → registered); sync sends event=hide itself

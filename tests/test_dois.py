@@ -469,4 +469,5 @@ def test_without_datacite_nothing_is_minted_and_the_page_says_so(world, settings
     assert page.status_code == 200 and "doi.org" not in page.text
     steward = web_client(plain, hub, world["alice"])
     assert "DataCite is not configured" in steward.get(f"/datasets/{world['ds']}/catalog").text
-    assert w["client"].get(f"/api/v1/datasets/{world['ds']}/catalog", headers=world["h"]).json()["effective_doi"] is None
+    entry = w["client"].get(f"/api/v1/datasets/{world['ds']}/catalog", headers=world["h"]).json()
+    assert entry["effective_doi"] is None

@@ -158,7 +158,7 @@ def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_n
               for i in images_of(session, entry)]
     og_image = images[0] if images else ImageView(0, f"{canonical}/card.png", f"{site_name} dataset catalogue",
                                                   600, 315)
-    doi, version_dois = entry.doi, []
+    doi, version_dois = entry.doi, list[tuple[int, str]]()
     if not doi:
         doi, version_dois = findable_dois(session, entry.dataset_id)
     contact = entry.contact_email
