@@ -106,7 +106,7 @@ def release_version_2(world) -> None:
     storage = storage_for(hub)
     with transaction(hub.sessions) as s:
         principal = _principal(s, alice)
-        access = projects.open_project(s, principal, "lung")
+        access = projects.open_project(s, principal, world.get("project", "lung"))
         f = archive.receive_small_plaintext(hub, s, principal, access, storage, path="Chest CT/case-2.dcm",
                                             data=png.synthetic_ct_slice(99, size=48))
         file_id = f.id
@@ -346,6 +346,8 @@ def test_version_2_gets_its_doi_and_the_relations_follow(world, datacite):
     assert "application/dicom" in datacite.dois[v2]["formats"]  # the .dcm file of version 2
     page = TestClient(world["app"], base_url=BASE).get("/catalog/chest-ct")
     assert f"Version 2: <a href=\"https://doi.org/{v2}\"" in page.text
+    old = TestClient(world["app"], base_url=BASE).get("/catalog/chest-ct?version=1")  # where v1's DOI resolves
+    assert old.status_code == 200 and "You followed the DOI of version 1" in old.text and v1 in old.text
 
 
 def test_withdrawing_hides_the_dois_and_leaves_a_tombstone(world, datacite):

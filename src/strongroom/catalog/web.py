@@ -67,7 +67,8 @@ def _page_url(q: str, selected: dict[str, list[str]]) -> str:
 
 
 @router.get("/catalog/{slug}")
-def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
+def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | None = None) -> Response:
+    """``?version=N`` is where version N's DOI resolves: the page says which version that was."""
     try:
         entry = landing_pages.public_entry(db, slug)
     except NotFound:
@@ -78,7 +79,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
         return templates.TemplateResponse(request, "catalog_tombstone.html", {"t": gone}, status_code=410)
     _show_viewer_if_logged_in(request, db)
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
-    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False})
+    cited = next(((n, d) for n, d in view.version_dois if n == version), None)
+    return templates.TemplateResponse(request, "catalog_entry.html", {"v": view, "preview": False, "cited": cited})
 
 
 @router.get("/catalog/{slug}/terms")
