@@ -24,8 +24,28 @@ ImageBody = Annotated[bytes, Depends(raw_body(
 # The body is checked by ``EntryFields`` in the service, so that a rule it breaks is answered in the
 # steward's words (as the web editor shows it); the document still describes it exactly.
 EntryBody = Annotated[dict[str, Any], Body()]
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` (the creator model) written in place: a ``#/$defs/…`` reference
+    would point into nowhere inside the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 ENTRY_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": EntryFields.model_json_schema(mode="validation")}}}}
+    "schema": _inlined(EntryFields.model_json_schema(mode="validation"))}}}}
 
 
 class ImageOut(Out):
