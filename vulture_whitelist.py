@@ -83,3 +83,4 @@ add_templates  # capabilities.py: for capabilities with their own templates (tes
 on_release  # catalog/dois.py: archive's RELEASE_HOOKS (declared in catalog's includeme)
 datacite_xml  # catalog/datacite.py: the DataCite XML record, for oai_datacite (OAI-PMH) and the schema tests
 _.hide  # catalog/datacite_client.py: the documented client call (findable → registered); sync sends event=hide itself
+record_facts  # catalog/dois.py: the effective DOI's DataCite record, for content negotiation and oai_datacite

@@ -317,6 +317,13 @@ def test_publish_mints_concept_and_version_dois_and_the_landing_page_shows_them(
     assert [(d["version"], d["state"]) for d in entry["dois"]] == [(None, "findable"), (1, "findable")]
     with transaction(world["hub"].sessions) as s:
         assert dois.effective_doi(s, ds, 1) == v1 and dois.effective_doi(s, ds, 7) is None
+    # the record other code serves (content negotiation, oai_datacite) is the one DataCite has
+    with transaction(world["hub"].sessions) as s:
+        entry = s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == ds))
+        served = dois.record_facts(s, world["hub"].settings, entry)
+        assert served is not None and datacite_attributes(served)["relatedIdentifiers"] == record["relatedIdentifiers"]
+        assert dois.record_facts(s, world["hub"].settings, entry, 1).doi == v1
+        assert dois.record_facts(s, world["hub"].settings, entry, 2) is None
     # a second run sends nothing: everything is where it should be
     calls = len(datacite.calls)
     with transaction(world["hub"].sessions) as s:
@@ -424,6 +431,11 @@ def test_an_external_doi_is_kept_and_nothing_is_minted(world, datacite):
     run_jobs(world["hub"])
     assert datacite.dois == {}
     assert c.get(f"/api/v1/datasets/{ds}/catalog", headers=h).json()["effective_doi"] == "10.23698/example.1"
+    with transaction(world["hub"].sessions) as s:
+        entry = s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == ds))
+        own = dois.record_facts(s, world["hub"].settings, entry)
+        assert own is not None and own.doi == "10.23698/example.1" and own.related[0].relation == "IsSupplementTo"
+        assert_valid(datacite_attributes(own), datacite_xml(own))
     assert "https://doi.org/10.23698/example.1" in TestClient(world["app"], base_url=BASE).get("/catalog/chest-ct").text
     c.post(f"/api/v1/datasets/{ds}/catalog/unpublish", headers=h)
     assert TestClient(world["app"], base_url=BASE).get("/catalog/chest-ct").status_code == 410

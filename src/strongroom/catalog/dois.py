@@ -190,6 +190,20 @@ def facts(session: Session, settings: Settings, entry: CatalogEntry, row: Doi, r
         related=related)
 
 
+def record_facts(session: Session, settings: Settings, entry: CatalogEntry, version: int | None = None
+                 ) -> DoiFacts | None:
+    """The DataCite record of the entry's effective DOI (the concept, or one version's), for
+    ``datacite_attributes``/``datacite_xml`` elsewhere (content negotiation, OAI-PMH ``oai_datacite``);
+    None when that DOI does not resolve (a DataCite record needs its DOI: none is ever made up)."""
+    if entry.doi:  # the steward's own DOI: one record for the dataset, no version DOIs
+        own = Doi(doi=entry.doi, dataset_id=entry.dataset_id, version=None, kind="concept", state="findable",
+                  target="findable")
+        return facts(session, settings, entry, own, [own]) if version is None else None
+    rows = dois_of(session, entry.dataset_id)
+    row = next((r for r in rows if r.version == version and r.state in RESOLVING), None)
+    return facts(session, settings, entry, row, [r for r in rows if r.state != "new"]) if row else None
+
+
 def metadata_hash(attrs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(attrs, sort_keys=True).encode()).hexdigest()
 
