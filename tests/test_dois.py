@@ -32,7 +32,7 @@ from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
 from support.datacite_server import FakeDataCite, recorded_app
 from support.live import free_port, serving
-from test_catalog import BASE, _principal, entry_body, make_dataset
+from test_catalog import BASE, _principal, entry_body, jsonld_of, make_dataset
 
 SUPPORT = Path(__file__).parent / "support" / "datacite"
 XSD = etree.XMLSchema(etree.parse(str(SUPPORT / "kernel-4.6" / "metadata.xsd")))
@@ -312,6 +312,11 @@ def test_publish_mints_concept_and_version_dois_and_the_landing_page_shows_them(
                  datacite_xml_of(world, concept))
     page = public.get("/catalog/chest-ct")
     assert f'href="https://doi.org/{concept}"' in page.text and f"https://doi.org/{v1}" in page.text
+    jsonld = jsonld_of(page.text, f"{BASE}/catalog/chest-ct")
+    assert jsonld["sameAs"] == f"https://doi.org/{concept}"
+    assert jsonld["creator"][0]["@id"] == "https://orcid.org/0000-0002-1825-0097"
+    assert jsonld["creator"][0]["affiliation"]["sameAs"] == "https://ror.org/05gq02987"
+    assert jsonld["creator"][1] == {"@type": "Organization", "name": "Lung Screening Consortium"}
     entry = c.get(f"/api/v1/datasets/{ds}/catalog", headers=world["h"]).json()
     assert entry["effective_doi"] == concept
     assert [(d["version"], d["state"]) for d in entry["dois"]] == [(None, "findable"), (1, "findable")]

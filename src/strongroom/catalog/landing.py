@@ -211,6 +211,24 @@ def temporal_coverage(start: dt.date | None, end: dt.date | None) -> str | None:
     return f"{start.isoformat()}/{end.isoformat() if end else '..'}"
 
 
+def _schema_creator(c: dict[str, str]) -> dict[str, Any]:
+    person = c.get("kind", "person") == "person"
+    out: dict[str, Any] = {"@type": "Person" if person else "Organization", "name": c["name"]}
+    if person:
+        out.update({k: c[f] for k, f in (("givenName", "given_name"), ("familyName", "family_name")) if c.get(f)})
+        if c.get("orcid"):
+            out["@id"] = out["sameAs"] = f"https://orcid.org/{c['orcid']}"
+    if c.get("affiliation") or (c.get("ror") and not person):
+        org: dict[str, Any] = {"@type": "Organization", "name": c.get("affiliation") or c["name"]}
+        if c.get("ror"):
+            org["sameAs"] = f"https://ror.org/{c['ror']}"
+        if person:
+            out["affiliation"] = org
+        elif c.get("ror"):
+            out["sameAs"] = org["sameAs"]
+    return out
+
+
 def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
     """schema.org Dataset with Google's required and recommended properties, following the
     restricted-data recipe: honest isAccessibleForFree, conditionsOfAccess, licence = the terms
@@ -218,10 +236,11 @@ def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
     e = view.entry
     accession = {"@type": "PropertyValue", "propertyID": f"{view.site_name} accession", "value": e.dataset_id,
                  "url": view.canonical}
-    creator: dict[str, Any] = {"@type": "Organization", "name": view.data_owner}
+    owner: dict[str, Any] = {"@type": "Organization", "name": view.data_owner}
     if e.data_owner_url:
-        creator["url"] = e.data_owner_url
-        creator["sameAs"] = e.data_owner_url
+        owner.update(url=e.data_owner_url, sameAs=e.data_owner_url)
+    # as DataCite cites them (persons with their ORCID iD, affiliations with their ROR id), else the owner
+    creator = [_schema_creator(c) for c in e.creators] if e.creators else owner
     variables = view.variables or (
         [f"{name} images" for _, name in view.modalities]
         + (["Expert annotations"] if e.annotations else []))
