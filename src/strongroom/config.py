@@ -192,6 +192,22 @@ class AirlockSettings(BaseModel):
     outbox_days: int = Field(30, ge=1, le=3650)  # an outbox file nobody downloaded is deleted after this
 
 
+class DoiSettings(BaseModel):
+    """DataCite (``[doi]``, see docs/fair.md): without a repository id, password and prefix the hub mints
+    no DOIs (and says so); it never invents one."""
+
+    model_config = ConfigDict(extra="forbid")
+    endpoint: str = "https://api.test.datacite.org"  # production: https://api.datacite.org
+    repository_id: str = ""  # e.g. "EXAMPLE.HOSPITAL"
+    password: SecretStr = SecretStr("")
+    prefix: str = Field(default="", pattern=r"^(10\.\d{4,9})?$")  # e.g. 10.12345
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.repository_id and self.prefix and self.password.get_secret_value())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -216,6 +232,7 @@ class Settings(BaseSettings):
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     airlock: AirlockSettings = Field(default_factory=AirlockSettings)
+    doi: DoiSettings = Field(default_factory=DoiSettings)
 
     @classmethod
     def settings_customise_sources(

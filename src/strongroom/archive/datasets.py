@@ -195,7 +195,17 @@ def release_version(session: Session, principal: Principal, dataset_id: str, num
     v.state, v.released_at = "released", utcnow()
     audit.record(session, principal.actor, "archive.dataset.released", project_id=ds.project_id,
                  target=f"dataset:{ds.id}", details={"version": number, "files": v.file_count})
+    _released(session, v)
     return v
+
+
+# Capabilities told of every released version, in the releasing transaction (e.g. the catalogue mints its DOI).
+RELEASE_HOOKS: list[Callable[[Session, DatasetVersion], None]] = []
+
+
+def _released(session: Session, version: DatasetVersion) -> None:
+    for hook in RELEASE_HOOKS:
+        hook(session, version)
 
 
 def deprecate_version(session: Session, principal: Principal, dataset_id: str, number: int) -> DatasetVersion:
@@ -295,4 +305,5 @@ def publish_version(session: Session, actor: Actor, dataset: Dataset, file_ids: 
     audit.record(session, actor, "archive.dataset.released", project_id=dataset.project_id,
                  target=f"dataset:{dataset.id}",
                  details={"version": version.number, "files": version.file_count, "added": len(file_ids)})
+    _released(session, version)
     return version

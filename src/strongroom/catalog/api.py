@@ -11,7 +11,8 @@ from pydantic import Field
 from ..deps import DataRead, DataWrite, Db, HubDep, raw_body
 from ..errors import NotFound
 from ..schemas import INT64_MAX, Int32, Int64, Out
-from . import entries
+from ..schemas import Body as BodyModel
+from . import dois, entries
 from . import images as catalog_images
 from . import search as searching
 from .fields import EntryFields
@@ -23,8 +24,28 @@ ImageBody = Annotated[bytes, Depends(raw_body(
 # The body is checked by ``EntryFields`` in the service, so that a rule it breaks is answered in the
 # steward's words (as the web editor shows it); the document still describes it exactly.
 EntryBody = Annotated[dict[str, Any], Body()]
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with its ``$defs`` (the creator model) written in place: a ``#/$defs/…`` reference
+    would point into nowhere inside the OpenAPI document."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 ENTRY_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": EntryFields.model_json_schema(mode="validation")}}}}
+    "schema": _inlined(EntryFields.model_json_schema(mode="validation"))}}}}
 
 
 class ImageOut(Out):
@@ -33,6 +54,18 @@ class ImageOut(Out):
     height: int
     alt: str
     sha256: str
+
+
+class DoiOut(Out):
+    doi: str
+    version: int | None = Field(description="None: the concept DOI (every version)")
+    state: str = Field(description="at DataCite: new (not created yet) | draft | registered | findable")
+    target: str = Field(description="findable while published; registered (hidden) once withdrawn")
+    last_error: str | None
+
+
+class WithdrawBody(BodyModel):
+    reason: str = Field(default="", max_length=2000, description="shown on the tombstone page")
 
 
 class EntryOut(EntryFields):
@@ -45,6 +78,11 @@ class EntryOut(EntryFields):
     images: list[ImageOut]
     instances: int | None = Field(default=None, description="DICOM instances, measured by the import (read-only)")
     manufacturers: list[str] = Field(default_factory=list, description="scanner makers, from the import (read-only)")
+    effective_doi: str | None = Field(default=None, description="the DOI to cite: the steward's own, or the hub's "
+                                      "once it resolves (read-only)")
+    dois: list[DoiOut] = Field(default_factory=list, description="DOIs the hub minted at DataCite (read-only)")
+    withdrawn_at: dt.datetime | None = None
+    withdrawn_reason: str = ""
 
 
 class EntrySummary(Out):
@@ -79,6 +117,9 @@ def _out(db: Db, hub, entry: CatalogEntry) -> EntryOut:
                     published_at=entry.published_at, updated_at=entry.updated_at,
                     url=f"{hub.settings.base_url.rstrip('/')}/catalog/{entry.slug}",
                     instances=entry.instances, manufacturers=entry.manufacturers or [],
+                    effective_doi=dois.effective_doi(db, entry.dataset_id), withdrawn_at=entry.withdrawn_at,
+                    withdrawn_reason=entry.withdrawn_reason or "",
+                    dois=[DoiOut.model_validate(d) for d in dois.dois_of(db, entry.dataset_id)],
                     images=[ImageOut.model_validate(i) for i in catalog_images.images_of(db, entry)])
 
 
@@ -120,9 +161,10 @@ def publish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str) -> Entry
 
 
 @router.post("/datasets/{dataset_id}/catalog/unpublish", response_model=EntryOut,
-             summary="Withdraw the entry from the public catalogue (its pages answer 404)")
-def unpublish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str) -> EntryOut:
-    return _out(db, hub, entries.unpublish(db, principal, dataset_id))
+             summary="Withdraw the entry from the public catalogue (404; with a DOI, a 410 tombstone page)")
+def unpublish(db: Db, hub: HubDep, principal: DataWrite, dataset_id: str,
+              body: Annotated[WithdrawBody | None, Body()] = None) -> EntryOut:
+    return _out(db, hub, entries.unpublish(db, principal, dataset_id, body.reason if body else ""))
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", response_model=ImageOut, status_code=201,

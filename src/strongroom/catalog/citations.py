@@ -57,8 +57,13 @@ class Renderer:
 
 # -- the facts -----------------------------------------------------------------------------------
 def doi_of(view: LandingView) -> str | None:
-    """The DOI to cite: the one place that decides it (the DataCite capability's effective DOI goes here)."""
-    return view.entry.doi or None
+    """The DOI to cite: the one place that decides it. The shown version's own DOI when it has one (the exact
+    bytes cited, as Zenodo does), else the entry's effective DOI (the steward's own, or the hub's concept DOI)."""
+    if view.version is not None:
+        for number, doi in view.version_dois:
+            if number == view.version.number:
+                return doi
+    return view.doi or None
 
 
 def _get(creator: object, *names: str) -> Any:

@@ -18,7 +18,8 @@ from ..errors import Conflict, Invalid, NotFound
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Project
-from .fields import LABELS, LISTS, TEXTS, EntryFields
+from . import dois
+from .fields import CONTROL, LABELS, LISTS, TEXTS, EntryFields
 from .models import CatalogEntry
 from .privacy import EMAIL_RE, user_emails
 from .search import reindex
@@ -107,9 +108,9 @@ def save_entry(session: Session, principal: Principal, dataset_id: str,
         if entry.published_at is not None and clean.slug != entry.slug:
             raise Conflict("the public address cannot change once the entry has been published: "
                            "links and citations point at it")
-        changed = sorted(name for name in EntryFields.model_fields if getattr(entry, name) != getattr(clean, name))
+        changed = sorted(name for name in EntryFields.model_fields if getattr(entry, name) != clean.column(name))
     for name in EntryFields.model_fields:
-        setattr(entry, name, getattr(clean, name))
+        setattr(entry, name, clean.column(name))
     if entry.published:
         missing = missing_for_publishing(entry)
         if missing:
@@ -123,6 +124,8 @@ def save_entry(session: Session, principal: Principal, dataset_id: str,
     audit.record(session, principal.actor, "catalog.entry.created" if created else "catalog.entry.updated",
                  project_id=access.project.id, target=f"dataset:{ds.id}",
                  details={"slug": entry.slug, "fields": changed})
+    if entry.published and changed:
+        dois.schedule(session, ds.id)  # the DOIs' metadata follows the entry
     return entry
 
 
@@ -168,17 +171,27 @@ def publish(session: Session, principal: Principal, dataset_id: str) -> CatalogE
         raise Invalid("before publishing, add " + "; ".join(missing))
     if not entry.published:
         entry.published, entry.published_at, entry.updated_at = True, entry.published_at or utcnow(), utcnow()
+        entry.withdrawn_at, entry.withdrawn_reason = None, ""
         audit.record(session, principal.actor, "catalog.entry.published", project_id=access.project.id,
                      target=f"dataset:{ds.id}", details={"slug": entry.slug})
+        dois.schedule(session, ds.id)  # concept and version DOIs, when DataCite is configured
     return entry
 
 
-def unpublish(session: Session, principal: Principal, dataset_id: str) -> CatalogEntry:
+def unpublish(session: Session, principal: Principal, dataset_id: str, reason: str = "") -> CatalogEntry:
+    """Withdraw the entry. Once it has a DOI, its page stays as a tombstone (410) saying when and why."""
     ds, entry, access = require_entry(session, principal, dataset_id)
+    reason = " ".join(reason.split())
+    if len(reason) > 2000 or CONTROL.search(reason):
+        raise Invalid("the reason for withdrawing is plain text of at most 2000 characters")
+    if EMAIL_RE.search(reason) and user_emails(session, EMAIL_RE.findall(reason)):
+        raise Invalid("the reason for withdrawing contains a person's e-mail address; it is shown publicly")
     if entry.published:
         entry.published, entry.updated_at = False, utcnow()
+        entry.withdrawn_at, entry.withdrawn_reason = utcnow(), reason
         audit.record(session, principal.actor, "catalog.entry.unpublished", project_id=access.project.id,
-                     target=f"dataset:{ds.id}", details={"slug": entry.slug})
+                     target=f"dataset:{ds.id}", details={"slug": entry.slug, "reason": reason})
+        dois.schedule(session, ds.id)  # hidden at DataCite; they resolve to the tombstone
     return entry
 
 

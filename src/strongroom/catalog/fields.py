@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from ..errors import Invalid
 from ..schemas import Body, IsoDate
+from .datacite import orcid_ok, ror_id
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,78}[a-z0-9]$")
@@ -32,7 +33,8 @@ LABELS = {
     "size_bytes": "size in bytes", "time_start": "time span start", "time_end": "time span end",
     "terms_title": "terms title", "terms_text": "terms", "access_conditions": "access conditions",
     "duo_codes": "DUO codes", "how_to_cite": "how to cite", "doi": "DOI", "contact_email": "contact address",
-    "apply_mode": "apply mode", "external_url": "external application address",
+    "apply_mode": "apply mode", "external_url": "external application address", "creators": "creators",
+    "publications": "publications",
 }
 # text fields: (max length, may span lines)
 TEXTS = {"title": (300, False), "description": (5000, True), "why_apply": (3000, True),
@@ -62,6 +64,60 @@ def normalise_doi(value: str | None) -> str | None:
     if value.startswith("10.5072/"):
         raise _fail("10.5072 is DataCite's retired test prefix; use your own prefix")
     return value
+
+
+class CreatorField(Body):
+    """A creator of the dataset as DataCite cites it: a person (family and given name, ORCID iD) or an
+    organisation, with an affiliation and its ROR id. Names of creators are public: they are cited."""
+
+    name: str = Field(default="", max_length=300, description="'Family, Given' (filled from the parts if empty)")
+    kind: Literal["person", "organisation"] = "person"
+    given_name: str | None = Field(default=None, max_length=150)
+    family_name: str | None = Field(default=None, max_length=150)
+    orcid: str | None = Field(default=None, max_length=60, description="ORCID iD, e.g. 0000-0002-1825-0097")
+    affiliation: str | None = Field(default=None, max_length=300)
+    ror: str | None = Field(default=None, max_length=60, description="ROR id of the affiliation, e.g. 03yrm5c26")
+
+    @field_validator("name", "given_name", "family_name", "affiliation", mode="before")
+    @classmethod
+    def _plain(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = " ".join(value.split())
+        if CONTROL.search(value) or "@" in value:
+            raise _fail("a creator's name or affiliation is plain text (no e-mail addresses)")
+        return value or None
+
+    @field_validator("orcid", mode="before")
+    @classmethod
+    def _orcid(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().upper().removeprefix("HTTPS://ORCID.ORG/").removeprefix("HTTP://ORCID.ORG/")
+        if value and not orcid_ok(value):
+            raise _fail(f"{value!r} is not an ORCID iD (e.g. 0000-0002-1825-0097, with a valid check digit)")
+        return value or None
+
+    @field_validator("ror", mode="before")
+    @classmethod
+    def _ror(cls, value: object) -> object:
+        if not isinstance(value, str) or not value.strip():
+            return None if isinstance(value, str) else value
+        found = ror_id(value)
+        if found is None:
+            raise _fail(f"{value.strip()!r} is not a ROR id (e.g. https://ror.org/03yrm5c26)")
+        return found
+
+    @model_validator(mode="after")
+    def _named(self) -> CreatorField:
+        if not self.name:
+            parts = [p for p in (self.family_name, self.given_name) if p]
+            if not parts:
+                raise _fail("each creator needs a name (a person's family name, or an organisation's name)")
+            self.name = ", ".join(parts)
+        if self.kind == "organisation" and (self.orcid or self.given_name or self.family_name):
+            raise _fail(f"creator {self.name!r} is an organisation: it has no ORCID iD or given/family name")
+        return self
 
 
 def _codes(values: object, known: Mapping[str, Any], unknown: str) -> object:
@@ -107,6 +163,9 @@ class EntryFields(Body):
     contact_email: str | None = Field(default=None, max_length=254, description="a role address, never a person's")
     apply_mode: Literal["hub", "external"] = "hub"
     external_url: str | None = Field(default=None, max_length=1000)
+    creators: list[CreatorField] = Field(default_factory=list, max_length=100,
+                                         description="as cited (DataCite creators); default: the data owner")
+    publications: list[str] = Field(default_factory=list, max_length=50, description="DOIs of papers about the data")
 
     # -- field rules (before the type check, so the messages are ours) ------------------------------
     @field_validator("slug", mode="before")
@@ -193,6 +252,21 @@ class EntryFields(Body):
     def _doi(cls, value: object) -> object:
         return normalise_doi(value) if value is None or isinstance(value, str) else value
 
+    @field_validator("publications", mode="before")
+    @classmethod
+    def _publications(cls, values: object) -> object:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return values
+        out: list[str] = []
+        for raw in values:
+            try:
+                doi = normalise_doi(raw)
+            except PydanticCustomError:
+                raise _fail(f"publications: {raw.strip()!r} is not a DOI (e.g. 10.1234/abc)") from None
+            if doi and doi.lower() not in (o.lower() for o in out):
+                out.append(doi)
+        return out
+
     @field_validator("contact_email", mode="before")
     @classmethod
     def _contact(cls, value: object) -> object:
@@ -234,7 +308,15 @@ class EntryFields(Body):
     @classmethod
     def of(cls, entry: object) -> EntryFields:
         """The fields of a stored entry (already valid), for showing in the editor."""
-        return cls.model_construct(**{name: getattr(entry, name) for name in cls.model_fields})
+        values = {name: getattr(entry, name) for name in cls.model_fields}
+        values["creators"] = [CreatorField.model_construct(**c) for c in values.get("creators") or []]
+        return cls.model_construct(**values)
+
+    def column(self, name: str) -> Any:
+        """A field as its table column stores it (creators as plain dicts)."""
+        if name == "creators":
+            return [c.model_dump(exclude_none=True) for c in self.creators]
+        return getattr(self, name)
 
 
 def _message(error: Mapping[str, Any]) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
 from ..errors import NotFound
 from ..text import human_bytes
+from .dois import effective_doi, findable_dois
 from .entries import latest_released
 from .images import images_of
 from .models import CatalogEntry, CatalogImage
@@ -39,6 +40,36 @@ def public_image(session: Session, slug: str, position: int) -> CatalogImage:
     if image is None:
         raise NotFound("no such image")
     return image
+
+
+@dataclass
+class Tombstone:
+    """What stays of a withdrawn entry that has a DOI: the page its DOI resolves to (HTTP 410)."""
+
+    title: str
+    doi: str
+    doi_url: str
+    withdrawn_at: dt.datetime | None
+    reason: str
+    how_to_cite: str
+    data_owner: str
+    canonical: str
+    site_name: str
+
+
+def tombstone(session: Session, slug: str, *, base_url: str, site_name: str) -> Tombstone | None:
+    """The tombstone of a withdrawn entry whose DOI still resolves; None when there is none (then 404)."""
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower()))
+    if entry is None or entry.published or entry.withdrawn_at is None:
+        return None
+    doi = effective_doi(session, entry.dataset_id)
+    if doi is None:
+        return None
+    scrub = scrubber(session, [entry.title, entry.withdrawn_reason, entry.how_to_cite, entry.data_owner])
+    return Tombstone(title=scrub(entry.title), doi=doi, doi_url=f"https://doi.org/{doi}",
+                     withdrawn_at=entry.withdrawn_at, reason=scrub(entry.withdrawn_reason),
+                     how_to_cite=scrub(entry.how_to_cite), data_owner=scrub(entry.data_owner),
+                     canonical=f"{base_url.rstrip('/')}/catalog/{entry.slug}", site_name=site_name)
 
 
 @dataclass
@@ -94,6 +125,8 @@ class LandingView:
     og_image: ImageView
     doi_url: str | None
     site_name: str
+    doi: str | None = None  # the effective DOI: the hub's findable concept DOI, or the steward's own
+    version_dois: list[tuple[int, str]] = field(default_factory=list)  # findable version DOIs
     applicant_download: bool = False  # the dataset's access policy: download, or in-platform use only
     jsonld: dict[str, Any] = field(default_factory=dict)
 
@@ -132,6 +165,9 @@ def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_n
               for i in images_of(session, entry)]
     og_image = images[0] if images else ImageView(0, f"{canonical}/card.png", f"{site_name} dataset catalogue",
                                                   600, 315)
+    doi, version_dois = entry.doi, list[tuple[int, str]]()
+    if not doi:
+        doi, version_dois = findable_dois(session, entry.dataset_id)
     contact = entry.contact_email
     if contact and scrub(contact) != contact:
         contact = None  # the address has since become a person's: never show it
@@ -151,7 +187,7 @@ def landing_view(session: Session, entry: CatalogEntry, *, base_url: str, site_n
         terms_url=f"{canonical}/terms", catalog_url=f"{base}/catalog",
         apply_url=(entry.external_url or "") if entry.apply_mode == "external" else f"/apply/{entry.dataset_id}",
         apply_external=entry.apply_mode == "external", og_image=og_image,
-        doi_url=f"https://doi.org/{entry.doi}" if entry.doi else None, site_name=site_name,
+        doi_url=f"https://doi.org/{doi}" if doi else None, site_name=site_name, doi=doi, version_dois=version_dois,
         applicant_download=_applicant_download(session, entry.dataset_id),
     )
     view.jsonld = dataset_jsonld(view, base)
@@ -192,6 +228,24 @@ def temporal_coverage(start: dt.date | None, end: dt.date | None) -> str | None:
     return f"{start.isoformat()}/{end.isoformat() if end else '..'}"
 
 
+def _schema_creator(c: dict[str, str]) -> dict[str, Any]:
+    person = c.get("kind", "person") == "person"
+    out: dict[str, Any] = {"@type": "Person" if person else "Organization", "name": c["name"]}
+    if person:
+        out.update({k: c[f] for k, f in (("givenName", "given_name"), ("familyName", "family_name")) if c.get(f)})
+        if c.get("orcid"):
+            out["@id"] = out["sameAs"] = f"https://orcid.org/{c['orcid']}"
+    if c.get("affiliation") or (c.get("ror") and not person):
+        org: dict[str, Any] = {"@type": "Organization", "name": c.get("affiliation") or c["name"]}
+        if c.get("ror"):
+            org["sameAs"] = f"https://ror.org/{c['ror']}"
+        if person:
+            out["affiliation"] = org
+        elif c.get("ror"):
+            out["sameAs"] = org["sameAs"]
+    return out
+
+
 def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
     """schema.org Dataset with Google's required and recommended properties, following the
     restricted-data recipe: honest isAccessibleForFree, conditionsOfAccess, licence = the terms
@@ -199,10 +253,11 @@ def dataset_jsonld(view: LandingView, base: str) -> dict[str, Any]:
     e = view.entry
     accession = {"@type": "PropertyValue", "propertyID": f"{view.site_name} accession", "value": e.dataset_id,
                  "url": view.canonical}
-    creator: dict[str, Any] = {"@type": "Organization", "name": view.data_owner}
+    owner: dict[str, Any] = {"@type": "Organization", "name": view.data_owner}
     if e.data_owner_url:
-        creator["url"] = e.data_owner_url
-        creator["sameAs"] = e.data_owner_url
+        owner.update(url=e.data_owner_url, sameAs=e.data_owner_url)
+    # as DataCite cites them (persons with their ORCID iD, affiliations with their ROR id), else the owner
+    creator = [_schema_creator(c) for c in e.creators] if e.creators else owner
     variables = view.variables or (
         [f"{name} images" for _, name in view.modalities]
         + (["Expert annotations"] if e.annotations else []))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, utcnow
@@ -34,6 +34,9 @@ class CatalogEntry(CreatedMixin, Base):
     why_apply: Mapped[str] = mapped_column(Text, default="")
     data_owner: Mapped[str] = mapped_column(String(200), default="")  # an organisation, never a person
     data_owner_url: Mapped[str | None] = mapped_column(String(500))  # e.g. its ROR id
+    # [{name, kind person|organisation, given_name, family_name, orcid, affiliation, ror}] (DataCite creators)
+    creators: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    publications: Mapped[list[str]] = mapped_column(JSON, default=list)  # DOIs of papers about the data
     modalities: Mapped[list[str]] = mapped_column(JSON, default=list)  # DICOM modality codes
     organs: Mapped[list[str]] = mapped_column(JSON, default=list)
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -60,6 +63,9 @@ class CatalogEntry(CreatedMixin, Base):
     external_url: Mapped[str | None] = mapped_column(String(1000))
 
     search_text: Mapped[str] = mapped_column(Text, default="")  # lower-cased, for the catalogue search
+    # Unpublished after a DOI was minted: the landing page becomes a tombstone (410) the DOI resolves to.
+    withdrawn_at: Mapped[dt.datetime | None]
+    withdrawn_reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class CatalogImage(Base):
@@ -90,4 +96,27 @@ class CatalogFacet(Base):
     value: Mapped[str] = mapped_column(String(100), primary_key=True)
 
 
-__all__ = ["CatalogEntry", "CatalogFacet", "CatalogImage"]
+class Doi(Base):
+    """A DOI the hub mints at DataCite for a dataset: the concept (``version`` None: every version) or one
+    released version. ``state`` is what DataCite holds (``new`` = not created there yet); ``target`` is
+    what it should hold (findable while published, registered = hidden once withdrawn); the
+    ``catalog.dois`` job brings the two together and sends the metadata whenever ``sent_hash`` differs."""
+
+    __tablename__ = "dois"
+    __table_args__ = (UniqueConstraint("dataset_id", "version", name="uq_dois_dataset_version"),)
+
+    doi: Mapped[str] = mapped_column(String(200), primary_key=True)  # lower case: DOIs are case-insensitive
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[int | None]  # None: the concept DOI
+    kind: Mapped[str] = mapped_column(String(10))  # concept | version
+    state: Mapped[str] = mapped_column(String(12), default="new")  # new | draft | registered | findable
+    target: Mapped[str] = mapped_column(String(12), default="findable")  # findable | registered
+    sent_hash: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the metadata DataCite has
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    findable_at: Mapped[dt.datetime | None]
+
+
+__all__ = ["CatalogEntry", "CatalogFacet", "CatalogImage", "Doi"]

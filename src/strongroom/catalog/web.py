@@ -26,7 +26,7 @@ from ..deps import (
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import redirect_with, templates
-from . import citations, conneg, entries, png, search, signposting, sitemaps
+from . import citations, conneg, dois, entries, png, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -116,9 +116,18 @@ def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> cita
 
 
 @router.get(LANDING_ROUTE)
-def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
-    """The landing page, or by content negotiation (Accept) any citation format of the entry."""
-    citable = _citable(db, hub, slug)
+def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | None = None) -> Response:
+    """The landing page, or by content negotiation (Accept) any citation format of the entry. ``?version=N``
+    is where version N's DOI resolves: the page says which version that was. A withdrawn entry with a DOI
+    answers 410 with a tombstone the DOI keeps resolving to."""
+    try:
+        citable = _citable(db, hub, slug)
+    except NotFound:
+        gone = landing_pages.tombstone(db, slug, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
+        if gone is None:
+            raise
+        _show_viewer_if_logged_in(request, db)
+        return templates.TemplateResponse(request, "catalog_tombstone.html", {"t": gone}, status_code=410)
     offers = _offers()
     chosen = conneg.choose(request.headers.get("accept"), offers)
     headers = {"Vary": "Accept"}
@@ -134,7 +143,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str) -> Response:
         _show_viewer_if_logged_in(request, db)
         page = templates.TemplateResponse(request, "catalog_entry.html", {
             "v": view, "preview": False, "links": links, "downloads": citations.downloads(view),
-            "apa": citations.formatted(citable.item), "made_with": _made_with(db, view)})
+            "apa": citations.formatted(citable.item), "made_with": _made_with(db, view),
+            "cited": next(((n, d) for n, d in view.version_dois if n == version), None)})
         page.headers.update(headers)
         for listener in landing_pages.VIEW_LISTENERS:  # only the page itself counts as a view
             listener(request, page, view.entry.dataset_id)
@@ -231,7 +241,25 @@ def form_values(form) -> dict[str, Any]:  # starlette FormData
         "access_conditions": get("access_conditions"), "duo_codes": [str(c) for c in form.getlist("duo_codes")],
         "how_to_cite": get("how_to_cite"), "doi": get("doi") or None, "contact_email": get("contact_email") or None,
         "apply_mode": get("apply_mode") or "hub", "external_url": get("external_url") or None,
+        "creators": _creators(form), "publications": _lines(get("publications")),
     }
+
+
+def _creators(form) -> list[dict[str, Any]]:  # starlette FormData
+    """The creator rows of the editor; empty rows are dropped, the rest are checked by ``EntryFields``."""
+    columns = [[str(v) for v in form.getlist(f"creator_{name}")]
+               for name in ("kind", "family", "given", "orcid", "affiliation", "ror")]
+    out = []
+    for kind, family, given, orcid, affiliation, ror in zip(*columns, strict=False):
+        if not any(v.strip() for v in (family, given, orcid, affiliation, ror)):
+            continue
+        person = kind != "organisation"
+        out.append({"kind": "person" if person else "organisation",
+                    **({"family_name": family.strip() or None, "given_name": given.strip() or None}
+                       if person else {"name": family.strip()}),
+                    "orcid": orcid.strip() or None, "affiliation": affiliation.strip() or None,
+                    "ror": ror.strip() or None})
+    return out
 
 
 def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,
@@ -244,6 +272,7 @@ def _editor(request: Request, db: Db, hub, ds, entry, values: EntryFields, *,
         missing.append("a released version of the dataset")
     return templates.TemplateResponse(request, "catalog_edit.html", {
         "ds": ds, "entry": entry, "f": values, "images": images, "error": error, "missing": missing,
+        "doi_configured": hub.settings.doi.configured, "dois": dois.dois_of(db, ds.id),
         "project": db.get(Project, ds.project_id), "modalities": MODALITIES, "duo": DUO,
         "duo_permissions": DUO_PERMISSIONS, "public_url": f"{hub.settings.base_url.rstrip('/')}/catalog/",
     }, status_code=status)
@@ -278,10 +307,13 @@ def publish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) 
 
 
 @router.post("/datasets/{dataset_id}/catalog/unpublish", dependencies=[CsrfChecked])
-def unpublish(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    entries.unpublish(db, principal, dataset_id)
-    return redirect_with(request, f"/datasets/{dataset_id}/catalog",
-                         "Unpublished: the public address answers “not found” now.")
+def unpublish(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    entry = entries.unpublish(db, principal, dataset_id, str(posted.form.get("reason", "") or ""))
+    if dois.effective_doi(db, dataset_id) or dois.dois_of(db, dataset_id):
+        text = "Withdrawn: the public address shows a tombstone page that the DOI keeps resolving to."
+    else:
+        text = "Unpublished: the public address answers “not found” now."
+    return redirect_with(request, f"/datasets/{entry.dataset_id}/catalog", text)
 
 
 @router.post("/datasets/{dataset_id}/catalog/images", dependencies=[CsrfChecked])

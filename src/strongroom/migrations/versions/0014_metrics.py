@@ -2,7 +2,7 @@
 affiliation country of users, and an index from archive files to their DICOM instances.
 
 Revision ID: 0014_metrics
-Revises: 0012_request_selection
+Revises: 0013_dois
 Create Date: 2026-12-01
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import strongroom.db
 
 revision = "0014_metrics"
-down_revision = "0012_request_selection"
+down_revision = "0013_dois"
 branch_labels = None
 depends_on = None
 
