@@ -180,15 +180,12 @@ def test_every_format_for_an_entry_with_every_field_and_each_version(world, hub)
 
 
 def test_creators_are_the_authors_with_their_orcids(world, hub):
-    """When the catalogue carries creators (the DataCite capability adds ``entry.creators``), they are
-    the authors everywhere and their ORCIDs are signposted; the data owner stays the publisher."""
+    """When the catalogue entry names creators, they are the authors everywhere and their ORCIDs are signposted; the data owner stays the publisher."""
     publish_entry(world, world["ds"], "chest-ct", **FULL)
-    creators = [
-        {"name": "Lindqvist, Åsa", "nameType": "Personal",
-         "nameIdentifiers": [{"nameIdentifier": "https://orcid.org/0000-0002-1825-0097",
-                              "nameIdentifierScheme": "ORCID"}]},
-        {"given_name": "Omar", "family_name": "Haddad", "orcid": "0000-0001-5109-3700"},
-        {"name": "Example Imaging Consortium", "nameType": "Organizational"},
+    creators = [  # as the catalogue stores them (catalog.fields.CreatorField)
+        {"name": "Lindqvist, Åsa", "kind": "person", "orcid": "0000-0002-1825-0097"},
+        {"name": "", "kind": "person", "given_name": "Omar", "family_name": "Haddad", "orcid": "0000-0001-5109-3700"},
+        {"name": "Example Imaging Consortium", "kind": "organisation"},
     ]
     with hub.sessions() as s:
         entry = s.scalar(select(CatalogEntry).where(CatalogEntry.slug == "chest-ct"))
@@ -310,7 +307,8 @@ def check_signposts(c: TestClient, slug: str, *, cite_as: str, dataset_id: str) 
     described = {link["type"]: link["url"] for link in rels["describedby"]}
     assert described == {
         "application/x-bibtex": f"{url}/cite.bib", "application/x-research-info-systems": f"{url}/cite.ris",
-        "application/vnd.citationstyles.csl+json": f"{url}/cite.csl.json", "application/ld+json": f"{url}/cite.jsonld"}
+        "application/vnd.citationstyles.csl+json": f"{url}/cite.csl.json", "application/ld+json": f"{url}/cite.jsonld",
+        "text/turtle": f"{url}.ttl", "application/rdf+xml": f"{url}.rdf"}  # DCAT-AP (catalog.dcat)
     for media_type, href in described.items():
         got = c.get(path_of(href))
         assert got.status_code == 200 and got.headers["content-type"].split(";")[0] == media_type
@@ -330,19 +328,23 @@ def test_signposting_link_header_and_link_elements(world):
     check_signposts(c, "chest-ct", cite_as="https://doi.org/10.23698/chest_ct.2", dataset_id=world["ds"])
 
 
-def test_describedby_links_follow_the_routes_the_hub_has(world):
-    """A metadata route another capability adds (DCAT-AP Turtle at /catalog/{slug}.ttl) is linked as
-    soon as the hub serves it, and not before."""
+def test_describedby_links_follow_the_routes_the_hub_has(world, monkeypatch):
+    """The DCAT-AP documents are linked because the hub serves them; a metadata route listed in
+    ``signposting.DESCRIBEDBY`` is linked as soon as a capability serves it, and not before."""
     publish_entry(world, world["ds"], "chest-ct", image=False)
     c = anon(world)
-    assert "text/turtle" not in c.get("/catalog/chest-ct").headers["link"]
+    links = parse_header_links(c.get("/catalog/chest-ct").headers["link"])
+    for suffix, media_type in ((".ttl", "text/turtle"), (".rdf", "application/rdf+xml")):
+        assert {"url": f"{BASE}/catalog/chest-ct{suffix}", "rel": "describedby", "type": media_type} in links
+    monkeypatch.setattr(signposting, "DESCRIBEDBY", [*signposting.DESCRIBEDBY, ("/catalog/{slug}.n3", "text/n3")])
+    assert "text/n3" not in c.get("/catalog/chest-ct").headers["link"]
     from fastapi import APIRouter
 
-    dcat = APIRouter()  # included like every capability's router
-    dcat.add_api_route("/catalog/{slug}.ttl", lambda slug: None, methods=["GET"])
-    world["app"].include_router(dcat)
+    n3 = APIRouter()  # included like every capability's router
+    n3.add_api_route("/catalog/{slug}.n3", lambda slug: None, methods=["GET"])
+    world["app"].include_router(n3)
     links = parse_header_links(c.get("/catalog/chest-ct").headers["link"])
-    assert {"url": f"{BASE}/catalog/chest-ct.ttl", "rel": "describedby", "type": "text/turtle"} in links
+    assert {"url": f"{BASE}/catalog/chest-ct.n3", "rel": "describedby", "type": "text/n3"} in links
 
 
 # -- nothing for what is not public ---------------------------------------------------------------
@@ -352,21 +354,22 @@ def test_unpublished_and_unknown_entries_are_404_in_every_format(world):
     public = anon(world)
     accepts = ["text/html", *citations.RENDERERS, "text/x-bibliography; style=vancouver", "image/png"]
 
-    def hidden(slug: str) -> None:
+    def hidden(slug: str, landing: int = 404) -> None:
         for fmt in FORMATS:
             for query in ("", "&version=1" if "?" in fmt else "?version=1"):
                 r = public.get(f"/catalog/{slug}/cite.{fmt}{query}")
                 assert r.status_code == 404 and "Hidden" not in r.text, (slug, fmt)
         for accept in accepts:  # 404 before any negotiation: even an unacceptable type learns nothing
             r = public.get(f"/catalog/{slug}", headers={"Accept": accept})
-            assert r.status_code == 404 and "link" not in r.headers, (slug, accept)
+            assert r.status_code == landing and "link" not in r.headers, (slug, accept)
 
     hidden("hidden-ct")  # never published
     hidden("no-such-entry")
     assert c.post(f"/api/v1/datasets/{ds}/catalog/publish", headers=h).status_code == 200
     assert public.get("/catalog/hidden-ct/cite.bib").status_code == 200
     assert c.post(f"/api/v1/datasets/{ds}/catalog/unpublish", headers=h).status_code == 200
-    hidden("hidden-ct")  # withdrawn
+    # withdrawn: no citation any more; the landing URL is a tombstone (410) if the entry has a DOI to resolve
+    hidden("hidden-ct", landing=410 if entry_body("hidden-ct").get("doi") else 404)
     # the stewards' preview offers no downloads and no signposts for what the public cannot see
     preview = web_client(world["app"], world["app"].state.hub, world["alice"]).get(f"/datasets/{ds}/catalog/preview")
     assert preview.status_code == 200 and "/cite." not in preview.text and not html_links(preview.text)

@@ -107,13 +107,14 @@ def publish(world, hub, slug: str, *, title: str | None = None, **over) -> str:
 
 
 def second_version(hub, person, ds: str) -> None:
-    """Version 2 adds a CSV table to version 1's files and is released; version 1 is deprecated."""
+    """Version 2 adds an annotation file (JSON) to version 1's files and is released; version 1 is deprecated.
+    (Not a table: tables are released only from a passing strategy run, see test_data_requests.)"""
     storage = storage_for(hub)
     with transaction(hub.sessions) as s:
         principal = tc._principal(s, person)
         access = projects.open_project(s, principal, "lung")
-        file_id = archive.receive_small_plaintext(hub, s, principal, access, storage, path="tables/nodules.csv",
-                                                  data=b"case,diameter_mm\n1,6\n").id
+        file_id = archive.receive_small_plaintext(hub, s, principal, access, storage, path="annotations/nodules.json",
+                                                  data=b'[{"case": 1, "diameter_mm": 6}]\n').id
     assert archive.ingest(hub, storage, file_id) == "ready"
     with transaction(hub.sessions) as s:
         principal = tc._principal(s, person)
@@ -186,7 +187,7 @@ def test_an_entry_with_every_field_conforms_and_says_everything_it_knows(world, 
     assert set(g.objects(dists["Version 1 (deprecated)"], DCTERMS.format)) == {URIRef(EU + "file-type/PNG")}
     # one media type per distribution (DCAT-AP): a version of mixed files names its types in words
     assert g.value(dists["Version 2"], DCAT.mediaType) is None
-    assert "2 files (text/csv, image/png)" in str(g.value(dists["Version 2"], DCTERMS.description))
+    assert "2 files (application/json, image/png)" in str(g.value(dists["Version 2"], DCTERMS.description))
     for ext in ("jsonld", "rdf"):
         assert isomorphic(graph_of(c, "/catalog/full-ct", ext), g), ext
     # the landing page itself is still the HTML page

@@ -16,7 +16,8 @@ SCHEMA_TYPES = ("https://schema.org/Dataset", "https://schema.org/AboutPage")
 # ``citations.RENDERERS``): (path under the hub, media type). Each is linked only when the hub has a
 # route for it, so a capability that adds the route (e.g. DCAT-AP Turtle) is linked without an edit here.
 DESCRIBEDBY: list[tuple[str, str]] = [
-    ("/catalog/{slug}.ttl", "text/turtle"),
+    ("/catalog/{slug}.ttl", "text/turtle"),  # DCAT-AP (catalog.dcat); its JSON-LD twin shares schema.org's type
+    ("/catalog/{slug}.rdf", "application/rdf+xml"),
 ]
 
 
