@@ -287,6 +287,8 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Cou
             bad = cells_where(values.cast(pl.String).str.len_chars() > rule.length)
         case spec.Generalize(to="icd10_chapter"):
             bad = cells_where(~values.is_in([name for _, _, name in transforms.ICD10_CHAPTERS]))
+        case spec.Generalize(to="icd10_block"):
+            bad = cells_where(~values.is_in([label for *_, label in transforms.icd10_blocks()]))
         case spec.Generalize():
             bad = off_shape(RULE_SHAPES[rule.to])
         case spec.ShiftDate():
