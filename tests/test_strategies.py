@@ -17,7 +17,7 @@ import pytest
 
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify
 from strongroom.imaging.synthetic import make_ct
-from strongroom.strategies import engine, synthetic, transforms
+from strongroom.strategies import engine, report, synthetic, transforms
 from strongroom.strategies.spec import EXAMPLE, Generalize, Strategy, load_strategy
 from strongroom.strategies.tables import TableError, read_table
 
@@ -307,6 +307,23 @@ def test_verify_rechecks_a_tampered_output() -> None:
     checks = {c.name: c for c in engine.verify(tampered, s).checks}
     assert not checks["age: stratify"].passed and "1 value(s)" in checks["age: stratify"].detail
     assert checks["pin: delete"].detail == "still present"
+
+
+def test_the_report_page_draws_the_class_sizes_and_names_the_smallest_classes() -> None:
+    seed = load_strategy(SEED.read_text())
+    run = engine.apply(synthetic.extract(20_000, rare_groups=True), seed, SECRET)
+    data = run.report(seed)
+    page = report.to_html(data)
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert svg.count("<rect") == len(data["class_sizes"]) == 8
+    assert all(f"<title>{n} classes of size {label}</title>" in svg for label, n in data["class_sizes"].items())
+    smallest = data["smallest_classes"]
+    assert 0 < len(smallest) <= 10 and smallest == sorted(smallest, key=lambda c: c["count"])
+    table = page[page.index("<h4>Smallest classes</h4>"):]
+    assert all(f"<th>{c}</th>" in table for c in seed.k_anonymity.quasi_identifiers)  # type: ignore[union-attr]
+    assert f"<td>{smallest[0]['count']}</td>" in table
+    # nothing fetched: no script, no stylesheet link, no image, no address
+    assert not any(tag in page for tag in ("<script", "<link", "<img", "http://", "https://", "url("))
 
 
 # ---------------------------------------------------------------------------------- strategies as text
