@@ -131,44 +131,62 @@ class _Counted:
     Each column is coded once: every cell becomes the rank of its value among the column's distinct values
     (text in lexical order, other types in their own, null last). A class over several columns is then one
     integer packing those ranks, so millions of classes are counted by grouping one integer column, not
-    several text columns, and integers order the classes as their values sort (for naming the smallest)."""
+    several text columns, and integers order the classes as their values sort (for naming the smallest).
+    When the rows fall into few groups over `keys` (the columns the rules read: released values), they are
+    first counted into those groups, and the columns of `keys` are coded and counted on that small table."""
 
-    def __init__(self, frame: pl.DataFrame, sensitive: dict[tuple[str, ...], str] | None = None) -> None:
+    SAMPLE = 100_000  # rows looked at to guess whether the rows fall into few groups
+
+    def __init__(self, frame: pl.DataFrame, keys: list[str] | None = None,
+                 sensitive: dict[tuple[str, ...], str] | None = None) -> None:
         """`sensitive`: for l-diversity, its classes' columns and sensitive column, counted with the classes'
         sizes in one pass."""
         self.frame = frame
+        self.keys = [k for k in keys or [] if k in frame.columns]
         self.sensitive = sensitive or {}
-        self._codes: dict[str, tuple[np.ndarray, pl.Series]] = {}
+        self._fine: pl.DataFrame | None = None
+        self._codes: dict[tuple[bool, str], tuple[np.ndarray, pl.Series]] = {}
         self._keys: dict[tuple[str, ...], tuple[np.ndarray, int]] = {}
         self._values: dict[str, pl.DataFrame] = {}
         self._classes: dict[tuple[str, ...], pl.DataFrame] = {}
+        if self.keys and frame.height > 4 * self.SAMPLE:
+            sample = frame.gather_every(frame.height // self.SAMPLE).select(self.keys)
+            if sample.n_unique() < sample.height // 4:
+                self._fine = frame.group_by(self.keys).agg(pl.len().alias(CELLS))
 
-    def _coded(self, column: str) -> tuple[np.ndarray, pl.Series]:
-        """(each cell's rank, the distinct values in rank order)."""
-        if column not in self._codes:
-            col = self.frame.get_column(column)
+    def _table(self, columns: list[str]) -> tuple[pl.DataFrame, np.ndarray | None]:
+        """The table to count `columns` on and its rows' weights (None: one row each)."""
+        if self._fine is not None and set(columns) <= set(self.keys):
+            return self._fine, self._fine.get_column(CELLS).to_numpy()
+        return self.frame, None
+
+    def _coded(self, column: str, fine: bool) -> tuple[np.ndarray, pl.Series]:
+        """(each cell's rank, the distinct values in rank order), over the small table when `fine`."""
+        if (fine, column) not in self._codes:
+            col = (self._fine if fine and self._fine is not None else self.frame).get_column(column)
             if col.dtype == pl.Categorical:
                 # ranks through the dictionary codes: a sort of the distinct values, one lookup per cell
                 distinct = col.unique()
                 distinct = distinct.gather(distinct.cast(pl.String).arg_sort(nulls_last=True))
                 physical = distinct.to_physical()
                 null_slot = int(physical.max() or 0) + 1  # type: ignore[arg-type]
-                lookup = np.zeros(null_slot + 1, dtype=np.uint32)
-                lookup[physical.fill_null(null_slot).to_numpy()] = np.arange(distinct.len(), dtype=np.uint32)
+                lookup = np.zeros(null_slot + 1, dtype=np.intp)
+                lookup[physical.fill_null(null_slot).to_numpy()] = np.arange(distinct.len(), dtype=np.intp)
                 codes = lookup[col.to_physical().fill_null(null_slot).to_numpy()]
             else:
                 distinct = col.unique().sort(nulls_last=True)
-                ranks = col.rank("dense").cast(pl.UInt32)  # 1-based; null stays null
-                codes = (ranks.fill_null(distinct.len() - distinct.null_count() + 1) - 1).to_numpy()
-            self._codes[column] = (codes, distinct)
-        return self._codes[column]
+                ranks = col.rank("dense").cast(pl.Int64)  # 1-based; null stays null
+                codes = (ranks.fill_null(distinct.len() - distinct.null_count() + 1) - 1).to_numpy().astype(np.intp)
+            self._codes[(fine, column)] = (codes, distinct)
+        return self._codes[(fine, column)]
 
     def _key(self, columns: list[str]) -> tuple[np.ndarray, int]:
-        """One integer per row that orders and groups the rows as the tuple of their ranks over `columns`, and
-        how many integers it may take. Built on the key of all but the last column (l's key on k's)."""
+        """One integer per row (of `_table(columns)`) that orders and groups the rows as the tuple of their ranks
+        over `columns`, and how many integers it may take. Built on the key of all but the last column."""
         names = tuple(columns)
         if names not in self._keys:
-            codes, distinct = self._coded(columns[-1])
+            fine = self._table(columns)[1] is not None
+            codes, distinct = self._coded(columns[-1], fine)
             width = max(distinct.len(), 1)
             if len(columns) == 1:
                 key, span = codes.astype(np.uint64), width
@@ -178,7 +196,7 @@ class _Counted:
                     _, inverse = np.unique(key, return_inverse=True)
                     key, span = inverse.astype(np.uint64), int(inverse.max(initial=0)) + 1
                 key = key * np.uint64(width)
-                key += codes
+                key += codes.astype(np.uint64)
                 span *= width
             self._keys[names] = (key, span)
         return self._keys[names]
@@ -186,8 +204,9 @@ class _Counted:
     def values(self, column: str) -> pl.DataFrame:
         """{column, __cells}: every distinct value (null included) and its number of cells."""
         if column not in self._values:
-            codes, distinct = self._coded(column)
-            cells = np.bincount(codes, minlength=distinct.len()) if codes.size else np.zeros(0, dtype=np.int64)
+            weights = self._table([column])[1]
+            codes, distinct = self._coded(column, weights is not None)
+            cells = np.bincount(codes, weights, minlength=distinct.len()).astype(np.int64)
             self._values[column] = pl.DataFrame({column: distinct, CELLS: cells})
         return self._values[column]
 
@@ -200,18 +219,23 @@ class _Counted:
             sensitive = distinct or self.sensitive.get(tuple(columns))
             if sensitive is not None and sensitive not in self.frame.columns and distinct is None:
                 sensitive = None  # l names a column the output lacks: its own check says so
+            weights = self._table([*columns, *([sensitive] if sensitive else [])])[1]
             if sensitive is None:
-                self._classes[name] = self._sizes(key, span)
+                self._classes[name] = self._sizes(key, span, weights)
                 return self._classes[name]
             pair, pair_span = self._key([*columns, sensitive])
             if pair_span <= self._ARRAY_LIMIT * max(key.size, 1):
                 # few possible (class, value) pairs: count them in one array, then pairs per class
-                pairs = self._sizes(pair, pair_span).select(pl.col("__key") // self._coded(sensitive)[1].len())
+                width = self._coded(sensitive, weights is not None)[1].len()
+                pairs = self._sizes(pair, pair_span, None).select(pl.col("__key") // width)
                 diverse = pairs.group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
-                self._classes[(*columns, "", "")] = self._sizes(key, span)
+                self._classes[(*columns, "", "")] = self._sizes(key, span, weights)
             else:  # many: the rows and the distinct values of each class in one grouping
-                both = (pl.DataFrame({"__key": key, "__pair": pair}).group_by("__key")
-                        .agg(pl.len().cast(pl.Int64).alias("__n"), pl.col("__pair").n_unique().cast(pl.Int64)))
+                rows = pl.len() if weights is None else pl.col(CELLS).sum()
+                table = pl.DataFrame({"__key": key, "__pair": pair}).with_columns(
+                    pl.Series(CELLS, weights) if weights is not None else pl.lit(1).alias(CELLS))
+                both = table.group_by("__key").agg(rows.cast(pl.Int64).alias("__n"),
+                                                   pl.col("__pair").n_unique().cast(pl.Int64))
                 self._classes[(*columns, "", "")] = both.select("__key", "__n")
                 diverse = both.select("__key", pl.col("__pair").alias("__n"))
             self._classes[(*columns, "", sensitive)] = diverse
@@ -220,13 +244,19 @@ class _Counted:
     _ARRAY_LIMIT = 4  # keys counted in an array when it has at most this many slots per row
 
     @classmethod
-    def _sizes(cls, key: np.ndarray, span: int) -> pl.DataFrame:
-        """{__key, __n}: the rows of each key that occurs."""
+    def _sizes(cls, key: np.ndarray, span: int, weights: np.ndarray | None) -> pl.DataFrame:
+        """{__key, __n}: the rows of each key that occurs (`weights`: rows per entry of `key`)."""
         if span <= max(cls._ARRAY_LIMIT * key.size, 1 << 16):  # few possible keys (released values): an array
-            counts = np.bincount(key.astype(np.intp), minlength=span) if key.size else np.zeros(0, dtype=np.int64)
-            present = np.flatnonzero(counts)
-            return pl.DataFrame({"__key": present.astype(np.uint64), "__n": counts[present].astype(np.int64)})
-        return pl.DataFrame({"__key": key}).group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
+            index = key.astype(np.intp)
+            present = np.flatnonzero(np.bincount(index, minlength=span)) if key.size else np.zeros(0, dtype=np.intp)
+            counts = np.bincount(index, weights, minlength=span).astype(np.int64) if weights is not None else None
+            sizes = counts if counts is not None else np.bincount(index, minlength=span)
+            return pl.DataFrame({"__key": present.astype(np.uint64), "__n": sizes[present].astype(np.int64)})
+        table = pl.DataFrame({"__key": key})
+        if weights is None:
+            return table.group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
+        return (table.with_columns(pl.Series(CELLS, weights)).group_by("__key")
+                .agg(pl.col(CELLS).sum().cast(pl.Int64).alias("__n")))
 
     def named(self, groups: pl.DataFrame, columns: list[str], limit: int = MAX_GROUPS_NAMED) -> list[dict[str, Any]]:
         """The `limit` smallest of `groups` (from `classes`), by size then values, with their values."""
@@ -245,7 +275,8 @@ class _Counted:
         key = pl.Series("__key", self._key(columns)[0])
         rows = key.is_in(smallest.get_column("__key")).arg_true()
         first = pl.DataFrame({"__key": key.gather(rows), ROW: rows}).unique("__key", keep="first")
-        values = self.frame.select(pl.col(columns).gather(first.get_column(ROW)), first.get_column("__key"))
+        table = self._table(columns)[0]
+        values = table.select(pl.col(columns).gather(first.get_column(ROW)), first.get_column("__key"))
         ordered = smallest.join(values, on="__key", how="left", maintain_order="left")
         return [{**{c: row[c] for c in columns}, "count": row["__n"]}
                 for row in ordered.iter_rows(named=True)]
@@ -421,7 +452,8 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
     frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
     ld = strategy.l_diversity
-    counted = _Counted(frame, {tuple(ld.quasi_identifiers): ld.sensitive} if ld else None)
+    counted = _Counted(frame, _rule_columns(_group_rules(strategy)),
+                       {tuple(ld.quasi_identifiers): ld.sensitive} if ld else None)
     checks: list[Check] = []
     for column, rule in strategy.columns.items():
         problem = _rule_holds(frame, column, rule, counted)
