@@ -17,8 +17,8 @@ import pytest
 
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify
 from strongroom.imaging.synthetic import make_ct
-from strongroom.strategies import engine, synthetic
-from strongroom.strategies.spec import EXAMPLE, Strategy, load_strategy
+from strongroom.strategies import engine, report, synthetic, transforms
+from strongroom.strategies.spec import EXAMPLE, Generalize, Strategy, load_strategy
 from strongroom.strategies.tables import TableError, read_table
 
 SEED = EXAMPLE
@@ -160,6 +160,56 @@ action = "keep"
         engine.apply(frame(), strategy('unlisted = "delete"\n[columns.height]\naction = "keep"\n'), SECRET)
 
 
+ICD_CODES = {  # as written in an extract → the WHO 2019 block (None: blank)
+    "C50.9": "C50-C50 Breast cancer", "I20.9": "I20-I25 Ischaemic heart diseases",
+    " i209 ": "I20-I25 Ischaemic heart diseases", "I25": "I20-I25 Ischaemic heart diseases",
+    "A17.0†": "A15-A19 Tuberculosis", "G01*": "G00-G09 Inflammatory CNS diseases",  # dagger and asterisk
+    "A17.0† G01*": "A15-A19 Tuberculosis",  # the pair: the dagger code (the cause) comes first
+    "D48.9": "D37-D48 Tumours of uncertain behaviour", "D50.0": "D50-D53 Nutritional anaemias",  # II | III
+    "H59.0": "H55-H59 Other eye disorders", "H60.3": "H60-H62 External ear disorders",  # VII | VIII
+    "U07.1": "U00-U49 Provisional and emergency-use codes", "u49": "U00-U49 Provisional and emergency-use codes",
+    "U83.0": "U82-U85 Resistance to antimicrobial and antineoplastic drugs",
+    "X85": "X85-Y09 Assault", "Y09": "X85-Y09 Assault",  # a block across two letters
+    "Z99.2": "Z80-Z99 Family and personal history, health status",
+    "U50": None, "C98": None, "E08.9": None, "D49": None, "C7A.0": None,  # in no WHO block (gaps, ICD-10-CM)
+    "XYZ": None, "C5": None, "123": None, "": None, "  ": None, None: None,  # malformed or empty
+}
+
+
+def test_icd10_codes_to_blocks_chapters_and_categories() -> None:
+    codes = pl.DataFrame({"icd": list(ICD_CODES)}, schema={"icd": pl.String})
+    run = engine.apply(codes, strategy('[columns.icd]\naction = "generalize"\nto = "icd10_block"\n'), SECRET)
+    assert run.passed, failed(run)
+    assert dict(zip(ICD_CODES, run.output.get_column("icd").to_list(), strict=True)) == ICD_CODES
+    chapters = engine.apply(codes, strategy('[columns.icd]\naction = "generalize"\nto = "icd10_chapter"\n'), SECRET)
+    categories = engine.apply(codes, strategy('[columns.icd]\naction = "generalize"\nto = "icd10_category"\n'),
+                              SECRET)
+    assert chapters.passed and categories.passed
+    by_code = dict(zip(ICD_CODES, zip(chapters.output.get_column("icd").to_list(),
+                                      categories.output.get_column("icd").to_list(), strict=True), strict=True))
+    assert by_code["D48.9"] == ("II", "D48") and by_code["D50.0"] == ("III", "D50")
+    assert by_code["H59.0"] == ("VII", "H59") and by_code["H60.3"] == ("VIII", "H60")
+    assert by_code["U07.1"] == ("XXII", "U07") and by_code[" i209 "] == ("IX", "I20")
+    assert by_code["XYZ"] == by_code["C5"] == by_code["123"] == (None, None)  # blank, not a chapter by accident
+
+
+def test_the_block_table_agrees_with_the_chapters() -> None:
+    blocks = transforms.icd10_blocks()
+    assert len(blocks) == 263 and len({label for *_, label in blocks}) == 263
+    chapter = transforms.generalize(Generalize(action="generalize", to="icd10_chapter"), "code", pl.String)
+    ends = pl.DataFrame({"code": [c for first, last, *_ in blocks for c in (first, last)]})
+    assert ends.select(chapter).to_series().to_list() == [ch for _, _, ch, _ in blocks for _ in (0, 1)]
+    ordered = sorted(blocks)  # no category in two blocks
+    assert all(a[1] < b[0] for a, b in zip(ordered, ordered[1:], strict=False))
+
+
+def test_verify_rejects_what_is_not_a_block_label() -> None:
+    s = strategy('[columns.icd]\naction = "generalize"\nto = "icd10_block"\n')
+    tampered = pl.DataFrame({"icd": ["I20-I25 Ischaemic heart diseases", "I20", "I20-I25", None]})
+    check = next(c for c in engine.verify(tampered, s).checks if c.name == "icd: generalize")
+    assert not check.passed and "2 value(s)" in check.detail
+
+
 def test_table_pseudonyms_and_date_shifts_match_the_dicom_side() -> None:
     """The same person gets the same pseudonym and the same date shift in a table as in images."""
     ct = pydicom.dcmread(__import__("io").BytesIO(make_ct(3, 1, 1, 1, rows=8, columns=8)))
@@ -257,6 +307,23 @@ def test_verify_rechecks_a_tampered_output() -> None:
     checks = {c.name: c for c in engine.verify(tampered, s).checks}
     assert not checks["age: stratify"].passed and "1 value(s)" in checks["age: stratify"].detail
     assert checks["pin: delete"].detail == "still present"
+
+
+def test_the_report_page_draws_the_class_sizes_and_names_the_smallest_classes() -> None:
+    seed = load_strategy(SEED.read_text())
+    run = engine.apply(synthetic.extract(20_000, rare_groups=True), seed, SECRET)
+    data = run.report(seed)
+    page = report.to_html(data)
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert svg.count("<rect") == len(data["class_sizes"]) == 8
+    assert all(f"<title>{n} classes of size {label}</title>" in svg for label, n in data["class_sizes"].items())
+    smallest = data["smallest_classes"]
+    assert 0 < len(smallest) <= 10 and smallest == sorted(smallest, key=lambda c: c["count"])
+    table = page[page.index("<h4>Smallest classes</h4>"):]
+    assert all(f"<th>{c}</th>" in table for c in seed.k_anonymity.quasi_identifiers)  # type: ignore[union-attr]
+    assert f"<td>{smallest[0]['count']}</td>" in table
+    # nothing fetched: no script, no stylesheet link, no image, no address
+    assert not any(tag in page for tag in ("<script", "<link", "<img", "http://", "https://", "url("))
 
 
 # ---------------------------------------------------------------------------------- strategies as text

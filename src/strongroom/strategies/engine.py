@@ -123,52 +123,163 @@ def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, name
     return frame.select(exprs)
 
 
-def _violations(frame: pl.DataFrame, columns: list[str], minimum: int, distinct: str | None = None,
-                sizes: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The groups over `columns` with fewer than `minimum` rows (or distinct values of `distinct`).
-    `sizes`: those counts per group, when already counted."""
-    if sizes is None:
-        measure = pl.col(distinct).n_unique() if distinct else pl.len()
-        sizes = frame.group_by(columns).agg(measure.alias("__n"))
-    return sizes.filter(pl.col("__n") < minimum).sort("__n", *columns, nulls_last=True)
-
-
 class _Counted:
     """Counts the verification needs more than once, each counted once: cells per distinct value of a
     column (the rule checks and the identifier scan) and rows per class over a set of columns (a group
-    rule or k, and the risk). The rows are counted once into the finest groups over `keys` (the columns
-    the group rules, k and l read); counts over those columns are sums over that small table."""
+    rule, k, l and the risk).
 
-    def __init__(self, frame: pl.DataFrame, keys: list[str] | None = None) -> None:
+    Each column is coded once: every cell becomes the rank of its value among the column's distinct values
+    (text in lexical order, other types in their own, null last). A class over several columns is then one
+    integer packing those ranks, so millions of classes are counted by grouping one integer column, not
+    several text columns, and integers order the classes as their values sort (for naming the smallest).
+    When the rows fall into few groups over `keys` (the columns the rules read: released values), they are
+    first counted into those groups, and the columns of `keys` are coded and counted on that small table."""
+
+    SAMPLE = 100_000  # rows looked at to guess whether the rows fall into few groups
+
+    def __init__(self, frame: pl.DataFrame, keys: list[str] | None = None,
+                 sensitive: dict[tuple[str, ...], str] | None = None) -> None:
+        """`sensitive`: for l-diversity, its classes' columns and sensitive column, counted with the classes'
+        sizes in one pass."""
         self.frame = frame
         self.keys = [k for k in keys or [] if k in frame.columns]
+        self.sensitive = sensitive or {}
         self._fine: pl.DataFrame | None = None
+        self._codes: dict[tuple[bool, str], tuple[np.ndarray, pl.Series]] = {}
+        self._keys: dict[tuple[str, ...], tuple[np.ndarray, int]] = {}
         self._values: dict[str, pl.DataFrame] = {}
         self._classes: dict[tuple[str, ...], pl.DataFrame] = {}
+        if self.keys and frame.height > 4 * self.SAMPLE:
+            sample = frame.gather_every(frame.height // self.SAMPLE).select(self.keys)
+            if sample.n_unique() < sample.height // 4:
+                self._fine = frame.group_by(self.keys).agg(pl.len().alias(CELLS))
 
-    def _source(self, columns: list[str]) -> tuple[pl.DataFrame, pl.Expr]:
-        """The table to count `columns` from and how to count its rows."""
-        if not set(columns) <= set(self.keys):
-            return self.frame, pl.len()
-        if self._fine is None:
-            self._fine = self.frame.group_by(self.keys).agg(pl.len().alias(CELLS))
-        return self._fine, pl.col(CELLS).sum()
+    def _table(self, columns: list[str]) -> tuple[pl.DataFrame, np.ndarray | None]:
+        """The table to count `columns` on and its rows' weights (None: one row each)."""
+        if self._fine is not None and set(columns) <= set(self.keys):
+            return self._fine, self._fine.get_column(CELLS).to_numpy()
+        return self.frame, None
+
+    def _coded(self, column: str, fine: bool) -> tuple[np.ndarray, pl.Series]:
+        """(each cell's rank, the distinct values in rank order), over the small table when `fine`."""
+        if (fine, column) not in self._codes:
+            col = (self._fine if fine and self._fine is not None else self.frame).get_column(column)
+            if col.dtype == pl.Categorical:
+                # ranks through the dictionary codes: a sort of the distinct values, one lookup per cell
+                distinct = col.unique()
+                distinct = distinct.gather(distinct.cast(pl.String).arg_sort(nulls_last=True))
+                physical = distinct.to_physical()
+                null_slot = int(physical.max() or 0) + 1  # type: ignore[arg-type]
+                lookup = np.zeros(null_slot + 1, dtype=np.intp)
+                lookup[physical.fill_null(null_slot).to_numpy()] = np.arange(distinct.len(), dtype=np.intp)
+                codes = lookup[col.to_physical().fill_null(null_slot).to_numpy()]
+            else:
+                distinct = col.unique().sort(nulls_last=True)
+                ranks = col.rank("dense").cast(pl.Int64)  # 1-based; null stays null
+                codes = (ranks.fill_null(distinct.len() - distinct.null_count() + 1) - 1).to_numpy().astype(np.intp)
+            self._codes[(fine, column)] = (codes, distinct)
+        return self._codes[(fine, column)]
+
+    def _key(self, columns: list[str]) -> tuple[np.ndarray, int]:
+        """One integer per row (of `_table(columns)`) that orders and groups the rows as the tuple of their ranks
+        over `columns`, and how many integers it may take. Built on the key of all but the last column."""
+        names = tuple(columns)
+        if names not in self._keys:
+            fine = self._table(columns)[1] is not None
+            codes, distinct = self._coded(columns[-1], fine)
+            width = max(distinct.len(), 1)
+            if len(columns) == 1:
+                key, span = codes.astype(np.uint64), width
+            else:
+                key, span = self._key(columns[:-1])
+                if span * width >= 2 ** 63:  # would overflow: renumber the classes so far, keeping their order
+                    _, inverse = np.unique(key, return_inverse=True)
+                    key, span = inverse.astype(np.uint64), int(inverse.max(initial=0)) + 1
+                key = key * np.uint64(width)
+                key += codes.astype(np.uint64)
+                span *= width
+            self._keys[names] = (key, span)
+        return self._keys[names]
 
     def values(self, column: str) -> pl.DataFrame:
         """{column, __cells}: every distinct value (null included) and its number of cells."""
         if column not in self._values:
-            table, rows = self._source([column])
-            self._values[column] = table.group_by(column).agg(rows.alias(CELLS))
+            weights = self._table([column])[1]
+            codes, distinct = self._coded(column, weights is not None)
+            cells = np.bincount(codes, weights, minlength=distinct.len()).astype(np.int64)
+            self._values[column] = pl.DataFrame({column: distinct, CELLS: cells})
         return self._values[column]
 
     def classes(self, columns: list[str], distinct: str | None = None) -> pl.DataFrame:
-        """{*columns, __n}: rows per group over `columns` (or distinct values of `distinct`)."""
-        key = (*columns, "", distinct or "")
-        if key not in self._classes:
-            table, rows = self._source([*columns, *([distinct] if distinct else [])])
-            measure = pl.col(distinct).n_unique() if distinct else rows
-            self._classes[key] = table.group_by(columns).agg(measure.alias("__n"))
-        return self._classes[key]
+        """{__key, __n}: rows per group over `columns` (or distinct values of `distinct`); __key names the
+        group for `named`."""
+        name = (*columns, "", distinct or "")
+        if name not in self._classes:
+            key, span = self._key(columns)
+            sensitive = distinct or self.sensitive.get(tuple(columns))
+            if sensitive is not None and sensitive not in self.frame.columns and distinct is None:
+                sensitive = None  # l names a column the output lacks: its own check says so
+            weights = self._table([*columns, *([sensitive] if sensitive else [])])[1]
+            if sensitive is None:
+                self._classes[name] = self._sizes(key, span, weights)
+                return self._classes[name]
+            pair, pair_span = self._key([*columns, sensitive])
+            if pair_span <= self._ARRAY_LIMIT * max(key.size, 1):
+                # few possible (class, value) pairs: count them in one array, then pairs per class
+                width = self._coded(sensitive, weights is not None)[1].len()
+                pairs = self._sizes(pair, pair_span, None).select(pl.col("__key") // width)
+                diverse = pairs.group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
+                self._classes[(*columns, "", "")] = self._sizes(key, span, weights)
+            else:  # many: the rows and the distinct values of each class in one grouping
+                rows = pl.len() if weights is None else pl.col(CELLS).sum()
+                table = pl.DataFrame({"__key": key, "__pair": pair}).with_columns(
+                    pl.Series(CELLS, weights) if weights is not None else pl.lit(1).alias(CELLS))
+                both = table.group_by("__key").agg(rows.cast(pl.Int64).alias("__n"),
+                                                   pl.col("__pair").n_unique().cast(pl.Int64))
+                self._classes[(*columns, "", "")] = both.select("__key", "__n")
+                diverse = both.select("__key", pl.col("__pair").alias("__n"))
+            self._classes[(*columns, "", sensitive)] = diverse
+        return self._classes[name]
+
+    _ARRAY_LIMIT = 4  # keys counted in an array when it has at most this many slots per row
+
+    @classmethod
+    def _sizes(cls, key: np.ndarray, span: int, weights: np.ndarray | None) -> pl.DataFrame:
+        """{__key, __n}: the rows of each key that occurs (`weights`: rows per entry of `key`)."""
+        if span <= max(cls._ARRAY_LIMIT * key.size, 1 << 16):  # few possible keys (released values): an array
+            index = key.astype(np.intp)
+            present = np.flatnonzero(np.bincount(index, minlength=span)) if key.size else np.zeros(0, dtype=np.intp)
+            counts = np.bincount(index, weights, minlength=span).astype(np.int64) if weights is not None else None
+            sizes = counts if counts is not None else np.bincount(index, minlength=span)
+            return pl.DataFrame({"__key": present.astype(np.uint64), "__n": sizes[present].astype(np.int64)})
+        table = pl.DataFrame({"__key": key})
+        if weights is None:
+            return table.group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
+        return (table.with_columns(pl.Series(CELLS, weights)).group_by("__key")
+                .agg(pl.col(CELLS).sum().cast(pl.Int64).alias("__n")))
+
+    def named(self, groups: pl.DataFrame, columns: list[str], limit: int = MAX_GROUPS_NAMED) -> list[dict[str, Any]]:
+        """The `limit` smallest of `groups` (from `classes`), by size then values, with their values."""
+        if groups.height == 0:
+            return []
+        # size by size from the smallest (usually one or two sizes), the lowest keys of each: no sort of them all
+        size = groups.get_column("__n")
+        candidates = groups.filter(size <= size.bottom_k(limit).max())
+        picked: list[pl.DataFrame] = []
+        for n in candidates.get_column("__n").unique().sort():
+            keys = candidates.filter(pl.col("__n") == n).get_column("__key").bottom_k(limit - sum(map(len, picked)))
+            picked.append(pl.DataFrame({"__key": keys.sort(), "__n": pl.Series([n] * keys.len(), dtype=pl.Int64)}))
+            if sum(map(len, picked)) >= limit:
+                break
+        smallest = pl.concat(picked)
+        key = pl.Series("__key", self._key(columns)[0])
+        rows = key.is_in(smallest.get_column("__key")).arg_true()
+        first = pl.DataFrame({"__key": key.gather(rows), ROW: rows}).unique("__key", keep="first")
+        table = self._table(columns)[0]
+        values = table.select(pl.col(columns).gather(first.get_column(ROW)), first.get_column("__key"))
+        ordered = smallest.join(values, on="__key", how="left", maintain_order="left")
+        return [{**{c: row[c] for c in columns}, "count": row["__n"]}
+                for row in ordered.iter_rows(named=True)]
 
 
 def _group_rules(strategy: spec.Strategy) -> list[tuple[str, list[str], int, str | None, spec.OnViolation]]:
@@ -287,6 +398,8 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Cou
             bad = cells_where(values.cast(pl.String).str.len_chars() > rule.length)
         case spec.Generalize(to="icd10_chapter"):
             bad = cells_where(~values.is_in([name for _, _, name in transforms.ICD10_CHAPTERS]))
+        case spec.Generalize(to="icd10_block"):
+            bad = cells_where(~values.is_in([label for *_, label in transforms.icd10_blocks()]))
         case spec.Generalize():
             bad = off_shape(RULE_SHAPES[rule.to])
         case spec.ShiftDate():
@@ -306,11 +419,6 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Cou
     return f"{bad} value(s) do not follow the rule" if bad else None
 
 
-def _named(groups: pl.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
-    return [{**{c: row[c] for c in columns}, "count": row["__n"]}
-            for row in groups.head(MAX_GROUPS_NAMED).iter_rows(named=True)]
-
-
 Groups = list[dict[str, Any]]
 
 
@@ -318,7 +426,8 @@ def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float,
           counted: _Counted | None = None) -> tuple[dict[str, Any], dict[str, int], Groups]:
     if not quasi or frame.height == 0:
         return {"assessed": False, "why": "no quasi-identifiers named" if not quasi else "no rows"}, {}, []
-    sizes = (counted or _Counted(frame)).classes(quasi)
+    counted = counted or _Counted(frame)
+    sizes = counted.classes(quasi)
     n, classes = frame.height, sizes.height
     smallest = int(sizes.get_column("__n").min())  # type: ignore[arg-type]
     at_risk = int(sizes.filter(1 / pl.col("__n") > threshold).get_column("__n").sum())
@@ -335,14 +444,16 @@ def _risk(frame: pl.DataFrame, quasi: list[str], threshold: float,
     for low, high in edges:
         label = str(low) if low == high else (f"{low}-{high}" if high else f"{low}+")
         histogram[label] = int(((size >= low) & (size <= (high or n))).sum())
-    return risk, histogram, _named(sizes.sort("__n", *quasi, nulls_last=True), quasi)[:10]
+    return risk, histogram, counted.named(sizes, quasi, 10)
 
 
 def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher | None = None) -> Verification:
     """Check the output against every promise of the strategy, knowing nothing of how it was made.
     `names`: the names to look for (the steward's list and the input's `names_from` columns)."""
     frame = frame.with_columns(pl.col(pl.String).cast(pl.Categorical))
-    counted = _Counted(frame, _rule_columns(_group_rules(strategy)))
+    ld = strategy.l_diversity
+    counted = _Counted(frame, _rule_columns(_group_rules(strategy)),
+                       {tuple(ld.quasi_identifiers): ld.sensitive} if ld else None)
     checks: list[Check] = []
     for column, rule in strategy.columns.items():
         problem = _rule_holds(frame, column, rule, counted)
@@ -350,9 +461,9 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
     extra = [c for c in frame.columns if c not in strategy.columns]
     checks.append(Check("no column without a rule", not extra, f"unexpected: {', '.join(extra)}" if extra else "holds"))
     for name, columns, minimum, distinct, _ in _group_rules(strategy):
-        bad = _violations(frame, columns, minimum, distinct, counted.classes(columns, distinct))
+        bad = counted.classes(columns, distinct).filter(pl.col("__n") < minimum)
         checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
-                            _named(bad, columns)))
+                            counted.named(bad, columns)))
     scan = strategy.identifier_scan
     found = scan_identifiers(frame, names or NameMatcher(scan.names), personnummer=scan.personnummer, email=scan.email,
                              phone=scan.phone, counts=counted.values)

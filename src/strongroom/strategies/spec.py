@@ -71,9 +71,10 @@ class Stratify(_Rule):
 
 class Generalize(_Rule):
     """Coarser values: a date to its year, quarter or month; a code to its first characters
-    (postal codes); an ICD-10 code to its chapter or three-character category."""
+    (postal codes); an ICD-10 code to its chapter, block (WHO 2019: "I20-I25 Ischaemic heart diseases") or
+    three-character category. A code that does not start like one (a letter, two digits) becomes blank."""
     action: Literal["generalize"]
-    to: Literal["year", "quarter", "month", "prefix", "icd10_chapter", "icd10_category"]
+    to: Literal["year", "quarter", "month", "prefix", "icd10_chapter", "icd10_block", "icd10_category"]
     length: int | None = Field(None, ge=1, le=20, description="Characters kept by `prefix`.")
 
     @model_validator(mode="after")

@@ -6,7 +6,10 @@ joined back, so a million rows of a hundred thousand people cost a hundred thous
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
+from functools import cache
+from pathlib import Path
 
 import polars as pl
 from polars._typing import PolarsDataType
@@ -25,6 +28,9 @@ ICD10_CHAPTERS: list[tuple[str, str, str]] = [
     ("P00", "P96", "XVI"), ("Q00", "Q99", "XVII"), ("R00", "R99", "XVIII"), ("S00", "T98", "XIX"),
     ("V01", "Y98", "XX"), ("Z00", "Z99", "XXI"), ("U00", "U99", "XXII"),
 ]
+# ICD-10 (WHO 2019) blocks: first and last three-character category, chapter and a short title
+ICD10_BLOCKS_FILE = Path(__file__).parent / "data" / "icd10_blocks.csv"
+ICD10_CATEGORY = r"^([A-Z][0-9]{2})"  # what a code must start with, once dots, daggers and spaces are gone
 DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%d.%m.%Y", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 
 
@@ -66,6 +72,35 @@ def stratify(rule: spec.Stratify, column: str, dtype: pl.DataType) -> pl.Expr:
             .cast(pl.String))
 
 
+def icd10_category(text: pl.Expr) -> pl.Expr:
+    """The three-character category of an ICD-10 code written any usual way ("i20.9", " I209", "A17.0†",
+    "G01*"); null when the text does not start like one."""
+    return text.str.replace_all(r"[^A-Z0-9]", "").str.extract(ICD10_CATEGORY, 1)
+
+
+@cache
+def icd10_blocks() -> list[tuple[str, str, str, str]]:
+    """(first, last, chapter, label) of every block, in the file's order; label: "I20-I25 Ischaemic heart diseases"."""
+    with ICD10_BLOCKS_FILE.open(encoding="utf-8", newline="") as f:
+        return [(r["first"], r["last"], r["chapter"], f"{r['first']}-{r['last']} {r['title']}")
+                for r in csv.DictReader(f)]
+
+
+@cache
+def icd10_block_map() -> tuple[list[str], list[str]]:
+    """Every three-character category a block covers and that block's label (2,600 codes at most): the
+    codes of a column are then looked up by hash, never compared range by range per row."""
+    categories, labels = [], []
+    for first, last, _, label in icd10_blocks():
+        for letter in range(ord(first[0]), ord(last[0]) + 1):
+            for number in range(100):
+                category = f"{chr(letter)}{number:02d}"
+                if first <= category <= last:
+                    categories.append(category)
+                    labels.append(label)
+    return categories, labels
+
+
 def generalize(rule: spec.Generalize, column: str, dtype: pl.DataType) -> pl.Expr:
     if rule.to in ("year", "quarter", "month"):
         date = as_date(column, dtype)
@@ -79,9 +114,12 @@ def generalize(rule: spec.Generalize, column: str, dtype: pl.DataType) -> pl.Exp
     if rule.to == "prefix":
         assert rule.length is not None
         return text.str.replace_all(r"\s", "").str.slice(0, rule.length)
-    code = text.str.replace_all(r"[^A-Z0-9]", "").str.slice(0, 3)
+    code = icd10_category(text)
     if rule.to == "icd10_category":
         return code
+    if rule.to == "icd10_block":
+        categories, labels = icd10_block_map()
+        return code.replace_strict(categories, labels, default=None, return_dtype=pl.String)
     chapter = pl.lit(None, dtype=pl.String)
     for first, last, name in reversed(ICD10_CHAPTERS):
         chapter = pl.when((code >= first) & (code <= last)).then(pl.lit(name)).otherwise(chapter)
