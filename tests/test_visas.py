@@ -215,7 +215,17 @@ def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world
     assert world["carol"].get("/api/v1/permissions/not-a-uuid").status_code == 404
     assert world["admin"].get(f"/api/v1/permissions/{uuid.uuid4()}").status_code == 404
     assert httpx.get(f"{world['url']}/api/v1/permissions/{carol.user.id}").status_code == 401
-    assert world["alice"].get("/api/v1/me/passport").json() == {"ga4gh_passport_v1": []}
+    alices = world["alice"].get("/api/v1/me/passport").json()
+    assert alices["ga4gh_passport_v1"] == []
+    assert jwt.decode(alices["passport"], KeySet.import_key_set(served.json())).claims["ga4gh_passport_v1"] == []
+
+    # Passport 1.2: the same visas inside a passport JWT signed by the hub, ending no later than they do
+    passport_jwt = jwt.decode(mine.json()["passport"], KeySet.import_key_set(served.json()), algorithms=["ES256"])
+    assert passport_jwt.header["typ"] == "vnd.ga4gh.passport+jwt" and passport_jwt.header["jku"] == header["jku"]
+    p_claims = passport_jwt.claims
+    assert p_claims["ga4gh_passport_v1"] == [token] and p_claims["iss"] == settings.base_url
+    assert p_claims["sub"] == "carol" and p_claims["iat"] < p_claims["exp"] <= min(claims["exp"], time.time() + 3600)
+    assert "ga4gh_visa_v1" not in p_claims and isinstance(p_claims["jti"], str)
 
     # the hub's own visa is accepted wherever the hub is trusted: verify as a clearinghouse would
     hub_as_issuer = settings.model_copy(update={"access": AccessSettings(

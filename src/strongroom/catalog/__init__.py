@@ -15,3 +15,5 @@ def includeme(config: Config) -> None:
     # Last: its public pages (/catalog/…, /sitemap.xml, /robots.txt) come after everything else.
     config.add_api_router("strongroom.catalog.api:router", stage=Stage.LAST)
     config.add_web_router("strongroom.catalog.web:router", stage=Stage.LAST)
+    # A dataset's URL (a visa's value) leads the public to its landing page.
+    config.add_hook("strongroom.archive.web:LANDING_PAGES", "strongroom.catalog.landing:landing_url")
