@@ -26,6 +26,7 @@ from strongroom.identity.models import User
 from strongroom.migrate import upgrade
 from strongroom.models import load_all
 from support import drs_schema
+from support.visa_issuer import Issuer, issuer_serving
 
 # argon2id at its production cost (t=3, 64 MiB, 4 lanes: ~0.15 s of CPU per hash, far more on a loaded
 # machine) would be paid for every user the fixtures create and every login; the suite hashes with the
@@ -256,3 +257,9 @@ def token_for(hub: Hub, person: Person, scopes: list[str] | None = None, days: i
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def issuer() -> Iterator[Issuer]:
+    """A foreign GA4GH visa issuer with its own key, served on a loopback port (support/visa_issuer.py)."""
+    yield from issuer_serving()

@@ -8,6 +8,8 @@ Register with ``app.include_router(router)`` and ``app.add_middleware(PassportMi
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -83,15 +85,21 @@ def verifier_for(state: State) -> visas.PassportVerifier:
     return verifier
 
 
-async def verify_body_passports(request: Request, tokens: list[str]) -> None:
+@asynccontextmanager
+async def body_passports(request: Request, tokens: list[str]) -> AsyncIterator[None]:
     """`archive.drs.PASSPORT_VERIFIERS` entry: the visas of a DRS POST body's ``passports`` join those of
-    the request's header for the read check (the route's own context: nothing outlives the request)."""
+    the request's header for the read check, until the route returns (reset then: a keep-alive
+    connection's next request must not inherit them)."""
     passport = await verifier_for(request.app.state).verify_tokens(tokens)
     header = visas.CURRENT_PASSPORT.get()
     if header is not None:
         passport.visas[:0] = header.visas
         passport.rejected[:0] = header.rejected
-    visas.CURRENT_PASSPORT.set(passport)
+    token = visas.CURRENT_PASSPORT.set(passport)
+    try:
+        yield
+    finally:
+        visas.CURRENT_PASSPORT.reset(token)
 
 
 class PassportMiddleware:
@@ -102,6 +110,10 @@ class PassportMiddleware:
     Verification may fetch an allowlisted issuer's JWKS, so it happens here, asynchronously and
     before any database transaction opens. Refused visas are simply not counted (the reasons go to
     the log); a request without the header costs nothing. One verifier (and JWKS cache) per app.
+
+    Every request sets the variable, to None without the header: the server may start a keep-alive
+    connection's next request from inside this one's context (uvicorn does, once a streamed body
+    ends), and that request must not inherit these visas.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -111,9 +123,7 @@ class PassportMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         raw = b",".join(v for k, v in scope["headers"] if k == visas.PASSPORT_HEADER.encode())
-        if not raw:
-            return await self.app(scope, receive, send)
-        passport = await verifier_for(scope["app"].state).verify(raw.decode("latin-1"))
+        passport = await verifier_for(scope["app"].state).verify(raw.decode("latin-1")) if raw else None
         token = visas.CURRENT_PASSPORT.set(passport)
         try:
             await self.app(scope, receive, send)

@@ -30,7 +30,8 @@ import datetime as dt
 import hashlib
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -53,8 +54,9 @@ BUNDLE_PAGE = 5000
 NO_OBJECT = "no such object"
 
 # Passports sent in a POST body are verified like the X-GA4GH-Passport header, by the capability that
-# owns visas (access: ``visas_api.verify_body_passports``), before the route's first query.
-PASSPORT_VERIFIERS: list[Callable[[Request, list[str]], Awaitable[None]]] = []
+# owns visas (access: ``visas_api.body_passports``), before the route's first query; each entry holds
+# them for the read check while the route runs, and forgets them when it ends.
+PASSPORT_VERIFIERS: list[Callable[[Request, list[str]], AbstractAsyncContextManager[None]]] = []
 
 
 class TooLarge(DomainError):
@@ -242,21 +244,24 @@ def _access_url(hub: HubDep, db: Db, principal: Principal, object_id: str, acces
     return out
 
 
-async def _body_passports(request: Request) -> list[str]:
-    """The ``passports`` of a POST body, verified (by the access capability) before the route runs."""
+async def _body_passports(request: Request) -> AsyncIterator[list[str]]:
+    """The ``passports`` of a POST body, verified (by the access capability) before the route runs and
+    in force until it returns."""
     try:
         data = await request.json()
     except ValueError:
-        return []  # FastAPI answers the malformed body
+        data = None  # FastAPI answers the malformed body
     raw = data.get("passports") if isinstance(data, dict) else None
     if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and p for p in raw):
-        return []
-    for verify in PASSPORT_VERIFIERS:
-        await verify(request, raw)
-    return raw
+        yield []
+        return
+    async with AsyncExitStack() as stack:
+        for verify in PASSPORT_VERIFIERS:
+            await stack.enter_async_context(verify(request, raw))
+        yield raw
 
 
-BodyPassports = Annotated[list[str], Depends(_body_passports)]
+BodyPassports = Annotated[list[str], Depends(_body_passports, scope="function")]
 Passports = Field(None, max_length=50, description="GA4GH passports or visas (JWS compact); their visas "
                   "count like those of an X-GA4GH-Passport header")
 
