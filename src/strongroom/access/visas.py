@@ -243,11 +243,6 @@ class VisaRejected(Exception):
     pass
 
 
-def split_header(raw: str, settings: AccessSettings) -> list[str]:
-    """Comma-separated JWTs, opened by `open_passports`."""
-    return open_passports(raw.split(","), settings)
-
-
 def open_passports(tokens: Iterable[str], settings: AccessSettings) -> list[str]:
     """Visa JWTs; any token that is a passport (has ``ga4gh_passport_v1``) is opened into its visas.
     The passport wrapper itself needs no trust: every visa inside is verified on its own."""

@@ -46,7 +46,6 @@ from . import service
 from .models import READY, ArchiveFile, DatasetVersion
 
 router = APIRouter(prefix="/ga4gh/drs/v1", tags=["GA4GH DRS"])
-PREFIX = "/ga4gh/drs/v1/"
 MAX_BULK = 1000  # bulk_object_ids / bulk_object_access_ids per request; more is 413
 PLAINTEXT, CRYPT4GH = "plaintext", "crypt4gh"
 ACCESS_IDS = (PLAINTEXT, CRYPT4GH)
