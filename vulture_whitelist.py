@@ -77,10 +77,14 @@ edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, f
 
 # -- declared by "module:attr" in a capability's includeme (capabilities.py imports them by name) ----------
 dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa_reader  # access: grant providers
+body_passports  # access: DRS POST bodies' passports (archive.drs.PASSPORT_VERIFIERS)
+landing_url  # catalog: where a dataset's URL leads the public (archive.web.LANDING_PAGES)
 QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
 check_approvals, check_reviewers, nav_context  # airlock: setting checks and the navigation's count (hooks)
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
+revoked_by  # access/models.py VisaRevocation: who revoked the visa, read by people
+expand  # archive/drs.py: DRS's `expand` (query and POST body); accepted, nothing to expand (bundles do not nest)
 dataset_version_id, override_by  # airlock/models.py: recorded for the audit trail (which version, which PI), read by people
 is_member_anywhere  # projects: identity's data-role check
 release_check  # strategies: the archive's RELEASE_CHECKS

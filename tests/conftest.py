@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pyotp
 import pytest
 from fastapi.testclient import TestClient
@@ -24,6 +25,8 @@ from strongroom.identity import service as identity
 from strongroom.identity.models import User
 from strongroom.migrate import upgrade
 from strongroom.models import load_all
+from support import drs_schema
+from support.visa_issuer import Issuer, issuer_serving
 
 # argon2id at its production cost (t=3, 64 MiB, 4 lanes: ~0.15 s of CPU per hash, far more on a loaded
 # machine) would be paid for every user the fixtures create and every login; the suite hashes with the
@@ -35,6 +38,23 @@ for _name, _value in (("TIME_COST", "1"), ("MEMORY_KIB", "64"), ("PARALLELISM", 
 PG_URL = os.environ.get("STRONGROOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 KEEP_TABLES = {"roles", "alembic_version"}
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def drs_responses_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every GA4GH DRS response any test receives (httpx clients, TestClient included) is validated
+    against the official DRS 1.5 OpenAPI schemas (support/drs_schema.py); a test fails on one that
+    breaks them. The responses are the server's own: this only reads them."""
+    send = httpx.Client.send
+
+    def checked_send(self: httpx.Client, request: httpx.Request, **kw: object) -> httpx.Response:
+        response = send(self, request, **kw)  # type: ignore[arg-type]
+        if request.url.path.startswith(drs_schema.BASE_PATH + "/"):
+            response.read()
+            drs_schema.check(response)
+        return response
+
+    monkeypatch.setattr(httpx.Client, "send", checked_send)
 
 
 def _pg_available() -> bool:
@@ -237,3 +257,9 @@ def token_for(hub: Hub, person: Person, scopes: list[str] | None = None, days: i
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def issuer() -> Iterator[Issuer]:
+    """A foreign GA4GH visa issuer with its own key, served on a loopback port (support/visa_issuer.py)."""
+    yield from issuer_serving()

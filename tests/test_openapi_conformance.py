@@ -3,13 +3,17 @@
 A seeded hub (an admin with MFA and an all-scopes token, a project, a dataset, a user key, a file
 named with non-ASCII characters) is served on a loopback port, on SQLite and on PostgreSQL, and
 `st run` sends generated valid and invalid requests to every operation. It must find no server
-error and no status, content type or header that the document does not declare.
+error and no status, content type or header that the document does not declare. With the operations'
+`security` declared, its ignored-auth check also sends each secured operation without credentials.
+Every operation declares its security, derived from the route's dependencies, and is refused without
+credentials when it says so (the last test).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +89,57 @@ def test_schemathesis_finds_no_server_error_and_nothing_undocumented(app, hub, p
         still_valid = httpx.get(f"{url}/api/v1/me", headers=bearer(token)).status_code
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
     assert still_valid == 200, "the run revoked its own token: the authenticated operations were not exercised"
+
+
+# -- security: declared per operation, derived from the routes' dependencies (issue 18, point 11) ----
+PUBLIC_OPERATIONS = {
+    ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/api/v1/archive/public-key"),
+    ("GET", "/ga4gh/drs/v1/service-info"), ("OPTIONS", "/ga4gh/drs/v1/objects/{object_id}"),
+    ("GET", "/.well-known/jwks.json"), ("GET", "/api/v1/catalog"),
+}
+
+
+def _operations(doc: dict) -> dict[tuple[str, str], dict]:
+    return {(method.upper(), path): op for path, item in doc["paths"].items() for method, op in item.items()}
+
+
+def test_every_operation_declares_its_security_and_it_is_what_the_route_checks(app):
+    """Generated clients learn how to authenticate: `securitySchemes` (the bearer token with its scopes, the
+    page session and its CSRF header) and each operation's `security` with the scope it needs. Every
+    operation declares it; only a short list is public; and each secured operation really refuses a
+    request without credentials (401), so the document and the dependencies cannot drift apart."""
+    from fastapi.testclient import TestClient
+
+    from strongroom.identity.principal import SCOPES
+
+    doc = app.openapi()
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["type"] == "http" and schemes["bearerAuth"]["scheme"] == "bearer"
+    assert all(f"`{scope}`" in schemes["bearerAuth"]["description"] for scope in SCOPES)
+    assert schemes["sessionCookie"] == {**schemes["sessionCookie"], "type": "apiKey", "in": "cookie",
+                                        "name": "sr_session"}
+    ops = _operations(doc)
+    assert all("security" in op for op in ops.values()), [k for k, op in ops.items() if "security" not in op]
+    public = {k for k, op in ops.items() if op["security"] == []}
+    assert public == PUBLIC_OPERATIONS
+    for (method, path), op in ops.items():
+        for requirement in op["security"]:
+            assert set(requirement) <= set(schemes), (method, path)
+            assert all(set(scopes) <= set(SCOPES) for scopes in requirement.values()), (method, path)
+    # the scopes are those of the routes' dependencies (DataRead, DataWrite, ProjectsRead, Admin, UploadWrite …)
+    assert ops[("GET", "/api/v1/files/{file_id}")]["security"] == [{"bearerAuth": ["data:read"]}]
+    assert ops[("POST", "/api/v1/projects/{slug}/datasets")]["security"] == [{"bearerAuth": ["data:write"]}]
+    assert ops[("GET", "/api/v1/projects")]["security"] == [{"bearerAuth": ["projects:read"]}]
+    assert ops[("GET", "/api/v1/me/passport")]["security"] == [{"bearerAuth": ["access"]}]
+    assert ops[("POST", "/ga4gh/drs/v1/objects/{object_id}")]["security"] == [{"bearerAuth": ["data:read"]}]
+    assert ops[("PUT", "/api/v1/uploads/{file_id}/parts/{number}")]["security"] == [
+        {"bearerAuth": ["data:write"]}, {"sessionCookie": [], "csrfHeader": []}]
+    assert {tuple(op["security"][0]["bearerAuth"]) for op in ops.values() if op["security"]} >= {
+        ("admin",), ("audit:read",), ("projects:write",)}
+    # and what is declared secured is: no credentials, 401 (before anything else is looked at)
+    client = TestClient(app)
+    for (method, path), op in ops.items():
+        if op["security"]:
+            url = re.sub(r"\{[^}]+\}", "1", path)
+            r = client.request(method, url)
+            assert r.status_code == 401, (method, path, r.status_code)

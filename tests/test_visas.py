@@ -12,28 +12,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass
 
 import crypt4gh.lib
 import httpx
 import pytest
-from fastapi import FastAPI
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 
 from conftest import bearer, token_for, web_client
 from strongroom.access import visas
-from strongroom.access.models import Entitlement
+from strongroom.access.models import Entitlement, VisaRevocation
 from strongroom.archive import c4gh
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
+from strongroom.catalog.models import CatalogEntry
 from strongroom.config import AccessSettings
 from strongroom.db import transaction
 from strongroom.jobs.runner import Runner
@@ -42,72 +41,6 @@ from support.live import free_port, serving
 
 END = dt.date.today() + dt.timedelta(days=365)
 NOW = dt.datetime.now(dt.UTC)
-
-
-# -- a second, foreign visa issuer -------------------------------------------------------------
-@dataclass
-class Issuer:
-    url: str
-    key: ECKey
-    hits: Counter
-
-    @property
-    def jku(self) -> str:
-        return f"{self.url}/jwks.json"
-
-    def visa(self, sub: str, value: str, *, type_: str = "ControlledAccessGrants", by: str | None = "dac",
-             exp: int | None = None, iat: int | None = None, iss: str | None = None, jku: str | None = None,
-             key: ECKey | None = None, conditions: list | None = None, source: str = "https://dac.example.org"
-             ) -> str:
-        now = int(time.time())
-        obj = {"type": type_, "asserted": now - 3600, "value": value, "source": source}
-        if by is not None:
-            obj["by"] = by
-        if conditions is not None:
-            obj["conditions"] = conditions
-        signer = key or self.key
-        header = {"alg": "ES256", "typ": "vnd.ga4gh.visa+jwt", "kid": signer.thumbprint(),
-                  "jku": jku or self.jku}
-        claims = {"iss": iss or self.url, "sub": sub, "iat": iat or now - 60, "exp": exp or now + 3600,
-                  "jti": uuid.uuid4().hex, "ga4gh_visa_v1": obj}
-        return jwt.encode(header, claims, signer, algorithms=["ES256"])
-
-
-@pytest.fixture
-def issuer():
-    """A visa issuer on its own loopback port. /other-jwks.json and /rogue-jwks.json serve keys too,
-    so a fetch from them would succeed — the tests assert they are never asked."""
-    key, rogue = ECKey.generate_key("P-256", private=True), ECKey.generate_key("P-256", private=True)
-    hits: Counter = Counter()
-    app = FastAPI()
-
-    def keyset(k: ECKey) -> dict:
-        return {"keys": [{**k.as_dict(private=False), "kid": k.thumbprint(), "use": "sig", "alg": "ES256"}]}
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"ok": True}
-
-    @app.get("/jwks.json")
-    def jwks_() -> dict:
-        hits["jwks"] += 1
-        return keyset(key)
-
-    @app.get("/other-jwks.json")
-    def other() -> dict:
-        hits["other"] += 1
-        return keyset(key)
-
-    @app.get("/rogue-jwks.json")
-    def rogue_() -> dict:
-        hits["rogue"] += 1
-        return keyset(rogue)
-
-    with serving(app, free_port()) as url:
-        hits.clear()
-        issuer = Issuer(url, key, hits)
-        issuer.rogue_key = rogue  # type: ignore[attr-defined]
-        yield issuer
 
 
 @pytest.fixture
@@ -215,7 +148,17 @@ def test_hub_visas_verify_with_the_served_jwks_and_permissions_are_private(world
     assert world["carol"].get("/api/v1/permissions/not-a-uuid").status_code == 404
     assert world["admin"].get(f"/api/v1/permissions/{uuid.uuid4()}").status_code == 404
     assert httpx.get(f"{world['url']}/api/v1/permissions/{carol.user.id}").status_code == 401
-    assert world["alice"].get("/api/v1/me/passport").json() == {"ga4gh_passport_v1": []}
+    alices = world["alice"].get("/api/v1/me/passport").json()
+    assert alices["ga4gh_passport_v1"] == []
+    assert jwt.decode(alices["passport"], KeySet.import_key_set(served.json())).claims["ga4gh_passport_v1"] == []
+
+    # Passport 1.2: the same visas inside a passport JWT signed by the hub, ending no later than they do
+    passport_jwt = jwt.decode(mine.json()["passport"], KeySet.import_key_set(served.json()), algorithms=["ES256"])
+    assert passport_jwt.header["typ"] == "vnd.ga4gh.passport+jwt" and passport_jwt.header["jku"] == header["jku"]
+    p_claims = passport_jwt.claims
+    assert p_claims["ga4gh_passport_v1"] == [token] and p_claims["iss"] == settings.base_url
+    assert p_claims["sub"] == "carol" and p_claims["iat"] < p_claims["exp"] <= min(claims["exp"], time.time() + 3600)
+    assert "ga4gh_visa_v1" not in p_claims and isinstance(p_claims["jti"], str)
 
     # the hub's own visa is accepted wherever the hub is trusted: verify as a clearinghouse would
     hub_as_issuer = settings.model_copy(update={"access": AccessSettings(
@@ -261,6 +204,9 @@ def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, 
     got = _download(world, **{"X-GA4GH-Passport": visa})
     assert got.status_code == 200, got.text
     assert _decrypt(got.content, world["carol_key"].secret) == world["data"]
+    # the next request on the same keep-alive connection, after a streamed body, has no visa of its own:
+    # it must not inherit this one (it did: the server starts it from inside the previous request's context)
+    assert _download(world).status_code == 404
     # a passport JWT wrapping the visas (token-exchange form), a version-specific value, the bare accession
     passport = jwt.encode({"alg": "ES256", "typ": "vnd.ga4gh.passport+jwt"},
                           {"iss": "https://broker.example", "sub": "carol", "iat": int(time.time()),
@@ -347,6 +293,119 @@ def test_visa_conditions_are_honoured(world, issuer, settings):
     odd = issuer.visa("carol", value,
                       conditions=[[{"type": "AcceptedTermsAndPolicies", "value": "regex:.*"}]])
     assert download(odd, terms) == 404
+
+
+# -- revocation (issue 18, point 8) ---------------------------------------------------------------
+def test_revocation_refuses_the_same_visa_on_the_next_request(world, settings, people, app):
+    """approve → visa → revoke → the same visa refused on the very next request. The hub's own visas are
+    checked against the entitlement their ``jti`` names on every use; single visas can be revoked by
+    ``jti``. To use the visa and nothing else, dave presents carol's visa to the hub served in the
+    broker-bound mode (``visa_subject_must_match = false``: whoever presents a passport is its subject),
+    where dave has no grant of his own."""
+    from strongroom.app import create_app
+    from test_access import GOOD
+
+    hub, a, carol, ds = world["hub"], world["alice"], world["carol"], world["dataset"]
+    dave = people("dave")
+    broker_bound = create_app(settings.model_copy(update={"access": settings.access.model_copy(
+        update={"visa_subject_must_match": False})}), run_jobs=False)
+    with serving(broker_bound, free_port()) as other_url:
+        d = httpx.Client(base_url=other_url, headers=bearer(token_for(hub, dave)), timeout=60)
+        dave_key = c4gh.generate_keypair()
+        assert d.post("/api/v1/me/keys", json={"name": "d", "public_key": c4gh.public_key_file(
+            dave_key.public).decode()}).status_code == 201
+
+        def dave_downloads(visa: str | None) -> int:
+            headers = {"X-GA4GH-Passport": visa} if visa else {}
+            return d.get(f"/api/v1/files/{world['file']}/content", headers=headers).status_code
+
+        # approve: carol applies (to a dataset in the public catalogue), alice (the PI, its handler) approves
+        with transaction(hub.sessions) as s:
+            s.add(CatalogEntry(dataset_id=ds, slug="chest-ct", title="Chest CT", created_by=world["people"][0].user.id,
+                               published=True, published_at=NOW))
+        application = carol.post(f"/api/v1/datasets/{ds}/applications").json()["id"]
+        assert carol.put(f"/api/v1/applications/{application}/answers", json={"answers": GOOD}).status_code == 200
+        carol.post(f"/api/v1/applications/{application}/accept-terms")
+        assert carol.post(f"/api/v1/applications/{application}/submit").json()["state"] == "submitted"
+        approved = a.post(f"/api/v1/applications/{application}/approve", json={"ends": str(END)})
+        assert approved.json()["state"] == "approved", approved.text
+        # → visa
+        [visa] = carol.get("/api/v1/me/passport").json()["ga4gh_passport_v1"]
+        assert dave_downloads(None) == 404 and dave_downloads(visa) == 200
+        with hub.sessions() as s:
+            event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.download.started")
+                              .order_by(AuditEvent.seq.desc())).first()
+        assert event.details["basis"] == "visa" and event.actor_id == dave.user.id
+        # → revoke: the very next request with the same visa is refused, here and for carol herself
+        assert a.post(f"/api/v1/applications/{application}/revoke",
+                      json={"reason": "breach of terms"}).json()["state"] == "revoked"
+        assert dave_downloads(visa) == 404
+        assert _download(world, **{"X-GA4GH-Passport": visa}).status_code == 404
+
+        # a single visa, revoked by its jti while the entitlement stays
+        _entitle(hub, people_by_name(world, "carol"), ds)
+        [second] = carol.get("/api/v1/me/passport").json()["ga4gh_passport_v1"]
+        assert dave_downloads(second) == 200
+        assert d.post("/api/v1/visas/revocations", json={"visa": second}).status_code == 404  # not his
+        assert carol.post("/api/v1/visas/revocations", json={"visa": "x" * 40}).status_code == 422
+        foreign = issuer_visa_for(world, settings)
+        assert carol.post("/api/v1/visas/revocations", json={"visa": foreign}).status_code == 422
+        with transaction(hub.sessions) as s:  # an entry whose visa has expired anyway: dropped on the next revocation
+            s.add(VisaRevocation(jti="old", expires_at=NOW - dt.timedelta(days=1)))
+        r = carol.post("/api/v1/visas/revocations", json={"visa": second, "reason": "shared by mistake"})
+        assert r.status_code == 201, r.text
+        assert dave_downloads(second) == 404  # the next request
+        assert _download(world).status_code == 200  # carol's entitlement itself stands
+        with hub.sessions() as s:
+            assert [x.jti for x in s.scalars(select(VisaRevocation))] == [r.json()["jti"]]
+            assert s.scalars(select(AuditEvent).where(AuditEvent.action == "access.visa.revoked")).one()
+        d.close()
+
+
+def people_by_name(world, name: str):
+    return next(p for p in world["people"] if p.username == name)
+
+
+def issuer_visa_for(world, settings) -> str:
+    """A visa signed by a key that is not the hub's (revocation accepts only the hub's own)."""
+    key = ECKey.generate_key("P-256", private=True)
+    return jwt.encode({"alg": "ES256", "typ": "vnd.ga4gh.visa+jwt"},
+                      {"iss": settings.base_url, "sub": "carol", "iat": int(time.time()), "exp": int(time.time()) + 60,
+                       "jti": "x", "ga4gh_visa_v1": {}}, key, algorithms=["ES256"])
+
+
+def test_dataset_urls_resolve_to_the_public_landing_page(world, settings, app):
+    """9: a visa's ``value`` (the dataset's URL, or a version's) leads anyone to the dataset's public page,
+    never to the login form; without a published catalogue entry it says so (404), still without a login."""
+    ds, anon = world["dataset"], httpx.Client(base_url=world["url"], timeout=30)
+    for url in (f"/datasets/{ds}", f"/datasets/{ds}/versions/1"):
+        r = anon.get(url, follow_redirects=True)
+        assert r.status_code == 404 and "/login" not in str(r.url) and "no public page" in r.text
+    with transaction(world["hub"].sessions) as s:
+        s.add(CatalogEntry(dataset_id=ds, slug="chest-ct", title="Chest CT", created_by=world["people"][0].user.id,
+                           published=True, published_at=NOW))
+    value = visa_value(world, settings)
+    r = anon.get(value, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/catalog/chest-ct"
+    landing = anon.get(value, follow_redirects=True)
+    assert landing.status_code == 200 and str(landing.url).endswith("/catalog/chest-ct") and "Chest CT" in landing.text
+    # a logged-in member still gets the dataset page itself; a logged-in stranger the public page
+    member = web_client(app, world["hub"], world["people"][0]).get(f"/datasets/{ds}", follow_redirects=False)
+    assert member.status_code == 200 and "Release" in member.text or "Version 1" in member.text
+    stranger = web_client(app, world["hub"], people_by_name(world, "root")).get(f"/datasets/{ds}",
+                                                                                 follow_redirects=False)
+    assert stranger.status_code == 303 and stranger.headers["location"] == "/catalog/chest-ct"
+
+
+def visa_value(world, settings) -> str:
+    """The ``value`` the hub puts in a visa for this dataset."""
+    hub, carol = world["hub"], people_by_name(world, "carol")
+    _entitle(hub, carol, world["dataset"])
+    [token] = world["carol"].get("/api/v1/me/passport").json()["ga4gh_passport_v1"]
+    claims = json.loads(jws.extract_compact(token.encode()).payload)
+    value = claims["ga4gh_visa_v1"]["value"]
+    assert value == f"{settings.base_url}/datasets/{world['dataset']}"
+    return value
 
 
 # -- the matching rules themselves -------------------------------------------------------------

@@ -55,6 +55,19 @@ def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JS
     return JSONResponse(body, status_code=status, media_type="application/problem+json")
 
 
+DRS_PREFIX = "/ga4gh/drs/"
+
+
+def error_for(path: str, status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
+    """An API error: RFC 9457 everywhere, except the GA4GH DRS routes, which answer the DRS ``Error``
+    schema (``msg``, ``status_code``) as DRS clients expect; there an invalid request is 400, as in
+    the DRS specification, not 422."""
+    if not path.startswith(DRS_PREFIX):
+        return problem(status, title, detail, code, **extra)
+    status = 400 if status == 422 else status
+    return JSONResponse({"msg": detail, "status_code": status}, status_code=status)
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -100,7 +113,8 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response: Response
         if scope["path"].startswith(API_PREFIXES):
-            response = problem(413, "Request body too large", f"the limit is {limit} bytes", "body-too-large")
+            response = error_for(scope["path"], 413, "Request body too large", f"the limit is {limit} bytes",
+                                 "body-too-large")
         else:  # a form in a browser: say it in words, and where big files go instead
             response = HTMLResponse(
                 '<!doctype html><html lang="en"><title>Too large</title><link rel="stylesheet" '
@@ -164,6 +178,14 @@ def _form_errors(errors: list[dict[str, Any]]) -> str:
     return "The form was not accepted. " + "; ".join(dict.fromkeys(said)) + "."
 
 
+def _invalid_detail(path: str, errors: list[dict[str, Any]]) -> str:
+    if not path.startswith(DRS_PREFIX):
+        return "the request does not match the expected shape"
+    # a DRS Error has only its message to say which field was wrong
+    said = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]]
+    return "the request does not match the expected shape: " + "; ".join(said)
+
+
 def _allowed_methods(app: FastAPI, scope: Scope) -> str:
     """Every method some route serves at this path. Starlette's own 405 names only the first
     route that matched the path, though GET and DELETE of one URL are often separate routes."""
@@ -221,7 +243,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         started = time.perf_counter()
         if "\x00" in request.url.path or "\x00" in unquote_plus(request.url.query):
             # no database text can hold U+0000: refuse it here rather than fail in the driver
-            response: Response = problem(422, "Invalid request", "the address contains a NUL character", "invalid")
+            response: Response = error_for(request.url.path, 422, "Invalid request",
+                                           "the address contains a NUL character", "invalid")
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -262,8 +285,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         if exc.status == 401 and _wants_json(request):
             headers["WWW-Authenticate"] = 'Bearer realm="strongroom"'  # RFC 9110: a 401 names its scheme
         if _wants_json(request):
-            response = problem(exc.status, exc.code.replace("-", " ").capitalize(), exc.detail, exc.code,
-                               **{k: v for k, v in exc.extra.items() if k != "retry_after"})
+            response = error_for(request.url.path, exc.status, exc.code.replace("-", " ").capitalize(), exc.detail,
+                                 exc.code, **{k: v for k, v in exc.extra.items() if k != "retry_after"})
             response.headers.update(headers)
             return response
         if exc.code == "mfa-required" and exc.extra.get("reauthenticate"):
@@ -275,8 +298,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @app.exception_handler(StorageUnavailable)
     async def storage_down(request: Request, exc: StorageUnavailable) -> Response:
         log.warning("storage.unavailable", error=str(exc))
-        return problem(503, "Storage unavailable", "object storage cannot be reached right now; retry shortly",
-                       "storage-unavailable")
+        return error_for(request.url.path, 503, "Storage unavailable",
+                         "object storage cannot be reached right now; retry shortly", "storage-unavailable")
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> Response:
@@ -287,8 +310,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         log.warning("database.busy", route=getattr(request.scope.get("route"), "path", "?"))
         headers = {"Retry-After": str(BUSY_RETRY_AFTER)}
         if _wants_json(request):
-            response = problem(503, "Database busy", "the database is busy with other writes; retry shortly",
-                               "database-busy")
+            response = error_for(request.url.path, 503, "Database busy",
+                                 "the database is busy with other writes; retry shortly", "database-busy")
             response.headers.update(headers)
             return response
         return templates.TemplateResponse(request, "error.html",
@@ -300,13 +323,13 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
                   for e in exc.errors()]
         if any(e["type"] == "json_invalid" for e in errors):
-            return problem(400, "Malformed JSON", "the request body is not valid JSON", "malformed-json",
-                           errors=errors)
+            return error_for(request.url.path, 400, "Malformed JSON", "the request body is not valid JSON",
+                             "malformed-json", errors=errors)
         if not _wants_json(request):  # a browser's form: say which field, in words, on a page
             return templates.TemplateResponse(request, "error.html", {"status": 422, "detail": _form_errors(errors)},
                                               status_code=422)
-        return problem(422, "Invalid request", "the request does not match the expected shape", "invalid",
-                       errors=errors)
+        return error_for(request.url.path, 422, "Invalid request", _invalid_detail(request.url.path, errors),
+                         "invalid", errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -315,8 +338,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(app, request.scope)
         if _wants_json(request):
-            response = problem(exc.status_code, str(exc.detail), str(exc.detail),
-                               "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
+            response = error_for(request.url.path, exc.status_code, str(exc.detail), str(exc.detail),
+                                 "not-found" if exc.status_code == 404 else f"http-{exc.status_code}")
             response.headers.update(headers)
             return response
         return templates.TemplateResponse(request, "error.html",
@@ -331,7 +354,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("http.unhandled", route=getattr(request.scope.get("route"), "path", "?"),
                   error=type(exc).__name__)
-        return problem(500, "Internal error", "something went wrong on our side; it has been logged",
-                       "internal")
+        return error_for(request.url.path, 500, "Internal error",
+                         "something went wrong on our side; it has been logged", "internal")
 
     return app

@@ -104,6 +104,12 @@ def _api_principal(request: Request, db: Db) -> Principal:
 ApiPrincipal = Annotated[Principal, Depends(_api_principal)]
 
 
+# The scope each principal dependency below demands, by dependency: openapi.py declares every operation's
+# `security` from these, so the document cannot drift from what the routes check.
+TOKEN_SCOPES: dict[Callable[..., Principal], str] = {}
+TOKEN_OR_PAGE_SCOPES: dict[Callable[..., Principal], str] = {}
+
+
 def require_scope(scope: str) -> Callable[[Principal], Principal]:
     """The dependency that lets a token through only with ``scope`` (``admin``: only an administrator's)."""
 
@@ -114,6 +120,7 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
             raise Forbidden(f"this token lacks the {scope!r} scope")
         return principal
 
+    TOKEN_SCOPES[check] = scope
     return check
 
 
@@ -302,6 +309,7 @@ def require_scope_or_page(scope: str) -> Callable[[Request, Session], Principal]
             raise Forbidden(f"this token lacks the {scope!r} scope")
         return principal
 
+    TOKEN_OR_PAGE_SCOPES[check] = scope
     return check
 
 

@@ -6,6 +6,12 @@ that is too large, a busy database), always as RFC 9457 problem documents. Those
 derived here from each route's dependency tree, so a new route is documented correctly without
 anyone remembering to list them; what only one route can answer (416, 409 on a specific state…)
 is declared on the route with `errors(...)`.
+
+The same goes for authentication: `securitySchemes` names the bearer token, the page session and its
+CSRF header, and each operation's `security` (with the token scopes it needs) is derived from the principal
+dependency it uses (`deps.TOKEN_SCOPES`: `DataRead` → `data:read`, …); an operation without one is public
+(`security: []`). The GA4GH DRS operations answer errors in the DRS `Error` schema instead of problem
+documents (app.error_for).
 """
 
 from __future__ import annotations
@@ -48,6 +54,49 @@ MEANINGS = {
     503: "A service it needs (the database, object storage) is busy or unreachable; see Retry-After",
 }
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+DRS_PREFIX = "/ga4gh/drs/"
+DRS_ERROR_REF = {"$ref": "#/components/schemas/DrsError"}
+DRS_ERROR_SCHEMA: dict[str, Any] = {  # GA4GH DRS 1.5 components/schemas/Error.yaml
+    "title": "DrsError",
+    "description": "A GA4GH DRS error: `msg` says what went wrong, `status_code` repeats the HTTP status.",
+    "type": "object",
+    "properties": {"msg": {"type": "string"}, "status_code": {"type": "integer"}},
+}
+BEARER, SESSION, CSRF = "bearerAuth", "sessionCookie", "csrfHeader"
+
+
+def security_schemes() -> dict[str, Any]:
+    from .deps import SESSION_COOKIE
+    from .identity.principal import SCOPES
+
+    scopes = "\n".join(f"- `{name}`: {what}" for name, what in SCOPES.items())
+    return {
+        BEARER: {"type": "http", "scheme": "bearer", "bearerFormat": "sr_<prefix>_<secret>",
+                 "description": "An API token from your account page (`strongroom login`), as "
+                                "`Authorization: Bearer sr_…`. A token carries scopes; each operation's "
+                                "`security` lists the one it needs:\n" + scopes},
+        SESSION: {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+                  "description": "The browser session of the hub's pages (log in at /login). The pages "
+                                 "themselves are outside this document; the few API operations the pages "
+                                 "call take it together with the page's CSRF token."},
+        CSRF: {"type": "apiKey", "in": "header", "name": "X-CSRF-Token",
+               "description": "The CSRF token of the page that calls the API with its session cookie."},
+    }
+
+
+def operation_security(route: RouteContext) -> list[dict[str, list[str]]]:
+    """Who may call the operation, from its dependencies: a token with a scope, or (for the routes
+    the pages call) the same scope by token or the page session with its CSRF header; [] is public."""
+    from . import deps
+
+    calls = [d.call for d in _calls(route.dependant)]
+    for call in calls:
+        if call in deps.TOKEN_OR_PAGE_SCOPES:
+            return [{BEARER: [deps.TOKEN_OR_PAGE_SCOPES[call]]}, {SESSION: [], CSRF: []}]
+    for call in calls:
+        if call in deps.TOKEN_SCOPES:
+            return [{BEARER: [deps.TOKEN_SCOPES[call]]}]
+    return [{BEARER: []}] if deps._api_principal in calls else []
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -118,13 +167,16 @@ def install(app: FastAPI) -> None:
         doc = _exact_integers(build_plain())
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas["ProblemDetails"] = PROBLEM_SCHEMA
+        schemas["DrsError"] = DRS_ERROR_SCHEMA
+        doc["components"]["securitySchemes"] = security_schemes()
         for route in iter_route_contexts(app.routes):  # included routers' routes, with their prefixes
             if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
                 continue
             for method in route.methods or ():
                 operation = doc["paths"].get(route.path_format, {}).get(method.lower())
                 if operation is not None:
-                    _complete(operation, derived_statuses(route))
+                    operation["security"] = operation_security(route)
+                    _complete(operation, derived_statuses(route), drs=(route.path_format or "").startswith(DRS_PREFIX))
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = doc
@@ -133,8 +185,12 @@ def install(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _complete(operation: dict[str, Any], statuses: set[int]) -> None:
+def _complete(operation: dict[str, Any], statuses: set[int], *, drs: bool = False) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
+    if drs:  # DRS names an invalid request 400 (app.error_for)
+        responses.pop("422", None)
+        statuses = {400 if s == 422 else s for s in statuses}
+    error_content = {"application/json": {"schema": DRS_ERROR_REF}} if drs else {PROBLEM_JSON: {"schema": PROBLEM_REF}}
     for status in statuses:
         responses.setdefault(str(status), {"description": MEANINGS[status]})
     success_content = next((r["content"] for code, r in sorted(responses.items())
@@ -142,6 +198,6 @@ def _complete(operation: dict[str, Any], statuses: set[int]) -> None:
     for code, response in responses.items():
         if code >= "400" and (not response.get("content") or "HTTPValidationError" in str(response["content"])):
             # an error is a problem document unless the route says otherwise (FastAPI assumes its own 422)
-            response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_REF}}
+            response["content"] = error_content
         elif code.startswith("2") and code != "204" and not response.get("content") and success_content:
             response["content"] = success_content  # e.g. 206: the same bytes as 200, in part

@@ -23,3 +23,5 @@ def includeme(config: Config) -> None:
     config.add_dataset_reader("strongroom.access.grants:entitlement_reader")
     config.add_dataset_reader("strongroom.access.visas:visa_reader")
     config.add_download_policy("strongroom.access.grants:dataset_download_policy")
+    # Passports in a DRS POST body are verified like the X-GA4GH-Passport header.
+    config.add_hook("strongroom.archive.drs:PASSPORT_VERIFIERS", "strongroom.access.visas_api:body_passports")

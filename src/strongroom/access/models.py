@@ -126,3 +126,17 @@ class Attachment(CreatedMixin, Base):
     content_type: Mapped[str] = mapped_column(String(100))
     data: Mapped[bytes] = mapped_column(LargeBinary)
     uploaded_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+
+
+class VisaRevocation(Base):
+    """A visa this hub issued and then revoked by its ``jti`` (e.g. a leaked token), kept only until the
+    visa would have expired anyway: the list stays short. Visas also end with their entitlement, which
+    is checked on every use, so revoking an entitlement needs no entry here."""
+
+    __tablename__ = "access_visa_revocations"
+
+    jti: Mapped[str] = mapped_column(String(100), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    revoked_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reason: Mapped[str] = mapped_column(Text, default="")

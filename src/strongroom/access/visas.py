@@ -5,11 +5,20 @@ Issuing (Passport 1.2 "Visa Issuer"): one visa per active entitlement, ES256, si
 generated once into ``<var_dir>/keys/visa-signing.jwk`` (0600); ``kid`` is the RFC 7638 thumbprint
 and the header ``jku`` points at ``/.well-known/jwks.json``.
 
-Accepting ("Passport Clearinghouse"): a request may carry visas in the ``X-GA4GH-Passport`` header.
-`PassportVerifier` checks each one in this order, and stops at the first failure:
-size → structure → (iss, jku) on the allowlist (nothing is fetched before this) → JWKS from that
+Accepting ("Passport Clearinghouse"): a request may carry visas in the ``X-GA4GH-Passport`` header,
+or in the ``passports`` of a DRS POST body. `PassportVerifier` checks each one in this order, and stops
+at the first failure: size → structure → (iss, jku) on the allowlist (nothing is fetched before this;
+the hub's own issuer and JWKS URL are always on it, verified with the local key) → JWKS from that
 jku (cached, timeouts) → signature → iat/exp → visa object (type, asserted, value, source, by,
-shape of ``conditions``). `granting_datasets` then keeps ``ControlledAccessGrants`` visas whose
+shape of ``conditions``).
+
+Revocation takes effect on the next request. A visa this hub issued names its entitlement in its
+``jti`` (``<entitlement id>.<random>``), and every use checks that entitlement afresh (revoked, ended,
+another user or dataset: refused), plus the short revocation list of single visas
+(`VisaRevocation`). A foreign visa is bounded by its ``exp``: GA4GH AAI 1.2 defines no revocation
+list for visas, and the trusted-issuer configuration has no such mechanism to honour (docs/ga4gh.md).
+
+`granting_visas` keeps the ``ControlledAccessGrants`` visas whose
 ``conditions`` (DNF: outer list OR, inner list AND) are each met by another verified visa of the
 same passport that has no conditions of its own.
 
@@ -26,6 +35,7 @@ import datetime as dt
 import ipaddress
 import json
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -40,22 +50,26 @@ import structlog
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
+from ..audit import service as audit
 from ..config import AccessSettings, Settings
 from ..db import utcnow
+from ..errors import Invalid, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
 from ..keyfiles import read_or_create
-from .models import Entitlement
+from .models import Entitlement, VisaRevocation
 
 log = structlog.get_logger("strongroom.visas")
 
 VISA_TYPE = "ControlledAccessGrants"
 VISA_JWT_TYP = "vnd.ga4gh.visa+jwt"
+PASSPORT_JWT_TYP = "vnd.ga4gh.passport+jwt"
+PASSPORT_LIFETIME = dt.timedelta(hours=1)  # a passport is a bearer credential: short, visas inside end earlier
 ALGORITHMS = ["ES256", "RS256"]  # what GA4GH AAI 1.2 names
 CONDITION_FIELDS = {"type", "value", "source", "by"}  # string fields a clause may test (no timestamps)
 PASSPORT_HEADER = "x-ga4gh-passport"
@@ -86,6 +100,10 @@ def key_id(key: ECKey) -> str:
     return key.thumbprint()  # RFC 7638
 
 
+def jwks_url(settings: Settings) -> str:
+    return f"{settings.base_url.rstrip('/')}/.well-known/jwks.json"
+
+
 def jwks(settings: Settings) -> dict[str, Any]:
     key = signing_key(settings)
     public = key.as_dict(private=False)
@@ -94,7 +112,8 @@ def jwks(settings: Settings) -> dict[str, Any]:
 
 # -- issuing -----------------------------------------------------------------------------------
 def dataset_url(base_url: str, dataset_id: str, version: int | None = None) -> str:
-    """The stable identifier a visa's ``value`` carries: the dataset (all versions) or one version."""
+    """The stable identifier a visa's ``value`` carries: the dataset (all versions) or one version. Both
+    resolve without a login: to the dataset's public catalogue page when it has one (archive.web)."""
     url = f"{base_url.rstrip('/')}/datasets/{dataset_id}"
     return url if version is None else f"{url}/versions/{version}"
 
@@ -112,13 +131,13 @@ def issue_visa(settings: Settings, user: User, ent: Entitlement, now: dt.datetim
     now = now or utcnow()
     base = settings.base_url.rstrip("/")
     key = signing_key(settings)
-    header = {"alg": "ES256", "typ": VISA_JWT_TYP, "kid": key_id(key), "jku": f"{base}/.well-known/jwks.json"}
+    header = {"alg": "ES256", "typ": VISA_JWT_TYP, "kid": key_id(key), "jku": jwks_url(settings)}
     claims = {
         "iss": base,
         "sub": user.subject,
         "iat": int(now.timestamp()),
         "exp": int(ent.ends_at.timestamp()),
-        "jti": uuid.uuid4().hex,
+        "jti": f"{ent.id.hex}.{secrets.token_hex(8)}",  # names the entitlement, checked on every use
         "ga4gh_visa_v1": {
             "type": VISA_TYPE,
             "asserted": int(ent.starts_at.timestamp()),
@@ -130,11 +149,58 @@ def issue_visa(settings: Settings, user: User, ent: Entitlement, now: dt.datetim
     return jwt.encode(header, claims, key, algorithms=["ES256"])
 
 
-def passport_of(session: Session, settings: Settings, user: User) -> dict[str, list[str]]:
-    """REMS-style permissions: one visa per active entitlement, in ``ga4gh_passport_v1`` form."""
+def entitlement_of(jti: str | None) -> uuid.UUID | None:
+    """The entitlement a hub-issued visa's ``jti`` names; None for any other shape."""
+    head = (jti or "").split(".", 1)[0]
+    try:
+        return uuid.UUID(hex=head) if len(head) == 32 else None
+    except ValueError:
+        return None
+
+
+def issue_passport(settings: Settings, user: User, visa_tokens: list[str], now: dt.datetime) -> str:
+    """A GA4GH Passport 1.2 JWT (``typ`` vnd.ga4gh.passport+jwt) holding the visas; it ends within the
+    hour and never after the first visa inside it."""
+    key = signing_key(settings)
+    base = settings.base_url.rstrip("/")
+    ends = [int((now + PASSPORT_LIFETIME).timestamp())]
+    for token in visa_tokens:
+        ends.append(int(json.loads(jws.extract_compact(token.encode()).payload)["exp"]))
+    header = {"alg": "ES256", "typ": PASSPORT_JWT_TYP, "kid": key_id(key), "jku": jwks_url(settings)}
+    claims = {"iss": base, "sub": user.subject, "iat": int(now.timestamp()), "exp": min(ends),
+              "jti": uuid.uuid4().hex, "ga4gh_passport_v1": visa_tokens}
+    return jwt.encode(header, claims, key, algorithms=["ES256"])
+
+
+def passport_of(session: Session, settings: Settings, user: User) -> dict[str, Any]:
+    """REMS-style permissions: one visa per active entitlement, in ``ga4gh_passport_v1`` form, and the
+    same visas as a signed Passport 1.2 JWT (``passport``)."""
     now = utcnow()
-    return {"ga4gh_passport_v1": [issue_visa(settings, user, e, now)
-                                  for e in active_entitlements(session, user.id, now)]}
+    tokens = [issue_visa(settings, user, e, now) for e in active_entitlements(session, user.id, now)]
+    return {"ga4gh_passport_v1": tokens, "passport": issue_passport(settings, user, tokens, now)}
+
+
+def revoke_visa(session: Session, settings: Settings, principal: Principal, token: str, reason: str) -> str:
+    """Put one visa this hub issued on the revocation list (its subject or a platform admin). Refused from
+    the next request on; the entry goes once the visa would have expired. Returns the ``jti``."""
+    key = signing_key(settings)
+    try:
+        claims = jwt.decode(token, KeySet([key]), algorithms=["ES256"]).claims
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise Invalid("not a visa signed by this hub") from None
+    jti, sub, exp = claims.get("jti"), claims.get("sub"), claims.get("exp")
+    if claims.get("iss") != settings.base_url.rstrip("/") or not isinstance(jti, str) or not isinstance(exp, int):
+        raise Invalid("not a visa issued by this hub")
+    if sub != principal.user.subject and not principal.user.is_admin:
+        raise NotFound("not found")  # someone else's visa: as if it did not exist
+    now = utcnow()
+    session.execute(delete(VisaRevocation).where(VisaRevocation.expires_at < now))  # keep the list short
+    if session.get(VisaRevocation, jti) is None:
+        session.add(VisaRevocation(jti=jti[:100], expires_at=dt.datetime.fromtimestamp(exp, dt.UTC),
+                                   revoked_by=principal.user.id, reason=reason[:2000]))
+    audit.record(session, principal.actor, "access.visa.revoked", target=f"visa:{jti}",
+                 details={"subject": sub, "reason": reason[:500]})
+    return jti
 
 
 # -- accepting ---------------------------------------------------------------------------------
@@ -177,11 +243,11 @@ class VisaRejected(Exception):
     pass
 
 
-def split_header(raw: str, settings: AccessSettings) -> list[str]:
-    """Comma-separated JWTs; any that is a passport (has ``ga4gh_passport_v1``) is opened into its
-    visas. The passport wrapper itself needs no trust: every visa inside is verified on its own."""
+def open_passports(tokens: Iterable[str], settings: AccessSettings) -> list[str]:
+    """Visa JWTs; any token that is a passport (has ``ga4gh_passport_v1``) is opened into its visas.
+    The passport wrapper itself needs no trust: every visa inside is verified on its own."""
     out: list[str] = []
-    for token in (t.strip() for t in raw.split(",")):
+    for token in (t.strip() for t in tokens):
         if not token:
             continue
         try:
@@ -265,6 +331,11 @@ class PassportVerifier:
     def trusted(self, iss: str, jku: str) -> bool:
         return any(t.issuer == iss and t.jku == jku for t in self.settings.trusted_visa_issuers)
 
+    def own(self, iss: str, jku: str) -> bool:
+        """The hub's own visas: verified with its local key, never fetched (their entitlement is
+        checked on each use, `visa_in_force`)."""
+        return iss == self.hub_settings.base_url.rstrip("/") and jku == jwks_url(self.hub_settings)
+
     async def _fetch(self, jku: str) -> KeySet:
         async with httpx.AsyncClient(timeout=self.settings.jwks_timeout_seconds, transport=self.transport,
                                      follow_redirects=False) as client:
@@ -317,15 +388,17 @@ class PassportVerifier:
         if not isinstance(jku, str) or not jku:
             raise VisaRejected("no jku in the header (only jku-signed visas are accepted)")
         # the allowlist is checked before anything is fetched
-        if not any(t.issuer == iss for t in s.trusted_visa_issuers):
+        own = self.own(iss, jku)
+        if not own and not any(t.issuer == iss for t in s.trusted_visa_issuers):
             raise VisaRejected(f"untrusted issuer {iss[:100]!r}")
-        if not self.trusted(iss, jku):
+        if not own and not self.trusted(iss, jku):
             raise VisaRejected(f"jku {jku[:200]!r} is not allowed for issuer {iss[:100]!r}")
-        _check_jku_url(jku, s)
+        if not own:
+            _check_jku_url(jku, s)
         if alg not in ALGORITHMS:
             raise VisaRejected(f"algorithm {alg!r} not accepted")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        keys = await self.keys_for(jku, kid, budget)
+        keys = KeySet([signing_key(self.hub_settings)]) if own else await self.keys_for(jku, kid, budget)
         try:
             verified = jwt.decode(token, keys, algorithms=[alg])
         except JoseError as exc:
@@ -372,10 +445,13 @@ class PassportVerifier:
                         subject_must_match=self.settings.visa_subject_must_match, issuer_datasets=limits)
 
     async def verify(self, raw: str) -> Passport:
+        return await self.verify_tokens(raw.split(","))
+
+    async def verify_tokens(self, tokens: Iterable[str]) -> Passport:
         passport = self.empty_passport()
         now = int(time.time())
         budget = [self.settings.max_jwks_fetches]
-        for token in split_header(raw, self.settings):
+        for token in open_passports(tokens, self.settings):
             try:
                 passport.visas.append(await self.verify_one(token, now, budget))
             except VisaRejected as exc:
@@ -437,13 +513,35 @@ def granting_visas(passport: Passport, subject: str | None) -> list[Visa]:
 PUBLISHED = ("released", "deprecated")
 
 
+def visa_in_force(session: Session, visa: Visa, base_url: str, now: dt.datetime | None = None) -> bool:
+    """Revocation, checked on every use. A visa this hub issued holds only while the entitlement its
+    ``jti`` names is active, for the visa's subject and dataset, and the visa is not on the revocation
+    list. A foreign visa holds until its ``exp`` (already checked by the verifier)."""
+    if not base_url or visa.iss != base_url:
+        return True
+    ent_id = entitlement_of(visa.jti)
+    if ent_id is None or session.get(VisaRevocation, visa.jti) is not None:
+        return False
+    ent = session.get(Entitlement, ent_id)
+    if ent is None or not ent.active(now or utcnow()):
+        return False
+    user = session.get(User, ent.user_id)
+    return (user is not None and user.subject == visa.sub
+            and visa.value == dataset_url(base_url, ent.dataset_id, ent.version))
+
+
+def _in_force(session: Session, passport: Passport, principal: Principal) -> list[Visa]:
+    granting = granting_visas(passport, principal.user.subject if passport.subject_must_match else None)
+    return [v for v in granting if visa_in_force(session, v, passport.base_url)]
+
+
 def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant | None:
     """`archive.service.GRANT_PROVIDERS` entry: the request's verified passport holds a visa that
     names a dataset (or the version) published with this file."""
     passport = CURRENT_PASSPORT.get()
     if passport is None or not passport.visas or not principal.has_mfa:
         return None
-    granting = granting_visas(passport, principal.user.subject if passport.subject_must_match else None)
+    granting = _in_force(session, passport, principal)
     if not granting:
         return None
     names: dict[str, str] = {}  # every way a visa may name a published dataset holding the file
@@ -480,7 +578,7 @@ def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
     if passport.base_url:
         allowed.add(dataset_url(passport.base_url, ds.id))
     prefix = dataset_url(passport.base_url, ds.id) + "/versions/" if passport.base_url else None
-    for visa in granting_visas(passport, principal.user.subject if passport.subject_must_match else None):
+    for visa in _in_force(session, passport, principal):
         limit = passport.issuer_datasets.get(visa.iss)
         if limit and ds.id not in limit:
             continue

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Header, Request
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
 
-from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form, read_first
-from ..errors import Invalid
+from ..deps import (
+    CsrfChecked,
+    Db,
+    HubDep,
+    Posted,
+    PostedForm,
+    WebPrincipal,
+    client_ip,
+    current_web_session,
+    posted_form,
+    read_first,
+    show_viewer,
+)
+from ..errors import Invalid, NotFound
+from ..identity import service as identity
 from ..projects import service as projects
 from ..schemas import Int32
 from ..web.templating import redirect_with, templates
@@ -16,6 +31,9 @@ from . import service
 from .backend import storage_for
 
 router = APIRouter()
+# A dataset's public page, if it has one (catalog: its published landing page): where a dataset's URL —
+# the ``value`` of the GA4GH visas naming it — leads anyone who may not open the dataset itself.
+LANDING_PAGES: list[Callable[[Session, str], str | None]] = []
 # The form without JavaScript. With it, the page encrypts in the browser and uses the upload API
 # (static/archive-upload.js), for files of any size. This fallback is kept in memory end to end: the
 # whole form stays under the 1 MiB body limit, which is also below the size at which the form parser
@@ -65,10 +83,29 @@ def create_dataset(request: Request, posted: PostedForm, db: Db, principal: WebP
     return redirect_with(request, f"/datasets/{ds.id}", f"Dataset {ds.id} created (version 1, draft).")
 
 
+def _public_page(db: Db, dataset_id: str, logged_in: bool) -> Response:
+    for landing in LANDING_PAGES:
+        url = landing(db, dataset_id)
+        if url:
+            return RedirectResponse(url, status_code=303)
+    raise NotFound("this dataset has no public page" + ("" if logged_in else
+                                                         "; log in to open it if you have access to it"))
+
+
 @router.get("/datasets/{dataset_id}")
-def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str, version: Int32 | None = None,
+def dataset_page(request: Request, db: Db, dataset_id: str, version: Int32 | None = None,
                  after: str | None = None) -> Response:
-    ds, owner = service.visible_dataset(db, principal, dataset_id)
+    """The dataset for those who may see it; for everyone else (no login needed) its public page: the
+    URL resolves, as a GA4GH visa's ``value`` should, instead of sending strangers to the login form."""
+    found = current_web_session(request, db)
+    if found is None or found[0].stage != "active":
+        return _public_page(db, dataset_id, logged_in=False)
+    principal = identity.session_principal(found[0], found[1], client_ip(request))
+    show_viewer(request, found[1])
+    try:
+        ds, owner = service.visible_dataset(db, principal, dataset_id)
+    except NotFound:
+        return _public_page(db, dataset_id, logged_in=True)
     versions = [v for v in ds.versions if owner or v.state != "draft"]
     shown = next((v for v in versions if v.number == version), versions[-1] if versions else None)
     files = service.version_files(db, principal, ds.id, shown.number, after=after, limit=500)[1] if shown else []
@@ -80,6 +117,12 @@ def dataset_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: 
         "downloadable": service.dataset_downloadable(db, principal, ds, owner),
         "marks": service.version_marks(db, ds, shown) if shown else [],
     })
+
+
+@router.get("/datasets/{dataset_id}/versions/{number}")
+def version_page(dataset_id: str, number: Int32) -> Response:
+    """A version's URL (a version-specific visa ``value``): the dataset page showing that version."""
+    return RedirectResponse(f"/datasets/{dataset_id}?version={number}", status_code=303)
 
 
 @router.post("/datasets/{dataset_id}/versions/{number}/release", dependencies=[CsrfChecked])

@@ -20,3 +20,5 @@ def includeme(config: Config) -> None:
     # Before the landing pages: /catalog/{slug} would otherwise take /catalog/{slug}.ttl.
     config.add_web_router("strongroom.catalog.fair_web:router", stage=Stage.LAST)
     config.add_web_router("strongroom.catalog.web:router", stage=Stage.LAST)
+    # A dataset's URL (a visa's value) leads the public to its landing page.
+    config.add_hook("strongroom.archive.web:LANDING_PAGES", "strongroom.catalog.landing:landing_url")

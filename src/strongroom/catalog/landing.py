@@ -34,6 +34,13 @@ def public_entry(session: Session, slug: str) -> CatalogEntry:
     return entry
 
 
+def landing_url(session: Session, dataset_id: str) -> str | None:
+    """`archive.web.LANDING_PAGES` entry: the dataset's landing page, while its entry is published."""
+    slug = session.scalar(select(CatalogEntry.slug).where(CatalogEntry.dataset_id == dataset_id,
+                                                          CatalogEntry.published.is_(True)))
+    return f"/catalog/{slug}" if slug else None
+
+
 def public_image(session: Session, slug: str, position: int) -> CatalogImage:
     entry = public_entry(session, slug)
     image = session.get(CatalogImage, (entry.id, position))

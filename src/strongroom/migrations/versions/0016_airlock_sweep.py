@@ -1,7 +1,7 @@
 """Airlock: content sweeping (removal marks, outbox bodies that are gone) and reviewer shortfall.
 
 Revision ID: 0016_airlock_sweep
-Revises: 0014_metrics
+Revises: 0015_visa_revocations
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import strongroom.db
 
 revision = "0016_airlock_sweep"
-down_revision = "0014_metrics"
+down_revision = "0015_visa_revocations"
 branch_labels = None
 depends_on = None
 
