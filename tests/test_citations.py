@@ -180,7 +180,8 @@ def test_every_format_for_an_entry_with_every_field_and_each_version(world, hub)
 
 
 def test_creators_are_the_authors_with_their_orcids(world, hub):
-    """When the catalogue entry names creators, they are the authors everywhere and their ORCIDs are signposted; the data owner stays the publisher."""
+    """When the catalogue entry names creators, they are the authors everywhere and their ORCIDs are
+    signposted; the data owner stays the publisher."""
     publish_entry(world, world["ds"], "chest-ct", **FULL)
     creators = [  # as the catalogue stores them (catalog.fields.CreatorField)
         {"name": "Lindqvist, Åsa", "kind": "person", "orcid": "0000-0002-1825-0097"},
