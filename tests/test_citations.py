@@ -306,6 +306,9 @@ def check_signposts(c: TestClient, slug: str, *, cite_as: str, dataset_id: str) 
     assert [link["url"] for link in rels["license"]] == [f"{url}/terms"]
     assert c.get(path_of(f"{url}/terms")).status_code == 200
     described = {link["type"]: link["url"] for link in rels["describedby"]}
+    if cite_as.startswith("https://doi.org/"):  # DataCite's own records exist for a DOI only
+        assert described.pop("application/vnd.datacite.datacite+json") == f"{url}/cite.datacite.json"
+        assert described.pop("application/vnd.datacite.datacite+xml") == f"{url}/cite.datacite.xml"
     assert described == {
         "application/x-bibtex": f"{url}/cite.bib", "application/x-research-info-systems": f"{url}/cite.ris",
         "application/vnd.citationstyles.csl+json": f"{url}/cite.csl.json", "application/ld+json": f"{url}/cite.jsonld",

@@ -490,3 +490,37 @@ def test_without_datacite_nothing_is_minted_and_the_page_says_so(world, settings
     assert "DataCite is not configured" in steward.get(f"/datasets/{world['ds']}/catalog").text
     entry = w["client"].get(f"/api/v1/datasets/{world['ds']}/catalog", headers=world["h"]).json()
     assert entry["effective_doi"] is None
+
+
+def test_the_minted_record_is_served_by_negotiation_download_and_oai_datacite(world, datacite):
+    """What DataCite holds is what the hub serves: the landing URL's DataCite JSON/XML (content
+    negotiation and download) and OAI-PMH ``oai_datacite`` carry the same 4.6 record, valid against the
+    official XSD; before a DOI exists, none of them is offered (nothing is made up)."""
+    ds = world["ds"]
+    public = TestClient(world["app"], base_url=BASE)
+    publish(world)
+    xml_type, json_type = "application/vnd.datacite.datacite+xml", "application/vnd.datacite.datacite+json"
+    assert public.get("/catalog/chest-ct", headers={"Accept": json_type}).status_code == 406  # no DOI yet
+    assert public.get("/catalog/chest-ct/cite.datacite.xml").status_code == 404
+    assert "cite.datacite" not in public.get("/catalog/chest-ct").text
+    oai_url = "/oai?verb=ListRecords&metadataPrefix=oai_datacite"
+    assert b"noRecordsMatch" in public.get(oai_url).content
+    run_jobs(world["hub"])
+    v1 = name(ds, 1)  # the landing page shows version 1, so it cites version 1's own DOI
+    held = {k: v for k, v in datacite.dois[v1].items() if k not in (
+        "prefix", "suffix", "state", "created", "updated", "registered", "published")}
+    as_json = public.get("/catalog/chest-ct", headers={"Accept": json_type})
+    assert as_json.status_code == 200 and as_json.headers["vary"] == "Accept"
+    assert as_json.json() == held
+    as_xml = public.get("/catalog/chest-ct/cite.datacite.xml")
+    assert as_xml.status_code == 200 and as_xml.headers["content-type"].startswith(xml_type)
+    assert_valid(held, as_xml.content)
+    assert 'href="/catalog/chest-ct/cite.datacite.xml"' in public.get("/catalog/chest-ct").text
+    # OAI-PMH: the concept's record, inside the oai_datacite wrapper
+    root = etree.fromstring(public.get(oai_url).content)
+    (resource,) = root.iterfind(".//{http://datacite.org/schema/kernel-4}resource")
+    XSD.assertValid(etree.ElementTree(resource))
+    assert resource.findtext("{http://datacite.org/schema/kernel-4}identifier").lower() == name(ds)
+    # DCAT-AP is negotiated on the landing URL too: 303 to the document
+    turtle = public.get("/catalog/chest-ct", headers={"Accept": "text/turtle"}, follow_redirects=False)
+    assert turtle.status_code == 303 and turtle.headers["location"] == "/catalog/chest-ct.ttl"

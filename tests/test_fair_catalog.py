@@ -304,7 +304,8 @@ def test_oai_identifiers_use_the_hub_domain_and_identify_describes_the_scheme(wo
     tc.publish_entry(world, world["ds"], "chest-ct", image=False)
     tokens = oai.Tokens(hub.secret)
     with hub.sessions() as s:
-        repo = fair.CatalogRepository(s, base_url="https://hub.example.org/", site_name="Example Hub")
+        repo = fair.CatalogRepository(s, hub.settings.model_copy(update={"base_url": "https://hub.example.org/",
+                                                                          "site_name": "Example Hub"}))
         root = etree.fromstring(oai.handle(repo, tokens, [("verb", "Identify")]))
         oai_schema.assertValid(root)
         assert root.findtext(".//o:baseURL", namespaces=NS) == "https://hub.example.org/oai"

@@ -21,6 +21,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ..config import Settings
+from ..errors import NotFound
+from . import dois
+from .datacite import datacite_attributes, datacite_xml
 from .landing import LandingView
 
 CSL_DIR = Path(__file__).with_name("csl")
@@ -39,6 +43,7 @@ class Citable:
     session: Session
     view: LandingView
     item: dict[str, Any]
+    settings: Settings
 
     @property
     def file_stem(self) -> str:
@@ -53,6 +58,10 @@ class Renderer:
     label: str  # the download link's text
     render: Callable[[Citable, str], str]  # (what, style) → the document; style is used by text/x-bibliography
     styles: tuple[str, ...] = ()  # only text/x-bibliography: one download and one offer per style
+    needs_doi: bool = False  # DataCite's records exist only for a DOI: offered only when the entry has one
+
+    def offered(self, view: LandingView) -> bool:
+        return not self.needs_doi or doi_of(view) is not None
 
 
 # -- the facts -----------------------------------------------------------------------------------
@@ -246,9 +255,23 @@ RENDERERS: dict[str, Renderer] = {r.media_type: r for r in (
              styles=tuple(STYLES)),
     Renderer("application/ld+json", "jsonld", "schema.org JSON-LD",
              lambda c, _: json.dumps(c.view.jsonld, ensure_ascii=False, indent=2) + "\n"),
-    # At merge with the DataCite capability: application/vnd.datacite.datacite+json (datacite.json)
-    # and application/vnd.datacite.datacite+xml (datacite.xml) go here.
+    Renderer("application/vnd.datacite.datacite+json", "datacite.json", "DataCite JSON",
+             lambda c, _: json.dumps(datacite_attributes(_datacite_facts(c)), ensure_ascii=False, indent=2) + "\n",
+             needs_doi=True),
+    Renderer("application/vnd.datacite.datacite+xml", "datacite.xml", "DataCite XML",
+             lambda c, _: datacite_xml(_datacite_facts(c)).decode(), needs_doi=True),
 )}
+
+
+def _datacite_facts(c: Citable) -> dois.DoiFacts:
+    """The DataCite record of the DOI this page cites (the version's own, else the concept's): the same
+    record the DOI capability sends to DataCite."""
+    version = c.view.version.number if c.view.version is not None else None
+    own = version is not None and any(number == version for number, _ in c.view.version_dois)
+    found = dois.record_facts(c.session, c.settings, c.view.entry, version if own else None)
+    if found is None:
+        raise NotFound("this entry has no DOI: a DataCite record exists only for a DOI")
+    return found
 
 
 def by_extension(extension: str) -> Renderer | None:
@@ -268,6 +291,8 @@ def downloads(view: LandingView) -> list[Download]:
     base = f"/catalog/{view.entry.slug}/cite"
     out: list[Download] = []
     for r in RENDERERS.values():
+        if not r.offered(view):
+            continue
         if r.styles:
             out += [Download(f"{base}.{r.extension}?style={s}", STYLE_NAMES.get(s, s), r.media_type, s)
                     for s in r.styles]

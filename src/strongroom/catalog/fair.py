@@ -20,10 +20,12 @@ from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
-from . import oai
+from ..config import Settings
+from . import dois, oai
+from .datacite import DoiFacts, datacite_xml
 from .dcat import FORMATS, CatalogFacts, DatasetFacts, VersionFacts
 from .landing import landing_view
-from .models import CatalogEntry
+from .models import CatalogEntry, Doi
 from .vocab import MODALITIES
 
 WITHDRAWN = and_(CatalogEntry.published.is_(False), CatalogEntry.published_at.is_not(None))
@@ -90,11 +92,12 @@ def set_specs(entry: CatalogEntry) -> tuple[str, ...]:
 class CatalogRepository:
     """The catalogue as an OAI-PMH repository (``oai.Repository``) for one request's session."""
 
-    def __init__(self, session: Session, *, base_url: str, site_name: str) -> None:
+    def __init__(self, session: Session, settings: Settings) -> None:
         self.session = session
-        self.site = base_url.rstrip("/")
-        self.site_name = site_name
-        self.name = f"{site_name} dataset catalogue"
+        self.settings = settings
+        self.site = settings.base_url.rstrip("/")
+        self.site_name = settings.site_name
+        self.name = f"{self.site_name} dataset catalogue"
         self.base_url = f"{self.site}/oai"
         self.namespace = urlsplit(self.site).hostname or "localhost"
         # The public role address of the catalogue's stewards would be better; the hub has none yet.
@@ -123,8 +126,9 @@ class CatalogRepository:
         stmt = self._visible().where(CatalogEntry.updated_at < q.before)
         if q.since is not None:
             stmt = stmt.where(CatalogEntry.updated_at >= q.since)
-        if q.doi_only:
-            stmt = stmt.where(or_(CatalogEntry.doi.is_not(None), WITHDRAWN))
+        if q.doi_only:  # the steward's own DOI, or the hub's concept DOI once findable
+            minted = select(Doi.dataset_id).where(Doi.version.is_(None), Doi.state == "findable")
+            stmt = stmt.where(or_(CatalogEntry.doi.is_not(None), CatalogEntry.dataset_id.in_(minted), WITHDRAWN))
         return stmt
 
     def _matching(self, q: oai.Query, entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
@@ -154,7 +158,15 @@ class CatalogRepository:
                               facts=None)
         facts = dataset_facts(self.session, entry, base_url=self.site, site_name=self.site_name)
         return oai.Record(key=entry.id, header=oai.Header(self.identifier(entry), entry.updated_at, set_specs(entry)),
-                          facts=facts, has_doi=bool(entry.doi))
+                          facts=facts, has_doi=self._datacite_facts(entry) is not None)
+
+    def _datacite_facts(self, entry: CatalogEntry) -> DoiFacts | None:
+        found = dois.record_facts(self.session, self.settings, entry)
+        return found if found is not None and (entry.doi or found.doi in self._findable(entry)) else None
+
+    def _findable(self, entry: CatalogEntry) -> set[str]:
+        concept, _ = dois.findable_dois(self.session, entry.dataset_id)
+        return {concept} if concept else set()
 
     def get(self, identifier: str) -> oai.Record | None:
         prefix = f"oai:{self.namespace}:"
@@ -164,11 +176,9 @@ class CatalogRepository:
         return self.record(entry) if entry is not None else None
 
     def datacite(self, record: oai.Record) -> etree._Element:
-        assert record.facts is not None
-        return _datacite_record(record.facts, self.site_name)
-
-
-def _datacite_record(facts: DatasetFacts, publisher: str) -> etree._Element:
-    """The entry's DataCite kernel-4 ``resource``. The DOI capability's full DataCite metadata
-    replaces this minimal one where it is available (one function to rewire)."""
-    return oai.minimal_datacite(facts, publisher)
+        """The DOI capability's DataCite 4.6 record (the same one DataCite holds) of a record with a DOI."""
+        entry = self.session.get(CatalogEntry, record.key)
+        found = self._datacite_facts(entry) if entry is not None else None
+        if found is None:  # has_doi said otherwise: the entry changed between the two reads
+            raise LookupError(f"{record.header.identifier} has no DOI any more")
+        return etree.fromstring(datacite_xml(found))

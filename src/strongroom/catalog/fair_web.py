@@ -73,7 +73,7 @@ def dataset_rdfxml(db: Db, hub: HubDep, slug: str) -> Response:
 # -- OAI-PMH ---------------------------------------------------------------------------------------
 def _answer(hub: Hub, pairs: list[tuple[str, str]]) -> bytes:
     with hub.sessions() as session:  # read only
-        repo = fair.CatalogRepository(session, base_url=hub.settings.base_url, site_name=hub.settings.site_name)
+        repo = fair.CatalogRepository(session, hub.settings)
         return oai.handle(repo, oai.Tokens(hub.secret), pairs)
 
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import compile_path
 
@@ -87,12 +87,21 @@ LANDING_ROUTE = "/catalog/{slug}"
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
-def _offers() -> list[conneg.Offer]:
+def _documents(request: Request, view: landing_pages.LandingView) -> dict[str, str]:
+    """Metadata documents the hub serves at their own address (DCAT-AP Turtle, RDF/XML): media type → path.
+    Asked for on the landing URL, they answer 303 See Other there, as linked data does."""
+    paths = {media_type: template.format(slug=view.entry.slug) for template, media_type in signposting.DESCRIBEDBY}
+    return {media_type: path for media_type, path in paths.items() if _served(request, path)}
+
+
+def _offers(view: landing_pages.LandingView, documents: dict[str, str]) -> list[conneg.Offer]:
     offers = [conneg.Offer(t) for t in HTML_TYPES]
     for r in citations.RENDERERS.values():
+        if not r.offered(view):
+            continue
         offers += ([conneg.Offer(r.media_type, (("style", s),)) for s in r.styles] if r.styles
                    else [conneg.Offer(r.media_type)])
-    return offers
+    return offers + [conneg.Offer(t) for t in documents if t not in citations.RENDERERS]
 
 
 @lru_cache(maxsize=1024)
@@ -112,7 +121,7 @@ def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> cita
     at = landing_pages.public_version(db, entry, version) if version is not None else None
     view = landing_pages.landing_view(db, entry, base_url=hub.settings.base_url,
                                       site_name=hub.settings.site_name, version=at)
-    return citations.Citable(db, view, citations.csl_item(view))
+    return citations.Citable(db, view, citations.csl_item(view), hub.settings)
 
 
 @router.get(LANDING_ROUTE)
@@ -128,7 +137,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
             raise
         _show_viewer_if_logged_in(request, db)
         return templates.TemplateResponse(request, "catalog_tombstone.html", {"t": gone}, status_code=410)
-    offers = _offers()
+    documents = _documents(request, citable.view)
+    offers = _offers(citable.view, documents)
     chosen = conneg.choose(request.headers.get("accept"), offers)
     headers = {"Vary": "Accept"}
     if chosen is None:
@@ -139,6 +149,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
     links = signposting.landing_links(view, hub.settings.base_url, lambda path: _served(request, path))
     headers["Link"] = signposting.link_header(links)
     renderer = citations.RENDERERS.get(chosen.media_type)
+    if renderer is None and chosen.media_type in documents:
+        return RedirectResponse(documents[chosen.media_type], status_code=303, headers=headers)
     if renderer is None:
         _show_viewer_if_logged_in(request, db)
         page = templates.TemplateResponse(request, "catalog_entry.html", {
@@ -168,6 +180,8 @@ def cite(db: Db, hub: HubDep, slug: str, extension: str,
     if renderer.styles and style not in renderer.styles:
         raise Invalid(f"unknown citation style {style!r}; choose one of {', '.join(renderer.styles)}")
     citable = _citable(db, hub, slug, version)
+    if not renderer.offered(citable.view):
+        raise NotFound("this entry has no DOI: a DataCite record exists only for a DOI")
     name = citations.file_name(citable, renderer, style)
     return Response(renderer.render(citable, style), media_type=citations.media_type_header(renderer),
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
