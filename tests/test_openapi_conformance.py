@@ -96,6 +96,7 @@ PUBLIC_OPERATIONS = {
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/api/v1/archive/public-key"),
     ("GET", "/ga4gh/drs/v1/service-info"), ("OPTIONS", "/ga4gh/drs/v1/objects/{object_id}"),
     ("GET", "/.well-known/jwks.json"), ("GET", "/api/v1/catalog"),
+    ("GET", "/api/v1/metrics"), ("GET", "/api/v1/metrics.csv"),  # public data-sharing figures (stats)
 }
 
 
