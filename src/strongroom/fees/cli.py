@@ -85,6 +85,28 @@ def subscribe(
         _fail(exc)
 
 
+@app.command("unsubscribe")
+def unsubscribe(
+    subscription: Annotated[str, typer.Argument(help="The subscription's id.")],
+    end: Annotated[str, typer.Option(help="Last day charged (YYYY-MM-DD).")],
+) -> None:
+    """End a subscription (statements already issued stay as issued; re-issue to credit and correct)."""
+    import uuid
+
+    from . import service
+
+    try:
+        sub_id = uuid.UUID(subscription)
+    except ValueError:
+        raise typer.BadParameter(f"not a subscription id: {subscription!r}") from None
+    try:
+        with transaction(_hub().sessions) as session:
+            service.end_subscription(session, _operator(), sub_id, _day(end) or dt.date.today())
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"subscription {subscription} ends {end}")
+
+
 @app.command("price-list")
 def price_list(
     effective_from: Annotated[str | None, typer.Option("--from", help="Publish a new version from this date.")] = None,
@@ -103,7 +125,8 @@ def price_list(
             for pl in service.price_lists(session):
                 console.print(f"[bold]version {pl.version}[/] from {pl.effective_from} {pl.note}")
                 for i in pl.items.values():
-                    console.print(f"  {i.code:16} {i.price:>12} SEK per {i.unit}{' and year' if i.per == 'year' else ''}")
+                    per = f"{i.unit} and year" if i.per == "year" else i.unit
+                    console.print(f"  {i.code:16} {i.price:>12} SEK per {per}")
     except DomainError as exc:
         _fail(exc)
 

@@ -185,9 +185,6 @@ class Statement:
     def total(self) -> Decimal:
         return self.subtotal + self.reductions
 
-    def project_total(self, project: str) -> Decimal:
-        return sum((x.amount for x in self.lines if x.project == project), Decimal("0.00"))
-
 
 def charges(lists: Sequence[PriceList], subscriptions: Iterable[Subscription], usage: Iterable[Usage],
             start: dt.date, end: dt.date) -> list[Charge]:

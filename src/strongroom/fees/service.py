@@ -364,14 +364,27 @@ def customer_subject(session: Session, principal: Principal | None, ref: str) ->
     return Subject(f"customer:{c.id}", c.name, c.name, customer_projects(session, c.id), c)
 
 
+def _scope(session: Session, subject: Subject) -> list[Project]:
+    """The projects a statement is computed over: a project of a customer is computed with the customer's
+    other projects and its lines kept, so a customer-wide fixed-sum discount is shared out the same way in
+    the project's statement as in the customer's (the project statements add up to the customer's)."""
+    if subject.key.startswith("project:") and subject.customer is not None:
+        return customer_projects(session, subject.customer.id)
+    return subject.projects
+
+
 def compute(session: Session, subject: Subject, start: dt.date, end: dt.date) -> pricing.Statement:
+    scope = _scope(session, subject)
     subs = [pricing.Subscription(p.slug, s.item, s.quantity, s.start, s.end)
-            for p in subject.projects for s in subscriptions(session, [p.id])]
+            for p in scope for s in subscriptions(session, [p.id])]
     try:
-        return pricing.statement(price_lists(session), subs, _usage(session, subject.projects, start, end),
-                                 _waivers_for(session, subject.projects), start, end)
+        st = pricing.statement(price_lists(session), subs, _usage(session, scope, start, end),
+                               _waivers_for(session, scope), start, end)
     except ValueError as exc:
         raise Invalid(str(exc)) from None
+    mine = {p.slug for p in subject.projects}
+    st.lines = [x for x in st.lines if x.project in mine]
+    return st
 
 
 def meta(subject: Subject, start: dt.date, end: dt.date) -> dict[str, str]:
@@ -392,7 +405,8 @@ def forecast(session: Session, subject: Subject, as_of: dt.date) -> dict[str, An
     if rest > year_end:
         return {"so_far": so_far, "rest": None, "year_total": so_far.total}
     recent_start = as_of - dt.timedelta(days=RECENT_DAYS - 1)
-    recent = _usage(session, subject.projects, recent_start, as_of)
+    scope = _scope(session, subject)
+    recent = _usage(session, scope, recent_start, as_of)
     lists = price_lists(session)
     extrapolated: list[Usage] = []
     left_days = (year_end - as_of).days
@@ -403,11 +417,13 @@ def forecast(session: Session, subject: Subject, as_of: dt.date) -> dict[str, An
             by_key[(u.project, u.item)] = by_key.get((u.project, u.item), Fraction(0)) + Fraction(u.quantity)
     for (project, code), qty in by_key.items():
         extrapolated.append(Usage(project, code, rest, qty * left_days / RECENT_DAYS, "recent rate"))
-    storage = [u for u in _usage(session, subject.projects, rest, year_end) if u.item in STORAGE_CLASS_ITEMS.values()]
+    storage = [u for u in _usage(session, scope, rest, year_end) if u.item in STORAGE_CLASS_ITEMS.values()]
     subs = [pricing.Subscription(p.slug, s.item, s.quantity, s.start, s.end)
-            for p in subject.projects for s in subscriptions(session, [p.id])]
-    rest_statement = pricing.statement(lists, subs, storage + extrapolated, _waivers_for(session, subject.projects),
+            for p in scope for s in subscriptions(session, [p.id])]
+    rest_statement = pricing.statement(lists, subs, storage + extrapolated, _waivers_for(session, scope),
                                        rest, year_end)
+    mine = {p.slug for p in subject.projects}
+    rest_statement.lines = [x for x in rest_statement.lines if x.project in mine]
     return {"so_far": so_far, "rest": rest_statement, "year_total": so_far.total + rest_statement.total}
 
 
@@ -434,14 +450,13 @@ def issue(session: Session, principal: Principal | Actor, subject: Subject, star
     st = compute(session, subject, start, end)
     lines = [x.as_dict() for x in st.lines]
     heading = meta(subject, start, end)
-    checksum = pricing.checksum(lines, heading)
     last = session.scalar(select(IssuedStatement).where(
         IssuedStatement.subject == subject.key, IssuedStatement.period_start == start,
         IssuedStatement.period_end == end, IssuedStatement.kind == "statement")
         .order_by(IssuedStatement.version.desc()).limit(1))
     out: list[IssuedStatement] = []
     if last is not None:
-        if last.checksum == checksum:
+        if pricing.checksum(lines, {**heading, "number": last.number, "version": str(last.version)}) == last.checksum:
             raise Conflict(f"statement {last.number} is issued and nothing changed since")
         credit_lines = [{**x, "kind": f"credit {x['kind']}", "amount": str(-Decimal(str(x["amount"]))),
                          "description": f"Credit of {last.number}: {x['description']}"} for x in last.lines]
