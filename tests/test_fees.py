@@ -295,3 +295,30 @@ def test_statement_page_issue_form(hub, app, people):
     assert r.status_code == 200 and "Issued ST-chest-2025-v1." in r.text
     r = olle.get("/fees/statements/ST-chest-2025-v1.csv")
     assert Decimal(list(csv.DictReader(io.StringIO(r.text)))[-1]["amount_sek"]) == CHEST_TOTAL
+
+
+def test_cli_customer_subscription_statement(hub, settings, people, tmp_path):
+    from test_cli_and_ops import run_cli
+
+    people("pia")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, SYS, slug="chest", name="Chest CT", pi="pia", ethics_ref="E1",
+                                end_date=dt.date.today() + dt.timedelta(days=1000))
+    for args in (("customer-add", "Region Uppsala", "--org-number", "232100-0024"),
+                 ("bill", "chest", "--customer", "Region Uppsala"),
+                 ("subscribe", "chest", "membership", "--start", "2025-01-01"),
+                 ("subscribe", "chest", "cpu", "--quantity", "2", "--start", "2025-07-01", "--end", "2025-12-31")):
+        r = run_cli(settings, "fees", *args)
+        assert r.returncode == 0, r.stderr
+    bad = run_cli(settings, "fees", "subscribe", "chest", "gpu-week", "--start", "2025-01-01")
+    assert bad.returncode == 2 and "not subscribed to" in bad.stderr
+    r = run_cli(settings, "fees", "statement", "2025", "--project", "chest")
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    # 50 000 + 2 CPUs x 184 days x 24 000 / 365 = 24197.26
+    assert Decimal(rows[-1]["amount_sek"]) == Decimal("74197.26")
+    r = run_cli(settings, "fees", "statement", "2025", "--customer", "Region Uppsala", "--format", "pdf",
+                "--issue", "--out", str(tmp_path / "s.pdf"))
+    assert r.returncode == 0, r.stderr
+    text = PdfReader(tmp_path / "s.pdf").pages[0].extract_text()
+    assert "74 197,26" in text and "Statement ST-C" in text
