@@ -322,3 +322,27 @@ def test_cli_customer_subscription_statement(hub, settings, people, tmp_path):
     assert r.returncode == 0, r.stderr
     text = PdfReader(tmp_path / "s.pdf").pages[0].extract_text()
     assert "74 197,26" in text and "Statement ST-C" in text
+
+
+def test_api_statement(hub, client, people):
+    from conftest import bearer, token_for
+
+    seeded = seed_year(hub, people)
+    ppl = seeded["people"]
+    r = client.get("/api/v1/projects/chest/fees/statement", params={"period": "2025"},
+                   headers=bearer(token_for(hub, ppl["pia"])))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert Decimal(str(body["total"])) == CHEST_TOTAL and body["currency"] == "SEK"
+    assert {(x["kind"], x["item"]): Decimal(str(x["amount"])) for x in body["lines"]} == CHEST_2025
+    for who in ("memo", "bo"):
+        assert client.get("/api/v1/projects/chest/fees/statement", params={"period": "2025"},
+                          headers=bearer(token_for(hub, ppl[who]))).status_code == 404
+    customer = seeded["ids"]["customer"]
+    r = client.get(f"/api/v1/fees/customers/{customer}/statement", params={"period": "2025"},
+                   headers=bearer(token_for(hub, ppl["olle"])))
+    assert r.status_code == 200 and Decimal(str(r.json()["total"])) == CUSTOMER_TOTAL
+    assert client.get(f"/api/v1/fees/customers/{customer}/statement", params={"period": "2025"},
+                      headers=bearer(token_for(hub, ppl["pia"]))).status_code in (403, 404)
+    assert client.get("/api/v1/projects/chest/fees/statement", params={"period": "25"},
+                      headers=bearer(token_for(hub, ppl["pia"]))).status_code == 422
