@@ -346,3 +346,30 @@ def test_api_statement(hub, client, people):
                       headers=bearer(token_for(hub, ppl["pia"]))).status_code in (403, 404)
     assert client.get("/api/v1/projects/chest/fees/statement", params={"period": "25"},
                       headers=bearer(token_for(hub, ppl["pia"]))).status_code == 422
+
+
+def test_forecast_for_the_rest_of_the_year(hub, people, monkeypatch):
+    seeded = seed_year(hub, people)
+    chest_id = seeded["ids"]["chest"]
+
+    def gpu_weeks(session, project_id, start, end):
+        day = D(2025, 5, 5)
+        return [pricing.Usage(str(project_id), "gpu-week", day, Fraction(2))] \
+            if project_id == chest_id and start <= day <= end else []
+
+    monkeypatch.setattr(meters, "METERS", [*meters.METERS, gpu_weeks])
+    with transaction(hub.sessions) as s:
+        olle = principal(s, seeded["people"]["olle"])
+        f = service.forecast(s, service.project_subject(s, olle, "chest"), D(2025, 6, 30))
+    # so far (1 Jan-30 Jun, 181 days): membership 24 794.52; storage 3 TB x 122 days (from 1 Mar) x 1 500 / 365
+    # = 1 504.11; 2 GPU-weeks 3 076.92; the discount's 90 days (January-March) -1 232.88
+    assert f["so_far"].total == Decimal("28142.67")
+    # the rest (1 Jul-31 Dec, 184 days): membership 25 205.48, backup 3 780.82, GPU (stored, Oct-Dec) 20 164.38;
+    # storage stays at 30 June's 5 TB: 3 TB x 184 x 1 500 / 365 = 2 268.49 (the November snapshot is not used);
+    # GPU-weeks at the last 90 days' rate: 2 x 184 / 90 weeks x 1 538.46 = 6 290.59; no discount (brain takes it)
+    assert by_item(f["rest"]) == {("charge", "membership"): Decimal("25205.48"),
+                                  ("charge", "backup-storage"): Decimal("3780.82"),
+                                  ("charge", "gpu"): Decimal("20164.38"),
+                                  ("charge", "project-storage"): Decimal("2268.49"),
+                                  ("charge", "gpu-week"): Decimal("6290.59")}
+    assert f["year_total"] == Decimal("28142.67") + Decimal("57709.76")

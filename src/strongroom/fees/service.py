@@ -417,7 +417,10 @@ def forecast(session: Session, subject: Subject, as_of: dt.date) -> dict[str, An
             by_key[(u.project, u.item)] = by_key.get((u.project, u.item), Fraction(0)) + Fraction(u.quantity)
     for (project, code), qty in by_key.items():
         extrapolated.append(Usage(project, code, rest, qty * left_days / RECENT_DAYS, "recent rate"))
-    storage = [u for u in _usage(session, scope, rest, year_end) if u.item in STORAGE_CLASS_ITEMS.values()]
+    # storage held on as_of, every day to the end of the year (later snapshots, if any, are not the forecast's)
+    storage = [dataclasses.replace(u, project=p.slug, day=day, note="last measured level")
+               for p in scope for u in storage_meter(session, p.id, as_of, as_of)
+               for day in pricing.days(rest, year_end)]
     subs = [pricing.Subscription(p.slug, s.item, s.quantity, s.start, s.end)
             for p in scope for s in subscriptions(session, [p.id])]
     rest_statement = pricing.statement(lists, subs, storage + extrapolated, _waivers_for(session, scope),
