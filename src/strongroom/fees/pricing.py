@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 ORE = Decimal("0.01")
 PER_YEAR = "year"
@@ -91,6 +92,18 @@ def price_list_on(lists: Sequence[PriceList], day: dt.date) -> PriceList:
         if p.effective_from <= day:
             current = p
     return current
+
+
+def _price_lists_by_day(lists: Sequence[PriceList], start: dt.date, end: dt.date) -> dict[dt.date, PriceList]:
+    """``price_list_on`` for every day of [start, end], in one pass."""
+    ordered = sorted(lists, key=lambda p: p.effective_from)
+    out: dict[dt.date, PriceList] = {}
+    current, i = ordered[0], 0
+    for day in days(start, end):
+        while i < len(ordered) and ordered[i].effective_from <= day:
+            current, i = ordered[i], i + 1
+        out[day] = current
+    return out
 
 
 @dataclass(frozen=True)
@@ -192,14 +205,15 @@ def charges(lists: Sequence[PriceList], subscriptions: Iterable[Subscription], u
     storage is reduced by the storage a running membership includes (per project and day)."""
     out: list[Charge] = []
     included: dict[tuple[str, dt.date], Fraction] = {}
+    on = _price_lists_by_day(lists, start, end)
     for sub in subscriptions:
         first, last = max(sub.start, start), min(sub.end or end, end)
+        qty = Fraction(sub.quantity)
         for day in days(first, last) if first <= last else ():
-            pl = price_list_on(lists, day)
+            pl = on[day]
             item = pl.items.get(sub.item)
             if item is None:
                 raise ValueError(f"no item {sub.item!r} in price list version {pl.version}")
-            qty = Fraction(sub.quantity)
             if item.included_tb:
                 key = (sub.project, day)
                 included[key] = included.get(key, Fraction(0)) + Fraction(item.included_tb) * qty
@@ -207,7 +221,7 @@ def charges(lists: Sequence[PriceList], subscriptions: Iterable[Subscription], u
     for u in usage:
         if not start <= u.day <= end:
             continue
-        pl = price_list_on(lists, u.day)
+        pl = on[u.day]
         item = pl.items.get(u.item)
         if item is None:
             raise ValueError(f"no item {u.item!r} in price list version {pl.version}")
@@ -222,11 +236,15 @@ def charges(lists: Sequence[PriceList], subscriptions: Iterable[Subscription], u
     return out
 
 
+@lru_cache(maxsize=256)
+def _rate(item: Item, year_days: int) -> Fraction:
+    """What one unit costs for a day (yearly items) or once (per-unit items), as an exact fraction."""
+    price = Fraction(item.price)
+    return price / year_days if item.per == PER_YEAR else price
+
+
 def _charge(item: Item, version: int, project: str, day: dt.date, qty: Fraction, source: str) -> Charge:
-    amount = qty * Fraction(item.price)
-    if item.per == PER_YEAR:
-        amount /= days_in_year(day)
-    return Charge(project, item.code, day, qty, amount, version, source)
+    return Charge(project, item.code, day, qty, qty * _rate(item, days_in_year(day)), version, source)
 
 
 def _in_scope(w: Waiver, c: Charge) -> bool:
