@@ -97,3 +97,7 @@ on_release  # catalog/dois.py: archive's RELEASE_HOOKS (declared in catalog's in
 datacite_xml  # catalog/datacite.py: the DataCite XML record, for oai_datacite (OAI-PMH) and the schema tests
 _.hide  # catalog/datacite_client.py: the documented client call (findable → registered); sync sends event=hide itself
 record_facts  # catalog/dois.py: the effective DOI's DataCite record, for content negotiation and oai_datacite
+
+# -- fees ---------------------------------------------------------------------------------------------------
+currency  # fees/api.py StatementOut: always SEK, stated for the finance system reading the JSON
+credits_id, issued_by  # fees/models.py IssuedStatement: which version a credit note credits, who issued; for people

@@ -433,6 +433,36 @@ def _airlock_review(w: World, ok: bool):  # the requester may not review their o
                 {"decision": "approve"})
 
 
+def _fees_waiver(w: World, ok: bool):  # the operator pia asks; a waiver needs its reason
+    return post(w.c("pia"), "/fees/waivers", {"kind": "waiver", "category": "data-sharing", "project": "chest",
+                                              "percent": "50", "reason": "shares its data" if ok else "",
+                                              "valid_from": "2025-01-01", "valid_to": "2025-12-31"})
+
+
+def _fees_decide(w: World, ok: bool):  # two-person rule: pia decides otto's request, never her own
+    from strongroom.audit.service import Actor
+    from strongroom.fees import service as fees
+    from strongroom.identity import service as identity
+    from strongroom.identity.principal import SCOPES, Principal
+
+    with transaction(w.hub.sessions) as s:
+        otto = identity.find_user(s, "otto") or identity.create_local_user(
+            s, Actor.system("test"), username="otto", password=PASSWORD, display_name="Otto", email="otto@example.org",
+            is_admin=True)
+        requester = otto if ok else identity.find_user(s, "pia")
+        waiver = fees.request_waiver(
+            s, Principal(user=requester, via="session", mfa_at=dt.datetime.now(dt.UTC), scopes=frozenset(SCOPES),
+                         credential_id="test"),
+            kind="discount", category="other", project="chest", amount="1000", reason="pilot",
+            valid_from=dt.date(2025, 1, 1), valid_to=dt.date(2025, 1, 31))
+        waiver_id = waiver.id
+    return post(w.c("pia"), f"/fees/waivers/{waiver_id}/decide", {"decision": "approve"})
+
+
+def _fees_issue(w: World, ok: bool):  # a statement is issued for a period that has ended
+    return post(w.c("pia"), "/fees/statements", {"project": "chest", "period": "2025" if ok else "2999"})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -484,6 +514,9 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/airlock/imports": _airlock_import,
     "/projects/{slug}/airlock/{request_id}/override": _airlock_override,
     "/projects/{slug}/airlock/{request_id}/review": _airlock_review,
+    "/fees/waivers": _fees_waiver,
+    "/fees/waivers/{waiver_id}/decide": _fees_decide,
+    "/fees/statements": _fees_issue,
 }
 
 
@@ -516,7 +549,8 @@ def test_every_form_answers_with_a_message(world: World) -> None:
 def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
-              "application_id": "x", "command": "submit", "request_id": "x"}
+              "application_id": "x", "command": "submit", "request_id": "x",
+              "waiver_id": str(uuid.uuid4())}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)
