@@ -5,6 +5,7 @@ name exported by the hub's processes). See docs/operations.md."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,10 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tests.support.live import free_port
+
+from imaging_support import write_corpus
+from support.live import free_port
+from support.seaweed import seaweedfs  # noqa: F401 - session fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -276,26 +281,22 @@ def database_url(sqlite_template: str, tmp_path: Path) -> str:  # one database k
 
 
 @contextmanager
-def serving_metrics(settings, argv: list[str], **env: str) -> Iterator[str]:
-    """Run a hub process (`strongroom worker`, `strongroom dicom serve`); yield its /metrics text."""
-    port = free_port()
-    prefix = "STRONGROOM_JOBS" if argv[0] == "worker" else "STRONGROOM_IMAGING"
-    environ = {**os.environ, "STRONGROOM_VAR_DIR": str(settings.var_dir),
-               "STRONGROOM_DATABASE_URL": settings.database_url,
-               "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
-               f"{prefix}__METRICS_PORT": str(port), **env}
-    log = settings.var_dir.parent / f"{argv[0]}.log"
+def hub_process(argv: list[str], env: dict[str, str], url: str, log: Path,
+                wrapper: tuple[str, ...] = ()) -> Iterator[str]:
+    """Run `strongroom ARGV…` until the block ends; yield the first answer of URL (polled until it comes)."""
     with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", *argv], env=environ,
+        proc = subprocess.Popen([*wrapper, sys.executable, "-m", "strongroom.cli", *argv], env={**os.environ, **env},
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 60
         text = None
-        while text is None:  # poll until the process answers (it imports the hub first)
+        while text is None:  # it imports the hub first
             assert proc.poll() is None, f"{argv} exited with {proc.returncode}: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"{argv} served no metrics in 60 s"
+            assert time.monotonic() < deadline, f"{argv} did not answer {url} in 60 s"
             try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                r = httpx.get(url, timeout=5)
+                assert r.status_code == 200, (url, r.status_code, r.text)
+                text = r.text
             except httpx.TransportError:
                 time.sleep(0.1)
         yield text
@@ -306,6 +307,21 @@ def serving_metrics(settings, argv: list[str], **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hub_env(settings) -> dict[str, str]:
+    return {"STRONGROOM_VAR_DIR": str(settings.var_dir), "STRONGROOM_DATABASE_URL": settings.database_url,
+            "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value()}
+
+
+@contextmanager
+def serving_metrics(settings, argv: list[str]) -> Iterator[str]:
+    """Run `strongroom worker` or `strongroom dicom serve`; yield its /metrics text."""
+    port = free_port()
+    prefix = "STRONGROOM_JOBS" if argv[0] == "worker" else "STRONGROOM_IMAGING"
+    with hub_process(argv, {**hub_env(settings), f"{prefix}__METRICS_PORT": str(port)},
+                     f"http://127.0.0.1:{port}/metrics", settings.var_dir.parent / f"{argv[0]}.log") as text:
+        yield text
 
 
 def test_every_metric_in_the_rules_is_exported_by_the_hub(client, settings) -> None:
@@ -326,3 +342,76 @@ def test_every_metric_in_the_rules_is_exported_by_the_hub(client, settings) -> N
     for name in sorted(named - recorded - {"up"}):  # `up` is Prometheus's own, per scrape target
         source = next((exp for prefix, exp in where.items() if name.startswith(prefix)), None)
         assert source is not None and name in source, f"{name} is in the rules but no hub process exports it"
+
+
+# -- a read-only root filesystem --------------------------------------------------------------------------
+
+READ_ONLY_ROOT = """set -e
+mount --make-rprivate /
+IFS=:; for d in $VOLUMES; do mount --bind "$d" "$d"; done; unset IFS
+mount -o remount,bind,ro /
+exec "$@"
+"""
+
+
+def read_only_root(volumes: list[Path]) -> tuple[str, ...]:
+    """A wrapper that runs a command in a mount namespace of its own where / is read-only and only VOLUMES
+    are writable, as the image's containers run (readOnlyRootFilesystem, volumes, a /tmp volume)."""
+    return ("env", "VOLUMES=" + ":".join(map(str, volumes)), "unshare", "--mount", "sh", "-c", READ_ONLY_ROOT,
+            "sh")
+
+
+def test_the_hub_runs_on_a_read_only_root_filesystem(tmp_path: Path, seaweedfs) -> None:  # noqa: F811
+    """The image's promise, checked without a container runtime (none can run here, see docs/operations.md):
+    web, worker and DICOM destination start and work with everything read-only but the volumes the
+    Containerfile, compose file and chart give them, archiving to S3 (SeaweedFS) as in production (SQLite
+    in a volume stands in for PostgreSQL)."""
+    probe = subprocess.run([*read_only_root([tmp_path]), "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"this kernel refuses a private mount namespace: {probe.stderr.strip()}")
+    var = tmp_path / "var"
+    keys, spool, anchor, tmp, db = (var / "keys", var / "dicom-spool", var / "audit-anchor", tmp_path / "tmp",
+                                    tmp_path / "db")
+    for d in (keys, spool, anchor, tmp, db):
+        d.mkdir(parents=True)
+    wrapper = read_only_root([keys, spool, anchor, tmp, db])
+    env = {"STRONGROOM_VAR_DIR": str(var), "STRONGROOM_DATABASE_URL": f"sqlite:///{db / 'strongroom.db'}",
+           "STRONGROOM_SECRET_KEY": "k" * 64, "STRONGROOM_JOBS__EMBEDDED": "false", "TMPDIR": str(tmp),
+           "HOME": str(tmp), "PYTHONDONTWRITEBYTECODE": "1",
+           "STRONGROOM_AUDIT__CHECKPOINT_FILE": str(anchor / "strongroom.jsonl"),
+           "STRONGROOM_ARCHIVE__STORAGE__KIND": "s3",
+           "STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL": seaweedfs.endpoint_url,
+           "STRONGROOM_ARCHIVE__STORAGE__BUCKET": f"ro-{uuid.uuid4().hex[:12]}",
+           "STRONGROOM_ARCHIVE__STORAGE__ACCESS_KEY": seaweedfs.access_key,
+           "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": seaweedfs.secret_key}
+    r = subprocess.run([*wrapper, sys.executable, "-m", "strongroom.cli", "db", "upgrade"], env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=300, cwd=var)
+    assert r.returncode == 0, r.stderr
+    web, worker, dicom = free_port(), free_port(), free_port()
+    env |= {"STRONGROOM_JOBS__METRICS_PORT": str(worker), "STRONGROOM_IMAGING__METRICS_PORT": str(dicom)}
+    with (hub_process(["serve", "--no-jobs", "--port", str(web)], env, f"http://127.0.0.1:{web}/readyz",
+                      tmp_path / "web.log", wrapper),
+          hub_process(["worker"], env, f"http://127.0.0.1:{worker}/metrics", tmp_path / "worker.log", wrapper),
+          hub_process(["dicom", "serve", "--workers", "1"], env, f"http://127.0.0.1:{dicom}/metrics",
+                      tmp_path / "dicom.log", wrapper)):
+        assert httpx.get(f"http://127.0.0.1:{web}/api/docs").status_code == 200
+        def cli(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            r = subprocess.run([*wrapper, sys.executable, "-m", "strongroom.cli", *argv], cwd=var, timeout=300,
+                               env={**os.environ, **env, **extra}, capture_output=True, text=True)
+            assert r.returncode == 0, (argv, r.stderr[-3000:])
+            return r
+
+        cli("audit", "checkpoint")
+        # the whole write path: de-identify, encrypt, store in S3, record, publish
+        cli("admin", "create-user", "pia", "--name", "Pia PI", STRONGROOM_NEW_PASSWORD="a long enough password")
+        cli("admin", "create-project", "rofs", "--name", "Read-only", "--pi", "pia", "--ethics", "Dnr 1")
+        write_corpus(tmp_path / "corpus", patients=1, studies=1, instances=2)
+        report = json.loads(cli("import", "dicom", str(tmp_path / "corpus"), "--project", "rofs", "--workers", "1",
+                                "--json").stdout)
+        assert report["archived"] == 2, report
+    assert list(keys.glob("archive-*.sec")) and (keys / "audit-anchor.key").exists()  # made at start, in the volume
+    assert (anchor / "strongroom.jsonl").read_text().strip()
+    assert (spool / "incoming").is_dir()
+    for name in ("web", "worker", "dicom"):
+        assert "Read-only file system" not in (tmp_path / f"{name}.log").read_text(), name
+    assert not [p for p in var.iterdir() if p not in (keys, spool, anchor)]  # nothing beside the volumes
