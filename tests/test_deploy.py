@@ -79,6 +79,15 @@ def test_containerfile_passes_hadolint_and_keeps_build_tools_out() -> None:
     assert final[-2:] == ['ENTRYPOINT ["strongroom"]', 'CMD ["serve"]']
 
 
+def test_the_image_builds_against_the_dependency_versions_the_tests_ran_with() -> None:
+    """deploy/constraints.txt pins the whole runtime closure; it must match this environment exactly."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "image-constraints.py")], capture_output=True,
+                       text=True, timeout=60, check=True)
+    assert r.stdout == (DEPLOY / "constraints.txt").read_text(), (
+        "deploy/constraints.txt is stale: python scripts/image-constraints.py > deploy/constraints.txt")
+    assert "!deploy/constraints.txt" in (ROOT / ".dockerignore").read_text()
+
+
 # -- compose ----------------------------------------------------------------------------------------------
 
 def test_compose_file_is_valid_and_locked_down(tmp_path: Path) -> None:
