@@ -82,6 +82,10 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
                     poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules, name=name)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
+    if settings.jobs.metrics_port:  # a worker serves no HTTP: its job counters need a port of their own
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.jobs.metrics_port, addr=settings.jobs.metrics_host)
     err.print(f"[bold]worker[/] {runner.worker_id} running {len(runner.kinds)} job kinds")
     runner.run_forever()
 
