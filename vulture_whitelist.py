@@ -97,3 +97,7 @@ on_release  # catalog/dois.py: archive's RELEASE_HOOKS (declared in catalog's in
 datacite_xml  # catalog/datacite.py: the DataCite XML record, for oai_datacite (OAI-PMH) and the schema tests
 _.hide  # catalog/datacite_client.py: the documented client call (findable → registered); sync sends event=hide itself
 record_facts  # catalog/dois.py: the effective DOI's DataCite record, for content negotiation and oai_datacite
+
+# -- compute ---------------------------------------------------------------------------------------------------
+reservation_detail  # compute/models.py: the scheduler's last word on a booking, shown on the calendar page and in the API
+gpu_weeks_booked  # compute/service.py: metered GPU-weeks for the fees capability (wired by the lead at merge)

@@ -224,7 +224,6 @@ class ComputeSettings(BaseModel):
     timezone: str = "Europe/Stockholm"  # the 09:00 / 12:00 rules are local time
     max_weeks: int = Field(12, ge=1, le=104)  # longest single booking
     horizon_weeks: int = Field(26, ge=1, le=520)  # how far ahead the earliest slot is searched
-    budget_period_months: int = Field(12, ge=1, le=60)  # a new project's budget period
     slurm: ComputeSlurmSettings = Field(default_factory=ComputeSlurmSettings)
 
 

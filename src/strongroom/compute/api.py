@@ -14,7 +14,7 @@ from pydantic import Field
 from ..db import utcnow
 from ..deps import Admin, Db, HubDep, ProjectsRead, ProjectsWrite
 from ..projects.service import open_project
-from ..schemas import Body, Int32, Out
+from ..schemas import Body, Int32, IsoDate, Out
 from . import service
 from .models import Booking
 
@@ -41,7 +41,7 @@ class BudgetOut(Out):
 class BudgetIn(Body):
     klass: Literal["project", "fellowship", "network_partner", "custom"]
     gpu_weeks: float | None = Field(default=None, ge=0, le=100000, description="custom class only")
-    period_start: dt.date
+    period_start: IsoDate
     months: Int32 = Field(default=12, ge=1, le=60)
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 HOUR = dt.timedelta(hours=1)
-WEEK_HOURS = 168
 HANDOVER = dt.time(9, 0)  # bookings start and end at 09:00 local
 CUTOFF = dt.time(12, 0)  # a booking made before noon may start today
 
@@ -95,10 +94,6 @@ def hour_units(start: dt.datetime, end: dt.datetime) -> range:
     first = int(floor_hour(start).timestamp()) // 3600
     last = math.ceil(_utc(end).timestamp() / 3600)
     return range(first, last)
-
-
-def unit_start(unit: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(unit * 3600, dt.UTC)
 
 
 def gpu_weeks(gpus: int, start: dt.datetime, end: dt.datetime, *, since: dt.datetime | None = None,

