@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives for real: Debian's chromium (Playwright's browser), dicom3tools'
-# dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender) and the Node.js OpenID Provider used by the OIDC tests.
+# dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender), Slurm (slurmctld, slurmd,
+# scontrol) with munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider
+# used by the OIDC tests.
 # Idempotent; fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,11 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)  # DICOM IOD validator (de-identification tests)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)  # a real DICOM sender (storescu) for the destination tests
+# a real Slurm for the compute tests (the packages' services are not started: the tests start their own daemons)
+[ -x /usr/sbin/slurmctld ] || need_apt+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
+command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
+[ -x /usr/sbin/munged ] || need_apt+=(munge)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing system packages: ${need_apt[*]}"

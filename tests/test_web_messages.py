@@ -440,13 +440,13 @@ def _compute_book(w: World, ok: bool):  # 17 GPUs on a 16-GPU machine: refused
                                                                   "weeks": "1", "kind": "booking"})
 
 
-def _compute_cancel(w: World, ok: bool):  # pat is no member of chest: no such booking for them
+def _compute_cancel(w: World, ok: bool):  # rita is no member of chest: no such booking for her
     from strongroom.compute.models import Booking
 
     post(w.c("memo"), "/projects/chest/compute/bookings", {"machine": "dgx2", "gpus": "1", "kind": "dropin"})
     with w.hub.sessions() as s:
         booking = s.scalar(select(Booking.id).order_by(Booking.id.desc()).limit(1))
-    return post(w.c("memo" if ok else "pat"), f"/projects/chest/compute/bookings/{booking}/cancel")
+    return post(w.c("memo" if ok else "rita"), f"/projects/chest/compute/bookings/{booking}/cancel")
 
 
 def _compute_budget(w: World, ok: bool):  # an operator sets the class; a custom class needs its number
