@@ -5,6 +5,7 @@ get 404, and reservations on a real Slurm (created, changed, removed, drift repa
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import uuid
 from zoneinfo import ZoneInfo
@@ -394,3 +395,36 @@ def test_reservations_on_a_real_slurm(hub, people, slurm) -> None:  # noqa: F811
 
 def _stamp(value: dt.datetime) -> str:
     return value.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_cli_books_lists_shows_and_cancels(app, hub, lab, tmp_path) -> None:
+    """`strongroom compute …` over the API of a served hub, with a member's token."""
+    from typer.testing import CliRunner
+
+    from strongroom.compute.cli import app as compute_cli
+    from support.live import free_port, serving
+
+    set_budget(hub, lab["dave"], "lung", "fellowship")
+    env = {"STRONGROOM_TOKEN": token_for(hub, lab["bob"]), "STRONGROOM_CLI_CONFIG": str(tmp_path / "cli.json"),
+           "COLUMNS": "200"}
+    runner = CliRunner()
+    with serving(app, free_port()) as url:
+        env["STRONGROOM_URL"] = url
+
+        def cli(*args: str):
+            return runner.invoke(compute_cli, list(args), env=env)
+
+        r = cli("book", "-p", "lung", "--machine", "node2", "--gpus", "2", "--weeks", "1")
+        assert r.exit_code == 0 and "2 GPUs on node2 (0,1)" in r.output and "not configured" in r.output, r.output
+        booking = re.search(r"booking (\d+):", r.output).group(1)
+        r = cli("list", "-p", "lung")
+        assert r.exit_code == 0 and "node2" in r.output and f"sr-{booking}" in r.output, r.output
+        r = cli("calendar", "-p", "lung")
+        assert r.exit_code == 0 and "node2 (4 GPUs)" in r.output and "Bob" in r.output, r.output
+        r = cli("budget", "-p", "lung")
+        assert r.exit_code == 0 and "fellowship, 16 GPU-weeks" in r.output, r.output
+        r = cli("book", "-p", "lung", "--machine", "node2", "--gpus", "9")
+        assert r.exit_code == 1 and "node2 has 4 GPUs" in r.output, r.output
+        r = cli("cancel", "-p", "lung", booking)
+        assert r.exit_code == 0 and f"booking {booking}" in r.output, r.output
+        assert cli("budget", "-p", "brain").exit_code == 1  # not bob's project: 404
