@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from ..db import utcnow
 from ..deps import Admin, Db, HubDep, ProjectsRead, ProjectsWrite
+from ..errors import Invalid
 from ..projects.service import open_project
-from ..schemas import Body, Int32, IsoDate, Out
+from ..schemas import Body, Int32, Int64, IsoDate, Out
 from . import service
 from .models import Booking
 
@@ -134,8 +135,8 @@ def list_bookings(db: Db, principal: ProjectsRead, slug: str, past: bool = False
 
 @router.get("/projects/{slug}/proposal", response_model=ProposalOut,
             summary="The earliest slot for N GPUs for K weeks (nothing is booked)")
-def proposal(db: Db, hub: HubDep, principal: ProjectsRead, slug: str, machine: str, gpus: int,
-             weeks: int = 1) -> ProposalOut:
+def proposal(db: Db, hub: HubDep, principal: ProjectsRead, slug: str, machine: str, gpus: Int32,
+             weeks: Int32 = 1) -> ProposalOut:
     access = open_project(db, principal, slug)
     p = service.propose(db, hub.settings.compute, access.project.id, machine=machine, gpus=gpus, weeks=weeks,
                         now=utcnow())
@@ -159,16 +160,23 @@ def create_booking(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, bod
 
 @router.delete("/projects/{slug}/bookings/{booking_id}", response_model=BookingOut,
                summary="Cancel a booking (a started one is cut short to now)")
-def cancel_booking(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, booking_id: int) -> BookingOut:
+def cancel_booking(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, booking_id: Int64) -> BookingOut:
     access = open_project(db, principal, slug)
     return _out(service.cancel(db, hub.settings.compute, principal, access, booking_id, now=utcnow()))
 
 
 @router.get("/projects/{slug}/calendar", response_model=list[GridOut],
             summary="One week per machine: who holds which GPU each day (other projects: 'booked')")
-def calendar(db: Db, hub: HubDep, principal: ProjectsRead, slug: str, week: dt.date | None = None) -> list[GridOut]:
+def calendar(db: Db, hub: HubDep, principal: ProjectsRead, slug: str,
+             week: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                               description="any day of the week (YYYY-MM-DD)")] = None
+             ) -> list[GridOut]:
     access = open_project(db, principal, slug)
-    grids = service.calendar(db, hub.settings.compute, access, week_of=week or utcnow().date())
+    try:
+        day = dt.date.fromisoformat(week) if week else utcnow().date()
+    except ValueError:
+        raise Invalid("week must be a date (YYYY-MM-DD)") from None
+    grids = service.calendar(db, hub.settings.compute, access, week_of=day)
     return [GridOut.model_validate(g) for g in grids]
 
 

@@ -16,6 +16,7 @@ from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
 from ..projects.models import Project
+from ..schemas import Int64
 from ..web.templating import redirect_with, templates
 from . import service
 from .models import ComputeBudget
@@ -90,7 +91,7 @@ def create_booking(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
 
 @router.post("/projects/{slug}/compute/bookings/{booking_id}/cancel", dependencies=[CsrfChecked])
 def cancel_booking(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
-                   booking_id: int) -> Response:
+                   booking_id: Int64) -> Response:
     access = projects.open_project(db, principal, slug)
     b = service.cancel(db, hub.settings.compute, principal, access, booking_id, now=utcnow())
     said = f"Booking {b.id} cancelled." if b.state == "cancelled" else f"Booking {b.id} ended now: its GPUs are free."
