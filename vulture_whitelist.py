@@ -101,3 +101,7 @@ record_facts  # catalog/dois.py: the effective DOI's DataCite record, for conten
 # -- fees ---------------------------------------------------------------------------------------------------
 currency  # fees/api.py StatementOut: always SEK, stated for the finance system reading the JSON
 credits_id, issued_by  # fees/models.py IssuedStatement: which version a credit note credits, who issued; for people
+# -- compute ---------------------------------------------------------------------------------------------------
+reservation_detail  # compute/models.py: the scheduler's last word on a booking, shown on the calendar page and in the API
+gpu_weeks_booked  # compute/service.py: GPU-weeks held in a span, the API of the meter (compute/metering.py), used by tests
+gpu_week_meter  # compute/metering.py: the fees capability's GPU-week meter (declared in compute's includeme)

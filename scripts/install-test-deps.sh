@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives for real: Debian's chromium (Playwright's browser), dicom3tools'
 # dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender), Prometheus' promtool
-# (checks and unit-tests the alerting rules in deploy/prometheus) and the Node.js OpenID Provider used by the
+# (checks and unit-tests the alerting rules in deploy/prometheus), Slurm (slurmctld, slurmd, scontrol) with
+# munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider used by the
 # OIDC tests.
 # Idempotent; fast when everything is present.
 set -euo pipefail
@@ -13,6 +14,11 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)  # DICOM IOD validator (de-identification tests)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)  # a real DICOM sender (storescu) for the destination tests
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool checks and unit-tests deploy/prometheus rules
+# a real Slurm for the compute tests (the packages' services are not started: the tests start their own daemons)
+[ -x /usr/sbin/slurmctld ] || need_apt+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
+command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
+[ -x /usr/sbin/munged ] || need_apt+=(munge)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing system packages: ${need_apt[*]}"

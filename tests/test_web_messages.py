@@ -375,10 +375,12 @@ def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the 
 @pytest.fixture
 def settings(settings):
     """A partner bucket configured on the hub (never contacted here): the page offers it by name."""
-    from strongroom.config import AirlockSettings
+    from strongroom.config import AirlockSettings, ComputeSettings
 
     return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
-        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example"}}})})
+        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example"}}}),
+        "compute": ComputeSettings.model_validate({"machines": {"dgx2": {"gpus": 16}},
+                                                   "over_budget": "allow_and_notify"})})
 
 
 def _airlock_external(w: World, ok: bool):  # an S3 bucket configured on the hub, chosen by name
@@ -461,6 +463,23 @@ def _fees_decide(w: World, ok: bool):  # two-person rule: pia decides otto's req
 
 def _fees_issue(w: World, ok: bool):  # a statement is issued for a period that has ended
     return post(w.c("pia"), "/fees/statements", {"project": "chest", "period": "2025" if ok else "2999"})
+def _compute_book(w: World, ok: bool):  # 17 GPUs on a 16-GPU machine: refused
+    return post(w.c("memo"), "/projects/chest/compute/bookings", {"machine": "dgx2", "gpus": "2" if ok else "17",
+                                                                  "weeks": "1", "kind": "booking"})
+
+
+def _compute_cancel(w: World, ok: bool):  # rita is no member of chest: no such booking for her
+    from strongroom.compute.models import Booking
+
+    post(w.c("memo"), "/projects/chest/compute/bookings", {"machine": "dgx2", "gpus": "1", "kind": "dropin"})
+    with w.hub.sessions() as s:
+        booking = s.scalar(select(Booking.id).order_by(Booking.id.desc()).limit(1))
+    return post(w.c("memo" if ok else "rita"), f"/projects/chest/compute/bookings/{booking}/cancel")
+
+
+def _compute_budget(w: World, ok: bool):  # an operator sets the class; a custom class needs its number
+    return post(w.c("pia"), "/admin/compute/budget", {"project": "chest", "klass": "fellowship" if ok else "custom",
+                                                     "gpu_weeks": "", "period_start": "2026-01-01", "months": "12"})
 
 
 CASES: dict[str, Case] = {
@@ -517,6 +536,9 @@ CASES: dict[str, Case] = {
     "/fees/waivers": _fees_waiver,
     "/fees/waivers/{waiver_id}/decide": _fees_decide,
     "/fees/statements": _fees_issue,
+    "/projects/{slug}/compute/bookings": _compute_book,
+    "/projects/{slug}/compute/bookings/{booking_id}/cancel": _compute_cancel,
+    "/admin/compute/budget": _compute_budget,
 }
 
 
@@ -549,7 +571,7 @@ def test_every_form_answers_with_a_message(world: World) -> None:
 def test_every_form_without_its_token_is_refused_with_a_message(app, world: World) -> None:
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
-              "application_id": "x", "command": "submit", "request_id": "x",
+              "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
               "waiver_id": str(uuid.uuid4())}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})

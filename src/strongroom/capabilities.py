@@ -41,6 +41,7 @@ CAPABILITIES = [
     "strongroom.notify",
     "strongroom.strategies",
     "strongroom.airlock",
+    "strongroom.compute",
     "strongroom.stats",
     "strongroom.fees",
     "strongroom.catalog",

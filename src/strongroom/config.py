@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -194,6 +194,41 @@ class AirlockSettings(BaseModel):
     outbox_days: int = Field(30, ge=1, le=3650)  # an outbox file nobody downloaded is deleted after this
 
 
+class ComputeMachine(BaseModel):
+    """A bookable machine (``[compute.machines.<name>]``), e.g. a DGX-2 with 16 GPUs. Its Slurm reservations
+    hold its GPUs as a cluster licence ``slurm_license`` (Slurm 22.05 reservations cannot hold GRES) or, when
+    empty, as ``TRES=gres/gpu=N`` on ``slurm_nodes`` (Slurm ≥ 23.02)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(ge=1, le=1024)
+    description: str = ""
+    slurm_nodes: str = ""  # e.g. "dgx2"; empty: the machine's name
+    slurm_license: str = ""  # e.g. "dgx2_gpu" (Licenses=dgx2_gpu:16 in slurm.conf)
+
+
+class ComputeSlurmSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False  # off: bookings live only on the hub (their reservations say "not configured")
+    scontrol: str = "scontrol"
+    slurm_conf: Path | None = None  # SLURM_CONF for scontrol; default: Slurm's own
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class ComputeSettings(BaseModel):
+    """GPU booking (``[compute]``, see docs/compute.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    machines: dict[str, ComputeMachine] = {}
+    over_budget: Literal["refuse", "allow_and_notify"] = "refuse"
+    timezone: str = "Europe/Stockholm"  # the 09:00 / 12:00 rules are local time
+    max_weeks: int = Field(12, ge=1, le=104)  # longest single booking
+    horizon_weeks: int = Field(26, ge=1, le=520)  # how far ahead the earliest slot is searched
+    slurm: ComputeSlurmSettings = Field(default_factory=ComputeSlurmSettings)
+
+
 class DoiSettings(BaseModel):
     """DataCite (``[doi]``, see docs/fair.md): without a repository id, password and prefix the hub mints
     no DOIs (and says so); it never invents one."""
@@ -235,6 +270,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     airlock: AirlockSettings = Field(default_factory=AirlockSettings)
     doi: DoiSettings = Field(default_factory=DoiSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -56,6 +56,8 @@ TEMPLATES: dict[str, str] = {
     "airlock_decided": "applicant",       # request_id, project, direction, state, [reason]
     "airlock_delivered": "applicant",     # request_id, project, files
     "airlock_short_of_reviewers": "applicant",  # request_id, project, direction, state, needed, possible
+    "compute_over_budget": "applicant",   # project, booking_id, machine, gpus, start, end, gpu_weeks, used, budget,
+                                          # booked_by
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")
 EMAIL_JOB = "notify.email"

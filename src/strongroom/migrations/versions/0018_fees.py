@@ -1,7 +1,7 @@
 """Fees: customers, price list versions, subscriptions, storage per day, waivers, issued statements.
 
 Revision ID: 0018_fees
-Revises: 0016_airlock_sweep
+Revises: 0017_compute
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import strongroom.db
 
 revision = "0018_fees"
-down_revision = "0016_airlock_sweep"
+down_revision = "0017_compute"
 branch_labels = None
 depends_on = None
 
