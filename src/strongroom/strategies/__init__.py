@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..capabilities import RELEASE_CHECKS, VERSION_MARKS
-
 if TYPE_CHECKING:
     from ..capabilities import Config
 
 
 def includeme(config: Config) -> None:
+    from ..capabilities import RELEASE_CHECKS, VERSION_MARKS  # here: the pure engines import no hub code
     config.add_models("strongroom.strategies.models")
     config.add_jobs("strongroom.strategies.jobs")
     config.add_api_router("strongroom.strategies.api:router")
