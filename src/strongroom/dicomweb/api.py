@@ -35,18 +35,21 @@ class NotAcceptable(DomainError):
     status, code = 406, "not-acceptable"
 
 
-# -- documentation of the query parameters (parse() reads every parameter, these included) -----------
-def _qido_params(
-    limit: Annotated[str | None, Query(description="at most this many results (1-1000, default 100)")] = None,
-    offset: Annotated[str | None, Query(description="skip this many results")] = None,
-    includefield: Annotated[list[str] | None, Query(
-        description="more attributes to return (keyword or tag, comma separated), or `all`")] = None,
-    fuzzymatching: Annotated[str | None, Query(description="`false` (fuzzy matching is not offered)")] = None,
-) -> None:
-    """Plus any matching key: ``StudyDate=20200101-20201231``, ``PatientName=DOE*``, ``Modality=CT``,
-    ``StudyInstanceUID=1.2.3,1.2.4``, or by tag (``00080060=CT``)."""
+def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
+# Documented here, read by query.parse with every matching key (StudyDate=20200101-20201231, PatientName=DOE*,
+# Modality=CT, StudyInstanceUID=1.2.3,1.2.4, or by tag: 00080060=CT).
+QIDO_PARAMETERS = {"parameters": [
+    _param("limit", "at most this many results (1-1000, default 100)", {"type": "integer", "minimum": 1,
+                                                                         "maximum": 1000}),
+    _param("offset", "skip this many results", {"type": "integer", "minimum": 0}),
+    _param("includefield", "more attributes to return (keyword or tag, comma separated), or `all`",
+           {"type": "array", "items": {"type": "string"}}),
+    _param("fuzzymatching", "fuzzy matching is not offered: `true` is answered with exact matching and a "
+                            "Warning header", {"type": "boolean"}),
+]}
 QIDO_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "DICOM JSON: one dataset per match", "content": {DICOM_JSON: {"schema": {
         "type": "array", "items": {"type": "object"}}}}},
@@ -76,32 +79,32 @@ def _search(db: Db, principal: Principal, request: Request, slug: str, level: st
     return _qido(request, query.instances(db, scope, q, base, **keys))
 
 
-@router.get("/studies", responses=QIDO_RESPONSES, dependencies=[Depends(_qido_params)])
+@router.get("/studies", responses=QIDO_RESPONSES, openapi_extra=QIDO_PARAMETERS)
 def search_studies(db: Db, principal: Reader, request: Request, slug: str) -> Response:
     """QIDO-RS: studies, with NumberOfStudyRelatedSeries/Instances and ModalitiesInStudy."""
     return _search(db, principal, request, slug, STUDY)
 
 
-@router.get("/series", responses=QIDO_RESPONSES, dependencies=[Depends(_qido_params)])
+@router.get("/series", responses=QIDO_RESPONSES, openapi_extra=QIDO_PARAMETERS)
 def search_series(db: Db, principal: Reader, request: Request, slug: str) -> Response:
     """QIDO-RS: every series of the project."""
     return _search(db, principal, request, slug, SERIES)
 
 
-@router.get("/instances", responses=QIDO_RESPONSES, dependencies=[Depends(_qido_params)])
+@router.get("/instances", responses=QIDO_RESPONSES, openapi_extra=QIDO_PARAMETERS)
 def search_instances(db: Db, principal: Reader, request: Request, slug: str) -> Response:
     """QIDO-RS: every instance of the project."""
     return _search(db, principal, request, slug, INSTANCE)
 
 
-@router.get("/studies/{study}/series", responses=QIDO_RESPONSES, dependencies=[Depends(_qido_params)])
+@router.get("/studies/{study}/series", responses=QIDO_RESPONSES, openapi_extra=QIDO_PARAMETERS)
 def search_study_series(db: Db, principal: Reader, request: Request, slug: str,
                         study: Annotated[str, UID]) -> Response:
     """QIDO-RS: the series of one study."""
     return _search(db, principal, request, slug, SERIES, study=study)
 
 
-@router.get("/studies/{study}/instances", responses=QIDO_RESPONSES, dependencies=[Depends(_qido_params)])
+@router.get("/studies/{study}/instances", responses=QIDO_RESPONSES, openapi_extra=QIDO_PARAMETERS)
 def search_study_instances(db: Db, principal: Reader, request: Request, slug: str,
                            study: Annotated[str, UID]) -> Response:
     """QIDO-RS: the instances of one study."""
@@ -109,7 +112,7 @@ def search_study_instances(db: Db, principal: Reader, request: Request, slug: st
 
 
 @router.get("/studies/{study}/series/{series}/instances", responses=QIDO_RESPONSES,
-            dependencies=[Depends(_qido_params)])
+            openapi_extra=QIDO_PARAMETERS)
 def search_series_instances(db: Db, principal: Reader, request: Request, slug: str, study: Annotated[str, UID],
                             series: Annotated[str, UID]) -> Response:
     """QIDO-RS: the instances of one series, in instance number order."""
@@ -139,10 +142,10 @@ def _retrieve_form(request: Request, stored: list[str], *, single: bool) -> str:
     """``multipart`` or (one instance only) ``single``: what the Accept header allows; 406 if neither.
     Instances are sent as stored (no transcoding): a named transfer syntax must be the stored one."""
     for kind, params in _accept(request):
-        if kind in ("*/*", "multipart/*") or (kind == "multipart/related"
-                                               and params.get("type", "application/dicom") == "application/dicom"):
-            if all(_syntax_ok(params.get("transfer-syntax"), ts) for ts in stored):
-                return "multipart"
+        dicom_parts = kind == "multipart/related" and params.get("type", "application/dicom") == "application/dicom"
+        if (kind in ("*/*", "multipart/*") or dicom_parts) and all(
+                _syntax_ok(params.get("transfer-syntax"), ts) for ts in stored):
+            return "multipart"
         if single and kind == "application/dicom" and _syntax_ok(params.get("transfer-syntax"), stored[0]):
             return "single"
     raise NotAcceptable("instances are sent as multipart/related; type=\"application/dicom\" in their stored "
@@ -164,7 +167,8 @@ def _readable(db: Db, hub: HubDep, principal: Principal, slug: str, study: str, 
     return readable, dec
 
 
-def _instances_response(request: Request, readable: list[Readable], dec: Decryptor, *, single_ok: bool) -> Response:
+def _instances_response(request: Request, readable: list[Readable], dec: Decryptor, *, single_ok: bool
+                        ) -> Response:
     form = _retrieve_form(request, [r.instance.transfer_syntax_uid or "1.2.840.10008.1.2.1" for r in readable],
                           single=single_ok and len(readable) == 1)
     tag = retrieve.etag([r.file for r in readable], form)
@@ -193,8 +197,10 @@ def _instances_response(request: Request, readable: list[Readable], dec: Decrypt
                              media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
-MULTIPART_DICOM = {200: {"description": "the instances, each a Part 10 file", "content": {
-    'multipart/related; type="application/dicom"': {"schema": {"type": "string", "format": "binary"}}}},
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+MULTIPART_DICOM: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the instances, each a Part 10 file",
+          "content": {'multipart/related; type="application/dicom"': BINARY}},
     304: {"description": "Not modified (If-None-Match)"}, **errors(406, 409)}
 
 
@@ -226,8 +232,9 @@ def retrieve_instance(db: Db, hub: HubDep, principal: Reader, request: Request, 
     return _instances_response(request, readable, dec, single_ok=True)
 
 
-METADATA = {200: {"description": "DICOM JSON of each instance's header; pixel data as a BulkDataURI",
-                  "content": {DICOM_JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}}}
+METADATA: dict[int | str, dict[str, Any]] = {
+    200: {"description": "DICOM JSON of each instance's header; pixel data as a BulkDataURI",
+          "content": {DICOM_JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}}}
 
 
 def _metadata(request: Request, slug: str, readable: list[Readable], dec: Decryptor) -> Response:
@@ -236,7 +243,8 @@ def _metadata(request: Request, slug: str, readable: list[Readable], dec: Decryp
     for r in readable:
         i = r.instance
         frames = ",".join(str(n) for n in range(1, (i.number_of_frames or 1) + 1))
-        url = f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}/frames/{frames}"
+        instance = f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}"
+        url = f"{instance}/frames/{frames}"
         out.append(retrieve.metadata(dec, r, url))
     return JSONResponse(out, media_type=DICOM_JSON, headers={"Cache-Control": "private, no-store"})
 
@@ -313,8 +321,10 @@ def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, sl
                              media_type=f'multipart/related; type="{media}"; boundary={boundary}')
 
 
-PNG = {200: {"description": "the frame, windowed, as an 8-bit PNG", "content": {"image/png": {
-    "schema": {"type": "string", "format": "binary"}}}}, **errors(400, 406, 409)}
+PNG: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the frame, windowed, as an 8-bit PNG",
+          "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+    **errors(400, 406, 409)}
 
 
 def _rendered(request: Request, r: Readable, dec: Decryptor, frame: int, *, window: str | None,

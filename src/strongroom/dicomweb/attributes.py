@@ -22,7 +22,6 @@ class BadQuery(Invalid):
 
     status, code = 400, "bad-query"
 
-LEVELS = (STUDY, SERIES, INSTANCE)
 
 
 @dataclass(frozen=True)

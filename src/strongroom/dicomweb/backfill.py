@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import BinaryIO
 
 from sqlalchemy import func, select
 
@@ -18,11 +20,16 @@ from ..archive import c4gh
 from ..archive.backend import storage_for
 from ..archive.keys import hub_keys
 from ..archive.models import ArchiveFile
+from ..archive.storage.base import Storage
 from ..db import transaction
 from ..hub import Hub
 from ..imaging import dicomindex
 from ..imaging.models import ImportedInstance
 from ..imaging.service import index_columns
+
+
+def _reader(storage: Storage, key: str, start: int, end: int) -> BinaryIO:
+    return storage.open_reader(key, start, end)
 
 
 @dataclass
@@ -58,9 +65,8 @@ def run(hub: Hub, *, batch: int = 200, limit: int | None = None,
                 try:
                     assert f.header is not None and f.body_key is not None
                     keys = c4gh.open_header(f.header, secrets).session_keys
-                    body_key = f.body_key
-                    plain = b"".join(c4gh.decrypt_range(lambda a, b, k=body_key: storage.open_reader(k, a, b), keys,
-                                                        0, f.plaintext_size or 0, f.body_size))
+                    plain = b"".join(c4gh.decrypt_range(partial(_reader, storage, f.body_key), keys, 0,
+                                                        f.plaintext_size or 0, f.body_size))
                     index = dicomindex.index_stream(io.BytesIO(plain))
                 except (dicomindex.NotIndexable, c4gh.C4ghError, OSError, AssertionError):
                     result.failed += 1

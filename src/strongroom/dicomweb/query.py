@@ -28,11 +28,10 @@ from ..imaging.models import ARCHIVED, PUBLISHED, ImagingProject, ImportedInstan
 from ..projects import service as projects
 from ..projects.models import Project
 from . import attributes as attrs
-from .attributes import BadQuery, INSTANCE, SERIES, STUDY, Attribute, Match
+from .attributes import INSTANCE, SERIES, STUDY, Attribute, BadQuery, Match
 
 I = ImportedInstance  # noqa: E741 - the one table every query reads
 MAX_LIMIT, DEFAULT_LIMIT = 1000, 100
-LEVEL_KEY = {STUDY: I.study_uid, SERIES: I.series_uid}
 
 
 @dataclass(frozen=True)
@@ -93,14 +92,13 @@ class Query:
     fields: tuple[str, ...]
     limit: int
     offset: int
-    fuzzy_ignored: bool
 
 
 def parse(params: Sequence[tuple[str, str]], level: str) -> Query:
     """QIDO query parameters (repeated keys allowed) → a :class:`Query`; Invalid on anything unknown."""
     matches: list[Match] = []
     include: list[str] = []
-    limit, offset, fuzzy = DEFAULT_LIMIT, 0, False
+    limit, offset = DEFAULT_LIMIT, 0
     for key, value in params:
         if key == "limit":
             limit = _int(key, value, 1, MAX_LIMIT)
@@ -109,9 +107,8 @@ def parse(params: Sequence[tuple[str, str]], level: str) -> Query:
         elif key == "includefield":
             include.append(value)
         elif key == "fuzzymatching":
-            if value.lower() not in ("true", "false"):
+            if value.lower() not in ("true", "false"):  # true: answered with exact matching (api adds a Warning)
                 raise BadQuery("fuzzymatching is true or false")
-            fuzzy = value.lower() == "true"
         else:
             match = attrs.parse_match(attrs.lookup(key), value)
             if match is not None:
@@ -120,7 +117,7 @@ def parse(params: Sequence[tuple[str, str]], level: str) -> Query:
     for keyword in attrs.include_fields(include, level):
         if keyword not in fields:
             fields.append(keyword)
-    return Query(tuple(matches), tuple(fields), limit, offset, fuzzy)
+    return Query(tuple(matches), tuple(fields), limit, offset)
 
 
 def _int(key: str, value: str, lo: int, hi: int) -> int:

@@ -52,10 +52,6 @@ def _number(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
-def index_bytes(data: bytes) -> dict[str, Any]:
-    return index_stream(io.BytesIO(data))
-
-
 def index_file(path: str) -> dict[str, Any]:
     with open(path, "rb") as fp:
         return index_stream(fp)
@@ -88,10 +84,6 @@ def index_stream(fp: BinaryIO) -> dict[str, Any]:
     out["pixel_offset"] = at
     out["frames"] = _frames(fp, value_at, length, frames)
     return out
-
-
-def _pixel_tag(ds: pydicom.Dataset) -> Any:
-    return next((t for t in PIXEL_TAGS if t in ds), None)
 
 
 def _frames(fp: BinaryIO, start: int, length: int, frames: int) -> list[list[int]]:
@@ -128,7 +120,7 @@ def _frames(fp: BinaryIO, start: int, length: int, frames: int) -> list[list[int
 def _items(fp: BinaryIO, start: int) -> list[tuple[int, int]]:
     """(value offset, length) of each item of an encapsulated Pixel Data value."""
     fp.seek(start)
-    items = []
+    items: list[tuple[int, int]] = []
     while True:
         head = fp.read(8)
         if len(head) < 8:
