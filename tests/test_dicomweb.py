@@ -211,3 +211,21 @@ def _png_pixels(data: bytes) -> bytes:
             idat += data[pos + 8:pos + 8 + n]
         pos += 12 + n
     return zlib.decompress(idat)
+
+
+def test_the_hubs_own_pages_read_with_their_session_and_csrf_header(app, hub, corpus) -> None:
+    """The viewer's way in: alice's session cookie plus the page's X-CSRF-Token; deny by default without it."""
+    from conftest import web_client
+    from strongroom.deps import SESSION_COOKIE, csrf_token_for
+
+    inst = next(iter(corpus["instances"].values()))
+    web = web_client(app, hub, corpus["people"]["alice"])
+    csrf = csrf_token_for(hub.secret, session_cookie=web.cookies.get(SESSION_COOKIE))
+    assert web.get("/dicomweb/projects/lung/studies").status_code == 403
+    assert web.get("/dicomweb/projects/lung/studies", headers={"X-CSRF-Token": "x" * 64}).status_code == 403
+    found = web.get("/dicomweb/projects/lung/studies", headers={"X-CSRF-Token": csrf})
+    assert found.status_code == 200 and len(found.json()) == 5
+    assert found.headers["content-type"] == "application/dicom+json"
+    thumb = web.get(f"/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}/instances/"
+                    f"{inst.sop_instance_uid}/thumbnail", headers={"X-CSRF-Token": csrf})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
