@@ -105,8 +105,8 @@ def main() -> None:
              "SELECT study_uid FROM imaging_instances WHERE project_id = :p GROUP BY study_uid "
              "ORDER BY study_uid LIMIT 100 OFFSET 50000"),
             ("studies of one PatientID", STUDY, [("PatientID", f"P{mid // 10:08d}")], {},
-             f"SELECT study_uid FROM imaging_instances WHERE project_id = :p AND patient_pseudonym = 'P{mid // 10:08d}' "
-             "GROUP BY study_uid"),
+             "SELECT study_uid FROM imaging_instances WHERE project_id = :p AND "
+             f"patient_pseudonym = 'P{mid // 10:08d}' GROUP BY study_uid"),
             ("studies, StudyDate one week", STUDY, [("StudyDate", "20200101-20200107")], {},
              "SELECT study_uid FROM imaging_instances WHERE project_id = :p AND study_date BETWEEN '20200101' "
              "AND '20200107' GROUP BY study_uid ORDER BY study_uid LIMIT 100"),
