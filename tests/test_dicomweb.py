@@ -90,6 +90,7 @@ def test_qido_and_wado_through_dicomweb_client(app, hub, corpus) -> None:
         assert len(dw.search_for_instances(search_filters={"SeriesInstanceUID": rows[0].series_uid})) == 3
         listed = dw.search_for_instances(study_instance_uid=rows[0].study_uid, series_instance_uid=rows[0].series_uid)
         assert [i["00200013"]["Value"][0] for i in listed] == [1, 2, 3]  # in instance number order
+        assert listed[0]["0020000D"]["Value"] == [rows[0].study_uid]
         assert listed[0]["00280010"]["Value"] == [64] and listed[0]["00083002"]["Value"] == ["1.2.840.10008.1.2.1"]
         r = httpx.get(f"{url}/dicomweb/projects/lung/studies", params={"NoSuchThing": "x"}, headers=bearer(alice_token))
         assert r.status_code == 400 and r.headers["content-type"].startswith("application/problem+json")

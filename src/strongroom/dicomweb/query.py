@@ -114,6 +114,8 @@ def parse(params: Sequence[tuple[str, str]], level: str) -> Query:
             if match is not None:
                 matches.append(match)
     fields = list(attrs.DEFAULT[level]) + (list(attrs.DEFAULT[SERIES]) if level == INSTANCE else [])
+    if level != STUDY:  # a series or instance found across studies names its study
+        fields.append("StudyInstanceUID")
     for keyword in attrs.include_fields(include, level):
         if keyword not in fields:
             fields.append(keyword)
