@@ -230,3 +230,34 @@ def test_the_hubs_own_pages_read_with_their_session_and_csrf_header(app, hub, co
     thumb = web.get(f"/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}/instances/"
                     f"{inst.sop_instance_uid}/thumbnail", headers={"X-CSRF-Token": csrf})
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+
+
+def test_bad_queries_and_unacceptable_types_are_clear_errors(app, hub, corpus) -> None:
+    from fastapi.testclient import TestClient
+
+    inst = next(iter(corpus["instances"].values()))
+    api = TestClient(app)
+    h = bearer(token_for(hub, corpus["people"]["alice"]))
+    base = "/dicomweb/projects/lung"
+    for params in ({"limit": "0"}, {"limit": "x"}, {"StudyDate": "2020-01-01"}, {"StudyDate": "-"},
+                   {"StudyInstanceUID": "1.2.abc"}, {"SeriesNumber": "two"}, {"includefield": "Nope"},
+                   {"fuzzymatching": "maybe"}, {"NumberOfStudyRelatedSeries": "3"}):
+        r = api.get(f"{base}/studies", params=params, headers=h)
+        assert r.status_code == 400 and r.json()["detail"], params
+    assert len(api.get(f"{base}/studies", params={"00080020": f"{inst.study_date}"}, headers=h).json()) >= 1
+    assert len(api.get(f"{base}/studies", params={"StudyDate": ""}, headers=h).json()) == 5  # universal
+    fuzzy = api.get(f"{base}/studies", params={"fuzzymatching": "true"}, headers=h)
+    assert fuzzy.status_code == 200 and fuzzy.headers["warning"].startswith("299")
+    url = f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_instance_uid}"
+    assert api.get(url, headers=h | {"Accept": "text/html"}).status_code == 406
+    assert api.get(url, headers=h | {"Accept": 'multipart/related; type="application/dicom"; '
+                                               "transfer-syntax=1.2.840.10008.1.2.4.50"}).status_code == 406
+    assert api.get(f"{url}/frames/1", headers=h | {"Accept": 'multipart/related; type="image/jpeg"'}).status_code \
+        == 406
+    assert api.get(f"{url}/rendered", headers=h | {"Accept": "image/jpeg"}).status_code == 406
+    assert api.get(f"{url}/rendered", params={"window": "40"}, headers=h).status_code == 400
+    windowed = api.get(f"{url}/rendered", params={"window": "40,400"}, headers=h)
+    assert windowed.status_code == 200 and windowed.content[:4] == b"\x89PNG"
+    assert api.get(f"{url}/frames/0", headers=h).status_code == 400  # frames count from 1
+    assert api.get(f"{url}", headers=h | {"Accept": "application/dicom", "Range": "bytes=999999999-"}
+                   ).status_code == 416
