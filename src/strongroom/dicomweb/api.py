@@ -44,8 +44,9 @@ def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 QIDO_PARAMETERS = {"parameters": [
     _param("limit", "at most this many results (1-1000, default 100)", {"type": "integer", "minimum": 1,
                                                                          "maximum": 1000}),
-    _param("offset", "skip this many results", {"type": "integer", "minimum": 0}),
-    _param("includefield", "more attributes to return (keyword or tag, comma separated), or `all`",
+    _param("offset", "skip this many results", {"type": "integer", "minimum": 0, "maximum": 1_000_000_000}),
+    _param("includefield", "more attributes to return (keyword or tag, comma separated), or `all`; "
+                           "attributes the index does not hold are left out",
            {"type": "array", "items": {"type": "string"}}),
     _param("fuzzymatching", "fuzzy matching is not offered: `true` is answered with exact matching and a "
                             "Warning header", {"type": "boolean"}),

@@ -153,7 +153,8 @@ def like_pattern(value: str) -> str:
 
 
 def include_fields(values: list[str], level: str) -> list[str]:
-    """The extra keywords ``includefield`` asks for (``all``: every attribute the level can carry)."""
+    """The extra keywords ``includefield`` asks for (``all``: every attribute the level can carry); attributes
+    the index does not hold are ignored (PS3.18 lets an origin server return only what it supports)."""
     wanted: list[str] = []
     for raw in values:
         for item in raw.split(","):
@@ -162,10 +163,11 @@ def include_fields(values: list[str], level: str) -> list[str]:
                 continue
             if item == "all":
                 wanted.extend(a.keyword for a in _TABLE if a.level in REACHABLE[level])
-            else:
-                attribute = lookup(item)
-                if attribute.level in REACHABLE[level]:
-                    wanted.append(attribute.keyword)
+                continue
+            # An attribute the index does not hold is left out, not refused: viewers ask for many.
+            attribute = BY_KEYWORD.get(item) or BY_TAG.get(item.upper())
+            if attribute is not None and attribute.level in REACHABLE[level]:
+                wanted.append(attribute.keyword)
     return wanted
 
 
