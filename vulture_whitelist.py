@@ -80,6 +80,8 @@ dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa
 body_passports  # access: DRS POST bodies' passports (archive.drs.PASSPORT_VERIFIERS)
 landing_url  # catalog: where a dataset's URL leads the public (archive.web.LANDING_PAGES)
 QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
+# the DICOMweb index columns (imaging/models.py): written from dicomindex's dict, read by getattr in dicomweb/query.py
+study_time, accession_number, study_id, study_description, series_description
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
 check_approvals, check_reviewers, nav_context  # airlock: setting checks and the navigation's count (hooks)
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API

@@ -34,8 +34,8 @@ from .web.templating import templates
 
 log = structlog.get_logger("strongroom.http")
 STATIC_DIR = Path(__file__).parent / "web" / "static"
-API_PREFIXES = ("/api/", "/ga4gh/", "/openapi.json", "/.well-known/")
-PRIVATE_PREFIXES = ("/api/", "/ga4gh/")  # never stored by a browser or proxy cache
+API_PREFIXES = ("/api/", "/ga4gh/", "/dicomweb/", "/openapi.json", "/.well-known/")
+PRIVATE_PREFIXES = ("/api/", "/ga4gh/", "/dicomweb/")  # never stored by a browser or proxy cache
 BUSY_RETRY_AFTER = 2  # seconds; a busy database usually frees within one web busy timeout
 
 DESCRIPTION = """\

@@ -38,6 +38,7 @@ CAPABILITIES = [
     "strongroom.audit",
     "strongroom.jobs",
     "strongroom.imaging",
+    "strongroom.dicomweb",
     "strongroom.notify",
     "strongroom.strategies",
     "strongroom.airlock",

@@ -82,6 +82,13 @@ class ImportedInstance(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "sop_instance_uid", name="uq_imaging_instances_sop"),
         Index("ix_imaging_instances_state", "project_id", "state"),
+        # DICOMweb (QIDO-RS): every query is per project; these keep matching and paging index scans
+        Index("ix_imaging_instances_study", "project_id", "study_uid"),
+        Index("ix_imaging_instances_series", "project_id", "series_uid"),
+        Index("ix_imaging_instances_date", "project_id", "study_date"),
+        Index("ix_imaging_instances_patient", "project_id", "patient_pseudonym"),
+        Index("ix_imaging_instances_accession", "project_id", "accession_number"),
+        Index("ix_imaging_instances_index_version", "index_version", "id"),  # the back-fill's resumable scan
     )
 
     id: Mapped[int] = mapped_column(Big, primary_key=True, autoincrement=True)
@@ -108,3 +115,20 @@ class ImportedInstance(Base):
     reviewed_at: Mapped[dt.datetime | None]
     review_note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The DICOMweb index (``dicomindex.py``), after de-identification: what QIDO-RS matches and returns
+    # without decrypting anything, and where the pixel data and frames sit in the plaintext.
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    patient_name: Mapped[str] = mapped_column(String(64), default="")  # the pseudonym written in the output
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    series_number: Mapped[int | None]
+    instance_number: Mapped[int | None]
+    rows: Mapped[int | None]
+    columns: Mapped[int | None]
+    number_of_frames: Mapped[int] = mapped_column(default=0)
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    pixel_offset: Mapped[int | None] = mapped_column(Big)  # the Pixel Data tag: the header is [0, pixel_offset)
+    frames: Mapped[list[list[int]]] = mapped_column(JSON, default=list)  # [[frame, offset, length], ...]
+    index_version: Mapped[int] = mapped_column(default=0)  # 0: not indexed yet (the back-fill's work)

@@ -18,6 +18,7 @@ import pydicom
 
 from ..archive.backend import storage_from
 from ..archive.sealing import SealedBody, seal_file
+from . import dicomindex
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
 from .verify import leak_scan, risk_check
 
@@ -103,7 +104,11 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
     except Exception as exc:
         reasons.append(f"the output does not read back: {exc}")
         ds = pydicom.Dataset()
-    return summary | {
+    try:
+        index = dicomindex.index_file(out)  # the DICOMweb index: QIDO attributes and pixel offsets
+    except dicomindex.NotIndexable:
+        index = {}  # the back-fill retries; the reasons above already hold the instance back
+    return summary | {"index": index} | {
         "reasons": reasons,
         "series_uid": _text(ds, "SeriesInstanceUID"),
         "body_part": _text(ds, "BodyPartExamined").upper(),

@@ -40,7 +40,7 @@ from ..identity.models import User
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Project
-from . import keystore
+from . import dicomindex, keystore
 from .deid import DeidProfile
 from .models import (
     ARCHIVED,
@@ -206,7 +206,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
                 body_part=s.get("body_part", "")[:64], manufacturer=s.get("manufacturer", "")[:64],
                 study_date=s.get("study_date", "")[:8], size=s.get("size", 0),
                 reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0),
-                action_log_sha256=log_of[n]))
+                action_log_sha256=log_of[n], **index_columns(s.get("index") or {})))
             pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))
             if outcome == QUARANTINED:
                 reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
@@ -222,6 +222,14 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             for reason in reasons_by_batch.get(batch_id, []):
                 _count_reason(batch, reason.split(":")[0] if reason.startswith("leak") else reason)
     return outcomes
+
+
+def index_columns(index: dict[str, Any]) -> dict[str, Any]:
+    """The DICOMweb index columns of an instance from ``dicomindex.index_file``'s result."""
+    return {k: index[k] for k in INDEX_COLUMNS if k in index}
+
+
+INDEX_COLUMNS = (*dicomindex.TEXT, *dicomindex.NUMBERS, "pixel_offset", "frames", "index_version")
 
 
 def _action_log_digest(entries: list[list[str]], logs: dict[str, bytes]) -> str:
