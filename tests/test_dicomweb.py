@@ -58,6 +58,17 @@ def test_qido_and_wado_through_dicomweb_client(app, hub, corpus) -> None:
     rows = sorted((r for r in rows if r is not big), key=lambda r: (r.series_uid, r.instance_number))
     with serving(app, free_port()) as url:
         dw = client_for(url, alice_token)
+        inst = rows[0]
+        # Downloads are locked by default: the instance's bytes (instances, frames) do not leave the platform,
+        # while searches, metadata and rendered views (viewing) answer; the PI opens downloads.
+        where = f"{url}/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}/instances/" \
+                f"{inst.sop_instance_uid}"
+        for leaves in ("", "/frames/1"):
+            assert httpx.get(where + leaves, headers=bearer(alice_token)).status_code == 403, leaves
+        for viewing in ("/metadata", "/rendered", "/thumbnail"):
+            assert httpx.get(where + viewing, headers=bearer(alice_token)).status_code == 200, viewing
+        assert httpx.put(f"{url}/api/v1/projects/lung/settings/download_allowed", json={"value": True},
+                         headers=bearer(alice_token)).status_code == 200
         found = dw.search_for_studies()
         assert len(found) == len(studies) == 5
         counts = {s["0020000D"]["Value"][0]: (s["00201206"]["Value"][0], s["00201208"]["Value"][0],
@@ -175,6 +186,17 @@ def test_outsiders_get_nothing_on_every_route(app, hub, corpus) -> None:
         dw = client_for(url, rita)
         assert len(dw.search_for_instances()) == 13 == len(dw.search_for_instances(limit=5)) + len(
             dw.search_for_instances(offset=5))
+        # the dataset is for in-platform use only (its access policy's default): she views, the bytes stay
+        where = f"{url}/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}/instances/" \
+                f"{inst.sop_instance_uid}"
+        assert httpx.get(where + "/rendered", headers=bearer(rita)).status_code == 200
+        series = f"{url}/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}"
+        for leaves in (where, where + "/frames/1", series, series.rsplit("/series/", 1)[0]):
+            r = httpx.get(leaves, headers=bearer(rita))
+            assert r.status_code == 403 and "in-platform use only" in r.text, leaves
+        alice = token_for(hub, corpus["people"]["alice"])
+        assert httpx.put(f"{url}/api/v1/datasets/{dataset}/access-policy", json={"applicant_download": True},
+                         headers=bearer(alice)).status_code == 204
         ds = dw.retrieve_instance(inst.study_uid, inst.series_uid, inst.sop_instance_uid)
         assert ds.SOPInstanceUID == inst.sop_instance_uid
         # bob's own project has nothing: empty, not an error
@@ -238,6 +260,7 @@ def test_bad_queries_and_unacceptable_types_are_clear_errors(app, hub, corpus) -
     inst = next(iter(corpus["instances"].values()))
     api = TestClient(app)
     h = bearer(token_for(hub, corpus["people"]["alice"]))
+    assert api.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}, headers=h).status_code == 200
     base = "/dicomweb/projects/lung"
     for params in ({"limit": "0"}, {"limit": "x"}, {"StudyDate": "2020-01-01"}, {"StudyDate": "-"},
                    {"StudyInstanceUID": "1.2.abc"}, {"SeriesNumber": "two"}, {"offset": "-1"},

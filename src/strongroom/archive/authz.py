@@ -128,6 +128,14 @@ def authorize_download(session: Session, principal: Principal, file_id: str) -> 
     grant = authorize_read(session, principal, f)
     if f.state != READY:
         raise Conflict(f"the file is {f.state}, not ready")
+    require_download_allowed(session, grant)
+    return f, grant
+
+
+def require_download_allowed(session: Session, grant: ReadGrant) -> None:
+    """Whether a read grant lets the bytes leave the platform (a download, a WADO-RS retrieve): the project's
+    setting for its members (and projects it shares into), the dataset's access policy for approved applicants
+    and visa holders. Every route that hands out a file's bytes asks this, not only the download route."""
     if (grant.basis in ("owner", "share") and grant.project_id is not None
             and not projects.get_setting(session, grant.project_id, "download_allowed")):
         raise Forbidden("downloads are locked for this project: its PI can open "
@@ -135,7 +143,6 @@ def authorize_download(session: Session, principal: Principal, file_id: str) -> 
     if grant.basis not in ("owner", "share") and not grant.may_download:
         raise Forbidden("this dataset is for in-platform use only: its access policy does not let approved "
                         "users download to their own machines")
-    return f, grant
 
 
 def record_download(session: Session, principal: Principal, f: ArchiveFile, grant: ReadGrant, **details: object

@@ -157,10 +157,15 @@ def _boundary(tag: str) -> str:
     return "strongroom-" + hashlib.sha256(tag.encode()).hexdigest()[:24]
 
 
+# Retrieves that hand out the instances' bytes: the download rules apply (metadata and rendered views do not)
+BYTES_LEAVE = frozenset({"study", "series", "instance", "frames"})
+
+
 def _readable(db: Db, hub: HubDep, principal: Principal, slug: str, study: str, series: str | None = None,
               sop: str | None = None, *, what: str) -> tuple[list[Readable], Decryptor]:
     scope = query.open_scope(db, principal, slug)
-    readable = retrieve.authorize(db, principal, retrieve.find(db, scope, study, series, sop))
+    readable = retrieve.authorize(db, principal, retrieve.find(db, scope, study, series, sop),
+                                  download=what in BYTES_LEAVE)
     dec = Decryptor.open(hub, db, storage_for(hub))
     for r in readable:
         dec.session_keys(r.file)  # opened now, inside the request: the stream needs no database

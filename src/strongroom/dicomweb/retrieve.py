@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..archive import c4gh
-from ..archive.authz import ReadGrant, authorize_read
+from ..archive.authz import ReadGrant, authorize_read, require_download_allowed
 from ..archive.keys import hub_keys
 from ..archive.models import READY, ArchiveFile
 from ..archive.storage.base import Storage
@@ -84,9 +84,12 @@ def find(session: Session, scope: Scope, study: str, series: str | None = None, 
     return rows
 
 
-def authorize(session: Session, principal: Principal, rows: Sequence[ImportedInstance]) -> list[Readable]:
+def authorize(session: Session, principal: Principal, rows: Sequence[ImportedInstance], *, download: bool
+              ) -> list[Readable]:
     """The archive's read check on every instance's file (fresh each request). One refused file makes the
-    whole answer NotFound: a retrieve never returns part of a study silently."""
+    whole answer NotFound: a retrieve never returns part of a study silently. ``download``: the answer hands
+    out the instance's bytes (instances, frames), so the download rules apply as on the download route (a
+    locked project, an in-platform-only dataset: 403); metadata and rendered images are viewing."""
     out = []
     for inst in rows:
         f = session.get(ArchiveFile, inst.file_id) if inst.file_id else None
@@ -95,6 +98,8 @@ def authorize(session: Session, principal: Principal, rows: Sequence[ImportedIns
         grant = authorize_read(session, principal, f)  # NotFound / MfaRequired for everyone else
         if f.state != READY:
             raise Conflict(f"an instance's archive file is {f.state}, not ready")
+        if download:
+            require_download_allowed(session, grant)
         out.append(Readable(inst, f, grant))
     return out
 
