@@ -42,6 +42,7 @@ CAPABILITIES = [
     "strongroom.strategies",
     "strongroom.airlock",
     "strongroom.stats",
+    "strongroom.retention",
     "strongroom.catalog",
 ]
 

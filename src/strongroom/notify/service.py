@@ -56,6 +56,7 @@ TEMPLATES: dict[str, str] = {
     "airlock_decided": "applicant",       # request_id, project, direction, state, [reason]
     "airlock_delivered": "applicant",     # request_id, project, files
     "airlock_short_of_reviewers": "applicant",  # request_id, project, direction, state, needed, possible
+    "retention_due": "applicant",         # name, dataset, dataset_id, version, keep_until, last_used, last_use, months
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")
 EMAIL_JOB = "notify.email"
