@@ -27,7 +27,6 @@ from strongroom.retention import clock, deletion, service
 from strongroom.retention.models import ProjectClock, VersionClock
 from strongroom.retention.rules import add_months, add_years
 from support.seaweed import seaweedfs  # noqa: F401 - session fixture
-from test_access import GOOD
 from test_airlock import _drain, _put_file
 
 END = dt.date.today() + dt.timedelta(days=365)

@@ -29,6 +29,8 @@ class VersionRetentionOut(Out):
     extended_until: dt.datetime | None
     extension_reason: str
     legal_hold: str | None
+    legal_hold_at: dt.datetime | None
+    legal_hold_by: uuid.UUID | None
     deletion: uuid.UUID | None
     deletion_state: str | None
 
@@ -86,7 +88,8 @@ def retention_out(db: Db, hub: HubDep, seen: service.Seen) -> RetentionOut:
         VersionRetentionOut(number=s.version.number, state=s.version.state, last_used_at=s.clock.last_used_at,
                             last_use=s.clock.last_use, keep_until=s.clock.keep_until,
                             extended_until=s.clock.extended_until, extension_reason=s.clock.extension_reason or "",
-                            legal_hold=s.clock.hold_reason, deletion=s.deletion.id if s.deletion else None,
+                            legal_hold=s.clock.hold_reason, legal_hold_at=s.clock.hold_at,
+                            legal_hold_by=s.clock.hold_by, deletion=s.deletion.id if s.deletion else None,
                             deletion_state=s.deletion.state if s.deletion else None)
         for s in service.status(db, settings, seen)])
 

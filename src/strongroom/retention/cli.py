@@ -27,7 +27,7 @@ app = typer.Typer(no_args_is_help=True, help="Retention: last-use clocks, review
 console = Console()
 
 # exit codes of `verify`
-OK, OBJECTS_REMAIN, BAD_SIGNATURE, NOT_FOUND = 0, 1, 3, 4
+OBJECTS_REMAIN, BAD_SIGNATURE, NOT_FOUND = 1, 3, 4  # 0: proven
 _VERSION = re.compile(r"^(?P<dataset>[A-Za-z0-9-]+)[:/@]v?(?P<number>\d+)$")
 
 

@@ -21,7 +21,6 @@ Big = BigInteger().with_variant(Integer, "sqlite")
 # Deletion states, in order; each step is idempotent and a crashed run resumes at the state it reached.
 REQUESTED, APPROVED, MARKED, SHREDDED, PURGED, VERIFIED, CERTIFIED = (
     "requested", "approved", "marked", "shredded", "purged", "verified", "certified")
-STEPS = (APPROVED, MARKED, SHREDDED, PURGED, VERIFIED, CERTIFIED)
 
 
 class ClockCursor(Base):
