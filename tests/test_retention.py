@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conftest import bearer, token_for
+from conftest import bearer, token_for, web_client
 from strongroom.access.models import Entitlement
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
@@ -78,7 +78,7 @@ def world(app, hub, people, client):
             s.add_all(DatasetFile(version_id=v.id, file_id=files[n]) for n in names)
         s.add(CatalogEntry(dataset_id=ds.id, slug="lung-ct", title="Lung CT", created_by=p["pia"].user.id,
                            published=True, published_at=utcnow()))
-    return {"c": client, "t": t, "p": p, "hub": hub, "files": files}
+    return {"c": client, "t": t, "p": p, "hub": hub, "files": files, "app": app}
 
 
 def _h(w, who: str) -> dict[str, str]:
@@ -234,6 +234,17 @@ def test_outsiders_get_404(world) -> None:
         r = getattr(c, method)(url, headers=_h(w, "out"), **({"json": body} if body is not None else {}))
         assert r.status_code == 404, (url, r.status_code, r.text)
     assert c.get("/api/v1/retention/queue", headers=_h(w, "pia")).status_code == 404  # a PI is no operator
+
+    # the pages: the operator's queue lists the due version and the request; outsiders see nothing
+    ops, pia, out = (web_client(w["app"], w["hub"], w["p"][n]) for n in ("ops1", "pia", "out"))
+    page = ops.get("/retention")
+    assert page.status_code == 200 and "SRD-LUNG" in page.text and f"/retention/deletions/{d['id']}" in page.text
+    assert pia.get("/retention").status_code == 404
+    assert "Request a deletion" in pia.get("/datasets/SRD-LUNG/retention").text
+    assert "Legal hold" in ops.get("/datasets/SRD-LUNG/retention").text
+    for url in ("/retention", "/datasets/SRD-LUNG/retention", f"/retention/deletions/{d['id']}",
+                f"/retention/deletions/{d['id']}/certificate.json", "/retention/deletions/not-a-uuid"):
+        assert out.get(url).status_code == 404, url
 
 
 def _versions(w, key: str) -> list[str]:
