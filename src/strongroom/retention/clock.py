@@ -71,41 +71,55 @@ def recompute(session: Session, settings: RetentionSettings, clock: VersionClock
         clock.keep_until, clock.notified_months = new, None  # a new date: its notices start again
 
 
-def _touch(session: Session, settings: RetentionSettings, v: DatasetVersion, at: dt.datetime, use: str) -> None:
-    clock = version_clock(session, settings, v)
-    if at > clock.last_used_at:
-        clock.last_used_at, clock.last_use = at, use
-        recompute(session, settings, clock)
+def _latest(found: dict[Any, tuple[dt.datetime, str]], key: Any, at: dt.datetime, use: str) -> None:
+    if key not in found or at > found[key][0]:
+        found[key] = (at, use)
 
 
-def _touch_project(session: Session, project_id: uuid.UUID, at: dt.datetime, use: str) -> None:
-    row = session.get(ProjectClock, project_id)
-    if row is None:
-        session.add(ProjectClock(project_id=project_id, last_used_at=at, last_use=use))
-    elif at > row.last_used_at:
-        row.last_used_at, row.last_use = at, use
+def _use(event: Any) -> str:
+    if event.action == "archive.download.started" and (event.details or {}).get("mode") == "plaintext":
+        return "in-platform read"
+    return USE_EVENTS[event.action]
 
 
-def _versions(session: Session, event: Any) -> list[DatasetVersion]:
-    """The live versions an event used: a file's versions, a released version, a dataset's versions."""
-    kind, _, ref = (event.target or "").partition(":")
+def _resolve(session: Session, events: list[Any]) -> dict[int, tuple[dt.datetime, str]]:
+    """Each live version's latest use among ``events``: a file's versions, a released version, and for an
+    application or a publication every released version of the dataset. A few queries per batch."""
+    refs: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        kind, _, ref = (e.target or "").partition(":")
+        refs[kind].add(ref)
     live = DatasetVersion.state.in_(LIVE)
-    if kind == "file":
-        return list(session.scalars(
-            select(DatasetVersion).join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
-            .where(DatasetFile.file_id == ref, live)))
-    if kind == "application":
-        ref = session.scalar(select(Application.dataset_id).where(Application.id == ref)) or ""
-        kind = "dataset"
-    if kind == "dataset":
-        stmt = select(DatasetVersion).where(DatasetVersion.dataset_id == ref, live)
-        number = (event.details or {}).get("version") if event.action == "archive.dataset.released" else None
-        if number is not None:
-            stmt = stmt.where(DatasetVersion.number == int(number))
-        else:  # an application or a publication is about the dataset: every released version counts
-            stmt = stmt.where(DatasetVersion.state != "draft")
-        return list(session.scalars(stmt))
-    return []
+    by_file: dict[str, list[DatasetVersion]] = defaultdict(list)
+    if refs["file"]:
+        for file_id, v in session.execute(
+                select(DatasetFile.file_id, DatasetVersion)
+                .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+                .where(DatasetFile.file_id.in_(refs["file"]), live)).tuples():
+            by_file[file_id].append(v)
+    app_dataset: dict[str, str] = {}
+    if refs["application"]:
+        app_dataset = {a: d for a, d in session.execute(
+            select(Application.id, Application.dataset_id).where(Application.id.in_(refs["application"]))).tuples()}
+    dataset_ids = refs["dataset"] | set(app_dataset.values())
+    by_dataset: dict[str, list[DatasetVersion]] = defaultdict(list)
+    if dataset_ids:
+        for v in session.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id.in_(dataset_ids), live)):
+            by_dataset[v.dataset_id].append(v)
+    found: dict[int, tuple[dt.datetime, str]] = {}
+    for e in events:
+        kind, _, ref = (e.target or "").partition(":")
+        use = _use(e)
+        if kind == "file":
+            versions = by_file.get(ref, [])
+        else:
+            versions = by_dataset.get(app_dataset.get(ref, "") if kind == "application" else ref, [])
+            number = (e.details or {}).get("version") if e.action == "archive.dataset.released" else None
+            versions = [v for v in versions if (v.number == int(number) if number is not None
+                                                else v.state != "draft")]
+        for v in versions:
+            _latest(found, v.id, e.at, use)
+    return found
 
 
 def advance(session: Session, settings: RetentionSettings, *, batch: int = BATCH) -> dict[str, int]:
@@ -122,19 +136,28 @@ def advance(session: Session, settings: RetentionSettings, *, batch: int = BATCH
         .where(AuditEvent.seq > cursor.audit_seq, AuditEvent.seq <= upto,
                AuditEvent.action.in_(list(USE_EVENTS)), AuditEvent.outcome == "ok")
         .order_by(AuditEvent.seq)).all()
-    touched: dict[str, int] = defaultdict(int)
-    for event in events:
-        use = USE_EVENTS[event.action]
-        if event.action == "archive.download.started" and (event.details or {}).get("mode") == "plaintext":
-            use = "in-platform read"
-        for v in _versions(session, event):
-            _touch(session, settings, v, event.at, use)
-            touched["versions"] += 1
-        if event.project_id is not None:
-            _touch_project(session, event.project_id, event.at, use)
-            touched["projects"] += 1
+    versions = _resolve(session, list(events))
+    if versions:
+        known = {c.version_id: c for c in session.scalars(select(VersionClock).where(
+            VersionClock.version_id.in_(list(versions))))}
+        for v in session.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(list(versions)))):
+            clock = known.get(v.id) or version_clock(session, settings, v)
+            at, use = versions[v.id]
+            if at > clock.last_used_at:
+                clock.last_used_at, clock.last_use = at, use
+                recompute(session, settings, clock)
+    projects: dict[uuid.UUID, tuple[dt.datetime, str]] = {}
+    for e in events:
+        if e.project_id is not None:
+            _latest(projects, e.project_id, e.at, _use(e))
+    for project_id, (at, use) in projects.items():
+        row = session.get(ProjectClock, project_id)
+        if row is None:
+            session.add(ProjectClock(project_id=project_id, last_used_at=at, last_use=use))
+        elif at > row.last_used_at:
+            row.last_used_at, row.last_use = at, use
     cursor.audit_seq = upto
-    return {"events": len(events), "read_to": upto, **touched}
+    return {"events": len(events), "read_to": upto, "versions": len(versions), "projects": len(projects)}
 
 
 def head(session: Session) -> int:
