@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import bearer, token_for, web_client
 from strongroom.access.models import Entitlement
+from strongroom.archive import c4gh
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
 from strongroom.archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
@@ -127,6 +128,18 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
     with hub.sessions() as s:
         assert s.scalar(select(ProjectClock.last_use)) == "in-platform read"
 
+    # a download (re-encrypted to the PI's key) of file c (only in version 2) moves version 2
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True},
+                 headers=_h(w, "pia")).status_code == 200
+    key = c4gh.generate_keypair()
+    assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(key.public).decode()},
+                  headers=_h(w, "pia")).status_code == 201
+    r = c.get(f"/api/v1/files/{w['files']['c']}/content", headers=_h(w, "pia"))
+    assert r.status_code == 200, r.text
+    _catch_up(hub)
+    assert _clock(hub, 2).last_use == "download" and _clock(hub, 2).last_used_at > start2.last_used_at
+    assert _clock(hub, 1).last_used_at == after1.last_used_at
+
     # a new application is use of every released version of the dataset
     app = c.post("/api/v1/datasets/SRD-LUNG/applications", headers=_h(w, "rita"))
     assert app.status_code == 201, app.text
@@ -138,7 +151,7 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
               headers=_h(w, "pia"))
     assert r.status_code == 200, r.text
     got = r.json()
-    assert got["years"] == 25
+    assert got["years"] == 25 and got["project_last_use"] == "application"
     v2 = next(v for v in got["versions"] if v["number"] == 2)
     assert v2["keep_until"].startswith(str(add_years(_clock(hub, 2).last_used_at, 25).date()))
     assert c.put("/api/v1/datasets/SRD-LUNG/retention/class", json={"dataset_class": "forever"},

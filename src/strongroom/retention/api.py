@@ -15,7 +15,7 @@ from ..errors import NotFound
 from ..schemas import Body, Int32, IsoDate, Out
 from ..text import content_disposition
 from . import service
-from .models import Deletion
+from .models import Deletion, ProjectClock
 
 router = APIRouter(prefix="/api/v1", tags=["retention"])
 
@@ -39,6 +39,8 @@ class RetentionOut(Out):
     dataset_id: str
     dataset_class: str
     years: int
+    project_last_used_at: dt.datetime | None = Field(description="the owning project's last use of any of its data")
+    project_last_use: str | None
     versions: list[VersionRetentionOut]
 
 
@@ -84,7 +86,10 @@ def retention_out(db: Db, hub: HubDep, seen: service.Seen) -> RetentionOut:
     from .clock import class_of, years_for
 
     cls = class_of(db, settings, seen.dataset.id)
-    return RetentionOut(dataset_id=seen.dataset.id, dataset_class=cls, years=years_for(settings, cls), versions=[
+    project = db.get(ProjectClock, seen.dataset.project_id)
+    return RetentionOut(dataset_id=seen.dataset.id, dataset_class=cls, years=years_for(settings, cls),
+                        project_last_used_at=project.last_used_at if project else None,
+                        project_last_use=project.last_use if project else None, versions=[
         VersionRetentionOut(number=s.version.number, state=s.version.state, last_used_at=s.clock.last_used_at,
                             last_use=s.clock.last_use, keep_until=s.clock.keep_until,
                             extended_until=s.clock.extended_until, extension_reason=s.clock.extension_reason or "",

@@ -15,6 +15,7 @@ from ..projects.service import users_of
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
 from . import clock, service
+from .models import ProjectClock
 
 router = APIRouter()
 
@@ -43,7 +44,8 @@ def dataset_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
     cls = clock.class_of(db, settings, seen.dataset.id)
     return templates.TemplateResponse(request, "retention/dataset.html", {
         "dataset": seen.dataset, "seen": seen, "rows": service.status(db, settings, seen), "dataset_class": cls,
-        "years": clock.years_for(settings, cls), "classes": settings.years, "now": dt.datetime.now(dt.UTC)})
+        "years": clock.years_for(settings, cls), "classes": settings.years, "now": dt.datetime.now(dt.UTC),
+        "project_clock": db.get(ProjectClock, seen.dataset.project_id)})
 
 
 @router.post("/datasets/{dataset_id}/retention/class", dependencies=[CsrfChecked])
