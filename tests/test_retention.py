@@ -161,6 +161,22 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
+def test_the_jobs_read_the_log_then_send_due_notices(world) -> None:
+    w, hub, c = world, world["hub"], world["c"]
+    _age(hub, 2, 10)  # version 2 is due within months
+    assert c.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=_h(w, "pia")).status_code == 200
+    with transaction(hub.sessions) as s:
+        from strongroom.jobs import service as jobs
+
+        jobs.enqueue(s, "retention.review")
+    _drain(hub)
+    assert _clock(hub, 1).last_use == "in-platform read"  # read by the review's own pass over the log
+    with hub.sessions() as s:
+        mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+    assert [(m["template"], m["context"]["version"]) for m in mails] == [("retention_due", 2)]
+
+
+@pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_review_notices_once_per_threshold_on_a_frozen_clock(world) -> None:
     hub = world["hub"]
     _catch_up(hub)
