@@ -236,6 +236,12 @@ def test_extend_and_legal_hold(world) -> None:
     assert c.post(f"{hold}/lift", json={"reason": "Case closed"}, headers=_h(w, "ops2")).status_code == 200
     assert c.post("/api/v1/datasets/SRD-LUNG/versions/2/deletion", json={"reason": "Past its date"},
                   headers=_h(w, "pia")).status_code == 201
+    # a hold set while a request waits for its approval ends that request
+    assert c.put(hold, json={"reason": "Litigation 2026:15"}, headers=_h(w, "ops1")).status_code == 200
+    v2 = next(v for v in c.get("/api/v1/datasets/SRD-LUNG/retention", headers=_h(w, "pia")).json()["versions"]
+              if v["number"] == 2)
+    assert v2["deletion"] is None and v2["legal_hold"] == "Litigation 2026:15"
+    assert v2["legal_hold_by"] == str(w["p"]["ops1"].user.id)
     # version 1 is extended: not due
     r = c.post("/api/v1/datasets/SRD-LUNG/versions/1/deletion", json={"reason": "Past its date"},
                headers=_h(w, "pia"))

@@ -225,17 +225,18 @@ def set_hold(session: Session, settings: RetentionSettings, principal: Principal
     c = clocks.version_clock(session, settings, v)
     if hold == (c.hold_reason is not None):
         raise Conflict(f"version {number} is {'already' if hold else 'not'} under a legal hold")
+    dropped = None
     if hold:
         c.hold_reason, c.hold_at, c.hold_by = reason, utcnow(), principal.user.id
-        open_request = session.scalar(select(Deletion).where(Deletion.version_id == v.id,
-                                                             Deletion.state.in_((REQUESTED, APPROVED))))
-        if open_request is not None and open_request.state == REQUESTED:
-            session.delete(open_request)  # a pending request ends with the hold; approved work cannot be undone
+        pending = session.scalar(select(Deletion).where(Deletion.version_id == v.id, Deletion.state == REQUESTED))
+        if pending is not None:  # a request not yet approved ends with the hold; approved work is under way
+            dropped = str(pending.id)
+            session.delete(pending)
     else:
         c.hold_reason, c.hold_at, c.hold_by = None, None, None
     audit.record(session, principal.actor, "retention.hold.set" if hold else "retention.hold.lifted",
                  project_id=seen.dataset.project_id, target=f"dataset:{seen.dataset.id}",
-                 details={"version": number, "reason": reason})
+                 details={"version": number, "reason": reason, **({"dropped_request": dropped} if dropped else {})})
     return c
 
 
