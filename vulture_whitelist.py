@@ -57,6 +57,7 @@ retain_device_identity, retain_institution_identity  # imaging settings, passed 
 input_path  # strategies/api.py: RunOut, the run's extract as people name it
 made_with  # archive/api.py: VersionOut, what the version was made with (strategies' runs)
 strategy_sha256  # strategies/api.py: RequestOut, the SHA-256 of the named strategy version
+legal_hold, legal_hold_at, legal_hold_by, deletion_state, project_last_used_at, project_last_use  # retention/api.py
 
 # -- the generated de-identification table (imaging/deid_table.py) -----------------------------------
 SAFE_PRIVATE_EDITION, OPTION_FIELDS, vm

@@ -260,7 +260,8 @@ def test_bad_queries_and_unacceptable_types_are_clear_errors(app, hub, corpus) -
     inst = next(iter(corpus["instances"].values()))
     api = TestClient(app)
     h = bearer(token_for(hub, corpus["people"]["alice"]))
-    assert api.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}, headers=h).status_code == 200
+    opened = api.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}, headers=h)
+    assert opened.status_code == 200
     base = "/dicomweb/projects/lung"
     for params in ({"limit": "0"}, {"limit": "x"}, {"StudyDate": "2020-01-01"}, {"StudyDate": "-"},
                    {"StudyInstanceUID": "1.2.abc"}, {"SeriesNumber": "two"}, {"offset": "-1"},

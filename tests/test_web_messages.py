@@ -28,7 +28,7 @@ from imaging_support import instances, make_project, ultrasound, write_corpus
 from strongroom.archive import c4gh
 from strongroom.archive import service as archive_service
 from strongroom.archive.backend import storage_for
-from strongroom.archive.models import ArchiveFile, Dataset, UserKey
+from strongroom.archive.models import ArchiveFile, Dataset, DatasetVersion, UserKey
 from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
 from strongroom.catalog.entries import entry_for
 from strongroom.catalog.fields import EntryFields
@@ -480,6 +480,36 @@ def _compute_cancel(w: World, ok: bool):  # rita is no member of chest: no such 
 def _compute_budget(w: World, ok: bool):  # an operator sets the class; a custom class needs its number
     return post(w.c("pia"), "/admin/compute/budget", {"project": "chest", "klass": "fellowship" if ok else "custom",
                                                      "gpu_weeks": "", "period_start": "2026-01-01", "months": "12"})
+def _retention(w: World, what: str, who: str, data: dict):
+    return post(w.c(who), f"/datasets/{w.ids['demo']}/retention/{what}", data)
+
+
+def _retention_due(w: World) -> None:  # the demo's version 1 as if last used eleven years ago, not extended
+    from strongroom.retention import clock
+    from strongroom.retention.models import VersionClock
+
+    with transaction(w.hub.sessions) as s:
+        clock.catch_up(s, w.hub.settings.retention)
+        c = s.scalar(select(VersionClock).join(DatasetVersion, DatasetVersion.id == VersionClock.version_id)
+                     .where(DatasetVersion.dataset_id == w.ids["demo"], DatasetVersion.number == 1))
+        c.extended_until, c.last_used_at = None, c.last_used_at - dt.timedelta(days=11 * 366)
+        clock.recompute(s, w.hub.settings.retention, c)
+
+
+def _retention_deletion(w: World, ok: bool):  # the PI asks; a member without manage-settings may not
+    _retention_due(w)
+    return _retention(w, "deletion", "pia" if ok else "memo", {"version": "1", "reason": "Ten years unused"})
+
+
+def _retention_approve(w: World, ok: bool):  # a second operator approves; the requester cannot
+    from strongroom.identity.models import User
+    from strongroom.retention.models import Deletion
+
+    with transaction(w.hub.sessions) as s:
+        s.get(User, w.people["pat"].user.id).is_admin = True  # pat becomes the second operator
+        deletion = s.scalar(select(Deletion.id))
+    return post(web_client(w.app, w.hub, w.people["pat"]) if ok else w.c("pia"),
+                f"/retention/deletions/{deletion}/approve")
 
 
 CASES: dict[str, Case] = {
@@ -539,6 +569,14 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/compute/bookings": _compute_book,
     "/projects/{slug}/compute/bookings/{booking_id}/cancel": _compute_cancel,
     "/admin/compute/budget": _compute_budget,
+    "/datasets/{dataset_id}/retention/class": lambda w, ok: _retention(
+        w, "class", "pia", {"dataset_class": "validation" if ok else "forever"}),
+    "/datasets/{dataset_id}/retention/extend": lambda w, ok: _retention(
+        w, "extend", "pia", {"version": "1", "until": "2099-01-01", "reason": "Validation study" if ok else ""}),
+    "/datasets/{dataset_id}/retention/deletion": _retention_deletion,
+    "/retention/deletions/{deletion_id}/approve": _retention_approve,
+    "/datasets/{dataset_id}/retention/hold": lambda w, ok: _retention(
+        w, "hold", "pia" if ok else "memo", {"version": "1", "action": "set", "reason": "Litigation 2026:14"}),
 }
 
 
@@ -572,7 +610,7 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
-              "waiver_id": str(uuid.uuid4())}
+              "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000"}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

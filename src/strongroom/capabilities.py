@@ -45,6 +45,7 @@ CAPABILITIES = [
     "strongroom.compute",
     "strongroom.stats",
     "strongroom.fees",
+    "strongroom.retention",
     "strongroom.catalog",
 ]
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -245,6 +245,25 @@ class DoiSettings(BaseModel):
         return bool(self.repository_id and self.prefix and self.password.get_secret_value())
 
 
+class RetentionSettings(BaseModel):
+    """``[retention]`` (see docs/retention.md): keep data at least ``years[class]`` after its last use."""
+
+    model_config = ConfigDict(extra="forbid")
+    # dataset class → years kept after the last use (clinical trials: the EU CTR's 25 years)
+    years: dict[str, int] = {"research": 10, "validation": 10, "clinical-trial": 25}
+    default_class: str = "research"
+    notice_months: list[int] = [12, 6, 1]  # the owner and PI are told this many months ahead, once each
+    queue_months: int = Field(12, ge=0, le=120)  # the operator's queue shows versions due within this
+
+    @model_validator(mode="after")
+    def _classes(self) -> RetentionSettings:
+        if self.default_class not in self.years:
+            raise ValueError(f"[retention] default_class {self.default_class!r} is not one of years' classes")
+        if any(y < 1 or y > 100 for y in self.years.values()) or any(m < 1 or m > 120 for m in self.notice_months):
+            raise ValueError("[retention] years are 1-100 and notice_months 1-120")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -271,6 +290,7 @@ class Settings(BaseSettings):
     airlock: AirlockSettings = Field(default_factory=AirlockSettings)
     doi: DoiSettings = Field(default_factory=DoiSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -186,13 +186,21 @@ def unpublish(session: Session, principal: Principal, dataset_id: str, reason: s
         raise Invalid("the reason for withdrawing is plain text of at most 2000 characters")
     if EMAIL_RE.search(reason) and user_emails(session, EMAIL_RE.findall(reason)):
         raise Invalid("the reason for withdrawing contains a person's e-mail address; it is shown publicly")
-    if entry.published:
-        entry.published, entry.updated_at = False, utcnow()
-        entry.withdrawn_at, entry.withdrawn_reason = utcnow(), reason
-        audit.record(session, principal.actor, "catalog.entry.unpublished", project_id=access.project.id,
-                     target=f"dataset:{ds.id}", details={"slug": entry.slug, "reason": reason})
-        dois.schedule(session, ds.id)  # hidden at DataCite; they resolve to the tombstone
+    withdraw(session, principal.actor, ds, entry, reason)
     return entry
+
+
+def withdraw(session: Session, actor: audit.Actor, ds: Dataset, entry: CatalogEntry, reason: str) -> bool:
+    """Unpublish a published entry (its page becomes a tombstone once it has a DOI, the DOIs are hidden); the
+    caller checked the right. Also used when retention deletes a dataset's last version."""
+    if not entry.published:
+        return False
+    entry.published, entry.updated_at = False, utcnow()
+    entry.withdrawn_at, entry.withdrawn_reason = utcnow(), reason
+    audit.record(session, actor, "catalog.entry.unpublished", project_id=ds.project_id,
+                 target=f"dataset:{ds.id}", details={"slug": entry.slug, "reason": reason})
+    dois.schedule(session, ds.id)  # hidden at DataCite; they resolve to the tombstone
+    return True
 
 
 def latest_released(session: Session, dataset_id: str) -> DatasetVersion | None:

@@ -253,6 +253,39 @@ class S3Storage:
             for obj in page.get("Contents", ()):
                 yield obj["Key"]
 
+    def object_versions(self, key: str) -> list[str]:
+        """Every stored version id of exactly ``key``, delete markers included ("null" on an unversioned
+        bucket). Empty means nothing of the key is left, not even a hidden older version."""
+        validate_key(key)
+        pages = self._client.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key)
+        it = iter(pages)
+        found: list[str] = []
+        while True:
+            try:
+                page = self._call("list versions", key, lambda: next(it, None))
+            except ObjectNotFound:
+                return found  # no bucket: nothing stored
+            if page is None:
+                return found
+            for entry in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]:
+                if entry["Key"] == key:
+                    found.append(str(entry.get("VersionId") or "null"))
+
+    def delete_every_version(self, key: str) -> int:
+        """Delete every version of ``key`` and its delete markers (a plain DELETE on a versioned bucket only
+        hides the object behind a marker). Returns how many versions went."""
+        deleted = 0
+        for _ in range(3):  # a version written meanwhile is caught by the next round
+            versions = self.object_versions(key)
+            if not versions:
+                return deleted
+            for version in versions:
+                with contextlib.suppress(ObjectNotFound):
+                    self._call("delete version", key, self._client.delete_object, Bucket=self.bucket, Key=key,
+                               VersionId=version)
+                deleted += 1
+        return deleted
+
     # -- multipart
     def begin_multipart(self, key: str) -> str:
         validate_key(key)

@@ -1,7 +1,7 @@
 """DICOMweb: the metadata index on imaging instances (QIDO attributes, pixel and frame offsets).
 
 Revision ID: 0020_dicomweb
-Revises: 0018_fees
+Revises: 0019_retention
 Create Date: 2026-12-01
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0020_dicomweb"
-down_revision = "0018_fees"
+down_revision = "0019_retention"
 branch_labels = None
 depends_on = None
 

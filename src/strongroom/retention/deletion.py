@@ -1,0 +1,257 @@
+"""Carrying out an approved deletion (the ``retention.delete`` job), crash-safe and resumable.
+
+The deletion's ``state`` says which step is done; each step is idempotent and runs from the state reached:
+
+1. **mark** (one transaction): the files that go are those of the version in no other live version; the
+   manifest (ids, paths, checksums, storage keys) is captured, the version becomes ``deleted``, its files
+   unreadable, the project's quota freed, the version's entitlements end (the dataset's too when no released
+   version is left), and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when
+   it was the last released version.
+2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
+   to the hub's key), so from here no copy of a body anywhere — backup, replica, old S3 version — can be
+   decrypted (crypto-shredding).
+3. **purge**: the bodies are deleted from storage; on S3 every version and delete marker of each key, on a
+   local disk unlink + fsync of the directory. Deleting what is gone already is no error.
+4. **verify**: every key is looked up again (on S3: its version list must be empty).
+5. **certify**: a certificate (what, checksums, when, who requested and approved, the audit sequence numbers
+   of every step) is signed with the hub's ES256 key (the visa key, published at /.well-known/jwks.json) and
+   kept.
+
+A run that crashes anywhere is resumed by the job's next attempt (or ``strongroom retention resume``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..access import visas
+from ..access.models import Entitlement
+from ..archive.backend import storage_for
+from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.storage.base import Storage
+from ..archive.storage.s3 import S3Storage
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..catalog import entries as catalog
+from ..config import Settings
+from ..db import transaction, utcnow
+from ..hub import Hub
+from ..identity.models import User
+from ..projects import quota
+from ..projects.models import Project
+from .models import APPROVED, CERTIFIED, MARKED, PURGED, SHREDDED, VERIFIED, Deletion
+from .rules import canonical
+
+ACTOR = Actor.system("retention")
+CERT_TYPE = "strongroom.deletion-certificate"
+JWS_TYP = "strongroom-deletion+jws"
+DELETED = "deleted"
+
+
+class Remaining(Exception):
+    """Objects of a deleted version are still in storage."""
+
+
+def run(hub: Hub, deletion_id: uuid.UUID) -> str:
+    """Carry the deletion on from wherever it stands to its certificate; returns the final state."""
+    steps: dict[str, Callable[[Hub, uuid.UUID], None]] = {
+        APPROVED: mark, MARKED: shred, SHREDDED: purge, PURGED: verify, VERIFIED: certify}
+    while True:
+        with hub.sessions() as s:
+            d = s.get(Deletion, deletion_id)
+            state = d.state if d is not None else None
+        step = steps.get(state or "")
+        if step is None:
+            return state or "missing"
+        step(hub, deletion_id)
+
+
+def _advance(session: Session, d: Deletion, state: str, action: str, details: dict[str, Any]) -> None:
+    ds = session.get_one(Dataset, d.dataset_id)
+    event = audit.record(session, ACTOR, f"retention.deletion.{action}", project_id=ds.project_id,
+                         target=f"dataset:{ds.id}", details={"version": d.number, "deletion": str(d.id), **details})
+    d.audit_seqs = {**d.audit_seqs, action: event.seq}
+    d.state, d.failure = state, None
+
+
+def _claim(session: Session, deletion_id: uuid.UUID, state: str) -> Deletion | None:
+    """The deletion locked for this step, or None when another run already took it further."""
+    d = session.scalar(select(Deletion).where(Deletion.id == deletion_id).with_for_update())
+    return d if d is not None and d.state == state else None
+
+
+def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
+    with transaction(hub.sessions) as s:
+        d = _claim(s, deletion_id, APPROVED)
+        if d is None:
+            return
+        v = s.get_one(DatasetVersion, d.version_id)
+        ds = s.get_one(Dataset, d.dataset_id)
+        now = utcnow()
+        manifest, kept = [], []
+        files = s.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
+                          .where(DatasetFile.version_id == v.id).order_by(ArchiveFile.path)).all()
+        for f in files:
+            elsewhere = s.scalars(
+                select(DatasetVersion.number).join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+                .where(DatasetFile.file_id == f.id, DatasetVersion.id != v.id, DatasetVersion.state != DELETED)).all()
+            if elsewhere:
+                kept.append({"file": f.id, "path": f.path, "in_versions": sorted(elsewhere)})
+                continue
+            manifest.append({"file": f.id, "path": f.path, "plaintext_size": f.plaintext_size,
+                             "plaintext_sha256": f.plaintext_sha256, "plaintext_md5": f.plaintext_md5,
+                             "body_size": f.body_size, "body_sha256": f.body_sha256, "object": f.body_key})
+            if f.state == READY and f.body_size:
+                quota.free(s, f.project_id, f.body_size)
+            f.state, f.failure = DELETED, f"deleted by retention (deletion {d.id})"
+        v.state = DELETED
+        live = s.scalars(select(DatasetVersion.number).where(
+            DatasetVersion.dataset_id == ds.id, DatasetVersion.state.in_(("released", "deprecated")))).all()
+        ended = 0
+        for e in s.scalars(select(Entitlement).where(Entitlement.dataset_id == ds.id,
+                                                     Entitlement.revoked_at.is_(None))):
+            if e.version == v.number or (e.version is None and not live):
+                e.revoked_at = now
+                ended += 1
+        withdrawn = False
+        entry = catalog.entry_for(s, ds.id)
+        if entry is not None and not live:
+            withdrawn = catalog.withdraw(s, ACTOR, ds, entry, f"deleted at the end of its retention period "
+                                                              f"(version {v.number})")
+        d.manifest, d.kept = manifest, kept
+        _advance(s, d, MARKED, "marked", {"files": len(manifest), "kept": len(kept), "entitlements_ended": ended,
+                                          "catalogue_withdrawn": withdrawn})
+
+
+def shred(hub: Hub, deletion_id: uuid.UUID) -> None:
+    with transaction(hub.sessions) as s:
+        d = _claim(s, deletion_id, MARKED)
+        if d is None:
+            return
+        for item in d.manifest:
+            f = s.get_one(ArchiveFile, item["file"])
+            f.header, f.header_key = None, None
+        _advance(s, d, SHREDDED, "shredded", {"headers_destroyed": len(d.manifest)})
+
+
+def purge_object(storage: Storage, key: str) -> int:
+    """Delete an object for good: every S3 version and delete marker; on disk unlink + fsync of the dir."""
+    if isinstance(storage, S3Storage):
+        return storage.delete_every_version(key)
+    existed = storage.exists(key)
+    storage.delete(key)
+    return int(existed)
+
+
+def remaining(storage: Storage, key: str) -> list[str]:
+    """What of ``key`` is still stored: S3 version ids (delete markers too), or ["current"] on disk."""
+    if isinstance(storage, S3Storage):
+        return storage.object_versions(key)
+    return ["current"] if storage.exists(key) else []
+
+
+def purge(hub: Hub, deletion_id: uuid.UUID) -> None:
+    with hub.sessions() as s:
+        d = s.get_one(Deletion, deletion_id)
+        keys = [item["object"] for item in d.manifest if item.get("object")]
+    storage = storage_for(hub)
+    versions = sum(purge_object(storage, key) for key in keys)  # outside any transaction: storage is slow
+    with transaction(hub.sessions) as s:
+        claimed = _claim(s, deletion_id, SHREDDED)
+        if claimed is None:
+            return
+        for item in claimed.manifest:
+            s.get_one(ArchiveFile, item["file"]).body_key = None
+        _advance(s, claimed, PURGED, "purged", {"objects": len(keys), "object_versions_deleted": versions})
+
+
+def verify(hub: Hub, deletion_id: uuid.UUID) -> None:
+    with hub.sessions() as s:
+        keys = [item["object"] for item in s.get_one(Deletion, deletion_id).manifest if item.get("object")]
+    storage = storage_for(hub)
+    left = {key: found for key in keys if (found := remaining(storage, key))}
+    with transaction(hub.sessions) as s:
+        d = _claim(s, deletion_id, PURGED)
+        if d is None:
+            return
+        if left:  # back one step: the next run purges again
+            d.state, d.failure = SHREDDED, f"{len(left)} object(s) still in storage: purged again on the next run"
+        else:
+            _advance(s, d, VERIFIED, "verified", {"objects_checked": len(keys),
+                                                  "every_version": versioned(storage)})
+    if left:
+        raise Remaining(f"still in storage after the purge: {sorted(left)}")
+
+
+def versioned(storage: Storage) -> bool:
+    return isinstance(storage, S3Storage)
+
+
+def _who(session: Session, user_id: uuid.UUID | None) -> dict[str, Any]:
+    user = session.get(User, user_id) if user_id else None
+    return {"id": str(user_id) if user_id else None, "name": user.label if user else None}
+
+
+def certificate_document(session: Session, settings: Settings, d: Deletion, issued: dt.datetime) -> dict[str, Any]:
+    ds = session.get_one(Dataset, d.dataset_id)
+    project = session.get_one(Project, ds.project_id)
+    cfg = settings.archive.storage
+    return {
+        "type": CERT_TYPE, "format": 1, "hub": settings.base_url.rstrip("/"), "deletion": str(d.id),
+        "dataset": {"id": ds.id, "title": ds.title, "version": d.number, "project": project.slug},
+        "files": d.manifest, "kept_in_other_versions": d.kept,
+        "storage": {"kind": cfg.kind, "bucket": cfg.bucket if cfg.kind == "s3" else None,
+                    "every_version_deleted": cfg.kind == "s3"},
+        "headers_destroyed": True,
+        "requested": {**_who(session, d.requested_by), "at": d.created_at.isoformat(), "reason": d.reason},
+        "approved": {**_who(session, d.approved_by), "at": d.approved_at.isoformat() if d.approved_at else None},
+        "audit_seqs": d.audit_seqs, "issued_at": issued.isoformat(),
+    }
+
+
+def sign(settings: Settings, document: dict[str, Any]) -> str:
+    """The certificate as kept and downloaded: the document and a compact JWS (ES256) over its canonical bytes."""
+    key = visas.signing_key(settings)
+    header = {"alg": "ES256", "typ": JWS_TYP, "kid": visas.key_id(key), "jku": visas.jwks_url(settings)}
+    token = jws.serialize_compact(header, canonical(document), key, algorithms=["ES256"])
+    return json.dumps({"certificate": document, "signature": token}, indent=2, sort_keys=True)
+
+
+def check_signature(text: str, key: ECKey | KeySet) -> dict[str, Any]:
+    """The certificate document if its signature verifies with ``key`` and covers exactly this document;
+    raises ValueError otherwise."""
+    try:
+        outer = json.loads(text)
+        document, token = outer["certificate"], outer["signature"]
+        assert isinstance(document, dict) and isinstance(token, str)
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
+        raise ValueError("not a deletion certificate (JSON with 'certificate' and 'signature')") from e
+    try:
+        signed = jws.deserialize_compact(token, key, algorithms=["ES256"])
+    except JoseError as e:
+        raise ValueError(f"the signature does not verify with the hub's key: {e.error}") from e
+    if signed.payload != canonical(document) or document.get("type") != CERT_TYPE:
+        raise ValueError("the certificate was changed after it was signed")
+    return document
+
+
+def certify(hub: Hub, deletion_id: uuid.UUID) -> None:
+    with transaction(hub.sessions) as s:
+        d = _claim(s, deletion_id, VERIFIED)
+        if d is None:
+            return
+        now = utcnow()
+        text = sign(hub.settings, certificate_document(s, hub.settings, d, now))
+        d.certificate, d.finished_at = text, now
+        _advance(s, d, CERTIFIED, "certified", {"certificate_sha256": hashlib.sha256(text.encode()).hexdigest()})
