@@ -280,6 +280,9 @@ def instance_metadata(db: Db, hub: HubDep, principal: Reader, request: Request, 
     return _metadata(request, slug, readable, dec)
 
 
+FRAME_LIST = r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$"  # frame numbers from 1, comma separated
+
+
 def _frame_numbers(frames: str) -> list[int]:
     try:
         numbers = [int(n) for n in frames.split(",") if n.strip()]
@@ -297,7 +300,7 @@ def _frame_numbers(frames: str) -> list[int]:
     304: {"description": "Not modified (If-None-Match)"}, **errors(400, 406, 409)})
 def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                     study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID],
-                    frames: Annotated[str, Path(pattern=r"^[0-9]+(,[0-9]+)*$", max_length=60000)]) -> Response:
+                    frames: Annotated[str, Path(pattern=FRAME_LIST, max_length=60000)]) -> Response:
     """WADO-RS: frames by number (from 1). Only the crypt4gh segments that hold them are decrypted.
     Native pixel data comes as ``application/octet-stream`` (little endian, as stored); encapsulated as
     its compressed bitstream (``image/jpeg``, ``image/jp2``, ``image/jls``…); no transcoding."""
