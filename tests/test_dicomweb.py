@@ -15,6 +15,7 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from conftest import bearer, token_for
@@ -288,3 +289,28 @@ def test_bad_queries_and_unacceptable_types_are_clear_errors(app, hub, corpus) -
     assert api.get(f"{url}/frames/0", headers=h).status_code == 400  # frames count from 1
     assert api.get(f"{url}", headers=h | {"Accept": "application/dicom", "Range": "bytes=999999999-"}
                    ).status_code == 416
+
+
+def test_a_dicomweb_read_moves_the_retention_clock(app, hub, corpus) -> None:
+    """DICOMweb reads are uses of the data (issue 12's last-use clock): the per-study audit event moves the
+    clock of every live version holding the study, and only those."""
+    from strongroom.retention import clock
+    from strongroom.retention.models import VersionClock
+
+    inst = next(iter(corpus["instances"].values()))
+    with transaction(hub.sessions) as s:  # catch the clock up with the import's own events first
+        clock.advance(s, hub.settings.retention)
+        (before,) = s.scalars(select(VersionClock)).all()
+        assert before.last_use != "dicomweb"
+    api = TestClient(app)
+    h = bearer(token_for(hub, corpus["people"]["alice"]))
+    where = f"/dicomweb/projects/lung/studies/{inst.study_uid}/series/{inst.series_uid}/instances/" \
+            f"{inst.sop_instance_uid}/metadata"
+    assert api.get(where, headers=h).status_code == 200
+    with transaction(hub.sessions) as s:
+        read = s.scalar(select(AuditEvent).where(AuditEvent.action == "dicomweb.study.read"))
+        assert read is not None and read.target == f"study:{inst.study_uid}"
+        clock.advance(s, hub.settings.retention)
+        (after,) = s.scalars(select(VersionClock)).all()
+        assert (after.last_use, after.last_used_at) == ("dicomweb", read.at)
+        assert after.keep_until > before.keep_until

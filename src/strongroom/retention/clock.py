@@ -9,8 +9,9 @@ path: a GET stays a read-only transaction, no other capability imports retention
 capability existed are counted on its first run, and the cursor moves in the same transaction as the
 clocks, so a crashed run is simply read again. The lag (one job period) is nothing against years.
 
-``USE_EVENTS`` maps an audit action to the kind of use; another capability adds its own (e.g. DICOMweb
-reads) with ``config.add_hook("strongroom.retention.clock:USE_EVENTS", …)``.
+``USE_EVENTS`` maps an audit action to the kind of use; another capability adds its own with
+``config.add_hook("strongroom.retention.clock:USE_EVENTS", …)``. Targets name a file, a dataset, an
+application or (DICOMweb reads, audited per study) a study of the event's project.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..access.models import Application
 from ..archive.models import DatasetFile, DatasetVersion
 from ..audit.models import AuditEvent, AuditHead
 from ..config import RetentionSettings
+from ..imaging.models import ImportedInstance
 from .models import ClockCursor, DatasetClass, ProjectClock, VersionClock
 from .rules import keep_until
 
@@ -36,6 +38,7 @@ USE_EVENTS: dict[str, str] = {
     "access.application.submitted": "application",
     "archive.dataset.released": "release",
     "catalog.entry.published": "publication",
+    "dicomweb.study.read": "dicomweb",  # WADO-RS, once per caller and study per window: its instances' versions
 }
 LIVE = ("released", "deprecated", "draft")  # a deleted version's clock stops
 BATCH = 5000
@@ -101,6 +104,14 @@ def _resolve(session: Session, events: list[Any]) -> dict[int, tuple[dt.datetime
     if refs["application"]:
         app_dataset = {a: d for a, d in session.execute(
             select(Application.id, Application.dataset_id).where(Application.id.in_(refs["application"]))).tuples()}
+    by_study: dict[tuple[uuid.UUID | None, str], dict[int, DatasetVersion]] = defaultdict(dict)
+    if refs["study"]:  # the live versions holding any instance of the study, in the event's project
+        for project_id, study, v in session.execute(
+                select(ImportedInstance.project_id, ImportedInstance.study_uid, DatasetVersion)
+                .join(DatasetFile, DatasetFile.file_id == ImportedInstance.file_id)
+                .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+                .where(ImportedInstance.study_uid.in_(refs["study"]), live)).tuples():
+            by_study[(project_id, study)][v.id] = v
     dataset_ids = refs["dataset"] | set(app_dataset.values())
     by_dataset: dict[str, list[DatasetVersion]] = defaultdict(list)
     if dataset_ids:
@@ -112,6 +123,8 @@ def _resolve(session: Session, events: list[Any]) -> dict[int, tuple[dt.datetime
         use = _use(e)
         if kind == "file":
             versions = by_file.get(ref, [])
+        elif kind == "study":
+            versions = list(by_study.get((e.project_id, ref), {}).values())
         else:
             versions = by_dataset.get(app_dataset.get(ref, "") if kind == "application" else ref, [])
             number = (e.details or {}).get("version") if e.action == "archive.dataset.released" else None
