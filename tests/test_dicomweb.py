@@ -286,7 +286,7 @@ def test_bad_queries_and_unacceptable_types_are_clear_errors(app, hub, corpus) -
     assert api.get(f"{url}/rendered", params={"window": "40"}, headers=h).status_code == 400
     windowed = api.get(f"{url}/rendered", params={"window": "40,400"}, headers=h)
     assert windowed.status_code == 200 and windowed.content[:4] == b"\x89PNG"
-    assert api.get(f"{url}/frames/0", headers=h).status_code == 400  # frames count from 1
+    assert api.get(f"{url}/frames/0", headers=h).status_code == 422  # frames count from 1 (the path schema says so)
     assert api.get(f"{url}", headers=h | {"Accept": "application/dicom", "Range": "bytes=999999999-"}
                    ).status_code == 416
 
