@@ -204,7 +204,8 @@ def test_waivers_need_a_second_operator(hub, people):
     with transaction(hub.sessions) as s:
         olle = principal(s, ppl["olle"])
         jan2 = service.compute(s, service.project_subject(s, olle, "chest"), *pricing.period("2025-01"))
-        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.target == f"waiver:{wid}"))]
+        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.target == f"waiver:{wid}")
+                                               .order_by(AuditEvent.seq))]
     # 10 % of January after the year's discount: membership 4 246.58 - 424.66 (of 31 x 136.99) ...
     pilot = sum(x.amount for x in jan2.lines if "pilot" in x.description)
     assert pilot < 0 and jan2.total == jan.total + pilot

@@ -314,7 +314,8 @@ def test_users_give_their_affiliation_country_on_the_account_page_and_api(app, h
     assert api.patch("/api/v1/me", json={"country": "XX"}, headers=h).status_code == 422
     assert api.patch("/api/v1/me", json={"country": None}, headers=h).json()["country"] is None
     with hub.sessions() as s:
-        changes = list(s.scalars(select(AuditEvent.details).where(AuditEvent.action == "user.country_changed")))
+        changes = list(s.scalars(select(AuditEvent.details).where(AuditEvent.action == "user.country_changed")
+                                 .order_by(AuditEvent.seq)))
     assert changes == [{"from": None, "to": "NO"}, {"from": "NO", "to": "FI"}, {"from": "FI", "to": None}]
 
 
