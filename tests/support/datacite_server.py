@@ -113,18 +113,22 @@ class FakeDataCite:
             return _errors(status, {"title": "Service Unavailable"})
         return None
 
-    # -- endpoints -----------------------------------------------------------------------------
-    async def create(self, request: Request) -> Response:
-        self.calls.append(("POST", "/dois", None))
+    async def _write_body(self, request: Request) -> dict | Response:
+        """What every write answers first, in DataCite's order: an outage, then credentials, then the body."""
         if (down := self._outage()) is not None:
             return down
         if not self._authorised(request):
             return _errors(401, {"title": "Bad credentials."})
         try:
-            data = self._body(await request.json())
+            return self._body(await request.json())
         except ValueError:
             return _errors(400, {"title": "You need to provide a payload following the JSONAPI spec"})
-        if isinstance(data, JSONResponse):
+
+    # -- endpoints -----------------------------------------------------------------------------
+    async def create(self, request: Request) -> Response:
+        self.calls.append(("POST", "/dois", None))
+        data = await self._write_body(request)
+        if isinstance(data, Response):
             return data
         attrs = dict(data["attributes"])
         doi = str(attrs.get("doi") or data.get("id") or "").lower()
@@ -148,15 +152,8 @@ class FakeDataCite:
     async def update(self, request: Request) -> Response:
         doi = request.path_params["doi"].lower()
         self.calls.append(("PUT", f"/dois/{doi}", None))
-        if (down := self._outage()) is not None:
-            return down
-        if not self._authorised(request):
-            return _errors(401, {"title": "Bad credentials."})
-        try:
-            data = self._body(await request.json())
-        except ValueError:
-            return _errors(400, {"title": "You need to provide a payload following the JSONAPI spec"})
-        if isinstance(data, JSONResponse):
+        data = await self._write_body(request)
+        if isinstance(data, Response):
             return data
         attrs = dict(data["attributes"])
         self.calls[-1] = ("PUT", f"/dois/{doi}", attrs.get("event"))
