@@ -128,6 +128,8 @@ def test_viewer_renders_a_ct_series_from_the_hubs_own_origin(page: Page, browser
     assert requests and all(u.startswith(live_server.url + "/") for u in requests), requests
     assert any("/rendered" in u for u in requests) and any(u.endswith("/static/viewer.js") for u in requests)
     assert problems == []
+    policy = page.request.get("/projects/lung/viewer").headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe" not in policy and "wasm" not in policy  # the hub's own
 
     # bob (another project's PI) gets 404 for the viewer, as for everything of lung's
     other = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})

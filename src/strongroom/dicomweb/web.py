@@ -53,4 +53,4 @@ def dataset_viewer(session: Session, principal: Principal, ds: Dataset) -> list[
     except NotFound:
         return []
     return [{"href": f"/projects/{project.slug}/viewer", "text": "Open the images in the viewer",
-             "hint": "studies and series over DICOMweb, in this browser; nothing is downloaded"}]
+             "hint": "studies and series in this browser, rendered by the hub; the files are not downloaded"}]

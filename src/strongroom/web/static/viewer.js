@@ -27,7 +27,7 @@
     zoom: 1, panX: 0, panY: 0, image: null, drawnKey: null
   };
   var cache = new Map();   // key → Promise<ImageBitmap>, oldest first
-  var rendering = false, again = false, seriesToken = 0;
+  var rendering = false, again = false, studyToken = 0, seriesToken = 0;  // tokens: only the latest choice lands
 
   // -- DICOMweb ------------------------------------------------------------------------------------
   function get(path, accept) {
@@ -113,10 +113,12 @@
   }
 
   function openStudy(study, wantedSeries) {
+    var token = ++studyToken;
     state.study = study;
     mark(studiesList, "study", study);
     message(seriesList, "Loading…");
     return dicomJson("/studies/" + study + "/series").then(function (found) {
+      if (token !== studyToken) { return; }
       seriesList.textContent = "";
       if (!found.length) { message(seriesList, "No series you may read."); return; }
       found.sort(function (a, b) { return (value(a, "00200011") || 0) - (value(b, "00200011") || 0); });
