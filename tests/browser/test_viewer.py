@@ -1,8 +1,8 @@
 """The image viewer (issue 13) in a real chromium: a member opens it from the project page on an imported
 CT series and sees the expected pixels (the canvas screenshot against the picture computed here from the
-de-identified pixel data with the same window), scrolls to the next slice and changes the window; every
-request the page makes goes to the hub's own origin; another project's member gets 404; once approved for
-the published dataset, that member opens the viewer from the dataset page."""
+de-identified pixel data with the same window), scrolls to the next slice, changes the window by key and
+by dragging; every request the page makes goes to the hub's own origin; another project's member gets 404;
+once approved for the published dataset, that member opens the viewer from the dataset page."""
 
 from __future__ import annotations
 
@@ -122,6 +122,15 @@ def test_viewer_renders_a_ct_series_from_the_hubs_own_origin(page: Page, browser
     page.keyboard.press("ArrowUp")
     rendered(canvas, series[-2].sop_instance_uid)
     assert np.abs(shown(canvas) - expected(hub, series[-2].file_id, 40, 400)).mean() < 1.0
+    # dragging right widens the window (a step of width/256 per pixel): 100 px from 40/400 is 40/556
+    box = canvas.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 100, box["y"] + box["height"] / 2)
+    page.mouse.up()
+    rendered(canvas, series[-2].sop_instance_uid, "40,556")
+    assert np.abs(shown(canvas) - expected(hub, series[-2].file_id, 40, 556)).mean() < 1.0
     page.screenshot(path=str(shots / "viewer-page.png"), full_page=True)
 
     # nothing from anywhere but the hub (no CDN, no fonts, no third-party script), and no CSP refusals
