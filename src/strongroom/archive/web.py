@@ -24,16 +24,21 @@ from ..deps import (
 )
 from ..errors import Invalid, NotFound
 from ..identity import service as identity
+from ..identity.principal import Principal
 from ..projects import service as projects
 from ..schemas import Int32
 from ..web.templating import redirect_with, templates
 from . import service
 from .backend import storage_for
+from .models import Dataset
 
 router = APIRouter()
 # A dataset's public page, if it has one (catalog: its published landing page): where a dataset's URL —
 # the ``value`` of the GA4GH visas naming it — leads anyone who may not open the dataset itself.
 LANDING_PAGES: list[Callable[[Session, str], str | None]] = []
+# In-platform ways to look at a dataset for this reader (dicomweb: the image viewer of a DICOM import dataset):
+# each returns dicts with "href", "text" and optionally "hint".
+DATASET_VIEWERS: list[Callable[[Session, Principal, Dataset], list[dict[str, str]]]] = []
 # The form without JavaScript. With it, the page encrypts in the browser and uses the upload API
 # (static/archive-upload.js), for files of any size. This fallback is kept in memory end to end: the
 # whole form stays under the 1 MiB body limit, which is also below the size at which the form parser
@@ -116,6 +121,7 @@ def dataset_page(request: Request, db: Db, dataset_id: str, version: Int32 | Non
         "owner_project": db.get(Project, ds.project_id), "next_after": files[-1].id if len(files) == 500 else None,
         "downloadable": service.dataset_downloadable(db, principal, ds, owner),
         "marks": service.version_marks(db, ds, shown) if shown else [],
+        "viewers": [v for provider in DATASET_VIEWERS for v in provider(db, principal, ds)],
     })
 
 
