@@ -83,7 +83,7 @@ def open_project(session: Session, principal: Principal, slug: str) -> ProjectAc
         select(Project, Membership).join(Membership, Membership.project_id == Project.id)
         .where(Project.slug == slug, Membership.user_id == principal.user.id)
     ).first()
-    if row is None:
+    if row is None or (principal.project_id is not None and row[0].id != principal.project_id):
         raise NotFound(f"no project {slug!r}")
     _require_mfa(principal)
     project, membership = row
