@@ -7,6 +7,7 @@ revokes the workspace's project-bound token."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import shutil
@@ -38,8 +39,8 @@ from strongroom.workspaces import launcher, netns, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from support.live import serving
 
-pytestmark = pytest.mark.skipif(shutil.which("jupyter-lab") is None and not (
-    Path(sys.executable).parent / "jupyter-lab").exists(), reason="jupyterlab is not installed (pip install -e '.[test]')")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
+                                reason="jupyterlab is not installed (pip install -e '.[test]')")
 
 NO_NETNS = netns.missing()
 DEST_NS, DEST_HOST_IP, DEST_IP = "srtest-dest", "10.214.0.1", "10.214.0.2"
@@ -51,7 +52,7 @@ def hub_sock() -> Iterator[socket.socket]:
     through their veth's host side (a loopback-only hub is out of their reach)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", 0))  # noqa: S104
+    sock.bind(("0.0.0.0", 0))
     yield sock
     sock.close()
 
@@ -230,9 +231,11 @@ def destination() -> Iterator[tuple[int, int]]:
     ns = ["ip", "netns", "exec", DEST_NS]
     subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
     subprocess.run(["ip", "link", "del", "srtdh"], capture_output=True, check=False)
-    for cmd in (["ip", "netns", "add", DEST_NS], ["ip", "link", "add", "srtdh", "type", "veth", "peer", "name", "srtdn"],
-                ["ip", "link", "set", "srtdn", "netns", DEST_NS], ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", "srtdh"],
-                ["ip", "link", "set", "srtdh", "up"], [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", "srtdn"],
+    for cmd in (["ip", "netns", "add", DEST_NS],
+                ["ip", "link", "add", "srtdh", "type", "veth", "peer", "name", "srtdn"],
+                ["ip", "link", "set", "srtdn", "netns", DEST_NS],
+                ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", "srtdh"], ["ip", "link", "set", "srtdh", "up"],
+                [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", "srtdn"],
                 [*ns, "ip", "link", "set", "srtdn", "up"], [*ns, "ip", "link", "set", "lo", "up"],
                 [*ns, "ip", "route", "add", "default", "via", DEST_HOST_IP]):
         subprocess.run(cmd, check=True, capture_output=True)
@@ -240,9 +243,9 @@ def destination() -> Iterator[tuple[int, int]]:
     ports = (18081, 18082)  # inside the destination's own namespace: nothing else listens there
     try:
         for port in ports:
-            servers.append(subprocess.Popen([*ns, sys.executable, "-m", "http.server", str(port), "--bind", DEST_IP],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            cwd="/tmp"))  # noqa: S108
+            servers.append(subprocess.Popen(
+                [*ns, sys.executable, "-m", "http.server", str(port), "--bind", DEST_IP],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp"))
         for port in ports:  # ready when it accepts (a probe with a deadline)
             _wait_port(DEST_NS, DEST_IP, port)
         yield ports

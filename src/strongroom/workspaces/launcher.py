@@ -8,6 +8,7 @@ its token in ``JUPYTER_TOKEN`` (never on a command line, never sent to the brows
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -159,10 +160,8 @@ class LocalLauncher:
                 time.sleep(0.1)
             if not self.alive(handle):
                 break
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(handle.pid, os.WNOHANG)  # reap it when this process started it
-        except ChildProcessError:
-            pass
 
     def alive(self, handle: Handle) -> bool:
         if handle.pid is None:
@@ -197,7 +196,7 @@ class SlurmLauncher:
 
     def script(self, spec: Spec) -> str:
         """The batch script. Secrets come from the job's exported environment, never from this text."""
-        argv = jupyter_argv(spec, "0.0.0.0", 0)  # noqa: S104 - the node's address; the hub probes it
+        argv = jupyter_argv(spec, "0.0.0.0", 0)
         argv = [a for a in argv if not a.startswith("--port")]
         return "\n".join([
             "#!/bin/sh",

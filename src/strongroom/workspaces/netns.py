@@ -44,13 +44,13 @@ class Plan:
 
 def plan_for(slot: int, subnet: str, *, hub_port: int, allowed: list[tuple[str, int]]) -> Plan:
     """Slot ``n`` gets the n-th /30 of ``subnet``: ``.1`` on the host side, ``.2`` in the namespace."""
-    net = ipaddress.ip_network(subnet)
-    blocks = net.subnets(new_prefix=30)
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.ip_network(subnet)
+    blocks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(net.subnets(new_prefix=30))
     for i, block in enumerate(blocks):
         if i == slot:
-            hosts = list(block.hosts())
-            return Plan(name=f"srws-{slot}", host_if=f"srwh{slot}", ns_if=f"srwn{slot}", host_ip=str(hosts[0]),
-                        ns_ip=str(hosts[1]), hub_port=hub_port, allowed=tuple(allowed))
+            hosts = [str(h) for h in block.hosts()]
+            return Plan(name=f"srws-{slot}", host_if=f"srwh{slot}", ns_if=f"srwn{slot}", host_ip=hosts[0],
+                        ns_ip=hosts[1], hub_port=hub_port, allowed=tuple(allowed))
     raise NetnsError(f"subnet {subnet} has no room for workspace slot {slot}")
 
 

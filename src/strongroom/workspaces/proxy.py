@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request, WebSocket
@@ -77,7 +76,7 @@ async def proxy_http(request: Request, slug: str, workspace_id: str, path: str) 
         headers["cookie"] = cookie
     headers["authorization"] = f"token {target.token}"
     url = f"http://{target.host}:{target.port}{request.url.path}"
-    query = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    query = httpx.QueryParams([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0)) as client:
         try:
             upstream = await client.request(request.method, url, params=query, headers=headers,
@@ -132,7 +131,7 @@ async def proxy_ws(websocket: WebSocket, slug: str, workspace_id: str, path: str
 
     async def up() -> None:  # browser → workspace
         while True:
-            message: dict[str, Any] = await websocket.receive()
+            message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("bytes") is not None:

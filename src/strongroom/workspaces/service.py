@@ -33,8 +33,8 @@ from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import netns
-from .launcher import Handle, LaunchError, Launcher, LocalLauncher, SlurmLauncher, Spec
-from .models import FAILED, LIVE, RUNNING, STOPPED, Workspace
+from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
+from .models import LIVE, RUNNING, STOPPED, Workspace
 
 TOKEN_SCOPES = ["data:read", "projects:read"]  # what STRONGROOM_TOKEN may do (within its one project)
 
