@@ -351,3 +351,56 @@ def test_netns_rules_name_only_the_hub_and_the_list() -> None:
     assert "policy drop" in rules and "ip daddr 10.213.0.13 tcp dport 8000 accept" in rules
     assert "ip daddr 192.0.2.10 tcp dport 22 accept" in rules
     assert os.path.basename(netns.wrap(plan, ["true"])[0]) == "ip"
+
+
+def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
+    """A workspace started during the project's GPU booking runs until the booking ends: its owner is warned
+    before (an e-mail), it stops at the end; another stops when idle. The pages show them."""
+    from fastapi.testclient import TestClient
+
+    from conftest import web_client
+    from strongroom.compute.models import Booking
+    from strongroom.jobs.models import Job
+
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, _ = _member_session(hub, people, "carol", "lung")
+    admin = people("olga", admin=True)
+    now = dt.datetime.now(dt.UTC)
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1", start_at=now - dt.timedelta(hours=1),
+                          end_at=now + dt.timedelta(minutes=20), booked_by=carol.user.id)
+        s.add(booking)
+        s.flush()
+        booking_id, end = booking.id, booking.end_at
+    first, second = _start(hub, carol, "lung"), _start(hub, carol, "lung")
+    try:
+        assert first.booking_id == booking_id and first.ends_at == end
+        page = web_client(app, hub, carol).get("/projects/lung/workspaces")
+        assert page.status_code == 200 and f"GPU booking {booking_id}" in page.text and "h left" in page.text
+        assert f"/projects/lung/workspaces/{first.id}/lab" in page.text
+        assert web_client(app, hub, carol).get("/admin/workspaces").status_code == 404
+        operators = web_client(app, hub, admin).get("/admin/workspaces")
+        assert operators.status_code == 200 and str(first.id)[:8] in operators.text
+        assert TestClient(app).get("/api/v1/workspaces/projects/lung").status_code == 401
+        with transaction(hub.sessions) as s:
+            assert service.check_bookings(s, hub.settings, now=now) == {"warned": 2, "stopped": 0}
+            assert service.check_bookings(s, hub.settings, now=now) == {"warned": 0, "stopped": 0}  # once
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            assert [m["template"] for m in mails] == ["workspace_ending", "workspace_ending"]
+            s.get(Workspace, second.id).booking_id = None  # the second one runs on: only idle time stops it
+        with transaction(hub.sessions) as s:
+            assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
+        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=hub.settings.workspaces.idle_minutes + 1)
+        with transaction(hub.sessions) as s:
+            assert service.check_idle(s, hub.settings, hub.secret, now=dt.datetime.now(dt.UTC)) == {
+                "idle": 0, "exited": 0}
+            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {"idle": 1, "exited": 0}
+        with transaction(hub.sessions) as s:
+            assert [(w.state, w.stop_reason) for w in (s.get(Workspace, first.id), s.get(Workspace, second.id))] == [
+                (STOPPED, "booking-end"), (STOPPED, "idle")]
+        assert not Path(first.scratch).exists() and not Path(second.scratch).exists()
+    finally:
+        _stop(hub, first)
+        _stop(hub, second)
