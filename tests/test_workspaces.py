@@ -38,6 +38,7 @@ from strongroom.projects.models import ProjectSetting
 from strongroom.workspaces import launcher, netns, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from support.live import serving
+from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
                                 reason="jupyterlab is not installed (pip install -e '.[test]')")
@@ -404,3 +405,60 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     finally:
         _stop(hub, first)
         _stop(hub, second)
+
+
+def _squeue(slurm, job_id: str) -> str:  # noqa: F811
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %R"], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_CONF": str(slurm.conf)}, timeout=30, check=False)
+    return done.stdout.strip()
+
+
+def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> None:  # noqa: F811
+    """The Slurm launcher: sbatch into the booking's reservation (sr-<id>) with its GPUs, reached through the
+    proxy like a local one; the booking's end stops it (scancel) and wipes the scratch."""
+    import time
+
+    from strongroom.compute.models import Booking
+
+    settings = hub.settings.model_copy(update={
+        "workspaces": hub.settings.workspaces.model_copy(update={"launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
+        "compute": hub.settings.compute.model_validate({
+            "machines": {"dgx2": {"gpus": 16, "slurm_license": LICENSE}},
+            "slurm": {"enabled": True, "slurm_conf": slurm.conf}})})
+    hub.settings = settings
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, carol_cookie = _member_session(hub, people, "carol", "lung")
+    now = dt.datetime.now(dt.UTC)
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1",
+                          start_at=now - dt.timedelta(minutes=5), end_at=now + dt.timedelta(hours=1),
+                          booked_by=carol.user.id)
+        s.add(booking)
+        s.flush()
+        name, end = booking.reservation_name, booking.end_at
+    slurm.scontrol("create", "reservation", f"ReservationName={name}", "StartTime=now", "Duration=60",
+                   "Users=root", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
+    try:
+        ws = _start(hub, carol, "lung")
+        try:
+            assert ws.launcher == "slurm" and ws.job_id and ws.isolation == "none"
+            job = slurm.scontrol("-o", "show", "job", ws.job_id)
+            assert f"Reservation={name}" in job and "JobState=RUNNING" in job, job
+            assert f"{LICENSE}:2" in job and "gpu:2" in job, job
+            r = httpx.get(f"{live}{service.base_path('lung', ws.id)}api/status",
+                          cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+            assert r.status_code == 200
+            assert service.jupyter_token(hub.secret, ws.id) not in (Path(ws.scratch) / ".job.sh").read_text()
+            with transaction(hub.sessions) as s:
+                assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
+            deadline = time.monotonic() + 60
+            while _squeue(slurm, ws.job_id) and time.monotonic() < deadline:  # scancel is asynchronous
+                time.sleep(0.2)
+            assert _squeue(slurm, ws.job_id) == ""
+            assert not Path(ws.scratch).exists()
+        finally:
+            _stop(hub, ws)
+    finally:
+        slurm.scontrol("delete", f"ReservationName={name}")

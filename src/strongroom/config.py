@@ -256,6 +256,7 @@ class WorkspaceSettings(BaseModel):
     scancel: str = "scancel"
     squeue: str = "squeue"
     slurm_partition: str = ""
+    slurm_host: str = ""  # the address JupyterLab binds on the node and the hub dials ("": the node's first)
 
 
 class DoiSettings(BaseModel):

@@ -43,6 +43,8 @@ class Spec:
     reservation: str = ""  # Slurm: the booking's reservation
     gpus: int = 0
     partition: str = ""
+    license: str = ""  # Slurm 22.05: the machine's GPUs as a cluster licence (-L name:gpus), see compute
+    slurm_host: str = ""  # Slurm: the address JupyterLab binds and the hub dials ("": the node's first address)
     run_as: str = ""  # the hub runs as root: JupyterLab runs as this user, with no capabilities
     drop_caps: bool = False  # the hub runs as root and run_as is empty: root without any capability
 
@@ -196,13 +198,18 @@ class SlurmLauncher:
 
     def script(self, spec: Spec) -> str:
         """The batch script. Secrets come from the job's exported environment, never from this text."""
-        argv = jupyter_argv(spec, "0.0.0.0", 0)
-        argv = [a for a in argv if not a.startswith("--port")]
+        bind = spec.slurm_host or "0.0.0.0"
+        argv = [a for a in jupyter_argv(spec, bind, 0) if not a.startswith("--port")]
+        if spec.drop_caps:
+            argv.append("--allow-root")
+        python = shlex.quote(spec.python or sys.executable)
+        host = shlex.quote(spec.slurm_host) if spec.slurm_host else '$(hostname -I | cut -d" " -f1)'
+        free_port = f"import socket; s=socket.socket(); s.bind(('{bind}', 0)); print(s.getsockname()[1])"
         return "\n".join([
             "#!/bin/sh",
             "set -eu",
-            'PORT=$(python3 -c "import socket; s=socket.socket(); s.bind((\'\', 0)); print(s.getsockname()[1])")',
-            f'echo "$(hostname -I | cut -d" " -f1) $PORT" > {shlex.quote(str(spec.scratch / ".where"))}',
+            f"PORT=$({python} -c {shlex.quote(free_port)})",
+            f'echo "{host} $PORT" > {shlex.quote(str(spec.scratch / ".where"))}',
             f'exec {shlex.join(argv)} --port="$PORT" --port-retries=0',
             ""])
 
@@ -214,6 +221,8 @@ class SlurmLauncher:
             args.append(f"--reservation={spec.reservation}")
         if spec.gpus:
             args.append(f"--gres=gpu:{spec.gpus}")
+            if spec.license:
+                args.append(f"--licenses={spec.license}:{spec.gpus}")
         if spec.partition:
             args.append(f"--partition={spec.partition}")
         return args
@@ -240,10 +249,13 @@ class SlurmLauncher:
         host, port = where.read_text().split()
         handle = Handle(host=host, port=int(port), job_id=job_id)
         try:
-            wait_ready(host, int(port), spec, timeout=max(5.0, deadline - time.monotonic()))
-        except LaunchError:
+            wait_ready(host, int(port), spec, timeout=max(5.0, deadline - time.monotonic()),
+                       alive=lambda: self.alive(handle))
+        except LaunchError as exc:
             self.stop(handle)
-            raise
+            log = spec.scratch / ".jupyter.log"
+            tail = log.read_text(errors="replace")[-1200:] if log.exists() else ""
+            raise LaunchError(f"{exc}; {tail}") from None
         return handle
 
     def stop(self, handle: Handle) -> None:

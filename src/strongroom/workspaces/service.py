@@ -214,7 +214,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 python=w.python, netns=plan.name if plan else "", run_as=run_as,
                 drop_caps=os.geteuid() == 0 and not run_as, listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
-                gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition)
+                gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
+                license=_license(settings, booking), slurm_host=w.slurm_host)
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use
@@ -224,7 +225,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
         if plan is not None:
             netns.teardown(plan)
         shutil.rmtree(scratch, ignore_errors=True)
-        raise Conflict(f"the workspace could not start: {str(exc)[:500]}") from None
+        raise Conflict(f"the workspace could not start: {str(exc)[-1500:]}") from None
     ws.host, ws.port, ws.pid, ws.job_id = handle.host, handle.port, handle.pid, handle.job_id
     ws.state, ws.started_at = RUNNING, utcnow()
     audit.record(session, principal.actor, "workspace.started", project_id=access.project.id,
@@ -232,6 +233,11 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                  details={"launcher": ws.launcher, "isolation": ws.isolation, "booking": ws.booking_id,
                           "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix})
     return ws
+
+
+def _license(settings: Settings, booking: Booking | None) -> str:
+    machine = settings.compute.machines.get(booking.machine) if booking is not None else None
+    return machine.slurm_license if machine is not None else ""
 
 
 def wipe(path: str) -> None:
