@@ -337,10 +337,10 @@ def test_slurm_job_asks_for_the_reservation(tmp_path: Path) -> None:
     spec = launcher.Spec(workspace_id=str(uuid.uuid4()), base_url="/projects/lung/workspaces/x/",
                          jupyter_token="t" * 64, scratch=tmp_path, env={"STRONGROOM_TOKEN": "sr_secret"},
                          reservation="sr-12", gpus=4)
-    slurm = launcher.SlurmLauncher()
-    args = slurm.sbatch_args(spec)
+    slurm_launcher = launcher.SlurmLauncher()
+    args = slurm_launcher.sbatch_args(spec)
     assert "--reservation=sr-12" in args and "--gres=gpu:4" in args
-    script = slurm.script(spec)
+    script = slurm_launcher.script(spec)
     assert "sr_secret" not in script and "t" * 64 not in script and "sr_secret" not in " ".join(args)
     assert "--ServerApp.base_url=/projects/lung/workspaces/x/" in script
 
@@ -370,7 +370,8 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     now = dt.datetime.now(dt.UTC)
     with transaction(hub.sessions) as s:
         pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
-        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1", start_at=now - dt.timedelta(hours=1),
+        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1",
+                          start_at=now - dt.timedelta(hours=1),
                           end_at=now + dt.timedelta(minutes=20), booked_by=carol.user.id)
         s.add(booking)
         s.flush()
@@ -421,7 +422,8 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
     from strongroom.compute.models import Booking
 
     settings = hub.settings.model_copy(update={
-        "workspaces": hub.settings.workspaces.model_copy(update={"launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
+        "workspaces": hub.settings.workspaces.model_copy(update={
+            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
         "compute": hub.settings.compute.model_validate({
             "machines": {"dgx2": {"gpus": 16, "slurm_license": LICENSE}},
             "slurm": {"enabled": True, "slurm_conf": slurm.conf}})})
