@@ -464,3 +464,30 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
             _stop(hub, ws)
     finally:
         slurm.scontrol("delete", f"ReservationName={name}")
+
+
+def test_project_bound_token_sees_one_project(hub, app, people) -> None:
+    """The workspace's token kind: bound to one project, the caller's other projects do not exist for it."""
+    from fastapi.testclient import TestClient
+
+    from conftest import bearer
+    from strongroom.audit.service import Actor
+    from strongroom.identity import service as identity
+    from strongroom.identity.models import User
+
+    alice_id = people("alice").user.id
+    make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="alice")
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        alice = s.get(User, alice_id)
+        token, plaintext = identity.create_project_token(s, Actor.system("test"), alice, project_id=pid,
+                                                         name="workspace", scopes=service.TOKEN_SCOPES, minutes=5)
+        prefix = token.prefix
+    c = TestClient(app)
+    assert [p["slug"] for p in c.get("/api/v1/projects", headers=bearer(plaintext)).json()] == ["lung"]
+    assert c.get("/api/v1/projects/lung", headers=bearer(plaintext)).status_code == 200
+    assert c.get("/api/v1/projects/heart", headers=bearer(plaintext)).status_code == 404
+    with transaction(hub.sessions) as s:
+        identity.revoke_token_by_prefix(s, Actor.system("test"), prefix)
+    assert c.get("/api/v1/projects/lung", headers=bearer(plaintext)).status_code == 401

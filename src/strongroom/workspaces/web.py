@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from ..db import utcnow
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
-from ..errors import Conflict, Invalid
+from ..errors import Invalid
 from ..projects import service as projects
 from ..projects.models import Project
 from ..web.templating import redirect_with, templates
