@@ -3,7 +3,7 @@
 # dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender), Prometheus' promtool
 # (checks and unit-tests the alerting rules in deploy/prometheus), Slurm (slurmctld, slurmd, scontrol) with
 # munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider used by the
-# OIDC tests.
+# OIDC tests; iproute2 and nftables for the workspaces' network namespaces.
 # Idempotent; fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,10 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool checks
 [ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)
 command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
 [ -x /usr/sbin/munged ] || need_apt+=(munge)
+# network namespaces with nftables rules for the notebook workspaces' egress tests (test_workspaces)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing system packages: ${need_apt[*]}"

@@ -126,8 +126,8 @@ def test_builtin_periodic_jobs_run(hub):
     assert kinds == ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
                      "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift", "fees.snapshot",
                      "identity.purge_expired", "jobs.prune", "notify.digest", "retention.clock", "retention.review",
-                     "stats.prune"]
-    assert runner.run_until_idle() == 15
+                     "stats.prune", "workspaces.booking_end", "workspaces.idle"]
+    assert runner.run_until_idle() == 17
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))

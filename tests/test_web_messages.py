@@ -48,7 +48,8 @@ def form_routes(app) -> set[str]:
     """Every POST route of the web pages (the API's routes are in the schema; pages are not)."""
     return {r.path_format for r in iter_route_contexts(app.routes)
             if isinstance(r.original_route, APIRoute) and "POST" in r.methods
-            and not r.path_format.startswith(("/api/", "/ga4gh/"))}
+            and not r.path_format.startswith(("/api/", "/ga4gh/"))
+            and r.path_format != "/projects/{slug}/workspaces/{workspace_id}/{path}"}  # JupyterLab's, proxied
 
 
 @dataclasses.dataclass
@@ -375,12 +376,15 @@ def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the 
 @pytest.fixture
 def settings(settings):
     """A partner bucket configured on the hub (never contacted here): the page offers it by name."""
-    from strongroom.config import AirlockSettings, ComputeSettings
+    from strongroom.config import AirlockSettings, ComputeSettings, WorkspaceSettings
 
     return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
         {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example"}}}),
         "compute": ComputeSettings.model_validate({"machines": {"dgx2": {"gpus": 16}},
-                                                   "over_budget": "allow_and_notify"})})
+                                                   "over_budget": "allow_and_notify"}),
+        # real JupyterLab processes (test_workspaces has the namespaces and the proxy)
+        "workspaces": WorkspaceSettings(isolation="none", allow_unisolated=True, run_as="",
+                                        scratch_dir=settings.var_dir.parent / "workspaces")})
 
 
 def _airlock_external(w: World, ok: bool):  # an S3 bucket configured on the hub, chosen by name
@@ -477,6 +481,27 @@ def _compute_cancel(w: World, ok: bool):  # rita is no member of chest: no such 
     return post(w.c("memo" if ok else "rita"), f"/projects/chest/compute/bookings/{booking}/cancel")
 
 
+def _live_workspace(w: World) -> str:
+    from strongroom.workspaces.models import RUNNING, Workspace
+
+    with w.hub.sessions() as s:
+        return str(s.scalar(select(Workspace.id).where(Workspace.state == RUNNING)))
+
+
+def _workspace_start(w: World, ok: bool):  # rita is no member of chest
+    return post(w.c("memo" if ok else "rita"), "/projects/chest/workspaces")
+
+
+def _workspace_stop(w: World, ok: bool):  # the owner stops it; a made-up id is refused
+    return post(w.c("memo"), "/projects/chest/workspaces/stop", {"workspace": _live_workspace(w) if ok else "nope"})
+
+
+def _workspace_operator_stop(w: World, ok: bool):  # an operator stops anyone's; memo is no operator
+    if ok:
+        post(w.c("memo"), "/projects/chest/workspaces")
+    return post(w.c("pia" if ok else "memo"), "/admin/workspaces/stop", {"workspace": _live_workspace(w)})
+
+
 def _compute_budget(w: World, ok: bool):  # an operator sets the class; a custom class needs its number
     return post(w.c("pia"), "/admin/compute/budget", {"project": "chest", "klass": "fellowship" if ok else "custom",
                                                      "gpu_weeks": "", "period_start": "2026-01-01", "months": "12"})
@@ -569,6 +594,9 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/compute/bookings": _compute_book,
     "/projects/{slug}/compute/bookings/{booking_id}/cancel": _compute_cancel,
     "/admin/compute/budget": _compute_budget,
+    "/projects/{slug}/workspaces": _workspace_start,
+    "/projects/{slug}/workspaces/stop": _workspace_stop,
+    "/admin/workspaces/stop": _workspace_operator_stop,
     "/datasets/{dataset_id}/retention/class": lambda w, ok: _retention(
         w, "class", "pia", {"dataset_class": "validation" if ok else "forever"}),
     "/datasets/{dataset_id}/retention/extend": lambda w, ok: _retention(

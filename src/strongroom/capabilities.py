@@ -43,6 +43,7 @@ CAPABILITIES = [
     "strongroom.strategies",
     "strongroom.airlock",
     "strongroom.compute",
+    "strongroom.workspaces",
     "strongroom.stats",
     "strongroom.fees",
     "strongroom.retention",

@@ -229,6 +229,36 @@ class ComputeSettings(BaseModel):
     slurm: ComputeSlurmSettings = Field(default_factory=ComputeSlurmSettings)
 
 
+class WorkspaceSettings(BaseModel):
+    """Notebook workspaces (``[workspaces]``, see docs/workspaces.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    launcher: Literal["local", "slurm"] = "local"  # local: a process on the hub's machine; slurm: sbatch
+    python: str = ""  # the interpreter that runs JupyterLab (default: the hub's own)
+    # a hub running as root starts JupyterLab as this user, without capabilities; "": as root without any
+    # capability (cannot touch its namespace's rules, but owns root's files: for test machines only)
+    run_as: str = "nobody"
+    # namespace: each workspace in its own network namespace with nftables rules (root, `ip`, `nft`);
+    # none: no egress control at all, refused unless allow_unisolated (development only, labelled on the pages)
+    isolation: Literal["namespace", "none"] = "namespace"
+    allow_unisolated: bool = False
+    subnet: str = "10.213.0.0/16"  # carved into one /30 per workspace (host side .1, workspace .2)
+    hub_url: str = ""  # what a workspace calls the hub; default http://<the veth's host side>:<port>
+    hub_port: int = Field(0, ge=0, le=65535)  # the hub's port the workspace may reach; 0: settings.port
+    scratch_dir: Path | None = None  # default /dev/shm/strongroom-workspaces (tmpfs), else <var_dir>/workspaces
+    idle_minutes: int = Field(120, ge=1, le=10080)  # stopped after this long without kernel activity
+    max_per_user: int = Field(2, ge=1, le=50)
+    token_minutes: int = Field(12 * 60, ge=5, le=7 * 24 * 60)  # the workspace's hub token (revoked at stop)
+    warn_minutes: int = Field(30, ge=1, le=1440)  # notice before the booking ends
+    start_timeout_seconds: float = Field(60.0, gt=0, le=600)
+    sbatch: str = "sbatch"
+    scancel: str = "scancel"
+    squeue: str = "squeue"
+    slurm_partition: str = ""
+    slurm_host: str = ""  # the address JupyterLab binds on the node and the hub dials ("": the node's first)
+
+
 class DoiSettings(BaseModel):
     """DataCite (``[doi]``, see docs/fair.md): without a repository id, password and prefix the hub mints
     no DOIs (and says so); it never invents one."""
@@ -291,6 +321,7 @@ class Settings(BaseSettings):
     doi: DoiSettings = Field(default_factory=DoiSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    workspaces: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
 
     @classmethod
     def settings_customise_sources(

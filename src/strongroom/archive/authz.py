@@ -37,6 +37,8 @@ def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
         return set()
     ids = set()
     for m in session.scalars(select(Membership).where(Membership.user_id == principal.user.id)):
+        if principal.project_id is not None and m.project_id != principal.project_id:
+            continue  # a token bound to one project (a workspace's) reads through that project only
         if "read-data" in projects.effective_rights(session, m):
             ids.add(m.project_id)
     return ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 
 from ..audit.service import Actor
@@ -29,6 +30,8 @@ class Principal:
     scopes: frozenset[str]
     credential_id: str  # session hash prefix or token prefix, for the audit trail
     ip: str | None = None
+    # A token bound to one project (a notebook workspace's): every other project is invisible to it.
+    project_id: uuid.UUID | None = None
 
     @property
     def has_mfa(self) -> bool:

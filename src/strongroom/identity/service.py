@@ -486,8 +486,41 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None) -> Prin
     audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
     # A token was minted under fresh MFA: that moment is its MFA time.
     scopes = frozenset(token.scopes) & frozenset(_scopes_for(user))
+    bound = [s.removeprefix(PROJECT_SCOPE) for s in token.scopes if s.startswith(PROJECT_SCOPE)]
     return Principal(user=user, via="token", mfa_at=token.created_at, scopes=scopes,
-                     credential_id=f"token:{token.prefix}", ip=ip)
+                     credential_id=f"token:{token.prefix}", ip=ip,
+                     project_id=uuid.UUID(bound[0]) if bound else None)
+
+
+PROJECT_SCOPE = "project:"  # a scope entry binding a token to one project (never offered on the token page)
+
+
+def create_project_token(session: Session, actor: Actor, user: User, *, project_id: uuid.UUID, name: str,
+                         scopes: list[str], minutes: int) -> tuple[ApiToken, str]:
+    """A short-lived token bound to one project (a notebook workspace's ``STRONGROOM_TOKEN``): minted by the
+    hub for a member who just passed fresh MFA, revoked when the workspace stops."""
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise Invalid(f"unknown or missing scopes: {sorted(unknown)}")
+    prefix = secrets.token_hex(6)
+    secret = new_secret(24)
+    token = ApiToken(user_id=user.id, name=name[:100], prefix=prefix, secret_hash=sha256_hex(secret),
+                     scopes=[*sorted(set(scopes)), f"{PROJECT_SCOPE}{project_id}"],
+                     expires_at=utcnow() + dt.timedelta(minutes=minutes))
+    session.add(token)
+    session.flush()
+    audit.record(session, actor, "token.created", subject_user_id=user.id, project_id=project_id,
+                 target=f"token:{prefix}", details={"name": token.name, "scopes": token.scopes,
+                                                    "minutes": minutes})
+    return token, f"sr_{prefix}_{secret}"
+
+
+def revoke_token_by_prefix(session: Session, actor: Actor, prefix: str) -> None:
+    """Revoke a token the hub minted (a workspace's, at stop)."""
+    token = session.scalar(select(ApiToken).where(ApiToken.prefix == prefix))
+    if token is not None and token.revoked_at is None:
+        token.revoked_at = utcnow()
+        audit.record(session, actor, "token.revoked", subject_user_id=token.user_id, target=f"token:{prefix}")
 
 
 def list_tokens(session: Session, user: User) -> list[ApiToken]:

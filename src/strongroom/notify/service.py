@@ -58,6 +58,7 @@ TEMPLATES: dict[str, str] = {
     "airlock_short_of_reviewers": "applicant",  # request_id, project, direction, state, needed, possible
     "compute_over_budget": "applicant",   # project, booking_id, machine, gpus, start, end, gpu_weeks, used, budget,
                                           # booked_by
+    "workspace_ending": "applicant",      # project, workspace, ends, minutes
     "retention_due": "applicant",         # name, dataset, dataset_id, version, keep_until, last_used, last_use, months
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")

@@ -74,7 +74,8 @@ def list_my_projects(session: Session, principal: Principal) -> list[tuple[Proje
         select(Project, Membership).join(Membership, Membership.project_id == Project.id)
         .where(Membership.user_id == principal.user.id).order_by(Project.name)
     )
-    return [(p, m) for p, m in rows]
+    # a token bound to one project (a workspace's) sees that project only
+    return [(p, m) for p, m in rows if principal.project_id is None or p.id == principal.project_id]
 
 
 def open_project(session: Session, principal: Principal, slug: str) -> ProjectAccess:
@@ -83,7 +84,7 @@ def open_project(session: Session, principal: Principal, slug: str) -> ProjectAc
         select(Project, Membership).join(Membership, Membership.project_id == Project.id)
         .where(Project.slug == slug, Membership.user_id == principal.user.id)
     ).first()
-    if row is None:
+    if row is None or (principal.project_id is not None and row[0].id != principal.project_id):
         raise NotFound(f"no project {slug!r}")
     _require_mfa(principal)
     project, membership = row

@@ -1,0 +1,40 @@
+"""The workspace table: one row per notebook session, from start to stop (stopped rows stay as history)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ..db import Base, CreatedMixin, IdMixin
+
+STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
+LIVE = (STARTING, RUNNING)
+
+
+class Workspace(IdMixin, CreatedMixin, Base):
+    __tablename__ = "workspaces"
+    __table_args__ = (Index("ix_workspaces_state", "state"),)
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    state: Mapped[str] = mapped_column(String(10), default=STARTING)
+    launcher: Mapped[str] = mapped_column(String(10))  # local | slurm
+    isolation: Mapped[str] = mapped_column(String(10))  # namespace | none
+    slot: Mapped[int | None] = mapped_column(Integer)  # the /30 of the subnet (namespace isolation)
+    host: Mapped[str] = mapped_column(String(255), default="")  # where Jupyter listens (the hub's proxy target)
+    port: Mapped[int] = mapped_column(Integer, default=0)
+    pid: Mapped[int | None] = mapped_column(Integer)  # local launcher: the process group
+    job_id: Mapped[str] = mapped_column(String(64), default="")  # Slurm
+    booking_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                                   ForeignKey("compute_bookings.id"))
+    ends_at: Mapped[dt.datetime | None]  # the booking's end: the workspace stops then
+    warned_at: Mapped[dt.datetime | None]
+    token_prefix: Mapped[str] = mapped_column(String(16), default="")  # STRONGROOM_TOKEN, revoked at stop
+    scratch: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[dt.datetime | None]
+    stopped_at: Mapped[dt.datetime | None]
+    stop_reason: Mapped[str] = mapped_column(String(20), default="")  # user | operator | idle | booking-end | …
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -1,0 +1,391 @@
+"""Workspaces: start (fresh MFA, the read-data right, a project-bound token, scratch, namespace, launcher), stop
+(by the owner, an operator, idle time, the booking's end: process gone, namespace gone, token revoked, scratch
+wiped), the proxy's check, and the periodic checks. Every start and stop is audited."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import os
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..audit import service as audit
+from ..audit.service import Actor
+from ..compute.models import ACTIVE as BOOKING_ACTIVE
+from ..compute.models import Booking
+from ..config import Settings
+from ..db import utcnow
+from ..errors import Conflict, Forbidden, MfaRequired, NotFound
+from ..identity import service as identity
+from ..identity.models import User
+from ..identity.principal import Principal
+from ..projects import service as projects
+from ..projects.models import Membership, Project
+from . import netns
+from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
+from .models import LIVE, RUNNING, STOPPED, Workspace
+
+TOKEN_SCOPES = ["data:read", "projects:read"]  # what STRONGROOM_TOKEN may do (within its one project)
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+def jupyter_token(secret: bytes, workspace_id: uuid.UUID) -> str:
+    """The workspace's own Jupyter token, derived (never stored): any hub process can proxy to it."""
+    return hmac.new(secret, f"workspace-jupyter:{workspace_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def base_path(slug: str, workspace_id: uuid.UUID) -> str:
+    return f"/projects/{slug}/workspaces/{workspace_id}/"
+
+
+def scratch_root(settings: Settings) -> Path:
+    """Per-workspace scratch lives here: the configured directory, tmpfs (/dev/shm) when there is one, else the
+    var directory."""
+    if settings.workspaces.scratch_dir is not None:
+        return settings.workspaces.scratch_dir
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm / "strongroom-workspaces"
+    return settings.var_dir / "workspaces"
+
+
+def launcher_for(settings: Settings) -> Launcher:
+    w = settings.workspaces
+    if w.launcher == "slurm":
+        return SlurmLauncher(sbatch=w.sbatch, scancel=w.scancel, squeue=w.squeue,
+                             slurm_conf=settings.compute.slurm.slurm_conf)
+    return LocalLauncher()
+
+
+def isolation_for(settings: Settings) -> tuple[str, str]:
+    """("namespace" | "none", why): the fallback without a namespace is refused unless allowed."""
+    w = settings.workspaces
+    if w.launcher == "slurm":
+        # The namespace is made on the hub's machine; a Slurm node applies its own network policy.
+        return "none", "Slurm node (the cluster's network policy applies)"
+    if w.isolation == "namespace":
+        why = netns.missing()
+        if why is None:
+            return "namespace", ""
+        if not w.allow_unisolated:
+            raise Conflict(f"workspaces need a network namespace and {why}; an operator may allow unisolated "
+                           "workspaces ([workspaces] allow_unisolated) for development only")
+        return "none", f"NO EGRESS CONTROL: {why}"
+    if not w.allow_unisolated:
+        raise Conflict("unisolated workspaces are not allowed on this hub ([workspaces] allow_unisolated)")
+    return "none", "NO EGRESS CONTROL: isolation is off"
+
+
+def _resolve(host: str, port: int) -> list[tuple[str, int]]:
+    try:
+        return [(str(ipaddress.ip_address(host.strip("[]"))), port)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return sorted({(str(info[4][0]), port) for info in infos})
+
+
+def allowed_destinations(session: Session, settings: Settings, project_id: uuid.UUID) -> list[tuple[str, int]]:
+    """The project's allow-listed network destinations: the airlock's approved destinations that are network
+    endpoints (SFTP servers; S3 credentials' endpoints), resolved to addresses when the workspace starts."""
+    out: list[tuple[str, int]] = []
+    for d in projects.get_setting(session, project_id, "egress_destinations") or []:
+        if d.get("kind") == "sftp":
+            out += _resolve(str(d["host"]), int(d.get("port") or 22))
+        elif d.get("kind") == "s3" and (cred := settings.airlock.s3.get(str(d.get("credential")))) is not None:
+            parts = urlsplit(cred.endpoint_url or "https://s3.amazonaws.com")
+            if parts.hostname:
+                out += _resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    return sorted(set(out))
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _require_reader(principal: Principal, access: projects.ProjectAccess, settings: Settings) -> None:
+    access.require("read-data")
+    if principal.via != "session":
+        raise Forbidden("workspaces are started from the project's page")
+    if not principal.mfa_is_fresh(settings.security.fresh_mfa_minutes):
+        raise MfaRequired("starting a workspace needs a fresh multi-factor login")
+
+
+def active_booking(session: Session, project_id: uuid.UUID, now: dt.datetime) -> Booking | None:
+    return session.scalar(select(Booking).where(
+        Booking.project_id == project_id, Booking.state == BOOKING_ACTIVE, Booking.start_at <= now,
+        Booking.end_at > now).order_by(Booking.end_at.desc()).limit(1))
+
+
+def list_mine(session: Session, access: projects.ProjectAccess, user: User) -> list[Workspace]:
+    return list(session.scalars(select(Workspace).where(
+        Workspace.project_id == access.project.id, Workspace.user_id == user.id)
+        .order_by(Workspace.created_at.desc()).limit(50)))
+
+
+def list_live(session: Session) -> list[Workspace]:
+    return list(session.scalars(select(Workspace).where(Workspace.state.in_(LIVE))
+                                .order_by(Workspace.created_at)))
+
+
+def _free_slot(session: Session) -> int:
+    taken = set(session.scalars(select(Workspace.slot).where(Workspace.state.in_(LIVE),
+                                                             Workspace.slot.is_not(None))))
+    slot = 0
+    while slot in taken:
+        slot += 1
+    return slot
+
+
+def plan_of(settings: Settings, ws: Workspace, allowed: list[tuple[str, int]] | None = None) -> netns.Plan:
+    assert ws.slot is not None
+    return netns.plan_for(ws.slot, settings.workspaces.subnet, hub_port=settings.workspaces.hub_port or settings.port,
+                          allowed=allowed or [])
+
+
+def _launcher_of(settings: Settings, ws: Workspace) -> Launcher:
+    """The launcher that started ``ws`` (the setting may have changed since)."""
+    if ws.launcher == "slurm":
+        return SlurmLauncher(sbatch=settings.workspaces.sbatch, scancel=settings.workspaces.scancel,
+                             squeue=settings.workspaces.squeue, slurm_conf=settings.compute.slurm.slurm_conf)
+    return LocalLauncher()
+
+
+def _handle(ws: Workspace) -> Handle:
+    return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id)
+
+
+# -- start / stop ------------------------------------------------------------------------------
+def start(session: Session, settings: Settings, secret: bytes, principal: Principal,
+          access: projects.ProjectAccess) -> Workspace:
+    """Start a JupyterLab for the caller in this project; returns it running (or raises, leaving nothing)."""
+    _require_reader(principal, access, settings)
+    w = settings.workspaces
+    mine = session.scalars(select(Workspace).where(Workspace.user_id == principal.user.id,
+                                                   Workspace.state.in_(LIVE))).all()
+    if len(mine) >= w.max_per_user:
+        raise Conflict(f"you already run {len(mine)} workspaces (at most {w.max_per_user}): stop one first")
+    isolation, why = isolation_for(settings)
+    now = utcnow()
+    booking = active_booking(session, access.project.id, now)
+    ws = Workspace(id=uuid.uuid4(), project_id=access.project.id, user_id=principal.user.id, launcher=w.launcher,
+                   isolation=isolation, detail=why, booking_id=booking.id if booking else None,
+                   ends_at=booking.end_at if booking else None)
+    ws.slot = _free_slot(session) if isolation == "namespace" else None
+    session.add(ws)
+    session.flush()
+    scratch = scratch_root(settings) / str(ws.id)
+    scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    scratch.mkdir(mode=0o700)
+    run_as = w.run_as if os.geteuid() == 0 else ""
+    if run_as:
+        import pwd
+
+        entry = pwd.getpwnam(run_as)
+        os.chown(scratch, entry.pw_uid, entry.pw_gid)
+    ws.scratch = str(scratch)
+    token, plaintext = identity.create_project_token(
+        session, principal.actor, principal.user, project_id=access.project.id, name=f"workspace {ws.id}",
+        scopes=TOKEN_SCOPES, minutes=w.token_minutes)
+    ws.token_prefix = token.prefix
+    plan = None
+    allowed = allowed_destinations(session, settings, access.project.id)
+    hub_url = settings.base_url.rstrip("/")
+    listen_ip, port = "127.0.0.1", 0
+    if isolation == "namespace":
+        plan = plan_of(settings, ws, allowed)
+        hub_url = w.hub_url.rstrip("/") or f"http://{plan.host_ip}:{plan.hub_port}"
+        listen_ip, port = plan.ns_ip, plan.jupyter_port
+    spec = Spec(workspace_id=str(ws.id), base_url=base_path(access.project.slug, ws.id),
+                jupyter_token=jupyter_token(secret, ws.id), scratch=scratch,
+                env={"STRONGROOM_URL": hub_url, "STRONGROOM_TOKEN": plaintext,
+                     "STRONGROOM_PROJECT": access.project.slug},
+                python=w.python, netns=plan.name if plan else "", run_as=run_as,
+                drop_caps=os.geteuid() == 0 and not run_as, listen_ip=listen_ip, port=port,
+                reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
+                gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
+                license=_license(settings, booking), slurm_host=w.slurm_host)
+    try:
+        if plan is not None:
+            netns.teardown(plan)  # leftovers of a hub that died with this slot in use
+            netns.setup(plan)
+        handle = launcher_for(settings).start(spec, timeout=w.start_timeout_seconds)
+    except (LaunchError, netns.NetnsError, OSError) as exc:
+        if plan is not None:
+            netns.teardown(plan)
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise Conflict(f"the workspace could not start: {str(exc)[-1500:]}") from None
+    ws.host, ws.port, ws.pid, ws.job_id = handle.host, handle.port, handle.pid, handle.job_id
+    ws.state, ws.started_at = RUNNING, utcnow()
+    audit.record(session, principal.actor, "workspace.started", project_id=access.project.id,
+                 subject_user_id=principal.user.id, target=f"workspace:{ws.id}",
+                 details={"launcher": ws.launcher, "isolation": ws.isolation, "booking": ws.booking_id,
+                          "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix})
+    return ws
+
+
+def _license(settings: Settings, booking: Booking | None) -> str:
+    machine = settings.compute.machines.get(booking.machine) if booking is not None else None
+    return machine.slurm_license if machine is not None else ""
+
+
+def wipe(path: str) -> None:
+    """Remove the scratch directory: every file overwritten with zeros first when it is not on tmpfs."""
+    p = Path(path)
+    if not path or not p.exists():
+        return
+    if not str(p).startswith("/dev/shm/"):
+        for f in p.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                try:
+                    size = f.stat().st_size
+                    with f.open("r+b") as fh:
+                        fh.write(b"\0" * size)
+                except OSError:
+                    pass
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def stop(session: Session, settings: Settings, ws: Workspace, actor: Actor, *, reason: str) -> Workspace:
+    """Stop it whatever state it is in: process, namespace, token, scratch. Idempotent."""
+    if ws.state in LIVE:
+        _launcher_of(settings, ws).stop(_handle(ws))
+    if ws.slot is not None:
+        netns.teardown(plan_of(settings, ws))
+    if ws.token_prefix:
+        identity.revoke_token_by_prefix(session, actor, ws.token_prefix)
+    wipe(ws.scratch)
+    was = ws.state
+    if was in LIVE:
+        ws.state, ws.stopped_at, ws.stop_reason = STOPPED, utcnow(), reason
+        audit.record(session, actor, "workspace.stopped", project_id=ws.project_id, subject_user_id=ws.user_id,
+                     target=f"workspace:{ws.id}", details={"reason": reason})
+    return ws
+
+
+def get_mine(session: Session, access: projects.ProjectAccess, user: User, workspace_id: uuid.UUID) -> Workspace:
+    ws = session.get(Workspace, workspace_id)
+    if ws is None or ws.project_id != access.project.id or ws.user_id != user.id:
+        raise NotFound("no such workspace")
+    return ws
+
+
+def stop_mine(session: Session, settings: Settings, principal: Principal, access: projects.ProjectAccess,
+              workspace_id: uuid.UUID) -> Workspace:
+    return stop(session, settings, get_mine(session, access, principal.user, workspace_id), principal.actor,
+                reason="user")
+
+
+def require_operator(principal: Principal) -> None:
+    if not (principal.user.is_admin and principal.can("admin")):
+        raise NotFound("not found")
+
+
+def stop_by_operator(session: Session, settings: Settings, principal: Principal, workspace_id: uuid.UUID
+                     ) -> Workspace:
+    require_operator(principal)
+    if not principal.mfa_is_fresh(settings.security.fresh_mfa_minutes):
+        raise MfaRequired("stopping another's workspace needs a fresh multi-factor login")
+    ws = session.get(Workspace, workspace_id)
+    if ws is None:
+        raise NotFound("no such workspace")
+    return stop(session, settings, ws, principal.actor, reason="operator")
+
+
+# -- the proxy's check -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    token: str
+
+
+def proxy_target(session: Session, settings: Settings, secret: bytes, principal: Principal, slug: str,
+                 workspace_id: str) -> Target:
+    """Only the owner, still a member with read-data, with fresh MFA, of a running workspace; else 404."""
+    try:
+        wid = uuid.UUID(workspace_id)
+    except ValueError:
+        raise NotFound("no such workspace") from None
+    ws = session.get(Workspace, wid)
+    if ws is None or ws.state != RUNNING or ws.user_id != principal.user.id:
+        raise NotFound("no such workspace")
+    row = session.execute(select(Project, Membership).join(Membership, Membership.project_id == Project.id)
+                          .where(Project.id == ws.project_id, Project.slug == slug,
+                                 Membership.user_id == principal.user.id)).first()
+    if row is None or "read-data" not in projects.effective_rights(session, row[1]):
+        raise NotFound("no such workspace")
+    # Fresh MFA when the workspace started (the session that started it, or a later MFA) holds for the
+    # workspace's life: a notebook open for hours must not lock out mid-computation; the session's own idle
+    # timeout and lifetime still apply.
+    fresh = dt.timedelta(minutes=settings.security.fresh_mfa_minutes)
+    if principal.via != "session" or principal.mfa_at is None or ws.started_at is None or (
+            principal.mfa_at < ws.started_at - fresh):
+        raise NotFound("no such workspace")
+    return Target(ws.host, ws.port, jupyter_token(secret, ws.id))
+
+
+# -- periodic checks ---------------------------------------------------------------------------
+def last_activity(ws: Workspace, secret: bytes, slug: str) -> dt.datetime | None:
+    """Jupyter's own ``last_activity`` (kernels and requests), or None when it does not answer."""
+    try:
+        r = httpx.get(f"http://{ws.host}:{ws.port}{base_path(slug, ws.id)}api/status",
+                      headers={"Authorization": f"token {jupyter_token(secret, ws.id)}"}, timeout=5.0)
+        r.raise_for_status()
+        return dt.datetime.fromisoformat(r.json()["last_activity"].replace("Z", "+00:00"))
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+
+
+def check_idle(session: Session, settings: Settings, secret: bytes, *, now: dt.datetime) -> dict[str, int]:
+    """Stop workspaces idle longer than ``idle_minutes`` and those whose process is gone."""
+    idle = dt.timedelta(minutes=settings.workspaces.idle_minutes)
+    stopped = gone = 0
+    for ws in session.scalars(select(Workspace).where(Workspace.state == RUNNING)).all():
+        project = session.get(Project, ws.project_id)
+        if not _launcher_of(settings, ws).alive(_handle(ws)):
+            stop(session, settings, ws, Actor.system("workspaces"), reason="exited")
+            gone += 1
+            continue
+        seen = last_activity(ws, secret, project.slug if project else "")
+        if (seen or ws.started_at or now) + idle <= now:
+            stop(session, settings, ws, Actor.system("workspaces"), reason="idle")
+            stopped += 1
+    return {"idle": stopped, "exited": gone}
+
+
+def check_bookings(session: Session, settings: Settings, *, now: dt.datetime) -> dict[str, int]:
+    """Warn owners ``warn_minutes`` before their booking ends; stop workspaces whose booking has ended."""
+    from ..notify import service as notify
+
+    warned = stopped = 0
+    warn = dt.timedelta(minutes=settings.workspaces.warn_minutes)
+    for ws in session.scalars(select(Workspace).where(Workspace.state == RUNNING,
+                                                      Workspace.booking_id.is_not(None))).all():
+        booking = session.get(Booking, ws.booking_id)
+        ends = booking.end_at if booking is not None else now  # a deleted booking ends now
+        if booking is not None and booking.state != BOOKING_ACTIVE:
+            ends = min(ends, booking.updated_at)
+        ws.ends_at = ends
+        project = session.get(Project, ws.project_id)
+        if ends <= now:
+            stop(session, settings, ws, Actor.system("workspaces"), reason="booking-end")
+            stopped += 1
+        elif ends - warn <= now and ws.warned_at is None:
+            ws.warned_at = now
+            notify.notify_user(session, ws.user_id, "workspace_ending", {
+                "project": project.slug if project else "", "workspace": str(ws.id), "ends": ends.isoformat(),
+                "minutes": int((ends - now).total_seconds() // 60)})
+            warned += 1
+    return {"warned": warned, "stopped": stopped}

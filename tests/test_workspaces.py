@@ -1,0 +1,493 @@
+"""Notebook workspaces (issue 19): a real JupyterLab started for a member, reached through the hub's reverse
+proxy only (HTTP and the kernel websocket), its token never sent to the browser, 404 for everyone else; code
+run in its kernel reaches the hub and the project's allow-listed destination (a server in its own network
+namespace) and nothing else — not an unlisted port, not another workspace; stop wipes the scratch space and
+revokes the workspace's project-bound token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from conftest import browser_session
+from imaging_support import make_project
+from strongroom.archive.c4gh import public_key_file
+from strongroom.archive.c4gh.keys import generate_keypair
+from strongroom.audit.models import AuditEvent
+from strongroom.config import Settings
+from strongroom.db import transaction
+from strongroom.deps import SESSION_COOKIE
+from strongroom.identity.models import ApiToken
+from strongroom.projects import service as projects
+from strongroom.projects.models import ProjectSetting
+from strongroom.workspaces import launcher, netns, service
+from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
+from support.live import serving
+from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
+                                reason="jupyterlab is not installed (pip install -e '.[test]')")
+
+NO_NETNS = netns.missing()
+DEST_NS, DEST_HOST_IP, DEST_IP = "srtest-dest", "10.214.0.1", "10.214.0.2"
+
+
+@pytest.fixture
+def hub_sock() -> Iterator[socket.socket]:
+    """The hub's listening socket, on every address of this machine: the workspaces' namespaces reach it
+    through their veth's host side (a loopback-only hub is out of their reach)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", 0))
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """On tmpfs, where the workspaces' user can reach it (pytest's own temporary folders are root's only)."""
+    path = Path("/dev/shm") / f"srtest-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch_dir: Path) -> Settings:
+    port = hub_sock.getsockname()[1]
+    return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
+                    log_json=True, jobs={"embedded": False}, base_url=f"http://127.0.0.1:{port}", port=port,
+                    security={"cookie_secure": False},
+                    workspaces={"scratch_dir": str(scratch_dir), "subnet": "10.213.0.0/24",
+                                "isolation": "namespace" if NO_NETNS is None else "none",
+                                "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
+                                # this machine's Python lives under /root (0700): no other user can run it
+                                "run_as": ""})
+
+
+@pytest.fixture
+def live(app, hub_sock: socket.socket) -> Iterator[str]:
+    with serving(app, sock=hub_sock) as url:
+        yield url
+
+
+def _member_session(hub, people, name: str, project: str) -> tuple[object, str]:
+    person = people(name)
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == project))
+        s.add(projects.Membership(project_id=pid, user_id=person.user.id, role="member", delegated_rights=[]))
+    return person, browser_session(hub, person)
+
+
+def _start(hub, person, slug: str) -> Workspace:
+    from strongroom.identity import service as identity
+    from strongroom.identity.models import User
+
+    with transaction(hub.sessions) as s:
+        user = s.get(User, person.user.id)
+        principal = identity.session_principal(type("S", (), {"mfa_at": dt.datetime.now(dt.UTC),
+                                                               "id_hash": "test0000"})(), user, "127.0.0.1")
+        access = projects.open_project(s, principal, slug)
+        ws = service.start(s, hub.settings, hub.secret, principal, access)
+        s.expunge(ws)
+    return ws
+
+
+def _stop(hub, ws: Workspace) -> None:
+    from strongroom.audit.service import Actor
+
+    with transaction(hub.sessions) as s:
+        service.stop(s, hub.settings, s.get(Workspace, ws.id), Actor.system("test"), reason="user")
+
+
+class Kernel:
+    """The Jupyter kernel protocol over the hub's websocket proxy (JSON messages, channel in the message)."""
+
+    def __init__(self, base: str, path: str, cookie: str) -> None:
+        self.cookies = {SESSION_COOKIE: cookie}
+        r = httpx.post(f"{base}{path}api/kernels", json={"name": "python3"}, cookies=self.cookies, timeout=60)
+        assert r.status_code == 201, r.text
+        self.id = r.json()["id"]
+        self.session = uuid.uuid4().hex
+        url = f"{base.replace('http://', 'ws://')}{path}api/kernels/{self.id}/channels?session_id={self.session}"
+        self.ws = ws_connect(url, additional_headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}, open_timeout=30,
+                             max_size=None)
+
+    def run(self, code: str) -> tuple[str, str]:
+        """(the result's text/plain, everything printed)."""
+        msg_id = uuid.uuid4().hex
+        self.ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "test", "session": self.session, "msg_type": "execute_request",
+                       "version": "5.3", "date": dt.datetime.now(dt.UTC).isoformat()},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                        "allow_stdin": False, "stop_on_error": True}}))
+        result, printed = "", ""
+        while True:
+            msg = json.loads(self.ws.recv(timeout=120))
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "execute_result":
+                result = msg["content"]["data"]["text/plain"]
+            elif kind == "stream":
+                printed += msg["content"]["text"]
+            elif kind == "error":
+                printed += "\n".join(msg["content"]["traceback"])
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                return result, printed
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def test_workspace_through_the_hub_proxy_only(hub, people, live: str) -> None:
+    people("alice")
+    people("bob")
+    make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="bob")
+    carol, carol_cookie = _member_session(hub, people, "carol", "lung")
+    _, dave_cookie = _member_session(hub, people, "dave", "heart")
+    ws = _start(hub, carol, "lung")
+    path = service.base_path("lung", ws.id)
+    token = service.jupyter_token(hub.secret, ws.id)
+    scratch = Path(ws.scratch)
+    try:
+        assert ws.state == RUNNING and scratch.is_dir()
+        (scratch / "result.txt").write_text("plaintext that must not outlive the workspace")
+        # the owner's page session goes through; the token is nowhere in what comes back
+        r = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+        assert r.status_code == 200 and "last_activity" in r.json()
+        assert token not in r.text and not any(token in v for v in r.headers.values())
+        lab = httpx.get(f"{live}{path}lab", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+        assert lab.status_code == 200 and "JupyterLab" in lab.text
+        assert token not in lab.text and not any(token in v for v in lab.headers.values())
+        # another project's member, anonymous, a made-up id, another slug: 404
+        assert httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: dave_cookie}).status_code == 404
+        assert httpx.get(f"{live}{path}api/status").status_code == 404
+        assert httpx.get(f"{live}/projects/lung/workspaces/{uuid.uuid4()}/api/status",
+                         cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
+        assert httpx.get(f"{live}/projects/heart/workspaces/{ws.id}/api/status",
+                         cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
+        # a cross-site POST (another site's form with the owner's cookie) is refused too
+        assert httpx.post(f"{live}{path}api/kernels", json={}, cookies={SESSION_COOKIE: carol_cookie},
+                          headers={"Origin": "https://evil.example"}).status_code == 404
+        # the kernel websocket: refused to others, works for the owner
+        for cookie in (dave_cookie, None):
+            with pytest.raises(InvalidStatus) as refused:
+                ws_connect(f"{live.replace('http://', 'ws://')}{path}api/kernels/x/channels",
+                           additional_headers={"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {})
+            assert refused.value.response.status_code == 404
+        kernel = Kernel(live, path, carol_cookie)
+        try:
+            assert kernel.run("1 + 1")[0] == "2"
+            _, printed = kernel.run("import os; print(sorted(k for k in os.environ if k.startswith('STRONGROOM')))")
+            assert "STRONGROOM_TOKEN" in printed and "STRONGROOM_URL" in printed
+            # the workspace's token reads this project through the hub, and nothing else
+            _, printed = kernel.run(
+                "import os, urllib.request, urllib.error\n"
+                "def get(p):\n"
+                "    req = urllib.request.Request(os.environ['STRONGROOM_URL'] + p, headers={'Authorization': "
+                "'Bearer ' + os.environ['STRONGROOM_TOKEN']})\n"
+                "    try:\n"
+                "        return urllib.request.urlopen(req, timeout=30).status\n"
+                "    except urllib.error.HTTPError as e:\n"
+                "        return e.code\n"
+                "print(get('/api/v1/projects/lung'), get('/api/v1/projects/heart'))")
+            assert printed.split() == ["200", "404"], printed
+        finally:
+            kernel.close()
+    finally:
+        _stop(hub, ws)
+    assert not scratch.exists()
+    assert httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
+    with transaction(hub.sessions) as s:
+        row = s.get(Workspace, ws.id)
+        assert row.state == STOPPED and row.stop_reason == "user"
+        assert s.scalar(select(ApiToken).where(ApiToken.prefix == row.token_prefix)).revoked_at is not None
+        actions = [e.action for e in s.scalars(select(AuditEvent).where(AuditEvent.target == f"workspace:{ws.id}")
+                                               .order_by(AuditEvent.seq))]
+        assert actions == ["workspace.started", "workspace.stopped"]
+    if NO_NETNS is None:
+        assert not netns.exists(service.plan_of(hub.settings, row).name)
+
+
+@pytest.fixture
+def destination() -> Iterator[tuple[int, int]]:
+    """Two HTTP servers in their own network namespace (one port to allow-list, one not)."""
+    ns = ["ip", "netns", "exec", DEST_NS]
+    subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", "srtdh"], capture_output=True, check=False)
+    for cmd in (["ip", "netns", "add", DEST_NS],
+                ["ip", "link", "add", "srtdh", "type", "veth", "peer", "name", "srtdn"],
+                ["ip", "link", "set", "srtdn", "netns", DEST_NS],
+                ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", "srtdh"], ["ip", "link", "set", "srtdh", "up"],
+                [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", "srtdn"],
+                [*ns, "ip", "link", "set", "srtdn", "up"], [*ns, "ip", "link", "set", "lo", "up"],
+                [*ns, "ip", "route", "add", "default", "via", DEST_HOST_IP]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    servers = []
+    ports = (18081, 18082)  # inside the destination's own namespace: nothing else listens there
+    try:
+        for port in ports:
+            servers.append(subprocess.Popen(
+                [*ns, sys.executable, "-m", "http.server", str(port), "--bind", DEST_IP],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/tmp"))
+        for port in ports:  # ready when it accepts (a probe with a deadline)
+            _wait_port(DEST_NS, DEST_IP, port)
+        yield ports
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "link", "del", "srtdh"], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
+
+
+def _wait_port(namespace: str, ip: str, port: int) -> None:
+    code = ("import socket, time\nend = time.monotonic() + 30\nwhile True:\n    try:\n"
+            f"        socket.create_connection(('{ip}', {port}), timeout=1).close(); break\n"
+            "    except OSError:\n        if time.monotonic() > end: raise\n        time.sleep(0.1)\n")
+    subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", code], check=True, timeout=60)
+
+
+PROBE = ("import socket\n"
+         "def probe(host, port):\n"
+         "    try:\n"
+         "        socket.create_connection((host, port), timeout=5).close()\n"
+         "        return 'open'\n"
+         "    except ConnectionRefusedError:\n"
+         "        return 'refused'\n"
+         "    except OSError as e:\n"
+         "        return type(e).__name__\n")
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"network namespaces need root with ip and nft: {NO_NETNS}")
+def test_egress_only_to_the_hub_and_allow_listed(hub, people, live: str, destination: tuple[int, int]) -> None:
+    allowed_port, other_port = destination
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    pem = public_key_file(generate_keypair().public).decode()
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        s.add(ProjectSetting(project_id=pid, key="egress_destinations", value=[{
+            "kind": "sftp", "name": "Partner", "credential": "partner", "public_key": pem, "host": DEST_IP,
+            "port": allowed_port, "username": "strongroom",
+            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2bm90YXJlYWxrZXlidXRhZm9ybWF0b2suLi4u"}],
+            changed_by=s.scalar(select(projects.Project.pi_id).where(projects.Project.id == pid))))
+    with transaction(hub.sessions) as s:
+        assert service.allowed_destinations(s, hub.settings, pid) == [(DEST_IP, allowed_port)]
+    carol, carol_cookie = _member_session(hub, people, "carol", "lung")
+    erin, _ = _member_session(hub, people, "erin", "lung")
+    first, second = _start(hub, carol, "lung"), _start(hub, erin, "lung")
+    try:
+        plan, other = service.plan_of(hub.settings, first), service.plan_of(hub.settings, second)
+        kernel = Kernel(live, service.base_path("lung", first.id), carol_cookie)
+        try:
+            port = hub.settings.port
+            _, printed = kernel.run(PROBE + (
+                f"print(probe('{plan.host_ip}', {port}), probe('{DEST_IP}', {allowed_port}), "
+                f"probe('{DEST_IP}', {other_port}), probe('{other.ns_ip}', {other.jupyter_port}), "
+                f"probe('{plan.host_ip}', 22))"))
+            hub_ok, allowed, unlisted, neighbour, host_other = printed.split()
+            assert (hub_ok, allowed) == ("open", "open"), printed
+            assert unlisted in ("refused", "TimeoutError"), printed
+            assert neighbour in ("refused", "TimeoutError"), printed
+            assert host_other in ("refused", "TimeoutError"), printed
+        finally:
+            kernel.close()
+        # the hub itself reaches the other workspace (its proxy does); the workspace cannot
+        assert httpx.get(f"http://{other.ns_ip}:{other.jupyter_port}/").status_code in (200, 302, 404)
+    finally:
+        _stop(hub, first)
+        _stop(hub, second)
+    assert not netns.exists(plan.name) and not netns.exists(other.name)
+    assert not Path(first.scratch).exists() and not Path(second.scratch).exists()
+
+
+def test_refused_without_isolation_unless_allowed(hub, people, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback without a namespace is labelled and refused unless an operator allows it."""
+    from strongroom.errors import Conflict
+
+    monkeypatch.setattr(netns, "missing", lambda: "the hub does not run as root")
+    strict = hub.settings.model_copy(update={"workspaces": hub.settings.workspaces.model_copy(
+        update={"isolation": "namespace", "allow_unisolated": False})})
+    with pytest.raises(Conflict, match="does not run as root"):
+        service.isolation_for(strict)
+    lenient = hub.settings.model_copy(update={"workspaces": hub.settings.workspaces.model_copy(
+        update={"isolation": "namespace", "allow_unisolated": True})})
+    assert service.isolation_for(lenient) == ("none", "NO EGRESS CONTROL: the hub does not run as root")
+
+
+def test_slurm_job_asks_for_the_reservation(tmp_path: Path) -> None:
+    spec = launcher.Spec(workspace_id=str(uuid.uuid4()), base_url="/projects/lung/workspaces/x/",
+                         jupyter_token="t" * 64, scratch=tmp_path, env={"STRONGROOM_TOKEN": "sr_secret"},
+                         reservation="sr-12", gpus=4)
+    slurm_launcher = launcher.SlurmLauncher()
+    args = slurm_launcher.sbatch_args(spec)
+    assert "--reservation=sr-12" in args and "--gres=gpu:4" in args
+    script = slurm_launcher.script(spec)
+    assert "sr_secret" not in script and "t" * 64 not in script and "sr_secret" not in " ".join(args)
+    assert "--ServerApp.base_url=/projects/lung/workspaces/x/" in script
+
+
+def test_netns_rules_name_only_the_hub_and_the_list() -> None:
+    plan = netns.plan_for(3, "10.213.0.0/24", hub_port=8000, allowed=[("192.0.2.10", 22)])
+    assert (plan.host_ip, plan.ns_ip) == ("10.213.0.13", "10.213.0.14")
+    rules = netns.nft_rules(plan)
+    assert "policy drop" in rules and "ip daddr 10.213.0.13 tcp dport 8000 accept" in rules
+    assert "ip daddr 192.0.2.10 tcp dport 22 accept" in rules
+    assert os.path.basename(netns.wrap(plan, ["true"])[0]) == "ip"
+
+
+def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
+    """A workspace started during the project's GPU booking runs until the booking ends: its owner is warned
+    before (an e-mail), it stops at the end; another stops when idle. The pages show them."""
+    from fastapi.testclient import TestClient
+
+    from conftest import web_client
+    from strongroom.compute.models import Booking
+    from strongroom.jobs.models import Job
+
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, _ = _member_session(hub, people, "carol", "lung")
+    admin = people("olga", admin=True)
+    now = dt.datetime.now(dt.UTC)
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1",
+                          start_at=now - dt.timedelta(hours=1),
+                          end_at=now + dt.timedelta(minutes=20), booked_by=carol.user.id)
+        s.add(booking)
+        s.flush()
+        booking_id, end = booking.id, booking.end_at
+    first, second = _start(hub, carol, "lung"), _start(hub, carol, "lung")
+    try:
+        assert first.booking_id == booking_id and first.ends_at == end
+        page = web_client(app, hub, carol).get("/projects/lung/workspaces")
+        assert page.status_code == 200 and f"GPU booking {booking_id}" in page.text and "h left" in page.text
+        assert f"/projects/lung/workspaces/{first.id}/lab" in page.text
+        assert web_client(app, hub, carol).get("/admin/workspaces").status_code == 404
+        operators = web_client(app, hub, admin).get("/admin/workspaces")
+        assert operators.status_code == 200 and str(first.id)[:8] in operators.text
+        assert TestClient(app).get("/api/v1/workspaces/projects/lung").status_code == 401
+        with transaction(hub.sessions) as s:
+            assert service.check_bookings(s, hub.settings, now=now) == {"warned": 2, "stopped": 0}
+            assert service.check_bookings(s, hub.settings, now=now) == {"warned": 0, "stopped": 0}  # once
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            assert [m["template"] for m in mails] == ["workspace_ending", "workspace_ending"]
+            s.get(Workspace, second.id).booking_id = None  # the second one runs on: only idle time stops it
+        with transaction(hub.sessions) as s:
+            assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
+        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=hub.settings.workspaces.idle_minutes + 1)
+        with transaction(hub.sessions) as s:
+            assert service.check_idle(s, hub.settings, hub.secret, now=dt.datetime.now(dt.UTC)) == {
+                "idle": 0, "exited": 0}
+            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {"idle": 1, "exited": 0}
+        with transaction(hub.sessions) as s:
+            assert [(w.state, w.stop_reason) for w in (s.get(Workspace, first.id), s.get(Workspace, second.id))] == [
+                (STOPPED, "booking-end"), (STOPPED, "idle")]
+        assert not Path(first.scratch).exists() and not Path(second.scratch).exists()
+    finally:
+        _stop(hub, first)
+        _stop(hub, second)
+
+
+def _squeue(slurm, job_id: str) -> str:  # noqa: F811
+    done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %R"], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_CONF": str(slurm.conf)}, timeout=30, check=False)
+    return done.stdout.strip()
+
+
+def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> None:  # noqa: F811
+    """The Slurm launcher: sbatch into the booking's reservation (sr-<id>) with its GPUs, reached through the
+    proxy like a local one; the booking's end stops it (scancel) and wipes the scratch."""
+    import time
+
+    from strongroom.compute.models import Booking
+
+    settings = hub.settings.model_copy(update={
+        "workspaces": hub.settings.workspaces.model_copy(update={
+            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
+        "compute": hub.settings.compute.model_validate({
+            "machines": {"dgx2": {"gpus": 16, "slurm_license": LICENSE}},
+            "slurm": {"enabled": True, "slurm_conf": slurm.conf}})})
+    hub.settings = settings
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, carol_cookie = _member_session(hub, people, "carol", "lung")
+    now = dt.datetime.now(dt.UTC)
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        booking = Booking(project_id=pid, machine="dgx2", gpus=2, gpu_indices="0,1",
+                          start_at=now - dt.timedelta(minutes=5), end_at=now + dt.timedelta(hours=1),
+                          booked_by=carol.user.id)
+        s.add(booking)
+        s.flush()
+        name, end = booking.reservation_name, booking.end_at
+    slurm.scontrol("create", "reservation", f"ReservationName={name}", "StartTime=now", "Duration=60",
+                   "Users=root", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
+    try:
+        ws = _start(hub, carol, "lung")
+        try:
+            assert ws.launcher == "slurm" and ws.job_id and ws.isolation == "none"
+            job = slurm.scontrol("-o", "show", "job", ws.job_id)
+            assert f"Reservation={name}" in job and "JobState=RUNNING" in job, job
+            assert f"{LICENSE}:2" in job and "gpu:2" in job, job
+            r = httpx.get(f"{live}{service.base_path('lung', ws.id)}api/status",
+                          cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+            assert r.status_code == 200
+            assert service.jupyter_token(hub.secret, ws.id) not in (Path(ws.scratch) / ".job.sh").read_text()
+            with transaction(hub.sessions) as s:
+                assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
+            deadline = time.monotonic() + 60
+            while _squeue(slurm, ws.job_id) and time.monotonic() < deadline:  # scancel is asynchronous
+                time.sleep(0.2)
+            assert _squeue(slurm, ws.job_id) == ""
+            assert not Path(ws.scratch).exists()
+        finally:
+            _stop(hub, ws)
+    finally:
+        slurm.scontrol("delete", f"ReservationName={name}")
+
+
+def test_project_bound_token_sees_one_project(hub, app, people) -> None:
+    """The workspace's token kind: bound to one project, the caller's other projects do not exist for it."""
+    from fastapi.testclient import TestClient
+
+    from conftest import bearer
+    from strongroom.audit.service import Actor
+    from strongroom.identity import service as identity
+    from strongroom.identity.models import User
+
+    alice_id = people("alice").user.id
+    make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="alice")
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        alice = s.get(User, alice_id)
+        token, plaintext = identity.create_project_token(s, Actor.system("test"), alice, project_id=pid,
+                                                         name="workspace", scopes=service.TOKEN_SCOPES, minutes=5)
+        prefix = token.prefix
+    c = TestClient(app)
+    assert [p["slug"] for p in c.get("/api/v1/projects", headers=bearer(plaintext)).json()] == ["lung"]
+    assert c.get("/api/v1/projects/lung", headers=bearer(plaintext)).status_code == 200
+    assert c.get("/api/v1/projects/heart", headers=bearer(plaintext)).status_code == 404
+    with transaction(hub.sessions) as s:
+        identity.revoke_token_by_prefix(s, Actor.system("test"), prefix)
+    assert c.get("/api/v1/projects/lung", headers=bearer(plaintext)).status_code == 401
