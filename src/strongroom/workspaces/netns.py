@@ -7,7 +7,9 @@ host side and to each allow-listed ``(address, port)`` are accepted; everything 
 so a refused connection is told at once). The input chain accepts only loopback, replies, and the hub's
 connections to Jupyter's port. Another workspace's address is never in the allow-list, so it is unreachable.
 
-Allow-listed destinations beyond the hub are routed by the hub's namespace (``ip_forward``); a table there
+Allow-listed destinations beyond the hub are routed by the hub's namespace (``ip_forward``; if the host
+forwarded nothing before, a guard rule keeps dropping every forwarded packet that is not to or from a
+workspace veth, so the host does not become a router for anything else); a table there
 (``inet strongroom_ws``) accepts forwarded packets from a workspace veth only to that workspace's list —
 defence in depth should the namespace's own rules ever be changed from inside (they cannot be: the process
 has no CAP_NET_ADMIN).
@@ -107,6 +109,15 @@ def host_rules(plan: Plan) -> str:
         f'add rule inet strongroom_ws forward iifname "{plan.host_if}" jump {_chain(plan)}\n')
 
 
+FORWARD_GUARD = ('add rule inet strongroom_ws forward iifname != "srwh*" oifname != "srwh*" drop '
+                 'comment "forwarding was off before the workspaces needed it"\n')
+
+
+def _forwarding_off() -> bool:
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        return f.read().strip() == "0"
+
+
 def _run(args: list[str], *, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=30, check=False)
     if check and done.returncode != 0:
@@ -128,10 +139,13 @@ def setup(plan: Plan) -> None:
         _run([*ns, "ip", "link", "set", "lo", "up"])
         _run([*ns, "ip", "route", "add", "default", "via", plan.host_ip])
         _run([*ns, "nft", "-f", "-"], stdin=nft_rules(plan))
-        if plan.allowed:
-            _run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         # create the table and chains if absent, then (re)fill this workspace's chain
         _run(["nft", "-f", "-"], stdin=host_rules(plan))
+        if plan.allowed and _forwarding_off():
+            # Routing for the workspaces must not turn the host into a router for anything else: the host
+            # forwarded nothing before, so everything not to or from a workspace veth stays dropped.
+            _run(["nft", "-f", "-"], stdin=FORWARD_GUARD)
+            _run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
     except NetnsError:
         teardown(plan)
         raise
