@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import time
 import tomllib
 from importlib import import_module
@@ -50,6 +52,15 @@ def test_the_package_publishes_the_filesystem_as_an_fsspec_entry_point() -> None
     module, _, name = target.partition(":")
     assert getattr(import_module(module), name) is StrongroomFileSystem
     assert fsspec.get_filesystem_class("strongroom") is StrongroomFileSystem
+
+
+def test_the_filesystem_is_a_client_without_server_modules() -> None:
+    code = ("import sys, strongroom.fs; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'sqlalchemy', 'starlette', 'uvicorn') or m.startswith(('strongroom.db', 'strongroom.app', "
+            "'strongroom.web', 'strongroom.archive.models', 'strongroom.archive.service'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.stdout.strip() == "[]"
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ class StrongroomFileSystem(AbstractFileSystem):
         self._secret: bytes | None = None
         self._fingerprint: str | None = None
         key_path = Path(secret_key or os.environ.get("STRONGROOM_SECRET_KEY") or config_path().parent
-                        / "strongroom.sec")
+                        / "strongroom.sec").expanduser()
         if via == "encrypted" or (via == "auto" and key_path.is_file()):
             keypair = c4gh.load_private_key(key_path, passphrase or os.environ.get("STRONGROOM_KEY_PASSPHRASE")
                                             or None)
