@@ -149,6 +149,19 @@ def test_pandas_and_pydicom_read_through_strongroom_urls(hub, world) -> None:
     assert len(versioned) == 1 and fs.isdir(versioned[0])  # the same files under the version's own folder
 
 
+def test_put_uploads_into_the_projects_files(hub, world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = tmp_path / "results.csv"
+    source.write_bytes(CSV * 1000)
+    fs = StrongroomFileSystem()
+    fs.put(str(source), "strongroom://lung/files/derived/results.csv")
+    Runner(hub, lease_seconds=10, name="test").run_until_idle()  # the hub ingests it
+    fs.invalidate_cache()
+    assert fs.cat_file("strongroom://lung/files/derived/results.csv") == CSV * 1000
+    with pytest.raises(PermissionError, match="datasets are read-only"):
+        fs.put(str(source), f"strongroom://lung/{world['dataset']}/results.csv")
+
+
 @pytest.mark.parametrize("via", ["encrypted", "plaintext"])
 def test_a_range_in_the_middle_asks_only_for_its_segments(hub, world, via: str) -> None:
     fs = StrongroomFileSystem(via=via)
@@ -189,6 +202,8 @@ def test_other_projects_are_not_found_and_locked_downloads_are_refused(hub, worl
         fs.read_range("lung/files/secret.csv", world["ids"]["secret.csv"], 0, 10)
     with pytest.raises(PermissionError):
         fs.open("strongroom://lung/files/tables/visits.csv", "wb")
+    with pytest.raises(FileNotFoundError):  # nor can anything be put there
+        fs.put_file(str(world["key"]), "strongroom://other/files/mine.sec")
 
     # the PI locks downloads: the encrypted route (bytes to your own machine) says why; in-platform
     # reading of the plaintext stays open to the project's members

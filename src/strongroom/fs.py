@@ -4,10 +4,11 @@
     pandas.read_csv("strongroom://lung/files/tables/visits.csv")
     pydicom.dcmread(fsspec.open("strongroom://lung/SRD-7K2M9QX4TD/ct/slice-001.dcm").open())
 
-Layout (read-only): the root lists the projects you are a member of; a project holds ``files`` (its
+Layout: the root lists the projects you are a member of; a project holds ``files`` (its
 archived files, by the path they were uploaded under) and one folder per dataset it owns or that is
 shared into it, named by the dataset's accession (``SRD-…``: its latest released version; ``SRD-…@2`` a
-given version). Folders inside are the files' own paths.
+given version). Folders inside are the files' own paths. Reading only, except ``put`` of local files into
+``<project>/files/…`` (client-side encrypted, as ``strongroom upload``).
 
 Reads are ranged: a file object (``AbstractBufferedFile``) asks the hub only for the crypt4gh segments
 that hold the bytes it needs and decrypts them in memory. Two ways to read, chosen by ``via``:
@@ -285,10 +286,35 @@ class StrongroomFileSystem(AbstractFileSystem):
             raise OSError(f"{entry['name']}: the plaintext's SHA-256 differs from the archive's")
         return data
 
+    # -- writing: uploads into a project's files ---------------------------------------------------
+    def put_file(self, lpath: str, rpath: str, callback: Any = None, mode: str = "overwrite",
+                 **kwargs: Any) -> None:
+        """Upload a local file to ``<project>/files/<path>``: encrypted here to the hub's key while streaming
+        (resumable, as `strongroom upload`); it is listed once the hub has ingested it. Datasets are read-only."""
+        from .archive.transfer import UploadPlan, upload_file
+
+        path = self._strip_protocol(rpath)
+        parts = path.split("/")
+        if len(parts) < 3 or parts[1] != FILES:
+            raise PermissionError(13, f"upload into <project>/{FILES}/<path>: datasets are read-only", path)
+        source = Path(lpath)
+        if not source.is_file():
+            raise FileNotFoundError(2, "no such local file", lpath)
+        try:
+            self.client.request("GET", f"{API}/projects/{parts[0]}")
+            hub_public = c4gh.parse_public_key(self.client.request("GET", f"{API}/archive/public-key").text)
+            upload_file(self.client, parts[0], UploadPlan(source, "/".join(parts[2:]), source.stat().st_size),
+                        hub_public, state_dir=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                        / "strongroom" / "uploads")
+        except HubError as exc:
+            raise _hub_error(exc, path) from exc
+        self.invalidate_cache()
+
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> StrongroomFile:
         if mode != "rb":
-            raise PermissionError(13, "strongroom:// is read-only (upload with `strongroom upload`)", path)
+            raise PermissionError(13, "strongroom:// files open read-only (upload with fs.put or `strongroom upload`)",
+                                  path)
         entry = self.info(path)
         if entry["type"] != "file":
             raise IsADirectoryError(2, "a folder", path)
