@@ -310,7 +310,7 @@ class StrongroomFileSystem(AbstractFileSystem):
             raise _hub_error(exc, path) from exc
         self.invalidate_cache()
 
-    def _open(self, path: str, mode: str = "rb", block_size: int | None = None, autocommit: bool = True,
+    def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> StrongroomFile:
         if mode != "rb":
             raise PermissionError(13, "strongroom:// files open read-only (upload with fs.put or `strongroom upload`)",
