@@ -23,8 +23,10 @@ sequentially over one keep-alive connection (--clients > 1: that many threads, e
 - (c) Orthanc's DICOMweb plugin, the same WADO-RS URL and multipart Accept (its only instance format);
 - (d) Orthanc REST ``GET /instances/{id}/file`` (a single body, straight from its storage area).
 
-Ratios: a/d (single bodies) and b/c (WADO-RS multipart against WADO-RS multipart). Bytes are checked equal
-to the archived plaintext before timing. Not a test; absolute numbers swing on a shared machine.
+Every request says ``Accept-Encoding: identity``: httpx's default (``gzip, deflate``) makes Orthanc compress
+each file on the fly (its ``HttpCompressionEnabled``), several times slower on this machine; (e) shows that
+case for information. Ratios: a/d (single bodies) and b/c (WADO-RS multipart against WADO-RS multipart).
+Bytes are checked equal to the archived plaintext before timing. Not a test; absolute numbers swing on a shared machine.
 """
 
 from __future__ import annotations
@@ -149,7 +151,7 @@ def multipart_dicom(response: httpx.Response) -> list[bytes]:
 
 def run(fetch: Callable[[httpx.Client, int], int], count: int, clients: int, headers: dict[str, str]) -> float:
     """Instances per second: every instance fetched once, over ``clients`` keep-alive connections."""
-    pool = [httpx.Client(headers=headers, timeout=120) for _ in range(clients)]
+    pool = [httpx.Client(headers={"Accept-Encoding": "identity", **headers}, timeout=120) for _ in range(clients)]
     try:
         for c in pool:  # connect before timing
             fetch(c, 0)
@@ -229,6 +231,8 @@ def main() -> None:
                     return len(r.content)
 
                 variants["(d) Orthanc REST /instances/{id}/file"] = (or_file, {})
+                variants["(e) diag: (d) with httpx's default Accept-Encoding: gzip"] = (
+                    or_file, {"Accept-Encoding": "gzip, deflate"})
                 if ORTHANC_PLUGIN.exists():
                     def or_multi(c: httpx.Client, i: int) -> int:
                         r = c.get(f"{orthanc_url}/dicom-web" + path(i), headers={"Accept": MULTIPART})
