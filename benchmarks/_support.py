@@ -59,9 +59,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_settings(var_dir: Path, port: int, secret: str) -> Settings:
-    """Embedded defaults (SQLite + local objects under ``var_dir``), the given secret, no embedded jobs."""
-    return Settings(var_dir=var_dir, database_url="", secret_key=secret, base_url=f"http://127.0.0.1:{port}",
+def make_settings(var_dir: Path, port: int, secret: str, database_url: str = "") -> Settings:
+    """Embedded defaults (SQLite + local objects under ``var_dir``, or ``database_url``), the given secret,
+    no embedded jobs."""
+    return Settings(var_dir=var_dir, database_url=database_url, secret_key=secret,
+                    base_url=f"http://127.0.0.1:{port}",
                     host="127.0.0.1", port=port, log_json=True, jobs={"embedded": False})
 
 
@@ -78,19 +80,46 @@ class BenchHub:
         return f"http://127.0.0.1:{self.port}"
 
 
-def build_hub(directory: Path) -> BenchHub:
-    """Migrate a new SQLite database, build the app (no job thread) and give the hub its archive key."""
+def build_hub(directory: Path, database_url: str = "") -> BenchHub:
+    """Migrate a new SQLite database (or the empty one at ``database_url``: see `postgres_schema`), build the
+    app (no job thread) and give the hub its archive key."""
     from strongroom.app import create_app
     from strongroom.archive.keys import ensure_key
     from strongroom.migrate import upgrade
 
     port, secret = free_port(), secrets.token_hex(32)
-    settings = make_settings(directory / "var", port, secret)
+    settings = make_settings(directory / "var", port, secret, database_url)
     upgrade(settings.effective_database_url)
     app = create_app(settings, run_jobs=False)
     hub = app.state.hub
     ensure_key(hub)  # before the server process starts: exactly one key
     return BenchHub(settings, app, hub, port, secret)
+
+
+PG_URL = os.environ.get("STRONGROOM_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def postgres_schema(prefix: str) -> Iterator[str]:
+    """A fresh schema of its own in the PostgreSQL database at ``STRONGROOM_BENCH_PG_URL`` (default: the tests'
+    ``test`` database on 127.0.0.1:5432), as a database URL whose connections use it; dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}_{os.getpid()}"
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        from strongroom.db import engine_for
+
+        engine_for(url).dispose()  # its pooled connections go before the schema does
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        admin.dispose()
 
 
 def person_with_project(hub, username: str, slug: str) -> str:
@@ -141,7 +170,7 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
                                  str(bench.settings.var_dir), str(bench.port), bench.secret],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a loaded shared machine can take a minute to import the app
         while True:
             try:
                 if httpx.get(f"{bench.url}/healthz", timeout=1).status_code == 200:
