@@ -70,7 +70,7 @@ def _model_out(mv: ModelVersion, vendor: Vendor) -> ModelOut:
 
 
 class EvaluationIn(Body):
-    model_version: uuid.UUID
+    model_version: str = Field(min_length=36, max_length=36, description="the model version's id (a UUID)")
     title: str = Field(min_length=1, max_length=200)
     dataset_id: str | None = Field(default=None, max_length=32)
     dataset_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
@@ -194,7 +194,7 @@ def get_benchmark(db: Db, principal: ProjectsRead, version_id: uuid.UUID) -> dic
 @router.post("/projects/{slug}/vai/evaluations", response_model=EvaluationOut, status_code=201,
              summary="Evaluate a model version on a dataset version (or uploaded predictions): a job")
 def create_evaluation(db: Db, principal: ProjectsWrite, slug: str, body: EvaluationIn) -> EvaluationOut:
-    ev = service.create_evaluation(db, principal, slug, model_version_id=str(body.model_version), title=body.title,
+    ev = service.create_evaluation(db, principal, slug, model_version_id=body.model_version, title=body.title,
                                    labels_csv=body.labels_csv, protocol=body.protocol, dataset_id=body.dataset_id,
                                    dataset_version=body.dataset_version, predictions_csv=body.predictions_csv)
     return _eval_out(ev)

@@ -4,6 +4,7 @@ a PDF (fpdf2, core fonts, the plots embedded as SVG). Pure: no database or web i
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -122,9 +123,9 @@ def to_pdf(report: Mapping[str, Any], *, site: str = "Strongroom", sha256: str =
                                  f"{report['min_cell']} is suppressed."), new_x="LMARGIN", new_y="NEXT")
     m = report["metrics"]
     y = pdf.get_y() + 2
-    pdf.image(io.BytesIO(roc_svg(m.get("roc", []), m.get("auc")).encode()), x=15, y=y, w=85)
+    pdf.image(_for_pdf(roc_svg(m.get("roc", []), m.get("auc"))), x=15, y=y, w=85)
     if m.get("calibration"):
-        pdf.image(io.BytesIO(calibration_svg(m["calibration"]["bins"]).encode()), x=110, y=y, w=85)
+        pdf.image(_for_pdf(calibration_svg(m["calibration"]["bins"])), x=110, y=y, w=85)
     pdf.set_y(y + 90)
     _table(pdf, "Overall", rows(m))
     for column, group in m.get("subgroups", {}).items():
@@ -147,6 +148,11 @@ def to_pdf(report: Mapping[str, Any], *, site: str = "Strongroom", sha256: str =
         pdf.ln(3)
         pdf.cell(0, 5, f"SHA-256 of the released report: {sha256}", new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())
+
+
+def _for_pdf(svg: str) -> io.BytesIO:
+    """The page's SVG for fpdf2: core-font characters only, no <title> elements (fpdf2 ignores them)."""
+    return io.BytesIO(_latin1(re.sub(r"<title>.*?</title>", "", svg)).encode("latin-1"))
 
 
 def _table(pdf: FPDF, title: str, body: list[list[str]]) -> None:

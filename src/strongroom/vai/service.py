@@ -328,7 +328,10 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
     predictions table (results-only). Needs ``read-data``; the run is a job."""
     access = projects.open_project(session, principal, slug)
     access.require("read-data")
-    mv = session.get(ModelVersion, _uuid(model_version_id, "model version"))
+    try:
+        mv = session.get(ModelVersion, uuid.UUID(model_version_id))
+    except ValueError:
+        mv = None
     if mv is None:
         raise Invalid("no such model version")
     title = title.strip()
@@ -709,7 +712,8 @@ def visible_report(session: Session, principal: Principal, release_id: str) -> R
     if release.state == RELEASED and is_vendor_member(session, principal, release.vendor_id):
         return release
     ev = session.get_one(Evaluation, release.evaluation_id)
-    if session.get(Membership, (ev.project_id, principal.user.id)) is not None:
+    if session.scalar(select(Membership.id).where(Membership.project_id == ev.project_id,
+                                                  Membership.user_id == principal.user.id)) is not None:
         projects.open_project(session, principal, session.get_one(Project, ev.project_id).slug)
         return release
     raise NotFound("no such report")
