@@ -262,7 +262,7 @@ def test_vendor_isolation(vai) -> None:
 
 
 def test_a_killed_evaluation_resumes_without_double_counting(vai) -> None:
-    c, t, hub = vai["c"], vai["t"], vai["hub"]
+    hub = vai["hub"]
     model_id = _register(vai)
     first = _evaluate(vai, model_id).json()
     # a worker runs two batches of 16, commits them, and dies (it never reaches the metrics)

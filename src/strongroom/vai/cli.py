@@ -4,6 +4,7 @@ detector, and running an evaluation in the foreground (the job does the same).""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -53,12 +54,14 @@ def vendor_member(slug: str, user: str) -> None:
 
 @app.command("demo-model")
 def demo_model(out: Path, cases: Annotated[int, typer.Option(help="Training cases.")] = 300) -> None:
-    """Write the synthetic lesion detector (ONNX, trained now on synthetic cases) and print its SHA-256."""
+    """Write the synthetic lesion detector (ONNX, trained now on synthetic cases) and print its SHA-256 and the
+    input contract and output to register it with."""
     from . import synthetic
 
     data = synthetic.train(cases)
     out.write_bytes(data)
     console.print(f"{out} sha256 {hashlib.sha256(data).hexdigest()}")
+    console.print_json(json.dumps({"contract": synthetic.CONTRACT, "output": synthetic.OUTPUT}))
 
 
 @app.command("run")

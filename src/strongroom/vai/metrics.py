@@ -22,7 +22,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 MIN_CELL = 11  # every count under this is suppressed in a released report
-Z95 = float(stats.norm.ppf(0.975))
 
 
 # -- AUC and DeLong ----------------------------------------------------------------------------
@@ -71,8 +70,8 @@ def auc_delong(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
 def _auc_by_rank(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """AUCs of many resamples at once (rows): the Mann–Whitney statistic from mid-ranks."""
     m, n = pos.shape[1], neg.shape[1]
-    tz = rankdata(np.hstack([pos, neg]), axis=1)
-    return (tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
+    tz = np.asarray(rankdata(np.hstack([pos, neg]), axis=1), dtype=float)
+    return np.asarray((tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n, dtype=float)
 
 
 def auc_bootstrap(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,

@@ -17,6 +17,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
 from typing import Any
@@ -433,6 +434,59 @@ def decrypt_in_memory(hub: Hub, ref: _Ref, secrets: list[bytes]) -> bytes:
     return data
 
 
+def _fetch(hub: Hub, ref: _Ref, secrets: list[bytes]) -> bytes | str:
+    """An instance's plaintext, or why it could not be read (for the worker threads)."""
+    try:
+        return decrypt_in_memory(hub, ref, secrets)
+    except Exception as exc:
+        return f"cannot decrypt: {type(exc).__name__}: {exc}"[:300]
+
+
+def _predict_batches(hub: Hub, evaluation_id: uuid.UUID, runner: inference.Runner, todo: list[_Ref],
+                     secrets: list[bytes], batch: int, max_batches: int | None) -> bool:
+    """Predict ``todo`` batch by batch; the next batch is fetched and decrypted by two worker threads while
+    this one is preprocessed and run (decryption releases the GIL). Each batch is committed on its own.
+    False when it stopped after ``max_batches``."""
+    chunks = list(_chunks(todo, batch))
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vai-fetch")
+    try:
+        pending = [pool.submit(_fetch, hub, ref, secrets) for ref in chunks[0]]
+        for number, chunk in enumerate(chunks, start=1):
+            current = pending
+            pending = [pool.submit(_fetch, hub, ref, secrets) for ref in chunks[number]] \
+                if number < len(chunks) else []
+            rows: list[Prediction] = []
+            ready: list[tuple[Prediction, inference.Instance]] = []
+            for ref, fut in zip(chunk, current, strict=True):
+                row = Prediction(evaluation_id=evaluation_id, item=ref.id, path=ref.path[:1024])
+                data = fut.result()
+                try:
+                    if isinstance(data, str):
+                        raise inference.ContractError(data)
+                    inst = inference.preprocess(data, runner.contract)
+                except inference.ContractError as exc:
+                    row.error = str(exc)[:300]
+                else:
+                    row.sop_uid, row.study_uid, row.study_date = (inst.sop_uid[:64], inst.study_uid[:64],
+                                                                   inst.study_date[:8])
+                    ready.append((row, inst))
+                rows.append(row)
+            for (row, _), score in zip(ready, runner.predict([i.tensor for _, i in ready]), strict=True):
+                row.score = score
+            with transaction(hub.sessions) as s:
+                ev = s.get_one(Evaluation, evaluation_id)
+                already = set(s.scalars(select(Prediction.item).where(
+                    Prediction.evaluation_id == evaluation_id, Prediction.item.in_([r.item for r in rows]))))
+                s.add_all([r for r in rows if r.item not in already])  # a resumed run never counts twice
+                s.flush()
+                ev.done = prediction_count(s, evaluation_id)
+            if max_batches is not None and number >= max_batches:
+                return False
+        return True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run(hub: Hub, evaluation_id: uuid.UUID, *, batch: int = BATCH, max_batches: int | None = None) -> bool:
     """Run (or resume) an evaluation: every instance not predicted yet, a batch per transaction (the
     checkpoint), then the metrics. True when finished; False when it stopped after ``max_batches``."""
@@ -463,33 +517,8 @@ def run(hub: Hub, evaluation_id: uuid.UUID, *, batch: int = BATCH, max_batches: 
                 ev = s.get_one(Evaluation, evaluation_id)
                 ev.state, ev.error, ev.finished_at = FAILED, str(exc), utcnow()
             return True
-        batches = 0
-        for chunk in _chunks(todo, batch):
-            rows: list[Prediction] = []
-            ready: list[tuple[Prediction, inference.Instance]] = []
-            for ref in chunk:
-                row = Prediction(evaluation_id=evaluation_id, item=ref.id, path=ref.path[:1024])
-                try:
-                    inst = inference.preprocess(decrypt_in_memory(hub, ref, secrets), runner.contract)
-                except inference.ContractError as exc:
-                    row.error = str(exc)[:300]
-                else:
-                    row.sop_uid, row.study_uid, row.study_date = (inst.sop_uid[:64], inst.study_uid[:64],
-                                                                   inst.study_date[:8])
-                    ready.append((row, inst))
-                rows.append(row)
-            for (row, _), score in zip(ready, runner.predict([i.tensor for _, i in ready]), strict=True):
-                row.score = score
-            with transaction(hub.sessions) as s:
-                ev = s.get_one(Evaluation, evaluation_id)
-                already = set(s.scalars(select(Prediction.item).where(
-                    Prediction.evaluation_id == evaluation_id, Prediction.item.in_([r.item for r in rows]))))
-                s.add_all([r for r in rows if r.item not in already])  # a resumed run never counts twice
-                s.flush()
-                ev.done = prediction_count(s, evaluation_id)
-            batches += 1
-            if max_batches is not None and batches >= max_batches:
-                return False
+        if not _predict_batches(hub, evaluation_id, runner, todo, secrets, batch, max_batches):
+            return False
     with transaction(hub.sessions) as s:
         finish(s, s.get_one(Evaluation, evaluation_id))
     return True
@@ -557,7 +586,7 @@ def _versions() -> dict[str, str]:
     for pkg in ("strongroom", "onnxruntime", "scikit-learn", "scipy", "numpy"):
         try:
             out[pkg] = pkg_version(pkg)
-        except Exception:  # noqa: BLE001 - an uninstalled package is simply not named
+        except Exception:
             out[pkg] = "unknown"
     return out
 
