@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,17 @@ class Instance:
     tensor: np.ndarray  # (1, H, W) float32
 
 
+def finite_number(value: Any) -> float | None:
+    """A finite number of sensible size, or None (booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and abs(f) <= 1e9 else None
+
+
 def check_contract(contract: Mapping[str, Any]) -> dict[str, Any]:
     """The contract, validated and normalised (raises ContractError)."""
     modality = str(contract.get("modality", "")).strip().upper()
@@ -58,18 +70,20 @@ def check_contract(contract: Mapping[str, Any]) -> dict[str, Any]:
         raise ContractError(f"size is [height, width], each 1–{MAX_SIZE}")
     window = contract.get("window")
     if window is not None:
-        if not isinstance(window, Mapping) or not all(isinstance(window.get(k), int | float)
-                                                      for k in ("center", "width")):
+        center = finite_number(window.get("center")) if isinstance(window, Mapping) else None
+        width = finite_number(window.get("width")) if isinstance(window, Mapping) else None
+        if center is None or width is None:
             raise ContractError("window is {center, width} in stored units (HU for CT)")
-        if window["width"] <= 0:
+        if width <= 0:
             raise ContractError("the window's width is positive")
-        window = {"center": float(window["center"]), "width": float(window["width"])}
+        window = {"center": center, "width": width}
     norm = contract.get("normalise") or {"mean": 0.0, "std": 1.0}
-    if not isinstance(norm, Mapping) or not all(isinstance(norm.get(k), int | float) for k in ("mean", "std")) \
-            or norm["std"] <= 0:
+    mean = finite_number(norm.get("mean")) if isinstance(norm, Mapping) else None
+    std = finite_number(norm.get("std")) if isinstance(norm, Mapping) else None
+    if mean is None or std is None or std <= 0:
         raise ContractError("normalise is {mean, std} with std > 0")
     return {"modality": modality, "window": window, "size": [int(size[0]), int(size[1])],
-            "normalise": {"mean": float(norm["mean"]), "std": float(norm["std"])}}
+            "normalise": {"mean": mean, "std": std}}
 
 
 def check_output(output: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def check_output(output: Mapping[str, Any]) -> dict[str, Any]:
     if kind not in ("score", "probabilities"):
         raise ContractError("output kind is 'score' or 'probabilities'")
     index = output.get("index", 1 if kind == "probabilities" else 0)
-    if not isinstance(index, int) or index < 0:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= 10_000:
         raise ContractError("output index is a non-negative integer")
     name = output.get("name")
     if name is not None and not isinstance(name, str):

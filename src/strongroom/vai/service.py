@@ -228,6 +228,13 @@ class Labels:
 
 
 def parse_labels(text: str) -> Labels:
+    try:
+        return _parse_labels(text)
+    except csv.Error as exc:
+        raise Invalid(f"the labels table is not CSV: {exc}") from None
+
+
+def _parse_labels(text: str) -> Labels:
     """A reference standard: a CSV with an id column (image_id, study_id or case_id), ``label`` (0/1) and
     any subgroup columns."""
     if len(text) > MAX_CSV_CHARS:
@@ -246,8 +253,8 @@ def parse_labels(text: str) -> Labels:
             raise Invalid(f"the labels table has at most {MAX_LABEL_ROWS} rows")
         case = (row.get(id_column) or "").strip()
         label = (row.get("label") or "").strip()
-        if not case or label not in ("0", "1"):
-            raise Invalid(f"line {n}: an id and a label of 0 or 1")
+        if not case or len(case) > 200 or label not in ("0", "1"):
+            raise Invalid(f"line {n}: an id (at most 200 characters) and a label of 0 or 1")
         if case in seen:
             raise Invalid(f"line {n}: {case!r} is labelled twice")
         seen.add(case)
@@ -261,6 +268,13 @@ def parse_labels(text: str) -> Labels:
 
 
 def parse_predictions(text: str) -> dict[str, float]:
+    try:
+        return _parse_predictions(text)
+    except csv.Error as exc:
+        raise Invalid(f"the predictions table is not CSV: {exc}") from None
+
+
+def _parse_predictions(text: str) -> dict[str, float]:
     """Results-only mode: ``case_id,score`` (the id column may also be image_id or study_id)."""
     if len(text) > MAX_CSV_CHARS:
         raise Invalid("the predictions table is too large")
@@ -275,7 +289,7 @@ def parse_predictions(text: str) -> dict[str, float]:
         case = (row.get(id_column) or "").strip()
         try:
             score = float((row.get("score") or "").strip())
-        except ValueError:
+        except (ValueError, OverflowError):
             raise Invalid(f"line {n}: the score is a number") from None
         if not case or not np.isfinite(score) or len(case) > 200:
             raise Invalid(f"line {n}: an id (at most 200 characters) and a finite score")
@@ -292,17 +306,17 @@ def parse_predictions(text: str) -> dict[str, float]:
 def check_protocol(protocol: dict[str, Any], labels: Labels) -> dict[str, Any]:
     points = protocol.get("operating_points") or {}
     if not isinstance(points, dict) or len(points) > 10 or not all(
-            isinstance(k, str) and 0 < len(k) <= 60 and isinstance(v, int | float) and not isinstance(v, bool)
+            isinstance(k, str) and 0 < len(k) <= 60 and inference.finite_number(v) is not None
             for k, v in points.items()):
         raise Invalid("operating_points maps up to 10 names to thresholds, e.g. {\"vendor\": 0.5}")
     targets = protocol.get("target_sensitivities") or []
     if not isinstance(targets, list) or len(targets) > 5 or not all(
-            isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in targets):
+            (n := inference.finite_number(t)) is not None and 0 < n <= 1 for t in targets):
         raise Invalid("target_sensitivities are up to 5 numbers in (0, 1]")
     subgroups = protocol.get("subgroups")
     if subgroups is None:
         subgroups = list(labels.columns)
-    if not isinstance(subgroups, list) or not all(isinstance(s, str) and s in labels.columns for s in subgroups):
+    if not isinstance(subgroups, list) or not all(isinstance(c, str) and c in labels.columns for c in subgroups):
         raise Invalid(f"subgroups are columns of the labels table ({', '.join(labels.columns) or 'none'})")
     level = protocol.get("level", "study" if labels.id_column == "study_id" else "image")
     if level not in ("image", "study"):
