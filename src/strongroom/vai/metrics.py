@@ -165,14 +165,14 @@ def calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
 # -- ROC curve for plotting --------------------------------------------------------------------
 def roc_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
                grid: int = 20) -> list[tuple[float, float]]:
-    """The ROC curve as (FPR, TPR) on a fixed FPR grid (0, 1/grid, …, 1): no point belongs to one case's
-    score, so the curve can be released."""
+    """The ROC curve as (FPR, TPR) on a fixed FPR grid (0, 1/grid, …, 1), after the origin: no point
+    belongs to one case's score, so the curve can be released."""
     y, s = _arrays(labels, scores)
     fpr, tpr, _ = roc_curve(y, s)
     xs = np.linspace(0.0, 1.0, grid + 1)
     # the step function's upper envelope at each grid FPR
     ys = [float(tpr[fpr <= x + 1e-12].max()) for x in xs]
-    return [(float(x), yv) for x, yv in zip(xs, ys, strict=True)]
+    return [(0.0, 0.0)] + [(float(x), yv) for x, yv in zip(xs, ys, strict=True)]  # from the origin
 
 
 # -- one evaluation ----------------------------------------------------------------------------
