@@ -346,3 +346,25 @@ def test_two_clinics_are_pooled_for_the_vendor(vai) -> None:
     assert len(bench["studies"]) == 2
     pooled = bench["pooled"]
     assert pooled["low"] <= pooled["auc"] <= pooled["high"] and pooled["tau2"] == 0.0  # the same data twice
+
+
+def test_the_demo_shows_a_released_report(app, hub) -> None:
+    """`strongroom vai demo` on the seeded demo: the researcher (the demo vendor's user) reads the released
+    report; a second run changes nothing."""
+    from types import SimpleNamespace
+
+    from strongroom.demo import seed_demo
+    from strongroom.identity.service import find_user
+    from strongroom.vai.demo import seed_vai_demo
+
+    seed_demo(hub)
+    path = seed_vai_demo(hub)
+    assert seed_vai_demo(hub) == path
+    with hub.sessions() as s:
+        researcher = find_user(s, "researcher")
+    token = token_for(hub, SimpleNamespace(user=researcher))
+    c = TestClient(app, base_url="http://127.0.0.1:8000")
+    r = c.get(f"/api/v1{path}", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "released" and r.json()["report"]["metrics"]["auc"]["auc"] > 0.75
+    assert c.get("/api/v1/projects/demo/vai/evaluations", headers=bearer(token)).status_code == 404

@@ -82,3 +82,17 @@ def run(evaluation_id: str) -> None:
             console.print("no such evaluation")
             raise typer.Exit(2)
         console.print(f"{ev.state}: {ev.done}/{ev.total} outputs {ev.outputs_sha256 or '-'}")
+
+
+@app.command("demo")
+def demo() -> None:
+    """On the embedded demo: a vendor (the researcher), the synthetic detector, 200 synthetic screening cases in
+    project 'demo', a finished evaluation and its released report."""
+    from .demo import seed_vai_demo
+
+    hub = _hub()
+    try:
+        path = seed_vai_demo(hub)
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"report: {hub.settings.base_url.rstrip('/')}{path} (log in as researcher: the vendor's user)")
