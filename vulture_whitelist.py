@@ -111,3 +111,7 @@ credits_id, issued_by  # fees/models.py IssuedStatement: which version a credit 
 reservation_detail  # compute/models.py: the scheduler's last word on a booking, shown on the calendar page and in the API
 gpu_weeks_booked  # compute/service.py: GPU-weeks held in a span, the API of the meter (compute/metering.py), used by tests
 gpu_week_meter  # compute/metering.py: the fees capability's GPU-week meter (declared in compute's includeme)
+
+# VAI (vai/): JSON on the wire (ModelOut.uploaded, ReleaseOut.evaluation); onnxruntime's session options and
+# onnx's model proto, set for the libraries to read
+uploaded, evaluation, _.intra_op_num_threads, _.ir_version

@@ -537,6 +537,40 @@ def _retention_approve(w: World, ok: bool):  # a second operator approves; the r
                 f"/retention/deletions/{deletion}/approve")
 
 
+def _vai_review(w: World, ok: bool):  # memo asked for the release: pia (a named reviewer) decides, memo may not
+    from strongroom.projects.models import ProjectSetting
+    from strongroom.vai.models import Evaluation, ModelVersion, Release, Vendor
+
+    with transaction(w.hub.sessions) as s:
+        project_id = bulk.project_by_slug(w.hub, "chest")
+        named = [str(w.people["memo"].user.id), str(w.people["pia"].user.id)]
+        row = s.get(ProjectSetting, (project_id, "airlock_reviewers"))
+        if row is None:
+            s.add(ProjectSetting(project_id=project_id, key="airlock_reviewers", value=named,
+                                 changed_by=w.people["pia"].user.id))
+        else:
+            row.value = named
+        vendor = Vendor(slug=f"v{uuid.uuid4().hex[:8]}", name="Vendor")
+        s.add(vendor)
+        s.flush()
+        mv = ModelVersion(vendor_id=vendor.id, name="M", version="1", mode="results-only", intended_use="x",
+                          contract={}, output={"kind": "score", "index": 0}, created_by=w.people["pia"].user.id)
+        s.add(mv)
+        s.flush()
+        ev = Evaluation(project_id=project_id, model_version_id=mv.id, title="Screening check", labels_csv="",
+                        labels_sha256="0" * 64, protocol={}, state="done", inputs={},
+                        created_by=w.people["memo"].user.id)
+        s.add(ev)
+        s.flush()
+        release = Release(evaluation_id=ev.id, vendor_id=vendor.id, requested_by=w.people["memo"].user.id,
+                          approvals_needed=1, report={}, sha256="0" * 64)
+        s.add(release)
+        s.flush()
+        release_id = release.id
+    return post(w.c("pia" if ok else "memo"), f"/projects/chest/vai/releases/{release_id}/review",
+                {"decision": "approve"})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -605,6 +639,7 @@ CASES: dict[str, Case] = {
     "/retention/deletions/{deletion_id}/approve": _retention_approve,
     "/datasets/{dataset_id}/retention/hold": lambda w, ok: _retention(
         w, "hold", "pia" if ok else "memo", {"version": "1", "action": "set", "reason": "Litigation 2026:14"}),
+    "/projects/{slug}/vai/releases/{release_id}/review": _vai_review,
 }
 
 
@@ -638,7 +673,8 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
-              "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000"}
+              "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000",
+              "release_id": str(uuid.uuid4())}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

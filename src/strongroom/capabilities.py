@@ -47,6 +47,7 @@ CAPABILITIES = [
     "strongroom.stats",
     "strongroom.fees",
     "strongroom.retention",
+    "strongroom.vai",
     "strongroom.catalog",
 ]
 

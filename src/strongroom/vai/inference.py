@@ -1,0 +1,173 @@
+"""Preprocessing by a model's input contract and inference with onnxruntime (CPU): pure, no web or database.
+
+A contract says what the model expects::
+
+    {"modality": "CT", "window": {"center": 40, "width": 400}, "size": [64, 64],
+     "normalise": {"mean": 0.0, "std": 1.0}}
+
+``window`` maps stored values (after the DICOM rescale) linearly to [0, 1], clipped; without it the
+instance's own range is used. ``size`` resizes (bilinear, Pillow). ``normalise`` subtracts and divides.
+The input is one NCHW float32 tensor (N, 1, H, W); the output named in ``output`` (or the first) gives one
+score per instance: ``{"kind": "score"}`` takes element 0, ``{"kind": "probabilities", "index": k}``
+takes class k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pydicom
+from PIL import Image
+
+MAX_SIZE = 1024
+# what preprocessing reads of an instance (names, dates and private tags are skipped unread)
+TAGS = ["Modality", "SOPInstanceUID", "StudyInstanceUID", "StudyDate", "RescaleSlope", "RescaleIntercept",
+        "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
+        "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "PixelData", "FloatPixelData",
+        "DoubleFloatPixelData"]
+
+
+class ContractError(ValueError):
+    """The contract, the model or an instance does not fit."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What an evaluation keeps of one decrypted instance: identifiers and the model input, never pixels."""
+
+    sop_uid: str
+    study_uid: str
+    study_date: str
+    tensor: np.ndarray  # (1, H, W) float32
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite number of sensible size, or None (booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) and abs(f) <= 1e9 else None
+
+
+def check_contract(contract: Mapping[str, Any]) -> dict[str, Any]:
+    """The contract, validated and normalised (raises ContractError)."""
+    modality = str(contract.get("modality", "")).strip().upper()
+    if not modality or len(modality) > 16:
+        raise ContractError("the contract names the modality (e.g. CT, MG, MR)")
+    size = contract.get("size")
+    if (not isinstance(size, list | tuple) or len(size) != 2
+            or not all(isinstance(v, int) and 1 <= v <= MAX_SIZE for v in size)):
+        raise ContractError(f"size is [height, width], each 1–{MAX_SIZE}")
+    window = contract.get("window")
+    if window is not None:
+        center = finite_number(window.get("center")) if isinstance(window, Mapping) else None
+        width = finite_number(window.get("width")) if isinstance(window, Mapping) else None
+        if center is None or width is None:
+            raise ContractError("window is {center, width} in stored units (HU for CT)")
+        if width <= 0:
+            raise ContractError("the window's width is positive")
+        window = {"center": center, "width": width}
+    norm = contract.get("normalise") or {"mean": 0.0, "std": 1.0}
+    mean = finite_number(norm.get("mean")) if isinstance(norm, Mapping) else None
+    std = finite_number(norm.get("std")) if isinstance(norm, Mapping) else None
+    if mean is None or std is None or std <= 0:
+        raise ContractError("normalise is {mean, std} with std > 0")
+    return {"modality": modality, "window": window, "size": [int(size[0]), int(size[1])],
+            "normalise": {"mean": mean, "std": std}}
+
+
+def check_output(output: Mapping[str, Any]) -> dict[str, Any]:
+    kind = output.get("kind", "score")
+    if kind not in ("score", "probabilities"):
+        raise ContractError("output kind is 'score' or 'probabilities'")
+    index = output.get("index", 1 if kind == "probabilities" else 0)
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= 10_000:
+        raise ContractError("output index is a non-negative integer")
+    name = output.get("name")
+    if name is not None and not isinstance(name, str):
+        raise ContractError("output name is a string")
+    return {"kind": kind, "index": index, **({"name": name} if name else {})}
+
+
+def preprocess(data: bytes, contract: Mapping[str, Any]) -> Instance:
+    """One DICOM instance (bytes in memory) → the model's input, by the contract."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=TAGS)  # the rest is skipped, never decoded
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:
+        raise ContractError(f"not a readable DICOM image: {type(exc).__name__}") from None
+    modality = str(getattr(ds, "Modality", "")).upper()
+    if modality != contract["modality"]:
+        raise ContractError(f"modality {modality or '?'} where the model takes {contract['modality']}")
+    if pixels.ndim != 2:
+        raise ContractError("one single-frame greyscale image per instance")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    values = pixels * slope + intercept
+    window = contract.get("window")
+    if window:
+        low = window["center"] - window["width"] / 2
+        scaled = np.clip((values - low) / window["width"], 0.0, 1.0)
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    h, w = contract["size"]
+    if scaled.shape != (h, w):
+        image = Image.fromarray(scaled.astype(np.float32), mode="F")
+        scaled = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR))
+    norm = contract["normalise"]
+    tensor = ((scaled - norm["mean"]) / norm["std"]).astype(np.float32)[None, :, :]
+    return Instance(str(getattr(ds, "SOPInstanceUID", "")), str(getattr(ds, "StudyInstanceUID", "")),
+                    str(getattr(ds, "StudyDate", "")), tensor)
+
+
+class Runner:
+    """An ONNX model loaded into onnxruntime on the CPU, checked against its SHA-256 and contract."""
+
+    def __init__(self, model: bytes, contract: Mapping[str, Any], output: Mapping[str, Any], *,
+                 sha256: str | None = None, threads: int = 0) -> None:
+        if sha256 is not None and hashlib.sha256(model).hexdigest() != sha256:
+            raise ContractError("the model file does not match its recorded SHA-256")
+        self.contract, self.output = check_contract(contract), check_output(output)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
+        try:
+            self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ContractError(f"onnxruntime cannot load the model: {exc}") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ContractError("the model takes exactly one input tensor")
+        self.input_name = inputs[0].name
+        shape = inputs[0].shape
+        if len(shape) != 4:
+            raise ContractError("the model's input is NCHW (4 dimensions)")
+        h, w = self.contract["size"]
+        if (isinstance(shape[2], int) and shape[2] != h) or (isinstance(shape[3], int) and shape[3] != w):
+            raise ContractError(f"the model's input is {shape[2]}×{shape[3]}, the contract says {h}×{w}")
+        names = [o.name for o in self.session.get_outputs()]
+        self.output_name = self.output.get("name") or names[0]
+        if self.output_name not in names:
+            raise ContractError(f"the model has no output {self.output_name!r}")
+
+    def predict(self, tensors: Sequence[np.ndarray]) -> list[float]:
+        """Scores of a batch of preprocessed instances (each (1, H, W))."""
+        if not tensors:
+            return []
+        batch = np.stack(list(tensors)).astype(np.float32)
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
+        out = np.asarray(out, dtype=np.float64).reshape(len(tensors), -1)
+        index = self.output["index"]
+        if index >= out.shape[1]:
+            raise ContractError(f"the model gives {out.shape[1]} values per instance, the output names #{index}")
+        return [float(v) for v in out[:, index]]

@@ -1,0 +1,23 @@
+"""VAI job kinds: running (or resuming) an evaluation."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..jobs.context import JobContext
+from ..jobs.registry import job
+from . import service
+
+
+@job(service.JOB, max_attempts=5)
+def evaluate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Predict every instance not predicted yet (a batch per transaction: a killed worker's successor
+    resumes where the last committed batch ended, never counting an instance twice), then the metrics."""
+    evaluation_id = uuid.UUID(payload["evaluation_id"])
+    service.run(ctx.hub, evaluation_id)
+    with ctx.transaction(deferred=True) as session:
+        from .models import Evaluation
+
+        ev = session.get_one(Evaluation, evaluation_id)
+        return {"state": ev.state, "done": ev.done, "total": ev.total, "outputs_sha256": ev.outputs_sha256}
