@@ -14,7 +14,7 @@ from alembic import op
 import strongroom.db
 
 revision = '0025_vai'
-down_revision = '0020_dicomweb'
+down_revision = '0024_workspaces'
 branch_labels = None
 depends_on = None
 
