@@ -108,3 +108,8 @@ credits_id, issued_by  # fees/models.py IssuedStatement: which version a credit 
 reservation_detail  # compute/models.py: the scheduler's last word on a booking, shown on the calendar page and in the API
 gpu_weeks_booked  # compute/service.py: GPU-weeks held in a span, the API of the meter (compute/metering.py), used by tests
 gpu_week_meter  # compute/metering.py: the fees capability's GPU-week meter (declared in compute's includeme)
+# -- sftp --------------------------------------------------------------------------------------------------------
+# sftp/server.py: asyncssh calls these by name (SSHServer's authentication callbacks, SFTPServer's operations)
+begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supported, public_key_auth_supported
+auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
+symlink, statvfs, fstatvfs

@@ -207,8 +207,8 @@ def test_upload_encrypted_download_follows_policy(world: Hubsftp) -> None:
                                     files=[f.id])
         dataset_id = ds.id
     out2 = world.tmp / "from-dataset.bin"
-    r = world.sftp("alice", f"ls /lung/datasets/{dataset_id}/v1/scans", f"get /lung/datasets/{dataset_id}/v1/scans/scan.bin {out2}",
-                   f"put {src} /lung/datasets/{dataset_id}/v1/scans/new.bin")
+    top = f"/lung/datasets/{dataset_id}/v1"
+    r = world.sftp("alice", f"ls {top}/scans", f"get {top}/scans/scan.bin {out2}", f"put {src} {top}/scans/new.bin")
     assert "scan.bin" in r.stdout and out2.read_bytes() == data
     assert r.returncode != 0 and "denied" in r.stderr.lower()  # the last command: datasets are read-only
 

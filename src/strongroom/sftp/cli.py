@@ -17,7 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="The SFTP front door to project sto
 def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port to listen on")] = 2222) -> None:
     """Run the SFTP server (public-key logins with keys registered on the Account page)."""
-    from .server import host_key, serve as run
+    from .server import host_key
+    from .server import serve as run
 
     hub = Hub.from_settings(get_settings())
     key = host_key(hub)

@@ -136,15 +136,11 @@ class HubSFTPServer(asyncssh.SFTPServer):
         with open_session(self.hub.sessions) as session:
             return fn(session, self._principal(session), *args)
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        with transaction(self.hub.sessions) as session:
-            return fn(session, self._principal(session), *args)
-
     # -- paths ------------------------------------------------------------------------------------
-    def format_user(self, uid: int | None) -> str:
+    def format_user(self, _uid: int | None) -> str:
         return "strongroom"
 
-    def format_group(self, gid: int | None) -> str:
+    def format_group(self, _gid: int | None) -> str:
         return "strongroom"
 
     def realpath(self, path: bytes) -> bytes:
@@ -329,7 +325,7 @@ def _lenient_writes() -> None:
     """Server-side only (the hub's SFTP clients, e.g. the airlock's, use SFTPClientHandler); idempotent."""
     from asyncssh.sftp import FXP_WRITE, SFTPServerHandler
 
-    SFTPServerHandler._packet_handlers[FXP_WRITE] = _process_write_leniently  # type: ignore[assignment]
+    SFTPServerHandler._packet_handlers[FXP_WRITE] = _process_write_leniently
 
 
 async def start(hub: Hub, host: str, port: int) -> asyncssh.SSHAcceptor:
