@@ -171,6 +171,10 @@ def test_upload_encrypted_download_follows_policy(world: Hubsftp) -> None:
     assert r.returncode == 0, r.stderr
     assert "lung" in r.stdout and "heart" not in r.stdout
     assert f"{len(data)}" in r.stdout  # the size is known at once, before the ingest
+    with hub.sessions() as s:
+        key = s.scalar(select(SshKey).join(User, User.id == SshKey.user_id).where(User.email == "alice@example.org"))
+        assert key.last_used_at is not None
+    assert [d for a, d in _events(hub, "sftp.login")] != []
     _ingest(hub)
     assert _archived_plaintext(hub, "scans/scan.bin") == data
     assert marker not in _stored_bytes(hub)  # nothing in plaintext anywhere in storage
@@ -229,14 +233,21 @@ def test_other_projects_do_not_exist_and_nothing_but_uploads(world: Hubsftp) -> 
     assert r.returncode != 0
     for command in (f"put {src} /a.txt", f"put {src} /lung/a.txt", f"put {src} /lung/datasets/a.txt",
                     "mkdir /lung/datasets/x", "rm /lung/uploads/a.txt", "symlink /lung/uploads/a.txt /lung/uploads/l",
-                    "rename /lung/uploads/a.txt /lung/uploads/b.txt", f"put {src} /lung/uploads/a.txt"):
+                    "rename /lung/uploads/a.txt /lung/datasets/b.txt",
+                    "rename /lung/uploads/a.txt /heart/uploads/b.txt", f"put {src} /lung/uploads/a.txt"):
         r = world.sftp("alice", command)
         assert r.returncode != 0, command
+    assert world.sftp("bob", "rename /lung/uploads/a.txt /lung/uploads/b.txt").returncode != 0
     # chmod is accepted and has no effect
     r = world.sftp("alice", "chmod 777 /lung/uploads/a.txt", "ls -l /lung/uploads/a.txt")
     assert r.returncode == 0 and "-r--r-----" in r.stdout
     with hub.sessions() as s:
         assert s.scalar(select(ArchiveFile.path).where(ArchiveFile.state != "failed")) == "a.txt"
+    # one's own upload can be renamed (rclone's .partial files), and folders made before files go in them
+    r = world.sftp("alice", "rename /lung/uploads/a.txt /lung/uploads/notes/a.txt", "mkdir /lung/uploads/new",
+                   "cd /lung/uploads/new", f"put {src} b.txt", "ls /lung/uploads/notes", "ls /lung/uploads/new")
+    assert r.returncode == 0, r.stderr
+    assert "/lung/uploads/notes/a.txt" in r.stdout and "/lung/uploads/new/b.txt" in r.stdout
     # no shell, no exec: the SFTP subsystem only
     r = subprocess.run(["ssh", *[o if o != "-P" else "-p" for o in world.ssh_options(world.keys["alice"])],
                         "alice@127.0.0.1", "echo", "shell-ran"], capture_output=True, text=True, timeout=60)

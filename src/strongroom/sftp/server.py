@@ -127,6 +127,7 @@ class HubSFTPServer(asyncssh.SFTPServer):
         conn = chan.get_connection()
         self.key_id: uuid.UUID = conn.get_extra_info("strongroom_key_id")
         self.ip: str | None = conn.get_extra_info("peername", ("",))[0] or None
+        self.made: set[str] = set()  # folders made in upload areas this session (they exist once files do)
 
     # -- helpers ----------------------------------------------------------------------------------
     def _principal(self, session: Any) -> Any:
@@ -150,15 +151,22 @@ class HubSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPNoSuchFile("no such file or directory") from exc
 
     async def stat(self, path: bytes) -> SFTPAttrs:
-        where = _where(path)
-        return _attrs(await _run(self._read, service.stat, where))
+        return _attrs(await self._stat(_where(path)))
+
+    async def _stat(self, where: paths.Where) -> service.Entry:
+        try:
+            return await _run(self._read, service.stat, where)
+        except asyncssh.SFTPNoSuchFile:
+            if where.kind == "uploads" and f"{where.slug}/{where.rest}" in self.made:
+                return service.Entry(where.rest.rsplit("/", 1)[-1], True, writable=True)
+            raise
 
     async def lstat(self, path: bytes) -> SFTPAttrs:
         return await self.stat(path)
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
         where = _where(path)
-        entry = await _run(self._read, service.stat, where)
+        entry = await self._stat(where)
         if not entry.is_dir:
             raise asyncssh.SFTPNoSuchFile("not a directory")
         yield SFTPName(b".", attrs=_attrs(entry))
@@ -166,7 +174,12 @@ class HubSFTPServer(asyncssh.SFTPServer):
         cursor: str | None = None
         shown: set[str] = set()
         while True:  # one page of rows per query; the SFTP layer sends 128 names per READDIR reply
-            page, cursor = await _run(self._read, service.list_page, where, cursor)
+            try:
+                page, cursor = await _run(self._read, service.list_page, where, cursor)
+            except asyncssh.SFTPNoSuchFile:
+                if f"{where.slug}/{where.rest}" in self.made:
+                    return  # a folder made this session, still empty
+                raise
             for _key, item in page:
                 if item.is_dir:
                     if item.name in shown:
@@ -235,7 +248,9 @@ class HubSFTPServer(asyncssh.SFTPServer):
         where = _where(path)
         if where.kind != "uploads":
             raise asyncssh.SFTPPermissionDenied("folders are made only inside /<project>/uploads/")
-        await _run(self._read, lambda session, principal: service._project(session, principal, where.slug))
+        await _run(self._read, lambda session, principal: service.writable_area(session, principal, where.slug))
+        if where.rest:
+            self.made.add(f"{where.slug}/{where.rest}")
 
     def rmdir(self, path: bytes) -> None:
         raise asyncssh.SFTPPermissionDenied("folders are not removed over SFTP")
@@ -243,12 +258,11 @@ class HubSFTPServer(asyncssh.SFTPServer):
     async def remove(self, path: bytes) -> None:
         await _run(service.remove, self.hub, self.key_id, self.ip, _where(path))
 
-    def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        raise asyncssh.SFTPPermissionDenied("archived files are not renamed; upload under the final name "
-                                            "(rclone: --inplace)")
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await _run(service.rename, self.hub, self.key_id, self.ip, _where(oldpath), _where(newpath))
 
-    def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        self.rename(oldpath, newpath)
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self.rename(oldpath, newpath)
 
     def readlink(self, path: bytes) -> bytes:
         raise asyncssh.SFTPNoSuchFile("there are no links")

@@ -162,6 +162,13 @@ def _project(session: Session, principal: Principal, slug: str) -> projects.Proj
         raise NotFound("no such file or directory") from exc
 
 
+def writable_area(session: Session, principal: Principal, slug: str) -> None:
+    """The caller may write into the project's upload area (else: no such project / permission denied)."""
+    access = _project(session, principal, slug)
+    if "write-data" not in access.rights:
+        raise PermissionDenied("your role in this project does not include uploading data")
+
+
 def _readable(access: projects.ProjectAccess) -> None:
     if "read-data" not in access.rights:
         raise PermissionDenied("your role in this project does not include reading its data")
@@ -536,6 +543,41 @@ def open_write(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where, 
         with _BUSY_LOCK:
             _BUSY.add(f.id)
         return Writing(hub, key_id, ip, f.id, header, session_key, 0, 0)
+
+
+def rename(hub: Hub, key_id: uuid.UUID, ip: str | None, old: paths.Where, new: paths.Where) -> None:
+    """Rename one's own SFTP upload inside the same upload area while no dataset version holds it (rclone
+    uploads to ``name.XXXX.partial`` and renames it when done). Nothing else is ever renamed."""
+    if old.kind != "uploads" or new.kind != "uploads" or not old.rest or not new.rest or old.slug != new.slug:
+        raise PermissionDenied("only your own uploads are renamed, within the same upload area")
+    if not archive_path_ok(new.rest):
+        raise Invalid("file names are relative paths without control characters")
+    with transaction(hub.sessions) as session:
+        principal = key_principal(session, key_id, ip)
+        access = _project(session, principal, old.slug)
+        access.require("write-data")
+        found = session.execute(_visible_files(access.project.id).where(ArchiveFile.path == old.rest)
+                                .order_by(ArchiveFile.created_at.desc()).limit(1)).first()
+        if found is None:
+            raise NotFound("no such file")
+        f, up = found
+        if up is None or up.user_id != principal.user.id or session.scalar(
+                select(DatasetFile.file_id).where(DatasetFile.file_id == f.id).limit(1)) is not None:
+            raise PermissionDenied("archived files are not renamed: only your own uploads, before they join a dataset")
+        if session.scalar(select(ArchiveFile.id).where(ArchiveFile.project_id == access.project.id,
+                                                       ArchiveFile.path == new.rest, ArchiveFile.state != FAILED,
+                                                       ArchiveFile.hold.is_(None)).limit(1)) is not None:
+            raise PermissionDenied("a file of that name exists")
+        with _BUSY_LOCK:
+            if f.id in _BUSY:
+                raise PermissionDenied("this upload is still open")
+        f.path = up.path = new.rest
+        audit.record(session, principal.actor, "sftp.upload.renamed", project_id=f.project_id,
+                     target=f"file:{f.id}", details={"from": old.rest, "to": new.rest})
+
+
+def archive_path_ok(path: str) -> bool:
+    return len(path) <= 1024 and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
 
 
 def remove(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where) -> None:
