@@ -49,9 +49,11 @@ def sftp(port: int, key: Path, known: Path, user: str, *commands: str) -> float:
     batch = key.parent / "batch"
     batch.write_text("\n".join(commands) + "\n")
     started = time.perf_counter()
-    subprocess.run(["sftp", "-q", "-P", str(port), "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                    "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}", "-F", "/dev/null",
-                    "-b", str(batch), f"{user}@127.0.0.1"], check=True, capture_output=True)
+    done = subprocess.run(["sftp", "-q", "-P", str(port), "-i", str(key), "-o", "IdentitiesOnly=yes", "-o",
+                           "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+                           "-F", "/dev/null", "-b", str(batch), f"{user}@127.0.0.1"], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"sftp failed: {done.stderr}")
     return time.perf_counter() - started
 
 
@@ -107,7 +109,8 @@ def main() -> None:
             times["hub put"].append(sftp(ports["hub"], key, known, "alice", f"put {src} /lung/uploads/d{i}.bin"))
             Runner(hub, lease_seconds=60, name="bench").run_until_idle()
             times["plain get"].append(sftp(ports["plain"], key, known, "alice", f"get /d{i}.bin {tmp / 'out'}"))
-            times["hub get"].append(sftp(ports["hub"], key, known, "alice", f"get /lung/uploads/d{i}.bin {tmp / 'out'}"))
+            times["hub get"].append(sftp(ports["hub"], key, known, "alice",
+                                         f"get /lung/uploads/d{i}.bin {tmp / 'out'}"))
             assert (tmp / "out").stat().st_size == src.stat().st_size
         hub_acceptor.close()
         plain_acceptor.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -127,6 +128,7 @@ class HubSFTPServer(asyncssh.SFTPServer):
         conn = chan.get_connection()
         self.key_id: uuid.UUID = conn.get_extra_info("strongroom_key_id")
         self.ip: str | None = conn.get_extra_info("peername", ("",))[0] or None
+        self._storing: dict[int, asyncio.Future[None]] = {}  # upload handle → its part being stored
         self.made: set[str] = set()  # folders made in upload areas this session (they exist once files do)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -211,8 +213,22 @@ class HubSFTPServer(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, service.Writing):
             raise asyncssh.SFTPPermissionDenied("this file is open for reading")
-        await _run(file_obj.write, offset, data)
+        try:
+            full = file_obj.accept(offset, data)  # memory only: no thread hop for every 32 KiB
+        except Exception as exc:
+            raise _sftp_error(exc) from exc
+        if full:
+            # One part is stored (encrypted, written, committed) while the next one arrives: wait for the
+            # previous part first (at most one in flight, so memory stays at about two parts per upload).
+            await self._settle(file_obj)
+            self._storing[id(file_obj)] = asyncio.ensure_future(_run(file_obj.store_part, file_obj.take_part()))
         return len(data)
+
+    async def _settle(self, file_obj: service.Writing) -> None:
+        """Wait for the part being stored; its error (over quota, storage) is this operation's error."""
+        pending = self._storing.pop(id(file_obj), None)
+        if pending is not None:
+            await pending
 
     async def close(self, file_obj: object) -> None:
         # asyncssh closes every open handle when the session ends too: a channel that got its end of input
@@ -220,6 +236,11 @@ class HubSFTPServer(asyncssh.SFTPServer):
         # so an upload stays resumable instead of being completed with what arrived.
         gone = self._chan.is_closing() or getattr(self._chan, "_recv_state", "open") != "open"
         if isinstance(file_obj, service.Writing):
+            try:
+                await self._settle(file_obj)
+            except asyncssh.SFTPError:
+                await _run(file_obj.release, interrupted=gone)
+                raise
             if gone:
                 await _run(file_obj.release, interrupted=True)
             else:
@@ -332,7 +353,8 @@ async def _process_write_leniently(handler: Any, packet: Any) -> int:
     file_obj = handler._file_handles.get(handle)
     if not file_obj:
         raise asyncssh.SFTPInvalidHandle("Invalid file handle")
-    return cast(int, await handler._server.write(file_obj, offset, data))
+    result = handler._server.write(file_obj, offset, data)
+    return cast(int, await result if inspect.isawaitable(result) else result)
 
 
 def _lenient_writes() -> None:

@@ -402,24 +402,38 @@ class Writing:
     nonce_seed: bytes = field(default_factory=lambda: os.urandom(32))
     failed: str | None = None
 
+    in_flight: int = 0  # plaintext bytes of a part being stored by the server meanwhile (see server.write)
+
     @property
     def size(self) -> int:
-        return self.received + len(self.buffer)
+        return self.received + self.in_flight + len(self.buffer)
 
-    def write(self, offset: int, data: bytes) -> None:
+    def accept(self, offset: int, data: bytes) -> bool:
+        """Take the bytes into memory (no I/O: called on the server's event loop); True when a whole part
+        is buffered: ``take_part`` then ``store_part`` (in a worker thread)."""
         if self.failed:
             raise OverQuota(self.failed)
         expected = self.size
         if offset < expected:  # a client re-sending what is already here (resume): keep what is new
             data = data[expected - offset:]
-            if not data:
-                return
         elif offset > expected:
             raise Invalid(f"uploads are written in order: continue at byte {expected} (e.g. `reput`)")
         self.buffer += data
-        while len(self.buffer) >= PART_PLAIN:
-            self._store(bytes(self.buffer[:PART_PLAIN]))
-            del self.buffer[:PART_PLAIN]
+        return len(self.buffer) >= PART_PLAIN
+
+    def take_part(self) -> bytes:
+        """The next whole part, out of the buffer (memory only); ``store_part`` stores it."""
+        part = bytes(self.buffer[:PART_PLAIN])
+        del self.buffer[:PART_PLAIN]
+        self.in_flight = len(part)
+        return part
+
+    def store_part(self, part: bytes) -> None:
+        try:
+            self._store(part)
+        finally:
+            self.in_flight = 0
+
 
     def _store(self, plain: bytes) -> None:
         """Encrypt one part and store it; the quota grows by its size first (refused: the upload is gone)."""
