@@ -337,6 +337,7 @@ def test_killed_upload_resumes(world: Hubsftp) -> None:
     assert hashlib.sha256(_archived_plaintext(hub, "big.bin")).digest() == hashlib.sha256(data).digest()
     resumed = _events(hub, "sftp.upload.resumed")
     assert [d["at"] for _, d in resumed] == [stored_size]
+    assert [d["stored"] for _, d in _events(hub, "sftp.upload.interrupted")] == [stored_size]
     with hub.sessions() as s:
         assert s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung")) == 0
 

@@ -499,8 +499,17 @@ class Writing:
         """The handle is gone. Interrupted (the connection dropped): what was stored stays, resumable; the
         unstored tail in memory is dropped (it is re-sent from ``stat``'s size)."""
         self.buffer = bytearray()
-        with _BUSY_LOCK:
-            _BUSY.discard(self.file_id)
+        try:
+            if interrupted and not self.failed:
+                with transaction(self.hub.sessions) as session:
+                    f = session.get(ArchiveFile, self.file_id)
+                    if f is not None and f.state == "receiving":
+                        principal = key_principal(session, self.key_id, self.ip)
+                        audit.record(session, principal.actor, "sftp.upload.interrupted", project_id=f.project_id,
+                                     target=f"file:{self.file_id}", details={"stored": self.received})
+        finally:
+            with _BUSY_LOCK:
+                _BUSY.discard(self.file_id)
         for hook in HANDLE_RELEASED:
             hook(self.file_id, interrupted)
 
@@ -539,7 +548,12 @@ def open_write(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where, 
             stale.discard(reason="replaced by a new upload")
             resume = None
         if resume is not None:
-            opened = c4gh.open_header(resume.header, hub_keys(hub, session).secrets)
+            try:
+                opened = c4gh.open_header(resume.header, hub_keys(hub, session).secrets)
+            except Exception:
+                with _BUSY_LOCK:
+                    _BUSY.discard(resume.file_id)
+                raise
             audit.record(session, principal.actor, "sftp.upload.resumed", project_id=resume.project_id,
                          target=f"file:{resume.file_id}", details={"path": resume.path, "at": resume.received})
             return Writing(hub, key_id, ip, resume.file_id, resume.header, opened.session_keys[0], resume.received,
