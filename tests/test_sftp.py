@@ -290,11 +290,9 @@ def test_rclone_copy_listing_pages(world: Hubsftp) -> None:
     assert {p.name: p.read_bytes() for p in back.iterdir()} == files
 
 
-def test_killed_upload_resumes(world: Hubsftp) -> None:
-    hub = world.hub
-    data = os.urandom(20 * 1024 * 1024 + 12345)
-    src = world.tmp / "big.bin"
-    src.write_bytes(data)
+def _kill_mid_upload(world: Hubsftp, argv: list[str]) -> None:
+    """Start a client uploading; once the server has stored a part, hold it there, kill the client, let the
+    server go on and wait until it has let go of the upload (events, no sleeps)."""
     stored, go_on, released = threading.Event(), threading.Event(), threading.Event()
     interrupted: list[bool] = []
 
@@ -310,10 +308,7 @@ def test_killed_upload_resumes(world: Hubsftp) -> None:
     sftp.PART_STORED.append(part_stored)
     sftp.HANDLE_RELEASED.append(handle_released)
     try:
-        batch = world.tmp / "put-batch"
-        batch.write_text(f"put {src} /lung/uploads/big.bin\n")
-        client = subprocess.Popen(["sftp", *world.ssh_options(world.keys["alice"]), "-b", str(batch),
-                                   "alice@127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert stored.wait(60), "no part arrived"
         client.kill()
         client.wait(30)
@@ -324,6 +319,16 @@ def test_killed_upload_resumes(world: Hubsftp) -> None:
         go_on.set()
         sftp.PART_STORED.remove(part_stored)
         sftp.HANDLE_RELEASED.remove(handle_released)
+
+
+def test_killed_upload_resumes(world: Hubsftp) -> None:
+    hub = world.hub
+    data = os.urandom(20 * 1024 * 1024 + 12345)
+    src = world.tmp / "big.bin"
+    src.write_bytes(data)
+    batch = world.tmp / "put-batch"
+    batch.write_text(f"put {src} /lung/uploads/big.bin\n")
+    _kill_mid_upload(world, ["sftp", *world.ssh_options(world.keys["alice"]), "-b", str(batch), "alice@127.0.0.1"])
     with hub.sessions() as s:
         up = s.scalar(select(SftpUpload))
         assert up is not None and up.completed_at is None
@@ -407,3 +412,24 @@ def test_key_registration_needs_fresh_mfa(app, hub, people, tmp_path: Path) -> N
     assert c.delete(f"/api/v1/me/ssh-keys/{uuid.uuid4()}", headers=bearer(token)).status_code == 404
     assert [a for a, _ in _events(hub, "sftp.key.added", "sftp.key.removed")] == \
         ["sftp.key.added", "sftp.key.added", "sftp.key.removed"]
+
+
+def test_killed_rclone_upload_copied_again(world: Hubsftp) -> None:
+    """rclone (1.60) does not append: copying again truncates, which replaces the unfinished upload."""
+    hub = world.hub
+    data = os.urandom(20 * 1024 * 1024 + 777)
+    src = world.tmp / "run.bin"
+    src.write_bytes(data)
+    argv = ["rclone", "--config", "/dev/null", "copyto", str(src),
+            f":sftp,host=127.0.0.1,port={world.port},user=alice,key_file={world.keys['alice']},"
+            f"known_hosts_file={world.known_hosts},shell_type=none,disable_hashcheck=true:lung/uploads/run.bin"]
+    _kill_mid_upload(world, argv)
+    r = world.rclone("alice", "copyto", str(src), "REMOTE:lung/uploads/run.bin")
+    assert r.returncode == 0, r.stderr
+    _ingest(hub)
+    assert hashlib.sha256(_archived_plaintext(hub, "run.bin")).digest() == hashlib.sha256(data).digest()
+    with hub.sessions() as s:
+        states = sorted(s.scalars(select(ArchiveFile.state)))
+        assert states == ["failed", "ready"]  # the cut-off attempt, its parts deleted; the new upload
+        assert s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung")) == 0
+    assert list(storage_for(hub).iter_multipart_uploads()) == []
