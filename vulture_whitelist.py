@@ -115,3 +115,8 @@ gpu_week_meter  # compute/metering.py: the fees capability's GPU-week meter (dec
 # VAI (vai/): JSON on the wire (ModelOut.uploaded, ReleaseOut.evaluation); onnxruntime's session options and
 # onnx's model proto, set for the libraries to read
 uploaded, evaluation, _.intra_op_num_threads, _.ir_version
+# -- sftp --------------------------------------------------------------------------------------------------------
+# sftp/server.py: asyncssh calls these by name (SSHServer's authentication callbacks, SFTPServer's operations)
+begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supported, public_key_auth_supported
+auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
+symlink, statvfs, fstatvfs

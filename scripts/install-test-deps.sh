@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite drives for real: Debian's chromium (Playwright's browser), dicom3tools'
-# dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender), Prometheus' promtool
+# dciodvfy (validates de-identified DICOM), dcmtk's storescu (a real DICOM sender), OpenSSH's sftp and rclone
+# (SFTP clients of the hub's SFTP server), Prometheus' promtool
 # (checks and unit-tests the alerting rules in deploy/prometheus), Slurm (slurmctld, slurmd, scontrol) with
 # munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider used by the
 # OIDC tests; iproute2 and nftables for the workspaces' network namespaces.
@@ -13,7 +14,9 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)  # DICOM IOD validator (de-identification tests)
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)  # a real DICOM sender (storescu) for the destination tests
-command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)  # promtool checks and unit-tests deploy/prometheus rules
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v sftp >/dev/null 2>&1 || need_apt+=(openssh-client)  # the OpenSSH sftp client (tests/test_sftp.py)
+command -v rclone >/dev/null 2>&1 || need_apt+=(rclone)  # rclone's sftp backend against the hub's SFTP server  # promtool checks and unit-tests deploy/prometheus rules
 # a real Slurm for the compute tests (the packages' services are not started: the tests start their own daemons)
 [ -x /usr/sbin/slurmctld ] || need_apt+=(slurmctld)
 [ -x /usr/sbin/slurmd ] || need_apt+=(slurmd)

@@ -225,6 +225,21 @@ def _revoke_key(w: World, ok: bool):
     return post(w.c("rita"), f"/account/keys/{fp if ok else 'nope'}/revoke")
 
 
+def _add_ssh_key(w: World, ok: bool):
+    from strongroom.sftp.server import asyncssh
+
+    pub = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode() if ok else "not a key"
+    return post(w.c("rita"), "/account/ssh-keys", {"public_key": pub, "comment": "laptop"})
+
+
+def _remove_ssh_key(w: World, ok: bool):
+    from strongroom.sftp.models import SshKey
+
+    with w.hub.sessions() as s:
+        key_id = s.scalar(select(SshKey.id).where(SshKey.user_id == w.people["rita"].user.id)) if ok else uuid.uuid4()
+    return post(w.c("rita"), f"/account/ssh-keys/{key_id}/remove")
+
+
 def _apply(w: World, ok: bool):
     r = post(w.c("rita"), f"/apply/{w.ids['demo'] if ok else 'SRD-NOPE'}")
     if ok:
@@ -594,6 +609,8 @@ CASES: dict[str, Case] = {
     "/datasets/{dataset_id}/versions/{number}/release": _release,
     "/account/keys": _add_key,
     "/account/keys/{fingerprint}/revoke": _revoke_key,
+    "/account/ssh-keys": _add_ssh_key,
+    "/account/ssh-keys/{key_id}/remove": _remove_ssh_key,
     "/apply/{dataset_id}": _apply,
     "/applications/{application_id}/save": _save,
     "/applications/{application_id}/{command}": _command,
@@ -674,7 +691,7 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
               "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000",
-              "release_id": str(uuid.uuid4())}
+              "release_id": str(uuid.uuid4()), "key_id": str(uuid.uuid4())}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

@@ -48,6 +48,7 @@ CAPABILITIES = [
     "strongroom.fees",
     "strongroom.retention",
     "strongroom.vai",
+    "strongroom.sftp",
     "strongroom.catalog",
 ]
 

@@ -13,7 +13,7 @@ from alembic import op
 from strongroom.db import UtcDateTime
 
 revision = "0024_workspaces"
-down_revision = "0020_dicomweb"
+down_revision = "0023_sftp"
 branch_labels = None
 depends_on = None
 
