@@ -52,6 +52,7 @@ from ..projects.models import Project, ProjectSetting
 from ..projects.settings import DicomSender
 from . import keystore, pipeline, service
 from .deid import DeidError
+from .destination import DESTINATION_SERVICES, DestinationRef
 from .models import ImportBatch
 from .settings import DicomDestination
 
@@ -302,6 +303,9 @@ class DicomService:
             (evt.EVT_C_STORE, self._on_store, [dest]),
             (evt.EVT_CONN_CLOSE, self._on_end, [dest]),  # after release, abort or a dropped connection
         ]
+        ref = DestinationRef(self.hub, self.storage, project_id, slug, config.ae_title)
+        for extension in DESTINATION_SERVICES:
+            handlers += extension(ae, ref)
         dest.server = ae.start_server((self.host, config.port), block=False, evt_handlers=handlers)
         log.info("dicom.destination_started", project=slug, ae_title=config.ae_title, port=config.port)
         return dest
