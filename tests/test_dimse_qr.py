@@ -303,3 +303,30 @@ def test_another_projects_workstation_sees_nothing_and_quarantine_never_appears(
         assert r.returncode == 0 and list((tmp_path / "x6").iterdir()) == []
     assert events(hub, "dicom.study.retrieved") == []
     assert os.listdir(tmp_path / "x3") == []
+
+
+def test_move_destinations_through_the_api_are_validated_audited_and_per_project(app, hub, people) -> None:
+    from fastapi.testclient import TestClient
+
+    from conftest import bearer, token_for
+
+    alice, bob = people("alice"), people("bob")
+    make_project(hub, "lung", "alice")
+    make_project(hub, "heart", "bob")
+    url = "/api/v1/projects/lung/settings/dicom_move_destinations"
+    entry = {"ae_title": "WS1_STORE", "host": "10.0.0.5", "port": 11112}
+    with TestClient(app) as c:
+        alice_h, bob_h = bearer(token_for(hub, alice)), bearer(token_for(hub, bob))
+        listed = {s["key"]: s for s in c.get("/api/v1/projects/lung/settings", headers=alice_h).json()}
+        assert listed["dicom_move_destinations"]["locked"] is True and listed["dicom_move_destinations"]["value"] == []
+        for bad in ([entry, entry | {"host": "10.0.0.6"}],  # one AE title twice
+                    [entry | {"ae_title": "A\\B"}], [entry | {"host": "10.0.0.5; rm -rf"}], [entry | {"port": 0}]):
+            r = c.put(url, json={"value": bad}, headers=alice_h)
+            assert r.status_code == 422, bad
+        r = c.put(url, json={"value": [entry]}, headers=alice_h)
+        assert r.status_code == 200 and r.json()["value"] == [entry] and r.json()["locked"] is False
+        assert c.put(url, json={"value": []}, headers=bob_h).status_code == 404  # not bob's project
+        heart = {s["key"]: s for s in c.get("/api/v1/projects/heart/settings", headers=bob_h).json()}
+        assert heart["dicom_move_destinations"]["value"] == []
+    (opened,) = [e for e in events(hub, "project.setting.opened") if e.target == "setting:dicom_move_destinations"]
+    assert opened.details == {"before": [], "after": [entry]}

@@ -70,10 +70,8 @@ MOVE_MODELS = (StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetri
 # Statuses (PS3.4 C.4, PS3.7 C)
 PENDING, SUCCESS, CANCELLED = 0xFF00, 0x0000, 0xFE00
 NOT_AUTHORISED = 0x0124  # Refused: Not Authorised (a general status)
-MOVE_DESTINATION_UNKNOWN = 0xA801
 OUT_OF_RESOURCES = 0xA702  # Refused: Out of resources - unable to perform sub-operations
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 
 LEVELS = {"STUDY": STUDY, "SERIES": SERIES, "IMAGE": INSTANCE}
 UNIQUE_KEY = {STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID", INSTANCE: "SOPInstanceUID"}
@@ -241,7 +239,7 @@ def _response(result: dict[str, Any], request: FindRequest, level: str, ref: Des
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = level
     if request.retrieve_ae:
-        ds.RetrieveAETitle = ref.ae_title
+        ds.add_new(0x00080054, "AE", ref.ae_title)  # RetrieveAETitle: this destination
     for elem in request.unsupported:
         ds.add_new(elem.tag, elem.VR, [] if elem.VR == "SQ" else None)
     return ds
@@ -345,7 +343,7 @@ def on_move(event: evt.Event, ref: DestinationRef) -> Iterator[Any]:
                          details=caller.details() | {"operation": "move", "destination": target[:16],
                                                      "reason": "move destination not registered"})
         log.warning("dicom.move_destination_unknown", project=ref.slug, destination=target[:16], **caller.details())
-        yield None, None  # 0xA801 Move Destination Unknown
+        yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
     plan = _prepare(ref, event.identifier, caller, "move", destination.ae_title)
     items = plan[0] if not isinstance(plan, Dataset) else []

@@ -11,6 +11,9 @@ and the de-identified file and its summary are on disk (fsync). Verification (le
 encryption into the archive and the database rows follow asynchronously in the archiver thread, in
 groups; a crash anywhere leaves spool files that the next start picks up, so nothing acknowledged is
 lost. Quiet projects get their verified instances published as a new dataset version.
+
+Other capabilities add DIMSE services to every destination through ``destination.DESTINATION_SERVICES``
+(dicomweb: C-FIND, C-GET and C-MOVE); they are reached through the same allow-list.
 """
 
 from __future__ import annotations
