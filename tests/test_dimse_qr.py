@@ -173,6 +173,13 @@ def test_findscu_levels_matching_and_counts_then_getscu_once_downloads_open(hub,
         r, found = findscu(port, ["QueryRetrieveLevel=STUDY", f"PatientID={patient}", "StudyInstanceUID"],
                            tmp_path / "f10", model="-P")
         assert uids(found, "StudyInstanceUID") == {x.study_uid for x in rows if x.patient_pseudonym == patient}
+        # Patient Root, PATIENT level: one result per patient pseudonym with its counts
+        r, found = findscu(port, ["QueryRetrieveLevel=PATIENT", "PatientID", "PatientName",
+                                  "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedInstances"],
+                           tmp_path / "f10b", model="-P")
+        assert sorted((str(p.PatientID), p.NumberOfPatientRelatedStudies, p.NumberOfPatientRelatedInstances)
+                      for p in found) == sorted((x, 2, 6) for x in {x.patient_pseudonym for x in rows})
+        assert all(p.QueryRetrieveLevel == "PATIENT" and "PatientName" in p for p in found)
         # a malformed key value: a failure status, not a crash
         r, found = findscu(port, ["QueryRetrieveLevel=STUDY", "StudyDate=2020"], tmp_path / "f11")
         assert found == [] and re.search(r"0xa900|DataSetDoesNotMatchSOPClass", r.stdout + r.stderr, re.I)
@@ -203,7 +210,7 @@ def test_findscu_levels_matching_and_counts_then_getscu_once_downloads_open(hub,
         assert same_instance(only.read_bytes(), archived_bytes(hub, first.file_id))
 
     # audit: one event per C-FIND request, one per study and retrieve (never per instance)
-    assert len(events(hub, "dicom.find")) == 11  # 12 requests, one refused before it ran
+    assert len(events(hub, "dicom.find")) == 12  # 13 requests, one refused before it ran
     retrieved = events(hub, "dicom.study.retrieved")
     assert [(e.target, e.details["instances"], e.details["operation"]) for e in retrieved] == \
         [(f"study:{first.study_uid}", 3, "get"), (f"study:{first.study_uid}", 1, "get")]

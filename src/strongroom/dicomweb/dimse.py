@@ -73,8 +73,13 @@ NOT_AUTHORISED = 0x0124  # Refused: Not Authorised (a general status)
 OUT_OF_RESOURCES = 0xA702  # Refused: Out of resources - unable to perform sub-operations
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 
-LEVELS = {"STUDY": STUDY, "SERIES": SERIES, "IMAGE": INSTANCE}
-UNIQUE_KEY = {STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID", INSTANCE: "SOPInstanceUID"}
+PATIENT = "patient"
+LEVELS = {"PATIENT": PATIENT, "STUDY": STUDY, "SERIES": SERIES, "IMAGE": INSTANCE}
+PATIENT_KEYS = ("PatientID", "PatientName")  # matched and returned at PATIENT level, with these counts:
+PATIENT_COUNTS = {"NumberOfPatientRelatedStudies": ("00201200", 2), "NumberOfPatientRelatedSeries": ("00201202", 3),
+                  "NumberOfPatientRelatedInstances": ("00201204", 4)}  # tag, position in query.patients' rows
+UNIQUE_KEY = {PATIENT: "PatientID", STUDY: "StudyInstanceUID", SERIES: "SeriesInstanceUID",
+              INSTANCE: "SOPInstanceUID"}
 RETRIEVE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
                  "IMAGE": "SOPInstanceUID"}
 NOT_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "TimezoneOffsetFromUTC",
@@ -132,10 +137,15 @@ def parse_find(identifier: Dataset) -> FindRequest:
     unsupported: list[DataElement] = []
     for elem in identifier:
         keyword = elem.keyword
-        if elem.tag.group in (0x0000, 0x0002) or keyword in NOT_KEYS:
+        if elem.tag.group in (0x0000, 0x0002) or elem.tag.is_private or keyword in NOT_KEYS:
+            continue
+        if level == PATIENT and keyword in PATIENT_COUNTS:
+            fields.append(keyword)
             continue
         attribute = attrs.BY_KEYWORD.get(keyword)
-        if attribute is None or attribute.level not in attrs.REACHABLE[level]:
+        reachable = attribute is not None and (
+            keyword in PATIENT_KEYS if level == PATIENT else attribute.level in attrs.REACHABLE[level])
+        if attribute is None or not reachable:
             unsupported.append(elem)
             continue
         if keyword not in fields:
@@ -221,6 +231,9 @@ def on_find(event: evt.Event, ref: DestinationRef) -> Iterator[tuple[int | Datas
 def find(ref: DestinationRef, request: FindRequest) -> Iterator[dict[str, Any]]:
     """The matches of a C-FIND, as QIDO's DICOM JSON, read from the index a page at a time."""
     scope = query.Scope(ref.project_id, ref.slug, None)
+    if request.level == PATIENT:
+        yield from _patients(ref, scope, request)
+        return
     search = {STUDY: query.studies, SERIES: query.series, INSTANCE: query.instances}[request.level]
     offset = 0
     while True:
@@ -228,6 +241,30 @@ def find(ref: DestinationRef, request: FindRequest) -> Iterator[dict[str, Any]]:
         with ref.hub.sessions() as session:
             page = search(session, scope, q, "")
         yield from page
+        if len(page) < PAGE:
+            return
+        offset += PAGE
+
+
+def _patients(ref: DestinationRef, scope: query.Scope, request: FindRequest) -> Iterator[dict[str, Any]]:
+    pn: dict[str, Any] = {"vr": "PN"}
+    lo: dict[str, Any] = {"vr": "LO"}
+    is_: dict[str, Any] = {"vr": "IS"}
+    offset = 0
+    while True:
+        with ref.hub.sessions() as session:
+            page = query.patients(session, scope, request.matches, PAGE, offset)
+        for row in page:
+            values = {"PatientID": ("00100020", lo, row[0]), "PatientName": ("00100010", pn, row[1]),
+                      **{k: (tag, is_, row[i]) for k, (tag, i) in PATIENT_COUNTS.items()}}
+            out: dict[str, dict[str, Any]] = {}
+            for keyword in request.fields:
+                tag, empty, value = values[keyword]
+                if value in ("", None):
+                    out[tag] = dict(empty)
+                else:
+                    out[tag] = dict(empty) | {"Value": [{"Alphabetic": value} if empty is pn else value]}
+            yield dict(sorted(out.items()))
         if len(page) < PAGE:
             return
         offset += PAGE
