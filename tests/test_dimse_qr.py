@@ -238,7 +238,6 @@ def test_movescu_to_the_registered_destination_only(hub, settings, pacs, tmp_pat
     (opened,) = [e for e in events(hub, "project.setting.opened") if e.target == "setting:dicom_move_destinations"]
     assert opened.details["after"] == [{"ae_title": STORE_AE, "host": "127.0.0.1", "port": store_port}]
     assert opened.actor.startswith("cli:")
-    open_downloads(hub, "lung")
 
     received = tmp_path / "received"
     received.mkdir()
@@ -247,6 +246,11 @@ def test_movescu_to_the_registered_destination_only(hub, settings, pacs, tmp_pat
     try:
         wait_listening(store_port, store)
         with serving(settings, pacs):
+            # downloads locked (the default): a move to the registered destination is refused too
+            r = movescu(pacs["lung"], ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={first.study_uid}"], STORE_AE)
+            assert re.search(r"Status: 0x0?124", r.stdout + r.stderr), r.stdout + r.stderr
+            assert list(received.iterdir()) == []
+            open_downloads(hub, "lung")
             r = movescu(pacs["lung"], ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={first.study_uid}",
                                        f"SeriesInstanceUID={first.series_uid}"], STORE_AE)
             assert r.returncode == 0, r.stderr
@@ -272,9 +276,10 @@ def test_movescu_to_the_registered_destination_only(hub, settings, pacs, tmp_pat
         store.terminate()
         store.wait(30)
     refused = events(hub, "dicom.retrieve.refused")
-    assert [e.details["destination"] for e in refused] == ["ELSEWHERE", STORE_AE]
+    assert [(e.details["destination"], "locked" in e.details["reason"]) for e in refused] == \
+        [(STORE_AE, True), ("ELSEWHERE", False), (STORE_AE, False)]
     (moved,) = events(hub, "dicom.study.retrieved")
-    assert moved.details | {} == moved.details and moved.details["destination"] == STORE_AE
+    assert moved.details["destination"] == STORE_AE and moved.details["calling_ae"] == WS
     assert moved.details["instances"] == 3 and moved.details["operation"] == "move"
 
 
