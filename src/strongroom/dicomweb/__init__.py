@@ -3,17 +3,20 @@
 ``attributes`` (pure: the QIDO attribute table, matching and DICOM JSON), ``query`` (QIDO-RS in SQL over
 ``imaging_instances``: never decrypts), ``retrieve`` (WADO-RS: instances, metadata, frames and rendered
 images decrypted in memory from the crypt4gh segments that cover them), ``render`` (pure: windowed PNG),
-``backfill`` (indexes instances archived before the index existed), ``api`` and ``cli``; ``web``: the
-viewer page (its script is ``web/static/viewer.js``).
+``backfill`` (indexes instances archived before the index existed), ``dimse`` (C-FIND, C-GET and C-MOVE
+SCP on each project's DICOM destination, over the same index and archive reads), ``settings`` (the
+project's registered C-MOVE destinations), ``api`` and ``cli``; ``web``: the viewer page (its script is
+``web/static/viewer.js``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..capabilities import Config
+    from ..imaging.destination import DestinationRef
 
 
 def includeme(config: Config) -> None:
@@ -23,3 +26,14 @@ def includeme(config: Config) -> None:
     config.add_hook("strongroom.archive.web:DATASET_VIEWERS", "strongroom.dicomweb.web:dataset_viewer")
     config.add_cli("strongroom.dicomweb.cli:dicomweb_app", name="dicomweb")
     config.add_jobs("strongroom.dicomweb.jobs")
+    config.add_project_setting("dicom_move_destinations", "strongroom.dicomweb.settings:MOVE_DESTINATIONS_SETTING")
+    config.add_setting_check("dicom_move_destinations", "strongroom.dicomweb.settings:check_unique")
+    config.add_hook("strongroom.imaging.destination:DESTINATION_SERVICES", query_retrieve)
+
+
+def query_retrieve(ae: Any, ref: DestinationRef) -> list[Any]:
+    """DIMSE Query/Retrieve (C-FIND, C-GET, C-MOVE SCP) on a project's DICOM destination; imported only by
+    the process that runs the destinations (``strongroom dicom serve``)."""
+    from .dimse import add_query_retrieve
+
+    return add_query_retrieve(ae, ref)

@@ -228,6 +228,25 @@ def instances(session: Session, scope: Scope, query: Query, base_url: str, study
     return out
 
 
+def patients(session: Session, scope: Scope, matches: Sequence[Match], limit: int, offset: int
+             ) -> list[tuple[str, str, int, int, int]]:
+    """PATIENT level (DIMSE Patient Root C-FIND): per patient pseudonym its name and the numbers of its studies,
+    series and instances, a page at a time."""
+    rows = session.execute(
+        _matching(scope, matches).with_only_columns(
+            I.patient_pseudonym, func.max(I.patient_name), func.count(func.distinct(I.study_uid)),
+            func.count(func.distinct(I.series_uid)), func.count())
+        .group_by(I.patient_pseudonym).order_by(I.patient_pseudonym).limit(limit).offset(offset)).tuples()
+    return [(p or "", n or "", studies, series, count) for p, n, studies, series, count in rows]
+
+
+def retrievable(session: Session, scope: Scope, matches: Sequence[Match], limit: int) -> list[ImportedInstance]:
+    """The visible instances matching ``matches`` in study, series and instance order, at most ``limit``
+    (a DIMSE C-GET/C-MOVE: the same index, scope and matching as QIDO)."""
+    return list(session.scalars(_matching(scope, matches).with_only_columns(I).order_by(
+        I.study_uid, I.series_number, I.series_uid, I.instance_number, I.sop_instance_uid).limit(limit)))
+
+
 def _dataset(row: Mapping[str, Any], fields: Sequence[str], retrieve_url: str) -> dict[str, Any]:
     """One result in DICOM JSON, keyed by tag in ascending order (PS3.18 F.2)."""
     out: dict[str, Any] = {}

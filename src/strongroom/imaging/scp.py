@@ -11,6 +11,9 @@ and the de-identified file and its summary are on disk (fsync). Verification (le
 encryption into the archive and the database rows follow asynchronously in the archiver thread, in
 groups; a crash anywhere leaves spool files that the next start picks up, so nothing acknowledged is
 lost. Quiet projects get their verified instances published as a new dataset version.
+
+Other capabilities add DIMSE services to every destination through ``destination.DESTINATION_SERVICES``
+(dicomweb: C-FIND, C-GET and C-MOVE); they are reached through the same allow-list.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ..projects.models import Project, ProjectSetting
 from ..projects.settings import DicomSender
 from . import keystore, pipeline, service
 from .deid import DeidError
+from .destination import DESTINATION_SERVICES, DestinationRef
 from .models import ImportBatch
 from .settings import DicomDestination
 
@@ -302,6 +306,9 @@ class DicomService:
             (evt.EVT_C_STORE, self._on_store, [dest]),
             (evt.EVT_CONN_CLOSE, self._on_end, [dest]),  # after release, abort or a dropped connection
         ]
+        ref = DestinationRef(self.hub, self.storage, project_id, slug, config.ae_title)
+        for extension in DESTINATION_SERVICES:
+            handlers += extension(ae, ref)
         dest.server = ae.start_server((self.host, config.port), block=False, evt_handlers=handlers)
         log.info("dicom.destination_started", project=slug, ae_title=config.ae_title, port=config.port)
         return dest
