@@ -46,6 +46,7 @@ CAPABILITIES = [
     "strongroom.stats",
     "strongroom.fees",
     "strongroom.retention",
+    "strongroom.federation",
     "strongroom.catalog",
 ]
 
