@@ -7,40 +7,18 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-import metrics_support as ms
-from strongroom.audit.service import Actor
+import federation_support
 from strongroom.catalog.models import CatalogEntry
-from strongroom.db import transaction, utcnow
-from strongroom.identity import service as identity
-from strongroom.projects import service as projects
+from strongroom.db import transaction
 from support.beacon_schema import validate
 
 B = "/ga4gh/beacon/v2"
-# six CT chest studies of six subjects (a count shown as a number), published with an ICD-10 keyword
-ms.FACTS.setdefault("beaconct", [("CT", "CHEST", f"B{i}", f"ST{i}", f"SE{i}", 2) for i in range(6)])
-ms.TITLES.setdefault("beaconct", "Lung cancer CT")
-ms.BYTES.setdefault("beaconct", 1000)
 
 
 def seed(hub) -> dict[str, str]:
-    now = utcnow()
-    with transaction(hub.sessions) as s:
-        owner = identity.create_local_user(s, Actor.system("t"), username="olga", password=ms_password(),
-                                           display_name="Olga", email="olga@uu.se")
-        s.flush()
-        lung = projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="olga", ethics_ref="E1",
-                                       end_date=ms.END)
-        ids = {"ct": ms.dataset(s, "beaconct", lung, owner, now, published=True, slug="lung-ct"),
-               "brain": ms.dataset(s, "brain", lung, owner, now, published=True, slug="brain-mr"),
-               "secret": ms.dataset(s, "secret", lung, owner, now, published=False, slug="knee")}
-        s.flush()
-        entry = s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == ids["ct"]))
-        entry.keywords = ["lung cancer", "ICD10:C34"]
-    return ids
-
-
-def ms_password() -> str:
-    return "correct horse battery staple"
+    ids = federation_support.seed(hub, {"beaconct": "lung-ct", "brain": "brain-mr"}, {"secret": "knee"},
+                                  keywords={"beaconct": ["lung cancer", "ICD10:C34"]})
+    return {"ct": ids["beaconct"], "brain": ids["brain"], "secret": ids["secret"]}
 
 
 def get(client, path: str, schema: str, **params):
