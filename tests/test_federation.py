@@ -65,7 +65,7 @@ def pair(app, hub, settings, sqlite_template, tmp_path) -> Iterator[Pair]:
 
 
 def identity_of(url: str) -> dict:
-    r = httpx.get(f"{url}/api/v1/federation/hub")
+    r = httpx.get(f"{url}/api/v1/federation/hub", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 

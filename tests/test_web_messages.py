@@ -512,6 +512,21 @@ def _retention_approve(w: World, ok: bool):  # a second operator approves; the r
                 f"/retention/deletions/{deletion}/approve")
 
 
+def _fed_register(w: World, ok: bool):  # the operator registers a peer hub; its signing key must be Ed25519
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from strongroom.federation import signing
+
+    key = signing.public_pem(Ed25519PrivateKey.generate().public_key()) if ok else "not a key"
+    return post(w.c("pia"), "/federation/peers", {
+        "name": "peer-w", "base_url": "https://peer-w.example.org", "signing_key": key,
+        "archive_key": c4gh.public_key_file(c4gh.generate_keypair().public).decode(), "outbound": "on"})
+
+
+def _fed_change(w: World, ok: bool):  # suspend the peer registered above; an unknown peer is not found
+    return post(w.c("pia"), f"/federation/peers/{'peer-w' if ok else 'nope'}", {"action": "change", "inbound": "on"})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -577,6 +592,8 @@ CASES: dict[str, Case] = {
     "/retention/deletions/{deletion_id}/approve": _retention_approve,
     "/datasets/{dataset_id}/retention/hold": lambda w, ok: _retention(
         w, "hold", "pia" if ok else "memo", {"version": "1", "action": "set", "reason": "Litigation 2026:14"}),
+    "/federation/peers": _fed_register,
+    "/federation/peers/{name}": _fed_change,
 }
 
 

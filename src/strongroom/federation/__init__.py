@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 def includeme(config: Config) -> None:
     config.add_models("strongroom.federation.models")
     config.add_api_router("strongroom.federation.api:router")
-    config.add_api_router("strongroom.federation.api:api")
-    config.add_web_router("strongroom.federation.api:peer_api")  # signed hub-to-hub calls: not for clients
+    config.add_api_router("strongroom.federation.peers_api:router")
+    config.add_web_router("strongroom.federation.exchange:router")  # signed hub-to-hub calls: not for clients
     config.add_web_router("strongroom.federation.web:router")
     config.add_templates(Path(__file__).parent / "templates")
     config.add_cli("strongroom.federation.cli:app", name="federation")

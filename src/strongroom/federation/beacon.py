@@ -24,7 +24,6 @@ from typing import Any
 
 API_VERSION = "v2.0.0"
 MIN_COUNT = 5  # counts below this are never shown as numbers
-GRANULARITIES = ("boolean", "count", "record")
 DATASET, STUDY = "dataset", "imagingStudy"
 ENTRY_PATHS = {DATASET: "datasets", STUDY: "imaging_studies"}
 SCHEMAS = {DATASET: "beacon-dataset-v2.0.0", STUDY: "strongroom-imaging-study-v1.0.0"}

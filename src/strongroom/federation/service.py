@@ -63,13 +63,16 @@ def beacon_of(settings: Settings) -> beacon.Beacon:
 def identity(hub: Hub, session: Session) -> dict[str, Any]:
     """What a partner's operator registers for this hub (exchanged out of band and compared)."""
     from ..archive import c4gh
-    from ..archive.keys import hub_keys
+    from ..archive.models import ArchiveKey
 
     key = hub_key(hub.settings)
-    _, keypair = hub_keys(hub, session).current
+    archive = session.scalar(select(ArchiveKey.public_key).where(ArchiveKey.status == "active")
+                             .order_by(ArchiveKey.created_at.desc()).limit(1))
+    if archive is None:
+        raise NotFound("this hub has no archive key yet")
     return {"name": hub.settings.site_name, "base_url": base(hub.settings),
             "beacon_url": beacon_of(hub.settings).url, "signing_key": signing.public_pem(key.public),
-            "key_id": key.key_id, "archive_key": c4gh.public_key_file(keypair.public).decode(),
+            "key_id": key.key_id, "archive_key": c4gh.public_key_file(archive).decode(),
             "visa_issuer": base(hub.settings), "jwks_url": base(hub.settings) + "/.well-known/jwks.json"}
 
 
