@@ -53,7 +53,7 @@ def test_operators_pair_two_hubs_and_a_researcher_searches_both(page: Page, brow
         expect(page.locator("#my-key-id")).to_have_text(me_a["key_id"])
         form = page.locator("#register")
         form.get_by_label("Short name").fill("hub-b")
-        form.get_by_label("Address").fill(url_b)
+        form.get_by_label("Address", exact=True).fill(url_b)
         form.get_by_label(re.compile("Hub signing key")).fill(me_b["signing_key"])
         form.get_by_label(re.compile("Archive key")).fill(me_b["archive_key"])
         form.get_by_role("button", name="Register").click()
