@@ -627,7 +627,8 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
     values = {"slug": "chest", "dataset_id": world.ids["demo"], "user_id": str(world.people["memo"].user.id),
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
-              "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000"}
+              "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000",
+              "name": "peer-w"}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)
