@@ -5,7 +5,11 @@ A's catalogue, marked remote and linking to B's landing page, never counted as A
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -205,3 +209,40 @@ def test_harvesting_shows_the_peers_published_entries_as_remote(pair, people):
     assert service.harvest(pair.a, lambda: transaction(pair.a.sessions)) == {"hub-b": {"entries": 0, "removed": 1}}
     assert 'id="remote-entries"' not in httpx.get(f"{pair.url_a}/catalog").text
     assert [e.details["what"] for e in events(pair.b, "federation.exchange.received")] == ["catalog", "catalog"]
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """`strongroom federation ARGS` on a hub's host (its settings through the environment)."""
+    env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "STRONGROOM_VAR_DIR": str(settings.var_dir),
+           "STRONGROOM_BASE_URL": settings.base_url, "STRONGROOM_SITE_NAME": settings.site_name, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "strongroom.cli", "federation", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_operators_pair_hubs_on_the_command_line(pair, people, tmp_path):
+    shown = run_cli(pair.a.settings, "identity")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == identity_of(pair.url_a)
+    (tmp_path / "hub-a.json").write_text(shown.stdout)
+    added = run_cli(pair.b.settings, "add", "hub-a", "--identity", str(tmp_path / "hub-a.json"), "--no-inbound")
+    assert added.returncode == 0, added.stderr
+    assert "hub-a" in run_cli(pair.b.settings, "list").stdout
+    listed = run_cli(pair.b.settings, "list").stdout.split()
+    assert listed[0] == "hub-a" and listed[2] == "outbound"
+    # B's greeting to A is refused until A registers B too, then verified; both sides audit it
+    refused = run_cli(pair.b.settings, "hello", "hub-a")
+    assert refused.returncode == 1 and "HTTP 401" in refused.stdout
+    token = token_for(pair.a, people("pia", admin=True), scopes=["admin"])
+    me_b = identity_of(pair.url_b)
+    r = httpx.post(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token), json={
+        "name": "hub-b", **{k: me_b[k] for k in ("base_url", "signing_key", "archive_key")}})
+    assert r.status_code == 201, r.text
+    said = run_cli(pair.b.settings, "hello", "hub-a")
+    assert said.returncode == 0, said.stdout + said.stderr
+    assert [(e.outcome, e.details["what"]) for e in events(pair.a, "federation.exchange.received")] == [
+        ("refused", "hello"), ("ok", "hello")]
+    assert [(e.outcome, e.details["what"]) for e in events(pair.b, "federation.exchange.sent")] == [
+        ("failed", "hello"), ("ok", "hello")]
+    assert run_cli(pair.b.settings, "remove", "hub-a").returncode == 0
+    assert run_cli(pair.b.settings, "list").stdout.strip() == ""

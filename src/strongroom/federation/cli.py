@@ -88,26 +88,17 @@ def remove(name: str) -> None:
 
 @app.command()
 def hello(name: str) -> None:
-    """Send a signed greeting to a peer: exit 0 when it verified our signature."""
-    import httpx
-
+    """Send a signed greeting to a peer: exit 0 when it verified this hub's signature (audited)."""
     from . import service
 
-    hub = _hub()
-    with open_session(hub.sessions, deferred=True) as session:
-        try:
-            url = service.peer_by_name(session, name).base_url
-        except DomainError as exc:
-            _fail(exc)
     try:
-        r = service.signed_get(hub.settings, url, f"{service.PEER_PATH}/hello")
-    except httpx.HTTPError as exc:
-        console.print(f"[red]no answer from {url}: {type(exc).__name__}[/]")
-        raise typer.Exit(1) from None
-    if r.status_code != 200:
-        console.print(f"[red]{name} refused: HTTP {r.status_code} {r.text[:300]}[/]")
+        ok, said = service.hello(_hub(), name, _operator())
+    except DomainError as exc:
+        _fail(exc)
+    if not ok:
+        console.print(f"[red]{name}: {said}[/]")
         raise typer.Exit(1)
-    console.print(f"{name} verified this hub's signature: {r.json()}")
+    console.print(f"{name} verified this hub's signature")
 
 
 @app.command()

@@ -23,7 +23,7 @@ from ..archive.models import DatasetFile, DatasetVersion
 from ..audit import service as audit
 from ..catalog.models import CatalogEntry
 from ..config import Settings
-from ..db import utcnow
+from ..db import transaction, utcnow
 from ..errors import Conflict, Invalid, MfaRequired, NotFound, Unauthenticated
 from ..hub import Hub
 from ..identity.principal import Principal
@@ -294,6 +294,25 @@ def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tu
     url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
     with httpx.Client(timeout=timeout or settings.federation.peer_timeout_seconds, follow_redirects=False) as c:
         return c.get(url, headers={**headers, "Accept": "application/json, text/turtle;q=0.9"})
+
+
+def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
+    """A signed greeting to a peer (both hubs' registrations checked end to end), audited here as sent."""
+    with transaction(hub.sessions) as session:
+        peer = peer_by_name(session, name)
+        if not (peer.active and peer.outbound):
+            raise Invalid(f"{name} is suspended or outbound exchanges with it are not allowed")
+        url = peer.base_url
+    try:
+        r = signed_get(hub.settings, url, f"{PEER_PATH}/hello")
+        ok, said = r.status_code == 200, (r.text[:300] if r.status_code != 200 else "verified")
+        said = said if ok else f"HTTP {r.status_code}: {said}"
+    except httpx.HTTPError as exc:
+        ok, said = False, f"no answer ({type(exc).__name__})"
+    with transaction(hub.sessions) as session:
+        audit.record(session, actor, "federation.exchange.sent", outcome="ok" if ok else "failed",
+                     target=f"peer:{name}", details={"what": "hello", **({} if ok else {"error": said})})
+    return ok, said
 
 
 def _ask(settings: Settings, peer: Peer, entry_type: str, filters: Sequence[str]) -> Answer:
