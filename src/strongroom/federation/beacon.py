@@ -110,28 +110,54 @@ def _values(study: Study, facet: str) -> Iterable[str]:
     return (study.age_band,) if study.age_band else ()
 
 
+def _pairs(studies: Iterable[Study]) -> set[tuple[str, str]]:
+    return {(facet, v) for s in studies for facet in FACETS for v in _values(s, facet)}
+
+
 def terms(studies: Iterable[Study]) -> list[Term]:
     """Every filtering term the published data has, sorted by facet then id."""
-    found = {term_of(facet, v) for s in studies for facet in FACETS for v in _values(s, facet)}
-    return sorted(found, key=lambda t: (FACETS.index(t.facet), t.id))
+    return sorted((term_of(f, v) for f, v in _pairs(studies)), key=lambda t: (FACETS.index(t.facet), t.id))
 
 
-def resolve(filters: Sequence[str], studies: Sequence[Study]) -> tuple[list[Term], list[str]]:
-    """The known terms among ``filters`` and the ids of the unknown ones."""
-    known = {t.id.upper(): t for t in terms(studies)}
-    found, unknown = [], []
-    for f in filters:
-        t = known.get(f.strip().upper())
-        (found.append(t) if t else unknown.append(f))
-    return found, unknown
+_PART_OF_SNOMED = {code: part for part, (code, _) in BODY_PARTS.items()}
+_SEX_OF_NCIT = {curie.upper(): sex for sex, (curie, _) in SEXES.items()}
+
+
+def parse(term_id: str) -> tuple[str, str] | None:
+    """(facet, value) of a filtering term id, matched without regard to case; None if it is none of ours."""
+    prefix, _, local = term_id.strip().partition(":")
+    prefix, local = prefix.upper(), local.strip()
+    if not local:
+        return None
+    if prefix == "DCM":
+        return "modality", local.upper()
+    if prefix == "SNOMED":
+        return ("bodyPart", _PART_OF_SNOMED[local]) if local in _PART_OF_SNOMED else None
+    if prefix == "SRBODY":
+        return "bodyPart", local.upper()
+    if prefix == "ICD10":
+        return "disease", local.upper()
+    if prefix == "NCIT":
+        return ("sex", _SEX_OF_NCIT[term_id.strip().upper()]) if term_id.strip().upper() in _SEX_OF_NCIT else None
+    if prefix == "SRAGE":
+        return "ageBand", local
+    return None
 
 
 def matching(studies: Sequence[Study], filters: Sequence[str]) -> tuple[list[Study], list[str]]:
-    """Studies matching every filter (AND), and the unknown filter ids (which match nothing)."""
-    found, unknown = resolve(filters, studies)
+    """Studies matching every filter (AND), and the filters this beacon does not know (not a term of the
+    published data), which match nothing."""
+    wanted: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    for f in filters:
+        pair = parse(f)
+        if pair is None or not any(pair[1] in _values(s, pair[0]) for s in studies):
+            unknown.append(f)
+        else:
+            wanted.append(pair)
     if unknown:
         return [], unknown
-    return [s for s in studies if all(t.value in _values(s, t.facet) for t in found)], []
+    return [s for s in studies if all(v in _values(s, facet) for facet, v in wanted)], []
 
 
 def shown(n: int) -> int | str:
@@ -141,10 +167,10 @@ def shown(n: int) -> int | str:
 
 def facet_counts(studies: Sequence[Study]) -> dict[str, dict[str, int | str]]:
     """Studies per filtering term, by facet (suppressed below 5)."""
-    out: dict[str, dict[str, int | str]] = {}
-    for facet in FACETS:
-        c: Counter[str] = Counter(term_of(facet, v).id for s in studies for v in set(_values(s, facet)))
-        out[facet] = {k: shown(n) for k, n in sorted(c.items())}
+    c: Counter[tuple[str, str]] = Counter((facet, v) for s in studies for facet in FACETS for v in _values(s, facet))
+    out: dict[str, dict[str, int | str]] = {facet: {} for facet in FACETS}
+    for (facet, v), n in sorted(c.items(), key=lambda item: term_of(*item[0]).id):
+        out[facet][term_of(facet, v).id] = shown(n)
     return out
 
 
