@@ -60,6 +60,9 @@ input_path  # strategies/api.py: RunOut, the run's extract as people name it
 made_with  # archive/api.py: VersionOut, what the version was made with (strategies' runs)
 strategy_sha256  # strategies/api.py: RequestOut, the SHA-256 of the named strategy version
 legal_hold, legal_hold_at, legal_hold_by, deletion_state, project_last_used_at, project_last_use  # retention/api.py
+beacon_url  # federation/peers_api.py: HubOut, where the hub's Beacon is
+archive_key  # federation: a peer's crypt4gh archive key (HubOut, the peer table), kept for the dataset sync slice
+harvested_at  # federation/models.py RemoteEntry: when the peer's entry was last seen, for operators reading the table
 
 # -- the generated de-identification table (imaging/deid_table.py) -----------------------------------
 SAFE_PRIVATE_EDITION, OPTION_FIELDS, vm

@@ -124,10 +124,11 @@ def test_builtin_periodic_jobs_run(hub):
     with hub.sessions() as s:
         kinds = sorted(j.kind for j in s.scalars(select(Job)))
     assert kinds == ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
-                     "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift", "fees.snapshot",
-                     "identity.purge_expired", "jobs.prune", "notify.digest", "retention.clock", "retention.review",
-                     "stats.prune", "workspaces.booking_end", "workspaces.idle"]
-    assert runner.run_until_idle() == 17
+                     "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift",
+                     "federation.harvest", "fees.snapshot", "identity.purge_expired", "jobs.prune", "notify.digest",
+                     "retention.clock", "retention.review", "stats.prune", "workspaces.booking_end",
+                     "workspaces.idle"]
+    assert runner.run_until_idle() == 18
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))

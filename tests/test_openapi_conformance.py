@@ -97,6 +97,11 @@ PUBLIC_OPERATIONS = {
     ("GET", "/ga4gh/drs/v1/service-info"), ("OPTIONS", "/ga4gh/drs/v1/objects/{object_id}"),
     ("GET", "/.well-known/jwks.json"), ("GET", "/api/v1/catalog"),
     ("GET", "/api/v1/metrics"), ("GET", "/api/v1/metrics.csv"),  # public data-sharing figures (stats)
+    # the GA4GH Beacon v2 (aggregate counts of published data only) and the hub's public keys for partners
+    *{("GET", f"/ga4gh/beacon/v2{p}") for p in ("", "/info", "/service-info", "/configuration", "/map",
+                                                 "/entry_types", "/filtering_terms", "/datasets", "/imaging_studies")},
+    ("POST", "/ga4gh/beacon/v2/datasets"), ("POST", "/ga4gh/beacon/v2/imaging_studies"),
+    ("GET", "/api/v1/federation/hub"),
 }
 
 

@@ -586,6 +586,21 @@ def _vai_review(w: World, ok: bool):  # memo asked for the release: pia (a named
                 {"decision": "approve"})
 
 
+def _fed_register(w: World, ok: bool):  # the operator registers a peer hub; its signing key must be Ed25519
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from strongroom.federation import signing
+
+    key = signing.public_pem(Ed25519PrivateKey.generate().public_key()) if ok else "not a key"
+    return post(w.c("pia"), "/federation/peers", {
+        "name": "peer-w", "base_url": "https://peer-w.example.org", "signing_key": key,
+        "archive_key": c4gh.public_key_file(c4gh.generate_keypair().public).decode(), "outbound": "on"})
+
+
+def _fed_change(w: World, ok: bool):  # suspend the peer registered above; an unknown peer is not found
+    return post(w.c("pia"), f"/federation/peers/{'peer-w' if ok else 'nope'}", {"action": "change", "inbound": "on"})
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -657,6 +672,8 @@ CASES: dict[str, Case] = {
     "/datasets/{dataset_id}/retention/hold": lambda w, ok: _retention(
         w, "hold", "pia" if ok else "memo", {"version": "1", "action": "set", "reason": "Litigation 2026:14"}),
     "/projects/{slug}/vai/releases/{release_id}/review": _vai_review,
+    "/federation/peers": _fed_register,
+    "/federation/peers/{name}": _fed_change,
 }
 
 
@@ -691,7 +708,7 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
               "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000",
-              "release_id": str(uuid.uuid4()), "key_id": str(uuid.uuid4())}
+              "release_id": str(uuid.uuid4()), "key_id": str(uuid.uuid4()), "name": "peer-w"}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

@@ -49,6 +49,7 @@ CAPABILITIES = [
     "strongroom.retention",
     "strongroom.vai",
     "strongroom.sftp",
+    "strongroom.federation",
     "strongroom.catalog",
 ]
 

@@ -294,6 +294,19 @@ class RetentionSettings(BaseModel):
         return self
 
 
+class FederationSettings(BaseModel):
+    """``[federation]`` (see docs/federation.md): the Beacon's identity, the hub signing key, peer timeouts."""
+
+    model_config = ConfigDict(extra="forbid")
+    beacon_id: str = Field(default="", max_length=200)  # empty → "strongroom." + the base URL's host
+    organization: str = Field(default="", max_length=200)  # empty → the site name
+    environment: Literal["prod", "test", "dev", "staging"] = "prod"
+    key_file: Path | None = None  # the hub's Ed25519 signing key; default <var_dir>/keys/federation-signing.pem
+    peer_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    max_skew_seconds: int = Field(default=300, ge=10, le=3600)  # how old a peer's signature may be
+    max_remote_entries: int = Field(default=5000, ge=1, le=100_000)  # per peer and harvest
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -322,6 +335,7 @@ class Settings(BaseSettings):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     workspaces: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)
 
     @classmethod
     def settings_customise_sources(

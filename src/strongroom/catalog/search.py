@@ -5,6 +5,7 @@ e-mail address."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,15 @@ def reindex(session: Session, entry: CatalogEntry) -> None:
              *entry.modalities, *(MODALITIES.get(m, "") for m in entry.modalities), *entry.organs,
              *entry.keywords, *entry.variables, *(DUO[c][0] + " " + DUO[c][1] for c in entry.duo_codes if c in DUO)]
     entry.search_text = " ".join(" ".join(words).lower().split())
+
+
+# Entries of other catalogues shown beside ours, marked remote and never counted as ours (federation's harvest):
+# ``source(session, query) -> [{title, url, publisher, peer, snippet, keywords}]``.
+REMOTE_SOURCES: list[Callable[[Session, str], list[dict[str, Any]]]] = []
+
+
+def remote_entries(session: Session, q: str) -> list[dict[str, Any]]:
+    return [row for source in REMOTE_SOURCES for row in source(session, q)]
 
 
 FACETS = ("modality", "organ", "access", "use")

@@ -59,6 +59,8 @@ def catalog(request: Request, db: Db, hub: HubDep, q: str = "", page: Int64 = 1)
         "result": result, "headings": search.FACET_HEADINGS, "modality_names": MODALITIES,
         "canonical": f"{base}/catalog", "page_url": _page_url(q, result.selected),
         "filtered": bool(q or result.selected),
+        # partner hubs' entries (federation's harvest): only unfiltered by facets, marked remote, never counted
+        "remote": [] if result.selected else search.remote_entries(db, q),
     })
 
 

@@ -1,0 +1,110 @@
+"""`strongroom federation …`: this hub's identity for a partner, the peer registry, a signed greeting and a
+harvest now — on the hub host as the operator (audited)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..config import get_settings
+from ..db import open_session, transaction
+from ..errors import DomainError
+from ..hub import Hub
+from ..identity.cli import _fail, _operator
+
+app = typer.Typer(help="Federation: peer hubs, signed exchanges, catalogue harvesting.", no_args_is_help=True)
+console = Console()
+
+
+def _hub() -> Hub:
+    return Hub.from_settings(get_settings())
+
+
+@app.command()
+def identity() -> None:
+    """Print this hub's identity (JSON) for a partner's operator to register: its address, signing key, archive
+    key, visa issuer and JWKS. Send it out of band; compare the key id by phone."""
+    from . import service
+
+    hub = _hub()
+    with open_session(hub.sessions, deferred=True) as session:
+        print(json.dumps(service.identity(hub, session), indent=2))
+
+
+@app.command()
+def add(
+    name: str,
+    identity_file: Annotated[Path, typer.Option("--identity", help="The partner's identity JSON "
+                                                "(its `strongroom federation identity` or GET /api/v1/federation/hub).",
+                                                exists=True, dir_okay=False)],
+    outbound: Annotated[bool, typer.Option(help="We query and harvest it.")] = True,
+    inbound: Annotated[bool, typer.Option(help="It may query and harvest us.")] = True,
+) -> None:
+    """Register a peer hub with its pinned keys."""
+    from . import service
+
+    try:
+        data = json.loads(identity_file.read_text())
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(f"not a JSON identity: {exc}") from None
+    fields = {k: data.get(k, "") for k in ("base_url", "signing_key", "archive_key", "visa_issuer", "jwks_url")}
+    try:
+        with transaction(_hub().sessions) as session:
+            peer = service.register_peer(session, get_settings(), _operator(),
+                                         {**fields, "name": name, "outbound": outbound, "inbound": inbound})
+            console.print(f"peer [bold]{peer.name}[/] {peer.base_url} key {peer.key_id}")
+    except DomainError as exc:
+        _fail(exc)
+
+
+@app.command("list")
+def list_peers() -> None:
+    """The registered peers."""
+    from . import service
+
+    with open_session(_hub().sessions, deferred=True) as session:
+        for p in service.peers(session):
+            directions = "/".join(d for d, on in (("outbound", p.outbound), ("inbound", p.inbound)) if on) or "none"
+            state = "active" if p.active else "suspended"
+            console.print(f"{p.name}\t{p.base_url}\t{directions}\t{state}\tkey {p.key_id}")
+
+
+@app.command()
+def remove(name: str) -> None:
+    """Forget a peer and its harvested entries."""
+    from . import service
+
+    try:
+        with transaction(_hub().sessions) as session:
+            service.remove_peer(session, get_settings(), _operator(), name)
+        console.print(f"peer {name} removed")
+    except DomainError as exc:
+        _fail(exc)
+
+
+@app.command()
+def hello(name: str) -> None:
+    """Send a signed greeting to a peer: exit 0 when it verified this hub's signature (audited)."""
+    from . import service
+
+    try:
+        ok, said = service.hello(_hub(), name, _operator())
+    except DomainError as exc:
+        _fail(exc)
+    if not ok:
+        console.print(f"[red]{name}: {said}[/]")
+        raise typer.Exit(1)
+    console.print(f"{name} verified this hub's signature")
+
+
+@app.command()
+def harvest() -> None:
+    """Harvest the peers' public catalogues now."""
+    from . import service
+
+    hub = _hub()
+    print(json.dumps(service.harvest(hub, lambda: transaction(hub.sessions)), indent=2))

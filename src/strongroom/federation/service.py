@@ -1,0 +1,453 @@
+"""Federation: peers (registered by an operator with fresh MFA, keys pinned), signed hub-to-hub requests
+(checked here, audited on both sides), the Beacon's facts (published datasets only), federated search over
+the peers' beacons, and harvesting the peers' public catalogues (DCAT) as remote entries."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import and_, delete, func, select
+from sqlalchemy.orm import Session
+
+from ..archive.c4gh.keys import parse_public_key
+from ..archive.models import DatasetFile, DatasetVersion
+from ..audit import service as audit
+from ..catalog.models import CatalogEntry
+from ..config import Settings
+from ..db import transaction, utcnow
+from ..errors import Conflict, Invalid, MfaRequired, NotFound, Unauthenticated
+from ..hub import Hub
+from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
+from ..imaging.models import ImportedInstance
+from . import beacon, signing
+from .models import Peer, RemoteEntry
+
+PEER_PATH = "/api/v1/federation/peer"  # the hub-to-hub endpoints (signed requests only)
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
+
+
+# -- this hub ----------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _key_at(path: Path) -> signing.HubKey:
+    return signing.HubKey.load_or_create(path)
+
+
+def hub_key(settings: Settings) -> signing.HubKey:
+    return _key_at(settings.federation.key_file or settings.var_dir / "keys" / "federation-signing.pem")
+
+
+def base(settings: Settings) -> str:
+    return settings.base_url.rstrip("/")
+
+
+def beacon_of(settings: Settings) -> beacon.Beacon:
+    host = urlsplit(settings.base_url).hostname or "localhost"
+    f = settings.federation
+    return beacon.Beacon(id=f.beacon_id or f"strongroom.{host}", name=f"{settings.site_name} imaging beacon",
+                         base_url=base(settings), organization=f.organization or settings.site_name,
+                         environment=f.environment,
+                         description="Aggregate counts of imaging studies in the published datasets of "
+                                     f"{settings.site_name}; counts below 5 are shown as \"< 5\".")
+
+
+def identity(hub: Hub, session: Session) -> dict[str, Any]:
+    """What a partner's operator registers for this hub (exchanged out of band and compared)."""
+    from ..archive import c4gh
+    from ..archive.models import ArchiveKey
+
+    key = hub_key(hub.settings)
+    archive = session.scalar(select(ArchiveKey.public_key).where(ArchiveKey.status == "active")
+                             .order_by(ArchiveKey.created_at.desc()).limit(1))
+    if archive is None:
+        raise NotFound("this hub has no archive key yet")
+    return {"name": hub.settings.site_name, "base_url": base(hub.settings),
+            "beacon_url": beacon_of(hub.settings).url, "signing_key": signing.public_pem(key.public),
+            "key_id": key.key_id, "archive_key": c4gh.public_key_file(archive).decode(),
+            "visa_issuer": base(hub.settings), "jwks_url": base(hub.settings) + "/.well-known/jwks.json"}
+
+
+# -- beacon facts --------------------------------------------------------------------------------
+def studies(session: Session) -> list[beacon.Study]:
+    """One row per imaging study in the latest released version of every published dataset."""
+    published = select(CatalogEntry.dataset_id).where(CatalogEntry.published.is_(True))
+    newest = (select(DatasetVersion.dataset_id, func.max(DatasetVersion.number).label("number"))
+              .where(DatasetVersion.state == "released", DatasetVersion.dataset_id.in_(published))
+              .group_by(DatasetVersion.dataset_id).subquery())
+    latest = (select(DatasetVersion.id, DatasetVersion.dataset_id)
+              .join(newest, and_(newest.c.dataset_id == DatasetVersion.dataset_id,
+                                 newest.c.number == DatasetVersion.number)).subquery())
+    rows = session.execute(
+        select(latest.c.dataset_id, ImportedInstance.study_uid, ImportedInstance.modality,
+               func.upper(func.trim(ImportedInstance.body_part)))
+        .join(DatasetFile, DatasetFile.version_id == latest.c.id)
+        .join(ImportedInstance, ImportedInstance.file_id == DatasetFile.file_id)
+        .where(ImportedInstance.study_uid != "").distinct())
+    found: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    for ds_id, study, modality, body_part in rows:
+        modalities, parts = found.setdefault((ds_id, study), (set(), set()))
+        if modality:
+            modalities.add(modality)
+        if body_part:
+            parts.add(body_part.replace(" ", ""))
+    diseases = {ds: beacon.disease_codes(keywords or []) for ds, keywords in session.execute(
+        select(CatalogEntry.dataset_id, CatalogEntry.keywords).where(CatalogEntry.published.is_(True)))}
+    return [beacon.Study(dataset=ds, modalities=frozenset(m), body_parts=frozenset(p),
+                         diseases=diseases.get(ds, frozenset()))
+            for (ds, _), (m, p) in sorted(found.items())]
+
+
+# -- operators and peers ---------------------------------------------------------------------------
+def require_operator(principal: Principal) -> None:
+    if not (principal.user.is_admin and principal.can("admin")):
+        raise NotFound("not found")
+    if not principal.has_mfa:
+        raise MfaRequired("federation needs a login with multi-factor authentication")
+
+
+class PeerFields(BaseModel):
+    """A peer as its operator registers it (from the partner's ``/api/v1/federation/hub``, compared out of band)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    name: str = Field(pattern=NAME.pattern, description="a short name: lower case letters, digits, hyphens")
+    base_url: str = Field(max_length=500, description="the peer hub's address, e.g. https://hub.example.org")
+    signing_key: str = Field(max_length=2000, description="its hub signing key (Ed25519 public key, PEM)")
+    archive_key: str = Field(max_length=2000, description="its archive's crypt4gh public key")
+    visa_issuer: str = Field(default="", max_length=500, description="the `iss` of its GA4GH visas")
+    jwks_url: str = Field(default="", max_length=500, description="where its visa keys are published")
+    outbound: bool = Field(default=True, description="we query and harvest it (and later push datasets to it)")
+    inbound: bool = Field(default=True, description="it may query and harvest us (and later push to us)")
+
+    @field_validator("base_url", "visa_issuer", "jwks_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment \
+                or parts.username or parts.password:
+            raise ValueError("an http(s) address without query, fragment or credentials")
+        return value.rstrip("/")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _signing(cls, value: str) -> str:
+        signing.load_public(value)
+        return value.strip() + "\n"
+
+    @field_validator("archive_key")
+    @classmethod
+    def _archive(cls, value: str) -> str:
+        try:
+            parse_public_key(value)
+        except Exception as exc:  # the crypt4gh parser raises several kinds
+            raise ValueError("not a crypt4gh public key") from exc
+        return value.strip() + "\n"
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> PeerFields:
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise Invalid(f"{where}: {first['msg']}", errors=[
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]) from None
+
+
+def peers(session: Session) -> list[Peer]:
+    return list(session.scalars(select(Peer).order_by(Peer.name)))
+
+
+def peer_by_name(session: Session, name: str) -> Peer:
+    peer = session.scalar(select(Peer).where(Peer.name == name))
+    if peer is None:
+        raise NotFound("no such peer")
+    return peer
+
+
+def _operator(settings: Settings, who: Principal | audit.Actor) -> tuple[audit.Actor, Any]:
+    """An operator with a fresh second factor (pages, API), or the hub host's command line (an Actor)."""
+    if isinstance(who, audit.Actor):
+        return who, None
+    require_operator(who)
+    require_fresh_mfa(who, settings.security.fresh_mfa_minutes)
+    return who.actor, who.user.id
+
+
+def register_peer(session: Session, settings: Settings, who: Principal | audit.Actor,
+                  data: Mapping[str, Any]) -> Peer:
+    actor, user_id = _operator(settings, who)
+    f = PeerFields.parse(data)
+    kid = signing.key_id(signing.load_public(f.signing_key))
+    if kid == hub_key(settings).key_id or f.base_url == base(settings):
+        raise Invalid("that is this hub itself")
+    for column, value, what in ((Peer.name, f.name, "name"), (Peer.base_url, f.base_url, "address"),
+                                (Peer.key_id, kid, "signing key")):
+        if session.scalar(select(Peer.id).where(column == value)) is not None:
+            raise Conflict(f"a peer with this {what} is registered already")
+    peer = Peer(**f.model_dump(), key_id=kid, created_by=user_id)
+    session.add(peer)
+    session.flush()
+    audit.record(session, actor, "federation.peer.registered", target=f"peer:{peer.name}",
+                 details={"base_url": peer.base_url, "key_id": kid, "outbound": peer.outbound,
+                          "inbound": peer.inbound, "visa_issuer": peer.visa_issuer})
+    return peer
+
+
+def set_peer(session: Session, settings: Settings, who: Principal | audit.Actor, name: str, *, outbound: bool,
+             inbound: bool, active: bool) -> Peer:
+    actor, _ = _operator(settings, who)
+    peer = peer_by_name(session, name)
+    peer.outbound, peer.inbound, peer.active, peer.updated_at = outbound, inbound, active, utcnow()
+    audit.record(session, actor, "federation.peer.changed", target=f"peer:{peer.name}",
+                 details={"outbound": outbound, "inbound": inbound, "active": active})
+    return peer
+
+
+def remove_peer(session: Session, settings: Settings, who: Principal | audit.Actor, name: str) -> None:
+    """Forget a peer and everything harvested from it."""
+    actor, _ = _operator(settings, who)
+    peer = peer_by_name(session, name)
+    session.execute(delete(RemoteEntry).where(RemoteEntry.peer_id == peer.id))
+    session.delete(peer)
+    audit.record(session, actor, "federation.peer.removed", target=f"peer:{name}",
+                 details={"base_url": peer.base_url, "key_id": peer.key_id})
+
+
+# -- signed exchanges: receiving -----------------------------------------------------------------
+def _peer_actor(peer: Peer | None, ip: str | None) -> audit.Actor:
+    return audit.Actor(id=None, label=f"peer:{peer.name}" if peer else "peer:unknown", ip=ip)
+
+
+def verify_request(session: Session, settings: Settings, *, method: str, path: str, query: str,
+                   headers: Mapping[str, str], body: bytes, what: str, ip: str | None,
+                   required: bool = True) -> Peer | None:
+    """The registered, active, inbound peer that signed this request; None when unsigned and not
+    ``required``. A bad signature is refused (401) and the refusal is audited."""
+    def refuse(reason: str, peer: Peer | None = None) -> Unauthenticated:
+        audit.record(session, _peer_actor(peer, ip), "federation.exchange.received", outcome="refused",
+                     target=f"peer:{peer.name}" if peer else None, details={"what": what, "reason": reason})
+        return Unauthenticated(f"hub-to-hub request refused: {reason}")
+
+    try:
+        kid = signing.signer_key_id(headers)
+    except signing.SignatureError as exc:
+        raise refuse(str(exc)) from None
+    if kid is None:
+        if required:
+            raise refuse("the request is not signed")
+        return None
+    peer = session.scalar(select(Peer).where(Peer.key_id == kid))
+    if peer is None:
+        raise refuse("the signing key is not a registered peer's")
+    if not (peer.active and peer.inbound):
+        raise refuse("this peer may not call this hub (inactive or inbound not allowed)", peer)
+    try:
+        signing.verify(signing.load_public(peer.signing_key), method, path, query, headers, body,
+                       max_skew=settings.federation.max_skew_seconds)
+    except signing.SignatureError as exc:
+        raise refuse(str(exc), peer) from None
+    audit.record(session, _peer_actor(peer, ip), "federation.exchange.received", target=f"peer:{peer.name}",
+                 details={"what": what, "path": path})
+    return peer
+
+
+# -- signed exchanges: sending -------------------------------------------------------------------
+@dataclass
+class Answer:
+    """What one peer (or this hub) answered: a Beacon document, or why not."""
+
+    peer: str
+    base_url: str
+    ok: bool
+    status: int | None = None
+    error: str = ""
+    document: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.document.get("responseSummary", {}).get("exists"))
+
+    @property
+    def count(self) -> int | str | None:
+        summary = self.document.get("responseSummary", {})
+        if "numTotalResults" in summary:
+            return int(summary["numTotalResults"])
+        return self.document.get("info", {}).get("count") if summary.get("exists") else None
+
+
+def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (),
+               *, timeout: float | None = None) -> httpx.Response:
+    """GET ``path`` on a peer, signed with this hub's key."""
+    query = urlencode(list(params))
+    headers = hub_key(settings).sign("GET", path, query)
+    url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
+    with httpx.Client(timeout=timeout or settings.federation.peer_timeout_seconds, follow_redirects=False) as c:
+        return c.get(url, headers={**headers, "Accept": "application/json, text/turtle;q=0.9"})
+
+
+def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
+    """A signed greeting to a peer (both hubs' registrations checked end to end), audited here as sent."""
+    with transaction(hub.sessions) as session:
+        peer = peer_by_name(session, name)
+        if not (peer.active and peer.outbound):
+            raise Invalid(f"{name} is suspended or outbound exchanges with it are not allowed")
+        url = peer.base_url
+    try:
+        r = signed_get(hub.settings, url, f"{PEER_PATH}/hello")
+        ok, said = r.status_code == 200, (r.text[:300] if r.status_code != 200 else "verified")
+        said = said if ok else f"HTTP {r.status_code}: {said}"
+    except httpx.HTTPError as exc:
+        ok, said = False, f"no answer ({type(exc).__name__})"
+    with transaction(hub.sessions) as session:
+        audit.record(session, actor, "federation.exchange.sent", outcome="ok" if ok else "failed",
+                     target=f"peer:{name}", details={"what": "hello", **({} if ok else {"error": said})})
+    return ok, said
+
+
+def _ask(settings: Settings, peer: Peer, entry_type: str, filters: Sequence[str]) -> Answer:
+    path = beacon.Beacon(id="", name="", base_url="", organization="").root + "/" + beacon.ENTRY_PATHS[entry_type]
+    params = [("requestedGranularity", "count")] + ([("filters", ",".join(filters))] if filters else [])
+    try:
+        r = signed_get(settings, peer.base_url, path, params)
+    except httpx.HTTPError as exc:
+        return Answer(peer.name, peer.base_url, ok=False, error=f"no answer ({type(exc).__name__})")
+    if r.status_code != 200:
+        return Answer(peer.name, peer.base_url, ok=False, status=r.status_code, error=f"HTTP {r.status_code}")
+    try:
+        doc = r.json()
+        summary = doc["responseSummary"]
+        if not isinstance(summary.get("exists"), bool):
+            raise ValueError("no exists")
+    except (ValueError, KeyError, TypeError):
+        return Answer(peer.name, peer.base_url, ok=False, status=200, error="not a Beacon v2 response")
+    return Answer(peer.name, peer.base_url, ok=True, status=200, document=doc)
+
+
+def federated_search(session: Session, hub: Hub, actor: audit.Actor, entry_type: str,
+                     filters: Sequence[str]) -> list[Answer]:
+    """This hub's answer first, then every active outbound peer's, asked in parallel (each with the peer
+    timeout); every question sent is audited with its outcome."""
+    settings = hub.settings
+    own = Answer("this hub", base(settings), ok=True, status=200,
+                 document=beacon_of(settings).query(entry_type, studies(session), filters))
+    targets = [p for p in peers(session) if p.active and p.outbound]
+    answers: list[Answer] = []
+    if targets:
+        with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+            answers = list(pool.map(lambda p: _ask(settings, p, entry_type, filters), targets))
+    for a in answers:
+        audit.record(session, actor, "federation.exchange.sent", outcome="ok" if a.ok else "failed",
+                     target=f"peer:{a.peer}", details={"what": f"beacon:{entry_type}", "filters": list(filters),
+                                                       **({"error": a.error} if a.error else {})})
+    return [own, *answers]
+
+
+# -- harvesting ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Harvested:
+    remote_id: str
+    landing_url: str
+    title: str
+    description: str
+    publisher: str
+    keywords: tuple[str, ...]
+
+
+def parse_dcat(turtle: bytes, limit: int) -> list[Harvested]:
+    """The dcat:Dataset entries of a DCAT catalogue (Turtle): the landing page must be an http(s) address."""
+    from rdflib import Graph, URIRef
+    from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF
+
+    g = Graph()
+    g.parse(data=turtle, format="turtle")
+    out = []
+    for node in g.subjects(RDF.type, DCAT.Dataset):
+        landing = g.value(node, DCAT.landingPage)
+        title = g.value(node, DCTERMS.title)
+        if not isinstance(landing, URIRef) or not str(landing).startswith(("https://", "http://")) or title is None:
+            continue
+        publisher = g.value(node, DCTERMS.publisher)
+        name = g.value(publisher, FOAF.name) if publisher is not None else None
+        out.append(Harvested(remote_id=str(node)[:1000], landing_url=str(landing)[:1000], title=str(title)[:300],
+                             description=str(g.value(node, DCTERMS.description) or "")[:5000],
+                             publisher=str(name or "")[:300],
+                             keywords=tuple(sorted({str(k)[:100] for k in g.objects(node, DCAT.keyword)}))[:50]))
+        if len(out) >= limit:
+            break
+    return sorted(out, key=lambda h: h.remote_id)
+
+
+def store_harvest(session: Session, peer: Peer, entries: Sequence[Harvested]) -> dict[str, int]:
+    """Replace what was harvested from ``peer`` with ``entries`` (in the caller's transaction)."""
+    have = {e.remote_id: e for e in session.scalars(select(RemoteEntry).where(RemoteEntry.peer_id == peer.id))}
+    now, seen = utcnow(), set()
+    for h in entries:
+        seen.add(h.remote_id)
+        row = have.get(h.remote_id) or RemoteEntry(peer_id=peer.id, remote_id=h.remote_id)
+        row.landing_url, row.title, row.description = h.landing_url, h.title, h.description
+        row.publisher, row.keywords, row.harvested_at = h.publisher, list(h.keywords), now
+        row.search_text = " ".join([h.title, h.description, h.publisher, *h.keywords, peer.name]).lower()
+        session.add(row)
+    gone = [r for rid, r in have.items() if rid not in seen]
+    for r in gone:
+        session.delete(r)
+    peer.last_harvest_at, peer.last_harvest_error = now, None
+    return {"entries": len(entries), "removed": len(gone)}
+
+
+def harvest(hub: Hub, transaction: Callable[[], Any]) -> dict[str, Any]:
+    """Fetch every active outbound peer's DCAT catalogue (signed) and keep its entries as remote ones. The
+    network is used outside any transaction; each peer's result is stored in its own."""
+    settings = hub.settings
+    with transaction() as session:
+        targets = [(p.id, p.name, p.base_url) for p in peers(session) if p.active and p.outbound]
+    done: dict[str, Any] = {}
+    for peer_id, name, url in targets:
+        error, entries = "", []
+        try:
+            r = signed_get(settings, url, f"{PEER_PATH}/catalog.ttl")
+            if r.status_code != 200:
+                error = f"HTTP {r.status_code}"
+            else:
+                entries = parse_dcat(r.content, settings.federation.max_remote_entries)
+        except httpx.HTTPError as exc:
+            error = f"no answer ({type(exc).__name__})"
+        except Exception as exc:  # a malformed catalogue: rdflib raises many kinds
+            error = f"not a DCAT catalogue ({type(exc).__name__})"
+        with transaction() as session:
+            peer = session.get(Peer, peer_id)
+            if peer is None:
+                continue
+            actor = audit.Actor.system("federation.harvest")
+            if error:
+                peer.last_harvest_error = error
+                done[name] = {"error": error}
+            else:
+                done[name] = store_harvest(session, peer, entries)
+            audit.record(session, actor, "federation.exchange.sent", outcome="failed" if error else "ok",
+                         target=f"peer:{name}", details={"what": "catalog", **done[name]})
+    return done
+
+
+def remote_entries(session: Session, q: str = "", *, limit: int = 50) -> list[dict[str, Any]]:
+    """Harvested entries of active peers for the catalogue page (matching ``q``), marked remote."""
+    stmt = (select(RemoteEntry, Peer.name).join(Peer, Peer.id == RemoteEntry.peer_id)
+            .where(Peer.active.is_(True), Peer.outbound.is_(True)))
+    for word in q.lower().split()[:10]:
+        stmt = stmt.where(RemoteEntry.search_text.contains(word, autoescape=True))
+    rows = session.execute(stmt.order_by(RemoteEntry.title, RemoteEntry.id).limit(limit)).all()
+    return [{"title": e.title, "url": e.landing_url, "publisher": e.publisher, "peer": name,
+             "snippet": e.description[:280], "keywords": e.keywords} for e, name in rows]
+
+

@@ -1,0 +1,138 @@
+"""Hub-to-hub request signatures (pure: ``cryptography`` only, no web or database imports).
+
+The shape of HTTP Message Signatures (RFC 9421) with Ed25519: the signer covers the method, the path with
+its query, the ``Date`` header and the body's ``Content-Digest`` (SHA-256, RFC 9530); the signature base is
+written line by line as RFC 9421 writes it, and travels in ``Signature-Input`` / ``Signature`` under the
+label ``sr``. The verifier finds the peer by ``keyid`` (the pinned key the operator registered), checks
+that ``created`` is within ``max_skew`` of its clock, that the digest matches the body it received, and
+the signature. Any failure is a :class:`SignatureError` with the reason; nothing is half-accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+LABEL = "sr"
+COMPONENTS = ('"@method"', '"@path"', '"@query"', '"date"', '"content-digest"')
+MAX_SKEW_SECONDS = 300
+_INPUT = re.compile(r'^sr=\(([^)]*)\);created=(\d{1,12});keyid="([0-9a-f]{16,64})";alg="ed25519"$')
+_SIGNATURE = re.compile(r"^sr=:([A-Za-z0-9+/=]{1,200}):$")
+
+
+class SignatureError(ValueError):
+    """A request whose signature cannot be accepted; ``str()`` says why."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public(pem: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM; ValueError for anything else."""
+    try:
+        public = serialization.load_pem_public_key(pem.strip().encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a PEM public key") from exc
+    if not isinstance(public, Ed25519PublicKey):
+        raise ValueError("not an Ed25519 public key")
+    return public
+
+
+def content_digest(body: bytes) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+
+
+def _base(method: str, path: str, query: str, date: str, digest: str, params: str) -> bytes:
+    lines = [f'"@method": {method.upper()}', f'"@path": {path}', f'"@query": ?{query}', f'"date": {date}',
+             f'"content-digest": {digest}', f'"@signature-params": {params}']
+    return "\n".join(lines).encode()
+
+
+@dataclass(frozen=True)
+class HubKey:
+    """This hub's signing key (the private half stays in ``var/keys``)."""
+
+    private: Ed25519PrivateKey
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> HubKey:
+        from ..keyfiles import read_or_create
+
+        def make() -> str:
+            return Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+        private = serialization.load_pem_private_key(read_or_create(path, make).encode(), password=None)
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ValueError(f"{path} is not an Ed25519 key")
+        return cls(private)
+
+    @property
+    def public(self) -> Ed25519PublicKey:
+        return self.private.public_key()
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.public)
+
+    def sign(self, method: str, path: str, query: str = "", body: bytes = b"", *,
+             now: float | None = None) -> dict[str, str]:
+        """The headers that sign this request (``Date``, ``Content-Digest``, ``Signature-Input``, ``Signature``)."""
+        created = int(time.time() if now is None else now)
+        date, digest = formatdate(created, usegmt=True), content_digest(body)
+        params = f'({" ".join(COMPONENTS)});created={created};keyid="{self.key_id}";alg="ed25519"'
+        signature = self.private.sign(_base(method, path, query, date, digest, params))
+        return {"Date": date, "Content-Digest": digest, "Signature-Input": f"{LABEL}={params}",
+                "Signature": f"{LABEL}=:{base64.b64encode(signature).decode()}:"}
+
+
+def signer_key_id(headers: Mapping[str, str]) -> str | None:
+    """The ``keyid`` a request claims (None when it carries no signature); SignatureError when malformed."""
+    value = headers.get("signature-input")
+    if value is None:
+        return None
+    m = _INPUT.match(value.strip())
+    if m is None:
+        raise SignatureError("the Signature-Input header is not one this hub understands")
+    return m.group(3)
+
+
+def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
+           *, now: float | None = None, max_skew: int = MAX_SKEW_SECONDS) -> None:
+    """Accept the request or raise SignatureError. ``headers`` are looked up in lower case."""
+    value, sig = headers.get("signature-input"), headers.get("signature")
+    if value is None or sig is None:
+        raise SignatureError("the request is not signed")
+    m, s = _INPUT.match(value.strip()), _SIGNATURE.match(sig.strip())
+    if m is None or s is None:
+        raise SignatureError("the signature headers are malformed")
+    if tuple(m.group(1).split(" ")) != COMPONENTS:
+        raise SignatureError("the signature does not cover method, path, query, date and content digest")
+    created = int(m.group(2))
+    if abs((time.time() if now is None else now) - created) > max_skew:
+        raise SignatureError("the signature is too old or from the future (check both hubs' clocks)")
+    digest = headers.get("content-digest", "")
+    if digest != content_digest(body):
+        raise SignatureError("the body does not match its Content-Digest")
+    date = headers.get("date", "")
+    params = value.strip()[len(LABEL) + 1:]
+    try:
+        public.verify(base64.b64decode(s.group(1), validate=True), _base(method, path, query, date, digest, params))
+    except (InvalidSignature, ValueError):
+        raise SignatureError("the signature does not verify with the peer's registered key") from None

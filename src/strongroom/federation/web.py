@@ -1,0 +1,58 @@
+"""Federation pages: the operators' peer registry (/federation/peers: register, change, remove — fresh MFA)
+and the federated search (/federation/search: this hub and every peer's beacon, asked in parallel)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
+from ..web.templating import redirect_with, templates
+from . import beacon, service
+
+router = APIRouter()
+ENTRY_TYPES = {beacon.STUDY: "Imaging studies", beacon.DATASET: "Datasets"}
+
+
+@router.get("/federation/peers")
+def peers_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    service.require_operator(principal)
+    return templates.TemplateResponse(request, "federation/peers.html", {
+        "peers": service.peers(db), "me": service.identity(hub, db)})
+
+
+def _flag(posted: PostedForm, name: str) -> bool:
+    return posted.form.get(name) in ("on", "true", "1")
+
+
+@router.post("/federation/peers", dependencies=[CsrfChecked])
+def register(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    data = {k: str(posted.form.get(k, "") or "") for k in ("name", "base_url", "signing_key", "archive_key",
+                                                           "visa_issuer", "jwks_url")}
+    peer = service.register_peer(db, hub.settings, principal, {**data, "outbound": _flag(posted, "outbound"),
+                                                              "inbound": _flag(posted, "inbound")})
+    return redirect_with(request, "/federation/peers", f"Peer {peer.name} registered; its key id is {peer.key_id}.")
+
+
+@router.post("/federation/peers/{name}", dependencies=[CsrfChecked])
+def change(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+           name: str) -> Response:
+    if posted.form.get("action") == "remove":
+        service.remove_peer(db, hub.settings, principal, name)
+        return redirect_with(request, "/federation/peers", f"Peer {name} removed with its harvested entries.")
+    peer = service.set_peer(db, hub.settings, principal, name, outbound=_flag(posted, "outbound"),
+                            inbound=_flag(posted, "inbound"), active=_flag(posted, "active"))
+    return redirect_with(request, "/federation/peers", f"Peer {peer.name} changed.")
+
+
+@router.get("/federation/search")
+def search(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
+           filters: list[str] = Query(default_factory=list, max_length=20),
+           entry_type: str = Query(beacon.STUDY, pattern=f"^({beacon.STUDY}|{beacon.DATASET})$")) -> Response:
+    """The terms to choose from are this hub's; a peer that does not know a term answers nothing for it."""
+    chosen = [f for f in filters if f][:20]
+    asked = bool(request.query_params)
+    answers = service.federated_search(db, hub, principal.actor, entry_type, chosen) if asked else []
+    return templates.TemplateResponse(request, "federation/search.html", {
+        "terms": beacon.terms(service.studies(db)), "chosen": chosen, "entry_type": entry_type,
+        "entry_types": ENTRY_TYPES, "answers": answers, "asked": asked})
