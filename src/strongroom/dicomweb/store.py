@@ -104,6 +104,7 @@ class StowRequest:
     processed: list[tuple[int, imaging.Processed]] = field(default_factory=list)  # (outcome index, item)
     received_bytes: int = 0
     over_quota: bool = False
+    recorded: bool = False  # archive_processed committed the request's rows
 
     def __post_init__(self) -> None:
         self.storage = storage_for(self.hub)
@@ -160,11 +161,12 @@ class StowRequest:
 
     # -- the end of the request -----------------------------------------------------------------
     def discard(self) -> None:
-        """The request failed: delete whatever was sealed and spooled; nothing was recorded."""
-        for _, item in self.processed:
-            if item.sealed is not None:
-                self.storage.delete(item.sealed.body_key)
-        self.processed.clear()
+        """Delete whatever was spooled, and what was sealed unless its rows were committed."""
+        if not self.recorded:
+            for _, item in self.processed:
+                if item.sealed is not None:
+                    self.storage.delete(item.sealed.body_key)
+            self.processed.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def abandon(self, why: str) -> None:
@@ -193,6 +195,7 @@ class StowRequest:
             except quota.QuotaExceeded:  # the race-free check at the write: the rows were rolled back
                 self.over_quota = True
             else:
+                self.recorded = True  # the rows point at the sealed bodies now: they stay, whatever follows
                 self._settle(outcomes)
         if self.over_quota:
             self.discard()
@@ -201,7 +204,11 @@ class StowRequest:
                     o.failure, o.warning, o.reason = OUT_OF_RESOURCES, None, QUOTA_REASON
             result.quota_exceeded = True
         elif any(o.failure is None for o in self.outcomes):
-            result.published_version = imaging.publish_pending(self.hub, self.ctx.project_id, self.principal.actor)
+            try:
+                result.published_version = imaging.publish_pending(self.hub, self.ctx.project_id,
+                                                                   self.principal.actor)
+            except Exception:  # stored all the same; the next import or `…/imaging/publish` publishes them
+                log.exception("dicomweb.stow_publish_failed", project=self.ctx.slug)
         self._close(result)
         return result, response(result, base_url)
 
