@@ -171,7 +171,8 @@ class StowRequest:
 
     def abandon(self, why: str) -> None:
         """The request ended without an answer (a malformed or cut-short body, too large, a lost
-        connection): nothing is stored; the batch is closed and the request audited as failed."""
+        connection): nothing is stored (unless the failure came after the rows were committed); the batch
+        is closed and the request audited as failed."""
         self.discard()
         with transaction(self.hub.sessions) as session:
             batch = session.get(ImportBatch, self.batch_id, with_for_update=True)
@@ -181,7 +182,8 @@ class StowRequest:
             batch.reasons = {f"request not completed: {why}"[:200]: 1}
             audit.record(session, self.principal.actor, STORE_EVENT, outcome="failed",
                          project_id=self.ctx.project_id, target=f"import:{self.batch_id}",
-                         details={"batch": self.batch_id, "received": len(self.outcomes), "stored": 0,
+                         details={"batch": self.batch_id, "received": len(self.outcomes),
+                                  "stored": len(self.processed) if self.recorded else 0,
                                   "refused": f"request not completed: {why}"[:200], "bytes": self.received_bytes})
 
     def finish(self, base_url: str) -> tuple[StoreResult, dict[str, Any]]:
