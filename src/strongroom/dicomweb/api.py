@@ -12,8 +12,8 @@ import hashlib
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..archive.backend import storage_for
@@ -452,8 +452,18 @@ def _may_store(db: Db, principal: Principal, slug: str, declared: int | None) ->
     return project_id
 
 
-async def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slug: str, study: str | None
-                ) -> Response:
+def _chunks(request: Request) -> Iterator[bytes]:
+    """The request body as it arrives, for a route running in a worker thread: each chunk is awaited on
+    the event loop, so neither the body nor the route's database work ever blocks the loop."""
+    stream = request.stream()
+    while True:
+        try:
+            yield anyio.from_thread.run(stream.__anext__)
+        except StopAsyncIteration:
+            return
+
+
+def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slug: str, study: str | None) -> Response:
     kind, params = multipart.media_parameters(request.headers.get("content-type", ""))
     if kind != "multipart/related" or params.get("type", "application/dicom").lower() != "application/dicom":
         raise UnsupportedMediaType('send the instances as multipart/related; type="application/dicom" '
@@ -462,15 +472,14 @@ async def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slu
     if boundary is None:
         raise BadQuery("the multipart/related content type needs a valid boundary parameter")
     declared = request.headers.get("content-length")
-    project_id = await run_in_threadpool(_may_store, db, principal, slug,
-                                         int(declared) if declared and declared.isdigit() else None)
-    stow = await run_in_threadpool(store.begin, hub, principal, project_id, study,
-                                   f"DICOMweb STOW-RS by {principal.user.display_name}"[:300])
+    project_id = _may_store(db, principal, slug, int(declared) if declared and declared.isdigit() else None)
+    stow = store.begin(hub, principal, project_id, study,
+                       f"DICOMweb STOW-RS by {principal.user.display_name}"[:300])
     reader = multipart.MultipartReader(boundary)
     part: Any = None  # the open spool file of the part being received
     try:
         try:
-            async for chunk in request.stream():
+            for chunk in _chunks(request):
                 for event in reader.feed(chunk):
                     if isinstance(event, multipart.Part):
                         path, content_type = stow.new_part_path(), event.content_type
@@ -478,7 +487,7 @@ async def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slu
                     elif isinstance(event, multipart.PartEnd):
                         part.close()
                         part = None
-                        await run_in_threadpool(stow.add, path, content_type)
+                        stow.add(path, content_type)
                     else:
                         part.write(event)
             reader.close()
@@ -486,16 +495,11 @@ async def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slu
             raise BadQuery(f"the body is not a valid multipart/related message: {exc}") from None
         if not stow.outcomes:
             raise BadQuery("the body holds no instance")
-        result, answer = await run_in_threadpool(stow.finish, _base(request, slug))
-    except Exception as exc:
+        result, answer = stow.finish(_base(request, slug))
+    except BaseException as exc:  # malformed, too large, the connection lost: nothing stays
         if part is not None:
             part.close()
-        await run_in_threadpool(stow.abandon, type(exc).__name__)
-        raise
-    except BaseException:  # cancelled: clean up in place
-        if part is not None:
-            part.close()
-        stow.abandon("cancelled")
+        stow.abandon(type(exc).__name__)
         raise
     headers = {"Cache-Control": "no-store"}
     held = sum(1 for o in result.outcomes if o.warning is not None)
@@ -509,17 +513,17 @@ async def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slu
 
 @router.post("/studies", responses=STOW_RESPONSES, openapi_extra=STOW_BODY, status_code=200)
 @read_first  # the body is processed long after the checks; its rows are written in a transaction of their own
-async def store_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str) -> Response:
+def store_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str) -> Response:
     """STOW-RS: store instances (a `multipart/related; type="application/dicom"` body, streamed) into the
     project through the DICOM destination's pipeline: de-identification, verification, quarantine, the
     encrypted archive. Needs the `write-data` and `import` rights; the answer names the de-identified UIDs."""
-    return await _stow(request, db, hub, principal, slug, None)
+    return _stow(request, db, hub, principal, slug, None)
 
 
 @router.post("/studies/{study}", responses=STOW_RESPONSES, openapi_extra=STOW_BODY, status_code=200)
 @read_first
-async def store_study_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str,
+def store_study_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str,
                                 study: Annotated[str, UID]) -> Response:
     """STOW-RS into one study: an instance of another study (by its original or its de-identified Study
     Instance UID) fails with 0xA900 and is not stored."""
-    return await _stow(request, db, hub, principal, slug, study)
+    return _stow(request, db, hub, principal, slug, study)
