@@ -84,8 +84,11 @@ def test_schemathesis_finds_no_server_error_and_nothing_undocumented(app, hub, p
                "--phases", "examples,coverage,fuzzing", "--request-timeout", "30", "--seed", "1",
                "--generation-database", "none", "--suppress-health-check", "all", "--no-color",
                "-H", f"Authorization: Bearer {token}"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path,
-                                env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+        # the hooks add a serializer for STOW-RS's multipart/related bodies (support/st_hooks.py)
+        tests = str(Path(__file__).parent)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env={
+            **os.environ, "SCHEMATHESIS_HOOKS": "support.st_hooks",
+            "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)})
         still_valid = httpx.get(f"{url}/api/v1/me", headers=bearer(token)).status_code
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-5000:]
     assert still_valid == 200, "the run revoked its own token: the authenticated operations were not exercised"

@@ -48,7 +48,7 @@ def form_routes(app) -> set[str]:
     """Every POST route of the web pages (the API's routes are in the schema; pages are not)."""
     return {r.path_format for r in iter_route_contexts(app.routes)
             if isinstance(r.original_route, APIRoute) and "POST" in r.methods
-            and not r.path_format.startswith(("/api/", "/ga4gh/"))
+            and not r.path_format.startswith(("/api/", "/ga4gh/", "/dicomweb/"))  # API: in the schema
             and r.path_format != "/projects/{slug}/workspaces/{workspace_id}/{path}"}  # JupyterLab's, proxied
 
 

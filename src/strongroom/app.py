@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -75,15 +75,18 @@ class BodyTooLarge(Exception):
 class BodyLimitMiddleware:
     """Refuse request bodies over the limit, whether declared by Content-Length or streamed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, large: tuple[re.Pattern[str], int] | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 large: Sequence[tuple[str, re.Pattern[str], int]] = ()) -> None:
         self.app, self.max_bytes, self.large = app, max_bytes, large
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.max_bytes
-        if self.large and self.large[0].match(scope["path"]):
-            limit = self.large[1]  # upload parts: the route streams and checks the size itself
+        for method, pattern, larger in self.large:  # routes that stream their body and need more
+            if scope["method"] == method and pattern.match(scope["path"]):
+                limit = larger
+                break
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await self._refuse(scope, receive, send, limit)
@@ -107,6 +110,12 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
+            if not started:
+                await self._refuse(scope, receive, send, limit)
+        except BaseExceptionGroup as group:  # raised while a body streams, through a task group's receive
+            too_large, rest = group.split(BodyTooLarge)
+            if too_large is None or rest is not None:
+                raise
             if not started:
                 await self._refuse(scope, receive, send, limit)
 
@@ -275,9 +284,12 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         return response
 
     app.add_middleware(PassportMiddleware)  # verifies X-GA4GH-Passport visas for the read check
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes,
-                       large=(re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$"),
-                              settings.archive.part_size + 65536))
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes, large=[
+        # upload parts: the route streams and checks the size itself
+        ("PUT", re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$"), settings.archive.part_size + 65536),
+        # STOW-RS: a study streamed part by part into the spool, never held in memory
+        ("POST", re.compile(r"^/dicomweb/projects/[^/]+/studies(/[^/]+)?$"), settings.dicomweb.stow_max_bytes),
+    ])
 
     @app.exception_handler(DomainError)
     async def domain_error(request: Request, exc: DomainError) -> Response:

@@ -142,6 +142,13 @@ class ImagingSettings(BaseModel):
     metrics_host: str = "127.0.0.1"
 
 
+class DicomwebSettings(BaseModel):
+    """``[dicomweb]`` (see docs/dicomweb.md): DICOMweb per project."""
+
+    # the largest STOW-RS request body (every other route keeps [security] max_body_bytes)
+    stow_max_bytes: int = Field(2 * 1024**3, ge=1024)
+
+
 class AuditSettings(BaseModel):
     """Checkpoints that anchor the audit chain outside the database (``strongroom audit checkpoint``)."""
 
@@ -329,6 +336,7 @@ class Settings(BaseSettings):
     access: AccessSettings = Field(default_factory=AccessSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    dicomweb: DicomwebSettings = Field(default_factory=DicomwebSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     airlock: AirlockSettings = Field(default_factory=AirlockSettings)
     doi: DoiSettings = Field(default_factory=DoiSettings)

@@ -1,12 +1,13 @@
-"""DICOMweb per project: QIDO-RS over the imaging index, WADO-RS from the encrypted archive.
+"""DICOMweb per project: QIDO-RS over the imaging index, WADO-RS from the encrypted archive, STOW-RS into it.
 
 ``attributes`` (pure: the QIDO attribute table, matching and DICOM JSON), ``query`` (QIDO-RS in SQL over
 ``imaging_instances``: never decrypts), ``retrieve`` (WADO-RS: instances, metadata, frames and rendered
-images decrypted in memory from the crypt4gh segments that cover them), ``render`` (pure: windowed PNG),
-``backfill`` (indexes instances archived before the index existed), ``dimse`` (C-FIND, C-GET and C-MOVE
-SCP on each project's DICOM destination, over the same index and archive reads), ``settings`` (the
-project's registered C-MOVE destinations), ``api`` and ``cli``; ``web``: the viewer page (its script is
-``web/static/viewer.js``).
+images decrypted in memory from the crypt4gh segments that cover them), ``store`` (STOW-RS through the
+DICOM destination's pipeline), ``multipart`` (pure: the incremental multipart/related reader), ``render``
+(pure: windowed PNG), ``backfill`` (indexes instances archived before the index existed), ``dimse`` (C-FIND,
+C-GET and C-MOVE SCP on each project's DICOM destination, over the same index and archive reads),
+``settings`` (the project's registered C-MOVE destinations), ``api`` and ``cli``; ``web``: the viewer page
+(its script is ``web/static/viewer.js``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def includeme(config: Config) -> None:
+    config.add_settings("dicomweb")
     config.add_api_router("strongroom.dicomweb.api:router")
     config.add_web_router("strongroom.dicomweb.web:router")  # the viewer page
     config.add_templates(Path(__file__).parent / "templates")

@@ -1,9 +1,9 @@
-"""DICOMweb routes under a project: QIDO-RS (search) and WADO-RS (retrieve), PS3.18.
+"""DICOMweb routes under a project: QIDO-RS (search), WADO-RS (retrieve) and STOW-RS (store), PS3.18.
 
-``/dicomweb/projects/{slug}/…``. Authentication: an API token with ``data:read``, or the hub's own pages'
-session with their ``X-CSRF-Token`` header. No CORS headers are ever sent, so a browser lets only pages of
-the hub's own origin read these answers. Errors are problem documents; a project, study, series or
-instance the caller may not read is 404, exactly like one that does not exist.
+``/dicomweb/projects/{slug}/…``. Authentication: an API token with ``data:read`` (``data:write`` to store),
+or the hub's own pages' session with their ``X-CSRF-Token`` header. No CORS headers are ever sent, so a
+browser lets only pages of the hub's own origin read these answers. Errors are problem documents; a project,
+study, series or instance the caller may not read is 404, exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -12,27 +12,35 @@ import hashlib
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..archive.backend import storage_for
 from ..archive.downloads import _byte_range as byte_range
-from ..deps import Db, HubDep, require_scope_or_page
-from ..errors import DomainError, NotFound
+from ..deps import Db, HubDep, read_first, require_scope_or_page
+from ..errors import Conflict, DomainError, NotFound
 from ..identity.principal import Principal
-from ..openapi import errors
-from . import query, render, retrieve
+from ..openapi import PROBLEM_JSON, PROBLEM_REF, errors
+from ..projects import quota
+from ..projects import service as projects
+from . import multipart, query, render, retrieve, store
 from .attributes import INSTANCE, SERIES, STUDY, BadQuery
 from .retrieve import Decryptor, Readable
 
 router = APIRouter(prefix="/dicomweb/projects/{slug}", tags=["dicomweb"])
 Reader = Annotated[Principal, Depends(require_scope_or_page("data:read"))]
+Writer = Annotated[Principal, Depends(require_scope_or_page("data:write"))]
 DICOM_JSON = "application/dicom+json"
 UID = Path(pattern=r"^[0-9.]{1,64}$", description="a DICOM UID")
 
 
 class NotAcceptable(DomainError):
     status, code = 406, "not-acceptable"
+
+
+class UnsupportedMediaType(DomainError):
+    status, code = 415, "unsupported-media-type"
 
 
 def _param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -407,3 +415,115 @@ def study_thumbnail(db: Db, hub: HubDep, principal: Reader, request: Request, sl
     if not first:
         raise NotFound("no such study")
     return _rendered(request, first[len(first) // 2], dec, 1, window=None, max_side=THUMBNAIL_SIDE)
+
+
+# -- STOW-RS ------------------------------------------------------------------------------------------
+STORE_RESPONSE = {"schema": {"type": "object", "description": "Store Instances Response (PS3.18 Table 10.5.3-1): "
+                                                              "ReferencedSOPSequence, FailedSOPSequence, RetrieveURL"}}
+STOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "every instance stored", "content": {DICOM_JSON: STORE_RESPONSE}},
+    202: {"description": "some instances failed, or were stored but held in quarantine for review (WarningReason; "
+                         "not served until released)", "content": {DICOM_JSON: STORE_RESPONSE}},
+    409: {"description": "nothing stored: every instance failed (FailedSOPSequence), or the project's storage quota "
+                         "does not allow them (a problem document when the declared size already exceeds it)",
+          "content": {DICOM_JSON: STORE_RESPONSE, PROBLEM_JSON: {"schema": PROBLEM_REF}}},
+    **errors(400, 413, 415),
+}
+STOW_BODY = {"requestBody": {"required": True, "description": "the instances, each a Part 10 file in its own part",
+                             "content": {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def _may_store(db: Db, principal: Principal, slug: str, declared: int | None) -> Any:
+    """Who may add data over DICOMweb: a member with ``write-data`` (the archive's upload right) and ``import``
+    (the right to bring DICOM in from outside, as the destination's and bulk imports' pages ask). Anyone
+    else gets 404 as on every DICOMweb route; a body larger than the free quota is refused before it is read."""
+    access = projects.open_project(db, principal, slug)
+    access.require("write-data")
+    access.require("import")
+    if access.project.status != "active":
+        raise Conflict("the project is closed")
+    project = access.project
+    free = max(0, project.quota_bytes - project.used_bytes - project.reserved_bytes)
+    if declared is not None and declared > free:
+        raise quota.QuotaExceeded(f"the project's storage quota does not allow {declared} more bytes ({free} free): "
+                                  "nothing was stored", free_bytes=free)
+    project_id = project.id
+    db.commit()  # no transaction stays open while the body arrives
+    return project_id
+
+
+def _chunks(request: Request) -> Iterator[bytes]:
+    """The request body as it arrives, for a route running in a worker thread: each chunk is awaited on
+    the event loop, so neither the body nor the route's database work ever blocks the loop."""
+    stream = request.stream()
+    while True:
+        try:
+            yield anyio.from_thread.run(stream.__anext__)
+        except StopAsyncIteration:
+            return
+
+
+def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slug: str, study: str | None) -> Response:
+    kind, params = multipart.media_parameters(request.headers.get("content-type", ""))
+    if kind != "multipart/related" or params.get("type", "application/dicom").lower() != "application/dicom":
+        raise UnsupportedMediaType('send the instances as multipart/related; type="application/dicom" '
+                                   "(one Part 10 file per part)")
+    boundary = multipart.boundary_of(request.headers.get("content-type", ""))
+    if boundary is None:
+        raise BadQuery("the multipart/related content type needs a valid boundary parameter")
+    declared = request.headers.get("content-length")
+    project_id = _may_store(db, principal, slug, int(declared) if declared and declared.isdigit() else None)
+    stow = store.begin(hub, principal, project_id, study,
+                       f"DICOMweb STOW-RS by {principal.user.display_name}"[:300])
+    reader = multipart.MultipartReader(boundary)
+    part: Any = None  # the open spool file of the part being received
+    try:
+        try:
+            for chunk in _chunks(request):
+                for event in reader.feed(chunk):
+                    if isinstance(event, multipart.Part):
+                        path, content_type = stow.new_part_path(), event.content_type
+                        part = open(path, "xb")  # noqa: SIM115 - closed at the part's end or on failure
+                    elif isinstance(event, multipart.PartEnd):
+                        part.close()
+                        part = None
+                        stow.add(path, content_type)
+                    else:
+                        part.write(event)
+            reader.close()
+        except multipart.MultipartError as exc:
+            raise BadQuery(f"the body is not a valid multipart/related message: {exc}") from None
+        if not stow.outcomes:
+            raise BadQuery("the body holds no instance")
+        result, answer = stow.finish(_base(request, slug))
+    except BaseException as exc:  # malformed, too large, the connection lost: nothing stays
+        if part is not None:
+            part.close()
+        stow.abandon(type(exc).__name__)
+        raise
+    headers = {"Cache-Control": "no-store"}
+    held = sum(1 for o in result.outcomes if o.warning is not None)
+    if result.quota_exceeded:
+        headers["Warning"] = f'299 strongroom "{store.QUOTA_REASON}: nothing was stored"'
+    elif held:
+        headers["Warning"] = (f'299 strongroom "{held} instance(s) held in quarantine for review by verification: '
+                              'not served until released"')
+    return JSONResponse(answer, status_code=result.status, media_type=DICOM_JSON, headers=headers)
+
+
+@router.post("/studies", responses=STOW_RESPONSES, openapi_extra=STOW_BODY, status_code=200)
+@read_first  # the body is processed long after the checks; its rows are written in a transaction of their own
+def store_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str) -> Response:
+    """STOW-RS: store instances (a `multipart/related; type="application/dicom"` body, streamed) into the
+    project through the DICOM destination's pipeline: de-identification, verification, quarantine, the
+    encrypted archive. Needs the `write-data` and `import` rights; the answer names the de-identified UIDs."""
+    return _stow(request, db, hub, principal, slug, None)
+
+
+@router.post("/studies/{study}", responses=STOW_RESPONSES, openapi_extra=STOW_BODY, status_code=200)
+@read_first
+def store_study_instances(request: Request, db: Db, hub: HubDep, principal: Writer, slug: str,
+                                study: Annotated[str, UID]) -> Response:
+    """STOW-RS into one study: an instance of another study (by its original or its de-identified Study
+    Instance UID) fails with 0xA900 and is not stored."""
+    return _stow(request, db, hub, principal, slug, study)

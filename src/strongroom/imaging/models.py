@@ -62,7 +62,7 @@ class ImportBatch(CreatedMixin, Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # SRI-…
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
-    source: Mapped[str] = mapped_column(String(12))  # dicom | bulk
+    source: Mapped[str] = mapped_column(String(12))  # dicom | bulk | stow (DICOMweb STOW-RS)
     origin: Mapped[str] = mapped_column(String(300))  # "CT_SCANNER_1 from 10.0.0.5", or the import path
     state: Mapped[str] = mapped_column(String(12), default="open")  # open | closed
     received: Mapped[int] = mapped_column(Big, default=0)

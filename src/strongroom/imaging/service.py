@@ -113,13 +113,16 @@ def load_context(hub: Hub, project_id: uuid.UUID) -> ImportContext:
                              uploader_id=import_user(session), keys=hub_keys(hub, session))
 
 
-def open_batch(hub: Hub, project_id: uuid.UUID, *, source: str, origin: str) -> str:
+def open_batch(hub: Hub, project_id: uuid.UUID, *, source: str, origin: str, audited: bool = True) -> str:
+    """A new import batch. ``audited=False``: the caller records the import as one event of its own at the
+    end (a STOW-RS request), instead of the opened/closed pair."""
     with transaction(hub.sessions) as session:
         batch = ImportBatch(id=archive.new_accession("SRI"), project_id=project_id, source=source,
                             origin=origin[:300], reasons={})
         session.add(batch)
-        audit.record(session, IMPORT_ACTOR, "imaging.batch.opened", project_id=project_id,
-                     target=f"import:{batch.id}", details={"source": source, "origin": origin[:300]})
+        if audited:
+            audit.record(session, IMPORT_ACTOR, "imaging.batch.opened", project_id=project_id,
+                         target=f"import:{batch.id}", details={"source": source, "origin": origin[:300]})
         return batch.id
 
 
