@@ -45,6 +45,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
 
 NO_NETNS = netns.missing()
 DEST_NS, DEST_HOST_IP, DEST_IP = "srtest-dest", "10.214.0.1", "10.214.0.2"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture
@@ -491,3 +492,96 @@ def test_project_bound_token_sees_one_project(hub, app, people) -> None:
     with transaction(hub.sessions) as s:
         identity.revoke_token_by_prefix(s, Actor.system("test"), prefix)
     assert c.get("/api/v1/projects/lung", headers=bearer(plaintext)).status_code == 401
+
+
+def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, tmp_path: Path) -> None:
+    """The data path inside a workspace: code in the kernel (over the proxied websocket) opens a DICOM instance
+    of a dataset shared into the project through ``strongroom://`` with pydicom — with the workspace's
+    project-bound token and no secret key, so the in-platform plaintext route, which the project's locked
+    download setting does not stop — and saves a result back with ``fs.put``: it is archived encrypted in the
+    project. The hub audits each read naming the member, the workspace's token and the dataset."""
+    from imaging_support import archived_bytes, write_corpus
+    from strongroom.archive.backend import storage_for
+    from strongroom.archive.models import READY, ArchiveFile, Dataset, DatasetShare
+    from strongroom.imaging import bulk
+    from strongroom.jobs.runner import Runner
+
+    # The kernel runs the strongroom client under test (this checkout), as an installed hub's would its own.
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexport PYTHONPATH={SRC}\nexec {sys.executable} \"$@\"\n")
+    python.chmod(0o755)
+    hub.settings = hub.settings.model_copy(update={"workspaces": hub.settings.workspaces.model_copy(
+        update={"python": str(python)})})
+    people("alice")
+    people("bob")
+    make_project(hub, "lung", pi="alice", profile={"retain_longitudinal": "modified"})
+    make_project(hub, "heart", pi="bob")
+    write_corpus(tmp_path / "dicom", patients=1, studies=1, series=1, instances=2)
+    report = bulk.run_import(hub, bulk.project_by_slug(hub, "lung"), tmp_path / "dicom", workers=1)
+    assert report.archived == 2 and report.published_version == 1
+    carol, carol_cookie = _member_session(hub, people, "carol", "heart")
+    with transaction(hub.sessions) as s:
+        lung = s.scalar(select(projects.Project).where(projects.Project.slug == "lung"))
+        heart = s.scalar(select(projects.Project).where(projects.Project.slug == "heart"))
+        dataset = s.scalar(select(Dataset.id).where(Dataset.project_id == lung.id))
+        s.add(DatasetShare(dataset_id=dataset, project_id=heart.id, shared_by=lung.pi_id))
+        assert not projects.get_setting(s, heart.id, "download_allowed")  # locked: the point of in-platform work
+        heart_id = heart.id
+    ws = _start(hub, carol, "heart")
+    try:
+        kernel = Kernel(live, service.base_path("heart", ws.id), carol_cookie)
+        try:
+            _, printed = kernel.run(
+                "import fsspec, pydicom\n"
+                # an installed hub publishes strongroom:// through its `fsspec.specs` entry point (test_fsspec
+                # checks it); an editable install older than the entry point lacks it, so register it the same way
+                "if 'strongroom' not in fsspec.available_protocols():\n"
+                "    fsspec.register_implementation('strongroom', 'strongroom.fs.StrongroomFileSystem')\n"
+                "fs = fsspec.filesystem('strongroom')\n"
+                f"names = sorted(fs.find('strongroom://heart/{dataset}'))\n"
+                "with fsspec.open('strongroom://' + names[0]).open() as fh:\n"
+                "    ds = pydicom.dcmread(fh)\n"
+                "print(fs.via, fs.info(names[0])['id'], ds.PatientID, ds.Rows)\n"
+                "with open('summary.csv', 'w') as out:\n"
+                "    out.write(f'patient,rows\\n{ds.PatientID},{ds.Rows}\\n')\n"
+                "fs.put('summary.csv', 'strongroom://heart/files/results/summary.csv')\n"
+                "print('saved')")
+            assert printed.split()[-1] == "saved", printed
+            via, file_id, patient_id, rows = printed.split()[:4]
+        finally:
+            kernel.close()
+        expected = pydicom_dataset(archived_bytes(hub, file_id))
+        assert via == "plaintext"
+        assert (patient_id, rows) == (str(expected.PatientID), str(expected.Rows)) and rows == "64"
+        # the result: uploaded encrypted to the hub's key, ingested into heart's archive
+        Runner(hub, lease_seconds=10, name="test").run_until_idle()
+        with transaction(hub.sessions) as s:
+            saved = s.scalar(select(ArchiveFile).where(ArchiveFile.project_id == heart_id,
+                                                       ArchiveFile.path == "results/summary.csv"))
+            assert saved is not None and saved.state == READY and saved.uploader_id == carol.user.id
+            saved_id, body_key = saved.id, saved.body_key
+        plain = f"patient,rows\n{patient_id},{rows}\n".encode()
+        assert archived_bytes(hub, saved_id) == plain
+        with storage_for(hub).open_reader(body_key) as body:
+            assert patient_id.encode() not in body.read()  # the stored body is ciphertext
+        with transaction(hub.sessions) as s:
+            reads = list(s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{file_id}",
+                                                            AuditEvent.action == "archive.download.started")
+                                   .order_by(AuditEvent.seq)))
+            assert reads and all(e.actor_id == carol.user.id for e in reads)
+            assert {(e.details["mode"], e.details["basis"], e.details["dataset"], e.details["credential"])
+                    for e in reads} == {("plaintext", "share", dataset, f"token:{ws.token_prefix}")}
+            uploads = list(s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{saved_id}")
+                                     .order_by(AuditEvent.seq)))
+            by_carol = [e.action for e in uploads if e.actor_id == carol.user.id]
+            assert by_carol[:2] == ["archive.upload.started", "archive.upload.completed"], by_carol
+    finally:
+        _stop(hub, ws)
+
+
+def pydicom_dataset(data: bytes):
+    import io
+
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(data))

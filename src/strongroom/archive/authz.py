@@ -54,6 +54,8 @@ class ReadGrant:
     # For entitlement and visa grants: whether the dataset's access policy lets approved applicants
     # download to their own machines (owner and share grants follow the project's setting instead).
     may_download: bool = False
+    # For share grants: the dataset shared into the project (reads are audited per dataset).
+    dataset_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,14 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
         return ReadGrant("owner", f.project_id)
     if readable:
         share = session.execute(
-            select(DatasetShare.project_id)
+            select(DatasetShare.project_id, DatasetShare.dataset_id)
             .join(DatasetVersion, DatasetVersion.dataset_id == DatasetShare.dataset_id)
             .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
             .where(DatasetFile.file_id == f.id, DatasetShare.project_id.in_(readable),
                    DatasetVersion.state.in_(("released", "deprecated")))
             .limit(1)).first()
         if share is not None:
-            return ReadGrant("share", share[0])
+            return ReadGrant("share", share[0], dataset_id=share[1])
     for provider in GRANT_PROVIDERS:
         grant = provider(session, principal, f)
         if grant is not None:
@@ -153,6 +155,9 @@ def record_download(session: Session, principal: Principal, f: ArchiveFile, gran
     are repeated on the completed/failed/aborted event written when the body ends."""
     recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
                 **({"grant": grant.detail} if grant.detail else {}),
+                **({"dataset": grant.dataset_id} if grant.dataset_id else {}),
+                # the credential that read (a workspace's project-bound token is ``token:<prefix>``)
+                "credential": principal.credential_id,
                 **{k: v for k, v in details.items() if v is not None}}
     event = audit.record(session, principal.actor, "archive.download.started", project_id=f.project_id,
                          target=f"file:{f.id}", details=recorded)

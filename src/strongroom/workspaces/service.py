@@ -36,7 +36,9 @@ from . import netns
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
 from .models import LIVE, RUNNING, STOPPED, Workspace
 
-TOKEN_SCOPES = ["data:read", "projects:read"]  # what STRONGROOM_TOKEN may do (within its one project)
+# What STRONGROOM_TOKEN may do, within its one project: read its data (the in-platform plaintext route: no
+# secret key in the workspace) and save results back into its files through the archive (data:write).
+TOKEN_SCOPES = ["data:read", "data:write", "projects:read"]
 
 
 # -- pure helpers ------------------------------------------------------------------------------
