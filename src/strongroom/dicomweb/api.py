@@ -198,8 +198,8 @@ def _instances_response(request: Request, readable: list[Readable], dec: Decrypt
         headers |= {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
         if wanted:
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        return StreamingResponse(dec.chunks(f, start, end), status_code=206 if wanted else 200, headers=headers,
-                                 media_type="application/dicom")
+        return StreamingResponse(retrieve.coalesce(dec.chunks(f, start, end)), status_code=206 if wanted else 200,
+                                 headers=headers, media_type="application/dicom")
     boundary = _boundary(tag)
     files = [r.file for r in readable]
 
@@ -207,7 +207,7 @@ def _instances_response(request: Request, readable: list[Readable], dec: Decrypt
         for f in files:
             yield "application/dicom", dec.chunks(f, 0, f.plaintext_size or 0)
 
-    return StreamingResponse(retrieve.multipart(parts(), boundary), headers=headers,
+    return StreamingResponse(retrieve.coalesce(retrieve.multipart(parts(), boundary)), headers=headers,
                              media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
@@ -334,7 +334,7 @@ def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, sl
         for pieces in ranges:
             yield part_type, (chunk for start, end in pieces for chunk in dec.chunks(f, start, end))
 
-    return StreamingResponse(retrieve.multipart(parts(), boundary), headers=headers,
+    return StreamingResponse(retrieve.coalesce(retrieve.multipart(parts(), boundary)), headers=headers,
                              media_type=f'multipart/related; type="{media}"; boundary={boundary}')
 
 

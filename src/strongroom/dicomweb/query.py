@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from ..archive.authz import authorize_read, readable_projects
+from ..archive.authz import authorize_read
 from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
 from ..errors import MfaRequired, NotFound
 from ..identity.principal import Principal
@@ -58,7 +58,9 @@ def open_scope(session: Session, principal: Principal, slug: str) -> Scope:
     except NotFound:
         access = None
     if access is not None:
-        if access.project.id in readable_projects(session, principal):
+        # What ``archive.authz.readable_projects`` decides for this project, from the rows open_project just
+        # read (this membership, its rights; MFA and a token's project binding checked there), not re-read.
+        if "read-data" in access.rights:
             return Scope(access.project.id, slug, None)
         raise NotFound(f"no project {slug!r}")
     project = session.scalar(select(Project).where(Project.slug == slug))
