@@ -181,7 +181,7 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_the_jobs_read_the_log_then_send_due_notices(world) -> None:
-    w, hub, c = world, world["hub"], world["c"]
+    w, hub = world, world["hub"]
     _age(hub, 2, 10)  # version 2 is due within months
     inside, headers = _in_workspace(w)
     assert inside.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=headers).status_code == 200
