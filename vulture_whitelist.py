@@ -123,3 +123,4 @@ uploaded, evaluation, _.intra_op_num_threads, _.ir_version
 begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supported, public_key_auth_supported
 auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
 symlink, statvfs, fstatvfs
+in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)

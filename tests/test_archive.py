@@ -24,6 +24,7 @@ from strongroom.archive import c4gh
 from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile
 from strongroom.archive.transfer import SealedSource, UploadPlan, download_file, upload_file
+from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
 from strongroom.hubclient import HubClient
@@ -292,13 +293,140 @@ def test_access_is_segmented_locked_and_audited(world, tmp_path):
     assert bob.get(f"/api/v1/datasets/{ds['id']}").json()["shared_into_mine"] is True
     assert bob.get(f"/api/v1/files/{file_id}").status_code == 200
     assert bob.get(f"/api/v1/files/{file_id}/content").status_code == 403  # bob's project keeps downloads locked
-    assert bob.get(f"/api/v1/files/{file_id}/plaintext").content == data  # in-platform use is allowed
+    # plaintext is bytes leaving the hub too: bob's own token on his machine is refused while his project
+    # keeps downloads locked (only a workspace's token, from the workspace, reads it; test_plaintext_rule.py)
+    locked_plain = bob.get(f"/api/v1/files/{file_id}/plaintext")
+    assert locked_plain.status_code == 403 and "read it in a workspace" in locked_plain.json()["detail"]
+    # once bob (PI of "other") opens downloads there, the same read is a download, audited as one
+    assert bob.put("/api/v1/projects/other/settings/download_allowed", json={"value": True}).status_code == 200
+    assert bob.get(f"/api/v1/files/{file_id}/plaintext").content == data
+    with hub.sessions() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{file_id}",
+                                                    AuditEvent.action.like("archive.download.%"))
+                           .order_by(AuditEvent.seq)).all()
+    assert [(e.action, e.outcome, e.details.get("allowed_as")) for e in events
+            if e.details.get("mode") == "plaintext" and not e.action.endswith(("completed", "aborted"))] == [
+        ("archive.download.refused", "denied", None), ("archive.download.started", "ok", "download")]
     # revocation takes effect on the next request
     assert c.delete(f"/api/v1/datasets/{ds['id']}/shares/other").status_code == 204
     assert bob.get(f"/api/v1/files/{file_id}/plaintext").status_code == 404
     with hub.sessions() as s:
         other = s.scalar(select(Project).where(Project.slug == "other"))
         assert other.used_bytes == 0  # sharing never counts against the receiving project
+
+
+def _plaintext_routes(c: httpx.Client, url: str, token: str, file_id: str, name: str) -> dict[str, object]:
+    """Every way a member's API token gets a file's plaintext out of the hub: the plaintext route, DRS (the
+    method offered, its access URL, then that URL) and fsspec ``via="plaintext"``; what each answered."""
+    from strongroom.fs import StrongroomFileSystem
+
+    out: dict[str, object] = {"plaintext": c.get(f"/api/v1/files/{file_id}/plaintext").status_code}
+    methods = c.get(f"/ga4gh/drs/v1/objects/{file_id}").json()["access_methods"]
+    out["drs offers plaintext"] = "plaintext" in [m["access_id"] for m in methods]
+    access = c.get(f"/ga4gh/drs/v1/objects/{file_id}/access/plaintext")
+    out["drs access"] = access.status_code
+    if access.status_code == 200:
+        out["drs access"] = c.get(access.json()["url"]).status_code
+    fs = StrongroomFileSystem(url=url, token=token, via="plaintext", skip_instance_cache=True)
+    try:
+        fs.cat(f"lung/files/{name}")
+        out["fsspec"] = "read"
+    except PermissionError as exc:
+        assert "read it in a workspace" in str(exc)
+        out["fsspec"] = "refused"
+    return out
+
+
+def test_plaintext_leaves_only_as_a_download_or_from_its_workspace(world):
+    """The download lock covers plaintext: a member's own API token (from anywhere, here loopback) reads
+    decrypted bytes only when the project allows downloads, and that read is audited as a download; a
+    workspace's own token reads them from the workspace's address only — the same token used from any other
+    address (copied onto a laptop) is refused, as is a stopped workspace's. DRS offers the plaintext method
+    exactly when it would work."""
+    from strongroom.identity import service as identity
+    from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
+
+    hub, c, url = world["hub"], world["http"], world["url"]
+    data = os.urandom(70_000)
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([data], world["hub_public"])), "p/scan.bin")
+    _drain(hub)
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
+    refused = c.get(f"/api/v1/files/{file_id}/plaintext")
+    assert refused.status_code == 403 and refused.json()["detail"] == (
+        "downloads are locked for this project: read it in a workspace, or its PI can open "
+        "'Download to researchers' own machines'")
+    locked = {"plaintext": 403, "drs offers plaintext": False, "drs access": 403, "fsspec": "refused"}
+    assert _plaintext_routes(c, url, world["tokens"]["alice"], file_id, "p/scan.bin") == locked
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": True}).status_code == 200
+    opened = {"plaintext": 200, "drs offers plaintext": True, "drs access": 200, "fsspec": "read"}
+    assert _plaintext_routes(c, url, world["tokens"]["alice"], file_id, "p/scan.bin") == opened
+    assert c.get(f"/api/v1/files/{file_id}/plaintext").content == data
+
+    # a workspace's token: a live workspace of alice's in lung, unisolated (its kernel talks from loopback)
+    with transaction(hub.sessions) as s:
+        lung_id = s.scalar(select(Project.id).where(Project.slug == "lung"))
+        token, secret = identity.create_project_token(s, Actor.system("t"), world["alice"].user, project_id=lung_id,
+                                                      name="workspace", scopes=["data:read", "data:write",
+                                                                                "projects:read"], minutes=5)
+        ws = Workspace(project_id=lung_id, user_id=world["alice"].user.id, launcher="local", isolation="none",
+                       state=RUNNING, token_prefix=token.prefix)
+        s.add(ws)
+        s.flush()
+        ws_id = ws.id
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
+    w = httpx.Client(base_url=url, headers=bearer(secret), timeout=60)
+    assert _plaintext_routes(w, url, secret, file_id, "p/scan.bin") == opened
+    # the same token, the workspace now in a network namespace: loopback is not its address any more
+    with transaction(hub.sessions) as s:
+        s.get(Workspace, ws_id).isolation, s.get(Workspace, ws_id).slot = "namespace", 3
+    assert _plaintext_routes(w, url, secret, file_id, "p/scan.bin") == locked
+    with transaction(hub.sessions) as s:
+        s.get(Workspace, ws_id).isolation, s.get(Workspace, ws_id).slot = "none", None
+        s.get(Workspace, ws_id).state = STOPPED
+    assert w.get(f"/api/v1/files/{file_id}/plaintext").status_code == 403
+    with hub.sessions() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{file_id}",
+                                                    AuditEvent.action.in_(("archive.download.started",
+                                                                           "archive.download.refused")))
+                           .order_by(AuditEvent.seq)).all()
+    plain = [(e.action, e.details.get("allowed_as"), e.details["credential"]) for e in events
+             if e.details.get("mode") == "plaintext"]
+    me, its = plain[0][2], f"token:{token.prefix}"
+    assert set(plain) == {("archive.download.refused", None, me), ("archive.download.started", "download", me),
+                          ("archive.download.started", f"workspace:{ws_id}", its),
+                          ("archive.download.refused", None, its)}
+    assert plain[-1] == ("archive.download.refused", None, its)  # the stopped workspace's
+
+
+def test_workspace_token_uploads_but_manages_nothing(world):
+    """A workspace's token saves results back as files; it cannot create, release or share datasets, publish,
+    or change the project's settings."""
+    from strongroom.identity import service as identity
+
+    hub, c, url = world["hub"], world["http"], world["url"]
+    file_id = _raw_upload(c, b"".join(c4gh.encrypt_stream([b"x" * 100], world["hub_public"])), "in.bin")
+    _drain(hub)
+    ds = c.post("/api/v1/projects/lung/datasets", json={"title": "D", "files": [file_id]}).json()
+    with transaction(hub.sessions) as s:
+        lung_id = s.scalar(select(Project.id).where(Project.slug == "lung"))
+        _, secret = identity.create_project_token(s, Actor.system("t"), world["alice"].user, project_id=lung_id,
+                                                  name="workspace", scopes=["data:read", "data:write",
+                                                                            "projects:read"], minutes=5)
+    w = httpx.Client(base_url=url, headers=bearer(secret), timeout=60)
+    saved = _raw_upload(w, b"".join(c4gh.encrypt_stream([b"result"], world["hub_public"])), "results/r.csv")
+    _drain(hub)
+    assert _file(hub, saved).state == "ready"
+    for method, path, body in (
+            ("POST", "/api/v1/projects/lung/datasets", {"title": "E", "files": [file_id]}),
+            ("POST", f"/api/v1/datasets/{ds['id']}/versions/1/release", None),
+            ("POST", f"/api/v1/datasets/{ds['id']}/shares", {"project": "other"}),
+            ("POST", f"/api/v1/datasets/{ds['id']}/catalog/publish", None),
+            ("PUT", "/api/v1/projects/lung/settings/download_allowed", {"value": True})):
+        r = w.request(method, path, json=body)
+        assert r.status_code == 403, (path, r.status_code, r.text)
+    assert w.post("/api/v1/projects/lung/datasets", json={"title": "E", "files": [file_id]}).json()["detail"] \
+        .startswith("a workspace's token may upload files into its project, nothing more")
+    assert c.get(f"/api/v1/datasets/{ds['id']}").json()["versions"][0]["state"] == "draft"
 
 
 def test_versions_are_immutable_once_released(world):

@@ -167,11 +167,14 @@ def test_errors_are_drs_errors_on_drs_routes_and_problems_elsewhere(world):
 
 
 def test_access_is_decided_at_once_for_locked_downloads(world):
-    """7: downloads locked → no crypt4gh method offered and /access answers 403 now, not a URL that fails."""
+    """7: downloads locked → neither method offered to a member's own token (plaintext leaves the hub only to a
+    workspace's token from its workspace: test_archive.py) and /access answers 403 now, not a URL that fails."""
     a, file_id = world["c"]["alice"], world["ids"]["notes.txt"]
     assert a.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False}).status_code == 200
     obj = a.get(f"{DRS}/objects/{file_id}").json()
-    assert [m["access_id"] for m in obj["access_methods"]] == ["plaintext"]  # in-platform reading stays
+    assert [m["access_id"] for m in obj["access_methods"]] == ["crypt4gh"]  # listed so /access can say why
+    plain = a.get(f"{DRS}/objects/{file_id}/access/plaintext")
+    assert plain.status_code == 403 and "read it in a workspace" in plain.json()["msg"]
     refused = a.get(f"{DRS}/objects/{file_id}/access/crypt4gh")
     assert refused.status_code == 403 and "locked" in refused.json()["msg"]
     assert a.post(f"{DRS}/objects/{file_id}/access/crypt4gh", json={}).status_code == 403

@@ -205,11 +205,12 @@ def test_other_projects_are_not_found_and_locked_downloads_are_refused(hub, worl
     with pytest.raises(FileNotFoundError):  # nor can anything be put there
         fs.put_file(str(world["key"]), "strongroom://other/files/mine.sec")
 
-    # the PI locks downloads: the encrypted route (bytes to your own machine) says why; in-platform
-    # reading of the plaintext stays open to the project's members
+    # the PI locks downloads: the encrypted route (bytes to your own machine) says why, and so does the
+    # plaintext route for a member's own token (only a workspace's token, from its workspace, reads it)
     r = world["http"].put("/api/v1/projects/lung/settings/download_allowed", json={"value": False})
     assert r.status_code == 200, r.text
     with pytest.raises(PermissionError, match="downloads are locked for this project"):
         pandas.read_csv("strongroom://lung/files/tables/visits.csv")
-    inside = StrongroomFileSystem(via="plaintext")
-    assert inside.cat_file("strongroom://lung/files/tables/visits.csv") == CSV
+    plain = StrongroomFileSystem(via="plaintext", skip_instance_cache=True)
+    with pytest.raises(PermissionError, match="read it in a workspace"):
+        plain.cat_file("strongroom://lung/files/tables/visits.csv")

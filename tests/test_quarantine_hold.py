@@ -126,6 +126,9 @@ def test_a_quarantined_file_is_absent_for_every_reader_on_every_route(world) -> 
 
 def test_reviewers_read_in_platform_only_and_each_look_is_audited(world) -> None:
     c, t, f, hub = world["c"], world["t"], world["file"], world["hub"]
+    # the review read is its own basis (archive.authz.plaintext_basis): locked downloads do not stop it
+    assert c.put("/api/v1/projects/lung/settings/download_allowed", json={"value": False},
+                 headers=bearer(t["alice"])).status_code == 200
     for who in ("sam", "alice"):  # steward and PI hold the import right
         r = c.get(f"/api/v1/files/{f}/plaintext", headers=bearer(t[who]))
         assert r.status_code == 200 and r.content[128:132] == b"DICM", who

@@ -111,6 +111,24 @@ def _age(hub, number: int, years: int) -> None:
         clock.recompute(s, hub.settings.retention, c)
 
 
+def _in_workspace(w) -> tuple[object, dict[str, str]]:
+    """A client on loopback holding pia's live (unisolated, local) workspace token in lung: its plaintext reads
+    are in-platform reads (archive.authz.plaintext_basis), not downloads."""
+    from fastapi.testclient import TestClient
+
+    from strongroom.identity import service as identity
+    from strongroom.workspaces.models import RUNNING, Workspace
+
+    hub, pia = w["hub"], w["p"]["pia"]
+    with transaction(hub.sessions) as s:
+        lung = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        token, secret = identity.create_project_token(s, Actor.system("t"), pia.user, project_id=lung,
+                                                      name="workspace", scopes=["data:read"], minutes=5)
+        s.add(Workspace(project_id=lung, user_id=pia.user.id, launcher="local", isolation="none", state=RUNNING,
+                        token_prefix=token.prefix))
+    return TestClient(w["app"], client=("127.0.0.1", 50000)), bearer(secret)
+
+
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
     w, hub, c = world, world["hub"], world["c"]
@@ -118,8 +136,9 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
     start1, start2 = _clock(hub, 1), _clock(hub, 2)
     assert start1.last_use == "release" and start1.keep_until == add_years(start1.last_used_at, 10)
 
-    # an in-platform read of file a (only in version 1) moves version 1 and the project, not version 2
-    r = c.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=_h(w, "pia"))
+    # an in-platform read (a workspace's) of file a (only in version 1) moves version 1 and the project, not version 2
+    inside, headers = _in_workspace(w)
+    r = inside.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=headers)
     assert r.status_code == 200 and r.content.startswith(b"a pixels")
     _catch_up(hub)
     after1, after2 = _clock(hub, 1), _clock(hub, 2)
@@ -162,9 +181,10 @@ def test_the_clock_moves_with_a_read_and_an_application(world) -> None:
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_the_jobs_read_the_log_then_send_due_notices(world) -> None:
-    w, hub, c = world, world["hub"], world["c"]
+    w, hub = world, world["hub"]
     _age(hub, 2, 10)  # version 2 is due within months
-    assert c.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=_h(w, "pia")).status_code == 200
+    inside, headers = _in_workspace(w)
+    assert inside.get(f"/api/v1/files/{w['files']['a']}/plaintext", headers=headers).status_code == 200
     with transaction(hub.sessions) as s:
         from strongroom.jobs import service as jobs
 

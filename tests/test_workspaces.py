@@ -497,8 +497,9 @@ def test_project_bound_token_sees_one_project(hub, app, people) -> None:
 def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, tmp_path: Path) -> None:
     """The data path inside a workspace: code in the kernel (over the proxied websocket) opens a DICOM instance
     of a dataset shared into the project through ``strongroom://`` with pydicom — with the workspace's
-    project-bound token and no secret key, so the in-platform plaintext route, which the project's locked
-    download setting does not stop — and saves a result back with ``fs.put``: it is archived encrypted in the
+    project-bound token and no secret key, so the plaintext route, which the project's locked download setting
+    does not stop for a workspace's own token from the workspace's address (the same token from elsewhere is
+    refused) — and saves a result back with ``fs.put``: it is archived encrypted in the
     project. The hub audits each read naming the member, the workspace's token and the dataset."""
     from imaging_support import archived_bytes, write_corpus
     from strongroom.archive.backend import storage_for
@@ -548,10 +549,29 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
                 "print('saved')")
             assert printed.split()[-1] == "saved", printed
             via, file_id, patient_id, rows = printed.split()[:4]
+            # from inside: DRS offers the plaintext method to the workspace's token; datasets are not its business
+            _, printed = kernel.run(
+                "import httpx, os\n"
+                "u, h = os.environ['STRONGROOM_URL'], {'Authorization': 'Bearer ' + os.environ['STRONGROOM_TOKEN']}\n"
+                f"m = httpx.get(f'{{u}}/ga4gh/drs/v1/objects/{file_id}', headers=h).json()['access_methods']\n"
+                "d = httpx.post(f'{u}/api/v1/projects/heart/datasets', headers=h, json={'title': 'x'})\n"
+                "print(','.join(x['access_id'] for x in m), d.status_code, os.environ['STRONGROOM_TOKEN'])")
+            methods, created, token = printed.split()
+            assert methods.split(",")[0] == "plaintext" and created == "403", printed
         finally:
             kernel.close()
         expected = pydicom_dataset(archived_bytes(hub, file_id))
         assert via == "plaintext"
+        # the same token copied out of the notebook, used from this machine's loopback (not the workspace's
+        # address): the plaintext route refuses, and DRS does not offer the method
+        outside = httpx.Client(base_url=live, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        refused = outside.get(f"/api/v1/files/{file_id}/plaintext")
+        expect = 403 if ws.isolation == "namespace" else 200  # unisolated, loopback *is* the workspace's address
+        assert refused.status_code == expect, refused.text
+        if expect == 403:
+            assert "read it in a workspace" in refused.json()["detail"]
+            offered = outside.get(f"/ga4gh/drs/v1/objects/{file_id}").json()["access_methods"]
+            assert "plaintext" not in [m["access_id"] for m in offered]
         assert (patient_id, rows) == (str(expected.PatientID), str(expected.Rows)) and rows == "64"
         # the result: uploaded encrypted to the hub's key, ingested into heart's archive
         Runner(hub, lease_seconds=10, name="test").run_until_idle()
@@ -569,8 +589,9 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
                                                             AuditEvent.action == "archive.download.started")
                                    .order_by(AuditEvent.seq)))
             assert reads and all(e.actor_id == carol.user.id for e in reads)
-            assert {(e.details["mode"], e.details["basis"], e.details["dataset"], e.details["credential"])
-                    for e in reads} == {("plaintext", "share", dataset, f"token:{ws.token_prefix}")}
+            assert {(e.details["mode"], e.details["basis"], e.details["dataset"], e.details["credential"],
+                     e.details["allowed_as"]) for e in reads} == {
+                ("plaintext", "share", dataset, f"token:{ws.token_prefix}", f"workspace:{ws.id}")}
             uploads = list(s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{saved_id}")
                                      .order_by(AuditEvent.seq)))
             by_carol = [e.action for e in uploads if e.actor_id == carol.user.id]

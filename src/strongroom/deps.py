@@ -110,6 +110,13 @@ TOKEN_SCOPES: dict[Callable[..., Principal], str] = {}
 TOKEN_OR_PAGE_SCOPES: dict[Callable[..., Principal], str] = {}
 
 
+# A project-bound token (a notebook workspace's STRONGROOM_TOKEN) holds data:write only to save results back
+# as files: the upload routes (UploadWrite). Every other data:write route (datasets and their releases and
+# shares, catalogue entries, airlock requests, strategy runs, SSH keys) refuses it.
+WORKSPACE_TOKEN_WRITES = ("a workspace's token may upload files into its project, nothing more: create, release, "
+                          "share or publish datasets from the hub's pages or with your own API token")
+
+
 def require_scope(scope: str) -> Callable[[Principal], Principal]:
     """The dependency that lets a token through only with ``scope`` (``admin``: only an administrator's)."""
 
@@ -118,6 +125,8 @@ def require_scope(scope: str) -> Callable[[Principal], Principal]:
             raise NotFound("not found")  # administration is invisible to everyone else
         if not principal.can(scope):
             raise Forbidden(f"this token lacks the {scope!r} scope")
+        if scope == "data:write" and principal.project_id is not None:
+            raise Forbidden(WORKSPACE_TOKEN_WRITES)
         return principal
 
     TOKEN_SCOPES[check] = scope

@@ -73,6 +73,15 @@ class HoldRule:
 HOLD_RULES: dict[str, HoldRule] = {}
 
 
+# Credentials that may read plaintext in-platform while downloads are locked, registered by the capability
+# that issues them (workspaces: a workspace's own project-bound token, used from the workspace's own network
+# address). Each returns where the read happens (``workspace:<id>``) or None.
+IN_PLATFORM_READERS: list[Callable[[Session, Any, Principal], str | None]] = []
+
+PLAINTEXT_LOCKED = ("downloads are locked for this project: read it in a workspace, or its PI can open "
+                    "'Download to researchers' own machines'")
+
+
 # Other capabilities (access: entitlements, visas) add ways to be allowed; each returns a grant or None.
 GRANT_PROVIDERS: list[Callable[[Session, Principal, ArchiveFile], ReadGrant | None]] = []
 
@@ -147,6 +156,32 @@ def require_download_allowed(session: Session, grant: ReadGrant) -> None:
     if grant.basis not in ("owner", "share") and not grant.may_download:
         raise Forbidden("this dataset is for in-platform use only: its access policy does not let approved "
                         "users download to their own machines")
+
+
+def plaintext_basis(session: Session, settings: Any, principal: Principal, grant: ReadGrant) -> str:
+    """The one rule for decrypted bytes leaving the hub (``/files/{id}/plaintext``, DRS's ``plaintext``
+    access method, fsspec ``via="plaintext"``). Returns why they may:
+
+    - ``review``: a named reviewer reading a held (quarantined) file to decide on it — a deliberate,
+      separately audited in-platform review read (``authorize_review`` already checked the right);
+    - ``workspace:<id>``: a workspace's own token, from that workspace's own network address
+      (``IN_PLATFORM_READERS``) — the bytes stay on the platform's compute; the same token copied to a
+      laptop does not qualify;
+    - ``download``: otherwise the read is a download to the caller's machine, so ``require_download_allowed``
+      decides (the project's setting; an approved applicant's dataset policy) and it is audited as one.
+
+    Raises Forbidden (with what to do instead) when none applies."""
+    if grant.basis == "review":
+        return "review"
+    for reader in IN_PLATFORM_READERS:
+        where = reader(session, settings, principal)
+        if where:
+            return where
+    try:
+        require_download_allowed(session, grant)
+    except Forbidden as exc:
+        raise Forbidden(PLAINTEXT_LOCKED if grant.basis in ("owner", "share") else exc.detail) from None
+    return "download"
 
 
 def record_download(session: Session, principal: Principal, f: ArchiveFile, grant: ReadGrant, **details: object

@@ -20,11 +20,12 @@ from starlette.types import Receive, Scope, Send
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import transaction
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
 from ..text import content_disposition
 from . import c4gh, service
+from .authz import plaintext_basis
 from .backend import storage_for
 from .keys import hub_keys
 from .models import READY, ArchiveFile
@@ -100,6 +101,21 @@ def record_end(hub: Hub, actor: Actor, action: str, *, project_id: uuid.UUID, ta
                          project_id=project_id, target=target, details=details)
     except Exception:
         log.exception("archive.download.audit_failed", target=target, action=action)
+
+
+def record_refused(hub: Hub, principal: Principal, f: ArchiveFile, grant: service.ReadGrant, *, reason: str,
+                   **details: object) -> None:
+    """A refused download ("archive.download.refused", outcome denied), in its own transaction: the request's
+    own rolls back with the 403."""
+    recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
+                "credential": principal.credential_id, "reason": reason,
+                **{k: v for k, v in details.items() if v is not None}}
+    try:
+        with transaction(hub.sessions) as session:
+            audit.record(session, principal.actor, "archive.download.refused", outcome="denied",
+                         project_id=f.project_id, target=f"file:{f.id}", details=recorded)
+    except Exception:
+        log.exception("archive.download.audit_failed", target=f"file:{f.id}", action="archive.download.refused")
 
 
 # -- downloads ---------------------------------------------------------------------------------
@@ -198,8 +214,9 @@ def encrypted(db: Session, hub: Hub, principal: Principal, file_id: str, *, key:
 
 
 def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, range_header: str | None) -> Response:
-    """Decrypted bytes for in-platform use: members of the owning or a receiving project only. A held
-    (quarantined) file is readable here only by its reviewers, and each look is audited as such."""
+    """Decrypted bytes, for members of the owning or a receiving project, when ``authz.plaintext_basis``
+    allows them to leave the hub: a workspace's own token from the workspace, a download the project allows
+    (audited as one), or a reviewer reading a held (quarantined) file (audited as a review read)."""
     f = db.get(ArchiveFile, file_id)
     if f is None:
         raise NotFound("no such file")
@@ -211,6 +228,11 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
             raise NotFound("no such file")
     if f.state != READY:
         raise Conflict(f"the file is {f.state}, not ready")
+    try:
+        allowed_as = plaintext_basis(db, hub.settings, principal, grant)
+    except Forbidden as exc:
+        record_refused(hub, principal, f, grant, reason=exc.detail, mode="plaintext")
+        raise
     assert f.header is not None and f.body_key is not None and f.plaintext_size is not None
     body_key = f.body_key
     wanted = _byte_range(range_header, f.plaintext_size) if f.plaintext_size else None
@@ -221,7 +243,8 @@ def plaintext(db: Session, hub: Hub, principal: Principal, file_id: str, *, rang
         started = service.record_review_view(db, principal, f, bytes=byte_range)
         ends_as = "archive.review_read"
     else:
-        started = service.record_download(db, principal, f, grant, mode="plaintext", bytes=byte_range)
+        started = service.record_download(db, principal, f, grant, mode="plaintext", allowed_as=allowed_as,
+                                          bytes=byte_range)
         ends_as = "archive.download"
     db.commit()
     storage = storage_for(hub)

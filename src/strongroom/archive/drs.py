@@ -5,8 +5,9 @@ What a DRS client sees (docs/ga4gh.md has the whole surface and its conformance 
 - A blob's ``size`` and ``checksums`` (sha-256, md5) describe the file's plaintext: the bytes the
   ``plaintext`` access method serves, and what the ``crypt4gh`` stream decrypts to. A client that
   downloads through ``plaintext`` and verifies the checksums succeeds.
-- ``access_methods`` lists the methods this caller may use, ``plaintext`` first: ``plaintext`` (in-platform
-  reading, for members of the owning project or of one it is shared into) and ``crypt4gh`` (the file
+- ``access_methods`` lists the methods this caller may use, ``plaintext`` first: ``plaintext`` (decrypted by
+  the hub, for members of the owning project or of one it is shared into, only when ``authz.plaintext_basis``
+  lets it out: a workspace's own token from the workspace, or downloads open for the project) and ``crypt4gh`` (the file
   re-encrypted to the caller's registered key, when downloads to own machines are allowed). The
   ``crypt4gh`` method declares its own bytes under ``crypt4gh``: the exact ``size`` of the stream for
   that key and the sha-256 of its body (the bytes after the per-recipient header, the same for
@@ -43,7 +44,7 @@ from ..errors import DomainError, Forbidden, Invalid, NotFound
 from ..identity.principal import Principal
 from ..schemas import Body
 from . import service
-from .authz import require_download_allowed
+from .authz import plaintext_basis, require_download_allowed
 from .models import READY, ArchiveFile, DatasetVersion
 
 router = APIRouter(prefix="/ga4gh/drs/v1", tags=["GA4GH DRS"])
@@ -108,11 +109,23 @@ def _crypt4gh_bytes(hub: HubDep, db: Db, principal: Principal, f: ArchiveFile) -
             "decrypts_to": "the object's size and checksums"}
 
 
+def _plaintext_allowed(hub: HubDep, db: Db, principal: Principal, grant: service.ReadGrant) -> bool:
+    """The ``plaintext`` method is offered only when ``/files/{id}/plaintext`` would serve it to this caller
+    (members' grants, and ``authz.plaintext_basis``: a workspace's token from the workspace, or downloads open)."""
+    if grant.basis not in ("owner", "share"):
+        return False
+    try:
+        plaintext_basis(db, hub.settings, principal, grant)
+    except Forbidden:
+        return False
+    return True
+
+
 def _methods(hub: HubDep, db: Db, principal: Principal, f: ArchiveFile, grant: service.ReadGrant
              ) -> list[dict[str, Any]]:
     auth = _authorizations(hub)
     methods: list[dict[str, Any]] = []
-    if grant.basis in ("owner", "share"):
+    if _plaintext_allowed(hub, db, principal, grant):
         methods.append({"type": "https", "access_id": PLAINTEXT, "available": True, "authorizations": auth})
     try:  # the grant is already read: only the download rule is left to ask
         require_download_allowed(db, grant)
@@ -230,6 +243,7 @@ def _access_url(hub: HubDep, db: Db, principal: Principal, object_id: str, acces
     if access_id == PLAINTEXT:
         if grant.basis not in ("owner", "share"):
             raise NotFound("no such access method for you: in-platform reading is for project members")
+        plaintext_basis(db, hub.settings, principal, grant)  # 403 now, never a URL that then fails
         url = f"{base}/api/v1/files/{f.id}/plaintext"
     else:
         service.authorize_download(db, principal, f.id)

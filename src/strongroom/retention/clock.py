@@ -80,7 +80,9 @@ def _latest(found: dict[Any, tuple[dt.datetime, str]], key: Any, at: dt.datetime
 
 
 def _use(event: Any) -> str:
-    if event.action == "archive.download.started" and (event.details or {}).get("mode") == "plaintext":
+    details = event.details or {}
+    if (event.action == "archive.download.started" and details.get("mode") == "plaintext"
+            and details.get("allowed_as") != "download"):
         return "in-platform read"
     return USE_EVENTS[event.action]
 

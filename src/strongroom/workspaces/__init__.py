@@ -21,3 +21,5 @@ def includeme(config: Config) -> None:
     config.add_cli("strongroom.workspaces.cli:app", name="workspaces")
     config.add_jobs("strongroom.workspaces.jobs")
     config.add_settings("workspaces")
+    # its own token, from the workspace's own address, reads plaintext while downloads are locked
+    config.add_hook("strongroom.archive.authz:IN_PLATFORM_READERS", "strongroom.workspaces.service:in_platform_reader")

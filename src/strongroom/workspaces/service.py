@@ -36,8 +36,10 @@ from . import netns
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
 from .models import LIVE, RUNNING, STOPPED, Workspace
 
-# What STRONGROOM_TOKEN may do, within its one project: read its data (the in-platform plaintext route: no
-# secret key in the workspace) and save results back into its files through the archive (data:write).
+# What STRONGROOM_TOKEN may do, within its one project: read its data (the plaintext route, from this
+# workspace's own address only: ``in_platform_reader``) and save results back as files through the archive's
+# upload routes (data:write; deps.require_scope refuses a project-bound token every other data:write route:
+# datasets, releases, shares, catalogue, airlock, runs, keys).
 TOKEN_SCOPES = ["data:read", "data:write", "projects:read"]
 
 
@@ -166,6 +168,36 @@ def _launcher_of(settings: Settings, ws: Workspace) -> Launcher:
 
 def _handle(ws: Workspace) -> Handle:
     return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id)
+
+
+# -- the workspace's own token, from the workspace ---------------------------------------------------
+LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def addresses(settings: Settings, ws: Workspace) -> frozenset[str]:
+    """Where the workspace's requests to the hub come from: its namespace's address (namespace isolation),
+    the compute node (a Slurm job without a namespace), else loopback (a local process on the hub's machine)."""
+    if ws.isolation == "namespace" and ws.slot is not None:
+        return frozenset({plan_of(settings, ws).ns_ip})
+    if ws.launcher == "slurm" and ws.host:
+        try:
+            return frozenset(str(info[4][0]) for info in socket.getaddrinfo(ws.host, None))
+        except OSError:
+            return frozenset()
+    return LOOPBACK
+
+
+def in_platform_reader(session: Session, settings: Settings, principal: Principal) -> str | None:
+    """``archive.authz.IN_PLATFORM_READERS`` entry: a live workspace's own token (``Workspace.token_prefix``),
+    bound to the workspace's project and user, used from the workspace's own address → ``workspace:<id>``.
+    The same token from anywhere else (copied out of a notebook onto a laptop) is no workspace."""
+    if principal.via != "token" or principal.project_id is None or not principal.credential_id.startswith("token:"):
+        return None
+    prefix = principal.credential_id.removeprefix("token:")
+    ws = session.scalar(select(Workspace).where(Workspace.token_prefix == prefix, Workspace.state.in_(LIVE)))
+    if ws is None or ws.project_id != principal.project_id or ws.user_id != principal.user.id:
+        return None
+    return f"workspace:{ws.id}" if principal.ip in addresses(settings, ws) else None
 
 
 # -- start / stop ------------------------------------------------------------------------------
