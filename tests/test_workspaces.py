@@ -44,7 +44,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
                                 reason="jupyterlab is not installed (pip install -e '.[test]')")
 
 NO_NETNS = netns.missing()
-DEST_NS, DEST_HOST_IP, DEST_IP = "srtest-dest", "10.214.0.1", "10.214.0.2"
+# Namespaces, links and addresses are global to the machine: each pytest-xdist worker takes its own.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+SUBNET = f"10.213.{2 * WORKER}.0/24"
+DEST_NS, DEST_HOST_IP, DEST_IP = f"srtest-dest{WORKER}", f"10.214.{WORKER}.1", f"10.214.{WORKER}.2"
+DEST_HOST_IF, DEST_NS_IF = f"srtdh{WORKER}", f"srtdn{WORKER}"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -73,7 +77,7 @@ def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch
     return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
                     log_json=True, jobs={"embedded": False}, base_url=f"http://127.0.0.1:{port}", port=port,
                     security={"cookie_secure": False},
-                    workspaces={"scratch_dir": str(scratch_dir), "subnet": "10.213.0.0/24",
+                    workspaces={"scratch_dir": str(scratch_dir), "subnet": SUBNET,
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
                                 # this machine's Python lives under /root (0700): no other user can run it
@@ -232,13 +236,14 @@ def destination() -> Iterator[tuple[int, int]]:
     """Two HTTP servers in their own network namespace (one port to allow-list, one not)."""
     ns = ["ip", "netns", "exec", DEST_NS]
     subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "del", "srtdh"], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", DEST_HOST_IF], capture_output=True, check=False)
     for cmd in (["ip", "netns", "add", DEST_NS],
-                ["ip", "link", "add", "srtdh", "type", "veth", "peer", "name", "srtdn"],
-                ["ip", "link", "set", "srtdn", "netns", DEST_NS],
-                ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", "srtdh"], ["ip", "link", "set", "srtdh", "up"],
-                [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", "srtdn"],
-                [*ns, "ip", "link", "set", "srtdn", "up"], [*ns, "ip", "link", "set", "lo", "up"],
+                ["ip", "link", "add", DEST_HOST_IF, "type", "veth", "peer", "name", DEST_NS_IF],
+                ["ip", "link", "set", DEST_NS_IF, "netns", DEST_NS],
+                ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", DEST_HOST_IF],
+                ["ip", "link", "set", DEST_HOST_IF, "up"],
+                [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", DEST_NS_IF],
+                [*ns, "ip", "link", "set", DEST_NS_IF, "up"], [*ns, "ip", "link", "set", "lo", "up"],
                 [*ns, "ip", "route", "add", "default", "via", DEST_HOST_IP]):
         subprocess.run(cmd, check=True, capture_output=True)
     servers = []
@@ -255,7 +260,7 @@ def destination() -> Iterator[tuple[int, int]]:
         for proc in servers:
             proc.kill()
             proc.wait()
-        subprocess.run(["ip", "link", "del", "srtdh"], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", DEST_HOST_IF], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
 
 
@@ -349,6 +354,9 @@ def test_slurm_job_asks_for_the_reservation(tmp_path: Path) -> None:
 def test_netns_rules_name_only_the_hub_and_the_list() -> None:
     plan = netns.plan_for(3, "10.213.0.0/24", hub_port=8000, allowed=[("192.0.2.10", 22)])
     assert (plan.host_ip, plan.ns_ip) == ("10.213.0.13", "10.213.0.14")
+    # names follow the address (host-global names never clash between hubs or test workers with other subnets)
+    assert (plan.name, plan.host_if) == ("srws-0ad5000c", "srwh0ad5000c")
+    assert netns.plan_for(3, "10.213.2.0/24", hub_port=8000, allowed=[]).name == "srws-0ad5020c"
     rules = netns.nft_rules(plan)
     assert "policy drop" in rules and "ip daddr 10.213.0.13 tcp dport 8000 accept" in rules
     assert "ip daddr 192.0.2.10 tcp dport 22 accept" in rules

@@ -34,7 +34,7 @@ class NetnsError(RuntimeError):
 class Plan:
     """One workspace's namespace: names, the /30 addresses, what it may reach."""
 
-    name: str  # namespace name, e.g. "srws-12"
+    name: str  # namespace name, e.g. "srws-0ad5000c" (the /30's address in hex)
     host_if: str  # veth end in the hub's namespace
     ns_if: str  # veth end inside the workspace's namespace
     host_ip: str
@@ -45,13 +45,18 @@ class Plan:
 
 
 def plan_for(slot: int, subnet: str, *, hub_port: int, allowed: list[tuple[str, int]]) -> Plan:
-    """Slot ``n`` gets the n-th /30 of ``subnet``: ``.1`` on the host side, ``.2`` in the namespace."""
+    """Slot ``n`` gets the n-th /30 of ``subnet``: ``.1`` on the host side, ``.2`` in the namespace (IPv4 only:
+    interface names hold the block's address in 8 hex digits)."""
     net: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.ip_network(subnet)
     blocks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(net.subnets(new_prefix=30))
     for i, block in enumerate(blocks):
         if i == slot:
             hosts = [str(h) for h in block.hosts()]
-            return Plan(name=f"srws-{slot}", host_if=f"srwh{slot}", ns_if=f"srwn{slot}", host_ip=hosts[0],
+            # Named after the block's address, not the slot: namespaces and links are global to the host, so
+            # two hubs (or test workers) with different subnets never share a name, and a leftover torn down
+            # before setup can only be one with this very address.
+            tag = f"{int(block.network_address):08x}"
+            return Plan(name=f"srws-{tag}", host_if=f"srwh{tag}", ns_if=f"srwn{tag}", host_ip=hosts[0],
                         ns_ip=hosts[1], hub_port=hub_port, allowed=tuple(allowed))
     raise NetnsError(f"subnet {subnet} has no room for workspace slot {slot}")
 
