@@ -160,6 +160,22 @@ def principal_for(hub, token: str):
     return principal
 
 
+def wait_until_answering(url: str, proc: subprocess.Popen[bytes], log_path: Path, *, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; a server that exits or stays silent past ``timeout`` is an error
+    quoting the end of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{url} did not start; see {log_path}:\n{tail}")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
     """Run the app under uvicorn (uvloop + httptools when installed, as `strongroom serve`) in a child
@@ -170,17 +186,8 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
                                  str(bench.settings.var_dir), str(bench.port), bench.secret],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 120  # a loaded shared machine can take a minute to import the app
-        while True:
-            try:
-                if httpx.get(f"{bench.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text()[-3000:]
-                raise RuntimeError(f"the server did not start; see {log_path}:\n{tail}")
-            time.sleep(0.05)
+        # a loaded shared machine can take a minute to import the app
+        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=120)
         yield bench.url
     finally:
         proc.terminate()

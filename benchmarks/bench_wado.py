@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _support import build_hub, free_port, fresh_dir, person_with_project, serving
+from _support import build_hub, free_port, fresh_dir, person_with_project, serving, wait_until_answering
 
 ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 MULTIPART = 'multipart/related; type="application/dicom"'
@@ -71,16 +71,7 @@ def orthanc(work: Path, binary: str) -> Iterator[str]:
         proc = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/system", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start (see {work / 'orthanc.log'})")
-            time.sleep(0.1)
+        wait_until_answering(f"{url}/system", proc, work / "orthanc.log", timeout=60)
         yield url
     finally:
         proc.terminate()
