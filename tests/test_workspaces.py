@@ -7,6 +7,7 @@ revokes the workspace's project-bound token."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.util
 import json
 import os
@@ -35,7 +36,7 @@ from strongroom.deps import SESSION_COOKIE
 from strongroom.identity.models import ApiToken
 from strongroom.projects import service as projects
 from strongroom.projects.models import ProjectSetting
-from strongroom.workspaces import launcher, netns, service
+from strongroom.workspaces import fuse, launcher, netns, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from support.live import serving
 from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
@@ -368,9 +369,14 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     before (an e-mail), it stops at the end; another stops when idle. The pages show them."""
     from fastapi.testclient import TestClient
 
+    from aiosmtpd.controller import Controller
+
     from conftest import web_client
     from strongroom.compute.models import Booking
+    from strongroom.config import NotifySettings
     from strongroom.jobs.models import Job
+    from strongroom.jobs.runner import Runner
+    from test_notify import Mailbox
 
     people("alice")
     make_project(hub, "lung", pi="alice")
@@ -391,23 +397,54 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
         page = web_client(app, hub, carol).get("/projects/lung/workspaces")
         assert page.status_code == 200 and f"GPU booking {booking_id}" in page.text and "h left" in page.text
         assert f"/projects/lung/workspaces/{first.id}/lab" in page.text
+        # its resources (a local process: the CPUs it may use, its memory, no GPU) and the booking's time left
+        assert "MiB in use" in page.text and "min left" in page.text
+        # the booking ends within warn_minutes: a banner says when and why
+        assert f"Workspace {str(first.id)[:8]} stops at {end.strftime('%H:%M')} UTC" in page.text
+        assert "because the GPU booking ends" in page.text
         assert web_client(app, hub, carol).get("/admin/workspaces").status_code == 404
         operators = web_client(app, hub, admin).get("/admin/workspaces")
         assert operators.status_code == 200 and str(first.id)[:8] in operators.text
+        assert "MiB in use" in operators.text and "stops soon: the GPU booking ends" in operators.text
         assert TestClient(app).get("/api/v1/workspaces/projects/lung").status_code == 401
         with transaction(hub.sessions) as s:
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 2, "stopped": 0}
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 0, "stopped": 0}  # once
             mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
             assert [m["template"] for m in mails] == ["workspace_ending", "workspace_ending"]
-            s.get(Workspace, second.id).booking_id = None  # the second one runs on: only idle time stops it
+            unbooked = s.get(Workspace, second.id)  # the second one runs on: only idle time stops it
+            unbooked.booking_id, unbooked.ends_at = None, None
         with transaction(hub.sessions) as s:
             assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
-        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=hub.settings.workspaces.idle_minutes + 1)
+        w = hub.settings.workspaces
+        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=w.idle_minutes + 1)
         with transaction(hub.sessions) as s:
             assert service.check_idle(s, hub.settings, hub.secret, now=dt.datetime.now(dt.UTC)) == {
-                "idle": 0, "exited": 0}
-            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {"idle": 1, "exited": 0}
+                "idle": 0, "exited": 0, "warned": 0}
+            # warn_minutes before the idle stop: the owner is e-mailed once, and the page says so
+            soon = idle_at - dt.timedelta(minutes=w.warn_minutes)
+            assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 1}
+            assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 0}
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            assert [m["context"].get("reason") for m in mails] == ["booking", "booking", "idle"]
+        # the e-mails go out through a real SMTP server
+        box = Mailbox(port=_free_port())
+        controller = Controller(box, hostname="127.0.0.1", port=box.port)
+        controller.start()
+        try:
+            hub.settings = hub.settings.model_copy(update={"notify": NotifySettings(
+                host="127.0.0.1", port=box.port, starttls=False, from_address="hub@strongroom.test")})
+            Runner(hub, lease_seconds=10, name="test").run_until_idle()
+        finally:
+            controller.stop()
+        sent = box.to(carol.user.email)
+        assert len(sent) == 3 and all("Your workspace in lung stops in" in m["Subject"] for m in sent)
+        assert sum("has been idle" in m.get_content() for m in sent) == 1
+        page = web_client(app, hub, carol).get("/projects/lung/workspaces")
+        assert f"Workspace {str(second.id)[:8]} stops at" in page.text and "because it has been idle" in page.text
+        with transaction(hub.sessions) as s:
+            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {
+                "idle": 1, "exited": 0, "warned": 0}
         with transaction(hub.sessions) as s:
             assert [(w.state, w.stop_reason) for w in (s.get(Workspace, first.id), s.get(Workspace, second.id))] == [
                 (STOPPED, "booking-end"), (STOPPED, "idle")]
@@ -415,6 +452,12 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     finally:
         _stop(hub, first)
         _stop(hub, second)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _squeue(slurm, job_id: str) -> str:  # noqa: F811
@@ -566,8 +609,36 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
                 "print(','.join(x['access_id'] for x in m), d.status_code, os.environ['STRONGROOM_TOKEN'])")
             methods, created, token = printed.split()
             assert methods.split(",")[0] == "plaintext" and created == "403", printed
+            # the same data as files: the read-only FUSE mount at ~/data (strongroom://, through the hub's API)
+            _, printed = kernel.run(
+                "import errno, hashlib, json, os, pydicom\n"
+                "home = os.path.expanduser('~/data')\n"
+                f"folder = os.path.join(home, 'heart', '{dataset}')\n"
+                "names = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)\n"
+                "raw = open(names[0], 'rb').read()\n"
+                "ds = pydicom.dcmread(names[0])\n"
+                "def refused(fn):\n"
+                "    try:\n"
+                "        fn()\n"
+                "        return 'allowed'\n"
+                "    except OSError as e:\n"
+                "        return errno.errorcode.get(e.errno, str(e.errno))\n"
+                "print(json.dumps({'top': sorted(os.listdir(home)), 'project': sorted(os.listdir(home + '/heart')),\n"
+                "    'other': refused(lambda: os.listdir(home + '/lung')), 'sha': hashlib.sha256(raw).hexdigest(),\n"
+                "    'rows': int(ds.Rows), 'count': len(names),\n"
+                "    'append': refused(lambda: open(names[0], 'ab')),\n"
+                "    'create': refused(lambda: open(os.path.join(folder, 'new.txt'), 'w')),\n"
+                "    'unlink': refused(lambda: os.unlink(names[0])),\n"
+                "    'mkdir': refused(lambda: os.mkdir(os.path.join(home, 'heart', 'x'))),\n"
+                "    'rename': refused(lambda: os.rename(names[0], names[0] + '.x'))}))")
+            mounted = json.loads(printed)
         finally:
             kernel.close()
+        assert mounted["top"] == ["heart"] and mounted["other"] == "ENOENT", mounted  # another project: not there
+        assert dataset in mounted["project"] and "files" in mounted["project"], mounted
+        assert mounted["count"] == 2 and mounted["rows"] == 64
+        assert mounted["sha"] == hashlib.sha256(archived_bytes(hub, file_id)).hexdigest()  # the plaintext, exactly
+        assert {mounted[k] for k in ("append", "create", "unlink", "mkdir", "rename")} <= {"EROFS", "EACCES"}, mounted
         expected = pydicom_dataset(archived_bytes(hub, file_id))
         assert via == "plaintext"
         # the same token copied out of the notebook, used from this machine's loopback (not the workspace's
@@ -600,12 +671,15 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
             assert {(e.details["mode"], e.details["basis"], e.details["dataset"], e.details["credential"],
                      e.details["allowed_as"]) for e in reads} == {
                 ("plaintext", "share", dataset, f"token:{ws.token_prefix}", f"workspace:{ws.id}")}
+            assert len(reads) >= 2  # the fsspec read and the mount's (every read through the hub's API, audited)
             uploads = list(s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{saved_id}")
                                      .order_by(AuditEvent.seq)))
             by_carol = [e.action for e in uploads if e.actor_id == carol.user.id]
             assert by_carol[:2] == ["archive.upload.started", "archive.upload.completed"], by_carol
     finally:
         _stop(hub, ws)
+    # stopped: the mount is gone with the scratch space (nothing of the plaintext is left there)
+    assert not fuse.mounts_under(Path(ws.scratch)) and not Path(ws.scratch).exists()
 
 
 def pydicom_dataset(data: bytes):
