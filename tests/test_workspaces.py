@@ -466,22 +466,75 @@ def _squeue(slurm, job_id: str) -> str:  # noqa: F811
     return done.stdout.strip()
 
 
-def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> None:  # noqa: F811
-    """The Slurm launcher: sbatch into the booking's reservation (sr-<id>) with its GPUs, reached through the
-    proxy like a local one; the booking's end stops it (scancel) and wipes the scratch."""
+@pytest.fixture
+def cluster_user() -> Iterator[tuple[str, int]]:
+    """A local Linux account standing for a member's cluster account (the one node is this machine)."""
+    import pwd
+
+    name = f"srt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                    "/usr/sbin/nologin", "--user-group", name], check=True, capture_output=True)
+    try:
+        yield name, pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def shared_python(scratch_dir: Path) -> Iterator[Path]:
+    """An interpreter any user may run: this machine's Python lives under /root (0700), so its installation is
+    bind-mounted read-only elsewhere and a venv-like folder points at it and at the shared venv's packages; a
+    wrapper runs it with this checkout's sources (as an installed hub's nodes run the hub's environment)."""
+    base = Path(sys.base_prefix)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    tag = uuid.uuid4().hex[:8]
+    root, venv = Path(f"/run/srtest-python-{tag}"), Path(f"/dev/shm/srtest-venv-{tag}")
+    root.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(base), str(root)], check=True, capture_output=True)
+    try:
+        (venv / "bin").mkdir(parents=True)
+        (venv / "lib" / version).mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(root / "bin" / version)
+        (venv / "pyvenv.cfg").write_text(f"home = {root}/bin\ninclude-system-site-packages = false\n")
+        (venv / "lib" / version / "site-packages").symlink_to(Path(sys.prefix) / "lib" / version / "site-packages")
+        wrapper = venv / "python.sh"
+        wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={SRC} LD_LIBRARY_PATH={root}/lib\n"
+                           f'exec {venv}/bin/python "$@"\n')
+        wrapper.chmod(0o755)
+        for path in (venv, venv / "bin", venv / "lib", venv / "lib" / version):
+            path.chmod(0o755)
+        yield wrapper
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, check=False)
+        root.rmdir()
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_slurm_job_runs_as_the_members_cluster_account(hub, people, live: str, slurm,  # noqa: F811
+                                                       cluster_user: tuple[str, int], shared_python: Path) -> None:
+    """The Slurm launcher: refused without the member's cluster account; with one (set by an operator, audited)
+    sbatch runs as it into the booking's reservation (sr-<id>) with its GPUs: the job's processes — JupyterLab,
+    its kernel, the read-only data mount — run as that uid, reached through the proxy like a local one; the
+    booking's end stops it (scancel), unmounts the data and wipes the scratch."""
     import time
 
+    from strongroom.audit.service import Actor
     from strongroom.compute.models import Booking
+    from strongroom.errors import Conflict
+    from strongroom.identity.models import User
 
+    account, uid = cluster_user
     settings = hub.settings.model_copy(update={
         "workspaces": hub.settings.workspaces.model_copy(update={
-            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
+            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 120,
+            "python": str(shared_python)}),
         "compute": hub.settings.compute.model_validate({
             "machines": {"dgx2": {"gpus": 16, "slurm_license": LICENSE}},
             "slurm": {"enabled": True, "slurm_conf": slurm.conf}})})
     hub.settings = settings
     people("alice")
     make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="alice")
     carol, carol_cookie = _member_session(hub, people, "carol", "lung")
     now = dt.datetime.now(dt.UTC)
     with transaction(hub.sessions) as s:
@@ -492,8 +545,13 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
         s.add(booking)
         s.flush()
         name, end = booking.reservation_name, booking.end_at
+    # no cluster account: a clear refusal, nothing left behind
+    with pytest.raises(Conflict, match="cluster account"):
+        _start(hub, carol, "lung")
+    with transaction(hub.sessions) as s:
+        assert service.set_cluster_account(s, Actor.system("test"), s.get(User, carol.user.id), account) == account
     slurm.scontrol("create", "reservation", f"ReservationName={name}", "StartTime=now", "Duration=60",
-                   "Users=root", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
+                   f"Users=root,{account}", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
     try:
         ws = _start(hub, carol, "lung")
         try:
@@ -501,21 +559,46 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
             job = slurm.scontrol("-o", "show", "job", ws.job_id)
             assert f"Reservation={name}" in job and "JobState=RUNNING" in job, job
             assert f"{LICENSE}:2" in job and "gpu:2" in job, job
-            r = httpx.get(f"{live}{service.base_path('lung', ws.id)}api/status",
-                          cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+            assert f"UserId={account}({uid})" in job, job
+            path = service.base_path("lung", ws.id)
+            r = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
             assert r.status_code == 200
             assert service.jupyter_token(hub.secret, ws.id) not in (Path(ws.scratch) / ".job.sh").read_text()
+            # inside: the kernel and the data mount's daemon run as the member's account; the mount shows lung only
+            kernel = Kernel(live, path, carol_cookie)
+            try:
+                _, printed = kernel.run(
+                    "import json, os\n"
+                    "home = os.path.expanduser('~/data')\n"
+                    "line = next(m for m in open('/proc/self/mounts') if m.split()[1] == home)\n"
+                    "print(json.dumps({'uid': os.getuid(), 'data': sorted(os.listdir(home)),\n"
+                    "    'files': sorted(os.listdir(home + '/lung')), 'mount_uid': os.stat(home).st_uid,\n"
+                    "    'mounted_by': line.split()[3].split('user_id=')[1].split(',')[0]}))")
+            finally:
+                kernel.close()
+            inside = json.loads(printed)
+            # the mount was made by the account too (FUSE's user_id), not by root
+            assert inside == {"uid": uid, "data": ["lung"], "files": ["files"], "mount_uid": uid,
+                              "mounted_by": str(uid)}, printed
+            mount = Path(ws.scratch) / fuse.MOUNT_NAME
+            assert fuse.mounted(mount)
             with transaction(hub.sessions) as s:
                 assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
             deadline = time.monotonic() + 60
             while _squeue(slurm, ws.job_id) and time.monotonic() < deadline:  # scancel is asynchronous
                 time.sleep(0.2)
             assert _squeue(slurm, ws.job_id) == ""
-            assert not Path(ws.scratch).exists()
+            assert not fuse.mounts_under(Path(ws.scratch)) and not Path(ws.scratch).exists()
         finally:
             _stop(hub, ws)
     finally:
         slurm.scontrol("delete", f"ReservationName={name}")
+    with transaction(hub.sessions) as s:
+        started = s.scalar(select(AuditEvent).where(AuditEvent.target == f"workspace:{ws.id}",
+                                                    AuditEvent.action == "workspace.started"))
+        assert started.details["cluster_account"] == account
+        assert s.scalar(select(AuditEvent).where(AuditEvent.action == "workspace.cluster_account.set")
+                        ).details == {"account": account, "before": ""}
 
 
 def test_project_bound_token_sees_one_project(hub, app, people) -> None:

@@ -318,9 +318,7 @@ class SlurmLauncher:
     def sbatch_args(self, spec: Spec) -> list[str]:
         args = [self.sbatch, "--parsable", f"--job-name=sr-ws-{spec.workspace_id[:8]}",
                 f"--chdir={spec.scratch}", f"--output={spec.scratch / '.jupyter.log'}",
-                # HOME by value: ``runuser`` (submitting as the member) sets the account's own
-                "--export=" + ",".join([*sorted(k for k in jupyter_env(spec) if k != "HOME"),
-                                        f"HOME={spec.scratch}"])]
+                "--export=" + ",".join(sorted(jupyter_env(spec)))]
         if spec.reservation:
             args.append(f"--reservation={spec.reservation}")
         if spec.gpus:
@@ -331,26 +329,33 @@ class SlurmLauncher:
             args.append(f"--partition={spec.partition}")
         return args
 
-    def submit_as(self, account: str) -> list[str]:
-        """The prefix that runs ``sbatch`` as the member's cluster account: ``runuser`` when the hub is root
-        (Slurm then runs the job as that account); nothing when the hub already is that account."""
+    @staticmethod
+    def submit_as(account: str) -> list[str]:
+        """The sbatch options that run the job as the member's cluster account: ``--uid``/``--gid`` (root only:
+        the hub submits as root, Slurm runs the job as the account, with its primary group)."""
         if not account:
             return []
+        import grp
         import pwd
 
-        if pwd.getpwuid(os.geteuid()).pw_name == account:
+        try:
+            entry = pwd.getpwnam(account)
+        except KeyError:
+            raise LaunchError(f"the cluster account {account!r} is unknown on the hub's machine (its user "
+                              "directory must list the cluster's accounts)") from None
+        if os.geteuid() == entry.pw_uid:
             return []
         if os.geteuid() != 0:
-            raise LaunchError(f"the hub runs as {pwd.getpwuid(os.geteuid()).pw_name}, not root: it cannot submit "
-                              f"as the cluster account {account!r}")
-        return ["runuser", "-u", account, "--"]
+            raise LaunchError(f"the hub does not run as root: it cannot submit as the cluster account {account!r}")
+        return [f"--uid={entry.pw_uid}", f"--gid={grp.getgrgid(entry.pw_gid).gr_name}"]
 
     def start(self, spec: Spec, *, timeout: float) -> Handle:
         script = spec.scratch / ".job.sh"
         script.write_text(self.script(spec))
         script.chmod(0o644)
         env = {**self._env(), **jupyter_env(spec)}
-        done = subprocess.run([*self.submit_as(spec.cluster_account), *self.sbatch_args(spec), str(script)],
+        args = self.sbatch_args(spec)
+        done = subprocess.run([*args[:1], *self.submit_as(spec.cluster_account), *args[1:], str(script)],
                               capture_output=True, text=True, env=env, timeout=60, check=False)
         if done.returncode != 0:
             raise LaunchError(f"sbatch: {(done.stderr or done.stdout).strip()}")
@@ -360,7 +365,9 @@ class SlurmLauncher:
         handle = Handle(host="", port=0, job_id=job_id, scratch=str(spec.scratch))
         while time.monotonic() < deadline and not where.exists():
             if not self.alive(handle):
-                raise LaunchError(f"Slurm job {job_id} ended before JupyterLab listened")
+                log = spec.scratch / ".jupyter.log"
+                tail = log.read_text(errors="replace")[-1200:] if log.exists() else ""
+                raise LaunchError(f"Slurm job {job_id} ended before JupyterLab listened; {tail}")
             time.sleep(0.5)
         if not where.exists():
             self.stop(handle)
