@@ -771,3 +771,32 @@ def pydicom_dataset(data: bytes):
     import pydicom
 
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_operators_set_cluster_accounts(hub, app, people) -> None:
+    """A member's cluster account: set by an operator over the API (fresh MFA, audited), listed, removed;
+    others get 404; a name that is no POSIX user name, or root, is refused."""
+    from fastapi.testclient import TestClient
+
+    from conftest import bearer, token_for
+
+    carol = people("carol")
+    olga = people("olga", admin=True)
+    c = TestClient(app)
+    admin, member = bearer(token_for(hub, olga, ["admin"])), bearer(token_for(hub, carol))
+    url = f"/api/v1/workspaces/cluster-accounts/{carol.user.id}"
+    assert c.put(url, json={"account": "carol"}, headers=member).status_code == 404
+    assert c.get("/api/v1/workspaces/cluster-accounts", headers=member).status_code == 404
+    for bad in ("root", "Carol Smith", "x;rm"):
+        assert c.put(url, json={"account": bad}, headers=admin).status_code == 422, bad
+    r = c.put(url, json={"account": "cjones"}, headers=admin)
+    assert r.status_code == 200 and r.json()["account"] == "cjones"
+    assert [a["account"] for a in c.get("/api/v1/workspaces/cluster-accounts", headers=admin).json()] == ["cjones"]
+    assert c.put(url, json={"account": ""}, headers=admin).json()["account"] == ""
+    assert c.get("/api/v1/workspaces/cluster-accounts", headers=admin).json() == []
+    with transaction(hub.sessions) as s:
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "workspace.cluster_account.set")
+                                .order_by(AuditEvent.seq)))
+        assert [(e.actor_id, e.subject_user_id, e.details) for e in events] == [
+            (olga.user.id, carol.user.id, {"account": "cjones", "before": ""}),
+            (olga.user.id, carol.user.id, {"account": "", "before": "cjones"})]
