@@ -367,9 +367,8 @@ def test_netns_rules_name_only_the_hub_and_the_list() -> None:
 def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     """A workspace started during the project's GPU booking runs until the booking ends: its owner is warned
     before (an e-mail), it stops at the end; another stops when idle. The pages show them."""
-    from fastapi.testclient import TestClient
-
     from aiosmtpd.controller import Controller
+    from fastapi.testclient import TestClient
 
     from conftest import web_client
     from strongroom.compute.models import Booking
