@@ -42,7 +42,7 @@ def operations(fs: Any, *, uid: int, gid: int) -> Any:
     the workspace's user."""
     import mfusepy
 
-    class ReadOnly(mfusepy.Operations):  # type: ignore[misc]
+    class ReadOnly(mfusepy.Operations):
         use_ns = True
 
         def __init__(self) -> None:
