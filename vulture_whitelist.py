@@ -124,3 +124,5 @@ begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supp
 auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
 symlink, statvfs, fstatvfs
 in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)
+# workspaces/fuse.py: mfusepy calls these operations (and reads use_ns) by name; ClusterAccount.set_at: when it was set
+use_ns, readdir, statfs, mknod, setxattr, removexattr, utimens, set_at

@@ -4,7 +4,7 @@
 # (SFTP clients of the hub's SFTP server), Prometheus' promtool
 # (checks and unit-tests the alerting rules in deploy/prometheus), Slurm (slurmctld, slurmd, scontrol) with
 # munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider used by the
-# OIDC tests; iproute2 and nftables for the workspaces' network namespaces.
+# OIDC tests; iproute2 and nftables for the workspaces' network namespaces, fuse3 for their data mount.
 # Idempotent; fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,8 @@ command -v scontrol >/dev/null 2>&1 || need_apt+=(slurm-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
+# FUSE (libfuse3 and fusermount3) for the workspaces' read-only data mount (strongroom.workspaces.fuse)
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing system packages: ${need_apt[*]}"

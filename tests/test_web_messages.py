@@ -398,7 +398,8 @@ def settings(settings):
         "compute": ComputeSettings.model_validate({"machines": {"dgx2": {"gpus": 16}},
                                                    "over_budget": "allow_and_notify"}),
         # real JupyterLab processes (test_workspaces has the namespaces and the proxy)
-        "workspaces": WorkspaceSettings(isolation="none", allow_unisolated=True, run_as="",
+        # (no data mount: a workspace started here outlives the case; test_workspaces has the mount)
+        "workspaces": WorkspaceSettings(isolation="none", allow_unisolated=True, run_as="", mount_data=False,
                                         scratch_dir=settings.var_dir.parent / "workspaces")})
 
 

@@ -7,6 +7,7 @@ revokes the workspace's project-bound token."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.util
 import json
 import os
@@ -35,7 +36,7 @@ from strongroom.deps import SESSION_COOKIE
 from strongroom.identity.models import ApiToken
 from strongroom.projects import service as projects
 from strongroom.projects.models import ProjectSetting
-from strongroom.workspaces import launcher, netns, service
+from strongroom.workspaces import fuse, launcher, netns, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from support.live import serving
 from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
@@ -366,11 +367,15 @@ def test_netns_rules_name_only_the_hub_and_the_list() -> None:
 def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     """A workspace started during the project's GPU booking runs until the booking ends: its owner is warned
     before (an e-mail), it stops at the end; another stops when idle. The pages show them."""
+    from aiosmtpd.controller import Controller
     from fastapi.testclient import TestClient
 
     from conftest import web_client
     from strongroom.compute.models import Booking
+    from strongroom.config import NotifySettings
     from strongroom.jobs.models import Job
+    from strongroom.jobs.runner import Runner
+    from test_notify import Mailbox
 
     people("alice")
     make_project(hub, "lung", pi="alice")
@@ -391,23 +396,54 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
         page = web_client(app, hub, carol).get("/projects/lung/workspaces")
         assert page.status_code == 200 and f"GPU booking {booking_id}" in page.text and "h left" in page.text
         assert f"/projects/lung/workspaces/{first.id}/lab" in page.text
+        # its resources (a local process: the CPUs it may use, its memory, no GPU) and the booking's time left
+        assert "MiB in use" in page.text and "min left" in page.text
+        # the booking ends within warn_minutes: a banner says when and why
+        assert f"Workspace {str(first.id)[:8]} stops at {end.strftime('%H:%M')} UTC" in page.text
+        assert "because the GPU booking ends" in page.text
         assert web_client(app, hub, carol).get("/admin/workspaces").status_code == 404
         operators = web_client(app, hub, admin).get("/admin/workspaces")
         assert operators.status_code == 200 and str(first.id)[:8] in operators.text
+        assert "MiB in use" in operators.text and "stops soon: the GPU booking ends" in operators.text
         assert TestClient(app).get("/api/v1/workspaces/projects/lung").status_code == 401
         with transaction(hub.sessions) as s:
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 2, "stopped": 0}
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 0, "stopped": 0}  # once
             mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
             assert [m["template"] for m in mails] == ["workspace_ending", "workspace_ending"]
-            s.get(Workspace, second.id).booking_id = None  # the second one runs on: only idle time stops it
+            unbooked = s.get(Workspace, second.id)  # the second one runs on: only idle time stops it
+            unbooked.booking_id, unbooked.ends_at = None, None
         with transaction(hub.sessions) as s:
             assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
-        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=hub.settings.workspaces.idle_minutes + 1)
+        w = hub.settings.workspaces
+        idle_at = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=w.idle_minutes + 1)
         with transaction(hub.sessions) as s:
             assert service.check_idle(s, hub.settings, hub.secret, now=dt.datetime.now(dt.UTC)) == {
-                "idle": 0, "exited": 0}
-            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {"idle": 1, "exited": 0}
+                "idle": 0, "exited": 0, "warned": 0}
+            # warn_minutes before the idle stop: the owner is e-mailed once, and the page says so
+            soon = idle_at - dt.timedelta(minutes=w.warn_minutes)
+            assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 1}
+            assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 0}
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            assert [m["context"].get("reason") for m in mails] == ["booking", "booking", "idle"]
+        # the e-mails go out through a real SMTP server
+        box = Mailbox(port=_free_port())
+        controller = Controller(box, hostname="127.0.0.1", port=box.port)
+        controller.start()
+        try:
+            hub.settings = hub.settings.model_copy(update={"notify": NotifySettings(
+                host="127.0.0.1", port=box.port, starttls=False, from_address="hub@strongroom.test")})
+            Runner(hub, lease_seconds=10, name="test").run_until_idle()
+        finally:
+            controller.stop()
+        sent = box.to(carol.user.email)
+        assert len(sent) == 3 and all("Your workspace in lung stops in" in m["Subject"] for m in sent)
+        assert sum("has been idle" in m.get_content() for m in sent) == 1
+        page = web_client(app, hub, carol).get("/projects/lung/workspaces")
+        assert f"Workspace {str(second.id)[:8]} stops at" in page.text and "because it has been idle" in page.text
+        with transaction(hub.sessions) as s:
+            assert service.check_idle(s, hub.settings, hub.secret, now=idle_at) == {
+                "idle": 1, "exited": 0, "warned": 0}
         with transaction(hub.sessions) as s:
             assert [(w.state, w.stop_reason) for w in (s.get(Workspace, first.id), s.get(Workspace, second.id))] == [
                 (STOPPED, "booking-end"), (STOPPED, "idle")]
@@ -417,28 +453,87 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
         _stop(hub, second)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _squeue(slurm, job_id: str) -> str:  # noqa: F811
     done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %R"], capture_output=True, text=True,
                           env={**os.environ, "SLURM_CONF": str(slurm.conf)}, timeout=30, check=False)
     return done.stdout.strip()
 
 
-def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> None:  # noqa: F811
-    """The Slurm launcher: sbatch into the booking's reservation (sr-<id>) with its GPUs, reached through the
-    proxy like a local one; the booking's end stops it (scancel) and wipes the scratch."""
+@pytest.fixture
+def cluster_user() -> Iterator[tuple[str, int]]:
+    """A local Linux account standing for a member's cluster account (the one node is this machine)."""
+    import pwd
+
+    name = f"srt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
+                    "/usr/sbin/nologin", "--user-group", name], check=True, capture_output=True)
+    try:
+        yield name, pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+@pytest.fixture
+def shared_python(scratch_dir: Path) -> Iterator[Path]:
+    """An interpreter any user may run: this machine's Python lives under /root (0700), so its installation is
+    bind-mounted read-only elsewhere and a venv-like folder points at it and at the shared venv's packages; a
+    wrapper runs it with this checkout's sources (as an installed hub's nodes run the hub's environment)."""
+    base = Path(sys.base_prefix)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    tag = uuid.uuid4().hex[:8]
+    root, venv = Path(f"/run/srtest-python-{tag}"), Path(f"/dev/shm/srtest-venv-{tag}")
+    root.mkdir()
+    subprocess.run(["mount", "--bind", "-o", "ro", str(base), str(root)], check=True, capture_output=True)
+    try:
+        (venv / "bin").mkdir(parents=True)
+        (venv / "lib" / version).mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(root / "bin" / version)
+        (venv / "pyvenv.cfg").write_text(f"home = {root}/bin\ninclude-system-site-packages = false\n")
+        (venv / "lib" / version / "site-packages").symlink_to(Path(sys.prefix) / "lib" / version / "site-packages")
+        wrapper = venv / "python.sh"
+        wrapper.write_text(f"#!/bin/sh\nexport PYTHONPATH={SRC} LD_LIBRARY_PATH={root}/lib\n"
+                           f'exec {venv}/bin/python "$@"\n')
+        wrapper.chmod(0o755)
+        for path in (venv, venv / "bin", venv / "lib", venv / "lib" / version):
+            path.chmod(0o755)
+        yield wrapper
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, check=False)
+        root.rmdir()
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_slurm_job_runs_as_the_members_cluster_account(hub, people, live: str, slurm,  # noqa: F811
+                                                       cluster_user: tuple[str, int], shared_python: Path) -> None:
+    """The Slurm launcher: refused without the member's cluster account; with one (set by an operator, audited)
+    sbatch runs as it into the booking's reservation (sr-<id>) with its GPUs: the job's processes — JupyterLab,
+    its kernel, the read-only data mount — run as that uid, reached through the proxy like a local one; the
+    booking's end stops it (scancel), unmounts the data and wipes the scratch."""
     import time
 
+    from strongroom.audit.service import Actor
     from strongroom.compute.models import Booking
+    from strongroom.errors import Conflict
+    from strongroom.identity.models import User
 
+    account, uid = cluster_user
     settings = hub.settings.model_copy(update={
         "workspaces": hub.settings.workspaces.model_copy(update={
-            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 40}),
+            "launcher": "slurm", "slurm_host": "127.0.0.1", "start_timeout_seconds": 120,
+            "python": str(shared_python)}),
         "compute": hub.settings.compute.model_validate({
             "machines": {"dgx2": {"gpus": 16, "slurm_license": LICENSE}},
             "slurm": {"enabled": True, "slurm_conf": slurm.conf}})})
     hub.settings = settings
     people("alice")
     make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="alice")
     carol, carol_cookie = _member_session(hub, people, "carol", "lung")
     now = dt.datetime.now(dt.UTC)
     with transaction(hub.sessions) as s:
@@ -449,8 +544,13 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
         s.add(booking)
         s.flush()
         name, end = booking.reservation_name, booking.end_at
+    # no cluster account: a clear refusal, nothing left behind
+    with pytest.raises(Conflict, match="cluster account"):
+        _start(hub, carol, "lung")
+    with transaction(hub.sessions) as s:
+        assert service.set_cluster_account(s, Actor.system("test"), s.get(User, carol.user.id), account) == account
     slurm.scontrol("create", "reservation", f"ReservationName={name}", "StartTime=now", "Duration=60",
-                   "Users=root", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
+                   f"Users=root,{account}", f"Licenses={LICENSE}:2", "Flags=LICENSE_ONLY")
     try:
         ws = _start(hub, carol, "lung")
         try:
@@ -458,21 +558,46 @@ def test_slurm_job_in_the_booking_reservation(hub, people, live: str, slurm) -> 
             job = slurm.scontrol("-o", "show", "job", ws.job_id)
             assert f"Reservation={name}" in job and "JobState=RUNNING" in job, job
             assert f"{LICENSE}:2" in job and "gpu:2" in job, job
-            r = httpx.get(f"{live}{service.base_path('lung', ws.id)}api/status",
-                          cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+            assert f"UserId={account}({uid})" in job, job
+            path = service.base_path("lung", ws.id)
+            r = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
             assert r.status_code == 200
             assert service.jupyter_token(hub.secret, ws.id) not in (Path(ws.scratch) / ".job.sh").read_text()
+            # inside: the kernel and the data mount's daemon run as the member's account; the mount shows lung only
+            kernel = Kernel(live, path, carol_cookie)
+            try:
+                _, printed = kernel.run(
+                    "import json, os\n"
+                    "home = os.path.expanduser('~/data')\n"
+                    "line = next(m for m in open('/proc/self/mounts') if m.split()[1] == home)\n"
+                    "print(json.dumps({'uid': os.getuid(), 'data': sorted(os.listdir(home)),\n"
+                    "    'files': sorted(os.listdir(home + '/lung')), 'mount_uid': os.stat(home).st_uid,\n"
+                    "    'mounted_by': line.split()[3].split('user_id=')[1].split(',')[0]}))")
+            finally:
+                kernel.close()
+            inside = json.loads(printed)
+            # the mount was made by the account too (FUSE's user_id), not by root
+            assert inside == {"uid": uid, "data": ["lung"], "files": ["files"], "mount_uid": uid,
+                              "mounted_by": str(uid)}, printed
+            mount = Path(ws.scratch) / fuse.MOUNT_NAME
+            assert fuse.mounted(mount)
             with transaction(hub.sessions) as s:
                 assert service.check_bookings(s, hub.settings, now=end) == {"warned": 0, "stopped": 1}
             deadline = time.monotonic() + 60
             while _squeue(slurm, ws.job_id) and time.monotonic() < deadline:  # scancel is asynchronous
                 time.sleep(0.2)
             assert _squeue(slurm, ws.job_id) == ""
-            assert not Path(ws.scratch).exists()
+            assert not fuse.mounts_under(Path(ws.scratch)) and not Path(ws.scratch).exists()
         finally:
             _stop(hub, ws)
     finally:
         slurm.scontrol("delete", f"ReservationName={name}")
+    with transaction(hub.sessions) as s:
+        started = s.scalar(select(AuditEvent).where(AuditEvent.target == f"workspace:{ws.id}",
+                                                    AuditEvent.action == "workspace.started"))
+        assert started.details["cluster_account"] == account
+        assert s.scalar(select(AuditEvent).where(AuditEvent.action == "workspace.cluster_account.set")
+                        ).details == {"account": account, "before": ""}
 
 
 def test_project_bound_token_sees_one_project(hub, app, people) -> None:
@@ -566,8 +691,36 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
                 "print(','.join(x['access_id'] for x in m), d.status_code, os.environ['STRONGROOM_TOKEN'])")
             methods, created, token = printed.split()
             assert methods.split(",")[0] == "plaintext" and created == "403", printed
+            # the same data as files: the read-only FUSE mount at ~/data (strongroom://, through the hub's API)
+            _, printed = kernel.run(
+                "import errno, hashlib, json, os, pydicom\n"
+                "home = os.path.expanduser('~/data')\n"
+                f"folder = os.path.join(home, 'heart', '{dataset}')\n"
+                "names = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)\n"
+                "raw = open(names[0], 'rb').read()\n"
+                "ds = pydicom.dcmread(names[0])\n"
+                "def refused(fn):\n"
+                "    try:\n"
+                "        fn()\n"
+                "        return 'allowed'\n"
+                "    except OSError as e:\n"
+                "        return errno.errorcode.get(e.errno, str(e.errno))\n"
+                "print(json.dumps({'top': sorted(os.listdir(home)), 'project': sorted(os.listdir(home + '/heart')),\n"
+                "    'other': refused(lambda: os.listdir(home + '/lung')), 'sha': hashlib.sha256(raw).hexdigest(),\n"
+                "    'rows': int(ds.Rows), 'count': len(names),\n"
+                "    'append': refused(lambda: open(names[0], 'ab')),\n"
+                "    'create': refused(lambda: open(os.path.join(folder, 'new.txt'), 'w')),\n"
+                "    'unlink': refused(lambda: os.unlink(names[0])),\n"
+                "    'mkdir': refused(lambda: os.mkdir(os.path.join(home, 'heart', 'x'))),\n"
+                "    'rename': refused(lambda: os.rename(names[0], names[0] + '.x'))}))")
+            mounted = json.loads(printed)
         finally:
             kernel.close()
+        assert mounted["top"] == ["heart"] and mounted["other"] == "ENOENT", mounted  # another project: not there
+        assert dataset in mounted["project"] and "files" in mounted["project"], mounted
+        assert mounted["count"] == 2 and mounted["rows"] == 64
+        assert mounted["sha"] == hashlib.sha256(archived_bytes(hub, file_id)).hexdigest()  # the plaintext, exactly
+        assert {mounted[k] for k in ("append", "create", "unlink", "mkdir", "rename")} <= {"EROFS", "EACCES"}, mounted
         expected = pydicom_dataset(archived_bytes(hub, file_id))
         assert via == "plaintext"
         # the same token copied out of the notebook, used from this machine's loopback (not the workspace's
@@ -600,12 +753,15 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
             assert {(e.details["mode"], e.details["basis"], e.details["dataset"], e.details["credential"],
                      e.details["allowed_as"]) for e in reads} == {
                 ("plaintext", "share", dataset, f"token:{ws.token_prefix}", f"workspace:{ws.id}")}
+            assert len(reads) >= 2  # the fsspec read and the mount's (every read through the hub's API, audited)
             uploads = list(s.scalars(select(AuditEvent).where(AuditEvent.target == f"file:{saved_id}")
                                      .order_by(AuditEvent.seq)))
             by_carol = [e.action for e in uploads if e.actor_id == carol.user.id]
             assert by_carol[:2] == ["archive.upload.started", "archive.upload.completed"], by_carol
     finally:
         _stop(hub, ws)
+    # stopped: the mount is gone with the scratch space (nothing of the plaintext is left there)
+    assert not fuse.mounts_under(Path(ws.scratch)) and not Path(ws.scratch).exists()
 
 
 def pydicom_dataset(data: bytes):
@@ -614,3 +770,32 @@ def pydicom_dataset(data: bytes):
     import pydicom
 
     return pydicom.dcmread(io.BytesIO(data))
+
+
+def test_operators_set_cluster_accounts(hub, app, people) -> None:
+    """A member's cluster account: set by an operator over the API (fresh MFA, audited), listed, removed;
+    others get 404; a name that is no POSIX user name, or root, is refused."""
+    from fastapi.testclient import TestClient
+
+    from conftest import bearer, token_for
+
+    carol = people("carol")
+    olga = people("olga", admin=True)
+    c = TestClient(app)
+    admin, member = bearer(token_for(hub, olga, ["admin"])), bearer(token_for(hub, carol))
+    url = f"/api/v1/workspaces/cluster-accounts/{carol.user.id}"
+    assert c.put(url, json={"account": "carol"}, headers=member).status_code == 404
+    assert c.get("/api/v1/workspaces/cluster-accounts", headers=member).status_code == 404
+    for bad in ("root", "Carol Smith", "x;rm"):
+        assert c.put(url, json={"account": bad}, headers=admin).status_code == 422, bad
+    r = c.put(url, json={"account": "cjones"}, headers=admin)
+    assert r.status_code == 200 and r.json()["account"] == "cjones"
+    assert [a["account"] for a in c.get("/api/v1/workspaces/cluster-accounts", headers=admin).json()] == ["cjones"]
+    assert c.put(url, json={"account": ""}, headers=admin).json()["account"] == ""
+    assert c.get("/api/v1/workspaces/cluster-accounts", headers=admin).json() == []
+    with transaction(hub.sessions) as s:
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "workspace.cluster_account.set")
+                                .order_by(AuditEvent.seq)))
+        assert [(e.actor_id, e.subject_user_id, e.details) for e in events] == [
+            (olga.user.id, carol.user.id, {"account": "cjones", "before": ""}),
+            (olga.user.id, carol.user.id, {"account": "", "before": "cjones"})]

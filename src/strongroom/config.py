@@ -257,13 +257,15 @@ class WorkspaceSettings(BaseModel):
     idle_minutes: int = Field(120, ge=1, le=10080)  # stopped after this long without kernel activity
     max_per_user: int = Field(2, ge=1, le=50)
     token_minutes: int = Field(12 * 60, ge=5, le=7 * 24 * 60)  # the workspace's hub token (revoked at stop)
-    warn_minutes: int = Field(30, ge=1, le=1440)  # notice before the booking ends
+    warn_minutes: int = Field(30, ge=1, le=1440)  # notice before the booking ends or the idle stop
     start_timeout_seconds: float = Field(60.0, gt=0, le=600)
     sbatch: str = "sbatch"
     scancel: str = "scancel"
     squeue: str = "squeue"
     slurm_partition: str = ""
     slurm_host: str = ""  # the address JupyterLab binds on the node and the hub dials ("": the node's first)
+    # strongroom:// mounted read-only at <workspace home>/data (FUSE: fuse3 on the hub, or on the nodes)
+    mount_data: bool = True
 
 
 class DoiSettings(BaseModel):

@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,9 +156,16 @@ def running_slurm(d: Path) -> Iterator[Slurm]:
 
 
 @pytest.fixture(scope="session")
-def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slurm]:
+def slurm() -> Iterator[Slurm]:
     why = missing()
     if why:
         pytest.skip(why)
-    with running_slurm(tmp_path_factory.mktemp("slurm")) as s:
-        yield s
+    # not under pytest's root-only temporary folders: jobs run as other users too (a workspace as the member's
+    # cluster account), and slurmstepd executes their script from the spool directory as that user
+    d = Path(tempfile.mkdtemp(prefix="srtest-slurm-", dir="/var/tmp"))
+    d.chmod(0o711)
+    try:
+        with running_slurm(d) as s:
+            yield s
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

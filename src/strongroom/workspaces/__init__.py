@@ -19,6 +19,7 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.workspaces.proxy:router")
     config.add_templates(Path(__file__).parent / "templates")
     config.add_cli("strongroom.workspaces.cli:app", name="workspaces")
+    config.add_cli("strongroom.workspaces.cli:admin_app", into="admin")
     config.add_jobs("strongroom.workspaces.jobs")
     config.add_settings("workspaces")
     # its own token, from the workspace's own address, reads plaintext while downloads are locked

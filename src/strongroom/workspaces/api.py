@@ -1,5 +1,5 @@
 """Workspace API under /api/v1/workspaces/…: the caller's workspaces in a project (read-only; workspaces
-are started and stopped from the project's page, with fresh MFA)."""
+are started and stopped from the project's page, with fresh MFA); operators set members' cluster accounts."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import uuid
 from fastapi import APIRouter
 from pydantic import Field
 
-from ..deps import Db, ProjectsRead
+from ..deps import Admin, Db, HubDep, ProjectsRead
+from ..errors import NotFound
+from ..identity import service as identity
+from ..identity.models import User
 from ..projects.service import open_project
-from ..schemas import Out
+from ..schemas import Body, Out
 from . import service
 
 router = APIRouter(prefix="/api/v1/workspaces", tags=["workspaces"])
@@ -38,3 +41,31 @@ def list_workspaces(db: Db, principal: ProjectsRead, slug: str) -> list[Workspac
                          stopped_at=w.stopped_at, stop_reason=w.stop_reason,
                          url=service.base_path(slug, w.id) + "lab")
             for w in service.list_mine(db, access, principal.user)]
+
+
+class ClusterAccountOut(Out):
+    user_id: uuid.UUID
+    user: str = Field(description="the member's name and e-mail")
+    account: str = Field(description="the POSIX account on the cluster the Slurm launcher submits as")
+
+
+class ClusterAccountIn(Body):
+    account: str = Field(description='POSIX user name on the cluster; "" removes it', max_length=64)
+
+
+@router.get("/cluster-accounts", response_model=list[ClusterAccountOut],
+            summary="Members' cluster accounts (operators)")
+def list_cluster_accounts(db: Db, principal: Admin) -> list[ClusterAccountOut]:
+    return [ClusterAccountOut(user_id=u.id, user=u.label, account=a) for u, a in service.list_cluster_accounts(db)]
+
+
+@router.put("/cluster-accounts/{user_id}", response_model=ClusterAccountOut,
+            summary="Set a member's cluster account: their Slurm workspaces run as it (operators, fresh MFA)")
+def set_cluster_account(db: Db, hub: HubDep, principal: Admin, user_id: uuid.UUID,
+                        body: ClusterAccountIn) -> ClusterAccountOut:
+    identity.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    account = service.set_cluster_account(db, principal.actor, user, body.account)
+    return ClusterAccountOut(user_id=user.id, user=user.label, account=account)

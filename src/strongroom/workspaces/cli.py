@@ -29,3 +29,37 @@ def list_(project: Annotated[str, typer.Option("--project", "-p", help="Project 
     for w in rows:
         table.add_row(w["id"][:8], w["state"], w["launcher"], w["isolation"], w["ends_at"] or "", w["url"])
     console.print(table)
+
+
+admin_app = typer.Typer()  # merged into `strongroom admin`
+
+
+@admin_app.command("cluster-account")
+def cluster_account(
+    user: Annotated[str, typer.Argument(help="Username, e-mail or id.")],
+    account: Annotated[str, typer.Argument(help='POSIX account on the cluster ("" removes it).')],
+) -> None:
+    """Set the member's cluster account: the Slurm launcher submits their workspaces as it (audited)."""
+    import getpass
+    import os
+
+    from ..audit.service import Actor
+    from ..config import get_settings
+    from ..db import transaction
+    from ..errors import DomainError
+    from ..hub import Hub
+    from ..identity import service as identity
+    from . import service
+
+    hub = Hub.from_settings(get_settings())
+    try:
+        with transaction(hub.sessions) as session:
+            found = identity.find_user(session, user)
+            if found is None:
+                raise typer.BadParameter(f"no user {user!r}")
+            actor = Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
+            set_to = service.set_cluster_account(session, actor, found, account)
+    except DomainError as exc:
+        err.print(f"[red]error:[/] {exc.detail}")
+        raise typer.Exit(2) from None
+    console.print(f"{user}: cluster account {set_to!r}" if set_to else f"{user}: no cluster account")

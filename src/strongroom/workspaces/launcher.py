@@ -22,6 +22,8 @@ from typing import Protocol
 
 import httpx
 
+from . import fuse
+
 
 class LaunchError(RuntimeError):
     pass
@@ -47,6 +49,8 @@ class Spec:
     slurm_host: str = ""  # Slurm: the address JupyterLab binds and the hub dials ("": the node's first address)
     run_as: str = ""  # the hub runs as root: JupyterLab runs as this user, with no capabilities
     drop_caps: bool = False  # the hub runs as root and run_as is empty: root without any capability
+    mount_data: bool = False  # mount strongroom:// read-only at <scratch>/data (FUSE, strongroom.workspaces.fuse)
+    cluster_account: str = ""  # Slurm: the member's cluster account the job runs as
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Handle:
     pid: int | None = None
     job_id: str = ""
     detail: dict[str, str] = field(default_factory=dict)
+    scratch: str = ""  # its mount (<scratch>/data) is unmounted at stop
 
 
 def jupyter_argv(spec: Spec, ip: str, port: int) -> list[str]:
@@ -103,6 +108,29 @@ class Launcher(Protocol):
     def start(self, spec: Spec, *, timeout: float) -> Handle: ...
     def stop(self, handle: Handle) -> None: ...
     def alive(self, handle: Handle) -> bool: ...
+    def resources(self, handle: Handle) -> dict[str, str]: ...
+
+
+def _group_usage(pgid: int) -> tuple[int, int]:
+    """(resident bytes, CPUs it may use) of a process group, from /proc."""
+    rss, cpus = 0, 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid:  # fields after the command: state ppid pgrp …
+                continue
+            rss += int((entry / "statm").read_text().split()[1]) * page
+            cpus = max(cpus, len(os.sched_getaffinity(int(entry.name))))
+        except (OSError, IndexError, ValueError):
+            continue
+    return rss, cpus
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _group_of(user: str) -> int:
@@ -115,6 +143,48 @@ def _free_port(ip: str) -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
         return int(s.getsockname()[1])
+
+
+def mount_data(spec: Spec, *, timeout: float) -> None:
+    """Start the FUSE daemon (the hub's interpreter, root when the hub is; in the workspace's network namespace,
+    so its reads come from the workspace's address) and wait until ``<scratch>/data`` is mounted."""
+    mountpoint = spec.scratch / fuse.MOUNT_NAME
+    mountpoint.mkdir(mode=0o755, exist_ok=True)
+    uid, gid = (_ids_of(spec.run_as) if spec.run_as else (os.getuid(), os.getgid()))
+    argv = fuse.argv(sys.executable, mountpoint, uid=uid, gid=gid, allow_other=bool(spec.run_as))
+    if spec.netns:  # only the network namespace: the mount stays in the hub's mount namespace
+        argv = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *argv]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(spec.scratch), "LANG": "C.UTF-8",
+           "STRONGROOM_URL": spec.env["STRONGROOM_URL"], "STRONGROOM_TOKEN": spec.env["STRONGROOM_TOKEN"]}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # the hub's own import path
+    log = open(spec.scratch / ".fuse.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(argv, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while not fuse.mounted(mountpoint):  # readiness, polled with a deadline
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+            fuse.unmount(mountpoint)
+            tail = (spec.scratch / ".fuse.log").read_text(errors="replace")[-800:]
+            raise LaunchError(f"the read-only data mount did not come up: {tail}")
+        time.sleep(0.05)
+    import threading
+
+    # it exits when its mount goes (stop unmounts): reap it then
+    threading.Thread(target=proc.wait, daemon=True, name=f"fuse-{spec.workspace_id[:8]}").start()
+
+
+def _ids_of(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 class LocalLauncher:
@@ -134,13 +204,18 @@ class LocalLauncher:
                     "--allow-root"]
         if spec.netns:
             argv = ["ip", "netns", "exec", spec.netns, *argv]
+        if spec.mount_data:
+            mount_data(spec, timeout=timeout)
         log = open(spec.scratch / ".jupyter.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(argv, env=jupyter_env(spec), cwd=spec.scratch, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            fuse.unmount(spec.scratch)
+            raise
         finally:
             log.close()
-        handle = Handle(host=spec.listen_ip, port=port, pid=proc.pid)
+        handle = Handle(host=spec.listen_ip, port=port, pid=proc.pid, scratch=str(spec.scratch))
         try:
             wait_ready(spec.listen_ip, port, spec, timeout=timeout, alive=lambda: proc.poll() is None)
         except LaunchError as exc:
@@ -150,6 +225,8 @@ class LocalLauncher:
         return handle
 
     def stop(self, handle: Handle) -> None:
+        if handle.scratch:
+            fuse.unmount(handle.scratch)  # the FUSE daemon exits once its mount is gone
         if handle.pid is None:
             return
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -164,6 +241,13 @@ class LocalLauncher:
                 break
         with contextlib.suppress(ChildProcessError):
             os.waitpid(handle.pid, os.WNOHANG)  # reap it when this process started it
+
+    def resources(self, handle: Handle) -> dict[str, str]:
+        """What it uses on the hub's machine: CPUs it may run on, resident memory; no GPU."""
+        if handle.pid is None:
+            return {}
+        rss, cpus = _group_usage(handle.pid)
+        return {"cpus": str(cpus or os.cpu_count() or 1), "memory": f"{_mib(rss)} in use", "gpus": "0"}
 
     def alive(self, handle: Handle) -> bool:
         if handle.pid is None:
@@ -205,13 +289,31 @@ class SlurmLauncher:
         python = shlex.quote(spec.python or sys.executable)
         host = shlex.quote(spec.slurm_host) if spec.slurm_host else '$(hostname -I | cut -d" " -f1)'
         free_port = f"import socket; s=socket.socket(); s.bind(('{bind}', 0)); print(s.getsockname()[1])"
-        return "\n".join([
-            "#!/bin/sh",
-            "set -eu",
-            f"PORT=$({python} -c {shlex.quote(free_port)})",
-            f'echo "{host} $PORT" > {shlex.quote(str(spec.scratch / ".where"))}',
-            f'exec {shlex.join(argv)} --port="$PORT" --port-retries=0',
-            ""])
+        lines = ["#!/bin/sh", "set -eu"]
+        if spec.mount_data:
+            # the read-only strongroom:// mount, as the job's user (fusermount3); unmounted when the job ends
+            mnt = shlex.quote(str(spec.scratch / fuse.MOUNT_NAME))
+            daemon = shlex.join([spec.python or sys.executable, "-m", "strongroom.workspaces.fuse"])
+            lines += [
+                f"MNT={mnt}",
+                'mkdir -p "$MNT"',
+                f'{daemon} "$MNT" --uid "$(id -u)" --gid "$(id -g)" > .fuse.log 2>&1 &',
+                "FUSE=$!",
+                "N=0",
+                'until mountpoint -q "$MNT"; do',
+                '  kill -0 "$FUSE" 2>/dev/null || { echo "the data mount failed" >&2; cat .fuse.log >&2; exit 1; }',
+                '  N=$((N + 1)); [ "$N" -lt 1200 ] || { echo "the data mount timed out" >&2; exit 1; }',
+                "  sleep 0.05",
+                "done",
+                "trap 'fusermount3 -u -z \"$MNT\" 2>/dev/null || true' EXIT",
+                "trap 'kill -TERM \"$LAB\" 2>/dev/null; exit 143' TERM INT"]
+        lines += [f"PORT=$({python} -c {shlex.quote(free_port)})",
+                  f'echo "{host} $PORT" > {shlex.quote(str(spec.scratch / ".where"))}']
+        if spec.mount_data:
+            lines += [f'{shlex.join(argv)} --port="$PORT" --port-retries=0 &', "LAB=$!", 'wait "$LAB"']
+        else:
+            lines.append(f'exec {shlex.join(argv)} --port="$PORT" --port-retries=0')
+        return "\n".join([*lines, ""])
 
     def sbatch_args(self, spec: Spec) -> list[str]:
         args = [self.sbatch, "--parsable", f"--job-name=sr-ws-{spec.workspace_id[:8]}",
@@ -227,27 +329,51 @@ class SlurmLauncher:
             args.append(f"--partition={spec.partition}")
         return args
 
+    @staticmethod
+    def submit_as(account: str) -> list[str]:
+        """The sbatch options that run the job as the member's cluster account: ``--uid``/``--gid`` (root only:
+        the hub submits as root, Slurm runs the job as the account, with its primary group)."""
+        if not account:
+            return []
+        import grp
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(account)
+        except KeyError:
+            raise LaunchError(f"the cluster account {account!r} is unknown on the hub's machine (its user "
+                              "directory must list the cluster's accounts)") from None
+        if os.geteuid() == entry.pw_uid:
+            return []
+        if os.geteuid() != 0:
+            raise LaunchError(f"the hub does not run as root: it cannot submit as the cluster account {account!r}")
+        return [f"--uid={entry.pw_uid}", f"--gid={grp.getgrgid(entry.pw_gid).gr_name}"]
+
     def start(self, spec: Spec, *, timeout: float) -> Handle:
         script = spec.scratch / ".job.sh"
         script.write_text(self.script(spec))
+        script.chmod(0o644)
         env = {**self._env(), **jupyter_env(spec)}
-        done = subprocess.run([*self.sbatch_args(spec), str(script)], capture_output=True, text=True, env=env,
-                              timeout=60, check=False)
+        args = self.sbatch_args(spec)
+        done = subprocess.run([*args[:1], *self.submit_as(spec.cluster_account), *args[1:], str(script)],
+                              capture_output=True, text=True, env=env, timeout=60, check=False)
         if done.returncode != 0:
             raise LaunchError(f"sbatch: {(done.stderr or done.stdout).strip()}")
         job_id = done.stdout.strip().split(";")[0]
         where = spec.scratch / ".where"
         deadline = time.monotonic() + timeout
-        handle = Handle(host="", port=0, job_id=job_id)
+        handle = Handle(host="", port=0, job_id=job_id, scratch=str(spec.scratch))
         while time.monotonic() < deadline and not where.exists():
             if not self.alive(handle):
-                raise LaunchError(f"Slurm job {job_id} ended before JupyterLab listened")
+                log = spec.scratch / ".jupyter.log"
+                tail = log.read_text(errors="replace")[-1200:] if log.exists() else ""
+                raise LaunchError(f"Slurm job {job_id} ended before JupyterLab listened; {tail}")
             time.sleep(0.5)
         if not where.exists():
             self.stop(handle)
             raise LaunchError(f"Slurm job {job_id} did not start within {timeout:g} s (queued?)")
         host, port = where.read_text().split()
-        handle = Handle(host=host, port=int(port), job_id=job_id)
+        handle = Handle(host=host, port=int(port), job_id=job_id, scratch=str(spec.scratch))
         try:
             wait_ready(host, int(port), spec, timeout=max(5.0, deadline - time.monotonic()),
                        alive=lambda: self.alive(handle))
@@ -262,6 +388,26 @@ class SlurmLauncher:
         if handle.job_id:
             subprocess.run([self.scancel, handle.job_id], capture_output=True, env=self._env(), timeout=60,
                            check=False)
+        if handle.scratch:
+            fuse.unmount(handle.scratch)  # when the node's mount is visible here (the job's trap unmounts too)
+
+    def resources(self, handle: Handle) -> dict[str, str]:
+        """What Slurm allocated to the job: CPUs, memory, GPUs (its GRES or the reservation's licence)."""
+        if not handle.job_id:
+            return {}
+        done = subprocess.run([self.squeue, "-h", "-j", handle.job_id, "-o", "%C|%m|%b|%W|%N"], capture_output=True,
+                              text=True, env=self._env(), timeout=60, check=False)
+        parts = done.stdout.strip().split("|")
+        if done.returncode != 0 or len(parts) != 5:
+            return {}
+        cpus, memory, gres, licenses, node = parts
+        gpus = next((g.rsplit(":", 1)[-1] for g in gres.split(",") if "gpu" in g), "0")
+        out = {"cpus": cpus, "memory": memory if memory not in ("0", "") else "node's", "gpus": gpus}
+        if node:
+            out["node"] = node
+        if licenses not in ("", "(null)"):
+            out["licenses"] = licenses
+        return out
 
     def alive(self, handle: Handle) -> bool:
         if not handle.job_id:

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..db import Base, CreatedMixin, IdMixin
+from ..db import Base, CreatedMixin, IdMixin, utcnow
 
 STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
 LIVE = (STARTING, RUNNING)
@@ -32,9 +32,21 @@ class Workspace(IdMixin, CreatedMixin, Base):
                                                    ForeignKey("compute_bookings.id"))
     ends_at: Mapped[dt.datetime | None]  # the booking's end: the workspace stops then
     warned_at: Mapped[dt.datetime | None]
+    idle_warned_at: Mapped[dt.datetime | None]  # the owner was told it stops soon for idleness
     token_prefix: Mapped[str] = mapped_column(String(16), default="")  # STRONGROOM_TOKEN, revoked at stop
     scratch: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[dt.datetime | None]
     stopped_at: Mapped[dt.datetime | None]
     stop_reason: Mapped[str] = mapped_column(String(20), default="")  # user | operator | idle | booking-end | …
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ClusterAccount(Base):
+    """A hub user's POSIX account on the cluster: the Slurm launcher submits that member's workspaces as it
+    (set by an operator, audited); without one a Slurm workspace does not start."""
+
+    __tablename__ = "workspace_cluster_accounts"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    account: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -9,8 +9,10 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import shutil
 import socket
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +28,15 @@ from ..compute.models import ACTIVE as BOOKING_ACTIVE
 from ..compute.models import Booking
 from ..config import Settings
 from ..db import utcnow
-from ..errors import Conflict, Forbidden, MfaRequired, NotFound
+from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
 from ..identity.models import User
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Membership, Project
-from . import netns
+from . import fuse, netns
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
-from .models import LIVE, RUNNING, STOPPED, Workspace
+from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Workspace
 
 # What STRONGROOM_TOKEN may do, within its one project: read its data (the plaintext route, from this
 # workspace's own address only: ``in_platform_reader``) and save results back as files through the archive's
@@ -167,7 +169,45 @@ def _launcher_of(settings: Settings, ws: Workspace) -> Launcher:
 
 
 def _handle(ws: Workspace) -> Handle:
-    return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id)
+    return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id, scratch=ws.scratch)
+
+
+# -- members' cluster accounts (the Slurm launcher submits as them) -----------------------------------
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+def cluster_account_of(session: Session, user_id: uuid.UUID) -> str:
+    row = session.get(ClusterAccount, user_id)
+    return row.account if row is not None else ""
+
+
+def set_cluster_account(session: Session, actor: Actor, user: User, account: str) -> str:
+    """Set (or, with "", remove) the member's POSIX account on the cluster; audited."""
+    account = account.strip()
+    if account and not ACCOUNT_RE.match(account):
+        raise Invalid("a cluster account is a POSIX user name (lower case letters, digits, _ . -; at most 32)")
+    if account == "root":
+        raise Invalid("workspaces never run as root")
+    row = session.get(ClusterAccount, user.id)
+    before = row.account if row is not None else ""
+    if account == before:
+        return account
+    if not account:
+        assert row is not None
+        session.delete(row)
+    elif row is None:
+        session.add(ClusterAccount(user_id=user.id, account=account))
+    else:
+        row.account, row.set_at = account, utcnow()
+    audit.record(session, actor, "workspace.cluster_account.set", subject_user_id=user.id, target=f"user:{user.id}",
+                 details={"account": account, "before": before})
+    return account
+
+
+def list_cluster_accounts(session: Session) -> list[tuple[User, str]]:
+    return [(u, a) for u, a in session.execute(select(User, ClusterAccount.account)
+                                               .join(ClusterAccount, ClusterAccount.user_id == User.id)
+                                               .order_by(ClusterAccount.account))]
 
 
 # -- the workspace's own token, from the workspace ---------------------------------------------------
@@ -211,6 +251,13 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     if len(mine) >= w.max_per_user:
         raise Conflict(f"you already run {len(mine)} workspaces (at most {w.max_per_user}): stop one first")
     isolation, why = isolation_for(settings)
+    account = cluster_account_of(session, principal.user.id) if w.launcher == "slurm" else ""
+    if w.launcher == "slurm" and not account:
+        raise Conflict("workspaces here run as Slurm jobs under your own cluster account, and none is set for you: "
+                       "ask an operator (`strongroom admin cluster-account`)")
+    if w.mount_data and w.launcher == "local" and (missing := fuse.missing()):
+        raise Conflict(f"the read-only data mount needs FUSE and {missing}; an operator may turn it off "
+                       "([workspaces] mount_data = false)")
     now = utcnow()
     booking = active_booking(session, access.project.id, now)
     ws = Workspace(id=uuid.uuid4(), project_id=access.project.id, user_id=principal.user.id, launcher=w.launcher,
@@ -223,11 +270,16 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
     scratch.mkdir(mode=0o700)
     run_as = w.run_as if os.geteuid() == 0 else ""
-    if run_as:
+    owner = account or run_as  # a Slurm job runs as the member's cluster account, a local one as run_as
+    if owner and os.geteuid() == 0:
         import pwd
 
-        entry = pwd.getpwnam(run_as)
-        os.chown(scratch, entry.pw_uid, entry.pw_gid)
+        try:
+            entry = pwd.getpwnam(owner)
+        except KeyError:
+            entry = None  # the account exists on the nodes only: the shared scratch's owner is the site's affair
+        if entry is not None:
+            os.chown(scratch, entry.pw_uid, entry.pw_gid)
     ws.scratch = str(scratch)
     token, plaintext = identity.create_project_token(
         session, principal.actor, principal.user, project_id=access.project.id, name=f"workspace {ws.id}",
@@ -249,7 +301,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 drop_caps=os.geteuid() == 0 and not run_as, listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
-                license=_license(settings, booking), slurm_host=w.slurm_host)
+                license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
+                cluster_account=account)
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use
@@ -258,6 +311,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     except (LaunchError, netns.NetnsError, OSError) as exc:
         if plan is not None:
             netns.teardown(plan)
+        fuse.unmount(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         raise Conflict(f"the workspace could not start: {str(exc)[-1500:]}") from None
     ws.host, ws.port, ws.pid, ws.job_id = handle.host, handle.port, handle.pid, handle.job_id
@@ -265,7 +319,9 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     audit.record(session, principal.actor, "workspace.started", project_id=access.project.id,
                  subject_user_id=principal.user.id, target=f"workspace:{ws.id}",
                  details={"launcher": ws.launcher, "isolation": ws.isolation, "booking": ws.booking_id,
-                          "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix})
+                          "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix,
+                          **({"cluster_account": account} if account else {}),
+                          **({"mount": str(scratch / fuse.MOUNT_NAME)} if w.mount_data else {})})
     return ws
 
 
@@ -277,6 +333,8 @@ def _license(settings: Settings, booking: Booking | None) -> str:
 def wipe(path: str) -> None:
     """Remove the scratch directory: every file overwritten with zeros first when it is not on tmpfs."""
     p = Path(path)
+    if path:
+        fuse.unmount(p)  # never walk into the read-only data mount (nor leave it behind)
     if not path or not p.exists():
         return
     if not str(p).startswith("/dev/shm/"):
@@ -383,9 +441,13 @@ def last_activity(ws: Workspace, secret: bytes, slug: str) -> dt.datetime | None
 
 
 def check_idle(session: Session, settings: Settings, secret: bytes, *, now: dt.datetime) -> dict[str, int]:
-    """Stop workspaces idle longer than ``idle_minutes`` and those whose process is gone."""
+    """Stop workspaces idle longer than ``idle_minutes`` (their owner e-mailed ``warn_minutes`` before) and those
+    whose process is gone."""
+    from ..notify import service as notify
+
     idle = dt.timedelta(minutes=settings.workspaces.idle_minutes)
-    stopped = gone = 0
+    warn = dt.timedelta(minutes=settings.workspaces.warn_minutes)
+    stopped = gone = warned = 0
     for ws in session.scalars(select(Workspace).where(Workspace.state == RUNNING)).all():
         project = session.get(Project, ws.project_id)
         if not _launcher_of(settings, ws).alive(_handle(ws)):
@@ -393,10 +455,42 @@ def check_idle(session: Session, settings: Settings, secret: bytes, *, now: dt.d
             gone += 1
             continue
         seen = last_activity(ws, secret, project.slug if project else "")
-        if (seen or ws.started_at or now) + idle <= now:
+        stops_at = (seen or ws.started_at or now) + idle
+        if stops_at <= now:
             stop(session, settings, ws, Actor.system("workspaces"), reason="idle")
             stopped += 1
-    return {"idle": stopped, "exited": gone}
+        elif stops_at - warn <= now and ws.idle_warned_at is None:
+            ws.idle_warned_at = now
+            notify.notify_user(session, ws.user_id, "workspace_ending", {
+                "project": project.slug if project else "", "workspace": str(ws.id), "ends": stops_at.isoformat(),
+                "minutes": int((stops_at - now).total_seconds() // 60), "reason": "idle"})
+            warned += 1
+        elif stops_at - warn > now and ws.idle_warned_at is not None:
+            ws.idle_warned_at = None  # busy again: the next idle spell warns anew
+    return {"idle": stopped, "exited": gone, "warned": warned}
+
+
+def resources(settings: Settings, ws: Workspace) -> dict[str, str]:
+    """CPU, memory and GPU of a running workspace, as its launcher sees them ({} when it cannot tell)."""
+    if ws.state != RUNNING:
+        return {}
+    try:
+        return _launcher_of(settings, ws).resources(_handle(ws))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def stopping_soon(settings: Settings, ws: Workspace, now: dt.datetime) -> tuple[dt.datetime, str] | None:
+    """(when, why) when ``ws`` stops within ``warn_minutes`` on its own: its booking's end or idle time (the
+    owner was e-mailed); for the pages' banner."""
+    warn = dt.timedelta(minutes=settings.workspaces.warn_minutes)
+    if ws.state != RUNNING:
+        return None
+    if ws.ends_at is not None and ws.ends_at - warn <= now:
+        return ws.ends_at, "the GPU booking ends"
+    if ws.idle_warned_at is not None:
+        return ws.idle_warned_at + warn, "it has been idle"
+    return None
 
 
 def check_bookings(session: Session, settings: Settings, *, now: dt.datetime) -> dict[str, int]:
@@ -420,6 +514,6 @@ def check_bookings(session: Session, settings: Settings, *, now: dt.datetime) ->
             ws.warned_at = now
             notify.notify_user(session, ws.user_id, "workspace_ending", {
                 "project": project.slug if project else "", "workspace": str(ws.id), "ends": ends.isoformat(),
-                "minutes": int((ends - now).total_seconds() // 60)})
+                "minutes": int((ends - now).total_seconds() // 60), "reason": "booking"})
             warned += 1
     return {"warned": warned, "stopped": stopped}

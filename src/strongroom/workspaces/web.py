@@ -3,6 +3,7 @@ remaining time) and the operators' (every running workspace, stop any — audite
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from fastapi import APIRouter, Request
@@ -35,9 +36,12 @@ def workspaces_page(request: Request, db: Db, hub: HubDep, principal: WebPrincip
         isolation, why = service.isolation_for(hub.settings)
     except Exception as exc:
         isolation, why = "refused", str(exc)
+    mine = service.list_mine(db, access, principal.user)
     return templates.TemplateResponse(request, "workspaces/project.html", {
         "project": access.project, "access": access, "now": now, "can_start": "read-data" in access.rights,
-        "workspaces": service.list_mine(db, access, principal.user), "live": LIVE,
+        "workspaces": mine, "live": LIVE, "left": _left, "mount": hub.settings.workspaces.mount_data,
+        "resources": {ws.id: service.resources(hub.settings, ws) for ws in mine if ws.state in LIVE},
+        "soon": {ws.id: when for ws in mine if (when := service.stopping_soon(hub.settings, ws, now))},
         "booking": service.active_booking(db, access.project.id, now), "isolation": isolation, "why": why,
         "settings": hub.settings.workspaces})
 
@@ -59,12 +63,23 @@ def stop_workspace(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
                          f"Workspace {str(ws.id)[:8]} stopped; its scratch space is wiped.")
 
 
+def _left(ends: dt.datetime | None, now: dt.datetime) -> str:
+    """"3 h 05 min left" until ``ends``."""
+    if ends is None:
+        return ""
+    minutes = max(0, int((ends - now).total_seconds() // 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min left" if minutes >= 60 else f"{minutes} min left"
+
+
 @router.get("/admin/workspaces")
-def operator_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
+def operator_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
     service.require_operator(principal)
-    rows = [(ws, db.get(Project, ws.project_id), projects.users_of(db, {ws.user_id}).get(ws.user_id))
-            for ws in service.list_live(db)]
-    return templates.TemplateResponse(request, "workspaces/operator.html", {"rows": rows, "now": utcnow()})
+    now = utcnow()
+    live = service.list_live(db)
+    owners = projects.users_of(db, {ws.user_id for ws in live})
+    rows = [(ws, db.get(Project, ws.project_id), owners.get(ws.user_id), service.resources(hub.settings, ws),
+             service.stopping_soon(hub.settings, ws, now)) for ws in live]
+    return templates.TemplateResponse(request, "workspaces/operator.html", {"rows": rows, "now": now, "left": _left})
 
 
 @router.post("/admin/workspaces/stop", dependencies=[CsrfChecked])
