@@ -91,8 +91,9 @@ async def sync_manifest(request: Request, hub: HubDep) -> JSONResponse:
     body = await _small_body(request)
     peer_id = await anyio.to_thread.run_sync(_verify_signed, hub, request, body, "sync:manifest")
     ip = client_ip(request)
+    doc, signature = await anyio.to_thread.run_sync(sync.check_manifest, hub, peer_id, body, ip)
     answer = await anyio.to_thread.run_sync(_in_transaction, hub, peer_id,
-                                            lambda s, p: sync.receive_manifest(hub, s, p, body, ip))
+                                            lambda s, p: sync.receive_manifest(s, p, doc, signature, ip))
     return JSONResponse(answer)
 
 

@@ -6,13 +6,13 @@ re-encrypted from this hub's archive key to the peer's, signed with this hub's s
 byte for byte, one signed ``PUT`` each, straight from storage; each body the peer acknowledged is
 checkpointed (``SyncFile``) and never sent again, so a killed worker's push resumes where it stopped.
 
-Peer side (``receive_manifest``, ``receive_body``, ``publish``): the manifest must verify with the origin's
-pinned key and be addressed to this hub; each body is hashed as it arrives (SHA-256 against the manifest),
-then decrypted with this hub's archive key (the header was re-encrypted to it) to check the plaintext's
-SHA-256 and size, and stored. Anything that does not match refuses the whole push, with the reason, and
-nothing is published. Publishing makes (or extends) a read-only mirror: a dataset in the peer's mirror
-project (a project with no active member, so nobody uploads to or edits it), its released versions, a
-published catalogue entry whose page names the origin, and the origin's visas accepted for it.
+Peer side (``check_manifest``, ``receive_manifest``, ``store_body``, ``publish``): the manifest must verify with
+the origin's pinned key and be addressed to this hub; each body is hashed as it arrives (SHA-256 against the
+manifest), then decrypted with this hub's archive key (the header was re-encrypted to it) to check the
+plaintext's SHA-256 and size, and stored. Anything that does not match refuses the whole push, with the reason,
+and nothing is published. Publishing makes (or extends) a read-only mirror: a dataset in the peer's mirror
+project (a project with no active member, so nobody uploads to or edits it), its released versions, a published
+catalogue entry whose page names the origin, and the origin's visas accepted for it.
 """
 
 from __future__ import annotations
@@ -301,16 +301,28 @@ def _refuse(hub: Hub, peer_id: uuid.UUID, incoming_id: uuid.UUID | None, reason:
                      outcome="refused", target=f"peer:{name}", details={"what": what, "reason": reason[:500]})
 
 
-def receive_manifest(hub: Hub, session: Session, peer: Peer, body: bytes, ip: str | None) -> dict[str, Any]:
+def check_manifest(hub: Hub, peer_id: uuid.UUID, body: bytes, ip: str | None) -> tuple[dict[str, Any], str]:
+    """The manifest and its signature, verified with the origin's pinned key and addressed to this hub; a
+    refusal is audited (in its own transaction: call this outside any other) and raised as Invalid."""
+    with hub.sessions() as s:
+        peer = s.get(Peer, peer_id)
+        assert peer is not None
+        public, origin = signing.load_public(peer.signing_key), peer.base_url
     try:
         envelope = json.loads(body)
-        doc, signature = envelope["manifest"], envelope["signature"]
-        signing.verify_document(signing.load_public(peer.signing_key), mf.canonical(doc), str(signature))
-        mf.check(doc, origin=peer.base_url, recipient_key_id=service.hub_key(hub.settings).key_id)
+        doc, signature = envelope["manifest"], str(envelope["signature"])
+        signing.verify_document(public, mf.canonical(doc), signature)
+        mf.check(doc, origin=origin, recipient_key_id=service.hub_key(hub.settings).key_id)
     except (ValueError, KeyError, TypeError, signing.SignatureError, mf.ManifestError) as exc:
         reason = str(exc) if isinstance(exc, signing.SignatureError | mf.ManifestError) else "not a manifest envelope"
-        _refuse(hub, peer.id, None, reason, ip, "manifest")
+        _refuse(hub, peer_id, None, reason, ip, "manifest")
         raise Invalid(f"manifest refused: {reason}") from None
+    return doc, signature
+
+
+def receive_manifest(session: Session, peer: Peer, doc: dict[str, Any], signature: str,
+                     ip: str | None) -> dict[str, Any]:
+    """Record a verified manifest (``check_manifest``); answers which bodies this hub already holds."""
     inc = session.scalar(select(Incoming).where(Incoming.peer_id == peer.id, Incoming.sync_id == doc["sync_id"]))
     if inc is None:
         inc = Incoming(peer_id=peer.id, sync_id=doc["sync_id"], origin_dataset_id=doc["dataset"]["id"],
@@ -365,10 +377,10 @@ def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled
         _refuse(hub, peer_id, inc_id, f"{file_id}: {reason}", ip, "body")
         return Invalid(f"body refused: {file_id}: {reason}")
 
-    if claimed_digest != signing.digest_of_hex(sha256):
-        raise refuse("the body does not match its signed Content-Digest")
     if size != entry["body_size"] or sha256 != entry["body_sha256"]:
         raise refuse("the body's SHA-256 (or size) does not match the manifest signed by the origin")
+    if claimed_digest != signing.digest_of_hex(sha256):
+        raise refuse("the body does not match its signed Content-Digest")
     try:
         opened = c4gh.open_header(base64.b64decode(entry["header"]), keys.secrets)
     except c4gh.C4ghError:

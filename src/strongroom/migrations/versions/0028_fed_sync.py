@@ -12,7 +12,6 @@ from alembic import op
 
 import strongroom.db
 
-
 revision = '0028_fed_sync'
 down_revision = '0026_federation'
 branch_labels = None
