@@ -124,3 +124,7 @@ begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supp
 auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
 symlink, statvfs, fstatvfs
 in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)
+# -- federation sync ------------------------------------------------------------------------------------------
+# hooks registered by name in federation/__init__.py (visas: trusted issuers, dataset aliases; catalog: notices)
+mirror_notice, peer_visa_issuers, mirror_aliases
+received_at, synced_at  # federation/models.py: when a body arrived / a mirror was last pushed, for operators

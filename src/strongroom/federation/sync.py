@@ -112,6 +112,13 @@ def start_sync(session: Session, settings: Settings, who: Principal | audit.Acto
     return run
 
 
+def recent(session: Session, limit: int = 20) -> list[tuple[SyncRun, str]]:
+    """The latest pushes with their peer's name, for the operators' page."""
+    rows = session.execute(select(SyncRun, Peer.name).join(Peer, Peer.id == SyncRun.peer_id)
+                           .order_by(SyncRun.created_at.desc()).limit(limit))
+    return [(run, name) for run, name in rows]
+
+
 def enqueue(session: Session, run: SyncRun) -> None:
     from ..jobs import service as jobs
 
