@@ -126,3 +126,7 @@ symlink, statvfs, fstatvfs
 in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)
 # workspaces/fuse.py: mfusepy calls these operations (and reads use_ns) by name; ClusterAccount.set_at: when it was set
 use_ns, readdir, statfs, mknod, setxattr, removexattr, utimens, set_at
+# -- federation sync ------------------------------------------------------------------------------------------
+# hooks registered by name in federation/__init__.py (visas: trusted issuers, dataset aliases; catalog: notices)
+mirror_notice, peer_visa_issuers, mirror_aliases
+received_at, synced_at  # federation/models.py: when a body arrived / a mirror was last pushed, for operators

@@ -29,6 +29,7 @@ from strongroom.archive import c4gh
 from strongroom.archive import service as archive_service
 from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile, Dataset, DatasetVersion, UserKey
+from strongroom.audit.service import Actor
 from strongroom.catalog.demo import DEMO_TITLE, seed_catalog_demo
 from strongroom.catalog.entries import entry_for
 from strongroom.catalog.fields import EntryFields
@@ -602,6 +603,27 @@ def _fed_change(w: World, ok: bool):  # suspend the peer registered above; an un
     return post(w.c("pia"), f"/federation/peers/{'peer-w' if ok else 'nope'}", {"action": "change", "inbound": "on"})
 
 
+def _fed_sync(w: World, ok: bool):  # push the released demo dataset to a peer; an unknown dataset is not found
+    from strongroom.federation import service as federation
+    from strongroom.federation.models import Peer
+
+    with transaction(w.hub.sessions) as s:
+        if s.scalar(select(Peer).where(Peer.name == "peer-s")) is None:
+            federation.register_peer(s, w.hub.settings, Actor.system("t"), {
+                "name": "peer-s", "base_url": "https://peer-s.example.org",
+                "signing_key": signing_pem(), "archive_key": c4gh.public_key_file(
+                    c4gh.generate_keypair().public).decode()})
+    return post(w.c("pia"), "/federation/syncs", {"dataset": w.ids["demo"] if ok else "SRD-NOPE", "peer": "peer-s"})
+
+
+def signing_pem() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from strongroom.federation import signing
+
+    return signing.public_pem(Ed25519PrivateKey.generate().public_key())
+
+
 CASES: dict[str, Case] = {
     "/login": _login,
     "/login/mfa": _login_mfa,
@@ -675,6 +697,7 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/vai/releases/{release_id}/review": _vai_review,
     "/federation/peers": _fed_register,
     "/federation/peers/{name}": _fed_change,
+    "/federation/syncs": _fed_sync,
 }
 
 

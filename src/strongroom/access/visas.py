@@ -38,7 +38,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +235,14 @@ class Passport:
     issuer_datasets: dict[str, set[str]] = field(default_factory=dict)  # iss → accessions; empty = any
 
 
+# Issuers trusted for some datasets only, added by other capabilities (federation: each peer's visa issuer
+# for the datasets mirrored from it): ``source(hub) -> [(iss, jku, dataset ids)]``, read on every request
+# that carries visas (in a worker thread, before the request's transaction).
+TRUSTED_ISSUER_SOURCES: list[Callable[[Any], list[tuple[str, str, frozenset[str]]]]] = []
+# Other values a visa may name a local dataset by, each with the only issuer whose visas may use it
+# (federation: a mirror is named by its origin's dataset URL): ``alias(session, dataset_id) -> [(value, iss)]``.
+DATASET_ALIASES: list[Callable[[Session, str], list[tuple[str, str]]]] = []
+
 # The verified passport of the request being served (set by `visas_api.PassportMiddleware`).
 CURRENT_PASSPORT: ContextVar[Passport | None] = ContextVar("strongroom_passport", default=None)
 
@@ -321,8 +329,10 @@ class _CachedKeys:
 class PassportVerifier:
     """Verifies visas against the trusted-issuer allowlist, caching each jku's JWKS."""
 
-    def __init__(self, hub_settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, hub_settings: Settings, transport: httpx.AsyncBaseTransport | None = None,
+                 extra_issuers: Callable[[], list[tuple[str, str, frozenset[str]]]] | None = None) -> None:
         self.hub_settings = hub_settings
+        self.extra_issuers = extra_issuers
         self.settings: AccessSettings = hub_settings.access
         self.transport = transport
         self._cache: dict[str, _CachedKeys] = {}
@@ -370,7 +380,8 @@ class PassportVerifier:
             self._cache[jku] = _CachedKeys(keys, time.monotonic())
             return keys
 
-    async def verify_one(self, token: str, now: int, budget: list[int]) -> Visa:
+    async def verify_one(self, token: str, now: int, budget: list[int],
+                         extra: Iterable[tuple[str, str, frozenset[str]]] = ()) -> Visa:
         s = self.settings
         if len(token) > s.max_visa_bytes:
             raise VisaRejected("visa too large")
@@ -389,9 +400,11 @@ class PassportVerifier:
             raise VisaRejected("no jku in the header (only jku-signed visas are accepted)")
         # the allowlist is checked before anything is fetched
         own = self.own(iss, jku)
-        if not own and not any(t.issuer == iss for t in s.trusted_visa_issuers):
+        extra = list(extra)
+        if not own and not any(t.issuer == iss for t in s.trusted_visa_issuers) and not any(
+                e[0] == iss for e in extra):
             raise VisaRejected(f"untrusted issuer {iss[:100]!r}")
-        if not own and not self.trusted(iss, jku):
+        if not own and not self.trusted(iss, jku) and (iss, jku) not in {(e[0], e[1]) for e in extra}:
             raise VisaRejected(f"jku {jku[:200]!r} is not allowed for issuer {iss[:100]!r}")
         if not own:
             _check_jku_url(jku, s)
@@ -434,13 +447,16 @@ class PassportVerifier:
         return Visa(iss=iss, sub=sub, exp=int(claims["exp"]), jti=claims.get("jti"), type=type_, value=value,
                     source=source, by=by, asserted=int(asserted), conditions=conditions)
 
-    def empty_passport(self) -> Passport:
+    def empty_passport(self, extra: Iterable[tuple[str, str, frozenset[str]]] = ()) -> Passport:
         limits: dict[str, set[str]] = {}
         for t in self.settings.trusted_visa_issuers:
             if not t.datasets:
                 limits[t.issuer] = set()  # any entry without a limit lifts it for that issuer
             elif limits.get(t.issuer) != set():
                 limits.setdefault(t.issuer, set()).update(t.datasets)
+        for iss, _, datasets in extra:  # limited to their datasets; "" keeps the set from meaning "any"
+            if limits.get(iss) != set():
+                limits.setdefault(iss, {""}).update(datasets)
         return Passport(base_url=self.hub_settings.base_url.rstrip("/"),
                         subject_must_match=self.settings.visa_subject_must_match, issuer_datasets=limits)
 
@@ -448,12 +464,15 @@ class PassportVerifier:
         return await self.verify_tokens(raw.split(","))
 
     async def verify_tokens(self, tokens: Iterable[str]) -> Passport:
-        passport = self.empty_passport()
+        import anyio
+
+        extra = await anyio.to_thread.run_sync(self.extra_issuers) if self.extra_issuers else []
+        passport = self.empty_passport(extra)
         now = int(time.time())
         budget = [self.settings.max_jwks_fetches]
         for token in open_passports(tokens, self.settings):
             try:
-                passport.visas.append(await self.verify_one(token, now, budget))
+                passport.visas.append(await self.verify_one(token, now, budget, extra))
             except VisaRejected as exc:
                 passport.rejected.append(str(exc))
         if passport.rejected:
@@ -553,11 +572,15 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
         if passport.base_url:
             names[dataset_url(passport.base_url, dataset_id)] = dataset_id
             names[dataset_url(passport.base_url, dataset_id, number)] = dataset_id
+    aliases = _aliases(session, set(names.values()))
     from .grants import applicant_download
 
     grants = []
     for visa in granting:
         named = names.get(visa.value)
+        alias = aliases.get(visa.value)
+        if named is None and alias is not None and alias[1] == visa.iss:
+            named = alias[0]
         if named is None:
             continue
         allowed = passport.issuer_datasets.get(visa.iss)
@@ -569,6 +592,16 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
     return max(grants, key=lambda g: g.may_download) if grants else None
 
 
+def _aliases(session: Session, dataset_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """value → (local dataset id, the only issuer whose visas may name it so), from `DATASET_ALIASES`."""
+    out: dict[str, tuple[str, str]] = {}
+    for source in DATASET_ALIASES:
+        for dataset_id in dataset_ids:
+            for value, iss in source(session, dataset_id):
+                out[value] = (dataset_id, iss)
+    return out
+
+
 def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
     """`archive.service.DATASET_READERS` entry: a granting visa names this dataset (or a version)."""
     passport = CURRENT_PASSPORT.get()
@@ -578,10 +611,13 @@ def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
     if passport.base_url:
         allowed.add(dataset_url(passport.base_url, ds.id))
     prefix = dataset_url(passport.base_url, ds.id) + "/versions/" if passport.base_url else None
+    aliases = _aliases(session, {ds.id})
     for visa in _in_force(session, passport, principal):
         limit = passport.issuer_datasets.get(visa.iss)
         if limit and ds.id not in limit:
             continue
+        if aliases.get(visa.value, ("", ""))[1] == visa.iss:
+            return True
         if visa.value in allowed or (prefix and visa.value.startswith(prefix)
                                      and visa.value[len(prefix):].isdigit()):
             return True

@@ -81,7 +81,9 @@ def verifier_for(state: State) -> visas.PassportVerifier:
     """One verifier (and JWKS cache) per app, shared by the header middleware and DRS POST bodies."""
     verifier = getattr(state, "passport_verifier", None)
     if verifier is None:
-        verifier = state.passport_verifier = visas.PassportVerifier(state.hub.settings)
+        hub = state.hub
+        verifier = state.passport_verifier = visas.PassportVerifier(
+            hub.settings, extra_issuers=lambda: [e for source in visas.TRUSTED_ISSUER_SOURCES for e in source(hub)])
     return verifier
 
 

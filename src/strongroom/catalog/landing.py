@@ -25,6 +25,9 @@ from .vocab import DUO, MODALITIES, NO_METHODS, duo_url
 # ``listener(request, response, dataset_id)`` for every landing page served (stats counts views):
 # added by other capabilities with ``config.add_hook(VIEW_LISTENERS, …)``.
 VIEW_LISTENERS: list[Callable[[Any, Any, str], None]] = []
+# Notices shown on an entry's page, from other capabilities (federation: "Mirror of <origin>"):
+# ``notice(session, dataset_id) -> {"origin", "origin_base", "url"} | None``.
+NOTICES: list[Callable[[Any, str], dict[str, str] | None]] = []
 
 
 def public_entry(session: Session, slug: str) -> CatalogEntry:

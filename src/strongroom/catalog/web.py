@@ -158,7 +158,9 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
         page = templates.TemplateResponse(request, "catalog_entry.html", {
             "v": view, "preview": False, "links": links, "downloads": citations.downloads(view),
             "apa": citations.formatted(citable.item), "made_with": _made_with(db, view),
-            "cited": next(((n, d) for n, d in view.version_dois if n == version), None)})
+            "cited": next(((n, d) for n, d in view.version_dois if n == version), None),
+            "mirror": next((n for n in (notice(db, view.entry.dataset_id) for notice in landing_pages.NOTICES)
+                            if n), None)})
         page.headers.update(headers)
         for listener in landing_pages.VIEW_LISTENERS:  # only the page itself counts as a view
             listener(request, page, view.entry.dataset_id)

@@ -1,7 +1,9 @@
 """Federation: the public GA4GH Beacon v2 (aggregate counts over published imaging data, "< 5" below five),
 peer hubs registered by operators with pinned keys, signed hub-to-hub requests audited on both sides,
 federated search over the peers' beacons, and the peers' public catalogues harvested as remote entries.
-Dataset sync between hubs is a later slice; peers already carry the archive key and visa issuer it needs.
+Dataset sync (``sync.py``): a released dataset pushed to a peer (headers re-encrypted to its archive key, bodies
+byte for byte, checked there against a signed manifest) becomes a read-only mirror whose access the origin's
+visas decide.
 See docs/federation.md.
 """
 
@@ -25,3 +27,6 @@ def includeme(config: Config) -> None:
     config.add_jobs("strongroom.federation.jobs")
     config.add_settings("federation")
     config.add_hook("strongroom.catalog.search:REMOTE_SOURCES", "strongroom.federation.service:remote_entries")
+    config.add_hook("strongroom.access.visas:TRUSTED_ISSUER_SOURCES", "strongroom.federation.sync:peer_visa_issuers")
+    config.add_hook("strongroom.access.visas:DATASET_ALIASES", "strongroom.federation.sync:mirror_aliases")
+    config.add_hook("strongroom.catalog.landing:NOTICES", "strongroom.federation.sync:mirror_notice")

@@ -108,3 +108,39 @@ def harvest() -> None:
 
     hub = _hub()
     print(json.dumps(service.harvest(hub, lambda: transaction(hub.sessions)), indent=2))
+
+
+@app.command("sync")
+def sync_dataset(
+    dataset: str,
+    peer: Annotated[str, typer.Option("--peer", help="The peer hub to push to (its registered name).")],
+    version: Annotated[int | None, typer.Option("--version", help="One released version (default: all).")] = None,
+) -> None:
+    """Push a released dataset (one version, or all) to a peer now, with progress. An unfinished push of the
+    same dataset to the same peer is resumed: bodies the peer already acknowledged are not sent again."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+    from . import sync
+
+    hub = _hub()
+    try:
+        with transaction(hub.sessions) as session:
+            run = sync.start_sync(session, hub.settings, _operator(), dataset, peer, version)
+            run_id = run.id
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                      TextColumn("{task.fields[files]}"), console=console, transient=False) as bar:
+            task = bar.add_task(f"{dataset} → {peer}", total=None, files="")
+
+            def progress(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+                bar.update(task, completed=bytes_done, total=bytes_total, files=f"{files_done}/{files_total} files")
+
+            result = sync.run_sync(hub, run_id, progress)
+    except sync.SyncRefused as exc:
+        console.print(f"[red]refused by {peer}: {exc}[/]")
+        raise typer.Exit(1) from None
+    except DomainError as exc:
+        _fail(exc)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/] (run the same command again to resume)")
+        raise typer.Exit(1) from None
+    console.print(f"pushed {result['files']} files; mirror {result.get('dataset')} at {result.get('url')}")

@@ -1,4 +1,4 @@
-"""Federation job kinds: harvesting the peers' public catalogues."""
+"""Federation job kinds: harvesting the peers' public catalogues, pushing a dataset to a peer."""
 
 from __future__ import annotations
 
@@ -13,3 +13,14 @@ from . import service
 def harvest(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Import every active outbound peer's published catalogue entries (its DCAT feed) as remote entries."""
     return service.harvest(ctx.hub, ctx.transaction)
+
+
+@job("federation.sync", max_attempts=3)
+def sync_dataset(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Push (or resume pushing) a dataset to a peer: the bodies it already acknowledged are not sent again."""
+    from . import sync
+
+    try:
+        return sync.run_sync(ctx.hub, payload["sync_id"])
+    except sync.SyncRefused as exc:  # final: the peer said why; retrying would only be refused again
+        return {"state": "refused", "reason": str(exc)}

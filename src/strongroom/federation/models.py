@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, IdMixin, utcnow
+
+Big = BigInteger().with_variant(Integer, "sqlite")
 
 
 class Peer(IdMixin, CreatedMixin, Base):
@@ -54,4 +56,86 @@ class RemoteEntry(Base):
     harvested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-__all__ = ["Peer", "RemoteEntry"]
+class SyncRun(IdMixin, CreatedMixin, Base):
+    """Origin side: one push of a dataset (one released version, or all of them) to a peer, with progress."""
+
+    __tablename__ = "federation_syncs"
+
+    peer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int | None]  # None: every released version
+    state: Mapped[str] = mapped_column(String(12), default="queued")  # queued | running | done | failed
+    files_total: Mapped[int] = mapped_column(Big, default=0)
+    files_done: Mapped[int] = mapped_column(Big, default=0)
+    bytes_total: Mapped[int] = mapped_column(Big, default=0)
+    bytes_done: Mapped[int] = mapped_column(Big, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    finished_at: Mapped[dt.datetime | None]
+
+
+class SyncFile(Base):
+    """Origin side checkpoint: a file body the peer acknowledged (verified) in this push; never sent again."""
+
+    __tablename__ = "federation_sync_files"
+
+    sync_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_syncs.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    file_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sent_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Incoming(IdMixin, CreatedMixin, Base):
+    """Peer side: a push from an origin peer being received (its signed manifest), then published or refused."""
+
+    __tablename__ = "federation_incoming"
+    __table_args__ = (UniqueConstraint("peer_id", "sync_id", name="uq_federation_incoming_peer_sync"),)
+
+    peer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"), index=True)
+    sync_id: Mapped[str] = mapped_column(String(64))  # the origin's push id
+    origin_dataset_id: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    signature: Mapped[str] = mapped_column(Text)  # the origin's Ed25519 signature over the manifest
+    state: Mapped[str] = mapped_column(String(12), default="receiving")  # receiving | published | refused
+    reason: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IncomingFile(Base):
+    """Peer side: a body received and verified (body and plaintext SHA-256 against the manifest) for a push."""
+
+    __tablename__ = "federation_incoming_files"
+
+    incoming_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_incoming.id", ondelete="CASCADE"),
+                                                   primary_key=True)
+    origin_file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body_key: Mapped[str] = mapped_column(String(300))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Mirror(Base):
+    """Peer side: a read-only dataset mirrored from an origin peer, whose owner decides access (its visas)."""
+
+    __tablename__ = "federation_mirrors"
+    __table_args__ = (UniqueConstraint("peer_id", "origin_dataset_id", name="uq_federation_mirrors_origin"),)
+
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True)
+    peer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"), index=True)
+    origin_dataset_id: Mapped[str] = mapped_column(String(64))
+    origin_url: Mapped[str] = mapped_column(String(1000))  # the dataset's page at the origin
+    synced_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MirrorFile(Base):
+    """Peer side: which local archive file holds an origin file (so a re-push sends nothing twice)."""
+
+    __tablename__ = "federation_mirror_files"
+
+    peer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"),
+                                               primary_key=True)
+    origin_file_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("archive_files.id", ondelete="CASCADE"), index=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+
+
+__all__ = ["Incoming", "IncomingFile", "Mirror", "MirrorFile", "Peer", "RemoteEntry", "SyncFile", "SyncRun"]

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..deps import Admin, Db, HubDep
+from ..deps import Admin, DataWrite, Db, HubDep
+from ..errors import NotFound
 from ..schemas import Out
-from . import service
-from .models import Peer
+from . import service, sync
+from .models import Peer, SyncRun
 
 router = APIRouter(prefix="/api/v1/federation", tags=["federation"])
 NAME_PATH = Path(pattern=service.NAME.pattern, description="the peer's short name")
@@ -88,3 +91,49 @@ def delete_peer(db: Db, hub: HubDep, principal: Admin, name: str = NAME_PATH) ->
     return Response(status_code=204)
 
 
+
+
+class SyncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = Field(min_length=1, max_length=32, description="the dataset's accession")
+    peer: str = Field(pattern=service.NAME.pattern, description="the peer hub to push to")
+    version: int | None = Field(default=None, ge=1, description="one released version; all when left out")
+
+
+class SyncOut(Out):
+    id: str
+    dataset: str
+    peer: str
+    version: int | None
+    state: str = Field(description="queued | running | done | failed (resumed by the next attempt) | refused")
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_done: int
+    error: str | None
+
+
+def _sync_out(db: Db, run: SyncRun) -> SyncOut:
+    peer = db.get(Peer, run.peer_id)
+    return SyncOut(id=str(run.id), dataset=run.dataset_id, peer=peer.name if peer else "", version=run.version,
+                   state=run.state, files_total=run.files_total, files_done=run.files_done,
+                   bytes_total=run.bytes_total, bytes_done=run.bytes_done, error=run.error)
+
+
+@router.post("/syncs", response_model=SyncOut, status_code=202,
+             summary="Push a released dataset to a peer hub (operators or the dataset's PI, fresh MFA)")
+def start_sync(db: Db, hub: HubDep, principal: DataWrite, body: SyncIn) -> SyncOut:
+    run = sync.start_sync(db, hub.settings, principal, body.dataset, body.peer, body.version)
+    sync.enqueue(db, run)
+    return _sync_out(db, run)
+
+
+@router.get("/syncs/{sync_id}", response_model=SyncOut, summary="A push's progress")
+def get_sync(db: Db, principal: DataWrite, sync_id: uuid.UUID) -> SyncOut:
+    from ..archive.models import Dataset
+
+    run = db.get(SyncRun, sync_id)
+    dataset = db.get(Dataset, run.dataset_id) if run else None
+    if run is None or dataset is None or not sync.may_push(db, principal, dataset):
+        raise NotFound("no such push")
+    return _sync_out(db, run)

@@ -230,7 +230,7 @@ def _peer_actor(peer: Peer | None, ip: str | None) -> audit.Actor:
 
 
 def verify_request(session: Session, settings: Settings, *, method: str, path: str, query: str,
-                   headers: Mapping[str, str], body: bytes, what: str, ip: str | None,
+                   headers: Mapping[str, str], body: bytes | None, what: str, ip: str | None,
                    required: bool = True) -> Peer | None:
     """The registered, active, inbound peer that signed this request; None when unsigned and not
     ``required``. A bad signature is refused (401) and the refusal is audited."""

@@ -58,6 +58,23 @@ def content_digest(body: bytes) -> str:
     return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
 
 
+def digest_of_hex(sha256_hex: str) -> str:
+    """The ``Content-Digest`` of a body whose SHA-256 (hex) is known without reading it."""
+    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
+
+
+def sign_document(private: Ed25519PrivateKey, canonical: bytes) -> str:
+    """A detached Ed25519 signature (base64) over a canonical document (a sync manifest)."""
+    return base64.b64encode(private.sign(b"strongroom-document-v1\n" + canonical)).decode()
+
+
+def verify_document(public: Ed25519PublicKey, canonical: bytes, signature: str) -> None:
+    try:
+        public.verify(base64.b64decode(signature, validate=True), b"strongroom-document-v1\n" + canonical)
+    except (InvalidSignature, ValueError):
+        raise SignatureError("the manifest's signature does not verify with the origin's registered key") from None
+
+
 def _base(method: str, path: str, query: str, date: str, digest: str, params: str) -> bytes:
     lines = [f'"@method": {method.upper()}', f'"@path": {path}', f'"@query": ?{query}', f'"date": {date}',
              f'"content-digest": {digest}', f'"@signature-params": {params}']
@@ -92,10 +109,12 @@ class HubKey:
         return key_id(self.public)
 
     def sign(self, method: str, path: str, query: str = "", body: bytes = b"", *,
-             now: float | None = None) -> dict[str, str]:
-        """The headers that sign this request (``Date``, ``Content-Digest``, ``Signature-Input``, ``Signature``)."""
+             now: float | None = None, body_sha256: str | None = None) -> dict[str, str]:
+        """The headers that sign this request (``Date``, ``Content-Digest``, ``Signature-Input``, ``Signature``).
+        ``body_sha256`` (hex): the digest of a body streamed later, instead of ``body``."""
         created = int(time.time() if now is None else now)
-        date, digest = formatdate(created, usegmt=True), content_digest(body)
+        digest = content_digest(body) if body_sha256 is None else digest_of_hex(body_sha256)
+        date = formatdate(created, usegmt=True)
         params = f'({" ".join(COMPONENTS)});created={created};keyid="{self.key_id}";alg="ed25519"'
         signature = self.private.sign(_base(method, path, query, date, digest, params))
         return {"Date": date, "Content-Digest": digest, "Signature-Input": f"{LABEL}={params}",
@@ -113,9 +132,10 @@ def signer_key_id(headers: Mapping[str, str]) -> str | None:
     return m.group(3)
 
 
-def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers: Mapping[str, str], body: bytes,
-           *, now: float | None = None, max_skew: int = MAX_SKEW_SECONDS) -> None:
-    """Accept the request or raise SignatureError. ``headers`` are looked up in lower case."""
+def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers: Mapping[str, str],
+           body: bytes | None, *, now: float | None = None, max_skew: int = MAX_SKEW_SECONDS) -> None:
+    """Accept the request or raise SignatureError. ``headers`` are looked up in lower case. ``body`` None:
+    a streamed body the caller hashes itself and compares with the (signed) ``Content-Digest``."""
     value, sig = headers.get("signature-input"), headers.get("signature")
     if value is None or sig is None:
         raise SignatureError("the request is not signed")
@@ -128,7 +148,10 @@ def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers
     if abs((time.time() if now is None else now) - created) > max_skew:
         raise SignatureError("the signature is too old or from the future (check both hubs' clocks)")
     digest = headers.get("content-digest", "")
-    if digest != content_digest(body):
+    if body is None:
+        if not digest.startswith("sha-256=:"):
+            raise SignatureError("a streamed body needs a SHA-256 Content-Digest")
+    elif digest != content_digest(body):
         raise SignatureError("the body does not match its Content-Digest")
     date = headers.get("date", "")
     params = value.strip()[len(LABEL) + 1:]

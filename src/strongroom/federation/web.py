@@ -1,4 +1,5 @@
-"""Federation pages: the operators' peer registry (/federation/peers: register, change, remove — fresh MFA)
+"""Federation pages: the operators' peer registry (/federation/peers: register, change, remove, push a dataset
+— fresh MFA)
 and the federated search (/federation/search: this hub and every peer's beacon, asked in parallel)."""
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
+from ..errors import Invalid
 from ..web.templating import redirect_with, templates
-from . import beacon, service
+from . import beacon, service, sync
 
 router = APIRouter()
 ENTRY_TYPES = {beacon.STUDY: "Imaging studies", beacon.DATASET: "Datasets"}
@@ -18,7 +20,7 @@ ENTRY_TYPES = {beacon.STUDY: "Imaging studies", beacon.DATASET: "Datasets"}
 def peers_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
     service.require_operator(principal)
     return templates.TemplateResponse(request, "federation/peers.html", {
-        "peers": service.peers(db), "me": service.identity(hub, db)})
+        "peers": service.peers(db), "me": service.identity(hub, db), "pushes": sync.recent(db)})
 
 
 def _flag(posted: PostedForm, name: str) -> bool:
@@ -43,6 +45,19 @@ def change(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal:
     peer = service.set_peer(db, hub.settings, principal, name, outbound=_flag(posted, "outbound"),
                             inbound=_flag(posted, "inbound"), active=_flag(posted, "active"))
     return redirect_with(request, "/federation/peers", f"Peer {peer.name} changed.")
+
+
+@router.post("/federation/syncs", dependencies=[CsrfChecked])
+def push(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
+    """Push a released dataset to a peer (operators, fresh MFA): a ``federation.sync`` job, progress on the page."""
+    service.require_operator(principal)
+    version = str(posted.form.get("version", "") or "").strip()
+    if version and not version.isdigit():
+        raise Invalid("the version is a number (or empty for every released version)")
+    dataset, peer = str(posted.form.get("dataset", "") or "").strip(), str(posted.form.get("peer", "") or "")
+    run = sync.start_sync(db, hub.settings, principal, dataset, peer, int(version) if version else None)
+    sync.enqueue(db, run)
+    return redirect_with(request, "/federation/peers", f"Push of {dataset} to {peer} queued; its progress is below.")
 
 
 @router.get("/federation/search")

@@ -1,0 +1,75 @@
+"""Sync manifests (pure: no web or database imports): what an origin hub pushes to a peer, signed with the
+origin's hub signing key, and the peer's check of its shape.
+
+A manifest names the origin and the recipient (by signing key id, so it cannot be replayed to another hub),
+the dataset (accession, title, description, its page at the origin, who decides access and whether approved
+users may download) and, per file, its path, body size and SHA-256, plaintext size and SHA-256, and the
+crypt4gh header re-encrypted to the recipient's archive key. The canonical form is JSON with sorted keys
+and no spaces; the signature is detached (``signing.sign_document``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+FORMAT = "strongroom.sync/1"
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_FILES = 100_000
+
+
+class ManifestError(ValueError):
+    """A manifest this hub will not accept; ``str()`` says why."""
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
+    """The manifest, if its shape holds and it is from ``origin`` to this hub; ManifestError otherwise."""
+    def need(cond: bool, why: str) -> None:
+        if not cond:
+            raise ManifestError(why)
+
+    need(isinstance(doc, dict) and doc.get("format") == FORMAT, f"not a {FORMAT} manifest")
+    need(doc.get("origin") == origin, "the manifest names another origin than the signing peer")
+    need(doc.get("recipient_key_id") == recipient_key_id, "the manifest is addressed to another hub")
+    need(isinstance(doc.get("sync_id"), str) and bool(ID.match(doc["sync_id"])), "bad sync_id")
+    ds = doc.get("dataset")
+    need(isinstance(ds, dict) and isinstance(ds.get("id"), str) and bool(ID.match(ds["id"])), "bad dataset id")
+    for name in ("title", "description", "url", "owner"):
+        need(isinstance(ds.get(name), str), f"dataset.{name} must be a string")
+    need(isinstance(ds.get("applicant_download"), bool), "dataset.applicant_download must be true or false")
+    files = doc.get("files")
+    need(isinstance(files, list) and 0 < len(files) <= MAX_FILES, "files must be a non-empty list")
+    seen = set()
+    for f in files:
+        need(isinstance(f, dict) and isinstance(f.get("id"), str) and bool(ID.match(f["id"])), "bad file id")
+        need(f["id"] not in seen, "a file is listed twice")
+        seen.add(f["id"])
+        need(isinstance(f.get("path"), str) and 0 < len(f["path"]) <= 1024, "bad file path")
+        for name in ("body_size", "plaintext_size"):
+            need(isinstance(f.get(name), int) and not isinstance(f[name], bool) and f[name] >= 0, f"bad {name}")
+        for name in ("body_sha256", "plaintext_sha256"):
+            need(isinstance(f.get(name), str) and bool(HEX64.match(f[name])), f"bad {name}")
+        try:
+            header = base64.b64decode(f.get("header", ""), validate=True)
+        except (ValueError, TypeError):
+            header = b""
+        need(header.startswith(b"crypt4gh"), "bad crypt4gh header")
+    versions = doc.get("versions")
+    need(isinstance(versions, list) and len(versions) > 0, "versions must be a non-empty list")
+    for v in versions:
+        need(isinstance(v, dict) and isinstance(v.get("number"), int) and v["number"] > 0, "bad version number")
+        need(isinstance(v.get("files"), list) and all(i in seen for i in v["files"]),
+             "a version names a file the manifest does not carry")
+        need(isinstance(v.get("note", ""), str), "bad version note")
+    return doc
+
+
+def file_entry(doc: dict[str, Any], file_id: str) -> dict[str, Any] | None:
+    return next((f for f in doc["files"] if f["id"] == file_id), None)

@@ -1,0 +1,603 @@
+"""Dataset sync between hubs.
+
+Origin side (``start_sync``, ``run_sync``): a push of one released version (or every released version) of a
+dataset to a peer is a ``SyncRun``; its manifest (``manifest.py``) carries each file's checksums and header
+re-encrypted from this hub's archive key to the peer's, signed with this hub's signing key; the bodies follow
+byte for byte, one signed ``PUT`` each, straight from storage; each body the peer acknowledged is
+checkpointed (``SyncFile``) and never sent again, so a killed worker's push resumes where it stopped.
+
+Peer side (``check_manifest``, ``receive_manifest``, ``store_body``, ``publish``): the manifest must verify with
+the origin's pinned key and be addressed to this hub; each body is hashed as it arrives (SHA-256 against the
+manifest), then decrypted with this hub's archive key (the header was re-encrypted to it) to check the
+plaintext's SHA-256 and size, and stored. Anything that does not match refuses the whole push, with the reason,
+and nothing is published. Publishing makes (or extends) a read-only mirror: a dataset in the peer's mirror
+project (a project with no active member, so nobody uploads to or edits it), its released versions, a published
+catalogue entry whose page names the origin, and the origin's visas accepted for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..archive import c4gh
+from ..archive.accession import new_accession
+from ..archive.backend import storage_for
+from ..archive.keys import hub_keys
+from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..audit import service as audit
+from ..config import Settings
+from ..db import transaction, utcnow
+from ..errors import Conflict, Invalid, NotFound
+from ..hub import Hub
+from ..identity.principal import Principal
+from . import manifest as mf
+from . import service, signing
+from .models import Incoming, IncomingFile, Mirror, MirrorFile, Peer, SyncFile, SyncRun
+
+log = structlog.get_logger("strongroom.federation")
+SYNC_PATH = service.PEER_PATH + "/sync"
+CHUNK = 1024 * 1024
+PUBLISHED = ("released", "deprecated")
+MIRROR_ISSUER = "urn:strongroom:federation"
+
+
+class SyncRefused(Exception):
+    """The peer refused the push (a tampered body, a manifest that does not verify): final, with its reason."""
+
+
+# -- origin: starting a push ----------------------------------------------------------------------
+def _versions(session: Session, dataset_id: str, version: int | None) -> list[DatasetVersion]:
+    stmt = (select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id,
+                                         DatasetVersion.state.in_(PUBLISHED)).order_by(DatasetVersion.number))
+    if version is not None:
+        stmt = stmt.where(DatasetVersion.number == version)
+    return list(session.scalars(stmt))
+
+
+def may_push(session: Session, principal: Principal, dataset: Dataset) -> bool:
+    """Operators, and the PI of the dataset's project (the data owner's side)."""
+    from ..projects.models import Project
+
+    if principal.user.is_admin and principal.can("admin"):
+        return True
+    project = session.get(Project, dataset.project_id)
+    return project is not None and project.pi_id == principal.user.id
+
+
+def start_sync(session: Session, settings: Settings, who: Principal | audit.Actor, dataset_id: str, peer_name: str,
+               version: int | None = None) -> SyncRun:
+    """A push of ``dataset_id`` (one released version, or all) to a peer. An unfinished push of the same
+    dataset and version to the same peer is returned instead of a new one (idempotent)."""
+    from ..identity.service import require_fresh_mfa
+
+    dataset = session.get(Dataset, dataset_id)
+    if isinstance(who, audit.Actor):
+        actor, user_id = who, None
+    else:
+        if dataset is None or not may_push(session, who, dataset):
+            raise NotFound("no such dataset")
+        require_fresh_mfa(who, settings.security.fresh_mfa_minutes)
+        actor, user_id = who.actor, who.user.id
+    if dataset is None:
+        raise NotFound("no such dataset")
+    peer = service.peer_by_name(session, peer_name)
+    if not (peer.active and peer.outbound):
+        raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
+    if not _versions(session, dataset.id, version):
+        raise Invalid("no released version to push" if version is None else f"version {version} is not released")
+    pending = session.scalar(select(SyncRun).where(
+        SyncRun.peer_id == peer.id, SyncRun.dataset_id == dataset.id,
+        SyncRun.state.in_(("queued", "running", "failed")),
+        SyncRun.version.is_(None) if version is None else SyncRun.version == version).order_by(SyncRun.created_at))
+    if pending is not None:
+        return pending
+    run = SyncRun(peer_id=peer.id, dataset_id=dataset.id, version=version, created_by=user_id)
+    session.add(run)
+    session.flush()
+    audit.record(session, actor, "federation.sync.started", project_id=dataset.project_id,
+                 target=f"dataset:{dataset.id}", details={"peer": peer.name, "sync": str(run.id), "version": version})
+    return run
+
+
+def recent(session: Session, limit: int = 20) -> list[tuple[SyncRun, str]]:
+    """The latest pushes with their peer's name, for the operators' page."""
+    rows = session.execute(select(SyncRun, Peer.name).join(Peer, Peer.id == SyncRun.peer_id)
+                           .order_by(SyncRun.created_at.desc()).limit(limit))
+    return [(run, name) for run, name in rows]
+
+
+def enqueue(session: Session, run: SyncRun) -> None:
+    from ..jobs import service as jobs
+
+    jobs.enqueue(session, "federation.sync", {"sync_id": str(run.id)}, max_attempts=3)
+
+
+# -- origin: the manifest --------------------------------------------------------------------------
+def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tuple[dict[str, Any], list[ArchiveFile]]:
+    """The manifest for ``run`` (deterministic: the same push always yields the same document, headers
+    included, so a resumed push re-sends exactly what the peer already holds)."""
+    from ..access.models import AccessPolicy
+    from ..access.visas import dataset_url
+    from ..catalog.models import CatalogEntry
+
+    dataset = session.get(Dataset, run.dataset_id)
+    assert dataset is not None
+    keys = hub_keys(hub, session)
+    recipient = c4gh.parse_public_key(peer.archive_key)
+    versions, files = [], {}
+    for v in _versions(session, dataset.id, run.version):
+        members = list(session.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
+                                       .where(DatasetFile.version_id == v.id).order_by(ArchiveFile.id)))
+        versions.append({"number": v.number, "note": v.note, "files": [f.id for f in members],
+                         "released_at": v.released_at.isoformat() if v.released_at else None})
+        for f in members:
+            files[f.id] = f
+    entries = []
+    for f in files.values():
+        if f.state != READY or f.hold is not None or f.header is None:
+            raise Invalid(f"file {f.id} is not ready to leave this hub")
+        seed = hmac.new(hub.secret, b"sync header|" + f.id.encode() + b"|" + recipient, hashlib.sha256).digest()
+        header = c4gh.reencrypt_header(f.header, keys.secrets, recipient, keys.current[1], seed=seed)
+        entries.append({"id": f.id, "path": f.path, "body_size": f.body_size, "body_sha256": f.body_sha256,
+                        "plaintext_size": f.plaintext_size, "plaintext_sha256": f.plaintext_sha256,
+                        "header": base64.b64encode(header).decode()})
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset.id))
+    policy = session.get(AccessPolicy, dataset.id)
+    doc = {"format": mf.FORMAT, "sync_id": str(run.id), "origin": service.base(hub.settings),
+           "origin_name": hub.settings.site_name, "recipient_key_id": peer.key_id,
+           "created": run.created_at.isoformat(),
+           "dataset": {"id": dataset.id, "title": dataset.title, "description": dataset.description,
+                       "url": dataset_url(hub.settings.base_url, dataset.id),
+                       "owner": (entry.data_owner if entry and entry.data_owner else hub.settings.site_name),
+                       "applicant_download": bool(policy and policy.applicant_download)},
+           "versions": versions, "files": entries}
+    return doc, list(files.values())
+
+
+# -- origin: running a push --------------------------------------------------------------------------
+Progress = Callable[[int, int, int, int], None]  # files done, files total, bytes done, bytes total
+
+
+def _post(hub: Hub, peer_url: str, path: str, doc: dict[str, Any]) -> httpx.Response:
+    body = json.dumps(doc).encode()
+    headers = service.hub_key(hub.settings).sign("POST", path, "", body)
+    with httpx.Client(timeout=max(hub.settings.federation.peer_timeout_seconds, 60)) as c:
+        return c.post(peer_url + path, content=body,
+                      headers={**headers, "Content-Type": "application/json"})
+
+
+def _reason(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail") or r.text)[:500]
+    except ValueError:
+        return r.text[:500] or f"HTTP {r.status_code}"
+
+
+def _body_chunks(reader: BinaryIO) -> Iterator[bytes]:
+    with reader:
+        while chunk := reader.read(CHUNK):
+            yield chunk
+
+
+def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = None) -> dict[str, Any]:
+    """Push (or resume pushing) a ``SyncRun``: manifest, the bodies not yet acknowledged, publish."""
+    sync_uuid = uuid.UUID(str(sync_id))
+    storage = storage_for(hub)
+    actor = audit.Actor.system("federation.sync")
+    with transaction(hub.sessions) as session:
+        run = session.get(SyncRun, sync_uuid)
+        if run is None:
+            raise NotFound("no such push")
+        if run.state in ("done", "refused"):
+            return {"state": run.state, "files": run.files_total}
+        peer = session.get(Peer, run.peer_id)
+        assert peer is not None
+        if not (peer.active and peer.outbound):
+            raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
+        doc, files = build_manifest(hub, session, run, peer)
+        signature = signing.sign_document(service.hub_key(hub.settings).private, mf.canonical(doc))
+        done = set(session.scalars(select(SyncFile.file_id).where(SyncFile.sync_id == run.id)))
+        run.state, run.error = "running", None
+        run.files_total, run.bytes_total = len(files), sum(f.body_size or 0 for f in files)
+        bodies = [(f.id, f.body_key, f.body_size or 0, f.body_sha256 or "") for f in files]
+        peer_name, peer_url, dataset_id = peer.name, peer.base_url, run.dataset_id
+        ds = session.get(Dataset, run.dataset_id)
+        project_id = ds.project_id if ds else None
+
+    def fail(state: str, reason: str) -> dict[str, Any]:
+        with transaction(hub.sessions) as s:
+            r = s.get(SyncRun, sync_uuid)
+            assert r is not None
+            r.state, r.error = state, reason[:2000]
+            if state == "refused":
+                r.finished_at = utcnow()
+            audit.record(s, actor, "federation.sync.failed" if state == "failed" else "federation.sync.refused",
+                         outcome="failed", project_id=project_id, target=f"dataset:{dataset_id}",
+                         details={"peer": peer_name, "sync": str(sync_uuid), "reason": reason[:500]})
+            audit.record(s, actor, "federation.exchange.sent", outcome="failed", target=f"peer:{peer_name}",
+                         details={"what": "sync", "reason": reason[:500]})
+        if state == "refused":
+            raise SyncRefused(reason)
+        raise RuntimeError(f"push to {peer_name} failed: {reason}")
+
+    try:
+        r = _post(hub, peer_url, f"{SYNC_PATH}/manifest", {"manifest": doc, "signature": signature})
+    except httpx.HTTPError as exc:
+        return fail("failed", f"{peer_name} did not answer ({type(exc).__name__})")
+    if r.status_code != 200:
+        return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
+                    f"manifest: HTTP {r.status_code}: {_reason(r)}")
+    have = set(r.json().get("have", [])) | done
+    files_done = sum(1 for fid, *_ in bodies if fid in have)
+    bytes_done = sum(size for fid, _, size, _ in bodies if fid in have)
+    total_files, total_bytes = len(bodies), sum(size for _, _, size, _ in bodies)
+    if progress:
+        progress(files_done, total_files, bytes_done, total_bytes)
+    key = service.hub_key(hub.settings)
+    for fid, body_key, size, sha in bodies:
+        if fid in have:
+            continue
+        path = f"{SYNC_PATH}/{sync_uuid}/files/{fid}"
+        headers = key.sign("PUT", path, "", body_sha256=sha)
+        try:
+            with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
+                assert body_key is not None
+                r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
+                          headers={**headers, "Content-Type": "application/octet-stream",
+                                   "Content-Length": str(size)})
+        except httpx.HTTPError as exc:
+            return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
+        if r.status_code != 200:
+            return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
+                        f"{fid}: HTTP {r.status_code}: {_reason(r)}")
+        files_done, bytes_done = files_done + 1, bytes_done + size
+        with transaction(hub.sessions) as s:  # the checkpoint: this body is never sent again in this push
+            if s.get(SyncFile, (sync_uuid, fid)) is None:
+                s.add(SyncFile(sync_id=sync_uuid, file_id=fid))
+            run = s.get(SyncRun, sync_uuid)
+            assert run is not None
+            run.files_done, run.bytes_done = files_done, bytes_done
+        if progress:
+            progress(files_done, total_files, bytes_done, total_bytes)
+    try:
+        r = _post(hub, peer_url, f"{SYNC_PATH}/{sync_uuid}/publish", {})
+    except httpx.HTTPError as exc:
+        return fail("failed", f"publish: {peer_name} did not answer ({type(exc).__name__})")
+    if r.status_code != 200:
+        return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
+                    f"publish: HTTP {r.status_code}: {_reason(r)}")
+    published = r.json()
+    with transaction(hub.sessions) as s:
+        run = s.get(SyncRun, sync_uuid)
+        assert run is not None
+        run.state, run.finished_at, run.files_done, run.bytes_done = "done", utcnow(), total_files, total_bytes
+        details = {"peer": peer_name, "sync": str(sync_uuid), "files": total_files, "bytes": total_bytes,
+                   "mirror": published.get("dataset"), "url": published.get("url")}
+        audit.record(s, actor, "federation.sync.completed", project_id=project_id, target=f"dataset:{dataset_id}",
+                     details=details)
+        audit.record(s, actor, "federation.exchange.sent", target=f"peer:{peer_name}",
+                     details={"what": "sync", "files": total_files})
+    return {"state": "done", "files": total_files, "bytes": total_bytes, **published}
+
+
+# -- peer: receiving ---------------------------------------------------------------------------------
+def _refuse(hub: Hub, peer_id: uuid.UUID, incoming_id: uuid.UUID | None, reason: str, ip: str | None,
+            what: str) -> None:
+    """Record a refusal in its own transaction (the request's rolls back with the error): the push stops."""
+    with transaction(hub.sessions) as s:
+        peer = s.get(Peer, peer_id)
+        name = peer.name if peer else "unknown"
+        if incoming_id is not None:
+            inc = s.get(Incoming, incoming_id)
+            if inc is not None and inc.state == "receiving":
+                inc.state, inc.reason, inc.updated_at = "refused", reason[:2000], utcnow()
+        audit.record(s, audit.Actor(id=None, label=f"peer:{name}", ip=ip), "federation.sync.refused",
+                     outcome="refused", target=f"peer:{name}", details={"what": what, "reason": reason[:500]})
+
+
+def check_manifest(hub: Hub, peer_id: uuid.UUID, body: bytes, ip: str | None) -> tuple[dict[str, Any], str]:
+    """The manifest and its signature, verified with the origin's pinned key and addressed to this hub; a
+    refusal is audited (in its own transaction: call this outside any other) and raised as Invalid."""
+    with hub.sessions() as s:
+        peer = s.get(Peer, peer_id)
+        assert peer is not None
+        public, origin = signing.load_public(peer.signing_key), peer.base_url
+    try:
+        envelope = json.loads(body)
+        doc, signature = envelope["manifest"], str(envelope["signature"])
+        signing.verify_document(public, mf.canonical(doc), signature)
+        mf.check(doc, origin=origin, recipient_key_id=service.hub_key(hub.settings).key_id)
+    except (ValueError, KeyError, TypeError, signing.SignatureError, mf.ManifestError) as exc:
+        reason = str(exc) if isinstance(exc, signing.SignatureError | mf.ManifestError) else "not a manifest envelope"
+        _refuse(hub, peer_id, None, reason, ip, "manifest")
+        raise Invalid(f"manifest refused: {reason}") from None
+    return doc, signature
+
+
+def receive_manifest(session: Session, peer: Peer, doc: dict[str, Any], signature: str,
+                     ip: str | None) -> dict[str, Any]:
+    """Record a verified manifest (``check_manifest``); answers which bodies this hub already holds."""
+    inc = session.scalar(select(Incoming).where(Incoming.peer_id == peer.id, Incoming.sync_id == doc["sync_id"]))
+    if inc is None:
+        inc = Incoming(peer_id=peer.id, sync_id=doc["sync_id"], origin_dataset_id=doc["dataset"]["id"],
+                       manifest=doc, signature=str(signature))
+        session.add(inc)
+        session.flush()
+        audit.record(session, audit.Actor(id=None, label=f"peer:{peer.name}", ip=ip), "federation.sync.received",
+                     target=f"peer:{peer.name}", details={"what": "manifest", "sync": doc["sync_id"],
+                                                           "dataset": doc["dataset"]["id"],
+                                                           "files": len(doc["files"])})
+    elif inc.state == "refused":
+        raise Conflict(f"this push was refused: {inc.reason}")
+    elif mf.canonical(inc.manifest) != mf.canonical(doc):
+        raise Conflict("this push already has another manifest")
+    received = set(session.scalars(select(IncomingFile.origin_file_id).where(IncomingFile.incoming_id == inc.id)))
+    mirrored = {m.origin_file_id: m.body_sha256 for m in session.scalars(select(MirrorFile).where(
+        MirrorFile.peer_id == peer.id, MirrorFile.origin_file_id.in_([f["id"] for f in doc["files"]])))}
+    have = sorted(received | {f["id"] for f in doc["files"] if mirrored.get(f["id"]) == f["body_sha256"]})
+    return {"sync": inc.sync_id, "state": inc.state, "have": have}
+
+
+def incoming_for(session: Session, peer: Peer, sync_id: str) -> Incoming:
+    inc = session.scalar(select(Incoming).where(Incoming.peer_id == peer.id, Incoming.sync_id == sync_id))
+    if inc is None:
+        raise NotFound("no such push: send its manifest first")
+    if inc.state == "refused":
+        raise Conflict(f"this push was refused: {inc.reason}")
+    return inc
+
+
+def body_key_for(peer_name: str, sync_id: str, file_id: str) -> str:
+    return f"mirrors/{peer_name}/{sync_id}/{file_id}"
+
+
+def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled: BinaryIO, sha256: str,
+               size: int, claimed_digest: str, ip: str | None) -> dict[str, Any]:
+    """A body spooled from the request: its digest, then its plaintext, checked against the manifest, then
+    stored. A mismatch refuses the whole push (nothing is published) and says why."""
+    with hub.sessions() as s:
+        peer = s.get(Peer, peer_id)
+        assert peer is not None
+        inc = incoming_for(s, peer, sync_id)
+        entry = mf.file_entry(inc.manifest, file_id)
+        if entry is None:
+            raise NotFound("the manifest has no such file")
+        inc_id, peer_name = inc.id, peer.name
+        if s.get(IncomingFile, (inc.id, file_id)) is not None:
+            return {"file": file_id, "status": "had"}
+        keys = hub_keys(hub, s)
+
+    def refuse(reason: str) -> Invalid:
+        _refuse(hub, peer_id, inc_id, f"{file_id}: {reason}", ip, "body")
+        return Invalid(f"body refused: {file_id}: {reason}")
+
+    if size != entry["body_size"] or sha256 != entry["body_sha256"]:
+        raise refuse("the body's SHA-256 (or size) does not match the manifest signed by the origin")
+    if claimed_digest != signing.digest_of_hex(sha256):
+        raise refuse("the body does not match its signed Content-Digest")
+    try:
+        opened = c4gh.open_header(base64.b64decode(entry["header"]), keys.secrets)
+    except c4gh.C4ghError:
+        raise refuse("the header is not encrypted to this hub's archive key") from None
+    if opened.edit_list is not None:
+        raise refuse("the header carries an edit list")
+    key = body_key_for(peer_name, sync_id, file_id)
+    storage = storage_for(hub)
+    spooled.seek(0)
+    writer = storage.open_writer(key)
+    try:
+        result = c4gh.ingest(spooled, opened.session_keys, writer.write, workers=0, md5=False)
+        if result.plaintext_sha256 != entry["plaintext_sha256"] or result.plaintext_size != entry["plaintext_size"]:
+            writer.abort()
+            raise refuse("the plaintext's SHA-256 (or size) does not match the manifest signed by the origin")
+        writer.commit()
+    except (c4gh.TamperedSegment, c4gh.TruncatedBody) as exc:
+        writer.abort()
+        raise refuse(f"the encrypted body is damaged: {exc}") from None
+    except Invalid:
+        raise
+    except BaseException:
+        writer.abort()
+        raise
+    with transaction(hub.sessions) as s:
+        if s.get(IncomingFile, (inc_id, file_id)) is None:
+            s.add(IncomingFile(incoming_id=inc_id, origin_file_id=file_id, body_key=key))
+        audit.record(s, audit.Actor(id=None, label=f"peer:{peer_name}", ip=ip), "federation.sync.received",
+                     target=f"peer:{peer_name}", details={"what": "body", "sync": sync_id, "file": file_id,
+                                                           "bytes": size})
+    return {"file": file_id, "status": "stored", "fingerprint": keys.fingerprint_at(opened.key_index)}
+
+
+def _mirror_owner(session: Session, peer: Peer) -> tuple[uuid.UUID, uuid.UUID]:
+    """The peer's mirror project and its owner: an inactive service account nobody logs in as, so the
+    project has no active member and nothing in it can be uploaded or edited."""
+    import datetime as dt
+
+    from ..identity.models import User
+    from ..projects.models import Membership, Project
+
+    user = session.scalar(select(User).where(User.issuer == MIRROR_ISSUER, User.subject == f"peer:{peer.name}"))
+    if user is None:
+        user = User(issuer=MIRROR_ISSUER, subject=f"peer:{peer.name}", display_name=f"Mirror of {peer.name}",
+                    is_active=False)
+        session.add(user)
+        session.flush()
+    slug = f"mirror-{peer.name}"[:40]
+    project = session.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        project = Project(slug=slug, name=f"Mirrored from {peer.name}", project_class="network-partner",
+                          description=f"Read-only datasets mirrored from the peer hub {peer.base_url}",
+                          ethics_ref=f"decided at {peer.base_url}"[:120], pi_id=user.id, quota_bytes=0,
+                          end_date=dt.date(9999, 12, 31))
+        session.add(project)
+        session.flush()
+        session.add(Membership(project_id=project.id, user_id=user.id, role="pi", delegated_rights=[]))
+    return project.id, user.id
+
+
+def _slug(session: Session, peer: Peer, origin_id: str) -> str:
+    from ..catalog.models import CatalogEntry
+
+    base = re.sub(r"[^a-z0-9-]+", "-", f"{peer.name}-{origin_id}".lower()).strip("-")[:70]
+    slug, n = base, 1
+    while session.scalar(select(CatalogEntry.id).where(CatalogEntry.slug == slug)) is not None:
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+def publish(hub: Hub, session: Session, peer: Peer, sync_id: str, ip: str | None) -> dict[str, Any]:
+    """Publish a fully received push as (part of) the read-only mirror; idempotent."""
+    from ..access.models import AccessPolicy
+    from ..catalog.models import CatalogEntry
+
+    inc = incoming_for(session, peer, sync_id)
+    doc = inc.manifest
+    mirror = session.scalar(select(Mirror).where(Mirror.peer_id == peer.id,
+                                                 Mirror.origin_dataset_id == doc["dataset"]["id"]))
+    if inc.state == "published" and mirror is not None:
+        return {"dataset": mirror.dataset_id, "url": _landing(hub, session, mirror.dataset_id)}
+    received = {f.origin_file_id: f for f in session.scalars(select(IncomingFile).where(
+        IncomingFile.incoming_id == inc.id))}
+    mirrored = {m.origin_file_id: m for m in session.scalars(select(MirrorFile).where(MirrorFile.peer_id == peer.id))}
+    missing = [f["id"] for f in doc["files"] if f["id"] not in received
+               and getattr(mirrored.get(f["id"]), "body_sha256", None) != f["body_sha256"]]
+    if missing:
+        raise Conflict(f"{len(missing)} file bodies have not arrived: {', '.join(missing[:5])}")
+    project_id, owner_id = _mirror_owner(session, peer)
+    keys = hub_keys(hub, session)
+    ds_doc = doc["dataset"]
+    if mirror is None:
+        local_id = ds_doc["id"] if session.get(Dataset, ds_doc["id"]) is None else new_accession("SRD")
+        session.add(Dataset(id=local_id, project_id=project_id, title=ds_doc["title"][:300],
+                            description=ds_doc["description"], created_by=owner_id))
+        session.flush()
+        mirror = Mirror(dataset_id=local_id, peer_id=peer.id, origin_dataset_id=ds_doc["id"], origin_url=ds_doc["url"])
+        session.add(mirror)
+    else:
+        ds = session.get(Dataset, mirror.dataset_id)
+        assert ds is not None
+        ds.title, ds.description = ds_doc["title"][:300], ds_doc["description"]
+        mirror.origin_url, mirror.synced_at = ds_doc["url"], utcnow()
+    local_files: dict[str, ArchiveFile] = {}
+    now = utcnow()
+    for entry in doc["files"]:
+        known = mirrored.get(entry["id"])
+        if known is not None and known.body_sha256 == entry["body_sha256"]:
+            f = session.get(ArchiveFile, known.file_id)
+            assert f is not None
+            local_files[entry["id"]] = f
+            continue
+        header = base64.b64decode(entry["header"])
+        opened = c4gh.open_header(header, keys.secrets)
+        f = ArchiveFile(id=new_accession("SRF"), project_id=project_id, uploader_id=owner_id, path=entry["path"],
+                        state=READY, upload_size=len(header) + entry["body_size"], header=header,
+                        header_key=keys.fingerprint_at(opened.key_index), body_key=received[entry["id"]].body_key,
+                        body_size=entry["body_size"], body_sha256=entry["body_sha256"],
+                        plaintext_size=entry["plaintext_size"], plaintext_sha256=entry["plaintext_sha256"],
+                        ingested_at=now)
+        session.add(f)
+        session.flush()
+        if known is not None:
+            known.file_id, known.body_sha256 = f.id, entry["body_sha256"]
+        else:
+            session.add(MirrorFile(peer_id=peer.id, origin_file_id=entry["id"], file_id=f.id,
+                                   body_sha256=entry["body_sha256"]))
+        local_files[entry["id"]] = f
+    for v in doc["versions"]:
+        if session.scalar(select(DatasetVersion.id).where(DatasetVersion.dataset_id == mirror.dataset_id,
+                                                          DatasetVersion.number == v["number"])) is not None:
+            continue  # versions are immutable once released: the same number holds the same files
+        members = [local_files[i] for i in v["files"]]
+        version = DatasetVersion(dataset_id=mirror.dataset_id, number=v["number"], state="released",
+                                 file_count=len(members), total_bytes=sum(f.plaintext_size or 0 for f in members),
+                                 note=v.get("note", ""), released_at=now)
+        session.add(version)
+        session.flush()
+        for f in members:
+            session.add(DatasetFile(version_id=version.id, file_id=f.id))
+    policy = session.get(AccessPolicy, mirror.dataset_id)
+    if policy is None:
+        policy = AccessPolicy(dataset_id=mirror.dataset_id, form_name="imaging-request", terms_name="standard-dua")
+        session.add(policy)
+    policy.applicant_download = bool(ds_doc["applicant_download"])
+    policy.external_owner = (doc.get("origin_name") or peer.name)[:200]
+    entry_row = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == mirror.dataset_id))
+    if entry_row is None:
+        entry_row = CatalogEntry(dataset_id=mirror.dataset_id, slug=_slug(session, peer, ds_doc["id"]),
+                                 created_by=owner_id, title=ds_doc["title"][:300])
+        session.add(entry_row)
+    entry_row.title, entry_row.description = ds_doc["title"][:300], ds_doc["description"]
+    entry_row.data_owner = ds_doc["owner"][:200]
+    entry_row.access_conditions = f"Access is decided by {doc.get('origin_name') or peer.name} ({peer.base_url})."
+    entry_row.published, entry_row.updated_at = True, now
+    entry_row.published_at = entry_row.published_at or now
+    inc.state, inc.updated_at = "published", now
+    session.flush()
+    audit.record(session, audit.Actor(id=None, label=f"peer:{peer.name}", ip=ip), "federation.sync.published",
+                 project_id=project_id, target=f"dataset:{mirror.dataset_id}",
+                 details={"sync": sync_id, "origin": peer.base_url, "origin_dataset": ds_doc["id"],
+                          "versions": [v["number"] for v in doc["versions"]], "files": len(doc["files"])})
+    return {"dataset": mirror.dataset_id, "url": _landing(hub, session, mirror.dataset_id)}
+
+
+def _landing(hub: Hub, session: Session, dataset_id: str) -> str:
+    from ..catalog.models import CatalogEntry
+
+    slug = session.scalar(select(CatalogEntry.slug).where(CatalogEntry.dataset_id == dataset_id))
+    return f"{service.base(hub.settings)}/catalog/{slug}"
+
+
+# -- peer: the mirror's origin, for pages and the visa check ------------------------------------------
+def mirror_notice(session: Session, dataset_id: str) -> dict[str, str] | None:
+    """For a mirrored dataset's page: which hub it mirrors and who decides access."""
+    row = session.execute(select(Mirror, Peer).join(Peer, Peer.id == Mirror.peer_id)
+                          .where(Mirror.dataset_id == dataset_id)).first()
+    if row is None:
+        return None
+    mirror, peer = row
+    return {"origin": peer.name, "origin_base": peer.base_url, "url": mirror.origin_url}
+
+
+def peer_visa_issuers(hub: Hub) -> list[tuple[str, str, frozenset[str]]]:
+    """`access.visas.TRUSTED_ISSUER_SOURCES` entry: each active peer's visa issuer, trusted for the
+    datasets mirrored from it only."""
+    with hub.sessions() as s:
+        rows = s.execute(select(Peer.visa_issuer, Peer.jwks_url, Mirror.dataset_id)
+                         .join(Mirror, Mirror.peer_id == Peer.id)
+                         .where(Peer.active.is_(True), Peer.visa_issuer != "", Peer.jwks_url != "")).all()
+    found: dict[tuple[str, str], set[str]] = {}
+    for iss, jku, ds in rows:
+        found.setdefault((iss, jku), set()).add(ds)
+    return [(iss, jku, frozenset(ds)) for (iss, jku), ds in found.items()]
+
+
+def mirror_aliases(session: Session, dataset_id: str) -> list[tuple[str, str]]:
+    """`access.visas.DATASET_ALIASES` entry: a mirror is named by its origin's dataset URL (and its versions'),
+    in visas of the origin's issuer only."""
+    row = session.execute(select(Mirror.origin_url, Peer.visa_issuer).join(Peer, Peer.id == Mirror.peer_id)
+                          .where(Mirror.dataset_id == dataset_id, Peer.active.is_(True))).first()
+    if row is None or not row[1]:
+        return []
+    url, iss = row
+    numbers = session.scalars(select(DatasetVersion.number).where(DatasetVersion.dataset_id == dataset_id))
+    return [(url, iss)] + [(f"{url}/versions/{n}", iss) for n in numbers]
+
+
+def spool_dir(settings: Settings) -> Path:
+    path = settings.var_dir / "tmp" / "federation"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,333 @@
+"""Dataset sync between two hubs on loopback (separate databases, separate SeaweedFS buckets, their own keys):
+A pushes a released dataset to B (headers re-encrypted to B's archive key, bodies byte for byte, checked at B
+against A's signed manifest); a researcher approved at A downloads the mirror's files at B with A's visa and
+decrypts them with the reference crypt4gh tool; a tampered body or manifest is refused with its reason and
+nothing is published; a push whose worker is SIGKILLed mid-way resumes without sending a body twice."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+import crypt4gh.lib
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from conftest import Person, bearer, token_for
+from strongroom.access.models import Entitlement
+from strongroom.app import create_app
+from strongroom.archive import c4gh
+from strongroom.archive.backend import storage_for
+from strongroom.archive.models import ArchiveFile, Dataset, DatasetVersion
+from strongroom.audit.models import AuditEvent
+from strongroom.audit.service import Actor
+from strongroom.config import Settings
+from strongroom.db import transaction
+from strongroom.federation import manifest, service, sync
+from strongroom.federation.models import Incoming, IncomingFile, Mirror, SyncFile, SyncRun
+from strongroom.identity import service as identity
+from strongroom.jobs.runner import Runner
+from strongroom.projects import service as projects
+from support.live import free_port, serving
+from support.seaweed import seaweedfs  # noqa: F401 - session fixture
+
+pytestmark = pytest.mark.slow
+SEG = 65536
+END = dt.date.today() + dt.timedelta(days=365)
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _storage(s3, name: str) -> dict:
+    return {"kind": "s3", "endpoint_url": s3.endpoint_url, "bucket": name, "access_key": s3.access_key,
+            "secret_key": s3.secret_key, "region": s3.region}
+
+
+def _bucket(tag: str, tmp_path) -> str:
+    return f"fed{tag}{os.getpid()}{tmp_path.name[-6:]}".lower().replace("_", "")
+
+
+@pytest.fixture
+def database_url(tmp_path, sqlite_template) -> str:  # SQLite for both hubs: the sync is storage and HTTP work
+    shutil.copy(sqlite_template, tmp_path / "a.db")
+    return f"sqlite:///{tmp_path / 'a.db'}"
+
+
+@pytest.fixture
+def settings(database_url, tmp_path, seaweedfs) -> Settings:  # noqa: F811
+    port = free_port()
+    s = Settings(var_dir=tmp_path / "a" / "var", database_url=database_url, secret_key="test-secret-" + "a" * 32,
+                 base_url=f"http://127.0.0.1:{port}", site_name="Hub A", log_json=True, jobs={"embedded": False},
+                 security={"cookie_secure": False},
+                 archive={"part_size": 80 * SEG, "storage": _storage(seaweedfs, _bucket("a", tmp_path))})
+    s._port = port  # test plumbing
+    return s
+
+
+@dataclass
+class Hubs:
+    a: object
+    b: object
+    app_b: object
+    url_a: str
+    url_b: str
+    dataset: str
+    files: dict  # A's file id → plaintext
+    alice: httpx.Client
+
+
+def _person(hub, username: str) -> Person:
+    with transaction(hub.sessions) as s:
+        user = identity.create_local_user(s, Actor.system("t"), username=username,
+                                          password="correct horse battery staple", display_name=username.title(),
+                                          email=f"{username}@example.org")
+    return Person(user=user, username=username, seed=None)
+
+
+def _identity(url: str) -> dict:
+    r = httpx.get(f"{url}/api/v1/federation/hub", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _register(hub, name: str, url: str) -> None:
+    me = _identity(url)
+    with transaction(hub.sessions) as s:
+        service.register_peer(s, hub.settings, Actor.system("cli:operator"), {
+            "name": name, **{k: me[k] for k in ("base_url", "signing_key", "archive_key", "visa_issuer", "jwks_url")}})
+
+
+@pytest.fixture
+def hubs(app, hub, settings, people, sqlite_template, tmp_path, seaweedfs):  # noqa: F811
+    shutil.copy(sqlite_template, tmp_path / "b.db")
+    port_b = free_port()
+    settings_b = Settings(var_dir=tmp_path / "b" / "var", database_url=f"sqlite:///{tmp_path / 'b.db'}",
+                          secret_key="test-secret-" + "b" * 32, base_url=f"http://127.0.0.1:{port_b}",
+                          site_name="Hub B", log_json=True, jobs={"embedded": False},
+                          security={"cookie_secure": False},
+                          archive={"part_size": 80 * SEG, "storage": _storage(seaweedfs, _bucket("b", tmp_path))})
+    app_b = create_app(settings_b, run_jobs=False)
+    alice = people("alice")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
+                                end_date=END)
+    with serving(app, settings._port) as url_a, serving(app_b, port_b) as url_b:
+        a = httpx.Client(base_url=url_a, headers=bearer(token_for(hub, alice)), timeout=60)
+        hub_public = c4gh.parse_public_key(a.get("/api/v1/archive/public-key").text)
+        files, ids = {}, []
+        for i, size in enumerate((3 * SEG + 123, 70_000, 5)):
+            data = os.urandom(size)
+            blob = b"".join(c4gh.encrypt_stream([data], hub_public))
+            up = a.post("/api/v1/projects/lung/uploads", json={"path": f"scans/s{i}.dcm", "size": len(blob)}).json()
+            assert a.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
+            assert a.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+            files[up["id"]] = data
+            ids.append(up["id"])
+        Runner(hub, lease_seconds=10, name="test").run_until_idle()
+        ds = a.post("/api/v1/projects/lung/datasets", json={"title": "Chest CT", "description": "Lungs",
+                                                             "files": ids}).json()
+        assert a.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
+        assert a.put(f"/api/v1/datasets/{ds['id']}/access-policy",
+                     json={"applicant_download": True}).status_code == 204
+        _register(hub, "hub-b", url_b)
+        _register(app_b.state.hub, "hub-a", url_a)
+        yield Hubs(hub, app_b.state.hub, app_b, url_a, url_b, ds["id"], files, a)
+
+
+def _events(hub, prefix: str) -> list[AuditEvent]:
+    with hub.sessions() as s:
+        return list(s.scalars(select(AuditEvent).where(AuditEvent.action.like(prefix + "%"))
+                              .order_by(AuditEvent.seq)))
+
+
+def _push(h: Hubs, version: int | None = None) -> dict:
+    with transaction(h.a.sessions) as s:
+        run_id = sync.start_sync(s, h.a.settings, Actor.system("cli:operator"), h.dataset, "hub-b", version).id
+    seen = []
+    result = sync.run_sync(h.a, run_id, lambda *p: seen.append(p))
+    assert seen[-1][0] == seen[-1][1] == len(h.files)  # progress reached every file
+    return result
+
+
+def _decrypt(data: bytes, secret: bytes) -> bytes:
+    out = io.BytesIO()
+    crypt4gh.lib.decrypt([(0, secret, None)], io.BytesIO(data), out)
+    return out.getvalue()
+
+
+def test_a_dataset_synced_to_b_is_downloaded_there_with_a_visa_from_a(hubs):
+    h = hubs
+    result = _push(h)
+    assert result["state"] == "done" and result["files"] == 3
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        assert mirror.origin_dataset_id == h.dataset and mirror.origin_url == f"{h.url_a}/datasets/{h.dataset}"
+        local = mirror.dataset_id
+        ds = s.get(Dataset, local)
+        assert ds.title == "Chest CT"
+        [version] = s.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id == local))
+        assert (version.number, version.state, version.file_count) == (1, "released", 3)
+        mirrored = {f.path: f for f in s.scalars(select(ArchiveFile).where(ArchiveFile.project_id == ds.project_id))}
+    with h.a.sessions() as s:
+        origin = {f.path: f for f in s.scalars(select(ArchiveFile).where(ArchiveFile.id.in_(list(h.files))))}
+    assert set(mirrored) == set(origin)
+    store_a, store_b = storage_for(h.a), storage_for(h.b)
+    for path, f in mirrored.items():  # bodies byte for byte, headers re-encrypted to B's key
+        o = origin[path]
+        assert (f.body_sha256, f.plaintext_sha256, f.body_size) == (o.body_sha256, o.plaintext_sha256, o.body_size)
+        with store_a.open_reader(o.body_key) as ra, store_b.open_reader(f.body_key) as rb:
+            assert ra.read() == rb.read()
+        assert f.header != o.header and f.header_key != o.header_key
+    # the landing page at B names the origin and links to the dataset's page there
+    page = httpx.get(f"{result['url']}")
+    assert page.status_code == 200, page.text
+    assert "Mirror of hub-a — access decided by hub-a" in page.text
+    assert f'href="{h.url_a}/datasets/{h.dataset}"' in page.text
+
+    # carol is approved at A (an entitlement there) and has an account at B, where she is in no project
+    carol_a = _person(h.a, "carol")
+    with transaction(h.a.sessions) as s:
+        s.add(Entitlement(user_id=carol_a.user.id, dataset_id=h.dataset, version=None,
+                          starts_at=NOW - dt.timedelta(days=1), ends_at=NOW + dt.timedelta(days=30)))
+    visas = httpx.get(f"{h.url_a}/api/v1/me/passport", headers=bearer(token_for(h.a, carol_a))).json()
+    passport = {"X-GA4GH-Passport": visas["passport"]}
+    carol_b = _person(h.b, "carol")
+    b = httpx.Client(base_url=h.url_b, headers=bearer(token_for(h.b, carol_b)), timeout=60)
+    key = c4gh.generate_keypair()
+    assert b.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
+        key.public).decode()}).status_code == 201
+    some = next(iter(mirrored.values()))
+    assert b.get(f"/api/v1/files/{some.id}/content").status_code == 404  # no visa: nothing there
+    for path, f in mirrored.items():
+        r = b.get(f"/api/v1/files/{f.id}/content", headers=passport)
+        assert r.status_code == 200, r.text
+        plain = _decrypt(r.content, key.secret)
+        assert hashlib.sha256(plain).hexdigest() == origin[path].plaintext_sha256
+        assert plain == h.files[origin[path].id]
+    started = [e for e in _events(h.b, "archive.download.started")]
+    assert {e.details["basis"] for e in started} == {"visa"}
+    assert all(e.details["grant"].startswith(f"{h.url_a} {h.url_a}/datasets/{h.dataset}") for e in started)
+    # A's visas open only what is mirrored from A: a dataset of B's own stays closed to them
+    # (and a re-push is idempotent: nothing is sent again, nothing duplicated)
+    again = _push(h)
+    assert again["state"] == "done" and again["dataset"] == local
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 3
+        assert s.scalar(select(func.count()).select_from(DatasetVersion)) == 1
+    bodies = [e for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
+    assert len(bodies) == 3
+    # audited on both sides
+    assert [e.action for e in _events(h.a, "federation.sync.")] == [
+        "federation.sync.started", "federation.sync.completed"] * 2
+    assert [e.action for e in _events(h.b, "federation.sync.published")] == ["federation.sync.published"] * 2
+
+
+def test_a_tampered_body_is_refused_with_a_reason_and_nothing_published(hubs):
+    h = hubs
+    with h.a.sessions() as s:
+        victim = s.get(ArchiveFile, max(h.files, key=lambda k: len(h.files[k])))
+    store = storage_for(h.a)
+    with store.open_reader(victim.body_key) as r:
+        body = bytearray(r.read())
+    body[100] ^= 0x01
+    store.put_bytes(victim.body_key, bytes(body))
+    with pytest.raises(sync.SyncRefused, match="does not match the manifest"):
+        _push(h)
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Mirror)) == 0
+        assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 0
+        inc = s.scalar(select(Incoming))
+        assert inc.state == "refused" and "SHA-256" in inc.reason and victim.id in inc.reason
+    with h.a.sessions() as s:
+        run = s.scalar(select(SyncRun))
+        assert run.state == "refused" and "does not match the manifest" in run.error
+    refused = _events(h.b, "federation.sync.refused")
+    assert refused and refused[-1].details["what"] == "body" and refused[-1].actor == "peer:hub-a"
+
+
+def test_a_tampered_manifest_is_refused(hubs):
+    h = hubs
+    with transaction(h.a.sessions) as s:
+        run = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b")
+        peer = service.peer_by_name(s, "hub-b")
+        doc, _ = sync.build_manifest(h.a, s, run, peer)
+    signature = sync.signing.sign_document(service.hub_key(h.a.settings).private, manifest.canonical(doc))
+    doc["dataset"]["title"] = "Something else"  # changed after signing
+    r = sync._post(h.a, h.url_b, f"{sync.SYNC_PATH}/manifest", {"manifest": doc, "signature": signature})
+    assert r.status_code == 422 and "signature does not verify" in r.json()["detail"]
+    # a manifest signed properly but addressed to another hub is refused too
+    doc["dataset"]["title"] = "Chest CT"
+    doc["recipient_key_id"] = "0" * 32
+    signature = sync.signing.sign_document(service.hub_key(h.a.settings).private, manifest.canonical(doc))
+    r = sync._post(h.a, h.url_b, f"{sync.SYNC_PATH}/manifest", {"manifest": doc, "signature": signature})
+    assert r.status_code == 422 and "addressed to another hub" in r.json()["detail"]
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Incoming)) == 0
+    assert [e.details["what"] for e in _events(h.b, "federation.sync.refused")] == ["manifest", "manifest"]
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.Popen:
+    st = settings.archive.storage
+
+    def plain(value) -> str:
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else str(value)
+
+    env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "STRONGROOM_VAR_DIR": str(settings.var_dir),
+           "STRONGROOM_BASE_URL": settings.base_url, "STRONGROOM_SITE_NAME": settings.site_name, "COLUMNS": "200",
+           "STRONGROOM_ARCHIVE__STORAGE__KIND": "s3", "STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL": st.endpoint_url,
+           "STRONGROOM_ARCHIVE__STORAGE__BUCKET": st.bucket, "STRONGROOM_ARCHIVE__STORAGE__REGION": st.region,
+           "STRONGROOM_ARCHIVE__STORAGE__ACCESS_KEY": plain(st.access_key),
+           "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": plain(st.secret_key)}
+    return subprocess.Popen([sys.executable, "-m", "strongroom.cli", "federation", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_push_resumes_without_sending_a_body_twice(hubs, monkeypatch):
+    h = hubs
+    order = sorted(h.files)
+    entered, release = threading.Event(), threading.Event()
+    real = sync.store_body
+
+    def held(hub, peer_id, sync_id, file_id, *args, **kw):  # B holds the second body until the worker is killed
+        if file_id == order[1] and not release.is_set():
+            entered.set()
+            release.wait(120)
+            raise RuntimeError("the sender is gone")
+        return real(hub, peer_id, sync_id, file_id, *args, **kw)
+
+    monkeypatch.setattr(sync, "store_body", held)
+    worker = _cli(h.a.settings, "sync", h.dataset, "--peer", "hub-b")
+    try:
+        assert entered.wait(120), worker.communicate(timeout=5)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        release.set()
+    assert worker.returncode == -signal.SIGKILL
+    with h.a.sessions() as s:
+        run = s.scalar(select(SyncRun))
+        assert run.state == "running"
+        assert list(s.scalars(select(SyncFile.file_id))) == [order[0]]  # the checkpoint of the first body
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Mirror)) == 0  # nothing published yet
+    again = _cli(h.a.settings, "sync", h.dataset, "--peer", "hub-b")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, out + err
+    assert "pushed 3 files" in out
+    with h.a.sessions() as s:
+        assert [r.state for r in s.scalars(select(SyncRun))] == ["done"]  # the same push, resumed
+        assert sorted(s.scalars(select(SyncFile.file_id))) == order
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(IncomingFile)) == 3
+        assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 3
+    bodies = [e.details["file"] for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
+    assert sorted(bodies) == order  # each body stored once
