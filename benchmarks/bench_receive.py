@@ -3,7 +3,7 @@ in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, al
 (``TCP_NODELAY=1``, one association per send) with the same generated CT files, round after round.
 
     python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
-                                       [--diag nofsync,scanfix,scanfix-nofsync] [--keep]
+                                       [--diag nofsync,scanfix,scanfix-nofsync] [--baseline-src DIR] [--keep]
 
 Targets (the issue): Strongroom's receive throughput >= Orthanc's, and >= 0.7x storescp writing to disk.
 
@@ -428,7 +428,7 @@ class Strongroom(Receiver):
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "dicom", "serve", "--workers", "2"],
                                      env=env, cwd=self.work, stdout=subprocess.DEVNULL, stderr=self.log)
-        wait_listening(self.port, self.proc, "strongroom dicom serve")
+        wait_listening(self.port, self.proc, "strongroom dicom serve", timeout=300)  # slow starts on a loaded machine
         self.db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None, timeout=30)
 
     def _scalar(self, sql: str) -> int:
@@ -518,6 +518,10 @@ def main() -> int:
                              "(STRONGROOM_IMAGING__FSYNC=false), scanfix (the leak scan skips the pixel data, as "
                              "verify._header_bytes intends: a sitecustomize patch of that one pydicom call, in a temp "
                              "dir; src/ is untouched), scanfix-nofsync (both)")
+    parser.add_argument("--baseline-src", default="",
+                        help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
+                             "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "
+                             "same rounds: before/after in the same conditions")
     parser.add_argument("--keep", action="store_true", help="keep the /tmp directory (logs, databases)")
     args = parser.parse_args()
     unknown = {d.strip() for d in args.diag.split(",") if d.strip()} - set(DIAGNOSTICS)
@@ -562,6 +566,10 @@ def main() -> int:
         strongrooms.append(Strongroom(work / "strongroom"))
         for diag in dict.fromkeys(d.strip() for d in args.diag.split(",") if d.strip()):
             strongrooms.append(Strongroom(work / f"strongroom-{diag}", DIAGNOSTICS[diag]))
+        if args.baseline_src:
+            VARIANTS["sr-baseline"] = (f" [baseline: {args.baseline_src}]",
+                                       {"PYTHONPATH": str(Path(args.baseline_src).resolve())}, False)
+            strongrooms.append(Strongroom(work / "strongroom-baseline", "sr-baseline"))
         receivers.extend(strongrooms)
 
         for rc in list(receivers):

@@ -20,7 +20,7 @@ from ..archive.backend import storage_from
 from ..archive.sealing import SealedBody, seal_file
 from . import dicomindex
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
-from .verify import leak_scan, risk_check
+from .verify import risk_check, scan_datasets
 
 _pseudonymizers: dict[bytes, Pseudonymizer] = {}  # per process: keeps each key's UID cache warm
 
@@ -49,20 +49,10 @@ def worker_init(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _durable(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes, *, fsync: bool = False
-                     ) -> dict[str, Any]:
-    """De-identify ``raw`` into ``out``. Raises ``DeidError`` for what cannot be processed safely."""
+def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:
+    """De-identify ``raw`` into ``out`` (not fsynced: the caller makes it durable with whatever else it
+    writes). Raises ``DeidError`` for what cannot be processed safely."""
     result = deidentify_file(raw, out, profile, _pseudonymizer(secret))
-    if fsync:
-        _durable(Path(out))
     return {
         "sop_instance_uid": result.sop_instance_uid,
         "study_uid": result.study_instance_uid,
@@ -91,19 +81,23 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
 
 
 def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> dict[str, Any]:
-    """Check the output independently of the engine; the reasons (if any) send it to quarantine."""
-    reasons = risk_check(raw, _Outcome(summary))
+    """Check the output independently of the engine; the reasons (if any) send it to quarantine. Each
+    file is read once with pydicom: the leak scan's datasets serve the risk check and the catalogue."""
     try:
-        leaks = leak_scan(raw, out, profile)
+        leaks, original, ds = scan_datasets(raw, out, profile)
     except Exception as exc:  # the scanner could not read it: never release unverified output
+        reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
+        try:
+            ds = pydicom.dcmread(out, stop_before_pixels=True)
+        except Exception as exc:
+            reasons.append(f"the output does not read back: {exc}")
+            ds = pydicom.Dataset()
     else:
+        reasons = risk_check(original, _Outcome(summary))
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
-    try:
-        ds: pydicom.Dataset = pydicom.dcmread(out, stop_before_pixels=True)
-    except Exception as exc:
-        reasons.append(f"the output does not read back: {exc}")
-        ds = pydicom.Dataset()
+        if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
+            reasons.append("the output does not read back: not a DICOM Part 10 file")
     try:
         index = dicomindex.index_file(out)  # the DICOMweb index: QIDO attributes and pixel offsets
     except dicomindex.NotIndexable:

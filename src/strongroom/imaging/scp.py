@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -205,6 +205,7 @@ class DicomService:
         self.lock = threading.Lock()
         self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
         self.stopping = threading.Event()
+        self.fsyncer = ThreadPoolExecutor(32, thread_name_prefix="dicom-fsync")
         self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
         # pynetdicom streams each received data set into a temporary file: keep those in the spool
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -237,6 +238,7 @@ class DicomService:
         if self.archiver.is_alive():
             self.archiver.join(timeout=60)
         stop_pool(self.pool)
+        self.fsyncer.shutdown(wait=False)
 
 
     # -- configuration --------------------------------------------------------------------------
@@ -387,6 +389,7 @@ class DicomService:
             service.record_rejected(self.hub, batch_id, "the project's storage quota is full", nbytes=size)
             return _status(OUT_OF_RESOURCES, "storage quota exhausted")
         folder = self.spool / str(dest.project_id) / batch_id
+        new_dirs = [] if folder.is_dir() else [folder.parent, folder.parent.parent]  # their entries, once
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / uuid.uuid4().hex
         raw = stem.with_suffix(".raw")
@@ -395,8 +398,7 @@ class DicomService:
         try:
             # In this thread: the engine takes ~1 ms and a pool round trip would add as much; the
             # heavier verification runs in the process pool after the acknowledgement.
-            summary = pipeline.deidentify_stage(str(raw), str(stem.with_suffix(".dcm")), ctx.profile, ctx.secret,
-                                                fsync=self.cfg.fsync)
+            summary = pipeline.deidentify_stage(str(raw), str(stem.with_suffix(".dcm")), ctx.profile, ctx.secret)
         except DeidError as exc:
             raw.unlink(missing_ok=True)
             service.record_rejected(self.hub, batch_id, f"not processable DICOM: {exc}", nbytes=size)
@@ -415,7 +417,15 @@ class DicomService:
                                     nbytes=size)
             return _status(CANNOT_UNDERSTAND, "refused: the object could not be de-identified")
         summary["received_size"] = size
-        self._write_sidecar(stem, batch_id, summary)
+        try:
+            self._write_sidecar(stem, batch_id, summary)
+            if self.cfg.fsync:  # durable before the success status goes out
+                self._durable([stem.with_suffix(".dcm"), stem.with_suffix(".json"), folder, *new_dirs])
+        except OSError as exc:  # not acknowledged: the sender may retry later
+            for suffix in (".raw", ".dcm", ".json", ".json.tmp"):
+                stem.with_suffix(suffix).unlink(missing_ok=True)
+            log.exception("dicom.store_failed", project=dest.slug)
+            return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
         dest.free_bytes -= size
         dest.last_activity = time.monotonic()
         self._enqueue(_Item(dest, batch_id, stem, summary))
@@ -425,32 +435,42 @@ class DicomService:
     def _write_sidecar(self, stem: Path, batch_id: str, summary: dict[str, Any]) -> None:
         """The summary beside the de-identified file. Original identifiers (the pseudonym map) are
         sealed under the key-store key; the rest holds only pseudonyms. Renamed into place last:
-        a ``.json`` means the object was acknowledged."""
+        a ``.json`` means the object was (or was about to be) acknowledged. It records the size of the
+        ``.dcm``, so that a start after a power cut drops a pair whose fsyncs had not completed (never
+        acknowledged: the sender resends it)."""
         context = f"strongroom/spool|{batch_id}|{stem.name}".encode()
         sealed = keystore.seal(self.seal_key, json.dumps(summary["pseudonym_map"]).encode(), context)
         public = {k: v for k, v in summary.items() if k != "pseudonym_map"}
-        body = json.dumps(public | {"batch_id": batch_id, "sealed_map": base64.b64encode(sealed).decode()}).encode()
+        body = json.dumps(public | {"batch_id": batch_id, "sealed_map": base64.b64encode(sealed).decode(),
+                                    "spool_size": stem.with_suffix(".dcm").stat().st_size}).encode()
         tmp = stem.with_suffix(".json.tmp")
         with open(tmp, "wb") as fh:
             fh.write(body)
-            if self.cfg.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
         # The original is not made durable: after a power cut without it the output cannot be
         # leak-scanned, so it goes to quarantine (verification fails closed), never into the dataset.
         os.replace(tmp, stem.with_suffix(".json"))
-        if self.cfg.fsync:
-            fd = os.open(stem.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
-    def _read_sidecar(self, stem: Path) -> dict[str, Any]:
-        summary = json.loads(stem.with_suffix(".json").read_bytes())
-        context = f"strongroom/spool|{summary['batch_id']}|{stem.name}".encode()
-        sealed = base64.b64decode(summary.pop("sealed_map"))
-        summary["pseudonym_map"] = json.loads(keystore.unseal(self.seal_key, sealed, context))
+    def _durable(self, paths: list[Path]) -> None:
+        """fsync every path (the files and the directories holding their names) and return once all
+        are on disk. The fsyncs run concurrently, so the file system commits them together (one
+        journal commit instead of one per file, also across concurrent associations): ~3x fewer
+        synchronous disk waits per acknowledged object than one fsync after the other."""
+        for future in [self.fsyncer.submit(_fsync_path, path) for path in paths]:
+            future.result()  # raises the OSError of any that failed: then nothing is acknowledged
+
+    def _read_sidecar(self, stem: Path) -> dict[str, Any] | None:
+        """The summary of a spooled object; ``None`` when the pair is incomplete (a power cut before its
+        fsyncs completed: it was never acknowledged)."""
+        try:
+            summary = json.loads(stem.with_suffix(".json").read_bytes())
+            context = f"strongroom/spool|{summary['batch_id']}|{stem.name}".encode()
+            sealed = base64.b64decode(summary.pop("sealed_map"))
+            summary["pseudonym_map"] = json.loads(keystore.unseal(self.seal_key, sealed, context))
+            expected = summary.pop("spool_size", None)
+            if expected is not None and stem.with_suffix(".dcm").stat().st_size != expected:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
         return summary
 
     def _recover(self) -> None:
@@ -474,10 +494,16 @@ class DicomService:
                         path.unlink(missing_ok=True)
                 for sidecar in sorted(batch_dir.glob("*.json")):
                     stem = sidecar.with_suffix("")
+                    summary = self._read_sidecar(stem)
+                    if summary is None:  # never acknowledged (see _read_sidecar): the sender resends it
+                        log.warning("dicom.incomplete_spool_entry_dropped", spool=str(stem))
+                        for suffix in (".raw", ".dcm", ".json"):
+                            stem.with_suffix(suffix).unlink(missing_ok=True)
+                        continue
                     if project_id not in contexts:
                         contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
                                                             service.load_context(self.hub, project_id))
-                    self._enqueue(_Item(contexts[project_id], batch_dir.name, stem, self._read_sidecar(stem)))
+                    self._enqueue(_Item(contexts[project_id], batch_dir.name, stem, summary))
                     recovered += 1
                 open_batches.pop(batch_dir.name, None)
                 if project_id in contexts:
@@ -587,6 +613,14 @@ class DicomService:
                 continue
             if version:
                 log.info("dicom.published", project=dest.slug if dest else str(project_id), version=version)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import functools
 import io
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +48,14 @@ def _profile_flags(profile: Any) -> dict[str, bool]:
 
 
 def _row_policy(flags: dict[str, bool]) -> dict[int, str]:
-    """tag -> 'keep' (an enabled option retains it), 'clean' (an option cleans it) or 'change'."""
+    """tag -> 'keep' (an enabled option retains it), 'clean' (an option cleans it) or 'change'. Built
+    once per set of options (the table is fixed); callers must not modify the returned dict."""
+    return _row_policy_of(tuple(sorted(flags.items())))
+
+
+@functools.lru_cache(maxsize=64)
+def _row_policy_of(items: tuple[tuple[str, bool], ...]) -> dict[int, str]:
+    flags = dict(items)
     policy: dict[int, str] = {}
     for row in ROWS:
         if row.tag is None:
@@ -71,18 +79,29 @@ def _days(a: str, b: str) -> int | None:
     return (db - da).days
 
 
-def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
-    """The file without its pixel data values (random pixels would produce accidental matches)."""
+def _pixel_cuts(ds: Dataset, raw: bytes) -> list[tuple[int, int]] | None:
+    """Where the pixel data values are in ``raw``, from the raw elements of ``ds`` (read from ``raw``);
+    ``None`` when an element no longer knows its position (already converted)."""
     cuts = []
     for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
         if tag in ds:
             raw_el = ds.get_item(tag, keep_deferred=True)  # the raw element knows where its value is
             tell = getattr(raw_el, "value_tell", None)
             length = getattr(raw_el, "length", None)
-            if tell is not None and length not in (None, 0xFFFFFFFF):
+            if tell is None:
+                return None
+            if length not in (None, 0xFFFFFFFF):
                 cuts.append((tell, tell + length))
-            elif tell is not None:
+            else:
                 cuts.append((tell, len(raw)))
+    return cuts
+
+
+def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
+    """The file without its pixel data values (random pixels would produce accidental matches)."""
+    cuts = _pixel_cuts(ds, raw)
+    if cuts is None:  # reread, deferring the large values: their raw elements keep their positions
+        cuts = _pixel_cuts(pydicom.dcmread(io.BytesIO(raw), force=True, defer_size=256), raw) or []
     if not cuts:
         return raw
     out, pos = [], 0
@@ -128,9 +147,9 @@ class _Scan:
             "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
         orig, _ = load(original)
         out, out_raw = load(deidentified)
-        out_raw_ds = pydicom.dcmread(io.BytesIO(out_raw), force=True, defer_size=256)
+        # (before the walk below converts the raw elements: a freshly read one still knows its position)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
-                   date_mode, orig, out, _header_bytes(out_raw_ds, out_raw))
+                   date_mode, orig, out, _header_bytes(out, out_raw))
         scan._collect()
         scan._drop_allowed()
         for path, elem, parent in walk(out):
@@ -378,5 +397,11 @@ def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
     findings of every check of ``LEAK_CHECKS``, in that order.
 
     Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
+    return scan_datasets(original, deidentified, profile)[0]
+
+
+def scan_datasets(original: Any, deidentified: Any, profile: Any) -> tuple[list[Leak], Dataset, Dataset]:
+    """``leak_scan``, and the two datasets it read (the original and the output, fully read), so that a
+    caller checking more (``risk_check``, the catalogue's attributes) reads neither file again."""
     scan = _Scan.of(original, deidentified, profile)
-    return [leak for check in LEAK_CHECKS for leak in check(scan)]
+    return [leak for check in LEAK_CHECKS for leak in check(scan)], scan.orig, scan.out
