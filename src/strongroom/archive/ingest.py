@@ -195,32 +195,32 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
         entries = []
         settle: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
         for d in ready:
-            f = live.get(d.row.id)
-            if f is None:
+            row = live.get(d.row.id)
+            if row is None:
                 continue  # finished meanwhile by another runner (a lapsed lease): counted once, there
-            f.header, f.header_key = d.header, keys.fingerprint_at(d.key_index)
-            f.body_key, f.body_size, f.body_sha256 = _body_key(f), d.result.body_size, d.result.body_sha256
-            f.plaintext_size, f.plaintext_sha256, f.plaintext_md5 = (
+            row.header, row.header_key = d.header, keys.fingerprint_at(d.key_index)
+            row.body_key, row.body_size, row.body_sha256 = _body_key(row), d.result.body_size, d.result.body_sha256
+            row.plaintext_size, row.plaintext_sha256, row.plaintext_md5 = (
                 d.result.plaintext_size, d.result.plaintext_sha256, d.result.plaintext_md5)
-            f.ingested_at = now
-            settle[f.project_id][0] += f.reserved_bytes
-            settle[f.project_id][1] += d.result.body_size
-            f.reserved_bytes, f.state = 0, READY
-            states[f.id] = READY
-            entries.append((f.project_id, f"file:{f.id}",
-                            {"plaintext_size": f.plaintext_size, "sha256": f.plaintext_sha256}))
+            row.ingested_at = now
+            settle[row.project_id][0] += row.reserved_bytes
+            settle[row.project_id][1] += d.result.body_size
+            row.reserved_bytes, row.state = 0, READY
+            states[row.id] = READY
+            entries.append((row.project_id, f"file:{row.id}",
+                            {"plaintext_size": row.plaintext_size, "sha256": row.plaintext_sha256}))
         for project_id, (reserved, used) in settle.items():
             quota.settle(session, project_id, reserved, used)
         audit.record_many(session, Actor.system("ingest"), "archive.file.ingested", entries)
         failures = []
         for file_id, reason in failed.items():
-            f = live.get(file_id)
-            if f is None:
+            row = live.get(file_id)
+            if row is None:
                 continue
-            quota.release(session, f.project_id, f.reserved_bytes)
-            f.reserved_bytes, f.state, f.failure = 0, FAILED, reason
-            states[f.id] = FAILED
-            failures.append((f.project_id, f"file:{f.id}", {"reason": reason}))
+            quota.release(session, row.project_id, row.reserved_bytes)
+            row.reserved_bytes, row.state, row.failure = 0, FAILED, reason
+            states[row.id] = FAILED
+            failures.append((row.project_id, f"file:{row.id}", {"reason": reason}))
         audit.record_many(session, Actor.system("ingest"), "archive.file.failed", failures, outcome="failed")
         # The bundle goes once every file in it is archived; a failed file keeps it, as a single upload
         # that failed keeps its inbox object.
