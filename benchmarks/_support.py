@@ -177,17 +177,18 @@ def wait_until_answering(url: str, proc: subprocess.Popen[bytes], log_path: Path
 
 
 @contextlib.contextmanager
-def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
+def serving(bench: BenchHub, log_path: Path, timeout: float = 120) -> Iterator[str]:
     """Run the app under uvicorn (uvloop + httptools when installed, as `strongroom serve`) in a child
-    process."""
+    process (``timeout``: seconds it may take to answer)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve",
-                                 str(bench.settings.var_dir), str(bench.port), bench.secret],
+                                 str(bench.settings.var_dir), str(bench.port), bench.secret,
+                                 *([bench.settings.database_url] if bench.settings.database_url else [])],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         # a loaded shared machine can take a minute to import the app
-        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=120)
+        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=timeout)
         yield bench.url
     finally:
         proc.terminate()
@@ -198,13 +199,13 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
             proc.wait()
 
 
-def _serve(var_dir: str, port: str, secret: str) -> None:
+def _serve(var_dir: str, port: str, secret: str, database_url: str = "") -> None:
     import uvicorn
 
     from strongroom.app import create_app
     from strongroom.logs import configure
 
-    settings = make_settings(Path(var_dir), int(port), secret)
+    settings = make_settings(Path(var_dir), int(port), secret, database_url)
     configure(settings.log_level, settings.log_json)
     application = create_app(settings, run_jobs=False)
     uvicorn.run(application, host="127.0.0.1", port=int(port), access_log=False, log_config=None,
@@ -252,7 +253,7 @@ def sendfile_serving(path: Path, port: int) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "serve":
         _serve(*sys.argv[2:])
     elif len(sys.argv) == 4 and sys.argv[1] == "sendfile":
         _sendfile_server(*sys.argv[2:])

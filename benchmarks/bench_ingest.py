@@ -225,7 +225,9 @@ def main() -> int:
             print(f"{name:55s} {value:8.0f} MiB/s  (best of {repeat}: {best[name]:.2f} s; all: "
                   + " ".join(f"{t:.2f}" for t in times[name]) + ")")
         ref, bare, ours = (rate[k] for k in list(runs)[:3])
-        print(f"\nours / reference = {ours / ref:.2f}x   (target >= 2.5x)")
+        no_md5 = rate["    diag: ingest without md5"]
+        print(f"\nours / reference = {ours / ref:.2f}x   (issue 16 target >= 1.5x)")
+        print(f"ours without md5 / reference = {no_md5 / ref:.2f}x   (issue 16 target >= 2.5x)")
         print(f"ours / bare loop = {ours / bare:.2f}x   (target >= 0.7x)")
         same = rate["    diag: reference doing the same work as (c)"]
         print(f"ours / reference doing the same work = {ours / same:.2f}x")
@@ -236,8 +238,10 @@ def main() -> int:
         for label, io_cost in (("without I/O", 0.0), ("with read+store", 1 / prim["read+store"])):
             cpu_per_mib = 1 / prim["chacha20-poly1305"] + 2 / prim["sha256"] + 1 / prim["md5"] + io_cost
             ceiling = min(prim["md5"], cores / cpu_per_mib)  # MD5 is inherently serial
+            no_md5_ceiling = cores / (cpu_per_mib - 1 / prim["md5"])
             print(f"ingest ceiling on {cores} cores ({label}): {ceiling:.0f} MiB/s "
-                  f"-> ours reaches {ours / ceiling:.0%}")
+                  f"-> ours reaches {ours / ceiling:.0%}; the best any ingest with MD5 could do is "
+                  f"{ceiling / ref:.2f}x reference; without MD5 {no_md5_ceiling / ref:.2f}x")
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     return 0

@@ -287,6 +287,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.security.max_body_bytes, large=[
         # upload parts: the route streams and checks the size itself
         ("PUT", re.compile(r"^/api/v1/uploads/[^/]+/parts/\d+$"), settings.archive.part_size + 65536),
+        # a bundle of small files: at most one part's worth, plus its manifest
+        ("POST", re.compile(r"^/api/v1/projects/[^/]+/bundles$"), settings.archive.part_size + 2 * 1048576),
         # STOW-RS: a study streamed part by part into the spool, never held in memory
         ("POST", re.compile(r"^/dicomweb/projects/[^/]+/studies(/[^/]+)?$"), settings.dicomweb.stow_max_bytes),
     ])

@@ -142,6 +142,46 @@ def start_upload(db: Db, hub: HubDep, principal: UploadWrite, slug: str, body: N
     return _upload_out(f, [], hub.settings.archive.part_size)
 
 
+class BundleFile(Body):
+    path: str = Field(min_length=1, max_length=1024, description="relative path, shown to people")
+    size: Int64 = Field(gt=0, description="exact size of this file's crypt4gh stream in the bundle")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="SHA-256 of the plaintext, checked after ingest")
+
+
+class BundleManifest(Body):
+    files: list[BundleFile] = Field(min_length=1, max_length=service.MAX_BUNDLE_FILES)
+
+
+class BundledFileOut(Out):
+    id: str
+    path: str
+    state: str
+
+
+@router.post("/projects/{slug}/bundles", response_model=list[BundledFileOut], status_code=201,
+             summary="Upload many small crypt4gh files in one request (each still its own file)",
+             description="The body is a 4-byte big-endian length N, then N bytes of JSON "
+                         '`{"files": [{"path", "size", "sha256"}, ...]}`, then the crypt4gh streams of those '
+                         "files back to back in the same order (each encrypted to the hub key). At most one "
+                         "upload part in all (`part_size`). Quota is held for every file, each gets its own "
+                         "audit event, and one ingest job decrypts, verifies and archives them as a group; "
+                         "a damaged file fails alone.",
+             openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
+@read_first  # the bundle is stored before any write lock is taken
+def upload_bundle(principal: DataWrite, data: RawBody, db: Db, hub: HubDep, slug: str) -> list[BundledFileOut]:
+    if len(data) < 4 or len(data) < 4 + (n := int.from_bytes(data[:4], "big")):
+        raise Invalid("a bundle starts with a 4-byte manifest length, then the manifest")
+    try:
+        manifest = BundleManifest.model_validate_json(data[4:4 + n])
+    except ValueError as exc:
+        raise Invalid(f"the bundle manifest is not valid: {exc}") from None
+    access = projects.open_project(db, principal, slug)
+    rows = service.receive_bundle(db, principal, access, storage_for(hub),
+                                  files=[(f.path, f.size, f.sha256) for f in manifest.files], data=data[4 + n:])
+    return [BundledFileOut(id=f.id, path=f.path, state=f.state) for f in rows]
+
+
 @router.get("/uploads/{file_id}", response_model=UploadOut, summary="An upload's received parts (to resume)")
 def upload_status(db: Db, hub: HubDep, principal: UploadWrite, file_id: str) -> UploadOut:
     f, parts = service.upload_parts(db, principal, file_id)

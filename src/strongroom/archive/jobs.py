@@ -12,7 +12,14 @@ from .backend import storage_for
 
 @job("archive.ingest", max_attempts=5)
 def ingest(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
-    """Decrypt-verify-hash-store one uploaded file. Re-running after a crash redoes the pass."""
+    """Decrypt-verify-hash-store one uploaded file, or (``inbox_key``) every file of a bundle as one group
+    commit. Re-running after a crash redoes the pass for what is not ready yet."""
+    if "inbox_key" in payload:
+        states = service.ingest_bundle(ctx.hub, storage_for(ctx.hub), payload["inbox_key"])
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state] = counts.get(state, 0) + 1
+        return {"states": counts}
     state = service.ingest(ctx.hub, storage_for(ctx.hub), payload["file_id"],
                            workers=ctx.hub.settings.archive.ingest_workers)
     return {"state": state}

@@ -59,6 +59,9 @@ class ArchiveFile(CreatedMixin, Base):
     upload_size: Mapped[int] = mapped_column(Big)  # declared size of the crypt4gh stream being sent
     reserved_bytes: Mapped[int] = mapped_column(Big, default=0)  # quota held while receiving/ingesting
     inbox_key: Mapped[str | None] = mapped_column(String(300))
+    # Set for a file sent in a bundle: its stream is bytes [inbox_offset, inbox_offset + upload_size) of the
+    # bundle object at inbox_key, shared with the bundle's other files. None: the object is the stream.
+    inbox_offset: Mapped[int | None] = mapped_column(Big)
     multipart_id: Mapped[str | None] = mapped_column(String(300))
     declared_sha256: Mapped[str | None] = mapped_column(String(64))  # plaintext checksum the client computed
     # archive

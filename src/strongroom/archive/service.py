@@ -47,24 +47,27 @@ from .files import (
     list_files,
     seal_into_storage,
 )
-from .ingest import ingest
+from .ingest import ingest, ingest_bundle
 from .uploads import (
+    MAX_BUNDLE_FILES,
     abort_upload,
     begin_upload,
     complete_upload,
     put_part,
+    receive_bundle,
     receive_small_plaintext,
     upload_parts,
 )
 from .user_keys import add_user_key, list_user_keys, revoke_user_key, user_key
 
 __all__ = [
-    "DATASET_DOWNLOAD_POLICIES", "DATASET_READERS", "GRANT_PROVIDERS", "HOLD_RULES", "HoldRule", "RELEASE_CHECKS",
-    "ReadGrant", "VERSION_MARKS",
+    "DATASET_DOWNLOAD_POLICIES", "DATASET_READERS", "GRANT_PROVIDERS", "HOLD_RULES", "HoldRule", "MAX_BUNDLE_FILES",
+    "RELEASE_CHECKS", "ReadGrant", "VERSION_MARKS",
     "abort_upload", "add_sealed_file", "add_user_key", "authorize_download", "authorize_read", "authorize_review",
     "begin_upload", "complete_upload", "create_dataset", "dataset_downloadable", "delete_unpublished_file",
-    "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "list_datasets", "list_files",
-    "list_user_keys", "new_accession", "publish_version", "put_part", "receive_small_plaintext", "record_download",
+    "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "ingest_bundle", "list_datasets",
+    "list_files", "list_user_keys", "new_accession", "publish_version", "put_part", "receive_bundle",
+    "receive_small_plaintext", "record_download",
     "record_review_view", "release_version", "revoke_user_key", "seal_into_storage", "share_dataset",
     "unshare_dataset", "upload_parts", "user_key", "version_files", "version_marks",
     "visible_dataset",

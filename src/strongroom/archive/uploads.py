@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -33,6 +34,7 @@ MAX_UPLOAD_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object
 
 
 MAX_PARTS = 10_000
+MAX_BUNDLE_FILES = 10_000
 
 
 _PATH_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
@@ -44,12 +46,7 @@ def begin_upload(session: Session, principal: Principal, access: projects.Projec
     access.require("write-data")
     if access.project.status != "active":
         raise Conflict("the project is closed")
-    if not _PATH_RE.match(path) or path.startswith("/") or ".." in path.split("/"):
-        raise Invalid("file path must be a relative path without control characters or '..'")
-    if not 0 < size <= MAX_UPLOAD_BYTES:
-        raise Invalid(f"size must be between 1 and {MAX_UPLOAD_BYTES} bytes")
-    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise Invalid("sha256 must be 64 lower-case hex digits")
+    _check_upload(path, size, sha256)
     file_id = new_accession("SRF")
     inbox_key = f"inbox/{access.project.id}/{file_id}"
     # Object storage first, before the first write: the route reads first (deps.read_first), so no lock
@@ -68,6 +65,55 @@ def begin_upload(session: Session, principal: Principal, access: projects.Projec
                  target=f"file:{file_id}", details={"path": path, "size": size})
     session.flush()
     return f
+
+
+def _check_upload(path: str, size: int, sha256: str | None) -> None:
+    if not _PATH_RE.match(path) or path.startswith("/") or ".." in path.split("/"):
+        raise Invalid("file path must be a relative path without control characters or '..'")
+    if not 0 < size <= MAX_UPLOAD_BYTES:
+        raise Invalid(f"size must be between 1 and {MAX_UPLOAD_BYTES} bytes")
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise Invalid("sha256 must be 64 lower-case hex digits")
+
+
+def receive_bundle(session: Session, principal: Principal, access: projects.ProjectAccess, storage: Storage, *,
+                   files: Sequence[tuple[str, int, str | None]], data: bytes) -> list[ArchiveFile]:
+    """Many small crypt4gh files in one request: ``data`` is their streams back to back, ``files`` their
+    ``(path, size, plaintext sha256)`` in the same order. Stored as ONE inbox object (one fsync for the
+    bundle, not three requests and several fsyncs per file); each file is still its own upload: its own
+    row, quota held for its size, its own audit event, and ingest decrypts, verifies and checksums it on its
+    own (a damaged file fails alone). One ingest job takes the whole bundle as one group commit."""
+    access.require("write-data")
+    if access.project.status != "active":
+        raise Conflict("the project is closed")
+    if not 0 < len(files) <= MAX_BUNDLE_FILES:
+        raise Invalid(f"a bundle holds 1 to {MAX_BUNDLE_FILES} files")
+    for path, size, sha256 in files:
+        _check_upload(path, size, sha256)
+    total = sum(size for _, size, _ in files)
+    if total != len(data):
+        raise Invalid(f"the bundle has {len(data)} bytes but its files declare {total}")
+    project_id = access.project.id
+    inbox_key = f"inbox/{project_id}/{new_accession('SRB')}"
+    # Stored (and fsynced) before the first write, as begin_upload does: no lock is held during the I/O.
+    storage.put_bytes(inbox_key, data)
+    try:
+        quota.reserve(session, project_id, total)
+    except Exception:
+        storage.delete(inbox_key)  # nothing of a refused bundle stays behind
+        raise
+    rows, offset = [], 0
+    for path, size, sha256 in files:
+        rows.append(ArchiveFile(id=new_accession("SRF"), project_id=project_id, uploader_id=principal.user.id,
+                                path=path, state=UPLOADED, upload_size=size, reserved_bytes=size,
+                                inbox_key=inbox_key, inbox_offset=offset, declared_sha256=sha256))
+        offset += size
+    session.add_all(rows)
+    audit.record_many(session, principal.actor, "archive.upload.completed",
+                      [(project_id, f"file:{f.id}", {"path": f.path, "size": f.upload_size, "via": "bundle"})
+                       for f in rows])
+    jobs.enqueue(session, "archive.ingest", {"inbox_key": inbox_key}, dedup_key=f"ingest:{inbox_key}")
+    return rows
 
 
 def _my_upload(session: Session, principal: Principal, file_id: str) -> ArchiveFile:

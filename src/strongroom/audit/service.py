@@ -123,6 +123,32 @@ def record(
     return event
 
 
+def record_many(
+    session: Session,
+    actor: Actor,
+    action: str,
+    entries: Sequence[tuple[uuid.UUID | None, str | None, dict[str, Any] | None]],
+    *,
+    outcome: str = "ok",
+) -> list[AuditEvent]:
+    """Append one event per ``(project_id, target, details)`` entry, in order, inside the caller's transaction:
+    the same chain as :func:`record` called once per entry, with the head locked and flushed once."""
+    if not entries:
+        return []
+    head, key, at = _locked_head(session), _key(session), utcnow()
+    events = []
+    for project_id, target, details in entries:
+        event = AuditEvent(seq=head.seq + 1, at=at, action=action, outcome=outcome, actor_id=actor.id,
+                           actor=actor.label, subject_user_id=None, project_id=project_id, target=target,
+                           ip=actor.ip, details=details or {}, prev_hash=head.hash)
+        event.hash = compute_hash(key, event)
+        head.seq, head.hash = event.seq, event.hash
+        events.append(event)
+    session.add_all(events)
+    session.flush()
+    return events
+
+
 @dataclass
 class Problem:
     seq: int

@@ -148,3 +148,13 @@ def clamp_range(start: int, end: int | None, size: int) -> tuple[int, int]:
 
 def content_md5(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def commit_all(storage: Storage, writers: Sequence[Writer]) -> list[StoredObject]:
+    """Commit several writers: with one shared durability barrier where the backend offers one
+    (``LocalStorage.commit_group``), else one by one. Either way every object is durable on return."""
+    group = getattr(storage, "commit_group", None)
+    if group is not None:
+        committed: list[StoredObject] = group(writers)
+        return committed
+    return [w.commit() for w in writers]
