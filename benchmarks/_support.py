@@ -183,11 +183,12 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve",
-                                 str(bench.settings.var_dir), str(bench.port), bench.secret],
+                                 str(bench.settings.var_dir), str(bench.port), bench.secret,
+                                 *([bench.settings.database_url] if bench.settings.database_url else [])],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         # a loaded shared machine can take a minute to import the app
-        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=120)
+        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=300)
         yield bench.url
     finally:
         proc.terminate()
@@ -198,13 +199,13 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
             proc.wait()
 
 
-def _serve(var_dir: str, port: str, secret: str) -> None:
+def _serve(var_dir: str, port: str, secret: str, database_url: str = "") -> None:
     import uvicorn
 
     from strongroom.app import create_app
     from strongroom.logs import configure
 
-    settings = make_settings(Path(var_dir), int(port), secret)
+    settings = make_settings(Path(var_dir), int(port), secret, database_url)
     configure(settings.log_level, settings.log_json)
     application = create_app(settings, run_jobs=False)
     uvicorn.run(application, host="127.0.0.1", port=int(port), access_log=False, log_config=None,
@@ -252,10 +253,10 @@ def sendfile_serving(path: Path, port: int) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "serve":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "serve":
         _serve(*sys.argv[2:])
     elif len(sys.argv) == 4 and sys.argv[1] == "sendfile":
         _sendfile_server(*sys.argv[2:])
     else:
-        raise SystemExit("usage: _support.py serve VAR_DIR PORT SECRET | sendfile PATH PORT (started by the "
-                         "benchmarks)")
+        raise SystemExit("usage: _support.py serve VAR_DIR PORT SECRET [DATABASE_URL] | sendfile PATH PORT "
+                         "(started by the benchmarks)")
