@@ -177,7 +177,7 @@ def wait_until_answering(url: str, proc: subprocess.Popen[bytes], log_path: Path
 
 
 @contextlib.contextmanager
-def serving(bench: BenchHub, log_path: Path, timeout: float = 120) -> Iterator[str]:
+def serving(bench: BenchHub, log_path: Path, timeout: float = 300) -> Iterator[str]:
     """Run the app under uvicorn (uvloop + httptools when installed, as `strongroom serve`) in a child
     process (``timeout``: seconds it may take to answer)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -258,5 +258,5 @@ if __name__ == "__main__":
     elif len(sys.argv) == 4 and sys.argv[1] == "sendfile":
         _sendfile_server(*sys.argv[2:])
     else:
-        raise SystemExit("usage: _support.py serve VAR_DIR PORT SECRET | sendfile PATH PORT (started by the "
-                         "benchmarks)")
+        raise SystemExit("usage: _support.py serve VAR_DIR PORT SECRET [DATABASE_URL] | sendfile PATH PORT "
+                         "(started by the benchmarks)")

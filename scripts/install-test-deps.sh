@@ -4,7 +4,8 @@
 # (SFTP clients of the hub's SFTP server), Prometheus' promtool
 # (checks and unit-tests the alerting rules in deploy/prometheus), Slurm (slurmctld, slurmd, scontrol) with
 # munge for the GPU reservation tests (tests/support/slurm.py) and the Node.js OpenID Provider used by the
-# OIDC tests; iproute2 and nftables for the workspaces' network namespaces, fuse3 for their data mount.
+# OIDC tests; iproute2 and nftables for the workspaces' network namespaces, fuse3 for their data mount; HAProxy and the PostgreSQL 15
+# server binaries for the multi-host cluster harness (tests/support/cluster.py, tests/test_cluster.py).
 # Idempotent; fast when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 # FUSE (libfuse3 and fusermount3) for the workspaces' read-only data mount (strongroom.workspaces.fuse)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# the multi-host cluster harness: a load balancer and a PostgreSQL server of its own (initdb/pg_ctl)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql-15)
 if ((${#need_apt[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing system packages: ${need_apt[*]}"
