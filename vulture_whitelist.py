@@ -90,6 +90,7 @@ QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and 
 study_time, accession_number, study_id, study_description, series_description
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
 check_approvals, check_reviewers, nav_context  # airlock: setting checks and the navigation's count (hooks)
+PACKAGE_MIRROR_SETTING  # workspaces: the package mirror project setting
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
 revoked_by  # access/models.py VisaRevocation: who revoked the visa, read by people
 expand  # archive/drs.py: DRS's `expand` (query and POST body); accepted, nothing to expand (bundles do not nest)

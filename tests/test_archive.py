@@ -283,8 +283,14 @@ def test_access_is_segmented_locked_and_audited(world, tmp_path):
     events = c.get("/api/v1/projects/lung/audit", params={"limit": 200}).json()
     downloads = [e for e in events if e["action"] == "archive.download.started"]
     assert downloads and downloads[0]["target"] == f"file:{file_id}" and downloads[0]["details"]["basis"] == "owner"
+    assert "dataset" not in downloads[0]["details"]  # a plain project file: in no dataset
     # shares: released dataset into bob's project, only once the owner opens external sharing
     ds = c.post("/api/v1/projects/lung/datasets", json={"title": "D", "files": [file_id]}).json()
+    # a read of the project's own file names the project's dataset that holds it (as a share's read does)
+    assert c.get(f"/api/v1/files/{file_id}/content").status_code == 200
+    events = c.get("/api/v1/projects/lung/audit", params={"limit": 200}).json()
+    named = [e["details"] for e in events if e["action"] == "archive.download.started" and "dataset" in e["details"]]
+    assert [(d["basis"], d["dataset"]) for d in named] == [("owner", ds["id"])]
     c.post(f"/api/v1/datasets/{ds['id']}/versions/1/release")
     refused = c.post(f"/api/v1/datasets/{ds['id']}/shares", json={"project": "other"})
     assert refused.status_code == 403

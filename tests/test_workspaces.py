@@ -799,3 +799,178 @@ def test_operators_set_cluster_accounts(hub, app, people) -> None:
         assert [(e.actor_id, e.subject_user_id, e.details) for e in events] == [
             (olga.user.id, carol.user.id, {"account": "cjones", "before": ""}),
             (olga.user.id, carol.user.id, {"account": "", "before": "cjones"})]
+# -- the package mirror (a locked project setting) ---------------------------------------------------------
+MIRROR_NS, MIRROR_HOST_IP, MIRROR_IP = f"srtest-mirr{WORKER}", f"10.215.{WORKER}.1", f"10.215.{WORKER}.2"
+MIRROR_HOST_IF, MIRROR_NS_IF = f"srtmh{WORKER}", f"srtmn{WORKER}"
+MIRROR_PORT, UNLISTED_PORT = 18091, 18092  # the project's mirror; another index on the same host, not listed
+WHEEL_NAME = "srmirrortest"
+
+
+def _wheel(directory: Path) -> Path:
+    """A minimal pure-Python wheel (``srmirrortest`` 1.0: ``ANSWER = 42``), built by hand."""
+    import base64
+    import hashlib
+    import zipfile
+
+    info = f"{WHEEL_NAME}-1.0.dist-info"
+    files = {f"{WHEEL_NAME}/__init__.py": b"ANSWER = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {WHEEL_NAME}\nVersion: 1.0\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: strongroom-test\nRoot-Is-Purelib: true\n"
+                              b"Tag: py3-none-any\n"}
+
+    def digest(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    record = "".join(f"{name},{digest(data)},{len(data)}\n" for name, data in files.items()) + f"{info}/RECORD,,\n"
+    path = directory / f"{WHEEL_NAME}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr(f"{info}/RECORD", record)
+    return path
+
+
+@pytest.fixture
+def mirror() -> Iterator[str]:
+    """A PEP 503 simple index holding one small wheel, served over HTTP from its own network namespace on two
+    ports: ``MIRROR_PORT`` (the project's mirror) and ``UNLISTED_PORT`` (an index nobody listed)."""
+    import hashlib
+
+    root = Path("/dev/shm") / f"srtest-mirror-{uuid.uuid4().hex[:8]}"
+    (root / "packages").mkdir(parents=True)
+    wheel = _wheel(root / "packages")
+    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (root / "simple" / WHEEL_NAME).mkdir(parents=True)
+    (root / "simple" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{WHEEL_NAME}/">{WHEEL_NAME}</a></body></html>\n')
+    (root / "simple" / WHEEL_NAME / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="../../packages/{wheel.name}#sha256={sha}">{wheel.name}</a>'
+        "</body></html>\n")
+    ns = ["ip", "netns", "exec", MIRROR_NS]
+    subprocess.run(["ip", "netns", "del", MIRROR_NS], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", MIRROR_HOST_IF], capture_output=True, check=False)
+    for cmd in (["ip", "netns", "add", MIRROR_NS],
+                ["ip", "link", "add", MIRROR_HOST_IF, "type", "veth", "peer", "name", MIRROR_NS_IF],
+                ["ip", "link", "set", MIRROR_NS_IF, "netns", MIRROR_NS],
+                ["ip", "addr", "add", f"{MIRROR_HOST_IP}/30", "dev", MIRROR_HOST_IF],
+                ["ip", "link", "set", MIRROR_HOST_IF, "up"],
+                [*ns, "ip", "addr", "add", f"{MIRROR_IP}/30", "dev", MIRROR_NS_IF],
+                [*ns, "ip", "link", "set", MIRROR_NS_IF, "up"], [*ns, "ip", "link", "set", "lo", "up"],
+                [*ns, "ip", "route", "add", "default", "via", MIRROR_HOST_IP]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    servers = []
+    try:
+        for port in (MIRROR_PORT, UNLISTED_PORT):
+            servers.append(subprocess.Popen(
+                [*ns, sys.executable, "-m", "http.server", str(port), "--bind", MIRROR_IP, "--directory", str(root)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in (MIRROR_PORT, UNLISTED_PORT):
+            _wait_port(MIRROR_NS, MIRROR_IP, port)
+        yield f"http://{MIRROR_IP}:{MIRROR_PORT}/simple/"
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "link", "del", MIRROR_HOST_IF], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", MIRROR_NS], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+PIP = ("import os, subprocess, sys\n"
+       "def pip(*args):\n"
+       "    done = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-cache-dir', '--retries', '0',\n"
+       "                           '--timeout', '10', '--target', os.path.expanduser('~/pkgs-' + str(len(args))),\n"
+       "                           *args], capture_output=True, text=True, timeout=300)\n"
+       "    return 'installed' if done.returncode == 0 else 'failed:' + ' '.join(done.stdout.split()[-12:] +\n"
+       "                                                                       done.stderr.split()[-12:])\n")
+
+
+def test_settings_reject_a_bad_mirror_url() -> None:
+    from pydantic import ValidationError
+
+    from strongroom.workspaces import settings as ws_settings
+
+    adapter = ws_settings.PACKAGE_MIRROR_SETTING.adapter
+    assert adapter.validate_python(" ") == ""
+    assert adapter.validate_python("https://pypi.example.org/simple") == "https://pypi.example.org/simple/"
+    for bad in ("ftp://x/simple", "https://user:pw@x/simple", "https://x/simple?a=1", "not a url", "http://x:99999/"):
+        with pytest.raises(ValidationError):
+            adapter.validate_python(bad)
+    assert ws_settings.endpoint("https://pypi.example.org/simple/") == ("pypi.example.org", 443)
+    assert ws_settings.endpoint("http://10.0.0.5:3141/root/pypi/+simple/") == ("10.0.0.5", 3141)
+    assert ws_settings.pip_env("")["PIP_NO_INDEX"] == "1"
+    env = ws_settings.pip_env("http://10.0.0.5:3141/simple/")
+    assert env["PIP_INDEX_URL"] == "http://10.0.0.5:3141/simple/" and env["PIP_TRUSTED_HOST"] == "10.0.0.5:3141"
+    assert "PIP_TRUSTED_HOST" not in ws_settings.pip_env("https://pypi.example.org/simple/")
+
+
+@pytest.mark.skipif(NO_NETNS is not None, reason=f"network namespaces need root with ip and nft: {NO_NETNS}")
+def test_pip_installs_from_the_project_mirror_only(hub, app, people, live: str, mirror: str) -> None:
+    """The locked ``workspace_package_mirror`` setting: the PI sets it (fresh MFA, audited); a workspace started
+    then has pip pointed at it and its namespace may reach exactly that host and port — ``pip install`` of the
+    mirror's wheel succeeds from the kernel, an unlisted index on the same host is unreachable. Locked again
+    (none): a new workspace's pip uses no index, and the mirror itself is unreachable."""
+    from conftest import web_client
+    from helpers import form_post
+
+    alice = people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, carol_cookie = _member_session(hub, people, "carol", "lung")
+    pi = web_client(app, hub, alice)
+    page = pi.get("/projects/lung")
+    assert page.status_code == 200 and "Package mirror for notebook workspaces" in page.text
+    set_it = form_post(pi, "/projects/lung/settings/workspace_package_mirror", {"value": mirror})
+    assert set_it.status_code == 303, set_it.text
+    with transaction(hub.sessions) as s:
+        pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
+        assert service.package_mirror(s, pid) == mirror
+        assert service.allowed_destinations(s, hub.settings, pid) == [(MIRROR_IP, MIRROR_PORT)]
+        opened = s.scalars(select(AuditEvent).where(AuditEvent.target == "setting:workspace_package_mirror")
+                           .order_by(AuditEvent.seq)).all()
+        assert [(e.action, e.details["before"], e.details["after"]) for e in opened] == [
+            ("project.setting.opened", "", mirror)]
+    unlisted = mirror.replace(f":{MIRROR_PORT}/", f":{UNLISTED_PORT}/")
+    ws = _start(hub, carol, "lung")
+    try:
+        kernel = Kernel(live, service.base_path("lung", ws.id), carol_cookie)
+        try:
+            _, printed = kernel.run(PIP + PROBE + (
+                "import os\n"
+                f"print(os.environ.get('PIP_INDEX_URL'), pip('{WHEEL_NAME}').replace(' ', '_'), "
+                f"pip('--index-url', '{unlisted}', '--force-reinstall', '{WHEEL_NAME}').split(':')[0], "
+                f"probe('{MIRROR_IP}', {UNLISTED_PORT}))\n"
+                "sys.path.insert(0, os.path.expanduser('~/pkgs-1'))\n"
+                f"import {WHEEL_NAME}; print('ANSWER', {WHEEL_NAME}.ANSWER)"))
+            index, installed, from_unlisted, unlisted_probe = printed.split()[:4]
+            assert (index, installed) == (mirror, "installed"), printed
+            assert from_unlisted == "failed" and unlisted_probe in ("refused", "TimeoutError"), printed
+            assert "ANSWER 42" in printed, printed
+        finally:
+            kernel.close()
+    finally:
+        _stop(hub, ws)
+    with transaction(hub.sessions) as s:
+        started = s.scalar(select(AuditEvent).where(AuditEvent.target == f"workspace:{ws.id}",
+                                                    AuditEvent.action == "workspace.started"))
+        assert started.details["package_mirror"] == mirror
+        assert started.details["allowed"] == [f"{MIRROR_IP}:{MIRROR_PORT}"]
+    # locked again (none): pip is told to use no index, and the mirror is out of reach too
+    lock = form_post(pi, "/projects/lung/settings/workspace_package_mirror", {"value": ""})
+    assert lock.status_code == 303, lock.text
+    with transaction(hub.sessions) as s:
+        assert service.package_mirror(s, pid) == "" and service.allowed_destinations(s, hub.settings, pid) == []
+    ws = _start(hub, carol, "lung")
+    try:
+        kernel = Kernel(live, service.base_path("lung", ws.id), carol_cookie)
+        try:
+            _, printed = kernel.run(PIP + PROBE + (
+                "import os\n"
+                f"print(os.environ.get('PIP_NO_INDEX'), pip('{WHEEL_NAME}').split(':')[0], "
+                f"pip('--index-url', '{mirror}', '{WHEEL_NAME}').split(':')[0], probe('{MIRROR_IP}', {MIRROR_PORT}))"))
+            no_index, default, explicit, probed = printed.split()[:4]
+            assert (no_index, default, explicit) == ("1", "failed", "failed"), printed
+            assert probed in ("refused", "TimeoutError"), printed
+        finally:
+            kernel.close()
+    finally:
+        _stop(hub, ws)

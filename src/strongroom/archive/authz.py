@@ -18,6 +18,7 @@ from ..projects.models import Membership, Project
 from .models import (
     READY,
     ArchiveFile,
+    Dataset,
     DatasetFile,
     DatasetShare,
     DatasetVersion,
@@ -184,13 +185,28 @@ def plaintext_basis(session: Session, settings: Any, principal: Principal, grant
     return "download"
 
 
+def _own_datasets(session: Session, grant: ReadGrant, f: ArchiveFile) -> dict[str, Any]:
+    """For a read of the project's own file: the project's datasets holding it (in any version), named as a
+    share's dataset is — ``dataset`` when one holds it, ``datasets`` when several; nothing for a plain file."""
+    if grant.basis != "owner":
+        return {}
+    ids = sorted(session.scalars(
+        select(DatasetVersion.dataset_id).distinct()
+        .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+        .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+        .where(DatasetFile.file_id == f.id, Dataset.project_id == f.project_id)))
+    if not ids:
+        return {}
+    return {"dataset": ids[0]} if len(ids) == 1 else {"datasets": ids}
+
+
 def record_download(session: Session, principal: Principal, f: ArchiveFile, grant: ReadGrant, **details: object
                     ) -> dict[str, Any]:
     """The "started" event, in the request's transaction; its details (plus the started event's number)
     are repeated on the completed/failed/aborted event written when the body ends."""
     recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
                 **({"grant": grant.detail} if grant.detail else {}),
-                **({"dataset": grant.dataset_id} if grant.dataset_id else {}),
+                **({"dataset": grant.dataset_id} if grant.dataset_id else _own_datasets(session, grant, f)),
                 # the credential that read (a workspace's project-bound token is ``token:<prefix>``)
                 "credential": principal.credential_id,
                 **{k: v for k, v in details.items() if v is not None}}

@@ -165,8 +165,10 @@ def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
     if spec is None:
         raise Invalid(f"no setting {key!r}")
     current = service.get_setting(db, access.project.id, key)
-    if spec.item_model is None:
-        value: Any = str(form.get("value")) == "on"
+    if isinstance(spec.locked, str):  # a text setting (e.g. a URL): empty locks it again
+        value: Any = str(form.get("value", "")).strip()
+    elif spec.item_model is None:
+        value = str(form.get("value")) == "on"
     elif "remove" in form:
         index = str(form.get("remove"))
         if not index.isdecimal() or int(index) >= len(current):
@@ -181,7 +183,9 @@ def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
     except Invalid as exc:
         ctx = _project_context(db, principal, slug) | {"error": f"{spec.title}: {_first_error(exc)}"}
         return templates.TemplateResponse(request, "project.html", ctx, status_code=422)
-    if spec.item_model is None:
+    if isinstance(spec.locked, str):
+        text = f"{spec.title}: {'set to ' + value if value else 'locked again (none)'}."
+    elif spec.item_model is None:
         text = f"{spec.title}: {'opened' if value else 'locked again'}."
     else:
         text = f"{spec.title}: entry {'removed' if 'remove' in form else 'added'}."

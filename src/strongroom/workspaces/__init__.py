@@ -22,5 +22,7 @@ def includeme(config: Config) -> None:
     config.add_cli("strongroom.workspaces.cli:admin_app", into="admin")
     config.add_jobs("strongroom.workspaces.jobs")
     config.add_settings("workspaces")
+    # the one package index pip may use inside the project's workspaces (locked: none)
+    config.add_project_setting("workspace_package_mirror", "strongroom.workspaces.settings:PACKAGE_MIRROR_SETTING")
     # its own token, from the workspace's own address, reads plaintext while downloads are locked
     config.add_hook("strongroom.archive.authz:IN_PLATFORM_READERS", "strongroom.workspaces.service:in_platform_reader")

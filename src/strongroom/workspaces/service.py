@@ -35,6 +35,7 @@ from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import fuse, netns
+from . import settings as ws_settings
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
 from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Workspace
 
@@ -105,10 +106,18 @@ def _resolve(host: str, port: int) -> list[tuple[str, int]]:
     return sorted({(str(info[4][0]), port) for info in infos})
 
 
+def package_mirror(session: Session, project_id: uuid.UUID) -> str:
+    """The project's ``workspace_package_mirror`` (a simple index URL), or "" for none."""
+    return str(projects.get_setting(session, project_id, ws_settings.KEY) or "")
+
+
 def allowed_destinations(session: Session, settings: Settings, project_id: uuid.UUID) -> list[tuple[str, int]]:
     """The project's allow-listed network destinations: the airlock's approved destinations that are network
-    endpoints (SFTP servers; S3 credentials' endpoints), resolved to addresses when the workspace starts."""
+    endpoints (SFTP servers; S3 credentials' endpoints) and the project's package mirror's host and port,
+    resolved to addresses when the workspace starts."""
     out: list[tuple[str, int]] = []
+    if (mirror := ws_settings.endpoint(package_mirror(session, project_id))) is not None:
+        out += _resolve(*mirror)
     for d in projects.get_setting(session, project_id, "egress_destinations") or []:
         if d.get("kind") == "sftp":
             out += _resolve(str(d["host"]), int(d.get("port") or 22))
@@ -287,6 +296,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     ws.token_prefix = token.prefix
     plan = None
     allowed = allowed_destinations(session, settings, access.project.id)
+    mirror = package_mirror(session, access.project.id)
     hub_url = settings.base_url.rstrip("/")
     listen_ip, port = "127.0.0.1", 0
     if isolation == "namespace":
@@ -296,7 +306,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     spec = Spec(workspace_id=str(ws.id), base_url=base_path(access.project.slug, ws.id),
                 jupyter_token=jupyter_token(secret, ws.id), scratch=scratch,
                 env={"STRONGROOM_URL": hub_url, "STRONGROOM_TOKEN": plaintext,
-                     "STRONGROOM_PROJECT": access.project.slug},
+                     "STRONGROOM_PROJECT": access.project.slug, **ws_settings.pip_env(mirror)},
                 python=w.python, netns=plan.name if plan else "", run_as=run_as,
                 drop_caps=os.geteuid() == 0 and not run_as, listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
@@ -321,6 +331,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                  details={"launcher": ws.launcher, "isolation": ws.isolation, "booking": ws.booking_id,
                           "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix,
                           **({"cluster_account": account} if account else {}),
+                          "package_mirror": mirror or None,
                           **({"mount": str(scratch / fuse.MOUNT_NAME)} if w.mount_data else {})})
     return ws
 
