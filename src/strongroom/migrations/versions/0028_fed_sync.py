@@ -13,7 +13,7 @@ from alembic import op
 import strongroom.db
 
 revision = '0028_fed_sync'
-down_revision = '0026_federation'
+down_revision = '0027_ws_cluster'
 branch_labels = None
 depends_on = None
 
