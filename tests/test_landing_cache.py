@@ -7,12 +7,12 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import update
-from test_catalog import BASE, anon, entry_body, publish_entry, world  # noqa: F401  (world is a fixture)
 
 from conftest import bearer, web_client
 from strongroom.catalog import page_cache
 from strongroom.catalog.models import CatalogEntry
 from strongroom.db import transaction, utcnow
+from test_catalog import BASE, anon, entry_body, publish_entry, world  # noqa: F401  (world is a fixture)
 
 
 def test_anonymous_page_has_strong_etag_public_cache_control_and_no_cookie(world):  # noqa: F811

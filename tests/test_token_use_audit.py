@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from conftest import bearer, token_for
 from strongroom.app import create_app
 from strongroom.archive import authz
 from strongroom.audit.models import AuditEvent
@@ -18,8 +19,6 @@ from strongroom.identity import service as identity
 from strongroom.identity.models import ApiToken, User
 from strongroom.projects import service as projects
 from strongroom.projects.models import Membership
-
-from conftest import bearer, token_for
 
 
 def _used(hub, prefix: str) -> list[AuditEvent]:

@@ -466,9 +466,6 @@ def create_token(session: Session, principal: Principal, *, name: str, scopes: l
     return token, f"sr_{prefix}_{secret}"
 
 
-TOKEN_USE_AUDIT = ("every", "window")
-
-
 def use_window(now: dt.datetime, seconds: int) -> tuple[dt.datetime, dt.datetime]:
     """The fixed window of ``seconds`` (aligned on the epoch, the same in every process) holding ``now``."""
     epoch = int(now.timestamp())
