@@ -187,7 +187,7 @@ def serving(bench: BenchHub, log_path: Path) -> Iterator[str]:
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         # a loaded shared machine can take a minute to import the app
-        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=120)
+        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=900)
         yield bench.url
     finally:
         proc.terminate()

@@ -136,7 +136,7 @@ def serving(var_dir: Path, secret: str, src: str, env_extra: dict[str, str], log
         proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "serve", str(var_dir), str(port),
                                  secret], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_until_answering(f"http://127.0.0.1:{port}/healthz", proc, log_path, timeout=180)
+        wait_until_answering(f"http://127.0.0.1:{port}/healthz", proc, log_path, timeout=900)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -64,7 +64,7 @@ def serving(bench, workers: int, log_path: Path) -> Iterator[str]:
                                  "--no-access-log", "--log-level", "warning"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=here)
     try:
-        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=180)
+        wait_until_answering(f"{bench.url}/healthz", proc, log_path, timeout=900)  # a loaded machine
         yield bench.url
     finally:
         proc.terminate()
