@@ -177,7 +177,7 @@ def wait_until_answering(url: str, proc: subprocess.Popen[bytes], log_path: Path
 
 
 @contextlib.contextmanager
-def serving(bench: BenchHub, log_path: Path, timeout: float = 300) -> Iterator[str]:
+def serving(bench: BenchHub, log_path: Path, timeout: float = 900) -> Iterator[str]:
     """Run the app under uvicorn (uvloop + httptools when installed, as `strongroom serve`) in a child
     process (``timeout``: seconds it may take to answer)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -55,6 +55,11 @@ class SecuritySettings(BaseModel):
     login_attempts_per_window: int = 5
     login_window_seconds: int = 300
     token_max_days: int = 90
+    # How an accepted API-token use is audited (docs/security.md): "window" = one token.used event and one
+    # last_used_at write per token per window of token_use_window_seconds (reads take no write lock);
+    # "every" = on every request. Refused uses, revocation and expiry are checked and audited every time.
+    token_use_audit: Literal["window", "every"] = "window"
+    token_use_window_seconds: int = Field(60, ge=1, le=86_400)
     # None = decided from base_url: secure cookies everywhere except plain-http loopback development.
     cookie_secure: bool | None = None
     max_body_bytes: int = 1_048_576

@@ -96,8 +96,10 @@ def _api_principal(request: Request, db: Db) -> Principal:
     if scheme.lower() != "bearer" or not value:
         raise Unauthenticated("send an API token as 'Authorization: Bearer sr_…'; create one on your "
                               "account page")
-    principal = identity.authenticate_token(db, value, client_ip(request))
-    db.commit()  # the token.used audit event stands even if the action then fails
+    security = request.app.state.hub.settings.security
+    principal = identity.authenticate_token(db, value, client_ip(request), use_audit=security.token_use_audit,
+                                            window_seconds=security.token_use_window_seconds)
+    db.commit()  # the token.used audit event (if this use wrote one) stands even if the action then fails
     return principal
 
 

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, select
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from ..audit import service as audit
 from ..errors import Conflict, Forbidden, MfaRequired, NotFound
 from ..identity.principal import Principal
 from ..projects import service as projects
-from ..projects.models import Membership, Project
+from ..projects.models import Membership, Project, Role
 from .models import (
     READY,
     ArchiveFile,
@@ -32,17 +32,54 @@ def project_access(session: Session, principal: Principal, project_id: uuid.UUID
     return projects.open_project(session, principal, project.slug)
 
 
+# The per-transaction cache of ``readable_projects`` in ``Session.info``: a request that checks many files (a
+# DICOMweb retrieve of a study, a DRS bundle) reads the caller's memberships and roles once, not once per file.
+# It lives as long as the transaction (a new transaction reads afresh) and is dropped as soon as the session
+# writes a membership or a role, so a decision never uses rights the database no longer holds.
+_READABLE = "strongroom.archive.authz.readable"
+_RIGHTS_TABLES = frozenset({"memberships", "roles"})
+
+
+def _forget_readable(session: Session, *_: object) -> None:
+    session.info.pop(_READABLE, None)
+
+
+def _forget_if_rights_change(session: Session, *_: object) -> None:
+    if _READABLE in session.info and any(
+            getattr(getattr(o, "__table__", None), "name", None) in _RIGHTS_TABLES
+            for o in (*session.new, *session.dirty, *session.deleted)):
+        _forget_readable(session)
+
+
+def _forget_on_bulk_write(state: ORMExecuteState) -> None:
+    if (state.is_update or state.is_delete or state.is_insert) and _READABLE in state.session.info:
+        _forget_readable(state.session)
+
+
+event.listen(Session, "after_begin", _forget_readable)
+event.listen(Session, "after_commit", _forget_readable)
+event.listen(Session, "after_rollback", _forget_readable)
+event.listen(Session, "before_flush", _forget_if_rights_change)
+event.listen(Session, "do_orm_execute", _forget_on_bulk_write)
+
+
 def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
-    """Projects whose data the caller may read (member with read-data)."""
+    """Projects whose data the caller may read (member with read-data). One query (memberships with their
+    roles' rights), remembered for the rest of the transaction (see ``_READABLE``)."""
     if not principal.has_mfa:
         return set()
-    ids = set()
-    for m in session.scalars(select(Membership).where(Membership.user_id == principal.user.id)):
-        if principal.project_id is not None and m.project_id != principal.project_id:
-            continue  # a token bound to one project (a workspace's) reads through that project only
-        if "read-data" in projects.effective_rights(session, m):
-            ids.add(m.project_id)
-    return ids
+    key = (principal.user.id, principal.project_id)
+    cache: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = session.info.setdefault(_READABLE, {})
+    found = cache.get(key)
+    if found is None:
+        stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights)
+                .outerjoin(Role, Role.name == Membership.role).where(Membership.user_id == principal.user.id))
+        if principal.project_id is not None:  # a token bound to one project (a workspace's) reads through it only
+            stmt = stmt.where(Membership.project_id == principal.project_id)
+        found = frozenset(project_id for project_id, rights, delegated in session.execute(stmt)
+                          if "read-data" in (rights or []) or "read-data" in (delegated or []))
+        cache[key] = found
+    return set(found)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ robots.txt (no login), and the steward's editor under the dataset (members with 
 from __future__ import annotations
 
 import re
+import time
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import compile_path
 
 from ..deps import (
+    SESSION_COOKIE,
     CsrfChecked,
     Db,
     HubDep,
@@ -25,8 +27,8 @@ from ..deps import (
 )
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
-from ..web.templating import redirect_with, templates
-from . import citations, conneg, dois, entries, png, search, signposting, sitemaps
+from ..web.templating import FLASH_COOKIE, redirect_with, templates
+from . import citations, conneg, dois, entries, page_cache, png, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -126,11 +128,60 @@ def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> cita
     return citations.Citable(db, view, citations.csl_item(view), hub.settings)
 
 
+def _anonymous(request: Request) -> bool:
+    """A visitor whose page is the public one: no session (no menu) and no flash message waiting."""
+    return SESSION_COOKIE not in request.cookies and FLASH_COOKIE not in request.cookies
+
+
+def _from_cache(request: Request, page: page_cache.Page) -> Response:
+    headers = {**page.headers, "ETag": page.etag, "Cache-Control": page_cache.CACHE_CONTROL}
+    if page_cache.matches(request.headers.get("if-none-match"), page.etag):
+        response = Response(status_code=304, headers=headers)
+    else:
+        response = Response(page.body, status_code=page.status, media_type=page.media_type, headers=headers)
+    for listener in landing_pages.VIEW_LISTENERS:  # a revalidated page is a view too
+        listener(request, response, page.dataset_id)
+    return response
+
+
 @router.get(LANDING_ROUTE)
 def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | None = None) -> Response:
     """The landing page, or by content negotiation (Accept) any citation format of the entry. ``?version=N``
     is where version N's DOI resolves: the page says which version that was. A withdrawn entry with a DOI
-    answers 410 with a tombstone the DOI keeps resolving to."""
+    answers 410 with a tombstone the DOI keeps resolving to.
+
+    Anonymous visitors' pages carry a strong ETag and ``Cache-Control: public`` and are reused from this
+    process's rendered-page cache while the entry's revision in the database is unchanged (``page_cache``)."""
+    key = (slug.lower(), version, request.headers.get("accept", ""))
+    current = page_cache.revision(db, slug) if _anonymous(request) else None
+    if current is not None:
+        cached = page_cache.lookup(key, current)
+        if cached is not None:
+            return _from_cache(request, cached)
+    response = _landing(request, db, hub, slug, version)
+    if current is None or response.status_code != 200 or not response.media_type \
+            or not response.media_type.startswith(HTML_TYPES):
+        return response
+    body = bytes(response.body)
+    page = page_cache.Page(current, 200, body, response.media_type,
+                           {k: v for k, v in response.headers.items() if k.lower() in ("vary", "link")},
+                           page_cache.etag_of(body), _dataset_of(response), time.monotonic())
+    page_cache.store(key, page)
+    request.state.new_csrf_cookie = None  # a public, cacheable page sets no cookie (it has no form)
+    response.headers["ETag"] = page.etag
+    response.headers["Cache-Control"] = page_cache.CACHE_CONTROL
+    if page_cache.matches(request.headers.get("if-none-match"), page.etag):
+        response = Response(status_code=304, headers={**page.headers, "ETag": page.etag,
+                                                      "Cache-Control": page_cache.CACHE_CONTROL},
+                            background=response.background)
+    return response
+
+
+def _dataset_of(response: Response) -> str:
+    return getattr(response, "strongroom_dataset_id", "")
+
+
+def _landing(request: Request, db: Db, hub: HubDep, slug: str, version: int | None) -> Response:
     try:
         citable = _citable(db, hub, slug)
     except NotFound:
@@ -162,6 +213,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
             "mirror": next((n for n in (notice(db, view.entry.dataset_id) for notice in landing_pages.NOTICES)
                             if n), None)})
         page.headers.update(headers)
+        page.headers["Vary"] = "Accept, Cookie"  # a logged-in visitor's page shows their menu
+        page.strongroom_dataset_id = view.entry.dataset_id  # type: ignore[attr-defined]  # for the page cache
         for listener in landing_pages.VIEW_LISTENERS:  # only the page itself counts as a view
             listener(request, page, view.entry.dataset_id)
         return page

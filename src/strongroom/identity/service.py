@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import pyotp
 import segno
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -465,8 +466,22 @@ def create_token(session: Session, principal: Principal, *, name: str, scopes: l
     return token, f"sr_{prefix}_{secret}"
 
 
-def authenticate_token(session: Session, plaintext: str, ip: str | None) -> Principal:
-    """Resolve a bearer token. Expired, revoked, unknown and malformed tokens are all refused."""
+def use_window(now: dt.datetime, seconds: int) -> tuple[dt.datetime, dt.datetime]:
+    """The fixed window of ``seconds`` (aligned on the epoch, the same in every process) holding ``now``."""
+    epoch = int(now.timestamp())
+    start = dt.datetime.fromtimestamp(epoch - epoch % seconds, dt.UTC)
+    return start, start + dt.timedelta(seconds=seconds)
+
+
+def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_audit: str = "every",
+                       window_seconds: int = 60) -> Principal:
+    """Resolve a bearer token. Expired, revoked, unknown and malformed tokens are all refused — checked on
+    every request, whatever ``use_audit`` says.
+
+    ``use_audit`` (``[security] token_use_audit``) decides how an accepted use is recorded: ``every`` writes a
+    ``token.used`` event and ``last_used_at`` on every request; ``window`` writes them for the token's first use
+    in each fixed window of ``window_seconds`` (the event names the window), so a busy client's reads take no
+    write lock. Refused uses are audited every time in both modes."""
     match = TOKEN_RE.match(plaintext.strip())
     token = session.scalar(select(ApiToken).where(ApiToken.prefix == match.group(1))) if match else None
     now = utcnow()
@@ -482,14 +497,36 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None) -> Prin
                      target=f"token:{token.prefix}", details={"reason": reason})
         raise Unauthenticated(f"token {reason}")
     assert user is not None
-    token.last_used_at = now
-    audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
+    if use_audit == "window":
+        _record_use_in_window(session, token, actor, now, window_seconds)
+    else:
+        token.last_used_at = now
+        audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
     # A token was minted under fresh MFA: that moment is its MFA time.
     scopes = frozenset(token.scopes) & frozenset(_scopes_for(user))
     bound = [s.removeprefix(PROJECT_SCOPE) for s in token.scopes if s.startswith(PROJECT_SCOPE)]
     return Principal(user=user, via="token", mfa_at=token.created_at, scopes=scopes,
                      credential_id=f"token:{token.prefix}", ip=ip,
                      project_id=uuid.UUID(bound[0]) if bound else None)
+
+
+def _record_use_in_window(session: Session, token: ApiToken, actor: Actor, now: dt.datetime, seconds: int) -> None:
+    """The token's first accepted use in this window: ``last_used_at`` and one ``token.used`` event. Later uses
+    in the window read ``last_used_at`` and write nothing. The conditional UPDATE settles a race between
+    processes: only the request that moved ``last_used_at`` into the window writes the event."""
+    start, end = use_window(now, seconds)
+    if token.last_used_at is not None and token.last_used_at >= start:
+        return
+    moved = session.execute(
+        update(ApiToken).where(ApiToken.id == token.id,
+                               or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < start))
+        .values(last_used_at=now).execution_options(synchronize_session=False))
+    if rowcount(moved) != 1:
+        return  # another request recorded this window's use
+    set_committed_value(token, "last_used_at", now)
+    audit.record(session, actor, "token.used", subject_user_id=token.user_id, target=f"token:{token.prefix}",
+                 details={"window_start": start.isoformat(), "window_end": end.isoformat(),
+                          "window_seconds": seconds})
 
 
 PROJECT_SCOPE = "project:"  # a scope entry binding a token to one project (never offered on the token page)

@@ -1,0 +1,103 @@
+"""The public landing page's rendered-page cache and HTTP validators.
+
+An anonymous visitor's landing page depends only on the published entry and what it shows of the dataset. Its
+*revision* — read with one indexed query on every request — is the entry's row (``updated_at`` moves with every
+edit, image change, publish and withdrawal), the dataset's released and deprecated versions, its DOIs' states and
+its access policy's download rule. The page rendered for a revision is kept in this process, keyed by slug,
+``?version`` and Accept header, and served as long as the revision read from the database is the same: a change
+saved by any worker (or the CLI) is seen by every worker on its next request, so no worker serves a page older
+than the database. ``MAX_AGE_SECONDS`` also bounds the rare inputs outside the revision (a person later taking an
+e-mail address the entry mentions, a strategy mark). The ETag is the SHA-256 of the body: strong, and the same in
+every worker for the same page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..archive.models import DatasetVersion
+from .models import CatalogEntry, Doi
+
+MAX_AGE_SECONDS = 30  # Cache-Control max-age, and the longest a page is reused in-process without re-rendering
+CACHE_CONTROL = f"public, max-age={MAX_AGE_SECONDS}, must-revalidate"
+MAX_PAGES = 512
+
+
+def revision(session: Session, slug: str) -> tuple[Any, ...] | None:
+    """What the anonymous landing page of ``slug`` is rendered from, as one comparable tuple (None: no entry)."""
+    from ..access.models import AccessPolicy  # the access capability owns the policy (as landing.py reads it)
+
+    e = CatalogEntry
+    shown = DatasetVersion.state.in_(("released", "deprecated"))
+    row = session.execute(select(
+        e.id, e.updated_at, e.published, e.withdrawn_at,
+        select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == e.dataset_id, shown).scalar_subquery(),
+        select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == e.dataset_id,
+                                                  DatasetVersion.state == "deprecated").scalar_subquery(),
+        select(func.count()).where(DatasetVersion.dataset_id == e.dataset_id, shown).scalar_subquery(),
+        select(func.max(Doi.updated_at)).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
+        select(func.count()).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
+        select(AccessPolicy.applicant_download).where(AccessPolicy.dataset_id == e.dataset_id).scalar_subquery(),
+    ).where(e.slug == slug.lower())).first()
+    return tuple(row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class Page:
+    revision: tuple[Any, ...]
+    status: int
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+    etag: str
+    dataset_id: str
+    rendered_at: float
+
+
+_PAGES: OrderedDict[tuple[str, int | None, str], Page] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def etag_of(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
+
+
+def lookup(key: tuple[str, int | None, str], current: tuple[Any, ...]) -> Page | None:
+    with _LOCK:
+        page = _PAGES.get(key)
+        if page is None:
+            return None
+        if page.revision != current or time.monotonic() - page.rendered_at > MAX_AGE_SECONDS:
+            del _PAGES[key]
+            return None
+        _PAGES.move_to_end(key)
+        return page
+
+
+def store(key: tuple[str, int | None, str], page: Page) -> None:
+    with _LOCK:
+        _PAGES[key] = page
+        _PAGES.move_to_end(key)
+        while len(_PAGES) > MAX_PAGES:
+            _PAGES.popitem(last=False)
+
+
+def clear() -> None:
+    with _LOCK:
+        _PAGES.clear()
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match (weak comparison): ``*`` or any listed tag equal to ``etag``."""
+    if not if_none_match:
+        return False
+    tags = [t.strip() for t in if_none_match.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
