@@ -368,3 +368,64 @@ def test_the_demo_shows_a_released_report(app, hub) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "released" and r.json()["report"]["metrics"]["auc"]["auc"] > 0.75
     assert c.get("/api/v1/projects/demo/vai/evaluations", headers=bearer(token)).status_code == 404
+
+
+def test_dicom_sr_and_seg_reference_standard() -> None:
+    """SEG: a non-empty mask is positive, an empty one negative; SR (TID 1500): a coded Finding is the label
+    (Absent is negative); an SR without a coded finding gives none."""
+    from pydicom import dcmread
+
+    from strongroom.vai import inference
+
+    cases = synthetic.cases(8, seed=5)
+    for case in cases:
+        for data in (synthetic.segmentation(case), synthetic.report(case)):
+            ref = inference.read(data, synthetic.CONTRACT)
+            assert isinstance(ref, inference.Reference)
+            assert (ref.study_uid, ref.label) == (case.study_uid, int(case.lesion)), ref.why
+    sr = dcmread(io.BytesIO(synthetic.report(cases[0])))
+    del sr.ContentSequence[0].ContentSequence[0]
+    buf = io.BytesIO()
+    sr.save_as(buf)
+    ref = inference.reference(buf.getvalue())
+    assert ref.label is None and "without a coded finding" in ref.why
+    with pytest.raises(inference.ContractError, match="modality SEG"):
+        inference.preprocess(synthetic.segmentation(cases[0]), synthetic.CONTRACT)
+
+
+def test_reference_standard_from_sr_and_seg_in_the_dataset(vai) -> None:
+    """The dataset holds, besides the images, a SEG or an SR for most studies: they are the reference standard
+    where present (over a labels table whose labels for those studies are wrong on purpose), the table
+    where not; they are neither predicted nor counted as unreadable."""
+    c, t, hub = vai["c"], vai["t"], vai["hub"]
+    model_id = _register(vai)
+    cases = _cases()
+    with_refs = cases[:100]
+    refs = _put_files(hub, "screen", vai["p"]["alice"], synthetic.reference_objects(with_refs))
+    r = c.post("/api/v1/projects/screen/datasets", json={"title": "Screening with SR/SEG",
+                                                         "files": vai["files"] + refs}, headers=bearer(t["alice"]))
+    assert r.status_code == 201, r.text
+    table = "study_id,label,site\n" + "".join(
+        f"{x.study_uid},{int(not x.lesion) if x in with_refs else int(x.lesion)},{x.site}\n" for x in cases)
+    r = c.post("/api/v1/projects/screen/vai/evaluations", headers=bearer(t["sam"]), json={
+        "model_version": model_id, "title": "Against SR/SEG", "dataset_id": r.json()["id"], "dataset_version": 1,
+        "labels_csv": table, "protocol": {**PROTOCOL, "subgroups": ["site"], "reference_source": "dicom"}})
+    assert r.status_code == 201, r.text
+    eid = r.json()["id"]
+    _drain(hub)
+    ev = c.get(f"/api/v1/projects/screen/vai/evaluations/{eid}", headers=bearer(t["sam"])).json()
+    assert ev["state"] == "done", ev["error"]
+    result = ev["result"]
+    assert result["references"] == 100 and result["predictions"] == CASES and result["unreadable"] == 0
+    assert result["matched"] == CASES and result["reference_source"] == "dicom"
+    with hub.sessions() as s:
+        preds = {p.study_uid: p.score for p in s.scalars(select(Prediction).where(Prediction.score.is_not(None)))}
+    from sklearn.metrics import roc_auc_score
+
+    truth = roc_auc_score([int(x.lesion) for x in cases], [preds[x.study_uid] for x in cases])
+    assert result["metrics"]["auc"]["auc"] == pytest.approx(truth)  # the true labels: SR/SEG won
+    # a labels table by image cannot be combined with study-level SR/SEG; results-only has no dataset
+    bad = c.post("/api/v1/projects/screen/vai/evaluations", headers=bearer(t["sam"]), json={
+        "model_version": model_id, "title": "x", "dataset_id": vai["dataset"], "dataset_version": 1,
+        "labels_csv": synthetic.labels_csv(cases), "protocol": {"reference_source": "dicom"}})
+    assert bad.status_code == 422 and "study_id" in bad.text
