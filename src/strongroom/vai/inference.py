@@ -107,9 +107,9 @@ def reference(data: bytes) -> Reference:
         except Exception as exc:
             raise ContractError(f"a segmentation without readable frames: {type(exc).__name__}") from None
         segments = len(getattr(ds, "SegmentSequence", []) or [])
-        positive = bool(mask.any())
-        return Reference("SEG", *ids, int(positive),
-                         f"segmentation with {segments} segment(s), {'a non-empty' if positive else 'empty'} mask")
+        marked = bool(mask.any())
+        return Reference("SEG", *ids, int(marked),
+                         f"segmentation with {segments} segment(s), {'a non-empty' if marked else 'empty'} mask")
     findings = list(_coded_findings(getattr(ds, "ContentSequence", None)))
     if not findings:
         return Reference("SR", *ids, None, "structured report without a coded finding")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -22,6 +22,9 @@ from onnx import TensorProto, helper
 from sklearn.linear_model import LogisticRegression
 
 from ..imaging.synthetic import make_ct
+
+if TYPE_CHECKING:
+    from pydicom.uid import UID
 
 SIZE = 64
 WINDOW = {"center": 40, "width": 400}
@@ -89,7 +92,7 @@ def labels_csv(items: list[Case]) -> str:
     return buf.getvalue()
 
 
-def _derived(case: Case, sop_class: str, modality: str, number: int) -> Any:
+def _derived(case: Case, sop_class: UID, modality: str, number: int) -> Any:
     """The header an SR or SEG of ``case``'s study shares (patient and study copied from the image)."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
