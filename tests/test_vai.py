@@ -308,6 +308,14 @@ def test_results_only_and_refusals(vai) -> None:
     ev = c.get(f"/api/v1/projects/screen/vai/evaluations/{r.json()['id']}", headers=bearer(t["sam"])).json()
     assert ev["state"] == "done" and ev["result"]["metrics"]["auc"]["auc"] == 1.0
     assert ev["result"]["metrics"]["subgroups"].keys() == {"site", "sex", "age_band"}
+    # the clinic's full result page: plots, a table per subgroup column, the failure lists; a vendor: 404
+    sam = web_client(vai["app"], hub, vai["p"]["sam"])
+    page = sam.get(f"/projects/screen/vai/evaluations/{ev['id']}")
+    assert page.status_code == 200 and page.text.count("<svg") == 2 and 'http-equiv="refresh"' not in page.text
+    assert all(f'id="subgroup-{c}"' in page.text for c in ("site", "sex", "age_band"))
+    assert "Failure analysis" in page.text and "Ask for release to the vendor" in page.text
+    assert web_client(vai["app"], hub, vai["p"]["vera"]).get(
+        f"/projects/screen/vai/evaluations/{ev['id']}").status_code == 404
     # refusals
     url = "/api/v1/projects/screen/vai/evaluations"
     assert c.post(url, headers=bearer(t["sam"]), json=base).status_code == 422  # no predictions table
@@ -349,17 +357,27 @@ def test_two_clinics_are_pooled_for_the_vendor(vai) -> None:
 
 
 def test_the_demo_shows_a_released_report(app, hub) -> None:
-    """`strongroom vai demo` on the seeded demo: the researcher (the demo vendor's user) reads the released
-    report; a second run changes nothing."""
+    """`make run` (`strongroom init --demo`) queues the VAI demo as a job that the hub's embedded runner
+    runs once it is up: the researcher (the demo vendor's user) then reads the released report; running it
+    again (`strongroom vai demo`) or queueing it again changes nothing."""
     from types import SimpleNamespace
 
     from strongroom.demo import seed_demo
     from strongroom.identity.service import find_user
-    from strongroom.vai.demo import seed_vai_demo
+    from strongroom.jobs.models import Job
+    from strongroom.vai.demo import queue_vai_demo, seed_vai_demo
 
     seed_demo(hub)
-    path = seed_vai_demo(hub)
+    assert "AI validation demo" in queue_vai_demo(hub)
+    _drain(hub)
+    with hub.sessions() as s:
+        job = s.scalar(select(Job).where(Job.kind == "vai.demo"))
+        assert job.status == "done", job.last_error
+        path = job.result["report"]
     assert seed_vai_demo(hub) == path
+    queue_vai_demo(hub)
+    with hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "vai.demo")) == 1
     with hub.sessions() as s:
         researcher = find_user(s, "researcher")
     token = token_for(hub, SimpleNamespace(user=researcher))
@@ -429,3 +447,14 @@ def test_reference_standard_from_sr_and_seg_in_the_dataset(vai) -> None:
         "model_version": model_id, "title": "x", "dataset_id": vai["dataset"], "dataset_version": 1,
         "labels_csv": synthetic.labels_csv(cases), "protocol": {"reference_source": "dicom"}})
     assert bad.status_code == 422 and "study_id" in bad.text
+
+
+def test_execution_provider_is_cuda_when_offered_else_cpu() -> None:
+    from strongroom.vai import inference
+
+    assert inference.choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert inference.choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    runner = inference.Runner(_model(), synthetic.CONTRACT, synthetic.OUTPUT)  # this machine: no GPU
+    assert runner.provider == "CPUExecutionProvider"
+    assert runner.provider == inference.choose_providers()[0]
