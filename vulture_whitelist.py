@@ -119,6 +119,16 @@ gpu_week_meter  # compute/metering.py: the fees capability's GPU-week meter (dec
 # VAI (vai/): JSON on the wire (ModelOut.uploaded, ReleaseOut.evaluation); onnxruntime's session options and
 # onnx's model proto, set for the libraries to read
 uploaded, evaluation, _.intra_op_num_threads, _.ir_version
+# VAI: the pydicom keywords of the synthetic SEG and SR (vai/synthetic.py) the tests and the demo write for the
+# reference standard; preprocess (an image only, no SR/SEG) and reference_objects: the tests use them
+(
+    _.SegmentationType, _.ContentCreatorName, _.ContentLabel, _.SegmentAlgorithmType, _.SegmentLabel,
+    _.SegmentNumber, _.SegmentedPropertyCategoryCodeSequence, _.SegmentedPropertyTypeCodeSequence,
+    _.NumberOfFrames, _.LossyImageCompression, _.ContinuityOfContent, _.ConceptNameCodeSequence,
+    _.CompletionFlag, _.VerificationFlag, _.MappingResource, _.TemplateIdentifier, _.ContentTemplateSequence,
+    _.RelationshipType, _.ConceptCodeSequence,
+)
+preprocess, reference_objects
 # -- sftp --------------------------------------------------------------------------------------------------------
 # sftp/server.py: asyncssh calls these by name (SSHServer's authentication callbacks, SFTPServer's operations)
 begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supported, public_key_auth_supported

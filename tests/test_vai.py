@@ -308,6 +308,14 @@ def test_results_only_and_refusals(vai) -> None:
     ev = c.get(f"/api/v1/projects/screen/vai/evaluations/{r.json()['id']}", headers=bearer(t["sam"])).json()
     assert ev["state"] == "done" and ev["result"]["metrics"]["auc"]["auc"] == 1.0
     assert ev["result"]["metrics"]["subgroups"].keys() == {"site", "sex", "age_band"}
+    # the clinic's full result page: plots, a table per subgroup column, the failure lists; a vendor: 404
+    sam = web_client(vai["app"], hub, vai["p"]["sam"])
+    page = sam.get(f"/projects/screen/vai/evaluations/{ev['id']}")
+    assert page.status_code == 200 and page.text.count("<svg") == 2 and 'http-equiv="refresh"' not in page.text
+    assert all(f'id="subgroup-{c}"' in page.text for c in ("site", "sex", "age_band"))
+    assert "Failure analysis" in page.text and "Ask for release to the vendor" in page.text
+    assert web_client(vai["app"], hub, vai["p"]["vera"]).get(
+        f"/projects/screen/vai/evaluations/{ev['id']}").status_code == 404
     # refusals
     url = "/api/v1/projects/screen/vai/evaluations"
     assert c.post(url, headers=bearer(t["sam"]), json=base).status_code == 422  # no predictions table
@@ -349,17 +357,27 @@ def test_two_clinics_are_pooled_for_the_vendor(vai) -> None:
 
 
 def test_the_demo_shows_a_released_report(app, hub) -> None:
-    """`strongroom vai demo` on the seeded demo: the researcher (the demo vendor's user) reads the released
-    report; a second run changes nothing."""
+    """`make run` (`strongroom init --demo`) queues the VAI demo as a job that the hub's embedded runner
+    runs once it is up: the researcher (the demo vendor's user) then reads the released report; running it
+    again (`strongroom vai demo`) or queueing it again changes nothing."""
     from types import SimpleNamespace
 
     from strongroom.demo import seed_demo
     from strongroom.identity.service import find_user
-    from strongroom.vai.demo import seed_vai_demo
+    from strongroom.jobs.models import Job
+    from strongroom.vai.demo import queue_vai_demo, seed_vai_demo
 
     seed_demo(hub)
-    path = seed_vai_demo(hub)
+    assert "AI validation demo" in queue_vai_demo(hub)
+    _drain(hub)
+    with hub.sessions() as s:
+        job = s.scalar(select(Job).where(Job.kind == "vai.demo"))
+        assert job.status == "done", job.last_error
+        path = job.result["report"]
     assert seed_vai_demo(hub) == path
+    queue_vai_demo(hub)
+    with hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "vai.demo")) == 1
     with hub.sessions() as s:
         researcher = find_user(s, "researcher")
     token = token_for(hub, SimpleNamespace(user=researcher))
@@ -368,3 +386,75 @@ def test_the_demo_shows_a_released_report(app, hub) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "released" and r.json()["report"]["metrics"]["auc"]["auc"] > 0.75
     assert c.get("/api/v1/projects/demo/vai/evaluations", headers=bearer(token)).status_code == 404
+
+
+def test_dicom_sr_and_seg_reference_standard() -> None:
+    """SEG: a non-empty mask is positive, an empty one negative; SR (TID 1500): a coded Finding is the label
+    (Absent is negative); an SR without a coded finding gives none."""
+    from pydicom import dcmread
+
+    from strongroom.vai import inference
+
+    cases = synthetic.cases(8, seed=5)
+    for case in cases:
+        for data in (synthetic.segmentation(case), synthetic.report(case)):
+            ref = inference.read(data, synthetic.CONTRACT)
+            assert isinstance(ref, inference.Reference)
+            assert (ref.study_uid, ref.label) == (case.study_uid, int(case.lesion)), ref.why
+    sr = dcmread(io.BytesIO(synthetic.report(cases[0])))
+    del sr.ContentSequence[0].ContentSequence[0]
+    buf = io.BytesIO()
+    sr.save_as(buf)
+    ref = inference.reference(buf.getvalue())
+    assert ref.label is None and "without a coded finding" in ref.why
+    with pytest.raises(inference.ContractError, match="modality SEG"):
+        inference.preprocess(synthetic.segmentation(cases[0]), synthetic.CONTRACT)
+
+
+def test_reference_standard_from_sr_and_seg_in_the_dataset(vai) -> None:
+    """The dataset holds, besides the images, a SEG or an SR for most studies: they are the reference standard
+    where present (over a labels table whose labels for those studies are wrong on purpose), the table
+    where not; they are neither predicted nor counted as unreadable."""
+    c, t, hub = vai["c"], vai["t"], vai["hub"]
+    model_id = _register(vai)
+    cases = _cases()
+    with_refs = cases[:100]
+    refs = _put_files(hub, "screen", vai["p"]["alice"], synthetic.reference_objects(with_refs))
+    r = c.post("/api/v1/projects/screen/datasets", json={"title": "Screening with SR/SEG",
+                                                         "files": vai["files"] + refs}, headers=bearer(t["alice"]))
+    assert r.status_code == 201, r.text
+    table = "study_id,label,site\n" + "".join(
+        f"{x.study_uid},{int(not x.lesion) if x in with_refs else int(x.lesion)},{x.site}\n" for x in cases)
+    r = c.post("/api/v1/projects/screen/vai/evaluations", headers=bearer(t["sam"]), json={
+        "model_version": model_id, "title": "Against SR/SEG", "dataset_id": r.json()["id"], "dataset_version": 1,
+        "labels_csv": table, "protocol": {**PROTOCOL, "subgroups": ["site"], "reference_source": "dicom"}})
+    assert r.status_code == 201, r.text
+    eid = r.json()["id"]
+    _drain(hub)
+    ev = c.get(f"/api/v1/projects/screen/vai/evaluations/{eid}", headers=bearer(t["sam"])).json()
+    assert ev["state"] == "done", ev["error"]
+    result = ev["result"]
+    assert result["references"] == 100 and result["predictions"] == CASES and result["unreadable"] == 0
+    assert result["matched"] == CASES and result["reference_source"] == "dicom"
+    with hub.sessions() as s:
+        preds = {p.study_uid: p.score for p in s.scalars(select(Prediction).where(Prediction.score.is_not(None)))}
+    from sklearn.metrics import roc_auc_score
+
+    truth = roc_auc_score([int(x.lesion) for x in cases], [preds[x.study_uid] for x in cases])
+    assert result["metrics"]["auc"]["auc"] == pytest.approx(truth)  # the true labels: SR/SEG won
+    # a labels table by image cannot be combined with study-level SR/SEG; results-only has no dataset
+    bad = c.post("/api/v1/projects/screen/vai/evaluations", headers=bearer(t["sam"]), json={
+        "model_version": model_id, "title": "x", "dataset_id": vai["dataset"], "dataset_version": 1,
+        "labels_csv": synthetic.labels_csv(cases), "protocol": {"reference_source": "dicom"}})
+    assert bad.status_code == 422 and "study_id" in bad.text
+
+
+def test_execution_provider_is_cuda_when_offered_else_cpu() -> None:
+    from strongroom.vai import inference
+
+    assert inference.choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert inference.choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    runner = inference.Runner(_model(), synthetic.CONTRACT, synthetic.OUTPUT)  # this machine: no GPU
+    assert runner.provider == "CPUExecutionProvider"
+    assert runner.provider == inference.choose_providers()[0]

@@ -588,6 +588,49 @@ def _vai_review(w: World, ok: bool):  # memo asked for the release: pia (a named
                 {"decision": "approve"})
 
 
+def _vai_results_only(w: World) -> str:
+    """A results-only model version (the vendor runs it elsewhere), made once."""
+    from strongroom.vai.models import ModelVersion, Vendor
+
+    with transaction(w.hub.sessions) as s:
+        mv = s.scalar(select(ModelVersion).where(ModelVersion.name == "Cloud"))
+        if mv is None:
+            vendor = Vendor(slug="v-forms", name="Forms Vendor")
+            s.add(vendor)
+            s.flush()
+            mv = ModelVersion(vendor_id=vendor.id, name="Cloud", version="1", mode="results-only", intended_use="x",
+                              contract={}, output={"kind": "score", "index": 0}, created_by=w.people["pia"].user.id)
+            s.add(mv)
+            s.flush()
+        return str(mv.id)
+
+
+VAI_LABELS = "case_id,label,site\n" + "".join(f"c{i},{i % 2},{'AB'[i % 3 == 0]}\n" for i in range(40))
+VAI_SCORES = "case_id,score\n" + "".join(f"c{i},{(i % 2) * 0.5 + (i % 7) / 20}\n" for i in range(40))
+
+
+def _vai_create(w: World, ok: bool):  # a results-only evaluation from the page; a label of 2 is refused
+    labels = VAI_LABELS if ok else VAI_LABELS.replace(",0,", ",2,", 1)
+    r = post(w.c("pia"), "/projects/chest/vai/evaluations", {
+        "title": "Forms check", "model_version": _vai_results_only(w), "dataset": "", "labels_csv": labels,
+        "reference_source": "labels", "threshold": "0.5", "subgroups": "site", "bootstrap": "100"},
+        files={"predictions_file": ("scores.csv", VAI_SCORES.encode())})
+    if ok:
+        assert "/vai/evaluations/" in r.url.path and "Forms check" in r.text
+    return r
+
+
+def _vai_release(w: World, ok: bool):  # a finished evaluation goes to review; one not run yet is refused
+    from strongroom.vai import service as vai
+    from strongroom.vai.models import Evaluation
+
+    with w.hub.sessions() as s:
+        eid = s.scalar(select(Evaluation.id).where(Evaluation.title == "Forms check"))
+    if ok:
+        vai.run(w.hub, eid)
+    return post(w.c("pia"), f"/projects/chest/vai/evaluations/{eid}/release")
+
+
 def _fed_register(w: World, ok: bool):  # the operator registers a peer hub; its signing key must be Ed25519
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -694,6 +737,8 @@ CASES: dict[str, Case] = {
     "/retention/deletions/{deletion_id}/approve": _retention_approve,
     "/datasets/{dataset_id}/retention/hold": lambda w, ok: _retention(
         w, "hold", "pia" if ok else "memo", {"version": "1", "action": "set", "reason": "Litigation 2026:14"}),
+    "/projects/{slug}/vai/evaluations": _vai_create,
+    "/projects/{slug}/vai/evaluations/{evaluation_id}/release": _vai_release,
     "/projects/{slug}/vai/releases/{release_id}/review": _vai_review,
     "/federation/peers": _fed_register,
     "/federation/peers/{name}": _fed_change,
@@ -732,7 +777,8 @@ def test_every_form_without_its_token_is_refused_with_a_message(app, world: Worl
               "key": "external_sharing", "prefix": "x", "fingerprint": "x", "number": "1", "position": "1",
               "application_id": "x", "command": "submit", "request_id": "x", "booking_id": "1",
               "waiver_id": str(uuid.uuid4()), "deletion_id": "00000000-0000-0000-0000-000000000000",
-              "release_id": str(uuid.uuid4()), "key_id": str(uuid.uuid4()), "name": "peer-w"}
+              "release_id": str(uuid.uuid4()), "evaluation_id": str(uuid.uuid4()), "key_id": str(uuid.uuid4()),
+              "name": "peer-w"}
     for route in sorted(form_routes(app)):
         url = route.format(**{k: v for k, v in values.items() if "{" + k + "}" in route})
         r = post(world.c("pia"), url, {}, csrf=False)

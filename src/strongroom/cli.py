@@ -138,7 +138,11 @@ def init(demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create the
 
     ensure_key(hub)
     if demo:
-        for line in seed_demo(hub):
+        from .vai.demo import queue_vai_demo
+
+        lines = seed_demo(hub)
+        lines.insert(-1, queue_vai_demo(hub))  # a job: `strongroom serve` runs it once it is up
+        for line in lines:
             console.print(line)
 
 

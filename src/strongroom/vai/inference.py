@@ -1,4 +1,5 @@
-"""Preprocessing by a model's input contract and inference with onnxruntime (CPU): pure, no web or database.
+"""Preprocessing by a model's input contract and inference with onnxruntime (CUDA when offered, else the
+CPU), and the reference label of a DICOM SR or SEG: pure, no web or database.
 
 A contract says what the model expects::
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,12 @@ TAGS = ["Modality", "SOPInstanceUID", "StudyInstanceUID", "StudyDate", "RescaleS
         "DoubleFloatPixelData"]
 
 
+REFERENCE_MODALITIES = ("SR", "SEG")
+FINDING_CONCEPTS = {("DCM", "121071")}  # Finding
+NEGATIVE_FINDINGS = {("SCT", "2667000"), ("SCT", "260385009"), ("SCT", "373572006")}  # absent, negative,
+# clinical finding absent
+
+
 class ContractError(ValueError):
     """The contract, the model or an instance does not fit."""
 
@@ -46,6 +53,70 @@ class Instance:
     study_uid: str
     study_date: str
     tensor: np.ndarray  # (1, H, W) float32
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A DICOM SR or SEG instance of the dataset: the label it gives its study (None: it gives none)."""
+
+    kind: str  # SR | SEG
+    sop_uid: str
+    study_uid: str
+    study_date: str
+    label: int | None
+    why: str  # how the label was read
+
+
+def _code(item: Any, attr: str) -> tuple[str, str, str] | None:
+    seq = getattr(item, attr, None)
+    if not seq:
+        return None
+    c = seq[0]
+    return (str(getattr(c, "CodingSchemeDesignator", "")), str(getattr(c, "CodeValue", "")),
+            str(getattr(c, "CodeMeaning", "")))
+
+
+def _coded_findings(items: Any) -> Iterator[tuple[str, str, str]]:
+    """Every coded value of a Finding item (DCM 121071, as in TID 1500 and simple coded reports), at any depth."""
+    for item in items or []:
+        if str(getattr(item, "ValueType", "")) == "CODE":
+            name = _code(item, "ConceptNameCodeSequence")
+            value = _code(item, "ConceptCodeSequence")
+            if name and name[:2] in FINDING_CONCEPTS and value:
+                yield value
+        yield from _coded_findings(getattr(item, "ContentSequence", None))
+
+
+def reference(data: bytes) -> Reference:
+    """The label an SR or SEG instance gives its study:
+
+    - SEG: 1 when any segment has a non-empty mask, 0 when every frame is empty;
+    - SR: 1 when a Finding (DCM 121071) carries a code other than an absent/negative one, 0 when every
+      coded finding says absent or negative (SCT 2667000, 260385009, 373572006), none without a coded finding.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:
+        raise ContractError(f"not a readable DICOM object: {type(exc).__name__}") from None
+    kind = str(getattr(ds, "Modality", "")).upper()
+    ids = (str(getattr(ds, "SOPInstanceUID", "")), str(getattr(ds, "StudyInstanceUID", "")),
+           str(getattr(ds, "StudyDate", "")))
+    if kind == "SEG":
+        try:
+            mask = np.asarray(ds.pixel_array)
+        except Exception as exc:
+            raise ContractError(f"a segmentation without readable frames: {type(exc).__name__}") from None
+        segments = len(getattr(ds, "SegmentSequence", []) or [])
+        marked = bool(mask.any())
+        return Reference("SEG", *ids, int(marked),
+                         f"segmentation with {segments} segment(s), {'a non-empty' if marked else 'empty'} mask")
+    findings = list(_coded_findings(getattr(ds, "ContentSequence", None)))
+    if not findings:
+        return Reference("SR", *ids, None, "structured report without a coded finding")
+    positive = [f for f in findings if f[:2] not in NEGATIVE_FINDINGS]
+    if positive:
+        return Reference("SR", *ids, 1, f"coded finding {positive[0][0]} {positive[0][1]} ({positive[0][2]})")
+    return Reference("SR", *ids, 0, "every coded finding is absent or negative")
 
 
 def finite_number(value: Any) -> float | None:
@@ -101,12 +172,27 @@ def check_output(output: Mapping[str, Any]) -> dict[str, Any]:
 
 def preprocess(data: bytes, contract: Mapping[str, Any]) -> Instance:
     """One DICOM instance (bytes in memory) → the model's input, by the contract."""
+    found = read(data, contract)
+    if isinstance(found, Reference):
+        raise ContractError(f"modality {'SR' if found.kind == 'SR' else 'SEG'} where the model takes "
+                            f"{contract['modality']}")
+    return found
+
+
+def read(data: bytes, contract: Mapping[str, Any]) -> Instance | Reference:
+    """One DICOM instance (bytes in memory) → the model's input, by the contract; or, for a structured
+    report or a segmentation, the reference label it gives its study."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), specific_tags=TAGS)  # the rest is skipped, never decoded
-        pixels = ds.pixel_array.astype(np.float32)
     except Exception as exc:
         raise ContractError(f"not a readable DICOM image: {type(exc).__name__}") from None
     modality = str(getattr(ds, "Modality", "")).upper()
+    if modality in REFERENCE_MODALITIES:
+        return reference(data)
+    try:
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as exc:
+        raise ContractError(f"not a readable DICOM image: {type(exc).__name__}") from None
     if modality != contract["modality"]:
         raise ContractError(f"modality {modality or '?'} where the model takes {contract['modality']}")
     if pixels.ndim != 2:
@@ -131,20 +217,31 @@ def preprocess(data: bytes, contract: Mapping[str, Any]) -> Instance:
                     str(getattr(ds, "StudyDate", "")), tensor)
 
 
+def choose_providers(available: Sequence[str] | None = None) -> list[str]:
+    """CUDA when this onnxruntime offers it (a GPU build on a host with a GPU), the CPU otherwise (and as
+    CUDA's fallback for operators it lacks)."""
+    offered = list(ort.get_available_providers() if available is None else available)
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in offered \
+        else ["CPUExecutionProvider"]
+
+
 class Runner:
-    """An ONNX model loaded into onnxruntime on the CPU, checked against its SHA-256 and contract."""
+    """An ONNX model loaded into onnxruntime (CUDA when offered, else the CPU), checked against its SHA-256
+    and contract. ``provider`` is the execution provider the session really uses."""
 
     def __init__(self, model: bytes, contract: Mapping[str, Any], output: Mapping[str, Any], *,
-                 sha256: str | None = None, threads: int = 0) -> None:
+                 sha256: str | None = None, threads: int = 0, available: Sequence[str] | None = None) -> None:
         if sha256 is not None and hashlib.sha256(model).hexdigest() != sha256:
             raise ContractError("the model file does not match its recorded SHA-256")
         self.contract, self.output = check_contract(contract), check_output(output)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
         try:
-            self.session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, sess_options=options,
+                                                providers=choose_providers(available))
         except Exception as exc:
             raise ContractError(f"onnxruntime cannot load the model: {exc}") from None
+        self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ContractError("the model takes exactly one input tensor")

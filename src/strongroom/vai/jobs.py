@@ -21,3 +21,11 @@ def evaluate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
 
         ev = session.get_one(Evaluation, evaluation_id)
         return {"state": ev.state, "done": ev.done, "total": ev.total, "outputs_sha256": ev.outputs_sha256}
+
+
+@job("vai.demo", max_attempts=2)
+def demo(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """The demo's finished evaluation and released report (queued by `strongroom init --demo`)."""
+    from .demo import seed_vai_demo
+
+    return {"report": seed_vai_demo(ctx.hub)}

@@ -78,12 +78,14 @@ class Evaluation(IdMixin, CreatedMixin, Base):
     outputs_sha256: Mapped[str | None] = mapped_column(String(64))  # of the predictions and the result
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # every figure, unsuppressed: clinic only
     error: Mapped[str | None] = mapped_column(Text)
+    execution: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {"providers": [onnxruntime's, per run]}
     created_by: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     finished_at: Mapped[dt.datetime | None]
 
 
 class Prediction(Base):
-    """One instance's score, written once (the checkpoint a resumed run skips)."""
+    """One instance's score, written once (the checkpoint a resumed run skips); for a DICOM SR or SEG
+    instance of the dataset, the reference label it gives its study instead."""
 
     __tablename__ = "vai_predictions"
 
@@ -94,7 +96,8 @@ class Prediction(Base):
     sop_uid: Mapped[str] = mapped_column(String(64), default="")
     study_uid: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
-    score: Mapped[float | None] = mapped_column(Float)  # None: the instance could not be read
+    score: Mapped[float | None] = mapped_column(Float)  # None: the instance could not be read (or is a reference)
+    reference: Mapped[int | None] = mapped_column(Integer)  # a DICOM SR/SEG instance: the label it gives its study
     error: Mapped[str] = mapped_column(String(300), default="")
 
 

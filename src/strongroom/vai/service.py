@@ -325,7 +325,17 @@ def check_protocol(protocol: dict[str, Any], labels: Labels) -> dict[str, Any]:
     if not isinstance(bootstrap, int) or isinstance(bootstrap, bool) or not 0 <= bootstrap <= 10_000:
         raise Invalid("bootstrap is 0–10000 resamples")
     reference = str(protocol.get("reference_standard", "")).strip()[:2000]
-    return {"operating_points": {k: float(v) for k, v in points.items()},
+    source = protocol.get("reference_source", "labels")
+    if source not in ("labels", "dicom"):
+        raise Invalid("reference_source is 'labels' (the table) or 'dicom' (the dataset's SR and SEG instances)")
+    if source == "dicom":
+        if labels.ids and labels.id_column != "study_id":
+            raise Invalid("with the reference from DICOM SR/SEG, a labels table (for the studies without "
+                          "one, and subgroups) is by study_id")
+        if protocol.get("level", "study") != "study":
+            raise Invalid("SR and SEG label studies: the level is 'study'")
+        level = "study"
+    return {"reference_source": source, "operating_points": {k: float(v) for k, v in points.items()},
             "target_sensitivities": [float(t) for t in targets], "subgroups": subgroups, "level": level,
             "bootstrap": bootstrap, "reference_standard": reference,
             "inclusion": str(protocol.get("inclusion", "")).strip()[:2000]}
@@ -352,7 +362,9 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
     title = title.strip()
     if not title or len(title) > 200:
         raise Invalid("an evaluation has a title (1–200 characters)")
-    labels = parse_labels(labels_csv)
+    dicom_reference = isinstance(protocol, dict) and protocol.get("reference_source") == "dicom"
+    labels = parse_labels(labels_csv) if labels_csv.strip() or not dicom_reference \
+        else Labels("study_id", [], [], {})
     checked = check_protocol(protocol, labels)
     inputs: dict[str, Any] = {"labels_sha256": hashlib.sha256(labels_csv.encode()).hexdigest(),
                               "protocol_sha256": canonical_sha256(checked), "model_sha256": mv.sha256}
@@ -383,6 +395,8 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
     else:
         if not predictions_csv:
             raise Invalid("a results-only model version is evaluated on an uploaded predictions table")
+        if dicom_reference:
+            raise Invalid("a results-only evaluation has no dataset to read SR/SEG from: upload a labels table")
         predictions = parse_predictions(predictions_csv)
         inputs["predictions_sha256"] = hashlib.sha256(predictions_csv.encode()).hexdigest()
         total = len(predictions)
@@ -400,6 +414,15 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
                  target=f"vai-evaluation:{ev.id}",
                  details={"model_version": str(mv.id), "mode": mv.mode, **{k: str(v) for k, v in inputs.items()}})
     return ev
+
+
+def dataset_choices(session: Session, project_id: uuid.UUID) -> list[tuple[str, int, str]]:
+    """The project's dataset versions an evaluation may run on: (dataset id, version number, title)."""
+    rows = session.execute(select(Dataset.id, DatasetVersion.number, Dataset.title)
+                           .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+                           .where(Dataset.project_id == project_id)
+                           .order_by(Dataset.created_at.desc(), DatasetVersion.number.desc()).limit(500))
+    return [(i, n, title) for i, n, title in rows]
 
 
 def list_evaluations(session: Session, principal: Principal, slug: str) -> list[Evaluation]:
@@ -477,10 +500,17 @@ def _predict_batches(hub: Hub, evaluation_id: uuid.UUID, runner: inference.Runne
                 try:
                     if isinstance(data, str):
                         raise inference.ContractError(data)
-                    inst = inference.preprocess(data, runner.contract)
+                    inst = inference.read(data, runner.contract)
                 except inference.ContractError as exc:
                     row.error = str(exc)[:300]
                 else:
+                    if isinstance(inst, inference.Reference):  # an SR or SEG: a reference label, no score
+                        row.sop_uid, row.study_uid, row.study_date = (inst.sop_uid[:64], inst.study_uid[:64],
+                                                                       inst.study_date[:8])
+                        row.reference = inst.label
+                        row.error = "" if inst.label is not None else inst.why[:300]
+                        rows.append(row)
+                        continue
                     row.sop_uid, row.study_uid, row.study_date = (inst.sop_uid[:64], inst.study_uid[:64],
                                                                    inst.study_date[:8])
                     ready.append((row, inst))
@@ -531,6 +561,10 @@ def run(hub: Hub, evaluation_id: uuid.UUID, *, batch: int = BATCH, max_batches: 
                 ev = s.get_one(Evaluation, evaluation_id)
                 ev.state, ev.error, ev.finished_at = FAILED, str(exc), utcnow()
             return True
+        with transaction(hub.sessions) as s:  # which execution provider each (resumed) run used
+            ev = s.get_one(Evaluation, evaluation_id)
+            used = list((ev.execution or {}).get("providers", []))
+            ev.execution = {"providers": used if runner.provider in used else [*used, runner.provider]}
         if not _predict_batches(hub, evaluation_id, runner, todo, secrets, batch, max_batches):
             return False
     with transaction(hub.sessions) as s:
@@ -545,12 +579,15 @@ def _month(date: str) -> str:
 def finish(session: Session, ev: Evaluation) -> None:
     """Match the predictions to the reference standard and compute every figure."""
     mv = session.get_one(ModelVersion, ev.model_version_id)
-    labels = parse_labels(ev.labels_csv)
     protocol = ev.protocol
     preds = list(session.scalars(select(Prediction).where(Prediction.evaluation_id == ev.id)
                                  .order_by(Prediction.item)))
+    references = [p for p in preds if p.reference is not None]
+    labels = labels_with_references(ev.labels_csv, references) if protocol.get("reference_source") == "dicom" \
+        else parse_labels(ev.labels_csv)
     scores: dict[str, float] = {}
-    unreadable = [{"item": p.item, "path": p.path, "error": p.error} for p in preds if p.score is None]
+    unreadable = [{"item": p.item, "path": p.path, "error": p.error} for p in preds
+                  if p.score is None and p.reference is None]
     for p in preds:
         if p.score is None:
             continue
@@ -569,7 +606,10 @@ def finish(session: Session, ev: Evaluation) -> None:
     summary: dict[str, Any] = {
         "matched": len(matched), "missing": len(missing), "missing_ids": missing[:100],
         "unreadable": len(unreadable), "unreadable_items": unreadable[:100],
-        "predictions": len(preds), "study_months": [_month(dates[0]), _month(dates[-1])] if dates else [],
+        "predictions": len(preds) - len(references), "references": len(references),
+        "reference_source": protocol.get("reference_source", "labels"),
+        "references_sha256": canonical_sha256(sorted([p.item, p.study_uid, p.reference] for p in references)),
+        "study_months": [_month(dates[0]), _month(dates[-1])] if dates else [],
     }
     if len(y) == 0 or y.sum() == 0 or y.sum() == len(y):
         ev.state, ev.error = FAILED, "the matched cases need both positive and negative labels"
@@ -588,10 +628,31 @@ def finish(session: Session, ev: Evaluation) -> None:
     summary["failures"] = {"threshold": threshold,
                            "false_negatives": [{"id": c[0], "score": c[2]} for c in fn],
                            "false_positives": [{"id": c[0], "score": c[2]} for c in fp]}
-    ev.result = {**summary, "metrics": result, "probabilities": probabilities, "mode": mv.mode}
+    ev.result = {**summary, "metrics": result, "probabilities": probabilities, "mode": mv.mode,
+                 "execution": ev.execution or {}}
     ev.outputs_sha256 = canonical_sha256({"predictions": [[p.item, p.score] for p in preds], "result": ev.result})
     ev.state, ev.error, ev.finished_at = DONE, None, utcnow()
     ev.done = len(preds)
+
+
+def labels_with_references(labels_csv: str, references: list[Prediction]) -> Labels:
+    """The reference standard read from the dataset's DICOM SR and SEG instances, by study (a study with a
+    positive one is positive), over the labels table's where a study has none ("where present")."""
+    labels = parse_labels(labels_csv) if labels_csv.strip() else Labels("study_id", [], [], {})
+    by_study: dict[str, int] = {}
+    for p in references:
+        if p.study_uid and p.reference is not None:
+            by_study[p.study_uid] = max(by_study.get(p.study_uid, 0), p.reference)
+    position = {case: i for i, case in enumerate(labels.ids)}
+    for study, label in sorted(by_study.items()):
+        if study in position:
+            labels.labels[position[study]] = label
+        else:
+            labels.ids.append(study)
+            labels.labels.append(label)
+            for values in labels.columns.values():
+                values.append("unknown")
+    return labels
 
 
 # -- reports and releases ----------------------------------------------------------------------
@@ -623,7 +684,12 @@ def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: P
            f"{r.get('unreadable', 0)} unreadable instances excluded"},
         {"item": "Reference standard", "ref": "CLAIM 14 / TRIPOD-AI 7a",
          "value": (p.get("reference_standard") or "labels table supplied by the clinic")
-         + f" (SHA-256 {ev.labels_sha256})"},
+         + (f"; read from {r.get('references', 0)} DICOM SR/SEG instances of the dataset by study "
+            f"(SHA-256 {r.get('references_sha256', '')}), the labels table where a study has none"
+            if p.get("reference_source") == "dicom" else "")
+         + f" (labels table SHA-256 {ev.labels_sha256})"},
+        {"item": "Execution", "ref": "CLAIM 23",
+         "value": "onnxruntime on " + (", ".join((r.get("execution") or {}).get("providers", [])) or "n/a")},
         {"item": "Model", "ref": "CLAIM 22 / TRIPOD-AI 12",
          "value": f"{model.name} {model.version} by {mv.name if mv else '?'} ({model.mode}); "
                   f"SHA-256 {model.sha256 or 'n/a'}; intended use: {model.intended_use}"},

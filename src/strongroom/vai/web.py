@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
+from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import Invalid
 from ..projects import service as projects
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
 from . import render, service
-from .models import Evaluation, ModelVersion
+from .models import CREATED, DONE, IN_REVIEW, RESULTS_ONLY, RUNNING, Evaluation, ModelVersion
 
 router = APIRouter()
 
@@ -65,11 +66,105 @@ def project_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -
     models = {e.model_version_id: db.get(ModelVersion, e.model_version_id) for e in evaluations}
     releases = service.list_releases(db, principal, slug)
     reviewers = service._reviewers(db, access.project.id)
+    offered = [(m, v) for m, v in service.list_models(db, principal) if m.mode == RESULTS_ONLY or m.file_key]
     return templates.TemplateResponse(request, "vai/project.html", {
         "project": access.project, "evaluations": evaluations, "models": models,
         "releases": [(r, e, service.release_reviews(db, r)) for r, e in releases],
         "can_review": principal.user.id in reviewers, "me": principal.user.id,
+        "offered": offered, "datasets": service.dataset_choices(db, access.project.id),
     })
+
+
+def _number(form: dict[str, str], key: str, what: str) -> float | None:
+    raw = form.get(key, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise Invalid(f"{what} is a number") from None
+
+
+def protocol_from_form(form: dict[str, str]) -> dict[str, Any]:
+    """The protocol a page's form describes (the API takes the same as JSON)."""
+    threshold = _number(form, "threshold", "the vendor's operating point")
+    clinic = _number(form, "clinic_threshold", "the clinic's operating point")
+    target = _number(form, "target_sensitivity", "the target sensitivity")
+    bootstrap = _number(form, "bootstrap", "the number of bootstrap resamples")
+    points = {"vendor": 0.5 if threshold is None else threshold, **({"clinic": clinic} if clinic is not None else {})}
+    protocol: dict[str, Any] = {
+        "operating_points": points, "target_sensitivities": [] if target is None else [target],
+        "subgroups": [c.strip() for c in form.get("subgroups", "").split(",") if c.strip()],
+        "reference_standard": form.get("reference_standard", ""), "inclusion": form.get("inclusion", ""),
+        "bootstrap": 2000 if bootstrap is None else int(bootstrap),
+        "reference_source": form.get("reference_source", "labels"),
+    }
+    if form.get("level") in ("image", "study"):
+        protocol["level"] = form["level"]
+    return protocol
+
+
+def _text(posted: Posted, field: str, upload: str) -> str:
+    """A CSV typed into a text area or chosen as a file."""
+    if upload in posted.files:
+        name, _, data = posted.files[upload]
+        if len(data) > service.MAX_CSV_CHARS:
+            raise Invalid(f"{name} is too large")
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise Invalid(f"{name} is not UTF-8 text") from None
+    return str(posted.form.get(field, ""))
+
+
+CsvForm = Annotated[Posted, Depends(posted_form(service.MAX_CSV_CHARS))]
+
+
+@router.post("/projects/{slug}/vai/evaluations", dependencies=[CsrfChecked])
+def create(request: Request, posted: CsvForm, db: Db, principal: WebPrincipal, slug: str) -> Response:
+    """Create an evaluation and start it (its job is queued at once)."""
+    form = {k: str(v) for k, v in posted.form.items() if isinstance(v, str)}
+    dataset_id, version = None, None
+    if form.get("dataset"):
+        dataset_id, _, number = form["dataset"].partition(":")
+        if not number.isdigit():
+            raise Invalid("choose a dataset version")
+        version = int(number)
+    ev = service.create_evaluation(
+        db, principal, slug, model_version_id=form.get("model_version", ""), title=form.get("title", ""),
+        labels_csv=_text(posted, "labels_csv", "labels_file"), protocol=protocol_from_form(form),
+        dataset_id=dataset_id, dataset_version=version,
+        predictions_csv=_text(posted, "predictions_csv", "predictions_file") or None)
+    return redirect_with(request, f"/projects/{slug}/vai/evaluations/{ev.id}",
+                         f"The evaluation {ev.title!r} is created and started: {ev.total} instances to predict.")
+
+
+@router.get("/projects/{slug}/vai/evaluations/{evaluation_id}")
+def evaluation_page(request: Request, db: Db, principal: WebPrincipal, slug: str,
+                    evaluation_id: uuid.UUID) -> Response:
+    """The clinic's full result: every figure unsuppressed, the plots, the subgroups and the failure lists."""
+    access = projects.open_project(db, principal, slug)
+    ev = service.get_evaluation(db, principal, slug, str(evaluation_id))
+    mv = db.get_one(ModelVersion, ev.model_version_id)
+    m = (ev.result or {}).get("metrics")
+    in_review = any(r.state == IN_REVIEW for r, e in service.list_releases(db, principal, slug) if e.id == ev.id)
+    return templates.TemplateResponse(request, "vai/evaluation.html", {
+        "project": access.project, "ev": ev, "mv": mv, "r": ev.result or {}, "m": m, "render": render,
+        "rows": render.rows(m) if m else [],
+        "roc_svg": render.roc_svg(m.get("roc", []), m.get("auc")) if m else None,
+        "cal_svg": render.calibration_svg(m["calibration"]["bins"]) if m and m.get("calibration") else None,
+        "running": ev.state in (CREATED, RUNNING),
+        "can_release": ev.state == DONE and "export" in access.rights and not in_review,
+        "percent": int(100 * ev.done / ev.total) if ev.total else 100,
+    })
+
+
+@router.post("/projects/{slug}/vai/evaluations/{evaluation_id}/release", dependencies=[CsrfChecked])
+def ask_release(request: Request, db: Db, principal: WebPrincipal, slug: str, evaluation_id: uuid.UUID) -> Response:
+    r = service.request_release(db, principal, slug, str(evaluation_id))
+    return redirect_with(request, f"/projects/{slug}/vai#releases",
+                         f"The report is frozen and waits for {r.approvals_needed} approvals by the project's "
+                         "named reviewers before the vendor sees it.")
 
 
 @router.post("/projects/{slug}/vai/releases/{release_id}/review", dependencies=[CsrfChecked])
