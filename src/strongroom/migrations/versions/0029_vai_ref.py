@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0029_vai_ref"
-down_revision = "0026_federation"
+down_revision = '0028_fed_sync'
 branch_labels = None
 depends_on = None
 
