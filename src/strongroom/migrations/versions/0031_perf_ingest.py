@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0031_perf_ingest"
-down_revision = "0026_federation"
+down_revision = '0029_vai_ref'
 branch_labels = None
 depends_on = None
 
