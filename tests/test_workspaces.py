@@ -236,17 +236,7 @@ def test_workspace_through_the_hub_proxy_only(hub, people, live: str) -> None:
 def destination() -> Iterator[tuple[int, int]]:
     """Two HTTP servers in their own network namespace (one port to allow-list, one not)."""
     ns = ["ip", "netns", "exec", DEST_NS]
-    subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "del", DEST_HOST_IF], capture_output=True, check=False)
-    for cmd in (["ip", "netns", "add", DEST_NS],
-                ["ip", "link", "add", DEST_HOST_IF, "type", "veth", "peer", "name", DEST_NS_IF],
-                ["ip", "link", "set", DEST_NS_IF, "netns", DEST_NS],
-                ["ip", "addr", "add", f"{DEST_HOST_IP}/30", "dev", DEST_HOST_IF],
-                ["ip", "link", "set", DEST_HOST_IF, "up"],
-                [*ns, "ip", "addr", "add", f"{DEST_IP}/30", "dev", DEST_NS_IF],
-                [*ns, "ip", "link", "set", DEST_NS_IF, "up"], [*ns, "ip", "link", "set", "lo", "up"],
-                [*ns, "ip", "route", "add", "default", "via", DEST_HOST_IP]):
-        subprocess.run(cmd, check=True, capture_output=True)
+    _test_host(DEST_NS, DEST_HOST_IF, DEST_NS_IF, DEST_HOST_IP, DEST_IP)
     servers = []
     ports = (18081, 18082)  # inside the destination's own namespace: nothing else listens there
     try:
@@ -263,6 +253,23 @@ def destination() -> Iterator[tuple[int, int]]:
             proc.wait()
         subprocess.run(["ip", "link", "del", DEST_HOST_IF], capture_output=True, check=False)
         subprocess.run(["ip", "netns", "del", DEST_NS], capture_output=True, check=False)
+
+
+def _test_host(namespace: str, host_if: str, ns_if: str, host_ip: str, ip: str) -> None:
+    """A test host: its own network namespace at ``ip``, a /30 veth link to the hub's side at ``host_ip``
+    (anything left from an earlier run removed first)."""
+    ns = ["ip", "netns", "exec", namespace]
+    subprocess.run(["ip", "netns", "del", namespace], capture_output=True, check=False)
+    subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+    for cmd in (["ip", "netns", "add", namespace],
+                ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+                ["ip", "link", "set", ns_if, "netns", namespace],
+                ["ip", "addr", "add", f"{host_ip}/30", "dev", host_if],
+                ["ip", "link", "set", host_if, "up"],
+                [*ns, "ip", "addr", "add", f"{ip}/30", "dev", ns_if],
+                [*ns, "ip", "link", "set", ns_if, "up"], [*ns, "ip", "link", "set", "lo", "up"],
+                [*ns, "ip", "route", "add", "default", "via", host_ip]):
+        subprocess.run(cmd, check=True, capture_output=True)
 
 
 def _wait_port(namespace: str, ip: str, port: int) -> None:
@@ -847,17 +854,7 @@ def mirror() -> Iterator[str]:
         f'<!DOCTYPE html><html><body><a href="../../packages/{wheel.name}#sha256={sha}">{wheel.name}</a>'
         "</body></html>\n")
     ns = ["ip", "netns", "exec", MIRROR_NS]
-    subprocess.run(["ip", "netns", "del", MIRROR_NS], capture_output=True, check=False)
-    subprocess.run(["ip", "link", "del", MIRROR_HOST_IF], capture_output=True, check=False)
-    for cmd in (["ip", "netns", "add", MIRROR_NS],
-                ["ip", "link", "add", MIRROR_HOST_IF, "type", "veth", "peer", "name", MIRROR_NS_IF],
-                ["ip", "link", "set", MIRROR_NS_IF, "netns", MIRROR_NS],
-                ["ip", "addr", "add", f"{MIRROR_HOST_IP}/30", "dev", MIRROR_HOST_IF],
-                ["ip", "link", "set", MIRROR_HOST_IF, "up"],
-                [*ns, "ip", "addr", "add", f"{MIRROR_IP}/30", "dev", MIRROR_NS_IF],
-                [*ns, "ip", "link", "set", MIRROR_NS_IF, "up"], [*ns, "ip", "link", "set", "lo", "up"],
-                [*ns, "ip", "route", "add", "default", "via", MIRROR_HOST_IP]):
-        subprocess.run(cmd, check=True, capture_output=True)
+    _test_host(MIRROR_NS, MIRROR_HOST_IF, MIRROR_NS_IF, MIRROR_HOST_IP, MIRROR_IP)
     servers = []
     try:
         for port in (MIRROR_PORT, UNLISTED_PORT):
