@@ -6,8 +6,10 @@ edit, image change, publish and withdrawal), the dataset's released and deprecat
 its access policy's download rule. The page rendered for a revision is kept in this process, keyed by slug,
 ``?version`` and Accept header, and served as long as the revision read from the database is the same: a change
 saved by any worker (or the CLI) is seen by every worker on its next request, so no worker serves a page older
-than the database. ``MAX_AGE_SECONDS`` also bounds the rare inputs outside the revision (a person later taking an
-e-mail address the entry mentions, a strategy mark). The ETag is the SHA-256 of the body: strong, and the same in
+than the database. The e-mail addresses a cached page shows are kept with it and asked about on every reuse (one
+indexed query, only for pages that show any): once a person of the hub owns one of them, the page is rendered anew,
+so the address is withheld at once, never served from the cache. ``MAX_AGE_SECONDS`` bounds the remaining inputs
+outside the revision (a strategy mark). The ETag is the SHA-256 of the body: strong, and the same in
 every worker for the same page.
 """
 
@@ -60,6 +62,7 @@ class Page:
     etag: str
     dataset_id: str
     rendered_at: float
+    emails: frozenset[str] = frozenset()  # the addresses the body shows (lower-cased): none may become a person's
 
 
 _PAGES: OrderedDict[tuple[str, int | None, str], Page] = OrderedDict()

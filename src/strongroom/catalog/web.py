@@ -28,7 +28,7 @@ from ..deps import (
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import FLASH_COOKIE, redirect_with, templates
-from . import citations, conneg, dois, entries, page_cache, png, search, signposting, sitemaps
+from . import citations, conneg, dois, entries, page_cache, png, privacy, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -156,7 +156,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
     current = page_cache.revision(db, slug) if _anonymous(request) else None
     if current is not None:
         cached = page_cache.lookup(key, current)
-        if cached is not None:
+        # a person who since took an address the page shows: render anew, which withholds it
+        if cached is not None and not (cached.emails and privacy.user_emails(db, cached.emails)):
             return _from_cache(request, cached)
     response = _landing(request, db, hub, slug, version)
     if current is None or response.status_code != 200 or not response.media_type \
@@ -165,7 +166,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
     body = bytes(response.body)
     page = page_cache.Page(current, 200, body, response.media_type,
                            {k: v for k, v in response.headers.items() if k.lower() in ("vary", "link")},
-                           page_cache.etag_of(body), _dataset_of(response), time.monotonic())
+                           page_cache.etag_of(body), _dataset_of(response), time.monotonic(),
+                           frozenset(m.lower() for m in privacy.EMAIL_RE.findall(body.decode(errors="replace"))))
     page_cache.store(key, page)
     request.state.new_csrf_cookie = None  # a public, cacheable page sets no cookie (it has no form)
     response.headers["ETag"] = page.etag
