@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..deps import Admin, DataWrite, Db, HubDep
 from ..errors import NotFound
-from ..schemas import Out
+from ..schemas import Int32, Out
 from . import service, sync
 from .models import Peer, SyncRun
 
@@ -97,7 +97,7 @@ class SyncIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str = Field(min_length=1, max_length=32, description="the dataset's accession")
     peer: str = Field(pattern=service.NAME.pattern, description="the peer hub to push to")
-    version: int | None = Field(default=None, ge=1, description="one released version; all when left out")
+    version: Int32 | None = Field(default=None, ge=1, description="one released version; all when left out")
 
 
 class SyncOut(Out):
