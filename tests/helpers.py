@@ -31,3 +31,17 @@ def extract(pattern: str, html: str) -> str:
     match = re.search(pattern, html, re.S)
     assert match, f"pattern {pattern!r} not found"
     return match.group(1)
+
+
+def wait_until(predicate, timeout: float = 60.0, step: float = 0.005):
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout`` seconds: waiting
+    on observable state, never a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError("condition not met in time")

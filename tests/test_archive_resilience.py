@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import bearer, token_for
+from helpers import wait_until
 from strongroom.archive import c4gh
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key, hub_keys
@@ -53,13 +53,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _wait(predicate, timeout: float = 60.0, step: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, step)
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 from sqlalchemy import func, select
 
+from helpers import wait_until
 from strongroom.jobs.models import Job
 from strongroom.vai.models import Evaluation, Prediction
 from test_vai import CASES, _drain, _evaluate, _register, vai  # noqa: F401  (vai: the fixture)
@@ -46,13 +46,7 @@ def _stop(worker: subprocess.Popen) -> None:
 
 
 def _until(predicate, timeout: float = 900.0, step: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
+    return wait_until(predicate, timeout, step)
 
 
 def _count(hub, eid: uuid.UUID) -> int:
