@@ -20,9 +20,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import DatasetVersion
@@ -35,11 +36,19 @@ MAX_PAGES = 512
 
 def revision(session: Session, slug: str) -> tuple[Any, ...] | None:
     """What the anonymous landing page of ``slug`` is rendered from, as one comparable tuple (None: no entry)."""
+    row = session.execute(_revision_statement(), {"slug": slug.lower()}).first()
+    return tuple(row) if row is not None else None
+
+
+@cache
+def _revision_statement() -> Select[Any]:
+    """Built once per process: constructing its six subqueries cost more than running them (it is asked on
+    every anonymous landing-page request)."""
     from ..access.models import AccessPolicy  # the access capability owns the policy (as landing.py reads it)
 
     e = CatalogEntry
     shown = DatasetVersion.state.in_(("released", "deprecated"))
-    row = session.execute(select(
+    return select(
         e.id, e.updated_at, e.published, e.withdrawn_at,
         select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == e.dataset_id, shown).scalar_subquery(),
         select(func.max(DatasetVersion.id)).where(DatasetVersion.dataset_id == e.dataset_id,
@@ -48,8 +57,7 @@ def revision(session: Session, slug: str) -> tuple[Any, ...] | None:
         select(func.max(Doi.updated_at)).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
         select(func.count()).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
         select(AccessPolicy.applicant_download).where(AccessPolicy.dataset_id == e.dataset_id).scalar_subquery(),
-    ).where(e.slug == slug.lower())).first()
-    return tuple(row) if row is not None else None
+    ).where(e.slug == bindparam("slug"))
 
 
 @dataclass(frozen=True)
