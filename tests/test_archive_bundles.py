@@ -146,6 +146,46 @@ def test_bundle_is_one_upload_per_file_and_one_group_ingest(client, hub, lung):
     assert len(list(storage.iter_keys(f"inbox/{project.id}/"))) == 1  # the all-good bundle is gone
 
 
+def _keyed(files: list[tuple[str, bytes, bytes]], key: str) -> bytes:
+    """A bundle whose manifest carries the client's key (a retry of it is safe)."""
+    manifest = json.dumps({"key": key, "files": [{"path": p, "size": len(blob), "sha256": hashlib.sha256(plain)
+                                                  .hexdigest()} for p, plain, blob in files]}).encode()
+    return len(manifest).to_bytes(4, "big") + manifest + b"".join(blob for _, _, blob in files)
+
+
+def test_a_bundle_sent_again_with_its_key_returns_its_files_and_stores_nothing_twice(client, hub, lung, people):
+    token = token_for(hub, lung)
+    key = os.urandom(16).hex()
+    files = _files(hub, 4)
+    first = client.post("/api/v1/projects/lung/bundles", content=_keyed(files, key), headers=bearer(token) | MEDIA)
+    assert first.status_code == 201, first.text
+    again = client.post("/api/v1/projects/lung/bundles", content=_keyed(files, key), headers=bearer(token) | MEDIA)
+    assert again.status_code == 201 and again.json() == first.json()  # the same files, not new ones
+    project = _project(hub)
+    assert project.reserved_bytes == sum(len(blob) for _, _, blob in files)  # quota held once
+    with hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 4
+        assert s.scalar(select(func.count()).select_from(AuditEvent).where(
+            AuditEvent.action == "archive.upload.completed")) == 4
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == "archive.ingest")) == 1
+    # the key named these files: other files (or the same key from another member) are refused
+    other = client.post("/api/v1/projects/lung/bundles", content=_keyed(_files(hub, 2, seed=3), key),
+                        headers=bearer(token) | MEDIA)
+    assert other.status_code == 409 and "key" in other.json()["detail"]
+    carol = people("carol")
+    r = client.post("/api/v1/projects/lung/members", json={"user": "carol", "role": "member"},
+                    headers=bearer(token))
+    assert r.status_code == 201, r.text
+    theirs = client.post("/api/v1/projects/lung/bundles", content=_keyed(files, key),
+                         headers=bearer(token_for(hub, carol)) | MEDIA)
+    assert theirs.status_code == 409
+    _drain(hub)
+    with hub.sessions() as s:
+        assert {f.state for f in s.scalars(select(ArchiveFile))} == {"ready"}
+    assert client.post("/api/v1/projects/lung/bundles", content=_keyed(files, key),
+                       headers=bearer(token) | MEDIA).json() == [{**f, "state": "ready"} for f in first.json()]
+
+
 def test_bundle_refusals_leave_nothing_behind(client, hub, lung):
     token = token_for(hub, lung)
     files = _files(hub, 2)

@@ -241,3 +241,85 @@ def test_s3_outage_mid_upload_is_a_clear_error_and_a_retry_succeeds(app, hub, se
     with hub.sessions() as s:
         assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 1
     assert json.dumps(f)  # the record is well-formed
+
+
+def _small_tree(root: Path, count: int, size: int) -> dict[str, bytes]:
+    root.mkdir(parents=True)
+    files = {}
+    for i in range(count):
+        data = os.urandom(size + 97 * i)
+        (root / f"s{i:03d}.txt").write_bytes(data)
+        files[f"{root.name}/s{i:03d}.txt"] = data
+    return files
+
+
+def _project_files(c: httpx.Client) -> list[dict]:
+    return c.get("/api/v1/projects/lung/files", params={"limit": 1000}).json()
+
+
+def test_cli_sends_small_files_in_bundles_and_a_lost_answer_makes_no_duplicate(app, hub, settings, lung,
+                                                                               tmp_path):
+    from strongroom.archive import transfer
+    from strongroom.hubclient import HubClient
+
+    token = token_for(hub, lung)
+    small = _small_tree(tmp_path / "run", 30, 2048)
+    big = os.urandom(2 * 1024 * 1024 + 5)  # over 1 MiB: sent in parts, beside the bundles
+    (tmp_path / "run" / "big.bin").write_bytes(big)
+    with serving(app, settings._port) as url:
+        env = _env(settings, tmp_path, token, url)
+        c = httpx.Client(base_url=url, headers=bearer(token), timeout=60)
+        # A first attempt that reached the hub, whose answer was lost: the client died before it could forget the
+        # bundle's key, so the key waits in its resume file for the next run.
+        client = HubClient(url, token)
+        hub_public = c4gh.parse_public_key(c.get("/api/v1/archive/public-key").text)
+        plans = [p for p in transfer.plan_uploads([tmp_path / "run"]) if p.size <= transfer.SMALL_FILE_BYTES]
+        header_size = len(c4gh.make_header([b"\0" * 32], hub_public, None))
+        [group] = transfer.bundle_groups(plans, header_size)
+        state_dir = tmp_path / "cache" / "strongroom" / "uploads"
+        state_path = transfer.bundle_state_path(state_dir, client, "lung", group)
+        first = transfer.upload_bundle(client, "lung", group, hub_public, state_dir=state_dir)
+        assert len(first) == 30 and not state_path.exists()
+        transfer._write_private_json(state_path, {"key": _key_of(hub, first)})
+
+        run = _cli("upload", str(tmp_path / "run"), "--project", "lung", env=env)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out + err
+        assert "30 small file(s) in 1 bundle(s)" in out, out
+        files = _project_files(c)
+        assert sorted(f["path"] for f in files) == sorted([*small, "run/big.bin"])  # each once
+        assert {f["id"] for f in files} >= {f["id"] for f in first}  # the bundle's files are the first attempt's
+        assert not any(state_dir.glob("bundle-*.json"))
+        Runner_drain(hub)
+        for f in files:
+            record = c.get(f"/api/v1/files/{f['id']}").json()
+            plain = big if f["path"] == "run/big.bin" else small[f["path"]]
+            assert record["state"] == "ready" and record["plaintext_sha256"] == hashlib.sha256(plain).hexdigest()
+        events = c.get("/api/v1/projects/lung/audit", params={"limit": 200}).json()
+        assert sum(e["action"] == "archive.upload.completed" for e in events) == 31  # nothing counted twice
+
+
+def _key_of(hub, records: list[dict]) -> str:
+    """The client key a bundle was stored under (its inbox object is named by it)."""
+    with hub.sessions() as s:
+        inbox_key = s.get(ArchiveFile, records[0]["id"]).inbox_key
+    return inbox_key.rsplit("/SRB-", 1)[1]
+
+
+def test_cli_splits_a_bundle_the_hub_finds_too_large(app, hub, settings, lung, tmp_path):
+    token = token_for(hub, lung)
+    # 12 files of ~300 KiB: one 3.6 MB bundle by the client's rule, more than this hub's limit (a part of
+    # 192 KiB + 2 MiB), so it is refused before anything is stored and sent again as two halves
+    small = _small_tree(tmp_path / "scans", 12, 300 * 1024)
+    with serving(app, settings._port) as url:
+        env = _env(settings, tmp_path, token, url)
+        c = httpx.Client(base_url=url, headers=bearer(token), timeout=60)
+        run = _cli("upload", str(tmp_path / "scans"), "--project", "lung", env=env)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out + err
+        files = _project_files(c)
+        assert sorted(f["path"] for f in files) == sorted(small)
+        with hub.sessions() as s:
+            assert len({s.get(ArchiveFile, f["id"]).inbox_key for f in files}) == 2  # two bundles
+        Runner_drain(hub)
+        assert all(c.get(f"/api/v1/files/{f['id']}").json()["state"] == "ready" for f in files)

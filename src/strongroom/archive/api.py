@@ -151,6 +151,9 @@ class BundleFile(Body):
 
 class BundleManifest(Body):
     files: list[BundleFile] = Field(min_length=1, max_length=service.MAX_BUNDLE_FILES)
+    key: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$",
+                            description="chosen by the client (32 hex digits): sending the same bundle again "
+                                        "with the same key returns the files it created, nothing twice")
 
 
 class BundledFileOut(Out):
@@ -166,7 +169,8 @@ class BundledFileOut(Out):
                          "files back to back in the same order (each encrypted to the hub key). At most one "
                          "upload part in all (`part_size`). Quota is held for every file, each gets its own "
                          "audit event, and one ingest job decrypts, verifies and archives them as a group; "
-                         "a damaged file fails alone.",
+                         "a damaged file fails alone. With a `key` in the manifest a retry is safe: the same "
+                         "key again returns the files already created.",
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 @read_first  # the bundle is stored before any write lock is taken
 def upload_bundle(principal: DataWrite, data: RawBody, db: Db, hub: HubDep, slug: str) -> list[BundledFileOut]:
@@ -178,7 +182,8 @@ def upload_bundle(principal: DataWrite, data: RawBody, db: Db, hub: HubDep, slug
         raise Invalid(f"the bundle manifest is not valid: {exc}") from None
     access = projects.open_project(db, principal, slug)
     rows = service.receive_bundle(db, principal, access, storage_for(hub),
-                                  files=[(f.path, f.size, f.sha256) for f in manifest.files], data=data[4 + n:])
+                                  files=[(f.path, f.size, f.sha256) for f in manifest.files], data=data[4 + n:],
+                                  key=manifest.key)
     return [BundledFileOut(id=f.id, path=f.path, state=f.state) for f in rows]
 
 

@@ -21,13 +21,17 @@ from rich.progress import (
 from rich.table import Table
 
 from ..client import connect
-from ..hubclient import HubError, config_path
+from ..hubclient import HubClient, HubError, config_path
 from . import c4gh
 from .transfer import (
+    SMALL_FILE_BYTES,
+    UploadPlan,
+    bundle_groups,
     decrypt_and_verify,
     download_file,
     iter_dataset_files,
     plan_uploads,
+    upload_bundle,
     upload_file,
 )
 
@@ -61,7 +65,8 @@ def upload(
     project: Annotated[str, typer.Option("--project", "-p", help="Project id to upload into.")],
     parallel: Annotated[int, typer.Option(min=1, max=32, help="Parts in flight per file.")] = 4,
 ) -> None:
-    """Encrypt (crypt4gh, to the hub's key) while streaming and upload; re-run to resume."""
+    """Encrypt (crypt4gh, to the hub's key) while streaming and upload; re-run to resume. Files up to 1 MiB
+    travel in bundles of up to 1,000 (one request each); larger files in parts, --parallel at a time."""
     client = connect()
     try:
         response = client.request("GET", "/api/v1/archive/public-key")
@@ -79,7 +84,10 @@ def upload(
         header_size = len(c4gh.make_header([b"\0" * 32], hub_public, None))
         overall = progress.add_task(f"[bold]{len(plans)} file(s)",
                                     total=sum(header_size + c4gh.body_size_for(p.size) for p in plans))
-        for plan in plans:
+        small = [p for p in plans if p.size <= SMALL_FILE_BYTES]
+        failures += _upload_small(client, project, small, hub_public, header_size, state_dir, parallel, progress,
+                                  overall)
+        for plan in (p for p in plans if p.size > SMALL_FILE_BYTES):
             task = progress.add_task(plan.name[-40:], total=header_size + c4gh.body_size_for(plan.size))
 
             def advance(n: int, task: TaskID = task) -> None:
@@ -99,6 +107,37 @@ def upload(
         raise typer.Exit(1)
     console.print(f"uploaded {len(plans)} file(s) into [bold]{project}[/]; ingest runs on the hub "
                   f"(`strongroom datasets` / the project's Data page show progress)")
+
+
+def _upload_small(client: HubClient, project: str, small: list[UploadPlan], hub_public: bytes, header_size: int,
+                  state_dir: Path, parallel: int, progress: Progress, overall: TaskID) -> int:
+    """Files up to 1 MiB go in bundles (one request and one group ingest for up to 1,000 of them): the failed
+    files' count. A bundle is all or nothing, and safe to send again (`upload_bundle`)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    if not small:
+        return 0
+    groups = bundle_groups(small, header_size)
+    task = progress.add_task(f"{len(small)} small file(s) in {len(groups)} bundle(s)",
+                             total=sum(header_size + c4gh.body_size_for(p.size) for p in small))
+    failures, sent = 0, 0
+    with ThreadPoolExecutor(min(parallel, 4)) as pool:
+        futures = {pool.submit(upload_bundle, client, project, g, hub_public, state_dir=state_dir): g
+                   for g in groups}
+        for future in as_completed(futures):
+            group = futures[future]
+            size = sum(header_size + c4gh.body_size_for(p.size) for p in group)
+            try:
+                future.result()
+                sent += len(group)
+            except HubError as exc:
+                failures += len(group)
+                err.print(f"[red]✗[/] a bundle of {len(group)} file(s) from {group[0].name}: {exc}")
+            progress.advance(task, size)
+            progress.advance(overall, size)
+    progress.update(task, description=f"[green]✓[/] {sent} small file(s) in {len(groups)} bundle(s)"
+                    if not failures else f"[red]✗[/] {failures} of {len(small)} small file(s) not sent")
+    return failures
 
 
 @app.command()

@@ -47,7 +47,9 @@ class UserKey(IdMixin, CreatedMixin, Base):
 
 class ArchiveFile(CreatedMixin, Base):
     __tablename__ = "archive_files"
-    __table_args__ = (Index("ix_archive_files_project_state", "project_id", "state"),)
+    __table_args__ = (Index("ix_archive_files_project_state", "project_id", "state"),
+                      # a bundle's files by its inbox object (group ingest, a retried bundle); one file per offset
+                      Index("ux_archive_files_inbox", "inbox_key", "inbox_offset", unique=True))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # stable accession, e.g. SRF-…
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)

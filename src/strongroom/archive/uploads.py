@@ -8,6 +8,7 @@ import re
 from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -77,12 +78,17 @@ def _check_upload(path: str, size: int, sha256: str | None) -> None:
 
 
 def receive_bundle(session: Session, principal: Principal, access: projects.ProjectAccess, storage: Storage, *,
-                   files: Sequence[tuple[str, int, str | None]], data: bytes) -> list[ArchiveFile]:
+                   files: Sequence[tuple[str, int, str | None]], data: bytes,
+                   key: str | None = None) -> list[ArchiveFile]:
     """Many small crypt4gh files in one request: ``data`` is their streams back to back, ``files`` their
     ``(path, size, plaintext sha256)`` in the same order. Stored as ONE inbox object (one fsync for the
     bundle, not three requests and several fsyncs per file); each file is still its own upload: its own
     row, quota held for its size, its own audit event, and ingest decrypts, verifies and checksums it on its
-    own (a damaged file fails alone). One ingest job takes the whole bundle as one group commit."""
+    own (a damaged file fails alone). One ingest job takes the whole bundle as one group commit.
+
+    ``key`` (32 hex digits, chosen by the client) makes a retry safe: a bundle sent again with the same key —
+    its answer was lost, or the client was killed — returns the files the first one created, and stores nothing
+    twice. The key names the inbox object, whose (key, offset) pairs are unique in the table."""
     access.require("write-data")
     if access.project.status != "active":
         raise Conflict("the project is closed")
@@ -94,7 +100,9 @@ def receive_bundle(session: Session, principal: Principal, access: projects.Proj
     if total != len(data):
         raise Invalid(f"the bundle has {len(data)} bytes but its files declare {total}")
     project_id = access.project.id
-    inbox_key = f"inbox/{project_id}/{new_accession('SRB')}"
+    inbox_key = f"inbox/{project_id}/" + (f"SRB-{key}" if key else new_accession("SRB"))
+    if key is not None and (sent := _bundle_sent(session, principal, inbox_key, files)) is not None:
+        return sent
     # Stored (and fsynced) before the first write, as begin_upload does: no lock is held during the I/O.
     storage.put_bytes(inbox_key, data)
     try:
@@ -109,10 +117,27 @@ def receive_bundle(session: Session, principal: Principal, access: projects.Proj
                                 inbox_key=inbox_key, inbox_offset=offset, declared_sha256=sha256))
         offset += size
     session.add_all(rows)
+    try:
+        session.flush()
+    except IntegrityError:  # the same key, sent twice at once: the other request stored it (keep its object)
+        raise Conflict("this bundle is being received by another request; send it again to get its files") from None
     audit.record_many(session, principal.actor, "archive.upload.completed",
                       [(project_id, f"file:{f.id}", {"path": f.path, "size": f.upload_size, "via": "bundle"})
                        for f in rows])
     jobs.enqueue(session, "archive.ingest", {"inbox_key": inbox_key}, dedup_key=f"ingest:{inbox_key}")
+    return rows
+
+
+def _bundle_sent(session: Session, principal: Principal, inbox_key: str,
+                 files: Sequence[tuple[str, int, str | None]]) -> list[ArchiveFile] | None:
+    """The files a bundle with this key already created (None: none yet); Conflict if the key named others."""
+    rows = list(session.scalars(select(ArchiveFile).where(ArchiveFile.inbox_key == inbox_key)
+                                .order_by(ArchiveFile.inbox_offset)))
+    if not rows:
+        return None
+    if any(f.uploader_id != principal.user.id for f in rows) or \
+            [(f.path, f.upload_size) for f in rows] != [(path, size) for path, size, _ in files]:
+        raise Conflict("this bundle key was already used for other files; choose a new key")
     return rows
 
 

@@ -1,0 +1,24 @@
+"""A bundle's files found by their inbox object: group ingest and a retried bundle (same client key) look them
+up by (inbox_key, inbox_offset), unique, instead of scanning every file.
+
+Revision ID: 0033_bundle_key
+Revises: 0031_perf_ingest
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0033_bundle_key"
+down_revision = "0031_perf_ingest"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ux_archive_files_inbox", "archive_files", ["inbox_key", "inbox_offset"], unique=True)
+
+
+def downgrade() -> None:
+    op.drop_index("ux_archive_files_inbox", table_name="archive_files")
