@@ -319,6 +319,7 @@ class FederationSettings(BaseModel):
     peer_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_skew_seconds: int = Field(default=300, ge=10, le=3600)  # how old a peer's signature may be
     max_remote_entries: int = Field(default=5000, ge=1, le=100_000)  # per peer and harvest
+    sync_lease_seconds: int = Field(default=60, ge=2, le=3600)  # a push's worker lease (renewed while it runs)
 
 
 class Settings(BaseSettings):

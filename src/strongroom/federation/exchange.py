@@ -29,6 +29,7 @@ def _verified(request: Request, db: Db, hub: HubDep, what: str) -> Peer:
                                   query=request.scope.get("query_string", b"").decode("latin-1"),
                                   headers=request.headers, body=b"", what=what, ip=client_ip(request))
     assert peer is not None
+    db.commit()  # the nonce is spent whatever happens next (replay protection)
     return peer
 
 
@@ -122,6 +123,19 @@ async def sync_body(request: Request, hub: HubDep, sync_id: str, file_id: str) -
         answer = await anyio.to_thread.run_sync(
             lambda: sync.store_body(hub, peer_id, sync_id, file_id, spooled, digest.hexdigest(), received,
                                     request.headers.get("content-digest", ""), client_ip(request)))
+    return JSONResponse(answer)
+
+
+@router.post("/sync/notice")
+async def sync_notice(request: Request, hub: HubDep) -> JSONResponse:
+    """The origin withdrew a mirrored dataset or deprecated a version of it (``notices.py``): applied here."""
+    from . import notices
+
+    body = await _small_body(request)
+    peer_id = await anyio.to_thread.run_sync(_verify_signed, hub, request, body, "sync:notice")
+    ip = client_ip(request)
+    answer = await anyio.to_thread.run_sync(_in_transaction, hub, peer_id,
+                                            lambda s, p: notices.receive(hub, s, p, body, ip))
     return JSONResponse(answer)
 
 
