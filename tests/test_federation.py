@@ -166,6 +166,8 @@ SIGNED_ROUTES = [
     ("PUT", f"{service.PEER_PATH}/sync/{{sync_id}}/files/{{file_id}}",
      f"{service.PEER_PATH}/sync/s1/files/f1", b"x"),
     ("POST", f"{service.PEER_PATH}/sync/notice", f"{service.PEER_PATH}/sync/notice", b"{}"),
+    ("POST", f"{service.PEER_PATH}/sync/{{sync_id}}/files/{{file_id}}/fetch",
+     f"{service.PEER_PATH}/sync/s1/files/f1/fetch", b'{"url": "http://127.0.0.1:9/x"}'),
     ("POST", f"{service.PEER_PATH}/sync/{{sync_id}}/publish", f"{service.PEER_PATH}/sync/s1/publish", b"{}"),
     ("GET", "/ga4gh/beacon/v2/datasets", "/ga4gh/beacon/v2/datasets", b""),  # signed when a peer asks
     ("GET", "/ga4gh/beacon/v2/imaging_studies", "/ga4gh/beacon/v2/imaging_studies", b""),
@@ -202,7 +204,8 @@ def test_every_signed_route_refuses_a_replayed_request(pair, people):
     assert len(refused) == len(SIGNED_ROUTES)
     assert all(e.actor == "peer:hub-a" and "replayed" in e.details["reason"] for e in refused)
     assert {e.details["what"] for e in refused} == {"hello", "catalog", "sync:manifest", "sync:body", "sync:notice",
-                                                    "sync:publish", "beacon:dataset", "beacon:imagingStudy"}
+                                                    "sync:fetch", "sync:publish", "beacon:dataset",
+                                                    "beacon:imagingStudy"}
     # a signature without a nonce (a hub from before replay protection) is refused with why
     created = int(time.time())
     params = (f'({" ".join(signing.COMPONENTS)});created={created};keyid="{key.key_id}";alg="ed25519"')

@@ -475,3 +475,43 @@ def test_two_pushes_of_the_same_dataset_to_the_same_peer_do_not_race(hubs, monke
     assert sorted(bodies) == order  # each body stored once
     with transaction(h.a.sessions) as s:  # finished: a new push may start
         assert sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b", 1).id != ids[0]
+
+
+def test_bodies_go_s3_to_s3_when_both_hubs_allow_it(hubs, seaweedfs):  # noqa: F811
+    """A offers presigned GET URLs of its bodies, B fetches them from A's object store (never through A's API
+    server), verifying each SHA-256 as it streams; with B not allowing it, the same push falls back to PUT."""
+    from urllib.parse import urlsplit
+
+    h = hubs
+    h.a.settings.federation.presign_bodies = True
+    h.b.settings.federation.fetch_from_origin_storage = True
+    h.b.settings.federation.fetch_hosts = []  # not yet allowed: pushed as before
+    with transaction(h.a.sessions) as s:
+        first = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b", 1).id
+    assert sync.run_sync(h.a, first)["state"] == "done"
+    via = [e.details["via"] for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
+    assert via == ["push"] * 3
+    # a second dataset, B now allowing A's object store: straight from there
+    with transaction(h.b.sessions) as s:
+        s.execute(Mirror.__table__.delete())
+    with transaction(h.b.sessions) as s:
+        from strongroom.federation.models import MirrorFile
+
+        s.execute(MirrorFile.__table__.delete())  # B forgets it mirrored them: every body travels again
+    h.b.settings.federation.fetch_hosts = [urlsplit(seaweedfs.endpoint_url).netloc]
+    with transaction(h.a.sessions) as s:
+        second = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b").id
+    assert sync.run_sync(h.a, second)["state"] == "done"
+    fetched = [e for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"][3:]
+    assert [e.details["via"] for e in fetched] == ["origin-storage"] * 3
+    assert sorted(e.details["file"] for e in fetched) == sorted(h.files)
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        files = list(s.scalars(select(ArchiveFile).where(ArchiveFile.body_key.like(f"mirrors/hub-a/{second}/%"))))
+    assert mirror is not None and len(files) == 3
+    store_a, store_b = storage_for(h.a), storage_for(h.b)
+    with h.a.sessions() as s:
+        origin = {f.body_sha256: f for f in s.scalars(select(ArchiveFile).where(ArchiveFile.id.in_(list(h.files))))}
+    for f in files:
+        with store_a.open_reader(origin[f.body_sha256].body_key) as ra, store_b.open_reader(f.body_key) as rb:
+            assert ra.read() == rb.read()

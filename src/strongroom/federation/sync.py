@@ -218,6 +218,25 @@ def _body_chunks(reader: BinaryIO) -> Iterator[bytes]:
             yield chunk
 
 
+def _offer_presigned(hub: Hub, storage: Any, peer_url: str, path: str,
+                     body_key: str | None) -> httpx.Response | str | None:
+    """S3 to S3: offer the peer a short-lived presigned GET URL of the body in this hub's object store (when
+    ``presign_bodies`` and the storage is S3). The peer's answer when it fetched (or refused) the body; None
+    when it would not fetch (push it instead); a string: the peer did not answer."""
+    cfg = hub.settings.federation
+    if not cfg.presign_bodies or body_key is None or not hasattr(storage, "presigned_get"):
+        return None
+    url = storage.presigned_get(body_key, cfg.presign_seconds)
+    try:
+        r = _post(hub, peer_url, path + "/fetch", {"url": url})
+    except httpx.HTTPError as exc:
+        return f"did not answer ({type(exc).__name__})"
+    if r.status_code == 200 and r.json().get("fetch") is False:
+        log.info("sync.fetch_declined", reason=r.json().get("reason"))
+        return None
+    return r
+
+
 def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = None) -> dict[str, Any]:
     """Push (or resume pushing) a ``SyncRun``: manifest, the bodies not yet acknowledged, publish. Only one
     worker at a time runs a push (its lease): SyncBusy while another does."""
@@ -345,15 +364,21 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
             continue
         lease.check()
         path = f"{SYNC_PATH}/{sync_uuid}/files/{fid}"
-        headers = key.sign("PUT", path, "", body_sha256=sha)
-        try:
-            with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
-                assert body_key is not None
-                r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
-                          headers={**headers, "Content-Type": "application/octet-stream",
-                                   "Content-Length": str(size)})
-        except httpx.HTTPError as exc:
-            return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
+        fetched = _offer_presigned(hub, storage, peer_url, path, body_key)
+        if isinstance(fetched, str):
+            return fail("failed", f"{fid}: {peer_name} {fetched}")
+        if fetched is not None:  # the peer fetched it from this hub's object store (or refused it)
+            r = fetched
+        else:
+            headers = key.sign("PUT", path, "", body_sha256=sha)
+            try:
+                with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
+                    assert body_key is not None
+                    r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
+                              headers={**headers, "Content-Type": "application/octet-stream",
+                                       "Content-Length": str(size)})
+            except httpx.HTTPError as exc:
+                return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
         if r.status_code != 200:
             return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
                         f"{fid}: HTTP {r.status_code}: {_reason(r)}")
@@ -461,7 +486,7 @@ def body_key_for(peer_name: str, sync_id: str, file_id: str) -> str:
 
 
 def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled: BinaryIO, sha256: str,
-               size: int, claimed_digest: str, ip: str | None) -> dict[str, Any]:
+               size: int, claimed_digest: str, ip: str | None, via: str = "push") -> dict[str, Any]:
     """A body spooled from the request: its digest, then its plaintext, checked against the manifest, then
     stored. A mismatch refuses the whole push (nothing is published) and says why."""
     with hub.sessions() as s:
@@ -513,7 +538,7 @@ def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled
             s.add(IncomingFile(incoming_id=inc_id, origin_file_id=file_id, body_key=key))
         audit.record(s, audit.Actor(id=None, label=f"peer:{peer_name}", ip=ip), "federation.sync.received",
                      target=f"peer:{peer_name}", details={"what": "body", "sync": sync_id, "file": file_id,
-                                                           "bytes": size})
+                                                           "bytes": size, "via": via})
     return {"file": file_id, "status": "stored", "fingerprint": keys.fingerprint_at(opened.key_index)}
 
 
