@@ -5,18 +5,22 @@ A's catalogue, marked remote and linking to B's landing page, never counted as A
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.utils import formatdate
 
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import federation_support
 from conftest import bearer, token_for, web_client
@@ -24,9 +28,9 @@ from strongroom.app import create_app
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.config import Settings
-from strongroom.db import transaction
+from strongroom.db import transaction, utcnow
 from strongroom.federation import service, signing
-from strongroom.federation.models import RemoteEntry
+from strongroom.federation.models import RemoteEntry, SeenNonce
 from support.beacon_schema import validate
 from support.live import free_port, serving
 
@@ -152,6 +156,73 @@ def test_signed_requests_accepted_others_refused_and_all_audited(pair, people):
         service.set_peer(s, pair.b.settings, Actor.system("cli:t"), "hub-a", outbound=True, inbound=True,
                          active=False)
     assert service.signed_get(pair.a.settings, pair.url_b, HELLO).status_code == 401
+
+
+# every route that checks a peer's signature: (method, path template, the path sent, body)
+SIGNED_ROUTES = [
+    ("GET", f"{service.PEER_PATH}/hello", HELLO, b""),
+    ("GET", f"{service.PEER_PATH}/catalog.ttl", f"{service.PEER_PATH}/catalog.ttl", b""),
+    ("POST", f"{service.PEER_PATH}/sync/manifest", f"{service.PEER_PATH}/sync/manifest", b"{}"),
+    ("PUT", f"{service.PEER_PATH}/sync/{{sync_id}}/files/{{file_id}}",
+     f"{service.PEER_PATH}/sync/s1/files/f1", b"x"),
+    ("POST", f"{service.PEER_PATH}/sync/notice", f"{service.PEER_PATH}/sync/notice", b"{}"),
+    ("POST", f"{service.PEER_PATH}/sync/{{sync_id}}/files/{{file_id}}/fetch",
+     f"{service.PEER_PATH}/sync/s1/files/f1/fetch", b'{"url": "http://127.0.0.1:9/x"}'),
+    ("POST", f"{service.PEER_PATH}/sync/{{sync_id}}/publish", f"{service.PEER_PATH}/sync/s1/publish", b"{}"),
+    ("GET", "/ga4gh/beacon/v2/datasets", "/ga4gh/beacon/v2/datasets", b""),  # signed when a peer asks
+    ("GET", "/ga4gh/beacon/v2/imaging_studies", "/ga4gh/beacon/v2/imaging_studies", b""),
+]
+
+
+def test_every_signed_route_refuses_a_replayed_request(pair, people):
+    """A signed request captured on the wire and sent again (within the clock-skew window) is refused on
+    every route that accepts a peer's signature, with its reason, and audited as refused."""
+    register_each_other(pair, people)
+    def routes(items):  # included routers are walked into
+        for r in items:
+            inner = getattr(r, "original_router", None)
+            yield from routes(inner.routes) if inner is not None else [r]
+
+    hub_routes = {(m, r.path) for r in routes(pair.b_app.routes)
+                  if getattr(r, "path", "").startswith(service.PEER_PATH + "/")
+                  for m in getattr(r, "methods", ()) if m != "HEAD"}
+    assert hub_routes == {(m, t) for m, t, _, _ in SIGNED_ROUTES if t.startswith(service.PEER_PATH)}
+    key = service.hub_key(pair.a.settings)
+    for method, _, path, body in SIGNED_ROUTES:
+        if method == "PUT":
+            import hashlib
+
+            headers = key.sign(method, path, body_sha256=hashlib.sha256(body).hexdigest())
+        else:
+            headers = key.sign(method, path, "", body)
+        first = httpx.request(method, pair.url_b + path, content=body or None, headers=headers, timeout=30)
+        assert first.status_code != 401, (path, first.text)
+        again = httpx.request(method, pair.url_b + path, content=body or None, headers=headers, timeout=30)
+        assert again.status_code == 401, (path, again.text)
+        assert "replayed" in again.json()["detail"], again.text
+    refused = [e for e in events(pair.b, "federation.exchange.received") if e.outcome == "refused"]
+    assert len(refused) == len(SIGNED_ROUTES)
+    assert all(e.actor == "peer:hub-a" and "replayed" in e.details["reason"] for e in refused)
+    assert {e.details["what"] for e in refused} == {"hello", "catalog", "sync:manifest", "sync:body", "sync:notice",
+                                                    "sync:fetch", "sync:publish", "beacon:dataset",
+                                                    "beacon:imagingStudy"}
+    # a signature without a nonce (a hub from before replay protection) is refused with why
+    created = int(time.time())
+    params = (f'({" ".join(signing.COMPONENTS)});created={created};keyid="{key.key_id}";alg="ed25519"')
+    date, digest = formatdate(created, usegmt=True), signing.content_digest(b"")
+    sig = key.private.sign(signing._base("GET", HELLO, "", date, digest, params))
+    old = {"Date": date, "Content-Digest": digest, "Signature-Input": f"sr={params}",
+           "Signature": f"sr=:{base64.b64encode(sig).decode()}:"}
+    r = httpx.get(pair.url_b + HELLO, headers=old)
+    assert r.status_code == 401 and "no nonce" in r.json()["detail"]
+    # the seen nonces are forgotten once their signatures are too old anyway (the periodic job)
+    with transaction(pair.b.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(SeenNonce)) == len(SIGNED_ROUTES)
+        assert service.sweep_nonces(s) == 0
+        for row in s.scalars(select(SeenNonce)):
+            row.expires_at = utcnow() - dt.timedelta(seconds=1)
+    with transaction(pair.b.sessions) as s:
+        assert service.sweep_nonces(s) == len(SIGNED_ROUTES)
 
 
 def test_federated_search_over_both_hubs(pair, people):

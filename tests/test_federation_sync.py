@@ -32,8 +32,9 @@ from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.config import Settings
 from strongroom.db import transaction
-from strongroom.federation import manifest, service, sync
-from strongroom.federation.models import Incoming, IncomingFile, Mirror, SyncFile, SyncRun
+from strongroom.errors import Conflict
+from strongroom.federation import manifest, notices, service, sync
+from strongroom.federation.models import Incoming, IncomingFile, Mirror, Notice, SyncFile, SyncRun
 from strongroom.identity import service as identity
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
@@ -286,7 +287,8 @@ def _cli(settings: Settings, *args: str) -> subprocess.Popen:
            "STRONGROOM_ARCHIVE__STORAGE__KIND": "s3", "STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL": st.endpoint_url,
            "STRONGROOM_ARCHIVE__STORAGE__BUCKET": st.bucket, "STRONGROOM_ARCHIVE__STORAGE__REGION": st.region,
            "STRONGROOM_ARCHIVE__STORAGE__ACCESS_KEY": plain(st.access_key),
-           "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": plain(st.secret_key)}
+           "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": plain(st.secret_key),
+           "STRONGROOM_FEDERATION__SYNC_LEASE_SECONDS": "3"}  # a killed worker's lease lapses soon
     return subprocess.Popen([sys.executable, "-m", "strongroom.cli", "federation", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -331,3 +333,185 @@ def test_a_killed_push_resumes_without_sending_a_body_twice(hubs, monkeypatch):
         assert s.scalar(select(func.count()).select_from(ArchiveFile)) == 3
     bodies = [e.details["file"] for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
     assert sorted(bodies) == order  # each body stored once
+
+
+def _carol_with_a_visa(h: Hubs):
+    """carol, approved at A (an entitlement there), with an account and a key at B: a client and her passport."""
+    carol_a = _person(h.a, "carol")
+    with transaction(h.a.sessions) as s:
+        s.add(Entitlement(user_id=carol_a.user.id, dataset_id=h.dataset, version=None,
+                          starts_at=NOW - dt.timedelta(days=1), ends_at=NOW + dt.timedelta(days=30)))
+    visas = httpx.get(f"{h.url_a}/api/v1/me/passport", headers=bearer(token_for(h.a, carol_a))).json()
+    b = httpx.Client(base_url=h.url_b, headers=bearer(token_for(h.b, _person(h.b, "carol"))), timeout=60)
+    key = c4gh.generate_keypair()
+    assert b.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
+        key.public).decode()}).status_code == 201
+    return b, {"X-GA4GH-Passport": visas["passport"]}
+
+
+def _run_notices_job(hub) -> dict:
+    from strongroom.jobs import service as jobs
+    from strongroom.jobs.models import Job
+
+    with transaction(hub.sessions) as s:
+        job_id = jobs.enqueue(s, "federation.notices", {}).id
+    Runner(hub, lease_seconds=10, name="test").run_until_idle()
+    with hub.sessions() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "done", job.error
+        return job.result
+
+
+def test_a_withdrawal_at_the_origin_reaches_the_mirror_and_closes_it(hubs):
+    """A deprecates version 1, then withdraws the dataset: signed notices pushed by the jobs mechanism (re-sent
+    while B does not answer) mark B's mirror version deprecated, then the mirror withdrawn: its page is a
+    tombstone naming A, and A's visas no longer open its files."""
+    from strongroom.catalog import entries
+    from strongroom.catalog.models import CatalogEntry
+
+    h = hubs
+    result = _push(h)
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        some = s.scalar(select(ArchiveFile).where(ArchiveFile.body_key.like("mirrors/%")).limit(1))
+    b, passport = _carol_with_a_visa(h)
+    assert b.get(f"/api/v1/files/{some.id}/content", headers=passport).status_code == 200
+
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/1/deprecate").status_code == 200
+    assert _run_notices_job(h.a) == {"queued": 1, "sent": 1, "failed": 0}
+    with h.b.sessions() as s:
+        assert s.scalar(select(DatasetVersion.state).where(DatasetVersion.dataset_id == mirror.dataset_id)) \
+            == "deprecated"
+    assert b.get(f"/api/v1/files/{some.id}/content", headers=passport).status_code == 200  # deprecated, not gone
+
+    # the origin withdraws its (published) catalogue entry while B does not answer: the notice waits
+    with transaction(h.a.sessions) as s:
+        ds = s.get(Dataset, h.dataset)
+        entry = CatalogEntry(dataset_id=ds.id, slug="chest-ct", created_by=ds.created_by, title=ds.title,
+                             published=True, published_at=NOW)
+        s.add(entry)
+        s.flush()
+        assert entries.withdraw(s, Actor.system("t"), ds, entry, "consent was withdrawn")
+        peer = service.peer_by_name(s, "hub-b")
+        peer.base_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    assert _run_notices_job(h.a) == {"queued": 1, "sent": 0, "failed": 1}
+    with transaction(h.a.sessions) as s:
+        pending = s.scalar(select(Notice).where(Notice.kind == "withdrawn"))
+        assert pending.acked_at is None and pending.attempts == 1 and "no answer" in pending.last_error
+        service.peer_by_name(s, "hub-b").base_url = h.url_b
+    assert _run_notices_job(h.a) == {"queued": 0, "sent": 1, "failed": 0}  # re-sent, acknowledged
+    assert _run_notices_job(h.a) == {"queued": 0, "sent": 0, "failed": 0}  # nothing left to tell
+
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        assert mirror.withdrawn_at is not None and mirror.withdrawn_reason == "consent was withdrawn"
+        assert not s.scalar(select(CatalogEntry.published).where(CatalogEntry.dataset_id == mirror.dataset_id))
+    page = httpx.get(result["url"])
+    assert page.status_code == 410, page.text
+    assert "Withdrawn at its origin, Hub A: consent was withdrawn" in page.text
+    assert "mirror of a dataset of the hub hub-a" in page.text and f'href="{h.url_a}/datasets/{h.dataset}"' in page.text
+    refused = b.get(f"/api/v1/files/{some.id}/content", headers=passport)
+    assert refused.status_code in (403, 404), refused.text  # A's visas open nothing here any more
+    assert [e.action for e in _events(h.b, "federation.mirror.")] == ["federation.mirror.deprecated",
+                                                                       "federation.mirror.withdrawn"]
+    notices_sent = [(e.outcome, e.details["what"]) for e in _events(h.a, "federation.exchange.sent")
+                    if e.details.get("what", "").startswith("notice:")]
+    assert notices_sent == [("ok", "notice:deprecated"), ("failed", "notice:withdrawn"), ("ok", "notice:withdrawn")]
+    # the notice is signed like every hub-to-hub call: one addressed to another hub is refused
+    other = {"format": notices.FORMAT, "origin": h.url_a, "recipient_key_id": "0" * 32, "dataset": h.dataset,
+             "kind": "withdrawn", "version": 0, "reason": ""}
+    r = sync._post(h.a, h.url_b, notices.NOTICE_PATH, other)
+    assert r.status_code == 422 and "addressed to another hub" in r.json()["detail"]
+
+
+def test_two_pushes_of_the_same_dataset_to_the_same_peer_do_not_race(hubs, monkeypatch):
+    """Started at the same moment: one push (the database's unique active key). Run by two workers at once: the
+    second finds the lease held and stops; every body is stored once."""
+    h = hubs
+    barrier, ids = threading.Barrier(2), []
+
+    def start() -> None:
+        barrier.wait(30)
+        with transaction(h.a.sessions) as s:
+            ids.append(sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b").id)
+
+    starters = [threading.Thread(target=start) for _ in range(2)]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join(60)
+    assert len(ids) == 2 and ids[0] == ids[1]
+    with h.a.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SyncRun)) == 1
+    with transaction(h.a.sessions) as s, pytest.raises(Conflict, match="not finished yet"):
+        sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b", 1)  # another version meanwhile
+
+    order = sorted(h.files)
+    entered, release = threading.Event(), threading.Event()
+    real = sync.store_body
+
+    def held(hub, peer_id, sync_id, file_id, *args, **kw):  # B holds the first body until told
+        if file_id == order[0]:
+            entered.set()
+            release.wait(120)
+        return real(hub, peer_id, sync_id, file_id, *args, **kw)
+
+    monkeypatch.setattr(sync, "store_body", held)
+    first: list[dict] = []
+    worker = threading.Thread(target=lambda: first.append(sync.run_sync(h.a, ids[0])))
+    worker.start()
+    try:
+        assert entered.wait(120)
+        with pytest.raises(sync.SyncBusy):
+            sync.run_sync(h.a, ids[0])  # a second worker on the same push
+    finally:
+        release.set()
+        worker.join(300)
+    assert first and first[0]["state"] == "done"
+    with h.a.sessions() as s:
+        run = s.get(SyncRun, ids[0])
+        assert (run.state, run.active_key, run.lease_owner) == ("done", None, None)
+    bodies = [e.details["file"] for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
+    assert sorted(bodies) == order  # each body stored once
+    with transaction(h.a.sessions) as s:  # finished: a new push may start
+        assert sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b", 1).id != ids[0]
+
+
+def test_bodies_go_s3_to_s3_when_both_hubs_allow_it(hubs, seaweedfs):  # noqa: F811
+    """A offers presigned GET URLs of its bodies, B fetches them from A's object store (never through A's API
+    server), verifying each SHA-256 as it streams; with B not allowing it, the same push falls back to PUT."""
+    from urllib.parse import urlsplit
+
+    h = hubs
+    h.a.settings.federation.presign_bodies = True
+    h.b.settings.federation.fetch_from_origin_storage = True
+    h.b.settings.federation.fetch_hosts = []  # not yet allowed: pushed as before
+    with transaction(h.a.sessions) as s:
+        first = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b", 1).id
+    assert sync.run_sync(h.a, first)["state"] == "done"
+    via = [e.details["via"] for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"]
+    assert via == ["push"] * 3
+    # a second dataset, B now allowing A's object store: straight from there
+    with transaction(h.b.sessions) as s:
+        s.execute(Mirror.__table__.delete())
+    with transaction(h.b.sessions) as s:
+        from strongroom.federation.models import MirrorFile
+
+        s.execute(MirrorFile.__table__.delete())  # B forgets it mirrored them: every body travels again
+    h.b.settings.federation.fetch_hosts = [urlsplit(seaweedfs.endpoint_url).netloc]
+    with transaction(h.a.sessions) as s:
+        second = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b").id
+    assert sync.run_sync(h.a, second)["state"] == "done"
+    fetched = [e for e in _events(h.b, "federation.sync.received") if e.details["what"] == "body"][3:]
+    assert [e.details["via"] for e in fetched] == ["origin-storage"] * 3
+    assert sorted(e.details["file"] for e in fetched) == sorted(h.files)
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        files = list(s.scalars(select(ArchiveFile).where(ArchiveFile.body_key.like(f"mirrors/hub-a/{second}/%"))))
+    assert mirror is not None and len(files) == 3
+    store_a, store_b = storage_for(h.a), storage_for(h.b)
+    with h.a.sessions() as s:
+        origin = {f.body_sha256: f for f in s.scalars(select(ArchiveFile).where(ArchiveFile.id.in_(list(h.files))))}
+    for f in files:
+        with store_a.open_reader(origin[f.body_sha256].body_key) as ra, store_b.open_reader(f.body_key) as rb:
+            assert ra.read() == rb.read()

@@ -125,10 +125,11 @@ def test_builtin_periodic_jobs_run(hub):
         kinds = sorted(j.kind for j in s.scalars(select(Job)))
     assert kinds == ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
                      "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift",
-                     "federation.harvest", "fees.snapshot", "identity.purge_expired", "jobs.prune", "notify.digest",
+                     "federation.harvest", "federation.nonces", "federation.notices", "fees.snapshot",
+                     "identity.purge_expired", "jobs.prune", "notify.digest",
                      "retention.clock", "retention.review", "stats.prune", "workspaces.booking_end",
                      "workspaces.idle"]
-    assert runner.run_until_idle() == 18
+    assert runner.run_until_idle() == 20
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))

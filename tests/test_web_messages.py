@@ -647,6 +647,17 @@ def _fed_change(w: World, ok: bool):  # suspend the peer registered above; an un
 
 
 def _fed_sync(w: World, ok: bool):  # push the released demo dataset to a peer; an unknown dataset is not found
+    _fed_peer(w)
+    return post(w.c("pia"), "/federation/syncs", {"dataset": w.ids["demo"] if ok else "SRD-NOPE", "peer": "peer-s"})
+
+
+def _fed_dataset_push(w: World, ok: bool):  # from the dataset's page: a version that is not released is refused
+    _fed_peer(w)
+    return post(w.c("pia"), f"/datasets/{w.ids['demo']}/federation/push",
+                {"peer": "peer-s", "version": "" if ok else "99"})
+
+
+def _fed_peer(w: World) -> None:
     from strongroom.federation import service as federation
     from strongroom.federation.models import Peer
 
@@ -656,7 +667,6 @@ def _fed_sync(w: World, ok: bool):  # push the released demo dataset to a peer; 
                 "name": "peer-s", "base_url": "https://peer-s.example.org",
                 "signing_key": signing_pem(), "archive_key": c4gh.public_key_file(
                     c4gh.generate_keypair().public).decode()})
-    return post(w.c("pia"), "/federation/syncs", {"dataset": w.ids["demo"] if ok else "SRD-NOPE", "peer": "peer-s"})
 
 
 def signing_pem() -> str:
@@ -743,6 +753,7 @@ CASES: dict[str, Case] = {
     "/federation/peers": _fed_register,
     "/federation/peers/{name}": _fed_change,
     "/federation/syncs": _fed_sync,
+    "/datasets/{dataset_id}/federation/push": _fed_dataset_push,
 }
 
 

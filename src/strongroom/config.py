@@ -319,6 +319,13 @@ class FederationSettings(BaseModel):
     peer_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_skew_seconds: int = Field(default=300, ge=10, le=3600)  # how old a peer's signature may be
     max_remote_entries: int = Field(default=5000, ge=1, le=100_000)  # per peer and harvest
+    sync_lease_seconds: int = Field(default=60, ge=2, le=3600)  # a push's worker lease (renewed while it runs)
+    # S3 to S3: as origin, offer a peer short-lived presigned GET URLs of the encrypted bodies (S3 storage only);
+    # as peer, fetch a body from such a URL (on one of ``fetch_hosts``, host:port) instead of receiving it
+    presign_bodies: bool = False
+    presign_seconds: int = Field(default=900, ge=60, le=86_400)
+    fetch_from_origin_storage: bool = False
+    fetch_hosts: list[str] = Field(default_factory=list, max_length=20)
 
 
 class Settings(BaseSettings):

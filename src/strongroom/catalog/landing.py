@@ -65,18 +65,24 @@ class Tombstone:
     data_owner: str
     canonical: str
     site_name: str
+    origin: str = ""  # a mirror withdrawn by its origin hub (federation): that hub's name and the page there
+    origin_url: str = ""
 
 
 def tombstone(session: Session, slug: str, *, base_url: str, site_name: str) -> Tombstone | None:
-    """The tombstone of a withdrawn entry whose DOI still resolves; None when there is none (then 404)."""
+    """The tombstone of a withdrawn entry whose DOI still resolves, or of a mirror its origin hub withdrew (a
+    ``NOTICES`` entry saying ``withdrawn``); None when there is none (then 404)."""
     entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower()))
     if entry is None or entry.published or entry.withdrawn_at is None:
         return None
     doi = effective_doi(session, entry.dataset_id)
-    if doi is None:
+    origin = next((n for n in (notice(session, entry.dataset_id) for notice in NOTICES) if n and n.get("withdrawn")),
+                  None)
+    if doi is None and origin is None:
         return None
     scrub = scrubber(session, [entry.title, entry.withdrawn_reason, entry.how_to_cite, entry.data_owner])
-    return Tombstone(title=scrub(entry.title), doi=doi, doi_url=f"https://doi.org/{doi}",
+    return Tombstone(title=scrub(entry.title), doi=doi or "", doi_url=f"https://doi.org/{doi}" if doi else "",
+                     origin=origin["origin"] if origin else "", origin_url=origin["url"] if origin else "",
                      withdrawn_at=entry.withdrawn_at, reason=scrub(entry.withdrawn_reason),
                      how_to_cite=scrub(entry.how_to_cite), data_owner=scrub(entry.data_owner),
                      canonical=f"{base_url.rstrip('/')}/catalog/{entry.slug}", site_name=site_name)

@@ -30,3 +30,4 @@ def includeme(config: Config) -> None:
     config.add_hook("strongroom.access.visas:TRUSTED_ISSUER_SOURCES", "strongroom.federation.sync:peer_visa_issuers")
     config.add_hook("strongroom.access.visas:DATASET_ALIASES", "strongroom.federation.sync:mirror_aliases")
     config.add_hook("strongroom.catalog.landing:NOTICES", "strongroom.federation.sync:mirror_notice")
+    config.add_hook("strongroom.archive.web:DATASET_VIEWERS", "strongroom.federation.web:dataset_push_link")

@@ -31,6 +31,7 @@ def _signed_by(request: Request, db: Db, hub: HubDep, what: str) -> None:
     service.verify_request(db, hub.settings, method=request.method, path=request.url.path,
                            query=request.scope.get("query_string", b"").decode("latin-1"),
                            headers=request.headers, body=b"", what=what, ip=client_ip(request), required=False)
+    db.commit()  # a signed question's nonce is spent whatever happens next (replay protection)
 
 
 @router.get("", response_model=BeaconDoc, summary="Beacon info (beaconInfoResponse)")

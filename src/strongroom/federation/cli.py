@@ -4,8 +4,11 @@ harvest now — on the hub host as the operator (audited)."""
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -110,6 +113,24 @@ def harvest() -> None:
     print(json.dumps(service.harvest(hub, lambda: transaction(hub.sessions)), indent=2))
 
 
+def _run_when_free(hub: Hub, run_id: uuid.UUID, progress: Callable[[int, int, int, int], None]) -> dict[str, Any]:
+    """Run the push; while another worker holds its lease (a killed one's lapses), wait for it."""
+    from . import sync
+
+    deadline = time.monotonic() + 2 * hub.settings.federation.sync_lease_seconds + 10
+    told = False
+    while True:
+        try:
+            return sync.run_sync(hub, run_id, progress)
+        except sync.SyncBusy:
+            if time.monotonic() > deadline:
+                raise
+            if not told:
+                console.print("another worker is running this push; waiting for it (or for its lease to lapse)")
+                told = True
+            time.sleep(1)
+
+
 @app.command("sync")
 def sync_dataset(
     dataset: str,
@@ -134,9 +155,12 @@ def sync_dataset(
             def progress(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
                 bar.update(task, completed=bytes_done, total=bytes_total, files=f"{files_done}/{files_total} files")
 
-            result = sync.run_sync(hub, run_id, progress)
+            result = _run_when_free(hub, run_id, progress)
     except sync.SyncRefused as exc:
         console.print(f"[red]refused by {peer}: {exc}[/]")
+        raise typer.Exit(1) from None
+    except sync.SyncBusy as exc:
+        console.print(f"[red]{exc}[/] (run the same command again later)")
         raise typer.Exit(1) from None
     except DomainError as exc:
         _fail(exc)

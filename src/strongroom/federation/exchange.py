@@ -4,6 +4,7 @@ only (``service.verify_request``), audited; kept out of /openapi.json (they are 
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from ..db import open_session, transaction
 from ..deps import Db, HubDep, client_ip
 from ..errors import Invalid, NotFound, Unauthenticated
 from ..hub import Hub
-from . import manifest, service, sync
+from . import manifest, service, signing, sync
 from .models import Peer
 
 router = APIRouter(prefix=service.PEER_PATH)
@@ -29,6 +30,7 @@ def _verified(request: Request, db: Db, hub: HubDep, what: str) -> Peer:
                                   query=request.scope.get("query_string", b"").decode("latin-1"),
                                   headers=request.headers, body=b"", what=what, ip=client_ip(request))
     assert peer is not None
+    db.commit()  # the nonce is spent whatever happens next (replay protection)
     return peer
 
 
@@ -122,6 +124,72 @@ async def sync_body(request: Request, hub: HubDep, sync_id: str, file_id: str) -
         answer = await anyio.to_thread.run_sync(
             lambda: sync.store_body(hub, peer_id, sync_id, file_id, spooled, digest.hexdigest(), received,
                                     request.headers.get("content-digest", ""), client_ip(request)))
+    return JSONResponse(answer)
+
+
+@router.post("/sync/{sync_id}/files/{file_id}/fetch")
+async def sync_fetch(request: Request, hub: HubDep, sync_id: str, file_id: str) -> JSONResponse:
+    """S3 to S3: the origin offers a short-lived presigned GET URL of a body in its object store; this hub
+    fetches it from there (when ``fetch_from_origin_storage`` and the URL's host is one of ``fetch_hosts``),
+    hashing as it streams, and checks and stores it as a pushed body. ``{"fetch": false}``: push it instead."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    body = await _small_body(request)
+    peer_id = await anyio.to_thread.run_sync(_verify_signed, hub, request, body, "sync:fetch")
+    cfg = hub.settings.federation
+    try:
+        url = str(json.loads(body)["url"])
+    except (ValueError, KeyError, TypeError):
+        raise Invalid("send {\"url\": …}") from None
+    parts = urlsplit(url)
+    if not cfg.fetch_from_origin_storage:
+        return JSONResponse({"fetch": False, "reason": "this hub does not fetch from origin storage"})
+    if parts.scheme not in ("http", "https") or parts.netloc not in cfg.fetch_hosts:
+        return JSONResponse({"fetch": False, "reason": f"{parts.netloc} is not among this hub's fetch_hosts"})
+
+    def expected(session: Session, peer: Peer) -> dict[str, Any]:
+        entry = manifest.file_entry(sync.incoming_for(session, peer, sync_id).manifest, file_id)
+        if entry is None:
+            raise NotFound("the manifest has no such file")
+        return {"size": entry["body_size"]}
+
+    size = (await anyio.to_thread.run_sync(_in_transaction, hub, peer_id, expected))["size"]
+
+    def fetch_and_store() -> dict[str, Any]:
+        digest, received = hashlib.sha256(), 0
+        with tempfile.TemporaryFile(dir=sync.spool_dir(hub.settings)) as spooled:
+            try:
+                with httpx.Client(timeout=httpx.Timeout(30, read=600), follow_redirects=False) as c, \
+                        c.stream("GET", url) as r:
+                    if r.status_code != 200:
+                        return {"fetch": False, "reason": f"the origin's storage answered HTTP {r.status_code}"}
+                    for chunk in r.iter_bytes(sync.CHUNK):
+                        received += len(chunk)
+                        if received > size:
+                            break  # longer than the manifest says: refused below, by size
+                        digest.update(chunk)
+                        spooled.write(chunk)
+            except httpx.HTTPError as exc:
+                return {"fetch": False, "reason": f"the origin's storage did not answer ({type(exc).__name__})"}
+            sha = digest.hexdigest()
+            return sync.store_body(hub, peer_id, sync_id, file_id, spooled, sha, received,
+                                   signing.digest_of_hex(sha), client_ip(request), via="origin-storage")
+
+    return JSONResponse(await anyio.to_thread.run_sync(fetch_and_store))
+
+
+@router.post("/sync/notice")
+async def sync_notice(request: Request, hub: HubDep) -> JSONResponse:
+    """The origin withdrew a mirrored dataset or deprecated a version of it (``notices.py``): applied here."""
+    from . import notices
+
+    body = await _small_body(request)
+    peer_id = await anyio.to_thread.run_sync(_verify_signed, hub, request, body, "sync:notice")
+    ip = client_ip(request)
+    answer = await anyio.to_thread.run_sync(_in_transaction, hub, peer_id,
+                                            lambda s, p: notices.receive(hub, s, p, body, ip))
     return JSONResponse(answer)
 
 

@@ -15,6 +15,24 @@ def harvest(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     return service.harvest(ctx.hub, ctx.transaction)
 
 
+@job("federation.nonces", every_seconds=600)
+def sweep_nonces(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Forget the nonces of signed hub-to-hub requests too old to be accepted anyway (replay protection)."""
+    with ctx.transaction() as session:
+        return {"swept": service.sweep_nonces(session)}
+
+
+@job("federation.notices", every_seconds=60)
+def send_notices(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Tell the peers holding a mirror of a dataset withdrawn (or a version deprecated) here; re-sent at every
+    run until each peer acknowledges."""
+    from . import notices
+
+    with ctx.transaction() as session:
+        queued = notices.discover(session)
+    return {"queued": queued, **notices.send(ctx.hub)}
+
+
 @job("federation.sync", max_attempts=3)
 def sync_dataset(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Push (or resume pushing) a dataset to a peer: the bodies it already acknowledged are not sent again."""
@@ -24,3 +42,5 @@ def sync_dataset(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         return sync.run_sync(ctx.hub, payload["sync_id"])
     except sync.SyncRefused as exc:  # final: the peer said why; retrying would only be refused again
         return {"state": "refused", "reason": str(exc)}
+    except sync.SyncBusy as exc:  # another worker runs it (and finishes it, or its lease lapses and a retry does)
+        return {"state": "busy", "reason": str(exc)}

@@ -65,6 +65,12 @@ class SyncRun(IdMixin, CreatedMixin, Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
     version: Mapped[int | None]  # None: every released version
     state: Mapped[str] = mapped_column(String(12), default="queued")  # queued | running | done | failed
+    # "<peer id>:<dataset id>" while the push is unfinished (queued, running, failed), NULL once done or refused:
+    # the database keeps one unfinished push of a dataset to a peer, however many callers start one at once
+    active_key: Mapped[str | None] = mapped_column(String(120), unique=True)
+    # the worker running it now (any host) and until when; renewed while it runs, so a killed one's lapses
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[dt.datetime | None]
     files_total: Mapped[int] = mapped_column(Big, default=0)
     files_done: Mapped[int] = mapped_column(Big, default=0)
     bytes_total: Mapped[int] = mapped_column(Big, default=0)
@@ -124,6 +130,39 @@ class Mirror(Base):
     origin_dataset_id: Mapped[str] = mapped_column(String(64))
     origin_url: Mapped[str] = mapped_column(String(1000))  # the dataset's page at the origin
     synced_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[dt.datetime | None]  # the origin withdrew the dataset (its signed notice)
+    withdrawn_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class SeenNonce(Base):
+    """A signed hub-to-hub request's nonce, kept until its signature would be too old anyway: a request whose
+    nonce is here is a replay. Shared by every web server (the database), swept by ``federation.nonces``."""
+
+    __tablename__ = "federation_nonces"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class Notice(Base):
+    """Origin side: a withdrawal (``withdrawn``, version 0: the dataset) or deprecation (``deprecated`` of a
+    version) that a peer holding a mirror must learn of; sent signed by ``federation.notices`` until acknowledged."""
+
+    __tablename__ = "federation_notices"
+    __table_args__ = (UniqueConstraint("peer_id", "dataset_id", "kind", "version",
+                                       name="uq_federation_notices_what"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    peer_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("federation_peers.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[str] = mapped_column(String(64))  # this hub's (the origin's) dataset id
+    kind: Mapped[str] = mapped_column(String(12))  # withdrawn | deprecated
+    version: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    acked_at: Mapped[dt.datetime | None]
 
 
 class MirrorFile(Base):
@@ -138,4 +177,5 @@ class MirrorFile(Base):
     body_sha256: Mapped[str] = mapped_column(String(64))
 
 
-__all__ = ["Incoming", "IncomingFile", "Mirror", "MirrorFile", "Peer", "RemoteEntry", "SyncFile", "SyncRun"]
+__all__ = ["Incoming", "IncomingFile", "Mirror", "MirrorFile", "Notice", "Peer", "RemoteEntry", "SeenNonce", "SyncFile",
+           "SyncRun"]

@@ -4,6 +4,7 @@ the peers' beacons, and harvesting the peers' public catalogues (DCAT) as remote
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..archive.c4gh.keys import parse_public_key
@@ -30,7 +32,7 @@ from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
 from ..imaging.models import ImportedInstance
 from . import beacon, signing
-from .models import Peer, RemoteEntry
+from .models import Peer, RemoteEntry, SeenNonce
 
 PEER_PATH = "/api/v1/federation/peer"  # the hub-to-hub endpoints (signed requests only)
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
@@ -252,14 +254,42 @@ def verify_request(session: Session, settings: Settings, *, method: str, path: s
         raise refuse("the signing key is not a registered peer's")
     if not (peer.active and peer.inbound):
         raise refuse("this peer may not call this hub (inactive or inbound not allowed)", peer)
+    max_skew = settings.federation.max_skew_seconds
     try:
-        signing.verify(signing.load_public(peer.signing_key), method, path, query, headers, body,
-                       max_skew=settings.federation.max_skew_seconds)
+        signed = signing.verify(signing.load_public(peer.signing_key), method, path, query, headers, body,
+                                max_skew=max_skew)
     except signing.SignatureError as exc:
         raise refuse(str(exc), peer) from None
+    if not first_use(session, signed, max_skew):
+        raise refuse("the request was replayed: its signature's nonce was used before", peer)
     audit.record(session, _peer_actor(peer, ip), "federation.exchange.received", target=f"peer:{peer.name}",
                  details={"what": what, "path": path})
     return peer
+
+
+# how long after its signature's ``created`` a nonce is kept beyond the skew window (clock differences
+# between this hub's web servers and its database)
+NONCE_MARGIN = dt.timedelta(seconds=60)
+
+
+def first_use(session: Session, signed: signing.Verified, max_skew: int) -> bool:
+    """Record a verified signature's nonce; False when it was recorded before (a replay). The row stands as
+    long as a signature ``created`` then could still pass the skew check, on every web server alike (the
+    database's primary key decides between two servers receiving the same request at once)."""
+    expires = dt.datetime.fromtimestamp(signed.created, dt.UTC) + dt.timedelta(seconds=max_skew) + NONCE_MARGIN
+    try:
+        with session.begin_nested():
+            session.add(SeenNonce(key_id=signed.key_id, nonce=signed.nonce, expires_at=expires))
+            session.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def sweep_nonces(session: Session) -> int:
+    """Forget nonces whose signatures are too old to pass anyway (``federation.nonces``)."""
+    result = session.execute(delete(SeenNonce).where(SeenNonce.expires_at < utcnow()))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # -- signed exchanges: sending -------------------------------------------------------------------

@@ -3,9 +3,12 @@
 The shape of HTTP Message Signatures (RFC 9421) with Ed25519: the signer covers the method, the path with
 its query, the ``Date`` header and the body's ``Content-Digest`` (SHA-256, RFC 9530); the signature base is
 written line by line as RFC 9421 writes it, and travels in ``Signature-Input`` / ``Signature`` under the
-label ``sr``. The verifier finds the peer by ``keyid`` (the pinned key the operator registered), checks
+label ``sr``. The signature parameters carry ``created`` and a random ``nonce`` (RFC 9421 §2.3), both covered
+by the signature. The verifier finds the peer by ``keyid`` (the pinned key the operator registered), checks
 that ``created`` is within ``max_skew`` of its clock, that the digest matches the body it received, and
-the signature. Any failure is a :class:`SignatureError` with the reason; nothing is half-accepted.
+the signature, and returns the nonce: refusing a nonce seen before (a replayed request) is the caller's
+job, with a store every web server shares (``service.verify_request``). Any failure is a
+:class:`SignatureError` with the reason; nothing is half-accepted.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,12 +30,27 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 LABEL = "sr"
 COMPONENTS = ('"@method"', '"@path"', '"@query"', '"date"', '"content-digest"')
 MAX_SKEW_SECONDS = 300
-_INPUT = re.compile(r'^sr=\(([^)]*)\);created=(\d{1,12});keyid="([0-9a-f]{16,64})";alg="ed25519"$')
+_INPUT = re.compile(r'^sr=\(([^)]*)\);created=(\d{1,12})(?:;nonce="([A-Za-z0-9_-]{16,64})")?'
+                    r';keyid="([0-9a-f]{16,64})";alg="ed25519"$')
 _SIGNATURE = re.compile(r"^sr=:([A-Za-z0-9+/=]{1,200}):$")
 
 
 class SignatureError(ValueError):
     """A request whose signature cannot be accepted; ``str()`` says why."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a verified signature vouches for: when it was made and its one-time nonce."""
+
+    key_id: str
+    created: int
+    nonce: str
+
+
+def new_nonce() -> str:
+    """A random nonce for one request (192 bits, URL-safe base64)."""
+    return secrets.token_urlsafe(24)
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -109,13 +128,16 @@ class HubKey:
         return key_id(self.public)
 
     def sign(self, method: str, path: str, query: str = "", body: bytes = b"", *,
-             now: float | None = None, body_sha256: str | None = None) -> dict[str, str]:
+             now: float | None = None, body_sha256: str | None = None, nonce: str | None = None) -> dict[str, str]:
         """The headers that sign this request (``Date``, ``Content-Digest``, ``Signature-Input``, ``Signature``).
-        ``body_sha256`` (hex): the digest of a body streamed later, instead of ``body``."""
+        ``body_sha256`` (hex): the digest of a body streamed later, instead of ``body``. Every call draws a
+        new nonce (``nonce`` only for tests): a signed request is good for one use."""
         created = int(time.time() if now is None else now)
+        nonce = new_nonce() if nonce is None else nonce
         digest = content_digest(body) if body_sha256 is None else digest_of_hex(body_sha256)
         date = formatdate(created, usegmt=True)
-        params = f'({" ".join(COMPONENTS)});created={created};keyid="{self.key_id}";alg="ed25519"'
+        params = (f'({" ".join(COMPONENTS)});created={created};nonce="{nonce}";keyid="{self.key_id}"'
+                  ';alg="ed25519"')
         signature = self.private.sign(_base(method, path, query, date, digest, params))
         return {"Date": date, "Content-Digest": digest, "Signature-Input": f"{LABEL}={params}",
                 "Signature": f"{LABEL}=:{base64.b64encode(signature).decode()}:"}
@@ -129,13 +151,14 @@ def signer_key_id(headers: Mapping[str, str]) -> str | None:
     m = _INPUT.match(value.strip())
     if m is None:
         raise SignatureError("the Signature-Input header is not one this hub understands")
-    return m.group(3)
+    return m.group(4)
 
 
 def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers: Mapping[str, str],
-           body: bytes | None, *, now: float | None = None, max_skew: int = MAX_SKEW_SECONDS) -> None:
-    """Accept the request or raise SignatureError. ``headers`` are looked up in lower case. ``body`` None:
-    a streamed body the caller hashes itself and compares with the (signed) ``Content-Digest``."""
+           body: bytes | None, *, now: float | None = None, max_skew: int = MAX_SKEW_SECONDS) -> Verified:
+    """Accept the request (its ``created`` and ``nonce``, for the caller's replay check) or raise
+    SignatureError. ``headers`` are looked up in lower case. ``body`` None: a streamed body the caller hashes
+    itself and compares with the (signed) ``Content-Digest``."""
     value, sig = headers.get("signature-input"), headers.get("signature")
     if value is None or sig is None:
         raise SignatureError("the request is not signed")
@@ -144,6 +167,8 @@ def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers
         raise SignatureError("the signature headers are malformed")
     if tuple(m.group(1).split(" ")) != COMPONENTS:
         raise SignatureError("the signature does not cover method, path, query, date and content digest")
+    if m.group(3) is None:
+        raise SignatureError("the signature carries no nonce (replay protection): the peer hub must be upgraded")
     created = int(m.group(2))
     if abs((time.time() if now is None else now) - created) > max_skew:
         raise SignatureError("the signature is too old or from the future (check both hubs' clocks)")
@@ -159,3 +184,4 @@ def verify(public: Ed25519PublicKey, method: str, path: str, query: str, headers
         public.verify(base64.b64decode(s.group(1), validate=True), _base(method, path, query, date, digest, params))
     except (InvalidSignature, ValueError):
         raise SignatureError("the signature does not verify with the peer's registered key") from None
+    return Verified(key_id=m.group(4), created=created, nonce=m.group(3))

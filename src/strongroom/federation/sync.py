@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any, BinaryIO
 
 import httpx
 import structlog
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..archive import c4gh
@@ -58,6 +60,10 @@ class SyncRefused(Exception):
     """The peer refused the push (a tampered body, a manifest that does not verify): final, with its reason."""
 
 
+class SyncBusy(Exception):
+    """Another worker (this host or another) holds the push's lease and is running it now."""
+
+
 # -- origin: starting a push ----------------------------------------------------------------------
 def _versions(session: Session, dataset_id: str, version: int | None) -> list[DatasetVersion]:
     stmt = (select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id,
@@ -80,7 +86,9 @@ def may_push(session: Session, principal: Principal, dataset: Dataset) -> bool:
 def start_sync(session: Session, settings: Settings, who: Principal | audit.Actor, dataset_id: str, peer_name: str,
                version: int | None = None) -> SyncRun:
     """A push of ``dataset_id`` (one released version, or all) to a peer. An unfinished push of the same
-    dataset and version to the same peer is returned instead of a new one (idempotent)."""
+    dataset and version to the same peer is returned instead of a new one (idempotent), also when two callers
+    start one at the same moment (the database's unique ``active_key`` decides); one of another version is a
+    Conflict until it finishes."""
     from ..identity.service import require_fresh_mfa
 
     dataset = session.get(Dataset, dataset_id)
@@ -98,24 +106,42 @@ def start_sync(session: Session, settings: Settings, who: Principal | audit.Acto
         raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
     if not _versions(session, dataset.id, version):
         raise Invalid("no released version to push" if version is None else f"version {version} is not released")
-    pending = session.scalar(select(SyncRun).where(
-        SyncRun.peer_id == peer.id, SyncRun.dataset_id == dataset.id,
-        SyncRun.state.in_(("queued", "running", "failed")),
-        SyncRun.version.is_(None) if version is None else SyncRun.version == version).order_by(SyncRun.created_at))
+    key = f"{peer.id}:{dataset.id}"
+
+    def unfinished() -> SyncRun | None:
+        pending = session.scalar(select(SyncRun).where(
+            SyncRun.peer_id == peer.id, SyncRun.dataset_id == dataset.id,
+            SyncRun.state.in_(("queued", "running", "failed"))).order_by(SyncRun.created_at).limit(1))
+        if pending is not None and pending.version != version:
+            which = "every version" if pending.version is None else f"version {pending.version}"
+            raise Conflict(f"a push of {dataset.id} ({which}) to {peer.name} is not finished yet: "
+                           "let it finish (or resume it) first")
+        return pending
+
+    pending = unfinished()
     if pending is not None:
         return pending
-    run = SyncRun(peer_id=peer.id, dataset_id=dataset.id, version=version, created_by=user_id)
-    session.add(run)
-    session.flush()
+    run = SyncRun(peer_id=peer.id, dataset_id=dataset.id, version=version, created_by=user_id, active_key=key)
+    try:
+        with session.begin_nested():  # the unique active_key: one unfinished push even when started at once
+            session.add(run)
+            session.flush()
+    except IntegrityError:
+        pending = unfinished()
+        if pending is None:
+            raise
+        return pending
     audit.record(session, actor, "federation.sync.started", project_id=dataset.project_id,
                  target=f"dataset:{dataset.id}", details={"peer": peer.name, "sync": str(run.id), "version": version})
     return run
 
 
-def recent(session: Session, limit: int = 20) -> list[tuple[SyncRun, str]]:
-    """The latest pushes with their peer's name, for the operators' page."""
-    rows = session.execute(select(SyncRun, Peer.name).join(Peer, Peer.id == SyncRun.peer_id)
-                           .order_by(SyncRun.created_at.desc()).limit(limit))
+def recent(session: Session, limit: int = 20, dataset_id: str | None = None) -> list[tuple[SyncRun, str]]:
+    """The latest pushes (of one dataset) with their peer's name, for the operators' and the dataset's pages."""
+    stmt = select(SyncRun, Peer.name).join(Peer, Peer.id == SyncRun.peer_id)
+    if dataset_id is not None:
+        stmt = stmt.where(SyncRun.dataset_id == dataset_id)
+    rows = session.execute(stmt.order_by(SyncRun.created_at.desc()).limit(limit))
     return [(run, name) for run, name in rows]
 
 
@@ -192,16 +218,102 @@ def _body_chunks(reader: BinaryIO) -> Iterator[bytes]:
             yield chunk
 
 
+def _offer_presigned(hub: Hub, storage: Any, peer_url: str, path: str,
+                     body_key: str | None) -> httpx.Response | str | None:
+    """S3 to S3: offer the peer a short-lived presigned GET URL of the body in this hub's object store (when
+    ``presign_bodies`` and the storage is S3). The peer's answer when it fetched (or refused) the body; None
+    when it would not fetch (push it instead); a string: the peer did not answer."""
+    cfg = hub.settings.federation
+    if not cfg.presign_bodies or body_key is None or not hasattr(storage, "presigned_get"):
+        return None
+    url = storage.presigned_get(body_key, cfg.presign_seconds)
+    try:
+        r = _post(hub, peer_url, path + "/fetch", {"url": url})
+    except httpx.HTTPError as exc:
+        return f"did not answer ({type(exc).__name__})"
+    if r.status_code == 200 and r.json().get("fetch") is False:
+        log.info("sync.fetch_declined", reason=r.json().get("reason"))
+        return None
+    return r
+
+
 def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = None) -> dict[str, Any]:
-    """Push (or resume pushing) a ``SyncRun``: manifest, the bodies not yet acknowledged, publish."""
+    """Push (or resume pushing) a ``SyncRun``: manifest, the bodies not yet acknowledged, publish. Only one
+    worker at a time runs a push (its lease): SyncBusy while another does."""
     sync_uuid = uuid.UUID(str(sync_id))
+    with transaction(hub.sessions) as session:
+        run = session.get(SyncRun, sync_uuid)
+        if run is None:
+            raise NotFound("no such push")
+        if run.state in ("done", "refused"):
+            return {"state": run.state, "files": run.files_total}
+    lease = Lease(hub, sync_uuid)
+    lease.claim()
+    try:
+        return _run_leased(hub, sync_uuid, lease, progress)
+    finally:
+        lease.release()
+
+
+class Lease:
+    """A push's worker lease in its row (``lease_owner``, ``lease_until``): taken with one conditional UPDATE
+    (so two workers on any hosts cannot both hold it), renewed by a heartbeat thread while the push runs, let go
+    at the end; a killed worker's lease lapses after ``federation.sync_lease_seconds``."""
+
+    def __init__(self, hub: Hub, sync_id: uuid.UUID) -> None:
+        self.hub, self.sync_id, self.owner = hub, sync_id, uuid.uuid4().hex
+        self.seconds = hub.settings.federation.sync_lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _take(self) -> bool:
+        import datetime as dt
+
+        now = utcnow()
+        with transaction(self.hub.sessions) as s:
+            result = s.execute(update(SyncRun).where(
+                SyncRun.id == self.sync_id,
+                or_(SyncRun.lease_until.is_(None), SyncRun.lease_until < now, SyncRun.lease_owner == self.owner))
+                .values(lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=self.seconds)))
+            return int(getattr(result, "rowcount", 0) or 0) == 1
+
+    def claim(self) -> None:
+        if not self._take():
+            raise SyncBusy("another worker is running this push now")
+        self._beat = threading.Thread(target=self._heartbeat, name=f"sync-lease-{self.sync_id}", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(max(self.seconds / 3, 0.5)):
+            try:
+                if not self._take():
+                    self.lost.set()
+                    return
+            except Exception:  # a database hiccup: the next beat tries again, the lease has time left
+                log.warning("sync.lease_renew_failed", sync=str(self.sync_id))
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise SyncBusy("this worker lost the push's lease (another worker took it over)")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        with transaction(self.hub.sessions) as s:
+            s.execute(update(SyncRun).where(SyncRun.id == self.sync_id, SyncRun.lease_owner == self.owner)
+                      .values(lease_owner=None, lease_until=None))
+
+
+def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress | None) -> dict[str, Any]:
     storage = storage_for(hub)
     actor = audit.Actor.system("federation.sync")
     with transaction(hub.sessions) as session:
         run = session.get(SyncRun, sync_uuid)
         if run is None:
             raise NotFound("no such push")
-        if run.state in ("done", "refused"):
+        if run.state in ("done", "refused"):  # another worker finished it while this one waited
             return {"state": run.state, "files": run.files_total}
         peer = session.get(Peer, run.peer_id)
         assert peer is not None
@@ -223,7 +335,7 @@ def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = Non
             assert r is not None
             r.state, r.error = state, reason[:2000]
             if state == "refused":
-                r.finished_at = utcnow()
+                r.finished_at, r.active_key = utcnow(), None
             audit.record(s, actor, "federation.sync.failed" if state == "failed" else "federation.sync.refused",
                          outcome="failed", project_id=project_id, target=f"dataset:{dataset_id}",
                          details={"peer": peer_name, "sync": str(sync_uuid), "reason": reason[:500]})
@@ -250,16 +362,23 @@ def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = Non
     for fid, body_key, size, sha in bodies:
         if fid in have:
             continue
+        lease.check()
         path = f"{SYNC_PATH}/{sync_uuid}/files/{fid}"
-        headers = key.sign("PUT", path, "", body_sha256=sha)
-        try:
-            with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
-                assert body_key is not None
-                r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
-                          headers={**headers, "Content-Type": "application/octet-stream",
-                                   "Content-Length": str(size)})
-        except httpx.HTTPError as exc:
-            return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
+        fetched = _offer_presigned(hub, storage, peer_url, path, body_key)
+        if isinstance(fetched, str):
+            return fail("failed", f"{fid}: {peer_name} {fetched}")
+        if fetched is not None:  # the peer fetched it from this hub's object store (or refused it)
+            r = fetched
+        else:
+            headers = key.sign("PUT", path, "", body_sha256=sha)
+            try:
+                with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
+                    assert body_key is not None
+                    r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
+                              headers={**headers, "Content-Type": "application/octet-stream",
+                                       "Content-Length": str(size)})
+            except httpx.HTTPError as exc:
+                return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
         if r.status_code != 200:
             return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
                         f"{fid}: HTTP {r.status_code}: {_reason(r)}")
@@ -272,6 +391,7 @@ def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = Non
             run.files_done, run.bytes_done = files_done, bytes_done
         if progress:
             progress(files_done, total_files, bytes_done, total_bytes)
+    lease.check()
     try:
         r = _post(hub, peer_url, f"{SYNC_PATH}/{sync_uuid}/publish", {})
     except httpx.HTTPError as exc:
@@ -284,6 +404,7 @@ def run_sync(hub: Hub, sync_id: uuid.UUID | str, progress: Progress | None = Non
         run = s.get(SyncRun, sync_uuid)
         assert run is not None
         run.state, run.finished_at, run.files_done, run.bytes_done = "done", utcnow(), total_files, total_bytes
+        run.active_key = None
         details = {"peer": peer_name, "sync": str(sync_uuid), "files": total_files, "bytes": total_bytes,
                    "mirror": published.get("dataset"), "url": published.get("url")}
         audit.record(s, actor, "federation.sync.completed", project_id=project_id, target=f"dataset:{dataset_id}",
@@ -365,7 +486,7 @@ def body_key_for(peer_name: str, sync_id: str, file_id: str) -> str:
 
 
 def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled: BinaryIO, sha256: str,
-               size: int, claimed_digest: str, ip: str | None) -> dict[str, Any]:
+               size: int, claimed_digest: str, ip: str | None, via: str = "push") -> dict[str, Any]:
     """A body spooled from the request: its digest, then its plaintext, checked against the manifest, then
     stored. A mismatch refuses the whole push (nothing is published) and says why."""
     with hub.sessions() as s:
@@ -417,7 +538,7 @@ def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled
             s.add(IncomingFile(incoming_id=inc_id, origin_file_id=file_id, body_key=key))
         audit.record(s, audit.Actor(id=None, label=f"peer:{peer_name}", ip=ip), "federation.sync.received",
                      target=f"peer:{peer_name}", details={"what": "body", "sync": sync_id, "file": file_id,
-                                                           "bytes": size})
+                                                           "bytes": size, "via": via})
     return {"file": file_id, "status": "stored", "fingerprint": keys.fingerprint_at(opened.key_index)}
 
 
@@ -492,6 +613,7 @@ def publish(hub: Hub, session: Session, peer: Peer, sync_id: str, ip: str | None
         assert ds is not None
         ds.title, ds.description = ds_doc["title"][:300], ds_doc["description"]
         mirror.origin_url, mirror.synced_at = ds_doc["url"], utcnow()
+        mirror.withdrawn_at, mirror.withdrawn_reason = None, ""  # pushed again: the origin offers it again
     local_files: dict[str, ArchiveFile] = {}
     now = utcnow()
     for entry in doc["files"]:
@@ -563,13 +685,17 @@ def _landing(hub: Hub, session: Session, dataset_id: str) -> str:
 
 # -- peer: the mirror's origin, for pages and the visa check ------------------------------------------
 def mirror_notice(session: Session, dataset_id: str) -> dict[str, str] | None:
-    """For a mirrored dataset's page: which hub it mirrors and who decides access."""
+    """For a mirrored dataset's page: which hub it mirrors and who decides access (and ``withdrawn``, the date,
+    once the origin withdrew it: the page is then its tombstone)."""
     row = session.execute(select(Mirror, Peer).join(Peer, Peer.id == Mirror.peer_id)
                           .where(Mirror.dataset_id == dataset_id)).first()
     if row is None:
         return None
     mirror, peer = row
-    return {"origin": peer.name, "origin_base": peer.base_url, "url": mirror.origin_url}
+    notice = {"origin": peer.name, "origin_base": peer.base_url, "url": mirror.origin_url}
+    if mirror.withdrawn_at is not None:
+        notice["withdrawn"] = mirror.withdrawn_at.date().isoformat()
+    return notice
 
 
 def peer_visa_issuers(hub: Hub) -> list[tuple[str, str, frozenset[str]]]:
@@ -578,7 +704,8 @@ def peer_visa_issuers(hub: Hub) -> list[tuple[str, str, frozenset[str]]]:
     with hub.sessions() as s:
         rows = s.execute(select(Peer.visa_issuer, Peer.jwks_url, Mirror.dataset_id)
                          .join(Mirror, Mirror.peer_id == Peer.id)
-                         .where(Peer.active.is_(True), Peer.visa_issuer != "", Peer.jwks_url != "")).all()
+                         .where(Peer.active.is_(True), Peer.visa_issuer != "", Peer.jwks_url != "",
+                                Mirror.withdrawn_at.is_(None))).all()
     found: dict[tuple[str, str], set[str]] = {}
     for iss, jku, ds in rows:
         found.setdefault((iss, jku), set()).add(ds)
@@ -587,9 +714,10 @@ def peer_visa_issuers(hub: Hub) -> list[tuple[str, str, frozenset[str]]]:
 
 def mirror_aliases(session: Session, dataset_id: str) -> list[tuple[str, str]]:
     """`access.visas.DATASET_ALIASES` entry: a mirror is named by its origin's dataset URL (and its versions'),
-    in visas of the origin's issuer only."""
+    in visas of the origin's issuer only; a mirror its origin withdrew is named by nothing (no visa opens it)."""
     row = session.execute(select(Mirror.origin_url, Peer.visa_issuer).join(Peer, Peer.id == Mirror.peer_id)
-                          .where(Mirror.dataset_id == dataset_id, Peer.active.is_(True))).first()
+                          .where(Mirror.dataset_id == dataset_id, Peer.active.is_(True),
+                                 Mirror.withdrawn_at.is_(None))).first()
     if row is None or not row[1]:
         return []
     url, iss = row

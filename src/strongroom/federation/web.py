@@ -1,14 +1,19 @@
 """Federation pages: the operators' peer registry (/federation/peers: register, change, remove, push a dataset
-— fresh MFA)
-and the federated search (/federation/search: this hub and every peer's beacon, asked in parallel)."""
+— fresh MFA), a dataset's pushes (/datasets/{id}/federation: push a released version to a peer, for those
+``sync.may_push`` allows, fresh MFA; the dataset page links to it) and the federated search
+(/federation/search: this hub and every peer's beacon, asked in parallel)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from ..archive.models import Dataset, DatasetVersion
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
+from ..identity.principal import Principal
 from ..web.templating import redirect_with, templates
 from . import beacon, service, sync
 
@@ -58,6 +63,51 @@ def push(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: W
     run = sync.start_sync(db, hub.settings, principal, dataset, peer, int(version) if version else None)
     sync.enqueue(db, run)
     return redirect_with(request, "/federation/peers", f"Push of {dataset} to {peer} queued; its progress is below.")
+
+
+def _outbound_peers(session: Session) -> list[str]:
+    return [p.name for p in service.peers(session) if p.active and p.outbound]
+
+
+def dataset_push_link(session: Session, principal: Principal, ds: Dataset) -> list[dict[str, str]]:
+    """``archive.web.DATASET_VIEWERS``: the way to push this dataset to a peer hub, for those who may."""
+    if not sync.may_push(session, principal, ds) or not _outbound_peers(session):
+        return []
+    return [{"href": f"/datasets/{ds.id}/federation", "text": "Push to a peer hub",
+             "hint": "a read-only mirror there, access still decided here; the latest pushes and their progress"}]
+
+
+def _pushable(session: Session, principal: Principal, dataset_id: str) -> Dataset:
+    ds = session.get(Dataset, dataset_id)
+    if ds is None or not sync.may_push(session, principal, ds):
+        raise NotFound("no such dataset")
+    return ds
+
+
+@router.get("/datasets/{dataset_id}/federation")
+def dataset_pushes(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    ds = _pushable(db, principal, dataset_id)
+    released = list(db.scalars(select(DatasetVersion.number).where(
+        DatasetVersion.dataset_id == ds.id, DatasetVersion.state.in_(sync.PUBLISHED)).order_by(DatasetVersion.number)))
+    pushes = sync.recent(db, 20, dataset_id=ds.id)
+    return templates.TemplateResponse(request, "federation/dataset.html", {
+        "ds": ds, "peers": _outbound_peers(db), "released": released, "pushes": pushes,
+        "busy": any(run.state in ("queued", "running") for run, _ in pushes)})
+
+
+@router.post("/datasets/{dataset_id}/federation/push", dependencies=[CsrfChecked])
+def dataset_push(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                 dataset_id: str) -> Response:
+    """Push a released version (or all) of this dataset to a peer (``sync.may_push``, fresh MFA): a job."""
+    ds = _pushable(db, principal, dataset_id)
+    version = str(posted.form.get("version", "") or "").strip()
+    if version and not version.isdigit():
+        raise Invalid("choose a released version (or every released version)")
+    peer = str(posted.form.get("peer", "") or "")
+    run = sync.start_sync(db, hub.settings, principal, ds.id, peer, int(version) if version else None)
+    sync.enqueue(db, run)
+    return redirect_with(request, f"/datasets/{ds.id}/federation",
+                         f"Push of {ds.id} to {peer} queued; its progress is below.")
 
 
 @router.get("/federation/search")

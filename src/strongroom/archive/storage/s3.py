@@ -217,6 +217,12 @@ class S3Storage:
                    ContentMD5=content_md5(data), ContentLength=len(data), **extra)
         return locked
 
+    def presigned_get(self, key: str, expires_seconds: int) -> str:
+        """A short-lived SigV4 GET URL for one object (federation: a peer fetches a body straight from here)."""
+        url: str = self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                       ExpiresIn=expires_seconds)
+        return url
+
     def open_reader(self, key: str, start: int = 0, end: int | None = None) -> BinaryIO:
         lo, hi = clamp_range(start, end, self.size(key))
         return io.BufferedReader(S3Reader(self, key, lo, hi), buffer_size=1 * MiB)

@@ -1,0 +1,154 @@
+"""Withdrawal propagation: the peers holding a mirror learn when the origin withdraws the dataset (its catalogue
+entry unpublished, ``catalog.entries.withdraw``) or deprecates one of its versions
+(``archive.datasets.deprecate_version``).
+
+Origin side (``discover``, ``send``; the ``federation.notices`` job runs both every minute): every peer a
+dataset was pushed to (a finished ``SyncRun``) gets a ``Notice`` per withdrawal or deprecated version, sent
+as a signed request (RFC 9421-shaped, with a nonce, like every hub-to-hub call) and re-sent at each run until
+the peer acknowledges it. Peer side (``receive``): the notice must come from the mirror's origin and be
+addressed to this hub; a withdrawn mirror's catalogue entry is unpublished (its page becomes a tombstone
+naming the origin) and the origin's visas no longer open it (``sync.mirror_aliases``), so downloads are refused;
+a deprecated version is marked deprecated as at the origin. Applying a notice twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ..archive.models import DatasetVersion
+from ..audit import service as audit
+from ..db import transaction, utcnow
+from ..errors import Invalid
+from ..hub import Hub
+from . import service
+from .models import Mirror, Notice, Peer, SyncRun
+
+FORMAT = "strongroom.notice/1"
+NOTICE_PATH = service.PEER_PATH + "/sync/notice"
+KINDS = ("withdrawn", "deprecated")
+
+
+# -- origin ------------------------------------------------------------------------------------------
+def discover(session: Session) -> int:
+    """Queue a notice for every withdrawal and deprecated version of a dataset pushed to a peer that the
+    peer has not been told of; returns how many were queued. A dataset published again loses its withdrawal
+    notice, so a later withdrawal is told anew."""
+    from ..catalog.models import CatalogEntry
+
+    queued = 0
+    pushed = session.execute(select(SyncRun.peer_id, SyncRun.dataset_id).where(SyncRun.state == "done")
+                             .distinct()).all()
+    for peer_id, dataset_id in pushed:
+        entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset_id))
+        wanted: list[tuple[str, int, str]] = []
+        if entry is not None and not entry.published and entry.withdrawn_at is not None:
+            wanted.append(("withdrawn", 0, entry.withdrawn_reason or ""))
+        elif entry is not None and entry.published:
+            session.execute(delete(Notice).where(Notice.peer_id == peer_id, Notice.dataset_id == dataset_id,
+                                                 Notice.kind == "withdrawn"))
+        wanted += [("deprecated", n, "") for n in session.scalars(select(DatasetVersion.number).where(
+            DatasetVersion.dataset_id == dataset_id, DatasetVersion.state == "deprecated"))]
+        for kind, version, reason in wanted:
+            if session.scalar(select(Notice.id).where(Notice.peer_id == peer_id, Notice.dataset_id == dataset_id,
+                                                      Notice.kind == kind, Notice.version == version)) is None:
+                session.add(Notice(peer_id=peer_id, dataset_id=dataset_id, kind=kind, version=version,
+                                   reason=reason[:2000]))
+                queued += 1
+    session.flush()
+    return queued
+
+
+def send(hub: Hub) -> dict[str, int]:
+    """Send every unacknowledged notice to its (active, outbound) peer; a failure stays queued for the next run."""
+    actor = audit.Actor.system("federation.notices")
+    with transaction(hub.sessions) as session:
+        pending = [(n.id, p.name, p.base_url, p.key_id, n.dataset_id, n.kind, n.version, n.reason)
+                   for n, p in session.execute(select(Notice, Peer).join(Peer, Peer.id == Notice.peer_id).where(
+                       Notice.acked_at.is_(None), Peer.active.is_(True), Peer.outbound.is_(True))
+                       .order_by(Notice.id))]
+    origin = service.base(hub.settings)
+    sent = failed = 0
+    for notice_id, name, url, key_id, dataset_id, kind, version, reason in pending:
+        doc = {"format": FORMAT, "origin": origin, "origin_name": hub.settings.site_name,
+               "recipient_key_id": key_id, "dataset": dataset_id, "kind": kind, "version": version,
+               "reason": reason}
+        body = json.dumps(doc).encode()
+        headers = service.hub_key(hub.settings).sign("POST", NOTICE_PATH, "", body)
+        try:
+            with httpx.Client(timeout=max(hub.settings.federation.peer_timeout_seconds, 30)) as c:
+                r = c.post(url + NOTICE_PATH, content=body, headers={**headers, "Content-Type": "application/json"})
+            error = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as exc:
+            error = f"no answer ({type(exc).__name__})"
+        with transaction(hub.sessions) as session:
+            n = session.get(Notice, notice_id)
+            if n is None:
+                continue
+            n.attempts += 1
+            n.last_error = error
+            if error is None:
+                n.acked_at = utcnow()
+                sent += 1
+            else:
+                failed += 1
+            audit.record(session, actor, "federation.exchange.sent", outcome="ok" if error is None else "failed",
+                         target=f"peer:{name}", details={"what": f"notice:{kind}", "dataset": dataset_id,
+                                                         "version": version, **({"error": error} if error else {})})
+    return {"sent": sent, "failed": failed}
+
+
+# -- peer ---------------------------------------------------------------------------------------------
+def _check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
+    def need(cond: bool, why: str) -> None:
+        if not cond:
+            raise Invalid(f"notice refused: {why}")
+
+    need(isinstance(doc, dict) and doc.get("format") == FORMAT, f"not a {FORMAT} notice")
+    need(doc.get("origin") == origin, "the notice names another origin than the signing peer")
+    need(doc.get("recipient_key_id") == recipient_key_id, "the notice is addressed to another hub")
+    need(isinstance(doc.get("dataset"), str) and 0 < len(doc["dataset"]) <= 64, "bad dataset")
+    need(doc.get("kind") in KINDS, "bad kind")
+    need(isinstance(doc.get("version"), int) and not isinstance(doc["version"], bool) and doc["version"] >= 0,
+         "bad version")
+    need(isinstance(doc.get("reason", ""), str) and len(doc.get("reason", "")) <= 2000, "bad reason")
+    return doc
+
+
+def receive(hub: Hub, session: Session, peer: Peer, body: bytes, ip: str | None) -> dict[str, Any]:
+    """Apply an origin's signed notice to the mirror of its dataset (idempotent)."""
+    from ..catalog.models import CatalogEntry
+
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raise Invalid("notice refused: not JSON") from None
+    doc = _check(raw, origin=peer.base_url, recipient_key_id=service.hub_key(hub.settings).key_id)
+    mirror = session.scalar(select(Mirror).where(Mirror.peer_id == peer.id, Mirror.origin_dataset_id == doc["dataset"]))
+    if mirror is None:
+        return {"status": "no mirror"}
+    actor = audit.Actor(id=None, label=f"peer:{peer.name}", ip=ip)
+    now, origin_name = utcnow(), str(doc.get("origin_name") or peer.name)[:200]
+    if doc["kind"] == "withdrawn":
+        if mirror.withdrawn_at is None:
+            reason = " ".join(str(doc.get("reason", "")).split())
+            mirror.withdrawn_at, mirror.withdrawn_reason = now, reason
+            entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == mirror.dataset_id))
+            if entry is not None:
+                entry.published, entry.updated_at, entry.withdrawn_at = False, now, now
+                entry.withdrawn_reason = f"Withdrawn at its origin, {origin_name}" + (f": {reason}" if reason else ".")
+            audit.record(session, actor, "federation.mirror.withdrawn", target=f"dataset:{mirror.dataset_id}",
+                         details={"origin": peer.base_url, "origin_dataset": doc["dataset"], "reason": reason[:500]})
+    else:
+        version = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == mirror.dataset_id,
+                                                              DatasetVersion.number == doc["version"]))
+        if version is not None and version.state == "released":
+            version.state = "deprecated"
+            audit.record(session, actor, "federation.mirror.deprecated", target=f"dataset:{mirror.dataset_id}",
+                         details={"origin": peer.base_url, "origin_dataset": doc["dataset"],
+                                  "version": doc["version"]})
+    return {"status": "applied", "dataset": mirror.dataset_id}
