@@ -2,7 +2,7 @@
 up by (inbox_key, inbox_offset), unique, instead of scanning every file.
 
 Revision ID: 0033_bundle_key
-Revises: 0031_perf_ingest
+Revises: 0032_fed_replay
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0033_bundle_key"
-down_revision = "0031_perf_ingest"
+down_revision = "0032_fed_replay"
 branch_labels = None
 depends_on = None
 
