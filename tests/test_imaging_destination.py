@@ -305,7 +305,8 @@ def test_killing_the_destination_loses_nothing_acknowledged(hub, settings, desti
     # restart: whatever was acknowledged is finished from the spool and published
     with dicom_serve(settings, destination):
         wait_for(lambda: published_count(hub) >= acknowledged, what="recovery")
-        time.sleep(1)
+        # the recovered batches close once idle (publish_idle_seconds): waited for, not slept on
+        wait_for(lambda: all(b.state == "closed" for b in batches(hub)), what="the recovered batches to close")
     assert published_count(hub) >= acknowledged
     with hub.sessions() as s:
         assert all(b.state == "closed" for b in s.scalars(select(ImportBatch)))
