@@ -40,7 +40,7 @@ KEEP_TABLES = {"roles", "alembic_version"}
 PASSWORD = "correct horse battery staple"
 
 
-# The tests that take minutes, with their approximate duration (s) on the 2-core CI box. They run first, longest
+# The longest tests, with their approximate duration (s) on the 2-core CI box. They run first, longest
 # first: `make test` distributes with `--dist worksteal`, so a worker that runs out of work takes half of the other
 # worker's queue, and no minutes-long test is left to start last on one worker while the other sits idle. Only the
 # order changes; a test missing from this list just keeps its place. Prefixes of node ids.
