@@ -40,6 +40,27 @@ KEEP_TABLES = {"roles", "alembic_version"}
 PASSWORD = "correct horse battery staple"
 
 
+# The longest tests, with their approximate duration (s) on the 2-core CI box. They run first, longest
+# first: `make test` distributes with `--dist worksteal`, so a worker that runs out of work takes half of the other
+# worker's queue, and no minutes-long test is left to start last on one worker while the other sits idle. Only the
+# order changes; a test missing from this list just keeps its place. Prefixes of node ids.
+LONG_RUNNING = {
+    "tests/test_openapi_conformance.py::test_schemathesis_": 320,
+    "tests/test_cluster.py::": 130,
+    "tests/test_imaging_destination.py::test_pydicom_test_files_through_storescu": 40,
+    "tests/test_imaging_destination.py::test_killing_the_destination": 30,
+    "tests/test_imaging_destination.py::test_malformed_objects": 25,
+}
+
+
+def _expected_seconds(nodeid: str) -> float:
+    return max((s for prefix, s in LONG_RUNNING.items() if nodeid.startswith(prefix)), default=0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: -_expected_seconds(item.nodeid))  # stable: everything else keeps its order
+
+
 @pytest.fixture(autouse=True)
 def drs_responses_follow_the_specification(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every GA4GH DRS response any test receives (httpx clients, TestClient included) is validated
