@@ -394,13 +394,15 @@ def test_the_hub_runs_on_a_read_only_root_filesystem(tmp_path: Path, seaweedfs) 
     var = tmp_path / "var"
     keys, spool, anchor, tmp, db = (var / "keys", var / "dicom-spool", var / "audit-anchor", tmp_path / "tmp",
                                     tmp_path / "db")
-    for d in (keys, spool, anchor, tmp, db):
+    outbox = var / "audit-outbox"
+    for d in (keys, spool, anchor, outbox, tmp, db):
         d.mkdir(parents=True)
-    wrapper = read_only_root([keys, spool, anchor, tmp, db])
+    wrapper = read_only_root([keys, spool, anchor, outbox, tmp, db])
     env = {"STRONGROOM_VAR_DIR": str(var), "STRONGROOM_DATABASE_URL": f"sqlite:///{db / 'strongroom.db'}",
            "STRONGROOM_SECRET_KEY": "k" * 64, "STRONGROOM_JOBS__EMBEDDED": "false", "TMPDIR": str(tmp),
            "HOME": str(tmp), "PYTHONDONTWRITEBYTECODE": "1",
            "STRONGROOM_AUDIT__CHECKPOINT_FILE": str(anchor / "strongroom.jsonl"),
+           "STRONGROOM_AUDIT__OUTBOX_FILE": str(outbox / "outbox.jsonl"),
            "STRONGROOM_ARCHIVE__STORAGE__KIND": "s3",
            "STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL": seaweedfs.endpoint_url,
            "STRONGROOM_ARCHIVE__STORAGE__BUCKET": f"ro-{uuid.uuid4().hex[:12]}",
@@ -436,4 +438,4 @@ def test_the_hub_runs_on_a_read_only_root_filesystem(tmp_path: Path, seaweedfs) 
     assert (spool / "incoming").is_dir()
     for name in ("web", "worker", "dicom"):
         assert "Read-only file system" not in (tmp_path / f"{name}.log").read_text(), name
-    assert not [p for p in var.iterdir() if p not in (keys, spool, anchor)]  # nothing beside the volumes
+    assert not [p for p in var.iterdir() if p not in (keys, spool, anchor, outbox)]  # nothing beside the volumes

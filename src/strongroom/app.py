@@ -217,11 +217,13 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from .archive.keys import ensure_key
+        from .audit import outbox
 
         try:
             ensure_key(hub)
         except Exception as exc:  # start anyway: /readyz reports the database, uploads wait
             log.error("startup.archive_key_unavailable", error=type(exc).__name__)
+        outbox.resume(hub)  # audit events a process on this host could not write before it stopped
         runner = None
         if run_jobs:
             from .jobs.runner import Runner

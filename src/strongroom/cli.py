@@ -73,11 +73,13 @@ def serve(
 def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in logs and job leases.")] = None,
            ) -> None:
     """Run background jobs until stopped. Start as many as you like, on any hosts sharing the database."""
+    from .audit import outbox
     from .hub import Hub
     from .jobs.runner import Runner
 
     settings = get_settings()
     hub = Hub.from_settings(settings)
+    outbox.resume(hub)  # audit events a process on this host could not write before it stopped
     runner = Runner(hub, lease_seconds=settings.jobs.lease_seconds,
                     poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules, name=name)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())

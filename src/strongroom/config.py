@@ -160,6 +160,10 @@ class AuditSettings(BaseModel):
     # Append-only JSON lines, one signed checkpoint each; default <var_dir>/audit-checkpoints.jsonl.
     # Put it where the database's operators cannot rewrite it (another host's mount, chattr +a).
     checkpoint_file: Path | None = None
+    # Events describing something already done (a download's end, a refusal) that could not be written
+    # because the database did not answer wait here, fsync'd, until replayed into the chain (JSON lines;
+    # default <var_dir>/audit-outbox.jsonl; docs/operations.md "Audit outbox").
+    outbox_file: Path | None = None
     # Ed25519 key that signs checkpoints; default <var_dir>/keys/audit-anchor.key (mode 0600).
     anchor_key_file: Path | None = None
     # Also write each checkpoint to the archive's S3 bucket (when storage is S3), under Object Lock

@@ -12,6 +12,7 @@ timeline chart.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import random
@@ -20,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,14 @@ class Client:
         self.samples = samples
         self.stop = stop
         self.retries = 0
+        # every download request: (file id, first byte asked for, received whole); a download is whole
+        # once, after as many cut-off attempts (resumed with Range from the byte it had) as it took
+        self.download_attempts: list[tuple[str, int, bool, float]] = []  # … and when it ended (monotonic)
+        self._lock = threading.Lock()
+
+    def attempted(self, file_id: str, start: int, whole: bool) -> None:
+        with self._lock:
+            self.download_attempts.append((file_id, start, whole, time.monotonic()))
 
     def call(self, kind: str, method: str, path: str, *, ok=(200, 201, 204, 206), give_up: float = 300,
              **kw: Any) -> httpx.Response:
@@ -199,7 +209,7 @@ def download(c: Client, file_id: str, chunk: int = 256 * 1024) -> tuple[str, int
     while True:
         t = time.monotonic()
         headers = {"Range": f"bytes={got}-"} if got else {}
-        status = 0
+        status, start = 0, got
         try:
             with c.http.stream("GET", f"/api/v1/files/{file_id}/plaintext", headers=headers) as r:
                 status = r.status_code
@@ -210,11 +220,13 @@ def download(c: Client, file_id: str, chunk: int = 256 * 1024) -> tuple[str, int
                         digest.update(piece)
                         got += len(piece)
                     c.samples.append(Sample(t, "download", time.monotonic() - t, status))
+                    c.attempted(file_id, start, True)
                     return digest.hexdigest(), resumes
                 if status < 500 and status != 429:
                     raise AssertionError(f"download {file_id}: {status}")
         except httpx.HTTPError:
             pass
+        c.attempted(file_id, start, False)
         c.samples.append(Sample(t, "download", time.monotonic() - t, 0 if status in (200, 206) else status))
         if time.monotonic() > deadline:
             raise AssertionError(f"download {file_id} still failing")
@@ -224,13 +236,16 @@ def download(c: Client, file_id: str, chunk: int = 256 * 1024) -> tuple[str, int
 
 # -- DICOM ---------------------------------------------------------------------------------------
 def write_dicom(folder: Path, n: int, first_patient: int = 0) -> list[Path]:
-    """n synthetic 64x64 CT instances of 2 patients (numbered from ``first_patient``: each call its own)."""
+    """n synthetic 64x64 CT instances of 2 or more patients (numbered from ``first_patient``: each call its
+    own, at most 50 apart), 2 studies each, up to 10 series of 10 per study (synthetic.make_ct's series
+    times are 08:00 + the series number in hours: more series than that would not be valid DICOM times)."""
     from strongroom.imaging import synthetic
 
     folder.mkdir(parents=True, exist_ok=True)
     per_series, files = 10, []
-    series = max(1, -(-n // (per_series * 4)))
-    for p in range(first_patient, first_patient + 2):
+    patients = max(2, -(-n // (per_series * 10 * 2)))
+    series = max(1, -(-n // (per_series * 2 * patients)))
+    for p in range(first_patient, first_patient + patients):
         for st in range(2):
             for se in range(1, series + 1):
                 for i in range(1, per_series + 1):
@@ -543,6 +558,7 @@ def run(cluster: Cluster, plan: Plan, work: Path) -> Report:
     except AssertionError as e:
         report.problems.append(str(e))
     check(cluster, client, report, items, bigs, cost_paths, acked, n_dicom0)
+    check_download_audit(cluster, report, setup_client.download_attempts + client.download_attempts)
     report.figures.update({
         "uploads": len(items), "DICOM instances acknowledged": len(acked), "downloads completed":
             sum(download_count.values()), "download resumes": sum(resumes), "client retries": client.retries,
@@ -550,6 +566,13 @@ def run(cluster: Cluster, plan: Plan, work: Path) -> Report:
                                                                     or s.status >= 500),
     })
     return report
+
+
+def _each(fn, items, threads: int = 4) -> list[Any]:
+    """``fn(*item)`` for every item, ``threads`` clients side by side (the read-backs: independent requests,
+    each checked as before); results in order, the first exception raised."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="check") as pool:
+        return [f.result() for f in [pool.submit(fn, *item) for item in items]]
 
 
 def check(cluster: Cluster, c: Client, report: Report, items: list[tuple[Upload, bytes]],
@@ -591,19 +614,19 @@ def check(cluster: Cluster, c: Client, report: Report, items: list[tuple[Upload,
                            "orphan uploads cancelled": len(orphans)})
 
     # every file's bytes, read back end to end through the load balancer and compared
-    verified = 0
     ready_rows = {r.path: r for r in rows if r.state == "ready"}
     s3 = cluster.s3_client()
-    for path, up in expected.items():
+
+    def read_back(path: str, up: Upload) -> bool:
         r = ready_rows.get(path)
         if r is None:
-            continue
+            return False
         sha, _ = download(c, r.id)
         if sha != up.sha256:
             p.append(f"read back differs: {path}")
         s3.head_object(Bucket="strongroom", Key=r.body_key)  # the archived body exists in the object store
-        verified += 1
-    report.figures["checksums verified (read back)"] = verified
+        return True
+    report.figures["checksums verified (read back)"] = sum(_each(read_back, expected.items()))
 
     # DICOM: every acknowledged instance archived exactly once, its archived file readable and intact
     with cluster.hub.sessions() as s:
@@ -617,16 +640,17 @@ def check(cluster: Cluster, c: Client, report: Report, items: list[tuple[Upload,
         p.append(f"DICOM: {len(acked)} acknowledged, {scenario_instances} archived")
     if dup:
         p.append(f"DICOM: {len(dup)} instances archived twice")
-    dicom_checked = 0
     sha_of = {r.id: r.plaintext_sha256 for r in rows}
-    for _uid, file_id, _state in inst[n_dicom0:]:
+
+    def read_back_dicom(_uid: str, file_id: str | None, _state: str) -> bool:
         if file_id is None or file_id not in sha_of:
             p.append(f"DICOM instance without an archived file: {file_id}")
-            continue
+            return False
         sha, _ = download(c, file_id)
         if sha != sha_of[file_id]:
             p.append(f"DICOM file {file_id}: checksum differs")
-        dicom_checked += 1
+        return True
+    dicom_checked = sum(_each(read_back_dicom, inst[n_dicom0:]))
     report.figures.update({"DICOM instances archived": scenario_instances, "DICOM duplicates": len(dup),
                            "DICOM files verified (read back)": dicom_checked, "failed jobs": jobs_failed})
     if jobs_failed:
@@ -637,6 +661,77 @@ def check(cluster: Cluster, c: Client, report: Report, items: list[tuple[Upload,
     report.figures["audit events verified"] = verdict.checked
     if not verdict.ok:
         p.append(f"audit chain: {verdict.problems[:3]}")
+
+
+def check_download_audit(cluster: Cluster, report: Report, attempts: list[tuple[str, int, bool, float]]) -> None:
+    """Every download a client received whole has its "archive.download.completed" event in the chain, the
+    ones whose end fell into the database's outage included (written through the audit outbox, replayed
+    by the web server once the database answered), and none twice: as many completed events as completed
+    downloads, matched request by request (file and first byte).
+
+    Two exceptions, each tied to a killed web server and counted apart. A server records "completed" once
+    it has handed every byte to the network: if it is then killed, the tail may be lost on the way, the
+    client resumes and that second request completes too (an extra event, which must match one of the
+    client's cut-off requests). And a server SIGKILLed after its last byte left but before it wrote the end
+    leaves a "started" event with no end at all (no outbox can save what a killed process had not written
+    yet): a completed download without its event is accepted only if the client got its last byte within
+    10 s of a web server's kill and the server's "started" event of that request has no end event."""
+    from sqlalchemy import select
+
+    from strongroom.audit.models import AuditEvent
+    from strongroom.audit.outbox import KEY, outbox_path
+
+    whole = Counter((f, start) for f, start, ok, _ in attempts if ok)
+    cut = Counter((f, start) for f, start, ok, _ in attempts if not ok)
+    web_kills = [t for t, what in cluster.events if what in ("kill web1", "kill web2")]
+
+    def start_of(details: dict[str, Any]) -> int:
+        return int((details.get("bytes") or "0-").split("-")[0])
+
+    def completed_events() -> Counter[tuple[str, int]]:
+        with cluster.hub.sessions() as s:
+            rows = s.execute(select(AuditEvent.target, AuditEvent.details)
+                             .where(AuditEvent.action == "archive.download.completed")).all()
+        return Counter((target.removeprefix("file:"), start_of(details)) for target, details in rows)
+
+    # the hosts share one var dir, so one outbox file: wait until every waiting event has been replayed
+    # (each process retries within 15 s of the database answering)
+    path = outbox_path(cluster.hub)
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not path.exists() or not path.stat().st_size, 120, "the audit outbox to be replayed")
+    events = completed_events()
+    missing, extra = whole - events, events - whole
+    unexplained = extra - cut
+    with cluster.hub.sessions() as s:
+        keys = Counter(s.scalars(select(AuditEvent.details[KEY].as_string())
+                                 .where(AuditEvent.details[KEY].as_string().is_not(None))))
+        ends = s.execute(select(AuditEvent.details).where(AuditEvent.action.in_(
+            ("archive.download.completed", "archive.download.failed", "archive.download.aborted")))).scalars()
+        ended = {d.get("started_seq") for d in ends}
+        started = s.execute(select(AuditEvent.seq, AuditEvent.target, AuditEvent.details)
+                            .where(AuditEvent.action == "archive.download.started")).all()
+    never_ended = Counter((t.removeprefix("file:"), start_of(d)) for seq, t, d in started if seq not in ended)
+    near_kill = Counter((f, start) for f, start, ok, at in attempts
+                        if ok and any(-10 <= at - k <= 10 for k in web_kills))
+    killed_mid_record = missing & never_ended & near_kill
+    missing -= killed_mid_record
+    report.figures.update({
+        "downloads completed (all phases)": sum(whole.values()),
+        "download completed events": sum(events.values()),
+        "download completed events missing": sum(missing.values()),
+        "completed events of responses cut on the way (client resumed)": sum((extra & cut).values()),
+        "downloads whose server was killed before it wrote the end": sum(killed_mid_record.values()),
+        "download completed events unexplained": sum(unexplained.values()),
+        "audit events replayed from the outbox": len(keys),
+        "outbox events written twice": sum(1 for n in keys.values() if n > 1)})
+    if missing:
+        report.problems.append(f"audit: {sum(missing.values())} of {sum(whole.values())} completed downloads "
+                               f"have no archive.download.completed event: {list(missing)[:5]}")
+    if unexplained:
+        report.problems.append(f"audit: {sum(unexplained.values())} archive.download.completed events match no "
+                               f"download request: {list(unexplained)[:5]}")
+    if report.figures["outbox events written twice"]:
+        report.problems.append("audit: an outbox entry was replayed twice")
 
 
 # -- the chart -----------------------------------------------------------------------------------------

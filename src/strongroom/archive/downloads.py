@@ -17,9 +17,8 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from ..audit import service as audit
+from ..audit import outbox
 from ..audit.service import Actor
-from ..db import transaction
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
@@ -93,27 +92,26 @@ class AuditedStream(StreamingResponse):
 def record_end(hub: Hub, actor: Actor, action: str, *, project_id: uuid.UUID, target: str,
                started: dict[str, Any], sent: int, expected: int, reason: str | None) -> None:
     """How a download ended (completed, failed, aborted), in its own transaction after the body: the
-    response is gone either way, so a failure to record is logged, never lost silently."""
+    bytes are gone either way, so if the database does not answer the event waits in the audit outbox
+    and is replayed into the chain once it does (audit/outbox.py), never lost."""
     details = {**started, "bytes_sent": sent, "bytes_expected": expected, **({"reason": reason} if reason else {})}
     try:
-        with transaction(hub.sessions) as session:
-            audit.record(session, actor, action, outcome="ok" if action.endswith(".completed") else "failed",
-                         project_id=project_id, target=target, details=details)
-    except Exception:
+        outbox.record_after(hub, actor, action, outcome="ok" if action.endswith(".completed") else "failed",
+                            project_id=project_id, target=target, details=details)
+    except Exception:  # neither the database nor the outbox file took it (a full disk as well as a dead db)
         log.exception("archive.download.audit_failed", target=target, action=action)
 
 
 def record_refused(hub: Hub, principal: Principal, f: ArchiveFile, grant: service.ReadGrant, *, reason: str,
                    **details: object) -> None:
     """A refused download ("archive.download.refused", outcome denied), in its own transaction: the request's
-    own rolls back with the 403."""
+    own rolls back with the 403 (through the audit outbox if the database does not answer)."""
     recorded = {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None,
                 "credential": principal.credential_id, "reason": reason,
                 **{k: v for k, v in details.items() if v is not None}}
     try:
-        with transaction(hub.sessions) as session:
-            audit.record(session, principal.actor, "archive.download.refused", outcome="denied",
-                         project_id=f.project_id, target=f"file:{f.id}", details=recorded)
+        outbox.record_after(hub, principal.actor, "archive.download.refused", outcome="denied",
+                            project_id=f.project_id, target=f"file:{f.id}", details=recorded)
     except Exception:
         log.exception("archive.download.audit_failed", target=f"file:{f.id}", action="archive.download.refused")
 

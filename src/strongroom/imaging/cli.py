@@ -33,6 +33,7 @@ def serve(
     Destinations follow settings changes within a few seconds. Stop with Ctrl-C or SIGTERM: what was
     acknowledged is finished on the next start if it could not be finished now.
     """
+    from ..audit import outbox
     from ..config import get_settings
     from ..hub import Hub
     from ..migrate import upgrade
@@ -44,6 +45,7 @@ def serve(
     from ..archive.keys import ensure_key
 
     ensure_key(hub)
+    outbox.resume(hub)  # audit events a process on this host could not write before it stopped
     service = DicomService(hub, workers=workers or None, host=host)
     signal.signal(signal.SIGTERM, lambda *_: service.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: service.stopping.set())

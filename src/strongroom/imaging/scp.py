@@ -47,8 +47,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from ..archive.backend import storage_for
-from ..audit import service as audit
-from ..db import transaction
+from ..audit import outbox
 from ..hub import Hub
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
@@ -352,11 +351,12 @@ class DicomService:
         ASSOCIATIONS.labels(dest.slug, "rejected").inc()
         log.warning("dicom.association_rejected", project=dest.slug, calling_ae=caller,
                     address=assoc.requestor.address)
-        with transaction(self.hub.sessions) as session:
-            audit.record(session, service.IMPORT_ACTOR, "imaging.association.rejected", outcome="denied",
-                         project_id=dest.project_id, target=f"dicom:{dest.config.ae_title}",
-                         details={"calling_ae": caller, "address": assoc.requestor.address,
-                                  "called_ae": (assoc.acceptor.ae_title or "").strip()[:16]})
+        # the association is refused already: if the database does not answer, the event waits in the
+        # audit outbox (pynetdicom would only log an exception from this handler)
+        outbox.record_after(self.hub, service.IMPORT_ACTOR, "imaging.association.rejected", outcome="denied",
+                            project_id=dest.project_id, target=f"dicom:{dest.config.ae_title}",
+                            details={"calling_ae": caller, "address": assoc.requestor.address,
+                                     "called_ae": (assoc.acceptor.ae_title or "").strip()[:16]})
 
     def _on_end(self, event: evt.Event, dest: _Destination) -> None:
         with self.lock:
