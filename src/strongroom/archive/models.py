@@ -48,11 +48,14 @@ class UserKey(IdMixin, CreatedMixin, Base):
 class ArchiveFile(CreatedMixin, Base):
     __tablename__ = "archive_files"
     __table_args__ = (Index("ix_archive_files_project_state", "project_id", "state"),
+                      # a project's files in id order: the listing's keyset page is one range scan, however many
+                      # other projects' rows the table holds (also serves every lookup by project alone)
+                      Index("ix_archive_files_project_files", "project_id", "id"),
                       # a bundle's files by its inbox object (group ingest, a retried bundle); one file per offset
                       Index("ux_archive_files_inbox", "inbox_key", "inbox_offset", unique=True))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # stable accession, e.g. SRF-…
-    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"))
     uploader_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     path: Mapped[str] = mapped_column(String(1024))  # name as uploaded, for people
     state: Mapped[str] = mapped_column(String(12), default=RECEIVING)
