@@ -10,14 +10,16 @@ import csv
 import datetime as dt
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
 import metrics_support as ms
 from conftest import bearer, token_for, web_client
-from helpers import form_post
+from helpers import form_post, wait_until
 from strongroom.audit.models import AuditEvent
 from strongroom.db import transaction
 from strongroom.identity.models import User
@@ -25,6 +27,7 @@ from strongroom.stats import service
 from strongroom.stats.figures import SUPPRESSED
 from strongroom.stats.jobs import prune
 from strongroom.stats.models import DaySalt, DayVisitor, LandingViews
+from support.live import free_port, serving
 
 BASE = "http://127.0.0.1:8000"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
@@ -268,6 +271,30 @@ def test_landing_views_count_people_once_per_30_seconds_and_never_robots(app, hu
                 text = repr({k: v for k, v in vars(obj).items() if not k.startswith("_")})
                 assert "testclient" not in text and "Mozilla" not in text
         assert not s.scalar(select(AuditEvent).where(AuditEvent.action.like("stats.%")))
+
+
+def test_concurrent_views_are_each_counted_once_when_recorded_together(app, hub, scenario):
+    """Views arriving while another response records are recorded by it, in one transaction: 40 different
+    visitors at once through a real server are 40 views, none lost or counted twice."""
+    today = dt.datetime.now(dt.UTC).date()
+    with hub.sessions() as s:
+        before = s.get(LandingViews, (today, scenario.datasets["chest"]))
+        before_views = before.views if before else 0
+    with serving(app, free_port()) as url, httpx.Client(base_url=url, timeout=60) as c:
+        def view(i: int) -> int:
+            return c.get("/catalog/chest", headers={"User-Agent": f"{BROWSER} visitor/{i}"}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(view, range(40))) == {200}
+        c.get("/healthz")  # the last view's background task has run before the next response on its connection
+
+        def counted() -> int:
+            with hub.sessions() as s:
+                row = s.get(LandingViews, (today, scenario.datasets["chest"]))
+                return (row.views if row else 0) - before_views
+
+        wait_until(lambda: counted() >= 40, 30, 0.05)
+        assert counted() == 40
 
 
 def test_yesterdays_visitors_and_salt_are_forgotten(app, hub, scenario):
