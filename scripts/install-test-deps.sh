@@ -39,6 +39,13 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# /dev/fuse as udev leaves it on a Debian host (the rule KERNEL=="fuse", MODE="0666"): a workspace's data mount runs
+# as the member's cluster account, not root. Containers without udev create the node 0600; the Slurm test needs it.
+if [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" != "666" ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO chmod 0666 /dev/fuse
+fi
+
 if [ ! -d tests/support/oidc/node_modules ]; then
   (cd tests/support/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi

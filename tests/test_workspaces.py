@@ -416,7 +416,7 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
         with transaction(hub.sessions) as s:
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 2, "stopped": 0}
             assert service.check_bookings(s, hub.settings, now=now) == {"warned": 0, "stopped": 0}  # once
-            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email").order_by(Job.id))]
             assert [m["template"] for m in mails] == ["workspace_ending", "workspace_ending"]
             unbooked = s.get(Workspace, second.id)  # the second one runs on: only idle time stops it
             unbooked.booking_id, unbooked.ends_at = None, None
@@ -431,7 +431,7 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
             soon = idle_at - dt.timedelta(minutes=w.warn_minutes)
             assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 1}
             assert service.check_idle(s, hub.settings, hub.secret, now=soon) == {"idle": 0, "exited": 0, "warned": 0}
-            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))]
+            mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email").order_by(Job.id))]
             assert [m["context"].get("reason") for m in mails] == ["booking", "booking", "idle"]
         # the e-mails go out through a real SMTP server
         box = Mailbox(port=_free_port())
