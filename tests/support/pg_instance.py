@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from support.live import free_port
 
 BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14)]
 
@@ -36,12 +37,6 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgInstance:
     def __init__(self, base: Path) -> None:
         bindir = _bin_dir()
@@ -49,7 +44,7 @@ class PgInstance:
         self.bin = bindir
         self.base = base
         self.data = base / "pgdata"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = (f"postgresql://postgres@127.0.0.1:{self.port}/strongroom?connect_timeout=3")
 
     def _as_owner(self, *argv: str) -> list[str]:

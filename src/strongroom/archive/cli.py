@@ -31,6 +31,7 @@ from .transfer import (
     download_file,
     iter_dataset_files,
     plan_uploads,
+    stream_size,
     upload_bundle,
     upload_file,
 )
@@ -83,12 +84,12 @@ def upload(
     with _progress() as progress:
         header_size = len(c4gh.make_header([b"\0" * 32], hub_public, None))
         overall = progress.add_task(f"[bold]{len(plans)} file(s)",
-                                    total=sum(header_size + c4gh.body_size_for(p.size) for p in plans))
+                                    total=sum(stream_size(p, header_size) for p in plans))
         small = [p for p in plans if p.size <= SMALL_FILE_BYTES]
         failures += _upload_small(client, project, small, hub_public, header_size, state_dir, parallel, progress,
                                   overall)
         for plan in (p for p in plans if p.size > SMALL_FILE_BYTES):
-            task = progress.add_task(plan.name[-40:], total=header_size + c4gh.body_size_for(plan.size))
+            task = progress.add_task(plan.name[-40:], total=stream_size(plan, header_size))
 
             def advance(n: int, task: TaskID = task) -> None:
                 progress.advance(task, n)
@@ -119,14 +120,14 @@ def _upload_small(client: HubClient, project: str, small: list[UploadPlan], hub_
         return 0
     groups = bundle_groups(small, header_size)
     task = progress.add_task(f"{len(small)} small file(s) in {len(groups)} bundle(s)",
-                             total=sum(header_size + c4gh.body_size_for(p.size) for p in small))
+                             total=sum(stream_size(p, header_size) for p in small))
     failures, sent = 0, 0
     with ThreadPoolExecutor(min(parallel, 4)) as pool:
         futures = {pool.submit(upload_bundle, client, project, g, hub_public, state_dir=state_dir): g
                    for g in groups}
         for future in as_completed(futures):
             group = futures[future]
-            size = sum(header_size + c4gh.body_size_for(p.size) for p in group)
+            size = sum(stream_size(p, header_size) for p in group)
             try:
                 future.result()
                 sent += len(group)

@@ -159,6 +159,11 @@ BUNDLE_BYTES = 4 * 1024 * 1024  # crypt4gh bytes per bundle: under any hub's par
 BUNDLE_FILES = 1000
 
 
+def stream_size(plan: UploadPlan, header_size: int) -> int:
+    """The size of a file's crypt4gh stream (``header_size``: a header's size for the hub's key)."""
+    return header_size + c4gh.body_size_for(plan.size)
+
+
 def bundle_groups(plans: list[UploadPlan], header_size: int, *, max_bytes: int = BUNDLE_BYTES,
                   max_files: int = BUNDLE_FILES) -> list[list[UploadPlan]]:
     """The small files in order, cut into bundles of at most ``max_bytes`` of crypt4gh and ``max_files``
@@ -166,7 +171,7 @@ def bundle_groups(plans: list[UploadPlan], header_size: int, *, max_bytes: int =
     groups: list[list[UploadPlan]] = []
     size = 0
     for plan in plans:
-        stream = header_size + c4gh.body_size_for(plan.size)
+        stream = stream_size(plan, header_size)
         if not groups or size + stream > max_bytes or len(groups[-1]) >= max_files:
             groups.append([])
             size = 0
