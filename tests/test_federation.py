@@ -42,7 +42,9 @@ def settings(database_url: str, tmp_path) -> Settings:
     port = free_port()
     s = Settings(var_dir=tmp_path / "a" / "var", database_url=database_url, secret_key="test-secret-" + "a" * 32,
                  base_url=f"http://127.0.0.1:{port}", site_name="Hub A", log_json=True, jobs={"embedded": False},
-                 security={"cookie_secure": False})
+                 security={"cookie_secure": False},
+                 # hub B answers from the same loaded 2-core CI machine; the silent peer refuses at once
+                 federation={"peer_timeout_seconds": 30})
     s._port = port  # test plumbing
     return s
 
