@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 
 from ...identifiers import national_ids
-from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, date8, strings, walk
+from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, Value, date8, values
 
 # Identifying values of the original are searched in EVERY element value of the output (sequences at any
 # depth, retained private elements, code meanings, kept descriptors), with no exception for attributes the
@@ -56,7 +56,7 @@ def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
 class _IdentityNeedles:
     """What identifies the person in the original, compiled for one pass over the output."""
 
-    def __init__(self, orig: Dataset, flags: dict[str, bool]) -> None:
+    def __init__(self, orig: list[Value], flags: dict[str, bool]) -> None:
         self.kinds: dict[str, str] = {}  # casefolded needle -> kind
         self.free_only: dict[str, str] = {}  # needles searched in free text only (YYMMDD)
         self.uid_components: dict[str, str] = {}  # numeric IDs matched as whole UID components
@@ -85,21 +85,23 @@ class _IdentityNeedles:
             if value.isdigit() and len(value) >= 6:
                 self.uid_components.setdefault(value, kind)
 
-    def _collect(self, orig: Dataset, flags: dict[str, bool]) -> None:
-        for _, elem, ds in walk(orig):
-            tag = int(elem.tag)
-            if elem.VR == "SQ":
+    def _collect(self, orig: list[Value], flags: dict[str, bool]) -> None:
+        self._makers: dict[int, set[str]] = {}  # id of a dataset -> its Manufacturer and model name, casefolded
+        for v in orig:
+            if v.tag in (0x00080070, 0x00081090):
+                self._makers.setdefault(id(v.parent), set()).update(t.casefold() for t in v.texts)
+        for _, tag, vr, texts, _, ds, elem in orig:
+            if vr == "SQ":
                 if tag == _OTHER_IDS_SEQ:  # recorded as other patient IDs before the walk enters the items
                     for item in elem.value or []:
                         if "PatientID" in item:
                             self._add(str(item.PatientID), "other patient ID")
                 continue
-            if elem.tag.is_private or elem.tag.group in (PIXEL_GROUP, 0x0002):
+            if (tag >> 16) & 1 or tag >> 16 in (PIXEL_GROUP, 0x0002):
                 continue
-            texts = strings(elem)
             if not texts:
                 continue
-            if elem.VR == "PN":
+            if vr == "PN":
                 kind = _PATIENT_NAME_TAGS.get(tag, "person name component")
                 for t in texts:
                     self._add(re.sub(r"[\^=]+", " ", t).strip(), kind.replace(" component", ""))
@@ -116,8 +118,7 @@ class _IdentityNeedles:
                                 self._add(part, "address", 6)
             elif tag in _INSTITUTION_TAGS and not flags["retain_institution_identity"]:
                 # an organisation: not identifying when it is also the equipment's maker (test sites)
-                makers = {str(ds.get(k, "") or "").strip().casefold()
-                          for k in ("Manufacturer", "ManufacturerModelName")}
+                makers = self._makers.get(id(ds), set())
                 for t in texts:
                     if t.strip().casefold() not in makers:
                         self._add(t, _INSTITUTION_TAGS[tag], 6)
@@ -155,26 +156,30 @@ class _IdentityNeedles:
         return hits
 
 
-def _text_values(ds: Dataset) -> Iterator[tuple[str, int, str, str]]:
+def _text_values(out: list[Value]) -> Iterator[tuple[str, int, str, str]]:
     """(path with '>' between nesting levels, tag, VR, text) of every element value except pixel data."""
-    for here, elem, _ in walk(ds, ">"):
-        tag = elem.tag
-        vr = elem.VR
-        if vr == "SQ" or tag.group == PIXEL_GROUP or (0x6000 <= tag.group <= 0x601E and tag.element == 0x3000):
+    for here, tag, vr, texts, blob, _, _ in out:
+        group = tag >> 16
+        if vr == "SQ" or group == PIXEL_GROUP or (0x6000 <= group <= 0x601E and tag & 0xFFFF == 0x3000):
             continue
-        value = elem.value
-        if isinstance(value, bytes | bytearray):
-            if vr in ("UN", "OB") and (tag.is_private or vr == "UN"):  # retained private / unknown values
-                yield here, int(tag), vr, bytes(value).decode("latin-1")
+        here = here.replace("].", "]>")
+        if blob is not None:
+            if vr in ("UN", "OB") and (group & 1 or vr == "UN"):  # retained private / unknown values
+                yield here, tag, vr, blob.decode("latin-1")
             continue
         if vr in _FREE_VRS or vr in _NUMERIC_VRS or vr == "UI":
-            for t in strings(elem):
-                yield here, int(tag), vr, t
+            for t in texts:
+                yield here, tag, vr, t
 
 
 def identity_scan(orig: Dataset, out: Dataset, flags: dict[str, bool]) -> list[Leak]:
     """Every element value of ``out`` searched for the identifying values of ``orig`` and for national
     identity numbers by pattern; one ``Leak`` per (attribute, kind), never naming the value."""
+    return identity_leaks(values(orig), values(out), flags)
+
+
+def identity_leaks(orig: list[Value], out: list[Value], flags: dict[str, bool]) -> list[Leak]:
+    """``identity_scan`` on elements already read (``values``)."""
     needles = _IdentityNeedles(orig, flags)
     leaks: list[Leak] = []
     seen: set[tuple[str, str]] = set()

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 
 from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
 
-from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, date8, load, strings, walk
-from .identity import identity_scan
+from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, Value, date8, load, values
+from .identity import identity_leaks
 
 _FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
 _BYTES_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV", "OB or OW", "OW or OB"}
@@ -35,9 +35,9 @@ _CLASS_UID_KEYWORDS = ("Class", "TransferSyntax", "CodingScheme", "ContextUID", 
 _SAFE = {(sp.creator, sp.group, sp.element) for sp in SAFE_PRIVATE}
 
 
-def _private_creator(ds: Dataset, tag: Any) -> str | None:
+def _private_creator(ds: Dataset, tag: int) -> str | None:
     """The private creator of ``tag`` in ``ds``, the dataset that holds it."""
-    creator_tag = (tag.group << 16) | (tag.element >> 8)
+    creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFFFF) >> 8)
     if creator_tag in ds:
         return str(ds[creator_tag].value).strip()
     return None
@@ -138,7 +138,9 @@ class _Scan:
     orig_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
     private_bytes: list[tuple[bytes, str]] = field(default_factory=list)  # (value, source path)
     out_values: dict[str, list[str]] = field(default_factory=dict)  # path -> text values
-    out_elems: dict[str, tuple[Any, Dataset]] = field(default_factory=dict)  # path -> (element, its dataset)
+    out_elems: dict[str, Value] = field(default_factory=dict)  # path -> the output's element
+    orig_all: list[Value] = field(default_factory=list)  # every element of the original
+    out_all: list[Value] = field(default_factory=list)  # every element of the output
 
     @classmethod
     def of(cls, original: Any, deidentified: Any, profile: Any) -> _Scan:
@@ -147,15 +149,16 @@ class _Scan:
             "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
         orig, _ = load(original)
         out, out_raw = load(deidentified)
-        # (before the walk below converts the raw elements: a freshly read one still knows its position)
+        # (before anything converts the raw elements: a freshly read one still knows its position)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
                    date_mode, orig, out, _header_bytes(out, out_raw))
+        scan.orig_all, scan.out_all = values(orig), values(out)
         scan._collect()
         scan._drop_allowed()
-        for path, elem, parent in walk(out):
-            scan.out_elems[path] = (elem, parent)
-            if elem.VR != "SQ" and elem.tag.group != PIXEL_GROUP:
-                scan.out_values[path] = strings(elem)
+        for v in scan.out_all:
+            scan.out_elems[v.path] = v
+            if v.vr != "SQ" and v.tag >> 16 != PIXEL_GROUP:
+                scan.out_values[v.path] = v.texts
         return scan
 
     def _add(self, text: str, kind: str, source: str) -> None:
@@ -166,19 +169,17 @@ class _Scan:
     def _collect(self) -> None:
         """Identifying material of the original: what the profile may not keep."""
         flags, policy = self.flags, self.policy
-        for here, elem, ds in walk(self.orig):
-            tag = elem.tag
-            vr = elem.VR
-            if vr == "SQ" or tag.group == PIXEL_GROUP or tag.group == 0x0002:
+        for here, tag, vr, texts, blob, ds, _ in self.orig_all:
+            group = tag >> 16
+            if vr == "SQ" or group == PIXEL_GROUP or group == 0x0002:
                 continue
-            texts = strings(elem)
             if texts:
                 self.orig_values[here] = texts
-            if tag.is_private:
-                if tag.element < 0x1000:
+            if group & 1:
+                if tag & 0xFFFF < 0x1000:
                     continue  # creators and reserved elements
                 creator = _private_creator(ds, tag)
-                safe = flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in self.safe_private
+                safe = flags["retain_safe_private"] and (creator, group, tag & 0xFF) in self.safe_private
                 if safe:
                     if vr == "UI" and not flags["retain_uids"]:
                         for t in texts:
@@ -187,15 +188,15 @@ class _Scan:
                     continue
                 for t in texts:
                     self._add(t, "private", here)
-                if isinstance(elem.value, bytes | bytearray) and len(elem.value) >= 8:
-                    self.private_bytes.append((bytes(elem.value), here))
+                if blob is not None and len(blob) >= 8:
+                    self.private_bytes.append((blob, here))
                 continue
-            row_policy = policy.get(int(tag))
+            row_policy = policy.get(tag)
             if vr == "UI":
                 if not flags["retain_uids"]:
+                    keyword = keyword_for_tag(tag) or ""
                     for t in texts:
-                        if not t.startswith("1.2.840.10008.") and not any(
-                                k in (elem.keyword or "") for k in _CLASS_UID_KEYWORDS):
+                        if not t.startswith("1.2.840.10008.") and not any(k in keyword for k in _CLASS_UID_KEYWORDS):
                             self.uids.setdefault(t, here)
                 continue
             if vr in ("DA", "DT"):
@@ -216,9 +217,9 @@ class _Scan:
             if row_policy == "change" and vr in _FREE_TEXT_VRS:
                 for t in texts:
                     self._add(t, "value", here)
-            elif isinstance(elem.value, bytes) and len(elem.value) >= 8 and (
+            elif blob is not None and len(blob) >= 8 and (
                     (row_policy == "change" and vr in _BYTES_VRS) or (row_policy is None and vr == "UN")):
-                self.private_bytes.append((bytes(elem.value), here))  # unknown-VR / binary identifying values
+                self.private_bytes.append((blob, here))  # unknown-VR / binary identifying values
 
     def _drop_allowed(self) -> None:
         """Values that the original also carries in attributes allowed to stay are not identifying."""
@@ -238,10 +239,11 @@ class _Scan:
                 continue
             allowed.extend(texts)
         allowed_text = "\n".join(allowed)
+        allowed_lower = allowed_text.lower()
         needles = self.needles
-        any_allowed = re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(re.escape(n) for n in sorted(needles, key=len,
-                                 reverse=True)) + r")(?![0-9A-Za-z])", re.I) if needles else None
-        for text in (list(needles) if any_allowed is not None and any_allowed.search(allowed_text) else ()):
+        # a substring test first (no pattern to compile: the needles differ from file to file), the
+        # word-boundary match only for the few that occur
+        for text in [n for n in needles if n.lower() in allowed_lower]:
             if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
                 del needles[text]
         allowed_set = set(allowed)
@@ -262,13 +264,14 @@ class _Scan:
 
 def identifying_strings(s: _Scan) -> Iterator[Leak]:
     """Identifying strings of the original (names, IDs, free text the profile changes, private values)
-    anywhere in the output's bytes except the pixel data, UTF-8 or Latin-1 encoded. One search for all of
-    them first: with no hit anywhere (the usual case) no single needle can hit either, and ~100 separate
-    pattern compilations are saved."""
-    encoded = {n.encode(enc) for n in s.needles for enc in ("utf-8", "latin-1") if _encodable(n, enc)}
-    anywhere = re.compile(rb"(?<![0-9A-Za-z])(?:" + b"|".join(re.escape(n) for n in sorted(encoded, key=len,
-                          reverse=True)) + rb")(?![0-9A-Za-z])", re.I) if encoded else None
-    for text, (kind, source) in (s.needles.items() if anywhere is not None and anywhere.search(s.header) else ()):
+    anywhere in the output's bytes except the pixel data, UTF-8 or Latin-1 encoded. A case-insensitive
+    substring test first (bytes: ASCII case, as ``re.I`` on bytes), so that only the needles that occur
+    somewhere get a word-boundary pattern compiled — the needles differ from file to file."""
+    header_lower = s.header.lower()
+    present = [(text, where) for text, where in s.needles.items()
+               if any(text.encode(enc).lower() in header_lower
+                      for enc in ("utf-8", "latin-1") if _encodable(text, enc))]
+    for text, (kind, source) in present:
         pattern = rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])"
         for enc in ("utf-8", "latin-1"):
             try:
@@ -282,11 +285,9 @@ def identifying_strings(s: _Scan) -> Iterator[Leak]:
 
 
 def original_uids(s: _Scan) -> Iterator[Leak]:
-    """Instance UIDs of the original (unless Retain UIDs) in the output's bytes, the same single search
-    first."""
-    any_uid = re.compile(rb"(?<![0-9.])(?:" + b"|".join(re.escape(u.encode()) for u in sorted(s.uids, key=len,
-                         reverse=True)) + rb")(?![0-9.])") if s.uids else None
-    for uid, source in (s.uids.items() if any_uid is not None and any_uid.search(s.header) else ()):
+    """Instance UIDs of the original (unless Retain UIDs) in the output's bytes: a substring test first,
+    the bounded match only for those that occur."""
+    for uid, source in [(u, where) for u, where in s.uids.items() if u.encode() in s.header]:
         if re.search(rb"(?<![0-9.])" + re.escape(uid.encode()) + rb"(?![0-9.])", s.header):
             yield Leak("uid", s.locate(re.compile(rf"(?<![0-9.]){re.escape(uid)}(?![0-9.])")), source,
                        f"original UID of {source} found in the output")
@@ -309,10 +310,10 @@ def date_option(s: _Scan) -> Iterator[Leak]:
     if s.date_mode == "modified":
         pairs: list[tuple[int, str]] = []
         for path, texts in s.orig_values.items():
-            elem = s.out_elems.get(path, (None,))[0]
-            if elem is None or elem.VR not in ("DA", "DT"):
+            found = s.out_elems.get(path)
+            if found is None or found.vr not in ("DA", "DT"):
                 continue
-            for old, new in zip(texts, strings(elem), strict=False):
+            for old, new in zip(texts, found.texts, strict=False):
                 a, b = date8(old), date8(new)
                 delta = _days(a, b) if a and b else None
                 if delta is not None:
@@ -352,38 +353,42 @@ def replaced_attributes(s: _Scan) -> Iterator[Leak]:
 
 def private_and_graphics(s: _Scan) -> Iterator[Leak]:
     """Private elements outside the safe private table, curves, and overlays (unless Clean Graphics)."""
-    for path, (elem, parent) in s.out_elems.items():
-        tag = elem.tag
-        if tag.is_private and tag.element >= 0x1000:
-            creator = _private_creator(parent, tag)
-            if not (s.flags["retain_safe_private"] and (creator, tag.group, tag.element & 0xFF) in s.safe_private):
+    for path, v in s.out_elems.items():
+        group, element = v.tag >> 16, v.tag & 0xFFFF
+        if group & 1 and element >= 0x1000:
+            creator = _private_creator(v.parent, v.tag)
+            if not (s.flags["retain_safe_private"] and (creator, group, element & 0xFF) in s.safe_private):
                 yield Leak("private", path, path, "private element not retained by the safe private table")
-        elif 0x5000 <= tag.group <= 0x501E and tag.group % 2 == 0:
+        elif 0x5000 <= group <= 0x501E and group % 2 == 0:
             yield Leak("graphics", path, path, "curve data present")
-        elif 0x6000 <= tag.group <= 0x601E and tag.group % 2 == 0 and tag.element == 0x3000 \
+        elif 0x6000 <= group <= 0x601E and group % 2 == 0 and element == 0x3000 \
                 and not s.flags["clean_graphics"]:
             yield Leak("graphics", path, path, "overlay data present")
 
 
 def markers(s: _Scan) -> Iterator[Leak]:
     """The de-identification markers, and a Patient ID that is not the original one."""
-    out, orig = s.out, s.orig
-    if str(out.get("PatientIdentityRemoved", "")).upper() != "YES":
+    def text(values: dict[str, list[str]], path: str) -> str:
+        return "\\".join(values.get(path) or ()).upper()
+
+    if text(s.out_values, "(0012,0062)") != "YES":
         yield Leak("marker", "(0012,0062)", "", "Patient Identity Removed is not YES")
-    codes = {str(item.get("CodeValue", "")) for item in out.get("DeidentificationMethodCodeSequence", [])}
+    codes = {t for path, texts in s.out_values.items() if path.startswith("(0012,0064)[")
+             and path.endswith("].(0008,0100)") and path.count("(") == 2 for t in texts}
     if "113100" not in codes:
         yield Leak("marker", "(0012,0064)", "", "De-identification Method Code Sequence lacks 113100")
     expected = {"remove": "REMOVED", "full": "UNMODIFIED", "modified": "MODIFIED"}[s.date_mode]
-    if str(out.get("LongitudinalTemporalInformationModified", "")).upper() != expected:
+    if text(s.out_values, "(0028,0303)") != expected:
         yield Leak("marker", "(0028,0303)", "", f"Longitudinal Temporal Information Modified is not {expected}")
-    if out.get("PatientID") and orig.get("PatientID") and str(out.PatientID) == str(orig.PatientID):
+    patient_id = text(s.out_values, "(0010,0020)")
+    if patient_id and patient_id == text(s.orig_values, "(0010,0020)"):
         yield Leak("attribute", "(0010,0020)", "(0010,0020)", "Patient ID unchanged")
 
 
 def identity_values(s: _Scan) -> Iterator[Leak]:
     """Identifying values of the original and national identity numbers in any output value
     (``identity_scan``), with no exception for attributes the profile keeps."""
-    yield from identity_scan(s.orig, s.out, s.flags)
+    yield from identity_leaks(s.orig_all, s.out_all, s.flags)
 
 
 LEAK_CHECKS: tuple[Callable[[_Scan], Iterable[Leak]], ...] = (

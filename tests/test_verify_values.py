@@ -1,0 +1,124 @@
+"""The leak scan reads element values straight from the raw bytes (``verify.elements.values``) instead of
+through pydicom's conversion: it must read exactly what pydicom reads, for every element of every kind of
+file (character sets, implicit and big-endian VR, numbers, empty values, nested sequences), and a leak must
+be found whatever the character set."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
+from strongroom.imaging.verify import leak_scan
+from strongroom.imaging.verify.elements import strings, values
+
+
+def _reference(ds: Dataset, path: str = "") -> list[tuple[str, str, list[str]]]:
+    """(path, VR, texts) of every element as pydicom converts it: what the scans read before."""
+    out = []
+    for elem in ds:
+        here = f"{path}({elem.tag.group:04X},{elem.tag.element:04X})"
+        out.append((here, elem.VR, [] if elem.VR == "SQ" else [t.strip("\x00 ") for t in strings(elem)]))
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value or []):
+                out.extend(_reference(item, f"{here}[{i}]."))
+    return out
+
+
+def _read(raw: bytes) -> Dataset:
+    return pydicom.dcmread(io.BytesIO(raw), force=True)
+
+
+def _bytes(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _corpus() -> list[str]:
+    """pydicom's bundled test files (listed from disk: ``get_testdata_files`` would try to download more)."""
+    data = Path(pydicom.data.__file__).parent
+    names = sorted(str(f) for d in ("test_files", "charset_files") for f in (data / d).rglob("*") if f.is_file())
+    readable = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in names:
+            try:
+                pydicom.dcmread(f, stop_before_pixels=True)
+            except Exception:
+                continue
+            readable.append(f)
+    return readable
+
+
+def test_values_read_what_pydicom_reads_for_every_test_file() -> None:
+    files = _corpus()
+    assert len(files) > 60  # pydicom's test files: every transfer syntax, character sets, SR, RT, private data
+    charsets = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in files:
+            raw = _bytes(f)
+            fast = [(v.path, v.vr, v.texts) for v in values(_read(raw))]
+            assert fast == _reference(_read(raw)), f
+            charsets.add(str(_read(raw).get("SpecificCharacterSet", "")))
+    assert {"ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87"} & charsets  # several character sets were read
+
+
+def _with_name(name: str, charset: str | None, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = name
+    ds.PatientID = "PID-778899"
+    ds.StudyDescription = f"follow-up of {name}"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = ds.StudyInstanceUID = ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.99.1"
+    ds.Rows = ds.Columns = 2
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = ds.SamplesPerPixel = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Modality = "CT"
+    ds.PixelData = b"\0" * 8
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("name", "charset", "syntax"), [
+    ("Müller^Jürgen", "ISO_IR 100", ExplicitVRLittleEndian),
+    ("Ødegård^Åse", "ISO_IR 192", ExplicitVRLittleEndian),
+    ("Wang^XiaoDong=王^小東", "ISO_IR 192", ImplicitVRLittleEndian),
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "\\ISO 2022 IR 87", ExplicitVRLittleEndian),
+    ("Smith^Anne", None, ImplicitVRLittleEndian),
+])
+def test_a_name_left_in_free_text_is_found_in_every_character_set(
+        tmp_path: Path, name: str, charset: str | None, syntax: str) -> None:
+    """The Basic Profile removes Study Description; an output that kept it (and with it the name) must fail."""
+    original = _with_name(name, charset, syntax)
+    (tmp_path / "in.dcm").write_bytes(original)
+    deidentify_file(str(tmp_path / "in.dcm"), str(tmp_path / "out.dcm"), DeidProfile(), Pseudonymizer(b"k" * 32))
+    assert leak_scan(tmp_path / "in.dcm", tmp_path / "out.dcm", DeidProfile()) == []
+    leaky = _read((tmp_path / "out.dcm").read_bytes())
+    leaky.StudyDescription = f"follow-up of {name}"
+    found = leak_scan(original, leaky, DeidProfile())
+    assert found and any("(0008,1030)" in leak.where or leak.where == "file bytes" for leak in found)
+    assert all(name not in leak.detail for leak in found)  # a finding never names the value
+
+
+def test_values_of_a_real_ct_match_in_implicit_and_big_endian() -> None:
+    for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm", "CT_small.dcm"):
+        raw = _bytes(get_testdata_file(name))
+        assert [(v.path, v.vr, v.texts) for v in values(_read(raw))] == _reference(_read(raw))
