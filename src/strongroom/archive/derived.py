@@ -15,7 +15,7 @@ from ..audit.service import Actor
 from ..errors import Invalid
 from .accession import new_accession
 from .datasets import _add_files, _ready_files
-from .files import add_sealed_file
+from .files import add_sealed_files
 from .models import ArchiveFile, Dataset, DatasetVersion
 from .sealing import SealedBody
 
@@ -28,7 +28,7 @@ def archive_derived(session: Session, actor: Actor, project_id: uuid.UUID, creat
     when the quota does not allow them."""
     if not title.strip():
         raise Invalid("a dataset needs a title")
-    rows = [add_sealed_file(session, project_id, created_by, path, sealed) for path, sealed in files]
+    rows = add_sealed_files(session, project_id, created_by, [(path, sealed, None) for path, sealed in files])
     session.flush()
     ds = Dataset(id=new_accession("SRD"), project_id=project_id, title=title.strip()[:300],
                  description=description.strip(), created_by=created_by)

@@ -73,17 +73,27 @@ def add_sealed_file(session: Session, project_id: uuid.UUID, uploader_id: uuid.U
                     sealed: SealedBody, *, hold: str | None = None) -> ArchiveFile:
     """The archive row for a sealed body, READY at once (``hold``: born held, e.g. quarantined);
     counts against the project's quota."""
-    quota.reserve(session, project_id, sealed.body_size)
-    quota.settle(session, project_id, sealed.body_size, sealed.body_size)
+    return add_sealed_files(session, project_id, uploader_id, [(path, sealed, hold)])[0]
+
+
+def add_sealed_files(session: Session, project_id: uuid.UUID, uploader_id: uuid.UUID,
+                     files: list[tuple[str, SealedBody, str | None]]) -> list[ArchiveFile]:
+    """``add_sealed_file`` for many bodies (path, sealed body, hold): the quota moves once for all of them,
+    so the rows are inserted together at the flush instead of one flush per file before each quota
+    statement."""
+    total = sum(sealed.body_size for _, sealed, _ in files)
+    quota.reserve(session, project_id, total)
+    quota.settle(session, project_id, total, total)
     now = utcnow()
-    f = ArchiveFile(id=sealed.file_id, project_id=project_id, uploader_id=uploader_id, path=path[:1024],
-                    state=READY, upload_size=len(sealed.header) + sealed.body_size, header=sealed.header,
-                    header_key=sealed.header_key, body_key=sealed.body_key, body_size=sealed.body_size,
-                    body_sha256=sealed.body_sha256, plaintext_size=sealed.plaintext_size,
-                    plaintext_sha256=sealed.plaintext_sha256, plaintext_md5=sealed.plaintext_md5,
-                    ingested_at=now, hold=hold)
-    session.add(f)
-    return f
+    rows = [ArchiveFile(id=sealed.file_id, project_id=project_id, uploader_id=uploader_id, path=path[:1024],
+                        state=READY, upload_size=len(sealed.header) + sealed.body_size, header=sealed.header,
+                        header_key=sealed.header_key, body_key=sealed.body_key, body_size=sealed.body_size,
+                        body_sha256=sealed.body_sha256, plaintext_size=sealed.plaintext_size,
+                        plaintext_sha256=sealed.plaintext_sha256, plaintext_md5=sealed.plaintext_md5,
+                        ingested_at=now, hold=hold)
+            for path, sealed, hold in files]
+    session.add_all(rows)
+    return rows
 
 
 def delete_unpublished_file(session: Session, storage: Storage, file_id: str) -> None:

@@ -41,6 +41,7 @@ from .datasets import (
 )
 from .files import (
     add_sealed_file,
+    add_sealed_files,
     delete_unpublished_file,
     download_header,
     get_file,
@@ -63,7 +64,8 @@ from .user_keys import add_user_key, list_user_keys, revoke_user_key, user_key
 __all__ = [
     "DATASET_DOWNLOAD_POLICIES", "DATASET_READERS", "GRANT_PROVIDERS", "HOLD_RULES", "HoldRule", "MAX_BUNDLE_FILES",
     "RELEASE_CHECKS", "ReadGrant", "VERSION_MARKS",
-    "abort_upload", "add_sealed_file", "add_user_key", "authorize_download", "authorize_read", "authorize_review",
+    "abort_upload", "add_sealed_file", "add_sealed_files", "add_user_key", "authorize_download", "authorize_read",
+    "authorize_review",
     "begin_upload", "complete_upload", "create_dataset", "dataset_downloadable", "delete_unpublished_file",
     "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "ingest_bundle", "list_datasets",
     "list_files", "list_user_keys", "new_accession", "publish_version", "put_part", "receive_bundle",

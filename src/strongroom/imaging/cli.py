@@ -37,7 +37,9 @@ def serve(
     from ..config import get_settings
     from ..hub import Hub
     from ..migrate import upgrade
-    from .scp import DicomService
+    from .scp import SWITCH_INTERVAL_SECONDS, DicomService
+
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
     settings = get_settings()
     upgrade(settings.effective_database_url)

@@ -34,9 +34,11 @@ def _pseudonymizer(secret: bytes) -> Pseudonymizer:
     return p
 
 
-def worker_init(parent_pid: int) -> None:
+def worker_init(parent_pid: int, niceness: int = 0) -> None:
     """Pool workers die with their parent (on Linux), even when it is killed with SIGKILL — also when
-    it dies while this worker is still starting up, before the signal could be asked for."""
+    it dies while this worker is still starting up, before the signal could be asked for. ``niceness``
+    lowers their CPU priority (the DICOM destination: acknowledging a sender comes before verifying what
+    was already acknowledged)."""
     import contextlib
     import ctypes
     import signal
@@ -47,6 +49,8 @@ def worker_init(parent_pid: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # orphaned already
         os._exit(1)
+    if niceness:
+        os.nice(niceness)
 
 
 def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -157,12 +157,22 @@ class _Item:
     stem: Path  # spool path without suffix: .raw (original), .dcm (de-identified), .json (summary)
     summary: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+    verified: Future[tuple[dict[str, Any], Any]] | None = None  # verification + sealing in the pool
 
 
 @dataclass
 class _Close:
     dest: _Destination
     batch_id: str
+
+
+# The verification pool runs at a lower CPU priority than the receiving process: senders are acknowledged
+# first, and the pool catches up in the gaps (it has the spool to work from, and a crash loses nothing).
+POOL_NICENESS = 10
+# The receiving threads (pynetdicom's reactors, the C-STORE handler, the fsync threads) wait on I/O and hand
+# the GIL back and forth; with the archiver busy in the ORM each hand-over could wait the default 5 ms switch
+# interval, several times per acknowledged object. `strongroom dicom serve` sets this one instead.
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 def stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 5) -> None:
@@ -195,7 +205,7 @@ class DicomService:
         self.seal_key = keystore.keystore_key(hub.settings)
         n = workers or self.cfg.workers or os.cpu_count() or 1
         self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
-                                        initargs=(os.getpid(),))
+                                        initargs=(os.getpid(), POOL_NICENESS))
         self.destinations: dict[uuid.UUID, _Destination] = {}
         self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
         self.batches: dict[int, str] = {}  # id(association) → batch id
@@ -523,7 +533,15 @@ class DicomService:
     def _enqueue(self, item: _Item) -> None:
         with self.lock:
             self.unarchived[item.dest.project_id] += 1
+        # verification starts now, not when the archiver takes the item: the pool keeps working while
+        # the archiver waits for a group or commits the previous one
+        self._verify(item)
         self.queue.put(item)
+
+    def _verify(self, item: _Item) -> None:
+        item.verified = self.pool.submit(pipeline.verify_and_seal, str(item.stem.with_suffix(".raw")),
+                                         str(item.stem.with_suffix(".dcm")), item.dest.ctx.profile, item.summary,
+                                         self._target(item))
 
     def _archive_loop(self) -> None:
         while True:
@@ -559,13 +577,15 @@ class DicomService:
     def _archive_group(self, group: list[_Item | _Close]) -> None:
         # (an item of a retried group may have been archived already: its spool files are gone)
         items = [g for g in group if isinstance(g, _Item) and g.stem.with_suffix(".json").exists()]
-        futures = [self.pool.submit(pipeline.verify_and_seal, str(i.stem.with_suffix(".raw")),
-                                    str(i.stem.with_suffix(".dcm")), i.dest.ctx.profile, i.summary, self._target(i))
-                   for i in items]
+        for item in items:
+            if item.attempts or item.verified is None:  # a retried group verifies and seals again
+                self._verify(item)
+        futures = [item.verified for item in items]
         by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
         for item, fut in zip(items, futures, strict=True):
             sealed = None
             try:
+                assert fut is not None
                 summary, sealed = fut.result()
             except Exception as exc:  # never release what could not be verified; seal it for review
                 summary = item.summary | {"reasons": [f"verification failed: {type(exc).__name__}"],

@@ -192,6 +192,11 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         _store_action_logs(session, logs)  # before the instances that point at them
         per_batch: dict[str, Counter[str]] = {}
         reasons_by_batch: dict[str, list[str]] = {}
+        kept = [n for n, outcome in enumerate(outcomes) if outcome != "duplicate"]
+        rows = archive.add_sealed_files(session, ctx.project_id, ctx.uploader_id, [
+            (_archive_path(items[n].summary), sealed[n], QUARANTINE_HOLD if outcomes[n] == QUARANTINED else None)
+            for n in kept])
+        file_of = dict(zip(kept, rows, strict=True))
         for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             counter = per_batch.setdefault(item.batch_id, Counter())
             counter[outcome] += 1
@@ -199,8 +204,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             if outcome == "duplicate":
                 continue
             s = item.summary
-            f = archive.add_sealed_file(session, ctx.project_id, ctx.uploader_id, _archive_path(s), sealed[n],
-                                        hold=QUARANTINE_HOLD if outcome == QUARANTINED else None)
+            f = file_of[n]
             session.add(ImportedInstance(
                 project_id=ctx.project_id, batch_id=item.batch_id, file_id=f.id, state=outcome,
                 sop_instance_uid=s["sop_instance_uid"][:64], sop_class_uid=s.get("sop_class_uid", "")[:64],
