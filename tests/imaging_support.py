@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pydicom
+import pydicom.data
 from sqlalchemy import select
 
 from strongroom.archive import c4gh
@@ -23,6 +24,14 @@ from strongroom.projects import service as projects
 from strongroom.projects.models import ProjectSetting
 
 END = dt.date.today() + dt.timedelta(days=365)
+
+
+def pydicom_bundled_files(pattern: str = "*") -> list[str]:
+    """pydicom's own test files, listed from its package directory: ``pydicom.data.get_testdata_files``
+    would also try to download more from the internet (tests talk to loopback only)."""
+    data = Path(pydicom.data.__file__).parent
+    return sorted(str(f) for folder in ("test_files", "charset_files") for f in (data / folder).rglob(pattern)
+                  if f.is_file())
 
 
 def make_project(hub: Hub, slug: str = "lung", pi: str = "alice", *, profile: dict | None = None,

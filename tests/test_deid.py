@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.data import get_testdata_file
 
+from imaging_support import pydicom_bundled_files
 from strongroom.imaging import deid_table
 from strongroom.imaging.deid import (
     CID_7050,
@@ -72,7 +73,7 @@ def _parses_fully(path: str) -> bool:
 
 @pytest.fixture(scope="module")
 def testdata() -> list[tuple[str, bytes]]:
-    files = [f for f in sorted(get_testdata_files()) if os.path.isfile(f) and _parses_fully(f)]
+    files = [f for f in pydicom_bundled_files() if _parses_fully(f)]
     assert len(files) > 100
     return [(Path(f).name, Path(f).read_bytes()) for f in files]
 

@@ -24,7 +24,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
+from imaging_support import archived_bytes, instances, make_project, pydicom_bundled_files, ultrasound, write_corpus
 from strongroom.audit.models import AuditEvent
 from strongroom.imaging import keystore
 from strongroom.imaging.models import ImportBatch, PseudonymEntry
@@ -330,12 +330,10 @@ PROPOSE = {  # transfer syntax → the storescu option proposing it
 def test_pydicom_test_files_through_storescu(hub, settings, destination, tmp_path: Path) -> None:
     """pydicom's bundled test files (many vendors, transfer syntaxes, sequences, private tags): what the
     destination accepts is leak-free against the original; what it refuses gets a failure status."""
-    from pydicom.data import get_testdata_files
-
     folder = tmp_path / "pydicom"
     folder.mkdir()
     originals: dict[str, bytes] = {}
-    for path in sorted(get_testdata_files("*.dcm")):
+    for path in pydicom_bundled_files("*.dcm"):
         data = Path(path).read_bytes()
         try:
             ds = pydicom.dcmread(io.BytesIO(data))

@@ -122,3 +122,29 @@ def test_spool_sizes_stay_out_of_the_summary(receiver) -> None:
     summary = svc._read_sidecar(stem)
     assert summary is not None and "spool_size" not in summary and summary["pseudonym_map"]
     assert isinstance(Path(stem.with_suffix(".dcm")).stat().st_size, int)
+
+
+def test_a_killed_verification_worker_loses_nothing_and_the_pool_is_replaced(receiver, hub) -> None:
+    """Verification starts in the pool as each object is acknowledged. A worker that dies (killed, out of
+    memory) breaks the pool: the objects it held are verified again in a new pool, none is lost or
+    quarantined for it, and the destination goes on acknowledging."""
+    import signal
+
+    from helpers import wait_until
+    from imaging_support import instances
+
+    svc, dest = receiver
+    svc.dispatcher.start()
+    svc.archiver.start()
+    assert svc._store(_event(svc, 1), dest) == scp.SUCCESS  # type: ignore[arg-type]
+    wait_until(lambda: len(instances(hub)) == 1, step=0.05)  # the first object archived
+    workers = [p.pid for p in svc.pool._processes.values()]  # type: ignore[union-attr]
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    for n in range(2, 6):  # acknowledged while (and after) the pool is broken
+        assert svc._store(_event(svc, n), dest) == scp.SUCCESS  # type: ignore[arg-type]
+    wait_until(lambda: len(instances(hub)) == 5, timeout=120, step=0.05)  # every acknowledged object
+    assert all(i.state == "archived" for i in instances(hub))  # verified, not quarantined for the pool's death
+    wait_until(lambda: not list(svc.spool.rglob("*.json")), step=0.05)  # the spool emptied once committed
+    assert all(pid not in [p.pid for p in svc.pool._processes.values()] for pid in workers)  # type: ignore[union-attr]

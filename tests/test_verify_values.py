@@ -10,12 +10,12 @@ import warnings
 from pathlib import Path
 
 import pydicom
-import pydicom.data
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from imaging_support import pydicom_bundled_files
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
 from strongroom.imaging.verify import leak_scan
 from strongroom.imaging.verify.elements import strings, values
@@ -42,13 +42,10 @@ def _bytes(path: str | Path) -> bytes:
 
 
 def _corpus() -> list[str]:
-    """pydicom's bundled test files (listed from disk: ``get_testdata_files`` would try to download more)."""
-    data = Path(pydicom.data.__file__).parent
-    names = sorted(str(f) for d in ("test_files", "charset_files") for f in (data / d).rglob("*") if f.is_file())
     readable = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for f in names:
+        for f in pydicom_bundled_files():
             try:
                 pydicom.dcmread(f, stop_before_pixels=True)
             except Exception:

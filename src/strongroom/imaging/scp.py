@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -203,11 +204,11 @@ class DicomService:
         os.chmod(self.spool, 0o700)
         self.storage = storage_for(hub)
         self.seal_key = keystore.keystore_key(hub.settings)
-        n = workers or self.cfg.workers or os.cpu_count() or 1
-        self.pool = ProcessPoolExecutor(n, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
-                                        initargs=(os.getpid(), POOL_NICENESS))
+        self.pool_size = workers or self.cfg.workers or os.cpu_count() or 1
+        self.pool = self._new_pool()
         self.destinations: dict[uuid.UUID, _Destination] = {}
-        self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()
+        self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()  # acknowledged, in order
+        self.ready: queue.Queue[_Item | _Close | None] = queue.Queue()  # the same, verification under way
         self.batches: dict[int, str] = {}  # id(association) → batch id
         self.live: set[int] = set()  # id(association) of accepted, still connected associations
         self.unarchived: Counter[uuid.UUID] = Counter()  # acknowledged, not yet archived, per project
@@ -215,6 +216,7 @@ class DicomService:
         self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
         self.stopping = threading.Event()
         self.fsyncer = ThreadPoolExecutor(32, thread_name_prefix="dicom-fsync")
+        self.dispatcher = threading.Thread(target=self._dispatch_loop, name="dicom-dispatcher", daemon=True)
         self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
         # pynetdicom streams each received data set into a temporary file: keep those in the spool
         _config.STORE_RECV_CHUNKED_DATASET = True
@@ -227,6 +229,7 @@ class DicomService:
         if self.cfg.metrics_port:  # Prometheus for this process (the web app's /metrics is another process)
             start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host)
         self._recover()
+        self.dispatcher.start()
         self.archiver.start()
         self.refresh()
 
@@ -244,8 +247,8 @@ class DicomService:
         for dest in list(self.destinations.values()):
             self._stop_destination(dest)
         self.queue.put(None)
-        if self.archiver.is_alive():
-            self.archiver.join(timeout=60)
+        if self.dispatcher.is_alive():
+            self.dispatcher.join(timeout=60)  # it waits for the archiver
         stop_pool(self.pool)
         self.fsyncer.shutdown(wait=False)
 
@@ -533,30 +536,51 @@ class DicomService:
     def _enqueue(self, item: _Item) -> None:
         with self.lock:
             self.unarchived[item.dest.project_id] += 1
-        # verification starts now, not when the archiver takes the item: the pool keeps working while
-        # the archiver waits for a group or commits the previous one
-        self._verify(item)
         self.queue.put(item)
 
-    def _verify(self, item: _Item) -> None:
-        item.verified = self.pool.submit(pipeline.verify_and_seal, str(item.stem.with_suffix(".raw")),
-                                         str(item.stem.with_suffix(".dcm")), item.dest.ctx.profile, item.summary,
-                                         self._target(item))
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.pool_size, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
+                                   initargs=(os.getpid(), POOL_NICENESS))
+
+    def _dispatch_loop(self) -> None:
+        """Start each object's verification as soon as it is acknowledged, so that the pool keeps working
+        while the archiver waits for a group or commits the previous one. Only this long-lived thread
+        submits: the pool's workers are started by the thread that submits, and die with it (their
+        parent-death signal follows the thread, not the process), so an association's thread must not."""
+        while True:
+            item = self.queue.get()
+            if isinstance(item, _Item) and item.verified is None:
+                try:
+                    item.verified = self._submit(item)
+                except BrokenProcessPool:  # a worker died (killed, out of memory): a new pool, once
+                    log.error("dicom.pool_replaced")
+                    stop_pool(self.pool, grace_seconds=0)
+                    self.pool = self._new_pool()
+                    item.verified = self._submit(item)
+            self.ready.put(item)
+            if item is None:
+                self.archiver.join()  # the workers live until the archiver has their last results
+                return
+
+    def _submit(self, item: _Item) -> Future[tuple[dict[str, Any], Any]]:
+        return self.pool.submit(pipeline.verify_and_seal, str(item.stem.with_suffix(".raw")),
+                                str(item.stem.with_suffix(".dcm")), item.dest.ctx.profile, item.summary,
+                                self._target(item))
 
     def _archive_loop(self) -> None:
         while True:
-            first = self.queue.get()
+            first = self.ready.get()
             if first is None:
                 return
             group: list[_Item | _Close] = [first]
             deadline = time.monotonic() + 0.05
             while len(group) < 64:  # one transaction for everything that arrived within 50 ms
                 try:
-                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    nxt = self.ready.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
-                    self.queue.put(None)
+                    self.ready.put(None)
                     break
                 group.append(nxt)
             try:
@@ -567,6 +591,7 @@ class DicomService:
                 for g in group:
                     if isinstance(g, _Item):
                         g.attempts += 1
+                        g.verified = None  # verified and sealed again (the dispatcher starts it)
                         if g.attempts >= 5:  # left in the spool for the next start; publishing goes on
                             log.error("dicom.archive_gave_up", spool=str(g.stem))
                             with self.lock:
@@ -577,10 +602,10 @@ class DicomService:
     def _archive_group(self, group: list[_Item | _Close]) -> None:
         # (an item of a retried group may have been archived already: its spool files are gone)
         items = [g for g in group if isinstance(g, _Item) and g.stem.with_suffix(".json").exists()]
-        for item in items:
-            if item.attempts or item.verified is None:  # a retried group verifies and seals again
-                self._verify(item)
         futures = [item.verified for item in items]
+        for fut in futures:  # a worker that died is not the object's fault: the group is tried again
+            if fut is not None and isinstance(fut.exception(), BrokenProcessPool):
+                raise RuntimeError("the verification pool broke")
         by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
         for item, fut in zip(items, futures, strict=True):
             sealed = None
