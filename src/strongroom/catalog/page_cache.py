@@ -19,7 +19,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -71,9 +71,14 @@ class Page:
     dataset_id: str
     rendered_at: float
     emails: frozenset[str] = frozenset()  # the addresses the body shows (lower-cased): none may become a person's
+    token: tuple[int, ...] | None = None  # the catalogue generation under which revision and emails were checked
+    path: str = ""  # the request path it was rendered for (fast_path serves it only there)
+    route: Any = None  # the route that rendered it (scope["route"]: the metrics' label when fast_path serves it)
+    owner: Any = None  # the hub's session factory (its id is in the key: one cache per hub, tests make many)
 
 
-_PAGES: OrderedDict[tuple[str, int | None, str], Page] = OrderedDict()
+Key = tuple[int, str, int | None, str]  # id(hub.sessions), slug (lower-cased), ?version, Accept
+_PAGES: OrderedDict[Key, Page] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -81,19 +86,32 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
 
 
-def lookup(key: tuple[str, int | None, str], current: tuple[Any, ...]) -> Page | None:
+def lookup(key: Key) -> Page | None:
+    """The page kept for ``key`` if it was rendered less than MAX_AGE_SECONDS ago. The caller checks it is
+    still current: its ``token`` equals the generation's, or else its revision equals the database's."""
     with _LOCK:
         page = _PAGES.get(key)
         if page is None:
             return None
-        if page.revision != current or time.monotonic() - page.rendered_at > MAX_AGE_SECONDS:
+        if time.monotonic() - page.rendered_at > MAX_AGE_SECONDS:
             del _PAGES[key]
             return None
         _PAGES.move_to_end(key)
         return page
 
 
-def store(key: tuple[str, int | None, str], page: Page) -> None:
+def revalidated(key: Key, page: Page, token: tuple[int, ...] | None) -> Page:
+    """``page`` found current by reading the database after the generation ``token`` was read: kept under it."""
+    if page.token == token:
+        return page
+    checked = replace(page, token=token)
+    with _LOCK:
+        if _PAGES.get(key) is page:  # not if another request has since kept a newer page
+            _PAGES[key] = checked
+    return checked
+
+
+def store(key: Key, page: Page) -> None:
     with _LOCK:
         _PAGES[key] = page
         _PAGES.move_to_end(key)
