@@ -71,6 +71,7 @@ class Generation:
         self._lock = threading.Lock()
         self._url = engine.url
         self._listening = False
+        self.listener_pid: int | None = None  # the listener's PostgreSQL backend (for operators and tests)
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         self._counter: _Counter | None = None
@@ -117,9 +118,11 @@ class Generation:
         conninfo = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
         while not self._stop.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True, keepalives=1, keepalives_idle=10,
-                                     keepalives_interval=5, keepalives_count=3) as conn:
+                with psycopg.connect(conninfo, autocommit=True, application_name="strongroom-catalog-listener",
+                                     keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                                     keepalives_count=3) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self.listener_pid = conn.info.backend_pid
                     self.bump()  # whatever was said while nobody listened
                     self._listening = True
                     while not self._stop.is_set():
