@@ -129,7 +129,7 @@ class Generation:
                         for _ in conn.notifies(timeout=HEALTH_SECONDS):
                             self.bump()
                         conn.execute("SELECT 1")  # a silently dead connection fails here
-            except Exception as error:  # noqa: BLE001  (any failure: fall back to reading, then reconnect)
+            except Exception as error:  # any failure: fall back to reading, then reconnect
                 log.warning("catalog.listener_lost", error=str(error))
             finally:
                 self._listening = False

@@ -1,16 +1,24 @@
 """The public landing page's rendered-page cache and HTTP validators.
 
 An anonymous visitor's landing page depends only on the published entry and what it shows of the dataset. Its
-*revision* — read with one indexed query on every request — is the entry's row (``updated_at`` moves with every
-edit, image change, publish and withdrawal), the dataset's released and deprecated versions, its DOIs' states and
-its access policy's download rule. The page rendered for a revision is kept in this process, keyed by slug,
-``?version`` and Accept header, and served as long as the revision read from the database is the same: a change
-saved by any worker (or the CLI) is seen by every worker on its next request, so no worker serves a page older
-than the database. The e-mail addresses a cached page shows are kept with it and asked about on every reuse (one
-indexed query, only for pages that show any): once a person of the hub owns one of them, the page is rendered anew,
-so the address is withheld at once, never served from the cache. ``MAX_AGE_SECONDS`` bounds the remaining inputs
-outside the revision (a strategy mark). The ETag is the SHA-256 of the body: strong, and the same in
-every worker for the same page.
+*revision* is the entry's row (``updated_at`` moves with every edit, image change, publish and withdrawal), the
+dataset's released and deprecated versions, its DOIs' states and its access policy's download rule, read with one
+indexed query (``revision``). The page rendered for a revision is kept in this process, keyed by hub, slug,
+``?version`` and Accept header, with the e-mail addresses it shows and the *catalogue generation token* read before
+its revision was (``generation``).
+
+A request whose token equals the kept page's is answered from the cache with **no database read** (before routing
+even: ``fast_path``): the token moves after every committed change to the tables the revision and the e-mail check
+read (entries, images, facets, dataset versions, DOIs, access policies, users), in this process at once, in another
+process when its signal arrives — SQLite: a shared counter file bumped before the writer's ``commit()`` returns;
+PostgreSQL: a NOTIFY sent in the writing transaction, received by this process's listener thread (well under a
+millisecond on one machine). When the token moved (or is unknown: the PostgreSQL listener is down) the revision is
+read again, and the addresses the page shows are asked about (one indexed query, only for pages that show any):
+an unchanged revision with no address become a person's keeps the page under the new token; otherwise it is
+rendered anew, so a changed entry is never served, and an address that became a person's is withheld at once.
+So no worker serves a page older than the database beyond the signal's travel time. ``MAX_AGE_SECONDS`` bounds
+the remaining inputs outside the revision (a strategy mark, a mirror notice) and any write that bypasses the ORM
+session. The ETag is the SHA-256 of the body: strong, and the same in every worker for the same page.
 """
 
 from __future__ import annotations
