@@ -44,6 +44,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
 
 from ..db import Base
@@ -229,13 +230,17 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 # -- the model layer's signal ------------------------------------------------------------------------
 def _engine_of(session: Session) -> Engine | None:
-    bind = session.get_bind()
+    try:
+        bind = session.get_bind()
+    except UnboundExecutionError:  # a session bound per mapper only: nothing of ours
+        return None
     return bind.engine if isinstance(bind, Engine | Connection) else None
 
 
 def _touched(session: Session, connection: Connection | None) -> None:
     session.info[_TOUCHED] = True
-    if session.info.get(_NOTIFIED) or session.get_bind().dialect.name != "postgresql":
+    engine = _engine_of(session)
+    if session.info.get(_NOTIFIED) or engine is None or engine.dialect.name != "postgresql":
         return
     conn = connection if connection is not None else session.connection()
     conn.exec_driver_sql(f"NOTIFY {CHANNEL}")  # delivered when (and only if) this transaction commits
