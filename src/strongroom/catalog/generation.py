@@ -1,12 +1,13 @@
-"""The catalogue generation: how every process learns, without asking the database, that something a public
-landing page is rendered from may have changed.
+"""The catalogue generation: how every process learns, without asking the database, that something a public landing
+page is rendered from may have changed.
 
 A *generation token* names what this process knows of the database's catalogue. It changes after every committed
 change to a table the landing page's revision or its e-mail check reads (``WATCHED_TABLES``: the entry and its
-images and facets, dataset versions, DOIs, access policies, and users — a person's address must be withheld as
-soon as it is theirs), whichever process made the change: the web workers, the job runner or the CLI. The signal is
-emitted from the model layer (SQLAlchemy session and mapper events, so every write through the ORM — flushed
-objects and ``session.execute(update(...))`` alike — is seen), never from web routes:
+images and facets, dataset versions, DOIs, access policies, and users — a person's address must be withheld as soon
+as it is theirs; of an ORM update of a user, only a changed ``email`` counts, so logins do not), whichever process
+made the change: the web workers, the job runner or the CLI. The signal is emitted from the model layer (SQLAlchemy
+session and mapper events, so every write through the ORM — flushed objects and ``session.execute(update(...))``
+alike — is seen), never from web routes:
 
 - **In this process**, at once: ``after_commit`` of a session that wrote a watched table bumps the local counter
   before ``commit()`` returns.
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, object_session
@@ -53,6 +54,9 @@ log = structlog.get_logger("strongroom.catalog")
 
 WATCHED_TABLES = frozenset({"catalog_entries", "catalog_images", "catalog_facets", "dataset_versions", "dois",
                             "access_policies", "users"})
+# Of these tables' rows, an ORM update matters only if it changes these columns (a login's ``last_login_at`` does
+# not: the page asks ``users`` only about e-mail addresses). Inserts, deletes and bulk statements always do.
+RELEVANT_COLUMNS = {"users": ("email",)}
 CHANNEL = "strongroom_catalog"
 RECONNECT_SECONDS = 1.0  # the listener's wait before it connects again
 HEALTH_SECONDS = 30.0  # how often an idle listener checks its connection is alive
@@ -253,14 +257,24 @@ def _after_row(_mapper: Any, connection: Connection, target: Any) -> None:
         _touched(session, connection)
 
 
+def _after_update(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    columns = RELEVANT_COLUMNS.get(getattr(mapper.local_table, "name", ""))
+    if columns is not None:
+        attrs = inspect(target).attrs
+        if not any(attrs[c].history.has_changes() for c in columns):
+            return
+    _after_row(mapper, connection, target)
+
+
 def _watch(mapper: Mapper[Any], _class: type | None = None) -> None:
     """Signal the catalogue generation on every insert, update and delete of a watched table's rows (only those
     mappers carry the listeners: the others' flushes are untouched)."""
     if getattr(mapper.local_table, "name", None) not in WATCHED_TABLES:
         return
-    for name in ("after_insert", "after_update", "after_delete"):
-        if not event.contains(mapper, name, _after_row):
-            event.listen(mapper, name, _after_row)
+    for name, listener in (("after_insert", _after_row), ("after_update", _after_update),
+                           ("after_delete", _after_row)):
+        if not event.contains(mapper, name, listener):
+            event.listen(mapper, name, listener)
 
 
 event.listen(Mapper, "after_mapper_constructed", _watch)
