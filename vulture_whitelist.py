@@ -103,6 +103,8 @@ add_templates  # capabilities.py: for capabilities with their own templates (tes
 countries_shared_with, external_sharing_events, datasets_published, generated_at, definitions  # stats/api.py, service.py
 count_landing_view  # stats/views.py: declared as a catalogue hook in stats' includeme
 on_release  # catalog/dois.py: archive's RELEASE_HOOKS (declared in catalog's includeme)
+serve_cached_landing  # catalog/fast_path.py: strongroom.app's PRE_ROUTING (declared in catalog's includeme)
+listener_pid  # catalog/generation.py: the PostgreSQL listener's backend, for operators and tests
 dataset_viewer  # dicomweb/web.py: archive.web.DATASET_VIEWERS (declared in dicomweb's includeme)
 datacite_xml  # catalog/datacite.py: the DataCite XML record, for oai_datacite (OAI-PMH) and the schema tests
 _.hide  # catalog/datacite_client.py: the documented client call (findable → registered); sync sends event=hide itself

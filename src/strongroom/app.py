@@ -56,6 +56,10 @@ def problem(status: int, title: str, detail: str, code: str, **extra: Any) -> JS
 
 
 DRS_PREFIX = "/ga4gh/drs/"
+# ``await handler(scope, receive, send) -> bool``: a capability's pure-ASGI answer to a request it can serve
+# without routing (True: answered). Runs inside ``observe`` (its headers, metrics and log line apply), before the
+# router; the catalogue serves its cached public landing pages here (catalog/fast_path.py).
+PRE_ROUTING: list[Any] = []
 
 
 def error_for(path: str, status: int, title: str, detail: str, code: str, **extra: Any) -> JSONResponse:
@@ -66,6 +70,20 @@ def error_for(path: str, status: int, title: str, detail: str, code: str, **extr
         return problem(status, title, detail, code, **extra)
     status = 400 if status == 422 else status
     return JSONResponse({"msg": detail, "status_code": status}, status_code=status)
+
+
+class PreRoutingMiddleware:
+    """Offers each ``PRE_ROUTING`` handler an HTTP request before the router sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for handler in PRE_ROUTING:
+                if await handler(scope, receive, send):
+                    return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -248,6 +266,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
 
     csp = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
            "frame-ancestors 'none'; form-action 'self' " + (settings.oidc.issuer or "")).strip()
+
+    app.add_middleware(PreRoutingMiddleware)  # added before observe, so it runs inside it
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:

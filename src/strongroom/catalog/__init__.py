@@ -15,6 +15,8 @@ def includeme(config: Config) -> None:
     config.add_jobs("strongroom.catalog.jobs")  # DOIs at DataCite
     config.add_settings("doi")  # [doi]: the DataCite repository (docs/fair.md)
     config.add_hook("strongroom.archive.datasets:RELEASE_HOOKS", "strongroom.catalog.dois:on_release")
+    # the cached public landing page, answered before routing (catalog/fast_path.py)
+    config.add_hook("strongroom.app:PRE_ROUTING", "strongroom.catalog.fast_path:serve_cached_landing")
     # Last: its public pages (/catalog/…, /sitemap.xml, /robots.txt) come after everything else.
     config.add_api_router("strongroom.catalog.api:router", stage=Stage.LAST)
     # Before the landing pages: /catalog/{slug} would otherwise take /catalog/{slug}.ttl.

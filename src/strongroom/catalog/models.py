@@ -120,3 +120,6 @@ class Doi(Base):
 
 
 __all__ = ["CatalogEntry", "CatalogFacet", "CatalogImage", "Doi"]
+
+
+from . import generation  # noqa: E402,F401  (the model layer's signal to the landing pages' cache)

@@ -1,16 +1,24 @@
 """The public landing page's rendered-page cache and HTTP validators.
 
 An anonymous visitor's landing page depends only on the published entry and what it shows of the dataset. Its
-*revision* — read with one indexed query on every request — is the entry's row (``updated_at`` moves with every
-edit, image change, publish and withdrawal), the dataset's released and deprecated versions, its DOIs' states and
-its access policy's download rule. The page rendered for a revision is kept in this process, keyed by slug,
-``?version`` and Accept header, and served as long as the revision read from the database is the same: a change
-saved by any worker (or the CLI) is seen by every worker on its next request, so no worker serves a page older
-than the database. The e-mail addresses a cached page shows are kept with it and asked about on every reuse (one
-indexed query, only for pages that show any): once a person of the hub owns one of them, the page is rendered anew,
-so the address is withheld at once, never served from the cache. ``MAX_AGE_SECONDS`` bounds the remaining inputs
-outside the revision (a strategy mark). The ETag is the SHA-256 of the body: strong, and the same in
-every worker for the same page.
+*revision* is the entry's row (``updated_at`` moves with every edit, image change, publish and withdrawal), the
+dataset's released and deprecated versions, its DOIs' states and its access policy's download rule, read with one
+indexed query (``revision``). The page rendered for a revision is kept in this process, keyed by hub, slug,
+``?version`` and Accept header, with the e-mail addresses it shows and the *catalogue generation token* read before
+its revision was (``generation``).
+
+A request whose token equals the kept page's is answered from the cache with **no database read** (before routing
+even: ``fast_path``): the token moves after every committed change to the tables the revision and the e-mail check
+read (entries, images, facets, dataset versions, DOIs, access policies, users), in this process at once, in another
+process when its signal arrives — SQLite: a shared counter file bumped before the writer's ``commit()`` returns;
+PostgreSQL: a NOTIFY sent in the writing transaction, received by this process's listener thread (well under a
+millisecond on one machine). When the token moved (or is unknown: the PostgreSQL listener is down) the revision is
+read again, and the addresses the page shows are asked about (one indexed query, only for pages that show any):
+an unchanged revision with no address become a person's keeps the page under the new token; otherwise it is
+rendered anew, so a changed entry is never served, and an address that became a person's is withheld at once.
+So no worker serves a page older than the database beyond the signal's travel time. ``MAX_AGE_SECONDS`` bounds
+the remaining inputs outside the revision (a strategy mark, a mirror notice) and any write that bypasses the ORM
+session. The ETag is the SHA-256 of the body: strong, and the same in every worker for the same page.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -71,9 +79,14 @@ class Page:
     dataset_id: str
     rendered_at: float
     emails: frozenset[str] = frozenset()  # the addresses the body shows (lower-cased): none may become a person's
+    token: tuple[int, ...] | None = None  # the catalogue generation under which revision and emails were checked
+    path: str = ""  # the request path it was rendered for (fast_path serves it only there)
+    route: Any = None  # the route that rendered it (scope["route"]: the metrics' label when fast_path serves it)
+    owner: Any = None  # the hub's session factory (its id is in the key: one cache per hub, tests make many)
 
 
-_PAGES: OrderedDict[tuple[str, int | None, str], Page] = OrderedDict()
+Key = tuple[int, str, int | None, str]  # id(hub.sessions), slug (lower-cased), ?version, Accept
+_PAGES: OrderedDict[Key, Page] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -81,19 +94,32 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.sha256(body).hexdigest()[:40] + '"'
 
 
-def lookup(key: tuple[str, int | None, str], current: tuple[Any, ...]) -> Page | None:
+def lookup(key: Key) -> Page | None:
+    """The page kept for ``key`` if it was rendered less than MAX_AGE_SECONDS ago. The caller checks it is
+    still current: its ``token`` equals the generation's, or else its revision equals the database's."""
     with _LOCK:
         page = _PAGES.get(key)
         if page is None:
             return None
-        if page.revision != current or time.monotonic() - page.rendered_at > MAX_AGE_SECONDS:
+        if time.monotonic() - page.rendered_at > MAX_AGE_SECONDS:
             del _PAGES[key]
             return None
         _PAGES.move_to_end(key)
         return page
 
 
-def store(key: tuple[str, int | None, str], page: Page) -> None:
+def revalidated(key: Key, page: Page, token: tuple[int, ...] | None) -> Page:
+    """``page`` found current by reading the database after the generation ``token`` was read: kept under it."""
+    if page.token == token:
+        return page
+    checked = replace(page, token=token)
+    with _LOCK:
+        if _PAGES.get(key) is page:  # not if another request has since kept a newer page
+            _PAGES[key] = checked
+    return checked
+
+
+def store(key: Key, page: Page) -> None:
     with _LOCK:
         _PAGES[key] = page
         _PAGES.move_to_end(key)

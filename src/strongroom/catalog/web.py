@@ -28,7 +28,7 @@ from ..deps import (
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
 from ..web.templating import FLASH_COOKIE, redirect_with, templates
-from . import citations, conneg, dois, entries, page_cache, png, privacy, search, signposting, sitemaps
+from . import citations, conneg, dois, entries, generation, page_cache, png, privacy, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
 from .fields import EntryFields
@@ -152,13 +152,18 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
 
     Anonymous visitors' pages carry a strong ETag and ``Cache-Control: public`` and are reused from this
     process's rendered-page cache while the entry's revision in the database is unchanged (``page_cache``)."""
-    key = (slug.lower(), version, request.headers.get("accept", ""))
-    current = page_cache.revision(db, slug) if _anonymous(request) else None
-    if current is not None:
-        cached = page_cache.lookup(key, current)
+    key = (id(hub.sessions), slug.lower(), version, request.headers.get("accept", ""))
+    current, token = None, None
+    if _anonymous(request):
+        token = generation.token(hub.sessions.kw["bind"])  # before anything is read: see page_cache
+        cached = page_cache.lookup(key)
+        if cached is not None and token is not None and cached.token == token:
+            return _from_cache(request, cached)  # nothing the page shows has changed since it was checked
+        current = page_cache.revision(db, slug)
         # a person who since took an address the page shows: render anew, which withholds it
-        if cached is not None and not (cached.emails and privacy.user_emails(db, cached.emails)):
-            return _from_cache(request, cached)
+        if cached is not None and cached.revision == current \
+                and not (cached.emails and privacy.user_emails(db, cached.emails)):
+            return _from_cache(request, page_cache.revalidated(key, cached, token))
     response = _landing(request, db, hub, slug, version)
     if current is None or response.status_code != 200 or not response.media_type \
             or not response.media_type.startswith(HTML_TYPES):
@@ -167,7 +172,8 @@ def landing(request: Request, db: Db, hub: HubDep, slug: str, version: Int32 | N
     page = page_cache.Page(current, 200, body, response.media_type,
                            {k: v for k, v in response.headers.items() if k.lower() in ("vary", "link")},
                            page_cache.etag_of(body), _dataset_of(response), time.monotonic(),
-                           frozenset(m.lower() for m in privacy.EMAIL_RE.findall(body.decode(errors="replace"))))
+                           frozenset(m.lower() for m in privacy.EMAIL_RE.findall(body.decode(errors="replace"))),
+                           token, request.scope["path"], request.scope.get("route"), hub.sessions)
     page_cache.store(key, page)
     request.state.new_csrf_cookie = None  # a public, cacheable page sets no cookie (it has no form)
     response.headers["ETag"] = page.etag
