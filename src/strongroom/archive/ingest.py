@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import io
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
+import structlog
 from sqlalchemy import Table, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
@@ -19,7 +22,7 @@ from ..db import transaction, utcnow
 from ..hub import Hub
 from ..projects import quota
 from . import c4gh
-from .keys import HubKeys, hub_keys
+from .keys import hub_keys
 from .models import (
     FAILED,
     INGESTED,
@@ -29,6 +32,8 @@ from .models import (
     ArchiveFile,
 )
 from .storage.base import Storage, Writer, commit_all
+
+log = structlog.get_logger("strongroom.archive")
 
 
 class IngestRefused(Exception):
@@ -163,7 +168,7 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
     one INSERT and the quota settled by one UPDATE per project. Nothing is published (state ready) before its
     body is durable and verified. A crash anywhere leaves every file not yet ready in state uploaded, and the
     retried job redoes exactly those. Returns each file's final state."""
-    t = _FILES.c
+    t, clock = _FILES.c, [time.perf_counter()]
     with hub.sessions() as session:
         query = select(t.id, t.project_id, t.state, t.upload_size, t.inbox_offset, t.declared_sha256) \
             .where(t.inbox_key == inbox_key)
@@ -176,6 +181,7 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
             for r in rows if r.state in _OPEN]
     failed: dict[str, str] = {}
     done: list[_Done] = []
+    pairs = [c4gh.KeyPair.from_secret(secret) for secret in keys.secrets]  # derived once for the group
     try:
         if todo:
             span = (min(f.inbox_offset for f in todo), max(f.inbox_offset + f.upload_size for f in todo))
@@ -190,12 +196,14 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
                 else:
                     source = storage.open_reader(inbox_key, start + span[0], start + span[0] + f.upload_size)
                 with source:
-                    outcome = _one_pass(storage, keys, f, source)
+                    outcome = _one_pass(storage, pairs, f, source)
                 if isinstance(outcome, str):
                     failed[f.id] = outcome
                 else:
                     done.append(outcome)
+        clock.append(time.perf_counter())
         stored = commit_all(storage, [d.writer for d in done])
+        clock.append(time.perf_counter())
     except BaseException:
         for d in done:
             d.writer.abort()
@@ -208,6 +216,7 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
         else:
             ready.append(d)
     now = utcnow()
+    clock.append(time.perf_counter())
     with transaction(hub.sessions) as session:
         # Lock the rows still to do: one finished meanwhile by another runner (a lapsed lease) is not among
         # them and is counted once, there.
@@ -250,8 +259,12 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
         # that failed keeps its inbox object.
         pending = session.scalar(select(func.count()).select_from(_FILES).where(
             t.inbox_key == inbox_key, t.state != READY))
+    clock.append(time.perf_counter())
     if not pending:
         storage.delete(inbox_key)
+    log.info("ingest.bundle", inbox_key=inbox_key, files=len(todo), ready=len(ready), failed=len(failed),
+             **{f"{phase}_s": round(b - a, 3) for phase, a, b in zip(
+                 ("engine", "durable", "verify", "publish"), clock, clock[1:], strict=False)})
     return states
 
 
@@ -290,11 +303,11 @@ def _body_key(f: _File) -> str:
     return f"archive/{f.project_id}/{f.id}"
 
 
-def _one_pass(storage: Storage, keys: HubKeys, f: _File, source: BinaryIO) -> _Done | str:
+def _one_pass(storage: Storage, pairs: Sequence[c4gh.KeyPair], f: _File, source: BinaryIO) -> _Done | str:
     """Decrypt-verify-hash one file of a group into an open (uncommitted) writer; a reason if refused."""
     try:
         header = c4gh.read_header(source)
-        opened = c4gh.open_header(header, keys.secrets)
+        opened = c4gh.open_header(header, pairs)
     except c4gh.NoMatchingKey:
         return ("the file is not encrypted to this hub's archive key "
                 "(no active archive key opens its header)")
