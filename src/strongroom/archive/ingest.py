@@ -31,7 +31,7 @@ from .models import (
     VERIFIED,
     ArchiveFile,
 )
-from .storage.base import Storage, Writer, commit_all, sync_ahead
+from .storage.base import Storage, Writer, commit_all
 
 log = structlog.get_logger("strongroom.archive")
 
@@ -161,9 +161,8 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
     Every file gets the same one-pass treatment as :func:`ingest` (header opened with an archive key,
     each segment authenticated and decrypted, plaintext SHA-256 + MD5 and body SHA-256, declared checksum
     compared), but the fixed costs are paid once per group instead of once per file: one read of the
-    bundle, the keys looked up once, one durability barrier for all the archived bodies (``sync_ahead`` +
-    ``commit_all``: bodies fsynced by background threads while the next ones are decrypted, then renamed, then
-    their directory fsynced once), one transaction that marks
+    bundle, the keys looked up once, one durability barrier for all the archived bodies (``commit_all``:
+    bodies fsynced together, then renamed, then their directory fsynced once), one transaction that marks
     them ready with their audit events, and one delete of the inbox object. The transaction is set-based:
     the rows are locked by one SELECT, marked ready by one UPDATE (``_mark_ready``), their events written by
     one INSERT and the quota settled by one UPDATE per project. Nothing is published (state ready) before its
@@ -183,7 +182,6 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
     failed: dict[str, str] = {}
     done: list[_Done] = []
     pairs = [c4gh.KeyPair.from_secret(secret) for secret in keys.secrets]  # derived once for the group
-    ahead = sync_ahead(storage)  # each body starts becoming durable as soon as it is written
     try:
         if todo:
             span = (min(f.inbox_offset for f in todo), max(f.inbox_offset + f.upload_size for f in todo))
@@ -203,13 +201,10 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
                     failed[f.id] = outcome
                 else:
                     done.append(outcome)
-                    ahead.add(outcome.writer)
         clock.append(time.perf_counter())
-        ahead.wait()
         stored = commit_all(storage, [d.writer for d in done])
         clock.append(time.perf_counter())
     except BaseException:
-        ahead.close()  # no sync still running on a writer that is aborted now
         for d in done:
             d.writer.abort()
         raise

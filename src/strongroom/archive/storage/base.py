@@ -154,35 +154,6 @@ def content_md5(data: bytes | bytearray | memoryview) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
 
 
-class Ahead(Protocol):
-    def add(self, writer: Writer) -> None: ...
-    def wait(self) -> None: ...
-    def close(self) -> None: ...
-
-
-class _NoAhead:
-    """For backends without background syncs: everything is done by ``commit_all``."""
-
-    def add(self, writer: Writer) -> None:
-        pass
-
-    def wait(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def sync_ahead(storage: Storage) -> Ahead:
-    """Writers handed to the result (``add``) start becoming durable at once, where the backend can
-    (``LocalStorage.sync_ahead``); ``wait`` before ``commit_all``, ``close`` before aborting any of them."""
-    start = getattr(storage, "sync_ahead", None)
-    if start is None:
-        return _NoAhead()
-    ahead: Ahead = start()
-    return ahead
-
-
 def commit_all(storage: Storage, writers: Sequence[Writer]) -> list[StoredObject]:
     """Commit several writers: with one shared durability barrier where the backend offers one
     (``LocalStorage.commit_group``), else one by one. Either way every object is durable on return."""

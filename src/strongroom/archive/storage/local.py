@@ -10,7 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +20,6 @@ from .base import (
     PartInfo,
     PartRef,
     StoredObject,
-    Writer,
     check_part_number,
     clamp_range,
     part_refs,
@@ -41,7 +40,6 @@ class LocalWriter:
         self._f: BinaryIO | None = os.fdopen(fd, "wb")
         self._size = 0
         self._state = "open"
-        self._synced = False  # the temp file is durable (see ``_sync``); still to be published
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._state != "open" or self._f is None:
@@ -64,9 +62,7 @@ class LocalWriter:
         return self._committed()
 
     def _sync(self) -> None:
-        """Flush and fsync the temp file and close it (the first half of a commit). Once is enough."""
-        if self._synced and self._state == "open":
-            return
+        """Flush and fsync the temp file and close it (the first half of a commit)."""
         if self._state != "open" or self._f is None:
             raise StorageError(f"commit {self.key!r}: writer is {self._state}")
         try:
@@ -74,7 +70,6 @@ class LocalWriter:
             os.fsync(self._f.fileno())
             self._f.close()
             self._f = None
-            self._synced = True
         except BaseException:
             self.abort()
             raise
@@ -108,43 +103,6 @@ class LocalWriter:
 def _sync_all(writers: Sequence[LocalWriter]) -> None:
     for w in writers:
         w._sync()
-
-
-class SyncAhead:
-    """Writers' temp files fsynced in the background while the caller still writes others: handed over
-    (``add``) in batches to a few threads, so a group's fsyncs overlap its CPU work instead of following it.
-    ``wait`` returns when every one handed over is durable (raising the first failure); the writers are then
-    committed with ``commit_group``, which does not sync them again. Nothing is published here."""
-
-    _BATCH = 32
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="fsync")
-        self._batch: list[LocalWriter] = []
-        self._futures: list[Future[None]] = []
-
-    def add(self, writer: Writer) -> None:
-        assert isinstance(writer, LocalWriter)
-        self._batch.append(writer)
-        if len(self._batch) >= self._BATCH:
-            self._submit()
-
-    def _submit(self) -> None:
-        if self._batch:
-            self._futures.append(self._pool.submit(_sync_all, self._batch))
-            self._batch = []
-
-    def wait(self) -> None:
-        self._submit()
-        try:
-            for future in self._futures:
-                future.result()
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop: every sync already started finishes first (a writer may be aborted only after)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalStorage:
@@ -203,10 +161,6 @@ class LocalStorage:
                     raise
             except (NotADirectoryError, FileExistsError) as e:
                 raise StorageError(f"write {key!r}: a parent path is itself an object ({e})") from e
-
-    def sync_ahead(self) -> SyncAhead:
-        """Start fsyncing writers of a coming ``commit_group`` while more are written (see :class:`SyncAhead`)."""
-        return SyncAhead()
 
     def commit_group(self, writers: Sequence[LocalWriter]) -> list[StoredObject]:
         """Commit several writers with one durability barrier instead of one per object: every temp file is
