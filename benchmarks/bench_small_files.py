@@ -141,9 +141,9 @@ def baseline(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]]) -
 
 
 def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], bundle: int, clients: int,
-             n_workers: int, directory: Path) -> tuple[float, float, float, dict[str, float]]:
+             n_workers: int, directory: Path) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
     """(seconds until every bundle was acknowledged, until every file was ready, max ingest lag in files,
-    CPU seconds per party during the run: see `cpu_seconds`)."""
+    CPU seconds per party during the run: see `cpu_seconds`, the ingest's phases: see `bundle_phases`)."""
     already = count_ready(bench)
     bodies = [bundle_body(files[i:i + bundle]) for i in range(0, len(files), bundle)]
     with workers(bench, n_workers, directory) as workers_ready, \
@@ -182,6 +182,7 @@ def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], b
                 sent = len(files) - sum(1 for _ in queue) * bundle
             lag = max(lag, sent - (count_ready(bench) - already))
         t_up = time.perf_counter() - t0
+        ready_at_up = count_ready(bench) - already
         if retries:
             print(f"    ({len(retries)} bundle requests answered 503 database busy and were retried)", flush=True)
         if errors:
@@ -193,7 +194,28 @@ def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], b
             time.sleep(0.05)
         t_all = time.perf_counter() - t0
         cpu1 = cpu_seconds()
-    return t_up, t_all, lag, {k: cpu1[k] - cpu0[k] for k in cpu1}
+    phases = bundle_phases(directory, n_workers)
+    if t_all > t_up and ready_at_up < len(files):
+        phases["ingest alone after the last bundle was acknowledged (files/s)"] = \
+            (len(files) - ready_at_up) / (t_all - t_up)
+    return t_up, t_all, lag, {k: cpu1[k] - cpu0[k] for k in cpu1}, phases
+
+
+def bundle_phases(directory: Path, n_workers: int) -> dict[str, float]:
+    """Mean seconds per bundle of each phase of the group ingest, from the workers' ``ingest.bundle`` lines."""
+    sums: dict[str, float] = {}
+    count = 0
+    for i in range(n_workers):
+        for line in (directory / f"worker-{i}.log").read_text(errors="replace").splitlines():
+            if '"ingest.bundle"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                count += 1
+                for key, value in record.items():
+                    if key.endswith("_s"):
+                        sums[key] = sums.get(key, 0.0) + value
+    return {f"mean {key[:-2]} s per bundle": value / count for key, value in sums.items()} if count else {}
 
 
 def check(bench: BenchHub, files: list[tuple[str, bytes, str]], total: int, sample: int = 200) -> str:
@@ -277,7 +299,7 @@ def main() -> int:
         print(f"    {1 / per_file_a:8.0f} files/s", flush=True)
         print(f"new path: {args.files:,} files in bundles of {args.bundle}, {args.clients} clients, "
               f"{args.workers} workers ... {load()}", flush=True)
-        t_up, t_all, lag, cpu = new_path(bench, token, new, args.bundle, args.clients, args.workers, directory)
+        t_up, t_all, lag, cpu, phases = new_path(bench, token, new, args.bundle, args.clients, args.workers, directory)
         print(f"    done; {load()}", flush=True)
         print(f"baseline, second half ({half:,} files) ... {load()}", flush=True)
         per_file_b = baseline(bench, token, base_b)
@@ -296,6 +318,8 @@ def main() -> int:
         print("    CPU during the new path (ms per file): " + ", ".join(
             f"{k} {1000 * v / n:.2f}" for k, v in cpu.items()) + f"; {2 * t_all * 1000 / n:.2f} available on 2 cores"
             " (postgres: every PostgreSQL process on the machine)")
+        if phases:
+            print("    ingest: " + "; ".join(f"{k} {v:.3f}" if v < 10 else f"{k} {v:.0f}" for k, v in phases.items()))
         print(f"\n    ratio new / baseline per-file path  = {rate / base:.1f}x")
         print(f"    ratio new / bare engine floor       = {rate * floor:.2f}")
         print("    check: " + check(bench, files, len(files)), flush=True)
