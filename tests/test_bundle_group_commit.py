@@ -21,7 +21,6 @@ from strongroom.audit import service as audit
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
-from strongroom.identity.models import User
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project
 
@@ -58,7 +57,7 @@ def test_record_many_writes_what_record_writes(hub):
 def test_group_commit_marks_each_file_with_its_own_values(hub, people):
     """The one-statement UPDATE puts every value on its own row (not shifted, not shared), leaves the rows it
     is not given alone, and settles the quota once."""
-    people("alice")
+    uploader = people("alice").user.id
     with transaction(hub.sessions) as s:
         projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="alice", ethics_ref="E1",
                                 end_date=dt.date.today() + dt.timedelta(days=365))
@@ -72,7 +71,6 @@ def test_group_commit_marks_each_file_with_its_own_values(hub, people):
     storage = storage_for(hub)
     storage.put_bytes(inbox_key, b"".join(blobs))
     with transaction(hub.sessions) as s:
-        uploader = s.scalar(select(User.id).where(User.username == "alice"))
         offset, ids = 0, []
         for i, blob in enumerate(blobs):
             ids.append(new_accession("SRF"))
@@ -87,9 +85,10 @@ def test_group_commit_marks_each_file_with_its_own_values(hub, people):
     states = ingest_module.ingest_bundle(hub, storage, inbox_key)
     assert states == dict.fromkeys(ids, "ready")
     with hub.sessions() as s:
+        assert not audit.verify(s).problems
+    with hub.sessions() as s:
         rows = {f.id: f for f in s.scalars(select(ArchiveFile))}
         project = s.get(Project, project.id)
-        assert not audit.verify(s).problems
         ingested = s.scalars(select(AuditEvent.target).where(AuditEvent.action == "archive.file.ingested")).all()
     assert sorted(ingested) == sorted(f"file:{i}" for i in ids)  # once each, the early one included
     for i, file_id in enumerate(ids):
