@@ -58,6 +58,34 @@ def load() -> str:
     return "load avg " + " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this benchmark's own threads, its child processes (the server,
+    the workers) and every PostgreSQL process on the machine (other sessions' included: read it as an upper
+    bound). Linux /proc only; empty elsewhere."""
+    out = {"bench": time.process_time(), "server": 0.0, "workers": 0.0, "postgres": 0.0}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ppid, cpu = int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+        if ppid == me and b"worker" in cmdline:
+            out["workers"] += cpu
+        elif ppid == me and b"serve" in cmdline:
+            out["server"] += cpu
+        elif stat[stat.index("(") + 1:stat.rindex(")")] == "postgres":
+            out["postgres"] += cpu
+    return out
+
+
 def bundle_body(files: list[tuple[str, bytes, str]]) -> bytes:
     manifest = json.dumps({"files": [{"path": p, "size": len(b), "sha256": s} for p, b, s in files]}).encode()
     return len(manifest).to_bytes(4, "big") + manifest + b"".join(b for _, b, _ in files)
@@ -113,8 +141,9 @@ def baseline(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]]) -
 
 
 def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], bundle: int, clients: int,
-             n_workers: int, directory: Path) -> tuple[float, float, float]:
-    """(seconds until every bundle was acknowledged, until every file was ready, max ingest lag in files)."""
+             n_workers: int, directory: Path) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
+    """(seconds until every bundle was acknowledged, until every file was ready, max ingest lag in files,
+    CPU seconds per party during the run: see `cpu_seconds`, the ingest's phases: see `bundle_phases`)."""
     already = count_ready(bench)
     bodies = [bundle_body(files[i:i + bundle]) for i in range(0, len(files), bundle)]
     with workers(bench, n_workers, directory) as workers_ready, \
@@ -141,6 +170,7 @@ def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], b
                         errors.append(f"{r.status_code} {r.text[:300]}")
                         return
 
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(clients)]
         for t in threads:
@@ -152,6 +182,7 @@ def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], b
                 sent = len(files) - sum(1 for _ in queue) * bundle
             lag = max(lag, sent - (count_ready(bench) - already))
         t_up = time.perf_counter() - t0
+        ready_at_up = count_ready(bench) - already
         if retries:
             print(f"    ({len(retries)} bundle requests answered 503 database busy and were retried)", flush=True)
         if errors:
@@ -162,7 +193,29 @@ def new_path(bench: BenchHub, token: str, files: list[tuple[str, bytes, str]], b
                 raise SystemExit("ingest did not finish within an hour")
             time.sleep(0.05)
         t_all = time.perf_counter() - t0
-    return t_up, t_all, lag
+        cpu1 = cpu_seconds()
+    phases = bundle_phases(directory, n_workers)
+    if t_all > t_up and ready_at_up < len(files):
+        phases["ingest alone after the last bundle was acknowledged (files/s)"] = \
+            (len(files) - ready_at_up) / (t_all - t_up)
+    return t_up, t_all, lag, {k: cpu1[k] - cpu0[k] for k in cpu1}, phases
+
+
+def bundle_phases(directory: Path, n_workers: int) -> dict[str, float]:
+    """Mean seconds per bundle of each phase of the group ingest, from the workers' ``ingest.bundle`` lines."""
+    sums: dict[str, float] = {}
+    count = 0
+    for i in range(n_workers):
+        for line in (directory / f"worker-{i}.log").read_text(errors="replace").splitlines():
+            if '"ingest.bundle"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                count += 1
+                for key, value in record.items():
+                    if key.endswith("_s"):
+                        sums[key] = sums.get(key, 0.0) + value
+    return {f"mean {key[:-2]} s per bundle": value / count for key, value in sums.items()} if count else {}
 
 
 def check(bench: BenchHub, files: list[tuple[str, bytes, str]], total: int, sample: int = 200) -> str:
@@ -246,7 +299,7 @@ def main() -> int:
         print(f"    {1 / per_file_a:8.0f} files/s", flush=True)
         print(f"new path: {args.files:,} files in bundles of {args.bundle}, {args.clients} clients, "
               f"{args.workers} workers ... {load()}", flush=True)
-        t_up, t_all, lag = new_path(bench, token, new, args.bundle, args.clients, args.workers, directory)
+        t_up, t_all, lag, cpu, phases = new_path(bench, token, new, args.bundle, args.clients, args.workers, directory)
         print(f"    done; {load()}", flush=True)
         print(f"baseline, second half ({half:,} files) ... {load()}", flush=True)
         per_file_b = baseline(bench, token, base_b)
@@ -262,6 +315,11 @@ def main() -> int:
         print(f"    new: upload + ingest, every file ready           {rate:8.0f} files/s  ({t_all:.1f} s for {n:,};"
               f" ingest trailed uploads by at most {lag:,} files)")
         print(f"    bare engine floor (decrypt + hashes in memory)   {1 / floor:8.0f} files/s")
+        print("    CPU during the new path (ms per file): " + ", ".join(
+            f"{k} {1000 * v / n:.2f}" for k, v in cpu.items()) + f"; {2 * t_all * 1000 / n:.2f} available on 2 cores"
+            " (postgres: every PostgreSQL process on the machine)")
+        if phases:
+            print("    ingest: " + "; ".join(f"{k} {v:.3f}" if v < 10 else f"{k} {v:.0f}" for k, v in phases.items()))
         print(f"\n    ratio new / baseline per-file path  = {rate / base:.1f}x")
         print(f"    ratio new / bare engine floor       = {rate * floor:.2f}")
         print("    check: " + check(bench, files, len(files)), flush=True)

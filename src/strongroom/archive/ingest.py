@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import io
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
-from sqlalchemy import func, select
+import structlog
+from sqlalchemy import Table, bindparam, func, select, text, update
+from sqlalchemy.orm import Session
 
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -17,7 +22,7 @@ from ..db import transaction, utcnow
 from ..hub import Hub
 from ..projects import quota
 from . import c4gh
-from .keys import HubKeys, hub_keys
+from .keys import hub_keys
 from .models import (
     FAILED,
     INGESTED,
@@ -27,6 +32,8 @@ from .models import (
     ArchiveFile,
 )
 from .storage.base import Storage, Writer, commit_all
+
+log = structlog.get_logger("strongroom.archive")
 
 
 class IngestRefused(Exception):
@@ -122,15 +129,30 @@ def _fail(hub: Hub, storage: Storage, file_id: str, reason: str) -> str:
 _BUNDLE_IN_MEMORY = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class _File:
+    """What the group ingest reads of one file's row (a plain tuple, no ORM object)."""
+
+    id: str
+    project_id: uuid.UUID
+    upload_size: int
+    inbox_offset: int
+    declared_sha256: str | None
+
+
 @dataclass
 class _Done:
     """One file of a group that passed through the engine: what the verify step and the commit need."""
 
-    row: ArchiveFile
+    row: _File
     header: bytes
     key_index: int
     result: c4gh.IngestResult
     writer: Writer
+
+
+_FILES = cast(Table, ArchiveFile.__table__)
+_OPEN = (UPLOADED, INGESTED, VERIFIED)  # not yet ready or failed: the group ingest still has to do these
 
 
 def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | None = None) -> dict[str, str]:
@@ -141,41 +163,47 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
     compared), but the fixed costs are paid once per group instead of once per file: one read of the
     bundle, the keys looked up once, one durability barrier for all the archived bodies (``commit_all``:
     bodies fsynced together, then renamed, then their directory fsynced once), one transaction that marks
-    them ready with their audit events, and one delete of the inbox object. Nothing is published (state
-    ready) before its body is durable and verified. A crash anywhere leaves every file not yet ready in
-    state uploaded, and the retried job redoes exactly those. Returns each file's final state."""
+    them ready with their audit events, and one delete of the inbox object. The transaction is set-based:
+    the rows are locked by one SELECT, marked ready by one UPDATE (``_mark_ready``), their events written by
+    one INSERT and the quota settled by one UPDATE per project. Nothing is published (state ready) before its
+    body is durable and verified. A crash anywhere leaves every file not yet ready in state uploaded, and the
+    retried job redoes exactly those. Returns each file's final state."""
+    t, clock = _FILES.c, [time.perf_counter()]
     with hub.sessions() as session:
-        query = select(ArchiveFile).where(ArchiveFile.inbox_key == inbox_key)
+        query = select(t.id, t.project_id, t.state, t.upload_size, t.inbox_offset, t.declared_sha256) \
+            .where(t.inbox_key == inbox_key)
         if only is not None:
-            query = query.where(ArchiveFile.id == only)
-        rows = list(session.scalars(query.order_by(ArchiveFile.inbox_offset)))
+            query = query.where(t.id == only)
+        rows = session.execute(query.order_by(t.inbox_offset)).all()
         keys = hub_keys(hub, session)
-        session.expunge_all()
-    states = {f.id: f.state for f in rows}
-    todo = [f for f in rows if f.state in (UPLOADED, INGESTED, VERIFIED)]
+    states: dict[str, str] = {r.id: r.state for r in rows}
+    todo = [_File(r.id, r.project_id, r.upload_size, r.inbox_offset or 0, r.declared_sha256)
+            for r in rows if r.state in _OPEN]
     failed: dict[str, str] = {}
     done: list[_Done] = []
+    pairs = [c4gh.KeyPair.from_secret(secret) for secret in keys.secrets]  # derived once for the group
     try:
         if todo:
-            span = (min(f.inbox_offset or 0 for f in todo),
-                    max((f.inbox_offset or 0) + f.upload_size for f in todo))
+            span = (min(f.inbox_offset for f in todo), max(f.inbox_offset + f.upload_size for f in todo))
             blob = None
             if span[1] - span[0] <= _BUNDLE_IN_MEMORY:
                 with storage.open_reader(inbox_key, *span) as reader:
                     blob = reader.read()
             for f in todo:
-                start = (f.inbox_offset or 0) - span[0]
+                start = f.inbox_offset - span[0]
                 if blob is not None:
                     source: BinaryIO = io.BytesIO(memoryview(blob)[start:start + f.upload_size])
                 else:
                     source = storage.open_reader(inbox_key, start + span[0], start + span[0] + f.upload_size)
                 with source:
-                    outcome = _one_pass(storage, keys, f, source)
+                    outcome = _one_pass(storage, pairs, f, source)
                 if isinstance(outcome, str):
                     failed[f.id] = outcome
                 else:
                     done.append(outcome)
+        clock.append(time.perf_counter())
         stored = commit_all(storage, [d.writer for d in done])
+        clock.append(time.perf_counter())
     except BaseException:
         for d in done:
             d.writer.abort()
@@ -188,58 +216,98 @@ def ingest_bundle(hub: Hub, storage: Storage, inbox_key: str, *, only: str | Non
         else:
             ready.append(d)
     now = utcnow()
+    clock.append(time.perf_counter())
     with transaction(hub.sessions) as session:
-        live = {f.id: f for f in session.scalars(select(ArchiveFile).where(
-            ArchiveFile.id.in_([f.id for f in todo]), ArchiveFile.state.in_((UPLOADED, INGESTED, VERIFIED)))
-            .with_for_update())}
-        entries = []
+        # Lock the rows still to do: one finished meanwhile by another runner (a lapsed lease) is not among
+        # them and is counted once, there.
+        lock = select(t.id, t.project_id, t.reserved_bytes).where(t.inbox_key == inbox_key, t.state.in_(_OPEN))
+        if only is not None:
+            lock = lock.where(t.id == only)
+        live = {r.id: r for r in session.execute(lock.with_for_update())}
+        marks, entries = [], []
         settle: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
         for d in ready:
             row = live.get(d.row.id)
             if row is None:
-                continue  # finished meanwhile by another runner (a lapsed lease): counted once, there
-            row.header, row.header_key = d.header, keys.fingerprint_at(d.key_index)
-            row.body_key, row.body_size, row.body_sha256 = _body_key(row), d.result.body_size, d.result.body_sha256
-            row.plaintext_size, row.plaintext_sha256, row.plaintext_md5 = (
-                d.result.plaintext_size, d.result.plaintext_sha256, d.result.plaintext_md5)
-            row.ingested_at = now
+                continue
+            result = d.result
+            marks.append({"id": row.id, "header": d.header, "header_key": keys.fingerprint_at(d.key_index),
+                          "body_key": _body_key(d.row), "body_size": result.body_size,
+                          "body_sha256": result.body_sha256, "plaintext_size": result.plaintext_size,
+                          "plaintext_sha256": result.plaintext_sha256, "plaintext_md5": result.plaintext_md5})
             settle[row.project_id][0] += row.reserved_bytes
-            settle[row.project_id][1] += d.result.body_size
-            row.reserved_bytes, row.state = 0, READY
+            settle[row.project_id][1] += result.body_size
             states[row.id] = READY
             entries.append((row.project_id, f"file:{row.id}",
-                            {"plaintext_size": row.plaintext_size, "sha256": row.plaintext_sha256}))
-        for project_id, (reserved, used) in settle.items():
-            quota.settle(session, project_id, reserved, used)
-        audit.record_many(session, Actor.system("ingest"), "archive.file.ingested", entries)
+                            {"plaintext_size": result.plaintext_size, "sha256": result.plaintext_sha256}))
+        _mark_ready(session, marks, now)
         failures = []
         for file_id, reason in failed.items():
             row = live.get(file_id)
             if row is None:
                 continue
-            quota.release(session, row.project_id, row.reserved_bytes)
-            row.reserved_bytes, row.state, row.failure = 0, FAILED, reason
-            states[row.id] = FAILED
-            failures.append((row.project_id, f"file:{row.id}", {"reason": reason}))
+            session.execute(update(_FILES).where(t.id == file_id)
+                            .values(reserved_bytes=0, state=FAILED, failure=reason))
+            settle[row.project_id][0] += row.reserved_bytes  # given back: nothing stored
+            states[file_id] = FAILED
+            failures.append((row.project_id, f"file:{file_id}", {"reason": reason}))
+        for project_id, (reserved, used) in settle.items():
+            quota.settle(session, project_id, reserved, used)
+        audit.record_many(session, Actor.system("ingest"), "archive.file.ingested", entries)
         audit.record_many(session, Actor.system("ingest"), "archive.file.failed", failures, outcome="failed")
         # The bundle goes once every file in it is archived; a failed file keeps it, as a single upload
         # that failed keeps its inbox object.
-        pending = session.scalar(select(func.count()).select_from(ArchiveFile).where(
-            ArchiveFile.inbox_key == inbox_key, ArchiveFile.state != READY))
+        pending = session.scalar(select(func.count()).select_from(_FILES).where(
+            t.inbox_key == inbox_key, t.state != READY))
+    clock.append(time.perf_counter())
     if not pending:
         storage.delete(inbox_key)
+    log.info("ingest.bundle", inbox_key=inbox_key, files=len(todo), ready=len(ready), failed=len(failed),
+             **{f"{phase}_s": round(b - a, 3) for phase, a, b in zip(
+                 ("engine", "durable", "verify", "publish"), clock, clock[1:], strict=False)})
     return states
 
 
-def _body_key(f: ArchiveFile) -> str:
+# The columns ingest fills in, with their PostgreSQL array types for ``_MARK_READY_PG``.
+_MARKED = {"header": "bytea", "header_key": "text", "body_key": "text", "body_size": "bigint",
+           "body_sha256": "text", "plaintext_size": "bigint", "plaintext_sha256": "text", "plaintext_md5": "text"}
+# One statement for the whole group: the values arrive as one array per column (a constant statement, prepared
+# and cached like any other, whatever the group's size) and are joined back to their rows by id.
+_MARK_READY_PG = text(
+    "UPDATE archive_files AS f SET "
+    + ", ".join(f"{name} = v.{name}" for name in _MARKED)
+    + ", ingested_at = :now, reserved_bytes = 0, state = :ready"
+    + " FROM unnest(CAST(:id AS text[]), "
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _MARKED.items())
+    + ") AS v(id, " + ", ".join(_MARKED) + ") WHERE f.id = v.id")
+
+
+def _mark_ready(session: Session, marks: list[dict[str, Any]], now: dt.datetime) -> None:
+    """Mark the verified files ready with what ingest found (``marks``: one dict per file, its ``id`` and the
+    ``_MARKED`` columns). PostgreSQL: one ``UPDATE … FROM unnest(…)`` for the lot; elsewhere (SQLite) one
+    executemany of the UPDATE by id."""
+    if not marks:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        columns = {name: [m[name] for m in marks] for name in ("id", *_MARKED)}
+        session.execute(_MARK_READY_PG, {**columns, "now": now, "ready": READY})
+        return
+    t = _FILES.c
+    session.execute(update(_FILES).where(t.id == bindparam("m_id"))
+                    .values({name: bindparam("m_" + name) for name in _MARKED}
+                            | {"ingested_at": now, "reserved_bytes": 0, "state": READY}),
+                    [{"m_" + k: v for k, v in m.items()} for m in marks])
+
+
+def _body_key(f: _File) -> str:
     return f"archive/{f.project_id}/{f.id}"
 
 
-def _one_pass(storage: Storage, keys: HubKeys, f: ArchiveFile, source: BinaryIO) -> _Done | str:
+def _one_pass(storage: Storage, pairs: Sequence[c4gh.KeyPair], f: _File, source: BinaryIO) -> _Done | str:
     """Decrypt-verify-hash one file of a group into an open (uncommitted) writer; a reason if refused."""
     try:
         header = c4gh.read_header(source)
-        opened = c4gh.open_header(header, keys.secrets)
+        opened = c4gh.open_header(header, pairs)
     except c4gh.NoMatchingKey:
         return ("the file is not encrypted to this hub's archive key "
                 "(no active archive key opens its header)")
@@ -262,7 +330,7 @@ def _one_pass(storage: Storage, keys: HubKeys, f: ArchiveFile, source: BinaryIO)
     return _Done(f, header, opened.key_index, result, writer)
 
 
-def _verify(storage: Storage, f: ArchiveFile, stored: int, result: c4gh.IngestResult) -> str | None:
+def _verify(storage: Storage, f: _File, stored: int, result: c4gh.IngestResult) -> str | None:
     """What is stored is what we hashed; the plaintext is what the uploader hashed."""
     if stored != result.body_size:
         return f"stored {stored} bytes but read {result.body_size}"

@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
+from ..db import utcnow
 from ..errors import Conflict, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
@@ -36,6 +39,15 @@ MAX_UPLOAD_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object
 
 MAX_PARTS = 10_000
 MAX_BUNDLE_FILES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class BundledFile:
+    """What the answer to a bundle names of each file it created."""
+
+    id: str
+    path: str
+    state: str
 
 
 _PATH_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
@@ -79,7 +91,7 @@ def _check_upload(path: str, size: int, sha256: str | None) -> None:
 
 def receive_bundle(session: Session, principal: Principal, access: projects.ProjectAccess, storage: Storage, *,
                    files: Sequence[tuple[str, int, str | None]], data: bytes,
-                   key: str | None = None) -> list[ArchiveFile]:
+                   key: str | None = None) -> list[BundledFile]:
     """Many small crypt4gh files in one request: ``data`` is their streams back to back, ``files`` their
     ``(path, size, plaintext sha256)`` in the same order. Stored as ONE inbox object (one fsync for the
     bundle, not three requests and several fsyncs per file); each file is still its own upload: its own
@@ -110,35 +122,38 @@ def receive_bundle(session: Session, principal: Principal, access: projects.Proj
     except Exception:
         storage.delete(inbox_key)  # nothing of a refused bundle stays behind
         raise
-    rows, offset = [], 0
+    # Core INSERTs, no ORM object per file: a thousand rows are one multi-row statement (insertmanyvalues).
+    rows, values, offset, now, uploader = [], [], 0, utcnow(), principal.user.id
     for path, size, sha256 in files:
-        rows.append(ArchiveFile(id=new_accession("SRF"), project_id=project_id, uploader_id=principal.user.id,
-                                path=path, state=UPLOADED, upload_size=size, reserved_bytes=size,
-                                inbox_key=inbox_key, inbox_offset=offset, declared_sha256=sha256))
+        file_id = new_accession("SRF")
+        rows.append(BundledFile(file_id, path, UPLOADED))
+        values.append({"id": file_id, "project_id": project_id, "uploader_id": uploader, "path": path,
+                       "state": UPLOADED, "upload_size": size, "reserved_bytes": size, "inbox_key": inbox_key,
+                       "inbox_offset": offset, "declared_sha256": sha256, "created_at": now})
         offset += size
-    session.add_all(rows)
     try:
-        session.flush()
+        session.execute(insert(cast(Table, ArchiveFile.__table__)), values)
     except IntegrityError:  # the same key, sent twice at once: the other request stored it (keep its object)
         raise Conflict("this bundle is being received by another request; send it again to get its files") from None
     audit.record_many(session, principal.actor, "archive.upload.completed",
-                      [(project_id, f"file:{f.id}", {"path": f.path, "size": f.upload_size, "via": "bundle"})
-                       for f in rows])
+                      [(project_id, f"file:{f.id}", {"path": f.path, "size": v["upload_size"], "via": "bundle"})
+                       for f, v in zip(rows, values, strict=True)])
     jobs.enqueue(session, "archive.ingest", {"inbox_key": inbox_key}, dedup_key=f"ingest:{inbox_key}")
     return rows
 
 
 def _bundle_sent(session: Session, principal: Principal, inbox_key: str,
-                 files: Sequence[tuple[str, int, str | None]]) -> list[ArchiveFile] | None:
+                 files: Sequence[tuple[str, int, str | None]]) -> list[BundledFile] | None:
     """The files a bundle with this key already created (None: none yet); Conflict if the key named others."""
-    rows = list(session.scalars(select(ArchiveFile).where(ArchiveFile.inbox_key == inbox_key)
-                                .order_by(ArchiveFile.inbox_offset)))
+    t = ArchiveFile.__table__.c
+    rows = session.execute(select(t.id, t.path, t.state, t.uploader_id, t.upload_size)
+                           .where(t.inbox_key == inbox_key).order_by(t.inbox_offset)).all()
     if not rows:
         return None
     if any(f.uploader_id != principal.user.id for f in rows) or \
             [(f.path, f.upload_size) for f in rows] != [(path, size) for path, size, _ in files]:
         raise Conflict("this bundle key was already used for other files; choose a new key")
-    return rows
+    return [BundledFile(f.id, f.path, f.state) for f in rows]
 
 
 def _my_upload(session: Session, principal: Principal, file_id: str) -> ArchiveFile:

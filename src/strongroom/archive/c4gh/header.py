@@ -106,14 +106,15 @@ def _reader_key(own: KeyPair, writer_public: bytes) -> bytes | None:
         return None  # a malicious low-order writer key: this packet is not for us
 
 
-def open_header(header: bytes, secret_keys: Sequence[bytes]) -> OpenedHeader:
-    """Decrypt the packets addressed to any of ``secret_keys``.
+def open_header(header: bytes, secret_keys: Sequence[bytes | KeyPair]) -> OpenedHeader:
+    """Decrypt the packets addressed to any of ``secret_keys`` (secret keys, or key pairs: a caller opening many
+    headers with the same keys derives their public halves once).
 
     Raises ``HeaderError`` for malformed input and ``NoMatchingKey`` if no packet opens.
     """
     if not secret_keys:
         raise ValueError("no secret keys given")
-    keys = [KeyPair.from_secret(sk) for sk in secret_keys]
+    keys = [sk if isinstance(sk, KeyPair) else KeyPair.from_secret(sk) for sk in secret_keys]
     opened: list[bytes] = []
     first_index: int | None = None
     for packet in _split_packets(bytes(header)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -105,6 +106,9 @@ class Storage(Protocol):
 
 
 # ------------------------------------------------------------------------------------------- helpers
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def validate_key(key: str) -> str:
     """Return ``key`` if it is a safe object name, else raise :class:`InvalidKey`.
 
@@ -116,7 +120,7 @@ def validate_key(key: str) -> str:
         raise InvalidKey(f"invalid object key {key!r}: must be a non-empty string")
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidKey(f"invalid object key {key[:40]!r}...: longer than {MAX_KEY_BYTES} bytes")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+    if _CONTROL.search(key):
         raise InvalidKey(f"invalid object key {key!r}: contains NUL or control characters")
     if "\\" in key:
         raise InvalidKey(f"invalid object key {key!r}: contains a backslash")

@@ -100,6 +100,11 @@ class LocalWriter:
             self.abort()
 
 
+def _sync_all(writers: Sequence[LocalWriter]) -> None:
+    for w in writers:
+        w._sync()
+
+
 class LocalStorage:
     """Objects as files under ``root``; key ``a/b/c`` is the file ``root/a/b/c``.
 
@@ -112,6 +117,7 @@ class LocalStorage:
         the last are smaller; pass :data:`S3_MIN_PART_SIZE` to catch code that would fail on S3."""
         self.root = Path(root).resolve()
         self.min_part_size = min_part_size
+        self._inside = os.path.join(self.root, "")  # every object's path starts with this
         self._tmpdir = self.root / STAGING / "tmp"
         self._uploads = self.root / STAGING / "uploads"
         for d in (self.root, self._tmpdir, self._uploads):
@@ -125,7 +131,7 @@ class LocalStorage:
         validate_key(key)
         path = self.root.joinpath(*key.split("/"))
         # belt and braces: validate_key already excludes everything that could escape root
-        if os.path.commonpath([self.root, path]) != str(self.root):
+        if not str(path).startswith(self._inside):
             raise InvalidKey(f"invalid object key {key!r}: escapes the storage root")
         return path
 
@@ -165,8 +171,10 @@ class LocalStorage:
         if len(writers) <= 1:
             return [w.commit() for w in writers]
         try:
-            with ThreadPoolExecutor(min(_SYNC_THREADS, len(writers)), thread_name_prefix="fsync") as pool:
-                list(pool.map(LocalWriter._sync, writers))
+            # Each thread syncs its own share of the writers (one task per thread, not one per writer).
+            n = min(_SYNC_THREADS, len(writers))
+            with ThreadPoolExecutor(n, thread_name_prefix="fsync") as pool:
+                list(pool.map(_sync_all, [writers[i::n] for i in range(n)]))
             parents: dict[Path, None] = {}
             for w in writers:
                 dest = self._path(w.key)
