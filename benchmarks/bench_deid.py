@@ -6,6 +6,11 @@ The default corpus puts a real GE CT header (pydicom's CT_small, with its 180 pr
 strongroom's synthetic header (~90 elements), where file I/O dominates every tool.
 
     python benchmarks/bench_deid.py [--files 2000] [--rounds 5] [--corpus ge|minimal] [--no-orthanc]
+                                    [--baseline-src DIR]
+
+``--baseline-src DIR`` adds an older engine (e.g. ``git archive <commit> src | tar -x -C /tmp/old``, then
+``--baseline-src /tmp/old/src``), run in a helper process that imports strongroom from DIR, in the same
+interleaved rounds (1 and 2 processes): before/after figures measured under the same load.
 
 "de-identify + verify" is the import pipeline's work per file (the engine, then the independent leak scan
 with its identity scan); its ratio to the engine alone shows what the verification costs.
@@ -180,6 +185,50 @@ def timed(fn: Callable[[list[Path], Path], None], paths: list[Path], out: Path, 
     return statistics.median(times)
 
 
+class Baseline:
+    """An older engine (``--baseline-src``) in a helper process: this script with ``--serve``, strongroom
+    imported from that source tree; it times the same work as ``run_ours`` / ``run_parallel``."""
+
+    def __init__(self, src: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True)
+
+    def _ask(self, paths: list[Path], out: Path, processes: int) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"paths": [str(p) for p in paths], "out": str(out),
+                                          "processes": processes}) + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def run(self, paths: list[Path], out: Path) -> None:
+        self._ask(paths, out, 1)
+
+    def parallel(self, paths: list[Path], out: Path, processes: int) -> float:
+        """Seconds the helper measured (1: sequential in the helper; more: its process pool)."""
+        return self._ask(paths, out, processes)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def serve() -> int:
+    """The baseline's side: one JSON request a line, the elapsed seconds back."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        paths, out = [Path(p) for p in req["paths"]], Path(req["out"])
+        if req["processes"] == 1:
+            start = time.perf_counter()
+            run_ours(paths, out)
+            elapsed = time.perf_counter() - start
+        else:
+            elapsed = run_parallel(paths, out, req["processes"])
+        print(elapsed, flush=True)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- Orthanc
 
 
@@ -287,10 +336,16 @@ def main() -> int:
                         help="ge: pydicom's CT_small GE header with 180 private elements (default; the header of the "
                              "reference figures); minimal: strongroom's synthetic header (~90 elements)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--baseline-src", default="",
+                        help="also run the engine of an older source tree (its src directory) in the same rounds")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve()
 
     work = Path(tempfile.mkdtemp(prefix="bench-deid-"))
     orthanc = Orthanc(work / "orthanc")
+    baseline: Baseline | None = None
     try:
         t0 = time.perf_counter()
         paths = make_corpus(work / "in", args.files, args.patients, args.corpus)
@@ -323,19 +378,34 @@ def main() -> int:
                 notes.append(f"Orthanc skipped: {reason}")
         parallel_tools = {f"strongroom, {args.processes} processes": _ours_one,
                           f"raw file copy, {args.processes} processes": _copy_one}
+        base_par = f"baseline strongroom, {args.processes} processes"
+        if args.baseline_src:
+            baseline = Baseline(args.baseline_src)
+            tools["baseline strongroom"] = baseline.run
+            notes.append(f"baseline: the engine of {args.baseline_src}, in a helper process, same rounds")
 
-        per_round: dict[str, list[float]] = {name: [] for name in [*tools, *parallel_tools]}
+        per_round: dict[str, list[float]] = {
+            name: [] for name in [*tools, *parallel_tools, *([base_par] if args.baseline_src else [])]}
         slice_len = len(paths) // args.rounds
         out = work / "out"
         for r in range(args.rounds):
             chunk = paths[r * slice_len:(r + 1) * slice_len]
             for name, fn in tools.items():
                 files = chunk[: max(10, int(len(chunk) * args.dicognito_share))] if name == "dicognito" else chunk
-                per_round[name].append(len(files) / timed(fn, files, out, 1))
+                if name == "baseline strongroom" and baseline is not None:
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    per_round[name].append(len(files) / baseline.parallel(files, out, 1))  # timed in the helper
+                else:
+                    per_round[name].append(len(files) / timed(fn, files, out, 1))
             for name, one in parallel_tools.items():
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 per_round[name].append(len(chunk) / run_parallel(chunk, out, args.processes, one))
+            if args.baseline_src:
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                per_round[base_par].append(len(chunk) / baseline.parallel(chunk, out, args.processes))
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{name.split(' (')[0].split(',')[0]} {v[-1]:.0f}" for name, v in per_round.items()), flush=True)
 
@@ -371,11 +441,18 @@ def main() -> int:
               "   (the pipeline per file: what the verification costs)")
         print(f"    {args.processes} processes / 1        : {ratio(par, ours_name):5.2f}   (ideal {args.processes}; "
               f"a raw file copy scales {ratio(copy_par, 'raw file copy'):.2f} here)")
+        if args.baseline_src:
+            vs_dicognito = ratio("baseline strongroom", "dicognito") if "dicognito" in per_round else float("nan")
+            print(f"    ours / baseline           : {ratio(ours_name, 'baseline strongroom'):5.2f}   "
+                  f"(baseline / dicognito {vs_dicognito:.2f}; "
+                  f"baseline {args.processes} processes / 1: {ratio(base_par, 'baseline strongroom'):.2f})")
         for note in notes:
             print(f"  note: {note}")
         return 0
     finally:
         orthanc.stop()
+        if baseline is not None:
+            baseline.stop()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -38,7 +38,6 @@ from .pseudonyms import Pseudonymizer
 from .result import LogEntry
 from .text import TextCleaner
 
-WELL_KNOWN_UID_PREFIX = "1.2.840.10008."
 
 _DUMMY = {
     b"AE": b"ANONYMIZED", b"AS": b"000Y", b"CS": b"ANONYMIZED", b"DA": b"19000101", b"DS": b"0 ",
@@ -97,10 +96,7 @@ class Run:
         return self._cleaner
 
     def uids(self, raw: bytes | memoryview) -> bytes:
-        values = bytes(raw).decode("ascii", "replace").rstrip("\0 ").split("\\")
-        uid = self.pseudo.uid
-        out = [v if not v or v.startswith(WELL_KNOWN_UID_PREFIX) else uid(v.strip()) for v in values]
-        return pad("\\".join(out).encode("ascii"), b"UI")
+        return self.pseudo.uid_value(bytes(raw))
 
     # ---- the walk
     def emit(self, elems: list[El], codec: Codec, explicit: bool, mode: int, path: str, out: list[Any],
