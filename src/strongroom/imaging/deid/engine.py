@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 IMPLEMENTATION_CLASS_UID = "2.25.227926385014318662186221414929226069224"
 IMPLEMENTATION_VERSION_NAME = "STRONGROOM_DEID1"
 
-_MMAP_MIN = 64 * 1024 * 1024  # inputs at least this large are memory-mapped (smaller ones: one read call)
+# Inputs at least this large are memory-mapped, smaller ones read with one call. Reading a 0.5 MB CT into a
+# new bytes object (a fresh allocation and a copy) measured up to 2x slower per file than mapping it.
+_MMAP_MIN = 256 * 1024
 _IOV_MAX = 1024  # chunks per writev call (the POSIX minimum of IOV_MAX on Linux)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
@@ -214,9 +216,9 @@ def deidentify_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], pr
                     pseudonymizer: Pseudonymizer) -> DeidResult:
     """De-identify the file ``src`` into ``dst``: written to a temporary name, then renamed.
 
-    The input is read with one ``read`` call (memory-mapped when it is very large) and the output written
-    with one ``writev`` call: kept regions (pixel data) go from the input buffer straight to the output
-    file, never copied through Python objects. ``result.data`` is ``None`` (the output is on disk)."""
+    The input is memory-mapped (read with one call when small) and the output written with one ``writev``
+    call: kept regions (pixel data) go from the mapping straight to the output file, never copied through
+    Python objects. ``result.data`` is ``None`` (the output is on disk)."""
     fd = os.open(src, os.O_RDONLY | _O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
