@@ -38,7 +38,6 @@ from .pseudonyms import Pseudonymizer
 from .result import LogEntry
 from .text import TextCleaner
 
-
 _DUMMY = {
     b"AE": b"ANONYMIZED", b"AS": b"000Y", b"CS": b"ANONYMIZED", b"DA": b"19000101", b"DS": b"0 ",
     b"DT": b"19000101000000", b"IS": b"0 ", b"LO": b"ANONYMIZED", b"LT": b"ANONYMIZED", b"PN": b"ANONYMIZED^ ",
