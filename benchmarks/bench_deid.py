@@ -6,6 +6,12 @@ The default corpus puts a real GE CT header (pydicom's CT_small, with its 180 pr
 strongroom's synthetic header (~90 elements), where file I/O dominates every tool.
 
     python benchmarks/bench_deid.py [--files 2000] [--rounds 5] [--corpus ge|minimal] [--no-orthanc]
+                                    [--baseline-src DIR]
+
+``--baseline-src DIR`` adds an older engine (e.g. ``git archive <commit> src | tar -x -C /tmp/old``, then
+``--baseline-src /tmp/old/src``) in the same interleaved rounds, 1 and 2 processes: it and this engine each
+run in a helper process (this script with ``--serve``, strongroom imported from that tree), so that both
+are scheduled alike; "ours / baseline" compares the two helpers.
 
 "de-identify + verify" is the import pipeline's work per file (the engine, then the independent leak scan
 with its identity scan); its ratio to the engine alone shows what the verification costs.
@@ -15,7 +21,8 @@ Every figure is file to file (read the input, write the output) except Orthanc, 
 storage and returns the anonymized file over loopback HTTP. dicognito is not a project dependency:
 ``pip install dicognito`` into the venv to include it. Orthanc comes from Debian (``apt-get install
 orthanc``) and is skipped when absent. The tools run interleaved, round after round, each on a slice of
-the corpus, and ratios are medians of per-round ratios: this machine is shared and noisy. Not a test;
+the corpus, in an order rotated from round to round (a tool that writes 0.5 MB files leaves kernel writeback
+work to whichever runs next), and ratios are medians of per-round ratios: this machine is shared and noisy. Not a test;
 the corpus lives in a fresh /tmp directory, removed at the end unless --keep.
 """
 
@@ -180,6 +187,50 @@ def timed(fn: Callable[[list[Path], Path], None], paths: list[Path], out: Path, 
     return statistics.median(times)
 
 
+class Baseline:
+    """An older engine (``--baseline-src``) in a helper process: this script with ``--serve``, strongroom
+    imported from that source tree; it times the same work as ``run_ours`` / ``run_parallel``."""
+
+    def __init__(self, src: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True)
+
+    def _ask(self, paths: list[Path], out: Path, processes: int) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"paths": [str(p) for p in paths], "out": str(out),
+                                          "processes": processes}) + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def run(self, paths: list[Path], out: Path) -> None:
+        self._ask(paths, out, 1)
+
+    def parallel(self, paths: list[Path], out: Path, processes: int) -> float:
+        """Seconds the helper measured (1: sequential in the helper; more: its process pool)."""
+        return self._ask(paths, out, processes)
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def serve() -> int:
+    """The baseline's side: one JSON request a line, the elapsed seconds back."""
+    for line in sys.stdin:
+        req = json.loads(line)
+        paths, out = [Path(p) for p in req["paths"]], Path(req["out"])
+        if req["processes"] == 1:
+            start = time.perf_counter()
+            run_ours(paths, out)
+            elapsed = time.perf_counter() - start
+        else:
+            elapsed = run_parallel(paths, out, req["processes"])
+        print(elapsed, flush=True)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- Orthanc
 
 
@@ -287,10 +338,16 @@ def main() -> int:
                         help="ge: pydicom's CT_small GE header with 180 private elements (default; the header of the "
                              "reference figures); minimal: strongroom's synthetic header (~90 elements)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--baseline-src", default="",
+                        help="also run the engine of an older source tree (its src directory) in the same rounds")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        return serve()
 
     work = Path(tempfile.mkdtemp(prefix="bench-deid-"))
     orthanc = Orthanc(work / "orthanc")
+    helpers: dict[str, Baseline] = {}
     try:
         t0 = time.perf_counter()
         paths = make_corpus(work / "in", args.files, args.patients, args.corpus)
@@ -323,19 +380,43 @@ def main() -> int:
                 notes.append(f"Orthanc skipped: {reason}")
         parallel_tools = {f"strongroom, {args.processes} processes": _ours_one,
                           f"raw file copy, {args.processes} processes": _copy_one}
+        base_par = f"baseline strongroom, {args.processes} processes"
+        helpers: dict[str, Baseline] = {}
+        if args.baseline_src:
+            # both engines in helper processes alike: a helper that sleeps between requests is scheduled
+            # differently from this busy process on a loaded machine (measured: up to 1.4x either way)
+            import strongroom
 
-        per_round: dict[str, list[float]] = {name: [] for name in [*tools, *parallel_tools]}
+            helpers["baseline strongroom"] = baseline = Baseline(args.baseline_src)
+            helpers["strongroom (helper process)"] = Baseline(str(Path(strongroom.__file__).parents[1]))
+            tools.update({name: helper.run for name, helper in helpers.items()})
+            notes.append(f"baseline: the engine of {args.baseline_src} against this one, each in a helper "
+                         "process, same rounds")
+
+        per_round: dict[str, list[float]] = {
+            name: [] for name in [*tools, *parallel_tools, *([base_par] if args.baseline_src else [])]}
         slice_len = len(paths) // args.rounds
         out = work / "out"
         for r in range(args.rounds):
             chunk = paths[r * slice_len:(r + 1) * slice_len]
-            for name, fn in tools.items():
+            order = list(tools.items())
+            order = order[r % len(order):] + order[:r % len(order)]  # rotated: no tool always follows another
+            for name, fn in order:
                 files = chunk[: max(10, int(len(chunk) * args.dicognito_share))] if name == "dicognito" else chunk
-                per_round[name].append(len(files) / timed(fn, files, out, 1))
+                if name in helpers:
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    per_round[name].append(len(files) / helpers[name].parallel(files, out, 1))  # timed there
+                else:
+                    per_round[name].append(len(files) / timed(fn, files, out, 1))
             for name, one in parallel_tools.items():
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 per_round[name].append(len(chunk) / run_parallel(chunk, out, args.processes, one))
+            if args.baseline_src:
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                per_round[base_par].append(len(chunk) / baseline.parallel(chunk, out, args.processes))
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{name.split(' (')[0].split(',')[0]} {v[-1]:.0f}" for name, v in per_round.items()), flush=True)
 
@@ -371,11 +452,20 @@ def main() -> int:
               "   (the pipeline per file: what the verification costs)")
         print(f"    {args.processes} processes / 1        : {ratio(par, ours_name):5.2f}   (ideal {args.processes}; "
               f"a raw file copy scales {ratio(copy_par, 'raw file copy'):.2f} here)")
+        if args.baseline_src:
+            ours_h, base = "strongroom (helper process)", "baseline strongroom"
+            vs_dicognito = ratio(base, "dicognito") if "dicognito" in per_round else float("nan")
+            vs_dicognito_h = ratio(ours_h, "dicognito") if "dicognito" in per_round else float("nan")
+            print(f"    ours / baseline           : {ratio(ours_h, base):5.2f}   (both in helper processes; "
+                  f"/ dicognito: ours {vs_dicognito_h:.2f}, baseline {vs_dicognito:.2f}; "
+                  f"baseline {args.processes} processes / 1: {ratio(base_par, 'baseline strongroom'):.2f})")
         for note in notes:
             print(f"  note: {note}")
         return 0
     finally:
         orthanc.stop()
+        for helper in helpers.values():
+            helper.stop()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -41,7 +41,11 @@ if TYPE_CHECKING:
 IMPLEMENTATION_CLASS_UID = "2.25.227926385014318662186221414929226069224"
 IMPLEMENTATION_VERSION_NAME = "STRONGROOM_DEID1"
 
-_MMAP_MIN = 256 * 1024  # inputs at least this large are memory-mapped
+# Inputs at least this large are memory-mapped, smaller ones read with one call. Reading a 0.5 MB CT into a
+# new bytes object adds an allocation and a copy per file and was not measurably faster than mapping it.
+_MMAP_MIN = 256 * 1024
+_IOV_MAX = 1024  # chunks per writev call (the POSIX minimum of IOV_MAX on Linux)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 _SIMPLE_CODECS = {"iso8859": "latin_1", "latin_1": "latin_1", "UTF8": "utf-8"}
 
@@ -193,31 +197,64 @@ def deidentify(data: Any, profile: DeidProfile, pseudonymizer: Pseudonymizer) ->
     raise TypeError(f"cannot de-identify a {type(data).__name__}")
 
 
+def _write_all(fd: int, chunks: list[Any]) -> None:
+    """All ``chunks`` to ``fd``: one ``writev`` call per ``_IOV_MAX`` chunks (a short write is continued)."""
+    for i in range(0, len(chunks), _IOV_MAX):
+        batch = chunks[i:i + _IOV_MAX]
+        left = sum(len(c) for c in batch)
+        while left:
+            n = os.writev(fd, batch)
+            left -= n
+            if left:  # a short write: drop what went out, continue with the rest
+                while n >= len(batch[0]):
+                    n -= len(batch[0])
+                    batch = batch[1:]
+                batch = [memoryview(batch[0])[n:], *batch[1:]]
+
+
 def deidentify_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], profile: DeidProfile,
                     pseudonymizer: Pseudonymizer) -> DeidResult:
     """De-identify the file ``src`` into ``dst``: written to a temporary name, then renamed.
 
-    The input is memory-mapped and kept regions (pixel data) go from the mapping straight to the output
-    file: they are never copied through Python objects. ``result.data`` is ``None`` (the output is on disk)."""
-    dst = Path(dst)
-    with open(src, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    The input is memory-mapped (read with one call when small) and the output written with one ``writev``
+    call: kept regions (pixel data) go from the mapping straight to the output file, never copied through
+    Python objects. ``result.data`` is ``None`` (the output is on disk)."""
+    fd = os.open(src, os.O_RDONLY | _O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
         if size >= _MMAP_MIN:
-            buf: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            buf: Any = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         else:
-            buf = f.read()
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            buf = os.read(fd, size + 1)  # one call for a regular file (+ 1: sees the end of the file)
+            if len(buf) != size:  # a short read or a file that grew meanwhile: read on to the end
+                buf += _read_rest(fd)
+    finally:
+        os.close(fd)
+    dst = os.fspath(dst)
+    head, name = os.path.split(dst)
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     try:
         result, chunks = _deidentify_buffer(buf, profile, pseudonymizer)
-        with open(tmp, "wb") as out:
-            out.writelines(chunks)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_CLOEXEC, 0o666)
+        try:
+            _write_all(out, chunks)
+        finally:
+            os.close(out)
         del chunks
         os.replace(tmp, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     finally:
         if isinstance(buf, mmap.mmap):
             with contextlib.suppress(BufferError):  # a view still alive (a traceback): the GC closes it
                 buf.close()
     return result
+
+
+def _read_rest(fd: int) -> bytes:
+    parts = []
+    while block := os.read(fd, 1 << 20):
+        parts.append(block)
+    return b"".join(parts)

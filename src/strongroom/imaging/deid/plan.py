@@ -11,6 +11,7 @@ from strongroom.imaging.deid_table import EDITION, ROWS, SAFE_PRIVATE, Row
 
 from .encoding import Codec, encode_element, pad, tagstr
 from .profile import CID_7050, OPTIONS, DeidProfile
+from .result import LogEntry
 
 ENGINE = "Strongroom deid 1"
 _DATE_COLUMNS = ("rtn_long_full_dates", "rtn_long_modif_dates")
@@ -185,6 +186,10 @@ class Plan:
                 self.safe_private[(creator, group, element)] = (b"UN", "profile extra safe private")
         self.codes = profile.option_codes()
         self._markers: dict[tuple[bool, bool, bool], list[tuple[int, bytes]]] = {}
+        # memos of the walk: (tag, vr, op, little endian, explicit) -> the encoded emptied or dummy element,
+        # (tag, op) -> the log line of a public top-level element (immutable, shared by the results)
+        self.const_elements: dict[tuple[int, bytes, int, bool, bool], bytes] = {}
+        self.const_logs: dict[tuple[int, int], LogEntry] = {}
 
     def fallback(self, tag: int) -> Entry:
         """Entry for a public tag outside the dictionary (memoized)."""

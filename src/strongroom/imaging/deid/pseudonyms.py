@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import os
 
+WELL_KNOWN_UID_PREFIX = "1.2.840.10008."
+_MEMO_MAX = 200_000  # entries per memo before it is emptied
 
 class Pseudonymizer:
     """Keyed, deterministic replacements for one project: same secret + same input => same output, on
@@ -22,7 +24,10 @@ class Pseudonymizer:
         self._secret = bytes(secret)
         self.prefix = prefix
         self.max_shift_days = max_shift_days
+        # memos (a series repeats its patient, study, series and frame of reference in every instance)
         self._uid_cache: dict[str, str] = {}
+        self._uids_cache: dict[bytes, bytes] = {}
+        self._patient_cache: dict[str, str] = {}
 
     @classmethod
     def generate_secret(cls) -> bytes:
@@ -40,7 +45,12 @@ class Pseudonymizer:
         return self._mac(b"strongroom/fingerprint", "").hex()[:16]
 
     def patient_pseudonym(self, patient_key: str) -> str:
-        token = base64.b32encode(self._mac(b"strongroom/patient", patient_key)).decode("ascii")[:20]
+        token = self._patient_cache.get(patient_key)
+        if token is None:
+            token = base64.b32encode(self._mac(b"strongroom/patient", patient_key)).decode("ascii")[:20]
+            if len(self._patient_cache) > _MEMO_MAX:
+                self._patient_cache.clear()
+            self._patient_cache[patient_key] = token
         return self.prefix + token
 
     def uid(self, uid: str) -> str:
@@ -52,9 +62,26 @@ class Pseudonymizer:
         b[6] = (b[6] & 0x0F) | 0x80  # version 8
         b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
         new = "2.25." + str(int.from_bytes(b, "big"))
-        if len(self._uid_cache) > 200_000:
+        if len(self._uid_cache) > _MEMO_MAX:
             self._uid_cache.clear()
         self._uid_cache[uid] = new
+        return new
+
+    def uid_value(self, raw: bytes) -> bytes:
+        """A UI element's value (backslash-separated UIDs, padded) with every UID replaced by ``uid``, except
+        the well-known ones (``1.2.840.10008.``) and empty values; padded to even length."""
+        cached = self._uids_cache.get(raw)
+        if cached is not None:
+            return cached
+        values = raw.decode("ascii", "replace").rstrip("\0 ").split("\\")
+        uid = self.uid
+        out = [v if not v or v.startswith(WELL_KNOWN_UID_PREFIX) else uid(v.strip()) for v in values]
+        new = "\\".join(out).encode("ascii")
+        if len(new) & 1:
+            new += b"\0"
+        if len(self._uids_cache) > _MEMO_MAX:
+            self._uids_cache.clear()
+        self._uids_cache[raw] = new
         return new
 
     def date_shift_days(self, patient_key: str) -> int:

@@ -38,8 +38,6 @@ from .pseudonyms import Pseudonymizer
 from .result import LogEntry
 from .text import TextCleaner
 
-WELL_KNOWN_UID_PREFIX = "1.2.840.10008."
-
 _DUMMY = {
     b"AE": b"ANONYMIZED", b"AS": b"000Y", b"CS": b"ANONYMIZED", b"DA": b"19000101", b"DS": b"0 ",
     b"DT": b"19000101000000", b"IS": b"0 ", b"LO": b"ANONYMIZED", b"LT": b"ANONYMIZED", b"PN": b"ANONYMIZED^ ",
@@ -97,16 +95,13 @@ class Run:
         return self._cleaner
 
     def uids(self, raw: bytes | memoryview) -> bytes:
-        values = bytes(raw).decode("ascii", "replace").rstrip("\0 ").split("\\")
-        uid = self.pseudo.uid
-        out = [v if not v or v.startswith(WELL_KNOWN_UID_PREFIX) else uid(v.strip()) for v in values]
-        return pad("\\".join(out).encode("ascii"), b"UI")
+        return self.pseudo.uid_value(bytes(raw))
 
     # ---- the walk
     def emit(self, elems: list[El], codec: Codec, explicit: bool, mode: int, path: str, out: list[Any],
              inserts: list[tuple[int, bytes]] | None = None) -> None:
         plan, mv, log = self.plan, self.mv, self.log
-        ops = plan.ops
+        ops, const, logs = plan.ops, plan.const_elements, plan.const_logs
         private = self.private_decisions(elems, explicit, path)
         ins_i, ins_n = 0, len(inserts) if inserts else 0
         inserts = inserts or []
@@ -175,6 +170,22 @@ class Run:
             vr = fvr if explicit and fvr is not None and fvr != b"UN" else entry[1]
             if op >= SEQ:
                 self.emit_sequence(el, entry, op, codec, explicit, tpath, out)
+                continue
+            if op == ZERO or op == DUMMY and vr != b"UI":  # a constant element: encoded once per plan
+                ckey = (tag, vr, op, codec.little, explicit)
+                encoded = const.get(ckey)
+                if encoded is None:
+                    value = b"" if op == ZERO else _DUMMY.get(vr, b"\0\0")
+                    encoded = const[ckey] = encode_element(tag, vr, value, codec, explicit)
+                if path or tag & 0x10000:
+                    log.append(LogEntry(tpath, entry[3], entry[4], OP_CODE[op]))
+                else:  # top level, public tag: the entry is the plan's, the log line the same every time
+                    lkey = (tag, op)
+                    line = logs.get(lkey)
+                    if line is None:
+                        line = logs[lkey] = LogEntry(tpath, entry[3], entry[4], OP_CODE[op])
+                    log.append(line)
+                out.append(encoded)
                 continue
             raw = mv[el[3]:el[4]]
             action = OP_CODE[op]
