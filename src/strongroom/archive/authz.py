@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, event, select
+from sqlalchemy import Connection, Select, bindparam, event, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from ..audit import service as audit
@@ -74,12 +74,21 @@ def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
     found = cache.get(key)
     if found is None:
         # a token bound to one project (a workspace's) reads through it only
-        rows = session.execute(_memberships_statement(principal.project_id is not None),
-                               {"user_id": key[0], "project_id": key[1]})
+        rows = _core(session).execute(_memberships_statement(principal.project_id is not None),
+                                      {"user_id": key[0], "project_id": key[1]})
         found = frozenset(project_id for project_id, rights, delegated in rows
                           if "read-data" in (rights or []) or "read-data" in (delegated or []))
         cache[key] = found
     return set(found)
+
+
+def _core(session: Session) -> Connection:
+    """The session's connection, for the read check's plain row queries: they skip the ORM's execution layer
+    (no entity is loaded), but see the session's pending changes exactly as ``session.execute`` would —
+    autoflush first."""
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+    return session.connection()
 
 
 # The statements of the read check, built once per process (``catalog.page_cache._revision_statement``'s
@@ -156,7 +165,7 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
     if f.project_id in readable:
         return ReadGrant("owner", f.project_id)
     if readable:
-        share = session.execute(_share_statement(), {"file_id": f.id, "projects": list(readable)}).first()
+        share = _core(session).execute(_share_statement(), {"file_id": f.id, "projects": list(readable)}).first()
         if share is not None:
             return ReadGrant("share", share[0], dataset_id=share[1])
     for provider in GRANT_PROVIDERS:
