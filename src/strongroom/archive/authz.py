@@ -94,7 +94,7 @@ def _core(session: Session) -> Connection:
 # The statements of the read check, built once per process (``catalog.page_cache._revision_statement``'s
 # pattern): constructing them cost more CPU than running them, and the check runs on every data request.
 @cache
-def _memberships_statement(bound: bool) -> Select[tuple[uuid.UUID, Any, Any]]:
+def _memberships_statement(bound: bool) -> Select[uuid.UUID, list[str], list[str]]:
     """The caller's memberships with their roles' rights (``bound``: only the token's own project)."""
     stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights)
             .outerjoin(Role, Role.name == Membership.role).where(Membership.user_id == bindparam("user_id")))
@@ -102,7 +102,7 @@ def _memberships_statement(bound: bool) -> Select[tuple[uuid.UUID, Any, Any]]:
 
 
 @cache
-def _share_statement() -> Select[tuple[uuid.UUID, str]]:
+def _share_statement() -> Select[uuid.UUID, str]:
     """A released (or deprecated) version of a dataset holding the file, shared into one of the projects."""
     return (select(DatasetShare.project_id, DatasetShare.dataset_id)
             .join(DatasetVersion, DatasetVersion.dataset_id == DatasetShare.dataset_id)

@@ -512,7 +512,7 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_
 
 
 @cache
-def _token_statement() -> Select[tuple[ApiToken, User]]:
+def _token_statement() -> Select[ApiToken, User]:
     """The token by its prefix with its user, in one query (a user that is gone comes back as None). Built once
     per process: it is asked on every API request."""
     return (select(ApiToken, User).outerjoin(User, User.id == ApiToken.user_id)
