@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import Connection, Select, bindparam, event, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from ..audit import service as audit
@@ -72,14 +73,44 @@ def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
     cache: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = session.info.setdefault(_READABLE, {})
     found = cache.get(key)
     if found is None:
-        stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights)
-                .outerjoin(Role, Role.name == Membership.role).where(Membership.user_id == principal.user.id))
-        if principal.project_id is not None:  # a token bound to one project (a workspace's) reads through it only
-            stmt = stmt.where(Membership.project_id == principal.project_id)
-        found = frozenset(project_id for project_id, rights, delegated in session.execute(stmt)
+        # a token bound to one project (a workspace's) reads through it only
+        rows = _core(session).execute(_memberships_statement(principal.project_id is not None),
+                                      {"user_id": key[0], "project_id": key[1]})
+        found = frozenset(project_id for project_id, rights, delegated in rows
                           if "read-data" in (rights or []) or "read-data" in (delegated or []))
         cache[key] = found
     return set(found)
+
+
+def _core(session: Session) -> Connection:
+    """The session's connection, for the read check's plain row queries: they skip the ORM's execution layer
+    (no entity is loaded), but see the session's pending changes exactly as ``session.execute`` would —
+    autoflush first."""
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()
+    return session.connection()
+
+
+# The statements of the read check, built once per process (``catalog.page_cache._revision_statement``'s
+# pattern): constructing them cost more CPU than running them, and the check runs on every data request.
+@cache
+def _memberships_statement(bound: bool) -> Select[uuid.UUID, list[str], list[str]]:
+    """The caller's memberships with their roles' rights (``bound``: only the token's own project)."""
+    stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights)
+            .outerjoin(Role, Role.name == Membership.role).where(Membership.user_id == bindparam("user_id")))
+    return stmt.where(Membership.project_id == bindparam("project_id")) if bound else stmt
+
+
+@cache
+def _share_statement() -> Select[uuid.UUID, str]:
+    """A released (or deprecated) version of a dataset holding the file, shared into one of the projects."""
+    return (select(DatasetShare.project_id, DatasetShare.dataset_id)
+            .join(DatasetVersion, DatasetVersion.dataset_id == DatasetShare.dataset_id)
+            .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
+            .where(DatasetFile.file_id == bindparam("file_id"),
+                   DatasetShare.project_id.in_(bindparam("projects", expanding=True)),
+                   DatasetVersion.state.in_(("released", "deprecated")))
+            .limit(1))
 
 
 @dataclass(frozen=True)
@@ -134,13 +165,7 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
     if f.project_id in readable:
         return ReadGrant("owner", f.project_id)
     if readable:
-        share = session.execute(
-            select(DatasetShare.project_id, DatasetShare.dataset_id)
-            .join(DatasetVersion, DatasetVersion.dataset_id == DatasetShare.dataset_id)
-            .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
-            .where(DatasetFile.file_id == f.id, DatasetShare.project_id.in_(readable),
-                   DatasetVersion.state.in_(("released", "deprecated")))
-            .limit(1)).first()
+        share = _core(session).execute(_share_statement(), {"file_id": f.id, "projects": list(readable)}).first()
         if share is not None:
             return ReadGrant("share", share[0], dataset_id=share[1])
     for provider in GRANT_PROVIDERS:
