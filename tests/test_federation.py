@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import partial
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -35,6 +37,10 @@ from support.beacon_schema import validate
 from support.live import free_port, serving
 
 HELLO = f"{service.PEER_PATH}/hello"
+
+# The CI machine is shared: registering a peer (which fetches the other hub's keys) can take longer than
+# httpx's 5 s default there. A hung hub still fails the test, after a minute.
+http = SimpleNamespace(**{verb: partial(getattr(httpx, verb), timeout=60) for verb in ("get", "post", "put", "delete")})
 
 
 @pytest.fixture
@@ -75,7 +81,7 @@ def pair(app, hub, settings, sqlite_template, tmp_path) -> Iterator[Pair]:
 
 
 def identity_of(url: str) -> dict:
-    r = httpx.get(f"{url}/api/v1/federation/hub", timeout=30)
+    r = http.get(f"{url}/api/v1/federation/hub", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -92,10 +98,10 @@ def register_each_other(p: Pair, people) -> str:
     me_b = identity_of(p.url_b)
     body = {"name": "hub-b", **{k: me_b[k] for k in ("base_url", "signing_key", "archive_key", "visa_issuer",
                                                      "jwks_url")}}
-    r = httpx.post(f"{p.url_a}/api/v1/federation/peers", json=body, headers=bearer(token))
+    r = http.post(f"{p.url_a}/api/v1/federation/peers", json=body, headers=bearer(token))
     assert r.status_code == 201, r.text
     assert r.json()["key_id"] == me_b["key_id"] and r.json()["outbound"] and r.json()["inbound"]
-    assert httpx.post(f"{p.url_a}/api/v1/federation/peers", json=body, headers=bearer(token)).status_code == 409
+    assert http.post(f"{p.url_a}/api/v1/federation/peers", json=body, headers=bearer(token)).status_code == 409
     # B's operator on B's host (the command line's actor)
     me_a = identity_of(p.url_a)
     with transaction(p.b.sessions) as s:
@@ -108,14 +114,14 @@ def register_each_other(p: Pair, people) -> str:
 def test_peers_need_an_operator_and_valid_keys(pair, people):
     token = register_each_other(pair, people)
     pia_id = token_owner(pair.a, token)
-    listed = httpx.get(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token)).json()
+    listed = http.get(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token)).json()
     assert [p["name"] for p in listed] == ["hub-b"]
     rita = people("rita")  # not an operator: the registry does not exist for her
-    r = httpx.get(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token_for(pair.a, rita)))
+    r = http.get(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token_for(pair.a, rita)))
     assert r.status_code == 404
     bad = {"name": "hub-x", "base_url": "http://127.0.0.1:9", "signing_key": "not a key",
            "archive_key": identity_of(pair.url_b)["archive_key"]}
-    r = httpx.post(f"{pair.url_a}/api/v1/federation/peers", json=bad, headers=bearer(token))
+    r = http.post(f"{pair.url_a}/api/v1/federation/peers", json=bad, headers=bearer(token))
     assert r.status_code == 422 and "signing_key" in r.text
     registered = events(pair.a, "federation.peer.")
     assert [e.action for e in registered] == ["federation.peer.registered"]
@@ -135,17 +141,17 @@ def test_signed_requests_accepted_others_refused_and_all_audited(pair, people):
     assert r.status_code == 200, r.text
     assert r.json() == {"hub": pair.url_b, "peer": "hub-a", "verified": True}
 
-    assert httpx.get(pair.url_b + HELLO).status_code == 401  # unsigned
+    assert http.get(pair.url_b + HELLO).status_code == 401  # unsigned
     signed = service.hub_key(pair.a.settings).sign("GET", HELLO)
-    tampered = httpx.get(f"{pair.url_b}{service.PEER_PATH}/catalog.ttl", headers=signed)  # another path
+    tampered = http.get(f"{pair.url_b}{service.PEER_PATH}/catalog.ttl", headers=signed)  # another path
     assert tampered.status_code == 401 and "does not verify" in tampered.json()["detail"]
-    with_query = httpx.get(pair.url_b + HELLO + "?x=1", headers=signed)  # a query the signature does not cover
+    with_query = http.get(pair.url_b + HELLO + "?x=1", headers=signed)  # a query the signature does not cover
     assert with_query.status_code == 401
     stranger = signing.HubKey(Ed25519PrivateKey.generate())
-    r = httpx.get(pair.url_b + HELLO, headers=stranger.sign("GET", HELLO))
+    r = http.get(pair.url_b + HELLO, headers=stranger.sign("GET", HELLO))
     assert r.status_code == 401 and "not a registered peer" in r.json()["detail"]
     old = service.hub_key(pair.a.settings).sign("GET", HELLO, now=1_000_000_000)
-    assert httpx.get(pair.url_b + HELLO, headers=old).status_code == 401  # replayed long after
+    assert http.get(pair.url_b + HELLO, headers=old).status_code == 401  # replayed long after
 
     received = [(e.outcome, e.actor, e.details.get("reason", "")) for e in events(pair.b, "federation.exchange.")]
     assert received[0] == ("ok", "peer:hub-a", "")
@@ -215,7 +221,7 @@ def test_every_signed_route_refuses_a_replayed_request(pair, people):
     sig = key.private.sign(signing._base("GET", HELLO, "", date, digest, params))
     old = {"Date": date, "Content-Digest": digest, "Signature-Input": f"sr={params}",
            "Signature": f"sr=:{base64.b64encode(sig).decode()}:"}
-    r = httpx.get(pair.url_b + HELLO, headers=old)
+    r = http.get(pair.url_b + HELLO, headers=old)
     assert r.status_code == 401 and "no nonce" in r.json()["detail"]
     # the seen nonces are forgotten once their signatures are too old anyway (the periodic job)
     with transaction(pair.b.sessions) as s:
@@ -254,7 +260,7 @@ def test_federated_search_over_both_hubs(pair, people):
     sent = [(e.target, e.outcome) for e in events(pair.a, "federation.exchange.sent")]
     assert sent == [("peer:hub-b", "ok"), ("peer:hub-c", "failed")] * 2
     # B's beacon, asked directly, is valid Beacon v2 too
-    validate(httpx.get(f"{pair.url_b}/ga4gh/beacon/v2/imaging_studies").json(), "beaconBooleanResponse")
+    validate(http.get(f"{pair.url_b}/ga4gh/beacon/v2/imaging_studies").json(), "beaconBooleanResponse")
 
 
 def test_harvesting_shows_the_peers_published_entries_as_remote(pair, people):
@@ -264,7 +270,7 @@ def test_harvesting_shows_the_peers_published_entries_as_remote(pair, people):
     with pair.a.sessions() as s:
         (entry,) = s.scalars(select(RemoteEntry))
         assert entry.title == "Breast pathology slides" and entry.landing_url == f"{pair.url_b}/catalog/slides"
-    page = httpx.get(f"{pair.url_a}/catalog")
+    page = http.get(f"{pair.url_a}/catalog")
     assert page.status_code == 200
     local, remote = page.text.split('id="remote-entries"')
     assert '1 dataset</p>' in local.replace("\n", "") or "1 dataset" in local  # only A's own is counted
@@ -273,14 +279,14 @@ def test_harvesting_shows_the_peers_published_entries_as_remote(pair, people):
     assert f'href="{pair.url_b}/catalog/slides"' in remote and "Secret knee" not in page.text
     assert "at hub-b" in remote
     # searching the catalogue searches the remote entries too; B withdrawing its entry removes it at the next harvest
-    assert "Breast pathology slides" in httpx.get(f"{pair.url_a}/catalog", params={"q": "breast"}).text
-    assert "Breast pathology slides" not in httpx.get(f"{pair.url_a}/catalog", params={"q": "knee"}).text
+    assert "Breast pathology slides" in http.get(f"{pair.url_a}/catalog", params={"q": "breast"}).text
+    assert "Breast pathology slides" not in http.get(f"{pair.url_a}/catalog", params={"q": "knee"}).text
     from strongroom.catalog.models import CatalogEntry
 
     with transaction(pair.b.sessions) as s:
         s.scalar(select(CatalogEntry).where(CatalogEntry.slug == "slides")).published = False
     assert service.harvest(pair.a, lambda: transaction(pair.a.sessions)) == {"hub-b": {"entries": 0, "removed": 1}}
-    assert 'id="remote-entries"' not in httpx.get(f"{pair.url_a}/catalog").text
+    assert 'id="remote-entries"' not in http.get(f"{pair.url_a}/catalog").text
     assert [e.details["what"] for e in events(pair.b, "federation.exchange.received")] == ["catalog", "catalog"]
 
 
@@ -308,7 +314,7 @@ def test_operators_pair_hubs_on_the_command_line(pair, people, tmp_path):
     assert refused.returncode == 1 and "HTTP 401" in refused.stdout
     token = token_for(pair.a, people("pia", admin=True), scopes=["admin"])
     me_b = identity_of(pair.url_b)
-    r = httpx.post(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token), json={
+    r = http.post(f"{pair.url_a}/api/v1/federation/peers", headers=bearer(token), json={
         "name": "hub-b", **{k: me_b[k] for k in ("base_url", "signing_key", "archive_key")}})
     assert r.status_code == 201, r.text
     said = run_cli(pair.b.settings, "hello", "hub-a")
