@@ -6,7 +6,17 @@ The default corpus puts a real GE CT header (pydicom's CT_small, with its 180 pr
 strongroom's synthetic header (~90 elements), where file I/O dominates every tool.
 
     python benchmarks/bench_deid.py [--files 2000] [--rounds 5] [--corpus ge|minimal] [--no-orthanc]
-                                    [--baseline-src DIR]
+                                    [--no-tmpfs] [--baseline-src DIR]
+
+Scaling (issue 16: "~linear on 2 processes"): every round also runs, through one harness (a fork pool of 1 and
+of N workers, warmed, chunks of 4 items handed out as workers free up, each run writing into a new directory),
+the engine and a raw copy on disk and on tmpfs (/dev/shm, input copied there; --no-tmpfs skips it), and two
+kinds of pure CPU work that touch no file and share nothing: a Python loop (~0.5 ms an item, about one
+de-identification's CPU time) and SHA-256 of a 0.5 MB in-memory buffer. Their N / 1 ratio in the same round is
+the machine's own ceiling at that moment (2 shared vCPUs), printed beside the engine's ratio. Per item, each
+worker reports what it spent (user and system CPU, page faults, voluntary and involuntary context switches):
+equal CPU per item with 1 and N workers and no voluntary switches means the processes do not contend for a
+lock; a low CPU share per worker means the machine did not give them the CPUs.
 
 ``--baseline-src DIR`` adds an older engine (e.g. ``git archive <commit> src | tar -x -C /tmp/old``, then
 ``--baseline-src /tmp/old/src``) in the same interleaved rounds, 1 and 2 processes: it and this engine each
@@ -29,12 +39,16 @@ the corpus lives in a fresh /tmp directory, removed at the end unless --keep.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import hashlib
 import http.client
 import io
 import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -145,6 +159,7 @@ _WORKER: dict[str, object] = {}
 
 def _init_worker() -> None:
     _WORKER["pseudo"] = Pseudonymizer(SECRET)
+    _WORKER["buffer"] = random.Random(os.getpid()).randbytes(_HASH_BYTES)
 
 
 def _ours_one(args: tuple[Path, Path]) -> int:
@@ -164,6 +179,43 @@ def run_copy(paths: list[Path], out: Path) -> None:
         _copy_one((path, out / path.name))
 
 
+# The machine's own scaling, measured with the same pool, split and item count as the file tools: pure CPU work
+# that touches no file and shares nothing between the processes. What 2 processes of *this* reach over 1 in the
+# same round is the ceiling of any N-process ratio on this machine at that moment (2 shared vCPUs: another
+# session's work takes them away from both alike).
+_LOOP_N = 12_000  # ~0.5 ms of Python bytecode per item, about one de-identification's CPU time
+_HASH_BYTES = 512 * 1024  # one CT's worth of bytes, in memory
+
+
+def _cpu_loop_one(args: tuple[Path, Path]) -> int:
+    del args
+    total = 0
+    for i in range(_LOOP_N):
+        total += i * i
+    return 1 if total else 0
+
+
+def _cpu_hash_one(args: tuple[Path, Path]) -> int:
+    del args
+    hashlib.sha256(_WORKER["buffer"]).digest()  # type: ignore[arg-type]
+    return 1
+
+
+def _measured(args: tuple[str, Path, Path]) -> tuple[int, float, float, float, int, int, int]:
+    """One item in a pool worker, with what it cost this process: (pid, wall, user, sys, minor faults,
+    voluntary and involuntary context switches)."""
+    name, src, dst = args
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    SCALING_FNS[name]((src, dst))
+    t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    return (os.getpid(), t1 - t0, r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt,
+            r1.ru_nvcsw - r0.ru_nvcsw, r1.ru_nivcsw - r0.ru_nivcsw)
+
+
+SCALING_FNS: dict[str, Callable[[tuple[Path, Path]], int]] = {
+    "strongroom": _ours_one, "raw copy": _copy_one, "CPU loop": _cpu_loop_one, "CPU sha256": _cpu_hash_one}
+
+
 def run_parallel(paths: list[Path], out: Path, processes: int, fn: Callable[[tuple[Path, Path]], int] = _ours_one
                  ) -> float:
     with mp.get_context("fork").Pool(processes, initializer=_init_worker) as pool:
@@ -173,6 +225,45 @@ def run_parallel(paths: list[Path], out: Path, processes: int, fn: Callable[[tup
         elapsed = time.perf_counter() - start
     assert done == len(paths)
     return elapsed
+
+
+class PoolRun:
+    """One timed run of ``processes`` pool workers over ``paths``: the same harness for 1 and N processes (a
+    fork pool, warmed, chunks of ``_CHUNK`` items handed out as workers free up, so the split stays balanced),
+    and what each worker spent."""
+
+    def __init__(self, name: str, paths: list[Path], out: Path, processes: int) -> None:
+        gc.collect()
+        gc.freeze()  # the forked workers' collections do not copy the parent's heap page by page
+        try:
+            with mp.get_context("fork").Pool(processes, initializer=_init_worker) as pool:
+                warm = [(name, paths[i % len(paths)], out / f"warm-{i}.dcm") for i in range(4 * processes)]
+                pool.map(_measured, warm, chunksize=1)  # every worker started, imported and warm
+                for i in range(4 * processes):
+                    with contextlib.suppress(FileNotFoundError):
+                        (out / f"warm-{i}.dcm").unlink()
+                start = time.perf_counter()
+                items = list(pool.imap_unordered(_measured, [(name, p, out / p.name) for p in paths], chunksize=_CHUNK))
+                self.elapsed = time.perf_counter() - start
+        finally:
+            gc.unfreeze()
+        assert len(items) == len(paths)
+        self.rate = len(paths) / self.elapsed
+        per_pid: dict[int, list[tuple[int, float, float, float, int, int, int]]] = {}
+        for item in items:
+            per_pid.setdefault(item[0], []).append(item)
+        self.files_per_worker = sorted((len(v) for v in per_pid.values()), reverse=True)
+        n = len(items)
+        self.user_ms = sum(i[2] for i in items) / n * 1e3
+        self.sys_ms = sum(i[3] for i in items) / n * 1e3
+        self.minflt = sum(i[4] for i in items) / n
+        self.nvcsw = sum(i[5] for i in items) / n
+        self.nivcsw = sum(i[6] for i in items) / n
+        # each worker's CPU time over the run's wall time: 1.0 = it had a CPU all along
+        self.cpu_share = [sum(i[2] + i[3] for i in v) / self.elapsed for v in per_pid.values()]
+
+
+_CHUNK = 4
 
 
 def timed(fn: Callable[[list[Path], Path], None], paths: list[Path], out: Path, repeat: int) -> float:
@@ -324,6 +415,10 @@ def _orthanc_version(binary: str) -> str:
 # ----------------------------------------------------------------------------------------------- main
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=2000)
@@ -334,6 +429,7 @@ def main() -> int:
                         help="fraction of each round's slice given to dicognito (it is slow)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--no-orthanc", action="store_true")
+    parser.add_argument("--no-tmpfs", action="store_true", help="do not measure the scaling on /dev/shm")
     parser.add_argument("--corpus", choices=sorted(MAKERS), default="ge",
                         help="ge: pydicom's CT_small GE header with 180 private elements (default; the header of the "
                              "reference figures); minimal: strongroom's synthetic header (~90 elements)")
@@ -346,6 +442,7 @@ def main() -> int:
         return serve()
 
     work = Path(tempfile.mkdtemp(prefix="bench-deid-"))
+    cleanup: list[Path] = []
     orthanc = Orthanc(work / "orthanc")
     helpers: dict[str, Baseline] = {}
     try:
@@ -378,8 +475,23 @@ def main() -> int:
                              "anonymized file returned over loopback HTTP")
             else:
                 notes.append(f"Orthanc skipped: {reason}")
-        parallel_tools = {f"strongroom, {args.processes} processes": _ours_one,
-                          f"raw file copy, {args.processes} processes": _copy_one}
+        # the N-process scaling: every kind through the same pool harness with 1 and with N workers
+        places = {"disk": (work / "in", work)}
+        shm = Path("/dev/shm")
+        if not args.no_tmpfs and shm.is_dir() and os.access(shm, os.W_OK):
+            shm_dir = Path(tempfile.mkdtemp(prefix="bench-deid-", dir=shm))
+            cleanup.append(shm_dir)
+            (shm_dir / "in").mkdir()
+            for path in paths:
+                shutil.copyfile(path, shm_dir / "in" / path.name)
+            places["tmpfs"] = (shm_dir / "in", shm_dir)
+        else:
+            notes.append("tmpfs (/dev/shm) not used")
+        scaling_kinds = [(tool, place) for tool in ("strongroom", "raw copy") for place in places]
+        scaling_kinds += [("CPU loop", "memory"), ("CPU sha256", "memory")]
+        scaling: dict[tuple[str, str, int], list[PoolRun]] = {
+            (tool, place, n): [] for tool, place in scaling_kinds for n in (1, args.processes)}
+        run_no = 0
         base_par = f"baseline strongroom, {args.processes} processes"
         helpers: dict[str, Baseline] = {}
         if args.baseline_src:
@@ -394,7 +506,7 @@ def main() -> int:
                          "process, same rounds")
 
         per_round: dict[str, list[float]] = {
-            name: [] for name in [*tools, *parallel_tools, *([base_par] if args.baseline_src else [])]}
+            name: [] for name in [*tools, *([base_par] if args.baseline_src else [])]}
         slice_len = len(paths) // args.rounds
         out = work / "out"
         for r in range(args.rounds):
@@ -409,16 +521,26 @@ def main() -> int:
                     per_round[name].append(len(files) / helpers[name].parallel(files, out, 1))  # timed there
                 else:
                     per_round[name].append(len(files) / timed(fn, files, out, 1))
-            for name, one in parallel_tools.items():
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                per_round[name].append(len(chunk) / run_parallel(chunk, out, args.processes, one))
+            kinds = scaling_kinds[r % len(scaling_kinds):] + scaling_kinds[:r % len(scaling_kinds)]
+            for tool, place in kinds:
+                indir, base = places.get(place, (work / "in", work))
+                files = [indir / p.name for p in chunk]
+                for n in (1, args.processes) if r % 2 == 0 else (args.processes, 1):
+                    run_no += 1
+                    target = base / f"scaling-{run_no}"  # a new directory: no run writes over another's files
+                    target.mkdir()
+                    scaling[(tool, place, n)].append(PoolRun(tool, files, target, n))
+                    shutil.rmtree(target)
             if args.baseline_src:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 per_round[base_par].append(len(chunk) / baseline.parallel(chunk, out, args.processes))
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
-                f"{name.split(' (')[0].split(',')[0]} {v[-1]:.0f}" for name, v in per_round.items()), flush=True)
+                f"{name.split(' (')[0].split(',')[0]} {v[-1]:.0f}" for name, v in per_round.items())
+                + "; scaling " + ", ".join(
+                    f"{tool} {place} {last[args.processes].rate / last[1].rate:.2f}" for tool, place in scaling_kinds
+                    if (last := {k: scaling[(tool, place, k)][-1] for k in (1, args.processes)}))
+                + f" (load {_load()})", flush=True)
 
         sample = paths[:: max(1, len(paths) // 5)]
         shutil.rmtree(out, ignore_errors=True)
@@ -445,13 +567,24 @@ def main() -> int:
         if "Orthanc anonymize (C++, REST)" in per_round:
             print(f"    ours / Orthanc            : {ratio(ours_name, 'Orthanc anonymize (C++, REST)'):5.2f}"
                   "   (target >= 1)")
-        par = f"strongroom, {args.processes} processes"
-        copy_par = f"raw file copy, {args.processes} processes"
         print(f"    ours / raw file copy      : {ratio(ours_name, 'raw file copy'):5.2f}   (the I/O ceiling)")
         print(f"    de-identify+verify / ours : {ratio('strongroom de-identify + verify', ours_name):5.2f}"
               "   (the pipeline per file: what the verification costs)")
-        print(f"    {args.processes} processes / 1        : {ratio(par, ours_name):5.2f}   (ideal {args.processes}; "
-              f"a raw file copy scales {ratio(copy_par, 'raw file copy'):.2f} here)")
+        n = args.processes
+
+        def scale(tool: str, place: str) -> float:
+            return statistics.median(b.rate / a.rate for a, b in zip(
+                scaling[(tool, place, 1)], scaling[(tool, place, n)], strict=True))
+
+        ceiling = scale("CPU loop", "memory")
+        deid = {place: scale("strongroom", place) for place in places}
+        tmpfs = (f"; on tmpfs: ours {deid['tmpfs']:.2f}, a raw copy {scale('raw copy', 'tmpfs'):.2f}"
+                 if "tmpfs" in deid else "")
+        print(f"    {n} processes / 1        : {deid['disk']:5.2f}   (ideal {n}; the machine's ceiling in the same "
+              f"rounds, pure CPU: {ceiling:.2f} (Python loop), {scale('CPU sha256', 'memory'):.2f} (SHA-256 in "
+              f"memory); a raw file copy {scale('raw copy', 'disk'):.2f}{tmpfs})")
+        print(f"    {n} processes / 1, ours / the machine's pure-CPU ceiling: {deid['disk'] / ceiling:.2f} (disk)"
+              + (f", {deid['tmpfs'] / ceiling:.2f} (tmpfs)" if "tmpfs" in deid else ""))
         if args.baseline_src:
             ours_h, base = "strongroom (helper process)", "baseline strongroom"
             vs_dicognito = ratio(base, "dicognito") if "dicognito" in per_round else float("nan")
@@ -459,6 +592,27 @@ def main() -> int:
             print(f"    ours / baseline           : {ratio(ours_h, base):5.2f}   (both in helper processes; "
                   f"/ dicognito: ours {vs_dicognito_h:.2f}, baseline {vs_dicognito:.2f}; "
                   f"baseline {args.processes} processes / 1: {ratio(base_par, 'baseline strongroom'):.2f})")
+        print(f"\n  scaling, {n} processes / 1: the same fork pool with 1 and {n} workers, chunks of {_CHUNK} files "
+              "handed out as workers free up; per item, what its worker spent (getrusage); medians over the rounds")
+        print(f"    {'kind':<22} {'ratio':>5}  {'items/s 1 -> ' + str(n):>16}  {'CPU ms/item 1 -> ' + str(n):>18}  "
+              f"{'sys ms':>11}  {'faults':>11}  {'vol. cs':>11}  {'invol. cs':>11}  {n}-worker CPU share   "
+              "items/worker")
+        for tool, place in scaling_kinds:
+            one, many = scaling[(tool, place, 1)], scaling[(tool, place, n)]
+
+            def med(runs: list[PoolRun], attr: str) -> float:
+                return statistics.median(getattr(run, attr) for run in runs)
+
+            cpu1, cpun = (med(one, "user_ms") + med(one, "sys_ms")), (med(many, "user_ms") + med(many, "sys_ms"))
+            shares = [statistics.median(run.cpu_share[i] for run in many if len(run.cpu_share) > i) for i in range(n)]
+            split = statistics.median(max(run.files_per_worker) / len(chunk) for run in many)
+            print(f"    {tool + ', ' + place:<22} {scale(tool, place):5.2f}  {med(one, 'rate'):7.0f} -> "
+                  f"{med(many, 'rate'):6.0f}  {cpu1:8.3f} -> {cpun:6.3f}  {med(one, 'sys_ms'):4.2f} -> "
+                  f"{med(many, 'sys_ms'):4.2f}  {med(one, 'minflt'):4.1f} -> {med(many, 'minflt'):4.1f}  "
+                  f"{med(one, 'nvcsw'):4.2f} -> {med(many, 'nvcsw'):4.2f}  "
+                  f"{med(one, 'nivcsw'):4.2f} -> {med(many, 'nivcsw'):4.2f}  "
+                  f"{' / '.join(f'{x:.2f}' for x in shares):>17}   busiest {split:.0%}")
+        print(f"  load average at the end: {_load()}")
         for note in notes:
             print(f"  note: {note}")
         return 0
@@ -466,6 +620,8 @@ def main() -> int:
         orthanc.stop()
         for helper in helpers.values():
             helper.stop()
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
         if args.keep:
             print(f"kept {work}")
         else:
