@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from strongroom.audit.models import AuditEvent
 from strongroom.db import transaction
@@ -34,8 +35,28 @@ def _worker_env(settings, name: str) -> dict[str, str]:
 
 
 def _start_worker(settings, name: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "strongroom.cli", "worker", "--name", name],
-                            env=_worker_env(settings, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its log goes to a file: a pipe nobody reads would block the worker once full, and a worker blocked so
+    # cannot stop when asked
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    log = (settings.var_dir / f"worker-{name}.log").open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "strongroom.cli", "worker", "--name", name],
+                                env=_worker_env(settings, name), stdout=subprocess.DEVNULL, stderr=log)
+    finally:
+        log.close()
+
+
+def _stop(worker: subprocess.Popen | None) -> None:
+    """SIGTERM (the worker finishes its job), SIGKILL if it has not exited in time: no worker of this test may
+    outlive it, since on PostgreSQL the next test of this process uses the same schema."""
+    if worker is None or worker.poll() is not None:
+        return
+    worker.terminate()
+    try:
+        worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(30)
 
 
 def _wait(predicate, timeout: float = 30.0):
@@ -71,9 +92,7 @@ def test_killed_worker_job_is_taken_over_and_done_once(hub, settings):
         assert len(marks) == 1
     finally:
         for p in (a, b):
-            if p and p.poll() is None:
-                p.terminate()
-                p.wait(10)
+            _stop(p)
 
 
 def test_two_workers_share_a_queue_without_double_claims(hub, settings):
@@ -90,8 +109,7 @@ def test_two_workers_share_a_queue_without_double_claims(hub, settings):
         assert {j.locked_by for j in jobs} <= {"w0", "w1"}
     finally:
         for p in workers:
-            p.terminate()
-            p.wait(10)
+            _stop(p)
 
 
 def test_dedup_key_enqueues_once(hub):
@@ -117,23 +135,68 @@ def test_failing_job_retries_with_backoff_then_fails(hub, settings):
     assert j.status == "failed" and j.attempts == 2
 
 
+# A fixed time picks the periods, so that no test depends on where the clock falls: with the clock, a minute
+# boundary between two calls gave a second `federation.notices` job (the only one-minute period). T is a multiple
+# of 3600, and T + 60 crosses no period boundary but the minute's.
+T = 1_800_000_000
+BUILTIN_PERIODIC = ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
+                    "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift",
+                    "federation.harvest", "federation.nonces", "federation.notices", "fees.snapshot",
+                    "identity.purge_expired", "jobs.prune", "notify.digest",
+                    "retention.clock", "retention.review", "stats.prune", "workspaces.booking_end",
+                    "workspaces.idle"]
+
+
+def _kinds(hub) -> list[str]:
+    with hub.sessions() as s:
+        return sorted(j.kind for j in s.scalars(select(Job)))
+
+
 def test_builtin_periodic_jobs_run(hub):
     runner = Runner(hub, lease_seconds=5, name="inline")
-    runner.schedule_periodic()
-    runner.schedule_periodic()  # the same period: nothing new
-    with hub.sessions() as s:
-        kinds = sorted(j.kind for j in s.scalars(select(Job)))
-    assert kinds == ["access.entitlements", "airlock.expire", "airlock.sweep", "archive.cleanup_storage",
-                     "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift",
-                     "federation.harvest", "federation.nonces", "federation.notices", "fees.snapshot",
-                     "identity.purge_expired", "jobs.prune", "notify.digest",
-                     "retention.clock", "retention.review", "stats.prune", "workspaces.booking_end",
-                     "workspaces.idle"]
+    added = runner.schedule_periodic(now=T)
+    assert len(added) == len(BUILTIN_PERIODIC)  # every one by this call: no other scheduler on this database
+    assert runner.schedule_periodic(now=T) == []  # the same period: nothing new
+    assert runner.schedule_periodic(now=T + 60) == []  # the next minute: federation.notices is still queued
+    assert runner.schedule_periodic(now=T + 86_400) == []  # a day later: every kind still has its run queued
+    assert _kinds(hub) == BUILTIN_PERIODIC
     assert runner.run_until_idle() == 20
+    with hub.sessions() as s:
+        assert {(j.status, j.locked_by) for j in s.scalars(select(Job))} == {("done", "inline")}
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
     with hub.sessions() as s:
         verified = s.scalar(select(AuditEvent).where(AuditEvent.action == "audit.verified"))
         assert verified is not None and verified.outcome == "ok"
+    assert runner.schedule_periodic(now=T) == []  # the period's runs are done: not again
+    again = runner.schedule_periodic(now=T + 60)  # the next minute, its run done: the next one
+    with hub.sessions() as s:
+        assert [s.get(Job, i).kind for i in again] == ["federation.notices"]
+
+
+def test_periodic_jobs_are_not_pending_twice_across_a_period_boundary(hub):
+    """Two runners scheduling at once on either side of a minute: the second waits for the first's transaction
+    and then finds every kind pending; one federation.notices job, not two."""
+    first, second = Runner(hub, name="first"), Runner(hub, name="second")
+    runs = [(k.name, f"{k.name}@{T // k.every_seconds}", k.max_attempts)
+            for k in first.kinds.values() if k.every_seconds]
+    result: list[list[int]] = []
+    with transaction(hub.sessions) as s:
+        assert len(service.enqueue_periodic(s, runs)) == len(BUILTIN_PERIODIC)  # holds the lock until commit
+        thread = threading.Thread(target=lambda: result.append(second.schedule_periodic(now=T + 60)))
+        thread.start()
+        if hub.settings.effective_database_url.startswith("postgresql"):
+            _wait(lambda: _advisory_waiters(hub) == 1)  # the second runner waits for this transaction's lock
+    thread.join(60)
+    assert not thread.is_alive() and result == [[]]
+    assert _kinds(hub) == BUILTIN_PERIODIC
+
+
+def _advisory_waiters(hub) -> int:
+    with hub.sessions() as s:
+        return int(s.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :class"
+            " AND objid::bigint = (hashtext(current_schema())::bigint & 4294967295)"),
+            {"class": service.PERIODIC_LOCK_CLASS}))
 
 
 def test_finished_jobs_are_pruned_after_their_retention(hub):

@@ -33,16 +33,15 @@ class Runner:
         self.stop_event = threading.Event()
 
     # -- one step ------------------------------------------------------------------------------
-    def schedule_periodic(self) -> None:
-        """Enqueue the current period's run of each periodic job; the dedup key makes this
-        safe for any number of runners doing it at once."""
-        now = int(time.time())
+    def schedule_periodic(self, now: float | None = None) -> list[int]:
+        """Enqueue the current period's run of each periodic job (``now``: the time that picks the period,
+        default the clock), except a kind whose earlier run is still queued or running; safe for any number
+        of runners doing it at once (``service.enqueue_periodic``). Returns the ids of the jobs added."""
+        when = int(time.time() if now is None else now)
+        runs = [(kind.name, f"{kind.name}@{when // kind.every_seconds}", kind.max_attempts)
+                for kind in self.kinds.values() if kind.every_seconds]
         with transaction(self.sessions, deferred=True) as session:  # usually finds every job queued
-            for kind in self.kinds.values():
-                if kind.every_seconds:
-                    bucket = now // kind.every_seconds
-                    service.enqueue(session, kind.name, {}, dedup_key=f"{kind.name}@{bucket}",
-                                    max_attempts=kind.max_attempts)
+            return [job.id for job in service.enqueue_periodic(session, runs)]
 
     def run_one(self) -> bool:
         """Claim and run one job. Returns False when there was nothing to do."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,6 +45,39 @@ def enqueue(
     except IntegrityError:  # a concurrent producer won the race for the same key
         return session.scalars(select(Job).where(Job.dedup_key == dedup_key)).one()
     return job
+
+
+PENDING = ("queued", "running")
+# PostgreSQL: the transaction advisory lock (this class, the schema's hash) that serialises the runners' periodic
+# scheduling; hubs in other schemas of the same database do not wait for it
+PERIODIC_LOCK_CLASS = 0x5352
+
+
+def enqueue_periodic(session: Session, runs: list[tuple[str, str, int]]) -> list[Job]:
+    """Enqueue each periodic kind's run of the current period — ``runs`` holds (kind, the period's dedup key,
+    max attempts) — unless that period's run exists already *or an earlier run of the kind is still queued or
+    running*: a periodic job is never pending twice. Without the second rule, two schedulers on either side
+    of a period boundary, or a run still waiting (or still working) when its period ends, put a second job of
+    the same kind behind the first. Returns the jobs added.
+
+    The usual call adds nothing and is answered by two reads without a lock. To add, it takes a lock that
+    serialises the schedulers (PostgreSQL: a transaction advisory lock; SQLite: the write lock) and reads
+    again, so two runners never both see a kind as missing."""
+
+    def missing() -> list[tuple[str, str, int]]:
+        kinds, keys = [run[0] for run in runs], [run[1] for run in runs]
+        pending = set(session.scalars(select(Job.kind).where(Job.kind.in_(kinds), Job.status.in_(PENDING))))
+        present = set(session.scalars(select(Job.dedup_key).where(Job.dedup_key.in_(keys))))
+        return [run for run in runs if run[0] not in pending and run[1] not in present]
+
+    if not runs or not missing():
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:class, hashtext(current_schema()))"),
+                        {"class": PERIODIC_LOCK_CLASS})
+    else:
+        session.execute(select(Job.id).limit(1).with_for_update())  # SQLite: takes the database's write lock
+    return [enqueue(session, kind, {}, dedup_key=key, max_attempts=attempts) for kind, key, attempts in missing()]
 
 
 def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]) -> Job | None:
