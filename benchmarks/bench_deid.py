@@ -261,6 +261,7 @@ class PoolRun:
         self.nivcsw = sum(i[6] for i in items) / n
         # each worker's CPU time over the run's wall time: 1.0 = it had a CPU all along
         self.cpu_share = [sum(i[2] + i[3] for i in v) / self.elapsed for v in per_pid.values()]
+        self.total_share = sum(self.cpu_share)
 
 
 _CHUNK = 4
@@ -595,7 +596,7 @@ def main() -> int:
         print(f"\n  scaling, {n} processes / 1: the same fork pool with 1 and {n} workers, chunks of {_CHUNK} files "
               "handed out as workers free up; per item, what its worker spent (getrusage); medians over the rounds")
         print(f"    {'kind':<22} {'ratio':>5}  {'items/s 1 -> ' + str(n):>16}  {'CPU ms/item 1 -> ' + str(n):>18}  "
-              f"{'sys ms':>11}  {'faults':>11}  {'vol. cs':>11}  {'invol. cs':>11}  {n}-worker CPU share   "
+              f"{'sys ms':>11}  {'faults':>11}  {'vol. cs':>11}  {'invol. cs':>11}  CPU share 1 -> {n} workers  "
               "items/worker")
         for tool, place in scaling_kinds:
             one, many = scaling[(tool, place, 1)], scaling[(tool, place, n)]
@@ -604,6 +605,7 @@ def main() -> int:
                 return statistics.median(getattr(run, attr) for run in runs)
 
             cpu1, cpun = (med(one, "user_ms") + med(one, "sys_ms")), (med(many, "user_ms") + med(many, "sys_ms"))
+            share1 = med(one, "total_share")
             shares = [statistics.median(run.cpu_share[i] for run in many if len(run.cpu_share) > i) for i in range(n)]
             split = statistics.median(max(run.files_per_worker) / len(chunk) for run in many)
             print(f"    {tool + ', ' + place:<22} {scale(tool, place):5.2f}  {med(one, 'rate'):7.0f} -> "
@@ -611,7 +613,7 @@ def main() -> int:
                   f"{med(many, 'sys_ms'):4.2f}  {med(one, 'minflt'):4.1f} -> {med(many, 'minflt'):4.1f}  "
                   f"{med(one, 'nvcsw'):4.2f} -> {med(many, 'nvcsw'):4.2f}  "
                   f"{med(one, 'nivcsw'):4.2f} -> {med(many, 'nivcsw'):4.2f}  "
-                  f"{' / '.join(f'{x:.2f}' for x in shares):>17}   busiest {split:.0%}")
+                  f"{share1:4.2f} -> {' + '.join(f'{x:.2f}' for x in shares):>11}   busiest {split:.0%}")
         print(f"  load average at the end: {_load()}")
         for note in notes:
             print(f"  note: {note}")
