@@ -27,6 +27,7 @@ def main() -> int:
     print(f"{'figure':58s} {'before':>9s} {'after':>9s} {'target':>9s}  unit")
     for r in records:
         items = [(label, r[key]) for label, key in (("before (issue 16)", "before"), ("after (final code)", "after"),
+                                                    ("ceiling (same run)", "ceiling"),
                                                     ("target", "target")) if r.get(key) is not None]
         svg = bars(r["id"], f"{r['figure']} ({r['unit']})", items, unit=r["unit"])
         (OUT / f"{r['id']}.svg").write_text(svg + "\n")
