@@ -155,7 +155,7 @@ def _kinds(hub) -> list[str]:
 def test_builtin_periodic_jobs_run(hub):
     runner = Runner(hub, lease_seconds=5, name="inline")
     added = runner.schedule_periodic(now=T)
-    assert len(added) == len(BUILTIN_PERIODIC)  # every one by this call: no other scheduler on this database
+    assert len(added) == len(BUILTIN_PERIODIC), _kinds(hub)  # all by this call: no other scheduler here
     assert runner.schedule_periodic(now=T) == []  # the same period: nothing new
     assert runner.schedule_periodic(now=T + 60) == []  # the next minute: federation.notices is still queued
     assert runner.schedule_periodic(now=T + 86_400) == []  # a day later: every kind still has its run queued
