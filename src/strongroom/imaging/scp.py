@@ -53,7 +53,7 @@ from ..hub import Hub
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
 from ..projects.settings import DicomSender
-from . import keystore, pipeline, service
+from . import keystore, pipeline, reactor, service
 from .deid import DeidError
 from .destination import DESTINATION_SERVICES, DestinationRef
 from .models import ImportBatch
@@ -218,6 +218,7 @@ class DicomService:
         self.fsyncer = ThreadPoolExecutor(32, thread_name_prefix="dicom-fsync")
         self.dispatcher = threading.Thread(target=self._dispatch_loop, name="dicom-dispatcher", daemon=True)
         self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
+        reactor.install()  # pynetdicom's reactors wake on work instead of polling every millisecond
         # pynetdicom streams each received data set into a temporary file: keep those in the spool
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool / "incoming")
