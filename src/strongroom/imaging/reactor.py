@@ -23,6 +23,7 @@ checks that the pinned pynetdicom still has the internals it wraps and otherwise
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -66,10 +67,8 @@ class EventDrivenDUL(DULServiceProvider):
         self.state_machine.do_action = do_action  # type: ignore[method-assign]
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed (the reactor ended)
             os.write(self._wake_w, b"\0")
-        except OSError:  # the pipe is full (a wake-up is pending anyway) or closed (the reactor ended)
-            pass
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -85,10 +84,8 @@ class EventDrivenDUL(DULServiceProvider):
         finally:
             self.reactor_wake.set()
             for fd in (self._wake_r, self._wake_w):
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
     def wait_for_work(self, seconds: float) -> None:
         """What the reactor's idle sleep becomes: return when the peer sent something, a primitive was
@@ -104,10 +101,8 @@ class EventDrivenDUL(DULServiceProvider):
         except (OSError, ValueError):  # closed under us: the reactor finds out on its next pass
             return
         if self._wake_r in ready:
-            try:
+            with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
-            except OSError:
-                pass
 
 
 _association_reactor = Association._run_reactor.__code__
@@ -162,7 +157,8 @@ def install() -> None:
     wrapped = (all(hasattr(DULServiceProvider, name) for name in ("run_reactor", "send_pdu", "kill_dul"))
                and hasattr(Association, "_run_reactor") and hasattr(pynetdicom_transport.AssociationSocket, "recv")
                and getattr(pynetdicom_association, "DULServiceProvider", None) is DULServiceProvider
-               and getattr(pynetdicom_association, "time", None) is time and getattr(pynetdicom_dul, "time", None) is time)
+               and getattr(pynetdicom_association, "time", None) is time
+               and getattr(pynetdicom_dul, "time", None) is time)
     if not wrapped:
         log.warning("dicom.reactor_not_installed", reason="pynetdicom's internals differ from the pinned version")
         return
