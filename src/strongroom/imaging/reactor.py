@@ -94,10 +94,11 @@ class EventDrivenDUL(DULServiceProvider):
         if not self.assoc.is_acceptor or sock is None or sock.fileno() < 0:
             time.sleep(seconds)
             return
-        if getattr(sock, "pending", None) is not None and sock.pending():  # TLS: bytes already decrypted
+        pending = getattr(sock, "pending", None)
+        if pending is not None and pending():  # TLS: bytes already decrypted, invisible to select()
             return
         try:
-            ready, _, _ = select.select([sock, self._wake_r], [], [], IDLE_POLL_SECONDS)
+            ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [], IDLE_POLL_SECONDS)
         except (OSError, ValueError):  # closed under us: the reactor finds out on its next pass
             return
         if self._wake_r in ready:
@@ -164,7 +165,7 @@ def install() -> None:
         return
     pynetdicom_association.DULServiceProvider = EventDrivenDUL  # type: ignore[misc]
     clock = _Clock("time")
-    pynetdicom_association.time = clock  # type: ignore[attr-defined]
-    pynetdicom_dul.time = clock  # type: ignore[attr-defined]
+    pynetdicom_association.time = clock
+    pynetdicom_dul.time = clock
     pynetdicom_transport.AssociationSocket.recv = _recv_exactly  # type: ignore[method-assign]
     _installed = True
