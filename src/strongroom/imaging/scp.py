@@ -53,7 +53,7 @@ from ..hub import Hub
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
 from ..projects.settings import DicomSender
-from . import keystore, pipeline, service
+from . import keystore, pipeline, reactor, service
 from .deid import DeidError
 from .destination import DESTINATION_SERVICES, DestinationRef
 from .models import ImportBatch
@@ -206,6 +206,7 @@ class DicomService:
         self.seal_key = keystore.keystore_key(hub.settings)
         self.pool_size = workers or self.cfg.workers or os.cpu_count() or 1
         self.pool = self._new_pool()
+        self.archive_pool = self._new_archive_pool()  # the archiver's database work, out of this process's GIL
         self.destinations: dict[uuid.UUID, _Destination] = {}
         self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()  # acknowledged, in order
         self.ready: queue.Queue[_Item | _Close | None] = queue.Queue()  # the same, verification under way
@@ -218,6 +219,7 @@ class DicomService:
         self.fsyncer = ThreadPoolExecutor(32, thread_name_prefix="dicom-fsync")
         self.dispatcher = threading.Thread(target=self._dispatch_loop, name="dicom-dispatcher", daemon=True)
         self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
+        reactor.install()  # pynetdicom's reactors wake on work instead of polling every millisecond
         # pynetdicom streams each received data set into a temporary file: keep those in the spool
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool / "incoming")
@@ -250,6 +252,7 @@ class DicomService:
         if self.dispatcher.is_alive():
             self.dispatcher.join(timeout=60)  # it waits for the archiver
         stop_pool(self.pool)
+        stop_pool(self.archive_pool)
         self.fsyncer.shutdown(wait=False)
 
 
@@ -542,6 +545,22 @@ class DicomService:
         return ProcessPoolExecutor(self.pool_size, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
                                    initargs=(os.getpid(), POOL_NICENESS))
 
+    def _new_archive_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_archive_worker_init,
+                                   initargs=(os.getpid(), self.hub.settings))
+
+    def _archive_elsewhere(self, ctx: service.ImportContext, processed: list[service.Processed]) -> list[str]:
+        """``service.archive_processed`` in the archive worker: the rows' ORM work (a quarter of this
+        process's GIL time when it ran here) no longer delays the threads acknowledging senders. Only the
+        archiver thread calls this (the worker dies with the thread that started it)."""
+        try:
+            return self.archive_pool.submit(_archive_in_worker, ctx, processed).result()
+        except BrokenProcessPool:  # killed or out of memory: a new worker, and the group is tried again
+            log.error("dicom.archive_worker_replaced")
+            stop_pool(self.archive_pool, grace_seconds=0)
+            self.archive_pool = self._new_archive_pool()
+            raise
+
     def _dispatch_loop(self) -> None:
         """Start each object's verification as soon as it is acknowledged, so that the pool keeps working
         while the archiver waits for a group or commits the previous one. Only this long-lived thread
@@ -568,6 +587,7 @@ class DicomService:
                                 self._target(item))
 
     def _archive_loop(self) -> None:
+        self.archive_pool.submit(os.getpid)  # start the archive worker now, from this thread (see above)
         while True:
             first = self.ready.get()
             if first is None:
@@ -619,7 +639,7 @@ class DicomService:
                 (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary, sealed=sealed)))
         for project_id, pairs in by_project.items():
             ctx = pairs[0][0].dest.ctx
-            outcomes = service.archive_processed(self.hub, self.storage, ctx, [p for _, p in pairs])
+            outcomes = self._archive_elsewhere(ctx, [p for _, p in pairs])
             for outcome in outcomes:
                 ARCHIVED.labels(pairs[0][0].dest.slug or str(project_id), outcome).inc()
             for item, _ in pairs:
@@ -658,6 +678,21 @@ class DicomService:
                 continue
             if version:
                 log.info("dicom.published", project=dest.slug if dest else str(project_id), version=version)
+
+
+_archive_hub: Hub | None = None
+
+
+def _archive_worker_init(parent_pid: int, settings: Any) -> None:
+    """The archive worker: dies with the destination's process, has its own connections."""
+    global _archive_hub
+    pipeline.worker_init(parent_pid)
+    _archive_hub = Hub.from_settings(settings)
+
+
+def _archive_in_worker(ctx: service.ImportContext, processed: list[service.Processed]) -> list[str]:
+    assert _archive_hub is not None
+    return service.archive_processed(_archive_hub, storage_for(_archive_hub), ctx, processed)
 
 
 def _fsync_path(path: Path) -> None:

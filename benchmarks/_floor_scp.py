@@ -1,0 +1,70 @@
+"""The floor of any Python DICOM receiver built on pynetdicom, for bench_receive.py: a bare Storage SCP with
+Strongroom's network settings (128 KiB max PDU, objects streamed to a spool file, TCP_NODELAY, the
+event-driven reactors of ``strongroom.imaging.reactor``) that does nothing else with an object, or only
+fsyncs it and its directory (concurrently) before the success status (``--fsync``): no de-identification, no summary, no
+database, no verification.
+
+    python benchmarks/_floor_scp.py PORT SPOOL_DIR [--fsync]
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from strongroom.imaging import reactor
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    port, spool, fsync = int(sys.argv[1]), Path(sys.argv[2]), "--fsync" in sys.argv[3:]
+    spool.mkdir(parents=True, exist_ok=True)
+    reactor.install()
+    sys.setswitchinterval(0.001)  # as `strongroom dicom serve`
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(spool)
+    dir_fd = os.open(spool, os.O_RDONLY)
+    syncer = ThreadPoolExecutor(2)
+    count = 0
+
+    def on_store(event: Any) -> int:
+        nonlocal count
+        target = spool / f"{count}.dcm"
+        count += 1
+        os.replace(event.dataset_path, target)
+        if fsync:  # the file and the directory naming it, concurrently, as Strongroom's spool does
+            for done in [syncer.submit(_fsync_file, target), syncer.submit(os.fsync, dir_fd)]:
+                done.result()
+        target.unlink()  # the rounds reuse the directory: keep it small (after the status would be fairer; no matter)
+        return 0
+
+    def on_connect(event: Any) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    ae = AE(ae_title="FLOOR")
+    ae.maximum_pdu_size = 128 * 1024
+    for cx in AllStoragePresentationContexts:
+        if cx.abstract_syntax is not None:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification)
+    ae.start_server(("127.0.0.1", port), block=True,
+                    evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_connect)])
+
+
+if __name__ == "__main__":
+    main()
