@@ -141,3 +141,28 @@ for n in range(3):
     assert [(e.action, e.target, e.details["n"]) for e in landed] == [
         ("imaging.association.rejected", f"dicom:AE{n}", n) for n in range(3)]
     assert chain_ok(hub)
+
+
+def test_an_sftp_upload_interrupted_during_an_outage_is_audited_once_the_database_is_back(pg: PgInstance,
+                                                                                          tmp_path: Path) -> None:
+    """The connection of an SFTP upload drops while the database is away: its `interrupted` event (who, which
+    project, how much was stored) waits in the outbox instead of being lost."""
+    from strongroom.sftp.service import Writing
+
+    hub = make_hub(pg, tmp_path / "var")
+    before = len(events(hub))
+    bob, project = Actor(uuid.uuid4(), "bob", "10.0.0.9"), uuid.uuid4()
+    writing = Writing(hub, uuid.uuid4(), "10.0.0.9", "SRF-interrupted", b"", b"", received=8 << 20, parts=1,
+                      actor=bob, project_id=project)
+    pg.stop()
+    try:
+        writing.release(interrupted=True)
+        assert [e["action"] for e in outbox_lines(hub)] == ["sftp.upload.interrupted"]
+    finally:
+        pg.start()
+    wait_until(lambda: not outbox.outbox_path(hub).stat().st_size, timeout=120, step=0.1)
+    (landed,) = events(hub)[before:]
+    assert (landed.action, landed.actor_id, landed.project_id, landed.target) == (
+        "sftp.upload.interrupted", bob.id, project, "file:SRF-interrupted")
+    assert landed.details["stored"] == 8 << 20 and landed.ip == "10.0.0.9"
+    assert chain_ok(hub)

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncssh
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..archive import c4gh
@@ -27,6 +28,7 @@ from ..archive.backend import storage_for
 from ..archive.downloads import record_end
 from ..archive.keys import hub_keys
 from ..archive.models import FAILED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..audit import outbox
 from ..audit import service as audit
 from ..db import transaction, utcnow
 from ..errors import Conflict, DomainError, Forbidden, Invalid, NotFound
@@ -403,6 +405,9 @@ class Writing:
     failed: str | None = None
 
     in_flight: int = 0  # plaintext bytes of a part being stored by the server meanwhile (see server.write)
+    # who writes, into which project: kept so that an interruption during a database outage is still audited
+    actor: audit.Actor | None = None
+    project_id: uuid.UUID | None = None
 
     @property
     def size(self) -> int:
@@ -501,17 +506,28 @@ class Writing:
         self.buffer = bytearray()
         try:
             if interrupted and not self.failed:
-                with transaction(self.hub.sessions) as session:
-                    f = session.get(ArchiveFile, self.file_id)
-                    if f is not None and f.state == "receiving":
-                        principal = key_principal(session, self.key_id, self.ip)
-                        audit.record(session, principal.actor, "sftp.upload.interrupted", project_id=f.project_id,
-                                     target=f"file:{self.file_id}", details={"stored": self.received})
+                self._record_interruption()
         finally:
             with _BUSY_LOCK:
                 _BUSY.discard(self.file_id)
         for hook in HANDLE_RELEASED:
             hook(self.file_id, interrupted)
+
+
+    def _record_interruption(self) -> None:
+        details = {"stored": self.received}
+        try:
+            with transaction(self.hub.sessions) as session:
+                f = session.get(ArchiveFile, self.file_id)
+                if f is not None and f.state == "receiving":
+                    principal = key_principal(session, self.key_id, self.ip)
+                    audit.record(session, principal.actor, "sftp.upload.interrupted", project_id=f.project_id,
+                                 target=f"file:{self.file_id}", details=details)
+        except DBAPIError:  # the database does not answer: nothing could have completed the upload meanwhile
+            if self.actor is None:
+                raise
+            outbox.record_after(self.hub, self.actor, "sftp.upload.interrupted", project_id=self.project_id,
+                                target=f"file:{self.file_id}", details=details)
 
 
 def open_write(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where, *, truncate: bool) -> Writing:
@@ -557,7 +573,7 @@ def open_write(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where, 
             audit.record(session, principal.actor, "sftp.upload.resumed", project_id=resume.project_id,
                          target=f"file:{resume.file_id}", details={"path": resume.path, "at": resume.received})
             return Writing(hub, key_id, ip, resume.file_id, resume.header, opened.session_keys[0], resume.received,
-                           resume.parts)
+                           resume.parts, actor=principal.actor, project_id=resume.project_id)
     with transaction(hub.sessions) as session:
         principal = key_principal(session, key_id, ip)
         access = _project(session, principal, where.slug)
@@ -570,7 +586,8 @@ def open_write(hub: Hub, key_id: uuid.UUID, ip: str | None, where: paths.Where, 
                                path=where.rest, header=header))
         with _BUSY_LOCK:
             _BUSY.add(f.id)
-        return Writing(hub, key_id, ip, f.id, header, session_key, 0, 0)
+        return Writing(hub, key_id, ip, f.id, header, session_key, 0, 0, actor=principal.actor,
+                       project_id=access.project.id)
 
 
 def rename(hub: Hub, key_id: uuid.UUID, ip: str | None, old: paths.Where, new: paths.Where) -> None:
