@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import contextvars
 import datetime as dt
+import gc
 import json
 import os
 import statistics
@@ -70,16 +71,35 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
     configure(settings.log_level, settings.log_json)
     application = create_app(settings, run_jobs=False)
     current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("bench", default=None)
-    samples: dict[str, list[float]] = {"token": [], "authz": [], "decision": [], "decision_cpu": [], "handler": []}
+    samples: dict[str, list[float]] = {"token": [], "authz": [], "decision": [], "decision_cpu": [], "handler": [],
+                                       "decision_gc": [], "gc_pause": []}
+    gc_started = threading.local()
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # the cyclic collector runs in the thread whose allocation triggered it: its pause is charged to the
+        # decision (wall and thread CPU) when it lands inside one
+        if phase == "start":
+            gc_started.at = time.perf_counter()
+            return
+        pause = time.perf_counter() - getattr(gc_started, "at", time.perf_counter())
+        samples["gc_pause"].append(pause)
+        acc = current.get()
+        if acc is not None and acc.get("inside"):
+            acc["gc"] = acc.get("gc", 0.0) + pause
+
+    gc.callbacks.append(on_gc)
 
     def probe(name: str, fn):  # type: ignore[no-untyped-def]
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
             start, cpu = time.perf_counter(), time.thread_time()
+            acc = current.get()
+            if acc is not None:
+                acc["inside"] = 1.0
             try:
                 return fn(*args, **kwargs)
             finally:
-                acc = current.get()
                 if acc is not None:
+                    acc["inside"] = 0.0
                     acc[name] = acc.get(name, 0.0) + time.perf_counter() - start
                     acc["cpu"] = acc.get("cpu", 0.0) + time.thread_time() - cpu
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
@@ -124,6 +144,7 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
                 samples["authz"].append(acc.get("authz", 0.0))
                 samples["decision"].append(acc.get("token", 0.0) + acc.get("authz", 0.0))
                 samples["decision_cpu"].append(acc.get("cpu", 0.0))
+                samples["decision_gc"].append(acc.get("gc", 0.0))
 
     uvicorn.run(app, host="127.0.0.1", port=int(port), access_log=False, log_config=None, proxy_headers=False)
 
@@ -297,6 +318,16 @@ def main() -> None:
             print(line("server    token check (authenticate_token)", s_["token"]))
             print(line("server    read check (authorize_read)", s_["authz"]))
             print(line("server  whole request in the app", s_["handler"]))
+            gcd = s_.get("decision_gc", [])
+            if gcd:
+                with_gc = sum(1 for v in gcd if v > 0)
+                order = sorted(range(len(gcd)), key=lambda i: s_["decision_cpu"][i])
+                tail = order[int(len(order) * 0.99):]
+                print(f"server  decisions with a GC pause inside: {with_gc}/{len(gcd)}; of the slowest 1 % by CPU: "
+                      f"{sum(1 for i in tail if gcd[i] > 0)}/{len(tail)}")
+                print(line("server  decision CPU minus its GC pauses",
+                           [c - g for c, g in zip(s_["decision_cpu"], gcd, strict=True)]))
+                print(line("server  GC pauses (all, in this cell)", s_["gc_pause"]))
         h = statistics.median(server[(name, "healthz")]["handler"]) * 1000
         print(f"server  /healthz whole request median {h:.2f} ms")
         for kind in ("owner", "share"):
