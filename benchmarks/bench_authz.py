@@ -24,7 +24,10 @@ Server side the two functions are timed by wrappers this script installs in the 
 requests in flight, or for a database lock, counts) and the CPU time of that thread (``time.thread_time``: the
 decision's own work). The per-request sum of both functions is "decision". Client side: 16 threads with a
 keep-alive httpx client each, every request timed. Baseline in the same run: ``GET /healthz`` (no token, no
-database) under the same 16 clients. Rounds rotate the order of servers and requests; the figures are over all
+database) under the same 16 clients, and the *ceiling*: right after each read check, in the same worker thread,
+0.3 ms of pure-Python CPU work (no I/O, no lock) timed by the wall clock — what a decision that short costs
+under the same load, whatever it does. The cyclic collector's pauses are recorded (``gc.callbacks``) and those
+landing inside a decision counted. Rounds rotate the order of servers and requests; the figures are over all
 rounds. Not a test.
 """
 
@@ -58,6 +61,7 @@ from _support import (
 )
 
 TIMINGS_PATH = "/__bench/authz-timings"
+CEILING_CPU = 0.0003  # seconds of CPU of the ceiling probe: about the cached decision's own CPU time (p50)
 
 
 # -- server process: the app with probes around the two functions ------------------------------------------
@@ -72,7 +76,7 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
     application = create_app(settings, run_jobs=False)
     current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("bench", default=None)
     samples: dict[str, list[float]] = {"token": [], "authz": [], "decision": [], "decision_cpu": [], "handler": [],
-                                       "decision_gc": [], "gc_pause": []}
+                                       "decision_gc": [], "gc_pause": [], "ceiling": []}
     gc_started = threading.local()
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
@@ -89,6 +93,15 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
 
     gc.callbacks.append(on_gc)
 
+    def ceiling(acc: dict[str, float]) -> None:
+        """The same thread, right after the decision: CEILING_CPU seconds of pure-Python CPU work (no I/O, no lock),
+        timed by the wall clock — what any decision that short costs under the same load (the GIL held by the other
+        requests in flight, a loaded CPU)."""
+        start, cpu, spins = time.perf_counter(), time.thread_time(), 0
+        while time.thread_time() - cpu < CEILING_CPU:
+            spins += 1
+        acc["ceiling"] = time.perf_counter() - start
+
     def probe(name: str, fn):  # type: ignore[no-untyped-def]
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
             start, cpu = time.perf_counter(), time.thread_time()
@@ -102,6 +115,8 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
                     acc["inside"] = 0.0
                     acc[name] = acc.get(name, 0.0) + time.perf_counter() - start
                     acc["cpu"] = acc.get("cpu", 0.0) + time.thread_time() - cpu
+                    if name == "authz":
+                        ceiling(acc)
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
         return timed
 
@@ -145,6 +160,8 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
                 samples["decision"].append(acc.get("token", 0.0) + acc.get("authz", 0.0))
                 samples["decision_cpu"].append(acc.get("cpu", 0.0))
                 samples["decision_gc"].append(acc.get("gc", 0.0))
+                if "ceiling" in acc:
+                    samples["ceiling"].append(acc["ceiling"])
 
     uvicorn.run(app, host="127.0.0.1", port=int(port), access_log=False, log_config=None, proxy_headers=False)
 
@@ -318,6 +335,8 @@ def main() -> None:
             print(line("server    token check (authenticate_token)", s_["token"]))
             print(line("server    read check (authorize_read)", s_["authz"]))
             print(line("server  whole request in the app", s_["handler"]))
+            if s_.get("ceiling"):
+                print(line(f"server  ceiling: {CEILING_CPU * 1000:.1f} ms of pure-Python CPU, wall", s_["ceiling"]))
             gcd = s_.get("decision_gc", [])
             if gcd:
                 with_gc = sum(1 for v in gcd if v > 0)
