@@ -542,8 +542,10 @@ def _from_decision_cache(session: Session, prefix: str, secret: str, ip: str | N
     recorded = state.windows.get(prefix)
     if recorded is None or recorded < start:
         actor = Actor(entry.user_id, user.label, ip)
-        state.windows[prefix] = _record_use_in_window(session, entry.token_id, prefix, entry.user_id, recorded,
-                                                      actor, now, window_seconds)[0]
+        window, moved = _record_use_in_window(session, entry.token_id, prefix, entry.user_id, recorded, actor, now,
+                                              window_seconds)
+        if not moved:  # recorded and committed (by another request); our own write is known once committed
+            state.windows[prefix] = window
     return _token_principal(user, entry.scopes, entry.created_at, prefix, ip)
 
 
