@@ -264,3 +264,30 @@ def test_a_lost_listener_means_no_cache_until_it_is_back(world, hub, client, tmp
     assert _read(client, world).status_code == 401
     world["token"] = token_for(hub, world["bob"])
     _warm(hub, client, world)  # and the cache is used again
+
+
+def test_a_cached_tokens_first_use_in_a_window_is_recorded_even_after_a_rollback(world, hub, client, monkeypatch):
+    """The next window's first use, decided from the cache, is rolled back with its transaction: the following use
+    records it (the cache remembers a window only once its record is committed)."""
+    from strongroom.audit.models import AuditEvent
+
+    def used() -> int:
+        with hub.sessions() as s:
+            return len(list(s.scalars(select(AuditEvent).where(AuditEvent.action == "token.used",
+                                                               AuditEvent.target == f"token:{prefix}"))))
+
+    prefix = world["token"].split("_")[1]
+    _warm(hub, client, world)
+    before = used()
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=hub.settings.security.token_use_window_seconds)
+    monkeypatch.setattr(identity, "utcnow", lambda: later)
+    with hub.sessions() as s:
+        identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")
+        s.rollback()
+    assert used() == before
+    with transaction(hub.sessions) as s:
+        identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")
+    assert used() == before + 1
+    with transaction(hub.sessions) as s:  # recorded: the rest of the window writes nothing
+        identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")
+    assert used() == before + 1
