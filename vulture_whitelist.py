@@ -145,3 +145,4 @@ mirror_notice, peer_visa_issuers, mirror_aliases
 received_at, synced_at  # federation/models.py: when a body arrived / a mirror was last pushed, for operators
 dataset_push_link  # federation/web.py: archive.web.DATASET_VIEWERS entry (registered by name in includeme)
 active_key  # federation/models.py: set and cleared in Python, read by the database's unique constraint
+reconnect  # generation.py: a lost listener connects again now (tests/test_decision_cache.py; operators)

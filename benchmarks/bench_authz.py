@@ -24,7 +24,10 @@ Server side the two functions are timed by wrappers this script installs in the 
 requests in flight, or for a database lock, counts) and the CPU time of that thread (``time.thread_time``: the
 decision's own work). The per-request sum of both functions is "decision". Client side: 16 threads with a
 keep-alive httpx client each, every request timed. Baseline in the same run: ``GET /healthz`` (no token, no
-database) under the same 16 clients. Rounds rotate the order of servers and requests; the figures are over all
+database) under the same 16 clients, and the *ceiling*: right after each read check, in the same worker thread,
+0.3 ms of pure-Python CPU work (no I/O, no lock) timed by the wall clock — what a decision that short costs
+under the same load, whatever it does. The cyclic collector's pauses are recorded (``gc.callbacks``) and those
+landing inside a decision counted. Rounds rotate the order of servers and requests; the figures are over all
 rounds. Not a test.
 """
 
@@ -34,6 +37,7 @@ import argparse
 import contextlib
 import contextvars
 import datetime as dt
+import gc
 import json
 import os
 import statistics
@@ -57,6 +61,7 @@ from _support import (
 )
 
 TIMINGS_PATH = "/__bench/authz-timings"
+CEILING_CPU = 0.0003  # seconds of CPU of the ceiling probe: about the cached decision's own CPU time (p50)
 
 
 # -- server process: the app with probes around the two functions ------------------------------------------
@@ -70,18 +75,48 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
     configure(settings.log_level, settings.log_json)
     application = create_app(settings, run_jobs=False)
     current: contextvars.ContextVar[dict[str, float] | None] = contextvars.ContextVar("bench", default=None)
-    samples: dict[str, list[float]] = {"token": [], "authz": [], "decision": [], "decision_cpu": [], "handler": []}
+    samples: dict[str, list[float]] = {"token": [], "authz": [], "decision": [], "decision_cpu": [], "handler": [],
+                                       "decision_gc": [], "gc_pause": [], "ceiling": []}
+    gc_started = threading.local()
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        # the cyclic collector runs in the thread whose allocation triggered it: its pause is charged to the
+        # decision (wall and thread CPU) when it lands inside one
+        if phase == "start":
+            gc_started.at = time.perf_counter()
+            return
+        pause = time.perf_counter() - getattr(gc_started, "at", time.perf_counter())
+        samples["gc_pause"].append(pause)
+        acc = current.get()
+        if acc is not None and acc.get("inside"):
+            acc["gc"] = acc.get("gc", 0.0) + pause
+
+    gc.callbacks.append(on_gc)
+
+    def ceiling(acc: dict[str, float]) -> None:
+        """The same thread, right after the decision: CEILING_CPU seconds of pure-Python CPU work (no I/O, no lock),
+        timed by the wall clock — what any decision that short costs under the same load (the GIL held by the other
+        requests in flight, a loaded CPU)."""
+        start, cpu, spins = time.perf_counter(), time.thread_time(), 0
+        while time.thread_time() - cpu < CEILING_CPU:
+            spins += 1
+        acc["ceiling"] = time.perf_counter() - start
 
     def probe(name: str, fn):  # type: ignore[no-untyped-def]
         def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
             start, cpu = time.perf_counter(), time.thread_time()
+            acc = current.get()
+            if acc is not None:
+                acc["inside"] = 1.0
             try:
                 return fn(*args, **kwargs)
             finally:
-                acc = current.get()
                 if acc is not None:
+                    acc["inside"] = 0.0
                     acc[name] = acc.get(name, 0.0) + time.perf_counter() - start
                     acc["cpu"] = acc.get("cpu", 0.0) + time.thread_time() - cpu
+                    if name == "authz":
+                        ceiling(acc)
         timed.__wrapped__ = fn  # type: ignore[attr-defined]
         return timed
 
@@ -124,6 +159,9 @@ def _serve(var_dir: str, port: str, secret: str) -> None:
                 samples["authz"].append(acc.get("authz", 0.0))
                 samples["decision"].append(acc.get("token", 0.0) + acc.get("authz", 0.0))
                 samples["decision_cpu"].append(acc.get("cpu", 0.0))
+                samples["decision_gc"].append(acc.get("gc", 0.0))
+                if "ceiling" in acc:
+                    samples["ceiling"].append(acc["ceiling"])
 
     uvicorn.run(app, host="127.0.0.1", port=int(port), access_log=False, log_config=None, proxy_headers=False)
 
@@ -297,6 +335,18 @@ def main() -> None:
             print(line("server    token check (authenticate_token)", s_["token"]))
             print(line("server    read check (authorize_read)", s_["authz"]))
             print(line("server  whole request in the app", s_["handler"]))
+            if s_.get("ceiling"):
+                print(line(f"server  ceiling: {CEILING_CPU * 1000:.1f} ms of pure-Python CPU, wall", s_["ceiling"]))
+            gcd = s_.get("decision_gc", [])
+            if gcd:
+                with_gc = sum(1 for v in gcd if v > 0)
+                order = sorted(range(len(gcd)), key=lambda i: s_["decision_cpu"][i])
+                tail = order[int(len(order) * 0.99):]
+                print(f"server  decisions with a GC pause inside: {with_gc}/{len(gcd)}; of the slowest 1 % by CPU: "
+                      f"{sum(1 for i in tail if gcd[i] > 0)}/{len(tail)}")
+                print(line("server  decision CPU minus its GC pauses",
+                           [c - g for c, g in zip(s_["decision_cpu"], gcd, strict=True)]))
+                print(line("server  GC pauses (all, in this cell)", s_["gc_pause"]))
         h = statistics.median(server[(name, "healthz")]["handler"]) * 1000
         print(f"server  /healthz whole request median {h:.2f} ms")
         for kind in ("owner", "share"):

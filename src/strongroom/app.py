@@ -3,6 +3,7 @@ declare (`capabilities.py`)."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import re
 import time
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, openapi
+from . import __version__, decision_cache, openapi
 from .archive.storage.errors import StorageUnavailable
 from .config import Settings, get_settings
 from .db import is_busy
@@ -224,6 +225,21 @@ def _allowed_methods(app: FastAPI, scope: Scope) -> str:
     return ", ".join(sorted(methods))
 
 
+_FROZEN = False
+
+
+def _freeze_startup_objects() -> None:
+    """Once per process, when the first app has started: everything built so far (modules, routes, mappers, the
+    hub) lives as long as the process, so it is moved out of the cyclic collector's reach (``gc.freeze``) and a
+    collection a request triggers does not walk it again. Once only: a process that builds many apps (the tests)
+    does not keep each one's garbage."""
+    global _FROZEN
+    if not _FROZEN:
+        _FROZEN = True
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access.visas_api import PassportMiddleware
     from .capabilities import registry
@@ -250,6 +266,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
                             poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules)
             runner.start_thread()
         app.state.runner = runner
+        _freeze_startup_objects()
         yield
         if runner is not None:
             runner.stop()
@@ -258,6 +275,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.hub = hub
     app.state.runner = None
+    if settings.security.decision_cache:
+        decision_cache.enable(hub.sessions.kw["bind"])
 
     registry().install_routers(app)  # every capability's routers, in capabilities.CAPABILITIES order
     _add_api_docs(app)

@@ -60,6 +60,10 @@ class SecuritySettings(BaseModel):
     # "every" = on every request. Refused uses, revocation and expiry are checked and audited every time.
     token_use_audit: Literal["window", "every"] = "window"
     token_use_window_seconds: int = Field(60, ge=1, le=86_400)
+    # The web server's cache of token -> user -> readable projects across requests (docs/security.md, "The
+    # decision cache"): dropped by every committed change to tokens, users, memberships, roles or projects in any
+    # process. Off: every request reads them from the database.
+    decision_cache: bool = True
     # None = decided from base_url: secure cookies everywhere except plain-http loopback development.
     cookie_secure: bool | None = None
     max_body_bytes: int = 1_048_576

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam, event, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from .. import decision_cache
 from ..audit import service as audit
 from ..errors import Conflict, Forbidden, MfaRequired, NotFound
 from ..identity.principal import Principal
@@ -66,19 +67,25 @@ event.listen(Session, "do_orm_execute", _forget_on_bulk_write)
 
 def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
     """Projects whose data the caller may read (member with read-data). One query (memberships with their
-    roles' rights), remembered for the rest of the transaction (see ``_READABLE``)."""
+    roles' rights), remembered for the rest of the transaction (see ``_READABLE``) and, in a web process, in its
+    decision cache until a membership, role, project, user or token changes anywhere (``decision_cache``)."""
     if not principal.has_mfa:
         return set()
     key = (principal.user.id, principal.project_id)
+    if session.autoflush and (session.new or session.dirty or session.deleted):
+        session.flush()  # a pending membership or role change drops the cached rights first (``_READABLE``)
     cache: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = session.info.setdefault(_READABLE, {})
     found = cache.get(key)
+    if found is None:
+        found = decision_cache.cached_readable(session, key)  # the process's, across requests
     if found is None:
         # a token bound to one project (a workspace's) reads through it only
         rows = _core(session).execute(_memberships_statement(principal.project_id is not None),
                                       {"user_id": key[0], "project_id": key[1]})
         found = frozenset(project_id for project_id, rights, delegated in rows
                           if "read-data" in (rights or []) or "read-data" in (delegated or []))
-        cache[key] = found
+        decision_cache.remember_readable(session, key, found)
+    cache[key] = found
     return set(found)
 
 

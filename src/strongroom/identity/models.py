@@ -116,3 +116,6 @@ class OidcLoginState(CreatedMixin, Base):
     nonce: Mapped[str] = mapped_column(String(128))
     code_verifier: Mapped[str] = mapped_column(String(128))
     next_url: Mapped[str] = mapped_column(String(512), default="/")
+
+
+from .. import decision_cache  # noqa: E402,F401  (the model layer's signal to the web processes' decision caches)

@@ -10,7 +10,7 @@ import datetime as dt
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -20,6 +20,7 @@ from sqlalchemy import Select, bindparam, delete, exists, func, or_, select, upd
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from .. import decision_cache
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import rowcount, utcnow
@@ -484,6 +485,10 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_
     in each fixed window of ``window_seconds`` (the event names the window), so a busy client's reads take no
     write lock. Refused uses are audited every time in both modes."""
     match = TOKEN_RE.match(plaintext.strip())
+    if match is not None and use_audit == "window":
+        principal = _from_decision_cache(session, match.group(1), match.group(2), ip, window_seconds)
+        if principal is not None:
+            return principal
     row = session.execute(_token_statement(), {"prefix": match.group(1)}).first() if match else None
     now = utcnow()
     if (row is None or match is None
@@ -499,16 +504,49 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_
         raise Unauthenticated(f"token {reason}")
     assert user is not None
     if use_audit == "window":
-        _record_use_in_window(session, token, actor, now, window_seconds)
+        window, moved = _record_use_in_window(session, token.id, token.prefix, token.user_id, token.last_used_at,
+                                              actor, now, window_seconds)
+        if moved:
+            set_committed_value(token, "last_used_at", now)
+        decision_cache.remember_token(session, token, user, window)
     else:
         token.last_used_at = now
         audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
+    return _token_principal(user, token.scopes, token.created_at, token.prefix, ip)
+
+
+def _token_principal(user: User, token_scopes: Iterable[str], created_at: dt.datetime, prefix: str,
+                     ip: str | None) -> Principal:
     # A token was minted under fresh MFA: that moment is its MFA time.
-    scopes = frozenset(token.scopes) & frozenset(_scopes_for(user))
-    bound = [s.removeprefix(PROJECT_SCOPE) for s in token.scopes if s.startswith(PROJECT_SCOPE)]
-    return Principal(user=user, via="token", mfa_at=token.created_at, scopes=scopes,
-                     credential_id=f"token:{token.prefix}", ip=ip,
+    token_scopes = list(token_scopes)
+    scopes = frozenset(token_scopes) & frozenset(_scopes_for(user))
+    bound = [s.removeprefix(PROJECT_SCOPE) for s in token_scopes if s.startswith(PROJECT_SCOPE)]
+    return Principal(user=user, via="token", mfa_at=created_at, scopes=scopes,
+                     credential_id=f"token:{prefix}", ip=ip,
                      project_id=uuid.UUID(bound[0]) if bound else None)
+
+
+def _from_decision_cache(session: Session, prefix: str, secret: str, ip: str | None,
+                         window_seconds: int) -> Principal | None:
+    """The token check from the process's decision cache (``decision_cache``), or None: not cached, or anything
+    but an accepted use (a wrong secret, an expired token: the database path decides and audits it)."""
+    found = decision_cache.cached_token(session, prefix)
+    if found is None:
+        return None
+    entry, state = found
+    now = utcnow()
+    if entry.expires_at <= now or not secrets.compare_digest(entry.secret_hash, sha256_hex(secret)):
+        return None
+    user = decision_cache.user_in(session, entry)
+    start, _ = use_window(now, window_seconds)
+    recorded = state.windows.get(prefix)
+    if recorded is None or recorded < start:
+        actor = Actor(entry.user_id, user.label, ip)
+        window, moved = _record_use_in_window(session, entry.token_id, prefix, entry.user_id, recorded, actor, now,
+                                              window_seconds)
+        if not moved:  # recorded and committed (by another request); our own write is known once committed
+            state.windows[prefix] = window
+    return _token_principal(user, entry.scopes, entry.created_at, prefix, ip)
 
 
 @cache
@@ -519,23 +557,26 @@ def _token_statement() -> Select[ApiToken, User]:
             .where(ApiToken.prefix == bindparam("prefix")))
 
 
-def _record_use_in_window(session: Session, token: ApiToken, actor: Actor, now: dt.datetime, seconds: int) -> None:
+def _record_use_in_window(session: Session, token_id: uuid.UUID, prefix: str, user_id: uuid.UUID,
+                          last_used_at: dt.datetime | None, actor: Actor, now: dt.datetime, seconds: int
+                          ) -> tuple[dt.datetime, bool]:
     """The token's first accepted use in this window: ``last_used_at`` and one ``token.used`` event. Later uses
     in the window read ``last_used_at`` and write nothing. The conditional UPDATE settles a race between
-    processes: only the request that moved ``last_used_at`` into the window writes the event."""
+    processes: only the request that moved ``last_used_at`` into the window writes the event. Returns the
+    window's start (its use is recorded now, by this request or another) and whether this request moved it."""
     start, end = use_window(now, seconds)
-    if token.last_used_at is not None and token.last_used_at >= start:
-        return
+    if last_used_at is not None and last_used_at >= start:
+        return start, False
     moved = session.execute(
-        update(ApiToken).where(ApiToken.id == token.id,
+        update(ApiToken).where(ApiToken.id == token_id,
                                or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < start))
         .values(last_used_at=now).execution_options(synchronize_session=False))
     if rowcount(moved) != 1:
-        return  # another request recorded this window's use
-    set_committed_value(token, "last_used_at", now)
-    audit.record(session, actor, "token.used", subject_user_id=token.user_id, target=f"token:{token.prefix}",
+        return start, False  # another request recorded this window's use
+    audit.record(session, actor, "token.used", subject_user_id=user_id, target=f"token:{prefix}",
                  details={"window_start": start.isoformat(), "window_end": end.isoformat(),
                           "window_seconds": seconds})
+    return start, True
 
 
 PROJECT_SCOPE = "project:"  # a scope entry binding a token to one project (never offered on the token page)
