@@ -58,6 +58,13 @@ with transaction(hub.sessions) as s:
 """
 
 
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    """This file tests the cache itself, on both databases (unset, it is on with SQLite only: config.py)."""
+    settings.security.decision_cache = True
+    return settings
+
+
 def _engine(hub):  # type: ignore[no-untyped-def]
     return hub.sessions.kw["bind"]
 

@@ -275,8 +275,10 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.hub = hub
     app.state.runner = None
-    if settings.security.decision_cache:
-        decision_cache.enable(hub.sessions.kw["bind"])
+    engine = hub.sessions.kw["bind"]
+    use_cache = settings.security.decision_cache
+    if use_cache if use_cache is not None else engine.dialect.name == "sqlite":  # see config.SecuritySettings
+        decision_cache.enable(engine)
 
     registry().install_routers(app)  # every capability's routers, in capabilities.CAPABILITIES order
     _add_api_docs(app)

@@ -62,8 +62,11 @@ class SecuritySettings(BaseModel):
     token_use_window_seconds: int = Field(60, ge=1, le=86_400)
     # The web server's cache of token -> user -> readable projects across requests (docs/security.md, "The
     # decision cache"): dropped by every committed change to tokens, users, memberships, roles or projects in any
-    # process. Off: every request reads them from the database.
-    decision_cache: bool = True
+    # process. Off: every request reads them from the database. Unset: on with SQLite, where every process sees a
+    # change before the writer's commit returns; off with PostgreSQL, where the change reaches other processes by
+    # NOTIFY just after the commit (a request decided in that gap, usually well under a millisecond, still sees the
+    # state before it): set true to accept that gap for the speed.
+    decision_cache: bool | None = None
     # None = decided from base_url: secure cookies everywhere except plain-http loopback development.
     cookie_secure: bool | None = None
     max_body_bytes: int = 1_048_576
