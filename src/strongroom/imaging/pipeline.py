@@ -20,7 +20,7 @@ from ..archive.backend import storage_from
 from ..archive.sealing import SealedBody, seal_file
 from . import dicomindex
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
-from .verify import risk_check, scan_datasets
+from .verify import risk_check, scan_read
 
 _pseudonymizers: dict[bytes, Pseudonymizer] = {}  # per process: keeps each key's UID cache warm
 
@@ -86,9 +86,11 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
 
 def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> dict[str, Any]:
     """Check the output independently of the engine; the reasons (if any) send it to quarantine. Each
-    file is read once with pydicom: the leak scan's datasets serve the risk check and the catalogue."""
+    file is read once with pydicom: the leak scan's datasets (and the output's bytes) serve the risk
+    check, the catalogue and the DICOMweb index."""
+    index: dict[str, Any] | None = None
     try:
-        leaks, original, ds = scan_datasets(raw, out, profile)
+        leaks, original, ds, out_bytes = scan_read(raw, out, profile)
     except Exception as exc:  # the scanner could not read it: never release unverified output
         reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
@@ -102,10 +104,12 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
         if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
             reasons.append("the output does not read back: not a DICOM Part 10 file")
-    try:
-        index = dicomindex.index_file(out)  # the DICOMweb index: QIDO attributes and pixel offsets
-    except dicomindex.NotIndexable:
-        index = {}  # the back-fill retries; the reasons above already hold the instance back
+        index = dicomindex.index_read(ds, out_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
+    if index is None:  # (the scan failed, or its dataset does not locate the pixel data)
+        try:
+            index = dicomindex.index_file(out)
+        except dicomindex.NotIndexable:
+            index = {}  # the back-fill retries; the reasons above already hold the instance back
     return summary | {"index": index} | {
         "reasons": reasons,
         "series_uid": _text(ds, "SeriesInstanceUID"),
