@@ -90,7 +90,8 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
     check, the catalogue and the DICOMweb index."""
     index: dict[str, Any] | None = None
     try:
-        leaks, original, ds, out_bytes = scan_read(raw, out, profile)
+        scanned = scan_read(raw, out, profile)
+        leaks, original, ds = scanned.leaks, scanned.original, scanned.output
     except Exception as exc:  # the scanner could not read it: never release unverified output
         reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
@@ -104,7 +105,7 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
         if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
             reasons.append("the output does not read back: not a DICOM Part 10 file")
-        index = dicomindex.index_read(ds, out_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
+        index = dicomindex.index_read(ds, scanned.output_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
     if index is None:  # (the scan failed, or its dataset does not locate the pixel data)
         try:
             index = dicomindex.index_file(out)
@@ -139,7 +140,9 @@ def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str,
     are kept encrypted too, for review."""
     verified = verify_stage(raw, out, profile, summary)
     storage = storage_from(target.storage, target.var_dir)
-    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out)
+    # the body's directory is fsynced by the archiver, once per group, before the rows commit
+    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
+                       defer_dir_sync=True)
     return verified, sealed
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from ..archive import service as archive
 from ..archive.keys import hub_keys
 from ..archive.models import ArchiveFile, Dataset
-from ..archive.sealing import SealedBody
+from ..archive.sealing import SealedBody, sync_sealed
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -184,6 +184,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         sealed[n] = item.sealed or archive.seal_into_storage(ctx.keys, storage, ctx.project_id,
                                                              archive_file_id(ctx, sop), item.out_path)
         outcomes.append(QUARANTINED if item.summary.get("reasons") else ARCHIVED)
+    sync_sealed(storage, sealed.values())  # bodies sealed by the workers: their renames durable first
     with transaction(hub.sessions) as session:
         pairs: list[tuple[str, str, str]] = []
         logs: dict[str, bytes] = {}

@@ -419,7 +419,7 @@ def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
 def scan_datasets(original: Any, deidentified: Any, profile: Any) -> tuple[list[Leak], Dataset, Dataset]:
     """``leak_scan``, and the two datasets it read (the original and the output, fully read), so that a
     caller checking more (``risk_check``, the catalogue's attributes) reads neither file again."""
-    return scan_read(original, deidentified, profile)[:3]  # type: ignore[return-value]
+    return scan_read(original, deidentified, profile)[:3]
 
 
 class ScanRead(NamedTuple):
