@@ -22,5 +22,14 @@ from .identity import identity_scan
 from .leaks import LEAK_CHECKS, ScanRead, leak_scan, scan_datasets, scan_read
 from .risk import risk_check
 
-__all__ = ["LEAK_CHECKS", "Leak", "ScanRead", "identity_scan", "leak_scan", "national_ids", "risk_check",
-           "scan_datasets", "scan_read"]
+__all__ = [
+    "LEAK_CHECKS",
+    "Leak",
+    "ScanRead",
+    "identity_scan",
+    "leak_scan",
+    "national_ids",
+    "risk_check",
+    "scan_datasets",
+    "scan_read",
+]
