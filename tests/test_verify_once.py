@@ -118,3 +118,16 @@ def test_a_deferred_directory_fsync_is_done_before_the_rows(tmp_path: Path) -> N
     with pytest.raises(StorageError):
         sync_sealed(OtherStorage(), [deferred])  # type: ignore[arg-type]
     sync_sealed(OtherStorage(), [synced])  # type: ignore[arg-type]  # nothing deferred: nothing to do
+
+
+def test_the_pool_seals_the_bytes_it_verified(tmp_path: Path) -> None:
+    """``seal_file(data=...)`` archives the bytes given (those the leak scan read), not the file's."""
+    storage = LocalStorage(tmp_path / "objects")
+    keypair = c4gh.generate_keypair()
+    verified = make_ct(2, 0, 1, 1, rows=16, columns=16) * 300  # several 4 MiB batches
+    path = tmp_path / "out.dcm"
+    path.write_bytes(b"not what was verified")
+    sealed = seal_file("fp", keypair.public, storage, "p1", "f1", str(path), data=verified, defer_dir_sync=True)
+    with storage.open_reader(sealed.body_key) as body:
+        plain = b"".join(c4gh.decrypt_stream(io.BytesIO(sealed.header + body.read()), [keypair.secret]))
+    assert plain == verified and sealed.plaintext_size == len(verified)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from . import c4gh
@@ -36,11 +36,15 @@ class SealedBody:
 
 
 def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage, project_id: uuid.UUID | str,
-              file_id: str, source_path: str, *, defer_dir_sync: bool = False) -> SealedBody:
+              file_id: str, source_path: str, *, data: bytes | None = None, defer_dir_sync: bool = False
+              ) -> SealedBody:
     """One pass over the plaintext: hash (SHA-256, MD5), encrypt (fresh session key), hash and store the
     body. Never stored in plaintext. Each attempt writes its own object (a random suffix), so two
     concurrent attempts for the same file can never overwrite each other's body; the loser's body is
     deleted by whoever finds the row already there.
+
+    ``data``: the plaintext itself, already read by the caller (e.g. the bytes it verified), sealed instead
+    of reading ``source_path``.
 
     ``defer_dir_sync``: on storage that fsyncs a directory per object (local), the body is fsynced and
     renamed into place but its directory is not: whoever writes the rows calls ``sync_sealed`` for the
@@ -52,15 +56,14 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
     size = 0
     writer = storage.open_writer(body_key)
     try:
-        with open(source_path, "rb") as src:
-            while chunk := src.read(c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE):
-                size += len(chunk)
-                plain_sha.update(chunk)
-                plain_md5.update(chunk)
-                out = enc.update(chunk)
-                if out:
-                    body_sha.update(out)
-                    writer.write(out)
+        for chunk in _chunks(source_path, data):
+            size += len(chunk)
+            plain_sha.update(chunk)
+            plain_md5.update(chunk)
+            out = enc.update(chunk)
+            if out:
+                body_sha.update(out)
+                writer.write(out)
         out = enc.finalize()
         if out:
             body_sha.update(out)
@@ -71,6 +74,18 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
         raise
     return SealedBody(file_id, enc.header, key_fingerprint, body_key, stored.size, body_sha.hexdigest(), size,
                       plain_sha.hexdigest(), plain_md5.hexdigest(), dir_synced=not deferred)
+
+
+def _chunks(source_path: str, data: bytes | None) -> Iterator[bytes | memoryview]:
+    step = c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE
+    if data is not None:
+        view = memoryview(data)
+        for at in range(0, len(view), step):
+            yield view[at:at + step]
+        return
+    with open(source_path, "rb") as src:
+        while chunk := src.read(step):
+            yield chunk
 
 
 def sync_sealed(storage: Storage, bodies: Iterable[SealedBody]) -> None:

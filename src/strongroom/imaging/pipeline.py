@@ -88,7 +88,13 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
     """Check the output independently of the engine; the reasons (if any) send it to quarantine. Each
     file is read once with pydicom: the leak scan's datasets (and the output's bytes) serve the risk
     check, the catalogue and the DICOMweb index."""
+    return _verify(raw, out, profile, summary)[0]
+
+
+def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """``verify_stage``, and the output's bytes that the leak scan read (None if it could not read them)."""
     index: dict[str, Any] | None = None
+    scanned_bytes: bytes | None = None
     try:
         scanned = scan_read(raw, out, profile)
         leaks, original, ds = scanned.leaks, scanned.original, scanned.output
@@ -105,7 +111,8 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
         if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
             reasons.append("the output does not read back: not a DICOM Part 10 file")
-        index = dicomindex.index_read(ds, scanned.output_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
+        scanned_bytes = scanned.output_bytes
+        index = dicomindex.index_read(ds, scanned_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
     if index is None:  # (the scan failed, or its dataset does not locate the pixel data)
         try:
             index = dicomindex.index_file(out)
@@ -117,8 +124,8 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         "body_part": _text(ds, "BodyPartExamined").upper(),
         "manufacturer": _text(ds, "Manufacturer"),
         "study_date": _text(ds, "StudyDate", 8),
-        "size": os.path.getsize(out),
-    }
+        "size": len(scanned_bytes) if scanned_bytes is not None else os.path.getsize(out),
+    }, scanned_bytes
 
 
 @dataclass(frozen=True)
@@ -138,11 +145,12 @@ def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str,
     """Verification, then encryption into the archive, both off the receiving process (the destination's
     archiver only writes the rows). The output is sealed whatever the verdict: quarantined instances
     are kept encrypted too, for review."""
-    verified = verify_stage(raw, out, profile, summary)
+    verified, scanned = _verify(raw, out, profile, summary)
     storage = storage_from(target.storage, target.var_dir)
-    # the body's directory is fsynced by the archiver, once per group, before the rows commit
+    # What is sealed is exactly the bytes the leak scan read (the file is not read a second time). The
+    # body's directory is fsynced by the archiver, once per group, before the rows commit.
     sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
-                       defer_dir_sync=True)
+                       data=scanned, defer_dir_sync=True)
     return verified, sealed
 
 
