@@ -30,13 +30,13 @@ class SealedBody:
     plaintext_size: int
     plaintext_sha256: str
     plaintext_md5: str
-    # False: stored but not yet fsynced (``seal_file(defer_durability=True)``): ``sync_sealed`` must run
-    # before the row commits
-    durable: bool = True
+    # False: the body's content is durable but its rename is not yet (``seal_file(defer_dir_sync=True)``):
+    # ``sync_sealed`` must run before the row commits
+    dir_synced: bool = True
 
 
 def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage, project_id: uuid.UUID | str,
-              file_id: str, source_path: str, *, data: bytes | None = None, defer_durability: bool = False
+              file_id: str, source_path: str, *, data: bytes | None = None, defer_dir_sync: bool = False
               ) -> SealedBody:
     """One pass over the plaintext: hash (SHA-256, MD5), encrypt (fresh session key), hash and store the
     body. Never stored in plaintext. Each attempt writes its own object (a random suffix), so two
@@ -46,11 +46,10 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
     ``data``: the plaintext itself, already read by the caller (e.g. the bytes it verified), sealed instead
     of reading ``source_path``.
 
-    ``defer_durability``: on storage that fsyncs each object and its directory (local), the body is renamed
-    into place unsynced: whoever writes the rows calls ``sync_sealed`` for the whole group first (the
-    group's bodies fsynced concurrently, each directory once, instead of two fsyncs in a row per body in
-    the worker that sealed it)."""
-    deferred = defer_durability and hasattr(storage, "make_durable")
+    ``defer_dir_sync``: on storage that fsyncs a directory per object (local), the body is fsynced and
+    renamed into place but its directory is not: whoever writes the rows calls ``sync_sealed`` for the
+    whole group first (one directory fsync per group instead of one per body)."""
+    deferred = defer_dir_sync and hasattr(storage, "sync_dirs")
     enc = c4gh.Encryptor(archive_public_key)
     plain_sha, plain_md5, body_sha = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.sha256()
     body_key = f"archive/{project_id}/{file_id}.{secrets.token_hex(4)}"
@@ -69,12 +68,12 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
         if out:
             body_sha.update(out)
             writer.write(out)
-        stored = writer.commit(durable=False) if deferred else writer.commit()  # type: ignore[call-arg]
+        stored = writer.commit(sync_dir=False) if deferred else writer.commit()  # type: ignore[call-arg]
     except BaseException:
         writer.abort()
         raise
     return SealedBody(file_id, enc.header, key_fingerprint, body_key, stored.size, body_sha.hexdigest(), size,
-                      plain_sha.hexdigest(), plain_md5.hexdigest(), durable=not deferred)
+                      plain_sha.hexdigest(), plain_md5.hexdigest(), dir_synced=not deferred)
 
 
 def _chunks(source_path: str, data: bytes | None) -> Iterator[bytes | memoryview]:
@@ -90,11 +89,11 @@ def _chunks(source_path: str, data: bytes | None) -> Iterator[bytes | memoryview
 
 
 def sync_sealed(storage: Storage, bodies: Iterable[SealedBody]) -> None:
-    """Make the bodies sealed with ``defer_durability`` durable where they are (before their rows commit)."""
-    keys = [b.body_key for b in bodies if not b.durable]
+    """Make the bodies sealed with ``defer_dir_sync`` durable where they are (before their rows commit)."""
+    keys = [b.body_key for b in bodies if not b.dir_synced]
     if not keys:
         return
-    make_durable = getattr(storage, "make_durable", None)
-    if make_durable is None:  # sealed on other storage than this one: never commit rows for unsynced bodies
+    sync_dirs = getattr(storage, "sync_dirs", None)
+    if sync_dirs is None:  # sealed on other storage than this one: never commit rows for unsynced bodies
         raise StorageError(f"{storage!r} cannot make deferred bodies durable")
-    make_durable(keys)
+    sync_dirs(keys)

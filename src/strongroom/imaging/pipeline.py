@@ -148,9 +148,9 @@ def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str,
     verified, scanned = _verify(raw, out, profile, summary)
     storage = storage_from(target.storage, target.var_dir)
     # What is sealed is exactly the bytes the leak scan read (the file is not read a second time). The
-    # body is fsynced by the archiver, with the rest of its group, before the rows commit.
+    # body's directory is fsynced by the archiver, once per group, before the rows commit.
     sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
-                       data=scanned, defer_durability=True)
+                       data=scanned, defer_dir_sync=True)
     return verified, sealed
 
 

@@ -184,7 +184,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         sealed[n] = item.sealed or archive.seal_into_storage(ctx.keys, storage, ctx.project_id,
                                                              archive_file_id(ctx, sop), item.out_path)
         outcomes.append(QUARANTINED if item.summary.get("reasons") else ARCHIVED)
-    sync_sealed(storage, sealed.values())  # bodies sealed by the workers: fsynced (with their dirs) first
+    sync_sealed(storage, sealed.values())  # bodies sealed by the workers: their renames durable first
     with transaction(hub.sessions) as session:
         pairs: list[tuple[str, str, str]] = []
         logs: dict[str, bytes] = {}

@@ -52,16 +52,13 @@ class LocalWriter:
         self._size += n
         return n
 
-    def commit(self, *, durable: bool = True) -> StoredObject:
-        """Fsync the object, rename it into place and fsync its directory. ``durable=False`` skips both
-        fsyncs: the caller must call ``LocalStorage.make_durable`` before relying on the object (until then
-        a power cut may lose it or leave it truncated; each key is new, so nothing older is replaced)."""
-        if durable:
-            self._sync()
-        else:
-            self._close()
+    def commit(self, *, sync_dir: bool = True) -> StoredObject:
+        """Fsync the object, rename it into place and fsync its directory. ``sync_dir=False`` leaves the
+        directory to the caller, who must call ``LocalStorage.sync_dirs`` before relying on the object
+        (until then a power cut may lose the rename, never the object's content once it is there)."""
+        self._sync()
         try:
-            self._storage._publish(self._tmp, self.key, sync_dir=durable)
+            self._storage._publish(self._tmp, self.key, sync_dir=sync_dir)
         except BaseException:
             self.abort()
             raise
@@ -74,17 +71,6 @@ class LocalWriter:
         try:
             self._f.flush()
             os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
-        except BaseException:
-            self.abort()
-            raise
-
-    def _close(self) -> None:
-        """Flush and close the temp file without fsync (``commit(durable=False)``)."""
-        if self._state != "open" or self._f is None:
-            raise StorageError(f"commit {self.key!r}: writer is {self._state}")
-        try:
             self._f.close()
             self._f = None
         except BaseException:
@@ -120,15 +106,6 @@ class LocalWriter:
 def _sync_all(writers: Sequence[LocalWriter]) -> None:
     for w in writers:
         w._sync()
-
-
-def _fsync_files(paths: Sequence[Path]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class LocalStorage:
@@ -174,22 +151,12 @@ class LocalStorage:
             with contextlib.suppress(FileNotFoundError):  # gone only if a concurrent delete() removed it again
                 fsync_dir(dest.parent)
 
-    def make_durable(self, keys: Sequence[str]) -> None:
-        """Make objects committed with ``commit(durable=False)`` durable, as ``commit_group`` does: every
-        object is fsynced (from a few threads at once, so the file system folds them into few journal
-        commits), then each distinct parent directory once (e.g. a group of sealed bodies, all in one
-        project's folder). Raises if an object is gone: its row must not commit."""
-        paths = [self._path(key) for key in keys]
-        if not paths:
-            return
-        n = min(_SYNC_THREADS, len(paths))
-        if n == 1:
-            _fsync_files(paths)
-        else:
-            with ThreadPoolExecutor(n, thread_name_prefix="fsync") as pool:
-                list(pool.map(_fsync_files, [paths[i::n] for i in range(n)]))
-        for parent in dict.fromkeys(path.parent for path in paths):
-            fsync_dir(parent)
+    def sync_dirs(self, keys: Sequence[str]) -> None:
+        """Make the renames of objects committed with ``commit(sync_dir=False)`` durable: each distinct
+        parent directory is fsynced once (e.g. a group of sealed bodies, all in one project's folder)."""
+        for parent in dict.fromkeys(self._path(key).parent for key in keys):
+            with contextlib.suppress(FileNotFoundError):  # removed again by a concurrent delete()
+                fsync_dir(parent)
 
     def _place(self, tmp: Path, dest: Path, key: str) -> None:
         """Rename a durable temp file to ``dest`` (parents created durably); the caller fsyncs its directory."""
