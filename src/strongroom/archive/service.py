@@ -45,6 +45,7 @@ from .files import (
     delete_unpublished_file,
     download_header,
     get_file,
+    insert_sealed_files,
     list_files,
     seal_into_storage,
 )
@@ -67,7 +68,8 @@ __all__ = [
     "abort_upload", "add_sealed_file", "add_sealed_files", "add_user_key", "authorize_download", "authorize_read",
     "authorize_review",
     "begin_upload", "complete_upload", "create_dataset", "dataset_downloadable", "delete_unpublished_file",
-    "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "ingest_bundle", "list_datasets",
+    "deprecate_version", "download_header", "edit_draft", "get_file", "ingest", "ingest_bundle", "insert_sealed_files",
+    "list_datasets",
     "list_files", "list_user_keys", "new_accession", "publish_version", "put_part", "receive_bundle",
     "receive_small_plaintext", "record_download",
     "record_review_view", "release_version", "revoke_user_key", "seal_into_storage", "share_dataset",

@@ -63,6 +63,37 @@ def index_stream(fp: BinaryIO) -> dict[str, Any]:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)  # leaves ``fp`` at the pixel element's tag
     except Exception as exc:
         raise NotIndexable(f"unreadable DICOM: {exc}") from exc
+    return _index(ds, fp)
+
+
+def index_read(ds: pydicom.Dataset, raw: bytes) -> dict[str, Any] | None:
+    """``index_stream`` of the Part 10 file ``raw`` from ``ds``, the dataset already read from it (fully,
+    raw elements not yet converted: the leak scan's), so the file is not parsed again. ``None`` when
+    ``ds`` does not tell where the pixel data starts: the caller reads the file with ``index_file``."""
+    if getattr(ds, "preamble", None) is None:  # what the plain dcmread of index_stream refuses
+        return None
+    first = None
+    for tag in PIXEL_TAGS:  # the first pixel element in the file: where stop_before_pixels stops
+        if tag in ds:
+            tell = getattr(ds.get_item(tag, keep_deferred=True), "value_tell", None)
+            if tell is None:
+                return None
+            if first is None or tell < first[1]:
+                first = (tag, tell)
+    fp = io.BytesIO(raw)
+    if first is None:
+        fp.seek(len(raw))  # no pixel element: index_stream reads to the end of the file
+    else:
+        tag, tell = first
+        at = tell - (8 if ds.original_encoding[0] else 12)
+        if at < 0 or raw[at:at + 4] != struct.pack("<HH", tag >> 16, tag & 0xFFFF):
+            return None
+        fp.seek(at)
+    return _index(ds, fp)
+
+
+def _index(ds: pydicom.Dataset, fp: BinaryIO) -> dict[str, Any]:
+    """The index attributes from ``ds``, with ``fp`` where ``index_stream``'s read stopped."""
     out: dict[str, Any] = {col: _text(ds, kw, n) for col, (kw, n) in TEXT.items()}
     out |= {col: _number(ds, kw) for col, kw in NUMBERS.items()}
     out |= {"pixel_offset": None, "frames": [], "index_version": INDEX_VERSION}

@@ -20,7 +20,7 @@ from ..archive.backend import storage_from
 from ..archive.sealing import SealedBody, seal_file
 from . import dicomindex
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
-from .verify import risk_check, scan_datasets
+from .verify import risk_check, scan_read
 
 _pseudonymizers: dict[bytes, Pseudonymizer] = {}  # per process: keeps each key's UID cache warm
 
@@ -86,9 +86,18 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
 
 def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> dict[str, Any]:
     """Check the output independently of the engine; the reasons (if any) send it to quarantine. Each
-    file is read once with pydicom: the leak scan's datasets serve the risk check and the catalogue."""
+    file is read once with pydicom: the leak scan's datasets (and the output's bytes) serve the risk
+    check, the catalogue and the DICOMweb index."""
+    return _verify(raw, out, profile, summary)[0]
+
+
+def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """``verify_stage``, and the output's bytes that the leak scan read (None if it could not read them)."""
+    index: dict[str, Any] | None = None
+    scanned_bytes: bytes | None = None
     try:
-        leaks, original, ds = scan_datasets(raw, out, profile)
+        scanned = scan_read(raw, out, profile)
+        leaks, original, ds = scanned.leaks, scanned.original, scanned.output
     except Exception as exc:  # the scanner could not read it: never release unverified output
         reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
@@ -102,18 +111,21 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
         reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
         if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
             reasons.append("the output does not read back: not a DICOM Part 10 file")
-    try:
-        index = dicomindex.index_file(out)  # the DICOMweb index: QIDO attributes and pixel offsets
-    except dicomindex.NotIndexable:
-        index = {}  # the back-fill retries; the reasons above already hold the instance back
+        scanned_bytes = scanned.output_bytes
+        index = dicomindex.index_read(ds, scanned_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
+    if index is None:  # (the scan failed, or its dataset does not locate the pixel data)
+        try:
+            index = dicomindex.index_file(out)
+        except dicomindex.NotIndexable:
+            index = {}  # the back-fill retries; the reasons above already hold the instance back
     return summary | {"index": index} | {
         "reasons": reasons,
         "series_uid": _text(ds, "SeriesInstanceUID"),
         "body_part": _text(ds, "BodyPartExamined").upper(),
         "manufacturer": _text(ds, "Manufacturer"),
         "study_date": _text(ds, "StudyDate", 8),
-        "size": os.path.getsize(out),
-    }
+        "size": len(scanned_bytes) if scanned_bytes is not None else os.path.getsize(out),
+    }, scanned_bytes
 
 
 @dataclass(frozen=True)
@@ -133,9 +145,12 @@ def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str,
     """Verification, then encryption into the archive, both off the receiving process (the destination's
     archiver only writes the rows). The output is sealed whatever the verdict: quarantined instances
     are kept encrypted too, for review."""
-    verified = verify_stage(raw, out, profile, summary)
+    verified, scanned = _verify(raw, out, profile, summary)
     storage = storage_from(target.storage, target.var_dir)
-    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out)
+    # What is sealed is exactly the bytes the leak scan read (the file is not read a second time). The
+    # body's directory is fsynced by the archiver, once per group, before the rows commit.
+    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
+                       data=scanned, defer_dir_sync=True)
     return verified, sealed
 
 

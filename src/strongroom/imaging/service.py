@@ -17,9 +17,9 @@ import uuid
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from ..archive import service as archive
 from ..archive.keys import hub_keys
 from ..archive.models import ArchiveFile, Dataset
-from ..archive.sealing import SealedBody
+from ..archive.sealing import SealedBody, sync_sealed
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -184,6 +184,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         sealed[n] = item.sealed or archive.seal_into_storage(ctx.keys, storage, ctx.project_id,
                                                              archive_file_id(ctx, sop), item.out_path)
         outcomes.append(QUARANTINED if item.summary.get("reasons") else ARCHIVED)
+    sync_sealed(storage, sealed.values())  # bodies sealed by the workers: their renames durable first
     with transaction(hub.sessions) as session:
         pairs: list[tuple[str, str, str]] = []
         logs: dict[str, bytes] = {}
@@ -193,10 +194,13 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
         per_batch: dict[str, Counter[str]] = {}
         reasons_by_batch: dict[str, list[str]] = {}
         kept = [n for n, outcome in enumerate(outcomes) if outcome != "duplicate"]
-        rows = archive.add_sealed_files(session, ctx.project_id, ctx.uploader_id, [
+        # Core INSERTs, no ORM object or unit of work per instance: the files, then the instances that
+        # point at them, each one multi-row statement per group (insertmanyvalues)
+        archive.insert_sealed_files(session, ctx.project_id, ctx.uploader_id, [
             (_archive_path(items[n].summary), sealed[n], QUARANTINE_HOLD if outcomes[n] == QUARANTINED else None)
             for n in kept])
-        file_of = dict(zip(kept, rows, strict=True))
+        now = utcnow()
+        instances: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # by column set (the index may be missing)
         for n, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             counter = per_batch.setdefault(item.batch_id, Counter())
             counter[outcome] += 1
@@ -204,17 +208,19 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
             if outcome == "duplicate":
                 continue
             s = item.summary
-            f = file_of[n]
-            session.add(ImportedInstance(
-                project_id=ctx.project_id, batch_id=item.batch_id, file_id=f.id, state=outcome,
+            row = dict(
+                project_id=ctx.project_id, batch_id=item.batch_id, file_id=sealed[n].file_id, state=outcome,
                 sop_instance_uid=s["sop_instance_uid"][:64], sop_class_uid=s.get("sop_class_uid", "")[:64],
                 study_uid=s.get("study_uid", "")[:64], series_uid=s.get("series_uid", "")[:64],
                 patient_pseudonym=s.get("patient_pseudonym", "")[:64], modality=s.get("modality", "")[:16],
                 body_part=s.get("body_part", "")[:64], manufacturer=s.get("manufacturer", "")[:64],
                 study_date=s.get("study_date", "")[:8], size=s.get("size", 0),
                 reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0),
-                action_log_sha256=log_of[n], **index_columns(s.get("index") or {})))
+                action_log_sha256=log_of[n], created_at=now, **index_columns(s.get("index") or {}))
+            instances.setdefault(tuple(row), []).append(row)
             pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))
+        for rows in instances.values():
+            session.execute(insert(cast(Table, ImportedInstance.__table__)), rows)
             if outcome == QUARANTINED:
                 reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
         keystore.record(session, hub.settings, ctx.project_id, pairs)

@@ -52,10 +52,13 @@ class LocalWriter:
         self._size += n
         return n
 
-    def commit(self) -> StoredObject:
+    def commit(self, *, sync_dir: bool = True) -> StoredObject:
+        """Fsync the object, rename it into place and fsync its directory. ``sync_dir=False`` leaves the
+        directory to the caller, who must call ``LocalStorage.sync_dirs`` before relying on the object
+        (until then a power cut may lose the rename, never the object's content once it is there)."""
         self._sync()
         try:
-            self._storage._publish(self._tmp, self.key)
+            self._storage._publish(self._tmp, self.key, sync_dir=sync_dir)
         except BaseException:
             self.abort()
             raise
@@ -140,12 +143,20 @@ class LocalStorage:
 
         return tempfile.mkstemp(prefix="w-", suffix=".part", dir=self._tmpdir)
 
-    def _publish(self, tmp: Path, key: str) -> None:
+    def _publish(self, tmp: Path, key: str, *, sync_dir: bool = True) -> None:
         """Atomically move a fully written, fsynced temp file to ``key`` and fsync the directory."""
         dest = self._path(key)
         self._place(tmp, dest, key)
-        with contextlib.suppress(FileNotFoundError):  # gone only if a concurrent delete() removed it again
-            fsync_dir(dest.parent)
+        if sync_dir:
+            with contextlib.suppress(FileNotFoundError):  # gone only if a concurrent delete() removed it again
+                fsync_dir(dest.parent)
+
+    def sync_dirs(self, keys: Sequence[str]) -> None:
+        """Make the renames of objects committed with ``commit(sync_dir=False)`` durable: each distinct
+        parent directory is fsynced once (e.g. a group of sealed bodies, all in one project's folder)."""
+        for parent in dict.fromkeys(self._path(key).parent for key in keys):
+            with contextlib.suppress(FileNotFoundError):  # removed again by a concurrent delete()
+                fsync_dir(parent)
 
     def _place(self, tmp: Path, dest: Path, key: str) -> None:
         """Rename a durable temp file to ``dest`` (parents created durably); the caller fsyncs its directory."""

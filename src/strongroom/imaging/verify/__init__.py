@@ -19,7 +19,17 @@ from __future__ import annotations
 from ...identifiers import national_ids
 from .elements import Leak
 from .identity import identity_scan
-from .leaks import LEAK_CHECKS, leak_scan, scan_datasets
+from .leaks import LEAK_CHECKS, ScanRead, leak_scan, scan_datasets, scan_read
 from .risk import risk_check
 
-__all__ = ["LEAK_CHECKS", "Leak", "identity_scan", "leak_scan", "national_ids", "risk_check", "scan_datasets"]
+__all__ = [
+    "LEAK_CHECKS",
+    "Leak",
+    "ScanRead",
+    "identity_scan",
+    "leak_scan",
+    "national_ids",
+    "risk_check",
+    "scan_datasets",
+    "scan_read",
+]

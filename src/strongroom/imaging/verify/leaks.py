@@ -10,7 +10,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
@@ -132,6 +132,7 @@ class _Scan:
     orig: Dataset
     out: Dataset
     header: bytes  # the output file without its pixel data values
+    out_raw: bytes  # the output file as read
     needles: dict[str, tuple[str, str]] = field(default_factory=dict)  # text -> (kind, source path)
     uids: dict[str, str] = field(default_factory=dict)  # original UID -> source path
     dates: dict[str, str] = field(default_factory=dict)  # original YYYYMMDD -> source path
@@ -151,7 +152,7 @@ class _Scan:
         out, out_raw = load(deidentified)
         # (before anything converts the raw elements: a freshly read one still knows its position)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
-                   date_mode, orig, out, _header_bytes(out, out_raw))
+                   date_mode, orig, out, _header_bytes(out, out_raw), out_raw)
         scan.orig_all, scan.out_all = values(orig), values(out)
         scan._collect()
         scan._drop_allowed()
@@ -329,9 +330,19 @@ def date_option(s: _Scan) -> Iterator[Leak]:
     for d, source in s.dates.items():
         if d in expected_shifted or d == "19000101":
             continue
-        if re.search(rb"(?<![0-9])" + d.encode(), s.header):
+        if _occurs_undigited(d.encode(), s.header):
             yield Leak("date", s.locate(re.compile(rf"(?<![0-9]){d}")), source,
                        f"original date of {source} found in the output ({s.date_mode} dates)")
+
+
+def _occurs_undigited(needle: bytes, haystack: bytes) -> bool:
+    """``re.search(rb"(?<![0-9])" + needle, haystack)`` without compiling a pattern per date."""
+    at = haystack.find(needle)
+    while at >= 0:
+        if at == 0 or not 0x30 <= haystack[at - 1] <= 0x39:
+            return True
+        at = haystack.find(needle, at + 1)
+    return False
 
 
 def replaced_attributes(s: _Scan) -> Iterator[Leak]:
@@ -408,5 +419,18 @@ def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
 def scan_datasets(original: Any, deidentified: Any, profile: Any) -> tuple[list[Leak], Dataset, Dataset]:
     """``leak_scan``, and the two datasets it read (the original and the output, fully read), so that a
     caller checking more (``risk_check``, the catalogue's attributes) reads neither file again."""
+    return scan_read(original, deidentified, profile)[:3]
+
+
+class ScanRead(NamedTuple):
+    leaks: list[Leak]
+    original: Dataset
+    output: Dataset
+    output_bytes: bytes  # the output file that ``output`` was read from
+
+
+def scan_read(original: Any, deidentified: Any, profile: Any) -> ScanRead:
+    """``scan_datasets``, and the output's bytes as read (the DICOMweb index is taken from them and the
+    output dataset: ``dicomindex.index_read``)."""
     scan = _Scan.of(original, deidentified, profile)
-    return [leak for check in LEAK_CHECKS for leak in check(scan)], scan.orig, scan.out
+    return ScanRead([leak for check in LEAK_CHECKS for leak in check(scan)], scan.orig, scan.out, scan.out_raw)
