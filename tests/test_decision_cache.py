@@ -298,3 +298,53 @@ def test_a_cached_tokens_first_use_in_a_window_is_recorded_even_after_a_rollback
     with transaction(hub.sessions) as s:  # recorded: the rest of the window writes nothing
         identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")
     assert used() == before + 1
+
+
+SHARE_CASES = {
+    # what another process changes -> the reader's next request for the shared file is 404
+    "share withdrawn": "s.execute(delete(DatasetShare).where(DatasetShare.project_id == READER))",
+    "version no longer released": "s.execute(update(DatasetVersion).where(DatasetVersion.dataset_id == DS)"
+                                  ".values(state='draft'))",
+    "file taken out of the version": "s.execute(delete(DatasetFile).where(DatasetFile.file_id == FILE))",
+}
+
+
+@pytest.mark.parametrize("case", list(SHARE_CASES))
+def test_a_shared_file_is_decided_from_the_cache_until_the_share_changes_anywhere(world, hub, client, people,
+                                                                                 tmp_path, case):
+    """Carol reads a file of ``lung`` through a dataset shared into her project ``reader``: once warm, the decision
+    reads neither her token, her memberships nor the share; a change to the share, the version or its files in
+    another process is refused on her next request."""
+    from strongroom.archive.models import DatasetShare
+    from strongroom.identity.principal import SCOPES, Principal
+
+    carol = people("carol")
+    with transaction(hub.sessions) as s:
+        projects.create_project(s, Actor.system("t"), slug="reader", name="Reader", pi="carol", ethics_ref="E",
+                                end_date=dt.date.today() + dt.timedelta(days=30))
+    with transaction(hub.sessions) as s:
+        alice = Principal(user=s.get(type(world["alice"].user), world["alice"].user.id), via="session",
+                          mfa_at=dt.datetime.now(dt.UTC), scopes=frozenset(SCOPES), credential_id="test")
+        access = projects.open_project(s, alice, "lung")
+        ds = archive.create_dataset(s, alice, access, title="Shared", files=[world["file"]])
+        s.flush()
+        archive.release_version(s, alice, ds.id, 1)
+        projects.change_setting(s, alice, access, "external_sharing", True, fresh_minutes=60)
+        dataset_id = ds.id
+    with transaction(hub.sessions) as s:
+        archive.share_dataset(s, alice, dataset_id, "reader", fresh_minutes=60)
+        reader = s.scalar(select(Project.id).where(Project.slug == "reader"))
+        assert s.scalar(select(DatasetShare.project_id).where(DatasetShare.dataset_id == dataset_id)) == reader
+    url, headers = f"/api/v1/files/{world['file']}", bearer(token_for(hub, carol))
+
+    def cached() -> bool:
+        with _statements(hub) as seen:
+            assert client.get(url, headers=headers).status_code == 200
+        return not _decision_reads(seen) and not [q for q in seen if "FROM dataset_shares" in q]
+
+    _poll(cached, "a shared read decided from the cache")
+    _elsewhere(hub, tmp_path, "import uuid\nfrom strongroom.archive.models import DatasetFile, DatasetShare, "
+                              f"DatasetVersion\nREADER = uuid.UUID('{reader}'); DS = {dataset_id!r}; "
+                              f"FILE = {world['file']!r}\n{SHARE_CASES[case]}")
+    r = client.get(url, headers=headers)
+    assert (r.status_code, r.json()["detail"]) == (404, "no such file")

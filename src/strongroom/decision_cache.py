@@ -1,10 +1,12 @@
 """The API's decision cache: what a web process remembers, across requests, of the authorisation decision's inputs —
-an API token with its user (``identity.service.authenticate_token``) and a user's readable projects, i.e. their
-memberships with their roles' rights (``archive.authz.readable_projects``) — so a request whose inputs have not
+an API token with its user (``identity.service.authenticate_token``), a user's readable projects, i.e. their
+memberships with their roles' rights (``archive.authz.readable_projects``), and whether a file is readable through a
+dataset shared into one of those projects (``archive.authz.authorize_read``) — so a request whose inputs have not
 changed reads none of them from the database.
 
 It is valid for one *authz generation* (``strongroom.generation``, topic ``authz``): every committed change to
-``api_tokens``, ``users``, ``memberships``, ``roles`` or ``projects`` made through the model layer in any process
+``api_tokens``, ``users``, ``memberships``, ``roles``, ``projects``, ``dataset_shares``, ``dataset_versions`` or
+``dataset_files`` made through the model layer in any process
 (web workers, job runner, CLI) moves the generation, and a process whose generation moved drops the whole cache
 before its next decision. Not counted: a token's ``last_used_at`` (the use audit), a user's ``last_login_at``, a
 project's ``used_bytes``/``reserved_bytes`` (quota accounting) — nothing the decision reads. SQLite: the shared
@@ -22,8 +24,9 @@ The rules that keep it exact:
 - Only tokens that were accepted are kept; expiry is checked against the clock on every request, the secret's hash
   is compared on every request, and anything refused (revoked, expired, disabled, unknown, a wrong secret) is
   decided and audited by the database path every time.
-- Only what the database says is kept: the token's row, its user's row, and the set of projects the user may read
-  data of. Shares, grants, holds, a file's state and project settings are still read per request.
+- Only what the database says is kept: the token's row, its user's row, the set of projects the user may read
+  data of, and the share (if any) that makes a file readable from them. Grants (applications, visas), holds, a
+  file's own row and project settings are still read per request.
 
 Only processes that ``enable`` it use it (``strongroom serve``: ``[security] decision_cache``, on by default); every
 process signals its changes regardless.
@@ -48,7 +51,8 @@ from . import generation
 from .identity.models import ApiToken, User
 
 AUTHZ = generation.register(generation.Topic(
-    "authz", frozenset({"api_tokens", "users", "memberships", "roles", "projects"}),
+    "authz", frozenset({"api_tokens", "users", "memberships", "roles", "projects",
+                        "dataset_shares", "dataset_versions", "dataset_files"}),
     ignored={"api_tokens": ("last_used_at",), "users": ("last_login_at",),
              "projects": ("used_bytes", "reserved_bytes")}))
 
@@ -77,6 +81,8 @@ class _State:
     token: tuple[int, ...]
     tokens: dict[str, TokenEntry] = field(default_factory=dict)
     readable: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = field(default_factory=dict)
+    # (file id, readable projects) -> the share that lets them read it, (project, dataset), or None: no share
+    shares: dict[tuple[str, frozenset[uuid.UUID]], tuple[uuid.UUID, str] | None] = field(default_factory=dict)
     windows: dict[str, dt.datetime] = field(default_factory=dict)  # token prefix -> use window already recorded
 
 
@@ -222,3 +228,25 @@ def remember_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None],
     if len(state.readable) >= MAX_ENTRIES:
         state.readable.clear()
     state.readable[key] = readable
+
+
+# -- shares ----------------------------------------------------------------------------------------------
+NOT_CACHED = object()  # ``cached_share``'s answer when it does not know (None is a cached "no share")
+
+
+def cached_share(session: Session, key: tuple[str, frozenset[uuid.UUID]]) -> Any:
+    """The share through which one of the readable projects reads the file (project id, dataset id), None for
+    none, or ``NOT_CACHED``."""
+    cache = of(session)
+    state = cache.current() if cache is not None else None
+    return state.shares.get(key, NOT_CACHED) if state is not None else NOT_CACHED
+
+
+def remember_share(session: Session, key: tuple[str, frozenset[uuid.UUID]],
+                   share: tuple[uuid.UUID, str] | None) -> None:
+    state = _storable(session)
+    if state is None:
+        return
+    if len(state.shares) >= MAX_ENTRIES:
+        state.shares.clear()
+    state.shares[key] = share

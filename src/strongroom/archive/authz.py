@@ -163,7 +163,8 @@ GRANT_PROVIDERS: list[Callable[[Session, Principal, ArchiveFile], ReadGrant | No
 
 
 def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
-    """Checked on every request — membership, release state, shares, grants and holds are read fresh."""
+    """Checked on every request — holds and grants are read fresh; memberships, release state and shares too, or,
+    in a web process, come from its decision cache while none of them changed anywhere (``decision_cache``)."""
     if f.hold is not None:
         # Quarantined (or otherwise held) files do not exist for ordinary reads: same answer as a
         # made-up id, for members, the PI, applicants, share recipients and admins alike.
@@ -172,7 +173,12 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
     if f.project_id in readable:
         return ReadGrant("owner", f.project_id)
     if readable:
-        share = _core(session).execute(_share_statement(), {"file_id": f.id, "projects": list(readable)}).first()
+        key = (f.id, frozenset(readable))
+        share = decision_cache.cached_share(session, key)  # the process's, across requests
+        if share is decision_cache.NOT_CACHED:
+            row = _core(session).execute(_share_statement(), {"file_id": f.id, "projects": list(readable)}).first()
+            share = (row[0], row[1]) if row is not None else None
+            decision_cache.remember_share(session, key, share)
         if share is not None:
             return ReadGrant("share", share[0], dataset_id=share[1])
     for provider in GRANT_PROVIDERS:
