@@ -334,7 +334,9 @@ def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
             raise Invalid(f"{name} is suspended or outbound exchanges with it are not allowed")
         url = peer.base_url
     try:
-        r = signed_get(hub.settings, url, f"{PEER_PATH}/hello")
+        # an operator's one-off check, not a fan-out query: a slow peer gets time to answer (as notices do)
+        r = signed_get(hub.settings, url, f"{PEER_PATH}/hello",
+                       timeout=max(hub.settings.federation.peer_timeout_seconds, 30))
         ok, said = r.status_code == 200, (r.text[:300] if r.status_code != 200 else "verified")
         said = said if ok else f"HTTP {r.status_code}: {said}"
     except httpx.HTTPError as exc:
