@@ -20,15 +20,8 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from strongroom.archive.storage.durable import fsync_path
 from strongroom.imaging import reactor
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def main() -> None:
@@ -48,7 +41,7 @@ def main() -> None:
         count += 1
         os.replace(event.dataset_path, target)
         if fsync:  # the file and the directory naming it, concurrently, as Strongroom's spool does
-            for done in [syncer.submit(_fsync_file, target), syncer.submit(os.fsync, dir_fd)]:
+            for done in [syncer.submit(fsync_path, target), syncer.submit(os.fsync, dir_fd)]:
                 done.result()
         target.unlink()  # the rounds reuse the directory: keep it small (after the status would be fairer; no matter)
         return 0

@@ -27,15 +27,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from strongroom.archive.storage.durable import fsync_path
+
 POOL = ThreadPoolExecutor(8)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -45,18 +39,19 @@ def _write(path: Path, data: bytes) -> None:
 
 def sequential(stem: Path, dcm: bytes, sidecar: bytes) -> None:
     _write(stem.with_suffix(".dcm"), dcm)
-    _fsync(stem.with_suffix(".dcm"))
+    fsync_path(stem.with_suffix(".dcm"))
     _write(stem.with_suffix(".json.tmp"), sidecar)
-    _fsync(stem.with_suffix(".json.tmp"))
+    fsync_path(stem.with_suffix(".json.tmp"))
     os.replace(stem.with_suffix(".json.tmp"), stem.with_suffix(".json"))
-    _fsync(stem.parent)
+    fsync_path(stem.parent)
 
 
 def concurrent(stem: Path, dcm: bytes, sidecar: bytes) -> None:
     _write(stem.with_suffix(".dcm"), dcm)
     _write(stem.with_suffix(".json.tmp"), sidecar)
     os.replace(stem.with_suffix(".json.tmp"), stem.with_suffix(".json"))
-    for future in [POOL.submit(_fsync, p) for p in (stem.with_suffix(".dcm"), stem.with_suffix(".json"), stem.parent)]:
+    paths = (stem.with_suffix(".dcm"), stem.with_suffix(".json"), stem.parent)
+    for future in [POOL.submit(fsync_path, p) for p in paths]:
         future.result()
 
 

@@ -21,15 +21,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 
 from conftest import bearer, token_for
+from helpers import sql_statements
 from strongroom import decision_cache, generation
 from strongroom.archive import service as archive
 from strongroom.archive.backend import storage_for
@@ -101,18 +101,8 @@ def _elsewhere(hub, tmp_path, code: str) -> None:  # type: ignore[no-untyped-def
         assert _generation(hub) != before
 
 
-@contextmanager
-def _statements(hub) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        seen.append(statement)
-
-    event.listen(_engine(hub), "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(_engine(hub), "before_cursor_execute", record)
+def _statements(hub):  # type: ignore[no-untyped-def]
+    return sql_statements(_engine(hub))
 
 
 def _decision_reads(statements: list[str]) -> list[str]:

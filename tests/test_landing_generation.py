@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
+from helpers import sql_statements
 from strongroom.catalog import generation, page_cache
 from test_catalog import anon, publish_entry, world  # noqa: F401  (world is a fixture)
 
@@ -68,18 +69,8 @@ def _elsewhere(hub, tmp_path, code: str) -> None:  # type: ignore[no-untyped-def
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@contextmanager
-def _statements(hub) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
-        seen.append(statement)
-
-    event.listen(_engine(hub), "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(_engine(hub), "before_cursor_execute", record)
+def _statements(hub):  # type: ignore[no-untyped-def]
+    return sql_statements(_engine(hub))
 
 
 def _listening(hub) -> tuple[int, ...]:  # type: ignore[no-untyped-def]

@@ -38,6 +38,7 @@ import datetime as dt
 import threading
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,40 +214,42 @@ def user_in(session: Session, entry: TokenEntry) -> User:
     return user
 
 
-# -- readable projects -----------------------------------------------------------------------------------
-def cached_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None]) -> frozenset[uuid.UUID] | None:
+# -- readable projects and shares ---------------------------------------------------------------------------
+NOT_CACHED = object()  # a lookup's answer when the cache does not know (None is a cached "no share")
+
+
+def _lookup(session: Session, entries_of: Callable[[_State], dict[Any, Any]], key: Any) -> Any:
     cache = of(session)
     state = cache.current() if cache is not None else None
-    return state.readable.get(key) if state is not None else None
+    return entries_of(state).get(key, NOT_CACHED) if state is not None else NOT_CACHED
+
+
+def _remember(session: Session, entries_of: Callable[[_State], dict[Any, Any]], key: Any, value: Any) -> None:
+    state = _storable(session)
+    if state is None:
+        return
+    entries = entries_of(state)
+    if len(entries) >= MAX_ENTRIES:
+        entries.clear()
+    entries[key] = value
+
+
+def cached_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None]) -> frozenset[uuid.UUID] | None:
+    found = _lookup(session, lambda state: state.readable, key)
+    return None if found is NOT_CACHED else found
 
 
 def remember_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None],
                       readable: frozenset[uuid.UUID]) -> None:
-    state = _storable(session)
-    if state is None:
-        return
-    if len(state.readable) >= MAX_ENTRIES:
-        state.readable.clear()
-    state.readable[key] = readable
-
-
-# -- shares ----------------------------------------------------------------------------------------------
-NOT_CACHED = object()  # ``cached_share``'s answer when it does not know (None is a cached "no share")
+    _remember(session, lambda state: state.readable, key, readable)
 
 
 def cached_share(session: Session, key: tuple[str, frozenset[uuid.UUID]]) -> Any:
     """The share through which one of the readable projects reads the file (project id, dataset id), None for
     none, or ``NOT_CACHED``."""
-    cache = of(session)
-    state = cache.current() if cache is not None else None
-    return state.shares.get(key, NOT_CACHED) if state is not None else NOT_CACHED
+    return _lookup(session, lambda state: state.shares, key)
 
 
 def remember_share(session: Session, key: tuple[str, frozenset[uuid.UUID]],
                    share: tuple[uuid.UUID, str] | None) -> None:
-    state = _storable(session)
-    if state is None:
-        return
-    if len(state.shares) >= MAX_ENTRIES:
-        state.shares.clear()
-    state.shares[key] = share
+    _remember(session, lambda state: state.shares, key, share)

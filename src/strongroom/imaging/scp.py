@@ -48,6 +48,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import select
 
 from ..archive.backend import storage_for
+from ..archive.storage.durable import fsync_path
 from ..audit import outbox
 from ..hub import Hub
 from ..projects import service as projects
@@ -471,7 +472,7 @@ class DicomService:
         are on disk. The fsyncs run concurrently, so the file system commits them together (one
         journal commit instead of one per file, also across concurrent associations): ~3x fewer
         synchronous disk waits per acknowledged object than one fsync after the other."""
-        for future in [self.fsyncer.submit(_fsync_path, path) for path in paths]:
+        for future in [self.fsyncer.submit(fsync_path, path) for path in paths]:
             future.result()  # raises the OSError of any that failed: then nothing is acknowledged
 
     def _read_sidecar(self, stem: Path) -> dict[str, Any] | None:
@@ -693,14 +694,6 @@ def _archive_worker_init(parent_pid: int, settings: Any) -> None:
 def _archive_in_worker(ctx: service.ImportContext, processed: list[service.Processed]) -> list[str]:
     assert _archive_hub is not None
     return service.archive_processed(_archive_hub, storage_for(_archive_hub), ctx, processed)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -12,12 +12,17 @@ from typing import Any, BinaryIO
 COPY_CHUNK = 4 * 1024 * 1024
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """fsync a file or a directory by its path."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fsync_path(path, getattr(os, "O_DIRECTORY", 0))
 
 
 def makedirs_durable(path: Path, stop: Path) -> None:
