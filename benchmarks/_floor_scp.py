@@ -1,5 +1,5 @@
 """The floor of any Python DICOM receiver built on pynetdicom, for bench_receive.py: a bare Storage SCP with
-Strongroom's network settings (128 KiB max PDU, objects streamed to a spool file, TCP_NODELAY, the
+Strongroom's network settings (128 KiB max PDU, objects streamed to a spool file, TCP_NODELAY, no per-PDU log descriptions, the
 event-driven reactors of ``strongroom.imaging.reactor``) that does nothing else with an object, or only
 fsyncs it and its directory (concurrently) before the success status (``--fsync``): no de-identification, no summary, no
 database, no verification.
@@ -30,6 +30,7 @@ def main() -> None:
     reactor.install()
     sys.setswitchinterval(0.001)  # as `strongroom dicom serve`
     _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_HANDLER_LEVEL = "none"  # as the destination: no per-PDU descriptions for a silenced log
     tempfile.tempdir = str(spool)
     dir_fd = os.open(spool, os.O_RDONLY)
     syncer = ThreadPoolExecutor(2)
