@@ -690,7 +690,7 @@ _archive_hub: Hub | None = None
 def _archive_worker_init(parent_pid: int, settings: Any) -> None:
     """The archive worker: dies with the destination's process, has its own connections."""
     global _archive_hub
-    pipeline.worker_init(parent_pid, POOL_NICENESS)  # like the verification pool: senders come first
+    pipeline.worker_init(parent_pid)
     _archive_hub = Hub.from_settings(settings)
 
 
