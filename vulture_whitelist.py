@@ -19,7 +19,7 @@ type_annotation_map, cache_ok, _.process_bind_param, _.process_result_value, _.i
 # fsspec calls these on a filesystem and its files (fs.py: StrongroomFileSystem, StrongroomFile)
 protocol, root_marker, _.unstrip_protocol, _.ls, _.cat_file, _.put_file, _._fetch_range
 # pynetdicom configuration and responses (imaging/scp.py)
-_.STORE_RECV_CHUNKED_DATASET, _.tempdir
+_.STORE_RECV_CHUNKED_DATASET, _.tempdir, _.LOG_HANDLER_LEVEL
 _.maximum_pdu_size, _.require_called_aet, _.maximum_associations, _.network_timeout, _.dimse_timeout
 _.ErrorComment
 # pydicom keywords the synthetic corpus sets on its datasets (imaging/synthetic.py)

@@ -1,8 +1,8 @@
 """The floor of any Python DICOM receiver built on pynetdicom, for bench_receive.py: a bare Storage SCP with
-Strongroom's network settings (128 KiB max PDU, objects streamed to a spool file, TCP_NODELAY, no per-PDU log descriptions, the
-event-driven reactors of ``strongroom.imaging.reactor``) that does nothing else with an object, or only
-fsyncs it and its directory (concurrently) before the success status (``--fsync``): no de-identification, no summary, no
-database, no verification.
+Strongroom's network settings (128 KiB max PDU, objects streamed to a spool file, TCP_NODELAY, no per-PDU
+log descriptions, the event-driven reactors of ``strongroom.imaging.reactor``) that does nothing else with
+an object, or only fsyncs it and its directory (concurrently) before the success status (``--fsync``): no
+de-identification, no summary, no database, no verification.
 
     python benchmarks/_floor_scp.py PORT SPOOL_DIR [--fsync]
 """
