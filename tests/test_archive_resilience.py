@@ -120,9 +120,13 @@ def test_worker_killed_mid_ingest_loses_nothing(hub, settings, lung, tmp_path):
         second = _cli("worker", "--name", "second", env=env)
         try:
             _wait(lambda: _job_status(hub, job_id) == "done", timeout=120, step=0.2)
-        finally:
+        finally:  # no worker left running: it would schedule jobs into the next test's tables
             second.terminate()
-            second.wait(10)
+            try:
+                second.wait(60)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second.wait(30)
     finally:
         if first.poll() is None:
             first.kill()

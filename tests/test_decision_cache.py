@@ -263,9 +263,11 @@ def test_a_lost_listener_means_no_cache_until_it_is_back(world, hub, client, tmp
     _warm(hub, client, world)  # and the cache is used again
 
 
-def test_a_cached_tokens_first_use_in_a_window_is_recorded_even_after_a_rollback(world, hub, client, monkeypatch):
-    """The next window's first use, decided from the cache, is rolled back with its transaction: the following use
-    records it (the cache remembers a window only once its record is committed)."""
+@pytest.mark.parametrize("path", ["decided from the cache", "decided from the database"])
+def test_a_tokens_first_use_in_a_window_is_recorded_even_after_a_rollback(world, hub, client, monkeypatch, path):
+    """The next window's first use is rolled back with its transaction: the following use records it (the cache
+    remembers a window only once its record is committed) — whether the rolled-back use was decided from the
+    cache or, the cache just dropped (another process's change), from the database."""
     from strongroom.audit.models import AuditEvent
 
     def used() -> int:
@@ -278,9 +280,13 @@ def test_a_cached_tokens_first_use_in_a_window_is_recorded_even_after_a_rollback
     before = used()
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=hub.settings.security.token_use_window_seconds)
     monkeypatch.setattr(identity, "utcnow", lambda: later)
-    with hub.sessions() as s:
+    if path == "decided from the database":
+        decision_cache.enable(_engine(hub)).clear()
+    with hub.sessions() as s, _statements(hub) as seen:
         identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")
         s.rollback()
+    if path == "decided from the database":  # (from the cache unless a notification just dropped it)
+        assert _decision_reads(seen)
     assert used() == before
     with transaction(hub.sessions) as s:
         identity.authenticate_token(s, world["token"], "127.0.0.1", use_audit="window")

@@ -152,15 +152,22 @@ def _kinds(hub) -> list[str]:
         return sorted(j.kind for j in s.scalars(select(Job)))
 
 
+def _jobs(hub) -> list[tuple[object, ...]]:
+    """Every job with what tells who made it (an assertion's message: a stray scheduler shows its period)."""
+    with hub.sessions() as s:
+        return [(j.id, j.kind, j.dedup_key, j.status, j.locked_by, j.created_at) for j in s.scalars(select(Job))]
+
+
 def test_builtin_periodic_jobs_run(hub):
     runner = Runner(hub, lease_seconds=5, name="inline")
+    assert _jobs(hub) == []
     added = runner.schedule_periodic(now=T)
-    assert len(added) == len(BUILTIN_PERIODIC), _kinds(hub)  # all by this call: no other scheduler here
+    assert len(added) == len(BUILTIN_PERIODIC), _jobs(hub)  # all by this call: no other scheduler here
     assert runner.schedule_periodic(now=T) == []  # the same period: nothing new
     assert runner.schedule_periodic(now=T + 60) == []  # the next minute: federation.notices is still queued
     assert runner.schedule_periodic(now=T + 86_400) == []  # a day later: every kind still has its run queued
-    assert _kinds(hub) == BUILTIN_PERIODIC
-    assert runner.run_until_idle() == 20
+    assert _kinds(hub) == BUILTIN_PERIODIC, _jobs(hub)
+    assert runner.run_until_idle() == 20, _jobs(hub)
     with hub.sessions() as s:
         assert {(j.status, j.locked_by) for j in s.scalars(select(Job))} == {("done", "inline")}
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1
@@ -170,7 +177,7 @@ def test_builtin_periodic_jobs_run(hub):
     assert runner.schedule_periodic(now=T) == []  # the period's runs are done: not again
     again = runner.schedule_periodic(now=T + 60)  # the next minute, its run done: the next one
     with hub.sessions() as s:
-        assert [s.get(Job, i).kind for i in again] == ["federation.notices"]
+        assert [s.get(Job, i).kind for i in again] == ["federation.notices"], _jobs(hub)
 
 
 def test_periodic_jobs_are_not_pending_twice_across_a_period_boundary(hub):

@@ -60,6 +60,7 @@ AUTHZ = generation.register(generation.Topic(
 MAX_ENTRIES = 10_000  # per kind; a full cache is dropped and refilled (one generation's worth of callers)
 
 _BEGUN = "strongroom.decision_cache.begun"  # Session.info: the authz generation when the transaction began
+_OWN_WINDOWS = "strongroom.decision_cache.own_windows"  # Session.info: use windows this transaction records
 _USER_COLUMNS = tuple(c.key for c in User.__mapper__.column_attrs)
 
 
@@ -159,10 +160,17 @@ def _begun(session: Session, transaction: SessionTransaction, connection: Connec
         session.info[_BEGUN] = cache.generation.token()  # before the transaction's first read
 
 
+@event.listens_for(Session, "after_commit")
+def _committed(session: Session) -> None:
+    for state, prefix, window in session.info.pop(_OWN_WINDOWS, ()):
+        state.windows[prefix] = window  # recorded: the rest of the window writes nothing
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _ended(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None and not transaction.nested:
         session.info.pop(_BEGUN, None)
+        session.info.pop(_OWN_WINDOWS, None)  # rolled back: the window's use is not recorded
 
 
 def _storable(session: Session) -> _State | None:
@@ -186,7 +194,8 @@ def cached_token(session: Session, prefix: str) -> tuple[TokenEntry, _State] | N
 
 def remember_token(session: Session, token: ApiToken, user: User, window: dt.datetime | None) -> None:
     """An accepted token and its user, read in this session's transaction (``window``: the use window whose
-    use is recorded, if it is)."""
+    use another, committed transaction recorded, if one did — this transaction's own record goes through
+    ``remember_window_on_commit``)."""
     state = _storable(session)
     if state is None:
         return
@@ -198,6 +207,15 @@ def remember_token(session: Session, token: ApiToken, user: User, window: dt.dat
         token.created_at, tuple(getattr(user, c) for c in _USER_COLUMNS))
     if window is not None:
         state.windows[token.prefix] = window
+
+
+def remember_window_on_commit(session: Session, prefix: str, window: dt.datetime,
+                              state: _State | None = None) -> None:
+    """This transaction records the token's use in ``window``: the cache knows it once the transaction commits
+    (a rollback takes the record with it, and the next use must write it again)."""
+    state = state or _storable(session)
+    if state is not None:
+        session.info.setdefault(_OWN_WINDOWS, []).append((state, prefix, window))
 
 
 def user_in(session: Session, entry: TokenEntry) -> User:

@@ -508,7 +508,8 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_
                                               actor, now, window_seconds)
         if moved:
             set_committed_value(token, "last_used_at", now)
-        decision_cache.remember_token(session, token, user, window)
+            decision_cache.remember_window_on_commit(session, token.prefix, window)
+        decision_cache.remember_token(session, token, user, None if moved else window)
     else:
         token.last_used_at = now
         audit.record(session, actor, "token.used", subject_user_id=user.id, target=f"token:{token.prefix}")
@@ -544,7 +545,9 @@ def _from_decision_cache(session: Session, prefix: str, secret: str, ip: str | N
         actor = Actor(entry.user_id, user.label, ip)
         window, moved = _record_use_in_window(session, entry.token_id, prefix, entry.user_id, recorded, actor, now,
                                               window_seconds)
-        if not moved:  # recorded and committed (by another request); our own write is known once committed
+        if moved:
+            decision_cache.remember_window_on_commit(session, prefix, window, state)
+        else:  # recorded and committed by another request
             state.windows[prefix] = window
     return _token_principal(user, entry.scopes, entry.created_at, prefix, ip)
 
