@@ -106,7 +106,8 @@ def world(app, hub, people, tmp_path: Path) -> World:
         s.add(Membership(project_id=bulk.project_by_slug(hub, "chest"), user_id=ppl["memo"].user.id,
                          role="member", delegated_rights=["import", "reidentify"]))
         demo = s.scalar(select(Dataset).where(Dataset.title == DEMO_TITLE))
-        ready = s.scalar(select(ArchiveFile.id).where(ArchiveFile.state == "ready").limit(1))
+        ready = s.scalar(select(ArchiveFile.id).where(ArchiveFile.state == "ready",
+                                                        ArchiveFile.hold.is_(None)).limit(1))  # not the held one
         ids = {"demo": demo.id, "ready_file": ready}
     clients = {name: web_client(app, hub, p) for name, p in ppl.items() if name != "newbie"}
     return World(app, hub, ppl, clients, ids, tmp_path)
