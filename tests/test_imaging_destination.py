@@ -403,6 +403,40 @@ def test_an_aborted_association_still_closes_its_batch(hub, settings, destinatio
         wait_for(lambda: [(b.state, b.archived) for b in batches(hub)] == [("closed", 2)], what="the batch to close")
 
 
+def _waiting_for_verification(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return next(float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("strongroom_dicom_waiting_for_verification "))
+
+
+def test_objects_wait_for_verification_while_a_sender_is_connected_up_to_the_backlog(hub, settings, destination,
+                                                                                   tmp_path: Path) -> None:
+    """With no verification allowed while senders are connected and a backlog of 3: the first three objects
+    are acknowledged and wait in the spool (nothing verified, nothing archived); each object past the
+    backlog sends the oldest on; the association's end sends the rest, and every object is published."""
+    originals = list(write_corpus(tmp_path / "in", patients=1, studies=1, instances=5).values())
+    metrics = free_port()
+    with dicom_serve(settings, destination, STRONGROOM_IMAGING__VERIFY_WORKERS_WHILE_RECEIVING="0",
+                     STRONGROOM_IMAGING__RECEIVE_BACKLOG="3", STRONGROOM_IMAGING__METRICS_PORT=str(metrics)):
+        ae = AE(ae_title=SENDER)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", destination, ae_title=AET)
+        assert assoc.is_established
+        for data in originals[:3]:
+            assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0
+        wait_for(lambda: _waiting_for_verification(metrics) == 3, what="three objects held back")
+        assert instances(hub) == []  # acknowledged (durable in the spool), none verified
+        assert len(list((settings.var_dir / "dicom-spool").rglob("*.json"))) == 3
+        for data in originals[3:]:
+            assert assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status == 0
+        wait_for(lambda: len(instances(hub)) == 2 and _waiting_for_verification(metrics) == 3,
+                 what="the two oldest objects past the backlog archived")
+        assoc.release()
+        wait_for(lambda: published_count(hub) == 5, what="every object published once the sender left")
+        assert _waiting_for_verification(metrics) == 0
+        wait_for(lambda: [(b.state, b.archived) for b in batches(hub)] == [("closed", 5)], what="the batch to close")
+
+
 COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-default) transfer syntax
     "JPEG2000.dcm": "1.2.840.10008.1.2.4.91", "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",
     "SC_rgb_rle.dcm": "1.2.840.10008.1.2.5", "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter as MetricCounter
-from prometheus_client import Histogram, start_http_server
+from prometheus_client import Gauge, Histogram, start_http_server
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom import acse as pynetdicom_acse
@@ -66,6 +66,8 @@ STORES = MetricCounter("strongroom_dicom_stores_total", "C-STORE requests answer
 STORE_SECONDS = Histogram("strongroom_dicom_store_seconds", "C-STORE: data received to response sent",
                           ["project"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived", ["project", "outcome"])
+WAITING = Gauge("strongroom_dicom_waiting_for_verification",
+                "acknowledged objects held in the spool while senders are connected (imaging.receive_backlog)")
 
 # C-STORE statuses (PS3.4 B.2.3)
 SUCCESS = 0x0000
@@ -168,6 +170,9 @@ class _Close:
     batch_id: str
 
 
+_WAKE = object()  # on the dispatcher's queue: look again (a verification finished, an association ended)
+
+
 # The verification pool runs at a lower CPU priority than the receiving process: senders are acknowledged
 # first, and the pool catches up in the gaps (it has the spool to work from, and a crash loses nothing).
 POOL_NICENESS = 10
@@ -209,7 +214,7 @@ class DicomService:
         self.pool = self._new_pool()
         self.archive_pool = self._new_archive_pool()  # the archiver's database work, out of this process's GIL
         self.destinations: dict[uuid.UUID, _Destination] = {}
-        self.queue: queue.Queue[_Item | _Close | None] = queue.Queue()  # acknowledged, in order
+        self.queue: queue.Queue[_Item | _Close | object | None] = queue.Queue()  # acknowledged, in order
         self.ready: queue.Queue[_Item | _Close | None] = queue.Queue()  # the same, verification under way
         self.batches: dict[int, str] = {}  # id(association) → batch id
         self.live: set[int] = set()  # id(association) of accepted, still connected associations
@@ -385,8 +390,8 @@ class DicomService:
                 self.live.discard(id(event.assoc))
                 dest.open_associations -= 1
             dest.last_activity = time.monotonic()
-        if batch_id is not None:
-            self.queue.put(_Close(dest, batch_id))
+        # (a sender gone: objects held back while it was connected may go to verification now)
+        self.queue.put(_Close(dest, batch_id) if batch_id is not None else _WAKE)
 
     def _on_store(self, event: evt.Event, dest: _Destination) -> Dataset | int:
         started = time.perf_counter()
@@ -566,24 +571,56 @@ class DicomService:
             raise
 
     def _dispatch_loop(self) -> None:
-        """Start each object's verification as soon as it is acknowledged, so that the pool keeps working
-        while the archiver waits for a group or commits the previous one. Only this long-lived thread
-        submits: the pool's workers are started by the thread that submits, and die with it (their
-        parent-death signal follows the thread, not the process), so an association's thread must not."""
+        """Hand acknowledged objects, in order, to verification and then to the archiver, so that the pool
+        keeps working while the archiver waits for a group or commits the previous one. While senders are
+        connected, ``_may_wait`` holds objects back (bounded by ``receive_backlog``): the receiving threads
+        get the CPU and the disk first. Only this long-lived thread submits: the pool's workers are started
+        by the thread that submits, and die with it (their parent-death signal follows the thread, not the
+        process), so an association's thread must not."""
+        held: deque[_Item | _Close | None] = deque()  # in arrival order; the archiver gets them in that order
+        waiting = 0  # objects in ``held``
+        stopping = False  # None (stop) is in ``held``: nothing waits any more
+        in_flight: set[Future[tuple[dict[str, Any], Any]]] = set()
         while True:
-            item = self.queue.get()
-            if isinstance(item, _Item) and item.verified is None:
-                try:
-                    item.verified = self._submit(item)
-                except BrokenProcessPool:  # a worker died (killed, out of memory): a new pool, once
-                    log.error("dicom.pool_replaced")
-                    stop_pool(self.pool, grace_seconds=0)
-                    self.pool = self._new_pool()
-                    item.verified = self._submit(item)
-            self.ready.put(item)
-            if item is None:
-                self.archiver.join()  # the workers live until the archiver has their last results
-                return
+            got = self.queue.get()
+            if got is not _WAKE:
+                held.append(got)  # type: ignore[arg-type]
+                waiting += isinstance(got, _Item)
+                stopping = stopping or got is None
+            in_flight = {f for f in in_flight if not f.done()}
+            while held:
+                item = held[0]
+                if isinstance(item, _Item):
+                    if item.verified is None:
+                        if not stopping and self._may_wait(waiting, len(in_flight)):
+                            break
+                        item.verified = self._submit_safely(item)
+                        in_flight.add(item.verified)
+                        item.verified.add_done_callback(lambda _: self.queue.put(_WAKE))
+                    waiting -= 1
+                held.popleft()
+                self.ready.put(item)
+                if item is None:
+                    self.archiver.join()  # the workers live until the archiver has their last results
+                    return
+            WAITING.set(waiting)
+
+    def _may_wait(self, waiting: int, verifying: int) -> bool:
+        """Whether the next acknowledged object waits: senders are connected, the verifications allowed
+        while they are run already, and the backlog is within ``receive_backlog``."""
+        with self.lock:
+            receiving = bool(self.live)
+        return (receiving and verifying >= self.cfg.verify_workers_while_receiving
+                and waiting <= self.cfg.receive_backlog)
+
+    def _submit_safely(self, item: _Item) -> Future[tuple[dict[str, Any], Any]]:
+        try:
+            return self._submit(item)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): a new pool, once
+            log.error("dicom.pool_replaced")
+            stop_pool(self.pool, grace_seconds=0)
+            self.pool = self._new_pool()
+            return self._submit(item)
 
     def _submit(self, item: _Item) -> Future[tuple[dict[str, Any], Any]]:
         return self.pool.submit(pipeline.verify_and_seal, str(item.stem.with_suffix(".raw")),
