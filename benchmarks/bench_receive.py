@@ -3,7 +3,7 @@ in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, al
 (``TCP_NODELAY=1``, one association per send) with the same generated CT files, round after round.
 
     python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
-                                       [--diag nofsync,scanfix,scanfix-nofsync,at-once,hold,backlog100]
+                                       [--diag nofsync,scanfix,scanfix-nofsync,backlog]
                                        [--baseline-src DIR] [--keep]
 
 Targets (issue 16): acknowledged >= 1.0x Orthanc and >= 0.5x storescp writing to disk; end to end >= 0.8x Orthanc.
@@ -28,11 +28,9 @@ Receivers, each started once (storescp once per round, with a fresh output direc
   ``--diag`` adds diagnostic Strongroom hubs (each its own serve process and database): ``nofsync`` with
   ``STRONGROOM_IMAGING__FSYNC=false``; ``scanfix`` with the leak scan skipping the pixel data as
   ``verify._header_bytes`` intends (with pydicom 3 it does not: see VERIFY_FIX below; the patch lives in a
-  temporary sitecustomize.py, src/ is untouched); ``scanfix-nofsync`` with both; ``at-once``
-  (``RECEIVE_BACKLOG=0``: every object goes to verification as soon as it is acknowledged, the policy before
-  the backlog), ``hold`` (``VERIFY_WORKERS_WHILE_RECEIVING=0``: nothing verified while the sender is connected,
-  within the backlog) and ``backlog100`` (``RECEIVE_BACKLOG=100``: a sender that outruns a small backlog, the
-  sustained rate). Diagnostics get no verdict.
+  temporary sitecustomize.py, src/ is untouched); ``scanfix-nofsync`` with both; ``backlog``
+  (``RECEIVE_BACKLOG=1000``: a burst acknowledged first, verified once the sender leaves). Diagnostics get no
+  verdict.
 
 Every round gets its own corpus (new patients, so new SOP Instance UIDs: Strongroom recognises a resent
 instance by its pseudonymized UID and does not store it twice), generated before anything is timed; every
@@ -396,14 +394,11 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffi
     "sr-nofsync": (" [diag: FSYNC=false]", NOFSYNC, False),
     "sr-scanfix": (" [diag: scan fix]", {}, True),
     "sr-scanfix-nofsync": (" [diag: scan fix, FSYNC=false]", NOFSYNC, True),
-    # the dispatch policy (imaging.verify_workers_while_receiving, imaging.receive_backlog) against its defaults
-    "sr-at-once": (" [diag: RECEIVE_BACKLOG=0]", {"STRONGROOM_IMAGING__RECEIVE_BACKLOG": "0"}, False),
-    "sr-hold": (" [diag: VERIFY_WORKERS_WHILE_RECEIVING=0]",
-                {"STRONGROOM_IMAGING__VERIFY_WORKERS_WHILE_RECEIVING": "0"}, False),
-    "sr-backlog100": (" [diag: RECEIVE_BACKLOG=100]", {"STRONGROOM_IMAGING__RECEIVE_BACKLOG": "100"}, False),
+    # imaging.receive_backlog, a site's choice (off by default): a burst acknowledged first, verified after
+    "sr-backlog": (" [diag: RECEIVE_BACKLOG=1000]", {"STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000"}, False),
 }
 DIAGNOSTICS = {"nofsync": "sr-nofsync", "scanfix": "sr-scanfix", "scanfix-nofsync": "sr-scanfix-nofsync",
-               "at-once": "sr-at-once", "hold": "sr-hold", "backlog100": "sr-backlog100"}
+               "backlog": "sr-backlog"}
 
 
 class Strongroom(Receiver):
@@ -564,8 +559,7 @@ def main() -> int:
                         help="comma-separated diagnostic Strongroom hubs to run as well: nofsync "
                              "(STRONGROOM_IMAGING__FSYNC=false), scanfix (the leak scan skips the pixel data, as "
                              "verify._header_bytes intends: a sitecustomize patch of that one pydicom call, in a temp "
-                             "dir; src/ is untouched), scanfix-nofsync (both), at-once (RECEIVE_BACKLOG=0), hold "
-                             "(VERIFY_WORKERS_WHILE_RECEIVING=0), backlog100 (RECEIVE_BACKLOG=100)")
+                             "dir; src/ is untouched), scanfix-nofsync (both), backlog (RECEIVE_BACKLOG=1000)")
     parser.add_argument("--baseline-src", default="",
                         help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
                              "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "

@@ -411,13 +411,13 @@ def _waiting_for_verification(port: int) -> float:
 
 def test_objects_wait_for_verification_while_a_sender_is_connected_up_to_the_backlog(hub, settings, destination,
                                                                                    tmp_path: Path) -> None:
-    """With no verification allowed while senders are connected and a backlog of 3: the first three objects
-    are acknowledged and wait in the spool (nothing verified, nothing archived); each object past the
-    backlog sends the oldest on; the association's end sends the rest, and every object is published."""
+    """``imaging.receive_backlog = 3``: the first three objects are acknowledged and wait in the spool
+    (nothing verified, nothing archived); each object past the backlog sends the oldest on; the association's
+    end sends the rest, and every object is published."""
     originals = list(write_corpus(tmp_path / "in", patients=1, studies=1, instances=5).values())
     metrics = free_port()
-    with dicom_serve(settings, destination, STRONGROOM_IMAGING__VERIFY_WORKERS_WHILE_RECEIVING="0",
-                     STRONGROOM_IMAGING__RECEIVE_BACKLOG="3", STRONGROOM_IMAGING__METRICS_PORT=str(metrics)):
+    with dicom_serve(settings, destination, STRONGROOM_IMAGING__RECEIVE_BACKLOG="3",
+                     STRONGROOM_IMAGING__METRICS_PORT=str(metrics)):
         ae = AE(ae_title=SENDER)
         ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         assoc = ae.associate("127.0.0.1", destination, ae_title=AET)

@@ -67,7 +67,7 @@ STORE_SECONDS = Histogram("strongroom_dicom_store_seconds", "C-STORE: data recei
                           ["project"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived", ["project", "outcome"])
 WAITING = Gauge("strongroom_dicom_waiting_for_verification",
-                "acknowledged objects held in the spool while senders are connected (imaging.receive_backlog)")
+                "acknowledged objects waiting in the spool while senders are connected (imaging.receive_backlog)")
 
 # C-STORE statuses (PS3.4 B.2.3)
 SUCCESS = 0x0000
@@ -170,7 +170,7 @@ class _Close:
     batch_id: str
 
 
-_WAKE = object()  # on the dispatcher's queue: look again (a verification finished, an association ended)
+_WAKE = object()  # on the dispatcher's queue: look again (an association without objects ended)
 
 
 # The verification pool runs at a lower CPU priority than the receiving process: senders are acknowledged
@@ -572,31 +572,27 @@ class DicomService:
 
     def _dispatch_loop(self) -> None:
         """Hand acknowledged objects, in order, to verification and then to the archiver, so that the pool
-        keeps working while the archiver waits for a group or commits the previous one. While senders are
-        connected, ``_may_wait`` holds objects back (bounded by ``receive_backlog``): the receiving threads
-        get the CPU and the disk first. Only this long-lived thread submits: the pool's workers are started
-        by the thread that submits, and die with it (their parent-death signal follows the thread, not the
-        process), so an association's thread must not."""
+        keeps working while the archiver waits for a group or commits the previous one. With
+        ``imaging.receive_backlog``, ``_may_wait`` holds objects back while senders are connected (bounded by
+        the backlog): the receiving threads get the CPU and the disk first. Only this long-lived thread
+        submits: the pool's workers are started by the thread that submits, and die with it (their
+        parent-death signal follows the thread, not the process), so an association's thread must not."""
         held: deque[_Item | _Close | None] = deque()  # in arrival order; the archiver gets them in that order
         waiting = 0  # objects in ``held``
         stopping = False  # None (stop) is in ``held``: nothing waits any more
-        in_flight: set[Future[tuple[dict[str, Any], Any]]] = set()
         while True:
             got = self.queue.get()
             if got is not _WAKE:
                 held.append(got)  # type: ignore[arg-type]
                 waiting += isinstance(got, _Item)
                 stopping = stopping or got is None
-            in_flight = {f for f in in_flight if not f.done()}
             while held:
                 item = held[0]
                 if isinstance(item, _Item):
                     if item.verified is None:
-                        if not stopping and self._may_wait(waiting, len(in_flight)):
+                        if not stopping and self._may_wait(waiting):
                             break
                         item.verified = self._submit_safely(item)
-                        in_flight.add(item.verified)
-                        item.verified.add_done_callback(lambda _: self.queue.put(_WAKE))
                     waiting -= 1
                 held.popleft()
                 self.ready.put(item)
@@ -605,13 +601,13 @@ class DicomService:
                     return
             WAITING.set(waiting)
 
-    def _may_wait(self, waiting: int, verifying: int) -> bool:
-        """Whether the next acknowledged object waits: senders are connected, the verifications allowed
-        while they are run already, and the backlog is within ``receive_backlog``."""
+    def _may_wait(self, waiting: int) -> bool:
+        """Whether the oldest acknowledged object waits: senders are connected and the backlog is within
+        ``imaging.receive_backlog``."""
+        if waiting > self.cfg.receive_backlog:
+            return False
         with self.lock:
-            receiving = bool(self.live)
-        return (receiving and verifying >= self.cfg.verify_workers_while_receiving
-                and waiting <= self.cfg.receive_backlog)
+            return bool(self.live)
 
     def _submit_safely(self, item: _Item) -> Future[tuple[dict[str, Any], Any]]:
         try:
