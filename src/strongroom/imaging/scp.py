@@ -170,7 +170,11 @@ class _Close:
     batch_id: str
 
 
-_WAKE = object()  # on the dispatcher's queue: look again (an association without objects ended)
+class _Wake:
+    """On the dispatcher's queue: look again (an association without objects ended)."""
+
+
+_WAKE = _Wake()
 
 
 # The verification pool runs at a lower CPU priority than the receiving process: senders are acknowledged
@@ -214,7 +218,7 @@ class DicomService:
         self.pool = self._new_pool()
         self.archive_pool = self._new_archive_pool()  # the archiver's database work, out of this process's GIL
         self.destinations: dict[uuid.UUID, _Destination] = {}
-        self.queue: queue.Queue[_Item | _Close | object | None] = queue.Queue()  # acknowledged, in order
+        self.queue: queue.Queue[_Item | _Close | _Wake | None] = queue.Queue()  # acknowledged, in order
         self.ready: queue.Queue[_Item | _Close | None] = queue.Queue()  # the same, verification under way
         self.batches: dict[int, str] = {}  # id(association) → batch id
         self.live: set[int] = set()  # id(association) of accepted, still connected associations
@@ -582,8 +586,8 @@ class DicomService:
         stopping = False  # None (stop) is in ``held``: nothing waits any more
         while True:
             got = self.queue.get()
-            if got is not _WAKE:
-                held.append(got)  # type: ignore[arg-type]
+            if not isinstance(got, _Wake):
+                held.append(got)
                 waiting += isinstance(got, _Item)
                 stopping = stopping or got is None
             while held:
