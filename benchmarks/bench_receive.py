@@ -3,7 +3,7 @@ in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, al
 (``TCP_NODELAY=1``, one association per send) with the same generated CT files, round after round.
 
     python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
-                                       [--diag nofsync,scanfix,scanfix-nofsync,backlog]
+                                       [--diag nofsync,scanfix,scanfix-nofsync,backlog,received]
                                        [--baseline-src DIR] [--keep]
 
 Targets (issue 16): acknowledged >= 1.0x Orthanc and >= 0.5x storescp writing to disk; end to end >= 0.8x Orthanc.
@@ -29,8 +29,9 @@ Receivers, each started once (storescp once per round, with a fresh output direc
   ``STRONGROOM_IMAGING__FSYNC=false``; ``scanfix`` with the leak scan skipping the pixel data as
   ``verify._header_bytes`` intends (with pydicom 3 it does not: see VERIFY_FIX below; the patch lives in a
   temporary sitecustomize.py, src/ is untouched); ``scanfix-nofsync`` with both; ``backlog``
-  (``RECEIVE_BACKLOG=1000``: a burst acknowledged first, verified once the sender leaves). Diagnostics get no
-  verdict.
+  (``RECEIVE_BACKLOG=1000``: a burst acknowledged first, verified once the sender leaves); ``received``
+  (``ACKNOWLEDGE=received`` with that backlog: acknowledged once the original is durable, de-identified
+  afterwards in the pool). Diagnostics get no verdict: the last two are a site's documented choices.
 
 Every round gets its own corpus (new patients, so new SOP Instance UIDs: Strongroom recognises a resent
 instance by its pseudonymized UID and does not store it twice), generated before anything is timed; every
@@ -396,9 +397,14 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffi
     "sr-scanfix-nofsync": (" [diag: scan fix, FSYNC=false]", NOFSYNC, True),
     # imaging.receive_backlog, a site's choice (off by default): a burst acknowledged first, verified after
     "sr-backlog": (" [diag: RECEIVE_BACKLOG=1000]", {"STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000"}, False),
+    # imaging.acknowledge = "received" with that backlog, a site's choice: acknowledged once the original is
+    # durable, de-identified after (a sender learns of an unprocessable object from the import report)
+    "sr-received": (" [diag: ACKNOWLEDGE=received, RECEIVE_BACKLOG=1000]",
+                    {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received", "STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000"},
+                    False),
 }
 DIAGNOSTICS = {"nofsync": "sr-nofsync", "scanfix": "sr-scanfix", "scanfix-nofsync": "sr-scanfix-nofsync",
-               "backlog": "sr-backlog"}
+               "backlog": "sr-backlog", "received": "sr-received"}
 
 
 class Strongroom(Receiver):
@@ -559,7 +565,8 @@ def main() -> int:
                         help="comma-separated diagnostic Strongroom hubs to run as well: nofsync "
                              "(STRONGROOM_IMAGING__FSYNC=false), scanfix (the leak scan skips the pixel data, as "
                              "verify._header_bytes intends: a sitecustomize patch of that one pydicom call, in a temp "
-                             "dir; src/ is untouched), scanfix-nofsync (both), backlog (RECEIVE_BACKLOG=1000)")
+                             "dir; src/ is untouched), scanfix-nofsync (both), backlog (RECEIVE_BACKLOG=1000), "
+                             "received (ACKNOWLEDGE=received with RECEIVE_BACKLOG=1000)")
     parser.add_argument("--baseline-src", default="",
                         help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
                              "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "

@@ -437,6 +437,64 @@ def test_objects_wait_for_verification_while_a_sender_is_connected_up_to_the_bac
         wait_for(lambda: [(b.state, b.archived) for b in batches(hub)] == [("closed", 5)], what="the batch to close")
 
 
+def test_acknowledged_on_receipt_then_de_identified_refusals_reported_and_recovered_after_a_kill(
+        hub, settings, destination, tmp_path: Path) -> None:
+    """``imaging.acknowledge = "received"`` (with a backlog holding everything while the sender is connected):
+    each object is acknowledged once its original is durable in the spool, before any de-identification, also
+    one the engine cannot process; killed while the originals wait, the destination finishes them at its next
+    start (in the default mode: a site may switch), where the unprocessable one is counted as rejected in the
+    import report and a torn original (never acknowledged) is dropped."""
+    originals = list(write_corpus(tmp_path / "in", patients=1, studies=1, instances=4).values())
+    sample = originals[0]
+    body_start = sample.index(b"\x08\x00")  # first element after the file meta
+    # a data set that ends inside an element's header: the engine refuses it (a failure status in the default mode)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(sample[:body_start + 30])
+    metrics = free_port()
+    _config.STORE_SEND_CHUNKED_DATASET = True  # the file's data set bytes as they are, as a broken modality would
+    try:
+        with dicom_serve(settings, destination, STRONGROOM_IMAGING__ACKNOWLEDGE="received",
+                         STRONGROOM_IMAGING__RECEIVE_BACKLOG="100",
+                         STRONGROOM_IMAGING__METRICS_PORT=str(metrics)) as proc:
+            ae = AE(ae_title=SENDER)
+            ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+            assoc = ae.associate("127.0.0.1", destination, ae_title=AET)
+            assert assoc.is_established
+            for n, data in enumerate(originals):
+                (tmp_path / f"{n}.dcm").write_bytes(data)
+                assert assoc.send_c_store(tmp_path / f"{n}.dcm").Status == 0
+            assert assoc.send_c_store(broken).Status == 0  # acknowledged on receipt
+            wait_for(lambda: _waiting_for_verification(metrics) == 5, what="five originals held back")
+            spool = settings.var_dir / "dicom-spool"
+            held = sorted(spool.rglob("*.raw"))
+            assert len(held) == 5 and all(p.stat().st_size == int(p.stem.rpartition("_")[2]) for p in held)
+            assert not list(spool.rglob("*.dcm")) and not list(spool.rglob("*.json"))  # nothing de-identified yet
+            assert instances(hub) == []
+            workers = children_of(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+                     what="the pool workers to die with their parent")
+            assoc.abort()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    torn = held[0].with_name(f"{'f' * 32}_{held[0].stat().st_size + 1000}.raw")  # its fsyncs never completed
+    torn.write_bytes(held[0].read_bytes())
+    with dicom_serve(settings, destination):
+        wait_for(lambda: published_count(hub) == 4, what="the recovered originals published")
+        wait_for(lambda: all(b.state == "closed" for b in batches(hub)), what="the batch to close")
+    [batch] = batches(hub)
+    assert (batch.archived, batch.rejected, batch.quarantined, batch.duplicates) == (4, 1, 0, 0)
+    assert any(reason.startswith("not processable DICOM") for reason in batch.reasons)
+    assert not list((settings.var_dir / "dicom-spool").rglob("*.raw"))  # the torn one dropped, the rest done
+    patient_id = pydicom.dcmread(io.BytesIO(sample)).PatientID.encode()
+    for inst in instances(hub):
+        data = archived_bytes(hub, inst.file_id)
+        assert patient_id not in data and not leak_scan(
+            next(o for o in originals if pydicom.dcmread(io.BytesIO(o)).InstanceNumber
+                 == pydicom.dcmread(io.BytesIO(data)).InstanceNumber), data, to_engine(MODIFIED))
+
+
 COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-default) transfer syntax
     "JPEG2000.dcm": "1.2.840.10008.1.2.4.91", "MR_small_jp2klossless.dcm": "1.2.840.10008.1.2.4.90",
     "SC_rgb_rle.dcm": "1.2.840.10008.1.2.5", "MR_small_RLE.dcm": "1.2.840.10008.1.2.5",

@@ -152,6 +152,13 @@ class ImagingSettings(BaseModel):
     # to verification. Measured (benchmarks/README.md): acknowledgements +50 %, end to end -20 %. 0 (the
     # default): each object goes to verification as soon as it is acknowledged. Nothing is published unverified.
     receive_backlog: int = Field(0, ge=0)
+    # When a sender gets its success status: "deidentified" (the default) once the object is de-identified and
+    # durable, so an object that cannot be de-identified is refused with a failure status; "received" (a site's
+    # choice) once the original is durable in the spool, de-identified afterwards in the verification pool, as
+    # other PACS acknowledge. Then a sender learns of an unprocessable object only from the import report (the
+    # batch's rejected count and reasons). With a receive_backlog, bursts are acknowledged at the speed of the
+    # network layer and the disk (benchmarks/README.md). Nothing is archived or published before verification.
+    acknowledge: Literal["deidentified", "received"] = "deidentified"
     max_pdu: int = 131072  # maximum PDU we receive: fewer, larger reads (storescu's default is 16 KiB)
     publish_idle_seconds: float = 10.0  # publish a new dataset version once imports are quiet this long
     refresh_seconds: float = 2.0  # how often `dicom serve` re-reads destinations and allowed senders

@@ -9,6 +9,9 @@ identifiers and is meant only for the sealed key store.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +155,42 @@ def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str,
     sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
                        data=scanned, defer_dir_sync=True)
     return verified, sealed
+
+
+def archive_file_id(secret: bytes, sop_instance_uid: str) -> str:
+    """A stable archive id per (project, instance): a retry finds the row instead of doubling it."""
+    digest = hmac.new(secret, b"strongroom/archive-file|" + sop_instance_uid.encode(), hashlib.sha256).digest()
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    n = int.from_bytes(digest[:10], "big")
+    return "SRF-" + "".join(alphabet[(n >> (5 * i)) & 31] for i in range(16))
+
+
+def deidentify_verify_and_seal(raw: str, out: str, profile: DeidProfile, secret: bytes, target: SealTarget
+                               ) -> tuple[dict[str, Any], SealedBody | None]:
+    """All of an object's work after an acknowledgement on receipt (``imaging.acknowledge = "received"``):
+    de-identification, then ``verify_and_seal`` into ``target`` (its file id follows from the instance).
+
+    An object the engine cannot process comes back as ``({"rejected": reason}, None)``: the sender already
+    has its success status, so the reason goes to the import report. A failure after de-identification
+    comes back as the summary with a reason to hold the instance (``sealed`` None: sealed by the caller for
+    review), as a failed verification does when de-identification ran before the acknowledgement."""
+    try:
+        summary = deidentify_stage(raw, out, profile, secret)
+    except DeidError as exc:
+        rejected = f"not processable DICOM: {exc}"
+    except Exception as exc:  # the engine failed on it: refused, never stored as is
+        rejected = f"de-identification failed: {type(exc).__name__}"
+    else:
+        summary["received_size"] = os.path.getsize(raw)
+        try:
+            return verify_and_seal(raw, out, profile, summary, dataclasses.replace(
+                target, file_id=archive_file_id(secret, summary["sop_instance_uid"])))
+        except Exception as exc:  # never release what could not be verified
+            return summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
+                              "size": os.path.getsize(out)}, None
+    if os.path.exists(out):
+        os.unlink(out)
+    return {"rejected": rejected}, None
 
 
 def process_file(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:

@@ -65,7 +65,8 @@ ASSOCIATIONS = MetricCounter("strongroom_dicom_associations_total", "DICOM assoc
 STORES = MetricCounter("strongroom_dicom_stores_total", "C-STORE requests answered", ["project", "status"])
 STORE_SECONDS = Histogram("strongroom_dicom_store_seconds", "C-STORE: data received to response sent",
                           ["project"], buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
-ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived", ["project", "outcome"])
+ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived, quarantined or duplicate; rejected: "
+                         "acknowledged on receipt, then not processable", ["project", "outcome"])
 WAITING = Gauge("strongroom_dicom_waiting_for_verification",
                 "acknowledged objects waiting in the spool while senders are connected (imaging.receive_backlog)")
 
@@ -160,8 +161,14 @@ class _Item:
     batch_id: str
     stem: Path  # spool path without suffix: .raw (original), .dcm (de-identified), .json (summary)
     summary: dict[str, Any] = field(default_factory=dict)
+    # acknowledged on receipt (imaging.acknowledge = "received"): de-identified in the pool, summary empty until then
+    received: bool = False
     attempts: int = 0
     verified: Future[tuple[dict[str, Any], Any]] | None = None  # verification + sealing in the pool
+
+    def spooled(self) -> bool:
+        """Still in the spool (an item of a retried group may have been archived already)."""
+        return self.stem.with_suffix(".raw" if self.received else ".json").exists()
 
 
 @dataclass
@@ -420,6 +427,8 @@ class DicomService:
         folder = self.spool / str(dest.project_id) / batch_id
         new_dirs = [] if folder.is_dir() else [folder.parent, folder.parent.parent]  # their entries, once
         folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.acknowledge == "received":
+            return self._keep_received(dest, batch_id, tmp, [folder, *new_dirs], size)
         stem = folder / uuid.uuid4().hex
         raw = stem.with_suffix(".raw")
         os.replace(tmp, raw)
@@ -455,9 +464,29 @@ class DicomService:
                 stem.with_suffix(suffix).unlink(missing_ok=True)
             log.exception("dicom.store_failed", project=dest.slug)
             return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
-        dest.free_bytes -= size
-        dest.last_activity = time.monotonic()
-        self._enqueue(_Item(dest, batch_id, stem, summary))
+        return self._acknowledged(_Item(dest, batch_id, stem, summary), size)
+
+    def _keep_received(self, dest: _Destination, batch_id: str, tmp: Path, dirs: list[Path], size: int
+                       ) -> Dataset | int:
+        """``imaging.acknowledge = "received"``: the original, durable in the spool, is what is acknowledged;
+        the pool de-identifies it (``pipeline.deidentify_verify_and_seal``). Its size is in its name, so that
+        a start after a power cut keeps only an original whose fsyncs completed (``_received_in_full``)."""
+        stem = dirs[0] / f"{uuid.uuid4().hex}_{size}"
+        raw = stem.with_suffix(".raw")
+        os.replace(tmp, raw)
+        try:
+            if self.cfg.fsync:  # durable before the success status goes out
+                self._durable([raw, *dirs])
+        except OSError as exc:  # not acknowledged: the sender may retry later
+            raw.unlink(missing_ok=True)
+            log.exception("dicom.store_failed", project=dest.slug)
+            return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
+        return self._acknowledged(_Item(dest, batch_id, stem, received=True), size)
+
+    def _acknowledged(self, item: _Item, size: int) -> int:
+        item.dest.free_bytes -= size
+        item.dest.last_activity = time.monotonic()
+        self._enqueue(item)
         return SUCCESS
 
     # -- spool ----------------------------------------------------------------------------------
@@ -503,14 +532,22 @@ class DicomService:
         return summary
 
     def _recover(self) -> None:
-        """After a crash: re-queue what was acknowledged (has a ``.json``), drop the rest (the sender
-        got no success for it and will resend), close batches whose association is gone."""
+        """After a crash: re-queue what was acknowledged (has a ``.json``, or is an original acknowledged on
+        receipt), drop the rest (the sender got no success for it and will resend), close batches whose
+        association is gone."""
         for leftover in (self.spool / "incoming").iterdir():
             leftover.unlink(missing_ok=True)
         with self.hub.sessions() as session:
             open_batches = {b.id: b.project_id for b in session.scalars(
                 select(ImportBatch).where(ImportBatch.state == "open", ImportBatch.source == "dicom"))}
         contexts: dict[uuid.UUID, _Destination] = {}
+
+        def context(project_id: uuid.UUID) -> _Destination:
+            if project_id not in contexts:
+                contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
+                                                    service.load_context(self.hub, project_id))
+            return contexts[project_id]
+
         recovered = 0
         for project_dir in sorted(p for p in self.spool.iterdir() if p.is_dir() and p.name != "incoming"):
             try:
@@ -519,7 +556,12 @@ class DicomService:
                 continue
             for batch_dir in sorted(p for p in project_dir.iterdir() if p.is_dir()):
                 for path in sorted(batch_dir.iterdir()):
-                    if path.suffix in (".raw", ".dcm", ".tmp") and not path.with_suffix(".json").exists():
+                    if path.suffix not in (".raw", ".dcm", ".tmp") or path.with_suffix(".json").exists():
+                        continue
+                    if path.suffix == ".raw" and _received_in_full(path):  # acknowledged on receipt
+                        self._enqueue(_Item(context(project_id), batch_dir.name, path.with_suffix(""), received=True))
+                        recovered += 1
+                    else:
                         path.unlink(missing_ok=True)
                 for sidecar in sorted(batch_dir.glob("*.json")):
                     stem = sidecar.with_suffix("")
@@ -529,10 +571,7 @@ class DicomService:
                         for suffix in (".raw", ".dcm", ".json"):
                             stem.with_suffix(suffix).unlink(missing_ok=True)
                         continue
-                    if project_id not in contexts:
-                        contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
-                                                            service.load_context(self.hub, project_id))
-                    self._enqueue(_Item(contexts[project_id], batch_dir.name, stem, summary))
+                    self._enqueue(_Item(context(project_id), batch_dir.name, stem, summary))
                     recovered += 1
                 open_batches.pop(batch_dir.name, None)
                 if project_id in contexts:
@@ -623,9 +662,11 @@ class DicomService:
             return self._submit(item)
 
     def _submit(self, item: _Item) -> Future[tuple[dict[str, Any], Any]]:
-        return self.pool.submit(pipeline.verify_and_seal, str(item.stem.with_suffix(".raw")),
-                                str(item.stem.with_suffix(".dcm")), item.dest.ctx.profile, item.summary,
-                                self._target(item))
+        raw, out, ctx = str(item.stem.with_suffix(".raw")), str(item.stem.with_suffix(".dcm")), item.dest.ctx
+        if item.received:
+            return self.pool.submit(pipeline.deidentify_verify_and_seal, raw, out, ctx.profile, ctx.secret,
+                                    self._target(item))
+        return self.pool.submit(pipeline.verify_and_seal, raw, out, ctx.profile, item.summary, self._target(item))
 
     def _archive_loop(self) -> None:
         self.archive_pool.submit(os.getpid)  # start the archive worker now, from this thread (see above)
@@ -662,20 +703,26 @@ class DicomService:
 
     def _archive_group(self, group: list[_Item | _Close]) -> None:
         # (an item of a retried group may have been archived already: its spool files are gone)
-        items = [g for g in group if isinstance(g, _Item) and g.stem.with_suffix(".json").exists()]
+        items = [g for g in group if isinstance(g, _Item) and g.spooled()]
         futures = [item.verified for item in items]
         for fut in futures:  # a worker that died is not the object's fault: the group is tried again
             if fut is not None and isinstance(fut.exception(), BrokenProcessPool):
                 raise RuntimeError("the verification pool broke")
         by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
+        refused: list[tuple[_Item, str]] = []
         for item, fut in zip(items, futures, strict=True):
             sealed = None
             try:
                 assert fut is not None
                 summary, sealed = fut.result()
             except Exception as exc:  # never release what could not be verified; seal it for review
+                if item.received:  # nothing de-identified to hold: left in the spool, tried again
+                    raise RuntimeError(f"de-identification in the pool failed: {type(exc).__name__}") from exc
                 summary = item.summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
                                           "size": item.stem.with_suffix(".dcm").stat().st_size}
+            if "rejected" in summary:  # acknowledged on receipt, then found not processable
+                refused.append((item, summary["rejected"]))
+                continue
             by_project.setdefault(item.dest.project_id, []).append(
                 (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary, sealed=sealed)))
         for project_id, pairs in by_project.items():
@@ -689,6 +736,14 @@ class DicomService:
             with self.lock:
                 self.unarchived[project_id] -= len(pairs)
             self._pending_publish.add(project_id)
+        for item, reason in refused:  # in the import report: the sender already has its success status
+            service.record_rejected(self.hub, item.batch_id, reason, nbytes=_named_size(item.stem))
+            ARCHIVED.labels(item.dest.slug or str(item.dest.project_id), "rejected").inc()
+            log.info("dicom.refused_after_acknowledgement", project=item.dest.slug, reason=reason)
+            for suffix in (".raw", ".dcm"):
+                item.stem.with_suffix(suffix).unlink(missing_ok=True)
+            with self.lock:
+                self.unarchived[item.dest.project_id] -= 1
         for close in (g for g in group if isinstance(g, _Close)):
             service.close_batch(self.hub, close.batch_id)
             folder = self.spool / str(close.dest.project_id) / close.batch_id
@@ -697,9 +752,11 @@ class DicomService:
 
     def _target(self, item: _Item) -> pipeline.SealTarget:
         fingerprint, keypair = item.dest.ctx.keys.current
+        # (acknowledged on receipt: the instance is known only once the worker has de-identified it, and
+        # the worker names the file)
+        file_id = "" if item.received else service.archive_file_id(item.dest.ctx, item.summary["sop_instance_uid"])
         return pipeline.SealTarget(self.hub.settings.archive.storage, self.hub.settings.var_dir, fingerprint,
-                                   keypair.public, str(item.dest.project_id),
-                                   service.archive_file_id(item.dest.ctx, item.summary["sop_instance_uid"]))
+                                   keypair.public, str(item.dest.project_id), file_id)
 
     def publish_quiet(self) -> None:
         """Publish projects whose imports have been quiet for ``publish_idle_seconds``."""
@@ -734,6 +791,23 @@ def _archive_worker_init(parent_pid: int, settings: Any) -> None:
 def _archive_in_worker(ctx: service.ImportContext, processed: list[service.Processed]) -> list[str]:
     assert _archive_hub is not None
     return service.archive_processed(_archive_hub, storage_for(_archive_hub), ctx, processed)
+
+
+def _named_size(stem: Path) -> int:
+    """The size in the name of an original acknowledged on receipt (``<hex>_<size>``); 0 if none."""
+    size = stem.name.rpartition("_")[2]
+    return int(size) if size.isdigit() else 0
+
+
+def _received_in_full(raw: Path) -> bool:
+    """An original acknowledged on receipt: its name carries its size and the file has that size. After a power
+    cut, one whose fsyncs had not completed (it was never acknowledged; the sender resends it) is shorter or
+    absent, and one kept by ``imaging.acknowledge = "deidentified"`` carries no size (it waits for its
+    ``.json``)."""
+    try:
+        return "_" in raw.stem and raw.stat().st_size == _named_size(raw.with_suffix(""))
+    except OSError:
+        return False
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import json
 import uuid
 import zlib
@@ -40,7 +39,7 @@ from ..identity.models import User
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..projects.models import Project
-from . import dicomindex, keystore
+from . import dicomindex, keystore, pipeline
 from .deid import DeidProfile
 from .models import (
     ARCHIVED,
@@ -275,10 +274,7 @@ def action_log(session: Session, access: projects.ProjectAccess, instance_id: in
 
 def archive_file_id(ctx: ImportContext, sop_instance_uid: str) -> str:
     """A stable archive id per (project, instance): a retry finds the row instead of doubling it."""
-    digest = hmac.new(ctx.secret, b"strongroom/archive-file|" + sop_instance_uid.encode(), hashlib.sha256).digest()
-    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-    n = int.from_bytes(digest[:10], "big")
-    return "SRF-" + "".join(alphabet[(n >> (5 * i)) & 31] for i in range(16))
+    return pipeline.archive_file_id(ctx.secret, sop_instance_uid)
 
 
 def _archive_path(s: dict[str, Any]) -> str:
