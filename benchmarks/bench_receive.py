@@ -3,7 +3,8 @@ in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, al
 (``TCP_NODELAY=1``, one association per send) with the same generated CT files, round after round.
 
     python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
-                                       [--diag nofsync,scanfix,scanfix-nofsync,backlog,received]
+                                       [--diag nofsync,scanfix,scanfix-nofsync,backlog,received,
+                                              received-only,received-nofsync]
                                        [--baseline-src DIR] [--keep]
 
 Targets (issue 16): acknowledged >= 1.0x Orthanc and >= 0.5x storescp writing to disk; end to end >= 0.8x Orthanc.
@@ -31,7 +32,9 @@ Receivers, each started once (storescp once per round, with a fresh output direc
   temporary sitecustomize.py, src/ is untouched); ``scanfix-nofsync`` with both; ``backlog``
   (``RECEIVE_BACKLOG=1000``: a burst acknowledged first, verified once the sender leaves); ``received``
   (``ACKNOWLEDGE=received`` with that backlog: acknowledged once the original is durable, de-identified
-  afterwards in the pool). Diagnostics get no verdict: the last two are a site's documented choices.
+  afterwards in the pool); ``received-only`` (``ACKNOWLEDGE=received`` without a backlog);
+  ``received-nofsync`` (``received`` with ``FSYNC=false``, as storescp writes). Diagnostics get no verdict: the
+  last four are a site's documented choices.
 
 Every round gets its own corpus (new patients, so new SOP Instance UIDs: Strongroom recognises a resent
 instance by its pseudonymized UID and does not store it twice), generated before anything is timed; every
@@ -402,9 +405,15 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffi
     "sr-received": (" [diag: ACKNOWLEDGE=received, RECEIVE_BACKLOG=1000]",
                     {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received", "STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000"},
                     False),
+    "sr-received-only": (" [diag: ACKNOWLEDGE=received]", {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received"}, False),
+    # ... and without fsync (the site's other documented choice): what storescp, which does not fsync, is compared with
+    "sr-received-nofsync": (" [diag: ACKNOWLEDGE=received, RECEIVE_BACKLOG=1000, FSYNC=false]",
+                            {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received",
+                             "STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000", **NOFSYNC}, False),
 }
 DIAGNOSTICS = {"nofsync": "sr-nofsync", "scanfix": "sr-scanfix", "scanfix-nofsync": "sr-scanfix-nofsync",
-               "backlog": "sr-backlog", "received": "sr-received"}
+               "backlog": "sr-backlog", "received": "sr-received",
+               "received-only": "sr-received-only", "received-nofsync": "sr-received-nofsync"}
 
 
 class Strongroom(Receiver):
@@ -566,7 +575,8 @@ def main() -> int:
                              "(STRONGROOM_IMAGING__FSYNC=false), scanfix (the leak scan skips the pixel data, as "
                              "verify._header_bytes intends: a sitecustomize patch of that one pydicom call, in a temp "
                              "dir; src/ is untouched), scanfix-nofsync (both), backlog (RECEIVE_BACKLOG=1000), "
-                             "received (ACKNOWLEDGE=received with RECEIVE_BACKLOG=1000)")
+                             "received (ACKNOWLEDGE=received with RECEIVE_BACKLOG=1000), received-only "
+                             "(ACKNOWLEDGE=received), received-nofsync (received with FSYNC=false)")
     parser.add_argument("--baseline-src", default="",
                         help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
                              "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "

@@ -135,7 +135,13 @@ def test_pages_profile_and_destination_forms(world, hub) -> None:
     assert r.status_code == 303
     r = form_post(alice, "/projects/lung/imaging/destination", {"ae_title": "BAD\\AE", "port": "80"})
     assert r.status_code == 422
-    assert "LUNG_AE" in alice.get("/projects/lung/imaging").text
+    page = alice.get("/projects/lung/imaging").text
+    assert "LUNG_AE" in page and "once de-identified and stored durably" in page  # when the sender gets its status
+    hub.settings.imaging.acknowledge = "received"  # a hub that acknowledges on receipt says so where senders are set
+    try:
+        assert "is <strong>not</strong> refused to the sender" in alice.get("/projects/lung/imaging").text
+    finally:
+        hub.settings.imaging.acknowledge = "deidentified"
     r = form_post(alice, "/projects/lung/imaging/destination", {"close": "1"})
     assert r.status_code == 303
     with hub.sessions() as s:

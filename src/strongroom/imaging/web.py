@@ -55,7 +55,8 @@ def _page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: 
         "options": OPTION_LABELS, "option_flags": PROFILE_FLAGS,
         "facts": service.overview(db, access), "batches": service.batches(db, access, limit=30),
         "quarantined": service.quarantined(db, access), "days": days, "max_day": max([n for _, n in days] + [1]),
-        "dicom_host": hub.settings.imaging.dicom_host, "error": None, "originals": None,
+        "dicom_host": hub.settings.imaging.dicom_host, "acknowledge": hub.settings.imaging.acknowledge,
+        "error": None, "originals": None,
         "can_reidentify": "reidentify" in access.rights,
     }
     ctx["pixel_rules_json"] = json.dumps(ctx["profile"].model_dump(mode="json")["pixel_rules"])
