@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -422,6 +423,72 @@ def test_a_withdrawal_at_the_origin_reaches_the_mirror_and_closes_it(hubs):
              "kind": "withdrawn", "version": 0, "reason": ""}
     r = sync._post(h.a, h.url_b, notices.NOTICE_PATH, other)
     assert r.status_code == 422 and "addressed to another hub" in r.json()["detail"]
+
+
+def test_a_retention_deletion_at_the_origin_deletes_the_mirrors_copies(hubs):
+    """A deletes version 1 at the end of its retention period (shredded, purged, certified): the certificate
+    names B as holding a copy; the notices job tells B, which destroys its copies' headers and purges their
+    bodies from its own storage (checked gone) before acknowledging, closes the mirror (a tombstone, A's visas
+    open nothing) and audits it; the certificate signed afterwards shows B's confirmation."""
+    from strongroom.retention import deletion
+    from strongroom.retention.models import APPROVED, Deletion
+
+    h = hubs
+    pushed = _push(h)
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        copies = {f.id: f.body_key
+                  for f in s.scalars(select(ArchiveFile).where(ArchiveFile.body_key.like("mirrors/%")))}
+    assert len(copies) == len(h.files)
+    storage_b = storage_for(h.b)
+    assert all(storage_b.exists(key) for key in copies.values())
+    b, passport = _carol_with_a_visa(h)
+    assert b.get(f"/api/v1/files/{next(iter(copies))}/content", headers=passport).status_code == 200
+
+    def delete_version_1() -> str:
+        ops = _person(h.a, "ops").user.id
+        with transaction(h.a.sessions) as s:
+            version = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == h.dataset,
+                                                            DatasetVersion.number == 1))
+            d = Deletion(version_id=version.id, dataset_id=h.dataset, number=1, state=APPROVED, reason="retention",
+                         requested_by=ops, approved_by=ops, approved_at=NOW)
+            s.add(d)
+            s.flush()
+            deletion_id = d.id
+        assert deletion.run(h.a, deletion_id) == "certified"
+        with h.a.sessions() as s:
+            return s.get(Deletion, deletion_id).certificate
+
+    certificate = json.loads(delete_version_1())["certificate"]
+    assert certificate["mirrored_to"] == [{"peer": "hub-b", "hub": h.url_b, "deletion_confirmed_at": None}]
+    assert _run_notices_job(h.a) == {"queued": 1, "sent": 1, "failed": 0}
+    assert _run_notices_job(h.a) == {"queued": 0, "sent": 0, "failed": 0}  # told once
+
+    with h.b.sessions() as s:
+        assert s.scalar(select(DatasetVersion.state).where(DatasetVersion.dataset_id == mirror.dataset_id)) \
+            == "deleted"
+        for file_id in copies:
+            f = s.get(ArchiveFile, file_id)
+            assert (f.state, f.header, f.body_key) == ("deleted", None, None)
+        assert s.scalar(select(Mirror)).withdrawn_at is not None
+    assert not any(storage_b.exists(key) for key in copies.values())  # purged from B's bucket
+    refused = b.get(f"/api/v1/files/{next(iter(copies))}/content", headers=passport)
+    assert refused.status_code in (403, 404, 410), refused.text
+    page = httpx.get(pushed["url"])
+    assert page.status_code == 410 and "Deleted at its origin, Hub A" in page.text
+    [event] = _events(h.b, "federation.mirror.deleted")
+    assert event.details["files_deleted"] == len(h.files) and event.details["closed"] is True
+    # A's record of the confirmation: a certificate signed now names it
+    with h.a.sessions() as s:
+        d = s.scalar(select(Deletion))
+        confirmed = deletion.certificate_document(s, h.a.settings, d, NOW)["mirrored_to"]
+    assert confirmed[0]["deletion_confirmed_at"] is not None
+    # applying the notice again changes nothing
+    again = {"format": notices.FORMAT, "origin": h.url_a, "origin_name": "Hub A", "dataset": h.dataset,
+             "recipient_key_id": service.hub_key(h.b.settings).key_id, "kind": "deleted", "version": 1, "reason": ""}
+    r = sync._post(h.a, h.url_b, notices.NOTICE_PATH, again)
+    assert r.status_code == 200, r.text
+    assert len(_events(h.b, "federation.mirror.deleted")) == 1
 
 
 def test_two_pushes_of_the_same_dataset_to_the_same_peer_do_not_race(hubs, monkeypatch):

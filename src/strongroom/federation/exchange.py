@@ -182,7 +182,7 @@ async def sync_fetch(request: Request, hub: HubDep, sync_id: str, file_id: str) 
 
 @router.post("/sync/notice")
 async def sync_notice(request: Request, hub: HubDep) -> JSONResponse:
-    """The origin withdrew a mirrored dataset or deprecated a version of it (``notices.py``): applied here."""
+    """The origin withdrew a mirrored dataset, deprecated or deleted a version of it (``notices.py``): applied here."""
     from . import notices
 
     body = await _small_body(request)

@@ -1,6 +1,7 @@
 """Withdrawal propagation: the peers holding a mirror learn when the origin withdraws the dataset (its catalogue
-entry unpublished, ``catalog.entries.withdraw``) or deprecates one of its versions
-(``archive.datasets.deprecate_version``).
+entry unpublished, ``catalog.entries.withdraw``), deprecates one of its versions
+(``archive.datasets.deprecate_version``) or deletes one at the end of its retention period
+(``retention.deletion``).
 
 Origin side (``discover``, ``send``; the ``federation.notices`` job runs both every minute): every peer a
 dataset was pushed to (a finished ``SyncRun``) gets a ``Notice`` per withdrawal or deprecated version, sent
@@ -8,7 +9,9 @@ as a signed request (RFC 9421-shaped, with a nonce, like every hub-to-hub call) 
 the peer acknowledges it. Peer side (``receive``): the notice must come from the mirror's origin and be
 addressed to this hub; a withdrawn mirror's catalogue entry is unpublished (its page becomes a tombstone
 naming the origin) and the origin's visas no longer open it (``sync.mirror_aliases``), so downloads are refused;
-a deprecated version is marked deprecated as at the origin. Applying a notice twice changes nothing.
+a deprecated version is marked deprecated as at the origin; a deleted version is deleted here too — its copies'
+headers destroyed and their bodies purged from this hub's storage (every S3 version), checked gone, before the
+notice is acknowledged. Applying a notice twice changes nothing.
 """
 
 from __future__ import annotations
@@ -20,23 +23,25 @@ import httpx
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ..archive.models import DatasetVersion
+from ..archive.backend import storage_for
+from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
 from ..audit import service as audit
 from ..db import transaction, utcnow
-from ..errors import Invalid
+from ..errors import Invalid, Unavailable
 from ..hub import Hub
 from . import service
-from .models import Mirror, Notice, Peer, SyncRun
+from .models import Mirror, MirrorFile, Notice, Peer, SyncRun
 
 FORMAT = "strongroom.notice/1"
 NOTICE_PATH = service.PEER_PATH + "/sync/notice"
-KINDS = ("withdrawn", "deprecated")
+KINDS = ("withdrawn", "deprecated", "deleted")
+DELETED = "deleted"  # a version's state once retention deleted it (``retention.deletion``)
 
 
 # -- origin ------------------------------------------------------------------------------------------
 def discover(session: Session) -> int:
-    """Queue a notice for every withdrawal and deprecated version of a dataset pushed to a peer that the
-    peer has not been told of; returns how many were queued. A dataset published again loses its withdrawal
+    """Queue a notice for every withdrawal, deprecated and deleted version of a dataset pushed to a peer that
+    the peer has not been told of; returns how many were queued. A dataset published again loses its withdrawal
     notice, so a later withdrawal is told anew."""
     from ..catalog.models import CatalogEntry
 
@@ -53,6 +58,8 @@ def discover(session: Session) -> int:
                                                  Notice.kind == "withdrawn"))
         wanted += [("deprecated", n, "") for n in session.scalars(select(DatasetVersion.number).where(
             DatasetVersion.dataset_id == dataset_id, DatasetVersion.state == "deprecated"))]
+        wanted += [(DELETED, n, "") for n in session.scalars(select(DatasetVersion.number).where(
+            DatasetVersion.dataset_id == dataset_id, DatasetVersion.state == DELETED))]
         for kind, version, reason in wanted:
             if session.scalar(select(Notice.id).where(Notice.peer_id == peer_id, Notice.dataset_id == dataset_id,
                                                       Notice.kind == kind, Notice.version == version)) is None:
@@ -143,6 +150,8 @@ def receive(hub: Hub, session: Session, peer: Peer, body: bytes, ip: str | None)
                 entry.withdrawn_reason = f"Withdrawn at its origin, {origin_name}" + (f": {reason}" if reason else ".")
             audit.record(session, actor, "federation.mirror.withdrawn", target=f"dataset:{mirror.dataset_id}",
                          details={"origin": peer.base_url, "origin_dataset": doc["dataset"], "reason": reason[:500]})
+    elif doc["kind"] == DELETED:
+        _delete_version(hub, session, mirror, doc, actor, origin_name)
     else:
         version = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == mirror.dataset_id,
                                                               DatasetVersion.number == doc["version"]))
@@ -152,3 +161,55 @@ def receive(hub: Hub, session: Session, peer: Peer, body: bytes, ip: str | None)
                          details={"origin": peer.base_url, "origin_dataset": doc["dataset"],
                                   "version": doc["version"]})
     return {"status": "applied", "dataset": mirror.dataset_id}
+
+
+def _delete_version(hub: Hub, session: Session, mirror: Mirror, doc: dict[str, Any], actor: audit.Actor,
+                    origin_name: str) -> None:
+    """The origin deleted a version at the end of its retention period: so does this mirror. Each copy of a file
+    in no other live version of the mirror has its header (the only copy of its data key here) destroyed and its
+    body purged from this hub's storage, checked gone — a copy left anywhere would make the origin's deletion
+    certificate untrue — before the notice is acknowledged (a failure is an error answer: the origin sends the
+    notice again). With no live version left the mirror is closed like a withdrawn one."""
+    from ..catalog.models import CatalogEntry
+    from ..retention.deletion import purge_object, remaining
+
+    version = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == mirror.dataset_id,
+                                                          DatasetVersion.number == doc["version"]))
+    if version is None or version.state == DELETED:
+        return
+    files = session.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
+                            .where(DatasetFile.version_id == version.id)).all()
+    storage = storage_for(hub)
+    deleted = 0
+    for f in files:
+        elsewhere = session.scalar(
+            select(DatasetFile.file_id).join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+            .where(DatasetFile.file_id == f.id, DatasetVersion.id != version.id, DatasetVersion.state != DELETED)
+            .limit(1))
+        if elsewhere is not None:
+            continue
+        if f.body_key:
+            purge_object(storage, f.body_key)
+            if remaining(storage, f.body_key):
+                raise Unavailable("a mirrored body is still in storage after its purge: the notice is retried")
+        f.header, f.header_key, f.body_key = None, None, None
+        f.state, f.failure = DELETED, f"deleted at its origin, {origin_name}, at the end of its retention period"
+        # no longer a copy of the origin's file: a later push of a version that still holds it sends it again
+        session.execute(delete(MirrorFile).where(MirrorFile.file_id == f.id))
+        deleted += 1
+    version.state = DELETED
+    live = session.scalar(select(DatasetVersion.id).where(DatasetVersion.dataset_id == mirror.dataset_id,
+                                                          DatasetVersion.state.in_(("released", "deprecated")))
+                          .limit(1))
+    now = utcnow()
+    if live is None and mirror.withdrawn_at is None:  # nothing left to offer: closed, its page a tombstone
+        mirror.withdrawn_at = now
+        mirror.withdrawn_reason = "deleted at the end of its retention period"
+        entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == mirror.dataset_id))
+        if entry is not None:
+            entry.published, entry.updated_at, entry.withdrawn_at = False, now, now
+            entry.withdrawn_reason = f"Deleted at its origin, {origin_name}, at the end of its retention period."
+    audit.record(session, actor, "federation.mirror.deleted", target=f"dataset:{mirror.dataset_id}",
+                 details={"origin": mirror.origin_url,
+                          "origin_dataset": doc["dataset"], "version": doc["version"], "files_deleted": deleted,
+                          "closed": live is None})

@@ -8,8 +8,10 @@ The deletion's ``state`` says which step is done; each step is idempotent and ru
    version is left), and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when
    it was the last released version.
 2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
-   to the hub's key), so from here no copy of a body anywhere — backup, replica, old S3 version — can be
-   decrypted (crypto-shredding).
+   to the hub's key), so from here no copy of a body this hub made — backup, replica, old S3 version — can be
+   decrypted (crypto-shredding). A peer the dataset was pushed to holds a copy sealed to its own key: it is
+   told by a signed ``deleted`` notice (``federation.notices``) and deletes it the same way; the certificate
+   lists those peers (``mirrored_to``).
 3. **purge**: the bodies are deleted from storage; on S3 every version and delete marker of each key, on a
    local disk unlink + fsync of the directory. Deleting what is gone already is no error.
 4. **verify**: every key is looked up again (on S3: its version list must be empty).
@@ -214,10 +216,28 @@ def certificate_document(session: Session, settings: Settings, d: Deletion, issu
         "storage": {"kind": cfg.kind, "bucket": cfg.bucket if cfg.kind == "s3" else None,
                     "every_version_deleted": cfg.kind == "s3"},
         "headers_destroyed": True,
+        # Copies this hub pushed to peers are not covered by the steps above: each peer is told by a signed
+        # notice (``federation.notices``) and deletes its copy the same way before acknowledging it.
+        "mirrored_to": _mirrors(session, ds.id, d.number),
         "requested": {**_who(session, d.requested_by), "at": d.created_at.isoformat(), "reason": d.reason},
         "approved": {**_who(session, d.approved_by), "at": d.approved_at.isoformat() if d.approved_at else None},
         "audit_seqs": d.audit_seqs, "issued_at": issued.isoformat(),
     }
+
+
+def _mirrors(session: Session, dataset_id: str, version: int) -> list[dict[str, Any]]:
+    """The peers holding a copy of the dataset (pushed to them), each told to delete this version's copy, and
+    when each confirmed it (None: not yet when the certificate was signed; the audit shows it later)."""
+    from ..federation.models import Notice, Peer, SyncRun
+
+    out = []
+    for peer in session.scalars(select(Peer).where(Peer.id.in_(select(SyncRun.peer_id).where(
+            SyncRun.dataset_id == dataset_id, SyncRun.state == "done"))).order_by(Peer.name)):
+        acked = session.scalar(select(Notice.acked_at).where(Notice.peer_id == peer.id, Notice.dataset_id == dataset_id,
+                                                             Notice.kind == DELETED, Notice.version == version))
+        out.append({"peer": peer.name, "hub": peer.base_url,
+                    "deletion_confirmed_at": acked.isoformat() if acked else None})
+    return out
 
 
 def sign(settings: Settings, document: dict[str, Any]) -> str:
