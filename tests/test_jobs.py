@@ -112,6 +112,20 @@ def test_two_workers_share_a_queue_without_double_claims(hub, settings):
             _stop(p)
 
 
+def test_stopping_a_runner_thread_waits_for_its_job_and_its_loop(hub, settings):
+    """``Runner.stop`` returns once the job in hand is finished and the loop has ended (the app's shutdown calls it):
+    nothing a runner does outlives its owner."""
+    runner = Runner(hub, lease_seconds=5, poll_seconds=0.05, extra_modules=["support.jobs_for_tests"],
+                    name="threaded")
+    with transaction(hub.sessions) as s:
+        job_id = service.enqueue(s, "test.mark", {"name": "stop", "seconds": 1.0}).id
+    thread = runner.start_thread()
+    _wait(lambda: _job(hub, job_id).status == "running")
+    assert runner.stop() is True
+    assert not thread.is_alive()
+    assert _job(hub, job_id).status == "done"  # finished, not abandoned
+
+
 def test_dedup_key_enqueues_once(hub):
     with transaction(hub.sessions) as s:
         first = service.enqueue(s, "test.mark", {"name": "x"}, dedup_key="same")

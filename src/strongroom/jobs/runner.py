@@ -31,6 +31,7 @@ class Runner:
         self.kinds = registry.load(extra_modules)
         self.worker_id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = threading.Event()
+        self._thread: threading.Thread | None = None  # start_thread's
 
     # -- one step ------------------------------------------------------------------------------
     def schedule_periodic(self, now: float | None = None) -> list[int]:
@@ -112,10 +113,22 @@ class Runner:
         return done
 
     def start_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run_forever, name="strongroom-jobs", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self.run_forever, name="strongroom-jobs", daemon=True)
+        self._thread.start()
+        return self._thread
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> bool:
+        """Ask the loop to stop and, for a loop in ``start_thread``'s thread, wait (up to ``timeout`` s) until the
+        job in hand is finished and the loop has ended: nothing the runner does may outlive its owner (the app's
+        shutdown; before, a runner could still be scheduling periodic jobs into a database its owner had moved
+        on from). False: still running after ``timeout`` (its lease lapses and another worker takes the job)."""
         self.stop_event.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("worker.stop_timed_out", worker=self.worker_id, seconds=timeout)
+            return False
+        return True
 
