@@ -118,7 +118,7 @@ def test_stopping_a_runner_thread_waits_for_its_job_and_its_loop(hub, settings):
     runner = Runner(hub, lease_seconds=5, poll_seconds=0.05, extra_modules=["support.jobs_for_tests"],
                     name="threaded")
     with transaction(hub.sessions) as s:
-        job_id = service.enqueue(s, "test.mark", {"name": "stop", "seconds": 1.0}).id
+        job_id = service.enqueue(s, "test.mark", {"name": "stop", "seconds": 3.0}).id  # long enough to be seen running
     thread = runner.start_thread()
     _wait(lambda: _job(hub, job_id).status == "running")
     assert runner.stop() is True
