@@ -19,6 +19,7 @@ from ..projects.models import Project
 from .accession import new_accession
 from .authz import project_access, readable_projects
 from .models import (
+    DELETED,
     READY,
     ArchiveFile,
     Dataset,
@@ -307,3 +308,21 @@ def publish_version(session: Session, actor: Actor, dataset: Dataset, file_ids: 
                  details={"version": version.number, "files": version.file_count, "added": len(file_ids)})
     _released(session, version)
     return version
+
+
+def files_by_other_live_versions(session: Session, version: DatasetVersion
+                                 ) -> list[tuple[ArchiveFile, list[int]]]:
+    """The files of ``version`` (by path), each with the numbers of the other versions of its dataset, not
+    deleted, that also hold it: a file is deleted with a version only when that list is empty."""
+    files = session.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
+                            .where(DatasetFile.version_id == version.id).order_by(ArchiveFile.path)).all()
+    elsewhere: dict[str, list[int]] = {}
+    ids = [f.id for f in files]
+    for start in range(0, len(ids), 2000):  # bounded IN lists
+        for file_id, number in session.execute(
+                select(DatasetFile.file_id, DatasetVersion.number)
+                .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
+                .where(DatasetFile.file_id.in_(ids[start:start + 2000]), DatasetVersion.id != version.id,
+                       DatasetVersion.state != DELETED)):
+            elsewhere.setdefault(file_id, []).append(number)
+    return [(f, sorted(elsewhere.get(f.id, []))) for f in files]

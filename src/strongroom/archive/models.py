@@ -19,6 +19,8 @@ Big = BigInteger().with_variant(Integer, "sqlite")
 # File states, in order. A failed file keeps its reason and can be retried.
 RECEIVING, UPLOADED, INGESTED, VERIFIED, READY, FAILED = (
     "receiving", "uploaded", "ingested", "verified", "ready", "failed")
+# A file's and a dataset version's state once retention (or the origin of a mirror) deleted it.
+DELETED = "deleted"
 
 
 class ArchiveKey(CreatedMixin, Base):

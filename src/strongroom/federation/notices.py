@@ -24,7 +24,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..archive.backend import storage_for
-from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
+from ..archive.datasets import files_by_other_live_versions
+from ..archive.models import DELETED, DatasetVersion
 from ..audit import service as audit
 from ..db import transaction, utcnow
 from ..errors import Invalid, Unavailable
@@ -35,7 +36,6 @@ from .models import Mirror, MirrorFile, Notice, Peer, SyncRun
 FORMAT = "strongroom.notice/1"
 NOTICE_PATH = service.PEER_PATH + "/sync/notice"
 KINDS = ("withdrawn", "deprecated", "deleted")
-DELETED = "deleted"  # a version's state once retention deleted it (``retention.deletion``)
 
 
 # -- origin ------------------------------------------------------------------------------------------
@@ -177,16 +177,10 @@ def _delete_version(hub: Hub, session: Session, mirror: Mirror, doc: dict[str, A
                                                           DatasetVersion.number == doc["version"]))
     if version is None or version.state == DELETED:
         return
-    files = session.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
-                            .where(DatasetFile.version_id == version.id)).all()
     storage = storage_for(hub)
     deleted = 0
-    for f in files:
-        elsewhere = session.scalar(
-            select(DatasetFile.file_id).join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
-            .where(DatasetFile.file_id == f.id, DatasetVersion.id != version.id, DatasetVersion.state != DELETED)
-            .limit(1))
-        if elsewhere is not None:
+    for f, elsewhere in files_by_other_live_versions(session, version):
+        if elsewhere:
             continue
         if f.body_key:
             purge_object(storage, f.body_key)

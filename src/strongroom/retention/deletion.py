@@ -40,7 +40,8 @@ from sqlalchemy.orm import Session
 from ..access import visas
 from ..access.models import Entitlement
 from ..archive.backend import storage_for
-from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.datasets import files_by_other_live_versions
+from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetVersion
 from ..archive.storage.base import Storage
 from ..archive.storage.s3 import S3Storage
 from ..audit import service as audit
@@ -58,7 +59,6 @@ from .rules import canonical
 ACTOR = Actor.system("retention")
 CERT_TYPE = "strongroom.deletion-certificate"
 JWS_TYP = "strongroom-deletion+jws"
-DELETED = "deleted"
 
 
 class Remaining(Exception):
@@ -102,14 +102,9 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
         ds = s.get_one(Dataset, d.dataset_id)
         now = utcnow()
         manifest, kept = [], []
-        files = s.scalars(select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
-                          .where(DatasetFile.version_id == v.id).order_by(ArchiveFile.path)).all()
-        for f in files:
-            elsewhere = s.scalars(
-                select(DatasetVersion.number).join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
-                .where(DatasetFile.file_id == f.id, DatasetVersion.id != v.id, DatasetVersion.state != DELETED)).all()
+        for f, elsewhere in files_by_other_live_versions(s, v):
             if elsewhere:
-                kept.append({"file": f.id, "path": f.path, "in_versions": sorted(elsewhere)})
+                kept.append({"file": f.id, "path": f.path, "in_versions": elsewhere})
                 continue
             manifest.append({"file": f.id, "path": f.path, "plaintext_size": f.plaintext_size,
                              "plaintext_sha256": f.plaintext_sha256, "plaintext_md5": f.plaintext_md5,
