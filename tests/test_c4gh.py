@@ -118,6 +118,22 @@ def test_push_encryptor(alice: c4gh.KeyPair) -> None:
         enc.update(b"more")
 
 
+@pytest.mark.parametrize("shape", ["whole", "segments then tail", "tail then whole", "16-bit view"])
+def test_push_encryptor_seals_from_the_callers_buffer_or_its_own(shape: str, alice: c4gh.KeyPair) -> None:
+    """Segments are sealed straight from the caller's buffer when nothing is pending, from the encryptor's
+    own buffer otherwise: every order of calls gives the same plaintext back."""
+    plaintext = os.urandom(3 * SEGMENT_SIZE + 1234)
+    pieces: list[bytes | memoryview] = {
+        "whole": [plaintext],
+        "segments then tail": [plaintext[:2 * SEGMENT_SIZE], plaintext[2 * SEGMENT_SIZE:]],
+        "tail then whole": [plaintext[:100], plaintext[100:]],
+        "16-bit view": [memoryview(plaintext[:2 * SEGMENT_SIZE]).cast("H"), plaintext[2 * SEGMENT_SIZE:]],
+    }[shape]
+    enc = c4gh.Encryptor(alice.public)
+    parts = [enc.header] + [enc.update(p) for p in pieces] + [enc.finalize()]
+    assert ref_decrypt(b"".join(parts), alice) == plaintext
+
+
 def test_seal_segments_is_deterministic_and_resumable(alice: c4gh.KeyPair) -> None:
     plaintext = os.urandom(5 * SEGMENT_SIZE + 1234)
     key, seed = os.urandom(32), os.urandom(32)

@@ -56,7 +56,8 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
     size = 0
     writer = storage.open_writer(body_key)
     try:
-        for chunk in _chunks(source_path, data):
+        # bytes in memory (a verified DICOM instance) go through in one piece: no chunk is copied
+        for chunk in [data] if data is not None else _chunks(source_path):
             size += len(chunk)
             plain_sha.update(chunk)
             plain_md5.update(chunk)
@@ -76,13 +77,8 @@ def seal_file(key_fingerprint: str, archive_public_key: bytes, storage: Storage,
                       plain_sha.hexdigest(), plain_md5.hexdigest(), dir_synced=not deferred)
 
 
-def _chunks(source_path: str, data: bytes | None) -> Iterator[bytes | memoryview]:
+def _chunks(source_path: str) -> Iterator[bytes]:
     step = c4gh.BATCH_SEGMENTS * c4gh.SEGMENT_SIZE
-    if data is not None:
-        view = memoryview(data)
-        for at in range(0, len(view), step):
-            yield view[at:at + step]
-        return
     with open(source_path, "rb") as src:
         while chunk := src.read(step):
             yield chunk

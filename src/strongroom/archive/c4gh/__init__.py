@@ -34,9 +34,10 @@ Headers
     makes the seed non-sensitive.
 
 Body
-    ``Encryptor(recipient_public, sender=None)`` with ``.header``, ``.update(data) -> bytes``,
-    ``.finalize() -> bytes``; ``encrypt_stream(chunks, recipient_public, sender=None) -> Iterator[bytes]``
-    yields the header then ciphertext (at most 64 segments per item).
+    ``Encryptor(recipient_public, sender=None)`` with ``.header``, ``.update(data)`` and ``.finalize()``
+    (bytes-like: a ``bytearray`` when it holds segments, never copied again); ``encrypt_stream(chunks,
+    recipient_public, sender=None) -> Iterator[bytes | bytearray]`` yields the header then ciphertext (at
+    most 64 segments per item).
     ``seal_segments(session_key, first_index, plaintext, nonce_seed) -> bytes``: deterministic segments
     (SIV-style nonces) so a client can recompute any part of its upload when resuming.
     ``decrypt_segments(body, session_keys) -> Iterator[bytes]`` (one item per segment;

@@ -27,7 +27,7 @@ class Encryptor:
         self._pending = bytearray()
         self._finished = False
 
-    def _seal(self, plain: memoryview) -> bytes:
+    def _seal(self, plain: memoryview) -> bytearray:
         count = -(-len(plain) // SEGMENT_SIZE)
         out = bytearray(len(plain) + count * CIPHER_DIFF)
         view = memoryview(out)
@@ -40,12 +40,19 @@ class Encryptor:
             dst += NONCE_SIZE
             dst += self._aead.encrypt_into(nonce, chunk, None, view[dst:dst + len(chunk) + TAG_SIZE])
             src += len(chunk)
-        return bytes(out)
+        return out  # (not copied into a ``bytes``: a fresh half-megabyte copy costs as much as the cipher)
 
-    def update(self, data: bytes | bytearray | memoryview) -> bytes:
+    def update(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         """Ciphertext for every complete 64 KiB segment buffered so far (possibly ``b""``)."""
         if self._finished:
             raise ValueError("Encryptor already finalized")
+        if not self._pending:  # segments sealed straight from ``data``: only a partial tail is buffered
+            with memoryview(data) as view:
+                flat = view.cast("B") if view.ndim != 1 or view.itemsize != 1 else view
+                full = len(flat) - len(flat) % SEGMENT_SIZE
+                out = self._seal(flat[:full]) if full else b""
+                self._pending += flat[full:]
+            return out
         self._pending += data
         full = len(self._pending) - len(self._pending) % SEGMENT_SIZE
         if not full:
@@ -55,7 +62,7 @@ class Encryptor:
         del self._pending[:full]
         return out
 
-    def finalize(self) -> bytes:
+    def finalize(self) -> bytes | bytearray:
         """The last, partial segment (``b""`` when the plaintext ended on a segment boundary)."""
         if self._finished:
             return b""
@@ -67,7 +74,7 @@ class Encryptor:
 
 
 def encrypt_stream(plaintext_chunks: Iterable[bytes], recipient_public: bytes | Sequence[bytes],
-                   sender: KeyPair | None = None) -> Iterator[bytes]:
+                   sender: KeyPair | None = None) -> Iterator[bytes | bytearray]:
     """Yield a whole crypt4gh file: the header, then ciphertext, at most 64 segments per item."""
     enc = Encryptor(recipient_public, sender)
     yield enc.header
