@@ -48,11 +48,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import http.client
 import json
 import multiprocessing as mp
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -177,16 +179,61 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM
                 os.kill(pid, signal.SIGKILL)
 
 
+SENDER_CPU: list[float] = []  # storescu's CPU seconds, one per send
+
+
 def storescu(port: int, aec: str, paths: list[Path]) -> float:
-    """Send ``paths`` in one association; the wall time of storescu."""
+    """Send ``paths`` in one association; the wall time of storescu (its CPU goes to ``SENDER_CPU``)."""
     cmd = ["storescu", "-aet", SENDER_AET, "-aec", aec, "127.0.0.1", str(port), *map(str, paths)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     r = subprocess.run(cmd, env={**os.environ, **NODELAY_ENV}, capture_output=True, text=True, timeout=3600)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # (storescu, reaped by run(); nothing else ends here)
+    SENDER_CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     problems = [line for line in r.stderr.splitlines() if line.startswith(("E:", "F:"))]
     if r.returncode != 0 or problems:
         raise RuntimeError(f"storescu to {aec} failed ({r.returncode}): " + "\n".join(problems or [r.stderr[-2000:]]))
     return elapsed
+
+
+# ------------------------------------------------------------------------------------------ work floor
+
+
+def _required_work(paths: list[str], scratch: str) -> float:
+    """CPU seconds (user + system, this process) of the work Strongroom must do on each object beyond
+    receiving it: de-identification (``pipeline.deidentify_stage``), then verification and sealing into
+    local archive storage (``pipeline.verify_and_seal``: leak scan, risk check, DICOMweb index, SHA-256 and
+    MD5, crypt4gh encryption, the body written and fsynced) — the engines the hub runs, called directly, one
+    object after the other, with no spool, no process pool, no database. Runs in a fresh process."""
+    from nacl.public import PrivateKey
+
+    from strongroom.config import StorageSettings
+    from strongroom.imaging import pipeline
+    from strongroom.imaging.settings import to_engine
+
+    profile = to_engine({"retain_longitudinal": "modified"})  # the benchmark project's profile
+    secret = secrets.token_bytes(32)
+    target = pipeline.SealTarget(StorageSettings(), Path(scratch), "bench", bytes(PrivateKey.generate().public_key),
+                                 "bench", "")
+    cpu0 = time.process_time()
+    for i, raw in enumerate(paths):
+        out = f"{scratch}/{i}.dcm"
+        summary = pipeline.deidentify_stage(raw, out, profile, secret)
+        verified, _ = pipeline.verify_and_seal(raw, out, profile, summary, dataclasses.replace(target, file_id=f"F{i}"))
+        if verified["reasons"]:
+            raise RuntimeError(f"the work floor's object {raw} did not verify: {verified['reasons']}")
+        os.unlink(out)
+    return time.process_time() - cpu0
+
+
+def required_work_ms(paths: list[Path], scratch: Path) -> float:
+    """``_required_work`` per object, in milliseconds, in a process of its own (spawned: a clean heap)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    with mp.get_context("spawn").Pool(1) as pool:
+        seconds = pool.apply(_required_work, ([str(p) for p in paths], str(scratch)))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return seconds / len(paths) * 1000
 
 
 class Receiver:
@@ -581,6 +628,8 @@ def main() -> int:
                         help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
                              "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "
                              "same rounds: before/after in the same conditions")
+    parser.add_argument("--no-work-floor", action="store_true",
+                        help="skip measuring the required work's CPU per object (the end-to-end ceiling)")
     parser.add_argument("--keep", action="store_true", help="keep the /tmp directory (logs, databases)")
     args = parser.parse_args()
     unknown = {d.strip() for d in args.diag.split(",") if d.strip()} - set(DIAGNOSTICS)
@@ -648,15 +697,21 @@ def main() -> int:
         # seconds per (receiver label, figure), one value per round
         times: dict[tuple[str, str], list[float]] = {}
         cpu: dict[str, list[float]] = {}
+        sender_cpu: dict[str, list[float]] = {}  # storescu's CPU ms per file, by receiver
+        work_ms: list[float] = []  # the required work's CPU ms per file (``required_work_ms``), by round
         for r, paths in enumerate(corpora):
             order = receivers[r % len(receivers):] + receivers[: r % len(receivers)]
             parts = []
             for rc in order:
                 result = rc.receive(paths)
                 cpu.setdefault(rc.label, []).append(result.pop("cpu") / len(paths) * 1000)
+                sender_cpu.setdefault(rc.label, []).append(SENDER_CPU[-1] / len(paths) * 1000)
                 for figure, seconds in result.items():
                     times.setdefault((rc.label, figure), []).append(seconds)
                     parts.append(f"{rc.label} {figure} {len(paths) / seconds:.0f}")
+            if not args.no_work_floor:  # after the receivers, so that it never competes with them
+                work_ms.append(required_work_ms(paths, work / "work-floor"))
+                parts.append(f"required work {work_ms[-1]:.1f} ms CPU/file")
             print(f"  round {r + 1}/{args.rounds} (files/s): " + ", ".join(parts), flush=True)
 
         n = args.files
@@ -709,6 +764,27 @@ def main() -> int:
         if ("orthanc", "ack") in rate:
             print(f"    {'Orthanc':<30} / storescp        = {ratio(('orthanc', 'ack'), ('storescp', 'ack')):6.3f}"
                   "   (information)")
+        if work_ms and "floor-fsync" in cpu:
+            # The end-to-end ceiling: every CPU of the machine busy with nothing but the required work — the
+            # network floor with an fsync per object, the engines, and the sender, which shares the machine.
+            cores = os.cpu_count() or 1
+            sender = sender_cpu["strongroom"]
+            required = [f + w + c for f, w, c in zip(cpu["floor-fsync"], work_ms, sender, strict=True)]
+            ceiling = [cores * 1000 / ms for ms in required]
+            print(f"\n  end-to-end ceiling (CPU per object, medians over rounds): receiving with an fsync "
+                  f"{statistics.median(cpu['floor-fsync']):.1f} ms (the pynetdicom floor) + de-identification, "
+                  f"verification and sealing {statistics.median(work_ms):.1f} ms (the engines in one process) + the "
+                  f"sender {statistics.median(sender):.1f} ms = {statistics.median(required):.1f} ms; Strongroom "
+                  f"end to end {statistics.median(cpu['strongroom']):.1f} ms (all its processes)")
+            def per_round(a: list[float], b: list[float]) -> float:
+                return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+            line = f"    {'end-to-end ceiling':<30} = {statistics.median(ceiling):6.1f} files/s on {cores} CPUs"
+            if ("orthanc", "ack") in rate:
+                line += f", / Orthanc = {per_round(ceiling, rate['orthanc', 'ack']):6.3f}"
+            print(line + "   (information: no receiver with these engines can pass it on this machine)")
+            closeness = per_round(rate["strongroom", "end-to-end"], ceiling)
+            print(f"    {'strongroom end-to-end':<30} / ceiling = {closeness:6.3f}   (information: how close to it)")
 
         load = os.getloadavg()
         print(f"\n  load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
