@@ -17,8 +17,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from imaging_support import pydicom_bundled_files
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
-from strongroom.imaging.verify import leak_scan
-from strongroom.imaging.verify.elements import strings, values
+from strongroom.imaging.verify import leak_scan, scan_read
+from strongroom.imaging.verify.elements import DEFER_SIZE, load, strings, values
 
 
 def _reference(ds: Dataset, path: str = "") -> list[tuple[str, str, list[str]]]:
@@ -64,6 +64,8 @@ def test_values_read_what_pydicom_reads_for_every_test_file() -> None:
             raw = _bytes(f)
             fast = [(v.path, v.vr, v.texts) for v in values(_read(raw))]
             assert fast == _reference(_read(raw)), f
+            # as the scans read it: large values deferred, each read on demand but the pixel data's
+            assert [(v.path, v.vr, v.texts) for v in values(load(raw)[0])] == fast, f
             charsets.add(str(_read(raw).get("SpecificCharacterSet", "")))
     assert {"ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87"} & charsets  # several character sets were read
 
@@ -119,3 +121,27 @@ def test_values_of_a_real_ct_match_in_implicit_and_big_endian() -> None:
     for name in ("MR_small_implicit.dcm", "MR_small_bigendian.dcm", "CT_small.dcm"):
         raw = _bytes(get_testdata_file(name))
         assert [(v.path, v.vr, v.texts) for v in values(_read(raw))] == _reference(_read(raw))
+
+
+def test_values_larger_than_the_deferral_size_are_scanned_but_the_pixel_data_is_never_read(tmp_path: Path) -> None:
+    """The scans read large values on demand (``DEFER_SIZE``): an identifying value longer than that, outside
+    the pixel data, is found as any other; the pixel data (of both files) is never copied out."""
+    name = "Kowalski^Janusz"
+    pixels = 512 * 512 * 2
+    original = _read(_with_name(name, "ISO_IR 100"))
+    original.Rows = original.Columns = 512
+    original.PixelData = b"\1" * pixels
+    original.ImageComments = f"seen by {name} " * (DEFER_SIZE // 16)  # removed by the Basic Profile
+    src = tmp_path / "in.dcm"
+    original.save_as(src, enforce_file_format=True)
+    deidentify_file(str(src), str(tmp_path / "out.dcm"), DeidProfile(), Pseudonymizer(b"k" * 32))
+    assert leak_scan(src, tmp_path / "out.dcm", DeidProfile()) == []
+    leaky = _read((tmp_path / "out.dcm").read_bytes())
+    leaky.ImageComments = original.ImageComments  # longer than DEFER_SIZE, at the top level
+    buf = io.BytesIO()
+    leaky.save_as(buf, enforce_file_format=True)
+    scanned = scan_read(src, buf.getvalue(), DeidProfile())
+    assert any(leak.where == "(0020,4000)" for leak in scanned.leaks), scanned.leaks
+    for ds in (scanned.original, scanned.output):
+        assert ds.get_item(0x7FE00010, keep_deferred=True).value is None  # never read
+        assert len(ds.PixelData) == pixels  # and still there for whoever asks

@@ -148,7 +148,7 @@ class _Scan:
         flags = _profile_flags(profile)
         date_mode = "full" if flags["retain_longitudinal_full"] else (
             "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
-        orig, _ = load(original)
+        orig, _ = load(original, keep_bytes=False)
         out, out_raw = load(deidentified)
         # (before anything converts the raw elements: a freshly read one still knows its position)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
