@@ -33,8 +33,9 @@ from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.config import Settings
 from strongroom.db import transaction
-from strongroom.errors import Conflict
+from strongroom.errors import Conflict, Forbidden
 from strongroom.federation import manifest, notices, service, sync
+from strongroom.federation import web as federation_web
 from strongroom.federation.models import Incoming, IncomingFile, Mirror, Notice, SyncFile, SyncRun
 from strongroom.identity import service as identity
 from strongroom.jobs.runner import Runner
@@ -489,6 +490,34 @@ def test_a_retention_deletion_at_the_origin_deletes_the_mirrors_copies(hubs):
     r = sync._post(h.a, h.url_b, notices.NOTICE_PATH, again)
     assert r.status_code == 200, r.text
     assert len(_events(h.b, "federation.mirror.deleted")) == 1
+
+
+def test_a_mirror_is_never_pushed_on_to_another_hub(hubs):
+    """B holds A's dataset as a mirror. Neither B's operators (the API with fresh MFA, the CLI's system actor) nor
+    anyone else can push it to another hub: A's data owner chose which hubs hold a copy, and only A's withdrawal and
+    deletion notices reach them. B's page for the mirror offers no push."""
+    h = hubs
+    _push(h)
+    with h.b.sessions() as s:
+        local = s.scalar(select(Mirror)).dataset_id
+    with transaction(h.b.sessions) as s:
+        ops = identity.create_local_user(s, Actor.system("t"), username="ops", password="correct horse battery staple",
+                                         display_name="Ops", email="ops@example.org", is_admin=True)
+    token = token_for(h.b, Person(user=ops, username="ops", seed=None))
+    r = httpx.post(f"{h.url_b}/api/v1/federation/syncs", json={"dataset": local, "peer": "hub-a"},
+                   headers=bearer(token), timeout=30)
+    assert r.status_code == 403 and "only its origin pushes it" in r.text, r.text
+    with transaction(h.b.sessions) as s, pytest.raises(Forbidden, match="a mirror of a dataset at hub-a"):
+        sync.start_sync(s, h.b.settings, Actor.system("cli:operator"), local, "hub-a")
+    with h.b.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(SyncRun)) == 0
+        user = s.get(type(ops), ops.id)
+        principal = identity.session_principal(
+            type("S", (), {"mfa_at": dt.datetime.now(dt.UTC), "id_hash": "test0000"})(), user, "127.0.0.1")
+        assert sync.may_push(s, principal, s.get(Dataset, local))  # an operator...
+        assert federation_web.dataset_push_link(s, principal, s.get(Dataset, local)) == []  # ...offered no push
+        with pytest.raises(Forbidden):
+            federation_web._pushable(s, principal, local)
 
 
 def test_two_pushes_of_the_same_dataset_to_the_same_peer_do_not_race(hubs, monkeypatch):

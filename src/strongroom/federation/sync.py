@@ -42,7 +42,7 @@ from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVe
 from ..audit import service as audit
 from ..config import Settings
 from ..db import transaction, utcnow
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
 from . import manifest as mf
@@ -83,6 +83,24 @@ def may_push(session: Session, principal: Principal, dataset: Dataset) -> bool:
     return project is not None and project.pi_id == principal.user.id
 
 
+def mirrored_from(session: Session, dataset_id: str) -> str | None:
+    """The origin a dataset of this hub mirrors (the peer's name, or its address once the peer is removed);
+    None for the hub's own datasets."""
+    mirror = session.scalar(select(Mirror).where(Mirror.dataset_id == dataset_id))
+    if mirror is None:
+        return None
+    peer = session.get(Peer, mirror.peer_id)
+    return peer.name if peer is not None else mirror.origin_url
+
+
+def refuse_mirror(session: Session, dataset_id: str) -> None:
+    """A mirror is never pushed on: its origin's data owner chose which hubs hold a copy (and only the origin's
+    withdrawal and deletion notices reach them), so a copy at a third hub would be one nobody there approved."""
+    origin = mirrored_from(session, dataset_id)
+    if origin is not None:
+        raise Forbidden(f"{dataset_id} is a mirror of a dataset at {origin}: only its origin pushes it to other hubs")
+
+
 def start_sync(session: Session, settings: Settings, who: Principal | audit.Actor, dataset_id: str, peer_name: str,
                version: int | None = None) -> SyncRun:
     """A push of ``dataset_id`` (one released version, or all) to a peer. An unfinished push of the same
@@ -101,6 +119,7 @@ def start_sync(session: Session, settings: Settings, who: Principal | audit.Acto
         actor, user_id = who.actor, who.user.id
     if dataset is None:
         raise NotFound("no such dataset")
+    refuse_mirror(session, dataset.id)
     peer = service.peer_by_name(session, peer_name)
     if not (peer.active and peer.outbound):
         raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
