@@ -39,7 +39,7 @@ class Value(NamedTuple):
 
 
 # Top-level values longer than this stay in the file until something asks for them: ``values`` reads every
-# one of them except the pixel data, which no scan looks into (copying it out cost ~7 % of a scan).
+# one of them except the pixel data, which no scan looks into (copying it out was ~7 % of a scan in a loop).
 DEFER_SIZE = 64 * 1024
 
 
