@@ -731,8 +731,11 @@ def main() -> int:
             print(f"  {title:<{width}} {med:8.1f} {med * size / 1e6:7.1f}  {min(values):5.0f}..{max(values):<5.0f}"
                   f"  {cpu_col}")
 
+        def per_round(a: list[float], b: list[float]) -> float:
+            return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
         def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:
-            return statistics.median(x / y for x, y in zip(rate[a], rate[b], strict=True))
+            return per_round(rate[a], rate[b])
 
         def verdict(value: float, target: float, diagnostic: bool) -> str:
             if diagnostic:
@@ -776,9 +779,6 @@ def main() -> int:
                   f"verification and sealing {statistics.median(work_ms):.1f} ms (the engines in one process) + the "
                   f"sender {statistics.median(sender):.1f} ms = {statistics.median(required):.1f} ms; Strongroom "
                   f"end to end {statistics.median(cpu['strongroom']):.1f} ms (all its processes)")
-            def per_round(a: list[float], b: list[float]) -> float:
-                return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
             line = f"    {'end-to-end ceiling':<30} = {statistics.median(ceiling):6.1f} files/s on {cores} CPUs"
             if ("orthanc", "ack") in rate:
                 line += f", / Orthanc = {per_round(ceiling, rate['orthanc', 'ack']):6.3f}"

@@ -518,6 +518,11 @@ def test_a_mirror_is_never_pushed_on_to_another_hub(hubs):
         assert federation_web.dataset_push_link(s, principal, s.get(Dataset, local)) == []  # ...offered no push
         with pytest.raises(Forbidden):
             federation_web._pushable(s, principal, local)
+    # still a mirror once B forgets the peer (its mirror rows go with it): the dataset is never B's own
+    with transaction(h.b.sessions) as s:
+        service.remove_peer(s, h.b.settings, Actor.system("cli:operator"), "hub-a")
+    with transaction(h.b.sessions) as s, pytest.raises(Forbidden, match="a mirror of a dataset at hub-a"):
+        sync.start_sync(s, h.b.settings, Actor.system("cli:operator"), local, "hub-a")
 
 
 def test_two_pushes_of_the_same_dataset_to_the_same_peer_do_not_race(hubs, monkeypatch):

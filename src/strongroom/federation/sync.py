@@ -83,22 +83,24 @@ def may_push(session: Session, principal: Principal, dataset: Dataset) -> bool:
     return project is not None and project.pi_id == principal.user.id
 
 
-def mirrored_from(session: Session, dataset_id: str) -> str | None:
-    """The origin a dataset of this hub mirrors (the peer's name, or its address once the peer is removed);
-    None for the hub's own datasets."""
-    mirror = session.scalar(select(Mirror).where(Mirror.dataset_id == dataset_id))
-    if mirror is None:
-        return None
-    peer = session.get(Peer, mirror.peer_id)
-    return peer.name if peer is not None else mirror.origin_url
+def mirror_origin(session: Session, dataset: Dataset) -> str | None:
+    """The origin peer a dataset of this hub mirrors (its project belongs to that peer's mirror service account),
+    None for the hub's own datasets. Read from the project, not the mirror row, so it stays true once the peer
+    is removed (its mirror rows go with it)."""
+    from ..identity.models import User
+    from ..projects.models import Project
+
+    subject = session.scalar(select(User.subject).join(Project, Project.pi_id == User.id).where(
+        Project.id == dataset.project_id, User.issuer == MIRROR_ISSUER))
+    return subject.removeprefix("peer:") if subject is not None else None
 
 
-def refuse_mirror(session: Session, dataset_id: str) -> None:
+def refuse_mirror(session: Session, dataset: Dataset) -> None:
     """A mirror is never pushed on: its origin's data owner chose which hubs hold a copy (and only the origin's
     withdrawal and deletion notices reach them), so a copy at a third hub would be one nobody there approved."""
-    origin = mirrored_from(session, dataset_id)
+    origin = mirror_origin(session, dataset)
     if origin is not None:
-        raise Forbidden(f"{dataset_id} is a mirror of a dataset at {origin}: only its origin pushes it to other hubs")
+        raise Forbidden(f"{dataset.id} is a mirror of a dataset at {origin}: only its origin pushes it to other hubs")
 
 
 def start_sync(session: Session, settings: Settings, who: Principal | audit.Actor, dataset_id: str, peer_name: str,
@@ -119,7 +121,7 @@ def start_sync(session: Session, settings: Settings, who: Principal | audit.Acto
         actor, user_id = who.actor, who.user.id
     if dataset is None:
         raise NotFound("no such dataset")
-    refuse_mirror(session, dataset.id)
+    refuse_mirror(session, dataset)
     peer = service.peer_by_name(session, peer_name)
     if not (peer.active and peer.outbound):
         raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")

@@ -71,7 +71,7 @@ def _outbound_peers(session: Session) -> list[str]:
 
 def dataset_push_link(session: Session, principal: Principal, ds: Dataset) -> list[dict[str, str]]:
     """``archive.web.DATASET_VIEWERS``: the way to push this dataset to a peer hub, for those who may."""
-    if not sync.may_push(session, principal, ds) or not _outbound_peers(session) or sync.mirrored_from(session, ds.id):
+    if not sync.may_push(session, principal, ds) or not _outbound_peers(session) or sync.mirror_origin(session, ds):
         return []
     return [{"href": f"/datasets/{ds.id}/federation", "text": "Push to a peer hub",
              "hint": "a read-only mirror there, access still decided here; the latest pushes and their progress"}]
@@ -81,7 +81,7 @@ def _pushable(session: Session, principal: Principal, dataset_id: str) -> Datase
     ds = session.get(Dataset, dataset_id)
     if ds is None or not sync.may_push(session, principal, ds):
         raise NotFound("no such dataset")
-    sync.refuse_mirror(session, ds.id)
+    sync.refuse_mirror(session, ds)
     return ds
 
 
