@@ -146,3 +146,4 @@ received_at, synced_at  # federation/models.py: when a body arrived / a mirror w
 dataset_push_link  # federation/web.py: archive.web.DATASET_VIEWERS entry (registered by name in includeme)
 active_key  # federation/models.py: set and cleared in Python, read by the database's unique constraint
 reconnect  # generation.py: a lost listener connects again now (tests/test_decision_cache.py; operators)
+PatientID  # imaging/synthetic.py: pydicom keyword attributes, written into the generated instances

@@ -6,6 +6,7 @@ be found whatever the character set."""
 from __future__ import annotations
 
 import io
+import random
 import warnings
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from imaging_support import pydicom_bundled_files
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
+from strongroom.imaging.synthetic import make_ct
 from strongroom.imaging.verify import leak_scan, scan_read
-from strongroom.imaging.verify.elements import DEFER_SIZE, load, strings, values
+from strongroom.imaging.verify.elements import DEFER_SIZE, Read, from_pydicom, load, strings, values
+from strongroom.imaging.verify.reader import parse
 
 
 def _reference(ds: Dataset, path: str = "") -> list[tuple[str, str, list[str]]]:
@@ -65,9 +68,84 @@ def test_values_read_what_pydicom_reads_for_every_test_file() -> None:
             fast = [(v.path, v.vr, v.texts) for v in values(_read(raw))]
             assert fast == _reference(_read(raw)), f
             # as the scans read it: large values deferred, each read on demand but the pixel data's
-            assert [(v.path, v.vr, v.texts) for v in values(load(raw)[0])] == fast, f
+            assert [(v.path, v.vr, v.texts) for v in load(raw).values] == fast, f
             charsets.add(str(_read(raw).get("SpecificCharacterSet", "")))
     assert {"ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87"} & charsets  # several character sets were read
+
+
+def _pydicom_read(raw: bytes) -> Read:
+    return from_pydicom(pydicom.dcmread(io.BytesIO(raw), force=True, defer_size=DEFER_SIZE), raw)
+
+
+def _same_read(fast: Read, slow: Read) -> None:
+    """The fast reader read what pydicom reads: every element (path, tag, VR, texts, bytes), the item each
+    belongs to, the top level, where the pixel data is, and the file's encoding."""
+    assert [v[:5] for v in fast.values] == [v[:5] for v in slow.values]
+    assert [sorted(v.parent) for v in fast.values] == [sorted(v.parent) for v in slow.values]
+    assert {tag: v[:5] for tag, v in fast.top.items()} == {tag: v[:5] for tag, v in slow.top.items()}
+    assert fast.pixels == slow.pixels
+    assert (fast.part10, fast.implicit, fast.transfer_syntax) == (slow.part10, slow.implicit, slow.transfer_syntax)
+
+
+def _plain_files() -> list[tuple[str, bytes]]:
+    """The test files the fast reader reads (the others go to pydicom), and ours: a CT, encapsulated."""
+    out = [(f, _bytes(f)) for f in _corpus()]
+    ct = make_ct(2, 0, 1, 3, rows=32, columns=32)
+    ds = pydicom.dcmread(io.BytesIO(ct))
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    rle = io.BytesIO()
+    ds.save_as(rle)
+    out += [("make_ct", ct), ("make_ct RLE", rle.getvalue())]
+    return [(name, raw) for name, raw in out if parse(raw) is not None]
+
+
+def test_the_fast_reader_reads_what_pydicom_reads() -> None:
+    """Every file the fast reader takes (explicit VR little endian, plain character sets, well formed) is
+    read exactly as the pydicom path reads it; the others it declines, and pydicom reads them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = _plain_files()
+        for _, raw in plain:
+            _same_read(parse(raw), _pydicom_read(raw))  # type: ignore[arg-type]
+    names = {Path(name).name for name, _ in plain}
+    assert len(plain) > 30 and {"CT_small.dcm", "make_ct", "make_ct RLE"} <= names  # the common case is fast
+    assert not {"MR_small_implicit.dcm", "MR_small_bigendian.dcm", "chrH32.dcm"} & names  # the rest is not
+
+
+def test_the_fast_reader_declines_or_agrees_on_every_damaged_file() -> None:
+    """Damage (a changed byte anywhere in the header, a changed length, a cut) either makes the fast reader
+    decline the file, or it reads exactly what pydicom reads: never a third interpretation. A file pydicom
+    cannot read at all is never read by the fast reader either."""
+    rng = random.Random(1234)
+    agreed = declined = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, raw in _plain_files()[:40]:
+            header_end = min([at for _, at, _, _ in parse(raw).pixels] or [len(raw)])  # type: ignore[union-attr]
+            for _ in range(40):
+                damaged = bytearray(raw)
+                how = rng.random()
+                if how < 0.6:
+                    damaged[rng.randrange(132, header_end)] = rng.randrange(256)
+                elif how < 0.8:  # a length field: two bytes after a tag-like position
+                    at = rng.randrange(132, max(133, header_end - 8))
+                    damaged[at + 6:at + 8] = rng.randrange(65536).to_bytes(2, "little")
+                else:
+                    del damaged[rng.randrange(132, len(raw)):]
+                data = bytes(damaged)
+                fast = parse(data)
+                try:
+                    slow = _pydicom_read(data)
+                except Exception:
+                    assert fast is None, name
+                    declined += 1
+                    continue
+                if fast is None:
+                    declined += 1
+                else:
+                    _same_read(fast, slow)
+                    agreed += 1
+    assert agreed > 100 and declined > 100  # both sides of the rule were exercised
 
 
 def _with_name(name: str, charset: str | None, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
@@ -142,6 +220,17 @@ def test_values_larger_than_the_deferral_size_are_scanned_but_the_pixel_data_is_
     leaky.save_as(buf, enforce_file_format=True)
     scanned = scan_read(src, buf.getvalue(), DeidProfile())
     assert any(leak.where == "(0020,4000)" for leak in scanned.leaks), scanned.leaks
-    for ds in (scanned.original, scanned.output):
-        assert ds.get_item(0x7FE00010, keep_deferred=True).value is None  # never read
-        assert len(ds.PixelData) == pixels  # and still there for whoever asks
+    # (the long value is UN in an explicit VR file: pydicom read both, the pixel data deferred and never read)
+    plain = _read(buf.getvalue())
+    del plain.ImageComments
+    plain.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fast = io.BytesIO()
+    plain.save_as(fast, enforce_file_format=True)
+    for read in (scanned.original, scanned.output, scan_read(src, fast.getvalue(), DeidProfile()).output):
+        pixel = read.top[0x7FE00010]
+        assert pixel.blob is None and pixel.texts == []  # the pixel data is never copied out
+        (_, _, start, end), = read.pixels
+        assert end - start == pixels
+        if read.dataset is not None:
+            assert read.dataset.get_item(0x7FE00010, keep_deferred=True).value is None  # nor read
+    assert scanned.output.dataset is not None and scan_read(src, fast.getvalue(), DeidProfile()).output.dataset is None

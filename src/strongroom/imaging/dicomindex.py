@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any, BinaryIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pydicom
 from pydicom.tag import Tag
+
+if TYPE_CHECKING:
+    from .verify.elements import Read
 
 INDEX_VERSION = 1  # bump to make the back-fill revisit every instance
 PIXEL_TAGS = (Tag(0x7FE0, 0x0010), Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009))  # Pixel, Float, Double Float
@@ -36,20 +40,12 @@ class NotIndexable(ValueError):
     pass
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
-    if keyword == "TransferSyntaxUID":
-        value = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")
-    else:
-        value = ds.get(keyword, "")
-    return str(value if value is not None else "").strip()[:limit]
-
-
-def _number(ds: pydicom.Dataset, keyword: str) -> int | None:
+def _number(text: str) -> int | None:
     try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
+        number = float(text)
+    except ValueError:
         return None
+    return int(number) if number.is_integer() else None
 
 
 def index_file(path: str) -> dict[str, Any]:
@@ -59,43 +55,38 @@ def index_file(path: str) -> dict[str, Any]:
 
 def index_stream(fp: BinaryIO) -> dict[str, Any]:
     """The index attributes of one Part 10 instance (``NotIndexable`` when it cannot be read)."""
+    from .verify.elements import from_pydicom
+
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)  # leaves ``fp`` at the pixel element's tag
     except Exception as exc:
         raise NotIndexable(f"unreadable DICOM: {exc}") from exc
-    return _index(ds, fp)
+    read = from_pydicom(ds, b"")
+    return _index(read.text, read.implicit, fp)
 
 
-def index_read(ds: pydicom.Dataset, raw: bytes) -> dict[str, Any] | None:
-    """``index_stream`` of the Part 10 file ``raw`` from ``ds``, the dataset already read from it (fully,
-    raw elements not yet converted: the leak scan's), so the file is not parsed again. ``None`` when
-    ``ds`` does not tell where the pixel data starts: the caller reads the file with ``index_file``."""
-    if getattr(ds, "preamble", None) is None:  # what the plain dcmread of index_stream refuses
+def index_read(read: Read) -> dict[str, Any] | None:
+    """``index_stream`` of a Part 10 file from the leak scan's ``Read`` of it (its bytes and elements), so
+    the file is not parsed again. ``None`` when it is not a Part 10 file (``index_file`` decides) or its
+    first pixel element is not where the read says."""
+    if not read.part10 or not read.raw:
         return None
-    first = None
-    for tag in PIXEL_TAGS:  # the first pixel element in the file: where stop_before_pixels stops
-        if tag in ds:
-            tell = getattr(ds.get_item(tag, keep_deferred=True), "value_tell", None)
-            if tell is None:
-                return None
-            if first is None or tell < first[1]:
-                first = (tag, tell)
-    fp = io.BytesIO(raw)
-    if first is None:
-        fp.seek(len(raw))  # no pixel element: index_stream reads to the end of the file
+    fp = io.BytesIO(read.raw)
+    if not read.pixels:
+        fp.seek(len(read.raw))  # no pixel element: index_stream reads to the end of the file
     else:
-        tag, tell = first
-        at = tell - (8 if ds.original_encoding[0] else 12)
-        if at < 0 or raw[at:at + 4] != struct.pack("<HH", tag >> 16, tag & 0xFFFF):
+        tag, at, _, _ = read.pixels[0]  # the first pixel element in the file: where stop_before_pixels stops
+        if at < 0 or read.raw[at:at + 4] != struct.pack("<HH", tag >> 16, tag & 0xFFFF):
             return None
         fp.seek(at)
-    return _index(ds, fp)
+    return _index(read.text, read.implicit, fp)
 
 
-def _index(ds: pydicom.Dataset, fp: BinaryIO) -> dict[str, Any]:
-    """The index attributes from ``ds``, with ``fp`` where ``index_stream``'s read stopped."""
-    out: dict[str, Any] = {col: _text(ds, kw, n) for col, (kw, n) in TEXT.items()}
-    out |= {col: _number(ds, kw) for col, kw in NUMBERS.items()}
+def _index(text: Callable[[str], str], implicit: bool, fp: BinaryIO) -> dict[str, Any]:
+    """The index attributes (``text``: a top-level attribute's value as text, by keyword), with ``fp``
+    where ``index_stream``'s read stopped."""
+    out: dict[str, Any] = {col: text(kw).strip()[:n] for col, (kw, n) in TEXT.items()}
+    out |= {col: _number(text(kw)) for col, kw in NUMBERS.items()}
     out |= {"pixel_offset": None, "frames": [], "index_version": INDEX_VERSION}
     at = fp.tell()
     head = fp.read(12)
@@ -107,7 +98,6 @@ def _index(ds: pydicom.Dataset, fp: BinaryIO) -> dict[str, Any]:
         out["number_of_frames"] = out["number_of_frames"] or 0
         return out
     frames = out["number_of_frames"] = out["number_of_frames"] or 1
-    implicit = ds.original_encoding[0]
     if implicit:  # tag + 4-byte length
         (length,), value_at = struct.unpack("<I", head[4:8]), at + 8
     else:  # tag + VR + 2 reserved + 4-byte length (OB, OW, OF, OD, UN)

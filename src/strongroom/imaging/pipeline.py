@@ -24,6 +24,7 @@ from ..archive.sealing import SealedBody, seal_file
 from . import dicomindex
 from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
 from .verify import risk_check, scan_read
+from .verify.elements import Read, from_pydicom
 
 _pseudonymizers: dict[bytes, Pseudonymizer] = {}  # per process: keeps each key's UID cache warm
 
@@ -82,15 +83,10 @@ class _Outcome:  # what ``risk_check`` reads from an engine result
         self.misses = summary["misses"]
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int = 64) -> str:
-    value = ds.get(keyword, "")
-    return str(value if value is not None else "").strip()[:limit]
-
-
 def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> dict[str, Any]:
     """Check the output independently of the engine; the reasons (if any) send it to quarantine. Each
-    file is read once with pydicom: the leak scan's datasets (and the output's bytes) serve the risk
-    check, the catalogue and the DICOMweb index."""
+    file is read once: the leak scan's reads (and the output's bytes) serve the risk check, the catalogue
+    and the DICOMweb index."""
     return _verify(raw, out, profile, summary)[0]
 
 
@@ -100,33 +96,33 @@ def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -
     scanned_bytes: bytes | None = None
     try:
         scanned = scan_read(raw, out, profile)
-        leaks, original, ds = scanned.leaks, scanned.original, scanned.output
     except Exception as exc:  # the scanner could not read it: never release unverified output
         reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
         try:
-            ds = pydicom.dcmread(out, stop_before_pixels=True)
+            text = from_pydicom(pydicom.dcmread(out, stop_before_pixels=True), b"").text
         except Exception as exc:
             reasons.append(f"the output does not read back: {exc}")
-            ds = pydicom.Dataset()
+            text = Read(b"", False, False, "").text
     else:
-        reasons = risk_check(original, _Outcome(summary))
-        reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in leaks)
-        if getattr(ds, "preamble", None) is None:  # what a plain (not forced) dcmread refuses
+        reasons = risk_check(scanned.original, _Outcome(summary))
+        reasons.extend(f"leak: {leak.kind} in {leak.where}" for leak in scanned.leaks)
+        if not scanned.output.part10:  # what a plain (not forced) dcmread refuses
             reasons.append("the output does not read back: not a DICOM Part 10 file")
-        scanned_bytes = scanned.output_bytes
-        index = dicomindex.index_read(ds, scanned_bytes)  # the DICOMweb index: QIDO attributes, pixel offsets
-    if index is None:  # (the scan failed, or its dataset does not locate the pixel data)
+        scanned_bytes = scanned.output.raw
+        text = scanned.output.text
+        index = dicomindex.index_read(scanned.output)  # the DICOMweb index: QIDO attributes, pixel offsets
+    if index is None:  # (the scan failed, or its read does not locate the pixel data)
         try:
             index = dicomindex.index_file(out)
         except dicomindex.NotIndexable:
             index = {}  # the back-fill retries; the reasons above already hold the instance back
     return summary | {"index": index} | {
         "reasons": reasons,
-        "series_uid": _text(ds, "SeriesInstanceUID"),
-        "body_part": _text(ds, "BodyPartExamined").upper(),
-        "manufacturer": _text(ds, "Manufacturer"),
-        "study_date": _text(ds, "StudyDate", 8),
+        "series_uid": text("SeriesInstanceUID").strip()[:64],
+        "body_part": text("BodyPartExamined").strip()[:64].upper(),
+        "manufacturer": text("Manufacturer").strip()[:64],
+        "study_date": text("StudyDate").strip()[:8],
         "size": len(scanned_bytes) if scanned_bytes is not None else os.path.getsize(out),
     }, scanned_bytes
 

@@ -10,8 +10,9 @@ whole-day offset), the markers, overlays/curves and private blocks. It uses the 
 
 ``risk_check`` lists reasons to quarantine an instance for human review instead of releasing it.
 
-The package: ``elements`` (Leak, loading, the element walker), ``leaks`` (``leak_scan`` and its checks),
-``identity`` (``identity_scan``, ``national_ids``) and ``risk`` (``risk_check``).
+The package: ``elements`` (Leak, Read, loading, the element walker), ``reader`` (the fast read of plain
+files), ``leaks`` (``leak_scan`` and its checks), ``identity`` (``identity_scan``, ``national_ids``) and
+``risk`` (``risk_check``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from ...identifiers import national_ids
 from .elements import Leak
 from .identity import identity_scan
-from .leaks import LEAK_CHECKS, ScanRead, leak_scan, scan_datasets, scan_read
+from .leaks import LEAK_CHECKS, ScanRead, leak_scan, scan_read
 from .risk import risk_check
 
 __all__ = [
@@ -30,6 +31,5 @@ __all__ = [
     "leak_scan",
     "national_ids",
     "risk_check",
-    "scan_datasets",
     "scan_read",
 ]

@@ -3,14 +3,16 @@ element at any depth with its value(s) as text, read once per dataset for all th
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -33,9 +35,43 @@ class Value(NamedTuple):
     tag: int
     vr: str
     texts: list[str]  # the value(s) as text, stripped, empty ones left out ([] for binary values)
-    blob: bytes | None  # the value of a binary element (OB, OW, UN...), else None
-    parent: Dataset  # the dataset (or sequence item) holding it
-    element: Any  # the pydicom element (raw until something converts it): for the few checks that need more
+    blob: bytes | None  # the value of a binary element (OB, OW, UN...), else None (always None in pixel data)
+    parent: Item  # the elements of the dataset (or sequence item) holding it, by tag
+
+
+Item = dict[int, Value]
+
+
+@dataclass
+class Read:
+    """A file as the scans read it: every element (``values``, in file order), the top level by tag, the
+    bytes, and where the top-level pixel data is — from the fast reader (``reader.parse``) or pydicom."""
+
+    raw: bytes  # the file (b"" for an original read from its path by pydicom)
+    part10: bool  # a preamble and "DICM": what a plain (not forced) pydicom read requires
+    implicit: bool  # implicit VR
+    transfer_syntax: str
+    values: list[Value] = field(default_factory=list)
+    top: Item = field(default_factory=dict)
+    # top-level pixel elements: (tag, where its tag starts, where its value starts, where its value ends —
+    # after the delimiter of encapsulated pixel data), in file order
+    pixels: list[tuple[int, int, int, int]] = field(default_factory=list)
+    dataset: Dataset | None = None  # pydicom's, when pydicom read it
+
+    def text(self, keyword: str) -> str:
+        """A top-level attribute's value(s) as text (backslash between values), "" when absent or empty."""
+        if keyword == "TransferSyntaxUID":
+            return self.transfer_syntax
+        found = self.top.get(_tag_for(keyword))
+        return "\\".join(found.texts) if found is not None else ""
+
+
+@functools.lru_cache(maxsize=256)
+def _tag_for(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
 
 
 # Top-level values longer than this stay in the file until something asks for them: ``values`` reads every
@@ -43,22 +79,53 @@ class Value(NamedTuple):
 DEFER_SIZE = 64 * 1024
 
 
-def load(obj: Any, *, keep_bytes: bool = True) -> tuple[Dataset, bytes]:
-    """``obj`` read with pydicom (large values deferred: ``DEFER_SIZE``), and the bytes it was read from —
-    ``b""`` for a path read with ``keep_bytes=False``: then the pixel data is never read at all."""
-    if isinstance(obj, Dataset):
+def load(obj: Any, *, keep_bytes: bool = True) -> Read:
+    """``obj`` (bytes, a path or a pydicom ``Dataset``) as the scans read it: by the fast reader when the
+    file is plain explicit VR little endian (``reader.parse``), else by pydicom, large values deferred
+    (``DEFER_SIZE``). ``keep_bytes=False`` (a path only): the bytes are not kept (``raw`` is b"")."""
+    from .reader import parse
+
+    if isinstance(obj, Dataset):  # scanned as given; where its pixel data lies, from its bytes read back
         buf = io.BytesIO()
         obj.save_as(buf, enforce_file_format=False)
-        return obj, buf.getvalue()
+        read = from_pydicom(obj, buf.getvalue())
+        back = from_pydicom(pydicom.dcmread(io.BytesIO(read.raw), force=True, defer_size=256), read.raw)
+        read.implicit, read.pixels = back.implicit, back.pixels
+        return read
     if isinstance(obj, bytes | bytearray | memoryview):
         raw = bytes(obj)
     elif isinstance(obj, str | os.PathLike):
-        if not keep_bytes:
-            return pydicom.dcmread(obj, force=True, defer_size=DEFER_SIZE), b""
         raw = Path(obj).read_bytes()
     else:
         raise TypeError(f"cannot scan a {type(obj).__name__}")
-    return pydicom.dcmread(io.BytesIO(raw), force=True, defer_size=DEFER_SIZE), raw
+    read = parse(raw) or from_pydicom(pydicom.dcmread(io.BytesIO(raw), force=True, defer_size=DEFER_SIZE), raw)
+    if not keep_bytes:
+        read.raw = b""
+    return read
+
+
+def from_pydicom(ds: Dataset, raw: bytes) -> Read:
+    """A ``Read`` of ``ds`` (read by pydicom from ``raw``, its raw elements not yet converted)."""
+    encoding = getattr(ds, "original_encoding", None) or (None, None)
+    meta = getattr(ds, "file_meta", None)
+    read = Read(raw, getattr(ds, "preamble", None) is not None, bool(encoding[0]),
+                str(getattr(meta, "TransferSyntaxUID", "") or "").strip(), dataset=ds)
+    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):  # (before ``walk`` converts the raw elements)
+        element = ds.get_item(tag, keep_deferred=True) if tag in ds else None
+        tell = getattr(element, "value_tell", None)  # a raw element knows where its value is
+        if not isinstance(element, RawDataElement) or tell is None:
+            continue
+        length = element.length
+        if length == 0xFFFFFFFF:  # encapsulated: up to its sequence delimiter (as pydicom found it)
+            end = raw.find(b"\xfe\xff\xdd\xe0", tell)
+            stop = len(raw) if end < 0 else end + 8
+        else:
+            stop = tell + length
+        header = 8 if read.implicit or element.VR not in _LONG_VRS else 12
+        read.pixels.append((tag, tell - header, tell, stop))
+    read.pixels.sort(key=lambda p: p[1])
+    read.values, read.top = walk(ds)
+    return read
 
 
 def strings(elem: Any) -> list[str]:
@@ -91,6 +158,7 @@ _TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "
 _SINGLE_TEXT_VRS = {"LT", "ST", "UT", "UR"}  # one value, backslash is text
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV"}
+_LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}  # 4-byte lengths
 _PLAIN_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
@@ -132,18 +200,28 @@ def _numbers(vr: str, value: bytes, little_endian: bool) -> list[str] | None:
 def values(ds: Dataset, sep: str = ".", path: str = "", codec: str | None = "latin-1") -> list[Value]:
     """Every element of ``ds`` at any depth with its value(s) as text, in file order, a sequence before its
     items' elements; an item's elements are under ``<sequence path>[i]<sep>``."""
+    return walk(ds, sep, path, codec)[0]
+
+
+def walk(ds: Dataset, sep: str = ".", path: str = "", codec: str | None = "latin-1") -> tuple[list[Value], Item]:
+    """``values``, and the top level's elements by tag."""
     out: list[Value] = []
-    _values_into(out, ds, sep, path, _charset(ds, codec))
-    return out
+    return out, _values_into(out, ds, sep, path, _charset(ds, codec))
 
 
-def _values_into(out: list[Value], ds: Dataset, sep: str, path: str, codec: str | None) -> None:
+def _values_into(out: list[Value], ds: Dataset, sep: str, path: str, codec: str | None) -> Item:
+    item: Item = {}
+
+    def add(here: str, tag: int, vr: str, texts: list[str], blob: bytes | None) -> None:
+        out.append(value := Value(here, tag, vr, texts, blob, item))
+        item[tag] = value
+
     for tag in sorted(ds.keys()):
         elem = ds.get_item(tag, keep_deferred=True)
         here = f"{path}({tag >> 16:04X},{tag & 0xFFFF:04X})"
         if isinstance(elem, RawDataElement) and elem.value is None:  # empty, or left in the file (DEFER_SIZE)
             if elem.length and tag >> 16 == PIXEL_GROUP and elem.VR is not None:  # no scan looks into it
-                out.append(Value(here, int(tag), elem.VR, [], None, ds, elem))
+                add(here, int(tag), elem.VR, [], None)
                 continue
             elem = ds.get_item(tag)  # as pydicom reads it
         if isinstance(elem, RawDataElement) and codec is not None:
@@ -161,19 +239,20 @@ def _values_into(out: list[Value], ds: Dataset, sep: str, path: str, codec: str 
                 if texts is None:
                     texts = _numbers(vr, value, elem.is_little_endian)
                 if texts is not None:
-                    out.append(Value(here, int(tag), vr, texts, None, ds, elem))
+                    add(here, int(tag), vr, texts, None)
                     continue
                 if vr in _BINARY_VRS:
-                    out.append(Value(here, int(tag), vr, [], value, ds, elem))
+                    add(here, int(tag), vr, [], None if tag >> 16 == PIXEL_GROUP else value)
                     continue
             elif vr is not None and value is None:  # an empty element
-                out.append(Value(here, int(tag), vr, [], None, ds, elem))
+                add(here, int(tag), vr, [], None)
                 continue
         converted = ds[tag]  # what pydicom makes of it
         value = converted.value
         sequence = converted.VR == "SQ"
-        out.append(Value(here, int(tag), converted.VR, [] if sequence else strings(converted),
-                         bytes(value) if isinstance(value, bytes | bytearray) else None, ds, converted))
+        blob = bytes(value) if isinstance(value, bytes | bytearray) and tag >> 16 != PIXEL_GROUP else None
+        add(here, int(tag), converted.VR, [] if sequence else strings(converted), blob)
         if sequence:
-            for i, item in enumerate(value or []):
-                _values_into(out, item, sep, f"{here}[{i}]{sep}", _charset(item, codec))
+            for i, child in enumerate(value or []):
+                _values_into(out, child, sep, f"{here}[{i}]{sep}", _charset(child, codec))
+    return item

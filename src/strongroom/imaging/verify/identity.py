@@ -95,12 +95,14 @@ class _IdentityNeedles:
         for v in orig:
             if v.tag in (0x00080070, 0x00081090):
                 self._makers.setdefault(id(v.parent), set()).update(t.casefold() for t in v.texts)
-        for _, tag, vr, texts, _, ds, elem in orig:
+        for here, tag, vr, texts, _, ds in orig:
             if vr == "SQ":
                 if tag == _OTHER_IDS_SEQ:  # recorded as other patient IDs before the walk enters the items
-                    for item in elem.value or []:
-                        if "PatientID" in item:
-                            self._add(str(item.PatientID), "other patient ID")
+                    depth = here.count("(") + 1
+                    for v in orig:
+                        if v.tag == 0x00100020 and v.path.startswith(here + "[") and v.path.count("(") == depth:
+                            for t in v.texts:
+                                self._add(t, "other patient ID")
                 continue
             if (tag >> 16) & 1 or tag >> 16 in (PIXEL_GROUP, 0x0002):
                 continue
@@ -177,7 +179,7 @@ def _present(needles: dict[str, str], haystack: str) -> dict[str, str]:
 
 def _text_values(out: list[Value]) -> Iterator[tuple[str, int, str, str]]:
     """(path with '>' between nesting levels, tag, VR, text) of every element value except pixel data."""
-    for here, tag, vr, texts, blob, _, _ in out:
+    for here, tag, vr, texts, blob, _ in out:
         group = tag >> 16
         if vr == "SQ" or group == PIXEL_GROUP or (0x6000 <= group <= 0x601E and tag & 0xFFFF == 0x3000):
             continue

@@ -6,19 +6,16 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import functools
-import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataset import Dataset
 
 from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
 
-from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, Value, date8, load, values
+from .elements import PIXEL_GROUP, PLACEHOLDERS, Item, Leak, Read, Value, date8, load
 from .identity import identity_leaks
 
 _FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
@@ -35,12 +32,10 @@ _CLASS_UID_KEYWORDS = ("Class", "TransferSyntax", "CodingScheme", "ContextUID", 
 _SAFE = {(sp.creator, sp.group, sp.element) for sp in SAFE_PRIVATE}
 
 
-def _private_creator(ds: Dataset, tag: int) -> str | None:
-    """The private creator of ``tag`` in ``ds``, the dataset that holds it."""
-    creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFFFF) >> 8)
-    if creator_tag in ds:
-        return str(ds[creator_tag].value).strip()
-    return None
+def _private_creator(item: Item, tag: int) -> str | None:
+    """The private creator of ``tag`` in ``item``, the dataset that holds it."""
+    creator = item.get((tag & 0xFFFF0000) | ((tag & 0xFFFF) >> 8))
+    return "\\".join(creator.texts) if creator is not None else None
 
 
 def _profile_flags(profile: Any) -> dict[str, bool]:
@@ -79,36 +74,15 @@ def _days(a: str, b: str) -> int | None:
     return (db - da).days
 
 
-def _pixel_cuts(ds: Dataset, raw: bytes) -> list[tuple[int, int]] | None:
-    """Where the pixel data values are in ``raw``, from the raw elements of ``ds`` (read from ``raw``);
-    ``None`` when an element no longer knows its position (already converted)."""
-    cuts = []
-    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
-        if tag in ds:
-            raw_el = ds.get_item(tag, keep_deferred=True)  # the raw element knows where its value is
-            tell = getattr(raw_el, "value_tell", None)
-            length = getattr(raw_el, "length", None)
-            if tell is None:
-                return None
-            if length not in (None, 0xFFFFFFFF):
-                cuts.append((tell, tell + length))
-            else:
-                cuts.append((tell, len(raw)))
-    return cuts
-
-
-def _header_bytes(ds: Dataset, raw: bytes) -> bytes:
+def _header_bytes(read: Read) -> bytes:
     """The file without its pixel data values (random pixels would produce accidental matches)."""
-    cuts = _pixel_cuts(ds, raw)
-    if cuts is None:  # reread, deferring the large values: their raw elements keep their positions
-        cuts = _pixel_cuts(pydicom.dcmread(io.BytesIO(raw), force=True, defer_size=256), raw) or []
-    if not cuts:
-        return raw
+    if not read.pixels:
+        return read.raw
     out, pos = [], 0
-    for start, end in sorted(cuts):
-        out.append(raw[pos:start])
+    for start, end in sorted((start, end) for _, _, start, end in read.pixels):
+        out.append(read.raw[pos:start])
         pos = max(pos, end)
-    out.append(raw[pos:])
+    out.append(read.raw[pos:])
     return b"\x00".join(out)
 
 
@@ -129,10 +103,9 @@ class _Scan:
     policy: dict[int, str]  # tag -> keep | clean | change (see _row_policy)
     safe_private: set[tuple[Any, ...]]
     date_mode: str  # remove | modified | full
-    orig: Dataset
-    out: Dataset
+    orig: Read
+    out: Read
     header: bytes  # the output file without its pixel data values
-    out_raw: bytes  # the output file as read
     needles: dict[str, tuple[str, str]] = field(default_factory=dict)  # text -> (kind, source path)
     uids: dict[str, str] = field(default_factory=dict)  # original UID -> source path
     dates: dict[str, str] = field(default_factory=dict)  # original YYYYMMDD -> source path
@@ -148,12 +121,10 @@ class _Scan:
         flags = _profile_flags(profile)
         date_mode = "full" if flags["retain_longitudinal_full"] else (
             "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
-        orig, _ = load(original, keep_bytes=False)
-        out, out_raw = load(deidentified)
-        # (before anything converts the raw elements: a freshly read one still knows its position)
+        orig, out = load(original, keep_bytes=False), load(deidentified)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
-                   date_mode, orig, out, _header_bytes(out, out_raw), out_raw)
-        scan.orig_all, scan.out_all = values(orig), values(out)
+                   date_mode, orig, out, _header_bytes(out))
+        scan.orig_all, scan.out_all = orig.values, out.values
         scan._collect()
         scan._drop_allowed()
         for v in scan.out_all:
@@ -170,7 +141,7 @@ class _Scan:
     def _collect(self) -> None:
         """Identifying material of the original: what the profile may not keep."""
         flags, policy = self.flags, self.policy
-        for here, tag, vr, texts, blob, ds, _ in self.orig_all:
+        for here, tag, vr, texts, blob, ds in self.orig_all:
             group = tag >> 16
             if vr == "SQ" or group == PIXEL_GROUP or group == 0x0002:
                 continue
@@ -413,24 +384,17 @@ def leak_scan(original: Any, deidentified: Any, profile: Any) -> list[Leak]:
     findings of every check of ``LEAK_CHECKS``, in that order.
 
     Both may be bytes, a path or a pydicom ``Dataset``; an empty list means the output passed."""
-    return scan_datasets(original, deidentified, profile)[0]
-
-
-def scan_datasets(original: Any, deidentified: Any, profile: Any) -> tuple[list[Leak], Dataset, Dataset]:
-    """``leak_scan``, and the two datasets it read (the original and the output, fully read), so that a
-    caller checking more (``risk_check``, the catalogue's attributes) reads neither file again."""
-    return scan_read(original, deidentified, profile)[:3]
+    return scan_read(original, deidentified, profile).leaks
 
 
 class ScanRead(NamedTuple):
     leaks: list[Leak]
-    original: Dataset
-    output: Dataset
-    output_bytes: bytes  # the output file that ``output`` was read from
+    original: Read
+    output: Read  # its ``raw`` is the output file as read
 
 
 def scan_read(original: Any, deidentified: Any, profile: Any) -> ScanRead:
-    """``scan_datasets``, and the output's bytes as read (the DICOMweb index is taken from them and the
-    output dataset: ``dicomindex.index_read``)."""
+    """``leak_scan``, and both files as it read them, so that a caller checking more (``risk_check``, the
+    catalogue's attributes, the DICOMweb index: ``dicomindex.index_read``) reads neither file again."""
     scan = _Scan.of(original, deidentified, profile)
-    return ScanRead([leak for check in LEAK_CHECKS for leak in check(scan)], scan.orig, scan.out, scan.out_raw)
+    return ScanRead([leak for check in LEAK_CHECKS for leak in check(scan)], scan.orig, scan.out)

@@ -1,0 +1,207 @@
+"""The leak scan's fast read: a Part 10 file's elements straight from its bytes, without building pydicom
+Datasets (building them was about half of verifying a CT instance).
+
+It reads only the common, unambiguous case — explicit VR little endian (the transfer syntax of nearly every
+file the DICOM destination writes), a plain character set, no UN or AT values, every length consistent,
+tags in ascending order — and ``parse`` returns None for anything else: the scan then reads the file with
+pydicom (``elements.load``). So a malformed or unusual file is never interpreted differently here; it is
+read the way it always was. Whatever this reads must equal what the pydicom path reads, element for
+element: tests/test_verify_values.py holds the two to each other for every bundled test file and mutation.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom.uid import UID
+
+from .elements import _BINARY_VRS, _LONG_VRS, _PLAIN_CHARSETS, PIXEL_GROUP, Item, Read, Value, _numbers, _texts
+
+_VRS = {vr.encode(): vr for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
+                                   "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC",
+                                   "UI", "UL", "UR", "US", "UT", "UV")}  # not UN, AT: pydicom converts those
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, _PIXEL_DATA)  # float, double float, pixel data
+_TAG = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_ITEM_HEAD = struct.Struct("<HHI")
+_SEQUENCE_END_BYTES = b"\xfe\xff\xdd\xe0"
+
+
+class _NotPlain(Exception):
+    """The file is not one this reader reads: the pydicom path reads it."""
+
+
+def parse(raw: bytes) -> Read | None:
+    """The elements of the Part 10 file ``raw`` (the file meta group left out, as pydicom's dataset does),
+    or None when the file is not explicit VR little endian, plain and well formed all through."""
+    if len(raw) < 132 or raw[128:132] != b"DICM":
+        return None
+    try:
+        meta, pos = _meta(raw)
+        syntax = meta.get(0x00020010, b"").decode("ascii").strip("\x00 ")
+        uid = UID(syntax)
+        if not (uid.is_transfer_syntax and uid.is_little_endian and not uid.is_implicit_VR
+                and not uid.is_deflated):
+            return None
+        read = Read(raw=raw, part10=True, implicit=False, transfer_syntax=syntax)
+        _dataset(read, raw, pos, len(raw), "", "latin-1", read.top, top=True)
+    except (_NotPlain, struct.error, UnicodeDecodeError, RecursionError):
+        return None
+    return read
+
+
+def _meta(raw: bytes) -> tuple[dict[int, bytes], int]:
+    """The file meta group's values by tag (explicit VR little endian), and where the dataset starts."""
+    meta: dict[int, bytes] = {}
+    pos, end = 132, len(raw)
+    while pos + 8 <= end:
+        group, element = _TAG.unpack_from(raw, pos)
+        if group != 0x0002:
+            break
+        vr = _VRS.get(raw[pos + 4:pos + 6])
+        if vr is None:
+            raise _NotPlain
+        if vr in _LONG_VRS:
+            (length,), at = _U32.unpack_from(raw, pos + 8), pos + 12
+        else:
+            (length,), at = _U16.unpack_from(raw, pos + 6), pos + 8
+        if length == _UNDEFINED or at + length > end:
+            raise _NotPlain
+        meta[group << 16 | element] = raw[at:at + length]
+        pos = at + length
+    return meta, pos
+
+
+def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, item: Item, *,
+             top: bool = False, delimited: bool = False) -> int:
+    """Read the elements of one dataset (the file's, or a sequence item's) from ``pos`` to ``end`` — or to
+    its item delimiter when ``delimited`` — into ``read.values`` and ``item``; the position after it."""
+    out = read.values
+    last = -1
+    decoded_text = False  # a text value read before this dataset's Specific Character Set: refuse
+    while pos < end:
+        if pos + 8 > end:
+            raise _NotPlain
+        group, element = _TAG.unpack_from(raw, pos)
+        tag = group << 16 | element
+        if tag == _ITEM_END:
+            if not delimited or _U32.unpack_from(raw, pos + 4)[0] != 0:
+                raise _NotPlain
+            return pos + 8
+        if tag <= last or group == 0xFFFE or (top and group == 0x0002):
+            raise _NotPlain  # out of order (pydicom sorts and keeps one of a duplicate), a stray item
+        last = tag
+        vr = _VRS.get(raw[pos + 4:pos + 6])
+        if vr is None:
+            raise _NotPlain
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise _NotPlain
+            (length,), at = _U32.unpack_from(raw, pos + 8), pos + 12
+        else:
+            (length,), at = _U16.unpack_from(raw, pos + 6), pos + 8
+        here = f"{path}({group:04X},{element:04X})"
+        if vr == "SQ":
+            value = item[tag] = Value(here, tag, vr, [], None, item)
+            out.append(value)
+            pos = _sequence(read, raw, at, length, end, here, codec)
+            continue
+        if length == _UNDEFINED:
+            if tag != _PIXEL_DATA:
+                raise _NotPlain  # pydicom reads these its own way
+            pos = _fragments(raw, at, end)
+            if top:
+                read.pixels.append((tag, at - 12, at, pos))
+            value = item[tag] = Value(here, tag, vr, [], None, item)
+            out.append(value)
+            continue
+        stop = at + length
+        if stop > end:
+            raise _NotPlain
+        if tag in _PIXEL_TAGS:  # no scan looks into it: never copied out
+            if top:
+                read.pixels.append((tag, at - 12 if vr in _LONG_VRS else at - 8, at, stop))
+            value = item[tag] = Value(here, tag, vr, [], None, item)
+            out.append(value)
+            pos = stop
+            continue
+        if tag == 0x00080005:
+            charset = _PLAIN_CHARSETS.get(raw[at:stop].decode("latin-1").strip(" \x00"))
+            if charset is None or (decoded_text and charset != codec):
+                raise _NotPlain
+            codec = charset
+        texts: list[str] | None
+        blob = None
+        if length == 0:
+            texts = []
+        else:
+            data = raw[at:stop]
+            texts = _texts(vr, data, codec)
+            if texts is None:
+                texts = _numbers(vr, data, True)
+                if texts is None:
+                    if vr not in _BINARY_VRS:
+                        raise _NotPlain  # a number of the wrong length: pydicom decides what it is
+                    texts, blob = [], None if group == PIXEL_GROUP else data
+            else:
+                decoded_text = True
+        value = item[tag] = Value(here, tag, vr, texts, blob, item)
+        out.append(value)
+        pos = stop
+    if delimited or pos != end:
+        raise _NotPlain
+    return pos
+
+
+def _sequence(read: Read, raw: bytes, pos: int, length: int, end: int, path: str, codec: str) -> int:
+    """Read a sequence's items (``length`` bytes, or up to its delimiter); the position after it."""
+    stop = end if length == _UNDEFINED else pos + length
+    if stop > end:
+        raise _NotPlain
+    index = 0
+    while pos < stop:
+        if pos + 8 > stop:
+            raise _NotPlain
+        group, element, item_length = _ITEM_HEAD.unpack_from(raw, pos)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            if length != _UNDEFINED or item_length != 0:
+                raise _NotPlain
+            return pos + 8
+        if tag != _ITEM:
+            raise _NotPlain
+        item: Item = {}
+        item_path = f"{path}[{index}]."
+        if item_length == _UNDEFINED:
+            pos = _dataset(read, raw, pos + 8, stop, item_path, codec, item, delimited=True)
+        else:
+            if pos + 8 + item_length > stop:
+                raise _NotPlain
+            pos = _dataset(read, raw, pos + 8, pos + 8 + item_length, item_path, codec, item)
+        index += 1
+    if length == _UNDEFINED or pos != stop:
+        raise _NotPlain  # an undefined-length sequence with no delimiter
+    return pos
+
+
+def _fragments(raw: bytes, pos: int, end: int) -> int:
+    """Skip an encapsulated pixel data value's items; the position after its delimiter. pydicom finds the
+    end by searching for the delimiter's bytes: when that finds another place (the bytes occur inside a
+    fragment), the file is left to pydicom."""
+    start = pos
+    while True:
+        if pos + 8 > end:
+            raise _NotPlain
+        group, element, length = _ITEM_HEAD.unpack_from(raw, pos)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            if raw.find(_SEQUENCE_END_BYTES, start) != pos:
+                raise _NotPlain
+            return pos + 8
+        if tag != _ITEM or length == _UNDEFINED or pos + 8 + length > end:
+            raise _NotPlain
+        pos += 8 + length
