@@ -153,3 +153,35 @@ def test_the_pool_seals_the_bytes_it_verified(tmp_path: Path) -> None:
     with storage.open_reader(sealed.body_key) as body:
         plain = b"".join(c4gh.decrypt_stream(io.BytesIO(sealed.header + body.read()), [keypair.secret]))
     assert plain == verified and sealed.plaintext_size == len(verified)
+
+
+def test_acknowledged_on_receipt_the_work_is_done_in_memory_and_a_failure_leaves_the_output_for_review(
+        tmp_path: Path) -> None:
+    """``pipeline.deidentify_verify_and_seal`` (acknowledged on receipt) de-identifies, verifies and seals
+    without writing the de-identified file to the spool; when sealing fails, the output is left at ``out`` for
+    the archiver to seal for review, and an unprocessable original is refused."""
+    from nacl.public import PrivateKey
+
+    from strongroom.config import StorageSettings
+    from strongroom.imaging import pipeline
+
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(make_ct(4, 0, 1, 1, rows=16, columns=16))
+    secret = b"s" * 32
+    public = bytes(PrivateKey.generate().public_key)
+    target = pipeline.SealTarget(StorageSettings(), tmp_path / "var", "fp", public, "p1", "")
+    out = tmp_path / "in.dcm"
+    summary, sealed = pipeline.deidentify_verify_and_seal(str(raw), str(out), PROFILE, secret, target)
+    assert sealed is not None and summary["reasons"] == [] and summary["index"]["pixel_offset"]
+    assert summary["size"] == sealed.plaintext_size and not out.exists()  # nothing written to the spool
+    assert summary["received_size"] == raw.stat().st_size
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_bytes(b"")
+    summary, sealed = pipeline.deidentify_verify_and_seal(
+        str(raw), str(out), PROFILE, secret, pipeline.SealTarget(StorageSettings(), blocked, "fp", public, "p1", ""))
+    assert sealed is None and summary["reasons"][0].startswith("verification failed")
+    assert out.stat().st_size == summary["size"]  # held for review: the archiver seals it
+    assert scan_read(str(raw), str(out), PROFILE).leaks == []
+    raw.write_bytes(raw.read_bytes()[:200])
+    summary, sealed = pipeline.deidentify_verify_and_seal(str(raw), str(out), PROFILE, secret, target)
+    assert sealed is None and summary["rejected"].startswith("not processable DICOM") and not out.exists()

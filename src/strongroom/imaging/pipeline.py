@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pydicom
 from ..archive.backend import storage_from
 from ..archive.sealing import SealedBody, seal_file
 from . import dicomindex
-from .deid import DeidError, DeidProfile, Pseudonymizer, deidentify_file
+from .deid import DeidError, DeidProfile, DeidResult, Pseudonymizer, deidentify, deidentify_file
 from .verify import risk_check, scan_read
 from .verify.elements import Read, from_pydicom
 
@@ -60,7 +61,10 @@ def worker_init(parent_pid: int, niceness: int = 0) -> None:
 def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:
     """De-identify ``raw`` into ``out`` (not fsynced: the caller makes it durable with whatever else it
     writes). Raises ``DeidError`` for what cannot be processed safely."""
-    result = deidentify_file(raw, out, profile, _pseudonymizer(secret))
+    return _summary(deidentify_file(raw, out, profile, _pseudonymizer(secret)))
+
+
+def _summary(result: DeidResult) -> dict[str, Any]:
     return {
         "sop_instance_uid": result.sop_instance_uid,
         "study_uid": result.study_instance_uid,
@@ -90,8 +94,10 @@ def verify_stage(raw: str, out: str, profile: DeidProfile, summary: dict[str, An
     return _verify(raw, out, profile, summary)[0]
 
 
-def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
-    """``verify_stage``, and the output's bytes that the leak scan read (None if it could not read them)."""
+def _verify(raw: str | bytes, out: str | bytes, profile: DeidProfile, summary: dict[str, Any]
+            ) -> tuple[dict[str, Any], bytes | None]:
+    """``verify_stage`` of the original and the output, each a path or the file's bytes; and the output's
+    bytes that the leak scan read (None if it could not read them)."""
     index: dict[str, Any] | None = None
     scanned_bytes: bytes | None = None
     try:
@@ -100,7 +106,8 @@ def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -
         reasons = risk_check(raw, _Outcome(summary))
         reasons.append(f"leak scan failed: {type(exc).__name__}: {exc}")
         try:
-            text = from_pydicom(pydicom.dcmread(out, stop_before_pixels=True), b"").text
+            text = from_pydicom(pydicom.dcmread(io.BytesIO(out) if isinstance(out, bytes) else out,
+                                                stop_before_pixels=True), b"").text
         except Exception as exc:
             reasons.append(f"the output does not read back: {exc}")
             text = Read(b"", False, False, "").text
@@ -114,7 +121,7 @@ def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -
         index = dicomindex.index_read(scanned.output)  # the DICOMweb index: QIDO attributes, pixel offsets
     if index is None:  # (the scan failed, or its read does not locate the pixel data)
         try:
-            index = dicomindex.index_file(out)
+            index = dicomindex.index_stream(io.BytesIO(out)) if isinstance(out, bytes) else dicomindex.index_file(out)
         except dicomindex.NotIndexable:
             index = {}  # the back-fill retries; the reasons above already hold the instance back
     return summary | {"index": index} | {
@@ -123,7 +130,8 @@ def _verify(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any]) -
         "body_part": text("BodyPartExamined").strip()[:64].upper(),
         "manufacturer": text("Manufacturer").strip()[:64],
         "study_date": text("StudyDate").strip()[:8],
-        "size": len(scanned_bytes) if scanned_bytes is not None else os.path.getsize(out),
+        "size": len(scanned_bytes) if scanned_bytes is not None else (
+            len(out) if isinstance(out, bytes) else os.path.getsize(out)),
     }, scanned_bytes
 
 
@@ -139,17 +147,19 @@ class SealTarget:
     file_id: str
 
 
-def verify_and_seal(raw: str, out: str, profile: DeidProfile, summary: dict[str, Any], target: SealTarget
-                    ) -> tuple[dict[str, Any], SealedBody]:
+def verify_and_seal(raw: str | bytes, out: str | bytes, profile: DeidProfile, summary: dict[str, Any],
+                    target: SealTarget) -> tuple[dict[str, Any], SealedBody]:
     """Verification, then encryption into the archive, both off the receiving process (the destination's
     archiver only writes the rows). The output is sealed whatever the verdict: quarantined instances
-    are kept encrypted too, for review."""
+    are kept encrypted too, for review. Either file may be given as its path or its bytes."""
     verified, scanned = _verify(raw, out, profile, summary)
     storage = storage_from(target.storage, target.var_dir)
     # What is sealed is exactly the bytes the leak scan read (the file is not read a second time). The
     # body's directory is fsynced by the archiver, once per group, before the rows commit.
-    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id, out,
-                       data=scanned, defer_dir_sync=True)
+    if scanned is None and isinstance(out, bytes):
+        scanned = out
+    sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id,
+                       out if isinstance(out, str) else "", data=scanned, defer_dir_sync=True)
     return verified, sealed
 
 
@@ -164,29 +174,41 @@ def archive_file_id(secret: bytes, sop_instance_uid: str) -> str:
 def deidentify_verify_and_seal(raw: str, out: str, profile: DeidProfile, secret: bytes, target: SealTarget
                                ) -> tuple[dict[str, Any], SealedBody | None]:
     """All of an object's work after an acknowledgement on receipt (``imaging.acknowledge = "received"``):
-    de-identification, then ``verify_and_seal`` into ``target`` (its file id follows from the instance).
+    de-identification, then ``verify_and_seal`` into ``target`` (its file id follows from the instance), in
+    memory: the de-identified file is written to ``out`` only when it must be held for review.
 
     An object the engine cannot process comes back as ``({"rejected": reason}, None)``: the sender already
     has its success status, so the reason goes to the import report. A failure after de-identification
     comes back as the summary with a reason to hold the instance (``sealed`` None: sealed by the caller for
     review), as a failed verification does when de-identification ran before the acknowledgement."""
     try:
-        summary = deidentify_stage(raw, out, profile, secret)
+        original = Path(raw).read_bytes()
+        result = deidentify(original, profile, _pseudonymizer(secret))  # in memory: nothing written to the spool
+        summary = _summary(result)
     except DeidError as exc:
         rejected = f"not processable DICOM: {exc}"
     except Exception as exc:  # the engine failed on it: refused, never stored as is
         rejected = f"de-identification failed: {type(exc).__name__}"
     else:
-        summary["received_size"] = os.path.getsize(raw)
+        summary["received_size"] = len(original)
         try:
-            return verify_and_seal(raw, out, profile, summary, dataclasses.replace(
+            return verify_and_seal(original, result.data, profile, summary, dataclasses.replace(
                 target, file_id=archive_file_id(secret, summary["sop_instance_uid"])))
-        except Exception as exc:  # never release what could not be verified
+        except Exception as exc:  # never release what could not be verified: the caller seals ``out`` for review
+            _write(out, result.data)
             return summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
-                              "size": os.path.getsize(out)}, None
+                              "size": len(result.data)}, None
     if os.path.exists(out):
         os.unlink(out)
     return {"rejected": rejected}, None
+
+
+def _write(path: str, data: bytes) -> None:
+    """``data`` into ``path``, whole or not at all (written under another name, then renamed)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def process_file(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:

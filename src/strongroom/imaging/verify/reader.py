@@ -24,8 +24,7 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, _PIXEL_DATA)  # float, double float, pixel data
-_TAG = struct.Struct("<HH")
-_U16 = struct.Struct("<H")
+_HEAD = struct.Struct("<HH2sH")  # tag, VR, and the 2-byte length of the short VRs
 _U32 = struct.Struct("<I")
 _ITEM_HEAD = struct.Struct("<HHI")
 _SEQUENCE_END_BYTES = b"\xfe\xff\xdd\xe0"
@@ -59,16 +58,16 @@ def _meta(raw: bytes) -> tuple[dict[int, bytes], int]:
     meta: dict[int, bytes] = {}
     pos, end = 132, len(raw)
     while pos + 8 <= end:
-        group, element = _TAG.unpack_from(raw, pos)
+        group, element, vr_bytes, length = _HEAD.unpack_from(raw, pos)
         if group != 0x0002:
             break
-        vr = _VRS.get(raw[pos + 4:pos + 6])
+        vr = _VRS.get(vr_bytes)
         if vr is None:
             raise _NotPlain
         if vr in _LONG_VRS:
             (length,), at = _U32.unpack_from(raw, pos + 8), pos + 12
         else:
-            (length,), at = _U16.unpack_from(raw, pos + 6), pos + 8
+            at = pos + 8
         if length == _UNDEFINED or at + length > end:
             raise _NotPlain
         meta[group << 16 | element] = raw[at:at + length]
@@ -86,7 +85,7 @@ def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, 
     while pos < end:
         if pos + 8 > end:
             raise _NotPlain
-        group, element = _TAG.unpack_from(raw, pos)
+        group, element, vr_bytes, length = _HEAD.unpack_from(raw, pos)
         tag = group << 16 | element
         if tag == _ITEM_END:
             if not delimited or _U32.unpack_from(raw, pos + 4)[0] != 0:
@@ -95,7 +94,7 @@ def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, 
         if tag <= last or group == 0xFFFE or (top and group == 0x0002):
             raise _NotPlain  # out of order (pydicom sorts and keeps one of a duplicate), a stray item
         last = tag
-        vr = _VRS.get(raw[pos + 4:pos + 6])
+        vr = _VRS.get(vr_bytes)
         if vr is None:
             raise _NotPlain
         if vr in _LONG_VRS:
@@ -103,7 +102,7 @@ def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, 
                 raise _NotPlain
             (length,), at = _U32.unpack_from(raw, pos + 8), pos + 12
         else:
-            (length,), at = _U16.unpack_from(raw, pos + 6), pos + 8
+            at = pos + 8
         here = f"{path}({group:04X},{element:04X})"
         if vr == "SQ":
             value = item[tag] = Value(here, tag, vr, [], None, item)
@@ -111,7 +110,7 @@ def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, 
             pos = _sequence(read, raw, at, length, end, here, codec)
             continue
         if length == _UNDEFINED:
-            if tag != _PIXEL_DATA:
+            if tag != _PIXEL_DATA or vr not in ("OB", "OW"):
                 raise _NotPlain  # pydicom reads these its own way
             pos = _fragments(raw, at, end)
             if top:
@@ -123,6 +122,8 @@ def _dataset(read: Read, raw: bytes, pos: int, end: int, path: str, codec: str, 
         if stop > end:
             raise _NotPlain
         if tag in _PIXEL_TAGS:  # no scan looks into it: never copied out
+            if vr not in _BINARY_VRS:
+                raise _NotPlain
             if top:
                 read.pixels.append((tag, at - 12 if vr in _LONG_VRS else at - 8, at, stop))
             value = item[tag] = Value(here, tag, vr, [], None, item)
