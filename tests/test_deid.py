@@ -32,6 +32,7 @@ from strongroom.imaging.deid import (
 )
 from strongroom.imaging.synthetic import SyntheticPatient, make_ct, study_date
 from strongroom.imaging.verify import leak_scan, risk_check
+from strongroom.imaging.verify.elements import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"project-7 secret key, 32 bytes!!"
@@ -628,6 +629,18 @@ def test_risk_check_quarantines_what_cannot_be_trusted(ct_corpus: dict, pseudo: 
     assert any("missing" in r for r in risk_check(cr))
     cr.BurnedInAnnotation = "NO"
     assert risk_check(cr) == []
+    # a second value never hides the first (every reader of the value: a Dataset, bytes, the scan's Read)
+    cr.BurnedInAnnotation = ["NO", "YES"]
+    cr.Modality = ["CT", "US"]
+    buf = io.BytesIO()
+    cr.save_as(buf, enforce_file_format=True)
+    for given in (cr, buf.getvalue(), load(buf.getvalue())):
+        reasons = risk_check(given)
+        assert any("ultrasound" in r for r in reasons) and any("is YES" in r for r in reasons), reasons
+    cr.BurnedInAnnotation, cr.Modality = "MAYBE", "CR"
+    assert any("neither YES nor NO" in r for r in risk_check(cr))
+    cr.SOPClassUID = ["1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.7"]
+    assert any("secondary capture" in r for r in risk_check(cr))
 
 
 # ------------------------------------------------------------------------------------------ dciodvfy

@@ -62,8 +62,12 @@ class Read:
         """A top-level attribute's value(s) as text (backslash between values), "" when absent or empty."""
         if keyword == "TransferSyntaxUID":
             return self.transfer_syntax
+        return "\\".join(self.texts(keyword))
+
+    def texts(self, keyword: str) -> list[str]:
+        """A top-level attribute's values as text ([] when absent or empty)."""
         found = self.top.get(_tag_for(keyword))
-        return "\\".join(found.texts) if found is not None else ""
+        return found.texts if found is not None else []
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,7 +8,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from .elements import Read
+from .elements import Read, from_pydicom
 
 US_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2", "1.2.840.10008.5.1.4.1.1.6.3",
                   "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3"}
@@ -24,33 +24,32 @@ def risk_check(dataset: Any, result: Any = None) -> list[str]:
 
     ``dataset`` is the received (original) instance: bytes, a path, a ``Dataset`` or the leak scan's
     ``Read`` of it; ``result`` the engine's ``DeidResult`` for it, whose rule misses are reasons too."""
-    if isinstance(dataset, Read):
-        text = dataset.text
-    else:
-        ds = dataset if isinstance(dataset, Dataset) else pydicom.dcmread(
+    read = dataset if isinstance(dataset, Read) else from_pydicom(
+        dataset if isinstance(dataset, Dataset) else pydicom.dcmread(
             io.BytesIO(bytes(dataset)) if isinstance(dataset, bytes | bytearray | memoryview) else dataset,
-            force=True, stop_before_pixels=True)
+            force=True, stop_before_pixels=True), b"")
 
-        def text(keyword: str) -> str:
-            return str(ds.get(keyword, "") or "")
-    modality = text("Modality").upper()
-    sop_class = text("SOPClassUID")
-    burned = text("BurnedInAnnotation").upper()
+    def values(keyword: str) -> set[str]:  # every value, upper case: a second value must not hide the first
+        return {v.upper() for v in read.texts(keyword)}
+    modalities, sop_classes, burned = values("Modality"), values("SOPClassUID"), values("BurnedInAnnotation")
     reasons: list[str] = []
     pixel_cleaned = bool(getattr(result, "pixel_cleaned", False))
-    if modality in ("US", "IVUS") or sop_class in US_SOP_CLASSES:
+    if modalities & {"US", "IVUS"} or sop_classes & US_SOP_CLASSES:
         reasons.append("ultrasound: text is routinely burned into the pixels")
-    if sop_class.startswith(SC_SOP_PREFIX):
+    secondary = any(c.startswith(SC_SOP_PREFIX) for c in sop_classes)
+    if secondary:
         reasons.append("secondary capture: screenshots and scanned documents may show identifying text")
-    if sop_class.startswith(ENCAPSULATED_DOC_PREFIX):
+    if any(c.startswith(ENCAPSULATED_DOC_PREFIX) for c in sop_classes):
         reasons.append("encapsulated document: the embedded document is not de-identified")
     if not pixel_cleaned:
-        if burned == "YES":
+        modality = "\\".join(sorted(modalities))
+        if "YES" in burned:
             reasons.append("Burned In Annotation is YES and no pixel rule cleaned the image")
-        elif not burned and (modality in RISKY_MODALITIES or sop_class.startswith(SC_SOP_PREFIX)):
-            reasons.append(f"Burned In Annotation missing on a {modality or 'secondary capture'} object, "
+        elif burned != {"NO"} and (modalities & RISKY_MODALITIES or secondary):
+            state = "missing" if not burned else "neither YES nor NO"
+            reasons.append(f"Burned In Annotation {state} on a {modality or 'secondary capture'} object, "
                            "a modality that often burns in text")
-    if text("RecognizableVisualFeatures").upper() == "YES":
+    if "YES" in values("RecognizableVisualFeatures"):
         reasons.append("Recognizable Visual Features is YES")
     for miss in getattr(result, "misses", None) or []:
         reasons.append(f"rule miss: {miss}")
