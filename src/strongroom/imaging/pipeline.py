@@ -156,10 +156,9 @@ def verify_and_seal(raw: str | bytes, out: str | bytes, profile: DeidProfile, su
     storage = storage_from(target.storage, target.var_dir)
     # What is sealed is exactly the bytes the leak scan read (the file is not read a second time). The
     # body's directory is fsynced by the archiver, once per group, before the rows commit.
-    if scanned is None and isinstance(out, bytes):
-        scanned = out
+    data = scanned if scanned is not None or isinstance(out, str) else out
     sealed = seal_file(target.key_fingerprint, target.public_key, storage, target.project_id, target.file_id,
-                       out if isinstance(out, str) else "", data=scanned, defer_dir_sync=True)
+                       out if isinstance(out, str) else "", data=data, defer_dir_sync=True)
     return verified, sealed
 
 

@@ -93,8 +93,9 @@ def load(obj: Any, *, keep_bytes: bool = True) -> Read:
         buf = io.BytesIO()
         obj.save_as(buf, enforce_file_format=False)
         read = from_pydicom(obj, buf.getvalue())
-        back = from_pydicom(pydicom.dcmread(io.BytesIO(read.raw), force=True, defer_size=256), read.raw)
-        read.implicit, read.pixels = back.implicit, back.pixels
+        back = pydicom.dcmread(io.BytesIO(read.raw), force=True, defer_size=256)
+        read.implicit = bool((getattr(back, "original_encoding", None) or (None,))[0])
+        read.pixels = _pixel_positions(back, read.raw, read.implicit)
         return read
     if isinstance(obj, bytes | bytearray | memoryview):
         raw = bytes(obj)
@@ -114,7 +115,15 @@ def from_pydicom(ds: Dataset, raw: bytes) -> Read:
     meta = getattr(ds, "file_meta", None)
     read = Read(raw, getattr(ds, "preamble", None) is not None, bool(encoding[0]),
                 str(getattr(meta, "TransferSyntaxUID", "") or "").strip(), dataset=ds)
-    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):  # (before ``walk`` converts the raw elements)
+    read.pixels = _pixel_positions(ds, raw, read.implicit)  # (before ``walk`` converts the raw elements)
+    read.values, read.top = walk(ds)
+    return read
+
+
+def _pixel_positions(ds: Dataset, raw: bytes, implicit: bool) -> list[tuple[int, int, int, int]]:
+    """``Read.pixels`` from the raw pixel elements of ``ds`` (read by pydicom from ``raw``)."""
+    pixels: list[tuple[int, int, int, int]] = []
+    for tag in (0x7FE00008, 0x7FE00009, 0x7FE00010):
         element = ds.get_item(tag, keep_deferred=True) if tag in ds else None
         tell = getattr(element, "value_tell", None)  # a raw element knows where its value is
         if not isinstance(element, RawDataElement) or tell is None:
@@ -125,11 +134,9 @@ def from_pydicom(ds: Dataset, raw: bytes) -> Read:
             stop = len(raw) if end < 0 else end + 8
         else:
             stop = tell + length
-        header = 8 if read.implicit or element.VR not in _LONG_VRS else 12
-        read.pixels.append((tag, tell - header, tell, stop))
-    read.pixels.sort(key=lambda p: p[1])
-    read.values, read.top = walk(ds)
-    return read
+        header = 8 if implicit or element.VR not in _LONG_VRS else 12
+        pixels.append((tag, tell - header, tell, stop))
+    return sorted(pixels, key=lambda p: p[1])
 
 
 def strings(elem: Any) -> list[str]:
