@@ -521,6 +521,28 @@ def test_multiframe_and_planar_pixel_rules(pseudo: Pseudonymizer) -> None:
     assert (arr[1:3, 1:3] == 0).all() and (arr[0] == rgb.pixel_array[0]).all()
 
 
+def test_pixel_rule_reads_every_value_of_a_multi_valued_attribute(ct_corpus: dict, pseudo: Pseudonymizer) -> None:
+    """A rule written for one value (an anchored pattern) still blanks when a second value sits beside it,
+    before or after: the same class as the risk check's multi-valued Modality (a second value must not hide
+    the first)."""
+    rule = PixelRule(name="US banner", modality="^US$", manufacturer="^GE ", rectangles=((0, 0, 16, 8),))
+    profile = DeidProfile(pixel_rules=(rule,))
+    for modality, manufacturer in (("CT\\US", "GE MEDICAL SYSTEMS"), ("US\\CT", "OTHER\\GE MEDICAL SYSTEMS"),
+                                   ("US", "GE MEDICAL SYSTEMS")):
+        ds = read(ct_corpus[(0, 0, 1, 1)])
+        ds.Modality, ds.Manufacturer = modality, manufacturer
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        result = deidentify(buf.getvalue(), profile, pseudo)
+        assert result.pixel_cleaned, modality
+        assert (read(result.data).pixel_array[0:8, 0:16] == 0).all()
+    ds = read(ct_corpus[(0, 0, 1, 1)])
+    ds.Modality = "CT\\MR"  # no value is US: untouched
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert not deidentify(buf.getvalue(), profile, pseudo).pixel_cleaned
+
+
 # ---------------------------------------------------------------------------------------- action log
 
 

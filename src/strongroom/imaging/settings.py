@@ -27,13 +27,17 @@ class DicomDestination(BaseModel):
         return self
 
 
+_PATTERN = ("case-insensitive regular expression searched in {} and in each of its values; empty matches "
+            "anything")
+
+
 class PixelRuleSetting(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     rectangles: list[tuple[int, int, int, int]] = Field(min_length=1, max_length=32)
-    manufacturer: str = Field("", max_length=200)
-    model: str = Field("", max_length=200)
-    modality: str = Field("", max_length=50)
+    manufacturer: str = Field("", max_length=200, description=_PATTERN.format("Manufacturer (0008,0070)"))
+    model: str = Field("", max_length=200, description=_PATTERN.format("Manufacturer's Model Name (0008,1090)"))
+    modality: str = Field("", max_length=50, description=_PATTERN.format("Modality (0008,0060)"))
     rows: int = Field(0, ge=0, le=65535)
     columns: int = Field(0, ge=0, le=65535)
 

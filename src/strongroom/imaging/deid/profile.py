@@ -37,13 +37,20 @@ OPTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+def _found(pattern: str, text: str) -> bool:
+    """``pattern`` (empty: anything) searched in ``text`` and in each of its values."""
+    return not pattern or any(re.search(pattern, v, re.I) is not None for v in (text, *text.split("\\")))
+
+
 @dataclass(frozen=True)
 class PixelRule:
     """Blank rectangles ``(x, y, width, height)`` (pixels, origin top-left) in matching instances.
 
     ``manufacturer``, ``model`` and ``modality`` are case-insensitive regular expressions searched in
     Manufacturer (0008,0070), Manufacturer's Model Name (0008,1090) and Modality (0008,0060); an empty
-    pattern matches anything. ``rows``/``columns`` (0 = any) pin the image size, as CTP's signatures do.
+    pattern matches anything. A multi-valued attribute (``CT\\US``) matches when the whole text or any one of
+    its values does: a second value must never hide the one a rule is written for (an anchored ``^US$``).
+    ``rows``/``columns`` (0 = any) pin the image size, as CTP's signatures do.
     """
 
     name: str
@@ -62,9 +69,7 @@ class PixelRule:
 
     def matches(self, manufacturer: str, model: str, modality: str, rows: int, columns: int) -> bool:
         return (
-            (not self.manufacturer or re.search(self.manufacturer, manufacturer, re.I) is not None)
-            and (not self.model or re.search(self.model, model, re.I) is not None)
-            and (not self.modality or re.search(self.modality, modality, re.I) is not None)
+            _found(self.manufacturer, manufacturer) and _found(self.model, model) and _found(self.modality, modality)
             and (not self.rows or self.rows == rows)
             and (not self.columns or self.columns == columns)
         )
