@@ -294,21 +294,24 @@ class StoreSCP(Receiver):
 
 class PynetdicomFloor(Receiver):
     """``benchmarks/_floor_scp.py``: pynetdicom with Strongroom's network settings and nothing else to do
-    (``bare``), or only an fsync of each object and its directory before the status (``fsync``) — how fast a
-    Python receiver on this network layer can acknowledge at all."""
+    (``bare``), or only an fsync of each object and its directory before the status (``fsync``), or only an
+    ``fdatasync`` of a pre-zeroed journal segment (``journal``) — how fast a Python receiver on this network
+    layer can acknowledge at all, and what the form of the fsync costs."""
 
-    def __init__(self, work: Path, fsync: bool) -> None:
+    def __init__(self, work: Path, fsync: bool, journal: bool = False) -> None:
         self.work = work
         self.fsync = fsync
-        self.label = "floor-fsync" if fsync else "floor-bare"
-        self.name = "pynetdicom floor: " + ("fsync per object, nothing else" if fsync else "nothing done per object")
+        self.journal = journal
+        self.label = "floor-journal" if journal else "floor-fsync" if fsync else "floor-bare"
+        self.name = "pynetdicom floor: " + ("journal segment fdatasync per object" if journal else
+                                            "fsync per object, nothing else" if fsync else "nothing done per object")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.port = free_port()
         script = Path(__file__).with_name("_floor_scp.py")
         self.proc = subprocess.Popen([sys.executable, str(script), str(self.port), str(self.work / "spool"),
-                                      *(["--fsync"] if self.fsync else [])],
+                                      *(["--fsync"] if self.fsync else []), *(["--journal"] if self.journal else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc, self.name)
 
@@ -616,7 +619,7 @@ def main() -> int:
     parser.add_argument("--no-orthanc", action="store_true")
     parser.add_argument("--no-bit-preserving", action="store_true", help="skip the storescp +B figure")
     parser.add_argument("--no-floor", action="store_true",
-                        help="skip the two pynetdicom floor receivers (benchmarks/_floor_scp.py)")
+                        help="skip the three pynetdicom floor receivers (benchmarks/_floor_scp.py)")
     parser.add_argument("--diag", default="",
                         help="comma-separated diagnostic Strongroom hubs to run as well: nofsync "
                              "(STRONGROOM_IMAGING__FSYNC=false), scanfix (the leak scan skips the pixel data, as "
@@ -673,7 +676,8 @@ def main() -> int:
                 receivers.append(orthanc)
         if not args.no_floor:
             receivers += [PynetdicomFloor(work / "floor-bare", fsync=False),
-                          PynetdicomFloor(work / "floor-fsync", fsync=True)]
+                          PynetdicomFloor(work / "floor-fsync", fsync=True),
+                          PynetdicomFloor(work / "floor-journal", fsync=True, journal=True)]
         strongrooms.append(Strongroom(work / "strongroom"))
         for diag in dict.fromkeys(d.strip() for d in args.diag.split(",") if d.strip()):
             strongrooms.append(Strongroom(work / f"strongroom-{diag}", DIAGNOSTICS[diag]))
@@ -757,7 +761,7 @@ def main() -> int:
                 print(f"    {tag:<30} / storescp        = {v:6.3f}   ({target})")
                 if ("storescp+B", "ack") in rate:
                     print(f"    {tag:<30} / storescp +B     = {ratio(a, ('storescp+B', 'ack')):6.3f}   (information)")
-        for floor in ("floor-bare", "floor-fsync"):
+        for floor in ("floor-bare", "floor-fsync", "floor-journal"):
             if (floor, "ack") in rate:
                 versus = [f"/ {peer} = {ratio((floor, 'ack'), (peer, 'ack')):6.3f}" for peer in ("orthanc", "storescp")
                           if (peer, "ack") in rate]
