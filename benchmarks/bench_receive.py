@@ -4,7 +4,7 @@ in its own process) against Orthanc and dcmtk's ``storescp`` writing to disk, al
 
     python benchmarks/bench_receive.py [--files 500] [--rounds 3] [--no-orthanc] [--no-bit-preserving]
                                        [--diag nofsync,scanfix,scanfix-nofsync,backlog,received,
-                                              received-only,received-nofsync]
+                                              received-only,received-nofsync,idle,received-idle]
                                        [--baseline-src DIR] [--keep]
 
 Targets (issue 16): acknowledged >= 1.0x Orthanc and >= 0.5x storescp writing to disk; end to end >= 0.8x Orthanc.
@@ -33,8 +33,9 @@ Receivers, each started once (storescp once per round, with a fresh output direc
   (``RECEIVE_BACKLOG=1000``: a burst acknowledged first, verified once the sender leaves); ``received``
   (``ACKNOWLEDGE=received`` with that backlog: acknowledged once the original is durable, de-identified
   afterwards in the pool); ``received-only`` (``ACKNOWLEDGE=received`` without a backlog);
-  ``received-nofsync`` (``received`` with ``FSYNC=false``, as storescp writes). Diagnostics get no verdict: the
-  last four are a site's documented choices.
+  ``received-nofsync`` (``received`` with ``FSYNC=false``, as storescp writes); ``idle`` (``POOL_PRIORITY=idle``:
+  the verification pool in SCHED_IDLE instead of nice 10) and ``received-idle`` (with ``ACKNOWLEDGE=received``).
+  Diagnostics get no verdict: all but the first two are a site's documented choices.
 
 Every round gets its own corpus (new patients, so new SOP Instance UIDs: Strongroom recognises a resent
 instance by its pseudonymized UID and does not store it twice), generated before anything is timed; every
@@ -443,6 +444,7 @@ else:
 '''
 
 NOFSYNC = {"STRONGROOM_IMAGING__FSYNC": "false"}
+IDLE = {"STRONGROOM_IMAGING__POOL_PRIORITY": "idle"}
 VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffix, environment, VERIFY_FIX)
     "strongroom": ("", {}, False),
     "sr-nofsync": (" [diag: FSYNC=false]", NOFSYNC, False),
@@ -460,10 +462,15 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {  # label: (title suffi
     "sr-received-nofsync": (" [diag: ACKNOWLEDGE=received, RECEIVE_BACKLOG=1000, FSYNC=false]",
                             {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received",
                              "STRONGROOM_IMAGING__RECEIVE_BACKLOG": "1000", **NOFSYNC}, False),
+    # imaging.pool_priority = "idle", a site's choice: the verification pool in SCHED_IDLE instead of nice 10
+    "sr-idle": (" [diag: POOL_PRIORITY=idle]", IDLE, False),
+    "sr-received-idle": (" [diag: ACKNOWLEDGE=received, POOL_PRIORITY=idle]",
+                         {"STRONGROOM_IMAGING__ACKNOWLEDGE": "received", **IDLE}, False),
 }
 DIAGNOSTICS = {"nofsync": "sr-nofsync", "scanfix": "sr-scanfix", "scanfix-nofsync": "sr-scanfix-nofsync",
                "backlog": "sr-backlog", "received": "sr-received",
-               "received-only": "sr-received-only", "received-nofsync": "sr-received-nofsync"}
+               "received-only": "sr-received-only", "received-nofsync": "sr-received-nofsync",
+               "idle": "sr-idle", "received-idle": "sr-received-idle"}
 
 
 class Strongroom(Receiver):
@@ -626,7 +633,8 @@ def main() -> int:
                              "verify._header_bytes intends: a sitecustomize patch of that one pydicom call, in a temp "
                              "dir; src/ is untouched), scanfix-nofsync (both), backlog (RECEIVE_BACKLOG=1000), "
                              "received (ACKNOWLEDGE=received with RECEIVE_BACKLOG=1000), received-only "
-                             "(ACKNOWLEDGE=received), received-nofsync (received with FSYNC=false)")
+                             "(ACKNOWLEDGE=received), received-nofsync (received with FSYNC=false), idle "
+                             "(POOL_PRIORITY=idle), received-idle (ACKNOWLEDGE=received, POOL_PRIORITY=idle)")
     parser.add_argument("--baseline-src", default="",
                         help="also run `dicom serve` from this src/ directory (e.g. an older revision: `git archive "
                              "<rev> src | tar -x -C /tmp/old`, then /tmp/old/src), as a diagnostic hub measured in the "

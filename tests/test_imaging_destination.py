@@ -3,6 +3,7 @@ and pynetdicom as a client bound to other loopback addresses."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
@@ -493,6 +494,30 @@ def test_acknowledged_on_receipt_then_de_identified_refusals_reported_and_recove
         assert patient_id not in data and not leak_scan(
             next(o for o in originals if pydicom.dcmread(io.BytesIO(o)).InstanceNumber
                  == pydicom.dcmread(io.BytesIO(data)).InstanceNumber), data, to_engine(MODIFIED))
+
+
+@pytest.mark.parametrize("priority", ["low", "idle"])
+def test_the_verification_pool_yields_the_cpu_to_the_receiving_process(hub, settings, destination, tmp_path: Path,
+                                                                      priority: str) -> None:
+    """``imaging.pool_priority``: the pool's workers run niced by default, in SCHED_IDLE when a site chooses
+    "idle" (the archive worker and the receiving process keep the normal class), and objects are archived and
+    published either way."""
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=3)
+    files = sorted((tmp_path / "in").iterdir())
+    extra = {"STRONGROOM_IMAGING__POOL_PRIORITY": priority} if priority == "idle" else {}
+    with dicom_serve(settings, destination, **extra) as proc:
+        assert storescu(destination, files).returncode == 0
+        wait_for(lambda: published_count(hub) == len(files), what="the objects published")
+        classes = {}
+        for pid in children_of(proc.pid):
+            with contextlib.suppress(OSError):
+                if "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text():
+                    classes[pid] = (os.sched_getscheduler(pid), os.getpriority(os.PRIO_PROCESS, pid))
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_OTHER
+    workers = [c for c in classes.values() if c != (os.SCHED_OTHER, 0)]  # not the archive worker, resource tracker
+    assert workers and (os.SCHED_OTHER, 0) in classes.values(), classes
+    wanted = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
+    assert all(policy == wanted and nice == 10 for policy, nice in workers), classes
 
 
 COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-default) transfer syntax

@@ -159,6 +159,12 @@ class ImagingSettings(BaseModel):
     # batch's rejected count and reasons). With a receive_backlog, bursts are acknowledged at the speed of the
     # network layer and the disk (benchmarks/README.md). Nothing is archived or published before verification.
     acknowledge: Literal["deidentified", "received"] = "deidentified"
+    # The verification pool's CPU priority beside the receiving process: "low" (the default: nice 10) or, a
+    # site's choice, "idle" (Linux SCHED_IDLE: it runs only on CPU time nothing else wants, so a sender's next
+    # object never waits behind verification; measured in benchmarks/README.md). With "idle", a host kept busy
+    # by other programs holds verification and publication back until it is quiet again (the spool keeps the
+    # acknowledged objects durable meanwhile); "low" still gives the pool a share.
+    pool_priority: Literal["low", "idle"] = "low"
     max_pdu: int = 131072  # maximum PDU we receive: fewer, larger reads (storescu's default is 16 KiB)
     publish_idle_seconds: float = 10.0  # publish a new dataset version once imports are quiet this long
     refresh_seconds: float = 2.0  # how often `dicom serve` re-reads destinations and allowed senders

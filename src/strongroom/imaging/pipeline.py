@@ -39,11 +39,12 @@ def _pseudonymizer(secret: bytes) -> Pseudonymizer:
     return p
 
 
-def worker_init(parent_pid: int, niceness: int = 0) -> None:
+def worker_init(parent_pid: int, niceness: int = 0, idle: bool = False) -> None:
     """Pool workers die with their parent (on Linux), even when it is killed with SIGKILL — also when
     it dies while this worker is still starting up, before the signal could be asked for. ``niceness``
     lowers their CPU priority (the DICOM destination: acknowledging a sender comes before verifying what
-    was already acknowledged)."""
+    was already acknowledged); ``idle`` puts them in Linux's SCHED_IDLE class instead (``imaging.pool_priority
+    = "idle"``), where any other runnable task preempts them at once."""
     import contextlib
     import ctypes
     import signal
@@ -56,6 +57,9 @@ def worker_init(parent_pid: int, niceness: int = 0) -> None:
         os._exit(1)
     if niceness:
         os.nice(niceness)
+    if idle and hasattr(os, "SCHED_IDLE"):  # elsewhere (or refused by a sandbox): the niceness alone
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def deidentify_stage(raw: str, out: str, profile: DeidProfile, secret: bytes) -> dict[str, Any]:

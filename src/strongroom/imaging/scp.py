@@ -187,6 +187,7 @@ _WAKE = _Wake()
 
 # The verification pool runs at a lower CPU priority than the receiving process: senders are acknowledged
 # first, and the pool catches up in the gaps (it has the spool to work from, and a crash loses nothing).
+# imaging.pool_priority = "idle" goes further (SCHED_IDLE, see ImagingSettings).
 POOL_NICENESS = 10
 # The receiving threads (pynetdicom's reactors, the C-STORE handler, the fsync threads) wait on I/O and hand
 # the GIL back and forth; with the archiver busy in the ORM each hand-over could wait the default 5 ms switch
@@ -599,7 +600,7 @@ class DicomService:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.pool_size, mp_context=get_context("spawn"), initializer=pipeline.worker_init,
-                                   initargs=(os.getpid(), POOL_NICENESS))
+                                   initargs=(os.getpid(), POOL_NICENESS, self.cfg.pool_priority == "idle"))
 
     def _new_archive_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_archive_worker_init,
