@@ -528,7 +528,7 @@ def test_pixel_rule_reads_every_value_of_a_multi_valued_attribute(ct_corpus: dic
     rule = PixelRule(name="US banner", modality="^US$", manufacturer="^GE ", rectangles=((0, 0, 16, 8),))
     profile = DeidProfile(pixel_rules=(rule,))
     for modality, manufacturer in (("CT\\US", "GE MEDICAL SYSTEMS"), ("US\\CT", "OTHER\\GE MEDICAL SYSTEMS"),
-                                   ("US", "GE MEDICAL SYSTEMS")):
+                                   ("CT \\ US", "GE MEDICAL SYSTEMS"), ("US", "GE MEDICAL SYSTEMS")):
         ds = read(ct_corpus[(0, 0, 1, 1)])
         ds.Modality, ds.Manufacturer = modality, manufacturer
         buf = io.BytesIO()

@@ -38,8 +38,9 @@ OPTIONS: dict[str, tuple[str, str]] = {
 
 
 def _found(pattern: str, text: str) -> bool:
-    """``pattern`` (empty: anything) searched in ``text`` and in each of its values."""
-    return not pattern or any(re.search(pattern, v, re.I) is not None for v in (text, *text.split("\\")))
+    """``pattern`` (empty: anything) searched in ``text`` and in each of its values (their padding stripped)."""
+    return not pattern or any(re.search(pattern, v, re.I) is not None
+                              for v in (text, *(value.strip() for value in text.split("\\"))))
 
 
 @dataclass(frozen=True)
