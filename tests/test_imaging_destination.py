@@ -27,10 +27,11 @@ from sqlalchemy import select
 
 from imaging_support import archived_bytes, instances, make_project, pydicom_bundled_files, ultrasound, write_corpus
 from strongroom.audit.models import AuditEvent
-from strongroom.imaging import keystore
+from strongroom.imaging import keystore, service
 from strongroom.imaging.models import ImportBatch, PseudonymEntry
 from strongroom.imaging.settings import to_engine
 from strongroom.imaging.verify import leak_scan
+from strongroom.projects.models import Project
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk (storescu) not installed")
 
@@ -487,6 +488,10 @@ def test_acknowledged_on_receipt_then_de_identified_refusals_reported_and_recove
     [batch] = batches(hub)
     assert (batch.archived, batch.rejected, batch.quarantined, batch.duplicates) == (4, 1, 0, 0)
     assert any(reason.startswith("not processable DICOM") for reason in batch.reasons)
+    with hub.sessions() as s:  # the sender holds a success status for it: audited, with its reason
+        [refused] = s.scalars(select(AuditEvent).where(AuditEvent.action == "imaging.instance.refused")).all()
+    assert refused.outcome == "denied" and refused.details["batch"] == batch.id
+    assert refused.details["reason"].startswith("not processable DICOM") and refused.target.startswith("dicom-spool:")
     assert not list((settings.var_dir / "dicom-spool").rglob("*.raw"))  # the torn one dropped, the rest done
     patient_id = pydicom.dcmread(io.BytesIO(sample)).PatientID.encode()
     for inst in instances(hub):
@@ -518,6 +523,28 @@ def test_the_verification_pool_yields_the_cpu_to_the_receiving_process(hub, sett
     assert workers and (os.SCHED_OTHER, 0) in classes.values(), classes
     wanted = os.SCHED_IDLE if priority == "idle" else os.SCHED_OTHER
     assert all(policy == wanted and nice == 10 for policy, nice in workers), classes
+
+
+def test_a_refusal_after_acknowledgement_is_counted_once_when_the_destination_finds_it_again(hub, people) -> None:
+    """A crash between the refusal's commit and the spool file's deletion makes the next start refuse the same
+    original again: it must not be counted (or audited) twice."""
+    people("alice")
+    make_project(hub)
+    with hub.sessions() as s:
+        project_id = s.scalar(select(Project.id).where(Project.slug == "lung"))
+    batch_id = service.open_batch(hub, project_id, source="dicom", origin="T")
+    spool_id = f"{'a' * 32}_1234"
+    assert service.record_refused_after_acknowledgement(hub, batch_id, spool_id, "not processable DICOM: x",
+                                                        nbytes=1234)
+    assert not service.record_refused_after_acknowledgement(hub, batch_id, spool_id, "not processable DICOM: x",
+                                                            nbytes=1234)
+    assert service.record_refused_after_acknowledgement(hub, batch_id, f"{'b' * 32}_99", "other", nbytes=99)
+    [batch] = batches(hub)
+    assert (batch.received, batch.rejected, batch.bytes_received) == (2, 2, 1234 + 99)
+    assert batch.reasons == {"not processable DICOM: x": 1, "other": 1}
+    with hub.sessions() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "imaging.instance.refused")).all()
+    assert sorted(e.target for e in events) == [f"dicom-spool:{'a' * 32}_1234", f"dicom-spool:{'b' * 32}_99"]
 
 
 COMPRESSED = {  # pydicom's bundled files, one per standard compressed (or non-default) transfer syntax

@@ -742,9 +742,10 @@ class DicomService:
                 self.unarchived[project_id] -= len(pairs)
             self._pending_publish.add(project_id)
         for item, reason in refused:  # in the import report: the sender already has its success status
-            service.record_rejected(self.hub, item.batch_id, reason, nbytes=_named_size(item.stem))
-            ARCHIVED.labels(item.dest.slug or str(item.dest.project_id), "rejected").inc()
-            log.info("dicom.refused_after_acknowledgement", project=item.dest.slug, reason=reason)
+            if service.record_refused_after_acknowledgement(self.hub, item.batch_id, item.stem.name, reason,
+                                                            nbytes=_named_size(item.stem)):
+                ARCHIVED.labels(item.dest.slug or str(item.dest.project_id), "rejected").inc()
+                log.info("dicom.refused_after_acknowledgement", project=item.dest.slug, reason=reason)
             for suffix in (".raw", ".dcm"):
                 item.stem.with_suffix(suffix).unlink(missing_ok=True)
             with self.lock:

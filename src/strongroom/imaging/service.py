@@ -29,6 +29,7 @@ from ..archive.models import ArchiveFile, Dataset
 from ..archive.sealing import SealedBody, sync_sealed
 from ..archive.storage.base import Storage
 from ..audit import service as audit
+from ..audit.models import AuditEvent
 from ..audit.service import Actor
 from ..catalog import entries as catalog
 from ..catalog.models import CatalogEntry
@@ -143,6 +144,31 @@ def record_rejected(hub: Hub, batch_id: str, reason: str, *, nbytes: int = 0) ->
         batch.rejected += 1
         batch.bytes_received += nbytes
         _count_reason(batch, reason)
+
+
+REFUSED_AFTER_ACK = "imaging.instance.refused"
+
+
+def record_refused_after_acknowledgement(hub: Hub, batch_id: str, spool_id: str, reason: str, *,
+                                         nbytes: int = 0) -> bool:
+    """An object acknowledged on receipt that the engine then refused: counted as rejected with its reason and
+    audited (the sender holds a success status for it), once per spool entry — after a crash between this
+    commit and the spool file's deletion, the next start finds the object again and must not count it twice.
+    Returns False when it was already recorded."""
+    target = f"dicom-spool:{spool_id}"
+    with transaction(hub.sessions) as session:
+        batch = session.get(ImportBatch, batch_id, with_for_update=True)
+        assert batch is not None
+        if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == REFUSED_AFTER_ACK,
+                                                       AuditEvent.target == target).limit(1)) is not None:
+            return False
+        batch.received += 1
+        batch.rejected += 1
+        batch.bytes_received += nbytes
+        _count_reason(batch, reason)
+        audit.record(session, IMPORT_ACTOR, REFUSED_AFTER_ACK, outcome="denied", project_id=batch.project_id,
+                     target=target, details={"batch": batch_id, "reason": reason[:200], "bytes": nbytes})
+    return True
 
 
 def close_batch(hub: Hub, batch_id: str) -> None:
