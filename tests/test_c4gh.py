@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -86,6 +87,11 @@ def test_reference_encrypted_file_opens_and_ingests(size: int, alice: c4gh.KeyPa
     assert c4gh.body_size_for(size) == len(body)
     for workers in (0, 1, 3):  # every pipeline shape gives the same digests
         assert c4gh.ingest(io.BytesIO(body), opened.session_keys, workers=workers) == result
+    for workers in (0, 2, 3):  # without MD5 the decryption's halves run on different threads
+        sunk = bytearray()
+        assert c4gh.ingest(io.BytesIO(body), opened.session_keys, sunk.extend, workers=workers, md5=False) == \
+            dataclasses.replace(result, plaintext_md5=None)
+        assert sunk == body
     assert b"".join(c4gh.decrypt_segments(io.BytesIO(body), opened.session_keys)) == plaintext
     assert b"".join(c4gh.decrypt_segments(chunks(body, 10_007), opened.session_keys)) == plaintext
 
@@ -225,16 +231,21 @@ def tamper(body: bytes, index: int, offset: int = 40) -> bytes:
     return body[:pos] + bytes([body[pos] ^ 1]) + body[pos + 1:]
 
 
-@pytest.mark.parametrize("index", [0, 2, 70])  # 70: in the second ingest batch
+# a batch's decryption is split in halves that may run on different threads: 2 (first half), 40 (second half),
+# 70 (the second, short batch's second half)
+@pytest.mark.parametrize("index", [0, 2, 40, 70])
 def test_tampered_segment_reports_its_index(index: int, alice: c4gh.KeyPair) -> None:
     plaintext = os.urandom(72 * SEGMENT_SIZE + 100)
     header, body = split(ref_encrypt(plaintext, alice))
     keys = c4gh.open_header(header, [alice.secret]).session_keys
     bad = tamper(body, index)
-    for workers in (0, 2):
+    for workers, md5 in ((0, True), (2, True), (2, False), (3, False)):
+        stored = bytearray()
         with pytest.raises(c4gh.TamperedSegment) as info:
-            c4gh.ingest(io.BytesIO(bad), keys, workers=workers)
+            c4gh.ingest(io.BytesIO(bad), keys, stored.extend, workers=workers, md5=md5)
         assert type(info.value) is c4gh.TamperedSegment and info.value.index == index
+        # the sink only ever got whole batches that authenticated, all before the bad segment
+        assert len(stored) <= index * CIPHER_SEGMENT_SIZE and bytes(stored) == body[:len(stored)]
     produced = []
     with pytest.raises(c4gh.TamperedSegment) as info:
         for segment in c4gh.decrypt_segments(io.BytesIO(bad), keys):
