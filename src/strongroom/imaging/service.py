@@ -140,10 +140,14 @@ def record_rejected(hub: Hub, batch_id: str, reason: str, *, nbytes: int = 0) ->
     with transaction(hub.sessions) as session:
         batch = session.get(ImportBatch, batch_id, with_for_update=True)
         assert batch is not None
-        batch.received += 1
-        batch.rejected += 1
-        batch.bytes_received += nbytes
-        _count_reason(batch, reason)
+        _count_rejected(batch, reason, nbytes)
+
+
+def _count_rejected(batch: ImportBatch, reason: str, nbytes: int) -> None:
+    batch.received += 1
+    batch.rejected += 1
+    batch.bytes_received += nbytes
+    _count_reason(batch, reason)
 
 
 REFUSED_AFTER_ACK = "imaging.instance.refused"
@@ -162,10 +166,7 @@ def record_refused_after_acknowledgement(hub: Hub, batch_id: str, spool_id: str,
         if session.scalar(select(AuditEvent.seq).where(AuditEvent.action == REFUSED_AFTER_ACK,
                                                        AuditEvent.target == target).limit(1)) is not None:
             return False
-        batch.received += 1
-        batch.rejected += 1
-        batch.bytes_received += nbytes
-        _count_reason(batch, reason)
+        _count_rejected(batch, reason, nbytes)
         audit.record(session, IMPORT_ACTOR, REFUSED_AFTER_ACK, outcome="denied", project_id=batch.project_id,
                      target=target, details={"batch": batch_id, "reason": reason[:200], "bytes": nbytes})
     return True
