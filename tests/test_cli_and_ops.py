@@ -10,6 +10,7 @@ import sys
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import bearer, token_for
+from support.live import free_port
 
 
 def run_cli(settings, *args: str, input: str | None = None, extra_env: dict | None = None):
@@ -75,7 +76,6 @@ def test_admin_commands_create_users_and_projects(settings, hub):
 
 def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):
     """`strongroom login/whoami/projects` against a live server with a real token."""
-    import socket
     import threading
     import time
 
@@ -85,9 +85,7 @@ def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):
 
     alice = people("alice")
     token = token_for(hub, alice)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, run_jobs=False), host="127.0.0.1", port=port,
                                            log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)

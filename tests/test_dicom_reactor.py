@@ -18,12 +18,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from helpers import wait_until
 from strongroom.imaging import reactor
 from strongroom.imaging.synthetic import make_ct
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support.live import free_port
 
 
 @pytest.fixture
@@ -45,7 +40,7 @@ def acceptor() -> Iterator[tuple[int, list[str], list[type]]]:
     ae.network_timeout = 2
     ae.add_supported_context(CTImageStorage)
     ae.add_supported_context(Verification)
-    port = _port()
+    port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_open)])
     try:

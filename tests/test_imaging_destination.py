@@ -32,18 +32,13 @@ from strongroom.imaging.models import ImportBatch, PseudonymEntry
 from strongroom.imaging.settings import to_engine
 from strongroom.imaging.verify import leak_scan
 from strongroom.projects.models import Project
+from support.live import free_port
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk (storescu) not installed")
 
 MODIFIED = {"retain_longitudinal": "modified"}
 AET = "LUNG_AE"
 SENDER = "SCANNER1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(settings, **extra: str) -> dict[str, str]:

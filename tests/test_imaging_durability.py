@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,21 +17,16 @@ from imaging_support import make_project
 from strongroom.imaging import scp, service
 from strongroom.imaging.synthetic import make_ct
 from strongroom.projects.models import Project
+from support.live import free_port
 
 SENDER = "SCANNER1"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def receiver(hub, people):
     people("alice")
     make_project(hub, profile={"retain_longitudinal": "modified"},
-                 destination={"ae_title": "LUNG_AE", "port": _port()},
+                 destination={"ae_title": "LUNG_AE", "port": free_port()},
                  senders=[{"ae_title": SENDER, "address": "127.0.0.1"}])
     with hub.sessions() as s:
         project = s.scalars(select(Project).where(Project.slug == "lung")).one()

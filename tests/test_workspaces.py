@@ -38,7 +38,7 @@ from strongroom.projects import service as projects
 from strongroom.projects.models import ProjectSetting
 from strongroom.workspaces import fuse, launcher, netns, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
-from support.live import serving
+from support.live import free_port, serving
 from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
@@ -434,7 +434,7 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
             mails = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email").order_by(Job.id))]
             assert [m["context"].get("reason") for m in mails] == ["booking", "booking", "idle"]
         # the e-mails go out through a real SMTP server
-        box = Mailbox(port=_free_port())
+        box = Mailbox(port=free_port())
         controller = Controller(box, hostname="127.0.0.1", port=box.port)
         controller.start()
         try:
@@ -458,12 +458,6 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
     finally:
         _stop(hub, first)
         _stop(hub, second)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _squeue(slurm, job_id: str) -> str:  # noqa: F811

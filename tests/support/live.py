@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import itertools
+import os
 import socket
 import ssl
 import threading
@@ -20,10 +22,41 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_slice() -> range:
+    """This process's own slice of the ports below the kernel's ephemeral range: each xdist worker walks its
+    own, so two workers never hand out the same port."""
+    low, high = 10000, max(_ephemeral_low(), 12000)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    width = (high - low) // max(count, 1)
+    return range(low + index * width, low + (index + 1) * width)
+
+
+_slice = _port_slice()
+_next = itertools.count(os.getpid() % len(_slice))  # two separate runs start at different places
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port no one listens on, for a test server — from below the kernel's ephemeral range, so
+    no outbound connection or port-0 bind can take it between this pick and the server's bind, nor while
+    the server is down for a restart on the same port (a SeaweedFS restart once failed exactly so)."""
+    for _ in range(len(_slice)):
+        port = _slice[next(_next) % len(_slice)]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port still in TIME_WAIT is skipped too
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_slice}")
 
 
 def self_signed_cert(directory: Path) -> tuple[Path, Path]:

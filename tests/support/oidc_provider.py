@@ -17,7 +17,6 @@ import fcntl
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+
+from support.live import free_port
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 PROVIDER_SCRIPT = OIDC_DIR / "provider.mjs"
@@ -96,12 +97,6 @@ def ensure_node_modules() -> None:
             )
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
@@ -117,7 +112,7 @@ def _start(
     client_id: str, client_secret: str, redirect_uris: list[str], log_path: Path
 ) -> OidcProvider | None:
     """Start node on a free port; None if the port was taken meanwhile (caller retries)."""
-    port = _free_loopback_port()
+    port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
     env.update(

