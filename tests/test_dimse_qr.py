@@ -26,7 +26,8 @@ from strongroom.db import transaction
 from strongroom.imaging import bulk
 from strongroom.imaging.models import ImportedInstance
 from strongroom.projects.models import Project, ProjectSetting
-from test_imaging_destination import _env, dicom_serve, free_port, wait_listening
+from support.live import free_port
+from test_imaging_destination import _env, dicom_serve, wait_listening
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/findscu").exists(), reason="dcmtk (findscu) not installed")
 

@@ -30,7 +30,8 @@ from strongroom.archive.storage.errors import (
 )
 from strongroom.archive.storage.local import LocalStorage
 from strongroom.archive.storage.s3 import S3Storage
-from support.seaweed import SeaweedS3, _free_ports, seaweedfs  # noqa: F401 - session fixture
+from support.live import free_port
+from support.seaweed import SeaweedS3, seaweedfs  # noqa: F401 - session fixture
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # the S3 minimum, so multipart paths are exercised with little data
@@ -452,7 +453,7 @@ def test_s3_bucket_creation_needs_permission(seaweedfs: SeaweedS3) -> None:  # n
 
 @pytest.mark.slow
 def test_s3_unreachable_endpoint_fails_fast_and_clearly() -> None:
-    (port,) = _free_ports(1)  # nothing listens here
+    port = free_port()  # nothing listens here
     s = S3Storage(f"http://127.0.0.1:{port}", "bkt", "ak", "sk", connect_timeout=1, max_attempts=3)
     t0 = time.monotonic()
     with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{port}.*unreachable"):
