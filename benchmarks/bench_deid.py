@@ -50,7 +50,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from _support import free_port
 from pydicom.data import get_testdata_file
 
 from strongroom.imaging.deid import DeidProfile, Pseudonymizer, deidentify_file
@@ -326,12 +326,6 @@ def serve() -> int:
 # -------------------------------------------------------------------------------------------- Orthanc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Orthanc:
     """A throwaway Orthanc (Debian package) on loopback, holding the uploaded corpus."""
 
@@ -347,7 +341,7 @@ class Orthanc:
         """None when running, else the reason it cannot run."""
         if not self.binary:
             return "Orthanc not installed (apt-get install orthanc)"
-        port = _free_port()
+        port = free_port()
         db = self.work / "orthanc-db"
         db.mkdir(parents=True, exist_ok=True)
         config = self.work / "orthanc.json"

@@ -69,6 +69,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _support import free_port
+
 from strongroom.imaging.synthetic import make_ct
 
 SENDER_AET = "BENCH"
@@ -105,12 +107,6 @@ def make_corpus(directory: Path, files: int, first_patient: int, patients: int) 
 
 
 # ------------------------------------------------------------------------------------------- plumbing
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
