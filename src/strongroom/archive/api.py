@@ -174,13 +174,13 @@ class BundledFileOut(Out):
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {}}, "required": True}})
 @read_first  # the bundle is stored before any write lock is taken
 def upload_bundle(principal: DataWrite, data: RawBody, db: Db, hub: HubDep, slug: str) -> list[BundledFileOut]:
+    access = projects.open_project(db, principal, slug)  # first: nothing of an outsider's is even parsed
     if len(data) < 4 or len(data) < 4 + (n := int.from_bytes(data[:4], "big")):
         raise Invalid("a bundle starts with a 4-byte manifest length, then the manifest")
     try:
         manifest = BundleManifest.model_validate_json(data[4:4 + n])
     except ValueError as exc:
         raise Invalid(f"the bundle manifest is not valid: {exc}") from None
-    access = projects.open_project(db, principal, slug)
     rows = service.receive_bundle(db, principal, access, storage_for(hub),
                                   files=[(f.path, f.size, f.sha256) for f in manifest.files], data=data[4 + n:],
                                   key=manifest.key)
