@@ -137,6 +137,7 @@ begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supp
 auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
 symlink, statvfs, fstatvfs
 in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)
+members_changed  # workspaces: projects.service.PROJECT_CHANGED listener (registered by name in includeme)
 # workspaces/fuse.py: mfusepy calls these operations (and reads use_ns) by name; ClusterAccount.set_at: when it was set
 use_ns, readdir, statfs, mknod, setxattr, removexattr, utimens, set_at
 # -- federation sync ------------------------------------------------------------------------------------------

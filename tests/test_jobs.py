@@ -157,8 +157,8 @@ BUILTIN_PERIODIC = ["access.entitlements", "airlock.expire", "airlock.sweep", "a
                     "audit.checkpoint", "audit.verify_chain", "catalog.dois_sweep", "compute.drift",
                     "federation.harvest", "federation.nonces", "federation.notices", "fees.snapshot",
                     "identity.purge_expired", "jobs.prune", "notify.digest",
-                    "retention.clock", "retention.review", "stats.prune", "workspaces.booking_end",
-                    "workspaces.idle"]
+                    "retention.clock", "retention.review", "stats.prune", "workspaces.access",
+                    "workspaces.booking_end", "workspaces.idle"]
 
 
 def _kinds(hub) -> list[str]:
@@ -181,7 +181,7 @@ def test_builtin_periodic_jobs_run(hub):
     assert runner.schedule_periodic(now=T + 60) == []  # the next minute: federation.notices is still queued
     assert runner.schedule_periodic(now=T + 86_400) == []  # a day later: every kind still has its run queued
     assert _kinds(hub) == BUILTIN_PERIODIC, _jobs(hub)
-    assert runner.run_until_idle() == 20, _jobs(hub)
+    assert runner.run_until_idle() == len(BUILTIN_PERIODIC), _jobs(hub)
     with hub.sessions() as s:
         assert {(j.status, j.locked_by) for j in s.scalars(select(Job))} == {("done", "inline")}
     assert (hub.settings.var_dir / "audit-checkpoints.jsonl").read_text().count("\n") == 1

@@ -460,6 +460,61 @@ def test_booking_end_warns_then_stops_and_idle_stops(hub, app, people) -> None:
         _stop(hub, second)
 
 
+def test_a_member_who_loses_access_loses_their_workspace_at_once(hub, app, people) -> None:
+    """A workspace reads its project's data, so it ends with its owner's right to read it: removed by the PI
+    (the web form), it stops as soon as the job the removal queued runs — not at the next idle check; a
+    deactivated owner's and a closed project's stop at the periodic access check. Another member's runs on."""
+    from conftest import web_client
+    from helpers import csrf_for
+    from strongroom.audit.service import Actor
+    from strongroom.identity import service as identity
+    from strongroom.identity.models import User
+    from strongroom.jobs.models import Job
+    from strongroom.jobs.runner import Runner
+
+    alice = people("alice")
+    make_project(hub, "lung", pi="alice")
+    make_project(hub, "heart", pi="alice")
+    carol, _ = _member_session(hub, people, "carol", "lung")
+    dave, _ = _member_session(hub, people, "dave", "lung")
+    erin, _ = _member_session(hub, people, "erin", "lung")
+    frank, _ = _member_session(hub, people, "frank", "heart")
+    spaces = {name: _start(hub, person, slug) for name, person, slug in (
+        ("carol", carol, "lung"), ("dave", dave, "lung"), ("erin", erin, "lung"), ("frank", frank, "heart"))}
+    runner = Runner(hub, lease_seconds=30, name="test")
+    try:
+        def states() -> dict[str, tuple[str, str]]:
+            with hub.sessions() as s:
+                rows = {n: s.get(Workspace, w.id) for n, w in spaces.items()}
+                return {n: (row.state, row.stop_reason) for n, row in rows.items()}
+
+        pi = web_client(app, hub, alice)
+        r = pi.post(f"/projects/lung/members/{carol.user.id}/remove", data={"csrf_token": csrf_for(pi)},
+                    follow_redirects=True)
+        assert r.status_code == 200 and 'class="flash flash-ok"' in r.text
+        with hub.sessions() as s:  # the removal queued the check for that project
+            assert s.scalar(select(Job.payload).where(Job.kind == "workspaces.access")) == {
+                "project_id": str(s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung")))}
+        runner.run_until_idle()
+        assert states() == {"carol": (STOPPED, "left-project"), "dave": (RUNNING, ""),
+                            "erin": (RUNNING, ""), "frank": (RUNNING, "")}
+        assert not Path(spaces["carol"].scratch).exists()
+        with hub.sessions() as s:  # its project-bound token is revoked with it
+            assert s.scalar(select(ApiToken.revoked_at).where(
+                ApiToken.prefix == s.get(Workspace, spaces["carol"].id).token_prefix)) is not None
+        # an operator deactivates erin, and heart is closed: the periodic check stops theirs
+        with transaction(hub.sessions) as s:
+            identity.deactivate_user(s, Actor.system("test"), s.get(User, erin.user.id))
+            s.scalar(select(projects.Project).where(projects.Project.slug == "heart")).status = "closed"
+            s.add(Job(kind="workspaces.access", payload={}))
+        runner.run_until_idle()
+        assert states() == {"carol": (STOPPED, "left-project"), "dave": (RUNNING, ""),
+                            "erin": (STOPPED, "owner-deactivated"), "frank": (STOPPED, "project-ended")}
+    finally:
+        for ws in spaces.values():
+            _stop(hub, ws)
+
+
 def _squeue(slurm, job_id: str) -> str:  # noqa: F811
     done = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %R"], capture_output=True, text=True,
                           env={**os.environ, "SLURM_CONF": str(slurm.conf)}, timeout=30, check=False)

@@ -256,7 +256,7 @@ class Config:
         self.add_hook(SETTING_CHECKS, check, key=key)
 
     def add_project_listener(self, listener: Ref) -> None:
-        """``listener(session, project_id, "members" | "setting:<key>")`` after a project changed."""
+        """``listener(session, project_id, "members" | "setting:<key>" | "project")`` after a project changed."""
         self.add_hook(PROJECT_CHANGED, listener)
 
     def add_nav_context(self, provider: Ref) -> None:

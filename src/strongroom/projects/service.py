@@ -35,7 +35,8 @@ PROJECT_CLASSES = ("project", "fellowship", "network-partner")
 DEFAULT_QUOTA_BYTES = 2 * 1000**4  # basic service: 2 TB private project storage
 # Hook points (capabilities.SETTING_CHECKS, PROJECT_CHANGED): a capability refuses a setting's new value
 # that contradicts its other settings (by key: (session, project id, new value), raises Invalid), and hears
-# of a project's members or settings changing ((session, project id, "members" | "setting:<key>")).
+# of a project's members (who, their roles and rights), its settings, or the project itself (status, end date)
+# changing ((session, project id, "members" | "setting:<key>" | "project")).
 SETTING_CHECKS: dict[str, Callable[[Session, uuid.UUID, Any], None]] = {}
 PROJECT_CHANGED: list[Callable[[Session, uuid.UUID, str], None]] = []
 
@@ -173,6 +174,7 @@ def admin_update_project(session: Session, principal: Principal, slug: str, *, f
                  target=f"project:{slug}", details={"before": before,
                                                     "after": {k: str(v) for k, v in changes.items()
                                                               if v is not None}})
+    _changed(session, project.id, "project")
     return project
 
 
@@ -233,6 +235,7 @@ def change_role(session: Session, principal: Principal, access: ProjectAccess, u
     audit.record(session, principal.actor, "project.member.role_changed", project_id=access.project.id,
                  subject_user_id=user_id, target=f"project:{access.project.slug}",
                  details={"before": before, "after": role})
+    _changed(session, access.project.id, "members")  # (a role may carry fewer rights)
     return m
 
 
@@ -264,6 +267,7 @@ def delegate_rights(session: Session, principal: Principal, access: ProjectAcces
     audit.record(session, principal.actor, "project.rights.delegated", project_id=access.project.id,
                  subject_user_id=user_id, target=f"project:{access.project.slug}",
                  details={"before": before, "after": wanted})
+    _changed(session, access.project.id, "members")
     return m
 
 

@@ -26,3 +26,5 @@ def includeme(config: Config) -> None:
     config.add_project_setting("workspace_package_mirror", "strongroom.workspaces.settings:PACKAGE_MIRROR_SETTING")
     # its own token, from the workspace's own address, reads plaintext while downloads are locked
     config.add_hook("strongroom.archive.authz:IN_PLATFORM_READERS", "strongroom.workspaces.service:in_platform_reader")
+    # a member who leaves (or loses read-data), a closed project: their workspaces stop at once
+    config.add_project_listener("strongroom.workspaces.service:members_changed")

@@ -1,7 +1,9 @@
-"""Workspace job kinds: the idle check (and processes that died) and the booking-end check (warn, then stop)."""
+"""Workspace job kinds: the idle check (and processes that died), the booking-end check (warn, then stop) and
+the access check (owners who lost access)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from ..db import utcnow
@@ -22,3 +24,14 @@ def booking_end(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Warn owners before their booking ends (Monday 09:00) and stop the workspaces of bookings that ended."""
     with ctx.transaction() as session:
         return service.check_bookings(session, ctx.hub.settings, now=utcnow())
+
+
+@job("workspaces.access", every_seconds=300, max_attempts=3)
+def access(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Stop workspaces whose owner lost access: deactivated, left the project or its read-data right, or the
+    project closed or ended. Enqueued for one project when its members change; every 5 minutes for all (an
+    account deactivated, an end date passed)."""
+    project_id = payload.get("project_id")
+    with ctx.transaction() as session:
+        return service.check_access(session, ctx.hub.settings,
+                                    project_id=uuid.UUID(project_id) if project_id else None)

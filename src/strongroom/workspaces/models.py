@@ -37,7 +37,8 @@ class Workspace(IdMixin, CreatedMixin, Base):
     scratch: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[dt.datetime | None]
     stopped_at: Mapped[dt.datetime | None]
-    stop_reason: Mapped[str] = mapped_column(String(20), default="")  # user | operator | idle | booking-end | …
+    # user | operator | idle | booking-end | left-project | owner-deactivated | project-ended | …
+    stop_reason: Mapped[str] = mapped_column(String(20), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
 
 

@@ -32,6 +32,7 @@ from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
 from ..identity.models import User
 from ..identity.principal import Principal
+from ..jobs import service as jobs
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import fuse, netns
@@ -449,6 +450,44 @@ def last_activity(ws: Workspace, secret: bytes, slug: str) -> dt.datetime | None
         return dt.datetime.fromisoformat(r.json()["last_activity"].replace("Z", "+00:00"))
     except (httpx.HTTPError, KeyError, ValueError):
         return None
+
+
+def lost_access(session: Session, ws: Workspace) -> str | None:
+    """Why ``ws``'s owner may no longer work in it — the account is deactivated, they left the project or lost
+    its read-data right, the project is closed or past its end date — or None while they still may."""
+    user = session.get(User, ws.user_id)
+    project = session.get(Project, ws.project_id)
+    if user is None or not user.is_active:
+        return "owner-deactivated"
+    if project is None or project.status != "active" or project.end_date < utcnow().date():
+        return "project-ended"
+    membership = session.scalar(select(Membership).where(Membership.project_id == ws.project_id,
+                                                         Membership.user_id == ws.user_id))
+    if membership is None or "read-data" not in projects.effective_rights(session, membership):
+        return "left-project"
+    return None
+
+
+def check_access(session: Session, settings: Settings, *, project_id: uuid.UUID | None = None) -> dict[str, int]:
+    """Stop every live workspace (of one project, or all) whose owner lost access: what a workspace reads is
+    the project's data, so it ends with its owner's right to read it, not at the next idle check."""
+    query = select(Workspace).where(Workspace.state.in_(LIVE))
+    if project_id is not None:
+        query = query.where(Workspace.project_id == project_id)
+    stopped = 0
+    for ws in session.scalars(query).all():
+        if (why := lost_access(session, ws)) is not None:
+            stop(session, settings, ws, Actor.system("workspaces"), reason=why)
+            stopped += 1
+    return {"stopped": stopped}
+
+
+def members_changed(session: Session, project_id: uuid.UUID, what: str) -> None:
+    """``PROJECT_CHANGED`` listener: after a member left or lost a right, or the project was closed or cut short,
+    the access check runs for that project at once (a job: stopping needs the launcher's settings, which a
+    listener has not)."""
+    if what in ("members", "project"):
+        jobs.enqueue(session, "workspaces.access", {"project_id": str(project_id)})
 
 
 def check_idle(session: Session, settings: Settings, secret: bytes, *, now: dt.datetime) -> dict[str, int]:
