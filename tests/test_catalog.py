@@ -32,6 +32,7 @@ from strongroom.db import transaction, utcnow
 from strongroom.identity.models import User
 from strongroom.identity.principal import SCOPES, Principal
 from strongroom.projects import service as projects
+from strongroom.projects.models import Membership
 
 END = dt.date.today() + dt.timedelta(days=365)
 
@@ -264,7 +265,7 @@ def test_unpublished_entries_are_404_everywhere_public(world):
     assert preview.status_code == 200 and "not published" in preview.text and "noindex" in preview.text
 
 
-def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):
+def test_only_members_with_the_publish_right_can_edit_everyone_else_gets_404(world):
     c, ds = world["client"], world["ds"]
     publish_entry(world, ds, "chest-ct")
     bob = bearer(world["tokens"]["bob"])
@@ -291,9 +292,24 @@ def test_only_members_with_write_data_can_edit_everyone_else_gets_404(world):
     # a read-only token of a member cannot write
     ro = token_for(world["app"].state.hub, world["carol"], scopes=["data:read"])
     assert c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct"), headers=bearer(ro)).status_code == 403
-    # carol (member, write-data) may edit
-    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct", title="Chest CT, v2 text"),
-              headers=bearer(world["tokens"]["carol"]))
+    # carol (a researcher: read-data and write-data) may not: the public face is for the publish right, and
+    # the same goes for releasing and deprecating versions
+    carol = bearer(world["tokens"]["carol"])
+    for method, path, kwargs in [
+        ("PUT", f"/api/v1/datasets/{ds}/catalog", {"json": entry_body("chest-ct", title="Hijacked")}),
+        ("POST", f"/api/v1/datasets/{ds}/catalog/unpublish", {}),
+        ("POST", f"/api/v1/datasets/{ds}/versions/1/deprecate", {}),
+        ("POST", f"/api/v1/datasets/{ds}/versions/2/release", {}),
+    ]:
+        r = c.request(method, path, headers=carol, **kwargs)
+        assert r.status_code == 403 and "publish" in r.json()["detail"], (method, path, r.text)
+    assert "Hijacked" not in anon(world).get("/catalog/chest-ct").text
+    carol_page = web_client(world["app"], world["app"].state.hub, world["carol"]).get(f"/datasets/{ds}")
+    assert carol_page.status_code == 200 and f"/datasets/{ds}/catalog" not in carol_page.text  # no editor link
+    # once the PI delegates it to her, she may
+    with transaction(world["app"].state.hub.sessions) as s:
+        s.scalar(select(Membership).where(Membership.user_id == world["carol"].user.id)).delegated_rights = ["publish"]
+    r = c.put(f"/api/v1/datasets/{ds}/catalog", json=entry_body("chest-ct", title="Chest CT, v2 text"), headers=carol)
     assert r.status_code == 200, r.text
     anonymous_editor = anon(world).get(f"/datasets/{ds}/catalog", follow_redirects=False)
     assert anonymous_editor.status_code == 303 and anonymous_editor.headers["location"].startswith("/login")

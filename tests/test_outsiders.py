@@ -30,7 +30,8 @@ import test_web_messages as walked
 from conftest import bearer, token_for, web_client
 from helpers import csrf_for
 from imaging_support import make_project
-from strongroom.db import Base
+from strongroom.db import Base, transaction
+from strongroom.imaging import bulk
 from test_web_messages import CASES, FLASH, World, form_routes
 
 settings, world = walked.settings, walked.world  # that test's fixtures: its hub settings and its world
@@ -355,3 +356,63 @@ def test_a_removed_member_keeps_nothing(app, hub, world: World) -> None:
     changed = {t: (before[t], after[t]) for t in before if before[t] != after[t] and t not in BOOKKEEPING}
     assert not wrong, "\n".join(wrong)
     assert not changed, f"a removed member's refused requests changed rows: {changed}"
+
+
+
+# What a dataset shows the public and its approved users — its released versions and its catalogue entry (the
+# landing page, the DOI) — is released by the project's ``publish`` right (PI, steward, or a delegate), not by
+# every member who may upload.
+PUBLISHER_ONLY = {
+    ("POST", "/api/v1/datasets/{dataset_id}/versions/{number}/release"),
+    ("POST", "/api/v1/datasets/{dataset_id}/versions/{number}/deprecate"),
+    ("PUT", "/api/v1/datasets/{dataset_id}/catalog"), ("GET", "/api/v1/datasets/{dataset_id}/catalog"),
+    ("POST", "/api/v1/datasets/{dataset_id}/catalog/publish"),
+    ("POST", "/api/v1/datasets/{dataset_id}/catalog/unpublish"),
+    ("POST", "/api/v1/datasets/{dataset_id}/catalog/images"),
+    ("DELETE", "/api/v1/datasets/{dataset_id}/catalog/images/{position}"),
+    ("POST", "/datasets/{dataset_id}/versions/{number}/release"), ("GET", "/datasets/{dataset_id}/catalog"),
+    ("POST", "/datasets/{dataset_id}/catalog"), ("POST", "/datasets/{dataset_id}/catalog/publish"),
+    ("POST", "/datasets/{dataset_id}/catalog/unpublish"), ("POST", "/datasets/{dataset_id}/catalog/images"),
+    ("POST", "/datasets/{dataset_id}/catalog/images/{position}/delete"),
+}
+
+
+def test_a_researcher_assembles_datasets_but_does_not_publish_them(app, hub, world: World, people) -> None:
+    """mel, a plain member of chest (read-data, write-data), may upload and assemble a draft; releasing a
+    version, deprecating one and everything about the catalogue entry are refused (403: she is a member) on
+    the API and the pages, and nothing changes. Each route is found in the app, so a new one must be listed."""
+    from strongroom.projects.models import Membership
+
+    _walk(world)
+    mel = people("mel")
+    with transaction(hub.sessions) as s:
+        s.add(Membership(project_id=bulk.project_by_slug(hub, "chest"), user_id=mel.user.id, role="member",
+                         delegated_rights=[]))
+    web, headers = web_client(app, hub, mel), bearer(token_for(hub, mel))
+    routes = set(_routes(app))
+    assert routes >= PUBLISHER_ONLY
+    values = _values(world)
+    before = _row_counts(world)
+    wrong = []
+    for dataset in (values["dataset_id"], world.ids["demo"]):
+        for method, template in sorted(PUBLISHER_ONLY):
+            url = _url(template, {**values, "dataset_id": dataset})
+            if (method, template) in RAW_BODIES:
+                content, kind = RAW_BODIES[method, template]
+                r = web.request(method, url, params=QUERY.get(template), headers=headers | {"Content-Type": kind},
+                                content=content)
+            elif template.startswith(API):
+                r = web.request(method, url, headers=headers, json=JSON_BODIES.get((method, template), {}))
+            elif method == "GET":
+                r = web.get(url)
+            else:
+                r = web.post(url, data={**FORMS.get(template, {}), "csrf_token": csrf_for(web)},
+                             files=FORM_FILES.get(template), follow_redirects=True)
+            if r.status_code != 403 or "publish" not in r.text:
+                wrong.append(f"{method} {url} → {r.status_code} {r.text[:200]!r}")
+    changed = {t: (before[t], n) for t, n in _row_counts(world).items() if before[t] != n and t not in BOOKKEEPING}
+    assert not wrong, "\n".join(wrong)
+    assert not changed, changed
+    # what she may do: start a draft from the released version, upload, create a dataset
+    r = web.post(f"/datasets/{values['dataset_id']}/draft", data={"csrf_token": csrf_for(web)}, follow_redirects=True)
+    assert FLASH.search(r.text).group(1) == "ok", r.text[:2000]

@@ -93,6 +93,14 @@ def visible_dataset(session: Session, principal: Principal, dataset_id: str) -> 
     return ds, False
 
 
+def may_publish(session: Session, principal: Principal, ds: Dataset) -> bool:
+    """For pages: whether the caller may release the dataset's versions and edit its catalogue entry."""
+    try:
+        return "publish" in project_access(session, principal, ds.project_id).rights
+    except NotFound:
+        return False
+
+
 # Whether approved applicants may download a dataset (access: its policy); none registered → no.
 DATASET_DOWNLOAD_POLICIES: list[Callable[[Session, Dataset], bool]] = []
 
@@ -186,7 +194,7 @@ def _version(session: Session, ds: Dataset, number: int) -> DatasetVersion:
 
 def release_version(session: Session, principal: Principal, dataset_id: str, number: int) -> DatasetVersion:
     ds, access = _owner_access(session, principal, dataset_id)
-    access.require("write-data")
+    access.require("publish")
     v = _version(session, ds, number)
     if v.state != "draft":
         raise Conflict(f"version {number} is {v.state}; released versions never change")
@@ -211,7 +219,7 @@ def _released(session: Session, version: DatasetVersion) -> None:
 
 def deprecate_version(session: Session, principal: Principal, dataset_id: str, number: int) -> DatasetVersion:
     ds, access = _owner_access(session, principal, dataset_id)
-    access.require("write-data")
+    access.require("publish")
     v = _version(session, ds, number)
     if v.state != "released":
         raise Conflict("only a released version can be deprecated")

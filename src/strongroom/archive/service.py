@@ -31,6 +31,7 @@ from .datasets import (
     deprecate_version,
     edit_draft,
     list_datasets,
+    may_publish,
     publish_version,
     release_version,
     share_dataset,
@@ -75,4 +76,5 @@ __all__ = [
     "record_review_view", "release_version", "revoke_user_key", "seal_into_storage", "share_dataset",
     "unshare_dataset", "upload_parts", "user_key", "version_files", "version_marks",
     "visible_dataset",
+    "may_publish",
 ]

@@ -117,7 +117,8 @@ def dataset_page(request: Request, db: Db, dataset_id: str, version: Int32 | Non
     from ..projects.models import Project
 
     return templates.TemplateResponse(request, "archive_dataset.html", {
-        "ds": ds, "owner": owner, "versions": versions, "shown": shown, "files": files,
+        "ds": ds, "owner": owner, "versions": versions,
+        "can_publish": owner and service.may_publish(db, principal, ds), "shown": shown, "files": files,
         "owner_project": db.get(Project, ds.project_id), "next_after": files[-1].id if len(files) == 500 else None,
         "downloadable": service.dataset_downloadable(db, principal, ds, owner),
         "marks": service.version_marks(db, ds, shown) if shown else [],

@@ -58,7 +58,8 @@ def missing_for_publishing(entry: CatalogEntry) -> list[str]:
 
 def steward_dataset(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset,
                                                                                     projects.ProjectAccess]:
-    """The dataset for a member of its owning project with write-data; NotFound for everyone else."""
+    """The dataset for a member of its owning project with the ``publish`` right (its catalogue entry is its
+    public face); Forbidden for its other members, NotFound for everyone else."""
     ds = session.get(Dataset, dataset_id)
     project = session.get(Project, ds.project_id) if ds else None
     if ds is None or project is None:
@@ -67,7 +68,7 @@ def steward_dataset(session: Session, principal: Principal, dataset_id: str) -> 
         access = projects.open_project(session, principal, project.slug)
     except NotFound:
         raise NotFound("no such dataset") from None
-    access.require("write-data")
+    access.require("publish")
     return ds, access
 
 
