@@ -322,6 +322,24 @@ def test_egress_only_to_the_hub_and_allow_listed(hub, people, live: str, destina
             assert unlisted in ("refused", "TimeoutError"), printed
             assert neighbour in ("refused", "TimeoutError"), printed
             assert host_other in ("refused", "TimeoutError"), printed
+            # the PI closes the destination: the running workspaces lose it as soon as the queued job runs
+            from strongroom.airlock import service as airlock
+            from strongroom.identity import service as identity
+            from strongroom.jobs.runner import Runner
+
+            with transaction(hub.sessions) as s:
+                alice = identity.session_principal(type("S", (), {"mfa_at": dt.datetime.now(dt.UTC),
+                                                                  "id_hash": "test0000"})(),
+                                                   identity.find_user(s, "alice"), "127.0.0.1")
+                airlock.remove_destination(s, alice, projects.open_project(s, alice, "lung"), "Partner",
+                                           fresh_minutes=10)
+            Runner(hub, lease_seconds=30, name="test").run_until_idle()
+            _, printed = kernel.run(f"print(probe('{plan.host_ip}', {port}), probe('{DEST_IP}', {allowed_port}))")
+            hub_ok, closed = printed.split()
+            assert hub_ok == "open" and closed in ("refused", "TimeoutError"), printed
+            with hub.sessions() as s:
+                assert s.scalar(select(AuditEvent.details).where(
+                    AuditEvent.action == "workspace.egress_reapplied")) == {"workspaces": 2, "destinations": 0}
         finally:
             kernel.close()
         # the hub itself reaches the other workspace (its proxy does); the workspace cannot

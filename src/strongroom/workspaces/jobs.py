@@ -1,5 +1,5 @@
-"""Workspace job kinds: the idle check (and processes that died), the booking-end check (warn, then stop) and
-the access check (owners who lost access)."""
+"""Workspace job kinds: the idle check (and processes that died), the booking-end check (warn, then stop), the
+access check (owners who lost access) and the egress re-application (the project's allow-list changed)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,11 @@ def access(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     with ctx.transaction() as session:
         return service.check_access(session, ctx.hub.settings,
                                     project_id=uuid.UUID(project_id) if project_id else None)
+
+
+@job("workspaces.egress", max_attempts=3)
+def egress(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Re-apply a project's allow-list to its running workspaces after its egress destinations or package mirror
+    changed (queued by the change)."""
+    with ctx.transaction() as session:
+        return service.reapply_egress(session, ctx.hub.settings, uuid.UUID(payload["project_id"]))

@@ -156,6 +156,21 @@ def setup(plan: Plan) -> None:
         raise
 
 
+def reapply(plan: Plan) -> None:
+    """Replace a running workspace's allow-list (both rulesets) with ``plan``'s, each in one nft transaction, so
+    a destination the project closed is closed for the workspaces already running too. (A TCP connection
+    already open to it is not cut: conntrack lets established flows finish.)"""
+    allow = "".join(f"add rule inet strongroom_ws {_chain(plan)} ip daddr {a} tcp dport {p} accept\n"
+                    for a, p in plan.allowed if ipaddress.ip_network(a, strict=False).version == 4)
+    _run(["ip", "netns", "exec", plan.name, "nft", "-f", "-"],
+         stdin="table inet strongroom {}\ndelete table inet strongroom\n" + nft_rules(plan))
+    _run(["nft", "-f", "-"], stdin=(
+        f"flush chain inet strongroom_ws {_chain(plan)}\n"
+        f"add rule inet strongroom_ws {_chain(plan)} ct state established,related accept\n"
+        f"{allow}"
+        f"add rule inet strongroom_ws {_chain(plan)} reject\n"))
+
+
 def teardown(plan: Plan) -> None:
     """Remove everything ``setup`` made; idempotent (missing parts are fine)."""
     listed = _run(["nft", "-a", "list", "chain", "inet", "strongroom_ws", "forward"], check=False)

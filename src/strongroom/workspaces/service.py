@@ -482,12 +482,33 @@ def check_access(session: Session, settings: Settings, *, project_id: uuid.UUID 
     return {"stopped": stopped}
 
 
+def reapply_egress(session: Session, settings: Settings, project_id: uuid.UUID) -> dict[str, int]:
+    """Give the project's running namespaced workspaces its current allow-list (egress destinations, package
+    mirror): what the PI closes is closed for them too, what the PI opens opens without a restart."""
+    allowed = allowed_destinations(session, settings, project_id)
+    applied = 0
+    for ws in session.scalars(select(Workspace).where(Workspace.project_id == project_id,
+                                                      Workspace.state.in_(LIVE), Workspace.slot.is_not(None))):
+        netns.reapply(plan_of(settings, ws, allowed))
+        applied += 1
+    if applied:
+        audit.record(session, Actor.system("workspaces"), "workspace.egress_reapplied", project_id=project_id,
+                     details={"workspaces": applied, "destinations": len(allowed)})
+    return {"reapplied": applied}
+
+
 def members_changed(session: Session, project_id: uuid.UUID, what: str) -> None:
     """``PROJECT_CHANGED`` listener: after a member left or lost a right, or the project was closed or cut short,
     the access check runs for that project at once (a job: stopping needs the launcher's settings, which a
     listener has not)."""
     if what in ("members", "project"):
         jobs.enqueue(session, "workspaces.access", {"project_id": str(project_id)})
+    elif what in EGRESS_SETTINGS:
+        jobs.enqueue(session, "workspaces.egress", {"project_id": str(project_id)})
+
+
+# the project settings a running workspace's network rules are made from (``allowed_destinations``)
+EGRESS_SETTINGS = (f"setting:{ws_settings.KEY}", "setting:egress_destinations")
 
 
 def check_idle(session: Session, settings: Settings, secret: bytes, *, now: dt.datetime) -> dict[str, int]:
