@@ -359,9 +359,11 @@ def test_a_removed_member_keeps_nothing(app, hub, world: World) -> None:
 
 
 
+# What a researcher (``member``: read-data, write-data) is refused in her own project, and the right it takes.
 # What a dataset shows the public and its approved users — its released versions and its catalogue entry (the
-# landing page, the DOI) — is released by the project's ``publish`` right (PI, steward, or a delegate), not by
-# every member who may upload.
+# landing page, the DOI) — is released by the ``publish`` right (PI, steward, or a delegate). The project's
+# security settings are ``manage-settings``'s, refused before the value is even looked at (the reviewers named
+# here are no members: a 422 would tell her so).
 PUBLISHER_ONLY = {
     ("POST", "/api/v1/datasets/{dataset_id}/versions/{number}/release"),
     ("POST", "/api/v1/datasets/{dataset_id}/versions/{number}/deprecate"),
@@ -375,12 +377,26 @@ PUBLISHER_ONLY = {
     ("POST", "/datasets/{dataset_id}/catalog/unpublish"), ("POST", "/datasets/{dataset_id}/catalog/images"),
     ("POST", "/datasets/{dataset_id}/catalog/images/{position}/delete"),
 }
+SETTINGS_ONLY = {
+    ("PUT", "/api/v1/projects/{slug}/airlock/reviewers"), ("PUT", "/api/v1/projects/{slug}/settings/{key}"),
+    ("POST", "/projects/{slug}/airlock/settings/reviewers"), ("POST", "/projects/{slug}/airlock/settings/destinations"),
+    ("POST", "/projects/{slug}/imaging/destination"), ("POST", "/projects/{slug}/imaging/profile"),
+    ("POST", "/projects/{slug}/settings/{key}"),
+}
+RESEARCHER_FORMS = {
+    "/projects/{slug}/airlock/settings/reviewers": {"reviewers": "nobody", "approvals": "1", "expiry_days": "14"},
+    "/projects/{slug}/airlock/settings/destinations": {"kind": "project", "name": "Out", "target": "nowhere"},
+    "/projects/{slug}/imaging/destination": {"ae_title": "CHEST", "port": "11112"},
+    "/projects/{slug}/imaging/profile": {"reset": "1"}, "/projects/{slug}/settings/{key}": {"value": "on"},
+}
 
 
-def test_a_researcher_assembles_datasets_but_does_not_publish_them(app, hub, world: World, people) -> None:
+def test_a_researcher_assembles_datasets_but_does_not_publish_or_open_settings(app, hub, world: World,
+                                                                              people) -> None:
     """mel, a plain member of chest (read-data, write-data), may upload and assemble a draft; releasing a
-    version, deprecating one and everything about the catalogue entry are refused (403: she is a member) on
-    the API and the pages, and nothing changes. Each route is found in the app, so a new one must be listed."""
+    version, deprecating one, everything about the catalogue entry, and every security setting are refused
+    (403 naming the right: she is a member) on the API and the pages, and nothing changes. Each route is
+    found in the app, so a renamed one fails here."""
     from strongroom.projects.models import Membership
 
     _walk(world)
@@ -390,26 +406,27 @@ def test_a_researcher_assembles_datasets_but_does_not_publish_them(app, hub, wor
                          delegated_rights=[]))
     web, headers = web_client(app, hub, mel), bearer(token_for(hub, mel))
     routes = set(_routes(app))
-    assert routes >= PUBLISHER_ONLY
+    assert routes >= PUBLISHER_ONLY | SETTINGS_ONLY
     values = _values(world)
     before = _row_counts(world)
     wrong = []
-    for dataset in (values["dataset_id"], world.ids["demo"]):
-        for method, template in sorted(PUBLISHER_ONLY):
-            url = _url(template, {**values, "dataset_id": dataset})
-            if (method, template) in RAW_BODIES:
-                content, kind = RAW_BODIES[method, template]
-                r = web.request(method, url, params=QUERY.get(template), headers=headers | {"Content-Type": kind},
-                                content=content)
-            elif template.startswith(API):
-                r = web.request(method, url, headers=headers, json=JSON_BODIES.get((method, template), {}))
-            elif method == "GET":
-                r = web.get(url)
-            else:
-                r = web.post(url, data={**FORMS.get(template, {}), "csrf_token": csrf_for(web)},
-                             files=FORM_FILES.get(template), follow_redirects=True)
-            if r.status_code != 403 or "publish" not in r.text:
-                wrong.append(f"{method} {url} → {r.status_code} {r.text[:200]!r}")
+    cases = [(m, t, "publish", d) for d in (values["dataset_id"], world.ids["demo"]) for m, t in sorted(PUBLISHER_ONLY)]
+    cases += [(m, t, "manage-settings", values["dataset_id"]) for m, t in sorted(SETTINGS_ONLY)]
+    for method, template, right, dataset in cases:
+        url = _url(template, {**values, "dataset_id": dataset})
+        if (method, template) in RAW_BODIES:
+            content, kind = RAW_BODIES[method, template]
+            r = web.request(method, url, params=QUERY.get(template), headers=headers | {"Content-Type": kind},
+                            content=content)
+        elif template.startswith(API):
+            r = web.request(method, url, headers=headers, json=JSON_BODIES.get((method, template), {}))
+        elif method == "GET":
+            r = web.get(url)
+        else:
+            r = web.post(url, data={**RESEARCHER_FORMS.get(template, FORMS.get(template, {})),
+                                    "csrf_token": csrf_for(web)}, files=FORM_FILES.get(template), follow_redirects=True)
+        if r.status_code != 403 or right not in r.text:
+            wrong.append(f"{method} {url} → {r.status_code} (want 403 naming {right}) {r.text[:200]!r}")
     changed = {t: (before[t], n) for t, n in _row_counts(world).items() if before[t] != n and t not in BOOKKEEPING}
     assert not wrong, "\n".join(wrong)
     assert not changed, changed

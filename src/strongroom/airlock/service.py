@@ -84,6 +84,7 @@ def is_reviewer(session: Session, access: projects.ProjectAccess, user_id: uuid.
 def set_reviewers(session: Session, principal: Principal, access: projects.ProjectAccess, users: list[str], *,
                   fresh_minutes: int) -> list[uuid.UUID]:
     """Name the reviewers (usernames, e-mails or ids of members): a locked setting, fresh MFA, audited."""
+    access.require("manage-settings")  # before the names are looked up: no hints for those who may not change it
     ids: list[str] = []
     for ref in users:
         user = find_user(session, ref)
