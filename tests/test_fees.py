@@ -374,3 +374,31 @@ def test_forecast_for_the_rest_of_the_year(hub, people, monkeypatch):
                                   ("charge", "project-storage"): Decimal("2268.49"),
                                   ("charge", "gpu-week"): Decimal("6290.59")}
     assert f["year_total"] == Decimal("28142.67") + Decimal("57709.76")
+
+
+def test_csv_cells_never_run_as_spreadsheet_formulas() -> None:
+    """A statement's CSV is opened in a spreadsheet: a text cell that starts like a formula (a customer's name,
+    a line's description typed by an operator) is shown as text, while amounts — negative ones included —
+    stay numbers. The public metrics CSV (dataset titles typed by stewards) uses the same rule."""
+    import csv
+    import io
+
+    from strongroom.fees import render
+    from strongroom.fees.pricing import Line, Statement
+    from strongroom.text import spreadsheet_safe
+
+    st = Statement(start=dt.date(2025, 1, 1), end=dt.date(2025, 12, 31), lines=[
+        Line(project="chest", kind="charge", item="storage", description='=HYPERLINK("https://evil.example","Pay")',
+             start=dt.date(2025, 1, 1), end=dt.date(2025, 12, 31), quantity=Decimal("1"), unit="TB",
+             unit_price=Decimal("1000.00"), basis="per unit", amount=Decimal("1000.00")),
+        Line(project="chest", kind="waiver", item="waiver", description="-50 % for sharing its data",
+             start=dt.date(2025, 1, 1), end=dt.date(2025, 12, 31), quantity=Decimal("1"), unit="",
+             unit_price=Decimal("-500.00"), basis="per unit", amount=Decimal("-500.00"))])
+    text = render.to_csv(st, {"label": "@SUM(A1:A9)", "period_start": "2025-01-01", "period_end": "2025-12-31"})
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["description"] == '\'=HYPERLINK("https://evil.example","Pay")'
+    assert rows[0]["subject"] == "'@SUM(A1:A9)"
+    assert rows[1]["description"] == "'-50 % for sharing its data" and rows[1]["amount_sek"] == "-500.00"
+    assert rows[-1]["amount_sek"] == "500.00"
+    assert [spreadsheet_safe(v) for v in ("-3", "-1,5", "+46", "< 5", "\tcmd", "CT;SEG", 7, None)] == [
+        "-3", "-1,5", "+46", "< 5", "'\tcmd", "CT;SEG", 7, None]

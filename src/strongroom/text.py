@@ -30,3 +30,20 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     name = "".join("_" if ch in "/\\" else ch for ch in filename if ch.isprintable()) or "download"
     fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in name)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe=_ATTR_CHARS)}"
+
+
+# What a spreadsheet reads as the start of a formula (OWASP "CSV injection"); tab and CR too, which some strip.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text, never runs as a formula: a string that starts like one
+    (a title typed by a steward, a customer's name) gets a leading apostrophe. Numbers — a negative amount
+    included — and everything else pass unchanged, so the figures stay figures."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        float(value.replace(",", "."))
+    except ValueError:
+        return "'" + value
+    return value

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from fpdf import FPDF
 
+from ..text import spreadsheet_safe
 from .pricing import Statement
 
 CSV_COLUMNS = ("statement", "subject", "period_start", "period_end", "project", "kind", "item", "description",
@@ -28,10 +29,10 @@ def to_csv(st: Statement, meta: Mapping[str, str]) -> str:
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     head = [meta.get("number", "draft"), meta["label"], meta["period_start"], meta["period_end"]]
-    for x in st.lines:
-        w.writerow([*head, x.project, x.kind, x.item, x.description, x.start.isoformat(), x.end.isoformat(),
-                    x.quantity, x.unit, x.unit_price, x.basis, x.amount, x.price_version])
-    w.writerow([*head, "", "total", "", "Total (SEK, excluding VAT)", "", "", "", "", "", "", st.total, ""])
+    rows = [[*head, x.project, x.kind, x.item, x.description, x.start.isoformat(), x.end.isoformat(), x.quantity,
+             x.unit, x.unit_price, x.basis, x.amount, x.price_version] for x in st.lines]
+    rows.append([*head, "", "total", "", "Total (SEK, excluding VAT)", "", "", "", "", "", "", st.total, ""])
+    w.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return out.getvalue()
 
 

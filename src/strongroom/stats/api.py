@@ -14,7 +14,7 @@ from pydantic import Field
 from ..deps import AccessScope as Access
 from ..deps import Db, HubDep
 from ..schemas import Out
-from ..text import content_disposition
+from ..text import content_disposition, spreadsheet_safe
 from . import service
 from .figures import modality_name
 
@@ -178,7 +178,7 @@ def metrics_csv(out: MetricsOut) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("scope", "figure", "value"))
-    writer.writerows(rows)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return buffer.getvalue()
 
 
