@@ -167,7 +167,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
         target = tmp_path / "strongroom.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
-        return f"sqlite:///{target}"
+        return f"sqlite:///{target}?synchronous=normal"
     if not PG_OK:
         pytest.skip("PostgreSQL not reachable")
     url = request.getfixturevalue("pg_schema_ready")

@@ -142,3 +142,26 @@ def test_a_killed_verification_worker_loses_nothing_and_the_pool_is_replaced(rec
     assert all(i.state == "archived" for i in instances(hub))  # verified, not quarantined for the pool's death
     wait_until(lambda: not list(svc.spool.rglob("*.json")), step=0.05)  # the spool emptied once committed
     assert all(pid not in [p.pid for p in svc.pool._processes.values()] for pid in workers)  # type: ignore[union-attr]
+
+
+def test_an_embedded_database_commit_is_on_disk_when_it_returns(tmp_path: Path) -> None:
+    """The archiver deletes spool files once their rows commit, and senders and clients are told "stored"
+    after a commit: on the embedded database a commit must survive a power cut (``synchronous=FULL``; WAL's
+    usual NORMAL may roll the last commits back). Only a URL that asks for less gets less (the test suite's
+    own choice, like ``synchronous_commit=off`` on PostgreSQL); anything unknown is refused."""
+    from strongroom.config import Settings
+    from strongroom.db import make_engine
+
+    default_url = Settings(var_dir=tmp_path / "var").effective_database_url
+    for url, expected in ((default_url, 2), (f"sqlite:///{tmp_path}/fast.db?synchronous=normal", 1)):
+        engine = make_engine(url)
+        try:
+            connections = [engine.raw_connection() for _ in range(2)]  # each new one, not only the first
+            assert [c.cursor().execute("PRAGMA synchronous").fetchone()[0] for c in connections] == \
+                [expected, expected]
+            for c in connections:
+                c.close()
+        finally:
+            engine.dispose()
+    with pytest.raises(ValueError, match="synchronous must be one of"):
+        make_engine(f"sqlite:///{tmp_path}/bad.db?synchronous=off")
