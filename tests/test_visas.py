@@ -374,6 +374,70 @@ def issuer_visa_for(world, settings) -> str:
                        "jti": "x", "ga4gh_visa_v1": {}}, key, algorithms=["ES256"])
 
 
+def _kid(token: str) -> str:
+    return jws.extract_compact(token.encode()).headers()["kid"]
+
+
+def test_the_signing_key_rotates_without_a_restart_and_what_it_signed_still_verifies(world, settings):
+    """`strongroom access rotate-signing-key`, in a process of its own: the live hub signs with the new key from
+    its next passport on, without a restart. A scheduled rotation keeps the old key's public half in the
+    JWKS, so the visa and the deletion certificate it signed still verify; ``--compromised`` drops the key
+    in use, and nothing it signed verifies any more. Private halves are never published or kept."""
+    from strongroom.audit.models import AuditEvent
+    from strongroom.retention import deletion
+    from test_cli_and_ops import run_cli
+
+    hub, carol = world["hub"], world["people"][1]
+    _entitle(hub, carol, world["dataset"])
+    hub_as_issuer = settings.model_copy(update={"access": AccessSettings(
+        trusted_visa_issuers=[{"issuer": settings.base_url, "jku": visas.jwks_url(settings)}])})
+
+    def accepted(token: str) -> bool:
+        passport = asyncio.run(visas.PassportVerifier(hub_as_issuer).verify(token))
+        return not passport.rejected and len(passport.visas) == 1
+
+    def visa() -> str:
+        [token] = world["carol"].get("/api/v1/me/passport").json()["ga4gh_passport_v1"]
+        return token
+
+    def served() -> KeySet:
+        jwks = httpx.get(f"{world['url']}/.well-known/jwks.json").json()
+        assert all("d" not in k for k in jwks["keys"])  # public halves only
+        return KeySet.import_key_set(jwks)
+
+    def certificate() -> str:
+        return deletion.sign(settings, {"type": deletion.CERT_TYPE, "dataset": world["dataset"], "version": 1})
+
+    first_visa, first_certificate = visa(), certificate()
+    first = _kid(first_visa)
+    rotated = run_cli(settings, "access", "rotate-signing-key")
+    assert rotated.returncode == 0, rotated.stderr
+    second_visa, second_certificate = visa(), certificate()
+    second = _kid(second_visa)
+    assert second != first and [k.kid for k in served().keys] == [second, first]
+    for token in (first_visa, second_visa):
+        assert accepted(token)
+        jwt.decode(token, served(), algorithms=["ES256"])
+    for text in (first_certificate, second_certificate):
+        deletion.check_signature(text, served())
+    retired = visas.retired_dir(settings) / f"{first}.jwk"
+    assert "d" not in json.loads(retired.read_text()) and oct(retired.stat().st_mode & 0o777) == "0o600"
+
+    compromised = run_cli(settings, "access", "rotate-signing-key", "--compromised")
+    assert compromised.returncode == 0, compromised.stderr
+    third = _kid(visa())
+    assert [k.kid for k in served().keys] == [third, first]  # the second key is gone, the first stays retired
+    assert not accepted(second_visa) and accepted(first_visa)
+    with pytest.raises(ValueError, match="does not verify"):
+        deletion.check_signature(second_certificate, served())
+    deletion.check_signature(first_certificate, served())
+    with hub.sessions() as s:
+        events = [e.details for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action == "access.signing_key.rotated").order_by(AuditEvent.seq))]
+    assert events == [{"previous": first, "current": second, "previous_kept": True},
+                      {"previous": second, "current": third, "previous_kept": False}]
+
+
 def test_dataset_urls_resolve_to_the_public_landing_page(world, settings, app):
     """9: a visa's ``value`` (the dataset's URL, or a version's) leads anyone to the dataset's public page,
     never to the login form; without a published catalogue entry it says so (404), still without a login."""

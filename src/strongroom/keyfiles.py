@@ -31,3 +31,25 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
         finally:
             tmp.unlink()
     return path.read_text()
+
+
+def replace(path: Path, text: str) -> None:
+    """Put ``text`` in ``path`` atomically (mode 0600): readers see the old file or the new one, never a
+    half-written key; once this returns the new content and its name are on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

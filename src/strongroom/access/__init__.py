@@ -17,6 +17,7 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.access.web:router")
     config.add_api_router("strongroom.access.visas_api:router", stage=Stage.AFTER_PAGES)
     config.add_jobs("strongroom.access.lifecycle")
+    config.add_cli("strongroom.access.cli:app", name="access")  # on the hub host: the signing key
     # Ways into the archive's read check (archive.service), in this order: entitlements, then visas.
     config.add_grant_provider("strongroom.access.grants:entitlement_grant")
     config.add_grant_provider("strongroom.access.visas:visa_grant")

@@ -53,6 +53,7 @@ from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from .. import keyfiles
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..audit import service as audit
@@ -80,20 +81,75 @@ def key_path(settings: Settings) -> Path:
     return settings.access.visa_key_file or settings.var_dir / "keys" / "visa-signing.jwk"
 
 
-_KEYS: dict[Path, ECKey] = {}
+def retired_dir(settings: Settings) -> Path:
+    """Public halves of earlier signing keys (``<key file stem>-retired/<kid>.jwk``), kept by a scheduled
+    rotation."""
+    path = key_path(settings)
+    return path.with_name(f"{path.stem}-retired")
+
+
+_KEYS: dict[Path, tuple[tuple[int, int], ECKey]] = {}  # key file -> ((inode, mtime), key)
 
 
 def signing_key(settings: Settings) -> ECKey:
-    """The visa signing key (P-256), generated on first use (safe when several processes start at once)."""
+    """The visa signing key (P-256), generated on first use (safe when several processes start at once).
+    Read again whenever the file changes: after ``rotate_signing_key`` on any host sharing the keys
+    directory, every process signs with the new key from its next use, without a restart."""
     path = key_path(settings)
+    stamp = _stamp(path)  # taken before the read: a file replaced after it is read again next time
     cached = _KEYS.get(path)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     text = read_or_create(path, lambda: json.dumps(ECKey.generate_key("P-256", private=True)
                                                    .as_dict(private=True)))
     key = ECKey.import_key(json.loads(text))
-    _KEYS[path] = key
+    _KEYS[path] = (stamp, key)
     return key
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return (st.st_ino, st.st_mtime_ns)
+
+
+def retired_keys(settings: Settings) -> list[ECKey]:
+    """Earlier signing keys a scheduled rotation kept (public halves only): what they signed still verifies —
+    this hub's visas until they expire, deletion certificates for good — and the JWKS still publishes them."""
+    folder = retired_dir(settings)
+    keys = []
+    for path in sorted(folder.glob("*.jwk")) if folder.is_dir() else []:
+        try:
+            keys.append(ECKey.import_key(json.loads(path.read_text())))
+        except (OSError, ValueError, JoseError):
+            log.warning("visa.retired_key_unreadable", path=str(path))
+    return keys
+
+
+def verification_keys(settings: Settings) -> KeySet:
+    """Every key a signature of this hub may verify with: the current one and the retired ones."""
+    return KeySet(list(_published(settings)))
+
+
+def _published(settings: Settings) -> list[ECKey]:
+    return [signing_key(settings), *retired_keys(settings)]
+
+
+def rotate_signing_key(settings: Settings, *, compromised: bool = False) -> tuple[str, str]:
+    """A new signing key; returns (old kid, new kid). Scheduled (the default): the old key's public half is
+    kept in ``retired_dir`` — its visas verify until they expire, its deletion certificates for good — and
+    its private half is gone. ``compromised``: the old key is dropped altogether, so nothing it signed
+    verifies any more (visas, passports and certificates alike: it may have signed forgeries)."""
+    old = signing_key(settings)
+    if not compromised:
+        folder = retired_dir(settings)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keyfiles.replace(folder / f"{key_id(old)}.jwk", json.dumps(old.as_dict(private=False)))
+    new = ECKey.generate_key("P-256", private=True)
+    keyfiles.replace(key_path(settings), json.dumps(new.as_dict(private=True)))
+    return key_id(old), key_id(new)
 
 
 def key_id(key: ECKey) -> str:
@@ -105,9 +161,9 @@ def jwks_url(settings: Settings) -> str:
 
 
 def jwks(settings: Settings) -> dict[str, Any]:
-    key = signing_key(settings)
-    public = key.as_dict(private=False)
-    return {"keys": [{**public, "kid": key_id(key), "use": "sig", "alg": "ES256"}]}
+    """The current key first, then the retired ones (public halves only)."""
+    return {"keys": [{**key.as_dict(private=False), "kid": key_id(key), "use": "sig", "alg": "ES256"}
+                     for key in _published(settings)]}
 
 
 # -- issuing -----------------------------------------------------------------------------------
@@ -183,9 +239,8 @@ def passport_of(session: Session, settings: Settings, user: User) -> dict[str, A
 def revoke_visa(session: Session, settings: Settings, principal: Principal, token: str, reason: str) -> str:
     """Put one visa this hub issued on the revocation list (its subject or a platform admin). Refused from
     the next request on; the entry goes once the visa would have expired. Returns the ``jti``."""
-    key = signing_key(settings)
     try:
-        claims = jwt.decode(token, KeySet([key]), algorithms=["ES256"]).claims
+        claims = jwt.decode(token, verification_keys(settings), algorithms=["ES256"]).claims
     except (JoseError, ValueError, TypeError, KeyError):
         raise Invalid("not a visa signed by this hub") from None
     jti, sub, exp = claims.get("jti"), claims.get("sub"), claims.get("exp")
@@ -411,7 +466,7 @@ class PassportVerifier:
         if alg not in ALGORITHMS:
             raise VisaRejected(f"algorithm {alg!r} not accepted")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        keys = KeySet([signing_key(self.hub_settings)]) if own else await self.keys_for(jku, kid, budget)
+        keys = verification_keys(self.hub_settings) if own else await self.keys_for(jku, kid, budget)
         try:
             verified = jwt.decode(token, keys, algorithms=[alg])
         except JoseError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from joserfc.jwk import ECKey, KeySet
+from joserfc.jwk import KeySet
 from rich.console import Console
 from sqlalchemy import select
 
@@ -31,9 +31,9 @@ OBJECTS_REMAIN, BAD_SIGNATURE, NOT_FOUND = 1, 3, 4  # 0: proven
 _VERSION = re.compile(r"^(?P<dataset>[A-Za-z0-9-]+)[:/@]v?(?P<number>\d+)$")
 
 
-def _key(jwks_file: Path | None, settings_key: ECKey) -> ECKey | KeySet:
+def _key(jwks_file: Path | None, settings_keys: KeySet) -> KeySet:
     if jwks_file is None:
-        return settings_key
+        return settings_keys
     return KeySet.import_key_set(json.loads(jwks_file.read_text()))
 
 
@@ -65,7 +65,7 @@ def verify(
             raise typer.Exit(NOT_FOUND)
         text = kept
     try:
-        document = deletion.check_signature(text, _key(jwks, visas.signing_key(settings)))
+        document = deletion.check_signature(text, _key(jwks, visas.verification_keys(settings)))
     except ValueError as e:
         console.print(f"[red]REFUSED[/]: {e}")
         raise typer.Exit(BAD_SIGNATURE) from None
