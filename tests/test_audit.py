@@ -189,6 +189,13 @@ def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path):
     assert _verify_cli(settings, "--public-key", str(tmp_path / "hub.pub")).returncode == 0
     (tmp_path / "other.pub").write_text(other.public_pem())
     assert _verify_cli(settings, "--public-key", str(tmp_path / "other.pub")).returncode == 1
+    # across a rotation of the anchor key: checkpoints signed by the old key and by the new one, each
+    # verified by its own key when both are given, and a failure with either alone
+    path.write_text(good + other.sign(6, forged["head"], audit.utcnow()).to_json() + "\n")
+    both = _verify_cli(settings, "--public-key", str(tmp_path / "hub.pub"), "--public-key", str(tmp_path / "other.pub"))
+    assert both.returncode == 0, both.stdout
+    for alone in ("hub.pub", "other.pub"):
+        assert _verify_cli(settings, "--public-key", str(tmp_path / alone)).returncode == 1
 
 
 def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):

@@ -4,6 +4,7 @@ S3 bucket (Object Lock where the bucket has it) and the structured log."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,8 +95,10 @@ def write_checkpoint(hub: Hub) -> Written:
     return written
 
 
-def gather(settings: Settings, key: AnchorKey) -> tuple[list[Checkpoint], list[str]]:
-    """Every checkpoint whose signature holds, and a description of every one that does not."""
+def gather(settings: Settings, key: AnchorKey | Sequence[AnchorKey]) -> tuple[list[Checkpoint], list[str]]:
+    """Every checkpoint whose signature holds (under ``key``, or any of several: the keys before and after a
+    rotation), and a description of every one that does not."""
+    keys = [key] if isinstance(key, AnchorKey) else list(key)
     found, bad = anchor.read_file(checkpoint_file(settings))
     s3 = _s3(settings)
     if s3 is not None:
@@ -107,7 +110,7 @@ def gather(settings: Settings, key: AnchorKey) -> tuple[list[Checkpoint], list[s
             bad += broken
     valid: dict[tuple[int, str, str], Checkpoint] = {}
     for cp in found:
-        if key.valid(cp):
+        if any(k.valid(cp) for k in keys):
             valid[(cp.seq, cp.head, cp.at)] = cp
         else:
             bad.append(f"checkpoint of {cp.at} (event {cp.seq}) has a bad signature or another key")

@@ -23,16 +23,18 @@ console = Console()
 
 @app.command()
 def verify(
-    public_key: Annotated[Path | None, typer.Option(
-        help="Check checkpoint signatures with this exported public key (an auditor's own copy) "
-             "instead of the hub's key file.")] = None,
+    public_key: Annotated[list[Path] | None, typer.Option(
+        help="Check checkpoint signatures with this exported public key (an auditor's own copy) instead of the "
+             "hub's key file. Repeat it for the keys before and after a rotation: a checkpoint signed by any holds.")
+    ] = None,
 ) -> None:
     """Walk the whole hash chain and compare it with the signed checkpoints; exit 1 and say where if
     any event was edited, deleted or reordered, the newest events were cut off, or a checkpoint is bad."""
     settings = get_settings()
     hub = Hub.from_settings(settings)
-    key = AnchorKey.from_public_pem(public_key.read_bytes()) if public_key else checkpoints.anchor_key(settings)
-    anchors, bad = checkpoints.gather(settings, key)
+    keys = ([AnchorKey.from_public_pem(path.read_bytes()) for path in public_key] if public_key
+            else [checkpoints.anchor_key(settings)])
+    anchors, bad = checkpoints.gather(settings, keys)
     with open_session(hub.sessions, deferred=True) as session:  # reads without the write lock
         total = service.count(session)
         session.rollback()
