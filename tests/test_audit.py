@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from strongroom.audit import checkpoints
 from strongroom.audit import service as audit
@@ -196,6 +196,46 @@ def test_bad_or_foreign_checkpoints_fail_verification(hub, settings, tmp_path):
     assert both.returncode == 0, both.stdout
     for alone in ("hub.pub", "other.pub"):
         assert _verify_cli(settings, "--public-key", str(tmp_path / alone)).returncode == 1
+
+
+def test_the_anchor_key_rotates_and_earlier_checkpoints_keep_anchoring_the_chain(hub, settings, tmp_path):
+    """`strongroom audit rotate-anchor-key`: new checkpoints are signed with the new key, the old key's public
+    half stays beside it (never its private half), so verification on the hub passes without moving anything
+    aside, an auditor verifies with both exported keys, and an end cut off after the rotation is still caught
+    by the checkpoint the old key signed."""
+    import json
+
+    from strongroom.audit.models import AuditEvent
+
+    _seed(hub)
+    checkpoints.write_checkpoint(hub)
+    (tmp_path / "old.pub").write_text(_cli(settings, "audit", "public-key").stdout)
+    rotated = _cli(settings, "audit", "rotate-anchor-key")
+    assert rotated.returncode == 0, rotated.stderr
+    (tmp_path / "new.pub").write_text(_cli(settings, "audit", "public-key").stdout)
+    lines = [json.loads(line) for line in (settings.var_dir / "audit-checkpoints.jsonl").read_text().splitlines()]
+    assert len({cp["key_id"] for cp in lines}) == 2 and lines[-1]["seq"] == 7  # the rotation's own event, anchored
+    retired = list(checkpoints.retired_dir(settings).iterdir())
+    assert len(retired) == 1 and "PRIVATE" not in retired[0].read_text()
+    assert (tmp_path / "old.pub").read_text() == retired[0].read_text()
+    assert _verify_cli(settings).returncode == 0
+    both = _verify_cli(settings, "--public-key", str(tmp_path / "old.pub"), "--public-key", str(tmp_path / "new.pub"))
+    assert both.returncode == 0, both.stdout
+    with hub.sessions() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.action == "audit.anchor_key.rotated")).one()
+    assert event.details["current"] == lines[-1]["key_id"] != event.details["previous"]
+
+    # the newest checkpoint (new key) is lost and the chain's end cut back: the old key's checkpoint still holds
+    (settings.var_dir / "audit-checkpoints.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    _sql(hub, "DELETE FROM audit_events WHERE seq = 7; UPDATE audit_head SET seq = 6, "
+              "hash = (SELECT hash FROM audit_events WHERE seq = 6) WHERE id = 1")
+    assert _verify_cli(settings).returncode == 0  # nothing anchored beyond 6 any more: intact
+    _sql(hub, "DELETE FROM audit_events WHERE seq = 6; UPDATE audit_head SET seq = 5, "
+              "hash = (SELECT hash FROM audit_events WHERE seq = 5) WHERE id = 1")
+    cut = _verify_cli(settings)
+    assert cut.returncode == 1 and "truncated" in cut.stdout, cut.stdout
+    with pytest.raises(checkpoints.AnchorRefused):
+        checkpoints.write_checkpoint(hub)  # the new key does not lift the old anchor
 
 
 def test_hourly_verification_reads_in_pages_and_lets_writers_in(hub):

@@ -66,13 +66,20 @@ class AnchorKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> AnchorKey:
-        def make() -> str:
-            return Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-
-        private = serialization.load_pem_private_key(read_or_create(path, make).encode(), password=None)
+        private = serialization.load_pem_private_key(
+            read_or_create(path, lambda: cls.generate().private_pem()).encode(), password=None)
         assert isinstance(private, Ed25519PrivateKey)
         return cls(private, private.public_key())
+
+    @classmethod
+    def generate(cls) -> AnchorKey:
+        private = Ed25519PrivateKey.generate()
+        return cls(private, private.public_key())
+
+    def private_pem(self) -> str:
+        assert self._private is not None, "a public key has no private half"
+        return self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()).decode()
 
     @classmethod
     def from_public_pem(cls, pem: bytes) -> AnchorKey:

@@ -31,10 +31,47 @@ def checkpoint_file(settings: Settings) -> Path:
     return settings.audit.checkpoint_file or settings.var_dir / "audit-checkpoints.jsonl"
 
 
-def anchor_key(settings: Settings) -> AnchorKey:
+def anchor_key_file(settings: Settings) -> Path:
     keys_dir = settings.archive.keys_dir or settings.var_dir / "keys"
-    path = settings.audit.anchor_key_file or keys_dir / "audit-anchor.key"
-    return AnchorKey.load_or_create(path)
+    return settings.audit.anchor_key_file or keys_dir / "audit-anchor.key"
+
+
+def anchor_key(settings: Settings) -> AnchorKey:
+    """The signing key, read at every use: a rotation takes effect at the next checkpoint, in every process."""
+    return AnchorKey.load_or_create(anchor_key_file(settings))
+
+
+def retired_dir(settings: Settings) -> Path:
+    """Public halves of earlier anchor keys (``<kid>.pem``), kept by ``rotate_anchor_key``."""
+    path = anchor_key_file(settings)
+    return path.with_name(f"{path.stem}-retired")
+
+
+def verification_keys(settings: Settings) -> list[AnchorKey]:
+    """The current key and the retired ones: checkpoints signed before a rotation still anchor the chain (and
+    still forbid cutting its end off)."""
+    keys = [anchor_key(settings)]
+    folder = retired_dir(settings)
+    for path in sorted(folder.glob("*.pem")) if folder.is_dir() else []:
+        try:
+            keys.append(AnchorKey.from_public_pem(path.read_bytes()))
+        except (OSError, ValueError):
+            log.warning("audit.retired_anchor_key_unreadable", path=str(path))
+    return keys
+
+
+def rotate_anchor_key(settings: Settings) -> tuple[str, str]:
+    """A new anchor key; the old one's public half goes to ``retired_dir`` (its private half is gone).
+    Returns (old key id, new key id)."""
+    from .. import keyfiles
+
+    old = anchor_key(settings)
+    folder = retired_dir(settings)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keyfiles.replace(folder / f"{old.key_id}.pem", old.public_pem())
+    new = AnchorKey.generate()
+    keyfiles.replace(anchor_key_file(settings), new.private_pem())
+    return old.key_id, new.key_id
 
 
 def _s3(settings: Settings):  # an S3Storage, or None
@@ -65,7 +102,7 @@ def write_checkpoint(hub: Hub) -> Written:
             if event is None or event.hash != head_hash:
                 raise AnchorRefused(f"the chain head names event {seq}, which is missing or different")
     key = anchor_key(settings)
-    found, _ = gather(settings, key)
+    found, _ = gather(settings, verification_keys(settings))  # a rotation does not lift the earlier anchors
     newest = max(found, key=lambda c: (c.seq, c.at), default=None)
     if newest is not None:
         if seq < newest.seq:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +27,8 @@ console = Console()
 def verify(
     public_key: Annotated[list[Path] | None, typer.Option(
         help="Check checkpoint signatures with this exported public key (an auditor's own copy) instead of the "
-             "hub's key file. Repeat it for the keys before and after a rotation: a checkpoint signed by any holds.")
+             "hub's key files (the current key and those `rotate-anchor-key` retired). Repeat it for the keys "
+             "before and after a rotation: a checkpoint signed by any holds.")
     ] = None,
 ) -> None:
     """Walk the whole hash chain and compare it with the signed checkpoints; exit 1 and say where if
@@ -33,7 +36,7 @@ def verify(
     settings = get_settings()
     hub = Hub.from_settings(settings)
     keys = ([AnchorKey.from_public_pem(path.read_bytes()) for path in public_key] if public_key
-            else [checkpoints.anchor_key(settings)])
+            else checkpoints.verification_keys(settings))
     anchors, bad = checkpoints.gather(settings, keys)
     with open_session(hub.sessions, deferred=True) as session:  # reads without the write lock
         total = service.count(session)
@@ -80,6 +83,27 @@ def checkpoint() -> None:
         console.print(f"unchanged: event {cp.seq} is already anchored by the checkpoint of {cp.at}")
     else:
         console.print(f"checkpoint: event {cp.seq} at {cp.at} → {', '.join(written.sinks)}", soft_wrap=True)
+
+
+@app.command("rotate-anchor-key")
+def rotate_anchor_key() -> None:
+    """Sign checkpoints with a new anchor key from now on. The old key's public half stays in the keys
+    directory (``audit-anchor-retired/``), so its checkpoints keep anchoring the chain; its private half is
+    gone. Audited, and the chain is anchored under the new key at once. Export the new public key for the
+    auditors (``strongroom audit public-key``)."""
+    from ..audit.service import Actor
+    from ..audit.service import record as audit
+    from ..db import transaction
+
+    settings = get_settings()
+    hub = Hub.from_settings(settings)
+    old, new = checkpoints.rotate_anchor_key(settings)
+    with transaction(hub.sessions) as session:
+        audit(session, Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}"),
+              "audit.anchor_key.rotated", target=f"anchor-key:{new}", details={"previous": old, "current": new})
+    written = checkpoints.write_checkpoint(hub)
+    console.print(f"[green]rotated[/]: checkpoints are signed with {new}; {old} is kept for verification "
+                  f"(public half). Anchored event {written.checkpoint.seq if written.checkpoint else 0}.")
 
 
 @app.command("public-key")

@@ -19,7 +19,7 @@ def verify_chain(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     outcome event is written, in a transaction of its own at the end."""
     from . import checkpoints
 
-    anchors, bad = checkpoints.gather(ctx.hub.settings, checkpoints.anchor_key(ctx.hub.settings))
+    anchors, bad = checkpoints.gather(ctx.hub.settings, checkpoints.verification_keys(ctx.hub.settings))
     with open_session(ctx.sessions, deferred=True) as session:  # pages read without the write lock
         report = audit.verify(session, anchors=anchors)
     problems = [f"{p.seq}:{p.kind}" for p in report.problems[:20]] + bad[:5]
