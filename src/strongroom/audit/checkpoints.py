@@ -135,7 +135,7 @@ def write_checkpoint(hub: Hub) -> Written:
 def gather(settings: Settings, key: AnchorKey | Sequence[AnchorKey]) -> tuple[list[Checkpoint], list[str]]:
     """Every checkpoint whose signature holds (under ``key``, or any of several: the keys before and after a
     rotation), and a description of every one that does not."""
-    keys = [key] if isinstance(key, AnchorKey) else list(key)
+    signers = [key] if isinstance(key, AnchorKey) else list(key)
     found, bad = anchor.read_file(checkpoint_file(settings))
     s3 = _s3(settings)
     if s3 is not None:
@@ -147,7 +147,7 @@ def gather(settings: Settings, key: AnchorKey | Sequence[AnchorKey]) -> tuple[li
             bad += broken
     valid: dict[tuple[int, str, str], Checkpoint] = {}
     for cp in found:
-        if any(k.valid(cp) for k in keys):
+        if any(signer.valid(cp) for signer in signers):
             valid[(cp.seq, cp.head, cp.at)] = cp
         else:
             bad.append(f"checkpoint of {cp.at} (event {cp.seq}) has a bad signature or another key")
