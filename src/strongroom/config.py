@@ -414,11 +414,16 @@ class Settings(BaseSettings):
             return self.security.cookie_secure
         return not self.base_url.startswith(("http://127.0.0.1", "http://localhost"))
 
+    @property
+    def secret_key_path(self) -> Path:
+        """Where the hub secret is kept when it is not configured."""
+        return self.var_dir / "secret.key"
+
     def effective_secret_key(self) -> bytes:
         """The hub secret: configured, or generated once into ``var/secret.key`` (mode 0600)."""
         if self.secret_key.get_secret_value():
             return self.secret_key.get_secret_value().encode()
-        return read_or_create(self.var_dir / "secret.key", lambda: os.urandom(32).hex()).strip().encode()
+        return read_or_create(self.secret_key_path, lambda: os.urandom(32).hex()).strip().encode()
 
     def masked(self) -> dict[str, Any]:
         """Effective settings as plain data, secrets shown as ``**********`` (or empty)."""
@@ -426,7 +431,7 @@ class Settings(BaseSettings):
         data["database_url"] = _mask_url_password(self.effective_database_url)
         # An empty secret_key is not "no secret": say where the hub's secret really comes from.
         data["secret_key_source"] = ("configured (environment or TOML)" if self.secret_key.get_secret_value()
-                                     else f"file {self.var_dir / 'secret.key'} (generated once, mode 0600)")
+                                     else f"file {self.secret_key_path} (generated once, mode 0600)")
         return data
 
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from .audit.service import AUDIT_KEY, derive_audit_key
+from .audit.service import AUDIT_KEYS
 from .config import Settings, get_settings
 from .db import engine_for
+from .hubsecret import Keyring, Retired, load_retired
 from .identity.secrets import configure_password_hashing
 
 
@@ -17,6 +18,7 @@ class Hub:
     settings: Settings
     sessions: sessionmaker[Session]
     secret: bytes
+    retired: tuple[Retired, ...] = ()  # what is kept of the secrets before this one (hubsecret.py)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Hub:
@@ -25,10 +27,10 @@ class Hub:
         registry().commit()  # every capability's hooks (read grants, MFA policy, …) are in place before a service runs
         settings = settings or get_settings()
         configure_password_hashing(**settings.security.password_hash.model_dump())
-        secret = settings.effective_secret_key()
+        secret, retired = settings.effective_secret_key(), load_retired(settings)
         sessions = sessionmaker(
             bind=engine_for(settings.effective_database_url),
             expire_on_commit=False,
-            info={AUDIT_KEY: derive_audit_key(secret)},
+            info={AUDIT_KEYS: Keyring.of(secret, retired)},
         )
-        return cls(settings=settings, sessions=sessions, secret=secret)
+        return cls(settings=settings, sessions=sessions, secret=secret, retired=retired)

@@ -6,8 +6,6 @@ database holds only public keys and fingerprints.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from .. import hubsecret, keyfiles
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import transaction
@@ -24,14 +23,51 @@ from .models import ArchiveFile, ArchiveKey
 
 
 def keys_dir(hub: Hub) -> Path:
-    return hub.settings.archive.keys_dir or hub.settings.var_dir / "keys"
+    return hubsecret.keys_dir(hub.settings)
 
 
 def _passphrase(hub: Hub) -> str:
     configured = hub.settings.archive.key_passphrase.get_secret_value()
     if configured:
         return configured
-    return hmac.new(hub.secret, b"strongroom archive key passphrase", hashlib.sha256).hexdigest()
+    return hubsecret.archive_passphrase(hub.secret)
+
+
+def _load(hub: Hub, path: Path) -> c4gh.KeyPair:
+    """A key file under the hub's passphrase or, when derived from the hub secret, under a retired secret's
+    (a rotation of the hub secret that stopped before re-encrypting every key file)."""
+    try:
+        return c4gh.load_private_key(path, _passphrase(hub))
+    except c4gh.KeyFileError:
+        if hub.settings.archive.key_passphrase.get_secret_value():
+            raise
+        for retired in hub.retired:
+            try:
+                return c4gh.load_private_key(path, retired.archive_passphrase)
+            except c4gh.KeyFileError:
+                continue
+        raise
+
+
+def key_files(hub: Hub, session: Session) -> list[Path]:
+    """Every archive private key file the database names (active and retired) that is still on disk."""
+    return [Path(f) for f in session.scalars(select(ArchiveKey.private_key_file).order_by(ArchiveKey.created_at))
+            if Path(f).is_file()]
+
+
+def reencrypt_key_files(hub: Hub, session: Session, passphrase: str) -> int:
+    """Write every archive key file again under ``passphrase``, each replaced atomically; one already under it
+    (a run that was interrupted) is left as it is. Returns how many were rewritten."""
+    rewritten = 0
+    for path in key_files(hub, session):
+        try:
+            keypair = _load(hub, path)
+        except c4gh.KeyFileError:
+            c4gh.load_private_key(path, passphrase)  # already done; anything else is an error of its own
+            continue
+        keyfiles.replace(path, c4gh.private_key_file(keypair, passphrase).decode())
+        rewritten += 1
+    return rewritten
 
 
 @dataclass(frozen=True)
@@ -86,8 +122,7 @@ def hub_keys(hub: Hub, session: Session) -> HubKeys:
         raise RuntimeError("the hub has no archive key yet: run `strongroom init` or start `strongroom serve`")
     cache_key = (str(keys_dir(hub)), tuple(r.fingerprint for r in rows))
     if cache_key not in _cache:
-        pairs = tuple((r.fingerprint, c4gh.load_private_key(Path(r.private_key_file), _passphrase(hub)))
-                      for r in rows)
+        pairs = tuple((r.fingerprint, _load(hub, Path(r.private_key_file))) for r in rows)
         _cache[cache_key] = HubKeys(pairs)
     return _cache[cache_key]
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from ..config import Settings
 from ..db import utcnow
 from ..hub import Hub
+from ..hubsecret import keys_dir
 from . import anchor
 from .anchor import AnchorKey, Checkpoint
 from .models import AuditEvent, AuditHead
@@ -32,8 +33,7 @@ def checkpoint_file(settings: Settings) -> Path:
 
 
 def anchor_key_file(settings: Settings) -> Path:
-    keys_dir = settings.archive.keys_dir or settings.var_dir / "keys"
-    return settings.audit.anchor_key_file or keys_dir / "audit-anchor.key"
+    return settings.audit.anchor_key_file or keys_dir(settings) / "audit-anchor.key"
 
 
 def anchor_key(settings: Settings) -> AnchorKey:

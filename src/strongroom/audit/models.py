@@ -40,6 +40,9 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
     hash: Mapped[str] = mapped_column(Text)
+    # The hub secret (hubsecret.secret_id) the next event must be keyed by: set by the first write, moved by
+    # a rotation. A process holding another secret is refused (audit.service._writer_key).
+    key_id: Mapped[str | None] = mapped_column(String(16))
 
 
 class Auditor(Base):

@@ -4,6 +4,11 @@ Each event's hash is HMAC-SHA256 over its canonical JSON (sequence number and pr
 included) keyed with a secret kept outside the database, so someone who can edit rows cannot
 simply recompute the chain. Events are written in the same transaction as the change they
 describe: either both land or neither does.
+
+The key comes from the hub secret. When that secret is rotated the chain moves to the new key at an
+event of its own (``hub.secret.rotated``, keyed by the old one and naming the new one), and the head
+names the key the next event must use: a process still holding another secret is refused, not allowed
+to write events no verifier would accept.
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import utcnow
+from ..hubsecret import Keyring
 from .models import AuditEvent, AuditHead, Auditor
 
 GENESIS = "0" * 64
-AUDIT_KEY = "audit_key"  # the session.info entry holding the HMAC key
+AUDIT_KEYS = "audit_keys"  # the session.info entry holding the hub's Keyring
+SECRET_ROTATED = "hub.secret.rotated"  # the event at which the chain moves to the key it names
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,6 @@ class Actor:
     @classmethod
     def system(cls, label: str = "system") -> Actor:
         return cls(id=None, label=label)
-
-
-def derive_audit_key(secret: bytes) -> bytes:
-    return hmac.new(secret, b"strongroom audit chain v1", hashlib.sha256).digest()
 
 
 def _canonical(event: AuditEvent) -> bytes:
@@ -75,12 +78,29 @@ def compute_hash(key: bytes, event: AuditEvent) -> str:
     return hmac.new(key, _canonical(event), hashlib.sha256).hexdigest()
 
 
-def _key(session: Session) -> bytes:
+def _keyring(session: Session) -> Keyring:
     try:
-        key: bytes = session.info[AUDIT_KEY]
+        keys: Keyring = session.info[AUDIT_KEYS]
     except KeyError:
         raise RuntimeError("session has no audit key; use the hub's session factory") from None
-    return key
+    return keys
+
+
+class StaleSecret(RuntimeError):
+    """This process holds another hub secret than the one the audit chain is keyed by now."""
+
+
+def _writer_key(session: Session, head: AuditHead) -> bytes:
+    """The key the next event is written with: this process's current one, which must be the one the head
+    names (a chain that names none yet is given this process's)."""
+    keys = _keyring(session)
+    if head.key_id is None:
+        head.key_id = keys.current_id
+    elif head.key_id != keys.current_id:
+        raise StaleSecret(f"the audit chain is keyed by hub secret {head.key_id}, this process holds "
+                          f"{keys.current_id}: the secret was rotated (or this process was given another one); "
+                          "restart it with the hub's current secret")
+    return keys.current
 
 
 def _locked_head(session: Session) -> AuditHead:
@@ -124,7 +144,7 @@ def record(
         details=details or {},
         prev_hash=head.hash,
     )
-    event.hash = compute_hash(_key(session), event)
+    event.hash = compute_hash(_writer_key(session, head), event)
     session.add(event)
     head.seq, head.hash = event.seq, event.hash
     session.flush()
@@ -144,7 +164,8 @@ def record_many(
     one multi-row INSERT (no ORM object per event: a bundle's thousand events are one statement's rows)."""
     if not entries:
         return
-    head, key, at = _locked_head(session), _key(session), utcnow()
+    head, at = _locked_head(session), utcnow()
+    key = _writer_key(session, head)
     seq, prev = head.seq, head.hash
     rows = []
     for project_id, target, details in entries:
@@ -168,6 +189,21 @@ def record_many(
     session.flush()
 
 
+def chain_key_id(session: Session) -> str | None:
+    """The hub secret the chain's next event must be keyed by (its head locked until the transaction ends)."""
+    return _locked_head(session).key_id
+
+
+def record_secret_rotation(session: Session, actor: Actor, to_id: str, details: dict[str, Any]) -> AuditEvent:
+    """The chain's move to the key of hub secret ``to_id``: this event is keyed by the secret in use, every
+    later one by the new secret (the head names it from now on, so only a process holding it may write)."""
+    event = record(session, actor, SECRET_ROTATED, target=f"hub-secret:{to_id}",
+                   details={**details, "to": to_id})
+    _locked_head(session).key_id = to_id
+    session.flush()
+    return event
+
+
 _EVENT_ARRAYS = {"seq": "bigint", "at": "timestamptz", "action": "text", "outcome": "text", "actor_id": "uuid",
                  "actor": "text", "subject_user_id": "uuid", "project_id": "uuid", "target": "text", "ip": "text",
                  "details": "json", "prev_hash": "text", "hash": "text"}
@@ -179,7 +215,7 @@ _INSERT_EVENTS_PG = text(
 @dataclass
 class Problem:
     seq: int
-    kind: str  # edited | missing | broken-link | truncated | anchor-mismatch | bad-checkpoint
+    kind: str  # edited | missing | broken-link | truncated | anchor-mismatch | bad-checkpoint | unknown-key | stale-key
     detail: str
 
 
@@ -214,8 +250,14 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
     so a long walk never holds a lock or a snapshot for its whole run and takes no write lock. Events
     appended meanwhile are walked too; the head is compared once the walk has caught up with it.
     ``anchors`` (checked checkpoints) must each match the event at their sequence number, and the
-    chain must be at least as long as every one of them."""
-    key = _key(session)
+    chain must be at least as long as every one of them.
+
+    Across hub secret rotations each event is checked with the key of its stretch of the chain only: the
+    first event's, then, from each verified ``hub.secret.rotated`` event on, the key that event names — a
+    retired secret cannot vouch for anything written after it was retired — and the newest stretch must be
+    under this hub's current secret."""
+    keys = _keyring(session)
+    key_id: str | None = None  # whose stretch of the chain we are in; decided by the first event
     report = VerifyReport()
     by_seq: dict[int, list[Anchor]] = {}
     for anchor in anchors:
@@ -241,9 +283,20 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
             elif event.prev_hash != prev_hash:
                 report.problems.append(Problem(event.seq, "broken-link",
                                                "does not follow the event before it (reordered or replaced)"))
-            if not hmac.compare_digest(compute_hash(key, event), event.hash):
+            if key_id is None:
+                key_id = next((kid for kid, k in keys.audit_keys.items()
+                               if hmac.compare_digest(compute_hash(k, event), event.hash)), keys.current_id)
+            key = keys.audit_keys.get(key_id)
+            if key is not None and not hmac.compare_digest(compute_hash(key, event), event.hash):
                 report.problems.append(Problem(event.seq, "edited",
                                                f"event {event.action!r} differs from what was signed"))
+            elif key is not None and event.action == SECRET_ROTATED and event.outcome == "ok":
+                key_id = str(event.details.get("to"))
+                if key_id not in keys.audit_keys:
+                    report.problems.append(Problem(event.seq, "unknown-key", (
+                        f"from here the chain is keyed by hub secret {key_id}, which this process neither holds "
+                        "nor keeps retired: the events after this one are not checked (run with the current "
+                        "secret)")))
             for anchor in by_seq.get(event.seq, ()):
                 if not hmac.compare_digest(anchor.head, event.hash):
                     report.problems.append(Problem(event.seq, "anchor-mismatch",
@@ -259,6 +312,7 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
             continue
         head = session.get(AuditHead, 1, populate_existing=True)
         head_seq, head_hash = (head.seq, head.hash) if head else (0, GENESIS)
+        head_key = head.key_id if head else None
         session.rollback()
         if head_seq > last_seq and session.scalar(select(AuditEvent.seq).where(AuditEvent.seq > last_seq)
                                                   .limit(1)) is not None:
@@ -268,6 +322,14 @@ def verify(session: Session, *, batch: int = 5000, progress: Callable[[int], Non
         if head_seq != last_seq or head_hash != prev_hash:
             report.problems.append(Problem(last_seq + 1, "truncated",
                                            f"the chain head says {head_seq} events, found up to {last_seq}"))
+        elif key_id is not None and head_key is not None and head_key != key_id:
+            report.problems.append(Problem(last_seq + 1, "truncated", (
+                f"the chain head names hub secret {head_key}, the newest events are keyed by {key_id}: "
+                "what followed a rotation was cut off")))
+        elif key_id in keys.audit_keys and key_id != keys.current_id:
+            report.problems.append(Problem(last_seq, "stale-key", (
+                f"the newest events are keyed by retired hub secret {key_id}, not by this hub's current secret "
+                f"{keys.current_id}")))
         break
     for anchor in anchors:
         if anchor.seq > last_seq:

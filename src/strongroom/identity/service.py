@@ -370,6 +370,33 @@ def remaining_recovery_codes(session: Session, user: User) -> int:
                                                      RecoveryCode.used_at.is_(None))) or 0
 
 
+@dataclass(frozen=True)
+class Rekeyed:
+    totp_seeds: int  # re-encrypted under the new secret
+    recovery_codes: int  # unused ones deleted
+    users_without_codes: list[uuid.UUID]  # whose codes those were: they generate new ones on their security page
+
+
+def rekey_second_factors(session: Session, old_secret: bytes, new_secret: bytes) -> Rekeyed:
+    """A hub secret rotation's part in identity: every TOTP seed (enrolled or pending) re-encrypted under the new
+    secret. Recovery codes are kept only as digests keyed by the old secret and cannot be re-keyed: the unused
+    ones are deleted rather than left verifiable by a retired key (their users keep their TOTP)."""
+    old, new = FieldCipher(old_secret, "totp"), FieldCipher(new_secret, "totp")
+    seeds = 0
+    for cred in session.scalars(select(LocalCredential).where(LocalCredential.totp_secret.is_not(None))):
+        assert cred.totp_secret is not None
+        try:
+            cred.totp_secret = new.encrypt(old.decrypt(cred.totp_secret))
+        except ValueError:
+            raise Invalid(f"{cred.username}'s TOTP seed cannot be decrypted with the hub secret in use: "
+                             f"reset their MFA first (strongroom admin reset-mfa {cred.username})") from None
+        seeds += 1
+    unused = RecoveryCode.used_at.is_(None)
+    users = list(session.scalars(select(RecoveryCode.user_id).where(unused).distinct()))
+    codes = rowcount(session.execute(delete(RecoveryCode).where(unused)))
+    return Rekeyed(seeds, codes, users)
+
+
 def reset_mfa(session: Session, actor: Actor, user: User) -> None:
     """Administrator action: the user must enrol again at next login. All sessions and API tokens
     end: they were vouched for by the factor that is now distrusted."""

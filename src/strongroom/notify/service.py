@@ -59,6 +59,7 @@ TEMPLATES: dict[str, str] = {
     "compute_over_budget": "applicant",   # project, booking_id, machine, gpus, start, end, gpu_weeks, used, budget,
                                           # booked_by
     "workspace_ending": "applicant",      # project, workspace, ends, minutes
+    "recovery_codes_reset": "applicant",  # name
     "retention_due": "applicant",         # name, dataset, dataset_id, version, keep_until, last_used, last_use, months
 }
 DIGESTIBLE = frozenset(name for name, role in TEMPLATES.items() if role == "handler" and name != "digest")

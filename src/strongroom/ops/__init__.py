@@ -1,4 +1,4 @@
-"""Operations: health, readiness and metrics endpoints."""
+"""Operations: health, readiness and metrics endpoints; the hub secret's rotation."""
 
 from __future__ import annotations
 
@@ -10,3 +10,4 @@ if TYPE_CHECKING:
 
 def includeme(config: Config) -> None:
     config.add_api_router("strongroom.ops.api:router")
+    config.add_cli("strongroom.ops.cli:app", into="admin")  # strongroom admin rotate-secret

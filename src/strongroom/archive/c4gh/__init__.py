@@ -14,7 +14,7 @@ sequence of 64 KiB plaintext segments, each stored as ``nonce[12] | ciphertext |
 
 Keys
     ``KeyPair(secret, public)``; ``generate_keypair()``; ``fingerprint(public) -> str`` (16 hex chars);
-    ``write_private_key(path, keypair, passphrase, *, comment=None)``;
+    ``write_private_key(path, keypair, passphrase, *, comment=None)`` (``private_key_file`` gives the content);
     ``load_private_key(path, passphrase=None) -> KeyPair`` (crypt4gh key format; ``KeyFileError`` on a wrong
     or missing passphrase); ``write_public_key(path, public)``; ``public_key_file(public) -> bytes`` (PEM);
     ``load_public_key(path) -> bytes``;
@@ -86,6 +86,7 @@ from .keys import (
     load_private_key,
     load_public_key,
     parse_public_key,
+    private_key_file,
     public_key_file,
     write_private_key,
     write_public_key,
@@ -98,6 +99,7 @@ __all__ = [
     "NoMatchingKey", "OpenedHeader", "RangePlan", "TamperedSegment", "TruncatedBody",
     "apply_edit_list", "body_size_for", "decrypt_range", "decrypt_segments", "decrypt_stream",
     "encrypt_stream", "fingerprint", "generate_keypair", "ingest", "load_private_key", "load_public_key",
-    "make_header", "open_header", "parse_public_key", "plan_range", "public_key_file", "read_header",
+    "make_header", "open_header", "parse_public_key", "plan_range", "private_key_file", "public_key_file",
+    "read_header",
     "reencrypt_header", "seal_segments", "segment_span", "write_private_key", "write_public_key",
 ]

@@ -68,9 +68,8 @@ def _as_bytes(value: str | bytes) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def write_private_key(path: str | os.PathLike[str], keypair: KeyPair, passphrase: str | bytes | None,
-                      *, comment: str | None = None) -> None:
-    """Write ``keypair.secret`` as a crypt4gh private key file (scrypt + ChaCha20-Poly1305 if passphrase)."""
+def private_key_file(keypair: KeyPair, passphrase: str | bytes | None, *, comment: str | None = None) -> bytes:
+    """``keypair.secret`` as crypt4gh private key file content (scrypt + ChaCha20-Poly1305 if passphrase)."""
     comment_b = comment.encode("utf-8") if comment is not None else None
     if passphrase:
         payload = c4gh_keys.encode_private_key(keypair.secret, _as_bytes(passphrase), comment_b)
@@ -78,7 +77,13 @@ def write_private_key(path: str | os.PathLike[str], keypair: KeyPair, passphrase
         payload = (c4gh_keys.MAGIC_WORD + c4gh_keys.encode_string(None) + c4gh_keys.encode_string(None)
                    + c4gh_keys.encode_string(keypair.secret)
                    + (c4gh_keys.encode_string(comment_b) if comment_b is not None else b""))
-    _write_private(Path(path), _pem(b"PRIVATE", payload))
+    return _pem(b"PRIVATE", payload)
+
+
+def write_private_key(path: str | os.PathLike[str], keypair: KeyPair, passphrase: str | bytes | None,
+                      *, comment: str | None = None) -> None:
+    """Write ``keypair.secret`` as a crypt4gh private key file (scrypt + ChaCha20-Poly1305 if passphrase)."""
+    _write_private(Path(path), private_key_file(keypair, passphrase, comment=comment))
 
 
 def load_private_key(path: str | os.PathLike[str], passphrase: str | bytes | None = None) -> KeyPair:
