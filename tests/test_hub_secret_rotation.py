@@ -105,7 +105,7 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
                   if j.payload["template"] == "recovery_codes_reset"]
         assert mail["to"] == "alice@example.org"
     retired = hubsecret.retired_dir(settings) / f"{old_id}.json"
-    assert oct(retired.stat().st_mode & 0o777) == "0o600"
+    assert oct(retired.stat().st_mode & 0o777) == "0o600" and oct(retired.parent.stat().st_mode & 0o777) == "0o700"
     assert settings.secret_key.get_secret_value() not in retired.read_text()  # derived keys only
 
     # The process still holding the old secret: out of service, and it cannot write a single event.

@@ -17,10 +17,12 @@ from sqlalchemy import select
 
 from imaging_support import archived_bytes, instances, make_project, ultrasound, write_corpus
 from strongroom.archive.models import Dataset, DatasetVersion
+from strongroom.audit.models import AuditEvent
 from strongroom.db import transaction
 from strongroom.imaging import bulk, keystore
 from strongroom.imaging.models import ImagingProject, ImportBatch, PseudonymEntry
 from strongroom.imaging.settings import to_engine
+from strongroom.imaging.synthetic import SyntheticPatient
 from strongroom.imaging.verify import leak_scan
 
 MODIFIED = {"retain_longitudinal": "modified"}
@@ -239,3 +241,64 @@ def test_cli_skips_files_that_are_not_dicom(hub, lung, settings, tmp_path: Path,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "not a DICOM file" in r.stdout and "skipped" in r.stdout
+
+
+def test_the_keystore_key_rotates_and_every_sealed_value_follows(hub, lung, settings, tmp_path: Path) -> None:
+    """`strongroom admin rotate-keystore-key`, in a process of its own: the running hub seals with the new key at
+    once (no restart), every project secret and original is re-sealed under it (none opens under the old key any
+    more), the pseudonyms stay the same (same project secret), and what was sealed under the old key meanwhile
+    still opens and is re-sealed by `--resume`."""
+    from cryptography.exceptions import InvalidTag
+
+    from test_cli_and_ops import run_cli
+
+    write_corpus(tmp_path / "in", patients=1, studies=1, instances=2)
+    bulk.run_import(hub, lung, tmp_path / "in", workers=1)
+    old_key = keystore.keystore_key(hub.settings)
+    with transaction(hub.sessions) as t:
+        secret = keystore.project_secret(t, hub.settings, lung)
+    patient = SyntheticPatient(0).patient_id
+    pseudonym = keystore_pseudonym(hub, lung, "PatientID", patient)
+
+    rotated = run_cli(settings, "admin", "rotate-keystore-key")
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = keystore.keystore_key(hub.settings)  # this process: the new key without a restart
+    assert new_key != old_key and "re-sealed 5 of 5" in rotated.stdout  # a project secret + 4 originals
+    retired = keystore.retired_dir(hub.settings) / f"{keystore.key_id(old_key)}.key"
+    assert bytes.fromhex(retired.read_text()) == old_key and oct(retired.stat().st_mode & 0o777) == "0o600"
+    assert oct(retired.parent.stat().st_mode & 0o777) == "0o700"
+    with hub.sessions() as s:
+        sealed = [(r.sealed_original, keystore._context(r.project_id, r.kind, r.pseudonym))
+                  for r in s.scalars(select(PseudonymEntry))]
+        sealed.append((s.get(ImagingProject, lung).sealed_secret, keystore._secret_context(lung)))
+    for blob, context in sealed:
+        keystore.unseal(new_key, blob, context)
+        with pytest.raises(InvalidTag):
+            keystore.unseal(old_key, blob, context)
+    with transaction(hub.sessions) as t:
+        assert keystore.project_secret(t, hub.settings, lung) == secret
+    assert keystore_pseudonym(hub, lung, "PatientID", patient) == pseudonym  # re-identification still works
+    write_corpus(tmp_path / "more", patients=1, studies=2, instances=1)  # the same patient, a new study
+    assert bulk.run_import(hub, lung, tmp_path / "more", workers=1).archived == 1
+    assert {i.patient_pseudonym for i in instances(hub, "published")} == {pseudonym}  # the same pseudonym
+
+    # A process that sealed under the old key while the rotation ran: its row still opens, --resume re-seals it.
+    context = keystore._context(lung, "PatientID", "LATE")
+    with transaction(hub.sessions) as t:
+        t.add(PseudonymEntry(project_id=lung, kind="PatientID", pseudonym="LATE",
+                             sealed_original=keystore.seal(old_key, b"late-original", context)))
+    with hub.sessions() as s:
+        late = s.scalar(select(PseudonymEntry).where(PseudonymEntry.pseudonym == "LATE"))
+        assert keystore.open_sealed(hub.settings, late.sealed_original, context) == b"late-original"
+    resumed = run_cli(settings, "admin", "rotate-keystore-key", "--resume")
+    assert resumed.returncode == 0 and "re-sealed 1 of" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert keystore.keystore_key(hub.settings) == new_key  # no new key
+    with hub.sessions() as s:
+        late = s.scalar(select(PseudonymEntry).where(PseudonymEntry.pseudonym == "LATE"))
+        assert keystore.unseal(new_key, late.sealed_original, context) == b"late-original"
+        events = [(e.action, e.details) for e in s.scalars(select(AuditEvent).where(
+            AuditEvent.action.like("imaging.keystore_key.%")).order_by(AuditEvent.seq))]
+    assert [a for a, _ in events] == ["imaging.keystore_key.rotated", "imaging.keystore_key.resealed",
+                                      "imaging.keystore_key.resealed"]
+    assert events[0][1] == {"previous": keystore.key_id(old_key), "current": keystore.key_id(new_key)}
+    assert events[2][1]["resealed"] == 1

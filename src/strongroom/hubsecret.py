@@ -89,7 +89,9 @@ def load_retired(settings: Settings) -> tuple[Retired, ...]:
 def retire(settings: Settings, secret: bytes) -> Retired:
     """Keep the derived keys of ``secret`` (idempotent: a second call rewrites the same content)."""
     kept = Retired(secret_id(secret), audit_key(secret), archive_passphrase(secret))
-    replace(retired_dir(settings) / f"{kept.id}.json", json.dumps({
+    folder = retired_dir(settings)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    replace(folder / f"{kept.id}.json", json.dumps({
         "id": kept.id, "audit_key": kept.audit_key.hex(), "archive_passphrase": kept.archive_passphrase,
         "retired_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, indent=1))
     return kept

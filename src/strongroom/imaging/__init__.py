@@ -19,6 +19,7 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.imaging.web:router")
     config.add_cli("strongroom.imaging.cli:dicom_app", name="dicom")
     config.add_cli("strongroom.imaging.cli:import_app", name="import")
+    config.add_cli("strongroom.imaging.cli:keystore_app", into="admin")  # strongroom admin rotate-keystore-key
     config.add_project_setting("dicom_destination", "strongroom.imaging.settings:DESTINATION_SETTING")
     config.add_project_setting("deid_profile", "strongroom.imaging.settings:PROFILE_SETTING")
     config.add_hold_rule("quarantine", "strongroom.imaging.service:QUARANTINE_RULE")  # review in-platform

@@ -1,4 +1,5 @@
-"""``strongroom dicom serve`` (the project DICOM destinations) and ``strongroom import dicom`` (bulk)."""
+"""``strongroom dicom serve`` (the project DICOM destinations), ``strongroom import dicom`` (bulk) and
+``strongroom admin rotate-keystore-key`` (the pseudonym key store's key)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.table import Table
 dicom_app = typer.Typer(help="The DICOM destination: receive images from the scanners each project allows.",
                         no_args_is_help=True)
 import_app = typer.Typer(help="Import data in bulk on the hub host.", no_args_is_help=True)
+keystore_app = typer.Typer()  # merged into `strongroom admin`
 console = Console()
 err = Console(stderr=True)
 
@@ -116,3 +118,47 @@ def import_dicom(
             console.print(reasons)
     if report.rejected:
         raise typer.Exit(1)
+
+
+@keystore_app.command("rotate-keystore-key")
+def rotate_keystore_key(
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="No new key: finish re-sealing under the current one (after an interruption, or to catch "
+                         "what a process sealed under the old key while the rotation ran).")] = False,
+) -> None:
+    """Rotate the pseudonym key store's key (it seals every project's pseudonymization secret and the originals
+    behind pseudonyms). Every process seals with the new key from its next seal on, no restart; then every
+    sealed row is sealed again under it, with a progress bar. The old key is kept in
+    [bold]pseudonym-keystore-retired/[/] so what it sealed (rows not re-sealed yet, spooled DICOM objects,
+    database backups) still opens: delete it once no backup needs it. Audited; safe to interrupt and run
+    again with --resume."""
+    import getpass
+    import os
+
+    from ..audit.service import Actor
+    from ..audit.service import record as audit
+    from ..db import transaction
+    from ..hub import Hub
+    from . import keystore
+
+    hub = Hub.from_settings()
+    actor = Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
+    if not resume:
+        previous, current = keystore.rotate_key(hub.settings)
+        with transaction(hub.sessions) as session:
+            audit(session, actor, "imaging.keystore_key.rotated", target=f"keystore-key:{current}",
+                  details={"previous": previous, "current": current})
+        console.print(f"[green]rotated[/]: sealing with key {current}; {previous} kept in "
+                      f"{keystore.retired_dir(hub.settings)}")
+    checked = changed = 0
+    with Progress(TextColumn("re-sealing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("reseal", total=None)
+        for step in keystore.reseal(hub.sessions, hub.settings):
+            checked, total, changed = step
+            bar.update(task, completed=checked, total=total)
+    with transaction(hub.sessions) as session:
+        audit(session, actor, "imaging.keystore_key.resealed",
+              target=f"keystore-key:{keystore.key_id(keystore.keystore_key(hub.settings))}",
+              details={"checked": checked, "resealed": changed})
+    console.print(f"re-sealed {changed} of {checked} sealed values under the current key")

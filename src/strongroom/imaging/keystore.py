@@ -9,45 +9,80 @@ with a fresh second factor and a stated reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..audit import service as audit
 from ..config import Settings
+from ..db import transaction
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
-from ..keyfiles import read_or_create
+from ..keyfiles import read_or_create, replace
 from ..projects import service as projects
 from .deid import Pseudonymizer
 from .models import ImagingProject, PseudonymEntry
 
 KINDS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
-_keys: dict[Path, bytes] = {}
+_keys: dict[Path, tuple[tuple[int, int], bytes]] = {}  # key file -> ((inode, mtime), key)
 
 
 def key_path(settings: Settings) -> Path:
     return settings.imaging.keystore_key_file or settings.var_dir / "keys" / "pseudonym-keystore.key"
 
 
-def keystore_key(settings: Settings) -> bytes:
-    """The sealing key, created on first use (0600)."""
+def retired_dir(settings: Settings) -> Path:
+    """Keys a rotation replaced (``<key file stem>-retired/<key id>.key``): what was sealed under them still
+    opens — rows not re-sealed yet, spooled objects, database backups — until they are deleted."""
     path = key_path(settings)
-    key = _keys.get(path)
-    if key is not None:
-        return key
-    key = bytes.fromhex(read_or_create(path, lambda: os.urandom(32).hex()).strip())
+    return path.with_name(f"{path.stem}-retired")
+
+
+def key_id(key: bytes) -> str:
+    """A public name for a key-store key (audit events, retired file names): a one-way digest."""
+    return hashlib.sha256(b"strongroom keystore key id|" + key).hexdigest()[:16]
+
+
+def _parse(text: str, path: Path) -> bytes:
+    key = bytes.fromhex(text.strip())
     if len(key) != 32:
         raise ValueError(f"{path}: the key-store key must be 32 bytes (64 hex digits)")
-    _keys[path] = key
     return key
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def keystore_key(settings: Settings) -> bytes:
+    """The sealing key, created on first use (0600) and read again when its file changes: a rotation reaches
+    every process at its next seal, without a restart."""
+    path = key_path(settings)
+    if not path.exists():
+        read_or_create(path, lambda: os.urandom(32).hex())
+    stamp = _stamp(path)  # taken before the read: a change in between is read again next time
+    cached = _keys.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    key = _parse(path.read_text(), path)
+    _keys[path] = (stamp, key)
+    return key
+
+
+def retired_keys(settings: Settings) -> list[bytes]:
+    folder = retired_dir(settings)
+    return [_parse(f.read_text(), f) for f in sorted(folder.glob("*.key"))] if folder.is_dir() else []
 
 
 def seal(key: bytes, plaintext: bytes, context: bytes) -> bytes:
@@ -59,14 +94,31 @@ def unseal(key: bytes, sealed: bytes, context: bytes) -> bytes:
     return AESGCM(key).decrypt(sealed[:12], sealed[12:], context)
 
 
+def open_sealed(settings: Settings, sealed: bytes, context: bytes) -> bytes:
+    """Unseal with the current key or, for what was sealed before a rotation, a retired one."""
+    try:
+        return unseal(keystore_key(settings), sealed, context)
+    except InvalidTag:
+        for key in retired_keys(settings):
+            try:
+                return unseal(key, sealed, context)
+            except InvalidTag:
+                continue
+        raise
+
+
 def _context(project_id: uuid.UUID, kind: str, pseudonym: str) -> bytes:
     return f"strongroom/pseudonym|{project_id}|{kind}|{pseudonym}".encode()
+
+
+def _secret_context(project_id: uuid.UUID) -> bytes:
+    return f"strongroom/pseudonymization-secret|{project_id}".encode()
 
 
 def project_secret(session: Session, settings: Settings, project_id: uuid.UUID) -> bytes:
     """The project's pseudonymization secret, generated (and sealed) on first use."""
     key = keystore_key(settings)
-    context = f"strongroom/pseudonymization-secret|{project_id}".encode()
+    context = _secret_context(project_id)
     row = session.get(ImagingProject, project_id)
     if row is None:
         secret = Pseudonymizer.generate_secret()
@@ -75,7 +127,7 @@ def project_secret(session: Session, settings: Settings, project_id: uuid.UUID) 
         session.add(row)
         session.flush()
         return secret
-    return unseal(key, row.sealed_secret, context)
+    return open_sealed(settings, row.sealed_secret, context)
 
 
 def record(session: Session, settings: Settings, project_id: uuid.UUID,
@@ -112,6 +164,58 @@ def reidentify(session: Session, settings: Settings, principal: Principal, acces
                  details={"reason": reason, "kinds": sorted(r.kind for r in rows)})
     if not rows:
         return []  # the caller answers 404; the audit event above still commits
-    key = keystore_key(settings)
-    return sorted((r.kind, unseal(key, r.sealed_original, _context(access.project.id, r.kind, r.pseudonym))
+    return sorted((r.kind, open_sealed(settings, r.sealed_original, _context(access.project.id, r.kind, r.pseudonym))
                    .decode()) for r in rows)
+
+
+# -- rotation ----------------------------------------------------------------------------------
+def rotate_key(settings: Settings) -> tuple[str, str]:
+    """Put a new key in place of the current one, which moves to ``retired_dir`` (written there first, so no
+    moment lacks it). Returns (previous, current) key ids. Every process seals with the new key from its next
+    seal on; nothing is re-sealed yet (``reseal``)."""
+    old = keystore_key(settings)
+    folder = retired_dir(settings)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    replace(folder / f"{key_id(old)}.key", old.hex())
+    new = os.urandom(32)
+    replace(key_path(settings), new.hex())
+    return key_id(old), key_id(new)
+
+
+def _resealed(settings: Settings, key: bytes, sealed: bytes, context: bytes) -> bytes | None:
+    """``sealed`` sealed again under ``key``, or None when it already is."""
+    try:
+        unseal(key, sealed, context)
+        return None
+    except InvalidTag:
+        return seal(key, open_sealed(settings, sealed, context), context)
+
+
+def reseal(sessions: sessionmaker[Session], settings: Settings, *, batch: int = 1000) -> Iterator[tuple[int, int, int]]:
+    """Seal again under the current key every project secret and pseudonym original still sealed under a retired
+    one, in short transactions of ``batch`` rows. Yields (checked, total, re-sealed). Safe to interrupt and run
+    again: what is under the current key already is left as it is."""
+    key = keystore_key(settings)
+    with sessions() as session:
+        total = ((session.scalar(select(func.count()).select_from(ImagingProject)) or 0)
+                 + (session.scalar(select(func.count()).select_from(PseudonymEntry)) or 0))
+    checked = changed = 0
+    with transaction(sessions) as session:
+        for project in session.scalars(select(ImagingProject)):
+            checked += 1
+            if (again := _resealed(settings, key, project.sealed_secret, _secret_context(project.project_id))):
+                project.sealed_secret, changed = again, changed + 1
+    yield checked, total, changed
+    after = 0
+    while True:
+        with transaction(sessions) as session:
+            rows = list(session.scalars(select(PseudonymEntry).where(PseudonymEntry.id > after)
+                                        .order_by(PseudonymEntry.id).limit(batch)))
+            for row in rows:
+                context = _context(row.project_id, row.kind, row.pseudonym)
+                if (again := _resealed(settings, key, row.sealed_original, context)):
+                    row.sealed_original, changed = again, changed + 1
+        if not rows:
+            return
+        after, checked = rows[-1].id, checked + len(rows)
+        yield checked, total, changed

@@ -222,7 +222,6 @@ class DicomService:
         (self.spool / "incoming").mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.spool, 0o700)
         self.storage = storage_for(hub)
-        self.seal_key = keystore.keystore_key(hub.settings)
         self.pool_size = workers or self.cfg.workers or os.cpu_count() or 1
         self.pool = self._new_pool()
         self.archive_pool = self._new_archive_pool()  # the archiver's database work, out of this process's GIL
@@ -501,7 +500,8 @@ class DicomService:
         ``.dcm``, so that a start after a power cut drops a pair whose fsyncs had not completed (never
         acknowledged: the sender resends it)."""
         context = f"strongroom/spool|{batch_id}|{stem.name}".encode()
-        sealed = keystore.seal(self.seal_key, json.dumps(summary["pseudonym_map"]).encode(), context)
+        sealed = keystore.seal(keystore.keystore_key(self.hub.settings), json.dumps(summary["pseudonym_map"]).encode(),
+                               context)
         public = {k: v for k, v in summary.items() if k != "pseudonym_map"}
         body = json.dumps(public | {"batch_id": batch_id, "sealed_map": base64.b64encode(sealed).decode(),
                                     "spool_size": stem.with_suffix(".dcm").stat().st_size}).encode()
@@ -528,7 +528,7 @@ class DicomService:
             summary = json.loads(stem.with_suffix(".json").read_bytes())
             context = f"strongroom/spool|{summary['batch_id']}|{stem.name}".encode()
             sealed = base64.b64decode(summary.pop("sealed_map"))
-            summary["pseudonym_map"] = json.loads(keystore.unseal(self.seal_key, sealed, context))
+            summary["pseudonym_map"] = json.loads(keystore.open_sealed(self.hub.settings, sealed, context))
             expected = summary.pop("spool_size", None)
             if expected is not None and stem.with_suffix(".dcm").stat().st_size != expected:
                 return None

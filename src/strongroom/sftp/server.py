@@ -42,7 +42,7 @@ def host_key(hub: Hub) -> asyncssh.SSHKey:
     """The server's host key, made on first use and kept (mode 0600) in the hub's var dir."""
     path = host_key_path(hub)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = asyncssh.generate_private_key("ssh-ed25519", comment="strongroom-sftp")
         tmp = path.with_suffix(".tmp")
         tmp.touch(mode=0o600)
