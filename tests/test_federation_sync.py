@@ -37,6 +37,7 @@ from strongroom.errors import Conflict, Forbidden
 from strongroom.federation import manifest, notices, service, sync
 from strongroom.federation import web as federation_web
 from strongroom.federation.models import Incoming, IncomingFile, Mirror, Notice, SyncFile, SyncRun
+from strongroom.hub import Hub
 from strongroom.identity import service as identity
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
@@ -275,6 +276,21 @@ def test_a_tampered_manifest_is_refused(hubs):
     with h.b.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Incoming)) == 0
     assert [e.details["what"] for e in _events(h.b, "federation.sync.refused")] == ["manifest", "manifest"]
+
+
+def test_a_push_builds_the_same_manifest_after_a_rotation_of_the_hub_secret(hubs):
+    """A push resumed after `strongroom admin rotate-secret` sends the manifest the peer already holds (the peer
+    refuses a different one): the headers' seeds do not depend on the hub secret."""
+    from pydantic import SecretStr
+
+    h = hubs
+    rotated = Hub.from_settings(h.a.settings.model_copy(update={"secret_key": SecretStr("another-" + "s" * 40)}))
+    with transaction(h.a.sessions) as s:
+        run = sync.start_sync(s, h.a.settings, Actor.system("t"), h.dataset, "hub-b")
+        peer = service.peer_by_name(s, "hub-b")
+        before, _ = sync.build_manifest(h.a, s, run, peer)
+        after, _ = sync.build_manifest(rotated, s, run, peer)
+    assert manifest.canonical(before) == manifest.canonical(after) and before["files"]
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.Popen:

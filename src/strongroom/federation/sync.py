@@ -196,8 +196,12 @@ def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tupl
     for f in files.values():
         if f.state != READY or f.hold is not None or f.header is None:
             raise Invalid(f"file {f.id} is not ready to leave this hub")
-        seed = hmac.new(hub.secret, b"sync header|" + f.id.encode() + b"|" + recipient, hashlib.sha256).digest()
-        header = c4gh.reencrypt_header(f.header, keys.secrets, recipient, keys.current[1], seed=seed)
+        # The seed is keyed by the file's own data key, which never changes (not by the hub secret, which may
+        # rotate between a push and its resumption: the peer refuses a second, different manifest).
+        opened = c4gh.open_header(f.header, keys.secrets)
+        seed = hmac.new(opened.session_keys[0], b"sync header|" + f.id.encode() + b"|" + recipient,
+                        hashlib.sha256).digest()
+        header = c4gh.make_header(opened.session_keys, recipient, keys.current[1], opened.edit_list, seed=seed)
         entries.append({"id": f.id, "path": f.path, "body_size": f.body_size, "body_sha256": f.body_sha256,
                         "plaintext_size": f.plaintext_size, "plaintext_sha256": f.plaintext_sha256,
                         "header": base64.b64encode(header).decode()})

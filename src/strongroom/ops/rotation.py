@@ -13,7 +13,9 @@ What the secret protects, and what a rotation does to each:
 - the secret file itself (``var/secret.key``, when the secret is not configured): replaced last, from a pending
   copy written first (``var/secret.key.new``), so a rotation interrupted anywhere completes when run again;
 - short-lived values (CSRF tokens, flash messages, OAI-PMH resumption tokens, today's visitor keys of the view
-  counts, download headers' random seeds) simply change: an open form is submitted again.
+  counts, download headers' random seeds) simply change: an open form is submitted again. A federation push's
+  manifest does not depend on the secret (its headers' seeds are keyed by each file's data key), so a push
+  interrupted by the rotation resumes with the manifest the peer already holds.
 
 Running workspaces are refused: their notebook servers were started with a token derived from the secret.
 """
