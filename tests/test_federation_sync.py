@@ -293,6 +293,53 @@ def test_a_push_builds_the_same_manifest_after_a_rotation_of_the_hub_secret(hubs
     assert manifest.canonical(before) == manifest.canonical(after) and before["files"]
 
 
+def test_a_peer_that_rotated_its_archive_key_is_repinned_and_pushes_reach_it_again(hubs, tmp_path):
+    """B rotates its archive key: A, still pinning the old one, addresses new files to a key B no longer opens,
+    and B refuses them. A's operator pins B's new identity (`strongroom federation repin`): B keeps its name,
+    directions and mirror, and the next push arrives. Pinning the same identity again changes nothing."""
+    from strongroom.archive import keys as archive_keys
+
+    h = hubs
+    assert _push(h)["state"] == "done"
+    for _ in archive_keys.rotate(h.b, Actor.system("cli:operator")):
+        pass
+    data = os.urandom(40_000)  # a new file in version 2
+    public = c4gh.parse_public_key(h.alice.get("/api/v1/archive/public-key").text)
+    blob = b"".join(c4gh.encrypt_stream([data], public))
+    up = h.alice.post("/api/v1/projects/lung/uploads", json={"path": "scans/new.dcm", "size": len(blob)}).json()
+    assert h.alice.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
+    assert h.alice.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+    Runner(h.a, lease_seconds=10, name="test").run_until_idle()
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/draft", json={"add": [up["id"]]}).status_code == 200
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/2/release").status_code == 200
+    h.files[up["id"]] = data
+    with pytest.raises(sync.SyncRefused, match="not encrypted to this hub's archive key"):
+        _push(h, version=2)
+
+    identity = tmp_path / "hub-b.json"
+    identity.write_text(json.dumps(_identity(h.url_b)))
+    repinned = _cli(h.a.settings, "repin", "hub-b", "--identity", str(identity))
+    out, err = repinned.communicate(timeout=120)
+    assert repinned.returncode == 0, err
+    assert "now pinned" in out
+    again = _cli(h.a.settings, "repin", "hub-b", "--identity", str(identity))
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and "nothing changed" in err
+    with h.a.sessions() as s:
+        peer = service.peer_by_name(s, "hub-b")
+        assert peer.outbound and peer.inbound and peer.active
+    [event] = _events(h.a, "federation.peer.repinned")
+    assert event.details["changed"] == ["archive_key"] and event.actor.startswith("cli:")
+    assert event.details["archive_key"]["before"] != event.details["archive_key"]["after"]
+
+    assert _push(h, version=2)["state"] == "done"
+    with h.b.sessions() as s:
+        [mirror] = s.scalars(select(Mirror)).all()  # the same mirror, now with version 2
+        numbers = sorted(v.number for v in s.scalars(select(DatasetVersion).where(
+            DatasetVersion.dataset_id == mirror.dataset_id)))
+    assert numbers == [1, 2]
+
+
 def _cli(settings: Settings, *args: str) -> subprocess.Popen:
     st = settings.archive.storage
 

@@ -647,6 +647,17 @@ def _fed_change(w: World, ok: bool):  # suspend the peer registered above; an un
     return post(w.c("pia"), f"/federation/peers/{'peer-w' if ok else 'nope'}", {"action": "change", "inbound": "on"})
 
 
+def _fed_repin(w: World, ok: bool):  # the peer registered above rotated its archive key; a bad key is refused
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from strongroom.federation import signing
+
+    return post(w.c("pia"), "/federation/peers/peer-w/identity", {
+        "base_url": "https://peer-w.example.org",
+        "signing_key": signing.public_pem(Ed25519PrivateKey.generate().public_key()) if ok else "not a key",
+        "archive_key": c4gh.public_key_file(c4gh.generate_keypair().public).decode()})
+
+
 def _fed_sync(w: World, ok: bool):  # push the released demo dataset to a peer; an unknown dataset is not found
     _fed_peer(w)
     return post(w.c("pia"), "/federation/syncs", {"dataset": w.ids["demo"] if ok else "SRD-NOPE", "peer": "peer-s"})
@@ -753,6 +764,7 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/vai/releases/{release_id}/review": _vai_review,
     "/federation/peers": _fed_register,
     "/federation/peers/{name}": _fed_change,
+    "/federation/peers/{name}/identity": _fed_repin,
     "/federation/syncs": _fed_sync,
     "/datasets/{dataset_id}/federation/push": _fed_dataset_push,
 }

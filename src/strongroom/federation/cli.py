@@ -38,6 +38,17 @@ def identity() -> None:
         print(json.dumps(service.identity(hub, session), indent=2))
 
 
+def _identity(path: Path) -> dict[str, str]:
+    """The pinned fields of a partner's identity JSON."""
+    from . import service
+
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(f"not a JSON identity: {exc}") from None
+    return {k: data.get(k, "") for k in service.PeerIdentity.model_fields}
+
+
 @app.command()
 def add(
     name: str,
@@ -50,16 +61,32 @@ def add(
     """Register a peer hub with its pinned keys."""
     from . import service
 
-    try:
-        data = json.loads(identity_file.read_text())
-    except (ValueError, OSError) as exc:
-        raise typer.BadParameter(f"not a JSON identity: {exc}") from None
-    fields = {k: data.get(k, "") for k in ("base_url", "signing_key", "archive_key", "visa_issuer", "jwks_url")}
+    fields = _identity(identity_file)
     try:
         with transaction(_hub().sessions) as session:
             peer = service.register_peer(session, get_settings(), _operator(),
                                          {**fields, "name": name, "outbound": outbound, "inbound": inbound})
             console.print(f"peer [bold]{peer.name}[/] {peer.base_url} key {peer.key_id}")
+    except DomainError as exc:
+        _fail(exc)
+
+
+@app.command()
+def repin(
+    name: str,
+    identity_file: Annotated[Path, typer.Option("--identity", help="The partner's new identity JSON "
+                                                "(its `strongroom federation identity` or GET /api/v1/federation/hub).",
+                                                exists=True, dir_okay=False)],
+) -> None:
+    """Pin a registered peer's new identity — after it rotated its archive key, changed its signing key or
+    moved — keeping its name, directions, harvested entries and mirrors. Compare the keys out of band first."""
+    from . import service
+
+    fields = _identity(identity_file)
+    try:
+        with transaction(_hub().sessions) as session:
+            peer = service.repin_peer(session, get_settings(), _operator(), name, fields)
+            console.print(f"peer [bold]{peer.name}[/] {peer.base_url} now pinned to key {peer.key_id}")
     except DomainError as exc:
         _fail(exc)
 

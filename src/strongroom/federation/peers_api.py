@@ -84,6 +84,13 @@ def change_peer(db: Db, hub: HubDep, principal: Admin, body: PeerChange,
     return _peer_out(service.set_peer(db, hub.settings, principal, name, **body.model_dump()))
 
 
+@router.put("/peers/{name}/identity", response_model=PeerOut,
+            summary="Pin a peer's new identity (after it rotated a key or moved; fresh MFA), keeping what it has")
+def repin_peer(db: Db, hub: HubDep, principal: Admin, body: service.PeerIdentity,
+               name: str = NAME_PATH) -> PeerOut:
+    return _peer_out(service.repin_peer(db, hub.settings, principal, name, body.model_dump()))
+
+
 @router.delete("/peers/{name}", status_code=204, response_class=Response,
             summary="Forget a peer and what was harvested from it (fresh MFA)")
 def delete_peer(db: Db, hub: HubDep, principal: Admin, name: str = NAME_PATH) -> Response:

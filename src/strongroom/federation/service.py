@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..archive.c4gh.keys import parse_public_key
+from ..archive.c4gh.keys import fingerprint, parse_public_key
 from ..archive.models import DatasetFile, DatasetVersion
 from ..audit import service as audit
 from ..catalog.models import CatalogEntry
@@ -116,18 +116,15 @@ def require_operator(principal: Principal) -> None:
         raise MfaRequired("federation needs a login with multi-factor authentication")
 
 
-class PeerFields(BaseModel):
-    """A peer as its operator registers it (from the partner's ``/api/v1/federation/hub``, compared out of band)."""
+class PeerIdentity(BaseModel):
+    """What a peer's operator pins (from the partner's ``/api/v1/federation/hub``, compared out of band)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
-    name: str = Field(pattern=NAME.pattern, description="a short name: lower case letters, digits, hyphens")
     base_url: str = Field(max_length=500, description="the peer hub's address, e.g. https://hub.example.org")
     signing_key: str = Field(max_length=2000, description="its hub signing key (Ed25519 public key, PEM)")
     archive_key: str = Field(max_length=2000, description="its archive's crypt4gh public key")
     visa_issuer: str = Field(default="", max_length=500, description="the `iss` of its GA4GH visas")
     jwks_url: str = Field(default="", max_length=500, description="where its visa keys are published")
-    outbound: bool = Field(default=True, description="we query and harvest it (and later push datasets to it)")
-    inbound: bool = Field(default=True, description="it may query and harvest us (and later push to us)")
 
     @field_validator("base_url", "visa_issuer", "jwks_url")
     @classmethod
@@ -156,7 +153,7 @@ class PeerFields(BaseModel):
         return value.strip() + "\n"
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> PeerFields:
+    def parse(cls, data: Mapping[str, Any]) -> Self:
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
@@ -164,6 +161,14 @@ class PeerFields(BaseModel):
             where = ".".join(str(p) for p in first["loc"])
             raise Invalid(f"{where}: {first['msg']}", errors=[
                 {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]) from None
+
+
+class PeerFields(PeerIdentity):
+    """A peer as its operator registers it: its identity, a name and the directions exchanges may take."""
+
+    name: str = Field(pattern=NAME.pattern, description="a short name: lower case letters, digits, hyphens")
+    outbound: bool = Field(default=True, description="we query and harvest it (and later push datasets to it)")
+    inbound: bool = Field(default=True, description="it may query and harvest us (and later push to us)")
 
 
 def peers(session: Session) -> list[Peer]:
@@ -203,6 +208,33 @@ def register_peer(session: Session, settings: Settings, who: Principal | audit.A
     audit.record(session, actor, "federation.peer.registered", target=f"peer:{peer.name}",
                  details={"base_url": peer.base_url, "key_id": kid, "outbound": peer.outbound,
                           "inbound": peer.inbound, "visa_issuer": peer.visa_issuer})
+    return peer
+
+
+def repin_peer(session: Session, settings: Settings, who: Principal | audit.Actor, name: str,
+               data: Mapping[str, Any]) -> Peer:
+    """Pin a registered peer's new identity (after it rotated its archive key or changed its signing key or
+    address), keeping its name, directions, harvested entries and mirrors. Audited with what changed."""
+    actor, _ = _operator(settings, who)
+    peer = peer_by_name(session, name)
+    f = PeerIdentity.parse(data)
+    kid = signing.key_id(signing.load_public(f.signing_key))
+    if kid == hub_key(settings).key_id or f.base_url == base(settings):
+        raise Invalid("that is this hub itself")
+    for column, value, what in ((Peer.base_url, f.base_url, "address"), (Peer.key_id, kid, "signing key")):
+        if session.scalar(select(Peer.id).where(column == value, Peer.id != peer.id)) is not None:
+            raise Conflict(f"another peer with this {what} is registered already")
+    changed = sorted(k for k, v in f.model_dump().items() if getattr(peer, k) != v)
+    if not changed:
+        raise Invalid("nothing changed: this is the identity pinned already")
+    details: dict[str, Any] = {"changed": changed, "key_id": {"before": peer.key_id, "after": kid}}
+    if "archive_key" in changed:
+        details["archive_key"] = {"before": fingerprint(parse_public_key(peer.archive_key)),
+                                  "after": fingerprint(parse_public_key(f.archive_key))}
+    for key, value in f.model_dump().items():
+        setattr(peer, key, value)
+    peer.key_id, peer.updated_at = kid, utcnow()
+    audit.record(session, actor, "federation.peer.repinned", target=f"peer:{peer.name}", details=details)
     return peer
 
 

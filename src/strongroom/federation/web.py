@@ -1,4 +1,5 @@
-"""Federation pages: the operators' peer registry (/federation/peers: register, change, remove, push a dataset
+"""Federation pages: the operators' peer registry (/federation/peers: register, change, pin a new identity, remove,
+push a dataset
 — fresh MFA), a dataset's pushes (/datasets/{id}/federation: push a released version to a peer, for those
 ``sync.may_push`` allows, fresh MFA; the dataset page links to it) and the federated search
 (/federation/search: this hub and every peer's beacon, asked in parallel)."""
@@ -19,6 +20,7 @@ from . import beacon, service, sync
 
 router = APIRouter()
 ENTRY_TYPES = {beacon.STUDY: "Imaging studies", beacon.DATASET: "Datasets"}
+IDENTITY = tuple(service.PeerIdentity.model_fields)  # a peer's pinned fields, as the forms name them
 
 
 @router.get("/federation/peers")
@@ -34,11 +36,18 @@ def _flag(posted: PostedForm, name: str) -> bool:
 
 @router.post("/federation/peers", dependencies=[CsrfChecked])
 def register(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
-    data = {k: str(posted.form.get(k, "") or "") for k in ("name", "base_url", "signing_key", "archive_key",
-                                                           "visa_issuer", "jwks_url")}
+    data = {k: str(posted.form.get(k, "") or "") for k in ("name", *IDENTITY)}
     peer = service.register_peer(db, hub.settings, principal, {**data, "outbound": _flag(posted, "outbound"),
                                                               "inbound": _flag(posted, "inbound")})
     return redirect_with(request, "/federation/peers", f"Peer {peer.name} registered; its key id is {peer.key_id}.")
+
+
+@router.post("/federation/peers/{name}/identity", dependencies=[CsrfChecked])
+def repin(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, name: str) -> Response:
+    """Pin a registered peer's new identity (it rotated a key or moved), keeping its mirrors and entries."""
+    data = {k: str(posted.form.get(k, "") or "") for k in IDENTITY}
+    peer = service.repin_peer(db, hub.settings, principal, name, data)
+    return redirect_with(request, "/federation/peers", f"Peer {peer.name} now pinned to key {peer.key_id}.")
 
 
 @router.post("/federation/peers/{name}", dependencies=[CsrfChecked])
