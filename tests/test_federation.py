@@ -323,5 +323,24 @@ def test_operators_pair_hubs_on_the_command_line(pair, people, tmp_path):
         ("refused", "hello"), ("ok", "hello")]
     assert [(e.outcome, e.details["what"]) for e in events(pair.b, "federation.exchange.sent")] == [
         ("failed", "hello"), ("ok", "hello")]
+
+    # B rotates its signing key: its running server publishes the new identity at once; A refuses B's greeting
+    # until A's operator pins it (the API here; `federation repin` and the page do the same), then verifies it.
+    old_id = me_b["key_id"]
+    rotated = run_cli(pair.b.settings, "rotate-key")
+    assert rotated.returncode == 0, rotated.stderr
+    me_b = identity_of(pair.url_b)
+    assert me_b["key_id"] != old_id and me_b["key_id"] in rotated.stdout
+    stale = run_cli(pair.b.settings, "hello", "hub-a")
+    assert stale.returncode == 1 and "HTTP 401" in stale.stdout
+    r = http.put(f"{pair.url_a}/api/v1/federation/peers/hub-b/identity", headers=bearer(token),
+                 json={k: me_b[k] for k in ("base_url", "signing_key", "archive_key")})
+    assert r.status_code == 200 and r.json()["key_id"] == me_b["key_id"], r.text
+    said = run_cli(pair.b.settings, "hello", "hub-a")
+    assert said.returncode == 0, said.stdout + said.stderr
+    [rotation] = events(pair.b, "federation.key.rotated")
+    assert rotation.details == {"previous": old_id, "current": me_b["key_id"]}
+    [repinned] = events(pair.a, "federation.peer.repinned")
+    assert repinned.details["changed"] == ["signing_key"] and repinned.details["key_id"]["after"] == me_b["key_id"]
     assert run_cli(pair.b.settings, "remove", "hub-a").returncode == 0
     assert run_cli(pair.b.settings, "list").stdout.strip() == ""

@@ -1,5 +1,6 @@
-"""`strongroom federation …`: this hub's identity for a partner, the peer registry, a signed greeting and a
-harvest now — on the hub host as the operator (audited)."""
+"""`strongroom federation …`: this hub's identity for a partner and its signing key's rotation, the peer registry
+(pinning a partner's new identity too), a signed greeting and a harvest now — on the hub host as the operator
+(audited)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ..audit import service as audit
 from ..config import get_settings
 from ..db import open_session, transaction
 from ..errors import DomainError
@@ -89,6 +91,22 @@ def repin(
             console.print(f"peer [bold]{peer.name}[/] {peer.base_url} now pinned to key {peer.key_id}")
     except DomainError as exc:
         _fail(exc)
+
+
+@app.command("rotate-key")
+def rotate_key() -> None:
+    """Sign with a new hub signing key from now on (every process at its next signature, no restart). Partners
+    pin the key: until each pins this hub's new identity (`strongroom federation repin`), it refuses this hub's
+    requests. Audited."""
+    from . import service
+
+    hub = _hub()
+    old, new = service.rotate_hub_key(hub.settings)
+    with transaction(hub.sessions) as session:
+        audit.record(session, _operator(), "federation.key.rotated", target=f"key:{new}",
+                     details={"previous": old, "current": new})
+    console.print(f"[green]rotated[/]: signing with key {new} (was {old}). Send `strongroom federation identity` "
+                  "to every partner; each runs `strongroom federation repin <this hub> --identity <file>`.")
 
 
 @app.command("list")

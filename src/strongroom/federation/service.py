@@ -9,7 +9,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
@@ -20,6 +19,7 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .. import keyfiles
 from ..archive.c4gh.keys import fingerprint, parse_public_key
 from ..archive.models import DatasetFile, DatasetVersion
 from ..audit import service as audit
@@ -39,13 +39,35 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 
 
 # -- this hub ----------------------------------------------------------------------------------
-@lru_cache(maxsize=8)
-def _key_at(path: Path) -> signing.HubKey:
-    return signing.HubKey.load_or_create(path)
+_KEYS: dict[Path, tuple[tuple[int, int], signing.HubKey]] = {}  # key file -> ((inode, mtime), key)
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.federation.key_file or settings.var_dir / "keys" / "federation-signing.pem"
 
 
 def hub_key(settings: Settings) -> signing.HubKey:
-    return _key_at(settings.federation.key_file or settings.var_dir / "keys" / "federation-signing.pem")
+    """This hub's signing key: created on first use, read again when its file changes (a rotation reaches every
+    process at its next signature)."""
+    path = key_file(settings)
+    if not path.exists():
+        signing.HubKey.load_or_create(path)
+    st = path.stat()  # taken before the read: a change in between is read again next time
+    cached = _KEYS.get(path)
+    if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns):
+        return cached[1]
+    key = signing.HubKey.load_or_create(path)
+    _KEYS[path] = ((st.st_ino, st.st_mtime_ns), key)
+    return key
+
+
+def rotate_hub_key(settings: Settings) -> tuple[str, str]:
+    """A new signing key in place of the current one (whose private half is gone: partners check signatures when
+    they receive them, never later). Returns (old key id, new key id). Partners refuse this hub's requests until
+    they pin its new identity (``repin_peer``)."""
+    old, new = hub_key(settings), signing.HubKey.generate()
+    keyfiles.replace(key_file(settings), new.private_pem())
+    return old.key_id, new.key_id
 
 
 def base(settings: Settings) -> str:

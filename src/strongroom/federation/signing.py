@@ -107,14 +107,19 @@ class HubKey:
     private: Ed25519PrivateKey
 
     @classmethod
+    def generate(cls) -> HubKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    def private_pem(self) -> str:
+        return self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()).decode()
+
+    @classmethod
     def load_or_create(cls, path: Path) -> HubKey:
         from ..keyfiles import read_or_create
 
-        def make() -> str:
-            return Ed25519PrivateKey.generate().private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-
-        private = serialization.load_pem_private_key(read_or_create(path, make).encode(), password=None)
+        private = serialization.load_pem_private_key(
+            read_or_create(path, lambda: cls.generate().private_pem()).encode(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
             raise ValueError(f"{path} is not an Ed25519 key")
         return cls(private)
