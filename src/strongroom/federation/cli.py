@@ -40,6 +40,11 @@ def identity() -> None:
         print(json.dumps(service.identity(hub, session), indent=2))
 
 
+IdentityFile = Annotated[Path, typer.Option(
+    "--identity", help="The partner's identity JSON (its `strongroom federation identity` or "
+                       "GET /api/v1/federation/hub).", exists=True, dir_okay=False)]
+
+
 def _identity(path: Path) -> dict[str, str]:
     """The pinned fields of a partner's identity JSON."""
     from . import service
@@ -54,9 +59,7 @@ def _identity(path: Path) -> dict[str, str]:
 @app.command()
 def add(
     name: str,
-    identity_file: Annotated[Path, typer.Option("--identity", help="The partner's identity JSON "
-                                                "(its `strongroom federation identity` or GET /api/v1/federation/hub).",
-                                                exists=True, dir_okay=False)],
+    identity_file: IdentityFile,
     outbound: Annotated[bool, typer.Option(help="We query and harvest it.")] = True,
     inbound: Annotated[bool, typer.Option(help="It may query and harvest us.")] = True,
 ) -> None:
@@ -76,9 +79,7 @@ def add(
 @app.command()
 def repin(
     name: str,
-    identity_file: Annotated[Path, typer.Option("--identity", help="The partner's new identity JSON "
-                                                "(its `strongroom federation identity` or GET /api/v1/federation/hub).",
-                                                exists=True, dir_okay=False)],
+    identity_file: IdentityFile,
 ) -> None:
     """Pin a registered peer's new identity — after it rotated its archive key, changed its signing key or
     moved — keeping its name, directions, harvested entries and mirrors. Compare the keys out of band first."""

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ def _operator() -> Actor:
     return Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
 
 
-def _fail(exc: DomainError) -> None:
+def _fail(exc: DomainError) -> NoReturn:
     Console(stderr=True).print(f"[red]error:[/] {exc.detail}")
     raise typer.Exit(2)
 

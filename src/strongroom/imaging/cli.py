@@ -132,17 +132,14 @@ def rotate_keystore_key(
     [bold]pseudonym-keystore-retired/[/] so what it sealed (rows not re-sealed yet, spooled DICOM objects,
     database backups) still opens: delete it once no backup needs it. Audited; safe to interrupt and run
     again with --resume."""
-    import getpass
-    import os
-
-    from ..audit.service import Actor
     from ..audit.service import record as audit
     from ..db import transaction
     from ..hub import Hub
+    from ..identity.cli import _operator
     from . import keystore
 
     hub = Hub.from_settings()
-    actor = Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
+    actor = _operator()
     if not resume:
         previous, current = keystore.rotate_key(hub.settings)
         with transaction(hub.sessions) as session:

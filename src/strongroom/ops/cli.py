@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,18 +27,17 @@ def rotate_secret(
     secret's retained key, later ones only under the new), TOTP seeds are re-encrypted, unused recovery codes are
     deleted (their users are e-mailed to generate new ones), archive key files with a derived passphrase are
     rewritten. Interrupted anywhere, it completes when run again with the same new secret."""
-    from ..audit.service import Actor
     from ..errors import DomainError
     from ..hub import Hub
+    from ..identity.cli import _fail, _operator
     from . import rotation
 
     hub = Hub.from_settings()
     try:
         new = rotation.new_secret(hub, new_secret_file.read_text() if new_secret_file else None)
-        done = rotation.rotate(hub, new, Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}"))
+        done = rotation.rotate(hub, new, _operator())
     except DomainError as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc.detail}")
-        raise typer.Exit(2) from None
+        _fail(exc)
     console.print(f"[green]rotated[/]: hub secret {done.from_id} → {done.to_id}"
                   + (" (an interrupted rotation, completed)" if done.resumed else ""))
     console.print(f"  archive key files rewritten: {done.key_files}; TOTP seeds re-encrypted: {done.totp_seeds}; "
