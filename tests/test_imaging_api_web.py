@@ -83,6 +83,34 @@ def test_discard_removes_the_file_from_the_archive(world, hub) -> None:
     assert instances(hub, "discarded")[0].file_id is None
 
 
+def test_a_discard_deletes_the_body_only_once_it_has_committed(world, hub) -> None:
+    """A discard whose transaction rolls back (a later step failed) leaves the held file's row and its body as they
+    were, so the image can still be reviewed; the body goes when a discard commits."""
+    from strongroom.archive import service as archive
+    from strongroom.archive.backend import storage_for
+    from strongroom.archive.models import ArchiveFile
+    from strongroom.db import transaction
+    from strongroom.imaging.models import ImportedInstance
+
+    c, t = world["client"], world["tokens"]
+    [held] = c.get("/api/v1/projects/lung/imaging/quarantine", headers=bearer(t["alice"])).json()
+    storage = storage_for(hub)
+    with hub.sessions() as s:
+        body_key = s.get(ArchiveFile, held["file_id"]).body_key
+    with pytest.raises(RuntimeError, match="a later step"), transaction(hub.sessions) as s:
+        s.scalar(select(ImportedInstance).where(ImportedInstance.file_id == held["file_id"])).file_id = None
+        archive.delete_unpublished_file(s, storage, held["file_id"])  # what a discard does per image
+        s.flush()
+        raise RuntimeError("a later step failed")
+    with hub.sessions() as s:
+        assert s.get(ArchiveFile, held["file_id"]) is not None
+    assert storage.exists(body_key)
+    r = c.post("/api/v1/projects/lung/imaging/quarantine/review", headers=bearer(t["alice"]),
+               json={"instance_ids": [held["id"]], "decision": "discard", "note": "burned-in name"})
+    assert r.status_code == 200, r.text
+    assert not storage.exists(body_key)
+
+
 def test_reidentification_needs_an_explicit_right_a_reason_and_is_audited(world, hub) -> None:
     c, t = world["client"], world["tokens"]
     pseudonym = instances(hub, "published")[0].patient_pseudonym

@@ -23,15 +23,18 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+import structlog
 from sqlalchemy import JSON, CursorResult, DateTime, Engine, MetaData, Result, String, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+log = structlog.get_logger("strongroom.db")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -227,6 +230,32 @@ def open_session(factory: sessionmaker[Session], *, deferred: bool = False,
         return factory()
     engine = factory.kw["bind"]
     return factory(bind=_bind(engine, deferred, busy_timeout_ms))
+
+
+# -- effects outside the database, once a transaction has committed ------------------------------------
+AFTER_COMMIT = "after_commit"  # the session.info entry holding what to run once the transaction commits
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run ``action`` once the session's transaction commits, never if it rolls back: for an effect outside the
+    database that must not happen unless the change does (deleting a stored body the rows stop referring to).
+    A failing action is logged: the commit stands (at worst an object stays behind, referred to by nothing).
+    Not for work inside a savepoint that may roll back on its own."""
+    session.info.setdefault(AFTER_COMMIT, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for action in session.info.pop(AFTER_COMMIT, ()):
+        try:
+            action()
+        except Exception:
+            log.exception("db.after_commit.failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(AFTER_COMMIT, None)
 
 
 @contextmanager

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from functools import partial
 from typing import cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
+from ..db import after_commit, utcnow
 from ..errors import Conflict, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
@@ -118,14 +119,15 @@ def insert_sealed_files(session: Session, project_id: uuid.UUID, uploader_id: uu
 
 
 def delete_unpublished_file(session: Session, storage: Storage, file_id: str) -> None:
-    """Remove a file no dataset version holds (e.g. a discarded quarantined import)."""
+    """Remove a file no dataset version holds (e.g. a discarded quarantined import). Its body goes once the row's
+    deletion has committed: a transaction that rolls back leaves row and body as they were."""
     f = session.get(ArchiveFile, file_id)
     if f is None:
         return
     if session.scalar(select(DatasetFile.file_id).where(DatasetFile.file_id == file_id).limit(1)):
         raise Conflict("the file is part of a dataset version and stays")
     if f.body_key:
-        storage.delete(f.body_key)
+        after_commit(session, partial(storage.delete, f.body_key))
     if f.state == READY and f.body_size:
         quota.free(session, f.project_id, f.body_size)
     session.delete(f)
