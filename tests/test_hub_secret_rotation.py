@@ -75,6 +75,10 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
     # A configured secret is not replaced behind the operator's back: the new one must be given.
     refused = run_cli(settings, "admin", "rotate-secret")
     assert refused.returncode == 2 and "--new-secret-file" in refused.stderr
+    for bad, why in (("short", "at least 32 characters"), (settings.secret_key.get_secret_value(), "the one in use")):
+        (tmp_path / "bad.secret").write_text(bad)
+        r = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(tmp_path / "bad.secret"))
+        assert r.returncode == 2 and why in r.stderr, r.stderr
     # A workspace's notebook server holds a token derived from the secret: not while one runs.
     make_project(hub, "notebooks", pi="alice")
     with transaction(hub.sessions) as s:
