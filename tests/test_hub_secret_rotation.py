@@ -28,12 +28,27 @@ from strongroom.db import transaction, utcnow
 from strongroom.hub import Hub
 from strongroom.identity import service as identity
 from strongroom.identity.models import User
+from strongroom.jobs import service as jobs
 from strongroom.jobs.models import Job
+from strongroom.jobs.registry import job
+from strongroom.jobs.runner import Runner
 from strongroom.projects.models import Project
 from strongroom.workspaces.models import Workspace
 from test_cli_and_ops import run_cli
 
 NEW_SECRET = "rotated-" + "n" * 40
+
+
+@job("test.audited")
+def _audited(ctx, payload):
+    with ctx.transaction() as s:
+        audit.record(s, Actor.system("test"), "test.audited")
+
+
+def _runner(hub: Hub) -> Runner:
+    runner = Runner(hub, lease_seconds=10, name="test")
+    runner.kinds = {"test.audited": runner.kinds["test.audited"]}  # only this test's job, not the e-mails
+    return runner
 
 
 def _login(app, person) -> int:
@@ -122,6 +137,13 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
         assert audit.count(s) == before + 1
         report = audit.verify(s)  # it can check what came before, and says it cannot check what follows
     assert [p.kind for p in report.problems] == ["unknown-key"]
+    with transaction(hub.sessions) as s:  # a stale worker gives the job back untried and stops
+        jobs.enqueue(s, "test.audited", {})
+    stale_worker = _runner(hub)
+    assert stale_worker.run_until_idle() == 0 and stale_worker.stale
+    with hub.sessions() as s:
+        waiting = s.scalar(select(Job).where(Job.kind == "test.audited"))
+        assert (waiting.status, waiting.attempts, waiting.locked_by) == ("queued", 0, None)
 
     # The hub started again with the new secret.
     new_settings = settings.model_copy(update={"secret_key": SecretStr(NEW_SECRET)})
@@ -129,6 +151,7 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
     new_hub: Hub = new_app.state.hub
     with TestClient(new_app, base_url="http://127.0.0.1:8000") as c:
         assert c.get("/readyz").status_code == 200
+    assert _runner(new_hub).run_until_idle() == 1  # the job the stale worker gave back
     assert _login(new_app, alice) == 303  # the TOTP seed was re-encrypted
     assert _recovery_login(new_app, alice, recovery[0]) == 401  # the codes were deleted
     archive_keys._cache.clear()

@@ -90,6 +90,9 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
         start_http_server(settings.jobs.metrics_port, addr=settings.jobs.metrics_host)
     err.print(f"[bold]worker[/] {runner.worker_id} running {len(runner.kinds)} job kinds")
     runner.run_forever()
+    if runner.stale:  # exit non-zero: a supervisor restarts it, with the current secret
+        err.print("[red]error:[/] the hub secret was rotated: restart this worker with the current secret")
+        raise typer.Exit(3)
 
 
 @db_app.command("upgrade")

@@ -12,6 +12,7 @@ import uuid
 import structlog
 from prometheus_client import Counter
 
+from ..audit.service import StaleSecret
 from ..db import transaction
 from ..hub import Hub
 from . import registry, service
@@ -32,6 +33,7 @@ class Runner:
         self.worker_id = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = threading.Event()
         self._thread: threading.Thread | None = None  # start_thread's
+        self.stale = False  # stopped because this process holds a hub secret the audit chain has moved on from
 
     # -- one step ------------------------------------------------------------------------------
     def schedule_periodic(self, now: float | None = None) -> list[int]:
@@ -60,6 +62,15 @@ class Runner:
         try:
             ctx = JobContext(job_id=job_id, attempt=attempt, worker_id=self.worker_id, hub=self.hub)
             result = kind.func(ctx, payload)
+        except StaleSecret as exc:  # the hub secret was rotated: nothing this worker does can be audited
+            heartbeat_stop.set()
+            heartbeat.join()
+            log.error("worker.stale_secret", job_id=job_id, kind=kind_name, error=str(exc))
+            with transaction(self.sessions) as session:
+                service.give_back(session, job_id, self.worker_id)
+            self.stale = True
+            self.stop_event.set()
+            return False
         except Exception as exc:  # any failure is recorded and retried
             heartbeat_stop.set()
             heartbeat.join()

@@ -124,6 +124,14 @@ def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any]
     return rowcount(outcome) == 1
 
 
+def give_back(session: Session, job_id: int, worker_id: str) -> None:
+    """Return a claimed job untried (the attempt not counted): this worker cannot run anything now."""
+    job = session.get(Job, job_id)
+    if job is None or job.locked_by != worker_id or job.status != "running":
+        return
+    job.status, job.attempts, job.lease_expires_at, job.locked_by = "queued", max(job.attempts - 1, 0), None, None
+
+
 def fail(session: Session, job_id: int, worker_id: str, error: str) -> None:
     """Record a failure; retry with exponential backoff until ``max_attempts`` is reached."""
     job = session.get(Job, job_id)
