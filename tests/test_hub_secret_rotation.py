@@ -27,7 +27,7 @@ from strongroom.config import Settings
 from strongroom.db import transaction, utcnow
 from strongroom.hub import Hub
 from strongroom.identity import service as identity
-from strongroom.identity.models import User
+from strongroom.identity.models import LocalCredential, User
 from strongroom.jobs import service as jobs
 from strongroom.jobs.models import Job
 from strongroom.jobs.registry import job
@@ -94,6 +94,17 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
         (tmp_path / "bad.secret").write_text(bad)
         r = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(tmp_path / "bad.secret"))
         assert r.returncode == 2 and why in r.stderr, r.stderr
+    # A TOTP seed the secret in use cannot open refuses the rotation before anything moved: the key files and the
+    # chain stay as they were, and the operator is told what to do.
+    bob = people("bob")
+    with transaction(hub.sessions) as s:
+        s.get(LocalCredential, bob.user.id).totp_secret = b"not a sealed seed"
+    unreadable = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(secret_file))
+    assert unreadable.returncode == 2 and "strongroom admin reset-mfa bob" in unreadable.stderr, unreadable.stderr
+    c4gh.load_private_key(key_file, hubsecret.archive_passphrase(hub.secret))
+    with hub.sessions() as s:
+        assert audit.chain_key_id(s) == hubsecret.secret_id(hub.secret)
+    assert run_cli(settings, "admin", "reset-mfa", "bob").returncode == 0
     # A workspace's notebook server holds a token derived from the secret: not while one runs.
     make_project(hub, "notebooks", pi="alice")
     with transaction(hub.sessions) as s:

@@ -9,7 +9,7 @@ What the secret protects, and what a rotation does to each:
 - recovery codes: stored only as digests keyed by the old secret, so they cannot be carried over; the unused
   ones are deleted in that transaction and their users are told by e-mail to generate new ones;
 - archive key files (when their passphrase is derived from the secret): rewritten under the new passphrase
-  before that transaction, each atomically; a file still under the old one keeps opening (``archive.keys``);
+  after that transaction, each atomically; a file still under the old one keeps opening (``archive.keys``);
 - the secret file itself (``var/secret.key``, when the secret is not configured): replaced last, from a pending
   copy written first (``var/secret.key.new``), so a rotation interrupted anywhere completes when run again;
 - short-lived values (CSRF tokens, flash messages, OAI-PMH resumption tokens, today's visitor keys of the view
@@ -87,11 +87,8 @@ def rotate(hub: Hub, new: bytes, actor: Actor) -> Rotated:
     if live:
         raise Conflict(f"{live} workspace(s) are running; their notebook servers hold a token derived from the "
                        "hub secret: stop them first (they can be started again after the rotation)")
-    hubsecret.retire(hub.settings, hub.secret)
-    key_files = 0
-    if not hub.settings.archive.key_passphrase.get_secret_value():
-        with hub.sessions() as session:
-            key_files = archive_keys.reencrypt_key_files(hub, session, hubsecret.archive_passphrase(new))
+    hubsecret.retire(hub.settings, hub.secret)  # first: from here on the old secret's audit key is kept
+    derived = not hub.settings.archive.key_passphrase.get_secret_value()  # the key files' passphrase follows it
     rekeyed = identity.Rekeyed(0, 0, [])
     with transaction(hub.sessions) as session:
         moved = audit.chain_key_id(session) == new_id
@@ -100,9 +97,15 @@ def rotate(hub: Hub, new: bytes, actor: Actor) -> Rotated:
             for user_id in rekeyed.users_without_codes:
                 notify_user(session, user_id, "recovery_codes_reset", {})
             audit.record_secret_rotation(session, actor, new_id, {
-                "from": old_id, "archive_key_files": key_files, "totp_seeds": rekeyed.totp_seeds,
-                "recovery_codes_deleted": rekeyed.recovery_codes,
+                "from": old_id, "archive_key_files": len(archive_keys.key_files(hub, session)) if derived else 0,
+                "totp_seeds": rekeyed.totp_seeds, "recovery_codes_deleted": rekeyed.recovery_codes,
                 "users_without_recovery_codes": len(rekeyed.users_without_codes)})
+    # After the commit: a run refused before it (an unreadable TOTP seed, say) leaves the key files as they were.
+    # A file still under the old passphrase opens with the retired one until then (archive.keys._load).
+    key_files = 0
+    if derived:
+        with hub.sessions() as session:
+            key_files = archive_keys.reencrypt_key_files(hub, session, hubsecret.archive_passphrase(new))
     secret_file = None
     if not hub.settings.secret_key.get_secret_value():
         secret_file = hub.settings.secret_key_path
