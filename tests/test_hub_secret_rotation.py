@@ -20,6 +20,7 @@ from strongroom import hubsecret
 from strongroom.app import create_app
 from strongroom.archive import c4gh
 from strongroom.archive import keys as archive_keys
+from strongroom.audit import outbox
 from strongroom.audit import service as audit
 from strongroom.audit.models import AuditEvent, AuditHead
 from strongroom.audit.service import Actor
@@ -148,6 +149,8 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
         assert audit.count(s) == before + 1
         report = audit.verify(s)  # it can check what came before, and says it cannot check what follows
     assert [p.kind for p in report.problems] == ["unknown-key"]
+    # Something already done that the stale process must audit after the fact waits in the outbox, not lost.
+    assert outbox.record_after(hub, Actor.system("stale"), "test.after-the-fact") is False
     with transaction(hub.sessions) as s:  # a stale worker gives the job back untried and stops
         jobs.enqueue(s, "test.audited", {})
     stale_worker = _runner(hub)
@@ -163,6 +166,7 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
     with TestClient(new_app, base_url="http://127.0.0.1:8000") as c:
         assert c.get("/readyz").status_code == 200
     assert _runner(new_hub).run_until_idle() == 1  # the job the stale worker gave back
+    assert outbox.replay(new_hub) == 1  # what `serve`, `worker` and `dicom serve` do at start
     assert _login(new_app, alice) == 303  # the TOTP seed was re-encrypted
     assert _recovery_login(new_app, alice, recovery[0]) == 401  # the codes were deleted
     archive_keys._cache.clear()

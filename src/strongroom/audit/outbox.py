@@ -4,7 +4,8 @@ Most events are written in the same transaction as the change they describe (eit
 does). A few describe something that already happened outside any transaction and cannot be undone: a
 download's end (every byte sent, or the client gone), a refused download whose request rolled back, a
 refused DICOM association. If the database does not answer at that moment, the event used to be logged
-and lost. :func:`record_after` writes it to the chain, or, when the database cannot be reached, appends it
+and lost. :func:`record_after` writes it to the chain, or, when the database cannot be reached (or this
+process still holds a hub secret that was rotated away, which cannot write to the chain), appends it
 to a local outbox (JSON lines, fsync'd before the call returns: ``[audit] outbox_file``, default
 ``<var_dir>/audit-outbox.jsonl``), from where it is replayed into the chain:
 
@@ -80,7 +81,7 @@ def record_after(hub: Hub, actor: Actor, action: str, *, outcome: str = "ok", pr
             with transaction(hub.sessions) as session:
                 _write(session, entry, replayed=False)
             return True
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, audit.StaleSecret) as exc:  # the database, or this process's rotated-away secret
             log.warning("audit.outbox.deferred", action=action, target=target, error=type(exc).__name__)
     _append(path, entry)  # behind whatever waits already: never overtakes an older event
     _schedule(hub, path)
