@@ -37,6 +37,13 @@ def test_config_show_masks_secrets(settings):
     assert f"file {settings.var_dir / 'secret.key'}" in from_file.stdout, from_file.stdout
 
 
+def test_a_setting_that_does_not_validate_is_a_clear_error_not_a_traceback(settings):
+    """Every command reads the settings first: a value they refuse is named in one line, exit 2."""
+    bad = run_cli(settings, "config", "show", extra_env={"STRONGROOM_RETENTION__DEFAULT_CLASS": "forever"})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "configuration error" in bad.stderr and "default_class 'forever'" in " ".join(bad.stderr.split())
+
+
 def test_config_reads_a_toml_file(settings, tmp_path):
     path = tmp_path / "strongroom.toml"
     path.write_text('site_name = "Hub North"\n[security]\nfresh_mfa_minutes = 5\n')

@@ -43,9 +43,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                help="Print the version and exit.")] = False) -> None:
+    from pydantic import ValidationError
+
     from .logs import configure
 
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # every command reads the settings first: say what is wrong, not a traceback
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            err.print(f"[red]configuration error:[/] {where}: {error['msg']}")
+        raise typer.Exit(2) from None
     configure(settings.log_level, settings.log_json)
 
 
