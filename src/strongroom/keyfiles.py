@@ -9,6 +9,10 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_LOADED: dict[Path, tuple[tuple[int, int], Any]] = {}  # key file -> ((inode, mtime), parsed key)
 
 
 def read_or_create(path: Path, make: Callable[[], str]) -> str:
@@ -53,3 +57,20 @@ def replace(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def load(path: Path, make: Callable[[], str], parse: Callable[[str], T]) -> T:
+    """The key in ``path`` (created with ``make()`` on first use, as ``read_or_create``), parsed once and read
+    again only when the file changes: after a rotation on any host sharing the folder, every process uses the new
+    key from its next use, without a restart. Costs one ``stat`` per use."""
+    if not path.exists():
+        read_or_create(path, make)
+    st = path.stat()  # taken before the read: a file replaced in between is read again next time
+    stamp = (st.st_ino, st.st_mtime_ns)
+    cached = _LOADED.get(path)
+    if cached is not None and cached[0] == stamp:
+        value: T = cached[1]
+        return value
+    value = parse(path.read_text())
+    _LOADED[path] = (stamp, value)
+    return value

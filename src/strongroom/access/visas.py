@@ -62,7 +62,6 @@ from ..db import utcnow
 from ..errors import Invalid, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
-from ..keyfiles import read_or_create
 from .models import Entitlement, VisaRevocation
 
 log = structlog.get_logger("strongroom.visas")
@@ -88,31 +87,13 @@ def retired_dir(settings: Settings) -> Path:
     return path.with_name(f"{path.stem}-retired")
 
 
-_KEYS: dict[Path, tuple[tuple[int, int], ECKey]] = {}  # key file -> ((inode, mtime), key)
-
-
 def signing_key(settings: Settings) -> ECKey:
     """The visa signing key (P-256), generated on first use (safe when several processes start at once).
     Read again whenever the file changes: after ``rotate_signing_key`` on any host sharing the keys
     directory, every process signs with the new key from its next use, without a restart."""
-    path = key_path(settings)
-    stamp = _stamp(path)  # taken before the read: a file replaced after it is read again next time
-    cached = _KEYS.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    text = read_or_create(path, lambda: json.dumps(ECKey.generate_key("P-256", private=True)
-                                                   .as_dict(private=True)))
-    key = ECKey.import_key(json.loads(text))
-    _KEYS[path] = (stamp, key)
-    return key
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return (-1, -1)
-    return (st.st_ino, st.st_mtime_ns)
+    return keyfiles.load(key_path(settings),
+                         lambda: json.dumps(ECKey.generate_key("P-256", private=True).as_dict(private=True)),
+                         lambda text: ECKey.import_key(json.loads(text)))
 
 
 def retired_keys(settings: Settings) -> list[ECKey]:

@@ -39,9 +39,6 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$")
 
 
 # -- this hub ----------------------------------------------------------------------------------
-_KEYS: dict[Path, tuple[tuple[int, int], signing.HubKey]] = {}  # key file -> ((inode, mtime), key)
-
-
 def key_file(settings: Settings) -> Path:
     return settings.federation.key_file or settings.var_dir / "keys" / "federation-signing.pem"
 
@@ -49,16 +46,7 @@ def key_file(settings: Settings) -> Path:
 def hub_key(settings: Settings) -> signing.HubKey:
     """This hub's signing key: created on first use, read again when its file changes (a rotation reaches every
     process at its next signature)."""
-    path = key_file(settings)
-    if not path.exists():
-        signing.HubKey.load_or_create(path)
-    st = path.stat()  # taken before the read: a change in between is read again next time
-    cached = _KEYS.get(path)
-    if cached is not None and cached[0] == (st.st_ino, st.st_mtime_ns):
-        return cached[1]
-    key = signing.HubKey.load_or_create(path)
-    _KEYS[path] = ((st.st_ino, st.st_mtime_ns), key)
-    return key
+    return keyfiles.load(key_file(settings), lambda: signing.HubKey.generate().private_pem(), signing.HubKey.from_pem)
 
 
 def rotate_hub_key(settings: Settings) -> tuple[str, str]:

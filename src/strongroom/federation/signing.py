@@ -21,7 +21,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -115,13 +114,10 @@ class HubKey:
                                           serialization.NoEncryption()).decode()
 
     @classmethod
-    def load_or_create(cls, path: Path) -> HubKey:
-        from ..keyfiles import read_or_create
-
-        private = serialization.load_pem_private_key(
-            read_or_create(path, lambda: cls.generate().private_pem()).encode(), password=None)
+    def from_pem(cls, text: str) -> HubKey:
+        private = serialization.load_pem_private_key(text.encode(), password=None)
         if not isinstance(private, Ed25519PrivateKey):
-            raise ValueError(f"{path} is not an Ed25519 key")
+            raise ValueError("the hub signing key file does not hold an Ed25519 key")
         return cls(private)
 
     @property

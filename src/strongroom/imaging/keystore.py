@@ -22,19 +22,18 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import keyfiles
 from ..audit import service as audit
 from ..config import Settings
 from ..db import transaction
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
-from ..keyfiles import read_or_create, replace
 from ..projects import service as projects
 from .deid import Pseudonymizer
 from .models import ImagingProject, PseudonymEntry
 
 KINDS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
-_keys: dict[Path, tuple[tuple[int, int], bytes]] = {}  # key file -> ((inode, mtime), key)
 
 
 def key_path(settings: Settings) -> Path:
@@ -60,24 +59,11 @@ def _parse(text: str, path: Path) -> bytes:
     return key
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_ino, st.st_mtime_ns
-
-
 def keystore_key(settings: Settings) -> bytes:
     """The sealing key, created on first use (0600) and read again when its file changes: a rotation reaches
     every process at its next seal, without a restart."""
     path = key_path(settings)
-    if not path.exists():
-        read_or_create(path, lambda: os.urandom(32).hex())
-    stamp = _stamp(path)  # taken before the read: a change in between is read again next time
-    cached = _keys.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    key = _parse(path.read_text(), path)
-    _keys[path] = (stamp, key)
-    return key
+    return keyfiles.load(path, lambda: os.urandom(32).hex(), lambda text: _parse(text, path))
 
 
 def retired_keys(settings: Settings) -> list[bytes]:
@@ -176,9 +162,9 @@ def rotate_key(settings: Settings) -> tuple[str, str]:
     old = keystore_key(settings)
     folder = retired_dir(settings)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    replace(folder / f"{key_id(old)}.key", old.hex())
+    keyfiles.replace(folder / f"{key_id(old)}.key", old.hex())
     new = os.urandom(32)
-    replace(key_path(settings), new.hex())
+    keyfiles.replace(key_path(settings), new.hex())
     return key_id(old), key_id(new)
 
 
