@@ -99,7 +99,7 @@ def world(app, hub, people, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("STRONGROOM_CLI_CONFIG", str(tmp_path / "no-login.json"))
         monkeypatch.setenv("STRONGROOM_URL", url)
         monkeypatch.setenv("STRONGROOM_TOKEN", tokens["alice"])
-        monkeypatch.setenv("STRONGROOM_SECRET_KEY", str(tmp_path / "me.sec"))
+        monkeypatch.setenv("STRONGROOM_CRYPT4GH_KEY", str(tmp_path / "me.sec"))
         (dataset,) = http.get("/api/v1/projects/lung/datasets").json()
         yield {"url": url, "http": http, "tokens": tokens, "big": big, "ids": ids, "dataset": dataset["id"],
                "key": tmp_path / "me.sec"}

@@ -159,5 +159,16 @@ def init(demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create the
             console.print(line)
 
 
+def run() -> None:
+    """The `strongroom` command (console script): ``app`` with the refusals every command shares in one line."""
+    from .hubsecret import WeakSecret
+
+    try:
+        app()
+    except WeakSecret as exc:  # raised by whichever command opens the hub first: say what to do, not a traceback
+        err.print(f"[red]configuration error:[/] secret_key: {exc}")
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -22,7 +22,7 @@ that hold the bytes it needs and decrypts them in memory. Two ways to read, chos
 
 Credentials, as the command line's (``strongroom.hubclient``): the hub's address and the API token from
 ``strongroom login`` or ``STRONGROOM_URL`` / ``STRONGROOM_TOKEN`` (or ``url=`` / ``token=``); the secret key
-from ``secret_key=`` or ``STRONGROOM_SECRET_KEY`` or ``~/.config/strongroom/strongroom.sec`` (the CLI's
+from ``secret_key=`` or ``STRONGROOM_CRYPT4GH_KEY`` (a path) or ``~/.config/strongroom/strongroom.sec`` (the CLI's
 ``keys generate``), its passphrase from ``passphrase=`` or ``STRONGROOM_KEY_PASSPHRASE``. The matching public
 key must be registered with the hub (``strongroom keys register``).
 
@@ -106,7 +106,7 @@ class StrongroomFileSystem(AbstractFileSystem):
         self.block_size = block_size
         self._secret: bytes | None = None
         self._fingerprint: str | None = None
-        key_path = Path(secret_key or os.environ.get("STRONGROOM_SECRET_KEY") or config_path().parent
+        key_path = Path(secret_key or os.environ.get("STRONGROOM_CRYPT4GH_KEY") or config_path().parent
                         / "strongroom.sec").expanduser()
         if via == "encrypted" or (via == "auto" and key_path.is_file()):
             keypair = c4gh.load_private_key(key_path, passphrase or os.environ.get("STRONGROOM_KEY_PASSPHRASE")

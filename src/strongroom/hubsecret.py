@@ -24,7 +24,24 @@ from .keyfiles import replace
 if TYPE_CHECKING:
     from .config import Settings
 
-MIN_LENGTH = 32  # characters: what `openssl rand -hex 16` gives, the least a new secret may be
+MIN_LENGTH = 32  # characters: what `openssl rand -hex 16` gives, the least a secret may be
+# what deployment examples put where a secret belongs: a hub still holding one runs on a published value
+PLACEHOLDERS = ("change-me", "changeme", "change_me")
+
+
+class WeakSecret(ValueError):
+    """The hub secret may not protect a hub (too short, or an example's placeholder)."""
+
+
+def weakness(secret: bytes) -> str | None:
+    """Why ``secret`` must not be a hub's secret, or None. Anyone who learns it can forge the audit chain,
+    CSRF tokens and recovery-code digests, so a short or published value is refused, not merely warned of."""
+    text = secret.decode(errors="replace").strip()
+    if any(marker in text.lower() for marker in PLACEHOLDERS):
+        return "the hub secret is still a deployment example's placeholder"
+    if len(text) < MIN_LENGTH:
+        return f"the hub secret is too short ({len(text)} characters; at least {MIN_LENGTH})"
+    return None
 
 
 def secret_id(secret: bytes) -> str:
