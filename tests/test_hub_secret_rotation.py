@@ -91,7 +91,8 @@ def test_the_hub_secret_rotates_and_everything_it_protects_follows(app, hub, peo
     # A configured secret is not replaced behind the operator's back: the new one must be given.
     refused = run_cli(settings, "admin", "rotate-secret")
     assert refused.returncode == 2 and "--new-secret-file" in refused.stderr
-    for bad, why in (("short", "at least 32 characters"), (settings.secret_key.get_secret_value(), "the one in use")):
+    for bad, why in (("short", "at least 32"), ("change-me-" + "0" * 40, "placeholder"),
+                     (settings.secret_key.get_secret_value(), "the one in use")):
         (tmp_path / "bad.secret").write_text(bad)
         r = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(tmp_path / "bad.secret"))
         assert r.returncode == 2 and why in r.stderr, r.stderr
@@ -231,32 +232,3 @@ def test_a_hub_keeping_its_secret_in_a_file_gets_a_new_one_and_resumes_an_interr
     with newest.sessions() as s:
         assert audit.verify(s).ok
 
-
-@pytest.mark.parametrize("weak", ["change-me", "change-me-64-random-hex-characters", "s3cret-but-short"])
-def test_a_weak_hub_secret_is_refused_by_every_entry_point_but_its_rotation(weak, tmp_path):
-    """Anyone who guesses the hub secret forges audit events, CSRF tokens and recovery-code digests: a hub whose
-    secret is a deployment example's placeholder (the env example's, the Helm chart's — long enough to pass a
-    length check) or shorter than 32 characters does not start. Every command that opens the hub says so in one
-    line (exit 2); only `admin rotate-secret` opens it, to replace the secret, and the hub then starts."""
-    settings = Settings(var_dir=tmp_path / "var", secret_key=weak, jobs={"embedded": False})
-    from strongroom.migrate import upgrade
-
-    upgrade(settings.effective_database_url)
-    with pytest.raises(hubsecret.WeakSecret, match="rotate-secret"):
-        Hub.from_settings(settings)
-    with pytest.raises(hubsecret.WeakSecret):
-        create_app(settings)  # the web process (`strongroom serve` builds it before listening)
-    for command in (["serve", "--port", "1"], ["worker"], ["dicom", "serve"], ["audit", "verify"],
-                    ["admin", "create-user", "x@example.org", "--name", "X"]):
-        refused = run_cli(settings, *command)
-        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
-        assert "configuration error: secret_key: the hub secret" in refused.stderr, command
-        assert "Traceback" not in refused.stderr, command
-    assert run_cli(settings, "config", "show").returncode == 0  # what does not open the hub still works
-    new_secret = tmp_path / "new.secret"
-    new_secret.write_text(NEW_SECRET)
-    rotated = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(new_secret))
-    assert rotated.returncode == 0, rotated.stderr
-    hub = Hub.from_settings(settings.model_copy(update={"secret_key": SecretStr(NEW_SECRET)}))
-    with hub.sessions() as s:
-        assert audit.verify(s).ok

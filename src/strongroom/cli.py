@@ -166,7 +166,7 @@ def run() -> None:
     try:
         app()
     except WeakSecret as exc:  # raised by whichever command opens the hub first: say what to do, not a traceback
-        err.print(f"[red]configuration error:[/] secret_key: {exc}")
+        err.print(f"[red]configuration error:[/] {exc.setting}: {exc}")
         raise SystemExit(2) from None
 
 

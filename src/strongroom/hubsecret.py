@@ -25,23 +25,41 @@ if TYPE_CHECKING:
     from .config import Settings
 
 MIN_LENGTH = 32  # characters: what `openssl rand -hex 16` gives, the least a secret may be
+PASSPHRASE_MIN_LENGTH = 16  # a configured archive key passphrase: the key files are backed up, off the hub
 # what deployment examples put where a secret belongs: a hub still holding one runs on a published value
 PLACEHOLDERS = ("change-me", "changeme", "change_me")
 
 
 class WeakSecret(ValueError):
-    """The hub secret may not protect a hub (too short, or an example's placeholder)."""
+    """A configured secret may not protect a hub (too short, or an example's placeholder); ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
-def weakness(secret: bytes) -> str | None:
-    """Why ``secret`` must not be a hub's secret, or None. Anyone who learns it can forge the audit chain,
-    CSRF tokens and recovery-code digests, so a short or published value is refused, not merely warned of."""
-    text = secret.decode(errors="replace").strip()
+def weakness(value: str, what: str, min_length: int) -> str | None:
+    """Why ``value`` must not protect a hub, or None. A guessed hub secret forges audit events, CSRF tokens and
+    recovery-code digests; a guessed passphrase opens the archive key files in any backup of them: a short or
+    published value is refused, not merely warned of."""
+    text = value.strip()
     if any(marker in text.lower() for marker in PLACEHOLDERS):
-        return "the hub secret is still a deployment example's placeholder"
-    if len(text) < MIN_LENGTH:
-        return f"the hub secret is too short ({len(text)} characters; at least {MIN_LENGTH})"
+        return f"{what} is still a deployment example's placeholder"
+    if len(text) < min_length:
+        return f"{what} is too short ({len(text)} characters; at least {min_length})"
     return None
+
+
+def refuse_weak(settings: Settings, secret: bytes) -> None:
+    """Raise ``WeakSecret`` for the first weak secret a hub would run on, naming the command that replaces it."""
+    if problem := weakness(secret.decode(errors="replace"), "the hub secret", MIN_LENGTH):
+        raise WeakSecret("secret_key", f"{problem}: replace it with `strongroom admin rotate-secret` (it keeps "
+                                       "the audit trail verifiable; `openssl rand -hex 32` makes a good one)")
+    passphrase = settings.archive.key_passphrase.get_secret_value()
+    if passphrase and (problem := weakness(passphrase, "the archive key passphrase", PASSPHRASE_MIN_LENGTH)):
+        raise WeakSecret("archive.key_passphrase",
+                         f"{problem}: rewrite the key files under a new one with `strongroom archive "
+                         "rotate-passphrase --new-passphrase-file FILE`, then configure it")
 
 
 def secret_id(secret: bytes) -> str:

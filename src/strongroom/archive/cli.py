@@ -319,3 +319,32 @@ def rotate_key() -> None:
         for done, total in rotate(hub, actor):
             progress.update(task, completed=done, total=total)
     console.print("[green]rotated[/]: new uploads use the new key; old keys are retired")
+
+
+@archive_app.command("rotate-passphrase")
+def rotate_passphrase(
+    new_passphrase_file: Annotated[Path, typer.Option(
+        "--new-passphrase-file", exists=True, dir_okay=False, readable=True,
+        help="A file holding the new passphrase (its first line; at least 16 characters).")],
+) -> None:
+    """Rewrite every archive key file (active and retired) under a new passphrase, atomically one by one; then set
+    STRONGROOM_ARCHIVE__KEY_PASSPHRASE to it and restart Strongroom. Run it with the current passphrase (or none)
+    configured. Interrupted, it completes when run again with the same file."""
+    from ..config import get_settings
+    from ..errors import DomainError
+    from ..hub import Hub
+    from ..identity.cli import _fail as _refuse
+    from ..identity.cli import _operator
+    from .keys import rotate_passphrase as rotate
+
+    hub = Hub.from_settings(get_settings(), allow_weak_secrets=True)  # replacing a weak passphrase is its purpose
+    lines = new_passphrase_file.read_text().splitlines()
+    try:
+        rewritten = rotate(hub, lines[0] if lines else "", _operator())
+    except DomainError as exc:
+        _refuse(exc)
+    except c4gh.KeyFileError as exc:  # a key file under neither the passphrase in force nor the new one
+        _fail(exc)
+    console.print(f"[green]rewritten[/]: {rewritten} key file(s) under the new passphrase")
+    console.print("  now set STRONGROOM_ARCHIVE__KEY_PASSPHRASE to it wherever Strongroom runs (your secret manager), "
+                  "restart Strongroom, and destroy the file you passed")

@@ -17,6 +17,7 @@ from .. import hubsecret, keyfiles
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import transaction
+from ..errors import Invalid
 from ..hub import Hub
 from . import c4gh
 from .models import ArchiveFile, ArchiveKey
@@ -67,6 +68,21 @@ def reencrypt_key_files(hub: Hub, session: Session, passphrase: str) -> int:
             continue
         keyfiles.replace(path, c4gh.private_key_file(keypair, passphrase).decode())
         rewritten += 1
+    return rewritten
+
+
+def rotate_passphrase(hub: Hub, new: str, actor: Actor) -> int:
+    """Write every archive key file (active and retired) again under the passphrase ``new``; the operator then
+    configures it (``archive.key_passphrase``) and restarts. Files already under ``new`` (a run that stopped) are
+    left as they are, so running it again completes it. Returns how many files were rewritten."""
+    if problem := hubsecret.weakness(new, "the new passphrase", hubsecret.PASSPHRASE_MIN_LENGTH):
+        raise Invalid(problem)
+    if new == _passphrase(hub):
+        raise Invalid("the new passphrase is the one in use")
+    with transaction(hub.sessions) as session:
+        rewritten = reencrypt_key_files(hub, session, new)
+        audit.record(session, actor, "archive.key_passphrase.rotated",
+                     details={"key_files": rewritten, "of": len(key_files(hub, session))})
     return rewritten
 
 

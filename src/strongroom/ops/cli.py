@@ -32,7 +32,7 @@ def rotate_secret(
     from ..identity.cli import _fail, _operator
     from . import rotation
 
-    hub = Hub.from_settings(allow_weak_secret=True)  # replacing a weak secret is what this command is for
+    hub = Hub.from_settings(allow_weak_secrets=True)  # replacing a weak secret is what this command is for
     try:
         new = rotation.new_secret(hub, new_secret_file.read_text() if new_secret_file else None)
         done = rotation.rotate(hub, new, _operator())

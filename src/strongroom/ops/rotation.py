@@ -67,9 +67,8 @@ def new_secret(hub: Hub, given: str | None) -> bytes:
                       "in a file only you can read and pass it with --new-secret-file")
     else:
         value = keyfiles.read_or_create(pending_file(hub), lambda: os.urandom(32).hex()).strip()
-    if len(value) < hubsecret.MIN_LENGTH:
-        raise Invalid(f"the new secret must be at least {hubsecret.MIN_LENGTH} characters "
-                      "(e.g. `openssl rand -hex 32`)")
+    if problem := hubsecret.weakness(value, "the new secret", hubsecret.MIN_LENGTH):
+        raise Invalid(f"{problem} (make one with `openssl rand -hex 32`)")
     if value.encode() == hub.secret:
         if given is None:  # an earlier run replaced the secret file and stopped before removing its pending copy
             pending_file(hub).unlink()
