@@ -598,3 +598,36 @@ def test_compressed_syntaxes_are_accepted_and_pixel_data_kept_byte_for_byte(hub,
         assert not any(r.startswith("leak") for r in inst.reasons), (name, inst.reasons)
         seen.add(name)
     assert seen == set(COMPRESSED)
+
+
+def test_dicom_and_sftp_servers_stop_with_status_3_once_the_hub_secret_is_rotated_away(hub, settings, destination,
+                                                                                       tmp_path: Path) -> None:
+    """After `admin rotate-secret`, nothing a server still holding the old secret does can be audited: `dicom
+    serve` and `sftp serve` notice within seconds, stop listening and exit with status 3 (their supervisor
+    restarts them); started with the current secret, they serve again."""
+    from test_cli_and_ops import run_cli
+
+    sftp_port = free_port()
+    sftp = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "sftp", "serve", "--port", str(sftp_port)],
+                            env=_env(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    new_secret = "rotated-while-serving-" + "s" * 32
+    try:
+        with dicom_serve(settings, destination) as dicom:
+            wait_listening(sftp_port, sftp)
+            (tmp_path / "new.secret").write_text(new_secret)
+            rotated = run_cli(settings, "admin", "rotate-secret", "--new-secret-file", str(tmp_path / "new.secret"))
+            assert rotated.returncode == 0, rotated.stderr
+            assert dicom.wait(120) == 3
+            assert sftp.wait(120) == 3
+    finally:
+        if sftp.poll() is None:
+            sftp.kill()
+    assert "restart `strongroom sftp serve` with the current secret" in " ".join(sftp.communicate()[1].split())
+    log = " ".join((settings.var_dir / "dicom-serve.log").read_text().split())  # the terminal's line breaks
+    assert "dicom.stale_secret" in log and "restart `strongroom dicom serve` with the current secret" in log
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", destination)) != 0  # no longer acknowledging anything
+    with dicom_serve(settings, destination, STRONGROOM_SECRET_KEY=new_secret):
+        echo = subprocess.run(["echoscu", "-aet", SENDER, "-aec", AET, "127.0.0.1", str(destination)],
+                              capture_output=True, text=True, timeout=60)
+        assert echo.returncode == 0, echo.stderr

@@ -13,8 +13,11 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,9 +42,11 @@ from strongroom.identity.principal import SCOPES, Principal
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project, ProjectSetting
+from strongroom.sftp import hostkeys as sftp_hostkeys
 from strongroom.sftp import server as sftp_server
 from strongroom.sftp import service as sftp
 from strongroom.sftp.models import SftpUpload, SshKey
+from support.live import free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("sftp") is None or shutil.which("rclone") is None,
                                 reason="needs openssh-client and rclone (scripts/install-test-deps.sh)")
@@ -106,7 +111,7 @@ def world(hub, people, tmp_path: Path) -> Iterator[Hubsftp]:
     acceptor = asyncio.run_coroutine_threadsafe(sftp_server.start(hub, "127.0.0.1", 0), loop).result(30)
     port = acceptor.sockets[0].getsockname()[1]
     known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {sftp_server.host_key(hub).export_public_key().decode().strip()}\n")
+    known.write_text(f"[127.0.0.1]:{port} {sftp_hostkeys.host_key(hub).export_public_key().decode().strip()}\n")
     try:
         yield Hubsftp(hub, port, known, keys, tmp_path)
     finally:
@@ -433,3 +438,81 @@ def test_killed_rclone_upload_copied_again(world: Hubsftp) -> None:
         assert states == ["failed", "ready"]  # the cut-off attempt, its parts deleted; the new upload
         assert s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung")) == 0
     assert list(storage_for(hub).iter_multipart_uploads()) == []
+
+
+def _poll(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_the_host_key_rotates_in_two_steps_that_pinned_clients_follow(world: Hubsftp) -> None:
+    """`sftp rotate-host-key` makes the next key, which the running `sftp serve` announces after login within
+    seconds (no restart): an OpenSSH client with UpdateHostKeys adds it to known_hosts. `--finish` makes the server
+    prove it: that client goes on without a warning, one that never connected in between sees a changed host key.
+    The old key's private half is gone, its public half kept; both steps are audited."""
+    from test_cli_and_ops import run_cli
+
+    hub, settings = world.hub, world.hub.settings
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "strongroom.cli", "sftp", "serve", "--port", str(port)],
+                            env={**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
+                                 "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(),
+                                 "STRONGROOM_VAR_DIR": str(settings.var_dir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None, "sftp serve exited"
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        _poll(listening, "sftp serve to listen")
+        old = sftp_hostkeys.host_key(hub)
+        pinned = f"[127.0.0.1]:{port} {old.export_public_key().decode().strip()}\n"
+        learner, absent = world.tmp / "learner_known_hosts", world.tmp / "absent_known_hosts"
+        learner.write_text(pinned)
+        absent.write_text(pinned)
+        batch = world.tmp / "pwd-batch"
+        batch.write_text("pwd\n")
+
+        def connect(known: Path, *, update: bool) -> subprocess.CompletedProcess[str]:
+            options = ["-P", str(port), "-i", str(world.keys["alice"]), "-o", "IdentitiesOnly=yes",
+                       "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+                       "-o", f"UpdateHostKeys={'yes' if update else 'no'}", "-F", "/dev/null"]
+            return subprocess.run(["sftp", *options, "-b", str(batch), "alice@127.0.0.1"], capture_output=True,
+                                  text=True, timeout=60)
+
+        assert connect(learner, update=True).returncode == 0
+        begun = run_cli(settings, "sftp", "rotate-host-key")
+        assert begun.returncode == 0, begun.stderr
+        upcoming = sftp_hostkeys.next_key(hub)
+        assert upcoming is not None and sftp_hostkeys.fingerprint(upcoming) in begun.stdout
+        twice = run_cli(settings, "sftp", "rotate-host-key")
+        assert twice.returncode == 2 and "already under way" in twice.stderr
+        new_blob = upcoming.export_public_key().decode().split()[1]
+        _poll(lambda: connect(learner, update=True).returncode == 0 and new_blob in learner.read_text(),
+              "a client to learn the announced key")
+        shown = run_cli(settings, "sftp", "host-key")
+        assert f"next (announced, not yet in use): {sftp_hostkeys.fingerprint(upcoming)}" in shown.stdout
+
+        finished = run_cli(settings, "sftp", "rotate-host-key", "--finish")
+        assert finished.returncode == 0, finished.stderr
+
+        def proving_new_key() -> bool:
+            scan = subprocess.run(["ssh-keyscan", "-p", str(port), "-t", "ed25519", "127.0.0.1"],
+                                  capture_output=True, text=True, timeout=30)
+            return new_blob in scan.stdout
+        _poll(proving_new_key, "the server to prove the new key")
+        assert connect(learner, update=True).returncode == 0  # it learned the key in time: no warning
+        stranger = connect(absent, update=False)
+        assert stranger.returncode != 0 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in stranger.stderr
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    old_private = old.export_private_key().decode()
+    assert not any(old_private in p.read_text() for p in (settings.var_dir / "sftp").rglob("*") if p.is_file())
+    shown = run_cli(settings, "sftp", "host-key")
+    assert f"retired: {sftp_hostkeys.fingerprint(old)}" in shown.stdout and "next" not in shown.stdout
+    assert run_cli(settings, "sftp", "rotate-host-key", "--finish").returncode == 2  # nothing under way
+    assert [action for action, _ in _events(hub, "sftp.host_key.announced", "sftp.host_key.rotated")] == [
+        "sftp.host_key.announced", "sftp.host_key.rotated"]

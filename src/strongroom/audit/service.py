@@ -194,6 +194,13 @@ def chain_key_id(session: Session) -> str | None:
     return _locked_head(session).key_id
 
 
+def holds_rotated_secret(session: Session) -> bool:
+    """Whether this process's hub secret was rotated away: the chain names another one for its next event. A
+    read (no lock): long-running servers ask it now and then and stop, since nothing they do can be audited."""
+    head_key = session.scalar(select(AuditHead.key_id).where(AuditHead.id == 1))
+    return head_key is not None and head_key != _keyring(session).current_id
+
+
 def record_secret_rotation(session: Session, actor: Actor, to_id: str, details: dict[str, Any]) -> AuditEvent:
     """The chain's move to the key of hub secret ``to_id``: this event is keyed by the secret in use, every
     later one by the new secret (the head names it from now on, so only a process holding it may write)."""

@@ -56,6 +56,10 @@ def serve(
     err.print(f"[bold]DICOM destinations[/] on {service.host}: following project settings "
               f"(every {settings.imaging.refresh_seconds:g} s)")
     service.serve_forever()
+    if service.stale:  # exit non-zero: a supervisor restarts it, with the current secret
+        err.print("[red]error:[/] the hub secret was rotated: restart `strongroom dicom serve` with the current secret "
+                  "(acknowledged objects wait in the spool)")
+        raise typer.Exit(3)
 
 
 @import_app.command("dicom")

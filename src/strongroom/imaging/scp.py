@@ -51,6 +51,7 @@ from sqlalchemy import select
 from ..archive.backend import storage_for
 from ..archive.storage.durable import fsync_path
 from ..audit import outbox
+from ..audit import service as audit
 from ..hub import Hub
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
@@ -234,6 +235,7 @@ class DicomService:
         self.lock = threading.Lock()
         self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
         self.stopping = threading.Event()
+        self.stale = False  # stopped because the hub secret was rotated away (the command exits 3)
         self.fsyncer = ThreadPoolExecutor(32, thread_name_prefix="dicom-fsync")
         self.dispatcher = threading.Thread(target=self._dispatch_loop, name="dicom-dispatcher", daemon=True)
         self.archiver = threading.Thread(target=self._archive_loop, name="dicom-archiver", daemon=True)
@@ -260,10 +262,21 @@ class DicomService:
         self.start()
         try:
             while not self.stopping.wait(self.cfg.refresh_seconds):
+                if self._secret_rotated():
+                    break
                 self.refresh()
                 self.publish_quiet()
         finally:
             self.stop()
+
+    def _secret_rotated(self) -> bool:
+        """After a rotation of the hub secret nothing this process archives can be audited: stop taking objects
+        (what was acknowledged stays in the spool for the next start) and let the supervisor restart it."""
+        with self.hub.sessions() as session:
+            self.stale = audit.holds_rotated_secret(session)
+        if self.stale:
+            log.error("dicom.stale_secret", detail="the hub secret was rotated: restart with the current one")
+        return self.stale
 
     def stop(self) -> None:
         self.stopping.set()

@@ -5,12 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-from sqlalchemy import select
 
 from .. import __version__
-from ..audit.models import AuditHead
+from ..audit import service as audit
 from ..db import WEB_BUSY_TIMEOUT_MS, open_session
-from ..hubsecret import secret_id
 
 router = APIRouter(tags=["operations"])
 
@@ -31,10 +29,10 @@ def readyz(request: Request) -> JSONResponse:
     hub = request.app.state.hub
     try:
         with open_session(hub.sessions, deferred=True, busy_timeout_ms=WEB_BUSY_TIMEOUT_MS) as session:
-            chain_key = session.scalar(select(AuditHead.key_id))  # a read: it takes no write lock
+            stale = audit.holds_rotated_secret(session)  # a read: it takes no write lock
     except Exception as exc:  # any failure means not ready
         return JSONResponse({"status": "unavailable", "database": type(exc).__name__}, status_code=503)
-    if chain_key is not None and chain_key != secret_id(hub.secret):
+    if stale:
         # After a rotation of the hub secret a process still holding the old one can write nothing: out of service.
         return JSONResponse({"status": "stale-secret", "database": "ok"}, status_code=503)
     return JSONResponse({"status": "ok", "database": "ok"})

@@ -14,7 +14,6 @@ import functools
 import inspect
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import asyncssh
@@ -22,34 +21,17 @@ import structlog
 from asyncssh import SFTPAttrs, SFTPName
 from sqlalchemy import select
 
+from ..audit import service as audit
 from ..db import open_session, transaction
 from ..errors import DomainError, Forbidden, MfaRequired, NotFound
 from ..hub import Hub
-from . import paths, service
+from . import hostkeys, paths, service
 from .models import SshKey
 
 log = structlog.get_logger("strongroom.sftp")
 T = TypeVar("T")
 
 FILE_RO, FILE_RW, DIR_RO, DIR_RW = 0o100440, 0o100640, 0o040550, 0o040750
-
-
-def host_key_path(hub: Hub) -> Path:
-    return hub.settings.var_dir / "sftp" / "ssh_host_ed25519_key"
-
-
-def host_key(hub: Hub) -> asyncssh.SSHKey:
-    """The server's host key, made on first use and kept (mode 0600) in the hub's var dir."""
-    path = host_key_path(hub)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="strongroom-sftp")
-        tmp = path.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.write_bytes(key.export_private_key())
-        tmp.replace(path)
-        path.with_suffix(".pub").write_bytes(key.export_public_key())
-    return asyncssh.read_private_key(str(path))
 
 
 def _sftp_error(exc: Exception) -> asyncssh.SFTPError:
@@ -367,19 +349,49 @@ def _lenient_writes() -> None:
 async def start(hub: Hub, host: str, port: int) -> asyncssh.SSHAcceptor:
     """Listen on host:port (port 0: any free port) and serve until the acceptor is closed."""
     _lenient_writes()
+    # send_server_host_keys: after login, clients are told every key (the next one during a rotation)
     return await asyncssh.create_server(
-        _server_factory(hub), host, port, server_host_keys=[host_key(hub)],
+        _server_factory(hub), host, port, server_host_keys=hostkeys.host_keys(hub), send_server_host_keys=True,
         sftp_factory=lambda chan: HubSFTPServer(chan, hub), allow_scp=False,
         agent_forwarding=False, x11_forwarding=False, allow_pty=False, process_factory=None,
         server_version="Strongroom")
 
 
-def serve(hub: Hub, host: str, port: int) -> None:
-    """Run the server until interrupted."""
-    async def main() -> None:
+CHECK_SECONDS = 5.0  # how often a running server looks at its host key files and the hub secret
+
+
+def _secret_rotated(hub: Hub) -> bool:
+    with hub.sessions() as session:
+        return audit.holds_rotated_secret(session)
+
+
+async def keep_current(hub: Hub, server: asyncssh.SSHAcceptor) -> bool:
+    """Upkeep of a running server, every few seconds: new connections get the host keys on disk (a rotation
+    needs no restart), and the server closes if the hub secret was rotated away (nothing it does could be
+    audited any more). Returns True in that case."""
+    seen = hostkeys.stamp(hub)
+    while not await _run(_secret_rotated, hub):
+        await asyncio.sleep(CHECK_SECONDS)
+        if (now := hostkeys.stamp(hub)) != seen:
+            server.update(server_host_keys=await _run(hostkeys.host_keys, hub), send_server_host_keys=True)
+            seen = now
+            log.info("sftp.host_keys_reloaded", keys=[hostkeys.fingerprint(k) for k in hostkeys.host_keys(hub)])
+    log.error("sftp.stale_secret", detail="the hub secret was rotated: restart with the current one")
+    server.close()
+    return True
+
+
+def serve(hub: Hub, host: str, port: int) -> bool:
+    """Run the server until interrupted. Returns True when it stopped because the hub secret was rotated away."""
+    async def main() -> bool:
         server = await start(hub, host, port)
         bound = server.sockets[0].getsockname() if server.sockets else (host, port)
         log.info("sftp.listening", host=bound[0], port=bound[1])
+        upkeep = asyncio.create_task(keep_current(hub, server))
         with contextlib.suppress(asyncio.CancelledError):
             await server.wait_closed()
-    asyncio.run(main())
+        if upkeep.done():
+            return upkeep.result()
+        upkeep.cancel()
+        return False
+    return asyncio.run(main())
