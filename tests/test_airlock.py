@@ -17,7 +17,7 @@ from pathlib import Path
 import crypt4gh.lib
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from conftest import bearer, token_for
 from strongroom.airlock import checks
@@ -407,6 +407,68 @@ def test_a_table_is_verified_against_the_projects_strategy(world) -> None:
     [f] = _get(w, req["id"])["files"]
     assert f["check_state"] == "failed"
     assert [c["name"] for c in f["checks"] if not c["passed"]] == ["strategy verification"]
+
+
+def test_the_strategy_verifies_a_table_whatever_the_requester_may_read(world) -> None:
+    """The checks read the project's strategy as the hub: a requester who left the project before the checks
+    ran (or who may not read the strategy) does not get the weaker identifier scan instead of its verification."""
+    w, hub, c = world, world["hub"], world["c"]
+    text = ('name = "Lab"\nperson = "pin"\n[columns.pin]\naction = "pseudonymize"\n'
+            '[columns.age]\naction = "stratify"\nwidth = 5\n')
+    assert c.put("/api/v1/projects/lung/strategy", json={"text": text},
+                 headers=bearer(w["t"]["alice"])).status_code == 201
+    raw = _put_file(hub, "lung", w["p"]["sam"], "extract.csv", b"pin,age\nP-77,41\n")
+    req = _export(w, "sam", [raw]).json()
+    assert c.delete(f"/api/v1/projects/lung/members/{w['p']['sam'].user.id}",
+                    headers=bearer(w["t"]["alice"])).status_code == 204
+    _drain(hub)
+    with hub.sessions() as s:
+        r = s.get(AirlockRequest, req["id"])
+        assert r.checks_passed is False
+        [f] = airlock.request_files(s, r)
+        assert [x["name"] for x in f.checks if not x["passed"]] == ["strategy verification"]
+
+
+def test_a_destination_the_pi_took_off_the_list_receives_nothing(world) -> None:
+    """A request keeps the destination it was made for; if the PI removes (or changes) that destination while
+    the request waits, the next approval is refused, and a transfer already approved fails before sending."""
+    w, hub, c = world, world["hub"], world["c"]
+    alice = bearer(w["t"]["alice"])
+    carl_only = [{"kind": "recipient", "name": "Carl at the registry", "user": "carl"}]
+    first = _export(w, "sam", [_put_file(hub, "lung", w["p"]["sam"], "a.csv", CLEAN_CSV)]).json()
+    second = _export(w, "sam", [_put_file(hub, "lung", w["p"]["sam"], "b.csv", CLEAN_CSV)]).json()
+    _drain(hub)
+    assert _review(w, first["id"], "rita").status_code == 200
+    for who in ("rita", "ron"):
+        assert _review(w, second["id"], who).status_code == 200
+    assert _get(w, second["id"])["state"] == "approved"  # its transfer job is queued, not run yet
+    assert c.put("/api/v1/projects/lung/settings/egress_destinations", json={"value": carl_only},
+                 headers=alice).status_code == 200
+    refused = _review(w, first["id"], "ron")
+    assert refused.status_code == 409 and "no longer one of this project's approved" in refused.text
+    with hub.sessions() as s:
+        other = s.scalar(select(Project).where(Project.slug == "other"))
+        before = s.scalar(select(func.count()).select_from(ArchiveFile).where(ArchiveFile.project_id == other.id))
+    _drain(hub)
+    done = _get(w, second["id"])
+    assert done["state"] == "failed" and "no longer one of the project's approved" in done["receipt"]["failed"]
+    with hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(ArchiveFile)
+                        .where(ArchiveFile.project_id == other.id)) == before
+
+
+def test_an_approval_counts_only_while_its_reviewer_is_named(world) -> None:
+    """A reviewer taken off the list (or who left the project) after approving no longer vouches for the
+    request: the approvals needed come from the reviewers named now."""
+    w, hub, c = world, world["hub"], world["c"]
+    req = _export(w, "sam", [_put_file(hub, "lung", w["p"]["sam"], "a.csv", CLEAN_CSV)]).json()
+    _drain(hub)
+    assert _review(w, req["id"], "rita").status_code == 200
+    assert c.put("/api/v1/projects/lung/airlock/reviewers", json={"users": ["ron", "sam", "mia"]},
+                 headers=bearer(w["t"]["alice"])).status_code == 200
+    assert _review(w, req["id"], "ron").json()["state"] == "in_review"  # rita's approval no longer counts
+    assert _get(w, req["id"])["approvals"] == 1
+    assert _review(w, req["id"], "mia").json()["state"] == "approved"
 
 
 def test_a_reviewer_sees_a_dicom_file_as_an_image(tmp_path: Path) -> None:

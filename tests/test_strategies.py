@@ -281,6 +281,36 @@ on_violation = "fail"
     assert failed(run)["2-diversity of dx over (age)"]["groups"] == [{"age": "20", "count": 1}]
 
 
+@pytest.mark.parametrize("distinct_values", [3, 400], ids=["few values", "many values"])
+def test_l_diversity_does_not_count_a_blank_as_a_sensitive_value(distinct_values: int) -> None:
+    """Four rows with HIV and one with dx blank at one site are one sensitive value, not two: everybody there
+    with a diagnosis has HIV. Verified (both of the verification's counting paths: few and many possible
+    (class, value) pairs) and enforced (suppression) alike; a class whose every value is blank has none."""
+    s = """[columns.site]\naction = "keep"\n[columns.dx]\naction = "keep"\n
+[l_diversity]\nquasi_identifiers = ["site"]\nsensitive = "dx"\nl = 2\n"""
+    others = [(f"site{i % 40}", f"dx{i % distinct_values}") for i in range(800)]
+    frame = pl.DataFrame({"site": ["S"] * 5 + ["E"] * 3 + [o[0] for o in others],
+                          "dx": ["HIV"] * 4 + [None] + [None] * 3 + [o[1] for o in others]})
+    failing = engine.apply(frame, strategy(s + 'on_violation = "fail"\n'), SECRET)
+    assert not failing.passed
+    groups = failed(failing)["2-diversity of dx over (site)"]["groups"]
+    assert sorted(g["site"] for g in groups) == ["E", "S"]
+    suppressing = engine.apply(frame, strategy(s), SECRET)
+    assert suppressing.passed and suppressing.output.height == 800
+    assert set(suppressing.output.get_column("site")) == {f"site{i}" for i in range(40)}
+
+
+@pytest.mark.parametrize("kind", ["dateshift", "uid", "fingerprint", "patient"])
+def test_a_pseudonym_kind_may_not_name_a_key_the_deidentification_derives(kind: str) -> None:
+    """A token of kind "dateshift" is the HMAC the date shift is cut from: it would hand every recipient each
+    person's shift, undoing it (here and on the project's images). Such kinds are refused, in the strategy and
+    in the engine."""
+    with pytest.raises(ValueError, match="reserved"):
+        strategy(f'[columns.pin]\naction = "pseudonymize"\nkind = "{kind}"\n')
+    with pytest.raises(ValueError, match="reserved"):
+        Pseudonymizer(SECRET).token(kind, "19121212-1212")
+
+
 @pytest.mark.parametrize(("value", "kind"), [
     ("pnr 19121212-1212", "personnummer"), ("1212121212", "personnummer"), ("samordning 701063-2391", "personnummer"),
     ("mejla x.y@example.se", "e-mail"), ("+46 70 123 45 67", "telephone number"),

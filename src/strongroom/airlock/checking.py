@@ -9,10 +9,8 @@ from sqlalchemy.orm import Session
 
 from ..audit.service import Actor
 from ..db import open_session, transaction
-from ..errors import Forbidden, Invalid, NotFound
+from ..errors import Invalid
 from ..hub import Hub
-from ..projects import service as projects
-from ..projects.models import Project
 from . import checks
 from .models import (
     CHECKING,
@@ -21,23 +19,23 @@ from .models import (
     AirlockRequest,
 )
 from .plaintext import plaintext_copy, refs
-from .service import MAX_FILE_BYTES, _membership, _notify, _set_state, request_files, reviewer_ids
+from .service import MAX_FILE_BYTES, _notify, _set_state, request_files, reviewer_ids
 
 
 # -- checks (job) ------------------------------------------------------------------------------
-def _strategy_for(session: Session, r: AirlockRequest) -> Any | None:
-    """The project's current strategy, as the requester sees it (None: it has none)."""
+def _strategy_for(session: Session, r: AirlockRequest) -> tuple[Any | None, str | None]:
+    """(the project's newest strategy or None when it has none, why it cannot be used). Read as the hub, not
+    as the requester: a requester who may not read the strategy (or who left the project since) must not get
+    the weaker scan instead of the strategy's verification."""
     from ..strategies import service as strategies
 
-    membership = _membership(session, r.project_id, r.requester_id)
-    project = session.get(Project, r.project_id)
-    if membership is None or project is None:
-        return None
-    access = projects.ProjectAccess(project, membership, projects.effective_rights(session, membership))
+    row = strategies.newest(session, r.project_id)
+    if row is None:
+        return None, None
     try:
-        return strategies.parse(strategies.get_version(session, access).text)
-    except (NotFound, Forbidden, Invalid):
-        return None
+        return strategies.parse(row.text), None
+    except Invalid as exc:  # saved when it parsed; a rule tightened since: fail the check, do not weaken it
+        return None, f"the project's strategy (version {row.version}) no longer parses: {exc.detail}"
 
 
 def run_checks(hub: Hub, request_id: str) -> str:
@@ -52,7 +50,7 @@ def run_checks(hub: Hub, request_id: str) -> str:
     with open_session(hub.sessions, deferred=True) as session:
         r = session.get(AirlockRequest, request_id)
         assert r is not None
-        strategy = _strategy_for(session, r)
+        strategy, strategy_problem = _strategy_for(session, r)
         file_ids = [af.file_id for af in request_files(session, r)]
     all_passed = True
     results: dict[str, tuple[str, list[dict[str, Any]], bool]] = {}
@@ -64,8 +62,11 @@ def run_checks(hub: Hub, request_id: str) -> str:
             continue
         with plaintext_copy(hub, ref) as path:
             report = checks.check_file(path, ref.path, max_bytes=MAX_FILE_BYTES, strategy=strategy)
-        results[file_id] = (report.content_type, report.as_json(), report.passed)
-        all_passed = all_passed and report.passed
+        found, passed = report.as_json(), report.passed
+        if strategy_problem:
+            found, passed = [*found, {"name": "strategy", "passed": False, "detail": strategy_problem}], False
+        results[file_id] = (report.content_type, found, passed)
+        all_passed = all_passed and passed
     with transaction(hub.sessions) as session:
         r = session.get(AirlockRequest, request_id)
         assert r is not None

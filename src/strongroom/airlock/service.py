@@ -181,7 +181,16 @@ def request_reviews(session: Session, r: AirlockRequest) -> list[AirlockReview]:
 
 
 def approvals(session: Session, r: AirlockRequest) -> int:
-    return sum(1 for v in request_reviews(session, r) if v.decision == "approve")
+    """Approvals by reviewers who are still named (and members): one taken off the list, or who left the
+    project, since approving no longer vouches for the request."""
+    current = set(reviewer_ids(session, r.project_id))
+    return sum(1 for v in request_reviews(session, r) if v.decision == "approve" and v.reviewer_id in current)
+
+
+def destination_still_approved(session: Session, r: AirlockRequest) -> bool:
+    """An export's destination is still on the project's list, unchanged: the PI may take one off (or change
+    it) while a request to it waits, and nothing is sent to a destination the project no longer approves."""
+    return r.direction != "export" or r.destination in destinations(session, r.project_id)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -375,6 +384,9 @@ def review(session: Session, principal: Principal, access: projects.ProjectAcces
     reason = reason.strip()
     if decision == "reject" and not reason:
         raise Invalid("give a reason for the rejection")
+    if decision == "approve" and not destination_still_approved(session, r):
+        raise Conflict(f"{(r.destination or {}).get('name')!r} is no longer one of this project's approved export "
+                       "destinations (removed or changed since the request was made): reject the request")
     if decision == "approve" and r.checks_passed is False and not r.override_reason:
         raise Conflict("a file failed its automatic checks: approval is blocked until the PI overrides it "
                        "with a reason (or the request is rejected)")

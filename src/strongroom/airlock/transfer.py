@@ -40,7 +40,15 @@ from .models import (
     OutboxItem,
 )
 from .plaintext import TransferRefused, plaintext_copy, refs
-from .service import HOLD, TRANSFER_ATTEMPTS, _everyone, _notify, _set_state, request_files
+from .service import (
+    HOLD,
+    TRANSFER_ATTEMPTS,
+    _everyone,
+    _notify,
+    _set_state,
+    destination_still_approved,
+    request_files,
+)
 
 # -- transfer (job) ----------------------------------------------------------------------------
 
@@ -285,9 +293,13 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
         r = session.get(AirlockRequest, request_id)
         if r is None or r.state not in (APPROVED, TRANSFERRING):
             return r.state if r else "missing"
-        if r.state == APPROVED:
+        still_approved = destination_still_approved(session, r)
+        if r.state == APPROVED and still_approved:
             _set_state(session, actor, r, TRANSFERRING, destination=r.destination)
         session.expunge(r)
+    if not still_approved:  # checked at every attempt: a retry after the PI took it off sends nothing more
+        return _transfer_failed(hub, request_id, f"{(r.destination or {}).get('name')!r} is no longer one of the "
+                                "project's approved export destinations (removed or changed after the request)")
     with open_session(hub.sessions, deferred=True) as session:
         pending = request_files(session, r)
         for af in pending:

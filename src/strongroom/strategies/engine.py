@@ -224,18 +224,28 @@ class _Counted:
                 self._classes[name] = self._sizes(key, span, weights)
                 return self._classes[name]
             pair, pair_span = self._key([*columns, sensitive])
+            codes, values = self._coded(sensitive, weights is not None)
+            # a blank is no sensitive value: four HIV and one blank are one value, not two (l-diversity)
+            blank = values.len() - 1 if values.null_count() else None  # nulls are ranked last
             if pair_span <= self._ARRAY_LIMIT * max(key.size, 1):
                 # few possible (class, value) pairs: count them in one array, then pairs per class
-                width = self._coded(sensitive, weights is not None)[1].len()
-                pairs = self._sizes(pair, pair_span, None).select(pl.col("__key") // width)
-                diverse = pairs.group_by("__key").agg(pl.len().cast(pl.Int64).alias("__n"))
-                self._classes[(*columns, "", "")] = self._sizes(key, span, weights)
+                width = values.len()
+                pairs = self._sizes(pair, pair_span, None)
+                if blank is not None:
+                    pairs = pairs.filter(pl.col("__key") % width != blank)
+                sizes = self._sizes(key, span, weights)
+                per_class = (pairs.select(pl.col("__key") // width).group_by("__key")
+                             .agg(pl.len().cast(pl.Int64).alias("__n")))
+                diverse = (sizes.select("__key").join(per_class, on="__key", how="left")
+                           .with_columns(pl.col("__n").fill_null(0)))
+                self._classes[(*columns, "", "")] = sizes
             else:  # many: the rows and the distinct values of each class in one grouping
                 rows = pl.len() if weights is None else pl.col(CELLS).sum()
-                table = pl.DataFrame({"__key": key, "__pair": pair}).with_columns(
+                valued = pl.col("__pair") if blank is None else pl.col("__pair").filter(pl.col("__code") != blank)
+                table = pl.DataFrame({"__key": key, "__pair": pair, "__code": codes}).with_columns(
                     pl.Series(CELLS, weights) if weights is not None else pl.lit(1).alias(CELLS))
                 both = table.group_by("__key").agg(rows.cast(pl.Int64).alias("__n"),
-                                                   pl.col("__pair").n_unique().cast(pl.Int64))
+                                                   valued.n_unique().cast(pl.Int64))
                 self._classes[(*columns, "", "")] = both.select("__key", "__n")
                 diverse = both.select("__key", pl.col("__pair").alias("__n"))
             self._classes[(*columns, "", sensitive)] = diverse
@@ -324,7 +334,7 @@ def _enforce(frame: pl.DataFrame, strategy: spec.Strategy) -> tuple[pl.Series | 
         if index in clean:
             continue
         name, columns, minimum, distinct, _ = rules[index]
-        measure = pl.col(distinct).n_unique() if distinct else pl.col(CELLS).sum()
+        measure = pl.col(distinct).drop_nulls().n_unique() if distinct else pl.col(CELLS).sum()  # blanks: no value
         bad = fine.group_by(columns).agg(measure.alias("__n")).filter(pl.col("__n") < minimum)
         if bad.height:
             lost = fine.join(bad.select(columns), on=columns, how="semi", nulls_equal=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,13 @@ def versions(session: Session, access: ProjectAccess) -> list[StrategyVersion]:
     access.require(READ_RIGHT)
     return list(session.scalars(select(StrategyVersion).where(StrategyVersion.project_id == access.project.id)
                                 .order_by(StrategyVersion.version.desc())))
+
+
+def newest(session: Session, project_id: uuid.UUID) -> StrategyVersion | None:
+    """The project's newest strategy, whoever asks: for the hub's own checks (the airlock's), which must not
+    depend on what the person who asked for them may read."""
+    return session.scalar(select(StrategyVersion).where(StrategyVersion.project_id == project_id)
+                          .order_by(StrategyVersion.version.desc()).limit(1))
 
 
 def get_version(session: Session, access: ProjectAccess, version: int | None = None) -> StrategyVersion:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..imaging.deid.pseudonyms import RESERVED_KINDS
+
 EXAMPLE = Path(__file__).parent / "examples" / "project-x.toml"  # the source documents' own strategy
 Name = Annotated[str, Field(min_length=1, max_length=120)]
 
@@ -37,6 +39,13 @@ class Pseudonymize(_Rule):
     DICOM de-identification gives a PatientID of the same value in the same project."""
     action: Literal["pseudonymize"]
     kind: str = Field("person", pattern=r"^[a-z][a-z0-9_-]{0,30}$")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Pseudonymize:
+        if self.kind in RESERVED_KINDS:  # e.g. "dateshift": the token would carry each person's date shift
+            raise ValueError(f"kind {self.kind!r} is reserved: it names a key the de-identification derives "
+                             "(use \"person\" for people, or another name)")
+        return self
 
 
 class Stratify(_Rule):

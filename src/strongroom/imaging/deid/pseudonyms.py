@@ -10,6 +10,9 @@ import os
 WELL_KNOWN_UID_PREFIX = "1.2.840.10008."
 _MEMO_MAX = 200_000  # entries per memo before it is emptied
 
+# the labels of the keys derived from a project secret besides tokens: never a token's kind
+RESERVED_KINDS = frozenset({"fingerprint", "patient", "uid", "dateshift"})
+
 class Pseudonymizer:
     """Keyed, deterministic replacements for one project: same secret + same input => same output, on
     any host or process. HMAC-SHA256 with a label per use; never an unsalted hash."""
@@ -90,5 +93,9 @@ class Pseudonymizer:
         return -(1 + n % self.max_shift_days)
 
     def token(self, kind: str, value: str, length: int = 14) -> str:
-        """A keyed opaque token for other identifiers (e.g. AE titles under Retain Device Identity)."""
+        """A keyed opaque token for other identifiers (e.g. AE titles under Retain Device Identity). A kind named
+        like one of the keys derived above would hand out that key: ``token("dateshift", id)`` carries the
+        person's date shift, which undoes it (``RESERVED_KINDS``)."""
+        if kind in RESERVED_KINDS:
+            raise ValueError(f"pseudonym kind {kind!r} is reserved (it names a key the de-identification derives)")
         return base64.b32encode(self._mac(b"strongroom/" + kind.encode(), value)).decode("ascii")[:length]
