@@ -31,6 +31,7 @@ from strongroom.archive.models import ArchiveFile
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
+from strongroom.identity.models import User
 from strongroom.jobs.models import Job
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
@@ -201,6 +202,32 @@ def test_export_to_a_recipient_key_is_downloaded_once(world) -> None:
         acts = set(s.scalars(select(AuditEvent.action)))
     assert {"airlock.file.delivered", "airlock.outbox.download.started", "airlock.outbox.download.completed"} <= acts
     assert any(m["template"] == "airlock_delivered" and m["to"] == "carl@example.org" for m in _mails(hub))
+
+
+def test_a_recipient_is_the_account_chosen_when_the_request_was_made(world) -> None:
+    """A recipient destination names a person by username or e-mail; the request pins the account that name
+    meant when it was made, so a later change of addresses (or a name re-used) cannot redirect the files."""
+    w, hub, c = world, world["hub"], world["c"]
+    for who in ("carl", "eve"):
+        key = c4gh.generate_keypair()
+        assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(key.public).decode()},
+                      headers=bearer(w["t"][who])).status_code == 201
+    dests = [{"kind": "recipient", "name": "Registry inbox", "user": "carl@example.org"}]
+    assert c.put("/api/v1/projects/lung/settings/egress_destinations", json={"value": dests},
+                 headers=bearer(w["t"]["alice"])).status_code == 200
+    req = _export(w, "sam", [_put_file(hub, "lung", w["p"]["sam"], "stats.txt", b"counts\n")],
+                  "Registry inbox").json()
+    with transaction(hub.sessions) as s:  # addresses change hands while the request waits
+        s.get(User, w["p"]["carl"].user.id).email = "carl@elsewhere.example.org"
+        s.flush()
+        s.get(User, w["p"]["eve"].user.id).email = "carl@example.org"
+    _drain(hub)
+    assert _review(w, req["id"], "rita").status_code == 200
+    assert _review(w, req["id"], "ron").json()["state"] == "approved"
+    _drain(hub)
+    assert _get(w, req["id"])["state"] == "done"
+    assert len(c.get("/api/v1/airlock/outbox", headers=bearer(w["t"]["carl"])).json()) == 1
+    assert c.get("/api/v1/airlock/outbox", headers=bearer(w["t"]["eve"])).json() == []
 
 
 def test_refusals(world) -> None:

@@ -57,6 +57,9 @@ _DESTINATIONS: TypeAdapter[list[Any]] = TypeAdapter(list[Destination])
 
 
 # -- settings ----------------------------------------------------------------------------------
+PINNED_RECIPIENT = "user_id"  # a request's copy of a recipient destination: the account chosen at request time
+
+
 def destinations(session: Session, project_id: uuid.UUID) -> list[dict[str, Any]]:
     value = projects.get_setting(session, project_id, "egress_destinations") or []
     return list(value)
@@ -190,7 +193,10 @@ def approvals(session: Session, r: AirlockRequest) -> int:
 def destination_still_approved(session: Session, r: AirlockRequest) -> bool:
     """An export's destination is still on the project's list, unchanged: the PI may take one off (or change
     it) while a request to it waits, and nothing is sent to a destination the project no longer approves."""
-    return r.direction != "export" or r.destination in destinations(session, r.project_id)
+    if r.direction != "export":
+        return True
+    chosen = {k: v for k, v in (r.destination or {}).items() if k != PINNED_RECIPIENT}
+    return chosen in destinations(session, r.project_id)
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -257,6 +263,11 @@ def create_export(session: Session, principal: Principal, access: projects.Proje
     chosen = next((d for d in destinations(session, access.project.id) if d["name"] == destination), None)
     if chosen is None:
         raise Invalid(f"{destination!r} is not one of this project's approved export destinations")
+    if chosen["kind"] == "recipient":  # the person the name means now, pinned: a later rename or re-use of
+        recipient = find_user(session, chosen["user"])  # the name or address must not redirect the files
+        if recipient is None or not recipient.is_active:
+            raise Invalid(f"the recipient {chosen['user']!r} is not an active user of this hub")
+        chosen = {**chosen, PINNED_RECIPIENT: str(recipient.id)}
     version_id = None
     ids = list(file_ids)
     if dataset_id is not None:

@@ -42,6 +42,7 @@ from .models import (
 from .plaintext import TransferRefused, plaintext_copy, refs
 from .service import (
     HOLD,
+    PINNED_RECIPIENT,
     TRANSFER_ATTEMPTS,
     _everyone,
     _notify,
@@ -101,7 +102,9 @@ def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict
 
 
 def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKey]:
-    user = find_user(session, dest["user"])
+    # the account pinned when the request was made (requests from before that pinning: the name, as then)
+    pinned = dest.get(PINNED_RECIPIENT)
+    user = session.get(User, uuid.UUID(pinned)) if pinned else find_user(session, dest["user"])
     if user is None or not user.is_active:
         raise TransferRefused(f"the recipient {dest['user']!r} is not an active user of this hub")
     stmt = select(UserKey).where(UserKey.user_id == user.id, UserKey.revoked_at.is_(None))
