@@ -200,6 +200,19 @@ def test_a_failing_run_blocks_the_release(world) -> None:  # noqa: F811
         assert closed.exit_code == 0 and "closed" in closed.output
 
 
+@pytest.mark.parametrize("name", ["raw/lab.csv.gz", "raw/LAB.TSV.XZ", "raw/lab.xls", "raw/lab.sav",
+                                  "raw/lab.parquet.zst", "raw/lab.txt.bz2", "raw/lab.jsonl"])
+def test_a_table_in_a_form_no_run_writes_is_never_released(world, name: str) -> None:  # noqa: F811
+    """Compressing a raw table, or saving it as a spreadsheet or statistics file the hub does not read, is no way
+    round "nothing unverified is published": no passing run ever wrote such a file, so its version is refused."""
+    api = world["api"]
+    raw = upload(world, b"pin,age\n19121212-1212,41\n", name)
+    r = api.post("/api/v1/projects/proj-a/datasets", json={"title": "Raw", "files": [raw]}, headers=_h(world, "sam"))
+    assert r.status_code == 201, r.text
+    r = api.post(f"/api/v1/datasets/{r.json()['id']}/versions/1/release", headers=_h(world, "sam"))
+    assert r.status_code == 409 and name in r.json()["detail"], r.text
+
+
 def test_a_table_no_passing_run_made_is_refused_by_every_way_to_release(world, applicant) -> None:  # noqa: F811
     """The class: release over the API, the page and the CLI, a publish by the hub itself, and what only
     follows a release (a share, the catalogue, an entitlement's read) — a raw table never gets out."""

@@ -4,7 +4,9 @@ wrote it verified it, and the file written, from scratch (`runs.py`). Deny by de
 run is refused, whoever added it and however (upload, share of an older draft, import).
 
 The check is by provenance, at release time, in the database (no decryption in a request): the file's id is
-the ``output_file_id`` of a ``passed`` run of the same project. The airlock verifies a table's *content*
+the ``output_file_id`` of a ``passed`` run of the same project. A table in a form no run writes (compressed,
+or a spreadsheet/statistics format the hub does not read: ``RELEASE_TABLE_SUFFIXES``) therefore never passes.
+The airlock verifies a table's *content*
 afresh against the project's strategy before reviewers see it (`airlock/checks.py`); both use one definition
 of a table, ``tables.TABLE_SUFFIXES``.
 
@@ -28,8 +30,18 @@ from .tables import TABLE_SUFFIXES
 SHOWN = 10  # unverified tables named in a refusal
 
 
+# Tables in forms no strategy run writes (compressed, or formats the hub does not read): only a raw extract
+# can be one, so a version holding one is refused like any unverified table — gzipping a table must not be a
+# way round the rule. A run writes its output in one of TABLE_SUFFIXES, uncompressed.
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+_OTHER_TABLES = (".xls", ".xlsm", ".xlsb", ".ods", ".sav", ".zsav", ".dta", ".sas7bdat", ".xpt", ".rds", ".rdata",
+                 ".feather", ".arrow", ".avro", ".orc", ".jsonl", ".ndjson")
+RELEASE_TABLE_SUFFIXES = (*TABLE_SUFFIXES, *_OTHER_TABLES,
+                          *(t + c for t in (*TABLE_SUFFIXES, ".txt", *_OTHER_TABLES) for c in _COMPRESSED))
+
+
 def _is_table_sql() -> Any:
-    return or_(*[func.lower(ArchiveFile.path).like(f"%{suffix}") for suffix in TABLE_SUFFIXES])
+    return or_(*[func.lower(ArchiveFile.path).like(f"%{suffix}") for suffix in RELEASE_TABLE_SUFFIXES])
 
 
 def unverified_tables(session: Session, project_id: uuid.UUID, version_id: int, *, limit: int = SHOWN
