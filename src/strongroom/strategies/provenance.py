@@ -6,9 +6,8 @@ run is refused, whoever added it and however (upload, share of an older draft, i
 The check is by provenance, at release time, in the database (no decryption in a request): the file's id is
 the ``output_file_id`` of a ``passed`` run of the same project. A table in a form no run writes (compressed,
 or a spreadsheet/statistics format the hub does not read: ``RELEASE_TABLE_SUFFIXES``) therefore never passes.
-The airlock verifies a table's *content*
-afresh against the project's strategy before reviewers see it (`airlock/checks.py`); both use one definition
-of a table, ``tables.TABLE_SUFFIXES``.
+The airlock verifies a table's *content* afresh against the project's strategy before reviewers see it
+(`airlock/checks.py`).
 
 Registered by ``strategies.includeme`` into the archive's ``RELEASE_CHECKS`` (every way to release:
 ``release_version`` — API, page, CLI — and ``publish_version``) and ``VERSION_MARKS`` (pages and the API show
