@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
 from ..deps import AccessScope as Access
-from ..deps import Db, RawBody
+from ..deps import Db, HubDep, RawBody
 from ..schemas import Body, IsoDate, Out
 from . import applications, decisions, events, policies, reports
 
@@ -223,7 +223,8 @@ def remark(db: Db, principal: Access, application_id: str, body: RemarkIn) -> Ap
 
 
 @router.post("/applications/{application_id}/request", response_model=ApplicationOut,
-             summary="Ask users for a review or a decision (vote)")
+             summary="Ask users for a review, or the dataset's named deciders for a decision (vote); "
+                     "never anyone who applied")
 def request_review(db: Db, principal: Access, application_id: str, body: ReviewRequest) -> ApplicationOut:
     decisions.request_review(db, principal, application_id, body.users, body.kind)
     return _reload(db, principal, application_id)
@@ -265,11 +266,12 @@ def revoke(db: Db, principal: Access, application_id: str, body: Reason) -> Appl
 
 
 @router.put("/datasets/{dataset_id}/access-policy", status_code=204,
-            summary="Workflow and handlers/deciders/reviewers of a dataset (the owning project's PI)")
-def set_policy(db: Db, principal: Access, dataset_id: str, body: Policy) -> None:
+            summary="Workflow and handlers/deciders/reviewers of a dataset (the owning project's PI; fresh MFA)")
+def set_policy(db: Db, hub: HubDep, principal: Access, dataset_id: str, body: Policy) -> None:
     policies.set_policy(db, principal, dataset_id, workflow=body.workflow, quorum=body.quorum,
                        max_days=body.max_days, external_owner=body.external_owner, roles=body.roles,
-                       applicant_download=body.applicant_download)
+                       applicant_download=body.applicant_download,
+                       fresh_minutes=hub.settings.security.fresh_mfa_minutes)
 
 
 @router.post("/external/datasets/{dataset_id}/decisions", response_model=ApplicationOut,

@@ -1,6 +1,8 @@
 """The data owner's side of an application: handlers take, return, approve, reject and revoke,
-reviewers and deciders remark and vote (a quorum of votes decides), and an external owner's system
-approves or revokes through the API. Approval creates the applicant's entitlement."""
+reviewers and deciders remark and vote (a quorum of the dataset's named deciders decides), and an
+external owner's system approves or revokes through the API. Approval creates the applicant's
+entitlement. Nobody takes part in deciding an application they applied for (``events.applied_for``):
+refused with 403 and audited as ``access.decision.refused``."""
 
 from __future__ import annotations
 
@@ -10,26 +12,70 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..archive.models import Dataset
 from ..archive.service import new_accession
+from ..audit import service as audit
 from ..db import utcnow
-from ..errors import Conflict, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..identity.models import User
 from ..identity.principal import Principal
-from .events import FINAL_STATES, ApplicationState, append, load, require, require_state
+from .events import (
+    FINAL_STATES,
+    OWN_APPLICATION,
+    ApplicationState,
+    Visible,
+    append,
+    applied_for,
+    events_of,
+    load,
+    replay,
+    require,
+    require_state,
+)
 from .models import Application, ApplicationEvent, DatasetRole, Entitlement
 from .notices import notify_applicant
 from .policies import current_form, policy_for, roles_of
 
 
+def _refuse(session: Session, principal: Principal, dataset_id: str, action: str, target: str, reason: str
+            ) -> Forbidden:
+    """Record a refused decision and return the error to raise. The refusal is committed at once so it
+    stays on record although the request then fails and rolls back (as SFTP's refused reads do); a
+    refusal comes before the command has written anything."""
+    ds = session.get(Dataset, dataset_id)
+    audit.record(session, principal.actor, "access.decision.refused", outcome="denied",
+                 project_id=ds.project_id if ds else None, target=target,
+                 details={"action": action, "reason": reason})
+    session.commit()
+    return Forbidden(reason)
+
+
+def _load_as(session: Session, principal: Principal, application_id: str, action: str, *roles: str) -> Visible:
+    """The application for one of the data owner's commands. One rule for all of them, rejecting and
+    revoking included: whoever applied for it (applicant or invited member) takes no part in handling
+    or deciding it. Rejecting one's own application would be harmless, but a single rule is simpler to
+    trust and to audit than a list of exceptions, and the applicant can always withdraw (close) it."""
+    v = load(session, principal, application_id)
+    if not v.roles & set(roles) and v.withheld & set(roles):
+        raise _refuse(session, principal, v.app.dataset_id, action, f"application:{v.app.id}", OWN_APPLICATION)
+    require(v, *roles)
+    return v
+
+
+def named_deciders(session: Session, dataset_id: str) -> set[uuid.UUID]:
+    """The deciders the dataset's access policy names: the only people whose votes count."""
+    return set(session.scalars(select(DatasetRole.user_id).where(DatasetRole.dataset_id == dataset_id,
+                                                                 DatasetRole.role == "decider")))
+
+
 def assign(session: Session, principal: Principal, application_id: str) -> ApplicationState:
     """A handler takes the application: other handlers see who is working on it."""
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, "assign", "handler")
     return append(session, principal, v.app, "assigned", {"handler_id": str(principal.user.id)})
 
 
 def return_(session: Session, principal: Principal, application_id: str, comment: str) -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, "return", "handler")
     require_state(v, "submitted")
     state = append(session, principal, v.app, "returned", {"comment": comment.strip()[:5000]})
     notify_applicant(session, v.app, "application_returned", comment=comment)
@@ -38,8 +84,7 @@ def return_(session: Session, principal: Principal, application_id: str, comment
 
 def remark(session: Session, principal: Principal, application_id: str, text: str, public: bool
            ) -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler", "reviewer", "decider")
+    v = _load_as(session, principal, application_id, "remark", "handler", "reviewer", "decider")
     if not text.strip():
         raise Invalid("a remark needs text")
     state = append(session, principal, v.app, "remarked", {"text": text.strip()[:5000], "public": public})
@@ -50,16 +95,26 @@ def remark(session: Session, principal: Principal, application_id: str, text: st
 
 def request_review(session: Session, principal: Principal, application_id: str, users: list[str],
                    kind: str = "review") -> ApplicationState:
+    """Ask for a review (anyone the handler trusts) or for a decision (a vote: only the dataset's named
+    deciders, so a handler cannot pack a quorum); never from someone who applied for the application."""
     from ..identity.service import find_user
 
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, f"request-{kind}", "handler")
     require_state(v, "submitted")
+    deciders = named_deciders(session, v.app.dataset_id) if kind == "decision" else set()
     ids = []
     for ref in users:
         user = find_user(session, ref)
         if user is None:
             raise Invalid(f"no user {ref!r}")
+        if applied_for(v.app, v.state, user):
+            raise _refuse(session, principal, v.app.dataset_id, f"request-{kind}", f"application:{v.app.id}",
+                          f"{ref} applied for this application (or was invited to it): they cannot review or "
+                          "decide it")
+        if kind == "decision" and user.id not in deciders:
+            raise _refuse(session, principal, v.app.dataset_id, "request-decision", f"application:{v.app.id}",
+                          f"{ref} is not a named decider of this dataset: only those the access policy names "
+                          "vote (the owning project's PI names them)")
         ids.append(str(user.id))
     key = "reviewer_ids" if kind == "review" else "decider_ids"
     return append(session, principal, v.app, f"{kind}_requested" if kind == "review" else "decision_requested",
@@ -68,30 +123,35 @@ def request_review(session: Session, principal: Principal, application_id: str, 
 
 def vote(session: Session, principal: Principal, application_id: str, approve: bool, comment: str = "",
          ends: dt.date | None = None) -> ApplicationState:
-    """Deciders vote; with a quorum workflow, enough approvals approve and enough rejections reject."""
-    v = load(session, principal, application_id)
-    require(v, "decider")
+    """The dataset's named deciders vote; with a quorum workflow, enough approvals approve and enough
+    rejections reject. Only the votes of named deciders who did not apply count."""
+    v = _load_as(session, principal, application_id, "vote", "decider")
     require_state(v, "submitted")
+    named = named_deciders(session, v.app.dataset_id)
+    if principal.user.id not in named:  # e.g. asked before the policy stopped naming them
+        raise _refuse(session, principal, v.app.dataset_id, "vote", f"application:{v.app.id}",
+                      "only the dataset's named deciders vote: the access policy does not name you")
     state = append(session, principal, v.app, "voted", {"approve": approve, "comment": comment[:5000]})
     policy = policy_for(session, v.app.dataset_id)
-    deciders = set(session.scalars(select(DatasetRole.user_id).where(
-        DatasetRole.dataset_id == v.app.dataset_id, DatasetRole.role == "decider"))) | {
-        uuid.UUID(d) for d in state.deciders}
-    approvals = sum(1 for a in state.votes.values() if a)
-    rejections = sum(1 for a in state.votes.values() if not a)
+    deciders = {u.id for u in session.scalars(select(User).where(User.id.in_(named)))
+                if not applied_for(v.app, state, u)}
+    counted = [a for voter, a in state.votes.items() if uuid.UUID(voter) in deciders]
+    approvals = sum(1 for a in counted if a)
+    rejections = sum(1 for a in counted if not a)
     if policy.workflow == "quorum":
         if approvals >= policy.quorum:
             end = ends or (dt.date.today() + dt.timedelta(days=policy.max_days))
             return _approve(session, None, v.app, end, "approved by quorum vote")
-        if len(deciders) - rejections < policy.quorum:
+        # Only rejections make the quorum unreachable; too few eligible deciders (one applied) leaves the
+        # application open for the PI to name another decider, or for a handler to return or reject it.
+        if rejections and len(deciders) - rejections < policy.quorum:
             return _reject(session, None, v.app, "rejected by the deciders' vote")
     return state
 
 
 def approve(session: Session, principal: Principal, application_id: str, ends: dt.date, comment: str = ""
             ) -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, "approve", "handler")
     require_state(v, "submitted")
     policy = policy_for(session, v.app.dataset_id)
     if policy.workflow == "quorum":
@@ -121,8 +181,7 @@ def _approve(session: Session, principal: Principal | None, app: Application, en
 
 
 def reject(session: Session, principal: Principal, application_id: str, reason: str) -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, "reject", "handler")
     require_state(v, "submitted")
     return _reject(session, principal, v.app, reason)
 
@@ -136,8 +195,7 @@ def _reject(session: Session, principal: Principal | None, app: Application, rea
 
 
 def close(session: Session, principal: Principal, application_id: str, comment: str = "") -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler", "applicant")
+    v = _load_as(session, principal, application_id, "close", "handler", "applicant")
     if v.state.state in FINAL_STATES:
         raise Conflict(f"the application is already {v.state.state}")
     end_entitlements(session, v.app.id)
@@ -145,8 +203,7 @@ def close(session: Session, principal: Principal, application_id: str, comment: 
 
 
 def revoke(session: Session, principal: Principal, application_id: str, reason: str) -> ApplicationState:
-    v = load(session, principal, application_id)
-    require(v, "handler")
+    v = _load_as(session, principal, application_id, "revoke", "handler")
     require_state(v, "approved")
     if not reason.strip():
         raise Invalid("a revocation needs a reason")
@@ -166,7 +223,8 @@ def external_decision(session: Session, principal: Principal, dataset_id: str, *
                       ends: dt.date | None, reason: str = "") -> ApplicationState:
     """The external owner's system (a handler of the dataset, using a token with the `access`
     scope) approves or revokes. Without an open application one is recorded on the user's
-    behalf, so the hub's history shows what the owner decided."""
+    behalf, so the hub's history shows what the owner decided. The caller never decides about
+    themselves, nor about an application they were invited to."""
     from ..identity.service import find_user
 
     if "handler" not in roles_of(session, principal.user.id, dataset_id):
@@ -179,6 +237,13 @@ def external_decision(session: Session, principal: Principal, dataset_id: str, *
                                                    Application.state.in_(("draft", "submitted", "returned",
                                                                           "approved")))
                          .order_by(Application.created_at.desc()).limit(1))
+    action = "external-approve" if approve else "external-revoke"
+    if user.id == principal.user.id:
+        raise _refuse(session, principal, dataset_id, action, f"dataset:{dataset_id}",
+                      "you cannot decide your own access: another handler of the dataset (or the owner's "
+                      "system, with its own account) does")
+    if app is not None and applied_for(app, replay(events_of(session, app.id)), principal.user):
+        raise _refuse(session, principal, dataset_id, action, f"application:{app.id}", OWN_APPLICATION)
     if approve:
         if ends is None:
             raise Invalid("an approval needs an end date")

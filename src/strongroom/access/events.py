@@ -2,7 +2,8 @@
 state is the fold of its events (``replay``). The ``Application`` row caches that state for queries
 and is rewritten from the events on every command (``append``). ``load`` gives an application to
 those who may see it (the applicant; handlers, deciders and reviewers of its dataset) with their
-roles; everyone else gets NotFound."""
+roles; everyone else gets NotFound. Whoever applied for an application (its applicant or a member
+they invited) never holds a handler, decider or reviewer role on it: separation of duties."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from ..archive.models import Dataset
 from ..audit import service as audit
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, NotFound
+from ..identity.models import User
 from ..identity.principal import Principal
 from .models import Application, ApplicationEvent
 from .policies import roles_of
 
 OPEN_STATES = ("draft", "submitted", "returned")
 FINAL_STATES = ("rejected", "closed", "revoked")
+STAFF_ROLES = frozenset({"handler", "decider", "reviewer"})
+OWN_APPLICATION = ("you applied for this application (or were invited to it), so you cannot handle, review or "
+                   "decide it: another handler or decider of the dataset does; its owning project's PI names "
+                   "them in the access policy")
 
 
 @dataclass
@@ -96,8 +102,19 @@ def replay(events: list[ApplicationEvent]) -> ApplicationState:
 class Visible:
     app: Application
     state: ApplicationState
-    roles: set[str]  # the caller's roles: applicant and/or handler, decider, reviewer
+    roles: set[str]  # the caller's roles: applicant, or handler, decider, reviewer
     events: list[ApplicationEvent]
+    # staff roles the caller holds on the dataset but not on this application, because they applied for it
+    withheld: set[str] = field(default_factory=set)
+
+
+def applied_for(app: Application, state: ApplicationState, user: User) -> bool:
+    """Whether ``user`` applied for the application: its applicant, or a member the applicant invited
+    (members are invited by e-mail, so they are matched by their account's e-mail)."""
+    if user.id == app.applicant_id:
+        return True
+    invited = {email.casefold() for email in state.members}
+    return user.email is not None and user.email.casefold() in invited
 
 
 def events_of(session: Session, application_id: str) -> list[ApplicationEvent]:
@@ -110,17 +127,21 @@ def load(session: Session, principal: Principal, application_id: str) -> Visible
     if app is None:
         raise NotFound("no such application")
     roles = roles_of(session, principal.user.id, app.dataset_id)
-    if app.applicant_id == principal.user.id:
-        roles.add("applicant")
     events = events_of(session, application_id)
     state = replay(events)
     if str(principal.user.id) in state.reviewers:
         roles.add("reviewer")
     if str(principal.user.id) in state.deciders:
         roles.add("decider")
-    if not roles:
+    withheld: set[str] = set()
+    if applied_for(app, state, principal.user):
+        # A DAC member may apply for their own dataset, but then sees and acts on it as an applicant only.
+        withheld, roles = roles & STAFF_ROLES, set()
+    if app.applicant_id == principal.user.id:
+        roles.add("applicant")
+    if not roles and not withheld:
         raise NotFound("no such application")
-    return Visible(app, state, roles, events)
+    return Visible(app, state, roles, events, withheld)
 
 
 def append(session: Session, principal: Principal | None, app: Application, type_: str,
@@ -142,6 +163,8 @@ def append(session: Session, principal: Principal | None, app: Application, type
 
 def require(v: Visible, *roles: str) -> None:
     if not v.roles & set(roles):
+        if v.withheld & set(roles):
+            raise Forbidden(OWN_APPLICATION)
         raise Forbidden(f"this needs the {' or '.join(roles)} role on the application")
 
 

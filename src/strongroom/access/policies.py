@@ -1,6 +1,7 @@
 """How each dataset's access is set up: the forms and terms applicants answer and accept (built-in
 ones created on first use), the access policy (workflow, quorum, longest grant, whether approved
-applicants may download) and who handles, decides and reviews. The owning project's PI sets them."""
+applicants may download) and who handles, decides and reviews. The owning project's PI sets them, with
+a second factor within the last ``fresh_minutes``: each change can open a data path or name who decides."""
 
 from __future__ import annotations
 
@@ -12,13 +13,18 @@ from sqlalchemy.orm import Session
 
 from ..archive.models import Dataset
 from ..audit import service as audit
+from ..config import SecuritySettings
 from ..errors import Invalid, NotFound
 from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
 from ..projects.models import Membership
 from .forms import DEFAULT_FORM, DEFAULT_TERMS
 from .models import AccessPolicy, DatasetRole, FormVersion, TermsVersion
 
 ROLES = ("handler", "decider", "reviewer")
+# Routes pass the site's `security.fresh_mfa_minutes`; a caller that does not (the demo seed) still gets the
+# check, with the shipped window.
+SHIPPED_FRESH_MFA_MINUTES: int = SecuritySettings.model_fields["fresh_mfa_minutes"].default
 
 
 def _latest(session: Session, model: type[FormVersion] | type[TermsVersion], name: str, builtin: str,
@@ -53,11 +59,13 @@ def is_owner_pi(session: Session, principal: Principal, dataset_id: str) -> bool
     return ds is not None and owner_pi(session, ds) == principal.user.id
 
 
-def set_applicant_download(session: Session, principal: Principal, dataset_id: str, allowed: bool) -> AccessPolicy:
-    """Only the download part of the policy (the data owner's page): the owning project's PI."""
+def set_applicant_download(session: Session, principal: Principal, dataset_id: str, allowed: bool, *,
+                           fresh_minutes: int = SHIPPED_FRESH_MFA_MINUTES) -> AccessPolicy:
+    """Only the download part of the policy (the data owner's page): the owning project's PI, with fresh MFA."""
     ds = session.get(Dataset, dataset_id)
     if ds is None or owner_pi(session, ds) != principal.user.id:
         raise NotFound("no such dataset")
+    require_fresh_mfa(principal, fresh_minutes)
     policy = policy_for(session, dataset_id)
     policy.applicant_download = allowed
     session.merge(policy)
@@ -86,12 +94,13 @@ def roles_of(session: Session, user_id: uuid.UUID, dataset_id: str) -> set[str]:
 
 def set_policy(session: Session, principal: Principal, dataset_id: str, *, workflow: str, quorum: int,
                max_days: int, external_owner: str | None, roles: dict[str, list[str]],
-               applicant_download: bool = False) -> AccessPolicy:
+               applicant_download: bool = False, fresh_minutes: int) -> AccessPolicy:
     """The owning project's PI names the workflow, who handles, decides and reviews, and whether
     approved applicants may download to their own machines (default: in-platform use only)."""
     ds = session.get(Dataset, dataset_id)
     if ds is None or owner_pi(session, ds) != principal.user.id:
         raise NotFound("no such dataset")
+    require_fresh_mfa(principal, fresh_minutes)
     if workflow not in ("handler", "quorum"):
         raise Invalid("workflow is 'handler' or 'quorum'")
     if not 1 <= quorum <= 20 or not 1 <= max_days <= 3650:

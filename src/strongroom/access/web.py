@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.datastructures import FormData
 
 from ..archive.models import Dataset
-from ..deps import CsrfChecked, Db, Posted, PostedForm, WebPrincipal, posted_form
-from ..errors import DomainError, Invalid, NotFound
+from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
+from ..errors import DomainError, Forbidden, Invalid, MfaRequired, NotFound
 from ..web.templating import redirect_with, templates
 from . import applications, decisions, events, policies
 from .forms import describe_errors
@@ -196,14 +197,16 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
                 decisions.vote(db, principal, application_id, form.get("approve") == "yes", text)
             case _:
                 raise NotFound("no such action")
-    except (Invalid, ValueError) as exc:
+    except (Invalid, Forbidden, ValueError) as exc:
         detail = exc.detail if isinstance(exc, DomainError) else "invalid date"
         fields = exc.extra.get("fields") if isinstance(exc, DomainError) else None
         db.rollback()
         if isinstance(exc, DomainError):
             detail = _fix_below(exc)
         ctx = _context(db, principal, application_id, detail, fields)  # type: ignore[arg-type]
-        return templates.TemplateResponse(request, "access_application.html", ctx, status_code=422)
+        # e.g. a handler deciding their own application: the page says why, with the application below
+        status = 403 if isinstance(exc, Forbidden) else 422
+        return templates.TemplateResponse(request, "access_application.html", ctx, status_code=status)
     return redirect_with(request, f"/applications/{application_id}", done or DONE[command])
 
 
@@ -251,10 +254,17 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
 
 
 @router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
-def set_download(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, dataset_id: str
-                 ) -> Response:
+def set_download(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                 dataset_id: str) -> Response:
     allowed = posted.form.get("allowed") == "yes"
-    policies.set_applicant_download(db, principal, dataset_id, allowed)
+    try:
+        policies.set_applicant_download(db, principal, dataset_id, allowed,
+                                        fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:
+        # back to the owner's page after the second factor (this form's own URL has no page to return to)
+        return redirect_with(request, f"/login/reauth?next={quote(f'/datasets/{dataset_id}/access')}",
+                             f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then change the "
+                             "download policy again.", kind="error")
     return redirect_with(request, f"/datasets/{dataset_id}/access#download-policy",
                          "Approved applicants may now download files." if allowed
                          else "Approved applicants may no longer download files.")

@@ -326,10 +326,11 @@ def my_keys(db: Db, principal: DataRead) -> list[UserKeyOut]:
 
 
 @router.post("/me/keys", response_model=UserKeyOut, status_code=201,
-             summary="Register a crypt4gh public key: downloads are re-encrypted to it")
-def add_key(db: Db, principal: DataRead, body: NewUserKey) -> UserKeyOut:
-    return UserKeyOut.model_validate(service.add_user_key(db, principal, body.name,
-                                                          _parse_public_key(body.public_key)))
+             summary="Register a crypt4gh public key: downloads are re-encrypted to it (fresh MFA)")
+def add_key(db: Db, hub: HubDep, principal: DataRead, body: NewUserKey) -> UserKeyOut:
+    return UserKeyOut.model_validate(service.add_user_key(
+        db, principal, body.name, _parse_public_key(body.public_key),
+        fresh_minutes=hub.settings.security.fresh_mfa_minutes))
 
 
 @router.delete("/me/keys/{fingerprint}", status_code=204, summary="Revoke one of my keys")

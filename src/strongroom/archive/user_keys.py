@@ -9,20 +9,28 @@ from ..audit import service as audit
 from ..db import utcnow
 from ..errors import Invalid, NotFound
 from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
 from . import c4gh
 from .models import (
     UserKey,
 )
 
 
-def add_user_key(session: Session, principal: Principal, name: str, public_key: bytes) -> UserKey:
+def add_user_key(session: Session, principal: Principal, name: str, public_key: bytes, *, fresh_minutes: int
+                 ) -> UserKey:
+    """Register (or re-activate) a recipient of the user's downloads: a fresh second factor first, since
+    whoever holds the matching secret key reads every later download (a leaked token alone must not)."""
+    require_fresh_mfa(principal, fresh_minutes)
     if len(public_key) != 32:
         raise Invalid("a crypt4gh public key is 32 bytes (X25519)")
     fp = c4gh.fingerprint(public_key)
     existing = session.scalar(select(UserKey).where(UserKey.user_id == principal.user.id,
                                                     UserKey.fingerprint == fp))
     if existing is not None:
-        existing.revoked_at = None
+        if existing.revoked_at is not None:  # a revoked recipient back in use is a registration too
+            existing.revoked_at = None
+            audit.record(session, principal.actor, "archive.user_key.added", subject_user_id=principal.user.id,
+                         target=f"key:{fp}", details={"reactivated": True})
         return existing
     key = UserKey(user_id=principal.user.id, name=name.strip()[:100] or "key", fingerprint=fp,
                   public_key=public_key)

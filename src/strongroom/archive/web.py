@@ -22,7 +22,7 @@ from ..deps import (
     read_first,
     show_viewer,
 )
-from ..errors import Invalid, NotFound
+from ..errors import Invalid, MfaRequired, NotFound
 from ..identity import service as identity
 from ..identity.principal import Principal
 from ..projects import service as projects
@@ -158,8 +158,8 @@ def keys_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
 
 
 @router.post("/account/keys", dependencies=[CsrfChecked])
-def add_key(request: Request, db: Db, principal: WebPrincipal, name: Annotated[str, Form(max_length=100)],
-            public_key: Annotated[str, Form(max_length=2000)]) -> Response:
+def add_key(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
+            name: Annotated[str, Form(max_length=100)], public_key: Annotated[str, Form(max_length=2000)]) -> Response:
     from . import c4gh
 
     try:
@@ -169,7 +169,12 @@ def add_key(request: Request, db: Db, principal: WebPrincipal, name: Annotated[s
             "keys": service.list_user_keys(db, principal),
             "error": "that is not a crypt4gh public key (paste the .pub file made by `strongroom keys generate`)"},
             status_code=422)
-    service.add_user_key(db, principal, name, raw)
+    try:
+        service.add_user_key(db, principal, name, raw, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:
+        return redirect_with(request, "/login/reauth?next=/account/keys",
+                             f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then add the key again.",
+                             kind="error")
     return redirect_with(request, "/account/keys", f"Key “{name}” added: downloads are encrypted to it now.")
 
 
