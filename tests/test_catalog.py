@@ -595,7 +595,8 @@ def test_no_private_email_on_any_public_page(world, hub, people):
     people("dave", email="dave.d@uni.example.edu")
     publish_entry(world, world["ds"], "chest-ct", description=(
         "Chest CT with nodule annotations. Technical questions go to helpdesk@imaging.example.net, "
-        "which answers within two working days."), contact_email="data-access@hospital.example.net")
+        "which answers within two working days."), contact_email="data-access@hospital.example.net",
+        terms_title="DUA of helpdesk@imaging.example.net")
     other = make_dataset(hub, world["alice"], "lung", "Second")
     publish_entry(world, other, "second-ct", contact_email="datasets@hospital.example.net")
     c = anon(world)
@@ -614,7 +615,8 @@ def test_no_private_email_on_any_public_page(world, hub, people):
              "/oai?verb=ListRecords&metadataPrefix=oai_dc", "/oai?verb=ListRecords&metadataPrefix=oai_datacite",
              "/oai?verb=ListSets"]
     for slug in ("chest-ct", "second-ct"):
-        pages += [f"/catalog/{slug}", f"/catalog/{slug}/terms", f"/catalog/{slug}.ttl", f"/catalog/{slug}.jsonld"]
+        pages += [f"/catalog/{slug}", f"/catalog/{slug}/terms", f"/catalog/{slug}.ttl", f"/catalog/{slug}.jsonld",
+                  *(f"/catalog/{slug}/cite.{ext}" for ext in ("bib", "ris", "csl.json", "txt", "jsonld"))]
     for path in pages:
         r = c.get(path)
         assert r.status_code == 200, path

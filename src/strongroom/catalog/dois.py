@@ -145,7 +145,7 @@ def facts(session: Session, settings: Settings, entry: CatalogEntry, row: Doi, r
     base = settings.base_url.rstrip("/")
     canonical = f"{base}/catalog/{entry.slug}"
     scrub = scrubber(session, [entry.title, entry.description, entry.access_conditions, entry.data_owner,
-                               *entry.keywords, *entry.organs])
+                               entry.terms_title, entry.withdrawn_reason or "", *entry.keywords, *entry.organs])
     versions = {v.number: v for v in _released(session, entry.dataset_id)}
     by_version = {r.version: r.doi for r in rows}
     version = versions.get(row.version) if row.version is not None else (max(versions.items())[1] if versions
@@ -179,7 +179,7 @@ def facts(session: Session, settings: Settings, entry: CatalogEntry, row: Doi, r
         hosting_institution=settings.site_name,
         creators=[Creator(**c) for c in entry.creators or []],  # type: ignore[arg-type]
         version=row.version, modalities=entry.modalities, organs=[scrub(o) for o in entry.organs],
-        keywords=[scrub(k) for k in entry.keywords], duo_codes=entry.duo_codes, terms_title=entry.terms_title,
+        keywords=[scrub(k) for k in entry.keywords], duo_codes=entry.duo_codes, terms_title=scrub(entry.terms_title),
         terms_url=f"{canonical}/terms", access_conditions=scrub(entry.access_conditions), size_bytes=size,
         file_count=version.file_count if version else None, subjects=entry.subjects, studies=entry.studies,
         series=entry.series, instances=entry.instances, annotations=entry.annotations, formats=formats,
