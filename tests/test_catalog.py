@@ -18,9 +18,12 @@ from sqlalchemy import select, update
 
 from conftest import bearer, token_for, web_client
 from helpers import csrf_for, extract, form_post
+from strongroom.access.models import Application
+from strongroom.access.notices import notify_applicant
 from strongroom.archive import service as archive
 from strongroom.archive.backend import storage_for
 from strongroom.archive.keys import ensure_key
+from strongroom.archive.models import Dataset
 from strongroom.audit import service as audit
 from strongroom.audit.service import Actor
 from strongroom.catalog import entries, png, sitemaps
@@ -31,6 +34,7 @@ from strongroom.catalog.privacy import WITHHELD
 from strongroom.db import transaction, utcnow
 from strongroom.identity.models import User
 from strongroom.identity.principal import SCOPES, Principal
+from strongroom.jobs.models import Job
 from strongroom.projects import service as projects
 from strongroom.projects.models import Membership
 
@@ -627,6 +631,38 @@ def test_no_private_email_on_any_public_page(world, hub, people):
     assert WITHHELD in landing and "data-access@hospital.example.net" in landing  # role address stays
     second = c.get("/catalog/second-ct").text
     assert "through the application" in second  # the contact became a person's: hidden
+
+
+def test_an_applicant_sees_the_public_title_never_the_archives_working_name(world, hub):
+    """A dataset's own title is its project's working name ("ward 5, Dr Berg's list"); everyone outside the
+    project (applicants, then holders of an entitlement) sees the catalogue's public title: on the apply page,
+    the application, the lists and the e-mails. The project's members still see the working name."""
+    internal = "Ward 5 patients - Dr Berg list (internal)"
+    with transaction(hub.sessions) as s:
+        s.execute(update(Dataset).where(Dataset.id == world["ds"]).values(title=internal))
+    publish_entry(world, world["ds"], "chest-ct", title="Chest CT with nodule annotations")
+    bob = web_client(world["app"], hub, world["bob"])
+    apply = bob.get(f"/apply/{world['ds']}")
+    assert apply.status_code == 200 and "Chest CT with nodule annotations" in apply.text
+    started = form_post(bob, f"/apply/{world['ds']}", {})
+    assert started.status_code in (200, 303), started.text
+    application_id = started.headers["location"].rsplit("/", 1)[-1] if started.status_code == 303 else None
+    pages = [f"/apply/{world['ds']}", "/applications", "/access"]
+    if application_id:
+        pages.append(f"/applications/{application_id}")
+    for path in pages:
+        page = bob.get(path, follow_redirects=True)
+        assert page.status_code == 200, path
+        assert "Dr Berg" not in page.text, path
+    assert application_id
+    with transaction(hub.sessions) as s:  # what the applicant is e-mailed names the public title too
+        notify_applicant(s, s.get(Application, application_id), "application_returned", comment="add the DPA")
+    with hub.sessions() as s:
+        [mail] = [j.payload for j in s.scalars(select(Job).where(Job.kind == "notify.email"))
+                  if j.payload["template"] == "application_returned"]
+    assert mail["context"]["dataset"] == "Chest CT with nodule annotations"
+    carol = web_client(world["app"], hub, world["carol"])  # a member of the owning project
+    assert "Dr Berg" in carol.get(f"/apply/{world['ds']}").text
 
 
 # -- the demo ----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..archive.models import Dataset
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import utcnow
@@ -22,6 +21,7 @@ from ..jobs.context import JobContext
 from ..jobs.registry import job
 from ..notify import service as notify
 from .models import Entitlement
+from .titles import title_for
 
 BATCH = 200
 QUIET_AFTER = dt.timedelta(days=30)  # entitlements that ended longer ago are marked without an e-mail
@@ -45,8 +45,7 @@ def _renewed(session: Session, ent: Entitlement, after: dt.datetime) -> bool:
 
 
 def _context(session: Session, ent: Entitlement, now: dt.datetime) -> dict[str, Any]:
-    ds = session.get(Dataset, ent.dataset_id)
-    return {"dataset": ds.title if ds else ent.dataset_id, "dataset_id": ent.dataset_id,
+    return {"dataset": title_for(session, ent.user_id, ent.dataset_id), "dataset_id": ent.dataset_id,
             "application_id": ent.application_id or "", "ends": ent.ends_at.date().isoformat(),
             "days_left": max((ent.ends_at - now).days, 0)}
 

@@ -12,6 +12,7 @@ from ..archive.models import Dataset
 from ..identity.models import User
 from .models import Application, DatasetRole
 from .policies import owner_pi
+from .titles import title_for
 
 
 def _email(session: Session, to: str | None, template: str, context: dict[str, Any]) -> None:
@@ -26,9 +27,8 @@ def _email(session: Session, to: str | None, template: str, context: dict[str, A
 
 def notify_applicant(session: Session, app: Application, template: str, **context: Any) -> None:
     user = session.get(User, app.applicant_id)
-    ds = session.get(Dataset, app.dataset_id)
     _email(session, user.email if user else None, template,
-           {"application_id": app.id, "dataset": ds.title if ds else app.dataset_id,
+           {"application_id": app.id, "dataset": title_for(session, app.applicant_id, app.dataset_id),
             "name": user.display_name if user else "", **context})
 
 

@@ -14,7 +14,7 @@ from ..archive.models import Dataset
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Forbidden, Invalid, MfaRequired, NotFound
 from ..web.templating import redirect_with, templates
-from . import applications, decisions, events, policies
+from . import applications, decisions, events, policies, titles
 from .forms import describe_errors
 from .models import Application, Attachment, FormVersion
 
@@ -33,7 +33,8 @@ def apply_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
     open_app = next((a for a in existing if a.state in events.OPEN_STATES), None)
     if open_app:
         return _go(f"/applications/{open_app.id}")
-    return templates.TemplateResponse(request, "access_apply.html", {"ds": ds, "previous": existing})
+    return templates.TemplateResponse(request, "access_apply.html", {
+        "ds": ds, "title": titles.title_for(db, principal.user.id, ds.id), "previous": existing})
 
 
 @router.post("/apply/{dataset_id}", dependencies=[CsrfChecked])
@@ -48,10 +49,10 @@ def start(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal,
 def applications_page(request: Request, db: Db, principal: WebPrincipal) -> Response:
     mine = applications.my_applications(db, principal)
     queue = applications.queue(db, principal)
-    datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({a.dataset_id for a in mine + queue}))}
+    names = titles.titles_for(db, principal.user.id, {a.dataset_id for a in mine + queue})
     users = applications.users_by_id(db, {a.applicant_id for a in queue})
     return templates.TemplateResponse(request, "access_list.html",
-                                      {"mine": mine, "queue": queue, "datasets": datasets, "users": users,
+                                      {"mine": mine, "queue": queue, "titles": names, "users": users,
                                        "waiting": sum(1 for a in queue if a.state == "submitted")})
 
 
@@ -65,6 +66,7 @@ def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | 
     users = applications.users_by_id(db, {e.actor_id for e in v.events if e.actor_id} | {v.app.applicant_id})
     staff = bool(v.roles - {"applicant"})
     return {"v": v, "s": v.state, "form": form, "terms": terms, "ds": db.get(Dataset, v.app.dataset_id),
+            "title": titles.title_for(db, principal.user.id, v.app.dataset_id),
             "attachments": attachments, "users": users, "staff": staff, "error": error,
             "field_errors": describe_errors(form.fields, field_errors or {}),
             "answers": {**v.state.answers, **(answers or {})}, "editable": "applicant" in v.roles and v.state.state in
@@ -226,9 +228,8 @@ def my_access(request: Request, db: Db, principal: WebPrincipal) -> Response:
     from ..db import utcnow
 
     ents = applications.entitlements_of(db, principal.user.id)
-    datasets = {d.id: d for d in db.query(Dataset).filter(Dataset.id.in_({e.dataset_id for e in ents}))}
-    return templates.TemplateResponse(request, "access_mine.html",
-                                      {"ents": ents, "datasets": datasets, "now": utcnow()})
+    names = titles.titles_for(db, principal.user.id, {e.dataset_id for e in ents})
+    return templates.TemplateResponse(request, "access_mine.html", {"ents": ents, "titles": names, "now": utcnow()})
 
 
 @router.get("/datasets/{dataset_id}/access")
