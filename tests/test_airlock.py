@@ -209,8 +209,8 @@ def test_a_recipient_is_the_account_chosen_when_the_request_was_made(world) -> N
     meant when it was made, so a later change of addresses (or a name re-used) cannot redirect the files."""
     w, hub, c = world, world["hub"], world["c"]
     for who in ("carl", "eve"):
-        key = c4gh.generate_keypair()
-        assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(key.public).decode()},
+        public = c4gh.public_key_file(c4gh.generate_keypair().public).decode()
+        assert c.post("/api/v1/me/keys", json={"name": "laptop", "public_key": public},
                       headers=bearer(w["t"][who])).status_code == 201
     dests = [{"kind": "recipient", "name": "Registry inbox", "user": "carl@example.org"}]
     assert c.put("/api/v1/projects/lung/settings/egress_destinations", json={"value": dests},
