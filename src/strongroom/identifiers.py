@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import re
 
-# [CC]YYMMDD[-+]NNNN, not part of a longer number or of a decimal
-PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})([-+]?)(\d{4})(?![0-9])(?!\.[0-9])")
+# The separators written between date and number: '-', '+' (100 years or older), the Unicode dashes word
+# processors substitute (U+2010-U+2015, U+2212) and one space (or the no-break space Word puts there).
+# Literal characters, not escapes, so the same class works in Python's re and in the Rust regex Polars runs.
+SEPARATORS = "-+\u2010-\u2015\u2212 \u00a0"
+# [CC]YYMMDD[sep]NNNN, not part of a longer number or of a decimal
+PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})([" + SEPARATORS
+                 + r"]?)(\d{4})(?![0-9])(?!\.[0-9])")
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+(?![\w-])")
 # +46 70 123 45 67, 070-123 45 67, 013-12 34 56, (013) 123456: a leading + or 0, then 8+ digits in groups
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ -]?|\(?0\d{1,3}\)?[ -]?)\d{2,4}(?:[ -]?\d{2,4}){1,3}(?![\w])")
 # Cheap first passes (no look-behind): a column engine filters with these, then the exact patterns run
-PNR_HINT = r"\d{6}[-+]?\d{4}"
+PNR_HINT = r"\d{6}[" + SEPARATORS + r"]?\d{4}"
 EMAIL_HINT = r"@[A-Za-z0-9-]+\."
 PHONE_HINT = r"(?:\+|\b0)\d[\d ()-]{6,}\d"
 

@@ -1,29 +1,54 @@
 """Automatic checks of one plaintext file before a reviewer sees it. Pure: no web or database imports.
 
+The rule: a check never says "passed" about content it did not read. What the checks cannot read gets a
+check that is not passed and says so (``not_checked``): like a failed check it blocks approval until the PI
+overrides it with a reason, and the reviewer sees which file (or member) was not inspected and why.
+
 For every file: a size limit and type sniffing by magic bytes against the extension. Then by type:
 DICOM → ``imaging.verify.identity_scan`` (national identity numbers in any element value); tables
 (csv/tsv/xlsx/parquet) → the project's strategy verification when it has one, else the identifier scan of
-every cell; ZIP/TAR archives → their members listed (names and sizes; nested archives and identifiers in
-member names flagged); text → ``identifiers.spans``. Results name kinds and counts, never the values.
+every cell and of the column names, on every sheet of a workbook; gzip/bzip2/xz streams → decompressed
+(bounded) and checked as what they hold; ZIP/TAR archives → every member extracted (bounded) and checked as a
+file of its own, nested archives to ``MAX_DEPTH``; Office documents (docx/pptx/xlsx) → the text of every XML
+part; text → ``identifiers.spans``. Not read: PDF, images, databases, 7z, encrypted members, unknown binaries,
+and whatever exceeds the bounds. Results name kinds and counts, never the values.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import gzip
+import io
+import itertools
+import lzma
+import re
 import tarfile
+import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, cast
+from xml.etree.ElementTree import Element, ParseError, XMLPullParser
 
 from ..identifiers import spans
 from ..strategies.tables import TABLE_SUFFIXES  # one definition of a table for the airlock and releases
 
 TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".json", ".md", ".xml", ".html", ".log", ".tex", ".r", ".py", ".sql",
                  ".yaml", ".yml", ".toml", ".ini", ".cfg", ".rmd", ".ipynb")
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz", ".7z")
+OFFICE_SUFFIXES = (".docx", ".pptx", ".xlsx", ".docm", ".pptm", ".xlsm")  # ZIPs of XML parts
 MAX_LISTED = 200  # archive members shown to reviewers
-TEXT_SCAN_BYTES = 64 * 1024 * 1024  # text beyond this is scanned no further (and the check says so)
+TEXT_SCAN_BYTES = 64 * 1024 * 1024  # text beyond this is not read: the check says "not checked"
+# Bounds on opening what a file holds, over every level of nesting of one exported file. Past them the
+# content is not read (and the check says so): decompression bombs cost a bounded time and disk.
+MAX_DEPTH = 3  # an archive (or compressed stream) inside one inside one; a deeper one is not opened
+MAX_MEMBERS = 10_000  # archive members (and document parts) read per file
+MAX_INFLATED = 1 << 30  # bytes decompressed or extracted per file, all members together
+MAX_RATIO = 100  # a stream inflating more than 100× (beyond RATIO_FREE) is a bomb, not data
+RATIO_FREE = 1 << 20  # tiny streams compress very well: any stream may inflate to 1 MiB
 
 # (offset, magic, type). Order matters: the first match wins.
 _MAGIC: list[tuple[int, bytes, str]] = [
@@ -42,7 +67,30 @@ _EXPECTED: dict[str, tuple[str, ...]] = {
     ".xz": ("xz",), ".7z": ("7z",), ".tar": ("tar",), ".c4gh": ("crypt4gh",), ".sqlite": ("sqlite",),
     ".db": ("sqlite",), **{s: ("text",) for s in TEXT_SUFFIXES},
 }
-_ARCHIVE_TYPES = ("zip", "tar", "gzip", "bzip2", "xz", "7z")
+# what the checks cannot read, and why (the reviewer is told)
+_UNREAD = {
+    "pdf": "PDF content (text and images) is not inspected by the checks",
+    "png": "image content (burned-in text, faces) is not inspected by the checks",
+    "jpeg": "image content (burned-in text, faces) is not inspected by the checks",
+    "gif": "image content (burned-in text, faces) is not inspected by the checks",
+    "sqlite": "database content is not inspected by the checks",
+    "7z": "7z archives cannot be opened by the checks",
+    "binary": "binary content of an unknown kind is not inspected by the checks",
+}
+_STREAMS: dict[str, Callable[[Path], io.BufferedIOBase]] = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File,
+                                                            "xz": lzma.LZMAFile}
+_SAFE_SUFFIX = re.compile(r"\.[a-z0-9.]{1,12}")
+# what a compressed stream's name becomes once decompressed
+_INNER = ((".tar.gz", ".tar"), (".tgz", ".tar"), (".tbz2", ".tar"), (".txz", ".tar"), (".gz", ""), (".bz2", ""),
+          (".xz", ""))
+# Office XML elements inside a line of text (runs, their text, tracked changes): their text joins without
+# a break, so a number Word split over runs is read whole; every other element ends a line.
+_INLINE = frozenset({"t", "r", "delText", "instrText", "ins", "del", "hyperlink", "smartTag", "fldSimple",
+                     "proofErr", "rPr", "bookmarkStart", "bookmarkEnd", "lastRenderedPageBreak", "softHyphen",
+                     "noBreakHyphen"})
+# damaged or unsupported content of a member: read errors of zipfile, tarfile and the decompressors
+_READ_ERRORS = (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError,
+                NotImplementedError, RuntimeError, ValueError)
 
 
 @dataclass
@@ -51,6 +99,7 @@ class Check:
     passed: bool
     detail: str
     items: list[dict[str, Any]] | None = None  # e.g. archive members (name, size)
+    not_checked: bool = False  # the content was not read: not passed, so the PI's override is needed
 
 
 @dataclass
@@ -63,7 +112,12 @@ class FileReport:
         return all(c.passed for c in self.checks)
 
     def as_json(self) -> list[dict[str, Any]]:
-        return [{k: v for k, v in asdict(c).items() if v is not None} for c in self.checks]
+        return [{k: v for k, v in asdict(c).items() if v is not None and (k != "not_checked" or v)}
+                for c in self.checks]
+
+
+def _not_checked(name: str, why: str) -> Check:
+    return Check(name, False, why, not_checked=True)
 
 
 def suffix_of(name: str) -> str:
@@ -110,33 +164,73 @@ def _type_check(name: str, kind: str) -> Check:
     return Check("file type", False, f"the extension {suffix} says {'/'.join(expected)} but the content is {kind}")
 
 
-def _identifier_summary(found: list[tuple[int, int, str]]) -> str:
-    counts: dict[str, int] = {}
-    for _, _, kind in found:
-        counts[kind] = counts.get(kind, 0) + 1
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+def _redact(text: str) -> str:
+    """`text` (a member or sheet name, a detail naming columns) with every identifier replaced: results
+    name kinds and counts, never values."""
+    out, last = [], 0
+    for start, end, _ in spans(text):
+        if start >= last:
+            out.append(text[last:start] + "[identifier]")
+            last = end
+    return "".join(out) + text[last:]
+
+
+def _joined(entries: list[str], limit: int = 20) -> str:
+    more = f" … and {len(entries) - limit} more" if len(entries) > limit else ""
+    return "; ".join(entries[:limit]) + more
+
+
+class _Finder:
+    """``identifiers.spans`` over text fed in pieces, in windows of 1 MiB overlapping by 64 characters
+    (identifiers straddling a window's end are found in the next one). Counts per kind."""
+
+    def __init__(self, *, personnummer: bool = True, email: bool = True, phone: bool = True) -> None:
+        self.kinds = {"personnummer": personnummer, "email": email, "phone": phone}
+        self.found: dict[str, int] = {}
+        self._pending: list[str] = []
+        self._size = 0
+        self._tail = ""
+
+    def feed(self, text: str) -> None:
+        self._pending.append(text)
+        self._size += len(text)
+        if self._size >= 1 << 20:
+            self._scan(final=False)
+
+    def _scan(self, *, final: bool) -> None:
+        text = self._tail + "".join(self._pending)
+        self._pending, self._size = [], 0
+        cut = len(text) if final else max(len(text) - 64, 0)
+        for start, _, kind in spans(text, **self.kinds):
+            if start < cut:
+                self.found[kind] = self.found.get(kind, 0) + 1
+        self._tail = text[cut:]
+
+    def summary(self) -> str:
+        self._scan(final=True)
+        return ", ".join(f"{n} {kind}" for kind, n in sorted(self.found.items()))
 
 
 def scan_text(path: Path) -> Check:
     """``identifiers.spans`` over the text (UTF-8, else Windows-1252), in overlapping windows."""
-    found: list[tuple[int, int, str]] = []
-    read, tail, truncated = 0, "", False
+    finder, read, truncated = _Finder(), 0, False
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             read += len(chunk)
-            text = tail + decoder.decode(chunk)
-            cut = max(len(text) - 64, 0)  # identifiers straddling the window's end are found in the next one
-            found += [h for h in spans(text) if h[0] < cut]
-            tail = text[cut:]
+            finder.feed(decoder.decode(chunk))
             if read >= TEXT_SCAN_BYTES:
-                truncated = True
+                truncated = f.read(1) != b""
                 break
-    found += spans(tail + decoder.decode(b"", final=True))
-    note = f" (first {TEXT_SCAN_BYTES // 2**20} MiB scanned)" if truncated else ""
+    finder.feed(decoder.decode(b"", final=True))
+    found = finder.summary()
     if found:
-        return Check("identifiers in text", False, f"found {_identifier_summary(found)}{note}")
-    return Check("identifiers in text", True, f"none found{note}")
+        note = f" (in the first {TEXT_SCAN_BYTES // 2**20} MiB; the rest was not read)" if truncated else ""
+        return Check("identifiers in text", False, f"found {found}{note}")
+    if truncated:  # no "passed" for the part never read
+        return _not_checked("identifiers in text", f"none in the first {TEXT_SCAN_BYTES // 2**20} MiB; "
+                                                   "the rest was not read")
+    return Check("identifiers in text", True, "none found")
 
 
 def scan_dicom(path: Path) -> Check:
@@ -161,58 +255,318 @@ def scan_dicom(path: Path) -> Check:
     return Check("DICOM identity scan", True, "no identity number or direct identifier found")
 
 
+
+
 def check_table(path: Path, strategy: Any | None) -> Check:
     """The project's strategy verification (``strategies.engine.verify``) when ``strategy`` is given, else
-    the identifier scan of every cell."""
+    the identifier scan of every cell and column name; on every sheet of a workbook (hidden ones too)."""
     from ..strategies.scan import NameMatcher, scan_identifiers
-    from ..strategies.tables import TableError, read_table
+    from ..strategies.tables import TableError, read_sheets
 
     try:
-        frame = read_table(path).collect()
+        sheets = {name: frame for name, frame in read_sheets(path).items() if frame.width}  # empty: nothing to read
     except TableError as exc:
         return Check("table", False, str(exc))
+    rows = sum(frame.height for frame in sheets.values())
+    counted = f"{rows} rows" + (f" in {len(sheets)} sheets" if len(sheets) > 1 else "")
+
+    def where(sheet: str) -> str:
+        return f"sheet '{_redact(sheet)}': " if len(sheets) > 1 else ""
+
     if strategy is not None:
         from ..strategies.engine import verify
 
-        result = verify(frame, strategy)
-        failed = [f"{c.name}: {c.detail}" for c in result.checks if not c.passed]
-        holds = f"every rule of '{strategy.name}' holds ({result.rows} rows)"
-        return Check("strategy verification", result.passed, "; ".join(failed[:20]) if failed else holds)
-    found = scan_identifiers(frame, NameMatcher([]))
+        failed = [f"{where(sheet)}{_redact(c.name)}: {_redact(c.detail)}"
+                  for sheet, frame in sheets.items() for c in verify(frame, strategy).checks if not c.passed]
+        return Check("strategy verification", not failed,
+                     _joined(failed) if failed else f"every rule of '{strategy.name}' holds ({counted})")
+    found = [f"{where(sheet)}{f['cells']} {f['kind']} cell(s) in {f['column']}"
+             for sheet, frame in sheets.items() for f in scan_identifiers(frame, NameMatcher([]))]
     if found:
         return Check("identifiers in cells", False,
-                     "; ".join(f"{f['cells']} {f['kind']} cell(s) in {f['column']}" for f in found)
-                     + " (the project has no strategy to verify against)")
-    return Check("identifiers in cells", True, f"none found in {frame.height} rows (no project strategy)")
+                     _joined(found) + " (the project has no strategy to verify against)")
+    return Check("identifiers in cells", True, f"none found in {counted} or the column names (no project strategy)")
 
 
-def list_archive(path: Path, kind: str) -> Check:
+class _Readable(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+class _OverCap(Exception):
+    """Content beyond the bounds: not read."""
+
+
+@dataclass
+class _Context:
+    """What checking one exported file shares over every level of nesting."""
+
+    strategy: Any | None
+    scratch: Path  # a private directory beside the plaintext, removed with it
+    # bytes still allowed out of decompression and extraction, and members still to read (read at creation)
+    inflated: int = field(default_factory=lambda: MAX_INFLATED)
+    members: int = field(default_factory=lambda: MAX_MEMBERS)
+    names: itertools.count[int] = field(default_factory=itertools.count)
+
+    def inflate(self, src: _Readable, packed: int, out: IO[bytes]) -> int:
+        """Copy what `src` gives into `out`, within the bounds; the bytes copied."""
+        bounded, size = _Bounded(src, packed, self), 0
+        while chunk := bounded.read(1 << 20):
+            out.write(chunk)
+            size += len(chunk)
+        return size
+
+    def scratch_file(self, name: str) -> Path:
+        # never the member's own path (it could climb out); its suffix only, which says how to read it
+        suffix = suffix_of(name)
+        if not _SAFE_SUFFIX.fullmatch(suffix):
+            suffix = ""
+        return self.scratch / f"m{next(self.names)}{suffix}"
+
+
+class _Bounded:
+    """A reader of decompressed (or extracted) bytes that stops past the bounds: the context's bytes in all,
+    and `MAX_RATIO` times what the stream takes packed."""
+
+    def __init__(self, src: _Readable, packed: int, ctx: _Context) -> None:
+        self.src, self.ctx, self.cap, self.size = src, ctx, max(MAX_RATIO * packed, RATIO_FREE), 0
+
+    def read(self, n: int) -> bytes:
+        chunk = self.src.read(n)
+        self.size += len(chunk)
+        self.ctx.inflated -= len(chunk)  # charged as read: a bomb spends the budget of what follows it too
+        if self.ctx.inflated < 0:
+            raise _OverCap(f"more than {MAX_INFLATED / 2**20:g} MiB to decompress or extract in all: not read")
+        if self.size > self.cap:
+            raise _OverCap(f"expands more than {MAX_RATIO}× (a decompression bomb?): not read")
+        return chunk
+
+
+def _content(path: Path, name: str, kind: str, ctx: _Context, depth: int) -> list[Check]:
+    """The checks of what a file holds, by its type (sniffed) and its name."""
+    suffix = suffix_of(name)
+    if kind in ("executable", "crypt4gh"):
+        return []  # the type check already fails and says why
+    if kind == "dicom":
+        return [scan_dicom(path)]
+    if suffix in TABLE_SUFFIXES and kind in ("text", "zip", "parquet", "empty"):
+        checks = [check_table(path, ctx.strategy)]
+        if kind == "zip":  # a workbook: also its comments, properties, names (as the strategy looks for them)
+            checks.append(scan_office(path, ctx, depth, kinds=_kinds(ctx.strategy)) if suffix in OFFICE_SUFFIXES
+                          else scan_archive(path, kind, ctx, depth))
+        return checks
+    if kind == "zip" and suffix in OFFICE_SUFFIXES:
+        return [scan_office(path, ctx, depth)]
+    if kind in _STREAMS:
+        return decompress(path, name, kind, ctx, depth)
+    if kind in ("zip", "tar"):
+        return [scan_archive(path, kind, ctx, depth)]
+    if kind == "text":
+        return [scan_text(path)]
+    if kind == "empty":
+        return []  # nothing to read
+    return [_not_checked("content", _UNREAD.get(kind, f"{kind} content is not inspected by the checks"))]
+
+
+def decompress(path: Path, name: str, kind: str, ctx: _Context, depth: int) -> list[Check]:
+    """A single gzip/bzip2/xz stream (a .tar.gz too) decompressed into the scratch directory, within the
+    bounds, then checked as the file it holds (its name without the compression suffix)."""
+    if depth >= MAX_DEPTH:
+        return [_not_checked("decompression", f"nested more than {MAX_DEPTH} levels deep: not opened")]
+    inner = next((name[:-len(s)] + repl for s, repl in _INNER if name.lower().endswith(s)), name)
+    out = ctx.scratch_file(inner)
+    try:
+        with _STREAMS[kind](path) as src, out.open("wb") as dst:
+            size = ctx.inflate(src, path.stat().st_size, dst)
+        inner_kind = sniff(out)
+        inner_name = _redact(Path(inner).name)
+        checks = [Check("decompression", True, f"{kind} stream: {size} bytes of {inner_kind}, checked as {inner_name}")]
+        for c in [_type_check(inner, inner_kind), *_content(out, inner, inner_kind, ctx, depth + 1)]:
+            c.name = f"{inner_name}: {c.name}"
+            checks.append(c)
+        return checks
+    except _OverCap as exc:
+        return [_not_checked("decompression", f"the {kind} stream {exc}")]
+    except _READ_ERRORS as exc:
+        return [_not_checked("decompression", f"the {kind} stream cannot be decompressed ({type(exc).__name__})")]
+    finally:
+        out.unlink(missing_ok=True)
+
+
+class _Members:
+    """The verdicts on an archive's (or document's) members, gathered into one check."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+        self.unread: list[str] = []
+
+    def member(self, open_member: Callable[[], IO[bytes]], packed: int, name: str, ctx: _Context,
+               depth: int) -> None:
+        """Extract one member (bounded) into the scratch directory and check it as a file of its own."""
+        label = _redact(name)
+        if ctx.members <= 0:
+            self.unread.append(f"{label}: more than {MAX_MEMBERS} members: not read")
+            return
+        ctx.members -= 1
+        out = ctx.scratch_file(name)
+        try:
+            with open_member() as src, out.open("wb") as dst:
+                ctx.inflate(src, packed, dst)
+            kind = sniff(out)
+            type_check = _type_check(name, kind)
+            for c in [type_check] * (not type_check.passed) + _content(out, name, kind, ctx, depth):
+                if not c.passed:
+                    (self.unread if c.not_checked else self.failed).append(f"{label}: {c.name}: {c.detail}")
+        except _OverCap as exc:
+            self.unread.append(f"{label}: {exc}")
+        except _READ_ERRORS as exc:
+            self.unread.append(f"{label}: cannot be read ({type(exc).__name__}): not read")
+        finally:
+            out.unlink(missing_ok=True)
+
+    def check(self, name: str, detail: str, items: list[dict[str, Any]] | None = None) -> Check:
+        """Failed when a member failed; else not checked when a member was not read; else passed."""
+        parts = [detail]
+        if self.failed:
+            parts.append(f"failed: {_joined(self.failed)}")
+        if self.unread:
+            parts.append(f"not inspected: {_joined(self.unread)}")
+        return Check(name, not self.failed and not self.unread, "; ".join(parts)[:4000], items=items,
+                     not_checked=bool(self.unread) and not self.failed)
+
+
+def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    reader = tar.extractfile(member)
+    if reader is None:  # only regular files are extracted
+        raise tarfile.ExtractError(f"{member.name} is not a regular file")
+    return reader
+
+
+def scan_archive(path: Path, kind: str, ctx: _Context, depth: int = 0) -> Check:
+    """Every member of a ZIP or (uncompressed) TAR extracted and checked as a file of its own; nested
+    archives likewise, to ``MAX_DEPTH``. Member names are listed (without identifiers) for the reviewer."""
+    if depth >= MAX_DEPTH:
+        return _not_checked("archive contents", f"an archive nested more than {MAX_DEPTH} levels deep: not opened")
     members: list[dict[str, Any]] = []
+    found = _Members()
     try:
         if kind == "zip":
             with zipfile.ZipFile(path) as z:
-                members = [{"name": i.filename, "size": i.file_size} for i in z.infolist() if not i.is_dir()]
-        elif kind in ("tar", "gzip", "bzip2", "xz"):
-            try:
-                with tarfile.open(path) as t:
-                    members = [{"name": m.name, "size": m.size} for m in t.getmembers() if m.isfile()]
-            except tarfile.ReadError:
-                if kind == "tar":
-                    raise
-                return Check("archive contents", True, f"a single {kind}-compressed stream (not an archive)")
+                for info in z.infolist():
+                    if info.is_dir():
+                        continue
+                    members.append({"name": _redact(info.filename), "size": info.file_size})
+                    if info.flag_bits & 0x1:
+                        found.unread.append(f"{_redact(info.filename)}: encrypted: not read")
+                        continue
+                    found.member(partial(z.open, info), info.compress_size, info.filename, ctx, depth + 1)
         else:
-            return Check("archive contents", False, f"{kind} archives cannot be listed: unpack before export")
-    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:
-        return Check("archive contents", False, f"the archive is damaged ({type(exc).__name__})")
-    nested = [m["name"] for m in members if suffix_of(m["name"]) in ARCHIVE_SUFFIXES]
-    named = [m["name"] for m in members if spans(m["name"])]
-    problems = []
-    if nested:
-        problems.append(f"{len(nested)} nested archive(s) cannot be checked: {', '.join(nested[:5])}")
+            with tarfile.open(path, "r:") as t:  # plain: a compressed tar was decompressed (bounded) first
+                for m in t:
+                    if not m.isfile():
+                        continue  # directories, links, devices: no content of their own
+                    members.append({"name": _redact(m.name), "size": m.size})
+                    found.member(partial(_extract, t, m), m.size, m.name, ctx, depth + 1)
+    except _READ_ERRORS as exc:
+        return _not_checked("archive contents", f"the archive is damaged ({type(exc).__name__}): not read")
+    named = [m["name"] for m in members if "[identifier]" in m["name"]]
     if named:
-        problems.append(f"{len(named)} member name(s) hold an identifier")
-    detail = f"{len(members)} member(s), {sum(m['size'] for m in members)} bytes"
-    return Check("archive contents", not problems, "; ".join([detail, *problems]), items=members[:MAX_LISTED])
+        found.failed.insert(0, f"{len(named)} member name(s) hold an identifier")
+    return found.check("archive contents", f"{len(members)} member(s), {sum(m['size'] for m in members)} bytes",
+                       items=members[:MAX_LISTED])
+
+
+def _xml_text(src: IO[bytes], packed: int, ctx: _Context, finder: _Finder, *, targets: bool) -> None:
+    """The text of one Office XML part fed to `finder` in document order (attribute values are not text,
+    except relationship targets: a mailto: link), within the bounds. A part declaring a DTD is refused:
+    Office never writes one, and entities could expand past the bounds."""
+    parser: XMLPullParser[Element] = XMLPullParser(events=("start", "end"))
+    open_elements: list[Element] = []
+    ended: Element | None = None  # its tail (text after it) is known at the next event
+    prolog: bytes | None = b""  # bytes before the root element: where a DOCTYPE would be
+    limited = _Bounded(src, packed, ctx)
+    while chunk := limited.read(1 << 20):
+        if prolog is not None:
+            prolog += chunk
+            if b"<!DOCTYPE" in prolog.upper():
+                raise ParseError("declares a DTD")
+            if len(prolog) > RATIO_FREE:
+                raise ParseError("no element in its first MiB")
+        parser.feed(chunk)
+        for event, elem in cast("Iterator[tuple[str, Element]]", parser.read_events()):  # only start/end asked
+            if prolog is not None:
+                prolog = None
+            if ended is not None and ended.tail:
+                finder.feed(ended.tail)
+            ended = None
+            if event == "start":
+                if open_elements and open_elements[-1].text:  # the parent's text before this child
+                    finder.feed(open_elements[-1].text)
+                    open_elements[-1].text = None
+                open_elements.append(elem)
+                continue
+            open_elements.pop()
+            if elem.text:
+                finder.feed(elem.text)
+            if targets and (target := elem.get("Target")):
+                finder.feed(f"\n{target}")
+            if elem.tag.rsplit("}", 1)[-1] not in _INLINE:
+                finder.feed("\n")
+            if open_elements:
+                open_elements[-1].remove(elem)  # memory stays flat: the part is read as a stream
+            ended = elem
+    parser.close()
+
+
+def scan_office(path: Path, ctx: _Context, depth: int = 0, *, kinds: dict[str, bool] | None = None) -> Check:
+    """The text of every XML part of an Office document (body, comments, tracked changes, notes, headers,
+    properties, a workbook's cells and sheet names) scanned for identifiers; every other part (embedded
+    documents, images, binaries) checked as a file of its own, as archive members are. `kinds`: the
+    identifier kinds looked for (default: all)."""
+    finder = _Finder(**(kinds or _kinds(None)))
+    found = _Members()
+    parts = 0
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.is_dir():
+                    continue
+                label = _redact(info.filename)
+                if info.flag_bits & 0x1:
+                    found.unread.append(f"{label}: encrypted: not read")
+                elif ctx.members <= 0:
+                    found.unread.append(f"{label}: more than {MAX_MEMBERS} members: not read")
+                elif info.filename.lower().endswith((".xml", ".rels", ".vml")) or "printerSettings" in info.filename:
+                    parts, ctx.members = parts + 1, ctx.members - 1
+                    try:
+                        with z.open(info) as src:
+                            if "printerSettings" in info.filename:  # a printer's DEVMODE: its names as text
+                                bounded = _Bounded(src, info.compress_size, ctx)
+                                data = b"".join(iter(partial(bounded.read, 1 << 20), b""))
+                                finder.feed(data.decode("utf-16-le", errors="ignore") + "\n" + data.decode("latin-1"))
+                            else:
+                                _xml_text(src, info.compress_size, ctx, finder, targets=info.filename.endswith(".rels"))
+                    except _OverCap as exc:
+                        found.unread.append(f"{label}: {exc}")
+                    except ParseError as exc:
+                        found.unread.append(f"{label}: not well-formed XML ({str(exc)[:80]}): not read")
+                else:
+                    found.member(partial(z.open, info), info.compress_size, info.filename, ctx, depth + 1)
+    except _OverCap as exc:
+        return _not_checked("document text", f"the document {exc}")
+    except _READ_ERRORS as exc:
+        return _not_checked("document text", f"the document is damaged ({type(exc).__name__}): not read")
+    identifiers = finder.summary()
+    if identifiers:
+        found.failed.insert(0, f"found {identifiers}")
+    return found.check("document text", f"{parts} part(s) read")
+
+
+def _kinds(strategy: Any | None) -> dict[str, bool]:
+    """The identifier kinds looked for: all, or those the project's strategy looks for (its promises)."""
+    scan = getattr(strategy, "identifier_scan", None)
+    if scan is None:
+        return {"personnummer": True, "email": True, "phone": True}
+    return {"personnummer": scan.personnummer, "email": scan.email, "phone": scan.phone}
 
 
 def check_file(path: Path, name: str, *, max_bytes: int, strategy: Any | None = None) -> FileReport:
@@ -220,15 +574,9 @@ def check_file(path: Path, name: str, *, max_bytes: int, strategy: Any | None = 
     kind = sniff(path)
     checks = [Check("size limit", size <= max_bytes, f"{size} bytes (limit {max_bytes})"),
               _type_check(name, kind)]
-    suffix = suffix_of(name)
-    if kind == "dicom":
-        checks.append(scan_dicom(path))
-    elif suffix in TABLE_SUFFIXES and kind in ("text", "zip", "parquet", "empty"):
-        checks.append(check_table(path, strategy))
-    elif kind in _ARCHIVE_TYPES and suffix not in (".xlsx", ".docx", ".pptx"):
-        checks.append(list_archive(path, kind))
-    elif kind == "text":
-        checks.append(scan_text(path))
+    # what is decompressed or extracted lives beside the plaintext (a private directory), only while checked
+    with tempfile.TemporaryDirectory(prefix="strongroom-check-", dir=path.parent) as scratch:
+        checks += _content(path, name, kind, _Context(strategy, Path(scratch)), 0)
     return FileReport(kind, checks)
 
 

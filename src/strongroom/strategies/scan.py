@@ -1,4 +1,7 @@
-"""The identifier scan over every text cell of a table.
+"""The identifier scan over every cell of a table that can spell one, and over its column names.
+
+Text, integers of personnummer width (10-12 digits; a number type drops the dash, not the digits) and the
+elements of list and struct columns are scanned; dates, booleans and small numbers are not.
 
 Polars narrows each column to the distinct values that could hold an identifier (cheap patterns, no
 look-behind; names by Aho-Corasick over the lower-cased text); only those values meet the exact Python
@@ -69,21 +72,85 @@ def exact(kind: str, text: str, names: NameMatcher) -> bool:
                for m in identifiers.PHONE.finditer(text))
 
 
+# Integers of 10-12 digits are personnummer written as numbers (YYMMDDNNNN, YYYYMMDDNNNN): leading zeros lost,
+# but those widths kept. Narrower or wider numbers cannot be one, so they are not turned into text.
+_NUMBER_LOW, _NUMBER_HIGH = 10**9, 10**12
+
+
+def _as_text(values: pl.DataFrame, column: str) -> pl.DataFrame | None:
+    """(distinct value, cells) with the value as text, or None for a type that cannot spell an identifier
+    (dates, booleans, small numbers: a band or a count)."""
+    dtype = values.schema[column]
+    col = pl.col(column)
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return values.with_columns(col.cast(pl.String))
+    if dtype.is_integer() or dtype.is_float():
+        plausible = (col >= _NUMBER_LOW) & (col < _NUMBER_HIGH)
+        if dtype.is_float():  # pandas writes an integer column with a gap as floats
+            plausible = plausible & (col == col.floor())
+        return values.filter(plausible.fill_null(False)).with_columns(col.cast(pl.Int64).cast(pl.String))
+    if dtype == pl.Binary:
+        return values.with_columns(col.cast(pl.String, strict=False))  # bytes that are UTF-8 text
+    return None
+
+
+def _leaves(series: pl.Series, label: str, shown: Callable[[str, int], str]) -> list[tuple[str, pl.Series]]:
+    """The scalar columns inside a nested one (list elements, struct fields), labelled `column.field`."""
+    dtype = series.dtype
+    if isinstance(dtype, pl.List):
+        return _leaves(series.explode(), label, shown)
+    if isinstance(dtype, pl.Array):
+        return _leaves(series.arr.explode(), label, shown)
+    if isinstance(dtype, pl.Struct):
+        return [leaf for i, field in enumerate(dtype.fields, 1)
+                for leaf in _leaves(series.struct.field(field.name), f"{label}.{shown(field.name, i)}", shown)]
+    return [(label, series)]
+
+
+def _field_names(dtype: object) -> list[str]:
+    if isinstance(dtype, (pl.List, pl.Array)):
+        return _field_names(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return [n for f in dtype.fields for n in (f.name, *_field_names(f.dtype))]
+    return []
+
+
+HEADER = "the column names"  # where identifiers found in column (and struct field) names are reported
+
+
 def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *, personnummer: bool = True, email: bool = True,
                      phone: bool = True, counts: Callable[[str], pl.DataFrame] | None = None) -> list[dict[str, Any]]:
-    """[{column, kind, cells}] for every text column with identifiers; the values never leave.
+    """[{column, kind, cells}] for every column with identifiers (text; numbers of 10-12 digits; the elements
+    of lists and fields of structs) and for the column names themselves (column: `HEADER`, one cell per name);
+    the values never leave. A column (or field) whose name holds an identifier is reported by position
+    (`#3`), not by name.
     `counts(column)`: each distinct value of the column and its number of cells, when already counted."""
     kinds = hints(names, personnummer=personnummer, email=email, phone=phone)
     found: list[dict[str, Any]] = []
-    for column in frame.columns:
-        if frame.schema[column] not in (pl.String, pl.Categorical):
-            continue  # numbers, dates and bands cannot spell a name, an address or a Luhn-checked number
-        # each distinct value once, with the number of cells holding it
-        values = counts(column) if counts else frame.group_by(column).len()
-        values = values.with_columns(pl.col(column).cast(pl.String))
-        for kind, hint in kinds:
-            candidates = values.filter(hint(pl.col(column)).fill_null(False))
-            cells = sum(n for text, n in candidates.iter_rows() if exact(kind, text, names))
-            if cells:
-                found.append({"column": column, "kind": kind, "cells": cells})
+    # a pivoted extract has one column per patient: the header is data too
+    header = [*frame.columns, *(n for c in frame.columns for n in _field_names(frame.schema[c]))]
+    for kind, _hint in kinds:
+        cells = sum(1 for name in header if exact(kind, name, names))
+        if cells:
+            found.append({"column": HEADER, "kind": kind, "cells": cells})
+
+    def shown(name: str, position: int) -> str:
+        return f"#{position}" if any(exact(k, name, names) for k, _ in kinds) else name
+
+    for position, column in enumerate(frame.columns, 1):
+        label = column if shown(column, position) == column else f"column #{position}"
+        if isinstance(frame.schema[column], (pl.List, pl.Array, pl.Struct)):
+            leaves = [(leaf, series.rename(column).to_frame().group_by(column).len())
+                      for leaf, series in _leaves(frame.get_column(column), label, shown)]
+        else:  # each distinct value once, with the number of cells holding it
+            leaves = [(label, counts(column) if counts else frame.group_by(column).len())]
+        for leaf, counted in leaves:
+            values = _as_text(counted, column)
+            if values is None:
+                continue
+            for kind, hint in kinds:
+                candidates = values.filter(hint(pl.col(column)).fill_null(False))
+                cells = sum(n for text, n in candidates.iter_rows() if exact(kind, text, names))
+                if cells:
+                    found.append({"column": leaf, "kind": kind, "cells": cells})
     return found

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import polars as pl
+from fastexcel import FastExcelError
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".parquet")
 # What counts as a table wherever data leaves a project (a release, an airlock export): a `.txt` is text there.
@@ -50,8 +51,22 @@ def _separator(sample: str, suffix: str) -> str:
     return max(("\t", ";", ","), key=header.count)
 
 
+def read_sheets(path: Path) -> dict[str, pl.DataFrame]:
+    """Every table the file holds: each sheet of a workbook (hidden ones too) by its name, else the one table
+    under "". What leaves a project is judged on all of them, not on the sheet `read_table` reads."""
+    if path.suffix.lower() != ".xlsx":
+        return {"": read_table(path).collect()}
+    try:
+        # sheet_id=0: all sheets; an empty sheet is an empty frame, not an error
+        sheets = pl.read_excel(path, sheet_id=0, infer_schema_length=0, raise_if_empty=False)
+    except (pl.exceptions.PolarsError, FastExcelError, OSError, UnicodeError, ValueError) as exc:
+        raise TableError(f"{path.name}: cannot be read as a table ({str(exc).splitlines()[0]})") from None
+    return dict(sheets)
+
+
 def read_table(path: Path, *, encoding: str | None = None) -> pl.LazyFrame:
-    """A lazy frame over the file (CSV/TSV/TXT, XLSX, Parquet)."""
+    """A lazy frame over the file (CSV/TSV/TXT, XLSX, Parquet). Of a workbook, the first sheet: a strategy
+    reads one table (`read_sheets` reads them all)."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise TableError(f"{path.name}: not a table this hub reads ({', '.join(SUFFIXES)})")
@@ -75,7 +90,7 @@ def read_table(path: Path, *, encoding: str | None = None) -> pl.LazyFrame:
         if frame.columns and frame.columns[0].startswith("\ufeff"):
             frame = frame.rename({frame.columns[0]: frame.columns[0].lstrip("\ufeff")})
         return frame.lazy()
-    except (pl.exceptions.PolarsError, OSError, UnicodeError) as exc:
+    except (pl.exceptions.PolarsError, FastExcelError, OSError, UnicodeError) as exc:  # a broken workbook: calamine
         raise TableError(f"{path.name}: cannot be read as a table ({str(exc).splitlines()[0]})") from None
 
 
