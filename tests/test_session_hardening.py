@@ -260,5 +260,11 @@ def test_password_change_needs_a_fresh_second_factor(app, hub, people):
                                             "new_password_again": NEW_PASSWORD})
     assert r.status_code == 303 and r.headers["location"].startswith("/login/reauth")
     assert c.get("/account/password", follow_redirects=False).headers["location"] == "/account#password"
+    # after re-authenticating, the browser returns to the page the form was on, not to the POST-only address
+    # (a 405); a post from another site's page is refused before that (the origin check)
+    r = form_post(c, "/account/password", {"current_password": PASSWORD, "new_password": NEW_PASSWORD,
+                                            "new_password_again": NEW_PASSWORD},
+                  headers={"Referer": f"{BASE}/account?tab=security"})
+    assert r.headers["location"] == "/login/reauth?next=/account%3Ftab%3Dsecurity", r.headers["location"]
     old = TestClient(app, base_url=BASE)
     assert form_post(old, "/login", {"username": "jane", "password": PASSWORD}).status_code == 303

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, unquote_plus, urlsplit
 
 import structlog
 from fastapi import FastAPI, Request
@@ -240,6 +240,16 @@ def _freeze_startup_objects() -> None:
         gc.freeze()
 
 
+def _back_to(request: Request) -> str:
+    """Where re-authenticating returns to: the page itself for a GET; for a form's post, the page the form was
+    on (a same-origin Referer), since the post's own address may answer POST only (405 after the login)."""
+    if request.method != "GET" and (referer := request.headers.get("referer")):
+        page = urlsplit(referer)
+        if page.netloc == request.url.netloc and page.path.startswith("/") and not page.path.startswith("//"):
+            return page.path + (f"?{page.query}" if page.query else "")
+    return request.url.path
+
+
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access.visas_api import PassportMiddleware
     from .capabilities import registry
@@ -347,7 +357,7 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
             response.headers.update(headers)
             return response
         if exc.code == "mfa-required" and exc.extra.get("reauthenticate"):
-            return RedirectResponse(f"/login/reauth?next={quote(request.url.path)}", status_code=303)
+            return RedirectResponse(f"/login/reauth?next={quote(_back_to(request))}", status_code=303)
         return templates.TemplateResponse(request, "error.html",
                                           {"status": exc.status, "detail": exc.detail},
                                           status_code=exc.status, headers=headers)
