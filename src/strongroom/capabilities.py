@@ -232,7 +232,7 @@ class Config:
         self.add_hook(GRANT_PROVIDERS, provider)
 
     def add_dataset_reader(self, reader: Ref) -> None:
-        """``reader(session, principal, dataset) -> bool``: another way to see a dataset."""
+        """``reader(session, principal, dataset) -> VersionGrant | None``: another way to see a dataset."""
         self.add_hook(DATASET_READERS, reader)
 
     def add_download_policy(self, policy: Ref) -> None:

@@ -7,10 +7,11 @@ registered by the access capability's ``includeme`` (entitlements first, then vi
   by `visas_api.PassportMiddleware` before the request's transaction began, naming a dataset
   (or the version) published with the file.
 
-The entitled (and visa holders) may also see the dataset itself and list its files
-(`archive.service.DATASET_READERS`). In-platform plaintext stays for project members. Whether an
-approved applicant may also download to their own machine is the dataset's access policy
-(``AccessPolicy.applicant_download``, locked by default), carried on the grant as ``may_download``.
+The entitled (and visa holders) may also see the dataset itself and list the files of the versions
+their grant names (`archive.service.DATASET_READERS`: a grant to version N opens version N only).
+In-platform plaintext stays for project members. Whether an approved applicant may also download to
+their own machine is the dataset's access policy (``AccessPolicy.applicant_download``, locked by
+default), carried on the grant as ``may_download``.
 
 All are read fresh on every request, so expiry and revocation take effect on the next one, and
 both need a multi-factor login, like every other way to read data.
@@ -21,6 +22,7 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from ..archive.authz import VersionGrant
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..db import utcnow
@@ -59,15 +61,21 @@ def applicant_download(session: Session, dataset_id: str) -> bool:
     return bool(policy and policy.applicant_download)
 
 
-def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
-    """`archive.service.DATASET_READERS` entry: the entitled may see the dataset and list its files."""
+def entitlement_reader(session: Session, principal: Principal, ds: Dataset) -> VersionGrant | None:
+    """`archive.service.DATASET_READERS` entry: the entitled may see the dataset and list the files of the
+    versions they are entitled to — every published one without ``version``, else exactly the named ones."""
     if not principal.has_mfa:
-        return False
+        return None
     now = utcnow()
     rows = session.scalars(select(Entitlement).where(
         Entitlement.user_id == principal.user.id, Entitlement.dataset_id == ds.id,
-        Entitlement.revoked_at.is_(None), Entitlement.starts_at <= now, Entitlement.ends_at > now).limit(5))
-    return any(e.active(now) for e in rows)
+        Entitlement.revoked_at.is_(None), Entitlement.starts_at <= now, Entitlement.ends_at > now))
+    numbers = [e.version for e in rows if e.active(now)]
+    if not numbers:
+        return None
+    if None in numbers:
+        return VersionGrant()
+    return VersionGrant(frozenset(n for n in numbers if n is not None))
 
 
 def dataset_download_policy(session: Session, ds: Dataset) -> bool:

@@ -54,6 +54,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from .. import keyfiles
+from ..archive.authz import VersionGrant
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
 from ..audit import service as audit
@@ -600,11 +601,13 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
     if not granting:
         return None
     names: dict[str, str] = {}  # every way a visa may name a published dataset holding the file
+    holding: dict[str, set[int]] = {}  # the published versions holding it, per dataset
     for dataset_id, number in session.execute(
             select(DatasetVersion.dataset_id, DatasetVersion.number)
             .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
             .where(DatasetFile.file_id == f.id, DatasetVersion.state.in_(PUBLISHED))):
         names[dataset_id] = dataset_id
+        holding.setdefault(dataset_id, set()).add(number)
         if passport.base_url:
             names[dataset_url(passport.base_url, dataset_id)] = dataset_id
             names[dataset_url(passport.base_url, dataset_id, number)] = dataset_id
@@ -616,7 +619,10 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
         named = names.get(visa.value)
         alias = aliases.get(visa.value)
         if named is None and alias is not None and alias[1] == visa.iss:
-            named = alias[0]
+            # a mirror's alias of one version opens that version's files only, as a local version URL does
+            version = _VERSION_ALIAS.search(visa.value)
+            if version is None or int(version.group(1)) in holding.get(alias[0], set()):
+                named = alias[0]
         if named is None:
             continue
         allowed = passport.issuer_datasets.get(visa.iss)
@@ -626,6 +632,9 @@ def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGr
                                 may_download=applicant_download(session, named)))
     # a visa for a dataset whose policy allows downloads wins over one that is in-platform only
     return max(grants, key=lambda g: g.may_download) if grants else None
+
+
+_VERSION_ALIAS = re.compile(r"/versions/(\d+)$")
 
 
 def _aliases(session: Session, dataset_ids: set[str]) -> dict[str, tuple[str, str]]:
@@ -638,23 +647,31 @@ def _aliases(session: Session, dataset_ids: set[str]) -> dict[str, tuple[str, st
     return out
 
 
-def visa_reader(session: Session, principal: Principal, ds: Dataset) -> bool:
-    """`archive.service.DATASET_READERS` entry: a granting visa names this dataset (or a version)."""
+def visa_reader(session: Session, principal: Principal, ds: Dataset) -> VersionGrant | None:
+    """`archive.service.DATASET_READERS` entry: a granting visa names this dataset (every published version) or
+    one version of it (``…/versions/<n>``: that version only); the union over the passport's visas."""
     passport = CURRENT_PASSPORT.get()
     if passport is None or not passport.visas or not principal.has_mfa:
-        return False
-    allowed = {ds.id}
+        return None
+    whole = {ds.id}
     if passport.base_url:
-        allowed.add(dataset_url(passport.base_url, ds.id))
+        whole.add(dataset_url(passport.base_url, ds.id))
     prefix = dataset_url(passport.base_url, ds.id) + "/versions/" if passport.base_url else None
     aliases = _aliases(session, {ds.id})
+    numbers: set[int] = set()
     for visa in _in_force(session, passport, principal):
         limit = passport.issuer_datasets.get(visa.iss)
         if limit and ds.id not in limit:
             continue
         if aliases.get(visa.value, ("", ""))[1] == visa.iss:
-            return True
-        if visa.value in allowed or (prefix and visa.value.startswith(prefix)
-                                     and visa.value[len(prefix):].isdigit()):
-            return True
-    return False
+            # an alias names the dataset, or one version as ``<alias>/versions/<n>`` (federation's mirrors)
+            base, _, number = visa.value.rpartition("/versions/")
+            if number.isdigit() and aliases.get(base, ("", ""))[1] == visa.iss:
+                numbers.add(int(number))
+                continue
+            return VersionGrant()
+        if visa.value in whole:
+            return VersionGrant()
+        if prefix and visa.value.startswith(prefix) and visa.value[len(prefix):].isdigit():
+            numbers.add(int(visa.value[len(prefix):]))
+    return VersionGrant(frozenset(numbers)) if numbers else None

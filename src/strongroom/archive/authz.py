@@ -26,6 +26,8 @@ from .models import (
     DatasetVersion,
 )
 
+PUBLISHED_STATES = ("released", "deprecated")  # what a grant other than the owning project's can reach
+
 
 def project_access(session: Session, principal: Principal, project_id: uuid.UUID) -> projects.ProjectAccess:
     project = session.get(Project, project_id)
@@ -116,7 +118,7 @@ def _share_statement() -> Select[uuid.UUID, str]:
             .join(DatasetFile, DatasetFile.version_id == DatasetVersion.id)
             .where(DatasetFile.file_id == bindparam("file_id"),
                    DatasetShare.project_id.in_(bindparam("projects", expanding=True)),
-                   DatasetVersion.state.in_(("released", "deprecated")))
+                   DatasetVersion.state.in_(PUBLISHED_STATES))
             .limit(1))
 
 
@@ -132,6 +134,28 @@ class ReadGrant:
     may_download: bool = False
     # For share grants: the dataset shared into the project (reads are audited per dataset).
     dataset_id: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionGrant:
+    """Which versions of one dataset a grant opens (the answer of ``datasets.DATASET_READERS``). A grant names
+    a dataset or one version of it; a grant to version N opens version N only, never the versions before or
+    after it (import versions are cumulative, so a later version holds files the grant never covered).
+
+    ``numbers`` None: every released or deprecated version (an entitlement or visa without a version, a share).
+    ``drafts``: drafts and every other state too (members of the owning project only)."""
+
+    numbers: frozenset[int] | None = None
+    drafts: bool = False
+
+    def opens(self, version: DatasetVersion) -> bool:
+        if self.drafts:
+            return True
+        return version.state in PUBLISHED_STATES and (self.numbers is None or version.number in self.numbers)
+
+    def __or__(self, other: VersionGrant) -> VersionGrant:
+        numbers = None if self.numbers is None or other.numbers is None else self.numbers | other.numbers
+        return VersionGrant(numbers, self.drafts or other.drafts)
 
 
 @dataclass(frozen=True)

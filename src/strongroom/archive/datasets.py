@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, insert, literal, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -17,7 +18,7 @@ from ..identity.service import require_fresh_mfa
 from ..projects import service as projects
 from ..projects.models import Project
 from .accession import new_accession
-from .authz import project_access, readable_projects
+from .authz import VersionGrant, project_access, readable_projects
 from .models import (
     DELETED,
     READY,
@@ -73,24 +74,49 @@ def _add_files(session: Session, version: DatasetVersion, files: list[ArchiveFil
         version.total_bytes += sum(f.plaintext_size or 0 for f in new)
 
 
-# Other capabilities add ways to see a whole dataset (e.g. an entitlement); each returns True to allow.
-DATASET_READERS: list[Callable[[Session, Principal, Dataset], bool]] = []
+# Other capabilities add ways to see a dataset (access: entitlements, visas); each answers which versions its
+# grants open (``VersionGrant``: every published version, or the ones named) or None.
+DATASET_READERS: list[Callable[[Session, Principal, Dataset], VersionGrant | None]] = []
+
+
+def dataset_grant(session: Session, principal: Principal, ds: Dataset) -> VersionGrant | None:
+    """Which versions of ``ds`` the caller may see, or None: every version for the owning project's readers, every
+    published one through a share into a project they read, and what the registered readers grant (the union)."""
+    readable = readable_projects(session, principal)
+    if ds.project_id in readable:
+        return VersionGrant(drafts=True)
+    if readable and session.scalar(select(DatasetShare.project_id).where(
+            DatasetShare.dataset_id == ds.id, DatasetShare.project_id.in_(readable)).limit(1)) is not None:
+        return VersionGrant()  # a share is of the whole dataset
+    found: VersionGrant | None = None
+    for reader in DATASET_READERS:
+        grant = reader(session, principal, ds)
+        if grant is not None:
+            found = grant if found is None else found | grant
+        if found is not None and found.numbers is None:
+            break  # nothing wider to find
+    return found
+
+
+def _visible(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset, VersionGrant]:
+    ds = session.get(Dataset, dataset_id)
+    grant = dataset_grant(session, principal, ds) if ds is not None else None
+    if ds is None or grant is None:
+        raise NotFound("no such dataset")
+    if not grant.drafts:
+        # The versions a caller may not see do not exist for them: every page, API object and bundle built from
+        # ``ds.versions`` in this transaction lists only the granted ones (loaded as the committed state, so
+        # nothing is written; the next transaction loads them all again).
+        set_committed_value(ds, "versions", [v for v in ds.versions if grant.opens(v)])
+    return ds, grant
 
 
 def visible_dataset(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset, bool]:
     """The dataset and whether the caller is in its owning project; NotFound unless they are an
-    owner, a member of a project it is shared into, or allowed by a registered reader."""
-    ds = session.get(Dataset, dataset_id)
-    readable = readable_projects(session, principal)
-    if ds is None:
-        raise NotFound("no such dataset")
-    if ds.project_id in readable:
-        return ds, True
-    shared = session.scalar(select(DatasetShare).where(DatasetShare.dataset_id == ds.id,
-                                                       DatasetShare.project_id.in_(readable)))
-    if shared is None and not any(reader(session, principal, ds) for reader in DATASET_READERS):
-        raise NotFound("no such dataset")
-    return ds, False
+    owner, a member of a project it is shared into, or allowed by a registered reader. For anyone but the
+    owning project, ``ds.versions`` then holds only the versions their grants open (``dataset_grant``)."""
+    ds, grant = _visible(session, principal, dataset_id)
+    return ds, grant.drafts
 
 
 def may_publish(session: Session, principal: Principal, ds: Dataset) -> bool:
@@ -232,9 +258,9 @@ def deprecate_version(session: Session, principal: Principal, dataset_id: str, n
 def version_files(session: Session, principal: Principal, dataset_id: str, number: int, *,
                   after: str | None = None, limit: int = 1000) -> tuple[DatasetVersion, list[ArchiveFile]]:
     """One page of a version's files in id order (keyset: fast at any depth, any size)."""
-    ds, is_owner = visible_dataset(session, principal, dataset_id)
+    ds, grant = _visible(session, principal, dataset_id)
     v = _version(session, ds, number)
-    if not is_owner and v.state == "draft":
+    if not grant.opens(v):  # a draft, or a version the caller's grant does not name: as if it did not exist
         raise NotFound(f"no version {number}")
     stmt = (select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
             .where(DatasetFile.version_id == v.id, ArchiveFile.hold.is_(None))

@@ -17,7 +17,8 @@ What a DRS client sees (docs/ga4gh.md has the whole surface and its conformance 
 - ``AccessURL.headers`` is empty: the URL takes the same ``Authorization: Bearer`` token as the DRS call
   (``authorizations`` on each method says so). Passports sent in a POST body come back as the one header
   the URL needs for them, ``X-GA4GH-Passport``.
-- A bundle is a dataset's latest visible version: ``name`` is the accession, the title opens
+- A bundle is a dataset's latest visible version (for a grant to one version, that version:
+  ``service.visible_dataset`` lists only the granted ones): ``name`` is the accession, the title opens
   ``description``, ``contents[].name`` are portable names (folders joined with ``__``; the full path is in
   the blob's ``aliases``), and the bundle's checksums follow the DRS rule: the digest of the sorted,
   concatenated member checksums of that type.

@@ -2,8 +2,9 @@
 
 Who sees what (``open_scope``): a project member with the read-data right sees every instance of the
 project that is archived or published (never a quarantined or discarded one); anyone else sees the
-published versions of the project's import dataset the archive's read check lets them read (an approved
-applicant's entitlement, a visa, a share into their project), and a stranger gets NotFound.
+published versions of the project's import dataset their grants open (``archive.datasets.dataset_grant``: a
+share into their project, an entitlement or a visa to the dataset opens every published version, one to version
+N that version's files only), and a stranger gets NotFound.
 
 A study or series query pages over the matching keys first (``GROUP BY`` on the per-project index,
 stopping after ``offset + limit``), then computes the counts and attributes of that page only, so a page
@@ -20,9 +21,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from ..archive.authz import authorize_read
-from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
-from ..errors import MfaRequired, NotFound
+from ..archive.authz import PUBLISHED_STATES
+from ..archive.datasets import dataset_grant
+from ..archive.models import Dataset, DatasetFile
+from ..errors import NotFound
 from ..identity.principal import Principal
 from ..imaging.models import ARCHIVED, PUBLISHED, ImagingProject, ImportedInstance
 from ..projects import service as projects
@@ -41,13 +43,17 @@ class Scope:
     project_id: uuid.UUID
     slug: str
     versions: tuple[int, ...] | None  # None: the project's member with read-data
+    version_ids: tuple[int, ...] = ()  # the rows of ``versions``: their files are what the caller sees
 
     def where(self) -> list[ColumnElement[bool]]:
         clauses = [I.project_id == self.project_id, I.file_id.is_not(None)]
         if self.versions is None:
             clauses.append(I.state.in_((ARCHIVED, PUBLISHED)))
         else:
-            clauses += [I.state == PUBLISHED, I.published_version.in_(self.versions)]
+            # exactly the granted versions' files: an instance first published earlier is in a later
+            # (cumulative) version too, and one published later is in none of the granted ones
+            clauses += [I.state == PUBLISHED, I.file_id.in_(
+                select(DatasetFile.file_id).where(DatasetFile.version_id.in_(self.version_ids)))]
         return clauses
 
 
@@ -65,25 +71,16 @@ def open_scope(session: Session, principal: Principal, slug: str) -> Scope:
         raise NotFound(f"no project {slug!r}")
     project = session.scalar(select(Project).where(Project.slug == slug))
     row = session.get(ImagingProject, project.id) if project is not None else None
-    if project is None or row is None or not row.dataset_id:
+    ds = session.get(Dataset, row.dataset_id) if row is not None and row.dataset_id else None
+    if project is None or ds is None:
         raise NotFound(f"no project {slug!r}")
-    versions = []
-    for version in session.scalars(select(DatasetVersion).where(
-            DatasetVersion.dataset_id == row.dataset_id, DatasetVersion.state.in_(("released", "deprecated")))
-            .order_by(DatasetVersion.number)):
-        # Grants are per dataset (or version): the read check on one file of the version decides for all.
-        file_id = session.scalar(select(DatasetFile.file_id).where(DatasetFile.version_id == version.id).limit(1))
-        f = session.get(ArchiveFile, file_id) if file_id else None
-        if f is None:
-            continue
-        try:
-            authorize_read(session, principal, f)
-        except (NotFound, MfaRequired):
-            continue
-        versions.append(version.number)
+    # Decided from the grants on the import dataset and the versions they name (a share, an entitlement or
+    # visa to the dataset: every published version; to version N: version N only), never from a sampled file.
+    grant = dataset_grant(session, principal, ds)
+    versions = [v for v in ds.versions if v.state in PUBLISHED_STATES and grant.opens(v)] if grant else []
     if not versions:
         raise NotFound(f"no project {slug!r}")
-    return Scope(project.id, slug, tuple(versions))
+    return Scope(project.id, slug, tuple(v.number for v in versions), tuple(v.id for v in versions))
 
 
 @dataclass(frozen=True)
