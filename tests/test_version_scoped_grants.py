@@ -160,3 +160,22 @@ def test_a_visa_naming_version_1_opens_version_1_only(app, hub, settings, issuer
     assert len(_sops(c, whole)) == 4
     assert c.get(f"/api/v1/datasets/{ds}", headers=t).status_code == 404
     assert c.get("/dicomweb/projects/lung/instances", headers=t | DICOM_JSON).status_code == 404
+
+
+def test_without_mfa_only_a_grant_holder_learns_that_a_file_exists(app, hub, world) -> None:
+    """A login without a second factor (an identity provider that did not assert MFA) opens no data. It is told
+    "log in with MFA" only where a grant would open the file with one (rita's entitlement); to anyone else an
+    existing file of another project answers exactly as a made-up id does, so the answer does not reveal it."""
+    from conftest import browser_session
+    from strongroom.deps import SESSION_COOKIE
+
+    v1_file = sorted(world["files"][1])[0]
+    answers = {}
+    for name in ("rita", "vic"):
+        c = TestClient(app, base_url="http://127.0.0.1:8000")
+        c.cookies.set(SESSION_COOKIE, browser_session(hub, world["people"][name], mfa=False))
+        answers[name] = [(r.status_code, "multi-factor" in r.text) for r in (
+            c.get(f"/files/{v1_file}/download", follow_redirects=False),
+            c.get("/files/SRF-MADEUPID00/download", follow_redirects=False))]
+    assert answers["vic"][0] == answers["vic"][1] == (404, False), answers
+    assert answers["rita"][0][1] and answers["rita"][1] == (404, False), answers
