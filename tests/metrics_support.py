@@ -84,12 +84,13 @@ EXPECTED = {
     "files": 23 + 8 + 5, "bytes": 8_000_000, "modalities": 5, "organs": 3,
     "annotated": {"datasets": 2, "scans": 8}, "pathology": {"datasets": 1, "scans": 3},
     "radiology": {"datasets": 2, "scans": 8},
-    "applications": {"made": 16, "approved": 12, "rejected": "< 5",
+    # 12 approved is withheld: 16 made − 12 approved would leave 4 rejected or pending (figures.protect_all)
+    "applications": {"made": 16, "approved": "withheld", "rejected": "< 5",
                      # waits, sorted: 1 1 1 1 2 2 2 3 3 3 4 5 6 7 10 → nearest rank 50 % = 8th, 90 % = 14th
                      "decision_days": {"median": 3.0, "p90": 7.0}},
     "downloads": 8, "download_bytes": 700_000, "downloaders": "< 5",
     "countries_shared_with": 4, "external_sharing_events": 10,
-    "countries": [{"country": "DE", "name": "Germany", "approved": 8},
+    "countries": [{"country": "DE", "name": "Germany", "approved": "withheld"},  # 8: with the "< 5" beside it
                   {"country": "FR", "name": "France", "approved": "< 5"},
                   {"country": "SE", "name": "Sweden", "approved": "< 5"},
                   {"country": "US", "name": "United States", "approved": "< 5"}],

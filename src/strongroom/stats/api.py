@@ -20,8 +20,10 @@ from .figures import modality_name
 
 router = APIRouter(prefix="/api/v1", tags=["metrics"])
 
-CountOut = Annotated[int | Literal["< 5"], Field(
-    description='a count of people or their actions; 1 to 4 is published as "< 5"')]
+CountOut = Annotated[int | Literal["< 5", "withheld"], Field(
+    description='a count of people or their actions; 1 to 4 is published as "< 5". "withheld": not published '
+                'so that a "< 5" beside it cannot be worked out from a total (total minus the parts shown); '
+                'it need not be small. The bytes of hidden downloads are null.')]
 DEFINITIONS = "/stats#definitions"
 
 
@@ -188,7 +190,8 @@ def _csv(text: str, name: str) -> Response:
 
 
 CSV_DOC: dict[str, Any] = {"responses": {"200": {"content": {"text/csv": {
-    "schema": {"type": "string"}, "example": 'scope,figure,value\nall,datasets,20\ncountry:SE,approved,"< 5"\n'}}}}}
+    "schema": {"type": "string"}, "example": 'scope,figure,value\nall,datasets,20\ncountry:NO,approved,withheld\n'
+               'country:SE,approved,"< 5"\n'}}}}}
 
 
 @router.get("/metrics", response_model=MetricsOut,

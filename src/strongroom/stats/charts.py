@@ -3,14 +3,16 @@
 (``style-src 'self'``) and read the same without JavaScript. Each chart has a <title> and a <desc>
 that says in words what it shows; the page puts the numbers in a table next to it as well.
 
-A suppressed count (``"< 5"``) is drawn as a dashed outline up to 5: "somewhere below five".
+A suppressed count (``"< 5"``) is drawn as a dashed outline up to 5: "somewhere below five". A withheld one
+(``"withheld"``, hidden so that a total cannot give a small one back) is not drawn at all: it could be any
+size, so any bar would mislead; its label says "withheld".
 """
 
 from __future__ import annotations
 
 from html import escape
 
-from .figures import SMALL, Count
+from .figures import SMALL, SUPPRESSED, WITHHELD, Count
 
 WIDTH = 640
 INK, BAR, LIGHT, GRID = "#1f2933", "#2f6f9f", "#9fc3de", "#d9e2ec"
@@ -18,7 +20,8 @@ FONT = 'font-family="system-ui, sans-serif"'
 
 
 def _value(v: Count) -> float:
-    return float(SMALL if isinstance(v, str) else v)
+    """How tall to draw a value: "< 5" up to the threshold, a withheld one not at all."""
+    return float(SMALL if v == SUPPRESSED else 0 if v == WITHHELD else v)
 
 
 def _nice_max(top: float) -> float:
@@ -56,6 +59,8 @@ def _grid(top_value: float, left: int, right: int, top: int, plot_h: int) -> lis
 
 
 def _bar(x: float, y: float, w: float, h: float, value: Count, colour: str = BAR) -> str:
+    if value == WITHHELD:
+        return ""
     if isinstance(value, str):  # suppressed: an outline up to the threshold
         return (f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="none" stroke="{colour}" '
                 f'stroke-dasharray="3 2" class="chart-suppressed"/>')
@@ -68,8 +73,10 @@ def columns(chart_id: str, title: str, points: list[tuple[str, Count]], *, unit:
     plot_w, plot_h = WIDTH - left - right, height - top - bottom
     top_value = _nice_max(max((_value(v) for _, v in points), default=0))
     total = sum(v for _, v in points if isinstance(v, int))
-    desc = (f"{len(points)} months from {points[0][0]} to {points[-1][0]}; largest month "
-            f"{max(points, key=lambda p: _value(p[1]))[0]}; {total:,} {unit} in months with five or more."
+    withheld = sum(1 for _, v in points if v == WITHHELD)
+    desc = (f"{len(points)} months from {points[0][0]} to {points[-1][0]}; largest month shown "
+            f"{max(points, key=lambda p: _value(p[1]))[0]}; {total:,} {unit} in months with five or more"
+            + (f"; {withheld} months withheld (not drawn)." if withheld else ".")
             if points else "No data yet.")
     out = _open(chart_id, title, desc, height)
     out.append(f'<g {FONT} font-size="13" fill="{INK}">')

@@ -6,13 +6,20 @@ Small counts: a count of people or of their actions (applications, decisions, do
 sharing events, a country's approvals) between 1 and 4 could point at one person, so every output
 shows it as ``"< 5"`` (``shown``). Zero stays 0: nobody is pointed at by it. The number of countries
 is exact: the countries are named in the list anyway, and only their counts could point at someone.
+
+Subtraction: a total published beside its parts would give a hidden part back (total − the parts shown),
+so every margin (a total and the parts that add up to it) is protected (``protect_all``): when a part is
+hidden, more parts are ``"withheld"`` — the smallest shown ones first — until no hidden value can be worked
+out, the hidden parts together hold at least ``SMALL`` and at least two are hidden; failing that, the total
+is withheld too. A withheld part is not shown as ``"< 5"``: it need not be small.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import pycountry
@@ -21,7 +28,8 @@ from ..catalog.vocab import MODALITIES
 
 SMALL = 5
 SUPPRESSED: Literal["< 5"] = "< 5"
-Count = int | Literal["< 5"]
+WITHHELD: Literal["withheld"] = "withheld"  # hidden so that a small count cannot be worked out from a total
+Count = int | Literal["< 5", "withheld"]
 
 # Whole-slide microscopy is pathology; these modalities are not images but objects about images
 # (segmentations, structured reports, RT structure sets, annotations, key objects, presentation states,
@@ -47,9 +55,91 @@ def shown(n: int) -> Count:
     return SUPPRESSED if 0 < n < SMALL else n
 
 
-def shown_bytes(n: int, events: int) -> int | None:
-    """Bytes of `events` downloads: withheld with the count when the count is small."""
-    return None if 0 < events < SMALL else n
+def shown_bytes(n: int, events: Count) -> int | None:
+    """Bytes of downloads counted as ``events`` (as published): withheld with the count whenever it is hidden."""
+    return None if isinstance(events, str) else n
+
+
+@dataclass(eq=False)
+class Cell:
+    """One published count: its true value and what is shown of it. Cells are shared by the margins
+    they belong to, so a part withheld for one margin is hidden in every other one too."""
+
+    value: int
+    out: Count = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = shown(self.value)
+
+    @property
+    def hidden(self) -> bool:
+        return isinstance(self.out, str)
+
+
+@dataclass(eq=False)
+class Margin:
+    """A total and the parts that add up to it. ``unpublished``: the total also holds a part no output
+    shows (approvals from unknown countries, applications still pending); a reader knows only that it is
+    0 or more."""
+
+    total: Cell
+    parts: list[Cell]
+    unpublished: bool = False
+
+
+# What a reader knows of a hidden value: "< 5" is 1-4; a withheld one is never 0 or small (zero and small
+# parts are not withheld for others), so assume the reader knows it is at least SMALL.
+_BOUNDS: dict[str, tuple[float, float]] = {SUPPRESSED: (1, SMALL - 1), WITHHELD: (SMALL, math.inf)}
+
+
+def safe(margin: Margin) -> bool:
+    """Whether nothing hidden in ``margin`` can be worked out from what it shows: the hidden parts hold
+    0 or at least SMALL together (as total − shown parts gives them), at least two cells are hidden, and
+    no hidden value is pinned by the bounds its marker tells (four "< 5" under a "< 5" total are 1 each)."""
+    hidden = [c for c in margin.parts if c.hidden]
+    rest = sum(c.value for c in margin.parts if not c.hidden)
+    lows = [_BOUNDS[str(c.out)][0] for c in hidden] + ([0.0] if margin.unpublished else [])
+    highs = [_BOUNDS[str(c.out)][1] for c in hidden] + ([math.inf] if margin.unpublished else [])
+    if not margin.total.hidden:
+        hidden_sum = margin.total.value - rest
+        if not hidden:
+            return not 0 < hidden_sum < SMALL  # the unpublished part alone is a count too
+        if hidden_sum < SMALL or len(lows) < 2:
+            return False
+        t_lo = t_hi = float(margin.total.value)
+    else:
+        if not lows:
+            return False  # the total is the sum of the parts shown
+        t_lo, t_hi = _BOUNDS[str(margin.total.out)]
+        if max(t_lo, rest + sum(lows)) == min(t_hi, rest + sum(highs)):
+            return False
+    for low, high in zip(lows[:len(hidden)], highs[:len(hidden)], strict=True):
+        lo = max(low, t_lo - rest - (sum(highs) - high))
+        hi = min(high, t_hi - rest - (sum(lows) - low))
+        if lo == hi:
+            return False
+    return True
+
+
+def _protect_one(margin: Margin) -> bool:
+    changed = False
+    while not safe(margin):
+        candidates = [c for c in margin.parts if not c.hidden and c.value > 0]  # a 0 hides nothing
+        if candidates:
+            min(candidates, key=lambda c: c.value).out = WITHHELD
+        elif margin.total.out != WITHHELD:
+            margin.total.out = WITHHELD  # even a total under five: "< 5" would pin its parts
+        else:
+            break  # everything is hidden already
+        changed = True
+    return changed
+
+
+def protect_all(margins: Sequence[Margin]) -> None:
+    """Secondary suppression over linked margins: a cell withheld for one margin is a hidden part of the
+    others it is in, so go round until none changes (cells only ever get hidden: this ends)."""
+    while any([_protect_one(m) for m in margins]):
+        pass
 
 
 def is_image(modality: str) -> bool:

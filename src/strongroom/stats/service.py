@@ -6,7 +6,10 @@ landing-page views recorded here. Nothing is typed in.
 Each figure is one SQL aggregate over all datasets in scope (grouped by dataset or month), never a
 query per dataset, so the public page costs the same handful of queries for 20 datasets or 20,000.
 Public figures count published catalogue entries only; a data owner sees the same figures for one
-dataset of theirs, published or not. Counts of people and their actions go through ``figures.shown``.
+dataset of theirs, published or not. Counts of people and their actions go through ``figures.shown``, and
+every margin they form (a total and its parts) through ``figures.protect_all``, so that no hidden count can
+be worked out by subtraction. Every text published (titles, modality and body-part values) goes through the
+catalogue's privacy scrubber, as landing pages do.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ..access.models import Application, ApplicationEvent
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit.models import AuditEvent
 from ..catalog.models import CatalogEntry
+from ..catalog.privacy import scrubber
 from ..db import rowcount, utcnow
 from ..errors import NotFound
 from ..identity.models import User
@@ -39,7 +43,7 @@ from ..identity.principal import Principal
 from ..imaging.models import ImportedInstance
 from ..projects.models import Membership, Project
 from . import figures
-from .figures import Count, shown, shown_bytes
+from .figures import Cell, Count, Margin, shown, shown_bytes
 from .models import DaySalt, DayVisitor, LandingViews
 
 DOUBLE_CLICK = dt.timedelta(seconds=30)  # COUNTER: repeated views of one page by one visitor within 30 s are one
@@ -342,23 +346,6 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
                 external[ds_id] += 1
         elif was_rejected:
             n_rejected[ds_id] += 1
-    all_countries: Counter[str] = Counter()
-    for ds_id, d in per.items():
-        d.applications = Applications(made=shown(made[ds_id]), approved=shown(n_approved[ds_id]),
-                                      rejected=shown(n_rejected[ds_id]),
-                                      decision_days=figures.decision_days(waits[ds_id]))
-        d.external_sharing_events = shown(external[ds_id])
-        known = {c: n for c, n in countries[ds_id].items() if c != "unknown"}
-        d.countries_shared_with = len(known)  # the countries are named in the list anyway
-        d.countries = _country_rows(known.items())
-        all_countries.update(known)
-    m.applications = Applications(made=shown(sum(made.values())), approved=shown(sum(n_approved.values())),
-                                  rejected=shown(sum(n_rejected.values())),
-                                  decision_days=figures.decision_days([w for ws in waits.values() for w in ws]))
-    m.external_sharing_events = shown(sum(external.values()))
-    m.countries_shared_with = len(all_countries)
-    m.countries = _country_rows(all_countries.items())
-
     # completed downloads of the datasets' files (any version), from the audit log
     files = (select(DatasetFile.file_id, DatasetVersion.dataset_id)
              .join(DatasetVersion, DatasetVersion.id == DatasetFile.version_id)
@@ -386,12 +373,10 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
         select(func.count(func.distinct(AuditEvent.actor_id)))
         .join(files, files.c.file_id == func.substr(AuditEvent.target, 6))
         .where(AuditEvent.action == "archive.download.completed")) or 0
+    # Distinct downloaders are not additive (one person may download several datasets, in several months),
+    # so no total minus parts gives one of them back: the small-count rule alone covers them.
     for ds_id, d in per.items():
-        d.downloads = shown(downloads[ds_id])
-        d.download_bytes = shown_bytes(download_bytes[ds_id], downloads[ds_id])
         d.downloaders = shown(downloaders.get(ds_id, 0))
-    m.downloads = shown(sum(downloads.values()))
-    m.download_bytes = shown_bytes(sum(download_bytes.values()), sum(downloads.values()))
     m.downloaders = shown(all_downloaders)
 
     # totals, splits and the modality / organ tables
@@ -421,27 +406,81 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
 
     # months: datasets published (running total), applications, approvals, downloads, views
     published_by_month = Counter(figures.month_of(d.published_at) for d in per.values() if d.published_at)
-    seen = set(published_by_month) | set(apps_by_month) | set(dl_by_month) | set(views_by_month)
-    if seen:
-        running = 0
-        for month in figures.months_between(min(seen), max(max(seen), figures.month_of(now))):
-            running += published_by_month[month]
-            m.months.append(Month(month=month, datasets_published=published_by_month[month], datasets_total=running,
-                                  applications=shown(apps_by_month[month]), approved=shown(approved_by_month[month]),
-                                  downloads=shown(dl_by_month[month]),
-                                  download_bytes=shown_bytes(bytes_by_month[month], dl_by_month[month]),
-                                  views=views_by_month[month]))
+    seen = (set(published_by_month) | set(apps_by_month) | set(approved_by_month) | set(dl_by_month)
+            | set(views_by_month))
+    months = figures.months_between(min(seen), max(max(seen), figures.month_of(now))) if seen else []
+
+    # the people figures as cells, and every margin they form (figures.protect_all hides by subtraction too)
+    fig_by_ds = {"made": made, "approved": n_approved, "rejected": n_rejected, "external": external,
+                 "downloads": downloads}
+    total = {name: Cell(sum(counts.values())) for name, counts in fig_by_ds.items()}
+    cell = {ds_id: {name: Cell(counts[ds_id]) for name, counts in fig_by_ds.items()} for ds_id in per}
+    by_month = {month: {"applications": Cell(apps_by_month[month]), "approved": Cell(approved_by_month[month]),
+                        "downloads": Cell(dl_by_month[month])} for month in months}
+    known = {ds_id: {c: Cell(n) for c, n in countries[ds_id].items() if c != "unknown"} for ds_id in per}
+    all_countries: Counter[str] = Counter()
+    for ds_id in per:
+        all_countries.update({c: n for c, n in countries[ds_id].items() if c != "unknown"})
+    country_total = {c: Cell(n) for c, n in all_countries.items()}
+    margins = [Margin(total[name], [cell[ds_id][name] for ds_id in per]) for name in fig_by_ds]  # by dataset
+    margins += [Margin(total[name], [by_month[month][column] for month in months])  # by month
+                for name, column in (("made", "applications"), ("approved", "approved"), ("downloads", "downloads"))]
+    # by country: approvals from unknown countries are in the totals but in no row
+    margins += [Margin(total["approved"], list(country_total.values()), unpublished=True)]
+    margins += [Margin(cell[ds_id]["approved"], list(known[ds_id].values()), unpublished=True) for ds_id in per]
+    margins += [Margin(country_total[c], [known[ds_id][c] for ds_id in per if c in known[ds_id]])
+                for c in country_total]
+    # made holds approved + rejected (the rest pending), approved holds external: each difference is a count
+    for figs in (total, *cell.values()):
+        margins.append(Margin(figs["made"], [figs["approved"], figs["rejected"]], unpublished=True))
+        margins.append(Margin(figs["approved"], [figs["external"]], unpublished=True))
+    figures.protect_all(margins)
+
+    for ds_id, d in per.items():
+        c = cell[ds_id]
+        d.applications = Applications(made=c["made"].out, approved=c["approved"].out, rejected=c["rejected"].out,
+                                      decision_days=figures.decision_days(waits[ds_id]))
+        d.external_sharing_events = c["external"].out
+        d.countries_shared_with = len(known[ds_id])  # the countries are named in the list anyway
+        d.countries = _country_rows(known[ds_id].items())
+        d.downloads = c["downloads"].out
+        d.download_bytes = shown_bytes(download_bytes[ds_id], d.downloads)
+    m.applications = Applications(made=total["made"].out, approved=total["approved"].out,
+                                  rejected=total["rejected"].out,
+                                  decision_days=figures.decision_days([w for ws in waits.values() for w in ws]))
+    m.external_sharing_events = total["external"].out
+    m.countries_shared_with = len(country_total)
+    m.countries = _country_rows(country_total.items())
+    m.downloads = total["downloads"].out
+    m.download_bytes = shown_bytes(sum(download_bytes.values()), m.downloads)
+    running = 0
+    for month in months:
+        running += published_by_month[month]
+        cells = by_month[month]
+        m.months.append(Month(month=month, datasets_published=published_by_month[month], datasets_total=running,
+                              applications=cells["applications"].out, approved=cells["approved"].out,
+                              downloads=cells["downloads"].out,
+                              download_bytes=shown_bytes(bytes_by_month[month], cells["downloads"].out),
+                              views=views_by_month[month]))
+    # every text published, with any person's e-mail address withheld as on the landing pages
+    scrub = scrubber(session, [*(d.title for d in per.values()), *by_modality, *by_organ])
+    for d in per.values():
+        d.title, d.modalities, d.organs = scrub(d.title), [scrub(x) for x in d.modalities], [scrub(x) for x in d.organs]
+    for row in m.by_modality:
+        row["modality"] = scrub(row["modality"])
+    for row in m.by_organ:
+        row["organ"] = scrub(row["organ"])
     m.per_dataset = sorted(per.values(), key=lambda d: (d.title.lower(), d.id))
     return m
 
 
-def _country_rows(items: Iterable[tuple[str, int]]) -> list[dict[str, Any]]:
-    """Countries by approvals, most first; those under five after them by code, so that their order
-    does not tell their counts apart."""
+def _country_rows(items: Iterable[tuple[str, Cell]]) -> list[dict[str, Any]]:
+    """Countries by approvals, most first; the hidden ones ("< 5" or withheld) after them by code, so
+    that their order does not tell their counts apart (nor place a withheld one between two shown)."""
     pairs = list(items)
-    exact = sorted(((c, n) for c, n in pairs if n >= figures.SMALL), key=lambda p: (-p[1], p[0]))
-    small = sorted((c, n) for c, n in pairs if n < figures.SMALL)
-    return [{"country": c, "name": figures.country_name(c), "approved": shown(n)} for c, n in exact + small]
+    exact = sorted(((c, n) for c, n in pairs if not n.hidden), key=lambda p: (-p[1].value, p[0]))
+    hidden = sorted(((c, n) for c, n in pairs if n.hidden), key=lambda p: p[0])
+    return [{"country": c, "name": figures.country_name(c), "approved": n.out} for c, n in exact + hidden]
 
 
 _cache: dict[str, tuple[float, Metrics]] = {}
