@@ -143,6 +143,7 @@ use_ns, readdir, statfs, mknod, setxattr, removexattr, utimens, set_at
 # -- federation sync ------------------------------------------------------------------------------------------
 # hooks registered by name in federation/__init__.py (visas: trusted issuers, dataset aliases; catalog: notices)
 mirror_notice, peer_visa_issuers, mirror_aliases
+withdraw_keys  # sftp: identity.service.CREDENTIAL_REVOKERS
 received_at, synced_at  # federation/models.py: when a body arrived / a mirror was last pushed, for operators
 dataset_push_link  # federation/web.py: archive.web.DATASET_VIEWERS entry (registered by name in includeme)
 active_key  # federation/models.py: set and cleared in Python, read by the database's unique constraint

@@ -230,9 +230,19 @@ def change_password(session: Session, principal: Principal, current: str, new: s
     revoke_access(session, principal.actor, principal.user, reason="password changed", keep_session=keep_session)
 
 
+# Capabilities above identity keep credentials of their own (sftp: SSH keys), added through
+# `config.add_hook(...:CREDENTIAL_REVOKERS, ...)`; identity never imports them. A revoker is called as
+# ``revoker(session, actor, user, reason)`` in the caller's transaction, withdraws (and audits) every such
+# credential of the user and returns ``{kind: [identifiers]}`` for the ``user.access_revoked`` event. It
+# raises rather than leave one standing: the whole withdrawal (password change, MFA reset, …) then fails.
+CREDENTIAL_REVOKERS: list[Callable[[Session, Actor, User, str], dict[str, list[str]]]] = []
+
+
 def revoke_access(session: Session, actor: Actor, user: User, *, reason: str,
                   keep_session: WebSession | None = None) -> dict[str, int]:
-    """End a user's browser sessions (all, or all but ``keep_session``) and revoke their API tokens."""
+    """End a user's browser sessions (all, or all but ``keep_session``), revoke their API tokens and withdraw
+    every credential another capability keeps for them (``CREDENTIAL_REVOKERS``: SSH keys). Every path that
+    withdraws a user's access (password change, MFA reset, deactivation) comes through here."""
     query = delete(WebSession).where(WebSession.user_id == user.id)
     if keep_session is not None:
         query = query.where(WebSession.id_hash != keep_session.id_hash)
@@ -242,9 +252,12 @@ def revoke_access(session: Session, actor: Actor, user: User, *, reason: str,
                                                          ApiToken.revoked_at.is_(None))))
     for token in tokens:
         token.revoked_at = now
+    others: dict[str, list[str]] = {}
+    for revoker in CREDENTIAL_REVOKERS:
+        others.update(revoker(session, actor, user, reason))
     audit.record(session, actor, "user.access_revoked", subject_user_id=user.id,
-                 details={"reason": reason, "sessions": sessions, "tokens": [t.prefix for t in tokens]})
-    return {"sessions": sessions, "tokens": len(tokens)}
+                 details={"reason": reason, "sessions": sessions, "tokens": [t.prefix for t in tokens], **others})
+    return {"sessions": sessions, "tokens": len(tokens), **{kind: len(ids) for kind, ids in others.items()}}
 
 
 def deactivate_user(session: Session, actor: Actor, user: User) -> None:

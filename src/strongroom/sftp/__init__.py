@@ -19,3 +19,6 @@ def includeme(config: Config) -> None:
     config.add_web_router("strongroom.sftp.web:router")
     config.add_templates(Path(__file__).parent / "templates")
     config.add_cli("strongroom.sftp.cli:app", name="sftp")  # on the hub host
+    # SSH keys go with the sessions and tokens whenever identity withdraws a user's access (password change,
+    # MFA reset, deactivation): a key opens data without a second factor, so it must not outlive them.
+    config.add_hook("strongroom.identity.service:CREDENTIAL_REVOKERS", "strongroom.sftp.service:withdraw_keys")

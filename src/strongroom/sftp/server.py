@@ -184,7 +184,7 @@ class HubSFTPServer(asyncssh.SFTPServer):
 
         def opening() -> service.Reading:
             with transaction(self.hub.sessions) as session:
-                return service.open_read(self.hub, session, self._principal(session), where)
+                return service.open_read(self.hub, session, self._principal(session), where, key_id=self.key_id)
         return await _run(opening)
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
@@ -195,8 +195,11 @@ class HubSFTPServer(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, service.Writing):
             raise asyncssh.SFTPPermissionDenied("this file is open for reading")
+        # May the writer still write here (key, account, membership, right)? One indexed query (reads check
+        # inside Reading.read); a removed member's next write fails.
+        await _run(file_obj.check)
         try:
-            full = file_obj.accept(offset, data)  # memory only: no thread hop for every 32 KiB
+            full = file_obj.accept(offset, data)  # memory only
         except Exception as exc:
             raise _sftp_error(exc) from exc
         if full:

@@ -12,25 +12,28 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import asyncssh
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ..archive import c4gh
 from ..archive import service as archive
+from ..archive.authz import project_access
 from ..archive.backend import storage_for
 from ..archive.downloads import record_end
 from ..archive.keys import hub_keys
 from ..archive.models import FAILED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit import outbox
 from ..audit import service as audit
-from ..db import transaction, utcnow
+from ..db import open_session, transaction, utcnow
 from ..errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from ..hub import Hub
 from ..identity import service as identity
@@ -38,7 +41,7 @@ from ..identity.models import User
 from ..identity.principal import SCOPES, Principal
 from ..projects import quota
 from ..projects import service as projects
-from ..projects.models import Membership, Project
+from ..projects.models import Membership, Project, ProjectSetting, Role
 from . import paths
 from .models import SftpUpload, SshKey
 
@@ -49,6 +52,9 @@ PART_SEGMENTS = 128
 PART_PLAIN = PART_SEGMENTS * c4gh.SEGMENT_SIZE
 PAGE = 500  # rows per query when listing a folder (the SFTP server sends them 128 names per READDIR)
 READ_WINDOW = 16 * c4gh.SEGMENT_SIZE  # plaintext decrypted per storage read when serving a download
+# An open handle's full re-check (the archive's own functions) runs at least this often, and whenever the one
+# query every read and write makes (``_standing_statement``) sees a change; see ``_Held``.
+RECHECK_SECONDS = 5.0
 
 ALGORITHMS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
               "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
@@ -123,9 +129,25 @@ def remove_key(session: Session, principal: Principal, key_id: uuid.UUID) -> Ssh
     return row
 
 
+def withdraw_keys(session: Session, actor: audit.Actor, user: User, reason: str) -> dict[str, list[str]]:
+    """``identity.revoke_access``'s hook (``CREDENTIAL_REVOKERS``): every SSH key of the user is removed with their
+    sessions and tokens. Deleted, as **Remove** does, not marked: the model has no revoked state that every
+    reader would have to honour, and a deleted row cannot be missed by one. The audit trail keeps the
+    fingerprints (one ``sftp.key.removed`` each, with the reason), and the owner may register a key again
+    under a fresh second factor."""
+    rows = list(session.scalars(select(SshKey).where(SshKey.user_id == user.id).order_by(SshKey.created_at)))
+    for row in rows:
+        session.delete(row)
+        audit.record(session, actor, "sftp.key.removed", subject_user_id=user.id, target=f"ssh-key:{row.fingerprint}",
+                     details={"reason": reason})
+    session.flush()
+    return {"ssh_keys": [row.fingerprint for row in rows]}
+
+
 def key_principal(session: Session, key_id: uuid.UUID, ip: str | None = None) -> Principal:
     """The caller behind a registered key, read fresh. The key was registered under a fresh second factor:
-    that moment stands as the MFA time (as an API token's minting does)."""
+    that moment stands as the MFA time (as an API token's minting does) for as long as the key lives — and
+    it lives no longer than the user's other credentials (``withdraw_keys``)."""
     row = session.get(SshKey, key_id)
     user = session.get(User, row.user_id) if row else None
     if row is None or user is None or not user.is_active:
@@ -298,10 +320,81 @@ def _version_file(session: Session, version_id: int, path: str) -> ArchiveFile |
                                  ArchiveFile.hold.is_(None)).limit(1))
 
 
+# -- open handles ------------------------------------------------------------------------------
+@cache
+def _standing_statement() -> Select[Any]:
+    """What an open handle's right rests on, in one query of primary-key and unique-index lookups: no row when
+    the key is gone; else the user's active flag, their membership in the project the path is under (role,
+    delegated rights, the role's rights), that project's status, the download setting of the project the read
+    is granted through, and the file's hold and state. Built once per process: it runs on every read and write."""
+    return (select(User.is_active, Membership.role, Membership.delegated_rights, Role.rights, Project.status,
+                   ProjectSetting.value, ArchiveFile.hold, ArchiveFile.state)
+            .select_from(SshKey).join(User, User.id == SshKey.user_id)
+            .outerjoin(Membership, and_(Membership.project_id == bindparam("member_of"),
+                                        Membership.user_id == SshKey.user_id))
+            .outerjoin(Role, Role.name == Membership.role)
+            .outerjoin(Project, Project.id == bindparam("project"))
+            .outerjoin(ProjectSetting, and_(ProjectSetting.project_id == bindparam("setting_of"),
+                                            ProjectSetting.key == "download_allowed"))
+            .outerjoin(ArchiveFile, ArchiveFile.id == bindparam("file"))
+            .where(SshKey.id == bindparam("key")))
+
+
+class _Held:
+    """The re-check of an open handle before each read or write (docs/sftp.md: a removed key, a deactivated
+    account, a member removed from the project or downloads locked end an open transfer at its next
+    operation). Every operation asks ``_standing_statement`` (one indexed query); when anything it returns changed, or
+    ``RECHECK_SECONDS`` passed (grants, shares and dataset policies it does not cover), the full check runs
+    again — the same functions that allowed the open. Once refused, always refused; any error fails the
+    operation (closed)."""
+
+    hub: Hub
+    key_id: uuid.UUID | None
+    file_id: str
+    refused: str | None
+    standing: tuple[Any, ...] | None
+    checked_at: float
+
+    def _standing_args(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _authorize(self, session: Session) -> None:
+        """The full check; raises a DomainError when the handle may no longer be used."""
+        raise NotImplementedError
+
+    def _refuse(self, detail: str) -> None:
+        """Record a refusal (in its own transaction: the operation fails)."""
+
+    def check(self) -> None:
+        if self.refused is not None:
+            raise PermissionDenied(self.refused)
+        if self.key_id is None:  # never opened for a caller: nothing to vouch for it
+            raise PermissionDenied("this handle has no key")
+        # A bare connection, not an ORM session, and a read without the write lock (SQLite: plain BEGIN): this
+        # runs before every read and write (measured: docs/sftp.md).
+        with self.hub.sessions.kw["bind"].connect() as conn:
+            conn.execution_options(deferred=True)
+            row = conn.execute(_standing_statement(), {"key": self.key_id, **self._standing_args()}).first()
+        now = tuple(row) if row is not None else None
+        if now is not None and now == self.standing and time.monotonic() - self.checked_at < RECHECK_SECONDS:
+            return
+        with open_session(self.hub.sessions, deferred=True) as session:
+            try:
+                if now is None:
+                    raise PermissionDenied("this SSH key is no longer registered")
+                self._authorize(session)
+            except DomainError as exc:
+                self.refused = f"access to this file was withdrawn: {exc.detail}"
+                session.rollback()
+                self._refuse(exc.detail)
+                raise PermissionDenied(self.refused) from exc
+        self.standing, self.checked_at = now, time.monotonic()
+
+
 # -- downloads ----------------------------------------------------------------------------------
 @dataclass
-class Reading:
-    """An open file being read: decrypted window by window, in memory only."""
+class Reading(_Held):
+    """An open file being read: decrypted window by window, in memory only. Every read re-checks (``_Held``)."""
 
     hub: Hub
     file_id: str
@@ -315,8 +408,39 @@ class Reading:
     sent: int = 0
     reached_end: bool = False
     window: tuple[int, bytes] = (0, b"")
+    # who reads, through which path and grant: what ``check`` asks again before every read
+    key_id: uuid.UUID | None = None
+    ip: str | None = None
+    slug: str = ""
+    member_of: uuid.UUID | None = None  # the project the path is under
+    grant_project: uuid.UUID | None = None  # the project whose download setting applies (owner/share grants)
+    refused: str | None = None
+    standing: tuple[Any, ...] | None = None
+    checked_at: float = 0.0
+
+    def _standing_args(self) -> dict[str, Any]:
+        return {"member_of": self.member_of, "project": self.member_of, "setting_of": self.grant_project,
+                "file": self.file_id}
+
+    def _authorize(self, session: Session) -> None:
+        assert self.key_id is not None  # check() refuses a handle without one
+        principal = key_principal(session, self.key_id, self.ip)
+        _readable(_project(session, principal, self.slug))
+        f = session.get(ArchiveFile, self.file_id)
+        if f is None or f.state != READY:
+            raise NotFound("no such file")
+        grant = archive.authorize_read(session, principal, f)
+        archive_authz_require_download(session, grant)
+        self.grant_project = grant.project_id
+
+    def _refuse(self, detail: str) -> None:
+        with transaction(self.hub.sessions) as session:
+            audit.record(session, self.actor, "archive.download.refused", outcome="denied", project_id=self.project_id,
+                         target=f"file:{self.file_id}", details={"via": "sftp", "reason": detail, "open_handle": True,
+                                                                 "bytes_sent": self.sent})
 
     def read(self, offset: int, length: int) -> bytes:
+        self.check()
         if offset >= self.size or length <= 0:
             if offset >= self.size:
                 self.reached_end = True
@@ -342,9 +466,11 @@ class Reading:
                    started=self.started, sent=self.sent, expected=self.size, reason=None)
 
 
-def open_read(hub: Hub, session: Session, principal: Principal, where: paths.Where) -> Reading:
+def open_read(hub: Hub, session: Session, principal: Principal, where: paths.Where, *, key_id: uuid.UUID
+              ) -> Reading:
     """A file opened for reading: readable by the caller and allowed to leave the platform (the project's
-    download setting, or the dataset's access policy for applicants) — the archive's own checks."""
+    download setting, or the dataset's access policy for applicants) — the archive's own checks, asked again
+    before every read (``Reading.check``)."""
     if not where.is_file_area or not where.rest:
         raise NotFound("no such file")
     access = _project(session, principal, where.slug)
@@ -373,8 +499,12 @@ def open_read(hub: Hub, session: Session, principal: Principal, where: paths.Whe
     assert f.header is not None and f.body_key is not None and f.body_size is not None
     started = archive.record_download(session, principal, f, grant, mode="plaintext", via="sftp")
     opened = c4gh.open_header(f.header, hub_keys(hub, session).secrets)
-    return Reading(hub, f.id, f.project_id, principal.actor, f.body_key, f.body_size, f.plaintext_size or 0,
-                   list(opened.session_keys), started)
+    reading = Reading(hub, f.id, f.project_id, principal.actor, f.body_key, f.body_size, f.plaintext_size or 0,
+                      list(opened.session_keys), started, key_id=key_id, ip=principal.ip, slug=where.slug,
+                      member_of=access.project.id, grant_project=grant.project_id)
+    row = session.execute(_standing_statement(), {"key": key_id, **reading._standing_args()}).first()
+    reading.standing, reading.checked_at = (tuple(row) if row is not None else None), time.monotonic()
+    return reading
 
 
 def archive_authz_require_download(session: Session, grant: archive.ReadGrant) -> None:
@@ -389,8 +519,9 @@ _BUSY_LOCK = threading.Lock()
 
 
 @dataclass
-class Writing:
-    """An upload being received: plaintext only in ``buffer`` (memory), everything stored is crypt4gh."""
+class Writing(_Held):
+    """An upload being received: plaintext only in ``buffer`` (memory), everything stored is crypt4gh. The server
+    re-checks (``_Held``) before it takes each write's bytes."""
 
     hub: Hub
     key_id: uuid.UUID
@@ -408,6 +539,27 @@ class Writing:
     # who writes, into which project: kept so that an interruption during a database outage is still audited
     actor: audit.Actor | None = None
     project_id: uuid.UUID | None = None
+    refused: str | None = None
+    standing: tuple[Any, ...] | None = None
+    checked_at: float = 0.0
+
+    def _standing_args(self) -> dict[str, Any]:
+        return {"member_of": self.project_id, "project": self.project_id, "setting_of": None, "file": self.file_id}
+
+    def _authorize(self, session: Session) -> None:
+        if self.project_id is None:
+            raise PermissionDenied("this upload has no project")
+        principal = key_principal(session, self.key_id, self.ip)
+        project_access(session, principal, self.project_id).require("write-data")
+        f = session.get(ArchiveFile, self.file_id)
+        if f is None or f.state != "receiving" or f.hold is not None:
+            raise Conflict("the upload was cancelled")
+
+    def _refuse(self, detail: str) -> None:
+        with transaction(self.hub.sessions) as session:
+            audit.record(session, self.actor or audit.Actor.system("sftp"), "sftp.upload.refused", outcome="denied",
+                         project_id=self.project_id, target=f"file:{self.file_id}",
+                         details={"reason": detail, "stored": self.received})
 
     @property
     def size(self) -> int:
@@ -485,6 +637,8 @@ class Writing:
         try:
             if self.failed:
                 raise OverQuota(self.failed)
+            if self.refused is not None:  # withdrawn mid-upload: nothing more is stored, nothing completed
+                raise PermissionDenied(self.refused)
             if self.size == 0:
                 self.discard(reason="empty file")
                 raise PermissionDenied("empty files are not archived")
