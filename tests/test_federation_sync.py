@@ -31,6 +31,7 @@ from strongroom.archive.backend import storage_for
 from strongroom.archive.models import ArchiveFile, Dataset, DatasetVersion
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
+from strongroom.catalog.models import CatalogEntry
 from strongroom.config import Settings
 from strongroom.db import transaction
 from strongroom.errors import Conflict, Forbidden
@@ -141,6 +142,9 @@ def hubs(app, hub, settings, people, sqlite_template, tmp_path, seaweedfs):  # n
         assert a.post(f"/api/v1/datasets/{ds['id']}/versions/1/release").status_code == 200
         assert a.put(f"/api/v1/datasets/{ds['id']}/access-policy",
                      json={"applicant_download": True}).status_code == 204
+        with transaction(hub.sessions) as s:  # only a dataset published in the catalogue is pushed
+            s.add(CatalogEntry(dataset_id=ds["id"], slug="chest-ct", title="Chest CT", description="Lungs",
+                               created_by=alice.user.id, published=True, published_at=NOW))
         _register(hub, "hub-b", url_b)
         _register(app_b.state.hub, "hub-a", url_a)
         yield Hubs(hub, app_b.state.hub, app_b, url_a, url_b, ds["id"], files, a)
@@ -432,7 +436,6 @@ def test_a_withdrawal_at_the_origin_reaches_the_mirror_and_closes_it(hubs):
     while B does not answer) mark B's mirror version deprecated, then the mirror withdrawn: its page is a
     tombstone naming A, and A's visas no longer open its files."""
     from strongroom.catalog import entries
-    from strongroom.catalog.models import CatalogEntry
 
     h = hubs
     result = _push(h)
@@ -452,10 +455,7 @@ def test_a_withdrawal_at_the_origin_reaches_the_mirror_and_closes_it(hubs):
     # the origin withdraws its (published) catalogue entry while B does not answer: the notice waits
     with transaction(h.a.sessions) as s:
         ds = s.get(Dataset, h.dataset)
-        entry = CatalogEntry(dataset_id=ds.id, slug="chest-ct", created_by=ds.created_by, title=ds.title,
-                             published=True, published_at=NOW)
-        s.add(entry)
-        s.flush()
+        entry = s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == ds.id))
         assert entries.withdraw(s, Actor.system("t"), ds, entry, "consent was withdrawn")
         peer = service.peer_by_name(s, "hub-b")
         peer.base_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
@@ -499,6 +499,8 @@ def test_a_retention_deletion_at_the_origin_deletes_the_mirrors_copies(hubs):
 
     h = hubs
     pushed = _push(h)
+    with transaction(h.a.sessions) as s:  # a draft again (no withdrawal notice): this test is about deletion
+        s.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == h.dataset)).published = False
     with h.b.sessions() as s:
         mirror = s.scalar(select(Mirror))
         copies = {f.id: f.body_key

@@ -2,10 +2,24 @@
 
 Facts come in as :class:`Study` rows (one per imaging study of a published dataset, with its dataset's
 disease codes); answers go out as Beacon v2 framework documents. Granularity is ``boolean`` or ``count``,
-never ``record``: a request for records is answered with counts. A count of 1–4 is never given as a number:
-the answer drops to ``boolean`` granularity (``exists: true``, which the framework allows: the returned
-granularity may be lower than the requested one) and says ``"< 5"`` in ``info``; facet counts of 1–4 are
-the string ``"< 5"`` too.
+never ``record``: a request for records is answered with counts.
+
+Disclosure control (docs/federation.md, "Small counts and differencing"): a count is private when it is 1–4,
+and no answer, nor any set of answers an anonymous client can combine, may pin one down. Hiding each small
+count on its own is not enough (exact totals minus exact siblings give it back; a 0 for two terms proves two
+cells do not overlap), so:
+
+- every number shown (``numTotalResults``, facet counts) is rounded to the nearest multiple of 5, and only counts
+  of at least 5 are shown as numbers (a 5 means 5–7);
+- one term (or none) with 1–4 matches: ``exists: true`` at ``boolean`` granularity, ``info.count`` ``"< 5"``
+  (the term is listed in ``filtering_terms`` anyway, so its presence is public);
+- two or more terms with fewer than 5 matches, **zero included**: ``exists: false``, ``boolean``,
+  ``info.count`` ``"< 5"`` — the same answer whatever the count, so a 0 proves no disjointness;
+- the facets of an unfiltered answer show ``"< 5"`` for 1–4; those of a filtered answer (each cell is then a
+  combination of terms) leave out every cell below 5, as they leave out 0;
+- sex and age band hold one value per study, so their cells add up to at most the total: their terms are listed,
+  known and counted only with 5 or more studies (below that, exactly as absent), so no lower bound exists for
+  a small cell to be pinned against the total.
 
 Filtering terms are ontology CURIEs: DICOM modality codes (``DCM:CT``), SNOMED CT body structures
 (``SNOMED:51185008`` thoracic structure, from DICOM's Body Part Examined through CID 4031), ICD-10 codes
@@ -24,6 +38,10 @@ from typing import Any
 
 API_VERSION = "v2.0.0"
 MIN_COUNT = 5  # counts below this are never shown as numbers
+# Shown numbers are rounded to this base: equal to MIN_COUNT, so each number's uncertainty (±2) is as large as a
+# hidden cell, and differences of numbers never bound a hidden cell to one value; a larger base would blur the
+# sizes of the small cohorts that researchers plan with.
+ROUND_TO = 5
 DATASET, STUDY = "dataset", "imagingStudy"
 ENTRY_PATHS = {DATASET: "datasets", STUDY: "imaging_studies"}
 SCHEMAS = {DATASET: "beacon-dataset-v2.0.0", STUDY: "strongroom-imaging-study-v1.0.0"}
@@ -52,6 +70,8 @@ BODY_PARTS = {
 SEXES = {"F": ("NCIT:C16576", "female"), "M": ("NCIT:C20197", "male")}
 ICD10 = re.compile(r"^ICD-?10(?:-CM)?[: ]\s*([A-Z][0-9]{2}(?:\.[0-9A-Z]{1,4})?)$", re.IGNORECASE)
 FACETS = ("modality", "bodyPart", "disease", "sex", "ageBand")
+# One value per study: a facet's cells are disjoint and add up to at most the total (differencing pins a small cell)
+EXCLUSIVE = frozenset({"sex", "ageBand"})
 
 
 @dataclass(frozen=True)
@@ -110,13 +130,21 @@ def _values(study: Study, facet: str) -> Iterable[str]:
     return (study.age_band,) if study.age_band else ()
 
 
-def _pairs(studies: Iterable[Study]) -> set[tuple[str, str]]:
-    return {(facet, v) for s in studies for facet in FACETS for v in _values(s, facet)}
+def _counts(studies: Iterable[Study]) -> Counter[tuple[str, str]]:
+    return Counter((facet, v) for s in studies for facet in FACETS for v in _values(s, facet))
+
+
+def _public(counts: Counter[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (facet, value) pairs this beacon admits to: every one present, except a sex or age band with fewer than
+    5 studies (its presence would be a lower bound that the total pins: see the module's docstring)."""
+    return {pair for pair, n in counts.items() if pair[0] not in EXCLUSIVE or n >= MIN_COUNT}
 
 
 def terms(studies: Iterable[Study]) -> list[Term]:
-    """Every filtering term the published data has, sorted by facet then id."""
-    return sorted((term_of(f, v) for f, v in _pairs(studies)), key=lambda t: (FACETS.index(t.facet), t.id))
+    """Every filtering term the published data has (sex and age bands: with 5 or more studies), sorted by facet
+    then id."""
+    return sorted((term_of(f, v) for f, v in _public(_counts(studies))),
+                  key=lambda t: (FACETS.index(t.facet), t.id))
 
 
 _PART_OF_SNOMED = {code: part for part, (code, _) in BODY_PARTS.items()}
@@ -146,12 +174,13 @@ def parse(term_id: str) -> tuple[str, str] | None:
 
 def matching(studies: Sequence[Study], filters: Sequence[str]) -> tuple[list[Study], list[str]]:
     """Studies matching every filter (AND), and the filters this beacon does not know (not a term of the
-    published data), which match nothing."""
+    published data, see ``terms``), which match nothing."""
+    public = _public(_counts(studies))
     wanted: list[tuple[str, str]] = []
     unknown: list[str] = []
     for f in filters:
         pair = parse(f)
-        if pair is None or not any(pair[1] in _values(s, pair[0]) for s in studies):
+        if pair is None or pair not in public:
             unknown.append(f)
         else:
             wanted.append(pair)
@@ -160,17 +189,24 @@ def matching(studies: Sequence[Study], filters: Sequence[str]) -> tuple[list[Stu
     return [s for s in studies if all(v in _values(s, facet) for facet, v in wanted)], []
 
 
+def rounded(n: int) -> int:
+    """``n`` to the nearest multiple of ``ROUND_TO`` (n ≥ MIN_COUNT: never 0)."""
+    return ROUND_TO * ((n + ROUND_TO // 2) // ROUND_TO)
+
+
 def shown(n: int) -> int | str:
-    """A count as the beacon may show it: 0, "< 5", or the number."""
-    return n if n == 0 or n >= MIN_COUNT else f"< {MIN_COUNT}"
+    """A count of one term (or none) as the beacon may show it: 0, "< 5", or the number rounded to 5."""
+    return n if n == 0 else rounded(n) if n >= MIN_COUNT else f"< {MIN_COUNT}"
 
 
-def facet_counts(studies: Sequence[Study]) -> dict[str, dict[str, int | str]]:
-    """Studies per filtering term, by facet (suppressed below 5)."""
-    c: Counter[tuple[str, str]] = Counter((facet, v) for s in studies for facet in FACETS for v in _values(s, facet))
+def facet_counts(studies: Sequence[Study], *, filtered: bool = False) -> dict[str, dict[str, int | str]]:
+    """Studies per filtering term, by facet, rounded to 5. Below 5: "< 5" for a term of an unfiltered answer
+    (public: it is among the filtering terms); left out for sex and age bands (cells that add up to the total)
+    and for every cell of a filtered answer (a combination of terms, whose 0 must look like 1–4)."""
     out: dict[str, dict[str, int | str]] = {facet: {} for facet in FACETS}
-    for (facet, v), n in sorted(c.items(), key=lambda item: term_of(*item[0]).id):
-        out[facet][term_of(facet, v).id] = shown(n)
+    for (facet, v), n in sorted(_counts(studies).items(), key=lambda item: term_of(*item[0]).id):
+        if n >= MIN_COUNT or not (filtered or facet in EXCLUSIVE):
+            out[facet][term_of(facet, v).id] = shown(n)
     return out
 
 
@@ -206,7 +242,8 @@ class Beacon:
             "organization": self._organization(), "description": self.description, "version": API_VERSION,
             "welcomeUrl": self.base_url + "/catalog", "alternativeUrl": self.base_url,
             "createDateTime": self.created, "updateDateTime": self.created,
-            "info": {"granularities": ["boolean", "count"], "minimumCount": MIN_COUNT, **self.extra_info}}}
+            "info": {"granularities": ["boolean", "count"], "minimumCount": MIN_COUNT, "countsRoundedTo": ROUND_TO,
+                     **self.extra_info}}}
 
     def service_info(self) -> dict[str, Any]:
         """GA4GH service-info 1.0 with the Beacon service type."""
@@ -278,15 +315,18 @@ class Beacon:
         """A boolean or count response for ``entry_type`` over the published ``studies``."""
         hits, unknown = matching(studies, filters)
         n = len(hits) if entry_type == STUDY else len({s.dataset for s in hits})
-        granularity = "boolean" if requested == "boolean" or 0 < n < MIN_COUNT else "count"
-        summary: dict[str, Any] = {"exists": n > 0}
+        combined = len({parse(f) for f in filters}) > 1  # distinct terms: "DCM:CT,dcm:ct" is one
+        small = 0 < n < MIN_COUNT or (combined and not unknown and n < MIN_COUNT)
+        granularity = "boolean" if requested == "boolean" or small else "count"
+        # a combination below 5 answers "no" whatever its count (0 included): a 0 would prove non-overlap
+        summary: dict[str, Any] = {"exists": n >= MIN_COUNT if combined else n > 0}
         info: dict[str, Any] = {}
         if granularity == "count":
-            summary["numTotalResults"] = n
-        elif n > 0 and requested != "boolean":
-            info["count"] = shown(n)  # "< 5"
+            summary["numTotalResults"] = shown(n)
+        elif small and requested != "boolean":
+            info["count"] = f"< {MIN_COUNT}"
         if requested != "boolean":
-            info["counts"] = facet_counts(hits)
+            info["counts"] = facet_counts(hits, filtered=bool(filters))
         if unknown:
             info["unknownFilters"] = list(unknown)
         schema = {"entityType": entry_type, "schema": SCHEMAS[entry_type]}

@@ -203,7 +203,7 @@ def sync_dataset(
 
             result = _run_when_free(hub, run_id, progress)
     except sync.SyncRefused as exc:
-        console.print(f"[red]refused by {peer}: {exc}[/]")
+        console.print(f"[red]push to {peer} refused: {exc}[/]")  # by the peer, or here (no longer published)
         raise typer.Exit(1) from None
     except sync.SyncBusy as exc:
         console.print(f"[red]{exc}[/] (run the same command again later)")

@@ -2,8 +2,9 @@
 origin's hub signing key, and the peer's check of its shape.
 
 A manifest names the origin and the recipient (by signing key id, so it cannot be replayed to another hub),
-the dataset (accession, title, description, its page at the origin, who decides access and whether approved
-users may download) and, per file, its path, body size and SHA-256, plaintext size and SHA-256, and the
+the dataset (accession; title, description and owner from its published catalogue entry, never the archive's
+internal ones; ``published: true``; its page at the origin, who decides access and whether approved users may
+download) and, per file, its path, body size and SHA-256, plaintext size and SHA-256, and the
 crypt4gh header re-encrypted to the recipient's archive key. The canonical form is JSON with sorted keys
 and no spaces; the signature is detached (``signing.sign_document``).
 """
@@ -44,6 +45,9 @@ def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
     for name in ("title", "description", "url", "owner"):
         need(isinstance(ds.get(name), str), f"dataset.{name} must be a string")
     need(isinstance(ds.get("applicant_download"), bool), "dataset.applicant_download must be true or false")
+    # Deny by default: the peer publishes the manifest's texts, so they must be the origin's published catalogue
+    # entry's (an origin from before this sent its internal archive title and description, and withdrawn data)
+    need(ds.get("published") is True, "the dataset is not published in the origin's catalogue")
     files = doc.get("files")
     need(isinstance(files, list) and 0 < len(files) <= MAX_FILES, "files must be a non-empty list")
     seen = set()

@@ -355,7 +355,9 @@ class Answer:
         summary = self.document.get("responseSummary", {})
         if "numTotalResults" in summary:
             return int(summary["numTotalResults"])
-        return self.document.get("info", {}).get("count") if summary.get("exists") else None
+        # "< 5" also when exists is false: a combination of terms below 5 (zero included) says so, never 0
+        count = self.document.get("info", {}).get("count")
+        return count if isinstance(count, int | str) else None
 
 
 def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (),

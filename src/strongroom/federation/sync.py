@@ -103,6 +103,24 @@ def refuse_mirror(session: Session, dataset: Dataset) -> None:
         raise Forbidden(f"{dataset.id} is a mirror of a dataset at {origin}: only its origin pushes it to other hubs")
 
 
+def published_entry(session: Session, dataset_id: str) -> Any:
+    """The dataset's catalogue entry if it is published now (not withdrawn, not unpublished, not a draft); a
+    push carries this entry's public texts, never the archive's internal title and description."""
+    from ..catalog.models import CatalogEntry
+
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset_id))
+    return entry if entry is not None and entry.published and entry.withdrawn_at is None else None
+
+
+def refuse_unpublished(session: Session, dataset_id: str) -> Any:
+    """Deny by default: only a dataset its catalogue publishes now leaves for a peer (which publishes it there)."""
+    entry = published_entry(session, dataset_id)
+    if entry is None:
+        raise Invalid(f"{dataset_id} is not published in the catalogue (withdrawn, unpublished or never published): "
+                      "only a published dataset is pushed to a peer hub")
+    return entry
+
+
 def start_sync(session: Session, settings: Settings, who: Principal | audit.Actor, dataset_id: str, peer_name: str,
                version: int | None = None) -> SyncRun:
     """A push of ``dataset_id`` (one released version, or all) to a peer. An unfinished push of the same
@@ -122,6 +140,7 @@ def start_sync(session: Session, settings: Settings, who: Principal | audit.Acto
     if dataset is None:
         raise NotFound("no such dataset")
     refuse_mirror(session, dataset)
+    refuse_unpublished(session, dataset.id)
     peer = service.peer_by_name(session, peer_name)
     if not (peer.active and peer.outbound):
         raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
@@ -178,10 +197,11 @@ def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tupl
     included, so a resumed push re-sends exactly what the peer already holds)."""
     from ..access.models import AccessPolicy
     from ..access.visas import dataset_url
-    from ..catalog.models import CatalogEntry
+    from ..catalog.privacy import scrubber
 
     dataset = session.get(Dataset, run.dataset_id)
     assert dataset is not None
+    entry = refuse_unpublished(session, dataset.id)  # also when a queued or resumed push runs after a withdrawal
     keys = hub_keys(hub, session)
     recipient = c4gh.parse_public_key(peer.archive_key)
     versions, files = [], {}
@@ -205,15 +225,16 @@ def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tupl
         entries.append({"id": f.id, "path": f.path, "body_size": f.body_size, "body_sha256": f.body_sha256,
                         "plaintext_size": f.plaintext_size, "plaintext_sha256": f.plaintext_sha256,
                         "header": base64.b64encode(header).decode()})
-    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset.id))
     policy = session.get(AccessPolicy, dataset.id)
+    # The peer publishes these texts: the curated public entry's, scrubbed as its landing page here is
+    owner = entry.data_owner or hub.settings.site_name
+    scrub = scrubber(session, [entry.title, entry.description, owner])
     doc = {"format": mf.FORMAT, "sync_id": str(run.id), "origin": service.base(hub.settings),
            "origin_name": hub.settings.site_name, "recipient_key_id": peer.key_id,
            "created": run.created_at.isoformat(),
-           "dataset": {"id": dataset.id, "title": dataset.title, "description": dataset.description,
-                       "url": dataset_url(hub.settings.base_url, dataset.id),
-                       "owner": (entry.data_owner if entry and entry.data_owner else hub.settings.site_name),
-                       "applicant_download": bool(policy and policy.applicant_download)},
+           "dataset": {"id": dataset.id, "title": scrub(entry.title), "description": scrub(entry.description or ""),
+                       "url": dataset_url(hub.settings.base_url, dataset.id), "owner": scrub(owner),
+                       "published": True, "applicant_download": bool(policy and policy.applicant_download)},
            "versions": versions, "files": entries}
     return doc, list(files.values())
 
@@ -344,17 +365,19 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
         assert peer is not None
         if not (peer.active and peer.outbound):
             raise Invalid(f"{peer.name} is suspended or outbound exchanges with it are not allowed")
-        doc, files = build_manifest(hub, session, run, peer)
-        signature = signing.sign_document(service.hub_key(hub.settings).private, mf.canonical(doc))
-        done = set(session.scalars(select(SyncFile.file_id).where(SyncFile.sync_id == run.id)))
-        run.state, run.error = "running", None
-        run.files_total, run.bytes_total = len(files), sum(f.body_size or 0 for f in files)
-        bodies = [(f.id, f.body_key, f.body_size or 0, f.body_sha256 or "") for f in files]
         peer_name, peer_url, dataset_id = peer.name, peer.base_url, run.dataset_id
         ds = session.get(Dataset, run.dataset_id)
         project_id = ds.project_id if ds else None
+        withdrawn = published_entry(session, run.dataset_id) is None
+        if not withdrawn:
+            doc, files = build_manifest(hub, session, run, peer)
+            signature = signing.sign_document(service.hub_key(hub.settings).private, mf.canonical(doc))
+            done = set(session.scalars(select(SyncFile.file_id).where(SyncFile.sync_id == run.id)))
+            run.state, run.error = "running", None
+            run.files_total, run.bytes_total = len(files), sum(f.body_size or 0 for f in files)
+            bodies = [(f.id, f.body_key, f.body_size or 0, f.body_sha256 or "") for f in files]
 
-    def fail(state: str, reason: str) -> dict[str, Any]:
+    def fail(state: str, reason: str, sent: bool = True) -> dict[str, Any]:
         with transaction(hub.sessions) as s:
             r = s.get(SyncRun, sync_uuid)
             assert r is not None
@@ -364,12 +387,17 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
             audit.record(s, actor, "federation.sync.failed" if state == "failed" else "federation.sync.refused",
                          outcome="failed", project_id=project_id, target=f"dataset:{dataset_id}",
                          details={"peer": peer_name, "sync": str(sync_uuid), "reason": reason[:500]})
-            audit.record(s, actor, "federation.exchange.sent", outcome="failed", target=f"peer:{peer_name}",
-                         details={"what": "sync", "reason": reason[:500]})
+            if sent:
+                audit.record(s, actor, "federation.exchange.sent", outcome="failed", target=f"peer:{peer_name}",
+                             details={"what": "sync", "reason": reason[:500]})
         if state == "refused":
             raise SyncRefused(reason)
         raise RuntimeError(f"push to {peer_name} failed: {reason}")
 
+    unpublished = (f"{dataset_id} is no longer published in the catalogue (withdrawn or unpublished since the push "
+                   "was started): it is not pushed")
+    if withdrawn:  # final: a retry or resumption would only be refused again
+        return fail("refused", unpublished, sent=False)
     try:
         r = _post(hub, peer_url, f"{SYNC_PATH}/manifest", {"manifest": doc, "signature": signature})
     except httpx.HTTPError as exc:
@@ -417,6 +445,10 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
         if progress:
             progress(files_done, total_files, bytes_done, total_bytes)
     lease.check()
+    with hub.sessions() as s:  # withdrawn while the bodies travelled: the peer never publishes it
+        withdrawn = published_entry(s, dataset_id) is None
+    if withdrawn:
+        return fail("refused", unpublished, sent=False)
     try:
         r = _post(hub, peer_url, f"{SYNC_PATH}/{sync_uuid}/publish", {})
     except httpx.HTTPError as exc:

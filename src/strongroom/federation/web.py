@@ -102,6 +102,7 @@ def dataset_pushes(request: Request, db: Db, principal: WebPrincipal, dataset_id
     pushes = sync.recent(db, 20, dataset_id=ds.id)
     return templates.TemplateResponse(request, "federation/dataset.html", {
         "ds": ds, "peers": _outbound_peers(db), "released": released, "pushes": pushes,
+        "published": sync.published_entry(db, ds.id) is not None,
         "busy": any(run.state in ("queued", "running") for run, _ in pushes)})
 
 
