@@ -681,3 +681,42 @@ def test_bodies_go_s3_to_s3_when_both_hubs_allow_it(hubs, seaweedfs):  # noqa: F
     for f in files:
         with store_a.open_reader(origin[f.body_sha256].body_key) as ra, store_b.open_reader(f.body_key) as rb:
             assert ra.read() == rb.read()
+
+
+def test_a_visa_for_one_version_opens_only_that_versions_files_of_a_mirror(hubs):
+    """A's visa naming version 1 (carol's entitlement at A is to version 1 only) opens, at B, the mirror's
+    version-1 files, and not the file that arrived with version 2: a mirror's version alias is read as a local
+    version URL is."""
+    h = hubs
+    assert _push(h)["state"] == "done"
+    data = os.urandom(40_000)
+    public = c4gh.parse_public_key(h.alice.get("/api/v1/archive/public-key").text)
+    blob = b"".join(c4gh.encrypt_stream([data], public))
+    up = h.alice.post("/api/v1/projects/lung/uploads", json={"path": "scans/later.dcm", "size": len(blob)}).json()
+    assert h.alice.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
+    assert h.alice.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+    Runner(h.a, lease_seconds=10, name="test").run_until_idle()
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/draft", json={"add": [up["id"]]}).status_code == 200
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/2/release").status_code == 200
+    h.files[up["id"]] = data
+    assert _push(h, version=2)["state"] == "done"
+
+    carol_a = _person(h.a, "carol")
+    with transaction(h.a.sessions) as s:
+        s.add(Entitlement(user_id=carol_a.user.id, dataset_id=h.dataset, version=1,
+                          starts_at=NOW - dt.timedelta(days=1), ends_at=NOW + dt.timedelta(days=30)))
+    visas = httpx.get(f"{h.url_a}/api/v1/me/passport", headers=bearer(token_for(h.a, carol_a))).json()
+    passport = {"X-GA4GH-Passport": visas["passport"]}
+    b = httpx.Client(base_url=h.url_b, headers=bearer(token_for(h.b, _person(h.b, "carol"))), timeout=60)
+    key = c4gh.generate_keypair()
+    assert b.post("/api/v1/me/keys", json={"name": "laptop", "public_key": c4gh.public_key_file(
+        key.public).decode()}).status_code == 201
+    with h.b.sessions() as s:
+        mirror = s.scalar(select(Mirror))
+        paths = {f.id: f.path for f in s.scalars(select(ArchiveFile).where(
+            ArchiveFile.project_id == s.get(Dataset, mirror.dataset_id).project_id))}
+    later = [i for i, p in paths.items() if p == "scans/later.dcm"]
+    assert len(later) == 1 and len(paths) == 4
+    for file_id in paths:
+        r = b.get(f"/api/v1/files/{file_id}/content", headers=passport)
+        assert r.status_code == (404 if file_id in later else 200), (paths[file_id], r.status_code, r.text[:200])
