@@ -665,6 +665,19 @@ def test_an_applicant_sees_the_public_title_never_the_archives_working_name(worl
     assert "Dr Berg" in carol.get(f"/apply/{world['ds']}").text
 
 
+def test_public_copies_expire_within_a_landing_pages_lifetime(world):
+    """A withdrawal must reach shared caches and crawlers promptly (a sample image may be why the dataset was
+    withdrawn): landing page, sample images and the metadata documents are cached for 30 s at most."""
+    publish_entry(world, world["ds"], "chest-ct")
+    c = anon(world)
+    for path in ("/catalog/chest-ct", "/catalog/chest-ct/images/1.png", "/catalog/chest-ct.ttl",
+                 "/catalog/chest-ct.jsonld", "/catalog.ttl"):
+        r = c.get(path)
+        assert r.status_code == 200, path
+        directives = dict(d.strip().partition("=")[::2] for d in r.headers["cache-control"].split(","))
+        assert "public" in directives and int(directives["max-age"]) <= 30, (path, r.headers["cache-control"])
+
+
 # -- the demo ----------------------------------------------------------------------------------
 def test_seed_demo_publishes_a_complete_entry_idempotently(app, hub):
     from strongroom.archive.models import ArchiveFile, Dataset

@@ -15,10 +15,11 @@ from starlette.routing import Route
 from ..deps import Db, HubDep
 from ..errors import Invalid, NotFound
 from ..hub import Hub
-from . import dcat, fair, oai
+from . import dcat, fair, oai, page_cache
 
 router = APIRouter()
-METADATA_CACHE = "public, max-age=300"
+# as long as a landing page: a withdrawal reaches shared caches (and crawlers behind them) within the same 30 s
+METADATA_CACHE = f"public, max-age={page_cache.MAX_AGE_SECONDS}"
 OAI_BODY_LIMIT = 64 * 1024  # an OAI-PMH request is a handful of short arguments
 
 

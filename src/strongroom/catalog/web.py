@@ -36,7 +36,8 @@ from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 router = APIRouter()
 PostedImage = Annotated[Posted, Depends(posted_form(catalog_images.MAX_IMAGE_BYTES))]
-IMAGE_CACHE = "public, max-age=3600"
+# a withdrawal (a sample image may be why) reaches shared caches within the landing page's 30 s, not an hour
+IMAGE_CACHE = f"public, max-age={page_cache.MAX_AGE_SECONDS}"
 
 
 def _show_viewer_if_logged_in(request: Request, db: Db) -> None:
