@@ -327,9 +327,11 @@ def rotate_passphrase(
         "--new-passphrase-file", exists=True, dir_okay=False, readable=True,
         help="A file holding the new passphrase (its first line; at least 16 characters).")],
 ) -> None:
-    """Rewrite every archive key file (active and retired) under a new passphrase, atomically one by one; then set
-    STRONGROOM_ARCHIVE__KEY_PASSPHRASE to it and restart Strongroom. Run it with the current passphrase (or none)
-    configured. Interrupted, it completes when run again with the same file."""
+    """Rewrite every archive key file under a new passphrase.
+
+    Active and retired key files, atomically one by one. Run it with the current passphrase (or none) configured,
+    then set STRONGROOM_ARCHIVE__KEY_PASSPHRASE to the new one and restart Strongroom. Interrupted, it completes
+    when run again with the same file."""
     from ..config import get_settings
     from ..errors import DomainError
     from ..hub import Hub

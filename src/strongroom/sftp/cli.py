@@ -30,8 +30,9 @@ def serve(host: Annotated[str, typer.Option(help="address to listen on")] = "127
 
 @app.command("host-key")
 def show_host_key() -> None:
-    """The server's host key (made on first use): its fingerprint and the public key line for known_hosts; during
-    a rotation, the next key's too; then the retired keys' fingerprints."""
+    """The server's host key: its fingerprint and the public key line for known_hosts.
+
+    Made on first use. During a rotation the next key is shown too; then the retired keys' fingerprints."""
     from .hostkeys import fingerprint, host_key, next_key, retired_fingerprints
 
     hub = Hub.from_settings(get_settings())
@@ -48,11 +49,12 @@ def show_host_key() -> None:
 @app.command("rotate-host-key")
 def rotate_host_key(finish: Annotated[bool, typer.Option(
         "--finish", help="Step two: start proving the announced key; the old one is retired.")] = False) -> None:
-    """Rotate the host key in two steps, without a restart. Step one makes the next key, which the running server
-    announces to every client after login (OpenSSH clients add it to known_hosts: UpdateHostKeys). Publish its
-    fingerprint, leave the clients time to connect (days), then run with --finish: the server proves the new key
-    from its next connection. A client that did not connect in between sees a changed host key and must check
-    the published fingerprint."""
+    """Rotate the host key in two steps, without a restart.
+
+    Step one makes the next key, which the running server announces to every client after login (OpenSSH
+    clients add it to known_hosts: UpdateHostKeys). Publish its fingerprint, leave the clients time to connect
+    (days), then run with --finish: the server proves the new key from its next connection. A client that did
+    not connect in between sees a changed host key and must check the published fingerprint."""
     from ..errors import DomainError
     from ..identity.cli import _fail, _operator
     from . import hostkeys
