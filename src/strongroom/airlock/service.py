@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..archive import service as archive
 from ..archive.backend import storage_for
-from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
@@ -509,6 +509,9 @@ def take_outbox_item(session: Session, principal: Principal, item_id: uuid.UUID)
         raise Forbidden("receiving data needs a login with multi-factor authentication")
     item = session.get(OutboxItem, item_id, with_for_update=True)
     if item is None or item.recipient_id != principal.user.id:
+        raise NotFound("no such outbox file")
+    source = session.get(ArchiveFile, item.source_file_id)
+    if source is None or source.state == DELETED:  # retention deleted the file: its copies go with it
         raise NotFound("no such outbox file")
     if item.downloaded_at is not None:
         raise Conflict("this file was already downloaded: an outbox file is delivered once")

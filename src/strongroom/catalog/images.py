@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import hashlib
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from ..archive.models import Dataset
 from ..audit import service as audit
 from ..db import utcnow
 from ..errors import Invalid, NotFound
@@ -64,6 +65,19 @@ def remove_image(session: Session, principal: Principal, dataset_id: str, positi
     entry.updated_at = utcnow()
     audit.record(session, principal.actor, "catalog.image.removed", project_id=access.project.id,
                  target=f"dataset:{ds.id}", details={"position": position})
+
+
+def remove_all(session: Session, actor: audit.Actor, ds: Dataset, entry: CatalogEntry, reason: str) -> list[dict]:
+    """Delete every sample image of the entry (they are pixels of the data): retention deleting a dataset's
+    last version. Audited once, naming each image; returns what went."""
+    gone = [{"position": i.position, "sha256": i.sha256} for i in images_of(session, entry)]
+    if not gone:
+        return gone
+    session.execute(delete(CatalogImage).where(CatalogImage.entry_id == entry.id))
+    entry.updated_at = utcnow()
+    audit.record(session, actor, "catalog.image.removed", project_id=ds.project_id, target=f"dataset:{ds.id}",
+                 details={"images": gone, "reason": reason})
+    return gone
 
 
 def images_of(session: Session, entry: CatalogEntry) -> list[CatalogImage]:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from ..archive.authz import PUBLISHED_STATES
 from ..archive.datasets import dataset_grant
-from ..archive.models import Dataset, DatasetFile
+from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile
 from ..errors import NotFound
 from ..identity.principal import Principal
 from ..imaging.models import ARCHIVED, PUBLISHED, ImagingProject, ImportedInstance
@@ -46,7 +46,9 @@ class Scope:
     version_ids: tuple[int, ...] = ()  # the rows of ``versions``: their files are what the caller sees
 
     def where(self) -> list[ColumnElement[bool]]:
-        clauses = [I.project_id == self.project_id, I.file_id.is_not(None)]
+        # the archive file must be ready too: retention deletes a deleted file's rows, this is the second lock
+        ready = select(ArchiveFile.id).where(ArchiveFile.id == I.file_id, ArchiveFile.state == READY).exists()
+        clauses = [I.project_id == self.project_id, I.file_id.is_not(None), ready]
         if self.versions is None:
             clauses.append(I.state.in_((ARCHIVED, PUBLISHED)))
         else:

@@ -70,7 +70,9 @@ def verify(
         console.print(f"[red]REFUSED[/]: {e}")
         raise typer.Exit(BAD_SIGNATURE) from None
     storage = storage_for(hub)
-    keys = [f["object"] for f in document.get("files", []) if f.get("object")]
+    # the files' bodies and the recipients' outbox copies of them (certificates before "derived": none)
+    keys = [f["object"] for f in document.get("files", []) if f.get("object")] + [
+        o["object"] for o in (document.get("derived") or {}).get("outbox", []) if o.get("object")]
     left = {key: found for key in keys if (found := deletion.remaining(storage, key))}
     ds = document["dataset"]
     if left:

@@ -39,6 +39,9 @@ USE_EVENTS: dict[str, str] = {
     "archive.dataset.released": "release",
     "catalog.entry.published": "publication",
     "dicomweb.study.read": "dicomweb",  # WADO-RS, once per caller and study per window: its instances' versions
+    # a file sent out through the airlock (outbox, another project, a destination): results built on it must
+    # stay checkable against the data, so this is use as much as a download is
+    "airlock.file.delivered": "airlock export",
 }
 LIVE = ("released", "deprecated", "draft")  # a deleted version's clock stops
 BATCH = 5000

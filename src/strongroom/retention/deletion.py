@@ -6,15 +6,18 @@ The deletion's ``state`` says which step is done; each step is idempotent and ru
    manifest (ids, paths, checksums, storage keys) is captured, the version becomes ``deleted``, its files
    unreadable, the project's quota freed, the version's entitlements end (the dataset's too when no released
    version is left), and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when
-   it was the last released version.
+   it was the last released version (its sample images deleted). What derived from the files goes too
+   (``derived``): their airlock outbox copies stop being downloadable, their DICOMweb index rows are deleted.
 2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
    to the hub's key), so from here no copy of a body this hub made — backup, replica, old S3 version — can be
-   decrypted (crypto-shredding). A peer the dataset was pushed to holds a copy sealed to its own key: it is
-   told by a signed ``deleted`` notice (``federation.notices``) and deletes it the same way; the certificate
-   lists those peers (``mirrored_to``).
-3. **purge**: the bodies are deleted from storage; on S3 every version and delete marker of each key, on a
-   local disk unlink + fsync of the directory. Deleting what is gone already is no error.
-4. **verify**: every key is looked up again (on S3: its version list must be empty).
+   decrypted (crypto-shredding); so are the other copies of those keys (outbox headers, SFTP upload headers).
+   A peer the dataset was pushed to holds a copy sealed to its own key: it is told by a signed ``deleted``
+   notice (``federation.notices``) and deletes it the same way; the certificate lists those peers
+   (``mirrored_to``).
+3. **purge**: the bodies and their outbox copies are deleted from storage; on S3 every version and delete marker
+   of each key, on a local disk unlink + fsync of the directory. Deleting what is gone already is no error.
+4. **verify**: every key is looked up again (on S3: its version list must be empty); an outbox copy or index row
+   made after the mark sends the run back to shred and purge it.
 5. **certify**: a certificate (what, checksums, when, who requested and approved, the audit sequence numbers
    of every step) is signed with the hub's ES256 key (the visa key, published at /.well-known/jwks.json) and
    kept.
@@ -34,25 +37,29 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet
-from sqlalchemy import select
+from sqlalchemy import Select, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..access import visas
 from ..access.models import Entitlement
+from ..airlock.models import OutboxItem
 from ..archive.backend import storage_for
 from ..archive.datasets import files_by_other_live_versions
-from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetVersion
+from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.storage.base import Storage
 from ..archive.storage.s3 import S3Storage
 from ..audit import service as audit
 from ..audit.service import Actor
 from ..catalog import entries as catalog
+from ..catalog import images as catalog_images
 from ..config import Settings
-from ..db import transaction, utcnow
+from ..db import rowcount, transaction, utcnow
 from ..hub import Hub
 from ..identity.models import User
+from ..imaging.models import ImportedInstance
 from ..projects import quota
 from ..projects.models import Project
+from ..sftp.models import SftpUpload
 from .models import APPROVED, CERTIFIED, MARKED, PURGED, SHREDDED, VERIFIED, Deletion
 from .rules import canonical
 
@@ -121,14 +128,58 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
             if e.version == v.number or (e.version is None and not live):
                 e.revoked_at = now
                 ended += 1
-        withdrawn = False
+        withdrawn, images = False, []
         entry = catalog.entry_for(s, ds.id)
         if entry is not None and not live:
-            withdrawn = catalog.withdraw(s, ACTOR, ds, entry, f"deleted at the end of its retention period "
-                                                              f"(version {v.number})")
+            why = f"deleted at the end of its retention period (version {v.number})"
+            withdrawn = catalog.withdraw(s, ACTOR, ds, entry, why)
+            # sample images are pixels of the data: a republished entry must not bring them back
+            images = catalog_images.remove_all(s, ACTOR, ds, entry, why)
+        s.flush()  # the files' DELETED state, which _gone() selects on
+        outbox = _remove_outbox(s, v.id, now)
+        index_rows = _drop_index(s, v.id)
         d.manifest, d.kept = manifest, kept
+        d.derived = {"outbox": outbox, "dicomweb_index_rows": index_rows, "catalog_images": images}
         _advance(s, d, MARKED, "marked", {"files": len(manifest), "kept": len(kept), "entitlements_ended": ended,
-                                          "catalogue_withdrawn": withdrawn})
+                                          "catalogue_withdrawn": withdrawn, "outbox_removed": len(outbox),
+                                          "dicomweb_index_rows": index_rows, "catalogue_images": len(images)})
+
+
+def _gone(version_id: int) -> Select[str]:
+    """The version's deleted files (the manifest), as a subquery: a version may hold millions of files."""
+    return (select(DatasetFile.file_id).join(ArchiveFile, ArchiveFile.id == DatasetFile.file_id)
+            .where(DatasetFile.version_id == version_id, ArchiveFile.state == DELETED))
+
+
+def _remove_outbox(session: Session, version_id: int, now: dt.datetime) -> list[dict[str, Any]]:
+    """The airlock outbox copies of the deleted files (a body copy + a header sealed to the recipient) stop
+    being downloadable now, as the sweep's removal does; their headers go with the shred, their objects with the
+    purge. Returns those not recorded yet (a late one: a transfer that finished after the mark)."""
+    out = []
+    for item in session.scalars(select(OutboxItem).where(
+            OutboxItem.source_file_id.in_(_gone(version_id)),
+            or_(OutboxItem.removed_at.is_(None), OutboxItem.body_key.is_not(None), OutboxItem.header != b""))
+            .order_by(OutboxItem.created_at)):
+        item.removed_at = item.removed_at or now
+        out.append({"item": str(item.id), "request": item.request_id, "file": item.source_file_id,
+                    "object": item.body_key})
+    return out
+
+
+def _drop_index(session: Session, version_id: int) -> int:
+    """Delete the deleted files' DICOMweb index rows (pseudonyms, dates, UIDs: metadata of the data)."""
+    return rowcount(session.execute(delete(ImportedInstance).where(ImportedInstance.file_id.in_(_gone(version_id)))
+                                    .execution_options(synchronize_session=False)))
+
+
+def _derived(d: Deletion) -> dict[str, Any]:
+    return d.derived or {"outbox": [], "dicomweb_index_rows": 0, "catalog_images": []}
+
+
+def _keys(d: Deletion) -> list[str]:
+    """Every object the deletion removes: the files' bodies and their outbox copies."""
+    return ([item["object"] for item in d.manifest if item.get("object")]
+            + [o["object"] for o in _derived(d)["outbox"] if o.get("object")])
 
 
 def shred(hub: Hub, deletion_id: uuid.UUID) -> None:
@@ -139,7 +190,16 @@ def shred(hub: Hub, deletion_id: uuid.UUID) -> None:
         for item in d.manifest:
             f = s.get_one(ArchiveFile, item["file"])
             f.header, f.header_key = None, None
-        _advance(s, d, SHREDDED, "shredded", {"headers_destroyed": len(d.manifest)})
+        # other copies of the data keys: outbox headers (sealed to a recipient) and an SFTP upload's header
+        gone = _gone(d.version_id)
+        outbox = rowcount(s.execute(
+            update(OutboxItem).where(OutboxItem.source_file_id.in_(gone), OutboxItem.header != b"")
+            .values(header=b"").execution_options(synchronize_session=False)))
+        uploads = rowcount(s.execute(
+            update(SftpUpload).where(SftpUpload.file_id.in_(gone), SftpUpload.header != b"")
+            .values(header=b"").execution_options(synchronize_session=False)))
+        _advance(s, d, SHREDDED, "shredded", {"headers_destroyed": len(d.manifest), "outbox_headers_destroyed": outbox,
+                                              "upload_headers_destroyed": uploads})
 
 
 def purge_object(storage: Storage, key: str) -> int:
@@ -160,8 +220,7 @@ def remaining(storage: Storage, key: str) -> list[str]:
 
 def purge(hub: Hub, deletion_id: uuid.UUID) -> None:
     with hub.sessions() as s:
-        d = s.get_one(Deletion, deletion_id)
-        keys = [item["object"] for item in d.manifest if item.get("object")]
+        keys = _keys(s.get_one(Deletion, deletion_id))
     storage = storage_for(hub)
     versions = sum(purge_object(storage, key) for key in keys)  # outside any transaction: storage is slow
     with transaction(hub.sessions) as s:
@@ -170,17 +229,30 @@ def purge(hub: Hub, deletion_id: uuid.UUID) -> None:
             return
         for item in claimed.manifest:
             s.get_one(ArchiveFile, item["file"]).body_key = None
+        s.execute(update(OutboxItem).where(OutboxItem.source_file_id.in_(_gone(claimed.version_id)),
+                                           OutboxItem.body_key.in_(keys)).values(body_key=None)
+                  .execution_options(synchronize_session=False))
         _advance(s, claimed, PURGED, "purged", {"objects": len(keys), "object_versions_deleted": versions})
 
 
 def verify(hub: Hub, deletion_id: uuid.UUID) -> None:
     with hub.sessions() as s:
-        keys = [item["object"] for item in s.get_one(Deletion, deletion_id).manifest if item.get("object")]
+        keys = _keys(s.get_one(Deletion, deletion_id))
     storage = storage_for(hub)
     left = {key: found for key in keys if (found := remaining(storage, key))}
     with transaction(hub.sessions) as s:
         d = _claim(s, deletion_id, PURGED)
         if d is None:
+            return
+        # an outbox copy or an index row made after the mark (a transfer or import that was under way): taken
+        # now, and the run goes back to shred and purge again with it (it is marked removed: no loop)
+        late = _remove_outbox(s, d.version_id, utcnow())
+        late_rows = _drop_index(s, d.version_id)
+        if late or late_rows:
+            derived = _derived(d)
+            d.derived = {**derived, "outbox": derived["outbox"] + late,
+                         "dicomweb_index_rows": derived["dicomweb_index_rows"] + late_rows}
+            d.state, d.failure = MARKED, f"{len(late)} outbox copies, {late_rows} index rows made after the mark"
             return
         if left:  # back one step: the next run purges again
             d.state, d.failure = SHREDDED, f"{len(left)} object(s) still in storage: purged again on the next run"
@@ -208,6 +280,9 @@ def certificate_document(session: Session, settings: Settings, d: Deletion, issu
         "type": CERT_TYPE, "format": 1, "hub": settings.base_url.rstrip("/"), "deletion": str(d.id),
         "dataset": {"id": ds.id, "title": ds.title, "version": d.number, "project": project.slug},
         "files": d.manifest, "kept_in_other_versions": d.kept,
+        # what derived from those files went with them: the recipients' outbox copies (objects purged as above,
+        # headers destroyed), the DICOMweb index rows, the catalogue's sample images (when no version is left)
+        "derived": _derived(d),
         "storage": {"kind": cfg.kind, "bucket": cfg.bucket if cfg.kind == "s3" else None,
                     "every_version_deleted": cfg.kind == "s3"},
         "headers_destroyed": True,

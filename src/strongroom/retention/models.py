@@ -88,6 +88,9 @@ class Deletion(IdMixin, CreatedMixin, Base):
     # captured when marked: every file deleted with the version (id, path, checksums, storage key)
     manifest: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     kept: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)  # files still in another version
+    # what went with those files (marked): outbox copies {item, request, file, object}, DICOMweb index rows,
+    # catalogue sample images; None on a deletion marked before this was recorded
+    derived: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     audit_seqs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step → audit sequence number
     certificate: Mapped[str | None] = mapped_column(Text)  # the signed certificate (JSON text)
     finished_at: Mapped[dt.datetime | None]
