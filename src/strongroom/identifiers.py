@@ -10,17 +10,21 @@ from __future__ import annotations
 import re
 
 # The separators written between date and number: '-', '+' (100 years or older), the Unicode dashes word
-# processors substitute (U+2010-U+2015, U+2212) and one space (or the no-break space Word puts there).
-# Literal characters, not escapes, so the same class works in Python's re and in the Rust regex Polars runs.
+# processors substitute (U+2010-U+2015, U+2212) and one space (or the no-break space Word puts there) — and,
+# as typed by hand, one or two punctuation characters, a space either side ("121212 - 1212", "121212/1212",
+# "121212_1212", "121212. 1212"); the real date and the Luhn digit keep that from matching ordinary number
+# pairs. Whitespace alone stays one character (two spaces or a line break separate two values). Literal
+# characters, not escapes, so the same class works in Python's re and in the Rust regex Polars runs.
 SEPARATORS = "-+\u2010-\u2015\u2212 \u00a0"
+_SEPARATOR_RUN = r"(?:[ \u00a0]?[^0-9A-Za-z\s]{1,2}[ \u00a0]?|[" + SEPARATORS + r"]?)"
 # [CC]YYMMDD[sep]NNNN, not part of a longer number or of a decimal
-PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})([" + SEPARATORS
-                 + r"]?)(\d{4})(?![0-9])(?!\.[0-9])")
+PNR = re.compile(r"(?<![0-9])(?<![0-9]\.)((?:18|19|20)?)(\d{2})(\d{2})(\d{2})(" + _SEPARATOR_RUN
+                 + r")(\d{4})(?![0-9])(?!\.[0-9])")
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+(?![\w-])")
 # +46 70 123 45 67, 070-123 45 67, 013-12 34 56, (013) 123456: a leading + or 0, then 8+ digits in groups
 PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ -]?|\(?0\d{1,3}\)?[ -]?)\d{2,4}(?:[ -]?\d{2,4}){1,3}(?![\w])")
 # Cheap first passes (no look-behind): a column engine filters with these, then the exact patterns run
-PNR_HINT = r"\d{6}[" + SEPARATORS + r"]?\d{4}"
+PNR_HINT = r"\d{6}" + _SEPARATOR_RUN + r"\d{4}"
 EMAIL_HINT = r"@[A-Za-z0-9-]+\."
 PHONE_HINT = r"(?:\+|\b0)\d[\d ()-]{6,}\d"
 

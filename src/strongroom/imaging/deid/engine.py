@@ -72,7 +72,6 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
     which may be views into ``buf`` (the kept regions, e.g. pixel data, are never copied here)."""
     plan = compiled_plan(profile)
     pos, meta, ts = read_meta(buf)
-    deflated = False
     if ts is None:
         codec, explicit = detect_encoding(buf, pos)
         ts = (EXPLICIT_LE if explicit else IMPLICIT_LE) if codec.little else EXPLICIT_BE
@@ -85,7 +84,9 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
             buf = zlib.decompress(buf[pos:], -15)
         except zlib.error as exc:
             raise DeidError(f"deflated dataset does not inflate: {exc}") from None
-        pos, codec, explicit, deflated = 0, LE, True, True
+        # written out inflated, as Explicit VR Little Endian (lossless, and every receiver reads it): a
+        # compressed output would hide its values from every byte-level check after the engine
+        pos, codec, explicit, ts = 0, LE, True, EXPLICIT_LE
     else:
         codec, explicit = LE, True
     if explicit and codec.little and len(buf) >= pos + 8 and buf[pos + 4:pos + 6] not in VALID_VRS:
@@ -146,12 +147,7 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
     inserts = sorted(plan.markers(codec, explicit, pixel_cleaned) + extra_inserts)
     out: list[Any] = []
     run.emit(elems, codec, explicit, NORMAL, "", out, inserts)
-    meta_bytes = _meta_bytes(sop_class, new_sop, ts)
-    if deflated:
-        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
-        out = [meta_bytes, comp.compress(b"".join(out)) + comp.flush()]
-    else:
-        out.insert(0, meta_bytes)
+    out.insert(0, _meta_bytes(sop_class, new_sop, ts))
     pmap = {"PatientID": (patient_key, run.pseudonym)}
     if not plan.retain_uids:
         pmap["StudyInstanceUID"] = (study_uid, new_study)

@@ -32,6 +32,12 @@ _KEEP_UI_KEYWORDS = ("Class", "TransferSyntax", "CodingSchemeUID", "ContextUID",
 _EXTRA_REMOVE = {  # beyond Table E.1-1: may carry original values or stale private-block descriptions
     0x04000500: "Encrypted Attributes Sequence (original values)",
     0x00080300: "Private Data Element Characteristics Sequence",
+    # locations on the source system (unlisted in E.1-1 2024b, so kept by it): they name the PACS host and
+    # carry the original Study/Series/SOP Instance UIDs, and a de-identified copy has no valid one
+    0x00081190: "Retrieve URL (source system location, original UIDs)",
+    0x00404073: "Storage URL (source system location, original UIDs)",
+    0x00287FE0: "Pixel Data Provider URL (source system location, original UIDs)",
+    0x0040E010: "Retrieve URI (source system location, original UIDs)",
 }
 # The allow-list mode (``DeidProfile.text_allow_list``): the standard free-text attributes that stay as they
 # are. Everything else of VR LO/SH/UC (descriptions, code meanings, window explanations...) is cleaned

@@ -4,6 +4,7 @@ every element value of the output."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
@@ -87,6 +88,8 @@ class _IdentityNeedles:
         value = value.strip()
         if len(value) >= minimum and value.upper() not in PLACEHOLDERS:
             self.kinds.setdefault(value.casefold(), kind)
+            if not value.isascii():  # ÅSTRÖM also as typed on an ASCII system (ASTROM); see fold
+                self.kinds.setdefault(fold(value), kind)
             if value.isdigit() and len(value) >= 6:
                 self.uid_components.setdefault(value, kind)
 
@@ -112,7 +115,7 @@ class _IdentityNeedles:
                 kind = _PATIENT_NAME_TAGS.get(tag, "person name component")
                 for t in texts:
                     self._add(re.sub(r"[\^=]+", " ", t).strip(), kind.replace(" component", ""))
-                    for part in re.split(r"[\^=\s,]+", t):
+                    for part in re.split(r"[\^=\s,\-'\u2019]+", t):  # LINDQVIST-BERG: each part too
                         part = part.strip(" .")
                         if len(part) >= 3 and part.upper() not in _NAME_STOP:
                             self._add(part, kind, 3)
@@ -163,6 +166,12 @@ class _IdentityNeedles:
         return hits
 
 
+def fold(text: str) -> str:
+    """``text`` compatibility-decomposed, without combining marks, casefolded: Åström, A\u030astro\u0308m
+    (NFD) and ASTROM alike."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
+
+
 def _present(needles: dict[str, str], haystack: str) -> dict[str, str]:
     """The needles that may match somewhere in ``haystack`` under ``re.I``. Compiling the patterns is most
     of the scan's cost (a few ms for each new patient or study), and in a clean output almost no needle
@@ -191,6 +200,8 @@ def _text_values(out: list[Value]) -> Iterator[tuple[str, int, str, str]]:
         if vr in _FREE_VRS or vr in _NUMERIC_VRS or vr == "UI":
             for t in texts:
                 yield here, tag, vr, t
+                if not t.isascii() and fold(t) != t.casefold():  # searched folded too (NFD, diacritics)
+                    yield here, tag, vr, fold(t)
 
 
 def identity_scan(orig: Dataset, out: Dataset, flags: dict[str, bool]) -> list[Leak]:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import functools
+import io
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
 
-from .elements import PIXEL_GROUP, PLACEHOLDERS, Item, Leak, Read, Value, date8, load
+from .elements import DEFER_SIZE, PIXEL_GROUP, PLACEHOLDERS, Item, Leak, Read, Value, date8, from_pydicom, load
 from .identity import identity_leaks
+from .reader import DEFLATED, inflated, parse
 
 _FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
 _BYTES_VRS = {"OB", "OW", "UN", "OD", "OF", "OL", "OV", "OB or OW", "OW or OB"}
@@ -29,6 +32,12 @@ _COLUMN = {"retain_longitudinal_full": "rtn_long_full_dates",
 # UI attributes that name classes, syntaxes or code systems, not instances
 _CLASS_UID_KEYWORDS = ("Class", "TransferSyntax", "CodingScheme", "ContextUID", "ContextGroupExtensionCreatorUID",
                        "MappingResourceUID")
+# codes (value, scheme, version, long value, URN) and the product (Manufacturer, Model Name: test sites
+# name themselves after it): words there are not identifying
+_CODED_TAGS = {0x00080100, 0x00080102, 0x00080103, 0x00080119, 0x00080120, 0x00080070, 0x00081090}
+# descriptors the profile removes because they MAY hold identifying text; equal to a kept value as a whole
+# ("Carotids" = Position Reference Indicator) they hold none
+_DESCRIPTOR = re.compile(r"Description|ProtocolName|Label$|Title$")
 _SAFE = {(sp.creator, sp.group, sp.element) for sp in SAFE_PRIVATE}
 
 
@@ -72,6 +81,17 @@ def _days(a: str, b: str) -> int | None:
     except ValueError:
         return None
     return (db - da).days
+
+
+def _scan_bytes(read: Read) -> bytes:
+    """What the byte-level checks search: the output without its pixel data values, inflated first when
+    deflated — a search of compressed bytes never matches (``ValueError`` if it does not inflate: the scan
+    fails and the instance is quarantined, never released unsearched)."""
+    if read.transfer_syntax != DEFLATED:
+        return _header_bytes(read)
+    plain = inflated(read.raw)
+    back = parse(plain) or from_pydicom(pydicom.dcmread(io.BytesIO(plain), force=True, defer_size=DEFER_SIZE), plain)
+    return _header_bytes(back)
 
 
 def _header_bytes(read: Read) -> bytes:
@@ -123,7 +143,7 @@ class _Scan:
             "modified" if flags["retain_longitudinal_modified_dates"] else "remove")
         orig, out = load(original, keep_bytes=False), load(deidentified)
         scan = cls(flags, _row_policy(flags), _SAFE | {tuple(x) for x in getattr(profile, "extra_safe_private", ())},
-                   date_mode, orig, out, _header_bytes(out))
+                   date_mode, orig, out, _scan_bytes(out))
         scan.orig_all, scan.out_all = orig.values, out.values
         scan._collect()
         scan._drop_allowed()
@@ -136,7 +156,11 @@ class _Scan:
     def _add(self, text: str, kind: str, source: str) -> None:
         text = text.strip().strip("^").strip()
         if len(text) >= 4 and text.upper() not in PLACEHOLDERS and not re.fullmatch(r"[\d.\-+ ]{1,5}", text):
-            self.needles.setdefault(text, (kind, source))
+            # a private copy (read first when its group is lower) must not lend a standard attribute's
+            # value the private exemption of _drop_allowed
+            seen = self.needles.get(text)
+            if seen is None or (seen[0] == "private" and kind != "private"):
+                self.needles[text] = (kind, source)
 
     def _collect(self) -> None:
         """Identifying material of the original: what the profile may not keep."""
@@ -194,8 +218,17 @@ class _Scan:
                 self.private_bytes.append((blob, here))  # unknown-VR / binary identifying values
 
     def _drop_allowed(self) -> None:
-        """Values that the original also carries in attributes allowed to stay are not identifying."""
+        """Values that the original also carries in attributes allowed to stay, where they are not
+        identifying. A value of an attribute the profile changes or removes (a name, an ID, a device or
+        station identifier, free text) is dropped only when a kept coded or numeric attribute, a code or
+        the product's name holds it (Series Description "Scout" beside Scan Options SCOUT MODE: a defined
+        term; an Institution Name within the Manufacturer's name, as at test sites), or, for a descriptor
+        (``_DESCRIPTOR``), when a kept attribute holds it as its whole value; never for a copy in kept
+        text (a Device ID, a comment, a code meaning), which is exactly where it would leak. A private
+        value (collected whatever it is) is dropped wherever a kept attribute holds it."""
         allowed: list[str] = []
+        coded: list[str] = []  # values of kept CS / DS / IS attributes, codes, Manufacturer and model name
+        whole: set[str] = set()  # every kept value, casefolded
         for path, texts in self.orig_values.items():
             last = path.rsplit("(", 1)[-1].rstrip(")")
             tag = int(last.replace(",", ""), 16)
@@ -210,12 +243,25 @@ class _Scan:
             if vr == "UI" and not (self.flags["retain_uids"] or any(k in keyword for k in _CLASS_UID_KEYWORDS)):
                 continue
             allowed.extend(texts)
+            if vr in ("CS", "DS", "IS") or tag in _CODED_TAGS:
+                coded.extend(texts)
+            whole.update(t.casefold() for t in texts)
         allowed_text = "\n".join(allowed)
         allowed_lower = allowed_text.lower()
         needles = self.needles
+        coded_text = "\n".join(coded)
+        coded_lower = coded_text.lower()
+        for text, (kind, source) in list(needles.items()):
+            if kind == "private":
+                continue
+            in_code = text.lower() in coded_lower and re.search(
+                rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", coded_text, re.I)
+            if in_code or (text.casefold() in whole and _DESCRIPTOR.search(
+                    keyword_for_tag(int(source.rsplit("(", 1)[-1].rstrip(")").replace(",", ""), 16)) or "")):
+                del needles[text]
         # a substring test first (no pattern to compile: the needles differ from file to file), the
         # word-boundary match only for the few that occur
-        for text in [n for n in needles if n.lower() in allowed_lower]:
+        for text in [n for n, (kind, _) in needles.items() if kind == "private" and n.lower() in allowed_lower]:
             if re.search(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", allowed_text, re.I):
                 del needles[text]
         allowed_set = set(allowed)

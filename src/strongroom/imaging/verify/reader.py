@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import zlib
 
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.uid import UID, ImplicitVRLittleEndian
@@ -69,6 +70,34 @@ def parse(raw: bytes) -> Read | None:
     except (_NotPlain, struct.error, UnicodeDecodeError, RecursionError):
         return None
     return read
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_EXPLICIT_LE = b"1.2.840.10008.1.2.1\x00"
+
+
+def inflated(raw: bytes) -> bytes:
+    """The Part 10 file ``raw`` in Deflated Explicit VR Little Endian as the same file uncompressed: its file
+    meta (the transfer syntax now Explicit VR Little Endian) and the inflated dataset. Byte searches on the
+    compressed bytes would never match; raises ``ValueError`` when the file does not inflate."""
+    try:
+        if len(raw) < 132 or raw[128:132] != b"DICM":
+            raise _NotPlain
+        _, pos = _meta(raw)
+        body = zlib.decompress(raw[pos:], -15)
+    except (_NotPlain, struct.error, zlib.error) as exc:
+        raise ValueError(f"deflated dataset does not inflate: {type(exc).__name__}") from None
+    meta, at = [], 132
+    while at < pos:  # every meta element but the group length (recomputed) and the transfer syntax (replaced)
+        group, element, vr_bytes, length = _HEAD.unpack_from(raw, at)
+        start, at = at, (at + 12 + _U32.unpack_from(raw, at + 8)[0] if _VRS[vr_bytes] in _LONG_VRS
+                         else at + 8 + length)
+        if element == 0x0010:
+            meta.append(_HEAD.pack(0x0002, 0x0010, b"UI", len(_EXPLICIT_LE)) + _EXPLICIT_LE)
+        elif element:
+            meta.append(raw[start:at])
+    group = b"".join(meta)
+    return raw[:132] + _HEAD.pack(0x0002, 0x0000, b"UL", 4) + _U32.pack(len(group)) + group + body
 
 
 def _meta(raw: bytes) -> tuple[dict[int, bytes], int]:
