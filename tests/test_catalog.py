@@ -635,8 +635,8 @@ def test_no_private_email_on_any_public_page(world, hub, people):
 
 def test_an_applicant_sees_the_public_title_never_the_archives_working_name(world, hub):
     """A dataset's own title is its project's working name ("ward 5, Dr Berg's list"); everyone outside the
-    project (applicants, then holders of an entitlement) sees the catalogue's public title: on the apply page,
-    the application, the lists and the e-mails. The project's members still see the working name."""
+    project who applies sees the catalogue's public title: on the apply page, the application, the lists
+    and the e-mails. The project's members (and, once granted, the entitlement's holder) see the working name."""
     internal = "Ward 5 patients - Dr Berg list (internal)"
     with transaction(hub.sessions) as s:
         s.execute(update(Dataset).where(Dataset.id == world["ds"]).values(title=internal))

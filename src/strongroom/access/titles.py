@@ -1,8 +1,8 @@
 """Which title of a dataset a person is shown. A dataset's own title is the owning project's working name
-(often internal: a ward, a doctor, a source list); applicants and holders of an entitlement see the public
-catalogue entry's title instead (scrubbed of persons' e-mail addresses as on the landing page), or only the
-accession when none is published. The project's members and the dataset's named handlers, deciders and
-reviewers see its own title."""
+(often internal: a ward, a doctor, a source list); applicants see the public catalogue entry's title instead
+(scrubbed of persons' e-mail addresses as on the landing page), or only the accession when none is published.
+The project's members, the dataset's named handlers, deciders and reviewers, and whoever was granted access to
+it (an entitlement: the dataset's own page shows them its title anyway) see its own title."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..archive.models import Dataset
 from ..catalog.models import CatalogEntry
 from ..catalog.privacy import scrubber
 from ..projects.models import Membership
-from .models import DatasetRole
+from .models import DatasetRole, Entitlement
 
 
 def titles_for(session: Session, user_id: uuid.UUID | None, dataset_ids: Iterable[str]) -> dict[str, str]:
@@ -30,6 +30,8 @@ def titles_for(session: Session, user_id: uuid.UUID | None, dataset_ids: Iterabl
         projects = set(session.scalars(select(Membership.project_id).where(Membership.user_id == user_id)))
         named = set(session.scalars(select(DatasetRole.dataset_id).where(DatasetRole.user_id == user_id,
                                                                          DatasetRole.dataset_id.in_(wanted))))
+        named |= set(session.scalars(select(Entitlement.dataset_id).where(Entitlement.user_id == user_id,
+                                                                          Entitlement.dataset_id.in_(wanted))))
         insiders = {i for i, d in datasets.items() if d.project_id in projects or i in named}
     public = dict(session.execute(select(CatalogEntry.dataset_id, CatalogEntry.title).where(
         CatalogEntry.dataset_id.in_(wanted - insiders), CatalogEntry.published.is_(True))).tuples().all())
