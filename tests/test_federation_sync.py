@@ -165,6 +165,21 @@ def _push(h: Hubs, version: int | None = None) -> dict:
     return result
 
 
+def _release_version_2(h: Hubs, path: str) -> str:
+    """A new file uploaded at A and released as version 2 of the dataset (beside version 1's files)."""
+    data = os.urandom(40_000)
+    public = c4gh.parse_public_key(h.alice.get("/api/v1/archive/public-key").text)
+    blob = b"".join(c4gh.encrypt_stream([data], public))
+    up = h.alice.post("/api/v1/projects/lung/uploads", json={"path": path, "size": len(blob)}).json()
+    assert h.alice.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
+    assert h.alice.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
+    Runner(h.a, lease_seconds=10, name="test").run_until_idle()
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/draft", json={"add": [up["id"]]}).status_code == 200
+    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/2/release").status_code == 200
+    h.files[up["id"]] = data
+    return up["id"]
+
+
 def _decrypt(data: bytes, secret: bytes) -> bytes:
     out = io.BytesIO()
     crypt4gh.lib.decrypt([(0, secret, None)], io.BytesIO(data), out)
@@ -307,16 +322,7 @@ def test_a_peer_that_rotated_its_archive_key_is_repinned_and_pushes_reach_it_aga
     assert _push(h)["state"] == "done"
     for _ in archive_keys.rotate(h.b, Actor.system("cli:operator")):
         pass
-    data = os.urandom(40_000)  # a new file in version 2
-    public = c4gh.parse_public_key(h.alice.get("/api/v1/archive/public-key").text)
-    blob = b"".join(c4gh.encrypt_stream([data], public))
-    up = h.alice.post("/api/v1/projects/lung/uploads", json={"path": "scans/new.dcm", "size": len(blob)}).json()
-    assert h.alice.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
-    assert h.alice.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
-    Runner(h.a, lease_seconds=10, name="test").run_until_idle()
-    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/draft", json={"add": [up["id"]]}).status_code == 200
-    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/2/release").status_code == 200
-    h.files[up["id"]] = data
+    _release_version_2(h, "scans/new.dcm")
     with pytest.raises(sync.SyncRefused, match="not encrypted to this hub's archive key"):
         _push(h, version=2)
 
@@ -689,16 +695,7 @@ def test_a_visa_for_one_version_opens_only_that_versions_files_of_a_mirror(hubs)
     version URL is."""
     h = hubs
     assert _push(h)["state"] == "done"
-    data = os.urandom(40_000)
-    public = c4gh.parse_public_key(h.alice.get("/api/v1/archive/public-key").text)
-    blob = b"".join(c4gh.encrypt_stream([data], public))
-    up = h.alice.post("/api/v1/projects/lung/uploads", json={"path": "scans/later.dcm", "size": len(blob)}).json()
-    assert h.alice.put(f"/api/v1/uploads/{up['id']}/parts/1", content=blob).status_code == 200
-    assert h.alice.post(f"/api/v1/uploads/{up['id']}/complete").status_code == 200
-    Runner(h.a, lease_seconds=10, name="test").run_until_idle()
-    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/draft", json={"add": [up["id"]]}).status_code == 200
-    assert h.alice.post(f"/api/v1/datasets/{h.dataset}/versions/2/release").status_code == 200
-    h.files[up["id"]] = data
+    _release_version_2(h, "scans/later.dcm")
     assert _push(h, version=2)["state"] == "done"
 
     carol_a = _person(h.a, "carol")
