@@ -33,7 +33,7 @@ from strongroom.archive import c4gh
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.catalog.models import CatalogEntry
-from strongroom.config import AccessSettings
+from strongroom.config import AccessSettings, TrustedVisaIssuer
 from strongroom.db import transaction
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
@@ -544,3 +544,40 @@ def test_access_policy_decides_downloads_for_applicants_and_visa_holders(world, 
         changes = [e.details for e in s.scalars(select(AuditEvent).where(
             AuditEvent.action == "access.policy.changed").order_by(AuditEvent.seq))]
     assert [c["applicant_download"] for c in changes] == [True, False, True]
+
+
+# -- a ``sub`` names a person only within one login issuer ---------------------------------------------------
+def _federated_carol(hub, issuer_url: str):
+    """An account from another login issuer whose subject string is also ``carol``."""
+    from conftest import Person
+    from strongroom.identity import service as identity
+
+    with transaction(hub.sessions) as s:
+        user, _ = identity.upsert_federated_user(s, issuer=issuer_url, subject="carol", display_name="Other Carol",
+                                                 email="other-carol@idp.example", affiliation=None)
+    return Person(user=user, username="carol", seed=None)
+
+
+def test_a_visa_binds_to_its_login_issuers_account_not_to_a_namesake(world, issuer, settings, app):
+    """Users are keyed by (issuer, subject): ``carol`` at an identity provider is not local ``carol``. A visa
+    this hub issued opens files only for its entitlement's own account, and a trusted issuer configured with
+    ``subject_issuers`` only for accounts of those login issuers."""
+    hub, (_, carol, _) = world["hub"], world["people"]
+    ent = _entitle(hub, carol, world["dataset"])
+    [own_visa] = world["carol"].get("/api/v1/me/passport").json()["ga4gh_passport_v1"]
+    namesake = _federated_carol(hub, "https://idp.example")
+    other = httpx.Client(base_url=world["url"], headers=bearer(token_for(hub, namesake)), timeout=60)
+    url = f"/api/v1/files/{world['file']}"
+    assert other.get(url, headers={"X-GA4GH-Passport": own_visa}).status_code == 404  # not theirs
+    assert world["carol"].get(url, headers={"X-GA4GH-Passport": own_visa}).status_code == 200
+    # nor may the namesake revoke it
+    assert other.post("/api/v1/visas/revocations", json={"visa": own_visa, "reason": "x"}).status_code == 404
+
+    # a trusted issuer whose visas speak of the identity provider's subjects: local carol is not that carol
+    _update(hub, ent, revoked_at=dt.datetime.now(dt.UTC))  # (her entitlement would open the file anyway)
+    value = f"{settings.base_url}/datasets/{world['dataset']}"
+    foreign = issuer.visa("carol", value)
+    trusted = app.state.hub.settings.access.trusted_visa_issuers  # the running hub's list, read per request
+    trusted[:] = [TrustedVisaIssuer(issuer=issuer.url, jku=issuer.jku, subject_issuers=["https://idp.example"])]
+    assert world["carol"].get(url, headers={"X-GA4GH-Passport": foreign}).status_code == 404
+    assert other.get(url, headers={"X-GA4GH-Passport": foreign}).status_code == 200

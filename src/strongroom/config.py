@@ -104,6 +104,10 @@ class TrustedVisaIssuer(BaseModel):
     jku: str
     # Accessions (SRD-…) this issuer may grant; empty = any dataset of this hub.
     datasets: list[str] = []
+    # The login (OIDC) issuers whose subject identifiers this issuer's visas carry in ``sub``: a visa then
+    # binds only to an account of one of them. Empty: any account with that subject (``sub`` strings are
+    # unique per login issuer only; set this when more than one login issuer is configured).
+    subject_issuers: list[str] = []
 
 
 class AccessSettings(BaseModel):

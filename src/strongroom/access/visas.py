@@ -228,8 +228,10 @@ def revoke_visa(session: Session, settings: Settings, principal: Principal, toke
     jti, sub, exp = claims.get("jti"), claims.get("sub"), claims.get("exp")
     if claims.get("iss") != settings.base_url.rstrip("/") or not isinstance(jti, str) or not isinstance(exp, int):
         raise Invalid("not a visa issued by this hub")
-    if sub != principal.user.subject and not principal.user.is_admin:
-        raise NotFound("not found")  # someone else's visa: as if it did not exist
+    ent = session.get(Entitlement, entitlement_of(jti)) if entitlement_of(jti) else None
+    holder = ent.user_id if ent is not None else None
+    if (sub != principal.user.subject or holder != principal.user.id) and not principal.user.is_admin:
+        raise NotFound("not found")  # someone else's visa (its entitlement's user): as if it did not exist
     now = utcnow()
     session.execute(delete(VisaRevocation).where(VisaRevocation.expires_at < now))  # keep the list short
     if session.get(VisaRevocation, jti) is None:
@@ -270,6 +272,7 @@ class Passport:
     base_url: str = ""
     subject_must_match: bool = True
     issuer_datasets: dict[str, set[str]] = field(default_factory=dict)  # iss → accessions; empty = any
+    subject_issuers: dict[str, set[str]] = field(default_factory=dict)  # iss → login issuers of its subs
 
 
 # Issuers trusted for some datasets only, added by other capabilities (federation: each peer's visa issuer
@@ -495,7 +498,8 @@ class PassportVerifier:
             if limits.get(iss) != set():
                 limits.setdefault(iss, {""}).update(datasets)
         return Passport(base_url=self.hub_settings.base_url.rstrip("/"),
-                        subject_must_match=self.settings.visa_subject_must_match, issuer_datasets=limits)
+                        subject_must_match=self.settings.visa_subject_must_match, issuer_datasets=limits,
+                        subject_issuers=subject_issuers(self.settings))
 
     async def verify(self, raw: str) -> Passport:
         return await self.verify_tokens(raw.split(","))
@@ -569,26 +573,42 @@ def granting_visas(passport: Passport, subject: str | None) -> list[Visa]:
 PUBLISHED = ("released", "deprecated")
 
 
-def visa_in_force(session: Session, visa: Visa, base_url: str, now: dt.datetime | None = None) -> bool:
+def visa_in_force(session: Session, visa: Visa, base_url: str, now: dt.datetime | None = None,
+                  holder: uuid.UUID | None = None) -> bool:
     """Revocation, checked on every use. A visa this hub issued holds only while the entitlement its
     ``jti`` names is active, for the visa's subject and dataset, and the visa is not on the revocation
-    list. A foreign visa holds until its ``exp`` (already checked by the verifier)."""
+    list; with ``holder``, only for that user: a ``sub`` is unique per login issuer, not across them, so
+    an account of another issuer with the same subject string is not the visa's subject. A foreign visa
+    holds until its ``exp`` (already checked by the verifier)."""
     if not base_url or visa.iss != base_url:
         return True
     ent_id = entitlement_of(visa.jti)
     if ent_id is None or session.get(VisaRevocation, visa.jti) is not None:
         return False
     ent = session.get(Entitlement, ent_id)
-    if ent is None or not ent.active(now or utcnow()):
+    if ent is None or not ent.active(now or utcnow()) or (holder is not None and ent.user_id != holder):
         return False
     user = session.get(User, ent.user_id)
     return (user is not None and user.subject == visa.sub
             and visa.value == dataset_url(base_url, ent.dataset_id, ent.version))
 
 
+def subject_issuers(settings: AccessSettings) -> dict[str, set[str]]:
+    """Per trusted visa issuer, the login issuers whose ``sub`` its visas speak of (empty: not bound)."""
+    bound: dict[str, set[str]] = {}
+    for t in settings.trusted_visa_issuers:
+        if t.subject_issuers:
+            bound.setdefault(t.issuer, set()).update(t.subject_issuers)
+    return bound
+
+
 def _in_force(session: Session, passport: Passport, principal: Principal) -> list[Visa]:
-    granting = granting_visas(passport, principal.user.subject if passport.subject_must_match else None)
-    return [v for v in granting if visa_in_force(session, v, passport.base_url)]
+    if not passport.subject_must_match:
+        return [v for v in granting_visas(passport, None) if visa_in_force(session, v, passport.base_url)]
+    user = principal.user
+    granting = [v for v in granting_visas(passport, user.subject)
+                if user.issuer in passport.subject_issuers.get(v.iss, {user.issuer})]
+    return [v for v in granting if visa_in_force(session, v, passport.base_url, holder=user.id)]
 
 
 def visa_grant(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant | None:
