@@ -109,8 +109,12 @@ def test_pi_delegates_named_rights(world):
     r = c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["manage-members", "import"]},
               headers=bearer(t["alice"]))
     assert r.status_code == 200 and r.json()["delegated_rights"] == ["import", "manage-members"]
-    r = c.post("/api/v1/projects/proj-a/members", json={"user": "bob", "role": "steward"}, headers=bearer(t["carol"]))
-    assert r.status_code == 201 and r.json()["role"] == "steward"
+    r = c.post("/api/v1/projects/proj-a/members", json={"user": "bob"}, headers=bearer(t["carol"]))
+    assert r.status_code == 201 and r.json()["role"] == "member"
+    # but not as a steward: that role carries publish and view-audit, which the PI did not hand her
+    r = c.patch(f"/api/v1/projects/proj-a/members/{_bob_id(world)}", json={"role": "steward"},
+                headers=bearer(t["carol"]))
+    assert r.status_code == 403 and "publish" in r.json()["detail"]
     # only the PI delegates; non-delegable rights are refused
     r = c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["export"]},
               headers=bearer(t["carol"]))
@@ -124,6 +128,54 @@ def test_pi_delegates_named_rights(world):
     events = c.get("/api/v1/projects/proj-a/audit", headers=bearer(t["alice"])).json()
     actions = [e["action"] for e in events]
     assert "project.rights.delegated" in actions and "project.member.added" in actions
+
+
+@pytest.mark.parametrize("how", ["api", "web"])
+def test_manage_members_is_no_way_to_rights_one_does_not_hold(hub, app, world, how):
+    """The audit's escalation, as a class: a member holding ``manage-members`` (and nothing else) may not give
+    themselves, or anyone, a role carrying rights they lack; nobody changes their own role; and a role carrying
+    more than a researcher's rights is handed out only with a fresh second factor, as delegation is."""
+    c, t = world["client"], world["tokens"]
+    carol, bob = world["carol"], world["bob"]
+    carol_id, bob_id = str(carol.user.id), str(bob.user.id)
+    assert c.put(f"/api/v1/projects/proj-a/members/{carol_id}/rights", json={"rights": ["manage-members"]},
+                 headers=bearer(t["alice"])).status_code == 200
+
+    if how == "api":
+        def patch_role(token: str, user_id: str, role: str) -> int:
+            return c.patch(f"/api/v1/projects/proj-a/members/{user_id}", json={"role": role},
+                           headers=bearer(token)).status_code
+
+        def add(token: str, user: str, role: str) -> int:
+            return c.post("/api/v1/projects/proj-a/members", json={"user": user, "role": role},
+                          headers=bearer(token)).status_code
+    else:
+        browsers = {"carol": web_client(app, hub, carol), "alice": web_client(app, hub, world["alice"])}
+        by_token = {t["carol"]: browsers["carol"], t["alice"]: browsers["alice"]}
+
+        def patch_role(token: str, user_id: str, role: str) -> int:
+            return form_post(by_token[token], f"/projects/proj-a/members/{user_id}/role", {"role": role}).status_code
+
+        def add(token: str, user: str, role: str) -> int:
+            return form_post(by_token[token], "/projects/proj-a/members", {"user": user, "role": role}).status_code
+
+    ok = 303 if how == "web" else 200
+    assert patch_role(t["carol"], carol_id, "steward") == 403  # her own role
+    assert patch_role(t["carol"], carol_id, "member") == 403  # not even a step down
+    assert add(t["carol"], "bob", "steward") == 403  # a role carrying publish, import, view-audit
+    assert add(t["carol"], "bob", "member") == (303 if how == "web" else 201)
+    assert patch_role(t["carol"], bob_id, "steward") == 403
+    assert patch_role(t["alice"], bob_id, "steward") == ok  # the PI holds every right of the role
+    assert patch_role(t["carol"], bob_id, "member") == ok  # a step down needs no right she lacks
+    rights = set(c.get("/api/v1/projects/proj-a", headers=bearer(t["carol"])).json()["rights"])
+    assert rights == {"read-data", "write-data", "manage-members"}
+    if how == "api":  # a steward role, even from the PI, needs a fresh second factor; a member role does not
+        with transaction(hub.sessions) as s:
+            s.execute(update(ApiToken).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
+        r = c.patch(f"/api/v1/projects/proj-a/members/{bob_id}", json={"role": "steward"},
+                    headers=bearer(t["alice"]))
+        assert r.status_code == 403 and r.json()["code"] == "mfa-required"
+        assert patch_role(t["alice"], bob_id, "member") == 200
 
 
 def test_settings_are_locked_by_default_and_opening_is_audited(world):

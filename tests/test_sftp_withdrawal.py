@@ -67,7 +67,7 @@ def _archived(world: Hubsftp, *, downloads: bool = True) -> None:
 def _with_bob_in_lung(hub) -> None:
     with transaction(hub.sessions) as s:
         pi = _fresh(s, "alice")
-        projects.add_member(s, pi, projects.open_project(s, pi, "lung"), "bob", role="member")
+        projects.add_member(s, pi, projects.open_project(s, pi, "lung"), "bob", role="member", fresh_minutes=10)
 
 
 def _remove_bob_from_lung(hub) -> None:

@@ -154,12 +154,13 @@ def test_read_check_cache_lives_one_transaction_and_drops_on_rights_change(hub, 
         assert authz.readable_projects(s, reader) == set()
         access = projects.open_project(s, pi, "proj-1")
         pid = access.project.id
-        projects.add_member(s, pi, access, "bob@example.org")  # an ORM write of a membership: the cache drops
+        # an ORM write of a membership: the cache drops
+        projects.add_member(s, pi, access, "bob@example.org", fresh_minutes=10)
         s.flush()
         assert authz.readable_projects(s, reader) == {pid}
         s.execute(delete(Membership).where(Membership.user_id == bob.user.id))  # a bulk write drops it too
         assert authz.readable_projects(s, reader) == set()
-        projects.add_member(s, pi, access, "bob@example.org")
+        projects.add_member(s, pi, access, "bob@example.org", fresh_minutes=10)
     with open_session(hub.sessions, deferred=True) as s:  # as a GET request's
         assert authz.readable_projects(s, reader) == {pid}
         assert authz.readable_projects(s, reader) == {pid}  # cached: no query (see below)

@@ -122,16 +122,19 @@ def list_members(db: Db, principal: Read, slug: str) -> list[MemberOut]:
 
 
 @router.post("/projects/{slug}/members", response_model=MemberOut, status_code=201, summary="Add a member")
-def add_member(db: Db, principal: Write, slug: str, body: NewMember) -> MemberOut:
+def add_member(db: Db, hub: HubDep, principal: Write, slug: str, body: NewMember) -> MemberOut:
     access = service.open_project(db, principal, slug)
-    m = service.add_member(db, principal, access, body.user, body.role)
+    m = service.add_member(db, principal, access, body.user, body.role,
+                           fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _member_out(m, service.effective_rights(db, m))
 
 
 @router.patch("/projects/{slug}/members/{user_id}", response_model=MemberOut, summary="Change a member's role")
-def change_role(db: Db, principal: Write, slug: str, user_id: uuid.UUID, body: RoleChange) -> MemberOut:
+def change_role(db: Db, hub: HubDep, principal: Write, slug: str, user_id: uuid.UUID, body: RoleChange
+                ) -> MemberOut:
     access = service.open_project(db, principal, slug)
-    m = service.change_role(db, principal, access, user_id, body.role)
+    m = service.change_role(db, principal, access, user_id, body.role,
+                            fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _member_out(m, service.effective_rights(db, m))
 
 

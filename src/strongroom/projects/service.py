@@ -199,17 +199,27 @@ def _membership(session: Session, access: ProjectAccess, user_id: uuid.UUID) -> 
     return m
 
 
-def _check_role(session: Session, role: str) -> None:
+def _check_role(session: Session, principal: Principal, access: ProjectAccess, role: str, *,
+                fresh_minutes: int) -> None:
+    """A role is handed out only by someone who holds every right it carries, and one that carries more
+    than a researcher's needs a fresh second factor, as delegating those rights one by one does: holding
+    ``manage-members`` alone must not be a way to ``publish`` or ``import``."""
     if role == "pi":
         raise Invalid("a project has one PI; a platform administrator changes it")
-    if session.get(Role, role) is None:
+    found = session.get(Role, role)
+    if found is None:
         raise Invalid(f"unknown role {role!r}")
+    beyond = set(found.rights) - access.rights
+    if beyond:
+        raise Forbidden(f"the role {role!r} carries rights you do not hold: {', '.join(sorted(beyond))}")
+    if set(found.rights) & set(DELEGABLE):
+        require_fresh_mfa(principal, fresh_minutes)
 
 
 def add_member(session: Session, principal: Principal, access: ProjectAccess, user_ref: str,
-               role: str = "member") -> Membership:
+               role: str = "member", *, fresh_minutes: int) -> Membership:
     access.require("manage-members")
-    _check_role(session, role)
+    _check_role(session, principal, access, role, fresh_minutes=fresh_minutes)
     user = identity.find_user(session, user_ref)
     if user is None:
         raise Invalid(f"no user {user_ref!r}; they must have logged in once or have a local account")
@@ -225,12 +235,14 @@ def add_member(session: Session, principal: Principal, access: ProjectAccess, us
 
 
 def change_role(session: Session, principal: Principal, access: ProjectAccess, user_id: uuid.UUID,
-                role: str) -> Membership:
+                role: str, *, fresh_minutes: int) -> Membership:
     access.require("manage-members")
-    _check_role(session, role)
     m = _membership(session, access, user_id)
     if m.role == "pi":
         raise Invalid("the PI's role cannot be changed here")
+    if user_id == principal.user.id:
+        raise Forbidden("you cannot change your own role; another member with manage-members can")
+    _check_role(session, principal, access, role, fresh_minutes=fresh_minutes)
     before, m.role = m.role, role
     audit.record(session, principal.actor, "project.member.role_changed", project_id=access.project.id,
                  subject_user_id=user_id, target=f"project:{access.project.slug}",

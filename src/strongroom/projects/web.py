@@ -109,12 +109,12 @@ def project_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -
 
 
 @router.post("/projects/{slug}/members", dependencies=[CsrfChecked])
-def add_member(request: Request, db: Db, principal: WebPrincipal, slug: str,
+def add_member(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
                user: Annotated[str, Form(max_length=255)], role: Annotated[str, Form(max_length=40)] = "member",
                ) -> Response:
     access = service.open_project(db, principal, slug)
     try:
-        service.add_member(db, principal, access, user, role)
+        service.add_member(db, principal, access, user, role, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     except Invalid as exc:
         ctx = _project_context(db, principal, slug) | {"error": exc.detail}
         return templates.TemplateResponse(request, "project.html", ctx, status_code=422)
@@ -127,10 +127,10 @@ def _member_name(db: Db, user_id: uuid.UUID) -> str:
 
 
 @router.post("/projects/{slug}/members/{user_id}/role", dependencies=[CsrfChecked])
-def change_role(request: Request, db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID,
+def change_role(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, user_id: uuid.UUID,
                 role: Annotated[str, Form(max_length=40)]) -> Response:
     access = service.open_project(db, principal, slug)
-    service.change_role(db, principal, access, user_id, role)
+    service.change_role(db, principal, access, user_id, role, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return redirect_with(request, f"/projects/{slug}#members", f"{_member_name(db, user_id)} is now {role}.")
 
 
