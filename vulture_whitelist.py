@@ -137,13 +137,14 @@ begin_auth, password_auth_supported, kbdint_auth_supported, host_based_auth_supp
 auth_completed, format_user, format_group, realpath, lstat, setstat, fsetstat, lsetstat, posix_rename, readlink
 symlink, statvfs, fstatvfs
 in_platform_reader  # workspaces: archive.authz.IN_PLATFORM_READERS entry (registered by name in includeme)
-members_changed  # workspaces: projects.service.PROJECT_CHANGED listener (registered by name in includeme)
+members_changed  # workspaces, compute: projects.service.PROJECT_CHANGED listeners (registered by name in includeme)
 # workspaces/fuse.py: mfusepy calls these operations (and reads use_ns) by name; ClusterAccount.set_at: when it was set
 use_ns, readdir, statfs, mknod, setxattr, removexattr, utimens, set_at
 # -- federation sync ------------------------------------------------------------------------------------------
 # hooks registered by name in federation/__init__.py (visas: trusted issuers, dataset aliases; catalog: notices)
 mirror_notice, peer_visa_issuers, mirror_aliases
 withdraw_keys  # sftp: identity.service.CREDENTIAL_REVOKERS
+withdraw_reservations  # compute: identity.service.CREDENTIAL_REVOKERS
 received_at, synced_at  # federation/models.py: when a body arrived / a mirror was last pushed, for operators
 dataset_push_link  # federation/web.py: archive.web.DATASET_VIEWERS entry (registered by name in includeme)
 active_key  # federation/models.py: set and cleared in Python, read by the database's unique constraint

@@ -16,12 +16,14 @@ from sqlalchemy import func, select
 from conftest import bearer, token_for
 from imaging_support import make_project
 from strongroom.audit.models import AuditEvent
+from strongroom.audit.service import Actor
 from strongroom.compute import rules, service
 from strongroom.compute.models import ACTIVE, CANCELLED, Booking, GpuSlot
 from strongroom.compute.scheduler import Reservation, SlurmMachine, SlurmScheduler
 from strongroom.config import ComputeSettings
 from strongroom.db import transaction
 from strongroom.errors import Conflict, Invalid, NotFound
+from strongroom.identity import service as identity_service
 from strongroom.identity.models import User
 from strongroom.identity.principal import SCOPES, Principal
 from strongroom.jobs.models import Job
@@ -384,12 +386,30 @@ def test_reservations_on_a_real_slurm(hub, people, slurm) -> None:  # noqa: F811
     with transaction(hub.sessions) as s:
         assert service.sync(s, scheduler, now=dt.datetime.now(dt.UTC), repair=False).as_dict() == {
             "created": [], "updated": [], "deleted": [], "failed": {}}
-    # a change on the hub (a member leaves) changes the reservation's users; a cancel removes it
+    # a member who leaves leaves the reservations at once: the removal queues each current booking's sync job
+    # (before, only the drift check ten minutes later took them out); a cancel removes one
     with transaction(hub.sessions) as s:
-        s.execute(Membership.__table__.delete().where(Membership.user_id == member.user.id))
+        s.execute(Job.__table__.delete().where(Job.kind == service.SYNC_JOB))
+        p = principal_of(s, pi.user.id)
+        projects.remove_member(s, p, projects.open_project(s, p, "dgx"), member.user.id)
     with transaction(hub.sessions) as s:
-        assert service.sync(s, scheduler, now=dt.datetime.now(dt.UTC)).updated == [f"sr-{a.id}", f"sr-{b.id}"]
+        queued = s.scalars(select(Job).where(Job.kind == service.SYNC_JOB)).all()
+        assert sorted(j.payload["booking_id"] for j in queued) == [a.id, b.id]
+        for booking in (a, b):  # what those jobs do
+            report = service.sync(s, scheduler, now=dt.datetime.now(dt.UTC), booking_id=booking.id)
+            assert report.updated == [f"sr-{booking.id}"], report
     assert {r.users for r in scheduler.list()} == {("daemon",)}
+    # so does a deactivated account, from every project it is in (identity's CREDENTIAL_REVOKERS)
+    with transaction(hub.sessions) as s:
+        s.add(Membership(project_id=_project(s, "dgx"), user_id=member.user.id, role="member"))
+    with transaction(hub.sessions) as s:
+        s.execute(Job.__table__.delete().where(Job.kind == service.SYNC_JOB))
+        identity_service.deactivate_user(s, Actor.system("test"), s.get(User, member.user.id))
+    with transaction(hub.sessions) as s:
+        queued = s.scalars(select(Job).where(Job.kind == service.SYNC_JOB)).all()
+        assert sorted(j.payload["booking_id"] for j in queued) == [a.id, b.id]
+        for booking in (a, b):
+            assert service.sync(s, scheduler, now=dt.datetime.now(dt.UTC), booking_id=booking.id).updated == []
     with transaction(hub.sessions) as s:
         p = principal_of(s, pi.user.id)
         service.cancel(s, cs, p, projects.open_project(s, p, "dgx"), b.id, now=dt.datetime.now(dt.UTC))

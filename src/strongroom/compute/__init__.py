@@ -20,3 +20,6 @@ def includeme(config: Config) -> None:
     config.add_jobs("strongroom.compute.jobs")
     config.add_settings("compute")  # [compute], [compute.machines.<name>], [compute.slurm]
     config.add_hook("strongroom.fees.meters:METERS", "strongroom.compute.metering:gpu_week_meter")  # GPU-weeks billed
+    config.add_project_listener("strongroom.compute.service:members_changed")  # who left leaves reservations
+    config.add_hook("strongroom.identity.service:CREDENTIAL_REVOKERS",
+                    "strongroom.compute.service:withdraw_reservations")  # a deactivated account leaves them too

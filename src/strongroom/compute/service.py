@@ -378,6 +378,29 @@ def _cluster_users(session: Session, project_id: uuid.UUID) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
+def members_changed(session: Session, project_id: uuid.UUID, what: str) -> None:
+    """``PROJECT_CHANGED`` listener: a member who left (or lost the project) leaves its cluster reservations now,
+    through each current booking's sync job, not up to ten minutes later at the drift check."""
+    if what not in ("members", "project"):
+        return
+    for b in session.scalars(select(Booking).where(
+            Booking.project_id == project_id, Booking.state == ACTIVE, Booking.end_at > utcnow(),
+            Booking.reservation_state != NOT_CONFIGURED)):
+        b.reservation_state = PENDING
+        jobs.enqueue(session, SYNC_JOB, {"booking_id": b.id}, max_attempts=5)
+
+
+def withdraw_reservations(session: Session, actor: audit.Actor, user: User, reason: str) -> dict[str, list[str]]:
+    """``identity.service.CREDENTIAL_REVOKERS`` entry: a deactivated account leaves every reservation of its
+    projects at once (a password change or MFA reset keeps the account active, and its reservations)."""
+    if user.is_active:
+        return {}
+    projects_of = list(session.scalars(select(Membership.project_id).where(Membership.user_id == user.id)))
+    for project_id in projects_of:
+        members_changed(session, project_id, "members")
+    return {}
+
+
 def _wanted(session: Session, b: Booking) -> Reservation:
     return Reservation(name=b.reservation_name, start=b.start_at, end=b.end_at,
                        users=_cluster_users(session, b.project_id), gpus=b.gpus, machine=b.machine)
