@@ -32,6 +32,7 @@ from .models import (
     ArchiveFile,
     UploadPart,
 )
+from .paths import is_archive_path
 from .storage.base import Storage
 
 MAX_UPLOAD_BYTES = 5 * 1024**4  # 5 TiB: S3's largest object
@@ -48,9 +49,6 @@ class BundledFile:
     id: str
     path: str
     state: str
-
-
-_PATH_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,1024}$")
 
 
 def begin_upload(session: Session, principal: Principal, access: projects.ProjectAccess, storage: Storage, *,
@@ -81,7 +79,7 @@ def begin_upload(session: Session, principal: Principal, access: projects.Projec
 
 
 def _check_upload(path: str, size: int, sha256: str | None) -> None:
-    if not _PATH_RE.match(path) or path.startswith("/") or ".." in path.split("/"):
+    if not is_archive_path(path):  # the rule a peer's sync manifest passes too (federation/manifest.py)
         raise Invalid("file path must be a relative path without control characters or '..'")
     if not 0 < size <= MAX_UPLOAD_BYTES:
         raise Invalid(f"size must be between 1 and {MAX_UPLOAD_BYTES} bytes")

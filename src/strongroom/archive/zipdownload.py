@@ -30,6 +30,7 @@ from ..text import content_disposition
 from . import service
 from .backend import storage_for
 from .downloads import STREAM_CHUNK, record_end
+from .paths import safe_relative
 
 log = structlog.get_logger("strongroom.archive")
 PAGE = 1000
@@ -63,10 +64,14 @@ class _InFlight:
 
 
 def entry_name(path: str, file_id: str, seen: set[str]) -> str:
-    """The file's path + ``.c4gh``; a path already used in this archive gets its accession added."""
-    name = path.lstrip("/") + ".c4gh"
+    """The file's path + ``.c4gh``; a path already used in this archive gets its accession added. Whatever the
+    path's source (an upload, a peer's manifest, a row from before a rule), the name stays inside the folder the
+    ZIP is extracted into: no ``..``, leading ``/``, backslash or drive letter (``paths.safe_relative``); a path
+    with nothing left is named by its accession."""
+    base = safe_relative(path) or file_id
+    name = base + ".c4gh"
     if name in seen:
-        name = f"{path.lstrip('/')}.{file_id}.c4gh"
+        name = f"{base}.{file_id}.c4gh"
     seen.add(name)
     return name
 

@@ -7,6 +7,11 @@ internal ones; ``published: true``; its page at the origin, who decides access a
 download) and, per file, its path, body size and SHA-256, plaintext size and SHA-256, and the
 crypt4gh header re-encrypted to the recipient's archive key. The canonical form is JSON with sorted keys
 and no spaces; the signature is detached (``signing.sign_document``).
+
+A registered peer may still be malicious: what a manifest carries onto this hub's pages and disks is held to
+this hub's own rules. A file's path must pass the rule every local upload passes (``archive.paths``), and the
+dataset's page must be an address under the origin's pinned one (``url_under``: it becomes a link on the mirror's
+public page and the name the origin's visas give the mirror).
 """
 
 from __future__ import annotations
@@ -15,11 +20,18 @@ import base64
 import json
 import re
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..archive.paths import PATH_RULE, is_archive_path
 
 FORMAT = "strongroom.sync/1"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_FILES = 100_000
+MAX_URL = 1000  # federation_mirrors.origin_url, federation_remote_entries.landing_url
+# RFC 3986's characters only: no whitespace, control characters, backslashes, quotes or angle brackets
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ManifestError(ValueError):
@@ -28,6 +40,30 @@ class ManifestError(ValueError):
 
 def canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def url_under(url: object, base: str) -> bool:
+    """Whether ``url`` is an address at the peer whose pinned address is ``base``: http(s) with the same scheme,
+    host and port, no credentials, and a path at or below ``base``'s (no ``.`` or ``..`` segment, encoded or
+    not). Anything else a peer sends as a link (``javascript:``, ``data:``, ``//host``, another host, an
+    address with leading blanks) is refused: it would be a link on this hub's public pages."""
+    if not isinstance(url, str) or len(url) > MAX_URL or not _URL_CHARS.fullmatch(url):
+        return False
+    try:
+        u, b = urlsplit(url), urlsplit(base)
+        scheme = u.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or scheme != b.scheme.lower() or "@" in u.netloc:
+            return False
+        if not u.hostname or u.hostname != (b.hostname or "").lower():
+            return False
+        if (u.port or _DEFAULT_PORTS[scheme]) != (b.port or _DEFAULT_PORTS[scheme]):
+            return False
+    except ValueError:  # a port that is not a number, a bad IPv6 literal
+        return False
+    if any(seg in (".", "..") for seg in unquote(u.path).replace("\\", "/").split("/")):
+        return False
+    prefix = b.path.rstrip("/")
+    return u.path == prefix or u.path.startswith(prefix + "/")
 
 
 def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
@@ -44,6 +80,8 @@ def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
     need(isinstance(ds, dict) and isinstance(ds.get("id"), str) and bool(ID.match(ds["id"])), "bad dataset id")
     for name in ("title", "description", "url", "owner"):
         need(isinstance(ds.get(name), str), f"dataset.{name} must be a string")
+    need(url_under(ds["url"], origin), "dataset.url must be an http(s) address at the origin's pinned address "
+         f"({origin}), without credentials")
     need(isinstance(ds.get("applicant_download"), bool), "dataset.applicant_download must be true or false")
     # Deny by default: the peer publishes the manifest's texts, so they must be the origin's published catalogue
     # entry's (an origin from before this sent its internal archive title and description, and withdrawn data)
@@ -55,7 +93,7 @@ def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
         need(isinstance(f, dict) and isinstance(f.get("id"), str) and bool(ID.match(f["id"])), "bad file id")
         need(f["id"] not in seen, "a file is listed twice")
         seen.add(f["id"])
-        need(isinstance(f.get("path"), str) and 0 < len(f["path"]) <= 1024, "bad file path")
+        need(is_archive_path(f.get("path")), f"bad file path {str(f.get('path'))[:100]!r}: must be {PATH_RULE}")
         for name in ("body_size", "plaintext_size"):
             need(isinstance(f.get(name), int) and not isinstance(f[name], bool) and f[name] >= 0, f"bad {name}")
         for name in ("body_sha256", "plaintext_sha256"):

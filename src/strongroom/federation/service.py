@@ -5,6 +5,7 @@ the peers' beacons, and harvesting the peers' public catalogues (DCAT) as remote
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
 
+import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, delete, func, select
@@ -32,6 +34,7 @@ from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
 from ..imaging.models import ImportedInstance
 from . import beacon, signing
+from .manifest import url_under
 from .models import Peer, RemoteEntry, SeenNonce
 
 PEER_PATH = "/api/v1/federation/peer"  # the hub-to-hub endpoints (signed requests only)
@@ -370,6 +373,66 @@ def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tu
         return c.get(url, headers={**headers, "Accept": "application/json, text/turtle;q=0.9"})
 
 
+# What this hub reads of a peer's answer, however much it sends and however slowly (a registered peer may still
+# be malicious): its DCAT catalogue up to MAX_CATALOG_BYTES within CATALOG_SECONDS, a Beacon answer up to
+# MAX_ANSWER_BYTES within twice the peer timeout (and each read waits at most ``peer_timeout_seconds``).
+MAX_CATALOG_BYTES = 20 * 1024 * 1024
+CATALOG_SECONDS = 120.0
+MAX_ANSWER_BYTES = 1024 * 1024
+
+
+class AnswerRefused(Exception):
+    """A peer's answer this hub stopped reading (too large, too slow, compressed): ``str()`` says which."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status_code: int
+    content: bytes  # empty unless 200
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def signed_fetch(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (), *,
+                 max_bytes: int, total_seconds: float) -> Fetched:
+    """``signed_get``, read as a stream and bounded: at most ``max_bytes`` (announced or sent), uncompressed
+    (``identity`` is asked for, so the bound is on what is held in memory), the whole exchange within
+    ``total_seconds`` (cancelled then, also while a peer trickles its headers); AnswerRefused beyond that.
+    Blocking, with its own event loop: called from threads (the jobs, federated search's pool, the CLI)."""
+    query = urlencode(list(params))
+    headers = {**hub_key(settings).sign("GET", path, query), "Accept": "application/json, text/turtle;q=0.9",
+               "Accept-Encoding": "identity"}
+    url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
+
+    async def fetch() -> Fetched:
+        async with httpx.AsyncClient(timeout=settings.federation.peer_timeout_seconds, follow_redirects=False) as c, \
+                c.stream("GET", url, headers=headers) as r:
+            if r.status_code != 200:
+                return Fetched(r.status_code, b"")
+            encoding = r.headers.get("content-encoding", "").strip().lower()
+            if encoding not in ("", "identity"):
+                raise AnswerRefused(f"a compressed answer ({encoding[:40]}) though none was asked for")
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise AnswerRefused(f"larger than {max_bytes} bytes ({declared} announced)")
+            body = bytearray()
+            async for chunk in r.aiter_raw():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise AnswerRefused(f"larger than {max_bytes} bytes")
+            return Fetched(200, bytes(body))
+
+    async def bounded() -> Fetched:
+        with anyio.fail_after(total_seconds):
+            return await fetch()
+
+    try:
+        return anyio.run(bounded)
+    except TimeoutError:
+        raise AnswerRefused(f"not sent within {total_seconds:g} s") from None
+
+
 def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
     """A signed greeting to a peer (both hubs' registrations checked end to end), audited here as sent."""
     with transaction(hub.sessions) as session:
@@ -395,9 +458,12 @@ def _ask(settings: Settings, peer: Peer, entry_type: str, filters: Sequence[str]
     path = beacon.Beacon(id="", name="", base_url="", organization="").root + "/" + beacon.ENTRY_PATHS[entry_type]
     params = [("requestedGranularity", "count")] + ([("filters", ",".join(filters))] if filters else [])
     try:
-        r = signed_get(settings, peer.base_url, path, params)
+        r = signed_fetch(settings, peer.base_url, path, params, max_bytes=MAX_ANSWER_BYTES,
+                         total_seconds=2 * settings.federation.peer_timeout_seconds)
     except httpx.HTTPError as exc:
         return Answer(peer.name, peer.base_url, ok=False, error=f"no answer ({type(exc).__name__})")
+    except AnswerRefused as exc:
+        return Answer(peer.name, peer.base_url, ok=False, status=200, error=f"answer not read: {exc}")
     if r.status_code != 200:
         return Answer(peer.name, peer.base_url, ok=False, status=r.status_code, error=f"HTTP {r.status_code}")
     try:
@@ -440,8 +506,10 @@ class Harvested:
     keywords: tuple[str, ...]
 
 
-def parse_dcat(turtle: bytes, limit: int) -> list[Harvested]:
-    """The dcat:Dataset entries of a DCAT catalogue (Turtle): the landing page must be an http(s) address."""
+def parse_dcat(turtle: bytes, limit: int, base: str) -> list[Harvested]:
+    """The dcat:Dataset entries of a DCAT catalogue (Turtle) harvested from the peer at ``base``: the landing
+    page (a link on this hub's catalogue page) must be an http(s) address at the peer (``manifest.url_under``);
+    an entry whose landing page is not is left out."""
     from rdflib import Graph, URIRef
     from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF
 
@@ -451,11 +519,11 @@ def parse_dcat(turtle: bytes, limit: int) -> list[Harvested]:
     for node in g.subjects(RDF.type, DCAT.Dataset):
         landing = g.value(node, DCAT.landingPage)
         title = g.value(node, DCTERMS.title)
-        if not isinstance(landing, URIRef) or not str(landing).startswith(("https://", "http://")) or title is None:
+        if not isinstance(landing, URIRef) or not url_under(str(landing), base) or title is None:
             continue
         publisher = g.value(node, DCTERMS.publisher)
         name = g.value(publisher, FOAF.name) if publisher is not None else None
-        out.append(Harvested(remote_id=str(node)[:1000], landing_url=str(landing)[:1000], title=str(title)[:300],
+        out.append(Harvested(remote_id=str(node)[:1000], landing_url=str(landing), title=str(title)[:300],
                              description=str(g.value(node, DCTERMS.description) or "")[:5000],
                              publisher=str(name or "")[:300],
                              keywords=tuple(sorted({str(k)[:100] for k in g.objects(node, DCAT.keyword)}))[:50]))
@@ -492,13 +560,16 @@ def harvest(hub: Hub, transaction: Callable[[], Any]) -> dict[str, Any]:
     for peer_id, name, url in targets:
         error, entries = "", []
         try:
-            r = signed_get(settings, url, f"{PEER_PATH}/catalog.ttl")
+            r = signed_fetch(settings, url, f"{PEER_PATH}/catalog.ttl", max_bytes=MAX_CATALOG_BYTES,
+                             total_seconds=CATALOG_SECONDS)
             if r.status_code != 200:
                 error = f"HTTP {r.status_code}"
             else:
-                entries = parse_dcat(r.content, settings.federation.max_remote_entries)
+                entries = parse_dcat(r.content, settings.federation.max_remote_entries, url)
         except httpx.HTTPError as exc:
             error = f"no answer ({type(exc).__name__})"
+        except AnswerRefused as exc:  # the entries harvested before stay
+            error = f"catalogue not read: {exc}"
         except Exception as exc:  # a malformed catalogue: rdflib raises many kinds
             error = f"not a DCAT catalogue ({type(exc).__name__})"
         with transaction() as session:
@@ -518,12 +589,14 @@ def harvest(hub: Hub, transaction: Callable[[], Any]) -> dict[str, Any]:
 
 def remote_entries(session: Session, q: str = "", *, limit: int = 50) -> list[dict[str, Any]]:
     """Harvested entries of active peers for the catalogue page (matching ``q``), marked remote."""
-    stmt = (select(RemoteEntry, Peer.name).join(Peer, Peer.id == RemoteEntry.peer_id)
+    stmt = (select(RemoteEntry, Peer.name, Peer.base_url).join(Peer, Peer.id == RemoteEntry.peer_id)
             .where(Peer.active.is_(True), Peer.outbound.is_(True)))
     for word in q.lower().split()[:10]:
         stmt = stmt.where(RemoteEntry.search_text.contains(word, autoescape=True))
     rows = session.execute(stmt.order_by(RemoteEntry.title, RemoteEntry.id).limit(limit)).all()
+    # a link on the public catalogue page: only to an address at the peer (a row harvested before the rule is not)
     return [{"title": e.title, "url": e.landing_url, "publisher": e.publisher, "peer": name,
-             "snippet": e.description[:280], "keywords": e.keywords} for e, name in rows]
+             "snippet": e.description[:280], "keywords": e.keywords} for e, name, base in rows
+            if url_under(e.landing_url, base)]
 
 

@@ -39,6 +39,7 @@ from ..archive.accession import new_accession
 from ..archive.backend import storage_for
 from ..archive.keys import hub_keys
 from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.paths import is_archive_path
 from ..audit import service as audit
 from ..config import Settings
 from ..db import transaction, utcnow
@@ -648,6 +649,12 @@ def publish(hub: Hub, session: Session, peer: Peer, sync_id: str, ip: str | None
                                                  Mirror.origin_dataset_id == doc["dataset"]["id"]))
     if inc.state == "published" and mirror is not None:
         return {"dataset": mirror.dataset_id, "url": _landing(hub, session, mirror.dataset_id)}
+    # Checked again: a manifest received before a rule was added (or before the peer was re-pinned elsewhere)
+    # publishes nothing that the rule refuses now
+    unsafe = next((f["path"] for f in doc["files"] if not is_archive_path(f["path"])), None)
+    if unsafe is not None or not mf.url_under(doc["dataset"]["url"], peer.base_url):
+        raise Conflict("this push's manifest does not pass this hub's rules now ("
+                       + (f"file path {unsafe[:100]!r}" if unsafe is not None else "dataset.url") + "): not published")
     received = {f.origin_file_id: f for f in session.scalars(select(IncomingFile).where(
         IncomingFile.incoming_id == inc.id))}
     mirrored = {m.origin_file_id: m for m in session.scalars(select(MirrorFile).where(MirrorFile.peer_id == peer.id))}
@@ -749,7 +756,9 @@ def mirror_notice(session: Session, dataset_id: str) -> dict[str, str] | None:
     if row is None:
         return None
     mirror, peer = row
-    notice = {"origin": peer.name, "origin_base": peer.base_url, "url": mirror.origin_url}
+    # a link on a public page: only to an address at the peer (a row stored before the rule links its address)
+    url = mirror.origin_url if mf.url_under(mirror.origin_url, peer.base_url) else peer.base_url
+    notice = {"origin": peer.name, "origin_base": peer.base_url, "url": url}
     if mirror.withdrawn_at is not None:
         notice["withdrawn"] = mirror.withdrawn_at.date().isoformat()
     return notice
