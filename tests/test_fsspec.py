@@ -214,3 +214,25 @@ def test_other_projects_are_not_found_and_locked_downloads_are_refused(hub, worl
     plain = StrongroomFileSystem(via="plaintext", skip_instance_cache=True)
     with pytest.raises(PermissionError, match="read it in a workspace"):
         plain.cat_file("strongroom://lung/files/tables/visits.csv")
+
+
+@pytest.mark.parametrize("stored", ["../../escaped.csv", "..\\..\\escaped.csv", "C:escaped.csv", "/abs/escaped.csv"])
+def test_a_stored_path_never_names_a_file_outside_the_target(hub, world, tmp_path: Path, stored: str) -> None:
+    """Whatever path the hub holds (a row from before the upload rule, a peer's manifest from before it), a
+    recursive ``get`` and ``strongroom download`` write inside the folder asked for (``paths.safe_relative``)."""
+    from strongroom.archive.models import ArchiveFile
+    from strongroom.archive.transfer import download_file
+
+    file_id = world["ids"]["tables/visits.csv"]
+    with transaction(hub.sessions) as s:
+        s.get(ArchiveFile, file_id).path = stored
+    target = tmp_path / "deep" / "inside"
+    target.mkdir(parents=True)
+    fs = StrongroomFileSystem()
+    fs.invalidate_cache()
+    fs.get("strongroom://lung/files", str(target), recursive=True)
+    written, _ = download_file(HubClient(world["url"], world["tokens"]["alice"]), file_id, target / "dl", key=None)
+    outside = [p for p in tmp_path.rglob("*escaped*") if not p.resolve().is_relative_to(target.resolve())]
+    assert outside == [] and written.resolve().is_relative_to((target / "dl").resolve())
+    assert sorted(p.name for p in target.rglob("escaped.csv*")) == ["escaped.csv", "escaped.csv.c4gh"] or \
+        sorted(p.name for p in target.rglob("*escaped.csv*")) == ["C_escaped.csv", "C_escaped.csv.c4gh"]

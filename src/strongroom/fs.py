@@ -45,6 +45,7 @@ from typing import Any
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from .archive import c4gh
+from .archive.paths import safe_relative
 from .hubclient import HubClient, HubError, config_path
 
 FILES = "files"  # a project's own archived files (datasets are named SRD-…, so no clash)
@@ -61,7 +62,9 @@ class _Tree:
     loaded_at: float = field(default_factory=time.monotonic)
 
     def add(self, record: dict[str, Any]) -> None:
-        parts = [p for p in str(record["path"]).split("/") if p not in ("", ".")]
+        # the names a recursive ``get`` writes on this machine: never a ``..``, a backslash or a drive letter,
+        # whatever the hub stored (``archive.paths.safe_relative``)
+        parts = [p for p in safe_relative(str(record["path"])).split("/") if p]
         if not parts:
             return
         path = "/".join(parts)

@@ -24,6 +24,7 @@ import httpx
 
 from ..hubclient import RETRY_STATUSES, HubClient, HubError, problem_error
 from . import c4gh
+from .paths import safe_relative
 
 
 # -- upload ------------------------------------------------------------------------------------
@@ -228,9 +229,10 @@ def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | 
                   on_total: Callable[[int], None] = lambda n: None) -> tuple[Path, dict[str, Any]]:
     """Fetch one file re-encrypted to the caller's key into ``out_dir`` (resuming a ``.part``)."""
     meta = client.json("GET", f"/api/v1/files/{file_id}")
-    name = meta["path"].rsplit("/", 1)[-1] + ".c4gh"
-    target = out_dir / meta["path"].replace("..", "_").lstrip("/")
-    target = target.with_name(name)
+    # inside out_dir on any system, whatever path the hub stored (``paths.safe_relative``)
+    relative = safe_relative(str(meta["path"])) or file_id
+    name = relative.rsplit("/", 1)[-1] + ".c4gh"
+    target = (out_dir / relative).with_name(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(name + ".part")
     etag_file = target.with_name(name + ".etag")
