@@ -203,13 +203,13 @@ def create_evaluation(db: Db, principal: ProjectsWrite, slug: str, body: Evaluat
 @router.get("/projects/{slug}/vai/evaluations", response_model=list[EvaluationOut],
             summary="The project's evaluations")
 def list_evaluations(db: Db, principal: ProjectsRead, slug: str) -> list[EvaluationOut]:
-    return [_eval_out(e) for e in service.list_evaluations(db, principal, slug)]
+    return [_eval_out(e) for e in service.read_evaluations(db, principal, slug)]
 
 
 @router.get("/projects/{slug}/vai/evaluations/{evaluation_id}", response_model=EvaluationOut,
             summary="An evaluation: progress, checksums and (done) every figure")
 def get_evaluation(db: Db, principal: ProjectsRead, slug: str, evaluation_id: uuid.UUID) -> EvaluationOut:
-    return _eval_out(service.get_evaluation(db, principal, slug, str(evaluation_id)))
+    return _eval_out(service.read_evaluations(db, principal, slug, str(evaluation_id))[0])
 
 
 @router.post("/projects/{slug}/vai/evaluations/{evaluation_id}/releases", response_model=ReleaseOut,

@@ -22,6 +22,11 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 MIN_CELL = 11  # every count under this is suppressed in a released report
+THRESHOLD_DECIMALS = 2  # a data-derived threshold of probabilities: a multiple of 0.01 …
+THRESHOLD_FIGURES = 2  # … of other scores: two significant figures
+FIGURE_DECIMALS = 3  # the Brier score and the ECE as released
+BIN_MEAN_DECIMALS = 2  # a reliability bin's mean predicted probability as released
+PROTOCOL, TARGET = "protocol", "target-sensitivity"  # where an operating point's threshold comes from
 
 
 # -- AUC and DeLong ----------------------------------------------------------------------------
@@ -124,15 +129,34 @@ def operating_point(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
             "ppv": _rate(tp, tp + fp), "npv": _rate(tn, tn + fn)}
 
 
+def coarse_threshold(value: float, unit_interval: bool = True) -> float:
+    """``value`` rounded down to the release grid: a multiple of 0.01 for scores in [0, 1] (probabilities),
+    two significant figures for other scores. A threshold derived from the data (the score of the case that
+    reaches a target sensitivity) is only ever used and released on this grid, so its low-order digits,
+    which an adversarial model could fill with bits of one image, never leave the project."""
+    if not math.isfinite(value):
+        raise ValueError("a threshold is a finite number")
+    if value == 0:
+        return 0.0
+    digits = THRESHOLD_DECIMALS if unit_interval else THRESHOLD_FIGURES - 1 - math.floor(math.log10(abs(value)))
+    scale = 10.0 ** digits
+    out = round(math.floor(value * scale + 1e-9) / scale, digits)
+    while out > value:  # the float nudge above may have rounded up past ``value``: one grid step down
+        out = round(out - 1 / scale, digits)
+    return float(out)
+
+
 def threshold_for_sensitivity(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
                               target: float) -> float:
-    """The highest threshold whose sensitivity reaches ``target`` (an operating point chosen by the clinic)."""
+    """The highest threshold on the release grid (:func:`coarse_threshold`) whose sensitivity reaches
+    ``target``: the score of the positive that reaches it, rounded down to the grid (an operating point
+    chosen by the clinic)."""
     y, s = _arrays(labels, scores)
     pos = np.sort(s[y == 1])[::-1]
     if len(pos) == 0:
         raise ValueError("no positive cases")
     k = max(1, math.ceil(target * len(pos)))
-    return float(pos[min(k, len(pos)) - 1])
+    return coarse_threshold(float(pos[min(k, len(pos)) - 1]), bool(((s >= 0) & (s <= 1)).all()))
 
 
 # -- calibration -------------------------------------------------------------------------------
@@ -211,11 +235,11 @@ def _block(y: np.ndarray, s: np.ndarray, thresholds: Mapping[str, float], target
             out["auc"]["bootstrap_low"], out["auc"]["bootstrap_high"] = b["low"], b["high"]
     else:
         out["auc"] = None
-    points = [operating_point(y, s, t, name) for name, t in thresholds.items()]
+    points = [{**operating_point(y, s, t, name), "source": PROTOCOL} for name, t in thresholds.items()]
     for target in targets:
         if n_pos:
             t = threshold_for_sensitivity(y, s, target)
-            points.append(operating_point(y, s, t, f"sensitivity ≥ {target:g}"))
+            points.append({**operating_point(y, s, t, f"sensitivity ≥ {target:g}"), "source": TARGET})
     out["operating_points"] = points
     if probabilities and len(y):
         out["calibration"] = calibration(y, s)
@@ -223,48 +247,88 @@ def _block(y: np.ndarray, s: np.ndarray, thresholds: Mapping[str, float], target
 
 
 # -- suppression -------------------------------------------------------------------------------
+# What may leave the project is decided here, from the clinic's full result alone. A count is "small"
+# under MIN_CELL; a *cut* is what a released figure says about one threshold of one block: the positives
+# (tp) and negatives (fp) scoring at or above it. Operating points, the reliability bins' edges (the cases
+# above an edge are the sum of the bins above it) and the ROC curve's points are all cuts, and two cuts of a
+# block give by subtraction the cases between their thresholds. So a cut is released only when its four
+# confusion cells are ≥ MIN_CELL and it differs from every cut already released in the block by nothing or
+# by ≥ MIN_CELL cases of each class; across a subgroup column, the levels' points are checked together
+# (``_Column``), since the overall minus the released levels gives the rest.
+
+Cut = tuple[int, int]  # (tp, fp): the positives and the negatives scoring at or above a threshold
+
+
 def _small(count: int) -> bool:
     return count < MIN_CELL
 
 
-def _suppress_block(block: dict[str, Any]) -> dict[str, Any]:
-    """One block as it may leave the project: a count under MIN_CELL is never shown, nor any figure it
-    could be worked back from."""
+def _band_ok(delta: int) -> bool:
+    """Two released cuts differ by no case, or by at least MIN_CELL, of a class."""
+    return delta == 0 or delta >= MIN_CELL
+
+
+def _cells_ok(cut: Cut, total: Cut) -> bool:
+    (tp, fp), (p, n) = cut, total
+    return min(tp, fp, p - tp, n - fp) >= MIN_CELL
+
+
+def _fits(cut: Cut, total: Cut, accepted: Sequence[Cut]) -> bool:
+    """``cut`` of a block with ``total`` (positives, negatives) may be released beside the ``accepted`` ones."""
+    return _cells_ok(cut, total) and all(_band_ok(abs(cut[0] - a)) and _band_ok(abs(cut[1] - b))
+                                         for a, b in accepted)
+
+
+def _cut(point: Mapping[str, Any]) -> Cut:
+    return int(point["counts"]["tp"]), int(point["counts"]["fp"])
+
+
+def _data_derived(point: Mapping[str, Any]) -> bool:
+    """A threshold found from the data (a target sensitivity's), not set by the clinic. Results computed
+    before points carried their ``source`` are recognised by the name the engine gives them."""
+    source = point.get("source")
+    return source == TARGET or (source is None and str(point.get("name", "")).startswith("sensitivity ≥ "))
+
+
+def _released_point(point: Mapping[str, Any], shown: bool, unit_interval: bool) -> dict[str, Any]:
+    """An operating point as released. A threshold the clinic set is always shown; one found from the data
+    only with the point's figures and only on the release grid (one computed before the grid: never);
+    a suppressed point found from the data is its name alone."""
+    threshold: float | None = float(point["threshold"])
+    if point.get("source") == TARGET:
+        threshold = coarse_threshold(float(point["threshold"]), unit_interval)  # a no-op: computed on the grid
+    elif _data_derived(point):
+        threshold = None
+    head: dict[str, Any] = {"name": point["name"]}
+    if threshold is not None and (shown or not _data_derived(point)):
+        head["threshold"] = threshold
+    if not shown:
+        return {**head, "suppressed": True}
+    return {**head, **{k: point[k] for k in ("counts", "sensitivity", "specificity", "ppv", "npv")},
+            "suppressed": False}
+
+
+def _released_counts(block: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """n, positives and negatives: a class under MIN_CELL withholds both classes (n minus the other would
+    give it), and n under MIN_CELL is withheld."""
     out: dict[str, Any] = {"n": block["n"], "positives": block["positives"], "negatives": block["negatives"]}
     suppressed: list[str] = []
-    for key in ("n", "positives", "negatives"):
-        if _small(out[key]):
-            out[key] = None
-            suppressed.append(key)
-    if _small(block["positives"]) or _small(block["negatives"]) or block.get("auc") is None:
-        out["auc"] = None
-        suppressed.append("auc")
-    else:
-        out["auc"] = block["auc"]
-    points = []
-    for p in block.get("operating_points", []):
-        if any(_small(v) for v in p["counts"].values()):
-            points.append({"name": p["name"], "threshold": p["threshold"], "suppressed": True})
-        else:
-            points.append({**p, "suppressed": False})
-    out["operating_points"] = points
-    if "calibration" in block:
-        cal = block["calibration"]
-        bins = merge_bins(cal["bins"])
-        out["calibration"] = {"brier": cal["brier"] if not _small(block["n"]) else None,
-                              "ece": cal["ece"] if not _small(block["n"]) else None,
-                              "bins": bins, "bins_suppressed": 0 if bins else len(cal["bins"])}
-    out["suppressed"] = suppressed
-    return out
+    if _small(block["n"]):
+        out["n"] = None
+        suppressed.append("n")
+    if _small(block["positives"]) or _small(block["negatives"]):
+        out["positives"] = out["negatives"] = None
+        suppressed += ["positives", "negatives"]
+    return out, suppressed
 
 
-def _releasable(b: Mapping[str, Any]) -> bool:
-    return not (_small(b["n"]) or _small(b["positives"]) or _small(b["n"] - b["positives"]))
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
 
 
-def merge_bins(bins: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Reliability bins for release: neighbours merged (low to high) until each holds at least MIN_CELL
-    positives and MIN_CELL negatives; a short remainder joins the last full bin. None: too few cases."""
+def _merged(bins: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Reliability bins merged (low to high) until each holds at least MIN_CELL positives and MIN_CELL
+    negatives; a short remainder joins the last full bin. Empty: too few cases."""
     out: list[dict[str, Any]] = []
     cur: dict[str, Any] | None = None
     for b in bins:
@@ -273,8 +337,8 @@ def merge_bins(bins: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         cur["high"] = b["high"]
         cur["n"] += b["n"]
         cur["positives"] += b["positives"]
-        cur["sum_predicted"] += b["mean_predicted"] * b["n"]
-        if _releasable(cur):
+        cur["sum_predicted"] += b.get("sum_predicted", b["mean_predicted"] * b["n"])
+        if not (_small(cur["n"]) or _small(cur["positives"]) or _small(cur["n"] - cur["positives"])):
             out.append(cur)
             cur = None
     if cur is not None and out:
@@ -282,24 +346,181 @@ def merge_bins(bins: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         last["high"] = cur["high"]
         for k in ("n", "positives", "sum_predicted"):
             last[k] += cur[k]
-    return [{"low": b["low"], "high": b["high"], "n": b["n"], "positives": b["positives"],
-             "mean_predicted": b["sum_predicted"] / b["n"], "observed": b["positives"] / b["n"]} for b in out]
+    return out
+
+
+def _bin_out(b: Mapping[str, Any]) -> dict[str, Any]:
+    return {"low": b["low"], "high": b["high"], "n": b["n"], "positives": b["positives"],
+            "mean_predicted": round(b["sum_predicted"] / b["n"], BIN_MEAN_DECIMALS),
+            "observed": b["positives"] / b["n"]}
+
+
+def _released_calibration(cal: Mapping[str, Any], n: int, total: Cut, accepted: list[Cut]) -> dict[str, Any]:
+    """Brier and ECE (rounded: with n they would give a sum of squared or absolute errors whose low-order
+    digits one case's score could fill) and the merged bins, whose edges are cuts: an edge that would pin
+    fewer than MIN_CELL cases against another released cut is dropped (its two bins merged)."""
+    kept: list[dict[str, Any]] = []
+    merged = _merged(cal["bins"])
+    for i, b in enumerate(merged):
+        edge = (sum(x["positives"] for x in merged[i:]), sum(x["n"] - x["positives"] for x in merged[i:]))
+        if i == 0 or _fits(edge, total, accepted):
+            if i:
+                accepted.append(edge)
+            kept.append(dict(b))
+            continue
+        last = kept[-1]
+        last["high"] = b["high"]
+        for k in ("n", "positives", "sum_predicted"):
+            last[k] += b[k]
+    released = not _small(n)
+    return {"brier": _round(cal["brier"], FIGURE_DECIMALS) if released else None,
+            "ece": _round(cal["ece"], FIGURE_DECIMALS) if released else None,
+            "bins": [_bin_out(b) for b in kept]}
+
+
+def _released_roc(points: Sequence[Sequence[float]], total: Cut, accepted: list[Cut]) -> list[list[float]]:
+    """The ROC curve through the cuts released already (operating points, reliability bins' edges: no more
+    is told by drawing them) and the fixed-FPR grid points that are cuts fitting beside them: TPR ×
+    positives is the positives above the threshold that lets FPR × negatives negatives through. The ends
+    (0, 0) and (1, 1) are no data."""
+    p, n = total
+    out = {(fp / n, tp / p) for tp, fp in accepted}
+    for x, tpr in points:
+        cut = (round(float(tpr) * p), math.floor(float(x) * n + 1e-9))
+        if _fits(cut, total, accepted):
+            accepted.append(cut)
+            out.add((float(x), float(tpr)))
+    return [[0.0, 0.0], *([x, y] for x, y in sorted(out)), [1.0, 1.0]]
+
+
+def _hidden_levels(rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The levels of a subgroup column not shown: those with fewer than MIN_CELL positives or negatives,
+    and then the smallest others until the hidden ones together are at least two levels with MIN_CELL
+    positives and negatives (the total minus the shown levels gives exactly their union)."""
+    hidden = {r["level"] for r in rows if _small(r["positives"]) or _small(r["negatives"])}
+    by_size = sorted(rows, key=lambda r: (r["n"], r["level"]))
+    while hidden and len(hidden) < len(rows):
+        union = [r for r in rows if r["level"] in hidden]
+        if len(union) >= 2 and not _small(sum(r["positives"] for r in union)) \
+                and not _small(sum(r["negatives"] for r in union)):
+            break
+        hidden.add(next(r["level"] for r in by_size if r["level"] not in hidden))
+    return hidden
+
+
+class _Column:
+    """The operating points of one subgroup column's levels, checked together: at each threshold whose
+    overall point is released, the levels not released together (the overall minus the released ones gives
+    their sum) are two levels at least with every cell ≥ MIN_CELL; and between two thresholds, every set of
+    levels whose counts are known at both differs by nothing or by ≥ MIN_CELL cases of each class."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], hidden: set[str], open_points: Sequence[int]) -> None:
+        self.levels = [str(r["level"]) for r in rows]
+        self.size = {str(r["level"]): (int(r["n"]), str(r["level"])) for r in rows}
+        self.total = {str(r["level"]): (int(r["positives"]), int(r["negatives"])) for r in rows}
+        self.cut = {(str(r["level"]), i): _cut(p) for r in rows for i, p in enumerate(r["operating_points"])}
+        self.open = list(open_points)
+        self.shown: dict[tuple[str, int], bool] = {
+            (lv, i): lv not in hidden and _cells_ok(self.cut[(lv, i)], self.total[lv])
+            for lv in self.levels for i in self.open}
+        while (fix := self._violation()) is not None:
+            self.shown[fix] = False
+
+    def _withheld(self, i: int) -> list[str]:
+        return [lv for lv in self.levels if not self.shown[(lv, i)]]
+
+    def _sum(self, levels: Sequence[str], i: int | None) -> Cut:
+        if i is None:
+            return sum(self.total[lv][0] for lv in levels), sum(self.total[lv][1] for lv in levels)
+        return sum(self.cut[(lv, i)][0] for lv in levels), sum(self.cut[(lv, i)][1] for lv in levels)
+
+    def _smallest(self, i: int, among: Sequence[str] | None = None) -> tuple[str, int] | None:
+        pool = [lv for lv in (self.levels if among is None else among) if self.shown[(lv, i)]]
+        return (min(pool, key=self.size.__getitem__), i) if pool else None
+
+    def _violation(self) -> tuple[str, int] | None:
+        for i in self.open:
+            withheld = self._withheld(i)
+            if withheld and len(withheld) < len(self.levels) and (
+                    len(withheld) == 1 or not _cells_ok(self._sum(withheld, i), self._sum(withheld, None))):
+                return self._smallest(i)
+        for k, a in enumerate(self.open):
+            for b in self.open[k + 1:]:
+                for component in self._components(a, b):
+                    ta, tb = self._sum(component, a), self._sum(component, b)
+                    if _band_ok(abs(ta[0] - tb[0])) and _band_ok(abs(ta[1] - tb[1])):
+                        continue
+                    for fix in (self._smallest(b, component), self._smallest(a, component),
+                                self._smallest(b), self._smallest(a)):
+                        if fix is not None:
+                            return fix
+        return None
+
+    def _components(self, a: int, b: int) -> list[list[str]]:
+        """The smallest sets of levels whose counts are known at both thresholds: a released level alone,
+        the withheld ones of a threshold together (joined across the two thresholds)."""
+        parent = {lv: lv for lv in self.levels}
+
+        def root(lv: str) -> str:
+            while parent[lv] != lv:
+                lv = parent[lv]
+            return lv
+
+        for i in (a, b):
+            withheld = self._withheld(i)
+            for lv in withheld[1:]:
+                parent[root(lv)] = root(withheld[0])
+        groups: dict[str, list[str]] = {}
+        for lv in self.levels:
+            groups.setdefault(root(lv), []).append(lv)
+        return list(groups.values())
 
 
 def suppress(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The aggregate report that may be released: small cells suppressed, and subgroup levels hidden
-    when they are small or when hiding one alone would let it be worked out from the total and the
-    others (the next smallest level is hidden with it: complementary suppression)."""
-    out = _suppress_block(dict(result))
-    out["roc"] = list(result.get("roc", [])) if out["auc"] is not None else []
+    """The aggregate report that may be released (see the rules above and docs/vai.md)."""
+    total = (int(result["positives"]), int(result["negatives"]))
+    unit_interval = "calibration" in result
+    out, suppressed = _released_counts(result)
+    if _small(total[0]) or _small(total[1]) or result.get("auc") is None:
+        out["auc"] = None
+        suppressed.append("auc")
+    else:
+        out["auc"] = result["auc"]
+    points = list(result.get("operating_points", []))
+    order = [i for i, p in enumerate(points) if not _data_derived(p)] + \
+        [i for i, p in enumerate(points) if _data_derived(p)]
+    accepted: list[Cut] = []
+    shown: dict[int, bool] = {}
+    for i in order:
+        shown[i] = _fits(_cut(points[i]), total, accepted)
+        if shown[i]:
+            accepted.append(_cut(points[i]))
+    out["operating_points"] = [_released_point(p, shown[i], unit_interval) for i, p in enumerate(points)]
+    if "calibration" in result:
+        out["calibration"] = _released_calibration(result["calibration"], int(result["n"]), total, accepted)
+    out["suppressed"] = suppressed
+    out["roc"] = _released_roc(list(result.get("roc", []))[1:], total, accepted) if out["auc"] is not None else []
+    # subgroups: the levels' points are the protocol's, in order (the overall's first ones)
+    open_points = [i for i in range(len(points)) if not _data_derived(points[i]) and shown[i]]
     groups: dict[str, Any] = {}
     for column, rows in result.get("subgroups", {}).items():
-        hidden = {r["level"] for r in rows if _small(r["positives"]) or _small(r["negatives"])}
-        if len(hidden) == 1 and len(rows) > 1:
-            rest = sorted((r for r in rows if r["level"] not in hidden), key=lambda r: r["n"])
-            hidden.add(rest[0]["level"])
-        shown = [{"level": r["level"], **_suppress_block(r)} for r in rows if r["level"] not in hidden]
-        groups[column] = {"levels": shown, "hidden_levels": len(hidden)}
+        hidden = _hidden_levels(rows)
+        checked = _Column(rows, hidden, [i for i in open_points if all(i < len(r["operating_points"]) for r in rows)])
+        levels = []
+        for r in rows:
+            if r["level"] in hidden:
+                continue
+            counts, small = _released_counts(r)
+            level = {"level": r["level"], **counts, "auc": r.get("auc")}
+            level["operating_points"] = [
+                _released_point(p, checked.shown.get((str(r["level"]), i), False), unit_interval)
+                for i, p in enumerate(r["operating_points"])]
+            if "calibration" in r:  # no bins: their edges would be cuts to check across the levels too
+                level["calibration"] = {"brier": _round(r["calibration"]["brier"], FIGURE_DECIMALS),
+                                        "ece": _round(r["calibration"]["ece"], FIGURE_DECIMALS), "bins": []}
+            level["suppressed"] = small + ([] if level["auc"] is not None else ["auc"])
+            levels.append(level)
+        groups[column] = {"levels": levels, "hidden_levels": len(hidden)}
     out["subgroups"] = groups
     return out
 

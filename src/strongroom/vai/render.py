@@ -44,9 +44,12 @@ def _svg(title: str, body: list[str]) -> str:
 def roc_svg(points: Sequence[Sequence[float]], auc: Mapping[str, Any] | None) -> str:
     """The ROC curve (FPR on x, TPR on y) from the released grid of points."""
     body = _axes("ROC curve", "1 - specificity (false positive rate)", "sensitivity")
-    if points:
+    if len(points) > 2:  # a released curve may be its two ends only: no point without small cells
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (_xy(px, py) for px, py in points))
         body.append(f'<polyline points="{path}" fill="none" stroke="#1f5fa8" stroke-width="2.2"/>')
+    elif auc:
+        body.append(f'<text x="{W / 2}" y="{H / 2}" font-size="11" text-anchor="middle">no point without a small '
+                    'cell</text>')
     if auc:
         body.append(f'<text x="{W - 20}" y="{H - PAD - 10}" font-size="12" text-anchor="end">'
                     f'AUC {auc["auc"]:.3f} ({auc["low"]:.3f}–{auc["high"]:.3f})</text>')
@@ -88,12 +91,13 @@ def rows(block: Mapping[str, Any]) -> list[list[str]]:
            ["AUC, bootstrap 95 % CI", f"{auc['auc']:.3f} ({auc['bootstrap_low']:.3f}–{auc['bootstrap_high']:.3f})"
             if auc and "bootstrap_low" in auc else "suppressed" if not auc else "not computed"]]
     for p in block.get("operating_points", []):
+        at = f"At {p['name']}" + (f" (threshold {p['threshold']:.3g})" if p.get("threshold") is not None else "")
         if p.get("suppressed"):
-            out.append([f"At {p['name']} (threshold {p['threshold']:.3g})", "suppressed (a cell under 11)"])
+            out.append([at, "suppressed (small cells, or what they could be worked back from)"])
             continue
         for k, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"),
                          ("npv", "NPV")):
-            out.append([f"At {p['name']} (threshold {p['threshold']:.3g}): {label}", ci(p[k])])
+            out.append([f"{at}: {label}", ci(p[k])])
     cal = block.get("calibration")
     if cal:
         out.append(["Brier score", "suppressed" if cal.get("brier") is None else f"{cal['brier']:.4f}"])

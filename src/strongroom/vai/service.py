@@ -11,11 +11,13 @@ Who sees what:
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from ..archive.backend import storage_for
 from ..archive.keys import hub_keys
 from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit import service as audit
+from ..audit.models import AuditEvent
 from ..db import transaction, utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
@@ -66,6 +69,8 @@ MAX_LABEL_ROWS = 200_000
 MAX_CSV_CHARS = 20_000_000
 BATCH = 32
 REPORT_FORMAT = "strongroom-vai-report/1"
+READ_EVENT = "vai.evaluation.read"  # a clinic member read an evaluation's full result (per-case data)
+READ_WINDOW = dt.timedelta(minutes=10)
 ID_COLUMNS = ("image_id", "study_id", "case_id")
 
 
@@ -441,6 +446,27 @@ def get_evaluation(session: Session, principal: Principal, slug: str, evaluation
     return ev
 
 
+def read_evaluations(session: Session, principal: Principal, slug: str,
+                     evaluation_id: str | None = None) -> list[Evaluation]:
+    """The project's evaluations (or the one named) with their full result, which holds per-case data (the
+    failure lists with case ids and scores, the ids without a prediction, the unreadable instances): each
+    read of a result is audited, once per reader and evaluation per ``READ_WINDOW`` (a page that is
+    reloaded writes one event, not one per load)."""
+    evaluations = [get_evaluation(session, principal, slug, evaluation_id)] if evaluation_id is not None \
+        else list_evaluations(session, principal, slug)
+    read = [ev for ev in evaluations if ev.result is not None]
+    if read:
+        targets = {f"vai-evaluation:{ev.id}": ev for ev in read}
+        recent = set(session.scalars(select(AuditEvent.target).where(
+            AuditEvent.actor_id == principal.user.id, AuditEvent.action == READ_EVENT,
+            AuditEvent.project_id == read[0].project_id, AuditEvent.at >= utcnow() - READ_WINDOW,
+            AuditEvent.target.in_(list(targets)))))
+        audit.record_many(session, principal.actor, READ_EVENT, [
+            (ev.project_id, target, {"state": ev.state, "window_minutes": int(READ_WINDOW.total_seconds() // 60)})
+            for target, ev in targets.items() if target not in recent])
+    return evaluations
+
+
 def prediction_count(session: Session, evaluation_id: uuid.UUID) -> int:
     return int(session.scalar(select(func.count()).select_from(Prediction)
                               .where(Prediction.evaluation_id == evaluation_id)) or 0)
@@ -603,6 +629,7 @@ def finish(session: Session, ev: Evaluation) -> None:
     y = np.array([labels.labels[i] for i in matched], dtype=int)
     s = np.array([scores[labels.ids[i]] for i in matched], dtype=float)
     dates = sorted(p.study_date for p in preds if p.study_date)
+    study_year = {p.study_uid or p.item: p.study_date[:4] for p in preds if _month(p.study_date or "")}
     summary: dict[str, Any] = {
         "matched": len(matched), "missing": len(missing), "missing_ids": missing[:100],
         "unreadable": len(unreadable), "unreadable_items": unreadable[:100],
@@ -610,6 +637,7 @@ def finish(session: Session, ev: Evaluation) -> None:
         "reference_source": protocol.get("reference_source", "labels"),
         "references_sha256": canonical_sha256(sorted([p.item, p.study_uid, p.reference] for p in references)),
         "study_months": [_month(dates[0]), _month(dates[-1])] if dates else [],
+        "study_years": dict(sorted(Counter(study_year.values()).items())),  # studies per year
     }
     if len(y) == 0 or y.sum() == 0 or y.sum() == len(y):
         ev.state, ev.error = FAILED, "the matched cases need both positive and negative labels"
@@ -666,25 +694,48 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def released_count(count: int | None) -> str:
+    """A count as a released report states it: none, "fewer than 11", or the number."""
+    if not count:
+        return "no"
+    return f"fewer than {metrics.MIN_CELL}" if count < metrics.MIN_CELL else str(count)
+
+
+def released_dates(r: dict[str, Any]) -> str:
+    """The studies' dates as released: by year, a bound only when at least MIN_CELL studies fall in that
+    year (the earliest or latest study alone is never told)."""
+    years: dict[str, int] = r.get("study_years") or {}
+    if not years:
+        return "study dates withheld" if r.get("study_months") else "study dates not recorded"
+    first, last = min(years), max(years)
+    low, high = years[first] >= metrics.MIN_CELL, years[last] >= metrics.MIN_CELL
+    if first == last:
+        return f"studies of {first}" if low else "study dates withheld (small cells)"
+    if low and high:
+        return f"studies from {first} to {last}"
+    if low or high:
+        return f"studies from {first} on" if low else f"studies up to {last}"
+    return "study dates withheld (small cells)"
+
+
 def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: Project,
-              dataset: str) -> list[dict[str, str]]:
-    """The CLAIM / TRIPOD-AI items the platform fills itself (item ids as in the checklists)."""
+              dataset: str, inputs: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The CLAIM / TRIPOD-AI items the platform fills itself (item ids as in the checklists), under the
+    report's disclosure control: counts by :func:`released_count`, dates by :func:`released_dates`."""
     r = ev.result or {}
-    months = r.get("study_months") or []
     p = ev.protocol
     return [
         {"item": "Data source", "ref": "CLAIM 7 / TRIPOD-AI 5a",
          "value": f"Clinic project {project.name!r}, dataset {dataset}, images from the clinic's archive"},
         {"item": "Dates", "ref": "CLAIM 8 / TRIPOD-AI 5b",
-         "value": (f"studies from {months[0]} to {months[1]}" if months else "study dates not recorded")
-         + (f"; evaluated {ev.finished_at:%Y-%m-%d}" if ev.finished_at else "")},
+         "value": released_dates(r) + (f"; evaluated {ev.finished_at:%Y-%m-%d}" if ev.finished_at else "")},
         {"item": "Eligibility / inclusion", "ref": "CLAIM 9 / TRIPOD-AI 6a",
          "value": (p.get("inclusion") or "every instance of the dataset version with a reference label")
-         + f"; {r.get('matched', 0)} cases analysed, {r.get('missing', 0)} labelled cases without a prediction, "
-           f"{r.get('unreadable', 0)} unreadable instances excluded"},
+         + f"; {released_count(r.get('matched'))} cases analysed, {released_count(r.get('missing'))} labelled "
+           f"cases without a prediction, {released_count(r.get('unreadable'))} unreadable instances excluded"},
         {"item": "Reference standard", "ref": "CLAIM 14 / TRIPOD-AI 7a",
          "value": (p.get("reference_standard") or "labels table supplied by the clinic")
-         + (f"; read from {r.get('references', 0)} DICOM SR/SEG instances of the dataset by study "
+         + (f"; read from {released_count(r.get('references'))} DICOM SR/SEG instances of the dataset by study "
             f"(SHA-256 {r.get('references_sha256', '')}), the labels table where a study has none"
             if p.get("reference_source") == "dicom" else "")
          + f" (labels table SHA-256 {ev.labels_sha256})"},
@@ -705,11 +756,16 @@ def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: P
          "value": ", ".join(p.get("subgroups", [])) or "none"},
         {"item": "Disclosure control", "ref": "platform",
          "value": f"every count under {metrics.MIN_CELL} suppressed with the figures it could be worked back "
-                  "from; small subgroups hidden, with complementary suppression"},
+                  "from (operating points, reliability bins and ROC points released only where every cell, and "
+                  f"the difference with every other released cut, is 0 or at least {metrics.MIN_CELL} cases); "
+                  "small subgroups hidden and subgroup operating points withheld with complementary "
+                  "suppression; thresholds found from the data rounded down to a coarse grid; study dates by "
+                  "year"},
         {"item": "Software versions", "ref": "CLAIM 23",
          "value": ", ".join(f"{k} {v}" for k, v in _versions().items())},
         {"item": "Inputs and outputs", "ref": "platform",
-         "value": f"inputs {canonical_sha256(ev.inputs)[:16]}…, outputs {ev.outputs_sha256 or ''}"},
+         "value": f"inputs {canonical_sha256(ev.inputs if inputs is None else inputs)[:16]}…, "
+                  f"outputs {ev.outputs_sha256 or ''}"},
     ]
 
 
@@ -719,6 +775,10 @@ def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
     project = session.get_one(Project, ev.project_id)
     dataset = ev.inputs.get("dataset", "predictions uploaded by the clinic (results-only)")
     assert ev.result is not None
+    # the number of files is not released: with the counts of cases analysed, unreadable instances and
+    # SR/SEG objects it would give the (possibly small) number of instances left out for want of a label;
+    # the checksum of the file list stays
+    inputs = {k: v for k, v in ev.inputs.items() if k != "files"}
     return {
         "format": REPORT_FORMAT,
         "title": ev.title,
@@ -730,9 +790,9 @@ def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
         "probabilities": ev.result.get("probabilities", True),
         "metrics": metrics.suppress(ev.result["metrics"]),
         "min_cell": metrics.MIN_CELL,
-        "inputs": ev.inputs,
+        "inputs": inputs,
         "outputs_sha256": ev.outputs_sha256,
-        "checklist": checklist(ev, vendor, mv, project, str(dataset)),
+        "checklist": checklist(ev, vendor, mv, project, str(dataset), inputs),
     }
 
 

@@ -144,7 +144,7 @@ def evaluation_page(request: Request, db: Db, principal: WebPrincipal, slug: str
                     evaluation_id: uuid.UUID) -> Response:
     """The clinic's full result: every figure unsuppressed, the plots, the subgroups and the failure lists."""
     access = projects.open_project(db, principal, slug)
-    ev = service.get_evaluation(db, principal, slug, str(evaluation_id))
+    ev = service.read_evaluations(db, principal, slug, str(evaluation_id))[0]
     mv = db.get_one(ModelVersion, ev.model_version_id)
     m = (ev.result or {}).get("metrics")
     in_review = any(r.state == IN_REVIEW for r, e in service.list_releases(db, principal, slug) if e.id == ev.id)
