@@ -72,8 +72,14 @@ def scratch_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# Each worker's hub leases its workspaces' uids from a range of its own (hubs sharing a machine need disjoint ones).
+UID_RANGE = (2_100_000 + 10_000 * WORKER, 2_109_999 + 10_000 * WORKER)
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch_dir: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch_dir: Path,
+             shared_python: Path) -> Settings:
+    """Each workspace under its own uid (the default): JupyterLab runs an interpreter every uid may run."""
     port = hub_sock.getsockname()[1]
     return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
                     log_json=True, jobs={"embedded": False}, base_url=f"http://127.0.0.1:{port}", port=port,
@@ -82,7 +88,7 @@ def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
                                 # this machine's Python lives under /root (0700): no other user can run it
-                                "run_as": ""})
+                                "python": str(shared_python), "uid_range": UID_RANGE})
 
 
 @pytest.fixture
@@ -714,12 +720,8 @@ def test_kernel_reads_a_shared_dicom_and_saves_a_result(hub, people, live: str, 
     from strongroom.imaging import bulk
     from strongroom.jobs.runner import Runner
 
-    # The kernel runs the strongroom client under test (this checkout), as an installed hub's would its own.
-    python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexport PYTHONPATH={SRC}\nexec {sys.executable} \"$@\"\n")
-    python.chmod(0o755)
-    hub.settings = hub.settings.model_copy(update={"workspaces": hub.settings.workspaces.model_copy(
-        update={"python": str(python)})})
+    # The kernel runs the strongroom client under test (this checkout), as an installed hub's would its own: the
+    # settings' interpreter (``shared_python``) puts this checkout's sources first.
     people("alice")
     people("bob")
     make_project(hub, "lung", pi="alice", profile={"retain_longitudinal": "modified"})

@@ -8,12 +8,13 @@ which keep everything under ``./var/``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -52,7 +53,10 @@ class SecuritySettings(BaseModel):
     session_idle_minutes: int = 30
     session_max_hours: int = 12
     fresh_mfa_minutes: int = 10
-    login_attempts_per_window: int = 5
+    login_attempts_per_window: int = 5  # failed logins per account (every address together) in the window
+    # Failed logins per client address in the window (every account together): a much higher ceiling that slows
+    # password spraying without letting one address's typos lock out the others behind it (docs/security.md)
+    login_attempts_per_address: int = Field(100, ge=1)
     login_window_seconds: int = 300
     token_max_days: int = 90
     # How an accepted API-token use is audited (docs/security.md): "window" = one token.used event and one
@@ -281,9 +285,15 @@ class WorkspaceSettings(BaseModel):
 
     launcher: Literal["local", "slurm"] = "local"  # local: a process on the hub's machine; slurm: sbatch
     python: str = ""  # the interpreter that runs JupyterLab (default: the hub's own)
-    # a hub running as root starts JupyterLab as this user, without capabilities; "": as root without any
-    # capability (cannot touch its namespace's rules, but owns root's files: for test machines only)
-    run_as: str = "nobody"
+    # A hub running as root runs each local workspace under a uid (and the same gid) of its own from this
+    # range, leased at start (never two live workspaces on one uid) and released at stop; no account or group
+    # of the machine's user directory may use it (those uids are skipped). Well above system and normal users.
+    uid_range: tuple[int, int] = (2_000_000, 2_099_999)
+    # LEGACY, test machines only: "" runs every local workspace as root without any capability — one shared
+    # identity, so workspaces do NOT keep out of each other's files, mounts and processes. Unset (the default):
+    # a uid per workspace from uid_range. A user name (the former default "nobody") is refused: one shared
+    # account let any workspace read every other's scratch, data mount and tokens (docs/workspaces.md).
+    run_as: str | None = None
     # namespace: each workspace in its own network namespace with nftables rules (root, `ip`, `nft`);
     # none: no egress control at all, refused unless allow_unisolated (development only, labelled on the pages)
     isolation: Literal["namespace", "none"] = "namespace"
@@ -304,6 +314,21 @@ class WorkspaceSettings(BaseModel):
     slurm_host: str = ""  # the address JupyterLab binds on the node and the hub dials ("": the node's first)
     # strongroom:// mounted read-only at <workspace home>/data (FUSE: fuse3 on the hub, or on the nodes)
     mount_data: bool = True
+
+    @model_validator(mode="after")
+    def _own_uids(self) -> WorkspaceSettings:
+        if self.run_as:
+            raise ValueError(
+                f"[workspaces] run_as = {self.run_as!r} is no longer supported: every local workspace now runs "
+                f"under a uid of its own from uid_range (default {self.uid_range[0]}-{self.uid_range[1]}), as one "
+                "shared account let workspaces read each other's files, data mounts and tokens. Remove run_as "
+                "(JupyterLab's interpreter, `python`, must be readable and executable by every user); see "
+                "docs/workspaces.md")
+        start, end = self.uid_range
+        if not 65_536 <= start <= end <= 2**31 - 2:
+            raise ValueError("[workspaces] uid_range must be [start, end] with 65536 <= start <= end < 2^31-1, "
+                             "above the machine's system and normal users (default [2000000, 2099999])")
+        return self
 
 
 class DoiSettings(BaseModel):
@@ -361,6 +386,15 @@ class FederationSettings(BaseModel):
     fetch_hosts: list[str] = Field(default_factory=list, max_length=20)
 
 
+class OpsSettings(BaseModel):
+    """``[ops]`` (see docs/operations.md, "Metrics"): the web app's operations endpoints."""
+
+    model_config = ConfigDict(extra="forbid")
+    # The bearer token Prometheus sends for the web app's /metrics (Authorization: Bearer …; at least 32
+    # characters). Empty (the default): /metrics answers 404 to everyone.
+    metrics_token: SecretStr = SecretStr("")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STRONGROOM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -371,6 +405,10 @@ class Settings(BaseSettings):
     base_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
+    # The reverse proxies (addresses or networks) in front of the web server: from a request that comes from one
+    # of them, X-Forwarded-For names the client (its right-most address that is not one of these). Empty: the
+    # socket's peer is the client, and X-Forwarded-For is never read (docs/operations.md, "Behind a proxy").
+    trusted_proxies: list[str] = []
     site_name: str = "Strongroom"
     log_level: str = "INFO"
     log_json: bool = True
@@ -391,6 +429,17 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     workspaces: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from None
+        return [entry.strip() for entry in value]
 
     @classmethod
     def settings_customise_sources(

@@ -38,8 +38,9 @@ def _errno_of(exc: BaseException) -> int:
 
 
 def operations(fs: Any, *, uid: int, gid: int) -> Any:
-    """The mfusepy operations over a ``StrongroomFileSystem``: read-only, files 0444 and folders 0555 owned by
-    the workspace's user."""
+    """The mfusepy operations over a ``StrongroomFileSystem``: read-only, files 0400 and folders 0500 owned by
+    the workspace's user — for it alone: the mount is ``default_permissions``, so the kernel refuses every other
+    uid (the hub's root daemon mounts ``allow_other`` for the workspace's uid, not for everyone's)."""
     import mfusepy
 
     class ReadOnly(mfusepy.Operations):
@@ -80,9 +81,9 @@ def operations(fs: Any, *, uid: int, gid: int) -> Any:
                 except ValueError:
                     pass
             if info["type"] == "file":
-                attrs = {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": int(info["size"])}
+                attrs = {"st_mode": stat.S_IFREG | 0o400, "st_nlink": 1, "st_size": int(info["size"])}
             else:
-                attrs = {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0}
+                attrs = {"st_mode": stat.S_IFDIR | 0o500, "st_nlink": 2, "st_size": 0}
             attrs.update(st_uid=uid, st_gid=gid, st_mtime=when, st_ctime=when, st_atime=when)
             with self._mutex:
                 self._attrs[name] = (now, attrs)
@@ -143,7 +144,9 @@ def serve(mountpoint: str, *, uid: int, gid: int, allow_other: bool) -> None:
     options: dict[str, Any] = {"foreground": True, "ro": True, "default_permissions": True,
                                "fsname": "strongroom", "subtype": "strongroom"}
     if allow_other:
-        options["allow_other"] = True  # the daemon is root, the workspace's user reads
+        # the daemon is root and the workspace's uid reads; default_permissions (above) and the owner-only
+        # modes keep every other uid out (the mount point, in the workspace's 0700 scratch, too)
+        options["allow_other"] = True
     mfusepy.FUSE(operations(fs, uid=uid, gid=gid), mountpoint, **options)
 
 

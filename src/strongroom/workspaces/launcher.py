@@ -47,8 +47,8 @@ class Spec:
     partition: str = ""
     license: str = ""  # Slurm 22.05: the machine's GPUs as a cluster licence (-L name:gpus), see compute
     slurm_host: str = ""  # Slurm: the address JupyterLab binds and the hub dials ("": the node's first address)
-    run_as: str = ""  # the hub runs as root: JupyterLab runs as this user, with no capabilities
-    drop_caps: bool = False  # the hub runs as root and run_as is empty: root without any capability
+    uid: int | None = None  # local, the hub runs as root: the workspace's own uid (and gid), no capabilities
+    drop_caps: bool = False  # legacy (run_as = ""): root without any capability, one identity for all
     mount_data: bool = False  # mount strongroom:// read-only at <scratch>/data (FUSE, strongroom.workspaces.fuse)
     cluster_account: str = ""  # Slurm: the member's cluster account the job runs as
 
@@ -63,6 +63,7 @@ class Handle:
     job_id: str = ""
     detail: dict[str, str] = field(default_factory=dict)
     scratch: str = ""  # its mount (<scratch>/data) is unmounted at stop
+    uid: int | None = None  # its own uid: every process left under it is killed at stop, its temporary files removed
 
 
 def jupyter_argv(spec: Spec, ip: str, port: int) -> list[str]:
@@ -133,12 +134,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _group_of(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_gid
-
-
 def _free_port(ip: str) -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
@@ -147,11 +142,13 @@ def _free_port(ip: str) -> int:
 
 def mount_data(spec: Spec, *, timeout: float) -> None:
     """Start the FUSE daemon (the hub's interpreter, root when the hub is; in the workspace's network namespace,
-    so its reads come from the workspace's address) and wait until ``<scratch>/data`` is mounted."""
+    so its reads come from the workspace's address) and wait until ``<scratch>/data`` is mounted: inside the
+    workspace's own 0700 scratch, its files owned by the workspace's uid and readable by it alone (the kernel
+    checks: ``default_permissions``), so no other workspace's uid reaches it."""
     mountpoint = spec.scratch / fuse.MOUNT_NAME
-    mountpoint.mkdir(mode=0o755, exist_ok=True)
-    uid, gid = (_ids_of(spec.run_as) if spec.run_as else (os.getuid(), os.getgid()))
-    argv = fuse.argv(sys.executable, mountpoint, uid=uid, gid=gid, allow_other=bool(spec.run_as))
+    mountpoint.mkdir(mode=0o700, exist_ok=True)
+    uid, gid = (spec.uid, spec.uid) if spec.uid is not None else (os.getuid(), os.getgid())
+    argv = fuse.argv(sys.executable, mountpoint, uid=uid, gid=gid, allow_other=uid != os.getuid())
     if spec.netns:  # only the network namespace: the mount stays in the hub's mount namespace
         argv = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *argv]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(spec.scratch), "LANG": "C.UTF-8",
@@ -180,11 +177,104 @@ def mount_data(spec: Spec, *, timeout: float) -> None:
     threading.Thread(target=proc.wait, daemon=True, name=f"fuse-{spec.workspace_id[:8]}").start()
 
 
-def _ids_of(user: str) -> tuple[int, int]:
-    import pwd
+# World-writable places outside the scratch a workspace's uid could leave files in (the scratch itself is wiped):
+# what its uid owns there is removed at stop, so the uid's next lease finds nothing of this one
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
+
+def processes_of(uid: int) -> list[int]:
+    """Every process whose real, effective or saved uid is ``uid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    if uid in {int(x) for x in line.split()[1:4]}:
+                        found.append(int(entry.name))
+                    break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def uids_in_use() -> set[int]:
+    """The uids some process runs as (real, effective or saved): a uid still in use is never leased."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    found.update(int(x) for x in line.split()[1:4])
+                    break
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def end_uid(uid: int, *, timeout: float = 10.0) -> bool:
+    """SIGKILL every process of ``uid`` (those that left the process group too: ``setsid``, double forks) until
+    none is left; True when none is. Never for root or the hub's own uid."""
+    if uid in (0, os.getuid(), os.geteuid()):
+        raise ValueError(f"refusing to end every process of uid {uid}")
+    deadline = time.monotonic() + timeout
+    while pids := processes_of(uid):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:  # reap the ones this process started
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def remove_leftovers(uid: int, *, places: tuple[str, ...] = SHARED_TMP) -> list[str]:
+    """Remove what ``uid`` owns at the top of the machine's shared temporary places (files, folders, sockets,
+    POSIX shared memory); returns what was removed."""
+    if uid in (0, os.getuid(), os.geteuid()):
+        raise ValueError(f"refusing to remove the files of uid {uid}")
+    import shutil
+
+    removed = []
+    for place in places:
+        try:
+            entries = list(os.scandir(place))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.path)
+            except OSError:
+                continue
+    return removed
+
+
+def confine(spec: Spec, argv: list[str]) -> list[str]:
+    """``argv`` under the workspace's own uid and gid, no supplementary group, no capability, no new privileges,
+    with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount
+    namespace of its own whose /tmp and /var/tmp are empty tmpfs of its own (gone with it) — unless the scratch
+    lives there."""
+    assert spec.uid is not None and spec.uid > 0
+    dropped = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--inh-caps=-all",
+               "--bounding-set=-all", "--no-new-privs", "--", *argv]
+    scratch = str(spec.scratch.resolve())
+    mounts = "".join(f"mount -t tmpfs -o nosuid,nodev,mode=1777 strongroom-ws {place} && "
+                     for place in ("/tmp", "/var/tmp")
+                     if Path(place).is_dir() and not (scratch + "/").startswith(place + "/"))
+    return ["unshare", "--ipc", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c",
+            f'{mounts}umask 077 && exec "$@"', "strongroom-workspace", *dropped]
 
 
 class LocalLauncher:
@@ -195,10 +285,15 @@ class LocalLauncher:
     def start(self, spec: Spec, *, timeout: float) -> Handle:
         port = spec.port or _free_port(spec.listen_ip)
         argv = jupyter_argv(spec, spec.listen_ip, port)
-        if spec.run_as:
-            # never root inside the workspace: no CAP_NET_ADMIN to change its namespace's rules
-            argv = ["setpriv", f"--reuid={spec.run_as}", f"--regid={_group_of(spec.run_as)}", "--clear-groups",
-                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv]
+        env = jupyter_env(spec)
+        if spec.uid is not None:
+            # never root inside the workspace (no CAP_NET_ADMIN to change its namespace's rules), and never an
+            # identity another workspace has: its own uid, leased for it alone
+            argv = confine(spec, argv)
+            tmp = spec.scratch / ".tmp"
+            tmp.mkdir(mode=0o700, exist_ok=True)
+            os.chown(tmp, spec.uid, spec.uid)
+            env |= {"TMPDIR": str(tmp), "USER": f"workspace-{spec.uid}", "LOGNAME": f"workspace-{spec.uid}"}
         elif spec.drop_caps:
             argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--", *argv,
                     "--allow-root"]
@@ -208,14 +303,14 @@ class LocalLauncher:
             mount_data(spec, timeout=timeout)
         log = open(spec.scratch / ".jupyter.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            proc = subprocess.Popen(argv, env=jupyter_env(spec), cwd=spec.scratch, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(argv, env=env, cwd=spec.scratch, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         except OSError:
             fuse.unmount(spec.scratch)
             raise
         finally:
             log.close()
-        handle = Handle(host=spec.listen_ip, port=port, pid=proc.pid, scratch=str(spec.scratch))
+        handle = Handle(host=spec.listen_ip, port=port, pid=proc.pid, scratch=str(spec.scratch), uid=spec.uid)
         try:
             wait_ready(spec.listen_ip, port, spec, timeout=timeout, alive=lambda: proc.poll() is None)
         except LaunchError as exc:
@@ -227,8 +322,16 @@ class LocalLauncher:
     def stop(self, handle: Handle) -> None:
         if handle.scratch:
             fuse.unmount(handle.scratch)  # the FUSE daemon exits once its mount is gone
-        if handle.pid is None:
-            return
+        if handle.pid is not None:
+            self._end_group(handle)
+        if handle.uid is not None:
+            # what escaped the process group (setsid, a daemonised child) ends too, and nothing of this
+            # workspace is left under its uid for the next workspace that leases it
+            end_uid(handle.uid)
+            remove_leftovers(handle.uid)
+
+    def _end_group(self, handle: Handle) -> None:
+        assert handle.pid is not None
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(handle.pid, sig)

@@ -5,18 +5,24 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, IdMixin, utcnow
 
 STARTING, RUNNING, STOPPED, FAILED = "starting", "running", "stopped", "failed"
 LIVE = (STARTING, RUNNING)
+# the partial index's condition: a uid is leased while its workspace is live, released when it stops
+_LIVE_SQL = text("state IN ('starting', 'running')")
 
 
 class Workspace(IdMixin, CreatedMixin, Base):
     __tablename__ = "workspaces"
-    __table_args__ = (Index("ix_workspaces_state", "state"),)
+    __table_args__ = (Index("ix_workspaces_state", "state"),
+                      # never two live workspaces on one uid: concurrent starts that picked the same one collide
+                      # here (SQLite and PostgreSQL alike), and the loser leases another (service.lease_uid)
+                      Index("uq_workspaces_live_uid", "uid", unique=True, sqlite_where=_LIVE_SQL,
+                            postgresql_where=_LIVE_SQL))
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
@@ -27,6 +33,9 @@ class Workspace(IdMixin, CreatedMixin, Base):
     host: Mapped[str] = mapped_column(String(255), default="")  # where Jupyter listens (the hub's proxy target)
     port: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer)  # local launcher: the process group
+    # local launcher, hub as root: the workspace's own uid (and gid), leased from [workspaces] uid_range at
+    # start; kept after the stop as history (the partial unique index only covers live workspaces)
+    uid: Mapped[int | None] = mapped_column(Integer)
     job_id: Mapped[str] = mapped_column(String(64), default="")  # Slurm
     booking_id: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                                    ForeignKey("compute_bookings.id"))

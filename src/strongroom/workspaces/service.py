@@ -9,17 +9,20 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import random
 import re
 import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -36,6 +39,7 @@ from ..jobs import service as jobs
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import fuse, netns
+from . import launcher as launching
 from . import settings as ws_settings
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
 from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Workspace
@@ -179,7 +183,73 @@ def _launcher_of(settings: Settings, ws: Workspace) -> Launcher:
 
 
 def _handle(ws: Workspace) -> Handle:
-    return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id, scratch=ws.scratch)
+    return Handle(host=ws.host, port=ws.port, pid=ws.pid, job_id=ws.job_id, scratch=ws.scratch,
+                  uid=ws.uid if ws.launcher == "local" else None)
+
+
+# -- each local workspace's own uid ------------------------------------------------------------
+LEASE_ATTEMPTS = 20
+_RANDOM = random.SystemRandom()
+
+
+def _known_id(uid: int) -> bool:
+    """Is ``uid`` an account, or a group's gid, in the machine's user directory? (A workspace's gid is its uid.)"""
+    import grp
+    import pwd
+
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def _candidates(lo: int, hi: int) -> Iterator[int]:
+    """Where to look for a free uid: random ones first (concurrent starts rarely pick the same, and a stopped
+    workspace's uid is seldom the next one's), then every one of the range."""
+    for _ in range(64):
+        yield _RANDOM.randint(lo, hi)
+    yield from range(lo, hi + 1)
+
+
+def free_uid(session: Session, settings: Settings) -> int:
+    """A uid of ``uid_range`` no live workspace holds, no process runs as, and no account or group has."""
+    lo, hi = settings.workspaces.uid_range
+    taken = set(session.scalars(select(Workspace.uid).where(Workspace.state.in_(LIVE), Workspace.uid.is_not(None))))
+    busy = launching.uids_in_use()
+    for uid in _candidates(lo, hi):
+        if uid not in taken and uid not in busy and not _known_id(uid):
+            return uid
+    raise Conflict(f"every uid of [workspaces] uid_range ({lo}-{hi}) is in use: no workspace can start now")
+
+
+def lease_uid(session: Session, settings: Settings, ws: Workspace) -> int:
+    """Give ``ws`` (new, not yet flushed) a uid of its own and insert it. The partial unique index on live
+    workspaces' uids decides between concurrent starts that picked the same one: the loser picks again."""
+    for _ in range(LEASE_ATTEMPTS):
+        ws.uid = uid = free_uid(session, settings)
+        try:
+            with session.begin_nested():
+                session.add(ws)
+                session.flush()
+            return uid
+        except IntegrityError as exc:
+            if "uid" not in str(exc.orig):
+                raise
+    raise Conflict("no free uid for the workspace after several attempts (many starts at once?): try again")
+
+
+def _private_scratch_root(root: Path) -> None:
+    """The scratch root holds every workspace's scratch: the hub's own and only traversable by others (a
+    folder someone else made in a world-writable place, e.g. /dev/shm, is refused)."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    info = root.lstat()
+    if not root.is_dir() or root.is_symlink() or info.st_uid != os.geteuid():
+        raise Conflict(f"the workspaces' scratch folder {root} is not the hub's own: an operator must remove it")
+    if info.st_mode & 0o7777 != 0o711:
+        root.chmod(0o711)
 
 
 # -- members' cluster accounts (the Slurm launcher submits as them) -----------------------------------
@@ -202,6 +272,10 @@ def set_cluster_account(session: Session, actor: Actor, user: User, account: str
     before = row.account if row is not None else ""
     if account == before:
         return account
+    if account and session.scalar(select(ClusterAccount.user_id).where(ClusterAccount.account == account,
+                                                                        ClusterAccount.user_id != user.id)):
+        # one POSIX identity per person: two members' workspaces on one account would read each other's files
+        raise Conflict(f"the cluster account {account!r} is already another member's; each member needs their own")
     if not account:
         assert row is not None
         session.delete(row)
@@ -274,22 +348,31 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                    isolation=isolation, detail=why, booking_id=booking.id if booking else None,
                    ends_at=booking.end_at if booking else None)
     ws.slot = _free_slot(session) if isolation == "namespace" else None
-    session.add(ws)
-    session.flush()
+    root = os.geteuid() == 0
+    # Who the workspace runs as: a Slurm job as the member's cluster account; a local one (the hub as root)
+    # under a uid of its own, leased here — or, legacy (run_as = ""), as root without capabilities; a hub that
+    # is not root (development only: it needs allow_unisolated) cannot switch, so its workspaces run as itself.
+    own_uid = w.launcher == "local" and root and w.run_as is None
+    if own_uid:
+        lease_uid(session, settings, ws)
+    else:
+        session.add(ws)
+        session.flush()
     scratch = scratch_root(settings) / str(ws.id)
-    scratch.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+    _private_scratch_root(scratch.parent)
     scratch.mkdir(mode=0o700)
-    run_as = w.run_as if os.geteuid() == 0 else ""
-    owner = account or run_as  # a Slurm job runs as the member's cluster account, a local one as run_as
-    if owner and os.geteuid() == 0:
+    if ws.uid is not None:
+        os.chown(scratch, ws.uid, ws.uid)
+    elif account and root:
         import pwd
 
         try:
-            entry = pwd.getpwnam(owner)
+            entry = pwd.getpwnam(account)
         except KeyError:
             entry = None  # the account exists on the nodes only: the shared scratch's owner is the site's affair
         if entry is not None:
             os.chown(scratch, entry.pw_uid, entry.pw_gid)
+    scratch.chmod(0o700)
     ws.scratch = str(scratch)
     token, plaintext = identity.create_project_token(
         session, principal.actor, principal.user, project_id=access.project.id, name=f"workspace {ws.id}",
@@ -308,8 +391,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 jupyter_token=jupyter_token(secret, ws.id), scratch=scratch,
                 env={"STRONGROOM_URL": hub_url, "STRONGROOM_TOKEN": plaintext,
                      "STRONGROOM_PROJECT": access.project.slug, **ws_settings.pip_env(mirror)},
-                python=w.python, netns=plan.name if plan else "", run_as=run_as,
-                drop_caps=os.geteuid() == 0 and not run_as, listen_ip=listen_ip, port=port,
+                python=w.python, netns=plan.name if plan else "", uid=ws.uid,
+                drop_caps=root and w.launcher == "local" and w.run_as == "", listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
                 license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
@@ -332,6 +415,9 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                  details={"launcher": ws.launcher, "isolation": ws.isolation, "booking": ws.booking_id,
                           "allowed": [f"{a}:{p}" for a, p in allowed], "token": token.prefix,
                           **({"cluster_account": account} if account else {}),
+                          **({"uid": ws.uid} if ws.uid is not None else {}),
+                          **({"shared_identity": "root" if root else "hub"}
+                             if w.launcher == "local" and ws.uid is None else {}),
                           "package_mirror": mirror or None,
                           **({"mount": str(scratch / fuse.MOUNT_NAME)} if w.mount_data else {})})
     return ws
