@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from conftest import bearer, token_for
 from support.live import free_port
@@ -118,17 +119,38 @@ def test_remote_cli_uses_an_api_token(settings, hub, people, tmp_path):
         thread.join(10)
 
 
+def test_login_narrows_an_existing_token_file_to_0600(tmp_path, monkeypatch):
+    """os.open's mode applies only to a file it creates: a cli.json left world-readable (an editor, an older
+    version, a copied dotfile) must not keep the token readable to every local user."""
+    from strongroom import hubclient
+
+    path = tmp_path / "cli.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    monkeypatch.setenv("STRONGROOM_CLI_CONFIG", str(path))
+    hubclient.save_login("https://hub.example", "sr_ABCDEFGHIJKL_secret")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert json.loads(path.read_text())["token"] == "sr_ABCDEFGHIJKL_secret"
+    fresh = tmp_path / "new-dir" / "cli.json"  # a folder it makes for the file is the user's alone
+    monkeypatch.setenv("STRONGROOM_CLI_CONFIG", str(fresh))
+    hubclient.save_login("https://hub.example", "sr_ABCDEFGHIJKL_secret")
+    assert oct(fresh.stat().st_mode & 0o777) == "0o600"
+    assert oct(fresh.parent.stat().st_mode & 0o777) == "0o700"
+
+
 def test_help_is_helpful(settings):
     out = run_cli(settings, "--help").stdout
     for command in ("serve", "worker", "db", "admin", "audit", "config", "login", "projects"):
         assert command in out
 
 
-def test_health_ready_metrics(client):
+def test_health_ready_metrics(client, settings):
     assert client.get("/healthz").json()["status"] == "ok"
     assert client.get("/readyz").json() == {"status": "ok", "database": "ok"}
     client.get("/api/v1/projects")
-    body = client.get("/metrics").text
+    assert client.get("/metrics").status_code == 404  # no [ops] metrics_token: nobody reads them
+    settings.ops.metrics_token = SecretStr("metrics-" + "t" * 40)  # what Prometheus is given
+    body = client.get("/metrics", headers=bearer("metrics-" + "t" * 40)).text
     names = {f.name for f in text_string_to_metric_families(body)}
     assert "strongroom_http_requests" in names
     assert 'route="/api/v1/projects"' in body and 'status="401"' in body

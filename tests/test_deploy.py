@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from imaging_support import write_corpus
 from support.live import free_port
@@ -34,6 +35,8 @@ CHART = DEPLOY / "helm" / "strongroom"
 RULES = DEPLOY / "prometheus" / "strongroom-rules.yaml"
 # The chart says kubeVersion >=1.27: validate against the oldest it supports and the newest schemas bundled.
 KUBE_VERSIONS = ("1.27.0", "1.37.0")
+# The default values name no TLS certificate, and the chart renders no Ingress without one: what an installer adds
+TLS = {"ingress": {"tlsSecretName": "hub-example-org-tls"}}
 
 
 def tool(name: str) -> str:
@@ -116,6 +119,10 @@ def test_compose_file_is_valid_and_locked_down(tmp_path: Path) -> None:
             assert svc["healthcheck"]["test"], name
         for key in svc.get("environment", {}):  # secrets come from env files, never inline
             assert not re.search(r"PASSWORD|SECRET|KEY$", key), (name, key)
+    for name in ("postgres", "seaweedfs"):  # root entrypoints that drop to their own user: only what that needs
+        svc = services[name]
+        assert svc["cap_drop"] == ["ALL"], name
+        assert set(svc["cap_add"]) <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}, name
     for name in ("migrate", "web", "worker", "dicom"):
         svc = services[name]
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"] and svc["user"] == "10001:10001", name
@@ -165,11 +172,11 @@ def test_chart_renders_and_validates_against_the_kubernetes_schemas(values_file:
     import helm_python
     import kubernetes_validate
 
-    lint_values = yaml.safe_load((CHART / values_file).read_text()) if values_file else None
+    lint_values = yaml.safe_load((CHART / values_file).read_text()) if values_file else TLS
     report = helm_python.lint(CHART, lint_values, strict=True, kube_version="v1.30.0")
     assert not report["errors"] and all(m["severity"] < 2 for m in report["messages"]), report
 
-    docs = render(values_file)
+    docs = render(values_file, **({} if values_file else TLS))
     for doc in docs:
         for version in KUBE_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)  # raises on any schema error
@@ -215,7 +222,7 @@ def test_chart_renders_and_validates_against_the_kubernetes_schemas(values_file:
 
 @pytest.mark.parametrize("values_file", [None, "values-production.yaml"])
 def test_network_policies_deny_by_default_and_allow_only_named_peers(values_file: str | None) -> None:
-    docs = render(values_file)
+    docs = render(values_file, **({} if values_file else TLS))
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies.pop("sr-strongroom-default-deny")["spec"]
     assert deny["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in deny and "egress" not in deny
@@ -247,7 +254,7 @@ def test_chart_refuses_a_second_dicom_replica() -> None:
     import helm_python
 
     with pytest.raises(helm_python.HelmError, match="dicom.replicas must be 1"):
-        render(None, dicom={"replicas": 2})
+        render(None, **TLS, dicom={"replicas": 2})
 
 
 def test_chart_refuses_an_empty_secret() -> None:
@@ -256,7 +263,38 @@ def test_chart_refuses_an_empty_secret() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())["secrets"]
     values["env"]["STRONGROOM_SECRET_KEY"] = ""
     with pytest.raises(helm_python.HelmError, match="secrets.env.STRONGROOM_SECRET_KEY is empty"):
-        render(None, secrets=values)
+        render(None, **TLS, secrets=values)
+
+
+def test_chart_refuses_an_ingress_without_tls() -> None:
+    """The default values name no certificate: the chart does not render a plain-http Ingress for them. Only an
+    explicit `ingress.insecure: true` (TLS ending before the controller) or no Ingress at all does without."""
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError, match="ingress.tlsSecretName is empty"):
+        render(None)
+    plain = by_kind(render(None, ingress={"insecure": True}), "Ingress")["sr-strongroom"]["spec"]
+    assert "tls" not in plain
+    assert "Ingress" not in {d["kind"] for d in render(None, ingress={"enabled": False})}
+
+
+@pytest.mark.parametrize("values_file", [None, "values-production.yaml"])
+def test_the_ingress_serves_tls_and_never_routes_metrics(values_file: str | None) -> None:
+    """With a certificate named, the Ingress terminates TLS for its host; `/metrics` (Prometheus scrapes the pods
+    directly) goes to a Service without pods, so no request from outside reaches the web app's metrics; and the
+    object store is reached over https (pod-to-pod traffic crosses nodes)."""
+    docs = render(values_file, **({} if values_file else TLS))
+    values = yaml.safe_load((CHART / (values_file or "values.yaml")).read_text())
+    ingress = by_kind(docs, "Ingress")["sr-strongroom"]["spec"]
+    host = ingress["rules"][0]["host"]
+    assert ingress["tls"] == [{"hosts": [host], "secretName": (values_file and "strongroom-tls") or
+                               TLS["ingress"]["tlsSecretName"]}]
+    paths = {p["path"]: p for rule in ingress["rules"] for p in rule["http"]["paths"]}
+    assert paths["/"]["backend"]["service"]["name"] == "sr-strongroom-web"
+    blocked = paths["/metrics"]
+    assert blocked["pathType"] == "Prefix" and blocked["backend"]["service"]["name"] == "sr-strongroom-unrouted"
+    assert "selector" not in by_kind(docs, "Service")["sr-strongroom-unrouted"]["spec"]  # no endpoints, ever
+    assert values["config"]["STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL"].startswith("https://")
 
 
 # -- Prometheus rules ----------------------------------------------------------------------------------
@@ -350,7 +388,8 @@ def test_every_metric_in_the_rules_is_exported_by_the_hub(client, settings) -> N
     """Each rule names series that the process it watches really exports: the web app's /metrics, a
     worker's metrics port (`jobs.metrics_port`) and the DICOM destination's (`imaging.metrics_port`)."""
     client.get("/healthz")
-    web = exported(client.get("/metrics").text)
+    settings.ops.metrics_token = SecretStr("metrics-" + "t" * 40)  # /metrics answers only Prometheus' token
+    web = exported(client.get("/metrics", headers={"Authorization": "Bearer metrics-" + "t" * 40}).text)
     with serving_metrics(settings, ["worker"]) as text:
         worker = exported(text)
     with serving_metrics(settings, ["dicom", "serve", "--workers", "1"]) as text:

@@ -9,6 +9,7 @@ only the rotation that replaces each opens such a hub.
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 from pydantic import SecretStr
@@ -56,6 +57,77 @@ def test_a_weak_hub_secret_is_refused_by_every_entry_point_but_its_rotation(weak
     hub = Hub.from_settings(settings.model_copy(update={"secret_key": SecretStr(NEW_SECRET)}))
     with hub.sessions() as s:
         assert audit.verify(s).ok
+
+
+S3 = {"kind": "s3", "endpoint_url": "http://127.0.0.1:1", "bucket": "strongroom", "access_key": "strongroom"}
+PARTNER_S3 = {"s3": {"partner": {"bucket": "partner", "secret_key": "change-me"}}}
+PARTNER_SFTP = {"sftp": {"partner": {"private_key_file": "/etc/strongroom/partner.key", "passphrase": "<passphrase>"}}}
+OIDC = {"issuer": "https://login.example/", "client_id": "c"}
+DOI = {"repository_id": "EXAMPLE.HUB", "prefix": "10.12345"}
+METRICS = "change-me-to-a-long-random-token-please"
+# (setting, keyword arguments of Settings, the same as environment variables): each other secret a deployment
+# example ships as "change-me", or a well-known default / unfilled template marker in its place
+OTHER_SECRETS = [
+    ("database_url", {"database_url": "postgresql://strongroom:change-me@127.0.0.1:1/strongroom"}, {}),
+    ("database_url", {"database_url": "postgresql+psycopg://strongroom:postgres@db.internal/strongroom"}, {}),
+    ("archive.storage.secret_key", {"archive": {"storage": {**S3, "secret_key": "change-me"}}},
+     {"STRONGROOM_ARCHIVE__STORAGE__KIND": "s3", "STRONGROOM_ARCHIVE__STORAGE__ENDPOINT_URL": "http://127.0.0.1:1",
+      "STRONGROOM_ARCHIVE__STORAGE__ACCESS_KEY": "strongroom", "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": "change-me"}),
+    ("archive.storage.access_key", {"archive": {"storage": {**S3, "access_key": "changeme", "secret_key": "s" * 40}}},
+     {"STRONGROOM_ARCHIVE__STORAGE__KIND": "s3", "STRONGROOM_ARCHIVE__STORAGE__ACCESS_KEY": "changeme",
+      "STRONGROOM_ARCHIVE__STORAGE__SECRET_KEY": "s" * 40}),
+    ("notify.password", {"notify": {"host": "smtp.example", "username": "u", "password": "change-me"}},
+     {"STRONGROOM_NOTIFY__HOST": "smtp.example", "STRONGROOM_NOTIFY__PASSWORD": "change-me"}),
+    ("notify.password", {"notify": {"host": "smtp.example", "username": "u", "password": "Password"}},
+     {"STRONGROOM_NOTIFY__HOST": "smtp.example", "STRONGROOM_NOTIFY__PASSWORD": "Password"}),
+    ("oidc.client_secret", {"oidc": {**OIDC, "client_secret": "change-me"}},
+     {"STRONGROOM_OIDC__ISSUER": OIDC["issuer"], "STRONGROOM_OIDC__CLIENT_SECRET": "change-me"}),
+    ("doi.password", {"doi": {**DOI, "password": "${DATACITE_PASSWORD}"}},
+     {"STRONGROOM_DOI__PASSWORD": "${DATACITE_PASSWORD}"}),
+    ("airlock.s3.partner.secret_key", {"airlock": PARTNER_S3}, {"STRONGROOM_AIRLOCK": json.dumps(PARTNER_S3)}),
+    ("airlock.sftp.partner.passphrase", {"airlock": PARTNER_SFTP}, {"STRONGROOM_AIRLOCK": json.dumps(PARTNER_SFTP)}),
+    ("ops.metrics_token", {"ops": {"metrics_token": METRICS}}, {"STRONGROOM_OPS__METRICS_TOKEN": METRICS}),
+]
+
+
+@pytest.mark.parametrize(("setting", "kwargs", "env"), OTHER_SECRETS,
+                         ids=[f"{s}-{i}" for i, (s, _, _) in enumerate(OTHER_SECRETS)])
+def test_a_placeholder_in_any_other_secret_setting_is_refused_at_start(setting, kwargs, env, tmp_path):
+    """The Helm chart's and the env example's defaults, verbatim, must not make a running hub: the database
+    password, the S3 keys, the SMTP password, the OpenID client secret, DataCite's password, the airlock's partner
+    credentials and the metrics token are each refused as the hub secret is — one line naming the setting, exit 2,
+    from every command that opens the hub — while `config show` (which does not) still works."""
+    settings = Settings(var_dir=tmp_path / "var", secret_key=GOOD_SECRET, jobs={"embedded": False}, **kwargs)
+    with pytest.raises(WeakSecret) as refused:
+        Hub.from_settings(settings)
+    assert refused.value.setting == setting
+    assert "placeholder" in str(refused.value) or "too short" in str(refused.value)
+    with pytest.raises(WeakSecret):
+        create_app(settings)
+    for command in (["worker"], ["admin", "create-user", "x@example.org", "--name", "X"]):
+        r = run_cli(settings, *command, extra_env=env)
+        assert r.returncode == 2, (command, r.stdout, r.stderr)
+        assert f"configuration error: {setting}: " in " ".join(r.stderr.split()), (command, r.stderr)
+        assert "Traceback" not in r.stderr, command
+    shown = run_cli(settings, "config", "show", "--json", extra_env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "change-me" not in shown.stdout  # masked, as every secret
+
+
+def test_real_secrets_of_any_length_and_empty_ones_still_start(tmp_path):
+    """Only placeholders are refused for these: an empty value means "not configured" (PostgreSQL with trust or
+    peer authentication, boto3's own credential chain), and a short one is what the service it opens was given."""
+    settings = Settings(
+        var_dir=tmp_path / "var", secret_key=GOOD_SECRET, jobs={"embedded": False},
+        archive={"storage": {**S3, "secret_key": "strongroom-test-admin-secret"}},
+        notify={"host": "smtp.example", "username": "u", "password": "s3cret"},
+        oidc={"issuer": "https://login.example/", "client_id": "c", "client_secret": "very-secret"},
+        doi={"repository_id": "EXAMPLE.HUB", "prefix": "10.12345", "password": "datacite-test-password"},
+        airlock={"s3": {"partner": {"bucket": "partner", "access_key": "", "secret_key": ""}}})
+    assert Hub.from_settings(settings).settings is settings
+    for url in ("postgresql://postgres@127.0.0.1:5432/strongroom",  # the test PostgreSQL: trust, no password
+                "postgresql://strongroom:@db/strongroom", "postgresql://strongroom:Xk9%40pw@db/strongroom"):
+        Hub.from_settings(settings.model_copy(update={"database_url": url}))
 
 
 OLD_PASSPHRASE, NEW_PASSPHRASE = "change-me", "a new passphrase, long enough"

@@ -73,8 +73,12 @@ def serve(
     settings = get_settings()
     upgrade(settings.effective_database_url)
     application = create_app(settings, run_jobs=jobs)
+    # Behind the proxies named in trusted_proxies (none by default), X-Forwarded-For and X-Forwarded-Proto from them
+    # name the client and the scheme (the right-most untrusted hop, as deps.client_ip reads it); from anyone else they
+    # are ignored.
     uvicorn.run(application, host=host or settings.host, port=port or settings.port, access_log=False,
-                log_config=None, proxy_headers=False)
+                log_config=None, proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=list(settings.trusted_proxies))
 
 
 @app.command()

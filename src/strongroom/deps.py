@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -86,7 +88,55 @@ HubDep = Annotated[Hub, Depends(get_hub)]
 
 
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address, for login throttling and the audit trail: the socket's peer, or, when the peer is one
+    of ``trusted_proxies`` (the reverse proxy in front of the hub), the right-most X-Forwarded-For hop that is not a
+    trusted proxy. Each proxy appends the address it was called from, so hops further left are what the client
+    itself claimed and are never believed. Without trusted proxies X-Forwarded-For is not read at all."""
+    peer = request.client.host if request.client else None
+    trusted = _trusted_networks(tuple(request.app.state.hub.settings.trusted_proxies))
+    if peer is None or not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for value in request.headers.getlist("x-forwarded-for") for h in value.split(",")]
+    client = peer
+    for hop in reversed(hops[-MAX_FORWARDED_HOPS:]):
+        address = _hop_address(hop)
+        if address is None:  # not an address (a proxy that passes junk through): stop at what we know
+            return client
+        client = address
+        if not _is_trusted(address, trusted):
+            return address
+    return client  # every hop a trusted proxy: the request began at one of them
+
+
+MAX_FORWARDED_HOPS = 20
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8)
+def _trusted_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+    return any(ip in net for net in trusted)
+
+
+def _hop_address(hop: str) -> str | None:
+    """An X-Forwarded-For hop's address without a port (``1.2.3.4:5678``, ``[2001:db8::1]:443``), or None."""
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
 
 
 # -- API: bearer tokens ------------------------------------------------------------------------
@@ -100,7 +150,28 @@ def _api_principal(request: Request, db: Db) -> Principal:
     principal = identity.authenticate_token(db, value, client_ip(request), use_audit=security.token_use_audit,
                                             window_seconds=security.token_use_window_seconds)
     db.commit()  # the token.used audit event (if this use wrote one) stands even if the action then fails
+    if principal.project_id is not None and account_wide(request):
+        raise Forbidden(WORKSPACE_TOKEN_ACCOUNT)
     return principal
+
+
+# Routes that act on the whole account rather than on one project: the profile and notification mode, API tokens,
+# crypt4gh recipient keys and SSH keys (every route under /api/v1/me/, and /api/v1/tokens). A project-bound token
+# (a workspace's STRONGROOM_TOKEN, which lives in the notebook, not with the person) is refused on all of them, reads
+# included; it may still ask who it acts for (GET /api/v1/me). Checked here, where every API token is resolved, so a
+# route added under these paths later is covered without asking for it.
+ACCOUNT_PATHS = ("/api/v1/me/", "/api/v1/tokens/")
+WORKSPACE_TOKEN_ACCOUNT = ("a workspace's token acts only inside its project: manage your account, API tokens and "
+                           "keys from the hub's pages or with your own API token")
+
+
+def account_wide(request: Request) -> bool:
+    """Whether the matched route acts on the caller's whole account (by its path template, as routed)."""
+    route = request.scope.get("route")
+    path = str(getattr(route, "path", None) or request.scope.get("path", ""))
+    if path == "/api/v1/me":
+        return request.method not in SAFE_METHODS
+    return path == "/api/v1/tokens" or path.startswith(ACCOUNT_PATHS)
 
 
 ApiPrincipal = Annotated[Principal, Depends(_api_principal)]

@@ -46,11 +46,15 @@ def config_path() -> Path:
 
 
 def save_login(url: str, token: str) -> None:
-    """Keep the hub's address and the token for later commands (file mode 0600)."""
+    """Keep the hub's address and the token for later commands (file mode 0600; a folder it makes, 0700)."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
+        # os.open's mode applies only to a file it creates: an existing one (a 0644 left by an editor or an
+        # older version) is narrowed here, before the token is written into it
+        os.fchmod(fd, 0o600)
         json.dump({"url": url.rstrip("/"), "token": token.strip()}, fh)
 
 

@@ -4,10 +4,15 @@ MFA is *verified*, not only requested: we ask for the REFEDS MFA profile with ``
 then accept the login as multi-factor only when the signed id_token's ``acr`` is one of the
 configured MFA values. The id_token's signature, issuer, audience, expiry and nonce are checked
 with joserfc against the provider's published keys.
+
+A re-authentication (the hub asks for a fresh second factor) sends ``prompt=login`` and ``max_age=0``, so the
+provider must ask for the user's credentials again instead of answering from its own session; the id_token's
+``auth_time`` then shows whether it did (``OidcIdentity.authenticated_since``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import time
 import warnings
@@ -32,6 +37,10 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 _DISCOVERY_TTL = 300.0
+_LEEWAY_SECONDS = 60
+# How long before the authorization request the provider's ``auth_time`` may lie and still count as an
+# authentication for that request: clock skew between the provider and the hub.
+AUTH_TIME_SKEW = dt.timedelta(minutes=2)
 
 
 @dataclass
@@ -43,6 +52,12 @@ class OidcIdentity:
     affiliation: str | None
     acr: str | None
     mfa: bool
+    auth_time: dt.datetime | None = None  # when the provider last authenticated the user, if it said so
+
+    def authenticated_since(self, requested_at: dt.datetime) -> bool:
+        """Whether the provider authenticated the user for the request made at ``requested_at`` (allowing
+        ``AUTH_TIME_SKEW``), rather than answering from an earlier session of its own. Unknown is no."""
+        return self.auth_time is not None and self.auth_time >= requested_at - AUTH_TIME_SKEW
 
 
 class OidcClient:
@@ -80,12 +95,15 @@ class OidcClient:
             timeout=15,
         )
 
-    def authorization_url(self, *, state: str, nonce: str, code_verifier: str) -> str:
+    def authorization_url(self, *, state: str, nonce: str, code_verifier: str, reauth: bool = False) -> str:
+        """The provider's authorization request. ``reauth``: the user must present their credentials (and second
+        factor) again now: ``prompt=login`` and ``max_age=0``, which also make ``auth_time`` mandatory."""
         meta = self.metadata()
+        extra = {"prompt": "login", "max_age": "0"} if reauth else {}
         with self._client() as client:
             url, _ = client.create_authorization_url(
                 meta["authorization_endpoint"], state=state, nonce=nonce, code_verifier=code_verifier,
-                acr_values=" ".join(self.settings.mfa_acr_values),
+                acr_values=" ".join(self.settings.mfa_acr_values), **extra,
             )
         return url
 
@@ -111,6 +129,7 @@ class OidcClient:
             # Only a verified address: people are added to projects by e-mail.
             email=claims.get("email") if claims.get("email_verified") is True else None,
             affiliation=affiliation, acr=acr, mfa=acr in self.settings.mfa_acr_values,
+            auth_time=_auth_time(claims),
         )
 
     def _key_set(self, refresh: bool = False) -> KeySet:
@@ -133,7 +152,7 @@ class OidcClient:
                 exp={"essential": True},
                 iat={"essential": True},
                 nonce={"essential": True, "value": nonce},
-                leeway=60,
+                leeway=_LEEWAY_SECONDS,
             )
             registry.validate(decoded.claims)
         except (JoseError, ValueError) as exc:
@@ -146,7 +165,18 @@ class OidcClient:
         azp = decoded.claims.get("azp")
         if azp is not None and azp != self.settings.client_id:
             raise Unauthenticated("the id_token was issued to another client")
+        if "auth_time" in decoded.claims:
+            auth_time = decoded.claims["auth_time"]
+            if isinstance(auth_time, bool) or not isinstance(auth_time, int | float) or not 0 <= auth_time < 2**40:
+                raise Unauthenticated("the id_token failed validation: auth_time is not a time")
+            if auth_time > time.time() + _LEEWAY_SECONDS:
+                raise Unauthenticated("the id_token failed validation: auth_time is in the future")
         return decoded.claims
+
+
+def _auth_time(claims: dict[str, Any]) -> dt.datetime | None:
+    value = claims.get("auth_time")
+    return None if value is None else dt.datetime.fromtimestamp(value, dt.UTC)
 
 
 def _fetch_json(url: str) -> dict[str, Any]:

@@ -32,13 +32,20 @@ class Principal:
     ip: str | None = None
     # A token bound to one project (a notebook workspace's): every other project is invisible to it.
     project_id: uuid.UUID | None = None
+    # False: whatever mfa_at says, this credential never stands for a *recent* second factor (a session whose OpenID
+    # Provider did not show that it asked for one during the login). A project-bound token never does either.
+    fresh_mfa_allowed: bool = True
 
     @property
     def has_mfa(self) -> bool:
         return self.mfa_at is not None
 
     def mfa_is_fresh(self, minutes: int) -> bool:
-        return self.mfa_at is not None and utcnow() - self.mfa_at <= dt.timedelta(minutes=minutes)
+        """A second factor within the last ``minutes``. Never for a project-bound token: the hub minted it for a
+        workspace, where the notebook's code holds it, so its minting proves nobody's presence."""
+        if self.project_id is not None or not self.fresh_mfa_allowed or self.mfa_at is None:
+            return False
+        return utcnow() - self.mfa_at <= dt.timedelta(minutes=minutes)
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes

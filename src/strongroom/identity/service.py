@@ -7,6 +7,7 @@ transaction; the caller commits.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 import secrets
 import uuid
@@ -163,17 +164,38 @@ def require_fresh_mfa(principal: Principal, minutes: int) -> None:
 
 
 # -- login throttling --------------------------------------------------------------------------
+# Every failed password, second factor or current-password check counts twice: under the account (``user:``, every
+# address together, ``limit`` per window) and under the client's address (``ip:``, every account together, a much
+# higher ``address_limit``). A mistyped or attacked account is held without holding anyone else behind the same
+# address (a hospital's NAT), while one address trying password after password over many accounts (spraying) is
+# held at its ceiling. IPv6 clients count per /64, the block one subscriber holds, so rotating addresses gains
+# nothing.
+ADDRESS_LIMIT_FACTOR = 20  # the address ceiling when a caller names none: 20 accounts' worth of failures
+
+
+def _address_key(ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"ip:{ip}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network((address, 64), strict=False)}"
+    return f"ip:{address}"
+
+
 def _throttle_keys(username: str, ip: str | None) -> list[str]:
-    return [f"user:{username.lower()}"] + ([f"ip:{ip}"] if ip else [])
+    return [f"user:{username.lower()}"] + ([_address_key(ip)] if ip else [])
 
 
-def check_throttle(session: Session, username: str, ip: str | None, *, limit: int, window_s: int) -> None:
+def check_throttle(session: Session, username: str, ip: str | None, *, limit: int, window_s: int,
+                   address_limit: int | None = None) -> None:
     since = utcnow() - dt.timedelta(seconds=window_s)
+    per_address = address_limit if address_limit is not None else limit * ADDRESS_LIMIT_FACTOR
     for key in _throttle_keys(username, ip):
         n = session.scalar(select(func.count()).where(LoginAttempt.key == key, LoginAttempt.created_at >= since))
-        # per-address limit is looser: many people may share a hospital's NAT
-        allowed = limit if key.startswith("user:") else limit * 4
-        if (n or 0) >= allowed:
+        if (n or 0) >= (limit if key.startswith("user:") else per_address):
             raise TooManyRequests("too many failed logins; wait a few minutes and try again",
                                   retry_after=window_s)
 
@@ -194,11 +216,12 @@ class PasswordCheck:
 
 
 def authenticate_password(
-    session: Session, username: str, password: str, *, ip: str | None, limit: int, window_s: int
+    session: Session, username: str, password: str, *, ip: str | None, limit: int, window_s: int,
+    address_limit: int | None = None,
 ) -> PasswordCheck:
     """First factor. Raises Unauthenticated with one message for every failure reason."""
     username = username.strip().lower()
-    check_throttle(session, username, ip, limit=limit, window_s=window_s)
+    check_throttle(session, username, ip, limit=limit, window_s=window_s, address_limit=address_limit)
     cred = session.scalar(select(LocalCredential).where(LocalCredential.username == username))
     ok = verify_password(cred.password_hash if cred else dummy_hash(), password)
     if cred is None or not ok or not cred.user.is_active:
@@ -213,12 +236,24 @@ def authenticate_password(
     return PasswordCheck(user=cred.user, needs_enrolment=not cred.mfa_enrolled)
 
 
-def change_password(session: Session, principal: Principal, current: str, new: str, *,
-                    keep_session: WebSession | None = None) -> None:
+def change_password(session: Session, principal: Principal, current: str, new: str, *, limit: int, window_s: int,
+                    address_limit: int | None = None, keep_session: WebSession | None = None) -> None:
     """A local user's own change. Every other session and every API token of theirs ends: whoever
-    knew the old password may have used it to start one."""
+    knew the old password may have used it to start one.
+
+    The current-password check is a password guess like a login's: it shares the login throttle under the
+    account's username (and the caller's address), so a stolen session cannot try passwords faster than the
+    login form allows. Wrong guesses and throttled attempts are audited as denied."""
     cred = _credential(session, principal.user)
+    try:
+        check_throttle(session, cred.username, principal.ip, limit=limit, window_s=window_s,
+                       address_limit=address_limit)
+    except TooManyRequests:
+        audit.record(session, principal.actor, "user.password_changed", outcome="denied",
+                     subject_user_id=principal.user.id, details={"reason": "too many failed attempts"})
+        raise
     if not verify_password(cred.password_hash, current):
+        note_failed_login(session, cred.username, principal.ip)
         audit.record(session, principal.actor, "user.password_changed", outcome="denied",
                      subject_user_id=principal.user.id, details={"reason": "current password wrong"})
         raise Invalid("current password is wrong")
@@ -341,10 +376,10 @@ def confirm_totp_enrolment(session: Session, user: User, code: str, hub_secret: 
 
 
 def verify_second_factor(session: Session, user: User, code: str, hub_secret: bytes, ip: str | None,
-                         *, limit: int, window_s: int) -> str:
+                         *, limit: int, window_s: int, address_limit: int | None = None) -> str:
     """Check a TOTP or recovery code. Returns which one was used; raises Unauthenticated."""
     cred = _credential(session, user)
-    check_throttle(session, cred.username, ip, limit=limit, window_s=window_s)
+    check_throttle(session, cred.username, ip, limit=limit, window_s=window_s, address_limit=address_limit)
     actor = Actor(user.id, user.label, ip)
     if cred.mfa_enrolled and cred.totp_secret is not None:
         seed = FieldCipher(hub_secret, "totp").decrypt(cred.totp_secret)
@@ -422,14 +457,22 @@ def reset_mfa(session: Session, actor: Actor, user: User) -> None:
 
 
 # -- browser sessions --------------------------------------------------------------------------
+# WebSession.data key: the login was multi-factor but not shown to be recent (an OpenID Provider that answered from
+# its own earlier session without saying when it authenticated the user): the session reads data, but every
+# fresh-MFA action first sends the user to re-authenticate. Dropped by the next session rotation with MFA.
+MFA_NOT_RECENT = "mfa_not_recent"
+
+
 def start_session(session: Session, user: User, *, stage: str, method: str, mfa: bool, ip: str | None,
-                  max_hours: int) -> str:
-    """Create a session; returns the cookie value (only its hash is stored)."""
+                  max_hours: int, mfa_recent: bool = True) -> str:
+    """Create a session; returns the cookie value (only its hash is stored). ``mfa_recent=False``: the second factor
+    (``mfa``) counts for reading data but never as a fresh one (see ``MFA_NOT_RECENT``)."""
     secret = new_secret()
     now = utcnow()
     session.add(WebSession(id_hash=sha256_hex(secret), user_id=user.id, stage=stage, auth_method=method,
                            mfa_at=now if mfa else None, last_seen_at=now,
-                           expires_at=now + dt.timedelta(hours=max_hours), ip=ip, data={}))
+                           expires_at=now + dt.timedelta(hours=max_hours), ip=ip,
+                           data={} if mfa_recent or not mfa else {MFA_NOT_RECENT: True}))
     if stage == "active":
         user.last_login_at = now
     return secret
@@ -451,12 +494,13 @@ def load_session(session: Session, cookie: str | None, *, idle_minutes: int) -> 
 
 
 def rotate_session(session: Session, ws: WebSession, *, stage: str, mfa: bool) -> str:
-    """Issue a new cookie on privilege change (after MFA), so a pre-login cookie is worthless."""
+    """Issue a new cookie on privilege change (after MFA), so a pre-login cookie is worthless. With ``mfa`` the
+    second factor was just presented (now); without it the session keeps what it had."""
     secret = new_secret()
     now = utcnow()
     fresh = WebSession(id_hash=sha256_hex(secret), user_id=ws.user_id, stage=stage,
                        auth_method=ws.auth_method, mfa_at=now if mfa else ws.mfa_at, last_seen_at=now,
-                       expires_at=ws.expires_at, ip=ws.ip, data={})
+                       expires_at=ws.expires_at, ip=ws.ip, data={} if mfa else dict(ws.data or {}))
     session.delete(ws)
     session.add(fresh)
     if stage == "active":
@@ -472,8 +516,10 @@ def end_session(session: Session, ws: WebSession, actor: Actor) -> None:
 
 
 def session_principal(ws: WebSession, user: User, ip: str | None) -> Principal:
+    data = getattr(ws, "data", None) or {}
     return Principal(user=user, via="session", mfa_at=ws.mfa_at, scopes=frozenset(_scopes_for(user)),
-                     credential_id=f"session:{ws.id_hash[:8]}", ip=ip)
+                     credential_id=f"session:{ws.id_hash[:8]}", ip=ip,
+                     fresh_mfa_allowed=not data.get(MFA_NOT_RECENT))
 
 
 def _scopes_for(user: User) -> set[str]:
@@ -558,7 +604,8 @@ def authenticate_token(session: Session, plaintext: str, ip: str | None, *, use_
 
 def _token_principal(user: User, token_scopes: Iterable[str], created_at: dt.datetime, prefix: str,
                      ip: str | None) -> Principal:
-    # A token was minted under fresh MFA: that moment is its MFA time.
+    # A token was minted under fresh MFA: that moment is its MFA time. A project-bound one (a workspace's) reads data
+    # with it but never passes a fresh-MFA check (Principal.mfa_is_fresh), and deps refuses it on account routes.
     token_scopes = list(token_scopes)
     scopes = frozenset(token_scopes) & frozenset(_scopes_for(user))
     bound = [s.removeprefix(PROJECT_SCOPE) for s in token_scopes if s.startswith(PROJECT_SCOPE)]

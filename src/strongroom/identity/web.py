@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from typing import Annotated
 from urllib.parse import quote
@@ -28,7 +29,7 @@ from ..errors import DomainError, Forbidden, Invalid, TooManyRequests, Unauthent
 from ..hub import Hub
 from ..web.templating import redirect_with, templates
 from . import service
-from .models import LocalCredential, OidcLoginState
+from .models import LocalCredential, OidcLoginState, WebSession
 from .oidc import OidcClient
 from .principal import SCOPES
 from .secrets import MIN_PASSWORD_LENGTH, sha256_hex
@@ -91,7 +92,8 @@ def login_submit(request: Request, db: Db, hub: HubDep, username: Annotated[str,
     try:
         check = service.authenticate_password(db, username, password, ip=client_ip(request),
                                               limit=sec.login_attempts_per_window,
-                                              window_s=sec.login_window_seconds)
+                                              window_s=sec.login_window_seconds,
+                                              address_limit=sec.login_attempts_per_address)
     except DomainError as exc:
         db.commit()  # keep the refusal's audit event and throttle count
         return _refused(request, "login.html", {"next": _safe_next(next)}, exc)
@@ -124,7 +126,8 @@ def mfa_submit(request: Request, db: Db, hub: HubDep, code: Annotated[str, Form(
     sec = hub.settings.security
     try:
         service.verify_second_factor(db, user, code, hub.secret, client_ip(request),
-                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
+                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds,
+                                     address_limit=sec.login_attempts_per_address)
     except DomainError as exc:
         db.commit()
         return _refused(request, "login_mfa.html", {"next": _safe_next(next), "action": "/login/mfa"}, exc)
@@ -190,12 +193,14 @@ def reauth_submit(request: Request, db: Db, hub: HubDep, principal: WebPrincipal
     sec = hub.settings.security
     try:
         service.verify_second_factor(db, user, code, hub.secret, client_ip(request),
-                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds)
+                                     limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds,
+                                     address_limit=sec.login_attempts_per_address)
     except DomainError as exc:
         db.commit()
         return _refused(request, "login_mfa.html",
                         {"next": _safe_next(next), "action": "/login/reauth", "reauth": True}, exc)
     ws.mfa_at = utcnow()
+    ws.data = {k: v for k, v in (ws.data or {}).items() if k != service.MFA_NOT_RECENT}
     return redirect_with(request, _safe_next(next), "Identity confirmed: you can go on.")
 
 
@@ -222,15 +227,22 @@ def _oidc(request: Request, hub: Hub) -> OidcClient:
 
 
 OIDC_STATE_COOKIE = "sr_oidc_state"
+# WebSession.data key: the state (hash) of the re-authentication this session asked its OpenID Provider for.
+OIDC_REAUTH = "oidc_reauth_state"
 
 
 @router.get("/auth/oidc/login")
-def oidc_login(request: Request, db: Db, hub: HubDep, next: str | None = None) -> Response:
+def oidc_login(request: Request, db: Db, hub: HubDep, next: str | None = None, reauth: bool = False) -> Response:
+    """Start an OpenID Connect login. ``reauth`` (from /login/reauth, for a fresh second factor): the provider is
+    told to authenticate the user again now, and the callback accepts nothing less for this session."""
     client = _oidc(request, hub)
     state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
     db.add(OidcLoginState(state_hash=sha256_hex(state), nonce=nonce, code_verifier=verifier,
                           next_url=_safe_next(next)))
-    response = _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier))
+    found = current_web_session(request, db) if reauth else None
+    if found is not None and found[0].stage == "active":
+        found[0].data = {**(found[0].data or {}), OIDC_REAUTH: sha256_hex(state)}
+    response = _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier, reauth=reauth))
     # Binds the flow to this browser: a callback URL opened elsewhere (login CSRF) is refused.
     response.set_cookie(OIDC_STATE_COOKIE, state, max_age=600, httponly=True, samesite="lax",
                         secure=hub.settings.cookie_secure, path="/auth/oidc/")
@@ -269,15 +281,27 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
         db.commit()
         raise Forbidden("your role can see data, so your home organisation must log you in with "
                         "multi-factor authentication; enable MFA there and try again", mfa_required=True)
-    audit.record(db, actor, "login.oidc", subject_user_id=user.id, details=details)
+    # A second factor counts as fresh only when the provider shows it authenticated the user for this very request
+    # (auth_time), not when it answered from a session of its own that may be hours old.
+    recent = identity.mfa and identity.authenticated_since(pending.created_at)
     found = current_web_session(request, db)
-    if found is not None:  # an OIDC re-authentication refreshes MFA on the current session
-        ws, _ = found
-        if ws.user_id == user.id and identity.mfa:
-            cookie = service.rotate_session(db, ws, stage="active", mfa=True)
-            return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
-        db.delete(ws)
-    cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa,
+    if found is not None and found[0].user_id == user.id and _reauth_of(found[0], pending):
+        ws, _ = found  # this session's re-authentication: refreshes its MFA, or nothing
+        if not recent:
+            audit.record(db, actor, "login.oidc", outcome="denied", subject_user_id=user.id,
+                         details={**details, "reauth": True, "auth_time": _iso(identity.auth_time),
+                                  "reason": "no fresh multi-factor authentication"})
+            db.commit()
+            raise Forbidden("your home organisation did not ask for your password and second factor again, so this "
+                            "does not confirm that it is you; try again and sign in there when asked (log out of "
+                            "your home organisation first if it does not ask)")
+        audit.record(db, actor, "login.oidc", subject_user_id=user.id, details={**details, "reauth": True})
+        cookie = service.rotate_session(db, ws, stage="active", mfa=True)
+        return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
+    audit.record(db, actor, "login.oidc", subject_user_id=user.id, details=details)
+    if found is not None:  # a login replaces whatever session this browser had
+        db.delete(found[0])
+    cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa, mfa_recent=recent,
                                    ip=client_ip(request), max_hours=hub.settings.security.session_max_hours)
     response = redirect_with(request, pending.next_url, f"Logged in as {user.display_name}.")
     return _oidc_done(_with_session_cookie(response, hub, cookie))
@@ -286,6 +310,15 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
 def _oidc_done(response: Response) -> Response:
     response.delete_cookie(OIDC_STATE_COOKIE, path="/auth/oidc/")
     return response
+
+
+def _reauth_of(ws: WebSession, pending: OidcLoginState) -> bool:
+    """Whether this login is the re-authentication ``ws`` asked for (see ``oidc_login``)."""
+    return (ws.data or {}).get(OIDC_REAUTH) == pending.state_hash
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 # -- account -----------------------------------------------------------------------------------
@@ -382,17 +415,22 @@ def change_password(request: Request, db: Db, hub: HubDep, principal: WebPrincip
                     current_password: Annotated[str, Form(max_length=1024)],
                     new_password: Annotated[str, Form(max_length=1024)],
                     new_password_again: Annotated[str, Form(max_length=1024)]) -> Response:
-    service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
+    sec = hub.settings.security
+    service.require_fresh_mfa(principal, sec.fresh_mfa_minutes)
     found = current_web_session(request, db)
     assert found is not None
     ws, _user = found
     try:
         if new_password != new_password_again:
             raise Invalid("the two new passwords differ")
-        service.change_password(db, principal, current_password, new_password, keep_session=ws)
-    except Invalid as exc:
+        service.change_password(db, principal, current_password, new_password, keep_session=ws,
+                                limit=sec.login_attempts_per_window, window_s=sec.login_window_seconds,
+                                address_limit=sec.login_attempts_per_address)
+    except (Invalid, TooManyRequests) as exc:
+        # the refusal's audit event and throttle count are kept: this response commits
         ctx = _account_context(db, principal) | {"password_error": exc.detail}
-        return templates.TemplateResponse(request, "account.html", ctx, status_code=422)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, TooManyRequests) else None
+        return templates.TemplateResponse(request, "account.html", ctx, status_code=exc.status, headers=headers)
     # A new session id for this browser too: a copy of the old cookie is worth nothing now.
     cookie = service.rotate_session(db, ws, stage="active", mfa=False)
     use_session_cookie(request, cookie)

@@ -9,5 +9,6 @@ if TYPE_CHECKING:
 
 
 def includeme(config: Config) -> None:
+    config.add_settings("ops")  # [ops] metrics_token
     config.add_api_router("strongroom.ops.api:router")
     config.add_cli("strongroom.ops.cli:app", into="admin")  # strongroom admin rotate-secret

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..audit import service as audit
@@ -38,7 +41,22 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "database": "ok"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"}})
-def metrics() -> Response:
+def metrics_allowed(request: Request) -> bool:
+    """Whether the request carries ``Authorization: Bearer <[ops] metrics_token>`` (compared in constant time).
+    Without a configured token nobody is: the figures (routes, statuses, request counts) are the operator's."""
+    token = request.app.state.hub.settings.ops.metrics_token.get_secret_value()
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and secrets.compare_digest(sent.strip().encode(), token.encode())
+
+
+@router.get("/metrics", summary="Prometheus metrics (for the bearer token [ops] metrics_token only)",
+            response_class=Response,
+            description="Needs `Authorization: Bearer <metrics_token>` (the `[ops] metrics_token` setting, not an "
+                        "API token). Without it, or while no token is configured, the answer is 404 as for a path "
+                        "that does not exist.",
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
+                       404: {"description": "Not found: no metrics token configured, or not the one sent"}})
+def metrics(request: Request) -> Response:
+    if not metrics_allowed(request):
+        raise StarletteHTTPException(404, "Not Found")  # what a path that does not exist answers
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
