@@ -284,8 +284,10 @@ def test_concurrent_starts_never_lease_one_uid(hub, people, monkeypatch: pytest.
             _stop(hub, ws)
 
 
-def test_the_database_refuses_one_uid_for_two_live_workspaces(hub, people) -> None:
-    """The constraint itself: two live workspaces on one uid cannot be stored; stopped ones keep theirs."""
+@pytest.mark.parametrize("held", ["uid", "slot"])
+def test_the_database_refuses_one_uid_for_two_live_workspaces(hub, people, held: str) -> None:
+    """The constraint itself: two live workspaces on one uid (or one network slot: a namespace the second one's
+    teardown would remove under the first) cannot be stored; stopped ones keep theirs."""
     people("alice")
     make_project(hub, "lung", pi="alice")
     with transaction(hub.sessions) as s:
@@ -294,7 +296,7 @@ def test_the_database_refuses_one_uid_for_two_live_workspaces(hub, people) -> No
 
     def row(state: str) -> Workspace:
         return Workspace(id=uuid.uuid4(), project_id=pid, user_id=uid, launcher="local", isolation="none",
-                         state=state, uid=2_000_001)
+                         state=state, **{held: 2_000_001})
 
     with transaction(hub.sessions) as s:
         s.add_all([row(STOPPED), row(STOPPED), row(RUNNING)])

@@ -20,8 +20,11 @@ class Workspace(IdMixin, CreatedMixin, Base):
     __tablename__ = "workspaces"
     __table_args__ = (Index("ix_workspaces_state", "state"),
                       # never two live workspaces on one uid: concurrent starts that picked the same one collide
-                      # here (SQLite and PostgreSQL alike), and the loser leases another (service.lease_uid)
+                      # here (SQLite and PostgreSQL alike), and the loser leases another (service.lease)
                       Index("uq_workspaces_live_uid", "uid", unique=True, sqlite_where=_LIVE_SQL,
+                            postgresql_where=_LIVE_SQL),
+                      # nor on one network slot (namespace, addresses, rules): the same race, the same answer
+                      Index("uq_workspaces_live_slot", "slot", unique=True, sqlite_where=_LIVE_SQL,
                             postgresql_where=_LIVE_SQL))
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id"), index=True)

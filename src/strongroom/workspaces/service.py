@@ -225,20 +225,27 @@ def free_uid(session: Session, settings: Settings) -> int:
     raise Conflict(f"every uid of [workspaces] uid_range ({lo}-{hi}) is in use: no workspace can start now")
 
 
-def lease_uid(session: Session, settings: Settings, ws: Workspace) -> int:
-    """Give ``ws`` (new, not yet flushed) a uid of its own and insert it. The partial unique index on live
-    workspaces' uids decides between concurrent starts that picked the same one: the loser picks again."""
+def lease(session: Session, settings: Settings, ws: Workspace, *, uid: bool, slot: bool) -> None:
+    """Insert ``ws`` (new, not yet flushed) with what it must hold alone while live: a uid of its own (``uid``)
+    and a network slot, i.e. its namespace, address pair and rules (``slot``). Partial unique indexes on live
+    workspaces' uids and slots decide between concurrent starts that picked the same one: the loser picks again
+    (two live workspaces on one slot would share a namespace, and the second one's teardown would remove the
+    first one's)."""
     for _ in range(LEASE_ATTEMPTS):
-        ws.uid = uid = free_uid(session, settings)
+        if slot:
+            ws.slot = _free_slot(session)
+        if uid:
+            ws.uid = free_uid(session, settings)
         try:
             with session.begin_nested():
                 session.add(ws)
                 session.flush()
-            return uid
+            return
         except IntegrityError as exc:
-            if "uid" not in str(exc.orig):
+            if "uid" not in str(exc.orig) and "slot" not in str(exc.orig):
                 raise
-    raise Conflict("no free uid for the workspace after several attempts (many starts at once?): try again")
+    raise Conflict("no free uid or network slot for the workspace after several attempts (many starts at "
+                   "once?): try again")
 
 
 def _private_scratch_root(root: Path) -> None:
@@ -347,17 +354,12 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     ws = Workspace(id=uuid.uuid4(), project_id=access.project.id, user_id=principal.user.id, launcher=w.launcher,
                    isolation=isolation, detail=why, booking_id=booking.id if booking else None,
                    ends_at=booking.end_at if booking else None)
-    ws.slot = _free_slot(session) if isolation == "namespace" else None
     root = os.geteuid() == 0
     # Who the workspace runs as: a Slurm job as the member's cluster account; a local one (the hub as root)
     # under a uid of its own, leased here — or, legacy (run_as = ""), as root without capabilities; a hub that
     # is not root (development only: it needs allow_unisolated) cannot switch, so its workspaces run as itself.
     own_uid = w.launcher == "local" and root and w.run_as is None
-    if own_uid:
-        lease_uid(session, settings, ws)
-    else:
-        session.add(ws)
-        session.flush()
+    lease(session, settings, ws, uid=own_uid, slot=isolation == "namespace")
     scratch = scratch_root(settings) / str(ws.id)
     _private_scratch_root(scratch.parent)
     scratch.mkdir(mode=0o700)
