@@ -1,4 +1,10 @@
-"""Structured JSON logs with secrets scrubbed before anything is written."""
+"""Structured JSON logs with secrets scrubbed before anything is written.
+
+Every line goes through `scrub` as the last step before rendering, after exceptions are formatted: values
+under secret-looking keys (at any depth of dicts, lists and tuples) are masked, and token-shaped text in
+any string (the event, values, the formatted traceback) is redacted. The standard library's loggers
+(uvicorn's errors, libraries) are rendered by the same processors, so they are scrubbed too.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,80 @@ import sys
 from typing import Any
 
 import structlog
-from structlog.typing import EventDict
+from structlog.typing import EventDict, Processor
 
+MASK = "**********"
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|cookie|code_verifier|totp|otp|key",
                           re.IGNORECASE)
-_BEARER = re.compile(r"sr_[A-Za-z0-9]{12}_[A-Za-z0-9_-]+")
+# token-shaped text, wherever it appears: (pattern, replacement)
+_SECRET_TEXT: list[tuple[re.Pattern[str], str]] = [
+    # a PEM-style private key block (Crypt4GH's, SSH, PKCS#8), also cut short or with escaped newlines
+    (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----"
+                r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s\\]*)", re.DOTALL),
+     r"-----BEGIN \1PRIVATE KEY-----" + MASK),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1 " + MASK),
+    (re.compile(r"sr_[A-Za-z0-9]{12}_[A-Za-z0-9_-]+"), "sr_" + MASK),  # the hub's API tokens
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),  # a JWT (visas, ID tokens)
+    # the password in a URL: postgresql://user:password@host, https://user:password@host
+    (re.compile(r"\b([a-z][a-z0-9+.-]{0,30}://[^\s:/@]{0,256}:)[^\s/@]{1,256}@", re.IGNORECASE),
+     r"\1" + MASK + "@"),
+    # secret-looking names given a value in free text: key=value (query strings, keyword arguments) and
+    # 'key': value (a dict's repr, JSON)
+    (re.compile(r"\b((?:password|passwd|secret|client_secret|access_token|refresh_token|id_token|api_key|token)"
+                r"(?:\s*=\s*[\"']?|[\"']\s*:\s*[\"']?))[^\s\"'&,;]+", re.IGNORECASE), r"\1" + MASK),
+]
+_PLAIN = (int, float, bool, type(None))
+
+
+def scrub_text(text: str) -> str:
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _scrub_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if depth > 20:  # deeper than any log line should be: say nothing rather than walk it
+        return MASK
+    if isinstance(value, dict):
+        return {k: MASK if isinstance(k, str) and _SECRET_KEYS.search(k) else _scrub_value(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrub_value(v, depth + 1) for v in value]
+    # anything else is rendered by its repr (as the JSON renderer would): scrub that text
+    return scrub_text(repr(value))
 
 
 def _scrub(_logger: Any, _name: str, event: EventDict) -> EventDict:
     for key in list(event):
         if key != "event" and _SECRET_KEYS.search(key):
-            event[key] = "**********"
-        elif isinstance(event[key], str):
-            event[key] = _BEARER.sub("sr_**********", event[key])
+            event[key] = MASK
+        else:
+            event[key] = _scrub_value(event[key])
     return event
+
+
+class _StderrHandler(logging.StreamHandler[Any]):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was at start (daemons, test capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure(level: str = "INFO", json: bool = True) -> None:
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    shared: list[Processor] = [structlog.processors.add_log_level,
+                               structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _scrub,
+            *shared,
             structlog.processors.format_exc_info,
+            _scrub,  # after the traceback became text: an exception's message is scrubbed too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
@@ -40,6 +95,18 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(message)s")
+    # The standard library's records (uvicorn's "Exception in ASGI application" with its traceback, libraries'
+    # warnings) through the same processors: one handler on the root logger, replaced on reconfiguration.
+    handler = _StderrHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, _scrub, renderer]))
+    handler._strongroom = True  # type: ignore[attr-defined]
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_strongroom", False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
     for noisy in ("uvicorn.access", "httpx", "httpcore", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,7 +10,6 @@ import traceback
 import uuid
 
 import structlog
-from prometheus_client import Counter
 
 from ..audit.service import StaleSecret
 from ..db import transaction
@@ -19,7 +18,7 @@ from . import registry, service
 from .context import JobContext
 
 log = structlog.get_logger("strongroom.jobs")
-JOBS_RUN = Counter("strongroom_jobs_total", "Jobs finished by this process", ["kind", "outcome"])
+JOBS_RUN = service.JOBS_RUN
 
 
 class Runner:
@@ -56,7 +55,7 @@ class Runner:
         kind = self.kinds[kind_name]
         log.info("job.start", job_id=job_id, kind=kind_name, attempt=attempt)
         heartbeat_stop = threading.Event()
-        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, heartbeat_stop), daemon=True)
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job_id, kind, heartbeat_stop), daemon=True)
         heartbeat.start()
         started = time.monotonic()
         try:
@@ -89,9 +88,14 @@ class Runner:
         JOBS_RUN.labels(kind_name, "done" if finished else "lost").inc()
         return True
 
-    def _heartbeat(self, job_id: int, stop: threading.Event) -> None:
+    def _heartbeat(self, job_id: int, kind: registry.JobKind, stop: threading.Event) -> None:
+        """Renew the lease while the job runs, up to the kind's time limit; past it, give the attempt up."""
         interval = max(self.lease_seconds / 3, 0.2)
-        while not stop.wait(interval):
+        deadline = time.monotonic() + kind.timeout_seconds
+        while not stop.wait(max(min(interval, deadline - time.monotonic()), 0)):
+            if time.monotonic() >= deadline:
+                self._time_out(job_id, kind)
+                return
             try:
                 with transaction(self.sessions) as session:
                     if not service.renew(session, job_id, self.worker_id, self.lease_seconds):
@@ -99,6 +103,22 @@ class Runner:
                         return
             except Exception as exc:  # a missed heartbeat is retried next interval
                 log.warning("job.heartbeat_failed", job_id=job_id, error=repr(exc))
+
+    def _time_out(self, job_id: int, kind: registry.JobKind) -> None:
+        """The attempt ran past ``kind.timeout_seconds``: record it as a failed attempt (retried with backoff, or
+        failed for good). The job's thread cannot be stopped: if it ever returns, its result is dropped (the job
+        is no longer this worker's); if it hangs, this worker stays busy until restarted, which the log says."""
+        error = (f"attempt timed out: still running after {kind.timeout_seconds:g} s, the time limit of "
+                 f"{kind.name} (worker {self.worker_id})")
+        status = None
+        try:
+            with transaction(self.sessions) as session:
+                status = service.fail(session, job_id, self.worker_id, error)
+        except Exception as exc:  # the lease is no longer renewed either way: it lapses, and a claim takes over
+            log.warning("job.heartbeat_failed", job_id=job_id, error=repr(exc))
+        log.error("job.timed_out", job_id=job_id, kind=kind.name, seconds=kind.timeout_seconds, worker=self.worker_id,
+                  now=status or "lapsing", detail="the worker stays busy until the job returns; restart it if hung")
+        JOBS_RUN.labels(kind.name, "failed").inc()  # a failed attempt (StrongroomJobsFailing)
 
     # -- loops ---------------------------------------------------------------------------------
     def run_forever(self) -> None:

@@ -1,10 +1,14 @@
 """Enqueue, claim, renew and finish jobs.
 
 Claiming is a lease: a runner owns a job until ``lease_expires_at`` and renews the lease while it
-works. A runner that dies stops renewing, the lease lapses and another runner claims the job
-again. The claim locks its row with ``FOR UPDATE SKIP LOCKED``, so many workers on many hosts never
-block one another on PostgreSQL; on SQLite ``FOR UPDATE`` takes the database's write lock (see
-``strongroom.db``). An idle poll looks first without locking, so it takes no write lock at all.
+works. A runner that dies (or hangs, or runs past its kind's time limit) stops renewing and the lease
+lapses. The next claim treats a lapsed lease as a failed attempt: the job is queued again, due from
+the moment its lease lapsed, or failed once its ``max_attempts`` are used up, so a job that kills its
+worker cannot crash-loop forever nor go ahead of the jobs that were due before it. Claims then take
+queued jobs only, oldest due first. The claim locks its rows with ``FOR UPDATE SKIP LOCKED``, so many
+workers on many hosts never block one another on PostgreSQL; on SQLite ``FOR UPDATE`` takes the
+database's write lock (see ``strongroom.db``). An idle poll looks first without locking, so it takes
+no write lock at all.
 
 Why not procrastinate: it only runs on PostgreSQL, and the embedded default must work with
 nothing but a SQLite file. One lease-based table serves both, with the same semantics.
@@ -15,12 +19,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import structlog
+from prometheus_client import Counter
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..db import rowcount, utcnow
 from .models import Job
+
+log = structlog.get_logger("strongroom.jobs")
+JOBS_RUN = Counter("strongroom_jobs_total", "Jobs finished by this process", ["kind", "outcome"])
+# lapsed leases handled per claim: at most one per worker that died, so a small batch clears a host's worth
+REAP_BATCH = 50
 
 
 def enqueue(
@@ -81,20 +92,24 @@ def enqueue_periodic(session: Session, runs: list[tuple[str, str, int]]) -> list
 
 
 def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]) -> Job | None:
-    """Take the oldest runnable job: queued and due, or running with a lapsed lease.
+    """Take the oldest due queued job, after handing the lapsed leases of ``kinds`` to `lapse`.
 
-    Two index-ordered ``LIMIT 1`` queries rather than one ``OR``: the ``OR`` makes the database
-    sort the whole backlog on every claim, which grows quadratically with a burst of uploads.
+    A lapsed job is not claimed ahead of the others: `lapse` queues it again (due from when its lease
+    lapsed) or fails it, and it then waits its turn like any queued job. Two index-ordered queries
+    rather than one ``OR``: the ``OR`` makes the database sort the whole backlog on every claim, which
+    grows quadratically with a burst of uploads.
     """
     now = utcnow()
     queued = (select(Job).where(Job.status == "queued", Job.run_after <= now, Job.kind.in_(kinds))
               .order_by(Job.run_after, Job.id).limit(1))
     lapsed = (select(Job).where(Job.status == "running", Job.lease_expires_at < now, Job.kind.in_(kinds))
-              .order_by(Job.lease_expires_at).limit(1))
-    if session.scalars(lapsed).first() is None and session.scalars(queued).first() is None:
+              .order_by(Job.lease_expires_at, Job.id))
+    if session.scalars(lapsed.limit(1)).first() is None and session.scalars(queued).first() is None:
         return None  # nothing to do: found without the lock an idle poll would otherwise take
-    queued, lapsed = queued.with_for_update(skip_locked=True), lapsed.with_for_update(skip_locked=True)
-    job = session.scalars(lapsed).first() or session.scalars(queued).first()
+    for expired in session.scalars(lapsed.limit(REAP_BATCH).with_for_update(skip_locked=True)).all():
+        lapse(expired, now)
+    session.flush()
+    job = session.scalars(queued.with_for_update(skip_locked=True)).first()
     if job is None:
         return None
     job.status = "running"
@@ -103,6 +118,30 @@ def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]
     job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
     session.flush()
     return job
+
+
+def backoff(attempts: int) -> dt.timedelta:
+    """How long a job waits after its ``attempts``-th attempt failed: exponential, at most 5 minutes."""
+    return dt.timedelta(seconds=min(2 ** attempts, 300))
+
+
+def lapse(job: Job, now: dt.datetime) -> str:
+    """A running job whose lease lapsed (its worker died, hung, or ran past the kind's time limit): that
+    attempt failed. Queued again, due from when the lease lapsed (no backoff: the lease was the wait, and a
+    restarted worker resumes its work at once), or failed when it was the last attempt. The row must be
+    locked by the caller. Returns the job's new status."""
+    worker, lapsed_at = job.locked_by, job.lease_expires_at or now
+    error = (f"attempt {job.attempts} of {job.max_attempts} lost: worker {worker} stopped renewing its lease "
+             f"(it died, hung or ran past its time limit); the lease lapsed at {lapsed_at.isoformat()}")
+    job.last_error, job.lease_expires_at, job.locked_by = error, None, None
+    if job.attempts >= job.max_attempts:
+        job.status, job.finished_at = "failed", now
+        log.error("job.failed", job_id=job.id, kind=job.kind, attempt=job.attempts, error=error)
+    else:
+        job.status, job.run_after = "queued", lapsed_at
+        log.warning("job.lease_lapsed", job_id=job.id, kind=job.kind, attempt=job.attempts, worker=worker)
+    JOBS_RUN.labels(job.kind, "failed").inc()  # a failed attempt, as the runner counts one that raised
+    return job.status
 
 
 def renew(session: Session, job_id: int, worker_id: str, lease_seconds: int) -> bool:
@@ -126,24 +165,26 @@ def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any]
 
 def give_back(session: Session, job_id: int, worker_id: str) -> None:
     """Return a claimed job untried (the attempt not counted): this worker cannot run anything now."""
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.locked_by != worker_id or job.status != "running":
         return
     job.status, job.attempts, job.lease_expires_at, job.locked_by = "queued", max(job.attempts - 1, 0), None, None
 
 
-def fail(session: Session, job_id: int, worker_id: str, error: str) -> None:
-    """Record a failure; retry with exponential backoff until ``max_attempts`` is reached."""
-    job = session.get(Job, job_id)
+def fail(session: Session, job_id: int, worker_id: str, error: str) -> str | None:
+    """Record a failure; retry with exponential backoff until ``max_attempts`` is reached. Returns the job's
+    new status (None: the job is not this worker's any more)."""
+    job = session.get(Job, job_id, with_for_update=True)  # not a claim lapsing it at the same time
     if job is None or job.locked_by != worker_id or job.status != "running":
-        return
+        return None
     job.last_error = error[:4000]
     job.lease_expires_at = None
     if job.attempts >= job.max_attempts:
         job.status, job.finished_at = "failed", utcnow()
     else:
         job.status = "queued"
-        job.run_after = utcnow() + dt.timedelta(seconds=min(2 ** job.attempts, 300))
+        job.run_after = utcnow() + backoff(job.attempts)
+    return job.status
 
 
 def stats(session: Session) -> dict[str, int]:

@@ -3,8 +3,13 @@
 `enqueue_email` is called inside the caller's transaction: the e-mail is a durable job
 (``notify.email``) that commits or rolls back with the change it announces, and is retried with
 backoff while the SMTP server is away. The job renders a Jinja2 text template from
-``templates/`` (first line = Subject, the rest = body) and sends it with the ``notify`` settings;
-with no SMTP host configured (the embedded default) the message is written to the log instead.
+``templates/`` (first line = Subject, the rest = body) and sends it with the ``notify`` settings.
+With no SMTP host configured (the embedded default) nothing is sent: a warning names the template, the
+job and the number of recipients, never an address, subject or body (they carry personal data and
+internal dataset titles).
+
+Deactivated accounts get no e-mail: `enqueue_email` (every e-mail passes through it), `notify_user` and
+`queue_digest` apply the one rule, `may_receive`.
 
 Handler-facing templates (`DIGESTIBLE`) go to a user who chose the ``daily`` mode into
 `DigestItem` rows instead; the periodic ``notify.digest`` job sends each such user one e-mail a day.
@@ -94,16 +99,27 @@ def _address(to: str) -> str | None:
         return None
 
 
+# -- who may receive ---------------------------------------------------------------------------
+def may_receive(session: Session, address: str) -> bool:
+    """The one rule for every e-mail the hub queues: not to a deactivated account. An address that only
+    deactivated accounts have is refused; one an active account has, or no account at all, is allowed."""
+    holders = list(session.scalars(select(User.is_active).where(func.lower(User.email) == address.lower())))
+    return not holders or any(holders)
+
+
 # -- enqueueing --------------------------------------------------------------------------------
 def enqueue_email(session: Session, *, to: str, template: str, context: dict[str, Any]) -> None:
     """Send ``template`` to ``to`` once the caller's transaction commits (or hold it for the
-    recipient's daily digest). An unusable address is logged and skipped, never an error for the
-    action that triggered the e-mail."""
+    recipient's daily digest). An unusable address, or one of a deactivated account (`may_receive`), is
+    logged and skipped, never an error for the action that triggered the e-mail."""
     if template not in TEMPLATES or template == "digest":
         raise ValueError(f"unknown e-mail template {template!r}")
     address = _address(to or "")
     if address is None:
         log.warning("notify.bad_address", template=template)
+        return
+    if not may_receive(session, address):
+        log.info("notify.skipped", template=template, reason="account deactivated")
         return
     data = _plain(context)
     if template in DIGESTIBLE:
@@ -119,7 +135,7 @@ def enqueue_email(session: Session, *, to: str, template: str, context: dict[str
 def notify_user(session: Session, user_id: uuid.UUID, template: str, context: dict[str, Any]) -> None:
     """`enqueue_email` to a user's address (skipped when they have none); ``name`` filled in."""
     user = session.get(User, user_id)
-    if user is None or not user.email or not user.is_active:
+    if user is None or not user.email or not user.is_active:  # the rule of `may_receive`, for this account
         return
     enqueue_email(session, to=user.email, template=template, context={"name": user.display_name, **context})
 
@@ -152,7 +168,8 @@ def users_with_pending_digest(session: Session) -> list[uuid.UUID]:
 
 
 def queue_digest(session: Session, settings: Settings, user_id: uuid.UUID) -> int:
-    """Turn a user's pending items into one queued e-mail; returns how many items it holds."""
+    """Turn a user's pending items into one queued e-mail; returns how many items it holds. The items of a
+    deactivated account are marked done without an e-mail."""
     stmt = (select(DigestItem).where(DigestItem.user_id == user_id, DigestItem.sent_at.is_(None))
             .order_by(DigestItem.id).limit(500))
     if session.get_bind().dialect.name == "postgresql":
@@ -161,11 +178,17 @@ def queue_digest(session: Session, settings: Settings, user_id: uuid.UUID) -> in
     if not items:
         return 0
     user = session.get(User, user_id)
+    to = _address((user.email if user and user.email else None) or items[-1].to)
+    if to is None or (user is not None and not user.is_active) or not may_receive(session, to):
+        now = utcnow()
+        for item in items:  # held for someone who may not have them any more: dropped, not kept for later
+            item.sent_at = now
+        log.info("notify.skipped", template="digest", items=len(items), reason="account deactivated")
+        return 0
     rendered = []
     for item in items:
         subject, body = render(settings, item.template, {**item.context, "digest_item": True})
         rendered.append({"subject": subject, "body": body.strip()})
-    to = (user.email if user and user.email else None) or items[-1].to
     name = user.display_name if user else ""
     jobs.enqueue(session, EMAIL_JOB, {"to": to, "template": "digest",
                                       "context": {"name": name, "items": rendered}}, max_attempts=8)
@@ -191,6 +214,10 @@ def build_message(settings: Settings, to: str, subject: str, body: str, message_
     return msg
 
 
+class SMTPRefused(RuntimeError):
+    """The SMTP server said no; the message names its reply code, never an address (the job is retried)."""
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -200,27 +227,39 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def deliver(s: NotifySettings, msg: EmailMessage) -> str:
-    """Send over SMTP, or log when no host is configured. Returns how it went out."""
+def deliver(s: NotifySettings, msg: EmailMessage, *, template: str | None = None, job_id: int | None = None) -> str:
+    """Send over SMTP; with no host configured, send nothing and log a warning that says so. Returns how it
+    went out. The log names the template, the job, the number of recipients and the Message-ID (to find it
+    at the mail server): never an address, the subject or the body."""
+    recipients = len(msg.get_all("To") or [])
     if not s.host:
-        log.info("notify.email", delivery="log", to=msg["To"], subject=msg["Subject"],
-                 body=msg.get_content())
+        log.warning("notify.email.not_sent", template=template, job_id=job_id, recipients=recipients,
+                    detail="no SMTP host is configured ([notify] host): e-mails are dropped")
         return "logged"
     if s.username and not s.starttls and not _loopback(s.host):
         raise RuntimeError("refusing to send SMTP credentials without STARTTLS")
-    with smtplib.SMTP(s.host, s.port, timeout=s.timeout_seconds) as smtp:
-        smtp.ehlo()
-        if s.starttls:
-            smtp.starttls(context=ssl.create_default_context())
+    try:
+        with smtplib.SMTP(s.host, s.port, timeout=s.timeout_seconds) as smtp:
             smtp.ehlo()
-        if s.username:
-            smtp.login(s.username, s.password.get_secret_value())
-        smtp.send_message(msg)
-    log.info("notify.email", delivery="smtp", subject=msg["Subject"])
+            if s.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if s.username:
+                smtp.login(s.username, s.password.get_secret_value())
+            smtp.send_message(msg)
+    # the server's answers quote the addresses; what is raised here ends up in the log and the job's last_error
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = sorted({code for code, _ in exc.recipients.values()})
+        raise SMTPRefused(f"the SMTP server refused the recipient ({', '.join(map(str, codes))})") from None
+    except smtplib.SMTPResponseException as exc:
+        raise SMTPRefused(f"{type(exc).__name__}: the SMTP server answered {exc.smtp_code}") from None
+    log.info("notify.email", delivery="smtp", template=template, job_id=job_id, recipients=recipients,
+             message_id=msg["Message-ID"])
     return "sent"
 
 
 def send_job(settings: Settings, job_id: int, payload: dict[str, Any]) -> dict[str, Any]:
     subject, body = render(settings, payload["template"], payload.get("context") or {})
     msg = build_message(settings, payload["to"], subject, body, f"{settings.base_url}|job|{job_id}")
-    return {"delivery": deliver(settings.notify, msg), "template": payload["template"]}
+    delivery = deliver(settings.notify, msg, template=payload["template"], job_id=job_id)
+    return {"delivery": delivery, "template": payload["template"]}
