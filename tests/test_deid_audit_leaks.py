@@ -185,7 +185,7 @@ def test_source_system_urls_are_removed(tmp_path: Path) -> None:
     assert reasons == []  # removed by the engine, so released
 
 
-# ---- 4. free-text forms (names, identity numbers); dates in other renderings are still open
+# ---- 4. free-text forms (names, identity numbers, dates in other renderings)
 
 
 @pytest.mark.parametrize("name, text", [
@@ -202,7 +202,8 @@ def test_name_forms_in_kept_text_are_quarantined(tmp_path: Path, name: str, text
     assert any(r.startswith("leak: patient name") for r in reasons), reasons
 
 
-@pytest.mark.parametrize("written", ["121212 - 1212", "121212/1212", "121212_1212", "121212. 1212", "121212--1212"])
+@pytest.mark.parametrize("written", ["121212 - 1212", "121212/1212", "121212_1212", "121212. 1212", "121212--1212",
+                                     "121212  1212", "19121212\t1212", "121212 \t1212", "121212  -  1212"])
 def test_personnummer_with_separator_runs_is_quarantined(tmp_path: Path, written: str) -> None:
     ds = _ct()
     _comment(ds, f"pnr {written}")
@@ -217,3 +218,131 @@ def test_ordinary_words_dates_and_numbers_are_not_flagged(tmp_path: Path) -> Non
     _comment(ds, "Kontroll 2019-03-05, dos 120 - 1212 mGy; lot 201513 - 4455; Astronomy berget")
     reasons, _ = _process(tmp_path, _encode(ds))
     assert reasons == []
+
+
+REMOVE, MODIFIED, FULL = BASIC, DeidProfile(retain_longitudinal_modified_dates=True), \
+    DeidProfile(retain_longitudinal_full=True)
+STUDY_DATE, BIRTH_DATE = "20210104", "19850307"  # _ct()'s Study/Series/Acquisition/Content Date; set below
+_MONTHS_EN = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+              "November", "December"]
+_MONTHS_SV = ["januari", "februari", "mars", "april", "maj", "juni", "juli", "augusti", "september", "oktober",
+              "november", "december"]
+
+
+def _rendering(date: str, form: str) -> str:
+    y, m, d = int(date[:4]), int(date[4:6]), int(date[6:])
+    en, sv = _MONTHS_EN[m - 1], _MONTHS_SV[m - 1]
+    return {
+        "YYYY-MM-DD": f"{y}-{m:02d}-{d:02d}", "YYYY MM DD": f"{y} {m:02d} {d:02d}",
+        "YYYY.MM.DD": f"{y}.{m:02d}.{d:02d}", "DD.MM.YYYY": f"{d:02d}.{m:02d}.{y}", "D/M/YYYY": f"{d}/{m}/{y}",
+        "MM/DD/YYYY": f"{m:02d}/{d:02d}/{y}", "DD Mon YYYY": f"{d:02d} {en[:3]} {y}", "D Month YYYY": f"{d} {en} {y}",
+        "Mon D, YYYY": f"{en[:3]} {d}, {y}", "D-MON-YYYY": f"{d}-{en[:3].upper()}-{y}",
+        "DDMONYYYY": f"{d:02d}{en[:3].upper()}{y}", "D månad YYYY": f"{d} {sv} {y}",
+        "D mån. YYYY": f"{d} {sv[:3]}. {y}", "YYYY-M-D": f"{y}-{m}-{d}", "D.M.YYYY": f"{d}.{m}.{y}",
+        "Dth Month YYYY": f"{d}th {en} {y}", "YYYY-Mon-DD": f"{y}-{en[:3]}-{d:02d}",
+        "DD/MM/YY": f"{d:02d}/{m:02d}/{y % 100:02d}",
+    }[form]
+
+
+_FORMS = ["YYYY-MM-DD", "YYYY MM DD", "YYYY.MM.DD", "DD.MM.YYYY", "D/M/YYYY", "MM/DD/YYYY", "DD Mon YYYY",
+          "D Month YYYY", "Mon D, YYYY", "D-MON-YYYY", "DDMONYYYY", "D månad YYYY", "D mån. YYYY", "YYYY-M-D",
+          "D.M.YYYY", "Dth Month YYYY", "YYYY-Mon-DD", "DD/MM/YY"]
+
+
+@pytest.mark.parametrize("profile", [REMOVE, MODIFIED], ids=["remove", "modified"])
+@pytest.mark.parametrize("form", _FORMS)
+def test_study_date_in_another_rendering_is_quarantined(tmp_path: Path, form: str, profile: DeidProfile) -> None:
+    ds = _ct()
+    assert ds.StudyDate == STUDY_DATE
+    _comment(ds, f"Scheduled {_rendering(STUDY_DATE, form)} by the ward")
+    reasons, _ = _process(tmp_path, _encode(ds), profile)
+    assert any(r.startswith("leak: date in (0040,0100)[0]") for r in reasons), reasons
+
+
+@pytest.mark.parametrize("profile", [REMOVE, MODIFIED, FULL], ids=["remove", "modified", "full"])
+@pytest.mark.parametrize("form", [*_FORMS, "YYMMDD"])
+def test_birth_date_in_another_rendering_is_quarantined(tmp_path: Path, form: str, profile: DeidProfile) -> None:
+    ds = _ct()
+    ds.PatientBirthDate = BIRTH_DATE
+    _comment(ds, f"född {BIRTH_DATE[2:] if form == 'YYMMDD' else _rendering(BIRTH_DATE, form)}, kontroll")
+    reasons, _ = _process(tmp_path, _encode(ds), profile)
+    assert "leak: birth date in (0040,0100)[0]>(0040,0400)" in reasons, reasons
+
+
+def test_full_dates_keep_the_study_date_in_free_text(tmp_path: Path) -> None:
+    """Under Full Dates the dates are kept, in their attributes and in free text alike: nothing to find."""
+    ds = _ct()
+    _comment(ds, f"Scheduled {_rendering(STUDY_DATE, 'D Month YYYY')}, {_rendering(STUDY_DATE, 'D/M/YYYY')}")
+    reasons, _ = _process(tmp_path, _encode(ds), FULL)
+    assert reasons == []
+
+
+@pytest.mark.parametrize("profile", [REMOVE, MODIFIED], ids=["remove", "modified"])
+def test_dates_that_are_not_the_originals_are_not_flagged(tmp_path: Path, profile: DeidProfile) -> None:
+    """False-positive guards: other dates in any rendering (a day off, another year, the year-first reading
+    of the birth date's digits), the study date as six bare digits (only the birth date is searched as
+    YYMMDD), times, doses, versions and dotted numerics that hold a date's digits."""
+    ds = _ct()
+    ds.PatientBirthDate = BIRTH_DATE
+    _comment(ds, "Kontroll 2019-03-05 och 5 januari 2021; Jan 4, 2020; 2021-01-05; 1985-07-03; 05/01/2021; "
+                 "serie 210104; kl 10:30, 08.30.00; dos 120 - 1212 mGy; syngo VB20A 1.2.3, SW 2021.1; "
+                 "ref 1.2.826.0.1.2021.01.04.7 and 3.4.1.2021; 04 01 2021 mm; Mars rover 4 2021")
+    reasons, _ = _process(tmp_path, _encode(ds), profile)
+    assert reasons == []
+
+
+# CJK names: components of 1-2 characters, searched written together
+
+
+@pytest.mark.parametrize("name, text", [
+    ("李^娜", "患者李娜复查"),
+    ("王^伟", "王伟"),
+    ("Wang^Wei=王^伟", "王伟 seen today"),  # the ideographic component group
+    ("Yamada^Taro=山田^太郎=やまだ^たろう", "山田太郎様"),
+    ("Yamada^Taro=山田^太郎=やまだ^たろう", "やまだたろう"),  # the phonetic group
+    ("김^민준", "환자 김민준"),
+])
+def test_cjk_name_in_kept_text_is_quarantined(tmp_path: Path, name: str, text: str) -> None:
+    ds = _ct()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = name
+    _comment(ds, text)
+    reasons, _ = _process(tmp_path, _encode(ds))
+    assert "leak: patient name in (0040,0100)[0]>(0040,0400)" in reasons, reasons
+
+
+def test_cjk_name_characters_apart_are_not_flagged(tmp_path: Path) -> None:
+    """A single ideograph is a word: the family and given name apart, or in the other order, are not the
+    name."""
+    ds = _ct()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientName = "李^娜"
+    _comment(ds, "李医生复查。娜 娜李")
+    reasons, _ = _process(tmp_path, _encode(ds))
+    assert reasons == []
+
+
+@pytest.mark.parametrize("written", ["19121212\n1212", "121212   1212"])
+def test_personnummer_split_by_a_line_or_wide_gap_is_not_flagged(tmp_path: Path, written: str) -> None:
+    ds = _ct()
+    _comment(ds, f"values {written}")
+    reasons, _ = _process(tmp_path, _encode(ds))
+    assert reasons == []
+
+
+@pytest.mark.parametrize("form", ["D Month YYYY", "D månad YYYY", "D mån. YYYY", "Mon D, YYYY", "DDMONYYYY",
+                                  "YYYY MM DD", "YYYY-Mon-DD"])
+def test_allow_list_profile_masks_dates_in_every_rendering(tmp_path: Path, form: str) -> None:
+    """The engine's side: under ``text_allow_list`` a cleaned attribute (a code meaning) has the date masked
+    and the instance is released; the standard profile keeps the text, and the verification holds it."""
+    ds = _ct()
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator = "T-D3000", "SRT"
+    item.CodeMeaning = f"Chest {_rendering(STUDY_DATE, form)}"
+    ds.AnatomicRegionSequence = Sequence([item])
+    reasons, out = _process(tmp_path, _encode(ds), DeidProfile(retain_longitudinal_modified_dates=True,
+                                                               text_allow_list=True))
+    assert reasons == [] and _rendering(STUDY_DATE, form).encode() not in out
+    assert pydicom.dcmread(io.BytesIO(out)).AnatomicRegionSequence[0].CodeMeaning == "Chest ***"
+    reasons, _ = _process(tmp_path, _encode(ds), MODIFIED)
+    assert "leak: date in (0008,2218)[0].(0008,0104)" in reasons, reasons

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from strongroom.identifiers import DATE as _DATES
+
 _GENERIC_PHI = re.compile(
     r"[\w.+-]+@[\w-]+\.[\w.-]+"  # e-mail
     r"|\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}\b"  # dates
@@ -30,4 +32,6 @@ class TextCleaner:
     def clean(self, text: str) -> str:
         if self._rx is not None:
             text = self._rx.sub("***", text)
-        return _GENERIC_PHI.sub("***", text)
+        # dates in every rendering the verification searches (4 Jan 2021, 4 januari 2021, 2021 01 04...),
+        # then the generic patterns
+        return _GENERIC_PHI.sub("***", _DATES.sub("***", text))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 
-from ...identifiers import national_ids
+from ...identifiers import date_probes, dates_written, national_ids
 from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, Value, date8, values
 
 # Identifying values of the original are searched in EVERY element value of the output (sequences at any
@@ -37,6 +37,8 @@ _OTHER_IDS_SEQ = 0x00101002
 # VRs whose values are text; numeric and coded-time VRs get only the exact-value checks (see below)
 _FREE_VRS = {"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR", "CS", "UN", "OB"}
 _NUMERIC_VRS = {"AS", "DA", "DS", "DT", "IS", "TM"}
+
+
 def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
     """(8+ character forms searched in every value, 6-digit YYMMDD searched in free text only)."""
     d = date8(value)
@@ -54,6 +56,27 @@ def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
     return long_forms, [f"{y[2:]}{m}{dd}"]
 
 
+def _cjk(ch: str) -> bool:
+    """Han ideographs (with the iteration mark 々), kana and Hangul: scripts written without spaces between
+    words, where a name is its components written together, family name first."""
+    o = ord(ch)
+    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x3134F
+            or 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF or 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF
+            or 0x3130 <= o <= 0x318F or o == 0x3005)
+
+
+def _cjk_names(value: str) -> list[str]:
+    """A person name's family, given and middle name written together (``李^娜`` -> ``李娜``), in each
+    component group (alphabetic ``=`` ideographic ``=`` phonetic) that is all CJK, at least 2 characters:
+    components of 1-2 characters are too short to search alone, and a single ideograph is a word."""
+    joined = []
+    for group in value.split("="):
+        name = "".join("".join(group.split("^")[:3]).split())
+        if len(name) >= 2 and all(_cjk(ch) for ch in name):
+            joined.append(name)
+    return joined
+
+
 class _IdentityNeedles:
     """What identifies the person in the original, compiled for one pass over the output."""
 
@@ -64,6 +87,7 @@ class _IdentityNeedles:
         self.free_only: dict[str, str] = {}  # needles searched in free text only (YYMMDD)
         self.uid_components: dict[str, str] = {}  # numeric IDs matched as whole UID components
         self.phones: list[tuple[re.Pattern[str], str]] = []
+        self.birth_dates: set[str] = set()  # YYYYMMDD, also searched in every rendering (date_spans)
         self._collect(orig, flags)
         if haystack is not None:
             self.kinds = _present(self.kinds, haystack)
@@ -119,6 +143,9 @@ class _IdentityNeedles:
                         part = part.strip(" .")
                         if len(part) >= 3 and part.upper() not in _NAME_STOP:
                             self._add(part, kind, 3)
+                    if not t.isascii():  # 李^娜: the name as written, 李娜 (CJK has no spaces between words)
+                        for joined in _cjk_names(t):
+                            self._add(joined, kind.replace(" component", ""), 2)
             elif tag in _IDENTIFIER_TAGS:
                 for t in texts:
                     self._add(t, _IDENTIFIER_TAGS[tag])
@@ -147,6 +174,7 @@ class _IdentityNeedles:
                         self.free_only.setdefault(f, "birth date")
                     if long_forms:
                         self.uid_components.setdefault(long_forms[0], "birth date")
+                        self.birth_dates.add(long_forms[0])
 
     def search(self, tag: int, vr: str, text: str) -> list[str]:
         """Kinds of identifying values in one element value."""
@@ -162,8 +190,22 @@ class _IdentityNeedles:
         for phone, kind in self.phones:
             if phone.search(text):
                 hits.append(kind)
-        hits.extend(national_ids(text))
+        hits.extend(national_ids(text, wide=True))
         return hits
+
+    def birth_date_texts(self, texts: list[tuple[str, int, str, str]], haystack: str) -> list[str]:
+        """Paths of the free-text values among ``texts`` that write the birth date in a rendering
+        ``identifiers.date_spans`` knows (4 Jan 1940, 1940 01 04, 4 januari 1940...); the bare YYMMDD only
+        where ``search`` looks for it (free text, not coded strings or codes). ``haystack``: every text
+        joined, for a first test (``date_probes``)."""
+        if not any(p in haystack for d in self.birth_dates for p in date_probes(d, yymmdd=True)):
+            return []
+        free = free_text_values(texts)
+
+        def yymmdd(i: int) -> bool:
+            return free[i][2] != "CS" and free[i][1] not in _CODE_TAGS
+
+        return [free[i][0] for i in dates_written([value[3] for value in free], self.birth_dates, yymmdd).values()]
 
 
 def fold(text: str) -> str:
@@ -210,15 +252,31 @@ def identity_scan(orig: Dataset, out: Dataset, flags: dict[str, bool]) -> list[L
     return identity_leaks(values(orig), values(out), flags)
 
 
-def identity_leaks(orig: list[Value], out: list[Value], flags: dict[str, bool]) -> list[Leak]:
-    """``identity_scan`` on elements already read (``values``)."""
-    texts = list(_text_values(out))
-    needles = _IdentityNeedles(orig, flags, "\n".join(text for _, _, _, text in texts))
+def text_values(out: list[Value]) -> list[tuple[str, int, str, str]]:
+    """(path with '>' between nesting levels, tag, VR, text) of every element value the identity scan
+    searches (every one but pixel data and overlays; non-ASCII text also folded)."""
+    return list(_text_values(out))
+
+
+def free_text_values(texts: list[tuple[str, int, str, str]]) -> list[tuple[str, int, str, str]]:
+    """Those of ``text_values`` that are free text (names and codes too), where dates are also searched in
+    other renderings (``identifiers.date_spans``)."""
+    return [value for value in texts if value[2] in _FREE_VRS]
+
+
+def identity_leaks(orig: list[Value], out: list[Value], flags: dict[str, bool],
+                   texts: list[tuple[str, int, str, str]] | None = None) -> list[Leak]:
+    """``identity_scan`` on elements already read (``values``); ``texts``: ``text_values(out)``, when the
+    caller has it."""
+    texts = text_values(out) if texts is None else texts
+    haystack = "\n".join(text for _, _, _, text in texts)
+    needles = _IdentityNeedles(orig, flags, haystack)
     leaks: list[Leak] = []
     seen: set[tuple[str, str]] = set()
-    for path, tag, vr, text in texts:
-        for kind in needles.search(tag, vr, text):
-            if (path, kind) not in seen:
-                seen.add((path, kind))
-                leaks.append(Leak(kind, path, "original", f"{kind} found in the output"))
+    found = [(path, kind) for path, tag, vr, text in texts for kind in needles.search(tag, vr, text)]
+    found += [(path, "birth date") for path in needles.birth_date_texts(texts, haystack)]
+    for path, kind in found:
+        if (path, kind) not in seen:
+            seen.add((path, kind))
+            leaks.append(Leak(kind, path, "original", f"{kind} found in the output"))
     return leaks

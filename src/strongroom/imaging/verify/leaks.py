@@ -15,10 +15,11 @@ from typing import Any, NamedTuple
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
+from strongroom.identifiers import dates_written
 from strongroom.imaging.deid_table import ROWS, SAFE_PRIVATE
 
 from .elements import DEFER_SIZE, PIXEL_GROUP, PLACEHOLDERS, Item, Leak, Read, Value, date8, from_pydicom, load
-from .identity import identity_leaks
+from .identity import free_text_values, identity_leaks, text_values
 from .reader import DEFLATED, inflated, parse
 
 _FREE_TEXT_VRS = {"AE", "LO", "LT", "SH", "ST", "UC", "UT", "UR", "PN"}
@@ -135,6 +136,7 @@ class _Scan:
     out_elems: dict[str, Value] = field(default_factory=dict)  # path -> the output's element
     orig_all: list[Value] = field(default_factory=list)  # every element of the original
     out_all: list[Value] = field(default_factory=list)  # every element of the output
+    _texts: list[tuple[str, int, str, str]] | None = None  # see texts()
 
     @classmethod
     def of(cls, original: Any, deidentified: Any, profile: Any) -> _Scan:
@@ -269,6 +271,13 @@ class _Scan:
             if uid in allowed_set:
                 del self.uids[uid]
 
+    def texts(self) -> list[tuple[str, int, str, str]]:
+        """The output's values as the identity scan searches them (``identity.text_values``), read once for
+        the checks that need them."""
+        if self._texts is None:
+            self._texts = text_values(self.out_all)
+        return self._texts
+
     def locate(self, rx: re.Pattern[str]) -> str:
         """The first output element whose value matches ``rx`` ("file bytes" when only the bytes do)."""
         for path, texts in self.out_values.items():
@@ -344,12 +353,21 @@ def date_option(s: _Scan) -> Iterator[Leak]:
         common = [o for o, _ in offsets.most_common() if o]
         if common:
             expected_shifted = {b for delta, b in pairs if delta == common[0]}
-    for d, source in s.dates.items():
-        if d in expected_shifted or d == "19000101":
-            continue
+    wanted = {d: source for d, source in s.dates.items() if d not in expected_shifted and d != "19000101"}
+    unseen: dict[str, str] = {}  # not as YYYYMMDD, but maybe in another rendering: see below
+    for d, source in wanted.items():
         if _occurs_undigited(d.encode(), s.header):
             yield Leak("date", s.locate(re.compile(rf"(?<![0-9]){d}")), source,
                        f"original date of {source} found in the output ({s.date_mode} dates)")
+        else:
+            unseen[d] = source
+    # in free text (retained private and unknown bytes too), in another rendering: 2021-01-04, 4/1/2021,
+    # 4 Jan 2021, 4 januari 2021...
+    if unseen:
+        free = free_text_values(s.texts())
+        for d, i in dates_written([value[3] for value in free], unseen).items():
+            yield Leak("date", free[i][0].replace("]>", "]."), unseen[d],
+                       f"original date of {unseen[d]} written in the output's free text ({s.date_mode} dates)")
 
 
 def _occurs_undigited(needle: bytes, haystack: bytes) -> bool:
@@ -416,7 +434,7 @@ def markers(s: _Scan) -> Iterator[Leak]:
 def identity_values(s: _Scan) -> Iterator[Leak]:
     """Identifying values of the original and national identity numbers in any output value
     (``identity_scan``), with no exception for attributes the profile keeps."""
-    yield from identity_leaks(s.orig_all, s.out_all, s.flags)
+    yield from identity_leaks(s.orig_all, s.out_all, s.flags, s.texts())
 
 
 LEAK_CHECKS: tuple[Callable[[_Scan], Iterable[Leak]], ...] = (
