@@ -346,3 +346,17 @@ def test_allow_list_profile_masks_dates_in_every_rendering(tmp_path: Path, form:
     assert pydicom.dcmread(io.BytesIO(out)).AnatomicRegionSequence[0].CodeMeaning == "Chest ***"
     reasons, _ = _process(tmp_path, _encode(ds), MODIFIED)
     assert "leak: date in (0008,2218)[0].(0008,0104)" in reasons, reasons
+
+
+@pytest.mark.parametrize("keyword", ["PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar"])
+def test_dates_in_an_alternative_calendar_are_removed(tmp_path: Path, keyword: str) -> None:
+    """The birth (or death) date again, as LO text in another calendar: unlisted in E.1-1 2024b, so a profile
+    that keeps unlisted attributes kept it, and no date option can shift it. The engine removes both."""
+    ds = _ct()
+    ds.PatientBirthDate = "19610307"
+    setattr(ds, keyword, "1381-12-16")  # a Hijri date
+    ds.PatientAlternativeCalendar = "I"
+    reasons, out = _process(tmp_path, _encode(ds))
+    back = pydicom.dcmread(io.BytesIO(out))
+    assert keyword not in back and b"1381-12-16" not in out
+    assert reasons == []

@@ -38,6 +38,10 @@ _EXTRA_REMOVE = {  # beyond Table E.1-1: may carry original values or stale priv
     0x00404073: "Storage URL (source system location, original UIDs)",
     0x00287FE0: "Pixel Data Provider URL (source system location, original UIDs)",
     0x0040E010: "Retrieve URI (source system location, original UIDs)",
+    # the birth and death dates again, as free text in another calendar (LO, unlisted in E.1-1 2024b): no date
+    # option can shift them, and the birth date is an identifier
+    0x00100033: "Patient's Birth Date in Alternative Calendar",
+    0x00100034: "Patient's Death Date in Alternative Calendar",
 }
 # The allow-list mode (``DeidProfile.text_allow_list``): the standard free-text attributes that stay as they
 # are. Everything else of VR LO/SH/UC (descriptions, code meanings, window explanations...) is cleaned
