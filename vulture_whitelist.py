@@ -85,7 +85,7 @@ edition  # imaging/deid/result.py: the PS3.15 edition a result was made under, f
 dataset_download_policy, entitlement_grant, entitlement_reader, visa_grant, visa_reader  # access: grant providers
 body_passports  # access: DRS POST bodies' passports (archive.drs.PASSPORT_VERIFIERS)
 landing_url  # catalog: where a dataset's URL leads the public (archive.web.LANDING_PAGES)
-QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING  # imaging: hold rule and project settings
+QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING, check_destination  # imaging: hold rule, project settings, setting check
 # the DICOMweb index columns (imaging/models.py): written from dicomindex's dict, read by getattr in dicomweb/query.py
 study_time, accession_number, study_id, study_description, series_description
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings

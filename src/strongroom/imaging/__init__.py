@@ -21,6 +21,8 @@ def includeme(config: Config) -> None:
     config.add_cli("strongroom.imaging.cli:import_app", name="import")
     config.add_cli("strongroom.imaging.cli:keystore_app", into="admin")  # strongroom admin rotate-keystore-key
     config.add_project_setting("dicom_destination", "strongroom.imaging.settings:DESTINATION_SETTING")
+    # one port and AE title per destination across the hub (a project must not take over another's scanners)
+    config.add_setting_check("dicom_destination", "strongroom.imaging.settings:check_destination")
     config.add_project_setting("deid_profile", "strongroom.imaging.settings:PROFILE_SETTING")
     config.add_hold_rule("quarantine", "strongroom.imaging.service:QUARANTINE_RULE")  # review in-platform
     config.add_index_provider("strongroom.imaging.service:index_entry")  # import counts in the catalogue

@@ -14,11 +14,21 @@ lost. Quiet projects get their verified instances published as a new dataset ver
 
 Other capabilities add DIMSE services to every destination through ``destination.DESTINATION_SERVICES``
 (dicomweb: C-FIND, C-GET and C-MOVE); they are reached through the same allow-list.
+
+One project never affects another. A port that two projects' destinations claim (rows written before
+``settings.check_destination`` refused that) or that a hub service uses starts *no* destination: a scanner is
+never routed into another project (an error in the log, an audit event in each project, a metric). Each
+project's quota counts what was acknowledged and not yet archived (``_Quota``, in memory: no database
+write per object), so a sender gets "out of resources" (0xA700) for what does not fit instead of a success
+the archive cannot honour; archiving goes project by project, and an acknowledged object that does not fit
+after all (another channel used the quota meanwhile) waits in the spool until the quota allows it, without
+holding up any other project's objects.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -55,12 +65,13 @@ from ..audit import service as audit
 from ..hub import Hub
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
+from ..projects.quota import QuotaExceeded
 from ..projects.settings import DicomSender
 from . import keystore, pipeline, reactor, service
 from .deid import DeidError
 from .destination import DESTINATION_SERVICES, DestinationRef
 from .models import ImportBatch
-from .settings import DicomDestination
+from .settings import DicomDestination, hub_ports
 
 log = structlog.get_logger("strongroom.dicom")
 ASSOCIATIONS = MetricCounter("strongroom_dicom_associations_total", "DICOM associations", ["project", "outcome"])
@@ -71,12 +82,29 @@ ARCHIVED = MetricCounter("strongroom_dicom_archived_total", "instances archived,
                          "acknowledged on receipt, then not processable", ["project", "outcome"])
 WAITING = Gauge("strongroom_dicom_waiting_for_verification",
                 "acknowledged objects waiting in the spool while senders are connected (imaging.receive_backlog)")
+WAITING_FOR_QUOTA = Gauge("strongroom_dicom_waiting_for_quota",
+                          "acknowledged objects kept in the spool until the project's quota allows them", ["project"])
+CONFLICTS = Gauge("strongroom_dicom_destination_conflicts",
+                  "project destinations not started: their port is claimed twice or used by a hub service")
 
 # C-STORE statuses (PS3.4 B.2.3)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 _NOBODY = "<no sender allowed from here>"  # longer than any AE title: matches no caller
+UNLIMITED = 1 << 62
+
+
+def quota_estimate(size: int) -> int:
+    """What an object received with ``size`` bytes is held against its project's quota until archived: the
+    archive counts the sealed de-identified file, which de-identification (a few attributes added, UIDs
+    replaced) and the encryption (28 bytes per 64 KiB segment) can make slightly larger than what arrived."""
+    return size + size // 256 + 2048
+
+
+def sealed_estimate(deidentified_size: int) -> int:
+    """What the archive counts for a de-identified file: its size and the encryption's 28 bytes per 64 KiB."""
+    return deidentified_size + 28 * (deidentified_size // 65536 + 1)
 
 
 def _follow_the_senders_preference(negotiate: Any) -> Any:
@@ -152,9 +180,23 @@ class _Destination:
     ae: _ProjectAE
     server: Any
     ctx: service.ImportContext
-    free_bytes: int = 1 << 62
     last_activity: float = 0.0
     open_associations: int = 0
+
+
+@dataclass
+class _Quota:
+    """A project's storage quota as the destination counts it between two reads of the database (under
+    ``DicomService.lock``): one object's reservation is a few additions, never a database write."""
+
+    room: int = UNLIMITED  # quota - used - reserved, as last read (``refresh``)
+    pending: int = 0  # held for objects being stored or acknowledged and not archived yet (waiting ones too)
+    # released into the archive since the last read began: the read may not show them yet (counted twice
+    # until the next read if it does: the safe side)
+    settled: int = 0
+
+    def fits(self, nbytes: int) -> bool:
+        return self.pending + self.settled + nbytes <= self.room
 
 
 @dataclass
@@ -167,6 +209,8 @@ class _Item:
     received: bool = False
     attempts: int = 0
     verified: Future[tuple[dict[str, Any], Any]] | None = None  # verification + sealing in the pool
+    nbytes: int = 0  # held against the project's quota from before the acknowledgement until archived
+    needs: int = 0  # waiting for quota: what its archive file takes (its sealed size once known)
 
     def spooled(self) -> bool:
         """Still in the spool (an item of a retried group may have been archived already)."""
@@ -232,6 +276,9 @@ class DicomService:
         self.batches: dict[int, str] = {}  # id(association) → batch id
         self.live: set[int] = set()  # id(association) of accepted, still connected associations
         self.unarchived: Counter[uuid.UUID] = Counter()  # acknowledged, not yet archived, per project
+        self.quotas: dict[uuid.UUID, _Quota] = {}  # per project, under ``lock``
+        self.waiting: dict[uuid.UUID, list[_Item]] = {}  # acknowledged, kept in the spool until the quota allows
+        self.conflicts: dict[uuid.UUID, str] = {}  # projects whose destination is not started, and why
         self.lock = threading.Lock()
         self._pending_publish: set[uuid.UUID] = set()  # projects with archived, unpublished instances
         self.stopping = threading.Event()
@@ -308,18 +355,31 @@ class DicomService:
         return wanted
 
     def refresh(self) -> None:
-        """Start, stop or update destinations to match the project settings."""
+        """Start, stop or update destinations to match the project settings; read each project's quota and
+        send objects waiting for it on once it allows them."""
+        with self.lock:  # what was archived from here on may be missing from the read below
+            marks = {project_id: q.settled for project_id, q in self.quotas.items()}
+            waiting = list(self.waiting)
         try:
             wanted = self._wanted()
+            rooms = {project_id: w[3] for project_id, w in wanted.items()}
+            rooms.update(self._rooms([p for p in waiting if p not in rooms]))
         except Exception:
             log.exception("dicom.refresh_failed")
             return
+        with self.lock:
+            for project_id, room in rooms.items():
+                q = self.quotas.setdefault(project_id, _Quota())
+                q.room, q.settled = room, q.settled - marks.get(project_id, 0)
+        for project_id, room in rooms.items():
+            self._resume_waiting(project_id, room)
+        self._refuse_conflicts(wanted)
         for project_id, running in list(self.destinations.items()):
             w = wanted.get(project_id)
             if w is None or w[1] != running.config:
                 self._stop_destination(running)
                 del self.destinations[project_id]
-        for project_id, (slug, config, senders, free) in wanted.items():
+        for project_id, (slug, config, senders, _) in wanted.items():
             dest = self.destinations.get(project_id)
             if dest is None:
                 try:
@@ -329,12 +389,57 @@ class DicomService:
                     continue
                 self.destinations[project_id] = dest
             dest.ae.senders = senders
-            dest.free_bytes = free
             try:  # the profile may have changed: new batches use the new one
                 if not dest.open_associations:
                     dest.ctx = service.load_context(self.hub, project_id)
             except Exception:
                 log.exception("dicom.context_failed", project=slug)
+
+    def _rooms(self, project_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """What each project's quota has room for (quota - used - reserved)."""
+        if not project_ids:
+            return {}
+        with self.hub.sessions() as session:
+            rows = session.execute(select(Project.id, Project.quota_bytes - Project.used_bytes - Project.reserved_bytes)
+                                   .where(Project.id.in_(project_ids)))
+            return {project_id: int(free or 0) for project_id, free in rows}
+
+    def _refuse_conflicts(self, wanted: dict[uuid.UUID, tuple[str, DicomDestination, list[DicomSender], int]]
+                          ) -> None:
+        """Take out of ``wanted`` every destination whose port another wanted destination claims too, or a hub
+        service uses: none of them starts (one that runs is stopped), because whichever got the port would
+        receive the other project's scanners. Never "the first one read wins". Each new conflict is logged as
+        an error and audited in the project (the event does not name the other project)."""
+        reserved = hub_ports(self.hub.settings)
+        by_port: dict[int, list[uuid.UUID]] = {}
+        for project_id, (_, config, _, _) in wanted.items():
+            by_port.setdefault(config.port, []).append(project_id)
+        conflicts: dict[uuid.UUID, str] = {}
+        for port, claimants in by_port.items():
+            if port in reserved:
+                reason = f"port {port} is used by a service of this hub ({reserved[port]})"
+            elif len(claimants) > 1:
+                reason = f"port {port} is claimed by another project's DICOM destination too"
+            else:
+                continue
+            conflicts.update(dict.fromkeys(claimants, reason))
+        for project_id, reason in conflicts.items():
+            slug, config = wanted[project_id][0], wanted[project_id][1]
+            if self.conflicts.get(project_id) != reason:
+                log.error("dicom.destination_conflict", project=slug, port=config.port, ae_title=config.ae_title,
+                          reason=reason, detail="not started: change the port of all but one of the projects")
+                try:
+                    outbox.record_after(self.hub, service.IMPORT_ACTOR, "imaging.destination.not_started",
+                                        outcome="denied", project_id=project_id, target=f"dicom:{config.ae_title}",
+                                        details={"port": config.port, "reason": reason})
+                except Exception:
+                    log.exception("dicom.audit_failed", project=slug)
+        for project_id in self.conflicts.keys() - conflicts.keys():
+            log.info("dicom.destination_conflict_resolved", project=str(project_id))
+        self.conflicts = conflicts
+        CONFLICTS.set(len(conflicts))
+        for project_id in conflicts:
+            del wanted[project_id]
 
     def _start_destination(self, project_id: uuid.UUID, slug: str, config: DicomDestination) -> _Destination:
         ctx = service.load_context(self.hub, project_id)
@@ -434,15 +539,29 @@ class DicomService:
             log.exception("dicom.batch_failed", project=dest.slug)
             return _status(OUT_OF_RESOURCES, "temporarily unable to store")
         size = tmp.stat().st_size
-        if size * 2 > dest.free_bytes:
+        nbytes = quota_estimate(size)
+        # held against the quota from here (with what is acknowledged and not archived yet), so that concurrent
+        # associations cannot both take the last room; given back unless acknowledged
+        if not self._reserve(dest.project_id, nbytes):
             tmp.unlink(missing_ok=True)
             service.record_rejected(self.hub, batch_id, "the project's storage quota is full", nbytes=size)
             return _status(OUT_OF_RESOURCES, "storage quota exhausted")
+        acknowledged = False
+        try:
+            result = self._spool_and_acknowledge(dest, batch_id, tmp, size, nbytes)
+            acknowledged = isinstance(result, int) and result == SUCCESS
+        finally:
+            if not acknowledged:
+                self._release(dest.project_id, nbytes, settled=False)
+        return result
+
+    def _spool_and_acknowledge(self, dest: _Destination, batch_id: str, tmp: Path, size: int, nbytes: int
+                               ) -> Dataset | int:
         folder = self.spool / str(dest.project_id) / batch_id
         new_dirs = [] if folder.is_dir() else [folder.parent, folder.parent.parent]  # their entries, once
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.acknowledge == "received":
-            return self._keep_received(dest, batch_id, tmp, [folder, *new_dirs], size)
+            return self._keep_received(dest, batch_id, tmp, [folder, *new_dirs], size, nbytes)
         stem = folder / uuid.uuid4().hex
         raw = stem.with_suffix(".raw")
         os.replace(tmp, raw)
@@ -469,21 +588,33 @@ class DicomService:
                                     nbytes=size)
             return _status(CANNOT_UNDERSTAND, "refused: the object could not be de-identified")
         summary["received_size"] = size
+        spool_size = stem.with_suffix(".dcm").stat().st_size
+        # what the archive will count is known now: the object holds that instead of the estimate; one larger
+        # than estimated (a deflated object is inflated) is refused if the quota has no room for the difference
+        grown = sealed_estimate(spool_size) - nbytes
+        if grown > 0 and not self._reserve(dest.project_id, grown):
+            for suffix in (".raw", ".dcm"):
+                stem.with_suffix(suffix).unlink(missing_ok=True)
+            service.record_rejected(self.hub, batch_id, "the project's storage quota is full", nbytes=size)
+            return _status(OUT_OF_RESOURCES, "storage quota exhausted")
         try:
             # durable before the success status goes out; the output's fsync starts while the summary is written
             started = [self.fsyncer.submit(fsync_path, stem.with_suffix(".dcm"))] if self.cfg.fsync else []
-            self._write_sidecar(stem, batch_id, summary)
+            self._write_sidecar(stem, batch_id, summary, spool_size=spool_size)
             if self.cfg.fsync:
                 self._durable([stem.with_suffix(".json"), folder, *new_dirs], started)
         except OSError as exc:  # not acknowledged: the sender may retry later
             for suffix in (".raw", ".dcm", ".json", ".json.tmp"):
                 stem.with_suffix(suffix).unlink(missing_ok=True)
+            self._release(dest.project_id, max(grown, 0), settled=False)  # (the caller gives back the rest)
             log.exception("dicom.store_failed", project=dest.slug)
             return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
-        return self._acknowledged(_Item(dest, batch_id, stem, summary), size)
+        if grown < 0:  # smaller than estimated: the surplus is free again
+            self._release(dest.project_id, -grown, settled=False)
+        return self._acknowledged(_Item(dest, batch_id, stem, summary, nbytes=nbytes + grown))
 
-    def _keep_received(self, dest: _Destination, batch_id: str, tmp: Path, dirs: list[Path], size: int
-                       ) -> Dataset | int:
+    def _keep_received(self, dest: _Destination, batch_id: str, tmp: Path, dirs: list[Path], size: int,
+                       nbytes: int) -> Dataset | int:
         """``imaging.acknowledge = "received"``: the original, durable in the spool, is what is acknowledged;
         the pool de-identifies it (``pipeline.deidentify_verify_and_seal``). Its size is in its name, so that
         a start after a power cut keeps only an original whose fsyncs completed (``_received_in_full``)."""
@@ -497,16 +628,35 @@ class DicomService:
             raw.unlink(missing_ok=True)
             log.exception("dicom.store_failed", project=dest.slug)
             return _status(OUT_OF_RESOURCES, f"temporarily unable to store: {exc.strerror or 'I/O error'}")
-        return self._acknowledged(_Item(dest, batch_id, stem, received=True), size)
+        return self._acknowledged(_Item(dest, batch_id, stem, received=True, nbytes=nbytes))
 
-    def _acknowledged(self, item: _Item, size: int) -> int:
-        item.dest.free_bytes -= size
+    def _acknowledged(self, item: _Item) -> int:
         item.dest.last_activity = time.monotonic()
         self._enqueue(item)
         return SUCCESS
 
+    # -- quota ----------------------------------------------------------------------------------
+    def _reserve(self, project_id: uuid.UUID, nbytes: int) -> bool:
+        """Hold ``nbytes`` of the project's quota for an object being stored, if they fit beside what is held
+        already (acknowledged, not archived) and what was archived since the quota was last read."""
+        with self.lock:
+            q = self.quotas.setdefault(project_id, _Quota())
+            if not q.fits(nbytes):
+                return False
+            q.pending += nbytes
+            return True
+
+    def _release(self, project_id: uuid.UUID, nbytes: int, *, settled: bool) -> None:
+        """Give back what an object held: not acknowledged, refused, or (``settled``) now in the archive."""
+        with self.lock:
+            q = self.quotas.setdefault(project_id, _Quota())
+            q.pending -= nbytes
+            if settled:
+                q.settled += nbytes
+
     # -- spool ----------------------------------------------------------------------------------
-    def _write_sidecar(self, stem: Path, batch_id: str, summary: dict[str, Any]) -> None:
+    def _write_sidecar(self, stem: Path, batch_id: str, summary: dict[str, Any], *, spool_size: int | None = None
+                       ) -> None:
         """The summary beside the de-identified file. Original identifiers (the pseudonym map) are
         sealed under the key-store key; the rest holds only pseudonyms. Renamed into place last:
         a ``.json`` means the object was (or was about to be) acknowledged. It records the size of the
@@ -517,7 +667,8 @@ class DicomService:
                                context)
         public = {k: v for k, v in summary.items() if k != "pseudonym_map"}
         body = json.dumps(public | {"batch_id": batch_id, "sealed_map": base64.b64encode(sealed).decode(),
-                                    "spool_size": stem.with_suffix(".dcm").stat().st_size}).encode()
+                                    "spool_size": stem.with_suffix(".dcm").stat().st_size if spool_size is None
+                                    else spool_size}).encode()
         tmp = stem.with_suffix(".json.tmp")
         with open(tmp, "wb") as fh:
             fh.write(body)
@@ -562,8 +713,8 @@ class DicomService:
 
         def context(project_id: uuid.UUID) -> _Destination:
             if project_id not in contexts:
-                contexts[project_id] = _Destination(project_id, "", None, None, None,  # type: ignore[arg-type]
-                                                    service.load_context(self.hub, project_id))
+                ctx = service.load_context(self.hub, project_id)
+                contexts[project_id] = _Destination(project_id, ctx.slug, None, None, None, ctx)  # type: ignore[arg-type]
             return contexts[project_id]
 
         recovered = 0
@@ -577,7 +728,9 @@ class DicomService:
                     if path.suffix not in (".raw", ".dcm", ".tmp") or path.with_suffix(".json").exists():
                         continue
                     if path.suffix == ".raw" and _received_in_full(path):  # acknowledged on receipt
-                        self._enqueue(_Item(context(project_id), batch_dir.name, path.with_suffix(""), received=True))
+                        stem = path.with_suffix("")
+                        self._requeue_recovered(_Item(context(project_id), batch_dir.name, stem, received=True,
+                                                      nbytes=quota_estimate(_named_size(stem))))
                         recovered += 1
                     else:
                         path.unlink(missing_ok=True)
@@ -589,7 +742,8 @@ class DicomService:
                         for suffix in (".raw", ".dcm", ".json"):
                             stem.with_suffix(suffix).unlink(missing_ok=True)
                         continue
-                    self._enqueue(_Item(context(project_id), batch_dir.name, stem, summary))
+                    self._requeue_recovered(_Item(context(project_id), batch_dir.name, stem, summary,
+                                                  nbytes=_held_for(stem, summary)))
                     recovered += 1
                 open_batches.pop(batch_dir.name, None)
                 if project_id in contexts:
@@ -604,6 +758,12 @@ class DicomService:
             log.warning("dicom.recovered", instances=recovered)
         for project_id in contexts:
             self._pending_publish.add(project_id)
+
+    def _requeue_recovered(self, item: _Item) -> None:
+        """An object acknowledged before the restart: it holds its share of the quota again until archived."""
+        with self.lock:
+            self.quotas.setdefault(item.dest.project_id, _Quota()).pending += item.nbytes
+        self._enqueue(item)
 
     # -- archiver -------------------------------------------------------------------------------
     def _enqueue(self, item: _Item) -> None:
@@ -694,7 +854,7 @@ class DicomService:
                 return
             group: list[_Item | _Close] = [first]
             deadline = time.monotonic() + 0.05
-            while len(group) < 64:  # one transaction for everything that arrived within 50 ms
+            while len(group) < 64:  # one transaction per project for everything that arrived within 50 ms
                 try:
                     nxt = self.ready.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -704,38 +864,60 @@ class DicomService:
                     break
                 group.append(nxt)
             try:
-                self._archive_group(group)
-            except Exception:  # storage or database away: archiving is idempotent, so try the group again
+                again = self._archive_group(group)
+            except Exception:  # not expected (each project's failure is caught): the whole group again
                 log.exception("dicom.archive_failed")
-                time.sleep(2)
-                for g in group:
-                    if isinstance(g, _Item):
-                        g.attempts += 1
-                        g.verified = None  # verified and sealed again (the dispatcher starts it)
-                        if g.attempts >= 5:  # left in the spool for the next start; publishing goes on
-                            log.error("dicom.archive_gave_up", spool=str(g.stem))
-                            with self.lock:
-                                self.unarchived[g.dest.project_id] -= 1
-                            continue
-                    self.queue.put(g)
+                again = group
+            if again:
+                self._try_again(again)
 
-    def _archive_group(self, group: list[_Item | _Close]) -> None:
+    def _try_again(self, again: list[_Item | _Close]) -> None:
+        """Storage or database away, a worker that died: archiving is idempotent, so try these again (objects
+        verified and sealed anew) in 2 s, up to 5 times, then leave them in the spool for the next start. The
+        archiver goes on meanwhile: one project's failures do not hold up another's objects."""
+        retry: list[_Item | _Close] = []
+        for g in again:
+            if isinstance(g, _Item):
+                g.attempts += 1
+                g.verified = None  # verified and sealed again (the dispatcher starts it)
+                if g.attempts >= 5:  # left in the spool for the next start; publishing goes on
+                    log.error("dicom.archive_gave_up", spool=str(g.stem))
+                    with self.lock:
+                        self.unarchived[g.dest.project_id] -= 1
+                    continue
+            retry.append(g)
+        if retry:
+            timer = threading.Timer(2, self._requeue, args=(retry,))
+            timer.daemon = True
+            timer.start()
+
+    def _requeue(self, items: list[_Item | _Close]) -> None:
+        if not self.stopping.is_set():  # (stopping: they wait in the spool for the next start)
+            for g in items:
+                self.queue.put(g)
+
+    def _archive_group(self, group: list[_Item | _Close]) -> list[_Item | _Close]:
+        """Archive a group, project by project: what fails for one project (its quota, its rows) never holds
+        up another's objects. Returns what is to be tried again."""
         # (an item of a retried group may have been archived already: its spool files are gone)
         items = [g for g in group if isinstance(g, _Item) and g.spooled()]
-        futures = [item.verified for item in items]
-        for fut in futures:  # a worker that died is not the object's fault: the group is tried again
-            if fut is not None and isinstance(fut.exception(), BrokenProcessPool):
-                raise RuntimeError("the verification pool broke")
+        again: list[_Item | _Close] = []
         by_project: dict[uuid.UUID, list[tuple[_Item, service.Processed]]] = {}
         refused: list[tuple[_Item, str]] = []
-        for item, fut in zip(items, futures, strict=True):
+        for item in items:
+            fut = item.verified
             sealed = None
             try:
                 assert fut is not None
                 summary, sealed = fut.result()
+            except BrokenProcessPool:  # a worker that died is not the object's fault: verified again
+                again.append(item)
+                continue
             except Exception as exc:  # never release what could not be verified; seal it for review
                 if item.received:  # nothing de-identified to hold: left in the spool, tried again
-                    raise RuntimeError(f"de-identification in the pool failed: {type(exc).__name__}") from exc
+                    log.error("dicom.deidentify_in_pool_failed", spool=str(item.stem), error=type(exc).__name__)
+                    again.append(item)
+                    continue
                 summary = item.summary | {"reasons": [f"verification failed: {type(exc).__name__}"],
                                           "size": item.stem.with_suffix(".dcm").stat().st_size}
             if "rejected" in summary:  # acknowledged on receipt, then found not processable
@@ -744,30 +926,145 @@ class DicomService:
             by_project.setdefault(item.dest.project_id, []).append(
                 (item, service.Processed(item.batch_id, str(item.stem.with_suffix(".dcm")), summary, sealed=sealed)))
         for project_id, pairs in by_project.items():
-            ctx = pairs[0][0].dest.ctx
-            outcomes = self._archive_elsewhere(ctx, [p for _, p in pairs])
-            for outcome in outcomes:
-                ARCHIVED.labels(pairs[0][0].dest.slug or str(project_id), outcome).inc()
-            for item, _ in pairs:
-                for suffix in (".raw", ".dcm", ".json"):
-                    item.stem.with_suffix(suffix).unlink(missing_ok=True)
-            with self.lock:
-                self.unarchived[project_id] -= len(pairs)
-            self._pending_publish.add(project_id)
+            try:
+                self._archive_project(project_id, pairs)
+            except Exception:
+                log.exception("dicom.archive_failed", project=pairs[0][0].dest.slug or str(project_id))
+                again.extend(item for item, _ in pairs)
         for item, reason in refused:  # in the import report: the sender already has its success status
-            if service.record_refused_after_acknowledgement(self.hub, item.batch_id, item.stem.name, reason,
-                                                            nbytes=_named_size(item.stem)):
-                ARCHIVED.labels(item.dest.slug or str(item.dest.project_id), "rejected").inc()
-                log.info("dicom.refused_after_acknowledgement", project=item.dest.slug, reason=reason)
+            try:
+                if service.record_refused_after_acknowledgement(self.hub, item.batch_id, item.stem.name, reason,
+                                                                nbytes=_named_size(item.stem)):
+                    ARCHIVED.labels(item.dest.slug or str(item.dest.project_id), "rejected").inc()
+                    log.info("dicom.refused_after_acknowledgement", project=item.dest.slug, reason=reason)
+            except Exception:
+                log.exception("dicom.archive_failed", project=item.dest.slug or str(item.dest.project_id))
+                again.append(item)
+                continue
             for suffix in (".raw", ".dcm"):
                 item.stem.with_suffix(suffix).unlink(missing_ok=True)
+            self._release(item.dest.project_id, item.nbytes, settled=False)
             with self.lock:
                 self.unarchived[item.dest.project_id] -= 1
         for close in (g for g in group if isinstance(g, _Close)):
-            service.close_batch(self.hub, close.batch_id)
+            try:
+                service.close_batch(self.hub, close.batch_id)
+            except Exception:
+                log.exception("dicom.archive_failed", project=close.dest.slug or str(close.dest.project_id))
+                again.append(close)
+                continue
             folder = self.spool / str(close.dest.project_id) / close.batch_id
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        return again
+
+    def _archive_project(self, project_id: uuid.UUID, pairs: list[tuple[_Item, service.Processed]]) -> None:
+        """One project's objects of a group, in one transaction. Over its quota (another channel used it since
+        they were acknowledged, or an object grew): the ones that fit are archived, the others wait."""
+        ctx = pairs[0][0].dest.ctx
+        try:
+            outcomes = self._archive_elsewhere(ctx, [p for _, p in pairs])
+        except QuotaExceeded:
+            fit = self._what_fits(project_id, pairs)
+            outcomes = []
+            if fit:
+                try:
+                    outcomes = self._archive_elsewhere(ctx, [p for _, p in pairs[:fit]])
+                except QuotaExceeded:
+                    fit = 0
+            self._wait_for_quota(project_id, pairs[fit:])
+            pairs = pairs[:fit]
+        slug = pairs[0][0].dest.slug if pairs else ""
+        for outcome in outcomes:
+            ARCHIVED.labels(slug or str(project_id), outcome).inc()
+        for (item, _), outcome in zip(pairs, outcomes, strict=True):
+            for suffix in (".raw", ".dcm", ".json"):
+                item.stem.with_suffix(suffix).unlink(missing_ok=True)
+            self._release(project_id, item.nbytes, settled=outcome != "duplicate")
+            if item.needs or item.attempts:  # it waited (quota, a retry): its batch may be closed, its folder empty
+                self._drop_empty_folder(item)
+        with self.lock:
+            self.unarchived[project_id] -= len(pairs)
+        if pairs:
+            self._pending_publish.add(project_id)
+
+    def _what_fits(self, project_id: uuid.UUID, pairs: list[tuple[_Item, service.Processed]]) -> int:
+        """How many of ``pairs``, in order, the project's quota has room for now."""
+        room = self._rooms([project_id]).get(project_id, 0)
+        fit = 0
+        for item, processed in pairs:
+            room -= processed.sealed.body_size if processed.sealed is not None else item.nbytes
+            if room < 0:
+                break
+            fit += 1
+        return fit
+
+    def _wait_for_quota(self, project_id: uuid.UUID, pairs: list[tuple[_Item, service.Processed]]) -> None:
+        """Acknowledged objects the quota has no room for: kept in the spool (they hold their share of the quota,
+        so the destination refuses new objects of the project) and archived once the quota allows them
+        (``_resume_waiting``, at each refresh; or at the next start). Never deleted; audited once per episode."""
+        if not pairs:
+            return
+        item0 = pairs[0][0]
+        slug = item0.dest.slug or str(project_id)
+        for item, processed in pairs:
+            item.needs = max(1, item.nbytes if processed.sealed is None else processed.sealed.body_size)
+            item.verified = None  # verified and sealed again when it is tried again: this body is not needed
+            if processed.sealed is not None:
+                try:
+                    self.storage.delete(processed.sealed.body_key)
+                except Exception:
+                    log.exception("dicom.delete_failed", project=slug)
+        with self.lock:
+            waiting = self.waiting.setdefault(project_id, [])
+            first = not waiting
+            waiting.extend(item for item, _ in pairs)
+            self.unarchived[project_id] -= len(pairs)  # publishing what is archived goes on
+            count, nbytes = len(waiting), sum(i.needs for i in waiting)
+        WAITING_FOR_QUOTA.labels(slug).set(count)
+        log.warning("dicom.waiting_for_quota", project=slug, objects=count, bytes=nbytes)
+        if first:
+            try:
+                outbox.record_after(self.hub, service.IMPORT_ACTOR, "imaging.import.waiting_for_quota",
+                                    outcome="denied", project_id=project_id, target=f"import:{item0.batch_id}",
+                                    details={"objects": len(pairs), "bytes": sum(i.needs for i, _ in pairs),
+                                             "detail": "acknowledged DICOM objects wait in the spool until the "
+                                                       "project's storage quota has room for them"})
+            except Exception:
+                log.exception("dicom.audit_failed", project=slug)
+
+    def _resume_waiting(self, project_id: uuid.UUID, room: int) -> None:
+        """Send objects waiting for quota on, in order, as far as the project's quota has ``room`` for them."""
+        with self.lock:
+            waiting = self.waiting.get(project_id)
+            if not waiting:
+                return
+            taken = 0
+            for item in waiting:
+                if item.needs > room:
+                    break
+                room -= item.needs
+                taken += 1
+            resumed, waiting[:] = waiting[:taken], waiting[taken:]
+            left = len(waiting)
+            if not waiting:
+                del self.waiting[project_id]
+        if not resumed:
+            return
+        slug = resumed[0].dest.slug or str(project_id)
+        WAITING_FOR_QUOTA.labels(slug).set(left)
+        log.info("dicom.quota_resumed", project=slug, objects=len(resumed), still_waiting=left)
+        for item in resumed:
+            item.attempts = 0
+            self._enqueue(item)
+
+    def _drop_empty_folder(self, item: _Item) -> None:
+        folder = item.stem.parent
+        with self.lock:
+            if item.batch_id in list(self.batches.values()):  # its association is still storing into it
+                return
+        with contextlib.suppress(OSError):  # not empty (another waiting object), or gone already
+            folder.rmdir()
 
     def _target(self, item: _Item) -> pipeline.SealTarget:
         fingerprint, keypair = item.dest.ctx.keys.current
@@ -816,6 +1113,14 @@ def _named_size(stem: Path) -> int:
     """The size in the name of an original acknowledged on receipt (``<hex>_<size>``); 0 if none."""
     size = stem.name.rpartition("_")[2]
     return int(size) if size.isdigit() else 0
+
+
+def _held_for(stem: Path, summary: dict[str, Any]) -> int:
+    """What a recovered de-identified object holds of its project's quota (as when it was acknowledged)."""
+    try:
+        return sealed_estimate(stem.with_suffix(".dcm").stat().st_size)
+    except OSError:
+        return quota_estimate(int(summary.get("received_size") or 0))
 
 
 def _received_in_full(raw: Path) -> bool:

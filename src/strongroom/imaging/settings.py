@@ -2,14 +2,30 @@
 
 Both are locked by default (no destination; the Basic Profile with no option), registered in the
 project settings registry so every change needs fresh MFA and is audited with before/after values.
+
+A destination's port and AE title belong to one project of the hub (``check_destination``, the projects'
+``SETTING_CHECKS`` hook): a port another project's destination or a hub service holds is refused, so no
+project can take over the port (and so the scanners) of another. ``scp.DicomService.refresh`` applies the
+same rule to what it finds in the database (rows written before the check existed).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import uuid
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select, text
+
+from ..errors import Invalid
+from ..projects.models import ProjectSetting
 from ..projects.settings import capability_setting
 from .deid import OPTIONS, DeidProfile, PixelRule
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from ..config import Settings
 
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash; 1-16 characters
 
@@ -104,3 +120,50 @@ PROFILE_SETTING = capability_setting(
     "deid_profile", "De-identification profile",
     "The PS3.15 options applied to everything imported. Locked: the Basic Profile, dates removed.",
     BASIC_PROFILE, DeidProfileSetting, edit_page="/projects/{slug}/imaging#profile")
+
+
+# -- one port and one AE title per destination, across the hub ------------------------------------------
+DESTINATION_KEY = "dicom_destination"
+SFTP_PORT = 2222  # `strongroom sftp serve`'s default port (sftp/cli.py): not a setting, so named here
+# PostgreSQL: the transaction advisory lock (this class, the schema's hash) that serialises destination changes
+DESTINATION_LOCK_CLASS = 0x5344
+
+
+def hub_ports(settings: Settings) -> dict[int, str]:
+    """The ports this hub's own services listen on (a project destination must not take one)."""
+    ports = {settings.port: "web", SFTP_PORT: "sftp", settings.imaging.metrics_port: "dicom metrics",
+             settings.jobs.metrics_port: "worker metrics", settings.workspaces.hub_port: "workspace hub port"}
+    return {port: name for port, name in ports.items() if port}
+
+
+def _same_title(a: str, b: str) -> bool:
+    return a.strip().upper() == b.strip().upper()  # refused also when only the case differs
+
+
+def check_destination(session: Session, project_id: uuid.UUID, value: Any) -> None:
+    """Refuse a destination whose port a hub service or another project's destination holds, or whose AE title
+    another project's destination uses (closed projects' too: reopening one must not create a clash). The
+    answer never names the other project. Serialised (PostgreSQL: a transaction advisory lock; SQLite: the
+    write lock), held until the change commits, so two projects cannot both take one port in a race."""
+    if not value:
+        return
+    wanted = DicomDestination.model_validate(value)
+    from ..config import get_settings  # the settings every process of this hub is started with
+
+    if wanted.port in hub_ports(get_settings()):
+        raise Invalid(f"port {wanted.port} is used by a service of this hub; choose another port")
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:class, hashtext(current_schema()))"),
+                        {"class": DESTINATION_LOCK_CLASS})
+    else:
+        session.execute(select(ProjectSetting.project_id).limit(1).with_for_update())  # the write lock
+    for other in session.scalars(select(ProjectSetting.value).where(ProjectSetting.key == DESTINATION_KEY,
+                                                                     ProjectSetting.project_id != project_id)):
+        if not isinstance(other, dict):
+            continue
+        if other.get("port") == wanted.port:
+            raise Invalid(f"port {wanted.port} is already used by another DICOM destination of this hub; "
+                          "choose another port")
+        if _same_title(str(other.get("ae_title", "")), wanted.ae_title):
+            raise Invalid(f"the AE title {wanted.ae_title!r} is already used by another DICOM destination of this "
+                          "hub; choose another AE title")
