@@ -45,9 +45,9 @@ def pacs(hub, people, tmp_path: Path) -> dict[str, int]:
     people("bob")
     ports = {"lung": free_port(), "heart": free_port()}
     make_project(hub, "lung", "alice", profile=MODIFIED, destination={"ae_title": AET, "port": ports["lung"]},
-                 senders=[{"ae_title": WS, "address": "127.0.0.1"}])
+                 senders=[{"ae_title": WS, "address": "127.0.0.1", "query_retrieve": True}])
     make_project(hub, "heart", "bob", profile=MODIFIED, destination={"ae_title": OTHER_AET, "port": ports["heart"]},
-                 senders=[{"ae_title": OTHER_WS, "address": "127.0.0.1"}])
+                 senders=[{"ae_title": OTHER_WS, "address": "127.0.0.1", "query_retrieve": True}])
     write_corpus(tmp_path / "in", patients=2, studies=2, series=1, instances=3)
     report = bulk.run_import(hub, bulk.project_by_slug(hub, "lung"), tmp_path / "in", workers=1)
     assert (report.archived, report.quarantined, report.published_version) == (12, 0, 1)
@@ -343,3 +343,33 @@ def test_move_destinations_through_the_api_are_validated_audited_and_per_project
         assert heart["dicom_move_destinations"]["value"] == []
     (opened,) = [e for e in events(hub, "project.setting.opened") if e.target == "setting:dicom_move_destinations"]
     assert opened.details == {"before": [], "after": [entry]}
+
+
+def test_a_scanner_stores_but_may_not_query_or_retrieve(hub, settings, pacs, tmp_path) -> None:
+    """Deny by default: a sender registered without ``query_retrieve`` (a scanner) may store into the project,
+    but its C-FIND and C-GET are refused with 0x0124 and audited (C-MOVE goes through the same check as C-GET,
+    ``dimse._prepare``); nothing of the archive leaves."""
+    rows = index(hub)
+    open_downloads(hub, "lung")
+    with transaction(hub.sessions) as s:
+        lung = s.scalar(select(Project).where(Project.slug == "lung"))
+        row = s.get(ProjectSetting, (lung.id, "dicom_senders"))
+        row.value = [*row.value, {"ae_title": "CT01", "address": "127.0.0.1"}]  # no query_retrieve: a scanner
+    write_corpus(tmp_path / "new", patients=1, studies=1, series=1, instances=1)
+    with serving(settings, pacs):
+        stored = subprocess.run(["storescu", "-aet", "CT01", "-aec", AET, "127.0.0.1", str(pacs["lung"]),
+                                 *map(str, sorted((tmp_path / "new").rglob("*.dcm")))],
+                                capture_output=True, text=True, timeout=120)
+        assert stored.returncode == 0, stored.stderr
+        r, found = findscu(pacs["lung"], ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], tmp_path / "f", aet="CT01")
+        assert found == [] and "0x124" in (r.stdout + r.stderr), r.stderr
+        r = getscu(pacs["lung"], ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={rows[0].study_uid}"],
+                   tmp_path / "g", aet="CT01")
+        assert list((tmp_path / "g").iterdir()) == []
+        # the workstation still may
+        r, found = findscu(pacs["lung"], ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], tmp_path / "w")
+        assert r.returncode == 0 and len(found) >= 4
+    refused = events(hub, "dicom.query.refused")
+    assert {e.details["operation"] for e in refused} == {"find", "get"}
+    assert all(e.details["calling_ae"] == "CT01" for e in refused)
+    assert events(hub, "dicom.study.retrieved") == []

@@ -308,3 +308,17 @@ def test_oversized_body_is_refused(world):
     r = c.post("/api/v1/projects/proj-a/members", content=big,
                headers={**bearer(world["tokens"]["alice"]), "content-type": "application/json"})
     assert r.status_code == 413 and r.json()["code"] == "body-too-large"
+
+
+def test_a_sender_is_a_scanner_unless_the_form_ticks_query_and_retrieve(app, hub, world):
+    """The allowed-senders form: a checkbox for a workstation's right to query and retrieve, unticked (a scanner)
+    by default (``dimse._not_a_workstation`` reads it)."""
+    browser = web_client(app, hub, world["alice"])
+    page = browser.get("/projects/proj-a").text
+    assert 'type="checkbox" id="dicom_senders-query_retrieve" name="query_retrieve"' in page
+    for form in ({"ae_title": "CT01", "address": "10.0.0.4"},
+                 {"ae_title": "WS1", "address": "10.0.0.5", "query_retrieve": "on"}):
+        assert form_post(browser, "/projects/proj-a/settings/dicom_senders", form).status_code == 303
+    got = world["client"].get("/api/v1/projects/proj-a/settings", headers=bearer(world["tokens"]["alice"])).json()
+    senders = next(s["value"] for s in got if s["key"] == "dicom_senders")
+    assert [(s["ae_title"], s["query_retrieve"]) for s in senders] == [("CT01", False), ("WS1", True)]

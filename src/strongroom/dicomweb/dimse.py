@@ -54,6 +54,7 @@ from ..db import transaction
 from ..errors import Forbidden
 from ..imaging.destination import DestinationRef
 from ..projects import service as projects
+from ..projects.settings import DicomSender
 from . import attributes as attrs
 from . import query
 from .attributes import INSTANCE, SERIES, STUDY, BadQuery, Match
@@ -207,9 +208,38 @@ def _caller(event: evt.Event) -> Caller:
     return Caller((requestor.ae_title or "").strip()[:16], str(requestor.address))
 
 
+SENDERS = "dicom_senders"
+
+
+def _not_a_workstation(ref: DestinationRef, caller: Caller, operation: str) -> Dataset | None:
+    """Deny by default: only a sender the project named a workstation (``query_retrieve``) may query or
+    retrieve; a scanner only sends. The refusal (0x0124) is audited."""
+    import ipaddress
+
+    with transaction(ref.hub.sessions) as session:
+        senders = [DicomSender.model_validate(s) for s in projects.get_setting(session, ref.project_id, SENDERS)]
+        try:
+            address = ipaddress.ip_address(caller.address)
+        except ValueError:
+            address = None
+        if address is not None and any(
+                s.query_retrieve and s.ae_title.strip() == caller.ae_title
+                and address in ipaddress.ip_network(s.address, strict=False) for s in senders):
+            return None
+        audit.record(session, caller.actor, "dicom.query.refused", outcome="denied", project_id=ref.project_id,
+                     target=f"dicom:{ref.ae_title}", details=caller.details() | {
+                         "operation": operation, "reason": "sender not allowed to query and retrieve"})
+    log.warning("dicom.query_refused", project=ref.slug, operation=operation, **caller.details())
+    return _status(NOT_AUTHORISED, "this sender may store, not query or retrieve")
+
+
 # -- C-FIND ---------------------------------------------------------------------------------------
 def on_find(event: evt.Event, ref: DestinationRef) -> Iterator[tuple[int | Dataset, Dataset | None]]:
     caller = _caller(event)
+    refusal = _not_a_workstation(ref, caller, "find")
+    if refusal is not None:
+        yield refusal, None
+        return
     try:
         request = parse_find(event.identifier)
     except BadQuery as exc:
@@ -293,6 +323,9 @@ class _Item:
 def _prepare(ref: DestinationRef, identifier: Dataset, caller: Caller, operation: str,
              destination: str | None) -> tuple[list[_Item], Decryptor] | Dataset:
     """What a retrieve sends (and the audit events), or the failure status to answer with."""
+    not_allowed = _not_a_workstation(ref, caller, operation)
+    if not_allowed is not None:
+        return not_allowed
     try:
         matches = parse_retrieve(identifier)
     except BadQuery as exc:

@@ -19,6 +19,9 @@ class DicomSender(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ae_title: str = Field(pattern=r"^[ -~]{1,16}$", description="calling AE title of the scanner or PACS")
     address: Annotated[str, AfterValidator(_ip_or_network)] = Field(description="source IP or network")
+    # Deny by default: a scanner sends; only a workstation or viewer named so may also query and retrieve the
+    # project's archive over DIMSE (C-FIND, C-GET, C-MOVE)
+    query_retrieve: bool = Field(False, description="may also query and retrieve (a workstation, not a scanner)")
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,8 @@ def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
             raise Invalid("no such entry")
         value = [v for i, v in enumerate(current) if i != int(index)]
     else:
-        entry = {name: str(form.get(name, "")) for name in spec.item_model.model_fields}
+        entry = {name: (str(form.get(name)) == "on" if field.annotation is bool else str(form.get(name, "")))
+                 for name, field in spec.item_model.model_fields.items()}
         value = [*current, entry]
     try:
         service.change_setting(db, principal, access, key, value,
