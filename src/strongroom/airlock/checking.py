@@ -14,12 +14,13 @@ from ..hub import Hub
 from . import checks
 from .models import (
     CHECKING,
+    FAILED,
     IN_REVIEW,
     SUBMITTED,
     AirlockRequest,
 )
 from .plaintext import plaintext_copy, refs
-from .service import MAX_FILE_BYTES, _notify, _set_state, request_files, reviewer_ids
+from .service import MAX_FILE_BYTES, _everyone, _notify, _set_state, request_files, reviewer_ids
 
 
 # -- checks (job) ------------------------------------------------------------------------------
@@ -83,3 +84,15 @@ def run_checks(hub: Hub, request_id: str) -> str:
         return r.state
 
 
+
+
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`airlock.check`'s ``on_given_up``: the checks' job failed for good (they raised, or the worker died, hung
+    or ran past its time limit on the last attempt), so no reviewer would ever see the request: it fails with
+    the reason, and the requester and reviewers are told (an import's staged bodies are then the sweep's).
+    Idempotent: a request past its checks is left."""
+    r = session.get(AirlockRequest, payload["request_id"], with_for_update=True)
+    if r is None or r.state not in (SUBMITTED, CHECKING):
+        return
+    _set_state(session, Actor.system("airlock"), r, FAILED, reason=f"gave up: {error}"[:500])
+    _notify(session, r, "airlock_decided", _everyone(session, r))

@@ -10,13 +10,13 @@ from . import checking, service, sweep
 from . import transfer as delivery
 
 
-@job(service.CHECK_JOB, max_attempts=3)
+@job(service.CHECK_JOB, max_attempts=3, on_given_up=checking.give_up)
 def check(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Decrypt and check every file of a submitted request, then hand it to the reviewers."""
     return {"state": checking.run_checks(ctx.hub, payload["request_id"])}
 
 
-@job(service.TRANSFER_JOB, max_attempts=service.TRANSFER_ATTEMPTS)
+@job(service.TRANSFER_JOB, max_attempts=service.TRANSFER_ATTEMPTS, on_given_up=delivery.give_up)
 def transfer(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Deliver an approved request's files and write its checksum receipt; a retry continues."""
     return {"state": delivery.transfer(ctx.hub, payload["request_id"], attempt=ctx.attempt)}

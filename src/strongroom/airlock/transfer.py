@@ -354,11 +354,25 @@ def _transfer_failed(hub: Hub, request_id: str, reason: str) -> str:
     with transaction(hub.sessions) as session:
         r = session.get(AirlockRequest, request_id)
         assert r is not None
-        _set_state(session, Actor.system("airlock"), r, FAILED, reason=reason)
-        r.receipt = {"files": list((r.receipt or {}).get("files", [])), "destination": r.destination,
-                     "direction": r.direction, "failed_at": utcnow().isoformat(), "failed": reason,
-                     "all_verified": False}
-        _notify(session, r, "airlock_decided", _everyone(session, r))
+        _mark_failed(session, r, reason)
     return FAILED
+
+
+def _mark_failed(session: Session, r: AirlockRequest, reason: str) -> None:
+    _set_state(session, Actor.system("airlock"), r, FAILED, reason=reason)
+    r.receipt = {"files": list((r.receipt or {}).get("files", [])), "destination": r.destination,
+                 "direction": r.direction, "failed_at": utcnow().isoformat(), "failed": reason,
+                 "all_verified": False}
+    _notify(session, r, "airlock_decided", _everyone(session, r))
+
+
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`airlock.transfer`'s ``on_given_up``: its job failed for good without the transfer ending the request (the
+    worker died, hung or ran past its time limit on the last attempt): the request fails as a transfer that
+    keeps failing does, its receipt keeping what was delivered, and everyone is told. Its staged or outbox
+    bodies are then the sweep's (`sweep`). Idempotent: a request no longer approved or transferring is left."""
+    r = session.get(AirlockRequest, payload["request_id"], with_for_update=True)
+    if r is not None and r.state in (APPROVED, TRANSFERRING):
+        _mark_failed(session, r, f"gave up: {error}"[:500])
 
 

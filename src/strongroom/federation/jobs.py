@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from ..jobs.context import JobContext
 from ..jobs.registry import job
 from . import service
@@ -33,7 +35,13 @@ def send_notices(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     return {"queued": queued, **notices.send(ctx.hub)}
 
 
-@job("federation.sync", max_attempts=3)
+def _sync_given_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    from . import sync
+
+    sync.give_up(session, payload, error)
+
+
+@job("federation.sync", max_attempts=3, on_given_up=_sync_given_up)
 def sync_dataset(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Push (or resume pushing) a dataset to a peer: the bodies it already acknowledged are not sent again."""
     from . import sync

@@ -192,6 +192,23 @@ def enqueue(session: Session, run: SyncRun) -> None:
     jobs.enqueue(session, "federation.sync", {"sync_id": str(run.id)}, max_attempts=3)
 
 
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`federation.sync`'s ``on_given_up``: its job failed for good without the push ending (the worker died, hung
+    or ran past its time limit on the last attempt): the push is ``failed`` with the reason, as one the peer
+    failed is, and audited. It stays resumable (its ``active_key`` and acknowledged bodies are kept: resuming
+    continues after them); its row lease, if a dead worker held it, lapses by itself. Idempotent: a push that
+    is done, refused or already failed is left."""
+    run = session.get(SyncRun, uuid.UUID(str(payload["sync_id"])), with_for_update=True)
+    if run is None or run.state not in ("queued", "running"):
+        return
+    run.state, run.error = "failed", f"gave up: {error}"[:2000]
+    peer = session.get(Peer, run.peer_id)
+    ds = session.get(Dataset, run.dataset_id)
+    audit.record(session, audit.Actor.system("federation.sync"), "federation.sync.failed", outcome="failed",
+                 project_id=ds.project_id if ds else None, target=f"dataset:{run.dataset_id}",
+                 details={"peer": peer.name if peer else None, "sync": str(run.id), "reason": run.error[:500]})
+
+
 # -- origin: the manifest --------------------------------------------------------------------------
 def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tuple[dict[str, Any], list[ArchiveFile]]:
     """The manifest for ``run`` (deterministic: the same push always yields the same document, headers

@@ -32,3 +32,5 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[dt.datetime | None]
+    # a failed job of a kind with an ``on_given_up`` hook: when the hook ran (NULL: not yet, `service.give_up`)
+    given_up_at: Mapped[dt.datetime | None]

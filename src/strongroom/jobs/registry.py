@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .context import JobContext
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 JobFunc = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
+# ``on_given_up(session, payload, error)``: the job failed for good (see `job`)
+GivenUpHook = Callable[["Session", dict[str, Any], str], None]
 
 HOUR = 3600
 # How long one attempt of a job may run before its runner stops renewing the lease and gives the attempt up
@@ -17,7 +22,7 @@ HOUR = 3600
 DEFAULT_TIMEOUT_SECONDS = 6 * HOUR
 
 # The built-in kinds whose work is far longer, or far shorter, than the default allows for. A kind's own
-# ``@job(..., timeout_seconds=...)`` wins over this table (new kinds should say it there). Long kinds are all
+# ``timeout_seconds`` (of ``job``) wins over this table (new kinds should say it there). Long kinds are all
 # resumable: each attempt continues where the last committed step ended, so a limit is per attempt, not per job.
 BUILTIN_TIMEOUTS: dict[str, int] = {
     # long: large files and datasets, wide-area transfers
@@ -60,26 +65,36 @@ class JobKind:
     max_attempts: int = 5
     every_seconds: int | None = None  # periodic: runners enqueue one per period, deduplicated
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # one attempt's time limit (see DEFAULT_TIMEOUT_SECONDS)
+    on_given_up: GivenUpHook | None = None  # the job failed for good (see `job`)
 
 
 REGISTRY: dict[str, JobKind] = {}
 
 
 def job(name: str, *, max_attempts: int = 5, every_seconds: int | None = None,
-        timeout_seconds: float | None = None) -> Callable[[JobFunc], JobFunc]:
+        timeout_seconds: float | None = None, on_given_up: GivenUpHook | None = None) -> Callable[[JobFunc], JobFunc]:
     """Register ``func(ctx, payload)`` as job kind ``name``. It must be idempotent: a job whose
     worker died is run again, possibly after part of its work was done. It opens its own
     transactions with ``ctx.transaction()`` so long jobs never hold a database lock throughout.
 
     ``timeout_seconds`` limits one attempt (default: ``BUILTIN_TIMEOUTS``, else 6 h). Past it the runner gives
     the attempt up and the job is retried (possibly while the abandoned attempt still runs: Python cannot stop
-    a thread) or failed; a kind that legitimately runs longer must say so here and be resumable."""
+    a thread) or failed; a kind that legitimately runs longer must say so here and be resumable.
+
+    ``on_given_up(session, payload, error)`` is called once the job has failed for good, however it failed: its
+    last attempt raised, timed out, or its worker died and the lease lapsed (`service.lapse`). The function
+    itself never learns of the last two, so a kind that keeps a record of its own in an intermediate state
+    (running, transferring, …) must register one that ends that record ("gave up: <error>") and lets go of what
+    it holds. It runs in its own transaction after the job's failure was committed, with the job row marked in
+    that same transaction (``given_up_at``), so it runs once; a runner that crashed in between leaves it to the
+    next sweep (`Runner.run_given_up`). It must be idempotent and check the record's state: the record may have
+    ended meanwhile (an abandoned attempt that finished late, an operator)."""
     timeout = timeout_seconds if timeout_seconds is not None else BUILTIN_TIMEOUTS.get(name, DEFAULT_TIMEOUT_SECONDS)
     if timeout <= 0:
         raise ValueError(f"job kind {name!r}: timeout_seconds must be positive")
 
     def register(func: JobFunc) -> JobFunc:
-        REGISTRY[name] = JobKind(name, func, max_attempts, every_seconds, timeout)
+        REGISTRY[name] = JobKind(name, func, max_attempts, every_seconds, timeout, on_given_up)
         return func
 
     return register

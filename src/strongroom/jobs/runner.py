@@ -19,6 +19,7 @@ from .context import JobContext
 
 log = structlog.get_logger("strongroom.jobs")
 JOBS_RUN = service.JOBS_RUN
+GIVEN_UP_SWEEP = 60  # seconds between two sweeps for failed jobs whose on_given_up has not run (a crash between)
 
 
 class Runner:
@@ -49,9 +50,13 @@ class Runner:
         """Claim and run one job. Returns False when there was nothing to do."""
         with transaction(self.sessions, deferred=True) as session:  # an idle poll takes no write lock
             job = service.claim(session, self.worker_id, self.lease_seconds, list(self.kinds))
-            if job is None:
-                return False
-            job_id, kind_name, payload, attempt = job.id, job.kind, dict(job.payload), job.attempts
+            given_up = service.given_up_in(session)
+            if job is not None:
+                job_id, kind_name, payload, attempt = job.id, job.kind, dict(job.payload), job.attempts
+        if given_up:  # the claim failed jobs whose last lease lapsed: committed, now their kinds' hooks
+            self.run_given_up()
+        if job is None:
+            return False
         kind = self.kinds[kind_name]
         log.info("job.start", job_id=job_id, kind=kind_name, attempt=attempt)
         heartbeat_stop = threading.Event()
@@ -75,9 +80,11 @@ class Runner:
             heartbeat.join()
             log.warning("job.failed", job_id=job_id, kind=kind_name, error=repr(exc))
             with transaction(self.sessions) as session:
-                service.fail(session, job_id, self.worker_id,
-                             "".join(traceback.format_exception_only(exc)).strip())
+                status = service.fail(session, job_id, self.worker_id,
+                                      "".join(traceback.format_exception_only(exc)).strip())
             JOBS_RUN.labels(kind_name, "failed").inc()
+            if status == "failed":
+                self.run_given_up()
             return True
         heartbeat_stop.set()
         heartbeat.join()
@@ -119,16 +126,40 @@ class Runner:
         log.error("job.timed_out", job_id=job_id, kind=kind.name, seconds=kind.timeout_seconds, worker=self.worker_id,
                   now=status or "lapsing", detail="the worker stays busy until the job returns; restart it if hung")
         JOBS_RUN.labels(kind.name, "failed").inc()  # a failed attempt (StrongroomJobsFailing)
+        if status == "failed":
+            self.run_given_up()
+
+    def run_given_up(self) -> int:
+        """Run the ``on_given_up`` hook of every failed job whose hook has not run yet (`service.give_up`), each in
+        a transaction of its own: called after this runner failed a job for good, and every ``GIVEN_UP_SWEEP``
+        seconds for those a crashed runner left (a failure committed, the hook not yet). A hook that raises is
+        logged and tried again by the next sweep. Returns how many hooks ran."""
+        hooks = {name: kind.on_given_up for name, kind in self.kinds.items() if kind.on_given_up is not None}
+        if not hooks:
+            return 0
+        with transaction(self.sessions, deferred=True) as session:
+            pending = service.given_up_pending(session, list(hooks))
+        ran = 0
+        for job_id in pending:
+            try:
+                with transaction(self.sessions) as session:
+                    ran += service.give_up(session, job_id, hooks)
+            except Exception as exc:  # the job stays marked not given up: the next sweep tries again
+                log.error("job.given_up_hook_failed", job_id=job_id, error=repr(exc))
+        return ran
 
     # -- loops ---------------------------------------------------------------------------------
     def run_forever(self) -> None:
         log.info("worker.start", worker=self.worker_id, kinds=sorted(self.kinds))
-        last_schedule = 0.0
+        last_schedule = last_given_up = 0.0
         while not self.stop_event.is_set():
             try:
                 if time.monotonic() - last_schedule > 5:
                     self.schedule_periodic()
                     last_schedule = time.monotonic()
+                if time.monotonic() - last_given_up > GIVEN_UP_SWEEP:
+                    last_given_up = time.monotonic()
+                    self.run_given_up()
                 if not self.run_one():
                     self.stop_event.wait(self.poll_seconds)
             except Exception as exc:  # the database may be briefly away; keep going
@@ -139,6 +170,7 @@ class Runner:
     def run_until_idle(self, max_jobs: int = 10_000) -> int:
         """Run queued jobs until none is runnable (tests and `strongroom jobs run`)."""
         done = 0
+        self.run_given_up()
         while done < max_jobs and self.run_one():
             done += 1
         return done

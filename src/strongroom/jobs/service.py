@@ -4,7 +4,9 @@ Claiming is a lease: a runner owns a job until ``lease_expires_at`` and renews t
 works. A runner that dies (or hangs, or runs past its kind's time limit) stops renewing and the lease
 lapses. The next claim treats a lapsed lease as a failed attempt: the job is queued again, due from
 the moment its lease lapsed, or failed once its ``max_attempts`` are used up, so a job that kills its
-worker cannot crash-loop forever nor go ahead of the jobs that were due before it. Claims then take
+worker cannot crash-loop forever nor go ahead of the jobs that were due before it. A job failed for good, by
+a claim or by its runner, has its kind's ``on_given_up`` hook run after that is committed (`give_up`), so the
+record the job was working on does not stay half done (see `registry.job`). Claims then take
 queued jobs only, oldest due first. The claim locks its rows with ``FOR UPDATE SKIP LOCKED``, so many
 workers on many hosts never block one another on PostgreSQL; on SQLite ``FOR UPDATE`` takes the
 database's write lock (see ``strongroom.db``). An idle poll looks first without locking, so it takes
@@ -17,7 +19,8 @@ nothing but a SQLite file. One lease-based table serves both, with the same sema
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import Counter
@@ -28,10 +31,15 @@ from sqlalchemy.orm import Session
 from ..db import rowcount, utcnow
 from .models import Job
 
+if TYPE_CHECKING:
+    from .registry import GivenUpHook
+
 log = structlog.get_logger("strongroom.jobs")
 JOBS_RUN = Counter("strongroom_jobs_total", "Jobs finished by this process", ["kind", "outcome"])
 # lapsed leases handled per claim: at most one per worker that died, so a small batch clears a host's worth
 REAP_BATCH = 50
+# session.info key: the ids of the jobs a claim failed for good in this transaction (`given_up_in`)
+GIVEN_UP_INFO = "strongroom.jobs.given_up"
 
 
 def enqueue(
@@ -107,7 +115,8 @@ def claim(session: Session, worker_id: str, lease_seconds: int, kinds: list[str]
     if session.scalars(lapsed.limit(1)).first() is None and session.scalars(queued).first() is None:
         return None  # nothing to do: found without the lock an idle poll would otherwise take
     for expired in session.scalars(lapsed.limit(REAP_BATCH).with_for_update(skip_locked=True)).all():
-        lapse(expired, now)
+        if lapse(expired, now) == "failed":  # its kind's on_given_up runs once this is committed (`given_up_in`)
+            session.info.setdefault(GIVEN_UP_INFO, []).append(expired.id)
     session.flush()
     job = session.scalars(queued.with_for_update(skip_locked=True)).first()
     if job is None:
@@ -185,6 +194,43 @@ def fail(session: Session, job_id: int, worker_id: str, error: str) -> str | Non
         job.status = "queued"
         job.run_after = utcnow() + backoff(job.attempts)
     return job.status
+
+
+def given_up_in(session: Session) -> list[int]:
+    """The jobs `claim` failed for good (their last lease lapsed) in ``session``, forgotten once asked: the caller
+    runs their kinds' ``on_given_up`` after committing (`Runner.run_given_up`)."""
+    ids: list[int] = session.info.pop(GIVEN_UP_INFO, [])
+    return ids
+
+
+def given_up_pending(session: Session, kinds: list[str], *, limit: int = REAP_BATCH) -> list[int]:
+    """Failed jobs of ``kinds`` (those with an ``on_given_up`` hook) whose hook has not run yet, oldest first."""
+    if not kinds:
+        return []
+    return list(session.scalars(
+        select(Job.id).where(Job.status == "failed", Job.given_up_at.is_(None), Job.kind.in_(kinds))
+        .order_by(Job.finished_at, Job.id).limit(limit)))
+
+
+def give_up(session: Session, job_id: int, hooks: Mapping[str, GivenUpHook]) -> bool:
+    """Run the ``on_given_up`` hook of failed job ``job_id`` in the caller's transaction and mark it run
+    (``given_up_at``) in the same one: committed together, so it runs once. Not run for a job whose hook ran, nor
+    while another job of its kind with the same payload is queued or running (the record was handed to a new
+    job, e.g. a push resumed: that one finishes it, or gives up in turn). False when it did not run."""
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    hook = hooks.get(job.kind) if job is not None else None
+    if job is None or hook is None or job.status != "failed" or job.given_up_at is not None:
+        return False
+    payload = dict(job.payload or {})
+    successor = any(other.payload == payload for other in session.scalars(
+        select(Job).where(Job.kind == job.kind, Job.status.in_(PENDING), Job.id != job.id)))
+    job.given_up_at = utcnow()
+    if successor:
+        log.info("job.given_up_superseded", job_id=job.id, kind=job.kind)
+        return False
+    hook(session, payload, job.last_error or "the job failed")
+    log.warning("job.given_up", job_id=job.id, kind=job.kind)
+    return True
 
 
 def stats(session: Session) -> dict[str, int]:

@@ -60,7 +60,7 @@ from ..imaging.models import ImportedInstance
 from ..projects import quota
 from ..projects.models import Project
 from ..sftp.models import SftpUpload
-from .models import APPROVED, CERTIFIED, MARKED, PURGED, SHREDDED, VERIFIED, Deletion
+from .models import APPROVED, CERTIFIED, MARKED, PURGED, REQUESTED, SHREDDED, VERIFIED, Deletion
 from .rules import canonical
 
 ACTOR = Actor.system("retention")
@@ -84,6 +84,22 @@ def run(hub: Hub, deletion_id: uuid.UUID) -> str:
         if step is None:
             return state or "missing"
         step(hub, deletion_id)
+
+
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`retention.delete`'s ``on_given_up``: its job failed for good (its last attempt raised, or the worker died,
+    hung or ran past its time limit). A deletion is never abandoned half-way, so it keeps the state it reached
+    (which is the truth: what is marked stays unreadable) and says why it stopped in ``failure``, audited, for
+    an operator to fix the cause and carry it on (``strongroom retention resume``; a step that succeeds clears
+    it). Idempotent: a certified deletion, or one already saying it gave up, is left."""
+    d = session.scalar(select(Deletion).where(Deletion.id == uuid.UUID(payload["deletion"])).with_for_update())
+    if d is None or d.state in (REQUESTED, CERTIFIED) or (d.failure or "").startswith("gave up: "):
+        return
+    d.failure = f"gave up: {error}"[:4000]
+    ds = session.get_one(Dataset, d.dataset_id)
+    audit.record(session, ACTOR, "retention.deletion.stalled", outcome="failed", project_id=ds.project_id,
+                 target=f"dataset:{ds.id}",
+                 details={"version": d.number, "deletion": str(d.id), "state": d.state, "failure": d.failure[:500]})
 
 
 def _advance(session: Session, d: Deletion, state: str, action: str, details: dict[str, Any]) -> None:

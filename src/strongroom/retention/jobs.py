@@ -40,7 +40,7 @@ def review(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
         return {"events": events, "notices": service.send_notices(session, ctx.hub.settings.retention)}
 
 
-@job(service.DELETE_JOB, max_attempts=20)
+@job(service.DELETE_JOB, max_attempts=20, on_given_up=deletion.give_up)
 def delete(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """An approved deletion, from the step it reached to its certificate."""
     return {"state": deletion.run(ctx.hub, uuid.UUID(payload["deletion"]))}

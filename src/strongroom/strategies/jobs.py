@@ -12,7 +12,7 @@ from . import runs
 MAX_ATTEMPTS = 3
 
 
-@job(runs.JOB, max_attempts=MAX_ATTEMPTS)
+@job(runs.JOB, max_attempts=MAX_ATTEMPTS, on_given_up=runs.give_up)
 def strategy_run(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Decrypt the extract to a private temp dir, apply, verify; archive the output only when it passed.
     A finished run is never redone, so a retried job changes nothing."""

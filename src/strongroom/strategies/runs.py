@@ -263,39 +263,64 @@ def _finish(hub: Hub, run_id: uuid.UUID, state: str, *, report: dict[str, Any] |
             error: str | None = None, work: _Work | None = None, sealed: list[SealedBody] | None = None,
             storage: Storage | None = None) -> str:
     with transaction(hub.sessions) as session:
-        run = session.get(StrategyRun, run_id, with_for_update=True)
-        assert run is not None
-        if run.state in FINISHED:  # another attempt finished it first: what this one sealed is not needed
-            if storage is not None and sealed:
-                _delete(storage, sealed)
-            return run.state
-        run.report, run.error, run.finished_at = report, error, utcnow()
-        if report is not None:
-            run.rows_in, run.rows_out = report["rows_in"], report["rows_out"]
-        details: dict[str, Any] = {"rows_in": run.rows_in, "rows_out": run.rows_out}
-        if state == PASSED:
-            assert work is not None and sealed is not None and storage is not None
-            try:
-                with session.begin_nested():
-                    dataset = _archive(session, work, sealed)
-            except Conflict as exc:  # the quota does not allow the output
-                _delete(storage, sealed)
-                state, run.error = ERROR, f"the output could not be archived: {exc.detail}"
-            else:
-                run.dataset_id, run.output_file_id, run.report_file_id = dataset, sealed[0].file_id, sealed[1].file_id
-                attach_run_output(session, run)  # a data request waiting for this run gets its dataset
-                details |= {"dataset": dataset, "output_file": sealed[0].file_id, "report_file": sealed[1].file_id}
-        run.state = state
-        if state == PASSED:
-            audit.record(session, ACTOR, "strategy.run.passed", project_id=run.project_id,
-                         target=f"strategy-run:{run.id}", details=details)
+        return _conclude(session, run_id, state, report=report, error=error, work=work, sealed=sealed,
+                         storage=storage)
+
+
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`strategy.run`'s ``on_given_up``: its job failed for good without `execute` ending the run (the worker
+    died, hung or ran past its time limit on the last attempt): the run ends in `error` instead of staying
+    running. What the lost attempt sealed is deleted by that attempt if it ever finishes (`_conclude` finds the
+    run finished); otherwise it is a stray body, as after any crash. Idempotent: a finished run is left alone."""
+    run_id = uuid.UUID(payload["run_id"])
+    if session.get(StrategyRun, run_id) is not None:
+        _conclude(session, run_id, ERROR, error=f"gave up: {_job_error(error)}")
+
+
+def _job_error(error: str) -> str:
+    """The job's last error as a run may show it: the runner's own words for a lost or timed-out attempt; of an
+    exception, only its type (its text may quote the extract's values; the job's record keeps it)."""
+    if error.startswith("attempt "):
+        return error[:1000]
+    return f"internal error: {error.splitlines()[-1].split(':', 1)[0].strip()[:200] if error else 'unknown'}"
+
+
+def _conclude(session: Session, run_id: uuid.UUID, state: str, *, report: dict[str, Any] | None = None,
+              error: str | None = None, work: _Work | None = None, sealed: list[SealedBody] | None = None,
+              storage: Storage | None = None) -> str:
+    run = session.get(StrategyRun, run_id, with_for_update=True)
+    assert run is not None
+    if run.state in FINISHED:  # another attempt finished it first: what this one sealed is not needed
+        if storage is not None and sealed:
+            _delete(storage, sealed)
+        return run.state
+    run.report, run.error, run.finished_at = report, error, utcnow()
+    if report is not None:
+        run.rows_in, run.rows_out = report["rows_in"], report["rows_out"]
+    details: dict[str, Any] = {"rows_in": run.rows_in, "rows_out": run.rows_out}
+    if state == PASSED:
+        assert work is not None and sealed is not None and storage is not None
+        try:
+            with session.begin_nested():
+                dataset = _archive(session, work, sealed)
+        except Conflict as exc:  # the quota does not allow the output
+            _delete(storage, sealed)
+            state, run.error = ERROR, f"the output could not be archived: {exc.detail}"
         else:
-            failed_checks = [c["name"] for c in (report or {}).get("checks", []) if not c["passed"]]
-            audit.record(session, ACTOR, "strategy.run.failed", outcome="failed", project_id=run.project_id,
-                         target=f"strategy-run:{run.id}",
-                         details={**details, "state": state, **({"error": run.error} if run.error else {}),
-                                  **({"failed_checks": failed_checks} if failed_checks else {})})
-        return state
+            run.dataset_id, run.output_file_id, run.report_file_id = dataset, sealed[0].file_id, sealed[1].file_id
+            attach_run_output(session, run)  # a data request waiting for this run gets its dataset
+            details |= {"dataset": dataset, "output_file": sealed[0].file_id, "report_file": sealed[1].file_id}
+    run.state = state
+    if state == PASSED:
+        audit.record(session, ACTOR, "strategy.run.passed", project_id=run.project_id,
+                     target=f"strategy-run:{run.id}", details=details)
+    else:
+        failed_checks = [c["name"] for c in (report or {}).get("checks", []) if not c["passed"]]
+        audit.record(session, ACTOR, "strategy.run.failed", outcome="failed", project_id=run.project_id,
+                     target=f"strategy-run:{run.id}",
+                     details={**details, "state": state, **({"error": run.error} if run.error else {}),
+                              **({"failed_checks": failed_checks} if failed_checks else {})})
+    return state
 
 
 def attach_run_output(session: Session, run: StrategyRun) -> None:

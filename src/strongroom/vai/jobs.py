@@ -10,7 +10,7 @@ from ..jobs.registry import job
 from . import service
 
 
-@job(service.JOB, max_attempts=5)
+@job(service.JOB, max_attempts=5, on_given_up=service.give_up)
 def evaluate(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Predict every instance not predicted yet (a batch per transaction: a killed worker's successor
     resumes where the last committed batch ended, never counting an instance twice), then the metrics."""

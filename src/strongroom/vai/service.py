@@ -598,6 +598,17 @@ def run(hub: Hub, evaluation_id: uuid.UUID, *, batch: int = BATCH, max_batches: 
     return True
 
 
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`vai.evaluate`'s ``on_given_up``: its job failed for good (its last attempt raised, or the worker died, hung
+    or ran past its time limit) with the evaluation unfinished: it is ``failed`` with the reason, as one whose
+    model does not fit is, instead of staying running. Its committed predictions stay (nothing is released from
+    a failed evaluation). Idempotent: a done or failed evaluation is left."""
+    ev = session.get(Evaluation, _uuid(payload["evaluation_id"], "evaluation"), with_for_update=True)
+    if ev is None or ev.state in (DONE, FAILED):
+        return
+    ev.state, ev.error, ev.finished_at = FAILED, f"gave up: {error}"[:2000], utcnow()
+
+
 def _month(date: str) -> str:
     return f"{date[:4]}-{date[4:6]}" if len(date) == 8 and date.isdigit() else ""
 
