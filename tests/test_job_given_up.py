@@ -218,6 +218,38 @@ def test_an_airlock_transfer_that_gave_up_fails_the_request(world, monkeypatch, 
     assert _actions(hub, f"airlock:{request_id}", "airlock.request.failed") == 1
 
 
+def test_an_attempt_still_running_when_its_transfer_gave_up_sends_no_more_and_never_ends_it_done(
+        world, monkeypatch) -> None:  # noqa: F811
+    """An attempt past its time limit is abandoned, not stopped: while it still runs, the job gives up and the
+    request fails. That attempt then sends nothing more and never turns the request back to done (before, its
+    last step set ``done`` over ``failed``)."""
+    from strongroom.airlock import transfer
+    from strongroom.airlock.models import AirlockRequest
+
+    hub = world["hub"]
+    request_id = _airlock_request(world)
+    _drain_airlock(hub)
+    for reviewer in ("rita", "ron"):
+        assert _review(world, request_id, reviewer).status_code == 200
+    deliver = transfer._deliver_to_project
+
+    def given_up_meanwhile(*args, **kwargs):  # the give-up lands while this (late) attempt delivers
+        entry = deliver(*args, **kwargs)
+        with transaction(hub.sessions) as s:
+            transfer.give_up(s, {"request_id": request_id}, "attempt 3 of 3 ran past its time limit")
+        return entry
+
+    monkeypatch.setattr(transfer, "_deliver_to_project", given_up_meanwhile)
+    monkeypatch.setattr(transfer, "_deliver_to_recipient", given_up_meanwhile)
+    assert transfer.transfer(hub, request_id) == "failed"
+    with hub.sessions() as s:
+        r = s.get_one(AirlockRequest, request_id)
+        assert r.state == "failed" and r.reason.startswith("gave up: ")
+        assert len(r.receipt["files"]) == 1  # what did leave is on the receipt
+    assert _actions(hub, f"airlock:{request_id}", "airlock.request.failed") == 1
+    assert _actions(hub, f"airlock:{request_id}", "airlock.request.done") == 0
+
+
 # -- retention deletions and pushes to a peer: a released, published dataset ---------------------------------
 @pytest.fixture
 def dataset(app, hub, people) -> dict[str, Any]:

@@ -312,6 +312,8 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
         for af in pending:
             if af.delivered_id is not None:
                 continue
+            if (ended := _ended(hub, request_id)) is not None:
+                return ended
             if r.direction == "import":
                 entry = _land_import(hub, r, af)
             elif r.destination and r.destination["kind"] == "project":
@@ -327,9 +329,10 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
                                       "is not delivered by this hub")
             receipt.append({**entry, "delivered_at": utcnow().isoformat()})
             with transaction(hub.sessions) as session:
-                row = session.get(AirlockRequest, request_id)
+                row = session.get(AirlockRequest, request_id, with_for_update=True)
                 assert row is not None
-                row.receipt = {"files": receipt}
+                # (kept even when the request ended meanwhile: the receipt says what did leave)
+                row.receipt = {**(row.receipt or {}), "files": receipt}
     except TransferRefused as exc:
         return _transfer_failed(hub, request_id, str(exc))
     except Exception as exc:
@@ -337,8 +340,10 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
             return _transfer_failed(hub, request_id, f"{type(exc).__name__}: {exc}"[:500])
         raise  # the job retries with backoff; delivered files are not sent again
     with transaction(hub.sessions) as session:
-        row = session.get(AirlockRequest, request_id)
+        row = session.get(AirlockRequest, request_id, with_for_update=True)
         assert row is not None
+        if row.state != TRANSFERRING:  # given up meanwhile (an attempt past its time limit): it stays failed
+            return row.state
         row.receipt = {"files": receipt, "destination": row.destination, "direction": row.direction,
                        "completed_at": utcnow().isoformat(), "all_verified": all(e["verified"] for e in receipt)}
         _set_state(session, actor, row, DONE, files=len(receipt))
@@ -350,10 +355,20 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
     return DONE
 
 
+def _ended(hub: Hub, request_id: str) -> str | None:
+    """The request's state when it is no longer transferring (its job gave up while this attempt, past its time
+    limit, still ran): nothing more is sent. None while it transfers."""
+    with open_session(hub.sessions, deferred=True) as session:
+        state = session.scalar(select(AirlockRequest.state).where(AirlockRequest.id == request_id))
+    return None if state == TRANSFERRING else (state or "missing")
+
+
 def _transfer_failed(hub: Hub, request_id: str, reason: str) -> str:
     with transaction(hub.sessions) as session:
-        r = session.get(AirlockRequest, request_id)
+        r = session.get(AirlockRequest, request_id, with_for_update=True)
         assert r is not None
+        if r.state not in (APPROVED, TRANSFERRING):  # ended meanwhile (given up): not failed, told, twice
+            return r.state
         _mark_failed(session, r, reason)
     return FAILED
 
