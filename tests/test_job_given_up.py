@@ -401,8 +401,41 @@ def test_a_hook_that_raises_is_tried_again_and_a_job_still_retried_is_not_given_
     assert ({"n": 2}, "RuntimeError: no") not in recorded
 
 
+@pytest.mark.parametrize("how", HOW)
+def test_an_upload_whose_ingest_gave_up_fails_and_gives_its_quota_back(hub, dataset, monkeypatch, how) -> None:
+    """An uploaded file whose ``archive.ingest`` job gave up would stay *uploaded*, holding its reserved quota
+    for good: it fails as a file that does not verify does, the quota given back, audited once."""
+    import os
+
+    from strongroom.archive import c4gh
+    from strongroom.archive import service as archive_service
+    from strongroom.archive.models import ArchiveFile
+    from strongroom.projects.models import Project
+
+    api, pia = dataset["api"], dataset["p"]["pia"]
+    headers = bearer(token_for(hub, pia))
+    hub_public = c4gh.parse_public_key(api.get("/api/v1/archive/public-key", headers=headers).text)
+    blob = b"".join(c4gh.encrypt_stream([os.urandom(5000)], hub_public))
+    with hub.sessions() as s:
+        before = s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung"))
+    up = api.post("/api/v1/projects/lung/uploads", json={"path": "late.bin", "size": len(blob)}, headers=headers)
+    assert up.status_code == 201, up.text
+    file_id = up.json()["id"]
+    assert api.put(f"/api/v1/uploads/{file_id}/parts/1", content=blob, headers=headers).status_code == 200
+    assert api.post(f"/api/v1/uploads/{file_id}/complete", headers=headers).status_code == 200
+    job_id = _job_id(hub, "archive.ingest")
+    message = _give_up(how, hub, job_id, monkeypatch, archive_service, "ingest")
+    with hub.sessions() as s:
+        f = s.get_one(ArchiveFile, file_id)
+        assert (f.state, f.reserved_bytes, f.failure) == ("failed", 0, message[:1000])
+        assert s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung")) == before
+    assert _actions(hub, f"file:{file_id}", "archive.file.failed") == 1
+    _again(hub, job_id)
+    assert _actions(hub, f"file:{file_id}", "archive.file.failed") == 1
+
+
 def test_kinds_that_keep_a_record_register_a_hook() -> None:
     kinds = registry.load()
     hooked = {name for name, kind in kinds.items() if kind.on_given_up is not None}
     assert {"strategy.run", "airlock.check", "airlock.transfer", "retention.delete", "federation.sync",
-            "vai.evaluate"} <= hooked
+            "vai.evaluate", "archive.ingest"} <= hooked

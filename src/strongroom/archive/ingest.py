@@ -125,6 +125,22 @@ def _fail(hub: Hub, storage: Storage, file_id: str, reason: str) -> str:
     return FAILED
 
 
+def give_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """`archive.ingest`'s ``on_given_up``: its job failed for good (the worker died, hung or ran past its time
+    limit on the last attempt) with the file, or the bundle's files, still on the way: each that is not ready
+    fails as a file that does not verify does, its reserved quota given back, audited. The inbox object is
+    the storage sweep's. Idempotent: ready and failed files are left."""
+    t = ArchiveFile
+    query = select(t).where(t.state.in_((UPLOADED, INGESTED, VERIFIED))).with_for_update()
+    query = query.where(t.inbox_key == payload["inbox_key"]) if "inbox_key" in payload else \
+        query.where(t.id == payload["file_id"])
+    for f in session.scalars(query):
+        quota.release(session, f.project_id, f.reserved_bytes)
+        f.reserved_bytes, f.state, f.failure = 0, FAILED, f"gave up: {error}"[:1000]
+        audit.record(session, Actor.system("ingest"), "archive.file.failed", outcome="failed",
+                     project_id=f.project_id, target=f"file:{f.id}", details={"reason": f.failure[:500]})
+
+
 # Beyond this the group reads each file's range from storage instead of the whole bundle at once.
 _BUNDLE_IN_MEMORY = 64 * 1024 * 1024
 

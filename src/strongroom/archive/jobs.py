@@ -8,9 +8,10 @@ from ..jobs.context import JobContext
 from ..jobs.registry import job
 from . import service
 from .backend import storage_for
+from .ingest import give_up
 
 
-@job("archive.ingest", max_attempts=5)
+@job("archive.ingest", max_attempts=5, on_given_up=give_up)
 def ingest(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Decrypt-verify-hash-store one uploaded file, or (``inbox_key``) every file of a bundle as one group
     commit. Re-running after a crash redoes the pass for what is not ready yet."""
