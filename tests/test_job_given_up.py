@@ -434,6 +434,58 @@ def test_an_upload_whose_ingest_gave_up_fails_and_gives_its_quota_back(hub, data
     assert _actions(hub, f"file:{file_id}", "archive.file.failed") == 1
 
 
+def test_an_ingest_attempt_still_running_when_its_job_gave_up_never_makes_the_file_ready(
+        hub, dataset, monkeypatch) -> None:
+    """An attempt past its time limit is abandoned, not stopped. When it finishes after the give-up, the file
+    stays failed (as audited), its body is deleted and the quota given back is not counted again (it turned
+    the file ready and added its size to the used bytes with nothing reserved)."""
+    import os
+    import threading
+
+    from strongroom.archive import c4gh
+    from strongroom.archive import ingest as ingest_mod
+    from strongroom.archive.backend import storage_for
+    from strongroom.archive.models import ArchiveFile
+    from strongroom.projects.models import Project
+
+    api, pia = dataset["api"], dataset["p"]["pia"]
+    headers = bearer(token_for(hub, pia))
+    hub_public = c4gh.parse_public_key(api.get("/api/v1/archive/public-key", headers=headers).text)
+    blob = b"".join(c4gh.encrypt_stream([os.urandom(5000)], hub_public))
+    up = api.post("/api/v1/projects/lung/uploads", json={"path": "late.bin", "size": len(blob)}, headers=headers)
+    file_id = up.json()["id"]
+    assert api.put(f"/api/v1/uploads/{file_id}/parts/1", content=blob, headers=headers).status_code == 200
+    assert api.post(f"/api/v1/uploads/{file_id}/complete", headers=headers).status_code == 200
+    with hub.sessions() as s:
+        used_before = s.scalar(select(Project.used_bytes).where(Project.slug == "lung"))
+    gate, entered = threading.Event(), threading.Event()
+    real = c4gh.ingest
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # the attempt is slow (storage), past the kind's time limit
+        entered.set()
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(c4gh, "ingest", held)
+    out: dict[str, str] = {}
+    late = threading.Thread(target=lambda: out.setdefault(
+        "state", ingest_mod.ingest(hub, storage_for(hub), file_id, workers=0)))
+    late.start()
+    assert entered.wait(10)
+    with transaction(hub.sessions) as s:  # meanwhile the job gave up (`Runner.run_given_up` runs the hook)
+        ingest_mod.give_up(s, {"file_id": file_id}, "attempt 5 of 5 ran past its time limit")
+    gate.set()
+    late.join(30)
+    assert out["state"] == "failed"
+    with hub.sessions() as s:
+        f = s.get_one(ArchiveFile, file_id)
+        assert (f.state, f.reserved_bytes, f.body_key) == ("failed", 0, None)
+        assert s.scalar(select(Project.used_bytes).where(Project.slug == "lung")) == used_before
+        assert s.scalar(select(Project.reserved_bytes).where(Project.slug == "lung")) == 0
+    assert not storage_for(hub).exists(f"archive/{f.project_id}/{file_id}")
+    assert _actions(hub, f"file:{file_id}", "archive.file.ingested") == 0
+
+
 def test_kinds_that_keep_a_record_register_a_hook() -> None:
     kinds = registry.load()
     hooked = {name for name, kind in kinds.items() if kind.on_given_up is not None}

@@ -83,8 +83,11 @@ def ingest(hub: Hub, storage: Storage, file_id: str, *, workers: int = 2) -> str
     except IngestRefused as exc:
         return _fail(hub, storage, file_id, str(exc))
     with transaction(hub.sessions) as session:
-        f = session.get(ArchiveFile, file_id)
+        f = session.get(ArchiveFile, file_id, with_for_update=True)
         assert f is not None
+        if f.state not in (UPLOADED, INGESTED, VERIFIED):  # its job gave up meanwhile (`give_up`): it stays so
+            storage.delete(body_key)
+            return f.state
         f.header, f.header_key = header, keys.fingerprint_at(opened.key_index)
         f.body_key, f.body_size, f.body_sha256 = body_key, stored.size, result.body_sha256
         f.plaintext_size, f.plaintext_sha256, f.plaintext_md5 = (result.plaintext_size, result.plaintext_sha256,
@@ -101,8 +104,11 @@ def ingest(hub: Hub, storage: Storage, file_id: str, *, workers: int = 2) -> str
     if problem:
         return _fail(hub, storage, file_id, problem)
     with transaction(hub.sessions) as session:
-        f = session.get(ArchiveFile, file_id)
+        f = session.get(ArchiveFile, file_id, with_for_update=True)
         assert f is not None
+        if f.state != INGESTED:  # given up meanwhile: failed, its quota already given back
+            storage.delete(body_key)
+            return f.state
         f.state = VERIFIED
         quota.settle(session, f.project_id, f.reserved_bytes, f.body_size or 0)
         f.reserved_bytes = 0
@@ -116,8 +122,10 @@ def ingest(hub: Hub, storage: Storage, file_id: str, *, workers: int = 2) -> str
 
 def _fail(hub: Hub, storage: Storage, file_id: str, reason: str) -> str:
     with transaction(hub.sessions) as session:
-        f = session.get(ArchiveFile, file_id)
+        f = session.get(ArchiveFile, file_id, with_for_update=True)
         assert f is not None
+        if f.state not in (UPLOADED, INGESTED, VERIFIED):  # ended meanwhile (given up): not released twice
+            return f.state
         quota.release(session, f.project_id, f.reserved_bytes)
         f.reserved_bytes, f.state, f.failure = 0, FAILED, reason
         audit.record(session, Actor.system("ingest"), "archive.file.failed", outcome="failed",
