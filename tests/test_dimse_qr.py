@@ -347,8 +347,8 @@ def test_move_destinations_through_the_api_are_validated_audited_and_per_project
 
 def test_a_scanner_stores_but_may_not_query_or_retrieve(hub, settings, pacs, tmp_path) -> None:
     """Deny by default: a sender registered without ``query_retrieve`` (a scanner) may store into the project,
-    but its C-FIND and C-GET are refused with 0x0124 and audited (C-MOVE goes through the same check as C-GET,
-    ``dimse._prepare``); nothing of the archive leaves."""
+    but its C-FIND and C-GET are refused with 0x0124, its C-MOVE with 0xA801 before any destination is looked
+    up, all audited; nothing of the archive leaves."""
     rows = index(hub)
     open_downloads(hub, "lung")
     with transaction(hub.sessions) as s:
@@ -366,10 +366,17 @@ def test_a_scanner_stores_but_may_not_query_or_retrieve(hub, settings, pacs, tmp
         r = getscu(pacs["lung"], ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={rows[0].study_uid}"],
                    tmp_path / "g", aet="CT01")
         assert list((tmp_path / "g").iterdir()) == []
+        # C-MOVE is refused before its destination is looked up: the same 0xA801 as for an unknown one, so a
+        # scanner learns nothing of the registered destinations
+        moved = subprocess.run(["movescu", "-v", "-S", "-aet", "CT01", "-aec", AET, "-aem", "WS1_STORE",
+                                "127.0.0.1", str(pacs["lung"]), *_keys(["QueryRetrieveLevel=STUDY",
+                                                                        f"StudyInstanceUID={rows[0].study_uid}"])],
+                               capture_output=True, text=True, timeout=120)
+        assert "MoveDestinationUnknown" in moved.stdout + moved.stderr, moved.stderr
         # the workstation still may
         r, found = findscu(pacs["lung"], ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], tmp_path / "w")
         assert r.returncode == 0 and len(found) >= 4
     refused = events(hub, "dicom.query.refused")
-    assert {e.details["operation"] for e in refused} == {"find", "get"}
+    assert {e.details["operation"] for e in refused} == {"find", "get", "move"}
     assert all(e.details["calling_ae"] == "CT01" for e in refused)
     assert events(hub, "dicom.study.retrieved") == []

@@ -74,6 +74,12 @@ BAD_URLS = {
     "other-port": "http://evil.example:8443/datasets/EVIL1",
     "backslash": "http://evil.example\\@other-host.example/",
     "relative": "/datasets/EVIL1",
+    # dot segments however a server behind the peer's address may read them (a path on a shared host would
+    # otherwise lead under another tenant's path)
+    "dot-dot-semicolon": f"{EVIL}/datasets/..;/other-tenant/x",
+    "double-encoded-dots": f"{EVIL}/datasets/%252e%252e/other-tenant/x",
+    "encoded-slash-dots": f"{EVIL}/datasets/a%2F..%2Fother-tenant",
+    "encoded-dots": f"{EVIL}/%2e%2e/other-tenant/x",
 }
 
 # file paths the upload rule refuses: a manifest carrying one is refused

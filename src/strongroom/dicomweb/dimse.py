@@ -323,7 +323,7 @@ class _Item:
 def _prepare(ref: DestinationRef, identifier: Dataset, caller: Caller, operation: str,
              destination: str | None) -> tuple[list[_Item], Decryptor] | Dataset:
     """What a retrieve sends (and the audit events), or the failure status to answer with."""
-    not_allowed = _not_a_workstation(ref, caller, operation)
+    not_allowed = _not_a_workstation(ref, caller, operation) if operation != "move" else None  # (on_move: first)
     if not_allowed is not None:
         return not_allowed
     try:
@@ -402,6 +402,11 @@ def move_contexts(items: list[_Item]) -> list[PresentationContext]:
 
 def on_move(event: evt.Event, ref: DestinationRef) -> Iterator[Any]:
     caller = _caller(event)
+    # first: a scanner learns nothing of the registered destinations (0xA801 against 0x0124) and opens no
+    # association to one
+    if _not_a_workstation(ref, caller, "move") is not None:
+        yield None, None  # pynetdicom answers 0xA801: the same answer as for an unknown destination
+        return
     target = (event.move_destination or "").strip()
     with ref.hub.sessions() as session:
         destinations = registered(projects.get_setting(session, ref.project_id, MOVE_DESTINATIONS))

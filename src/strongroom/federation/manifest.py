@@ -60,10 +60,23 @@ def url_under(url: object, base: str) -> bool:
             return False
     except ValueError:  # a port that is not a number, a bad IPv6 literal
         return False
-    if any(seg in (".", "..") for seg in unquote(u.path).replace("\\", "/").split("/")):
+    if any(_dot_segment(seg) for seg in u.path.split("/")):
         return False
     prefix = b.path.rstrip("/")
     return u.path == prefix or u.path.startswith(prefix + "/")
+
+
+def _dot_segment(segment: str) -> bool:
+    """``.`` or ``..`` however a server may read the segment: decoded until stable (``%252e``; still encoded
+    after that: refused), split at encoded slashes and backslashes, without ``;`` parameters (``..;`` is ``..``
+    to Tomcat and Spring)."""
+    for _ in range(5):
+        decoded = unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return any(part.split(";", 1)[0].strip() in (".", "..") for part in re.split(r"[/\\]", segment)) \
+        or "%" in segment
 
 
 def check(doc: Any, *, origin: str, recipient_key_id: str) -> dict[str, Any]:
