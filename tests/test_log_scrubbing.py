@@ -61,6 +61,15 @@ def test_nested_values_are_scrubbed(lines):
     ("postgresql://strongroom:change-me-now@postgresql:5432/strongroom", "change-me-now", "postgresql:5432/strongroom"),
     ("GET /callback?code=abc&client_secret=s3cr3t-value&state=1", "s3cr3t-value", "state=1"),
     ("{'password': 's3cr3t-value', 'user': 'alice'}", "s3cr3t-value", "alice"),
+    # a second audit's cases: passwords holding "/" or "@", presigned URLs, an OAuth code, the environment,
+    # quoted values with blanks
+    ("Could not parse SQLAlchemy URL from string 'postgresql://sr:ab/cd+ef@db:5432/sr'", "ab/cd+ef", "db:5432/sr"),
+    ("postgresql://sr:p@ss#w0rd@db/sr", "ss#w0rd", "db/sr"),
+    ("GET 'https://b.s3.example/k?X-Amz-Credential=AKIAXX%2F&X-Amz-Signature=deadbeefcafe' 403", "deadbeefcafe",
+     "b.s3.example/k"),
+    ("GET /auth/callback?state=x&code=SplxlOBeZQQYbYS6WxSbIA", "SplxlOBeZQQYbYS6WxSbIA", "state=x"),
+    ("PGPASSWORD=hunter2secret psql -h db", "hunter2secret", "psql -h db"),
+    ('password: "quoted pass phrase" user: alice', "pass phrase", "alice"),
 ])
 def test_token_shaped_text_is_redacted_anywhere(lines, text, secret, kept):
     assert secret in text

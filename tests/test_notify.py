@@ -153,6 +153,25 @@ def test_mail_is_queued_with_the_transaction_and_retried_when_smtp_is_down(hub, 
     assert [m["To"] for m in smtp.messages] == ["later@example.org"]
 
 
+def test_an_account_deactivated_after_its_mail_was_queued_gets_nothing(hub, smtp, people):
+    """The rule is asked again when the job sends: a mail queued while the account was active (or waiting for a
+    retry while SMTP was down) is not delivered once the account is deactivated."""
+    from strongroom.identity import service as identity
+    from strongroom.identity.models import User
+
+    eve = people("eve", mfa=False)
+    with transaction(hub.sessions) as s:
+        notify.enqueue_email(s, to="eve@example.org", template="remark", context=CONTEXT)
+        notify.enqueue_email(s, to="other@example.org", template="remark", context=CONTEXT)
+    with transaction(hub.sessions) as s:
+        identity.deactivate_user(s, Actor.system("admin"), s.get(User, eve.user.id))
+    _drain(hub)
+    assert [m["To"] for m in smtp.messages] == ["other@example.org"]
+    with hub.sessions() as s:
+        results = [j.result for j in s.scalars(select(Job).where(Job.kind == "notify.email").order_by(Job.id))]
+    assert results[0]["delivery"] == "skipped: account deactivated" and results[1]["delivery"] == "sent"
+
+
 def test_smtp_login_and_logged_delivery_without_a_host(hub, smtp, settings):
     authed = NotifySettings.model_validate({**settings.notify.model_dump(), "username": "hub",
                                             "password": "s3cret"})

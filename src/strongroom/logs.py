@@ -28,13 +28,20 @@ _SECRET_TEXT: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1 " + MASK),
     (re.compile(r"sr_[A-Za-z0-9]{12}_[A-Za-z0-9_-]+"), "sr_" + MASK),  # the hub's API tokens
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),  # a JWT (visas, ID tokens)
-    # the password in a URL: postgresql://user:password@host, https://user:password@host
-    (re.compile(r"\b([a-z][a-z0-9+.-]{0,30}://[^\s:/@]{0,256}:)[^\s/@]{1,256}@", re.IGNORECASE),
+    # the password in a URL: postgresql://user:password@host, https://user:password@host — up to the last "@"
+    # before a blank, as a password may hold "/", "#" or "@" itself (SQLAlchemy quotes the URL it cannot parse)
+    (re.compile(r"\b([a-z][a-z0-9+.-]{0,30}://[^\s:/@]{0,256}:)[^\s'\"]{1,256}@", re.IGNORECASE),
      r"\1" + MASK + "@"),
-    # secret-looking names given a value in free text: key=value (query strings, keyword arguments) and
-    # 'key': value (a dict's repr, JSON)
-    (re.compile(r"\b((?:password|passwd|secret|client_secret|access_token|refresh_token|id_token|api_key|token)"
-                r"(?:\s*=\s*[\"']?|[\"']\s*:\s*[\"']?))[^\s\"'&,;]+", re.IGNORECASE), r"\1" + MASK),
+    # query parameters that are credentials: an OAuth code, presigned-URL signatures and credentials
+    (re.compile(r"([?&](?:code|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
+                r"x-goog-signature|token|access_token|api_key|key)=)[^&\s'\"#]+", re.IGNORECASE), r"\1" + MASK),
+    # a quoted value of a secret-looking name, blanks included: password: "two words", 'secret': 'a b'
+    (re.compile(r"\b(\w*(?:password|passwd|secret|passphrase)[\"']?\s*[:=]\s*)([\"'])(?:(?!\2)[^\n]){0,512}\2",
+                re.IGNORECASE), r"\1\2" + MASK + r"\2"),
+    # secret-looking names given a value in free text: key=value (query strings, keyword arguments, the
+    # environment: PGPASSWORD=…) and 'key': value (a dict's repr, JSON)
+    (re.compile(r"\b(\w*(?:password|passwd|secret|passphrase|client_secret|access_token|refresh_token|id_token|"
+                r"api_key|token)(?:\s*=\s*[\"']?|[\"']\s*:\s*[\"']?))[^\s\"'&,;]+", re.IGNORECASE), r"\1" + MASK),
 ]
 _PLAIN = (int, float, bool, type(None))
 

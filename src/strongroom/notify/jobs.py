@@ -12,7 +12,13 @@ from . import service
 @job(service.EMAIL_JOB, max_attempts=8)
 def send_email(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Render and send. A worker that dies after the SMTP server accepted the message sends it
-    again on retry (at least once); the Message-ID is the same, so receivers can drop the copy."""
+    again on retry (at least once); the Message-ID is the same, so receivers can drop the copy. The account
+    is asked again at sending (`service.may_receive`): one deactivated after the e-mail was queued (or
+    between retries) gets nothing."""
+    with ctx.transaction() as session:
+        allowed = service.may_receive(session, payload["to"])
+    if not allowed:
+        return {"delivery": "skipped: account deactivated", "template": payload["template"]}
     return service.send_job(ctx.hub.settings, ctx.job_id, payload)
 
 
