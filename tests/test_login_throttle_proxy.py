@@ -195,3 +195,25 @@ def test_the_deploy_examples_trust_their_proxy_and_nothing_wider(tmp_path):
         entries = json.loads(config["STRONGROOM_TRUSTED_PROXIES"])
         assert entries and all(ipaddress.ip_network(e).is_private for e in entries), values
         assert Settings(var_dir=tmp_path, trusted_proxies=entries).trusted_proxies == entries
+
+
+def test_strangers_failures_never_lock_the_owner_out_from_where_they_log_in(settings, people):
+    """A second audit: five wrong passwords from anywhere locked an account for everyone, and one a minute kept it
+    locked. Now an address is held for an account after 5 of its own failures; the account as a whole only after
+    20 from all addresses together, and even then not where its owner completed a login in the last 30 days."""
+    app = create_app(_proxied(settings), run_jobs=False)
+    victim = people("victim")
+    home = _browser(app, forwarded_for="198.51.100.20")
+    assert form_post(home, "/login", {"username": "victim", "password": PASSWORD}).status_code == 303
+    assert form_post(home, "/login/mfa", {"code": victim.code()}).status_code == 303  # a completed login
+    attacker = _browser(app, forwarded_for="203.0.113.66")
+    for _ in range(5):
+        assert _bad_login(attacker, "victim") == 401
+    assert _bad_login(attacker, "victim") == 429  # that address is held for this account...
+    assert form_post(_browser(app, forwarded_for="198.51.100.21"), "/login",
+                     {"username": "victim", "password": PASSWORD}).status_code == 303  # ...no one else
+    for i in range(15):  # spread over many addresses: 20 for the account in all
+        assert _bad_login(_browser(app, forwarded_for=f"203.0.113.{100 + i}"), "victim") == 401
+    assert _bad_login(_browser(app, forwarded_for="203.0.113.200"), "victim") == 429  # a new address: held
+    assert form_post(_browser(app, forwarded_for="198.51.100.20"), "/login",
+                     {"username": "victim", "password": PASSWORD}).status_code == 303  # home still gets in

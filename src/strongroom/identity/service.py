@@ -185,19 +185,49 @@ def _address_key(ip: str) -> str:
     return f"ip:{address}"
 
 
+# Failures for one account from all addresses together, as a multiple of the per-address limit: guessing spread
+# over many addresses is held too, but no address the account has logged in from (`KNOWN_ADDRESS_DAYS`) is
+# locked out by it — a stranger's failures from elsewhere must not lock the owner out of their own account.
+ACCOUNT_SPREAD_FACTOR = 4
+KNOWN_ADDRESS_DAYS = 30
+
+
 def _throttle_keys(username: str, ip: str | None) -> list[str]:
-    return [f"user:{username.lower()}"] + ([_address_key(ip)] if ip else [])
+    """The counters a failure adds to: the account from anywhere, the account from this address, the address."""
+    name = username.lower()
+    if not ip:
+        return [f"user:{name}"]
+    address = _address_key(ip)
+    return [f"user:{name}", f"user:{name}@{address}", address]
 
 
 def check_throttle(session: Session, username: str, ip: str | None, *, limit: int, window_s: int,
                    address_limit: int | None = None) -> None:
+    """429 past ``limit`` failures for the account from this address, ``address_limit`` for the address (every
+    account), or ``limit × ACCOUNT_SPREAD_FACTOR`` for the account from all addresses together — the last one
+    not for an address the account completed a login from lately (without an address: ``limit``)."""
     since = utcnow() - dt.timedelta(seconds=window_s)
     per_address = address_limit if address_limit is not None else limit * ADDRESS_LIMIT_FACTOR
-    for key in _throttle_keys(username, ip):
-        n = session.scalar(select(func.count()).where(LoginAttempt.key == key, LoginAttempt.created_at >= since))
-        if (n or 0) >= (limit if key.startswith("user:") else per_address):
-            raise TooManyRequests("too many failed logins; wait a few minutes and try again",
-                                  retry_after=window_s)
+    name = username.lower()
+
+    def failures(key: str) -> int:
+        return session.scalar(select(func.count()).where(LoginAttempt.key == key,
+                                                         LoginAttempt.created_at >= since)) or 0
+
+    if ip is None:
+        held = failures(f"user:{name}") >= limit
+    else:
+        address = _address_key(ip)
+        held = failures(f"user:{name}@{address}") >= limit or failures(address) >= per_address or (
+            failures(f"user:{name}") >= limit * ACCOUNT_SPREAD_FACTOR and not _known_address(session, name, address))
+    if held:
+        raise TooManyRequests("too many failed logins; wait a few minutes and try again", retry_after=window_s)
+
+
+def _known_address(session: Session, name: str, address: str) -> bool:
+    since = utcnow() - dt.timedelta(days=KNOWN_ADDRESS_DAYS)
+    return session.scalar(select(LoginAttempt.id).where(LoginAttempt.key == f"known:{name}@{address}",
+                                                        LoginAttempt.created_at >= since).limit(1)) is not None
 
 
 def note_failed_login(session: Session, username: str, ip: str | None) -> None:
@@ -205,8 +235,16 @@ def note_failed_login(session: Session, username: str, ip: str | None) -> None:
         session.add(LoginAttempt(key=key))
 
 
-def clear_failed_logins(session: Session, username: str) -> None:
-    session.execute(delete(LoginAttempt).where(LoginAttempt.key == f"user:{username.lower()}"))
+def clear_failed_logins(session: Session, username: str, ip: str | None = None) -> None:
+    """After a completed second factor: the account's failures are forgotten, and the address is remembered as
+    one the account logs in from (``ip``)."""
+    name = username.lower()
+    session.execute(delete(LoginAttempt).where(
+        (LoginAttempt.key == f"user:{name}") | LoginAttempt.key.startswith(f"user:{name}@", autoescape=True)))
+    if ip:
+        known = f"known:{name}@{_address_key(ip)}"
+        session.execute(delete(LoginAttempt).where(LoginAttempt.key == known))
+        session.add(LoginAttempt(key=known))
 
 
 @dataclass
@@ -385,7 +423,7 @@ def verify_second_factor(session: Session, user: User, code: str, hub_secret: by
         seed = FieldCipher(hub_secret, "totp").decrypt(cred.totp_secret)
         if _accept_totp(cred, seed, code):
             audit.record(session, actor, "login.mfa", subject_user_id=user.id, details={"factor": "totp"})
-            clear_failed_logins(session, cred.username)
+            clear_failed_logins(session, cred.username, ip)
             return "totp"
         normalized = re.sub(r"[\s-]", "", code).lower()
         digest = keyed_digest(hub_secret, "recovery", normalized)
@@ -396,7 +434,7 @@ def verify_second_factor(session: Session, user: User, code: str, hub_secret: by
             rc.used_at = utcnow()
             audit.record(session, actor, "login.mfa", subject_user_id=user.id,
                          details={"factor": "recovery-code"})
-            clear_failed_logins(session, cred.username)
+            clear_failed_logins(session, cred.username, ip)
             return "recovery-code"
     note_failed_login(session, cred.username, ip)
     audit.record(session, actor, "login.mfa", outcome="denied", subject_user_id=user.id)
@@ -721,8 +759,9 @@ def revoke_token(session: Session, principal: Principal, prefix: str) -> ApiToke
 def purge_expired(session: Session, *, window_s: int) -> dict[str, int]:
     now = utcnow()
     s = rowcount(session.execute(delete(WebSession).where(WebSession.expires_at <= now)))
-    a = rowcount(session.execute(delete(LoginAttempt).where(
-        LoginAttempt.created_at < now - dt.timedelta(seconds=window_s))))
+    a = rowcount(session.execute(delete(LoginAttempt).where(  # failures: after their window; known addresses later
+        (~LoginAttempt.key.startswith("known:") & (LoginAttempt.created_at < now - dt.timedelta(seconds=window_s)))
+        | (LoginAttempt.created_at < now - dt.timedelta(days=KNOWN_ADDRESS_DAYS)))))
     from .models import OidcLoginState
 
     o = rowcount(session.execute(delete(OidcLoginState).where(
