@@ -281,7 +281,7 @@ def test_pi_opens_dicom_senders_setting(page: Page, hub: Hub, people, shots: Pat
     session = hub.sessions()
     try:
         assert projects.get_setting(session, project.id, "dicom_senders") == [
-            {"ae_title": "CT_SCANNER_1", "address": "10.20.30.0/24"}]
+            {"ae_title": "CT_SCANNER_1", "address": "10.20.30.0/24", "query_retrieve": False}]  # a scanner
     finally:
         session.close()
     opened = _actions(hub, "project.setting")

@@ -399,7 +399,8 @@ def signed_fetch(settings: Settings, peer_url: str, path: str, params: Sequence[
     """``signed_get``, read as a stream and bounded: at most ``max_bytes`` (announced or sent), uncompressed
     (``identity`` is asked for, so the bound is on what is held in memory), the whole exchange within
     ``total_seconds`` (cancelled then, also while a peer trickles its headers); AnswerRefused beyond that.
-    Blocking, with its own event loop: called from threads (the jobs, federated search's pool, the CLI)."""
+    Blocking, with its own event loop in its own thread: called from anywhere (jobs, federated search's pool, the
+    CLI, a request handler)."""
     query = urlencode(list(params))
     headers = {**hub_key(settings).sign("GET", path, query), "Accept": "application/json, text/turtle;q=0.9",
                "Accept-Encoding": "identity"}
@@ -427,10 +428,13 @@ def signed_fetch(settings: Settings, peer_url: str, path: str, params: Sequence[
         with anyio.fail_after(total_seconds):
             return await fetch()
 
-    try:
-        return anyio.run(bounded)
-    except TimeoutError:
-        raise AnswerRefused(f"not sent within {total_seconds:g} s") from None
+    # an event loop of its own, in a thread of its own: the caller may already run one (a page's "harvest now",
+    # a test's server), and anyio.run refuses to start a second loop in a thread that has one
+    with ThreadPoolExecutor(1, thread_name_prefix="signed-fetch") as pool:
+        try:
+            return pool.submit(anyio.run, bounded).result()
+        except TimeoutError:
+            raise AnswerRefused(f"not sent within {total_seconds:g} s") from None
 
 
 def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:

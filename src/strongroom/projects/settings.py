@@ -21,7 +21,8 @@ class DicomSender(BaseModel):
     address: Annotated[str, AfterValidator(_ip_or_network)] = Field(description="source IP or network")
     # Deny by default: a scanner sends; only a workstation or viewer named so may also query and retrieve the
     # project's archive over DIMSE (C-FIND, C-GET, C-MOVE)
-    query_retrieve: bool = Field(False, description="may also query and retrieve (a workstation, not a scanner)")
+    query_retrieve: bool = Field(False, title="May also query and retrieve",
+                                 description="a workstation or viewer (C-FIND, C-GET, C-MOVE), not a scanner")
 
 
 @dataclass(frozen=True)
