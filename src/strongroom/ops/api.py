@@ -55,7 +55,9 @@ def metrics_allowed(request: Request) -> bool:
                         "API token). Without it, or while no token is configured, the answer is 404 as for a path "
                         "that does not exist.",
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
-                       404: {"description": "Not found: no metrics token configured, or not the one sent"}})
+                       # the answer of a path that does not exist: a page for a browser, a problem for anyone else
+                       404: {"content": {"application/problem+json": {}, "text/html": {}},
+                             "description": "Not found: no metrics token configured, or not the one sent"}})
 def metrics(request: Request) -> Response:
     if not metrics_allowed(request):
         raise StarletteHTTPException(404, "Not Found")  # what a path that does not exist answers
