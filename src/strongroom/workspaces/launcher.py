@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -182,37 +183,28 @@ def mount_data(spec: Spec, *, timeout: float) -> None:
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 
 
-def processes_of(uid: int) -> list[int]:
-    """Every process whose real, effective or saved uid is ``uid`` (from /proc)."""
-    found = []
+def _process_uids() -> Iterator[tuple[int, set[int]]]:
+    """Each process (from /proc) with its real, effective and saved uids; one that ends meanwhile is skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("Uid:"):
-                    if uid in {int(x) for x in line.split()[1:4]}:
-                        found.append(int(entry.name))
+                    yield int(entry.name), {int(x) for x in line.split()[1:4]}
                     break
         except (OSError, ValueError):
             continue
-    return found
+
+
+def processes_of(uid: int) -> list[int]:
+    """Every process whose real, effective or saved uid is ``uid``."""
+    return [pid for pid, uids in _process_uids() if uid in uids]
 
 
 def uids_in_use() -> set[int]:
     """The uids some process runs as (real, effective or saved): a uid still in use is never leased."""
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    found.update(int(x) for x in line.split()[1:4])
-                    break
-        except (OSError, ValueError):
-            continue
-    return found
+    return {uid for _, uids in _process_uids() for uid in uids}
 
 
 def end_uid(uid: int, *, timeout: float = 10.0) -> bool:
