@@ -256,15 +256,17 @@ def remove_leftovers(uid: int, *, places: tuple[str, ...] = SHARED_TMP) -> list[
 def confine(spec: Spec, argv: list[str]) -> list[str]:
     """``argv`` under the workspace's own uid and gid, no supplementary group, no capability, no new privileges,
     with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount
-    namespace of its own whose /tmp and /var/tmp are empty tmpfs of its own (gone with it) — unless the scratch
-    lives there."""
+    namespace of its own whose /tmp and /var/tmp are empty tmpfs of its own (gone with it) — unless something
+    the workspace needs lives there: its scratch, or the interpreter, its packages or the hub's sources (a hub
+    installed, or a checkout tested, under /tmp: the tmpfs would hide them)."""
     assert spec.uid is not None and spec.uid > 0
     dropped = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--inh-caps=-all",
                "--bounding-set=-all", "--no-new-privs", "--", *argv]
-    scratch = str(spec.scratch.resolve())
+    needed = [spec.scratch.resolve(), Path(spec.python or sys.executable).resolve(), Path(sys.prefix).resolve(),
+              Path(__file__).resolve().parents[2]]
     mounts = "".join(f"mount -t tmpfs -o nosuid,nodev,mode=1777 strongroom-ws {place} && "
                      for place in ("/tmp", "/var/tmp")
-                     if Path(place).is_dir() and not (scratch + "/").startswith(place + "/"))
+                     if Path(place).is_dir() and not any(str(p).startswith(place + "/") for p in needed))
     return ["unshare", "--ipc", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c",
             f'{mounts}umask 077 && exec "$@"', "strongroom-workspace", *dropped]
 
