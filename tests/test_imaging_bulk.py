@@ -302,3 +302,16 @@ def test_the_keystore_key_rotates_and_every_sealed_value_follows(hub, lung, sett
                                       "imaging.keystore_key.resealed"]
     assert events[0][1] == {"previous": keystore.key_id(old_key), "current": keystore.key_id(new_key)}
     assert events[2][1]["resealed"] == 1
+
+
+def test_every_quarantined_instance_of_a_group_counts_in_its_batchs_reasons(hub, lung, tmp_path: Path) -> None:
+    """The batch's reason counts (the import page's *Reasons* table) hold every quarantined instance of an
+    archived group, wherever it stands in the group (they held only the group's last instance's reasons, so a
+    group ending with an archived instance showed none)."""
+    write_corpus(tmp_path / "in" / "z", patients=1, studies=1, series=1, instances=2)
+    (tmp_path / "in" / "a-us.dcm").write_bytes(ultrasound())  # first in the walk: not the group's last
+    report = bulk.run_import(hub, lung, tmp_path / "in", workers=1)
+    assert (report.archived, report.quarantined) == (2, 1)
+    with hub.sessions() as s:
+        batch = s.get(ImportBatch, report.batch_id)
+        assert any("ultrasound" in r for r in batch.reasons), batch.reasons  # (one instance, two reasons)

@@ -245,10 +245,10 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
                 action_log_sha256=log_of[n], created_at=now, **index_columns(s.get("index") or {}))
             instances.setdefault(tuple(row), []).append(row)
             pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))
+            if outcome == QUARANTINED:  # each quarantined instance's reasons (not only the group's last one's)
+                reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
         for rows in instances.values():
             session.execute(insert(cast(Table, ImportedInstance.__table__)), rows)
-            if outcome == QUARANTINED:
-                reasons_by_batch.setdefault(item.batch_id, []).extend(s["reasons"])
         keystore.record(session, hub.settings, ctx.project_id, pairs)
         for batch_id, counter in per_batch.items():
             batch = session.get(ImportBatch, batch_id, with_for_update=True)
