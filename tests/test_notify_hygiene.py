@@ -4,15 +4,12 @@ a deactivated account is e-mailed by no path (handlers, applicants, digests, any
 from __future__ import annotations
 
 import json
-import logging
 import smtplib
 
 import pytest
-import structlog
 from sqlalchemy import select
 
 from imaging_support import make_project
-from strongroom import logs
 from strongroom.access import notices
 from strongroom.access.models import Application, DatasetRole
 from strongroom.archive.models import Dataset
@@ -25,21 +22,11 @@ from strongroom.jobs.models import Job
 from strongroom.notify import service as notify
 from strongroom.notify.models import DigestItem, NotifyPreference
 from strongroom.projects.models import Project
+from test_log_scrubbing import lines  # noqa: F401 - JSON log lines as `strongroom serve` writes them
 
 PERSONAL = {"to": "patient.contact@hospital.example", "template": "application_rejected",
             "context": {"application_id": 7, "dataset": "Internal: Lung CT of ward 4", "name": "Dr Alice Example",
                         "reason": "applicant is under investigation"}}
-
-
-@pytest.fixture
-def lines(capsys):
-    root = logging.getLogger()
-    handlers, level, config = list(root.handlers), root.level, structlog.get_config()
-    logs.configure("INFO", json=True)
-    yield lambda: [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 def _no_personal_data(text: str) -> None:
@@ -47,7 +34,7 @@ def _no_personal_data(text: str) -> None:
         assert needle not in text, needle
 
 
-def test_without_an_smtp_host_the_log_says_so_and_holds_no_mail(tmp_path, lines):
+def test_without_an_smtp_host_the_log_says_so_and_holds_no_mail(tmp_path, lines):  # noqa: F811
     settings = Settings(var_dir=tmp_path / "var", secret_key="a" * 64)
     assert not settings.notify.host  # the embedded default, and the example deployments'
     assert notify.send_job(settings, 41, PERSONAL) == {"delivery": "logged", "template": "application_rejected"}
@@ -58,7 +45,7 @@ def test_without_an_smtp_host_the_log_says_so_and_holds_no_mail(tmp_path, lines)
     assert "no SMTP host" in line["detail"]
 
 
-def test_a_sent_mail_is_logged_without_its_subject_or_address(tmp_path, lines, monkeypatch):
+def test_a_sent_mail_is_logged_without_its_subject_or_address(tmp_path, lines, monkeypatch):  # noqa: F811
     sent = []
 
     class FakeSMTP:
