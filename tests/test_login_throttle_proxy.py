@@ -133,6 +133,23 @@ def test_a_password_sprayer_is_held_at_the_address_ceiling(settings, people):
     assert _bad_login(_browser(app, forwarded_for="2001:db8:1:3::1"), "v6-new") == 401  # another /64
 
 
+def test_a_sprayer_holding_an_ipv6_site_prefix_is_held_at_its_ceiling(settings, people):
+    """A /48 holds 65,536 /64s: a sprayer moving to a new /64 at each address ceiling is held once the /48 as a
+    whole reaches four address ceilings; another /48 is not, nor an IPv4 address."""
+    app = create_app(_proxied(settings, login_attempts_per_address=3), run_jobs=False)
+    people("victim")
+    for subnet in range(4):  # each /64 stays under its own ceiling (3)
+        for i in range(3):
+            assert _bad_login(_browser(app, forwarded_for=f"2001:db8:7:{subnet:x}::{i + 1:x}"),
+                              f"spray{subnet}-{i}") == 401
+    fresh_subnet = _browser(app, forwarded_for="2001:db8:7:ff::1")
+    assert _bad_login(fresh_subnet, "spray-next") == 429
+    assert form_post(fresh_subnet, "/login", {"username": "victim", "password": PASSWORD}).status_code == 429
+    assert _bad_login(_browser(app, forwarded_for="2001:db8:8::1"), "spray-elsewhere") == 401  # another /48
+    assert form_post(_browser(app, forwarded_for="2001:db8:8::2"), "/login",
+                     {"username": "victim", "password": PASSWORD}).status_code == 303
+
+
 def test_trusted_proxies_must_be_addresses_or_networks(tmp_path):
     for good in ([], ["127.0.0.1"], ["10.0.0.0/8", "2001:db8::/32", " 192.0.2.1 "]):
         assert Settings(var_dir=tmp_path, trusted_proxies=good).trusted_proxies == [g.strip() for g in good]

@@ -169,8 +169,10 @@ def require_fresh_mfa(principal: Principal, minutes: int) -> None:
 # higher ``address_limit``). A mistyped or attacked account is held without holding anyone else behind the same
 # address (a hospital's NAT), while one address trying password after password over many accounts (spraying) is
 # held at its ceiling. IPv6 clients count per /64, the block one subscriber holds, so rotating addresses gains
-# nothing.
+# nothing; and per /48 too (``net:``, a site's allocation, ``NETWORK_LIMIT_FACTOR`` times the address ceiling), so
+# a sprayer holding a /48 cannot multiply the ceiling by the 65,536 /64s in it.
 ADDRESS_LIMIT_FACTOR = 20  # the address ceiling when a caller names none: 20 accounts' worth of failures
+NETWORK_LIMIT_FACTOR = 4
 
 
 def _address_key(ip: str) -> str:
@@ -185,6 +187,17 @@ def _address_key(ip: str) -> str:
     return f"ip:{address}"
 
 
+def _network_key(ip: str) -> str | None:
+    """The IPv6 /48 an address belongs to (None for IPv4 and IPv4-mapped addresses: they count per address)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if not isinstance(address, ipaddress.IPv6Address) or address.ipv4_mapped is not None:
+        return None
+    return f"net:{ipaddress.ip_network((address, 48), strict=False)}"
+
+
 # Failures for one account from all addresses together, as a multiple of the per-address limit: guessing spread
 # over many addresses is held too, but no address the account has logged in from (`KNOWN_ADDRESS_DAYS`) is
 # locked out by it — a stranger's failures from elsewhere must not lock the owner out of their own account.
@@ -197,15 +210,16 @@ def _throttle_keys(username: str, ip: str | None) -> list[str]:
     name = username.lower()
     if not ip:
         return [f"user:{name}"]
-    address = _address_key(ip)
-    return [f"user:{name}", f"user:{name}@{address}", address]
+    address, network = _address_key(ip), _network_key(ip)
+    return [f"user:{name}", f"user:{name}@{address}", address, *([network] if network else [])]
 
 
 def check_throttle(session: Session, username: str, ip: str | None, *, limit: int, window_s: int,
                    address_limit: int | None = None) -> None:
     """429 past ``limit`` failures for the account from this address, ``address_limit`` for the address (every
-    account), or ``limit × ACCOUNT_SPREAD_FACTOR`` for the account from all addresses together — the last one
-    not for an address the account completed a login from lately (without an address: ``limit``)."""
+    account; ``× NETWORK_LIMIT_FACTOR`` for its IPv6 /48), or ``limit × ACCOUNT_SPREAD_FACTOR`` for the account from
+    all addresses together — the last one not for an address the account completed a login from lately (without
+    an address: ``limit``)."""
     since = utcnow() - dt.timedelta(seconds=window_s)
     per_address = address_limit if address_limit is not None else limit * ADDRESS_LIMIT_FACTOR
     name = username.lower()
@@ -217,8 +231,9 @@ def check_throttle(session: Session, username: str, ip: str | None, *, limit: in
     if ip is None:
         held = failures(f"user:{name}") >= limit
     else:
-        address = _address_key(ip)
+        address, network = _address_key(ip), _network_key(ip)
         held = failures(f"user:{name}@{address}") >= limit or failures(address) >= per_address or (
+            network is not None and failures(network) >= per_address * NETWORK_LIMIT_FACTOR) or (
             failures(f"user:{name}") >= limit * ACCOUNT_SPREAD_FACTOR and not _known_address(session, name, address))
     if held:
         raise TooManyRequests("too many failed logins; wait a few minutes and try again", retry_after=window_s)
