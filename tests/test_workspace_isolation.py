@@ -1,10 +1,17 @@
 """Workspaces keep out of each other on the hub's machine: each local workspace runs under a uid (and gid) of its
-own, leased from ``[workspaces] uid_range`` at start and released at stop, never held by two live workspaces.
+own, leased from ``[workspaces] uid_range`` at start and released at stop, never held by two live workspaces, in
+namespaces of its own (network, IPC, mount: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, a
+/proc listing its own processes only).
 
 Through the real launcher (JupyterLab in its network namespace, the read-only data mount, the hub's proxy): two
 members of two projects get two uids; code in workspace A's kernel cannot read B's scratch, list B's data mount,
-read B's ``/proc/<pid>/environ`` (its Jupyter and hub tokens) or signal B's processes — and still reads its own.
-What A leaves behind (a process that left its process group, files in the shared /dev/shm) is gone at its stop.
+see B's processes in /proc (let alone their environments: the Jupyter and hub tokens) or signal them — and still
+reads its own; what A leaves in /dev/shm, /tmp, /var/tmp, /run/lock, abstract sockets, System V shared memory
+and POSIX message queues B does not see; /dev/shm holds no more than ``shm_max_bytes``. What A leaves behind (a
+process that left its process group, its private places) is gone at its stop.
+The namespace setup itself (``launcher.confine``, without JupyterLab) for every world-writable place and alias, a
+scratch on tmpfs or on disk, an interpreter under /tmp; the stop's removal of a uid's files from the machine's
+shared places (recursive, never through a link, never into a mount).
 Concurrent starts never lease one uid twice (the partial unique index decides), on SQLite and PostgreSQL.
 """
 
@@ -14,12 +21,16 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,11 +75,15 @@ def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch
                     workspaces={"scratch_dir": str(scratch_dir), "subnet": SUBNET, "python": str(shared_python),
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
-                                "uid_range": UID_RANGE})
+                                "uid_range": UID_RANGE, "tmp_max_bytes": TMP_MAX, "shm_max_bytes": SHM_MAX})
 
 
 # each pytest-xdist worker's hub its own uids (hubs sharing a machine need disjoint ranges: see docs)
 UID_RANGE = (2_000_000 + 10_000 * WORKER, 2_009_999 + 10_000 * WORKER)
+TMP_MAX, SHM_MAX = 24 * 2**20, 16 * 2**20  # small, to see them hold
+# the machine's world-writable places (an alias: the same folder) and where each workspace has its own
+PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/run/lock", "/var/lock")
+REAL_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 
 def _uid_of(pid: int) -> int:
@@ -77,37 +92,86 @@ def _uid_of(pid: int) -> int:
 
 # Run in workspace A's kernel: what it may reach of B's (paths and pid filled in) and of its own.
 PROBE = """
-import errno, json, os, signal
+import ctypes, errno, json, os, signal
 def attempt(fn):
     try:
         fn()
         return "allowed"
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e.errno))
+def owner(pid):
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except FileNotFoundError:
+        return None  # ended meanwhile
+def size(place):
+    info = os.statvfs(place)
+    return info.f_blocks * info.f_frsize
 home = os.path.expanduser("~")
+pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+libc = ctypes.CDLL(None, use_errno=True)
+too_much = libc.shmget(0, SHM_MAX + 4096, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
 print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "home": home,
     "b_scratch": attempt(lambda: os.listdir(B_SCRATCH)),
     "b_file": attempt(lambda: open(os.path.join(B_SCRATCH, "results.csv")).read()),
     "b_data": attempt(lambda: os.listdir(os.path.join(B_SCRATCH, "data"))),
     "b_environ": attempt(lambda: open(f"/proc/{B_PID}/environ", "rb").read()),
+    "b_cmdline": attempt(lambda: open(f"/proc/{B_PID}/cmdline", "rb").read()),
     "b_signal": attempt(lambda: os.kill(B_PID, 0)),
+    "b_listed": B_PID in pids, "own_listed": os.getpid() in pids,
+    "others_listed": sorted({owner(p) for p in pids} - {os.getuid(), None}),
     "own_file": open(os.path.join(home, "mine.txt")).read(),
     "own_data": sorted(os.listdir(os.path.join(home, "data"))),
     "own_data_mode": oct(os.stat(os.path.join(home, "data")).st_mode & 0o777),
     "own_data_uid": os.stat(os.path.join(home, "data")).st_uid,
     "own_environ": b"STRONGROOM_TOKEN=" in open("/proc/self/environ", "rb").read(),
     "tmpdir": os.environ.get("TMPDIR", ""), "umask": oct(os.umask(0o077)),
-    "host_tmp": os.path.exists(HOST_TMP), "tmp_empty": os.listdir("/tmp") == [],
+    "host_tmp": os.path.exists(HOST_TMP), "tmp_listing": sorted(os.listdir("/tmp")),
+    "sizes": {p: size(p) for p in PLACES},
+    "fill_shm": attempt(lambda: open("/dev/shm/fill", "wb").write(bytes(SHM_MAX + 2**20))),
+    "sysv_over_limit": errno.errorcode.get(ctypes.get_errno()) if too_much == -1 else "allowed",
+    "shmmax": int(open("/proc/sys/kernel/shmmax").read()),
 }))
+os.unlink("/dev/shm/fill")
 """
 
-# Run in workspace A's kernel: leave a process outside Jupyter's process group and a file in the shared /dev/shm.
+# Run in workspace A's kernel: leave a process outside Jupyter's process group, a file in each world-writable
+# place, an abstract socket listening, a System V shared memory segment and a POSIX message queue (NAME, KEY)
 LEAVE_BEHIND = """
-import os, subprocess
+import ctypes, os, socket, subprocess
 p = subprocess.Popen(["sleep", "600"], start_new_session=True)
-open(LEFTOVER, "w").write("left behind")
-print(p.pid, os.getpgid(p.pid) != os.getpgid(0))
+for place in REAL_PLACES:
+    with open(os.path.join(place, NAME), "w") as f:
+        f.write("left behind by A")
+LISTENER = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+LISTENER.bind("\\0" + NAME)
+LISTENER.listen(1)
+libc = ctypes.CDLL(None, use_errno=True)
+segment = libc.shmget(KEY, 4096, 0o1666)  # IPC_CREAT | 0666
+queue = libc.mq_open(("/" + NAME).encode(), os.O_CREAT | os.O_RDWR, 0o666, None)
+print(p.pid, os.getpgid(p.pid) != os.getpgid(0), segment != -1, queue != -1, os.getpid())
+"""
+
+# Run in workspace B's kernel: does anything of what A left reach it?
+B_LOOKS = """
+import ctypes, errno, json, os, socket
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+libc = ctypes.CDLL(None, use_errno=True)
+def ipc(result):
+    return "allowed" if result != -1 else errno.errorcode.get(ctypes.get_errno())
+print(json.dumps({
+    "files": {p: os.path.exists(os.path.join(p, NAME)) for p in PLACES},
+    "abstract_socket": attempt(lambda: socket.socket(socket.AF_UNIX).connect("\\0" + NAME)),
+    "sysv_shm": ipc(libc.shmget(KEY, 0, 0)),
+    "posix_mq": ipc(libc.mq_open(("/" + NAME).encode(), os.O_RDONLY)),
+    "a_listed": {str(pid): os.path.exists(f"/proc/{pid}") for pid in A_PIDS},
+}))
 """
 
 
@@ -117,8 +181,8 @@ def test_each_workspace_runs_under_its_own_uid(hub, people, live: str) -> None: 
     make_project(hub, "lung", pi="alice")
     make_project(hub, "heart", pi="bob")
     carol, carol_cookie = _member_session(hub, people, "carol", "lung")
-    dave, _ = _member_session(hub, people, "dave", "heart")
-    leftover = Path("/dev/shm") / f"srtest-leftover-{uuid.uuid4().hex[:8]}"
+    dave, dave_cookie = _member_session(hub, people, "dave", "heart")
+    name = f"srtest-leftover-{uuid.uuid4().hex[:8]}"
     host_tmp = Path("/tmp") / f"srtest-host-{uuid.uuid4().hex[:8]}"
     host_tmp.write_text("the machine's /tmp")
     started: list[Workspace] = []
@@ -126,19 +190,21 @@ def test_each_workspace_runs_under_its_own_uid(hub, people, live: str) -> None: 
     try:
         started.append(_start(hub, carol, "lung"))
         started.append(_start(hub, dave, "heart"))
-        _check_isolation(hub, live, carol_cookie, *started, leftover=leftover, host_tmp=host_tmp, sleepers=sleepers)
+        _check_isolation(hub, live, (carol_cookie, dave_cookie), *started, name=name, host_tmp=host_tmp,
+                         sleepers=sleepers)
     finally:
         for ws in started:  # idempotent: a failed assertion must not leave a workspace running
             _stop(hub, ws)
         host_tmp.unlink()
-        leftover.unlink(missing_ok=True)
+        for place in REAL_PLACES:  # the old code's shared places
+            (Path(place) / name).unlink(missing_ok=True)
         for pid in sleepers:  # left running only where the stop does not end the uid's processes (old code)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
-def _check_isolation(hub, live: str, carol_cookie: str, a: Workspace, b: Workspace, *, leftover: Path,  # noqa: F811
-                     host_tmp: Path, sleepers: list[int]) -> None:
+def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: Workspace, *,  # noqa: F811
+                     name: str, host_tmp: Path, sleepers: list[int]) -> None:
     assert a.state == b.state == RUNNING and a.pid and b.pid
     a_scratch, b_scratch = Path(a.scratch), Path(b.scratch)
     # what B's notebook left in its scratch, as readable as a file can be: only the folder keeps others out
@@ -148,21 +214,32 @@ def _check_isolation(hub, live: str, carol_cookie: str, a: Workspace, b: Workspa
     (a_scratch / "mine.txt").chmod(0o644)
     if NO_NETNS is None:  # B's Jupyter really holds the tokens A must not read
         assert b"STRONGROOM_TOKEN=" in Path(f"/proc/{b.pid}/environ").read_bytes()
-    kernel = Kernel(live, service.base_path("lung", a.id), carol_cookie)
+    key = 0x5300_0000 + WORKER
+    known = f"NAME = {name!r}\nKEY = {key}\nPLACES = {PLACES!r}\nREAL_PLACES = {REAL_PLACES!r}\nSHM_MAX = {SHM_MAX}\n"
+    kernel = Kernel(live, service.base_path("lung", a.id), cookies[0])
     try:
         _, printed = kernel.run(f"B_SCRATCH = {str(b_scratch)!r}\nB_PID = {b.pid}\nHOST_TMP = {str(host_tmp)!r}\n"
-                                + PROBE)
+                                + known + PROBE)
         seen = json.loads(printed)
-        _, printed = kernel.run(f"LEFTOVER = {str(leftover)!r}\n" + LEAVE_BEHIND)
-        pid, escaped = printed.split()
+        _, printed = kernel.run(known + LEAVE_BEHIND)  # the kernel keeps its socket listening meanwhile
+        pid, escaped, segment, queue, a_kernel = printed.split()
         sleepers.append(int(pid))
-        assert escaped == "True", printed
+        assert (escaped, segment, queue) == ("True", "True", "True"), printed
+        b_kernel = Kernel(live, service.base_path("heart", b.id), cookies[1])
+        try:
+            _, printed = b_kernel.run(known + f"A_PIDS = {[a.pid, int(a_kernel), int(pid)]}\n" + B_LOOKS)
+            b_saw = json.loads(printed)
+        finally:
+            b_kernel.close()
     finally:
         kernel.close()
-    # as A: B's scratch, its results, its data mount, its tokens, its processes — all refused
-    assert {k: seen[k] for k in ("b_scratch", "b_file", "b_data", "b_environ", "b_signal")} == {
-        "b_scratch": "EACCES", "b_file": "EACCES", "b_data": "EACCES", "b_environ": "EACCES",
+    # as A: B's scratch, its results, its data mount, its processes (their environments with the tokens, their
+    # command lines) are not even in A's world (its /dev/shm holds its own scratch alone, its /proc its own
+    # processes), and signals to them are refused
+    assert {k: seen[k] for k in ("b_scratch", "b_file", "b_data", "b_environ", "b_cmdline", "b_signal")} == {
+        "b_scratch": "ENOENT", "b_file": "ENOENT", "b_data": "ENOENT", "b_environ": "ENOENT", "b_cmdline": "ENOENT",
         "b_signal": "EPERM"}, seen
+    assert (seen["b_listed"], seen["own_listed"], seen["others_listed"]) == (False, True, []), seen
     # two workspaces, two uids: A's kernel runs as A's, B's Jupyter as B's, neither is the other's nor root
     uid_a, uid_b = seen["uid"], _uid_of(b.pid)
     assert uid_a != uid_b and 0 not in (uid_a, uid_b), (uid_a, uid_b)
@@ -173,13 +250,24 @@ def _check_isolation(hub, live: str, carol_cookie: str, a: Workspace, b: Workspa
     # its own gid (= its uid), no supplementary group; temporary files in its scratch; umask 077
     assert (seen["gid"], seen["groups"]) == (uid_a, []), seen
     assert seen["tmpdir"] == str(a_scratch / ".tmp") and seen["umask"] == "0o77", seen
-    # /tmp (and /var/tmp) of its own: empty tmpfs, not the machine's — unless the hub's interpreter or sources
-    # live under /tmp (a checkout tested there), which a tmpfs would hide: then the machine's (``launcher.confine``)
-    import sys
-
-    hub_under_tmp = any(str(p).startswith("/tmp/") for p in (
-        Path(sys.prefix).resolve(), Path(launcher.__file__).resolve().parents[2]))
-    assert (seen["host_tmp"], seen["tmp_empty"]) == ((False, True) if not hub_under_tmp else (True, False)), seen
+    # /tmp of its own, not the machine's: empty — but for the folder holding the hub's interpreter or sources when
+    # they live under /tmp (a checkout tested there), bound back from the machine's (``launcher.private_places``)
+    assert seen["host_tmp"] is False and seen["tmp_listing"] == _software_under("/tmp"), seen
+    # each of its places is as large as configured, and no larger: /dev/shm fills up at its limit, System V
+    # shared memory (the same limit) refuses a larger segment
+    assert seen["sizes"] == {"/tmp": TMP_MAX, "/var/tmp": TMP_MAX, "/dev/shm": SHM_MAX, "/run/shm": SHM_MAX,
+                             "/run/lock": launcher.LOCK_BYTES, "/var/lock": launcher.LOCK_BYTES}, seen
+    assert (seen["fill_shm"], seen["sysv_over_limit"], seen["shmmax"]) == ("ENOSPC", "EINVAL", SHM_MAX), seen
+    # what A left is in its own places, not the machine's, and B sees none of it: no file in any place (alias
+    # or not), no abstract socket (its network namespace's), no System V segment or POSIX queue (its IPC
+    # namespace's), none of A's processes
+    for place in REAL_PLACES:
+        assert not (Path(place) / name).exists(), place
+        assert Path(f"/proc/{a.pid}/root{place}/{name}").stat().st_uid == uid_a, place
+    assert b_saw == {"files": dict.fromkeys(PLACES, False),
+                     "abstract_socket": "ECONNREFUSED" if NO_NETNS is None else "allowed",
+                     "sysv_shm": "ENOENT", "posix_mq": "ENOENT",
+                     "a_listed": {str(p): False for p in (a.pid, int(a_kernel), int(pid))}}, b_saw
     # the hub leased them and recorded them; the scratches and mounts are theirs, 0700
     lo, hi = hub.settings.workspaces.uid_range
     assert (a.uid, b.uid) == (uid_a, uid_b) and lo <= a.uid <= hi and lo <= b.uid <= hi
@@ -187,30 +275,46 @@ def _check_isolation(hub, live: str, carol_cookie: str, a: Workspace, b: Workspa
         info = Path(ws.scratch).stat()
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (ws.uid, ws.uid, 0o700)
         assert fuse.mounted(Path(ws.scratch) / fuse.MOUNT_NAME)
-    # the same, from outside any workspace: a process as A's uid (setpriv) reads nothing of B's
+    # outside any workspace's namespaces, a process as A's uid (setpriv) still reads nothing of B's: its uid
     for argv in (["ls", str(b_scratch)], ["cat", str(b_scratch / "results.csv")],
                  ["ls", str(b_scratch / "data")], ["cat", f"/proc/{b.pid}/environ"]):
         done = _as_uid(uid_a, argv)
         assert done.returncode != 0 and "Permission denied" in done.stderr, (argv, done)
     assert _as_uid(uid_a, ["cat", str(a_scratch / "mine.txt")]).stdout == "my own result"
-    assert leftover.exists() and leftover.stat().st_uid == uid_a
     assert sleepers[0] in launcher.processes_of(uid_a)
+    assert _holding(f"strongroom-{a.id}") and _holding(f"strongroom-{b.id}")
     _stop(hub, a)
-    # A's stop ended every process of its uid (the escaped one too) and removed its files in /dev/shm
-    assert launcher.processes_of(uid_a) == [] and not leftover.exists()
+    # A's stop ended every process of its uid (the escaped one too), and with them its namespaces: its private
+    # places (and what A left there) are gone, no process on the machine holds them
+    assert launcher.processes_of(uid_a) == [] and _holding(f"strongroom-{a.id}") == []
     assert not Path(a.scratch).exists()
     with hub.sessions() as s:
         # B runs on, under its uid; A's row keeps its uid as history, no longer live
         row_a, row_b = s.get(Workspace, a.id), s.get(Workspace, b.id)
         assert (row_a.state, row_a.uid) == (STOPPED, uid_a) and (row_b.state, row_b.uid) == (RUNNING, uid_b)
-    assert launcher.processes_of(uid_b)
+    assert launcher.processes_of(uid_b) and _holding(f"strongroom-{b.id}")
     _stop(hub, b)
-    assert launcher.processes_of(uid_b) == []
+    assert launcher.processes_of(uid_b) == [] and _holding(f"strongroom-{b.id}") == []
+
+
+def _software_under(place: str, *, also: tuple[Path, ...] = ()) -> list[str]:
+    """The top folders under ``place`` holding the hub's interpreter, its packages or its sources (or ``also``)."""
+    software = (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+                Path(launcher.__file__).resolve().parents[2], *also)
+    return sorted({p.relative_to(place).parts[0] for p in software if p.is_relative_to(place)})
+
+
+def _holding(source: str) -> list[int]:
+    """The processes whose mount namespace holds a file system mounted as ``source`` (a workspace's tmpfs)."""
+    holding = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and f" {source} " in (entry / "mountinfo").read_text():
+                holding.append(int(entry.name))
+    return holding
 
 
 def _as_uid(uid: int, argv: list[str]):
-    import subprocess
-
     return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv],
                           capture_output=True, text=True, timeout=30, check=False)
 
@@ -348,3 +452,206 @@ def test_a_cluster_account_is_one_members(hub, people) -> None:
         assert service.cluster_account_of(s, dave.user.id) == ""
         service.set_cluster_account(s, Actor.system("test"), s.get(User, carol.user.id), "")
         assert service.set_cluster_account(s, Actor.system("test"), s.get(User, dave.user.id), "cjones") == "cjones"
+
+
+# -- the namespace setup itself (``launcher.confine``), without JupyterLab --------------------------------------
+A_UID, B_UID = UID_RANGE[1], UID_RANGE[1] - 1  # two workspaces' uids (nothing else here runs as them)
+
+
+@pytest.fixture(params=["in /dev/shm", "elsewhere"])
+def scratch_root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Where the workspaces' scratches are: /dev/shm (the default), or a folder outside every world-writable
+    place (``scratch_dir`` on disk), which the hub's own 0711 keeps unlisted but not untraversable."""
+    root = Path("/dev/shm" if request.param == "in /dev/shm" else "/run") / f"srtest-scratches-{uuid.uuid4().hex[:8]}"
+    root.mkdir(mode=0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Confined:
+    """A shell script run as a local workspace's JupyterLab is (``launcher.confine``): under its own uid, in its
+    own IPC and mount namespaces, its scratch under ``root`` (``{scratch}`` in the script)."""
+
+    def __init__(self, root: Path, uid: int, script: str, **spec: object) -> None:
+        self.id, self.uid = str(uuid.uuid4()), uid
+        self.scratch = root / self.id
+        self.scratch.mkdir(mode=0o700)
+        os.chown(self.scratch, uid, uid)
+        made = launcher.Spec(workspace_id=self.id, base_url="/", jupyter_token="-", scratch=self.scratch, env={},
+                             uid=uid, **spec)
+        argv = launcher.confine(made, ["/bin/sh", "-c", script.replace("{scratch}", str(self.scratch))])
+        self.proc = subprocess.Popen(argv, cwd=self.scratch,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+
+    def ready(self) -> None:
+        """Wait for the script's first line: what it had to do first is done."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", (line, self.proc.stderr.read() if self.proc.stderr else "")
+
+    def output(self) -> str:
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, (out, err)
+        return out
+
+    def end(self) -> None:
+        launcher.end_uid(self.uid)
+        self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def confined(root: Path, uid: int, script: str, **spec: object) -> Iterator[Confined]:
+    run = Confined(root, uid, script, **spec)
+    try:
+        yield run
+    finally:
+        run.end()
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_each_world_writable_place_is_a_workspaces_own(scratch_root: Path, place: str) -> None:
+    """What A writes to /tmp, /var/tmp, /dev/shm, /run/lock (and their aliases /run/shm, /var/lock) is in A's own
+    tmpfs: not in the machine's, not in B's; and gone with A's last process (no namespace keeps it)."""
+    name = f"srtest-{uuid.uuid4().hex[:8]}"
+    host = Path(place) / name
+    try:
+        with confined(scratch_root, A_UID, f"echo 'from A' > {place}/{name} && echo ready && exec sleep 120") as a:
+            a.ready()
+            real = Path(place).resolve()  # (an alias's link, read from here, would lead to the machine's)
+            assert Path(f"/proc/{a.proc.pid}/root{real}/{name}").read_text() == "from A\n"
+            assert not host.exists()
+            with confined(scratch_root, B_UID, f"test -e {place}/{name} && echo seen || echo unseen") as b:
+                assert b.output() == "unseen\n"
+            assert _holding(f"strongroom-{a.id}")
+        assert _holding(f"strongroom-{a.id}") == [] and not host.exists()
+    finally:
+        host.unlink(missing_ok=True)
+
+
+def test_another_workspaces_scratch_is_out_of_reach(scratch_root: Path) -> None:
+    """Even opened wide by its owner (two workspaces colluding to pass data around the airlock), A's scratch is
+    not in B's world: B's mount namespace shows its own scratch alone, wherever the scratches are."""
+    script = "chmod 777 . && echo 'from A' > shared && chmod 666 shared && echo ready && exec sleep 120"
+    with confined(scratch_root, A_UID, script) as a:
+        a.ready()
+        looks = (f"cat {a.scratch}/shared 2>&1; echo 'from B' > {a.scratch}/from-b 2>/dev/null || echo refused; "
+                 f"ls -a {a.scratch.parent} 2>&1; test -w {{scratch}} && echo own-scratch")
+        with confined(scratch_root, B_UID, looks) as b:
+            seen = b.output()
+        assert "from A" not in seen and "refused" in seen and "own-scratch" in seen, seen
+        assert a.id not in seen.replace(str(a.scratch), ""), seen  # not listed either
+        assert not (a.scratch / "from-b").exists()
+
+
+def test_a_workspace_sees_its_own_processes_only(scratch_root: Path) -> None:
+    """/proc with ``hidepid=invisible``: B lists no process but its own — not A's, not the hub's (root) — and
+    A's command line and environment are not there to read."""
+    with confined(scratch_root, A_UID, "echo ready && exec sleep 120") as a:
+        a.ready()
+        looks = ("for p in /proc/[0-9]*; do stat -c %u $p 2>/dev/null; done | sort -u; "
+                 f"test -e /proc/{a.proc.pid} && echo A-listed; cat /proc/{a.proc.pid}/cmdline 2>&1 | tr '\\0' ' ';"
+                 f" cat /proc/{a.proc.pid}/environ 2>&1 | tr '\\0' ' '; test -e /proc/1 && echo init-listed; :")
+        with confined(scratch_root, B_UID, looks) as b:
+            seen = b.output().splitlines()
+    assert seen[0] == str(B_UID) and "A-listed" not in seen and "init-listed" not in seen, seen
+    assert [line for line in seen[1:] if "sleep" in line or "PATH=" in line] == [], seen
+    assert all("No such file or directory" in line for line in seen[1:]), seen
+
+
+def test_temporary_places_and_shared_memory_are_size_limited(scratch_root: Path) -> None:
+    """/tmp and /var/tmp hold ``tmp_max_bytes`` each, /dev/shm ``shm_max_bytes`` — writing more fails with
+    ENOSPC there, the machine's is untouched — and System V shared memory has the same limit."""
+    tmp_max, shm_max = 8 * 2**20, 4 * 2**20
+    script = ("for p in /tmp /var/tmp /dev/shm /run/shm /run/lock /var/lock; do stat -f -c '%b %S' $p; done; "
+              "head -c 5M /dev/zero > /dev/shm/fill 2>/dev/null && echo filled || echo full; "
+              "head -c 9M /dev/zero > /tmp/fill 2>/dev/null && echo filled || echo full; "
+              "cat /proc/sys/kernel/shmmax /proc/sys/kernel/shmall")
+    with confined(scratch_root, A_UID, script, tmp_max_bytes=tmp_max, shm_max_bytes=shm_max) as a:
+        lines = a.output().splitlines()
+    sizes = [int(blocks) * int(size) for blocks, size in (line.split() for line in lines[:6])]
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert sizes == [tmp_max, tmp_max, shm_max, shm_max, launcher.LOCK_BYTES, launcher.LOCK_BYTES], lines
+    assert lines[6:] == ["full", "full", str(shm_max), str(shm_max // page)], lines
+    assert not Path("/dev/shm/fill").exists()
+
+
+def test_an_interpreter_under_tmp_still_runs(scratch_root: Path) -> None:
+    """A hub installed, or a checkout tested, under /tmp (CI): its folder is bound back into the workspace's own
+    /tmp — the interpreter runs — and nothing else of the machine's /tmp is there."""
+    checkout = Path("/tmp") / f"srtest-checkout-{uuid.uuid4().hex[:8]}"
+    host_file = Path("/tmp") / f"srtest-host-{uuid.uuid4().hex[:8]}"
+    try:
+        (checkout / "bin").mkdir(parents=True)
+        python = checkout / "bin" / "python"
+        python.write_text("#!/bin/sh\necho 'the interpreter runs'\n")
+        for path in (checkout, checkout / "bin", python):
+            path.chmod(0o755)
+        host_file.write_text("the machine's")
+        script = f"{python}; ls -A /tmp; test -e {host_file} && echo host-visible; :"
+        with confined(scratch_root, A_UID, script, python=str(python)) as a:
+            seen = a.output().splitlines()
+        assert seen == ["the interpreter runs", *_software_under("/tmp", also=(checkout,))], seen
+    finally:
+        shutil.rmtree(checkout, ignore_errors=True)
+        host_file.unlink(missing_ok=True)
+
+
+# -- what the stop removes from the machine's shared places ------------------------------------------------------
+U, V = 2_999_001, 2_999_002  # the stopped workspace's uid, another's
+
+# each case: the entries (path, kind, owner) under a shared place, and which of them the stop removes for U
+LEFTOVERS = {
+    "own file": ([("f", "file", U), ("g", "file", V)], {"f"}),
+    "own file deep in others' folders": (
+        [("a", "dir", 0), ("a/b", "dir", V), ("a/b/f", "file", U), ("a/b/g", "file", V)], {"a/b/f"}),
+    "own folders, whole": ([("d", "dir", U), ("d/e", "dir", U), ("d/e/f", "file", U)], {"d", "d/e", "d/e/f"}),
+    "own folder holding another's file": ([("d", "dir", U), ("d/f", "file", U), ("d/g", "file", V)], {"d/f"}),
+    "links are removed, never followed": (
+        [("l", "link", U), ("m", "link", V), ("d", "dir", V), ("d/l", "link", U)], {"l", "d/l"}),
+    "sockets and pipes": ([("s", "socket", U), ("p", "fifo", U)], {"s", "p"}),
+    "a mount beneath is not entered": ([("mnt", "mount", 0), ("mnt/f", "file", U)], set()),
+    "the scratch root is left to the wipe": (
+        [("scratches", "dir", 0), ("scratches/x", "dir", U), ("scratches/x/f", "file", U)], set()),
+}
+
+
+@pytest.mark.parametrize("case", LEFTOVERS)
+def test_the_stop_removes_a_uids_leftovers_recursively_and_safely(tmp_path: Path, case: str) -> None:
+    """Beneath a shared place, everything the uid owns goes — however deep, in anyone's folders — and nothing
+    else: another uid's files (in the uid's own folders too) stay, a link is removed but never followed (the
+    file it points to, the uid's, stays), a mount is not entered, the scratch root is left to the wipe."""
+    entries, expected = LEFTOVERS[case]
+    place, outside = tmp_path / "place", tmp_path / "outside"
+    place.mkdir(mode=0o1777)
+    outside.mkdir()
+    (outside / "f").write_text("the uid's, elsewhere")
+    os.chown(outside / "f", U, U)
+    mounts = []
+    try:
+        for rel, kind, owner in entries:
+            path = place / rel
+            if kind in ("dir", "mount"):
+                path.mkdir(mode=0o1777 if owner == 0 else 0o777)
+                if kind == "mount":
+                    subprocess.run(["mount", "-t", "tmpfs", "srtest", str(path)], check=True)
+                    mounts.append(path)
+            elif kind == "file":
+                path.write_text(rel)
+            elif kind == "link":
+                path.symlink_to(outside)
+            elif kind == "socket":
+                with socket.socket(socket.AF_UNIX) as sock:
+                    sock.bind(str(path))
+            else:
+                os.mkfifo(path)
+            os.lchown(path, owner, owner)
+        keep_out = {"keep_out": (str(place / "scratches"),)} if (place / "scratches").exists() else {}
+        removed = launcher.remove_leftovers(U, places=(str(place),), **keep_out)
+        assert sorted(os.path.relpath(p, place) for p in removed) == sorted(expected)
+        left = {rel for rel, _, _ in entries if os.path.lexists(place / rel)}
+        assert left == {rel for rel, _, _ in entries} - expected
+        assert (outside / "f").read_text() == "the uid's, elsewhere"
+    finally:
+        for path in mounts:
+            subprocess.run(["umount", "-l", str(path)], check=False)

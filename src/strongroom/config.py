@@ -314,6 +314,12 @@ class WorkspaceSettings(BaseModel):
     slurm_host: str = ""  # the address JupyterLab binds on the node and the hub dials ("": the node's first)
     # strongroom:// mounted read-only at <workspace home>/data (FUSE: fuse3 on the hub, or on the nodes)
     mount_data: bool = True
+    # A local workspace under its own uid gets its own /tmp, /var/tmp, /dev/shm and /run/lock (empty tmpfs in its
+    # mount namespace, gone with it), so filling them fills nothing of the machine's or another workspace's. The
+    # most /tmp and /var/tmp may each hold (default 1 GiB), and /dev/shm (default 1 GiB; System V shared memory gets
+    # the same limit): memory, taken only as written. PyTorch's DataLoader workers pass batches through /dev/shm.
+    tmp_max_bytes: int = Field(2**30, ge=2**20, le=2**40)
+    shm_max_bytes: int = Field(2**30, ge=2**20, le=2**40)
 
     @model_validator(mode="after")
     def _own_uids(self) -> WorkspaceSettings:

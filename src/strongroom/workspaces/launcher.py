@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -52,6 +53,8 @@ class Spec:
     drop_caps: bool = False  # legacy (run_as = ""): root without any capability, one identity for all
     mount_data: bool = False  # mount strongroom:// read-only at <scratch>/data (FUSE, strongroom.workspaces.fuse)
     cluster_account: str = ""  # Slurm: the member's cluster account the job runs as
+    tmp_max_bytes: int = 2**30  # local, own uid: the most its private /tmp (and /var/tmp) holds
+    shm_max_bytes: int = 2**30  # local, own uid: the most its private /dev/shm (and System V shared memory) holds
 
 
 @dataclass
@@ -178,8 +181,9 @@ def mount_data(spec: Spec, *, timeout: float) -> None:
     threading.Thread(target=proc.wait, daemon=True, name=f"fuse-{spec.workspace_id[:8]}").start()
 
 
-# World-writable places outside the scratch a workspace's uid could leave files in (the scratch itself is wiped):
-# what its uid owns there is removed at stop, so the uid's next lease finds nothing of this one
+# World-writable places a workspace's uid could leave files in: what its uid owns anywhere beneath them is removed
+# at stop, so the uid's next lease finds nothing of this one. (A local workspace has its own of each, private to its
+# mount namespace — ``confine`` —, but what it needs from the machine's remains: its scratch, the hub's software.)
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock")
 
 
@@ -226,49 +230,198 @@ def end_uid(uid: int, *, timeout: float = 10.0) -> bool:
     return True
 
 
-def remove_leftovers(uid: int, *, places: tuple[str, ...] = SHARED_TMP) -> list[str]:
-    """Remove what ``uid`` owns at the top of the machine's shared temporary places (files, folders, sockets,
-    POSIX shared memory); returns what was removed."""
+def remove_leftovers(uid: int, *, places: tuple[str, ...] = SHARED_TMP, keep_out: tuple[str, ...] = ()) -> list[str]:
+    """Remove what ``uid`` owns anywhere beneath the machine's shared temporary places (files, folders, sockets,
+    POSIX shared memory and message queues), except under ``keep_out`` (the scratch folders: each is wiped on its
+    own); returns what was removed."""
     if uid in (0, os.getuid(), os.geteuid()):
         raise ValueError(f"refusing to remove the files of uid {uid}")
-    import shutil
+    return [path for place in places for path in _remove_owned(place, uid, frozenset(keep_out))]
 
-    removed = []
-    for place in places:
-        try:
-            entries = list(os.scandir(place))
-        except OSError:
-            continue
-        for entry in entries:
+
+@dataclass
+class _Folder:
+    fd: int
+    path: str
+    names: list[str]
+    owned: tuple[int, str, int] | None  # when the uid owns it: (its parent's fd, its name there, its inode)
+
+
+MAX_DEPTH = 128  # folders held open at once while walking down (each one a file descriptor)
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_owned(place: str, uid: int, keep_out: frozenset[str]) -> list[str]:
+    """Everything ``uid`` owns beneath ``place``, removed bottom-up, safely while other uids still run: every step
+    is relative to an open folder and never follows a symbolic link (a name swapped for a link to elsewhere meanwhile
+    leads nowhere), the walk never leaves ``place``'s file system (a mount beneath it, such as a workspace's data
+    mount, is not entered), and a folder goes only once empty (what another uid put in it stays, and so does it)."""
+    try:
+        top = os.open(place, _FOLDER)
+    except OSError:
+        return []
+    device = os.fstat(top).st_dev
+    removed: list[str] = []
+    stack: list[_Folder] = []
+    try:
+        stack.append(_Folder(top, place, os.listdir(top), None))
+        while stack:
+            folder = stack[-1]
+            if not folder.names:
+                stack.pop()
+                os.close(folder.fd)
+                if folder.owned is not None and _rmdir_same(*folder.owned):
+                    removed.append(folder.path)
+                continue
+            name = folder.names.pop()
+            path = os.path.join(folder.path, name)
             try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed.append(entry.path)
+                info = os.lstat(name, dir_fd=folder.fd)
             except OSError:
                 continue
+            if not stat.S_ISDIR(info.st_mode):
+                if info.st_uid == uid:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=folder.fd)
+                        removed.append(path)
+                continue
+            if info.st_dev != device or path in keep_out or len(stack) > MAX_DEPTH:
+                continue
+            if (inner := _open_same(folder.fd, name, info)) is not None:
+                owned = (folder.fd, name, info.st_ino) if info.st_uid == uid else None
+                stack.append(_Folder(inner[0], path, inner[1], owned))
+    finally:
+        for folder in stack:
+            os.close(folder.fd)
     return removed
+
+
+def _open_same(parent: int, name: str, seen: os.stat_result) -> tuple[int, list[str]] | None:
+    """The folder ``name`` of ``parent`` opened and listed — if it is still the one ``seen`` (not swapped)."""
+    try:
+        fd = os.open(name, _FOLDER, dir_fd=parent)
+    except OSError:
+        return None
+    try:
+        opened = os.fstat(fd)
+        if (opened.st_dev, opened.st_ino) == (seen.st_dev, seen.st_ino):
+            return fd, os.listdir(fd)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _rmdir_same(parent: int, name: str, inode: int) -> bool:
+    """Remove the (empty) folder ``name`` of ``parent`` if it is still the one walked through."""
+    try:
+        if os.lstat(name, dir_fd=parent).st_ino != inode:
+            return False
+        os.rmdir(name, dir_fd=parent)
+    except OSError:
+        return False
+    return True
+
+
+# What a workspace gets of the machine's world-writable places (aliases such as /run/shm -> /dev/shm are the same):
+# an empty tmpfs of its own over each, at most this large, in its mount namespace.
+TMP_PLACES = ("/tmp", "/var/tmp")  # [workspaces] tmp_max_bytes each
+SHM_PLACES = ("/dev/shm", "/run/shm")  # [workspaces] shm_max_bytes (System V shared memory: the same limit)
+LOCK_PLACES = ("/run/lock", "/var/lock")
+LOCK_BYTES = 5 * 2**20  # lock files are tiny: Debian's own /run/lock is 5 MiB
+SCRATCH_ROOT_BYTES = 2**20  # the scratch root's stand-in holds only the mount point of the workspace's own scratch
+
+
+@dataclass(frozen=True)
+class Private:
+    """A place the workspace gets its own of: an empty tmpfs over it in its mount namespace, with only what the
+    workspace needs from the machine's bound back beneath it (``keep``)."""
+
+    place: Path
+    max_bytes: int
+    mode: str  # 1777 for a temporary place; 711 for the scratch root (the hub's)
+    keep: tuple[Path, ...] = ()
+
+
+def _outermost(paths: list[Path]) -> tuple[Path, ...]:
+    kept: list[Path] = []
+    for path in sorted(set(paths)):
+        if not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return tuple(kept)
+
+
+def private_places(spec: Spec) -> list[Private]:
+    """The places ``confine`` makes the workspace's own: the world-writable ones and, when it is not inside one of
+    them (a scratch on disk), the scratch root, where every other workspace's scratch is. Beneath each, only the
+    workspace's own scratch and the top folder holding the interpreter, its packages or the hub's sources (a hub
+    installed, or a checkout tested, under /tmp) stay visible, bound from the machine's; a place the workspace
+    needs as a whole (one of those *is* it, or lies above it) stays the machine's."""
+    scratch = spec.scratch.resolve()
+    software = [Path(spec.python or sys.executable).resolve(), Path(sys.prefix).resolve(),
+                Path(sys.base_prefix).resolve(), Path(__file__).resolve().parents[2]]
+
+    def private(place: Path, max_bytes: int, mode: str) -> Private | None:
+        if any(place.is_relative_to(p) for p in (scratch, *software)):
+            return None
+        keep = [scratch] if scratch.is_relative_to(place) else []
+        keep += [place / p.relative_to(place).parts[0] for p in software if p.is_relative_to(place)]
+        return Private(place, max_bytes, mode, _outermost(keep))
+
+    places: list[Private] = []
+    for aliases, max_bytes in ((TMP_PLACES, spec.tmp_max_bytes), (SHM_PLACES, spec.shm_max_bytes),
+                               (LOCK_PLACES, LOCK_BYTES)):
+        for alias in aliases:
+            real = Path(alias).resolve()
+            fresh = Path(alias).is_dir() and all(p.place != real for p in places)
+            if fresh and (made := private(real, max_bytes, "1777")) is not None:
+                places.append(made)
+    root = scratch.parent
+    if not any(root.is_relative_to(p.place) for p in places) and (made := private(root, SCRATCH_ROOT_BYTES, "711")):
+        places.append(made)
+    return places
+
+
+def namespace_setup(spec: Spec) -> list[str]:
+    """The shell steps (root, inside the workspace's new mount and IPC namespaces, before the identity drops) that
+    make it a world of its own: its private places (``private_places``), System V shared memory limited like
+    /dev/shm, POSIX message queues of its own namespace at /dev/mqueue, and a /proc showing its own processes only
+    (``hidepid=invisible``: another workspace's names, command lines and environments are not even listed; a kernel
+    older than 5.8 refuses the option, and the workspace does not start)."""
+    steps = []
+    for private in private_places(spec):
+        # the machine's folder stays reachable through descriptor 3 while the tmpfs hides it, for the binds back
+        place = shlex.quote(str(private.place))
+        options = (f"nosuid,nodev,mode={private.mode},size={private.max_bytes},"
+                   f"nr_inodes={max(1024, private.max_bytes // 4096)}")
+        steps += [f"exec 3< {place}", f"mount -t tmpfs -o {options} strongroom-{spec.workspace_id} {place}"]
+        for kept in private.keep:
+            target = shlex.quote(str(kept))
+            steps.append(f"mkdir -p {target}" if kept.is_dir()
+                         else f"mkdir -p {shlex.quote(str(kept.parent))} && : > {target}")
+            source = shlex.quote(f"/proc/self/fd/3/{kept.relative_to(private.place)}")
+            steps.append(f"mount --no-canonicalize --rbind {source} {target}")
+        steps.append("exec 3<&-")
+    page = os.sysconf("SC_PAGE_SIZE")
+    steps += [f"echo {spec.shm_max_bytes} > /proc/sys/kernel/shmmax",
+              f"echo {max(1, spec.shm_max_bytes // page)} > /proc/sys/kernel/shmall"]
+    if Path("/dev/mqueue").is_dir():  # else the machine has no mqueue mount a workspace could reach anyway
+        steps.append("mount -t mqueue -o nosuid,nodev,noexec strongroom-mqueue /dev/mqueue")
+    steps.append("mount -t proc -o nosuid,nodev,noexec,hidepid=invisible strongroom-proc /proc")
+    return steps
 
 
 def confine(spec: Spec, argv: list[str]) -> list[str]:
     """``argv`` under the workspace's own uid and gid, no supplementary group, no capability, no new privileges,
-    with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount
-    namespace of its own whose /tmp and /var/tmp are empty tmpfs of its own (gone with it) — unless something
-    the workspace needs lives there: its scratch, or the interpreter, its packages or the hub's sources (a hub
-    installed, or a checkout tested, under /tmp: the tmpfs would hide them)."""
+    with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount namespace
+    of its own (``namespace_setup``: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, gone with
+    it; its own processes alone in /proc)."""
     assert spec.uid is not None and spec.uid > 0
     dropped = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--inh-caps=-all",
                "--bounding-set=-all", "--no-new-privs", "--", *argv]
-    needed = [spec.scratch.resolve(), Path(spec.python or sys.executable).resolve(), Path(sys.prefix).resolve(),
-              Path(__file__).resolve().parents[2]]
-    mounts = "".join(f"mount -t tmpfs -o nosuid,nodev,mode=1777 strongroom-ws {place} && "
-                     for place in ("/tmp", "/var/tmp")
-                     if Path(place).is_dir() and not any(str(p).startswith(place + "/") for p in needed))
-    return ["unshare", "--ipc", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c",
-            f'{mounts}umask 077 && exec "$@"', "strongroom-workspace", *dropped]
+    script = " && ".join([*namespace_setup(spec), "umask 077", 'exec "$@"'])
+    return ["unshare", "--ipc", "--mount", "--propagation", "slave", "--", "/bin/sh", "-c", script,
+            "strongroom-workspace", *dropped]
 
 
 class LocalLauncher:
@@ -322,7 +475,8 @@ class LocalLauncher:
             # what escaped the process group (setsid, a daemonised child) ends too, and nothing of this
             # workspace is left under its uid for the next workspace that leases it
             end_uid(handle.uid)
-            remove_leftovers(handle.uid)
+            remove_leftovers(handle.uid, keep_out=(str(Path(handle.scratch).resolve().parent),) if handle.scratch
+                             else ())
 
     def _end_group(self, handle: Handle) -> None:
         assert handle.pid is not None

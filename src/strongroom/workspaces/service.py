@@ -398,7 +398,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
                 license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
-                cluster_account=account)
+                cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes)
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use
