@@ -280,6 +280,11 @@ def _download_policy(w: World, ok: bool):
     return post(w.c("pia" if ok else "rita"), f"/datasets/{w.ids['demo']}/access/download", {"allowed": "yes"})
 
 
+def _decision_token(w: World, ok: bool):
+    return post(w.c("pia"), f"/datasets/{w.ids['demo']}/access/decision-tokens",
+                {"name": "Cohort system", "days": "30" if ok else "0"})
+
+
 def _catalog_save(w: World, ok: bool):
     with w.hub.sessions() as s:
         entry = entry_for(s, w.ids["demo"])
@@ -718,6 +723,7 @@ CASES: dict[str, Case] = {
     "/applications/{application_id}/save": _save,
     "/applications/{application_id}/{command}": _command,
     "/datasets/{dataset_id}/access/download": _download_policy,
+    "/datasets/{dataset_id}/access/decision-tokens": _decision_token,
     "/datasets/{dataset_id}/catalog": _catalog_save,
     "/datasets/{dataset_id}/catalog/unpublish": _unpublish,
     "/datasets/{dataset_id}/catalog/publish": _publish,

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
 from ..deps import AccessScope as Access
-from ..deps import Db, HubDep, RawBody
+from ..deps import ApiPrincipal, Db, HubDep, RawBody
+from ..openapi import errors
 from ..schemas import Body, IsoDate, Out
 from . import applications, decisions, events, policies, reports
 
@@ -231,16 +232,18 @@ def request_review(db: Db, principal: Access, application_id: str, body: ReviewR
 
 
 @router.post("/applications/{application_id}/vote", response_model=ApplicationOut,
-             summary="A decider's vote; a quorum decides")
-def vote(db: Db, principal: Access, application_id: str, body: Vote) -> ApplicationOut:
-    decisions.vote(db, principal, application_id, body.approve, body.comment)
+             summary="A decider's vote; a quorum decides (a vote to approve: fresh MFA)")
+def vote(db: Db, hub: HubDep, principal: Access, application_id: str, body: Vote) -> ApplicationOut:
+    decisions.vote(db, principal, application_id, body.approve, body.comment,
+                   fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _reload(db, principal, application_id)
 
 
 @router.post("/applications/{application_id}/approve", response_model=ApplicationOut,
-             summary="Approve (handler): grants an entitlement ending on `ends`")
-def approve(db: Db, principal: Access, application_id: str, body: Approval) -> ApplicationOut:
-    decisions.approve(db, principal, application_id, body.ends, body.comment)
+             summary="Approve (handler; fresh MFA): grants an entitlement ending on `ends`")
+def approve(db: Db, hub: HubDep, principal: Access, application_id: str, body: Approval) -> ApplicationOut:
+    decisions.approve(db, principal, application_id, body.ends, body.comment,
+                      fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _reload(db, principal, application_id)
 
 
@@ -274,11 +277,17 @@ def set_policy(db: Db, hub: HubDep, principal: Access, dataset_id: str, body: Po
                        fresh_minutes=hub.settings.security.fresh_mfa_minutes)
 
 
-@router.post("/external/datasets/{dataset_id}/decisions", response_model=ApplicationOut,
-             summary="An external data owner's system approves or revokes a researcher's access")
-def external(db: Db, principal: Access, dataset_id: str, body: ExternalDecision) -> ApplicationOut:
+@router.post("/external/datasets/{dataset_id}/decisions", response_model=ApplicationOut, responses=errors(403),
+             summary="An external data owner's system approves or revokes a researcher's access",
+             description="With a decision token for this dataset (minted by a handler on the dataset's access page; "
+                         "it has no other use), or a token with the `access` scope, which approves only when minted "
+                         "within the last `security.fresh_mfa_minutes` (403 `mfa-required` otherwise).")
+def external(db: Db, hub: HubDep, principal: ApiPrincipal, dataset_id: str, body: ExternalDecision
+             ) -> ApplicationOut:
+    # ApiPrincipal, not Access: a decision token carries no scope; the service checks the credential
     state = decisions.external_decision(db, principal, dataset_id, applicant=body.applicant, approve=body.approve,
-                                      ends=body.ends, reason=body.reason)
+                                      ends=body.ends, reason=body.reason,
+                                      fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _reload(db, principal, state.id)
 
 

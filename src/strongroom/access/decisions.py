@@ -2,7 +2,12 @@
 reviewers and deciders remark and vote (a quorum of the dataset's named deciders decides), and an
 external owner's system approves or revokes through the API. Approval creates the applicant's
 entitlement. Nobody takes part in deciding an application they applied for (``events.applied_for``):
-refused with 403 and audited as ``access.decision.refused``."""
+refused with 403 and audited as ``access.decision.refused``.
+
+Whatever opens data needs a second factor within ``fresh_minutes`` (``security.fresh_mfa_minutes``): an
+approval, a vote for one (it counts towards the quorum) and an external approval (or, for a machine, a decision
+token bound to the dataset: ``decision_tokens``). A stolen session cookie or an old API token must not open a
+dataset. What closes data (reject, return, revoke, close, a vote against) never waits for a second factor."""
 
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from ..archive.models import Dataset
 from ..archive.service import new_accession
 from ..audit import service as audit
 from ..db import utcnow
-from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
+from ..identity.service import require_fresh_mfa
+from . import decision_tokens
 from .events import (
     FINAL_STATES,
     OWN_APPLICATION,
@@ -37,17 +44,35 @@ from .notices import notify_applicant
 from .policies import current_form, policy_for, roles_of
 
 
-def _refuse(session: Session, principal: Principal, dataset_id: str, action: str, target: str, reason: str
-            ) -> Forbidden:
-    """Record a refused decision and return the error to raise. The refusal is committed at once so it
-    stays on record although the request then fails and rolls back (as SFTP's refused reads do); a
-    refusal comes before the command has written anything."""
+def _record_refusal(session: Session, principal: Principal, dataset_id: str, action: str, target: str,
+                    reason: str) -> None:
+    """Record a refused decision. The refusal is committed at once so it stays on record although the
+    request then fails and rolls back (as SFTP's refused reads do); a refusal comes before the command
+    has written anything."""
     ds = session.get(Dataset, dataset_id)
     audit.record(session, principal.actor, "access.decision.refused", outcome="denied",
                  project_id=ds.project_id if ds else None, target=target,
                  details={"action": action, "reason": reason})
     session.commit()
+
+
+def _refuse(session: Session, principal: Principal, dataset_id: str, action: str, target: str, reason: str
+            ) -> Forbidden:
+    """Record a refused decision and return the error to raise."""
+    _record_refusal(session, principal, dataset_id, action, target, reason)
     return Forbidden(reason)
+
+
+def _require_fresh(session: Session, principal: Principal, dataset_id: str, action: str, target: str,
+                   fresh_minutes: int) -> None:
+    """A second factor within the last ``fresh_minutes`` before anything that opens data. A refusal is recorded
+    like the other refused decisions (a stale credential trying to open data may be a stolen one)."""
+    try:
+        require_fresh_mfa(principal, fresh_minutes)
+    except MfaRequired:
+        _record_refusal(session, principal, dataset_id, action, target,
+                        f"no second factor within the last {fresh_minutes} minutes")
+        raise
 
 
 def _load_as(session: Session, principal: Principal, application_id: str, action: str, *roles: str) -> Visible:
@@ -122,15 +147,18 @@ def request_review(session: Session, principal: Principal, application_id: str, 
 
 
 def vote(session: Session, principal: Principal, application_id: str, approve: bool, comment: str = "",
-         ends: dt.date | None = None) -> ApplicationState:
+         ends: dt.date | None = None, *, fresh_minutes: int) -> ApplicationState:
     """The dataset's named deciders vote; with a quorum workflow, enough approvals approve and enough
-    rejections reject. Only the votes of named deciders who did not apply count."""
+    rejections reject. Only the votes of named deciders who did not apply count. A vote to approve needs
+    a fresh second factor, whether or not it completes the quorum: it counts towards it."""
     v = _load_as(session, principal, application_id, "vote", "decider")
     require_state(v, "submitted")
     named = named_deciders(session, v.app.dataset_id)
     if principal.user.id not in named:  # e.g. asked before the policy stopped naming them
         raise _refuse(session, principal, v.app.dataset_id, "vote", f"application:{v.app.id}",
                       "only the dataset's named deciders vote: the access policy does not name you")
+    if approve:
+        _require_fresh(session, principal, v.app.dataset_id, "vote", f"application:{v.app.id}", fresh_minutes)
     state = append(session, principal, v.app, "voted", {"approve": approve, "comment": comment[:5000]})
     policy = policy_for(session, v.app.dataset_id)
     deciders = {u.id for u in session.scalars(select(User).where(User.id.in_(named)))
@@ -149,13 +177,14 @@ def vote(session: Session, principal: Principal, application_id: str, approve: b
     return state
 
 
-def approve(session: Session, principal: Principal, application_id: str, ends: dt.date, comment: str = ""
-            ) -> ApplicationState:
+def approve(session: Session, principal: Principal, application_id: str, ends: dt.date, comment: str = "", *,
+            fresh_minutes: int) -> ApplicationState:
     v = _load_as(session, principal, application_id, "approve", "handler")
     require_state(v, "submitted")
     policy = policy_for(session, v.app.dataset_id)
     if policy.workflow == "quorum":
         raise Conflict("this dataset decides by the deciders' quorum vote")
+    _require_fresh(session, principal, v.app.dataset_id, "approve", f"application:{v.app.id}", fresh_minutes)
     return _approve(session, principal, v.app, ends, comment)
 
 
@@ -220,15 +249,29 @@ def end_entitlements(session: Session, application_id: str) -> None:
 
 
 def external_decision(session: Session, principal: Principal, dataset_id: str, *, applicant: str, approve: bool,
-                      ends: dt.date | None, reason: str = "") -> ApplicationState:
-    """The external owner's system (a handler of the dataset, using a token with the `access`
-    scope) approves or revokes. Without an open application one is recorded on the user's
-    behalf, so the hub's history shows what the owner decided. The caller never decides about
-    themselves, nor about an application they were invited to."""
+                      ends: dt.date | None, reason: str = "", fresh_minutes: int) -> ApplicationState:
+    """The external owner's system (a handler of the dataset) approves or revokes. Without an open
+    application one is recorded on the user's behalf, so the hub's history shows what the owner decided.
+    The caller never decides about themselves, nor about an application they were invited to.
+
+    Its credential: a decision token bound to this dataset (``decision_tokens``: a machine cannot give a
+    second factor), or a token with the `access` scope, which approves only with a fresh second factor
+    (a person's token minted in the last ``fresh_minutes``); revoking never needs one."""
     from ..identity.service import find_user
 
+    bound = decision_tokens.decides_for(session, principal, dataset_id)
+    if not bound and not principal.can("access"):
+        raise Forbidden("this token lacks the 'access' scope (a decision token decides only for the dataset it "
+                        "was minted for)")
     if "handler" not in roles_of(session, principal.user.id, dataset_id):
         raise NotFound("no such dataset")
+    if approve and not bound:
+        try:
+            _require_fresh(session, principal, dataset_id, "external-approve", f"dataset:{dataset_id}",
+                           fresh_minutes)
+        except MfaRequired as exc:
+            raise MfaRequired(f"{exc.detail}; an external owner's system approves with a decision token for "
+                              "this dataset (minted on its access page)", **exc.extra) from None
     user = find_user(session, applicant)
     if user is None:
         raise Invalid(f"no user {applicant!r}; they must log in to the hub once")

@@ -1,7 +1,8 @@
 """How each dataset's access is set up: the forms and terms applicants answer and accept (built-in
 ones created on first use), the access policy (workflow, quorum, longest grant, whether approved
 applicants may download) and who handles, decides and reviews. The owning project's PI sets them, with
-a second factor within the last ``fresh_minutes``: each change can open a data path or name who decides."""
+a second factor within the last ``fresh_minutes``: each change can open a data path or name who decides (only
+switching applicants' downloads off needs none: it closes a path)."""
 
 from __future__ import annotations
 
@@ -61,11 +62,13 @@ def is_owner_pi(session: Session, principal: Principal, dataset_id: str) -> bool
 
 def set_applicant_download(session: Session, principal: Principal, dataset_id: str, allowed: bool, *,
                            fresh_minutes: int = SHIPPED_FRESH_MFA_MINUTES) -> AccessPolicy:
-    """Only the download part of the policy (the data owner's page): the owning project's PI, with fresh MFA."""
+    """Only the download part of the policy (the data owner's page): the owning project's PI; allowing downloads
+    needs fresh MFA, going back to in-platform use only never waits for one (it closes a data path)."""
     ds = session.get(Dataset, dataset_id)
     if ds is None or owner_pi(session, ds) != principal.user.id:
         raise NotFound("no such dataset")
-    require_fresh_mfa(principal, fresh_minutes)
+    if allowed:
+        require_fresh_mfa(principal, fresh_minutes)
     policy = policy_for(session, dataset_id)
     policy.applicant_download = allowed
     session.merge(policy)

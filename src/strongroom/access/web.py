@@ -14,7 +14,7 @@ from ..archive.models import Dataset
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Forbidden, Invalid, MfaRequired, NotFound
 from ..web.templating import redirect_with, templates
-from . import applications, decisions, events, policies, titles
+from . import applications, decision_tokens, decisions, events, policies, titles
 from .forms import describe_errors
 from .models import Application, Attachment, FormVersion
 
@@ -115,7 +115,7 @@ def _answers_from_form(form: FormData, fields: list[dict[str, Any]], attachment_
 
 
 @router.post("/applications/{application_id}/save", dependencies=[CsrfChecked])
-def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrincipal, application_id: str
+def save(request: Request, posted: PostedWithFiles, db: Db, hub: HubDep, principal: WebPrincipal, application_id: str
          ) -> Response:
     # Uploaded files were read (PostedWithFiles, before Db) before the first query takes the write lock.
     form_data = posted.form
@@ -144,6 +144,7 @@ def save(request: Request, posted: PostedWithFiles, db: Db, principal: WebPrinci
     if then in ("submit", "accept-terms"):
         db.commit()  # the draft stays saved even if what follows is refused
         return _command(request, db, principal, application_id, then, form_data,
+                        fresh_minutes=hub.settings.security.fresh_mfa_minutes,
                         done="Draft saved and terms of use accepted. You can submit the application now."
                         if then == "accept-terms" else None)
     return redirect_with(request, f"/applications/{application_id}#form", "Draft saved.")
@@ -170,10 +171,12 @@ DONE = {
 
 
 COMMANDS = {"accept-terms", "submit", "assign", "return", "remark", "approve", "reject", "close", "revoke", "vote"}
+# what to do again after confirming it's you (the commands that open data need a fresh second factor)
+AGAIN = {"approve": "approve the application again", "vote": "cast your vote again"}
 
 
 def _command(request: Request, db: Db, principal: WebPrincipal, application_id: str, command: str,
-             form: FormData, done: str | None = None) -> Response:
+             form: FormData, *, fresh_minutes: int, done: str | None = None) -> Response:
     text = str(form.get("text", "") or form.get("reason", "") or form.get("comment", ""))
     try:
         match command:
@@ -188,7 +191,8 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
             case "remark":
                 decisions.remark(db, principal, application_id, text, form.get("public") == "on")
             case "approve":
-                decisions.approve(db, principal, application_id, dt.date.fromisoformat(str(form.get("ends"))), text)
+                decisions.approve(db, principal, application_id, dt.date.fromisoformat(str(form.get("ends"))), text,
+                                  fresh_minutes=fresh_minutes)
             case "reject":
                 decisions.reject(db, principal, application_id, text)
             case "close":
@@ -196,9 +200,16 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
             case "revoke":
                 decisions.revoke(db, principal, application_id, text)
             case "vote":
-                decisions.vote(db, principal, application_id, form.get("approve") == "yes", text)
+                decisions.vote(db, principal, application_id, form.get("approve") == "yes", text,
+                               fresh_minutes=fresh_minutes)
             case _:
                 raise NotFound("no such action")
+    except MfaRequired as exc:
+        db.rollback()
+        # back to the application after the second factor (the form's own URL answers POST only)
+        return redirect_with(request, f"/login/reauth?next={quote(f'/applications/{application_id}')}",
+                             f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then "
+                             f"{AGAIN.get(command, 'try again')}.", kind="error")
     except (Invalid, Forbidden, ValueError) as exc:
         detail = exc.detail if isinstance(exc, DomainError) else "invalid date"
         fields = exc.extra.get("fields") if isinstance(exc, DomainError) else None
@@ -213,11 +224,12 @@ def _command(request: Request, db: Db, principal: WebPrincipal, application_id: 
 
 
 @router.post("/applications/{application_id}/{command}", dependencies=[CsrfChecked])
-def command(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, application_id: str,
+def command(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, application_id: str,
             command: str) -> Response:
     if command not in COMMANDS:
         raise NotFound("no such action")
-    return _command(request, db, principal, application_id, command, posted.form)
+    return _command(request, db, principal, application_id, command, posted.form,
+                    fresh_minutes=hub.settings.security.fresh_mfa_minutes)
 
 
 __all__ = ["Application", "router"]
@@ -232,9 +244,7 @@ def my_access(request: Request, db: Db, principal: WebPrincipal) -> Response:
     return templates.TemplateResponse(request, "access_mine.html", {"ents": ents, "titles": names, "now": utcnow()})
 
 
-@router.get("/datasets/{dataset_id}/access")
-def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
-    """The data owner's view of one dataset: numbers, the queue, and who decides."""
+def _owner_context(db: Db, principal: WebPrincipal, dataset_id: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from . import reports
@@ -247,11 +257,40 @@ def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: st
     assignees = {a.id: events.replay(events.events_of(db, a.id)).assignee for a in apps}
     users |= applications.users_by_id(db, {u for u in assignees.values() if u})
     countries = sorted(report["sharing_by_country"].items(), key=lambda kv: -kv[1])
-    return templates.TemplateResponse(request, "access_owner.html", {
-        "report": report, "apps": apps, "users": users, "assignees": assignees,
-        "policy": policies.policy_for(db, dataset_id), "roles": roles, "countries": countries,
-        "max_country": max((n for _, n in countries), default=1),
-        "is_pi": policies.is_owner_pi(db, principal, dataset_id)})
+    return {"report": report, "apps": apps, "users": users, "assignees": assignees,
+            "policy": policies.policy_for(db, dataset_id), "roles": roles, "countries": countries,
+            "max_country": max((n for _, n in countries), default=1),
+            "is_pi": policies.is_owner_pi(db, principal, dataset_id),
+            "is_handler": "handler" in policies.roles_of(db, principal.user.id, dataset_id),
+            "decision_tokens": decision_tokens.live_tokens(db, dataset_id), "new_token": None, "error": None}
+
+
+@router.get("/datasets/{dataset_id}/access")
+def owner_page(request: Request, db: Db, principal: WebPrincipal, dataset_id: str) -> Response:
+    """The data owner's view of one dataset: numbers, the queue, who decides, and the decision tokens."""
+    return templates.TemplateResponse(request, "access_owner.html", _owner_context(db, principal, dataset_id))
+
+
+@router.post("/datasets/{dataset_id}/access/decision-tokens", dependencies=[CsrfChecked])
+def mint_decision_token(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
+                        dataset_id: str) -> Response:
+    """A handler mints a decision token for their system (fresh MFA); shown once, on the page itself."""
+    form = posted.form
+    days = str(form.get("days", "")).strip()
+    try:
+        token, plaintext = decision_tokens.mint(
+            db, principal, dataset_id, name=str(form.get("name", "")), days=int(days) if days.isdecimal() else 0,
+            max_days=hub.settings.security.token_max_days, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:
+        return redirect_with(request, f"/login/reauth?next={quote(f'/datasets/{dataset_id}/access')}",
+                             f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then mint the decision "
+                             "token again.", kind="error")
+    except Invalid as exc:
+        ctx = _owner_context(db, principal, dataset_id) | {"error": f"{exc.detail[:1].upper()}{exc.detail[1:]}."}
+        return templates.TemplateResponse(request, "access_owner.html", ctx, status_code=422)
+    ctx = _owner_context(db, principal, dataset_id) | {"new_token": plaintext, "notice": {
+        "kind": "ok", "text": f"Decision token “{token.name}” minted: copy it now, it is shown only once."}}
+    return templates.TemplateResponse(request, "access_owner.html", ctx)
 
 
 @router.post("/datasets/{dataset_id}/access/download", dependencies=[CsrfChecked])
