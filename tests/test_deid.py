@@ -134,7 +134,8 @@ def test_engine_imports_no_web_or_db_code() -> None:
             "& {'fastapi', 'sqlalchemy', 'starlette', 'pydantic', 'httpx', 'jinja2', 'typer'}; "
             "bad |= {m for m in sys.modules if m.startswith('strongroom.') and m not in "
             "('strongroom.imaging', 'strongroom.imaging.deid', 'strongroom.imaging.deid_table', "
-            "'strongroom.imaging.verify', 'strongroom.imaging.synthetic', 'strongroom.identifiers') "
+            "'strongroom.imaging.verify', 'strongroom.imaging.synthetic', 'strongroom.identifiers', "
+            "'strongroom.patient_ids') "
             "and not m.startswith(('strongroom.imaging.deid.', 'strongroom.imaging.verify.'))}; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

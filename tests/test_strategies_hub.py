@@ -110,7 +110,8 @@ def test_the_page_saves_keeps_typed_text_on_errors_and_checks_a_sample(app, hub,
     # the pseudonym is the project's own: the one its DICOM de-identification gives the same PatientID
     with transaction(hub.sessions) as s:
         project = s.query(Project).filter_by(slug="proj-a").one()
-        expected = Pseudonymizer(project_secret(s, hub.settings, project.id)).patient_pseudonym("19121212-1212")
+        pseudo = Pseudonymizer(project_secret(s, hub.settings, project.id))
+        expected = pseudo.patient_pseudonym(pseudo.patient_key("19121212-1212"))
     assert expected in r.text and "19121212-1212" not in r.text
     wrong = form_post(web, "/projects/proj-a/strategy/check", files={"sample": ("scan.pdf", b"%PDF", "x/y")})
     assert wrong.status_code == 422 and "upload a table" in wrong.text
@@ -133,7 +134,8 @@ def test_cli_applies_with_the_project_key_on_the_hub_host(settings, hub, world, 
     assert run.returncode == 0, run.stdout + run.stderr
     with transaction(hub.sessions) as s:
         project = s.query(Project).filter_by(slug="proj-a").one()
-        expected = Pseudonymizer(project_secret(s, hub.settings, project.id)).patient_pseudonym("19121212-1212")
+        pseudo = Pseudonymizer(project_secret(s, hub.settings, project.id))
+        expected = pseudo.patient_pseudonym(pseudo.patient_key("19121212-1212"))
     assert pl.read_parquet(tmp_path / "out.parquet").get_column("pin").to_list()[0] == expected
     events = world["api"].get("/api/v1/projects/proj-a/audit", headers=bearer(world["tokens"]["alice"])).json()
     assert any(e["action"] == "strategy.applied" for e in json.loads(json.dumps(events)))

@@ -182,7 +182,8 @@ def test_a_passing_run_archives_the_verified_output_and_report_as_a_draft_datase
     assert engine.verify(output, load_strategy(STRATEGY)).passed
     # table pseudonyms are the project's DICOM pseudonyms; no personnummer survives
     pseudonymizer = Pseudonymizer(secret)
-    assert set(output.get_column("pin")) == {pseudonymizer.patient_pseudonym(p) for p in frame.get_column("pin")}
+    assert set(output.get_column("pin")) == {pseudonymizer.patient_pseudonym(pseudonymizer.patient_key(p))
+                                             for p in frame.get_column("pin")}
     assert "patient_name" not in output.columns and not set(output.get_column("pin")) & set(frame.get_column("pin"))
     # the archived report is the run's report
     assert json.loads(decrypted(hub, run["report_file_id"])) == run["report"]

@@ -25,12 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from .. import keyfiles
 from ..audit import service as audit
 from ..config import Settings
-from ..db import transaction
+from ..db import transaction, utcnow
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
 from ..projects import service as projects
 from .deid import Pseudonymizer
+from .deid.pseudonyms import CANONICAL, scheme_key
 from .models import ImagingProject, PseudonymEntry
 
 KINDS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
@@ -102,18 +103,25 @@ def _secret_context(project_id: uuid.UUID) -> bytes:
 
 
 def project_secret(session: Session, settings: Settings, project_id: uuid.UUID) -> bytes:
-    """The project's pseudonymization secret, generated (and sealed) on first use."""
-    key = keystore_key(settings)
-    context = _secret_context(project_id)
+    """The project's pseudonymization key as the engines take it (``pseudonyms.scheme_key``: its secret under
+    its pseudonym scheme), the secret generated (and sealed) on first use.
+
+    A new project gets ``CANONICAL`` (one patient however their personnummer is written). A project that had
+    pseudonymised patients before schemes existed kept ``AS_RECEIVED`` (migration 0039): changing how its
+    patients are keyed would split each of them in two across its old and new data. A table does not say
+    when its values were written: its 10-digit personnummer are read against the day the key was made, near
+    the project's extracts and never changing."""
     row = session.get(ImagingProject, project_id)
     if row is None:
         secret = Pseudonymizer.generate_secret()
-        row = ImagingProject(project_id=project_id, sealed_secret=seal(key, secret, context),
-                             key_fingerprint=Pseudonymizer(secret).fingerprint)
+        row = ImagingProject(project_id=project_id, key_fingerprint=Pseudonymizer(secret).fingerprint,
+                             sealed_secret=seal(keystore_key(settings), secret, _secret_context(project_id)),
+                             pseudonym_scheme=CANONICAL, created_at=utcnow())
         session.add(row)
         session.flush()
-        return secret
-    return open_sealed(settings, row.sealed_secret, context)
+    else:
+        secret = open_sealed(settings, row.sealed_secret, _secret_context(project_id))
+    return scheme_key(secret, row.pseudonym_scheme, row.created_at.date())
 
 
 def record(session: Session, settings: Settings, project_id: uuid.UUID,

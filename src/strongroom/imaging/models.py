@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..archive.models import Big
@@ -29,6 +29,8 @@ class ImagingProject(CreatedMixin, Base):
                                                   primary_key=True)
     sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)  # AES-GCM under the key-store key
     key_fingerprint: Mapped[str] = mapped_column(String(32))  # identifies the secret, reveals nothing
+    # how patient IDs are keyed (deid.pseudonyms: 1 as received, 2 canonical); a row written without it is 1
+    pseudonym_scheme: Mapped[int] = mapped_column(server_default=text("1"))
     dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"))
 
 

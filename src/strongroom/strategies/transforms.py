@@ -190,14 +190,18 @@ def keyed(frame: pl.LazyFrame, source: str, fn: Callable[[str], object], dtype: 
 
 def shifted_date(frame: pl.LazyFrame, schema: pl.Schema, column: str, rule: spec.ShiftDate, person: str,
                  secret: bytes) -> pl.Expr:
-    """The date moved by its person's keyed shift: the shift the imaging side gives the same person."""
+    """The date moved by its person's keyed shift: the shift the imaging side gives the same person (keyed by
+    the same patient key: one person however their personnummer is written, under the project's scheme)."""
     pseudo = Pseudonymizer(secret, max_shift_days=rule.max_shift_days)
-    days = keyed(frame, person, lambda v: pseudo.date_shift_days(v.strip()), pl.Int64)
+    days = keyed(frame, person, lambda v: pseudo.date_shift_days(pseudo.patient_key(v.strip())), pl.Int64)
     return as_date(column, schema[column]) + pl.duration(days=days)
 
 
 def pseudonym(frame: pl.LazyFrame, column: str, rule: spec.Pseudonymize, secret: bytes) -> pl.Expr:
+    """Keyed tokens; a person's is the pseudonym the DICOM de-identification gives the same patient. A table
+    does not say when its values were written: a 10-digit personnummer is read against the project key's
+    own reference date (``Pseudonymizer.patient_key``)."""
     pseudo = Pseudonymizer(secret)
     if rule.kind == "person":
-        return keyed(frame, column, lambda v: pseudo.patient_pseudonym(v.strip()), pl.String)
+        return keyed(frame, column, lambda v: pseudo.patient_pseudonym(pseudo.patient_key(v.strip())), pl.String)
     return keyed(frame, column, lambda v: pseudo.token(rule.kind, v.strip(), 20), pl.String)

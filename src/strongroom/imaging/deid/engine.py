@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,18 @@ _IOV_MAX = 1024  # chunks per writev call (the POSIX minimum of IOV_MAX on Linux
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 _SIMPLE_CODECS = {"iso8859": "latin_1", "latin_1": "latin_1", "UTF8": "utf-8"}
+_WRITTEN_ON = (0x00080020, 0x00080021, 0x00080022, 0x00080023)  # Study, Series, Acquisition, Content Date
+
+
+def _written_on(value: Callable[[int], str]) -> dt.date | None:
+    """When the object's patient ID was written, as near as the object says: its first real Study, Series,
+    Acquisition or Content Date (a 10-digit personnummer's century is read against it)."""
+    for tag in _WRITTEN_ON:
+        da = value(tag).replace(".", "")  # (ACR-NEMA wrote YYYY.MM.DD)
+        if len(da) == 8 and da.isascii() and da.isdigit():
+            with contextlib.suppress(ValueError):
+                return dt.date(int(da[:4]), int(da[4:6]), int(da[6:]))
+    return None
 
 
 def _meta_bytes(sop_class: str, sop_instance: str, ts: str) -> bytes:
@@ -120,7 +134,9 @@ def _deidentify_buffer(buf: Any, profile: DeidProfile, pseudo: Pseudonymizer) ->
     sop_instance = value(0x00080018) or meta.get(0x00020003, b"").decode("ascii", "replace").strip("\0 ")
     study_uid = value(0x0020000D)
     patient_id, patient_name = text(PATIENT_ID_TAG), text(PATIENT_NAME_TAG)
-    patient_key = patient_id or (f"name:{patient_name}|{value(0x00100030)}" if patient_name else f"study:{study_uid}")
+    patient_key = pseudo.patient_key(patient_id, _written_on(value)) if patient_id else ""
+    if not patient_key:  # (an ID of padding only is none)
+        patient_key = f"name:{patient_name}|{value(0x00100030)}" if patient_name else f"study:{study_uid}"
     run.pseudonym = pseudo.patient_pseudonym(patient_key)
     if plan.date_mode == "modified":
         run.shift = pseudo.date_shift_days(patient_key)
