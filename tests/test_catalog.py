@@ -402,6 +402,43 @@ def test_api_and_editor_report_the_same_field_errors_in_the_editors_words(world)
     assert 'value="lots"' in r.text and 'value="soon"' in r.text  # shown again as typed
 
 
+def test_a_draft_address_is_no_oracle_of_another_projects_plans(world, hub):
+    """A slug is held from an entry's first publication on, not from its draft: another project's steward saving
+    the slug of a draft they cannot see is not refused (a refusal would tell them that dataset is being prepared).
+    Whoever publishes first keeps the address; the other is refused then, on the API and the form."""
+    c, alice, bob = world["client"], bearer(world["tokens"]["alice"]), bearer(world["tokens"]["bob"])
+    secret_plan = make_dataset(hub, world["alice"], "lung", "Rare disease cohort")
+    assert c.put(f"/api/v1/datasets/{secret_plan}/catalog", json=entry_body("rare-disease-cohort"),
+                 headers=alice).status_code == 200
+    theirs = make_dataset(hub, world["bob"], "other", "Their cohort")
+    r = c.put(f"/api/v1/datasets/{theirs}/catalog", json=entry_body("rare-disease-cohort", title="Their cohort"),
+              headers=bob)
+    assert r.status_code == 200, r.text  # the draft's address told bob nothing
+    assert anon(world).get("/catalog/rare-disease-cohort").status_code == 404  # drafts: no public page
+    assert c.post(f"/api/v1/datasets/{theirs}/catalog/publish", headers=bob).status_code == 200
+    assert "Their cohort" in anon(world).get("/catalog/rare-disease-cohort").text
+    # now the address is public: alice's publication is refused and her draft keeps its data
+    r = c.post(f"/api/v1/datasets/{secret_plan}/catalog/publish", headers=alice)
+    assert r.status_code == 409 and "is taken" in r.json()["detail"], r.text
+    web = web_client(world["app"], hub, world["alice"])
+    r = form_post(web, f"/datasets/{secret_plan}/catalog/publish", {})
+    assert r.status_code == 409 and "is taken" in r.text
+    assert c.get(f"/api/v1/datasets/{secret_plan}/catalog", headers=alice).json()["published"] is False
+    assert c.put(f"/api/v1/datasets/{secret_plan}/catalog", json=entry_body("rare-disease-cohort"),
+                 headers=alice).status_code == 409
+    assert c.put(f"/api/v1/datasets/{secret_plan}/catalog", json=entry_body("rare-disease-cohort-2"),
+                 headers=alice).status_code == 200
+    assert c.post(f"/api/v1/datasets/{secret_plan}/catalog/publish", headers=alice).status_code == 200
+    # a withdrawn entry keeps its address (its DOI may resolve to the tombstone there)
+    assert c.post(f"/api/v1/datasets/{theirs}/catalog/unpublish", json={"reason": "moved"},
+                  headers=bob).status_code == 200
+    r = c.put(f"/api/v1/datasets/{secret_plan}/catalog", json=entry_body("rare-disease-cohort-2"), headers=alice)
+    assert r.status_code == 200
+    other = make_dataset(hub, world["alice"], "lung", "Third")
+    assert c.put(f"/api/v1/datasets/{other}/catalog", json=entry_body("rare-disease-cohort"),
+                 headers=alice).status_code == 409
+
+
 def test_publishing_rules_slugs_and_images(world, hub):
     c, h, ds = world["client"], bearer(world["tokens"]["alice"]), world["ds"]
     # an unreleased dataset cannot be published

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..archive.models import Dataset, DatasetVersion
@@ -20,7 +21,7 @@ from ..projects import service as projects
 from ..projects.models import Project
 from . import dois
 from .fields import CONTROL, LABELS, LISTS, TEXTS, EntryFields
-from .models import CatalogEntry
+from .models import HOLDS_ADDRESS, CatalogEntry
 from .privacy import EMAIL_RE, user_emails
 from .search import reindex
 from .vocab import DUO_PERMISSIONS, MODALITIES
@@ -96,10 +97,7 @@ def save_entry(session: Session, principal: Principal, dataset_id: str,
     clean = EntryFields.parse(data.model_dump() if isinstance(data, EntryFields) else data)
     _no_personal_emails(session, clean)
     entry = entry_for(session, ds.id)
-    clash = session.scalar(select(CatalogEntry.id).where(CatalogEntry.slug == clean.slug,
-                                                          CatalogEntry.dataset_id != ds.id))
-    if clash is not None:
-        raise Conflict(f"the public address /catalog/{clean.slug} is taken by another dataset")
+    _address_free(session, ds.id, clean.slug)
     created = entry is None
     if entry is None:
         entry = CatalogEntry(dataset_id=ds.id, created_by=principal.user.id, published=False)
@@ -163,6 +161,17 @@ def require_entry(session: Session, principal: Principal, dataset_id: str) -> tu
     return ds, entry, access
 
 
+def _address_free(session: Session, dataset_id: str, slug: str) -> None:
+    """Refuse an address another dataset's entry has published (public knowledge); never one a draft holds."""
+    if session.scalar(select(CatalogEntry.id).where(CatalogEntry.slug == slug, HOLDS_ADDRESS,
+                                                    CatalogEntry.dataset_id != dataset_id)) is not None:
+        raise _address_taken(slug)
+
+
+def _address_taken(slug: str) -> Conflict:
+    return Conflict(f"the public address /catalog/{slug} is taken by another dataset")
+
+
 def publish(session: Session, principal: Principal, dataset_id: str) -> CatalogEntry:
     ds, entry, access = require_entry(session, principal, dataset_id)
     missing = missing_for_publishing(entry)
@@ -171,8 +180,15 @@ def publish(session: Session, principal: Principal, dataset_id: str) -> CatalogE
     if missing:
         raise Invalid("before publishing, add " + "; ".join(missing))
     if not entry.published:
+        if entry.published_at is None:  # its first publication takes the public address
+            _address_free(session, ds.id, entry.slug)
         entry.published, entry.published_at, entry.updated_at = True, entry.published_at or utcnow(), utcnow()
         entry.withdrawn_at, entry.withdrawn_reason = None, ""
+        try:
+            with session.begin_nested():  # another steward publishing the same address at this moment
+                session.flush()
+        except IntegrityError:
+            raise _address_taken(entry.slug) from None
         audit.record(session, principal.actor, "catalog.entry.published", project_id=access.project.id,
                      target=f"dataset:{ds.id}", details={"slug": entry.slug})
         dois.schedule(session, ds.id)  # concept and version DOIs, when DataCite is configured

@@ -25,7 +25,7 @@ from . import dois, oai
 from .datacite import DoiFacts, datacite_xml
 from .dcat import FORMATS, CatalogFacts, DatasetFacts, VersionFacts
 from .landing import landing_view
-from .models import CatalogEntry, Doi
+from .models import HOLDS_ADDRESS, CatalogEntry, Doi
 from .vocab import MODALITIES
 
 WITHDRAWN = and_(CatalogEntry.published.is_(False), CatalogEntry.published_at.is_not(None))
@@ -76,7 +76,7 @@ def catalog_facts(session: Session, *, base_url: str, site_name: str) -> tuple[C
 
 
 def public_by_slug(session: Session, slug: str) -> CatalogEntry | None:
-    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower()))
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower(), HOLDS_ADDRESS))
     return entry if entry is not None and entry.published else None
 
 

@@ -17,7 +17,7 @@ from ..text import human_bytes
 from .dois import effective_doi, findable_dois
 from .entries import latest_released
 from .images import images_of
-from .models import CatalogEntry, CatalogImage
+from .models import HOLDS_ADDRESS, CatalogEntry, CatalogImage
 from .privacy import scrubber
 from .search import snippet
 from .vocab import DUO, MODALITIES, NO_METHODS, duo_url
@@ -31,7 +31,7 @@ NOTICES: list[Callable[[Any, str], dict[str, str] | None]] = []
 
 
 def public_entry(session: Session, slug: str) -> CatalogEntry:
-    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower()))
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower(), HOLDS_ADDRESS))
     if entry is None or not entry.published:
         raise NotFound("no such dataset in the catalogue")
     return entry
@@ -72,7 +72,7 @@ class Tombstone:
 def tombstone(session: Session, slug: str, *, base_url: str, site_name: str) -> Tombstone | None:
     """The tombstone of a withdrawn entry whose DOI still resolves, or of a mirror its origin hub withdrew (a
     ``NOTICES`` entry saying ``withdrawn``); None when there is none (then 404)."""
-    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower()))
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower(), HOLDS_ADDRESS))
     if entry is None or entry.published or entry.withdrawn_at is None:
         return None
     doi = effective_doi(session, entry.dataset_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, utcnow
@@ -17,12 +17,21 @@ from ..db import Base, CreatedMixin, utcnow
 Big = BigInteger().with_variant(Integer, "sqlite")
 
 
+# A public address is held from an entry's first publication on (a withdrawn entry keeps it: its DOI may resolve
+# to its tombstone). Drafts may share an address: a steward must not learn from a refusal that another project is
+# preparing a dataset under a name it has not published (who takes it first at publication keeps it).
+_HOLDS_ADDRESS_SQL = "published_at IS NOT NULL"
+
+
 class CatalogEntry(CreatedMixin, Base):
     __tablename__ = "catalog_entries"
+    __table_args__ = (Index("ix_catalog_entries_slug", "slug"),
+                      Index("uq_catalog_entries_public_slug", "slug", unique=True,
+                            sqlite_where=text(_HOLDS_ADDRESS_SQL), postgresql_where=text(_HOLDS_ADDRESS_SQL)))
 
     id: Mapped[int] = mapped_column(Big, primary_key=True, autoincrement=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), unique=True)
-    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    slug: Mapped[str] = mapped_column(String(80))
     published: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -66,6 +75,9 @@ class CatalogEntry(CreatedMixin, Base):
     # Unpublished after a DOI was minted: the landing page becomes a tombstone (410) the DOI resolves to.
     withdrawn_at: Mapped[dt.datetime | None]
     withdrawn_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+HOLDS_ADDRESS = CatalogEntry.published_at.is_not(None)  # the entries whose slug is a public address (see above)
 
 
 class CatalogImage(Base):

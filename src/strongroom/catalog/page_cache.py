@@ -35,7 +35,7 @@ from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import DatasetVersion
-from .models import CatalogEntry, Doi
+from .models import HOLDS_ADDRESS, CatalogEntry, Doi
 
 MAX_AGE_SECONDS = 30  # Cache-Control max-age, and the longest a page is reused in-process without re-rendering
 CACHE_CONTROL = f"public, max-age={MAX_AGE_SECONDS}, must-revalidate"
@@ -65,7 +65,7 @@ def _revision_statement() -> Select[Any]:
         select(func.max(Doi.updated_at)).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
         select(func.count()).where(Doi.dataset_id == e.dataset_id).scalar_subquery(),
         select(AccessPolicy.applicant_download).where(AccessPolicy.dataset_id == e.dataset_id).scalar_subquery(),
-    ).where(e.slug == bindparam("slug"))
+    ).where(e.slug == bindparam("slug"), HOLDS_ADDRESS)
 
 
 @dataclass(frozen=True)
