@@ -280,12 +280,12 @@ def test_full_dates_keep_the_study_date_in_free_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize("profile", [REMOVE, MODIFIED], ids=["remove", "modified"])
 def test_dates_that_are_not_the_originals_are_not_flagged(tmp_path: Path, profile: DeidProfile) -> None:
     """False-positive guards: other dates in any rendering (a day off, another year, the year-first reading
-    of the birth date's digits), the study date as six bare digits (only the birth date is searched as
-    YYMMDD), times, doses, versions and dotted numerics that hold a date's digits."""
+    of the birth date's digits), six digits that are not the study date's or stand inside a code, times,
+    doses, versions and dotted numerics that hold a date's digits."""
     ds = _ct()
     ds.PatientBirthDate = BIRTH_DATE
     _comment(ds, "Kontroll 2019-03-05 och 5 januari 2021; Jan 4, 2020; 2021-01-05; 1985-07-03; 05/01/2021; "
-                 "serie 210104; kl 10:30, 08.30.00; dos 120 - 1212 mGy; syngo VB20A 1.2.3, SW 2021.1; "
+                 "serie 210105, A210104; kl 10:30, 08.30.00; dos 120 - 1212 mGy; syngo VB20A 1.2.3, SW 2021.1; "
                  "ref 1.2.826.0.1.2021.01.04.7 and 3.4.1.2021; 04 01 2021 mm; Mars rover 4 2021")
     reasons, _ = _process(tmp_path, _encode(ds), profile)
     assert reasons == []

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
 
-from ...identifiers import date_probes, dates_written, national_ids
+from ...identifiers import cjk_name_forms, dates_written, may_write_dates, national_ids
 from .elements import PIXEL_GROUP, PLACEHOLDERS, Leak, Value, date8, values
 
 # Identifying values of the original are searched in EVERY element value of the output (sequences at any
@@ -54,27 +54,6 @@ def _birth_date_forms(value: str) -> tuple[list[str], list[str]]:
         long_forms += [f"{short_d}.{short_m}.{y}", f"{short_d}/{short_m}/{y}", f"{y}-{short_m}-{short_d}",
                        f"{short_m}/{short_d}/{y}"]
     return long_forms, [f"{y[2:]}{m}{dd}"]
-
-
-def _cjk(ch: str) -> bool:
-    """Han ideographs (with the iteration mark 々), kana and Hangul: scripts written without spaces between
-    words, where a name is its components written together, family name first."""
-    o = ord(ch)
-    return (0x4E00 <= o <= 0x9FFF or 0x3400 <= o <= 0x4DBF or 0xF900 <= o <= 0xFAFF or 0x20000 <= o <= 0x3134F
-            or 0x3040 <= o <= 0x30FF or 0x31F0 <= o <= 0x31FF or 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF
-            or 0x3130 <= o <= 0x318F or o == 0x3005)
-
-
-def _cjk_names(value: str) -> list[str]:
-    """A person name's family, given and middle name written together (``李^娜`` -> ``李娜``), in each
-    component group (alphabetic ``=`` ideographic ``=`` phonetic) that is all CJK, at least 2 characters:
-    components of 1-2 characters are too short to search alone, and a single ideograph is a word."""
-    joined = []
-    for group in value.split("="):
-        name = "".join("".join(group.split("^")[:3]).split())
-        if len(name) >= 2 and all(_cjk(ch) for ch in name):
-            joined.append(name)
-    return joined
 
 
 class _IdentityNeedles:
@@ -143,8 +122,8 @@ class _IdentityNeedles:
                         part = part.strip(" .")
                         if len(part) >= 3 and part.upper() not in _NAME_STOP:
                             self._add(part, kind, 3)
-                    if not t.isascii():  # 李^娜: the name as written, 李娜 (CJK has no spaces between words)
-                        for joined in _cjk_names(t):
+                    if not t.isascii():  # 李^娜: the name as written, 李娜 (CJK has no spaces between words), 李 娜
+                        for joined in cjk_name_forms(t):
                             self._add(joined, kind.replace(" component", ""), 2)
             elif tag in _IDENTIFIER_TAGS:
                 for t in texts:
@@ -197,8 +176,8 @@ class _IdentityNeedles:
         """Paths of the free-text values among ``texts`` that write the birth date in a rendering
         ``identifiers.date_spans`` knows (4 Jan 1940, 1940 01 04, 4 januari 1940...); the bare YYMMDD only
         where ``search`` looks for it (free text, not coded strings or codes). ``haystack``: every text
-        joined, for a first test (``date_probes``)."""
-        if not any(p in haystack for d in self.birth_dates for p in date_probes(d, yymmdd=True)):
+        joined, for a first test (``may_write_dates``)."""
+        if not self.birth_dates or not may_write_dates(haystack, self.birth_dates, yymmdd=True):
             return []
         free = free_text_values(texts)
 

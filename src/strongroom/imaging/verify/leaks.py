@@ -362,10 +362,15 @@ def date_option(s: _Scan) -> Iterator[Leak]:
         else:
             unseen[d] = source
     # in free text (retained private and unknown bytes too), in another rendering: 2021-01-04, 4/1/2021,
-    # 4 Jan 2021, 4 januari 2021...
+    # 4 Jan 2021, 4 januari 2021, 2021年1月4日, 4 Jan (any year)...; as six bare digits (210104) not in coded
+    # strings and codes, where a defined term or code value may have that shape
     if unseen:
         free = free_text_values(s.texts())
-        for d, i in dates_written([value[3] for value in free], unseen).items():
+
+        def yymmdd(i: int) -> bool:
+            return free[i][2] != "CS" and free[i][1] not in _CODED_TAGS
+
+        for d, i in dates_written([value[3] for value in free], unseen, yymmdd).items():
             yield Leak("date", free[i][0].replace("]>", "]."), unseen[d],
                        f"original date of {unseen[d]} written in the output's free text ({s.date_mode} dates)")
 
