@@ -183,7 +183,8 @@ def test_end_to_end_evaluation_review_and_vendor_report(vai) -> None:
     assert r.status_code == 200
     report = r.json()["report"]
     assert report["model"]["sha256"] == hashlib.sha256(_model()).hexdigest()
-    assert report["metrics"]["auc"]["auc"] == pytest.approx(auc["auc"])
+    released_auc = report["metrics"]["auc"]  # the clinic's AUC with release noise (Laplace): P(off by 10 b) < 1e-4
+    assert abs(released_auc["auc"] - auc["auc"]) <= 10 * released_auc["noise_scale"]
     assert min(_counts(report)) >= metrics.MIN_CELL
     assert "failures" not in str(report) and "missing_ids" not in str(report)
     assert not any(x.sop_uid in str(report) for x in _cases())  # no image identifier leaves

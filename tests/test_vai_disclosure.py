@@ -51,6 +51,18 @@ def leaves(value: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
             yield from leaves(v, f"{path}[{i}]") if isinstance(v, Mapping | list) else [(f"{path}[{i}]", "", v)]
 
 
+def on_noise_grid(released: Mapping[str, Any], path: str, value: float) -> bool:
+    """A noised AUC figure (the AUC, its CI bounds) is a step of its grid: a round number that may equal a
+    round score by chance, but is made of ranks and noise, never of a score."""
+    if not re.search(r"\.auc\.(auc|low|high)$", path):
+        return False
+    block: Any = released
+    for part in re.findall(r"\.([a-z_]+)|\[(\d+)\]", path.rsplit(".auc.", 1)[0]):
+        block = block[part[0]] if part[0] else block[int(part[1])]
+    step = block["auc"]["grid"]
+    return abs(value / step - round(value / step)) < 1e-6
+
+
 def _cuts(block: Mapping[str, Any]) -> list[tuple[str, int, int]]:
     """What the released block tells about its thresholds: (what, positives, negatives at or above)."""
     p, n = block.get("positives"), block.get("negatives")
@@ -77,7 +89,7 @@ def leaks(released: Mapping[str, Any], full: Mapping[str, Any], scores: Sequence
             continue
         if isinstance(v, int) and small(v):  # (a) a released count
             found.append(f"{path} = {v}")
-        if isinstance(v, float) and v in score_set:  # (b) one case's score
+        if isinstance(v, float) and v in score_set and not on_noise_grid(released, path, v):  # (b) one case's score
             found.append(f"{path} = {v} is a case's score")
     text = json.dumps(released)
     found += [f"score {s!r} in the text" for s in score_set if repr(s) in text and len(repr(s)) > 6]
@@ -254,17 +266,28 @@ def test_complementary_suppression_with_k_levels_and_hidden_ones() -> None:
 
 def test_degenerate_scores_do_not_give_back_one_score() -> None:
     """An adversarial model scoring every image 0 but one: the Brier score times n, or a reliability bin's
-    mean times its n, was that one score to the last digit; released, they are rounded."""
+    mean times its n, was that one score to the last digit. Now such scores are degenerate (the AUC and
+    the Brier score are withheld; the service refuses the release), bins' means are rounded, and with the
+    scores spread wider the Brier score carries noise of one case's weight (1/n)."""
     y = np.r_[np.ones(40, int), np.zeros(80, int)]
     s = np.zeros(120)
     s[0] = SECRET
     full = metrics.evaluate(y, s, thresholds={"vendor": 0.5}, bootstrap=0)
     released = metrics.suppress(full)
     cal = released["calibration"]
-    from_brier = 1 - math.sqrt(cal["brier"] * 120 - 39)  # (1 - s)² + 39 positives scored 0
-    assert abs(from_brier - SECRET) > 1e-6
+    assert released["degenerate"].startswith("degenerate scores") and released["auc"] is None
+    assert cal["brier"] is None and {"auc", "brier"} <= set(released["suppressed"])
     for b in cal["bins"]:
         assert abs(b["mean_predicted"] * b["n"] - SECRET) > 1e-6
+    assert leaks(released, full, s.tolist()) == []
+    s[60:72] = 0.25  # twelve negatives scored apart: no longer degenerate
+    full = metrics.evaluate(y, s, thresholds={"vendor": 0.5}, bootstrap=0)
+    released = metrics.suppress(full)
+    brier = released["calibration"]["brier"]
+    assert "degenerate" not in released and released["auc"] is not None and brier is not None
+    known = 39 + 12 * 0.25**2  # 39 positives scored 0, twelve negatives scored 0.25
+    from_brier = 1 - math.sqrt(max(0.0, brier * 120 - known))  # (1 - s)² for the secret's positive
+    assert abs(from_brier - SECRET) > 1e-6 and abs(brier - full["calibration"]["brier"]) <= 6 / 120
     assert leaks(released, full, s.tolist()) == []
 
 

@@ -22,3 +22,4 @@ def includeme(config: Config) -> None:
     config.add_templates(Path(__file__).parent / "templates")
     config.add_cli("strongroom.vai.cli:app", name="vai")
     config.add_jobs("strongroom.vai.jobs")
+    config.add_project_setting("vai_evaluation_budget", "strongroom.vai.settings:BUDGET_SETTING")

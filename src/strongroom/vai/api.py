@@ -192,7 +192,8 @@ def get_benchmark(db: Db, principal: ProjectsRead, version_id: uuid.UUID) -> dic
 
 # -- clinics -----------------------------------------------------------------------------------
 @router.post("/projects/{slug}/vai/evaluations", response_model=EvaluationOut, status_code=201,
-             summary="Evaluate a model version on a dataset version (or uploaded predictions): a job")
+             summary="Evaluate a model version on a dataset version (or uploaded predictions): a job (429 past "
+                     "the project's evaluation budget for the vendor)")
 def create_evaluation(db: Db, principal: ProjectsWrite, slug: str, body: EvaluationIn) -> EvaluationOut:
     ev = service.create_evaluation(db, principal, slug, model_version_id=body.model_version, title=body.title,
                                    labels_csv=body.labels_csv, protocol=body.protocol, dataset_id=body.dataset_id,
@@ -213,9 +214,11 @@ def get_evaluation(db: Db, principal: ProjectsRead, slug: str, evaluation_id: uu
 
 
 @router.post("/projects/{slug}/vai/evaluations/{evaluation_id}/releases", response_model=ReleaseOut,
-             status_code=201, summary="Ask for the aggregate report's release to the vendor (two-reviewer review)")
-def request_release(db: Db, principal: ProjectsWrite, slug: str, evaluation_id: uuid.UUID) -> ReleaseOut:
-    return _release_out(db, service.request_release(db, principal, slug, str(evaluation_id)))
+             status_code=201, summary="Ask for the aggregate report's release to the vendor (two-reviewer review; "
+                                      "409 when the disclosure checks refuse it, with the reason)")
+def request_release(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str,
+                    evaluation_id: uuid.UUID) -> ReleaseOut:
+    return _release_out(db, service.request_release(db, hub, principal, slug, str(evaluation_id)))
 
 
 @router.get("/projects/{slug}/vai/releases", response_model=list[ReleaseOut], summary="The project's releases")

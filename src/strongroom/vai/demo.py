@@ -117,7 +117,7 @@ def _finish(hub: Hub, pi: Principal, evaluation_id: uuid.UUID) -> str:
     """Run (or resume) the demo evaluation and release its report."""
     service.run(hub, evaluation_id)
     with transaction(hub.sessions) as s:
-        release = service.request_release(s, pi, "demo", str(evaluation_id))
+        release = service.request_release(s, hub, pi, "demo", str(evaluation_id))
         release.state, release.decided_at = RELEASED, utcnow()
         audit.record(s, Actor.system("demo-seed"), "vai.release.released",
                      project_id=s.get_one(Evaluation, evaluation_id).project_id,

@@ -5,14 +5,19 @@
 - sensitivity, specificity, PPV, NPV at operating points with Wilson CIs (``scipy.stats.binomtest``);
 - calibration: reliability curve (``sklearn.calibration.calibration_curve``), Brier score
   (``sklearn.metrics.brier_score_loss``) and the expected calibration error;
-- per-subgroup results, small-cell suppression for anything released, and a DerSimonian–Laird
-  random-effects meta-analysis of AUCs across clinics (on the logit scale).
+- per-subgroup results, small-cell suppression for anything released, calibrated noise on the figures
+  one case's label moves (the AUC, the Brier score), and a DerSimonian–Laird random-effects meta-analysis of
+  AUCs across clinics (on the logit scale).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,9 +29,11 @@ from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 MIN_CELL = 11  # every count under this is suppressed in a released report
 THRESHOLD_DECIMALS = 2  # a data-derived threshold of probabilities: a multiple of 0.01 …
 THRESHOLD_FIGURES = 2  # … of other scores: two significant figures
-FIGURE_DECIMALS = 3  # the Brier score and the ECE as released
 BIN_MEAN_DECIMALS = 2  # a reliability bin's mean predicted probability as released
 PROTOCOL, TARGET = "protocol", "target-sensitivity"  # where an operating point's threshold comes from
+NOISE_EPSILON = 1.0  # each noised figure is ε-differentially private for any one case's label
+NOISE_GRIDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # a noised figure: on the coarsest not above its noise
+OVERALL = "overall"  # the name of the whole cohort's block (a subgroup level's: ``block_name(column, level)``)
 
 
 # -- AUC and DeLong ----------------------------------------------------------------------------
@@ -199,6 +206,46 @@ def roc_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
     return [(0.0, 0.0)] + [(float(x), yv) for x, yv in zip(xs, ys, strict=True)]  # from the origin
 
 
+# -- one case's influence ----------------------------------------------------------------------
+def ties(scores: Sequence[float] | np.ndarray) -> dict[str, int]:
+    """The largest group of cases sharing one score, and how many cases score otherwise."""
+    _, counts = np.unique(np.asarray(scores, dtype=float), return_counts=True)
+    largest = int(counts.max()) if len(counts) else 0
+    return {"largest": largest, "outside": int(len(np.asarray(scores)) - largest)}
+
+
+def degenerate(block: Mapping[str, Any]) -> str | None:
+    """Why a block's scores cannot carry an AUC or a Brier score, or None. When all cases but a few share one
+    score, both are functions of those few cases' labels (with the counts, which are released): a model that
+    scores every image alike but one it recognises would make them tell that image's label."""
+    profile = block.get("ties")
+    if profile is None or not 0 < profile["outside"] < MIN_CELL:
+        return None
+    return (f"degenerate scores: all cases but fewer than {MIN_CELL} share one score, so the AUC and the Brier "
+            "score would depend on the labels of those few cases alone")
+
+
+def block_name(column: str, level: str) -> str:
+    """The name a subgroup level's block goes by in a release's noise and cut checks."""
+    return f"{column}={level}"
+
+
+def laplace(key: bytes, label: str, scale: float) -> float:
+    """A Laplace(0, ``scale``) draw fixed by ``key`` and ``label`` (HMAC-SHA256 as the uniform source): the same
+    figure of the same cohort and scores always draws the same noise, so asking again averages nothing away."""
+    digest = hmac.new(key, label.encode(), hashlib.sha256).digest()
+    u = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64 - 0.5  # uniform in (-1/2, 1/2)
+    return -scale * math.copysign(1.0, u) * math.log(1 - 2 * abs(u))
+
+
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's (1982) standard error of an AUC from its value and the two class sizes alone."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) \
+        / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
+
+
 # -- one evaluation ----------------------------------------------------------------------------
 def evaluate(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, *,
              thresholds: Mapping[str, float] | None = None, target_sensitivities: Sequence[float] = (),
@@ -227,7 +274,7 @@ def evaluate(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nd
 def _block(y: np.ndarray, s: np.ndarray, thresholds: Mapping[str, float], targets: Sequence[float],
            bootstrap: int, seed: int, probabilities: bool) -> dict[str, Any]:
     n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    out: dict[str, Any] = {"n": int(len(y)), "positives": n_pos, "negatives": n_neg}
+    out: dict[str, Any] = {"n": int(len(y)), "positives": n_pos, "negatives": n_neg, "ties": ties(s)}
     if n_pos >= 2 and n_neg >= 2:
         out["auc"] = auc_delong(y, s)
         if bootstrap:
@@ -257,6 +304,78 @@ def _block(y: np.ndarray, s: np.ndarray, thresholds: Mapping[str, float], target
 # (``_Column``), since the overall minus the released levels gives the rest.
 
 Cut = tuple[int, int]  # (tp, fp): the positives and the negatives scoring at or above a threshold
+Noise = Callable[[str, str, float], float]  # (block, figure, scale) → a Laplace draw of that scale
+CutCheck = Callable[[str, Cut], bool]  # (block, cut) → may it be released beside earlier reports' cuts?
+
+
+def _no_earlier_reports(block: str, cut: Cut) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class ReleaseContext:
+    """What a release knows beyond the clinic's result: ``noise``, the source of each noised figure's draw (the
+    hub keys it and fixes it per cohort and scores), and ``cut_allowed``, which checks a cut against the cuts
+    of the reports released before on the same cases (two cuts of two reports differing by a few cases tell
+    those cases' labels just as two cuts of one report do)."""
+
+    noise: Noise
+    cut_allowed: CutCheck = field(default=_no_earlier_reports)
+
+
+def result_noise(result: Mapping[str, Any]) -> Noise:
+    """Noise keyed by the result itself, for releases made without the hub (the engine alone)."""
+    key = hashlib.sha256(json.dumps(result, sort_keys=True, default=str).encode()).digest()
+    return lambda block, figure, scale: laplace(key, f"{block}|{figure}", scale)
+
+
+def _step(scale: float) -> float:
+    """The grid a noised figure is released on: the coarsest step not above its noise's scale."""
+    return max([g for g in NOISE_GRIDS if g <= scale], default=NOISE_GRIDS[0])
+
+
+def _on_grid(value: float, step: float, direction: int = 0) -> float:
+    """``value`` on the grid of ``step``: the nearest point, or the next one down (-1) or up (+1)."""
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    steps = value / step
+    # 0.85 / 0.01 is 84.999…: the nudge keeps a value on the grid where it is
+    count = round(steps) if direction == 0 else math.floor(steps + 1e-9) if direction < 0 else math.ceil(steps - 1e-9)
+    return round(count * step, decimals)
+
+
+def _noised(value: float, scale: float, block: str, figure: str, noise: Noise) -> float:
+    """``value`` (in [0, 1]) plus its Laplace draw, clipped and put on the grid of its noise."""
+    return _on_grid(min(1.0, max(0.0, value + noise(block, figure, scale))), _step(scale))
+
+
+def _released_auc(auc: Mapping[str, Any], total: Cut, block: str, noise: Noise) -> dict[str, Any]:
+    """The AUC as released: plus Laplace noise of scale (1/positives + 1/negatives) / ε, the most one case's
+    label can move it (flipping a label moves the AUC by at most 1/positives + 1/negatives, whatever the
+    scores), on that noise's grid; the CI from Hanley & McNeil's SE at the released value (the counts are
+    released) and the noise's variance. Every number here is the noised AUC and the counts worked further,
+    so nothing else of the data goes out (DeLong's and the bootstrap CIs stay with the clinic)."""
+    positives, negatives = total
+    scale = (1 / positives + 1 / negatives) / NOISE_EPSILON
+    step = _step(scale)
+    value = _noised(float(auc["auc"]), scale, block, "auc", noise)
+    se = math.sqrt(hanley_mcneil_se(value, positives, negatives) ** 2 + 2 * scale**2)  # Laplace: variance 2b²
+    z = float(stats.norm.ppf(0.975))
+    return {"auc": value, "low": max(0.0, _on_grid(value - z * se, step, -1)),
+            "high": min(1.0, _on_grid(value + z * se, step, +1)), "se": round(se, 4),
+            "grid": step, "noise_scale": round(scale, 4)}
+
+
+def _released_brier(brier: float, n: int, block: str, noise: Noise) -> float:
+    """The Brier score plus Laplace noise of scale 1/(n ε): one label moves it by at most 1/n."""
+    return _noised(brier, 1 / (n * NOISE_EPSILON), block, "brier", noise)
+
+
+def _ece(bins: Sequence[Mapping[str, Any]]) -> float | None:
+    """The expected calibration error over the released bins (worked from them alone: it adds nothing)."""
+    n = sum(b["n"] for b in bins)
+    if not n:
+        return None
+    return round(float(sum(b["n"] / n * abs(b["mean_predicted"] - b["observed"]) for b in bins)), 3)
 
 
 def _small(count: int) -> bool:
@@ -322,10 +441,6 @@ def _released_counts(block: Mapping[str, Any]) -> tuple[dict[str, Any], list[str
     return out, suppressed
 
 
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
 def _merged(bins: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Reliability bins merged (low to high) until each holds at least MIN_CELL positives and MIN_CELL
     negatives; a short remainder joins the last full bin. Empty: too few cases."""
@@ -355,15 +470,18 @@ def _bin_out(b: Mapping[str, Any]) -> dict[str, Any]:
             "observed": b["positives"] / b["n"]}
 
 
-def _released_calibration(cal: Mapping[str, Any], n: int, total: Cut, accepted: list[Cut]) -> dict[str, Any]:
-    """Brier and ECE (rounded: with n they would give a sum of squared or absolute errors whose low-order
-    digits one case's score could fill) and the merged bins, whose edges are cuts: an edge that would pin
-    fewer than MIN_CELL cases against another released cut is dropped (its two bins merged)."""
+def _released_calibration(cal: Mapping[str, Any], n: int, total: Cut, accepted: list[Cut], context: ReleaseContext,
+                          *, degenerate_scores: bool) -> dict[str, Any]:
+    """The merged bins, whose edges are cuts: an edge that would pin fewer than MIN_CELL cases against another
+    released cut (of this report, or of one released before on the same cases) is dropped (its two bins
+    merged); the Brier score with its noise (withheld for degenerate scores) and the ECE over the released
+    bins. Bins' mean predicted probabilities are rounded: with n, their full precision would give a sum of
+    scores whose low-order digits one case's score could fill."""
     kept: list[dict[str, Any]] = []
     merged = _merged(cal["bins"])
     for i, b in enumerate(merged):
         edge = (sum(x["positives"] for x in merged[i:]), sum(x["n"] - x["positives"] for x in merged[i:]))
-        if i == 0 or _fits(edge, total, accepted):
+        if i == 0 or (_fits(edge, total, accepted) and context.cut_allowed(OVERALL, edge)):
             if i:
                 accepted.append(edge)
             kept.append(dict(b))
@@ -372,13 +490,14 @@ def _released_calibration(cal: Mapping[str, Any], n: int, total: Cut, accepted: 
         last["high"] = b["high"]
         for k in ("n", "positives", "sum_predicted"):
             last[k] += b[k]
-    released = not _small(n)
-    return {"brier": _round(cal["brier"], FIGURE_DECIMALS) if released else None,
-            "ece": _round(cal["ece"], FIGURE_DECIMALS) if released else None,
-            "bins": [_bin_out(b) for b in kept]}
+    bins = [_bin_out(b) for b in kept]
+    released = not _small(n) and not degenerate_scores
+    return {"brier": _released_brier(float(cal["brier"]), n, OVERALL, context.noise) if released else None,
+            "ece": _ece(bins), "bins": bins}
 
 
-def _released_roc(points: Sequence[Sequence[float]], total: Cut, accepted: list[Cut]) -> list[list[float]]:
+def _released_roc(points: Sequence[Sequence[float]], total: Cut, accepted: list[Cut],
+                  allowed: CutCheck) -> list[list[float]]:
     """The ROC curve through the cuts released already (operating points, reliability bins' edges: no more
     is told by drawing them) and the fixed-FPR grid points that are cuts fitting beside them: TPR ×
     positives is the positives above the threshold that lets FPR × negatives negatives through. The ends
@@ -387,7 +506,7 @@ def _released_roc(points: Sequence[Sequence[float]], total: Cut, accepted: list[
     out = {(fp / n, tp / p) for tp, fp in accepted}
     for x, tpr in points:
         cut = (round(float(tpr) * p), math.floor(float(x) * n + 1e-9))
-        if _fits(cut, total, accepted):
+        if _fits(cut, total, accepted) and allowed(OVERALL, cut):
             accepted.append(cut)
             out.add((float(x), float(tpr)))
     return [[0.0, 0.0], *([x, y] for x, y in sorted(out)), [1.0, 1.0]]
@@ -412,9 +531,12 @@ class _Column:
     """The operating points of one subgroup column's levels, checked together: at each threshold whose
     overall point is released, the levels not released together (the overall minus the released ones gives
     their sum) are two levels at least with every cell ≥ MIN_CELL; and between two thresholds, every set of
-    levels whose counts are known at both differs by nothing or by ≥ MIN_CELL cases of each class."""
+    levels whose counts are known at both differs by nothing or by ≥ MIN_CELL cases of each class. A level's
+    point that ``allowed`` refuses (it differs by a few cases from a point of a report released before) is
+    withheld from the start, and the rest follows from that."""
 
-    def __init__(self, rows: Sequence[Mapping[str, Any]], hidden: set[str], open_points: Sequence[int]) -> None:
+    def __init__(self, rows: Sequence[Mapping[str, Any]], hidden: set[str], open_points: Sequence[int],
+                 allowed: Callable[[str, Cut], bool]) -> None:
         self.levels = [str(r["level"]) for r in rows]
         self.size = {str(r["level"]): (int(r["n"]), str(r["level"])) for r in rows}
         self.total = {str(r["level"]): (int(r["positives"]), int(r["negatives"])) for r in rows}
@@ -422,7 +544,7 @@ class _Column:
         self.open = list(open_points)
         self.shown: dict[tuple[str, int], bool] = {
             (lv, i): lv not in hidden and _cells_ok(self.cut[(lv, i)], self.total[lv])
-            for lv in self.levels for i in self.open}
+            and allowed(lv, self.cut[(lv, i)]) for lv in self.levels for i in self.open}
         while (fix := self._violation()) is not None:
             self.shown[fix] = False
 
@@ -476,53 +598,93 @@ class _Column:
         return list(groups.values())
 
 
-def suppress(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The aggregate report that may be released (see the rules above and docs/vai.md)."""
+def suppress(result: Mapping[str, Any], context: ReleaseContext | None = None) -> dict[str, Any]:
+    """The aggregate report that may be released (see the rules above and docs/vai.md). ``context`` brings
+    the hub's noise and the cuts of earlier reports on the same cases; without it the noise is keyed by the
+    result alone and no earlier report is known."""
+    context = context or ReleaseContext(noise=result_noise(result))
     total = (int(result["positives"]), int(result["negatives"]))
     unit_interval = "calibration" in result
     out, suppressed = _released_counts(result)
-    if _small(total[0]) or _small(total[1]) or result.get("auc") is None:
+    why = degenerate(result)
+    if _small(total[0]) or _small(total[1]) or result.get("auc") is None or why:
         out["auc"] = None
         suppressed.append("auc")
     else:
-        out["auc"] = result["auc"]
+        out["auc"] = _released_auc(result["auc"], total, OVERALL, context.noise)
     points = list(result.get("operating_points", []))
     order = [i for i, p in enumerate(points) if not _data_derived(p)] + \
         [i for i, p in enumerate(points) if _data_derived(p)]
     accepted: list[Cut] = []
     shown: dict[int, bool] = {}
     for i in order:
-        shown[i] = _fits(_cut(points[i]), total, accepted)
+        shown[i] = _fits(_cut(points[i]), total, accepted) and context.cut_allowed(OVERALL, _cut(points[i]))
         if shown[i]:
             accepted.append(_cut(points[i]))
     out["operating_points"] = [_released_point(p, shown[i], unit_interval) for i, p in enumerate(points)]
     if "calibration" in result:
-        out["calibration"] = _released_calibration(result["calibration"], int(result["n"]), total, accepted)
+        out["calibration"] = _released_calibration(result["calibration"], int(result["n"]), total, accepted,
+                                                   context, degenerate_scores=why is not None)
+        if out["calibration"]["brier"] is None:
+            suppressed.append("brier")
+    if why:
+        out["degenerate"] = why
     out["suppressed"] = suppressed
-    out["roc"] = _released_roc(list(result.get("roc", []))[1:], total, accepted) if out["auc"] is not None else []
+    out["roc"] = _released_roc(list(result.get("roc", []))[1:], total, accepted, context.cut_allowed) \
+        if out["auc"] is not None else []
     # subgroups: the levels' points are the protocol's, in order (the overall's first ones)
     open_points = [i for i in range(len(points)) if not _data_derived(points[i]) and shown[i]]
     groups: dict[str, Any] = {}
     for column, rows in result.get("subgroups", {}).items():
         hidden = _hidden_levels(rows)
-        checked = _Column(rows, hidden, [i for i in open_points if all(i < len(r["operating_points"]) for r in rows)])
-        levels = []
-        for r in rows:
-            if r["level"] in hidden:
-                continue
-            counts, small = _released_counts(r)
-            level = {"level": r["level"], **counts, "auc": r.get("auc")}
-            level["operating_points"] = [
-                _released_point(p, checked.shown.get((str(r["level"]), i), False), unit_interval)
-                for i, p in enumerate(r["operating_points"])]
-            if "calibration" in r:  # no bins: their edges would be cuts to check across the levels too
-                level["calibration"] = {"brier": _round(r["calibration"]["brier"], FIGURE_DECIMALS),
-                                        "ece": _round(r["calibration"]["ece"], FIGURE_DECIMALS), "bins": []}
-            level["suppressed"] = small + ([] if level["auc"] is not None else ["auc"])
-            levels.append(level)
-        groups[column] = {"levels": levels, "hidden_levels": len(hidden)}
+
+        def allowed(level: str, cut: Cut, column: str = column) -> bool:
+            return context.cut_allowed(block_name(column, level), cut)
+
+        checked = _Column(rows, hidden, [i for i in open_points if all(i < len(r["operating_points"]) for r in rows)],
+                          allowed)
+        groups[column] = {"levels": [_released_level(column, r, checked, unit_interval, context.noise)
+                                     for r in rows if r["level"] not in hidden],
+                          "hidden_levels": len(hidden)}
     out["subgroups"] = groups
     return out
+
+
+def _released_level(column: str, r: Mapping[str, Any], checked: _Column, unit_interval: bool,
+                    noise: Noise) -> dict[str, Any]:
+    """A shown subgroup level: its counts, its AUC and Brier score with their noise (none for degenerate
+    scores), its operating points as the column's check left them. No reliability bins (their edges would
+    be more cuts to check across the levels), so no ECE either."""
+    name = block_name(column, str(r["level"]))
+    counts, suppressed = _released_counts(r)
+    why = degenerate(r)
+    level: dict[str, Any] = {"level": r["level"], **counts}
+    level["auc"] = _released_auc(r["auc"], (int(r["positives"]), int(r["negatives"])), name, noise) \
+        if r.get("auc") is not None and not why else None
+    level["operating_points"] = [_released_point(p, checked.shown.get((str(r["level"]), i), False), unit_interval)
+                                 for i, p in enumerate(r["operating_points"])]
+    if "calibration" in r:
+        brier = None if why else _released_brier(float(r["calibration"]["brier"]), int(r["n"]), name, noise)
+        level["calibration"] = {"brier": brier, "ece": None, "bins": []}
+        suppressed += ["ece"] + (["brier"] if brier is None else [])
+    if why:
+        level["degenerate"] = why
+    level["suppressed"] = suppressed + ([] if level["auc"] is not None else ["auc"])
+    return level
+
+
+def released_cuts(block: Mapping[str, Any]) -> list[Cut]:
+    """The cuts a released block tells, read back from it: its operating points' counts, its reliability
+    bins' edges (the cases above an edge are the bins above it) and its ROC curve's inner points."""
+    cuts = [_cut(p) for p in block.get("operating_points", []) if not p.get("suppressed", True) and "counts" in p]
+    bins = (block.get("calibration") or {}).get("bins") or []
+    cuts += [(sum(b["positives"] for b in bins[i:]), sum(b["n"] - b["positives"] for b in bins[i:]))
+             for i in range(1, len(bins))]
+    positives, negatives = block.get("positives"), block.get("negatives")
+    if positives and negatives:
+        cuts += [(round(tpr * positives), math.floor(fpr * negatives + 1e-9))
+                 for fpr, tpr in block.get("roc", [])[1:-1]]
+    return sorted(set(cuts))
 
 
 # -- meta-analysis -----------------------------------------------------------------------------

@@ -17,8 +17,8 @@ Big = BigInteger().with_variant(Integer, "sqlite")
 
 # evaluation states
 CREATED, RUNNING, DONE, FAILED = "created", "running", "done", "failed"
-# release states
-IN_REVIEW, RELEASED, REJECTED = "in_review", "released", "rejected"
+# release states (refused: the platform's disclosure control refused it before any review; never released)
+IN_REVIEW, RELEASED, REJECTED, REFUSED = "in_review", "released", "rejected", "refused"
 ONNX, RESULTS_ONLY = "onnx", "results-only"
 
 

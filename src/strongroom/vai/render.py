@@ -4,6 +4,7 @@ a PDF (fpdf2, core fonts, the plots embedded as SVG). Pure: no database or web i
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -86,10 +87,17 @@ def rows(block: Mapping[str, Any]) -> list[list[str]]:
 
     auc = block.get("auc")
     out = [["Cases (positive / negative)", f"{count(block['n'])} ({count(block['positives'])} / "
-                                           f"{count(block['negatives'])})"],
-           ["AUC, DeLong 95 % CI", ci(auc, "auc")],
-           ["AUC, bootstrap 95 % CI", f"{auc['auc']:.3f} ({auc['bootstrap_low']:.3f}–{auc['bootstrap_high']:.3f})"
-            if auc and "bootstrap_low" in auc else "suppressed" if not auc else "not computed"]]
+                                           f"{count(block['negatives'])})"]]
+    if auc and "noise_scale" in auc:  # as released: noised, its CI includes the noise
+        d = _decimals(auc["grid"])
+        out.append([f"AUC, 95 % CI (release noise of scale {auc['noise_scale']:g} included)",
+                    f"{auc['auc']:.{d}f} ({auc['low']:.{d}f}–{auc['high']:.{d}f})"])
+    else:
+        out += [["AUC, DeLong 95 % CI", ci(auc, "auc")],
+                ["AUC, bootstrap 95 % CI", f"{auc['auc']:.3f} ({auc['bootstrap_low']:.3f}–{auc['bootstrap_high']:.3f})"
+                 if auc and "bootstrap_low" in auc else "suppressed" if not auc else "not computed"]]
+    if block.get("degenerate"):
+        out.append(["Scores", f"{block['degenerate']}: AUC and Brier score withheld"])
     for p in block.get("operating_points", []):
         at = f"At {p['name']}" + (f" (threshold {p['threshold']:.3g})" if p.get("threshold") is not None else "")
         if p.get("suppressed"):
@@ -103,6 +111,11 @@ def rows(block: Mapping[str, Any]) -> list[list[str]]:
         out.append(["Brier score", "suppressed" if cal.get("brier") is None else f"{cal['brier']:.4f}"])
         out.append(["Expected calibration error", "suppressed" if cal.get("ece") is None else f"{cal['ece']:.4f}"])
     return out
+
+
+def _decimals(step: float) -> int:
+    """The decimals a figure released on a grid of ``step`` is shown with (0.005: 3)."""
+    return max(0, -math.floor(math.log10(step) + 1e-9))
 
 
 def _latin1(text: str) -> str:

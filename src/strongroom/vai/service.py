@@ -6,6 +6,12 @@ Who sees what:
 - a clinic project's members with ``read-data`` create and read evaluations (predictions, every figure,
   the failure lists); a member with ``export`` asks for a report's release; the project's named airlock
   reviewers (``airlock_reviewers``, as many approvals as ``airlock_approvals``) approve or reject it.
+
+What reports could tell about one patient is bounded here and in ``metrics.suppress``: a project evaluates a
+vendor's models only so often (``budget_use``, the project setting ``vai_evaluation_budget``); a release is
+refused when the scores are degenerate or when it differs by a few cases from a report released before on
+the same cases (``vai.cases``); its cuts are checked against those reports' cuts; and its AUC and Brier score
+carry noise that the hub keys per cohort and scores.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
+import math
 import re
 import uuid
 from collections import Counter
@@ -35,20 +43,23 @@ from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVe
 from ..audit import service as audit
 from ..audit.models import AuditEvent
 from ..db import transaction, utcnow
-from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from ..hub import Hub
+from ..identity.models import User
 from ..identity.principal import Principal
 from ..identity.service import find_user
 from ..jobs import service as jobs
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import inference, metrics
+from .cases import Cases, CutHistory, a_few, differing
 from .models import (
     CREATED,
     DONE,
     FAILED,
     IN_REVIEW,
     ONNX,
+    REFUSED,
     REJECTED,
     RELEASED,
     RESULTS_ONLY,
@@ -61,6 +72,7 @@ from .models import (
     Vendor,
     VendorMember,
 )
+from .settings import BUDGET, EvaluationBudget
 
 JOB = "vai.evaluate"
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,39}$")
@@ -72,6 +84,7 @@ REPORT_FORMAT = "strongroom-vai-report/1"
 READ_EVENT = "vai.evaluation.read"  # a clinic member read an evaluation's full result (per-case data)
 READ_WINDOW = dt.timedelta(minutes=10)
 ID_COLUMNS = ("image_id", "study_id", "case_id")
+NOISE_KEY = b"strongroom/vai/release-noise/1"  # the release noise's key: HMAC of this under the hub secret
 
 
 def canonical_sha256(value: Any) -> str:
@@ -367,6 +380,7 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
     title = title.strip()
     if not title or len(title) > 200:
         raise Invalid("an evaluation has a title (1–200 characters)")
+    _within_budget(session, principal, access.project.id, mv)
     dicom_reference = isinstance(protocol, dict) and protocol.get("reference_source") == "dicom"
     labels = parse_labels(labels_csv) if labels_csv.strip() or not dicom_reference \
         else Labels("study_id", [], [], {})
@@ -419,6 +433,85 @@ def create_evaluation(session: Session, principal: Principal, slug: str, *, mode
                  target=f"vai-evaluation:{ev.id}",
                  details={"model_version": str(mv.id), "mode": mv.mode, **{k: str(v) for k, v in inputs.items()}})
     return ev
+
+
+# -- the evaluation budget ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BudgetUse:
+    """A vendor's evaluations in a project in the budget's period: of all its models, and of the models
+    registered by the user who registered this one; ``frees_at``: when the next may start, if not now."""
+
+    limits: EvaluationBudget
+    vendor: int
+    submitter: int
+    frees_at: dt.datetime | None
+
+
+def budget_limits(session: Session, project_id: uuid.UUID) -> EvaluationBudget:
+    return EvaluationBudget.model_validate(projects.get_setting(session, project_id, BUDGET))
+
+
+def _counted(session: Session, project_id: uuid.UUID, since: dt.datetime, *where: Any) -> list[dt.datetime]:
+    """When the counted evaluations were created, oldest first (failed ones release nothing: not counted)."""
+    return list(session.scalars(select(Evaluation.created_at)
+                                .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+                                .where(Evaluation.project_id == project_id, Evaluation.created_at >= since,
+                                       Evaluation.state != FAILED, *where)
+                                .order_by(Evaluation.created_at)))
+
+
+def budget_use(session: Session, project_id: uuid.UUID, mv: ModelVersion) -> BudgetUse:
+    """Counted from the project's evaluations, in the period up to now."""
+    limits = budget_limits(session, project_id)
+    period = dt.timedelta(days=limits.days)
+    since = utcnow() - period
+    by_vendor = _counted(session, project_id, since, ModelVersion.vendor_id == mv.vendor_id)
+    by_submitter = _counted(session, project_id, since, ModelVersion.created_by == mv.created_by)
+    frees = [times[len(times) - limit] + period for times, limit in
+             ((by_vendor, limits.per_vendor), (by_submitter, limits.per_submitter)) if len(times) >= limit]
+    return BudgetUse(limits, len(by_vendor), len(by_submitter), max(frees, default=None))
+
+
+def _within_budget(session: Session, principal: Principal, project_id: uuid.UUID, mv: ModelVersion) -> None:
+    """Refuse (429, audited and committed although the request then fails) an evaluation past the budget."""
+    use = budget_use(session, project_id, mv)
+    if use.frees_at is None:
+        return
+    vendor = session.get_one(Vendor, mv.vendor_id)
+    limits = use.limits
+    reason = (f"The evaluation budget for {vendor.name}'s models in this project is used up: in the last "
+              f"{limits.days} days {use.vendor} evaluations of its models (at most {limits.per_vendor}) and "
+              f"{use.submitter} of the models registered by the same vendor user (at most {limits.per_submitter}). "
+              "Every report answers a question about the same patients, and the differences between many "
+              f"answers could single one out. The next is possible from {use.frees_at:%Y-%m-%d %H:%M} UTC; "
+              f"the project's setting {BUDGET} sets the budget.")
+    audit.record(session, principal.actor, "vai.evaluation.refused", outcome="denied", project_id=project_id,
+                 target=f"vai-model:{mv.id}",
+                 details={"reason": "evaluation budget", "vendor": vendor.slug, "vendor_evaluations": use.vendor,
+                          "submitter_evaluations": use.submitter, **limits.model_dump()})
+    session.commit()
+    raise TooManyRequests(reason, retry_after=max(1, math.ceil((use.frees_at - utcnow()).total_seconds())))
+
+
+VendorBudget = tuple[str, int, list[tuple[str, int]]]  # vendor, its evaluations, (submitter, theirs) for each
+
+
+def budget_overview(session: Session, project_id: uuid.UUID) -> tuple[EvaluationBudget, list[VendorBudget]]:
+    """The budget and its use per vendor with evaluations in the period (for the project's VAI page): each
+    vendor's evaluations, and those of the models each of its users registered."""
+    limits = budget_limits(session, project_id)
+    rows = session.execute(select(Vendor.name, User.display_name, func.count())
+                           .select_from(Evaluation)
+                           .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+                           .join(Vendor, Vendor.id == ModelVersion.vendor_id)
+                           .join(User, User.id == ModelVersion.created_by)
+                           .where(Evaluation.project_id == project_id, Evaluation.state != FAILED,
+                                  Evaluation.created_at >= utcnow() - dt.timedelta(days=limits.days))
+                           .group_by(Vendor.name, User.display_name).order_by(Vendor.name, User.display_name))
+    vendors: dict[str, list[tuple[str, int]]] = {}
+    for vendor, submitter, count in rows:
+        vendors.setdefault(vendor, []).append((submitter, int(count)))
+    return limits, [(v, sum(c for _, c in s), s) for v, s in vendors.items()]
 
 
 def dataset_choices(session: Session, project_id: uuid.UUID) -> list[tuple[str, int, str]]:
@@ -542,6 +635,9 @@ def _predict_batches(hub: Hub, evaluation_id: uuid.UUID, runner: inference.Runne
                     ready.append((row, inst))
                 rows.append(row)
             for (row, _), score in zip(ready, runner.predict([i.tensor for _, i in ready]), strict=True):
+                if not math.isfinite(score):  # else SQLite would store NULL: the case left out, by the model's choice
+                    raise inference.ContractError("the model gave a score that is not a finite number (NaN or "
+                                                  "infinite); its output must be a finite score for every instance")
                 row.score = score
             with transaction(hub.sessions) as s:
                 ev = s.get_one(Evaluation, evaluation_id)
@@ -591,8 +687,14 @@ def run(hub: Hub, evaluation_id: uuid.UUID, *, batch: int = BATCH, max_batches: 
             ev = s.get_one(Evaluation, evaluation_id)
             used = list((ev.execution or {}).get("providers", []))
             ev.execution = {"providers": used if runner.provider in used else [*used, runner.provider]}
-        if not _predict_batches(hub, evaluation_id, runner, todo, secrets, batch, max_batches):
-            return False
+        try:
+            if not _predict_batches(hub, evaluation_id, runner, todo, secrets, batch, max_batches):
+                return False
+        except inference.ContractError as exc:  # the model broke its output contract: it fails, nothing is left out
+            with transaction(hub.sessions) as s:
+                ev = s.get_one(Evaluation, evaluation_id)
+                ev.state, ev.error, ev.finished_at = FAILED, str(exc), utcnow()
+            return True
     with transaction(hub.sessions) as s:
         finish(s, s.get_one(Evaluation, evaluation_id))
     return True
@@ -613,9 +715,18 @@ def _month(date: str) -> str:
     return f"{date[:4]}-{date[4:6]}" if len(date) == 8 and date.isdigit() else ""
 
 
-def finish(session: Session, ev: Evaluation) -> None:
-    """Match the predictions to the reference standard and compute every figure."""
-    mv = session.get_one(ModelVersion, ev.model_version_id)
+@dataclass
+class _Matched:
+    """An evaluation's predictions matched to its reference standard."""
+
+    predictions: list[Prediction]
+    labels: Labels
+    scores: dict[str, float]  # by every name a case goes by (the archived file's id, SOP UID, path, …)
+    case: dict[str, str]  # each such name → the case's own id (the archived file's, or the study's)
+    matched: list[int]  # the rows of the labels table with a score
+
+
+def _match(session: Session, ev: Evaluation) -> _Matched:
     protocol = ev.protocol
     preds = list(session.scalars(select(Prediction).where(Prediction.evaluation_id == ev.id)
                                  .order_by(Prediction.item)))
@@ -623,19 +734,38 @@ def finish(session: Session, ev: Evaluation) -> None:
     labels = labels_with_references(ev.labels_csv, references) if protocol.get("reference_source") == "dicom" \
         else parse_labels(ev.labels_csv)
     scores: dict[str, float] = {}
-    unreadable = [{"item": p.item, "path": p.path, "error": p.error} for p in preds
-                  if p.score is None and p.reference is None]
+    case: dict[str, str] = {}
     for p in preds:
         if p.score is None:
             continue
         if protocol["level"] == "study":
             keys = [p.study_uid] if p.study_uid else [p.item]
             for k in keys:
-                scores[k] = max(scores.get(k, p.score), p.score)
+                scores[k], case[k] = max(scores.get(k, p.score), p.score), k
         else:
             for k in {p.item, p.sop_uid, p.path, p.path.rsplit("/", 1)[-1]} - {""}:
-                scores[k] = p.score
-    matched = [i for i, case in enumerate(labels.ids) if case in scores]
+                scores[k], case[k] = p.score, p.item
+    return _Matched(preds, labels, scores, case, [i for i, name in enumerate(labels.ids) if name in scores])
+
+
+def analysed_cases(session: Session, ev: Evaluation) -> Cases:
+    """The cases an evaluation's figures are computed on, by their own ids (so two evaluations of the same
+    images compare, whatever their labels tables call them), with their labels, scores and subgroups."""
+    m = _match(session, ev)
+    return Cases.of([m.case[m.labels.ids[i]] for i in m.matched], [m.labels.labels[i] for i in m.matched],
+                    [m.scores[m.labels.ids[i]] for i in m.matched],
+                    {c: [m.labels.columns[c][i] for i in m.matched] for c in ev.protocol["subgroups"]})
+
+
+def finish(session: Session, ev: Evaluation) -> None:
+    """Match the predictions to the reference standard and compute every figure."""
+    mv = session.get_one(ModelVersion, ev.model_version_id)
+    protocol = ev.protocol
+    m = _match(session, ev)
+    preds, labels, scores, matched = m.predictions, m.labels, m.scores, m.matched
+    references = [p for p in preds if p.reference is not None]
+    unreadable = [{"item": p.item, "path": p.path, "error": p.error} for p in preds
+                  if p.score is None and p.reference is None]
     missing = [case for case in labels.ids if case not in scores]
     y = np.array([labels.labels[i] for i in matched], dtype=int)
     s = np.array([scores[labels.ids[i]] for i in matched], dtype=float)
@@ -758,11 +888,13 @@ def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: P
         {"item": "Preprocessing", "ref": "CLAIM 12", "value": json.dumps(model.contract, sort_keys=True)},
         {"item": "Unit of analysis", "ref": "CLAIM 28", "value": f"{p.get('level', 'image')} level"},
         {"item": "Performance metrics", "ref": "CLAIM 29 / TRIPOD-AI 12e",
-         "value": "AUC with DeLong (Sun & Xu) and stratified bootstrap 95 % CIs; sensitivity, specificity, "
-                  "PPV and NPV with Wilson 95 % CIs at "
+         "value": "AUC with calibrated release noise and its 95 % CI (Hanley & McNeil's SE at the released AUC, "
+                  "with the noise's variance; the clinic holds DeLong's (Sun & Xu) and the stratified bootstrap "
+                  "CIs); sensitivity, specificity, PPV and NPV with Wilson 95 % CIs at "
                   + (", ".join(f"{k} (≥ {v:g})" for k, v in p.get("operating_points", {}).items()) or "no threshold")
                   + "".join(f"; sensitivity ≥ {t:g}" for t in p.get("target_sensitivities", []))
-                  + "; calibration: reliability curve, Brier score, ECE"},
+                  + "; calibration: reliability curve, Brier score (with release noise), ECE over the released "
+                    "bins"},
         {"item": "Subgroups", "ref": "CLAIM 33 / TRIPOD-AI 14b",
          "value": ", ".join(p.get("subgroups", [])) or "none"},
         {"item": "Disclosure control", "ref": "platform",
@@ -771,7 +903,12 @@ def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: P
                   f"the difference with every other released cut, is 0 or at least {metrics.MIN_CELL} cases); "
                   "small subgroups hidden and subgroup operating points withheld with complementary "
                   "suppression; thresholds found from the data rounded down to a coarse grid; study dates by "
-                  "year"},
+                  "year; refused for degenerate scores, and for cases and scores that differ in some but fewer "
+                  f"than {metrics.MIN_CELL} from those of a report released before, whose cuts each cut released "
+                  f"here differs from by none or at least {metrics.MIN_CELL} of each class; AUC and Brier score "
+                  "with Laplace noise scaled to what one case's label can move them (epsilon "
+                  f"{metrics.NOISE_EPSILON:g} each); the project's evaluations of a vendor's models limited per "
+                  "period"},
         {"item": "Software versions", "ref": "CLAIM 23",
          "value": ", ".join(f"{k} {v}" for k, v in _versions().items())},
         {"item": "Inputs and outputs", "ref": "platform",
@@ -780,7 +917,11 @@ def checklist(ev: Evaluation, mv: Vendor | None, model: ModelVersion, project: P
     ]
 
 
-def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
+def build_report(session: Session, ev: Evaluation, context: metrics.ReleaseContext | None = None,
+                 cases: Cases | None = None) -> dict[str, Any]:
+    """The report as released: the figures through ``metrics.suppress`` (with the release's ``context``),
+    each block's ties counted afresh from its ``cases`` (results computed before they were recorded have
+    none), the checklist."""
     mv = session.get_one(ModelVersion, ev.model_version_id)
     vendor = session.get_one(Vendor, mv.vendor_id)
     project = session.get_one(Project, ev.project_id)
@@ -790,6 +931,7 @@ def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
     # SR/SEG objects it would give the (possibly small) number of instances left out for want of a label;
     # the checksum of the file list stays
     inputs = {k: v for k, v in ev.inputs.items() if k != "files"}
+    result = ev.result["metrics"] if cases is None else _with_ties(ev.result["metrics"], cases)
     return {
         "format": REPORT_FORMAT,
         "title": ev.title,
@@ -799,7 +941,7 @@ def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
         "evaluated_at": ev.finished_at.isoformat() if ev.finished_at else None,
         "level": ev.protocol.get("level", "image"),
         "probabilities": ev.result.get("probabilities", True),
-        "metrics": metrics.suppress(ev.result["metrics"]),
+        "metrics": metrics.suppress(result, context),
         "min_cell": metrics.MIN_CELL,
         "inputs": inputs,
         "outputs_sha256": ev.outputs_sha256,
@@ -807,9 +949,103 @@ def build_report(session: Session, ev: Evaluation) -> dict[str, Any]:
     }
 
 
-def request_release(session: Session, principal: Principal, slug: str, evaluation_id: str) -> Release:
+def _with_ties(result: dict[str, Any], cases: Cases) -> dict[str, Any]:
+    """The result with each block's ties counted from its cases (what ``metrics.degenerate`` reads)."""
+    blocks = cases.blocks
+    subgroups = {column: [{**r, "ties": metrics.ties(blocks[metrics.block_name(column, str(r["level"]))].scores)}
+                          for r in rows] for column, rows in result.get("subgroups", {}).items()}
+    return {**result, "ties": metrics.ties(cases.scores), "subgroups": subgroups}
+
+
+@dataclass(frozen=True)
+class _Earlier:
+    """A report of the project that went to a vendor (in review or released), with its evaluation's cases."""
+
+    release: Release
+    evaluation: Evaluation
+    cases: Cases
+
+
+def _earlier_reports(session: Session, project_id: uuid.UUID) -> list[_Earlier]:
+    rows = session.execute(select(Release, Evaluation).join(Evaluation, Evaluation.id == Release.evaluation_id)
+                           .where(Evaluation.project_id == project_id, Release.state.in_((IN_REVIEW, RELEASED)))
+                           .order_by(Release.created_at))
+    found: dict[uuid.UUID, Cases | None] = {}
+    out = []
+    for release, ev in rows:
+        if ev.id not in found:
+            try:
+                found[ev.id] = analysed_cases(session, ev)
+            except (Invalid, KeyError):  # no reference standard or protocol left to read: it released no figures
+                found[ev.id] = None
+        cases = found[ev.id]
+        if cases is not None:
+            out.append(_Earlier(release, ev, cases))
+    return out
+
+
+def _shown_blocks(report_metrics: dict[str, Any]) -> set[str]:
+    """The blocks a report released: the whole cohort and its shown subgroup levels."""
+    return {metrics.OVERALL} | {metrics.block_name(column, str(level["level"]))
+                                for column, group in (report_metrics.get("subgroups") or {}).items()
+                                for level in group.get("levels", [])}
+
+
+def _release_context(secret: bytes, cases: Cases, earlier: list[_Earlier]) -> metrics.ReleaseContext:
+    """The noise of this release (keyed by the hub secret, fixed per block, cohort with its labels, and the
+    ranking or the scores a figure depends on) and the cuts of the earlier reports on the same cases."""
+    blocks = cases.blocks
+    history = CutHistory()
+    for e in earlier:
+        theirs = e.cases.blocks
+        released = e.release.report.get("metrics") or {}
+        history.add(metrics.OVERALL, theirs[metrics.OVERALL], metrics.released_cuts(released))
+        for column, group in (released.get("subgroups") or {}).items():
+            for level in group.get("levels", []):
+                name = metrics.block_name(column, str(level["level"]))
+                if name in theirs:
+                    history.add(name, theirs[name], metrics.released_cuts(level))
+    key = hmac.new(secret, NOISE_KEY, hashlib.sha256).digest()
+
+    def noise(block: str, figure: str, scale: float) -> float:
+        return metrics.laplace(key, f"{block}|{figure}|{blocks[block].fingerprint(figure)}", scale)
+
+    def allowed(block: str, cut: metrics.Cut) -> bool:
+        return history.allows(block, blocks[block], cut)
+
+    return metrics.ReleaseContext(noise=noise, cut_allowed=allowed)
+
+
+def _refusal(report: dict[str, Any], cases: Cases, earlier: list[_Earlier]) -> str | None:
+    """Why this report may not go to the vendor at all, or None: degenerate scores (its figures would tell the
+    labels of the few cases scored apart), or cases and scores that differ by a few cases from those of a
+    report released before in a block both released (the two reports' difference would tell those cases'
+    labels)."""
+    released = report["metrics"]
+    if released.get("degenerate"):
+        return f"The report cannot be released: the model's {released['degenerate']}."
+    mine = cases.blocks
+    for e in earlier:
+        theirs = e.cases.blocks
+        for name in sorted(_shown_blocks(released) & _shown_blocks(e.release.report.get("metrics") or {})):
+            if name not in mine or name not in theirs:
+                continue
+            by_order, by_score = differing(mine[name], theirs[name])
+            if a_few(by_order) or a_few(by_score):
+                where = "" if name == metrics.OVERALL else f" (subgroup {name})"
+                state = "released" if e.release.state == RELEASED else "in review"
+                return (f"The report cannot be released: its cases and scores differ from those of the report on "
+                        f"{e.evaluation.title!r} ({state}) in fewer than {metrics.MIN_CELL} cases{where}, so the "
+                        "difference of the two reports would tell those cases' labels. Two reports on the same "
+                        f"cases go out only if their scores are the same or differ in at least {metrics.MIN_CELL} "
+                        "cases.")
+    return None
+
+
+def request_release(session: Session, hub: Hub, principal: Principal, slug: str, evaluation_id: str) -> Release:
     """Ask for an evaluation's aggregate report to go to the vendor: frozen now, reviewed by the project's
-    named airlock reviewers (needs ``export``)."""
+    named airlock reviewers (needs ``export``). The platform refuses it first (``_refusal``; the refusal is
+    recorded, state ``refused``, audited and committed although the request then fails with 409)."""
     access = projects.open_project(session, principal, slug)
     access.require("export")
     ev = get_evaluation(session, principal, slug, evaluation_id)
@@ -817,13 +1053,27 @@ def request_release(session: Session, principal: Principal, slug: str, evaluatio
         raise Conflict(f"the evaluation is {ev.state}, not done")
     if session.scalar(select(Release.id).where(Release.evaluation_id == ev.id, Release.state == IN_REVIEW)):
         raise Conflict("a release of this evaluation is already in review")
+    # one release decision of a project at a time: each is checked against those made before it
+    session.execute(select(Project.id).where(Project.id == access.project.id).with_for_update())
     mv = session.get_one(ModelVersion, ev.model_version_id)
-    report = build_report(session, ev)
+    cases = analysed_cases(session, ev)
+    earlier = _earlier_reports(session, access.project.id)
+    report = build_report(session, ev, _release_context(hub.secret, cases, earlier), cases)
+    refused = _refusal(report, cases, earlier)
+    if refused is not None:
+        report["refused"] = refused
     needed = int(projects.get_setting(session, access.project.id, "airlock_approvals"))
-    release = Release(evaluation_id=ev.id, vendor_id=mv.vendor_id, requested_by=principal.user.id, state=IN_REVIEW,
-                      approvals_needed=max(1, needed), report=report, sha256=canonical_sha256(report))
+    release = Release(evaluation_id=ev.id, vendor_id=mv.vendor_id, requested_by=principal.user.id,
+                      state=IN_REVIEW if refused is None else REFUSED, approvals_needed=max(1, needed),
+                      report=report, sha256=canonical_sha256(report),
+                      decided_at=None if refused is None else utcnow())
     session.add(release)
     session.flush()
+    if refused is not None:
+        audit.record(session, principal.actor, "vai.release.refused", outcome="denied", project_id=access.project.id,
+                     target=f"vai-release:{release.id}", details={"evaluation": str(ev.id), "reason": refused})
+        session.commit()
+        raise Conflict(refused)
     audit.record(session, principal.actor, "vai.release.requested", project_id=access.project.id,
                  target=f"vai-release:{release.id}", details={"evaluation": str(ev.id), "sha256": release.sha256})
     return release

@@ -16,8 +16,9 @@ from ..errors import Invalid
 from ..projects import service as projects
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
-from . import render, service
+from . import metrics, render, service
 from .models import CREATED, DONE, IN_REVIEW, RESULTS_ONLY, RUNNING, Evaluation, ModelVersion
+from .settings import BUDGET_SETTING
 
 router = APIRouter()
 
@@ -72,6 +73,8 @@ def project_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -
         "releases": [(r, e, service.release_reviews(db, r)) for r, e in releases],
         "can_review": principal.user.id in reviewers, "me": principal.user.id,
         "offered": offered, "datasets": service.dataset_choices(db, access.project.id),
+        "budget": service.budget_overview(db, access.project.id), "budget_setting": BUDGET_SETTING,
+        "can_change_budget": "manage-settings" in access.rights,
     })
 
 
@@ -148,20 +151,23 @@ def evaluation_page(request: Request, db: Db, principal: WebPrincipal, slug: str
     mv = db.get_one(ModelVersion, ev.model_version_id)
     m = (ev.result or {}).get("metrics")
     in_review = any(r.state == IN_REVIEW for r, e in service.list_releases(db, principal, slug) if e.id == ev.id)
+    degenerate = metrics.degenerate(m) if m else None  # the release would be refused: said before anyone asks
     return templates.TemplateResponse(request, "vai/evaluation.html", {
         "project": access.project, "ev": ev, "mv": mv, "r": ev.result or {}, "m": m, "render": render,
         "rows": render.rows(m) if m else [],
         "roc_svg": render.roc_svg(m.get("roc", []), m.get("auc")) if m else None,
         "cal_svg": render.calibration_svg(m["calibration"]["bins"]) if m and m.get("calibration") else None,
         "running": ev.state in (CREATED, RUNNING),
-        "can_release": ev.state == DONE and "export" in access.rights and not in_review,
+        "degenerate": degenerate,
+        "can_release": ev.state == DONE and "export" in access.rights and not in_review and not degenerate,
         "percent": int(100 * ev.done / ev.total) if ev.total else 100,
     })
 
 
 @router.post("/projects/{slug}/vai/evaluations/{evaluation_id}/release", dependencies=[CsrfChecked])
-def ask_release(request: Request, db: Db, principal: WebPrincipal, slug: str, evaluation_id: uuid.UUID) -> Response:
-    r = service.request_release(db, principal, slug, str(evaluation_id))
+def ask_release(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                evaluation_id: uuid.UUID) -> Response:
+    r = service.request_release(db, hub, principal, slug, str(evaluation_id))
     return redirect_with(request, f"/projects/{slug}/vai#releases",
                          f"The report is frozen and waits for {r.approvals_needed} approvals by the project's "
                          "named reviewers before the vendor sees it.")
