@@ -1,17 +1,20 @@
 """Workspaces keep out of each other on the hub's machine: each local workspace runs under a uid (and gid) of its
 own, leased from ``[workspaces] uid_range`` at start and released at stop, never held by two live workspaces, in
-namespaces of its own (network, IPC, mount: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, a
-/proc listing its own processes only).
+namespaces of its own (network, IPC, mount: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, /run
+its own without the machine's UNIX sockets, a /proc listing its own processes only), its scratch (HOME) a tmpfs of
+its own when the scratches are on one.
 
 Through the real launcher (JupyterLab in its network namespace, the read-only data mount, the hub's proxy): two
 members of two projects get two uids; code in workspace A's kernel cannot read B's scratch, list B's data mount,
 see B's processes in /proc (let alone their environments: the Jupyter and hub tokens) or signal them — and still
 reads its own; what A leaves in /dev/shm, /tmp, /var/tmp, /run/lock, abstract sockets, System V shared memory
-and POSIX message queues B does not see; /dev/shm holds no more than ``shm_max_bytes``. What A leaves behind (a
-process that left its process group, its private places) is gone at its stop.
-The namespace setup itself (``launcher.confine``, without JupyterLab) for every world-writable place and alias, a
-scratch on tmpfs or on disk, an interpreter under /tmp; the stop's removal of a uid's files from the machine's
-shared places (recursive, never through a link, never into a mount).
+and POSIX message queues B does not see; /dev/shm holds no more than ``shm_max_bytes``, HOME no more than
+``scratch_max_bytes`` (the machine's /dev/shm untouched); not one of the machine's UNIX sockets under /run (the
+hub's PostgreSQL's among them) is there to connect to. What A leaves behind (a process that left its process group,
+its private places, its scratch's tmpfs) is gone at its stop; a dead hub's scratch tmpfs goes at the uid's next lease.
+The namespace setup itself (``launcher.confine``, without JupyterLab) for every world-writable place and alias, /run,
+a scratch on tmpfs or on disk, an interpreter under /tmp or /run; the stop's removal of a uid's files from the
+machine's shared places (recursive, never through a link, never into a mount).
 Concurrent starts never lease one uid twice (the partial unique index decides), on SQLite and PostgreSQL.
 """
 
@@ -21,12 +24,12 @@ import contextlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -75,12 +78,13 @@ def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch
                     workspaces={"scratch_dir": str(scratch_dir), "subnet": SUBNET, "python": str(shared_python),
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
-                                "uid_range": UID_RANGE, "tmp_max_bytes": TMP_MAX, "shm_max_bytes": SHM_MAX})
+                                "uid_range": UID_RANGE, "tmp_max_bytes": TMP_MAX, "shm_max_bytes": SHM_MAX,
+                                "scratch_max_bytes": SCRATCH_MAX})
 
 
 # each pytest-xdist worker's hub its own uids (hubs sharing a machine need disjoint ranges: see docs)
 UID_RANGE = (2_000_000 + 10_000 * WORKER, 2_009_999 + 10_000 * WORKER)
-TMP_MAX, SHM_MAX = 24 * 2**20, 16 * 2**20  # small, to see them hold
+TMP_MAX, SHM_MAX, SCRATCH_MAX = 24 * 2**20, 16 * 2**20, 32 * 2**20  # small, to see them hold
 # the machine's world-writable places (an alias: the same folder) and where each workspace has its own
 PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run/shm", "/run/lock", "/var/lock")
 REAL_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -134,6 +138,41 @@ print(json.dumps({
     "shmmax": int(open("/proc/sys/kernel/shmmax").read()),
 }))
 os.unlink("/dev/shm/fill")
+"""
+
+# Run in workspace A's kernel: can it connect to the machine's UNIX sockets (SOCKETS: paths), what is its /run, and
+# how much does its HOME hold (a file of FILL_MIB MiB is written there and left, for the hub to measure)?
+MACHINE_PROBE = """
+import errno, json, os, socket
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def reach(path):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
+        with socket.socket(socket.AF_UNIX, kind) as s:
+            try:
+                s.connect(path)
+                return "allowed"
+            except OSError as e:
+                if e.errno != errno.EPROTOTYPE:  # a socket of another type: try that
+                    return errno.errorcode.get(e.errno, str(e.errno))
+    return "EPROTOTYPE"
+home = os.path.expanduser("~")
+def fill():
+    with open(os.path.join(home, "fill"), "wb") as f:
+        for _ in range(FILL_MIB):
+            f.write(bytes(2**20))
+run = os.stat("/run")
+info = os.statvfs(home)
+print(json.dumps({
+    "sockets": {path: reach(path) for path in SOCKETS},
+    "run": sorted(os.listdir("/run")), "var_run": sorted(os.listdir("/var/run")),
+    "run_owner": [run.st_uid, oct(run.st_mode & 0o7777)], "run_write": attempt(lambda: open("/run/x", "w")),
+    "home_size": info.f_blocks * info.f_frsize, "fill_home": attempt(fill),
+}))
 """
 
 # Run in workspace A's kernel: leave a process outside Jupyter's process group, a file in each world-writable
@@ -190,8 +229,9 @@ def test_each_workspace_runs_under_its_own_uid(hub, people, live: str) -> None: 
     try:
         started.append(_start(hub, carol, "lung"))
         started.append(_start(hub, dave, "heart"))
-        _check_isolation(hub, live, (carol_cookie, dave_cookie), *started, name=name, host_tmp=host_tmp,
-                         sleepers=sleepers)
+        with host_service() as service_socket:
+            _check_isolation(hub, live, (carol_cookie, dave_cookie), *started, name=name, host_tmp=host_tmp,
+                             sleepers=sleepers, service_socket=service_socket)
     finally:
         for ws in started:  # idempotent: a failed assertion must not leave a workspace running
             _stop(hub, ws)
@@ -204,7 +244,7 @@ def test_each_workspace_runs_under_its_own_uid(hub, people, live: str) -> None: 
 
 
 def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: Workspace, *,  # noqa: F811
-                     name: str, host_tmp: Path, sleepers: list[int]) -> None:
+                     name: str, host_tmp: Path, sleepers: list[int], service_socket: Path) -> None:
     assert a.state == b.state == RUNNING and a.pid and b.pid
     a_scratch, b_scratch = Path(a.scratch), Path(b.scratch)
     # what B's notebook left in its scratch, as readable as a file can be: only the folder keeps others out
@@ -221,6 +261,7 @@ def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: 
         _, printed = kernel.run(f"B_SCRATCH = {str(b_scratch)!r}\nB_PID = {b.pid}\nHOST_TMP = {str(host_tmp)!r}\n"
                                 + known + PROBE)
         seen = json.loads(printed)
+        _check_the_machine_out_of_reach(hub, kernel, a, service_socket)
         _, printed = kernel.run(known + LEAVE_BEHIND)  # the kernel keeps its socket listening meanwhile
         pid, escaped, segment, queue, a_kernel = printed.split()
         sleepers.append(int(pid))
@@ -252,7 +293,8 @@ def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: 
     assert seen["tmpdir"] == str(a_scratch / ".tmp") and seen["umask"] == "0o77", seen
     # /tmp of its own, not the machine's: empty — but for the folder holding the hub's interpreter or sources when
     # they live under /tmp (a checkout tested there), bound back from the machine's (``launcher.private_places``)
-    assert seen["host_tmp"] is False and seen["tmp_listing"] == _software_under("/tmp"), seen
+    python = hub.settings.workspaces.python
+    assert seen["host_tmp"] is False and seen["tmp_listing"] == _software_under("/tmp", python=python), seen
     # each of its places is as large as configured, and no larger: /dev/shm fills up at its limit, System V
     # shared memory (the same limit) refuses a larger segment
     assert seen["sizes"] == {"/tmp": TMP_MAX, "/var/tmp": TMP_MAX, "/dev/shm": SHM_MAX, "/run/shm": SHM_MAX,
@@ -283,10 +325,13 @@ def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: 
     assert _as_uid(uid_a, ["cat", str(a_scratch / "mine.txt")]).stdout == "my own result"
     assert sleepers[0] in launcher.processes_of(uid_a)
     assert _holding(f"strongroom-{a.id}") and _holding(f"strongroom-{b.id}")
+    assert _mounts_at(a_scratch)[0] == (str(a_scratch), f"strongroom-scratch-{a.id}")  # its own tmpfs, the hub's
     _stop(hub, a)
     # A's stop ended every process of its uid (the escaped one too), and with them its namespaces: its private
-    # places (and what A left there) are gone, no process on the machine holds them
+    # places (and what A left there) are gone, no process on the machine holds them; nothing is mounted at or
+    # below its scratch (neither its tmpfs nor its data), which is gone
     assert launcher.processes_of(uid_a) == [] and _holding(f"strongroom-{a.id}") == []
+    assert _mounts_at(a_scratch) == [] and _holding(f"strongroom-scratch-{a.id}") == []
     assert not Path(a.scratch).exists()
     with hub.sessions() as s:
         # B runs on, under its uid; A's row keeps its uid as history, no longer live
@@ -297,11 +342,97 @@ def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: 
     assert launcher.processes_of(uid_b) == [] and _holding(f"strongroom-{b.id}") == []
 
 
-def _software_under(place: str, *, also: tuple[Path, ...] = ()) -> list[str]:
-    """The top folders under ``place`` holding the hub's interpreter, its packages or its sources (or ``also``)."""
-    software = (Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
-                Path(launcher.__file__).resolve().parents[2], *also)
+def _software_under(place: str, *, python: str = "", also: tuple[Path, ...] = ()) -> list[str]:
+    """The top folders under ``place`` holding JupyterLab's interpreter and its installation, the hub's packages or
+    its sources (or ``also``)."""
+    software = (*launcher.software(python), *also)
     return sorted({p.relative_to(place).parts[0] for p in software if p.is_relative_to(place)})
+
+
+def _run_listing(*, python: str = "", scratch: Path | None = None, also: tuple[Path, ...] = ()) -> list[str]:
+    """What a workspace's own /run holds: its /run/lock, the machine's /run/shm link (to its own /dev/shm), the way
+    to its scratch when it lies under /run, the top folders of its software there — nothing else of the machine's."""
+    kept = {"lock"} | ({"shm"} if Path("/run/shm").is_symlink() else set())
+    if scratch is not None and scratch.is_relative_to("/run"):
+        kept.add(scratch.relative_to("/run").parts[0])
+    return sorted(kept | set(_software_under("/run", python=python, also=also)))
+
+
+@contextlib.contextmanager
+def host_service() -> Iterator[Path]:
+    """A service of the machine listening on a UNIX socket under /run that every uid may connect to (0777), as this
+    machine's PostgreSQL does (its local authentication: trust): a stand-in, so the checks bite on any machine."""
+    folder = Path("/run") / f"srtest-service-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(mode=0o755)
+    path = folder / "service.sock"
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+            path.chmod(0o777)
+            sock.listen(16)
+            yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _machine_sockets() -> list[str]:
+    """Every UNIX socket of the machine under /run — on the file system, and bound in the hub's network namespace
+    (/proc/net/unix) — each as /run/… and, where /var/run is /run, as /var/run/…"""
+    found: set[str] = set()
+    for folder, folders, files in os.walk("/run"):
+        folders[:] = [f for f in folders if not f.startswith("srtest-python-")]  # the tests' interpreter
+        for name in files:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(os.path.join(folder, name)).st_mode):
+                    found.add(os.path.join(folder, name))
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 7 and fields[7].startswith(("/run/", "/var/run/")):
+            found.add("/run/" + fields[7].split("/run/", 1)[1])
+    if Path("/var/run").resolve() == Path("/run"):
+        found |= {"/var/run/" + path.removeprefix("/run/") for path in found}
+    return sorted(found)
+
+
+def _mounts_at(path: Path) -> list[tuple[str, str]]:
+    """(mount point, source) of every mount at or below ``path`` in the hub's mount namespace (/proc/self/mountinfo),
+    outermost first."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        point = before.split()[4].replace("\\040", " ")
+        if point == str(path) or point.startswith(f"{path}/"):
+            found.append((point, after.split()[1]))
+    return sorted(found, key=lambda mount: len(mount[0]))
+
+
+def _check_the_machine_out_of_reach(hub, kernel: Kernel, a: Workspace, service_socket: Path) -> None:
+    """From A's kernel: none of the machine's UNIX sockets under /run and /var/run is there (ENOENT) — the hub's
+    PostgreSQL's (trust), a service open to every uid —, its /run is its own; its HOME (on a tmpfs of its own)
+    fills up at ``scratch_max_bytes`` (ENOSPC) and the machine's /dev/shm lost nothing to it."""
+    sockets = _machine_sockets()
+    assert str(service_socket) in sockets
+    if hub.settings.database_url.startswith("postgresql") and Path("/run/postgresql").is_dir():
+        assert any(path.startswith("/run/postgresql/.s.PGSQL.") for path in sockets), sockets
+    fill_mib = SCRATCH_MAX // 2**20 + 128
+    shm_before = _free("/dev/shm")
+    _, printed = kernel.run(f"SOCKETS = {sockets!r}\nFILL_MIB = {fill_mib}\n" + MACHINE_PROBE)
+    seen = json.loads(printed)
+    shm_during, home = _free("/dev/shm"), os.statvfs(a.scratch)
+    kernel.run("os.unlink(os.path.join(home, 'fill'))")
+    assert seen["sockets"] == dict.fromkeys(sockets, "ENOENT"), seen["sockets"]
+    expected_run = _run_listing(python=hub.settings.workspaces.python, scratch=Path(a.scratch))
+    assert (seen["run"], seen["var_run"]) == (expected_run, expected_run), seen
+    assert (seen["run_owner"], seen["run_write"]) == ([0, "0o755"], "EACCES"), seen
+    # HOME holds SCRATCH_MAX and no more: full, as the hub sees it too; the machine's /dev/shm gave none of it
+    assert (seen["home_size"], seen["fill_home"]) == (SCRATCH_MAX, "ENOSPC"), seen
+    assert home.f_blocks * home.f_frsize == SCRATCH_MAX and home.f_bavail == 0, home
+    assert shm_before - shm_during < SCRATCH_MAX, (shm_before, shm_during)
+
+
+def _free(place: str) -> int:
+    info = os.statvfs(place)
+    return info.f_bavail * info.f_frsize
 
 
 def _holding(source: str) -> list[int]:
@@ -393,6 +524,46 @@ def test_concurrent_starts_never_lease_one_uid(hub, people, monkeypatch: pytest.
             _stop(hub, ws)
 
 
+def test_a_dead_hubs_scratch_goes_at_its_uids_next_lease(hub, people, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub that died while a workspace started (its row never committed) left that workspace's scratch under the
+    uid it had leased, with its own tmpfs and a mount inside still mounted: the next start that leases the uid
+    unmounts and removes them before making its own scratch (a tmpfs of its own); another uid's stays."""
+    hub.settings = hub.settings.model_copy(update={"workspaces": hub.settings.workspaces.model_copy(
+        update={"isolation": "none", "allow_unisolated": True, "mount_data": False})})
+    lo = hub.settings.workspaces.uid_range[0]
+    monkeypatch.setattr(service, "_candidates", lambda lo, hi: iter(range(lo, hi + 1)))  # the first free: lo
+    root = service.scratch_root(hub.settings)
+    root.mkdir(mode=0o711, parents=True)
+    leftover, others = root / str(uuid.uuid4()), root / str(uuid.uuid4())
+    for path, uid in ((leftover, lo), (others, lo + 1)):
+        path.mkdir(mode=0o700)
+        os.chown(path, uid, uid)
+    mounts = [(leftover, f"mode=0700,uid={lo},gid={lo}"), (leftover / "data", "mode=0500")]
+    ws = None
+    try:
+        for path, options in mounts:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=4m,{options}", "srtest-dead-hub", str(path)],
+                           check=True)
+            if path == leftover:
+                (path / "results.csv").write_text("a dead hub's workspace wrote this")
+                (path / "data").mkdir()
+        assert [point for point, _ in _mounts_at(leftover)] == [str(leftover), str(leftover / "data")]
+        people("alice")
+        make_project(hub, "lung", pi="alice")
+        carol, _ = _member_session(hub, people, "carol", "lung")
+        ws = _start(hub, carol, "lung")
+        assert ws.uid == lo and ws.state == RUNNING
+        assert _mounts_at(leftover) == [] and not leftover.exists() and others.exists()
+        assert _mounts_at(Path(ws.scratch)) == [(ws.scratch, f"strongroom-scratch-{ws.id}")]
+    finally:
+        if ws is not None:
+            _stop(hub, ws)
+        for path, _ in reversed(mounts):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+        shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(others, ignore_errors=True)
+
+
 @pytest.mark.parametrize("held", ["uid", "slot"])
 def test_the_database_refuses_one_uid_for_two_live_workspaces(hub, people, held: str) -> None:
     """The constraint itself: two live workspaces on one uid (or one network slot: a namespace the second one's
@@ -479,6 +650,7 @@ class Confined:
         os.chown(self.scratch, uid, uid)
         made = launcher.Spec(workspace_id=self.id, base_url="/", jupyter_token="-", scratch=self.scratch, env={},
                              uid=uid, **spec)
+        self.own_tmpfs = launcher.mount_scratch(made)  # as the local launcher does (scratch_max_bytes given)
         argv = launcher.confine(made, ["/bin/sh", "-c", script.replace("{scratch}", str(self.scratch))])
         self.proc = subprocess.Popen(argv, cwd=self.scratch,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -498,6 +670,7 @@ class Confined:
     def end(self) -> None:
         launcher.end_uid(self.uid)
         self.proc.wait(timeout=30)
+        fuse.unmount(self.scratch)  # as the local launcher's stop does
 
 
 @contextlib.contextmanager
@@ -576,11 +749,12 @@ def test_temporary_places_and_shared_memory_are_size_limited(scratch_root: Path)
     assert not Path("/dev/shm/fill").exists()
 
 
-def test_an_interpreter_under_tmp_still_runs(scratch_root: Path) -> None:
-    """A hub installed, or a checkout tested, under /tmp (CI): its folder is bound back into the workspace's own
-    /tmp — the interpreter runs — and nothing else of the machine's /tmp is there."""
-    checkout = Path("/tmp") / f"srtest-checkout-{uuid.uuid4().hex[:8]}"
-    host_file = Path("/tmp") / f"srtest-host-{uuid.uuid4().hex[:8]}"
+@pytest.mark.parametrize("place", ["/tmp", "/run"])
+def test_an_interpreter_under_tmp_or_run_still_runs(scratch_root: Path, place: str) -> None:
+    """A hub installed, or a checkout tested, under /tmp (CI) or /run: its folder is bound back into the
+    workspace's own /tmp or /run — the interpreter runs — and nothing else of the machine's is there."""
+    checkout = Path(place) / f"srtest-checkout-{uuid.uuid4().hex[:8]}"
+    host_file = Path(place) / f"srtest-host-{uuid.uuid4().hex[:8]}"
     try:
         (checkout / "bin").mkdir(parents=True)
         python = checkout / "bin" / "python"
@@ -588,13 +762,55 @@ def test_an_interpreter_under_tmp_still_runs(scratch_root: Path) -> None:
         for path in (checkout, checkout / "bin", python):
             path.chmod(0o755)
         host_file.write_text("the machine's")
-        script = f"{python}; ls -A /tmp; test -e {host_file} && echo host-visible; :"
+        script = f"{python}; ls -A {place}; test -e {host_file} && echo host-visible; :"
         with confined(scratch_root, A_UID, script, python=str(python)) as a:
             seen = a.output().splitlines()
-        assert seen == ["the interpreter runs", *_software_under("/tmp", also=(checkout,))], seen
+        listing = (_software_under("/tmp", python=str(python)) if place == "/tmp"
+                   else _run_listing(python=str(python), scratch=a.scratch))
+        assert checkout.name in listing and seen == ["the interpreter runs", *listing], seen
     finally:
         shutil.rmtree(checkout, ignore_errors=True)
         host_file.unlink(missing_ok=True)
+
+
+def test_the_machines_unix_sockets_are_out_of_reach(scratch_root: Path) -> None:
+    """A network namespace does not cover a socket bound to a path: /run (and /var/run) are the workspace's own —
+    root's, 0755 — holding its /run/lock, the /run/shm link and the way to its scratch (when under /run), and not
+    one of the machine's sockets there (PostgreSQL's, MySQL's, a service's open to every uid)."""
+    with host_service() as service_socket:
+        sockets = _machine_sockets()
+        assert str(service_socket) in sockets
+        script = "".join(f"test -e {shlex.quote(p)} && echo reachable {shlex.quote(p)}; " for p in sockets)
+        script += "ls -A /run; echo; ls -A /var/run; echo; stat -c '%u %a' /run; touch /run/x 2>&1; :"
+        with confined(scratch_root, A_UID, script) as a:
+            seen = a.output()
+    run = "\n".join(_run_listing(scratch=a.scratch))
+    assert seen.startswith(f"{run}\n\n{run}\n\n0 755\n") and "reachable" not in seen, seen
+    assert "Permission denied" in seen, seen
+
+
+def test_a_scratch_on_tmpfs_gets_a_tmpfs_of_its_own(scratch_root: Path) -> None:
+    """Scratches on a tmpfs (/dev/shm, the default: half the machine's memory, everyone's): each gets its own,
+    at most ``scratch_max_bytes`` — filling HOME fails there (ENOSPC) and the machine's /dev/shm gives nothing —,
+    gone at the stop's unmount. On disk nothing is mounted (the site's quotas limit a scratch there)."""
+    limit = 16 * 2**20
+    on_tmpfs = subprocess.run(["stat", "-f", "-c", "%T", str(scratch_root)], capture_output=True, text=True,
+                              check=True).stdout.strip() == "tmpfs"
+    shm_before = _free("/dev/shm")
+    script = (f"head -c {limit + 8 * 2**20} /dev/zero > {{scratch}}/fill 2>/dev/null && echo filled || echo full; "
+              "echo ready; exec sleep 120")
+    with confined(scratch_root, A_UID, script, scratch_max_bytes=limit) as a:
+        assert a.proc.stdout is not None
+        wrote = a.proc.stdout.readline().strip()
+        a.ready()
+        home, filled = os.statvfs(a.scratch), (a.scratch / "fill").stat().st_size
+        if on_tmpfs:  # its own, full at the limit, the hub's to see; the machine's /dev/shm gave none of it
+            assert (a.own_tmpfs, wrote, home.f_blocks * home.f_frsize, home.f_bavail) == (True, "full", limit, 0)
+            assert filled <= limit and _mounts_at(a.scratch) == [(str(a.scratch), f"strongroom-scratch-{a.id}")]
+            assert shm_before - _free("/dev/shm") < limit
+        else:
+            assert (a.own_tmpfs, wrote, filled, _mounts_at(a.scratch)) == (False, "filled", limit + 8 * 2**20, [])
+    assert _mounts_at(a.scratch) == [] and _holding(f"strongroom-scratch-{a.id}") == []
 
 
 # -- what the stop removes from the machine's shared places ------------------------------------------------------

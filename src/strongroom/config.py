@@ -320,6 +320,11 @@ class WorkspaceSettings(BaseModel):
     # the same limit): memory, taken only as written. PyTorch's DataLoader workers pass batches through /dev/shm.
     tmp_max_bytes: int = Field(2**30, ge=2**20, le=2**40)
     shm_max_bytes: int = Field(2**30, ge=2**20, le=2**40)
+    # When the scratches are on a tmpfs (the default, /dev/shm: half the machine's memory, shared by everyone), a
+    # hub running as root gives each local workspace's scratch (its HOME) a tmpfs of its own holding at most this
+    # (default 8 GiB; memory, taken only as written), so one workspace filling its HOME fills neither the machine's
+    # /dev/shm nor another workspace's. A scratch_dir on disk is limited by the site's file-system quotas instead.
+    scratch_max_bytes: int = Field(8 * 2**30, ge=2**24, le=2**44)
 
     @model_validator(mode="after")
     def _own_uids(self) -> WorkspaceSettings:

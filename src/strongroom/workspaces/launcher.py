@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import socket
@@ -55,6 +56,7 @@ class Spec:
     cluster_account: str = ""  # Slurm: the member's cluster account the job runs as
     tmp_max_bytes: int = 2**30  # local, own uid: the most its private /tmp (and /var/tmp) holds
     shm_max_bytes: int = 2**30  # local, own uid: the most its private /dev/shm (and System V shared memory) holds
+    scratch_max_bytes: int = 0  # local, root, scratches on a tmpfs: the most its scratch's own tmpfs holds (0: none)
 
 
 @dataclass
@@ -323,24 +325,32 @@ def _rmdir_same(parent: int, name: str, inode: int) -> bool:
     return True
 
 
-# What a workspace gets of the machine's world-writable places (aliases such as /run/shm -> /dev/shm are the same):
-# an empty tmpfs of its own over each, at most this large, in its mount namespace.
+# What a workspace gets of the machine's shared places (aliases such as /var/run -> /run are the same folder): an
+# empty tmpfs of its own over each, at most this large, in its mount namespace.
 TMP_PLACES = ("/tmp", "/var/tmp")  # [workspaces] tmp_max_bytes each
 SHM_PLACES = ("/dev/shm", "/run/shm")  # [workspaces] shm_max_bytes (System V shared memory: the same limit)
 LOCK_PLACES = ("/run/lock", "/var/lock")
 LOCK_BYTES = 5 * 2**20  # lock files are tiny: Debian's own /run/lock is 5 MiB
+# Where the machine's services keep their UNIX sockets (PostgreSQL, MySQL, Docker, D-Bus, systemd, nscd, Redis…):
+# a network namespace does not cover a socket bound to a path, so the workspace's /run is its own too — root's,
+# 0755, holding only mount points and links: not one of the machine's sockets is there to connect to.
+RUN_PLACES = ("/run", "/var/run")
+RUN_BYTES = 2**20
 SCRATCH_ROOT_BYTES = 2**20  # the scratch root's stand-in holds only the mount point of the workspace's own scratch
 
 
 @dataclass(frozen=True)
 class Private:
     """A place the workspace gets its own of: an empty tmpfs over it in its mount namespace, with only what the
-    workspace needs from the machine's bound back beneath it (``keep``)."""
+    workspace needs bound back beneath it from the machine's (``keep``: its scratch, the hub's software, and the
+    places inside it that are private too, each already its own tmpfs) and the machine's links to elsewhere made
+    anew (``links``: /run/shm -> /dev/shm leads to the workspace's own /dev/shm)."""
 
     place: Path
     max_bytes: int
-    mode: str  # 1777 for a temporary place; 711 for the scratch root (the hub's)
+    mode: str  # 1777 for a temporary place; 755 for /run; 711 for the scratch root (the hub's)
     keep: tuple[Path, ...] = ()
+    links: tuple[tuple[Path, str], ...] = ()  # (the link, what it points to)
 
 
 def _outermost(paths: list[Path]) -> tuple[Path, ...]:
@@ -351,35 +361,54 @@ def _outermost(paths: list[Path]) -> tuple[Path, ...]:
     return tuple(kept)
 
 
+def software(python: str) -> list[Path]:
+    """Where what the workspace runs lives: JupyterLab's interpreter (its path, where its links lead, and the
+    installation its virtual environment's ``pyvenv.cfg`` names, beside it or one folder up, where Python itself
+    looks), the hub's own environment and the hub's sources."""
+    interpreter = Path(os.path.abspath(python or sys.executable))
+    found = [interpreter, interpreter.resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+             Path(__file__).resolve().parents[2]]
+    for folder in (interpreter.parent, interpreter.parent.parent):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for line in (folder / "pyvenv.cfg").read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "home" and value.strip():
+                    found.append(Path(value.strip()).resolve())
+    return found
+
+
 def private_places(spec: Spec) -> list[Private]:
-    """The places ``confine`` makes the workspace's own: the world-writable ones and, when it is not inside one of
+    """The places ``confine`` makes the workspace's own, in the order they are mounted (the inner ones first, so
+    the one around keeps them): the world-writable ones, /run (and /var/run) and, when it is not inside one of
     them (a scratch on disk), the scratch root, where every other workspace's scratch is. Beneath each, only the
-    workspace's own scratch and the top folder holding the interpreter, its packages or the hub's sources (a hub
-    installed, or a checkout tested, under /tmp) stay visible, bound from the machine's; a place the workspace
-    needs as a whole (one of those *is* it, or lies above it) stays the machine's."""
+    workspace's own scratch, the top folder holding its software (``software``: a hub installed, or a checkout
+    tested, under /tmp), the private places inside it and the links of the machine's aliases stay; a place the
+    workspace needs as a whole (one of those *is* it, or lies above it) stays the machine's."""
     scratch = spec.scratch.resolve()
-    software = [Path(spec.python or sys.executable).resolve(), Path(sys.prefix).resolve(),
-                Path(sys.base_prefix).resolve(), Path(__file__).resolve().parents[2]]
-
-    def private(place: Path, max_bytes: int, mode: str) -> Private | None:
-        if any(place.is_relative_to(p) for p in (scratch, *software)):
-            return None
-        keep = [scratch] if scratch.is_relative_to(place) else []
-        keep += [place / p.relative_to(place).parts[0] for p in software if p.is_relative_to(place)]
-        return Private(place, max_bytes, mode, _outermost(keep))
-
-    places: list[Private] = []
-    for aliases, max_bytes in ((TMP_PLACES, spec.tmp_max_bytes), (SHM_PLACES, spec.shm_max_bytes),
-                               (LOCK_PLACES, LOCK_BYTES)):
+    programs = software(spec.python)
+    needed = [scratch, *programs]
+    sizes: dict[Path, tuple[int, str]] = {}
+    kinds = ((TMP_PLACES, spec.tmp_max_bytes, "1777"), (SHM_PLACES, spec.shm_max_bytes, "1777"),
+             (LOCK_PLACES, LOCK_BYTES, "1777"), (RUN_PLACES, RUN_BYTES, "755"))
+    for aliases, max_bytes, mode in kinds:
         for alias in aliases:
             real = Path(alias).resolve()
-            fresh = Path(alias).is_dir() and all(p.place != real for p in places)
-            if fresh and (made := private(real, max_bytes, "1777")) is not None:
-                places.append(made)
+            if Path(alias).is_dir() and real not in sizes and not any(real.is_relative_to(p) for p in needed):
+                sizes[real] = (max_bytes, mode)
     root = scratch.parent
-    if not any(root.is_relative_to(p.place) for p in places) and (made := private(root, SCRATCH_ROOT_BYTES, "711")):
-        places.append(made)
-    return places
+    if not any(root.is_relative_to(p) for p in (*sizes, *needed)):
+        sizes[root] = (SCRATCH_ROOT_BYTES, "711")
+    links = [Path(alias) for aliases, _, _ in kinds for alias in aliases if Path(alias).is_symlink()]
+    places = []
+    for place, (max_bytes, mode) in sizes.items():
+        keep = [scratch] if scratch.is_relative_to(place) else []
+        keep += [place / p.relative_to(place).parts[0] for p in programs if p.is_relative_to(place)]
+        keep += [inner for inner in sizes if inner != place and inner.is_relative_to(place)]
+        kept = _outermost(keep)
+        made = tuple((link, os.readlink(link)) for link in links
+                     if link.is_relative_to(place) and not any(link.is_relative_to(k) for k in kept))
+        places.append(Private(place, max_bytes, mode, kept, made))
+    return sorted(places, key=lambda p: len(p.place.parts), reverse=True)
 
 
 def namespace_setup(spec: Spec) -> list[str]:
@@ -391,31 +420,36 @@ def namespace_setup(spec: Spec) -> list[str]:
     steps = []
     for private in private_places(spec):
         # the machine's folder stays reachable through descriptor 3 while the tmpfs hides it, for the binds back
+        # (a private place inside it, mounted before, is reached there too: its tmpfs is bound, not the machine's)
         place = shlex.quote(str(private.place))
         options = (f"nosuid,nodev,mode={private.mode},size={private.max_bytes},"
                    f"nr_inodes={max(1024, private.max_bytes // 4096)}")
-        steps += [f"exec 3< {place}", f"mount -t tmpfs -o {options} strongroom-{spec.workspace_id} {place}"]
+        steps += [f"exec 3< {place}", f"mount -n -t tmpfs -o {options} strongroom-{spec.workspace_id} {place}"]
         for kept in private.keep:
             target = shlex.quote(str(kept))
             steps.append(f"mkdir -p {target}" if kept.is_dir()
                          else f"mkdir -p {shlex.quote(str(kept.parent))} && : > {target}")
             source = shlex.quote(f"/proc/self/fd/3/{kept.relative_to(private.place)}")
-            steps.append(f"mount --no-canonicalize --rbind {source} {target}")
+            steps.append(f"mount -n --no-canonicalize --rbind {source} {target}")
+        for link, points_to in private.links:
+            made = f"ln -s {shlex.quote(points_to)} {shlex.quote(str(link))}"
+            folder = shlex.quote(str(link.parent))
+            steps.append(made if link.parent == private.place else f"mkdir -p {folder} && {made}")
         steps.append("exec 3<&-")
     page = os.sysconf("SC_PAGE_SIZE")
     steps += [f"echo {spec.shm_max_bytes} > /proc/sys/kernel/shmmax",
               f"echo {max(1, spec.shm_max_bytes // page)} > /proc/sys/kernel/shmall"]
     if Path("/dev/mqueue").is_dir():  # else the machine has no mqueue mount a workspace could reach anyway
-        steps.append("mount -t mqueue -o nosuid,nodev,noexec strongroom-mqueue /dev/mqueue")
-    steps.append("mount -t proc -o nosuid,nodev,noexec,hidepid=invisible strongroom-proc /proc")
+        steps.append("mount -n -t mqueue -o nosuid,nodev,noexec strongroom-mqueue /dev/mqueue")
+    steps.append("mount -n -t proc -o nosuid,nodev,noexec,hidepid=invisible strongroom-proc /proc")
     return steps
 
 
 def confine(spec: Spec, argv: list[str]) -> list[str]:
     """``argv`` under the workspace's own uid and gid, no supplementary group, no capability, no new privileges,
     with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount namespace
-    of its own (``namespace_setup``: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, gone with
-    it; its own processes alone in /proc)."""
+    of its own (``namespace_setup``: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, /run its
+    own without the machine's sockets, all gone with it; its own processes alone in /proc)."""
     assert spec.uid is not None and spec.uid > 0
     dropped = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--inh-caps=-all",
                "--bounding-set=-all", "--no-new-privs", "--", *argv]
@@ -424,12 +458,56 @@ def confine(spec: Spec, argv: list[str]) -> list[str]:
             "strongroom-workspace", *dropped]
 
 
+def _unescape(field: str) -> str:
+    """A path as /proc/self/mountinfo writes it (space, tab, newline and backslash as octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def file_system_type(path: Path) -> str:
+    """The type of the file system ``path`` is on: the last mount (the one on top) of the deepest mount point
+    above it, in /proc/self/mountinfo."""
+    path = path.resolve()
+    deepest, kind = -1, ""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, _, after = line.partition(" - ")
+        point = Path(_unescape(before.split()[4]))
+        if path.is_relative_to(point) and len(point.parts) >= deepest:
+            deepest, kind = len(point.parts), after.split()[0]
+    return kind
+
+
+def mount_scratch(spec: Spec) -> bool:
+    """Give the scratch (the workspace's HOME) a tmpfs of its own holding at most ``scratch_max_bytes`` when the
+    scratches are on a tmpfs (the machine's /dev/shm: half its memory, everyone's), so filling it fills nothing
+    else; True when mounted. Mounted by the hub, in its own mount namespace, before the workspace starts: the hub
+    sees and wipes it, mounts the data inside it, and the workspace's namespace gets it bound like a plain folder.
+    (A scratch on disk is limited by the site's file-system quotas; a hub that is not root cannot mount.)"""
+    if not spec.scratch_max_bytes or os.geteuid() != 0 or file_system_type(spec.scratch) != "tmpfs":
+        return False
+    owner = spec.uid if spec.uid is not None else os.getuid()
+    options = (f"nosuid,nodev,mode=0700,uid={owner},gid={owner},size={spec.scratch_max_bytes},"
+               f"nr_inodes={max(1024, spec.scratch_max_bytes // 4096)}")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, f"strongroom-scratch-{spec.workspace_id}",
+                           str(spec.scratch)], capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise LaunchError(f"the scratch's own tmpfs could not be mounted: {(done.stderr or done.stdout).strip()}")
+    return True
+
+
 class LocalLauncher:
     """A JupyterLab process on the hub's machine, in its own process group (stopped as a whole)."""
 
     kind = "local"
 
     def start(self, spec: Spec, *, timeout: float) -> Handle:
+        mount_scratch(spec)
+        try:
+            return self._start(spec, timeout=timeout)
+        except BaseException:
+            fuse.unmount(spec.scratch)  # what was mounted for it (its scratch's tmpfs, its data) goes with it
+            raise
+
+    def _start(self, spec: Spec, *, timeout: float) -> Handle:
         port = spec.port or _free_port(spec.listen_ip)
         argv = jupyter_argv(spec, spec.listen_ip, port)
         env = jupyter_env(spec)
@@ -452,23 +530,20 @@ class LocalLauncher:
         try:
             proc = subprocess.Popen(argv, env=env, cwd=spec.scratch, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError:
-            fuse.unmount(spec.scratch)
-            raise
         finally:
             log.close()
         handle = Handle(host=spec.listen_ip, port=port, pid=proc.pid, scratch=str(spec.scratch), uid=spec.uid)
         try:
             wait_ready(spec.listen_ip, port, spec, timeout=timeout, alive=lambda: proc.poll() is None)
         except LaunchError as exc:
+            tail = (spec.scratch / ".jupyter.log").read_text(errors="replace")[-400:]  # before its tmpfs goes
             self.stop(handle)
-            tail = (spec.scratch / ".jupyter.log").read_text(errors="replace")[-400:]
             raise LaunchError(f"{exc}; {tail}") from None
         return handle
 
     def stop(self, handle: Handle) -> None:
         if handle.scratch:
-            fuse.unmount(handle.scratch)  # the FUSE daemon exits once its mount is gone
+            fuse.unmount(Path(handle.scratch) / fuse.MOUNT_NAME)  # the FUSE daemon exits once its mount is gone
         if handle.pid is not None:
             self._end_group(handle)
         if handle.uid is not None:
@@ -477,6 +552,8 @@ class LocalLauncher:
             end_uid(handle.uid)
             remove_leftovers(handle.uid, keep_out=(str(Path(handle.scratch).resolve().parent),) if handle.scratch
                              else ())
+        if handle.scratch:
+            fuse.unmount(handle.scratch)  # its scratch's own tmpfs (lazily, should anything still hold it)
 
     def _end_group(self, handle: Handle) -> None:
         assert handle.pid is not None

@@ -259,6 +259,18 @@ def _private_scratch_root(root: Path) -> None:
         root.chmod(0o711)
 
 
+def leftover_scratches(root: Path, uid: int) -> list[Path]:
+    """The scratches in ``root`` a free ``uid`` still owns: no live workspace holds the uid and no process runs as
+    it, so each is a leftover of a hub that died meanwhile (its row never committed, or stopped without the wipe),
+    perhaps with its own tmpfs and data mount still mounted."""
+    found = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == uid:
+                found.append(Path(entry.path))
+    return found
+
+
 # -- members' cluster accounts (the Slurm launcher submits as them) -----------------------------------
 ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
@@ -362,6 +374,9 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     lease(session, settings, ws, uid=own_uid, slot=isolation == "namespace")
     scratch = scratch_root(settings) / str(ws.id)
     _private_scratch_root(scratch.parent)
+    if ws.uid is not None:
+        for leftover in leftover_scratches(scratch.parent, ws.uid):
+            wipe(str(leftover))  # a hub that died with this uid leased left it (its tmpfs, its data mount)
     scratch.mkdir(mode=0o700)
     if ws.uid is not None:
         os.chown(scratch, ws.uid, ws.uid)
@@ -398,7 +413,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
                 license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
-                cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes)
+                cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes,
+                scratch_max_bytes=w.scratch_max_bytes)
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use
