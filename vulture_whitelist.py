@@ -61,6 +61,7 @@ made_with  # archive/api.py: VersionOut, what the version was made with (strateg
 strategy_sha256  # strategies/api.py: RequestOut, the SHA-256 of the named strategy version
 legal_hold, legal_hold_at, legal_hold_by, deletion_state, project_last_used_at, project_last_use  # retention/api.py
 beacon_url  # federation/peers_api.py: HubOut, where the hub's Beacon is
+without_cluster_account, cluster_note  # compute/api.py: BookingOut, members left out of the reservation
 archive_key  # federation: a peer's crypt4gh archive key (HubOut, the peer table), kept for the dataset sync slice
 harvested_at  # federation/models.py RemoteEntry: when the peer's entry was last seen, for operators reading the table
 

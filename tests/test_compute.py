@@ -29,6 +29,7 @@ from strongroom.identity.principal import SCOPES, Principal
 from strongroom.jobs.models import Job
 from strongroom.projects import service as projects
 from strongroom.projects.models import Membership
+from strongroom.workspaces.service import set_cluster_account
 from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
 
 STHLM = ZoneInfo("Europe/Stockholm")
@@ -339,10 +340,12 @@ def test_reservations_on_a_real_slurm(hub, people, slurm) -> None:  # noqa: F811
     """Bookings become reservations on slurmctld; cancel removes one, the drift check repairs the rest."""
     cs = ComputeSettings.model_validate({**hub.settings.compute.model_dump(),
                                          "slurm": {"enabled": True, "slurm_conf": slurm.conf}})
-    pi, member = people("daemon"), people("bin")  # cluster accounts that exist on this machine
+    pi, member = people("daemon"), people("bin")
     make_project(hub, "dgx", "daemon")
     with transaction(hub.sessions) as s:
         s.add(Membership(project_id=_project(s, "dgx"), user_id=member.user.id, role="member"))
+        for person in (pi, member):  # the operator maps each to a cluster account that exists on this machine
+            set_cluster_account(s, Actor.system("test"), s.get(User, person.user.id), person.username)
     admin = people("root", admin=True)
     with transaction(hub.sessions) as s:
         service.set_budget(s, principal_of(s, admin.user.id), "dgx", klass="custom", gpu_weeks=1000,

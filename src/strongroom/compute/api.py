@@ -62,6 +62,12 @@ class BookingOut(Out):
     reservation_state: str
     reservation_detail: str
     created_at: dt.datetime
+    cluster_users: int | None = Field(default=None, description="how many cluster accounts the reservation names "
+                                      "(null: no reservation, or the booking has ended)")
+    without_cluster_account: list[str] = Field(default_factory=list, description="members left out of the "
+                                               "reservation: no usable cluster account (an operator sets it)")
+    cluster_note: str = Field(default="", description='e.g. "2 members have no cluster account and cannot use '
+                              'this reservation"')
 
 
 class BookIn(Body):
@@ -103,8 +109,17 @@ def _budget_out(b: service.BudgetOut) -> BudgetOut:
                      used=v.used, remaining=round(v.remaining, 4), past=v.past, over=v.over)
 
 
-def _out(b: Booking) -> BookingOut:
-    return BookingOut.model_validate(b)
+def _outs(db: Db, bookings: list[Booking]) -> list[BookingOut]:
+    """The bookings, each current one with whom its reservation names and leaves out."""
+    cluster = service.cluster_users(db, bookings, utcnow())
+    outs = []
+    for b in bookings:
+        out = BookingOut.model_validate(b)
+        if (c := cluster.get(b.id)) is not None:
+            out.cluster_users, out.cluster_note = len(c.accounts), c.note
+            out.without_cluster_account = [m.name for m in c.left_out]
+        outs.append(out)
+    return outs
 
 
 @router.get("/machines", response_model=list[MachineOut], summary="The hub's bookable machines")
@@ -115,7 +130,7 @@ def machines(hub: HubDep, principal: ProjectsRead) -> list[MachineOut]:
 
 @router.get("/projects/{slug}/budget", response_model=BudgetOut, summary="The project's GPU budget and use")
 def get_budget(db: Db, principal: ProjectsRead, slug: str) -> BudgetOut:
-    access = open_project(db, principal, slug)
+    access = open_project(db, principal, slug, managing=True)
     return _budget_out(service.budget(db, access.project.id, utcnow()))
 
 
@@ -129,8 +144,8 @@ def put_budget(db: Db, principal: Admin, slug: str, body: BudgetIn) -> BudgetOut
 
 @router.get("/projects/{slug}/bookings", response_model=list[BookingOut], summary="The project's bookings")
 def list_bookings(db: Db, principal: ProjectsRead, slug: str, past: bool = False) -> list[BookingOut]:
-    access = open_project(db, principal, slug)
-    return [_out(b) for b in service.list_bookings(db, access, now=utcnow(), include_past=past)]
+    access = open_project(db, principal, slug, managing=True)
+    return _outs(db, service.list_bookings(db, access, now=utcnow(), include_past=past))
 
 
 @router.get("/projects/{slug}/proposal", response_model=ProposalOut,
@@ -155,14 +170,15 @@ def create_booking(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, bod
     else:
         b = service.book(db, settings, principal, access, machine=body.machine, gpus=body.gpus, weeks=body.weeks,
                          now=utcnow(), note=body.note)
-    return _out(b)
+    return _outs(db, [b])[0]
 
 
 @router.delete("/projects/{slug}/bookings/{booking_id}", response_model=BookingOut,
                summary="Cancel a booking (a started one is cut short to now)")
 def cancel_booking(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, booking_id: Int64) -> BookingOut:
-    access = open_project(db, principal, slug)
-    return _out(service.cancel(db, hub.settings.compute, principal, access, booking_id, now=utcnow()))
+    access = open_project(db, principal, slug, managing=True)
+    b = service.cancel(db, hub.settings.compute, principal, access, booking_id, now=utcnow())
+    return _outs(db, [b])[0]
 
 
 @router.get("/projects/{slug}/calendar", response_model=list[GridOut],
@@ -171,7 +187,7 @@ def calendar(db: Db, hub: HubDep, principal: ProjectsRead, slug: str,
              week: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}-\d{2}$",
                                                description="any day of the week (YYYY-MM-DD)")] = None
              ) -> list[GridOut]:
-    access = open_project(db, principal, slug)
+    access = open_project(db, principal, slug, managing=True)
     try:
         day = dt.date.fromisoformat(week) if week else utcnow().date()
     except ValueError:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..client import connect
@@ -47,6 +48,9 @@ def book(
     console.print(f"booking {b['id']}: {b['gpus']} GPUs on {b['machine']} ({b['gpu_indices']}) from "
                   f"{_when(b['start_at'])} to {_when(b['end_at'])}; reservation {b['reservation_name']}: "
                   f"{b['reservation_state']}{flag}")
+    if b["cluster_note"]:
+        left_out = ", ".join(b["without_cluster_account"])
+        console.print(f"[yellow]{escape(b['cluster_note'])}: {escape(left_out)}[/]")
 
 
 @app.command("list")

@@ -1,11 +1,12 @@
 """The scheduler behind the calendar: a small `Scheduler` protocol and its Slurm adapter (``scontrol``).
 
-Each booking is one reservation named ``sr-<booking id>`` from its start to its end for the project's
-members. How the GPUs are held depends on the Slurm version: Slurm 22.05 (Debian 12's slurm-wlm) cannot put
-GRES into a reservation (``TRES`` there takes CPU, Node, License and BB only), so a machine with
-``slurm_license`` holds them as a cluster licence counting its GPUs (``Licenses=dgx2_gpu:16`` in slurm.conf,
-``Licenses=dgx2_gpu:N Flags=LICENSE_ONLY``; jobs ask ``-L dgx2_gpu:N --gres=gpu:N``); otherwise the
-reservation asks ``TRES=gres/gpu=N`` on the machine's nodes (Slurm ≥ 23.02). Pure: no database or web imports.
+Each booking is one reservation named ``sr-<booking id>`` from its start to its end for the cluster accounts of
+the project's members (``Users=``: POSIX user names only, checked here before scontrol sees them). How the GPUs
+are held depends on the Slurm version: Slurm 22.05 (Debian 12's slurm-wlm) cannot put GRES into a reservation
+(``TRES`` there takes CPU, Node, License and BB only), so a machine with ``slurm_license`` holds them as a
+cluster licence counting its GPUs (``Licenses=dgx2_gpu:16`` in slurm.conf, ``Licenses=dgx2_gpu:N
+Flags=LICENSE_ONLY``; jobs ask ``-L dgx2_gpu:N --gres=gpu:N``); otherwise the reservation asks
+``TRES=gres/gpu=N`` on the machine's nodes (Slurm ≥ 23.02). Pure: no database or web imports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from pathlib import Path
 from typing import Protocol
 
 PREFIX = "sr-"  # reservations this hub owns; others on the cluster are never touched
+
+# A cluster account as Slurm is given one: a POSIX user name (the strict rule of shadow's useradd and systemd).
+# Nothing else reaches scontrol: "alice,root" would add root to Users=, "-alice" means everyone but alice.
+ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def is_account(name: str) -> bool:
+    return ACCOUNT.fullmatch(name) is not None
 
 
 class SchedulerError(RuntimeError):
@@ -90,18 +99,26 @@ class SlurmScheduler:
             return [f"Licenses={m.license}:{r.gpus}", "Flags=LICENSE_ONLY"]
         return [f"Nodes={m.nodes}", f"TRES=gres/gpu={r.gpus}"]
 
-    def create_args(self, r: Reservation) -> list[str]:
+    @staticmethod
+    def users(r: Reservation) -> str:
+        """``Users=``'s value: every name a POSIX user name, else nothing is run (the hub's mapping refuses other
+        names; this holds should one reach here anyway)."""
         if not r.users:
             raise SchedulerError("a reservation needs at least one user known to the cluster")
+        if bad := [u for u in r.users if not is_account(u)]:
+            raise SchedulerError(f"not a cluster account (a POSIX user name): {', '.join(map(repr, bad))}")
+        return "Users=" + ",".join(r.users)
+
+    def create_args(self, r: Reservation) -> list[str]:
         return ["create", "reservation", f"ReservationName={r.name}", f"StartTime={_stamp(r.start)}",
-                f"EndTime={_stamp(r.end)}", f"Users={','.join(r.users)}", *self.resources(r)]
+                f"EndTime={_stamp(r.end)}", self.users(r), *self.resources(r)]
 
     def update_args(self, r: Reservation, *, move_start: bool = True) -> list[str]:
         """``move_start=False`` for a reservation already running (Slurm keeps its start)."""
         args = ["update", f"ReservationName={r.name}"]
         if move_start:
             args.append(f"StartTime={_stamp(r.start)}")
-        args += [f"EndTime={_stamp(r.end)}", f"Users={','.join(r.users)}"]
+        args += [f"EndTime={_stamp(r.end)}", self.users(r)]
         return args + [a for a in self.resources(r) if not a.startswith("Flags=")]  # flags are fixed at creation
 
     # -- running --------------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ from ..audit import service as audit
 from ..config import ComputeSettings
 from ..db import utcnow
 from ..errors import Conflict, Invalid, NotFound
-from ..identity.models import LocalCredential, User
+from ..identity.models import User
 from ..identity.principal import Principal
 from ..jobs import service as jobs
 from ..notify import service as notify
 from ..projects import service as projects
 from ..projects.models import Membership, Project
-from . import rules
+from . import accounts, rules
 from .models import (
     ACTIVE,
     BOOKING,
@@ -225,10 +225,12 @@ def _create(session: Session, settings: ComputeSettings, principal: Principal, a
     session.add(booking)
     session.flush()
     _hold(session, booking, p.gpu_indices)
+    cluster = accounts.of_project(session, access.project.id) if settings.slurm.enabled else None
     audit.record(session, principal.actor, f"compute.{kind}.created", project_id=access.project.id,
                  target=f"booking:{booking.id}",
                  details={"machine": p.machine, "gpus": p.gpu_indices, "start": p.start.isoformat(),
-                          "end": p.end.isoformat(), "gpu_weeks": p.gpu_weeks, "over_budget": over})
+                          "end": p.end.isoformat(), "gpu_weeks": p.gpu_weeks, "over_budget": over,
+                          **(cluster.audit() if cluster else {})})
     if over:
         assert p.budget is not None
         for pi in _pis(session, access.project.id):
@@ -365,19 +367,6 @@ def calendar(session: Session, settings: ComputeSettings, access: projects.Proje
 
 
 # -- the scheduler ------------------------------------------------------------------------------
-def _cluster_users(session: Session, project_id: uuid.UUID) -> tuple[str, ...]:
-    """Cluster accounts of the project's members: their local username (OIDC users: the e-mail's local part)."""
-    names = []
-    for user, username in session.execute(
-            select(User, LocalCredential.username).join(Membership, Membership.user_id == User.id)
-            .outerjoin(LocalCredential, LocalCredential.user_id == User.id)
-            .where(Membership.project_id == project_id, User.is_active.is_(True))):
-        name = username or (user.email or "").partition("@")[0]
-        if name:
-            names.append(name)
-    return tuple(sorted(set(names)))
-
-
 def members_changed(session: Session, project_id: uuid.UUID, what: str) -> None:
     """``PROJECT_CHANGED`` listener: a member who left (or lost the project) leaves its cluster reservations now,
     through each current booking's sync job, not up to ten minutes later at the drift check."""
@@ -393,17 +382,40 @@ def members_changed(session: Session, project_id: uuid.UUID, what: str) -> None:
 def withdraw_reservations(session: Session, actor: audit.Actor, user: User, reason: str) -> dict[str, list[str]]:
     """``identity.service.CREDENTIAL_REVOKERS`` entry: a deactivated account leaves every reservation of its
     projects at once (a password change or MFA reset keeps the account active, and its reservations)."""
-    if user.is_active:
-        return {}
-    projects_of = list(session.scalars(select(Membership.project_id).where(Membership.user_id == user.id)))
-    for project_id in projects_of:
-        members_changed(session, project_id, "members")
+    if not user.is_active:
+        resync_user(session, user.id)
     return {}
 
 
-def _wanted(session: Session, b: Booking) -> Reservation:
-    return Reservation(name=b.reservation_name, start=b.start_at, end=b.end_at,
-                       users=_cluster_users(session, b.project_id), gpus=b.gpus, machine=b.machine)
+def resync_user(session: Session, user_id: uuid.UUID) -> None:
+    """The user's account was deactivated or their cluster account changed: every current reservation of their
+    projects is synced now (with the accounts as they are then)."""
+    for project_id in list(session.scalars(select(Membership.project_id).where(Membership.user_id == user_id))):
+        members_changed(session, project_id, "members")
+
+
+def cluster_users(session: Session, bookings: list[Booking], now: dt.datetime) -> dict[int, accounts.ClusterUsers]:
+    """Booking id → who of its project its reservation names and leaves out, for the current bookings that have
+    one (or will have: pending); as the next sync will see it."""
+    current = [b for b in bookings if b.reservation_state != NOT_CONFIGURED and b.state == ACTIVE and b.end_at > now]
+    of = {pid: accounts.of_project(session, pid) for pid in {b.project_id for b in current}}
+    return {b.id: of[b.project_id] for b in current}
+
+
+def _wanted(b: Booking, cluster: accounts.ClusterUsers) -> Reservation:
+    return Reservation(name=b.reservation_name, start=b.start_at, end=b.end_at, users=cluster.accounts,
+                       gpus=b.gpus, machine=b.machine)
+
+
+NOBODY = ("no member of the project has a cluster account, so nobody could use the reservation: an operator sets "
+          "them (strongroom admin cluster-account)")
+SYNC_ACTOR = audit.Actor.system("compute.sync")
+
+
+def _audit_users(session: Session, b: Booking, what: str, cluster: accounts.ClusterUsers) -> None:
+    """Which cluster accounts a reservation names, and who of the project it leaves out (and why)."""
+    audit.record(session, SYNC_ACTOR, f"compute.reservation.{what}", project_id=b.project_id,
+                 target=f"booking:{b.id}", details={"reservation": b.reservation_name, **cluster.audit()})
 
 
 @dataclass
@@ -442,13 +454,21 @@ def sync(session: Session, scheduler: Scheduler, *, now: dt.datetime, booking_id
         have = actual.get(name)
         try:
             if current:
-                want = _wanted(session, b)
+                cluster = accounts.of_project(session, b.project_id)
+                want = _wanted(b, cluster)
+                if not want.users:  # fail closed: a reservation nobody of the project may use is not kept
+                    if have is not None:
+                        report.deleted.append(name)
+                        if repair:
+                            scheduler.delete(name)
+                    raise SchedulerError(NOBODY)
                 if have is None:
                     if want.start < now:  # Slurm refuses a start long past: a late reservation starts now
                         want = replace(want, start=(now + dt.timedelta(minutes=1)).replace(second=0, microsecond=0))
                     report.created.append(name)
                     if repair:
                         scheduler.create(want)
+                        _audit_users(session, b, "created", cluster)
                 else:
                     if have.start <= now or want.start <= now:  # a started one's start cannot move: keep Slurm's
                         want = replace(want, start=have.start)
@@ -457,6 +477,7 @@ def sync(session: Session, scheduler: Scheduler, *, now: dt.datetime, booking_id
                         report.updated.append(name)
                         if repair:
                             scheduler.update(want)
+                            _audit_users(session, b, "updated", cluster)
                 if repair:
                     b.reservation_state, b.reservation_detail = RESERVED, ""
             else:

@@ -18,7 +18,7 @@ from ..projects import service as projects
 from ..projects.models import Project
 from ..schemas import Int64
 from ..web.templating import redirect_with, templates
-from . import service
+from . import accounts, service
 from .models import ComputeBudget
 
 router = APIRouter()
@@ -57,12 +57,14 @@ def _calendar_context(db: Db, hub: HubDep, access: projects.ProjectAccess | None
 @router.get("/projects/{slug}/compute")
 def compute_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
                  week: str | None = None) -> Response:
-    access = projects.open_project(db, principal, slug)
+    access = projects.open_project(db, principal, slug, managing=True)
     ctx = _calendar_context(db, hub, access, week)
     bookings = service.list_bookings(db, access, now=ctx["now"])
     return templates.TemplateResponse(request, "compute/calendar.html", {
         **ctx, "access": access, "project": access.project, "budget": service.budget(db, access.project.id, ctx["now"]),
         "bookings": bookings, "users": projects.users_of(db, {b.booked_by for b in bookings}),
+        "cluster": service.cluster_users(db, bookings, ctx["now"]),
+        "left_out": accounts.of_project(db, access.project.id).left_out if ctx["slurm"] else (),
         "is_pi": access.membership.role == "pi", "me": principal.user.id})
 
 
@@ -85,6 +87,8 @@ def create_booking(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
                 f"to {b.end_at.astimezone(zone):%a %d %b %H:%M}.")
         if b.over_budget:
             said += " It is over the project's budget: the PI has been told."
+    if settings.slurm.enabled and (note := accounts.of_project(db, access.project.id).note):
+        said += f" {note}."
     week = b.start_at.astimezone(zone).date().isoformat()
     return redirect_with(request, f"/projects/{slug}/compute?week={week}", said)
 
@@ -92,7 +96,7 @@ def create_booking(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
 @router.post("/projects/{slug}/compute/bookings/{booking_id}/cancel", dependencies=[CsrfChecked])
 def cancel_booking(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
                    booking_id: Int64) -> Response:
-    access = projects.open_project(db, principal, slug)
+    access = projects.open_project(db, principal, slug, managing=True)
     b = service.cancel(db, hub.settings.compute, principal, access, booking_id, now=utcnow())
     said = f"Booking {b.id} cancelled." if b.state == "cancelled" else f"Booking {b.id} ended now: its GPUs are free."
     return redirect_with(request, f"/projects/{slug}/compute", said)
