@@ -257,13 +257,14 @@ def deprecate_version(session: Session, principal: Principal, dataset_id: str, n
 
 def version_files(session: Session, principal: Principal, dataset_id: str, number: int, *,
                   after: str | None = None, limit: int = 1000) -> tuple[DatasetVersion, list[ArchiveFile]]:
-    """One page of a version's files in id order (keyset: fast at any depth, any size)."""
+    """One page of a version's files in id order (keyset: fast at any depth, any size); not the files retention
+    deleted (a deleted version lists only those it shared with a version that stays)."""
     ds, grant = _visible(session, principal, dataset_id)
     v = _version(session, ds, number)
     if not grant.opens(v):  # a draft, or a version the caller's grant does not name: as if it did not exist
         raise NotFound(f"no version {number}")
     stmt = (select(ArchiveFile).join(DatasetFile, DatasetFile.file_id == ArchiveFile.id)
-            .where(DatasetFile.version_id == v.id, ArchiveFile.hold.is_(None))
+            .where(DatasetFile.version_id == v.id, ArchiveFile.hold.is_(None), ArchiveFile.state != DELETED)
             .order_by(DatasetFile.file_id).limit(min(max(limit, 1), 5000)))
     if after:
         stmt = stmt.where(DatasetFile.file_id > after)

@@ -21,6 +21,7 @@ from . import c4gh
 from .authz import HOLD_RULES, authorize_read
 from .keys import hub_keys
 from .models import (
+    DELETED,
     READY,
     ArchiveFile,
     DatasetFile,
@@ -31,8 +32,9 @@ from .storage.base import Storage
 
 def list_files(session: Session, access: projects.ProjectAccess, *, state: str | None = None,
                after: str | None = None, limit: int = 100) -> list[ArchiveFile]:
-    """The project's files; held ones only for members with the hold's review right."""
-    stmt = (select(ArchiveFile).where(ArchiveFile.project_id == access.project.id)
+    """The project's files; held ones only for members with the hold's review right; never the ones retention
+    deleted (their rows stay for the deletion's certificate and audit, named by their accession)."""
+    stmt = (select(ArchiveFile).where(ArchiveFile.project_id == access.project.id, ArchiveFile.state != DELETED)
             .order_by(ArchiveFile.id).limit(min(max(limit, 1), 1000)))
     visible_holds = [h for h, rule in HOLD_RULES.items() if rule.right in access.rights]
     stmt = stmt.where(ArchiveFile.hold.is_(None) | ArchiveFile.hold.in_(visible_holds))

@@ -188,6 +188,7 @@ def _delete_version(hub: Hub, session: Session, mirror: Mirror, doc: dict[str, A
                 raise Unavailable("a mirrored body is still in storage after its purge: the notice is retried")
         f.header, f.header_key, f.body_key = None, None, None
         f.state, f.failure = DELETED, f"deleted at its origin, {origin_name}, at the end of its retention period"
+        f.path = f.id  # as the origin does: a path names pseudonyms and UIDs of the data (docs/retention.md)
         # no longer a copy of the origin's file: a later push of a version that still holds it sends it again
         session.execute(delete(MirrorFile).where(MirrorFile.file_id == f.id))
         deleted += 1

@@ -11,28 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import keyfiles
+from ..archive.models import DELETED, ArchiveFile
 from ..audit import service as audit
 from ..config import Settings
-from ..db import transaction, utcnow
+from ..db import rowcount, transaction, utcnow
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
+from ..paths import private_dir
 from ..projects import service as projects
 from .deid import Pseudonymizer
 from .deid.pseudonyms import CANONICAL, scheme_key
-from .models import ImagingProject, PseudonymEntry
+from .models import ImagingProject, ImportedInstance, PseudonymEntry
 
 KINDS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
 
@@ -162,6 +165,54 @@ def reidentify(session: Session, settings: Settings, principal: Principal, acces
                    .decode()) for r in rows)
 
 
+# -- forgetting --------------------------------------------------------------------------------
+# Where a pseudonym of each kind is written in what the project keeps: its instances' index columns.
+_REFERRERS = {"PatientID": ImportedInstance.patient_pseudonym, "StudyInstanceUID": ImportedInstance.study_uid,
+              "SOPInstanceUID": ImportedInstance.sop_instance_uid}
+# the words of a file name a pseudonym could be: a UID (digits and dots) or a run of letters and digits
+_WORDS = re.compile(r"[0-9]+(?:\.[0-9]+)+|[A-Za-z0-9]+")
+
+
+def drop_unreferenced(session: Session, project_id: uuid.UUID, candidates: dict[str, set[str]]) -> int:
+    """Delete the key-store entries among ``candidates`` (kind → pseudonyms) that nothing the project still holds
+    refers to: no instance of it (in any state) and no name of its files that are not deleted. Retention calls
+    this after deleting instances: the link from a pseudonym to an original is personal data kept only while there
+    is data to re-identify. A patient with other, retained studies keeps their entry. Returns how many went."""
+    loose = _loose_names(session, project_id)
+    words = {word for name in loose for word in _WORDS.findall(name)}
+    gone = 0
+    for kind, pseudonyms in candidates.items():
+        column = _REFERRERS.get(kind)
+        if column is None:
+            continue
+        ordered = sorted(p for p in pseudonyms if p)
+        for start in range(0, len(ordered), 1000):  # bounded IN lists
+            chunk = ordered[start:start + 1000]
+            held = set(session.scalars(select(column).where(ImportedInstance.project_id == project_id,
+                                                           column.in_(chunk))))
+            unused = [p for p in chunk if p not in held and not _named(p, words, loose)]
+            if unused:
+                gone += rowcount(session.execute(
+                    delete(PseudonymEntry).where(PseudonymEntry.project_id == project_id, PseudonymEntry.kind == kind,
+                                                 PseudonymEntry.pseudonym.in_(unused))
+                    .execution_options(synchronize_session=False)))
+    return gone
+
+
+def _loose_names(session: Session, project_id: uuid.UUID) -> list[str]:
+    """The names of the project's files that are not deleted and not imported instances (those are indexed):
+    uploads, tables, results — a file named after a patient's pseudonym keeps that patient's entry."""
+    return list(session.scalars(select(ArchiveFile.path).where(
+        ArchiveFile.project_id == project_id, ArchiveFile.state != DELETED,
+        ~select(ImportedInstance.id).where(ImportedInstance.file_id == ArchiveFile.id).exists())))
+
+
+def _named(pseudonym: str, words: set[str], names: list[str]) -> bool:
+    if _WORDS.fullmatch(pseudonym):
+        return pseudonym in words
+    return any(pseudonym in name for name in names)  # a pseudonym with a prefix of other characters
+
+
 # -- rotation ----------------------------------------------------------------------------------
 def rotate_key(settings: Settings) -> tuple[str, str]:
     """Put a new key in place of the current one, which moves to ``retired_dir`` (written there first, so no
@@ -169,7 +220,7 @@ def rotate_key(settings: Settings) -> tuple[str, str]:
     seal on; nothing is re-sealed yet (``reseal``)."""
     old = keystore_key(settings)
     folder = retired_dir(settings)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(folder)
     keyfiles.replace(folder / f"{key_id(old)}.key", old.hex())
     new = os.urandom(32)
     keyfiles.replace(key_path(settings), new.hex())

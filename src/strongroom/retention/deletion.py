@@ -3,11 +3,13 @@
 The deletion's ``state`` says which step is done; each step is idempotent and runs from the state reached:
 
 1. **mark** (one transaction): the files that go are those of the version in no other live version; the
-   manifest (ids, paths, checksums, storage keys) is captured, the version becomes ``deleted``, its files
-   unreadable, the project's quota freed, the version's entitlements end (the dataset's too when no released
-   version is left), and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when
-   it was the last released version (its sample images deleted). What derived from the files goes too
-   (``derived``): their airlock outbox copies stop being downloadable, their DICOMweb index rows are deleted.
+   manifest (ids, the SHA-256 of each path, checksums, storage keys) is captured, the version becomes
+   ``deleted``, its files unreadable and renamed to their accession (a path names pseudonyms and UIDs), the
+   project's quota freed, the version's entitlements end (the dataset's too when no released version is left),
+   and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when it was the last
+   released version (its sample images deleted). What derived from the files goes too (``derived``): their
+   airlock outbox copies stop being downloadable, their DICOMweb index rows are deleted and with them the
+   key-store entries nothing left refers to; other records stop repeating their names (``_forget_names``).
 2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
    to the hub's key), so from here no copy of a body this hub made — backup, replica, old S3 version — can be
    decrypted (crypto-shredding); so are the other copies of those keys (outbox headers, SFTP upload headers).
@@ -32,6 +34,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jws
@@ -42,7 +45,7 @@ from sqlalchemy.orm import Session
 
 from ..access import visas
 from ..access.models import Entitlement
-from ..airlock.models import OutboxItem
+from ..airlock.models import AirlockFile, AirlockRequest, OutboxItem
 from ..archive.backend import storage_for
 from ..archive.datasets import files_by_other_live_versions
 from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
@@ -56,7 +59,8 @@ from ..config import Settings
 from ..db import rowcount, transaction, utcnow
 from ..hub import Hub
 from ..identity.models import User
-from ..imaging.models import ImportedInstance
+from ..imaging import keystore
+from ..imaging.models import ImportBatch, ImportedInstance
 from ..projects import quota
 from ..projects.models import Project
 from ..sftp.models import SftpUpload
@@ -65,6 +69,7 @@ from .rules import canonical
 
 ACTOR = Actor.system("retention")
 CERT_TYPE = "strongroom.deletion-certificate"
+CERT_FORMAT = 2  # 2: files named by the SHA-256 of their path (``path_sha256``); 1 repeated the path
 JWS_TYP = "strongroom-deletion+jws"
 
 
@@ -127,14 +132,16 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
         manifest, kept = [], []
         for f, elsewhere in files_by_other_live_versions(s, v):
             if elsewhere:
-                kept.append({"file": f.id, "path": f.path, "in_versions": elsewhere})
+                kept.append({"file": f.id, "path_sha256": path_digest(f.path), "in_versions": elsewhere})
                 continue
-            manifest.append({"file": f.id, "path": f.path, "plaintext_size": f.plaintext_size,
+            manifest.append({"file": f.id, "path_sha256": path_digest(f.path), "plaintext_size": f.plaintext_size,
                              "plaintext_sha256": f.plaintext_sha256, "plaintext_md5": f.plaintext_md5,
                              "body_size": f.body_size, "body_sha256": f.body_sha256, "object": f.body_key})
             if f.state == READY and f.body_size:
                 quota.free(s, f.project_id, f.body_size)
-            f.state, f.failure = DELETED, f"deleted by retention (deletion {d.id})"
+            # the path went into the manifest as its digest: an imported instance's path is its patient's
+            # pseudonym and its study, series and instance UIDs, which nothing may repeat once the data is gone
+            f.state, f.failure, f.path = DELETED, f"deleted by retention (deletion {d.id})", f.id
         v.state = DELETED
         live = s.scalars(select(DatasetVersion.number).where(
             DatasetVersion.dataset_id == ds.id, DatasetVersion.state.in_(("released", "deprecated")))).all()
@@ -153,12 +160,26 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
             images = catalog_images.remove_all(s, ACTOR, ds, entry, why)
         s.flush()  # the files' DELETED state, which _gone() selects on
         outbox = _remove_outbox(s, v.id, now)
-        index_rows = _drop_index(s, v.id)
+        _forget_names(s, v.id)
+        forgotten = _forget_instances(s, v.id)
+        if entry is not None:  # its counts (subjects, studies, …) no longer count what went
+            for provider in catalog.INDEX_PROVIDERS:
+                provider(s, entry)
         d.manifest, d.kept = manifest, kept
-        d.derived = {"outbox": outbox, "dicomweb_index_rows": index_rows, "catalog_images": images}
+        d.derived = {"outbox": outbox, "dicomweb_index_rows": forgotten.index_rows, "catalog_images": images,
+                     "keystore_entries": forgotten.keystore_entries}
         _advance(s, d, MARKED, "marked", {"files": len(manifest), "kept": len(kept), "entitlements_ended": ended,
                                           "catalogue_withdrawn": withdrawn, "outbox_removed": len(outbox),
-                                          "dicomweb_index_rows": index_rows, "catalogue_images": len(images)})
+                                          "dicomweb_index_rows": forgotten.index_rows, "catalogue_images": len(images),
+                                          "keystore_entries": forgotten.keystore_entries,
+                                          "import_batches_cleared": forgotten.batches_cleared})
+
+
+def path_digest(path: str) -> str:
+    """How the manifest and the certificate name a file: the SHA-256 of its path (UTF-8). Whoever holds the path
+    can check it was deleted; the certificate does not repeat it (an imported instance's path is its patient's
+    pseudonym and its study, series and instance UIDs)."""
+    return hashlib.sha256(path.encode()).hexdigest()
 
 
 def _gone(version_id: int) -> Select[str]:
@@ -176,16 +197,71 @@ def _remove_outbox(session: Session, version_id: int, now: dt.datetime) -> list[
             OutboxItem.source_file_id.in_(_gone(version_id)),
             or_(OutboxItem.removed_at.is_(None), OutboxItem.body_key.is_not(None), OutboxItem.header != b""))
             .order_by(OutboxItem.created_at)):
-        item.removed_at = item.removed_at or now
+        item.removed_at, item.path = item.removed_at or now, item.source_file_id
         out.append({"item": str(item.id), "request": item.request_id, "file": item.source_file_id,
                     "object": item.body_key})
     return out
 
 
-def _drop_index(session: Session, version_id: int) -> int:
-    """Delete the deleted files' DICOMweb index rows (pseudonyms, dates, UIDs: metadata of the data)."""
-    return rowcount(session.execute(delete(ImportedInstance).where(ImportedInstance.file_id.in_(_gone(version_id)))
-                                    .execution_options(synchronize_session=False)))
+def _forget_names(session: Session, version_id: int) -> None:
+    """The deleted files' names where other records repeat them, replaced by the file's accession as the file's own
+    was: the SFTP upload session, the airlock's records of an export (its file and its receipt; the outbox copies
+    in ``_remove_outbox``). What they record otherwise (who, when, sizes, checksums) stays."""
+    gone = _gone(version_id)
+    session.execute(update(SftpUpload).where(SftpUpload.file_id.in_(gone)).values(path=SftpUpload.file_id)
+                    .execution_options(synchronize_session=False))
+    exported = list(session.scalars(select(AirlockFile).where(AirlockFile.file_id.in_(gone))))
+    for af in exported:
+        af.path = af.file_id
+    ids = {af.file_id for af in exported}
+    for r in session.scalars(select(AirlockRequest).where(AirlockRequest.id.in_({af.request_id for af in exported}),
+                                                          AirlockRequest.receipt.is_not(None))):
+        receipt = r.receipt or {}
+        r.receipt = {**receipt, "files": [{**e, "path": e["file_id"]} if e.get("file_id") in ids else e
+                                          for e in receipt.get("files", [])]}
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What ``_forget_instances`` deleted or cleared."""
+
+    index_rows: int = 0
+    keystore_entries: int = 0
+    batches_cleared: int = 0
+
+
+def _forget_instances(session: Session, version_id: int) -> Forgotten:
+    """Delete the deleted files' DICOMweb index rows (pseudonyms, dates, UIDs: metadata of the data), then the
+    key-store entries (pseudonym → original) nothing left in their project refers to — a patient's other, retained
+    studies keep theirs —, and clear what an import batch recorded beyond its counts once none of its instances is
+    left: its reasons (they may name a refused file, or a verification message) and a bulk import's folder."""
+    rows = session.execute(select(ImportedInstance.project_id, ImportedInstance.batch_id,
+                                  ImportedInstance.patient_pseudonym, ImportedInstance.study_uid,
+                                  ImportedInstance.sop_instance_uid)
+                           .where(ImportedInstance.file_id.in_(_gone(version_id)))).all()
+    if not rows:
+        return Forgotten()
+    index_rows = rowcount(session.execute(
+        delete(ImportedInstance).where(ImportedInstance.file_id.in_(_gone(version_id)))
+        .execution_options(synchronize_session=False)))
+    candidates: dict[uuid.UUID, dict[str, set[str]]] = {}
+    for project_id, _batch, patient, study, sop in rows:
+        of_project = candidates.setdefault(project_id, {"PatientID": set(), "StudyInstanceUID": set(),
+                                                        "SOPInstanceUID": set()})
+        of_project["PatientID"].add(patient)
+        of_project["StudyInstanceUID"].add(study)
+        of_project["SOPInstanceUID"].add(sop)
+    entries = sum(keystore.drop_unreferenced(session, project_id, pseudonyms)
+                  for project_id, pseudonyms in candidates.items())
+    cleared = 0
+    for batch in session.scalars(select(ImportBatch).where(
+            ImportBatch.id.in_({r.batch_id for r in rows}),
+            ~select(ImportedInstance.id).where(ImportedInstance.batch_id == ImportBatch.id).exists())):
+        batch.reasons = {}
+        if batch.source == "bulk":
+            batch.origin = ""
+        cleared += 1
+    return Forgotten(index_rows, entries, cleared)
 
 
 def _derived(d: Deletion) -> dict[str, Any]:
@@ -263,12 +339,14 @@ def verify(hub: Hub, deletion_id: uuid.UUID) -> None:
         # an outbox copy or an index row made after the mark (a transfer or import that was under way): taken
         # now, and the run goes back to shred and purge again with it (it is marked removed: no loop)
         late = _remove_outbox(s, d.version_id, utcnow())
-        late_rows = _drop_index(s, d.version_id)
-        if late or late_rows:
+        late_rows = _forget_instances(s, d.version_id)
+        if late or late_rows.index_rows:
             derived = _derived(d)
             d.derived = {**derived, "outbox": derived["outbox"] + late,
-                         "dicomweb_index_rows": derived["dicomweb_index_rows"] + late_rows}
-            d.state, d.failure = MARKED, f"{len(late)} outbox copies, {late_rows} index rows made after the mark"
+                         "dicomweb_index_rows": derived["dicomweb_index_rows"] + late_rows.index_rows,
+                         "keystore_entries": derived.get("keystore_entries", 0) + late_rows.keystore_entries}
+            d.state, d.failure = MARKED, (f"{len(late)} outbox copies, {late_rows.index_rows} index rows made after "
+                                          "the mark")
             return
         if left:  # back one step: the next run purges again
             d.state, d.failure = SHREDDED, f"{len(left)} object(s) still in storage: purged again on the next run"
@@ -292,12 +370,15 @@ def certificate_document(session: Session, settings: Settings, d: Deletion, issu
     ds = session.get_one(Dataset, d.dataset_id)
     project = session.get_one(Project, ds.project_id)
     cfg = settings.archive.storage
+    named_by_path = any("path" in f for f in [*d.manifest, *d.kept])  # marked before format 2
     return {
-        "type": CERT_TYPE, "format": 1, "hub": settings.base_url.rstrip("/"), "deletion": str(d.id),
+        "type": CERT_TYPE, "format": 1 if named_by_path else CERT_FORMAT, "hub": settings.base_url.rstrip("/"),
+        "deletion": str(d.id),
         "dataset": {"id": ds.id, "title": ds.title, "version": d.number, "project": project.slug},
         "files": d.manifest, "kept_in_other_versions": d.kept,
         # what derived from those files went with them: the recipients' outbox copies (objects purged as above,
-        # headers destroyed), the DICOMweb index rows, the catalogue's sample images (when no version is left)
+        # headers destroyed), the DICOMweb index rows and the key-store entries only they used, the catalogue's
+        # sample images (when no version is left)
         "derived": _derived(d),
         "storage": {"kind": cfg.kind, "bucket": cfg.bucket if cfg.kind == "s3" else None,
                     "every_version_deleted": cfg.kind == "s3"},

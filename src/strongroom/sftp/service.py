@@ -30,7 +30,7 @@ from ..archive.authz import project_access
 from ..archive.backend import storage_for
 from ..archive.downloads import record_end
 from ..archive.keys import hub_keys
-from ..archive.models import FAILED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.models import DELETED, FAILED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit import outbox
 from ..audit import service as audit
 from ..db import open_session, transaction, utcnow
@@ -199,8 +199,10 @@ def _readable(access: projects.ProjectAccess) -> None:
 
 
 def _visible_files(project_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    """The project's files as the upload area shows them: not held, failed or deleted (by retention)."""
     return (select(ArchiveFile, SftpUpload).outerjoin(SftpUpload, SftpUpload.file_id == ArchiveFile.id)
-            .where(ArchiveFile.project_id == project_id, ArchiveFile.hold.is_(None), ArchiveFile.state != FAILED))
+            .where(ArchiveFile.project_id == project_id, ArchiveFile.hold.is_(None),
+                   ArchiveFile.state.notin_((FAILED, DELETED))))
 
 
 def _file_size(f: ArchiveFile, up: SftpUpload | None) -> int:
