@@ -67,14 +67,44 @@ pytestmark = [
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch_dir: Path,  # noqa: F811
+def hub_home(database_url: str) -> Iterator[tuple[Path, str]]:
+    """Where this hub keeps its state, and its database URL: outside every place a workspace gets its own of (not
+    /tmp, /dev/shm, /run, the scratch root), as /var/lib/strongroom is — ``var_dir`` (the SQLite database in it),
+    the DICOM spool and the archive's storage —, each left as an older hub under umask 022 left them: folders
+    0755, a sentinel file and the database 0644."""
+    home = Path("/var/lib") / f"srtest-hub-{uuid.uuid4().hex[:8]}"
+    try:
+        for name in HUB_STATE:
+            (home / name).mkdir(parents=True)
+            (home / name / "sentinel").write_text("the hub's own")
+        if database_url.startswith("sqlite"):
+            database = home / "var" / "strongroom.db"
+            shutil.copy(database_url.removeprefix("sqlite:///").split("?")[0], database)
+            database_url = f"sqlite:///{database}?synchronous=normal"
+        for path in [home, *(home / name for name in HUB_STATE)]:
+            path.chmod(0o755)
+        for path in home.glob("*/*"):
+            path.chmod(0o644)
+        yield home, database_url
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+HUB_STATE = ("var", "spool", "objects")  # var_dir, [imaging] spool_dir, [archive.storage] root (local)
+
+
+@pytest.fixture
+def settings(hub_home: tuple[Path, str], hub_sock: socket.socket, scratch_dir: Path,  # noqa: F811
              shared_python: Path) -> Settings:  # noqa: F811
     """The defaults that matter here: no ``run_as`` (a uid per workspace), the data mount on; an interpreter
-    every uid may run (this machine's lives under /root, 0700)."""
+    every uid may run (this machine's lives under /root, 0700); the hub's state where the machine's users reach it
+    but for the hub's own guard (``hub_home``)."""
     port = hub_sock.getsockname()[1]
-    return Settings(var_dir=tmp_path / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
+    home, database_url = hub_home
+    return Settings(var_dir=home / "var", database_url=database_url, secret_key="test-secret-" + "x" * 32,
                     log_json=True, jobs={"embedded": False}, base_url=f"http://127.0.0.1:{port}", port=port,
-                    security={"cookie_secure": False},
+                    security={"cookie_secure": False}, imaging={"spool_dir": str(home / "spool")},
+                    archive={"storage": {"kind": "local", "root": str(home / "objects")}},
                     workspaces={"scratch_dir": str(scratch_dir), "subnet": SUBNET, "python": str(shared_python),
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
@@ -175,6 +205,21 @@ print(json.dumps({
 }))
 """
 
+# Run in workspace A's kernel: what of the hub's state (FOLDERS, FILES: paths) can it list or read?
+HUB_STATE_PROBE = """
+import errno, json, os
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print(json.dumps({
+    "folders": {path: attempt(lambda path=path: os.listdir(path)) for path in FOLDERS},
+    "files": {path: attempt(lambda path=path: open(path, "rb").read(16)) for path in FILES},
+}))
+"""
+
 # Run in workspace A's kernel: leave a process outside Jupyter's process group, a file in each world-writable
 # place, an abstract socket listening, a System V shared memory segment and a POSIX message queue (NAME, KEY)
 LEAVE_BEHIND = """
@@ -262,6 +307,7 @@ def _check_isolation(hub, live: str, cookies: tuple[str, str], a: Workspace, b: 
                                 + known + PROBE)
         seen = json.loads(printed)
         _check_the_machine_out_of_reach(hub, kernel, a, service_socket)
+        _check_the_hubs_state_out_of_reach(hub, kernel, a)
         _, printed = kernel.run(known + LEAVE_BEHIND)  # the kernel keeps its socket listening meanwhile
         pid, escaped, segment, queue, a_kernel = printed.split()
         sleepers.append(int(pid))
@@ -428,6 +474,29 @@ def _check_the_machine_out_of_reach(hub, kernel: Kernel, a: Workspace, service_s
     assert (seen["home_size"], seen["fill_home"]) == (SCRATCH_MAX, "ENOSPC"), seen
     assert home.f_blocks * home.f_frsize == SCRATCH_MAX and home.f_bavail == 0, home
     assert shm_before - shm_during < SCRATCH_MAX, (shm_before, shm_during)
+
+
+def _check_the_hubs_state_out_of_reach(hub, kernel: Kernel, a: Workspace) -> None:
+    """From A's kernel: the hub's ``var_dir`` (its SQLite database in it), DICOM spool and archive storage — outside
+    every place the workspace gets its own of, each left 0755 with 0644 files as an older hub left them — are
+    empty stand-ins: nothing listed (711, root's), every file ``ENOENT``. Outside the namespaces, a process as A's
+    uid is refused ``var_dir`` (``EACCES``: the hub made it 0700 at start)."""
+    folders = [hub.settings.var_dir, hub.settings.imaging.spool_dir, hub.settings.archive.storage.root]
+    files = [folder / "sentinel" for folder in folders]
+    if hub.settings.database_url.startswith("sqlite"):
+        files.append(hub.settings.var_dir / "strongroom.db")
+        assert (hub.settings.var_dir / "strongroom.db").stat().st_size > 0  # the hub's, in use
+    assert all(path.exists() for path in files), files
+    _, printed = kernel.run(f"FOLDERS = {[str(p) for p in folders]!r}\nFILES = {[str(p) for p in files]!r}\n"
+                            + HUB_STATE_PROBE)
+    seen = json.loads(printed)
+    assert seen == {"folders": {str(p): "EACCES" for p in folders}, "files": {str(p): "ENOENT" for p in files}}, seen
+    for folder in folders:  # empty but for what the workspace needs beneath (nothing here: its scratch is in /dev/shm)
+        assert os.listdir(f"/proc/{a.pid}/root{folder}") == [], folder
+    assert stat.S_IMODE(hub.settings.var_dir.stat().st_mode) == 0o700
+    for argv in (["ls", str(hub.settings.var_dir)], ["cat", str(hub.settings.var_dir / "sentinel")]):
+        done = _as_uid(a.uid, argv)
+        assert done.returncode != 0 and "Permission denied" in done.stderr, (argv, done)
 
 
 def _free(place: str) -> int:
@@ -811,6 +880,49 @@ def test_a_scratch_on_tmpfs_gets_a_tmpfs_of_its_own(scratch_root: Path) -> None:
         else:
             assert (a.own_tmpfs, wrote, filled, _mounts_at(a.scratch)) == (False, "filled", limit + 8 * 2**20, [])
     assert _mounts_at(a.scratch) == [] and _holding(f"strongroom-scratch-{a.id}") == []
+
+
+@pytest.mark.parametrize("scratches", ["in /dev/shm", "under var_dir"])
+def test_the_hubs_state_is_not_in_a_workspaces_world(scratches: str) -> None:
+    """The hub's state folders (``Spec.hub_state``: ``var_dir``, the spool, the archive storage), wherever they are
+    — here /var/lib, which no other private place covers — are empty stand-ins in the workspace's world, whatever
+    their modes (0755 folders, a 0644 database, as an older hub left them): nothing listed, every file ``ENOENT``,
+    the machine's untouched. With the scratches under ``var_dir`` (the default without /dev/shm) the way to the
+    workspace's own scratch stays, and no other workspace's scratch is there."""
+    home = Path("/var/lib") / f"srtest-hub-{uuid.uuid4().hex[:8]}"
+    state = [home / name for name in HUB_STATE]
+    root = state[0] / "workspaces" if scratches == "under var_dir" else Path("/dev/shm") / f"srtest-{home.name}"
+    files = [state[0] / "strongroom.db", *(folder / "sentinel" for folder in state)]
+    try:
+        for folder in state:
+            folder.mkdir(mode=0o755, parents=True)
+        for path in files:
+            path.write_text("the hub's own")
+            path.chmod(0o644)
+        root.mkdir(mode=0o711)
+        other = root / str(uuid.uuid4())  # another workspace's scratch
+        other.mkdir(mode=0o700)
+        os.chown(other, B_UID, B_UID)
+        script = ("".join(f"cat {path} 2>&1; " for path in files)
+                  + "".join(f"ls -A {folder} 2>&1; " for folder in state)
+                  + f"ls -A {root} 2>&1; echo mine > {{scratch}}/mine && cat {{scratch}}/mine; "
+                  + "echo ready; exec sleep 120")
+        with confined(root, A_UID, script, hub_state=tuple(state)) as a:
+            assert a.proc.stdout is not None
+            seen = [a.proc.stdout.readline().rstrip("\n") for _ in range(len(files) + len(state) + 2)]
+            a.ready()
+            inside = {str(folder): sorted(os.listdir(f"/proc/{a.proc.pid}/root{folder}")) for folder in state}
+        cats, listings, (scratch_root, mine) = seen[:len(files)], seen[len(files):-2], seen[-2:]
+        assert cats == [f"cat: {path}: No such file or directory" for path in files], seen
+        assert all(str(folder) in line and line.endswith("Permission denied")
+                   for folder, line in zip(state, listings, strict=True)), seen
+        assert (scratch_root, mine) == (a.id, "mine"), seen  # its own scratch alone, reached and written
+        assert inside == {str(folder): ["workspaces"] if scratches == "under var_dir" and folder == state[0] else []
+                          for folder in state}, inside
+        assert all(path.read_text() == "the hub's own" for path in files)  # the machine's, untouched
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # -- what the stop removes from the machine's shared places ------------------------------------------------------

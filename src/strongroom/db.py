@@ -194,7 +194,15 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             from pathlib import Path
 
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            from .paths import private_dir, private_file, tighten
+
+            # the hub's alone, whatever the umask: a 0700 folder, the database made 0600 before SQLite opens it
+            # (its -wal and -shm take the database's mode); an older hub's 0644 ones are tightened
+            database = Path(parsed.database)
+            private_dir(database.parent)
+            private_file(database)
+            tighten(Path(f"{database}-wal"))
+            tighten(Path(f"{database}-shm"))
         # ``?synchronous=normal`` trades the durability of the last commits after a power cut for speed
         # (the test suite's choice, as ``synchronous_commit=off`` is on PostgreSQL); never the default
         synchronous = str(parsed.query.get("synchronous", "full")).lower()

@@ -20,6 +20,7 @@ from .db import transaction
 from .hub import Hub
 from .identity import service as identity
 from .identity.models import LocalCredential
+from .paths import private_dir
 from .projects import service as projects
 from .projects.models import Project
 
@@ -34,7 +35,7 @@ def _credentials(hub: Hub) -> dict[str, str]:
     if path.exists():
         return json.loads(path.read_text())
     creds = {username: secrets.token_urlsafe(12) for username, *_ in DEMO_USERS}
-    hub.settings.var_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(hub.settings.var_dir)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(creds, fh)

@@ -11,6 +11,7 @@ from .config import Settings, get_settings
 from .db import engine_for
 from .hubsecret import Keyring, Retired, load_retired, refuse_weak
 from .identity.secrets import configure_password_hashing
+from .paths import check_config_file, secure_var_dir
 
 
 @dataclass
@@ -28,6 +29,8 @@ class Hub:
 
         registry().commit()  # every capability's hooks (read grants, MFA policy, …) are in place before a service runs
         settings = settings or get_settings()
+        secure_var_dir(settings.var_dir)  # 0700: made so, or an older hub's tightened (with a warning)
+        check_config_file()  # a warning when every user of the machine may read the secrets in it
         configure_password_hashing(**settings.security.password_hash.model_dump())
         secret, retired = settings.effective_secret_key(), load_retired(settings)
         if not allow_weak_secrets:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .keyfiles import replace
+from .paths import private_dir
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -197,7 +198,7 @@ def retire(settings: Settings, secret: bytes) -> Retired:
     """Keep the derived keys of ``secret`` (idempotent: a second call rewrites the same content)."""
     kept = Retired(secret_id(secret), audit_key(secret), archive_passphrase(secret))
     folder = retired_dir(settings)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(folder)
     replace(folder / f"{kept.id}.json", json.dumps({
         "id": kept.id, "audit_key": kept.audit_key.hex(), "archive_passphrase": kept.archive_passphrase,
         "retired_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}, indent=1))

@@ -1,6 +1,6 @@
 """Secret files the hub creates on first use (the hub secret, the visa signing key, the key-store key).
 
-Standard library only: ``config`` imports it.
+Standard library and ``paths`` only: ``config`` imports it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .paths import private_dir
 
 T = TypeVar("T")
 _LOADED: dict[Path, tuple[tuple[int, int], Any]] = {}  # key file -> ((inode, mtime), parsed key)
@@ -21,7 +23,7 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
     Concurrent first uses are safe: the file appears atomically (a hard link to a complete temporary
     file), and whoever loses the race reads the winner's content — nobody ever reads a half-written key."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -40,7 +42,7 @@ def read_or_create(path: Path, make: Callable[[], str]) -> str:
 def replace(path: Path, text: str) -> None:
     """Put ``text`` in ``path`` atomically (mode 0600): readers see the old file or the new one, never a
     half-written key; once this returns the new content and its name are on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

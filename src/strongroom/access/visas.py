@@ -63,6 +63,7 @@ from ..db import utcnow
 from ..errors import Invalid, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
+from ..paths import private_dir
 from .models import Entitlement, VisaRevocation
 
 log = structlog.get_logger("strongroom.visas")
@@ -127,7 +128,7 @@ def rotate_signing_key(settings: Settings, *, compromised: bool = False) -> tupl
     old = signing_key(settings)
     if not compromised:
         folder = retired_dir(settings)
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(folder)
         keyfiles.replace(folder / f"{key_id(old)}.jwk", json.dumps(old.as_dict(private=False)))
     new = ECKey.generate_key("P-256", private=True)
     keyfiles.replace(key_path(settings), json.dumps(new.as_dict(private=True)))

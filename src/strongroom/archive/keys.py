@@ -19,6 +19,7 @@ from ..audit.service import Actor
 from ..db import transaction
 from ..errors import Invalid
 from ..hub import Hub
+from ..paths import private_dir
 from . import c4gh
 from .models import ArchiveFile, ArchiveKey
 
@@ -111,7 +112,7 @@ def create_key(hub: Hub, session: Session, actor: Actor) -> ArchiveKey:
     keypair = c4gh.generate_keypair()
     fingerprint = c4gh.fingerprint(keypair.public)
     directory = keys_dir(hub)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(directory)
     path = directory / f"archive-{fingerprint}.sec"
     c4gh.write_private_key(path, keypair, _passphrase(hub))
     c4gh.write_public_key(directory / f"archive-{fingerprint}.pub", keypair.public)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..keyfiles import read_or_create
+from ..paths import private_dir
 
 FORMAT = "strongroom-audit-checkpoint/1"
 
@@ -112,7 +113,7 @@ class AnchorKey:
 # -- the append-only file ----------------------------------------------------------------------------
 def append(path: Path, cp: Checkpoint) -> None:
     """One line, appended (O_APPEND: never rewrites what is there) and fsynced before returning."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, (cp.to_json() + "\n").encode())

@@ -15,6 +15,7 @@ from ..config import Settings
 from ..db import utcnow
 from ..hub import Hub
 from ..hubsecret import keys_dir
+from ..paths import private_dir
 from . import anchor
 from .anchor import AnchorKey, Checkpoint
 from .models import AuditEvent, AuditHead
@@ -67,7 +68,7 @@ def rotate_anchor_key(settings: Settings) -> tuple[str, str]:
 
     old = anchor_key(settings)
     folder = retired_dir(settings)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(folder)
     keyfiles.replace(folder / f"{old.key_id}.pem", old.public_pem())
     new = AnchorKey.generate()
     keyfiles.replace(anchor_key_file(settings), new.private_pem())

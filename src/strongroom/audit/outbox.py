@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import transaction, utcnow
 from ..hub import Hub
+from ..paths import private_dir
 from . import service as audit
 from .models import AuditEvent
 from .service import Actor
@@ -111,7 +112,7 @@ def _pending(path: Path) -> bool:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[int]:
     """The outbox file, open for appending and exclusively locked (processes on the same host share it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     created = not path.exists()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:

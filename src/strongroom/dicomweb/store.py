@@ -37,6 +37,7 @@ from ..imaging import pipeline
 from ..imaging import service as imaging
 from ..imaging.deid import DeidError
 from ..imaging.models import ARCHIVED, PUBLISHED, QUARANTINED, ImportBatch, ImportedInstance
+from ..paths import private_dir
 from ..projects import quota
 from ..projects.models import Project
 
@@ -283,7 +284,7 @@ def begin(hub: Hub, principal: Principal, project_id: uuid.UUID, study: str | No
 def spool_root(hub: Hub) -> Path:
     """``<spool>/stow``: beside the destination's per-project folders, which its recovery leaves alone."""
     spool = hub.settings.imaging.spool_dir or hub.settings.var_dir / "dicom-spool"
-    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(spool)
     os.chmod(spool, 0o700)
     base = spool / "stow"
     base.mkdir(exist_ok=True, mode=0o700)

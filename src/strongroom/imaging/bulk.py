@@ -27,6 +27,7 @@ from sqlalchemy import select
 from ..archive.backend import storage_for
 from ..errors import Invalid, NotFound
 from ..hub import Hub
+from ..paths import private_dir
 from ..projects.models import Project
 from . import pipeline, service
 
@@ -140,7 +141,7 @@ def _sources(path: Path, scratch: Path) -> Iterator[_Source]:
 @contextmanager
 def _scratch(hub: Hub) -> Iterator[Path]:
     base = hub.settings.imaging.spool_dir or hub.settings.var_dir / "dicom-spool"
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(base)
     d = Path(tempfile.mkdtemp(prefix="bulk-", dir=base))
     try:
         yield d

@@ -63,6 +63,7 @@ from ..archive.storage.durable import fsync_path
 from ..audit import outbox
 from ..audit import service as audit
 from ..hub import Hub
+from ..paths import private_dir
 from ..projects import service as projects
 from ..projects.models import Project, ProjectSetting
 from ..projects.quota import QuotaExceeded
@@ -264,7 +265,7 @@ class DicomService:
         self.cfg = hub.settings.imaging
         self.host = host or self.cfg.dicom_host
         self.spool = self.cfg.spool_dir or hub.settings.var_dir / "dicom-spool"
-        (self.spool / "incoming").mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.spool / "incoming")
         os.chmod(self.spool, 0o700)
         self.storage = storage_for(hub)
         self.pool_size = workers or self.cfg.workers or os.cpu_count() or 1

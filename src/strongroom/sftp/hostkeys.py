@@ -20,6 +20,7 @@ from ..db import transaction
 from ..errors import Conflict
 from ..hub import Hub
 from ..keyfiles import read_or_create, replace
+from ..paths import private_dir
 
 
 def host_key_path(hub: Hub) -> Path:
@@ -40,7 +41,7 @@ def _new_key() -> str:
 
 def _read(path: Path) -> asyncssh.SSHKey:
     """The key in ``path``, made on first use (mode 0600, appearing whole: concurrent first uses agree)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     return asyncssh.import_private_key(read_or_create(path, _new_key))
 
 

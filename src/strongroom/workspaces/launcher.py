@@ -57,6 +57,7 @@ class Spec:
     tmp_max_bytes: int = 2**30  # local, own uid: the most its private /tmp (and /var/tmp) holds
     shm_max_bytes: int = 2**30  # local, own uid: the most its private /dev/shm (and System V shared memory) holds
     scratch_max_bytes: int = 0  # local, root, scratches on a tmpfs: the most its scratch's own tmpfs holds (0: none)
+    hub_state: tuple[Path, ...] = ()  # local, own uid: the hub's state folders (var_dir, spool…), hidden from it
 
 
 @dataclass
@@ -337,6 +338,10 @@ LOCK_BYTES = 5 * 2**20  # lock files are tiny: Debian's own /run/lock is 5 MiB
 RUN_PLACES = ("/run", "/var/run")
 RUN_BYTES = 2**20
 SCRATCH_ROOT_BYTES = 2**20  # the scratch root's stand-in holds only the mount point of the workspace's own scratch
+# The hub's state (``Spec.hub_state``: its database, keys, spool, archive storage) is not the workspace's to read,
+# whatever the files' modes: each folder's stand-in holds only the way to what is kept beneath it (a scratch root
+# under ``var_dir``, software), and others may only pass through it (711).
+HUB_STATE_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -348,7 +353,7 @@ class Private:
 
     place: Path
     max_bytes: int
-    mode: str  # 1777 for a temporary place; 755 for /run; 711 for the scratch root (the hub's)
+    mode: str  # 1777 for a temporary place; 755 for /run; 711 for the scratch root and the hub's state (the hub's)
     keep: tuple[Path, ...] = ()
     links: tuple[tuple[Path, str], ...] = ()  # (the link, what it points to)
 
@@ -379,11 +384,13 @@ def software(python: str) -> list[Path]:
 
 def private_places(spec: Spec) -> list[Private]:
     """The places ``confine`` makes the workspace's own, in the order they are mounted (the inner ones first, so
-    the one around keeps them): the world-writable ones, /run (and /var/run) and, when it is not inside one of
-    them (a scratch on disk), the scratch root, where every other workspace's scratch is. Beneath each, only the
-    workspace's own scratch, the top folder holding its software (``software``: a hub installed, or a checkout
-    tested, under /tmp), the private places inside it and the links of the machine's aliases stay; a place the
-    workspace needs as a whole (one of those *is* it, or lies above it) stays the machine's."""
+    the one around keeps them): the world-writable ones, /run (and /var/run), the hub's state folders
+    (``Spec.hub_state``: hidden wherever they are, even inside a folder kept for the software) and, when it is not
+    inside one of them (a scratch on disk, or under ``var_dir``), the scratch root, where every other workspace's
+    scratch is. Beneath each, only the workspace's own scratch, the top folder holding its software (``software``:
+    a hub installed, or a checkout tested, under /tmp), the private places inside it and the links of the
+    machine's aliases stay; a place the workspace needs as a whole (one of those *is* it, or lies above it) stays
+    the machine's."""
     scratch = spec.scratch.resolve()
     programs = software(spec.python)
     needed = [scratch, *programs]
@@ -395,6 +402,11 @@ def private_places(spec: Spec) -> list[Private]:
             real = Path(alias).resolve()
             if Path(alias).is_dir() and real not in sizes and not any(real.is_relative_to(p) for p in needed):
                 sizes[real] = (max_bytes, mode)
+    programs_at = {p.resolve() for p in programs}
+    for folder in spec.hub_state:
+        real = folder.resolve()
+        if real.is_dir() and real not in sizes and real not in programs_at and not real.is_relative_to(scratch):
+            sizes[real] = (HUB_STATE_BYTES, "711")
     root = scratch.parent
     if not any(root.is_relative_to(p) for p in (*sizes, *needed)):
         sizes[root] = (SCRATCH_ROOT_BYTES, "711")
@@ -449,7 +461,8 @@ def confine(spec: Spec, argv: list[str]) -> list[str]:
     """``argv`` under the workspace's own uid and gid, no supplementary group, no capability, no new privileges,
     with ``umask 077``, in an IPC namespace of its own (System V IPC, POSIX message queues) and a mount namespace
     of its own (``namespace_setup``: /tmp, /var/tmp, /dev/shm and /run/lock its own size-limited tmpfs, /run its
-    own without the machine's sockets, all gone with it; its own processes alone in /proc)."""
+    own without the machine's sockets, the hub's state folders empty, all gone with it; its own processes alone in
+    /proc)."""
     assert spec.uid is not None and spec.uid > 0
     dropped = ["setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--inh-caps=-all",
                "--bounding-set=-all", "--no-new-privs", "--", *argv]

@@ -36,6 +36,7 @@ from ..identity import service as identity
 from ..identity.models import User
 from ..identity.principal import Principal
 from ..jobs import service as jobs
+from ..paths import state_folders
 from ..projects import service as projects
 from ..projects.models import Membership, Project
 from . import fuse, netns
@@ -414,7 +415,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
                 license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
                 cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes,
-                scratch_max_bytes=w.scratch_max_bytes)
+                scratch_max_bytes=w.scratch_max_bytes, hub_state=tuple(state_folders(settings)))
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use

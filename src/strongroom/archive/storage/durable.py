@@ -36,7 +36,7 @@ def makedirs_durable(path: Path, stop: Path) -> None:
         p = p.parent
     for d in reversed(missing):
         try:
-            d.mkdir()
+            d.mkdir(mode=0o700)  # the hub's alone, as the root above (``paths.private_dir``)
         except FileExistsError:
             if not d.is_dir():
                 raise

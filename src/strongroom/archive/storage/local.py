@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from ...paths import private_dir
 from .base import (
     STAGING,
     MultipartUpload,
@@ -124,7 +125,7 @@ class LocalStorage:
         self._tmpdir = self.root / STAGING / "tmp"
         self._uploads = self.root / STAGING / "uploads"
         for d in (self.root, self._tmpdir, self._uploads):
-            d.mkdir(parents=True, exist_ok=True)
+            private_dir(d)  # others read no object, not even its name (0700, whatever the umask)
 
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
@@ -308,9 +309,9 @@ class LocalStorage:
         validate_key(key)
         upload_id = secrets.token_hex(16)
         d = self._uploads / upload_id
-        d.mkdir()
+        d.mkdir(mode=0o700)
         meta = d / "upload.json"
-        with open(meta, "w") as f:
+        with os.fdopen(os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
             json.dump({"key": key, "initiated": time.time()}, f)
             f.flush()
             os.fsync(f.fileno())
