@@ -1,8 +1,10 @@
 """The image viewer (issue 13) in a real chromium: a member opens it from the project page on an imported
 CT series and sees the expected pixels (the canvas screenshot against the picture computed here from the
-de-identified pixel data with the same window), scrolls to the next slice, changes the window by key and
-by dragging; every request the page makes goes to the hub's own origin; another project's member gets 404;
-once approved for the published dataset, that member opens the viewer from the dataset page."""
+de-identified pixel data with the same window), scrolls to the next slice, changes the window by key; while
+the project's downloads are locked (the default) a drag leaves the window alone (windows of one's own need the
+download right), once they are open it changes it; every request the page makes goes to the hub's own origin;
+another project's member gets 404; once approved for the published dataset, that member opens the viewer from
+the dataset page."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from strongroom.db import transaction
 from strongroom.hub import Hub
 from strongroom.imaging import bulk, synthetic
 from strongroom.imaging.models import ImagingProject
+from strongroom.projects.models import Project, ProjectSetting
 
 from .conftest import LiveServer
 from .test_web_flows import login
@@ -62,6 +65,16 @@ def rendered(canvas: Locator, sop: str, window: str = "") -> None:
     expect(canvas).to_have_attribute("data-item", f"{sop}:1")
     expect(canvas).to_have_attribute("data-window", window)
     expect(canvas).to_have_attribute("data-state", "rendered")
+
+
+def drag(page: Page, canvas: Locator) -> None:
+    """100 pixels to the right from the canvas's centre."""
+    box = canvas.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 100, box["y"] + box["height"] / 2)
+    page.mouse.up()
 
 
 def test_viewer_renders_a_ct_series_from_the_hubs_own_origin(page: Page, browser: Browser, live_server: LiveServer,
@@ -122,13 +135,27 @@ def test_viewer_renders_a_ct_series_from_the_hubs_own_origin(page: Page, browser
     page.keyboard.press("ArrowUp")
     rendered(canvas, series[-2].sop_instance_uid)
     assert np.abs(shown(canvas) - expected(hub, series[-2].file_id, 40, 400)).mean() < 1.0
-    # dragging right widens the window (a step of width/256 per pixel): 100 px from 40/400 is 40/556
-    box = canvas.bounding_box()
-    assert box is not None
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] / 2 + 100, box["y"] + box["height"] / 2)
-    page.mouse.up()
+    # downloads are locked (the default): the hub renders only its own windows, so a drag changes nothing
+    drag(page, canvas)
+    expect(page.locator("#vw-preset")).to_have_value("")  # a drag that took would say "custom" at once
+    expect(page.locator("#vw-info")).to_contain_text("windows of your own need the download right")
+    rendered(canvas, series[-2].sop_instance_uid)
+    # the PI opens downloads: dragging right widens the window (a step of width/256 per pixel): 100 px from
+    # 40/400 is 40/556
+    with transaction(hub.sessions) as s:
+        project = s.scalar(select(Project).where(Project.slug == "lung"))
+        assert project is not None
+        s.add(ProjectSetting(project_id=project.id, key="download_allowed", value=True, changed_by=project.pi_id))
+    page.reload()
+    page.locator(f'#vw-studies button[data-study="{first.study_uid}"]').click()
+    page.locator(f'#vw-series button[data-series="{first.series_uid}"]').click()
+    rendered(canvas, first.sop_instance_uid)
+    page.keyboard.press("End")
+    rendered(canvas, series[-1].sop_instance_uid)
+    page.keyboard.press("ArrowUp")
+    rendered(canvas, series[-2].sop_instance_uid)
+    expect(page.locator("#vw-info")).not_to_contain_text("download right")
+    drag(page, canvas)
     rendered(canvas, series[-2].sop_instance_uid, "40,556")
     assert np.abs(shown(canvas) - expected(hub, series[-2].file_id, 40, 556)).mean() < 1.0
     page.screenshot(path=str(shots / "viewer-page.png"), full_page=True)

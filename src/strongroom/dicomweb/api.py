@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.from_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.orm import Session
 
 from ..archive.backend import storage_for
 from ..archive.downloads import _byte_range as byte_range
@@ -165,15 +167,12 @@ def _boundary(tag: str) -> str:
     return "strongroom-" + hashlib.sha256(tag.encode()).hexdigest()[:24]
 
 
-# Retrieves that hand out the instances' bytes: the download rules apply (metadata and rendered views do not)
-BYTES_LEAVE = frozenset({"study", "series", "instance", "frames"})
-
-
 def _readable(db: Db, hub: HubDep, principal: Principal, slug: str, study: str, series: str | None = None,
               sop: str | None = None, *, what: str) -> tuple[list[Readable], Decryptor]:
+    """For the retrieves that hand out the instances' bytes (study, series, instance, frames): the download
+    rules apply. Metadata and pictures are viewing (``_viewing``)."""
     scope = query.open_scope(db, principal, slug)
-    readable = retrieve.authorize(db, principal, retrieve.find(db, scope, study, series, sop),
-                                  download=what in BYTES_LEAVE)
+    readable = retrieve.authorize(db, principal, retrieve.find(db, scope, study, series, sop), download=True)
     dec = Decryptor.open(hub, db, storage_for(hub))
     for r in readable:
         dec.session_keys(r.file)  # opened now, inside the request: the stream needs no database
@@ -246,20 +245,47 @@ def retrieve_instance(db: Db, hub: HubDep, principal: Reader, request: Request, 
     return _instances_response(request, readable, dec, single_ok=True)
 
 
+PICTURES = frozenset({"rendered", "thumbnail"})
+
+
+@dataclass
+class Viewing:
+    """Instances a viewing route (metadata, rendered, thumbnail) shows: no download right needed."""
+
+    db: Session
+    principal: Principal
+    scope: query.Scope
+    readable: list[Readable]
+    dec: Decryptor
+    downloader: bool  # the caller may also take the bytes home: any window, all binary values, reads aggregated
+
+
+def _viewing(db: Db, hub: HubDep, principal: Principal, slug: str, study: str, series: str | None = None,
+             sop: str | None = None, *, what: str) -> Viewing:
+    scope = query.open_scope(db, principal, slug)
+    readable = retrieve.authorize(db, principal, retrieve.find(db, scope, study, series, sop), download=False)
+    downloader = retrieve.may_download(db, readable)
+    dec = Decryptor.open(hub, db, storage_for(hub))
+    if downloader or what not in PICTURES:  # pictures for anyone else are audited one by one (_rendered)
+        retrieve.audit_read(db, principal, scope, readable, what)
+    return Viewing(db, principal, scope, readable, dec, downloader)
+
+
 METADATA: dict[int | str, dict[str, Any]] = {
-    200: {"description": "DICOM JSON of each instance's header; pixel data as a BulkDataURI",
+    200: {"description": "DICOM JSON of each instance's header; pixel data as a BulkDataURI (for a caller who may "
+                         "not download, binary values over 64 bytes are left out: waveforms, documents, LUTs)",
           "content": {DICOM_JSON: {"schema": {"type": "array", "items": {"type": "object"}}}}}}
 
 
-def _metadata(request: Request, slug: str, readable: list[Readable], dec: Decryptor) -> Response:
+def _metadata(request: Request, slug: str, view: Viewing) -> Response:
     base = _base(request, slug)
     out = []
-    for r in readable:
+    for r in view.readable:
         i = r.instance
         frames = ",".join(str(n) for n in range(1, (i.number_of_frames or 1) + 1))
         instance = f"{base}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_instance_uid}"
         url = f"{instance}/frames/{frames}"
-        out.append(retrieve.metadata(dec, r, url))
+        out.append(retrieve.metadata(view.dec, r, url, downloader=view.downloader))
     return JSONResponse(out, media_type=DICOM_JSON, headers={"Cache-Control": "private, no-store"})
 
 
@@ -267,16 +293,14 @@ def _metadata(request: Request, slug: str, readable: list[Readable], dec: Decryp
 def study_metadata(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                    study: Annotated[str, UID]) -> Response:
     """WADO-RS: the metadata of every instance of a study (the headers only: no pixel data is decrypted)."""
-    readable, dec = _readable(db, hub, principal, slug, study, what="metadata")
-    return _metadata(request, slug, readable, dec)
+    return _metadata(request, slug, _viewing(db, hub, principal, slug, study, what="metadata"))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", responses=METADATA)
 def series_metadata(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                     study: Annotated[str, UID], series: Annotated[str, UID]) -> Response:
     """WADO-RS: the metadata of every instance of a series."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, what="metadata")
-    return _metadata(request, slug, readable, dec)
+    return _metadata(request, slug, _viewing(db, hub, principal, slug, study, series, what="metadata"))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", responses=METADATA)
@@ -284,21 +308,25 @@ def instance_metadata(db: Db, hub: HubDep, principal: Reader, request: Request, 
                       study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID]
                       ) -> Response:
     """WADO-RS: one instance's metadata."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, sop, what="metadata")
-    return _metadata(request, slug, readable, dec)
+    return _metadata(request, slug, _viewing(db, hub, principal, slug, study, series, sop, what="metadata"))
 
 
 FRAME_LIST = r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$"  # frame numbers from 1, comma separated
+MAX_FRAMES = 1000  # frame numbers in one request; each distinct frame is decrypted once
 
 
 def _frame_numbers(frames: str) -> list[int]:
+    """The frames asked for, each once, in the order first asked (a repeated number is one part)."""
     try:
         numbers = [int(n) for n in frames.split(",") if n.strip()]
     except ValueError:
         raise BadQuery("frames are numbers from 1, comma separated") from None
-    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10_000:
+    if not numbers or any(n < 1 for n in numbers):
         raise BadQuery("frames are numbers from 1, comma separated")
-    return numbers
+    if len(numbers) > MAX_FRAMES:
+        raise BadQuery(f"at most {MAX_FRAMES} frame numbers per request ({len(numbers)} asked): ask in several "
+                       "requests, or retrieve the instance")
+    return list(dict.fromkeys(numbers))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", responses={
@@ -309,9 +337,10 @@ def _frame_numbers(frames: str) -> list[int]:
 def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                     study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID],
                     frames: Annotated[str, Path(pattern=FRAME_LIST, max_length=60000)]) -> Response:
-    """WADO-RS: frames by number (from 1). Only the crypt4gh segments that hold them are decrypted.
-    Native pixel data comes as ``application/octet-stream`` (little endian, as stored); encapsulated as
-    its compressed bitstream (``image/jpeg``, ``image/jp2``, ``image/jls``…); no transcoding."""
+    """WADO-RS: frames by number (from 1; at most 1000 numbers, a repeated one sent once). Only the crypt4gh
+    segments that hold them are decrypted. Native pixel data comes as ``application/octet-stream`` (little
+    endian, as stored); encapsulated as its compressed bitstream (``image/jpeg``, ``image/jp2``,
+    ``image/jls``…); no transcoding."""
     numbers = _frame_numbers(frames)
     readable, dec = _readable(db, hub, principal, slug, study, series, sop, what="frames")
     r = readable[0]
@@ -322,7 +351,7 @@ def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, sl
             kind == "multipart/related" and params.get("type", "application/octet-stream") in (media, "*/*")
             and _syntax_ok(params.get("transfer-syntax"), stored)) for kind, params in _accept(request)):
         raise NotAcceptable(f"these frames are {media} in transfer syntax {stored} (no transcoding)")
-    tag = retrieve.etag([r.file], "frames:" + frames)
+    tag = retrieve.etag([r.file], "frames:" + ",".join(map(str, numbers)))
     headers = {"ETag": tag, "Cache-Control": "private, no-store"}
     if request.headers.get("if-none-match") == tag:
         return Response(status_code=304, headers=headers)
@@ -341,11 +370,19 @@ def retrieve_frames(db: Db, hub: HubDep, principal: Reader, request: Request, sl
 PNG: dict[int | str, dict[str, Any]] = {
     200: {"description": "the frame, windowed, as an 8-bit PNG",
           "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
-    **errors(400, 406, 409)}
+    **errors(400, 403, 406, 409)}
+# Tells the hub's viewer whether its drags (windows of its own) will be rendered for this caller
+CUSTOM_WINDOWS_HEADER = "Strongroom-Custom-Windows"
 
 
-def _rendered(request: Request, r: Readable, dec: Decryptor, frame: int, *, window: str | None,
+class WindowRefused(DomainError):
+    status, code = 403, "custom-window-refused"
+
+
+def _rendered(request: Request, view: Viewing, r: Readable, frame: int, *, window: str | None, what: str,
               max_side: int | None) -> Response:
+    """One frame as a PNG. A caller who may not download gets only the windows the hub offers (the header's
+    and the modality's presets: ``render.offered_windows``); each such picture is one audit event."""
     if not any(kind in ("*/*", "image/*", "image/png") for kind, _ in _accept(request)):
         raise NotAcceptable("rendered images are image/png")
     if (r.instance.transfer_syntax_uid or "1.2.840.10008.1.2.1") not in retrieve.NATIVE:
@@ -355,17 +392,34 @@ def _rendered(request: Request, r: Readable, dec: Decryptor, frame: int, *, wind
     except ValueError as exc:
         raise BadQuery(str(exc)) from None
     (pieces,) = retrieve.frame_ranges(r.instance, [frame])
-    pixels = render.Pixels.from_header(retrieve.header_dataset(dec, r))
-    data = b"".join(dec.read(r.file, start, end) for start, end in pieces)
+    pixels = render.Pixels.from_header(retrieve.header_dataset(view.dec, r))
+    name = render.window_name(win, pixels)
+    if name is None and not view.downloader:
+        retrieve.audit_window_refused(view.db, view.principal, view.scope, r, frame, window or "")
+        view.db.commit()  # the refusal stays on record although the request fails
+        offered = {n: render.format_window(w) for n, w in render.offered_windows(pixels).items()}
+        raise WindowRefused(
+            "custom windows need the download right (this project's downloads are locked, or the dataset is for "
+            "in-platform use only): leave out window for the image's own, or ask for one this image offers: "
+            + ("; ".join(f"{n} {w}" for n, w in offered.items()) or "none"), windows=offered)
+    data = b"".join(view.dec.read(r.file, start, end) for start, end in pieces)
     try:
         body = render.to_png(data, pixels, window=win, max_side=max_side)
     except render.NotRenderable as exc:
         raise NotAcceptable(str(exc)) from None
-    return Response(body, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    if not view.downloader:
+        used = win or (pixels.windows[0] if pixels.samples == 1 and pixels.windows else None)
+        shown = f"{name} {render.format_window(used)}" if used else str(name)
+        retrieve.audit_rendered(view.db, view.principal, view.scope, r, what, frame, shown)
+    return Response(body, media_type="image/png", headers={
+        "Cache-Control": "private, no-store", CUSTOM_WINDOWS_HEADER: "allowed" if view.downloader else "refused"})
 
 
-Window = Annotated[str | None, Query(description="center,width[,linear]: the VOI window (default: the header's)",
-                                     max_length=100)]
+Window = Annotated[str | None, Query(
+    description="center,width[,linear]: the VOI window (default: the header's). A caller who may not download "
+                "the images gets only the windows the hub offers (the header's own, and per modality a few "
+                "named presets: CT soft tissue 40,400, lung -600,1500, bone 300,1500, brain 40,80); any other "
+                "is 403 custom-window-refused", max_length=100)]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", responses=PNG)
@@ -373,8 +427,8 @@ def rendered_instance(db: Db, hub: HubDep, principal: Reader, request: Request, 
                       study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID],
                       window: Window = None) -> Response:
     """WADO-RS: the instance's first frame rendered (modality LUT, VOI window) as PNG."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, sop, what="rendered")
-    return _rendered(request, readable[0], dec, 1, window=window, max_side=None)
+    view = _viewing(db, hub, principal, slug, study, series, sop, what="rendered")
+    return _rendered(request, view, view.readable[0], 1, window=window, what="rendered", max_side=None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", responses=PNG)
@@ -382,39 +436,43 @@ def rendered_frame(db: Db, hub: HubDep, principal: Reader, request: Request, slu
                    study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID],
                    frame: Annotated[int, Path(ge=1, le=100_000)], window: Window = None) -> Response:
     """WADO-RS: one frame rendered as PNG."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, sop, what="rendered")
-    return _rendered(request, readable[0], dec, frame, window=window, max_side=None)
+    view = _viewing(db, hub, principal, slug, study, series, sop, what="rendered")
+    return _rendered(request, view, view.readable[0], frame, window=window, what="rendered", max_side=None)
 
 
 THUMBNAIL_SIDE = 128
+
+
+def _thumbnail(request: Request, view: Viewing, r: Readable) -> Response:
+    return _rendered(request, view, r, 1, window=None, what="thumbnail", max_side=THUMBNAIL_SIDE)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail", responses=PNG)
 def instance_thumbnail(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                        study: Annotated[str, UID], series: Annotated[str, UID], sop: Annotated[str, UID]
                        ) -> Response:
-    """WADO-RS: a small PNG of the instance's first frame (at most 128 pixels a side)."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, sop, what="thumbnail")
-    return _rendered(request, readable[0], dec, 1, window=None, max_side=THUMBNAIL_SIDE)
+    """WADO-RS: a small PNG of the instance's first frame (at most 128 pixels a side, the header's window)."""
+    view = _viewing(db, hub, principal, slug, study, series, sop, what="thumbnail")
+    return _thumbnail(request, view, view.readable[0])
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", responses=PNG)
 def series_thumbnail(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                      study: Annotated[str, UID], series: Annotated[str, UID]) -> Response:
     """WADO-RS: a small PNG of the series' middle instance."""
-    readable, dec = _readable(db, hub, principal, slug, study, series, what="thumbnail")
-    return _rendered(request, readable[len(readable) // 2], dec, 1, window=None, max_side=THUMBNAIL_SIDE)
+    view = _viewing(db, hub, principal, slug, study, series, what="thumbnail")
+    return _thumbnail(request, view, view.readable[len(view.readable) // 2])
 
 
 @router.get("/studies/{study}/thumbnail", responses=PNG)
 def study_thumbnail(db: Db, hub: HubDep, principal: Reader, request: Request, slug: str,
                     study: Annotated[str, UID]) -> Response:
     """WADO-RS: a small PNG of the study's first series' middle instance."""
-    readable, dec = _readable(db, hub, principal, slug, study, what="thumbnail")
-    first = [r for r in readable if r.instance.series_uid == readable[0].instance.series_uid]
+    view = _viewing(db, hub, principal, slug, study, what="thumbnail")
+    first = [r for r in view.readable if r.instance.series_uid == view.readable[0].instance.series_uid]
     if not first:
         raise NotFound("no such study")
-    return _rendered(request, first[len(first) // 2], dec, 1, window=None, max_side=THUMBNAIL_SIDE)
+    return _thumbnail(request, view, first[len(first) // 2])
 
 
 # -- STOW-RS ------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ fetched and decrypted: a frame is its byte range (``ImportedInstance.frames``), 
 header before the Pixel Data element (``pixel_offset``), so neither reads the rest of the file.
 
 Reads are audited per study, aggregated: one ``dicomweb.study.read`` event per caller and study within
-``AUDIT_WINDOW`` (a viewer fetching 500 frames writes one event, not 500).
+``AUDIT_WINDOW`` (a viewer fetching 500 frames writes one event, not 500) — except rendered pictures for a
+caller who may not download (``audit_rendered``): those are the only pixels such a caller gets, so each
+request is one event, with the frame and the window it showed, and a refused window is one too.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.models import AuditEvent
 from ..db import utcnow
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, Forbidden, NotFound
 from ..hub import Hub
 from ..identity.principal import Principal
 from ..imaging.models import ImportedInstance
@@ -40,6 +42,7 @@ from .query import Scope
 I = ImportedInstance  # noqa: E741
 AUDIT_WINDOW = dt.timedelta(minutes=10)
 READ_EVENT = "dicomweb.study.read"
+WINDOW_REFUSED_EVENT = "dicomweb.window.refused"
 MAX_INSTANCES = 20_000  # one study/series retrieve; more is refused rather than streamed for hours
 
 # Media types of encapsulated frames (PS3.18 Table 8.7.3-2); native frames are application/octet-stream.
@@ -89,7 +92,8 @@ def authorize(session: Session, principal: Principal, rows: Sequence[ImportedIns
     """The archive's read check on every instance's file (fresh each request). One refused file makes the
     whole answer NotFound: a retrieve never returns part of a study silently. ``download``: the answer hands
     out the instance's bytes (instances, frames), so the download rules apply as on the download route (a
-    locked project, an in-platform-only dataset: 403); metadata and rendered images are viewing."""
+    locked project, an in-platform-only dataset: 403); metadata and rendered images are viewing (rendered
+    with the hub's windows only for a caller who may not download: ``may_download``)."""
     out = []
     for inst in rows:
         f = session.get(ArchiveFile, inst.file_id) if inst.file_id else None
@@ -102,6 +106,42 @@ def authorize(session: Session, principal: Principal, rows: Sequence[ImportedIns
             require_download_allowed(session, grant)
         out.append(Readable(inst, f, grant))
     return out
+
+
+def may_download(session: Session, readable: Sequence[Readable]) -> bool:
+    """Whether the caller may take every one of these instances home (``require_download_allowed`` on each
+    grant): the right that also lets a caller choose any window on the rendered routes."""
+    grants = {(r.grant.basis, r.grant.project_id, r.grant.may_download): r.grant for r in readable}
+    try:
+        for grant in grants.values():  # a study's instances share a few grants: each is asked once
+            require_download_allowed(session, grant)
+    except Forbidden:
+        return False
+    return True
+
+
+def _grant_details(grant: ReadGrant) -> dict[str, Any]:
+    return {"basis": grant.basis, "via_project": str(grant.project_id) if grant.project_id else None}
+
+
+def audit_rendered(session: Session, principal: Principal, scope: Scope, r: Readable, what: str, frame: int,
+                   window: str) -> None:
+    """One event per rendered picture for a caller who may not download: what (rendered, thumbnail), which
+    instance and frame, and the window by name (``header``, ``lung``…) with its center and width."""
+    audit.record(session, principal.actor, READ_EVENT, project_id=scope.project_id,
+                 target=f"study:{r.instance.study_uid}"[:255],
+                 details={"read": what, "counted": "per request", "instances": 1, "frames": 1,
+                          "sop_instance_uid": r.instance.sop_instance_uid, "frame": frame, "window": window,
+                          **_grant_details(r.grant)})
+
+
+def audit_window_refused(session: Session, principal: Principal, scope: Scope, r: Readable, frame: int,
+                         asked: str) -> None:
+    """A window the hub does not offer, asked for by a caller who may not download (outcome denied)."""
+    audit.record(session, principal.actor, WINDOW_REFUSED_EVENT, outcome="denied", project_id=scope.project_id,
+                 target=f"study:{r.instance.study_uid}"[:255],
+                 details={"sop_instance_uid": r.instance.sop_instance_uid, "frame": frame, "window": asked[:100],
+                          **_grant_details(r.grant)})
 
 
 def audit_read(session: Session, principal: Principal, scope: Scope, readable: Sequence[Readable], what: str
@@ -118,8 +158,7 @@ def audit_read(session: Session, principal: Principal, scope: Scope, readable: S
             continue
         grant = next(r.grant for r in readable if r.instance.study_uid == study)
         audit.record(session, principal.actor, READ_EVENT, project_id=scope.project_id, target=target,
-                     details={"first": what, "basis": grant.basis,
-                              "via_project": str(grant.project_id) if grant.project_id else None,
+                     details={"first": what, **_grant_details(grant),
                               "window_minutes": int(AUDIT_WINDOW.total_seconds() // 60)})
 
 
@@ -159,9 +198,17 @@ def header_dataset(dec: Decryptor, r: Readable) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(dec.read(r.file, 0, end)), stop_before_pixels=True)
 
 
-def metadata(dec: Decryptor, r: Readable, bulk_url: str) -> dict[str, Any]:
-    """DICOM JSON of one instance's header (PS3.18 F.2), the pixels as a BulkDataURI."""
+# The longest binary value /metadata gives a caller who may not download. Longer ones are data rather than
+# header — waveform samples, spectroscopy data, an encapsulated document, a LUT — and are left out for them.
+VIEWING_BINARY_MAX = 64
+
+
+def metadata(dec: Decryptor, r: Readable, bulk_url: str, *, downloader: bool) -> dict[str, Any]:
+    """DICOM JSON of one instance's header (PS3.18 F.2), the pixels as a BulkDataURI. For a caller who may
+    not download, binary values longer than ``VIEWING_BINARY_MAX`` bytes are left out (at any depth)."""
     ds = header_dataset(dec, r)
+    if not downloader:
+        _leave_out_binary(ds, VIEWING_BINARY_MAX)
     out: dict[str, Any] = ds.to_json_dict(bulk_data_threshold=10**9)
     transfer_syntax = getattr(ds.file_meta, "TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
     if transfer_syntax:
@@ -170,6 +217,15 @@ def metadata(dec: Decryptor, r: Readable, bulk_url: str) -> dict[str, Any]:
         out["7FE00010"] = {"vr": "OB" if r.instance.transfer_syntax_uid not in NATIVE else "OW",
                            "BulkDataURI": bulk_url}
     return dict(sorted(out.items()))
+
+
+def _leave_out_binary(ds: pydicom.Dataset, limit: int) -> None:
+    for elem in list(ds):
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _leave_out_binary(item, limit)
+        elif isinstance(elem.value, bytes | bytearray) and len(elem.value) > limit:
+            del ds[elem.tag]
 
 
 def frame_ranges(inst: ImportedInstance, numbers: Sequence[int]) -> list[list[tuple[int, int]]]:

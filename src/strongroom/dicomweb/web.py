@@ -1,8 +1,9 @@
 """The zero-footprint viewer: one page per project (``/projects/{slug}/viewer``) whose script
 (``static/viewer.js``, ours, no third-party code) browses the studies and series over QIDO-RS and shows
-frames through WADO-RS ``/rendered`` (windowed PNGs): every request goes to the hub's own origin with the
-page's session and X-CSRF-Token. Who may open it is exactly who may read the project over DICOMweb
-(``query.open_scope``): everyone else gets 404. See docs/dicomweb.md, "The viewer"."""
+frames through WADO-RS ``/rendered`` (windowed PNGs; windows of the reader's own only with the download
+right): every request goes to the hub's own origin with the page's session and X-CSRF-Token. Who may open
+it is exactly who may read the project over DICOMweb (``query.open_scope``): everyone else gets 404. See
+docs/dicomweb.md, "The viewer"."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..identity.principal import Principal
 from ..imaging.models import ImagingProject
 from ..projects.models import Project
 from ..web.templating import templates
-from . import query
+from . import query, render
 
 router = APIRouter()
 Uid = Annotated[str | None, Query(pattern=r"^[0-9.]{1,64}$", description="a DICOM UID to open first")]
@@ -39,7 +40,14 @@ def viewer_page(request: Request, db: Db, principal: WebPrincipal, slug: str, st
         f"/datasets/{imaging.dataset_id}", "the dataset")
     return templates.TemplateResponse(request, "dicomweb/viewer.html", {
         "project": project, "base": f"/dicomweb/projects/{slug}", "back": back, "study": study or "",
-        "series": series or ""})
+        "series": series or "", "presets": _presets()})
+
+
+def _presets() -> list[dict[str, str]]:
+    """The Window menu: the hub's named presets (``render.PRESETS``, the windows it renders for everyone)."""
+    return [{"value": render.format_window((p.center, p.width)), "modality": modality, "label": p.label,
+             "shown": f"{p.center:g}/{p.width:g}".replace("-", "\u2212")}
+            for modality, presets in render.PRESETS.items() for p in presets]
 
 
 def dataset_viewer(session: Session, principal: Principal, ds: Dataset) -> list[dict[str, str]]:

@@ -1,9 +1,14 @@
 /* The hub's image viewer (dicomweb/templates/dicomweb/viewer.html). Ours, no third-party code.
  *
  * Studies and series come from QIDO-RS, the pictures from WADO-RS /rendered (8-bit PNGs windowed by the
- * hub, ?window=center,width) and the default window from /metadata, all under data-base on the hub's own
+ * hub, ?window=center,width) and the header's windows from /metadata, all under data-base on the hub's own
  * origin, authenticated by the page's session cookie and its X-CSRF-Token header. A PNG is decoded with
  * createImageBitmap and drawn on the canvas (no blob: or data: URLs, so the hub's CSP is unchanged).
+ *
+ * Windows of one's own (dragging) need the download right: for everyone else the hub renders only the
+ * header's windows and the modality's presets (docs/dicomweb.md). Each picture's Strongroom-Custom-Windows
+ * header says which applies; without the right a drag leaves the window alone and the menu offers only the
+ * windows the hub renders (the presets of the series' modality, data-modality on their options).
  *
  * For tests and assistive tools the canvas carries its state: data-state (empty|loading|rendered|error),
  * data-item ("<SOPInstanceUID>:<frame>" drawn), data-window ("center,width" asked for, or "" for the
@@ -24,7 +29,9 @@
     studyOffset: 0, study: null, series: null, items: [], index: 0,
     window: null,          // [center, width] asked for, or null: the image's own (the header's VOI window)
     headerWindow: null,    // the series' header window, where drags start from
-    zoom: 1, panX: 0, panY: 0, image: null, drawnKey: null
+    zoom: 1, panX: 0, panY: 0, image: null, drawnKey: null,
+    customWindows: null,   // may this reader choose any window? (the hub says so on every picture)
+    modality: {}           // series UID → its modality, for the presets that apply
   };
   var cache = new Map();   // key → Promise<ImageBitmap>, oldest first
   var rendering = false, again = false, studyToken = 0, seriesToken = 0;  // tokens: only the latest choice lands
@@ -34,8 +41,10 @@
     return fetch(base + path, {headers: {"X-CSRF-Token": csrf, "Accept": accept}, credentials: "same-origin",
                                cache: "no-store"})
       .then(function (r) {
-        if (!r.ok) { throw new Error(r.status === 404 ? "not found (or not yours to read)" : "HTTP " + r.status); }
-        return r;
+        if (r.ok) { return r; }
+        if (r.status === 404) { throw new Error("not found (or not yours to read)"); }
+        return r.json().then(function (problem) { throw new Error(problem.detail || "HTTP " + r.status); },
+                             function () { throw new Error("HTTP " + r.status); });
       });
   }
   function dicomJson(path) { return get(path, "application/dicom+json").then(function (r) { return r.json(); }); }
@@ -55,7 +64,7 @@
     var found = cache.get(key);
     if (found) { cache.delete(key); cache.set(key, found); return found; }
     var p = get(frameUrl(item, win), "image/png")
-      .then(function (r) { return r.blob(); })
+      .then(function (r) { noteCustomWindows(r.headers.get("Strongroom-Custom-Windows")); return r.blob(); })
       .then(function (b) { return createImageBitmap(b); });
     p.catch(function () { cache.delete(key); });
     cache.set(key, p);
@@ -128,6 +137,7 @@
           .join(" ");
         var li = button(title, value(ds, "00201209") + " images", function () { openSeries(study, uid); });
         li.firstChild.dataset.series = uid;
+        state.modality[uid] = String(value(ds, "00080060") || "").toUpperCase();
         seriesList.appendChild(li);
       });
       var pick = wantedSeries || value(found[0], "0020000E");
@@ -147,6 +157,7 @@
     var token = ++seriesToken;
     state.series = series;
     mark(seriesList, "series", series);
+    offerWindows(state.modality[series] || "", []);
     setState("loading");
     info.textContent = "Loading the series…";
     return instancesOf(study, series, 0, []).then(function (found) {
@@ -165,17 +176,61 @@
       slider.max = String(Math.max(items.length, 1));
       slider.disabled = items.length < 2;
       if (!items.length) { setState("empty"); info.textContent = "This series has no images you may read."; return; }
-      // the header's window, where a drag starts (the rendered default is the same window, applied by the hub)
+      // the header's windows: the first is where a drag starts (the rendered default is the same window,
+      // applied by the hub), the others join the menu
       dicomJson("/studies/" + study + "/series/" + series + "/instances/" + items[0].sop + "/metadata")
         .then(function (meta) {
-          var c = Number(value(meta[0], "00281050")), w = Number(value(meta[0], "00281051"));
-          if (token === seriesToken && isFinite(c) && w > 0) { state.headerWindow = [c, w]; describe(); }
+          if (token !== seriesToken) { return; }
+          var windows = headerWindows(meta[0]);
+          if (windows.length) { state.headerWindow = windows[0]; }
+          offerWindows(state.modality[series] || "", windows.slice(1));
+          describe();
         }).catch(function () { /* no header window: drags start from a soft-tissue window */ });
       show(0);
     }).catch(function (err) {
       setState("error");
       info.textContent = "Could not open the series: " + err.message;
     });
+  }
+
+  // -- the windows the hub renders --------------------------------------------------------------------
+  function headerWindows(ds) {
+    var cs = ds && ds["00281050"] && ds["00281050"].Value || [], ws = ds && ds["00281051"] && ds["00281051"].Value || [];
+    var out = [];
+    for (var i = 0; i < Math.min(cs.length, ws.length, 4); i++) {  // the hub offers the first four pairs
+      var c = Number(cs[i]), w = Number(ws[i]);
+      if (isFinite(c) && isFinite(w) && w > 0) { out.push([c, w]); }
+    }
+    return out;
+  }
+  // The menu for this series: the presets of its modality, and the header's further windows (2, 3…).
+  // A window the new series does not offer (another modality's preset, the last series' header window,
+  // a drag of one's own without the right to it) goes back to the image's own.
+  function offerWindows(modality, extra) {
+    Array.prototype.forEach.call(preset.querySelectorAll("option.vw-header"), function (o) { o.remove(); });
+    var custom = preset.querySelector('option[value="custom"]');
+    extra.forEach(function (win, i) {
+      var o = document.createElement("option");
+      o.className = "vw-header";
+      o.value = win[0] + "," + win[1];
+      o.textContent = "From the image, window " + (i + 2) + ": " + win[0] + "/" + win[1];
+      preset.insertBefore(o, custom);
+    });
+    Array.prototype.forEach.call(preset.querySelectorAll("option[data-modality]"), function (o) {
+      o.disabled = o.hidden = o.dataset.modality !== modality;
+    });
+    if (state.window && !offered(windowParam()) && (state.customWindows === false || preset.value !== "custom")) {
+      state.window = null;
+      preset.value = "";
+    }
+  }
+  function offered(win) {
+    return Array.prototype.some.call(preset.options, function (o) { return !o.disabled && o.value === win; });
+  }
+  function noteCustomWindows(answer) {
+    if (!answer) { return; }
+    var allowed = answer === "allowed";
+    if (allowed !== state.customWindows) { state.customWindows = allowed; describe(); }
   }
 
   // -- showing a frame -----------------------------------------------------------------------------
@@ -188,7 +243,8 @@
     position.textContent = (state.index + 1) + " / " + state.items.length;
     info.textContent = "Image " + item.number + (item.frames > 1 ? ", frame " + item.frame + " of " + item.frames : "") +
       " · " + (win ? "window " + Math.round(win[0]) + " / " + Math.round(win[1]) : "the image's own window") +
-      (state.window ? "" : " (from the image)") + " · zoom " + Math.round(state.zoom * 100) + "%";
+      (state.window ? "" : " (from the image)") + " · zoom " + Math.round(state.zoom * 100) + "%" +
+      (state.customWindows === false ? " · the hub's windows only: windows of your own need the download right" : "");
   }
 
   function show(index) {
@@ -248,6 +304,7 @@
   }
   function choosePreset(v) {
     if (v === "") { setWindow(null, ""); return; }
+    if (!offered(v)) { return; }  // another modality's preset
     var parts = v.split(",").map(Number);
     setWindow([parts[0], parts[1]], v);
   }
@@ -272,6 +329,7 @@
   canvas.addEventListener("pointerdown", function (e) {
     canvas.focus();
     var pan = e.shiftKey || e.button === 1 || e.button === 2;
+    if (!pan && state.customWindows === false) { describe(); return; }  // the hub's windows only: the menu
     var start = state.window || state.headerWindow || [40, 400];
     drag = {pan: pan, x: e.clientX, y: e.clientY, c: start[0], w: start[1], px: state.panX, py: state.panY};
     canvas.setPointerCapture(e.pointerId);
