@@ -90,7 +90,8 @@ QUARANTINE_RULE, DESTINATION_SETTING, PROFILE_SETTING, check_destination  # imag
 # the DICOMweb index columns (imaging/models.py): written from dicomindex's dict, read by getattr in dicomweb/query.py
 study_time, accession_number, study_id, study_description, series_description
 HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SETTING  # airlock: hold rule, settings
-check_approvals, check_reviewers, nav_context  # airlock: setting checks and the navigation's count (hooks)
+SOURCES_SETTING  # airlock: the projects a project accepts exports from
+check_approvals, check_reviewers, check_destinations, nav_context  # airlock: setting checks, the navigation's count
 PACKAGE_MIRROR_SETTING  # workspaces: the package mirror project setting
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
 revoked_by  # access/models.py VisaRevocation: who revoked the visa, read by people

@@ -81,6 +81,9 @@ def world(app, hub, people):
                       headers=bearer(t["alice"])).status_code == 201
     assert c.put(f"/api/v1/projects/lung/members/{p['sam'].user.id}/rights", json={"rights": ["export", "import"]},
                  headers=bearer(t["alice"])).status_code == 200
+    # bob, PI of 'other', accepts exports from 'lung' (a receiving project must agree first)
+    assert c.put("/api/v1/projects/other/settings/airlock_sources", json={"value": ["lung"]},
+                 headers=bearer(t["bob"])).status_code == 200
     dests = [{"kind": "project", "name": "Other team", "project": "other"},
              {"kind": "recipient", "name": "Carl at the registry", "user": "carl"}]
     r = c.put("/api/v1/projects/lung/settings/egress_destinations", json={"value": dests}, headers=bearer(t["alice"]))
@@ -660,6 +663,7 @@ def test_every_airlock_route_refuses_outsiders_and_members_without_the_right(wor
             {"kind": "s3", "name": "B", "credential": "b", "public_key": pem}, 403, 404),
         ("POST", "/projects/{slug}/airlock/settings/reviewers"): (
             {"reviewers": "mia", "approvals": "1", "expiry_days": "14"}, 403, 404),
+        ("POST", "/projects/{slug}/airlock/settings/sources"): ({"sources": "elsewhere"}, 403, 404),
         ("GET", "/projects/{slug}/airlock/{request_id}"): (None, 200, 404),
         ("GET", "/projects/{slug}/airlock/{request_id}/files/{file_id}"): (None, 403, 404),
         ("POST", "/projects/{slug}/airlock/{request_id}/review"): ({"decision": "approve"}, 403, 404),

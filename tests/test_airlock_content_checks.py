@@ -260,7 +260,8 @@ def test_column_names_are_scanned(tmp_path) -> None:
     pl.DataFrame({"visits": [[{"who": 191212121212}]], "age": [41]}),
 ])
 def test_numbers_lists_and_structs_are_scanned_by_the_airlock(tmp_path, frame) -> None:
-    [failed] = _failed(_check(tmp_path, "lab.parquet", _parquet(frame)))
+    # (a text value is in the file's footer too, as a column's statistics: "Parquet metadata" fails as well)
+    [failed] = [c for c in _failed(_check(tmp_path, "lab.parquet", _parquet(frame))) if c.name != "Parquet metadata"]
     assert "1 personnummer cell(s)" in failed.detail
 
 

@@ -3,7 +3,9 @@ on the test SeaweedFS) and ``sftp`` (an asyncssh server this test starts on 127.
 
 Each export is approved by two reviewers; what arrives is a crypt4gh stream re-encrypted to the partner's
 key, which the reference ``crypt4gh`` library decrypts to the very bytes of the archive. A server whose host
-key differs from the pinned one is refused; credentials never show in project settings or the audit trail.
+key differs from the one its credential pins is refused; credentials never show in project settings or the audit
+trail. The server's address, account and host key are the credential's (the hub's configuration, bound to the
+projects it serves), never a project's.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from test_airlock import (
 
 PARTNER = c4gh.generate_keypair()
 PARTNER_PEM = c4gh.public_key_file(PARTNER.public).decode()
+
+def _impostor_host_key() -> str:
+    """A real host key, but not the test server's."""
+    import asyncssh
+
+    return asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
 
 
 @dataclass
@@ -96,24 +104,31 @@ def partner_bucket(request) -> tuple[Any, str]:
     return sw, name
 
 
+def _sftp_credential(sftp: SftpServer, host_key: str) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": sftp.port, "username": "strongroom", "host_key": host_key,
+            "directory": "/inbox", "private_key_file": str(sftp.client_key_file), "connect_timeout": 5,
+            "projects": ["lung"]}
+
+
 @pytest.fixture
 def settings(settings: Settings, partner_bucket: tuple[Any, str], sftp_server: SftpServer) -> Settings:
-    """The hub's configuration holds the credentials, by name."""
+    """The hub's configuration holds the credentials, by name, each for the projects it serves."""
     sw, bucket = partner_bucket
     return settings.model_copy(update={"airlock": AirlockSettings.model_validate({
         "s3": {"partner-bucket": {"endpoint_url": sw.endpoint_url, "bucket": bucket,
                                   "access_key": sw.access_key, "secret_key": sw.secret_key,
                                   "region": sw.region, "prefix": "from-strongroom/", "verify_tls": False,
-                                  "max_attempts": 2, "connect_timeout": 2, "read_timeout": 10}},
-        "sftp": {"partner-sftp": {"private_key_file": str(sftp_server.client_key_file), "connect_timeout": 5}}})})
+                                  "max_attempts": 2, "connect_timeout": 2, "read_timeout": 10,
+                                  "projects": ["lung"]}},
+        "sftp": {"partner-sftp": _sftp_credential(sftp_server, sftp_server.host_key_line),
+                 "impostor-sftp": _sftp_credential(sftp_server, _impostor_host_key())}})})
 
 
-def _destinations(w, sftp: SftpServer, **sftp_extra: Any) -> None:
+def _destinations(w, sftp: SftpServer) -> None:
     dests = [{"kind": "s3", "name": "Partner bucket", "credential": "partner-bucket", "prefix": "lung/",
               "public_key": PARTNER_PEM},
-             {"kind": "sftp", "name": "Partner SFTP", "credential": "partner-sftp", "host": "127.0.0.1",
-              "port": sftp.port, "username": "strongroom", "host_key": sftp.host_key_line, "directory": "/inbox",
-              "public_key": PARTNER_PEM, **sftp_extra},
+             {"kind": "sftp", "name": "Partner SFTP", "credential": "partner-sftp", "public_key": PARTNER_PEM},
+             {"kind": "sftp", "name": "Impostor SFTP", "credential": "impostor-sftp", "public_key": PARTNER_PEM},
              {"kind": "s3", "name": "Unconfigured bucket", "credential": "nobody-configured-this",
               "public_key": PARTNER_PEM}]
     r = w["c"].put("/api/v1/projects/lung/settings/egress_destinations", json={"value": dests},
@@ -191,13 +206,10 @@ def test_export_to_sftp_arrives_encrypted_to_the_partner(world, sftp_server) -> 
 
 
 def test_a_wrong_host_key_or_a_missing_credential_is_refused(world, app, sftp_server) -> None:  # noqa: F811
-    import asyncssh
-
     w, hub = world, world["hub"]
-    impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
-    _destinations(w, sftp_server, host_key=f"[127.0.0.1]:{sftp_server.port} {impostor}")
+    _destinations(w, sftp_server)
     fid = _put_file(hub, "lung", w["p"]["sam"], "a.txt", b"hello partner\n")
-    req = _approved_export(w, fid, "Partner SFTP")
+    req = _approved_export(w, fid, "Impostor SFTP")  # its credential pins another host key
     assert req["state"] == "failed" and "host key does not match" in req["reason"], req
     assert req["receipt"]["failed"] == req["reason"] and req["receipt"]["files"] == []
     assert list(sftp_server.root.iterdir()) == []  # nothing was sent
@@ -205,7 +217,7 @@ def test_a_wrong_host_key_or_a_missing_credential_is_refused(world, app, sftp_se
     assert "Transfer failed" in page.text and "host key does not match" in page.text
     other = _approved_export(w, fid, "Unconfigured bucket")
     assert other["state"] == "failed" and "no S3 credential 'nobody-configured-this'" in other["reason"]
-    # a destination carries no secret of its own, and the host key is required
+    # a destination carries no secret of its own, nor where the hub connects (the credential's)
     bad = w["c"].put("/api/v1/projects/lung/settings/egress_destinations", headers=bearer(w["t"]["alice"]), json={
         "value": [{"kind": "s3", "name": "x", "credential": "partner-bucket", "public_key": PARTNER_PEM,
                    "secret_key": "inline"}]})

@@ -163,9 +163,9 @@ import strongroom.cli  # the command line alone applies nothing either
 assert hooks() == ([], [], [], {}, [], [], False), hooks()
 registry().commit()
 assert [len(h) for h in hooks()[:-1]] == [2, 2, 1, 2, 1, 1] and hooks()[-1], hooks()
-assert list(SETTINGS)[-9:] == ["dicom_destination", "deid_profile", "dicom_move_destinations",
-                               "egress_destinations", "airlock_reviewers", "airlock_approvals", "airlock_expiry_days",
-                               "workspace_package_mirror", "vai_evaluation_budget"]
+assert list(SETTINGS)[-10:] == ["dicom_destination", "deid_profile", "dicom_move_destinations",
+                                "egress_destinations", "airlock_reviewers", "airlock_approvals", "airlock_expiry_days",
+                                "airlock_sources", "workspace_package_mirror", "vai_evaluation_budget"]
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

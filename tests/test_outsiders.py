@@ -380,12 +380,14 @@ PUBLISHER_ONLY = {
 SETTINGS_ONLY = {
     ("PUT", "/api/v1/projects/{slug}/airlock/reviewers"), ("PUT", "/api/v1/projects/{slug}/settings/{key}"),
     ("POST", "/projects/{slug}/airlock/settings/reviewers"), ("POST", "/projects/{slug}/airlock/settings/destinations"),
+    ("POST", "/projects/{slug}/airlock/settings/sources"),
     ("POST", "/projects/{slug}/imaging/destination"), ("POST", "/projects/{slug}/imaging/profile"),
     ("POST", "/projects/{slug}/settings/{key}"),
 }
 RESEARCHER_FORMS = {
     "/projects/{slug}/airlock/settings/reviewers": {"reviewers": "nobody", "approvals": "1", "expiry_days": "14"},
     "/projects/{slug}/airlock/settings/destinations": {"kind": "project", "name": "Out", "target": "nowhere"},
+    "/projects/{slug}/airlock/settings/sources": {"sources": "elsewhere"},
     "/projects/{slug}/imaging/destination": {"ae_title": "CHEST", "port": "11112"},
     "/projects/{slug}/imaging/profile": {"reset": "1"}, "/projects/{slug}/settings/{key}": {"value": "on"},
 }

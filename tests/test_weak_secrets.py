@@ -61,7 +61,9 @@ def test_a_weak_hub_secret_is_refused_by_every_entry_point_but_its_rotation(weak
 
 S3 = {"kind": "s3", "endpoint_url": "http://127.0.0.1:1", "bucket": "strongroom", "access_key": "strongroom"}
 PARTNER_S3 = {"s3": {"partner": {"bucket": "partner", "secret_key": "change-me"}}}
-PARTNER_SFTP = {"sftp": {"partner": {"private_key_file": "/etc/strongroom/partner.key", "passphrase": "<passphrase>"}}}
+PARTNER_SFTP = {"sftp": {"partner": {"host": "sftp.partner.example", "username": "hub",
+                                     "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPartnerHostKey",
+                                     "private_key_file": "/etc/strongroom/partner.key", "passphrase": "<passphrase>"}}}
 OIDC = {"issuer": "https://login.example/", "client_id": "c"}
 DOI = {"repository_id": "EXAMPLE.HUB", "prefix": "10.12345"}
 METRICS = "change-me-to-a-long-random-token-please"

@@ -390,6 +390,10 @@ def _data_request_close(w: World, ok: bool):  # closing needs a reason
                 {"reason": "withdrawn" if ok else ""})
 
 
+def _airlock_sources(w: World, ok: bool):  # pia, PI of "second" too, lets "chest" export into it
+    return post(w.c("pia"), "/projects/second/airlock/settings/sources", {"sources": "chest" if ok else "Chest!"})
+
+
 def _airlock_destination(w: World, ok: bool):  # the PI allows exports into the project "second"
     return post(w.c("pia"), "/projects/chest/airlock/settings/destinations",
                 {"kind": "project", "name": "Second team", "target": "second" if ok else "nope"})
@@ -401,7 +405,8 @@ def settings(settings):
     from strongroom.config import AirlockSettings, ComputeSettings, WorkspaceSettings
 
     return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
-        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example"}}}),
+        {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example",
+                            "projects": ["chest"]}}}),
         "compute": ComputeSettings.model_validate({"machines": {"dgx2": {"gpus": 16}},
                                                    "over_budget": "allow_and_notify"}),
         # real JupyterLab processes (test_workspaces has the namespaces and the proxy)
@@ -740,6 +745,7 @@ CASES: dict[str, Case] = {
     "/projects/{slug}/requests/{request_id}/runs": _data_request_run,
     "/projects/{slug}/requests/{request_id}/release": _data_request_release,
     "/projects/{slug}/requests/{request_id}/close": _data_request_close,
+    "/projects/{slug}/airlock/settings/sources": _airlock_sources,
     "/projects/{slug}/airlock/settings/destinations": _airlock_destination,
     "/projects/{slug}/airlock/settings/destinations/external": _airlock_external,
     "/projects/{slug}/airlock/settings/reviewers": _airlock_reviewers,

@@ -2,8 +2,9 @@
 never stands for a fresh second factor and cannot act on the whole account (audit finding: with ``mfa_at`` = its
 minting it registered a crypt4gh recipient for the whole account and listed and revoked the user's other tokens).
 
-Every account-wide API route (everything under /api/v1/me/, writes to /api/v1/me, /api/v1/tokens) refuses it with
-403, reads included; it may still ask who it acts for and read its project.
+Every account-wide API route (everything under /api/v1/me/, writes to /api/v1/me, /api/v1/tokens, and the airlock's
+user-wide routes under /api/v1/airlock/: the outbox with its one-time downloads, the reviews across projects) refuses
+it with 403, reads included; it may still ask who it acts for and read its project.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ ACCOUNT_ROUTES: list[tuple[str, str, object]] = [
     ("DELETE", "/api/v1/me/ssh-keys/{key_id}", None),
     ("GET", "/api/v1/tokens", None),
     ("DELETE", "/api/v1/tokens/{prefix}", None),
+    ("GET", "/api/v1/airlock/outbox", None),
+    ("GET", "/api/v1/airlock/outbox/{item_id}/content", None),
+    ("GET", "/api/v1/airlock/reviews", None),
 ]
 
 
@@ -64,7 +68,7 @@ def _account_routes(app) -> set[tuple[str, str]]:
             continue
         path = route.path_format
         for method in set(route.methods or ()) - {"HEAD", "OPTIONS"}:
-            if (path.startswith(("/api/v1/me/", "/api/v1/tokens/")) or path == "/api/v1/tokens"
+            if (path.startswith(("/api/v1/me/", "/api/v1/tokens/", "/api/v1/airlock/")) or path == "/api/v1/tokens"
                     or (path == "/api/v1/me" and method != "GET")):
                 found.add((method, path))
     return found
@@ -92,7 +96,7 @@ def test_a_workspace_token_is_refused_on_every_account_route(app, hub, people, m
     workspace = _workspace_token(hub, alice, _project(hub, "alice"))
     personal = token_for(hub, alice)  # every scope, minted just now (a fresh second factor)
     prefix = personal.split("_")[1]
-    url = path.format(fingerprint="SHA256:" + "A" * 43, key_id=uuid.uuid4(), prefix=prefix)
+    url = path.format(fingerprint="SHA256:" + "A" * 43, key_id=uuid.uuid4(), prefix=prefix, item_id=uuid.uuid4())
     c = TestClient(app, base_url=BASE)
 
     def send(token: str):

@@ -302,12 +302,16 @@ def test_egress_only_to_the_hub_and_allow_listed(hub, people, live: str, destina
     people("alice")
     make_project(hub, "lung", pi="alice")
     pem = public_key_file(generate_keypair().public).decode()
+    from strongroom.config import AirlockSftpCredential
+
+    # the SFTP server's address is its credential's (the operator's), for the projects it serves
+    hub.settings.airlock.sftp["partner"] = AirlockSftpCredential(
+        host=DEST_IP, port=allowed_port, username="strongroom", private_key_file=Path("/nonexistent"),
+        host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2bm90YXJlYWxrZXlidXRhZm9ybWF0b2suLi4u", projects=["lung"])
     with transaction(hub.sessions) as s:
         pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
         s.add(ProjectSetting(project_id=pid, key="egress_destinations", value=[{
-            "kind": "sftp", "name": "Partner", "credential": "partner", "public_key": pem, "host": DEST_IP,
-            "port": allowed_port, "username": "strongroom",
-            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGk2bm90YXJlYWxrZXlidXRhZm9ybWF0b2suLi4u"}],
+            "kind": "sftp", "name": "Partner", "credential": "partner", "public_key": pem}],
             changed_by=s.scalar(select(projects.Project.pi_id).where(projects.Project.id == pid))))
     with transaction(hub.sessions) as s:
         assert service.allowed_destinations(s, hub.settings, pid) == [(DEST_IP, allowed_port)]

@@ -206,9 +206,16 @@ class AuditSettings(BaseModel):
     s3_retention_days: int = 3650
 
 
+# A known_hosts line ("host[,host…] type base64 [comment]") or just "type base64": the server's key, pinned.
+_SSH_HOST_KEY = (r"^([^\s@#][^\s]*\s+)?(ssh-ed25519|ssh-ed448|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
+                 r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)"
+                 r"\s+[A-Za-z0-9+/]+=*(\s[^\x00-\x1f]*)?$")
+
+
 class AirlockS3Credential(BaseModel):
     """A partner bucket the airlock may export to (``[airlock.s3.<name>]``); a project's ``s3`` destination
-    names it by ``credential``, so keys never enter project settings. Objects go under ``prefix``."""
+    names it by ``credential``, so keys never enter project settings. Objects go under ``prefix``. Only the
+    projects listed in ``projects`` may choose it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -222,21 +229,38 @@ class AirlockS3Credential(BaseModel):
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
     max_attempts: int = Field(5, ge=1)
+    projects: list[str] = []  # slugs of the projects it serves; none listed: none (deny by default)
+
+    def serves(self, slug: str) -> bool:
+        return slug in self.projects
 
 
 class AirlockSftpCredential(BaseModel):
-    """The hub's SSH identity for a partner SFTP server (``[airlock.sftp.<name>]``); a project's ``sftp``
-    destination names it by ``credential`` and carries the (public) host key it must present."""
+    """A partner SFTP server the airlock may export to (``[airlock.sftp.<name>]``), pinned whole by the operator:
+    where the hub connects (``host``, ``port``), as whom (``username``, the hub's key), the host key the server
+    must present (never trusted on first use) and the ``directory`` files go under. A project's ``sftp``
+    destination names it by ``credential`` and adds only the partner's crypt4gh key and a sub-folder, so no
+    project points the hub's connections elsewhere. Only the projects listed in ``projects`` may choose it."""
 
     model_config = ConfigDict(extra="forbid")
 
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    port: int = Field(22, ge=1, le=65535)
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    host_key: str = Field(max_length=16_000, pattern=_SSH_HOST_KEY)
+    directory: str = Field(".", min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")
     private_key_file: Path
     passphrase: SecretStr = SecretStr("")
     connect_timeout: float = Field(10.0, gt=0)
+    projects: list[str] = []  # slugs of the projects it serves; none listed: none (deny by default)
+
+    def serves(self, slug: str) -> bool:
+        return slug in self.projects
 
 
 class AirlockSettings(BaseModel):
-    """Credentials of the airlock's external destinations, by name (see docs/airlock.md)."""
+    """Credentials of the airlock's external destinations, by name, each bound to the projects it serves (see
+    docs/airlock.md)."""
 
     s3: dict[str, AirlockS3Credential] = {}
     sftp: dict[str, AirlockSftpCredential] = {}

@@ -156,11 +156,13 @@ def _api_principal(request: Request, db: Db) -> Principal:
 
 
 # Routes that act on the whole account rather than on one project: the profile and notification mode, API tokens,
-# crypt4gh recipient keys and SSH keys (every route under /api/v1/me/, and /api/v1/tokens). A project-bound token
-# (a workspace's STRONGROOM_TOKEN, which lives in the notebook, not with the person) is refused on all of them, reads
-# included; it may still ask who it acts for (GET /api/v1/me). Checked here, where every API token is resolved, so a
-# route added under these paths later is covered without asking for it.
-ACCOUNT_PATHS = ("/api/v1/me/", "/api/v1/tokens/")
+# crypt4gh recipient keys and SSH keys (every route under /api/v1/me/, and /api/v1/tokens), and the airlock's
+# user-wide routes (the outbox of files exported to the user, with its one-time downloads, and the reviews waiting
+# across the user's projects: /api/v1/airlock/…). A project-bound token (a workspace's STRONGROOM_TOKEN, which lives
+# in the notebook, not with the person) is refused on all of them, reads included; it may still ask who it acts for
+# (GET /api/v1/me). Checked here, where every API token is resolved, so a route added under these paths later is
+# covered without asking for it.
+ACCOUNT_PATHS = ("/api/v1/me/", "/api/v1/tokens/", "/api/v1/airlock/")
 WORKSPACE_TOKEN_ACCOUNT = ("a workspace's token acts only inside its project: manage your account, API tokens and "
                            "keys from the hub's pages or with your own API token")
 

@@ -1,5 +1,6 @@
-"""The airlock in a real browser: the PI allows a destination and names reviewers; a member requests an
-export; after the automatic checks two reviewers approve; the transfer's receipt is on the request page."""
+"""The airlock in a real browser: the receiving project's PI accepts exports from the sending project; the
+sending PI allows it as a destination and names reviewers; a member requests an export; after the automatic checks
+two reviewers approve; the transfer's receipt is on the request page."""
 
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def settings(settings):
-    """A partner bucket configured on the hub by name (never contacted here): the PI picks it on the page."""
+    """A partner bucket configured on the hub by name for 'lung' (never contacted here): its PI picks it on the
+    page."""
     from strongroom.config import AirlockSettings
 
     return settings.model_copy(update={"airlock": AirlockSettings.model_validate(
         {"s3": {"partner": {"bucket": "incoming", "endpoint_url": "https://s3.partner.example",
-                            "secret_key": "never-shown"}}})})
+                            "secret_key": "never-shown", "projects": ["lung"]}}})})
 
 
 def _as(browser: Browser, url: str, person) -> Page:
@@ -45,7 +47,7 @@ def test_export_request_reviewed_and_delivered_in_the_browser(browser: Browser, 
                                                               shots: Path, tmp_path: Path) -> None:
     ensure_key(hub)
     alice, sam, rita, ron = (people(n) for n in ("alice", "sam", "rita", "ron"))
-    people("bob")
+    bob = people("bob")
     make_project(hub, "lung", "alice", members={"sam": "member", "rita": "member", "ron": "member"})
     make_project(hub, "other", "bob")
     src = tmp_path / "ages.csv"
@@ -56,6 +58,11 @@ def test_export_request_reviewed_and_delivered_in_the_browser(browser: Browser, 
         sealed = archive.seal_into_storage(hub_keys(hub, s), storage_for(hub), lung, archive.new_accession("SRF"),
                                            str(src))
         archive.add_sealed_file(s, lung, sam.user.id, "out/ages.csv", sealed)
+    receiving = _as(browser, live_server.url, bob)  # 'other' agrees to receive lung's exports
+    receiving.goto("/projects/other/airlock/settings")
+    receiving.get_by_label("Projects that may export into this one (slugs, comma-separated)").fill("lung")
+    receiving.get_by_role("button", name="Save the projects accepted").click()
+    expect(receiving.locator("#flash")).to_contain_text("Exports accepted from: lung.")
     pi = _as(browser, live_server.url, alice)
     pi.goto("/projects/lung")
     pi.get_by_role("link", name="Reviewed export and import").click()

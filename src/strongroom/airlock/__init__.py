@@ -2,8 +2,9 @@
 
 A request lists archive files; a job checks every file server-side (``checks``: a pure engine) before any
 reviewer sees it; the project's named reviewers approve (N, set by the PI) or reject; on approval a job
-delivers the files to a destination on the project's allow-list (another project's archive, or a named
-recipient's crypt4gh key through an outbox) and writes a checksum receipt. See docs/airlock.md.
+delivers the files to a destination on the project's allow-list (the archive of another project that accepts
+them, a named recipient's crypt4gh key through an outbox, or a partner's bucket or server the hub's operator
+configured for the project) and writes a checksum receipt. See docs/airlock.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def includeme(config: Config) -> None:
     config.add_project_setting("airlock_reviewers", "strongroom.airlock.settings:REVIEWERS_SETTING")
     config.add_project_setting("airlock_approvals", "strongroom.airlock.settings:APPROVALS_SETTING")
     config.add_project_setting("airlock_expiry_days", "strongroom.airlock.settings:EXPIRY_SETTING")
+    config.add_project_setting("airlock_sources", "strongroom.airlock.settings:SOURCES_SETTING")  # who may send here
+    config.add_setting_check("egress_destinations", "strongroom.airlock.service:check_destinations")
     config.add_setting_check("airlock_approvals", "strongroom.airlock.service:check_approvals")
     config.add_setting_check("airlock_reviewers", "strongroom.airlock.service:check_reviewers")
     config.add_project_listener("strongroom.airlock.service:check_coverage")  # reviewers who left: PI told

@@ -158,15 +158,16 @@ def create_import(db: Db, principal: DataWrite, slug: str, body: ImportIn) -> Re
 
 
 @router.post("/projects/{slug}/airlock/requests/{request_id}/reviews", response_model=RequestOut,
-             summary="Approve or reject (named reviewers; never one's own request)")
-def review(db: Db, principal: ProjectsWrite, slug: str, request_id: str, body: ReviewIn) -> RequestOut:
+             summary="Approve (fresh MFA) or reject (named reviewers; never one's own request)")
+def review(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, request_id: str, body: ReviewIn) -> RequestOut:
     access = open_project(db, principal, slug)
-    r = service.review(db, principal, access, request_id, decision=body.decision, reason=body.reason)
+    r = service.review(db, principal, access, request_id, decision=body.decision, reason=body.reason,
+                       fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _out(db, r)
 
 
 @router.post("/projects/{slug}/airlock/requests/{request_id}/override", response_model=RequestOut,
-             summary="Let a request whose checks failed be approved (PI, fresh MFA, a reason)")
+             summary="Let a request whose checks failed be approved (PI, not their own; fresh MFA, a reason)")
 def override(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, request_id: str,
              body: OverrideIn) -> RequestOut:
     access = open_project(db, principal, slug)

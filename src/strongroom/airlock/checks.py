@@ -7,17 +7,21 @@ overrides it with a reason, and the reviewer sees which file (or member) was not
 For every file: a size limit and type sniffing by magic bytes against the extension. Then by type:
 DICOM → ``imaging.verify.identity_scan`` (national identity numbers in any element value); tables
 (csv/tsv/xlsx/parquet) → the project's strategy verification when it has one, else the identifier scan of
-every cell and of the column names, on every sheet of a workbook; gzip/bzip2/xz streams → decompressed
-(bounded) and checked as what they hold; ZIP/TAR archives → every member extracted (bounded) and checked as a
-file of its own, nested archives to ``MAX_DEPTH``; Office documents (docx/pptx/xlsx) → the text of every XML
-part; text → ``identifiers.spans``. Not read: PDF, images, databases, 7z, encrypted members, unknown binaries,
+every cell and of the column names, on every sheet of a workbook, and a Parquet file's footer (key-value
+metadata, the Arrow schema, statistics); gzip/bzip2/xz streams → decompressed (bounded) and checked as what they
+hold; ZIP/TAR archives → every member extracted (bounded) and checked as a file of its own, nested archives to
+``MAX_DEPTH``; Office documents (docx/pptx/xlsx) → the text of every XML part; text → ``identifiers.spans`` (NUL
+bytes left out, so UTF-16 text is read too), and text that is a table by another name (``lab.txt`` holding CSV)
+is verified as a table as well. Not read: PDF, images, databases, 7z, encrypted members, unknown binaries,
 and whatever exceeds the bounds. Results name kinds and counts, never the values.
 """
 
 from __future__ import annotations
 
+import base64
 import bz2
 import codecs
+import csv
 import gzip
 import io
 import itertools
@@ -49,6 +53,12 @@ MAX_MEMBERS = 10_000  # archive members (and document parts) read per file
 MAX_INFLATED = 1 << 30  # bytes decompressed or extracted per file, all members together
 MAX_RATIO = 100  # a stream inflating more than 100× (beyond RATIO_FREE) is a bomb, not data
 RATIO_FREE = 1 << 20  # tiny streams compress very well: any stream may inflate to 1 MiB
+MAX_FOOTER = 64 * 1024 * 1024  # a Parquet footer larger than this is not read
+TABLE_SNIFF_BYTES = 1 << 16  # what is read to tell whether a text is a delimited table
+# delimiters of a table by another name, and the ones the table reader (strategies.tables) reads
+_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_READ_DELIMITERS = (",", ";", "\t")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
 
 # (offset, magic, type). Order matters: the first match wins.
 _MAGIC: list[tuple[int, bytes, str]] = [
@@ -182,10 +192,10 @@ def _joined(entries: list[str], limit: int = 20) -> str:
 
 class _Finder:
     """``identifiers.spans`` over text fed in pieces, in windows of 1 MiB overlapping by 64 characters
-    (identifiers straddling a window's end are found in the next one). Counts per kind."""
+    (identifiers straddling a window's end are found in the next one). Counts per kind. Every kind, always: a
+    project's strategy may add names to look for, never turn a kind off."""
 
-    def __init__(self, *, personnummer: bool = True, email: bool = True, phone: bool = True) -> None:
-        self.kinds = {"personnummer": personnummer, "email": email, "phone": phone}
+    def __init__(self) -> None:
         self.found: dict[str, int] = {}
         self._pending: list[str] = []
         self._size = 0
@@ -201,7 +211,7 @@ class _Finder:
         text = self._tail + "".join(self._pending)
         self._pending, self._size = [], 0
         cut = len(text) if final else max(len(text) - 64, 0)
-        for start, _, kind in spans(text, **self.kinds):
+        for start, _, kind in spans(text):
             if start < cut:
                 self.found[kind] = self.found.get(kind, 0) + 1
         self._tail = text[cut:]
@@ -212,25 +222,46 @@ class _Finder:
 
 
 def scan_text(path: Path) -> Check:
-    """``identifiers.spans`` over the text (UTF-8, else Windows-1252), in overlapping windows."""
-    finder, read, truncated = _Finder(), 0, False
+    """``identifiers.spans`` over the text (UTF-8, else Windows-1252), in overlapping windows. NUL bytes are
+    left out: text in UTF-16 (anywhere in the file, after an ASCII beginning too) reads as its characters."""
+    finder, read, truncated, nul = _Finder(), 0, False, False
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(text: str) -> None:
+        nonlocal nul
+        if "\x00" in text:
+            nul, text = True, text.replace("\x00", "")
+        finder.feed(text)
+
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             read += len(chunk)
-            finder.feed(decoder.decode(chunk))
+            feed(decoder.decode(chunk))
             if read >= TEXT_SCAN_BYTES:
                 truncated = f.read(1) != b""
                 break
-    finder.feed(decoder.decode(b"", final=True))
+    feed(decoder.decode(b"", final=True))
     found = finder.summary()
+    how = " (NUL bytes left out: read as UTF-16 text too)" if nul else ""
     if found:
         note = f" (in the first {TEXT_SCAN_BYTES // 2**20} MiB; the rest was not read)" if truncated else ""
-        return Check("identifiers in text", False, f"found {found}{note}")
+        return Check("identifiers in text", False, f"found {found}{note}{how}")
     if truncated:  # no "passed" for the part never read
         return _not_checked("identifiers in text", f"none in the first {TEXT_SCAN_BYTES // 2**20} MiB; "
-                                                   "the rest was not read")
-    return Check("identifiers in text", True, "none found")
+                                                   f"the rest was not read{how}")
+    return Check("identifiers in text", True, f"none found{how}")
+
+
+def holds_nul(path: Path) -> bool:
+    """Whether the text has a NUL byte (in its first ``TEXT_SCAN_BYTES``): UTF-16 parts, or binary ones."""
+    with path.open("rb") as f:
+        for _ in range(TEXT_SCAN_BYTES >> 20):
+            chunk = f.read(1 << 20)
+            if b"\x00" in chunk:
+                return True
+            if not chunk:
+                break
+    return False
 
 
 def scan_dicom(path: Path) -> Check:
@@ -260,13 +291,19 @@ def scan_dicom(path: Path) -> Check:
 def check_table(path: Path, strategy: Any | None) -> Check:
     """The project's strategy verification (``strategies.engine.verify``) when ``strategy`` is given, else
     the identifier scan of every cell and column name; on every sheet of a workbook (hidden ones too)."""
-    from ..strategies.scan import NameMatcher, scan_identifiers
     from ..strategies.tables import TableError, read_sheets
 
     try:
         sheets = {name: frame for name, frame in read_sheets(path).items() if frame.width}  # empty: nothing to read
     except TableError as exc:
         return Check("table", False, str(exc))
+    return _verify_sheets(sheets, strategy)
+
+
+def _verify_sheets(sheets: dict[str, Any], strategy: Any | None) -> Check:
+    """`check_table` on tables already read (sheet name → frame)."""
+    from ..strategies.scan import NameMatcher, scan_identifiers
+
     rows = sum(frame.height for frame in sheets.values())
     counted = f"{rows} rows" + (f" in {len(sheets)} sheets" if len(sheets) > 1 else "")
 
@@ -348,11 +385,17 @@ def _content(path: Path, name: str, kind: str, ctx: _Context, depth: int) -> lis
         return []  # the type check already fails and says why
     if kind == "dicom":
         return [scan_dicom(path)]
+    if suffix in TABLE_SUFFIXES and kind == "text" and holds_nul(path):
+        return [scan_text(path), _not_checked("table", "the table's text holds NUL bytes (UTF-16 or binary parts): "
+                                                       "its cells are not read as written, the strategy was not "
+                                                       "applied; its text was scanned for identifiers")]
     if suffix in TABLE_SUFFIXES and kind in ("text", "zip", "parquet", "empty"):
         checks = [check_table(path, ctx.strategy)]
         if kind == "zip":  # a workbook: also its comments, properties, names (as the strategy looks for them)
-            checks.append(scan_office(path, ctx, depth, kinds=_kinds(ctx.strategy)) if suffix in OFFICE_SUFFIXES
+            checks.append(scan_office(path, ctx, depth) if suffix in OFFICE_SUFFIXES
                           else scan_archive(path, kind, ctx, depth))
+        if kind == "parquet":  # what the frame does not show: key-value metadata, the Arrow schema, statistics
+            checks.append(scan_parquet_footer(path))
         return checks
     if kind == "zip" and suffix in OFFICE_SUFFIXES:
         return [scan_office(path, ctx, depth)]
@@ -361,7 +404,7 @@ def _content(path: Path, name: str, kind: str, ctx: _Context, depth: int) -> lis
     if kind in ("zip", "tar"):
         return [scan_archive(path, kind, ctx, depth)]
     if kind == "text":
-        return [scan_text(path)]
+        return [scan_text(path), *as_table(path, ctx)]
     if kind == "empty":
         return []  # nothing to read
     return [_not_checked("content", _UNREAD.get(kind, f"{kind} content is not inspected by the checks"))]
@@ -517,12 +560,11 @@ def _xml_text(src: IO[bytes], packed: int, ctx: _Context, finder: _Finder, *, ta
     parser.close()
 
 
-def scan_office(path: Path, ctx: _Context, depth: int = 0, *, kinds: dict[str, bool] | None = None) -> Check:
+def scan_office(path: Path, ctx: _Context, depth: int = 0) -> Check:
     """The text of every XML part of an Office document (body, comments, tracked changes, notes, headers,
     properties, a workbook's cells and sheet names) scanned for identifiers; every other part (embedded
-    documents, images, binaries) checked as a file of its own, as archive members are. `kinds`: the
-    identifier kinds looked for (default: all)."""
-    finder = _Finder(**(kinds or _kinds(None)))
+    documents, images, binaries) checked as a file of its own, as archive members are."""
+    finder = _Finder()
     found = _Members()
     parts = 0
     try:
@@ -561,12 +603,149 @@ def scan_office(path: Path, ctx: _Context, depth: int = 0, *, kinds: dict[str, b
     return found.check("document text", f"{parts} part(s) read")
 
 
-def _kinds(strategy: Any | None) -> dict[str, bool]:
-    """The identifier kinds looked for: all, or those the project's strategy looks for (its promises)."""
-    scan = getattr(strategy, "identifier_scan", None)
-    if scan is None:
-        return {"personnummer": True, "email": True, "phone": True}
-    return {"personnummer": scan.personnummer, "email": scan.email, "phone": scan.phone}
+def delimiter_of(path: Path) -> str | None:
+    """The delimiter of a text whose lines split by it into one number (more than one) of fields, as a CSV's
+    header and rows do (nine lines in ten at least, of its first 200); None for prose, code or JSON."""
+    with path.open("rb") as f:
+        sample = f.read(TABLE_SNIFF_BYTES)
+    lines = sample.decode("utf-8", errors="replace").replace("\x00", "").splitlines()
+    if len(sample) == TABLE_SNIFF_BYTES:
+        lines = lines[:-1]  # perhaps cut by the sample's end
+    lines = [line for line in lines if line.strip()][:200]
+    if len(lines) < 2:
+        return None
+    for delimiter in _DELIMITERS:
+        try:
+            widths = [len(row) for row in csv.reader(lines, delimiter=delimiter)]
+        except csv.Error:
+            continue
+        if widths and widths[0] > 1 and sum(w == widths[0] for w in widths) >= 0.9 * len(widths):
+            return delimiter
+    return None
+
+
+def as_table(path: Path, ctx: _Context) -> list[Check]:
+    """Text that is a table by another name (``lab.txt``, ``lab.dat`` holding CSV) is verified as the table it
+    is (the strategy, or the identifier scan of every cell); text that looks delimited but cannot be read as a
+    table is not checked as one, and says so."""
+    delimiter = delimiter_of(path)
+    if delimiter is None:
+        return []
+    why = f"table-like text ({_DELIMITERS[delimiter]}-separated), the strategy was not applied"
+    if delimiter not in _READ_DELIMITERS or holds_nul(path):
+        return [_not_checked("table", f"{why}: not a table the checks read")]
+    from ..strategies.tables import TableError, read_sheets
+
+    copy = ctx.scratch_file("table.tsv" if delimiter == "\t" else "table.csv")  # read as the table it is
+    copy.symlink_to(path.resolve())
+    try:
+        sheets = {sheet: frame for sheet, frame in read_sheets(copy).items() if frame.width}
+    except TableError as exc:
+        return [_not_checked("table", f"{why}: it cannot be read as a table ({str(exc).split(': ', 1)[-1]})")]
+    finally:
+        copy.unlink()
+    verified = _verify_sheets(sheets, ctx.strategy)
+    verified.detail = f"read as a table ({_DELIMITERS[delimiter]}-separated text): {verified.detail}"
+    return [verified]
+
+
+def _thrift_strings(data: bytes) -> list[bytes]:
+    """Every binary value (names, key-value metadata, statistics) of a Thrift compact-protocol struct such as a
+    Parquet footer, read without its schema, at any depth. ValueError when it is not well-formed."""
+    pos, found = 0, []
+
+    def byte() -> int:
+        nonlocal pos
+        if pos >= len(data):
+            raise ValueError("truncated")
+        pos += 1
+        return data[pos - 1]
+
+    def varint() -> int:
+        shift = value = 0
+        while True:
+            b = byte()
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise ValueError("varint too long")
+
+    def read(kind: int, depth: int, *, element: bool) -> None:
+        nonlocal pos
+        if depth > 64:
+            raise ValueError("nested too deep")
+        if kind in (1, 2):  # bool: in a field header its value is the type; as a container's element, a byte
+            pos += element
+        elif kind == 3:
+            byte()
+        elif kind in (4, 5, 6):
+            varint()
+        elif kind == 7:
+            pos += 8
+        elif kind == 8:
+            size = varint()
+            if pos + size > len(data):
+                raise ValueError("truncated")
+            found.append(data[pos:pos + size])
+            pos += size
+        elif kind in (9, 10):
+            header = byte()
+            size = varint() if header >> 4 == 15 else header >> 4
+            for _ in range(size):
+                read(header & 0x0F, depth + 1, element=True)
+        elif kind == 11:
+            size = varint()
+            types = byte() if size else 0
+            for _ in range(size):
+                read(types >> 4, depth + 1, element=True)
+                read(types & 0x0F, depth + 1, element=True)
+        elif kind == 12:
+            struct(depth + 1)
+        else:
+            raise ValueError(f"unknown type {kind}")
+        if pos > len(data):
+            raise ValueError("truncated")
+
+    def struct(depth: int) -> None:
+        while header := byte():
+            if not header >> 4:
+                varint()  # a field id written in full
+            read(header & 0x0F, depth, element=False)
+
+    struct(0)
+    return found
+
+
+def scan_parquet_footer(path: Path) -> Check:
+    """Identifiers in what a Parquet file holds besides its rows: the footer's key-value metadata (the Arrow
+    schema in it decoded: field and schema metadata), column names and statistics. A footer that cannot be
+    read (encrypted, damaged, too large) is not checked."""
+    with path.open("rb") as f:
+        size = f.seek(0, io.SEEK_END)
+        f.seek(max(size - 8, 0))
+        tail = f.read(8)
+        length = int.from_bytes(tail[:4], "little")
+        if size < 12 or tail[4:] != b"PAR1" or length > size - 12 or length > MAX_FOOTER:
+            return _not_checked("Parquet metadata", "the footer is encrypted, damaged or too large: not read")
+        f.seek(size - 8 - length)
+        footer = f.read(length)
+    try:
+        values = _thrift_strings(footer)
+    except ValueError as exc:
+        return _not_checked("Parquet metadata", f"the footer cannot be read ({exc}): not read")
+    finder = _Finder()
+    for value in values:
+        finder.feed(value.decode("utf-8", errors="replace") + "\n")
+        if _BASE64.fullmatch(value) and len(value) % 4 == 0:  # e.g. ARROW:schema, a serialised schema
+            finder.feed(base64.b64decode(value).decode("latin-1") + "\n")
+    found = finder.summary()
+    if found:
+        return Check("Parquet metadata", False, f"found {found} in the footer (key-value metadata, schema or "
+                                                "statistics)")
+    return Check("Parquet metadata", True, f"none found in the footer ({len(values)} values: key-value metadata, "
+                                           "the Arrow schema, column names, statistics)")
 
 
 def check_file(path: Path, name: str, *, max_bytes: int, strategy: Any | None = None) -> FileReport:

@@ -1,9 +1,9 @@
 """Transports of the airlock's external destinations (``s3``, ``sftp``): a crypt4gh stream out, the same
 bytes read back. No database here; ``transfer`` decides what is sent and writes the receipt.
 
-Credentials come from the hub's configuration (``[airlock.s3.<name>]``, ``[airlock.sftp.<name>]``), never
-from the project's destination. An SFTP server must present the host key the destination pins (a
-known_hosts line): there is no trust on first use.
+Credentials, and where they connect, come from the hub's configuration (``[airlock.s3.<name>]``,
+``[airlock.sftp.<name>]``), never from the project's destination. An SFTP server must present the host key the
+credential pins (a known_hosts line): there is no trust on first use.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from ..archive import c4gh
 from ..archive.storage.s3 import S3Storage
 from ..config import AirlockS3Credential, AirlockSftpCredential
-from .plaintext import TransferRefused
+from .plaintext import NotAsSent, TransferRefused
 
 CHUNK = 4 * 1024 * 1024
 SFTP_OP_SECONDS = 300.0  # one SFTP request (open, a 4 MiB write or read, close) may take this long
@@ -94,7 +94,7 @@ def s3_chunks(storage: S3Storage, key: str) -> Iterator[bytes]:
             got += len(chunk)
             yield chunk
     if got != size:
-        raise RuntimeError(f"{key}: read {got} bytes of {size}")
+        raise NotAsSent(f"{key}: read {got} bytes of {size}")
 
 
 # -- sftp --------------------------------------------------------------------------------------------
@@ -109,22 +109,22 @@ def pinned_host_key(line: str) -> Any:
                 return asyncssh.import_public_key(f"{token} {tokens[i + 1]}")
             except (asyncssh.KeyImportError, ValueError):
                 break
-    raise TransferRefused("the destination's host_key is not a known_hosts line with a public key")
+    raise TransferRefused("the credential's host_key is not a known_hosts line with a public key")
 
 
 class SftpSession:
     """A synchronous face on one asyncssh connection and SFTP session: its event loop runs in a thread of
     its own, so the (synchronous) transfer job streams into it chunk by chunk."""
 
-    def __init__(self, dest: dict[str, Any], cred: AirlockSftpCredential) -> None:
-        self.where = f"{dest['username']}@{dest['host']}:{dest.get('port', 22)}"
-        host_key = pinned_host_key(dest["host_key"])
+    def __init__(self, cred: AirlockSftpCredential) -> None:
+        self.where = f"{cred.username}@{cred.host}:{cred.port}"
+        host_key = pinned_host_key(cred.host_key)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="airlock-sftp", daemon=True)
         self._thread.start()
         self._conn: Any = None
         try:
-            self._sftp = self._run(self._open(dest, cred, host_key), cred.connect_timeout * 3)
+            self._sftp = self._run(self._open(cred, host_key), cred.connect_timeout * 3)
         except BaseException:
             self.close()
             raise
@@ -135,7 +135,7 @@ class SftpSession:
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
-    async def _open(self, dest: dict[str, Any], cred: AirlockSftpCredential, host_key: Any) -> Any:
+    async def _open(self, cred: AirlockSftpCredential, host_key: Any) -> Any:
         import asyncssh
 
         try:
@@ -146,12 +146,12 @@ class SftpSession:
                                   f"{type(exc).__name__}") from None
         try:
             self._conn = await asyncssh.connect(
-                dest["host"], port=int(dest.get("port", 22)), username=dest["username"],
+                cred.host, port=cred.port, username=cred.username,
                 known_hosts=([host_key], [], []), client_keys=[client_key], agent_path=None, password=None,
                 kbdint_auth=False, gss_auth=False, host_based_auth=False, config=[],
                 connect_timeout=cred.connect_timeout, login_timeout=cred.connect_timeout)
         except asyncssh.HostKeyNotVerifiable:
-            raise TransferRefused(f"{self.where}: the server's host key does not match the destination's "
+            raise TransferRefused(f"{self.where}: the server's host key does not match the credential's "
                                   "host_key (refused; nothing was sent)") from None
         except asyncssh.PermissionDenied:
             raise TransferRefused(f"{self.where}: the server refused the hub's key") from None

@@ -26,6 +26,11 @@ class TransferRefused(Exception):
     """The destination cannot take the files (no such project, no key, quota): no retry helps."""
 
 
+class NotAsSent(RuntimeError):
+    """What was read back from a destination is not what was sent (retried). Its text is the hub's own, so
+    members may read it; every other error of a delivery goes to the hub's log only."""
+
+
 # -- decrypting on the hub ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class FileRef:

@@ -21,7 +21,7 @@ from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetFile, 
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
-from ..config import AirlockSettings
+from ..config import AirlockS3Credential, AirlockSettings, AirlockSftpCredential
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..hub import Hub
@@ -118,10 +118,44 @@ def check_reviewers(session: Session, project_id: uuid.UUID, value: Any) -> None
                       f"first (this list names {after})")
 
 
+def receiving_project(session: Session, slug: str, source: Project) -> Project | None:
+    """The project ``slug`` names when it may receive ``source``'s exports: active, not ``source`` itself, and
+    its PI lists ``source`` in its ``airlock_sources`` (a locked setting: fresh MFA, audited). None otherwise:
+    a project that does not exist and one that did not agree look the same."""
+    target = session.scalar(select(Project).where(Project.slug == slug))
+    if target is None or target.id == source.id or target.status != "active":
+        return None
+    return target if source.slug in (projects.get_setting(session, target.id, "airlock_sources") or []) else None
+
+
+def not_accepted(slug: str, source: Project) -> str:
+    return (f"project {slug!r} does not accept exports from {source.slug!r}: its PI must first list "
+            f"{source.slug!r} among the projects it accepts exports from (its airlock settings)")
+
+
+def check_destinations(session: Session, project_id: uuid.UUID, value: Any) -> None:
+    """``egress_destinations``: each entry added (the page's form or the settings API) that names another project
+    needs that project's consent (`receiving_project`); one naming a recipient, an account of this hub. Entries
+    already on the list stay as they are (the transfer checks them again)."""
+    source = session.get(Project, project_id)
+    assert source is not None
+    current = destinations(session, project_id)
+    for entry in value:
+        if entry in current:
+            continue
+        if entry["kind"] == "project":
+            if entry["project"] == source.slug:
+                raise Invalid("a project cannot export into itself")
+            if receiving_project(session, entry["project"], source) is None:
+                raise Invalid(not_accepted(entry["project"], source))
+        elif entry["kind"] == "recipient" and find_user(session, entry["user"]) is None:
+            raise Invalid(f"no user {entry['user']!r} on this hub")
+
+
 def add_destination(session: Session, principal: Principal, access: projects.ProjectAccess, entry: dict[str, Any],
                     *, fresh_minutes: int, configured: AirlockSettings) -> list[dict[str, Any]]:
     """One more allow-list entry (the page's form); an ``s3``/``sftp`` entry names one of the hub's configured
-    credentials (``configured``), never holds one."""
+    credentials (``configured``) that serves this project, never holds one."""
     access.require("manage-settings")  # before anything is validated: no hints for those who may not change it
     current = destinations(session, access.project.id)
     try:
@@ -130,19 +164,22 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
         raise Invalid("invalid destination", errors=exc.errors(include_url=False, include_context=False)) from None
     if any(d["name"] == parsed.name for d in current):
         raise Invalid(f"there is already a destination named {parsed.name!r}")
-    if parsed.kind == "project":
-        if parsed.project == access.project.slug:
-            raise Invalid("a project cannot export into itself")
-        if session.scalar(select(Project.id).where(Project.slug == parsed.project)) is None:
-            raise Invalid(f"no project {parsed.project!r} on this hub")
-    elif parsed.kind == "recipient" and find_user(session, parsed.user) is None:
-        raise Invalid(f"no user {parsed.user!r} on this hub")
-    elif parsed.kind in ("s3", "sftp") and parsed.credential not in getattr(configured, parsed.kind):
-        raise Invalid(f"the hub has no {parsed.kind.upper()} target {parsed.credential!r} configured "
-                      f"([airlock.{parsed.kind}.<name>])")
+    if parsed.kind in ("s3", "sftp") and credential_for(configured, parsed.kind, parsed.credential,
+                                                        access.project.slug) is None:
+        raise Invalid(f"the hub has no {parsed.kind.upper()} target {parsed.credential!r} for this project "
+                      f"([airlock.{parsed.kind}.<name>] lists the projects it serves)")
     value = [*current, parsed.model_dump(mode="json", exclude_none=True)]
     projects.change_setting(session, principal, access, "egress_destinations", value, fresh_minutes=fresh_minutes)
     return value
+
+
+def credential_for(configured: AirlockSettings, kind: str, name: str, slug: str
+                   ) -> AirlockS3Credential | AirlockSftpCredential | None:
+    """The hub's ``[airlock.<kind>.<name>]`` when it serves project ``slug``; None when it does not exist or
+    serves other projects only (the same answer: no project learns of another's targets)."""
+    credentials: dict[str, Any] = getattr(configured, kind, {})
+    found = credentials.get(name)
+    return found if found is not None and found.serves(slug) else None
 
 
 def remove_destination(session: Session, principal: Principal, access: projects.ProjectAccess, name: str, *,
@@ -192,11 +229,17 @@ def approvals(session: Session, r: AirlockRequest) -> int:
 
 def destination_still_approved(session: Session, r: AirlockRequest) -> bool:
     """An export's destination is still on the project's list, unchanged: the PI may take one off (or change
-    it) while a request to it waits, and nothing is sent to a destination the project no longer approves."""
+    it) while a request to it waits, and nothing is sent to a destination the project no longer approves. A
+    receiving project must still accept the project's exports (its PI may withdraw that meanwhile)."""
     if r.direction != "export":
         return True
     chosen = {k: v for k, v in (r.destination or {}).items() if k != PINNED_RECIPIENT}
-    return chosen in destinations(session, r.project_id)
+    if chosen not in destinations(session, r.project_id):
+        return False
+    if chosen.get("kind") == "project":
+        source = session.get(Project, r.project_id)
+        return source is not None and receiving_project(session, str(chosen["project"]), source) is not None
+    return True
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -263,6 +306,8 @@ def create_export(session: Session, principal: Principal, access: projects.Proje
     chosen = next((d for d in destinations(session, access.project.id) if d["name"] == destination), None)
     if chosen is None:
         raise Invalid(f"{destination!r} is not one of this project's approved export destinations")
+    if chosen["kind"] == "project" and receiving_project(session, chosen["project"], access.project) is None:
+        raise Invalid(not_accepted(chosen["project"], access.project))
     if chosen["kind"] == "recipient":  # the person the name means now, pinned: a later rename or re-use of
         recipient = find_user(session, chosen["user"])  # the name or address must not redirect the files
         if recipient is None or not recipient.is_active:
@@ -380,9 +425,10 @@ def _set_state(session: Session, actor: Actor, r: AirlockRequest, state: str, *,
 
 # -- reviews -----------------------------------------------------------------------------------
 def review(session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str, *,
-           decision: str, reason: str = "") -> AirlockRequest:
-    """A named reviewer approves or rejects (with a reason). Never one's own request; an approval is
-    refused while a check failed and the PI has not overridden it. N approvals → the transfer job."""
+           decision: str, reason: str = "", fresh_minutes: int) -> AirlockRequest:
+    """A named reviewer approves or rejects (with a reason). Never one's own request; an approval sends data
+    on its way, so it needs a second factor within ``fresh_minutes`` (a rejection does not), and is refused
+    while a check failed and the PI has not overridden it. N approvals → the transfer job."""
     r = get_request(session, access, request_id)
     if decision not in ("approve", "reject"):
         raise Invalid("decision must be 'approve' or 'reject'")
@@ -404,6 +450,8 @@ def review(session: Session, principal: Principal, access: projects.ProjectAcces
     if session.scalar(select(AirlockReview.id).where(AirlockReview.request_id == r.id,
                                                      AirlockReview.reviewer_id == principal.user.id)):
         raise Conflict("you have already reviewed this request")
+    if decision == "approve":
+        require_fresh_mfa(principal, fresh_minutes)
     session.add(AirlockReview(request_id=r.id, reviewer_id=principal.user.id, decision=decision, reason=reason[:5000]))
     audit.record(session, principal.actor, f"airlock.review.{decision}d", project_id=r.project_id,
                  target=f"airlock:{r.id}", details={"reason": reason[:500]} if reason else {})
@@ -423,10 +471,14 @@ def review(session: Session, principal: Principal, access: projects.ProjectAcces
 
 def override(session: Session, principal: Principal, access: projects.ProjectAccess, request_id: str, *,
              reason: str, fresh_minutes: int) -> AirlockRequest:
-    """The PI lets a request whose checks failed be approved: a reason, fresh MFA, audited."""
+    """The PI lets a request whose checks failed be approved: a reason, fresh MFA, audited. Never on the PI's
+    own request: letting one's own files past the checks takes a second person."""
     r = get_request(session, access, request_id)
     if access.membership.role != "pi":
         raise Forbidden("only the project's PI can override a failed check")
+    if r.requester_id == principal.user.id:
+        raise Forbidden("nobody overrides the checks of their own request: fix the files and request again, or "
+                        "reject it")
     require_fresh_mfa(principal, fresh_minutes)
     if r.state != IN_REVIEW or r.checks_passed is not False:
         raise Conflict("only a request in review whose checks failed can be overridden")
@@ -453,12 +505,14 @@ def expire_due(session: Session, now: dt.datetime | None = None) -> int:
 # -- my reviews (across projects) --------------------------------------------------------------
 def _waiting_for(user_id: uuid.UUID) -> Any:
     """In-review requests of projects where ``user_id`` is a member and a named reviewer, not their own, not
-    yet reviewed by them: one query, driven by the memberships index and (project_id, state)."""
+    yet reviewed by them, in a project that has not ended (its requests can no longer be opened): one query,
+    driven by the memberships index and (project_id, state)."""
     return (select(AirlockRequest)
             .join(Membership, and_(Membership.project_id == AirlockRequest.project_id, Membership.user_id == user_id))
             .join(ProjectSetting, and_(ProjectSetting.project_id == AirlockRequest.project_id,
                                        ProjectSetting.key == "airlock_reviewers"))
             .where(AirlockRequest.state == IN_REVIEW, AirlockRequest.requester_id != user_id,
+                   AirlockRequest.project_id.in_(select(Project.id).where(projects.open_clause())),
                    cast(ProjectSetting.value, String).contains(f'"{user_id}"'),  # the JSON list of ids
                    ~exists().where(AirlockReview.request_id == AirlockRequest.id,
                                    AirlockReview.reviewer_id == user_id)))
@@ -468,8 +522,16 @@ def waiting_count(session: Session, user_id: uuid.UUID) -> int:
     return int(session.scalar(select(func.count()).select_from(_waiting_for(user_id).subquery())) or 0)
 
 
+def _whole_account(principal: Principal) -> None:
+    """What spans the caller's projects (their reviews, their outbox) is not a project-bound token's (a notebook
+    workspace's): it acts in its one project only. (`deps.ACCOUNT_PATHS` refuses it on these routes first.)"""
+    if principal.project_id is not None:
+        raise Forbidden("a workspace's token acts only inside its project: use the hub's pages or your own token")
+
+
 def my_reviews(session: Session, principal: Principal) -> list[tuple[AirlockRequest, str]]:
     """The requests waiting for the caller's review, with their project's slug, oldest first."""
+    _whole_account(principal)
     stmt = (_waiting_for(principal.user.id).join(Project, Project.id == AirlockRequest.project_id)
             .add_columns(Project.slug).order_by(AirlockRequest.created_at).limit(500))
     return [(r, slug) for r, slug in session.execute(stmt)]
@@ -499,12 +561,14 @@ def preview(hub: Hub, session: Session, principal: Principal, access: projects.P
 
 
 def my_outbox(session: Session, principal: Principal) -> list[OutboxItem]:
+    _whole_account(principal)
     return list(session.scalars(select(OutboxItem).where(OutboxItem.recipient_id == principal.user.id)
                                 .order_by(OutboxItem.created_at.desc())))
 
 
 def take_outbox_item(session: Session, principal: Principal, item_id: uuid.UUID) -> OutboxItem:
     """The recipient's one download: marked taken (and audited) before the first byte is sent."""
+    _whole_account(principal)
     if not principal.has_mfa:
         raise Forbidden("receiving data needs a login with multi-factor authentication")
     item = session.get(OutboxItem, item_id, with_for_update=True)

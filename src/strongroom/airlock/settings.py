@@ -1,13 +1,14 @@
 """The airlock's project settings (locked by default, changed with fresh MFA and audited through
 ``projects.service.change_setting``): where data may go, who reviews, how many approvals, how long a
-request waits.
+request waits, and which projects may export into this one.
 
 A destination is one entry of a discriminated union on ``kind``: ``project`` (another project on this hub,
-by slug), ``recipient`` (a named user's registered crypt4gh key), ``s3`` (a partner bucket) and ``sftp`` (a
-partner SFTP server). The external kinds carry the partner's crypt4gh public key (every file leaves
-re-encrypted to it) and name a ``credential`` of the hub's configuration (``[airlock.s3.<name>]``,
-``[airlock.sftp.<name>]``): secrets never enter project settings. A new kind is one more model here and one
-more branch in ``transfer.transfer`` (a ``_deliver_to_…`` function).
+by slug, which must list this one in its ``airlock_sources``), ``recipient`` (a named user's registered crypt4gh
+key), ``s3`` (a partner bucket) and ``sftp`` (a partner SFTP server). The external kinds carry the partner's
+crypt4gh public key (every file leaves re-encrypted to it) and name a ``credential`` of the hub's configuration
+(``[airlock.s3.<name>]``, ``[airlock.sftp.<name>]``), which pins where the hub connects and the projects it
+serves: secrets and network addresses never enter project settings, only a folder under the credential's. A new
+kind is one more model here and one more branch in ``transfer.transfer`` (a ``_deliver_to_…`` function).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from ..archive import c4gh
 from ..projects.settings import capability_setting
 
 _CREDENTIAL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-# A known_hosts line ("host[,host…] type base64 [comment]") or just "type base64": the key is pinned.
-_HOST_KEY = (r"^([^\s@#][^\s]*\s+)?(ssh-ed25519|ssh-ed448|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|"
-             r"sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com)\s+[A-Za-z0-9+/]+=*(\s[^\x00-\x1f]*)?$")
+_SLUG = r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$"
+# A folder under the credential's: names of [A-Za-z0-9._-] that never begin with a dot (no "..", no ".", nothing
+# hidden), no leading slash: what a destination adds can never climb out of where the operator pinned it.
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}"
+FOLDER = rf"^({_SEGMENT}(/{_SEGMENT})*)?$"
 
 
 class _Destination(BaseModel):
@@ -33,8 +36,8 @@ class _Destination(BaseModel):
 
 class ProjectDestination(_Destination):
     kind: Literal["project"]
-    project: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,38}[a-z0-9]$",
-                         description="slug of the receiving project on this hub")
+    project: str = Field(pattern=_SLUG, description="slug of the receiving project on this hub (which must "
+                                                  "accept exports from this project: its airlock_sources)")
 
 
 class RecipientDestination(_Destination):
@@ -63,19 +66,17 @@ class _ExternalDestination(_Destination):
 
 class S3Destination(_ExternalDestination):
     kind: Literal["s3"]
-    prefix: str = Field(default="", max_length=200, pattern=r"^([A-Za-z0-9._-]+/)*$",
+    prefix: str = Field(default="", max_length=200, pattern=rf"^({_SEGMENT}/)*$",
                         description="folder under the credential's bucket and prefix, e.g. 'lung/'")
 
 
 class SftpDestination(_ExternalDestination):
+    """The server, its host key and the account are the credential's (``[airlock.sftp.<name>]``), pinned by the
+    hub's operator; the destination adds a folder under the credential's directory."""
+
     kind: Literal["sftp"]
-    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
-    host_key: str = Field(max_length=16_000, pattern=_HOST_KEY,
-                          description="the server's host key (a known_hosts line); never trusted on first use")
-    directory: str = Field(default=".", max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$",
-                           description="remote directory the files are written into")
+    directory: str = Field(default="", max_length=500, pattern=FOLDER,
+                           description="folder under the credential's directory, e.g. 'lung' (relative)")
 
 
 Destination = Annotated[ProjectDestination | RecipientDestination | S3Destination | SftpDestination,
@@ -93,6 +94,11 @@ APPROVALS_SETTING = capability_setting(
     "airlock_approvals", "Approvals needed",
     "How many reviewers must approve an airlock request (default 2).",
     2, Annotated[int, Field(ge=1, le=10)], edit_page="/projects/{slug}/airlock/settings")
+SOURCES_SETTING = capability_setting(
+    "airlock_sources", "Projects that may export into this one",
+    "Slugs of the projects on this hub whose airlock may deliver approved exports into this project's archive "
+    "(each export still passes its own project's checks and reviews). Empty: no project may.",
+    [], list[Annotated[str, Field(pattern=_SLUG)]], edit_page="/projects/{slug}/airlock/settings")
 EXPIRY_SETTING = capability_setting(
     "airlock_expiry_days", "Airlock request expiry",
     "Days an undecided airlock request waits before it expires (default 14).",

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,7 @@ from ..archive.models import ArchiveFile, UserKey
 from ..archive.storage.base import Storage
 from ..audit import service as audit
 from ..audit.service import Actor
+from ..config import AirlockS3Credential, AirlockSftpCredential
 from ..db import open_session, transaction, utcnow
 from ..errors import Conflict
 from ..hub import Hub
@@ -39,7 +42,7 @@ from .models import (
     AirlockRequest,
     OutboxItem,
 )
-from .plaintext import TransferRefused, plaintext_copy, refs
+from .plaintext import NotAsSent, TransferRefused, plaintext_copy, refs
 from .service import (
     HOLD,
     PINNED_RECIPIENT,
@@ -47,9 +50,13 @@ from .service import (
     _everyone,
     _notify,
     _set_state,
+    credential_for,
     destination_still_approved,
     request_files,
 )
+from .settings import S3Destination, SftpDestination
+
+log = structlog.get_logger("strongroom.airlock")
 
 # -- transfer (job) ----------------------------------------------------------------------------
 
@@ -62,7 +69,7 @@ def _verify_body(storage: Storage, body_key: str, header: bytes, secrets: list[b
         for segment in c4gh.decrypt_segments(reader, opened.session_keys):
             digest.update(segment)
     if not hmac.compare_digest(digest.hexdigest(), expected):
-        raise RuntimeError(f"{body_key}: the delivered bytes do not match the recorded SHA-256")
+        raise NotAsSent(f"{body_key}: the delivered bytes do not match the recorded SHA-256")
 
 
 def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
@@ -101,10 +108,14 @@ def _deliver_to_project(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict
             "size": sealed.plaintext_size, "verified": True}
 
 
-def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKey]:
-    # the account pinned when the request was made (requests from before that pinning: the name, as then)
+def _recipient(session: Session, dest: dict[str, Any]) -> User | None:
+    """The account pinned when the request was made (requests from before that pinning: the name, as then)."""
     pinned = dest.get(PINNED_RECIPIENT)
-    user = session.get(User, uuid.UUID(pinned)) if pinned else find_user(session, dest["user"])
+    return session.get(User, uuid.UUID(pinned)) if pinned else find_user(session, dest["user"])
+
+
+def _recipient_key(session: Session, dest: dict[str, Any]) -> tuple[User, UserKey]:
+    user = _recipient(session, dest)
     if user is None or not user.is_active:
         raise TransferRefused(f"the recipient {dest['user']!r} is not an active user of this hub")
     stmt = select(UserKey).where(UserKey.user_id == user.id, UserKey.revoked_at.is_(None))
@@ -203,10 +214,10 @@ def _stream(hub: Hub, out: _Outgoing, digest: Any) -> Iterator[bytes]:
 
 def _check_read_back(where: str, back: egress.ReadBack, sent_size: int, sent_sha256: str, af: AirlockFile) -> None:
     if back.size != sent_size or not hmac.compare_digest(back.stream_sha256, sent_sha256):
-        raise RuntimeError(f"{where}: what was read back ({back.size} bytes) is not what was sent "
-                           f"({sent_size} bytes)")
+        raise NotAsSent(f"{where}: what was read back ({back.size} bytes) is not what was sent "
+                        f"({sent_size} bytes)")
     if not hmac.compare_digest(back.plaintext_sha256, af.sha256):
-        raise RuntimeError(f"{where}: the delivered body does not decrypt to the recorded SHA-256")
+        raise NotAsSent(f"{where}: the delivered body does not decrypt to the recorded SHA-256")
 
 
 def _external_delivered(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any], out: _Outgoing,
@@ -224,17 +235,33 @@ def _external_delivered(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict
             "recipient_key": out.key_fingerprint, "verified": True}
 
 
+def _external(hub: Hub, r: AirlockRequest, dest: dict[str, Any], model: type[BaseModel]) -> tuple[Any, Any]:
+    """(the destination as the rules read it now, the hub's credential it names) — refused when the destination
+    no longer passes them (saved before a rule was tightened: the PI adds it again) or the credential does not
+    exist or does not serve the request's project."""
+    try:
+        parsed = model.model_validate(dest)
+    except ValidationError:
+        raise TransferRefused(f"{dest.get('name')!r} no longer passes the rules for {dest.get('kind')} destinations "
+                              "(saved before they changed): the PI removes it and adds it again") from None
+    with open_session(hub.sessions, deferred=True) as session:
+        slug = session.scalar(select(Project.slug).where(Project.id == r.project_id)) or ""
+    cred = credential_for(hub.settings.airlock, dest["kind"], dest["credential"], slug)
+    if cred is None:
+        raise TransferRefused(f"{dest['name']}: no {dest['kind'].upper()} credential {dest['credential']!r} in the "
+                              f"hub's configuration serves this project ([airlock.{dest['kind']}.<name>] projects)")
+    return parsed, cred
+
+
 def _deliver_to_s3(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
     """Upload the re-encrypted stream to the partner bucket named by the destination's credential, then
     HEAD + GET it back: size and SHA-256 of the stream, and its body decrypted, must match."""
-    cred = hub.settings.airlock.s3.get(dest["credential"])
-    if cred is None:
-        raise TransferRefused(f"{dest['name']}: no S3 credential {dest['credential']!r} in the hub's "
-                              "configuration ([airlock.s3.…])")
+    parsed, cred = _external(hub, r, dest, S3Destination)
+    assert isinstance(cred, AirlockS3Credential)
     out = _outgoing(hub, r, af, dest)
     storage = egress.s3_storage(cred)
     base = cred.prefix if not cred.prefix or cred.prefix.endswith("/") else cred.prefix + "/"
-    key = f"{base}{dest.get('prefix', '')}{out.name}"
+    key = f"{base}{parsed.prefix}{out.name}"
     location = f"s3://{cred.bucket}/{key}"
     sent = hashlib.sha256()
     size = egress.s3_put(storage, key, _stream(hub, out, sent))
@@ -244,24 +271,22 @@ def _deliver_to_s3(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str,
 
 
 def _deliver_to_sftp(hub: Hub, r: AirlockRequest, af: AirlockFile, dest: dict[str, Any]) -> dict[str, Any]:
-    """Write the re-encrypted stream to the partner's SFTP server (its host key pinned by the destination,
-    the hub's key from the credential), then stat and read it back as for S3."""
-    cred = hub.settings.airlock.sftp.get(dest["credential"])
-    if cred is None:
-        raise TransferRefused(f"{dest['name']}: no SFTP credential {dest['credential']!r} in the hub's "
-                              "configuration ([airlock.sftp.…])")
+    """Write the re-encrypted stream to the partner's SFTP server (address, account and pinned host key all the
+    credential's, the destination's folder under its directory), then stat and read it back as for S3."""
+    parsed, cred = _external(hub, r, dest, SftpDestination)
+    assert isinstance(cred, AirlockSftpCredential)
     out = _outgoing(hub, r, af, dest)
-    session = egress.SftpSession(dest, cred)
+    session = egress.SftpSession(cred)
     try:
         folder, name = out.name.split("/", 1)
-        directory = posixpath.join(dest.get("directory", "."), folder)
+        directory = posixpath.join(cred.directory, parsed.directory, folder)  # a relative folder: never climbs out
         path = posixpath.join(directory, name)
         location = f"sftp://{session.where}/{path.lstrip('/')}"
         session.makedirs(directory)
         sent = hashlib.sha256()
         size = session.put(path, _stream(hub, out, sent))
         if session.size(path) != size:
-            raise RuntimeError(f"{location}: the server holds {session.size(path)} bytes of {size}")
+            raise NotAsSent(f"{location}: the server holds {session.size(path)} bytes of {size}")
         back = egress.read_back(session.chunks(path), len(out.header), out.session_keys)
         _check_read_back(location, back, size, sent.hexdigest(), af)
     finally:
@@ -337,7 +362,11 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
         return _transfer_failed(hub, request_id, str(exc))
     except Exception as exc:
         if attempt >= TRANSFER_ATTEMPTS:
-            return _transfer_failed(hub, request_id, f"{type(exc).__name__}: {exc}"[:500])
+            # a network or library error's text (addresses, ports, what answered) is for the hub's log only
+            log.warning("airlock.transfer.failed", request=request_id, attempt=attempt, error=repr(exc))
+            return _transfer_failed(hub, request_id, str(exc)[:500] if isinstance(exc, NotAsSent) else
+                                    f"the delivery failed {attempt} times (a network, server or storage error: "
+                                    "the hub's log has the details)")
         raise  # the job retries with backoff; delivered files are not sent again
     with transaction(hub.sessions) as session:
         row = session.get(AirlockRequest, request_id, with_for_update=True)
@@ -349,7 +378,7 @@ def transfer(hub: Hub, request_id: str, *, attempt: int = 1) -> str:
         _set_state(session, actor, row, DONE, files=len(receipt))
         _notify(session, row, "airlock_decided", _everyone(session, row))
         if row.destination and row.destination.get("kind") == "recipient":
-            user = find_user(session, row.destination["user"])
+            user = _recipient(session, row.destination)  # the account the files went to, never the name's holder now
             if user is not None:
                 _notify(session, row, "airlock_delivered", [user.id], files=len(receipt))
     return DONE

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
@@ -14,10 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..archive.backend import storage_for
 from ..archive.downloads import AuditedStream, _stream, download_name
 from ..archive.service import list_files
-from ..config import AirlockS3Credential
+from ..config import AirlockS3Credential, AirlockSftpCredential
 from ..db import open_session
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
-from ..errors import Invalid
+from ..errors import Invalid, MfaRequired
 from ..identity.principal import Principal
 from ..projects import service as projects
 from ..text import content_disposition
@@ -91,14 +92,22 @@ def settings_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal
         "reviewers": list(projects.users_of(db, ids).values()),
         "approvals": projects.get_setting(db, access.project.id, "airlock_approvals"),
         "expiry_days": projects.get_setting(db, access.project.id, "airlock_expiry_days"),
-        "may_change": "manage-settings" in access.rights, "s3_targets": _targets(hub.settings.airlock.s3),
-        "sftp_targets": sorted(hub.settings.airlock.sftp)})
+        "sources": projects.get_setting(db, access.project.id, "airlock_sources") or [],
+        "may_change": "manage-settings" in access.rights,
+        "s3_targets": _s3_targets(hub.settings.airlock.s3, access.project.slug),
+        "sftp_targets": _sftp_targets(hub.settings.airlock.sftp, access.project.slug)})
 
 
-def _targets(s3: dict[str, AirlockS3Credential]) -> list[tuple[str, str]]:
-    """The hub's S3 targets by name, with where they write (never a key)."""
+def _s3_targets(s3: dict[str, AirlockS3Credential], slug: str) -> list[tuple[str, str]]:
+    """The hub's S3 targets that serve this project, by name, with where they write (never a key)."""
     return [(name, f"{c.bucket}/{c.prefix}" + (f" at {c.endpoint_url}" if c.endpoint_url else ""))
-            for name, c in sorted(s3.items())]
+            for name, c in sorted(s3.items()) if c.serves(slug)]
+
+
+def _sftp_targets(sftp: dict[str, AirlockSftpCredential], slug: str) -> list[tuple[str, str]]:
+    """The hub's SFTP targets that serve this project, by name, with where they write (never a key)."""
+    return [(name, f"{c.username}@{c.host}:{c.port}, folder {c.directory}")
+            for name, c in sorted(sftp.items()) if c.serves(slug)]
 
 
 @router.post("/projects/{slug}/airlock/settings/destinations", dependencies=[CsrfChecked])
@@ -126,12 +135,12 @@ def change_destinations(request: Request, posted: PostedForm, db: Db, hub: HubDe
 @router.post("/projects/{slug}/airlock/settings/destinations/external", dependencies=[CsrfChecked])
 def add_external_destination(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
                              slug: str) -> Response:
-    """An S3 bucket or SFTP host: one of the hub's configured targets (chosen, never typed), the partner's
-    crypt4gh key, and for SFTP the server's address and pinned host key."""
+    """An S3 bucket or SFTP server: one of the hub's configured targets that serve this project (chosen, never
+    typed: its address, account and host key are the operator's), the partner's crypt4gh key and a folder."""
     form = posted.form
     access = projects.open_project(db, principal, slug)
     kind = str(form.get("kind", ""))
-    fields = {"s3": ("prefix",), "sftp": ("host", "port", "username", "host_key", "directory")}.get(kind)
+    fields = {"s3": ("prefix",), "sftp": ("directory",)}.get(kind)
     if fields is None:
         raise Invalid("choose an S3 bucket or an SFTP host")
     entry: dict[str, Any] = {"kind": kind, "name": str(form.get("name", "")).strip(),
@@ -146,6 +155,19 @@ def add_external_destination(request: Request, posted: PostedForm, db: Db, hub: 
     return redirect_with(request, f"/projects/{slug}/airlock/settings",
                          f"Destination {entry['name']} ({kind.upper()}: {entry['credential']}) added to the "
                          "allow-list.")
+
+
+@router.post("/projects/{slug}/airlock/settings/sources", dependencies=[CsrfChecked])
+def change_sources(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
+                   sources: Annotated[str, Form(max_length=4000)] = "") -> Response:
+    """The projects whose exports may land in this one (``airlock_sources``): the receiving PI's consent."""
+    access = projects.open_project(db, principal, slug)
+    slugs = list(dict.fromkeys(s.strip().lower() for s in sources.replace("\n", ",").split(",") if s.strip()))
+    projects.change_setting(db, principal, access, "airlock_sources", slugs,
+                            fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    return redirect_with(request, f"/projects/{slug}/airlock/settings#sources",
+                         f"Exports accepted from: {', '.join(slugs)}." if slugs
+                         else "No project may export into this one.")
 
 
 @router.post("/projects/{slug}/airlock/settings/reviewers", dependencies=[CsrfChecked])
@@ -201,12 +223,23 @@ def preview_page(request: Request, db: Db, hub: HubDep, principal: WebPrincipal,
     return templates.TemplateResponse(request, "airlock/preview.html", {**ctx, "r": r, "f": af, "shown": shown})
 
 
+def _confirm_first(request: Request, db: Db, exc: MfaRequired, slug: str, request_id: str, then: str) -> Response:
+    """To the second factor, then back to the request's page (the form's own address answers POST only)."""
+    db.rollback()
+    return redirect_with(request, f"/login/reauth?next={quote(f'/projects/{slug}/airlock/{request_id}')}",
+                         f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then {then}.", kind="error")
+
+
 @router.post("/projects/{slug}/airlock/{request_id}/review", dependencies=[CsrfChecked])
-def review(request: Request, db: Db, principal: WebPrincipal, slug: str, request_id: str,
+def review(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, request_id: str,
            decision: Annotated[str, Form(max_length=10)], reason: Annotated[str, Form(max_length=5000)] = ""
            ) -> Response:
     access = projects.open_project(db, principal, slug)
-    r = service.review(db, principal, access, request_id, decision=decision, reason=reason)
+    try:
+        r = service.review(db, principal, access, request_id, decision=decision, reason=reason,
+                           fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:
+        return _confirm_first(request, db, exc, slug, request_id, "approve the request again")
     said = {"rejected": f"Request {r.id} rejected.", "approved": f"Request {r.id} approved: the transfer runs now."
             }.get(r.state, f"Approval recorded ({service.approvals(db, r)} of {r.approvals_needed}).")
     return redirect_with(request, f"/projects/{slug}/airlock/{request_id}", said)
@@ -216,8 +249,11 @@ def review(request: Request, db: Db, principal: WebPrincipal, slug: str, request
 def override(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, request_id: str,
              reason: Annotated[str, Form(max_length=5000)] = "") -> Response:
     access = projects.open_project(db, principal, slug)
-    service.override(db, principal, access, request_id, reason=reason,
-                     fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    try:
+        service.override(db, principal, access, request_id, reason=reason,
+                         fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:
+        return _confirm_first(request, db, exc, slug, request_id, "override the checks again")
     return redirect_with(request, f"/projects/{slug}/airlock/{request_id}",
                          "Failed checks overridden: reviewers may approve now.")
 

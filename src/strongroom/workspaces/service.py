@@ -119,15 +119,18 @@ def package_mirror(session: Session, project_id: uuid.UUID) -> str:
 
 def allowed_destinations(session: Session, settings: Settings, project_id: uuid.UUID) -> list[tuple[str, int]]:
     """The project's allow-listed network destinations: the airlock's approved destinations that are network
-    endpoints (SFTP servers; S3 credentials' endpoints) and the project's package mirror's host and port,
-    resolved to addresses when the workspace starts."""
+    endpoints (the host and port of their SFTP credentials, the endpoint of their S3 credentials: the operator's,
+    for the credentials that serve this project) and the project's package mirror's host and port, resolved to
+    addresses when the workspace starts."""
     out: list[tuple[str, int]] = []
     if (mirror := ws_settings.endpoint(package_mirror(session, project_id))) is not None:
         out += _resolve(*mirror)
+    slug = session.scalar(select(Project.slug).where(Project.id == project_id)) or ""
     for d in projects.get_setting(session, project_id, "egress_destinations") or []:
-        if d.get("kind") == "sftp":
-            out += _resolve(str(d["host"]), int(d.get("port") or 22))
-        elif d.get("kind") == "s3" and (cred := settings.airlock.s3.get(str(d.get("credential")))) is not None:
+        name = str(d.get("credential"))
+        if d.get("kind") == "sftp" and (sftp := settings.airlock.sftp.get(name)) is not None and sftp.serves(slug):
+            out += _resolve(sftp.host, sftp.port)
+        elif d.get("kind") == "s3" and (cred := settings.airlock.s3.get(name)) is not None and cred.serves(slug):
             parts = urlsplit(cred.endpoint_url or "https://s3.amazonaws.com")
             if parts.hostname:
                 out += _resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
