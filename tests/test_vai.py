@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from conftest import bearer, token_for, web_client
 from strongroom.archive import service as archive
@@ -26,6 +26,7 @@ from strongroom.archive.keys import ensure_key, hub_keys
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
 from strongroom.db import transaction
+from strongroom.identity.models import ApiToken
 from strongroom.jobs.runner import Runner
 from strongroom.projects import service as projects
 from strongroom.projects.models import Project
@@ -173,6 +174,13 @@ def test_end_to_end_evaluation_review_and_vendor_report(vai) -> None:
     assert c.get(f"/api/v1/vai/reports/{rid}", headers=bearer(t["vera"])).status_code == 404
     review = f"/api/v1/projects/screen/vai/releases/{rid}/reviews"
     assert c.post(review, json={"decision": "approve"}, headers=bearer(t["sam"])).status_code == 403
+    # an approval sends results to the vendor: a token minted weeks ago (stolen, say) approves nothing; it rejects
+    with transaction(vai["hub"].sessions) as s:
+        s.execute(update(ApiToken).where(ApiToken.user_id == vai["p"]["rita"].user.id)
+                  .values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=20)))
+    r = c.post(review, json={"decision": "approve"}, headers=bearer(t["rita"]))
+    assert r.status_code == 403 and r.json()["code"] == "mfa-required", r.text
+    t["rita"] = token_for(vai["hub"], vai["p"]["rita"])  # a fresh login
     r = c.post(review, json={"decision": "approve"}, headers=bearer(t["rita"]))
     assert r.status_code == 200 and r.json()["state"] == "in_review" and r.json()["approvals"] == 1
     assert c.post(review, json={"decision": "approve"}, headers=bearer(t["rita"])).status_code == 409

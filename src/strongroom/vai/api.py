@@ -227,7 +227,9 @@ def list_releases(db: Db, principal: ProjectsRead, slug: str) -> list[ReleaseOut
 
 
 @router.post("/projects/{slug}/vai/releases/{release_id}/reviews", response_model=ReleaseOut,
-             summary="A named reviewer approves or rejects a release")
-def review_release(db: Db, principal: ProjectsWrite, slug: str, release_id: uuid.UUID, body: ReviewIn) -> ReleaseOut:
+             summary="A named reviewer approves (fresh MFA) or rejects a release")
+def review_release(db: Db, hub: HubDep, principal: ProjectsWrite, slug: str, release_id: uuid.UUID, body: ReviewIn
+                   ) -> ReleaseOut:
     return _release_out(db, service.review_release(db, principal, slug, str(release_id), decision=body.decision,
-                                                   reason=body.reason))
+                                                   reason=body.reason,
+                                                   fresh_minutes=hub.settings.security.fresh_mfa_minutes))

@@ -47,7 +47,7 @@ from ..errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from ..hub import Hub
 from ..identity.models import User
 from ..identity.principal import Principal
-from ..identity.service import find_user
+from ..identity.service import find_user, require_fresh_mfa
 from ..jobs import service as jobs
 from ..projects import service as projects
 from ..projects.models import Membership, Project
@@ -1098,8 +1098,10 @@ def release_reviews(session: Session, release: Release) -> list[ReleaseReview]:
 
 
 def review_release(session: Session, principal: Principal, slug: str, release_id: str, *, decision: str,
-                   reason: str = "") -> Release:
-    """A named reviewer approves or rejects (with a reason); never one's own request, never twice."""
+                   reason: str = "", fresh_minutes: int) -> Release:
+    """A named reviewer approves or rejects (with a reason); never one's own request, never twice. An approval
+    sends results out of the project to the vendor: it needs a second factor within ``fresh_minutes`` (a stolen
+    session or an old token must not release a report); a rejection never waits for one."""
     access = projects.open_project(session, principal, slug)
     release = session.get(Release, _uuid(release_id, "release"))
     ev = session.get(Evaluation, release.evaluation_id) if release else None
@@ -1113,6 +1115,8 @@ def review_release(session: Session, principal: Principal, slug: str, release_id
         raise Forbidden("nobody reviews their own request")
     if release.state != IN_REVIEW:
         raise Conflict(f"the release is {release.state.replace('_', ' ')}, not in review")
+    if decision == "approve":
+        require_fresh_mfa(principal, fresh_minutes)
     reason = reason.strip()
     if decision == "reject" and not reason:
         raise Invalid("give a reason for the rejection")

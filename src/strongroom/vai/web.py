@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
-from ..errors import Invalid
+from ..errors import Invalid, MfaRequired
 from ..projects import service as projects
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
@@ -174,13 +175,20 @@ def ask_release(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, 
 
 
 @router.post("/projects/{slug}/vai/releases/{release_id}/review", dependencies=[CsrfChecked])
-def review(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, slug: str,
+def review(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
            release_id: uuid.UUID) -> Response:
     decision = str(posted.form.get("decision", ""))
     if decision not in ("approve", "reject"):
         raise Invalid("approve or reject")
-    r = service.review_release(db, principal, slug, str(release_id), decision=decision,
-                               reason=str(posted.form.get("reason", "")))
+    try:
+        r = service.review_release(db, principal, slug, str(release_id), decision=decision,
+                                   reason=str(posted.form.get("reason", "")),
+                                   fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+    except MfaRequired as exc:  # to the second factor, then back to the project's releases
+        db.rollback()
+        return redirect_with(request, f"/login/reauth?next={quote(f'/projects/{slug}/vai')}",
+                             f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then approve the report "
+                             "again.", kind="error")
     ev = db.get_one(Evaluation, r.evaluation_id)
     state = {"in_review": "still in review", "released": "released to the vendor", "rejected": "rejected"}[r.state]
     return redirect_with(request, f"/projects/{slug}/vai#releases",
