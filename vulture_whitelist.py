@@ -18,6 +18,8 @@ _.settings_customise_sources, dotenv_settings, file_secret_settings  # the hook'
 type_annotation_map, cache_ok, _.process_bind_param, _.process_result_value, _.isolation_level
 # fsspec calls these on a filesystem and its files (fs.py: StrongroomFileSystem, StrongroomFile)
 protocol, root_marker, _.unstrip_protocol, _.ls, _.cat_file, _.put_file, _._fetch_range
+# httpx calls a transport's handle_request (bounded_http.BoundedTransport)
+_.handle_request
 # pynetdicom configuration and responses (imaging/scp.py)
 _.STORE_RECV_CHUNKED_DATASET, _.tempdir, _.LOG_HANDLER_LEVEL
 _.maximum_pdu_size, _.require_called_aet, _.maximum_associations, _.network_timeout, _.dimse_timeout

@@ -11,22 +11,34 @@ pair two honest hubs): what it sends is held to this hub's own rules.
   linked nor published.
 - A peer's catalogue is read up to a size and within a time, trickled headers included, and its landing pages
   must be at the peer; a Beacon answer in federated search is bounded too.
+- Every answer this hub reads from a remote partner (a peer's hello, Beacon, catalogue, notice, push and
+  fetch answers, a body at the origin's storage, a visa issuer's keys, the identity provider, DataCite) is refused
+  when it never ends, drips for ever or inflates (compressed), within its bound, and nothing of it is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import datetime as dt
+import functools
+import gzip
 import hashlib
 import io
 import json
+import re
 import socket
+import tempfile
 import threading
 import time
+import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -38,17 +50,30 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from conftest import bearer, token_for, web_client
+from strongroom.access import visas
 from strongroom.access.models import Entitlement
 from strongroom.archive import c4gh
-from strongroom.archive.keys import ensure_key
+from strongroom.archive import files as archive_files
+from strongroom.archive.accession import new_accession
+from strongroom.archive.backend import storage_for
+from strongroom.archive.keys import ensure_key, hub_keys
+from strongroom.archive.models import Dataset, DatasetFile, DatasetVersion
+from strongroom.archive.storage.config import StorageSettings
 from strongroom.archive.zipdownload import entry_name
 from strongroom.audit.models import AuditEvent
 from strongroom.audit.service import Actor
+from strongroom.catalog import datacite_client
+from strongroom.catalog.models import CatalogEntry
+from strongroom.config import OidcSettings
 from strongroom.db import transaction, utcnow
+from strongroom.errors import Unauthenticated, Unavailable
 from strongroom.federation import manifest as mf
-from strongroom.federation import service, signing, sync
-from strongroom.federation.models import Incoming, Mirror, Peer, RemoteEntry
+from strongroom.federation import notices, service, signing, sync
+from strongroom.federation.models import Incoming, IncomingFile, Mirror, Notice, Peer, RemoteEntry, SyncFile, SyncRun
+from strongroom.identity import oidc
+from strongroom.projects import service as projects
 from support.live import free_port, serving
+from support.seaweed import seaweedfs  # noqa: F401 - session fixture (the S3-to-S3 case only)
 
 EVIL = "http://evil.example"
 GOOD_URL = f"{EVIL}/datasets/EVIL1"
@@ -471,3 +496,347 @@ def test_an_oversized_beacon_answer_is_not_read_in_federated_search(app, hub):
         with transaction(hub.sessions) as s:
             own, answer = service.federated_search(s, hub, Actor.system("t"), "dataset", [])
     assert own.ok and not answer.ok and answer.error.startswith("answer not read: larger than 1048576 bytes")
+
+
+
+# -- every answer of a remote partner, bounded ------------------------------------------------------------
+# A partner at its worst answers one request (``bad``) with an answer that never ends, one that drips a byte at a
+# time for ever, or a small compressed body that inflates far past every bound; every other request as an honest
+# partner would. Each way this hub reads a remote answer — federation's (hello, Beacon, catalogue, notice, a push's
+# manifest, body, fetch offer and publish, a body fetched from the origin's storage), a visa issuer's keys, the
+# identity provider's discovery and token answers, DataCite's — is refused within its bound (the time bounds are
+# set to 2 s here), says which bound, and leaves nothing stored.
+MODES = ("oversized", "slow-drip", "compressed")
+REFUSAL = {"oversized": "larger than", "slow-drip": "not sent within 2", "compressed": "a compressed answer (gzip)"}
+PATIENCE = 20.0  # seconds: what every refusal below takes at most (its bound is 2 s)
+SMALL = 64 * 1024  # the size bounds here (an answer read whole is over at once)
+
+
+@functools.cache
+def _bomb() -> bytes:
+    return gzip.compress(b"\0" * 16 * 1024 * 1024)  # 16 KiB that inflate to 16 MiB
+
+
+def _read_request(conn: socket.socket) -> tuple[str, str]:
+    stream = conn.makefile("rb")
+    method, target, _ = stream.readline().decode().split(" ", 2)
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    stream.read(length)  # the request's body, read whole before answering
+    return method, target.split("?", 1)[0]
+
+
+class BadPartner:
+    """A partner's web server on loopback: a request ``bad(method, path)`` picks is answered in ``mode``, the rest
+    honestly (a push's manifest, body and publish, OpenID discovery; 404 otherwise)."""
+
+    def __init__(self, mode: str, bad: Callable[[str, str], bool]) -> None:
+        self.mode, self.bad = mode, bad
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.netloc = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.url = f"http://{self.netloc}"
+        self.stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            thread = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                method, path = _read_request(conn)
+                if self.bad(method, path):
+                    self._badly(conn)
+                    return
+                status, doc = self._honestly(method, path)
+                body = json.dumps(doc).encode()
+                conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: "
+                             f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            except (OSError, ValueError):  # the client stopped reading: what a bound does
+                return
+
+    def _honestly(self, method: str, path: str) -> tuple[int, dict]:
+        if path.endswith("/sync/manifest"):
+            return 200, {"state": "receiving", "have": []}
+        if method == "PUT" and "/files/" in path:
+            return 200, {"status": "stored"}
+        if path.endswith("/publish"):
+            return 200, {"dataset": "SRD-MIRROR", "url": f"{self.url}/catalog/mirror"}
+        if path == "/.well-known/openid-configuration":
+            return 200, {"issuer": self.url, "authorization_endpoint": f"{self.url}/authorize",
+                         "token_endpoint": f"{self.url}/token", "jwks_uri": f"{self.url}/jwks"}
+        return 404, {"detail": "not here"}
+
+    def _badly(self, conn: socket.socket) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        if self.mode == "compressed":
+            conn.sendall(head + f"Content-Encoding: gzip\r\nContent-Length: {len(_bomb())}\r\n\r\n".encode() + _bomb())
+            return
+        conn.sendall(head + b"\r\n")  # no length: the body ends when the connection does
+        if self.mode == "oversized":
+            block = b" " * 65536
+            for _ in range(1024):  # 64 MiB, far past every bound
+                if self.stop.is_set():
+                    return
+                conn.sendall(block)
+            return
+        while not self.stop.wait(0.1):  # slow-drip: a byte every 0.1 s, for as long as anyone reads
+            conn.sendall(b" ")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (closing alone does not)
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(10)
+
+
+@contextmanager
+def _bad_partner(mode: str, bad: Callable[[str, str], bool]) -> Iterator[BadPartner]:
+    partner = BadPartner(mode, bad)
+    try:
+        yield partner
+    finally:
+        partner.close()
+
+
+def _path_is(expected: str) -> Callable[[str, str], bool]:
+    return lambda method, path: path == expected
+
+
+def _within(call: Callable[[], Any]) -> Any:
+    """``call()``'s result (or its exception) within PATIENCE: an answer read for ever fails the test instead."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(PATIENCE)
+    assert not thread.is_alive(), f"still reading the partner's answer after {PATIENCE:g} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@dataclass
+class Trial:
+    app: Any
+    hub: Any
+    people: Any
+    request: pytest.FixtureRequest
+    monkeypatch: pytest.MonkeyPatch
+    mode: str
+
+    @property
+    def refusal(self) -> str:
+        return REFUSAL[self.mode]
+
+
+def _pushable(t: Trial) -> None:
+    """A dataset published here (one released version of one archived file): what a push sends."""
+    ensure_key(t.hub)
+    olga = t.people("olga")
+    with transaction(t.hub.sessions) as s:
+        project_id = projects.create_project(s, Actor.system("t"), slug="lung", name="Lung", pi="olga",
+                                             ethics_ref="E1", end_date=dt.date.today() + dt.timedelta(days=365)).id
+    with tempfile.TemporaryDirectory() as tmp, transaction(t.hub.sessions) as s:
+        plain = Path(tmp) / "scan.dcm"
+        plain.write_bytes(b"not really a DICOM file " * 100)
+        sealed = archive_files.seal_into_storage(hub_keys(t.hub, s), storage_for(t.hub), project_id,
+                                                 new_accession("SRF"), str(plain))
+        f = archive_files.add_sealed_file(s, project_id, olga.user.id, "scans/scan.dcm", sealed)
+        s.add(Dataset(id="SRD-PUSHED", project_id=project_id, title="Chest CT", created_by=olga.user.id))
+        s.flush()
+        version = DatasetVersion(dataset_id="SRD-PUSHED", number=1, state="released", file_count=1,
+                                 total_bytes=f.plaintext_size or 0, released_at=utcnow())
+        s.add(version)
+        s.flush()
+        s.add(DatasetFile(version_id=version.id, file_id=f.id))
+        s.add(CatalogEntry(dataset_id="SRD-PUSHED", slug="chest-ct", title="Chest CT", description="Lungs",
+                           created_by=olga.user.id, published=True, published_at=utcnow()))
+
+
+def _push_to_partner(t: Trial, bad: Callable[[str, str], bool], *, acknowledged: int) -> None:
+    """A push to the partner fails (to be retried) at the bad answer: only the bodies acknowledged before it are
+    checkpointed, and the push is not completed."""
+    _pushable(t)
+    with _bad_partner(t.mode, bad) as partner:
+        _evil(t.app, t.hub, partner.url)
+        with transaction(t.hub.sessions) as s:
+            run_id = sync.start_sync(s, t.hub.settings, Actor.system("cli:operator"), "SRD-PUSHED", "evil-hub").id
+        with pytest.raises(RuntimeError, match="push to evil-hub failed"):
+            _within(lambda: sync.run_sync(t.hub, run_id))
+    with t.hub.sessions() as s:
+        run = s.get(SyncRun, run_id)
+        assert run.state == "failed" and "answer not read: " + t.refusal in run.error, run.error
+        assert run.finished_at is None and run.files_done == acknowledged
+        assert s.scalar(select(func.count()).select_from(SyncFile)) == acknowledged
+        assert not s.scalar(select(func.count()).select_from(AuditEvent)
+                            .where(AuditEvent.action == "federation.sync.completed"))
+
+
+def _last_exchange(hub) -> AuditEvent:
+    with hub.sessions() as s:
+        return s.scalars(select(AuditEvent).where(AuditEvent.action == "federation.exchange.sent")
+                         .order_by(AuditEvent.seq.desc())).first()
+
+
+def _hello(t: Trial) -> None:
+    with _bad_partner(t.mode, _path_is(f"{service.PEER_PATH}/hello")) as partner:
+        _evil(t.app, t.hub, partner.url)
+        ok, said = _within(lambda: service.hello(t.hub, "evil-hub", Actor.system("cli:operator")))
+    assert not ok and said.startswith("answer not read: " + t.refusal), said
+    event = _last_exchange(t.hub)
+    assert event.outcome == "failed" and event.details["error"] == said
+
+
+def _beacon(t: Trial) -> None:
+    def search() -> list[service.Answer]:
+        with transaction(t.hub.sessions) as s:
+            return service.federated_search(s, t.hub, Actor.system("t"), "dataset", [])
+
+    with _bad_partner(t.mode, _path_is("/ga4gh/beacon/v2/datasets")) as partner:
+        _evil(t.app, t.hub, partner.url)
+        own, answer = _within(search)
+    assert own.ok and not answer.ok and answer.error.startswith("answer not read: " + t.refusal), answer
+    assert _last_exchange(t.hub).outcome == "failed"
+
+
+def _catalogue(t: Trial) -> None:
+    with _bad_partner(t.mode, _path_is(f"{service.PEER_PATH}/catalog.ttl")) as partner:
+        _evil(t.app, t.hub, partner.url)
+        result = _within(lambda: _harvest(t.hub))
+    error = result["evil-hub"]["error"]
+    assert error.startswith("catalogue not read: " + t.refusal), result
+    assert _remote(t.hub) == []
+    with t.hub.sessions() as s:
+        assert s.scalar(select(Peer.last_harvest_error)) == error
+
+
+def _notice(t: Trial) -> None:
+    with _bad_partner(t.mode, _path_is(notices.NOTICE_PATH)) as partner:
+        _evil(t.app, t.hub, partner.url)
+        with transaction(t.hub.sessions) as s:
+            s.add(Notice(peer_id=s.scalar(select(Peer.id)), dataset_id="SRD-1", kind="withdrawn", version=0))
+        assert _within(lambda: notices.send(t.hub)) == {"sent": 0, "failed": 1}
+    with t.hub.sessions() as s:
+        notice = s.scalar(select(Notice))
+    assert notice.acked_at is None and notice.attempts == 1  # not acknowledged: sent again at the next run
+    assert notice.last_error.startswith("answer not read: " + t.refusal), notice.last_error
+
+
+def _sync_manifest(t: Trial) -> None:
+    _push_to_partner(t, lambda method, path: path.endswith("/sync/manifest"), acknowledged=0)
+
+
+def _sync_body(t: Trial) -> None:
+    _push_to_partner(t, lambda method, path: method == "PUT", acknowledged=0)
+
+
+def _sync_publish(t: Trial) -> None:
+    _push_to_partner(t, lambda method, path: path.endswith("/publish"), acknowledged=1)
+
+
+def _sync_fetch_offer(t: Trial) -> None:
+    """S3 to S3: the peer's answer to the offer of a presigned URL (it fetches the body before it answers)."""
+    s3 = t.request.getfixturevalue("seaweedfs")
+    t.hub.settings.archive.storage = StorageSettings(
+        kind="s3", endpoint_url=s3.endpoint_url, bucket=f"malpeer{uuid.uuid4().hex[:12]}", access_key=s3.access_key,
+        secret_key=s3.secret_key, region=s3.region)
+    t.hub.settings.federation.presign_bodies = True
+    _push_to_partner(t, lambda method, path: path.endswith("/fetch"), acknowledged=0)
+
+
+def _storage_fetch(t: Trial) -> None:
+    """This hub, offered a body at the origin's object store, fetches it from there: at most the manifest's size."""
+    with _bad_partner(t.mode, _path_is("/origin-bucket/F1")) as partner:
+        evil = _evil(t.app, t.hub, partner.url)
+        t.hub.settings.federation.fetch_from_origin_storage = True
+        t.hub.settings.federation.fetch_hosts = [partner.netloc]
+        doc, _ = _manifest(evil, url=f"{partner.url}/datasets/EVIL1")
+        assert _send_manifest(evil, doc).status_code == 200
+        offer = json.dumps({"url": f"{partner.url}/origin-bucket/F1"}).encode()
+        r = _within(lambda: _post(evil, f"{sync.SYNC_PATH}/s1/files/F1/fetch", offer))
+    assert r.status_code == 200 and r.json()["fetch"] is False, r.text  # the origin pushes it instead
+    assert r.json()["reason"].startswith("the origin's storage: answer not read: " + t.refusal), r.text
+    with t.hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(IncomingFile)) == 0
+        assert s.scalar(select(Incoming.state)) == "receiving"
+    assert not storage_for(t.hub).exists(sync.body_key_for("evil-hub", "s1", "F1"))
+
+
+def _visa_keys(t: Trial) -> None:
+    t.hub.settings.access.jwks_timeout_seconds = 1.0  # each wait; the whole fetch: twice that
+    with _bad_partner(t.mode, _path_is("/jwks.json")) as partner:
+        verifier = visas.PassportVerifier(t.hub.settings)
+        with pytest.raises(visas.VisaRejected, match="the issuer's JWKS was not read: " + re.escape(t.refusal)):
+            _within(lambda: asyncio.run(verifier.keys_for(f"{partner.url}/jwks.json", None, [1])))
+    assert not verifier._cache  # nothing kept to verify a visa with
+
+
+def _oidc_client(t: Trial, issuer: str) -> oidc.OidcClient:
+    if hasattr(oidc, "PROVIDER_BOUNDS"):  # this test's bounds: 2 s, not the provider's 30
+        t.monkeypatch.setattr(oidc, "PROVIDER_BOUNDS", dataclasses.replace(
+            oidc.PROVIDER_BOUNDS, max_bytes=SMALL, total_seconds=2.0, read_seconds=1.0))
+    return oidc.OidcClient(OidcSettings(issuer=issuer, client_id="strongroom", client_secret="s"),
+                           f"{HUB}/auth/oidc/callback")
+
+
+def _oidc_discovery(t: Trial) -> None:
+    with _bad_partner(t.mode, _path_is("/.well-known/openid-configuration")) as partner:
+        client = _oidc_client(t, partner.url)
+        with pytest.raises(Unavailable, match="the identity provider cannot be reached") as unavailable:
+            _within(client.metadata)
+    assert t.refusal in str(unavailable.value.__cause__)  # refused, not read whole and found not JSON
+    assert client._metadata is None
+
+
+def _oidc_token(t: Trial) -> None:
+    with _bad_partner(t.mode, _path_is("/token")) as partner:
+        client = _oidc_client(t, partner.url)
+        with pytest.raises(Unauthenticated, match=r"refused the login \(AnswerRefused\)"):
+            _within(lambda: client.complete(code="code", code_verifier="v" * 43, nonce="nonce"))
+
+
+def _datacite(t: Trial) -> None:
+    t.monkeypatch.setattr(datacite_client, "MAX_ANSWER_BYTES", SMALL, raising=False)
+    with _bad_partner(t.mode, _path_is("/dois")) as partner, \
+            datacite_client.DataCiteClient(partner.url, "TEST.REPO", "pw", timeout=1.0) as client, \
+            pytest.raises(datacite_client.DataCiteError) as refused:
+        _within(lambda: client.create("10.1234/x", {"titles": [{"title": "x"}]}))
+    assert refused.value.retry and t.refusal in str(refused.value), refused.value
+
+
+PATHS: dict[str, Callable[[Trial], None]] = {
+    "hello": _hello, "beacon": _beacon, "catalogue": _catalogue, "notice": _notice, "sync-manifest": _sync_manifest,
+    "sync-body": _sync_body, "sync-publish": _sync_publish, "sync-fetch-offer": _sync_fetch_offer,
+    "storage-fetch": _storage_fetch, "visa-keys": _visa_keys, "oidc-discovery": _oidc_discovery,
+    "oidc-token": _oidc_token, "datacite": _datacite,
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_remote_answer_is_refused_past_its_bound_and_nothing_is_stored(app, hub, people, request,
+                                                                             monkeypatch, path, mode):
+    for name, value in (("EXCHANGE_SECONDS", 2.0), ("CATALOG_SECONDS", 2.0), ("TRANSFER_BASE_SECONDS", 2.0),
+                        ("MAX_ANSWER_BYTES", SMALL), ("MAX_CATALOG_BYTES", SMALL)):
+        monkeypatch.setattr(service, name, value, raising=False)
+    hub.settings.federation.peer_timeout_seconds = 1.0  # each wait; a Beacon answer: twice that
+    PATHS[path](Trial(app, hub, people, request, monkeypatch, mode))

@@ -87,13 +87,14 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
     """Run background jobs until stopped. Start as many as you like, on any hosts sharing the database."""
     from .audit import outbox
     from .hub import Hub
-    from .jobs.runner import Runner
+    from .jobs.runner import HUNG_EXIT_CODE, Runner, exit_now
 
     settings = get_settings()
     hub = Hub.from_settings(settings)
     outbox.resume(hub)  # audit events a process on this host could not write before it stopped
     runner = Runner(hub, lease_seconds=settings.jobs.lease_seconds,
-                    poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules, name=name)
+                    poll_seconds=settings.jobs.poll_seconds, extra_modules=settings.jobs.extra_modules, name=name,
+                    max_hung_attempts=settings.jobs.max_hung_attempts)
     signal.signal(signal.SIGTERM, lambda *_: runner.stop())
     signal.signal(signal.SIGINT, lambda *_: runner.stop())
     if settings.jobs.metrics_port:  # a worker serves no HTTP: its job counters need a port of their own
@@ -102,6 +103,10 @@ def worker(name: Annotated[str | None, typer.Option(help="Worker id shown in log
         start_http_server(settings.jobs.metrics_port, addr=settings.jobs.metrics_host)
     err.print(f"[bold]worker[/] {runner.worker_id} running {len(runner.kinds)} job kinds")
     runner.run_forever()
+    if runner.restart_needed:  # threads hung past their time limit: only a new process frees them
+        err.print(f"[red]error:[/] {len(runner.hung_attempts)} job attempts hung past their time limit: exiting "
+                  "so that a fresh worker starts")
+        exit_now(HUNG_EXIT_CODE)
     if runner.stale:  # exit non-zero: a supervisor restarts it, with the current secret
         err.print("[red]error:[/] the hub secret was rotated: restart this worker with the current secret")
         raise typer.Exit(3)

@@ -84,6 +84,9 @@ class JobSettings(BaseModel):
     extra_modules: list[str] = []  # modules that register more job kinds when imported
     keep_done_days: int = Field(7, ge=1)  # finished jobs are pruned after this long (hourly `jobs.prune`)
     keep_failed_days: int = Field(30, ge=1)  # failed ones stay longer: someone may still look into them
+    # `strongroom worker` exits 4 (its supervisor starts a new one) once this many attempts, abandoned past their
+    # kind's time limit, still run in it: Python cannot stop their threads
+    max_hung_attempts: int = Field(3, ge=1)
     metrics_port: int = 0  # Prometheus metrics of `strongroom worker` on this port (0: off)
     metrics_host: str = "127.0.0.1"
 

@@ -53,7 +53,7 @@ from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from .. import keyfiles
+from .. import bounded_http, keyfiles
 from ..archive.authz import VersionGrant
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.service import ReadGrant
@@ -388,13 +388,16 @@ class PassportVerifier:
         return iss == self.hub_settings.base_url.rstrip("/") and jku == jwks_url(self.hub_settings)
 
     async def _fetch(self, jku: str) -> KeySet:
-        async with httpx.AsyncClient(timeout=self.settings.jwks_timeout_seconds, transport=self.transport,
-                                     follow_redirects=False) as client:
-            response = await client.get(jku, headers={"Accept": "application/json"})
+        # an issuer (a partner hub) may be malicious: its key set is read up to 1 MB, as sent, in twice the timeout
+        bounds = bounded_http.Bounds(1_000_000, 2 * self.settings.jwks_timeout_seconds,
+                                     self.settings.jwks_timeout_seconds)
+        try:
+            response = await bounded_http.afetch("GET", jku, bounds, headers={"Accept": "application/json"},
+                                                 transport=self.transport)
+        except bounded_http.AnswerRefused as exc:
+            raise VisaRejected(f"the issuer's JWKS was not read: {exc}") from None
         if response.status_code != 200:
             raise VisaRejected(f"the issuer's JWKS answered {response.status_code}")
-        if len(response.content) > 1_000_000:
-            raise VisaRejected("the issuer's JWKS is too large")
         try:
             return KeySet.import_key_set(response.json())
         except (JoseError, ValueError, TypeError, KeyError) as exc:

@@ -10,7 +10,10 @@ from typing import Any
 
 import httpx
 
+from .. import bounded_http
+
 JSON_API = "application/vnd.api+json"
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a DOI's record, or an error
 EVENTS = ("register", "publish", "hide")
 
 
@@ -91,9 +94,11 @@ class DataCiteClient:
 
     def __init__(self, endpoint: str, repository_id: str, password: str, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
+        # DataCite's answers are read as any remote partner's: bounded in size and time, never decompressed
+        bounded = bounded_http.BoundedTransport(bounded_http.Bounds(MAX_ANSWER_BYTES, 2 * timeout, timeout))
         self.http = httpx.Client(base_url=endpoint.rstrip("/"), auth=(repository_id, password), timeout=timeout,
                                  headers={"Accept": JSON_API, "User-Agent": "Strongroom DOI client"},
-                                 transport=transport)
+                                 transport=transport or bounded)
 
     def close(self) -> None:
         self.http.close()

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
 
+from .. import bounded_http
 from ..db import open_session, transaction
 from ..deps import Db, HubDep, client_ip
 from ..errors import Invalid, NotFound, Unauthenticated
@@ -160,19 +161,21 @@ async def sync_fetch(request: Request, hub: HubDep, sync_id: str, file_id: str) 
     def fetch_and_store() -> dict[str, Any]:
         digest, received = hashlib.sha256(), 0
         with tempfile.TemporaryFile(dir=sync.spool_dir(hub.settings)) as spooled:
+            def spool(chunk: bytes) -> None:
+                nonlocal received
+                received += len(chunk)
+                digest.update(chunk)
+                spooled.write(chunk)
+
+            # at most the manifest's size, as sent (no decompression), in the time a push of it may take
+            bounds = service.answer_bounds(hub.settings, service.transfer_seconds(size), read_seconds=600,
+                                           max_bytes=size)
             try:
-                with httpx.Client(timeout=httpx.Timeout(30, read=600), follow_redirects=False) as c, \
-                        c.stream("GET", url) as r:
-                    if r.status_code != 200:
-                        return {"fetch": False, "reason": f"the origin's storage answered HTTP {r.status_code}"}
-                    for chunk in r.iter_bytes(sync.CHUNK):
-                        received += len(chunk)
-                        if received > size:
-                            break  # longer than the manifest says: refused below, by size
-                        digest.update(chunk)
-                        spooled.write(chunk)
-            except httpx.HTTPError as exc:
-                return {"fetch": False, "reason": f"the origin's storage did not answer ({type(exc).__name__})"}
+                r = bounded_http.fetch("GET", url, bounds, sink=spool)
+            except httpx.HTTPError as exc:  # also a body refused (too large, too slow, compressed): push it instead
+                return {"fetch": False, "reason": f"the origin's storage: {bounded_http.describe(exc)}"}
+            if r.status_code != 200:
+                return {"fetch": False, "reason": f"the origin's storage answered HTTP {r.status_code}"}
             sha = digest.hexdigest()
             return sync.store_body(hub, peer_id, sync_id, file_id, spooled, sha, received,
                                    signing.digest_of_hex(sha), client_ip(request), via="origin-storage")

@@ -23,6 +23,7 @@ import httpx
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from .. import bounded_http
 from ..archive.backend import storage_for
 from ..archive.datasets import files_by_other_live_versions
 from ..archive.models import DELETED, DatasetVersion
@@ -84,14 +85,12 @@ def send(hub: Hub) -> dict[str, int]:
         doc = {"format": FORMAT, "origin": origin, "origin_name": hub.settings.site_name,
                "recipient_key_id": key_id, "dataset": dataset_id, "kind": kind, "version": version,
                "reason": reason}
-        body = json.dumps(doc).encode()
-        headers = service.hub_key(hub.settings).sign("POST", NOTICE_PATH, "", body)
+        bounds = service.answer_bounds(hub.settings, service.EXCHANGE_SECONDS, read_seconds=30)
         try:
-            with httpx.Client(timeout=max(hub.settings.federation.peer_timeout_seconds, 30)) as c:
-                r = c.post(url + NOTICE_PATH, content=body, headers={**headers, "Content-Type": "application/json"})
+            r = service.signed_post(hub.settings, url, NOTICE_PATH, json.dumps(doc).encode(), bounds)
             error = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
-        except httpx.HTTPError as exc:
-            error = f"no answer ({type(exc).__name__})"
+        except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed): sent again later
+            error = bounded_http.describe(exc)
         with transaction(hub.sessions) as session:
             n = session.get(Notice, notice_id)
             if n is None:

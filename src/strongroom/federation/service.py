@@ -5,7 +5,6 @@ the peers' beacons, and harvesting the peers' public catalogues (DCAT) as remote
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,14 +13,13 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlencode, urlsplit
 
-import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import and_, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import keyfiles
+from .. import bounded_http, keyfiles
 from ..archive.c4gh.keys import fingerprint, parse_public_key
 from ..archive.models import DatasetFile, DatasetVersion
 from ..audit import service as audit
@@ -363,78 +361,52 @@ class Answer:
         return count if isinstance(count, int | str) else None
 
 
-def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (),
-               *, timeout: float | None = None) -> httpx.Response:
-    """GET ``path`` on a peer, signed with this hub's key."""
-    query = urlencode(list(params))
-    headers = hub_key(settings).sign("GET", path, query)
-    url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
-    with httpx.Client(timeout=timeout or settings.federation.peer_timeout_seconds, follow_redirects=False) as c:
-        return c.get(url, headers={**headers, "Accept": "application/json, text/turtle;q=0.9"})
-
-
 # What this hub reads of a peer's answer, however much it sends and however slowly (a registered peer may still
-# be malicious): its DCAT catalogue up to MAX_CATALOG_BYTES within CATALOG_SECONDS, a Beacon answer up to
-# MAX_ANSWER_BYTES within twice the peer timeout (and each read waits at most ``peer_timeout_seconds``).
+# be malicious), through `bounded_http` (never compressed, each wait at most the peer timeout unless said): its DCAT
+# catalogue up to MAX_CATALOG_BYTES within CATALOG_SECONDS; every other answer — a Beacon answer, hello, a notice's,
+# a push's manifest, body, fetch and publish — up to MAX_ANSWER_BYTES, within twice the peer timeout (a Beacon
+# answer), EXCHANGE_SECONDS (hello, a notice, a push's manifest and publish) or `transfer_seconds` (one body, sent
+# or fetched, with its answer).
 MAX_CATALOG_BYTES = 20 * 1024 * 1024
 CATALOG_SECONDS = 120.0
 MAX_ANSWER_BYTES = 1024 * 1024
+EXCHANGE_SECONDS = 300.0
+TRANSFER_BASE_SECONDS = 600.0
+MIN_TRANSFER_RATE = 256 * 1024  # bytes per second: a slower body is cut off
 
 
-class AnswerRefused(Exception):
-    """A peer's answer this hub stopped reading (too large, too slow, compressed): ``str()`` says which."""
+def transfer_seconds(size: int) -> float:
+    """How long one body of ``size`` bytes may take to travel, the peer's answer included (it checks the body
+    before it answers)."""
+    return TRANSFER_BASE_SECONDS + size / MIN_TRANSFER_RATE
 
 
-@dataclass(frozen=True)
-class Fetched:
-    status_code: int
-    content: bytes  # empty unless 200
+def answer_bounds(settings: Settings, total_seconds: float, *, read_seconds: float | None = None,
+                  max_bytes: int | None = None) -> bounded_http.Bounds:
+    """A peer's answer's bounds: ``MAX_ANSWER_BYTES`` unless said, each wait at least the peer timeout."""
+    timeout = settings.federation.peer_timeout_seconds
+    return bounded_http.Bounds(max_bytes=MAX_ANSWER_BYTES if max_bytes is None else max_bytes,
+                               total_seconds=total_seconds, read_seconds=max(timeout, read_seconds or timeout))
 
-    def json(self) -> Any:
-        return json.loads(self.content)
 
-
-def signed_fetch(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (), *,
-                 max_bytes: int, total_seconds: float) -> Fetched:
-    """``signed_get``, read as a stream and bounded: at most ``max_bytes`` (announced or sent), uncompressed
-    (``identity`` is asked for, so the bound is on what is held in memory), the whole exchange within
-    ``total_seconds`` (cancelled then, also while a peer trickles its headers); AnswerRefused beyond that.
-    Blocking, with its own event loop in its own thread: called from anywhere (jobs, federated search's pool, the
-    CLI, a request handler)."""
+def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (), *,
+               bounds: bounded_http.Bounds | None = None) -> bounded_http.Reply:
+    """GET ``path`` on a peer, signed with this hub's key, its answer read within ``bounds`` (`bounded_http`:
+    AnswerRefused beyond them; by default a peer's answer within ``EXCHANGE_SECONDS``). Blocking; callable from
+    anywhere (jobs, federated search's pool, the CLI, a request handler)."""
+    bounds = bounds or answer_bounds(settings, EXCHANGE_SECONDS)
     query = urlencode(list(params))
-    headers = {**hub_key(settings).sign("GET", path, query), "Accept": "application/json, text/turtle;q=0.9",
-               "Accept-Encoding": "identity"}
+    headers = {**hub_key(settings).sign("GET", path, query), "Accept": "application/json, text/turtle;q=0.9"}
     url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
+    return bounded_http.fetch("GET", url, bounds, headers=headers)
 
-    async def fetch() -> Fetched:
-        async with httpx.AsyncClient(timeout=settings.federation.peer_timeout_seconds, follow_redirects=False) as c, \
-                c.stream("GET", url, headers=headers) as r:
-            if r.status_code != 200:
-                return Fetched(r.status_code, b"")
-            encoding = r.headers.get("content-encoding", "").strip().lower()
-            if encoding not in ("", "identity"):
-                raise AnswerRefused(f"a compressed answer ({encoding[:40]}) though none was asked for")
-            declared = r.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise AnswerRefused(f"larger than {max_bytes} bytes ({declared} announced)")
-            body = bytearray()
-            async for chunk in r.aiter_raw():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise AnswerRefused(f"larger than {max_bytes} bytes")
-            return Fetched(200, bytes(body))
 
-    async def bounded() -> Fetched:
-        with anyio.fail_after(total_seconds):
-            return await fetch()
-
-    # an event loop of its own, in a thread of its own: the caller may already run one (a page's "harvest now",
-    # a test's server), and anyio.run refuses to start a second loop in a thread that has one
-    with ThreadPoolExecutor(1, thread_name_prefix="signed-fetch") as pool:
-        try:
-            return pool.submit(anyio.run, bounded).result()
-        except TimeoutError:
-            raise AnswerRefused(f"not sent within {total_seconds:g} s") from None
+def signed_post(settings: Settings, peer_url: str, path: str, body: bytes,
+                bounds: bounded_http.Bounds) -> bounded_http.Reply:
+    """POST a JSON ``body`` to ``path`` on a peer, signed, its answer read within ``bounds``."""
+    headers = {**hub_key(settings).sign("POST", path, "", body), "Content-Type": "application/json",
+               "Accept": "application/json"}
+    return bounded_http.fetch("POST", peer_url.rstrip("/") + path, bounds, headers=headers, content=body)
 
 
 def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
@@ -447,11 +419,11 @@ def hello(hub: Hub, name: str, actor: audit.Actor) -> tuple[bool, str]:
     try:
         # an operator's one-off check, not a fan-out query: a slow peer gets time to answer (as notices do)
         r = signed_get(hub.settings, url, f"{PEER_PATH}/hello",
-                       timeout=max(hub.settings.federation.peer_timeout_seconds, 30))
-        ok, said = r.status_code == 200, (r.text[:300] if r.status_code != 200 else "verified")
-        said = said if ok else f"HTTP {r.status_code}: {said}"
-    except httpx.HTTPError as exc:
-        ok, said = False, f"no answer ({type(exc).__name__})"
+                       bounds=answer_bounds(hub.settings, EXCHANGE_SECONDS, read_seconds=30))
+        ok = r.status_code == 200
+        said = "verified" if ok else f"HTTP {r.status_code}: {r.text[:300]}"
+    except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+        ok, said = False, bounded_http.describe(exc)
     with transaction(hub.sessions) as session:
         audit.record(session, actor, "federation.exchange.sent", outcome="ok" if ok else "failed",
                      target=f"peer:{name}", details={"what": "hello", **({} if ok else {"error": said})})
@@ -462,20 +434,19 @@ def _ask(settings: Settings, peer: Peer, entry_type: str, filters: Sequence[str]
     path = beacon.Beacon(id="", name="", base_url="", organization="").root + "/" + beacon.ENTRY_PATHS[entry_type]
     params = [("requestedGranularity", "count")] + ([("filters", ",".join(filters))] if filters else [])
     try:
-        r = signed_fetch(settings, peer.base_url, path, params, max_bytes=MAX_ANSWER_BYTES,
-                         total_seconds=2 * settings.federation.peer_timeout_seconds)
-    except httpx.HTTPError as exc:
-        return Answer(peer.name, peer.base_url, ok=False, error=f"no answer ({type(exc).__name__})")
-    except AnswerRefused as exc:
-        return Answer(peer.name, peer.base_url, ok=False, status=200, error=f"answer not read: {exc}")
+        r = signed_get(settings, peer.base_url, path, params,
+                       bounds=answer_bounds(settings, 2 * settings.federation.peer_timeout_seconds))
+    except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+        return Answer(peer.name, peer.base_url, ok=False, error=bounded_http.describe(exc))
     if r.status_code != 200:
         return Answer(peer.name, peer.base_url, ok=False, status=r.status_code, error=f"HTTP {r.status_code}")
     try:
         doc = r.json()
-        summary = doc["responseSummary"]
-        if not isinstance(summary.get("exists"), bool):
-            raise ValueError("no exists")
-    except (ValueError, KeyError, TypeError):
+        summary, total = doc["responseSummary"], doc["responseSummary"].get("numTotalResults", 0)
+        if not isinstance(summary.get("exists"), bool) or isinstance(total, bool) or not isinstance(total, int) \
+                or not isinstance(doc.get("info", {}), dict):
+            raise ValueError("no exists, or a count that is not one")
+    except (ValueError, KeyError, TypeError, AttributeError):  # a shape that is not Beacon v2's
         return Answer(peer.name, peer.base_url, ok=False, status=200, error="not a Beacon v2 response")
     return Answer(peer.name, peer.base_url, ok=True, status=200, document=doc)
 
@@ -564,16 +535,16 @@ def harvest(hub: Hub, transaction: Callable[[], Any]) -> dict[str, Any]:
     for peer_id, name, url in targets:
         error, entries = "", []
         try:
-            r = signed_fetch(settings, url, f"{PEER_PATH}/catalog.ttl", max_bytes=MAX_CATALOG_BYTES,
-                             total_seconds=CATALOG_SECONDS)
+            r = signed_get(settings, url, f"{PEER_PATH}/catalog.ttl",
+                           bounds=answer_bounds(settings, CATALOG_SECONDS, max_bytes=MAX_CATALOG_BYTES))
             if r.status_code != 200:
                 error = f"HTTP {r.status_code}"
             else:
                 entries = parse_dcat(r.content, settings.federation.max_remote_entries, url)
+        except bounded_http.AnswerRefused as exc:  # the entries harvested before stay
+            error = f"catalogue not read: {exc}"
         except httpx.HTTPError as exc:
             error = f"no answer ({type(exc).__name__})"
-        except AnswerRefused as exc:  # the entries harvested before stay
-            error = f"catalogue not read: {exc}"
         except Exception as exc:  # a malformed catalogue: rdflib raises many kinds
             error = f"not a DCAT catalogue ({type(exc).__name__})"
         with transaction() as session:

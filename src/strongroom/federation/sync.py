@@ -34,6 +34,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .. import bounded_http
 from ..archive import c4gh
 from ..archive.accession import new_accession
 from ..archive.backend import storage_for
@@ -261,19 +262,26 @@ def build_manifest(hub: Hub, session: Session, run: SyncRun, peer: Peer) -> tupl
 Progress = Callable[[int, int, int, int], None]  # files done, files total, bytes done, bytes total
 
 
-def _post(hub: Hub, peer_url: str, path: str, doc: dict[str, Any]) -> httpx.Response:
-    body = json.dumps(doc).encode()
-    headers = service.hub_key(hub.settings).sign("POST", path, "", body)
-    with httpx.Client(timeout=max(hub.settings.federation.peer_timeout_seconds, 60)) as c:
-        return c.post(peer_url + path, content=body,
-                      headers={**headers, "Content-Type": "application/json"})
+def _post(hub: Hub, peer_url: str, path: str, doc: dict[str, Any], *,
+          total_seconds: float | None = None) -> bounded_http.Reply:
+    """A signed POST of ``doc`` to the peer, its answer bounded (`service.answer_bounds`): within
+    ``total_seconds``, by default ``service.EXCHANGE_SECONDS``."""
+    bounds = service.answer_bounds(hub.settings, total_seconds or service.EXCHANGE_SECONDS, read_seconds=60)
+    return service.signed_post(hub.settings, peer_url, path, json.dumps(doc).encode(), bounds)
 
 
-def _reason(r: httpx.Response) -> str:
+def _answer(r: bounded_http.Reply) -> dict[str, Any] | None:
+    """The peer's answer as a JSON object, None when it is not one."""
     try:
-        return str(r.json().get("detail") or r.text)[:500]
+        doc = r.json()
     except ValueError:
-        return r.text[:500] or f"HTTP {r.status_code}"
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _reason(r: bounded_http.Reply) -> str:
+    detail = (_answer(r) or {}).get("detail")
+    return str(detail or r.text)[:500] or f"HTTP {r.status_code}"
 
 
 def _body_chunks(reader: BinaryIO) -> Iterator[bytes]:
@@ -282,21 +290,22 @@ def _body_chunks(reader: BinaryIO) -> Iterator[bytes]:
             yield chunk
 
 
-def _offer_presigned(hub: Hub, storage: Any, peer_url: str, path: str,
-                     body_key: str | None) -> httpx.Response | str | None:
+def _offer_presigned(hub: Hub, storage: Any, peer_url: str, path: str, body_key: str | None,
+                     size: int) -> bounded_http.Reply | str | None:
     """S3 to S3: offer the peer a short-lived presigned GET URL of the body in this hub's object store (when
     ``presign_bodies`` and the storage is S3). The peer's answer when it fetched (or refused) the body; None
-    when it would not fetch (push it instead); a string: the peer did not answer."""
+    when it would not fetch (push it instead); a string: why there is no answer to use."""
     cfg = hub.settings.federation
     if not cfg.presign_bodies or body_key is None or not hasattr(storage, "presigned_get"):
         return None
     url = storage.presigned_get(body_key, cfg.presign_seconds)
-    try:
-        r = _post(hub, peer_url, path + "/fetch", {"url": url})
-    except httpx.HTTPError as exc:
-        return f"did not answer ({type(exc).__name__})"
-    if r.status_code == 200 and r.json().get("fetch") is False:
-        log.info("sync.fetch_declined", reason=r.json().get("reason"))
+    try:  # the peer fetches the body before it answers: as long as a push of it may take
+        r = _post(hub, peer_url, path + "/fetch", {"url": url}, total_seconds=service.transfer_seconds(size))
+    except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+        return bounded_http.describe(exc)
+    answer = _answer(r)
+    if r.status_code == 200 and answer is not None and answer.get("fetch") is False:
+        log.info("sync.fetch_declined", reason=str(answer.get("reason"))[:300])
         return None
     return r
 
@@ -418,12 +427,15 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
         return fail("refused", unpublished, sent=False)
     try:
         r = _post(hub, peer_url, f"{SYNC_PATH}/manifest", {"manifest": doc, "signature": signature})
-    except httpx.HTTPError as exc:
-        return fail("failed", f"{peer_name} did not answer ({type(exc).__name__})")
+    except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+        return fail("failed", f"manifest: {peer_name}: {bounded_http.describe(exc)}")
     if r.status_code != 200:
         return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
                     f"manifest: HTTP {r.status_code}: {_reason(r)}")
-    have = set(r.json().get("have", [])) | done
+    answer = _answer(r)
+    if answer is None or not isinstance(answer.get("have", []), list):
+        return fail("failed", f"manifest: {peer_name} answered something other than the bodies it holds")
+    have = {fid for fid in answer.get("have", []) if isinstance(fid, str)} | done
     files_done = sum(1 for fid, *_ in bodies if fid in have)
     bytes_done = sum(size for fid, _, size, _ in bodies if fid in have)
     total_files, total_bytes = len(bodies), sum(size for _, _, size, _ in bodies)
@@ -435,21 +447,22 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
             continue
         lease.check()
         path = f"{SYNC_PATH}/{sync_uuid}/files/{fid}"
-        fetched = _offer_presigned(hub, storage, peer_url, path, body_key)
+        fetched = _offer_presigned(hub, storage, peer_url, path, body_key, size)
         if isinstance(fetched, str):
-            return fail("failed", f"{fid}: {peer_name} {fetched}")
+            return fail("failed", f"{fid}: {peer_name}: {fetched}")
         if fetched is not None:  # the peer fetched it from this hub's object store (or refused it)
             r = fetched
         else:
             headers = key.sign("PUT", path, "", body_sha256=sha)
+            bounds = service.answer_bounds(hub.settings, service.transfer_seconds(size), read_seconds=600)
             try:
-                with httpx.Client(timeout=httpx.Timeout(60, read=600)) as c:
-                    assert body_key is not None
-                    r = c.put(peer_url + path, content=_body_chunks(storage.open_reader(body_key)),
-                              headers={**headers, "Content-Type": "application/octet-stream",
-                                       "Content-Length": str(size)})
-            except httpx.HTTPError as exc:
-                return fail("failed", f"{fid}: {peer_name} did not answer ({type(exc).__name__})")
+                assert body_key is not None
+                r = bounded_http.fetch("PUT", peer_url + path, bounds,
+                                       content=_body_chunks(storage.open_reader(body_key)),
+                                       headers={**headers, "Content-Type": "application/octet-stream",
+                                                "Content-Length": str(size)})
+            except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+                return fail("failed", f"{fid}: {peer_name}: {bounded_http.describe(exc)}")
         if r.status_code != 200:
             return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
                         f"{fid}: HTTP {r.status_code}: {_reason(r)}")
@@ -469,12 +482,13 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
         return fail("refused", unpublished, sent=False)
     try:
         r = _post(hub, peer_url, f"{SYNC_PATH}/{sync_uuid}/publish", {})
-    except httpx.HTTPError as exc:
-        return fail("failed", f"publish: {peer_name} did not answer ({type(exc).__name__})")
+    except httpx.HTTPError as exc:  # also an answer refused (too large, too slow, compressed)
+        return fail("failed", f"publish: {peer_name}: {bounded_http.describe(exc)}")
     if r.status_code != 200:
         return fail("refused" if r.status_code in (401, 403, 409, 422) else "failed",
                     f"publish: HTTP {r.status_code}: {_reason(r)}")
-    published = r.json()
+    answer = _answer(r) or {}  # where the peer published the mirror: recorded as it says, if it says
+    published = {k: answer[k][:500] for k in ("dataset", "url") if isinstance(answer.get(k), str)}
     with transaction(hub.sessions) as s:
         run = s.get(SyncRun, sync_uuid)
         assert run is not None

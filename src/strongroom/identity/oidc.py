@@ -26,6 +26,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, KeySetSerialization
 
+from .. import bounded_http
 from ..config import OidcSettings
 from ..errors import Invalid, Unauthenticated, Unavailable
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 _DISCOVERY_TTL = 300.0
+# what is read of the provider's answers (discovery, keys, tokens): bounded as any remote partner's (`bounded_http`)
+PROVIDER_BOUNDS = bounded_http.Bounds(max_bytes=1024 * 1024, total_seconds=30.0, read_seconds=10.0)
 _LEEWAY_SECONDS = 60
 # How long before the authorization request the provider's ``auth_time`` may lie and still count as an
 # authentication for that request: clock skew between the provider and the hub.
@@ -93,6 +96,7 @@ class OidcClient:
             code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_basic",
             timeout=15,
+            transport=bounded_http.BoundedTransport(PROVIDER_BOUNDS),
         )
 
     def authorization_url(self, *, state: str, nonce: str, code_verifier: str, reauth: bool = False) -> str:
@@ -181,11 +185,13 @@ def _auth_time(claims: dict[str, Any]) -> dt.datetime | None:
 
 def _fetch_json(url: str) -> dict[str, Any]:
     try:
-        response = httpx.get(url, timeout=10)
-        response.raise_for_status()
-        return response.json()
-    except (httpx.HTTPError, ValueError) as exc:
+        response = bounded_http.fetch("GET", url, PROVIDER_BOUNDS, headers={"Accept": "application/json"})
+        document = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:  # also an answer refused (too large, too slow, compressed)
         raise Unavailable("the identity provider cannot be reached; try again in a minute") from exc
+    if not isinstance(document, dict):
+        raise Unavailable("the identity provider cannot be reached; try again in a minute")
+    return document
 
 
 def _check_issuer_url(settings: OidcSettings) -> None:

@@ -27,10 +27,13 @@ def stats() -> None:
 
 @app.command()
 def drain() -> None:
-    """Run every runnable job in this process, then exit."""
-    from .runner import Runner
+    """Run every runnable job in this process, then exit (4 when attempts hung past their time limit)."""
+    from .runner import HUNG_EXIT_CODE, Runner, exit_now
 
     settings = get_settings()
     runner = Runner(Hub.from_settings(settings), lease_seconds=settings.jobs.lease_seconds,
                     extra_modules=settings.jobs.extra_modules)
     console.print(f"ran {runner.run_until_idle()} job(s)")
+    if runner.hung_attempts:  # their threads cannot be stopped, and an ordinary exit may wait for them forever
+        console.print(f"[red]{len(runner.hung_attempts)} attempt(s) hung past their time limit[/]")
+        exit_now(HUNG_EXIT_CODE)

@@ -17,8 +17,8 @@ JobFunc = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
 GivenUpHook = Callable[["Session", dict[str, Any], str], None]
 
 HOUR = 3600
-# How long one attempt of a job may run before its runner stops renewing the lease and gives the attempt up
-# (retried with backoff, or failed once its attempts are used up): a hung job must not hold its job forever.
+# How long one attempt of a job may run before its runner abandons it (retried with backoff, or failed once its
+# attempts are used up; the runner takes other jobs): a hung attempt must hold neither its job nor its worker.
 DEFAULT_TIMEOUT_SECONDS = 6 * HOUR
 
 # The built-in kinds whose work is far longer, or far shorter, than the default allows for. A kind's own
@@ -77,9 +77,11 @@ def job(name: str, *, max_attempts: int = 5, every_seconds: int | None = None,
     worker died is run again, possibly after part of its work was done. It opens its own
     transactions with ``ctx.transaction()`` so long jobs never hold a database lock throughout.
 
-    ``timeout_seconds`` limits one attempt (default: ``BUILTIN_TIMEOUTS``, else 6 h). Past it the runner gives
-    the attempt up and the job is retried (possibly while the abandoned attempt still runs: Python cannot stop
-    a thread) or failed; a kind that legitimately runs longer must say so here and be resumable.
+    ``timeout_seconds`` limits one attempt (default: ``BUILTIN_TIMEOUTS``, else 6 h). Past it the runner abandons
+    the attempt and goes on with other jobs: the job is retried (possibly while the abandoned attempt still runs:
+    Python cannot stop a thread; its ``ctx.transaction()`` commits nothing more) or failed; a kind that
+    legitimately runs longer must say so here and be resumable. Writes outside ``ctx.transaction()`` (``ctx.hub``'s
+    sessions) must check their record's state, as the long kinds' do.
 
     ``on_given_up(session, payload, error)`` is called once the job has failed for good, however it failed: its
     last attempt raised, timed out, or its worker died and the lease lapsed (`service.lapse`). The function

@@ -153,38 +153,47 @@ def lapse(job: Job, now: dt.datetime) -> str:
     return job.status
 
 
-def renew(session: Session, job_id: int, worker_id: str, lease_seconds: int) -> bool:
+def _held(worker_id: str, attempt: int | None) -> list[Any]:
+    """The rows a worker's attempt may still change: running, locked by it and (given ``attempt``) still at that
+    attempt — a job this worker failed, or lost, and claimed again is another attempt's (a fencing token)."""
+    held = [Job.locked_by == worker_id, Job.status == "running"]
+    return held if attempt is None else [*held, Job.attempts == attempt]
+
+
+def renew(session: Session, job_id: int, worker_id: str, lease_seconds: int, *, attempt: int | None = None) -> bool:
     """Extend our lease; False means another runner took the job over (we lost it)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
+        .where(Job.id == job_id, *_held(worker_id, attempt))
         .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
     )
     return rowcount(result) == 1
 
 
-def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None) -> bool:
+def finish(session: Session, job_id: int, worker_id: str, result: dict[str, Any] | None, *,
+           attempt: int | None = None) -> bool:
     outcome = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.locked_by == worker_id, Job.status == "running")
+        .where(Job.id == job_id, *_held(worker_id, attempt))
         .values(status="done", result=result, finished_at=utcnow(), lease_expires_at=None, last_error=None)
     )
     return rowcount(outcome) == 1
 
 
-def give_back(session: Session, job_id: int, worker_id: str) -> None:
+def give_back(session: Session, job_id: int, worker_id: str, *, attempt: int | None = None) -> None:
     """Return a claimed job untried (the attempt not counted): this worker cannot run anything now."""
-    job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.locked_by != worker_id or job.status != "running":
+    job = session.scalars(select(Job).where(Job.id == job_id, *_held(worker_id, attempt)).with_for_update()).first()
+    if job is None:
         return
     job.status, job.attempts, job.lease_expires_at, job.locked_by = "queued", max(job.attempts - 1, 0), None, None
 
 
-def fail(session: Session, job_id: int, worker_id: str, error: str) -> str | None:
+def fail(session: Session, job_id: int, worker_id: str, error: str, *, attempt: int | None = None) -> str | None:
     """Record a failure; retry with exponential backoff until ``max_attempts`` is reached. Returns the job's
     new status (None: the job is not this worker's any more)."""
-    job = session.get(Job, job_id, with_for_update=True)  # not a claim lapsing it at the same time
-    if job is None or job.locked_by != worker_id or job.status != "running":
+    # locked: not a claim lapsing it at the same time
+    job = session.scalars(select(Job).where(Job.id == job_id, *_held(worker_id, attempt)).with_for_update()).first()
+    if job is None:
         return None
     job.last_error = error[:4000]
     job.lease_expires_at = None
