@@ -10,7 +10,6 @@ import hmac
 import ipaddress
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -276,21 +275,27 @@ def leftover_scratches(root: Path, uid: int) -> list[Path]:
 
 
 # -- members' cluster accounts (the Slurm launcher submits as them) -----------------------------------
-ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-
-
 def cluster_account_of(session: Session, user_id: uuid.UUID) -> str:
+    """The member's cluster account, or "" when they have none usable: one the shared rule refuses (stored before it
+    held) or one another member holds too (one POSIX identity per person)."""
+    from ..compute.accounts import account_problem
+
     row = session.get(ClusterAccount, user_id)
-    return row.account if row is not None else ""
+    if row is None or account_problem(row.account):
+        return ""
+    holders = session.scalar(select(func.count()).where(ClusterAccount.account == row.account))
+    return row.account if holders == 1 else ""
 
 
 def set_cluster_account(session: Session, actor: Actor, user: User, account: str) -> str:
-    """Set (or, with "", remove) the member's POSIX account on the cluster; audited."""
+    """Set (or, with "", remove) the member's POSIX account on the cluster; audited. The rule is the one GPU
+    reservations read the mapping with (``compute.accounts.account_problem``), and their reservations follow at once."""
+    from ..compute.accounts import account_problem
+    from ..compute.service import resync_user
+
     account = account.strip()
-    if account and not ACCOUNT_RE.match(account):
-        raise Invalid("a cluster account is a POSIX user name (lower case letters, digits, _ . -; at most 32)")
-    if account == "root":
-        raise Invalid("workspaces never run as root")
+    if account and (why := account_problem(account)):
+        raise Invalid(why)
     row = session.get(ClusterAccount, user.id)
     before = row.account if row is not None else ""
     if account == before:
@@ -308,6 +313,8 @@ def set_cluster_account(session: Session, actor: Actor, user: User, account: str
         row.account, row.set_at = account, utcnow()
     audit.record(session, actor, "workspace.cluster_account.set", subject_user_id=user.id, target=f"user:{user.id}",
                  details={"account": account, "before": before})
+    session.flush()
+    resync_user(session, user.id)  # the member's projects' reservations name the new account (or none) now
     return account
 
 
