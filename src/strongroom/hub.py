@@ -13,6 +13,10 @@ from .hubsecret import Keyring, Retired, load_retired, refuse_weak
 from .identity.secrets import configure_password_hashing
 from .paths import check_config_file, secure_var_dir
 
+# The session.info entry holding the hub itself: code given only a session finds the hub's storage and keys
+# through it (the strategies' release check reads the content of the files a version would release).
+HUB_INFO = "hub"
+
 
 @dataclass
 class Hub:
@@ -35,9 +39,12 @@ class Hub:
         secret, retired = settings.effective_secret_key(), load_retired(settings)
         if not allow_weak_secrets:
             refuse_weak(settings, secret)
+        keyring = Keyring.of(secret, retired)
         sessions = sessionmaker(
             bind=engine_for(settings.effective_database_url),
             expire_on_commit=False,
-            info={AUDIT_KEYS: Keyring.of(secret, retired)},
+            info={AUDIT_KEYS: keyring},
         )
-        return cls(settings=settings, sessions=sessions, secret=secret, retired=retired)
+        hub = cls(settings=settings, sessions=sessions, secret=secret, retired=retired)
+        sessions.configure(info={AUDIT_KEYS: keyring, HUB_INFO: hub})
+        return hub

@@ -161,8 +161,11 @@ def edit_draft(session: Session, principal: Principal, dataset_id: str, *, add: 
     """Change the draft version; if the newest version is released, a new draft starts from it."""
     ds, access = _owner_access(session, principal, dataset_id)
     access.require("write-data")
+    # locked: a release checking this draft (strategies: what it holds) finishes before the edit starts, and
+    # an edit finishes before a release checks; an edit never lands in a version released meanwhile
     latest = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
-                            .order_by(DatasetVersion.number.desc()).limit(1))
+                            .order_by(DatasetVersion.number.desc()).limit(1).with_for_update()
+                            .execution_options(populate_existing=True))
     assert latest is not None
     if latest.state != "draft":
         draft = DatasetVersion(dataset_id=ds.id, number=latest.number + 1, state="draft",

@@ -81,7 +81,7 @@ def save_strategy(db: Db, principal: ProjectsWrite, slug: str, body: StrategyIn,
 @router.post("/strategies/check", response_model=CheckOut, summary="Validate a strategy without saving it")
 def check_strategy(principal: ProjectsRead, body: StrategyText) -> CheckOut:
     try:
-        strategy = service.parse(body.text)
+        strategy = service.parse(body.text, new=True)
     except Invalid as exc:
         return CheckOut(valid=False, problems=exc.extra.get("problems", []))
     return CheckOut(valid=True, name=strategy.name, output_columns=strategy.output_columns())

@@ -36,7 +36,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _strategy(path: Path) -> Strategy:
     try:
-        return load_strategy(path.read_text(encoding="utf-8"))
+        return load_strategy(path.read_text(encoding="utf-8"), new=True)
     except OSError as exc:
         _fail(f"{path}: {exc.strerror}")
     except ValueError as exc:  # pydantic's ValidationError is one: each problem on its own line

@@ -117,7 +117,7 @@ def _transform(frame: pl.LazyFrame, strategy: spec.Strategy, secret: bytes, name
             case spec.FreeText(mode="remove"):
                 expr = pl.lit(None, dtype=pl.String)
             case spec.FreeText():
-                expr = transforms.scrubbed(frame, column, names, strategy.identifier_scan)
+                expr = transforms.scrubbed(frame, column, names)
         exprs.append(expr.alias(column))
     # every expression reads the input columns: a person column pseudonymized here still keys the date shifts
     return frame.select(exprs)
@@ -422,10 +422,11 @@ def _rule_holds(frame: pl.DataFrame, column: str, rule: spec.Rule, counted: _Cou
             assert rule.min_count is not None
             bad = cells_where(cells < rule.min_count)
         case spec.TopCode():
-            numbers = values.cast(pl.Float64)
+            # read as the run reads it (text too: "41", "41,5"); what is no number ("n/a", "90+") is a bad cell
+            numbers = values.to_frame(column).select(transforms.as_number(column, values.dtype)).to_series()
             high = numbers > rule.top if rule.top is not None else numbers.is_nan()
             low = numbers < rule.bottom if rule.bottom is not None else numbers.is_nan()
-            bad = cells_where(high | low)
+            bad = cells_where(high | low | numbers.is_null())
     return f"{bad} value(s) do not follow the rule" if bad else None
 
 
@@ -474,9 +475,8 @@ def verify(frame: pl.DataFrame, strategy: spec.Strategy, *, names: NameMatcher |
         bad = counted.classes(columns, distinct).filter(pl.col("__n") < minimum)
         checks.append(Check(name, bad.height == 0, f"{bad.height} group(s) below {minimum}" if bad.height else "holds",
                             counted.named(bad, columns)))
-    scan = strategy.identifier_scan
-    found = scan_identifiers(frame, names or NameMatcher(scan.names), personnummer=scan.personnummer, email=scan.email,
-                             phone=scan.phone, counts=counted.values)
+    # every kind, whatever the strategy says (it may add names, never switch a kind off: spec.ALWAYS_SCANNED)
+    found = scan_identifiers(frame, names or NameMatcher(strategy.identifier_scan.names), counts=counted.values)
     checks.append(Check("no identifier in any cell", not found,
                         "; ".join(f"{f['cells']} {f['kind']} cell(s) in {f['column']}" for f in found) or "holds"))
     quasi = (strategy.k_anonymity.quasi_identifiers if strategy.k_anonymity

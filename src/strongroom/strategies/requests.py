@@ -10,9 +10,10 @@ A request belongs to the project that owns the data. It carries the researcher's
 2. start a run of the named version on it (`runs.start`); a passing run's draft dataset is attached to the
    request by the run itself (`runs.attach_run_output`), a failing one blocks every later step;
 3. release: the terms must be agreed (the application approved by its handlers, the existing flow), then the
-   run's dataset version is released — through the archive's release check, so only verified tables go out
-   (`provenance.release_check`) — and the applicant gets an entitlement to exactly that version, ending when
-   their approval ends and revoked with it.
+   run's dataset version is released — only while it holds exactly the run's output and report (a draft can
+   be edited by any member with the write right: what the applicant gets is what the run verified), and
+   through the archive's release check (`provenance.release_check`) — and the applicant gets an entitlement
+   to exactly that version, ending when their approval ends and revoked with it.
 
 Each step's evidence is read from what the request links to (`steps`), never typed in by hand.
 """
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from ..access.models import AccessPolicy, Application, Entitlement
 from ..archive import service as archive
 from ..archive.accession import new_accession
-from ..archive.models import ArchiveFile, Dataset, DatasetVersion
+from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit import service as audit
 from ..config import Settings
 from ..db import utcnow
@@ -195,6 +196,7 @@ def release(session: Session, principal: Principal, access: ProjectAccess, reque
     if r.application_id is not None and granted is None:
         raise Conflict(f"the terms are not agreed: application {r.application_id} is "
                        f"{app.state if app else 'gone'} — its handlers approve it first (step 7)")
+    _exactly_what_the_run_verified(session, r, run)
     version = archive.release_version(session, principal, r.dataset_id, r.dataset_version)
     if app is not None and granted is not None:
         source = session.get(AccessPolicy, app.dataset_id)
@@ -211,6 +213,34 @@ def release(session: Session, principal: Principal, access: ProjectAccess, reque
                  details={"dataset": r.dataset_id, "version": version.number, "run": str(run.id),
                           **({"application": app.id, "applicant": str(app.applicant_id)} if app else {})})
     return version
+
+
+def _exactly_what_the_run_verified(session: Session, r: DataRequest, run: StrategyRun) -> None:
+    """The version the applicant gets holds exactly the request's run's output and report, and the run applied
+    the strategy version the request names: a file anyone added to the draft since the run (a member with the
+    write right may edit a draft), or one taken out, refuses the release. The version's row is locked first,
+    so no edit lands between this check and the release (`edit_draft` locks it too)."""
+    if run.strategy_version_id != r.strategy_version_id or run.dataset_id != r.dataset_id:
+        raise Conflict(f"run {run.id} is not a run of this request's strategy version on its dataset: start a "
+                       "new run from the request")
+    version = session.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == r.dataset_id,
+                                                          DatasetVersion.number == r.dataset_version)
+                             .with_for_update().execution_options(populate_existing=True))
+    if version is None:
+        raise Conflict(f"dataset {r.dataset_id} has no version {r.dataset_version} any more: start a new run")
+    held = set(session.scalars(select(DatasetFile.file_id).where(DatasetFile.version_id == version.id)))
+    verified = {run.output_file_id, run.report_file_id}
+    added, missing = sorted(held - verified), sorted(f for f in verified - held if f)
+    if added or missing:
+        paths = {file_id: path for file_id, path in session.execute(
+            select(ArchiveFile.id, ArchiveFile.path).where(ArchiveFile.id.in_(added[:10])))}
+        named = ", ".join(f"{paths.get(f, f)} ({f})" for f in added[:10]) + (" …" if len(added) > 10 else "")
+        changes = ([f"added since: {named}"] if added else []) + ([f"taken out: {', '.join(missing)}"] if missing
+                                                                  else [])
+        raise Conflict(f"dataset {r.dataset_id} v{r.dataset_version} no longer holds exactly what run {run.id} "
+                       f"verified (its output and report): {'; '.join(changes)}. A data request releases only its "
+                       f"run's verified files: put the draft back as the run made it, or start a new run.",
+                       added=added[:10], missing=missing)
 
 
 def close(session: Session, principal: Principal, access: ProjectAccess, request_id: str, reason: str

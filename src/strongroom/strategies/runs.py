@@ -62,7 +62,7 @@ from .models import (
     StrategyRun,
     StrategyVersion,
 )
-from .tables import SUFFIXES, TableError, read_table, write_table
+from .tables import SUFFIXES, TableError, read_table, suffix_of, write_table
 
 JOB = "strategy.run"
 ACTOR = Actor.system("strategy-run")
@@ -87,7 +87,7 @@ def start(session: Session, settings: Settings, principal: Principal, access: Pr
         raise Invalid(f"{f.path}: the file is held ({f.hold}); release it before running a strategy on it")
     if f.state != READY:
         raise Invalid(f"{f.path}: the file is {f.state}, not archived yet")
-    if Path(f.path).suffix.lower() not in SUFFIXES:
+    if suffix_of(f.path) not in SUFFIXES:
         raise Invalid(f"{f.path}: not a table the strategy engine reads ({', '.join(SUFFIXES)})")
     project_secret(session, settings, access.project.id)  # made now if new: the job only reads it
     run = StrategyRun(project_id=access.project.id, strategy_version_id=strategy_version.id, input_file_id=f.id,
@@ -131,7 +131,7 @@ def run_files(session: Session, access: ProjectAccess) -> list[ArchiveFile]:
     files = session.scalars(select(ArchiveFile).where(ArchiveFile.project_id == access.project.id,
                                                       ArchiveFile.state == READY, ArchiveFile.hold.is_(None))
                             .order_by(ArchiveFile.created_at.desc()).limit(2000))
-    return [f for f in files if Path(f.path).suffix.lower() in SUFFIXES][:200]
+    return [f for f in files if suffix_of(f.path) in SUFFIXES][:200]
 
 
 # -- the job's side ----------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def _apply(work: _Work, storage: Storage, tmp: Path, sealed: list[SealedBody]) -
         strategy = service.parse(work.text)
     except Invalid as exc:
         raise RunError(exc.detail) from None
-    source = tmp / ("extract" + Path(work.path).suffix.lower())
+    source = tmp / ("extract" + suffix_of(work.path))
     _decrypt(work, storage, source)
     try:
         frame = read_table(source)
@@ -236,7 +236,7 @@ def _apply(work: _Work, storage: Storage, tmp: Path, sealed: list[SealedBody]) -
     report = json.loads(reports.to_json(report))
     if not result.passed:
         return report, False
-    stem = Path(work.path).stem
+    stem = Path(work.path.rstrip(". ")).stem
     output = write_table(result.output, tmp / f"{stem}.parquet")
     del result
     # what is archived is what passed: the written file is verified again, knowing nothing of how it was made
@@ -330,7 +330,7 @@ def attach_run_output(session: Session, run: StrategyRun) -> None:
 
 
 def _archive(session: Session, work: _Work, sealed: list[SealedBody]) -> str:
-    stem = Path(work.path).stem
+    stem = Path(work.path.rstrip(". ")).stem
     name = service.parse(work.text).name
     folder = f"strategy-runs/{work.run_id}"
     marking = (f"The verified output of a pseudonymization strategy run, and its report.\n\n"

@@ -1,7 +1,11 @@
-"""The identifier scan over every cell of a table that can spell one, and over its column names.
+"""The identifier scan over every cell of a table, whatever its column type, and over its column names.
 
-Text, integers of personnummer width (10-12 digits; a number type drops the dash, not the digits) and the
-elements of list and struct columns are scanned; dates, booleans and small numbers are not.
+Text is scanned as it is; integral numbers of personnummer range (7-12 digits, of any integer, float or
+decimal type) as their digits padded to ten, for a personnummer (a number type drops the dash and the leading
+zero of a YYMMDDNNNN born 2000-2009, not the other digits; the real date and the Luhn digit decide); the elements of
+list and struct columns as their own columns; every other type (dates, times, booleans, binary) as its text.
+The kinds looked for are always personnummer (and samordningsnummer), e-mail addresses and telephone
+numbers, plus the names a strategy lists: a strategy adds to the scan, never switches a kind off.
 
 Polars narrows each column to the distinct values that could hold an identifier (cheap patterns, no
 look-behind; names by Aho-Corasick over the lower-cased text); only those values meet the exact Python
@@ -47,14 +51,11 @@ def _contains(column: pl.Expr, pattern: str) -> pl.Expr:
     return column.str.contains(pattern)
 
 
-def hints(names: NameMatcher, *, personnummer: bool, email: bool, phone: bool) -> list[tuple[str, Hint]]:
-    """(kind, cheap filter) for every kind of identifier looked for."""
-    out: list[tuple[str, Hint]] = []
-    for kind, pattern, on in (("personnummer", identifiers.PNR_HINT, personnummer),
-                              ("e-mail", identifiers.EMAIL_HINT, email),
-                              ("telephone number", identifiers.PHONE_HINT, phone)):
-        if on:
-            out.append((kind, partial(_contains, pattern=pattern)))
+def hints(names: NameMatcher) -> list[tuple[str, Hint]]:
+    """(kind, cheap filter) for every kind of identifier looked for: all of them, and the names if any."""
+    out: list[tuple[str, Hint]] = [(kind, partial(_contains, pattern=pattern)) for kind, pattern in (
+        ("personnummer", identifiers.PNR_HINT), ("e-mail", identifiers.EMAIL_HINT),
+        ("telephone number", identifiers.PHONE_HINT))]
     if names:
         out.append(("name from the list", names.hint))
     return out
@@ -72,26 +73,48 @@ def exact(kind: str, text: str, names: NameMatcher) -> bool:
                for m in identifiers.PHONE.finditer(text))
 
 
-# Integers of 10-12 digits are personnummer written as numbers (YYMMDDNNNN, YYYYMMDDNNNN): leading zeros lost,
-# but those widths kept. Narrower or wider numbers cannot be one, so they are not turned into text.
-_NUMBER_LOW, _NUMBER_HIGH = 10**9, 10**12
+# Integral numbers of 7-12 digits may be personnummer written as numbers (YYMMDDNNNN, YYYYMMDDNNNN): the
+# leading zero of a YYMMDDNNNN of 2000-2009 is lost (0503070005 -> 503070005; 000101NNNN -> 101NNNN), the
+# other digits kept. Padded to ten digits, the real date and the Luhn digit decide; below 10**6 the padded
+# month is 00, never a date.
+_PERSONNUMMER_DIGITS = r"^[0-9]{7,12}$"
+
+
+def _numbers_as_text(values: pl.DataFrame, column: str) -> pl.DataFrame:
+    """The integral values of a numeric column (integer, float, decimal) that have personnummer's width,
+    as their digits padded to ten: read for a personnummer only (a padded number would look like a telephone
+    number, and a number holds no e-mail address or name)."""
+    dtype = values.schema[column]
+    col = pl.col(column)
+    if dtype.is_float():  # pandas writes an integer column with a gap as floats
+        values = values.filter(((col == col.floor()) & (col.abs() < 10**12)).fill_null(False))
+        text = col.cast(pl.Int64).cast(pl.String)
+    elif dtype.is_decimal():  # 191212121212 or 191212121212.00; a fraction that is not zero is no personnummer
+        text = col.cast(pl.String).str.replace(r"\.0*$", "")
+    else:
+        text = col.cast(pl.String)
+    return (values.with_columns(text).filter(col.str.contains(_PERSONNUMMER_DIGITS).fill_null(False))
+            .with_columns(col.str.zfill(10)))
 
 
 def _as_text(values: pl.DataFrame, column: str) -> pl.DataFrame | None:
-    """(distinct value, cells) with the value as text, or None for a type that cannot spell an identifier
-    (dates, booleans, small numbers: a band or a count)."""
+    """(distinct value, cells) with the value as the text the scan reads, or None for a column holding
+    nothing (all null)."""
     dtype = values.schema[column]
     col = pl.col(column)
+    if dtype == pl.Null:
+        return None
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         return values.with_columns(col.cast(pl.String))
-    if dtype.is_integer() or dtype.is_float():
-        plausible = (col >= _NUMBER_LOW) & (col < _NUMBER_HIGH)
-        if dtype.is_float():  # pandas writes an integer column with a gap as floats
-            plausible = plausible & (col == col.floor())
-        return values.filter(plausible.fill_null(False)).with_columns(col.cast(pl.Int64).cast(pl.String))
+    if dtype.is_numeric():
+        return _numbers_as_text(values, column)
     if dtype == pl.Binary:
         return values.with_columns(col.cast(pl.String, strict=False))  # bytes that are UTF-8 text
-    return None
+    try:  # dates, times, booleans, …: their text (nothing slips through for its type)
+        return values.with_columns(col.cast(pl.String))
+    except pl.exceptions.PolarsError:  # a type Polars does not cast (durations, objects): as Python writes it
+        texts = [None if v is None else str(v) for v in values.get_column(column).to_list()]
+        return values.with_columns(pl.Series(column, texts, dtype=pl.String))
 
 
 def _leaves(series: pl.Series, label: str, shown: Callable[[str, int], str]) -> list[tuple[str, pl.Series]]:
@@ -118,14 +141,14 @@ def _field_names(dtype: object) -> list[str]:
 HEADER = "the column names"  # where identifiers found in column (and struct field) names are reported
 
 
-def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *, personnummer: bool = True, email: bool = True,
-                     phone: bool = True, counts: Callable[[str], pl.DataFrame] | None = None) -> list[dict[str, Any]]:
-    """[{column, kind, cells}] for every column with identifiers (text; numbers of 10-12 digits; the elements
-    of lists and fields of structs) and for the column names themselves (column: `HEADER`, one cell per name);
-    the values never leave. A column (or field) whose name holds an identifier is reported by position
-    (`#3`), not by name.
+def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *,
+                     counts: Callable[[str], pl.DataFrame] | None = None) -> list[dict[str, Any]]:
+    """[{column, kind, cells}] for every column with identifiers (any type: `_as_text`; the elements of lists
+    and fields of structs) and for the column names themselves (column: `HEADER`, one cell per name); the
+    values never leave. A column (or field) whose name holds an identifier is reported by position (`#3`),
+    not by name.
     `counts(column)`: each distinct value of the column and its number of cells, when already counted."""
-    kinds = hints(names, personnummer=personnummer, email=email, phone=phone)
+    kinds = hints(names)
     found: list[dict[str, Any]] = []
     # a pivoted extract has one column per patient: the header is data too
     header = [*frame.columns, *(n for c in frame.columns for n in _field_names(frame.schema[c]))]
@@ -148,7 +171,10 @@ def scan_identifiers(frame: pl.DataFrame, names: NameMatcher, *, personnummer: b
             values = _as_text(counted, column)
             if values is None:
                 continue
+            number = counted.schema[column].is_numeric()
             for kind, hint in kinds:
+                if number and kind != "personnummer":  # padded digits are read as a personnummer, nothing else
+                    continue
                 candidates = values.filter(hint(pl.col(column)).fill_null(False))
                 cells = sum(n for text, n in candidates.iter_rows() if exact(kind, text, names))
                 if cells:

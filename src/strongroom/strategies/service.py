@@ -23,17 +23,18 @@ from ..projects.service import ProjectAccess
 from . import engine
 from .models import StrategyVersion
 from .spec import EXAMPLE, Strategy, load_strategy
-from .tables import SUFFIXES, TableError, read_table
+from .tables import SUFFIXES, TableError, read_table, suffix_of
 
 EDIT_RIGHT = "import"  # stewards and the PI curate what a project's extracts become
 READ_RIGHT = "read-data"
 MAX_PREVIEW_ROWS = 200_000  # a sample checked on a page; whole extracts run as `strongroom strategy apply`
 
 
-def parse(text: str) -> Strategy:
-    """The strategy in `text`, or Invalid naming each problem by its place in the file."""
+def parse(text: str, *, new: bool = False) -> Strategy:
+    """The strategy in `text`, or Invalid naming each problem by its place in the file. `new`: a text being
+    checked or saved, not a saved version being loaded (`spec.load_strategy`)."""
     try:
-        return load_strategy(text)
+        return load_strategy(text, new=new)
     except ValidationError as exc:
         problems = [{"where": ".".join(str(p) for p in e["loc"]) or "(top level)", "problem": e["msg"]}
                     for e in exc.errors(include_url=False, include_context=False)]
@@ -74,7 +75,7 @@ def save(session: Session, principal: Principal, access: ProjectAccess, text: st
     creates nothing."""
     access.require(EDIT_RIGHT)
     text = text.replace("\r\n", "\n").strip() + "\n"  # a browser's textarea and the API save the same text alike
-    strategy = parse(text)
+    strategy = parse(text, new=True)
     digest = hashlib.sha256(text.encode()).hexdigest()
     newest = session.scalar(select(StrategyVersion).where(StrategyVersion.project_id == access.project.id)
                             .order_by(StrategyVersion.version.desc()).limit(1))
@@ -96,7 +97,7 @@ def check_sample(session: Session, settings: Settings, principal: Principal, acc
     """Apply a saved version to a sample table in memory and return its report. Nothing is stored but
     the audit event: the sample and its output never leave this request."""
     access.require(EDIT_RIGHT)
-    suffix = Path(filename).suffix.lower()
+    suffix = suffix_of(filename)
     if suffix not in SUFFIXES:
         raise Invalid(f"{filename}: upload a table ({', '.join(SUFFIXES)})")
     strategy = parse(version.text)

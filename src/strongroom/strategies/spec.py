@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from ..imaging.deid.pseudonyms import RESERVED_KINDS
 
@@ -154,9 +154,18 @@ class LDiversity(BaseModel):
     on_violation: OnViolation = "suppress"
 
 
+# The identifier kinds every scan looks for, whatever a strategy says: a strategy adds names, never removes these.
+ALWAYS_SCANNED = ("personnummer", "email", "phone")
+
+
 class IdentifierScan(BaseModel):
-    """What the final scan of every text cell looks for. Names come from a list the steward supplies
-    (e.g. the patients' names from the extract), matched case-insensitively as whole words."""
+    """What the final scan of every cell looks for besides personnummer (and samordningsnummer), e-mail
+    addresses and telephone numbers, which it always looks for: names from a list the steward supplies (e.g.
+    the patients' names from the extract), matched case-insensitively as whole words.
+
+    `personnummer`, `email` and `phone` are read only so that versions saved when a strategy could turn a
+    kind off still load: once validated they are always true (the scan is not the strategy's to switch off),
+    and a new text that turns one off is refused (`load_strategy(..., new=True)`)."""
     model_config = ConfigDict(extra="forbid")
     personnummer: bool = True
     email: bool = True
@@ -165,6 +174,16 @@ class IdentifierScan(BaseModel):
                                                                             max_length=1_000_000)
     names_from: list[Name] = Field(default_factory=list, max_length=20,
                                    description="Input columns whose values (e.g. the patients' names) join the list.")
+
+    @model_validator(mode="after")
+    def _always_on(self, info: ValidationInfo) -> IdentifierScan:
+        off = [kind for kind in ALWAYS_SCANNED if not getattr(self, kind)]
+        if off and (info.context or {}).get("new"):
+            raise ValueError(f"{', '.join(off)} = false: a strategy cannot turn the scan for personnummer, e-mail "
+                             "addresses or telephone numbers off (it may add names); delete the line")
+        for kind in off:  # an older saved version: it loads, and the kind is scanned anyway
+            setattr(self, kind, True)
+        return self
 
 
 class Strategy(BaseModel):
@@ -209,10 +228,12 @@ class Strategy(BaseModel):
         return [c for c, r in self.columns.items() if not isinstance(r, Delete)]
 
 
-def load_strategy(text: str) -> Strategy:
-    """Parse and validate a strategy written as TOML. Raises ValueError with a readable reason."""
+def load_strategy(text: str, *, new: bool = False) -> Strategy:
+    """Parse and validate a strategy written as TOML. Raises ValueError with a readable reason. `new`: a text
+    being written or saved (refused if it turns an always-scanned identifier kind off), not a saved version
+    being loaded (which loads, and is scanned for every kind anyway)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
-    return Strategy.model_validate(data)
+    return Strategy.model_validate(data, context={"new": new})

@@ -15,9 +15,16 @@ import polars as pl
 from fastexcel import FastExcelError
 
 SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".parquet")
-# What counts as a table wherever data leaves a project (a release, an airlock export): a `.txt` is text there.
+# The names the airlock's checks read as tables. A release does not go by names: it judges every file by its
+# content (`content.py`, `provenance.py`), whatever it is called.
 TABLE_SUFFIXES = (".csv", ".tsv", ".xlsx", ".parquet")
 SNIFF_BYTES = 1 << 16
+
+
+def suffix_of(name: str) -> str:
+    """A file name's suffix as Windows reads it (and so as a download gets it): trailing dots and spaces dropped,
+    lower case (`LAB.CSV. ` is a `.csv`)."""
+    return Path(name.rstrip(". ")).suffix.lower()
 
 
 class TableError(ValueError):

@@ -137,11 +137,10 @@ def top_code(rule: spec.TopCode, column: str, dtype: pl.DataType) -> pl.Expr:
     return as_number(column, dtype).clip(rule.bottom, rule.top)
 
 
-def scrub_text(text: str | None, names: Callable[[str], list[tuple[int, int]]],
-               scan: spec.IdentifierScan) -> str | None:
+def scrub_text(text: str | None, names: Callable[[str], list[tuple[int, int]]]) -> str | None:
     if text is None:
         return None
-    found = [(s, e) for s, e, _ in spans(text, personnummer=scan.personnummer, email=scan.email, phone=scan.phone)]
+    found = [(s, e) for s, e, _ in spans(text)]  # every kind: a strategy never switches one off
     found += names(text)
     if not found:
         return text
@@ -157,17 +156,17 @@ def scrub_text(text: str | None, names: Callable[[str], list[tuple[int, int]]],
     return "".join(out)
 
 
-def scrubbed(frame: pl.LazyFrame, column: str, names: NameMatcher, scan: spec.IdentifierScan) -> pl.Expr:
+def scrubbed(frame: pl.LazyFrame, column: str, names: NameMatcher) -> pl.Expr:
     """Free text with every identifier replaced: the Python scrub runs only on the distinct values a
     cheap filter flags; every other cell passes through as it is."""
     col = pl.col(column).cast(pl.String)
     flagged = pl.lit(False)
-    for _kind, hint in hints(names, personnummer=scan.personnummer, email=scan.email, phone=scan.phone):
+    for _kind, hint in hints(names):
         flagged = flagged | hint(col).fill_null(False)
     # the hints run over the distinct texts, not every cell (texts repeat: templates, empty fields)
     distinct = frame.select(col).unique().collect()  # collected first: the optimiser would push the filter down
     values = distinct.filter(flagged).to_series().to_list()
-    return col.replace(values, [scrub_text(v, names.spans, scan) for v in values])
+    return col.replace(values, [scrub_text(v, names.spans) for v in values])
 
 
 def per_distinct(frame: pl.LazyFrame, column: str, expr: pl.Expr, rows: int) -> pl.Expr:
