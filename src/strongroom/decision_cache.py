@@ -62,6 +62,7 @@ MAX_ENTRIES = 10_000  # per kind; a full cache is dropped and refilled (one gene
 _BEGUN = "strongroom.decision_cache.begun"  # Session.info: the authz generation when the transaction began
 _OWN_WINDOWS = "strongroom.decision_cache.own_windows"  # Session.info: use windows this transaction records
 _USER_COLUMNS = tuple(c.key for c in User.__mapper__.column_attrs)
+ReadableKey = tuple[uuid.UUID, uuid.UUID | None, dt.date]  # ``archive.authz.readable_projects``'s
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class TokenEntry:
 class _State:
     token: tuple[int, ...]
     tokens: dict[str, TokenEntry] = field(default_factory=dict)
-    readable: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = field(default_factory=dict)
+    # (user, the token's project, the day: an end date passes without a write) -> the projects they read data of
+    readable: dict[ReadableKey, frozenset[uuid.UUID]] = field(default_factory=dict)
     # (file id, readable projects) -> the share that lets them read it, (project, dataset), or None: no share
     shares: dict[tuple[str, frozenset[uuid.UUID]], tuple[uuid.UUID, str] | None] = field(default_factory=dict)
     windows: dict[str, dt.datetime] = field(default_factory=dict)  # token prefix -> use window already recorded
@@ -252,13 +254,12 @@ def _remember(session: Session, entries_of: Callable[[_State], dict[Any, Any]], 
     entries[key] = value
 
 
-def cached_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None]) -> frozenset[uuid.UUID] | None:
+def cached_readable(session: Session, key: ReadableKey) -> frozenset[uuid.UUID] | None:
     found = _lookup(session, lambda state: state.readable, key)
     return None if found is NOT_CACHED else found
 
 
-def remember_readable(session: Session, key: tuple[uuid.UUID, uuid.UUID | None],
-                      readable: frozenset[uuid.UUID]) -> None:
+def remember_readable(session: Session, key: ReadableKey, readable: frozenset[uuid.UUID]) -> None:
     _remember(session, lambda state: state.readable, key, readable)
 
 

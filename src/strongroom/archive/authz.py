@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,19 +32,22 @@ from .models import (
 PUBLISHED_STATES = ("released", "deprecated")  # what a grant other than the owning project's can reach
 
 
-def project_access(session: Session, principal: Principal, project_id: uuid.UUID) -> projects.ProjectAccess:
+def project_access(session: Session, principal: Principal, project_id: uuid.UUID, *, managing: bool = False
+                   ) -> projects.ProjectAccess:
+    """``projects.open_project`` by the project's id (an ended project refused unless ``managing``)."""
     project = session.get(Project, project_id)
     if project is None:
         raise NotFound("not found")
-    return projects.open_project(session, principal, project.slug)
+    return projects.open_project(session, principal, project.slug, managing=managing)
 
 
 # The per-transaction cache of ``readable_projects`` in ``Session.info``: a request that checks many files (a
 # DICOMweb retrieve of a study, a DRS bundle) reads the caller's memberships and roles once, not once per file.
 # It lives as long as the transaction (a new transaction reads afresh) and is dropped as soon as the session
-# writes a membership or a role, so a decision never uses rights the database no longer holds.
+# writes a membership, a role or a project (closing it ends its members' reads), so a decision never uses rights
+# the database no longer holds. Keyed by the day too: an end date passes without a write.
 _READABLE = "strongroom.archive.authz.readable"
-_RIGHTS_TABLES = frozenset({"memberships", "roles"})
+_RIGHTS_TABLES = frozenset({"memberships", "roles", "projects"})
 
 
 def _forget_readable(session: Session, *_: object) -> None:
@@ -70,15 +74,19 @@ event.listen(Session, "do_orm_execute", _forget_on_bulk_write)
 
 
 def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
-    """Projects whose data the caller may read (member with read-data). One query (memberships with their
-    roles' rights), remembered for the rest of the transaction (see ``_READABLE``) and, in a web process, in its
-    decision cache until a membership, role, project, user or token changes anywhere (``decision_cache``)."""
+    """Projects whose data the caller may read: member with read-data, the project not ended (closed, or past its
+    end date: ``projects.project_ended``). One query (memberships with their roles' rights and their projects'
+    status and end date), remembered for the rest of the transaction (see ``_READABLE``) and, in a web process, in
+    its decision cache until a membership, role, project, user or token changes anywhere (``decision_cache``) or
+    the day changes (the key holds it)."""
     if not principal.has_mfa:
         return set()
-    key = (principal.user.id, principal.project_id)
+    today = utcnow().date()
+    key = (principal.user.id, principal.project_id, today)
     if session.autoflush and (session.new or session.dirty or session.deleted):
         session.flush()  # a pending membership or role change drops the cached rights first (``_READABLE``)
-    cache: dict[tuple[uuid.UUID, uuid.UUID | None], frozenset[uuid.UUID]] = session.info.setdefault(_READABLE, {})
+    cache: dict[tuple[uuid.UUID, uuid.UUID | None, dt.date], frozenset[uuid.UUID]] = \
+        session.info.setdefault(_READABLE, {})
     found = cache.get(key)
     if found is None:
         found = decision_cache.cached_readable(session, key)  # the process's, across requests
@@ -86,8 +94,9 @@ def readable_projects(session: Session, principal: Principal) -> set[uuid.UUID]:
         # a token bound to one project (a workspace's) reads through it only
         rows = _core(session).execute(_memberships_statement(principal.project_id is not None),
                                       {"user_id": key[0], "project_id": key[1]})
-        found = frozenset(project_id for project_id, rights, delegated in rows
-                          if "read-data" in (rights or []) or "read-data" in (delegated or []))
+        found = frozenset(row.project_id for row in rows
+                          if ("read-data" in (row.rights or []) or "read-data" in (row.delegated_rights or []))
+                          and not projects.project_ended(row, today))
         decision_cache.remember_readable(session, key, found)
     cache[key] = found
     return set(found)
@@ -105,9 +114,12 @@ def _core(session: Session) -> Connection:
 # The statements of the read check, built once per process (``catalog.page_cache._revision_statement``'s
 # pattern): constructing them cost more CPU than running them, and the check runs on every data request.
 @cache
-def _memberships_statement(bound: bool) -> Select[uuid.UUID, list[str], list[str]]:
-    """The caller's memberships with their roles' rights (``bound``: only the token's own project)."""
-    stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights)
+def _memberships_statement(bound: bool) -> Select[uuid.UUID, list[str], list[str], str, dt.date]:
+    """The caller's memberships with their roles' rights and their projects' status and end date (``bound``: only
+    the token's own project)."""
+    stmt = (select(Membership.project_id, Role.rights, Membership.delegated_rights, Project.status,
+                   Project.end_date)
+            .join(Project, Project.id == Membership.project_id)
             .outerjoin(Role, Role.name == Membership.role).where(Membership.user_id == bindparam("user_id")))
     return stmt.where(Membership.project_id == bindparam("project_id")) if bound else stmt
 
@@ -217,7 +229,20 @@ def authorize_read(session: Session, principal: Principal, f: ArchiveFile) -> Re
         with_mfa = dataclasses.replace(principal, mfa_at=utcnow())
         if any(provider(session, with_mfa, f) is not None for provider in GRANT_PROVIDERS):
             raise MfaRequired("data access needs a login with multi-factor authentication")
+    refuse_if_ended(session, principal, f.project_id)
     raise NotFound("no such file")
+
+
+def refuse_if_ended(session: Session, principal: Principal, project_id: uuid.UUID) -> None:
+    """On the way to a refusal: a member who would read the project's data but for its end is told that
+    (``projects.ended_refusal``, 403) instead of NotFound; anyone else learns nothing here."""
+    if not principal.has_mfa or principal.project_id not in (None, project_id):
+        return
+    row = session.execute(select(Project, Membership).join(Membership, Membership.project_id == Project.id)
+                          .where(Project.id == project_id, Membership.user_id == principal.user.id)).first()
+    if row is not None and projects.project_ended(row[0]) \
+            and "read-data" in projects.effective_rights(session, row[1]):
+        raise projects.ended_refusal(row[0])
 
 
 def authorize_review(session: Session, principal: Principal, f: ArchiveFile) -> ReadGrant:
@@ -232,6 +257,9 @@ def authorize_review(session: Session, principal: Principal, f: ArchiveFile) -> 
         raise NotFound("no such file")
     if not principal.has_mfa:
         raise MfaRequired("data access needs a login with multi-factor authentication")
+    project = session.get_one(Project, f.project_id)
+    if projects.project_ended(project):  # an ended project's quarantine is looked at no more
+        raise projects.ended_refusal(project)
     return ReadGrant("review", f.project_id, detail=f.hold or "")
 
 

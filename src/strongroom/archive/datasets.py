@@ -18,7 +18,7 @@ from ..identity.service import require_fresh_mfa
 from ..projects import service as projects
 from ..projects.models import Project
 from .accession import new_accession
-from .authz import VersionGrant, project_access, readable_projects
+from .authz import VersionGrant, project_access, readable_projects, refuse_if_ended
 from .models import (
     DELETED,
     READY,
@@ -101,6 +101,8 @@ def dataset_grant(session: Session, principal: Principal, ds: Dataset) -> Versio
 def _visible(session: Session, principal: Principal, dataset_id: str) -> tuple[Dataset, VersionGrant]:
     ds = session.get(Dataset, dataset_id)
     grant = dataset_grant(session, principal, ds) if ds is not None else None
+    if ds is not None and grant is None:
+        refuse_if_ended(session, principal, ds.project_id)  # its project's member: told the project ended
     if ds is None or grant is None:
         raise NotFound("no such dataset")
     if not grant.drafts:
@@ -123,7 +125,7 @@ def may_publish(session: Session, principal: Principal, ds: Dataset) -> bool:
     """For pages: whether the caller may release the dataset's versions and edit its catalogue entry."""
     try:
         return "publish" in project_access(session, principal, ds.project_id).rights
-    except NotFound:
+    except (NotFound, Forbidden):  # not a member, or the project ended
         return False
 
 

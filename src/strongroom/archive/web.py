@@ -22,7 +22,7 @@ from ..deps import (
     read_first,
     show_viewer,
 )
-from ..errors import Invalid, MfaRequired, NotFound
+from ..errors import Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
 from ..identity.principal import Principal
 from ..projects import service as projects
@@ -111,6 +111,11 @@ def dataset_page(request: Request, db: Db, dataset_id: str, version: Int32 | Non
         ds, owner = service.visible_dataset(db, principal, dataset_id)
     except NotFound:
         return _public_page(db, dataset_id, logged_in=True)
+    except Forbidden as ended:  # its project ended (``authz.refuse_if_ended``): its public page, as for anyone
+        try:
+            return _public_page(db, dataset_id, logged_in=True)
+        except NotFound:
+            raise ended from None
     versions = [v for v in ds.versions if owner or v.state != "draft"]
     shown = next((v for v in versions if v.number == version), versions[-1] if versions else None)
     files = service.version_files(db, principal, ds.id, shown.number, after=after, limit=500)[1] if shown else []

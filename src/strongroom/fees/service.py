@@ -349,7 +349,7 @@ def project_subject(session: Session, principal: Principal, slug: str) -> Subjec
         require_operator(principal)
         project = find_project(session, slug)
     else:
-        access = projects.open_project(session, principal, slug)
+        access = projects.open_project(session, principal, slug, managing=True)  # statements outlive a close
         if access.membership.role != "pi":
             raise NotFound(f"no project {slug!r}")
         project = access.project

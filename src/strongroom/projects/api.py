@@ -110,20 +110,20 @@ def my_projects(db: Db, principal: Read) -> list[MyProjectOut]:
 
 @router.get("/projects/{slug}", response_model=MyProjectOut, summary="One of my projects")
 def get_project(db: Db, principal: Read, slug: str) -> MyProjectOut:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     return MyProjectOut(**ProjectOut.model_validate(access.project).model_dump(), role=access.membership.role,
                         rights=sorted(access.rights))
 
 
 @router.get("/projects/{slug}/members", response_model=list[MemberOut], summary="Members and their rights")
 def list_members(db: Db, principal: Read, slug: str) -> list[MemberOut]:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     return [_member_out(m, r) for m, r in service.list_members(db, access)]
 
 
 @router.post("/projects/{slug}/members", response_model=MemberOut, status_code=201, summary="Add a member")
 def add_member(db: Db, hub: HubDep, principal: Write, slug: str, body: NewMember) -> MemberOut:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     m = service.add_member(db, principal, access, body.user, body.role,
                            fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _member_out(m, service.effective_rights(db, m))
@@ -132,7 +132,7 @@ def add_member(db: Db, hub: HubDep, principal: Write, slug: str, body: NewMember
 @router.patch("/projects/{slug}/members/{user_id}", response_model=MemberOut, summary="Change a member's role")
 def change_role(db: Db, hub: HubDep, principal: Write, slug: str, user_id: uuid.UUID, body: RoleChange
                 ) -> MemberOut:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     m = service.change_role(db, principal, access, user_id, body.role,
                             fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _member_out(m, service.effective_rights(db, m))
@@ -141,7 +141,7 @@ def change_role(db: Db, hub: HubDep, principal: Write, slug: str, user_id: uuid.
 @router.put("/projects/{slug}/members/{user_id}/rights", response_model=MemberOut,
             summary="Delegate rights to a member (PI only, fresh MFA)")
 def delegate(db: Db, hub: HubDep, principal: Write, slug: str, user_id: uuid.UUID, body: Rights) -> MemberOut:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     m = service.delegate_rights(db, principal, access, user_id, body.rights,
                                 fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return _member_out(m, service.effective_rights(db, m))
@@ -150,21 +150,21 @@ def delegate(db: Db, hub: HubDep, principal: Write, slug: str, user_id: uuid.UUI
 @router.delete("/projects/{slug}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT,
                summary="Remove a member")
 def remove_member(db: Db, principal: Write, slug: str, user_id: uuid.UUID) -> None:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     service.remove_member(db, principal, access, user_id)
 
 
 @router.get("/projects/{slug}/settings", response_model=list[SettingOut],
             summary="Security settings (locked unless opened)")
 def list_settings(db: Db, principal: Read, slug: str) -> list[SettingOut]:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     return [SettingOut.model_validate(v) for v in service.list_settings(db, access)]
 
 
 @router.put("/projects/{slug}/settings/{key}", response_model=SettingOut,
             summary="Open or close a security setting (manage-settings right, fresh MFA)")
 def change_setting(db: Db, hub: HubDep, principal: Write, slug: str, key: str, body: SettingValue) -> SettingOut:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     view = service.change_setting(db, principal, access, key, body.value,
                                   fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return SettingOut.model_validate(view)
@@ -174,7 +174,7 @@ def change_setting(db: Db, hub: HubDep, principal: Write, slug: str, key: str, b
             summary="The project's audit events, newest first (view-audit right)")
 def project_audit(db: Db, principal: AuditRead, slug: str, before: Int64 | None = Query(None, ge=1),
                   limit: Int64 = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     return [AuditEventOut.model_validate(e)
             for e in service.project_audit(db, access, before_seq=before, limit=limit)]
 

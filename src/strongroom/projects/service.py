@@ -11,10 +11,10 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
-from sqlalchemy import exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, select
 from sqlalchemy.orm import Session
 
 from ..audit import service as audit
@@ -79,8 +79,44 @@ def list_my_projects(session: Session, principal: Principal) -> list[tuple[Proje
     return [(p, m) for p, m in rows if principal.project_id is None or p.id == principal.project_id]
 
 
-def open_project(session: Session, principal: Principal, slug: str) -> ProjectAccess:
-    """The project if the caller is a member; NotFound otherwise (existence is not revealed)."""
+class Lifetime(Protocol):
+    """A project's row, or a row of a query holding its ``status`` and ``end_date``."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def end_date(self) -> dt.date: ...
+
+
+def project_ended(project: Lifetime, today: dt.date | None = None) -> bool:
+    """Whether the project has ended: an administrator closed it, or its end date (its ethics approval's and
+    contract's) has passed. Its members' access to its data ends with it — the workspaces' check
+    (``workspaces.service.lost_access``) stops theirs on the same two conditions."""
+    return project.status != "active" or project.end_date < (today or utcnow().date())
+
+
+def open_clause(today: dt.date | None = None) -> ColumnElement[bool]:
+    """``project_ended``'s rule as a WHERE clause on ``Project`` (true while it has not ended), for lists that
+    cross projects."""
+    return and_(Project.status == "active", Project.end_date >= (today or utcnow().date()))
+
+
+def ended_refusal(project: Project) -> Forbidden:
+    """What a member is told when they ask an ended project for its data (403: they know it exists)."""
+    if project.status != "active":
+        return Forbidden(f"the project {project.slug!r} is closed: its members no longer reach its data")
+    return Forbidden(f"the project {project.slug!r} ended on {project.end_date.isoformat()}: its members no longer "
+                     "reach its data unless a platform administrator extends its end date")
+
+
+def open_project(session: Session, principal: Principal, slug: str, *, managing: bool = False) -> ProjectAccess:
+    """The project if the caller is a member; NotFound otherwise (existence is not revealed).
+
+    Deny by default for an ended project (``project_ended``): its members are refused (``ended_refusal``) by
+    every route that opens it for its data or anything made from it. Only the routes that winding a project up
+    needs pass ``managing=True`` — its page, members and settings, its audit log, its fees, its retention and its
+    GPU bookings (seeing and cancelling them) — and each of them hands out no data."""
     row = session.execute(
         select(Project, Membership).join(Membership, Membership.project_id == Project.id)
         .where(Project.slug == slug, Membership.user_id == principal.user.id)
@@ -89,6 +125,8 @@ def open_project(session: Session, principal: Principal, slug: str) -> ProjectAc
         raise NotFound(f"no project {slug!r}")
     _require_mfa(principal)
     project, membership = row
+    if not managing and project_ended(project):
+        raise ended_refusal(project)
     return ProjectAccess(project, membership, effective_rights(session, membership))
 
 

@@ -71,7 +71,7 @@ def _seq(value: str) -> int | None:
 
 def _project_context(db: Db, principal: Principal, slug: str, query: dict[str, str] | None = None
                      ) -> dict[str, Any]:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     members = service.list_members(db, access)
     settings = service.list_settings(db, access)
     query = query or {}
@@ -90,7 +90,8 @@ def _project_context(db: Db, principal: Principal, slug: str, query: dict[str, s
     def page_url(**where: int) -> str:
         return f"/projects/{slug}?{urlencode({**kept, **where})}#audit"
 
-    return {"access": access, "project": access.project, "members": members, "settings": settings,
+    ended = service.ended_refusal(access.project).detail if service.project_ended(access.project) else None
+    return {"access": access, "project": access.project, "ended": ended, "members": members, "settings": settings,
             "specs": SETTINGS, "events": audit_page.events if audit_page else [], "audit": audit_page,
             "audit_filters": filters, "audit_error": audit_error, "audit_filtered": bool(kept),
             "newer_url": page_url(after=audit_page.events[0].seq) if audit_page and audit_page.newer
@@ -112,7 +113,7 @@ def project_page(request: Request, db: Db, principal: WebPrincipal, slug: str) -
 def add_member(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
                user: Annotated[str, Form(max_length=255)], role: Annotated[str, Form(max_length=40)] = "member",
                ) -> Response:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     try:
         service.add_member(db, principal, access, user, role, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     except Invalid as exc:
@@ -129,7 +130,7 @@ def _member_name(db: Db, user_id: uuid.UUID) -> str:
 @router.post("/projects/{slug}/members/{user_id}/role", dependencies=[CsrfChecked])
 def change_role(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, slug: str, user_id: uuid.UUID,
                 role: Annotated[str, Form(max_length=40)]) -> Response:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     service.change_role(db, principal, access, user_id, role, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     return redirect_with(request, f"/projects/{slug}#members", f"{_member_name(db, user_id)} is now {role}.")
 
@@ -138,7 +139,7 @@ def change_role(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, 
 def delegate(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal, slug: str,
              user_id: uuid.UUID) -> Response:
     form = posted.form
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     rights = [str(r) for r in form.getlist("rights")]
     service.delegate_rights(db, principal, access, user_id, rights,
                             fresh_minutes=hub.settings.security.fresh_mfa_minutes)
@@ -148,7 +149,7 @@ def delegate(request: Request, posted: PostedForm, db: Db, hub: HubDep, principa
 
 @router.post("/projects/{slug}/members/{user_id}/remove", dependencies=[CsrfChecked])
 def remove_member(request: Request, db: Db, principal: WebPrincipal, slug: str, user_id: uuid.UUID) -> Response:
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     name = _member_name(db, user_id)
     service.remove_member(db, principal, access, user_id)
     return redirect_with(request, f"/projects/{slug}#members", f"{name} removed from the project.")
@@ -160,7 +161,7 @@ def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
     """Booleans post ``value`` = on/off; list settings post ``add`` with the entry's fields, or
     ``remove`` with an index."""
     form = posted.form
-    access = service.open_project(db, principal, slug)
+    access = service.open_project(db, principal, slug, managing=True)
     spec = SETTINGS.get(key)
     if spec is None:
         raise Invalid(f"no setting {key!r}")

@@ -68,7 +68,7 @@ def open_dataset(session: Session, principal: Principal, dataset_id: str) -> See
         raise NotFound("no such dataset")
     operator = is_operator(principal)
     try:
-        access: ProjectAccess | None = project_access(session, principal, ds.project_id)
+        access: ProjectAccess | None = project_access(session, principal, ds.project_id, managing=True)
     except NotFound:
         access = None
     if access is None and not operator:

@@ -327,10 +327,11 @@ def _version_file(session: Session, version_id: int, path: str) -> ArchiveFile |
 def _standing_statement() -> Select[Any]:
     """What an open handle's right rests on, in one query of primary-key and unique-index lookups: no row when
     the key is gone; else the user's active flag, their membership in the project the path is under (role,
-    delegated rights, the role's rights), that project's status, the download setting of the project the read
-    is granted through, and the file's hold and state. Built once per process: it runs on every read and write."""
+    delegated rights, the role's rights), that project's status and end date, the download setting of the project
+    the read is granted through, and the file's hold and state. Built once per process: it runs on every read and
+    write."""
     return (select(User.is_active, Membership.role, Membership.delegated_rights, Role.rights, Project.status,
-                   ProjectSetting.value, ArchiveFile.hold, ArchiveFile.state)
+                   Project.end_date, ProjectSetting.value, ArchiveFile.hold, ArchiveFile.state)
             .select_from(SshKey).join(User, User.id == SshKey.user_id)
             .outerjoin(Membership, and_(Membership.project_id == bindparam("member_of"),
                                         Membership.user_id == SshKey.user_id))
