@@ -27,7 +27,7 @@ test-deps: $(VENV)/.test-installed
 	bash scripts/install-test-deps.sh
 
 test: test-deps lint
-	$(BIN)/pytest -q -n 2 --dist worksteal --durations=15
+	$(BIN)/pytest -q -n 2 --dist worksteal --durations=30
 
 # quality gates, run first by `make test`: lint (with no stale noqa), types, dead code
 lint: $(VENV)/.test-installed

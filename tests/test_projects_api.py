@@ -186,6 +186,9 @@ def test_settings_are_locked_by_default_and_opening_is_audited(world):
     r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": dest},
               headers=bearer(t["carol"]))
     assert r.status_code == 403
+    # a project receives another's exports only once its PI agreed (airlock_sources)
+    assert c.put("/api/v1/projects/proj-b/settings/airlock_sources", json={"value": ["proj-a"]},
+                 headers=bearer(t["bob"])).status_code == 200
     r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": dest},
               headers=bearer(t["alice"]))
     assert r.status_code == 200 and r.json()["locked"] is False and r.json()["value"] == dest
@@ -197,9 +200,9 @@ def test_settings_are_locked_by_default_and_opening_is_audited(world):
     assert senders.status_code == 422
     assert c.put("/api/v1/projects/proj-a/settings/nope", json={"value": 1},
                  headers=bearer(t["alice"])).status_code == 404
-    # project B is untouched by A's change
+    # project B is untouched by A's change (but for the consent its PI gave above)
     b = c.get("/api/v1/projects/proj-b/settings", headers=bearer(t["bob"])).json()
-    assert all(s["locked"] for s in b)
+    assert all(s["locked"] for s in b if s["key"] != "airlock_sources")
     # closing again restores the locked default
     r = c.put("/api/v1/projects/proj-a/settings/egress_destinations", json={"value": []}, headers=bearer(t["alice"]))
     assert r.json()["locked"] is True
