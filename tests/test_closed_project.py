@@ -571,3 +571,25 @@ def test_the_read_check_in_one_transaction_sees_its_own_close(app, hub, lung) ->
         with pytest.raises(Forbidden, match="is closed"):
             authz.authorize_read(s, principal, f)
         s.rollback()
+
+
+@pytest.mark.parametrize("ending", ["closed", "past its end date"])
+def test_an_ended_projects_dicom_destination_is_not_served(hub, people, ending: str) -> None:
+    """The DICOM destination (and with it the workstations' query/retrieve) of a project that ended is stopped at
+    the service's next refresh: `DicomService._wanted` lists only projects that have not ended."""
+    from strongroom.imaging import scp
+
+    people("alice")
+    make_project(hub, destination={"ae_title": "LUNG_AE", "port": free_port()},
+                 senders=[{"ae_title": "CT01", "address": "127.0.0.1"}])
+    svc = scp.DicomService(hub, workers=1)  # nothing is started: only what it would serve is asked
+    with hub.sessions() as s:
+        lung = s.scalars(select(Project).where(Project.slug == "lung")).one().id
+    assert lung in svc._wanted()
+    with transaction(hub.sessions) as s:
+        project = s.get(Project, lung)
+        if ending == "closed":
+            project.status = "closed"
+        else:
+            project.end_date = dt.date.today() - dt.timedelta(days=1)
+    assert lung not in svc._wanted()

@@ -345,7 +345,7 @@ class DicomService:
                                           Project.quota_bytes - Project.used_bytes - Project.reserved_bytes)
                                    .join(Project, Project.id == ProjectSetting.project_id)
                                    .where(ProjectSetting.key == "dicom_destination",
-                                          Project.status == "active"))
+                                          projects.open_clause()))  # closed or past its end date: stopped
             wanted = {}
             for project_id, value, slug, free in rows:
                 if not value:

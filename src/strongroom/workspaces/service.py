@@ -545,6 +545,8 @@ def proxy_target(session: Session, settings: Settings, secret: bytes, principal:
                                  Membership.user_id == principal.user.id)).first()
     if row is None or "read-data" not in projects.effective_rights(session, row[1]):
         raise NotFound("no such workspace")
+    if projects.project_ended(row[0]):  # closed or past its end date: its stop job is queued; no page meanwhile
+        raise projects.ended_refusal(row[0])
     # Fresh MFA when the workspace started (the session that started it, or a later MFA) holds for the
     # workspace's life: a notebook open for hours must not lock out mid-computation; the session's own idle
     # timeout and lifetime still apply.
