@@ -72,7 +72,9 @@ def test_worker_killed_mid_evaluation_resumes_in_another(vai, settings, tmp_path
         if first.poll() is None:
             first.kill()
     kept = _count(hub, eid)
-    assert 0 < kept < CASES and _state(hub, eid) == "running"  # really killed mid-run
+    # really killed mid-run: predictions committed, the evaluation unfinished (on a loaded machine the worker may have
+    # predicted every case between the poll and the kill; the metrics and the state are then what is left to resume)
+    assert 0 < kept <= CASES and _state(hub, eid) == "running"
     with hub.sessions() as s:
         kept_items = set(s.scalars(select(Prediction.item).where(Prediction.evaluation_id == eid)))
     second = _worker(settings, "second", tmp_path)

@@ -76,7 +76,13 @@ def tighten(path: Path) -> bool:
         log.warning("state.open_to_others", path=str(path), mode=f"{mode:04o}", owner_uid=info.st_uid,
                     advice=f"not the hub's to change: its owner should run chmod go-rwx {path}")
         return False
-    os.chmod(path, mode & ~OPEN_TO_OTHERS)
+    try:
+        os.chmod(path, mode & ~OPEN_TO_OTHERS)
+    except OSError as exc:  # a read-only file system (a container's mounted state), or not ours to change after all
+        log.warning("state.open_to_others", path=str(path), mode=f"{mode:04o}", owner_uid=info.st_uid,
+                    error=exc.strerror, advice=f"could not be tightened here: run chmod go-rwx {path} where it is "
+                                               "writable")
+        return False
     log.warning("state.tightened", path=str(path), was=f"{mode:04o}", now=f"{mode & ~OPEN_TO_OTHERS:04o}",
                 why="the hub's state is for the hub alone: workspaces and other users of the machine read what "
                     "others may read")
