@@ -76,6 +76,10 @@ def tighten(path: Path) -> bool:
         log.warning("state.open_to_others", path=str(path), mode=f"{mode:04o}", owner_uid=info.st_uid,
                     advice=f"not the hub's to change: its owner should run chmod go-rwx {path}")
         return False
+    if os.statvfs(path).f_flag & os.ST_RDONLY:  # a container's state mounted read-only: nothing to write here
+        log.warning("state.open_to_others", path=str(path), mode=f"{mode:04o}", owner_uid=info.st_uid,
+                    advice=f"mounted read-only: make it 0700 (chmod go-rwx {path}) where it is written")
+        return False
     try:
         os.chmod(path, mode & ~OPEN_TO_OTHERS)
     except OSError as exc:  # a read-only file system (a container's mounted state), or not ours to change after all
