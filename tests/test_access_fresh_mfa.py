@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -29,14 +28,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from conftest import Person, bearer, token_for, web_client
+from conftest import bearer, token_for, web_client
 from helpers import csrf_for
 from strongroom.access.models import AccessPolicy, Application, ApplicationEvent, Entitlement
 from strongroom.audit.models import AuditEvent
 from strongroom.db import transaction
-from strongroom.identity.models import ApiToken, User, WebSession
-from strongroom.identity.service import find_user
+from strongroom.identity.models import ApiToken, WebSession
 from test_access import END, _as, _submitted, world  # noqa: F401 - world is the fixture
+from test_access_separation import _policy, _with_token, person, user_id
 
 STALE = dt.timedelta(days=20)
 ALERT = re.compile(r'role="alert"[^>]*>\s*([^<]+)')
@@ -46,26 +45,6 @@ SOON = (dt.date.today() + dt.timedelta(days=90)).isoformat()
 
 
 # -- plumbing -----------------------------------------------------------------------------------
-def user_id(world, username: str) -> uuid.UUID:
-    with world["hub"].sessions() as s:
-        return find_user(s, username).id
-
-
-def person(world, username: str) -> Person:
-    with world["hub"].sessions() as s:
-        return Person(user=s.get(User, user_id(world, username)), username=username, seed=None)
-
-
-def _policy(world, body: dict) -> None:
-    r = world["c"].put(f"/api/v1/datasets/{world['x']}/access-policy", json=body, headers=_as(world, "owner"))
-    assert r.status_code == 204, r.text
-
-
-def _with_token(world, people, *names: str) -> None:
-    for name in names:
-        world["t"][name] = token_for(world["hub"], people(name))
-
-
 def _age(world, username: str) -> None:
     """Every API token of the user minted, and every browser session's second factor given, weeks ago."""
     then, uid = dt.datetime.now(dt.UTC) - STALE, user_id(world, username)

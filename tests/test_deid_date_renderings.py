@@ -14,11 +14,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from strongroom import identifiers
 from strongroom.imaging import pipeline, synthetic
 from strongroom.imaging.deid import DeidProfile
+from test_deid_audit_leaks import _comment, _encode
 
 SECRET = b"renderings-secret-0123456789abcd"
 REMOVE, MODIFIED, FULL = DeidProfile(), DeidProfile(retain_longitudinal_modified_dates=True), \
@@ -64,20 +64,6 @@ def _ct() -> Dataset:
     ds = pydicom.dcmread(io.BytesIO(synthetic.make_ct(0, 0, 1, 1, rows=16, columns=16)))
     ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
-
-
-def _encode(ds: Dataset) -> bytes:
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def _comment(ds: Dataset, text: str) -> None:
-    """``text`` in a kept free-text attribute (Comments on the Scheduled Procedure Step, unlisted)."""
-    step = Dataset()
-    step.CommentsOnTheScheduledProcedureStep = text
-    ds.ScheduledProcedureStepSequence = Sequence([step])
 
 
 def _process(tmp_path: Path, ds: Dataset, profile: DeidProfile) -> tuple[list[str], bytes]:
