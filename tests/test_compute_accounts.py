@@ -274,20 +274,18 @@ def test_an_injected_user_list_never_reaches_slurm(slurm) -> None:  # noqa: F811
 
 @pytest.mark.slow
 def test_the_reservation_follows_the_mapping_on_a_real_slurm(hub, people, client, slurm) -> None:  # noqa: F811
-    """Stored accounts that break the rule (``alice,root``, ``-x``, root) or that two people hold are left out,
-    never passed to scontrol; mapping a member adds their account at the next sync (audited); when no member is
-    left with an account the reservation is deleted (fail closed) and the booking says why."""
+    """Stored accounts that break the rule (``alice,root``, ``-x``, root) are left out, never passed to scontrol;
+    mapping a member adds their account at the next sync (audited); when no member is left with an account the
+    reservation is deleted (fail closed) and the booking says why."""
     pi = people("sys")
     make_project(hub, "heart", "sys")
     map_account(hub, pi.user.id, "sys")
-    members = {n: people(n).user.id for n in ("ulla", "eve", "mallory", "rick", "twin1", "twin2")}
+    members = {n: people(n).user.id for n in ("ulla", "eve", "mallory", "rick")}
     for user_id in members.values():
         join(hub, "heart", user_id)
     store_account(hub, members["eve"], "alice,root")
     store_account(hub, members["mallory"], "-x")
     store_account(hub, members["rick"], "root")
-    store_account(hub, members["twin1"], "daemon")  # one account, two people: neither gets it
-    store_account(hub, members["twin2"], "daemon")
     booking = book_over_api(client, hub, pi, "heart")
     name = booking["reservation_name"]
     try:
@@ -295,18 +293,17 @@ def test_the_reservation_follows_the_mapping_on_a_real_slurm(hub, people, client
         assert report.created == [name] and not report.failed, report
         assert slurm_users(slurm, name) == {"sys"}
         (created,) = events(hub, "compute.reservation.created", booking["id"])
-        assert created["cluster_users"] == ["sys"] and created["note"].startswith("6 members have " + NOTE)
+        assert created["cluster_users"] == ["sys"] and created["note"].startswith("4 members have " + NOTE)
         why = {m["user_id"]: m["why"] for m in created["left_out"]}
         assert why == {str(members["ulla"]): "none", str(members["eve"]): "invalid",
-                       str(members["mallory"]): "invalid", str(members["rick"]): "invalid",
-                       str(members["twin1"]): "shared", str(members["twin2"]): "shared"}
+                       str(members["mallory"]): "invalid", str(members["rick"]): "invalid"}
         # an operator maps ulla: her account joins at the next sync (the drift check, or her project's sync job)
         map_account(hub, members["ulla"], "bin")
         report = sync(hub, slurm, booking["id"])
         assert report.updated == [name] and not report.failed, report
         assert slurm_users(slurm, name) == {"bin", "sys"}
         (updated,) = events(hub, "compute.reservation.updated", booking["id"])
-        assert updated["cluster_users"] == ["bin", "sys"] and len(updated["left_out"]) == 5
+        assert updated["cluster_users"] == ["bin", "sys"] and len(updated["left_out"]) == 3
         # nobody left with an account: the reservation goes, the booking says why
         map_account(hub, members["ulla"], "")
         map_account(hub, pi.user.id, "")
@@ -318,3 +315,62 @@ def test_the_reservation_follows_the_mapping_on_a_real_slurm(hub, people, client
             assert b.reservation_state == "failed" and "cluster account" in b.reservation_detail
     finally:
         drop(slurm, name)
+
+
+# -- one account, one person: the database holds it ---------------------------------------------------------
+def test_the_database_refuses_one_account_for_two_people(hub, people) -> None:
+    """Whatever writes the table (the service, an older hub's code, a hand-run script), an account is one
+    member's: the second row fails, the first stays."""
+    from sqlalchemy.exc import IntegrityError
+
+    carol, dave = people("carol"), people("dave")
+    store_account(hub, carol.user.id, "cjones")
+    with pytest.raises(IntegrityError):
+        store_account(hub, dave.user.id, "cjones")
+    with hub.sessions() as s:
+        assert s.scalars(select(ClusterAccount.user_id).where(ClusterAccount.account == "cjones")).all() == [
+            carol.user.id]
+
+
+def test_two_operators_mapping_one_account_at_once_give_it_to_one_member(hub, people) -> None:
+    """Two operators map the same account to two members at the same moment: both pass the service's check
+    (neither sees the other's uncommitted row); the second waits on the first's row in the unique index and is
+    refused (409) once the first commits. PostgreSQL only: SQLite has one writer at a time."""
+    import threading
+
+    from sqlalchemy import text
+
+    from helpers import wait_until
+    from strongroom.errors import Conflict
+
+    if hub.settings.database_url.startswith("sqlite"):
+        pytest.skip("SQLite lets one transaction write at a time")
+    carol, dave = people("carol"), people("dave")
+    second: dict[str, object] = {}
+
+    def map_dave() -> None:
+        try:
+            with transaction(hub.sessions) as s2:
+                second["pid"] = s2.scalar(text("SELECT pg_backend_pid()"))
+                second["outcome"] = workspaces.set_cluster_account(s2, Actor.system("operator-2"),
+                                                                   s2.get(User, dave.user.id), "cjones")
+        except Conflict as e:
+            second["outcome"] = e
+
+    def dave_waits_on_a_lock() -> bool:
+        pid = second.get("pid")
+        with hub.sessions() as watcher:  # a new transaction each look: pg_stat_activity is read once per transaction
+            return pid is not None and bool(watcher.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"), {"pid": pid}))
+
+    with transaction(hub.sessions) as s:
+        workspaces.set_cluster_account(s, Actor.system("operator-1"), s.get(User, carol.user.id), "cjones")
+        thread = threading.Thread(target=map_dave)
+        thread.start()
+        # the code before the index: dave's mapping finishes without waiting
+        wait_until(lambda: not thread.is_alive() or dave_waits_on_a_lock())
+    thread.join(timeout=60)
+    assert isinstance(second["outcome"], Conflict) and "already another member's" in str(second["outcome"])
+    with hub.sessions() as s:
+        assert s.scalars(select(ClusterAccount.user_id).where(ClusterAccount.account == "cjones")).all() == [
+            carol.user.id]

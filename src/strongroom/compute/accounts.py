@@ -5,7 +5,7 @@ a project's members a Slurm reservation names.
 Only what an operator mapped counts: a hub username or an e-mail's local part never stands in for a cluster
 account (``alice@uu.se`` and the local user ``alice`` are different people). A member without a usable account
 is left out of the project's reservations, and told; so is an account that breaks the rule (stored before it
-was enforced) or that two hub users hold (each account is one person's).
+was enforced). Each account is one person's: the database holds that (a unique index, migration 0041).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..identity.models import User
@@ -21,7 +21,7 @@ from ..projects.models import Membership
 from ..workspaces.models import ClusterAccount
 from .scheduler import is_account
 
-NONE, INVALID, SHARED = "none", "invalid", "shared"  # why a member is left out
+NONE, INVALID = "none", "invalid"  # why a member is left out
 
 
 def account_problem(account: str) -> str:
@@ -35,19 +35,11 @@ def account_problem(account: str) -> str:
     return ""
 
 
-def _shared(session: Session, accounts: set[str]) -> set[str]:
-    """Of ``accounts``, those more than one hub user holds."""
-    if not accounts:
-        return set()
-    return set(session.scalars(select(ClusterAccount.account).where(ClusterAccount.account.in_(accounts))
-                               .group_by(ClusterAccount.account).having(func.count() > 1)))
-
-
 @dataclass(frozen=True)
 class LeftOut:
     user_id: uuid.UUID
     name: str  # display name
-    why: str  # none | invalid | shared
+    why: str  # none | invalid
 
 
 @dataclass(frozen=True)
@@ -75,16 +67,15 @@ class ClusterUsers:
 
 
 def of_project(session: Session, project_id: uuid.UUID) -> ClusterUsers:
-    """The project's active members: each one's mapped account if it keeps the rule and is theirs alone."""
+    """The project's active members: each one's mapped account if it keeps the rule."""
     rows = session.execute(select(User.id, User.display_name, ClusterAccount.account)
                            .join(Membership, Membership.user_id == User.id)
                            .outerjoin(ClusterAccount, ClusterAccount.user_id == User.id)
                            .where(Membership.project_id == project_id, User.is_active.is_(True))
                            .order_by(User.display_name, User.id)).all()
-    shared = _shared(session, {a for _, _, a in rows if a})
     accounts, left_out = set(), []
     for user_id, name, account in rows:
-        why = NONE if not account else INVALID if account_problem(account) else SHARED if account in shared else ""
+        why = NONE if not account else INVALID if account_problem(account) else ""
         if why:
             left_out.append(LeftOut(user_id, name, why))
         else:

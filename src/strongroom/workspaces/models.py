@@ -61,5 +61,6 @@ class ClusterAccount(Base):
     __tablename__ = "workspace_cluster_accounts"
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    account: Mapped[str] = mapped_column(String(64))
+    # one POSIX identity per person (two members on one account would read each other's files)
+    account: Mapped[str] = mapped_column(String(64), unique=True)
     set_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -300,17 +300,23 @@ def set_cluster_account(session: Session, actor: Actor, user: User, account: str
     before = row.account if row is not None else ""
     if account == before:
         return account
+    taken = Conflict(f"the cluster account {account!r} is already another member's; each member needs their own")
     if account and session.scalar(select(ClusterAccount.user_id).where(ClusterAccount.account == account,
                                                                         ClusterAccount.user_id != user.id)):
         # one POSIX identity per person: two members' workspaces on one account would read each other's files
-        raise Conflict(f"the cluster account {account!r} is already another member's; each member needs their own")
-    if not account:
-        assert row is not None
-        session.delete(row)
-    elif row is None:
-        session.add(ClusterAccount(user_id=user.id, account=account))
-    else:
-        row.account, row.set_at = account, utcnow()
+        raise taken
+    try:
+        # the unique index settles two operators mapping one account at the same moment (the check above cannot)
+        with session.begin_nested():
+            if not account:
+                assert row is not None
+                session.delete(row)
+            elif row is None:
+                session.add(ClusterAccount(user_id=user.id, account=account))
+            else:
+                row.account, row.set_at = account, utcnow()
+    except IntegrityError:
+        raise taken from None
     audit.record(session, actor, "workspace.cluster_account.set", subject_user_id=user.id, target=f"user:{user.id}",
                  details={"account": account, "before": before})
     session.flush()
