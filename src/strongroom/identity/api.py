@@ -10,8 +10,7 @@ from pydantic import EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..deps import Admin, Db, HubDep
-from ..deps import ProjectsRead as AnyScope
+from ..deps import Admin, Db, HubDep, ProjectsRead, ProjectsWrite
 from ..errors import NotFound
 from ..hub import Hub
 from ..schemas import Body, Out
@@ -59,8 +58,11 @@ class NewLocalUser(Body):
     is_admin: bool = False
 
 
+# The account has no scope of its own; it rides on the projects scopes: reading it (who am I, my tokens) needs
+# projects:read, changing it (profile, notification mode, revoking a token) projects:write. A token holding only
+# read scopes thus never changes the account it belongs to.
 @router.get("/me", response_model=MeOut, summary="The caller: profile, token scopes, MFA")
-def me(principal: AnyScope) -> MeOut:
+def me(principal: ProjectsRead) -> MeOut:
     return MeOut(**UserOut.model_validate(principal.user).model_dump(), scopes=sorted(principal.scopes),
                  mfa=principal.has_mfa, via=principal.via)
 
@@ -71,17 +73,17 @@ class ProfileChange(Body):
 
 
 @router.patch("/me", response_model=UserOut, summary="Change my profile: the country of my home organisation")
-def change_me(db: Db, principal: AnyScope, body: ProfileChange) -> UserOut:
+def change_me(db: Db, principal: ProjectsWrite, body: ProfileChange) -> UserOut:
     return UserOut.model_validate(service.set_country(db, principal, body.country))
 
 
 @router.get("/tokens", response_model=list[TokenOut], summary="My API tokens (never their secrets)")
-def list_tokens(db: Db, principal: AnyScope) -> list[TokenOut]:
+def list_tokens(db: Db, principal: ProjectsRead) -> list[TokenOut]:
     return [TokenOut.model_validate(t) for t in service.list_tokens(db, principal.user)]
 
 
 @router.delete("/tokens/{prefix}", status_code=status.HTTP_204_NO_CONTENT, summary="Revoke one of my tokens")
-def revoke_token(db: Db, principal: AnyScope, prefix: str) -> None:
+def revoke_token(db: Db, principal: ProjectsWrite, prefix: str) -> None:
     service.revoke_token(db, principal, prefix)
 
 

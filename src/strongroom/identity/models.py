@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, LargeBinary, String, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, CreatedMixin, IdMixin
@@ -107,6 +107,9 @@ class LoginAttempt(IdMixin, CreatedMixin, Base):
     key: Mapped[str] = mapped_column(String(255), index=True)
 
 
+NEXT_URL_MAX = 512  # where an OpenID Connect login carries on to afterwards
+
+
 class OidcLoginState(CreatedMixin, Base):
     """One pending authorization-code flow: single use, short lived."""
 
@@ -115,7 +118,15 @@ class OidcLoginState(CreatedMixin, Base):
     state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(128))
     code_verifier: Mapped[str] = mapped_column(String(128))
-    next_url: Mapped[str] = mapped_column(String(512), default="/")
+    next_url: Mapped[str] = mapped_column(String(NEXT_URL_MAX), default="/")
+
+
+@event.listens_for(OidcLoginState.next_url, "set", retval=True)
+def _next_url_that_fits(_state: OidcLoginState, value: str, _old: object, _initiator: object) -> str:
+    """The login links take a longer `next` than the column holds: an overlong one is dropped (home, which sends a
+    logged-in user on to their projects), never cut to another address, nor left to fail PostgreSQL's length check
+    (a 500; SQLite checks no lengths)."""
+    return value if len(value) <= NEXT_URL_MAX else "/"
 
 
 from .. import decision_cache  # noqa: E402,F401  (the model layer's signal to the web processes' decision caches)

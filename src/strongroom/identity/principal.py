@@ -13,7 +13,7 @@ from .models import User
 # Scopes a token may carry. A browser session holds all of them.
 SCOPES: dict[str, str] = {
     "projects:read": "read projects, members, settings",
-    "projects:write": "change members, rights and settings",
+    "projects:write": "change members, rights and settings, and your own profile, notification mode and API tokens",
     "audit:read": "read audit events you are entitled to",
     "data:read": "read and download data",
     "data:write": "upload and import data",

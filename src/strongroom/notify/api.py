@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from ..deps import ApiPrincipal, Db
+from ..deps import ApiPrincipal, Db, ProjectsWrite
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
@@ -26,7 +26,8 @@ def get_mode(db: Db, principal: ApiPrincipal) -> NotifyPreferenceOut:
     return NotifyPreferenceOut(mode=service.preference(db, principal.user.id))
 
 
+# Changing it changes the account, which needs projects:write (see identity.api); reading it, any token.
 @router.put("/me/notifications", response_model=NotifyPreferenceOut,
             summary="Set your notification mode: handler e-mails one by one, or one daily digest")
-def set_mode(db: Db, principal: ApiPrincipal, body: NotifyPreferenceIn) -> NotifyPreferenceOut:
+def set_mode(db: Db, principal: ProjectsWrite, body: NotifyPreferenceIn) -> NotifyPreferenceOut:
     return NotifyPreferenceOut(mode=service.set_preference(db, principal, body.mode))
