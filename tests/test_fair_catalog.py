@@ -140,7 +140,7 @@ def test_seeded_demo_catalogue_conforms_to_dcat_ap_3(app, hub, shapes):
     [dist] = g.objects(ds, DCAT.distribution)
     assert g.value(dist, DCAT.mediaType) == URIRef("https://www.iana.org/assignments/media-types/image/png")
     assert g.value(dist, DCAT.accessURL) == ds  # the landing page: never a data URL
-    assert g.value(ds, HEALTH.numberOfUniqueIndividuals) == Literal(3, datatype=XSD.nonNegativeInteger)
+    assert g.value(ds, HEALTH.numberOfUniqueIndividuals) is None  # 3 subjects: a small count is left out
     # the same graph in JSON-LD and RDF/XML
     for ext in ("jsonld", "rdf"):
         assert isomorphic(graph_of(c, "/catalog", ext), g), ext

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .. import small_counts
 from ..text import human_bytes
 from .vocab import DUO, MODALITIES, duo_url
 
@@ -211,7 +212,8 @@ def _sizes(f: DoiFacts) -> list[str]:
     for n, what in ((f.file_count, "files"), (f.subjects, "subjects"), (f.studies, "studies"),
                     (f.series, "series"), (f.instances, "DICOM instances"), (f.annotations, "annotations")):
         if n is not None:
-            sizes.append(f"{n} {what}")
+            # people's imaging follows the public small-count rule (the record is public); files do not
+            sizes.append(f"{n if what == 'files' else small_counts.text(n)} {what}")
     return sizes
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from rdflib import Graph, Literal, Namespace, URIRef
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, RDFS, SKOS, XSD
 
+from .. import small_counts
+
 ADMS = Namespace("http://www.w3.org/ns/adms#")
 VCARD = Namespace("http://www.w3.org/2006/vcard/ns#")
 HEALTHDCATAP = Namespace("http://healthdataportal.eu/ns/health#")
@@ -193,11 +195,12 @@ def add_dataset(g: Graph, d: DatasetFacts) -> URIRef:
         g.add((node, DCAT_VERSION, Literal(str(max(v.number for v in released)))))
     for version in d.versions:
         g.add((node, DCAT.distribution, _distribution(g, d, version)))
-    # HealthDCAT-AP: only what the archive or the steward actually states
-    if d.subjects is not None:
-        g.add((node, HEALTHDCATAP.numberOfUniqueIndividuals, Literal(d.subjects, datatype=XSD.nonNegativeInteger)))
-    records = d.studies if d.studies is not None else d.series
-    if records is not None:  # a record is one imaging study (examination), else one series
+    # HealthDCAT-AP: only what the archive or the steward actually states, by the hub's small-count rule (rounded
+    # to 5; a count of 1-4 is private and an integer cannot say "< 5", so the property is left out)
+    if (individuals := small_counts.number(d.subjects)) is not None:
+        g.add((node, HEALTHDCATAP.numberOfUniqueIndividuals, Literal(individuals, datatype=XSD.nonNegativeInteger)))
+    # a record is one imaging study (examination), else one series
+    if (records := small_counts.number(d.studies if d.studies is not None else d.series)) is not None:
         g.add((node, HEALTHDCATAP.numberOfRecords, Literal(records, datatype=XSD.nonNegativeInteger)))
     return node
 

@@ -36,12 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..small_counts import MIN_COUNT, ROUND_TO, shown  # the hub's one small-count rule
+
 API_VERSION = "v2.0.0"
-MIN_COUNT = 5  # counts below this are never shown as numbers
-# Shown numbers are rounded to this base: equal to MIN_COUNT, so each number's uncertainty (±2) is as large as a
-# hidden cell, and differences of numbers never bound a hidden cell to one value; a larger base would blur the
-# sizes of the small cohorts that researchers plan with.
-ROUND_TO = 5
 DATASET, STUDY = "dataset", "imagingStudy"
 ENTRY_PATHS = {DATASET: "datasets", STUDY: "imaging_studies"}
 SCHEMAS = {DATASET: "beacon-dataset-v2.0.0", STUDY: "strongroom-imaging-study-v1.0.0"}
@@ -187,16 +184,6 @@ def matching(studies: Sequence[Study], filters: Sequence[str]) -> tuple[list[Stu
     if unknown:
         return [], unknown
     return [s for s in studies if all(v in _values(s, facet) for facet, v in wanted)], []
-
-
-def rounded(n: int) -> int:
-    """``n`` to the nearest multiple of ``ROUND_TO`` (n ≥ MIN_COUNT: never 0)."""
-    return ROUND_TO * ((n + ROUND_TO // 2) // ROUND_TO)
-
-
-def shown(n: int) -> int | str:
-    """A count of one term (or none) as the beacon may show it: 0, "< 5", or the number rounded to 5."""
-    return n if n == 0 else rounded(n) if n >= MIN_COUNT else f"< {MIN_COUNT}"
 
 
 def facet_counts(studies: Sequence[Study], *, filtered: bool = False) -> dict[str, dict[str, int | str]]:

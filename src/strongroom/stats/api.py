@@ -21,9 +21,12 @@ from .figures import modality_name
 router = APIRouter(prefix="/api/v1", tags=["metrics"])
 
 CountOut = Annotated[int | Literal["< 5", "withheld"], Field(
-    description='a count of people or their actions; 1 to 4 is published as "< 5". "withheld": not published '
-                'so that a "< 5" beside it cannot be worked out from a total (total minus the parts shown); '
-                'it need not be small. The bytes of hidden downloads are null.')]
+    description='a count of people, their actions or their imaging; 1 to 4 is published as "< 5". Counts of '
+                'imaging (subjects, studies, scans, instances, annotations) are rounded to the nearest multiple '
+                'of 5 in the public figures (a 5 means 5-7), as the Beacon and the landing pages show them; a '
+                'data owner sees their dataset\'s exactly. "withheld": not published so that a "< 5" beside it '
+                'cannot be worked out from a total (total minus the parts shown); it need not be small. The '
+                'bytes of hidden downloads are null.')]
 DEFINITIONS = "/stats#definitions"
 
 
@@ -41,7 +44,7 @@ class ApplicationsOut(Out):
 
 class SplitOut(Out):
     datasets: int
-    scans: int
+    scans: CountOut
 
 
 class CountryOut(Out):
@@ -54,14 +57,14 @@ class ModalityOut(Out):
     modality: str = Field(description="DICOM modality code")
     name: str
     datasets: int
-    scans: int
-    instances: int
+    scans: CountOut
+    instances: CountOut
 
 
 class OrganOut(Out):
     organ: str = Field(description="DICOM Body Part Examined")
     datasets: int
-    scans: int
+    scans: CountOut
 
 
 class MonthOut(Out):
@@ -81,11 +84,11 @@ class DatasetMetricsOut(Out):
     url: str | None = Field(description="its landing page; null when not published")
     title: str
     published_at: dt.datetime | None
-    subjects: int
-    studies: int
-    scans: int
-    instances: int
-    annotations: int
+    subjects: CountOut
+    studies: CountOut
+    scans: CountOut
+    instances: CountOut
+    annotations: CountOut
     files: int
     bytes: int
     modalities: list[str]
@@ -108,11 +111,11 @@ class MetricsOut(Out):
     generated_at: dt.datetime
     definitions: str = Field(description="where each figure is defined")
     datasets: int
-    subjects: int
-    studies: int
-    scans: int = Field(description="image series (annotation objects are not scans)")
-    instances: int
-    annotations: int
+    subjects: CountOut
+    studies: CountOut
+    scans: CountOut = Field(description="image series (annotation objects are not scans)")
+    instances: CountOut
+    annotations: CountOut
     files: int
     bytes: int
     modalities: int

@@ -6,12 +6,16 @@ Small counts: a count of people or of their actions (applications, decisions, do
 sharing events, a country's approvals) between 1 and 4 could point at one person, so every output
 shows it as ``"< 5"`` (``shown``). Zero stays 0: nobody is pointed at by it. The number of countries
 is exact: the countries are named in the list anyway, and only their counts could point at someone.
+Counts of people's imaging (subjects, studies, scans, instances, annotations) follow the hub's one rule for
+them (``strongroom.small_counts``, the Beacon's): "< 5", else rounded to 5 (``Cell(n, rounded=True)``), on
+every public output; a data owner sees them exactly.
 
 Subtraction: a total published beside its parts would give a hidden part back (total − the parts shown),
 so every margin (a total and the parts that add up to it) is protected (``protect_all``): when a part is
 hidden, more parts are ``"withheld"`` — the smallest shown ones first — until no hidden value can be worked
-out, the hidden parts together hold at least ``SMALL`` and at least two are hidden; failing that, the total
-is withheld too. A withheld part is not shown as ``"< 5"``: it need not be small.
+out from what each shown value tells (exactly, or the 5 values a rounded one may be), the hidden parts together
+hold at least ``SMALL`` wherever their sum is known, and at least two are hidden; failing that, the total is
+withheld too. A withheld part is not shown as ``"< 5"``: it need not be small.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import Literal
 
 import pycountry
 
+from .. import small_counts
 from ..catalog.vocab import MODALITIES
 
-SMALL = 5
-SUPPRESSED: Literal["< 5"] = "< 5"
+SMALL = small_counts.MIN_COUNT
+SUPPRESSED = small_counts.SUPPRESSED
 WITHHELD: Literal["withheld"] = "withheld"  # hidden so that a small count cannot be worked out from a total
 Count = int | Literal["< 5", "withheld"]
 
@@ -63,17 +68,31 @@ def shown_bytes(n: int, events: Count) -> int | None:
 @dataclass(eq=False)
 class Cell:
     """One published count: its true value and what is shown of it. Cells are shared by the margins
-    they belong to, so a part withheld for one margin is hidden in every other one too."""
+    they belong to, so a part withheld for one margin is hidden in every other one too. ``rounded``: a count of
+    people's imaging, shown by ``small_counts.shown`` (rounded to 5); ``at_least``: a lower bound a reader knows
+    of it (a dataset listing four modalities has at least four instances)."""
 
     value: int
+    rounded: bool = False
+    at_least: int = 0
     out: Count = field(init=False)
 
     def __post_init__(self) -> None:
-        self.out = shown(self.value)
+        self.out = small_counts.shown(self.value, at_least=self.at_least) if self.rounded else shown(self.value)
 
     @property
     def hidden(self) -> bool:
         return isinstance(self.out, str)
+
+    def bounds(self) -> tuple[float, float]:
+        """What a reader knows of the value from what is shown: "< 5" is 1-4; a withheld one is never 0 or small
+        (zero and small parts are not withheld for others), so assume the reader knows it is at least SMALL; a
+        rounded one is one of the values that round to it; any other number is exact."""
+        if self.out == WITHHELD:
+            return max(float(SMALL), float(self.at_least)), math.inf
+        if self.rounded or self.out == SUPPRESSED:
+            return small_counts.bounds(self.out, at_least=self.at_least)
+        return float(self.value), float(self.value)
 
 
 @dataclass(eq=False)
@@ -87,35 +106,30 @@ class Margin:
     unpublished: bool = False
 
 
-# What a reader knows of a hidden value: "< 5" is 1-4; a withheld one is never 0 or small (zero and small
-# parts are not withheld for others), so assume the reader knows it is at least SMALL.
-_BOUNDS: dict[str, tuple[float, float]] = {SUPPRESSED: (1, SMALL - 1), WITHHELD: (SMALL, math.inf)}
-
-
 def safe(margin: Margin) -> bool:
-    """Whether nothing hidden in ``margin`` can be worked out from what it shows: the hidden parts hold
-    0 or at least SMALL together (as total − shown parts gives them), at least two cells are hidden, and
-    no hidden value is pinned by the bounds its marker tells (four "< 5" under a "< 5" total are 1 each)."""
-    hidden = [c for c in margin.parts if c.hidden]
-    rest = sum(c.value for c in margin.parts if not c.hidden)
-    lows = [_BOUNDS[str(c.out)][0] for c in hidden] + ([0.0] if margin.unpublished else [])
-    highs = [_BOUNDS[str(c.out)][1] for c in hidden] + ([math.inf] if margin.unpublished else [])
-    if not margin.total.hidden:
-        hidden_sum = margin.total.value - rest
-        if not hidden:
-            return not 0 < hidden_sum < SMALL  # the unpublished part alone is a count too
-        if hidden_sum < SMALL or len(lows) < 2:
+    """Whether nothing hidden in ``margin`` can be worked out from what it shows: no hidden value (the total's
+    included) is pinned by the bounds of the others; where the hidden parts' sum is pinned (an exact total less
+    exact parts), it is 0 or at least SMALL and at least two cells are hidden (four "< 5" under a "< 5" total
+    are 1 each; total 18 beside 5, 5 and "< 5" — 7, 7 and 4 rounded — leaves exactly 4)."""
+    hidden = [c.bounds() for c in margin.parts if c.hidden] + ([(0.0, math.inf)] if margin.unpublished else [])
+    shown_lo = sum(c.bounds()[0] for c in margin.parts if not c.hidden)
+    shown_hi = sum(c.bounds()[1] for c in margin.parts if not c.hidden)
+    t_lo, t_hi = margin.total.bounds()
+    lows, highs = sum(b[0] for b in hidden), sum(b[1] for b in hidden)
+    # the total, from its own bounds and those of its parts
+    total_lo, total_hi = max(t_lo, shown_lo + lows), min(t_hi, shown_hi + highs)
+    if margin.total.hidden and total_lo == total_hi:
+        return False
+    # the hidden parts together (and the unpublished one): total − the parts shown
+    sum_lo, sum_hi = max(lows, total_lo - shown_hi), min(highs, total_hi - shown_lo)
+    if sum_lo == sum_hi:
+        if not any(c.hidden for c in margin.parts):
+            return not 0 < sum_lo < SMALL  # the unpublished part alone is a count too
+        if sum_lo < SMALL or len(hidden) < 2:
             return False
-        t_lo = t_hi = float(margin.total.value)
-    else:
-        if not lows:
-            return False  # the total is the sum of the parts shown
-        t_lo, t_hi = _BOUNDS[str(margin.total.out)]
-        if max(t_lo, rest + sum(lows)) == min(t_hi, rest + sum(highs)):
-            return False
-    for low, high in zip(lows[:len(hidden)], highs[:len(hidden)], strict=True):
-        lo = max(low, t_lo - rest - (sum(highs) - high))
-        hi = min(high, t_hi - rest - (sum(lows) - low))
+    for low, high in hidden[:len(hidden) - margin.unpublished]:
+        lo = max(low, total_lo - shown_hi - (highs - high))
+        hi = min(high, total_hi - shown_lo - (lows - low))
         if lo == hi:
             return False
     return True

@@ -6,10 +6,12 @@ landing-page views recorded here. Nothing is typed in.
 Each figure is one SQL aggregate over all datasets in scope (grouped by dataset or month), never a
 query per dataset, so the public page costs the same handful of queries for 20 datasets or 20,000.
 Public figures count published catalogue entries only; a data owner sees the same figures for one
-dataset of theirs, published or not. Counts of people and their actions go through ``figures.shown``, and
-every margin they form (a total and its parts) through ``figures.protect_all``, so that no hidden count can
-be worked out by subtraction. Every text published (titles, modality and body-part values) goes through the
-catalogue's privacy scrubber, as landing pages do.
+dataset of theirs, published or not. Counts of people and their actions go through ``figures.shown``; in the
+public figures, counts of their imaging (subjects, studies, scans, instances, annotations) go through the hub's
+one small-count rule (``strongroom.small_counts``: "< 5", else rounded to 5, as the Beacon and the landing pages
+show them), while a data owner sees them exactly. Every margin either kind forms (a total and its parts) goes
+through ``figures.protect_all``, so that no hidden count can be worked out by subtraction. Every text published
+(titles, modality and body-part values) goes through the catalogue's privacy scrubber, as landing pages do.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..access.applications import handled_datasets
 from ..access.models import Application, ApplicationEvent
 from ..archive.models import ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..audit.models import AuditEvent
+from ..catalog import generation
 from ..catalog.models import CatalogEntry
 from ..catalog.privacy import scrubber
 from ..db import rowcount, utcnow
@@ -47,7 +50,8 @@ from .figures import Cell, Count, Margin, shown, shown_bytes
 from .models import DaySalt, DayVisitor, LandingViews
 
 DOUBLE_CLICK = dt.timedelta(seconds=30)  # COUNTER: repeated views of one page by one visitor within 30 s are one
-CACHE_SECONDS = 60.0  # the public figures are recomputed at most this often per process
+CACHE_SECONDS = 60.0  # the public figures are recomputed at most this often per process (and on catalogue changes)
+IMAGING = ("subjects", "studies", "scans", "instances", "annotations")  # counts of people's imaging
 
 
 # -- landing-page views ------------------------------------------------------------------------------
@@ -122,11 +126,11 @@ class DatasetFigures:
     slug: str | None
     title: str
     published_at: dt.datetime | None
-    subjects: int = 0
-    studies: int = 0
-    scans: int = 0
-    instances: int = 0
-    annotations: int = 0
+    subjects: Count = 0
+    studies: Count = 0
+    scans: Count = 0
+    instances: Count = 0
+    annotations: Count = 0
     files: int = 0
     bytes: int = 0
     modalities: list[str] = field(default_factory=list)
@@ -148,7 +152,7 @@ class DatasetFigures:
 @dataclass
 class Split:
     datasets: int = 0
-    scans: int = 0
+    scans: Count = 0
 
 
 @dataclass
@@ -167,11 +171,11 @@ class Month:
 class Metrics:
     generated_at: dt.datetime
     datasets: int = 0
-    subjects: int = 0
-    studies: int = 0
-    scans: int = 0
-    instances: int = 0
-    annotations: int = 0
+    subjects: Count = 0
+    studies: Count = 0
+    scans: Count = 0
+    instances: Count = 0
+    annotations: Count = 0
     files: int = 0
     bytes: int = 0
     modalities: int = 0
@@ -212,8 +216,10 @@ def _annotation_file(path: Any) -> ColumnElement[bool]:
                *[lowered.like(f"%/{folder}/%") for folder in figures.ANNOTATION_FOLDERS])
 
 
-def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = None) -> Metrics:
-    """Every figure over the datasets ``scope`` selects (a query of dataset ids)."""
+def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = None,
+            exact_imaging: bool = False) -> Metrics:
+    """Every figure over the datasets ``scope`` selects (a query of dataset ids). ``exact_imaging``: counts of
+    people's imaging as they are (for the dataset's owner), not by the public small-count rule."""
     now = now or utcnow()
     m = Metrics(generated_at=now)
     rows = session.execute(select(Dataset.id, Dataset.title, CatalogEntry.slug, CatalogEntry.title,
@@ -264,9 +270,9 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
                                ~exists().where(ImportedInstance.file_id == ArchiveFile.id))
                         .group_by(latest.c.dataset_id))
     for ds_id, n in session.execute(annotation_files):
-        per[ds_id].annotations += n
+        per[ds_id].annotations = _int(per[ds_id].annotations) + n
     for d in per.values():
-        d.annotated = d.annotations > 0
+        d.annotated = _int(d.annotations) > 0
 
     # modalities and organs: per dataset (for its row), and scans / datasets per value
     by_modality: dict[str, dict[str, Any]] = {}
@@ -379,20 +385,17 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
         d.downloaders = shown(downloaders.get(ds_id, 0))
     m.downloaders = shown(all_downloaders)
 
-    # totals, splits and the modality / organ tables
+    # totals, splits and the modality / organ tables (counts of imaging are exact ints until _protect_imaging)
     for d in per.values():
-        m.subjects += d.subjects
-        m.studies += d.studies
-        m.scans += d.scans
-        m.instances += d.instances
-        m.annotations += d.annotations
+        for name in IMAGING:
+            setattr(m, name, _int(getattr(m, name)) + _int(getattr(d, name)))
         m.files += d.files
         m.bytes += d.bytes
         m.views += d.views
         m.visitors += d.visitors
         if d.annotated:
             m.annotated.datasets += 1
-            m.annotated.scans += d.scans
+            m.annotated.scans = _int(m.annotated.scans) + _int(d.scans)
         d.modalities.sort()
         d.organs.sort()
     for split, name in ((m.pathology, "pathology"), (m.radiology, "radiology")):
@@ -401,8 +404,12 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
                           if (figures.is_pathology(mod) if name == "pathology" else figures.is_radiology(mod)))
     m.modalities = len(by_modality)
     m.organs = len(by_organ)
-    m.by_modality = sorted(by_modality.values(), key=lambda r: (-r["scans"], -r["instances"], r["modality"]))
-    m.by_organ = sorted(by_organ.values(), key=lambda r: (-r["scans"], r["organ"]))
+    if not exact_imaging:
+        _protect_imaging(m, per, by_modality, by_organ)
+    # by what is shown, so that the order of hidden or rounded counts does not tell them apart
+    m.by_modality = sorted(by_modality.values(), key=lambda r: (*_order(r["scans"]), *_order(r["instances"]),
+                                                                r["modality"]))
+    m.by_organ = sorted(by_organ.values(), key=lambda r: (*_order(r["scans"]), r["organ"]))
 
     # months: datasets published (running total), applications, approvals, downloads, views
     published_by_month = Counter(figures.month_of(d.published_at) for d in per.values() if d.published_at)
@@ -474,6 +481,108 @@ def compute(session: Session, scope: Select[Any], *, now: dt.datetime | None = N
     return m
 
 
+def _int(value: Count) -> int:
+    assert isinstance(value, int), "counts of imaging are protected only once, after every sum"
+    return value
+
+
+def _order(value: Count) -> tuple[int, int]:
+    """Most first; hidden counts ("< 5", withheld) after every number, among themselves in no order of size."""
+    return (1, 0) if isinstance(value, str) else (0, -value)
+
+
+def _protect_imaging(m: Metrics, per: dict[str, DatasetFigures], by_modality: dict[str, dict[str, Any]],
+                     by_organ: dict[str, dict[str, Any]]) -> None:
+    """The public small-count rule on every count of people's imaging, and every margin they form (each total by
+    dataset, scans and instances by modality, scans by organ and by kind): "< 5", else rounded to 5, and more
+    withheld wherever a small one could still be worked out. A lower bound a reader knows (a dataset that lists
+    four modalities has at least four instances; a modality in four datasets has at least four scans) is part of
+    each cell, so that "< 5" never pins a 4."""
+    def cell(value: Count, at_least: int = 0) -> Cell:
+        return Cell(_int(value), rounded=True, at_least=min(at_least, _int(value)))  # a bound is never above it
+
+    ds_cells: dict[str, dict[str, Cell]] = {}
+    for ds_id, d in per.items():
+        present = 1 if d.modalities else 0  # a dataset with objects has a subject and a study
+        n_images = sum(1 for x in d.modalities if figures.is_image(x))
+        ds_cells[ds_id] = {
+            "subjects": cell(d.subjects, present), "studies": cell(d.studies, present),
+            "scans": cell(d.scans, max(n_images, len(d.organs))), "instances": cell(d.instances, len(d.modalities)),
+            "annotations": cell(d.annotations, max(int(d.annotated), sum(
+                1 for x in d.modalities if x in figures.ANNOTATION_MODALITIES)))}
+    totals = {name: cell(getattr(m, name), sum(c[name].at_least for c in ds_cells.values())) for name in IMAGING}
+    margins = [Margin(totals[name], [c[name] for c in ds_cells.values()]) for name in IMAGING]
+
+    # a modality (or organ) of one dataset that has no other: its row is that dataset's cell, shown once
+    def only(row: dict[str, Any], values: str, key: str) -> DatasetFigures | None:
+        found = [d for d in per.values() if row[key] in getattr(d, values)]
+        return found[0] if row["datasets"] == 1 and len(found) == 1 and getattr(found[0], values) == [row[key]] \
+            else None
+
+    mod_cells: dict[str, dict[str, Cell]] = {}
+    for mod, row in by_modality.items():
+        alone = only(row, "modalities", "modality")
+        image = figures.is_image(mod)
+        mod_cells[mod] = {
+            "instances": ds_cells[alone.id]["instances"] if alone else cell(row["instances"], row["datasets"]),
+            "scans": ds_cells[alone.id]["scans"] if alone and image
+            else cell(row["scans"], row["datasets"] if image else 0)}
+    images = [mod for mod in by_modality if figures.is_image(mod)]
+    pathology = [mod for mod in images if figures.is_pathology(mod)]
+    radiology = [mod for mod in images if figures.is_radiology(mod)]
+    kinds = {"pathology": mod_cells[pathology[0]]["scans"] if len(pathology) == 1  # SM alone: the same figure
+             else cell(m.pathology.scans, sum(mod_cells[x]["scans"].at_least for x in pathology)),
+             "radiology": mod_cells[radiology[0]]["scans"] if len(radiology) == 1
+             else cell(m.radiology.scans, sum(mod_cells[x]["scans"].at_least for x in radiology))}
+    annotated = [c for ds_id, c in ds_cells.items() if per[ds_id].annotated]
+    kinds["annotated"] = annotated[0]["scans"] if len(annotated) == 1 else \
+        cell(m.annotated.scans, sum(c["scans"].at_least for c in annotated))
+    with_modality = sum(_int(row["instances"]) for row in by_modality.values())
+    margins += [Margin(totals["scans"], [mod_cells[x]["scans"] for x in images]),
+                Margin(totals["instances"], [c["instances"] for c in mod_cells.values()],
+                       unpublished=with_modality < _int(m.instances)),  # objects without a modality
+                Margin(totals["scans"], [kinds["pathology"], kinds["radiology"]]),
+                Margin(kinds["pathology"], [mod_cells[x]["scans"] for x in pathology]),
+                Margin(kinds["radiology"], [mod_cells[x]["scans"] for x in radiology]),
+                Margin(kinds["annotated"], [c["scans"] for c in annotated])]
+    organ_cells: dict[str, Cell] = {}
+    for organ, row in by_organ.items():
+        alone = only(row, "organs", "organ")
+        organ_cells[organ] = ds_cells[alone.id]["scans"] if alone and _int(alone.scans) == _int(row["scans"]) \
+            else cell(row["scans"], row["datasets"])
+    # a modality (or organ) in one dataset only is that dataset's part: the dataset's own count is a margin too
+    for ds_id, d in per.items():
+        mods = [x for x in d.modalities if by_modality[x]["datasets"] == 1]
+        image_mods = [x for x in mods if figures.is_image(x)]
+        n_images = sum(1 for x in d.modalities if figures.is_image(x))
+        in_rows = sum(_int(by_modality[x]["instances"]) for x in mods)
+        margins.append(Margin(ds_cells[ds_id]["instances"], [mod_cells[x]["instances"] for x in mods],
+                              unpublished=len(mods) < len(d.modalities) or in_rows < _int(d.instances)))
+        in_rows = sum(_int(by_modality[x]["scans"]) for x in image_mods)
+        margins.append(Margin(ds_cells[ds_id]["scans"], [mod_cells[x]["scans"] for x in image_mods],
+                              unpublished=len(image_mods) < n_images or in_rows < _int(d.scans)))
+        organs = [x for x in d.organs if by_organ[x]["datasets"] == 1]
+        in_rows = sum(_int(by_organ[x]["scans"]) for x in organs)
+        if in_rows <= _int(d.scans):
+            margins.append(Margin(ds_cells[ds_id]["scans"], [organ_cells[x] for x in organs],
+                                  unpublished=len(organs) < len(d.organs) or in_rows < _int(d.scans)))
+    in_organs = sum(_int(row["scans"]) for row in by_organ.values())
+    if in_organs <= _int(m.scans):  # (a series of several body parts is in several rows: then no margin)
+        margins.append(Margin(totals["scans"], list(organ_cells.values()), unpublished=in_organs < _int(m.scans)))
+    figures.protect_all(margins)
+
+    for name in IMAGING:
+        setattr(m, name, totals[name].out)
+        for ds_id, d in per.items():
+            setattr(d, name, ds_cells[ds_id][name].out)
+    for mod, row in by_modality.items():
+        row["scans"], row["instances"] = mod_cells[mod]["scans"].out, mod_cells[mod]["instances"].out
+    for organ, row in by_organ.items():
+        row["scans"] = organ_cells[organ].out
+    m.pathology.scans, m.radiology.scans = kinds["pathology"].out, kinds["radiology"].out
+    m.annotated.scans = kinds["annotated"].out
+
+
 def _country_rows(items: Iterable[tuple[str, Cell]]) -> list[dict[str, Any]]:
     """Countries by approvals, most first; the hidden ones ("< 5" or withheld) after them by code, so
     that their order does not tell their counts apart (nor place a withheld one between two shown)."""
@@ -483,20 +592,23 @@ def _country_rows(items: Iterable[tuple[str, Cell]]) -> list[dict[str, Any]]:
     return [{"country": c, "name": figures.country_name(c), "approved": n.out} for c, n in exact + hidden]
 
 
-_cache: dict[str, tuple[float, Metrics]] = {}
+_cache: dict[str, tuple[float, tuple[int, ...], Metrics]] = {}
 _cache_lock = threading.Lock()
 
 
 def public_metrics(session: Session, *, cache_key: str = "") -> Metrics:
     """Figures over every published dataset, recomputed at most every ``CACHE_SECONDS`` per process and
-    ``cache_key`` (the database)."""
+    ``cache_key`` (the database), and at once when the catalogue changes (a withdrawal, a publication, a new
+    release): the cache is keyed on the catalogue generation, as the landing pages are."""
+    token = generation.token(session.get_bind().engine)  # before anything is read: a change meanwhile is seen next time
     with _cache_lock:
         hit = _cache.get(cache_key)
-        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
-            return hit[1]
+        if hit and token is not None and hit[1] == token and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[2]
     metrics = compute(session, _published())
-    with _cache_lock:
-        _cache[cache_key] = (time.monotonic(), metrics)
+    if token is not None:  # unknown (no listener yet): nothing to check a cached copy against
+        with _cache_lock:
+            _cache[cache_key] = (time.monotonic(), token, metrics)
     return metrics
 
 
@@ -505,7 +617,7 @@ def dataset_metrics(session: Session, principal: Principal, dataset_id: str) -> 
     published or not. Everyone else: NotFound."""
     if dataset_id not in handled_datasets(session, principal):
         raise NotFound("no such dataset")
-    return compute(session, select(Dataset.id).where(Dataset.id == dataset_id))
+    return compute(session, select(Dataset.id).where(Dataset.id == dataset_id), exact_imaging=True)
 
 
 __all__ = ["Metrics", "compute", "dataset_metrics", "public_metrics", "record_view"]

@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
 from starlette.templating import _TemplateResponse
 
+from .. import small_counts
 from ..deps import csrf_token
 from ..text import human_bytes
 
@@ -106,3 +107,4 @@ def _context(request: Request) -> dict[str, object]:
 templates.context_processors.append(_context)
 templates.env.filters["when"] = _when
 templates.env.filters["bytes"] = _bytes
+templates.env.filters["people_count"] = small_counts.text  # public counts of people and their imaging
