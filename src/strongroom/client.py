@@ -25,7 +25,7 @@ def connect(**options: Any) -> HubClient:
     try:
         return HubClient.from_config(**options)
     except NotLoggedIn as exc:
-        err.print(f"[red]{exc.head}:[/] {escape(exc.detail)}")
+        err.print(f"[red]{escape(exc.head)}:[/] {escape(exc.detail)}")
         raise typer.Exit(2) from None
 
 
@@ -45,7 +45,11 @@ def login(
     url: Annotated[str, typer.Option(help="The hub's address.")] = DEFAULT_URL,
 ) -> None:
     """Save a hub address and API token for the other commands (file mode 0600)."""
-    save_login(url, token)
+    try:
+        save_login(url, token)
+    except NotLoggedIn as exc:  # plain http to another machine: the token is not written down, nor sent
+        err.print(f"[red]{escape(exc.head)}:[/] {escape(exc.detail)}")
+        raise typer.Exit(2) from None
     me = api("GET", "/api/v1/me")
     console.print(f"logged in to {url} as [bold]{me['display_name']}[/] (scopes: {', '.join(me['scopes'])})")
 

@@ -21,14 +21,20 @@ that hold the bytes it needs and decrypts them in memory. Two ways to read, chos
 * ``"auto"`` (default): encrypted when a secret key is found, plaintext otherwise.
 
 Credentials, as the command line's (``strongroom.hubclient``): the hub's address and the API token from
-``strongroom login`` or ``STRONGROOM_URL`` / ``STRONGROOM_TOKEN`` (or ``url=`` / ``token=``); the secret key
+``strongroom login`` or ``STRONGROOM_URL`` / ``STRONGROOM_TOKEN`` (or ``url=`` / ``token=``), each token only for
+the address it came with: ``url=`` naming another hub needs its ``token=`` (``hubclient``); the secret key
 from ``secret_key=`` or ``STRONGROOM_CRYPT4GH_KEY`` (a path) or ``~/.config/strongroom/strongroom.sec`` (the CLI's
 ``keys generate``), its passphrase from ``passphrase=`` or ``STRONGROOM_KEY_PASSPHRASE``. The matching public
 key must be registered with the hub (``strongroom keys register``).
 
+Names are never taken from the hub as they are: a project is listed only under a plain slug, a dataset only
+under its accession, a file under its stored path cleaned (``archive.paths.safe_relative``), so what a recursive
+``get`` writes stays inside the folder it was given, whatever the hub answers.
+
 What the hub answers 404 (another project, a made-up path) is ``FileNotFoundError``; 401/403 (a locked
 download, a missing scope) ``PermissionError`` with the hub's reason. This module is a client: it imports
-no web or database code, only ``hubclient`` and the pure crypt4gh engine.
+no web or database code, only ``hubclient``, the command line's transfers (``archive.transfer``) and the pure
+crypt4gh engine.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,11 +53,13 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from .archive import c4gh
 from .archive.paths import safe_relative
-from .hubclient import HubClient, HubError, config_path
+from .archive.transfer import UploadPlan, is_accession, upload_file, url_segment
+from .hubclient import HubClient, HubError, config_path, default_address
 
 FILES = "files"  # a project's own archived files (datasets are named SRD-…, so no clash)
 VIA = ("auto", "encrypted", "plaintext")
 API = "/api/v1"
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a project as a folder: no '/', '..', or anything odd
 
 
 @dataclass
@@ -101,11 +110,8 @@ class StrongroomFileSystem(AbstractFileSystem):
         super().__init__(**kwargs)
         if via not in VIA:
             raise ValueError(f"via must be one of {', '.join(VIA)}")
-        if url and token:
-            self.client = HubClient(url, token)
-        else:
-            base = HubClient.from_config()
-            self.client = HubClient(url or base.url, token or base.token)
+        # a token given here goes where it is told; a saved or environment token only to its own address
+        self.client = HubClient(url or default_address(), token) if token else HubClient.from_config(url)
         self.block_size = block_size
         self._secret: bytes | None = None
         self._fingerprint: str | None = None
@@ -142,19 +148,21 @@ class StrongroomFileSystem(AbstractFileSystem):
 
     # -- listings ------------------------------------------------------------------------------
     def _datasets(self, project: str) -> dict[str, dict[str, Any]]:
-        return {d["id"]: d for d in self._get(project, f"/projects/{project}/datasets")}
+        # a dataset is a folder named by its accession: whatever else the hub calls one is left out
+        return {d["id"]: d for d in self._get(project, f"/projects/{url_segment(project)}/datasets")
+                if is_accession(d.get("id"), "SRD")}
 
     def _dataset(self, project: str, name: str) -> tuple[dict[str, Any], int]:
         """The dataset a folder names (owned by or shared into ``project``) and the version it shows."""
         ident, _, wanted = name.partition("@")
-        if not ident.startswith("SRD-") or (wanted and not wanted.isdigit()):
+        if not is_accession(ident, "SRD") or (wanted and not wanted.isdigit()):
             raise FileNotFoundError(2, "no such dataset", f"{project}/{name}")
         try:
             ds = self._datasets(project).get(ident)
         except FileNotFoundError:  # not a member: an approved applicant reads the owner's dataset directly
             ds = None
             found = self._get(f"{project}/{name}", f"/datasets/{ident}")
-            if found["owner_project"] == project:
+            if found.get("id") == ident and found["owner_project"] == project:
                 ds = found
         if ds is None:
             raise FileNotFoundError(2, "no such dataset", f"{project}/{name}")
@@ -178,7 +186,7 @@ class StrongroomFileSystem(AbstractFileSystem):
             after: str | None = None
             while True:
                 params: dict[str, Any] = {"state": "ready", "limit": 1000, **({"after": after} if after else {})}
-                page = self._get(key, f"/projects/{project}/files", params=params)
+                page = self._get(key, f"/projects/{url_segment(project)}/files", params=params)
                 for record in page:
                     tree.add(record)
                 if len(page) < 1000:
@@ -211,7 +219,7 @@ class StrongroomFileSystem(AbstractFileSystem):
         entries: list[dict[str, Any]]
         if not parts:
             entries = [{"name": p["slug"], "type": "directory", "size": 0, "title": p.get("name")}
-                       for p in self._get("", "/projects")]
+                       for p in self._get("", "/projects") if _SLUG.fullmatch(str(p.get("slug")))]
         elif len(parts) == 1:
             datasets = self._datasets(parts[0])
             entries = [{"name": f"{parts[0]}/{FILES}", "type": "directory", "size": 0}]
@@ -238,7 +246,7 @@ class StrongroomFileSystem(AbstractFileSystem):
         parts = path.split("/") if path else []
         if len(parts) <= 1:
             if parts:
-                self._get(path, f"/projects/{parts[0]}")  # 404 outside your projects
+                self._get(path, f"/projects/{url_segment(parts[0])}")  # 404 outside your projects
             return {"name": path, "type": "directory", "size": 0}
         tree = self._tree(parts[0], parts[1])
         inner = "/".join(parts[2:])
@@ -262,11 +270,11 @@ class StrongroomFileSystem(AbstractFileSystem):
             if self.via == "encrypted":
                 assert self._secret is not None
                 response = self.client.request(
-                    "GET", f"{API}/files/{file_id}/content",
+                    "GET", f"{API}/files/{url_segment(file_id)}/content",
                     params={"plaintext_range": f"{start}-{end - 1}", "key": self._fingerprint})
                 data = b"".join(c4gh.decrypt_stream(io.BytesIO(response.content), [self._secret]))
             else:
-                response = self.client.request("GET", f"{API}/files/{file_id}/plaintext",
+                response = self.client.request("GET", f"{API}/files/{url_segment(file_id)}/plaintext",
                                                headers={"Range": f"bytes={start}-{end - 1}"})
                 data = response.content
         except HubError as exc:
@@ -294,8 +302,6 @@ class StrongroomFileSystem(AbstractFileSystem):
                  **kwargs: Any) -> None:
         """Upload a local file to ``<project>/files/<path>``: encrypted here to the hub's key while streaming
         (resumable, as `strongroom upload`); it is listed once the hub has ingested it. Datasets are read-only."""
-        from .archive.transfer import UploadPlan, upload_file
-
         path = self._strip_protocol(rpath)
         parts = path.split("/")
         if len(parts) < 3 or parts[1] != FILES:
@@ -304,7 +310,7 @@ class StrongroomFileSystem(AbstractFileSystem):
         if not source.is_file():
             raise FileNotFoundError(2, "no such local file", lpath)
         try:
-            self.client.request("GET", f"{API}/projects/{parts[0]}")
+            self.client.request("GET", f"{API}/projects/{url_segment(parts[0])}")
             hub_public = c4gh.parse_public_key(self.client.request("GET", f"{API}/archive/public-key").text)
             upload_file(self.client, parts[0], UploadPlan(source, "/".join(parts[2:]), source.stat().st_size),
                         hub_public, state_dir=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -312,6 +318,12 @@ class StrongroomFileSystem(AbstractFileSystem):
         except HubError as exc:
             raise _hub_error(exc, path) from exc
         self.invalidate_cache()
+
+    def get_file(self, rpath: str, lpath: Any = None, **kwargs: Any) -> None:
+        """fsspec's copy of one file to ``lpath``, never written through a symbolic link found there."""
+        if kwargs.get("outfile") is None and isinstance(lpath, (str, os.PathLike)) and os.path.islink(lpath):
+            raise PermissionError(13, "refusing to write through a symbolic link", os.fspath(lpath))
+        super().get_file(rpath, lpath, **kwargs)
 
     def _open(self, path: str, mode: str = "rb", block_size: int | None = None,
               cache_options: dict[str, Any] | None = None, **kwargs: Any) -> StrongroomFile:

@@ -5,6 +5,11 @@ machine and is never written to a temporary file. To resume an interrupted uploa
 without keeping ciphertext, the header and every segment's nonce are derived from a per-upload
 seed kept (with the session key, mode 0600) in the resume file; it is deleted when the upload
 completes. The resume file is only reused if the source file's size and mtime are unchanged.
+
+Downloads trust no name the hub sends: a file lands under the download folder by its stored path cleaned
+(``paths.safe_relative``), else by its accession, else by a name made here (``local_name``); the folder it goes
+into must resolve inside the download folder, and no file is written through a symbolic link found there
+(``contained``), so neither a compromised hub nor someone between it and the laptop can place a file elsewhere.
 """
 
 from __future__ import annotations
@@ -13,18 +18,26 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx
 
 from ..hubclient import RETRY_STATUSES, HubClient, HubError, problem_error
 from . import c4gh
 from .paths import safe_relative
+
+
+def url_segment(value: object) -> str:
+    """A value the hub sent (or the user typed) as one segment of an API path: it cannot reach another route
+    (no '/', and dots escaped so that '..' is not a step up when the address is normalised)."""
+    return quote(str(value), safe="").replace(".", "%2E")
 
 
 # -- upload ------------------------------------------------------------------------------------
@@ -108,7 +121,7 @@ def upload_file(client: HubClient, project: str, plan: UploadPlan, hub_public: b
     part_size = 0
     if state:
         try:
-            status = client.json("GET", f"/api/v1/uploads/{state['upload_id']}")
+            status = client.json("GET", f"/api/v1/uploads/{url_segment(state['upload_id'])}")
         except HubError:
             status = None
         if status and status["state"] == "receiving":
@@ -116,7 +129,7 @@ def upload_file(client: HubClient, project: str, plan: UploadPlan, hub_public: b
             part_size = status["part_size"]
         elif status and status["state"] != "failed":
             state_path.unlink(missing_ok=True)
-            return client.json("GET", f"/api/v1/files/{state['upload_id']}")
+            return client.json("GET", f"/api/v1/files/{url_segment(state['upload_id'])}")
         else:
             state = None
     if state is None:
@@ -131,7 +144,7 @@ def upload_file(client: HubClient, project: str, plan: UploadPlan, hub_public: b
         _write_private_json(state_path, state)
     source = SealedSource(plan.source, base64.b64decode(state["header"]), bytes.fromhex(state["session_key"]),
                           bytes.fromhex(state["nonce_seed"]))
-    upload_id = state["upload_id"]
+    upload_id = url_segment(state["upload_id"])  # the hub's answer, as one segment of the paths below
     parts = range(1, -(-source.size // part_size) + 1)
     done_bytes = sum(min(part_size, source.size - (n - 1) * part_size) for n in received)
     on_bytes(done_bytes)
@@ -224,28 +237,72 @@ def upload_bundle(client: HubClient, project: str, group: list[UploadPlan], hub_
 
 
 # -- download ----------------------------------------------------------------------------------
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # not on Windows: the is_symlink checks still refuse
+
+
+def is_accession(value: object, prefix: str) -> bool:
+    """Whether ``value`` is a plain accession of that kind (``SRF-7K2M9QX4TD``): safe as a file name and a URL
+    segment as it is."""
+    return isinstance(value, str) and re.fullmatch(rf"{re.escape(prefix)}-[0-9A-Z]{{1,64}}", value) is not None
+
+
+def local_name(stored_path: object, file_id: str) -> str:
+    """The relative name a download gets: the hub's stored path cleaned (``paths.safe_relative``), else the file's
+    accession, else a name made here from the id's hash — never a value the hub sent as it is."""
+    relative = safe_relative(stored_path) if isinstance(stored_path, str) else ""
+    if relative:
+        return relative
+    if is_accession(file_id, "SRF"):
+        return file_id
+    return "unnamed-" + hashlib.sha256(str(file_id).encode()).hexdigest()[:16]
+
+
+def contained(out_dir: Path, relative: str) -> Path:
+    """``out_dir / relative`` once its folder is made, refused (``HubError``) where that folder resolves outside
+    ``out_dir`` (a symbolic link on the way that leads out); nothing is created outside it."""
+    root = out_dir.resolve()
+    target = out_dir / relative
+    if not target.parent.resolve().is_relative_to(root):  # resolve() follows the links that already exist
+        raise HubError(f"refusing to write {relative}: it leads outside {out_dir} (a symbolic link on the way)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _refuse_links(*paths: Path) -> None:
+    for path in paths:
+        if path.is_symlink():
+            raise HubError(f"refusing to write through the symbolic link {path}")
+
+
+def _open_for_writing(path: Path, *, append: bool = False) -> BinaryIO:
+    """A file of a download, never opened through a symbolic link (checked before, and O_NOFOLLOW)."""
+    _refuse_links(path)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | _NOFOLLOW
+    return os.fdopen(os.open(path, flags, 0o666), "ab" if append else "wb")
+
+
 def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | None,
                   on_bytes: Callable[[int], None] = lambda n: None,
                   on_total: Callable[[int], None] = lambda n: None) -> tuple[Path, dict[str, Any]]:
     """Fetch one file re-encrypted to the caller's key into ``out_dir`` (resuming a ``.part``)."""
-    meta = client.json("GET", f"/api/v1/files/{file_id}")
-    # inside out_dir on any system, whatever path the hub stored (``paths.safe_relative``)
-    relative = safe_relative(str(meta["path"])) or file_id
+    file_url = f"/api/v1/files/{url_segment(file_id)}"
+    meta = client.json("GET", file_url)
+    # inside out_dir on any system, whatever path or id the hub sent (``local_name``, ``contained``)
+    relative = local_name(meta.get("path") if isinstance(meta, dict) else None, file_id)
     name = relative.rsplit("/", 1)[-1] + ".c4gh"
-    target = (out_dir / relative).with_name(name)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = contained(out_dir, relative).with_name(name)
     partial = target.with_name(name + ".part")
     etag_file = target.with_name(name + ".etag")
+    _refuse_links(target, partial, etag_file)
     params = {"key": key} if key else {}
     headers: dict[str, str] = {}
     have = partial.stat().st_size if partial.exists() and etag_file.exists() else 0
     if have:
-        headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text()}
+        headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text(encoding="utf-8")}
     delay = 0.5
     for attempt in range(1, client.attempts + 1):
         try:
-            with client.http.stream("GET", f"/api/v1/files/{file_id}/content", params=params,
-                                    headers=headers) as response:
+            with client.http.stream("GET", f"{file_url}/content", params=params, headers=headers) as response:
                 if response.status_code == 416 and have:  # already complete
                     break
                 if response.status_code >= 400:
@@ -253,14 +310,15 @@ def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | 
                     if response.status_code in RETRY_STATUSES and attempt < client.attempts:
                         raise httpx.TransportError(str(problem_error(response)))
                     raise problem_error(response)
-                etag_file.write_text(response.headers.get("etag", ""))
-                mode = "ab" if response.status_code == 206 else "wb"
-                if mode == "wb":
+                with _open_for_writing(etag_file) as fh:
+                    fh.write(response.headers.get("etag", "").encode("utf-8"))
+                append = response.status_code == 206
+                if not append:
                     have = 0
                 length = int(response.headers.get("content-length", 0))
                 on_total(have + length)
                 on_bytes(have)
-                with open(partial, mode) as fh:
+                with _open_for_writing(partial, append=append) as fh:
                     for chunk in response.iter_bytes(1024 * 1024):
                         fh.write(chunk)
                         have += len(chunk)
@@ -273,18 +331,21 @@ def download_file(client: HubClient, file_id: str, out_dir: Path, *, key: str | 
             delay = min(delay * 2, 20)
             if partial.exists() and etag_file.exists():
                 have = partial.stat().st_size
-                headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text()}
-    os.replace(partial, target)
+                headers = {"Range": f"bytes={have}-", "If-Range": etag_file.read_text(encoding="utf-8")}
+    os.replace(partial, target)  # replaces a link at ``target`` itself, never what it points to
     etag_file.unlink(missing_ok=True)
     return target, meta
 
 
 def decrypt_and_verify(encrypted: Path, secret_key: bytes, expected_sha256: str) -> Path:
     """Decrypt next to the download (``name`` without ``.c4gh``) and check the hub's checksum."""
+    if encrypted.suffix != ".c4gh":  # the plaintext would take the download's own name
+        raise HubError(f"{encrypted.name}: not a .c4gh download")
     out = encrypted.with_suffix("")
     digest = hashlib.sha256()
     tmp = out.with_name(out.name + ".decrypting")
-    with open(encrypted, "rb") as src, open(tmp, "wb") as dst:
+    _refuse_links(out)
+    with open(encrypted, "rb") as src, _open_for_writing(tmp) as dst:
         opened = c4gh.open_header(c4gh.read_header(src), [secret_key])
         for chunk in c4gh.decrypt_segments(src, opened.session_keys):
             digest.update(chunk)
@@ -297,7 +358,7 @@ def decrypt_and_verify(encrypted: Path, secret_key: bytes, expected_sha256: str)
 
 
 def iter_dataset_files(client: HubClient, dataset_id: str, version: int | None) -> Iterator[dict[str, Any]]:
-    ds = client.json("GET", f"/api/v1/datasets/{dataset_id}")
+    ds = client.json("GET", f"/api/v1/datasets/{url_segment(dataset_id)}")
     usable = [v for v in ds["versions"] if v["state"] in ("released", "deprecated")] or ds["versions"]
     if not usable:
         raise HubError(f"{dataset_id} has no versions")
@@ -307,7 +368,8 @@ def iter_dataset_files(client: HubClient, dataset_id: str, version: int | None) 
         params: dict[str, Any] = {"limit": 1000}
         if after:
             params["after"] = after
-        page = client.json("GET", f"/api/v1/datasets/{dataset_id}/versions/{number}/files", params=params)
+        page = client.json("GET", f"/api/v1/datasets/{url_segment(dataset_id)}/versions/{url_segment(number)}/files",
+                           params=params)
         yield from page["files"]
         after = page["next_after"]
         if not after:

@@ -159,7 +159,8 @@ def mount_data(spec: Spec, *, timeout: float) -> None:
     if spec.netns:  # only the network namespace: the mount stays in the hub's mount namespace
         argv = ["nsenter", f"--net=/run/netns/{spec.netns}", "--", *argv]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(spec.scratch), "LANG": "C.UTF-8",
-           "STRONGROOM_URL": spec.env["STRONGROOM_URL"], "STRONGROOM_TOKEN": spec.env["STRONGROOM_TOKEN"]}
+           "STRONGROOM_URL": spec.env["STRONGROOM_URL"], "STRONGROOM_TOKEN": spec.env["STRONGROOM_TOKEN"],
+           "STRONGROOM_ALLOW_HTTP": spec.env.get("STRONGROOM_ALLOW_HTTP", "")}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # the hub's own import path
     log = open(spec.scratch / ".fuse.log", "ab")  # noqa: SIM115 - handed to the child

@@ -424,7 +424,10 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     spec = Spec(workspace_id=str(ws.id), base_url=base_path(access.project.slug, ws.id),
                 jupyter_token=jupyter_token(secret, ws.id), scratch=scratch,
                 env={"STRONGROOM_URL": hub_url, "STRONGROOM_TOKEN": plaintext,
-                     "STRONGROOM_PROJECT": access.project.slug, **ws_settings.pip_env(mirror)},
+                     "STRONGROOM_PROJECT": access.project.slug, **ws_settings.pip_env(mirror),
+                     # the hub chose this address for its own workspace (a veth link to it alone by default):
+                     # the client's refusal of plain http is lifted for it on purpose
+                     **({"STRONGROOM_ALLOW_HTTP": "1"} if hub_url.startswith("http://") else {})},
                 python=w.python, netns=plan.name if plan else "", uid=ws.uid,
                 drop_caps=root and w.launcher == "local" and w.run_as == "", listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
