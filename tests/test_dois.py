@@ -166,7 +166,8 @@ def test_a_record_with_every_field_is_valid_datacite_46():
     duo = [r for r in attrs["rightsList"] if r.get("rightsIdentifierScheme") == "DUO"]
     assert [r["rightsIdentifier"] for r in duo] == ["DUO:0000006", "DUO:0000015", "DUO:0000021"]
     assert any(r.get("rightsUri") == "https://hub.example.org/catalog/full/terms" for r in attrs["rightsList"])
-    assert "12.3 TB (12300000000000 bytes)" in attrs["sizes"] and "32,080 series" in attrs["sizes"]  # 32,081: rounded to 5
+    # 32,081 series: rounded to 5, as every public count of people's imaging
+    assert "12.3 TB (12300000000000 bytes)" in attrs["sizes"] and "32,080 series" in attrs["sizes"]
     assert {"date": "2026-05-06", "dateType": "Withdrawn", "dateInformation": "A participant withdrew consent."} \
         in attrs["dates"]
     assert {"date": "2015-01-01/2019-12-31", "dateType": "Collected"} in attrs["dates"]

@@ -27,7 +27,7 @@ from ..db import transaction, utcnow
 from ..jobs import service as jobs
 from .datacite import Creator, DoiFacts, Related, datacite_attributes, ror_id
 from .datacite_client import DataCiteClient, DataCiteError, DoiTaken
-from .models import CatalogEntry, Doi
+from .models import CatalogEntry, Doi, public_face
 from .privacy import scrubber
 
 if TYPE_CHECKING:
@@ -46,7 +46,10 @@ def client_for(settings: DoiSettings) -> DataCiteClient:
 
 
 def _entry(session: Session, dataset_id: str) -> CatalogEntry | None:
-    return session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset_id))
+    """The entry as the public may know it: a withdrawn one as it was withdrawn (``models.public_face``), never
+    the draft its stewards edit since — the hidden DOIs' records and the tombstone's DOI come from this."""
+    entry = session.scalar(select(CatalogEntry).where(CatalogEntry.dataset_id == dataset_id))
+    return public_face(entry) if entry is not None else None
 
 
 def dois_of(session: Session, dataset_id: str) -> list[Doi]:

@@ -2,8 +2,8 @@
 export (``dcat``) and the OAI-PMH repository (``oai``) over the catalogue.
 
 Only published entries are described. A withdrawn entry (published once, unpublished since) is an
-OAI-PMH deleted record: its identifier and datestamp, nothing else. Never-published entries do not
-exist here at all. Texts come from ``landing.landing_view``, so any person's e-mail address is
+OAI-PMH deleted record: its identifier and datestamp (the withdrawal's), nothing else. Never-published
+entries do not exist here at all. Texts come from ``landing.landing_view``, so any person's e-mail address is
 withheld exactly as on the landing page.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from lxml import etree
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
@@ -29,6 +29,14 @@ from .models import HOLDS_ADDRESS, CatalogEntry, Doi
 from .vocab import MODALITIES
 
 WITHDRAWN = and_(CatalogEntry.published.is_(False), CatalogEntry.published_at.is_not(None))
+# An OAI-PMH record's datestamp: a published entry's last change, a withdrawn one's withdrawal (its stewards may edit
+# the row as a draft since: nothing public changes with that). In SQL for selective harvesting; ``datestamp`` in Python.
+DATESTAMP = case((CatalogEntry.published.is_(True), CatalogEntry.updated_at),
+                 else_=func.coalesce(CatalogEntry.withdrawn_at, CatalogEntry.updated_at))
+
+
+def datestamp(entry: CatalogEntry) -> dt.datetime:
+    return entry.updated_at if entry.published else (entry.withdrawn_at or entry.updated_at)
 
 
 def _suffixes(session: Session, version_id: int) -> tuple[str, ...]:
@@ -110,7 +118,7 @@ class CatalogRepository:
         return select(CatalogEntry).where(or_(CatalogEntry.published.is_(True), WITHDRAWN))
 
     def earliest(self) -> dt.datetime:
-        first = self.session.scalar(select(func.min(CatalogEntry.updated_at))
+        first = self.session.scalar(select(func.min(DATESTAMP))
                                     .where(or_(CatalogEntry.published.is_(True), WITHDRAWN)))
         return first or dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 
@@ -123,9 +131,10 @@ class CatalogRepository:
         return sorted(found.items())
 
     def _filtered(self, q: oai.Query) -> Select[CatalogEntry]:
-        stmt = self._visible().where(CatalogEntry.updated_at < q.before)
+        stamp = DATESTAMP
+        stmt = self._visible().where(stamp < q.before)
         if q.since is not None:
-            stmt = stmt.where(CatalogEntry.updated_at >= q.since)
+            stmt = stmt.where(stamp >= q.since)
         if q.doi_only:  # the steward's own DOI, or the hub's concept DOI once findable
             minted = select(Doi.dataset_id).where(Doi.version.is_(None), Doi.state == "findable")
             stmt = stmt.where(or_(CatalogEntry.doi.is_not(None), CatalogEntry.dataset_id.in_(minted), WITHDRAWN))
@@ -154,10 +163,10 @@ class CatalogRepository:
 
     def record(self, entry: CatalogEntry) -> oai.Record:
         if not entry.published:
-            return oai.Record(key=entry.id, header=oai.Header(self.identifier(entry), entry.updated_at, deleted=True),
-                              facts=None)
+            header = oai.Header(self.identifier(entry), datestamp(entry), deleted=True)
+            return oai.Record(key=entry.id, header=header, facts=None)
         facts = dataset_facts(self.session, entry, base_url=self.site, site_name=self.site_name)
-        return oai.Record(key=entry.id, header=oai.Header(self.identifier(entry), entry.updated_at, set_specs(entry)),
+        return oai.Record(key=entry.id, header=oai.Header(self.identifier(entry), datestamp(entry), set_specs(entry)),
                           facts=facts, has_doi=self._datacite_facts(entry) is not None)
 
     def _datacite_facts(self, entry: CatalogEntry) -> DoiFacts | None:

@@ -20,7 +20,9 @@ from .datacite import orcid_ok, ror_id
 from .vocab import DUO, DUO_PERMISSIONS, MODALITIES
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,78}[a-z0-9]$")
-DOI_RE = re.compile(r"^10\.\d{4,9}/[^\s]+$")
+# A DOI's suffix: the DOI Handbook's printable ASCII without the characters unsafe in a URL or an HTTP header
+# (space and <>"{}|\^`). A DOI goes into links and the landing page's ``Link`` header (encoded there too).
+DOI_RE = re.compile(r"10\.\d{4,9}/[!#-;=?-\[\]_a-z~]+")  # fullmatch
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_COUNT = 10**15
 
@@ -59,8 +61,9 @@ def normalise_doi(value: str | None) -> str | None:
             value = value[len(prefix):]
     if not value:
         return None
-    if not DOI_RE.match(value):
-        raise _fail("a DOI looks like 10.1234/abc (a doi.org link is fine too)")
+    if not DOI_RE.fullmatch(value):
+        raise _fail("a DOI looks like 10.1234/abc (a doi.org link is fine too); after the / only printable ASCII "
+                    "without spaces or any of < > \" { } | \\ ^ `")
     if value.startswith("10.5072/"):
         raise _fail("10.5072 is DataCite's retired test prefix; use your own prefix")
     return value

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 from ..archive.models import ArchiveFile, DatasetFile, DatasetVersion
 from ..errors import NotFound
 from ..text import human_bytes
-from .dois import effective_doi, findable_dois
+from .dois import RESOLVING, findable_dois
 from .entries import latest_released
 from .images import images_of
-from .models import HOLDS_ADDRESS, CatalogEntry, CatalogImage
+from .models import HOLDS_ADDRESS, CatalogEntry, CatalogImage, Doi, public_face
 from .privacy import scrubber
 from .search import snippet
 from .vocab import DUO, MODALITIES, NO_METHODS, duo_url
@@ -75,17 +75,24 @@ def tombstone(session: Session, slug: str, *, base_url: str, site_name: str) -> 
     entry = session.scalar(select(CatalogEntry).where(CatalogEntry.slug == slug.lower(), HOLDS_ADDRESS))
     if entry is None or entry.published or entry.withdrawn_at is None:
         return None
-    doi = effective_doi(session, entry.dataset_id)
+    shown = public_face(entry)  # as it was withdrawn: the row may hold a draft its stewards prepare since
+    doi = shown.doi or _resolving_concept_doi(session, entry.dataset_id)
     origin = next((n for n in (notice(session, entry.dataset_id) for notice in NOTICES) if n and n.get("withdrawn")),
                   None)
     if doi is None and origin is None:
         return None
-    scrub = scrubber(session, [entry.title, entry.withdrawn_reason, entry.how_to_cite, entry.data_owner])
-    return Tombstone(title=scrub(entry.title), doi=doi or "", doi_url=f"https://doi.org/{doi}" if doi else "",
+    scrub = scrubber(session, [shown.title, entry.withdrawn_reason, shown.how_to_cite, shown.data_owner])
+    return Tombstone(title=scrub(shown.title), doi=doi or "", doi_url=f"https://doi.org/{doi}" if doi else "",
                      origin=origin["origin"] if origin else "", origin_url=origin["url"] if origin else "",
                      withdrawn_at=entry.withdrawn_at, reason=scrub(entry.withdrawn_reason),
-                     how_to_cite=scrub(entry.how_to_cite), data_owner=scrub(entry.data_owner),
+                     how_to_cite=scrub(shown.how_to_cite), data_owner=scrub(shown.data_owner),
                      canonical=f"{base_url.rstrip('/')}/catalog/{entry.slug}", site_name=site_name)
+
+
+def _resolving_concept_doi(session: Session, dataset_id: str) -> str | None:
+    """The hub's own concept DOI once it resolves (hidden ones do: the tombstone is where they lead)."""
+    return session.scalar(select(Doi.doi).where(Doi.dataset_id == dataset_id, Doi.version.is_(None),
+                                                Doi.state.in_(RESOLVING)))
 
 
 @dataclass

@@ -6,10 +6,25 @@ steward of the owning project publishes it.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import uuid
+from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, CreatedMixin, utcnow
@@ -75,6 +90,9 @@ class CatalogEntry(CreatedMixin, Base):
     # Unpublished after a DOI was minted: the landing page becomes a tombstone (410) the DOI resolves to.
     withdrawn_at: Mapped[dt.datetime | None]
     withdrawn_reason: Mapped[str] = mapped_column(Text, default="")
+    # What the public saw when it was withdrawn (``PUBLIC_COLUMNS`` as published): the stewards may since be editing
+    # the row as a draft, which the tombstone, the OAI-PMH deleted record and the hidden DOIs must never show.
+    withdrawn_public: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 HOLDS_ADDRESS = CatalogEntry.published_at.is_not(None)  # the entries whose slug is a public address (see above)
@@ -131,7 +149,52 @@ class Doi(Base):
     findable_at: Mapped[dt.datetime | None]
 
 
-__all__ = ["CatalogEntry", "CatalogFacet", "CatalogImage", "Doi"]
+# -- what the public saw of a withdrawn entry ---------------------------------------------------------------------
+# Every column a published entry shows (its pages, exports, citations, DOI records) that its stewards can change
+# afterwards; the rest are its identity (fixed once published), its lifecycle and the search text.
+_NOT_SHOWN = frozenset({"id", "dataset_id", "slug", "published", "published_at", "updated_at", "created_by",
+                        "created_at", "search_text", "withdrawn_at", "withdrawn_reason", "withdrawn_public"})
+PUBLIC_COLUMNS = tuple(c.key for c in CatalogEntry.__table__.columns if c.key not in _NOT_SHOWN)
+_DATE_COLUMNS = frozenset(c.key for c in CatalogEntry.__table__.columns if isinstance(c.type, Date))
+
+
+def public_snapshot(entry: CatalogEntry) -> dict[str, Any]:
+    """``PUBLIC_COLUMNS`` of ``entry`` as JSON (dates as ISO text; lists copied, never shared with the row)."""
+    return {name: (value.isoformat() if isinstance(value, dt.date) else copy.deepcopy(value))
+            for name in PUBLIC_COLUMNS for value in [getattr(entry, name)]}
+
+
+def is_withdrawn(entry: CatalogEntry) -> bool:
+    """Published once, not now: its address may be a tombstone, its DOIs hidden, its row a draft again."""
+    return not entry.published and entry.published_at is not None
+
+
+def public_face(entry: CatalogEntry) -> CatalogEntry:
+    """What the public may know of ``entry``: the entry itself unless it is withdrawn; then a detached copy (never
+    added to a session) holding the columns as they were when it was withdrawn, dated at its withdrawal."""
+    if not is_withdrawn(entry):
+        return entry
+    face = CatalogEntry(**{c.key: getattr(entry, c.key) for c in CatalogEntry.__table__.columns})
+    for name, value in (entry.withdrawn_public or {}).items():
+        if name in PUBLIC_COLUMNS:  # a column dropped since the snapshot was taken is skipped
+            setattr(face, name, dt.date.fromisoformat(value) if name in _DATE_COLUMNS and value else
+                    copy.deepcopy(value))
+    face.updated_at = entry.withdrawn_at or entry.updated_at
+    return face
+
+
+@event.listens_for(CatalogEntry.published, "set", active_history=True)
+def _snapshot_when_withdrawn(entry: CatalogEntry, value: bool, old: Any, _initiator: Any) -> None:
+    """Every way an entry goes from published to not (a steward's withdrawal, retention, a federation notice)
+    keeps what was public at that moment; publishing again makes the row itself public again."""
+    if value:
+        entry.withdrawn_public = None
+    elif old is True:
+        entry.withdrawn_public = public_snapshot(entry)
+
+
+__all__ = ["PUBLIC_COLUMNS", "CatalogEntry", "CatalogFacet", "CatalogImage", "Doi", "is_withdrawn", "public_face",
+           "public_snapshot"]
 
 
 from . import generation  # noqa: E402,F401  (the model layer's signal to the landing pages' cache)

@@ -4,6 +4,7 @@ The same links go out as an HTTP ``Link`` header (RFC 8288) and as ``<link>`` el
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,10 +33,29 @@ def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Characters an href keeps as they are in the header: RFC 3986's unreserved and delimiters, except the ``,`` and
+# ``;`` that separate links and their parameters (naive parsers split on them even inside ``<…>``).
+_URI_SAFE = frozenset(string.ascii_letters + string.digits + "-._~" + ":/?#[]@" + "!$&'()*+=")
+_HEX = frozenset(string.hexdigits)
+
+
+def uri_reference(href: str) -> str:
+    """``href`` with every character that is not a safe URI character percent-encoded (as UTF-8; an existing
+    ``%XX`` is kept): nothing from a stored value (a steward's DOI) can end the ``<…>``, add a link or a
+    parameter, or put a byte outside ASCII into the header."""
+    out: list[str] = []
+    for i, ch in enumerate(href):
+        if ch in _URI_SAFE or (ch == "%" and len(href) > i + 2 and _HEX.issuperset(href[i + 1:i + 3])):
+            out.append(ch)
+        else:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+    return "".join(out)
+
+
 def link_header(links: list[Link]) -> str:
-    """The links as one RFC 8288 ``Link`` header value."""
-    return ", ".join(f"<{link.href}>; rel={_quoted(link.rel)}" + (f"; type={_quoted(link.type)}" if link.type else "")
-                     for link in links)
+    """The links as one RFC 8288 ``Link`` header value (each target percent-encoded: ``uri_reference``)."""
+    return ", ".join(f"<{uri_reference(link.href)}>; rel={_quoted(link.rel)}"
+                     + (f"; type={_quoted(link.type)}" if link.type else "") for link in links)
 
 
 def landing_links(view: LandingView, base_url: str, served: Callable[[str], bool]) -> list[Link]:
