@@ -55,6 +55,22 @@ COERCED = 0xB000
 STALE_SPOOL_SECONDS = 6 * 3600  # a request's spool folder older than this was left by a crashed process
 
 QUOTA_REASON = "the project's storage quota is full"
+# A part's own Content-Type is the sender's free text: a refusal names it only if it is one of these, else
+# only its top-level type (or not at all). Nothing else a part carries (Content-Disposition's filename,
+# Content-Location, Content-Description) is read: it may name the patient.
+_COMMON_TYPES = {"application/dicom+json", "application/dicom+xml", "application/octet-stream", "application/json",
+                 "application/xml", "application/zip", "application/pdf", "text/plain", "text/html", "image/jpeg",
+                 "image/png", "image/jp2", "image/jls", "image/gif", "image/tiff", "video/mp4", "video/mpeg",
+                 "multipart/related"}
+_TOP_LEVEL_TYPES = {"application", "audio", "font", "image", "message", "model", "multipart", "text", "video"}
+
+
+def part_type(content_type: str) -> str:
+    """How a refusal names a part's media type (see ``_COMMON_TYPES``)."""
+    if content_type in _COMMON_TYPES:
+        return content_type
+    top = content_type.partition("/")[0]
+    return f"{top}/{imaging.MASK}" if top in _TOP_LEVEL_TYPES else imaging.MASK
 
 
 @dataclass
@@ -128,7 +144,7 @@ class StowRequest:
         self.received_bytes += size
         if content_type not in ("", "application/dicom"):
             return Outcome(failure=CANNOT_UNDERSTAND, size=size,
-                           reason=f"a part of type {content_type[:60]}, not application/dicom")
+                           reason=f"a part of type {part_type(content_type)}, not application/dicom")
         if self.over_quota or self.received_bytes > self.free_bytes:
             self.over_quota = True  # the rest is read and dropped; nothing of this request is stored
             return Outcome(failure=OUT_OF_RESOURCES, reason=QUOTA_REASON, size=size)
@@ -136,7 +152,8 @@ class StowRequest:
         try:
             summary = pipeline.deidentify_stage(str(raw), str(out), ctx.profile, ctx.secret)
         except DeidError as exc:
-            return Outcome(failure=CANNOT_UNDERSTAND, reason=f"not processable DICOM: {exc}"[:200], size=size)
+            return Outcome(failure=CANNOT_UNDERSTAND, reason=imaging.safe_reason(f"not processable DICOM: {exc}"),
+                           size=size)
         except Exception as exc:  # an object the engine cannot handle: refuse it, never store it as is
             log.exception("dicomweb.stow_deid_error", project=ctx.slug)
             return Outcome(failure=CANNOT_UNDERSTAND, reason=f"de-identification failed: {type(exc).__name__}",
@@ -249,7 +266,7 @@ class StowRequest:
             batch.rejected += len(counted)
             batch.bytes_received += sum(o.size for o in counted)
             reasons = dict(batch.reasons or {})
-            for reason, n in Counter(o.reason[:200] for o in counted).items():
+            for reason, n in Counter(imaging.safe_reason(o.reason) for o in counted).items():
                 reasons[reason] = reasons.get(reason, 0) + n
             batch.reasons = reasons
             details = {"batch": self.batch_id, "received": len(result.outcomes), "stored": len(stored),

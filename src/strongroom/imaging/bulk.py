@@ -3,6 +3,12 @@
 
 Interrupted runs are resumed by running again: instances already imported are recognised by their
 pseudonymized SOP Instance UID and counted as duplicates.
+
+Hospital exports are often named by patient (``Tolvansson_Tolvan_19121212-1212/``), so no folder, file or
+ZIP member name is kept: the batch says what kind of source it was and how many files it held, and a
+rejected file is named by its position ("file 17 of 240", in the order the import reads them: sorted
+paths, or the ZIP's own order). The names are only in the report the operator's terminal prints
+(``ImportReport.rejected_files``).
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ class ImportReport:
     skipped: int = 0  # files that are not DICOM instances (not counted as received)
     reasons: Counter[str] = field(default_factory=Counter)
     published_version: int | None = None
+    # (position, name as given, reason) of each rejected file: for the operator's terminal only, never stored
+    rejected_files: list[tuple[int, str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "received": self.received, "archived": self.archived,
@@ -87,7 +95,8 @@ class ImportReport:
 
 @dataclass
 class _Source:
-    name: str  # for people (relative path, or zip:member)
+    position: int  # 1-based, in the order the import reads them (what the batch's reasons name)
+    name: str  # for the operator's terminal only (relative path, or zip:member): never stored
     path: Path  # a file the worker can read
     temporary: bool = False
     skip: str = ""  # why this file is not imported (then it is only reported)
@@ -108,34 +117,45 @@ def _sniff(path: Path) -> bool:
         return looks_like_dicom(f.read(_SNIFF_BYTES), os.fstat(f.fileno()).st_size)
 
 
+def source_kind(path: Path) -> str:
+    """What the batch's reasons call one of its files (a ZIP member, or a file)."""
+    return "ZIP member" if path.is_file() and zipfile.is_zipfile(path) else "file"
+
+
+def describe(path: Path, total: int) -> str:
+    """The batch's origin: the kind of source and its size, never its name (it may name the patient)."""
+    if source_kind(path) == "ZIP member":
+        return f"a ZIP file ({total} members)"
+    return "a single file" if path.is_file() else f"a folder ({total} files)"
+
+
 def _sources(path: Path, scratch: Path) -> Iterator[_Source]:
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
+            members = (info for info in zf.infolist() if not info.is_dir())
+            for n, info in enumerate(members, 1):
                 name = f"{path.name}:{info.filename}"
                 if skipped_by_name(info.filename):
-                    yield _Source(name, path, skip=NOT_DICOM)
+                    yield _Source(n, name, path, skip=NOT_DICOM)
                     continue
                 if info.file_size > MAX_MEMBER_BYTES:
-                    yield _Source(name, Path("/nonexistent/too-large"))
+                    yield _Source(n, name, Path("/nonexistent/too-large"))
                     continue
                 with zf.open(info) as member:
                     if not looks_like_dicom(member.read(_SNIFF_BYTES), info.file_size):
-                        yield _Source(name, path, skip=NOT_DICOM)
+                        yield _Source(n, name, path, skip=NOT_DICOM)
                         continue
                 target = scratch / f"{uuid.uuid4().hex}.raw"
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-                yield _Source(name, target, temporary=True)
+                yield _Source(n, name, target, temporary=True)
     elif path.is_file():
-        yield _Source(path.name, path, skip="" if _sniff(path) else NOT_DICOM)
+        yield _Source(1, path.name, path, skip="" if _sniff(path) else NOT_DICOM)
     else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                name = str(p.relative_to(path))
-                yield _Source(name, p, skip=NOT_DICOM if skipped_by_name(name) or not _sniff(p) else "")
+        files = (p for p in sorted(path.rglob("*")) if p.is_file())
+        for n, p in enumerate(files, 1):
+            name = str(p.relative_to(path))
+            yield _Source(n, name, p, skip=NOT_DICOM if skipped_by_name(name) or not _sniff(p) else "")
 
 
 @contextmanager
@@ -162,10 +182,11 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
     """Import every file under ``path`` (a folder, a ZIP or one file). ``progress(n, outcome)`` is
     called as files finish."""
     if not path.exists():
-        raise Invalid(f"{path} does not exist")
+        raise Invalid(f"{path} does not exist")  # (to the operator who typed it)
     ctx = service.load_context(hub, project_id)
     storage = storage_for(hub)
-    report = ImportReport(service.open_batch(hub, project_id, source="bulk", origin=str(path)))
+    total, kind = count_sources(path), source_kind(path)
+    report = ImportReport(service.open_batch(hub, project_id, source="bulk", origin=describe(path, total)))
     n = workers or hub.settings.imaging.workers or os.cpu_count() or 1
     pending: list[service.Processed] = []
 
@@ -200,8 +221,10 @@ def run_import(hub: Hub, project_id: uuid.UUID, path: Path, *, workers: int = 0,
                 if "error" in result:
                     out.unlink(missing_ok=True)
                     report.rejected += 1
-                    report.reasons[result["error"][:120]] += 1
-                    service.record_rejected(hub, report.batch_id, f"{source.name}: {result['error']}"[:200])
+                    reason = service.safe_reason(result["error"])
+                    report.reasons[reason[:120]] += 1
+                    report.rejected_files.append((source.position, source.name, reason))
+                    service.record_rejected(hub, report.batch_id, f"{kind} {source.position} of {total}: {reason}")
                     if progress:
                         progress(1, "rejected")
                     continue

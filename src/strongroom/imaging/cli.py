@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -120,6 +121,11 @@ def import_dicom(
             for reason, count in data["reasons"].items():
                 reasons.add_row(reason, f"{count:,}")
             console.print(reasons)
+        if report.rejected_files:  # names only here, on the operator's screen: the batch keeps positions
+            rejected = Table("#", "file", "reason", title="rejected files (in the import's order)")
+            for position, name, reason in report.rejected_files:
+                rejected.add_row(str(position), escape(name), reason)
+            console.print(rejected)
     if report.rejected:
         raise typer.Exit(1)
 

@@ -574,7 +574,7 @@ class DicomService:
         except DeidError as exc:
             raw.unlink(missing_ok=True)
             service.record_rejected(self.hub, batch_id, f"not processable DICOM: {exc}", nbytes=size)
-            log.info("dicom.store_refused", project=dest.slug, reason=str(exc))
+            log.info("dicom.store_refused", project=dest.slug, reason=service.safe_reason(str(exc)))
             return _status(CANNOT_UNDERSTAND, f"refused: {exc}")
         except OSError as exc:  # the disk is full or failing: the sender may retry later
             raw.unlink(missing_ok=True)

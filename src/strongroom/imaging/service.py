@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
 import zlib
 from collections import Counter
@@ -114,8 +115,11 @@ def load_context(hub: Hub, project_id: uuid.UUID) -> ImportContext:
 
 
 def open_batch(hub: Hub, project_id: uuid.UUID, *, source: str, origin: str, audited: bool = True) -> str:
-    """A new import batch. ``audited=False``: the caller records the import as one event of its own at the
-    end (a STOW-RS request), instead of the opened/closed pair."""
+    """A new import batch. ``origin`` says where the import came from without naming anything that came with
+    the data (a sender's AE title and address, "a folder (240 files)"): a folder, file or part name of a
+    hospital export often names the patient, and the batch is shown to members and audited for good.
+    ``audited=False``: the caller records the import as one event of its own at the end (a STOW-RS request),
+    instead of the opened/closed pair."""
     with transaction(hub.sessions) as session:
         batch = ImportBatch(id=archive.new_accession("SRI"), project_id=project_id, source=source,
                             origin=origin[:300], reasons={})
@@ -126,9 +130,24 @@ def open_batch(hub: Hub, project_id: uuid.UUID, *, source: str, origin: str, aud
         return batch.id
 
 
+# An exception's message may quote what it choked on: pydicom's do ("Unable to convert '19121212' to 'DA'",
+# 'Value "…" is not valid'), the OS's name the file. Quoted text (from a quote that opens a word to one that
+# ends one, or to the end) and long digit runs (a personnummer, a date) are masked before a reason is kept;
+# a pixel rule's name (the project's own setting, quoted by the engine) stays.
+_QUOTED = re.compile(r"""(?<!pixel rule )(?<!\w)b?(?:'.*?(?:'(?!\w)|$)|".*?(?:"(?!\w)|$))""", re.S)
+_DIGIT_RUN = re.compile(r"\d(?:[-+ ]?\d){7,}")
+MASK = "…"
+
+
+def safe_reason(reason: str) -> str:
+    """``reason`` as it may be kept (batch and instance reasons, audit details): no quoted text or long
+    number from an error message, at most 200 characters."""
+    return _DIGIT_RUN.sub(MASK, _QUOTED.sub(MASK, reason))[:200]
+
+
 def _count_reason(batch: ImportBatch, reason: str) -> None:
     reasons = dict(batch.reasons or {})
-    key = reason[:200]
+    key = safe_reason(reason)
     if key not in reasons and len(reasons) >= 50:
         key = "other reasons"
     reasons[key] = reasons.get(key, 0) + 1
@@ -168,7 +187,7 @@ def record_refused_after_acknowledgement(hub: Hub, batch_id: str, spool_id: str,
             return False
         _count_rejected(batch, reason, nbytes)
         audit.record(session, IMPORT_ACTOR, REFUSED_AFTER_ACK, outcome="denied", project_id=batch.project_id,
-                     target=target, details={"batch": batch_id, "reason": reason[:200], "bytes": nbytes})
+                     target=target, details={"batch": batch_id, "reason": safe_reason(reason), "bytes": nbytes})
     return True
 
 
@@ -241,7 +260,7 @@ def archive_processed(hub: Hub, storage: Storage, ctx: ImportContext, items: lis
                 patient_pseudonym=s.get("patient_pseudonym", "")[:64], modality=s.get("modality", "")[:16],
                 body_part=s.get("body_part", "")[:64], manufacturer=s.get("manufacturer", "")[:64],
                 study_date=s.get("study_date", "")[:8], size=s.get("size", 0),
-                reasons=list(s.get("reasons") or [])[:50], action_count=s.get("action_count", 0),
+                reasons=[safe_reason(r) for r in (s.get("reasons") or [])[:50]], action_count=s.get("action_count", 0),
                 action_log_sha256=log_of[n], created_at=now, **index_columns(s.get("index") or {}))
             instances.setdefault(tuple(row), []).append(row)
             pairs.extend(tuple(p) for p in s.get("pseudonym_map", []))
