@@ -103,7 +103,7 @@ def test_the_hub_is_built_from_the_registry(tmp_path: Path) -> None:
     assert kinds["audit.checkpoint"].func.__module__ == "strongroom.audit.jobs"
     # hooks: the order is the declared one, each once
     assert [f.__name__ for f in archive.GRANT_PROVIDERS] == ["entitlement_grant", "visa_grant"]
-    assert [f.__name__ for f in identity.DATA_ROLE_CHECKS] == ["is_member_anywhere"]
+    assert [f.__name__ for f in identity.DATA_ROLE_CHECKS] == ["is_member_anywhere", "holds_access_role"]
 
 
 def _all_routes(app: FastAPI) -> list[object]:
@@ -162,7 +162,7 @@ from strongroom.capabilities import registry
 import strongroom.cli  # the command line alone applies nothing either
 assert hooks() == ([], [], [], {}, [], [], False), hooks()
 registry().commit()
-assert [len(h) for h in hooks()[:-1]] == [2, 2, 1, 2, 1, 1] and hooks()[-1], hooks()
+assert [len(h) for h in hooks()[:-1]] == [2, 2, 1, 2, 1, 2] and hooks()[-1], hooks()
 assert list(SETTINGS)[-10:] == ["dicom_destination", "deid_profile", "dicom_move_destinations",
                                 "egress_destinations", "airlock_reviewers", "airlock_approvals", "airlock_expiry_days",
                                 "airlock_sources", "workspace_package_mirror", "vai_evaluation_budget"]

@@ -24,5 +24,7 @@ def includeme(config: Config) -> None:
     config.add_dataset_reader("strongroom.access.grants:entitlement_reader")
     config.add_dataset_reader("strongroom.access.visas:visa_reader")
     config.add_download_policy("strongroom.access.grants:dataset_download_policy")
+    # Handlers, deciders and reviewers read applications and decide who sees data: MFA at login (identity).
+    config.add_data_role_check("strongroom.access.policies:holds_access_role")
     # Passports in a DRS POST body are verified like the X-GA4GH-Passport header.
     config.add_hook("strongroom.archive.drs:PASSPORT_VERIFIERS", "strongroom.access.visas_api:body_passports")

@@ -123,9 +123,7 @@ class EntitlementOut(Out):
 def _out(v: events.Visible) -> ApplicationOut:
     s = v.state
     staff = bool(v.roles - {"applicant"})
-    shown = [EventOut.model_validate(e) for e in v.events
-              if staff or not (e.type == "remarked" and not e.payload.get("public"))
-              and e.type not in ("voted", "review_requested", "decision_requested", "assigned")]
+    shown = [EventOut.model_validate(e) for e in v.events if staff or events.shown_to_applicant(e.type, e.payload)]
     return ApplicationOut(id=s.id, dataset_id=s.dataset_id, applicant_id=s.applicant_id, state=s.state,
                           renewal_of=s.renewal_of, answers=s.answers, accepted_terms=s.accepted_terms,
                           members=s.members, assignee=s.assignee if staff else None,

@@ -19,7 +19,17 @@ from ..errors import Conflict, Invalid, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
 from ..projects.models import Membership
-from .events import OPEN_STATES, ApplicationState, append, events_of, load, replay, require, require_state
+from .events import (
+    OPEN_STATES,
+    ApplicationState,
+    append,
+    events_of,
+    load,
+    replay,
+    require,
+    require_staff_mfa,
+    require_state,
+)
 from .forms import FormError, validate_answers
 from .models import Application, Attachment, DatasetRole, Entitlement, FormVersion
 from .notices import notify_handlers
@@ -168,6 +178,9 @@ def my_applications(session: Session, principal: Principal) -> list[Application]
 
 
 def handled_datasets(session: Session, principal: Principal) -> set[str]:
+    """The datasets whose applications the caller handles, decides or reviews. Every staff list and report starts
+    here (queues, the data owner's page and report, usage figures), so the second factor they need is asked for
+    here too, once the caller turns out to handle anything."""
     named = set(session.scalars(select(DatasetRole.dataset_id).where(DatasetRole.user_id == principal.user.id)))
     # datasets with nobody named, owned by projects where the caller is PI
     pi_projects = select(Membership.project_id).where(Membership.user_id == principal.user.id,
@@ -175,11 +188,16 @@ def handled_datasets(session: Session, principal: Principal) -> set[str]:
     for ds_id in session.scalars(select(Dataset.id).where(Dataset.project_id.in_(pi_projects))):
         if roles_of(session, principal.user.id, ds_id):
             named.add(ds_id)
+    if named:
+        require_staff_mfa(principal)
     return named
 
 
 def queue(session: Session, principal: Principal, *, state: str | None = None) -> list[Application]:
-    """Applications the caller handles, decides or reviews (never others' datasets)."""
+    """Applications the caller handles, decides or reviews (never others' datasets). Pages every user sees (their
+    own applications, the landing page) ask for it too: without a second factor it is empty, not an error."""
+    if not principal.has_mfa:
+        return []
     ids = handled_datasets(session, principal)
     if not ids:
         return []

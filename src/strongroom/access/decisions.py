@@ -37,6 +37,7 @@ from .events import (
     load,
     replay,
     require,
+    require_staff_mfa,
     require_state,
 )
 from .models import Application, ApplicationEvent, DatasetRole, Entitlement
@@ -265,6 +266,7 @@ def external_decision(session: Session, principal: Principal, dataset_id: str, *
                         "was minted for)")
     if "handler" not in roles_of(session, principal.user.id, dataset_id):
         raise NotFound("no such dataset")
+    require_staff_mfa(principal)  # like every staff command (a token stands for one: its minting)
     if approve and not bound:
         try:
             _require_fresh(session, principal, dataset_id, "external-approve", f"dataset:{dataset_id}",

@@ -3,7 +3,8 @@ state is the fold of its events (``replay``). The ``Application`` row caches tha
 and is rewritten from the events on every command (``append``). ``load`` gives an application to
 those who may see it (the applicant; handlers, deciders and reviewers of its dataset) with their
 roles; everyone else gets NotFound. Whoever applied for an application (its applicant or a member
-they invited) never holds a handler, decider or reviewer role on it: separation of duties."""
+they invited) never holds a handler, decider or reviewer role on it: separation of duties. Handling,
+deciding and reviewing need a login with a second factor (``require_staff_mfa``); applying does not."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 from ..archive.models import Dataset
 from ..audit import service as audit
 from ..db import utcnow
-from ..errors import Conflict, Forbidden, NotFound
+from ..errors import Conflict, Forbidden, MfaRequired, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
 from .models import Application, ApplicationEvent
@@ -30,6 +31,9 @@ STAFF_ROLES = frozenset({"handler", "decider", "reviewer"})
 OWN_APPLICATION = ("you applied for this application (or were invited to it), so you cannot handle, review or "
                    "decide it: another handler or decider of the dataset does; its owning project's PI names "
                    "them in the access policy")
+# what the data owner's side keeps to itself: who handles, who was asked to review or decide, the votes
+STAFF_ONLY_EVENTS = frozenset({"assigned", "review_requested", "decision_requested", "voted"})
+STAFF_MFA = "handling, reviewing and deciding applications need a login with multi-factor authentication"
 
 
 @dataclass
@@ -141,7 +145,25 @@ def load(session: Session, principal: Principal, application_id: str) -> Visible
         roles.add("applicant")
     if not roles and not withheld:
         raise NotFound("no such application")
+    if roles & STAFF_ROLES:
+        require_staff_mfa(principal)
     return Visible(app, state, roles, events, withheld)
+
+
+def shown_to_applicant(type_: str, payload: dict[str, Any]) -> bool:
+    """Whether the applicant (and their invited members) see an event of their application: not the staff's
+    deliberation, nor a remark the staff kept internal. The audit trail's ``SUBJECT_SEES`` follows the same rule."""
+    if type_ == "remarked":
+        return bool(payload.get("public"))
+    return type_ not in STAFF_ONLY_EVENTS
+
+
+def require_staff_mfa(principal: Principal) -> None:
+    """Staff (handlers, deciders, reviewers) read applicants' answers and decide who sees data: a login with a
+    second factor, whatever the way in. Identity refuses them a single-factor login (``policies.holds_access_role``);
+    this also stops a session from before they were named. Every token stands for a second factor (its minting)."""
+    if not principal.has_mfa:
+        raise MfaRequired(STAFF_MFA, reauthenticate=True)
 
 
 def append(session: Session, principal: Principal | None, app: Application, type_: str,

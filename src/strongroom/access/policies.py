@@ -9,18 +9,19 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from ..archive.models import Dataset
 from ..audit import service as audit
 from ..config import SecuritySettings
 from ..errors import Invalid, NotFound
+from ..identity.models import User
 from ..identity.principal import Principal
 from ..identity.service import require_fresh_mfa
 from ..projects.models import Membership
 from .forms import DEFAULT_FORM, DEFAULT_TERMS
-from .models import AccessPolicy, DatasetRole, FormVersion, TermsVersion
+from .models import AccessPolicy, ApplicationEvent, DatasetRole, FormVersion, TermsVersion
 
 ROLES = ("handler", "decider", "reviewer")
 # Routes pass the site's `security.fresh_mfa_minutes`; a caller that does not (the demo seed) still gets the
@@ -93,6 +94,24 @@ def roles_of(session: Session, user_id: uuid.UUID, dataset_id: str) -> set[str]:
         if ds is not None and not named and owner_pi(session, ds) == user_id:
             roles.add("handler")
     return roles
+
+
+# the application events that name someone a reviewer or decider of that one application (``events.load``)
+NAMING_EVENTS = {"review_requested": "reviewer_ids", "decision_requested": "decider_ids"}
+
+
+def holds_access_role(session: Session, user: User) -> bool:
+    """Identity's MFA policy (`identity.service.DATA_ROLE_CHECKS`, registered in our includeme): whoever a
+    dataset's access policy names (handler, decider, reviewer), or a handler asked to review or decide one
+    application, reads applicants' answers and decides who sees data, so must use a second factor. The owning
+    project's PI, who handles when nobody is named, is a project member: projects' check covers them."""
+    if session.scalar(select(exists().where(DatasetRole.user_id == user.id))):
+        return True
+    uid = str(user.id)
+    # the payload's text narrows the rows (portable across databases); the lists themselves decide
+    rows = session.execute(select(ApplicationEvent.type, ApplicationEvent.payload).where(
+        ApplicationEvent.type.in_(NAMING_EVENTS), cast(ApplicationEvent.payload, String).contains(uid)))
+    return any(uid in (payload or {}).get(NAMING_EVENTS[type_], []) for type_, payload in rows)
 
 
 def set_policy(session: Session, principal: Principal, dataset_id: str, *, workflow: str, quorum: int,

@@ -51,9 +51,13 @@ def applications_page(request: Request, db: Db, principal: WebPrincipal) -> Resp
     queue = applications.queue(db, principal)
     names = titles.titles_for(db, principal.user.id, {a.dataset_id for a in mine + queue})
     users = applications.users_by_id(db, {a.applicant_id for a in queue})
-    return templates.TemplateResponse(request, "access_list.html",
-                                      {"mine": mine, "queue": queue, "titles": names, "users": users,
-                                       "waiting": sum(1 for a in queue if a.state == "submitted")})
+    context: dict[str, Any] = {"mine": mine, "queue": queue, "titles": names, "users": users,
+                               "waiting": sum(1 for a in queue if a.state == "submitted")}
+    if not principal.has_mfa and policies.holds_access_role(db, principal.user):
+        # named after this single-factor login: say why the applications they handle are not listed
+        context["notice"] = {"kind": "error", "text": f"{events.STAFF_MFA[:1].upper()}{events.STAFF_MFA[1:]}: "
+                             "log out and in again with your second factor to see the applications you handle."}
+    return templates.TemplateResponse(request, "access_list.html", context)
 
 
 def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | None = None,
@@ -73,8 +77,7 @@ def _context(db: Db, principal: WebPrincipal, application_id: str, error: str | 
             ("draft", "returned"), "terms_ok": v.state.accepted_terms.get(str(principal.user.id)) == terms.id,
             "default_end": dt.date.today() + dt.timedelta(days=365),
             "data_requests": _data_requests(db, application_id),
-            "events": [e for e in v.events if staff or not (e.type == "remarked" and not e.payload.get("public"))
-                       and e.type not in ("voted", "assigned", "review_requested", "decision_requested")]}
+            "events": [e for e in v.events if staff or events.shown_to_applicant(e.type, e.payload)]}
 
 
 def _data_requests(db: Db, application_id: str) -> list[Any]:

@@ -34,10 +34,12 @@ class AuditEventOut(Out):
 
 
 @router.get("/me/audit", response_model=list[AuditEventOut],
-            summary="Events where I acted or was acted upon, newest first")
+            summary="Events where I acted, and those done to me that are meant for me (without the "
+                    "other actor's address), newest first")
 def my_audit(db: Db, principal: AuditRead, before: Int64 | None = Query(None, ge=1),
              limit: Int64 = Query(50, ge=1, le=500)) -> list[AuditEventOut]:
-    events = service.query(db, user_id=principal.user.id, before_seq=before, limit=limit)
+    # what they did, and of what others did to them only what is meant for them (service.SUBJECT_SEES)
+    events = service.personal_trail(db, principal.user.id, before_seq=before, limit=limit)
     return [AuditEventOut.model_validate(e) for e in events]
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, insert, or_, select, text
+from sqlalchemy import Table, and_, insert, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -375,6 +375,70 @@ def query(
     if before_seq is not None:
         stmt = stmt.where(AuditEvent.seq < before_seq)
     return list(session.scalars(stmt))
+
+
+# -- the personal trail ---------------------------------------------------------------------------
+# What a user reads about themselves (GET /api/v1/me/audit, the account page): every event they did, as recorded;
+# of what others did to them (events naming them as subject), only the kinds meant for them, and never the other
+# actor's address. Each kind below names the detail that must be true for its subject to see it (None: always).
+# Any other kind stays out: a data access committee's votes, assignments, review and decision requests and internal
+# remarks are recorded with the applicant as subject, and the application page withholds them. A capability that
+# records a new kind with a subject lists it here if it is meant for that person. The chain is never changed: this
+# is a view, built at read.
+SUBJECT_SEES: dict[str, str | None] = {
+    # their account, as an administrator (or the hub, for a workspace's token) changed it
+    "user.created": None, "user.deactivated": None, "user.access_revoked": None, "mfa.reset": None,
+    "token.created": None, "token.revoked": None, "sftp.key.removed": None,
+    # their roles: in projects, as platform auditor, as a model vendor's member
+    "project.created": None, "project.member.added": None, "project.member.role_changed": None,
+    "project.rights.delegated": None, "project.member.removed": None,
+    "audit.auditor.granted": None, "audit.auditor.revoked": None, "vai.vendor.member_added": None,
+    # their workspaces, cluster account and airlock deliveries
+    "workspace.stopped": None, "workspace.cluster_account.set": None, "airlock.file.delivered": None,
+    # their applications, as the application page shows them (access.events.shown_to_applicant), and grants
+    "access.application.created": None, "access.application.saved": None,
+    "access.application.terms_accepted": None, "access.application.member_invited": None,
+    "access.application.submitted": None, "access.application.returned": None,
+    "access.application.remarked": "public", "access.application.approved": None,
+    "access.application.rejected": None, "access.application.closed": None, "access.application.revoked": None,
+    "access.entitlement.ended": None,
+}
+
+
+@dataclass(frozen=True)
+class TrailEvent:
+    """An audit event as one user reads it in their own trail: a copy, the stored event stays as it is."""
+
+    seq: int
+    at: dt.datetime
+    action: str
+    outcome: str
+    actor: str
+    actor_id: uuid.UUID | None
+    subject_user_id: uuid.UUID | None
+    project_id: uuid.UUID | None
+    target: str | None
+    ip: str | None
+    details: dict[str, Any]
+    hash: str
+
+
+def personal_trail(session: Session, user_id: uuid.UUID, *, before_seq: int | None = None, limit: int = 50
+                   ) -> list[TrailEvent]:
+    """The user's own trail (see ``SUBJECT_SEES``), newest first; page with ``before_seq`` like ``query``."""
+    always = [kind for kind, detail in SUBJECT_SEES.items() if detail is None]
+    meant = or_(AuditEvent.action.in_(always),
+                *(and_(AuditEvent.action == kind, AuditEvent.details[detail].as_boolean())
+                  for kind, detail in SUBJECT_SEES.items() if detail is not None))
+    stmt = (select(AuditEvent)
+            .where(or_(AuditEvent.actor_id == user_id, and_(AuditEvent.subject_user_id == user_id, meant)))
+            .order_by(AuditEvent.seq.desc()).limit(min(max(limit, 1), 500)))
+    if before_seq is not None:
+        stmt = stmt.where(AuditEvent.seq < before_seq)
+    return [TrailEvent(seq=e.seq, at=e.at, action=e.action, outcome=e.outcome, actor=e.actor, actor_id=e.actor_id,
+                       subject_user_id=e.subject_user_id, project_id=e.project_id, target=e.target,
+                       ip=e.ip if e.actor_id == user_id else None, details=dict(e.details or {}), hash=e.hash)
+            for e in session.scalars(stmt)]
 
 
 # -- auditors ------------------------------------------------------------------------------------

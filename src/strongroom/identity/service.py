@@ -152,8 +152,10 @@ DATA_ROLE_CHECKS: list[Callable[[Session, User], bool]] = []
 
 
 def holds_data_role(session: Session, user: User) -> bool:
-    """Whether MFA is mandatory for this user: admins, and whoever a registered check says can see data."""
-    return user.is_admin or any(check(session, user) for check in DATA_ROLE_CHECKS)
+    """Whether MFA is mandatory for this user: admins, platform auditors (they read every project's audit events,
+    with who did what from where), and whoever a registered check says can see data."""
+    return (user.is_admin or audit.is_auditor(session, user.id)
+            or any(check(session, user) for check in DATA_ROLE_CHECKS))
 
 
 def require_fresh_mfa(principal: Principal, minutes: int) -> None:

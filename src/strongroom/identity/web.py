@@ -331,7 +331,7 @@ def _account_context(db: Db, principal: WebPrincipal) -> dict[str, object]:
         "recovery_left": service.remaining_recovery_codes(db, principal.user) if cred else None,
         "tokens": service.list_tokens(db, principal.user),
         "scopes": {k: v for k, v in SCOPES.items() if k in principal.scopes},
-        "events": audit.query(db, user_id=principal.user.id, limit=20),
+        "events": audit.personal_trail(db, principal.user.id, limit=20),
         "now": utcnow(),
         "new_token": None,
         "error": None,
