@@ -229,6 +229,21 @@ def test_same_subject_at_another_issuer_is_another_user(app, hub, provider) -> N
     assert mine.id != other.id and other.display_name == "Other Ada"
 
 
+def test_claims_longer_than_their_columns_never_reach_the_database(app, hub, provider) -> None:
+    """A provider's claims are the provider's to choose: an over-long subject is refused (never cut: a cut one
+    could be another person's), a long name or affiliation shortened, a long e-mail dropped (a cut address would
+    be someone else's) — never a database error (PostgreSQL checks lengths; a 500 before this)."""
+    _, r = oidc_login(app, provider, "s" * 300, mfa=True)
+    assert 400 <= r.status_code < 500 and "longer than this hub accepts" in r.text, (r.status_code, r.text[:300])
+    with hub.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(User)) == 0
+    long_mail = "a" * 250 + "@uni.example"
+    _, r = oidc_login(app, provider, "bo", mfa=True, name="B" * 400, email=long_mail, affiliation="m@" + "x" * 300)
+    assert r.status_code == 303, r.text
+    (user,) = users_for(hub, provider.issuer, "bo")
+    assert user.display_name == "B" * 255 and user.email is None and len(user.affiliation or "") == 255
+
+
 # -- 2. a data role needs MFA ------------------------------------------------------------------
 def test_single_factor_login_is_refused_for_a_project_member(app, hub, provider) -> None:
     _, first = oidc_login(app, provider, "bob", mfa=True)

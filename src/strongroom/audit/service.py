@@ -35,6 +35,9 @@ AUDIT_KEYS = "audit_keys"  # the session.info entry holding the hub's Keyring
 SECRET_ROTATED = "hub.secret.rotated"  # the event at which the chain moves to the key it names
 
 
+ACTOR_LABEL_MAX = 255  # AuditEvent.actor
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who is acting, as the audit log records it."""
@@ -42,6 +45,11 @@ class Actor:
     id: uuid.UUID | None
     label: str
     ip: str | None = None
+
+    def __post_init__(self) -> None:
+        # the label is for reading (name <subject@issuer>); a provider's long name must not fail the event
+        if len(self.label) > ACTOR_LABEL_MAX:
+            object.__setattr__(self, "label", self.label[:ACTOR_LABEL_MAX - 1] + "…")
 
     @classmethod
     def system(cls, label: str = "system") -> Actor:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import pyotp
 import segno
@@ -133,7 +134,16 @@ def upsert_federated_user(
     session: Session, *, issuer: str, subject: str, display_name: str, email: str | None,
     affiliation: str | None,
 ) -> tuple[User, bool]:
-    """The user for an OIDC identity, created on first login; profile claims refreshed each time."""
+    """The user for an OIDC identity, created on first login; profile claims refreshed each time. Claims longer
+    than their columns never reach the database (PostgreSQL would refuse them: a 500): an identity (issuer,
+    subject) is refused, never cut (a cut one could be someone else's); a name or affiliation is shortened (it is
+    only shown), an over-long e-mail dropped (a shortened address would be another's)."""
+    if len(issuer) > _column_length(User.issuer) or len(subject) > _column_length(User.subject):
+        raise Invalid("the identity provider's user identifier is longer than this hub accepts "
+                      f"(issuer {_column_length(User.issuer)}, subject {_column_length(User.subject)} characters)")
+    display_name = display_name[:_column_length(User.display_name)]
+    affiliation = affiliation[:_column_length(User.affiliation)] if affiliation else affiliation
+    email = email if email and len(email) <= _column_length(User.email) else None
     user = session.scalar(select(User).where(User.issuer == issuer, User.subject == subject))
     created = user is None
     if user is None:
@@ -144,6 +154,10 @@ def upsert_federated_user(
     user.affiliation = affiliation or user.affiliation
     session.flush()
     return user, created
+
+
+def _column_length(column: Any) -> int:
+    return int(column.property.columns[0].type.length)
 
 
 # Capabilities above identity say who else can see data (projects: every member), through
