@@ -101,7 +101,7 @@ def check_formats(c: TestClient, slug: str, *, title: str, owner: str, version: 
         r = c.get(link + (("&" if style else "?") + query if query else ""))
         assert r.status_code == 200, (fmt, r.text)
         name = f"{stem}-{style}.{ext}" if style else f"{stem}.{ext}"
-        assert r.headers["content-disposition"] == f'attachment; filename="{name}"'
+        assert r.headers["content-disposition"].startswith(f'attachment; filename="{name}"; filename*=UTF-8\'\'')
         got[fmt] = r.text
         renderer = citations.by_extension(ext)
         assert renderer is not None and r.headers["content-type"].split(";")[0] == renderer.media_type

@@ -27,6 +27,7 @@ from ..deps import (
 )
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import Int32, Int64
+from ..text import content_disposition
 from ..web.templating import FLASH_COOKIE, redirect_with, templates
 from . import citations, conneg, dois, entries, generation, page_cache, png, privacy, search, signposting, sitemaps
 from . import images as catalog_images
@@ -250,7 +251,7 @@ def cite(db: Db, hub: HubDep, slug: str, extension: str,
         raise NotFound("this entry has no DOI: a DataCite record exists only for a DOI")
     name = citations.file_name(citable, renderer, style)
     return Response(renderer.render(citable, style), media_type=citations.media_type_header(renderer),
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+                    headers={"Content-Disposition": content_disposition(name)})
 
 
 @router.get("/catalog/{slug}/terms")
