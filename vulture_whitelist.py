@@ -95,6 +95,7 @@ HOLD_RULE, DESTINATIONS_SETTING, REVIEWERS_SETTING, APPROVALS_SETTING, EXPIRY_SE
 SOURCES_SETTING  # airlock: the projects a project accepts exports from
 check_approvals, check_reviewers, check_destinations, nav_context  # airlock: setting checks, the navigation's count
 PACKAGE_MIRROR_SETTING  # workspaces: the package mirror project setting
+check_entries  # dicomweb: the move destinations setting check (dicomweb/__init__.py)
 content_removed_at  # airlock: set by the sweep, shown on the request page (Jinja) and in the API
 revoked_by  # access/models.py VisaRevocation: who revoked the visa, read by people
 expand  # archive/drs.py: DRS's `expand` (query and POST body); accepted, nothing to expand (bundles do not nest)

@@ -88,7 +88,10 @@ def settings(database_url: str, tmp_path: Path, hub_sock: socket.socket, scratch
                                 "isolation": "namespace" if NO_NETNS is None else "none",
                                 "allow_unisolated": NO_NETNS is not None, "start_timeout_seconds": 120,
                                 # this machine's Python lives under /root (0700): no other user can run it
-                                "python": str(shared_python), "uid_range": UID_RANGE})
+                                "python": str(shared_python), "uid_range": UID_RANGE,
+                                # the operator's package mirror for "lung" (the mirror fixture serves it)
+                                "package_mirrors": {"site": {"url": f"http://{MIRROR_IP}:{MIRROR_PORT}/simple/",
+                                                             "projects": ["lung"]}}})
 
 
 @pytest.fixture
@@ -962,8 +965,8 @@ def test_settings_reject_a_bad_mirror_url() -> None:
 
     adapter = ws_settings.PACKAGE_MIRROR_SETTING.adapter
     assert adapter.validate_python(" ") == ""
-    assert adapter.validate_python("https://pypi.example.org/simple") == "https://pypi.example.org/simple/"
-    for bad in ("ftp://x/simple", "https://user:pw@x/simple", "https://x/simple?a=1", "not a url", "http://x:99999/"):
+    assert adapter.validate_python("site") == "site"  # a project names an operator's mirror, never a URL
+    for bad in ("https://pypi.example.org/simple", "http://x:99999/", "not a name", "-x"):
         with pytest.raises(ValidationError):
             adapter.validate_python(bad)
     assert ws_settings.endpoint("https://pypi.example.org/simple/") == ("pypi.example.org", 443)
@@ -989,16 +992,16 @@ def test_pip_installs_from_the_project_mirror_only(hub, app, people, live: str, 
     pi = web_client(app, hub, alice)
     page = pi.get("/projects/lung")
     assert page.status_code == 200 and "Package mirror for notebook workspaces" in page.text
-    set_it = form_post(pi, "/projects/lung/settings/workspace_package_mirror", {"value": mirror})
+    set_it = form_post(pi, "/projects/lung/settings/workspace_package_mirror", {"value": "site"})
     assert set_it.status_code == 303, set_it.text
     with transaction(hub.sessions) as s:
         pid = s.scalar(select(projects.Project.id).where(projects.Project.slug == "lung"))
-        assert service.package_mirror(s, pid) == mirror
+        assert service.package_mirror(s, pid) == "site"
         assert service.allowed_destinations(s, hub.settings, pid) == [(MIRROR_IP, MIRROR_PORT)]
         opened = s.scalars(select(AuditEvent).where(AuditEvent.target == "setting:workspace_package_mirror")
                            .order_by(AuditEvent.seq)).all()
         assert [(e.action, e.details["before"], e.details["after"]) for e in opened] == [
-            ("project.setting.opened", "", mirror)]
+            ("project.setting.opened", "", "site")]
     unlisted = mirror.replace(f":{MIRROR_PORT}/", f":{UNLISTED_PORT}/")
     ws = _start(hub, carol, "lung")
     try:

@@ -13,6 +13,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -305,6 +306,65 @@ class ComputeSettings(BaseModel):
     slurm: ComputeSlurmSettings = Field(default_factory=ComputeSlurmSettings)
 
 
+def internal_address(host: str, subnet: str) -> str | None:
+    """Why ``host`` (a name or an IP address) names the hub's own machine or its internals, or None: loopback,
+    link-local (the cloud's metadata service), unspecified, multicast, or inside the workspaces' ``subnet`` (each
+    workspace's host side is the hub machine itself). A name is judged by its spelling only (``localhost``)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return "loopback"
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    for why, hit in (("loopback", address.is_loopback), ("link-local", address.is_link_local),
+                     ("unspecified", address.is_unspecified), ("multicast", address.is_multicast)):
+        if hit:
+            return why
+    try:
+        workspaces = ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        return None
+    return "inside the workspaces' subnet" if address in workspaces else None
+
+
+class WorkspacePackageMirror(BaseModel):
+    """A package index a project's notebook workspaces may install from (``[workspaces.package_mirrors.<name>]``),
+    pinned whole by the operator: its PEP 503 simple index ``url``. A project's ``workspace_package_mirror``
+    setting names it, so no project points a workspace's egress rules at an address of its choosing. Only the
+    projects listed in ``projects`` may choose it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=500)
+    projects: list[str] = []  # slugs of the projects it serves; none listed: none (deny by default)
+
+    @field_validator("url")
+    @classmethod
+    def _simple_index(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL of a PEP 503 simple index")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must carry no credentials, query or fragment")
+        try:
+            _ = parts.port  # raises ValueError on a bad port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        return value.rstrip("/") + "/"
+
+    def serves(self, slug: str) -> bool:
+        return slug in self.projects
+
+    def endpoint(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        assert parts.hostname
+        return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
 class WorkspaceSettings(BaseModel):
     """Notebook workspaces (``[workspaces]``, see docs/workspaces.md)."""
 
@@ -352,6 +412,18 @@ class WorkspaceSettings(BaseModel):
     # (default 8 GiB; memory, taken only as written), so one workspace filling its HOME fills neither the machine's
     # /dev/shm nor another workspace's. A scratch_dir on disk is limited by the site's file-system quotas instead.
     scratch_max_bytes: int = Field(8 * 2**30, ge=2**24, le=2**44)
+    # The package indexes a project's workspace_package_mirror setting may name, each with the projects it serves
+    package_mirrors: dict[str, WorkspacePackageMirror] = {}
+
+    @model_validator(mode="after")
+    def _mirrors_outside(self) -> WorkspaceSettings:
+        # a mirror's host and port join a workspace's egress rules: never the hub machine's own services
+        for name, mirror in self.package_mirrors.items():
+            host = mirror.endpoint()[0]
+            if (why := internal_address(host, self.subnet)) is not None:
+                raise ValueError(f"[workspaces.package_mirrors.{name}] url: the host {host} is {why}; a package "
+                                 "mirror must be a machine of its own, outside the workspaces' subnet")
+        return self
 
     @model_validator(mode="after")
     def _own_uids(self) -> WorkspaceSettings:

@@ -29,7 +29,7 @@ def includeme(config: Config) -> None:
     config.add_cli("strongroom.dicomweb.cli:dicomweb_app", name="dicomweb")
     config.add_jobs("strongroom.dicomweb.jobs")
     config.add_project_setting("dicom_move_destinations", "strongroom.dicomweb.settings:MOVE_DESTINATIONS_SETTING")
-    config.add_setting_check("dicom_move_destinations", "strongroom.dicomweb.settings:check_unique")
+    config.add_setting_check("dicom_move_destinations", "strongroom.dicomweb.settings:check_entries")
     config.add_hook("strongroom.imaging.destination:DESTINATION_SERVICES", query_retrieve)
 
 

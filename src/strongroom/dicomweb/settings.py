@@ -9,9 +9,16 @@ move-destinations`` on the hub host.
 
 from __future__ import annotations
 
+import uuid
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from ..projects.models import ProjectSetting
 from ..projects.settings import SettingSpec
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash; 1-16 characters
 HOST = r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,251}[A-Za-z0-9])?$"  # a host name or an IPv4/IPv6 address
@@ -48,6 +55,28 @@ def check_unique(_session: object, _project_id: object, value: list[dict[str, ob
     duplicate = next((t for t in titles if titles.count(t) > 1), None)
     if duplicate is not None:
         raise Invalid(f"the AE title {duplicate!r} is registered twice")
+
+
+def check_entries(session: Session, project_id: uuid.UUID, value: list[dict[str, object]]) -> None:
+    """A project's change (the settings API, the project page): one AE title once, and no entry it adds may name
+    the hub machine or its internals (loopback, link-local such as the cloud's metadata service, unspecified,
+    multicast, the workspaces' subnet): a C-MOVE opens an association from the hub to that address. Entries
+    already on the list stay as they are (the operator's, ``strongroom dicomweb move-destinations``, may name a
+    Storage SCP on the hub host)."""
+    from ..config import get_settings, internal_address  # the settings every process of this hub is started with
+    from ..errors import Invalid
+
+    check_unique(session, project_id, value)
+    row = session.get(ProjectSetting, (project_id, KEY))
+    current = row.value if row is not None else []
+    subnet = get_settings().workspaces.subnet
+    for entry in value:
+        if entry in current:
+            continue
+        host = str(entry.get("host", ""))
+        if (why := internal_address(host, subnet)) is not None:
+            raise Invalid(f"the host {host!r} is {why}: a move destination must be a workstation or PACS of its "
+                          "own, never the hub's machine or its internal networks")
 
 
 def registered(value: list[dict[str, object]]) -> list[MoveDestination]:

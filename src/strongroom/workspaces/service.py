@@ -28,7 +28,7 @@ from ..audit import service as audit
 from ..audit.service import Actor
 from ..compute.models import ACTIVE as BOOKING_ACTIVE
 from ..compute.models import Booking
-from ..config import Settings
+from ..config import Settings, internal_address
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
@@ -112,18 +112,32 @@ def _resolve(host: str, port: int) -> list[tuple[str, int]]:
 
 
 def package_mirror(session: Session, project_id: uuid.UUID) -> str:
-    """The project's ``workspace_package_mirror`` (a simple index URL), or "" for none."""
+    """The project's ``workspace_package_mirror`` as saved (a mirror's name; a value saved before
+    the operator pinned the mirrors may be a URL), or ""."""
     return str(projects.get_setting(session, project_id, ws_settings.KEY) or "")
+
+
+def mirror_url(session: Session, settings: Settings, project_id: uuid.UUID) -> str:
+    """The simple index URL of the operator's mirror the project's setting names and that serves the project, or
+    "" (none, unknown, not this project's)."""
+    slug = session.scalar(select(Project.slug).where(Project.id == project_id)) or ""
+    found = ws_settings.configured_mirror(settings.workspaces, package_mirror(session, project_id), slug)
+    return found.url if found is not None else ""
+
+
+def _outside(addresses: list[tuple[str, int]], subnet: str) -> list[tuple[str, int]]:
+    """Drop the addresses that are the hub machine's own or its internals (a mirror's name may resolve there)."""
+    return [(a, p) for a, p in addresses if internal_address(a, subnet) is None]
 
 
 def allowed_destinations(session: Session, settings: Settings, project_id: uuid.UUID) -> list[tuple[str, int]]:
     """The project's allow-listed network destinations: the airlock's approved destinations that are network
     endpoints (the host and port of their SFTP credentials, the endpoint of their S3 credentials: the operator's,
-    for the credentials that serve this project) and the project's package mirror's host and port, resolved to
-    addresses when the workspace starts."""
+    for the credentials that serve this project) and the host and port of the operator's package mirror the
+    project's setting names (when it serves the project), resolved to addresses when the workspace starts."""
     out: list[tuple[str, int]] = []
-    if (mirror := ws_settings.endpoint(package_mirror(session, project_id))) is not None:
-        out += _resolve(*mirror)
+    if (mirror := ws_settings.endpoint(mirror_url(session, settings, project_id))) is not None:
+        out += _outside(_resolve(*mirror), settings.workspaces.subnet)
     slug = session.scalar(select(Project.slug).where(Project.id == project_id)) or ""
     for d in projects.get_setting(session, project_id, "egress_destinations") or []:
         name = str(d.get("credential"))
@@ -414,7 +428,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
     ws.token_prefix = token.prefix
     plan = None
     allowed = allowed_destinations(session, settings, access.project.id)
-    mirror = package_mirror(session, access.project.id)
+    mirror = mirror_url(session, settings, access.project.id)
     hub_url = settings.base_url.rstrip("/")
     listen_ip, port = "127.0.0.1", 0
     if isolation == "namespace":
