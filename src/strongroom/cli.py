@@ -17,7 +17,8 @@ from .config import get_settings
 
 console = Console()
 err = Console(stderr=True)
-app = typer.Typer(name="strongroom", no_args_is_help=True, rich_markup_mode="rich",
+# no locals in a traceback: they may hold a hub's answer (raw, escape sequences included) or a secret
+app = typer.Typer(name="strongroom", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_show_locals=False,
                   help="Strongroom: a sensitive-data hub for medical imaging AI research.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema migrations.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective configuration.")
@@ -170,6 +171,8 @@ def init(demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create the
 
 def run() -> None:
     """The `strongroom` command (console script): ``app`` with the refusals every command shares in one line."""
+    from .client import print_error
+    from .hubclient import HubError, Unreachable
     from .hubsecret import WeakSecret
 
     try:
@@ -177,6 +180,9 @@ def run() -> None:
     except WeakSecret as exc:  # raised by whichever command opens the hub first: say what to do, not a traceback
         err.print(f"[red]configuration error:[/] {exc.setting}: {exc}")
         raise SystemExit(2) from None
+    except HubError as exc:  # a hub's refusal no command caught: one clean line (its words made safe), exit 1
+        print_error(exc)
+        raise SystemExit(3 if isinstance(exc, Unreachable) else 1) from None
 
 
 if __name__ == "__main__":

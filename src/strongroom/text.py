@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
+
+from rich.markup import escape
 
 
 def human_bytes(n: int) -> str:
@@ -47,3 +50,19 @@ def spreadsheet_safe(value: object) -> object:
     except ValueError:
         return "'" + value
     return value
+
+
+# What a terminal obeys rather than shows: C0 controls (ESC starts CSI/OSC sequences: colours, cursor moves that
+# overwrite earlier lines, OSC 8 links, OSC 52 clipboard writes; BEL; CR), DEL, C1 controls (0x9b is a one-byte
+# CSI) and the bidirectional overrides and isolates that reorder what is shown.
+_TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_LAYOUT = re.compile("[\t\n]")
+
+
+def for_terminal(value: object, *, multiline: bool = False) -> str:
+    """A value from a hub's answer or a stored field (a name, a title, a path, an error's detail) as Rich markup
+    that prints as exactly its visible text: terminal controls dropped, tab and newline kept only for ``multiline``
+    text (else a space, so a name cannot fake a line of its own), square brackets escaped so ``[link=…]`` shows
+    literally. None is empty."""
+    text = _TERMINAL_CONTROLS.sub("", "" if value is None else str(value))
+    return escape(text if multiline else _LAYOUT.sub(" ", text))

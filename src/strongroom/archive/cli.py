@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..client import connect
 from ..hubclient import HubClient, HubError, config_path
+from ..text import for_terminal as shown
 from . import c4gh
 from .transfer import (
     SMALL_FILE_BYTES,
@@ -56,7 +57,7 @@ def _progress() -> Progress:
 
 
 def _fail(exc: Exception | str) -> None:
-    err.print(f"[red]error:[/] {exc}")
+    err.print(f"[red]error:[/] {shown(exc)}")  # often the hub's words: shown as text, never as markup
     raise typer.Exit(1)
 
 
@@ -89,7 +90,7 @@ def upload(
         failures += _upload_small(client, project, small, hub_public, header_size, state_dir, parallel, progress,
                                   overall)
         for plan in (p for p in plans if p.size > SMALL_FILE_BYTES):
-            task = progress.add_task(plan.name[-40:], total=stream_size(plan, header_size))
+            task = progress.add_task(shown(plan.name[-40:]), total=stream_size(plan, header_size))
 
             def advance(n: int, task: TaskID = task) -> None:
                 progress.advance(task, n)
@@ -99,14 +100,14 @@ def upload(
                 record = upload_file(client, project, plan, hub_public, state_dir=state_dir, workers=parallel,
                                      on_bytes=advance)
                 progress.update(task, total=progress.tasks[task].completed,
-                                description=f"[green]✓[/] {plan.name[-38:]} → {record['id']}")
+                                description=f"[green]✓[/] {shown(plan.name[-38:])} → {shown(record['id'])}")
             except HubError as exc:
                 failures += 1
-                progress.update(task, description=f"[red]✗[/] {plan.name[-38:]}: {exc}")
+                progress.update(task, description=f"[red]✗[/] {shown(plan.name[-38:])}: {shown(exc)}")
     if failures:
         err.print(f"[red]{failures} upload(s) failed[/]; run the same command again to resume")
         raise typer.Exit(1)
-    console.print(f"uploaded {len(plans)} file(s) into [bold]{project}[/]; ingest runs on the hub "
+    console.print(f"uploaded {len(plans)} file(s) into [bold]{shown(project)}[/]; ingest runs on the hub "
                   f"(`strongroom datasets` / the project's Data page show progress)")
 
 
@@ -133,7 +134,7 @@ def _upload_small(client: HubClient, project: str, small: list[UploadPlan], hub_
                 sent += len(group)
             except HubError as exc:
                 failures += len(group)
-                err.print(f"[red]✗[/] a bundle of {len(group)} file(s) from {group[0].name}: {exc}")
+                err.print(f"[red]✗[/] a bundle of {len(group)} file(s) from {shown(group[0].name)}: {shown(exc)}")
             progress.advance(task, size)
             progress.advance(overall, size)
     progress.update(task, description=f"[green]✓[/] {sent} small file(s) in {len(groups)} bundle(s)"
@@ -179,13 +180,13 @@ def download(
     failures = 0
     with _progress() as progress, ThreadPoolExecutor(parallel) as pool:
         def one(file_id: str) -> str:
-            task = progress.add_task(file_id, total=None)
+            task = progress.add_task(shown(file_id), total=None)
             target, meta = download_file(client, file_id, out, key=key,
                                          on_bytes=lambda n: progress.advance(task, n),
                                          on_total=lambda n: progress.update(task, total=n))
             if secret is not None:
                 decrypt_and_verify(target, secret, meta["plaintext_sha256"])
-            progress.update(task, description=f"[green]✓[/] {meta['path'][-40:]}")
+            progress.update(task, description=f"[green]✓[/] {shown(str(meta['path'])[-40:])}")
             return file_id
 
         futures = {pool.submit(one, f["id"]): f["id"] for f in files}
@@ -194,7 +195,7 @@ def download(
                 future.result()
             except (HubError, c4gh.C4ghError, OSError) as exc:
                 failures += 1
-                err.print(f"[red]✗ {futures[future]}:[/] {exc}")
+                err.print(f"[red]✗ {shown(futures[future])}:[/] {shown(exc)}")
     if failures:
         err.print(f"[red]{failures} download(s) failed[/]; run the same command again to resume")
         raise typer.Exit(1)
@@ -244,15 +245,20 @@ def keys_register(public_key: Annotated[Path, typer.Argument(help="A crypt4gh pu
         key = connect().json("POST", "/api/v1/me/keys", json={"name": name, "public_key": public_key.read_text()})
     except (HubError, OSError) as exc:
         _fail(exc)
-    console.print(f"registered {key['fingerprint']} ({key['name']})")
+    console.print(f"registered {shown(key['fingerprint'])} ({shown(key['name'])})")
 
 
 @keys_app.command("list")
 def keys_list() -> None:
     """Your registered public keys."""
+    try:
+        found = connect().json("GET", "/api/v1/me/keys")
+    except HubError as exc:  # a refusal, not a traceback (whose locals would print the hub's answer raw)
+        _fail(exc)
     table = Table("fingerprint", "name", "registered", "state")
-    for k in connect().json("GET", "/api/v1/me/keys"):
-        table.add_row(k["fingerprint"], k["name"], k["created_at"][:16], "revoked" if k["revoked_at"] else "active")
+    for k in found:
+        table.add_row(*map(shown, (k["fingerprint"], k["name"], k["created_at"][:16])),
+                      "revoked" if k["revoked_at"] else "active")
     console.print(table)
 
 
@@ -260,10 +266,15 @@ def keys_list() -> None:
 @datasets_app.command("list")
 def datasets_list(project: Annotated[str, typer.Option("--project", "-p")]) -> None:
     """Datasets a project owns or has been shared."""
+    try:
+        found = connect().json("GET", f"/api/v1/projects/{project}/datasets")
+    except HubError as exc:
+        _fail(exc)
     table = Table("accession", "title", "versions", "owner")
-    for ds in connect().json("GET", f"/api/v1/projects/{project}/datasets"):
-        table.add_row(ds["id"], ds["title"], " ".join(f"v{v['number']}:{v['state']}" for v in ds["versions"]),
-                      ds["owner_project"])
+    for ds in found:
+        table.add_row(*map(shown, (ds["id"], ds["title"],
+                                   " ".join(f"v{v['number']}:{v['state']}" for v in ds["versions"]),
+                                   ds["owner_project"])))
     console.print(table)
 
 
@@ -278,7 +289,7 @@ def datasets_create(project: Annotated[str, typer.Option("--project", "-p")],
                             json={"title": title, "description": description, "files": files})
     except HubError as exc:
         _fail(exc)
-    console.print(f"created {ds['id']} (v1 draft, {ds['versions'][0]['file_count']} files)")
+    console.print(f"created {shown(ds['id'])} (v1 draft, {shown(ds['versions'][0]['file_count'])} files)")
 
 
 @datasets_app.command("release")
@@ -288,15 +299,19 @@ def datasets_release(dataset: str, version: Annotated[int, typer.Option()] = 1) 
         v = connect().json("POST", f"/api/v1/datasets/{dataset}/versions/{version}/release")
     except HubError as exc:
         _fail(exc)
-    console.print(f"{dataset} v{v['number']} {v['state']} ({v['file_count']} files)")
+    console.print(f"{shown(dataset)} v{shown(v['number'])} {shown(v['state'])} ({shown(v['file_count'])} files)")
 
 
 @datasets_app.command("files")
 def datasets_files(dataset: str, version: Annotated[int | None, typer.Option()] = None) -> None:
     """List a version's files with checksums."""
+    try:
+        files = list(iter_dataset_files(connect(), dataset, version))
+    except HubError as exc:
+        _fail(exc)
     table = Table("accession", "path", "size", "sha256")
-    for f in iter_dataset_files(connect(), dataset, version):
-        table.add_row(f["id"], f["path"], str(f["plaintext_size"]), f["plaintext_sha256"] or "")
+    for f in files:
+        table.add_row(*map(shown, (f["id"], f["path"], f["plaintext_size"], f["plaintext_sha256"])))
     console.print(table)
 
 

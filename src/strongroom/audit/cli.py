@@ -16,6 +16,7 @@ from rich.table import Table
 from ..config import get_settings
 from ..db import open_session
 from ..hub import Hub
+from ..text import for_terminal
 from . import checkpoints, service
 from .anchor import AnchorKey
 
@@ -157,8 +158,8 @@ def list_events(
         table = Table("#", "when", "actor", "action", "outcome", "target",
                       title=None if reads_projects else "platform events (--project / --all-projects: audited)")
         for e in events:
-            table.add_row(str(e.seq), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.outcome,
-                          e.target or "")
+            table.add_row(str(e.seq), e.at.strftime("%Y-%m-%d %H:%M:%S"), for_terminal(e.actor), e.action,
+                          e.outcome, for_terminal(e.target))  # a label and a target may carry what users typed
         console.print(table)
 
 

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..client import connect
 from ..hubclient import HubError
+from ..text import for_terminal as shown
 
 app = typer.Typer(no_args_is_help=True, help="GPU bookings: calendar, budget, book, cancel (over the API).")
 console = Console()
@@ -24,7 +24,7 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
     try:
         return connect().json(method, path, **kwargs)
     except HubError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {shown(exc)}")
         raise typer.Exit(1) from None
 
 
@@ -45,12 +45,12 @@ def book(
     b = _call("POST", f"/api/v1/compute/projects/{project}/bookings", json={
         "machine": machine, "gpus": gpus, "weeks": weeks, "kind": "dropin" if dropin else "booking", "note": note})
     flag = " [red]over budget (the PI has been told)[/]" if b["over_budget"] else ""
-    console.print(f"booking {b['id']}: {b['gpus']} GPUs on {b['machine']} ({b['gpu_indices']}) from "
-                  f"{_when(b['start_at'])} to {_when(b['end_at'])}; reservation {b['reservation_name']}: "
-                  f"{b['reservation_state']}{flag}")
+    console.print(f"booking {shown(b['id'])}: {shown(b['gpus'])} GPUs on {shown(b['machine'])} "
+                  f"({shown(b['gpu_indices'])}) from {_when(b['start_at'])} to {_when(b['end_at'])}; "
+                  f"reservation {shown(b['reservation_name'])}: {shown(b['reservation_state'])}{flag}")
     if b["cluster_note"]:
         left_out = ", ".join(b["without_cluster_account"])
-        console.print(f"[yellow]{escape(b['cluster_note'])}: {escape(left_out)}[/]")
+        console.print(f"[yellow]{shown(b['cluster_note'])}: {shown(left_out)}[/]")
 
 
 @app.command("list")
@@ -61,9 +61,9 @@ def list_bookings(project: Project,
     table = Table("#", "kind", "machine", "GPUs", "from", "to", "state", "reservation")
     for b in rows:
         style = "red" if b["over_budget"] else None
-        table.add_row(str(b["id"]), b["kind"], b["machine"], f"{b['gpus']} ({b['gpu_indices']})",
-                      _when(b["start_at"]), _when(b["end_at"]), b["state"],
-                      f"{b['reservation_name']}: {b['reservation_state']}", style=style)
+        table.add_row(*map(shown, (b["id"], b["kind"], b["machine"], f"{b['gpus']} ({b['gpu_indices']})",
+                                   _when(b["start_at"]), _when(b["end_at"]), b["state"],
+                                   f"{b['reservation_name']}: {b['reservation_state']}")), style=style)
     console.print(table)
 
 
@@ -71,7 +71,8 @@ def list_bookings(project: Project,
 def cancel(project: Project, booking: Annotated[int, typer.Argument(help="Booking number.")]) -> None:
     """Cancel a booking; a started one ends now."""
     b = _call("DELETE", f"/api/v1/compute/projects/{project}/bookings/{booking}")
-    console.print(f"booking {b['id']} {'cancelled' if b['state'] == 'cancelled' else 'ended at ' + _when(b['end_at'])}")
+    console.print(f"booking {shown(b['id'])} "
+                  f"{'cancelled' if b['state'] == 'cancelled' else 'ended at ' + _when(b['end_at'])}")
 
 
 @app.command()
@@ -81,10 +82,11 @@ def calendar(project: Project,
     grids = _call("GET", f"/api/v1/compute/projects/{project}/calendar", params={"week": week} if week else {})
     for g in grids:
         days = [dt.date.fromisoformat(d).strftime("%a %d") for d in g["days"]]
-        table = Table("GPU", *days, title=f"{g['machine']} ({g['gpus']} GPUs)")
+        table = Table("GPU", *days, title=f"{shown(g['machine'])} ({shown(g['gpus'])} GPUs)")
         for i, row in enumerate(g["rows"]):
-            table.add_row(str(i), *[("[red]" if c["over_budget"] else "") + (c["label"] or "·") for c in row])
-        table.add_row("free", *[str(n) for n in g["free"]])
+            table.add_row(str(i), *[("[red]" if c["over_budget"] else "") + shown(c["label"] or "·")
+                                    for c in row])
+        table.add_row("free", *map(shown, g["free"]))
         console.print(table)
 
 
@@ -93,8 +95,9 @@ def budget(project: Project) -> None:
     """The project's budget class, GPU-weeks booked ahead and remaining."""
     b = _call("GET", f"/api/v1/compute/projects/{project}/budget")
     colour = "red" if b["over"] else "green"
-    console.print(f"{project}: {(b['klass'] or 'no budget set').replace('_', ' ')}, {b['budget']:g} GPU-weeks "
-                  f"({b['period_start']} to {b['period_end']}); booked ahead [{colour}]{b['used']:.2f}[/], "
+    console.print(f"{shown(project)}: {shown((b['klass'] or 'no budget set').replace('_', ' '))}, {b['budget']:g} "
+                  f"GPU-weeks ({shown(b['period_start'])} to {shown(b['period_end'])}); "
+                  f"booked ahead [{colour}]{b['used']:.2f}[/], "
                   f"remaining [{colour}]{b['remaining']:.2f}[/]; used so far {b['past']:.2f}")
 
 
@@ -106,8 +109,8 @@ def drift(check_only: Annotated[bool, typer.Option("--check-only", help="Report,
         console.print("Slurm is not configured on this hub: nothing to reconcile")
         return
     for what in ("created", "updated", "deleted"):
-        console.print(f"{what}: {', '.join(r[what]) or '—'}")
+        console.print(f"{what}: {shown(', '.join(r[what])) or '—'}")
     for name, why in r["failed"].items():
-        err.print(f"[red]failed {name}:[/] {why}")
+        err.print(f"[red]failed {shown(name)}:[/] {shown(why)}")
     if r["failed"]:
         raise typer.Exit(1)

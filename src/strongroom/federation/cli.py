@@ -20,6 +20,7 @@ from ..db import open_session, transaction
 from ..errors import DomainError
 from ..hub import Hub
 from ..identity.cli import _fail, _operator
+from ..text import for_terminal as shown
 
 app = typer.Typer(help="Federation: peer hubs, signed exchanges, catalogue harvesting.", no_args_is_help=True)
 console = Console()
@@ -71,7 +72,7 @@ def add(
         with transaction(_hub().sessions) as session:
             peer = service.register_peer(session, get_settings(), _operator(),
                                          {**fields, "name": name, "outbound": outbound, "inbound": inbound})
-            console.print(f"peer [bold]{peer.name}[/] {peer.base_url} key {peer.key_id}")
+            console.print(f"peer [bold]{shown(peer.name)}[/] {shown(peer.base_url)} key {shown(peer.key_id)}")
     except DomainError as exc:
         _fail(exc)
 
@@ -89,7 +90,8 @@ def repin(
     try:
         with transaction(_hub().sessions) as session:
             peer = service.repin_peer(session, get_settings(), _operator(), name, fields)
-            console.print(f"peer [bold]{peer.name}[/] {peer.base_url} now pinned to key {peer.key_id}")
+            console.print(f"peer [bold]{shown(peer.name)}[/] {shown(peer.base_url)} now pinned to key "
+                          f"{shown(peer.key_id)}")
     except DomainError as exc:
         _fail(exc)
 
@@ -119,7 +121,7 @@ def list_peers() -> None:
         for p in service.peers(session):
             directions = "/".join(d for d, on in (("outbound", p.outbound), ("inbound", p.inbound)) if on) or "none"
             state = "active" if p.active else "suspended"
-            console.print(f"{p.name}\t{p.base_url}\t{directions}\t{state}\tkey {p.key_id}")
+            console.print(f"{shown(p.name)}\t{shown(p.base_url)}\t{directions}\t{state}\tkey {shown(p.key_id)}")
 
 
 @app.command()
@@ -130,7 +132,7 @@ def remove(name: str) -> None:
     try:
         with transaction(_hub().sessions) as session:
             service.remove_peer(session, get_settings(), _operator(), name)
-        console.print(f"peer {name} removed")
+        console.print(f"peer {shown(name)} removed")
     except DomainError as exc:
         _fail(exc)
 
@@ -145,9 +147,9 @@ def hello(name: str) -> None:
     except DomainError as exc:
         _fail(exc)
     if not ok:
-        console.print(f"[red]{name}: {said}[/]")
+        console.print(f"[red]{shown(name)}: {shown(said)}[/]")  # the peer's words: text, never markup
         raise typer.Exit(1)
-    console.print(f"{name} verified this hub's signature")
+    console.print(f"{shown(name)} verified this hub's signature")
 
 
 @app.command()
@@ -196,21 +198,23 @@ def sync_dataset(
             run_id = run.id
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
                       TextColumn("{task.fields[files]}"), console=console, transient=False) as bar:
-            task = bar.add_task(f"{dataset} → {peer}", total=None, files="")
+            task = bar.add_task(f"{shown(dataset)} → {shown(peer)}", total=None, files="")
 
             def progress(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
                 bar.update(task, completed=bytes_done, total=bytes_total, files=f"{files_done}/{files_total} files")
 
             result = _run_when_free(hub, run_id, progress)
     except sync.SyncRefused as exc:
-        console.print(f"[red]push to {peer} refused: {exc}[/]")  # by the peer, or here (no longer published)
+        # by the peer (its words: text, never markup), or here (no longer published)
+        console.print(f"[red]push to {shown(peer)} refused: {shown(exc)}[/]")
         raise typer.Exit(1) from None
     except sync.SyncBusy as exc:
-        console.print(f"[red]{exc}[/] (run the same command again later)")
+        console.print(f"[red]{shown(exc)}[/] (run the same command again later)")
         raise typer.Exit(1) from None
     except DomainError as exc:
         _fail(exc)
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/] (run the same command again to resume)")
+        console.print(f"[red]{shown(exc)}[/] (run the same command again to resume)")
         raise typer.Exit(1) from None
-    console.print(f"pushed {result['files']} files; mirror {result.get('dataset')} at {result.get('url')}")
+    console.print(f"pushed {shown(result['files'])} files; mirror {shown(result.get('dataset'))} at "
+                  f"{shown(result.get('url'))}")

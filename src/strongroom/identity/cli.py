@@ -20,6 +20,7 @@ from ..config import get_settings
 from ..db import transaction
 from ..errors import DomainError
 from ..hub import Hub
+from ..text import for_terminal
 from . import service
 from .models import User
 
@@ -104,6 +105,8 @@ def users(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable
     table = Table(*(Column(h, overflow="fold") for h in
                     ("id", "name", "subject", "issuer", "e-mail", "admin", "active", "last login")))
     for r in rows:
-        table.add_row(r["id"], r["name"], r["subject"], r["issuer"], r["email"], "yes" if r["admin"] else "",
+        # names, subjects and e-mails come from users and identity providers: shown as text on the operator's screen
+        table.add_row(r["id"], *(for_terminal(r[k]) for k in ("name", "subject", "issuer", "email")),
+                      "yes" if r["admin"] else "",
                       "yes" if r["active"] else "no", (r["last_login"] or "").replace("T", " ")[:16])
     console.print(table)

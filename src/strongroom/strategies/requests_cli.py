@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from ..client import api
+from ..text import for_terminal as shown
 
 app = typer.Typer(no_args_is_help=True, help=(
     "Data requests and their eight steps (over the API): comply → selection → extract → pseudonymize → verify → "
@@ -21,11 +21,12 @@ MARKS = {"done": "[green]✓[/]", "failed": "[red]✗[/]", "todo": "·", "waitin
 
 
 def _print(r: dict[str, Any]) -> None:
-    source = f"application {r['application_id']}" if r["application_id"] else "the project's own"
-    console.print(f"{r['id']} {escape(r['title'])} ({source}): {r['state']}; strategy v{r['strategy_version']} "
-                  f"sha256 {r['strategy_sha256']}")
+    source = f"application {shown(r['application_id'])}" if r["application_id"] else "the project's own"
+    console.print(f"{shown(r['id'])} {shown(r['title'])} ({source}): {shown(r['state'])}; "
+                  f"strategy v{shown(r['strategy_version'])} sha256 {shown(r['strategy_sha256'])}")
     for step in r["steps"]:
-        console.print(f"  {MARKS[step['state']]} {step['name']}: {escape(step['evidence']) or step['state']}")
+        console.print(f"  {MARKS.get(step['state'], '?')} {shown(step['name'])}: "
+                      f"{shown(step['evidence']) or shown(step['state'])}")
 
 
 @app.command("open")
@@ -54,7 +55,7 @@ def list_requests(project: Annotated[str, typer.Argument(help="The project's slu
     """The project's data requests, newest first, with the step each has reached."""
     for r in api("GET", f"/api/v1/projects/{project}/requests"):
         reached = next((s["name"] for s in r["steps"] if s["state"] != "done"), "all done")
-        console.print(f"{r['id']}  {r['state']:<8}  next: {reached:<12}  {escape(r['title'])}")
+        console.print(f"{shown(r['id'])}  {shown(r['state']):<8}  next: {shown(reached):<12}  {shown(r['title'])}")
 
 
 @app.command("show")
@@ -75,8 +76,8 @@ def run(project: Annotated[str, typer.Argument(help="The project's slug.")],
         file_id: Annotated[str, typer.Argument(help="The extract, uploaded into the project (SRF-…).")]) -> None:
     """Run the request's strategy version on the extract (`strongroom strategy runs show` follows it)."""
     started = api("POST", f"/api/v1/projects/{project}/requests/{request_id}/runs", json={"file_id": file_id})
-    console.print(f"run {started['id']} of version {started['version']} on {escape(started['input_path'])}: "
-                  f"{started['state']}")
+    console.print(f"run {shown(started['id'])} of version {shown(started['version'])} on "
+                  f"{shown(started['input_path'])}: {shown(started['state'])}")
 
 
 @app.command("release")

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Column, Table
 
 from ..client import api
+from ..text import for_terminal as shown
 
 app = typer.Typer(no_args_is_help=True, help=(
     "Runs of the project's strategy on extracts in its archive (over the API): passed → the verified output "
@@ -22,10 +22,11 @@ FINISHED = ("passed", "failed", "error")
 
 
 def _summary(run: dict[str, Any]) -> str:
-    rows = (f", {run['rows_in']} rows in, {run['rows_out']} out" if run["rows_in"] is not None else "")
-    what = (f" → dataset {run['dataset_id']}" if run["dataset_id"]
-            else f": {escape(run['error'])}" if run["error"] else "")
-    return f"run {run['id']} of version {run['version']} on {escape(run['input_path'])}: {run['state']}{rows}{what}"
+    rows = (f", {shown(run['rows_in'])} rows in, {shown(run['rows_out'])} out" if run["rows_in"] is not None else "")
+    what = (f" → dataset {shown(run['dataset_id'])}" if run["dataset_id"]
+            else f": {shown(run['error'])}" if run["error"] else "")
+    return (f"run {shown(run['id'])} of version {shown(run['version'])} on {shown(run['input_path'])}: "
+            f"{shown(run['state'])}{rows}{what}")
 
 
 @app.command("start")
@@ -44,8 +45,8 @@ def start(project: Annotated[str, typer.Argument(help="The project's slug.")],
     deadline = time.monotonic() + timeout
     while run["state"] not in FINISHED:
         if time.monotonic() > deadline:
-            console.print(f"still {run['state']} after {timeout:.0f} s: `strongroom strategy runs show {project} "
-                          f"{run['id']}` tells when it is done")
+            console.print(f"still {shown(run['state'])} after {timeout:.0f} s: `strongroom strategy runs show "
+                          f"{shown(project)} {shown(run['id'])}` tells when it is done")
             raise typer.Exit(4)
         time.sleep(2)  # polling the hub for a job's end: nothing to wait on but the answer
         run = api("GET", f"/api/v1/projects/{project}/strategy/runs/{run['id']}")
@@ -62,9 +63,9 @@ def list_runs(project: Annotated[str, typer.Argument(help="The project's slug.")
                                                               "rows out")),
                   Column("dataset", no_wrap=True, min_width=14))
     for run in api("GET", f"/api/v1/projects/{project}/strategy/runs"):
-        table.add_row(run["id"], run["created_at"][:19], str(run["version"]), escape(run["input_path"]), run["state"],
-                      str(run["rows_in"] if run["rows_in"] is not None else "—"),
-                      str(run["rows_out"] if run["rows_out"] is not None else "—"), run["dataset_id"] or "—")
+        table.add_row(*map(shown, (run["id"], run["created_at"][:19], run["version"], run["input_path"], run["state"],
+                                   "—" if run["rows_in"] is None else run["rows_in"],
+                                   "—" if run["rows_out"] is None else run["rows_out"], run["dataset_id"] or "—")))
     console.print(table)
 
 
@@ -81,4 +82,4 @@ def show(project: Annotated[str, typer.Argument(help="The project's slug.")],
     console.print(_summary(run))
     for check in (run.get("report") or {}).get("checks", []):
         mark = "[green]✓[/]" if check["passed"] else "[red]✗[/]"
-        console.print(f"  {mark} {escape(check['name'])}: {escape(check['detail'])}")
+        console.print(f"  {mark} {shown(check['name'])}: {shown(check['detail'])}")

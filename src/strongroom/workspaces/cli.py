@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..client import connect
 from ..hubclient import HubError
+from ..text import for_terminal as shown
 
 app = typer.Typer(no_args_is_help=True, help="Notebook workspaces: list yours (over the API).")
 console = Console()
@@ -23,11 +24,11 @@ def list_(project: Annotated[str, typer.Option("--project", "-p", help="Project 
     try:
         rows: list[dict[str, Any]] = connect().json("GET", f"/api/v1/workspaces/projects/{project}")
     except HubError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {shown(exc)}")
         raise typer.Exit(1) from None
     table = Table("id", "state", "launcher", "network", "ends", "url")
     for w in rows:
-        table.add_row(w["id"][:8], w["state"], w["launcher"], w["isolation"], w["ends_at"] or "", w["url"])
+        table.add_row(*map(shown, (w["id"][:8], w["state"], w["launcher"], w["isolation"], w["ends_at"], w["url"])))
     console.print(table)
 
 
@@ -60,6 +61,6 @@ def cluster_account(
             actor = Actor(id=None, label=f"cli:{getpass.getuser()}@{os.uname().nodename}")
             set_to = service.set_cluster_account(session, actor, found, account)
     except DomainError as exc:
-        err.print(f"[red]error:[/] {exc.detail}")
+        err.print(f"[red]error:[/] {shown(exc.detail)}")
         raise typer.Exit(2) from None
-    console.print(f"{user}: cluster account {set_to!r}" if set_to else f"{user}: no cluster account")
+    console.print(f"{shown(user)}: " + (f"cluster account {shown(repr(set_to))}" if set_to else "no cluster account"))
