@@ -111,8 +111,12 @@ def check_reviewers(session: Session, project_id: uuid.UUID, value: Any) -> None
     """Fewer reviewers than the approvals needed: refused, unless the list grows (from the default none)."""
     needed = int(projects.get_setting(session, project_id, "airlock_approvals"))
     before = len(reviewer_ids(session, project_id))
+    try:
+        named = {uuid.UUID(str(v)) for v in value}
+    except ValueError:  # the setting's type admits only UUIDs: this guards a caller that skipped it
+        raise Invalid("a reviewer is named by a user id (a UUID)") from None
     members = set(session.scalars(select(Membership.user_id).where(Membership.project_id == project_id)))
-    after = len({v for v in value if uuid.UUID(v) in members})
+    after = len(named & members)
     if after < needed and after < before:
         raise Invalid(f"{needed} approvals are needed, so at least {needed} reviewers: lower the approvals "
                       f"first (this list names {after})")
@@ -161,7 +165,8 @@ def add_destination(session: Session, principal: Principal, access: projects.Pro
     try:
         parsed = _DESTINATIONS.validate_python([entry])[0]
     except ValidationError as exc:
-        raise Invalid("invalid destination", errors=exc.errors(include_url=False, include_context=False)) from None
+        raise Invalid("invalid destination", errors=exc.errors(include_url=False, include_input=False,
+                                                                  include_context=False)) from None
     if any(d["name"] == parsed.name for d in current):
         raise Invalid(f"there is already a destination named {parsed.name!r}")
     if parsed.kind in ("s3", "sftp") and credential_for(configured, parsed.kind, parsed.credential,

@@ -13,6 +13,7 @@ kind is one more model here and one more branch in ``transfer.transfer`` (a ``_d
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -89,7 +90,7 @@ DESTINATIONS_SETTING = capability_setting(
 REVIEWERS_SETTING = capability_setting(
     "airlock_reviewers", "Airlock reviewers",
     "Members (user ids) who review export and import requests. Nobody reviews their own request.",
-    [], list[Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]], edit_page="/projects/{slug}/airlock/settings")
+    [], list[uuid.UUID], edit_page="/projects/{slug}/airlock/settings")  # a real UUID, saved as its canonical text
 APPROVALS_SETTING = capability_setting(
     "airlock_approvals", "Approvals needed",
     "How many reviewers must approve an airlock request (default 2).",

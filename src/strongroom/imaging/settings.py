@@ -12,15 +12,16 @@ same rule to what it finds in the database (rows written before the check existe
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select, text
 
 from ..errors import Invalid
 from ..projects.models import ProjectSetting
 from ..projects.settings import capability_setting
 from .deid import OPTIONS, DeidProfile, PixelRule
+from .deid.profile import PatternError, compile_pattern
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -43,7 +44,8 @@ class DicomDestination(BaseModel):
         return self
 
 
-_PATTERN = ("case-insensitive regular expression searched in {} and in each of its values; empty matches "
+_PATTERN = ("case-insensitive pattern searched in {} and in each of its values: text, '.' any character, '.*' any "
+            "characters, a leading '^' and a trailing '$' anchor (no other regular-expression syntax); empty matches "
             "anything")
 
 
@@ -79,8 +81,20 @@ class DeidProfileSetting(BaseModel):
 
     @model_validator(mode="after")
     def _rules_compile(self) -> DeidProfileSetting:
-        to_engine(self)  # raises ValueError on a bad regular expression or rectangle
+        to_engine(self)  # raises ValueError on a bad rectangle
         return self
+
+
+def _patterns_in_language(profile: DeidProfileSetting) -> DeidProfileSetting:
+    """A profile being saved: every pixel rule's pattern is in the engine's safe subset (``TextPattern``). The
+    model alone also reads older stored values, whose patterns outside the subset the engine searches as text."""
+    for r in profile.pixel_rules:
+        for attribute in ("manufacturer", "model", "modality"):
+            try:
+                compile_pattern(getattr(r, attribute))
+            except PatternError as exc:
+                raise ValueError(f"pixel rule {r.name!r}: {attribute} {exc}") from None
+    return profile
 
 
 # the engine's options except the two date ones, which ``retain_longitudinal`` chooses between
@@ -90,17 +104,10 @@ PROFILE_FLAGS = (*OPTION_FLAGS, "text_allow_list")
 
 
 def to_engine(setting: DeidProfileSetting | dict) -> DeidProfile:
-    """The engine's profile for a stored setting value."""
-    import re
-
+    """The engine's profile for a stored setting value (its patterns are never run as regular expressions)."""
     s = setting if isinstance(setting, DeidProfileSetting) else DeidProfileSetting.model_validate(setting)
     rules = []
     for r in s.pixel_rules:
-        for pattern in (r.manufacturer, r.model, r.modality):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pixel rule {r.name!r}: bad pattern {pattern!r}: {exc}") from None
         rules.append(PixelRule(name=r.name, rectangles=tuple(r.rectangles), manufacturer=r.manufacturer,
                                model=r.model, modality=r.modality, rows=r.rows, columns=r.columns))
     return DeidProfile(retain_longitudinal_full=s.retain_longitudinal == "full",
@@ -119,7 +126,8 @@ DESTINATION_SETTING = capability_setting(
 PROFILE_SETTING = capability_setting(
     "deid_profile", "De-identification profile",
     "The PS3.15 options applied to everything imported. Locked: the Basic Profile, dates removed.",
-    BASIC_PROFILE, DeidProfileSetting, edit_page="/projects/{slug}/imaging#profile")
+    BASIC_PROFILE, Annotated[DeidProfileSetting, AfterValidator(_patterns_in_language)],  # saved: the safe subset
+    edit_page="/projects/{slug}/imaging#profile")
 
 
 # -- one port and one AE title per destination, across the hub ------------------------------------------

@@ -362,7 +362,8 @@ def change_setting(session: Session, principal: Principal, access: ProjectAccess
     try:
         value = spec.adapter.dump_python(spec.adapter.validate_python(value), mode="json")
     except ValidationError as exc:
-        raise Invalid(f"invalid value for {key}", errors=exc.errors(include_url=False,
+        # no `input` echoed back: it may be NaN/Infinity (not JSON: the answer would fail) or 100 KB of text
+        raise Invalid(f"invalid value for {key}", errors=exc.errors(include_url=False, include_input=False,
                                                                    include_context=False)) from exc
     if key in SETTING_CHECKS:
         SETTING_CHECKS[key](session, access.project.id, value)
