@@ -290,7 +290,7 @@ def test_acknowledged_objects_without_quota_wait_in_the_spool_until_it_is_raised
     [event] = events(hub, "imaging.import.waiting_for_quota")
     assert event.project_id == project_id(hub, "lung") and event.details["objects"] == 4
     log = (settings.var_dir / "dicom-serve.log").read_text()
-    assert "dicom.archive_gave_up" not in log
+    assert "dicom.archive_parked" not in log
     # a restart finds them in the spool and they go on waiting
     log_path = settings.var_dir / "dicom-serve.log"
     with dicom_serve(settings, lung_port, **FAST):

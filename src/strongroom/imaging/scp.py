@@ -89,6 +89,7 @@ CONFLICTS = Gauge("strongroom_dicom_destination_conflicts",
                   "project destinations not started: their port is claimed twice or used by a hub service")
 
 # C-STORE statuses (PS3.4 B.2.3)
+PARKED_RETRY_SECONDS = 60  # an object whose five archive tries failed (a long outage) is tried again this often
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -874,23 +875,40 @@ class DicomService:
 
     def _try_again(self, again: list[_Item | _Close]) -> None:
         """Storage or database away, a worker that died: archiving is idempotent, so try these again (objects
-        verified and sealed anew) in 2 s, up to 5 times, then leave them in the spool for the next start. The
-        archiver goes on meanwhile: one project's failures do not hold up another's objects."""
+        verified and sealed anew) in 2 s, up to 5 times; then the object is parked in the spool, publishing goes on
+        without it, and it is tried again every ``PARKED_RETRY_SECONDS`` while this process runs (an outage longer
+        than the five tries left acknowledged objects unarchived until the next start). The archiver goes on
+        meanwhile: one project's failures do not hold up another's objects."""
         retry: list[_Item | _Close] = []
+        parked: list[_Item] = []
         for g in again:
             if isinstance(g, _Item):
                 g.attempts += 1
                 g.verified = None  # verified and sealed again (the dispatcher starts it)
-                if g.attempts >= 5:  # left in the spool for the next start; publishing goes on
-                    log.error("dicom.archive_gave_up", spool=str(g.stem))
+                if g.attempts >= 5:
+                    log.error("dicom.archive_parked", spool=str(g.stem), retry_seconds=PARKED_RETRY_SECONDS)
                     with self.lock:
                         self.unarchived[g.dest.project_id] -= 1
+                    parked.append(g)
                     continue
             retry.append(g)
-        if retry:
-            timer = threading.Timer(2, self._requeue, args=(retry,))
-            timer.daemon = True
-            timer.start()
+        for delay, items, then in ((2, retry, self._requeue), (PARKED_RETRY_SECONDS, parked, self._unpark)):
+            if items:
+                timer = threading.Timer(delay, then, args=(items,))
+                timer.daemon = True
+                timer.start()
+
+    def _unpark(self, items: list[_Item]) -> None:
+        """Parked objects back in the queue for five more tries (counted as waiting again while they run)."""
+        if self.stopping.is_set():  # they wait in the spool for the next start
+            return
+        for g in items:
+            if not g.spooled():  # archived after all by the try that reported a failure
+                continue
+            g.attempts = 0
+            with self.lock:
+                self.unarchived[g.dest.project_id] += 1
+            self.queue.put(g)
 
     def _requeue(self, items: list[_Item | _Close]) -> None:
         if not self.stopping.is_set():  # (stopping: they wait in the spool for the next start)
