@@ -165,3 +165,36 @@ def test_an_embedded_database_commit_is_on_disk_when_it_returns(tmp_path: Path) 
             engine.dispose()
     with pytest.raises(ValueError, match="synchronous must be one of"):
         make_engine(f"sqlite:///{tmp_path}/bad.db?synchronous=off")
+
+
+def test_an_object_whose_archiving_failed_five_times_is_tried_again_while_the_destination_runs(
+        receiver, hub, monkeypatch) -> None:
+    """The archive store is away for longer than the five quick tries (a volume down, under load): the object
+    is parked, not left in the spool until the next start; once the store is back it is archived by the same
+    process."""
+    import shutil
+
+    from helpers import wait_until
+    from imaging_support import instances
+
+    monkeypatch.setattr(scp, "PARKED_RETRY_SECONDS", 1, raising=False)  # (the code before had no parking)
+    objects = hub.settings.var_dir / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
+    away = objects.with_name("objects-away")
+    objects.rename(away)
+    objects.write_bytes(b"")  # a file where the store's folder was: every write into it fails (root included)
+    svc, dest = receiver
+    svc.dispatcher.start()
+    svc.archiver.start()
+    try:
+        assert svc._store(_event(svc, 1), dest) == scp.SUCCESS  # type: ignore[arg-type]
+        # five failed tries: parked (counted as archived-or-given-up, so publishing is not held) and not archived
+        wait_until(lambda: svc.unarchived[dest.project_id] == 0, timeout=120, step=0.05)
+        assert instances(hub) == [] and list(svc.spool.rglob("*.json"))
+    finally:
+        objects.unlink()
+        away.rename(objects)
+    wait_until(lambda: len(instances(hub)) == 1, timeout=120, step=0.05)  # the store is back: archived now
+    assert instances(hub)[0].state == "archived"
+    wait_until(lambda: not list(svc.spool.rglob("*.json")), step=0.05)
+    shutil.rmtree(away, ignore_errors=True)
