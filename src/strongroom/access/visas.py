@@ -543,9 +543,31 @@ def _matches(spec: str, actual: str | None) -> bool:
 
 
 def _pattern(pattern: str, text: str) -> bool:
-    """GA4GH pattern: ``?`` one character, ``*`` any run; everything else literal, case-sensitive."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, text, re.S) is not None
+    """GA4GH pattern: ``?`` one character, ``*`` any run; everything else literal, case-sensitive.
+
+    Matched piece by piece, never as a regular expression: ``*a*a*a…b`` as a regex backtracks polynomially
+    in the number of stars. Between stars each piece is found at its leftmost place, which is always safe
+    (a later place leaves less text for the pieces after it), so the work is at most len(text) × len(pattern)."""
+    pieces = pattern.split("*")
+    if len(pieces) == 1:
+        return len(text) == len(pattern) and _piece_at(pattern, text, 0)
+    first, *middle, last = pieces
+    if len(first) + len(last) > len(text) or not _piece_at(first, text, 0) \
+            or not _piece_at(last, text, len(text) - len(last)):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for piece in middle:
+        found = next((i for i in range(position, end - len(piece) + 1) if _piece_at(piece, text, i)), None)
+        if found is None:
+            return False
+        position = found + len(piece)
+    return True
+
+
+def _piece_at(piece: str, text: str, start: int) -> bool:
+    """``piece`` (literal characters and ``?``) matches ``text`` at ``start``."""
+    return start + len(piece) <= len(text) and all(
+        c == "?" or c == text[start + i] for i, c in enumerate(piece))
 
 
 def clause_met(clause: dict[str, str], visas: Iterable[Visa]) -> bool:
