@@ -133,7 +133,8 @@ def test_pi_delegates_named_rights(world):
 @pytest.mark.parametrize("how", ["api", "web"])
 def test_manage_members_is_no_way_to_rights_one_does_not_hold(hub, app, world, how):
     """The audit's escalation, as a class: a member holding ``manage-members`` (and nothing else) may not give
-    themselves, or anyone, a role carrying rights they lack; nobody changes their own role; and a role carrying
+    themselves, or anyone, a role carrying rights they lack, nor step down or remove a member holding rights they lack;
+    nobody changes their own role; and a role carrying
     more than a researcher's rights is handed out only with a fresh second factor, as delegation is."""
     c, t = world["client"], world["tokens"]
     carol, bob = world["carol"], world["bob"]
@@ -149,6 +150,9 @@ def test_manage_members_is_no_way_to_rights_one_does_not_hold(hub, app, world, h
         def add(token: str, user: str, role: str) -> int:
             return c.post("/api/v1/projects/proj-a/members", json={"user": user, "role": role},
                           headers=bearer(token)).status_code
+
+        def remove(token: str, user_id: str) -> int:
+            return c.delete(f"/api/v1/projects/proj-a/members/{user_id}", headers=bearer(token)).status_code
     else:
         browsers = {"carol": web_client(app, hub, carol), "alice": web_client(app, hub, world["alice"])}
         by_token = {t["carol"]: browsers["carol"], t["alice"]: browsers["alice"]}
@@ -159,6 +163,9 @@ def test_manage_members_is_no_way_to_rights_one_does_not_hold(hub, app, world, h
         def add(token: str, user: str, role: str) -> int:
             return form_post(by_token[token], "/projects/proj-a/members", {"user": user, "role": role}).status_code
 
+        def remove(token: str, user_id: str) -> int:
+            return form_post(by_token[token], f"/projects/proj-a/members/{user_id}/remove", {}).status_code
+
     ok = 303 if how == "web" else 200
     assert patch_role(t["carol"], carol_id, "steward") == 403  # her own role
     assert patch_role(t["carol"], carol_id, "member") == 403  # not even a step down
@@ -166,9 +173,14 @@ def test_manage_members_is_no_way_to_rights_one_does_not_hold(hub, app, world, h
     assert add(t["carol"], "bob", "member") == (303 if how == "web" else 201)
     assert patch_role(t["carol"], bob_id, "steward") == 403
     assert patch_role(t["alice"], bob_id, "steward") == ok  # the PI holds every right of the role
-    assert patch_role(t["carol"], bob_id, "member") == ok  # a step down needs no right she lacks
+    # nor does she take from the steward the PI chose rights she lacks herself: no step down, no removal
+    assert patch_role(t["carol"], bob_id, "member") == 403
+    assert remove(t["carol"], bob_id) == 403
+    assert patch_role(t["alice"], bob_id, "member") == ok  # the PI may
     rights = set(c.get("/api/v1/projects/proj-a", headers=bearer(t["carol"])).json()["rights"])
     assert rights == {"read-data", "write-data", "manage-members"}
+    assert remove(t["carol"], bob_id) == (303 if how == "web" else 204)  # a researcher is within her reach
+    assert add(t["carol"], "bob", "member") == (303 if how == "web" else 201)
     if how == "api":  # a steward role, even from the PI, needs a fresh second factor; a member role does not
         with transaction(hub.sessions) as s:
             s.execute(update(ApiToken).values(created_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))

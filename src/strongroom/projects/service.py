@@ -254,6 +254,16 @@ def _check_role(session: Session, principal: Principal, access: ProjectAccess, r
         require_fresh_mfa(principal, fresh_minutes)
 
 
+def _check_within_reach(session: Session, access: ProjectAccess, member: Membership) -> None:
+    """Another member's role is changed, or they are removed, only by someone holding every right they hold:
+    ``manage-members`` alone must not be a way to take ``publish`` from the steward or ``reidentify`` from the
+    key custodian the PI chose (the PI holds every right but re-identification, and may always)."""
+    beyond = effective_rights(session, member) - access.rights
+    if beyond and access.membership.role != "pi":
+        raise Forbidden(f"this member holds rights you do not hold ({', '.join(sorted(beyond))}); "
+                        "the project's PI can change their role or remove them")
+
+
 def add_member(session: Session, principal: Principal, access: ProjectAccess, user_ref: str,
                role: str = "member", *, fresh_minutes: int) -> Membership:
     access.require("manage-members")
@@ -280,6 +290,7 @@ def change_role(session: Session, principal: Principal, access: ProjectAccess, u
         raise Invalid("the PI's role cannot be changed here")
     if user_id == principal.user.id:
         raise Forbidden("you cannot change your own role; another member with manage-members can")
+    _check_within_reach(session, access, m)
     _check_role(session, principal, access, role, fresh_minutes=fresh_minutes)
     before, m.role = m.role, role
     audit.record(session, principal.actor, "project.member.role_changed", project_id=access.project.id,
@@ -294,6 +305,8 @@ def remove_member(session: Session, principal: Principal, access: ProjectAccess,
     m = _membership(session, access, user_id)
     if m.role == "pi":
         raise Invalid("the PI cannot be removed from their project")
+    if user_id != principal.user.id:  # leaving a project takes no right from anyone
+        _check_within_reach(session, access, m)
     session.delete(m)
     audit.record(session, principal.actor, "project.member.removed", project_id=access.project.id,
                  subject_user_id=user_id, target=f"project:{access.project.slug}")
