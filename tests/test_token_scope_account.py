@@ -154,6 +154,10 @@ def test_account_writes_need_projects_write(app, hub, people) -> None:
     assert c.get("/api/v1/me", headers=bearer(reader)).status_code == 200
     assert c.get("/api/v1/tokens", headers=bearer(reader)).status_code == 200
     assert c.get("/api/v1/me/notifications", headers=bearer(token_for(hub, bo, ["data:read"]))).status_code == 200
+    # "who am I" answers any valid token: `strongroom login` with a download script's data-only token
+    for scopes in (["data:read"], ["access"], ["audit:read"]):
+        me = c.get("/api/v1/me", headers=bearer(token_for(hub, bo, scopes)))
+        assert me.status_code == 200 and me.json()["scopes"] == scopes, (scopes, me.text)
 
     writer = token_for(hub, bo, ["projects:read", "projects:write"])
     r = c.patch("/api/v1/me", json={"country": "SE"}, headers=bearer(writer))

@@ -10,7 +10,7 @@ from pydantic import EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..deps import Admin, Db, HubDep, ProjectsRead, ProjectsWrite
+from ..deps import Admin, ApiPrincipal, Db, HubDep, ProjectsRead, ProjectsWrite
 from ..errors import NotFound
 from ..hub import Hub
 from ..schemas import Body, Out
@@ -58,11 +58,12 @@ class NewLocalUser(Body):
     is_admin: bool = False
 
 
-# The account has no scope of its own; it rides on the projects scopes: reading it (who am I, my tokens) needs
+# The account has no scope of its own; it rides on the projects scopes: reading it (my tokens) needs
 # projects:read, changing it (profile, notification mode, revoking a token) projects:write. A token holding only
-# read scopes thus never changes the account it belongs to.
+# read scopes thus never changes the account it belongs to. "Who am I" answers any valid token: a data-only
+# token (a download script's) must be able to say whose it is, and learns nothing it was not handed.
 @router.get("/me", response_model=MeOut, summary="The caller: profile, token scopes, MFA")
-def me(principal: ProjectsRead) -> MeOut:
+def me(principal: ApiPrincipal) -> MeOut:
     return MeOut(**UserOut.model_validate(principal.user).model_dump(), scopes=sorted(principal.scopes),
                  mfa=principal.has_mfa, via=principal.via)
 
