@@ -11,21 +11,31 @@ instance's own range is used. ``size`` resizes (bilinear, Pillow). ``normalise``
 The input is one NCHW float32 tensor (N, 1, H, W); the output named in ``output`` (or the first) gives one
 score per instance: ``{"kind": "score"}`` takes element 0, ``{"kind": "probabilities", "index": k}``
 takes class k.
+
+A vendor's model is one self-contained file run with nothing of the hub's: ``check_self_contained`` refuses
+anything onnxruntime would fetch from the host (tensors stored as external data, which it would read from a path
+on the hub) or run beyond ONNX's standard operators (custom, contrib, preview and training operator sets), before
+onnxruntime sees the bytes, at upload and again before every run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pydicom
 from PIL import Image
+
+log = logging.getLogger(__name__)
 
 MAX_SIZE = 1024
 # what preprocessing reads of an instance (names, dates and private tags are skipped unread)
@@ -39,6 +49,15 @@ REFERENCE_MODALITIES = ("SR", "SEG")
 FINDING_CONCEPTS = {("DCM", "121071")}  # Finding
 NEGATIVE_FINDINGS = {("SCT", "2667000"), ("SCT", "260385009"), ("SCT", "373572006")}  # absent, negative,
 # clinical finding absent
+
+# the operator sets a model may use, with the newest version the hub's onnx knows: ONNX's standard ones only
+STANDARD_OPSETS = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
+                   "ai.onnx.ml": onnx.defs.onnx_ml_opset_version()}
+# what the vendor is told when onnxruntime refuses a model (its own message, which can name the hub's paths,
+# goes to the log only)
+LOAD_FAILURES = {"InvalidProtobuf": "it is not a valid ONNX protobuf",
+                 "InvalidGraph": "its graph is not valid (onnx.checker.check_model says more)",
+                 "NotImplemented": "it uses an operator or a type onnxruntime does not implement"}
 
 
 class ContractError(ValueError):
@@ -217,6 +236,73 @@ def read(data: bytes, contract: Mapping[str, Any]) -> Instance | Reference:
                     str(getattr(ds, "StudyDate", "")), tensor)
 
 
+def _messages(root: Any) -> Iterator[Any]:
+    """Every protobuf message inside ``root`` (itself included), at any depth: graphs, nodes, attributes,
+    subgraphs, tensors, whatever field holds them (iterative: a deep nest of subgraphs is no recursion)."""
+    stack = [root]
+    while stack:
+        message = stack.pop()
+        yield message
+        if isinstance(message, onnx.TensorProto):
+            continue  # its numbers hold no further message (and are not copied out to look)
+        for field, value in message.ListFields():
+            if field.message_type is None:
+                continue
+            if field.is_repeated:
+                stack.extend(value)
+            else:
+                stack.append(value)
+
+
+def check_self_contained(model: bytes) -> None:
+    """Refuse (ContractError) a model that could reach the host when onnxruntime loads it, read by the onnx
+    package without loading anything: a tensor stored as external data anywhere (initializers, sparse
+    initializers, node attributes such as Constant's, the subgraphs of If, Loop and Scan at any depth), an
+    operator set or node outside ONNX's standard ones (custom operators need a library, contrib ones such as
+    EPContext read files, preview and training ones are not needed), model-local functions, training
+    information, device configurations, and onnxruntime settings carried in the model (``ort_config``)."""
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(model)
+    except Exception:  # protobuf's DecodeError
+        raise ContractError("the file is not an ONNX model (a protobuf ModelProto)") from None
+    if not proto.HasField("graph"):
+        raise ContractError("the file is not an ONNX model: it has no graph")
+    if proto.functions:
+        raise ContractError("the model defines its own functions: inline them (onnx.inliner.inline_local_functions)")
+    if proto.training_info:
+        raise ContractError("the model carries training information: export it for inference only")
+    if proto.configuration:
+        raise ContractError("the model carries device configurations: export it for one device")
+    if any(prop.key == "ort_config" for prop in proto.metadata_props):
+        raise ContractError("the model carries onnxruntime settings (metadata 'ort_config'): the hub chooses them")
+    standard = "ONNX's standard operators only (ai.onnx, ai.onnx.ml), no custom, contrib, preview or training ones"
+    for opset in proto.opset_import:
+        newest = STANDARD_OPSETS.get(opset.domain)
+        if newest is None:
+            raise ContractError(f"the model imports operator set {opset.domain[:60]!r}: a model uses {standard}")
+        if not 1 <= opset.version <= newest:
+            raise ContractError(f"the model imports operator set {opset.domain or 'ai.onnx'} version "
+                                f"{opset.version}: this hub runs versions 1–{newest}")
+    for message in _messages(proto):
+        if isinstance(message, onnx.TensorProto) and (message.data_location == onnx.TensorProto.EXTERNAL
+                                                      or message.external_data):
+            raise ContractError(f"the model's tensor {message.name[:60]!r} is stored outside the file (external "
+                                "data): a model is one self-contained .onnx file")
+        if isinstance(message, onnx.NodeProto) and message.domain not in STANDARD_OPSETS:
+            raise ContractError(f"the model's operator {message.op_type[:60]!r} is of domain "
+                                f"{message.domain[:60]!r}: a model uses {standard}")
+        if isinstance(message, onnx.NodeProto) and message.device_configurations:
+            raise ContractError("the model carries device configurations: export it for one device")
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why onnxruntime refused a model, in the hub's words (its own message goes to the log only)."""
+    log.warning("onnxruntime cannot load a model: %s: %s", type(exc).__name__, exc)
+    reason = LOAD_FAILURES.get(type(exc).__name__, "load it with that version on the CPU to see why")
+    return f"onnxruntime {ort.__version__} cannot load the model: {reason}"
+
+
 def choose_providers(available: Sequence[str] | None = None) -> list[str]:
     """CUDA when this onnxruntime offers it (a GPU build on a host with a GPU), the CPU otherwise (and as
     CUDA's fallback for operators it lacks)."""
@@ -226,21 +312,28 @@ def choose_providers(available: Sequence[str] | None = None) -> list[str]:
 
 
 class Runner:
-    """An ONNX model loaded into onnxruntime (CUDA when offered, else the CPU), checked against its SHA-256
-    and contract. ``provider`` is the execution provider the session really uses."""
+    """An ONNX model loaded into onnxruntime (CUDA when offered, else the CPU), checked against its SHA-256,
+    its contract and ``check_self_contained``. ``provider`` is the execution provider the session really uses."""
 
     def __init__(self, model: bytes, contract: Mapping[str, Any], output: Mapping[str, Any], *,
                  sha256: str | None = None, threads: int = 0, available: Sequence[str] | None = None) -> None:
         if sha256 is not None and hashlib.sha256(model).hexdigest() != sha256:
             raise ContractError("the model file does not match its recorded SHA-256")
         self.contract, self.output = check_contract(contract), check_output(output)
+        check_self_contained(model)  # at upload and before every run: models stored before this check too
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
-        try:
-            self.session = ort.InferenceSession(model, sess_options=options,
-                                                providers=choose_providers(available))
-        except Exception as exc:
-            raise ContractError(f"onnxruntime cannot load the model: {exc}") from None
+        options.add_session_config_entry("session.load_model_format", "ONNX")  # the format checked, never ORT's
+        with tempfile.TemporaryDirectory(prefix="strongroom-vai-model-") as nowhere:
+            # should external data ever get past the check, its relative paths resolve in this empty directory,
+            # never in the working directory (the hub's var directory, its keys under it); not chdir: that is
+            # process-wide, and a runner may share its process with the web app
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path", nowhere)
+            try:
+                self.session = ort.InferenceSession(model, sess_options=options,
+                                                    providers=choose_providers(available))
+            except Exception as exc:
+                raise ContractError(_load_failure(exc)) from None
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

@@ -197,7 +197,9 @@ def register_model(session: Session, principal: Principal, slug: str, *, name: s
 
 
 def upload_model_file(session: Session, hub: Hub, principal: Principal, version_id: str, data: bytes) -> ModelVersion:
-    """The ONNX file: its SHA-256 must be the one registered, and onnxruntime must load it by the contract."""
+    """The ONNX file: its SHA-256 must be the one registered, it must be self-contained (no external data, only
+    ONNX's standard operators: ``inference.check_self_contained``), and onnxruntime must load it by the contract.
+    ``run`` checks it again before every evaluation (a file stored before a check was added)."""
     mv = session.get(ModelVersion, _uuid(version_id, "model version"))
     if mv is None or not is_vendor_member(session, principal, mv.vendor_id):
         raise NotFound("no such model version")
