@@ -9,7 +9,8 @@ The deletion's ``state`` says which step is done; each step is idempotent and ru
    and the catalogue entry is withdrawn through the catalogue (tombstone, DOIs hidden) when it was the last
    released version (its sample images deleted). What derived from the files goes too (``derived``): their
    airlock outbox copies stop being downloadable, their DICOMweb index rows are deleted and with them the
-   key-store entries nothing left refers to; other records stop repeating their names (``_forget_names``).
+   key-store entries nothing left refers to; other records stop repeating their names (``_forget_names``), and
+   the AI-validation predictions made on them their paths, UIDs and dates (``_forget_predictions``).
 2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
    to the hub's key), so from here no copy of a body this hub made — backup, replica, old S3 version — can be
    decrypted (crypto-shredding); so are the other copies of those keys (outbox headers, SFTP upload headers).
@@ -29,8 +30,10 @@ A run that crashes anywhere is resumed by the job's next attempt (or ``strongroo
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
+import io
 import json
 import uuid
 from collections.abc import Callable
@@ -64,6 +67,8 @@ from ..imaging.models import ImportBatch, ImportedInstance
 from ..projects import quota
 from ..projects.models import Project
 from ..sftp.models import SftpUpload
+from ..vai.models import Evaluation, Prediction
+from ..vai.service import ID_COLUMNS
 from .models import APPROVED, CERTIFIED, MARKED, PURGED, REQUESTED, SHREDDED, VERIFIED, Deletion
 from .rules import canonical
 
@@ -162,17 +167,19 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
         outbox = _remove_outbox(s, v.id, now)
         _forget_names(s, v.id)
         forgotten = _forget_instances(s, v.id)
+        predictions = _forget_predictions(s, v.id)
         if entry is not None:  # its counts (subjects, studies, …) no longer count what went
             for provider in catalog.INDEX_PROVIDERS:
                 provider(s, entry)
         d.manifest, d.kept = manifest, kept
         d.derived = {"outbox": outbox, "dicomweb_index_rows": forgotten.index_rows, "catalog_images": images,
-                     "keystore_entries": forgotten.keystore_entries}
+                     "keystore_entries": forgotten.keystore_entries, "vai_predictions": predictions}
         _advance(s, d, MARKED, "marked", {"files": len(manifest), "kept": len(kept), "entitlements_ended": ended,
                                           "catalogue_withdrawn": withdrawn, "outbox_removed": len(outbox),
                                           "dicomweb_index_rows": forgotten.index_rows, "catalogue_images": len(images),
                                           "keystore_entries": forgotten.keystore_entries,
-                                          "import_batches_cleared": forgotten.batches_cleared})
+                                          "import_batches_cleared": forgotten.batches_cleared,
+                                          "vai_predictions_cleared": predictions})
 
 
 def path_digest(path: str) -> str:
@@ -264,6 +271,96 @@ def _forget_instances(session: Session, version_id: int) -> Forgotten:
     return Forgotten(index_rows, entries, cleared)
 
 
+# what a forgotten prediction's read error says instead (the error may have quoted the file's path)
+FORGOTTEN_ERROR = "the instance was deleted at the end of its retention period"
+
+
+def _forget_predictions(session: Session, version_id: int) -> int:
+    """What AI-validation evaluations recorded of the deleted files (``vai_predictions``, by the file's id) goes as
+    the file's own path did: a prediction's path becomes the file's accession, its SOP UID and study date are
+    cleared, its study UID becomes the accession of the study's first deleted file (unless the evaluation's other
+    instances are of that study: then it still exists) and a read error a neutral text. The score and reference
+    label stay (released reports are aggregates of them), and the evaluation's labels table and the clinic's
+    failure lists name those cases by the same new names, so its cases, matched again for a later release's
+    disclosure control, are the same. Idempotent; returns the number of predictions cleared."""
+    forgotten = list(session.scalars(select(Prediction).where(
+        Prediction.item.in_(_gone(version_id)),
+        or_(Prediction.path != Prediction.item, Prediction.sop_uid != "", Prediction.study_date != "",
+            Prediction.error.not_in(("", FORGOTTEN_ERROR))))))
+    by_evaluation: dict[uuid.UUID, list[Prediction]] = {}
+    for p in forgotten:
+        by_evaluation.setdefault(p.evaluation_id, []).append(p)
+    for evaluation_id, mine in by_evaluation.items():
+        ev = session.get_one(Evaluation, evaluation_id)
+        items = {p.item for p in mine}
+        kept = [p for p in session.scalars(select(Prediction).where(Prediction.evaluation_id == evaluation_id))
+                if p.item not in items]
+        kept_names = {name for p in kept for name in _case_names(p)}
+        kept_studies = {p.study_uid for p in kept}
+        renamed: dict[str, str] = {}
+        for p in sorted(mine, key=lambda p: p.item):
+            for name in sorted(_case_names(p) - kept_names):
+                renamed.setdefault(name, p.item)
+            if p.study_uid and p.study_uid not in kept_studies:
+                renamed.setdefault(p.study_uid, p.item)
+        for p in mine:
+            p.path, p.sop_uid, p.study_date = p.item, "", ""
+            p.study_uid = renamed.get(p.study_uid, p.study_uid)
+            p.error = FORGOTTEN_ERROR if p.error else ""
+        ev.labels_csv = renamed_labels(ev.labels_csv, renamed)
+        if ev.result is not None:
+            ev.result = _renamed_result(ev.result, renamed, items)
+    return len(forgotten)
+
+
+def _case_names(p: Prediction) -> set[str]:
+    """Every name a labels table may give a prediction's instance (as ``vai.service._match`` matches them)."""
+    return {p.item, p.sop_uid, p.path, p.path.rsplit("/", 1)[-1]} - {""}
+
+
+def renamed_labels(text: str, renamed: dict[str, str]) -> str:
+    """A labels table (CSV) with each case id in ``renamed`` replaced; a row whose new id an earlier row has
+    already (the table named one instance twice, by two names) is dropped, as the table may label a case once."""
+    rows = list(csv.reader(io.StringIO(text)))
+    header = [h.strip() for h in rows[0]] if rows else []
+    column = next((header.index(c) for c in ID_COLUMNS if c in header), None)
+    if column is None or not renamed:
+        return text
+    out, seen, changed = [rows[0]], set(), False
+    for row in rows[1:]:
+        if column < len(row):
+            case = row[column].strip()
+            new = renamed.get(case, case)
+            if new in seen:
+                changed = True
+                continue
+            seen.add(new)
+            if new != case:
+                row, changed = [*row[:column], new, *row[column + 1:]], True
+        out.append(row)
+    if not changed:
+        return text
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(out)
+    return buf.getvalue()
+
+
+def _renamed_result(result: dict[str, Any], renamed: dict[str, str], items: set[str]) -> dict[str, Any]:
+    """An evaluation's result (the clinic's) with the case lists naming the deleted instances as renamed: the failure
+    analysis, the labelled cases without a prediction and the unreadable instances. The figures stay."""
+    out = {**result}
+    if "missing_ids" in out:
+        out["missing_ids"] = [renamed.get(case, case) for case in out["missing_ids"]]
+    if "unreadable_items" in out:
+        out["unreadable_items"] = [{**u, "path": u["item"], "error": FORGOTTEN_ERROR} if u.get("item") in items else u
+                                   for u in out["unreadable_items"]]
+    if isinstance(out.get("failures"), dict):
+        failures = out["failures"]
+        out["failures"] = {**failures, **{kind: [{**c, "id": renamed.get(c["id"], c["id"])} for c in failures[kind]]
+                                          for kind in ("false_negatives", "false_positives") if kind in failures}}
+    return out
+
+
 def _derived(d: Deletion) -> dict[str, Any]:
     return d.derived or {"outbox": [], "dicomweb_index_rows": 0, "catalog_images": []}
 
@@ -340,6 +437,12 @@ def verify(hub: Hub, deletion_id: uuid.UUID) -> None:
         # now, and the run goes back to shred and purge again with it (it is marked removed: no loop)
         late = _remove_outbox(s, d.version_id, utcnow())
         late_rows = _forget_instances(s, d.version_id)
+        # predictions an evaluation running at the mark made since: cleared now (no copy of the data, so nothing to
+        # shred or purge again)
+        late_predictions = _forget_predictions(s, d.version_id)
+        if late_predictions:
+            derived = _derived(d)
+            d.derived = {**derived, "vai_predictions": derived.get("vai_predictions", 0) + late_predictions}
         if late or late_rows.index_rows:
             derived = _derived(d)
             d.derived = {**derived, "outbox": derived["outbox"] + late,
@@ -378,7 +481,7 @@ def certificate_document(session: Session, settings: Settings, d: Deletion, issu
         "files": d.manifest, "kept_in_other_versions": d.kept,
         # what derived from those files went with them: the recipients' outbox copies (objects purged as above,
         # headers destroyed), the DICOMweb index rows and the key-store entries only they used, the catalogue's
-        # sample images (when no version is left)
+        # sample images (when no version is left); the AI-validation predictions made on them that were cleared
         "derived": _derived(d),
         "storage": {"kind": cfg.kind, "bucket": cfg.bucket if cfg.kind == "s3" else None,
                     "every_version_deleted": cfg.kind == "s3"},
