@@ -235,9 +235,10 @@ def test_movescu_to_the_registered_destination_only(hub, settings, pacs, tmp_pat
                          text=True, timeout=120)
     assert bad.returncode == 2
     listed = subprocess.run([*cli, "list", "-p", "lung"], env=env, capture_output=True, text=True, timeout=120)
-    assert listed.stdout.strip() == f"{STORE_AE}\t127.0.0.1:{store_port}"
+    assert listed.stdout.strip() == f"{STORE_AE}\t127.0.0.1:{store_port}\toperator"
     (opened,) = [e for e in events(hub, "project.setting.opened") if e.target == "setting:dicom_move_destinations"]
-    assert opened.details["after"] == [{"ae_title": STORE_AE, "host": "127.0.0.1", "port": store_port}]
+    assert opened.details["after"] == [{"ae_title": STORE_AE, "host": "127.0.0.1", "port": store_port,
+                                        "operator": True}]  # the operator's: may name the hub host
     assert opened.actor.startswith("cli:")
 
     received = tmp_path / "received"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -309,7 +310,8 @@ class ComputeSettings(BaseModel):
 def internal_address(host: str, subnet: str) -> str | None:
     """Why ``host`` (a name or an IP address) names the hub's own machine or its internals, or None: loopback,
     link-local (the cloud's metadata service), unspecified, multicast, or inside the workspaces' ``subnet`` (each
-    workspace's host side is the hub machine itself). A name is judged by its spelling only (``localhost``)."""
+    workspace's host side is the hub machine itself). A name is judged by its spelling only (``localhost``): to judge
+    where a name leads, ``outside_addresses``."""
     name = host.strip().strip("[]").rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):
         return "loopback"
@@ -328,6 +330,28 @@ def internal_address(host: str, subnet: str) -> str | None:
     except ValueError:
         return None
     return "inside the workspaces' subnet" if address in workspaces else None
+
+
+class NotOutside(ValueError):
+    """A host the hub must not dial for a project: it is, or resolves to, the hub's machine or its internals. The
+    message says which kind (loopback, link-local, ...), never the addresses."""
+
+
+def outside_addresses(host: str, port: int, subnet: str) -> list[str]:
+    """The addresses ``host`` resolves to now (an IP address: itself; none: []), in the resolver's order of
+    preference, when not one of them is internal (``internal_address``, per address); else ``NotOutside``. Dial one
+    of these, not the name: the name may resolve elsewhere by the time it is dialled (DNS rebinding)."""
+    if (why := internal_address(host, subnet)) is not None:
+        raise NotOutside(f"is {why}")
+    try:
+        found = socket.getaddrinfo(host.strip().strip("[]"), port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):  # no such name, no resolver; a label too long
+        return []
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    for address in addresses:
+        if (why := internal_address(address, subnet)) is not None:
+            raise NotOutside(f"resolves to an address that is {why}")
+    return addresses
 
 
 class WorkspacePackageMirror(BaseModel):

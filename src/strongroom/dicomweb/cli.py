@@ -41,7 +41,9 @@ moves_app = typer.Typer(
     help="The project's C-MOVE destinations: the only places its DICOM destination sends images to when a "
          "workstation asks for a C-MOVE (AE title, host, port). Run on the hub host as the operator; PIs "
          "change the same list on the project page or with PUT /api/v1/projects/{slug}/settings/"
-         "dicom_move_destinations.",
+         "dicom_move_destinations. Entries added here are the operator's and are dialled as written (they may "
+         "name a Storage SCP on the hub host); the project's own are resolved at each move and refused when they "
+         "lead to the hub's machine or its internal networks.",
     no_args_is_help=True)
 dicomweb_app.add_typer(moves_app, name="move-destinations")
 
@@ -65,12 +67,13 @@ def _print(entries: list[Any]) -> None:
     if not entries:
         typer.echo("no move destinations: C-MOVE requests are refused (0xA801); C-GET still works")
     for e in entries:
-        typer.echo(f"{e.ae_title}\t{e.host}:{e.port}")
+        typer.echo(f"{e.ae_title}\t{e.host}:{e.port}\t{'operator' if e.operator else 'project'}")
 
 
 @moves_app.command("list")
 def list_moves(project: Annotated[str, typer.Option("--project", "-p", help="The project's slug.")]) -> None:
-    """Show the project's registered move destinations (AE title, host:port)."""
+    """Show the project's registered move destinations (AE title, host:port, who added it: operator or
+    project)."""
     from . import service
 
     _print(_moves(lambda s: service.move_destinations(s, project)))
@@ -84,20 +87,25 @@ def add_move(
     port: Annotated[int, typer.Argument(help="Its TCP port.", min=1, max=65535)],
     project: Annotated[str, typer.Option("--project", "-p", help="The project's slug.")],
 ) -> None:
-    """Register a move destination (audited). Example: strongroom dicomweb move-destinations add WS1 10.0.0.5
-    11112 -p lung. The destination receives the project's de-identified images; register only machines
-    allowed to hold them."""
+    """Register a move destination as the operator's (audited): dialled as written, so it may name a Storage SCP
+    on the hub host. Example: strongroom dicomweb move-destinations add WS1 10.0.0.5 11112 -p lung. The
+    destination receives the project's de-identified images; register only machines allowed to hold them.
+    Adding a project's entry again with its own host and port marks it the operator's."""
     from ..identity.cli import _operator
     from . import service
 
     def add(s: Session) -> list[Any]:
-        current = [e.model_dump() for e in service.move_destinations(s, project)]
-        if any(e["ae_title"] == ae_title.strip() for e in current):
-            from ..errors import Invalid
+        from ..errors import Invalid
 
-            raise Invalid(f"{ae_title.strip()!r} is registered already: remove it first to change it")
-        return service.set_move_destinations(s, _operator(), project,
-                                             [*current, {"ae_title": ae_title, "host": host, "port": port}])
+        entry = {"ae_title": ae_title.strip(), "host": host, "port": port, "operator": True}
+        current = [e.model_dump(mode="json") for e in service.move_destinations(s, project)]
+        same = next((e for e in current if e["ae_title"] == entry["ae_title"]), None)
+        if same is None:
+            return service.set_move_destinations(s, _operator(), project, [*current, entry])
+        if same.get("operator") or (same["host"], same["port"]) != (host, port):
+            raise Invalid(f"{entry['ae_title']!r} is registered already: remove it first to change it")
+        # the project's entry, exactly as the project wrote it: from now on the operator's
+        return service.set_move_destinations(s, _operator(), project, [entry if e is same else e for e in current])
 
     _print(_moves(add))
 

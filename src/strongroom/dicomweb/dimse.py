@@ -9,7 +9,9 @@ instances; quarantined, held or discarded ones never appear).
   the QIDO functions of ``query`` (the same matching: single value, ``*``/``?`` wildcards, UID lists,
   date/time ranges, universal matching; counts computed when asked). Nothing is decrypted.
 - **C-GET** sends the instances back on the same association, **C-MOVE** to a destination AE the project
-  registered (``settings.MOVE_DESTINATIONS_SETTING``: AE title, host, port; anything else is 0xA801), both
+  registered (``settings.MOVE_DESTINATIONS_SETTING``: AE title, host, port; anything else is 0xA801; an entry
+  the project itself added is resolved at each move and dialled by its checked address, and one that resolves to
+  the hub's machine or its internals is 0xA801 as well, audited, no association opened), both
   as C-STORE sub-operations. Each instance is the de-identified archived plaintext, decrypted in memory one
   at a time (``retrieve.Decryptor``), never written to disk. A retrieve hands the bytes out, so it is a
   download: ``archive.authz.require_download_allowed`` decides as for a member on WADO-RS (the project's
@@ -60,7 +62,7 @@ from . import query
 from .attributes import INSTANCE, SERIES, STUDY, BadQuery, Match
 from .retrieve import MAX_INSTANCES, Decryptor
 from .settings import KEY as MOVE_DESTINATIONS
-from .settings import registered
+from .settings import Undialable, dial_address, registered
 
 log = structlog.get_logger("strongroom.dicom")
 
@@ -420,10 +422,22 @@ def on_move(event: evt.Event, ref: DestinationRef) -> Iterator[Any]:
         log.warning("dicom.move_destination_unknown", project=ref.slug, destination=target[:16], **caller.details())
         yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
         return
+    try:  # before anything is read or audited as retrieved: a project's entry is dialled only outside the hub
+        address = dial_address(destination, ref.hub.settings.workspaces.subnet)
+    except Undialable as exc:
+        with transaction(ref.hub.sessions) as session:
+            audit.record(session, caller.actor, "dicom.retrieve.refused", outcome="denied",
+                         project_id=ref.project_id, target=f"dicom:{ref.ae_title}",
+                         details=caller.details() | {"operation": "move", "destination": destination.ae_title,
+                                                     "reason": exc.reason})
+        log.warning("dicom.move_destination_refused", project=ref.slug, destination=destination.ae_title,
+                    host=destination.host, why=exc.why, **caller.details())
+        yield None, None  # 0xA801, as for an unknown destination: no association is opened
+        return
     plan = _prepare(ref, event.identifier, caller, "move", destination.ae_title)
     items = plan[0] if not isinstance(plan, Dataset) else []
     contexts = move_contexts(items) or [build_context(Verification)]  # a refusal sends nothing
-    yield destination.host, destination.port, {"contexts": contexts}
+    yield address, destination.port, {"contexts": contexts}  # the checked address, never the name again
     if isinstance(plan, Dataset):
         yield 1
         yield plan, None

@@ -5,6 +5,11 @@ images go only to an entry of this list (AE title, host, port) — never to an a
 supplies. Changed like every project setting (manage-settings right, fresh MFA, audited with before and
 after) through the API or the project page, or by the operator with ``strongroom dicomweb
 move-destinations`` on the hub host.
+
+Each entry records who added it (``operator``; only the operator's command line sets it, and a project's
+change can neither set it nor keep it on an entry it alters). The operator's entries are dialled as written:
+they may name a Storage SCP on the hub host. A project's entries are resolved at each move and refused when
+any address is the hub's machine or its internals; the checked address is dialled, never the name again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ class MoveDestination(BaseModel):
     ae_title: str = Field(pattern=AE_TITLE, description="the AE title workstations name as move destination")
     host: str = Field(pattern=HOST, description="host name or IP address of the receiving Storage SCP")
     port: int = Field(ge=1, le=65535, description="its TCP port")
+    # Stored only when set, so a project's entries (and those saved before provenance existed) read the same.
+    operator: bool = Field(False, exclude_if=lambda added_by_operator: not added_by_operator,
+                           title="Added by the operator",
+                           description="set only on the hub host (strongroom dicomweb move-destinations add); "
+                                       "leave it off: a project's entry is one of its own")
 
     @model_validator(mode="after")
     def _strip(self) -> MoveDestination:
@@ -58,26 +68,61 @@ def check_unique(_session: object, _project_id: object, value: list[dict[str, ob
 
 
 def check_entries(session: Session, project_id: uuid.UUID, value: list[dict[str, object]]) -> None:
-    """A project's change (the settings API, the project page): one AE title once, and no entry it adds may name
-    the hub machine or its internals (loopback, link-local such as the cloud's metadata service, unspecified,
-    multicast, the workspaces' subnet): a C-MOVE opens an association from the hub to that address. Entries
-    already on the list stay as they are (the operator's, ``strongroom dicomweb move-destinations``, may name a
+    """A project's change (the settings API, the project page): one AE title once, and every entry it adds or alters
+    is its own (never marked the operator's) and names no host that is, or now resolves to, the hub machine or its
+    internals (loopback, link-local such as the cloud's metadata service, unspecified, multicast, the workspaces'
+    subnet): a C-MOVE opens an association from the hub to that address. Each move checks again (``dial_address``),
+    as a name may resolve elsewhere later. Entries already on the list stay as they are (the operator's may name a
     Storage SCP on the hub host)."""
-    from ..config import get_settings, internal_address  # the settings every process of this hub is started with
+    from ..config import NotOutside, get_settings, outside_addresses  # the settings every process is started with
     from ..errors import Invalid
 
     check_unique(session, project_id, value)
     row = session.get(ProjectSetting, (project_id, KEY))
-    current = row.value if row is not None else []
+    current = registered(row.value if row is not None else [])
     subnet = get_settings().workspaces.subnet
-    for entry in value:
+    for entry in registered(value):
         if entry in current:
             continue
-        host = str(entry.get("host", ""))
-        if (why := internal_address(host, subnet)) is not None:
-            raise Invalid(f"the host {host!r} is {why}: a move destination must be a workstation or PACS of its "
-                          "own, never the hub's machine or its internal networks")
+        if entry.operator:
+            raise Invalid(f"the entry {entry.ae_title!r} cannot be marked as added by the operator: only the operator "
+                          "does that, on the hub host (strongroom dicomweb move-destinations add)")
+        try:
+            outside_addresses(entry.host, entry.port, subnet)  # no address yet: each move checks again
+        except NotOutside as exc:
+            raise Invalid(f"the host {entry.host!r} {exc}: a move destination must be a workstation or PACS of its "
+                          "own, never the hub's machine or its internal networks") from None
 
 
 def registered(value: list[dict[str, object]]) -> list[MoveDestination]:
     return [MoveDestination.model_validate(v) for v in value]
+
+
+UNRESOLVED = "move destination does not resolve"
+INTERNAL = "move destination resolves to the hub's machine or its internal networks"
+
+
+class Undialable(Exception):
+    """A project's move destination the hub will not dial now; ``reason`` (``UNRESOLVED`` or ``INTERNAL``) names no
+    address, ``why`` says which kind of internal address (for the operator's log)."""
+
+    def __init__(self, reason: str, why: str) -> None:
+        super().__init__(reason)
+        self.reason, self.why = reason, why
+
+
+def dial_address(destination: MoveDestination, subnet: str) -> str:
+    """The address a move to ``destination`` dials: the operator's entry as written; a project's entry resolved now
+    and checked address by address (``Undialable`` when any is internal, or there is none), then one of those
+    addresses, so a name that resolves elsewhere a moment later (DNS rebinding) changes nothing."""
+    from ..config import NotOutside, outside_addresses
+
+    if destination.operator:
+        return destination.host
+    try:
+        addresses = outside_addresses(destination.host, destination.port, subnet)
+    except NotOutside as exc:
+        raise Undialable(INTERNAL, str(exc)) from None
+    if not addresses:
+        raise Undialable(UNRESOLVED, "does not resolve to an address")
+    return addresses[0]
