@@ -36,7 +36,7 @@ from strongroom.deps import SESSION_COOKIE
 from strongroom.identity.models import ApiToken
 from strongroom.projects import service as projects
 from strongroom.projects.models import ProjectSetting
-from strongroom.workspaces import fuse, launcher, netns, service
+from strongroom.workspaces import fuse, launcher, netns, origin, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from support.live import free_port, serving
 from support.slurm import LICENSE, slurm  # noqa: F401  (the session fixture)
@@ -129,18 +129,32 @@ def _stop(hub, ws: Workspace) -> None:
         service.stop(s, hub.settings, s.get(Workspace, ws.id), Actor.system("test"), reason="user")
 
 
+def opened(base: str, path: str, cookie: str) -> tuple[str, dict[str, str]]:
+    """Open a workspace as a browser does: the hub's origin (``base``, with the hub session ``cookie``) hands over to
+    the workspaces' own origin with a one-time code. (That origin, the workspace's cookie there.)"""
+    r = httpx.get(f"{base}{path}lab", cookies={SESSION_COOKIE: cookie}, timeout=30)
+    assert r.status_code == 303, r.text
+    where = r.headers["location"].partition("/_strongroom/")[0]
+    handed = httpx.get(r.headers["location"], timeout=30)
+    assert handed.status_code == 303 and handed.headers["location"] == f"{path}lab", handed.text
+    return where, {origin.WORKSPACE_COOKIE: handed.cookies[origin.WORKSPACE_COOKIE]}
+
+
 class Kernel:
-    """The Jupyter kernel protocol over the hub's websocket proxy (JSON messages, channel in the message)."""
+    """The Jupyter kernel protocol over the workspace proxy's websocket (JSON messages, channel in the message), on
+    the workspaces' origin, opened from the hub's origin ``base`` with the hub session ``cookie``."""
 
     def __init__(self, base: str, path: str, cookie: str) -> None:
-        self.cookies = {SESSION_COOKIE: cookie}
-        r = httpx.post(f"{base}{path}api/kernels", json={"name": "python3"}, cookies=self.cookies, timeout=60)
+        where, self.cookies = opened(base, path, cookie)
+        r = httpx.post(f"{where}{path}api/kernels", json={"name": "python3"}, cookies=self.cookies,
+                       headers={"Origin": where}, timeout=60)
         assert r.status_code == 201, r.text
         self.id = r.json()["id"]
         self.session = uuid.uuid4().hex
-        url = f"{base.replace('http://', 'ws://')}{path}api/kernels/{self.id}/channels?session_id={self.session}"
-        self.ws = ws_connect(url, additional_headers={"Cookie": f"{SESSION_COOKIE}={cookie}"}, open_timeout=30,
-                             max_size=None)
+        url = f"{where.replace('http://', 'ws://')}{path}api/kernels/{self.id}/channels?session_id={self.session}"
+        self.ws = ws_connect(url, additional_headers={"Cookie": f"{origin.WORKSPACE_COOKIE}="
+                                                                f"{self.cookies[origin.WORKSPACE_COOKIE]}"},
+                             origin=where, open_timeout=30, max_size=None)  # type: ignore[arg-type]
 
     def run(self, code: str) -> tuple[str, str]:
         """(the result's text/plain, everything printed)."""
@@ -184,28 +198,40 @@ def test_workspace_through_the_hub_proxy_only(hub, people, live: str) -> None:
     try:
         assert ws.state == RUNNING and scratch.is_dir()
         (scratch / "result.txt").write_text("plaintext that must not outlive the workspace")
-        # the owner's page session goes through; the token is nowhere in what comes back
-        r = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+        # the owner's page session opens it on the workspaces' own origin (never the hub's: there it only hands
+        # over); the token is nowhere in what comes back
+        where, cookies = opened(live, path, carol_cookie)
+        assert where == service.browser_origin(hub.settings) and where != live
+        r = httpx.get(f"{where}{path}api/status", cookies=cookies, timeout=30)
         assert r.status_code == 200 and "last_activity" in r.json()
         assert token not in r.text and not any(token in v for v in r.headers.values())
-        lab = httpx.get(f"{live}{path}lab", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
+        lab = httpx.get(f"{where}{path}lab", cookies=cookies, timeout=30)
         assert lab.status_code == 200 and "JupyterLab" in lab.text
         assert token not in lab.text and not any(token in v for v in lab.headers.values())
-        # another project's member, anonymous, a made-up id, another slug: 404
+        # whatever cookies Jupyter sets reach the browser on the workspace's path and host only
+        assert all(f"Path={path}" in c and "domain=" not in c.lower() for c in lab.headers.get_list("set-cookie"))
+        hub_copy = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie})
+        assert hub_copy.status_code == 303 and hub_copy.headers["location"].startswith(f"{where}/_strongroom/")
+        # another project's member, anonymous, a made-up id, another slug: 404 (anonymous: the login page first)
         assert httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: dave_cookie}).status_code == 404
-        assert httpx.get(f"{live}{path}api/status").status_code == 404
+        assert httpx.get(f"{where}{path}api/status").status_code == 404
+        assert httpx.get(f"{live}{path}api/status").headers["location"].startswith("/login?next=")
         assert httpx.get(f"{live}/projects/lung/workspaces/{uuid.uuid4()}/api/status",
                          cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
         assert httpx.get(f"{live}/projects/heart/workspaces/{ws.id}/api/status",
                          cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
-        # a cross-site POST (another site's form with the owner's cookie) is refused too
-        assert httpx.post(f"{live}{path}api/kernels", json={}, cookies={SESSION_COOKIE: carol_cookie},
+        assert httpx.get(f"{where}/projects/heart/workspaces/{ws.id}/api/status", cookies=cookies).status_code == 404
+        # a cross-site POST (another site's form or script with the owner's cookie) is refused too, and on the hub's
+        # origin nothing but opening it
+        assert httpx.post(f"{where}{path}api/kernels", json={}, cookies=cookies,
                           headers={"Origin": "https://evil.example"}).status_code == 404
-        # the kernel websocket: refused to others, works for the owner
-        for cookie in (dave_cookie, None):
+        assert httpx.post(f"{live}{path}api/kernels", json={}, cookies={SESSION_COOKIE: carol_cookie},
+                          headers={"Origin": live}).status_code == 404
+        # the kernel websocket: refused to others (and to the hub's cookie alone), works for the owner
+        for cookie in (f"{SESSION_COOKIE}={dave_cookie}", f"{SESSION_COOKIE}={carol_cookie}", None):
             with pytest.raises(InvalidStatus) as refused:
-                ws_connect(f"{live.replace('http://', 'ws://')}{path}api/kernels/x/channels",
-                           additional_headers={"Cookie": f"{SESSION_COOKIE}={cookie}"} if cookie else {})
+                ws_connect(f"{where.replace('http://', 'ws://')}{path}api/kernels/x/channels", origin=where,  # type: ignore[arg-type]
+                           additional_headers={"Cookie": cookie} if cookie else {})
             assert refused.value.response.status_code == 404
         kernel = Kernel(live, path, carol_cookie)
         try:
@@ -230,6 +256,7 @@ def test_workspace_through_the_hub_proxy_only(hub, people, live: str) -> None:
         _stop(hub, ws)
     assert not scratch.exists()
     assert httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}).status_code == 404
+    assert httpx.get(f"{where}{path}api/status", cookies=cookies).status_code == 404
     with transaction(hub.sessions) as s:
         row = s.get(Workspace, ws.id)
         assert row.state == STOPPED and row.stop_reason == "user"
@@ -647,8 +674,8 @@ def test_slurm_job_runs_as_the_members_cluster_account(hub, people, live: str, s
             assert f"{LICENSE}:2" in job and "gpu:2" in job, job
             assert f"UserId={account}({uid})" in job, job
             path = service.base_path("lung", ws.id)
-            r = httpx.get(f"{live}{path}api/status", cookies={SESSION_COOKIE: carol_cookie}, timeout=30)
-            assert r.status_code == 200
+            where, cookies = opened(live, path, carol_cookie)
+            assert httpx.get(f"{where}{path}api/status", cookies=cookies, timeout=30).status_code == 200
             assert service.jupyter_token(hub.secret, ws.id) not in (Path(ws.scratch) / ".job.sh").read_text()
             # inside: the kernel and the data mount's daemon run as the member's account; the mount shows lung only
             kernel = Kernel(live, path, carol_cookie)

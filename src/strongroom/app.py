@@ -253,6 +253,7 @@ def _back_to(request: Request) -> str:
 def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None) -> FastAPI:
     from .access.visas_api import PassportMiddleware
     from .capabilities import registry
+    from .workspaces.proxy import WorkspaceOrigin
 
     settings = settings or get_settings()
     hub = Hub.from_settings(settings)
@@ -299,6 +300,9 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
            "frame-ancestors 'none'; form-action 'self' " + (settings.oidc.issuer or "")).strip()
 
     app.add_middleware(PreRoutingMiddleware)  # added before observe, so it runs inside it
+    # The workspaces' own origin (by Host) reaches the workspace proxy and nothing else of the hub, the pre-routed
+    # pages included; a notebook's pages never run on the hub's origin. Refused: one on the hub's own host.
+    app.add_middleware(WorkspaceOrigin, where=settings.workspaces.browser_origin(settings.base_url))
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:

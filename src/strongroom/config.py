@@ -412,6 +412,11 @@ class WorkspaceSettings(BaseModel):
     subnet: str = "10.213.0.0/16"  # carved into one /30 per workspace (host side .1, workspace .2)
     hub_url: str = ""  # what a workspace calls the hub; default http://<the veth's host side>:<port>
     hub_port: int = Field(0, ge=0, le=65535)  # the hub's port the workspace may reach; 0: settings.port
+    # Where browsers reach the workspaces: an origin (scheme://host[:port]) whose HOST is not the hub's (cookies
+    # ignore ports), e.g. https://workspaces.hub.example, routed to this hub by the reverse proxy: a notebook's
+    # pages never run on the hub's own origin. Unset: localhost for a hub at 127.0.0.1 and the reverse (same scheme
+    # and port); for any other hub, workspaces cannot be opened until it is set (docs/workspaces.md).
+    origin: str = ""
     scratch_dir: Path | None = None  # default /dev/shm/strongroom-workspaces (tmpfs), else <var_dir>/workspaces
     idle_minutes: int = Field(120, ge=1, le=10080)  # stopped after this long without kernel activity
     max_per_user: int = Field(2, ge=1, le=50)
@@ -463,6 +468,38 @@ class WorkspaceSettings(BaseModel):
             raise ValueError("[workspaces] uid_range must be [start, end] with 65536 <= start <= end < 2^31-1, "
                              "above the machine's system and normal users (default [2000000, 2099999])")
         return self
+
+    @field_validator("origin")
+    @classmethod
+    def _an_origin(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # not a number, or out of range
+            port_ok = False
+        if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc or (
+                parts.path or parts.query or parts.fragment):
+            raise ValueError(f"[workspaces] origin {value!r} must be an origin only, scheme://host[:port] (http or "
+                             "https, no path), e.g. https://workspaces.hub.example")
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+    def browser_origin(self, base_url: str) -> str:
+        """The origin browsers open workspaces at (``origin``, or the loopback twin of a loopback hub: 127.0.0.1 and
+        localhost are two hosts, so two cookie jars and two sites), or "" when there is none. ValueError when it has
+        the hub's own host: another port of the hub's host would share the hub's cookies."""
+        hub = urlsplit(base_url)
+        hub_host = (hub.hostname or "").rstrip(".")
+        if not self.origin:
+            twin = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(hub_host)
+            return "" if twin is None else f"{hub.scheme}://{twin}" + (f":{hub.port}" if hub.port else "")
+        if (urlsplit(self.origin).hostname or "").rstrip(".") == hub_host:
+            raise ValueError(f"[workspaces] origin {self.origin} has the hub's own host ({hub_host}, base_url "
+                             f"{base_url}): browsers share cookies across a host's ports, so the workspaces need a "
+                             "host name of their own, e.g. workspaces.<the hub's name>, with its own certificate")
+        return self.origin
 
 
 class DoiSettings(BaseModel):
@@ -574,6 +611,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from None
         return [entry.strip() for entry in value]
+
+    @model_validator(mode="after")
+    def _workspaces_origin_elsewhere(self) -> Settings:
+        self.workspaces.browser_origin(self.base_url)  # an origin on the hub's own host is refused at load
+        return self
 
     @classmethod
     def settings_customise_sources(

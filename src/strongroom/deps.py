@@ -314,10 +314,17 @@ def _own_origins(request: Request) -> tuple[str, str]:
     return f"{base.scheme}://{base.netloc}".lower(), request.headers.get("host", "").lower()
 
 
+def _workspaces_host(request: Request) -> str | None:
+    """The host notebook workspaces are served from (``[workspaces] origin``), or None."""
+    settings = request.app.state.hub.settings
+    return urlsplit(settings.workspaces.browser_origin(settings.base_url)).hostname
+
+
 def _same_site(request: Request) -> bool:
     """Origin (or, without it, Referer) must name this hub when the browser sends one: the
     configured base_url, or the Host the request came to (a proxy must pass Host through or
-    base_url must be the public address)."""
+    base_url must be the public address). Never the workspaces' host, as sender or as Host: its
+    pages are a notebook's, and another host of the hub's own site (same-site is not same-origin)."""
     sent = request.headers.get("origin")
     if sent is None:
         referer = request.headers.get("referer")
@@ -330,6 +337,9 @@ def _same_site(request: Request) -> bool:
         return False
     base_origin, host = _own_origins(request)
     parts = urlsplit(sent)
+    workspaces = _workspaces_host(request)
+    if workspaces is not None and workspaces in (parts.hostname, urlsplit(f"//{host}").hostname):
+        return False
     return sent == base_origin or (bool(host) and parts.scheme in ("http", "https") and parts.netloc == host)
 
 

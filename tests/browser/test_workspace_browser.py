@@ -1,8 +1,8 @@
 """A notebook workspace in a real browser (issue 19): a member logs in (password + TOTP), starts a workspace
-from the project page, opens JupyterLab through the hub's proxy (the workspace's Jupyter token is not in the
-page), and runs a notebook cell there that reads a DICOM instance of a dataset shared into the project through
-``strongroom://`` with pydicom and saves a result back into the project (archived encrypted). Another project's
-member gets 404 on the same proxy URL."""
+from the project page, opens JupyterLab through the hub's proxy on the workspaces' own origin (localhost for a hub
+at 127.0.0.1; the workspace's Jupyter token is not in the page), and runs a notebook cell there that reads a DICOM
+instance of a dataset shared into the project through ``strongroom://`` with pydicom and saves a result back into
+the project (archived encrypted). Another project's member gets 404 on the same proxy URL, on either origin."""
 
 from __future__ import annotations
 
@@ -149,7 +149,9 @@ def test_member_opens_jupyterlab_through_the_hub_and_reads_a_shared_dicom(
             (ws,) = s.scalars(select(Workspace).where(Workspace.project_id == heart_id, Workspace.state.in_(LIVE)))
             lab_path = f"{service.base_path('heart', ws.id)}lab"
         member.locator(f'a[href="{lab_path}"]').click()
-        expect(member).to_have_url(re.compile(re.escape(lab_path)))
+        where = service.browser_origin(hub.settings)  # the hub hands the browser over to the workspaces' origin
+        assert where.startswith("http://localhost:")
+        expect(member).to_have_url(f"{where}{lab_path}")
         # JupyterLab's own UI, served through the hub's proxy: its shell and launcher render
         expect(member.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
         launcher = member.locator(".jp-Launcher")
@@ -167,11 +169,13 @@ def test_member_opens_jupyterlab_through_the_hub_and_reads_a_shared_dicom(
                   if "/api/" in r.url else None)
         member.on("websocket", lambda w: trace.append(f"websocket {w.url}"))
         base = service.base_path("heart", ws.id)
-        saved_nb = member.request.put(f"{base}api/contents/analysis.ipynb", data=json.dumps(
+        saved_nb = member.request.put(f"{where}{base}api/contents/analysis.ipynb", data=json.dumps(
             {"type": "notebook", "format": "json", "content": _notebook(CELL.format(dataset=dataset))}),
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json", "Origin": where})
         assert saved_nb.status == 201, saved_nb.text()
-        member.goto(f"{base}lab/tree/analysis.ipynb", timeout=120_000)  # Lab loads through the proxy
+        # opened from the hub again, deep: a new handoff, then Lab loads through the proxy
+        member.goto(f"{live_server.url}{base}lab/tree/analysis.ipynb", timeout=120_000)
+        expect(member).to_have_url(f"{where}{base}lab/tree/analysis.ipynb")
         cell = member.locator(".jp-Notebook .jp-Cell").first
         expect(cell.locator(".cm-content")).to_contain_text("SAVED", timeout=120_000)
         expect(member.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
@@ -213,6 +217,9 @@ def test_member_opens_jupyterlab_through_the_hub_and_reads_a_shared_dicom(
         assert answer is not None and answer.status == 404
         answer = other.goto(f"{service.base_path('heart', ws.id)}api/status")
         assert answer is not None and answer.status == 404
+        for address in (lab_path, f"{base}api/status"):  # and his hub session opens nothing on the other origin
+            answer = other.goto(f"{where}{address}")
+            assert answer is not None and answer.status == 404
     finally:
         with transaction(hub.sessions) as s:
             for live in s.scalars(select(Workspace).where(Workspace.state.in_(LIVE))):

@@ -64,3 +64,20 @@ class ClusterAccount(Base):
     # one POSIX identity per person (two members on one account would read each other's files)
     account: Mapped[str] = mapped_column(String(64), unique=True)
     set_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Handoff(Base):
+    """A workspace being opened: the hub's origin sends the browser to the workspaces' origin with a one-time code
+    (``service.issue_handoff``), of which only an HMAC is stored. Good once (``used_at``, set by the one update that
+    finds it unused: any web server sharing the database), for ``HANDOFF_SECONDS``; swept once expired. No foreign
+    keys: a row lives seconds and must hold up neither a logout nor an account's erasure."""
+
+    __tablename__ = "workspace_handoffs"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace_id: Mapped[uuid.UUID]
+    user_id: Mapped[uuid.UUID]
+    session_hash: Mapped[str] = mapped_column(String(64))  # the hub session that opened it (its WebSession.id_hash)
+    next_path: Mapped[str] = mapped_column(Text)  # where on the workspaces' origin the browser goes then
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    used_at: Mapped[dt.datetime | None]

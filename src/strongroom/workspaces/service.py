@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,17 +32,17 @@ from ..config import Settings, internal_address
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
-from ..identity.models import User
+from ..identity.models import User, WebSession
 from ..identity.principal import Principal
 from ..jobs import service as jobs
 from ..paths import state_folders
 from ..projects import service as projects
 from ..projects.models import Membership, Project
-from . import fuse, netns
+from . import fuse, netns, origin
 from . import launcher as launching
 from . import settings as ws_settings
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
-from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Workspace
+from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Handoff, Workspace
 
 # What STRONGROOM_TOKEN may do, within its one project: read its data (the plaintext route, from this
 # workspace's own address only: ``in_platform_reader``) and save results back as files through the archive's
@@ -57,7 +57,7 @@ def jupyter_token(secret: bytes, workspace_id: uuid.UUID) -> str:
     return hmac.new(secret, f"workspace-jupyter:{workspace_id}".encode(), hashlib.sha256).hexdigest()
 
 
-def base_path(slug: str, workspace_id: uuid.UUID) -> str:
+def base_path(slug: str, workspace_id: uuid.UUID | str) -> str:
     return f"/projects/{slug}/workspaces/{workspace_id}/"
 
 
@@ -578,6 +578,73 @@ def proxy_target(session: Session, settings: Settings, secret: bytes, principal:
             principal.mfa_at < ws.started_at - fresh):
         raise NotFound("no such workspace")
     return Target(ws.host, ws.port, jupyter_token(secret, ws.id))
+
+
+# -- the workspaces' own origin ----------------------------------------------------------------
+NO_ORIGIN = ("workspaces cannot be opened on this hub yet: its operator must set [workspaces] origin, a host name of "
+             "their own for the notebooks (e.g. https://workspaces.<the hub's name>, routed to this hub with its own "
+             "certificate; docs/workspaces.md)")
+
+
+def browser_origin(settings: Settings) -> str:
+    """Where browsers open workspaces ("": nowhere yet, ``NO_ORIGIN``); never the hub's own host."""
+    return settings.workspaces.browser_origin(settings.base_url)
+
+
+def issue_handoff(session: Session, secret: bytes, workspace_id: uuid.UUID, user_id: uuid.UUID, session_hash: str,
+                  next_path: str, *, now: dt.datetime | None = None) -> str:
+    """A one-time code, good for ``origin.HANDOFF_SECONDS``, that opens ``workspace_id`` on the workspaces' origin
+    for this user's hub session (``session_hash``) at ``next_path``. Called once the hub's own checks passed."""
+    now = now or utcnow()
+    session.execute(delete(Handoff).where(Handoff.expires_at < now))  # used or not, an expired code opens nothing
+    code = origin.new_code()
+    session.add(Handoff(code_hash=origin.code_hash(secret, code), workspace_id=workspace_id, user_id=user_id,
+                        session_hash=session_hash, next_path=next_path,
+                        expires_at=now + dt.timedelta(seconds=origin.HANDOFF_SECONDS)))
+    return code
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a redeemed handoff code was issued for."""
+
+    workspace_id: uuid.UUID
+    user_id: uuid.UUID
+    session_hash: str
+    next_path: str
+
+
+def redeem_handoff(session: Session, secret: bytes, code: str) -> Opened | None:
+    """Use ``code``: what it was issued for, or None when it is unknown, used or expired. One conditional update
+    marks it used, so of two web servers (or two requests) only one ever gets it; commit before checking more."""
+    if not code or len(code) > 100:
+        return None
+    key = origin.code_hash(secret, code)
+    now = utcnow()
+    used = session.execute(update(Handoff).where(Handoff.code_hash == key, Handoff.used_at.is_(None),
+                                                 Handoff.expires_at > now).values(used_at=now)
+                           .execution_options(synchronize_session=False))
+    row = session.get(Handoff, key) if getattr(used, "rowcount", 0) == 1 else None
+    if row is None:
+        return None
+    return Opened(row.workspace_id, row.user_id, row.session_hash, row.next_path)
+
+
+def hub_session_principal(session: Session, settings: Settings, session_hash: str, ip: str | None) -> Principal:
+    """The hub session a workspace cookie names, checked as the hub's pages check their cookie
+    (``identity.load_session``, here by its stored hash): logged out, expired, idle too long, not fully logged in,
+    or its user deactivated — 404. Work in the workspace keeps the session from going idle, as it did on the hub."""
+    ws = session.get(WebSession, session_hash)
+    now = utcnow()
+    if ws is None or ws.stage != "active" or ws.expires_at <= now or (
+            now - ws.last_seen_at > dt.timedelta(minutes=settings.security.session_idle_minutes)):
+        raise NotFound("no such workspace")
+    if now - ws.last_seen_at > dt.timedelta(seconds=30):  # as load_session: no write per request
+        ws.last_seen_at = now
+    user = session.get(User, ws.user_id)
+    if user is None or not user.is_active:
+        raise NotFound("no such workspace")
+    return identity.session_principal(ws, user, ip)
 
 
 # -- periodic checks ---------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def workspaces_page(request: Request, db: Db, hub: HubDep, principal: WebPrincip
         "resources": {ws.id: service.resources(hub.settings, ws) for ws in mine if ws.state in LIVE},
         "soon": {ws.id: when for ws in mine if (when := service.stopping_soon(hub.settings, ws, now))},
         "booking": service.active_booking(db, access.project.id, now), "isolation": isolation, "why": why,
-        "settings": hub.settings.workspaces})
+        "settings": hub.settings.workspaces,
+        "no_origin": "" if service.browser_origin(hub.settings) else service.NO_ORIGIN})
 
 
 @router.post("/projects/{slug}/workspaces", dependencies=[CsrfChecked])
