@@ -44,7 +44,7 @@ from imaging_support import make_project
 from strongroom.config import Settings
 from strongroom.db import transaction
 from strongroom.projects import service as projects
-from strongroom.workspaces import fuse, launcher, service
+from strongroom.workspaces import fuse, launcher, limits, service
 from strongroom.workspaces.models import RUNNING, STOPPED, Workspace
 from test_workspaces import (  # noqa: F401  (fixtures)
     NO_NETNS,
@@ -983,3 +983,66 @@ def test_the_stop_removes_a_uids_leftovers_recursively_and_safely(tmp_path: Path
     finally:
         for path in mounts:
             subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# -- resource limits: a control group of its own ---------------------------------------------------------------------
+HOGS = """
+import subprocess, sys
+hog = subprocess.run([sys.executable, "-c", "a = bytearray(1 << 30)"], capture_output=True)
+bomb = subprocess.run([sys.executable, "-c", BOMB], capture_output=True, text=True)
+print(hog.returncode, bomb.stdout.strip())
+"""
+# a fork bomb in a process of its own (not the kernel): 400 sleeping children asked for, then all ended at once
+BOMB = """
+import os, time
+children, refused = [], 0
+for _ in range(400):
+    try:
+        pid = os.fork()
+    except OSError:
+        refused += 1
+        continue
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, 9)
+for pid in children:
+    os.waitpid(pid, 0)
+print(len(children), refused)
+"""
+
+
+def test_a_workspace_is_held_to_its_memory_and_processes(hub, people, live: str) -> None:  # noqa: F811
+    """A notebook that allocates a GiB, and forks 400 processes, in a workspace limited to 512 MiB and 256 processes:
+    the kernel stops the allocating process inside the workspace's control group, the forks beyond the ceiling are
+    refused, and the notebook goes on; the page reports the memory against its limit and the stopped process; at the
+    stop the group goes."""
+    hub.settings.workspaces.memory_max_bytes, hub.settings.workspaces.pids_max = 512 * 2**20, 256
+    people("alice")
+    make_project(hub, "lung", pi="alice")
+    carol, cookie = _member_session(hub, people, "carol", "lung")
+    ws = _start(hub, carol, "lung")
+    try:
+        assert ws.uid is not None and ws.pid is not None
+        group = limits.existing(launcher.group_name(ws.uid))
+        assert group.dirs and ws.pid in group.pids()  # JupyterLab (and all it starts) is in it
+        assert group.memory_limit() == 512 * 2**20
+        kernel = Kernel(live, service.base_path("lung", ws.id), cookie)
+        try:
+            _, printed = kernel.run(f"BOMB = {BOMB!r}\n" + HOGS)
+            hog, forked, refused = (int(n) for n in printed.split())
+            assert hog == -signal.SIGKILL  # the kernel's OOM killer, inside the group
+            assert refused > 0 and forked + refused == 400 and forked < 256
+            _, printed = kernel.run("print(6 * 7)")  # the notebook itself goes on
+            assert printed.strip() == "42"
+        finally:
+            kernel.close()
+        assert group.out_of_memory_kills() >= 1
+        shown = service.resources(hub.settings, ws)
+        assert shown["memory"].endswith("of 512 MiB; 1 process(es) stopped at the limit") or \
+            "of 512 MiB;" in shown["memory"], shown
+    finally:
+        _stop(hub, ws)
+    assert not any(d.exists() for d in group.dirs)

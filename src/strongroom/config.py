@@ -441,6 +441,15 @@ class WorkspaceSettings(BaseModel):
     # (default 8 GiB; memory, taken only as written), so one workspace filling its HOME fills neither the machine's
     # /dev/shm nor another workspace's. A scratch_dir on disk is limited by the site's file-system quotas instead.
     scratch_max_bytes: int = Field(8 * 2**30, ge=2**24, le=2**44)
+    # A local workspace under its own uid runs in a control group of its own (cgroup v1 or v2; the hub must run as
+    # root with a writable cgroup file system), so one notebook cannot starve the machine the hub and the other
+    # projects' workspaces share: at most memory_max_bytes of memory (swap, page cache and its private tmpfs pages
+    # included; beyond it the kernel stops a process of that workspace only; default 8 GiB), pids_max processes and
+    # threads (a fork bomb stops there; default 4096), and, when set, cpus_max CPUs' worth of time (default 0: no
+    # ceiling, but its fair share beside the others). 0 switches each off; all three 0: no control group.
+    memory_max_bytes: int = Field(8 * 2**30, ge=0, le=2**50)
+    pids_max: int = Field(4096, ge=0, le=2**22)
+    cpus_max: float = Field(0.0, ge=0, le=1024)
     # The package indexes a project's workspace_package_mirror setting may name, each with the projects it serves
     package_mirrors: dict[str, WorkspacePackageMirror] = {}
 
@@ -452,6 +461,13 @@ class WorkspaceSettings(BaseModel):
             if (why := internal_address(host, self.subnet)) is not None:
                 raise ValueError(f"[workspaces.package_mirrors.{name}] url: the host {host} is {why}; a package "
                                  "mirror must be a machine of its own, outside the workspaces' subnet")
+        return self
+
+    @model_validator(mode="after")
+    def _limits_a_lab_can_run_in(self) -> WorkspaceSettings:
+        if 0 < self.memory_max_bytes < 256 * 2**20 or 0 < self.pids_max < 64:
+            raise ValueError("[workspaces] memory_max_bytes must be 0 (no limit) or at least 256 MiB, and pids_max "
+                             "0 or at least 64: JupyterLab and a kernel need that much to start")
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ from typing import Protocol
 import httpx
 
 from . import fuse
+from . import limits as workspace_limits
 
 
 class LaunchError(RuntimeError):
@@ -58,6 +59,7 @@ class Spec:
     shm_max_bytes: int = 2**30  # local, own uid: the most its private /dev/shm (and System V shared memory) holds
     scratch_max_bytes: int = 0  # local, root, scratches on a tmpfs: the most its scratch's own tmpfs holds (0: none)
     hub_state: tuple[Path, ...] = ()  # local, own uid: the hub's state folders (var_dir, spool…), hidden from it
+    limits: workspace_limits.Limits = field(default_factory=workspace_limits.Limits)  # local, own uid: its cgroup
 
 
 @dataclass
@@ -135,6 +137,11 @@ def _group_usage(pgid: int) -> tuple[int, int]:
         except (OSError, IndexError, ValueError):
             continue
     return rss, cpus
+
+
+def group_name(uid: int) -> str:
+    """A local workspace's control group: named by its uid, leased to one live workspace at a time."""
+    return f"ws-{uid}"
 
 
 def _mib(n: int) -> str:
@@ -538,6 +545,14 @@ class LocalLauncher:
                     "--allow-root"]
         if spec.netns:
             argv = ["ip", "netns", "exec", spec.netns, *argv]
+        if spec.uid is not None and spec.limits.any:
+            # outermost: the namespace's set-up, JupyterLab and whatever the notebook starts are all held to the limits
+            try:
+                group = workspace_limits.create(group_name(spec.uid), spec.limits)
+            except workspace_limits.CgroupError as exc:
+                raise LaunchError(f"{exc} (or set [workspaces] memory_max_bytes, pids_max and cpus_max to 0 to run "
+                                  "workspaces without limits)") from None
+            argv = workspace_limits.joining_argv(group, argv)
         if spec.mount_data:
             mount_data(spec, timeout=timeout)
         log = open(spec.scratch / ".jupyter.log", "ab")  # noqa: SIM115 - handed to the child
@@ -564,6 +579,7 @@ class LocalLauncher:
             # what escaped the process group (setsid, a daemonised child) ends too, and nothing of this
             # workspace is left under its uid for the next workspace that leases it
             end_uid(handle.uid)
+            workspace_limits.existing(group_name(handle.uid)).remove()
             remove_leftovers(handle.uid, keep_out=(str(Path(handle.scratch).resolve().parent),) if handle.scratch
                              else ())
         if handle.scratch:
@@ -585,11 +601,22 @@ class LocalLauncher:
             os.waitpid(handle.pid, os.WNOHANG)  # reap it when this process started it
 
     def resources(self, handle: Handle) -> dict[str, str]:
-        """What it uses on the hub's machine: CPUs it may run on, resident memory; no GPU."""
+        """What it uses on the hub's machine: CPUs it may run on, memory (its control group's, page cache and
+        private tmpfs included, against its limit; else the process group's resident memory); no GPU."""
         if handle.pid is None:
             return {}
         rss, cpus = _group_usage(handle.pid)
-        return {"cpus": str(cpus or os.cpu_count() or 1), "memory": f"{_mib(rss)} in use", "gpus": "0"}
+        memory, cpus_shown = f"{_mib(rss)} in use", str(cpus or os.cpu_count() or 1)
+        if handle.uid is not None:
+            group = workspace_limits.existing(group_name(handle.uid))
+            used, limit, kills = group.memory_in_use(), group.memory_limit(), group.out_of_memory_kills()
+            if used is not None:
+                memory = f"{_mib(used)} in use" + (f" of {_mib(limit)}" if limit else "")
+            if kills:
+                memory += f"; {kills} process(es) stopped at the limit"
+            if (share := group.cpu_limit()) is not None:
+                cpus_shown = f"{min(share, cpus or share):g}"
+        return {"cpus": cpus_shown, "memory": memory, "gpus": "0"}
 
     def alive(self, handle: Handle) -> bool:
         if handle.pid is None:

@@ -42,6 +42,7 @@ from . import fuse, netns, origin
 from . import launcher as launching
 from . import settings as ws_settings
 from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
+from .limits import Limits
 from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Handoff, Workspace
 
 # What STRONGROOM_TOKEN may do, within its one project: read its data (the plaintext route, from this
@@ -448,7 +449,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
                 license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
                 cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes,
-                scratch_max_bytes=w.scratch_max_bytes, hub_state=tuple(state_folders(settings)))
+                scratch_max_bytes=w.scratch_max_bytes, hub_state=tuple(state_folders(settings)),
+                limits=Limits(memory_bytes=w.memory_max_bytes, pids=w.pids_max, cpus=w.cpus_max))
     try:
         if plan is not None:
             netns.teardown(plan)  # leftovers of a hub that died with this slot in use
