@@ -144,7 +144,12 @@ APPLY_PAGE = "/apply/{dataset_id}"
 PUBLIC_FACE = {"/datasets/{dataset_id}", "/datasets/{dataset_id}/versions/{number}"}
 # Refused before the project is looked at (test_outsiders: a STOW-RS body that is no multipart DICOM).
 BEFORE_ACCESS = {("POST", "/dicomweb/projects/{slug}/studies"): 415,
-                 ("POST", "/dicomweb/projects/{slug}/studies/{study}"): 415}
+                 ("POST", "/dicomweb/projects/{slug}/studies/{study}"): 415,
+                 # a workspace answers on the workspaces' own origin only: on the hub's, anything but opening it is
+                 # not found, for every project alike (test_workspace_origin)
+                 **{(method, f"/projects/{{slug}}/workspaces/{{workspace_id}}{rest}"): 404
+                    for method in ("DELETE", "OPTIONS", "PATCH", "POST", "PUT", "HEAD")
+                    for rest in ("", "/{path:path}")}}
 CHANGED_BY_WRITES = {"compute_gpu_slots", "compute_bookings", "access_applications", "access_application_events",
                      "notify_outbox", "jobs"}
 

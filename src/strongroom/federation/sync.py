@@ -25,6 +25,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,12 +40,12 @@ from ..archive import c4gh
 from ..archive.accession import new_accession
 from ..archive.backend import storage_for
 from ..archive.keys import hub_keys
-from ..archive.models import READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
+from ..archive.models import DELETED, READY, ArchiveFile, Dataset, DatasetFile, DatasetVersion
 from ..archive.paths import is_archive_path
 from ..audit import service as audit
 from ..config import Settings
 from ..db import transaction, utcnow
-from ..errors import Conflict, Forbidden, Invalid, NotFound
+from ..errors import Conflict, Forbidden, Invalid, NotFound, Unavailable
 from ..hub import Hub
 from ..identity.principal import Principal
 from . import manifest as mf
@@ -534,6 +535,7 @@ def check_manifest(hub: Hub, peer_id: uuid.UUID, body: bytes, ip: str | None) ->
         reason = str(exc) if isinstance(exc, signing.SignatureError | mf.ManifestError) else "not a manifest envelope"
         _refuse(hub, peer_id, None, reason, ip, "manifest")
         raise Invalid(f"manifest refused: {reason}") from None
+    refuse_deleted_versions(hub, peer_id, doc, ip)
     return doc, signature
 
 
@@ -585,6 +587,8 @@ def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled
         entry = mf.file_entry(inc.manifest, file_id)
         if entry is None:
             raise NotFound("the manifest has no such file")
+        if forgotten(entry):
+            raise Conflict(f"{file_id} was {DELETED_AT_ORIGIN}: it is not received again")
         inc_id, peer_name = inc.id, peer.name
         if s.get(IncomingFile, (inc.id, file_id)) is not None:
             return {"file": file_id, "status": "had"}
@@ -623,6 +627,13 @@ def store_body(hub: Hub, peer_id: uuid.UUID, sync_id: str, file_id: str, spooled
         writer.abort()
         raise
     with transaction(hub.sessions) as s:
+        # its version deleted at the origin while the body travelled (``forget_version``): not kept
+        current = s.get(Incoming, inc_id, with_for_update=True)
+        if current is None or current.state == "refused" or forgotten(mf.file_entry(current.manifest, file_id) or {}):
+            from ..retention.deletion import purge_object
+
+            purge_object(storage, key)
+            raise Conflict(f"this push was refused: {current.reason if current is not None else 'it is gone'}")
         if s.get(IncomingFile, (inc_id, file_id)) is None:
             s.add(IncomingFile(incoming_id=inc_id, origin_file_id=file_id, body_key=key))
         audit.record(s, audit.Actor(id=None, label=f"peer:{peer_name}", ip=ip), "federation.sync.received",
@@ -680,6 +691,8 @@ def publish(hub: Hub, session: Session, peer: Peer, sync_id: str, ip: str | None
                                                  Mirror.origin_dataset_id == doc["dataset"]["id"]))
     if inc.state == "published" and mirror is not None:
         return {"dataset": mirror.dataset_id, "url": _landing(hub, session, mirror.dataset_id)}
+    if any(forgotten(f) for f in doc["files"]):  # a version deleted at its origin: its keys are gone here
+        raise Conflict(f"this push carries a version that was {DELETED_AT_ORIGIN}: not published")
     # Checked again: a manifest received before a rule was added (or before the peer was re-pinned elsewhere)
     # publishes nothing that the rule refuses now
     unsafe = next((f["path"] for f in doc["files"] if not is_archive_path(f["path"])), None)
@@ -776,6 +789,105 @@ def _landing(hub: Hub, session: Session, dataset_id: str) -> str:
 
     slug = session.scalar(select(CatalogEntry.slug).where(CatalogEntry.dataset_id == dataset_id))
     return f"{service.base(hub.settings)}/catalog/{slug}"
+
+
+# -- peer: a version deleted at its origin ------------------------------------------------------------
+DELETED_AT_ORIGIN = "deleted at its origin at the end of its retention period"
+
+
+def forgotten(entry: dict[str, Any]) -> bool:
+    """Whether a manifest's file entry was forgotten (``forget_version``): no header, its path its id."""
+    return entry.get("deleted") is True
+
+
+def deleted_versions(session: Session, peer_id: uuid.UUID, origin_dataset_id: str) -> set[int]:
+    """The versions of an origin's dataset its ``deleted`` notices told this hub of: deleted in the mirror, or
+    marked deleted in the manifests kept of its pushes (a version only ever pushed, never published here)."""
+    marked = {v["number"] for m in session.scalars(select(Incoming.manifest).where(
+        Incoming.peer_id == peer_id, Incoming.origin_dataset_id == origin_dataset_id))
+        for v in m["versions"] if v.get("deleted") is True}
+    return marked | set(session.scalars(select(DatasetVersion.number).join(
+        Mirror, Mirror.dataset_id == DatasetVersion.dataset_id).where(
+        Mirror.peer_id == peer_id, Mirror.origin_dataset_id == origin_dataset_id, DatasetVersion.state == DELETED)))
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What ``forget_version`` changed: manifest entries cleared, received bodies purged, pushes refused."""
+
+    entries: int = 0
+    bodies: int = 0
+    refused: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.bodies or self.refused)
+
+
+def forget_version(hub: Hub, session: Session, peer_id: uuid.UUID, origin_dataset_id: str, number: int,
+                   purged: frozenset[str] = frozenset()) -> Forgotten:
+    """The origin deleted version ``number``: what this hub kept of its pushes stops holding the data keys and
+    names of the files it deleted (those of a deleted version in no live one, as the manifests list them: the
+    origin's own rule). In every kept manifest of the dataset's pushes, finished or not, such a file's header
+    is destroyed and its path becomes its id (its entry and the version are marked ``deleted``); its received
+    bodies — and the rows of those at ``purged`` keys — are purged from storage, checked gone; a push still
+    receiving such a version is refused (nothing of it is published). The stored signature no longer verifies
+    the manifest it was made over. Idempotent, also after an application that stopped half-way (it rolls back)."""
+    from ..retention.deletion import purge_object, remaining
+
+    pushes = list(session.scalars(select(Incoming).where(
+        Incoming.peer_id == peer_id, Incoming.origin_dataset_id == origin_dataset_id)
+        .order_by(Incoming.created_at).with_for_update()))  # a body stored meanwhile waits, then sees it
+    deleted = deleted_versions(session, peer_id, origin_dataset_id) | {number}
+    versions = [v for inc in pushes for v in inc.manifest["versions"]]
+    live = {fid for v in versions if v["number"] not in deleted for fid in v["files"]}
+    gone = {fid for v in versions if v["number"] in deleted for fid in v["files"]} - live
+    storage, now = storage_for(hub), utcnow()
+    entries = bodies = refused = 0
+    for inc in pushes:
+        doc = json.loads(json.dumps(inc.manifest))  # a new value: the JSON column sees the change
+        touched = [v for v in doc["versions"] if v["number"] in deleted and v.get("deleted") is not True]
+        for v in touched:
+            v["deleted"] = True
+        cleared = [f for f in doc["files"] if f["id"] in gone and not forgotten(f)]
+        for f in cleared:
+            f["header"], f["path"], f["deleted"] = "", f["id"], True
+        if touched or cleared:
+            inc.manifest, inc.updated_at, entries = doc, now, entries + len(cleared)
+        if inc.state == "receiving" and any(v.get("deleted") is True for v in doc["versions"]):
+            inc.state, inc.reason, inc.updated_at = "refused", f"version {number} was {DELETED_AT_ORIGIN}", now
+            refused += 1
+        rows = [r for r in session.scalars(select(IncomingFile).where(IncomingFile.incoming_id == inc.id))
+                if r.origin_file_id in gone or r.body_key in purged]
+        in_use = _stored_as_archive_files(session, [r.body_key for r in rows])
+        for row in rows:
+            if row.body_key not in in_use:  # a body no live copy here is made of
+                purge_object(storage, row.body_key)
+                if remaining(storage, row.body_key):
+                    raise Unavailable("a received body is still in storage after its purge: the notice is retried")
+                bodies += 1
+            session.delete(row)
+    session.flush()
+    return Forgotten(entries, bodies, refused)
+
+
+def _stored_as_archive_files(session: Session, keys: list[str]) -> set[str]:
+    """Which of ``keys`` hold the body of an archive file (a deleted file holds none)."""
+    found: set[str] = set()
+    for start in range(0, len(keys), 2000):  # bounded IN lists
+        found.update(session.scalars(select(ArchiveFile.body_key).where(
+            ArchiveFile.body_key.in_(keys[start:start + 2000]))))
+    return found
+
+
+def refuse_deleted_versions(hub: Hub, peer_id: uuid.UUID, doc: dict[str, Any], ip: str | None) -> None:
+    """A push of a version its origin deleted (a restored backup there, a stale job) is refused: the certificate
+    the origin issued says no copy of it is left."""
+    with hub.sessions() as s:
+        again = deleted_versions(s, peer_id, doc["dataset"]["id"]) & {v["number"] for v in doc["versions"]}
+    if again:
+        reason = f"version {min(again)} of {doc['dataset']['id']} was {DELETED_AT_ORIGIN}: it is not received again"
+        _refuse(hub, peer_id, None, reason, ip, "manifest")
+        raise Invalid(f"manifest refused: {reason}")
 
 
 # -- peer: the mirror's origin, for pages and the visa check ------------------------------------------
