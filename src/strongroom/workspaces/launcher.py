@@ -9,6 +9,7 @@ its token in ``JUPYTER_TOKEN`` (never on a command line, never sent to the brows
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import shlex
@@ -25,12 +26,22 @@ from typing import Protocol
 
 import httpx
 
+from ..config import NotOutside, internal_address, outside_addresses
 from . import fuse
 from . import limits as workspace_limits
 
 
 class LaunchError(RuntimeError):
     pass
+
+
+class AddressRefused(LaunchError):
+    """Where a Slurm job would be reached is no place the hub may dial: the message names the node and the kind of
+    address (loopback, link-local, ...), never an address."""
+
+    def __init__(self, reason: str, *, job_id: str = "") -> None:
+        super().__init__(reason)
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,8 @@ class Spec:
     gpus: int = 0
     partition: str = ""
     license: str = ""  # Slurm 22.05: the machine's GPUs as a cluster licence (-L name:gpus), see compute
-    slurm_host: str = ""  # Slurm: the address JupyterLab binds and the hub dials ("": the node's first address)
+    slurm_host: str = ""  # Slurm: the operator's address JupyterLab binds and the hub dials ("": the job's node's)
+    subnet: str = ""  # Slurm: the workspaces' subnet (the hub machine's side of each workspace): no node is in it
     uid: int | None = None  # local, the hub runs as root: the workspace's own uid (and gid), no capabilities
     drop_caps: bool = False  # legacy (run_as = ""): root without any capability, one identity for all
     mount_data: bool = False  # mount strongroom:// read-only at <scratch>/data (FUSE, strongroom.workspaces.fuse)
@@ -96,7 +108,7 @@ def jupyter_env(spec: Spec) -> dict[str, str]:
 def wait_ready(host: str, port: int, spec: Spec, *, timeout: float, alive: object = None) -> None:
     """Poll Jupyter's ``/api/status`` until it answers (a readiness probe with a deadline, not a sleep)."""
     deadline = time.monotonic() + timeout
-    url = f"http://{host}:{port}{spec.base_url}api/status"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{spec.base_url}api/status"
     last = ""
     while time.monotonic() < deadline:
         if callable(alive) and not alive():
@@ -632,16 +644,163 @@ class LocalLauncher:
             return True
 
 
+# -- where the hub reaches a Slurm job -------------------------------------------------------------------------
+# The job runs as the member's cluster account, in a scratch that account owns: whatever the job writes there, the
+# member can write too (before the job runs, or while it does). So the hub takes the node from Slurm, never from a
+# file, and believes the job's port only where it cannot lead anywhere else (``SlurmLauncher._port``).
+def dial_address(node_address: str, *, node: str, pinned: str, subnet: str) -> str:
+    """The IP address the hub dials for a job Slurm runs on ``node`` (``node_address``: Slurm's NodeAddr for it).
+
+    The operator's ``pinned`` address ([workspaces] slurm_host) when set: it may be loopback (the cluster's node is the
+    hub's own machine, as on a test machine), never another internal address. Else the node's: any machine of its own
+    (compute nodes are often on a private network) but never the hub's machine or its internals — loopback,
+    link-local (the cloud's metadata service), unspecified, multicast, the workspaces' ``subnet``. Resolved once: the
+    hub stores and dials the address, never the name again. A refusal names the node and the kind, never an address.
+    """
+    if pinned:
+        found = _resolve(pinned)
+        if not found:
+            raise AddressRefused("[workspaces] slurm_host does not resolve")
+        for address in found:
+            if (why := internal_address(address, subnet)) not in (None, "loopback"):
+                raise AddressRefused(f"[workspaces] slurm_host is {why}: only a loopback address or a node's")
+        return _preferred(found)
+    try:
+        found = outside_addresses(node_address, 0, subnet)
+    except NotOutside as exc:
+        raise AddressRefused(f"the Slurm node {node} {exc}") from None
+    if not found:
+        raise AddressRefused(f"the Slurm node {node} does not resolve")
+    return _preferred(found)
+
+
+def _resolve(host: str) -> list[str]:
+    try:
+        found = socket.getaddrinfo(host.strip().strip("[]"), None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in found))
+
+
+def _preferred(addresses: list[str]) -> str:
+    """IPv4 first: the proxy writes the address into its URLs as it is."""
+    return next((a for a in addresses if ":" not in a), addresses[0])
+
+
+def on_this_machine(ip: str) -> bool:
+    """Does this machine hold the unicast address ``ip`` (loopback, an interface's): may the hub bind it?"""
+    if ipaddress.ip_address(ip).is_multicast:
+        return False
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip, 0))
+        except OSError:
+            return False
+    return True
+
+
+_TCP_LISTEN = "0A"
+
+
+def listener_uids(ip: str, port: int) -> set[int]:
+    """The owners of the sockets a connection to ``ip``:``port`` on this machine (in the hub's network namespace)
+    would reach, from the kernel's own tables (/proc/net/tcp, tcp6): those listening on ``ip`` itself, else those
+    listening on every address. Empty: no one listens there."""
+    wanted = ipaddress.ip_address(ip)
+    exact: set[int] = set()
+    wildcard: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+            if len(fields) < 8 or fields[3] != _TCP_LISTEN:
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            if int(hex_port, 16) != port:
+                continue
+            local = _kernel_address(address)
+            if local == wanted:
+                exact.add(int(fields[7]))
+            elif local.is_unspecified and local.version in (wanted.version, 6):  # "::" takes IPv4 too
+                wildcard.add(int(fields[7]))
+    return exact or wildcard
+
+
+def _kernel_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp* print it: 32-bit words in hex, each in the machine's byte order."""
+    raw = bytes.fromhex(text)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _open_members_file(path: Path) -> int | None:
+    """A file in the member's scratch opened to read it: only a regular file with one name (not a link, a FIFO that
+    would block the hub, a device or another hard link to a file of someone else's), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+        return fd
+    os.close(fd)
+    return None
+
+
+def read_port(path: Path) -> int | None:
+    """The port a job wrote at ``path`` (the file's last word: anything else it says is ignored, the address is
+    Slurm's), or None."""
+    if (fd := _open_members_file(path)) is None:
+        return None
+    try:
+        words = os.read(fd, 64).decode("ascii", "replace").split()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    port = int(words[-1]) if words and words[-1].isdigit() else 0
+    return port if 0 < port < 65536 else None
+
+
+def log_tail(path: Path, size: int = 1200) -> str:
+    """The end of a log in the member's scratch (never read through a link the member put there)."""
+    if (fd := _open_members_file(path)) is None:
+        return ""
+    try:
+        os.lseek(fd, max(0, os.fstat(fd).st_size - size), os.SEEK_SET)
+        return os.read(fd, size).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` afresh: never through a link or over what is already there (the folder is the member's)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, mode)
+        out.write(text)
+
+
 class SlurmLauncher:
     """A batch job running JupyterLab: in the booking's reservation (``--reservation=sr-<id>``) with its GPUs,
-    or on free capacity. The job writes ``host port`` into the scratch directory (shared with the hub) once
-    JupyterLab listens; the hub then probes it like a local one."""
+    or on free capacity. The hub dials the node Slurm runs it on (or the operator's ``slurm_host``), at the port
+    the job writes into the scratch directory (shared with the hub), and probes it like a local one."""
 
     kind = "slurm"
 
     def __init__(self, *, sbatch: str = "sbatch", scancel: str = "scancel", squeue: str = "squeue",
-                 slurm_conf: Path | None = None) -> None:
-        self.sbatch, self.scancel, self.squeue, self.slurm_conf = sbatch, scancel, squeue, slurm_conf
+                 scontrol: str = "scontrol", slurm_conf: Path | None = None) -> None:
+        self.sbatch, self.scancel, self.squeue, self.scontrol = sbatch, scancel, squeue, scontrol
+        self.slurm_conf = slurm_conf
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -656,7 +815,6 @@ class SlurmLauncher:
         if spec.drop_caps:
             argv.append("--allow-root")
         python = shlex.quote(spec.python or sys.executable)
-        host = shlex.quote(spec.slurm_host) if spec.slurm_host else '$(hostname -I | cut -d" " -f1)'
         free_port = f"import socket; s=socket.socket(); s.bind(('{bind}', 0)); print(s.getsockname()[1])"
         lines = ["#!/bin/sh", "set -eu"]
         if spec.mount_data:
@@ -676,8 +834,9 @@ class SlurmLauncher:
                 "done",
                 "trap 'fusermount3 -u -z \"$MNT\" 2>/dev/null || true' EXIT",
                 "trap 'kill -TERM \"$LAB\" 2>/dev/null; exit 143' TERM INT"]
+        # the port only: the hub takes the node from Slurm
         lines += [f"PORT=$({python} -c {shlex.quote(free_port)})",
-                  f'echo "{host} $PORT" > {shlex.quote(str(spec.scratch / ".where"))}']
+                  f'echo "$PORT" > {shlex.quote(str(spec.scratch / ".where"))}']
         if spec.mount_data:
             lines += [f'{shlex.join(argv)} --port="$PORT" --port-retries=0 &', "LAB=$!", 'wait "$LAB"']
         else:
@@ -720,38 +879,68 @@ class SlurmLauncher:
 
     def start(self, spec: Spec, *, timeout: float) -> Handle:
         script = spec.scratch / ".job.sh"
-        script.write_text(self.script(spec))
-        script.chmod(0o644)
+        _write_new(script, self.script(spec), 0o644)
         env = {**self._env(), **jupyter_env(spec)}
         args = self.sbatch_args(spec)
         done = subprocess.run([*args[:1], *self.submit_as(spec.cluster_account), *args[1:], str(script)],
                               capture_output=True, text=True, env=env, timeout=60, check=False)
         if done.returncode != 0:
             raise LaunchError(f"sbatch: {(done.stderr or done.stdout).strip()}")
-        job_id = done.stdout.strip().split(";")[0]
-        where = spec.scratch / ".where"
+        handle = Handle(host="", port=0, job_id=done.stdout.strip().split(";")[0], scratch=str(spec.scratch))
         deadline = time.monotonic() + timeout
-        handle = Handle(host="", port=0, job_id=job_id, scratch=str(spec.scratch))
-        while time.monotonic() < deadline and not where.exists():
-            if not self.alive(handle):
-                log = spec.scratch / ".jupyter.log"
-                tail = log.read_text(errors="replace")[-1200:] if log.exists() else ""
-                raise LaunchError(f"Slurm job {job_id} ended before JupyterLab listened; {tail}")
-            time.sleep(0.5)
-        if not where.exists():
-            self.stop(handle)
-            raise LaunchError(f"Slurm job {job_id} did not start within {timeout:g} s (queued?)")
-        host, port = where.read_text().split()
-        handle = Handle(host=host, port=int(port), job_id=job_id, scratch=str(spec.scratch))
         try:
-            wait_ready(host, int(port), spec, timeout=max(5.0, deadline - time.monotonic()),
+            node, uid = self._running(handle, deadline, timeout)
+            handle.host = dial_address("" if spec.slurm_host else self._node_address(node), node=node,
+                                       pinned=spec.slurm_host, subnet=spec.subnet)
+            handle.port = self._port(spec, handle, uid, deadline)
+            wait_ready(handle.host, handle.port, spec, timeout=max(5.0, deadline - time.monotonic()),
                        alive=lambda: self.alive(handle))
+        except AddressRefused as refused:
+            self.stop(handle)
+            raise AddressRefused(str(refused), job_id=handle.job_id) from None
         except LaunchError as exc:
             self.stop(handle)
-            log = spec.scratch / ".jupyter.log"
-            tail = log.read_text(errors="replace")[-1200:] if log.exists() else ""
-            raise LaunchError(f"{exc}; {tail}") from None
+            raise LaunchError(f"{exc}; {log_tail(spec.scratch / '.jupyter.log')}") from None
         return handle
+
+    def _running(self, handle: Handle, deadline: float, timeout: float) -> tuple[str, int]:
+        """Wait until Slurm runs the job; then, as Slurm says: the node that runs its script (JupyterLab) and the
+        uid it runs as."""
+        while True:
+            done = subprocess.run([self.squeue, "-h", "-j", handle.job_id, "-o", "%T|%B|%U"], capture_output=True,
+                                  text=True, env=self._env(), timeout=60, check=False)
+            state, _, rest = done.stdout.strip().partition("|")
+            node, _, uid = rest.partition("|")
+            if done.returncode == 0 and state == "RUNNING" and node and uid.isdigit():
+                return node, int(uid)
+            if done.returncode != 0 or state not in ("PENDING", "CONFIGURING", "RUNNING"):
+                raise LaunchError(f"Slurm job {handle.job_id} ended before JupyterLab listened")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"Slurm job {handle.job_id} did not start within {timeout:g} s (queued?)")
+            time.sleep(0.5)
+
+    def _node_address(self, node: str) -> str:
+        """Where Slurm itself reaches ``node``: its NodeAddr (the name when Slurm has none)."""
+        done = subprocess.run([self.scontrol, "-o", "show", "node", node], capture_output=True, text=True,
+                              env=self._env(), timeout=60, check=False)
+        found = re.search(r"(?:^|\s)NodeAddr=(\S+)", done.stdout) if done.returncode == 0 else None
+        return found.group(1) if found else node
+
+    def _port(self, spec: Spec, handle: Handle, uid: int, deadline: float) -> int:
+        """The port the job wrote at ``.where``, read once Slurm runs the job. The member can write that file too,
+        so the port is believed only where it leads to nothing but the member's own: on a node of its own it is
+        one of that node's ports (the member's job reaches them all anyway); at an address of this machine it must
+        be a socket the job's account listens on, as the kernel says — never the hub's or anyone else's."""
+        where = spec.scratch / ".where"
+        here = on_this_machine(handle.host)
+        while time.monotonic() < deadline:
+            port = read_port(where)
+            if port is not None and (not here or listener_uids(handle.host, port) == {uid}):
+                return port
+            if not self.alive(handle):
+                raise LaunchError(f"Slurm job {handle.job_id} ended before JupyterLab listened")
+            time.sleep(0.2)
+        raise LaunchError(f"Slurm job {handle.job_id} started, but JupyterLab did not listen in time")
 
     def stop(self, handle: Handle) -> None:
         if handle.job_id:

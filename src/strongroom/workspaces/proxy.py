@@ -197,7 +197,7 @@ async def _forward(request: Request, target: service.Target, prefix: str, worksp
     if cookie := origin.upstream_cookie_header(_sent_cookies(request), WITHHELD):
         headers["cookie"] = cookie
     headers["authorization"] = f"token {target.token}"
-    url = f"http://{target.host}:{target.port}{request.url.path}"
+    url = f"http://{service.authority(target.host, target.port)}{request.url.path}"
     query = httpx.QueryParams([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
     body = await request.body()
     try:
@@ -334,7 +334,7 @@ async def workspace_ws(websocket: WebSocket) -> None:
         await websocket.send_denial_response(_not_found())
         return
     query = _upstream_query(websocket)
-    url = f"ws://{target.host}:{target.port}{websocket.url.path}" + (f"?{query}" if query else "")
+    url = f"ws://{service.authority(target.host, target.port)}{websocket.url.path}" + (f"?{query}" if query else "")
     headers: dict[str, str] = {"Authorization": f"token {target.token}"}
     if cookie := origin.upstream_cookie_header(_sent_cookies(websocket), WITHHELD):
         headers["Cookie"] = cookie

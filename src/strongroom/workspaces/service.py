@@ -41,7 +41,7 @@ from ..projects.models import Membership, Project
 from . import fuse, netns, origin
 from . import launcher as launching
 from . import settings as ws_settings
-from .launcher import Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
+from .launcher import AddressRefused, Handle, Launcher, LaunchError, LocalLauncher, SlurmLauncher, Spec
 from .limits import Limits
 from .models import LIVE, RUNNING, STOPPED, ClusterAccount, Handoff, Workspace
 
@@ -56,6 +56,11 @@ TOKEN_SCOPES = ["data:read", "data:write", "projects:read"]
 def jupyter_token(secret: bytes, workspace_id: uuid.UUID) -> str:
     """The workspace's own Jupyter token, derived (never stored): any hub process can proxy to it."""
     return hmac.new(secret, f"workspace-jupyter:{workspace_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def authority(host: str, port: int) -> str:
+    """``host:port`` for a URL (an IPv6 address in brackets: a Slurm node may have one)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def base_path(slug: str, workspace_id: uuid.UUID | str) -> str:
@@ -77,7 +82,7 @@ def launcher_for(settings: Settings) -> Launcher:
     w = settings.workspaces
     if w.launcher == "slurm":
         return SlurmLauncher(sbatch=w.sbatch, scancel=w.scancel, squeue=w.squeue,
-                             slurm_conf=settings.compute.slurm.slurm_conf)
+                             scontrol=settings.compute.slurm.scontrol, slurm_conf=settings.compute.slurm.slurm_conf)
     return LocalLauncher()
 
 
@@ -196,7 +201,8 @@ def _launcher_of(settings: Settings, ws: Workspace) -> Launcher:
     """The launcher that started ``ws`` (the setting may have changed since)."""
     if ws.launcher == "slurm":
         return SlurmLauncher(sbatch=settings.workspaces.sbatch, scancel=settings.workspaces.scancel,
-                             squeue=settings.workspaces.squeue, slurm_conf=settings.compute.slurm.slurm_conf)
+                             squeue=settings.workspaces.squeue, scontrol=settings.compute.slurm.scontrol,
+                             slurm_conf=settings.compute.slurm.slurm_conf)
     return LocalLauncher()
 
 
@@ -419,7 +425,7 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
             entry = pwd.getpwnam(account)
         except KeyError:
             entry = None  # the account exists on the nodes only: the shared scratch's owner is the site's affair
-        if entry is not None:
+        if entry is not None:  # the member's to write, as the job's: where the hub dials is never read from it
             os.chown(scratch, entry.pw_uid, entry.pw_gid)
     scratch.chmod(0o700)
     ws.scratch = str(scratch)
@@ -447,9 +453,10 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                 drop_caps=root and w.launcher == "local" and w.run_as == "", listen_ip=listen_ip, port=port,
                 reservation=booking.reservation_name if booking and w.launcher == "slurm" else "",
                 gpus=booking.gpus if booking and w.launcher == "slurm" else 0, partition=w.slurm_partition,
-                license=_license(settings, booking), slurm_host=w.slurm_host, mount_data=w.mount_data,
-                cluster_account=account, tmp_max_bytes=w.tmp_max_bytes, shm_max_bytes=w.shm_max_bytes,
-                scratch_max_bytes=w.scratch_max_bytes, hub_state=tuple(state_folders(settings)),
+                license=_license(settings, booking), slurm_host=w.slurm_host, subnet=w.subnet,
+                mount_data=w.mount_data, cluster_account=account, tmp_max_bytes=w.tmp_max_bytes,
+                shm_max_bytes=w.shm_max_bytes, scratch_max_bytes=w.scratch_max_bytes,
+                hub_state=tuple(state_folders(settings)),
                 limits=Limits(memory_bytes=w.memory_max_bytes, pids=w.pids_max, cpus=w.cpus_max))
     try:
         if plan is not None:
@@ -461,6 +468,8 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
             netns.teardown(plan)
         fuse.unmount(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
+        if isinstance(exc, AddressRefused):
+            _refused(session, principal, access.project.id, w.launcher, spec, exc)
         raise Conflict(f"the workspace could not start: {str(exc)[-1500:]}") from None
     ws.host, ws.port, ws.pid, ws.job_id = handle.host, handle.port, handle.pid, handle.job_id
     ws.state, ws.started_at = RUNNING, utcnow()
@@ -475,6 +484,18 @@ def start(session: Session, settings: Settings, secret: bytes, principal: Princi
                           "package_mirror": mirror or None,
                           **({"mount": str(scratch / fuse.MOUNT_NAME)} if w.mount_data else {})})
     return ws
+
+
+def _refused(session: Session, principal: Principal, project_id: uuid.UUID, launcher: str, spec: Spec,
+             refusal: AddressRefused) -> None:
+    """On record although the start fails: the hub refused to dial where the workspace's job runs (its reason names
+    the node and the kind of address, never an address). Nothing else of the start is kept."""
+    actor, user_id = principal.actor, principal.user.id  # read before the rollback expires them
+    session.rollback()
+    audit.record(session, actor, "workspace.start", outcome="denied", project_id=project_id,
+                 subject_user_id=user_id, target=f"workspace:{spec.workspace_id}",
+                 details={"launcher": launcher, "job": refusal.job_id, "reason": str(refusal)})
+    session.commit()
 
 
 def _license(settings: Settings, booking: Booking | None) -> str:
@@ -653,7 +674,7 @@ def hub_session_principal(session: Session, settings: Settings, session_hash: st
 def last_activity(ws: Workspace, secret: bytes, slug: str) -> dt.datetime | None:
     """Jupyter's own ``last_activity`` (kernels and requests), or None when it does not answer."""
     try:
-        r = httpx.get(f"http://{ws.host}:{ws.port}{base_path(slug, ws.id)}api/status",
+        r = httpx.get(f"http://{authority(ws.host, ws.port)}{base_path(slug, ws.id)}api/status",
                       headers={"Authorization": f"token {jupyter_token(secret, ws.id)}"}, timeout=5.0)
         r.raise_for_status()
         return dt.datetime.fromisoformat(r.json()["last_activity"].replace("Z", "+00:00"))
