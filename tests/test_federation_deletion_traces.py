@@ -33,6 +33,7 @@ from strongroom.retention import deletion
 from strongroom.retention.models import APPROVED, Deletion
 from support.seaweed import seaweedfs  # noqa: F401 - session fixture
 from test_federation_sync import NOW, _events, _person, _push, _run_notices_job, database_url, hubs, settings  # noqa: F401 - fixtures
+from test_retention_traces import _traces
 
 pytestmark = pytest.mark.slow
 # Audit events of the peer that may name a deleted file's path, UID or header: none (its audit names files by
@@ -99,30 +100,6 @@ def _delete_at_origin(h, number: int) -> dict:
 
 
 # -- what the peer keeps -------------------------------------------------------------------------------------
-def _text(value: object) -> str:
-    if isinstance(value, memoryview):
-        value = value.tobytes()
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
-
-
-def _traces(hub, needles: list[str]) -> dict[tuple[str, str], set[str]]:
-    """(table, column) → the audit actions, or {""}, of every row in any table holding one of ``needles``."""
-    models.load_all()
-    found: dict[tuple[str, str], set[str]] = {}
-    with hub.sessions() as s:
-        for table in Base.metadata.sorted_tables:
-            for row in s.execute(select(table)).mappings():
-                for column, value in row.items():
-                    if value is not None and any(n in _text(value) for n in needles):
-                        found.setdefault((table.name, column), set()).add(
-                            row["action"] if table.name == AuditEvent.__tablename__ else "")
-    return found
-
-
 def _outside_the_audit_log(found: dict[tuple[str, str], set[str]]) -> dict[tuple[str, str], set[str]]:
     audited = {key: actions for key, actions in found.items() if key[0] == AuditEvent.__tablename__}
     assert set().union(*audited.values()) <= AUDITED, audited
