@@ -50,7 +50,10 @@ def form_routes(app) -> set[str]:
     return {r.path_format for r in iter_route_contexts(app.routes)
             if isinstance(r.original_route, APIRoute) and "POST" in r.methods
             and not r.path_format.startswith(("/api/", "/ga4gh/", "/dicomweb/"))  # API: in the schema
-            and r.path_format != "/projects/{slug}/workspaces/{workspace_id}/{path}"}  # JupyterLab's, proxied
+            # a workspace's paths: on the hub's origin only opened (GET; anything else 404), JupyterLab's own on the
+            # workspaces' origin (test_workspace_origin)
+            and r.path_format not in ("/projects/{slug}/workspaces/{workspace_id}",
+                                      "/projects/{slug}/workspaces/{workspace_id}/{path}")}
 
 
 @dataclasses.dataclass
