@@ -28,9 +28,10 @@ from .archive.storage.errors import StorageUnavailable
 from .config import Settings, get_settings
 from .db import is_busy
 from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired
-from .errors import DomainError, TooManyRequests
+from .errors import DomainError, Invalid, TooManyRequests
 from .hub import Hub
 from .ops.api import HTTP_REQUESTS, HTTP_SECONDS
+from .schemas import INT64_MAX, whole_number
 from .web.templating import templates
 
 log = structlog.get_logger("strongroom.http")
@@ -107,7 +108,7 @@ class BodyLimitMiddleware:
                 limit = larger
                 break
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        if declared is not None and not self._declared_within(declared, limit):
             return await self._refuse(scope, receive, send, limit)
         seen = 0
         started = False
@@ -137,6 +138,14 @@ class BodyLimitMiddleware:
                 raise
             if not started:
                 await self._refuse(scope, receive, send, limit)
+
+    @staticmethod
+    def _declared_within(declared: bytes, limit: int) -> bool:
+        """A Content-Length of ASCII digits no larger than the limit (thousands of digits would make int() fail)."""
+        try:
+            return whole_number(declared, "Content-Length", minimum=0, maximum=INT64_MAX) <= limit
+        except Invalid:
+            return False
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response: Response

@@ -344,7 +344,8 @@ def _same_site(request: Request) -> bool:
 
 
 async def _check_csrf(request: Request) -> None:
-    """Every form post: from this hub's own pages, with the token bound to this browser's session."""
+    """Every form post: from this hub's own pages, with the token bound to this browser's session, and with no
+    NUL character anywhere (no database text can hold one; /login's form comes through here too)."""
     if not _same_site(request):
         raise Forbidden("this form was sent from another site; open the page on this hub and try again")
     form = await request.form()
@@ -355,8 +356,23 @@ async def _check_csrf(request: Request) -> None:
     if session_cookie is None and not presession:
         raise Forbidden("the form expired or came from another site; reload the page and try again")
     expected = csrf_token_for(hub.secret, session_cookie=session_cookie, presession_cookie=presession)
-    if not secrets.compare_digest(sent, expected):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500)
+    if not secrets.compare_digest(sent.encode(), expected.encode()):
         raise Forbidden("the form expired or came from another site; reload the page and try again")
+    _refuse_nul(form)
+
+
+def _refuse_nul(form: FormData) -> None:
+    """A form with U+0000 in a field's name, a value or an uploaded file's name is refused whole (422),
+    before any route reads it: on SQLite and PostgreSQL alike."""
+    for key, value in form.multi_items():
+        text = (value.filename or "") if isinstance(value, UploadFile) else value
+        if "\x00" in key:
+            raise Invalid("the form was not accepted: a field's name contains a NUL character")
+        if "\x00" in text:
+            field = key[:60].replace("_", " ")
+            what = f"the name of the file sent as {field}" if isinstance(value, UploadFile) else field
+            raise Invalid(f"the form was not accepted: {what} may not contain a NUL character")
 
 
 CsrfChecked = Depends(_check_csrf)

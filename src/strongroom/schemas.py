@@ -4,10 +4,13 @@ dropped, and what a client sends is taken as sent."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, field_validator, model_validator
+
+from .errors import Invalid
 
 
 def has_nul(value: object) -> bool:
@@ -32,6 +35,12 @@ class Body(BaseModel):
             raise ValueError("text may not contain NUL characters")
         return value
 
+    @model_validator(mode="after")
+    def _no_nul_in_extra_fields(self) -> Body:  # a model that allows unknown fields (Beacon's) checks them too
+        if has_nul(self.model_extra):
+            raise ValueError("text may not contain NUL characters")
+        return self
+
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -45,6 +54,29 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX)]
 Int32 = Annotated[int, Ge(INT32_MIN), Le(INT32_MAX)]
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit(), not to int()
+
+
+def whole_number(text: str | bytes, field: str, *, minimum: int = INT32_MIN, maximum: int = INT32_MAX) -> int:
+    """A whole number a form field, a header or a path segment carries as text, within the range of the column it
+    is stored in or compared with (INTEGER unless the caller says BIGINT), or Invalid naming the field. Never
+    ``str.isdigit()`` then ``int()``: isdigit() takes "²", which int() refuses, and says nothing of the size."""
+    value = (text.decode("latin-1") if isinstance(text, bytes) else text).strip()
+    if not _WHOLE_NUMBER.fullmatch(value):
+        raise Invalid(f"{field}: should be a whole number")
+    number = int(value) if len(value) <= 20 else None  # int() refuses thousands of digits (a ValueError)
+    if number is None or not minimum <= number <= maximum:
+        raise Invalid(f"{field}: should be a whole number from {minimum} to {maximum}")
+    return number
+
+
+def bounded_text(value: object, field: str, max_length: int) -> str:
+    """A text field of a form read by hand (``form.get``), refused (naming it) when longer than the column that
+    stores it; a field declared with ``Form(max_length=…)`` gets the same check from FastAPI."""
+    text = "" if value is None else str(value)
+    if len(text) > max_length:
+        raise Invalid(f"{field}: should have at most {max_length} characters")
+    return text
 
 
 def _date_text(value: object) -> object:

@@ -13,6 +13,7 @@ from starlette.datastructures import FormData
 from ..archive.models import Dataset
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import DomainError, Forbidden, Invalid, MfaRequired, NotFound
+from ..schemas import whole_number
 from ..web.templating import redirect_with, templates
 from . import applications, decision_tokens, decisions, events, policies, titles
 from .forms import describe_errors
@@ -279,11 +280,12 @@ def mint_decision_token(request: Request, posted: PostedForm, db: Db, hub: HubDe
                         dataset_id: str) -> Response:
     """A handler mints a decision token for their system (fresh MFA); shown once, on the page itself."""
     form = posted.form
-    days = str(form.get("days", "")).strip()
+    days, max_days = str(form.get("days", "")).strip(), hub.settings.security.token_max_days
     try:
         token, plaintext = decision_tokens.mint(
-            db, principal, dataset_id, name=str(form.get("name", "")), days=int(days) if days.isdecimal() else 0,
-            max_days=hub.settings.security.token_max_days, fresh_minutes=hub.settings.security.fresh_mfa_minutes)
+            db, principal, dataset_id, name=str(form.get("name", "")), max_days=max_days,
+            days=whole_number(days, "days", minimum=1, maximum=max_days) if days else 0,
+            fresh_minutes=hub.settings.security.fresh_mfa_minutes)
     except MfaRequired as exc:
         return redirect_with(request, f"/login/reauth?next={quote(f'/datasets/{dataset_id}/access')}",
                              f"{exc.detail[:1].upper()}{exc.detail[1:]}: confirm it's you, then mint the decision "

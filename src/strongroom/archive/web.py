@@ -26,7 +26,7 @@ from ..errors import Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
 from ..identity.principal import Principal
 from ..projects import service as projects
-from ..schemas import Int32
+from ..schemas import Int32, bounded_text
 from ..web.templating import redirect_with, templates
 from . import service
 from .backend import storage_for
@@ -82,8 +82,8 @@ def browser_upload(request: Request, posted: PostedUpload, db: Db, hub: HubDep, 
 def create_dataset(request: Request, posted: PostedForm, db: Db, principal: WebPrincipal, slug: str) -> Response:
     form = posted.form
     access = projects.open_project(db, principal, slug)
-    ds = service.create_dataset(db, principal, access, title=str(form.get("title", "")),
-                                description=str(form.get("description", "")),
+    ds = service.create_dataset(db, principal, access, title=bounded_text(form.get("title", ""), "title", 300),
+                                description=bounded_text(form.get("description", ""), "description", 20_000),
                                 files=[str(x) for x in form.getlist("files")])
     return redirect_with(request, f"/datasets/{ds.id}", f"Dataset {ds.id} created (version 1, draft).")
 

@@ -26,7 +26,7 @@ from ..deps import (
     show_viewer,
 )
 from ..errors import Conflict, Invalid, NotFound
-from ..schemas import Int32, Int64
+from ..schemas import INT64_MAX, Int32, Int64, whole_number
 from ..text import content_disposition
 from ..web.templating import FLASH_COOKIE, redirect_with, templates
 from . import citations, conneg, dois, entries, generation, page_cache, png, privacy, search, signposting, sitemaps
@@ -303,7 +303,10 @@ def _number(value: str) -> int | str | None:
     text = value.strip().replace(" ", "").replace(",", "")
     if not text:
         return None
-    return int(text) if text.isascii() and text.isdecimal() and len(text) <= 19 else text
+    try:
+        return whole_number(text, "count", minimum=0, maximum=INT64_MAX)
+    except Invalid:
+        return text
 
 
 def form_values(form) -> dict[str, Any]:  # starlette FormData

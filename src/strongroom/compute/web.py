@@ -16,7 +16,7 @@ from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
 from ..projects.models import Project
-from ..schemas import Int64
+from ..schemas import Int64, whole_number
 from ..web.templating import redirect_with, templates
 from . import accounts, service
 from .models import ComputeBudget
@@ -37,10 +37,7 @@ def _int(form: Any, name: str, default: int | None = None) -> int:
     raw = str(form.get(name, "") or "").strip()
     if not raw and default is not None:
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise Invalid(f"{name} must be a whole number") from None
+    return whole_number(raw, name)
 
 
 def _calendar_context(db: Db, hub: HubDep, access: projects.ProjectAccess | None, week: str | None) -> dict[str, Any]:

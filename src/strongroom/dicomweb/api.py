@@ -26,6 +26,7 @@ from ..identity.principal import Principal
 from ..openapi import PROBLEM_JSON, PROBLEM_REF, errors
 from ..projects import quota
 from ..projects import service as projects
+from ..schemas import INT64_MAX, whole_number
 from . import multipart, query, render, retrieve, store
 from .attributes import INSTANCE, SERIES, STUDY, BadQuery
 from .retrieve import Decryptor, Readable
@@ -530,7 +531,8 @@ def _stow(request: Request, db: Db, hub: HubDep, principal: Principal, slug: str
     if boundary is None:
         raise BadQuery("the multipart/related content type needs a valid boundary parameter")
     declared = request.headers.get("content-length")
-    project_id = _may_store(db, principal, slug, int(declared) if declared and declared.isdigit() else None)
+    size = whole_number(declared, "Content-Length", minimum=0, maximum=INT64_MAX) if declared else None
+    project_id = _may_store(db, principal, slug, size)
     stow = store.begin(hub, principal, project_id, study,
                        f"DICOMweb STOW-RS by {principal.user.display_name}"[:300])
     reader = multipart.MultipartReader(boundary)

@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..deps import Db, HubDep, client_ip
+from ..schemas import Body
 from . import beacon, service
 
 router = APIRouter(prefix="/ga4gh/beacon/v2", tags=["GA4GH Beacon v2"])
@@ -66,19 +67,20 @@ def filtering_terms(db: Db, hub: HubDep) -> BeaconDoc:
     return service.beacon_of(hub.settings).filtering_terms(service.studies(db))
 
 
-class FilterIn(BaseModel):
+# Bodies like every other (NUL refused, types as sent), but a beaconRequestBody may carry more than is read here.
+class FilterIn(Body):
     model_config = ConfigDict(extra="allow", strict=True)
     id: str = Field(min_length=1, max_length=200)
 
 
-class QueryIn(BaseModel):
+class QueryIn(Body):
     model_config = ConfigDict(extra="allow", strict=True)
     filters: list[FilterIn | str] = Field(default_factory=list, max_length=20)
     requestedGranularity: Granularity = "count"
     testMode: bool = False
 
 
-class RequestIn(BaseModel):
+class RequestIn(Body):
     """A beaconRequestBody: ``query.filters`` (ids or {id}), ``query.requestedGranularity``."""
 
     model_config = ConfigDict(extra="allow", strict=True)

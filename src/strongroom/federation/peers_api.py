@@ -7,11 +7,11 @@ import uuid
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..deps import Admin, DataWrite, Db, HubDep
 from ..errors import NotFound
-from ..schemas import Int32, Out
+from ..schemas import Body, Int32, Out
 from . import service, sync
 from .models import Peer, SyncRun
 
@@ -43,12 +43,16 @@ class PeerOut(Out):
     last_harvest_error: str | None
 
 
-class PeerIn(service.PeerFields):
+# The service's models with the API's rules for a body (schemas.Body): NUL refused, JSON types taken as sent.
+class PeerIn(service.PeerFields, Body):
     pass
 
 
-class PeerChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PeerIdentityIn(service.PeerIdentity, Body):
+    pass
+
+
+class PeerChange(Body):
     outbound: bool
     inbound: bool
     active: bool
@@ -86,7 +90,7 @@ def change_peer(db: Db, hub: HubDep, principal: Admin, body: PeerChange,
 
 @router.put("/peers/{name}/identity", response_model=PeerOut,
             summary="Pin a peer's new identity (after it rotated a key or moved; fresh MFA), keeping what it has")
-def repin_peer(db: Db, hub: HubDep, principal: Admin, body: service.PeerIdentity,
+def repin_peer(db: Db, hub: HubDep, principal: Admin, body: PeerIdentityIn,
                name: str = NAME_PATH) -> PeerOut:
     return _peer_out(service.repin_peer(db, hub.settings, principal, name, body.model_dump()))
 
@@ -100,8 +104,7 @@ def delete_peer(db: Db, hub: HubDep, principal: Admin, name: str = NAME_PATH) ->
 
 
 
-class SyncIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SyncIn(Body):
     dataset: str = Field(min_length=1, max_length=32, description="the dataset's accession")
     peer: str = Field(pattern=service.NAME.pattern, description="the peer hub to push to")
     version: Int32 | None = Field(default=None, ge=1, description="one released version; all when left out")

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from ..archive.models import Dataset, DatasetVersion
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
-from ..errors import Invalid, NotFound
+from ..errors import NotFound
 from ..identity.principal import Principal
+from ..schemas import whole_number
 from ..web.templating import redirect_with, templates
 from . import beacon, service, sync
 
@@ -61,15 +62,19 @@ def change(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal:
     return redirect_with(request, "/federation/peers", f"Peer {peer.name} changed.")
 
 
+def _version(posted: PostedForm) -> int | None:
+    """The released version a push form names, or None for every released version."""
+    version = str(posted.form.get("version", "") or "").strip()
+    return whole_number(version, "version", minimum=1) if version else None
+
+
 @router.post("/federation/syncs", dependencies=[CsrfChecked])
 def push(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal) -> Response:
     """Push a released dataset to a peer (operators, fresh MFA): a ``federation.sync`` job, progress on the page."""
     service.require_operator(principal)
-    version = str(posted.form.get("version", "") or "").strip()
-    if version and not version.isdigit():
-        raise Invalid("the version is a number (or empty for every released version)")
+    version = _version(posted)
     dataset, peer = str(posted.form.get("dataset", "") or "").strip(), str(posted.form.get("peer", "") or "")
-    run = sync.start_sync(db, hub.settings, principal, dataset, peer, int(version) if version else None)
+    run = sync.start_sync(db, hub.settings, principal, dataset, peer, version)
     sync.enqueue(db, run)
     return redirect_with(request, "/federation/peers", f"Push of {dataset} to {peer} queued; its progress is below.")
 
@@ -111,11 +116,9 @@ def dataset_push(request: Request, posted: PostedForm, db: Db, hub: HubDep, prin
                  dataset_id: str) -> Response:
     """Push a released version (or all) of this dataset to a peer (``sync.may_push``, fresh MFA): a job."""
     ds = _pushable(db, principal, dataset_id)
-    version = str(posted.form.get("version", "") or "").strip()
-    if version and not version.isdigit():
-        raise Invalid("choose a released version (or every released version)")
+    version = _version(posted)
     peer = str(posted.form.get("peer", "") or "")
-    run = sync.start_sync(db, hub.settings, principal, ds.id, peer, int(version) if version else None)
+    run = sync.start_sync(db, hub.settings, principal, ds.id, peer, version)
     sync.enqueue(db, run)
     return redirect_with(request, f"/datasets/{ds.id}/federation",
                          f"Push of {ds.id} to {peer} queued; its progress is below.")

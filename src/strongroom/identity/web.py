@@ -27,6 +27,7 @@ from ..deps import (
 )
 from ..errors import DomainError, Forbidden, Invalid, TooManyRequests, Unauthenticated
 from ..hub import Hub
+from ..schemas import whole_number
 from ..web.templating import redirect_with, templates
 from . import service
 from .models import LocalCredential, OidcLoginState, WebSession
@@ -370,10 +371,8 @@ def create_token(request: Request, posted: PostedForm, db: Db, hub: HubDep, prin
     form = posted.form
     service.require_fresh_mfa(principal, hub.settings.security.fresh_mfa_minutes)
     try:
-        days = int(str(form.get("days", "30")))
-    except ValueError:
-        days = 0
-    try:
+        days = whole_number(str(form.get("days", "30")), "days", minimum=1,
+                            maximum=hub.settings.security.token_max_days)
         token, plaintext = service.create_token(db, principal, name=str(form.get("name", "")),
                                                 scopes=[str(s) for s in form.getlist("scopes")], days=days,
                                                 max_days=hub.settings.security.token_max_days)

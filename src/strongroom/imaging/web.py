@@ -13,7 +13,7 @@ from ..archive.backend import storage_for
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..projects import service as projects
-from ..schemas import INT64_MAX, Int64
+from ..schemas import INT64_MAX, Int64, whole_number
 from ..web.templating import redirect_with, templates
 from . import keystore, service
 from .deid import OPTIONS
@@ -94,7 +94,7 @@ def set_destination(request: Request, posted: PostedForm, db: Db, hub: HubDep, p
         value = None
     else:
         port = str(form.get("port", "")).strip()
-        value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": int(port) if port.isdecimal() else -1}
+        value = {"ae_title": str(form.get("ae_title", "")).strip(), "port": whole_number(port, "port") if port else -1}
     return _change(request, db, hub, principal, slug, "dicom_destination", value, "destination",
                    "DICOM destination closed." if value is None else
                    f"DICOM destination open: AE title {value['ae_title']}, port {value['port']}.")
@@ -114,6 +114,8 @@ def set_profile(request: Request, posted: PostedForm, db: Db, hub: HubDep, princ
         except json.JSONDecodeError as exc:
             return _page(request, db, hub, principal, slug, status_code=422,
                          error=f"pixel rules: not valid JSON ({exc.msg} at line {exc.lineno})")
+        except ValueError:  # an integer of thousands of digits, which int() refuses
+            return _page(request, db, hub, principal, slug, status_code=422, error="pixel rules: a number is too long")
         value = {"retain_longitudinal": str(form.get("retain_longitudinal", "remove")),
                  **{flag: form.get(flag) == "on" for flag in PROFILE_FLAGS}, "pixel_rules": rules}
     return _change(request, db, hub, principal, slug, "deid_profile", value, "profile",
@@ -125,9 +127,9 @@ def set_profile(request: Request, posted: PostedForm, db: Db, hub: HubDep, princ
 def review_quarantine(request: Request, posted: PostedForm, db: Db, hub: HubDep, principal: WebPrincipal,
                       slug: str) -> Response:
     form = posted.form
-    ids = [int(v) for v in map(str, form.getlist("instance")) if v.isdecimal() and int(v) <= INT64_MAX]
     access = projects.open_project(db, principal, slug)
     try:
+        ids = [whole_number(str(v), "instance", minimum=1, maximum=INT64_MAX) for v in form.getlist("instance")]
         service.review(db, storage_for(hub), principal, access, ids, decision=str(form.get("decision", "")),
                        note=str(form.get("note", "")))
     except Invalid as exc:

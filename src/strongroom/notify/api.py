@@ -8,12 +8,13 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from ..deps import ApiPrincipal, Db, ProjectsWrite
+from ..schemas import Body
 from . import service
 
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
 
 
-class NotifyPreferenceIn(BaseModel):
+class NotifyPreferenceIn(Body):
     mode: Literal["immediate", "daily"]
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid
 from ..identity.principal import Principal
+from ..schemas import INT64_MAX, whole_number
 from ..web.templating import redirect_with, templates
 from . import service
 from .rights import DELEGABLE, RIGHTS
@@ -66,7 +67,11 @@ def _day(value: str) -> dt.date | None:
 
 
 def _seq(value: str) -> int | None:
-    return int(value) if value.isdecimal() and len(value) < 19 else None
+    """An audit page's bound from its link (``before``, ``after``); anything else is no bound."""
+    try:
+        return whole_number(value, "sequence", minimum=0, maximum=INT64_MAX)
+    except Invalid:
+        return None
 
 
 def _project_context(db: Db, principal: Principal, slug: str, query: dict[str, str] | None = None
@@ -171,10 +176,10 @@ def change_setting(request: Request, posted: PostedForm, db: Db, hub: HubDep, pr
     elif spec.item_model is None:
         value = str(form.get("value")) == "on"
     elif "remove" in form:
-        index = str(form.get("remove"))
-        if not index.isdecimal() or int(index) >= len(current):
+        index = whole_number(str(form.get("remove")), "entry", minimum=0)
+        if index >= len(current):
             raise Invalid("no such entry")
-        value = [v for i, v in enumerate(current) if i != int(index)]
+        value = [v for i, v in enumerate(current) if i != index]
     else:
         entry = {name: (str(form.get(name)) == "on" if field.annotation is bool else str(form.get(name, "")))
                  for name, field in spec.item_model.model_fields.items()}

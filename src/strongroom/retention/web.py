@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from ..deps import CsrfChecked, Db, HubDep, PostedForm, WebPrincipal
 from ..errors import Invalid, NotFound
 from ..projects.service import users_of
+from ..schemas import whole_number
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
 from . import clock, service
@@ -21,13 +22,7 @@ router = APIRouter()
 
 
 def _number(value: object) -> int:
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise Invalid("choose a version") from None
-    if not 1 <= number <= 2**31 - 1:
-        raise Invalid("choose a version")
-    return number
+    return whole_number(str(value), "version", minimum=1)
 
 
 def _date(value: object) -> dt.date:

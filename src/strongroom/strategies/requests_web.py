@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from ..deps import CsrfChecked, Db, HubDep, WebPrincipal
 from ..errors import Invalid
 from ..projects.service import open_project
+from ..schemas import whole_number
 from ..web.templating import redirect_with, templates
 from . import requests, runs, service
 from .models import StrategyRun, StrategyVersion
@@ -35,13 +36,12 @@ def create_request(request: Request, db: Db, principal: WebPrincipal, slug: str,
                    title: Short = "", selection: Text = "", variables: Text = "", period_start: Short = "",
                    period_end: Short = "", strategy_version: Short = "") -> Response:
     access = open_project(db, principal, slug)
-    if strategy_version and not strategy_version.isdigit():
-        raise Invalid("choose a saved strategy version")
+    version = whole_number(strategy_version, "strategy version", minimum=1) if strategy_version else None
     parameters = {k: v for k, v in (("variables", variables), ("period_start", period_start),
                                     ("period_end", period_end)) if v.strip()}
     r = requests.create(db, principal, access, application_id=application.strip() or None, title=title,
                         selection=selection, parameters=parameters,
-                        strategy_version=int(strategy_version) if strategy_version else None)
+                        strategy_version=version)
     return redirect_with(request, f"/projects/{slug}/requests/{r.id}",
                          f"Data request {r.id} opened: upload the extract, then run the strategy on it.")
 

@@ -14,7 +14,7 @@ from ..deps import CsrfChecked, Db, HubDep, Posted, WebPrincipal, posted_form
 from ..errors import Invalid
 from ..identity.principal import Principal
 from ..projects.service import open_project
-from ..schemas import Int32
+from ..schemas import Int32, whole_number
 from ..web.templating import redirect_with, templates
 from . import report as reports
 from . import runs, service
@@ -98,10 +98,8 @@ def start_run(request: Request, db: Db, hub: HubDep, principal: WebPrincipal, sl
     try:
         if not file_id:
             raise Invalid("choose an extract of the project's archive to run the strategy on")
-        if version and not version.isdigit():
-            raise Invalid("choose a saved version")
         run = runs.start(db, hub.settings, principal, access, file_id=file_id,
-                         version=int(version) if version else None)
+                         version=whole_number(version, "version", minimum=1) if version else None)
     except Invalid as exc:
         return templates.TemplateResponse(request, "strategies/page.html",
                                           _context(db, principal, slug, error=f"Not started: {exc.detail}"),

@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
 from ..errors import Invalid, MfaRequired
 from ..projects import service as projects
+from ..schemas import whole_number
 from ..text import content_disposition
 from ..web.templating import redirect_with, templates
 from . import metrics, render, service
@@ -94,13 +95,14 @@ def protocol_from_form(form: dict[str, str]) -> dict[str, Any]:
     threshold = _number(form, "threshold", "the vendor's operating point")
     clinic = _number(form, "clinic_threshold", "the clinic's operating point")
     target = _number(form, "target_sensitivity", "the target sensitivity")
-    bootstrap = _number(form, "bootstrap", "the number of bootstrap resamples")
+    bootstrap = form.get("bootstrap", "").strip()
+    resamples = whole_number(bootstrap, "bootstrap resamples", minimum=0, maximum=10_000) if bootstrap else 2000
     points = {"vendor": 0.5 if threshold is None else threshold, **({"clinic": clinic} if clinic is not None else {})}
     protocol: dict[str, Any] = {
         "operating_points": points, "target_sensitivities": [] if target is None else [target],
         "subgroups": [c.strip() for c in form.get("subgroups", "").split(",") if c.strip()],
         "reference_standard": form.get("reference_standard", ""), "inclusion": form.get("inclusion", ""),
-        "bootstrap": 2000 if bootstrap is None else int(bootstrap),
+        "bootstrap": resamples,
         "reference_source": form.get("reference_source", "labels"),
     }
     if form.get("level") in ("image", "study"):
@@ -131,9 +133,7 @@ def create(request: Request, posted: CsvForm, db: Db, principal: WebPrincipal, s
     dataset_id, version = None, None
     if form.get("dataset"):
         dataset_id, _, number = form["dataset"].partition(":")
-        if not number.isdigit():
-            raise Invalid("choose a dataset version")
-        version = int(number)
+        version = whole_number(number, "dataset version", minimum=1)
     ev = service.create_evaluation(
         db, principal, slug, model_version_id=form.get("model_version", ""), title=form.get("title", ""),
         labels_csv=_text(posted, "labels_csv", "labels_file"), protocol=protocol_from_form(form),
