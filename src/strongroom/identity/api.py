@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..deps import Admin, ApiPrincipal, Db, HubDep, ProjectsRead, ProjectsWrite
-from ..errors import NotFound
+from ..errors import Forbidden, NotFound
 from ..hub import Hub
 from ..schemas import Body, Out
 from . import service
@@ -64,6 +64,8 @@ class NewLocalUser(Body):
 # token (a download script's) must be able to say whose it is, and learns nothing it was not handed.
 @router.get("/me", response_model=MeOut, summary="The caller: profile, token scopes, MFA")
 def me(principal: ApiPrincipal) -> MeOut:
+    if not principal.scopes:  # an external owner's decision token decides for its dataset, and does nothing else
+        raise Forbidden("this token lacks the scopes of an account's tokens: it only decides for its dataset")
     return MeOut(**UserOut.model_validate(principal.user).model_dump(), scopes=sorted(principal.scopes),
                  mfa=principal.has_mfa, via=principal.via)
 
