@@ -550,7 +550,12 @@ def start_session(session: Session, user: User, *, stage: str, method: str, mfa:
 def load_session(session: Session, cookie: str | None, *, idle_minutes: int) -> WebSession | None:
     if not cookie or len(cookie) > 200:
         return None
-    ws = session.get(WebSession, sha256_hex(cookie))
+    return load_session_by_hash(session, sha256_hex(cookie), idle_minutes=idle_minutes)
+
+
+def load_session_by_hash(session: Session, id_hash: str, *, idle_minutes: int) -> WebSession | None:
+    """The session stored under ``id_hash`` (what a workspace's cookie names), checked as its cookie would be."""
+    ws = session.get(WebSession, id_hash)
     if ws is None:
         return None
     now = utcnow()

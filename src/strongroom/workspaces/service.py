@@ -32,7 +32,7 @@ from ..config import Settings, internal_address
 from ..db import utcnow
 from ..errors import Conflict, Forbidden, Invalid, MfaRequired, NotFound
 from ..identity import service as identity
-from ..identity.models import User, WebSession
+from ..identity.models import User
 from ..identity.principal import Principal
 from ..jobs import service as jobs
 from ..paths import state_folders
@@ -657,13 +657,9 @@ def hub_session_principal(session: Session, settings: Settings, session_hash: st
     """The hub session a workspace cookie names, checked as the hub's pages check their cookie
     (``identity.load_session``, here by its stored hash): logged out, expired, idle too long, not fully logged in,
     or its user deactivated — 404. Work in the workspace keeps the session from going idle, as it did on the hub."""
-    ws = session.get(WebSession, session_hash)
-    now = utcnow()
-    if ws is None or ws.stage != "active" or ws.expires_at <= now or (
-            now - ws.last_seen_at > dt.timedelta(minutes=settings.security.session_idle_minutes)):
+    ws = identity.load_session_by_hash(session, session_hash, idle_minutes=settings.security.session_idle_minutes)
+    if ws is None or ws.stage != "active":
         raise NotFound("no such workspace")
-    if now - ws.last_seen_at > dt.timedelta(seconds=30):  # as load_session: no write per request
-        ws.last_seen_at = now
     user = session.get(User, ws.user_id)
     if user is None or not user.is_active:
         raise NotFound("no such workspace")
