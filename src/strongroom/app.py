@@ -27,7 +27,7 @@ from . import __version__, decision_cache, openapi
 from .archive.storage.errors import StorageUnavailable
 from .config import Settings, get_settings
 from .db import is_busy
-from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired
+from .deps import CSRF_COOKIE, SESSION_COOKIE, LoginRequired, cookie_name, read_cookie, set_cookie
 from .errors import DomainError, Invalid, TooManyRequests
 from .hub import Hub
 from .ops.api import HTTP_REQUESTS, HTTP_SECONDS
@@ -313,6 +313,8 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
     # pages included; a notebook's pages never run on the hub's origin. Refused: one on the hub's own host.
     app.add_middleware(WorkspaceOrigin, where=settings.workspaces.browser_origin(settings.base_url))
 
+    session_cookie_set = cookie_name(settings, SESSION_COOKIE).encode() + b"="  # a Set-Cookie issuing a session
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
@@ -339,14 +341,13 @@ def create_app(settings: Settings | None = None, *, run_jobs: bool | None = None
         path = request.url.path
         if path.startswith(PRIVATE_PREFIXES):
             headers["Cache-Control"] = "no-store"  # API answers carry personal data
-        elif SESSION_COOKIE in request.cookies or any(
-                k == b"set-cookie" and v.startswith(SESSION_COOKIE.encode() + b"=") for k, v in response.raw_headers):
+        elif read_cookie(request, SESSION_COOKIE) is not None or any(
+                k == b"set-cookie" and v.startswith(session_cookie_set) for k, v in response.raw_headers):
             # a logged-in (or logging-in) browser: pages may show tokens, codes or a TOTP seed
             headers.setdefault("Cache-Control", "no-store")
         new_cookie = getattr(request.state, "new_csrf_cookie", None)
         if new_cookie:
-            response.set_cookie(CSRF_COOKIE, new_cookie, httponly=True, samesite="strict",
-                                secure=settings.cookie_secure, path="/")
+            set_cookie(response, settings, CSRF_COOKIE, new_cookie, samesite="strict")
         return response
 
     app.add_middleware(PassportMiddleware)  # verifies X-GA4GH-Passport visas for the read check

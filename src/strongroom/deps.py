@@ -10,13 +10,15 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
+from starlette.requests import cookie_parser
 
+from .config import Settings
 from .db import WEB_BUSY_TIMEOUT_MS, open_session
 from .errors import DomainError, Forbidden, Invalid, NotFound, Unauthenticated
 from .hub import Hub
@@ -25,8 +27,58 @@ from .identity.models import User, WebSession
 from .identity.principal import Principal
 from .identity.secrets import sha256_hex
 
+# -- the hub's cookies ---------------------------------------------------------------------------
+# Their base names. Read, set and delete them only through the functions below, which give each the name this hub
+# uses: ``__Host-`` + the base name whenever cookies are Secure (``settings.cookie_secure``), the bare base name only
+# in plain-http loopback development (browsers refuse the prefix there). A browser accepts a ``__Host-`` cookie only
+# from this very host (Secure, Path=/, no Domain: RFC 6265bis), so no other host under the hub's parent domain (the
+# workspaces' host, where a notebook's script runs) can toss one in: a ``Domain=`` cookie of the bare name reaches
+# the hub, but the hub, when Secure, never reads the bare names at all.
 SESSION_COOKIE = "sr_session"
-CSRF_COOKIE = "sr_csrf"
+CSRF_COOKIE = "sr_csrf"  # the pre-session cookie a form's CSRF token is bound to before login
+FLASH_COOKIE = "sr_flash"  # the one-time message a form's redirect carries (web.templating)
+OIDC_STATE_COOKIE = "sr_oidc_state"  # binds an OpenID Connect login to the browser that started it
+HUB_COOKIES = (SESSION_COOKIE, CSRF_COOKIE, FLASH_COOKIE, OIDC_STATE_COOKIE)
+HOST_PREFIX = "__Host-"
+# every name a hub cookie has under any setting: what the workspace proxy withholds from (and never lets a notebook
+# set for) the browser
+EVERY_HUB_COOKIE_NAME = frozenset(name for base in HUB_COOKIES for name in (base, HOST_PREFIX + base))
+
+
+def cookie_name(settings: Settings, base: str) -> str:
+    """The name the hub's cookie ``base`` has on this hub: ``__Host-`` prefixed whenever cookies are Secure."""
+    if base not in HUB_COOKIES:
+        raise ValueError(f"{base!r} is not one of the hub's cookies")
+    return HOST_PREFIX + base if settings.cookie_secure else base
+
+
+def read_cookie(request: Request, base: str) -> str | None:
+    """The value of the hub's cookie ``base`` this request carries, under this hub's name for it only: when cookies
+    are Secure an unprefixed one (tossed in by a sibling host, or left from before the prefix) is not read, and a
+    ``__Host-`` name sent twice is read as absent (one host, one path: only a browser's flaw could send a second,
+    and the server could not tell which is the hub's), never as one of the two."""
+    settings: Settings = request.app.state.hub.settings
+    name = cookie_name(settings, base)
+    if not settings.cookie_secure:
+        return request.cookies.get(name)
+    values = [value for header in request.headers.getlist("cookie") for chunk in header.split(";")
+              if (value := cookie_parser(chunk).get(name)) is not None]
+    return values[0] if len(values) == 1 else None
+
+
+def set_cookie(response: Response, settings: Settings, base: str, value: str, *, max_age: int | None = None,
+               samesite: Literal["lax", "strict"] = "lax") -> None:
+    """Set the hub's cookie ``base``: HttpOnly, Path=/, host-only (no Domain), Secure and ``__Host-`` named
+    whenever cookies are Secure; a session cookie (gone with the browser) unless ``max_age``."""
+    response.set_cookie(cookie_name(settings, base), value, max_age=max_age, path="/", domain=None,
+                        secure=settings.cookie_secure, httponly=True, samesite=samesite)
+
+
+def delete_cookie(response: Response, settings: Settings, base: str) -> None:
+    """Remove the hub's cookie ``base``. The removal carries Secure too: a browser ignores a ``__Host-`` Set-Cookie
+    without it, removals included."""
+    response.delete_cookie(cookie_name(settings, base), path="/", domain=None, secure=settings.cookie_secure,
+                           httponly=True, samesite="lax")
 
 
 def get_hub(request: Request) -> Hub:
@@ -228,7 +280,7 @@ class LoginRequired(Exception):
 
 def current_web_session(request: Request, db: Db) -> tuple[WebSession, User] | None:
     hub: Hub = request.app.state.hub
-    ws = identity.load_session(db, request.cookies.get(SESSION_COOKIE),
+    ws = identity.load_session(db, read_cookie(request, SESSION_COOKIE),
                                idle_minutes=hub.settings.security.session_idle_minutes)
     if ws is None:
         return None
@@ -281,7 +333,7 @@ def csrf_token_for(hub_secret: bytes, *, session_cookie: str | None = None, pres
 
 
 def _bound_cookie(request: Request) -> str | None:
-    value = getattr(request.state, "session_cookie", None) or request.cookies.get(SESSION_COOKIE)
+    value = getattr(request.state, "session_cookie", None) or read_cookie(request, SESSION_COOKIE)
     return value if value and len(value) <= 200 else None
 
 
@@ -293,7 +345,7 @@ def csrf_token(request: Request) -> str:
         session_cookie = _bound_cookie(request)
         presession = None
         if session_cookie is None:
-            presession = request.cookies.get(CSRF_COOKIE)
+            presession = read_cookie(request, CSRF_COOKIE)
             if not presession or len(presession) > 200:
                 presession = secrets.token_urlsafe(24)
                 request.state.new_csrf_cookie = presession  # the app's middleware sets it
@@ -352,7 +404,7 @@ async def _check_csrf(request: Request) -> None:
     sent = str(form.get("csrf_token", ""))
     hub: Hub = request.app.state.hub
     session_cookie = _bound_cookie(request)
-    presession = request.cookies.get(CSRF_COOKIE)
+    presession = read_cookie(request, CSRF_COOKIE)
     if session_cookie is None and not presession:
         raise Forbidden("the form expired or came from another site; reload the page and try again")
     expected = csrf_token_for(hub.secret, session_cookie=session_cookie, presession_cookie=presession)

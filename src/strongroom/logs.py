@@ -17,8 +17,9 @@ import structlog
 from structlog.typing import EventDict, Processor
 
 MASK = "**********"
-_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|cookie|code_verifier|totp|otp|key",
-                          re.IGNORECASE)
+# (the hub's cookies by name, under any prefix: ``sr_session``, ``__Host-sr_csrf``, ``sr_workspace``…)
+_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|cookie|csrf|code_verifier|totp|otp|key|"
+                          r"^(__host-|__secure-)?sr_[a-z_]+$", re.IGNORECASE)
 # token-shaped text, wherever it appears: (pattern, replacement)
 _SECRET_TEXT: list[tuple[re.Pattern[str], str]] = [
     # a PEM-style private key block (Crypt4GH's, SSH, PKCS#8), also cut short or with escaped newlines
@@ -27,6 +28,8 @@ _SECRET_TEXT: list[tuple[re.Pattern[str], str]] = [
      r"-----BEGIN \1PRIVATE KEY-----" + MASK),
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1 " + MASK),
     (re.compile(r"sr_[A-Za-z0-9]{12}_[A-Za-z0-9_-]+"), "sr_" + MASK),  # the hub's API tokens
+    # the hub's cookies, under any prefix (a Cookie header in an error's text): the name stays, the value goes
+    (re.compile(r"\b((?:__Host-|__Secure-)?sr_[a-z][a-z_]*=)[^;\s'\"&,]+", re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), MASK),  # a JWT (visas, ID tokens)
     # the password in a URL: postgresql://user:password@host, https://user:password@host — up to the last "@"
     # before a blank, as a password may hold "/", "#" or "@" itself (SQLAlchemy quotes the URL it cannot parse)

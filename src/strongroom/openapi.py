@@ -23,6 +23,8 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
+from .config import Settings
+
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/ProblemDetails"}
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -65,8 +67,10 @@ DRS_ERROR_SCHEMA: dict[str, Any] = {  # GA4GH DRS 1.5 components/schemas/Error.y
 BEARER, SESSION, CSRF = "bearerAuth", "sessionCookie", "csrfHeader"
 
 
-def security_schemes() -> dict[str, Any]:
-    from .deps import SESSION_COOKIE
+def security_schemes(settings: Settings) -> dict[str, Any]:
+    """The document's security schemes; the session cookie under the name this hub gives it (``__Host-`` prefixed
+    whenever its cookies are Secure: ``deps.cookie_name``)."""
+    from .deps import SESSION_COOKIE, cookie_name
     from .identity.principal import SCOPES
 
     scopes = "\n".join(f"- `{name}`: {what}" for name, what in SCOPES.items())
@@ -75,7 +79,7 @@ def security_schemes() -> dict[str, Any]:
                  "description": "An API token from your account page (`strongroom login`), as "
                                 "`Authorization: Bearer sr_…`. A token carries scopes; each operation's "
                                 "`security` lists the one it needs:\n" + scopes},
-        SESSION: {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE,
+        SESSION: {"type": "apiKey", "in": "cookie", "name": cookie_name(settings, SESSION_COOKIE),
                   "description": "The browser session of the hub's pages (log in at /login). The pages "
                                  "themselves are outside this document; the few API operations the pages "
                                  "call take it together with the page's CSRF token."},
@@ -168,7 +172,7 @@ def install(app: FastAPI) -> None:
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas["ProblemDetails"] = PROBLEM_SCHEMA
         schemas["DrsError"] = DRS_ERROR_SCHEMA
-        doc["components"]["securitySchemes"] = security_schemes()
+        doc["components"]["securitySchemes"] = security_schemes(app.state.hub.settings)
         for route in iter_route_contexts(app.routes):  # included routers' routes, with their prefixes
             if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
                 continue

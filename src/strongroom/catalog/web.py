@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import compile_path
 
 from ..deps import (
+    FLASH_COOKIE,
     SESSION_COOKIE,
     CsrfChecked,
     Db,
@@ -23,12 +24,13 @@ from ..deps import (
     WebPrincipal,
     current_web_session,
     posted_form,
+    read_cookie,
     show_viewer,
 )
 from ..errors import Conflict, Invalid, NotFound
 from ..schemas import INT64_MAX, Int32, Int64, whole_number
 from ..text import content_disposition
-from ..web.templating import FLASH_COOKIE, redirect_with, templates
+from ..web.templating import redirect_with, templates
 from . import citations, conneg, dois, entries, generation, page_cache, png, privacy, search, signposting, sitemaps
 from . import images as catalog_images
 from . import landing as landing_pages
@@ -132,7 +134,7 @@ def _citable(db: Db, hub: HubDep, slug: str, version: int | None = None) -> cita
 
 def _anonymous(request: Request) -> bool:
     """A visitor whose page is the public one: no session (no menu) and no flash message waiting."""
-    return SESSION_COOKIE not in request.cookies and FLASH_COOKIE not in request.cookies
+    return read_cookie(request, SESSION_COOKIE) is None and read_cookie(request, FLASH_COOKIE) is None
 
 
 def _from_cache(request: Request, page: page_cache.Page) -> Response:

@@ -14,6 +14,7 @@ from ..audit import service as audit
 from ..audit.service import Actor
 from ..db import utcnow
 from ..deps import (
+    OIDC_STATE_COOKIE,
     SESSION_COOKIE,
     CsrfChecked,
     Db,
@@ -22,6 +23,9 @@ from ..deps import (
     WebPrincipal,
     client_ip,
     current_web_session,
+    delete_cookie,
+    read_cookie,
+    set_cookie,
     show_viewer,
     use_session_cookie,
 )
@@ -54,8 +58,7 @@ def _enrol_url(next: str | None) -> str:
 
 
 def _with_session_cookie(response: Response, hub: Hub, value: str) -> Response:
-    response.set_cookie(SESSION_COOKIE, value, httponly=True, samesite="lax", secure=hub.settings.cookie_secure,
-                        path="/")
+    set_cookie(response, hub.settings, SESSION_COOKIE, value)
     return response
 
 
@@ -206,13 +209,13 @@ def reauth_submit(request: Request, db: Db, hub: HubDep, principal: WebPrincipal
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
-def logout(request: Request, db: Db) -> Response:
+def logout(request: Request, db: Db, hub: HubDep) -> Response:
     found = current_web_session(request, db)
     if found is not None:
         ws, user = found
         service.end_session(db, ws, Actor(user.id, user.label, client_ip(request)))
     response = redirect_with(request, "/login", "You are logged out.")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    delete_cookie(response, hub.settings, SESSION_COOKIE)
     return response
 
 
@@ -227,7 +230,6 @@ def _oidc(request: Request, hub: Hub) -> OidcClient:
     return client
 
 
-OIDC_STATE_COOKIE = "sr_oidc_state"
 # WebSession.data key: the state (hash) of the re-authentication this session asked its OpenID Provider for.
 OIDC_REAUTH = "oidc_reauth_state"
 
@@ -244,9 +246,10 @@ def oidc_login(request: Request, db: Db, hub: HubDep, next: str | None = None, r
     if found is not None and found[0].stage == "active":
         found[0].data = {**(found[0].data or {}), OIDC_REAUTH: sha256_hex(state)}
     response = _redirect(client.authorization_url(state=state, nonce=nonce, code_verifier=verifier, reauth=reauth))
-    # Binds the flow to this browser: a callback URL opened elsewhere (login CSRF) is refused.
-    response.set_cookie(OIDC_STATE_COOKIE, state, max_age=600, httponly=True, samesite="lax",
-                        secure=hub.settings.cookie_secure, path="/auth/oidc/")
+    # Binds the flow to this browser: a callback URL opened elsewhere (login CSRF) is refused. Path=/ with the
+    # __Host- name (cookies Secure), like every hub cookie: a state cookie tossed in from a sibling host, naming a
+    # login the attacker started (its row is real, its code the attacker's), would complete that login here.
+    set_cookie(response, hub.settings, OIDC_STATE_COOKIE, state, max_age=600)
     return response
 
 
@@ -256,7 +259,7 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
     pending = db.get(OidcLoginState, sha256_hex(state)) if state else None
     if pending is None or (utcnow() - pending.created_at).total_seconds() > 600:
         raise Unauthenticated("this login link expired or was already used; start again")
-    if not secrets.compare_digest(request.cookies.get(OIDC_STATE_COOKIE, ""), state):
+    if not secrets.compare_digest((read_cookie(request, OIDC_STATE_COOKIE) or "").encode(), state.encode()):
         raise Unauthenticated("this login was started in another browser; start again here")
     db.delete(pending)  # single use
     if error or not code:
@@ -298,18 +301,18 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
                             "your home organisation first if it does not ask)")
         audit.record(db, actor, "login.oidc", subject_user_id=user.id, details={**details, "reauth": True})
         cookie = service.rotate_session(db, ws, stage="active", mfa=True)
-        return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie))
+        return _oidc_done(_with_session_cookie(_redirect(pending.next_url), hub, cookie), hub)
     audit.record(db, actor, "login.oidc", subject_user_id=user.id, details=details)
     if found is not None:  # a login replaces whatever session this browser had
         db.delete(found[0])
     cookie = service.start_session(db, user, stage="active", method="oidc", mfa=identity.mfa, mfa_recent=recent,
                                    ip=client_ip(request), max_hours=hub.settings.security.session_max_hours)
     response = redirect_with(request, pending.next_url, f"Logged in as {user.display_name}.")
-    return _oidc_done(_with_session_cookie(response, hub, cookie))
+    return _oidc_done(_with_session_cookie(response, hub, cookie), hub)
 
 
-def _oidc_done(response: Response) -> Response:
-    response.delete_cookie(OIDC_STATE_COOKIE, path="/auth/oidc/")
+def _oidc_done(response: Response, hub: Hub) -> Response:
+    delete_cookie(response, hub.settings, OIDC_STATE_COOKIE)
     return response
 
 

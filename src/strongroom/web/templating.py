@@ -19,10 +19,9 @@ from starlette.background import BackgroundTask
 from starlette.templating import _TemplateResponse
 
 from .. import small_counts
-from ..deps import csrf_token
+from ..deps import FLASH_COOKIE, csrf_token, delete_cookie, read_cookie, set_cookie
 from ..text import human_bytes
 
-FLASH_COOKIE = "sr_flash"
 FLASH_KINDS = ("ok", "error")
 _FLASH_MAX = 500
 
@@ -37,8 +36,8 @@ def flash(request: Request, response: Response, text: str, kind: str = "ok") -> 
     kind = kind if kind in FLASH_KINDS else "ok"
     payload = base64.urlsafe_b64encode(json.dumps([kind, text[:_FLASH_MAX]]).encode()).decode()
     secret: bytes = request.app.state.hub.secret
-    response.set_cookie(FLASH_COOKIE, f"{payload}.{_flash_mac(secret, payload)}", max_age=300, httponly=True,
-                        samesite="lax", secure=request.app.state.hub.settings.cookie_secure, path="/")
+    set_cookie(response, request.app.state.hub.settings, FLASH_COOKIE, f"{payload}.{_flash_mac(secret, payload)}",
+               max_age=300)
     return response
 
 
@@ -50,7 +49,7 @@ def redirect_with(request: Request, url: str, text: str, kind: str = "ok") -> Re
 
 
 def _read_flash(request: Request) -> dict[str, str] | None:
-    raw = request.cookies.get(FLASH_COOKIE)
+    raw = read_cookie(request, FLASH_COOKIE)
     if not raw or "." not in raw:
         return None
     payload, mac = raw.rsplit(".", 1)
@@ -72,8 +71,8 @@ class _Templates(Jinja2Templates):
                          ) -> _TemplateResponse:
         response = super().TemplateResponse(request, name, context, status_code=status_code, headers=headers,
                                             media_type=media_type, background=background)
-        if FLASH_COOKIE in request.cookies:
-            response.delete_cookie(FLASH_COOKIE, path="/")
+        if read_cookie(request, FLASH_COOKIE) is not None:
+            delete_cookie(response, request.app.state.hub.settings, FLASH_COOKIE)
         return response
 
 

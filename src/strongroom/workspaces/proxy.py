@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..db import transaction
-from ..deps import CSRF_COOKIE, SAFE_METHODS, SESSION_COOKIE, Db, HubDep, LoginRequired, client_ip, current_web_session
+from ..deps import EVERY_HUB_COOKIE_NAME, SAFE_METHODS, Db, HubDep, LoginRequired, client_ip, current_web_session
 from ..errors import Conflict, DomainError, NotFound
 from ..hub import Hub
 from ..identity import service as identity
@@ -52,8 +52,10 @@ METHODS = ["GET", *NOT_GET]
 HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                  "transfer-encoding", "upgrade", "host", "content-length", "content-encoding", "authorization",
                  "cookie"})
-# never sent to Jupyter, never set by it: the hub's cookies and the workspace cookie
-WITHHELD = frozenset({SESSION_COOKIE, CSRF_COOKIE, origin.WORKSPACE_COOKIE})
+# never sent to Jupyter, never set by it: the hub's cookies under every name they have (``__Host-`` prefixed when the
+# hub's cookies are Secure, bare in loopback development; on this host only ever one tossed in for the parent domain,
+# never the hub's own, which are host-only) and the workspace cookie
+WITHHELD = EVERY_HUB_COOKIE_NAME | {origin.WORKSPACE_COOKIE}
 NO_TRACE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}  # a code in an address: not kept, not sent
 
 
