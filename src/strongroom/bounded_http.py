@@ -4,7 +4,8 @@ A partner hub, a visa issuer, an identity provider or DataCite may be broken or 
 ends, one that arrives a byte at a time, or a small compressed body that inflates to gigabytes must neither exhaust
 this hub's memory nor hold one of its workers. Every answer from a remote partner is read here:
 
-- at most ``Bounds.max_bytes`` of it, announced (``Content-Length``) or sent;
+- at most ``Bounds.max_bytes`` of it, announced (``Content-Length``) or sent; a ``Content-Length`` that is not a
+  byte count (ASCII digits, within 64 bits: ``parsing``) is refused, not guessed at;
 - as sent: ``Accept-Encoding: identity`` is asked for and any other ``Content-Encoding`` refused, so the bound is on
   what is held in memory (no decompression bomb);
 - the whole exchange — connecting, sending the request, the status line and headers however slowly they trickle
@@ -32,7 +33,10 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from .parsing import whole_number_in
+
 CONNECT_SECONDS = 30.0
+_MAX_LENGTH = 2**63 - 1  # the largest Content-Length read as a number; a longer one is not a byte count
 # a request's body: bytes, or a blocking iterable of chunks (a stored body streamed as it is read)
 Content = bytes | Iterable[bytes] | None
 # headers the answer handed to a library's client no longer describe (the body is whole and as sent)
@@ -103,9 +107,13 @@ async def _exchange(method: str, url: str, bounds: Bounds, headers: Mapping[str,
         encoding = r.headers.get("content-encoding", "").strip().lower()
         if encoding not in ("", "identity"):
             raise AnswerRefused(f"a compressed answer ({encoding[:40]}) though none was asked for")
-        declared = r.headers.get("content-length", "").strip()
-        if declared.isdigit() and int(declared) > bounds.max_bytes:
-            raise AnswerRefused(f"larger than {bounds.max_bytes} bytes ({declared} announced)")
+        declared = r.headers.get("content-length")
+        if declared is not None:  # a byte count by the one rule (``parsing``): never isdigit() then int()
+            announced = whole_number_in(declared, 0, _MAX_LENGTH)
+            if announced is None:
+                raise AnswerRefused(f"a Content-Length that is not a byte count ({declared[:40]!r})")
+            if announced > bounds.max_bytes:
+                raise AnswerRefused(f"larger than {bounds.max_bytes} bytes ({announced} announced)")
         kept, received = bytearray(), 0
         async for chunk in r.aiter_raw():
             received += len(chunk)

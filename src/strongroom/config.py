@@ -24,6 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .addresses import internal_host
 from .archive.storage.config import StorageSettings  # the one storage model ([archive.storage])
 from .keyfiles import read_or_create
 
@@ -310,26 +311,10 @@ class ComputeSettings(BaseModel):
 def internal_address(host: str, subnet: str) -> str | None:
     """Why ``host`` (a name or an IP address) names the hub's own machine or its internals, or None: loopback,
     link-local (the cloud's metadata service), unspecified, multicast, or inside the workspaces' ``subnet`` (each
-    workspace's host side is the hub machine itself). A name is judged by its spelling only (``localhost``): to judge
-    where a name leads, ``outside_addresses``."""
-    name = host.strip().strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return "loopback"
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-    for why, hit in (("loopback", address.is_loopback), ("link-local", address.is_link_local),
-                     ("unspecified", address.is_unspecified), ("multicast", address.is_multicast)):
-        if hit:
-            return why
-    try:
-        workspaces = ipaddress.ip_network(subnet, strict=False)
-    except ValueError:
-        return None
-    return "inside the workspaces' subnet" if address in workspaces else None
+    workspace's host side is the hub machine itself), or an IPv6 address carrying such an IPv4 address (IPv4-mapped,
+    -translated or -compatible, NAT64, 6to4, Teredo: ``addresses``). A name is judged by its spelling only
+    (``localhost``): to judge where a name leads, ``outside_addresses``."""
+    return internal_host(host, subnet)
 
 
 class NotOutside(ValueError):

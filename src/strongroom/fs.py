@@ -34,7 +34,7 @@ under its accession, a file under its stored path cleaned (``archive.paths.safe_
 What the hub answers 404 (another project, a made-up path) is ``FileNotFoundError``; 401/403 (a locked
 download, a missing scope) ``PermissionError`` with the hub's reason. This module is a client: it imports
 no web or database code, only ``hubclient``, the command line's transfers (``archive.transfer``) and the pure
-crypt4gh engine.
+crypt4gh engine (and ``parsing``, the one rule for a whole number written as text).
 """
 
 from __future__ import annotations
@@ -55,11 +55,14 @@ from .archive import c4gh
 from .archive.paths import safe_relative
 from .archive.transfer import UploadPlan, is_accession, upload_file, url_segment
 from .hubclient import HubClient, HubError, config_path, default_address
+from .parsing import whole_number_in
 
 FILES = "files"  # a project's own archived files (datasets are named SRD-…, so no clash)
 VIA = ("auto", "encrypted", "plaintext")
 API = "/api/v1"
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # a project as a folder: no '/', '..', or anything odd
+_MAX_VERSION = 2**31 - 1  # a dataset's version numbers (a 32-bit INTEGER on the hub)
+_MAX_SIZE = 2**63 - 1  # a file's size in bytes (BIGINT on the hub)
 
 
 @dataclass
@@ -86,6 +89,15 @@ class _Tree:
         for depth in range(len(parts)):
             parent = "/".join(parts[:depth])
             self.folders.setdefault(parent, set()).add(parts[depth])
+
+
+def _whole(value: object, minimum: int, maximum: int) -> int | None:
+    """A whole number in the hub's answer: a JSON integer (not a boolean) or its text (``parsing``), in range."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if minimum <= value <= maximum else None
+    return whole_number_in(value, minimum, maximum) if isinstance(value, str) else None
 
 
 def _hub_error(exc: HubError, path: str) -> OSError:
@@ -154,8 +166,11 @@ class StrongroomFileSystem(AbstractFileSystem):
 
     def _dataset(self, project: str, name: str) -> tuple[dict[str, Any], int]:
         """The dataset a folder names (owned by or shared into ``project``) and the version it shows."""
-        ident, _, wanted = name.partition("@")
-        if not is_accession(ident, "SRD") or (wanted and not wanted.isdigit()):
+        ident, at, wanted = name.partition("@")
+        # a version as it is written in a listing (``SRD-…@2``): ASCII digits, no sign, no leading zero, no space,
+        # within the hub's version numbers; anything else ("@", "@²", "@02", thousands of digits) names no folder
+        number = whole_number_in(wanted, 1, _MAX_VERSION) if at else None
+        if not is_accession(ident, "SRD") or (at and (number is None or str(number) != wanted)):
             raise FileNotFoundError(2, "no such dataset", f"{project}/{name}")
         try:
             ds = self._datasets(project).get(ident)
@@ -167,13 +182,16 @@ class StrongroomFileSystem(AbstractFileSystem):
         if ds is None:
             raise FileNotFoundError(2, "no such dataset", f"{project}/{name}")
         versions = ds["versions"]
-        if wanted:
-            chosen = [v for v in versions if v["number"] == int(wanted)]
+        if number is not None:
+            chosen = [v for v in versions if _whole(v.get("number"), 1, _MAX_VERSION) == number]
         else:
             chosen = ([v for v in versions if v["state"] == "released"] or versions)[-1:]
         if not chosen:
             raise FileNotFoundError(2, "no such version", f"{project}/{name}")
-        return ds, int(chosen[0]["number"])
+        shown = _whole(chosen[0].get("number"), 1, _MAX_VERSION)
+        if shown is None:
+            raise OSError(f"{project}/{name}: the hub's answer gives no valid version number")
+        return ds, shown
 
     def _tree(self, project: str, container: str) -> _Tree:
         key = f"{project}/{container}"
@@ -210,7 +228,10 @@ class StrongroomFileSystem(AbstractFileSystem):
         return tree
 
     def _file_entry(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "type": "file", "size": record["plaintext_size"], "id": record["id"],
+        size = _whole(record.get("plaintext_size"), 0, _MAX_SIZE)
+        if size is None:
+            raise OSError(f"{name}: the hub's answer gives no valid size")
+        return {"name": name, "type": "file", "size": size, "id": record["id"],
                 "sha256": record.get("plaintext_sha256"), "created": record.get("ingested_at")}
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:

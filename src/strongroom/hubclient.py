@@ -187,6 +187,12 @@ class HubClient:
         raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer's JSON (None for an empty answer)."""
+        """The answer's JSON (None for an empty answer); an answer that is not JSON (a proxy's page) is a
+        ``HubError`` saying so, never a ValueError with a traceback."""
         response = self.request(method, path, **kwargs)
-        return response.json() if response.content else None
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:  # not JSON, or not UTF-8
+            raise HubError(str(response.status_code), "the hub's answer is not JSON") from None

@@ -4,13 +4,13 @@ dropped, and what a client sends is taken as sent."""
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Annotated
 
 from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Strict, field_validator, model_validator
 
 from .errors import Invalid
+from .parsing import WHOLE_NUMBER, whole_number_in
 
 
 def has_nul(value: object) -> bool:
@@ -54,7 +54,6 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 Int64 = Annotated[int, Ge(INT64_MIN), Le(INT64_MAX)]
 Int32 = Annotated[int, Ge(INT32_MIN), Le(INT32_MAX)]
-_WHOLE_NUMBER = re.compile(r"-?[0-9]+")  # ASCII digits: "²" is a digit to str.isdigit(), not to int()
 
 
 def whole_number(text: str | bytes, field: str, *, minimum: int = INT32_MIN, maximum: int = INT32_MAX) -> int:
@@ -62,10 +61,10 @@ def whole_number(text: str | bytes, field: str, *, minimum: int = INT32_MIN, max
     is stored in or compared with (INTEGER unless the caller says BIGINT), or Invalid naming the field. Never
     ``str.isdigit()`` then ``int()``: isdigit() takes "²", which int() refuses, and says nothing of the size."""
     value = (text.decode("latin-1") if isinstance(text, bytes) else text).strip()
-    if not _WHOLE_NUMBER.fullmatch(value):
+    if not WHOLE_NUMBER.fullmatch(value):
         raise Invalid(f"{field}: should be a whole number")
-    number = int(value) if len(value) <= 20 else None  # int() refuses thousands of digits (a ValueError)
-    if number is None or not minimum <= number <= maximum:
+    number = whole_number_in(value, minimum, maximum)  # the one rule (``parsing``): bounded digits, in range
+    if number is None:
         raise Invalid(f"{field}: should be a whole number from {minimum} to {maximum}")
     return number
 

@@ -1161,6 +1161,18 @@ def vendor_reports(session: Session, principal: Principal, slug: str) -> list[Re
                                 .order_by(Release.decided_at.desc())))
 
 
+def stored_part(stored: object, key: str) -> dict[str, Any]:
+    """The mapping ``stored[key]`` of a report or a result as stored (JSON, possibly made by hand or by an older
+    version), or {} when ``stored`` is no mapping or the part is missing or of another shape: what reads a stored
+    report never assumes its parts are there."""
+    part = stored.get(key) if isinstance(stored, dict) else None
+    return part if isinstance(part, dict) else {}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def benchmark(session: Session, principal: Principal, version_id: str) -> dict[str, Any]:
     """A model version across clinics: DerSimonian–Laird pooled AUC of its released reports (aggregates
     only, never raw data). For the vendor's members."""
@@ -1172,10 +1184,10 @@ def benchmark(session: Session, principal: Principal, version_id: str) -> dict[s
                                    .order_by(Release.decided_at)))
     studies = []
     for r in reports:
-        if r.report.get("model", {}).get("id") != str(mv.id):
+        if stored_part(r.report, "model").get("id") != str(mv.id):
             continue
-        auc = (r.report.get("metrics") or {}).get("auc")
-        if auc:
+        auc = stored_part(stored_part(r.report, "metrics"), "auc")
+        if all(_is_number(auc.get(k)) for k in ("auc", "se", "low", "high")):  # suppressed or not recorded: left out
             studies.append({"report": str(r.id), "clinic": r.report.get("clinic"), "auc": auc["auc"],
                             "se": auc["se"], "low": auc["low"], "high": auc["high"]})
     pooled = metrics.meta_analysis([s["auc"] for s in studies], [s["se"] for s in studies]) \

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ..deps import CsrfChecked, Db, HubDep, Posted, PostedForm, WebPrincipal, posted_form
-from ..errors import Invalid, MfaRequired
+from ..errors import Conflict, Invalid, MfaRequired
 from ..projects import service as projects
 from ..schemas import whole_number
 from ..text import content_disposition
@@ -23,6 +25,62 @@ from .models import CREATED, DONE, IN_REVIEW, RESULTS_ONLY, RUNNING, Evaluation,
 from .settings import BUDGET_SETTING
 
 router = APIRouter()
+log = structlog.get_logger("strongroom.vai")
+
+
+# What rendering a stored figure of another shape raises (a key missing, a text where a number was, a list where a
+# mapping was): a release's report and an evaluation's result are JSON as stored, possibly by hand or by an older
+# version, and a page shows what of them reads rather than answering 500.
+_UNREADABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+NOT_RECORDED = "no metrics recorded"
+
+
+def _readable(draw: Callable[..., Any], *args: Any) -> Any:
+    """``draw(*args)``, or None when the stored figures it reads are missing or of another shape."""
+    try:
+        return draw(*args)
+    except _UNREADABLE:
+        return None
+
+
+def figures(m: object, *, report: bool = True) -> dict[str, Any]:
+    """The figures of a report's (or, ``report=False``, an evaluation result's) metrics as a page shows them, each
+    part only when it reads: ``recorded`` False when there are none at all (the page says "no metrics recorded"),
+    else ``rows`` (the overall table), ``roc_svg``, ``cal_svg`` and the report's ``subgroups`` as (column,
+    [(level, rows)], hidden levels), each None (or left out) when missing or unreadable."""
+    if not isinstance(m, dict) or not m:
+        return {"recorded": False, "rows": None, "roc_svg": None, "cal_svg": None, "subgroups": []}
+    subgroups: list[tuple[str, list[tuple[str, list[list[str]] | None]], Any]] = []
+    groups = m.get("subgroups")
+    if report and isinstance(groups, dict):
+        for column, group in groups.items():
+            levels = group.get("levels") if isinstance(group, dict) else None
+            shown = [(str(level.get("level", "")) if isinstance(level, dict) else "",
+                      _readable(render.rows, level))
+                     for level in (levels if isinstance(levels, list) else [])]
+            hidden = group.get("hidden_levels") if isinstance(group, dict) else None
+            subgroups.append((str(column), shown, hidden))
+    return {
+        "recorded": True,
+        "rows": _readable(render.rows, m),
+        # no curve and no AUC recorded: nothing to draw (an AUC recorded as None is a suppressed one)
+        "roc_svg": _readable(render.roc_svg, m.get("roc") or [], m.get("auc"))
+        if "roc" in m or "auc" in m else None,
+        "cal_svg": _readable(lambda: render.calibration_svg(m["calibration"]["bins"])) if m.get("calibration")
+        else None,
+        "subgroups": subgroups,
+    }
+
+
+def _auc_text(report: object) -> str:
+    """A report's AUC with its CI for a listing: "suppressed" when released so, "no metrics recorded" when none."""
+    m = service.stored_part(report, "metrics")
+    if not m:
+        return NOT_RECORDED
+    auc = m.get("auc")
+    if not auc:
+        return "suppressed"
+    return _readable(lambda: f"{auc['auc']:.3f} ({auc['low']:.3f}–{auc['high']:.3f})") or "not recorded"
 
 
 @router.get("/vai")
@@ -30,7 +88,8 @@ def desk(request: Request, db: Db, principal: WebPrincipal) -> Response:
     vendors = service.my_vendors(db, principal)
     return templates.TemplateResponse(request, "vai/desk.html", {
         "vendors": [(v, [m for m, _ in service.list_models(db, principal) if m.vendor_id == v.id],
-                     service.vendor_reports(db, principal, v.slug)) for v in vendors],
+                     [(r, service.stored_part(r.report, "model"), _auc_text(r.report))
+                      for r in service.vendor_reports(db, principal, v.slug)]) for v in vendors],
         "models": service.list_models(db, principal),
     })
 
@@ -38,11 +97,10 @@ def desk(request: Request, db: Db, principal: WebPrincipal) -> Response:
 @router.get("/vai/reports/{report_id}")
 def report_page(request: Request, db: Db, principal: WebPrincipal, report_id: uuid.UUID) -> Response:
     r = service.visible_report(db, principal, str(report_id))
-    m = r.report["metrics"]
+    report = r.report if isinstance(r.report, dict) else {}
     return templates.TemplateResponse(request, "vai/report.html", {
-        "release": r, "report": r.report, "m": m, "rows": render.rows(m), "render": render,
-        "roc_svg": render.roc_svg(m.get("roc", []), m.get("auc")),
-        "cal_svg": render.calibration_svg(m["calibration"]["bins"]) if m.get("calibration") else None,
+        "release": r, "report": report, "model": service.stored_part(report, "model"),
+        "figures": figures(report.get("metrics")), "not_recorded": NOT_RECORDED,
     })
 
 
@@ -57,8 +115,13 @@ def report_json(db: Db, principal: WebPrincipal, report_id: uuid.UUID) -> Respon
 @router.get("/vai/reports/{report_id}/report.pdf")
 def report_pdf(db: Db, hub: HubDep, principal: WebPrincipal, report_id: uuid.UUID) -> Response:
     r = service.visible_report(db, principal, str(report_id))
-    return Response(render.to_pdf(r.report, site=hub.settings.site_name, sha256=r.sha256),
-                    media_type="application/pdf",
+    try:
+        pdf = render.to_pdf(r.report, site=hub.settings.site_name, sha256=r.sha256)
+    except _UNREADABLE as exc:  # the PDF lays out every part of a report: one without its figures has no PDF
+        log.warning("vai.report.unprintable", release=str(r.id), error=type(exc).__name__)
+        raise Conflict(f"this report has {NOT_RECORDED} (or some of them are unreadable), so there is no PDF of it: "
+                       f"its page and its JSON (/vai/reports/{r.id}/report.json) show what it holds") from None
+    return Response(pdf, media_type="application/pdf",
                     headers={"Content-Disposition": content_disposition(f"vai-report-{r.id}.pdf")})
 
 
@@ -150,14 +213,16 @@ def evaluation_page(request: Request, db: Db, principal: WebPrincipal, slug: str
     access = projects.open_project(db, principal, slug)
     ev = service.read_evaluations(db, principal, slug, str(evaluation_id))[0]
     mv = db.get_one(ModelVersion, ev.model_version_id)
-    m = (ev.result or {}).get("metrics")
+    result = ev.result if isinstance(ev.result, dict) else {}
+    m = service.stored_part(result, "metrics")
     in_review = any(r.state == IN_REVIEW for r, e in service.list_releases(db, principal, slug) if e.id == ev.id)
     degenerate = metrics.degenerate(m) if m else None  # the release would be refused: said before anyone asks
+    shown = figures(m, report=False)
     return templates.TemplateResponse(request, "vai/evaluation.html", {
-        "project": access.project, "ev": ev, "mv": mv, "r": ev.result or {}, "m": m, "render": render,
-        "rows": render.rows(m) if m else [],
-        "roc_svg": render.roc_svg(m.get("roc", []), m.get("auc")) if m else None,
-        "cal_svg": render.calibration_svg(m["calibration"]["bins"]) if m and m.get("calibration") else None,
+        "project": access.project, "ev": ev, "mv": mv, "r": result, "m": m, "render": render,
+        "rows": shown["rows"] or [], "roc_svg": shown["roc_svg"], "cal_svg": shown["cal_svg"],
+        "subgroups": {column: levels for column, levels in (m.get("subgroups") or {}).items()
+                      if isinstance(levels, list)} if isinstance(m.get("subgroups"), dict) else {},
         "running": ev.state in (CREATED, RUNNING),
         "degenerate": degenerate,
         "can_release": ev.state == DONE and "export" in access.rights and not in_review and not degenerate,
