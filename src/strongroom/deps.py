@@ -25,7 +25,7 @@ from .hub import Hub
 from .identity import service as identity
 from .identity.models import User, WebSession
 from .identity.principal import Principal
-from .identity.secrets import sha256_hex
+from .identity.secrets import equal_secrets, sha256_hex
 
 # -- the hub's cookies ---------------------------------------------------------------------------
 # Their base names. Read, set and delete them only through the functions below, which give each the name this hub
@@ -409,7 +409,7 @@ async def _check_csrf(request: Request) -> None:
         raise Forbidden("the form expired or came from another site; reload the page and try again")
     expected = csrf_token_for(hub.secret, session_cookie=session_cookie, presession_cookie=presession)
     # compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a 500)
-    if not secrets.compare_digest(sent.encode(), expected.encode()):
+    if not equal_secrets(sent, expected):
         raise Forbidden("the form expired or came from another site; reload the page and try again")
     _refuse_nul(form)
 
@@ -449,7 +449,7 @@ def _browser_api_principal(request: Request, db: Db) -> Principal:
     sent = request.headers.get(CSRF_HEADER, "")
     assert session_cookie is not None  # a session was found, so its cookie is there
     expected = csrf_token_for(request.app.state.hub.secret, session_cookie=session_cookie)
-    if not sent or not secrets.compare_digest(sent, expected):
+    if not sent or not equal_secrets(sent, expected):
         raise Forbidden("the page expired; reload it and try again")
     ws, user = found
     principal = identity.session_principal(ws, user, client_ip(request))

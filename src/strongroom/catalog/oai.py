@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from lxml import etree
 
+from ..identity.secrets import equal_secrets
 from .dcat import FORMATS, DatasetFacts
 
 OAI_NS = "http://www.openarchives.org/OAI/2.0/"
@@ -142,7 +143,7 @@ class Tokens:
 
     def read(self, token: str, verb: str, now: dt.datetime) -> dict[str, Any]:
         body, _, mac = token.partition(".")
-        if not body or not mac or not hmac.compare_digest(mac, self._mac(body)):
+        if not body or not mac or not equal_secrets(mac, self._mac(body)):
             raise OaiError("badResumptionToken", "the resumption token is not one this repository issued")
         try:
             state = json.loads(_unb64(body))

@@ -13,7 +13,6 @@ provider must ask for the user's credentials again instead of answering from its
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from joserfc.jwk import KeySet, KeySetSerialization
 from .. import bounded_http
 from ..config import OidcSettings
 from ..errors import Invalid, Unauthenticated, Unavailable
+from .secrets import equal_secrets
 
 if TYPE_CHECKING:
     from authlib.integrations.httpx_client import OAuth2Client
@@ -164,7 +164,7 @@ class OidcClient:
         # joserfc's "value" option also accepts a list that merely contains the value (it is made
         # for aud): the nonce must be exactly the single string we sent.
         sent = decoded.claims.get("nonce")
-        if not isinstance(sent, str) or not secrets.compare_digest(sent.encode(), nonce.encode()):
+        if not isinstance(sent, str) or not equal_secrets(sent, nonce):
             raise Unauthenticated("the id_token failed validation: nonce does not match")
         azp = decoded.claims.get("azp")
         if azp is not None and azp != self.settings.client_id:

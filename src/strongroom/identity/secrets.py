@@ -56,6 +56,13 @@ def dummy_hash() -> str:
     return _dummy_hash
 
 
+def equal_secrets(sent: str, expected: str) -> bool:
+    """Whether ``sent`` (a code, token, MAC or cookie someone sent) is ``expected``, in constant time. Compared as
+    UTF-8 bytes: ``compare_digest`` refuses two str holding a non-ASCII character (a TypeError, so a 500 for
+    whoever sends "²" or a Latin-1 byte in a header or cookie), and bytes of any text compare."""
+    return secrets.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def sha256_hex(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 

@@ -41,6 +41,7 @@ from .secrets import (
     MIN_PASSWORD_LENGTH,
     FieldCipher,
     dummy_hash,
+    equal_secrets,
     hash_password,
     keyed_digest,
     needs_rehash,
@@ -414,14 +415,14 @@ def _enrolment(seed: str, username: str) -> Enrolment:
 def _accept_totp(cred: LocalCredential, seed: str, code: str) -> bool:
     """Valid in the current ±1 step window, and not a step already used (no replay)."""
     code = re.sub(r"\s", "", code)
-    if not code.isdigit() or len(code) != 6:
+    if len(code) != 6 or not code.isascii() or not code.isdigit():  # "²" is a digit to isdigit()
         return False
     totp = pyotp.TOTP(seed)
     now = utcnow().timestamp()
     for offset in (0, -1, 1):
         at = now + offset * totp.interval
         step = totp.timecode(dt.datetime.fromtimestamp(at, dt.UTC))
-        if step > cred.totp_last_step and secrets.compare_digest(totp.at(at), code):
+        if step > cred.totp_last_step and equal_secrets(totp.at(at), code):
             cred.totp_last_step = step
             return True
     return False

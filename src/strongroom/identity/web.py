@@ -37,7 +37,7 @@ from . import service
 from .models import LocalCredential, OidcLoginState, WebSession
 from .oidc import OidcClient
 from .principal import SCOPES
-from .secrets import MIN_PASSWORD_LENGTH, sha256_hex
+from .secrets import MIN_PASSWORD_LENGTH, equal_secrets, sha256_hex
 
 router = APIRouter()
 
@@ -259,7 +259,7 @@ def oidc_callback(request: Request, db: Db, hub: HubDep, state: str = "", code: 
     pending = db.get(OidcLoginState, sha256_hex(state)) if state else None
     if pending is None or (utcnow() - pending.created_at).total_seconds() > 600:
         raise Unauthenticated("this login link expired or was already used; start again")
-    if not secrets.compare_digest((read_cookie(request, OIDC_STATE_COOKIE) or "").encode(), state.encode()):
+    if not equal_secrets(read_cookie(request, OIDC_STATE_COOKIE) or "", state):
         raise Unauthenticated("this login was started in another browser; start again here")
     db.delete(pending)  # single use
     if error or not code:

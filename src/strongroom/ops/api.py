@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -12,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..audit import service as audit
 from ..db import WEB_BUSY_TIMEOUT_MS, open_session
+from ..identity.secrets import equal_secrets
 
 router = APIRouter(tags=["operations"])
 
@@ -46,7 +45,7 @@ def metrics_allowed(request: Request) -> bool:
     Without a configured token nobody is: the figures (routes, statuses, request counts) are the operator's."""
     token = request.app.state.hub.settings.ops.metrics_token.get_secret_value()
     scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and secrets.compare_digest(sent.strip().encode(), token.encode())
+    return bool(token) and scheme.lower() == "bearer" and equal_secrets(sent.strip(), token)
 
 
 @router.get("/metrics", summary="Prometheus metrics (for the bearer token [ops] metrics_token only)",

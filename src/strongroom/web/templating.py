@@ -20,6 +20,7 @@ from starlette.templating import _TemplateResponse
 
 from .. import small_counts
 from ..deps import FLASH_COOKIE, csrf_token, delete_cookie, read_cookie, set_cookie
+from ..identity.secrets import equal_secrets
 from ..text import human_bytes
 
 FLASH_KINDS = ("ok", "error")
@@ -53,7 +54,7 @@ def _read_flash(request: Request) -> dict[str, str] | None:
     if not raw or "." not in raw:
         return None
     payload, mac = raw.rsplit(".", 1)
-    if not hmac.compare_digest(mac, _flash_mac(request.app.state.hub.secret, payload)):
+    if not equal_secrets(mac, _flash_mac(request.app.state.hub.secret, payload)):
         return None
     try:
         kind, text = json.loads(base64.urlsafe_b64decode(payload.encode()))

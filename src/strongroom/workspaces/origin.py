@@ -19,6 +19,8 @@ import secrets
 import uuid
 from urllib.parse import urlsplit
 
+from ..identity.secrets import equal_secrets
+
 WORKSPACE_COOKIE = "sr_workspace"
 HANDOFF_SECONDS = 30  # a handoff code is good this long (the browser follows the redirect at once), and once
 HANDOFF_PREFIX = "/_strongroom/workspaces/"  # on the workspaces' origin: …/{workspace id}/handoff?code=…
@@ -70,7 +72,7 @@ def cookie_session(secret: bytes, workspace_id: uuid.UUID | str, values: list[st
     for value in values:
         named, _, rest = value.partition(".")
         session_hash, _, mac = rest.partition(".")
-        if named == wid and session_hash and hmac.compare_digest(mac, _cookie_mac(secret, wid, session_hash)):
+        if named == wid and session_hash and equal_secrets(mac, _cookie_mac(secret, wid, session_hash)):
             return session_hash
     return None
 
