@@ -219,6 +219,10 @@ def test_trusted_issuer_visa_grants_download_and_keys_are_cached(world, issuer, 
     v2 = issuer.visa("carol", f"{value}/versions/2")  # a version that does not hold the file
     assert _download(world, **{"X-GA4GH-Passport": v2}).status_code == 404
     assert issuer.hits["jwks"] == 1  # fetched once, then cached
+    # a version that is no whole number names nothing (isdigit() took "²" and "١", then int() raised: a 500)
+    for odd in ("²", "١", "0", "9" * 40, "-1", ""):
+        refused = _download(world, **{"X-GA4GH-Passport": issuer.visa("carol", f"{value}/versions/{odd}")})
+        assert refused.status_code == 404, (odd, refused.text)
     with world["hub"].sessions() as s:
         event = s.scalars(select(AuditEvent).where(AuditEvent.action == "archive.download.started")
                           .order_by(AuditEvent.seq.desc())).first()

@@ -63,7 +63,9 @@ from ..db import utcnow
 from ..errors import Invalid, NotFound
 from ..identity.models import User
 from ..identity.principal import Principal
+from ..parsing import whole_number_in
 from ..paths import private_dir
+from ..schemas import INT32_MAX
 from .models import Entitlement, VisaRevocation
 
 log = structlog.get_logger("strongroom.visas")
@@ -712,12 +714,15 @@ def visa_reader(session: Session, principal: Principal, ds: Dataset) -> VersionG
         if aliases.get(visa.value, ("", ""))[1] == visa.iss:
             # an alias names the dataset, or one version as ``<alias>/versions/<n>`` (federation's mirrors)
             base, _, number = visa.value.rpartition("/versions/")
-            if number.isdigit() and aliases.get(base, ("", ""))[1] == visa.iss:
-                numbers.add(int(number))
+            version = whole_number_in(number, 1, INT32_MAX)  # "²" is a digit to isdigit(), not to int()
+            if version is not None and aliases.get(base, ("", ""))[1] == visa.iss:
+                numbers.add(version)
                 continue
             return VersionGrant()
         if visa.value in whole:
             return VersionGrant()
-        if prefix and visa.value.startswith(prefix) and visa.value[len(prefix):].isdigit():
-            numbers.add(int(visa.value[len(prefix):]))
+        if prefix and visa.value.startswith(prefix):
+            version = whole_number_in(visa.value[len(prefix):], 1, INT32_MAX)
+            if version is not None:
+                numbers.add(version)
     return VersionGrant(frozenset(numbers)) if numbers else None

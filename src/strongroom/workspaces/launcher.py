@@ -27,6 +27,7 @@ from typing import Protocol
 import httpx
 
 from ..config import NotOutside, internal_address, outside_addresses
+from ..parsing import whole_number_in
 from . import fuse
 from . import limits as workspace_limits
 
@@ -765,8 +766,7 @@ def read_port(path: Path) -> int | None:
         return None
     finally:
         os.close(fd)
-    port = int(words[-1]) if words and words[-1].isdigit() else 0
-    return port if 0 < port < 65536 else None
+    return whole_number_in(words[-1], 1, 65535) if words else None
 
 
 def log_tail(path: Path, size: int = 1200) -> str:
