@@ -223,3 +223,17 @@ def test_keys_generate_without_a_terminal_and_never_over_an_existing_key(setting
     assert again.returncode == 1 and "exists" in again.stderr and base.with_suffix(".sec").read_bytes() == before
     no_tty = run_cli(settings, "keys", "generate", "--out", str(tmp_path / "other"), input="", extra_env=env)
     assert no_tty.returncode == 1 and "--passphrase-file" in no_tty.stderr, no_tty.stderr
+
+
+def test_the_command_starts_without_the_ai_validation_and_web_libraries():
+    """`strongroom --help`, and every command, imports only what the commands need to start: not the AI
+    validation's scipy, scikit-learn and onnx (they cost seconds; a retention import of a constant once pulled
+    them into every command), nor the web framework."""
+    probe = ("import sys, strongroom.cli; print(' '.join(sorted(m for m in ('scipy', 'sklearn', 'onnx', "
+             "'onnxruntime', 'pandas', 'fastapi', 'uvicorn', 'pynetdicom', 'boto3') if m in sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], result.stdout
+    helped = subprocess.run([sys.executable, "-m", "strongroom.cli", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "retention" in helped.stdout

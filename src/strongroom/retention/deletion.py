@@ -67,8 +67,7 @@ from ..imaging.models import ImportBatch, ImportedInstance
 from ..projects import quota
 from ..projects.models import Project
 from ..sftp.models import SftpUpload
-from ..vai.models import Evaluation, Prediction
-from ..vai.service import ID_COLUMNS
+from ..vai.models import ID_COLUMNS, Evaluation, Prediction
 from .models import APPROVED, CERTIFIED, MARKED, PURGED, REQUESTED, SHREDDED, VERIFIED, Deletion
 from .rules import canonical
 

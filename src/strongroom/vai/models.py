@@ -20,6 +20,8 @@ CREATED, RUNNING, DONE, FAILED = "created", "running", "done", "failed"
 # release states (refused: the platform's disclosure control refused it before any review; never released)
 IN_REVIEW, RELEASED, REJECTED, REFUSED = "in_review", "released", "rejected", "refused"
 ONNX, RESULTS_ONLY = "onnx", "results-only"
+# the columns a labels table may name its instances by, in the order they are looked for
+ID_COLUMNS = ("image_id", "study_id", "case_id")
 
 
 class Vendor(IdMixin, CreatedMixin, Base):

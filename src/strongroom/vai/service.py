@@ -57,6 +57,7 @@ from .models import (
     CREATED,
     DONE,
     FAILED,
+    ID_COLUMNS,
     IN_REVIEW,
     ONNX,
     REFUSED,
@@ -83,7 +84,6 @@ BATCH = 32
 REPORT_FORMAT = "strongroom-vai-report/1"
 READ_EVENT = "vai.evaluation.read"  # a clinic member read an evaluation's full result (per-case data)
 READ_WINDOW = dt.timedelta(minutes=10)
-ID_COLUMNS = ("image_id", "study_id", "case_id")
 NOISE_KEY = b"strongroom/vai/release-noise/1"  # the release noise's key: HMAC of this under the hub secret
 
 
