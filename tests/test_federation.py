@@ -142,15 +142,15 @@ def test_signed_requests_accepted_others_refused_and_all_audited(pair, people):
     assert r.json() == {"hub": pair.url_b, "peer": "hub-a", "verified": True}
 
     assert http.get(pair.url_b + HELLO).status_code == 401  # unsigned
-    signed = service.hub_key(pair.a.settings).sign("GET", HELLO)
+    signed = service.hub_key(pair.a.settings).sign("GET", HELLO, recipient=pair.url_b)
     tampered = http.get(f"{pair.url_b}{service.PEER_PATH}/catalog.ttl", headers=signed)  # another path
     assert tampered.status_code == 401 and "does not verify" in tampered.json()["detail"]
     with_query = http.get(pair.url_b + HELLO + "?x=1", headers=signed)  # a query the signature does not cover
     assert with_query.status_code == 401
     stranger = signing.HubKey(Ed25519PrivateKey.generate())
-    r = http.get(pair.url_b + HELLO, headers=stranger.sign("GET", HELLO))
+    r = http.get(pair.url_b + HELLO, headers=stranger.sign("GET", HELLO, recipient=pair.url_b))
     assert r.status_code == 401 and "not a registered peer" in r.json()["detail"]
-    old = service.hub_key(pair.a.settings).sign("GET", HELLO, now=1_000_000_000)
+    old = service.hub_key(pair.a.settings).sign("GET", HELLO, now=1_000_000_000, recipient=pair.url_b)
     assert http.get(pair.url_b + HELLO, headers=old).status_code == 401  # replayed long after
 
     received = [(e.outcome, e.actor, e.details.get("reason", "")) for e in events(pair.b, "federation.exchange.")]
@@ -200,9 +200,9 @@ def test_every_signed_route_refuses_a_replayed_request(pair, people):
         if method == "PUT":
             import hashlib
 
-            headers = key.sign(method, path, body_sha256=hashlib.sha256(body).hexdigest())
+            headers = key.sign(method, path, body_sha256=hashlib.sha256(body).hexdigest(), recipient=pair.url_b)
         else:
-            headers = key.sign(method, path, "", body)
+            headers = key.sign(method, path, "", body, recipient=pair.url_b)
         first = httpx.request(method, pair.url_b + path, content=body or None, headers=headers, timeout=30)
         assert first.status_code != 401, (path, first.text)
         again = httpx.request(method, pair.url_b + path, content=body or None, headers=headers, timeout=30)
@@ -218,7 +218,7 @@ def test_every_signed_route_refuses_a_replayed_request(pair, people):
     created = int(time.time())
     params = (f'({" ".join(signing.COMPONENTS)});created={created};keyid="{key.key_id}";alg="ed25519"')
     date, digest = formatdate(created, usegmt=True), signing.content_digest(b"")
-    sig = key.private.sign(signing._base("GET", HELLO, "", date, digest, params))
+    sig = key.private.sign(signing._base("GET", pair.url_b, HELLO, "", date, digest, params))
     old = {"Date": date, "Content-Digest": digest, "Signature-Input": f"sr={params}",
            "Signature": f"sr=:{base64.b64encode(sig).decode()}:"}
     r = http.get(pair.url_b + HELLO, headers=old)

@@ -153,8 +153,8 @@ def _evil(app, hub, base_url: str = EVIL) -> Evil:
 
 
 def _post(evil: Evil, path: str, body: bytes):
-    return evil.c.post(path, content=body, headers={**evil.key.sign("POST", path, "", body),
-                                                    "Content-Type": "application/json"})
+    signed = evil.key.sign("POST", path, "", body, recipient=evil.hub.settings.base_url)  # addressed to this hub
+    return evil.c.post(path, content=body, headers={**signed, "Content-Type": "application/json"})
 
 
 def _manifest(evil: Evil, *, url: str = GOOD_URL, paths: tuple[str, ...] = ("scan/one.dcm",),
@@ -191,7 +191,8 @@ def _send_bodies(evil: Evil, doc: dict, bodies: list[bytes]) -> None:
     for f, body in zip(doc["files"], bodies, strict=True):
         path = f"{sync.SYNC_PATH}/{doc['sync_id']}/files/{f['id']}"
         r = evil.c.put(path, content=body, headers={
-            **evil.key.sign("PUT", path, "", body_sha256=hashlib.sha256(body).hexdigest()),
+            **evil.key.sign("PUT", path, "", body_sha256=hashlib.sha256(body).hexdigest(),
+                            recipient=evil.hub.settings.base_url),
             "Content-Type": "application/octet-stream"})
         assert r.status_code == 200, r.text
 

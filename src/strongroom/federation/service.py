@@ -146,6 +146,7 @@ class PeerIdentity(BaseModel):
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment \
                 or parts.username or parts.password:
             raise ValueError("an http(s) address without query, fragment or credentials")
+        signing.authority(value)  # the recipient a signed request to it names (ValueError: it has none)
         return value.rstrip("/")
 
     @field_validator("signing_key")
@@ -182,6 +183,15 @@ class PeerFields(PeerIdentity):
     inbound: bool = Field(default=True, description="it may query and harvest us (and later push to us)")
 
 
+def _is_self(settings: Settings, url: str) -> bool:
+    """Whether ``url`` is this hub's own address, however spelt (the same base URL, or the same authority: a request
+    signed for it would be one addressed to this hub)."""
+    try:
+        return url.rstrip("/") == base(settings) or signing.authority(url) == signing.authority(settings.base_url)
+    except ValueError:
+        return False
+
+
 def peers(session: Session) -> list[Peer]:
     return list(session.scalars(select(Peer).order_by(Peer.name)))
 
@@ -207,7 +217,7 @@ def register_peer(session: Session, settings: Settings, who: Principal | audit.A
     actor, user_id = _operator(settings, who)
     f = PeerFields.parse(data)
     kid = signing.key_id(signing.load_public(f.signing_key))
-    if kid == hub_key(settings).key_id or f.base_url == base(settings):
+    if kid == hub_key(settings).key_id or _is_self(settings, f.base_url):
         raise Invalid("that is this hub itself")
     for column, value, what in ((Peer.name, f.name, "name"), (Peer.base_url, f.base_url, "address"),
                                 (Peer.key_id, kid, "signing key")):
@@ -230,7 +240,7 @@ def repin_peer(session: Session, settings: Settings, who: Principal | audit.Acto
     peer = peer_by_name(session, name)
     f = PeerIdentity.parse(data)
     kid = signing.key_id(signing.load_public(f.signing_key))
-    if kid == hub_key(settings).key_id or f.base_url == base(settings):
+    if kid == hub_key(settings).key_id or _is_self(settings, f.base_url):
         raise Invalid("that is this hub itself")
     for column, value, what in ((Peer.base_url, f.base_url, "address"), (Peer.key_id, kid, "signing key")):
         if session.scalar(select(Peer.id).where(column == value, Peer.id != peer.id)) is not None:
@@ -299,8 +309,10 @@ def verify_request(session: Session, settings: Settings, *, method: str, path: s
         raise refuse("this peer may not call this hub (inactive or inbound not allowed)", peer)
     max_skew = settings.federation.max_skew_seconds
     try:
+        # addressed to this hub: the authority of its configured address (what the peers registered and dial),
+        # never the request's Host header (the sender's choice, and a reverse proxy's)
         signed = signing.verify(signing.load_public(peer.signing_key), method, path, query, headers, body,
-                                max_skew=max_skew)
+                                recipient=settings.base_url, max_skew=max_skew)
     except signing.SignatureError as exc:
         raise refuse(str(exc), peer) from None
     if not first_use(session, signed, max_skew):
@@ -389,6 +401,14 @@ def answer_bounds(settings: Settings, total_seconds: float, *, read_seconds: flo
                                total_seconds=total_seconds, read_seconds=max(timeout, read_seconds or timeout))
 
 
+def signature_headers(settings: Settings, method: str, peer_url: str, path: str, query: str = "",
+                      body: bytes = b"", *, body_sha256: str | None = None) -> dict[str, str]:
+    """The headers signing a request to the peer at ``peer_url`` (its registered address, which the request is
+    sent to) with this hub's key: every signed hub-to-hub request is signed here. The signature covers the
+    peer's authority, so only that peer accepts it (a peer cannot pass it on to another hub that trusts this one)."""
+    return hub_key(settings).sign(method, path, query, body, recipient=peer_url, body_sha256=body_sha256)
+
+
 def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tuple[str, str]] = (), *,
                bounds: bounded_http.Bounds | None = None) -> bounded_http.Reply:
     """GET ``path`` on a peer, signed with this hub's key, its answer read within ``bounds`` (`bounded_http`:
@@ -396,7 +416,8 @@ def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tu
     anywhere (jobs, federated search's pool, the CLI, a request handler)."""
     bounds = bounds or answer_bounds(settings, EXCHANGE_SECONDS)
     query = urlencode(list(params))
-    headers = {**hub_key(settings).sign("GET", path, query), "Accept": "application/json, text/turtle;q=0.9"}
+    headers = {**signature_headers(settings, "GET", peer_url, path, query),
+               "Accept": "application/json, text/turtle;q=0.9"}
     url = peer_url.rstrip("/") + path + (f"?{query}" if query else "")
     return bounded_http.fetch("GET", url, bounds, headers=headers)
 
@@ -404,7 +425,7 @@ def signed_get(settings: Settings, peer_url: str, path: str, params: Sequence[tu
 def signed_post(settings: Settings, peer_url: str, path: str, body: bytes,
                 bounds: bounded_http.Bounds) -> bounded_http.Reply:
     """POST a JSON ``body`` to ``path`` on a peer, signed, its answer read within ``bounds``."""
-    headers = {**hub_key(settings).sign("POST", path, "", body), "Content-Type": "application/json",
+    headers = {**signature_headers(settings, "POST", peer_url, path, "", body), "Content-Type": "application/json",
                "Accept": "application/json"}
     return bounded_http.fetch("POST", peer_url.rstrip("/") + path, bounds, headers=headers, content=body)
 

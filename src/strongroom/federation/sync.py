@@ -442,7 +442,6 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
     total_files, total_bytes = len(bodies), sum(size for _, _, size, _ in bodies)
     if progress:
         progress(files_done, total_files, bytes_done, total_bytes)
-    key = service.hub_key(hub.settings)
     for fid, body_key, size, sha in bodies:
         if fid in have:
             continue
@@ -454,7 +453,7 @@ def _run_leased(hub: Hub, sync_uuid: uuid.UUID, lease: Lease, progress: Progress
         if fetched is not None:  # the peer fetched it from this hub's object store (or refused it)
             r = fetched
         else:
-            headers = key.sign("PUT", path, "", body_sha256=sha)
+            headers = service.signature_headers(hub.settings, "PUT", peer_url, path, body_sha256=sha)
             bounds = service.answer_bounds(hub.settings, service.transfer_seconds(size), read_seconds=600)
             try:
                 assert body_key is not None
@@ -793,6 +792,7 @@ def _landing(hub: Hub, session: Session, dataset_id: str) -> str:
 
 # -- peer: a version deleted at its origin ------------------------------------------------------------
 DELETED_AT_ORIGIN = "deleted at its origin at the end of its retention period"
+DELETED_HERE = "deleted on this hub at the end of its retention period"  # the mirror's own retention
 
 
 def forgotten(entry: dict[str, Any]) -> bool:
@@ -824,14 +824,17 @@ class Forgotten:
 
 
 def forget_version(hub: Hub, session: Session, peer_id: uuid.UUID, origin_dataset_id: str, number: int,
-                   purged: frozenset[str] = frozenset()) -> Forgotten:
-    """The origin deleted version ``number``: what this hub kept of its pushes stops holding the data keys and
-    names of the files it deleted (those of a deleted version in no live one, as the manifests list them: the
-    origin's own rule). In every kept manifest of the dataset's pushes, finished or not, such a file's header
-    is destroyed and its path becomes its id (its entry and the version are marked ``deleted``); its received
-    bodies — and the rows of those at ``purged`` keys — are purged from storage, checked gone; a push still
-    receiving such a version is refused (nothing of it is published). The stored signature no longer verifies
-    the manifest it was made over. Idempotent, also after an application that stopped half-way (it rolls back)."""
+                   purged: frozenset[str] = frozenset(), why: str = DELETED_AT_ORIGIN) -> Forgotten:
+    """Version ``number`` was deleted — by the origin (its ``deleted`` notice), or by this hub's own retention
+    deleting the mirror's copy (``retention.deletion``; ``why`` says which): what this hub kept of its pushes
+    stops holding the data keys and names of the files it deleted (those of a deleted version in no live one, as
+    the manifests list them: the origin's own rule). In every kept manifest of the dataset's pushes, finished or
+    not, such a file's header is destroyed and its path becomes its id (its entry and the version are marked
+    ``deleted``); its received bodies — and the rows of those at ``purged`` keys — are purged from storage,
+    checked gone (a body an archive file of this hub still holds is left to whoever deletes that file); a push
+    still receiving such a version is refused (nothing of it is published). The stored signature no longer
+    verifies the manifest it was made over. Idempotent, also after an application that stopped half-way (it
+    rolls back)."""
     from ..retention.deletion import purge_object, remaining
 
     pushes = list(session.scalars(select(Incoming).where(
@@ -854,7 +857,7 @@ def forget_version(hub: Hub, session: Session, peer_id: uuid.UUID, origin_datase
         if touched or cleared:
             inc.manifest, inc.updated_at, entries = doc, now, entries + len(cleared)
         if inc.state == "receiving" and any(v.get("deleted") is True for v in doc["versions"]):
-            inc.state, inc.reason, inc.updated_at = "refused", f"version {number} was {DELETED_AT_ORIGIN}", now
+            inc.state, inc.reason, inc.updated_at = "refused", f"version {number} was {why}", now
             refused += 1
         rows = [r for r in session.scalars(select(IncomingFile).where(IncomingFile.incoming_id == inc.id))
                 if r.origin_file_id in gone or r.body_key in purged]
@@ -880,12 +883,20 @@ def _stored_as_archive_files(session: Session, keys: list[str]) -> set[str]:
 
 
 def refuse_deleted_versions(hub: Hub, peer_id: uuid.UUID, doc: dict[str, Any], ip: str | None) -> None:
-    """A push of a version its origin deleted (a restored backup there, a stale job) is refused: the certificate
-    the origin issued says no copy of it is left."""
+    """A push of a version its origin deleted (a restored backup there, a stale job), or this hub's retention
+    deleted the mirror's copy of, is refused: the certificate the origin (or this hub) issued says no copy of it
+    is left here."""
+    from ..retention.models import APPROVED, REQUESTED, Deletion
+
     with hub.sessions() as s:
         again = deleted_versions(s, peer_id, doc["dataset"]["id"]) & {v["number"] for v in doc["versions"]}
+        here = set(s.scalars(select(DatasetVersion.number).join(Mirror, Mirror.dataset_id == DatasetVersion.dataset_id)
+                             .join(Deletion, Deletion.version_id == DatasetVersion.id)
+                             .where(Mirror.peer_id == peer_id, Mirror.origin_dataset_id == doc["dataset"]["id"],
+                                    Deletion.state.not_in((REQUESTED, APPROVED)))))  # marked here, or further
     if again:
-        reason = f"version {min(again)} of {doc['dataset']['id']} was {DELETED_AT_ORIGIN}: it is not received again"
+        why = DELETED_HERE if min(again) in here else DELETED_AT_ORIGIN
+        reason = f"version {min(again)} of {doc['dataset']['id']} was {why}: it is not received again"
         _refuse(hub, peer_id, None, reason, ip, "manifest")
         raise Invalid(f"manifest refused: {reason}")
 

@@ -10,7 +10,10 @@ The deletion's ``state`` says which step is done; each step is idempotent and ru
    released version (its sample images deleted). What derived from the files goes too (``derived``): their
    airlock outbox copies stop being downloadable, their DICOMweb index rows are deleted and with them the
    key-store entries nothing left refers to; other records stop repeating their names (``_forget_names``), and
-   the AI-validation predictions made on them their paths, UIDs and dates (``_forget_predictions``).
+   the AI-validation predictions made on them their paths, UIDs and dates (``_forget_predictions``). A version of
+   a read-only mirror (a dataset a peer hub pushed here) takes the records kept of the pushes that brought it along
+   (``_forget_mirrored``: the manifests' crypt4gh headers and paths of the deleted files, their received bodies,
+   a push still under way), as the origin's ``deleted`` notice does (``federation.sync.forget_version``).
 2. **shred**: the crypt4gh headers are destroyed. A header holds the only copy of a file's data key (sealed
    to the hub's key), so from here no copy of a body this hub made — backup, replica, old S3 version — can be
    decrypted (crypto-shredding); so are the other copies of those keys (outbox headers, SFTP upload headers).
@@ -163,6 +166,7 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
             # sample images are pixels of the data: a republished entry must not bring them back
             images = catalog_images.remove_all(s, ACTOR, ds, entry, why)
         s.flush()  # the files' DELETED state, which _gone() selects on
+        mirrored = _forget_mirrored(hub, s, d, frozenset(str(m["object"]) for m in manifest if m["object"]), now)
         outbox = _remove_outbox(s, v.id, now)
         _forget_names(s, v.id)
         forgotten = _forget_instances(s, v.id)
@@ -172,13 +176,51 @@ def mark(hub: Hub, deletion_id: uuid.UUID) -> None:
                 provider(s, entry)
         d.manifest, d.kept = manifest, kept
         d.derived = {"outbox": outbox, "dicomweb_index_rows": forgotten.index_rows, "catalog_images": images,
-                     "keystore_entries": forgotten.keystore_entries, "vai_predictions": predictions}
+                     "keystore_entries": forgotten.keystore_entries, "vai_predictions": predictions,
+                     **({MIRROR_RECORDS: mirrored} if mirrored is not None else {})}
         _advance(s, d, MARKED, "marked", {"files": len(manifest), "kept": len(kept), "entitlements_ended": ended,
                                           "catalogue_withdrawn": withdrawn, "outbox_removed": len(outbox),
                                           "dicomweb_index_rows": forgotten.index_rows, "catalogue_images": len(images),
                                           "keystore_entries": forgotten.keystore_entries,
                                           "import_batches_cleared": forgotten.batches_cleared,
-                                          "vai_predictions_cleared": predictions})
+                                          "vai_predictions_cleared": predictions,
+                                          **({MIRROR_RECORDS: mirrored} if mirrored is not None else {})})
+
+
+# a mirror's version (``federation/sync.py``): what its deletion did to the records kept of the pushes that brought it
+MIRROR_RECORDS = "federation_push_records"
+MIRROR_COUNTS = ("mirror_files_dropped", "push_entries_forgotten", "received_bodies_purged", "pushes_refused")
+
+
+def _forget_mirrored(hub: Hub, session: Session, d: Deletion, objects: frozenset[str],
+                     now: dt.datetime) -> dict[str, Any] | None:
+    """When the dataset is a read-only mirror of a peer's (``federation.sync``): the records this hub kept of the
+    pushes that brought the version — the manifests, which hold each file's crypt4gh header (a copy of its data
+    key sealed to this hub) and its path, and the bodies received — stop holding the deleted files' keys, names
+    and bodies (``sync.forget_version``, as when the origin's ``deleted`` notice deletes a version; the bodies of
+    the mirror's copies, at ``objects``, are this deletion's to purge), and a push still receiving the version is
+    refused; the deleted copies are no longer the origin's files here (a later push of a version holding one
+    sends it again), and a mirror with no live version left is closed. Idempotent (``verify`` runs it again, for a
+    push recorded meanwhile); None for a dataset of this hub's own."""
+    from ..federation import sync
+    from ..federation.models import Mirror, MirrorFile
+
+    mirror = session.scalar(select(Mirror).where(Mirror.dataset_id == d.dataset_id))
+    if mirror is None:
+        return None
+    dropped = rowcount(session.execute(
+        delete(MirrorFile).where(MirrorFile.peer_id == mirror.peer_id, MirrorFile.file_id.in_(_gone(d.version_id)))
+        .execution_options(synchronize_session=False)))
+    forgotten = sync.forget_version(hub, session, mirror.peer_id, mirror.origin_dataset_id, d.number, objects,
+                                    why=f"{sync.DELETED_HERE} (deletion {d.id})")
+    live = session.scalar(select(DatasetVersion.id).where(DatasetVersion.dataset_id == d.dataset_id,
+                                                          DatasetVersion.state.in_(("released", "deprecated")))
+                          .limit(1))
+    if live is None and mirror.withdrawn_at is None:  # closed, as a mirror its origin deleted the last version of
+        mirror.withdrawn_at, mirror.withdrawn_reason = now, sync.DELETED_HERE
+    return {"origin_dataset": mirror.origin_dataset_id, "mirror_files_dropped": dropped,
+            "push_entries_forgotten": forgotten.entries, "received_bodies_purged": forgotten.bodies,
+            "pushes_refused": forgotten.refused}
 
 
 def path_digest(path: str) -> str:
@@ -439,6 +481,13 @@ def verify(hub: Hub, deletion_id: uuid.UUID) -> None:
         # predictions an evaluation running at the mark made since: cleared now (no copy of the data, so nothing to
         # shred or purge again)
         late_predictions = _forget_predictions(s, d.version_id)
+        # a mirror's push recorded after the mark (its manifest checked before, stored after): forgotten now too
+        late_mirrored = _forget_mirrored(hub, s, d, frozenset(keys), utcnow())
+        if late_mirrored is not None and any(late_mirrored[k] for k in MIRROR_COUNTS):
+            derived = _derived(d)
+            before = derived.get(MIRROR_RECORDS) or {}
+            d.derived = {**derived, MIRROR_RECORDS: {
+                **late_mirrored, **{k: before.get(k, 0) + late_mirrored[k] for k in MIRROR_COUNTS}}}
         if late_predictions:
             derived = _derived(d)
             d.derived = {**derived, "vai_predictions": derived.get("vai_predictions", 0) + late_predictions}
