@@ -83,20 +83,27 @@ def _push_until_published(h, version: int | None) -> uuid.UUID:
     return run_id
 
 
-def _delete_at_origin(h, number: int) -> dict:
-    """The origin deletes the version through its retention flow (marked, shredded, purged, verified, certified)."""
-    ops = _person(h.a, f"ops{number}").user.id
-    with transaction(h.a.sessions) as s:
-        version = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == h.dataset,
+def certified_deletion(hub, dataset, number: int, *, second_approver: bool = False) -> dict:
+    """``hub`` deletes version ``number`` of ``dataset`` through its retention flow (marked, shredded, purged,
+    verified, certified), requested by one of its people and approved by the same or, ``second_approver``, another;
+    the certificate."""
+    ops = _person(hub, f"ops{number}").user.id
+    approver = _person(hub, f"second{number}").user.id if second_approver else ops
+    with transaction(hub.sessions) as s:
+        version = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == dataset,
                                                         DatasetVersion.number == number))
-        d = Deletion(version_id=version.id, dataset_id=h.dataset, number=number, state=APPROVED, reason="retention",
-                     requested_by=ops, approved_by=ops, approved_at=NOW)
+        d = Deletion(version_id=version.id, dataset_id=dataset, number=number, state=APPROVED, reason="retention",
+                     requested_by=ops, approved_by=approver, approved_at=NOW)
         s.add(d)
         s.flush()
         deletion_id = d.id
-    assert deletion.run(h.a, deletion_id) == "certified"
-    with h.a.sessions() as s:
+    assert deletion.run(hub, deletion_id) == "certified"
+    with hub.sessions() as s:
         return json.loads(s.get(Deletion, deletion_id).certificate)["certificate"]
+
+
+def _delete_at_origin(h, number: int) -> dict:
+    return certified_deletion(h.a, h.dataset, number)
 
 
 # -- what the peer keeps -------------------------------------------------------------------------------------

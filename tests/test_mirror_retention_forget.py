@@ -14,7 +14,6 @@ B deleted it, and the mirror with no live version left is closed.
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -27,7 +26,6 @@ from strongroom.db import transaction
 from strongroom.federation import sync
 from strongroom.federation.models import Incoming, IncomingFile, Mirror, MirrorFile
 from strongroom.retention import deletion
-from strongroom.retention.models import APPROVED, Deletion
 from support.seaweed import seaweedfs  # noqa: F401 - session fixture
 from test_federation_deletion_traces import (
     _named_path,
@@ -37,6 +35,7 @@ from test_federation_deletion_traces import (
     _received_bodies,
     _release,
     _send_manifest,
+    certified_deletion,
 )
 from test_federation_sync import NOW, _events, _person, _push, database_url, hubs, settings  # noqa: F401 - fixtures
 from test_retention_traces import _traces
@@ -46,18 +45,7 @@ pytestmark = pytest.mark.slow
 
 def _delete_at_the_mirror(h, mirror: str, number: int) -> dict:
     """B's retention deletes version ``number`` of its mirror (two of B's people: requested, approved)."""
-    ops, second = _person(h.b, f"ops{number}").user.id, _person(h.b, f"second{number}").user.id
-    with transaction(h.b.sessions) as s:
-        version = s.scalar(select(DatasetVersion).where(DatasetVersion.dataset_id == mirror,
-                                                        DatasetVersion.number == number))
-        d = Deletion(version_id=version.id, dataset_id=mirror, number=number, state=APPROVED, reason="retention",
-                     requested_by=ops, approved_by=second, approved_at=NOW)
-        s.add(d)
-        s.flush()
-        deletion_id = d.id
-    assert deletion.run(h.b, deletion_id) == "certified"
-    with h.b.sessions() as s:
-        return json.loads(s.get(Deletion, deletion_id).certificate)["certificate"]
+    return certified_deletion(h.b, mirror, number, second_approver=True)
 
 
 def test_a_mirrors_retention_deletion_forgets_what_the_pushes_left(hubs):  # noqa: F811 - the fixture
