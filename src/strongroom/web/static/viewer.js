@@ -27,6 +27,7 @@
 
   var state = {
     studyOffset: 0, study: null, series: null, items: [], index: 0,
+    opening: null,         // the series being opened or open: {key: "study/series", done: its loading promise}
     window: null,          // [center, width] asked for, or null: the image's own (the header's VOI window)
     headerWindow: null,    // the series' header window, where drags start from
     zoom: 1, panX: 0, panY: 0, image: null, drawnKey: null,
@@ -154,13 +155,19 @@
   }
 
   function openSeries(study, series) {
+    // the series already open (or opening) stays as it is: loading it again would send the reader back to its
+    // first image, also after a key pressed meanwhile (End, an arrow)
+    var key = study + "/" + series;
+    if (state.opening && state.opening.key === key) { mark(seriesList, "series", series); return state.opening.done; }
     var token = ++seriesToken;
     state.series = series;
     mark(seriesList, "series", series);
     offerWindows(state.modality[series] || "", []);
     setState("loading");
     info.textContent = "Loading the series…";
-    return instancesOf(study, series, 0, []).then(function (found) {
+    var opening = {key: key, done: null};
+    state.opening = opening;
+    opening.done = instancesOf(study, series, 0, []).then(function (found) {
       if (token !== seriesToken) { return; }
       found.sort(function (a, b) { return (value(a, "00200013") || 0) - (value(b, "00200013") || 0); });
       var items = [];
@@ -188,9 +195,11 @@
         }).catch(function () { /* no header window: drags start from a soft-tissue window */ });
       show(0);
     }).catch(function (err) {
+      if (state.opening === opening) { state.opening = null; }  // a click tries again
       setState("error");
       info.textContent = "Could not open the series: " + err.message;
     });
+    return opening.done;
   }
 
   // -- the windows the hub renders --------------------------------------------------------------------
