@@ -237,3 +237,18 @@ def test_the_command_starts_without_the_ai_validation_and_web_libraries():
     helped = subprocess.run([sys.executable, "-m", "strongroom.cli", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert helped.returncode == 0 and "retention" in helped.stdout
+
+
+def test_the_server_builds_its_app_without_the_ai_validation_libraries(settings):
+    """`strongroom serve` builds the whole app (every capability's routes) without importing scipy, scikit-learn,
+    onnx or onnxruntime: AI validation imports them where a figure is computed or a model read (they were two of
+    the three seconds a server took to start)."""
+    probe = ("import sys; from strongroom.app import create_app; from strongroom.config import get_settings; "
+             "create_app(get_settings(), run_jobs=False); "
+             "print(' '.join(sorted(m for m in ('scipy', 'sklearn', 'onnx', 'onnxruntime') if m in sys.modules)))")
+    env = {**os.environ, "STRONGROOM_DATABASE_URL": settings.effective_database_url,
+           "STRONGROOM_SECRET_KEY": settings.secret_key.get_secret_value(), "STRONGROOM_VAR_DIR": str(settings.var_dir),
+           "STRONGROOM_LOG_JSON": "true"}
+    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1:] in ([], [""]), result.stdout

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .metrics import MIN_CELL, OVERALL, Cut, block_name
 
@@ -73,6 +72,8 @@ class Cases:
     def fingerprint(self, figure: str) -> str:
         """The cohort with its labels, and what ``figure`` depends on: the ranking for the AUC, the scores
         otherwise."""
+        from scipy.stats import rankdata  # imported here, not when the hub starts (vai.metrics says why)
+
         order = sorted(range(len(self.ids)), key=self.ids.__getitem__)
         values = rankdata(self.scores, method="dense") if figure == "auc" else self.scores
         text = "\n".join(f"{self.ids[i]}\t{int(self.labels[i])}\t{float(values[i]).hex()}" for i in order)
@@ -84,6 +85,8 @@ def _consistent(x: np.ndarray, y: np.ndarray) -> int:
     heaviest chain of distinct (x, y) pairs increasing strictly in both, by a Fenwick tree of prefix maxima."""
     if not len(x):
         return 0
+    from scipy.stats import rankdata
+
     pairs, weights = np.unique(np.column_stack([x, y]), axis=0, return_counts=True)
     order = np.lexsort((-pairs[:, 1], pairs[:, 0]))  # x up; y down within one x, so one x gives one link
     ranks = rankdata(pairs[order, 1], method="dense").astype(int)

@@ -20,6 +20,7 @@ onnxruntime sees the bytes, at upload and again before every run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -30,8 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pydicom
 from PIL import Image
 
@@ -50,9 +49,16 @@ FINDING_CONCEPTS = {("DCM", "121071")}  # Finding
 NEGATIVE_FINDINGS = {("SCT", "2667000"), ("SCT", "260385009"), ("SCT", "373572006")}  # absent, negative,
 # clinical finding absent
 
-# the operator sets a model may use, with the newest version the hub's onnx knows: ONNX's standard ones only
-STANDARD_OPSETS = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
-                   "ai.onnx.ml": onnx.defs.onnx_ml_opset_version()}
+# onnx and onnxruntime are imported where a model is read or run, not when the hub starts: with scipy and
+# scikit-learn (vai.metrics) they were two seconds of every `strongroom serve` start
+@functools.cache
+def standard_opsets() -> dict[str, int]:
+    """The operator sets a model may use — ONNX's standard ones only — with the newest version the hub's onnx
+    knows."""
+    import onnx
+
+    return {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(),
+            "ai.onnx.ml": onnx.defs.onnx_ml_opset_version()}
 # what the vendor is told when onnxruntime refuses a model (its own message, which can name the hub's paths,
 # goes to the log only)
 LOAD_FAILURES = {"InvalidProtobuf": "it is not a valid ONNX protobuf",
@@ -239,6 +245,8 @@ def read(data: bytes, contract: Mapping[str, Any]) -> Instance | Reference:
 def _messages(root: Any) -> Iterator[Any]:
     """Every protobuf message inside ``root`` (itself included), at any depth: graphs, nodes, attributes,
     subgraphs, tensors, whatever field holds them (iterative: a deep nest of subgraphs is no recursion)."""
+    import onnx
+
     stack = [root]
     while stack:
         message = stack.pop()
@@ -261,6 +269,9 @@ def check_self_contained(model: bytes) -> None:
     operator set or node outside ONNX's standard ones (custom operators need a library, contrib ones such as
     EPContext read files, preview and training ones are not needed), model-local functions, training
     information, device configurations, and onnxruntime settings carried in the model (``ort_config``)."""
+    import onnx
+
+    opsets = standard_opsets()
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(model)
@@ -278,7 +289,7 @@ def check_self_contained(model: bytes) -> None:
         raise ContractError("the model carries onnxruntime settings (metadata 'ort_config'): the hub chooses them")
     standard = "ONNX's standard operators only (ai.onnx, ai.onnx.ml), no custom, contrib, preview or training ones"
     for opset in proto.opset_import:
-        newest = STANDARD_OPSETS.get(opset.domain)
+        newest = opsets.get(opset.domain)
         if newest is None:
             raise ContractError(f"the model imports operator set {opset.domain[:60]!r}: a model uses {standard}")
         if not 1 <= opset.version <= newest:
@@ -289,7 +300,7 @@ def check_self_contained(model: bytes) -> None:
                                                       or message.external_data):
             raise ContractError(f"the model's tensor {message.name[:60]!r} is stored outside the file (external "
                                 "data): a model is one self-contained .onnx file")
-        if isinstance(message, onnx.NodeProto) and message.domain not in STANDARD_OPSETS:
+        if isinstance(message, onnx.NodeProto) and message.domain not in opsets:
             raise ContractError(f"the model's operator {message.op_type[:60]!r} is of domain "
                                 f"{message.domain[:60]!r}: a model uses {standard}")
         if isinstance(message, onnx.NodeProto) and message.device_configurations:
@@ -298,6 +309,8 @@ def check_self_contained(model: bytes) -> None:
 
 def _load_failure(exc: Exception) -> str:
     """Why onnxruntime refused a model, in the hub's words (its own message goes to the log only)."""
+    import onnxruntime as ort
+
     log.warning("onnxruntime cannot load a model: %s: %s", type(exc).__name__, exc)
     reason = LOAD_FAILURES.get(type(exc).__name__, "load it with that version on the CPU to see why")
     return f"onnxruntime {ort.__version__} cannot load the model: {reason}"
@@ -306,6 +319,8 @@ def _load_failure(exc: Exception) -> str:
 def choose_providers(available: Sequence[str] | None = None) -> list[str]:
     """CUDA when this onnxruntime offers it (a GPU build on a host with a GPU), the CPU otherwise (and as
     CUDA's fallback for operators it lacks)."""
+    import onnxruntime as ort
+
     offered = list(ort.get_available_providers() if available is None else available)
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in offered \
         else ["CPUExecutionProvider"]
@@ -321,6 +336,8 @@ class Runner:
             raise ContractError("the model file does not match its recorded SHA-256")
         self.contract, self.output = check_contract(contract), check_output(output)
         check_self_contained(model)  # at upload and before every run: models stored before this check too
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
         options.add_session_config_entry("session.load_model_format", "ONNX")  # the format checked, never ORT's

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.stats import rankdata
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
+
+# scipy and scikit-learn are imported by the functions that compute a figure, not when the hub starts: they were
+# over a second of every `strongroom serve` start (and, through a retention import, of every command)
 
 MIN_CELL = 11  # every count under this is suppressed in a released report
 THRESHOLD_DECIMALS = 2  # a data-derived threshold of probabilities: a multiple of 0.01 …
@@ -52,6 +51,8 @@ def _arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
 def delong_fast(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sun & Xu's fast DeLong: ``positives`` (k × m) and ``negatives`` (k × n) are the scores of k
     predictors on the m positive and n negative cases. Returns (AUCs (k,), covariance (k × k))."""
+    from scipy.stats import rankdata
+
     pos = np.atleast_2d(np.asarray(positives, dtype=float))
     neg = np.atleast_2d(np.asarray(negatives, dtype=float))
     m, n = pos.shape[1], neg.shape[1]
@@ -71,6 +72,9 @@ def delong_fast(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarra
 def auc_delong(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
                alpha: float = 0.05) -> dict[str, float]:
     """AUC (scikit-learn's), its DeLong standard error and (1-alpha) CI, clipped to [0, 1] as pROC does."""
+    from scipy import stats
+    from sklearn.metrics import roc_auc_score
+
     y, s = _arrays(labels, scores)
     auc = float(roc_auc_score(y, s))
     _, cov = delong_fast(s[y == 1][None, :], s[y == 0][None, :])
@@ -81,6 +85,8 @@ def auc_delong(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
 
 def _auc_by_rank(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """AUCs of many resamples at once (rows): the Mann–Whitney statistic from mid-ranks."""
+    from scipy.stats import rankdata
+
     m, n = pos.shape[1], neg.shape[1]
     tz = np.asarray(rankdata(np.hstack([pos, neg]), axis=1), dtype=float)
     return np.asarray((tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n, dtype=float)
@@ -90,6 +96,8 @@ def auc_bootstrap(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
                   resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
     """Stratified percentile bootstrap CI of the AUC (positives and negatives resampled apart, so every
     resample has both classes). Seeded: the same inputs give the same interval."""
+    from sklearn.metrics import roc_auc_score
+
     y, s = _arrays(labels, scores)
     pos, neg = s[y == 1], s[y == 0]
     if len(pos) < 2 or len(neg) < 2:
@@ -110,6 +118,8 @@ def auc_bootstrap(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | 
 # -- operating points --------------------------------------------------------------------------
 def wilson(k: int, n: int, alpha: float = 0.05) -> tuple[float | None, float | None, float | None]:
     """A proportion and its Wilson score interval (scipy's ``binomtest(...).proportion_ci``)."""
+    from scipy import stats
+
     if n <= 0:
         return None, None, None
     ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method="wilson")
@@ -171,6 +181,9 @@ def calibration(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
                 bins: int = 10) -> dict[str, Any]:
     """Reliability curve over ``bins`` equal-width bins, Brier score and expected calibration error.
     Scores must be probabilities in [0, 1]."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
     y, s = _arrays(labels, scores)
     if (s < 0).any() or (s > 1).any():
         raise ValueError("calibration needs scores that are probabilities in [0, 1]")
@@ -198,6 +211,8 @@ def roc_points(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
                grid: int = 20) -> list[tuple[float, float]]:
     """The ROC curve as (FPR, TPR) on a fixed FPR grid (0, 1/grid, …, 1), after the origin: no point
     belongs to one case's score, so the curve can be released."""
+    from sklearn.metrics import roc_curve
+
     y, s = _arrays(labels, scores)
     fpr, tpr, _ = roc_curve(y, s)
     xs = np.linspace(0.0, 1.0, grid + 1)
@@ -354,6 +369,8 @@ def _released_auc(auc: Mapping[str, Any], total: Cut, block: str, noise: Noise) 
     scores), on that noise's grid; the CI from Hanley & McNeil's SE at the released value (the counts are
     released) and the noise's variance. Every number here is the noised AUC and the counts worked further,
     so nothing else of the data goes out (DeLong's and the bootstrap CIs stay with the clinic)."""
+    from scipy import stats
+
     positives, negatives = total
     scale = (1 / positives + 1 / negatives) / NOISE_EPSILON
     step = _step(scale)
@@ -691,6 +708,8 @@ def released_cuts(block: Mapping[str, Any]) -> list[Cut]:
 def meta_analysis(aucs: Sequence[float], ses: Sequence[float], alpha: float = 0.05) -> dict[str, Any]:
     """DerSimonian–Laird random-effects pooling of AUCs from several clinics, on the logit scale (the
     delta method turns each SE into a logit SE), back-transformed: pooled AUC, its CI, tau², I²."""
+    from scipy import stats
+
     a = np.asarray(aucs, dtype=float)
     se = np.asarray(ses, dtype=float)
     if len(a) < 2 or len(a) != len(se):
