@@ -102,6 +102,17 @@ def certified_deletion(hub, dataset, number: int, *, second_approver: bool = Fal
         return json.loads(s.get(Deletion, deletion_id).certificate)["certificate"]
 
 
+def forgotten_in_kept_manifest(session, published: dict, deleted: str) -> dict:
+    """The peer's push records (by sync id), having checked that the published push's kept manifest names the
+    ``deleted`` file by its id only, with no header, and keeps every other file's header as pushed."""
+    by_sync = {str(i.sync_id): i for i in session.scalars(select(Incoming))}
+    kept = by_sync[published["sync_id"]].manifest
+    assert [(f["id"], f["path"], f["header"]) for f in kept["files"] if f["id"] == deleted] == [(deleted, deleted, "")]
+    assert {f["id"]: f["header"] for f in kept["files"] if f["id"] != deleted} \
+        == {f["id"]: f["header"] for f in published["files"] if f["id"] != deleted}  # the other files' keys stay
+    return by_sync
+
+
 def _delete_at_origin(h, number: int) -> dict:
     return certified_deletion(h.a, h.dataset, number)
 
@@ -202,11 +213,7 @@ def test_a_deleted_version_leaves_no_key_or_name_at_the_peer_and_is_not_received
                                                      .where(DatasetVersion.dataset_id == mirror))}
         assert states == {1: "released", 2: "deleted"}  # 3 was never published here
         assert s.scalar(select(Mirror)).withdrawn_at is None  # version 1 is still offered
-        by_sync = {str(i.sync_id): i for i in s.scalars(select(Incoming))}
-        kept = by_sync[published["sync_id"]].manifest
-        assert [(f["id"], f["path"], f["header"]) for f in kept["files"] if f["id"] == u1] == [(u1, u1, "")]
-        assert {f["id"]: f["header"] for f in kept["files"] if f["id"] != u1} \
-            == {f["id"]: f["header"] for f in published["files"] if f["id"] != u1}  # version 1's keys stay
+        by_sync = forgotten_in_kept_manifest(s, published, u1)  # version 1's keys stay
         assert by_sync[str(unfinished)].state == "refused"
         assert "deleted at its origin" in by_sync[str(unfinished)].reason
         assert s.scalar(select(func.count()).select_from(IncomingFile).where(

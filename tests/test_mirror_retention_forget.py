@@ -36,6 +36,7 @@ from test_federation_deletion_traces import (
     _release,
     _send_manifest,
     certified_deletion,
+    forgotten_in_kept_manifest,
 )
 from test_federation_sync import NOW, _events, _person, _push, database_url, hubs, settings  # noqa: F401 - fixtures
 from test_retention_traces import _traces
@@ -83,11 +84,7 @@ def test_a_mirrors_retention_deletion_forgets_what_the_pushes_left(hubs):  # noq
                        "received_bodies_purged": 0, "pushes_refused": 1}
     assert not any(storage_for(h.b).exists(key) for key in bodies_u1)
     with h.b.sessions() as s:
-        by_sync = {str(i.sync_id): i for i in s.scalars(select(Incoming))}
-        kept = by_sync[published["sync_id"]].manifest
-        assert [(f["id"], f["path"], f["header"]) for f in kept["files"] if f["id"] == u1] == [(u1, u1, "")]
-        assert {f["id"]: f["header"] for f in kept["files"] if f["id"] != u1} \
-            == {f["id"]: f["header"] for f in published["files"] if f["id"] != u1}  # version 1's keys stay
+        by_sync = forgotten_in_kept_manifest(s, published, u1)  # version 1's keys stay
         assert by_sync[str(unfinished)].state == "refused"
         assert sync.DELETED_HERE in by_sync[str(unfinished)].reason
         assert s.scalar(select(func.count()).select_from(IncomingFile).where(IncomingFile.origin_file_id == u1)) == 0
